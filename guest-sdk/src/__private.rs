@@ -1,0 +1,148 @@
+//! Glue between the generated component bindings and the SDK's own types.
+//! Used by `export_policy!`; not part of the public API.
+
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
+
+use crate::decision::whole_seconds;
+use crate::log::Level;
+use crate::{
+    Policy, Request, RequestDecision, Response, ResponseDecision, StoreDirective, SyntheticResponse,
+};
+
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "policy",
+        // Plugin crates invoke the export macro, so it must be visible to them.
+        pub_export_macro: true,
+        export_macro_name: "export_world",
+        default_bindings_module: "cachet_sdk::__private::bindings",
+    });
+}
+
+use bindings::cachet::policy::{host, types};
+
+/// The generated trait `export_policy!` implements on its adapter type.
+pub use bindings::Guest;
+pub use bindings::{
+    Request as HostRequest, RequestDecision as HostRequestDecision, Response as HostResponse,
+    ResponseDecision as HostResponseDecision,
+};
+
+/// A second, non-owning view of a request handle the host lent for one call.
+///
+/// The generated glue owns the handle and releases the borrow when the call
+/// returns; this view must never drop it too, hence `ManuallyDrop`. It is only
+/// reachable through `&Request`, so it cannot outlive the call.
+#[derive(Debug)]
+pub struct BorrowedRequest(ManuallyDrop<types::Request>);
+
+/// The response counterpart of [`BorrowedRequest`].
+#[derive(Debug)]
+pub struct BorrowedResponse(ManuallyDrop<types::Response>);
+
+impl Deref for BorrowedRequest {
+    type Target = types::Request;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Deref for BorrowedResponse {
+    type Target = types::Response;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+fn view_request(host: &types::Request) -> Request {
+    // SAFETY: the handle stays valid for the whole hook call and the view is
+    // never dropped as a resource (see `BorrowedRequest`).
+    let alias = unsafe { types::Request::from_handle(host.handle()) };
+    Request::from_host(BorrowedRequest(ManuallyDrop::new(alias)))
+}
+
+fn view_response(host: &types::Response) -> Response {
+    // SAFETY: as in `view_request`.
+    let alias = unsafe { types::Response::from_handle(host.handle()) };
+    Response::from_host(BorrowedResponse(ManuallyDrop::new(alias)))
+}
+
+pub fn on_request<P: Policy>(policy: &P, req: &HostRequest) -> HostRequestDecision {
+    policy.on_request(&view_request(req)).into()
+}
+
+pub fn cache_key<P: Policy>(policy: &P, req: &HostRequest) -> Vec<String> {
+    policy.cache_key(&view_request(req))
+}
+
+pub fn on_response<P: Policy>(
+    policy: &P,
+    req: &HostRequest,
+    resp: &HostResponse,
+) -> HostResponseDecision {
+    policy
+        .on_response(&view_request(req), &view_response(resp))
+        .into()
+}
+
+pub(crate) fn host_log(level: Level, message: &str) {
+    let level = match level {
+        Level::Trace => types::LogLevel::Trace,
+        Level::Debug => types::LogLevel::Debug,
+        Level::Info => types::LogLevel::Info,
+        Level::Warn => types::LogLevel::Warn,
+        Level::Error => types::LogLevel::Error,
+    };
+    host::log(level, message);
+}
+
+pub(crate) fn host_config(key: &str) -> Option<String> {
+    host::config(key)
+}
+
+impl From<RequestDecision> for types::RequestDecision {
+    fn from(decision: RequestDecision) -> Self {
+        match decision {
+            RequestDecision::Cache => Self::Cache,
+            RequestDecision::Bypass(reason) => Self::Bypass(reason),
+            RequestDecision::Respond(response) => Self::Respond(response.into()),
+        }
+    }
+}
+
+impl From<SyntheticResponse> for types::SyntheticResponse {
+    fn from(response: SyntheticResponse) -> Self {
+        Self {
+            status: response.status,
+            headers: response
+                .headers
+                .into_iter()
+                .map(|(name, value)| types::Header { name, value })
+                .collect(),
+            body: response.body,
+        }
+    }
+}
+
+impl From<ResponseDecision> for types::ResponseDecision {
+    fn from(decision: ResponseDecision) -> Self {
+        match decision {
+            ResponseDecision::Store(directive) => Self::Store(directive.into()),
+            ResponseDecision::FollowOrigin => Self::FollowOrigin,
+            ResponseDecision::NoStore(reason) => Self::NoStore(reason),
+        }
+    }
+}
+
+impl From<StoreDirective> for types::StoreDirective {
+    fn from(directive: StoreDirective) -> Self {
+        Self {
+            ttl_seconds: whole_seconds(directive.ttl),
+            stale_while_revalidate_seconds: whole_seconds(directive.stale_while_revalidate),
+            stale_if_error_seconds: whole_seconds(directive.stale_if_error),
+            tags: directive.tags,
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! A forgiving `Cache-Control` parser (RFC 9111 §5.2).
+
+use std::time::Duration;
+
+/// RFC 9111 §1.2.2: delta-seconds too large to represent count as 2^31.
+const DELTA_SECONDS_CAP: u64 = 1 << 31;
+
+/// The directives of one or more `Cache-Control` header lines.
+///
+/// Directive names compare case-insensitively. When a directive repeats, the
+/// first occurrence wins (RFC 9111 §4.2.1). Junk is skipped rather than
+/// rejected: empty elements, unterminated quotes and unknown directives never
+/// hide the well-formed directives around them.
+///
+/// ```
+/// use std::time::Duration;
+/// let cc = cachet_sdk::CacheControl::parse(r#"public, max-age="60", , no-cache="set-cookie""#);
+/// assert!(cc.public() && cc.no_cache());
+/// assert_eq!(cc.max_age(), Some(Duration::from_secs(60)));
+/// assert_eq!(cc.value("no-cache"), Some("set-cookie"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    directives: Vec<Directive>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Directive {
+    /// Lower-cased.
+    name: String,
+    /// Unquoted argument, if the directive had one.
+    argument: Option<String>,
+}
+
+impl CacheControl {
+    /// Parses one header value.
+    pub fn parse(value: &str) -> Self {
+        Self::parse_all([value])
+    }
+
+    /// Parses several header lines as one list, as if joined by commas.
+    pub fn parse_all<I>(values: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let directives = values
+            .into_iter()
+            .flat_map(|value| split_list(value.as_ref()))
+            .filter_map(|element| parse_directive(&element))
+            .collect();
+        Self { directives }
+    }
+
+    /// Whether the directive is present (with or without an argument).
+    pub fn has(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
+    /// The directive's argument, unquoted; `None` if absent or argument-less.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.find(name)?.argument.as_deref()
+    }
+
+    /// The directive's argument as delta-seconds; `None` if absent or not a
+    /// plain non-negative integer.
+    pub fn seconds(&self, name: &str) -> Option<Duration> {
+        parse_delta_seconds(self.value(name)?).map(Duration::from_secs)
+    }
+
+    /// Every directive in order, names lower-cased.
+    pub fn directives(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        self.directives
+            .iter()
+            .map(|d| (d.name.as_str(), d.argument.as_deref()))
+    }
+
+    pub fn no_store(&self) -> bool {
+        self.has("no-store")
+    }
+
+    /// True with or without a field-name list (`no-cache="set-cookie"`).
+    pub fn no_cache(&self) -> bool {
+        self.has("no-cache")
+    }
+
+    /// True with or without a field-name list (`private="set-cookie"`).
+    pub fn private(&self) -> bool {
+        self.has("private")
+    }
+
+    pub fn public(&self) -> bool {
+        self.has("public")
+    }
+
+    pub fn must_revalidate(&self) -> bool {
+        self.has("must-revalidate")
+    }
+
+    pub fn proxy_revalidate(&self) -> bool {
+        self.has("proxy-revalidate")
+    }
+
+    pub fn no_transform(&self) -> bool {
+        self.has("no-transform")
+    }
+
+    pub fn immutable(&self) -> bool {
+        self.has("immutable")
+    }
+
+    pub fn max_age(&self) -> Option<Duration> {
+        self.seconds("max-age")
+    }
+
+    pub fn s_maxage(&self) -> Option<Duration> {
+        self.seconds("s-maxage")
+    }
+
+    pub fn stale_while_revalidate(&self) -> Option<Duration> {
+        self.seconds("stale-while-revalidate")
+    }
+
+    pub fn stale_if_error(&self) -> Option<Duration> {
+        self.seconds("stale-if-error")
+    }
+
+    fn find(&self, name: &str) -> Option<&Directive> {
+        self.directives
+            .iter()
+            .find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Splits on commas outside quoted strings, so `no-cache="a, b"` stays whole.
+fn split_list(value: &str) -> Vec<String> {
+    let mut elements = Vec::new();
+    let mut current = String::new();
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            ',' if !in_quotes => {
+                elements.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    elements.push(current);
+    elements
+}
+
+fn parse_directive(element: &str) -> Option<Directive> {
+    let (name, argument) = match element.split_once('=') {
+        Some((name, argument)) => (name, Some(unquote(argument.trim()))),
+        None => (element, None),
+    };
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    Some(Directive {
+        name: name.to_ascii_lowercase(),
+        argument,
+    })
+}
+
+/// Strips a surrounding quoted-string and its backslash escapes; a missing
+/// closing quote is tolerated.
+fn unquote(argument: &str) -> String {
+    let Some(quoted) = argument.strip_prefix('"') else {
+        return argument.to_owned();
+    };
+    let mut unquoted = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => unquoted.extend(chars.next()),
+            _ => unquoted.push(c),
+        }
+    }
+    unquoted
+}
+
+fn parse_delta_seconds(argument: &str) -> Option<u64> {
+    if argument.is_empty() || !argument.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits, so a parse failure can only be overflow.
+    Some(
+        argument
+            .parse::<u64>()
+            .map_or(DELTA_SECONDS_CAP, |s| s.min(DELTA_SECONDS_CAP)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_response_directives() {
+        let cc = CacheControl::parse("public, max-age=300, s-maxage=600, must-revalidate");
+        assert!(cc.public() && cc.must_revalidate());
+        assert!(!cc.private() && !cc.no_store() && !cc.no_cache());
+        assert_eq!(cc.max_age(), Some(Duration::from_secs(300)));
+        assert_eq!(cc.s_maxage(), Some(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_whitespace_tolerated() {
+        let cc = CacheControl::parse("  No-Store ,PRIVATE,\tMax-Age = 5 ");
+        assert!(cc.no_store() && cc.private());
+        assert_eq!(cc.max_age(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn first_occurrence_wins() {
+        let cc = CacheControl::parse_all(["max-age=10", "max-age=20"]);
+        assert_eq!(cc.max_age(), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn quoted_arguments_keep_commas_and_escapes() {
+        let cc = CacheControl::parse(r#"private="set-cookie, x-a", x-ext="a\"b", max-age=1"#);
+        assert_eq!(cc.value("private"), Some("set-cookie, x-a"));
+        assert_eq!(cc.value("x-ext"), Some("a\"b"));
+        assert_eq!(cc.max_age(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn junk_is_skipped() {
+        let cc = CacheControl::parse(",,=5, max-age=abc, s-maxage=-1, stale-if-error=, no-store");
+        assert!(cc.no_store());
+        assert!(cc.has("max-age"));
+        assert_eq!(cc.max_age(), None);
+        assert_eq!(cc.s_maxage(), None);
+        assert_eq!(cc.stale_if_error(), None);
+        assert_eq!(cc.directives().count(), 4);
+    }
+
+    #[test]
+    fn unterminated_quote_swallows_the_rest_without_panicking() {
+        let cc = CacheControl::parse(r#"no-cache, x="open, max-age=5"#);
+        assert!(cc.no_cache());
+        assert_eq!(cc.value("x"), Some("open, max-age=5"));
+        assert_eq!(cc.max_age(), None);
+    }
+
+    #[test]
+    fn huge_delta_seconds_are_capped() {
+        let cc = CacheControl::parse("max-age=99999999999999999999999, s-maxage=4294967296");
+        assert_eq!(cc.max_age(), Some(Duration::from_secs(DELTA_SECONDS_CAP)));
+        assert_eq!(cc.s_maxage(), Some(Duration::from_secs(DELTA_SECONDS_CAP)));
+    }
+
+    #[test]
+    fn extension_directives_and_empty_input() {
+        let cc = CacheControl::parse("stale-while-revalidate=30, immutable, community=\"UCI\"");
+        assert_eq!(cc.stale_while_revalidate(), Some(Duration::from_secs(30)));
+        assert!(cc.immutable());
+        assert_eq!(cc.value("community"), Some("UCI"));
+        assert_eq!(CacheControl::parse(""), CacheControl::default());
+    }
+}

@@ -1,0 +1,54 @@
+//! Cookie lookup over `Cookie` header lines (RFC 6265 §5.4 layout).
+
+/// Value of the first cookie named exactly `name`, across all header lines.
+/// Pairs are split on `;`, surrounding whitespace is trimmed, and a value in
+/// double quotes is returned without them. Malformed pairs are skipped.
+pub(crate) fn find(header_lines: &[String], name: &str) -> Option<String> {
+    header_lines
+        .iter()
+        .flat_map(|line| line.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(pair_name, _)| pair_name.trim() == name)
+        .map(|(_, value)| unquote(value.trim()).to_owned())
+}
+
+fn unquote(value: &str) -> &str {
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(values: &[&str]) -> Vec<String> {
+        values.iter().map(|v| v.to_string()).collect()
+    }
+
+    #[test]
+    fn finds_by_exact_name() {
+        let cookies = lines(&["theme=dark; session=abc123;lang=en"]);
+        assert_eq!(find(&cookies, "session").as_deref(), Some("abc123"));
+        assert_eq!(find(&cookies, "lang").as_deref(), Some("en"));
+        assert_eq!(find(&cookies, "sess"), None);
+        assert_eq!(find(&cookies, "SESSION"), None);
+    }
+
+    #[test]
+    fn first_match_across_lines_wins() {
+        let cookies = lines(&["a=1", "session=first", "session=second"]);
+        assert_eq!(find(&cookies, "session").as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn tolerates_junk_quotes_and_empty_values() {
+        let cookies = lines(&[";; junk ; =x; q=\"quoted\"; e=; v=a=b"]);
+        assert_eq!(find(&cookies, "q").as_deref(), Some("quoted"));
+        assert_eq!(find(&cookies, "e").as_deref(), Some(""));
+        assert_eq!(find(&cookies, "v").as_deref(), Some("a=b"));
+        assert_eq!(find(&cookies, "junk"), None);
+        assert_eq!(find(&[], "a"), None);
+    }
+}

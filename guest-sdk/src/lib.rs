@@ -1,0 +1,86 @@
+//! Write cache policies for the cachet reverse proxy as plain Rust.
+//!
+//! A policy is a type implementing [`Policy`] plus one [`export_policy!`] line.
+//! Every hook has a default, so a policy overrides only what it changes:
+//!
+//! ```
+//! use std::time::Duration;
+//! use cachet_sdk::{Policy, Request, RequestDecision, Response, ResponseDecision};
+//!
+//! #[derive(Default)]
+//! struct ShortLivedApi;
+//!
+//! impl Policy for ShortLivedApi {
+//!     fn on_request(&self, req: &Request) -> RequestDecision {
+//!         if req.cookie("session").is_some() {
+//!             return RequestDecision::bypass("logged-in user");
+//!         }
+//!         cachet_sdk::defaults::on_request(req)
+//!     }
+//!
+//!     fn on_response(&self, _req: &Request, resp: &Response) -> ResponseDecision {
+//!         if resp.cache_control().no_store() {
+//!             return ResponseDecision::no_store("origin sent no-store");
+//!         }
+//!         ResponseDecision::store(Duration::from_secs(10))
+//!     }
+//! }
+//!
+//! cachet_sdk::export_policy!(ShortLivedApi);
+//!
+//! // Natively the same code runs against in-memory requests, so policies are
+//! // unit-tested with plain `cargo test`:
+//! let req = Request::builder()
+//!     .uri("http://example.com/a?b=1")
+//!     .header("Cookie", "session=abc")
+//!     .build();
+//! assert_eq!(
+//!     ShortLivedApi.on_request(&req),
+//!     RequestDecision::bypass("logged-in user")
+//! );
+//! ```
+//!
+//! Build the plugin crate (`crate-type = ["cdylib"]`) for `wasm32-wasip2`; the
+//! resulting `.wasm` is a component implementing the `cachet:policy` world.
+//!
+//! On `wasm32` a [`Request`] or [`Response`] wraps the host's resource: each
+//! accessor is one call into the host that copies only the field asked for.
+//! On other targets they hold in-memory values built with [`Request::builder`]
+//! and [`Response::builder`]; [`config`] and [`log`] are backed by the
+//! [`testing`] helpers.
+
+mod cache_control;
+mod config;
+mod cookie;
+mod decision;
+pub mod defaults;
+mod export;
+mod header_list;
+pub mod log;
+mod policy;
+mod query;
+mod request;
+mod response;
+mod uri;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod __private;
+
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+pub mod __private {
+    /// Lets the native `export_policy!` check its argument at compile time.
+    pub fn assert_policy<P: crate::Policy>() {}
+}
+
+pub use cache_control::CacheControl;
+pub use config::config;
+pub use decision::{RequestDecision, ResponseDecision, StoreDirective, SyntheticResponse};
+pub use policy::Policy;
+pub use query::{Query, QueryParam};
+pub use request::{Request, RequestBuilder};
+pub use response::{Response, ResponseBuilder};

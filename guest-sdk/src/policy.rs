@@ -1,0 +1,31 @@
+use crate::{defaults, Request, RequestDecision, Response, ResponseDecision};
+
+/// A cache policy: the three hooks the proxy calls for every request.
+///
+/// Each hook has a default (see [`defaults`]), so `impl Policy for P {}` is
+/// already a complete, RFC 9111-following policy.
+///
+/// The proxy may reuse one plugin instance for many requests, and
+/// [`export_policy!`](crate::export_policy) builds the policy value once per
+/// instance, so state kept in `self` lives across requests.
+pub trait Policy {
+    /// Decides whether the request uses the cache, bypasses it, or is answered
+    /// by the plugin. Default: [`defaults::on_request`].
+    fn on_request(&self, req: &Request) -> RequestDecision {
+        defaults::on_request(req)
+    }
+
+    /// Returns the plugin's parts of the cache key. The host prefixes the
+    /// tenant and length-prefixes every part, so parts cannot run together.
+    /// Default: [`defaults::cache_key`].
+    fn cache_key(&self, req: &Request) -> Vec<String> {
+        defaults::cache_key(req)
+    }
+
+    /// Decides whether and how long an origin response may be stored.
+    /// Default: [`ResponseDecision::FollowOrigin`].
+    fn on_response(&self, req: &Request, resp: &Response) -> ResponseDecision {
+        let _ = (req, resp);
+        ResponseDecision::FollowOrigin
+    }
+}

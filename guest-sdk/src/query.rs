@@ -1,0 +1,201 @@
+//! Query-string handling that never decodes or re-encodes: parameters keep
+//! their exact bytes, so rejoining yields what the origin would have seen.
+
+use std::fmt;
+
+/// A query string split on `&` into parameters.
+///
+/// Empty pairs (`a=1&&b=2`) are dropped; nothing else is changed. Names are
+/// compared byte-for-byte as sent, so `utm%5Fsource` is not `utm_source`.
+///
+/// ```
+/// let mut query = cachet_sdk::Query::parse("utm_source=x&b=2&a=1");
+/// query.retain(|param| !param.name().starts_with("utm_"));
+/// query.sort_by_name();
+/// assert_eq!(query.to_string(), "a=1&b=2");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    params: Vec<QueryParam>,
+}
+
+/// One `name=value` (or bare `name`) pair, exactly as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryParam {
+    name: String,
+    value: Option<String>,
+}
+
+impl QueryParam {
+    /// Splits a pair at its first `=`.
+    pub fn parse(pair: &str) -> Self {
+        match pair.split_once('=') {
+            Some((name, value)) => Self {
+                name: name.to_owned(),
+                value: Some(value.to_owned()),
+            },
+            None => Self {
+                name: pair.to_owned(),
+                value: None,
+            },
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `None` for a bare `name`, `Some("")` for `name=`.
+    pub fn value(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+}
+
+impl fmt::Display for QueryParam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)?;
+        if let Some(value) = &self.value {
+            write!(f, "={value}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Query {
+    /// Splits a raw query string (without the leading `?`).
+    pub fn parse(raw: &str) -> Self {
+        raw.split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(QueryParam::parse)
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, QueryParam> {
+        self.params.iter()
+    }
+
+    /// Value of the first parameter called `name`; `Some("")` for a bare name.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let param = self.params.iter().find(|p| p.name == name)?;
+        Some(param.value().unwrap_or(""))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.params.iter().any(|p| p.name == name)
+    }
+
+    /// Keeps only the parameters for which `keep` returns true.
+    pub fn retain(&mut self, keep: impl FnMut(&QueryParam) -> bool) {
+        self.params.retain(keep);
+    }
+
+    /// Removes every parameter called `name`.
+    pub fn remove(&mut self, name: &str) {
+        self.retain(|p| p.name != name);
+    }
+
+    /// Sorts by name, byte-wise. The sort is stable: repeated names keep their
+    /// relative order, since `x=1&x=2` and `x=2&x=1` can mean different things.
+    pub fn sort_by_name(&mut self) {
+        self.params.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+}
+
+/// Rejoins the parameters with `&`.
+impl fmt::Display for Query {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, param) in self.params.iter().enumerate() {
+            if i > 0 {
+                f.write_str("&")?;
+            }
+            write!(f, "{param}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromIterator<QueryParam> for Query {
+    fn from_iter<I: IntoIterator<Item = QueryParam>>(iter: I) -> Self {
+        Self {
+            params: iter.into_iter().collect(),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Query {
+    type Item = &'a QueryParam;
+    type IntoIter = std::slice::Iter<'a, QueryParam>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl IntoIterator for Query {
+    type Item = QueryParam;
+    type IntoIter = std::vec::IntoIter<QueryParam>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.params.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_bytes_exactly() {
+        let raw = "q=caf%C3%A9+au+lait&flag&empty=&eq=a=b&%E2%9C%93=1";
+        assert_eq!(Query::parse(raw).to_string(), raw);
+    }
+
+    #[test]
+    fn bare_and_empty_values_differ() {
+        let query = Query::parse("flag&empty=");
+        let params: Vec<_> = query.iter().map(|p| (p.name(), p.value())).collect();
+        assert_eq!(params, [("flag", None), ("empty", Some(""))]);
+        assert_eq!(query.get("flag"), Some(""));
+        assert_eq!(query.get("missing"), None);
+    }
+
+    #[test]
+    fn empty_pairs_are_dropped() {
+        assert_eq!(Query::parse("&a=1&&b=2&").to_string(), "a=1&b=2");
+        assert!(Query::parse("").is_empty());
+        assert!(Query::parse("&&").is_empty());
+    }
+
+    #[test]
+    fn sort_is_by_name_and_stable() {
+        let mut query = Query::parse("b=2&x=2&a=1&x=1");
+        query.sort_by_name();
+        assert_eq!(query.to_string(), "a=1&b=2&x=2&x=1");
+    }
+
+    #[test]
+    fn filtering_by_name() {
+        let mut query = Query::parse("fbclid=1&keep=1&fbclid=2&other=3");
+        query.remove("fbclid");
+        assert_eq!(query.to_string(), "keep=1&other=3");
+        query.retain(|p| p.name() != "other");
+        assert_eq!(query.len(), 1);
+        assert!(query.contains("keep"));
+    }
+
+    #[test]
+    fn collects_from_params() {
+        let query: Query = ["b=1", "a"].into_iter().map(QueryParam::parse).collect();
+        assert_eq!(query.to_string(), "b=1&a");
+        let names: Vec<String> = query.into_iter().map(|p| p.name().to_owned()).collect();
+        assert_eq!(names, ["b", "a"]);
+    }
+}

@@ -1,0 +1,252 @@
+use crate::header_list::HeaderList;
+use crate::{cookie, uri, CacheControl, Query};
+
+/// The client request being served.
+///
+/// In a plugin this is the host's request: every accessor asks the host for
+/// just that field. Natively it is an in-memory value made with
+/// [`Request::builder`]. Header names are matched case-insensitively.
+#[derive(Debug)]
+pub struct Request {
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    #[cfg(target_arch = "wasm32")]
+    Host(crate::__private::BorrowedRequest),
+    Memory(MemoryRequest),
+}
+
+#[derive(Debug)]
+struct MemoryRequest {
+    method: String,
+    host: String,
+    path: String,
+    query: Option<String>,
+    headers: HeaderList,
+}
+
+impl Request {
+    /// Starts an in-memory request: `GET /` with no headers.
+    pub fn builder() -> RequestBuilder {
+        RequestBuilder::default()
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn from_host(host: crate::__private::BorrowedRequest) -> Self {
+        Self {
+            source: Source::Host(host),
+        }
+    }
+
+    /// Method as sent, e.g. `"GET"`.
+    pub fn method(&self) -> String {
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(host) => host.method(),
+            Source::Memory(memory) => memory.method.clone(),
+        }
+    }
+
+    /// Host the client asked for, lower-cased, with the port if one was sent.
+    pub fn host(&self) -> String {
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(host) => host.host(),
+            Source::Memory(memory) => memory.host.clone(),
+        }
+    }
+
+    /// Path as received (still percent-encoded), without the query.
+    pub fn path(&self) -> String {
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(host) => host.path(),
+            Source::Memory(memory) => memory.path.clone(),
+        }
+    }
+
+    /// Raw query string without the `?`; `None` when the URI has no `?`.
+    pub fn query(&self) -> Option<String> {
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(host) => host.query(),
+            Source::Memory(memory) => memory.query.clone(),
+        }
+    }
+
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(host) => host.header(name),
+            Source::Memory(memory) => memory.headers.first(name),
+        }
+    }
+
+    /// Every value of a header, one per header line, in the order received.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(host) => host.header_all(name),
+            Source::Memory(memory) => memory.headers.all(name),
+        }
+    }
+
+    /// Whether the request carries this header at all.
+    pub fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+
+    /// Value of the first cookie called `name` (names are case-sensitive),
+    /// searched across every `Cookie` header line.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        cookie::find(&self.header_all("cookie"), name)
+    }
+
+    /// The request's `Cache-Control` directives.
+    pub fn cache_control(&self) -> CacheControl {
+        CacheControl::parse_all(&self.header_all("cache-control"))
+    }
+
+    /// The query split into parameters; empty when there is no query.
+    pub fn query_params(&self) -> Query {
+        Query::parse(self.query().as_deref().unwrap_or(""))
+    }
+}
+
+/// Builds an in-memory [`Request`], for tests.
+///
+/// ```
+/// let req = cachet_sdk::Request::builder()
+///     .method("POST")
+///     .uri("http://Example.com/a?b=1")
+///     .header("Cookie", "x=1")
+///     .build();
+/// assert_eq!(req.host(), "example.com");
+/// assert_eq!(req.path(), "/a");
+/// assert_eq!(req.query().as_deref(), Some("b=1"));
+/// assert_eq!(req.cookie("x").as_deref(), Some("1"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequestBuilder {
+    method: String,
+    uri: String,
+    headers: HeaderList,
+}
+
+impl Default for RequestBuilder {
+    fn default() -> Self {
+        Self {
+            method: "GET".to_owned(),
+            uri: "/".to_owned(),
+            headers: HeaderList::default(),
+        }
+    }
+}
+
+impl RequestBuilder {
+    pub fn method(mut self, method: impl Into<String>) -> Self {
+        self.method = method.into();
+        self
+    }
+
+    /// An absolute URI (`http://host/path?query`) or an origin-form target
+    /// (`/path?query`, host then taken from a `Host` header).
+    pub fn uri(mut self, uri: impl Into<String>) -> Self {
+        self.uri = uri.into();
+        self
+    }
+
+    /// Adds a header line (repeat for multiple values).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push(name.into(), value.into());
+        self
+    }
+
+    pub fn build(self) -> Request {
+        let parts = uri::split(&self.uri);
+        // Like the host: the URI's authority wins over the Host header.
+        let host = parts
+            .host
+            .or_else(|| self.headers.first("host").map(|h| h.to_ascii_lowercase()))
+            .unwrap_or_default();
+        Request {
+            source: Source::Memory(MemoryRequest {
+                method: self.method,
+                host,
+                path: parts.path,
+                query: parts.query,
+                headers: self.headers,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_to_get_root() {
+        let req = Request::builder().build();
+        assert_eq!(req.method(), "GET");
+        assert_eq!(req.host(), "");
+        assert_eq!(req.path(), "/");
+        assert_eq!(req.query(), None);
+    }
+
+    #[test]
+    fn host_header_is_used_for_origin_form() {
+        let req = Request::builder()
+            .uri("/x")
+            .header("Host", "Example.com:8080")
+            .build();
+        assert_eq!(req.host(), "example.com:8080");
+    }
+
+    #[test]
+    fn uri_authority_beats_host_header() {
+        let req = Request::builder()
+            .uri("http://a.example/x")
+            .header("host", "b.example")
+            .build();
+        assert_eq!(req.host(), "a.example");
+    }
+
+    #[test]
+    fn headers_are_case_insensitive() {
+        let req = Request::builder()
+            .header("Authorization", "Bearer x")
+            .header("accept", "a")
+            .header("ACCEPT", "b")
+            .build();
+        assert!(req.has_header("authorization"));
+        assert_eq!(req.header("AUTHORIZATION").as_deref(), Some("Bearer x"));
+        assert_eq!(req.header_all("Accept"), ["a", "b"]);
+        assert!(!req.has_header("cookie"));
+    }
+
+    #[test]
+    fn cookies_are_found_across_header_lines() {
+        let req = Request::builder()
+            .header("cookie", "a=1; b=2")
+            .header("Cookie", "session=abc")
+            .build();
+        assert_eq!(req.cookie("b").as_deref(), Some("2"));
+        assert_eq!(req.cookie("session").as_deref(), Some("abc"));
+        assert_eq!(req.cookie("Session"), None);
+    }
+
+    #[test]
+    fn request_cache_control_and_query_params() {
+        let req = Request::builder()
+            .uri("/a?z=1&a=2")
+            .header("Cache-Control", "no-cache")
+            .build();
+        assert!(req.cache_control().no_cache());
+        assert_eq!(req.query_params().get("a"), Some("2"));
+        assert!(Request::builder().build().query_params().is_empty());
+    }
+}

@@ -1,0 +1,165 @@
+use crate::header_list::HeaderList;
+use crate::CacheControl;
+
+/// The origin's response head (status and headers; the body stays in the host).
+///
+/// In a plugin this is the host's response: every accessor asks the host for
+/// just that field. Natively it is an in-memory value made with
+/// [`Response::builder`]. Header names are matched case-insensitively.
+#[derive(Debug)]
+pub struct Response {
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    #[cfg(target_arch = "wasm32")]
+    Host(crate::__private::BorrowedResponse),
+    Memory(MemoryResponse),
+}
+
+#[derive(Debug)]
+struct MemoryResponse {
+    status: u16,
+    headers: HeaderList,
+}
+
+impl Response {
+    /// Starts an in-memory response: status 200 with no headers.
+    pub fn builder() -> ResponseBuilder {
+        ResponseBuilder::default()
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn from_host(host: crate::__private::BorrowedResponse) -> Self {
+        Self {
+            source: Source::Host(host),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(host) => host.status(),
+            Source::Memory(memory) => memory.status,
+        }
+    }
+
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<String> {
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(host) => host.header(name),
+            Source::Memory(memory) => memory.headers.first(name),
+        }
+    }
+
+    /// Every value of a header, one per header line, in the order received.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        match &self.source {
+            #[cfg(target_arch = "wasm32")]
+            Source::Host(host) => host.header_all(name),
+            Source::Memory(memory) => memory.headers.all(name),
+        }
+    }
+
+    /// Whether the response carries this header at all.
+    pub fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+
+    /// The response's `Cache-Control` directives.
+    pub fn cache_control(&self) -> CacheControl {
+        CacheControl::parse_all(&self.header_all("cache-control"))
+    }
+
+    /// Whether the origin stated an explicit expiration time (RFC 9111
+    /// §4.2.1): a `max-age` or `s-maxage` directive, or an `Expires` header.
+    /// Values are not judged: a malformed `Expires` still counts, since it
+    /// means "already expired".
+    pub fn has_explicit_freshness(&self) -> bool {
+        let cache_control = self.cache_control();
+        cache_control.has("max-age") || cache_control.has("s-maxage") || self.has_header("expires")
+    }
+}
+
+/// Builds an in-memory [`Response`], for tests.
+///
+/// ```
+/// let resp = cachet_sdk::Response::builder()
+///     .status(404)
+///     .header("Cache-Control", "max-age=60")
+///     .build();
+/// assert_eq!(resp.status(), 404);
+/// assert!(resp.has_explicit_freshness());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ResponseBuilder {
+    status: u16,
+    headers: HeaderList,
+}
+
+impl Default for ResponseBuilder {
+    fn default() -> Self {
+        Self {
+            status: 200,
+            headers: HeaderList::default(),
+        }
+    }
+}
+
+impl ResponseBuilder {
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Adds a header line (repeat for multiple values).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push(name.into(), value.into());
+        self
+    }
+
+    pub fn build(self) -> Response {
+        Response {
+            source: Source::Memory(MemoryResponse {
+                status: self.status,
+                headers: self.headers,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_to_200_without_headers() {
+        let resp = Response::builder().build();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.header_all("cache-control").is_empty());
+        assert!(!resp.has_explicit_freshness());
+    }
+
+    #[test]
+    fn cache_control_joins_every_header_line() {
+        let resp = Response::builder()
+            .header("Cache-Control", "public")
+            .header("cache-control", "max-age=5")
+            .build();
+        let cc = resp.cache_control();
+        assert!(cc.public());
+        assert_eq!(cc.max_age(), Some(std::time::Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn explicit_freshness_sources() {
+        let with = |name: &str, value: &str| Response::builder().header(name, value).build();
+        assert!(with("Cache-Control", "s-maxage=10").has_explicit_freshness());
+        assert!(with("Cache-Control", "max-age=0").has_explicit_freshness());
+        assert!(with("Expires", "not a date").has_explicit_freshness());
+        assert!(!with("Cache-Control", "public, no-cache").has_explicit_freshness());
+        assert!(!with("Last-Modified", "Tue, 15 Nov 1994 12:45:26 GMT").has_explicit_freshness());
+    }
+}

@@ -1,0 +1,74 @@
+//! Splits the URIs given to `Request::builder` into what the host reports.
+
+/// The parts of a request target the host exposes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct UriParts {
+    /// Lower-cased authority without userinfo; `None` for origin-form targets.
+    pub(crate) host: Option<String>,
+    /// Never empty: an absolute URI without a path means `/`.
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+}
+
+/// Accepts absolute URIs (`http://host/path?q`) and origin-form targets
+/// (`/path?q`); the fragment, which clients never send, is dropped.
+pub(crate) fn split(uri: &str) -> UriParts {
+    let uri = uri.split_once('#').map_or(uri, |(before, _)| before);
+    let (target, query) = match uri.split_once('?') {
+        Some((target, query)) => (target, Some(query.to_owned())),
+        None => (uri, None),
+    };
+    let (host, path) = match target.split_once("://") {
+        Some((_scheme, rest)) => {
+            let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            (Some(host.to_ascii_lowercase()), path)
+        }
+        None => (None, target),
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    UriParts {
+        host,
+        path: path.to_owned(),
+        query,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(host: Option<&str>, path: &str, query: Option<&str>) -> UriParts {
+        UriParts {
+            host: host.map(str::to_owned),
+            path: path.to_owned(),
+            query: query.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn absolute_uri() {
+        assert_eq!(
+            split("http://Example.COM:8080/a/%41?b=1&c#frag"),
+            parts(Some("example.com:8080"), "/a/%41", Some("b=1&c"))
+        );
+    }
+
+    #[test]
+    fn absolute_uri_without_path_or_with_userinfo() {
+        assert_eq!(
+            split("https://example.com"),
+            parts(Some("example.com"), "/", None)
+        );
+        assert_eq!(
+            split("http://user:pw@example.com/x?"),
+            parts(Some("example.com"), "/x", Some(""))
+        );
+    }
+
+    #[test]
+    fn origin_form() {
+        assert_eq!(split("/a?b=1"), parts(None, "/a", Some("b=1")));
+        assert_eq!(split(""), parts(None, "/", None));
+    }
+}

@@ -1,0 +1,81 @@
+//! The admin listener (loopback by default): `GET /status` as JSON and
+//! `GET /metrics` in the Prometheus text format.
+
+use crate::proxy::ProxyState;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+pub struct AdminApp {
+    pub state: Arc<ProxyState>,
+}
+
+impl AdminApp {
+    /// The status document: each tenant with its loaded plugin, and the cache.
+    pub fn status(&self) -> serde_json::Value {
+        let router = self.state.router.load();
+        let tenants: Vec<_> = router
+            .tenants()
+            .iter()
+            .map(|tenant| {
+                let policy = tenant.policy();
+                let info = &policy.plugin().info;
+                json!({
+                    "name": tenant.name(),
+                    "hosts": tenant.config.hosts,
+                    "upstream": tenant.config.upstream_name,
+                    "plugin": {
+                        "path": info.path,
+                        "sha256": info.sha256,
+                        "size_bytes": info.size_bytes,
+                        "compile_ms": info.compile_time.as_secs_f64() * 1000.0,
+                        "loaded_at": info.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                        "imports": info.imports,
+                    },
+                })
+            })
+            .collect();
+        let stats = self.state.cache.storage.stats();
+        json!({
+            "tenants": tenants,
+            "cache": {
+                "max_bytes": stats.budget_bytes,
+                "stored_bytes": stats.stored_bytes,
+                "objects": stats.objects,
+                "evictions": stats.evictions,
+                "inserts": stats.inserts,
+                "rejected_oversize": stats.rejected_oversize,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_owned();
+        let (status, content_type, body) = match path.as_str() {
+            "/status" => (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec_pretty(&self.status()).unwrap_or_default(),
+            ),
+            "/metrics" => (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::metrics::render().into_bytes(),
+            ),
+            _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+        };
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}

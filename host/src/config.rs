@@ -1,0 +1,383 @@
+//! The TOML configuration: schema, defaults, and validation with errors that
+//! name the file, the line and the key.
+
+use crate::policy::PluginLimits;
+use bytesize::ByteSize;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A configuration error, located in its file.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---- The file as written -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(rename = "tenant", default)]
+    tenants: Vec<RawTenant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Spanned<String>,
+    threads: Option<Spanned<usize>>,
+    admin: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    max_bytes: Option<Spanned<ByteSize>>,
+    max_object_bytes: Option<Spanned<ByteSize>>,
+    lock_timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: Spanned<String>,
+    hosts: Spanned<Vec<String>>,
+    upstream: Spanned<String>,
+    plugin: Spanned<String>,
+    #[serde(default)]
+    on_plugin_error: OnPluginError,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    plugin_config: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<Spanned<ByteSize>>,
+    hook_timeout_ms: Option<Spanned<u64>>,
+    max_key_bytes: Option<usize>,
+    max_key_parts: Option<usize>,
+    max_synthetic_body: Option<ByteSize>,
+    instance_reuse: Option<Spanned<u32>>,
+}
+
+// ---- The validated configuration -----------------------------------------
+
+/// What a request gets when its tenant's plugin faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPluginError {
+    /// Proxy to the origin without caching.
+    #[default]
+    Bypass,
+    /// Answer 502 with a `Cache-Status` detail naming the fault.
+    Error,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (relative paths in it resolve against its folder).
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub cache: CacheConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub max_bytes: usize,
+    pub max_object_bytes: usize,
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub upstream: SocketAddr,
+    /// The upstream as written, used for the Host/SNI of the origin connection.
+    pub upstream_name: String,
+    pub plugin: PathBuf,
+    pub on_plugin_error: OnPluginError,
+    pub limits: PluginLimits,
+    pub plugin_config: BTreeMap<String, String>,
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Validates configuration text as if read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let located = Locator { path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| located.toml_error(&e))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+
+    let server = ServerConfig {
+        listen: located.socket_addr("server.listen", &raw.server.listen)?,
+        threads: match raw.server.threads {
+            Some(t) if *t.get_ref() == 0 => {
+                return Err(located.at(t.span(), "server.threads", "must be at least 1"))
+            }
+            Some(t) => t.into_inner(),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        },
+        admin: match &raw.server.admin {
+            Some(a) => Some(located.socket_addr("server.admin", a)?),
+            None => None,
+        },
+    };
+
+    let max_bytes = raw
+        .cache
+        .max_bytes
+        .as_ref()
+        .map_or(256 << 20, |b| b.get_ref().as_u64() as usize);
+    let max_object_bytes = match &raw.cache.max_object_bytes {
+        Some(b) if b.get_ref().as_u64() as usize > max_bytes => {
+            return Err(located.at(
+                b.span(),
+                "cache.max_object_bytes",
+                "must not exceed cache.max_bytes",
+            ))
+        }
+        Some(b) => b.get_ref().as_u64() as usize,
+        None => (max_bytes / 8).clamp(1, 64 << 20),
+    };
+    if let Some(b) = &raw.cache.max_bytes {
+        if b.get_ref().as_u64() < 1024 {
+            return Err(located.at(b.span(), "cache.max_bytes", "must be at least 1KiB"));
+        }
+    }
+    let cache = CacheConfig {
+        max_bytes,
+        max_object_bytes,
+        lock_timeout: Duration::from_millis(raw.cache.lock_timeout_ms.unwrap_or(5_000)),
+    };
+
+    if raw.tenants.is_empty() {
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: Some("tenant".into()),
+            message: "at least one [[tenant]] is required".into(),
+        });
+    }
+    let mut tenants: Vec<TenantConfig> = Vec::with_capacity(raw.tenants.len());
+    for t in raw.tenants {
+        tenants.push(located.tenant(base, t, &tenants)?);
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        server,
+        cache,
+        tenants,
+    })
+}
+
+/// Turns byte spans into file/line errors.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn at(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line: Some(self.line_of(span.start)),
+            key: Some(key.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax or type error: the key is read from the offending line.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let line = e.span().map(|s| self.line_of(s.start));
+        let key = line.and_then(|n| {
+            let text = self.text.lines().nth(n - 1)?;
+            let (key, _) = text.split_once('=')?;
+            Some(key.trim().to_owned())
+        });
+        ConfigError {
+            file: self.path.to_path_buf(),
+            line,
+            key,
+            message: e.message().trim().to_owned(),
+        }
+    }
+
+    fn socket_addr(&self, key: &str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        let text = value.get_ref();
+        text.to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                self.at(
+                    value.span(),
+                    key,
+                    format!("{text:?} is not a host:port address"),
+                )
+            })
+    }
+
+    fn tenant(
+        &self,
+        base: &Path,
+        t: RawTenant,
+        earlier: &[TenantConfig],
+    ) -> Result<TenantConfig, ConfigError> {
+        let name = t.name.get_ref().trim().to_owned();
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !valid_name {
+            return Err(self.at(
+                t.name.span(),
+                "tenant.name",
+                "must be non-empty and use only letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if earlier.iter().any(|e| e.name == name) {
+            return Err(self.at(
+                t.name.span(),
+                "tenant.name",
+                format!("duplicate tenant {name:?}"),
+            ));
+        }
+        let hosts: Vec<String> = t
+            .hosts
+            .get_ref()
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        if hosts.is_empty() || hosts.iter().any(String::is_empty) {
+            return Err(self.at(
+                t.hosts.span(),
+                "tenant.hosts",
+                "must list at least one non-empty host (\"*\" matches any)",
+            ));
+        }
+        for host in &hosts {
+            if let Some(other) = earlier.iter().find(|e| e.hosts.contains(host)) {
+                return Err(self.at(
+                    t.hosts.span(),
+                    "tenant.hosts",
+                    format!("host {host:?} already belongs to tenant {:?}", other.name),
+                ));
+            }
+        }
+        let upstream = self.socket_addr("tenant.upstream", &t.upstream)?;
+        let plugin = base.join(t.plugin.get_ref());
+        if !plugin.is_file() {
+            return Err(self.at(
+                t.plugin.span(),
+                "tenant.plugin",
+                format!("no plugin file at {}", plugin.display()),
+            ));
+        }
+        let defaults = PluginLimits::default();
+        let limits = PluginLimits {
+            memory_bytes: match &t.limits.memory {
+                Some(m) if m.get_ref().as_u64() as usize > crate::policy::MAX_GUEST_MEMORY => {
+                    return Err(self.at(m.span(), "tenant.limits.memory", "must not exceed 256MiB"))
+                }
+                Some(m) => m.get_ref().as_u64() as usize,
+                None => defaults.memory_bytes,
+            },
+            hook_timeout: match &t.limits.hook_timeout_ms {
+                Some(ms) if *ms.get_ref() == 0 => {
+                    return Err(self.at(
+                        ms.span(),
+                        "tenant.limits.hook_timeout_ms",
+                        "must be at least 1",
+                    ))
+                }
+                Some(ms) => Duration::from_millis(*ms.get_ref()),
+                None => defaults.hook_timeout,
+            },
+            max_key_bytes: t.limits.max_key_bytes.unwrap_or(defaults.max_key_bytes),
+            max_key_parts: t.limits.max_key_parts.unwrap_or(defaults.max_key_parts),
+            max_synthetic_body_bytes: t
+                .limits
+                .max_synthetic_body
+                .map_or(defaults.max_synthetic_body_bytes, |b| b.as_u64() as usize),
+            instance_reuse: match &t.limits.instance_reuse {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(self.at(
+                        n.span(),
+                        "tenant.limits.instance_reuse",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => *n.get_ref(),
+                None => defaults.instance_reuse,
+            },
+        };
+        Ok(TenantConfig {
+            name,
+            hosts,
+            upstream,
+            upstream_name: t.upstream.into_inner(),
+            plugin,
+            on_plugin_error: t.on_plugin_error,
+            limits,
+            plugin_config: t.plugin_config,
+        })
+    }
+}

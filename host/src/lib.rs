@@ -1,0 +1,16 @@
+//! cachet: a caching HTTP reverse proxy whose cache policy is a sandboxed,
+//! hot-swappable WebAssembly component.
+//!
+//! The binary `cachet` is a thin CLI over this library. A Pingora user can
+//! embed the policy layer directly: [`policy`] loads and runs plugins,
+//! [`proxy::CachetProxy`] is a complete `ProxyHttp`, and [`storage`] is the
+//! bounded in-memory cache storage.
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod storage;
+pub mod tenant;

@@ -1,0 +1,170 @@
+//! What the host grants a plugin: the request/response resources, logging and
+//! the tenant's configuration values. Nothing else is linked for policy code.
+
+use super::bindings::cachet::policy::{host, types};
+use super::call_scope::CallScope;
+use super::limits::MemoryLimiter;
+use super::TenantContext;
+use std::sync::Arc;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The data of one plugin `Store`.
+pub(crate) struct HostState {
+    pub scope: CallScope,
+    pub limiter: MemoryLimiter,
+    pub tenant: Arc<TenantContext>,
+    /// WASI for the Rust standard library's own needs (random seeds, clocks).
+    /// Empty: no preopened directories, no environment, no arguments, no network.
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl HostState {
+    pub(crate) fn new(tenant: Arc<TenantContext>, memory_bytes: usize) -> Self {
+        Self {
+            scope: CallScope::default(),
+            limiter: MemoryLimiter {
+                max_bytes: memory_bytes,
+                refused: false,
+            },
+            tenant,
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn lossy(value: &http::HeaderValue) -> String {
+    String::from_utf8_lossy(value.as_bytes()).into_owned()
+}
+
+fn first_header(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).map(lossy)
+}
+
+fn all_headers(headers: &http::HeaderMap, name: &str) -> Vec<String> {
+    headers.get_all(name).iter().map(lossy).collect()
+}
+
+/// The host the client asked for: the Host header, else the URI authority.
+pub fn request_host(req: &pingora::http::RequestHeader) -> String {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default();
+    raw.to_ascii_lowercase()
+}
+
+impl types::Host for HostState {}
+
+impl types::HostRequest for HostState {
+    fn method(&mut self, _: Resource<types::Request>) -> wasmtime::Result<String> {
+        Ok(self.scope.request()?.method.as_str().to_owned())
+    }
+
+    fn host(&mut self, _: Resource<types::Request>) -> wasmtime::Result<String> {
+        Ok(request_host(self.scope.request()?))
+    }
+
+    fn path(&mut self, _: Resource<types::Request>) -> wasmtime::Result<String> {
+        Ok(self.scope.request()?.uri.path().to_owned())
+    }
+
+    fn query(&mut self, _: Resource<types::Request>) -> wasmtime::Result<Option<String>> {
+        Ok(self.scope.request()?.uri.query().map(str::to_owned))
+    }
+
+    fn header(
+        &mut self,
+        _: Resource<types::Request>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(first_header(&self.scope.request()?.headers, &name))
+    }
+
+    fn header_all(
+        &mut self,
+        _: Resource<types::Request>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        Ok(all_headers(&self.scope.request()?.headers, &name))
+    }
+
+    fn drop(&mut self, _: Resource<types::Request>) -> wasmtime::Result<()> {
+        // Handles are borrows of the proxy's own request; nothing to free.
+        Ok(())
+    }
+}
+
+impl types::HostResponse for HostState {
+    fn status(&mut self, _: Resource<types::Response>) -> wasmtime::Result<u16> {
+        Ok(self.scope.response()?.status.as_u16())
+    }
+
+    fn header(
+        &mut self,
+        _: Resource<types::Response>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(first_header(&self.scope.response()?.headers, &name))
+    }
+
+    fn header_all(
+        &mut self,
+        _: Resource<types::Response>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        Ok(all_headers(&self.scope.response()?.headers, &name))
+    }
+
+    fn drop(&mut self, _: Resource<types::Response>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+/// Longest plugin log line kept; a plugin must not flood the proxy's log.
+const MAX_LOG_LINE: usize = 4096;
+
+impl host::Host for HostState {
+    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        let tenant = self.tenant.tenant.as_str();
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        match level {
+            types::LogLevel::Trace => {
+                tracing::trace!(target: "cachet::plugin", tenant, "{message}")
+            }
+            types::LogLevel::Debug => {
+                tracing::debug!(target: "cachet::plugin", tenant, "{message}")
+            }
+            types::LogLevel::Info => tracing::info!(target: "cachet::plugin", tenant, "{message}"),
+            types::LogLevel::Warn => tracing::warn!(target: "cachet::plugin", tenant, "{message}"),
+            types::LogLevel::Error => {
+                tracing::error!(target: "cachet::plugin", tenant, "{message}")
+            }
+        }
+        Ok(())
+    }
+
+    fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.tenant.plugin_config.get(&key).cloned())
+    }
+}

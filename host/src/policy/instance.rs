@@ -1,0 +1,237 @@
+//! Plugin instances: creation with limits, typed hook calls, fault handling,
+//! and a per-tenant pool that reuses instances only as far as configured.
+
+use super::bindings::Policy;
+use super::decision::{self, RequestDecision, ResponseDecision};
+use super::engine::PolicyEngine;
+use super::host_api::HostState;
+use super::limits::PluginLimits;
+use super::plugin::{root_cause, LoadedPlugin};
+use super::TenantContext;
+use parking_lot::Mutex;
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::fmt;
+use std::sync::Arc;
+use wasmtime::component::Resource;
+use wasmtime::{Store, Trap};
+
+/// Why a hook call failed. The instance involved is always discarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginFault {
+    /// The hook ran past its deadline.
+    Timeout,
+    /// The guest asked for more memory than its limit.
+    Memory,
+    /// The guest trapped (panic, unreachable, bad memory access...).
+    Trap(String),
+    /// No instance could be created (pool full, start function failed).
+    Instantiate(String),
+    /// The guest returned something the host refuses (oversized key...).
+    InvalidOutput(String),
+}
+
+impl PluginFault {
+    /// A short stable name, for logs, metrics and `Cache-Status`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Memory => "memory",
+            Self::Trap(_) => "trap",
+            Self::Instantiate(_) => "instantiate",
+            Self::InvalidOutput(_) => "invalid-output",
+        }
+    }
+}
+
+impl fmt::Display for PluginFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout => write!(f, "plugin exceeded its CPU deadline"),
+            Self::Memory => write!(f, "plugin exceeded its memory limit"),
+            Self::Trap(msg) => write!(f, "plugin trapped: {msg}"),
+            Self::Instantiate(msg) => write!(f, "plugin could not be instantiated: {msg}"),
+            Self::InvalidOutput(msg) => write!(f, "plugin returned invalid output: {msg}"),
+        }
+    }
+}
+
+/// One instance of a plugin in its own `Store`.
+pub struct PolicyInstance {
+    store: Store<HostState>,
+    bindings: Policy,
+    uses: u32,
+}
+
+impl PolicyInstance {
+    fn new(
+        engine: &PolicyEngine,
+        plugin: &LoadedPlugin,
+        tenant: Arc<TenantContext>,
+        limits: &PluginLimits,
+    ) -> Result<Self, PluginFault> {
+        let mut store = Store::new(engine.engine(), HostState::new(tenant, limits.memory_bytes));
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(PolicyEngine::deadline_ticks(limits.hook_timeout));
+        store.epoch_deadline_trap();
+        match plugin.pre.instantiate(&mut store) {
+            Ok(bindings) => Ok(Self {
+                store,
+                bindings,
+                uses: 0,
+            }),
+            Err(e) => Err(match classify(&e, &store) {
+                PluginFault::Trap(msg) => PluginFault::Instantiate(msg),
+                other => other,
+            }),
+        }
+    }
+
+    /// Runs one hook with the request (and response) in scope and the
+    /// deadline armed. Any error means the instance must not be used again.
+    fn call<R>(
+        &mut self,
+        limits: &PluginLimits,
+        request: &RequestHeader,
+        response: Option<&ResponseHeader>,
+        hook: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFault> {
+        self.store.data_mut().scope.enter(request, response);
+        self.store
+            .set_epoch_deadline(PolicyEngine::deadline_ticks(limits.hook_timeout));
+        let result = hook(&self.bindings, &mut self.store);
+        self.store.data_mut().scope.leave();
+        result.map_err(|e| classify(&e, &self.store))
+    }
+
+    fn on_request(
+        &mut self,
+        limits: &PluginLimits,
+        request: &RequestHeader,
+    ) -> Result<RequestDecision, PluginFault> {
+        let raw = self.call(limits, request, None, |policy, store| {
+            policy.call_on_request(store, Resource::new_borrow(0))
+        })?;
+        decision::request_decision(raw, limits).map_err(PluginFault::InvalidOutput)
+    }
+
+    fn cache_key(
+        &mut self,
+        limits: &PluginLimits,
+        request: &RequestHeader,
+    ) -> Result<Vec<String>, PluginFault> {
+        let parts = self.call(limits, request, None, |policy, store| {
+            policy.call_cache_key(store, Resource::new_borrow(0))
+        })?;
+        decision::key_parts(parts, limits).map_err(PluginFault::InvalidOutput)
+    }
+
+    fn on_response(
+        &mut self,
+        limits: &PluginLimits,
+        request: &RequestHeader,
+        response: &ResponseHeader,
+    ) -> Result<ResponseDecision, PluginFault> {
+        let raw = self.call(limits, request, Some(response), |policy, store| {
+            policy.call_on_response(store, Resource::new_borrow(0), Resource::new_borrow(0))
+        })?;
+        Ok(decision::response_decision(raw))
+    }
+}
+
+fn classify(err: &wasmtime::Error, store: &Store<HostState>) -> PluginFault {
+    if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+        return PluginFault::Timeout;
+    }
+    if store.data().limiter.refused {
+        return PluginFault::Memory;
+    }
+    PluginFault::Trap(root_cause(err))
+}
+
+/// Most idle instances kept per plugin version; more are simply dropped.
+const MAX_IDLE_INSTANCES: usize = 32;
+
+/// The instances of one version of one tenant's plugin.
+pub struct InstancePool {
+    engine: PolicyEngine,
+    plugin: Arc<LoadedPlugin>,
+    tenant: Arc<TenantContext>,
+    limits: PluginLimits,
+    idle: Mutex<Vec<PolicyInstance>>,
+}
+
+/// What `decide_request` found: the decision and, when the request may use
+/// the cache, the plugin's key parts.
+pub type RequestVerdict = (RequestDecision, Option<Vec<String>>);
+
+impl InstancePool {
+    pub fn new(
+        engine: PolicyEngine,
+        plugin: Arc<LoadedPlugin>,
+        tenant: Arc<TenantContext>,
+        limits: PluginLimits,
+    ) -> Self {
+        Self {
+            engine,
+            plugin,
+            tenant,
+            limits,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    pub fn limits(&self) -> &PluginLimits {
+        &self.limits
+    }
+
+    /// Runs `on-request` and, when it says "cache", `cache-key` on one instance.
+    pub fn decide_request(&self, request: &RequestHeader) -> Result<RequestVerdict, PluginFault> {
+        self.with_instance(|instance, limits| {
+            let decision = instance.on_request(limits, request)?;
+            let key = match decision {
+                RequestDecision::Cache => Some(instance.cache_key(limits, request)?),
+                _ => None,
+            };
+            Ok((decision, key))
+        })
+    }
+
+    /// Runs `on-response` for an origin response.
+    pub fn decide_response(
+        &self,
+        request: &RequestHeader,
+        response: &ResponseHeader,
+    ) -> Result<ResponseDecision, PluginFault> {
+        self.with_instance(|instance, limits| instance.on_response(limits, request, response))
+    }
+
+    fn with_instance<R>(
+        &self,
+        work: impl FnOnce(&mut PolicyInstance, &PluginLimits) -> Result<R, PluginFault>,
+    ) -> Result<R, PluginFault> {
+        let mut instance = match self.idle.lock().pop() {
+            Some(instance) => instance,
+            None => PolicyInstance::new(
+                &self.engine,
+                &self.plugin,
+                self.tenant.clone(),
+                &self.limits,
+            )?,
+        };
+        // On a fault the instance is dropped here: a trapped instance may be
+        // in any state, so it never serves another request.
+        instance.uses += 1;
+        let result = work(&mut instance, &self.limits)?;
+        if instance.uses < self.limits.instance_reuse {
+            let mut idle = self.idle.lock();
+            if idle.len() < MAX_IDLE_INSTANCES {
+                idle.push(instance);
+            }
+        }
+        Ok(result)
+    }
+}

@@ -1,0 +1,66 @@
+//! Per-tenant hard limits on a plugin, enforced by the host.
+
+use std::time::Duration;
+
+/// Limits applied to every instance of one tenant's plugin.
+#[derive(Debug, Clone)]
+pub struct PluginLimits {
+    /// Maximum linear memory of the guest, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock budget of one hook call (enforced by epoch interruption).
+    pub hook_timeout: Duration,
+    /// Maximum total bytes of the key parts a plugin returns.
+    pub max_key_bytes: usize,
+    /// Maximum number of key parts a plugin returns.
+    pub max_key_parts: usize,
+    /// Maximum body size of a synthetic response.
+    pub max_synthetic_body_bytes: usize,
+    /// How many requests one instance serves before it is discarded; 1 means a
+    /// fresh instance per request (no state can leak between requests).
+    pub instance_reuse: u32,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 16 << 20,
+            hook_timeout: Duration::from_millis(10),
+            max_key_bytes: 4096,
+            max_key_parts: 32,
+            max_synthetic_body_bytes: 1 << 20,
+            instance_reuse: 1,
+        }
+    }
+}
+
+/// Store-level resource limiter that also remembers whether it refused memory,
+/// so a guest that traps after a failed allocation is reported as "memory".
+pub(crate) struct MemoryLimiter {
+    pub max_bytes: usize,
+    pub refused: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; 100k entries is far beyond any policy.
+        Ok(desired <= 100_000)
+    }
+}

@@ -1,0 +1,25 @@
+//! The WebAssembly policy layer: one engine, plugins loaded and checked off
+//! the request path, instances with hard limits, and typed hook calls.
+
+mod bindings;
+mod call_scope;
+mod decision;
+mod engine;
+mod host_api;
+mod instance;
+mod limits;
+mod plugin;
+
+pub use decision::{RequestDecision, ResponseDecision, StoreDirective, SyntheticResponse};
+pub use engine::{PolicyEngine, MAX_GUEST_MEMORY};
+pub use host_api::request_host;
+pub use instance::{InstancePool, PluginFault, PolicyInstance};
+pub use limits::PluginLimits;
+pub use plugin::{ImportCheck, LoadedPlugin, PluginInfo, ALLOWED_IMPORTS};
+
+/// Identity and configuration a plugin sees through its `host` imports.
+#[derive(Debug, Clone, Default)]
+pub struct TenantContext {
+    pub tenant: String,
+    pub plugin_config: std::collections::BTreeMap<String, String>,
+}

@@ -1,0 +1,34 @@
+//! Per-request state carried between Pingora's phases.
+
+use crate::policy::{InstancePool, PluginFault};
+use crate::tenant::Tenant;
+use std::sync::Arc;
+
+/// What the policy decided for the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Route {
+    /// Not decided yet (request_filter has not run or failed early).
+    #[default]
+    Undecided,
+    /// Use the cache with this primary key.
+    Cache,
+    /// Go to the origin, no cache; the reason is reported in `Cache-Status`.
+    Bypass(String),
+    /// Answered without the origin (synthetic or error response).
+    Answered(String),
+}
+
+#[derive(Default)]
+pub struct RequestCtx {
+    pub tenant: Option<Arc<Tenant>>,
+    /// The plugin version this request started with (hot reload never
+    /// changes it mid-request).
+    pub policy: Option<Arc<InstancePool>>,
+    pub route: Route,
+    /// The full primary cache key (tenant namespace + plugin parts).
+    pub key: Vec<u8>,
+    /// Why a response was not stored, when it was not.
+    pub not_stored: Option<String>,
+    pub stored: bool,
+    pub fault: Option<PluginFault>,
+}

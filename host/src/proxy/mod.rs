@@ -1,0 +1,131 @@
+//! cachet's `ProxyHttp`: one file per phase, each calling one policy hook.
+//!
+//! Pingora's cache hooks that run synchronously (`request_cache_filter`,
+//! `cache_key_callback`, `response_cache_filter`) use what `request_filter`
+//! put in the per-request context; plugin calls are synchronous wasmtime
+//! calls, so `on-response` runs directly in `response_cache_filter`, where
+//! a 304 revalidation has already merged the stored headers.
+
+mod cache_key;
+pub mod cache_status;
+mod ctx;
+mod request;
+mod response;
+mod state;
+
+pub use cache_key::primary_key;
+pub use ctx::{RequestCtx, Route};
+pub use state::{CacheBackend, ProxyState};
+
+use async_trait::async_trait;
+use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::{Error, ErrorType, Result};
+use pingora_cache::{CacheKey, CacheOptionOverrides, RespCacheable};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The proxy: tenants, their policies, and the shared cache.
+#[derive(Clone)]
+pub struct CachetProxy {
+    pub state: Arc<ProxyState>,
+}
+
+impl CachetProxy {
+    pub fn new(state: Arc<ProxyState>) -> Self {
+        Self { state }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for CachetProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        request::request_filter(self, session, ctx).await
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
+        if ctx.route != Route::Cache {
+            return Ok(());
+        }
+        let backend = &self.state.cache;
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(backend.lock_timeout);
+        overrides.max_lock_retries = Some(3);
+        session.cache.enable(
+            backend.storage,
+            None,
+            None,
+            Some(backend.lock),
+            Some(overrides),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(backend.max_object_bytes);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
+        let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
+        Ok(CacheKey::new(ctx.key.clone(), tenant))
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(tenant) = &ctx.tenant else {
+            return Error::e_explain(ErrorType::InternalError, "no tenant chosen");
+        };
+        let mut peer = HttpPeer::new(tenant.config.upstream, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.read_timeout = Some(Duration::from_secs(60));
+        peer.options.write_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<RespCacheable> {
+        Ok(response::response_cache_filter(self, session, resp, ctx))
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let status = cache_status::value(&session.cache, ctx, upstream_response.status.as_u16());
+        upstream_response.insert_header(cache_status::HEADER, status)?;
+        Ok(())
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+        error: Option<&Error>,
+    ) -> bool {
+        match error {
+            // stale-while-revalidate: pingora has already checked the
+            // entry's window (from the origin or the plugin's store decision).
+            None => true,
+            // stale-if-error: origin unreachable or answering 5xx.
+            Some(e) => match e.etype() {
+                ErrorType::HTTPStatus(code) => *code >= 500,
+                _ => e.esource() == &pingora::ErrorSource::Upstream,
+            },
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! State shared by every request: the tenant router (swappable as a whole on
+//! config reload) and the cache backend.
+
+use crate::policy::PluginFault;
+use crate::storage::MemoryStorage;
+use crate::tenant::TenantRouter;
+use arc_swap::ArcSwap;
+use pingora_cache::lock::CacheKeyLockImpl;
+use std::time::Duration;
+
+/// The cache machinery Pingora needs as `'static` references.
+pub struct CacheBackend {
+    pub storage: &'static MemoryStorage,
+    pub lock: &'static CacheKeyLockImpl,
+    pub lock_timeout: Duration,
+    pub max_object_bytes: usize,
+}
+
+pub struct ProxyState {
+    pub router: ArcSwap<TenantRouter>,
+    pub cache: CacheBackend,
+}
+
+impl ProxyState {
+    pub fn new(router: TenantRouter, cache: CacheBackend) -> Self {
+        Self {
+            router: ArcSwap::from_pointee(router),
+            cache,
+        }
+    }
+
+    /// Counts a plugin fault for operators.
+    pub fn record_fault(&self, tenant: &str, fault: &PluginFault) {
+        crate::metrics::plugin_fault(tenant, fault.kind());
+    }
+}

@@ -1,0 +1,109 @@
+//! Assembling a running proxy from a validated configuration.
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::policy::{LoadedPlugin, PolicyEngine};
+use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
+use crate::storage::MemoryStorage;
+use crate::tenant::{Tenant, TenantRouter};
+use anyhow::Context;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use std::sync::Arc;
+
+/// Live plugin instances the engine's pool has room for (all tenants).
+fn instance_slots(config: &Config) -> u32 {
+    let per_tenant = config.server.threads as u32 * 2 + 32;
+    (per_tenant * config.tenants.len() as u32 * 2).clamp(256, 4096)
+}
+
+/// Loads every tenant's plugin and builds the shared proxy state.
+pub fn build_state(config: &Config) -> anyhow::Result<(PolicyEngine, Arc<ProxyState>)> {
+    let engine =
+        PolicyEngine::new(instance_slots(config)).context("starting the WebAssembly engine")?;
+    let mut tenants = Vec::with_capacity(config.tenants.len());
+    for tenant in &config.tenants {
+        let plugin = LoadedPlugin::load(&engine, &tenant.plugin)
+            .with_context(|| format!("tenant {:?}: plugin refused", tenant.name))?;
+        tracing::info!(
+            tenant = tenant.name,
+            plugin = %tenant.plugin.display(),
+            sha256 = plugin.info.sha256,
+            compile_ms = plugin.info.compile_time.as_millis() as u64,
+            "plugin loaded"
+        );
+        tenants.push(Arc::new(Tenant::new(
+            engine.clone(),
+            tenant.clone(),
+            Arc::new(plugin),
+        )));
+    }
+    // Pingora wants the storage and the lock as `'static`: they live as long
+    // as the process.
+    let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(
+        config.cache.max_bytes,
+        config.cache.max_object_bytes,
+    )));
+    let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(config.cache.lock_timeout));
+    let lock: &'static CacheKeyLockImpl = lock;
+    let cache = CacheBackend {
+        storage,
+        lock,
+        lock_timeout: config.cache.lock_timeout,
+        max_object_bytes: config.cache.max_object_bytes,
+    };
+    Ok((
+        engine,
+        Arc::new(ProxyState::new(TenantRouter::new(tenants), cache)),
+    ))
+}
+
+/// Options of `cachet serve` that Pingora acts on.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub daemon: bool,
+    pub upgrade: bool,
+}
+
+/// Runs the proxy until it is told to stop. Never returns on success.
+pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
+    let (_engine, state) = build_state(&config)?;
+
+    let conf = ServerConf {
+        threads: config.server.threads,
+        daemon: options.daemon,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, CachetProxy::new(state.clone()));
+    proxy.add_tcp(&config.server.listen.to_string());
+    server.add_service(proxy);
+
+    if let Some(admin) = config.server.admin {
+        let mut service = pingora::services::listening::Service::new(
+            "cachet admin".into(),
+            AdminApp {
+                state: state.clone(),
+            },
+        );
+        service.add_tcp(&admin.to_string());
+        server.add_service(service);
+    }
+
+    tracing::info!(
+        listen = %config.server.listen,
+        tenants = config.tenants.len(),
+        threads = config.server.threads,
+        "cachet serving"
+    );
+    server.bootstrap();
+    server.run_forever()
+}

@@ -1,0 +1,133 @@
+//! Tenants: chosen by the host from the request's Host, never by a plugin.
+//! Each has its own plugin (swappable), cache namespace and limits.
+
+use crate::config::TenantConfig;
+use crate::policy::{InstancePool, LoadedPlugin, PolicyEngine, TenantContext};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One tenant at run time.
+pub struct Tenant {
+    pub config: TenantConfig,
+    /// The current plugin version. A request takes a snapshot when it starts,
+    /// so a swap never changes the policy under a request in flight.
+    policy: ArcSwap<InstancePool>,
+    context: Arc<TenantContext>,
+    engine: PolicyEngine,
+}
+
+impl Tenant {
+    /// Builds the tenant around an already loaded plugin.
+    pub fn new(engine: PolicyEngine, config: TenantConfig, plugin: Arc<LoadedPlugin>) -> Self {
+        let context = Arc::new(TenantContext {
+            tenant: config.name.clone(),
+            plugin_config: config.plugin_config.clone(),
+        });
+        let pool = InstancePool::new(
+            engine.clone(),
+            plugin,
+            context.clone(),
+            config.limits.clone(),
+        );
+        Self {
+            config,
+            policy: ArcSwap::from_pointee(pool),
+            context,
+            engine,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The plugin version new requests use.
+    pub fn policy(&self) -> Arc<InstancePool> {
+        self.policy.load_full()
+    }
+
+    /// Makes `plugin` the version for every request that starts from now on.
+    pub fn swap_plugin(&self, plugin: Arc<LoadedPlugin>) {
+        let pool = InstancePool::new(
+            self.engine.clone(),
+            plugin,
+            self.context.clone(),
+            self.config.limits.clone(),
+        );
+        self.policy.store(Arc::new(pool));
+    }
+}
+
+/// Maps a request's host to its tenant: exact names first, then `*.suffix`
+/// wildcards (longest first), then the `*` catch-all.
+#[derive(Default)]
+pub struct TenantRouter {
+    exact: HashMap<String, Arc<Tenant>>,
+    wildcard: Vec<(String, Arc<Tenant>)>,
+    catch_all: Option<Arc<Tenant>>,
+    all: Vec<Arc<Tenant>>,
+}
+
+impl TenantRouter {
+    pub fn new(tenants: Vec<Arc<Tenant>>) -> Self {
+        let mut router = Self::default();
+        for tenant in &tenants {
+            for host in &tenant.config.hosts {
+                if host == "*" {
+                    router.catch_all = Some(tenant.clone());
+                } else if let Some(suffix) = host.strip_prefix('*') {
+                    router.wildcard.push((suffix.to_owned(), tenant.clone()));
+                } else {
+                    router.exact.insert(host.clone(), tenant.clone());
+                }
+            }
+        }
+        router
+            .wildcard
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        router.all = tenants;
+        router
+    }
+
+    /// The tenant for a Host value (any port is ignored).
+    pub fn route(&self, host: &str) -> Option<&Arc<Tenant>> {
+        let name = strip_port(host);
+        if let Some(t) = self.exact.get(name) {
+            return Some(t);
+        }
+        self.wildcard
+            .iter()
+            .find(|(suffix, _)| name.ends_with(suffix.as_str()) && name.len() > suffix.len())
+            .map(|(_, t)| t)
+            .or(self.catch_all.as_ref())
+    }
+
+    pub fn tenants(&self) -> &[Arc<Tenant>] {
+        &self.all
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop what follows "]".
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(name, _)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_ignored_for_routing() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}

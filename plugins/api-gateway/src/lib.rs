@@ -1,0 +1,195 @@
+//! API gateway: `/admin` is refused at the edge, per-user requests skip the
+//! cache, and `/api/` responses are micro-cached.
+
+mod admin_path;
+mod status;
+
+use std::time::Duration;
+
+use cachet_sdk::{
+    defaults, Policy, Request, RequestDecision, Response, ResponseDecision, StoreDirective,
+    SyntheticResponse,
+};
+
+use admin_path::is_admin_path;
+
+const API_PREFIX: &str = "/api/";
+/// Short enough that clients barely notice, long enough to absorb bursts.
+const API_TTL: Duration = Duration::from_secs(10);
+const API_STALE_WHILE_REVALIDATE: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+pub struct ApiGateway;
+
+impl Policy for ApiGateway {
+    fn on_request(&self, req: &Request) -> RequestDecision {
+        if is_admin_path(&req.path()) {
+            return RequestDecision::Respond(SyntheticResponse::text(403, "forbidden\n"));
+        }
+        let decision = defaults::on_request(req);
+        if decision != RequestDecision::Cache {
+            return decision;
+        }
+        // Per-user answers must never be shared.
+        if req.has_header("authorization") {
+            return RequestDecision::bypass("authorization header");
+        }
+        if req.cookie("session").is_some() {
+            return RequestDecision::bypass("session cookie");
+        }
+        RequestDecision::Cache
+    }
+
+    fn on_response(&self, req: &Request, resp: &Response) -> ResponseDecision {
+        if !req.path().starts_with(API_PREFIX) {
+            return ResponseDecision::FollowOrigin;
+        }
+        let cache_control = resp.cache_control();
+        if cache_control.no_store() {
+            return ResponseDecision::no_store("origin sent no-store");
+        }
+        if cache_control.private() {
+            return ResponseDecision::no_store("origin sent private");
+        }
+        // Micro-caching a 5xx or a cookie-setting response would spread one
+        // client's outcome to everyone; leave those to RFC 9111.
+        if !status::is_cacheable_by_default(resp.status()) || resp.has_header("set-cookie") {
+            return ResponseDecision::FollowOrigin;
+        }
+        StoreDirective::new(API_TTL)
+            .with_stale_while_revalidate(API_STALE_WHILE_REVALIDATE)
+            .into()
+    }
+}
+
+cachet_sdk::export_policy!(ApiGateway);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(uri: &str) -> Request {
+        Request::builder().uri(uri).build()
+    }
+
+    fn micro_cached() -> ResponseDecision {
+        ResponseDecision::Store(StoreDirective {
+            ttl: Duration::from_secs(10),
+            stale_while_revalidate: Duration::from_secs(60),
+            stale_if_error: Duration::ZERO,
+            tags: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn admin_and_below_are_forbidden_by_the_plugin() {
+        for uri in ["http://example.com/admin", "http://example.com/admin/users?x=1"] {
+            let RequestDecision::Respond(resp) = ApiGateway.on_request(&get(uri)) else {
+                panic!("{uri} was not answered by the plugin");
+            };
+            assert_eq!(resp.status, 403);
+            assert_eq!(
+                resp.headers,
+                [("content-type".into(), "text/plain; charset=utf-8".into())]
+            );
+            assert_eq!(resp.body, b"forbidden\n");
+        }
+    }
+
+    #[test]
+    fn admin_block_applies_to_every_method() {
+        let req = Request::builder().method("POST").uri("http://example.com/admin/x").build();
+        assert!(matches!(ApiGateway.on_request(&req), RequestDecision::Respond(_)));
+    }
+
+    #[test]
+    fn lookalike_paths_are_not_admin() {
+        for uri in ["http://example.com/administrator", "http://example.com/api/admin"] {
+            assert_eq!(ApiGateway.on_request(&get(uri)), RequestDecision::Cache, "{uri}");
+        }
+    }
+
+    #[test]
+    fn per_user_requests_bypass_with_distinct_reasons() {
+        let with_auth = Request::builder()
+            .uri("http://example.com/api/me")
+            .header("Authorization", "Bearer t")
+            .build();
+        assert_eq!(
+            ApiGateway.on_request(&with_auth),
+            RequestDecision::bypass("authorization header")
+        );
+        let with_session = Request::builder()
+            .uri("http://example.com/api/me")
+            .header("Cookie", "theme=dark; session=s1")
+            .build();
+        assert_eq!(
+            ApiGateway.on_request(&with_session),
+            RequestDecision::bypass("session cookie")
+        );
+    }
+
+    #[test]
+    fn other_cookies_do_not_bypass() {
+        let req = Request::builder()
+            .uri("http://example.com/api/items")
+            .header("Cookie", "theme=dark; session_hint=1")
+            .build();
+        assert_eq!(ApiGateway.on_request(&req), RequestDecision::Cache);
+    }
+
+    #[test]
+    fn non_get_head_bypass() {
+        let req = Request::builder().method("DELETE").uri("http://example.com/api/items/1").build();
+        assert_eq!(ApiGateway.on_request(&req), RequestDecision::bypass("method DELETE"));
+        let req = Request::builder().method("HEAD").uri("http://example.com/api/items").build();
+        assert_eq!(ApiGateway.on_request(&req), RequestDecision::Cache);
+    }
+
+    #[test]
+    fn api_responses_are_micro_cached() {
+        let req = get("http://example.com/api/items?page=2");
+        let plain = Response::builder().build();
+        assert_eq!(ApiGateway.on_response(&req, &plain), micro_cached());
+        // Overrides the origin's own freshness and no-cache.
+        let fresh = Response::builder().header("Cache-Control", "max-age=3600").build();
+        assert_eq!(ApiGateway.on_response(&req, &fresh), micro_cached());
+        let not_found = Response::builder().status(404).build();
+        assert_eq!(ApiGateway.on_response(&req, &not_found), micro_cached());
+    }
+
+    #[test]
+    fn api_responses_the_origin_forbids_are_not_stored() {
+        let req = get("http://example.com/api/items");
+        let no_store = Response::builder().header("Cache-Control", "no-store").build();
+        assert_eq!(
+            ApiGateway.on_response(&req, &no_store),
+            ResponseDecision::no_store("origin sent no-store")
+        );
+        let private = Response::builder().header("cache-control", "private, max-age=60").build();
+        assert_eq!(
+            ApiGateway.on_response(&req, &private),
+            ResponseDecision::no_store("origin sent private")
+        );
+    }
+
+    #[test]
+    fn errors_and_cookie_setting_api_responses_follow_the_origin() {
+        let req = get("http://example.com/api/items");
+        for resp in [
+            Response::builder().status(500).build(),
+            Response::builder().status(503).build(),
+            Response::builder().header("Set-Cookie", "a=1").build(),
+        ] {
+            assert_eq!(ApiGateway.on_response(&req, &resp), ResponseDecision::FollowOrigin);
+        }
+    }
+
+    #[test]
+    fn other_paths_follow_the_origin() {
+        let resp = Response::builder().build();
+        for uri in ["http://example.com/", "http://example.com/api", "http://example.com/apix/1"] {
+            assert_eq!(ApiGateway.on_response(&get(uri), &resp), ResponseDecision::FollowOrigin);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Static assets: tracking parameters never split the cache, static files
+//! without origin freshness are kept for a day, and cookies only matter on
+//! dynamic paths.
+
+mod static_path;
+mod tracking;
+
+use std::time::Duration;
+
+use cachet_sdk::{defaults, Policy, Request, RequestDecision, Response, ResponseDecision};
+
+use static_path::is_static_path;
+
+/// How long a static file is kept when the origin gave no freshness.
+const STATIC_TTL: Duration = Duration::from_secs(86_400);
+
+#[derive(Default)]
+pub struct StaticAssets;
+
+impl Policy for StaticAssets {
+    fn on_request(&self, req: &Request) -> RequestDecision {
+        let decision = defaults::on_request(req);
+        if decision != RequestDecision::Cache {
+            return decision;
+        }
+        // Static files are the same for everyone, so their cookies are noise;
+        // elsewhere a cookie may personalise the page.
+        if !is_static_path(&req.path()) && req.has_header("cookie") {
+            return RequestDecision::bypass("cookie on dynamic path");
+        }
+        RequestDecision::Cache
+    }
+
+    fn cache_key(&self, req: &Request) -> Vec<String> {
+        let mut parts = vec![req.host(), req.path()];
+        let query = tracking::normalized_query(req.query_params());
+        if !query.is_empty() {
+            parts.push(query.to_string());
+        }
+        parts
+    }
+
+    fn on_response(&self, req: &Request, resp: &Response) -> ResponseDecision {
+        if !is_static_path(&req.path()) {
+            return ResponseDecision::FollowOrigin;
+        }
+        let cache_control = resp.cache_control();
+        if cache_control.no_store() {
+            return ResponseDecision::no_store("origin sent no-store");
+        }
+        if cache_control.private() {
+            return ResponseDecision::no_store("origin sent private");
+        }
+        // Only fill in missing freshness. An origin that asked for
+        // revalidation (no-cache) or sets a cookie keeps RFC 9111 handling.
+        let origin_decides = resp.status() != 200
+            || resp.has_explicit_freshness()
+            || cache_control.no_cache()
+            || resp.has_header("set-cookie");
+        if origin_decides {
+            return ResponseDecision::FollowOrigin;
+        }
+        ResponseDecision::store(STATIC_TTL)
+    }
+}
+
+cachet_sdk::export_policy!(StaticAssets);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(uri: &str) -> Request {
+        Request::builder().uri(uri).build()
+    }
+
+    fn get_with_cookie(uri: &str) -> Request {
+        Request::builder().uri(uri).header("Cookie", "session=abc").build()
+    }
+
+    fn ok_with(headers: &[(&str, &str)]) -> Response {
+        headers
+            .iter()
+            .fold(Response::builder(), |builder, (name, value)| builder.header(*name, *value))
+            .build()
+    }
+
+    #[test]
+    fn tracking_parameters_and_order_do_not_split_the_key() {
+        let tracked = get("http://example.com/a?utm_source=x&b=2&a=1");
+        let clean = get("http://example.com/a?a=1&b=2");
+        assert_eq!(StaticAssets.cache_key(&tracked), StaticAssets.cache_key(&clean));
+        assert_eq!(StaticAssets.cache_key(&clean), ["example.com", "/a", "a=1&b=2"]);
+    }
+
+    #[test]
+    fn query_of_only_tracking_parameters_keys_like_no_query() {
+        let tracked = get("http://example.com/a?utm_campaign=y&fbclid=1&gclid=2");
+        assert_eq!(StaticAssets.cache_key(&tracked), ["example.com", "/a"]);
+        assert_eq!(StaticAssets.cache_key(&get("http://example.com/a")), ["example.com", "/a"]);
+    }
+
+    #[test]
+    fn cookie_is_ignored_on_static_paths() {
+        let req = get_with_cookie("http://example.com/app.JS?v=3");
+        assert_eq!(StaticAssets.on_request(&req), RequestDecision::Cache);
+        assert_eq!(StaticAssets.cache_key(&req), ["example.com", "/app.JS", "v=3"]);
+    }
+
+    #[test]
+    fn cookie_on_dynamic_path_bypasses() {
+        let req = get_with_cookie("http://example.com/account");
+        assert_eq!(
+            StaticAssets.on_request(&req),
+            RequestDecision::bypass("cookie on dynamic path")
+        );
+        assert_eq!(StaticAssets.on_request(&get("http://example.com/account")), RequestDecision::Cache);
+    }
+
+    #[test]
+    fn unsafe_methods_bypass_even_for_static_paths() {
+        let req = Request::builder().method("POST").uri("http://example.com/a.css").build();
+        assert_eq!(StaticAssets.on_request(&req), RequestDecision::bypass("method POST"));
+    }
+
+    #[test]
+    fn static_200_without_freshness_is_kept_a_day() {
+        let req = get("http://example.com/img/logo.png");
+        let resp = ok_with(&[("Content-Type", "image/png"), ("Cache-Control", "public")]);
+        assert_eq!(
+            StaticAssets.on_response(&req, &resp),
+            ResponseDecision::store(Duration::from_secs(86_400))
+        );
+    }
+
+    #[test]
+    fn origin_freshness_is_followed() {
+        let req = get("http://example.com/site.css");
+        for header in [
+            ("Cache-Control", "max-age=60"),
+            ("Cache-Control", "s-maxage=60"),
+            ("Expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
+        ] {
+            let resp = ok_with(&[header]);
+            assert_eq!(StaticAssets.on_response(&req, &resp), ResponseDecision::FollowOrigin);
+        }
+    }
+
+    #[test]
+    fn no_store_and_private_are_never_stored() {
+        let req = get("http://example.com/site.css");
+        let resp = ok_with(&[("Cache-Control", "max-age=60, no-store")]);
+        assert_eq!(
+            StaticAssets.on_response(&req, &resp),
+            ResponseDecision::no_store("origin sent no-store")
+        );
+        let resp = ok_with(&[("Cache-Control", "private")]);
+        assert_eq!(
+            StaticAssets.on_response(&req, &resp),
+            ResponseDecision::no_store("origin sent private")
+        );
+    }
+
+    #[test]
+    fn non_200_revalidate_and_set_cookie_follow_the_origin() {
+        let req = get("http://example.com/site.css");
+        let not_found = Response::builder().status(404).build();
+        assert_eq!(StaticAssets.on_response(&req, &not_found), ResponseDecision::FollowOrigin);
+        for header in [("Cache-Control", "no-cache"), ("Set-Cookie", "a=1")] {
+            let resp = ok_with(&[header]);
+            assert_eq!(StaticAssets.on_response(&req, &resp), ResponseDecision::FollowOrigin);
+        }
+    }
+
+    #[test]
+    fn dynamic_paths_follow_the_origin() {
+        let req = get("http://example.com/index.html");
+        assert_eq!(StaticAssets.on_response(&req, &ok_with(&[])), ResponseDecision::FollowOrigin);
+    }
+}

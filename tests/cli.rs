@@ -1,0 +1,104 @@
+//! The command line: `cachet check` and config errors, run as a user would.
+
+mod support;
+
+use std::process::Command;
+use support::plugin;
+use support::proxy::cachet_bin;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(cachet_bin())
+        .args(args)
+        .output()
+        .expect("run cachet");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_reports_exports_and_imports_of_a_good_plugin() {
+    let path = plugin("standard");
+    let (ok, out) = run(&["check", path.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("on-request"), "{out}");
+    assert!(out.contains("cache-key"), "{out}");
+    assert!(out.contains("on-response"), "{out}");
+    assert!(out.contains("cachet:policy/types@0.1.0"), "{out}");
+}
+
+#[test]
+fn check_refuses_garbage_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"this is not wasm").unwrap();
+    let (ok, out) = run(&["check", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(out.contains("not a valid WebAssembly component"), "{out}");
+    assert!(out.contains("bad.wasm"), "{out}");
+}
+
+#[test]
+fn check_refuses_a_truncated_plugin() {
+    let bytes = std::fs::read(plugin("standard")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.wasm");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, out) = run(&["check", cut.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("cut.wasm"), "{out}");
+}
+
+#[test]
+fn a_malformed_config_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[cache]\nmax_bytes = \"lots\"\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("bad.toml:5"), "{out}");
+    assert!(out.contains("max_bytes"), "{out}");
+}
+
+#[test]
+fn a_config_with_a_bad_upstream_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    let plugin = plugin("standard");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"nowhere\"\nplugin = {:?}\n",
+            plugin.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("cachet.toml:7"), "{out}");
+    assert!(out.contains("tenant.upstream"), "{out}");
+}
+
+#[test]
+fn serve_refuses_a_config_whose_plugin_is_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.wasm");
+    std::fs::write(&bad, b"\0asm garbage").unwrap();
+    let config = dir.path().join("cachet.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:9\"\nplugin = \"broken.wasm\"\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("broken.wasm"), "{out}");
+    assert!(out.contains("tenant \"x\""), "{out}");
+}

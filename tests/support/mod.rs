@@ -1,0 +1,52 @@
+//! Shared pieces of the end-to-end tests: a real origin that counts what
+//! reaches it, the real `cachet` binary with real plugins, and a real HTTP
+//! client. Everything binds 127.0.0.1 and stops by itself.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod origin;
+pub mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Builds the example plugins from `plugins/` once per test binary and
+/// returns the folder holding `<name>.wasm`.
+pub fn plugins_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = repo_root();
+            let status = std::process::Command::new("bash")
+                .arg(root.join("plugins/build.sh"))
+                .status()
+                .expect("run plugins/build.sh");
+            assert!(status.success(), "plugins/build.sh failed");
+            root.join("plugins")
+        })
+        .clone()
+}
+
+/// Path of an example plugin, e.g. `plugin("standard")`.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = plugins_dir().join(format!("{name}.wasm"));
+    assert!(path.is_file(), "missing {}", path.display());
+    path
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}

@@ -1,0 +1,169 @@
+//! The real `cachet` binary, started on free loopback ports with a config
+//! written for the test, and killed (by its PID) when the test ends.
+
+use super::free_port;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One `[[tenant]]` of the generated config.
+#[derive(Debug, Clone)]
+pub struct TenantSpec {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub upstream: SocketAddr,
+    pub plugin: PathBuf,
+    /// Extra TOML lines appended inside the tenant table (e.g. limits).
+    pub extra: String,
+}
+
+impl TenantSpec {
+    pub fn new(name: &str, upstream: SocketAddr, plugin: &Path) -> Self {
+        Self {
+            name: name.into(),
+            hosts: vec!["*".into()],
+            upstream,
+            plugin: plugin.to_path_buf(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn hosts(mut self, hosts: &[&str]) -> Self {
+        self.hosts = hosts.iter().map(|h| h.to_string()).collect();
+        self
+    }
+
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra = toml.into();
+        self
+    }
+}
+
+pub struct Proxy {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+/// The binary under test.
+pub fn cachet_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cachet")
+}
+
+impl Proxy {
+    /// Starts cachet with `[cache]` lines `cache` and the given tenants.
+    pub fn start(cache: &str, tenants: &[TenantSpec]) -> Self {
+        let mut last_log = String::new();
+        // A port picked free can be taken before cachet binds it: retry.
+        for _ in 0..3 {
+            match Self::try_start(cache, tenants) {
+                Ok(proxy) => return proxy,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("cachet did not start:\n{last_log}");
+    }
+
+    fn try_start(cache: &str, tenants: &[TenantSpec]) -> Result<Self, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let admin_port = free_port();
+        let mut config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nthreads = 2\n\n[cache]\n{cache}\n"
+        );
+        for t in tenants {
+            let hosts: Vec<String> = t.hosts.iter().map(|h| format!("{h:?}")).collect();
+            let _ = write!(
+                config,
+                "\n[[tenant]]\nname = {:?}\nhosts = [{}]\nupstream = \"{}\"\nplugin = {:?}\n{}\n",
+                t.name,
+                hosts.join(", "),
+                t.upstream,
+                t.plugin.display().to_string(),
+                t.extra
+            );
+        }
+        let config_path = dir.path().join("cachet.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("cachet.log")).expect("log file");
+        let child = Command::new(cachet_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("CACHET_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cachet");
+        let mut proxy = Self {
+            child,
+            port,
+            admin_port,
+            dir,
+        };
+        proxy
+            .wait_ready()
+            .map_err(|e| format!("{e}\n{}", proxy.log()))?;
+        Ok(proxy)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("cachet exited early with {status}"));
+            }
+            let listening = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            if listening && self.try_status().is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("cachet did not become ready in 60 s".into())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    fn try_status(&self) -> Option<serde_json::Value> {
+        let text = ureq::get(&self.admin_url("/status"))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The admin `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        self.try_status().expect("GET /status")
+    }
+
+    /// Stored bytes as the storage reports them.
+    pub fn stored_bytes(&self) -> u64 {
+        self.status()["cache"]["stored_bytes"]
+            .as_u64()
+            .expect("cache.stored_bytes")
+    }
+
+    /// Everything cachet logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cachet.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
