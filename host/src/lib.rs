@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod demo_origin;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

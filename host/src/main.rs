@@ -31,6 +31,9 @@ enum Command {
         /// Take over the listeners of a running cachet (graceful binary upgrade).
         #[arg(long, short)]
         upgrade: bool,
+        /// Also start the built-in demo origin on this address (for trying cachet out).
+        #[arg(long, value_name = "ADDR")]
+        demo_origin: Option<std::net::SocketAddr>,
     },
     /// Load a plugin exactly as `serve` would and report what it imports and exports.
     Check {
@@ -52,9 +55,17 @@ fn main() -> ExitCode {
             config,
             daemon,
             upgrade,
+            demo_origin,
         } => config::load(&config)
             .map_err(anyhow::Error::from)
-            .and_then(|config| server::serve(config, ServeOptions { daemon, upgrade })),
+            .and_then(|config| {
+                let options = ServeOptions {
+                    daemon,
+                    upgrade,
+                    demo_origin,
+                };
+                server::serve(config, options)
+            }),
         Command::Check { plugin } => check(&plugin),
         Command::Validate { config } => validate(&config),
     };

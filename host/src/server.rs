@@ -64,6 +64,8 @@ pub fn build_state(config: &Config) -> anyhow::Result<(PolicyEngine, Arc<ProxySt
 pub struct ServeOptions {
     pub daemon: bool,
     pub upgrade: bool,
+    /// Also run the built-in demo origin on this address.
+    pub demo_origin: Option<std::net::SocketAddr>,
 }
 
 /// Runs the proxy until it is told to stop. Never returns on success.
@@ -96,6 +98,16 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         );
         service.add_tcp(&admin.to_string());
         server.add_service(service);
+    }
+
+    if let Some(addr) = options.demo_origin {
+        let mut service = pingora::services::listening::Service::new(
+            "cachet demo origin".into(),
+            crate::demo_origin::DemoOrigin::default(),
+        );
+        service.add_tcp(&addr.to_string());
+        server.add_service(service);
+        tracing::info!(%addr, "demo origin serving");
     }
 
     tracing::info!(
