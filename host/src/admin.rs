@@ -2,16 +2,30 @@
 //! `GET /metrics` in the Prometheus text format.
 
 use crate::proxy::ProxyState;
+use crate::reload::Reloader;
+use crate::tenant::Refusal;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 pub struct AdminApp {
     pub state: Arc<ProxyState>,
+    pub reloader: Arc<Reloader>,
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn refusal_json(r: Option<Refusal>) -> serde_json::Value {
+    r.map_or(
+        serde_json::Value::Null,
+        |r| json!({ "at": unix_seconds(r.at), "sha256": r.sha256, "reason": r.reason }),
+    )
 }
 
 impl AdminApp {
@@ -31,16 +45,23 @@ impl AdminApp {
                     "plugin": {
                         "path": info.path,
                         "sha256": info.sha256,
+                        "generation": tenant.generation(),
                         "size_bytes": info.size_bytes,
                         "compile_ms": info.compile_time.as_secs_f64() * 1000.0,
-                        "loaded_at": info.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                        "from_artifact_cache": info.from_artifact_cache,
+                        "loaded_at": unix_seconds(info.loaded_at),
                         "imports": info.imports,
+                        "last_refusal": refusal_json(tenant.last_refusal()),
                     },
                 })
             })
             .collect();
         let stats = self.state.cache.storage.stats();
         json!({
+            "config": {
+                "path": self.reloader.config_path(),
+                "last_refusal": refusal_json(self.reloader.last_config_refusal()),
+            },
             "tenants": tenants,
             "cache": {
                 "max_bytes": stats.budget_bytes,

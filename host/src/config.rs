@@ -43,8 +43,17 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    plugins: RawPlugins,
     #[serde(rename = "tenant", default)]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    watch: Option<bool>,
+    artifact_cache_dir: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -108,7 +117,16 @@ pub struct Config {
     pub source: PathBuf,
     pub server: ServerConfig,
     pub cache: CacheConfig,
+    pub plugins: PluginsConfig,
     pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginsConfig {
+    /// Watch the config and plugin files and apply changes live.
+    pub watch: bool,
+    /// Where compiled plugins are kept between runs; None disables the cache.
+    pub artifact_cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -209,10 +227,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     for t in raw.tenants {
         tenants.push(located.tenant(base, t, &tenants)?);
     }
+    let plugins = PluginsConfig {
+        watch: raw.plugins.watch.unwrap_or(true),
+        artifact_cache_dir: match raw.plugins.artifact_cache_dir.as_deref() {
+            Some("") | Some("off") => None,
+            Some(dir) => Some(base.join(dir)),
+            None => crate::policy::artifact_cache::default_dir(),
+        },
+    };
     Ok(Config {
         source: path.to_path_buf(),
         server,
         cache,
+        plugins,
         tenants,
     })
 }

@@ -12,6 +12,7 @@ pub mod demo_origin;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod storage;
 pub mod tenant;

@@ -23,6 +23,16 @@ static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(IntCounterVec::new(
+        Opts::new(
+            "cachet_reloads_total",
+            "Plugin and config reloads by result",
+        ),
+        &["tenant", "result"],
+    ))
+});
+
 fn register(metric: prometheus::Result<IntCounterVec>) -> IntCounterVec {
     // The names and labels above are constants: failing here is a programming
     // error caught by the first test that touches metrics.
@@ -34,6 +44,10 @@ fn register(metric: prometheus::Result<IntCounterVec>) -> IntCounterVec {
 
 pub fn plugin_fault(tenant: &str, kind: &str) {
     PLUGIN_FAULTS.with_label_values(&[tenant, kind]).inc();
+}
+
+pub fn reload(tenant: &str, result: &str) {
+    RELOADS.with_label_values(&[tenant, result]).inc();
 }
 
 pub fn request(tenant: &str, cache_status: &str) {

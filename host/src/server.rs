@@ -2,13 +2,16 @@
 
 use crate::admin::AdminApp;
 use crate::config::Config;
-use crate::policy::{LoadedPlugin, PolicyEngine};
+use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
+use crate::reload::{spawn_watcher, Reloader};
 use crate::storage::MemoryStorage;
 use crate::tenant::{Tenant, TenantRouter};
 use anyhow::Context;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use std::sync::Arc;
 
@@ -18,19 +21,34 @@ fn instance_slots(config: &Config) -> u32 {
     (per_tenant * config.tenants.len() as u32 * 2).clamp(256, 4096)
 }
 
-/// Loads every tenant's plugin and builds the shared proxy state.
-pub fn build_state(config: &Config) -> anyhow::Result<(PolicyEngine, Arc<ProxyState>)> {
+/// Everything a running proxy is made of.
+pub struct Runtime {
+    pub engine: PolicyEngine,
+    pub state: Arc<ProxyState>,
+    pub reloader: Arc<Reloader>,
+}
+
+/// Loads every tenant's plugin (checked exactly as a reload would) and builds
+/// the shared proxy state.
+pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     let engine =
         PolicyEngine::new(instance_slots(config)).context("starting the WebAssembly engine")?;
+    let artifacts = config
+        .plugins
+        .artifact_cache_dir
+        .clone()
+        .map(|dir| ArtifactCache::new(dir, engine.engine()));
     let mut tenants = Vec::with_capacity(config.tenants.len());
     for tenant in &config.tenants {
-        let plugin = LoadedPlugin::load(&engine, &tenant.plugin)
+        let plugin = LoadedPlugin::load_cached(&engine, &tenant.plugin, artifacts.as_ref())
+            .and_then(|p| p.run_self_tests(&engine).map(|()| p))
             .with_context(|| format!("tenant {:?}: plugin refused", tenant.name))?;
         tracing::info!(
             tenant = tenant.name,
             plugin = %tenant.plugin.display(),
             sha256 = plugin.info.sha256,
             compile_ms = plugin.info.compile_time.as_millis() as u64,
+            from_artifact_cache = plugin.info.from_artifact_cache,
             "plugin loaded"
         );
         tenants.push(Arc::new(Tenant::new(
@@ -53,10 +71,42 @@ pub fn build_state(config: &Config) -> anyhow::Result<(PolicyEngine, Arc<ProxySt
         lock_timeout: config.cache.lock_timeout,
         max_object_bytes: config.cache.max_object_bytes,
     };
-    Ok((
+    let state = Arc::new(ProxyState::new(TenantRouter::new(tenants), cache));
+    let reloader = Arc::new(Reloader::new(
+        engine.clone(),
+        state.clone(),
+        config.clone(),
+        artifacts,
+    ));
+    Ok(Runtime {
         engine,
-        Arc::new(ProxyState::new(TenantRouter::new(tenants), cache)),
-    ))
+        state,
+        reloader,
+    })
+}
+
+/// Starts, inside the server (after a daemon fork), the threads a running
+/// proxy needs: the epoch ticker and the file watcher.
+struct ProcessThreads {
+    engine: PolicyEngine,
+    reloader: Arc<Reloader>,
+    watch: bool,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for ProcessThreads {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        if let Err(e) = self.engine.ensure_epoch_ticker() {
+            tracing::error!("cannot start the plugin deadline ticker: {e:#}");
+            std::process::exit(1);
+        }
+        if self.watch {
+            match spawn_watcher(self.reloader.clone()) {
+                Ok(()) => tracing::info!("watching the config and plugin files for changes"),
+                Err(e) => tracing::error!("cannot watch files for hot reload: {e:#}"),
+            }
+        }
+    }
 }
 
 /// Options of `cachet serve` that Pingora acts on.
@@ -70,7 +120,8 @@ pub struct ServeOptions {
 
 /// Runs the proxy until it is told to stop. Never returns on success.
 pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
-    let (_engine, state) = build_state(&config)?;
+    let runtime = build_runtime(&config)?;
+    let state = runtime.state.clone();
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -89,11 +140,21 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     proxy.add_tcp(&config.server.listen.to_string());
     server.add_service(proxy);
 
+    server.add_service(background_service(
+        "cachet threads",
+        ProcessThreads {
+            engine: runtime.engine.clone(),
+            reloader: runtime.reloader.clone(),
+            watch: config.plugins.watch,
+        },
+    ));
+
     if let Some(admin) = config.server.admin {
         let mut service = pingora::services::listening::Service::new(
             "cachet admin".into(),
             AdminApp {
                 state: state.clone(),
+                reloader: runtime.reloader.clone(),
             },
         );
         service.add_tcp(&admin.to_string());

@@ -4,8 +4,19 @@
 use crate::config::TenantConfig;
 use crate::policy::{InstancePool, LoadedPlugin, PolicyEngine, TenantContext};
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A plugin version that was refused, and why.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub at: SystemTime,
+    pub sha256: Option<String>,
+    pub reason: String,
+}
 
 /// One tenant at run time.
 pub struct Tenant {
@@ -15,11 +26,26 @@ pub struct Tenant {
     policy: ArcSwap<InstancePool>,
     context: Arc<TenantContext>,
     engine: PolicyEngine,
+    /// Counts plugin versions loaded for this tenant (1 = the first).
+    generation: AtomicU64,
+    last_refusal: Mutex<Option<Refusal>>,
 }
 
 impl Tenant {
-    /// Builds the tenant around an already loaded plugin.
+    /// Builds the tenant around an already loaded plugin, as the first generation.
     pub fn new(engine: PolicyEngine, config: TenantConfig, plugin: Arc<LoadedPlugin>) -> Self {
+        Self::with_history(engine, config, plugin, 1, None)
+    }
+
+    /// Builds a new version of a tenant (after a config change), keeping the
+    /// plugin history operators see.
+    pub fn with_history(
+        engine: PolicyEngine,
+        config: TenantConfig,
+        plugin: Arc<LoadedPlugin>,
+        generation: u64,
+        last_refusal: Option<Refusal>,
+    ) -> Self {
         let context = Arc::new(TenantContext {
             tenant: config.name.clone(),
             plugin_config: config.plugin_config.clone(),
@@ -35,7 +61,23 @@ impl Tenant {
             policy: ArcSwap::from_pointee(pool),
             context,
             engine,
+            generation: AtomicU64::new(generation),
+            last_refusal: Mutex::new(last_refusal),
         }
+    }
+
+    /// The generation of the plugin version new requests use.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn last_refusal(&self) -> Option<Refusal> {
+        self.last_refusal.lock().clone()
+    }
+
+    /// Remembers that a new plugin version was refused (the old one stays).
+    pub fn record_refusal(&self, refusal: Refusal) {
+        *self.last_refusal.lock() = Some(refusal);
     }
 
     pub fn name(&self) -> &str {
@@ -56,6 +98,7 @@ impl Tenant {
             self.config.limits.clone(),
         );
         self.policy.store(Arc::new(pool));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -36,6 +36,11 @@ fn agent() -> ureq::Agent {
 
 /// Sends `method url` with `headers` and returns whatever came back.
 pub fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Resp {
+    try_send(method, url, headers).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`send`], with transport errors returned instead of panicking.
+pub fn try_send(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<Resp, String> {
     let mut request = agent().request(method, url);
     for (name, value) in headers {
         request = request.set(name, value);
@@ -43,7 +48,7 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Resp {
     let response = match request.call() {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
+        Err(e) => return Err(format!("{method} {url}: {e}")),
     };
     let status = response.status();
     let headers = response
@@ -64,13 +69,13 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Resp {
             .into_reader()
             .take(64 << 20)
             .read_to_end(&mut body)
-            .expect("read body");
+            .map_err(|e| format!("{method} {url}: reading body: {e}"))?;
     }
-    Resp {
+    Ok(Resp {
         status,
         headers,
         body,
-    }
+    })
 }
 
 pub fn get(url: &str) -> Resp {

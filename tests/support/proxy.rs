@@ -15,8 +15,10 @@ pub struct TenantSpec {
     pub hosts: Vec<String>,
     pub upstream: SocketAddr,
     pub plugin: PathBuf,
-    /// Extra TOML lines appended inside the tenant table (e.g. limits).
+    /// Extra TOML lines appended inside the tenant table.
     pub extra: String,
+    /// Lines of the tenant's `[tenant.limits]` table.
+    pub limits: String,
 }
 
 impl TenantSpec {
@@ -27,7 +29,16 @@ impl TenantSpec {
             upstream,
             plugin: plugin.to_path_buf(),
             extra: String::new(),
+            // Test machines are small and busy: a generous deadline keeps
+            // well-behaved plugins from timing out under scheduler delays.
+            // Tests about deadlines set their own.
+            limits: "hook_timeout_ms = 250".into(),
         }
+    }
+
+    pub fn limits(mut self, toml: &str) -> Self {
+        self.limits = toml.into();
+        self
     }
 
     pub fn hosts(mut self, hosts: &[&str]) -> Self {
@@ -78,12 +89,13 @@ impl Proxy {
             let hosts: Vec<String> = t.hosts.iter().map(|h| format!("{h:?}")).collect();
             let _ = write!(
                 config,
-                "\n[[tenant]]\nname = {:?}\nhosts = [{}]\nupstream = \"{}\"\nplugin = {:?}\n{}\n",
+                "\n[[tenant]]\nname = {:?}\nhosts = [{}]\nupstream = \"{}\"\nplugin = {:?}\n{}\n[tenant.limits]\n{}\n",
                 t.name,
                 hosts.join(", "),
                 t.upstream,
                 t.plugin.display().to_string(),
-                t.extra
+                t.extra,
+                t.limits
             );
         }
         let config_path = dir.path().join("cachet.toml");

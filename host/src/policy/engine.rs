@@ -3,7 +3,7 @@
 
 use super::bindings::Policy;
 use super::host_api::HostState;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
@@ -26,6 +26,9 @@ struct EngineInner {
     engine: Engine,
     linker: Linker<HostState>,
     ticker_stop: Arc<AtomicBool>,
+    /// The process that runs the ticker thread: after a daemon fork the
+    /// child has no threads and must start its own.
+    ticker_pid: AtomicU32,
 }
 
 impl Drop for EngineInner {
@@ -65,15 +68,26 @@ impl PolicyEngine {
         // of them a plugin may import at all.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
-        Ok(Self {
+        let this = Self {
             inner: Arc::new(EngineInner {
                 engine,
                 linker,
-                ticker_stop,
+                ticker_stop: Arc::new(AtomicBool::new(false)),
+                ticker_pid: AtomicU32::new(0),
             }),
-        })
+        };
+        this.ensure_epoch_ticker()?;
+        Ok(this)
+    }
+
+    /// Starts the epoch ticker in this process unless it already runs here.
+    /// Call again after a fork (daemon mode): hook deadlines depend on it.
+    pub fn ensure_epoch_ticker(&self) -> anyhow::Result<()> {
+        let pid = std::process::id();
+        if self.inner.ticker_pid.swap(pid, Ordering::AcqRel) != pid {
+            spawn_epoch_ticker(self.inner.engine.clone(), self.inner.ticker_stop.clone())?;
+        }
+        Ok(())
     }
 
     pub fn engine(&self) -> &Engine {

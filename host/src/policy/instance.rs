@@ -180,6 +180,31 @@ impl InstancePool {
         }
     }
 
+    /// A throwaway pool for load-time checks of a plugin not yet shared.
+    pub(crate) fn for_checks(
+        engine: PolicyEngine,
+        plugin: &LoadedPlugin,
+        tenant: Arc<TenantContext>,
+        limits: PluginLimits,
+    ) -> Self {
+        let plugin = Arc::new(LoadedPlugin {
+            pre: plugin.pre.clone(),
+            info: plugin.info.clone(),
+        });
+        Self::new(engine, plugin, tenant, limits)
+    }
+
+    /// Creates one instance and discards it: proves instantiation works.
+    pub(crate) fn instantiate_check(&self) -> Result<(), PluginFault> {
+        PolicyInstance::new(
+            &self.engine,
+            &self.plugin,
+            self.tenant.clone(),
+            &self.limits,
+        )
+        .map(drop)
+    }
+
     pub fn plugin(&self) -> &Arc<LoadedPlugin> {
         &self.plugin
     }

@@ -1,6 +1,7 @@
 //! The WebAssembly policy layer: one engine, plugins loaded and checked off
 //! the request path, instances with hard limits, and typed hook calls.
 
+pub mod artifact_cache;
 mod bindings;
 mod call_scope;
 mod decision;
@@ -9,7 +10,9 @@ mod host_api;
 mod instance;
 mod limits;
 mod plugin;
+mod self_test;
 
+pub use artifact_cache::ArtifactCache;
 pub use decision::{RequestDecision, ResponseDecision, StoreDirective, SyntheticResponse};
 pub use engine::{PolicyEngine, MAX_GUEST_MEMORY};
 pub use host_api::request_host;

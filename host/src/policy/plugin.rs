@@ -1,6 +1,7 @@
 //! Loading a plugin: compile, check its imports against the allow-list and its
 //! exports against the `policy` world, and pre-instantiate it.
 
+use super::artifact_cache::ArtifactCache;
 use super::bindings::PolicyPre;
 use super::engine::PolicyEngine;
 use super::host_api::HostState;
@@ -65,7 +66,10 @@ pub struct PluginInfo {
     pub size_bytes: usize,
     pub imports: Vec<String>,
     pub exports: Vec<String>,
+    /// Time to compile, or to load the compiled artifact from disk.
     pub compile_time: Duration,
+    /// Whether the compiled code came from the on-disk artifact cache.
+    pub from_artifact_cache: bool,
     pub loaded_at: SystemTime,
 }
 
@@ -79,14 +83,33 @@ impl LoadedPlugin {
     /// Reads and loads the plugin at `path` exactly as `serve` does.
     /// Compiling takes 10–200 ms: call this off the request path.
     pub fn load(engine: &PolicyEngine, path: &Path) -> anyhow::Result<Self> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("cannot read plugin {}: {e}", path.display()))?;
-        Self::from_bytes(engine, path, &bytes)
+        Self::load_cached(engine, path, None)
     }
 
-    pub fn from_bytes(engine: &PolicyEngine, path: &Path, bytes: &[u8]) -> anyhow::Result<Self> {
+    /// Like [`LoadedPlugin::load`], reusing compiled code from `cache`.
+    pub fn load_cached(
+        engine: &PolicyEngine,
+        path: &Path,
+        cache: Option<&ArtifactCache>,
+    ) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("cannot read plugin {}: {e}", path.display()))?;
+        Self::from_bytes(engine, path, &bytes, cache)
+    }
+
+    pub fn from_bytes(
+        engine: &PolicyEngine,
+        path: &Path,
+        bytes: &[u8],
+        cache: Option<&ArtifactCache>,
+    ) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let component = Component::new(engine.engine(), bytes).map_err(|e| {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let compiled = match cache {
+            Some(cache) => cache.component(engine.engine(), bytes, &sha256),
+            None => Component::new(engine.engine(), bytes).map(|c| (c, false)),
+        };
+        let (component, from_artifact_cache) = compiled.map_err(|e| {
             anyhow::anyhow!(
                 "{} is not a valid WebAssembly component: {}",
                 path.display(),
@@ -120,14 +143,23 @@ impl LoadedPlugin {
             pre,
             info: PluginInfo {
                 path: path.to_path_buf(),
-                sha256: hex::encode(Sha256::digest(bytes)),
+                sha256,
                 size_bytes: bytes.len(),
                 imports: check.imports,
                 exports,
                 compile_time: started.elapsed(),
+                from_artifact_cache,
                 loaded_at: SystemTime::now(),
             },
         })
+    }
+}
+
+impl LoadedPlugin {
+    /// Proves the plugin can be instantiated under default limits and runs
+    /// the test vectors it declares, before it may serve.
+    pub fn run_self_tests(&self, engine: &PolicyEngine) -> anyhow::Result<()> {
+        super::self_test::run(engine, self)
     }
 }
 

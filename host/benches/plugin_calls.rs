@@ -1,0 +1,116 @@
+//! Per-request cost of the plugin calls, per instance model.
+//!
+//! `cargo bench -p cachet --bench plugin_calls` (after `bash plugins/build.sh`).
+//! Prints the mean and p50/p99 of `decide_request` (on-request + cache-key)
+//! and `decide_response` for a fresh instance per request and for reused
+//! instances, measured with the real example plugins.
+
+use cachet::policy::{InstancePool, LoadedPlugin, PluginLimits, PolicyEngine, TenantContext};
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ITERATIONS: usize = 20_000;
+
+fn request() -> RequestHeader {
+    let mut req = RequestHeader::build("GET", b"/static/app.css?utm_source=x&b=2&a=1", None)
+        .expect("request");
+    for (name, value) in [
+        ("host", "www.example.test"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) bench"),
+        ("accept", "text/css,*/*;q=0.1"),
+        ("accept-encoding", "gzip, deflate, br"),
+        ("accept-language", "en-US,en;q=0.5"),
+        ("cookie", "theme=dark; id=12345"),
+        ("referer", "https://www.example.test/"),
+    ] {
+        req.insert_header(name, value).expect("header");
+    }
+    req
+}
+
+fn response() -> ResponseHeader {
+    let mut resp = ResponseHeader::build(200, None).expect("response");
+    resp.insert_header("content-type", "text/css")
+        .expect("header");
+    resp.insert_header("content-length", "1024")
+        .expect("header");
+    resp
+}
+
+struct Stats {
+    mean: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn measure(mut f: impl FnMut()) -> Stats {
+    for _ in 0..1000 {
+        f();
+    }
+    let mut samples = Vec::with_capacity(ITERATIONS);
+    let started = Instant::now();
+    for _ in 0..ITERATIONS {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    samples.sort();
+    Stats {
+        mean: total / ITERATIONS as u32,
+        p50: samples[ITERATIONS / 2],
+        p99: samples[ITERATIONS * 99 / 100],
+    }
+}
+
+fn main() {
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let engine = PolicyEngine::new(64).expect("engine");
+    let req = request();
+    let resp = response();
+    println!(
+        "{:<16} {:<10} {:<16} {:>9} {:>9} {:>9}",
+        "plugin", "instances", "call", "mean", "p50", "p99"
+    );
+    for name in ["standard", "static-assets", "api-gateway"] {
+        let path = plugins.join(format!("{name}.wasm"));
+        let plugin =
+            Arc::new(LoadedPlugin::load(&engine, &path).expect("run plugins/build.sh first"));
+        for (model, reuse) in [("fresh", 1), ("reused", u32::MAX)] {
+            let limits = PluginLimits {
+                instance_reuse: reuse,
+                ..PluginLimits::default()
+            };
+            let pool = InstancePool::new(
+                engine.clone(),
+                plugin.clone(),
+                Arc::new(TenantContext::default()),
+                limits,
+            );
+            let rows = [
+                (
+                    "request+key",
+                    measure(|| {
+                        pool.decide_request(&req).expect("decide_request");
+                    }),
+                ),
+                (
+                    "response",
+                    measure(|| {
+                        pool.decide_response(&req, &resp).expect("decide_response");
+                    }),
+                ),
+            ];
+            for (call, s) in rows {
+                println!(
+                    "{name:<16} {model:<10} {call:<16} {:>7.2}µs {:>7.2}µs {:>7.2}µs",
+                    s.mean.as_secs_f64() * 1e6,
+                    s.p50.as_secs_f64() * 1e6,
+                    s.p99.as_secs_f64() * 1e6
+                );
+            }
+        }
+    }
+}

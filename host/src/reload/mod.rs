@@ -1,0 +1,287 @@
+//! Hot reload: plugins and the config change live, off the request path.
+//!
+//! A changed plugin is compiled (or loaded from the artifact cache), checked
+//! (imports, world, self-test vectors) and only then swapped in; requests in
+//! flight keep the version they started with. Anything that fails keeps the
+//! running version and is recorded as a refusal with its reason.
+
+mod watcher;
+
+pub use watcher::spawn_watcher;
+
+use crate::config::{self, Config, TenantConfig};
+use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
+use crate::proxy::ProxyState;
+use crate::tenant::{Refusal, Tenant, TenantRouter};
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// What happened to one reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The new version serves from now on.
+    Applied,
+    /// The bytes (or the config) did not change.
+    Unchanged,
+    /// Refused; the running version stays.
+    Refused(String),
+}
+
+pub struct Reloader {
+    engine: PolicyEngine,
+    state: Arc<ProxyState>,
+    artifacts: Option<ArtifactCache>,
+    /// The running configuration.
+    config: Mutex<Config>,
+    /// Reloads run one at a time (watcher, SIGHUP, admin).
+    serial: Mutex<()>,
+    last_config_refusal: Mutex<Option<Refusal>>,
+}
+
+impl Reloader {
+    pub fn new(
+        engine: PolicyEngine,
+        state: Arc<ProxyState>,
+        config: Config,
+        artifacts: Option<ArtifactCache>,
+    ) -> Self {
+        Self {
+            engine,
+            state,
+            artifacts,
+            config: Mutex::new(config),
+            serial: Mutex::new(()),
+            last_config_refusal: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        self.config.lock().clone()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.config.lock().source.clone()
+    }
+
+    /// The plugin files the running config names.
+    pub fn plugin_paths(&self) -> Vec<PathBuf> {
+        self.config
+            .lock()
+            .tenants
+            .iter()
+            .map(|t| t.plugin.clone())
+            .collect()
+    }
+
+    pub fn last_config_refusal(&self) -> Option<Refusal> {
+        self.last_config_refusal.lock().clone()
+    }
+
+    /// Loads and checks a plugin file without swapping it in.
+    fn load_checked(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<LoadedPlugin> {
+        let plugin = LoadedPlugin::from_bytes(&self.engine, path, bytes, self.artifacts.as_ref())?;
+        plugin.run_self_tests(&self.engine)?;
+        Ok(plugin)
+    }
+
+    /// Re-reads the plugin of every tenant whose file is in `changed`.
+    pub fn reload_plugins(&self, changed: &[PathBuf]) -> Vec<(String, Outcome)> {
+        let _serial = self.serial.lock();
+        let router = self.state.router.load_full();
+        router
+            .tenants()
+            .iter()
+            .filter(|t| changed.iter().any(|c| same_file(c, &t.config.plugin)))
+            .map(|t| (t.name().to_owned(), self.reload_tenant_plugin(t)))
+            .collect()
+    }
+
+    fn reload_tenant_plugin(&self, tenant: &Tenant) -> Outcome {
+        let path = &tenant.config.plugin;
+        let started = Instant::now();
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Deleted or unreadable: keep serving the last good version.
+                let reason = format!(
+                    "cannot read {}: {e}; keeping the loaded version",
+                    path.display()
+                );
+                return self.refuse(tenant, None, reason);
+            }
+        };
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if sha256 == tenant.policy().plugin().info.sha256 {
+            return Outcome::Unchanged;
+        }
+        match self.load_checked(path, &bytes) {
+            Ok(plugin) => {
+                tenant.swap_plugin(Arc::new(plugin));
+                crate::metrics::reload(tenant.name(), "applied");
+                tracing::info!(
+                    tenant = tenant.name(),
+                    plugin = %path.display(),
+                    sha256,
+                    generation = tenant.generation(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "plugin swapped"
+                );
+                Outcome::Applied
+            }
+            Err(e) => self.refuse(tenant, Some(sha256), format!("{e:#}")),
+        }
+    }
+
+    fn refuse(&self, tenant: &Tenant, sha256: Option<String>, reason: String) -> Outcome {
+        tracing::warn!(
+            tenant = tenant.name(),
+            "plugin refused, previous version keeps serving: {reason}"
+        );
+        crate::metrics::reload(tenant.name(), "refused");
+        tenant.record_refusal(Refusal {
+            at: SystemTime::now(),
+            sha256,
+            reason: reason.clone(),
+        });
+        Outcome::Refused(reason)
+    }
+
+    /// Re-reads the config file and applies it whole, or refuses it whole.
+    pub fn reload_config(&self) -> Outcome {
+        let _serial = self.serial.lock();
+        let path = self.config_path();
+        let outcome = match config::load(&path) {
+            Ok(new) => self.apply_config(new),
+            Err(e) => Outcome::Refused(e.to_string()),
+        };
+        match &outcome {
+            Outcome::Refused(reason) => {
+                tracing::warn!(config = %path.display(), "config refused, running config stays: {reason}");
+                crate::metrics::reload("-", "config-refused");
+                *self.last_config_refusal.lock() = Some(Refusal {
+                    at: SystemTime::now(),
+                    sha256: None,
+                    reason: reason.clone(),
+                });
+            }
+            Outcome::Applied => {
+                crate::metrics::reload("-", "config-applied");
+                tracing::info!(config = %path.display(), "config applied");
+            }
+            Outcome::Unchanged => {}
+        }
+        outcome
+    }
+
+    fn apply_config(&self, new: Config) -> Outcome {
+        let old = self.config();
+        if old
+            .tenants
+            .iter()
+            .map(tenant_fingerprint)
+            .eq(new.tenants.iter().map(tenant_fingerprint))
+            && old.plugins == new.plugins
+        {
+            return Outcome::Unchanged;
+        }
+        warn_restart_only_changes(&old, &new);
+        let router = self.state.router.load_full();
+        let mut tenants = Vec::with_capacity(new.tenants.len());
+        for tenant in &new.tenants {
+            match self.rebuild_tenant(&router, tenant) {
+                Ok(t) => tenants.push(Arc::new(t)),
+                Err(e) => return Outcome::Refused(format!("tenant {:?}: {e:#}", tenant.name)),
+            }
+        }
+        self.state
+            .router
+            .store(Arc::new(TenantRouter::new(tenants)));
+        *self.config.lock() = new;
+        Outcome::Applied
+    }
+
+    /// The new version of one tenant: its running plugin is reused when the
+    /// file is unchanged, so editing a host list recompiles nothing.
+    fn rebuild_tenant(
+        &self,
+        router: &TenantRouter,
+        config: &TenantConfig,
+    ) -> anyhow::Result<Tenant> {
+        let bytes = std::fs::read(&config.plugin)
+            .map_err(|e| anyhow::anyhow!("cannot read plugin {}: {e}", config.plugin.display()))?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let running = router.tenants().iter().find(|t| t.name() == config.name);
+        if let Some(old) = running {
+            let policy = old.policy();
+            if policy.plugin().info.sha256 == sha256 {
+                return Ok(Tenant::with_history(
+                    self.engine.clone(),
+                    config.clone(),
+                    policy.plugin().clone(),
+                    old.generation(),
+                    old.last_refusal(),
+                ));
+            }
+        }
+        let plugin = Arc::new(self.load_checked(&config.plugin, &bytes)?);
+        Ok(match running {
+            Some(old) => Tenant::with_history(
+                self.engine.clone(),
+                config.clone(),
+                plugin,
+                old.generation() + 1,
+                old.last_refusal(),
+            ),
+            None => Tenant::new(self.engine.clone(), config.clone(), plugin),
+        })
+    }
+
+    /// SIGHUP: check the config and every plugin.
+    pub fn check_everything(&self) {
+        let config_outcome = self.reload_config();
+        let plugins = self.plugin_paths();
+        let plugin_outcomes = self.reload_plugins(&plugins);
+        tracing::info!(?config_outcome, ?plugin_outcomes, "reload check done");
+    }
+}
+
+/// What identifies a tenant's configuration (all of it).
+fn tenant_fingerprint(t: &TenantConfig) -> String {
+    format!("{t:?}")
+}
+
+/// Settings that need a restart (listeners, threads, cache size) are logged,
+/// not silently ignored.
+fn warn_restart_only_changes(old: &Config, new: &Config) {
+    if old.server.listen != new.server.listen
+        || old.server.admin != new.server.admin
+        || old.server.threads != new.server.threads
+    {
+        tracing::warn!("changes to [server] take effect after a restart (or a graceful upgrade)");
+    }
+    if old.cache.max_bytes != new.cache.max_bytes
+        || old.cache.max_object_bytes != new.cache.max_object_bytes
+        || old.cache.lock_timeout != new.cache.lock_timeout
+    {
+        tracing::warn!("changes to [cache] take effect after a restart (or a graceful upgrade)");
+    }
+}
+
+/// Two paths name the same file (watch events carry absolute paths, the
+/// config may hold relative ones).
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    let absolute = |p: &Path| -> Option<PathBuf> {
+        let parent = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    };
+    matches!((absolute(a), absolute(b)), (Some(x), Some(y)) if x == y)
+}

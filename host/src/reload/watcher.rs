@@ -1,0 +1,104 @@
+//! Watches the config file and every plugin file, through their parent
+//! folders so that an atomic rename over a file is seen, and hands batches
+//! of changed paths to the reloader. SIGHUP asks for a full check.
+
+use super::{same_file, Reloader};
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Events closer together than this are one change (an editor's save or a
+/// copy is several writes).
+const DEBOUNCE: Duration = Duration::from_millis(40);
+
+/// Starts the watcher and SIGHUP threads. They live as long as the process.
+pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel::<Change>();
+    let events = tx.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            if !matches!(event.kind, EventKind::Access(_)) {
+                let _ = events.send(Change::Paths(event.paths));
+            }
+        }
+    })?;
+    let mut watched = BTreeSet::new();
+    sync_watches(&mut watcher, &mut watched, &reloader);
+
+    let mut hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("cachet-sighup".into())
+        .spawn(move || {
+            for _ in hangups.forever() {
+                if tx.send(Change::Everything).is_err() {
+                    break;
+                }
+            }
+        })?;
+
+    std::thread::Builder::new()
+        .name("cachet-reload".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.recv_timeout(DEBOUNCE) {
+                    batch.push(more);
+                }
+                apply(&reloader, batch);
+                sync_watches(&mut watcher, &mut watched, &reloader);
+            }
+        })?;
+    Ok(())
+}
+
+enum Change {
+    Paths(Vec<PathBuf>),
+    Everything,
+}
+
+fn apply(reloader: &Reloader, batch: Vec<Change>) {
+    let mut paths = Vec::new();
+    for change in batch {
+        match change {
+            Change::Everything => return reloader.check_everything(),
+            Change::Paths(p) => paths.extend(p),
+        }
+    }
+    let config = reloader.config_path();
+    if paths.iter().any(|p| same_file(p, &config)) {
+        reloader.reload_config();
+    }
+    reloader.reload_plugins(&paths);
+}
+
+/// Watches the folders of the config and of every plugin it names.
+fn sync_watches(
+    watcher: &mut notify::RecommendedWatcher,
+    watched: &mut BTreeSet<PathBuf>,
+    reloader: &Reloader,
+) {
+    let wanted: BTreeSet<PathBuf> = std::iter::once(reloader.config_path())
+        .chain(reloader.plugin_paths())
+        .filter_map(|file| folder_of(&file))
+        .collect();
+    for gone in watched.difference(&wanted) {
+        let _ = watcher.unwatch(gone);
+    }
+    for new in wanted.difference(watched) {
+        if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
+            tracing::warn!(folder = %new.display(), "cannot watch for plugin changes: {e}");
+        }
+    }
+    *watched = wanted;
+}
+
+fn folder_of(file: &Path) -> Option<PathBuf> {
+    let parent = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parent.canonicalize().ok()
+}

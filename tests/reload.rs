@@ -1,0 +1,312 @@
+//! Hot reload with real files, the real watcher and real traffic.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::client::{get, try_send};
+use support::origin::{Origin, Reply};
+use support::plugin;
+use support::proxy::{Proxy, TenantSpec};
+
+/// Replaces `dest` atomically, the way deploy tools do (write, then rename).
+fn install(src: &Path, dest: &Path) {
+    let tmp = dest.with_extension("wasm.tmp");
+    std::fs::copy(src, &tmp).expect("copy plugin");
+    std::fs::rename(&tmp, dest).expect("rename plugin");
+}
+
+fn tenant_plugin(proxy: &Proxy) -> serde_json::Value {
+    proxy.status()["tenants"][0]["plugin"].clone()
+}
+
+/// Sends requests from `threads` clients until stopped; counts failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    errors: Arc<parking_lot::Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(proxy: &Proxy, threads: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|i| {
+                let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+                let errors = errors.clone();
+                let url = proxy.url(&format!("/load/{i}.css?utm_source=x&a=1"));
+                std::thread::spawn(move || {
+                    // Bounded: at most 60 s or until stopped.
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let result = match try_send("GET", &url, &[]) {
+                            Ok(r) if r.status == 200 => Ok(()),
+                            Ok(r) => Err(format!("status {} ({})", r.status, r.cache_status())),
+                            Err(e) => Err(e),
+                        };
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = result {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().push(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            sent,
+            failed,
+            errors,
+            threads,
+        }
+    }
+
+    /// Stops the load; returns (sent, failed, first errors).
+    fn finish(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("load thread");
+        }
+        let errors = self.errors.lock().iter().take(5).cloned().collect();
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+fn start_with_copy(origin: &Origin, initial: &str) -> (Proxy, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("policy.wasm");
+    install(&plugin(initial), &live);
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &live)],
+    );
+    (proxy, dir, live)
+}
+
+/// True when the running policy is static-assets: it stores a static path
+/// the origin gave no freshness for; standard does not.
+fn static_assets_active(proxy: &Proxy, probe: &str) -> bool {
+    get(&proxy.url(probe)).cache_status().contains("stored")
+}
+
+#[test]
+fn swapping_a_plugin_changes_behaviour_within_a_second_without_failures() {
+    let origin = Origin::start(|_| Reply::ok("body"));
+    let (proxy, _dir, live) = start_with_copy(&origin, "standard");
+    assert_eq!(tenant_plugin(&proxy)["generation"], 1);
+    assert!(!static_assets_active(&proxy, "/before.css"));
+
+    let load = Load::start(&proxy, 4);
+    std::thread::sleep(Duration::from_millis(200));
+    let swapped_at = Instant::now();
+    install(&plugin("static-assets"), &live);
+    let mut probe = 0;
+    while !static_assets_active(&proxy, &format!("/probe-{probe}.css")) {
+        probe += 1;
+        assert!(
+            swapped_at.elapsed() < Duration::from_secs(1),
+            "policy did not switch within 1 s\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let switch = swapped_at.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    let (sent, failed, errors) = load.finish();
+    assert!(sent > 0);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {sent} requests failed during the swap: {errors:?}\n{}",
+        proxy.log()
+    );
+    assert_eq!(tenant_plugin(&proxy)["generation"], 2);
+    eprintln!("policy switched {switch:?} after the file was replaced");
+
+    // The utm_* normalisation is now in force.
+    get(&proxy.url("/n.css?a=1&utm_source=x"));
+    assert!(get(&proxy.url("/n.css?a=1")).cache_status().contains("hit"));
+}
+
+#[test]
+fn twenty_alternating_swaps_under_load_lose_no_request() {
+    let origin = Origin::start(|_| Reply::ok("body"));
+    let (proxy, _dir, live) = start_with_copy(&origin, "standard");
+    let load = Load::start(&proxy, 6);
+    for i in 0..20 {
+        let next = if i % 2 == 0 {
+            "static-assets"
+        } else {
+            "standard"
+        };
+        install(&plugin(next), &live);
+        // Wait until this version serves before the next swap.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tenant_plugin(&proxy)["generation"] != i + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "swap {i} not applied: {}",
+                tenant_plugin(&proxy)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let (sent, failed, errors) = load.finish();
+    assert!(sent > 20);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {sent} requests failed across 20 swaps: {errors:?}\n{}",
+        proxy.log()
+    );
+}
+
+/// Writes `bytes` over the live plugin and waits for the refusal to show.
+fn expect_refused(proxy: &Proxy, live: &Path, bytes: &[u8], reason_part: &str) {
+    let before = tenant_plugin(proxy);
+    let tmp = live.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, live).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = tenant_plugin(proxy);
+        let reason = now["last_refusal"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if reason.contains(reason_part) && now["last_refusal"] != before["last_refusal"] {
+            assert_eq!(
+                now["sha256"], before["sha256"],
+                "old version must keep serving"
+            );
+            assert_eq!(now["generation"], before["generation"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal containing {reason_part:?}: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn broken_plugins_are_refused_and_the_old_version_keeps_serving() {
+    let origin = Origin::start(|_| Reply::ok("body").header("Cache-Control", "max-age=60"));
+    let (proxy, _dir, live) = start_with_copy(&origin, "standard");
+    let good = std::fs::read(plugin("static-assets")).unwrap();
+
+    expect_refused(
+        &proxy,
+        &live,
+        b"garbage bytes, not wasm",
+        "not a valid WebAssembly component",
+    );
+    expect_refused(
+        &proxy,
+        &live,
+        &good[..good.len() / 3],
+        "not a valid WebAssembly component",
+    );
+    // A core module, not a component.
+    expect_refused(
+        &proxy,
+        &live,
+        b"\0asm\x01\0\0\0",
+        "not a valid WebAssembly component",
+    );
+
+    // Still the standard policy, still serving and caching.
+    get(&proxy.url("/still"));
+    assert!(get(&proxy.url("/still")).cache_status().contains("hit"));
+    assert!(proxy.log().contains("plugin refused"), "{}", proxy.log());
+
+    // A deleted file keeps the last good version.
+    std::fs::remove_file(&live).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(&proxy.url("/after-delete")).status, 200);
+    assert_eq!(tenant_plugin(&proxy)["generation"], 1);
+
+    // And a good file afterwards is taken.
+    install(&plugin("static-assets"), &live);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tenant_plugin(&proxy)["generation"] != 2 {
+        assert!(Instant::now() < deadline, "{}", tenant_plugin(&proxy));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn config_changes_apply_live_and_invalid_ones_are_refused_whole() {
+    let a = Origin::start(|_| Reply::ok("from a"));
+    let b = Origin::start(|_| Reply::ok("from b"));
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("a", a.addr, &plugin("standard")).hosts(&["a.test"])],
+    );
+    let config = proxy.dir.path().join("cachet.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let url = proxy.url("/x");
+    assert_eq!(
+        support::client::send("GET", &url, &[("Host", "b.test")]).status,
+        421
+    );
+
+    let with_b = format!(
+        "{original}\n[[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstream = \"{}\"\nplugin = {:?}\n",
+        b.addr,
+        plugin("standard").display().to_string()
+    );
+    std::fs::write(&config, &with_b).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = support::client::send("GET", &url, &[("Host", "b.test")]);
+        if resp.status == 200 {
+            assert_eq!(resp.text(), "from b");
+            break;
+        }
+        assert!(Instant::now() < deadline, "tenant b never served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // An invalid change is refused whole, with file, line and key.
+    std::fs::write(
+        &config,
+        with_b.replace("hosts = [\"b.test\"]", "hosts = []"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let refusal = proxy.status()["config"]["last_refusal"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if !refusal.is_empty() {
+            assert!(refusal.contains("cachet.toml:"), "{refusal}");
+            assert!(refusal.contains("tenant.hosts"), "{refusal}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "invalid config not refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        support::client::send("GET", &url, &[("Host", "b.test")]).text(),
+        "from b"
+    );
+    assert_eq!(
+        support::client::send("GET", &url, &[("Host", "a.test")]).text(),
+        "from a"
+    );
+}
