@@ -75,6 +75,7 @@ impl CacheControl {
             .map(|d| (d.name.as_str(), d.argument.as_deref()))
     }
 
+    /// `no-store`: the response must not be stored at all.
     pub fn no_store(&self) -> bool {
         self.has("no-store")
     }
@@ -89,38 +90,47 @@ impl CacheControl {
         self.has("private")
     }
 
+    /// `public`: shared caches may store it even where they otherwise would not.
     pub fn public(&self) -> bool {
         self.has("public")
     }
 
+    /// `must-revalidate`: once stale, never served without revalidation.
     pub fn must_revalidate(&self) -> bool {
         self.has("must-revalidate")
     }
 
+    /// `proxy-revalidate`: `must-revalidate` for shared caches only.
     pub fn proxy_revalidate(&self) -> bool {
         self.has("proxy-revalidate")
     }
 
+    /// `no-transform`: intermediaries must not alter the content.
     pub fn no_transform(&self) -> bool {
         self.has("no-transform")
     }
 
+    /// `immutable` (RFC 8246): the body will not change while fresh.
     pub fn immutable(&self) -> bool {
         self.has("immutable")
     }
 
+    /// `max-age`: freshness lifetime for any cache.
     pub fn max_age(&self) -> Option<Duration> {
         self.seconds("max-age")
     }
 
+    /// `s-maxage`: freshness lifetime for shared caches, overriding `max-age`.
     pub fn s_maxage(&self) -> Option<Duration> {
         self.seconds("s-maxage")
     }
 
+    /// `stale-while-revalidate` (RFC 5861).
     pub fn stale_while_revalidate(&self) -> Option<Duration> {
         self.seconds("stale-while-revalidate")
     }
 
+    /// `stale-if-error` (RFC 5861).
     pub fn stale_if_error(&self) -> Option<Duration> {
         self.seconds("stale-if-error")
     }

@@ -1,6 +1,6 @@
 /// A value from the tenant's `[tenant.plugin_config]` table, if set.
 ///
-/// Natively (in tests) values come from [`testing::set_config`](crate::testing::set_config).
+/// Natively (in tests) values come from `testing::set_config`.
 pub fn config(key: &str) -> Option<String> {
     #[cfg(target_arch = "wasm32")]
     {

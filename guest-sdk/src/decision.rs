@@ -19,14 +19,22 @@ impl RequestDecision {
     pub fn bypass(reason: impl Into<String>) -> Self {
         Self::Bypass(reason.into())
     }
+
+    /// Answers with a `text/plain` response; see [`SyntheticResponse::text`].
+    /// Build a [`SyntheticResponse`] yourself for other headers or bodies.
+    pub fn respond(status: u16, body: impl Into<String>) -> Self {
+        Self::Respond(SyntheticResponse::text(status, body))
+    }
 }
 
 /// A response the plugin answers with itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntheticResponse {
+    /// HTTP status code.
     pub status: u16,
     /// `(name, value)` pairs, sent in this order.
     pub headers: Vec<(String, String)>,
+    /// Response body bytes.
     pub body: Vec<u8>,
 }
 
@@ -112,11 +120,13 @@ impl StoreDirective {
         }
     }
 
+    /// Sets [`StoreDirective::stale_while_revalidate`].
     pub fn with_stale_while_revalidate(mut self, window: Duration) -> Self {
         self.stale_while_revalidate = window;
         self
     }
 
+    /// Sets [`StoreDirective::stale_if_error`].
     pub fn with_stale_if_error(mut self, window: Duration) -> Self {
         self.stale_if_error = window;
         self
@@ -157,6 +167,14 @@ mod tests {
             )]
         );
         assert_eq!(resp.body, b"forbidden\n");
+    }
+
+    #[test]
+    fn respond_shorthand_is_a_text_response() {
+        assert_eq!(
+            RequestDecision::respond(403, "forbidden\n"),
+            RequestDecision::Respond(SyntheticResponse::text(403, "forbidden\n"))
+        );
     }
 
     #[test]

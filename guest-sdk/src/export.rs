@@ -10,6 +10,29 @@
 ///
 /// On non-wasm targets nothing is exported; the macro only checks that its
 /// arguments type-check, so the plugin crate also builds for native tests.
+///
+/// ```
+/// use cachet_sdk::prelude::*;
+///
+/// struct Tunable {
+///     ttl: Duration,
+/// }
+///
+/// impl Tunable {
+///     fn from_config() -> Self {
+///         let seconds = config("ttl_seconds").and_then(|v| v.parse().ok());
+///         Self { ttl: Duration::from_secs(seconds.unwrap_or(30)) }
+///     }
+/// }
+///
+/// impl Policy for Tunable {
+///     fn on_response(&self, _req: &Request, _resp: &Response) -> ResponseDecision {
+///         ResponseDecision::store(self.ttl)
+///     }
+/// }
+///
+/// cachet_sdk::export_policy!(Tunable, Tunable::from_config());
+/// ```
 #[macro_export]
 macro_rules! export_policy {
     ($policy:ty, $init:expr $(,)?) => {
@@ -19,37 +42,39 @@ macro_rules! export_policy {
             let _check_init: fn() -> $policy = || $init;
         };
 
+        // Names inside are prefixed: macro_rules items are not hygienic, and
+        // they must not shadow the plugin's own type named by `$policy`.
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             ::std::thread_local! {
-                static POLICY: $policy = $init;
+                static __CACHET_POLICY: $policy = $init;
             }
 
-            struct PolicyExport;
+            struct __CachetPolicyExport;
 
-            impl $crate::__private::Guest for PolicyExport {
+            impl $crate::__private::Guest for __CachetPolicyExport {
                 fn on_request(
                     req: &$crate::__private::HostRequest,
                 ) -> $crate::__private::HostRequestDecision {
-                    POLICY.with(|policy| $crate::__private::on_request(policy, req))
+                    __CACHET_POLICY.with(|policy| $crate::__private::on_request(policy, req))
                 }
 
                 fn cache_key(
                     req: &$crate::__private::HostRequest,
                 ) -> ::std::vec::Vec<::std::string::String> {
-                    POLICY.with(|policy| $crate::__private::cache_key(policy, req))
+                    __CACHET_POLICY.with(|policy| $crate::__private::cache_key(policy, req))
                 }
 
                 fn on_response(
                     req: &$crate::__private::HostRequest,
                     resp: &$crate::__private::HostResponse,
                 ) -> $crate::__private::HostResponseDecision {
-                    POLICY.with(|policy| $crate::__private::on_response(policy, req, resp))
+                    __CACHET_POLICY.with(|policy| $crate::__private::on_response(policy, req, resp))
                 }
             }
 
             $crate::__private::bindings::export_world!(
-                PolicyExport with_types_in $crate::__private::bindings
+                __CachetPolicyExport with_types_in $crate::__private::bindings
             );
         };
     };

@@ -4,8 +4,7 @@
 //! Every hook has a default, so a policy overrides only what it changes:
 //!
 //! ```
-//! use std::time::Duration;
-//! use cachet_sdk::{Policy, Request, RequestDecision, Response, ResponseDecision};
+//! use cachet_sdk::prelude::*;
 //!
 //! #[derive(Default)]
 //! struct ShortLivedApi;
@@ -15,7 +14,7 @@
 //!         if req.cookie("session").is_some() {
 //!             return RequestDecision::bypass("logged-in user");
 //!         }
-//!         cachet_sdk::defaults::on_request(req)
+//!         defaults::on_request(req)
 //!     }
 //!
 //!     fn on_response(&self, _req: &Request, resp: &Response) -> ResponseDecision {
@@ -47,7 +46,9 @@
 //! accessor is one call into the host that copies only the field asked for.
 //! On other targets they hold in-memory values built with [`Request::builder`]
 //! and [`Response::builder`]; [`config`] and [`log`] are backed by the
-//! [`testing`] helpers.
+//! native-only `testing` module.
+
+#![warn(missing_docs)]
 
 mod cache_control;
 mod config;
@@ -58,6 +59,7 @@ mod export;
 mod header_list;
 pub mod log;
 mod policy;
+pub mod prelude;
 mod query;
 mod request;
 mod response;

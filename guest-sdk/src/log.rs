@@ -7,16 +7,22 @@
 //! ```
 //!
 //! Natively, lines go to stderr and are kept for
-//! [`testing::take_logs`](crate::testing::take_logs).
+//! `testing::take_logs` (native only).
 
 use std::fmt;
 
+/// Severity of a log line, least severe first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
+    /// Step-by-step detail, normally filtered out.
     Trace,
+    /// Diagnostic detail.
     Debug,
+    /// Notable, expected events.
     Info,
+    /// Something looks wrong but the request proceeds.
     Warn,
+    /// A failure worth an operator's attention.
     Error,
 }
 

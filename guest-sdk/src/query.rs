@@ -41,6 +41,7 @@ impl QueryParam {
         }
     }
 
+    /// The name, still percent-encoded.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -70,14 +71,17 @@ impl Query {
             .collect()
     }
 
+    /// Whether there are no parameters.
     pub fn is_empty(&self) -> bool {
         self.params.is_empty()
     }
 
+    /// Number of parameters.
     pub fn len(&self) -> usize {
         self.params.len()
     }
 
+    /// The parameters in order.
     pub fn iter(&self) -> std::slice::Iter<'_, QueryParam> {
         self.params.iter()
     }
@@ -88,6 +92,7 @@ impl Query {
         Some(param.value().unwrap_or(""))
     }
 
+    /// Whether any parameter is called `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.params.iter().any(|p| p.name == name)
     }

@@ -107,7 +107,7 @@ impl Request {
 
     /// The request's `Cache-Control` directives.
     pub fn cache_control(&self) -> CacheControl {
-        CacheControl::parse_all(&self.header_all("cache-control"))
+        CacheControl::parse_all(self.header_all("cache-control"))
     }
 
     /// The query split into parameters; empty when there is no query.
@@ -147,6 +147,7 @@ impl Default for RequestBuilder {
 }
 
 impl RequestBuilder {
+    /// Sets the method (default `GET`).
     pub fn method(mut self, method: impl Into<String>) -> Self {
         self.method = method.into();
         self
@@ -165,6 +166,7 @@ impl RequestBuilder {
         self
     }
 
+    /// Finishes the request.
     pub fn build(self) -> Request {
         let parts = uri::split(&self.uri);
         // Like the host: the URI's authority wins over the Host header.

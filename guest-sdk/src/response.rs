@@ -37,6 +37,7 @@ impl Response {
         }
     }
 
+    /// Status code, e.g. `200`.
     pub fn status(&self) -> u16 {
         match &self.source {
             #[cfg(target_arch = "wasm32")]
@@ -70,7 +71,7 @@ impl Response {
 
     /// The response's `Cache-Control` directives.
     pub fn cache_control(&self) -> CacheControl {
-        CacheControl::parse_all(&self.header_all("cache-control"))
+        CacheControl::parse_all(self.header_all("cache-control"))
     }
 
     /// Whether the origin stated an explicit expiration time (RFC 9111
@@ -109,6 +110,7 @@ impl Default for ResponseBuilder {
 }
 
 impl ResponseBuilder {
+    /// Sets the status (default `200`).
     pub fn status(mut self, status: u16) -> Self {
         self.status = status;
         self
@@ -120,6 +122,7 @@ impl ResponseBuilder {
         self
     }
 
+    /// Finishes the response.
     pub fn build(self) -> Response {
         Response {
             source: Source::Memory(MemoryResponse {

@@ -26,10 +26,12 @@ pub fn set_config(key: impl Into<String>, value: impl Into<String>) {
     CONFIG.with(|config| config.borrow_mut().insert(key.into(), value.into()));
 }
 
+/// Makes [`config`](crate::config) return `None` for `key` on this thread.
 pub fn remove_config(key: &str) {
     CONFIG.with(|config| config.borrow_mut().remove(key));
 }
 
+/// Removes every config value set on this thread.
 pub fn clear_config() {
     CONFIG.with(|config| config.borrow_mut().clear());
 }

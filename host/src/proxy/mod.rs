@@ -65,9 +65,6 @@ impl ProxyHttp for CachetProxy {
             Some(backend.lock),
             Some(overrides),
         );
-        session
-            .cache
-            .set_max_file_size_bytes(backend.max_object_bytes);
         Ok(())
     }
 

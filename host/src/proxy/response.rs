@@ -22,12 +22,12 @@ static ORIGIN_DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(
 );
 
 pub(super) fn response_cache_filter(
-    _proxy: &CachetProxy,
+    proxy: &CachetProxy,
     session: &Session,
     resp: &ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> RespCacheable {
-    let verdict = decide(session, resp, ctx);
+    let verdict = decide(proxy, session, resp, ctx);
     ctx.stored = matches!(verdict, RespCacheable::Cacheable(_));
     verdict
 }
@@ -37,9 +37,19 @@ fn not_stored(ctx: &mut RequestCtx, reason: impl Into<String>) -> RespCacheable 
     RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)
 }
 
-fn decide(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> RespCacheable {
+fn decide(
+    proxy: &CachetProxy,
+    session: &Session,
+    resp: &ResponseHeader,
+    ctx: &mut RequestCtx,
+) -> RespCacheable {
     if let Some(reason) = host_guard(resp) {
         return not_stored(ctx, reason);
+    }
+    // Known to be too large: say so now. (A chunked body that outgrows the
+    // limit is still streamed to the client and simply not kept by storage.)
+    if content_length(resp).is_some_and(|len| len > proxy.state.cache.max_object_bytes) {
+        return not_stored(ctx, "larger than max_object_bytes");
     }
     let cc = CacheControl::from_resp_headers(resp);
     if let Some(cc) = &cc {
@@ -84,6 +94,16 @@ fn decide(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) -> Res
     }
 }
 
+fn content_length(resp: &ResponseHeader) -> Option<usize> {
+    resp.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Responses the host never stores, whatever the plugin says.
 fn host_guard(resp: &ResponseHeader) -> Option<&'static str> {
     let status = resp.status.as_u16();
@@ -105,7 +125,7 @@ fn host_guard(resp: &ResponseHeader) -> Option<&'static str> {
 
 /// Final statuses a cache can reuse (no partial content, no 304, no 1xx).
 fn storable_status(status: u16) -> bool {
-    matches!(status, 200..=299 | 300..=399 | 400..=599) && status != 206 && status != 304
+    (200..=599).contains(&status) && status != 206 && status != 304
 }
 
 fn store_for(

@@ -1,90 +1,76 @@
-// TEMPORARY compile placeholder until the real storage module lands (same session).
-use async_trait::async_trait;
-use pingora_cache::key::CacheKey;
-use pingora_cache::meta::CacheMeta;
-use pingora_cache::storage::{
-    HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage,
-};
-use pingora_cache::trace::SpanHandle;
-use pingora_cache::MemCache;
-use pingora_error::Result;
+//! Production in-memory cache storage for pingora-cache.
+//!
+//! - Bounded: every stored object is charged its body plus header and bookkeeping estimates
+//!   against a global byte budget and, optionally, a budget for its partition (the tenant in
+//!   `CacheKey::user_tag`). The storage owns its LRU eviction and evicts synchronously while
+//!   storing, so stored bytes never exceed a budget. Give pingora no eviction manager
+//!   (`HttpCache::enable(storage, None, ..)`), or it would track entries a second time.
+//! - Hits copy no body bytes: a complete body is one buffer, and hits get slices of it, with
+//!   seeking, so pingora serves single and multipart ranges from it.
+//! - Streaming: readers arriving during a fill follow the body as it is written, and get an
+//!   error if the fill is abandoned. A body over the maximum object size is not stored, and its
+//!   readers (including the client that triggered the fill) are unaffected.
+//!
+//! Do not also call pingora's `HttpCache::set_max_file_size_bytes`: with streaming writes the
+//! client is served from the fill, and pingora fails that response mid-body when a chunked
+//! body crosses its limit. This storage enforces the limit without failing anyone.
 
-pub struct StorageStats {
-    pub budget_bytes: usize,
-    pub stored_bytes: usize,
-    pub objects: usize,
-    pub evictions: u64,
-    pub inserts: u64,
-    pub rejected_oversize: u64,
-}
+mod backend;
+mod entry;
+mod hit;
+mod index;
+mod meta;
+mod miss;
+mod stats;
+mod stream;
+#[cfg(test)]
+mod tests;
 
+pub use stats::{PartitionStats, StorageStats};
+
+use index::Index;
+use parking_lot::RwLock;
+use stats::Counters;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+/// A bounded in-memory [`pingora_cache::storage::Storage`]. `Box::leak` it for `&'static`.
 pub struct MemoryStorage {
-    inner: &'static MemCache,
-    budget: usize,
+    index: RwLock<Index>,
+    /// Global counters, also readable without the lock.
+    counters: Arc<Counters>,
+    max_object_size: usize,
+    next_write_id: AtomicU64,
 }
+
 impl MemoryStorage {
-    pub fn new(budget: usize, _max_object: usize) -> Self {
+    /// A storage holding at most `global_budget` bytes, not storing bodies over
+    /// `max_object_size` bytes.
+    pub fn new(global_budget: usize, max_object_size: usize) -> Self {
+        let counters = Arc::new(Counters::default());
         Self {
-            inner: Box::leak(Box::new(MemCache::new())),
-            budget,
+            index: RwLock::new(Index::new(global_budget, counters.clone())),
+            counters,
+            max_object_size,
+            next_write_id: AtomicU64::new(0),
         }
     }
+
+    /// Changes the global budget, evicting at once if it shrank.
+    pub fn set_global_budget(&self, bytes: usize) {
+        self.index.write().set_global_budget(bytes);
+    }
+
+    /// Gives a partition its own budget inside the global one (evicting at once if it is now
+    /// over it), or with `None` lets it use the global budget alone.
+    pub fn set_partition_budget(&self, partition: &str, bytes: Option<usize>) {
+        self.index.write().set_partition_budget(partition, bytes);
+    }
+
+    /// Current usage, globally and per partition.
     pub fn stats(&self) -> StorageStats {
-        StorageStats {
-            budget_bytes: self.budget,
-            stored_bytes: 0,
-            objects: 0,
-            evictions: 0,
-            inserts: 0,
-            rejected_oversize: 0,
-        }
-    }
-}
-#[async_trait]
-impl Storage for MemoryStorage {
-    async fn lookup(
-        &'static self,
-        key: &CacheKey,
-        trace: &SpanHandle,
-    ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        self.inner.lookup(key, trace).await
-    }
-    async fn lookup_streaming_write(
-        &'static self,
-        key: &CacheKey,
-        tag: Option<&[u8]>,
-        trace: &SpanHandle,
-    ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        self.inner.lookup_streaming_write(key, tag, trace).await
-    }
-    async fn get_miss_handler(
-        &'static self,
-        key: &CacheKey,
-        meta: &CacheMeta,
-        trace: &SpanHandle,
-    ) -> Result<MissHandler> {
-        self.inner.get_miss_handler(key, meta, trace).await
-    }
-    async fn purge(
-        &'static self,
-        t: PurgeTarget<'_>,
-        p: PurgeType,
-        trace: &SpanHandle,
-    ) -> Result<PurgeOutcome> {
-        self.inner.purge(t, p, trace).await
-    }
-    async fn update_meta(
-        &'static self,
-        key: &CacheKey,
-        meta: &CacheMeta,
-        trace: &SpanHandle,
-    ) -> Result<bool> {
-        self.inner.update_meta(key, meta, trace).await
-    }
-    fn support_streaming_partial_write(&self) -> bool {
-        true
-    }
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync + 'static) {
-        self
+        let index = self.index.read();
+        let partitions = index.partition_stats();
+        self.counters.global(index.budget(), partitions)
     }
 }

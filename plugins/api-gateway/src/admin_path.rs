@@ -87,7 +87,15 @@ mod tests {
 
     #[test]
     fn other_paths_are_not_admin() {
-        for path in ["/", "/administrator", "/admins", "/api/admin", "/admin.php", "/%zzadmin", "/x%"] {
+        for path in [
+            "/",
+            "/administrator",
+            "/admins",
+            "/api/admin",
+            "/admin.php",
+            "/%zzadmin",
+            "/x%",
+        ] {
             assert!(!is_admin_path(path), "{path}");
         }
     }

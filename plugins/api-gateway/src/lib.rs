@@ -83,7 +83,10 @@ mod tests {
 
     #[test]
     fn admin_and_below_are_forbidden_by_the_plugin() {
-        for uri in ["http://example.com/admin", "http://example.com/admin/users?x=1"] {
+        for uri in [
+            "http://example.com/admin",
+            "http://example.com/admin/users?x=1",
+        ] {
             let RequestDecision::Respond(resp) = ApiGateway.on_request(&get(uri)) else {
                 panic!("{uri} was not answered by the plugin");
             };
@@ -98,14 +101,27 @@ mod tests {
 
     #[test]
     fn admin_block_applies_to_every_method() {
-        let req = Request::builder().method("POST").uri("http://example.com/admin/x").build();
-        assert!(matches!(ApiGateway.on_request(&req), RequestDecision::Respond(_)));
+        let req = Request::builder()
+            .method("POST")
+            .uri("http://example.com/admin/x")
+            .build();
+        assert!(matches!(
+            ApiGateway.on_request(&req),
+            RequestDecision::Respond(_)
+        ));
     }
 
     #[test]
     fn lookalike_paths_are_not_admin() {
-        for uri in ["http://example.com/administrator", "http://example.com/api/admin"] {
-            assert_eq!(ApiGateway.on_request(&get(uri)), RequestDecision::Cache, "{uri}");
+        for uri in [
+            "http://example.com/administrator",
+            "http://example.com/api/admin",
+        ] {
+            assert_eq!(
+                ApiGateway.on_request(&get(uri)),
+                RequestDecision::Cache,
+                "{uri}"
+            );
         }
     }
 
@@ -140,9 +156,18 @@ mod tests {
 
     #[test]
     fn non_get_head_bypass() {
-        let req = Request::builder().method("DELETE").uri("http://example.com/api/items/1").build();
-        assert_eq!(ApiGateway.on_request(&req), RequestDecision::bypass("method DELETE"));
-        let req = Request::builder().method("HEAD").uri("http://example.com/api/items").build();
+        let req = Request::builder()
+            .method("DELETE")
+            .uri("http://example.com/api/items/1")
+            .build();
+        assert_eq!(
+            ApiGateway.on_request(&req),
+            RequestDecision::bypass("method DELETE")
+        );
+        let req = Request::builder()
+            .method("HEAD")
+            .uri("http://example.com/api/items")
+            .build();
         assert_eq!(ApiGateway.on_request(&req), RequestDecision::Cache);
     }
 
@@ -152,7 +177,9 @@ mod tests {
         let plain = Response::builder().build();
         assert_eq!(ApiGateway.on_response(&req, &plain), micro_cached());
         // Overrides the origin's own freshness and no-cache.
-        let fresh = Response::builder().header("Cache-Control", "max-age=3600").build();
+        let fresh = Response::builder()
+            .header("Cache-Control", "max-age=3600")
+            .build();
         assert_eq!(ApiGateway.on_response(&req, &fresh), micro_cached());
         let not_found = Response::builder().status(404).build();
         assert_eq!(ApiGateway.on_response(&req, &not_found), micro_cached());
@@ -161,12 +188,16 @@ mod tests {
     #[test]
     fn api_responses_the_origin_forbids_are_not_stored() {
         let req = get("http://example.com/api/items");
-        let no_store = Response::builder().header("Cache-Control", "no-store").build();
+        let no_store = Response::builder()
+            .header("Cache-Control", "no-store")
+            .build();
         assert_eq!(
             ApiGateway.on_response(&req, &no_store),
             ResponseDecision::no_store("origin sent no-store")
         );
-        let private = Response::builder().header("cache-control", "private, max-age=60").build();
+        let private = Response::builder()
+            .header("cache-control", "private, max-age=60")
+            .build();
         assert_eq!(
             ApiGateway.on_response(&req, &private),
             ResponseDecision::no_store("origin sent private")
@@ -181,15 +212,25 @@ mod tests {
             Response::builder().status(503).build(),
             Response::builder().header("Set-Cookie", "a=1").build(),
         ] {
-            assert_eq!(ApiGateway.on_response(&req, &resp), ResponseDecision::FollowOrigin);
+            assert_eq!(
+                ApiGateway.on_response(&req, &resp),
+                ResponseDecision::FollowOrigin
+            );
         }
     }
 
     #[test]
     fn other_paths_follow_the_origin() {
         let resp = Response::builder().build();
-        for uri in ["http://example.com/", "http://example.com/api", "http://example.com/apix/1"] {
-            assert_eq!(ApiGateway.on_response(&get(uri), &resp), ResponseDecision::FollowOrigin);
+        for uri in [
+            "http://example.com/",
+            "http://example.com/api",
+            "http://example.com/apix/1",
+        ] {
+            assert_eq!(
+                ApiGateway.on_response(&get(uri), &resp),
+                ResponseDecision::FollowOrigin
+            );
         }
     }
 }

@@ -19,7 +19,10 @@ mod tests {
     #[test]
     fn get_and_head_use_the_cache() {
         for method in ["GET", "HEAD"] {
-            let req = Request::builder().method(method).uri("http://example.com/").build();
+            let req = Request::builder()
+                .method(method)
+                .uri("http://example.com/")
+                .build();
             assert_eq!(Standard.on_request(&req), RequestDecision::Cache);
         }
     }
@@ -27,7 +30,10 @@ mod tests {
     #[test]
     fn other_methods_bypass_with_reason() {
         for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
-            let req = Request::builder().method(method).uri("http://example.com/").build();
+            let req = Request::builder()
+                .method(method)
+                .uri("http://example.com/")
+                .build();
             assert_eq!(
                 Standard.on_request(&req),
                 RequestDecision::Bypass(format!("method {method}"))
@@ -37,7 +43,9 @@ mod tests {
 
     #[test]
     fn key_is_host_path_and_query() {
-        let req = Request::builder().uri("http://example.com/a?b=1&a=2").build();
+        let req = Request::builder()
+            .uri("http://example.com/a?b=1&a=2")
+            .build();
         assert_eq!(Standard.cache_key(&req), ["example.com", "/a", "b=1&a=2"]);
         let req = Request::builder().uri("http://example.com/a").build();
         assert_eq!(Standard.cache_key(&req), ["example.com", "/a"]);
@@ -47,8 +55,13 @@ mod tests {
     fn responses_follow_the_origin() {
         let req = Request::builder().uri("http://example.com/a").build();
         for cache_control in ["max-age=60", "no-store", "private"] {
-            let resp = Response::builder().header("cache-control", cache_control).build();
-            assert_eq!(Standard.on_response(&req, &resp), ResponseDecision::FollowOrigin);
+            let resp = Response::builder()
+                .header("cache-control", cache_control)
+                .build();
+            assert_eq!(
+                Standard.on_response(&req, &resp),
+                ResponseDecision::FollowOrigin
+            );
         }
     }
 }

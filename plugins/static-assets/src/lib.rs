@@ -75,13 +75,18 @@ mod tests {
     }
 
     fn get_with_cookie(uri: &str) -> Request {
-        Request::builder().uri(uri).header("Cookie", "session=abc").build()
+        Request::builder()
+            .uri(uri)
+            .header("Cookie", "session=abc")
+            .build()
     }
 
     fn ok_with(headers: &[(&str, &str)]) -> Response {
         headers
             .iter()
-            .fold(Response::builder(), |builder, (name, value)| builder.header(*name, *value))
+            .fold(Response::builder(), |builder, (name, value)| {
+                builder.header(*name, *value)
+            })
             .build()
     }
 
@@ -89,22 +94,34 @@ mod tests {
     fn tracking_parameters_and_order_do_not_split_the_key() {
         let tracked = get("http://example.com/a?utm_source=x&b=2&a=1");
         let clean = get("http://example.com/a?a=1&b=2");
-        assert_eq!(StaticAssets.cache_key(&tracked), StaticAssets.cache_key(&clean));
-        assert_eq!(StaticAssets.cache_key(&clean), ["example.com", "/a", "a=1&b=2"]);
+        assert_eq!(
+            StaticAssets.cache_key(&tracked),
+            StaticAssets.cache_key(&clean)
+        );
+        assert_eq!(
+            StaticAssets.cache_key(&clean),
+            ["example.com", "/a", "a=1&b=2"]
+        );
     }
 
     #[test]
     fn query_of_only_tracking_parameters_keys_like_no_query() {
         let tracked = get("http://example.com/a?utm_campaign=y&fbclid=1&gclid=2");
         assert_eq!(StaticAssets.cache_key(&tracked), ["example.com", "/a"]);
-        assert_eq!(StaticAssets.cache_key(&get("http://example.com/a")), ["example.com", "/a"]);
+        assert_eq!(
+            StaticAssets.cache_key(&get("http://example.com/a")),
+            ["example.com", "/a"]
+        );
     }
 
     #[test]
     fn cookie_is_ignored_on_static_paths() {
         let req = get_with_cookie("http://example.com/app.JS?v=3");
         assert_eq!(StaticAssets.on_request(&req), RequestDecision::Cache);
-        assert_eq!(StaticAssets.cache_key(&req), ["example.com", "/app.JS", "v=3"]);
+        assert_eq!(
+            StaticAssets.cache_key(&req),
+            ["example.com", "/app.JS", "v=3"]
+        );
     }
 
     #[test]
@@ -114,13 +131,22 @@ mod tests {
             StaticAssets.on_request(&req),
             RequestDecision::bypass("cookie on dynamic path")
         );
-        assert_eq!(StaticAssets.on_request(&get("http://example.com/account")), RequestDecision::Cache);
+        assert_eq!(
+            StaticAssets.on_request(&get("http://example.com/account")),
+            RequestDecision::Cache
+        );
     }
 
     #[test]
     fn unsafe_methods_bypass_even_for_static_paths() {
-        let req = Request::builder().method("POST").uri("http://example.com/a.css").build();
-        assert_eq!(StaticAssets.on_request(&req), RequestDecision::bypass("method POST"));
+        let req = Request::builder()
+            .method("POST")
+            .uri("http://example.com/a.css")
+            .build();
+        assert_eq!(
+            StaticAssets.on_request(&req),
+            RequestDecision::bypass("method POST")
+        );
     }
 
     #[test]
@@ -142,7 +168,10 @@ mod tests {
             ("Expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
         ] {
             let resp = ok_with(&[header]);
-            assert_eq!(StaticAssets.on_response(&req, &resp), ResponseDecision::FollowOrigin);
+            assert_eq!(
+                StaticAssets.on_response(&req, &resp),
+                ResponseDecision::FollowOrigin
+            );
         }
     }
 
@@ -165,16 +194,25 @@ mod tests {
     fn non_200_revalidate_and_set_cookie_follow_the_origin() {
         let req = get("http://example.com/site.css");
         let not_found = Response::builder().status(404).build();
-        assert_eq!(StaticAssets.on_response(&req, &not_found), ResponseDecision::FollowOrigin);
+        assert_eq!(
+            StaticAssets.on_response(&req, &not_found),
+            ResponseDecision::FollowOrigin
+        );
         for header in [("Cache-Control", "no-cache"), ("Set-Cookie", "a=1")] {
             let resp = ok_with(&[header]);
-            assert_eq!(StaticAssets.on_response(&req, &resp), ResponseDecision::FollowOrigin);
+            assert_eq!(
+                StaticAssets.on_response(&req, &resp),
+                ResponseDecision::FollowOrigin
+            );
         }
     }
 
     #[test]
     fn dynamic_paths_follow_the_origin() {
         let req = get("http://example.com/index.html");
-        assert_eq!(StaticAssets.on_response(&req, &ok_with(&[])), ResponseDecision::FollowOrigin);
+        assert_eq!(
+            StaticAssets.on_response(&req, &ok_with(&[])),
+            ResponseDecision::FollowOrigin
+        );
     }
 }

@@ -7,13 +7,11 @@ const STATIC_EXTENSIONS: [&str; 12] = [
 /// Whether the last path segment ends in a static extension, any case.
 pub(crate) fn is_static_path(path: &str) -> bool {
     let last_segment = path.rsplit('/').next().unwrap_or(path);
-    last_segment
-        .rsplit_once('.')
-        .is_some_and(|(_, extension)| {
-            STATIC_EXTENSIONS
-                .iter()
-                .any(|known| known.eq_ignore_ascii_case(extension))
-        })
+    last_segment.rsplit_once('.').is_some_and(|(_, extension)| {
+        STATIC_EXTENSIONS
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(extension))
+    })
 }
 
 #[cfg(test)]
@@ -22,14 +20,29 @@ mod tests {
 
     #[test]
     fn known_extensions_in_any_case() {
-        for path in ["/a.css", "/x/y/app.JS", "/m.mjs", "/i.Png", "/f.woff2", "/favicon.ico"] {
+        for path in [
+            "/a.css",
+            "/x/y/app.JS",
+            "/m.mjs",
+            "/i.Png",
+            "/f.woff2",
+            "/favicon.ico",
+        ] {
             assert!(is_static_path(path), "{path}");
         }
     }
 
     #[test]
     fn other_paths_are_dynamic() {
-        for path in ["/", "/index.html", "/css", "/a.css/", "/dir.png/page", "/a.cssx", "/js"] {
+        for path in [
+            "/",
+            "/index.html",
+            "/css",
+            "/a.css/",
+            "/dir.png/page",
+            "/a.cssx",
+            "/js",
+        ] {
             assert!(!is_static_path(path), "{path}");
         }
     }

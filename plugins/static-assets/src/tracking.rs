@@ -34,6 +34,9 @@ mod tests {
 
     #[test]
     fn keeps_lookalikes() {
-        assert_eq!(normalize("utm=1&utmx=2&fbclid2=3"), "fbclid2=3&utm=1&utmx=2");
+        assert_eq!(
+            normalize("utm=1&utmx=2&fbclid2=3"),
+            "fbclid2=3&utm=1&utmx=2"
+        );
     }
 }

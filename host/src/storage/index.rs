@@ -1,0 +1,181 @@
+//! The stored objects and writes in flight, per partition and key. Every change happens under
+//! the storage's lock; budget enforcement lives in [`budget`].
+
+mod budget;
+#[cfg(test)]
+mod check;
+
+use super::entry::{Entry, Pending, Slot, SlotKey};
+use super::meta::StoredMeta;
+use super::stats::{Counters, PartitionStats};
+use super::stream::StreamStart;
+use pingora_cache::eviction::{lru::Manager, EvictionManager};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One shard keeps eviction in exact LRU order (a sharded manager evicts from a random shard);
+/// admissions are serialized by the index lock anyway.
+const LRU_SHARDS: usize = 1;
+/// Initial LRU table size; it grows on demand.
+const LRU_CAPACITY: usize = 1024;
+
+type Lru = Manager<LRU_SHARDS>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admission {
+    Stored,
+    /// Larger than the global budget or its partition's budget.
+    TooBig,
+    /// Another stored entry has the same 64-bit LRU hash; storing it would corrupt accounting.
+    Collision,
+}
+
+/// What a lookup found for a key.
+pub(super) enum Found {
+    Complete(Arc<Entry>),
+    Streaming(Arc<StoredMeta>, StreamStart),
+}
+
+pub(super) struct Index {
+    global: Lru,
+    counters: Arc<Counters>,
+    /// Keyed by `CacheKey::user_tag`; never removed, so per-tenant counters keep counting.
+    partitions: HashMap<Box<str>, Partition>,
+}
+
+#[derive(Default)]
+struct Partition {
+    slots: HashMap<SlotKey, Slot>,
+    /// Present when the partition has its own budget inside the global one.
+    lru: Option<Lru>,
+    counters: Counters,
+}
+
+impl Index {
+    pub(super) fn new(budget: usize, counters: Arc<Counters>) -> Self {
+        Self {
+            global: Lru::with_capacity(budget, LRU_CAPACITY),
+            counters,
+            partitions: HashMap::new(),
+        }
+    }
+
+    pub(super) fn budget(&self) -> usize {
+        self.global.weight_limit()
+    }
+
+    /// Finds what to serve for a key, preferring a write in flight (it is newer than any
+    /// stored object), and counts an access to a stored one.
+    pub(super) fn lookup(&self, partition: &str, key: &SlotKey) -> Option<Found> {
+        let part = self.partitions.get(partition)?;
+        let slot = part.slots.get(key)?;
+        if let Some(write) = slot.live_write() {
+            return Some(Found::Streaming(write.meta.clone(), write.start.clone()));
+        }
+        let entry = slot.complete.as_ref()?;
+        // Under the lock the entry is still tracked; the manager would admit an untracked
+        // entry without evicting anything.
+        let fresh_until = entry.meta.fresh_until();
+        self.global
+            .access(&entry.lru_key, entry.weight, fresh_until);
+        if let Some(lru) = &part.lru {
+            lru.access(&entry.lru_key, entry.weight, fresh_until);
+        }
+        Some(Found::Complete(entry.clone()))
+    }
+
+    /// Finds one specific write in flight, even if it was purged meanwhile.
+    pub(super) fn find_write(
+        &self,
+        partition: &str,
+        key: &SlotKey,
+        id: u64,
+    ) -> Option<(Arc<StoredMeta>, StreamStart)> {
+        let slot = self.partitions.get(partition)?.slots.get(key)?;
+        let write = slot.writes.iter().find(|w| w.id == id)?;
+        Some((write.meta.clone(), write.start.clone()))
+    }
+
+    pub(super) fn complete(&self, partition: &str, key: &SlotKey) -> Option<&Arc<Entry>> {
+        self.partitions
+            .get(partition)?
+            .slots
+            .get(key)?
+            .complete
+            .as_ref()
+    }
+
+    pub(super) fn add_write(&mut self, partition: &str, key: SlotKey, write: Pending) {
+        let part = self.partitions.entry(partition.into()).or_default();
+        part.slots.entry(key).or_default().writes.push(write);
+    }
+
+    pub(super) fn take_write(
+        &mut self,
+        partition: &str,
+        key: &SlotKey,
+        id: u64,
+    ) -> Option<Pending> {
+        let part = self.partitions.get_mut(partition)?;
+        let slot = part.slots.get_mut(key)?;
+        let position = slot.writes.iter().position(|w| w.id == id)?;
+        let write = slot.writes.remove(position);
+        if slot.is_empty() {
+            part.slots.remove(key);
+        }
+        Some(write)
+    }
+
+    /// Stops the key's writes in flight from being stored or found; returns whether any were.
+    pub(super) fn cancel_writes(&mut self, partition: &str, key: &SlotKey) -> bool {
+        let Some(slot) = self.slot_mut(partition, key) else {
+            return false;
+        };
+        let mut cancelled = false;
+        for write in slot.writes.iter_mut().filter(|w| !w.cancelled) {
+            write.cancelled = true;
+            cancelled = true;
+        }
+        cancelled
+    }
+
+    /// Bumps a counter globally and for the partition; atomics, so a read lock is enough.
+    pub(super) fn count(&self, partition: &str, counter: fn(&Counters)) {
+        counter(&self.counters);
+        if let Some(part) = self.partitions.get(partition) {
+            counter(&part.counters);
+        }
+    }
+
+    /// Removes the key's stored object (not an eviction: purges and replacements).
+    pub(super) fn remove(&mut self, partition: &str, key: &SlotKey) -> Option<Arc<Entry>> {
+        let part = self.partitions.get_mut(partition)?;
+        let slot = part.slots.get_mut(key)?;
+        let entry = slot.complete.take()?;
+        if slot.is_empty() {
+            part.slots.remove(key);
+        }
+        part.counters.sub(entry.weight);
+        self.counters.sub(entry.weight);
+        self.untrack(&entry.lru_key);
+        Some(entry)
+    }
+
+    /// Per-partition usage, sorted by name.
+    pub(super) fn partition_stats(&self) -> Vec<PartitionStats> {
+        let mut stats: Vec<_> = self
+            .partitions
+            .iter()
+            .map(|(name, part)| {
+                let budget = part.lru.as_ref().map(|lru| lru.weight_limit());
+                part.counters.partition(name, budget)
+            })
+            .collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
+    }
+
+    fn slot_mut(&mut self, partition: &str, key: &SlotKey) -> Option<&mut Slot> {
+        self.partitions.get_mut(partition)?.slots.get_mut(key)
+    }
+}

@@ -1,0 +1,148 @@
+//! Write side of a fill: streams the body to readers as it arrives, stores it when finished.
+
+use super::entry::{Entry, SlotKey};
+use super::index::Admission;
+use super::meta::StoredMeta;
+use super::stats::Counters;
+use super::stream::{assemble, Chunk, StreamWriter, WriteStatus};
+use super::MemoryStorage;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_cache::storage::{streaming_write::U64WriteId, HandleMiss, MissFinishType};
+use pingora_cache::CacheEntryKey;
+use pingora_error::Result;
+use std::sync::Arc;
+
+/// Charged per received chunk against the object size limit, for its list node, so a body
+/// sent in tiny chunks cannot pin far more memory than the limit says.
+const CHUNK_OVERHEAD: usize = 96;
+
+pub(super) struct Miss {
+    storage: &'static MemoryStorage,
+    lru_key: CacheEntryKey,
+    slot: SlotKey,
+    id: u64,
+    tag: U64WriteId,
+    meta: Arc<StoredMeta>,
+    writer: StreamWriter,
+    /// The body from its start, held only while it may still be stored.
+    buffered: Option<Arc<Chunk>>,
+    body_len: usize,
+    /// Body bytes plus chunk overheads, checked against the maximum object size.
+    charged: usize,
+    eof: bool,
+    finished: bool,
+}
+
+impl Miss {
+    pub(super) fn new(
+        storage: &'static MemoryStorage,
+        lru_key: CacheEntryKey,
+        id: u64,
+        meta: Arc<StoredMeta>,
+        writer: StreamWriter,
+        head: Arc<Chunk>,
+    ) -> Self {
+        Self {
+            storage,
+            slot: SlotKey::of_compact(lru_key.key()),
+            lru_key,
+            id,
+            tag: U64WriteId::from(id),
+            meta,
+            writer,
+            buffered: Some(head),
+            body_len: 0,
+            charged: 0,
+            eof: false,
+            finished: false,
+        }
+    }
+
+    fn partition(&self) -> &str {
+        &self.lru_key.key().user_tag
+    }
+
+    /// Stops buffering a body that outgrew the limit. Readers already following it still get
+    /// every chunk, so the client's response is unaffected; new lookups miss.
+    fn give_up(&mut self) {
+        self.buffered = None;
+        let mut index = self.storage.index.write();
+        let write = index.take_write(self.partition(), &self.slot, self.id);
+        index.count(self.partition(), Counters::rejected);
+        drop(index);
+        // Frees the chunks no reader needs any more, outside the lock.
+        drop(write);
+    }
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        // Pingora never writes past the end; if it did, readers were already told the body
+        // ended, so drop the data rather than fail the response.
+        if self.eof {
+            return Ok(());
+        }
+        if !data.is_empty() {
+            self.body_len += data.len();
+            self.charged = self.charged.saturating_add(data.len() + CHUNK_OVERHEAD);
+            self.writer.push(data);
+            if self.buffered.is_some() && self.charged > self.storage.max_object_size {
+                // Never an error: with streaming writes the client is served from this write,
+                // and pingora fails the response when a write errors.
+                self.give_up();
+            }
+        }
+        if eof {
+            self.eof = true;
+            self.writer.close(WriteStatus::Done);
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        self.finished = true;
+        // Everything has arrived: readers complete whether or not the body is stored.
+        self.writer.close(WriteStatus::Done);
+        let entry = self.buffered.take().map(|head| {
+            let body = assemble(&head, self.body_len);
+            Arc::new(Entry::new(self.meta.clone(), body, self.lru_key.clone()))
+        });
+        let mut index = self.storage.index.write();
+        let write = index.take_write(self.partition(), &self.slot, self.id);
+        let mut stored = 0;
+        if let (Some(entry), Some(false)) = (entry, write.as_ref().map(|w| w.cancelled)) {
+            let weight = entry.weight;
+            if index.insert(self.partition(), self.slot, entry) == Admission::Stored {
+                stored = weight;
+            }
+        }
+        drop(index);
+        drop(write);
+        Ok(MissFinishType::Created(stored))
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(self.tag.as_bytes())
+    }
+}
+
+impl Drop for Miss {
+    /// A write dropped before `finish` failed upstream: readers that have not seen the end get
+    /// an error instead of a truncated body, and the partial body is discarded.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if !self.eof {
+            self.writer.close(WriteStatus::Aborted);
+        }
+        let write = self
+            .storage
+            .index
+            .write()
+            .take_write(self.partition(), &self.slot, self.id);
+        drop(write);
+    }
+}

@@ -1,0 +1,113 @@
+use super::super::entry::SlotKey;
+use super::*;
+use pingora_cache::storage::{PurgeOutcome, PurgeTarget, PurgeType};
+use pingora_cache::{CacheEntryId, CacheEntryKey};
+
+#[tokio::test]
+async fn purge_removes_active_and_exact_targets() {
+    let s = storage(1 << 20, 1 << 20);
+    let k = key("/p", "t");
+    let compact = k.to_compact();
+    let trace = span();
+    let purge = |target| s.purge(target, PurgeType::Invalidation, &trace);
+
+    put(s, &k, b"body").await;
+    assert_eq!(
+        purge(PurgeTarget::Active(&compact)).await.unwrap(),
+        PurgeOutcome::Purged(None)
+    );
+    assert!(get(s, &k).await.is_none());
+    assert_eq!(
+        purge(PurgeTarget::Active(&compact)).await.unwrap(),
+        PurgeOutcome::NotFound
+    );
+
+    put(s, &k, b"body").await;
+    // This storage assigns no entry IDs, so an identified target matches nothing.
+    let identified = CacheEntryKey::identified(compact.clone(), CacheEntryId::new(1));
+    assert_eq!(
+        purge(PurgeTarget::Exact(&identified)).await.unwrap(),
+        PurgeOutcome::NotFound
+    );
+    let exact = CacheEntryKey::key_only(compact.clone());
+    assert_eq!(
+        purge(PurgeTarget::Exact(&exact)).await.unwrap(),
+        PurgeOutcome::Purged(None)
+    );
+    assert!(get(s, &k).await.is_none());
+
+    let stats = s.stats();
+    assert_eq!((stats.objects, stats.stored_bytes), (0, 0));
+    assert_eq!(stats.evictions, 0);
+    s.index.read().assert_consistent();
+}
+
+#[tokio::test]
+async fn expire_keeps_the_body_but_makes_it_stale() {
+    let s = storage(1 << 20, 1 << 20);
+    let k = key("/e", "t");
+    let compact = k.to_compact();
+    put(s, &k, b"stale body").await;
+    let before = s
+        .index
+        .read()
+        .complete("t", &SlotKey::of(&k))
+        .unwrap()
+        .body
+        .as_ptr();
+    let stored_bytes = s.stats().stored_bytes;
+
+    assert_eq!(
+        s.expire(PurgeTarget::Active(&compact), &span())
+            .await
+            .unwrap(),
+        PurgeOutcome::Expired
+    );
+    let (meta, mut hit) = get(s, &k).await.unwrap();
+    let now = SystemTime::now();
+    assert!(!meta.is_fresh(now));
+    // The serve-stale windows now run from the expiry.
+    assert!(meta.serve_stale_while_revalidate(now));
+    let body = hit.read_body().await.unwrap().unwrap();
+    assert_eq!((&body[..], body.as_ptr()), (&b"stale body"[..], before));
+    assert_eq!(s.stats().stored_bytes, stored_bytes);
+
+    assert_eq!(
+        s.expire(
+            PurgeTarget::Active(&key("/none", "t").to_compact()),
+            &span()
+        )
+        .await
+        .unwrap(),
+        PurgeOutcome::NotFound
+    );
+    s.index.read().assert_consistent();
+}
+
+#[tokio::test]
+async fn update_meta_on_a_vanished_object_returns_false() {
+    let s = storage(1 << 20, 1 << 20);
+    let k = key("/u", "t");
+    assert!(!s.update_meta(&k, &meta(), &span()).await.unwrap());
+
+    put(s, &k, b"body").await;
+    let mut header = ResponseHeader::build(200, None).unwrap();
+    header.append_header("etag", "\"v2\"").unwrap();
+    let now = SystemTime::now();
+    let revalidated = CacheMeta::new(now + Duration::from_secs(9), now, 0, 0, header);
+    assert!(s.update_meta(&k, &revalidated, &span()).await.unwrap());
+    let (meta, mut hit) = get(s, &k).await.unwrap();
+    assert_eq!(meta.headers().get("etag").unwrap(), "\"v2\"");
+    assert_eq!(read_all(&mut hit).await.unwrap(), b"body");
+
+    let compact = k.to_compact();
+    s.purge(
+        PurgeTarget::Active(&compact),
+        PurgeType::Invalidation,
+        &span(),
+    )
+    .await
+    .unwrap();
+    assert!(!s.update_meta(&k, &revalidated, &span()).await.unwrap());
+    s.index.read().assert_consistent();
+}
