@@ -32,6 +32,7 @@ impl AdminApp {
     /// The status document: each tenant with its loaded plugin, and the cache.
     pub fn status(&self) -> serde_json::Value {
         let router = self.state.router.load();
+        let stats = self.state.cache.storage.stats();
         let tenants: Vec<_> = router
             .tenants()
             .iter()
@@ -53,13 +54,19 @@ impl AdminApp {
                         "imports": info.imports,
                         "last_refusal": refusal_json(tenant.last_refusal()),
                     },
+                    "cache": stats.partitions.iter().find(|p| p.name == tenant.name()).map(|p| json!({
+                        "quota_bytes": p.budget_bytes,
+                        "stored_bytes": p.stored_bytes,
+                        "objects": p.objects,
+                        "evictions": p.evictions,
+                    })),
                 })
             })
             .collect();
-        let stats = self.state.cache.storage.stats();
         json!({
             "config": {
                 "path": self.reloader.config_path(),
+                "watching": self.reloader.watching(),
                 "last_refusal": refusal_json(self.reloader.last_config_refusal()),
             },
             "tenants": tenants,

@@ -62,6 +62,7 @@ struct RawServer {
     listen: Spanned<String>,
     threads: Option<Spanned<usize>>,
     admin: Option<Spanned<String>>,
+    access_log: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -96,6 +97,8 @@ struct RawLimits {
     max_key_parts: Option<usize>,
     max_synthetic_body: Option<ByteSize>,
     instance_reuse: Option<Spanned<u32>>,
+    max_instances: Option<Spanned<usize>>,
+    cache_quota: Option<Spanned<ByteSize>>,
 }
 
 // ---- The validated configuration -----------------------------------------
@@ -134,6 +137,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub threads: usize,
     pub admin: Option<SocketAddr>,
+    /// One log line per request (target `cachet::access`).
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +158,8 @@ pub struct TenantConfig {
     pub plugin: PathBuf,
     pub on_plugin_error: OnPluginError,
     pub limits: PluginLimits,
+    /// This tenant's own byte budget inside the global cache budget.
+    pub cache_quota: Option<usize>,
     pub plugin_config: BTreeMap<String, String>,
 }
 
@@ -186,6 +193,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             Some(a) => Some(located.socket_addr("server.admin", a)?),
             None => None,
         },
+        access_log: raw.server.access_log.unwrap_or(true),
     };
 
     let max_bytes = raw
@@ -395,6 +403,28 @@ impl Locator<'_> {
                 Some(n) => *n.get_ref(),
                 None => defaults.instance_reuse,
             },
+            max_instances: match &t.limits.max_instances {
+                Some(n) if *n.get_ref() == 0 => {
+                    return Err(self.at(
+                        n.span(),
+                        "tenant.limits.max_instances",
+                        "must be at least 1",
+                    ))
+                }
+                Some(n) => *n.get_ref(),
+                None => defaults.max_instances,
+            },
+        };
+        let cache_quota = match &t.limits.cache_quota {
+            Some(q) if q.get_ref().as_u64() < 1024 => {
+                return Err(self.at(
+                    q.span(),
+                    "tenant.limits.cache_quota",
+                    "must be at least 1KiB",
+                ))
+            }
+            Some(q) => Some(q.get_ref().as_u64() as usize),
+            None => None,
         };
         Ok(TenantConfig {
             name,
@@ -404,6 +434,7 @@ impl Locator<'_> {
             plugin,
             on_plugin_error: t.on_plugin_error,
             limits,
+            cache_quota,
             plugin_config: t.plugin_config,
         })
     }

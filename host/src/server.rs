@@ -63,6 +63,9 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
         config.cache.max_bytes,
         config.cache.max_object_bytes,
     )));
+    for tenant in &config.tenants {
+        storage.set_partition_budget(&tenant.name, tenant.cache_quota);
+    }
     let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(config.cache.lock_timeout));
     let lock: &'static CacheKeyLockImpl = lock;
     let cache = CacheBackend {
@@ -71,7 +74,11 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
         lock_timeout: config.cache.lock_timeout,
         max_object_bytes: config.cache.max_object_bytes,
     };
-    let state = Arc::new(ProxyState::new(TenantRouter::new(tenants), cache));
+    let state = Arc::new(ProxyState::new(
+        TenantRouter::new(tenants),
+        cache,
+        config.server.access_log,
+    ));
     let reloader = Arc::new(Reloader::new(
         engine.clone(),
         state.clone(),

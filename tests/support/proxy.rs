@@ -105,7 +105,10 @@ impl Proxy {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .env("CACHET_LOG", "info")
+            .env(
+                "CACHET_LOG",
+                std::env::var("CACHET_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -129,7 +132,12 @@ impl Proxy {
                 return Err(format!("cachet exited early with {status}"));
             }
             let listening = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
-            if listening && self.try_status().is_some() {
+            // Ready when serving and watching its files (hot-reload tests
+            // change them right away).
+            let watching = self
+                .try_status()
+                .is_some_and(|s| s["config"]["watching"] == true);
+            if listening && watching {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -23,8 +23,12 @@ impl CallScope {
     ///
     /// The caller must call [`CallScope::leave`] before the borrows end; the
     /// only caller is `PolicyInstance::call`, which does so on every path.
-    pub(crate) fn enter(&mut self, request: &RequestHeader, response: Option<&ResponseHeader>) {
-        self.request = Some(NonNull::from(request));
+    pub(crate) fn enter(
+        &mut self,
+        request: Option<&RequestHeader>,
+        response: Option<&ResponseHeader>,
+    ) {
+        self.request = request.map(NonNull::from);
         self.response = response.map(NonNull::from);
     }
 

@@ -1,6 +1,7 @@
 //! Plugin instances: creation with limits, typed hook calls, fault handling,
 //! and a per-tenant pool that reuses instances only as far as configured.
 
+use super::bindings::cachet::policy::types::TestVector;
 use super::bindings::Policy;
 use super::decision::{self, RequestDecision, ResponseDecision};
 use super::engine::PolicyEngine;
@@ -11,6 +12,7 @@ use super::TenantContext;
 use parking_lot::Mutex;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
@@ -60,6 +62,7 @@ pub struct PolicyInstance {
     store: Store<HostState>,
     bindings: Policy,
     uses: u32,
+    _slot: Option<LiveSlot>,
 }
 
 impl PolicyInstance {
@@ -78,6 +81,7 @@ impl PolicyInstance {
                 store,
                 bindings,
                 uses: 0,
+                _slot: None,
             }),
             Err(e) => Err(match classify(&e, &store) {
                 PluginFault::Trap(msg) => PluginFault::Instantiate(msg),
@@ -91,7 +95,7 @@ impl PolicyInstance {
     fn call<R>(
         &mut self,
         limits: &PluginLimits,
-        request: &RequestHeader,
+        request: Option<&RequestHeader>,
         response: Option<&ResponseHeader>,
         hook: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
@@ -108,7 +112,7 @@ impl PolicyInstance {
         limits: &PluginLimits,
         request: &RequestHeader,
     ) -> Result<RequestDecision, PluginFault> {
-        let raw = self.call(limits, request, None, |policy, store| {
+        let raw = self.call(limits, Some(request), None, |policy, store| {
             policy.call_on_request(store, Resource::new_borrow(0))
         })?;
         decision::request_decision(raw, limits).map_err(PluginFault::InvalidOutput)
@@ -119,7 +123,7 @@ impl PolicyInstance {
         limits: &PluginLimits,
         request: &RequestHeader,
     ) -> Result<Vec<String>, PluginFault> {
-        let parts = self.call(limits, request, None, |policy, store| {
+        let parts = self.call(limits, Some(request), None, |policy, store| {
             policy.call_cache_key(store, Resource::new_borrow(0))
         })?;
         decision::key_parts(parts, limits).map_err(PluginFault::InvalidOutput)
@@ -131,10 +135,18 @@ impl PolicyInstance {
         request: &RequestHeader,
         response: &ResponseHeader,
     ) -> Result<ResponseDecision, PluginFault> {
-        let raw = self.call(limits, request, Some(response), |policy, store| {
+        let raw = self.call(limits, Some(request), Some(response), |policy, store| {
             policy.call_on_response(store, Resource::new_borrow(0), Resource::new_borrow(0))
         })?;
         Ok(decision::response_decision(raw))
+    }
+}
+
+impl PolicyInstance {
+    fn self_test(&mut self, limits: &PluginLimits) -> Result<Vec<TestVector>, PluginFault> {
+        self.call(limits, None, None, |policy, store| {
+            policy.call_self_test(store)
+        })
     }
 }
 
@@ -151,6 +163,15 @@ fn classify(err: &wasmtime::Error, store: &Store<HostState>) -> PluginFault {
 /// Most idle instances kept per plugin version; more are simply dropped.
 const MAX_IDLE_INSTANCES: usize = 32;
 
+/// Counts a tenant's live instances; the slot is given back on drop.
+struct LiveSlot(Arc<AtomicUsize>);
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The instances of one version of one tenant's plugin.
 pub struct InstancePool {
     engine: PolicyEngine,
@@ -158,6 +179,7 @@ pub struct InstancePool {
     tenant: Arc<TenantContext>,
     limits: PluginLimits,
     idle: Mutex<Vec<PolicyInstance>>,
+    live: Arc<AtomicUsize>,
 }
 
 /// What `decide_request` found: the decision and, when the request may use
@@ -177,6 +199,7 @@ impl InstancePool {
             tenant,
             limits,
             idle: Mutex::new(Vec::new()),
+            live: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -194,15 +217,34 @@ impl InstancePool {
         Self::new(engine, plugin, tenant, limits)
     }
 
-    /// Creates one instance and discards it: proves instantiation works.
-    pub(crate) fn instantiate_check(&self) -> Result<(), PluginFault> {
+    /// A new instance, if the tenant is under its instance limit.
+    fn new_instance(&self) -> Result<PolicyInstance, PluginFault> {
+        let slot = LiveSlot(self.live.clone());
+        if self.live.fetch_add(1, Ordering::AcqRel) >= self.limits.max_instances {
+            return Err(PluginFault::Instantiate(format!(
+                "tenant has {} live plugin instances, its limit",
+                self.limits.max_instances
+            )));
+        }
+        let mut instance = PolicyInstance::new(
+            &self.engine,
+            &self.plugin,
+            self.tenant.clone(),
+            &self.limits,
+        )?;
+        instance._slot = Some(slot);
+        Ok(instance)
+    }
+
+    /// The plugin's own test vectors, from a fresh instance.
+    pub(crate) fn self_test_vectors(&self) -> Result<Vec<TestVector>, PluginFault> {
         PolicyInstance::new(
             &self.engine,
             &self.plugin,
             self.tenant.clone(),
             &self.limits,
-        )
-        .map(drop)
+        )?
+        .self_test(&self.limits)
     }
 
     pub fn plugin(&self) -> &Arc<LoadedPlugin> {
@@ -238,14 +280,10 @@ impl InstancePool {
         &self,
         work: impl FnOnce(&mut PolicyInstance, &PluginLimits) -> Result<R, PluginFault>,
     ) -> Result<R, PluginFault> {
-        let mut instance = match self.idle.lock().pop() {
+        let idle = self.idle.lock().pop();
+        let mut instance = match idle {
             Some(instance) => instance,
-            None => PolicyInstance::new(
-                &self.engine,
-                &self.plugin,
-                self.tenant.clone(),
-                &self.limits,
-            )?,
+            None => self.new_instance()?,
         };
         // On a fault the instance is dropped here: a trapped instance may be
         // in any state, so it never serves another request.

@@ -18,6 +18,8 @@ pub struct PluginLimits {
     /// How many requests one instance serves before it is discarded; 1 means a
     /// fresh instance per request (no state can leak between requests).
     pub instance_reuse: u32,
+    /// Most instances of this tenant's plugin alive at once (in calls and idle).
+    pub max_instances: usize,
 }
 
 impl Default for PluginLimits {
@@ -29,6 +31,7 @@ impl Default for PluginLimits {
             max_key_parts: 32,
             max_synthetic_body_bytes: 1 << 20,
             instance_reuse: 1,
+            max_instances: 64,
         }
     }
 }

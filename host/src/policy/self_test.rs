@@ -1,25 +1,144 @@
 //! Checks a plugin must pass before it may serve: it instantiates under the
-//! default limits, and the test vectors it declares give the decisions it
-//! expects.
+//! default limits, and every test vector it declares gets the decisions the
+//! plugin expects. Refusing a version here keeps the running one serving.
 
+use super::bindings::cachet::policy::types::{
+    ExpectedRequest, ExpectedResponse, Header, TestRequest, TestResponse, TestVector,
+};
+use super::decision::{RequestDecision, ResponseDecision};
 use super::engine::PolicyEngine;
 use super::instance::InstancePool;
 use super::limits::PluginLimits;
 use super::plugin::LoadedPlugin;
 use super::TenantContext;
+use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
 
+/// More vectors than this is a plugin trying to stall the reload.
+const MAX_VECTORS: usize = 256;
+
 pub(crate) fn run(engine: &PolicyEngine, plugin: &LoadedPlugin) -> anyhow::Result<()> {
+    let path = plugin.info.path.display();
     let pool = InstancePool::for_checks(
         engine.clone(),
         plugin,
         Arc::new(TenantContext::default()),
         PluginLimits::default(),
     );
-    pool.instantiate_check().map_err(|fault| {
-        anyhow::anyhow!(
-            "{} failed its start-up check: {fault}",
-            plugin.info.path.display()
-        )
-    })
+    let vectors = pool
+        .self_test_vectors()
+        .map_err(|fault| anyhow::anyhow!("{path}: self-test could not run: {fault}"))?;
+    if vectors.len() > MAX_VECTORS {
+        anyhow::bail!(
+            "{path}: declares {} self-test vectors, limit {MAX_VECTORS}",
+            vectors.len()
+        );
+    }
+    let failures: Vec<String> = vectors
+        .iter()
+        .filter_map(|v| {
+            check_vector(&pool, v)
+                .err()
+                .map(|e| format!("{:?}: {e}", v.name))
+        })
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{path}: self-test failed: {}", failures.join("; "))
+    }
+}
+
+fn check_vector(pool: &InstancePool, vector: &TestVector) -> Result<(), String> {
+    let request = build_request(&vector.request)?;
+    let (decision, key) = pool
+        .decide_request(&request)
+        .map_err(|fault| format!("on-request: {fault}"))?;
+    let matches = match (&vector.expect, &decision) {
+        (ExpectedRequest::Cache, RequestDecision::Cache) => true,
+        (ExpectedRequest::Bypass, RequestDecision::Bypass(_)) => true,
+        (ExpectedRequest::Respond(status), RequestDecision::Respond(r)) => r.status == *status,
+        _ => false,
+    };
+    if !matches {
+        return Err(format!(
+            "expected {:?}, plugin decided {decision:?}",
+            vector.expect
+        ));
+    }
+    if let (Some(expected), Some(key)) = (&vector.expect_key, &key) {
+        if expected != key {
+            return Err(format!(
+                "expected key {expected:?}, plugin returned {key:?}"
+            ));
+        }
+    }
+    if let Some(test_response) = &vector.response {
+        check_response(pool, &request, test_response)?;
+    }
+    Ok(())
+}
+
+fn check_response(
+    pool: &InstancePool,
+    request: &RequestHeader,
+    t: &TestResponse,
+) -> Result<(), String> {
+    let response = build_response(t)?;
+    let decision = pool
+        .decide_response(request, &response)
+        .map_err(|fault| format!("on-response: {fault}"))?;
+    let matches = match (&t.expect, &decision) {
+        (ExpectedResponse::Store(ttl), ResponseDecision::Store(d)) => {
+            d.ttl.as_secs() == u64::from(*ttl)
+        }
+        (ExpectedResponse::FollowOrigin, ResponseDecision::FollowOrigin) => true,
+        (ExpectedResponse::NoStore, ResponseDecision::NoStore(_)) => true,
+        _ => false,
+    };
+    if matches {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected response {:?}, plugin decided {decision:?}",
+            t.expect
+        ))
+    }
+}
+
+fn build_request(t: &TestRequest) -> Result<RequestHeader, String> {
+    let uri: http::Uri = t
+        .uri
+        .parse()
+        .map_err(|e| format!("bad uri {:?}: {e}", t.uri))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = RequestHeader::build(t.method.as_str(), path.as_bytes(), None)
+        .map_err(|e| format!("bad request line: {e}"))?;
+    if let Some(authority) = uri.authority() {
+        req.insert_header(http::header::HOST, authority.as_str())
+            .map_err(|e| format!("bad host: {e}"))?;
+    }
+    add_headers(&t.headers, |name, value| {
+        req.append_header(name, value).map(drop)
+    })?;
+    Ok(req)
+}
+
+fn build_response(t: &TestResponse) -> Result<ResponseHeader, String> {
+    let mut resp = ResponseHeader::build(t.status, None).map_err(|e| format!("bad status: {e}"))?;
+    add_headers(&t.headers, |name, value| {
+        resp.append_header(name, value).map(drop)
+    })?;
+    Ok(resp)
+}
+
+fn add_headers(
+    headers: &[Header],
+    mut add: impl FnMut(String, String) -> pingora::Result<()>,
+) -> Result<(), String> {
+    for h in headers {
+        add(h.name.clone(), h.value.clone())
+            .map_err(|e| format!("bad header {:?}: {e}", h.name))?;
+    }
+    Ok(())
 }

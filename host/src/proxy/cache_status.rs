@@ -69,6 +69,22 @@ pub fn value(cache: &HttpCache, ctx: &RequestCtx, origin_status: u16) -> String 
     v
 }
 
+/// The short outcome name used by metrics and the access log.
+pub fn kind(cache: &HttpCache, ctx: &RequestCtx) -> &'static str {
+    match &ctx.route {
+        Route::Answered(_) if ctx.fault.is_some() => "error",
+        Route::Answered(_) => "answered",
+        Route::Bypass(_) => "bypass",
+        Route::Undecided | Route::Cache => match cache.phase() {
+            CachePhase::Hit => "hit",
+            CachePhase::Stale | CachePhase::StaleUpdating => "stale",
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "revalidated",
+            CachePhase::Disabled(_) if ctx.not_stored.is_none() => "bypass",
+            _ => "miss",
+        },
+    }
+}
+
 fn push_stored(v: &mut String, ctx: &RequestCtx) {
     if ctx.stored {
         v.push_str("; stored");

@@ -31,4 +31,6 @@ pub struct RequestCtx {
     pub not_stored: Option<String>,
     pub stored: bool,
     pub fault: Option<PluginFault>,
+    /// The outcome as reported (hit, miss, stale, bypass, error, answered).
+    pub outcome: &'static str,
 }

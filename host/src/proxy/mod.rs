@@ -104,8 +104,39 @@ impl ProxyHttp for CachetProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         let status = cache_status::value(&session.cache, ctx, upstream_response.status.as_u16());
+        ctx.outcome = cache_status::kind(&session.cache, ctx);
         upstream_response.insert_header(cache_status::HEADER, status)?;
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
+        let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
+        let outcome = if ctx.outcome.is_empty() {
+            "error"
+        } else {
+            ctx.outcome
+        };
+        crate::metrics::request(tenant, outcome);
+        if !self.state.access_log {
+            return;
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        let reason = match &ctx.route {
+            Route::Bypass(r) | Route::Answered(r) => r.as_str(),
+            _ => ctx.not_stored.as_deref().unwrap_or(""),
+        };
+        tracing::info!(
+            target: "cachet::access",
+            tenant,
+            method = %req.method,
+            path = req.uri.path(),
+            status,
+            cache = outcome,
+            reason,
+            error = error.map(|e| e.to_string()),
+            "request"
+        );
     }
 
     fn should_serve_stale(

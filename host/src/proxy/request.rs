@@ -101,7 +101,7 @@ pub(super) async fn on_fault(
 
 async fn respond_synthetic(
     session: &mut Session,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     resp: SyntheticResponse,
 ) -> Result<()> {
     let mut header = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))?;
@@ -114,7 +114,7 @@ async fn respond_synthetic(
 
 pub(super) async fn respond_text(
     session: &mut Session,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     status: u16,
     body: &'static str,
 ) -> Result<()> {
@@ -129,11 +129,12 @@ pub(super) async fn respond_text(
 /// added directly.
 async fn write_response(
     session: &mut Session,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     mut header: ResponseHeader,
     body: Bytes,
 ) -> Result<()> {
     let status = super::cache_status::value(&session.cache, ctx, header.status.as_u16());
+    ctx.outcome = super::cache_status::kind(&session.cache, ctx);
     header.insert_header(super::cache_status::HEADER, status)?;
     let is_head = session.req_header().method == Method::HEAD;
     session

@@ -19,13 +19,16 @@ pub struct CacheBackend {
 pub struct ProxyState {
     pub router: ArcSwap<TenantRouter>,
     pub cache: CacheBackend,
+    /// Write one log line per request.
+    pub access_log: bool,
 }
 
 impl ProxyState {
-    pub fn new(router: TenantRouter, cache: CacheBackend) -> Self {
+    pub fn new(router: TenantRouter, cache: CacheBackend, access_log: bool) -> Self {
         Self {
             router: ArcSwap::from_pointee(router),
             cache,
+            access_log,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::tenant::{Refusal, Tenant, TenantRouter};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -39,6 +40,8 @@ pub struct Reloader {
     /// Reloads run one at a time (watcher, SIGHUP, admin).
     serial: Mutex<()>,
     last_config_refusal: Mutex<Option<Refusal>>,
+    /// Set once the file watcher is running.
+    watching: AtomicBool,
 }
 
 impl Reloader {
@@ -55,6 +58,7 @@ impl Reloader {
             config: Mutex::new(config),
             serial: Mutex::new(()),
             last_config_refusal: Mutex::new(None),
+            watching: AtomicBool::new(false),
         }
     }
 
@@ -74,6 +78,16 @@ impl Reloader {
             .iter()
             .map(|t| t.plugin.clone())
             .collect()
+    }
+
+    /// Whether file changes are being watched (false until the watcher runs,
+    /// and when `[plugins] watch = false`).
+    pub fn watching(&self) -> bool {
+        self.watching.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_watching(&self) {
+        self.watching.store(true, Ordering::Release);
     }
 
     pub fn last_config_refusal(&self) -> Option<Refusal> {

@@ -8,11 +8,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Events closer together than this are one change (an editor's save or a
 /// copy is several writes).
 const DEBOUNCE: Duration = Duration::from_millis(40);
+/// A batch is applied at most this long after its first event, however
+/// busy the folder is.
+const MAX_BATCH_DELAY: Duration = Duration::from_millis(200);
 
 /// Starts the watcher and SIGHUP threads. They live as long as the process.
 pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
@@ -39,13 +42,18 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
             }
         })?;
 
+    reloader.set_watching();
     std::thread::Builder::new()
         .name("cachet-reload".into())
         .spawn(move || {
             while let Ok(first) = rx.recv() {
                 let mut batch = vec![first];
-                while let Ok(more) = rx.recv_timeout(DEBOUNCE) {
-                    batch.push(more);
+                let started = Instant::now();
+                while started.elapsed() < MAX_BATCH_DELAY {
+                    match rx.recv_timeout(DEBOUNCE) {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
                 }
                 apply(&reloader, batch);
                 sync_watches(&mut watcher, &mut watched, &reloader);
@@ -60,14 +68,22 @@ enum Change {
 }
 
 fn apply(reloader: &Reloader, batch: Vec<Change>) {
+    let config = reloader.config_path();
+    let plugins = reloader.plugin_paths();
     let mut paths = Vec::new();
     for change in batch {
         match change {
             Change::Everything => return reloader.check_everything(),
-            Change::Paths(p) => paths.extend(p),
+            // The watched folders hold other files too (logs, temporary
+            // copies): only the config and the plugins matter.
+            Change::Paths(p) => paths.extend(p.into_iter().filter(|p| {
+                same_file(p, &config) || plugins.iter().any(|plugin| same_file(p, plugin))
+            })),
         }
     }
-    let config = reloader.config_path();
+    if paths.is_empty() {
+        return;
+    }
     if paths.iter().any(|p| same_file(p, &config)) {
         reloader.reload_config();
     }
