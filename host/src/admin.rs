@@ -38,22 +38,28 @@ impl AdminApp {
             .iter()
             .map(|tenant| {
                 let policy = tenant.policy();
-                let info = &policy.plugin().info;
+                let plugin = match policy.plugin() {
+                    Some(plugin) => {
+                        let info = &plugin.info;
+                        json!({
+                            "path": info.path,
+                            "sha256": info.sha256,
+                            "generation": tenant.generation(),
+                            "size_bytes": info.size_bytes,
+                            "compile_ms": info.compile_time.as_secs_f64() * 1000.0,
+                            "from_artifact_cache": info.from_artifact_cache,
+                            "loaded_at": unix_seconds(info.loaded_at),
+                            "imports": info.imports,
+                            "last_refusal": refusal_json(tenant.last_refusal()),
+                        })
+                    }
+                    None => json!({ "builtin": tenant.config.plugin, "generation": tenant.generation() }),
+                };
                 json!({
                     "name": tenant.name(),
                     "hosts": tenant.config.hosts,
                     "upstream": tenant.config.upstream_name,
-                    "plugin": {
-                        "path": info.path,
-                        "sha256": info.sha256,
-                        "generation": tenant.generation(),
-                        "size_bytes": info.size_bytes,
-                        "compile_ms": info.compile_time.as_secs_f64() * 1000.0,
-                        "from_artifact_cache": info.from_artifact_cache,
-                        "loaded_at": unix_seconds(info.loaded_at),
-                        "imports": info.imports,
-                        "last_refusal": refusal_json(tenant.last_refusal()),
-                    },
+                    "plugin": plugin,
                     "cache": stats.partitions.iter().find(|p| p.name == tenant.name()).map(|p| json!({
                         "quota_bytes": p.budget_bytes,
                         "stored_bytes": p.stored_bytes,

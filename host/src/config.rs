@@ -155,7 +155,10 @@ pub struct TenantConfig {
     pub upstream: SocketAddr,
     /// The upstream as written, used for the Host/SNI of the origin connection.
     pub upstream_name: String,
+    /// The plugin file (for a builtin policy, its name as written).
     pub plugin: PathBuf,
+    /// Set when `plugin = "builtin:NAME"`.
+    pub builtin: Option<crate::policy::BuiltinPolicy>,
     pub on_plugin_error: OnPluginError,
     pub limits: PluginLimits,
     /// This tenant's own byte budget inside the global cache budget.
@@ -358,8 +361,16 @@ impl Locator<'_> {
             }
         }
         let upstream = self.socket_addr("tenant.upstream", &t.upstream)?;
-        let plugin = base.join(t.plugin.get_ref());
-        if !plugin.is_file() {
+        let builtin = match crate::policy::BuiltinPolicy::from_config(t.plugin.get_ref()) {
+            Some(Ok(builtin)) => Some(builtin),
+            Some(Err(e)) => return Err(self.at(t.plugin.span(), "tenant.plugin", e)),
+            None => None,
+        };
+        let plugin = match builtin {
+            Some(b) => PathBuf::from(b.name()),
+            None => base.join(t.plugin.get_ref()),
+        };
+        if builtin.is_none() && !plugin.is_file() {
             return Err(self.at(
                 t.plugin.span(),
                 "tenant.plugin",
@@ -432,6 +443,7 @@ impl Locator<'_> {
             upstream,
             upstream_name: t.upstream.into_inner(),
             plugin,
+            builtin,
             on_plugin_error: t.on_plugin_error,
             limits,
             cache_quota,

@@ -81,6 +81,7 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let engine = PolicyEngine::new(1)?;
     let plugin = LoadedPlugin::load(&engine, path)?;
+    plugin.run_self_tests(&engine)?;
     let info = &plugin.info;
     println!("plugin:   {}", info.path.display());
     println!("sha256:   {}", info.sha256);
@@ -100,6 +101,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     for name in &info.imports {
         println!("  {name}");
     }
+    println!("self-test: passed");
     println!("ok");
     Ok(())
 }
@@ -108,7 +110,7 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     let config = config::load(path)?;
     let engine = PolicyEngine::new(1)?;
     for tenant in &config.tenants {
-        LoadedPlugin::load(&engine, &tenant.plugin)
+        server::load_policy(&engine, tenant, None)
             .map_err(|e| anyhow::anyhow!("tenant {:?}: {e:#}", tenant.name))?;
     }
     println!("{}: ok ({} tenants)", path.display(), config.tenants.len());

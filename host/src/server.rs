@@ -1,12 +1,12 @@
 //! Assembling a running proxy from a validated configuration.
 
 use crate::admin::AdminApp;
-use crate::config::Config;
+use crate::config::{Config, TenantConfig};
 use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
 use crate::reload::{spawn_watcher, Reloader};
 use crate::storage::MemoryStorage;
-use crate::tenant::{Tenant, TenantRouter};
+use crate::tenant::{PolicySource, Tenant, TenantRouter};
 use anyhow::Context;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -40,21 +40,12 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
         .map(|dir| ArtifactCache::new(dir, engine.engine()));
     let mut tenants = Vec::with_capacity(config.tenants.len());
     for tenant in &config.tenants {
-        let plugin = LoadedPlugin::load_cached(&engine, &tenant.plugin, artifacts.as_ref())
-            .and_then(|p| p.run_self_tests(&engine).map(|()| p))
+        let source = load_policy(&engine, tenant, artifacts.as_ref())
             .with_context(|| format!("tenant {:?}: plugin refused", tenant.name))?;
-        tracing::info!(
-            tenant = tenant.name,
-            plugin = %tenant.plugin.display(),
-            sha256 = plugin.info.sha256,
-            compile_ms = plugin.info.compile_time.as_millis() as u64,
-            from_artifact_cache = plugin.info.from_artifact_cache,
-            "plugin loaded"
-        );
         tenants.push(Arc::new(Tenant::new(
             engine.clone(),
             tenant.clone(),
-            Arc::new(plugin),
+            source,
         )));
     }
     // Pingora wants the storage and the lock as `'static`: they live as long
@@ -90,6 +81,33 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
         state,
         reloader,
     })
+}
+
+/// Loads and checks a tenant's policy as configured.
+pub fn load_policy(
+    engine: &PolicyEngine,
+    tenant: &TenantConfig,
+    artifacts: Option<&ArtifactCache>,
+) -> anyhow::Result<PolicySource> {
+    if let Some(builtin) = tenant.builtin {
+        tracing::info!(
+            tenant = tenant.name,
+            policy = builtin.name(),
+            "builtin policy"
+        );
+        return Ok(PolicySource::Builtin(builtin));
+    }
+    let plugin = LoadedPlugin::load_cached(engine, &tenant.plugin, artifacts)?;
+    plugin.run_self_tests(engine)?;
+    tracing::info!(
+        tenant = tenant.name,
+        plugin = %tenant.plugin.display(),
+        sha256 = plugin.info.sha256,
+        compile_ms = plugin.info.compile_time.as_millis() as u64,
+        from_artifact_cache = plugin.info.from_artifact_cache,
+        "plugin loaded"
+    );
+    Ok(PolicySource::Plugin(Arc::new(plugin)))
 }
 
 /// Starts, inside the server (after a daemon fork), the threads a running

@@ -2,7 +2,9 @@
 //! Each has its own plugin (swappable), cache namespace and limits.
 
 use crate::config::TenantConfig;
-use crate::policy::{InstancePool, LoadedPlugin, PolicyEngine, TenantContext};
+use crate::policy::{
+    BuiltinPolicy, InstancePool, LoadedPlugin, PolicyEngine, PolicyLayer, TenantContext,
+};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -18,12 +20,19 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// Where a tenant's policy comes from.
+#[derive(Clone)]
+pub enum PolicySource {
+    Plugin(Arc<LoadedPlugin>),
+    Builtin(BuiltinPolicy),
+}
+
 /// One tenant at run time.
 pub struct Tenant {
     pub config: TenantConfig,
     /// The current plugin version. A request takes a snapshot when it starts,
     /// so a swap never changes the policy under a request in flight.
-    policy: ArcSwap<InstancePool>,
+    policy: ArcSwap<PolicyLayer>,
     context: Arc<TenantContext>,
     engine: PolicyEngine,
     /// Counts plugin versions loaded for this tenant (1 = the first).
@@ -33,8 +42,8 @@ pub struct Tenant {
 
 impl Tenant {
     /// Builds the tenant around an already loaded plugin, as the first generation.
-    pub fn new(engine: PolicyEngine, config: TenantConfig, plugin: Arc<LoadedPlugin>) -> Self {
-        Self::with_history(engine, config, plugin, 1, None)
+    pub fn new(engine: PolicyEngine, config: TenantConfig, source: PolicySource) -> Self {
+        Self::with_history(engine, config, source, 1, None)
     }
 
     /// Builds a new version of a tenant (after a config change), keeping the
@@ -42,7 +51,7 @@ impl Tenant {
     pub fn with_history(
         engine: PolicyEngine,
         config: TenantConfig,
-        plugin: Arc<LoadedPlugin>,
+        source: PolicySource,
         generation: u64,
         last_refusal: Option<Refusal>,
     ) -> Self {
@@ -50,15 +59,18 @@ impl Tenant {
             tenant: config.name.clone(),
             plugin_config: config.plugin_config.clone(),
         });
-        let pool = InstancePool::new(
-            engine.clone(),
-            plugin,
-            context.clone(),
-            config.limits.clone(),
-        );
+        let layer = match source {
+            PolicySource::Plugin(plugin) => PolicyLayer::Wasm(InstancePool::new(
+                engine.clone(),
+                plugin,
+                context.clone(),
+                config.limits.clone(),
+            )),
+            PolicySource::Builtin(builtin) => PolicyLayer::Builtin(builtin),
+        };
         Self {
             config,
-            policy: ArcSwap::from_pointee(pool),
+            policy: ArcSwap::from_pointee(layer),
             context,
             engine,
             generation: AtomicU64::new(generation),
@@ -85,7 +97,7 @@ impl Tenant {
     }
 
     /// The plugin version new requests use.
-    pub fn policy(&self) -> Arc<InstancePool> {
+    pub fn policy(&self) -> Arc<PolicyLayer> {
         self.policy.load_full()
     }
 
@@ -97,7 +109,7 @@ impl Tenant {
             self.context.clone(),
             self.config.limits.clone(),
         );
-        self.policy.store(Arc::new(pool));
+        self.policy.store(Arc::new(PolicyLayer::Wasm(pool)));
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }

@@ -43,6 +43,24 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
+/// Builds the hostile and broken test plugins in `tests/fixtures/plugins/`
+/// once per test binary and returns the path of `<name>.wasm`.
+pub fn fixture(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let dir = repo_root().join("tests/fixtures/plugins");
+        let status = std::process::Command::new("bash")
+            .arg(dir.join("build.sh"))
+            .status()
+            .expect("run tests/fixtures/plugins/build.sh");
+        assert!(status.success(), "tests/fixtures/plugins/build.sh failed");
+        dir
+    });
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.is_file(), "missing {}", path.display());
+    path
+}
+
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

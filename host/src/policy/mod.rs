@@ -3,20 +3,25 @@
 
 pub mod artifact_cache;
 mod bindings;
+mod builtin;
 mod call_scope;
 mod decision;
 mod engine;
 mod host_api;
 mod instance;
+mod layer;
 mod limits;
 mod plugin;
 mod self_test;
 
 pub use artifact_cache::ArtifactCache;
+pub use builtin::BuiltinPolicy;
 pub use decision::{RequestDecision, ResponseDecision, StoreDirective, SyntheticResponse};
 pub use engine::{PolicyEngine, MAX_GUEST_MEMORY};
 pub use host_api::request_host;
+pub use instance::RequestVerdict;
 pub use instance::{InstancePool, PluginFault, PolicyInstance};
+pub use layer::PolicyLayer;
 pub use limits::PluginLimits;
 pub use plugin::{ImportCheck, LoadedPlugin, PluginInfo, ALLOWED_IMPORTS};
 

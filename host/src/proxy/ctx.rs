@@ -1,6 +1,6 @@
 //! Per-request state carried between Pingora's phases.
 
-use crate::policy::{InstancePool, PluginFault};
+use crate::policy::{PluginFault, PolicyLayer};
 use crate::tenant::Tenant;
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ pub struct RequestCtx {
     pub tenant: Option<Arc<Tenant>>,
     /// The plugin version this request started with (hot reload never
     /// changes it mid-request).
-    pub policy: Option<Arc<InstancePool>>,
+    pub policy: Option<Arc<PolicyLayer>>,
     pub route: Route,
     /// The full primary cache key (tenant namespace + plugin parts).
     pub key: Vec<u8>,

@@ -12,7 +12,7 @@ pub use watcher::spawn_watcher;
 use crate::config::{self, Config, TenantConfig};
 use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::ProxyState;
-use crate::tenant::{Refusal, Tenant, TenantRouter};
+use crate::tenant::{PolicySource, Refusal, Tenant, TenantRouter};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -108,6 +108,7 @@ impl Reloader {
         router
             .tenants()
             .iter()
+            .filter(|t| t.config.builtin.is_none())
             .filter(|t| changed.iter().any(|c| same_file(c, &t.config.plugin)))
             .map(|t| (t.name().to_owned(), self.reload_tenant_plugin(t)))
             .collect()
@@ -128,7 +129,7 @@ impl Reloader {
             }
         };
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        if sha256 == tenant.policy().plugin().info.sha256 {
+        if tenant.policy().sha256() == Some(sha256.as_str()) {
             return Outcome::Unchanged;
         }
         match self.load_checked(path, &bytes) {
@@ -224,33 +225,32 @@ impl Reloader {
         router: &TenantRouter,
         config: &TenantConfig,
     ) -> anyhow::Result<Tenant> {
+        let running = router.tenants().iter().find(|t| t.name() == config.name);
+        let (generation, last_refusal) =
+            running.map_or((1, None), |old| (old.generation(), old.last_refusal()));
+        let history = |source, generation| {
+            Tenant::with_history(
+                self.engine.clone(),
+                config.clone(),
+                source,
+                generation,
+                last_refusal.clone(),
+            )
+        };
+        if let Some(builtin) = config.builtin {
+            return Ok(history(PolicySource::Builtin(builtin), generation));
+        }
         let bytes = std::fs::read(&config.plugin)
             .map_err(|e| anyhow::anyhow!("cannot read plugin {}: {e}", config.plugin.display()))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let running = router.tenants().iter().find(|t| t.name() == config.name);
-        if let Some(old) = running {
-            let policy = old.policy();
-            if policy.plugin().info.sha256 == sha256 {
-                return Ok(Tenant::with_history(
-                    self.engine.clone(),
-                    config.clone(),
-                    policy.plugin().clone(),
-                    old.generation(),
-                    old.last_refusal(),
-                ));
+        if let Some(plugin) = running.and_then(|old| old.policy().plugin().cloned()) {
+            if plugin.info.sha256 == sha256 {
+                return Ok(history(PolicySource::Plugin(plugin), generation));
             }
         }
         let plugin = Arc::new(self.load_checked(&config.plugin, &bytes)?);
-        Ok(match running {
-            Some(old) => Tenant::with_history(
-                self.engine.clone(),
-                config.clone(),
-                plugin,
-                old.generation() + 1,
-                old.last_refusal(),
-            ),
-            None => Tenant::new(self.engine.clone(), config.clone(), plugin),
-        })
+        let next = if running.is_some() { generation + 1 } else { 1 };
+        Ok(history(PolicySource::Plugin(plugin), next))
     }
 
     /// SIGHUP: check the config and every plugin.

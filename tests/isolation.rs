@@ -1,0 +1,358 @@
+//! Multi-tenant isolation against hostile plugins: each fixture in
+//! `tests/fixtures/plugins/` misbehaves on purpose, next to a well-behaved
+//! tenant that must keep getting hits.
+
+mod support;
+
+use std::process::Command;
+use support::client::{send, Resp};
+use support::origin::{Origin, Reply};
+use support::proxy::{cachet_bin, Proxy, TenantSpec};
+use support::{fixture, plugin};
+
+struct Pair {
+    proxy: Proxy,
+    good_origin: Origin,
+    bad_origin: Origin,
+}
+
+impl Pair {
+    /// A "good" tenant (standard plugin) and a "bad" one running `fixture`.
+    fn start(fixture_name: &str, on_error: &str, bad_limits: &str) -> Self {
+        let good_origin =
+            Origin::start(|_| Reply::ok("good").header("Cache-Control", "max-age=600"));
+        let bad_origin = Origin::start(|_| Reply::ok("bad").header("Cache-Control", "max-age=600"));
+        let proxy = Proxy::start(
+            "max_bytes = \"64MiB\"",
+            &[
+                TenantSpec::new("good", good_origin.addr, &plugin("standard")).hosts(&["good.test"]),
+                TenantSpec::new("bad", bad_origin.addr, &fixture(fixture_name))
+                    .hosts(&["bad.test"])
+                    .extra(&format!("on_plugin_error = {on_error:?}\n[tenant.plugin_config]\ngreeting = \"hello from config\""))
+                    .limits(bad_limits),
+            ],
+        );
+        let pair = Self {
+            proxy,
+            good_origin,
+            bad_origin,
+        };
+        // Fill the good tenant's entry once.
+        assert_eq!(pair.good("/page").status, 200);
+        pair
+    }
+
+    fn good(&self, path: &str) -> Resp {
+        send("GET", &self.proxy.url(path), &[("Host", "good.test")])
+    }
+
+    fn bad(&self, path: &str) -> Resp {
+        send("GET", &self.proxy.url(path), &[("Host", "bad.test")])
+    }
+
+    /// The good tenant still answers from cache, and its origin saw one request.
+    fn assert_good_tenant_unharmed(&self) {
+        let resp = self.good("/page");
+        assert_eq!(resp.status, 200);
+        assert!(
+            resp.cache_status().contains("hit"),
+            "{}",
+            resp.cache_status()
+        );
+        assert_eq!(self.good_origin.hits(), 1);
+    }
+
+    fn metrics(&self) -> String {
+        send("GET", &self.proxy.admin_url("/metrics"), &[]).text()
+    }
+
+    /// The fault is counted and logged with its tenant and kind.
+    fn assert_fault_recorded(&self, kind: &str) {
+        let metrics = self.metrics();
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("cachet_plugin_faults_total")
+                    && l.contains(&format!("kind=\"{kind}\""))
+                    && l.contains("tenant=\"bad\"")
+            })
+            .unwrap_or_else(|| panic!("no fault counter for {kind}:\n{metrics}"));
+        let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(count >= 1.0, "{line}");
+        let log = self.proxy.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("plugin fault") && l.contains(kind) && l.contains("bad")),
+            "log lacks the {kind} fault:\n{log}"
+        );
+    }
+}
+
+const TIGHT: &str = "hook_timeout_ms = 20";
+
+/// With `bypass`, a faulting request is still served, from the origin.
+fn assert_bypassed(resp: &Resp, kind: &str) {
+    assert_eq!(resp.status, 200, "{}", resp.cache_status());
+    assert_eq!(resp.text(), "bad");
+    assert!(
+        resp.cache_status().contains("fwd=bypass"),
+        "{}",
+        resp.cache_status()
+    );
+    assert!(
+        resp.cache_status()
+            .contains(&format!("plugin fault: {kind}")),
+        "{}",
+        resp.cache_status()
+    );
+}
+
+#[test]
+fn an_endless_loop_in_on_request_times_out_and_bypasses() {
+    let pair = Pair::start("loop-forever", "bypass", TIGHT);
+    for _ in 0..3 {
+        assert_bypassed(&pair.bad("/loop/request"), "timeout");
+        pair.assert_good_tenant_unharmed();
+    }
+    assert_eq!(pair.bad_origin.hits_for("/loop/request"), 3);
+    pair.assert_fault_recorded("timeout");
+    // The same tenant's other requests still work with the plugin.
+    pair.bad("/fine");
+    assert!(pair.bad("/fine").cache_status().contains("hit"));
+}
+
+#[test]
+fn an_endless_loop_answers_502_when_the_tenant_says_error() {
+    let pair = Pair::start("loop-forever", "error", TIGHT);
+    let resp = pair.bad("/loop/request");
+    assert_eq!(resp.status, 502);
+    assert!(
+        resp.cache_status().contains("plugin fault: timeout"),
+        "{}",
+        resp.cache_status()
+    );
+    assert_eq!(pair.bad_origin.hits_for("/loop/request"), 0);
+    let key = pair.bad("/loop/key");
+    assert_eq!(key.status, 502);
+    pair.assert_good_tenant_unharmed();
+    pair.assert_fault_recorded("timeout");
+}
+
+#[test]
+fn an_endless_loop_in_on_response_serves_the_response_unstored() {
+    let pair = Pair::start("loop-forever", "bypass", TIGHT);
+    for _ in 0..2 {
+        let resp = pair.bad("/loop/response");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "bad");
+        assert!(
+            resp.cache_status().contains("plugin fault: timeout"),
+            "{}",
+            resp.cache_status()
+        );
+    }
+    assert_eq!(pair.bad_origin.hits_for("/loop/response"), 2);
+    pair.assert_good_tenant_unharmed();
+}
+
+#[test]
+fn allocating_past_the_memory_limit_is_a_memory_fault() {
+    let pair = Pair::start("alloc-bomb", "bypass", "memory = \"8MiB\"");
+    assert_bypassed(&pair.bad("/alloc"), "memory");
+    pair.assert_good_tenant_unharmed();
+    pair.assert_fault_recorded("memory");
+}
+
+#[test]
+fn panics_in_every_hook_are_traps() {
+    let pair = Pair::start("panic", "bypass", "");
+    assert_bypassed(&pair.bad("/panic/request"), "trap");
+    assert_bypassed(&pair.bad("/panic/key"), "trap");
+    let resp = pair.bad("/panic/response");
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.cache_status().contains("plugin fault: trap"),
+        "{}",
+        resp.cache_status()
+    );
+    pair.assert_good_tenant_unharmed();
+    pair.assert_fault_recorded("trap");
+}
+
+#[test]
+fn oversized_keys_and_key_part_floods_are_refused() {
+    let pair = Pair::start("huge-key", "bypass", "memory = \"64MiB\"");
+    let resp = pair.bad("/huge-key");
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.cache_status().contains("plugin fault: invalid-output"),
+        "{}",
+        resp.cache_status()
+    );
+    assert_bypassed(&pair.bad("/many-parts"), "invalid-output");
+    pair.assert_good_tenant_unharmed();
+    pair.assert_fault_recorded("invalid-output");
+    let log = pair.proxy.log();
+    assert!(log.contains("exceeds the limit of 4096"), "{log}");
+    assert!(log.contains("parts, limit 32"), "{log}");
+}
+
+#[test]
+fn a_huge_synthetic_body_is_refused() {
+    let pair = Pair::start("huge-body", "error", "memory = \"64MiB\"");
+    let resp = pair.bad("/huge-body");
+    assert_eq!(resp.status, 502);
+    assert!(
+        resp.cache_status().contains("plugin fault: invalid-output"),
+        "{}",
+        resp.cache_status()
+    );
+    pair.assert_good_tenant_unharmed();
+}
+
+#[test]
+fn busy_waiting_under_the_deadline_passes_and_over_it_faults() {
+    let pair = Pair::start("busy", "bypass", "hook_timeout_ms = 100");
+    let under = pair.bad("/busy?ms=5");
+    assert!(
+        !under.cache_status().contains("plugin fault"),
+        "{}",
+        under.cache_status()
+    );
+    assert_bypassed(&pair.bad("/busy?ms=400"), "timeout");
+    pair.assert_good_tenant_unharmed();
+}
+
+#[test]
+fn plugin_logs_are_tagged_with_the_tenant_and_see_its_config() {
+    let pair = Pair::start("logger", "bypass", "");
+    assert_eq!(pair.bad("/hello").status, 200);
+    let log = pair.proxy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("hello from config"))
+        .unwrap_or_else(|| panic!("plugin log line missing:\n{log}"));
+    assert!(line.contains("cachet::plugin"), "{line}");
+    assert!(line.contains("bad"), "{line}");
+}
+
+fn check(path: &std::path::Path) -> (bool, String) {
+    let out = Command::new(cachet_bin())
+        .arg("check")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn plugins_asking_for_filesystem_or_sockets_are_refused_by_name() {
+    for (name, import) in [
+        ("fs-import", "wasi:filesystem"),
+        ("sockets-import", "wasi:sockets"),
+    ] {
+        let (ok, out) = check(&fixture(name));
+        assert!(!ok, "{name} must be refused:\n{out}");
+        assert!(out.contains("does not grant"), "{out}");
+        assert!(out.contains(import), "{name}: {out}");
+    }
+}
+
+#[test]
+fn a_component_for_another_world_or_failing_its_self_test_is_refused() {
+    let (ok, out) = check(&fixture("wrong-world"));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("does not implement the cachet:policy/policy@0.1.0 world"),
+        "{out}"
+    );
+    let (ok, out) = check(&fixture("self-test-fails"));
+    assert!(!ok, "{out}");
+    assert!(out.contains("self-test failed"), "{out}");
+}
+
+#[test]
+fn tenants_with_identical_keys_have_separate_entries() {
+    let a = Origin::start(|_| Reply::ok("from a").header("Cache-Control", "max-age=600"));
+    let b = Origin::start(|_| Reply::ok("from b").header("Cache-Control", "max-age=600"));
+    // `path-key` keys on the path alone, so both tenants' plugins return
+    // identical key parts for /same: only the host's namespace separates them.
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[
+            TenantSpec::new("a", a.addr, &fixture("path-key")).hosts(&["shared.test"]),
+            TenantSpec::new("b", b.addr, &fixture("path-key")).hosts(&["*.shared.test"]),
+        ],
+    );
+    let url = proxy.url("/same");
+    assert_eq!(
+        send("GET", &url, &[("Host", "shared.test")]).text(),
+        "from a"
+    );
+    assert_eq!(
+        send("GET", &url, &[("Host", "x.shared.test")]).text(),
+        "from b"
+    );
+    assert!(send("GET", &url, &[("Host", "shared.test")])
+        .cache_status()
+        .contains("hit"));
+    assert_eq!(
+        send("GET", &url, &[("Host", "x.shared.test")]).text(),
+        "from b"
+    );
+}
+
+#[test]
+fn a_tenant_quota_evicts_only_that_tenant() {
+    let a = Origin::start(|_| Reply::ok(vec![b'a'; 8192]).header("Cache-Control", "max-age=600"));
+    let b = Origin::start(|_| Reply::ok(vec![b'b'; 8192]).header("Cache-Control", "max-age=600"));
+    let proxy = Proxy::start(
+        "max_bytes = \"8MiB\"",
+        &[
+            TenantSpec::new("small", a.addr, &plugin("standard"))
+                .hosts(&["small.test"])
+                .limits("hook_timeout_ms = 250\ncache_quota = \"64KiB\""),
+            TenantSpec::new("big", b.addr, &plugin("standard")).hosts(&["big.test"]),
+        ],
+    );
+    for i in 0..4 {
+        send(
+            "GET",
+            &proxy.url(&format!("/keep/{i}")),
+            &[("Host", "big.test")],
+        );
+    }
+    for i in 0..40 {
+        send(
+            "GET",
+            &proxy.url(&format!("/fill/{i}")),
+            &[("Host", "small.test")],
+        );
+    }
+    let status = proxy.status();
+    let small = &status["tenants"][0]["cache"];
+    assert!(
+        small["stored_bytes"].as_u64().unwrap() <= 64 * 1024,
+        "{status}"
+    );
+    assert!(small["evictions"].as_u64().unwrap() > 0, "{status}");
+    for i in 0..4 {
+        let resp = send(
+            "GET",
+            &proxy.url(&format!("/keep/{i}")),
+            &[("Host", "big.test")],
+        );
+        assert!(
+            resp.cache_status().contains("hit"),
+            "{}",
+            resp.cache_status()
+        );
+    }
+}
