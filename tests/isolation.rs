@@ -157,7 +157,11 @@ fn an_endless_loop_in_on_response_serves_the_response_unstored() {
 
 #[test]
 fn allocating_past_the_memory_limit_is_a_memory_fault() {
-    let pair = Pair::start("alloc-bomb", "bypass", "memory = \"8MiB\"");
+    let pair = Pair::start(
+        "alloc-bomb",
+        "bypass",
+        "memory = \"8MiB\"\nhook_timeout_ms = 250",
+    );
     assert_bypassed(&pair.bad("/alloc"), "memory");
     pair.assert_good_tenant_unharmed();
     pair.assert_fault_recorded("memory");
@@ -165,7 +169,7 @@ fn allocating_past_the_memory_limit_is_a_memory_fault() {
 
 #[test]
 fn panics_in_every_hook_are_traps() {
-    let pair = Pair::start("panic", "bypass", "");
+    let pair = Pair::start("panic", "bypass", "hook_timeout_ms = 250");
     assert_bypassed(&pair.bad("/panic/request"), "trap");
     assert_bypassed(&pair.bad("/panic/key"), "trap");
     let resp = pair.bad("/panic/response");
@@ -181,7 +185,11 @@ fn panics_in_every_hook_are_traps() {
 
 #[test]
 fn oversized_keys_and_key_part_floods_are_refused() {
-    let pair = Pair::start("huge-key", "bypass", "memory = \"64MiB\"");
+    let pair = Pair::start(
+        "huge-key",
+        "bypass",
+        "memory = \"64MiB\"\nhook_timeout_ms = 250",
+    );
     let resp = pair.bad("/huge-key");
     assert_eq!(resp.status, 200);
     assert!(
@@ -199,7 +207,11 @@ fn oversized_keys_and_key_part_floods_are_refused() {
 
 #[test]
 fn a_huge_synthetic_body_is_refused() {
-    let pair = Pair::start("huge-body", "error", "memory = \"64MiB\"");
+    let pair = Pair::start(
+        "huge-body",
+        "error",
+        "memory = \"64MiB\"\nhook_timeout_ms = 250",
+    );
     let resp = pair.bad("/huge-body");
     assert_eq!(resp.status, 502);
     assert!(
@@ -225,7 +237,7 @@ fn busy_waiting_under_the_deadline_passes_and_over_it_faults() {
 
 #[test]
 fn plugin_logs_are_tagged_with_the_tenant_and_see_its_config() {
-    let pair = Pair::start("logger", "bypass", "");
+    let pair = Pair::start("logger", "bypass", "hook_timeout_ms = 250");
     assert_eq!(pair.bad("/hello").status, 200);
     let log = pair.proxy.log();
     let line = log

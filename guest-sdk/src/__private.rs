@@ -6,8 +6,10 @@ use std::ops::Deref;
 
 use crate::decision::whole_seconds;
 use crate::log::Level;
+use crate::self_test::{RequestSpec, ResponseSpec};
 use crate::{
-    Policy, Request, RequestDecision, Response, ResponseDecision, StoreDirective, SyntheticResponse,
+    ExpectedRequest, ExpectedResponse, Policy, Request, RequestDecision, Response,
+    ResponseDecision, StoreDirective, SyntheticResponse, TestVector,
 };
 
 pub mod bindings {
@@ -27,7 +29,7 @@ use bindings::cachet::policy::{host, types};
 pub use bindings::Guest;
 pub use bindings::{
     Request as HostRequest, RequestDecision as HostRequestDecision, Response as HostResponse,
-    ResponseDecision as HostResponseDecision,
+    ResponseDecision as HostResponseDecision, TestVector as HostTestVector,
 };
 
 /// A second, non-owning view of a request handle the host lent for one call.
@@ -87,6 +89,10 @@ pub fn on_response<P: Policy>(
         .into()
 }
 
+pub fn self_test<P: Policy>(policy: &P) -> Vec<HostTestVector> {
+    policy.self_test().into_iter().map(Into::into).collect()
+}
+
 pub(crate) fn host_log(level: Level, message: &str) {
     let level = match level {
         Level::Trace => types::LogLevel::Trace,
@@ -116,11 +122,7 @@ impl From<SyntheticResponse> for types::SyntheticResponse {
     fn from(response: SyntheticResponse) -> Self {
         Self {
             status: response.status,
-            headers: response
-                .headers
-                .into_iter()
-                .map(|(name, value)| types::Header { name, value })
-                .collect(),
+            headers: host_headers(response.headers),
             body: response.body,
         }
     }
@@ -145,4 +147,64 @@ impl From<StoreDirective> for types::StoreDirective {
             tags: directive.tags,
         }
     }
+}
+
+impl From<TestVector> for types::TestVector {
+    fn from(vector: TestVector) -> Self {
+        Self {
+            // Computed before the fields move: the default name uses them.
+            name: vector.name(),
+            request: vector.request.into(),
+            expect: vector.expect.into(),
+            expect_key: vector.expect_key,
+            response: vector.response.map(Into::into),
+        }
+    }
+}
+
+impl From<RequestSpec> for types::TestRequest {
+    fn from(request: RequestSpec) -> Self {
+        Self {
+            method: request.method,
+            uri: request.uri,
+            headers: host_headers(request.headers),
+        }
+    }
+}
+
+impl From<ResponseSpec> for types::TestResponse {
+    fn from(response: ResponseSpec) -> Self {
+        Self {
+            status: response.status,
+            headers: host_headers(response.headers),
+            expect: response.expect.into(),
+        }
+    }
+}
+
+impl From<ExpectedRequest> for types::ExpectedRequest {
+    fn from(expect: ExpectedRequest) -> Self {
+        match expect {
+            ExpectedRequest::Cache => Self::Cache,
+            ExpectedRequest::Bypass => Self::Bypass,
+            ExpectedRequest::Respond(status) => Self::Respond(status),
+        }
+    }
+}
+
+impl From<ExpectedResponse> for types::ExpectedResponse {
+    fn from(expect: ExpectedResponse) -> Self {
+        match expect {
+            ExpectedResponse::Store(ttl) => Self::Store(whole_seconds(ttl)),
+            ExpectedResponse::FollowOrigin => Self::FollowOrigin,
+            ExpectedResponse::NoStore => Self::NoStore,
+        }
+    }
+}
+
+fn host_headers(headers: Vec<(String, String)>) -> Vec<types::Header> {
+    headers
+        .into_iter()
+        .map(|(name, value)| types::Header { name, value })
+        .collect()
 }

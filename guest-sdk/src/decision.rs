@@ -146,7 +146,6 @@ impl From<StoreDirective> for ResponseDecision {
 }
 
 /// Whole seconds as the host expects them: fractions dropped, capped at `u32::MAX`.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 pub(crate) fn whole_seconds(duration: Duration) -> u32 {
     u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
 }

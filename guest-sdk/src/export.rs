@@ -71,6 +71,10 @@ macro_rules! export_policy {
                 ) -> $crate::__private::HostResponseDecision {
                     __CACHET_POLICY.with(|policy| $crate::__private::on_response(policy, req, resp))
                 }
+
+                fn self_test() -> ::std::vec::Vec<$crate::__private::HostTestVector> {
+                    __CACHET_POLICY.with(|policy| $crate::__private::self_test(policy))
+                }
             }
 
             $crate::__private::bindings::export_world!(

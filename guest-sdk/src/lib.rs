@@ -39,6 +39,10 @@
 //! );
 //! ```
 //!
+//! A policy can also declare test vectors ([`Policy::self_test`], built with
+//! [`TestVector`]): the host runs them before a new plugin version may serve,
+//! and `testing::check_self_tests` runs the same list under `cargo test`.
+//!
 //! Build the plugin crate (`crate-type = ["cdylib"]`) for `wasm32-wasip2`; the
 //! resulting `.wasm` is a component implementing the `cachet:policy` world.
 //!
@@ -63,6 +67,7 @@ pub mod prelude;
 mod query;
 mod request;
 mod response;
+mod self_test;
 mod uri;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -86,3 +91,4 @@ pub use policy::Policy;
 pub use query::{Query, QueryParam};
 pub use request::{Request, RequestBuilder};
 pub use response::{Response, ResponseBuilder};
+pub use self_test::{ExpectedRequest, ExpectedResponse, TestRequest, TestResponse, TestVector};

@@ -1,6 +1,7 @@
-use crate::{defaults, Request, RequestDecision, Response, ResponseDecision};
+use crate::{defaults, Request, RequestDecision, Response, ResponseDecision, TestVector};
 
-/// A cache policy: the three hooks the proxy calls for every request.
+/// A cache policy: the three hooks the proxy calls for every request, plus
+/// the test vectors it declares about itself.
 ///
 /// Each hook has a default (see [`defaults`]), so `impl Policy for P {}` is
 /// already a complete, RFC 9111-following policy.
@@ -27,5 +28,14 @@ pub trait Policy {
     fn on_response(&self, req: &Request, resp: &Response) -> ResponseDecision {
         let _ = (req, resp);
         ResponseDecision::FollowOrigin
+    }
+
+    /// Sample exchanges and the decisions this policy must make for them.
+    /// The host runs them against a fresh instance, with an empty tenant
+    /// config, before a new plugin version may serve, and refuses the version
+    /// on any mismatch; `testing::check_self_tests` runs them natively.
+    /// Default: none.
+    fn self_test(&self) -> Vec<TestVector> {
+        Vec::new()
     }
 }

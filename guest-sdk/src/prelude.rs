@@ -4,5 +4,5 @@ pub use std::time::Duration;
 
 pub use crate::{
     config, defaults, log, CacheControl, Policy, Query, QueryParam, Request, RequestDecision,
-    Response, ResponseDecision, StoreDirective, SyntheticResponse,
+    Response, ResponseDecision, StoreDirective, SyntheticResponse, TestVector,
 };

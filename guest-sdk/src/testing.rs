@@ -1,4 +1,5 @@
-//! Native stand-ins for the host's `config` and `log`, for unit tests.
+//! Native stand-ins for the host's `config` and `log`, and a runner for a
+//! policy's own test vectors ([`check_self_tests`]), for unit tests.
 //!
 //! State is per thread, and the test harness runs each test on its own
 //! thread, so tests do not see each other's config or logs.
@@ -15,6 +16,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::log::Level;
+
+mod self_check;
+
+pub use self_check::{check_self_tests, self_test_failures};
 
 thread_local! {
     static CONFIG: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
@@ -43,6 +48,20 @@ pub fn take_logs() -> Vec<(Level, String)> {
 
 pub(crate) fn config_value(key: &str) -> Option<String> {
     CONFIG.with(|config| config.borrow().get(key).cloned())
+}
+
+/// Runs `f` with this thread's config emptied, then puts the config back,
+/// also when `f` panics (a policy under test may).
+fn without_config<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(HashMap<String, String>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let saved = std::mem::take(&mut self.0);
+            CONFIG.with(|config| *config.borrow_mut() = saved);
+        }
+    }
+    let _restore = Restore(CONFIG.with(|config| std::mem::take(&mut *config.borrow_mut())));
+    f()
 }
 
 pub(crate) fn record_log(level: Level, message: &str) {

@@ -67,6 +67,7 @@ impl PolicyEngine {
         // against an empty context; the load-time allow-list decides which
         // of them a plugin may import at all.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        deny_blocking_wasi(&mut linker)?;
 
         let this = Self {
             inner: Arc::new(EngineInner {
@@ -104,6 +105,46 @@ impl PolicyEngine {
         let ticks = timeout.as_micros().div_ceil(EPOCH_TICK.as_micros());
         u64::try_from(ticks).unwrap_or(u64::MAX - 1) + 1
     }
+}
+
+/// The WASI version wasmtime-wasi 48 implements; plugins importing any
+/// 0.2.x up to it resolve to these definitions.
+const WASI_VERSION: &str = "0.2.12";
+
+/// wasmtime-wasi's synchronous stdio and poll implementations block on a
+/// Tokio runtime, which panics inside Pingora's async workers: a plugin that
+/// printed (a Rust panic message does) would take the whole proxy down.
+/// Policies get no stdio and nothing to wait on, so these entry points trap
+/// instead; without a stream handle, no other stream function is reachable.
+fn deny_blocking_wasi(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    const DENIED: &[(&str, &[&str])] = &[
+        ("wasi:cli/stdin", &["get-stdin"]),
+        ("wasi:cli/stdout", &["get-stdout"]),
+        ("wasi:cli/stderr", &["get-stderr"]),
+        (
+            "wasi:io/poll",
+            &["poll", "[method]pollable.block", "[method]pollable.ready"],
+        ),
+    ];
+    linker.allow_shadowing(true);
+    for (interface, functions) in DENIED {
+        let mut instance = linker
+            .instance(&format!("{interface}@{WASI_VERSION}"))
+            .map_err(anyhow::Error::from)?;
+        for function in *functions {
+            let message = format!(
+                "policy called {interface}#{function}: stdio and blocking waits are not \
+                 available to policies (log through the host instead)"
+            );
+            instance
+                .func_new(function, move |_, _, _, _| {
+                    Err(wasmtime::format_err!("{message}"))
+                })
+                .map_err(anyhow::Error::from)?;
+        }
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Epoch interruption instead of fuel: fuel slows guests 2–3×, a ticker costs

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cachet_sdk::{
     defaults, Policy, Request, RequestDecision, Response, ResponseDecision, StoreDirective,
-    SyntheticResponse,
+    SyntheticResponse, TestVector,
 };
 
 use admin_path::is_admin_path;
@@ -60,6 +60,26 @@ impl Policy for ApiGateway {
             .with_stale_while_revalidate(API_STALE_WHILE_REVALIDATE)
             .into()
     }
+
+    fn self_test(&self) -> Vec<TestVector> {
+        vec![
+            TestVector::get("http://example.com/admin").expect_respond(403),
+            TestVector::post("http://example.com/x/../%61dmin/users").expect_respond(403),
+            TestVector::get("http://example.com/administrator").expect_cache(),
+            TestVector::get("http://example.com/api/me")
+                .header("Authorization", "Bearer t")
+                .expect_bypass(),
+            TestVector::get("http://example.com/api/items?page=2")
+                .expect_cache()
+                .expect_key(["example.com", "/api/items", "page=2"])
+                .with_response(200, &[("content-type", "application/json")])
+                .expect_store(API_TTL),
+            TestVector::get("http://example.com/api/items")
+                .expect_cache()
+                .with_response(200, &[("cache-control", "private")])
+                .expect_no_store(),
+        ]
+    }
 }
 
 cachet_sdk::export_policy!(ApiGateway);
@@ -67,6 +87,12 @@ cachet_sdk::export_policy!(ApiGateway);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cachet_sdk::testing;
+
+    #[test]
+    fn self_test_vectors_pass() {
+        testing::check_self_tests(&ApiGateway);
+    }
 
     fn get(uri: &str) -> Request {
         Request::builder().uri(uri).build()

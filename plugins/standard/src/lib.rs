@@ -2,19 +2,42 @@
 //! the key is host + path + query, and the host applies the origin's
 //! caching headers. Every hook is the SDK default.
 
-use cachet_sdk::Policy;
+use cachet_sdk::{Policy, TestVector};
 
 #[derive(Default)]
 pub struct Standard;
 
-impl Policy for Standard {}
+impl Policy for Standard {
+    fn self_test(&self) -> Vec<TestVector> {
+        vec![
+            TestVector::get("http://example.com/a?b=1&a=2")
+                .expect_cache()
+                .expect_key(["example.com", "/a", "b=1&a=2"])
+                .with_response(200, &[("cache-control", "no-store")])
+                .expect_follow_origin(),
+            // An empty query is still a query: `/a?` and `/a` differ.
+            TestVector::head("/a?")
+                .header("Host", "Example.com")
+                .expect_cache()
+                .expect_key(["example.com", "/a", ""]),
+            TestVector::post("http://example.com/form").expect_bypass(),
+            // Methods are case-sensitive: `get` is not `GET`.
+            TestVector::request("get", "http://example.com/").expect_bypass(),
+        ]
+    }
+}
 
 cachet_sdk::export_policy!(Standard);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cachet_sdk::{Request, RequestDecision, Response, ResponseDecision};
+    use cachet_sdk::{testing, Request, RequestDecision, Response, ResponseDecision};
+
+    #[test]
+    fn self_test_vectors_pass() {
+        testing::check_self_tests(&Standard);
+    }
 
     #[test]
     fn get_and_head_use_the_cache() {

@@ -7,7 +7,9 @@ mod tracking;
 
 use std::time::Duration;
 
-use cachet_sdk::{defaults, Policy, Request, RequestDecision, Response, ResponseDecision};
+use cachet_sdk::{
+    defaults, Policy, Request, RequestDecision, Response, ResponseDecision, TestVector,
+};
 
 use static_path::is_static_path;
 
@@ -62,6 +64,32 @@ impl Policy for StaticAssets {
         }
         ResponseDecision::store(STATIC_TTL)
     }
+
+    fn self_test(&self) -> Vec<TestVector> {
+        vec![
+            TestVector::get("http://example.com/a.css?utm_source=x&b=1&a=2")
+                .expect_cache()
+                .expect_key(["example.com", "/a.css", "a=2&b=1"]),
+            TestVector::get("http://example.com/app.JS")
+                .header("Cookie", "session=abc")
+                .expect_cache(),
+            TestVector::get("http://example.com/account")
+                .header("Cookie", "session=abc")
+                .expect_bypass(),
+            TestVector::get("http://example.com/img/logo.png")
+                .expect_cache()
+                .with_response(200, &[("content-type", "image/png")])
+                .expect_store(STATIC_TTL),
+            TestVector::get("http://example.com/site.css")
+                .expect_cache()
+                .with_response(200, &[("cache-control", "max-age=60")])
+                .expect_follow_origin(),
+            TestVector::get("http://example.com/site.css")
+                .expect_cache()
+                .with_response(200, &[("cache-control", "private")])
+                .expect_no_store(),
+        ]
+    }
 }
 
 cachet_sdk::export_policy!(StaticAssets);
@@ -69,6 +97,12 @@ cachet_sdk::export_policy!(StaticAssets);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cachet_sdk::testing;
+
+    #[test]
+    fn self_test_vectors_pass() {
+        testing::check_self_tests(&StaticAssets);
+    }
 
     fn get(uri: &str) -> Request {
         Request::builder().uri(uri).build()
