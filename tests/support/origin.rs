@@ -1,11 +1,11 @@
-//! A real HTTP origin on 127.0.0.1 that answers from a handler and counts
+//! A real HTTP/1.1 origin on 127.0.0.1 that answers from a handler and counts
 //! every request that reaches it.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::io::Cursor;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -64,103 +64,161 @@ impl Reply {
 
 type Handler = dyn Fn(&Seen) -> Reply + Send + Sync;
 
+/// Counters shared by the origin's connection threads.
+#[derive(Default)]
+struct Counts {
+    total: AtomicUsize,
+    by_url: Mutex<HashMap<String, usize>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
 pub struct Origin {
     pub addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
-    total: Arc<AtomicUsize>,
-    by_url: Arc<Mutex<HashMap<String, usize>>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    workers: Vec<JoinHandle<()>>,
+    counts: Arc<Counts>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
 }
 
 impl Origin {
-    /// Starts an origin whose replies come from `handler`.
+    /// Starts an origin whose replies come from `handler`: HTTP/1.1 with
+    /// keep-alive, a thread per connection (the proxy keeps a small pool).
     pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind origin"));
-        let addr = server.server_addr().to_ip().expect("origin listens on IP");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        let addr = listener.local_addr().expect("origin address");
         let handler: Arc<Handler> = Arc::new(handler);
-        let total = Arc::new(AtomicUsize::new(0));
-        let by_url = Arc::new(Mutex::new(HashMap::new()));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        // Enough workers that slow replies do not serialise concurrent tests.
-        let workers = (0..16)
-            .map(|_| {
-                let server = server.clone();
-                let handler = handler.clone();
-                let total = total.clone();
-                let by_url = by_url.clone();
-                let seen = seen.clone();
-                std::thread::spawn(move || {
-                    while let Ok(request) = server.recv() {
-                        let request_seen = Seen {
-                            method: request.method().to_string(),
-                            url: request.url().to_string(),
-                            headers: request
-                                .headers()
-                                .iter()
-                                .map(|h| (h.field.to_string(), h.value.to_string()))
-                                .collect(),
-                        };
-                        total.fetch_add(1, Ordering::SeqCst);
-                        *by_url.lock().entry(request_seen.url.clone()).or_insert(0) += 1;
-                        seen.lock().push(request_seen.clone());
-                        let reply = handler(&request_seen);
-                        if !reply.delay.is_zero() {
-                            std::thread::sleep(reply.delay);
-                        }
-                        let mut response = tiny_http::Response::new(
-                            tiny_http::StatusCode(reply.status),
-                            Vec::new(),
-                            Cursor::new(reply.body.clone()),
-                            Some(reply.body.len()),
-                            None,
-                        );
-                        for (name, value) in &reply.headers {
-                            if let Ok(h) =
-                                tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-                            {
-                                response.add_header(h);
-                            }
-                        }
-                        let _ = request.respond(response);
+        let counts = Arc::new(Counts::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let (counts, stop) = (counts.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
                     }
-                })
+                    let Ok(conn) = conn else { continue };
+                    let (handler, counts) = (handler.clone(), counts.clone());
+                    std::thread::spawn(move || serve_connection(conn, &*handler, &counts));
+                }
             })
-            .collect();
+        };
         Self {
             addr,
-            server,
-            total,
-            by_url,
-            seen,
-            workers,
+            counts,
+            stop,
+            acceptor: Some(acceptor),
         }
     }
 
     /// Requests that reached the origin so far.
     pub fn hits(&self) -> usize {
-        self.total.load(Ordering::SeqCst)
+        self.counts.total.load(Ordering::SeqCst)
     }
 
     /// Requests that reached the origin for one URL (path and query).
     pub fn hits_for(&self, url: &str) -> usize {
-        self.by_url.lock().get(url).copied().unwrap_or(0)
+        self.counts.by_url.lock().get(url).copied().unwrap_or(0)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().clone()
+        self.counts.seen.lock().clone()
     }
 }
 
 impl Drop for Origin {
     fn drop(&mut self) {
-        self.server.unblock();
-        // Each worker blocks in recv(); unblock wakes one at a time.
-        for _ in 1..self.workers.len() {
-            self.server.unblock();
-        }
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the acceptor so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
         }
     }
+}
+
+/// Longest request head the origin accepts.
+const MAX_HEAD: usize = 64 * 1024;
+
+fn serve_connection(mut conn: TcpStream, handler: &Handler, counts: &Counts) {
+    // Idle keep-alive connections end on their own.
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let Some((seen, head_len, body_len, close)) = read_request(&mut conn, &mut buf) else {
+            return;
+        };
+        buf.drain(..head_len + body_len);
+        counts.total.fetch_add(1, Ordering::SeqCst);
+        *counts.by_url.lock().entry(seen.url.clone()).or_insert(0) += 1;
+        counts.seen.lock().push(seen.clone());
+        let reply = handler(&seen);
+        if !reply.delay.is_zero() {
+            std::thread::sleep(reply.delay);
+        }
+        if write_reply(&mut conn, &reply, seen.method == "HEAD").is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Reads one request: (what was seen, head length, body length, close after).
+fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen, usize, usize, bool)> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head_len)) = req.parse(buf) {
+            let headers: Vec<(String, String)> = req
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let seen = Seen {
+                method: req.method.unwrap_or("").to_owned(),
+                url: req.path.unwrap_or("").to_owned(),
+                headers,
+            };
+            let body_len: usize = seen
+                .header("content-length")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let close = seen
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            while buf.len() < head_len + body_len {
+                read_more(conn, buf)?;
+            }
+            return Some((seen, head_len, body_len, close));
+        }
+        if buf.len() > MAX_HEAD {
+            return None;
+        }
+        read_more(conn, buf)?;
+    }
+}
+
+fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    match conn.read(&mut chunk) {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+fn write_reply(conn: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io::Result<()> {
+    let mut out = format!("HTTP/1.1 {} X\r\n", reply.status).into_bytes();
+    for (name, value) in &reply.headers {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", reply.body.len()).as_bytes());
+    if !head_only {
+        out.extend_from_slice(&reply.body);
+    }
+    conn.write_all(&out)
 }

@@ -8,4 +8,4 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub use cachet::policy::types::{Header, SyntheticResponse};
+pub use self::cachet::policy::types::{Header, SyntheticResponse};

@@ -1,0 +1,782 @@
+#!/usr/bin/env bash
+# Cache-hit comparison benchmark: cachet against Varnish, nginx proxy_cache and
+# HAProxy's cache, all in front of one nginx origin serving static files, all
+# on 127.0.0.1. A command, not a test: run it from anywhere with
+#
+#   bash tests/bench/compare.sh
+#
+# Environment:
+#   BENCH_SECONDS=10       length of each measured wrk run
+#   BENCH_WARMUP=2         length of the wrk warm-up before each measured run
+#   BENCH_SCENARIOS=full   "full" (every scenario), "quick" (1k-1000url-c64),
+#                          or a comma-separated list of scenario names
+#                          (e.g. "1k-1url-c16,miss-1k-c64")
+#   BENCH_ONLY=            comma-separated patterns; a target runs when one of
+#                          them is part of its name (e.g. "cachet",
+#                          "cachet-builtin,varnish"). The origin-direct row is
+#                          always measured: it is the ×origin baseline.
+#   BENCH_SERVER_THREADS=2 worker threads/processes of every server
+#   BENCH_NO_BUILD=1       use the existing target/release/cachet and plugins
+#   BENCH_KEEP=1           keep the temporary folder (configs, logs, wrk output)
+#
+# Targets: origin, cachet-builtin, cachet-wasm-fresh, cachet-wasm-reuse,
+# varnish, nginx-cache, haproxy. Scenarios: {1k,64k}-{1url,1000url}-{c16,c64}
+# (cache hits) and miss-1k-c64 (a URL that never repeats: every request is a
+# miss that goes to the origin).
+#
+# Prints a Markdown table on stdout and saves it under tests/bench/results/.
+# Progress goes to stderr. A target that fails prints n/a and the run goes on.
+set -uo pipefail
+
+bench_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "$bench_dir/../.." && pwd)"
+lua_script="$bench_dir/paths.lua"
+
+BENCH_SECONDS="${BENCH_SECONDS:-10}"
+BENCH_WARMUP="${BENCH_WARMUP:-2}"
+BENCH_SCENARIOS="${BENCH_SCENARIOS:-full}"
+BENCH_ONLY="${BENCH_ONLY:-}"
+BENCH_SERVER_THREADS="${BENCH_SERVER_THREADS:-2}"
+BENCH_NO_BUILD="${BENCH_NO_BUILD:-0}"
+BENCH_KEEP="${BENCH_KEEP:-0}"
+
+URL_COUNT=1000
+WRK_THREADS=2
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for var in BENCH_SECONDS BENCH_WARMUP BENCH_SERVER_THREADS; do
+    [[ "${!var}" =~ ^[0-9]+$ ]] || die "$var must be a whole number of seconds/threads (got '${!var}')"
+done
+((BENCH_SECONDS > 0)) || die "BENCH_SECONDS must be at least 1"
+((BENCH_SERVER_THREADS > 0)) || die "BENCH_SERVER_THREADS must be at least 1"
+
+# ---- Scenarios and targets ---------------------------------------------------
+
+all_scenarios=()
+for size in 1k 64k; do
+    for urls in 1url 1000url; do
+        for conns in c16 c64; do
+            all_scenarios+=("$size-$urls-$conns")
+        done
+    done
+done
+all_scenarios+=("miss-1k-c64")
+
+case "$BENCH_SCENARIOS" in
+    full | all) scenarios=("${all_scenarios[@]}") ;;
+    quick) scenarios=("1k-1000url-c64") ;;
+    *)
+        IFS=', ' read -r -a scenarios <<<"$BENCH_SCENARIOS"
+        for s in "${scenarios[@]}"; do
+            [[ " ${all_scenarios[*]} " == *" $s "* ]] ||
+                die "unknown scenario '$s' (known: full, quick, ${all_scenarios[*]})"
+        done
+        ;;
+esac
+
+all_targets=(origin cachet-builtin cachet-wasm-fresh cachet-wasm-reuse varnish nginx-cache haproxy)
+targets=(origin)
+if [[ -n "$BENCH_ONLY" ]]; then
+    IFS=', ' read -r -a patterns <<<"$BENCH_ONLY"
+    for t in "${all_targets[@]:1}"; do
+        for p in "${patterns[@]}"; do
+            if [[ -n "$p" && "$t" == *"$p"* ]]; then
+                targets+=("$t")
+                break
+            fi
+        done
+    done
+    ((${#targets[@]} > 1)) || log "BENCH_ONLY='$BENCH_ONLY' matches no target besides origin (known: ${all_targets[*]})"
+else
+    targets=("${all_targets[@]}")
+fi
+
+wants() { # wants PATTERN: is any selected target's name matching PATTERN?
+    local t
+    for t in "${targets[@]}"; do
+        # shellcheck disable=SC2053 # the pattern is meant to glob
+        [[ "$t" == $1 ]] && return 0
+    done
+    return 1
+}
+
+# ---- Temporary folder, processes, cleanup ---------------------------------------
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/cachet-bench.XXXXXX")" || die "mktemp failed"
+# Servers that drop privileges (nginx workers, varnish) must read their files.
+chmod 0755 "$work"
+
+declare -A stop_signal=() # pid -> signal that stops it quickly
+started_pids=()
+
+stop_pid() { # stop_pid PID: its signal, then KILL after 5 s
+    local pid="$1" sig="${stop_signal[$1]:-TERM}" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -s "$sig" "$pid" 2>/dev/null
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid ignored SIG$sig for 5 s: killing it"
+        kill -s KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+cleanup() {
+    local pid
+    for pid in "${started_pids[@]}"; do
+        stop_pid "$pid"
+    done
+    if [[ "$BENCH_KEEP" == 1 ]]; then
+        log "kept $work"
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# start_bg NAME SIGNAL CMD...: runs CMD in the background, output to a log in
+# the temporary folder; sets BG_PID.
+start_bg() {
+    local name="$1" sig="$2"
+    shift 2
+    "$@" </dev/null >"$work/$name.out" 2>&1 &
+    BG_PID=$!
+    started_pids+=("$BG_PID")
+    stop_signal[$BG_PID]="$sig"
+}
+
+# A port nobody listens on yet, from 20000-59999, never handed out twice.
+declare -A used_ports=()
+free_port() {
+    local port i
+    for ((i = 0; i < 200; i++)); do
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        [[ -n "${used_ports[$port]:-}" ]] && continue
+        # A successful connect means something listens there.
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            used_ports[$port]=1
+            echo "$port"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+# wait_http URL PID SECONDS: until URL answers 200 (0), PID dies or time is up (1).
+wait_http() {
+    local url="$1" pid="$2" deadline=$((SECONDS + $3))
+    while ((SECONDS < deadline)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url")" == 200 ]] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# CPU ticks (utime + stime) of PID and all its descendants, read from /proc.
+cpu_ticks() {
+    local f
+    for f in /proc/[0-9]*/stat; do
+        cat "$f" 2>/dev/null
+    done | awk -v root="$1" '
+        {
+            # The command name is in parentheses and may hold spaces: take the
+            # fields after the last ")". Then $1 = state, $2 = ppid, $12 = utime, $13 = stime.
+            pid = $1
+            rest = substr($0, match($0, /\)[^)]*$/) + 2)
+            n = split(rest, f, " ")
+            if (n < 13) next
+            parent[pid] = f[2]
+            ticks[pid] = f[12] + f[13]
+        }
+        END {
+            if (!(root in ticks)) { print "NA"; exit }
+            inset[root] = 1; total = 0; grew = 1
+            while (grew) {
+                grew = 0
+                for (p in parent) if (!(p in inset) && (parent[p] in inset)) { inset[p] = 1; grew = 1 }
+            }
+            for (p in inset) total += ticks[p]
+            print total
+        }'
+}
+CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+
+# ---- Tools ---------------------------------------------------------------------------
+
+install_missing_tools() {
+    local -a missing=()
+    command -v curl >/dev/null || missing+=(curl)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    if wants varnish && ! command -v varnishd >/dev/null && [[ ! -x /usr/sbin/varnishd ]]; then
+        missing+=(varnish)
+    fi
+    if wants haproxy && ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
+        missing+=(haproxy)
+    fi
+    ((${#missing[@]})) || return 0
+
+    local sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null || die "missing ${missing[*]} and not root: install them with apt-get"
+        sudo=(sudo)
+    fi
+    command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get"
+    log "installing from Debian: ${missing[*]}"
+
+    # Debian starts a service when its package is installed unless
+    # policy-rc.d says no; say no for the duration of the install (unless a
+    # policy is already in place), so nothing binds :80, :6081 or the like.
+    local policy=/usr/sbin/policy-rc.d own_policy=0
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\n# temporary, from cachet tests/bench/compare.sh\nexit 101\n' |
+            "${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod 0755 "$policy" && own_policy=1
+    fi
+    local -a apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get -y -q --no-install-recommends)
+    local ok=0
+    "${apt[@]}" install "${missing[@]}" >"$work/apt.log" 2>&1 && ok=1
+    if ((!ok)); then
+        # nginx-light is gone from newer Debian releases: fall back to nginx.
+        missing=("${missing[@]/#nginx-light/nginx}")
+        "${sudo[@]}" timeout 600 apt-get update -q >>"$work/apt.log" 2>&1
+        "${apt[@]}" install "${missing[@]}" >>"$work/apt.log" 2>&1 && ok=1
+    fi
+    ((own_policy)) && "${sudo[@]}" rm -f "$policy"
+    if ((!ok)); then
+        tail -n 20 "$work/apt.log" >&2
+        log "apt-get install ${missing[*]} failed: targets without their tool will print n/a"
+    fi
+    # On a systemd host the packages enable their units even when not started.
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+        local unit
+        for unit in nginx varnish haproxy; do
+            if [[ " ${missing[*]} " == *" $unit"* ]]; then
+                "${sudo[@]}" systemctl disable --quiet "$unit" 2>/dev/null
+            fi
+        done
+    fi
+    return 0
+}
+
+tool() { # tool NAME: its path (also looks in /usr/sbin, which may not be on PATH)
+    command -v "$1" 2>/dev/null || { [[ -x "/usr/sbin/$1" ]] && echo "/usr/sbin/$1"; }
+}
+
+# ---- The origin: nginx serving two static files -------------------------------------
+
+origin_port=""
+origin_pid=""
+
+start_origin() {
+    local dir="$work/origin"
+    mkdir -p "$dir/www" "$dir/tmp"
+    head -c 1024 /dev/zero | tr '\0' 'a' >"$dir/www/1k"
+    head -c 65536 /dev/zero | tr '\0' 'b' >"$dir/www/64k"
+    chmod -R a+rX "$dir"
+    origin_port="$(free_port)"
+    cat >"$dir/nginx.conf" <<EOF
+# origin: serves /obj/<anything>/1k and /obj/<anything>/64k from two files.
+daemon off;
+master_process on;
+user $(id -un) $(id -gn);
+worker_processes $BENCH_SERVER_THREADS;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    server {
+        listen 127.0.0.1:$origin_port;
+        root $dir/www;
+        location /obj/ {
+            rewrite ^/obj/[^/]+/(1k|64k)\$ /\$1 break;
+            add_header Cache-Control "max-age=3600";
+        }
+        location = /__status {
+            stub_status;
+        }
+        location / {
+            return 404;
+        }
+    }
+}
+EOF
+    start_bg origin TERM "$(tool nginx)" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+    origin_pid="$BG_PID"
+    wait_http "http://127.0.0.1:$origin_port/obj/0/1k" "$origin_pid" 15 || {
+        cat "$work/origin.out" "$dir/error.log" >&2 2>/dev/null
+        die "the origin nginx did not start"
+    }
+    local headers
+    headers="$(curl -s -D - -o /dev/null "http://127.0.0.1:$origin_port/obj/7/64k")"
+    [[ "$headers" == *"max-age=3600"* && "$headers" == *"Content-Length: 65536"* ]] ||
+        die "the origin does not answer as expected: $headers"
+}
+
+# Requests the origin has handled so far (nginx stub_status; each read adds one).
+origin_requests() {
+    curl -s -m 5 "http://127.0.0.1:$origin_port/__status" | awk 'NR == 3 { print $3 }'
+}
+
+# ---- The targets ---------------------------------------------------------------------
+# start_TARGET sets TARGET_PORT and TARGET_PID and returns 0 once it serves, or
+# sets TARGET_ERR and returns 1.
+
+cachet_built=""   # "", "ok", or the reason it is not
+plugins_built=""
+
+build_cachet() {
+    [[ -n "$cachet_built" ]] && return 0
+    if [[ "$BENCH_NO_BUILD" == 1 ]]; then
+        cachet_built=ok
+    else
+        log "building cachet (cargo build --release -p cachet)"
+        if (cd "$repo_root" && timeout 1800 cargo build --release -p cachet) >"$work/build-cachet.log" 2>&1; then
+            cachet_built=ok
+        else
+            tail -n 30 "$work/build-cachet.log" >&2
+            cachet_built="cargo build failed"
+        fi
+    fi
+    [[ "$cachet_built" != ok || -x "$repo_root/target/release/cachet" ]] || cachet_built="no target/release/cachet"
+}
+
+build_plugins() {
+    [[ -n "$plugins_built" ]] && return 0
+    if [[ "$BENCH_NO_BUILD" == 1 ]]; then
+        plugins_built=ok
+    else
+        log "building the plugins (bash plugins/build.sh)"
+        if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+            rustup target add wasm32-wasip2 >"$work/build-plugins.log" 2>&1
+        fi
+        if (cd "$repo_root" && timeout 1800 bash plugins/build.sh) >>"$work/build-plugins.log" 2>&1; then
+            plugins_built=ok
+        else
+            tail -n 30 "$work/build-plugins.log" >&2
+            plugins_built="plugins/build.sh failed"
+        fi
+    fi
+    [[ "$plugins_built" != ok || -f "$repo_root/plugins/standard.wasm" ]] || plugins_built="no plugins/standard.wasm"
+}
+
+# start_cachet NAME PLUGIN [INSTANCE_REUSE]
+start_cachet() {
+    local name="$1" plugin="$2" reuse="${3:-}" dir="$work/$1"
+    build_cachet
+    if [[ "$cachet_built" != ok ]]; then
+        TARGET_ERR="$cachet_built"
+        return 1
+    fi
+    if [[ "$plugin" != builtin:* ]]; then
+        build_plugins
+        if [[ "$plugins_built" != ok ]]; then
+            TARGET_ERR="$plugins_built"
+            return 1
+        fi
+    fi
+    mkdir -p "$dir"
+    TARGET_PORT="$(free_port)"
+    local admin_port
+    admin_port="$(free_port)"
+    {
+        cat <<EOF
+[server]
+listen = "127.0.0.1:$TARGET_PORT"
+admin = "127.0.0.1:$admin_port"
+threads = $BENCH_SERVER_THREADS
+access_log = false
+
+[cache]
+max_bytes = "512MiB"
+
+[plugins]
+watch = false
+artifact_cache_dir = "$dir/artifacts"
+
+[[tenant]]
+name = "bench"
+hosts = ["*"]
+upstream = "127.0.0.1:$origin_port"
+plugin = "$plugin"
+EOF
+        if [[ -n "$reuse" ]]; then
+            printf '\n[tenant.limits]\ninstance_reuse = %s\n' "$reuse"
+        fi
+    } >"$dir/cachet.toml"
+    start_bg "$name" INT "$repo_root/target/release/cachet" serve --config "$dir/cachet.toml"
+    TARGET_PID="$BG_PID"
+    if ! wait_http "http://127.0.0.1:$admin_port/status" "$TARGET_PID" 60; then
+        TARGET_ERR="cachet did not become ready: $(grep -v '^\s*$' "$work/$name.out" | tail -n 1 | cut -c1-160)"
+        return 1
+    fi
+}
+
+start_varnish() {
+    local dir="$work/varnish" varnishd
+    varnishd="$(tool varnishd)" || { TARGET_ERR="varnishd not installed"; return 1; }
+    mkdir -p "$dir"
+    TARGET_PORT="$(free_port)"
+    cat >"$dir/bench.vcl" <<EOF
+vcl 4.1;
+
+backend origin {
+    .host = "127.0.0.1";
+    .port = "$origin_port";
+}
+
+sub vcl_hash {
+    hash_data(req.url);
+    if (req.http.host) {
+        hash_data(req.http.host);
+    } else {
+        hash_data(server.ip);
+    }
+    return (lookup);
+}
+EOF
+    chmod -R a+rX "$dir"
+    # -F: foreground (this PID is the manager; the cache child is its child).
+    # -T none: no management port. -j none: no privilege separation, so the
+    # work folder inside our temporary folder just works, as root or not.
+    start_bg varnish TERM "$varnishd" -F -j none -T none \
+        -n "$dir/workdir" -a "127.0.0.1:$TARGET_PORT" -f "$dir/bench.vcl" \
+        -s malloc,512m -P "$dir/varnishd.pid" \
+        -p thread_pools="$BENCH_SERVER_THREADS"
+    TARGET_PID="$BG_PID"
+    if ! wait_http "http://127.0.0.1:$TARGET_PORT/obj/0/1k" "$TARGET_PID" 30; then
+        TARGET_ERR="varnish did not start: $(grep -v '^\s*$' "$work/varnish.out" | tail -n 1 | cut -c1-160)"
+        return 1
+    fi
+}
+
+start_nginx_cache() {
+    local dir="$work/nginx-cache"
+    mkdir -p "$dir/cache" "$dir/tmp"
+    TARGET_PORT="$(free_port)"
+    cat >"$dir/nginx.conf" <<EOF
+# nginx as a caching reverse proxy in front of the origin.
+daemon off;
+master_process on;
+user $(id -un) $(id -gn);
+worker_processes $BENCH_SERVER_THREADS;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000000;
+    keepalive_timeout 120s;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:32m max_size=512m
+                     inactive=1h use_temp_path=off;
+    upstream origin {
+        server 127.0.0.1:$origin_port;
+        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:$TARGET_PORT;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_key \$host\$request_uri;
+            proxy_cache_lock on;
+            add_header X-Cache-Status \$upstream_cache_status;
+        }
+    }
+}
+EOF
+    start_bg nginx-cache TERM "$(tool nginx)" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+    TARGET_PID="$BG_PID"
+    if ! wait_http "http://127.0.0.1:$TARGET_PORT/obj/0/1k" "$TARGET_PID" 15; then
+        TARGET_ERR="nginx did not start: $(cat "$work/nginx-cache.out" "$dir/error.log" 2>/dev/null | tail -n 1 | cut -c1-160)"
+        return 1
+    fi
+}
+
+start_haproxy() {
+    local dir="$work/haproxy" haproxy
+    haproxy="$(tool haproxy)" || { TARGET_ERR="haproxy not installed"; return 1; }
+    mkdir -p "$dir"
+    TARGET_PORT="$(free_port)"
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread $BENCH_SERVER_THREADS
+    maxconn 20000
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+
+# In-memory cache: total-max-size in MiB, max-object-size in bytes (must be
+# at most half the total), max-age caps the origin's max-age.
+cache bench
+    total-max-size 512
+    max-object-size 1048576
+    max-age 3600
+
+frontend bench
+    bind 127.0.0.1:$TARGET_PORT
+    default_backend origin
+
+backend origin
+    http-request cache-use bench
+    http-response cache-store bench
+    server origin 127.0.0.1:$origin_port
+EOF
+    if ! "$haproxy" -c -q -f "$dir/haproxy.cfg" >"$dir/check.out" 2>&1; then
+        TARGET_ERR="haproxy refuses the config: $(head -n 1 "$dir/check.out" | cut -c1-160)"
+        return 1
+    fi
+    # -db: stay in the foreground, a single process with threads.
+    start_bg haproxy TERM "$haproxy" -db -f "$dir/haproxy.cfg"
+    TARGET_PID="$BG_PID"
+    if ! wait_http "http://127.0.0.1:$TARGET_PORT/obj/0/1k" "$TARGET_PID" 15; then
+        TARGET_ERR="haproxy did not start: $(tail -n 1 "$work/haproxy.out" | cut -c1-160)"
+        return 1
+    fi
+}
+
+start_target() {
+    TARGET_PORT="" TARGET_PID="" TARGET_ERR=""
+    case "$1" in
+        origin) TARGET_PORT="$origin_port" TARGET_PID="$origin_pid" ;;
+        cachet-builtin) start_cachet "$1" builtin:standard ;;
+        cachet-wasm-fresh) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1 ;;
+        cachet-wasm-reuse) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1000000 ;;
+        varnish) start_varnish ;;
+        nginx-cache) start_nginx_cache ;;
+        haproxy) start_haproxy ;;
+        *) TARGET_ERR="unknown target" && false ;;
+    esac
+}
+
+# ---- Load ----------------------------------------------------------------------------
+
+# Every one of the URL_COUNT URLs of both sizes once, over one keep-alive connection.
+warm_all_urls() {
+    local port="$1" size n
+    {
+        for size in 1k 64k; do
+            for ((n = 0; n < URL_COUNT; n++)); do
+                printf 'url = "http://127.0.0.1:%s/obj/%s/%s"\noutput = "/dev/null"\n' "$port" "$n" "$size"
+            done
+        done
+    } >"$work/warm.curl"
+    local ok
+    ok="$(timeout 120 curl -s -m 10 -w '%{http_code}\n' -K "$work/warm.curl" | grep -c '^200$')"
+    ((ok == 2 * URL_COUNT))
+}
+
+# run_wrk OUT CONNS SECONDS URL MODE SIZE TAG: one bounded wrk run.
+run_wrk() {
+    local out="$1" conns="$2" secs="$3" url="$4" mode="$5" size="$6" tag="$7"
+    timeout -k 5 $((secs + 30)) wrk -t"$WRK_THREADS" -c"$conns" -d"${secs}s" --timeout 5s --latency \
+        -s "$lua_script" "$url" -- "$mode" "$size" "$URL_COUNT" "$tag" >"$out" 2>&1
+}
+
+fmt_latency() { # microseconds -> "123 µs" / "1.23 ms"
+    awk -v us="$1" 'BEGIN { if (us < 1000) printf "%d µs", us; else printf "%.2f ms", us / 1000 }'
+}
+
+results="$work/results.tsv" # scenario target rps p50 p99 cpu hit note
+: >"$results"
+notes=()
+
+record_na() { # record_na SCENARIO TARGET REASON
+    printf '%s\t%s\tn/a\tn/a\tn/a\tn/a\tn/a\t%s\n' "$1" "$2" "$3" >>"$results"
+}
+
+# measure TARGET SCENARIO: warm-up, then a measured wrk run; appends a row.
+measure() {
+    local target="$1" scenario="$2" size urls conns mode url tag=""
+    IFS=- read -r size urls conns <<<"$scenario"
+    if [[ "$size" == miss ]]; then
+        # miss-1k-c64: the fields are miss, size, connections.
+        mode=miss size="$urls"
+    elif [[ "$urls" == 1url ]]; then
+        mode=one
+    else
+        mode=rotate
+    fi
+    conns="${conns#c}"
+    url="http://127.0.0.1:$TARGET_PORT/"
+    local base="$work/wrk-$target-$scenario"
+
+    if ((BENCH_WARMUP > 0)); then
+        run_wrk "$base-warmup.out" "$conns" "$BENCH_WARMUP" "$url" "$mode" "$size" "w"
+    fi
+    kill -0 "$TARGET_PID" 2>/dev/null || { record_na "$scenario" "$target" "server died"; return; }
+
+    local cpu0 cpu1 org0="" org1=""
+    [[ "$target" != origin ]] && org0="$(origin_requests)"
+    cpu0="$(cpu_ticks "$TARGET_PID")"
+    run_wrk "$base.out" "$conns" "$BENCH_SECONDS" "$url" "$mode" "$size" "$tag"
+    local rc=$?
+    cpu1="$(cpu_ticks "$TARGET_PID")"
+    [[ "$target" != origin ]] && org1="$(origin_requests)"
+
+    local line
+    line="$(grep '^BENCH ' "$base.out" | tail -n 1)"
+    if ((rc != 0)) || [[ -z "$line" ]]; then
+        record_na "$scenario" "$target" "wrk failed (exit $rc): $(tail -n 1 "$base.out" | cut -c1-120)"
+        return
+    fi
+    local requests duration p50 p99 errs
+    requests="$(sed -E 's/.* requests=([0-9]+).*/\1/' <<<"$line")"
+    duration="$(sed -E 's/.* duration_us=([0-9]+).*/\1/' <<<"$line")"
+    p50="$(sed -E 's/.* p50_us=([0-9]+).*/\1/' <<<"$line")"
+    p99="$(sed -E 's/.* p99_us=([0-9]+).*/\1/' <<<"$line")"
+    errs="$(awk '{ s = 0; for (i = 1; i <= NF; i++) if ($i ~ /^err_/) { split($i, kv, "="); s += kv[2] } print s }' <<<"$line")"
+    if ((requests == 0)); then
+        record_na "$scenario" "$target" "no request completed"
+        return
+    fi
+    local rps cpu hit="—" note=""
+    rps="$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r * 1e6 / d }')"
+    if [[ "$cpu0" == NA || "$cpu1" == NA ]]; then
+        cpu="n/a"
+    else
+        cpu="$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$CLK_TCK" -v r="$requests" \
+            'BEGIN { printf "%.1f", (b - a) / hz * 1e6 / r }')"
+    fi
+    if [[ -n "$org0" && -n "$org1" ]]; then
+        # Origin fetches during the run (minus our own status read) per request.
+        hit="$(awk -v a="$org0" -v b="$org1" -v r="$requests" \
+            'BEGIN { f = b - a - 1; if (f < 0) f = 0; h = 100 * (1 - f / r); if (h < 0) h = 0; printf "%.1f%%", h }')"
+    fi
+    ((errs > 0)) && note="$errs errors (non-2xx/3xx, socket)"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$target" "$rps" \
+        "$(fmt_latency "$p50")" "$(fmt_latency "$p99")" "$cpu" "$hit" "$note" >>"$results"
+    log "  $scenario $target: $rps req/s, p50 $(fmt_latency "$p50"), p99 $(fmt_latency "$p99"), CPU $cpu µs/req, hit $hit${note:+, $note}"
+}
+
+# ---- Run -----------------------------------------------------------------------------
+
+started_at=$SECONDS
+install_missing_tools
+command -v wrk >/dev/null || die "wrk is missing"
+command -v curl >/dev/null || die "curl is missing"
+[[ -n "$(tool nginx)" ]] || die "nginx is missing (the origin needs it)"
+
+log "targets: ${targets[*]}"
+log "scenarios: ${scenarios[*]}"
+log "temporary folder: $work"
+
+# Build before anything listens, so compilation does not overlap a measurement.
+if wants 'cachet-*'; then build_cachet; fi
+if wants 'cachet-wasm-*'; then build_plugins; fi
+
+start_origin
+log "origin nginx on 127.0.0.1:$origin_port (pid $origin_pid)"
+
+for target in "${targets[@]}"; do
+    log "target $target"
+    if ! start_target "$target"; then
+        log "  $target: n/a ($TARGET_ERR)"
+        for scenario in "${scenarios[@]}"; do
+            record_na "$scenario" "$target" "$TARGET_ERR"
+        done
+        [[ -n "$TARGET_PID" ]] && stop_pid "$TARGET_PID"
+        continue
+    fi
+    if [[ "$target" != origin ]] && ! warm_all_urls "$TARGET_PORT"; then
+        log "  $target: warming every URL once did not get 200 for all of them"
+        notes+=("$target: warming every URL once did not get 200 for all of them")
+    fi
+    for scenario in "${scenarios[@]}"; do
+        if ! kill -0 "$TARGET_PID" 2>/dev/null; then
+            record_na "$scenario" "$target" "server died"
+            continue
+        fi
+        measure "$target" "$scenario"
+    done
+    if [[ "$target" != origin ]]; then
+        stop_pid "$TARGET_PID"
+        # nginx-cache leaves cached files behind; free the disk now.
+        [[ "$target" == nginx-cache ]] && rm -rf "$work/nginx-cache/cache"
+    fi
+done
+elapsed=$((SECONDS - started_at))
+
+# ---- Report --------------------------------------------------------------------------
+
+commit="$(git -C "$repo_root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git -C "$repo_root" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    commit="$commit (with uncommitted changes)"
+fi
+model="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+version_of() { "$@" 2>&1 | head -n 1 | tr -d '\r'; }
+
+report="$work/report.md"
+{
+    echo "# cachet cache-hit comparison, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- commit: $commit"
+    echo "- machine: $(nproc) CPUs, ${model:-unknown model}, $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
+    echo "- load: wrk -t$WRK_THREADS, ${BENCH_SECONDS}s per row after a ${BENCH_WARMUP}s warm-up; every server on 127.0.0.1 with $BENCH_SERVER_THREADS threads/workers"
+    echo "- tools: $(version_of wrk -v | cut -d' ' -f1-2); $(version_of "$(tool nginx)" -v | sed 's/.*: //')$(
+        [[ -n "$(tool varnishd)" ]] && printf '; %s' "$(version_of "$(tool varnishd)" -V | sed -E 's/varnishd \((varnish-[^ ]+).*/\1/')")$(
+        [[ -n "$(tool haproxy)" ]] && printf '; haproxy %s' "$(version_of "$(tool haproxy)" -v | awk '{ print $3 }')")"
+    echo "- scenario: body size - distinct URLs (or miss: a new URL every request) - connections"
+    echo "- CPU µs/req: utime+stime of the server's processes (cachet; varnishd manager and child; nginx master and workers; haproxy) over the run ÷ requests; for cache targets the origin's CPU is not included"
+    echo "- hit %: 1 − origin requests during the run ÷ requests served"
+    echo
+    echo "| scenario | target | req/s | ×origin | p50 | p99 | CPU µs/req | hit % |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    for scenario in "${scenarios[@]}"; do
+        origin_rps="$(awk -F'\t' -v s="$scenario" '$1 == s && $2 == "origin" { print $3 }' "$results")"
+        awk -F'\t' -v s="$scenario" -v o="$origin_rps" '
+            $1 == s {
+                ratio = "n/a"
+                if ($3 != "n/a" && o != "" && o != "n/a" && o > 0) ratio = sprintf("%.2f×", $3 / o)
+                target = ($2 == "origin") ? "origin direct" : $2
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, target, $3, ratio, $4, $5, $6, $7
+            }' "$results"
+    done
+    echo
+    # Reasons for n/a rows and error counts, once per distinct message.
+    {
+        awk -F'\t' '$8 != "" { print "- " $2 ($3 == "n/a" ? "" : " (" $1 ")") ": " $8 }' "$results"
+        for n in "${notes[@]}"; do
+            echo "- $n"
+        done
+    } | awk '!seen[$0]++' | head -n 40
+    echo
+    echo "Run took ${elapsed}s."
+} >"$report"
+
+cat "$report"
+
+mkdir -p "$bench_dir/results"
+saved="$bench_dir/results/compare-$(date +%Y%m%d-%H%M%S).md"
+cp "$report" "$saved" && log "saved $saved"
