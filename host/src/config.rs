@@ -62,7 +62,12 @@ struct RawServer {
     listen: Spanned<String>,
     threads: Option<Spanned<usize>>,
     admin: Option<Spanned<String>>,
+    metrics: Option<Spanned<String>>,
+    admin_token: Option<String>,
+    admin_token_file: Option<Spanned<String>>,
     access_log: Option<bool>,
+    pid_file: Option<String>,
+    upgrade_sock: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -137,8 +142,14 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub threads: usize,
     pub admin: Option<SocketAddr>,
+    /// Prometheus `GET /metrics` listener.
+    pub metrics: Option<SocketAddr>,
+    /// Bearer token the admin API and PURGE require (None: no token).
+    pub admin_token: Option<String>,
     /// One log line per request (target `cachet::access`).
     pub access_log: bool,
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -196,8 +207,64 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             Some(a) => Some(located.socket_addr("server.admin", a)?),
             None => None,
         },
+        metrics: match &raw.server.metrics {
+            Some(a) => Some(located.socket_addr("server.metrics", a)?),
+            None => None,
+        },
+        admin_token: match (&raw.server.admin_token, &raw.server.admin_token_file) {
+            (Some(_), Some(f)) => {
+                return Err(located.at(
+                    f.span(),
+                    "server.admin_token_file",
+                    "set admin_token or admin_token_file, not both",
+                ))
+            }
+            (Some(token), None) => Some(token.clone()),
+            (None, Some(file)) => {
+                let path = base.join(file.get_ref());
+                let token = std::fs::read_to_string(&path).map_err(|e| {
+                    located.at(
+                        file.span(),
+                        "server.admin_token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(token.trim().to_owned())
+            }
+            (None, None) => None,
+        },
         access_log: raw.server.access_log.unwrap_or(true),
+        pid_file: raw
+            .server
+            .pid_file
+            .map_or_else(|| std::env::temp_dir().join("cachet.pid"), |p| base.join(p)),
+        upgrade_sock: raw.server.upgrade_sock.map_or_else(
+            || std::env::temp_dir().join("cachet_upgrade.sock"),
+            |p| base.join(p),
+        ),
     };
+    if server.admin_token.as_deref() == Some("") {
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: Some("server.admin_token".into()),
+            message: "must not be empty".into(),
+        });
+    }
+    let exposed = |addr: &Option<SocketAddr>| addr.is_some_and(|a| !a.ip().is_loopback());
+    if exposed(&server.admin) && server.admin_token.is_none() {
+        let line = raw
+            .server
+            .admin
+            .as_ref()
+            .map(|a| located.line_of(a.span().start));
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            line,
+            key: Some("server.admin".into()),
+            message: "an admin listener off loopback needs server.admin_token".into(),
+        });
+    }
 
     let max_bytes = raw
         .cache

@@ -65,11 +65,9 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
         lock_timeout: config.cache.lock_timeout,
         max_object_bytes: config.cache.max_object_bytes,
     };
-    let state = Arc::new(ProxyState::new(
-        TenantRouter::new(tenants),
-        cache,
-        config.server.access_log,
-    ));
+    let mut state = ProxyState::new(TenantRouter::new(tenants), cache, config.server.access_log);
+    state.admin_token = config.server.admin_token.clone();
+    let state = Arc::new(state);
     let reloader = Arc::new(Reloader::new(
         engine.clone(),
         state.clone(),
@@ -151,6 +149,8 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let conf = ServerConf {
         threads: config.server.threads,
         daemon: options.daemon,
+        pid_file: config.server.pid_file.display().to_string(),
+        upgrade_sock: config.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
     let opt = Opt {

@@ -21,6 +21,8 @@ pub struct ProxyState {
     pub cache: CacheBackend,
     /// Write one log line per request.
     pub access_log: bool,
+    /// Bearer token required by the admin API and by PURGE (None: none).
+    pub admin_token: Option<String>,
 }
 
 impl ProxyState {
@@ -29,7 +31,26 @@ impl ProxyState {
             router: ArcSwap::from_pointee(router),
             cache,
             access_log,
+            admin_token: None,
         }
+    }
+
+    /// Whether an `Authorization` header value carries the admin token.
+    /// Without a configured token, nothing is authorised by header alone.
+    pub fn admin_authorized(&self, authorization: Option<&[u8]>) -> bool {
+        let (Some(token), Some(value)) = (&self.admin_token, authorization) else {
+            return false;
+        };
+        let Some(presented) = value.strip_prefix(b"Bearer ") else {
+            return false;
+        };
+        // Compare without an early exit so timing does not leak the token.
+        presented.len() == token.len()
+            && presented
+                .iter()
+                .zip(token.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 
     /// Counts a plugin fault for operators.
