@@ -1,3 +1,596 @@
-//! RFC 9111 shared-cache semantics, CDN-Cache-Control and purge, end to end.
+//! RFC 9111 shared-cache semantics, CDN-Cache-Control and purge, end to end: the real
+//! `cachet` binary with the `standard` plugin in front of an origin that sets exact headers
+//! and counts what reaches it.
 
 mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+use support::client::{get, send, Resp};
+use support::origin::{Origin, Reply, Seen};
+use support::plugin;
+use support::proxy::{Proxy, TenantSpec};
+
+const CACHE: &str = "max_bytes = \"64MiB\"";
+const TOKEN: &str = "purge-secret-token";
+
+fn proxy_for(origin: &Origin) -> Proxy {
+    Proxy::start(
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    )
+}
+
+fn assert_status_has(resp: &Resp, needle: &str) {
+    assert!(
+        resp.cache_status().contains(needle),
+        "Cache-Status {:?} lacks {needle:?}",
+        resp.cache_status()
+    );
+}
+
+fn with_auth(who: &str) -> [(&str, &str); 1] {
+    [("Authorization", who)]
+}
+
+// ---------------------------------------------------------------- 1. shared-cache rules
+
+#[test]
+fn authorized_requests_are_served_only_from_shareable_entries() {
+    let origin = Origin::start(|seen| {
+        let cc = match seen.url.as_str() {
+            "/public" => "public, max-age=60",
+            "/s-maxage" => "s-maxage=60",
+            "/must-revalidate" => "max-age=60, must-revalidate",
+            _ => "max-age=60",
+        };
+        let who = seen.header("authorization").unwrap_or("anonymous");
+        Reply::ok(format!("for {who}")).header("Cache-Control", cc)
+    });
+    let proxy = proxy_for(&origin);
+
+    for path in ["/public", "/s-maxage", "/must-revalidate", "/plain"] {
+        assert_eq!(get(&proxy.url(path)).text(), "for anonymous");
+    }
+    for path in ["/public", "/s-maxage", "/must-revalidate"] {
+        let resp = send("GET", &proxy.url(path), &with_auth("Bearer alice"));
+        assert_eq!(resp.text(), "for anonymous", "{path}");
+        assert_status_has(&resp, "hit");
+        assert_eq!(origin.hits_for(path), 1, "{path}");
+    }
+    let resp = send("GET", &proxy.url("/plain"), &with_auth("Bearer alice"));
+    assert_eq!(resp.text(), "for Bearer alice");
+    assert_status_has(&resp, "fwd=bypass");
+    // Alice's answer was not stored over the shared one.
+    assert_eq!(get(&proxy.url("/plain")).text(), "for anonymous");
+    assert_eq!(origin.hits_for("/plain"), 2);
+}
+
+#[test]
+fn responses_to_authorized_requests_are_stored_only_when_shareable() {
+    let origin = Origin::start(|seen| {
+        let cc = if seen.url == "/shared" {
+            "s-maxage=60"
+        } else {
+            "max-age=60"
+        };
+        Reply::ok("data").header("Cache-Control", cc)
+    });
+    let proxy = proxy_for(&origin);
+    for path in ["/shared", "/personal"] {
+        send("GET", &proxy.url(path), &with_auth("Bearer alice"));
+    }
+    assert_status_has(&get(&proxy.url("/shared")), "hit");
+    let personal = get(&proxy.url("/personal"));
+    assert_status_has(&personal, "fwd=miss");
+    assert_eq!(origin.hits_for("/shared"), 1);
+    assert_eq!(origin.hits_for("/personal"), 2);
+}
+
+#[test]
+fn private_and_unusable_responses_are_not_stored() {
+    let origin = Origin::start(|seen| match seen.url.as_str() {
+        "/private" => Reply::ok("p").header("Cache-Control", "private, max-age=60"),
+        // Must always be revalidated, but there is nothing to revalidate with.
+        "/no-cache" => Reply::ok("n").header("Cache-Control", "no-cache"),
+        // Stale on arrival (invalid Expires), no validator.
+        _ => Reply::ok("e").header("Expires", "0"),
+    });
+    let proxy = proxy_for(&origin);
+    for path in ["/private", "/no-cache", "/expires"] {
+        for _ in 0..2 {
+            let resp = get(&proxy.url(path));
+            assert_eq!(resp.status, 200);
+            assert!(!resp.cache_status().contains("stored"), "{path}");
+        }
+        assert_eq!(origin.hits_for(path), 2, "{path}");
+    }
+}
+
+// ---------------------------------------------------------------------- 2. freshness
+
+#[test]
+fn s_maxage_beats_max_age_beats_expires() {
+    let origin = Origin::start(|seen| match seen.url.as_str() {
+        "/s" => Reply::ok("s").header("Cache-Control", "max-age=0, s-maxage=60"),
+        // Expires in the past is ignored when max-age is present.
+        "/m" => Reply::ok("m")
+            .header("Cache-Control", "max-age=60")
+            .header("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+        _ => Reply::ok("e").header(
+            "Expires",
+            &httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60)),
+        ),
+    });
+    let proxy = proxy_for(&origin);
+    for path in ["/s", "/m", "/e"] {
+        get(&proxy.url(path));
+        assert_status_has(&get(&proxy.url(path)), "hit");
+        assert_eq!(origin.hits_for(path), 1, "{path}");
+    }
+}
+
+#[test]
+fn upstream_age_reduces_freshness() {
+    let origin = Origin::start(|seen| {
+        let reply = Reply::ok("x").header("Cache-Control", "max-age=3");
+        if seen.url == "/aged" {
+            reply.header("Age", "2")
+        } else {
+            reply
+        }
+    });
+    let proxy = proxy_for(&origin);
+    get(&proxy.url("/aged"));
+    get(&proxy.url("/young"));
+    sleep(Duration::from_millis(1500));
+    assert_status_has(&get(&proxy.url("/aged")), "fwd=");
+    assert_status_has(&get(&proxy.url("/young")), "hit");
+    assert_eq!(origin.hits_for("/aged"), 2);
+    assert_eq!(origin.hits_for("/young"), 1);
+}
+
+#[test]
+fn unknown_directives_are_ignored() {
+    let origin = Origin::start(|_| {
+        Reply::ok("x").header("Cache-Control", "frobnicate, max-age=60, x-ext=\"a, b\"")
+    });
+    let proxy = proxy_for(&origin);
+    get(&proxy.url("/u"));
+    assert_status_has(&get(&proxy.url("/u")), "hit");
+    assert_eq!(origin.hits(), 1);
+}
+
+#[test]
+fn heuristic_freshness_needs_last_modified_and_a_default_cacheable_status() {
+    let long_ago =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(864_000));
+    let origin = Origin::start(move |seen| {
+        let status = if seen.url == "/found" { 302 } else { 200 };
+        let reply = Reply::ok("x").status(status);
+        if seen.url == "/bare" {
+            reply
+        } else {
+            reply.header("Last-Modified", &long_ago)
+        }
+    });
+    let proxy = proxy_for(&origin);
+    for path in ["/old", "/found", "/bare"] {
+        get(&proxy.url(path));
+        get(&proxy.url(path));
+    }
+    assert_eq!(
+        origin.hits_for("/old"),
+        1,
+        "200 + Last-Modified is heuristically fresh"
+    );
+    assert_eq!(
+        origin.hits_for("/found"),
+        2,
+        "302 is not heuristically cacheable"
+    );
+    assert_eq!(
+        origin.hits_for("/bare"),
+        2,
+        "no Last-Modified, no heuristic"
+    );
+}
+
+/// An origin whose `/r` answers 304 to a matching `If-None-Match`, counting the 304s.
+fn validating_origin(cc: &'static str, not_modified: Arc<AtomicUsize>) -> Origin {
+    Origin::start(move |seen: &Seen| {
+        if seen.header("if-none-match") == Some("\"v1\"") {
+            not_modified.fetch_add(1, Ordering::SeqCst);
+            return Reply::ok("")
+                .status(304)
+                .header("ETag", "\"v1\"")
+                .header("Cache-Control", "max-age=60")
+                .header("X-Version", "2");
+        }
+        Reply::ok("body v1")
+            .header("Cache-Control", cc)
+            .header("ETag", "\"v1\"")
+            .header("X-Version", "1")
+    })
+}
+
+#[test]
+fn no_cache_is_stored_but_always_revalidated() {
+    let not_modified = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let not_modified = not_modified.clone();
+        move |seen: &Seen| {
+            let reply = Reply::ok("body")
+                .header("Cache-Control", "no-cache")
+                .header("ETag", "\"v1\"");
+            if seen.header("if-none-match") == Some("\"v1\"") {
+                not_modified.fetch_add(1, Ordering::SeqCst);
+                return reply.status(304);
+            }
+            reply
+        }
+    });
+    let proxy = proxy_for(&origin);
+    get(&proxy.url("/r"));
+    for _ in 0..2 {
+        let resp = get(&proxy.url("/r"));
+        assert_eq!((resp.status, resp.text().as_str()), (200, "body"));
+        assert_status_has(&resp, "fwd=stale");
+    }
+    assert_eq!(origin.hits(), 3, "every use goes to the origin");
+    assert_eq!(not_modified.load(Ordering::SeqCst), 2, "as a revalidation");
+}
+
+// ----------------------------------------------------------- 3. conditional requests
+
+#[test]
+fn client_conditionals_are_answered_304_from_cache() {
+    let modified = "Mon, 01 Jan 2024 00:00:00 GMT";
+    let origin = Origin::start(move |_| {
+        Reply::ok("body")
+            .header("Cache-Control", "max-age=60")
+            .header("ETag", "\"v1\"")
+            .header("Last-Modified", modified)
+    });
+    let proxy = proxy_for(&origin);
+    get(&proxy.url("/c"));
+    let etag = send("GET", &proxy.url("/c"), &[("If-None-Match", "\"v1\"")]);
+    assert_eq!(etag.status, 304);
+    assert!(etag.body.is_empty());
+    let date = send("GET", &proxy.url("/c"), &[("If-Modified-Since", modified)]);
+    assert_eq!(date.status, 304);
+    let other = send("GET", &proxy.url("/c"), &[("If-None-Match", "\"v0\"")]);
+    assert_eq!((other.status, other.text().as_str()), (200, "body"));
+    assert_eq!(origin.hits(), 1);
+}
+
+#[test]
+fn revalidation_304_refreshes_the_stored_headers() {
+    let not_modified = Arc::new(AtomicUsize::new(0));
+    let origin = validating_origin("max-age=1", not_modified.clone());
+    let proxy = proxy_for(&origin);
+    assert_eq!(get(&proxy.url("/r")).header("x-version"), Some("1"));
+    sleep(Duration::from_millis(2100));
+    let revalidated = get(&proxy.url("/r"));
+    assert_eq!(revalidated.text(), "body v1");
+    assert_eq!(revalidated.header("x-version"), Some("2"));
+    assert_eq!(not_modified.load(Ordering::SeqCst), 1);
+    // The 304's max-age=60 now governs the stored response.
+    let hit = get(&proxy.url("/r"));
+    assert_status_has(&hit, "hit");
+    assert_eq!(hit.header("x-version"), Some("2"));
+    assert_eq!(origin.hits(), 2);
+}
+
+// -------------------------------------------------------------------- 4. invalidation
+
+#[test]
+fn successful_unsafe_requests_invalidate_the_url_and_its_locations() {
+    let origin = Origin::start(|seen| match (seen.method.as_str(), seen.url.as_str()) {
+        ("GET", _) => Reply::ok(seen.url.clone()).header("Cache-Control", "max-age=60"),
+        ("POST", "/items") => Reply::ok("created")
+            .status(201)
+            .header("Location", "/items/7"),
+        ("PUT", "/fail") => Reply::ok("no").status(500),
+        ("DELETE", _) => Reply::ok("gone").status(200).header(
+            "Content-Location",
+            &format!("http://{}/items/8", seen.header("host").unwrap_or("")),
+        ),
+        _ => Reply::ok("ok"),
+    });
+    let proxy = proxy_for(&origin);
+    let paths = ["/items", "/items/7", "/items/8", "/items/9", "/fail"];
+    for path in paths {
+        get(&proxy.url(path));
+    }
+    assert_eq!(send("POST", &proxy.url("/items"), &[]).status, 201);
+    assert_eq!(send("PUT", &proxy.url("/fail"), &[]).status, 500);
+    assert_eq!(send("DELETE", &proxy.url("/items/9"), &[]).status, 200);
+    for path in paths {
+        get(&proxy.url(path));
+    }
+    for path in ["/items", "/items/7", "/items/8", "/items/9"] {
+        assert_eq!(
+            origin.hits_for(path),
+            2 + usize::from(path == "/items" || path == "/items/9"),
+            "{path}"
+        );
+    }
+    // A failed PUT invalidates nothing: one GET fill, one PUT.
+    assert_eq!(origin.hits_for("/fail"), 2);
+}
+
+// ------------------------------------------------------------------- 5. serving stale
+
+#[test]
+fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
+    let version = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let version = version.clone();
+        move |_| {
+            let v = version.fetch_add(1, Ordering::SeqCst);
+            Reply::ok(format!("v{v}"))
+                .header("Cache-Control", "max-age=1, stale-while-revalidate=30")
+        }
+    });
+    let proxy = proxy_for(&origin);
+    assert_eq!(get(&proxy.url("/swr")).text(), "v0");
+    sleep(Duration::from_millis(2100));
+    let stale = get(&proxy.url("/swr"));
+    assert_eq!(stale.text(), "v0");
+    assert_status_has(&stale, "fwd=stale");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while origin.hits() < 2 && Instant::now() < deadline {
+        sleep(Duration::from_millis(50));
+    }
+    sleep(Duration::from_millis(200));
+    let fresh = get(&proxy.url("/swr"));
+    assert_eq!(fresh.text(), "v1");
+    assert_status_has(&fresh, "hit");
+    assert_eq!(origin.hits(), 2);
+}
+
+#[test]
+fn stale_if_error_covers_5xx_but_not_must_revalidate() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let origin = Origin::start({
+        let failing = failing.clone();
+        move |seen| {
+            if failing.load(Ordering::SeqCst) {
+                return Reply::ok("down").status(503);
+            }
+            let cc = if seen.url == "/strict" {
+                "max-age=1, must-revalidate, stale-if-error=60"
+            } else {
+                "max-age=1, stale-if-error=60"
+            };
+            Reply::ok("good").header("Cache-Control", cc)
+        }
+    });
+    let proxy = proxy_for(&origin);
+    get(&proxy.url("/lenient"));
+    get(&proxy.url("/strict"));
+    failing.store(true, Ordering::SeqCst);
+    sleep(Duration::from_millis(2100));
+    let lenient = get(&proxy.url("/lenient"));
+    assert_eq!((lenient.status, lenient.text().as_str()), (200, "good"));
+    assert_status_has(&lenient, "fwd=stale");
+    let strict = get(&proxy.url("/strict"));
+    assert_eq!(strict.status, 503);
+    assert_eq!(origin.hits(), 4);
+}
+
+#[test]
+fn stale_if_error_covers_an_unreachable_origin() {
+    let origin = Origin::start(|_| {
+        // No keep-alive, so nothing pooled outlives the origin.
+        Reply::ok("good")
+            .header("Cache-Control", "max-age=1, stale-if-error=60")
+            .header("Connection", "close")
+    });
+    let proxy = proxy_for(&origin);
+    get(&proxy.url("/x"));
+    drop(origin);
+    sleep(Duration::from_millis(2100));
+    let resp = get(&proxy.url("/x"));
+    assert_eq!((resp.status, resp.text().as_str()), (200, "good"));
+    assert_status_has(&resp, "fwd=stale");
+}
+
+// --------------------------------------------------------------------------- 6. Vary
+
+#[test]
+fn vary_stores_variants_side_by_side() {
+    let origin = Origin::start(|seen| {
+        let lang = seen.header("accept-language").unwrap_or("none").to_owned();
+        let reply = Reply::ok(lang).header("Cache-Control", "max-age=60");
+        if seen.url == "/star" {
+            reply.header("Vary", "*")
+        } else {
+            reply.header("Vary", "Accept-Language")
+        }
+    });
+    let proxy = proxy_for(&origin);
+    let lang = |l: &str| send("GET", &proxy.url("/v"), &[("Accept-Language", l)]);
+    assert_eq!(lang("en").text(), "en");
+    assert_eq!(lang("fr").text(), "fr");
+    assert_eq!(get(&proxy.url("/v")).text(), "none");
+    let en = lang("  EN ");
+    assert_eq!(en.text(), "en", "normalised values share a variant");
+    assert_status_has(&en, "hit");
+    assert_eq!(lang("fr").text(), "fr");
+    assert_eq!(get(&proxy.url("/v")).text(), "none");
+    assert_eq!(origin.hits_for("/v"), 3);
+
+    get(&proxy.url("/star"));
+    get(&proxy.url("/star"));
+    assert_eq!(
+        origin.hits_for("/star"),
+        2,
+        "Vary: * is never served from cache"
+    );
+}
+
+// -------------------------------------------------------------- 7. CDN-Cache-Control
+
+#[test]
+fn targeted_cache_control_wins_and_stays_internal() {
+    let origin = Origin::start(|seen| match seen.url.as_str() {
+        "/cdn" => Reply::ok("a")
+            .header("Cache-Control", "no-store")
+            .header("CDN-Cache-Control", "max-age=60"),
+        "/own" => Reply::ok("b")
+            .header("Cache-Control", "max-age=60")
+            .header("CDN-Cache-Control", "max-age=60")
+            .header("Cachet-Cache-Control", "no-store"),
+        _ => Reply::ok("c")
+            .header("Cache-Control", "private")
+            .header("Cachet-Cache-Control", "max-age=60"),
+    });
+    let proxy = proxy_for(&origin);
+    for path in ["/cdn", "/own", "/mine"] {
+        for _ in 0..2 {
+            let resp = get(&proxy.url(path));
+            assert_eq!(resp.header("cdn-cache-control"), None, "{path}");
+            assert_eq!(resp.header("cachet-cache-control"), None, "{path}");
+            assert!(resp.header("cache-control").is_some(), "{path}");
+        }
+    }
+    assert_eq!(origin.hits_for("/cdn"), 1);
+    assert_eq!(origin.hits_for("/own"), 2);
+    assert_eq!(origin.hits_for("/mine"), 1);
+}
+
+// -------------------------------------------------------------------------- 8. purge
+
+/// cachet with `server.admin_token` set.
+fn token_proxy_for(origin: &Origin) -> Proxy {
+    Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    )
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+#[test]
+fn purge_is_refused_without_a_configured_token() {
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));
+    let proxy = proxy_for(&origin);
+    get(&proxy.url("/p"));
+    let resp = send("PURGE", &proxy.url("/p"), &with_auth("Bearer anything"));
+    assert_eq!(resp.status, 405);
+    assert_status_has(&get(&proxy.url("/p")), "hit");
+    assert_eq!(origin.hits(), 1, "PURGE never reaches the origin");
+}
+
+#[test]
+fn purge_removes_an_entry_for_the_admin_only() {
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));
+    let proxy = token_proxy_for(&origin);
+    get(&proxy.url("/p"));
+    assert_eq!(send("PURGE", &proxy.url("/p"), &[]).status, 401);
+    assert_eq!(
+        send("PURGE", &proxy.url("/p"), &with_auth("Bearer wrong")).status,
+        401
+    );
+    assert_status_has(&get(&proxy.url("/p")), "hit");
+    let auth = bearer();
+    assert_eq!(
+        send("PURGE", &proxy.url("/p"), &with_auth(&auth)).status,
+        200
+    );
+    assert_eq!(
+        send("PURGE", &proxy.url("/p"), &with_auth(&auth)).status,
+        404
+    );
+    assert_status_has(&get(&proxy.url("/p")), "fwd=miss");
+    assert_eq!(origin.hits(), 2);
+}
+
+#[test]
+fn soft_purge_marks_stale_for_revalidation() {
+    let not_modified = Arc::new(AtomicUsize::new(0));
+    let origin = validating_origin("max-age=60", not_modified.clone());
+    let proxy = token_proxy_for(&origin);
+    get(&proxy.url("/r"));
+    let auth = bearer();
+    let purge = send(
+        "PURGE",
+        &proxy.url("/r"),
+        &[("Authorization", auth.as_str()), ("Cache-Purge-Soft", "1")],
+    );
+    assert_eq!(purge.status, 200);
+    let resp = get(&proxy.url("/r"));
+    assert_eq!(resp.text(), "body v1");
+    assert_eq!(
+        not_modified.load(Ordering::SeqCst),
+        1,
+        "revalidated, not refetched"
+    );
+    assert_status_has(&get(&proxy.url("/r")), "hit");
+    assert_eq!(origin.hits(), 2);
+}
+
+#[test]
+fn purge_by_surrogate_key_removes_every_tagged_entry() {
+    let origin = Origin::start(|seen| {
+        let tags = match seen.url.as_str() {
+            "/a" => "product-1 catalog",
+            "/b" => "product-2 catalog",
+            _ => "product-3",
+        };
+        Reply::ok("x")
+            .header("Cache-Control", "max-age=60")
+            .header("Surrogate-Key", tags)
+    });
+    let proxy = token_proxy_for(&origin);
+    for path in ["/a", "/b", "/c"] {
+        let resp = get(&proxy.url(path));
+        assert_eq!(resp.header("surrogate-key"), None, "tags stay internal");
+    }
+    let auth = bearer();
+    let purge = send(
+        "PURGE",
+        &proxy.url("/"),
+        &[
+            ("Authorization", auth.as_str()),
+            ("Surrogate-Key", "product-1 product-2"),
+        ],
+    );
+    assert_eq!(purge.status, 200);
+    for path in ["/a", "/b", "/c"] {
+        get(&proxy.url(path));
+    }
+    assert_eq!(origin.hits_for("/a"), 2);
+    assert_eq!(origin.hits_for("/b"), 2);
+    assert_eq!(origin.hits_for("/c"), 1);
+    let none = send(
+        "PURGE",
+        &proxy.url("/"),
+        &[
+            ("Authorization", auth.as_str()),
+            ("Surrogate-Key", "nothing"),
+        ],
+    );
+    assert_eq!(none.status, 404);
+}
+
+// -------------------------------------------------------------------------- 9. ranges
+
+#[test]
+fn range_requests_are_served_206_from_cache() {
+    let origin = Origin::start(|_| Reply::ok("0123456789").header("Cache-Control", "max-age=60"));
+    let proxy = proxy_for(&origin);
+    get(&proxy.url("/r"));
+    let part = send("GET", &proxy.url("/r"), &[("Range", "bytes=2-5")]);
+    assert_eq!(part.status, 206);
+    assert_eq!(part.text(), "2345");
+    assert_eq!(part.header("content-range"), Some("bytes 2-5/10"));
+    assert_eq!(origin.hits(), 1);
+}

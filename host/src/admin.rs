@@ -78,6 +78,7 @@ impl AdminApp {
             "tenants": tenants,
             "cache": {
                 "max_bytes": stats.budget_bytes,
+                "budget_bytes": stats.budget_bytes,
                 "stored_bytes": stats.stored_bytes,
                 "objects": stats.objects,
                 "evictions": stats.evictions,
@@ -88,28 +89,93 @@ impl AdminApp {
     }
 }
 
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len());
+    if status == StatusCode::UNAUTHORIZED {
+        builder = builder.header(
+            http::header::WWW_AUTHENTICATE,
+            "Bearer realm=\"cachet admin\"",
+        );
+    }
+    builder.body(body).unwrap_or_default()
+}
+
+fn json_reply(value: &serde_json::Value) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    reply(StatusCode::OK, "application/json", body)
+}
+
+fn text_reply(status: StatusCode, text: &str) -> Response<Vec<u8>> {
+    reply(
+        status,
+        "text/plain; charset=utf-8",
+        text.as_bytes().to_vec(),
+    )
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_owned();
-        let (status, content_type, body) = match path.as_str() {
-            "/status" => (
-                StatusCode::OK,
-                "application/json",
-                serde_json::to_vec_pretty(&self.status()).unwrap_or_default(),
-            ),
-            "/metrics" => (
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                crate::metrics::render().into_bytes(),
-            ),
-            _ => (StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
-        };
-        Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, content_type)
-            .header(http::header::CONTENT_LENGTH, body.len())
-            .body(body)
-            .unwrap_or_default()
+        let req = session.req_header();
+        // With a token configured, every admin endpoint requires it.
+        if self.state.admin_token.is_some() {
+            let presented = req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if !self.state.admin_authorized(presented) {
+                return text_reply(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+            }
+        }
+        let method = req.method.clone();
+        match (method.as_str(), req.uri.path()) {
+            ("GET", "/status") => json_reply(&self.status()),
+            ("GET", "/cache") => json_reply(&self.status()["cache"]),
+            ("GET", "/metrics") => metrics_reply(&self.state),
+            ("POST", "/reload") => {
+                let reloader = self.reloader.clone();
+                // Reloading compiles plugins: keep it off the async workers.
+                let done = tokio::task::spawn_blocking(move || reloader.check_everything()).await;
+                match done {
+                    Ok(()) => json_reply(&self.status()),
+                    Err(e) => text_reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("reload failed: {e}\n"),
+                    ),
+                }
+            }
+            (_, "/status" | "/cache" | "/metrics" | "/reload") => {
+                text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text_reply(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+fn metrics_reply(state: &ProxyState) -> Response<Vec<u8>> {
+    let text = crate::metrics::render(&state.cache.storage.stats());
+    reply(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        text.into_bytes(),
+    )
+}
+
+/// The metrics listener: `GET /metrics` only, no token (bind it to loopback
+/// or a scrape network).
+pub struct MetricsApp {
+    pub state: Arc<ProxyState>,
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => metrics_reply(&self.state),
+            _ => text_reply(StatusCode::NOT_FOUND, "not found\n"),
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! The `cachet` command line.
 
-use cachet::config;
 use cachet::policy::{LoadedPlugin, PolicyEngine, ALLOWED_IMPORTS};
 use cachet::server::{self, ServeOptions};
+use cachet::{admin_client, config};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,8 +14,17 @@ use std::process::ExitCode;
     about = "Caching HTTP reverse proxy with WebAssembly cache policies"
 )]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -45,11 +54,45 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show a running cachet's tenants, plugins and cache (admin listener).
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running cachet to re-check its config and plugins now.
+    Reload {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Remove a URL (or every entry with a surrogate key) from a running cachet.
+    Purge {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The URL as clients request it, e.g. http://www.example.com/app.css
+        url: String,
+        /// Mark stale instead of removing (served stale while it revalidates).
+        #[arg(long)]
+        soft: bool,
+        /// Purge entries carrying this surrogate key (repeatable) instead of one URL.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Write a new plugin crate (policy, unit test, build command) to start from.
+    NewPlugin {
+        /// Crate name, e.g. my-policy.
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve {
             config,
@@ -68,6 +111,36 @@ fn main() -> ExitCode {
             }),
         Command::Check { plugin } => check(&plugin),
         Command::Validate { config } => validate(&config),
+        Command::Status { config, json } => {
+            load_config(&config).and_then(|c| admin_client::status(&c, json))
+        }
+        Command::Reload { config } => load_config(&config).and_then(|c| admin_client::reload(&c)),
+        Command::Purge {
+            config,
+            url,
+            soft,
+            tags,
+        } => load_config(&config).and_then(|c| {
+            admin_client::purge(
+                &c,
+                &admin_client::PurgeRequest {
+                    url: &url,
+                    soft,
+                    tags: &tags,
+                },
+            )
+        }),
+        Command::NewPlugin { name, dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            cachet::scaffold::new_plugin(&name, &dir).map(|()| {
+                println!("created {} — build it with:", dir.display());
+                println!("  cargo test --manifest-path {}/Cargo.toml", dir.display());
+                println!(
+                    "  cargo build --release --target wasm32-wasip2 --manifest-path {}/Cargo.toml",
+                    dir.display()
+                );
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,11 +190,18 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging() {
+fn load_config(path: &std::path::Path) -> anyhow::Result<config::Config> {
+    Ok(config::load(path)?)
+}
+
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CACHET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

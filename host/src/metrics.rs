@@ -1,7 +1,9 @@
 //! Prometheus counters for operators, registered once per process.
 
+use crate::storage::StorageStats;
 use once_cell::sync::Lazy;
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use std::fmt::Write as _;
 
 static PLUGIN_FAULTS: Lazy<IntCounterVec> = Lazy::new(|| {
     register(IntCounterVec::new(
@@ -33,13 +35,32 @@ static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
-fn register(metric: prometheus::Result<IntCounterVec>) -> IntCounterVec {
+static HOOK_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
+    let opts = HistogramOpts::new(
+        "cachet_plugin_hook_seconds",
+        "Duration of plugin hook calls (instantiation included when fresh)",
+    )
+    .buckets(vec![
+        1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
+    ]);
+    register(HistogramVec::new(opts, &["tenant", "hook"]))
+});
+
+fn register<M>(metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
     // The names and labels above are constants: failing here is a programming
     // error caught by the first test that touches metrics.
     let metric = metric.expect("valid metric definition");
     // A second registration (e.g. two proxies in one test process) is harmless.
     let _ = prometheus::register(Box::new(metric.clone()));
     metric
+}
+
+/// The histogram for one tenant's hook; resolve once, observe per call.
+pub fn hook_histogram(tenant: &str, hook: &str) -> Histogram {
+    HOOK_SECONDS.with_label_values(&[tenant, hook])
 }
 
 pub fn plugin_fault(tenant: &str, kind: &str) {
@@ -54,13 +75,60 @@ pub fn request(tenant: &str, cache_status: &str) {
     REQUESTS.with_label_values(&[tenant, cache_status]).inc();
 }
 
-/// Every registered metric in the Prometheus text format.
-pub fn render() -> String {
+/// Every registered metric in the Prometheus text format, plus the cache's
+/// own figures read from the storage at scrape time.
+pub fn render(cache: &StorageStats) -> String {
     use prometheus::Encoder;
     let mut out = Vec::new();
     let encoder = prometheus::TextEncoder::new();
     if encoder.encode(&prometheus::gather(), &mut out).is_err() {
-        return String::new();
+        out.clear();
     }
-    String::from_utf8(out).unwrap_or_default()
+    let mut text = String::from_utf8(out).unwrap_or_default();
+    render_cache(&mut text, cache);
+    text
+}
+
+fn render_cache(out: &mut String, cache: &StorageStats) {
+    type Field = fn(&crate::storage::PartitionStats) -> u64;
+    let families: [(&str, &str, &str, Field); 5] = [
+        (
+            "cachet_cache_stored_bytes",
+            "gauge",
+            "Bytes stored (headers and bodies)",
+            |p| p.stored_bytes,
+        ),
+        ("cachet_cache_objects", "gauge", "Objects stored", |p| {
+            p.objects
+        }),
+        (
+            "cachet_cache_evictions_total",
+            "counter",
+            "Objects evicted to stay within a byte budget",
+            |p| p.evictions,
+        ),
+        (
+            "cachet_cache_inserts_total",
+            "counter",
+            "Objects written to the cache",
+            |p| p.inserts,
+        ),
+        (
+            "cachet_cache_rejected_oversize_total",
+            "counter",
+            "Responses too large to store",
+            |p| p.rejected_oversize,
+        ),
+    ];
+    for (name, kind, help, per_tenant) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for p in &cache.partitions {
+            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", p.name, per_tenant(p));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cachet_cache_budget_bytes Byte budget of the cache\n# TYPE cachet_cache_budget_bytes gauge\ncachet_cache_budget_bytes {}",
+        cache.budget_bytes
+    );
 }

@@ -186,6 +186,17 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         server.add_service(service);
     }
 
+    if let Some(metrics) = config.server.metrics {
+        let mut service = pingora::services::listening::Service::new(
+            "cachet metrics".into(),
+            crate::admin::MetricsApp {
+                state: state.clone(),
+            },
+        );
+        service.add_tcp(&metrics.to_string());
+        server.add_service(service);
+    }
+
     if let Some(addr) = options.demo_origin {
         let mut service = pingora::services::listening::Service::new(
             "cachet demo origin".into(),

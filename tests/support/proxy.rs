@@ -57,6 +57,7 @@ pub struct Proxy {
     pub port: u16,
     pub admin_port: u16,
     pub dir: tempfile::TempDir,
+    admin_token: Option<String>,
 }
 
 /// The binary under test.
@@ -67,10 +68,15 @@ pub fn cachet_bin() -> &'static str {
 impl Proxy {
     /// Starts cachet with `[cache]` lines `cache` and the given tenants.
     pub fn start(cache: &str, tenants: &[TenantSpec]) -> Self {
+        Self::start_with_server("", cache, tenants)
+    }
+
+    /// Like [`Proxy::start`], with extra `[server]` lines.
+    pub fn start_with_server(server: &str, cache: &str, tenants: &[TenantSpec]) -> Self {
         let mut last_log = String::new();
         // A port picked free can be taken before cachet binds it: retry.
         for _ in 0..3 {
-            match Self::try_start(cache, tenants) {
+            match Self::try_start(server, cache, tenants) {
                 Ok(proxy) => return proxy,
                 Err(log) => last_log = log,
             }
@@ -78,12 +84,12 @@ impl Proxy {
         panic!("cachet did not start:\n{last_log}");
     }
 
-    fn try_start(cache: &str, tenants: &[TenantSpec]) -> Result<Self, String> {
+    fn try_start(server: &str, cache: &str, tenants: &[TenantSpec]) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let admin_port = free_port();
         let mut config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nthreads = 2\n\n[cache]\n{cache}\n"
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nthreads = 2\n{server}\n\n[cache]\n{cache}\n"
         );
         for t in tenants {
             let hosts: Vec<String> = t.hosts.iter().map(|h| format!("{h:?}")).collect();
@@ -113,11 +119,16 @@ impl Proxy {
             .stderr(log)
             .spawn()
             .expect("spawn cachet");
+        let admin_token = server
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("admin_token = "))
+            .map(|v| v.trim_matches('"').to_owned());
         let mut proxy = Self {
             child,
             port,
             admin_port,
             dir,
+            admin_token,
         };
         proxy
             .wait_ready()
@@ -154,12 +165,11 @@ impl Proxy {
     }
 
     fn try_status(&self) -> Option<serde_json::Value> {
-        let text = ureq::get(&self.admin_url("/status"))
-            .timeout(Duration::from_secs(2))
-            .call()
-            .ok()?
-            .into_string()
-            .ok()?;
+        let mut request = ureq::get(&self.admin_url("/status")).timeout(Duration::from_secs(2));
+        if let Some(token) = &self.admin_token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let text = request.call().ok()?.into_string().ok()?;
         serde_json::from_str(&text).ok()
     }
 

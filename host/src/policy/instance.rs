@@ -180,6 +180,8 @@ pub struct InstancePool {
     limits: PluginLimits,
     idle: Mutex<Vec<PolicyInstance>>,
     live: Arc<AtomicUsize>,
+    request_seconds: prometheus::Histogram,
+    response_seconds: prometheus::Histogram,
 }
 
 /// What `decide_request` found: the decision and, when the request may use
@@ -193,6 +195,8 @@ impl InstancePool {
         tenant: Arc<TenantContext>,
         limits: PluginLimits,
     ) -> Self {
+        let request_seconds = crate::metrics::hook_histogram(&tenant.tenant, "request");
+        let response_seconds = crate::metrics::hook_histogram(&tenant.tenant, "response");
         Self {
             engine,
             plugin,
@@ -200,6 +204,8 @@ impl InstancePool {
             limits,
             idle: Mutex::new(Vec::new()),
             live: Arc::new(AtomicUsize::new(0)),
+            request_seconds,
+            response_seconds,
         }
     }
 
@@ -257,6 +263,7 @@ impl InstancePool {
 
     /// Runs `on-request` and, when it says "cache", `cache-key` on one instance.
     pub fn decide_request(&self, request: &RequestHeader) -> Result<RequestVerdict, PluginFault> {
+        let _timer = self.request_seconds.start_timer();
         self.with_instance(|instance, limits| {
             let decision = instance.on_request(limits, request)?;
             let key = match decision {
@@ -273,6 +280,7 @@ impl InstancePool {
         request: &RequestHeader,
         response: &ResponseHeader,
     ) -> Result<ResponseDecision, PluginFault> {
+        let _timer = self.response_seconds.start_timer();
         self.with_instance(|instance, limits| instance.on_response(limits, request, response))
     }
 

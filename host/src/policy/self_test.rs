@@ -22,7 +22,11 @@ pub(crate) fn run(engine: &PolicyEngine, plugin: &LoadedPlugin) -> anyhow::Resul
     let pool = InstancePool::for_checks(
         engine.clone(),
         plugin,
-        Arc::new(TenantContext::default()),
+        // Checks are counted apart from any tenant's traffic.
+        Arc::new(TenantContext {
+            tenant: "(self-test)".into(),
+            ..TenantContext::default()
+        }),
         PluginLimits::default(),
     );
     let vectors = pool

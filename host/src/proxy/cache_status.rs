@@ -26,6 +26,15 @@ pub fn value(cache: &HttpCache, ctx: &RequestCtx, origin_status: u16) -> String 
         }
         Route::Undecided | Route::Cache => {}
     }
+    if ctx.unshared_hit {
+        // A stored response exists but may not answer an authorized request.
+        let _ = write!(v, "; fwd=bypass; fwd-status={origin_status}");
+        push_stored(&mut v, ctx);
+        if !ctx.stored && ctx.not_stored.is_none() {
+            push_detail(&mut v, "authorized request");
+        }
+        return v;
+    }
     match cache.phase() {
         CachePhase::Hit => {
             v.push_str("; hit");
@@ -75,6 +84,7 @@ pub fn kind(cache: &HttpCache, ctx: &RequestCtx) -> &'static str {
         Route::Answered(_) if ctx.fault.is_some() => "error",
         Route::Answered(_) => "answered",
         Route::Bypass(_) => "bypass",
+        Route::Undecided | Route::Cache if ctx.unshared_hit => "bypass",
         Route::Undecided | Route::Cache => match cache.phase() {
             CachePhase::Hit => "hit",
             CachePhase::Stale | CachePhase::StaleUpdating => "stale",

@@ -2,6 +2,7 @@
 
 use crate::policy::{PluginFault, PolicyLayer};
 use crate::tenant::Tenant;
+use pingora::http::ResponseHeader;
 use std::sync::Arc;
 
 /// What the policy decided for the request.
@@ -33,4 +34,10 @@ pub struct RequestCtx {
     pub fault: Option<PluginFault>,
     /// The outcome as reported (hit, miss, stale, bypass, error, answered).
     pub outcome: &'static str,
+    /// An unsafe method: a success invalidates what is stored for its URL.
+    pub invalidates: bool,
+    /// The request carries Authorization and the stored response did not allow sharing it.
+    pub unshared_hit: bool,
+    /// The origin's 304 to a revalidation, whose fields pingora only partly merges.
+    pub not_modified: Option<Box<ResponseHeader>>,
 }

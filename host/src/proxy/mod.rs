@@ -9,20 +9,29 @@
 mod cache_key;
 pub mod cache_status;
 mod ctx;
+pub mod directives;
+mod freshness;
+mod invalidate;
+pub mod purge;
 mod request;
 mod response;
+mod revalidation;
+mod shared;
 mod state;
+mod vary;
 
 pub use cache_key::primary_key;
 pub use ctx::{RequestCtx, Route};
 pub use state::{CacheBackend, ProxyState};
 
 use async_trait::async_trait;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
-use pingora_cache::{CacheKey, CacheOptionOverrides, RespCacheable};
+use pingora_cache::key::HashBinary;
+use pingora_cache::storage::HitHandler;
+use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, ForcedFreshness, RespCacheable};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +82,44 @@ impl ProxyHttp for CachetProxy {
         Ok(CacheKey::new(ctx.key.clone(), tenant))
     }
 
+    /// Enforces the shared-cache rule for `Authorization` on every hit, fresh or stale.
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<ForcedFreshness>> {
+        if shared::may_serve(session.req_header(), meta.response_header()) {
+            return Ok(None);
+        }
+        ctx.unshared_hit = true;
+        Ok(Some(ForcedFreshness::ForceMiss))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut Self::CTX,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        vary::variance(meta, req)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // Kept for response_cache_filter, which only sees pingora's partial merge.
+        if ctx.route == Route::Cache && upstream_response.status == http::StatusCode::NOT_MODIFIED {
+            ctx.not_modified = Some(Box::new(upstream_response.clone()));
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -103,6 +150,13 @@ impl ProxyHttp for CachetProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        invalidate::after_response(
+            self.state.cache.storage,
+            session.req_header(),
+            upstream_response,
+            ctx,
+        );
+        directives::strip_downstream(upstream_response);
         let status = cache_status::value(&session.cache, ctx, upstream_response.status.as_u16());
         ctx.outcome = cache_status::kind(&session.cache, ctx);
         upstream_response.insert_header(cache_status::HEADER, status)?;

@@ -25,9 +25,14 @@ pub(super) async fn request_filter(
         return Ok(true);
     };
     let policy = tenant.policy();
-    let verdict = policy.decide_request(session.req_header());
     ctx.tenant = Some(tenant.clone());
-    ctx.policy = Some(policy);
+    ctx.policy = Some(policy.clone());
+    if super::purge::is_purge(session) {
+        super::purge::handle(proxy, session, ctx).await?;
+        return Ok(true);
+    }
+    ctx.invalidates = super::invalidate::is_unsafe(&session.req_header().method);
+    let verdict = policy.decide_request(session.req_header());
 
     match verdict {
         Ok((RequestDecision::Cache, Some(parts))) => {
@@ -62,11 +67,8 @@ fn host_guard(session: &Session) -> Option<String> {
     if req.method != Method::GET && req.method != Method::HEAD {
         return Some(format!("method {} is not cacheable", req.method));
     }
-    // A shared cache must not answer an authorized request from an entry
-    // stored for someone else (RFC 9111 §3.5).
-    if req.headers.contains_key(http::header::AUTHORIZATION) {
-        return Some("request carries Authorization".into());
-    }
+    // Requests with Authorization use the cache, under the shared-cache rules
+    // applied on hit (shared.rs) and when storing (response.rs).
     None
 }
 

@@ -2,24 +2,16 @@
 //! turned into pingora-cache's `RespCacheable`.
 
 use super::ctx::RequestCtx;
-use super::CachetProxy;
+use super::directives::{self, SURROGATE_KEY};
+use super::freshness::{self, Freshness};
+use super::{revalidation, shared, CachetProxy};
 use crate::policy::{ResponseDecision, StoreDirective};
+use crate::storage::TAGS_HEADER;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
-use pingora_cache::{CacheMeta, CacheMetaDefaults, NoCacheReason, RespCacheable};
+use pingora_cache::{CacheMeta, NoCacheReason, RespCacheable};
 use std::time::{Duration, SystemTime};
-
-/// No heuristic freshness for now: a response without explicit freshness
-/// (Cache-Control, Expires) or a plugin store decision is not stored.
-fn no_default_freshness(_: http::StatusCode) -> Option<Duration> {
-    None
-}
-static ORIGIN_DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(
-    no_default_freshness as fn(http::StatusCode) -> Option<Duration>,
-    0,
-    0,
-);
 
 pub(super) fn response_cache_filter(
     proxy: &CachetProxy,
@@ -27,6 +19,13 @@ pub(super) fn response_cache_filter(
     resp: &ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> RespCacheable {
+    // After a 304, `resp` is the stored header with part of the 304 merged in; apply the rest
+    // so the plugin and the freshness rules see the updated response.
+    let merged = ctx
+        .not_modified
+        .take()
+        .map(|not_modified| revalidation::merge(resp, &not_modified));
+    let resp = merged.as_ref().unwrap_or(resp);
     let verdict = decide(proxy, session, resp, ctx);
     ctx.stored = matches!(verdict, RespCacheable::Cacheable(_));
     verdict
@@ -51,7 +50,7 @@ fn decide(
     if content_length(resp).is_some_and(|len| len > proxy.state.cache.max_object_bytes) {
         return not_stored(ctx, "larger than max_object_bytes");
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    let cc = directives::effective(resp);
     if let Some(cc) = &cc {
         // The plugin can change lifetimes but never share what the origin
         // said must not be shared or kept.
@@ -62,23 +61,29 @@ fn decide(
             return not_stored(ctx, "origin sent private");
         }
     }
+    if shared::authorized(session.req_header()) && !shared::allows_authorized(cc.as_ref()) {
+        return not_stored(ctx, "authorized request and response not public");
+    }
     let Some(policy) = ctx.policy.clone() else {
         return not_stored(ctx, "no policy");
     };
+    let now = SystemTime::now();
     match policy.decide_response(session.req_header(), resp) {
-        Ok(ResponseDecision::Store(directive)) => store_for(&directive, resp, cc.as_ref(), ctx),
+        Ok(ResponseDecision::Store(directive)) => {
+            let fresh = plugin_freshness(&directive, cc.as_ref(), resp, now);
+            RespCacheable::Cacheable(meta(resp, cc.as_ref(), &directive.tags, fresh, now))
+        }
         Ok(ResponseDecision::NoStore(reason)) => not_stored(ctx, reason),
         Ok(ResponseDecision::FollowOrigin) => {
-            let verdict = pingora_cache::filters::resp_cacheable(
-                cc.as_ref(),
-                resp.clone(),
-                false,
-                &ORIGIN_DEFAULTS,
-            );
-            if !matches!(verdict, RespCacheable::Cacheable(_)) {
-                ctx.not_stored = Some("origin gave no freshness".into());
+            let status = resp.status.as_u16();
+            let Some(fresh) = freshness::of(cc.as_ref(), status, &resp.headers, now) else {
+                return not_stored(ctx, "origin gave no freshness");
+            };
+            // Stale on arrival and nothing to revalidate with: storing cannot help anyone.
+            if fresh.fresh_for.is_zero() && !has_validator(resp) {
+                return not_stored(ctx, "stale on arrival without validator");
             }
-            verdict
+            RespCacheable::Cacheable(meta(resp, cc.as_ref(), &[], fresh, now))
         }
         Err(fault) => {
             let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
@@ -92,6 +97,87 @@ fn decide(
             not_stored(ctx, reason)
         }
     }
+}
+
+/// The plugin's lifetimes, except that an origin forbidding stale use is obeyed.
+fn plugin_freshness(
+    directive: &StoreDirective,
+    cc: Option<&CacheControl>,
+    resp: &ResponseHeader,
+    now: SystemTime,
+) -> Freshness {
+    let secs = |d: Duration| d.as_secs().min(u32::MAX.into()) as u32;
+    let (swr, sie) = if cc.is_some_and(freshness::forbids_stale) {
+        (0, 0)
+    } else {
+        (
+            secs(directive.stale_while_revalidate),
+            secs(directive.stale_if_error),
+        )
+    };
+    // The TTL counts from now; the age only feeds the `Age` served with hits.
+    let age = freshness::of(cc, resp.status.as_u16(), &resp.headers, now)
+        .map_or(Duration::ZERO, |f| f.age);
+    Freshness {
+        fresh_for: directive.ttl,
+        age,
+        stale_while_revalidate: swr,
+        stale_if_error: sie,
+    }
+}
+
+fn has_validator(resp: &ResponseHeader) -> bool {
+    resp.headers.contains_key(http::header::ETAG)
+        || resp.headers.contains_key(http::header::LAST_MODIFIED)
+}
+
+/// What is stored: the response minus fields that must not be shared, with the purge tags
+/// recorded for the storage's tag index.
+fn meta(
+    resp: &ResponseHeader,
+    cc: Option<&CacheControl>,
+    plugin_tags: &[String],
+    fresh: Freshness,
+    now: SystemTime,
+) -> CacheMeta {
+    let mut header = resp.clone();
+    if let Some(cc) = cc {
+        cc.strip_private_headers(&mut header);
+    }
+    // pingora generates `Age` for hits from `created`, which carries the upstream age.
+    header.remove_header(&http::header::AGE);
+    header.remove_header(TAGS_HEADER);
+    let tags = tags(resp, plugin_tags);
+    if !tags.is_empty() {
+        // Tags were split on whitespace from valid values or cleaned by the policy layer.
+        let _ = header.insert_header(TAGS_HEADER, tags);
+    }
+    let fresh_until = if fresh.fresh_for.is_zero() {
+        // pingora counts `fresh_until == now` as fresh.
+        now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+    } else {
+        now + fresh.fresh_for
+    };
+    let created = now.checked_sub(fresh.age).unwrap_or(now);
+    CacheMeta::new(
+        fresh_until,
+        created,
+        fresh.stale_while_revalidate,
+        fresh.stale_if_error,
+        header,
+    )
+}
+
+/// The origin's `Surrogate-Key` tags and the plugin's, space-separated.
+fn tags(resp: &ResponseHeader, plugin_tags: &[String]) -> String {
+    let origin = resp
+        .headers
+        .get_all(SURROGATE_KEY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(str::split_ascii_whitespace);
+    let plugin = plugin_tags.iter().flat_map(|t| t.split_ascii_whitespace());
+    origin.chain(plugin).collect::<Vec<_>>().join(" ")
 }
 
 fn content_length(resp: &ResponseHeader) -> Option<usize> {
@@ -126,29 +212,4 @@ fn host_guard(resp: &ResponseHeader) -> Option<&'static str> {
 /// Final statuses a cache can reuse (no partial content, no 304, no 1xx).
 fn storable_status(status: u16) -> bool {
     (200..=599).contains(&status) && status != 206 && status != 304
-}
-
-fn store_for(
-    directive: &StoreDirective,
-    resp: &ResponseHeader,
-    cc: Option<&CacheControl>,
-    ctx: &mut RequestCtx,
-) -> RespCacheable {
-    let now = SystemTime::now();
-    let mut header = resp.clone();
-    if let Some(cc) = cc {
-        cc.strip_private_headers(&mut header);
-    }
-    let fresh_until = now + directive.ttl;
-    ctx.stored = true;
-    RespCacheable::Cacheable(CacheMeta::new(
-        fresh_until,
-        now,
-        directive
-            .stale_while_revalidate
-            .as_secs()
-            .min(u32::MAX.into()) as u32,
-        directive.stale_if_error.as_secs().min(u32::MAX.into()) as u32,
-        header,
-    ))
 }

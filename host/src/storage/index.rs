@@ -9,6 +9,7 @@ use super::entry::{Entry, Pending, Slot, SlotKey};
 use super::meta::StoredMeta;
 use super::stats::{Counters, PartitionStats};
 use super::stream::StreamStart;
+use super::tags::TagIndex;
 use pingora_cache::eviction::{lru::Manager, EvictionManager};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ struct Partition {
     /// Present when the partition has its own budget inside the global one.
     lru: Option<Lru>,
     counters: Counters,
+    tags: TagIndex,
 }
 
 impl Index {
@@ -155,10 +157,23 @@ impl Index {
         if slot.is_empty() {
             part.slots.remove(key);
         }
+        part.tags.remove(key, &entry);
         part.counters.sub(entry.weight);
         self.counters.sub(entry.weight);
         self.untrack(&entry.lru_key);
         Some(entry)
+    }
+
+    /// The partition's stored objects carrying any of `tags`.
+    pub(super) fn tagged<'a>(
+        &self,
+        partition: &str,
+        tags: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<SlotKey> {
+        self.partitions
+            .get(partition)
+            .map(|part| part.tags.tagged(tags))
+            .unwrap_or_default()
     }
 
     /// Per-partition usage, sorted by name.

@@ -19,6 +19,8 @@ const FIELD_OVERHEAD: usize = 128;
 pub(super) struct StoredMeta {
     /// Owns the response header and the freshness fields.
     template: CacheMeta,
+    /// Purge tags, read once from [`super::TAGS_HEADER`].
+    tags: Box<[Box<str>]>,
     /// Encoded internal fields, only for metas the constructor cannot reproduce.
     internal: Option<Box<[u8]>>,
     weight: usize,
@@ -39,6 +41,7 @@ impl StoredMeta {
             .sum();
         Ok(Self {
             template: rebuild(meta),
+            tags: super::tags::parse(meta.headers()),
             internal,
             weight: fields + META_OVERHEAD,
         })
@@ -59,6 +62,10 @@ impl StoredMeta {
 
     pub(super) fn fresh_until(&self) -> SystemTime {
         self.template.fresh_until()
+    }
+
+    pub(super) fn tags(&self) -> &[Box<str>] {
+        &self.tags
     }
 
     /// Estimated bytes held; fixed for a given header so freshness edits never change it.

@@ -19,14 +19,20 @@ mod backend;
 mod entry;
 mod hit;
 mod index;
+mod invalidate;
 mod meta;
 mod miss;
 mod stats;
 mod stream;
+mod tags;
 #[cfg(test)]
 mod tests;
 
 pub use stats::{PartitionStats, StorageStats};
+
+/// Stored-header field holding an object's purge tags, space-separated. Internal: the proxy
+/// writes it when storing and removes it before responses go downstream.
+pub const TAGS_HEADER: &str = "cachet-tags";
 
 use index::Index;
 use parking_lot::RwLock;

@@ -57,6 +57,7 @@ impl Index {
         }
         let part = self.partitions.entry(partition.into()).or_default();
         part.counters.add(weight);
+        part.tags.add(key, &entry);
         part.slots.entry(key).or_default().complete = Some(entry);
         self.counters.add(weight);
         Admission::Stored
@@ -77,9 +78,14 @@ impl Index {
         if new.weight != old.weight {
             return self.store(partition, key, new) == Admission::Stored;
         }
-        // Same charge: swap in place, keeping its LRU position.
-        if let Some(slot) = self.slot_mut(partition, &key) {
-            slot.complete = Some(new);
+        // Same charge: swap in place, keeping its LRU position (a revalidation may change
+        // the tags).
+        if let Some(part) = self.partitions.get_mut(partition) {
+            part.tags.remove(&key, &old);
+            part.tags.add(key, &new);
+            if let Some(slot) = part.slots.get_mut(&key) {
+                slot.complete = Some(new);
+            }
         }
         true
     }

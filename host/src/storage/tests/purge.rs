@@ -111,3 +111,61 @@ async fn update_meta_on_a_vanished_object_returns_false() {
     assert!(!s.update_meta(&k, &revalidated, &span()).await.unwrap());
     s.index.read().assert_consistent();
 }
+
+/// A meta carrying purge tags, fresh for an hour.
+fn tagged_meta(tags: &str) -> CacheMeta {
+    let mut header = ResponseHeader::build(200, None).unwrap();
+    header
+        .append_header(crate::storage::TAGS_HEADER, tags)
+        .unwrap();
+    let now = SystemTime::now();
+    CacheMeta::new(now + Duration::from_secs(3600), now, 0, 0, header)
+}
+
+async fn put_tagged(s: &'static MemoryStorage, key: &CacheKey, tags: &str) {
+    let mut handler = s
+        .get_miss_handler(key, &tagged_meta(tags), &span())
+        .await
+        .unwrap();
+    handler
+        .write_body(b"body".to_vec().into(), true)
+        .await
+        .unwrap();
+    handler.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn purge_by_tag_removes_or_expires_tagged_objects_of_one_partition() {
+    let s = storage(1 << 20, 1 << 20);
+    let (a, b, c) = (key("/a", "t"), key("/b", "t"), key("/c", "t"));
+    let other = key("/a", "u");
+    put_tagged(s, &a, "x shared").await;
+    put_tagged(s, &b, "y shared").await;
+    put_tagged(s, &c, "z").await;
+    put_tagged(s, &other, "x shared").await;
+
+    assert_eq!(s.purge_tags("t", &["x", "y"], false), 2);
+    assert!(get(s, &a).await.is_none());
+    assert!(get(s, &b).await.is_none());
+    assert!(get(s, &c).await.is_some());
+    assert!(
+        get(s, &other).await.is_some(),
+        "other partitions are untouched"
+    );
+    assert_eq!(s.purge_tags("t", &["x"], false), 0, "the index forgot them");
+
+    assert_eq!(s.purge_tags("u", &["shared"], true), 1);
+    let (meta, _) = get(s, &other).await.expect("soft purge keeps the object");
+    assert!(!meta.is_fresh(SystemTime::now() + Duration::from_millis(1)));
+}
+
+#[tokio::test]
+async fn replacing_an_object_replaces_its_tags() {
+    let s = storage(1 << 20, 1 << 20);
+    let k = key("/a", "t");
+    put_tagged(s, &k, "old").await;
+    put_tagged(s, &k, "new").await;
+    assert_eq!(s.purge_tags("t", &["old"], false), 0);
+    assert_eq!(s.purge_tags("t", &["new"], false), 1);
+    assert!(!s.purge_key(&k));
+}

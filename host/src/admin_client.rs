@@ -1,0 +1,138 @@
+//! The `cachet status|reload|purge` subcommands: talk to a running cachet
+//! through its admin listener and proxy listener, as named by its config.
+
+use crate::config::Config;
+use std::time::Duration;
+
+/// The request header that turns a PURGE into a soft purge (mark stale).
+pub const SOFT_PURGE_HEADER: &str = "Cache-Purge-Soft";
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .redirects(0)
+        .build()
+}
+
+fn with_token(request: ureq::Request, config: &Config) -> ureq::Request {
+    match &config.server.admin_token {
+        Some(token) => request.set("Authorization", &format!("Bearer {token}")),
+        None => request,
+    }
+}
+
+fn admin_url(config: &Config, path: &str) -> anyhow::Result<String> {
+    let admin = config.server.admin.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no [server] admin listener configured",
+            config.source.display()
+        )
+    })?;
+    Ok(format!("http://{admin}{path}"))
+}
+
+/// Sends a request and returns the body, turning HTTP errors into messages.
+fn call(request: ureq::Request) -> anyhow::Result<String> {
+    match request.call() {
+        Ok(resp) => Ok(resp.into_string()?),
+        Err(ureq::Error::Status(code, resp)) => {
+            let body = resp.into_string().unwrap_or_default();
+            anyhow::bail!("HTTP {code}: {}", body.trim())
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    }
+}
+
+/// `GET /status`, pretty-printed for people, or raw JSON.
+pub fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let body = call(with_token(
+        agent().get(&admin_url(config, "/status")?),
+        config,
+    ))?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    print_status(&status);
+    Ok(())
+}
+
+fn print_status(status: &serde_json::Value) {
+    let cache = &status["cache"];
+    println!(
+        "cache: {} of {} bytes, {} objects, {} evictions",
+        cache["stored_bytes"], cache["budget_bytes"], cache["objects"], cache["evictions"]
+    );
+    if let Some(refusal) = status["config"]["last_refusal"].as_object() {
+        println!(
+            "config: last change refused: {}",
+            refusal.get("reason").unwrap_or(&serde_json::Value::Null)
+        );
+    }
+    for tenant in status["tenants"].as_array().into_iter().flatten() {
+        let plugin = &tenant["plugin"];
+        let name = plugin["path"]
+            .as_str()
+            .or(plugin["builtin"].as_str())
+            .unwrap_or("?");
+        let sha = plugin["sha256"]
+            .as_str()
+            .map_or("-", |s| &s[..s.len().min(12)]);
+        println!(
+            "tenant {}: hosts {} -> {}; plugin {name} sha256 {sha}… generation {}",
+            tenant["name"].as_str().unwrap_or("?"),
+            tenant["hosts"],
+            tenant["upstream"].as_str().unwrap_or("?"),
+            plugin["generation"]
+        );
+        if let Some(refusal) = plugin["last_refusal"].as_object() {
+            println!(
+                "  last refused version: {}",
+                refusal.get("reason").unwrap_or(&serde_json::Value::Null)
+            );
+        }
+    }
+}
+
+/// `POST /reload`: check the config and every plugin now.
+pub fn reload(config: &Config) -> anyhow::Result<()> {
+    let body = call(with_token(
+        agent().post(&admin_url(config, "/reload")?),
+        config,
+    ))?;
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    print_status(&status);
+    Ok(())
+}
+
+/// What `cachet purge` removes.
+pub struct PurgeRequest<'a> {
+    /// The URL as clients request it, e.g. `http://www.example.com/a.css`.
+    pub url: &'a str,
+    /// Mark stale instead of removing (served stale while revalidating).
+    pub soft: bool,
+    /// Purge every entry carrying any of these surrogate keys instead.
+    pub tags: &'a [String],
+}
+
+/// Sends `PURGE` for a URL (or tags) to the proxy listener with the token.
+pub fn purge(config: &Config, purge: &PurgeRequest<'_>) -> anyhow::Result<()> {
+    let uri: http::Uri = purge.url.parse()?;
+    let host = uri
+        .authority()
+        .ok_or_else(|| anyhow::anyhow!("{}: give an absolute URL (http://host/path)", purge.url))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = format!("http://{}{path}", config.server.listen);
+    let mut request =
+        with_token(agent().request("PURGE", &target), config).set("Host", host.as_str());
+    if purge.soft {
+        request = request.set(SOFT_PURGE_HEADER, "1");
+    }
+    if !purge.tags.is_empty() {
+        request = request.set("Surrogate-Key", &purge.tags.join(" "));
+    }
+    let body = call(request)?;
+    println!("{}", body.trim());
+    Ok(())
+}

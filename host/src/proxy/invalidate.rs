@@ -1,0 +1,120 @@
+//! Invalidation after unsafe requests (RFC 9111 §4.4): a successful POST, PUT, DELETE, ...
+//! removes what is stored for its URL and for a same-origin `Location` / `Content-Location`,
+//! under the key the tenant's plugin computes for a GET of that URL.
+
+use super::ctx::RequestCtx;
+use crate::policy::{PolicyLayer, RequestDecision};
+use crate::storage::MemoryStorage;
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora_cache::CacheKey;
+
+/// Methods that may change the target resource. Unknown methods count as unsafe.
+pub fn is_unsafe(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The full cache key the tenant's plugin uses for a GET of the request's URL, or None when
+/// the plugin would not cache it. Credentials are dropped: only shared entries are affected,
+/// and a plugin may bypass the cache for credentialed requests.
+pub fn get_key(tenant: &str, policy: &PolicyLayer, req: &RequestHeader) -> Option<Vec<u8>> {
+    let mut get = req.clone();
+    get.set_method(Method::GET);
+    get.remove_header(&http::header::AUTHORIZATION);
+    get.remove_header(&http::header::COOKIE);
+    match policy.decide_request(&get) {
+        Ok((RequestDecision::Cache, Some(parts))) => Some(super::primary_key(tenant, &parts)),
+        _ => None,
+    }
+}
+
+/// Purges what a successful unsafe request invalidated; returns how many keys were found.
+pub fn after_response(
+    storage: &MemoryStorage,
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    ctx: &RequestCtx,
+) -> usize {
+    if !ctx.invalidates || !(200..400).contains(&resp.status.as_u16()) {
+        return 0;
+    }
+    let (Some(tenant), Some(policy)) = (&ctx.tenant, &ctx.policy) else {
+        return 0;
+    };
+    let mut targets = vec![req.clone()];
+    for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+        if let Some(target) = resp
+            .headers
+            .get(&name)
+            .and_then(|v| same_origin_request(req, v.as_bytes()))
+        {
+            targets.push(target);
+        }
+    }
+    targets
+        .iter()
+        .filter_map(|target| get_key(tenant.name(), policy, target))
+        .filter(|key| storage.purge_key(&CacheKey::new(key.clone(), tenant.name())))
+        .count()
+}
+
+/// A GET for `location` when it names the same origin as `req` (an absolute path, or an
+/// absolute URL with the request's host). Relative paths without a leading slash are ignored.
+fn same_origin_request(req: &RequestHeader, location: &[u8]) -> Option<RequestHeader> {
+    let uri: http::Uri = std::str::from_utf8(location).ok()?.trim().parse().ok()?;
+    if let Some(authority) = uri.authority() {
+        let host = crate::policy::request_host(req);
+        if !authority.as_str().eq_ignore_ascii_case(&host) {
+            return None;
+        }
+    }
+    let path = uri.path_and_query()?.as_str();
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut target = RequestHeader::build(Method::GET, path.as_bytes(), None).ok()?;
+    if let Some(host) = req.headers.get(http::header::HOST) {
+        target
+            .insert_header(http::header::HOST, host.clone())
+            .ok()?;
+    }
+    Some(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/items", None).expect("request");
+        r.insert_header("host", "example.com").expect("valid");
+        r
+    }
+
+    #[test]
+    fn unsafe_methods() {
+        for m in ["POST", "PUT", "DELETE", "PATCH", "FROB"] {
+            assert!(is_unsafe(
+                &Method::from_bytes(m.as_bytes()).expect("method")
+            ));
+        }
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE] {
+            assert!(!is_unsafe(&m));
+        }
+    }
+
+    #[test]
+    fn only_same_origin_locations_count() {
+        let path = |l: &str| same_origin_request(&req(), l.as_bytes()).map(|r| r.uri.to_string());
+        assert_eq!(path("/items/7"), Some("/items/7".into()));
+        assert_eq!(
+            path("http://EXAMPLE.com/items/7?x=1"),
+            Some("/items/7?x=1".into())
+        );
+        assert_eq!(path("http://other.example/items/7"), None);
+        assert_eq!(path("items/7"), None);
+    }
+}

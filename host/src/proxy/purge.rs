@@ -1,0 +1,86 @@
+//! `PURGE` on the proxy listener, for operators holding the admin token:
+//!
+//! - `PURGE /path` removes what is stored for that URL (the key the tenant's plugin computes
+//!   for a GET of it);
+//! - with `Surrogate-Key: a b`, removes every entry of the tenant tagged `a` or `b` instead
+//!   (tags come from the origin's `Surrogate-Key` and the plugin's store decision);
+//! - with `Cache-Purge-Soft: 1`, marks the entries stale instead of removing them, so they are
+//!   revalidated (and may still be served stale where the response allowed it).
+//!
+//! Answers 200 when something was purged, 404 when nothing was stored, 401 without the right
+//! bearer token, and 405 when no admin token is configured.
+
+use super::ctx::{RequestCtx, Route};
+use super::directives::SURROGATE_KEY;
+use super::CachetProxy;
+use pingora::proxy::Session;
+use pingora::Result;
+use pingora_cache::CacheKey;
+
+/// The request header asking for a soft purge.
+pub const SOFT_HEADER: &str = "cache-purge-soft";
+
+pub fn is_purge(session: &Session) -> bool {
+    session.req_header().method.as_str() == "PURGE"
+}
+
+/// Answers a PURGE; the tenant and its policy are already in `ctx`.
+pub(super) async fn handle(
+    proxy: &CachetProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    let (status, body) = purge(proxy, session, ctx);
+    ctx.route = Route::Answered("purge".into());
+    super::request::respond_text(session, ctx, status, body).await
+}
+
+fn purge(proxy: &CachetProxy, session: &Session, ctx: &RequestCtx) -> (u16, &'static str) {
+    let state = &proxy.state;
+    if state.admin_token.is_none() {
+        return (405, "PURGE needs server.admin_token to be configured\n");
+    }
+    let req = session.req_header();
+    let authorization = req.headers.get(http::header::AUTHORIZATION);
+    if !state.admin_authorized(authorization.map(|v| v.as_bytes())) {
+        return (401, "PURGE needs the admin bearer token\n");
+    }
+    let (Some(tenant), Some(policy)) = (&ctx.tenant, &ctx.policy) else {
+        return (404, "nothing stored\n");
+    };
+    let soft = req
+        .headers
+        .get(SOFT_HEADER)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
+    let storage = state.cache.storage;
+    let found = if let Some(tags) = tags(session) {
+        let tags: Vec<&str> = tags.split_ascii_whitespace().collect();
+        storage.purge_tags(tenant.name(), &tags, soft) > 0
+    } else {
+        let Some(key) = super::invalidate::get_key(tenant.name(), policy, req) else {
+            return (404, "this URL is not cached by the site's policy\n");
+        };
+        let key = CacheKey::new(key, tenant.name());
+        if soft {
+            storage.expire_key(&key)
+        } else {
+            storage.purge_key(&key)
+        }
+    };
+    if found {
+        (200, "purged\n")
+    } else {
+        (404, "nothing stored\n")
+    }
+}
+
+fn tags(session: &Session) -> Option<String> {
+    let values: Vec<&str> = session
+        .req_header()
+        .headers
+        .get_all(SURROGATE_KEY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(" "))
+}

@@ -1,0 +1,235 @@
+//! What an operator touches: metrics, the admin API and its token, the
+//! `cachet` subcommands, daemon mode, and `new-plugin`.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::client::{get, send};
+use support::origin::{Origin, Reply};
+use support::proxy::{cachet_bin, Proxy, TenantSpec};
+use support::{free_port, plugin};
+
+const TOKEN: &str = "s3cret-admin-token";
+
+fn cachet(args: &[&str]) -> (bool, String) {
+    let out = Command::new(cachet_bin())
+        .args(args)
+        .output()
+        .expect("run cachet");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A proxy whose config carries an admin token and a metrics listener.
+fn guarded_proxy(origin: &Origin) -> (Proxy, u16) {
+    let metrics_port = free_port();
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\"\nmetrics = \"127.0.0.1:{metrics_port}\""),
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    (proxy, metrics_port)
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn metrics_count_real_traffic() {
+    let origin = Origin::start(|seen| match seen.url.as_str() {
+        "/nostore" => Reply::ok("x").header("Cache-Control", "no-store"),
+        _ => Reply::ok("x").header("Cache-Control", "max-age=60"),
+    });
+    let (proxy, metrics_port) = guarded_proxy(&origin);
+    for _ in 0..5 {
+        get(&proxy.url("/cached"));
+    }
+    for _ in 0..2 {
+        get(&proxy.url("/nostore"));
+    }
+    send("POST", &proxy.url("/form"), &[]);
+    let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+    let requests = |status: &str| {
+        metric(
+            &text,
+            "cachet_requests_total",
+            &["tenant=\"site\"", &format!("cache_status=\"{status}\"")],
+        )
+    };
+    assert_eq!(requests("hit"), 4.0, "{text}");
+    assert_eq!(requests("miss"), 3.0, "{text}");
+    assert_eq!(requests("bypass"), 1.0, "{text}");
+    // Every request ran on-request, plus one run to find the key the
+    // successful POST invalidates. Only the storable miss reached
+    // on-response: the host refuses no-store before asking the plugin.
+    let hooks = |hook: &str| {
+        metric(
+            &text,
+            "cachet_plugin_hook_seconds_count",
+            &["tenant=\"site\"", &format!("hook=\"{hook}\"")],
+        )
+    };
+    assert_eq!(hooks("request"), 9.0, "{text}");
+    assert_eq!(hooks("response"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "cachet_cache_objects", &["tenant=\"site\""]),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "cachet_cache_stored_bytes", &["tenant=\"site\""]) > 0.0,
+        "{text}"
+    );
+}
+
+#[test]
+fn the_admin_api_requires_the_token() {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let (proxy, _) = guarded_proxy(&origin);
+    let status_url = proxy.admin_url("/status");
+    let missing = send("GET", &status_url, &[]);
+    assert_eq!(missing.status, 401);
+    assert!(missing
+        .header("www-authenticate")
+        .is_some_and(|h| h.starts_with("Bearer")));
+    assert_eq!(
+        send("GET", &status_url, &[("Authorization", "Bearer wrong")]).status,
+        401
+    );
+    assert_eq!(
+        send("GET", &status_url, &[("Authorization", TOKEN)]).status,
+        401
+    );
+    let ok = send(
+        "GET",
+        &status_url,
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+    );
+    assert_eq!(ok.status, 200);
+    let status: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
+    assert_eq!(status["tenants"][0]["name"], "site");
+    assert_eq!(status["tenants"][0]["plugin"]["generation"], 1);
+    assert_eq!(
+        status["tenants"][0]["plugin"]["sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+}
+
+#[test]
+fn status_and_reload_subcommands_read_the_config() {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let (proxy, _) = guarded_proxy(&origin);
+    let config = proxy.dir.path().join("cachet.toml");
+    let (ok, out) = cachet(&["status", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("tenant site"), "{out}");
+    assert!(out.contains("generation 1"), "{out}");
+    let (ok, out) = cachet(&["reload", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = cachet(&["status", "--json", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["tenants"][0]["name"], "site");
+}
+
+#[test]
+fn purge_through_the_cli_removes_the_entry() {
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=600"));
+    let (proxy, _) = guarded_proxy(&origin);
+    get(&proxy.url("/doc"));
+    assert!(get(&proxy.url("/doc")).cache_status().contains("hit"));
+    let config = proxy.dir.path().join("cachet.toml");
+    let target = format!("http://127.0.0.1:{}/doc", proxy.port);
+    let (ok, out) = cachet(&["purge", "--config", config.to_str().unwrap(), &target]);
+    assert!(ok, "{out}");
+    assert!(get(&proxy.url("/doc")).cache_status().contains("fwd=miss"));
+    assert_eq!(origin.hits_for("/doc"), 2);
+}
+
+#[test]
+fn daemon_mode_writes_a_pid_file_and_serves() {
+    let origin = Origin::start(|_| Reply::ok("from origin").header("Cache-Control", "max-age=60"));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let pid_file = dir.path().join("cachet.pid");
+    let config = dir.path().join("cachet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 1\npid_file = \"cachet.pid\"\nupgrade_sock = \"upgrade.sock\"\n\n[[tenant]]\nname = \"d\"\nhosts = [\"*\"]\nupstream = \"{}\"\nplugin = {:?}\n",
+            origin.addr,
+            plugin("standard").display().to_string()
+        ),
+    )
+    .unwrap();
+    // The daemon keeps any inherited pipes open: give it none.
+    let status = Command::new(cachet_bin())
+        .args(["serve", "--daemon", "--config", config.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run cachet serve --daemon");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid: i32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let resp = get(&format!("http://127.0.0.1:{port}/x"));
+    assert_eq!(resp.text(), "from origin");
+    // Stop the daemon we started, by the PID it wrote.
+    assert!(Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn new_plugin_writes_a_crate_that_tests_green() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("my-policy");
+    let (ok, out) = cachet(&[
+        "new-plugin",
+        "my-policy",
+        "--dir",
+        crate_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = cachet(&[
+        "new-plugin",
+        "my-policy",
+        "--dir",
+        crate_dir.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("already exists"), "{out}");
+    let status = Command::new("cargo")
+        .args(["test", "--quiet", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", dir.path().join("target"))
+        .status()
+        .expect("cargo test");
+    assert!(status.success(), "the generated plugin's tests fail");
+}
