@@ -116,7 +116,13 @@ fn an_endless_loop_in_on_request_times_out_and_bypasses() {
     }
     assert_eq!(pair.bad_origin.hits_for("/loop/request"), 3);
     pair.assert_fault_recorded("timeout");
-    // The same tenant's other requests still work with the plugin.
+    // Three deadline overruns in a row open the breaker: the plugin is
+    // skipped (no CPU burnt) and requests get the fault behaviour at once.
+    let skipped = pair.bad("/fine");
+    assert_bypassed(&skipped, "quarantined");
+    pair.assert_good_tenant_unharmed();
+    // After the cool-down the plugin is tried again and works.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     pair.bad("/fine");
     assert!(pair.bad("/fine").cache_status().contains("hit"));
 }

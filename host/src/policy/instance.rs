@@ -3,6 +3,7 @@
 
 use super::bindings::cachet::policy::types::TestVector;
 use super::bindings::Policy;
+use super::breaker::Breaker;
 use super::decision::{self, RequestDecision, ResponseDecision};
 use super::engine::PolicyEngine;
 use super::host_api::HostState;
@@ -30,6 +31,8 @@ pub enum PluginFault {
     Instantiate(String),
     /// The guest returned something the host refuses (oversized key...).
     InvalidOutput(String),
+    /// Skipped: the plugin kept exceeding its deadline (circuit breaker open).
+    Quarantined,
 }
 
 impl PluginFault {
@@ -41,6 +44,7 @@ impl PluginFault {
             Self::Trap(_) => "trap",
             Self::Instantiate(_) => "instantiate",
             Self::InvalidOutput(_) => "invalid-output",
+            Self::Quarantined => "quarantined",
         }
     }
 }
@@ -53,6 +57,7 @@ impl fmt::Display for PluginFault {
             Self::Trap(msg) => write!(f, "plugin trapped: {msg}"),
             Self::Instantiate(msg) => write!(f, "plugin could not be instantiated: {msg}"),
             Self::InvalidOutput(msg) => write!(f, "plugin returned invalid output: {msg}"),
+            Self::Quarantined => write!(f, "plugin skipped after repeated deadline overruns"),
         }
     }
 }
@@ -180,6 +185,7 @@ pub struct InstancePool {
     limits: PluginLimits,
     idle: Mutex<Vec<PolicyInstance>>,
     live: Arc<AtomicUsize>,
+    breaker: Breaker,
     request_seconds: prometheus::Histogram,
     response_seconds: prometheus::Histogram,
 }
@@ -204,6 +210,7 @@ impl InstancePool {
             limits,
             idle: Mutex::new(Vec::new()),
             live: Arc::new(AtomicUsize::new(0)),
+            breaker: Breaker::default(),
             request_seconds,
             response_seconds,
         }
@@ -288,6 +295,9 @@ impl InstancePool {
         &self,
         work: impl FnOnce(&mut PolicyInstance, &PluginLimits) -> Result<R, PluginFault>,
     ) -> Result<R, PluginFault> {
+        if self.breaker.is_open() {
+            return Err(PluginFault::Quarantined);
+        }
         let idle = self.idle.lock().pop();
         let mut instance = match idle {
             Some(instance) => instance,
@@ -296,7 +306,18 @@ impl InstancePool {
         // On a fault the instance is dropped here: a trapped instance may be
         // in any state, so it never serves another request.
         instance.uses += 1;
-        let result = work(&mut instance, &self.limits)?;
+        let result = match work(&mut instance, &self.limits) {
+            Ok(result) => {
+                self.breaker.record_success();
+                result
+            }
+            Err(fault) => {
+                if fault == PluginFault::Timeout {
+                    self.breaker.record_timeout();
+                }
+                return Err(fault);
+            }
+        };
         if instance.uses < self.limits.instance_reuse {
             let mut idle = self.idle.lock();
             if idle.len() < MAX_IDLE_INSTANCES {

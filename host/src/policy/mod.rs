@@ -3,6 +3,7 @@
 
 pub mod artifact_cache;
 mod bindings;
+mod breaker;
 mod builtin;
 mod call_scope;
 mod decision;
