@@ -233,3 +233,69 @@ fn new_plugin_writes_a_crate_that_tests_green() {
         .expect("cargo test");
     assert!(status.success(), "the generated plugin's tests fail");
 }
+
+#[test]
+fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
+    let origin = Origin::start(|_| Reply::ok("up").header("Cache-Control", "max-age=60"));
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("cachet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nthreads = 1\npid_file = \"cachet.pid\"\nupgrade_sock = \"upgrade.sock\"\n\n[[tenant]]\nname = \"u\"\nhosts = [\"*\"]\nupstream = \"{}\"\nplugin = {:?}\n",
+            origin.addr,
+            plugin("standard").display().to_string()
+        ),
+    )
+    .unwrap();
+    let spawn = |upgrade: bool| {
+        let mut cmd = Command::new(cachet_bin());
+        cmd.args(["serve", "--config", config.to_str().unwrap()]);
+        if upgrade {
+            cmd.arg("--upgrade");
+        }
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn cachet")
+    };
+    let serving_pid = || -> Option<u32> {
+        let text = ureq::get(&format!("http://127.0.0.1:{admin}/status"))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["pid"]
+            .as_u64()
+            .map(|p| p as u32)
+    };
+    let mut old = spawn(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while serving_pid() != Some(old.id()) {
+        assert!(Instant::now() < deadline, "first cachet did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/a")).text(), "up");
+
+    // The new process waits for the listeners; SIGQUIT makes the old one hand them over.
+    let mut new = spawn(true);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(Command::new("kill")
+        .args(["-QUIT", &old.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while serving_pid() != Some(new.id()) {
+        assert!(Instant::now() < deadline, "new cachet did not take over");
+        // Clients keep being served throughout.
+        assert_eq!(get(&format!("http://127.0.0.1:{port}/a")).status, 200);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/a")).text(), "up");
+    let _ = old.kill();
+    let _ = old.wait();
+    let _ = new.kill();
+    let _ = new.wait();
+}

@@ -70,6 +70,7 @@ impl AdminApp {
             })
             .collect();
         json!({
+            "pid": std::process::id(),
             "config": {
                 "path": self.reloader.config_path(),
                 "watching": self.reloader.watching(),
