@@ -2,21 +2,11 @@
 
 mod support;
 
-use std::process::Command;
 use support::plugin;
-use support::proxy::cachet_bin;
+use support::proxy::run_cachet;
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(cachet_bin())
-        .args(args)
-        .output()
-        .expect("run cachet");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_cachet(args)
 }
 
 #[test]

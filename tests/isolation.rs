@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::process::Command;
 use support::client::{send, Resp};
 use support::origin::{Origin, Reply};
-use support::proxy::{cachet_bin, Proxy, TenantSpec};
+use support::proxy::{run_cachet, Proxy, TenantSpec};
 use support::{fixture, plugin};
 
 struct Pair {
@@ -255,19 +254,7 @@ fn plugin_logs_are_tagged_with_the_tenant_and_see_its_config() {
 }
 
 fn check(path: &std::path::Path) -> (bool, String) {
-    let out = Command::new(cachet_bin())
-        .arg("check")
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    run_cachet(&[std::ffi::OsStr::new("check"), path.as_os_str()])
 }
 
 #[test]

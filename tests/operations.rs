@@ -7,22 +7,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::client::{get, send};
 use support::origin::{Origin, Reply};
-use support::proxy::{cachet_bin, Proxy, TenantSpec};
+use support::proxy::{cachet_bin, run_cachet, Proxy, TenantSpec};
 use support::{free_port, plugin};
 
 const TOKEN: &str = "s3cret-admin-token";
 
 fn cachet(args: &[&str]) -> (bool, String) {
-    let out = Command::new(cachet_bin())
-        .args(args)
-        .output()
-        .expect("run cachet");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_cachet(args)
 }
 
 /// A proxy whose config carries an admin token and a metrics listener.

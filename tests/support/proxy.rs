@@ -65,6 +65,20 @@ pub fn cachet_bin() -> &'static str {
     env!("CARGO_BIN_EXE_cachet")
 }
 
+/// Runs `cachet ARGS` to completion: (succeeded, stdout + stderr).
+pub fn run_cachet<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String) {
+    let out = Command::new(cachet_bin())
+        .args(args)
+        .output()
+        .expect("run cachet");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 impl Proxy {
     /// Starts cachet with `[cache]` lines `cache` and the given tenants.
     pub fn start(cache: &str, tenants: &[TenantSpec]) -> Self {
