@@ -4,7 +4,9 @@
 
 use super::{same_file, Reloader};
 use notify::{EventKind, RecursiveMode, Watcher};
-use std::collections::BTreeSet;
+use parking_lot::RwLock;
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -21,15 +23,27 @@ const MAX_BATCH_DELAY: Duration = Duration::from_millis(200);
 pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<Change>();
     let events = tx.clone();
+    // File names worth a look: the watched folders also hold logs and
+    // temporary files whose constant writes must not delay a reload.
+    let names: Arc<RwLock<HashSet<OsString>>> = Arc::default();
+    let relevant = names.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            if !matches!(event.kind, EventKind::Access(_)) {
-                let _ = events.send(Change::Paths(event.paths));
-            }
+        let Ok(event) = event else { return };
+        if matches!(event.kind, EventKind::Access(_)) {
+            return;
+        }
+        let wanted = relevant.read();
+        let paths: Vec<PathBuf> = event
+            .paths
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| wanted.contains(n)))
+            .collect();
+        if !paths.is_empty() {
+            let _ = events.send(Change::Paths(paths));
         }
     })?;
     let mut watched = BTreeSet::new();
-    sync_watches(&mut watcher, &mut watched, &reloader);
+    sync_watches(&mut watcher, &mut watched, &names, &reloader);
 
     let mut hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
     std::thread::Builder::new()
@@ -56,7 +70,7 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
                     }
                 }
                 apply(&reloader, batch);
-                sync_watches(&mut watcher, &mut watched, &reloader);
+                sync_watches(&mut watcher, &mut watched, &names, &reloader);
             }
         })?;
     Ok(())
@@ -94,12 +108,17 @@ fn apply(reloader: &Reloader, batch: Vec<Change>) {
 fn sync_watches(
     watcher: &mut notify::RecommendedWatcher,
     watched: &mut BTreeSet<PathBuf>,
+    names: &RwLock<HashSet<OsString>>,
     reloader: &Reloader,
 ) {
-    let wanted: BTreeSet<PathBuf> = std::iter::once(reloader.config_path())
+    let files: Vec<PathBuf> = std::iter::once(reloader.config_path())
         .chain(reloader.plugin_paths())
-        .filter_map(|file| folder_of(&file))
         .collect();
+    *names.write() = files
+        .iter()
+        .filter_map(|f| f.file_name().map(|n| n.to_os_string()))
+        .collect();
+    let wanted: BTreeSet<PathBuf> = files.iter().filter_map(|file| folder_of(file)).collect();
     for gone in watched.difference(&wanted) {
         let _ = watcher.unwatch(gone);
     }
