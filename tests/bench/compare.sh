@@ -68,10 +68,16 @@ case "$BENCH_SCENARIOS" in
     full | all) scenarios=("${all_scenarios[@]}") ;;
     quick) scenarios=("1k-1000url-c64") ;;
     *)
-        IFS=', ' read -r -a scenarios <<<"$BENCH_SCENARIOS"
-        for s in "${scenarios[@]}"; do
+        IFS=', ' read -r -a wanted <<<"$BENCH_SCENARIOS"
+        for s in "${wanted[@]}"; do
             [[ " ${all_scenarios[*]} " == *" $s "* ]] ||
                 die "unknown scenario '$s' (known: full, quick, ${all_scenarios[*]})"
+        done
+        # Keep the canonical order: the miss row, which fills the caches with
+        # new objects, always runs last.
+        scenarios=()
+        for s in "${all_scenarios[@]}"; do
+            [[ " ${wanted[*]} " == *" $s "* ]] && scenarios+=("$s")
         done
         ;;
 esac
@@ -152,21 +158,36 @@ start_bg() {
     stop_signal[$BG_PID]="$sig"
 }
 
-# A port nobody listens on yet, from 20000-59999, never handed out twice.
+# A port no socket uses yet, below the kernel's ephemeral range (so that no
+# client connection of this run can hold it), never handed out twice.
 declare -A used_ports=()
+read -r ephemeral_low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || ephemeral_low=32768
+port_low=10000 port_high=$((ephemeral_low - 1))
+((port_high - port_low >= 1000)) || port_low=$((ephemeral_low + 20000)) port_high=65000
 free_port() {
     local port i
-    for ((i = 0; i < 200; i++)); do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    for ((i = 0; i < 500; i++)); do
+        port=$((port_low + (RANDOM * 32768 + RANDOM) % (port_high - port_low + 1)))
         [[ -n "${used_ports[$port]:-}" ]] && continue
-        # A successful connect means something listens there.
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            used_ports[$port]=1
-            echo "$port"
-            return 0
+        if command -v ss >/dev/null; then
+            [[ -z "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ]] || continue
         fi
+        # A successful connect means something listens there.
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
+        used_ports[$port]=1
+        FREE_PORT="$port"
+        return 0
     done
     die "no free port found"
+}
+
+# The most telling line of a server's log: a panic, an error, else the last one.
+last_error() {
+    local line
+    line="$(sed -E 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null |
+        grep -E -i -m 1 "panicked|error|alert|emerg|refus|in use|unknown|invalid" )"
+    [[ -n "$line" ]] || line="$(grep -v '^[[:space:]]*$' "$1" 2>/dev/null | tail -n 1)"
+    printf '%s' "${line:0:200}"
 }
 
 # wait_http URL PID SECONDS: until URL answers 200 (0), PID dies or time is up (1).
@@ -281,7 +302,7 @@ start_origin() {
     head -c 1024 /dev/zero | tr '\0' 'a' >"$dir/www/1k"
     head -c 65536 /dev/zero | tr '\0' 'b' >"$dir/www/64k"
     chmod -R a+rX "$dir"
-    origin_port="$(free_port)"
+    free_port; origin_port="$FREE_PORT"
     cat >"$dir/nginx.conf" <<EOF
 # origin: serves /obj/<anything>/1k and /obj/<anything>/64k from two files.
 daemon off;
@@ -295,7 +316,6 @@ http {
     access_log off;
     default_type application/octet-stream;
     sendfile on;
-    tcp_nopush on;
     keepalive_requests 100000000;
     keepalive_timeout 120s;
     client_body_temp_path $dir/tmp/body;
@@ -394,9 +414,9 @@ start_cachet() {
         fi
     fi
     mkdir -p "$dir"
-    TARGET_PORT="$(free_port)"
+    free_port; TARGET_PORT="$FREE_PORT"
     local admin_port
-    admin_port="$(free_port)"
+    free_port; admin_port="$FREE_PORT"
     {
         cat <<EOF
 [server]
@@ -425,7 +445,7 @@ EOF
     start_bg "$name" INT "$repo_root/target/release/cachet" serve --config "$dir/cachet.toml"
     TARGET_PID="$BG_PID"
     if ! wait_http "http://127.0.0.1:$admin_port/status" "$TARGET_PID" 60; then
-        TARGET_ERR="cachet did not become ready: $(grep -v '^\s*$' "$work/$name.out" | tail -n 1 | cut -c1-160)"
+        TARGET_ERR="cachet did not become ready: $(last_error "$work/$name.out")"
         return 1
     fi
 }
@@ -434,7 +454,7 @@ start_varnish() {
     local dir="$work/varnish" varnishd
     varnishd="$(tool varnishd)" || { TARGET_ERR="varnishd not installed"; return 1; }
     mkdir -p "$dir"
-    TARGET_PORT="$(free_port)"
+    free_port; TARGET_PORT="$FREE_PORT"
     cat >"$dir/bench.vcl" <<EOF
 vcl 4.1;
 
@@ -463,7 +483,7 @@ EOF
         -p thread_pools="$BENCH_SERVER_THREADS"
     TARGET_PID="$BG_PID"
     if ! wait_http "http://127.0.0.1:$TARGET_PORT/obj/0/1k" "$TARGET_PID" 30; then
-        TARGET_ERR="varnish did not start: $(grep -v '^\s*$' "$work/varnish.out" | tail -n 1 | cut -c1-160)"
+        TARGET_ERR="varnish did not start: $(last_error "$work/varnish.out")"
         return 1
     fi
 }
@@ -471,7 +491,7 @@ EOF
 start_nginx_cache() {
     local dir="$work/nginx-cache"
     mkdir -p "$dir/cache" "$dir/tmp"
-    TARGET_PORT="$(free_port)"
+    free_port; TARGET_PORT="$FREE_PORT"
     cat >"$dir/nginx.conf" <<EOF
 # nginx as a caching reverse proxy in front of the origin.
 daemon off;
@@ -484,7 +504,6 @@ events { worker_connections 8192; }
 http {
     access_log off;
     sendfile on;
-    tcp_nopush on;
     keepalive_requests 100000000;
     keepalive_timeout 120s;
     client_body_temp_path $dir/tmp/body;
@@ -524,11 +543,11 @@ start_haproxy() {
     local dir="$work/haproxy" haproxy
     haproxy="$(tool haproxy)" || { TARGET_ERR="haproxy not installed"; return 1; }
     mkdir -p "$dir"
-    TARGET_PORT="$(free_port)"
+    free_port; TARGET_PORT="$FREE_PORT"
     cat >"$dir/haproxy.cfg" <<EOF
 global
     nbthread $BENCH_SERVER_THREADS
-    maxconn 20000
+    maxconn 4096
 
 defaults
     mode http
@@ -561,7 +580,7 @@ EOF
     start_bg haproxy TERM "$haproxy" -db -f "$dir/haproxy.cfg"
     TARGET_PID="$BG_PID"
     if ! wait_http "http://127.0.0.1:$TARGET_PORT/obj/0/1k" "$TARGET_PID" 15; then
-        TARGET_ERR="haproxy did not start: $(tail -n 1 "$work/haproxy.out" | cut -c1-160)"
+        TARGET_ERR="haproxy did not start: $(last_error "$work/haproxy.out")"
         return 1
     fi
 }
@@ -696,6 +715,13 @@ log "temporary folder: $work"
 if wants 'cachet-*'; then build_cachet; fi
 if wants 'cachet-wasm-*'; then build_plugins; fi
 
+# What is measured: the commit built just now, and how busy the machine was.
+commit="$(git -C "$repo_root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git -C "$repo_root" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    commit="$commit (with uncommitted changes)"
+fi
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+
 start_origin
 log "origin nginx on 127.0.0.1:$origin_port (pid $origin_pid)"
 
@@ -730,10 +756,7 @@ elapsed=$((SECONDS - started_at))
 
 # ---- Report --------------------------------------------------------------------------
 
-commit="$(git -C "$repo_root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
-if [[ -n "$(git -C "$repo_root" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
-    commit="$commit (with uncommitted changes)"
-fi
+load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 model="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 version_of() { "$@" 2>&1 | head -n 1 | tr -d '\r'; }
 
@@ -744,6 +767,7 @@ report="$work/report.md"
     echo "- commit: $commit"
     echo "- machine: $(nproc) CPUs, ${model:-unknown model}, $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
     echo "- load: wrk -t$WRK_THREADS, ${BENCH_SECONDS}s per row after a ${BENCH_WARMUP}s warm-up; every server on 127.0.0.1 with $BENCH_SERVER_THREADS threads/workers"
+    echo "- load average (1, 5, 15 min) before the run: $load_before; after: $load_after (the run itself adds up to about $((2 * WRK_THREADS)); more means other work shared the CPUs and the numbers are noisy)"
     echo "- tools: $(version_of wrk -v | cut -d' ' -f1-2); $(version_of "$(tool nginx)" -v | sed 's/.*: //')$(
         [[ -n "$(tool varnishd)" ]] && printf '; %s' "$(version_of "$(tool varnishd)" -V | sed -E 's/varnishd \((varnish-[^ ]+).*/\1/')")$(
         [[ -n "$(tool haproxy)" ]] && printf '; haproxy %s' "$(version_of "$(tool haproxy)" -v | awk '{ print $3 }')")"
