@@ -101,3 +101,63 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAT: &[u8] = b"(component)";
+
+    fn only_artifact(dir: &Path) -> PathBuf {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .expect("an artifact was written")
+    }
+
+    #[test]
+    fn second_load_comes_from_disk_and_bad_artifacts_are_rebuilt() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), &engine);
+        let sha = "0".repeat(64);
+
+        assert!(
+            !cache.component(&engine, WAT, &sha).unwrap().1,
+            "first load compiles"
+        );
+        assert!(
+            cache.component(&engine, WAT, &sha).unwrap().1,
+            "second load is cached"
+        );
+
+        // Corrupt bytes: the checksum no longer matches.
+        let artifact = only_artifact(dir.path());
+        let mut bytes = std::fs::read(&artifact).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&artifact, &bytes).unwrap();
+        assert!(
+            !cache.component(&engine, WAT, &sha).unwrap().1,
+            "corrupt artifact recompiled"
+        );
+        assert!(
+            cache.component(&engine, WAT, &sha).unwrap().1,
+            "and rewritten"
+        );
+
+        // A foreign file whose checksum matches is still refused by wasmtime.
+        let foreign = b"not a wasmtime artifact".to_vec();
+        std::fs::write(&artifact, &foreign).unwrap();
+        std::fs::write(
+            artifact.with_extension("cwasm.sha256"),
+            hex::encode(Sha256::digest(&foreign)),
+        )
+        .unwrap();
+        assert!(
+            !cache.component(&engine, WAT, &sha).unwrap().1,
+            "foreign artifact recompiled"
+        );
+    }
+}
