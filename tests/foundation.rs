@@ -277,6 +277,14 @@ fn concurrent_misses_for_one_key_reach_the_origin_once() {
         "{statuses:#?}\n{}",
         proxy.log()
     );
+    // The waiting is visible to operators.
+    let metrics = get(&proxy.admin_url("/metrics")).text();
+    let waits: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cachet_cache_lock_wait_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(waits >= 1.0, "no lock waits recorded:\n{metrics}");
 }
 
 #[test]

@@ -70,6 +70,17 @@ fn metrics_count_real_traffic() {
         )
     };
     assert_eq!(hooks("request"), 9.0, "{text}");
+    // One miss of /cached, two of /nostore, the POST: four origin requests.
+    assert_eq!(
+        metric(
+            &text,
+            "cachet_origin_response_seconds_count",
+            &["tenant=\"site\""]
+        ),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(origin.hits(), 4);
     assert_eq!(hooks("response"), 1.0, "{text}");
     assert_eq!(
         metric(&text, "cachet_cache_objects", &["tenant=\"site\""]),

@@ -46,6 +46,45 @@ static HOOK_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
     register(HistogramVec::new(opts, &["tenant", "hook"]))
 });
 
+static ORIGIN_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
+    let opts = HistogramOpts::new(
+        "cachet_origin_response_seconds",
+        "Time from choosing the origin to its response header, by tenant and status class",
+    )
+    .buckets(vec![1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
+    register(HistogramVec::new(opts, &["tenant", "status"]))
+});
+
+static LOCK_WAIT_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
+    let opts = HistogramOpts::new(
+        "cachet_cache_lock_wait_seconds",
+        "Time requests waited for another request's fill of the same key",
+    )
+    .buckets(vec![1e-4, 1e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
+    register(HistogramVec::new(opts, &["tenant"]))
+});
+
+/// An origin response (its count is the number of origin requests).
+pub fn origin_response(tenant: &str, status: u16, elapsed: std::time::Duration) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    ORIGIN_SECONDS
+        .with_label_values(&[tenant, class])
+        .observe(elapsed.as_secs_f64());
+}
+
+/// A request that waited on the cache lock (request coalescing).
+pub fn lock_wait(tenant: &str, waited: std::time::Duration) {
+    LOCK_WAIT_SECONDS
+        .with_label_values(&[tenant])
+        .observe(waited.as_secs_f64());
+}
+
 fn register<M>(metric: prometheus::Result<M>) -> M
 where
     M: prometheus::core::Collector + Clone + 'static,

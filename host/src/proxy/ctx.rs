@@ -40,4 +40,6 @@ pub struct RequestCtx {
     pub unshared_hit: bool,
     /// The origin's 304 to a revalidation, whose fields pingora only partly merges.
     pub not_modified: Option<Box<ResponseHeader>>,
+    /// When the request went to the origin (for the origin latency metric).
+    pub origin_started: Option<std::time::Instant>,
 }

@@ -113,6 +113,16 @@ impl ProxyHttp for CachetProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if !upstream_response.status.is_informational() {
+            if let Some(started) = ctx.origin_started.take() {
+                let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
+                crate::metrics::origin_response(
+                    tenant,
+                    upstream_response.status.as_u16(),
+                    started.elapsed(),
+                );
+            }
+        }
         // Kept for response_cache_filter, which only sees pingora's partial merge.
         if ctx.route == Route::Cache && upstream_response.status == http::StatusCode::NOT_MODIFIED {
             ctx.not_modified = Some(Box::new(upstream_response.clone()));
@@ -128,6 +138,7 @@ impl ProxyHttp for CachetProxy {
         let Some(tenant) = &ctx.tenant else {
             return Error::e_explain(ErrorType::InternalError, "no tenant chosen");
         };
+        ctx.origin_started = Some(std::time::Instant::now());
         let mut peer = HttpPeer::new(tenant.config.upstream, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         peer.options.read_timeout = Some(Duration::from_secs(60));
@@ -171,6 +182,9 @@ impl ProxyHttp for CachetProxy {
             ctx.outcome
         };
         crate::metrics::request(tenant, outcome);
+        if let Some(waited) = session.cache.lock_duration() {
+            crate::metrics::lock_wait(tenant, waited);
+        }
         if !self.state.access_log {
             return;
         }
