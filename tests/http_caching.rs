@@ -594,3 +594,39 @@ fn range_requests_are_served_206_from_cache() {
     assert_eq!(part.header("content-range"), Some("bytes 2-5/10"));
     assert_eq!(origin.hits(), 1);
 }
+
+#[test]
+fn objects_over_the_tenant_limit_stream_through_unstored() {
+    // 40 KiB bodies: one tenant allows 16 KiB objects, the other the global 1 MiB.
+    let origin =
+        Origin::start(|_| Reply::ok(vec![b'z'; 40 * 1024]).header("Cache-Control", "max-age=600"));
+    let proxy = Proxy::start(
+        "max_bytes = \"16MiB\"\nmax_object_bytes = \"1MiB\"",
+        &[
+            TenantSpec::new("small", origin.addr, &plugin("standard"))
+                .hosts(&["small.test"])
+                .limits("hook_timeout_ms = 250\nmax_object_bytes = \"16KiB\""),
+            TenantSpec::new("big", origin.addr, &plugin("standard")).hosts(&["big.test"]),
+        ],
+    );
+    let url = proxy.url("/large");
+    for _ in 0..2 {
+        let resp = send("GET", &url, &[("Host", "small.test")]);
+        assert_eq!(
+            resp.body.len(),
+            40 * 1024,
+            "the client still gets the whole body"
+        );
+        assert!(
+            resp.cache_status().contains("max_object_bytes"),
+            "{}",
+            resp.cache_status()
+        );
+    }
+    assert_eq!(origin.hits_for("/large"), 2);
+    send("GET", &url, &[("Host", "big.test")]);
+    assert!(send("GET", &url, &[("Host", "big.test")])
+        .cache_status()
+        .contains("hit"));
+    assert_eq!(origin.hits_for("/large"), 3);
+}

@@ -104,6 +104,7 @@ struct RawLimits {
     instance_reuse: Option<Spanned<u32>>,
     max_instances: Option<Spanned<usize>>,
     cache_quota: Option<Spanned<ByteSize>>,
+    max_object_bytes: Option<ByteSize>,
 }
 
 // ---- The validated configuration -----------------------------------------
@@ -174,6 +175,8 @@ pub struct TenantConfig {
     pub limits: PluginLimits,
     /// This tenant's own byte budget inside the global cache budget.
     pub cache_quota: Option<usize>,
+    /// This tenant's own (smaller) maximum object size.
+    pub max_object_bytes: Option<usize>,
     pub plugin_config: BTreeMap<String, String>,
 }
 
@@ -514,6 +517,7 @@ impl Locator<'_> {
             on_plugin_error: t.on_plugin_error,
             limits,
             cache_quota,
+            max_object_bytes: t.limits.max_object_bytes.map(|b| b.as_u64() as usize),
             plugin_config: t.plugin_config,
         })
     }

@@ -56,6 +56,7 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     )));
     for tenant in &config.tenants {
         storage.set_partition_budget(&tenant.name, tenant.cache_quota);
+        storage.set_partition_max_object(&tenant.name, tenant.max_object_bytes);
     }
     let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(config.cache.lock_timeout));
     let lock: &'static CacheKeyLockImpl = lock;

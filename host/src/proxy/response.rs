@@ -47,7 +47,9 @@ fn decide(
     }
     // Known to be too large: say so now. (A chunked body that outgrows the
     // limit is still streamed to the client and simply not kept by storage.)
-    if content_length(resp).is_some_and(|len| len > proxy.state.cache.max_object_bytes) {
+    let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
+    let max_object = proxy.state.cache.storage.max_object_size(tenant);
+    if content_length(resp).is_some_and(|len| len > max_object) {
         return not_stored(ctx, "larger than max_object_bytes");
     }
     let cc = directives::effective(resp);

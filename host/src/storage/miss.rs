@@ -30,6 +30,8 @@ pub(super) struct Miss {
     body_len: usize,
     /// Body bytes plus chunk overheads, checked against the maximum object size.
     charged: usize,
+    /// The maximum object size of this write's partition.
+    max_object: usize,
     eof: bool,
     finished: bool,
 }
@@ -43,7 +45,9 @@ impl Miss {
         writer: StreamWriter,
         head: Arc<Chunk>,
     ) -> Self {
+        let max_object = storage.max_object_size(&lru_key.key().user_tag);
         Self {
+            max_object,
             storage,
             slot: SlotKey::of_compact(lru_key.key()),
             lru_key,
@@ -88,7 +92,7 @@ impl HandleMiss for Miss {
             self.body_len += data.len();
             self.charged = self.charged.saturating_add(data.len() + CHUNK_OVERHEAD);
             self.writer.push(data);
-            if self.buffered.is_some() && self.charged > self.storage.max_object_size {
+            if self.buffered.is_some() && self.charged > self.max_object {
                 // Never an error: with streaming writes the client is served from this write,
                 // and pingora fails the response when a write errors.
                 self.give_up();

@@ -46,6 +46,8 @@ pub struct MemoryStorage {
     /// Global counters, also readable without the lock.
     counters: Arc<Counters>,
     max_object_size: usize,
+    /// Tighter per-partition (tenant) limits on the object size.
+    partition_max_object: RwLock<std::collections::HashMap<String, usize>>,
     next_write_id: AtomicU64,
 }
 
@@ -58,8 +60,25 @@ impl MemoryStorage {
             index: RwLock::new(Index::new(global_budget, counters.clone())),
             counters,
             max_object_size,
+            partition_max_object: RwLock::default(),
             next_write_id: AtomicU64::new(0),
         }
+    }
+
+    /// Stores no body over `bytes` for this partition (never more than the
+    /// global maximum); `None` removes the partition's own limit.
+    pub fn set_partition_max_object(&self, partition: &str, bytes: Option<usize>) {
+        let mut limits = self.partition_max_object.write();
+        match bytes {
+            Some(bytes) => limits.insert(partition.to_owned(), bytes),
+            None => limits.remove(partition),
+        };
+    }
+
+    /// The object size limit for a partition.
+    pub fn max_object_size(&self, partition: &str) -> usize {
+        let own = self.partition_max_object.read().get(partition).copied();
+        own.map_or(self.max_object_size, |own| own.min(self.max_object_size))
     }
 
     /// Changes the global budget, evicting at once if it shrank.
