@@ -630,3 +630,43 @@ fn objects_over_the_tenant_limit_stream_through_unstored() {
         .contains("hit"));
     assert_eq!(origin.hits_for("/large"), 3);
 }
+
+#[test]
+fn the_plugin_normalises_a_varying_header_into_shared_variants() {
+    // static-assets buckets Accept-Encoding into br / gzip / identity.
+    let origin = Origin::start(|seen| {
+        let ae = seen.header("accept-encoding").unwrap_or("none").to_owned();
+        Reply::ok(format!("for {ae}"))
+            .header("Cache-Control", "max-age=600")
+            .header("Vary", "Accept-Encoding")
+    });
+    let proxy = Proxy::start(
+        "max_bytes = \"16MiB\"",
+        &[TenantSpec::new(
+            "site",
+            origin.addr,
+            &plugin("static-assets"),
+        )],
+    );
+    let url = proxy.url("/app.js");
+    let first = send("GET", &url, &[("Accept-Encoding", "gzip, deflate, br")]);
+    assert_eq!(first.text(), "for gzip, deflate, br");
+    // Spelled differently, same best encoding: the same variant.
+    let same = send("GET", &url, &[("Accept-Encoding", "br;q=1.0, gzip")]);
+    assert!(
+        same.cache_status().contains("hit"),
+        "{}",
+        same.cache_status()
+    );
+    assert_eq!(same.text(), "for gzip, deflate, br");
+    // A different bucket is a different variant, stored beside the first.
+    let gzip = send("GET", &url, &[("Accept-Encoding", "gzip")]);
+    assert_eq!(gzip.text(), "for gzip");
+    assert!(send("GET", &url, &[("Accept-Encoding", "deflate, gzip")])
+        .cache_status()
+        .contains("hit"));
+    assert!(send("GET", &url, &[("Accept-Encoding", "br")])
+        .cache_status()
+        .contains("hit"));
+    assert_eq!(origin.hits_for("/app.js"), 2);
+}

@@ -89,6 +89,10 @@ pub fn on_response<P: Policy>(
         .into()
 }
 
+pub fn vary_value<P: Policy>(policy: &P, req: &HostRequest, name: String) -> Option<String> {
+    policy.vary_value(&view_request(req), &name)
+}
+
 pub fn self_test<P: Policy>(policy: &P) -> Vec<HostTestVector> {
     policy.self_test().into_iter().map(Into::into).collect()
 }

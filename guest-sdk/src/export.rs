@@ -72,6 +72,13 @@ macro_rules! export_policy {
                     __CACHET_POLICY.with(|policy| $crate::__private::on_response(policy, req, resp))
                 }
 
+                fn vary_value(
+                    req: &$crate::__private::HostRequest,
+                    name: ::std::string::String,
+                ) -> ::std::option::Option<::std::string::String> {
+                    __CACHET_POLICY.with(|policy| $crate::__private::vary_value(policy, req, name))
+                }
+
                 fn self_test() -> ::std::vec::Vec<$crate::__private::HostTestVector> {
                     __CACHET_POLICY.with(|policy| $crate::__private::self_test(policy))
                 }

@@ -30,6 +30,16 @@ pub trait Policy {
         ResponseDecision::FollowOrigin
     }
 
+    /// The value the cache compares for `name`, a request header the stored
+    /// response varies on (`Vary`), so that equivalent requests share one
+    /// variant — e.g. bucket `Accept-Encoding` into "br", "gzip" or
+    /// "identity". `name` is lower-case. Default: `None`, the host's own
+    /// normalisation (lower-cased, whitespace collapsed).
+    fn vary_value(&self, req: &Request, name: &str) -> Option<String> {
+        let _ = (req, name);
+        None
+    }
+
     /// Sample exchanges and the decisions this policy must make for them.
     /// The host runs them against a fresh instance, with an empty tenant
     /// config, before a new plugin version may serve, and refuses the version

@@ -148,6 +148,25 @@ impl PolicyInstance {
 }
 
 impl PolicyInstance {
+    fn vary_value(
+        &mut self,
+        limits: &PluginLimits,
+        request: &RequestHeader,
+        name: &str,
+    ) -> Result<Option<String>, PluginFault> {
+        let value = self.call(limits, Some(request), None, |policy, store| {
+            policy.call_vary_value(store, Resource::new_borrow(0), name)
+        })?;
+        match value {
+            Some(v) if v.len() > limits.max_key_bytes => Err(PluginFault::InvalidOutput(format!(
+                "vary value of {} bytes exceeds the limit of {}",
+                v.len(),
+                limits.max_key_bytes
+            ))),
+            other => Ok(other),
+        }
+    }
+
     fn self_test(&mut self, limits: &PluginLimits) -> Result<Vec<TestVector>, PluginFault> {
         self.call(limits, None, None, |policy, store| {
             policy.call_self_test(store)
@@ -278,6 +297,20 @@ impl InstancePool {
                 _ => None,
             };
             Ok((decision, key))
+        })
+    }
+
+    /// Runs `vary-value` for each header name the stored response varies on.
+    pub fn vary_values(
+        &self,
+        request: &RequestHeader,
+        names: &[String],
+    ) -> Result<Vec<Option<String>>, PluginFault> {
+        self.with_instance(|instance, limits| {
+            names
+                .iter()
+                .map(|name| instance.vary_value(limits, request, name))
+                .collect()
         })
     }
 

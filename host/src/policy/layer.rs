@@ -34,6 +34,19 @@ impl PolicyLayer {
         }
     }
 
+    /// The plugin's comparison values for the request headers a stored
+    /// response varies on (None each: the host's default).
+    pub fn vary_values(
+        &self,
+        request: &RequestHeader,
+        names: &[String],
+    ) -> Result<Vec<Option<String>>, PluginFault> {
+        match self {
+            Self::Wasm(pool) => pool.vary_values(request, names),
+            Self::Builtin(_) => Ok(vec![None; names.len()]),
+        }
+    }
+
     /// The loaded plugin, for a WebAssembly policy.
     pub fn plugin(&self) -> Option<&Arc<LoadedPlugin>> {
         match self {

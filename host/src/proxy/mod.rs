@@ -101,10 +101,26 @@ impl ProxyHttp for CachetProxy {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        vary::variance(meta, req)
+        let policy = ctx.policy.clone();
+        let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name()).to_owned();
+        vary::variance(meta, req, |names| {
+            let Some(policy) = policy else {
+                return vec![None; names.len()];
+            };
+            policy.vary_values(req, names).unwrap_or_else(|fault| {
+                // A faulting plugin only loses its say on variants.
+                tracing::warn!(
+                    tenant,
+                    kind = fault.kind(),
+                    "plugin fault in vary-value: {fault}"
+                );
+                self.state.record_fault(&tenant, &fault);
+                vec![None; names.len()]
+            })
+        })
     }
 
     async fn upstream_response_filter(

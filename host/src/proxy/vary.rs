@@ -11,7 +11,13 @@ use pingora_cache::{CacheMeta, VarianceBuilder};
 const ABSENT: &[u8] = b"\0absent";
 
 /// The request's variance for `meta`, or None when the response does not vary.
-pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+/// `plugin_values` gives the tenant's plugin the chance to say how each
+/// varying header compares (None: the default normalisation below).
+pub fn variance(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    plugin_values: impl FnOnce(&[String]) -> Vec<Option<String>>,
+) -> Option<HashBinary> {
     let mut names: Vec<String> = meta
         .headers()
         .get_all(http::header::VARY)
@@ -26,9 +32,14 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     if names.is_empty() {
         return None;
     }
+    let mut overrides = plugin_values(&names).into_iter();
     let mut builder = VarianceBuilder::new();
     for name in names {
-        let value = request_value(req, &name);
+        let value = match overrides.next().flatten() {
+            // Marked so a plugin value never equals a default-normalised one.
+            Some(v) => [b"\0plugin:".as_slice(), v.as_bytes()].concat(),
+            None => request_value(req, &name),
+        };
         builder.add_owned_name_value(name, value);
     }
     builder.finalize()
@@ -61,6 +72,10 @@ fn request_value(req: &RequestHeader, name: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn variance_default(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+        variance(meta, req, |names| vec![None; names.len()])
+    }
     use pingora::http::ResponseHeader;
     use std::time::SystemTime;
 
@@ -83,21 +98,24 @@ mod tests {
     fn normalised_values_share_a_variant() {
         let m = meta("Accept-Encoding");
         assert_eq!(
-            variance(&m, &req(&[("accept-encoding", "gzip,  BR")])),
-            variance(&m, &req(&[("Accept-Encoding", " GZIP, br ")]))
+            variance_default(&m, &req(&[("accept-encoding", "gzip,  BR")])),
+            variance_default(&m, &req(&[("Accept-Encoding", " GZIP, br ")]))
         );
         assert_ne!(
-            variance(&m, &req(&[("accept-encoding", "gzip")])),
-            variance(&m, &req(&[("accept-encoding", "br")]))
+            variance_default(&m, &req(&[("accept-encoding", "gzip")])),
+            variance_default(&m, &req(&[("accept-encoding", "br")]))
         );
     }
 
     #[test]
     fn absent_and_empty_differ_and_both_vary() {
         let m = meta("accept-language, accept-encoding");
-        let absent = variance(&m, &req(&[]));
+        let absent = variance_default(&m, &req(&[]));
         assert!(absent.is_some());
-        assert_ne!(absent, variance(&m, &req(&[("accept-language", "")])));
+        assert_ne!(
+            absent,
+            variance_default(&m, &req(&[("accept-language", "")]))
+        );
     }
 
     #[test]
@@ -107,6 +125,6 @@ mod tests {
             .expect("valid");
         let now = SystemTime::now();
         let m = CacheMeta::new(now, now, 0, 0, r);
-        assert_eq!(variance(&m, &req(&[("accept", "x")])), None);
+        assert_eq!(variance_default(&m, &req(&[("accept", "x")])), None);
     }
 }

@@ -3,6 +3,7 @@
 //! dynamic paths.
 
 mod static_path;
+mod encoding;
 mod tracking;
 
 use std::time::Duration;
@@ -63,6 +64,12 @@ impl Policy for StaticAssets {
             return ResponseDecision::FollowOrigin;
         }
         ResponseDecision::store(STATIC_TTL)
+    }
+
+    /// Origins vary static files on Accept-Encoding; every browser spells
+    /// it differently, but only the best encoding offered matters.
+    fn vary_value(&self, req: &Request, name: &str) -> Option<String> {
+        (name == "accept-encoding").then(|| encoding::preferred(&req.header_all("accept-encoding")).to_owned())
     }
 
     fn self_test(&self) -> Vec<TestVector> {
