@@ -12,6 +12,17 @@ use support::{free_port, plugin};
 
 const TOKEN: &str = "s3cret-admin-token";
 
+/// Kills the process we started when the test ends, pass or fail.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
+}
+
 fn cachet(args: &[&str]) -> (bool, String) {
     run_cachet(args)
 }
@@ -186,7 +197,7 @@ fn daemon_mode_writes_a_pid_file_and_serves() {
         .expect("run cachet serve --daemon");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
-    let pid: i32 = loop {
+    let pid: u32 = loop {
         if let Some(pid) = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|p| p.trim().parse().ok())
@@ -198,15 +209,10 @@ fn daemon_mode_writes_a_pid_file_and_serves() {
         assert!(Instant::now() < deadline, "daemon did not start");
         std::thread::sleep(Duration::from_millis(50));
     };
+    // Stopped by the PID it wrote, however the test ends.
+    let _daemon = KillOnDrop(pid);
     let resp = get(&format!("http://127.0.0.1:{port}/x"));
     assert_eq!(resp.text(), "from origin");
-    // Stop the daemon we started, by the PID it wrote.
-    assert!(Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success());
 }
 
 #[test]
@@ -272,7 +278,8 @@ fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
             .as_u64()
             .map(|p| p as u32)
     };
-    let mut old = spawn(false);
+    let old = spawn(false);
+    let _old_guard = KillOnDrop(old.id());
     let deadline = Instant::now() + Duration::from_secs(30);
     while serving_pid() != Some(old.id()) {
         assert!(Instant::now() < deadline, "first cachet did not start");
@@ -281,7 +288,8 @@ fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
     assert_eq!(get(&format!("http://127.0.0.1:{port}/a")).text(), "up");
 
     // The new process waits for the listeners; SIGQUIT makes the old one hand them over.
-    let mut new = spawn(true);
+    let new = spawn(true);
+    let _new_guard = KillOnDrop(new.id());
     std::thread::sleep(Duration::from_millis(500));
     assert!(Command::new("kill")
         .args(["-QUIT", &old.id().to_string()])
@@ -296,8 +304,4 @@ fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(get(&format!("http://127.0.0.1:{port}/a")).text(), "up");
-    let _ = old.kill();
-    let _ = old.wait();
-    let _ = new.kill();
-    let _ = new.wait();
 }
