@@ -12,6 +12,11 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// Period of the epoch ticker; hook deadlines are counted in these ticks.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// Guest memory kept mapped across slot reuse: a Rust policy touches a few MiB
+/// (stack, data, heap). Measured: 1 MiB → 0.20×, 4 MiB → 0.35× origin-direct
+/// hit throughput with a fresh instance per request; 8 MiB no better.
+const KEEP_RESIDENT_BYTES: usize = 4 << 20;
+
 /// Upper bound of guest memory any tenant may configure; the pool reserves
 /// slots of this size.
 pub const MAX_GUEST_MEMORY: usize = 256 << 20;
@@ -48,7 +53,16 @@ impl PolicyEngine {
             .total_core_instances(max_instances.saturating_mul(8))
             .total_memories(max_instances.saturating_mul(2))
             .total_tables(max_instances.saturating_mul(4))
-            .max_memory_size(MAX_GUEST_MEMORY);
+            .max_memory_size(MAX_GUEST_MEMORY)
+            // A fresh instance per request recycles a pool slot per request.
+            // Resetting the first pages with memset instead of madvise keeps
+            // them mapped: no page faults on the next instance and no
+            // TLB-shootdown IPIs across worker threads.
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(64 << 10)
+            // Bounds what stays resident: at most this many idle slots keep
+            // their pages (16 × 4 MiB); colder slots are decommitted.
+            .max_unused_warm_slots(16);
 
         let mut config = Config::new();
         config
