@@ -12,8 +12,24 @@ use support::{free_port, plugin};
 
 const TOKEN: &str = "s3cret-admin-token";
 
-/// Kills the process we started when the test ends, pass or fail.
+/// Kills a process we started (by PID) when the test ends, pass or fail.
 struct KillOnDrop(u32);
+
+/// Kills and reaps a child we spawned when the test ends, pass or fail.
+struct ChildGuard(std::process::Child);
+
+impl ChildGuard {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -278,8 +294,7 @@ fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
             .as_u64()
             .map(|p| p as u32)
     };
-    let old = spawn(false);
-    let _old_guard = KillOnDrop(old.id());
+    let old = ChildGuard(spawn(false));
     let deadline = Instant::now() + Duration::from_secs(30);
     while serving_pid() != Some(old.id()) {
         assert!(Instant::now() < deadline, "first cachet did not start");
@@ -288,8 +303,7 @@ fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
     assert_eq!(get(&format!("http://127.0.0.1:{port}/a")).text(), "up");
 
     // The new process waits for the listeners; SIGQUIT makes the old one hand them over.
-    let new = spawn(true);
-    let _new_guard = KillOnDrop(new.id());
+    let new = ChildGuard(spawn(true));
     std::thread::sleep(Duration::from_millis(500));
     assert!(Command::new("kill")
         .args(["-QUIT", &old.id().to_string()])
