@@ -199,13 +199,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 
     let server = ServerConfig {
         listen: located.socket_addr("server.listen", &raw.server.listen)?,
-        threads: match raw.server.threads {
-            Some(t) if *t.get_ref() == 0 => {
-                return Err(located.at(t.span(), "server.threads", "must be at least 1"))
-            }
-            Some(t) => t.into_inner(),
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        },
+        threads: located.positive(
+            &raw.server.threads,
+            "server.threads",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        )?,
         admin: match &raw.server.admin {
             Some(a) => Some(located.socket_addr("server.admin", a)?),
             None => None,
@@ -369,6 +367,25 @@ impl Locator<'_> {
         }
     }
 
+    /// A count that must be at least 1, or `default` when absent.
+    fn positive<T>(
+        &self,
+        value: &Option<Spanned<T>>,
+        key: &str,
+        default: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: Copy + PartialEq + From<u8>,
+    {
+        match value {
+            Some(v) if *v.get_ref() == T::from(0) => {
+                Err(self.at(v.span(), key, "must be at least 1"))
+            }
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(default),
+        }
+    }
+
     fn socket_addr(&self, key: &str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
         let text = value.get_ref();
         text.to_socket_addrs()
@@ -456,45 +473,27 @@ impl Locator<'_> {
                 Some(m) => m.get_ref().as_u64() as usize,
                 None => defaults.memory_bytes,
             },
-            hook_timeout: match &t.limits.hook_timeout_ms {
-                Some(ms) if *ms.get_ref() == 0 => {
-                    return Err(self.at(
-                        ms.span(),
-                        "tenant.limits.hook_timeout_ms",
-                        "must be at least 1",
-                    ))
-                }
-                Some(ms) => Duration::from_millis(*ms.get_ref()),
-                None => defaults.hook_timeout,
-            },
+            hook_timeout: Duration::from_millis(self.positive(
+                &t.limits.hook_timeout_ms,
+                "tenant.limits.hook_timeout_ms",
+                defaults.hook_timeout.as_millis() as u64,
+            )?),
             max_key_bytes: t.limits.max_key_bytes.unwrap_or(defaults.max_key_bytes),
             max_key_parts: t.limits.max_key_parts.unwrap_or(defaults.max_key_parts),
             max_synthetic_body_bytes: t
                 .limits
                 .max_synthetic_body
                 .map_or(defaults.max_synthetic_body_bytes, |b| b.as_u64() as usize),
-            instance_reuse: match &t.limits.instance_reuse {
-                Some(n) if *n.get_ref() == 0 => {
-                    return Err(self.at(
-                        n.span(),
-                        "tenant.limits.instance_reuse",
-                        "must be at least 1",
-                    ))
-                }
-                Some(n) => *n.get_ref(),
-                None => defaults.instance_reuse,
-            },
-            max_instances: match &t.limits.max_instances {
-                Some(n) if *n.get_ref() == 0 => {
-                    return Err(self.at(
-                        n.span(),
-                        "tenant.limits.max_instances",
-                        "must be at least 1",
-                    ))
-                }
-                Some(n) => *n.get_ref(),
-                None => defaults.max_instances,
-            },
+            instance_reuse: self.positive(
+                &t.limits.instance_reuse,
+                "tenant.limits.instance_reuse",
+                defaults.instance_reuse,
+            )?,
+            max_instances: self.positive(
+                &t.limits.max_instances,
+                "tenant.limits.max_instances",
+                defaults.max_instances,
+            )?,
         };
         let cache_quota = match &t.limits.cache_quota {
             Some(q) if q.get_ref().as_u64() < 1024 => {
