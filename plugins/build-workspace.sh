@@ -18,10 +18,11 @@ done
 [[ "${1:-}" == "--" ]] && shift
 target_dir="${CARGO_TARGET_DIR:-$workspace_dir/target}"
 
-cargo build --release --target wasm32-wasip2 \
+# From inside the workspace, so that its .cargo/config.toml (if any) applies.
+(cd "$workspace_dir" && cargo build --release --target wasm32-wasip2 \
     --manifest-path "$workspace_dir/Cargo.toml" \
     --target-dir "$target_dir" \
-    "$@"
+    "$@")
 
 # Copy under a temporary name in the destination directory, then rename: a
 # rename within one filesystem is atomic, so a concurrent reader sees either

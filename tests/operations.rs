@@ -249,6 +249,8 @@ fn new_plugin_writes_a_crate_that_tests_green() {
         crate_dir.to_str().unwrap(),
     ]);
     assert!(!ok && out.contains("already exists"), "{out}");
+    let build_config = std::fs::read_to_string(crate_dir.join(".cargo/config.toml")).unwrap();
+    assert!(build_config.contains("stack-size"), "{build_config}");
     let status = Command::new("cargo")
         .args(["test", "--quiet", "--manifest-path"])
         .arg(crate_dir.join("Cargo.toml"))
