@@ -9,6 +9,12 @@ use support::origin::{Origin, Reply};
 use support::proxy::{run_cachet, Proxy, TenantSpec};
 use support::{fixture, plugin};
 
+/// Deadline for fixtures that do a lot of legitimate work (10 MB keys and
+/// bodies, allocating up to the limit) before the fault under test: the
+/// epoch deadline is wall-clock time, and on a loaded 2-core machine 250 ms
+/// turned an expected `invalid-output` into a `timeout`.
+const SLOW_HOOK_MS: u32 = 5000;
+
 struct Pair {
     proxy: Proxy,
     good_origin: Origin,
@@ -165,7 +171,7 @@ fn allocating_past_the_memory_limit_is_a_memory_fault() {
     let pair = Pair::start(
         "alloc-bomb",
         "bypass",
-        "memory = \"8MiB\"\nhook_timeout_ms = 250",
+        &format!("memory = \"8MiB\"\nhook_timeout_ms = {SLOW_HOOK_MS}"),
     );
     assert_bypassed(&pair.bad("/alloc"), "memory");
     pair.assert_good_tenant_unharmed();
@@ -193,7 +199,7 @@ fn oversized_keys_and_key_part_floods_are_refused() {
     let pair = Pair::start(
         "huge-key",
         "bypass",
-        "memory = \"64MiB\"\nhook_timeout_ms = 250",
+        &format!("memory = \"64MiB\"\nhook_timeout_ms = {SLOW_HOOK_MS}"),
     );
     let resp = pair.bad("/huge-key");
     assert_eq!(resp.status, 200);
@@ -215,7 +221,7 @@ fn a_huge_synthetic_body_is_refused() {
     let pair = Pair::start(
         "huge-body",
         "error",
-        "memory = \"64MiB\"\nhook_timeout_ms = 250",
+        &format!("memory = \"64MiB\"\nhook_timeout_ms = {SLOW_HOOK_MS}"),
     );
     let resp = pair.bad("/huge-body");
     assert_eq!(resp.status, 502);
