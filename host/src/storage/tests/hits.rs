@@ -88,7 +88,7 @@ async fn meta_comes_back_exactly_as_stored() {
     // A revalidated meta (`updated` later than `created`) keeps its encoded internals.
     let k = key("/revalidated", "t");
     let created = SystemTime::now() - Duration::from_secs(600);
-    let mut header = ResponseHeader::build(200, None).unwrap();
+    let mut header = ResponseHeader::build_no_case(200, None).unwrap();
     header.append_header("etag", "\"v1\"").unwrap();
     let mut revalidated = CacheMeta::new(created, created, 5, 6, header);
     revalidated.update_freshness(SystemTime::now() + Duration::from_secs(60), 7, 8);
@@ -101,6 +101,40 @@ async fn meta_comes_back_exactly_as_stored() {
     assert_eq!(got.updated(), revalidated.updated());
     assert_eq!(got.serialize().unwrap(), revalidated.serialize().unwrap());
     assert_eq!(got.headers().get("etag").unwrap(), "\"v1\"");
+}
+
+#[tokio::test]
+async fn a_parsed_header_is_kept_by_value_without_its_name_case() {
+    let s = storage(1 << 20, 1 << 20);
+    let k = key("/case", "t");
+    let mut header = ResponseHeader::build(200, None).unwrap();
+    header.append_header("X-Mixed-Case", "a").unwrap();
+    header.append_header("X-Mixed-Case", "b").unwrap();
+    header.set_reason_phrase(Some("Fine")).unwrap();
+    let now = SystemTime::now();
+    let original = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+    let mut w = s.get_miss_handler(&k, &original, &span()).await.unwrap();
+    w.write_body(b"x".to_vec().into(), true).await.unwrap();
+    w.finish().await.unwrap();
+
+    let (got, _) = get(s, &k).await.unwrap();
+    let (got, original) = (got.response_header(), original.response_header());
+    assert_eq!(got.headers, original.headers);
+    assert_eq!(got.status, original.status);
+    assert_eq!(got.get_reason_phrase(), Some("Fine"));
+    assert!(
+        !got.has_case(),
+        "the stored header keeps no second map of name spellings"
+    );
+    // Own bytes, not a view of the buffer the header was parsed from.
+    let stored = got.headers.get("x-mixed-case").unwrap().as_bytes().as_ptr();
+    let parsed = original
+        .headers
+        .get("x-mixed-case")
+        .unwrap()
+        .as_bytes()
+        .as_ptr();
+    assert_ne!(stored, parsed);
 }
 
 #[tokio::test]

@@ -6,11 +6,10 @@ mod purge;
 mod streaming;
 
 use super::MemoryStorage;
+use pingora::http::ResponseHeader;
 use pingora_cache::storage::{HitHandler, MissHandler, Storage};
 use pingora_cache::trace::{Span, SpanHandle};
 use pingora_cache::{CacheKey, CacheMeta};
-// Only to build test metas; the storage itself never names `ResponseHeader`.
-use pingora::http::ResponseHeader;
 use std::time::{Duration, SystemTime};
 
 fn storage(budget: usize, max_object_size: usize) -> &'static MemoryStorage {
@@ -25,9 +24,10 @@ fn key(path: &str, tenant: &str) -> CacheKey {
     CacheKey::new(path, tenant)
 }
 
-/// A meta fresh for an hour, with a few headers and serve-stale windows.
+/// A meta fresh for an hour, with a few headers and serve-stale windows. Built without the
+/// original name case, as the storage keeps it, so stored and served metas compare exactly.
 fn meta() -> CacheMeta {
-    let mut header = ResponseHeader::build(200, None).unwrap();
+    let mut header = ResponseHeader::build_no_case(200, None).unwrap();
     header.append_header("content-type", "text/plain").unwrap();
     header.append_header("X-Mixed-Case", "kept").unwrap();
     let now = SystemTime::now();
