@@ -49,16 +49,10 @@ pub fn new_plugin(name: &str, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The plugins' own build settings (see plugins/.cargo/config.toml): a small
-/// stack keeps every instance's linear memory small, which is what a fresh
+/// The example plugins' build settings, shared by every new plugin: a small
+/// stack keeps each instance's linear memory small, which is what a fresh
 /// instance per request pays to reset.
-const CARGO_CONFIG: &str = "\
-# 64 KiB of stack instead of Rust's default 1 MiB: cachet resets an instance's
-# whole linear memory between requests, so a smaller memory is a faster plugin.
-# Deeper recursion traps as a plugin fault; it never reaches the host.
-[target.wasm32-wasip2]
-rustflags = [\"-C\", \"link-arg=-zstack-size=65536\"]
-";
+const CARGO_CONFIG: &str = include_str!("../../plugins/.cargo/config.toml");
 
 fn cargo_toml(name: &str, sdk: &Path) -> String {
     format!(

@@ -41,10 +41,8 @@ impl StoredMeta {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
             .sum();
-        let mut template = rebuild(meta);
-        *template.response_header_mut() = detached_copy(meta.response_header())?;
         Ok(Self {
-            template,
+            template: rebuild(meta, detached_copy(meta.response_header())?),
             tags: super::tags::parse(meta.headers()),
             internal,
             weight: fields + META_OVERHEAD,
@@ -54,7 +52,10 @@ impl StoredMeta {
     /// A fresh `CacheMeta` equal to the stored one (extensions are not kept, as pingora allows).
     pub(super) fn to_meta(&self) -> Result<CacheMeta> {
         let Some(internal) = &self.internal else {
-            return Ok(rebuild(&self.template));
+            return Ok(rebuild(
+                &self.template,
+                self.template.response_header().clone(),
+            ));
         };
         let Some(empty) = EMPTY_HEADER.get() else {
             return Error::e_explain(ErrorType::InternalError, "empty header not initialized");
@@ -82,14 +83,15 @@ fn rebuilds_exactly(meta: &CacheMeta) -> bool {
     meta.updated() == meta.created() && meta.provenance() == meta.created()
 }
 
-/// Copy through the public constructor, which sets `updated` and `provenance` to `created`.
-fn rebuild(meta: &CacheMeta) -> CacheMeta {
+/// Copy with `header` through the public constructor, which sets `updated` and `provenance` to
+/// `created`.
+fn rebuild(meta: &CacheMeta, header: ResponseHeader) -> CacheMeta {
     let mut copy = CacheMeta::new(
         meta.fresh_until(),
         meta.created(),
         meta.stale_while_revalidate_sec(),
         meta.stale_if_error_sec(),
-        meta.response_header().clone(),
+        header,
     );
     if let Some(variance) = meta.variance() {
         copy.set_variance(variance);
