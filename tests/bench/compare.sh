@@ -296,15 +296,14 @@ tool() { # tool NAME: its path (also looks in /usr/sbin, which may not be on PAT
 origin_port=""
 origin_pid=""
 
-start_origin() {
-    local dir="$work/origin"
-    mkdir -p "$dir/www" "$dir/tmp"
-    head -c 1024 /dev/zero | tr '\0' 'a' >"$dir/www/1k"
-    head -c 65536 /dev/zero | tr '\0' 'b' >"$dir/www/64k"
-    chmod -R a+rX "$dir"
-    free_port; origin_port="$FREE_PORT"
-    cat >"$dir/nginx.conf" <<EOF
-# origin: serves /obj/<anything>/1k and /obj/<anything>/64k from two files.
+# nginx_conf DIR COMMENT: writes DIR/nginx.conf for an nginx of this benchmark
+# (the origin or the cache): the settings both share, then the directives
+# read from stdin inside the http block.
+nginx_conf() {
+    local dir="$1"
+    {
+        printf '# %s\n' "$2"
+        cat <<EOF
 daemon off;
 master_process on;
 user $(id -un) $(id -gn);
@@ -323,6 +322,20 @@ http {
     fastcgi_temp_path $dir/tmp/fastcgi;
     uwsgi_temp_path $dir/tmp/uwsgi;
     scgi_temp_path $dir/tmp/scgi;
+EOF
+        cat
+        echo "}"
+    } >"$dir/nginx.conf"
+}
+
+start_origin() {
+    local dir="$work/origin"
+    mkdir -p "$dir/www" "$dir/tmp"
+    head -c 1024 /dev/zero | tr '\0' 'a' >"$dir/www/1k"
+    head -c 65536 /dev/zero | tr '\0' 'b' >"$dir/www/64k"
+    chmod -R a+rX "$dir"
+    free_port; origin_port="$FREE_PORT"
+    nginx_conf "$dir" "origin: serves /obj/<anything>/1k and /obj/<anything>/64k from two files." <<EOF
     server {
         listen 127.0.0.1:$origin_port;
         root $dir/www;
@@ -337,7 +350,6 @@ http {
             return 404;
         }
     }
-}
 EOF
     start_bg origin TERM "$(tool nginx)" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
     origin_pid="$BG_PID"
@@ -492,25 +504,7 @@ start_nginx_cache() {
     local dir="$work/nginx-cache"
     mkdir -p "$dir/cache" "$dir/tmp"
     free_port; TARGET_PORT="$FREE_PORT"
-    cat >"$dir/nginx.conf" <<EOF
-# nginx as a caching reverse proxy in front of the origin.
-daemon off;
-master_process on;
-user $(id -un) $(id -gn);
-worker_processes $BENCH_SERVER_THREADS;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    sendfile on;
-    keepalive_requests 100000000;
-    keepalive_timeout 120s;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
+    nginx_conf "$dir" "nginx as a caching reverse proxy in front of the origin." <<EOF
     proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:32m max_size=512m
                      inactive=1h use_temp_path=off;
     upstream origin {
@@ -529,7 +523,6 @@ http {
             add_header X-Cache-Status \$upstream_cache_status;
         }
     }
-}
 EOF
     start_bg nginx-cache TERM "$(tool nginx)" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
     TARGET_PID="$BG_PID"

@@ -15,7 +15,8 @@ use std::time::SystemTime;
 
 /// Weight of everything but the header fields: internal fields, the box and the struct.
 const META_OVERHEAD: usize = 256;
-/// Weight of one header field beyond its name and value: `HeaderMap` and case-map entries.
+/// Weight of one header field beyond its name and value: its `HeaderMap` entry and index slot and
+/// the separate allocation each value gets when stored (see [`detached_copy`]).
 const FIELD_OVERHEAD: usize = 128;
 
 pub(super) struct StoredMeta {
