@@ -68,6 +68,10 @@ struct RawServer {
     access_log: Option<bool>,
     pid_file: Option<String>,
     upgrade_sock: Option<String>,
+    max_request_head: Option<Spanned<ByteSize>>,
+    max_connections: Option<Spanned<usize>>,
+    #[serde(default)]
+    forwarded_headers: ForwardedHeaders,
 }
 
 #[derive(Deserialize, Default)]
@@ -87,6 +91,7 @@ struct RawTenant {
     plugin: Spanned<String>,
     #[serde(default)]
     on_plugin_error: OnPluginError,
+    invalidate_on_unsafe: Option<bool>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -120,6 +125,24 @@ pub enum OnPluginError {
     Error,
 }
 
+/// What cachet tells the origin about the client (`[server] forwarded_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardedHeaders {
+    /// Drop what the client sent in `Forwarded` / `X-Forwarded-*` and set them
+    /// from the connection: right for a proxy at the edge, where a client could
+    /// otherwise claim any address.
+    #[default]
+    Replace,
+    /// Keep what the client (a trusted proxy in front) sent and append this hop.
+    Append,
+    /// Forward the client's fields untouched and add none.
+    Off,
+}
+
+/// Largest request head Pingora itself reads (its `MAX_HEADER_SIZE`).
+pub const PINGORA_MAX_HEAD: usize = 1_048_575;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this was read from (relative paths in it resolve against its folder).
@@ -151,6 +174,11 @@ pub struct ServerConfig {
     pub access_log: bool,
     pub pid_file: PathBuf,
     pub upgrade_sock: PathBuf,
+    /// Bytes a client may send as one request head (431 beyond).
+    pub max_request_head: usize,
+    /// Client connections open at once (503 beyond).
+    pub max_connections: usize,
+    pub forwarded_headers: ForwardedHeaders,
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +200,8 @@ pub struct TenantConfig {
     /// Set when `plugin = "builtin:NAME"`.
     pub builtin: Option<crate::policy::BuiltinPolicy>,
     pub on_plugin_error: OnPluginError,
+    /// A successful unsafe request (POST, PUT, ...) removes what is stored for its URL.
+    pub invalidate_on_unsafe: bool,
     pub limits: PluginLimits,
     /// This tenant's own byte budget inside the global cache budget.
     pub cache_quota: Option<usize>,
@@ -243,6 +273,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             || std::env::temp_dir().join("cachet_upgrade.sock"),
             |p| base.join(p),
         ),
+        max_request_head: match &raw.server.max_request_head {
+            Some(b) if !(1024..=PINGORA_MAX_HEAD as u64).contains(&b.get_ref().as_u64()) => {
+                return Err(located.at(
+                    b.span(),
+                    "server.max_request_head",
+                    "must be between 1KiB and 1MiB - 1 byte (Pingora's own limit)",
+                ))
+            }
+            Some(b) => b.get_ref().as_u64() as usize,
+            None => 64 << 10,
+        },
+        max_connections: located.positive(
+            &raw.server.max_connections,
+            "server.max_connections",
+            4096,
+        )?,
+        forwarded_headers: raw.server.forwarded_headers,
     };
     if server.admin_token.as_deref() == Some("") {
         return Err(ConfigError {
@@ -514,6 +561,7 @@ impl Locator<'_> {
             plugin,
             builtin,
             on_plugin_error: t.on_plugin_error,
+            invalidate_on_unsafe: t.invalidate_on_unsafe.unwrap_or(true),
             limits,
             cache_quota,
             max_object_bytes: t.limits.max_object_bytes.map(|b| b.as_u64() as usize),

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod config;
+pub mod connection;
 pub mod demo_origin;
 pub mod metrics;
 pub mod policy;

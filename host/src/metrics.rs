@@ -2,7 +2,7 @@
 
 use crate::storage::StorageStats;
 use once_cell::sync::Lazy;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 use std::fmt::Write as _;
 
 static PLUGIN_FAULTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -63,6 +63,33 @@ static LOCK_WAIT_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
     .buckets(vec![1e-4, 1e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
     register(HistogramVec::new(opts, &["tenant"]))
 });
+
+static CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(IntCounterVec::new(
+        Opts::new(
+            "cachet_connections_refused_total",
+            "Client connections refused: max_connections reached (503) or a request head over max_request_head (431)",
+        ),
+        &["reason"],
+    ))
+});
+
+static CONNECTIONS_OPEN: Lazy<IntGauge> = Lazy::new(|| {
+    register(IntGauge::new(
+        "cachet_connections_open",
+        "Client connections open now",
+    ))
+});
+
+/// A client connection refused, by reason (`max_connections`, `head_too_large`).
+pub fn connection_refused(reason: &str) {
+    CONNECTIONS_REFUSED.with_label_values(&[reason]).inc();
+}
+
+/// A client connection opened (+1) or closed (-1).
+pub fn connections_open(delta: i64) {
+    CONNECTIONS_OPEN.add(delta);
+}
 
 /// An origin response (its count is the number of origin requests).
 pub fn origin_response(tenant: &str, status: u16, elapsed: std::time::Duration) {

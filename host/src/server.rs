@@ -2,6 +2,7 @@
 
 use crate::admin::AdminApp;
 use crate::config::{Config, TenantConfig};
+use crate::connection::{ConnectionGuard, ConnectionLimits};
 use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
 use crate::reload::{spawn_watcher, Reloader};
@@ -68,6 +69,7 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     };
     let mut state = ProxyState::new(TenantRouter::new(tenants), cache, config.server.access_log);
     state.admin_token = config.server.admin_token.clone();
+    state.forwarded_headers = config.server.forwarded_headers;
     let state = Arc::new(state);
     let reloader = Arc::new(Reloader::new(
         engine.clone(),
@@ -161,8 +163,15 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
 
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, CachetProxy::new(state.clone()));
+    let app = pingora::proxy::http_proxy(&server.configuration, CachetProxy::new(state.clone()));
+    let limits = ConnectionLimits {
+        max_connections: config.server.max_connections,
+        max_request_head: config.server.max_request_head,
+    };
+    let mut proxy = pingora::services::listening::Service::new(
+        "cachet proxy".into(),
+        ConnectionGuard::new(app, limits),
+    );
     proxy.add_tcp(&config.server.listen.to_string());
     server.add_service(proxy);
 

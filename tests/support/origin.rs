@@ -16,6 +16,8 @@ pub struct Seen {
     pub method: String,
     pub url: String,
     pub headers: Vec<(String, String)>,
+    /// The request body (by Content-Length).
+    pub body: Vec<u8>,
 }
 
 impl Seen {
@@ -176,10 +178,11 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen, usize,
                     )
                 })
                 .collect();
-            let seen = Seen {
+            let mut seen = Seen {
                 method: req.method.unwrap_or("").to_owned(),
                 url: req.path.unwrap_or("").to_owned(),
                 headers,
+                body: Vec::new(),
             };
             let body_len: usize = seen
                 .header("content-length")
@@ -191,6 +194,7 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen, usize,
             while buf.len() < head_len + body_len {
                 read_more(conn, buf)?;
             }
+            seen.body = buf[head_len..head_len + body_len].to_vec();
             return Some((seen, head_len, body_len, close));
         }
         if buf.len() > MAX_HEAD {

@@ -199,6 +199,11 @@ impl Proxy {
             .expect("cache.stored_bytes")
     }
 
+    /// The process id of the running cachet.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything cachet logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("cachet.log")).unwrap_or_default()

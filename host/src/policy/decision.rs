@@ -90,6 +90,11 @@ fn synthetic_response(
     }
     let mut headers = Vec::with_capacity(raw.headers.len());
     for bindings::Header { name, value } in raw.headers {
+        if is_framing_header(&name) {
+            return Err(format!(
+                "synthetic response header {name:?} is set by the host (framing or hop-by-hop)"
+            ));
+        }
         if http::HeaderName::from_bytes(name.as_bytes()).is_err()
             || http::HeaderValue::from_str(&value).is_err()
         {
@@ -104,6 +109,22 @@ fn synthetic_response(
         headers,
         body: bytes::Bytes::from(raw.body),
     })
+}
+
+/// Headers that describe the message's framing or a single hop: the host
+/// writes them from the body it sends, a plugin may not.
+pub(crate) fn is_framing_header(name: &str) -> bool {
+    const FRAMING: [&str; 8] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+    ];
+    FRAMING.iter().any(|f| name.trim().eq_ignore_ascii_case(f))
 }
 
 pub(crate) fn response_decision(raw: bindings::ResponseDecision) -> ResponseDecision {

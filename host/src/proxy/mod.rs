@@ -10,14 +10,17 @@ mod cache_key;
 pub mod cache_status;
 mod ctx;
 pub mod directives;
+mod forwarded;
 mod freshness;
 mod invalidate;
 pub mod purge;
 mod request;
+mod respond;
 mod response;
 mod revalidation;
 mod shared;
 mod state;
+mod target;
 mod vary;
 
 pub use cache_key::primary_key;
@@ -53,6 +56,18 @@ impl ProxyHttp for CachetProxy {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx::default()
+    }
+
+    /// The head is parsed: later reads are body or the next request, which
+    /// may already be pipelined (answered in order, RFC 9112 §9.3.2).
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        crate::connection::head_complete(session);
+        session.set_pipelining_enabled(true);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
@@ -191,6 +206,7 @@ impl ProxyHttp for CachetProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
+        crate::connection::next_head(session);
         let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
         let outcome = if ctx.outcome.is_empty() {
             "error"

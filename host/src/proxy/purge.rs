@@ -32,7 +32,7 @@ pub(super) async fn handle(
 ) -> Result<()> {
     let (status, body) = purge(proxy, session, ctx);
     ctx.route = Route::Answered("purge".into());
-    super::request::respond_text(session, ctx, status, body).await
+    super::respond::respond_text(session, ctx, status, body).await
 }
 
 fn purge(proxy: &CachetProxy, session: &Session, ctx: &RequestCtx) -> (u16, &'static str) {

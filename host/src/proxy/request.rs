@@ -2,12 +2,11 @@
 //! when the plugin (or the host's own guards) say so.
 
 use super::ctx::{RequestCtx, Route};
+use super::respond::{respond_synthetic, respond_text};
 use super::CachetProxy;
 use crate::config::OnPluginError;
-use crate::policy::{PluginFault, RequestDecision, SyntheticResponse};
-use bytes::Bytes;
+use crate::policy::{PluginFault, RequestDecision};
 use http::Method;
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -17,6 +16,12 @@ pub(super) async fn request_filter(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<bool> {
+    if let Err(reason) = well_formed(session) {
+        ctx.route = Route::Answered(reason.into());
+        respond_text(session, ctx, 400, "bad request\n").await?;
+        return Ok(true);
+    }
+    forward(proxy, session);
     let host = crate::policy::request_host(session.req_header());
     let tenant = proxy.state.router.load().route(&host).cloned();
     let Some(tenant) = tenant else {
@@ -31,7 +36,8 @@ pub(super) async fn request_filter(
         super::purge::handle(proxy, session, ctx).await?;
         return Ok(true);
     }
-    ctx.invalidates = super::invalidate::is_unsafe(&session.req_header().method);
+    ctx.invalidates = tenant.config.invalidate_on_unsafe
+        && super::invalidate::is_unsafe(&session.req_header().method);
     let verdict = policy.decide_request(session.req_header());
 
     match verdict {
@@ -61,11 +67,50 @@ fn unreachable_key(ctx: &mut RequestCtx) {
     ctx.route = Route::Bypass("plugin returned no cache key".into());
 }
 
+/// Brings the target to origin-form and refuses heads that peers could read
+/// differently; the error is the reason reported in `Cache-Status`.
+fn well_formed(session: &mut Session) -> std::result::Result<(), &'static str> {
+    if session
+        .as_http1()
+        .is_some_and(|h1| super::target::has_bare_lf(&h1.get_headers_raw_bytes()))
+    {
+        return Err("bare LF in the request head");
+    }
+    super::target::to_origin_form(session.req_header_mut())
+}
+
+/// Sets the forwarding fields the origin (and first the plugin) will see.
+fn forward(proxy: &CachetProxy, session: &mut Session) {
+    // A background revalidation re-runs this phase on the request already rewritten.
+    if session.is_subrequest() {
+        return;
+    }
+    let Some(client) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+    else {
+        return;
+    };
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let hop = super::forwarded::Hop { client, tls };
+    super::forwarded::apply(
+        proxy.state.forwarded_headers,
+        session.req_header_mut(),
+        &hop,
+    );
+}
+
 /// Host rules a plugin cannot override.
 fn host_guard(session: &Session) -> Option<String> {
     let req = session.req_header();
     if req.method != Method::GET && req.method != Method::HEAD {
         return Some(format!("method {} is not cacheable", req.method));
+    }
+    // The key never covers a body: an origin that reads GET bodies would
+    // otherwise let one request decide what everybody gets for the URL.
+    if super::target::has_body(req) {
+        return Some(format!("{} with a body", req.method));
     }
     // Requests with Authorization use the cache, under the shared-cache rules
     // applied on hit (shared.rs) and when storing (response.rs).
@@ -99,51 +144,4 @@ pub(super) async fn on_fault(
             Ok(true)
         }
     }
-}
-
-async fn respond_synthetic(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    resp: SyntheticResponse,
-) -> Result<()> {
-    let mut header = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))?;
-    for (name, value) in resp.headers {
-        header.append_header(name, value)?;
-    }
-    header.insert_header(http::header::CONTENT_LENGTH, resp.body.len())?;
-    write_response(session, ctx, header, resp.body).await
-}
-
-pub(super) async fn respond_text(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    status: u16,
-    body: &'static str,
-) -> Result<()> {
-    let mut header = ResponseHeader::build(status, Some(3))?;
-    header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    write_response(session, ctx, header, Bytes::from_static(body.as_bytes())).await
-}
-
-/// Writes a complete response; the body is omitted for HEAD. Pingora does not
-/// run `response_filter` for responses written here, so `Cache-Status` is
-/// added directly.
-async fn write_response(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    mut header: ResponseHeader,
-    body: Bytes,
-) -> Result<()> {
-    let status = super::cache_status::value(&session.cache, ctx, header.status.as_u16());
-    ctx.outcome = super::cache_status::kind(&session.cache, ctx);
-    header.insert_header(super::cache_status::HEADER, status)?;
-    let is_head = session.req_header().method == Method::HEAD;
-    session
-        .write_response_header(Box::new(header), is_head || body.is_empty())
-        .await?;
-    if !is_head && !body.is_empty() {
-        session.write_response_body(Some(body), true).await?;
-    }
-    Ok(())
 }

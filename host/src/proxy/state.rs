@@ -1,6 +1,7 @@
 //! State shared by every request: the tenant router (swappable as a whole on
 //! config reload) and the cache backend.
 
+use crate::config::ForwardedHeaders;
 use crate::policy::PluginFault;
 use crate::storage::MemoryStorage;
 use crate::tenant::TenantRouter;
@@ -23,6 +24,8 @@ pub struct ProxyState {
     pub access_log: bool,
     /// Bearer token required by the admin API and by PURGE (None: none).
     pub admin_token: Option<String>,
+    /// What the origin is told about the client (`[server] forwarded_headers`).
+    pub forwarded_headers: ForwardedHeaders,
 }
 
 impl ProxyState {
@@ -32,6 +35,7 @@ impl ProxyState {
             cache,
             access_log,
             admin_token: None,
+            forwarded_headers: ForwardedHeaders::default(),
         }
     }
 
@@ -41,9 +45,13 @@ impl ProxyState {
         let (Some(token), Some(value)) = (&self.admin_token, authorization) else {
             return false;
         };
-        let Some(presented) = value.strip_prefix(b"Bearer ") else {
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let Some((scheme, presented)) = value.split_at_checked(7) else {
             return false;
         };
+        if !scheme.eq_ignore_ascii_case(b"bearer ") {
+            return false;
+        }
         // Compare without an early exit so timing does not leak the token.
         presented.len() == token.len()
             && presented

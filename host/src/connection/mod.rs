@@ -1,0 +1,22 @@
+//! Per-connection bounds, applied below Pingora's HTTP parser.
+//!
+//! Pingora 0.9 buffers up to 1 MiB of request head per connection and accepts
+//! any number of connections, so memory held by clients would be bounded by
+//! nothing cachet configures. Two pieces close that:
+//!
+//! - [`ConnectionGuard`] wraps the proxy's `ServerApp`: it counts open
+//!   connections against `[server] max_connections` (503 beyond) and wraps
+//!   every accepted stream in a [`GuardedStream`];
+//! - [`GuardedStream`] stops reading a request head at `[server]
+//!   max_request_head` bytes and answers 431 itself, before Pingora's buffer
+//!   can grow further. The proxy phases tell it where heads start and end
+//!   ([`head_complete`], [`next_head`]).
+//!
+//! The bound is therefore `max_connections × max_request_head` of head
+//! buffers, on top of the cache's byte budget.
+
+mod guard;
+mod stream;
+
+pub use guard::{ConnectionGuard, ConnectionLimits};
+pub use stream::{head_complete, next_head, GuardedStream};

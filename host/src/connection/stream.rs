@@ -1,0 +1,324 @@
+//! A downstream stream that bounds how many bytes a request head may take.
+
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::proxy::Session;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// What a client gets when its request head is over the limit (the body is 30 bytes).
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 30\r\n\
+Connection: close\r\n\
+\r\n\
+the request head is too large\n";
+
+/// The HTTP/2 connection preface starts this way; HTTP/2 frames are not heads.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
+
+/// Where the connection is in its request/response cycle, as far as reading goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head: reads are capped by the remaining budget.
+    Head { read: usize },
+    /// The head was parsed; bodies and pipelined bytes are Pingora's to bound.
+    Body,
+    /// HTTP/2 (framed, with its own header limits) or another protocol.
+    Unbounded,
+    /// The head went over the limit: writing the 431, `written` bytes so far.
+    Refusing { written: usize },
+    /// The 431 is written; every later read is end-of-stream.
+    Closed,
+}
+
+/// A stream holding one of the server's connection slots and a head budget.
+pub struct GuardedStream {
+    inner: Stream,
+    max_head: usize,
+    phase: Phase,
+    /// Set by the proxy phases (through a shared reference) when a head was parsed.
+    head_done: AtomicBool,
+    /// Set by the proxy phases when the next request's head is expected.
+    head_expected: AtomicBool,
+    /// Counts the connection as open for as long as the stream lives.
+    _slot: OwnedSemaphorePermit,
+    on_refused: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl GuardedStream {
+    pub(super) fn new(
+        inner: Stream,
+        max_head: usize,
+        slot: OwnedSemaphorePermit,
+        on_refused: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        let phase = if matches!(inner.selected_alpn_proto(), Some(ALPN::H2)) {
+            Phase::Unbounded
+        } else {
+            Phase::Head { read: 0 }
+        };
+        crate::metrics::connections_open(1);
+        Self {
+            inner,
+            max_head,
+            phase,
+            head_done: AtomicBool::new(false),
+            head_expected: AtomicBool::new(false),
+            _slot: slot,
+            on_refused,
+        }
+    }
+
+    /// Applies what the proxy phases signalled since the last read.
+    fn sync_phase(&mut self) {
+        if *self.head_done.get_mut() {
+            *self.head_done.get_mut() = false;
+            if let Phase::Head { .. } = self.phase {
+                self.phase = Phase::Body;
+            }
+        }
+        if *self.head_expected.get_mut() {
+            *self.head_expected.get_mut() = false;
+            if self.phase == Phase::Body {
+                self.phase = Phase::Head { read: 0 };
+            }
+        }
+    }
+
+    /// Writes the 431 answer; Ready(Ok) once all of it is written.
+    fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Phase::Refusing { written } = self.phase {
+            if written == TOO_LARGE.len() {
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &TOO_LARGE[written..]) {
+                Poll::Ready(Ok(0)) => break,
+                Poll::Ready(Ok(n)) => {
+                    self.phase = Phase::Refusing {
+                        written: written + n,
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.phase = Phase::Closed;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => {
+                self.phase = Phase::Closed;
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+/// Called when a request head has been parsed (the first proxy phase).
+pub fn head_complete(session: &Session) {
+    if let Some(stream) = guarded(session) {
+        stream.head_done.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Called when a request is finished: what is read next is a new head.
+pub fn next_head(session: &Session) {
+    if let Some(stream) = guarded(session) {
+        stream.head_expected.store(true, Ordering::Relaxed);
+    }
+}
+
+fn guarded(session: &Session) -> Option<&GuardedStream> {
+    session.stream()?.as_any().downcast_ref::<GuardedStream>()
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.sync_phase();
+        loop {
+            match this.phase {
+                Phase::Body | Phase::Unbounded => {
+                    return Pin::new(&mut this.inner).poll_read(cx, buf);
+                }
+                Phase::Closed => return Poll::Ready(Ok(())),
+                Phase::Refusing { .. } => {
+                    // End of stream for Pingora once the answer is out.
+                    return this.poll_refuse(cx);
+                }
+                Phase::Head { read } if read >= this.max_head => {
+                    (this.on_refused)();
+                    this.phase = Phase::Refusing { written: 0 };
+                }
+                Phase::Head { read } => {
+                    // Never let Pingora's head buffer hold more than the budget.
+                    let allowed = (this.max_head - read).min(buf.remaining());
+                    let mut limited = buf.take(allowed);
+                    let poll = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
+                    let filled = limited.filled().len();
+                    let seen = &limited.filled()[..filled.min(H2_PREFACE_START.len())];
+                    if read == 0 && seen.len() >= 3 && H2_PREFACE_START.starts_with(seen) {
+                        this.phase = Phase::Unbounded;
+                    } else {
+                        this.phase = Phase::Head {
+                            read: read + filled,
+                        };
+                    }
+                    // SAFETY: `limited` wrote `filled` initialised bytes into `buf`'s
+                    // unfilled part, which `take` borrowed from.
+                    unsafe { buf.assume_init(filled) };
+                    buf.advance(filled);
+                    return poll;
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+// Everything Pingora asks of a stream is the inner stream's answer.
+
+#[async_trait::async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> std::time::Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> std::time::Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait::async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        crate::metrics::connections_open(-1);
+    }
+}
+
+impl std::fmt::Debug for GuardedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedStream")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TOO_LARGE;
+
+    #[test]
+    fn refusal_is_framed_correctly() {
+        let text = std::str::from_utf8(TOO_LARGE).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .expect("content-length")
+            .parse()
+            .expect("number");
+        assert_eq!(length, body.len());
+    }
+}

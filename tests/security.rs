@@ -1,0 +1,506 @@
+//! What an attacker tries first, end to end: raw bytes over TCP to the real
+//! `cachet` binary with the real example plugins, in front of an origin that
+//! records everything it receives. Each test checks what the client got, what
+//! the origin saw, and that nothing wrong was stored.
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+use support::client::{get, send};
+use support::origin::{Origin, Reply};
+use support::plugin;
+use support::proxy::{Proxy, TenantSpec};
+use support::raw::{exchange, one, parse_responses, read_until_closed};
+
+const CACHE: &str = "max_bytes = \"64MiB\"";
+const TOKEN: &str = "security-test-token";
+
+/// An origin that answers every URL with what it saw, cacheable for 10 minutes.
+fn echo_origin() -> Origin {
+    Origin::start(|seen| {
+        Reply::ok(format!("origin saw {} {}", seen.method, seen.url))
+            .header("Cache-Control", "max-age=600")
+    })
+}
+
+fn standard_proxy(origin: &Origin) -> Proxy {
+    Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    )
+}
+
+fn cache_status(resp: &support::raw::RawResp) -> &str {
+    resp.header("cache-status").unwrap_or("")
+}
+
+// ------------------------------------------------------------ request targets
+
+#[test]
+fn targets_that_are_not_paths_are_refused_and_never_stored() {
+    let origin = echo_origin();
+    let proxy = standard_proxy(&origin);
+    for target in [
+        "evil-target?cc=max-age%3D600",
+        "p.test:80",
+        "x:/admin",
+        "ftp://site.test/",
+    ] {
+        let resp = one(
+            proxy.port,
+            &format!("GET {target} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(resp.status, 400, "GET {target}: {resp:?}");
+    }
+    assert_eq!(origin.hits(), 0, "a refused target reached the origin");
+
+    // The site's `/` is the origin's `/`, fetched once and then a hit.
+    let first = get(&proxy.url("/"));
+    assert_eq!(first.text(), "origin saw GET /");
+    assert!(first.cache_status().contains("fwd=miss"), "{first:?}");
+    let second = get(&proxy.url("/"));
+    assert_eq!(second.text(), "origin saw GET /");
+    assert!(second.cache_status().contains("hit"), "{second:?}");
+    assert_eq!(origin.hits(), 1);
+}
+
+#[test]
+fn absolute_urls_reach_the_origin_as_the_path_the_plugin_saw() {
+    let origin = echo_origin();
+    let proxy = standard_proxy(&origin);
+    let resp = one(
+        proxy.port,
+        "GET http://site.test/abs?q=1 HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.text(), "origin saw GET /abs?q=1");
+    assert_eq!(origin.seen()[0].url, "/abs?q=1");
+    // Same key as the origin-form request: the second one is a hit.
+    let again = one(
+        proxy.port,
+        "GET /abs?q=1 HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(cache_status(&again).contains("hit"), "{again:?}");
+    assert_eq!(origin.hits(), 1);
+}
+
+#[test]
+fn a_plugin_block_cannot_be_walked_around_with_the_target_form() {
+    let origin = echo_origin();
+    let proxy = Proxy::start(
+        CACHE,
+        &[TenantSpec::new("api", origin.addr, &plugin("api-gateway"))],
+    );
+    for target in [
+        "/admin",
+        "http://site.test/admin",
+        "x:/admin",
+        "/x/../admin",
+    ] {
+        let resp = one(
+            proxy.port,
+            &format!("GET {target} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n"),
+        );
+        assert!(
+            resp.status == 403 || resp.status == 400,
+            "GET {target} got {resp:?}"
+        );
+    }
+    assert_eq!(origin.hits(), 0, "{:?}", origin.seen());
+}
+
+// ------------------------------------------------------------ bodies on GET and HEAD
+
+#[test]
+fn get_and_head_bodies_never_decide_a_stored_entry() {
+    let origin = Origin::start(|seen| {
+        let body = String::from_utf8_lossy(&seen.body).into_owned();
+        Reply::ok(format!("{} {} body={body}", seen.method, seen.url))
+            .header("Cache-Control", "max-age=600")
+    });
+    let proxy = standard_proxy(&origin);
+    let poisoned = one(
+        proxy.port,
+        "GET /g HTTP/1.1\r\nHost: site.test\r\nContent-Length: 4\r\nConnection: close\r\n\r\nevil",
+    );
+    assert_eq!(poisoned.text(), "GET /g body=evil");
+    assert!(
+        cache_status(&poisoned).contains("fwd=bypass"),
+        "{poisoned:?}"
+    );
+    let head = one(
+        proxy.port,
+        "HEAD /g HTTP/1.1\r\nHost: site.test\r\nContent-Length: 4\r\nConnection: close\r\n\r\nevil",
+    );
+    assert!(cache_status(&head).contains("fwd=bypass"), "{head:?}");
+
+    let clean = get(&proxy.url("/g"));
+    assert_eq!(clean.text(), "GET /g body=");
+    assert!(clean.cache_status().contains("fwd=miss"), "{clean:?}");
+    assert_eq!(get(&proxy.url("/g")).text(), "GET /g body=");
+    assert_eq!(origin.hits_for("/g"), 3);
+}
+
+// ------------------------------------------------------------ bounded heads and connections
+
+#[test]
+fn heads_over_the_limit_get_431_and_under_it_are_served() {
+    let origin = echo_origin();
+    let proxy = Proxy::start_with_server(
+        "max_request_head = \"8KiB\"",
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let big = "a".repeat(12 * 1024);
+    let bytes = exchange(
+        proxy.port,
+        format!("GET /big HTTP/1.1\r\nHost: site.test\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    );
+    let resp = parse_responses(&bytes);
+    assert_eq!(resp.len(), 1, "{:?}", String::from_utf8_lossy(&bytes));
+    assert_eq!(resp[0].status, 431);
+
+    let fits = "a".repeat(6 * 1024);
+    let resp = one(
+        proxy.port,
+        &format!(
+            "GET /fits HTTP/1.1\r\nHost: site.test\r\nX-Fits: {fits}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(resp.status, 200);
+    // The limit applies to each head of a kept-alive connection, not to the connection.
+    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    let request = format!("GET /k HTTP/1.1\r\nHost: site.test\r\nX-Fits: {fits}\r\n\r\n");
+    let mut all = Vec::new();
+    for i in 0..3 {
+        conn.write_all(request.as_bytes()).expect("send");
+        if i == 2 {
+            conn.write_all(b"GET /k HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+                .expect("send");
+        }
+        conn.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        all.extend(read_until_closed(&mut conn, Duration::from_millis(600)));
+    }
+    let statuses: Vec<u16> = parse_responses(&all).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200]);
+    assert_eq!(origin.hits_for("/big"), 0);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Opens `count` connections that each send `head_bytes` of a head and never finish it.
+fn hold_partial_heads(port: u16, count: usize, head_bytes: usize) -> Vec<TcpStream> {
+    let partial = format!(
+        "GET / HTTP/1.1\r\nHost: site.test\r\nX-Pad: {}",
+        "p".repeat(head_bytes - 40)
+    );
+    (0..count)
+        .map(|_| {
+            let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            conn.set_write_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            // Past the limit the proxy stops reading: the rest stays in socket buffers.
+            let _ = conn.write_all(partial.as_bytes());
+            conn
+        })
+        .collect()
+}
+
+#[test]
+fn half_sent_heads_hold_memory_bounded_by_configuration() {
+    // CACHET_TEST_FLOOD=2000 measures a bigger flood by hand.
+    let connections: usize = std::env::var("CACHET_TEST_FLOOD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    const MAX_HEAD: usize = 16 << 10;
+    let origin = echo_origin();
+    let proxy = Proxy::start_with_server(
+        &format!(
+            "max_request_head = \"16KiB\"\nmax_connections = {}",
+            connections + 10
+        ),
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    assert_eq!(get(&proxy.url("/warm")).status, 200);
+    let before = rss_kib(proxy.pid());
+
+    // Heads just under the limit are held, as a slow client's would be.
+    let held = hold_partial_heads(proxy.port, connections, MAX_HEAD - 1024);
+    std::thread::sleep(Duration::from_millis(500));
+    let holding = rss_kib(proxy.pid());
+    // Head buffers (at most twice the limit, as they grow by doubling) plus
+    // per-connection state (~31 KiB measured for an idle connection).
+    let bound = connections as u64 * (2 * (MAX_HEAD as u64 >> 10) + 32);
+    let grown = holding.saturating_sub(before);
+    eprintln!(
+        "RSS {before} KiB -> {holding} KiB with {connections} held 15 KiB heads (bound +{bound} KiB)"
+    );
+    assert!(grown <= bound, "RSS grew {grown} KiB, bound {bound} KiB");
+    drop(held);
+
+    // Heads over the limit are refused and their memory given back.
+    let mut over = hold_partial_heads(proxy.port, connections, 4 * MAX_HEAD);
+    std::thread::sleep(Duration::from_millis(500));
+    let after_over = rss_kib(proxy.pid());
+    eprintln!("RSS {after_over} KiB after {connections} heads over the limit");
+    assert!(
+        after_over.saturating_sub(before) <= bound,
+        "RSS grew {} KiB",
+        after_over - before
+    );
+    for conn in over.iter_mut().take(20) {
+        let bytes = read_until_closed(conn, Duration::from_secs(2));
+        assert!(
+            bytes.starts_with(b"HTTP/1.1 431"),
+            "{:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    assert_eq!(get(&proxy.url("/warm")).status, 200, "still serving");
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused_with_503() {
+    let origin = echo_origin();
+    let proxy = Proxy::start_with_server(
+        "max_connections = 8",
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    // The readiness probe's connections may linger a moment: wait for them to close.
+    std::thread::sleep(Duration::from_millis(300));
+    let idle: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = one(
+        proxy.port,
+        "GET / HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(refused.status, 503, "{refused:?}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    let served = one(
+        proxy.port,
+        "GET / HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(served.status, 200, "{served:?}");
+}
+
+// ------------------------------------------------------------ unsafe methods
+
+fn two_tenants(origin: &Origin, extra_a: &str) -> Proxy {
+    Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        CACHE,
+        &[
+            TenantSpec::new("a", origin.addr, &plugin("standard"))
+                .hosts(&["a.test", "other.test"])
+                .extra(extra_a),
+            TenantSpec::new("b", origin.addr, &plugin("standard")).hosts(&["b.test"]),
+        ],
+    )
+}
+
+fn get_host(proxy: &Proxy, host: &str, path: &str) -> support::client::Resp {
+    send("GET", &proxy.url(path), &[("Host", host)])
+}
+
+fn is_hit(resp: &support::client::Resp) -> bool {
+    resp.cache_status().contains("hit")
+}
+
+#[test]
+fn unsafe_methods_invalidate_only_their_own_tenant_and_host() {
+    let origin = Origin::start(|seen| match seen.method.as_str() {
+        "POST" if seen.url == "/x" => Reply::ok("posted")
+            .header("Location", "http://other.test/y")
+            .header("Content-Location", "/z"),
+        _ => Reply::ok(format!("{} {}", seen.method, seen.url))
+            .header("Cache-Control", "max-age=600"),
+    });
+    let proxy = two_tenants(&origin, "");
+    for (host, path) in [
+        ("a.test", "/x"),
+        ("b.test", "/x"),
+        ("other.test", "/y"),
+        ("a.test", "/z"),
+    ] {
+        get_host(&proxy, host, path);
+        assert!(
+            is_hit(&get_host(&proxy, host, path)),
+            "{host}{path} not stored"
+        );
+    }
+    let posted = send("POST", &proxy.url("/x"), &[("Host", "a.test")]);
+    assert_eq!(posted.text(), "posted");
+    assert!(
+        !is_hit(&get_host(&proxy, "a.test", "/x")),
+        "a.test/x survived its POST"
+    );
+    assert!(
+        !is_hit(&get_host(&proxy, "a.test", "/z")),
+        "same-host Content-Location kept"
+    );
+    assert!(
+        is_hit(&get_host(&proxy, "b.test", "/x")),
+        "POST crossed tenants"
+    );
+    assert!(
+        is_hit(&get_host(&proxy, "other.test", "/y")),
+        "Location to another host followed"
+    );
+}
+
+#[test]
+fn a_tenant_can_turn_invalidation_off() {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("{} {}", seen.method, seen.url)).header("Cache-Control", "max-age=600")
+    });
+    let proxy = two_tenants(&origin, "invalidate_on_unsafe = false");
+    get_host(&proxy, "a.test", "/x");
+    get_host(&proxy, "b.test", "/x");
+    for method in ["POST", "FROB"] {
+        assert_eq!(
+            send(method, &proxy.url("/x"), &[("Host", "a.test")]).status,
+            200
+        );
+        assert_eq!(
+            send(method, &proxy.url("/x"), &[("Host", "b.test")]).status,
+            200
+        );
+    }
+    assert!(
+        is_hit(&get_host(&proxy, "a.test", "/x")),
+        "invalidate_on_unsafe = false ignored"
+    );
+    assert!(
+        !is_hit(&get_host(&proxy, "b.test", "/x")),
+        "default tenant did not invalidate"
+    );
+}
+
+// ------------------------------------------------------------ message parsing
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let origin = echo_origin();
+    let proxy = standard_proxy(&origin);
+    let bytes = exchange(
+        proxy.port,
+        b"GET /one HTTP/1.1\r\nHost: site.test\r\n\r\n\
+          GET /two HTTP/1.1\r\nHost: site.test\r\n\r\n\
+          GET /one HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    );
+    let bodies: Vec<String> = parse_responses(&bytes).iter().map(|r| r.text()).collect();
+    assert_eq!(
+        bodies,
+        [
+            "origin saw GET /one",
+            "origin saw GET /two",
+            "origin saw GET /one"
+        ]
+    );
+    assert_eq!(origin.hits(), 2, "the third was a hit");
+}
+
+#[test]
+fn bare_line_feeds_in_a_head_are_refused() {
+    let origin = echo_origin();
+    let proxy = standard_proxy(&origin);
+    let resp = one(
+        proxy.port,
+        "GET /lf HTTP/1.1\r\nHost: site.test\r\nX-A: 1\nX-B: 2\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 400, "{resp:?}");
+    // Obsolete line folding is refused by the parser itself.
+    let folded = one(
+        proxy.port,
+        "GET /fold HTTP/1.1\r\nHost: site.test\r\nX-A: 1\r\n 2\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(folded.status, 400, "{folded:?}");
+    assert_eq!(origin.hits(), 0, "{:?}", origin.seen());
+}
+
+#[test]
+fn the_authorization_scheme_is_case_insensitive() {
+    let origin = echo_origin();
+    let proxy = standard_proxy(&origin);
+    get(&proxy.url("/p"));
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let resp = send(
+            "PURGE",
+            &proxy.url("/p"),
+            &[("Authorization", &format!("{scheme} {TOKEN}"))],
+        );
+        assert_ne!(resp.status, 401, "{scheme} refused");
+    }
+    let wrong = send(
+        "PURGE",
+        &proxy.url("/p"),
+        &[("Authorization", "bearer nope")],
+    );
+    assert_eq!(wrong.status, 401);
+}
+
+// ------------------------------------------------------------ forwarding headers
+
+fn forwarding_seen(mode: Option<&str>) -> support::origin::Seen {
+    let origin = echo_origin();
+    let server = mode.map_or(String::new(), |m| format!("forwarded_headers = \"{m}\""));
+    let proxy = Proxy::start_with_server(
+        &server,
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let resp = send(
+        "GET",
+        &proxy.url("/fwd"),
+        &[
+            ("Host", "site.test"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("Forwarded", "for=6.6.6.6"),
+        ],
+    );
+    assert_eq!(resp.status, 200);
+    origin.seen().pop().expect("origin saw the request")
+}
+
+#[test]
+fn forwarding_headers_replace_append_or_off() {
+    let replaced = forwarding_seen(None);
+    assert_eq!(replaced.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(
+        replaced.header("forwarded"),
+        Some("for=127.0.0.1;proto=http;host=\"site.test\"")
+    );
+    assert_eq!(replaced.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(replaced.header("via"), Some("1.1 cachet"));
+
+    let appended = forwarding_seen(Some("append"));
+    assert_eq!(
+        appended.header("x-forwarded-for"),
+        Some("6.6.6.6, 127.0.0.1")
+    );
+    assert_eq!(
+        appended.header("forwarded"),
+        Some("for=6.6.6.6, for=127.0.0.1;proto=http;host=\"site.test\"")
+    );
+
+    let untouched = forwarding_seen(Some("off"));
+    assert_eq!(untouched.header("x-forwarded-for"), Some("6.6.6.6"));
+    assert_eq!(untouched.header("via"), None);
+}
