@@ -87,6 +87,9 @@ struct RawTenant {
     plugin: Spanned<String>,
     #[serde(default)]
     on_plugin_error: OnPluginError,
+    /// Debug mode: `Cache-Status` shows the cache key.
+    #[serde(default)]
+    cache_status_key: bool,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -172,6 +175,8 @@ pub struct TenantConfig {
     /// Set when `plugin = "builtin:NAME"`.
     pub builtin: Option<crate::policy::BuiltinPolicy>,
     pub on_plugin_error: OnPluginError,
+    /// Debug mode: `Cache-Status` carries `key="..."` with the cache key.
+    pub cache_status_key: bool,
     pub limits: PluginLimits,
     /// This tenant's own byte budget inside the global cache budget.
     pub cache_quota: Option<usize>,
@@ -514,6 +519,7 @@ impl Locator<'_> {
             plugin,
             builtin,
             on_plugin_error: t.on_plugin_error,
+            cache_status_key: t.cache_status_key,
             limits,
             cache_quota,
             max_object_bytes: t.limits.max_object_bytes.map(|b| b.as_u64() as usize),

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod origin;
 pub mod proxy;
+pub mod raw;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
