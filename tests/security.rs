@@ -12,7 +12,7 @@ use support::client::{get, send};
 use support::origin::{Origin, Reply};
 use support::plugin;
 use support::proxy::{Proxy, TenantSpec};
-use support::raw::{exchange, one, parse_responses, read_until_closed};
+use support::wire::{exchange, one, parse_responses, read_until_closed};
 
 const CACHE: &str = "max_bytes = \"64MiB\"";
 const TOKEN: &str = "security-test-token";
@@ -33,7 +33,7 @@ fn standard_proxy(origin: &Origin) -> Proxy {
     )
 }
 
-fn cache_status(resp: &support::raw::RawResp) -> &str {
+fn cache_status(resp: &support::wire::RawResp) -> &str {
     resp.header("cache-status").unwrap_or("")
 }
 

@@ -1,5 +1,8 @@
-//! A forgiving `Cache-Control` parser (RFC 9111 §5.2).
+//! Cache directives: a forgiving `Cache-Control` parser (RFC 9111 §5.2), a strict one for the
+//! targeted fields (RFC 9213), and the choice of which field a response's directives come
+//! from. The host uses this same code, so a plugin and cachet always read a response alike.
 
+use crate::structured::{self, Value};
 use std::time::Duration;
 
 /// RFC 9111 §1.2.2: delta-seconds too large to represent count as 2^31.
@@ -50,6 +53,41 @@ impl CacheControl {
             .filter_map(|element| parse_directive(&element))
             .collect();
         Self { directives }
+    }
+
+    /// Parses a targeted field (`CDN-Cache-Control`, `Cachet-Cache-Control`): a Structured
+    /// Field dictionary whose known directives have the right types (RFC 9213 §2.1). `None`
+    /// when the field is not valid, so the next field in precedence applies. A repeated
+    /// directive takes its last value, as dictionaries do; `?0` means the directive is off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cachet_sdk::CacheControl;
+    /// let cc = CacheControl::parse_targeted(["max-age=60, no-cache=\"set-cookie\""]).unwrap();
+    /// assert_eq!(cc.max_age(), Some(Duration::from_secs(60)));
+    /// assert_eq!(CacheControl::parse_targeted(["max-age=\"60\""]), None);
+    /// ```
+    pub fn parse_targeted<I>(values: I) -> Option<Self>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let mut directives = Vec::new();
+        for (name, value) in structured::parse_dictionary(values)? {
+            let argument = match (expected_type(&name), value) {
+                (_, Value::Boolean(false)) => continue,
+                (Expected::Seconds, Value::Integer(n)) if n >= 0 => Some(n.to_string()),
+                (Expected::Flag | Expected::FlagOrFields | Expected::Any, Value::Boolean(true)) => {
+                    None
+                }
+                (Expected::FlagOrFields | Expected::Any, Value::String(s)) => Some(s),
+                (Expected::Any, Value::Integer(n)) => Some(n.to_string()),
+                (Expected::Any, Value::Other(text)) => Some(text),
+                _ => return None,
+            };
+            directives.push(Directive { name, argument });
+        }
+        Some(Self { directives })
     }
 
     /// Whether the directive is present (with or without an argument).
@@ -139,6 +177,26 @@ impl CacheControl {
         self.directives
             .iter()
             .find(|d| d.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The value type RFC 9213 §2.1 gives a directive in a targeted field.
+enum Expected {
+    Seconds,
+    Flag,
+    /// `no-cache` and `private`: on, or a string listing field names.
+    FlagOrFields,
+    /// Extension directives: any type.
+    Any,
+}
+
+fn expected_type(name: &str) -> Expected {
+    match name {
+        "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error" => Expected::Seconds,
+        "no-store" | "public" | "must-revalidate" | "proxy-revalidate" | "no-transform"
+        | "immutable" | "must-understand" => Expected::Flag,
+        "no-cache" | "private" => Expected::FlagOrFields,
+        _ => Expected::Any,
     }
 }
 

@@ -67,7 +67,9 @@ pub mod prelude;
 mod query;
 mod request;
 mod response;
+mod response_directives;
 mod self_test;
+mod structured;
 mod uri;
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -91,4 +93,5 @@ pub use policy::Policy;
 pub use query::{Query, QueryParam};
 pub use request::{Request, RequestBuilder};
 pub use response::{Response, ResponseBuilder};
+pub use response_directives::{DirectiveField, ResponseDirectives};
 pub use self_test::{ExpectedRequest, ExpectedResponse, TestRequest, TestResponse, TestVector};

@@ -1,5 +1,5 @@
 use crate::header_list::HeaderList;
-use crate::CacheControl;
+use crate::{CacheControl, ResponseDirectives};
 
 /// The origin's response head (status and headers; the body stays in the host).
 ///
@@ -69,18 +69,33 @@ impl Response {
         self.header(name).is_some()
     }
 
-    /// The response's `Cache-Control` directives.
+    /// The cache directives that govern this response and the field they came from:
+    /// `Cachet-Cache-Control`, else `CDN-Cache-Control`, else `Cache-Control`, a targeted
+    /// field counting only when valid (RFC 9213). The host makes the same choice.
+    pub fn directives(&self) -> Option<ResponseDirectives> {
+        ResponseDirectives::select(|name| self.header_all(name))
+    }
+
+    /// The directives that govern this response (see [`Response::directives`]); empty when
+    /// none apply. The plain `Cache-Control` field alone is
+    /// `CacheControl::parse_all(resp.header_all("cache-control"))`.
     pub fn cache_control(&self) -> CacheControl {
-        CacheControl::parse_all(self.header_all("cache-control"))
+        self.directives()
+            .map(|d| d.cache_control)
+            .unwrap_or_default()
     }
 
     /// Whether the origin stated an explicit expiration time (RFC 9111
-    /// §4.2.1): a `max-age` or `s-maxage` directive, or an `Expires` header.
+    /// §4.2.1): a `max-age` or `s-maxage` directive in the governing field, or an
+    /// `Expires` header unless a targeted field governs (RFC 9213 §2.2).
     /// Values are not judged: a malformed `Expires` still counts, since it
     /// means "already expired".
     pub fn has_explicit_freshness(&self) -> bool {
-        let cache_control = self.cache_control();
-        cache_control.has("max-age") || cache_control.has("s-maxage") || self.has_header("expires")
+        let has_expires = self.has_header("expires");
+        match self.directives() {
+            Some(directives) => directives.has_explicit_freshness(has_expires),
+            None => has_expires,
+        }
     }
 }
 
@@ -164,5 +179,29 @@ mod tests {
         assert!(with("Expires", "not a date").has_explicit_freshness());
         assert!(!with("Cache-Control", "public, no-cache").has_explicit_freshness());
         assert!(!with("Last-Modified", "Tue, 15 Nov 1994 12:45:26 GMT").has_explicit_freshness());
+    }
+
+    #[test]
+    fn targeted_fields_govern_when_valid() {
+        let resp = Response::builder()
+            .header("Cache-Control", "no-store")
+            .header("CDN-Cache-Control", "max-age=60")
+            .build();
+        let cc = resp.cache_control();
+        assert!(!cc.no_store());
+        assert_eq!(cc.max_age(), Some(std::time::Duration::from_secs(60)));
+        assert!(resp.has_explicit_freshness());
+        // A targeted field without a lifetime: Expires no longer counts.
+        let resp = Response::builder()
+            .header("Expires", "Thu, 01 Jan 2099 00:00:00 GMT")
+            .header("CDN-Cache-Control", "public")
+            .build();
+        assert!(!resp.has_explicit_freshness());
+        // An invalid targeted field is ignored.
+        let resp = Response::builder()
+            .header("Cache-Control", "no-store")
+            .header("Cachet-Cache-Control", "max-age=\"60\"")
+            .build();
+        assert!(resp.cache_control().no_store());
     }
 }

@@ -92,6 +92,9 @@ struct RawTenant {
     #[serde(default)]
     on_plugin_error: OnPluginError,
     invalidate_on_unsafe: Option<bool>,
+    /// Debug mode: `Cache-Status` shows the cache key.
+    #[serde(default)]
+    cache_status_key: bool,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -202,6 +205,8 @@ pub struct TenantConfig {
     pub on_plugin_error: OnPluginError,
     /// A successful unsafe request (POST, PUT, ...) removes what is stored for its URL.
     pub invalidate_on_unsafe: bool,
+    /// Debug mode: `Cache-Status` carries `key="..."` with the cache key.
+    pub cache_status_key: bool,
     pub limits: PluginLimits,
     /// This tenant's own byte budget inside the global cache budget.
     pub cache_quota: Option<usize>,
@@ -562,6 +567,7 @@ impl Locator<'_> {
             builtin,
             on_plugin_error: t.on_plugin_error,
             invalidate_on_unsafe: t.invalidate_on_unsafe.unwrap_or(true),
+            cache_status_key: t.cache_status_key,
             limits,
             cache_quota,
             max_object_bytes: t.limits.max_object_bytes.map(|b| b.as_u64() as usize),

@@ -20,9 +20,47 @@ pub fn primary_key(tenant: &str, parts: &[String]) -> Vec<u8> {
     key
 }
 
+/// The key for people (`Cache-Status` `key` in debug mode): the tenant and the plugin's parts,
+/// space-separated, with `%`, spaces and non-printable bytes percent-encoded so the
+/// boundaries stay visible.
+pub fn describe(key: &[u8]) -> String {
+    let mut parts = Vec::new();
+    let mut rest = key;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        let Some((part, tail)) = tail.split_at_checked(len) else {
+            break;
+        };
+        parts.push(part);
+        rest = tail;
+    }
+    // The first part is the format version, the same for every key.
+    parts
+        .iter()
+        .skip(1)
+        .map(|part| {
+            part.iter()
+                .map(|&b| match b {
+                    b'%' | b' ' => format!("%{b:02X}"),
+                    _ if b.is_ascii_graphic() => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::primary_key;
+    use super::{describe, primary_key};
+
+    #[test]
+    fn described_keys_show_tenant_and_parts() {
+        let key = primary_key("site", &parts(&["example.com", "/a b", "q=1%2"]));
+        assert_eq!(describe(&key), "site example.com /a%20b q=1%252");
+        assert_eq!(describe(&primary_key("t", &parts(&[""]))), "t ");
+    }
 
     fn parts(p: &[&str]) -> Vec<String> {
         p.iter().map(|s| s.to_string()).collect()

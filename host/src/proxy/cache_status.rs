@@ -1,7 +1,10 @@
 //! The `Cache-Status` response header (RFC 9211), naming the plugin's reason
-//! whenever the plugin chose not to use or fill the cache.
+//! whenever the plugin chose not to use or fill the cache. One decision table
+//! ([`outcome`]) gives both the header and the outcome name metrics and the
+//! access log use.
 
 use super::ctx::{RequestCtx, Route};
+use pingora::http::ResponseHeader;
 use pingora_cache::{CachePhase, HttpCache};
 use std::fmt::Write;
 use std::time::SystemTime;
@@ -12,95 +15,189 @@ pub const HEADER: &str = "cache-status";
 /// The cache's name in the header.
 const CACHE_NAME: &str = "cachet";
 
-pub fn value(cache: &HttpCache, ctx: &RequestCtx, origin_status: u16) -> String {
-    let mut v = String::from(CACHE_NAME);
-    match &ctx.route {
-        Route::Answered(detail) => {
-            push_detail(&mut v, detail);
-            return v;
-        }
-        Route::Bypass(reason) => {
-            v.push_str("; fwd=bypass");
-            push_detail(&mut v, reason);
-            return v;
-        }
-        Route::Undecided | Route::Cache => {}
-    }
-    if ctx.unshared_hit {
-        // A stored response exists but may not answer an authorized request.
-        let _ = write!(v, "; fwd=bypass; fwd-status={origin_status}");
-        push_stored(&mut v, ctx);
-        if !ctx.stored && ctx.not_stored.is_none() {
-            push_detail(&mut v, "authorized request");
-        }
-        return v;
-    }
-    match cache.phase() {
-        CachePhase::Hit => {
-            v.push_str("; hit");
-            push_ttl(&mut v, cache);
-        }
-        CachePhase::StaleUpdating => {
-            v.push_str("; fwd=stale");
-            push_ttl(&mut v, cache);
-            push_detail(&mut v, "stale-while-revalidate");
-        }
-        CachePhase::Stale => {
-            v.push_str("; fwd=stale");
-            push_ttl(&mut v, cache);
-            push_detail(&mut v, "stale-if-error");
-        }
-        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
-            let _ = write!(v, "; fwd=stale; fwd-status={origin_status}");
-            push_stored(&mut v, ctx);
-        }
-        CachePhase::Miss | CachePhase::Expired => {
-            let _ = write!(v, "; fwd=miss; fwd-status={origin_status}");
-            push_stored(&mut v, ctx);
-        }
-        // The response was judged not storable: it is still a miss.
-        CachePhase::Disabled(_) if ctx.not_stored.is_some() => {
-            let _ = write!(v, "; fwd=miss; fwd-status={origin_status}");
-            push_stored(&mut v, ctx);
-        }
-        CachePhase::Disabled(reason) => {
-            v.push_str("; fwd=bypass");
-            push_detail(&mut v, reason.as_str());
-        }
-        CachePhase::Bypass => {
-            let _ = write!(v, "; fwd=bypass; fwd-status={origin_status}");
-            push_stored(&mut v, ctx);
-        }
-        CachePhase::Uninit | CachePhase::CacheKey => {
-            v.push_str("; fwd=uri-miss");
-        }
-    }
-    v
+/// What cachet did with a request, before it is written out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome<'a> {
+    /// The short name for metrics and the access log.
+    pub kind: &'static str,
+    /// Served from the cache without going forward.
+    pub hit: bool,
+    /// Why the request went forward (`fwd=`), if it did.
+    pub fwd: Option<&'static str>,
+    /// Report the origin's status (`fwd-status=`).
+    pub fwd_status: bool,
+    /// Report the remaining freshness (`ttl=`).
+    pub ttl: bool,
+    /// The response was stored (`stored`).
+    pub stored: bool,
+    /// Free text (`detail=`).
+    pub detail: Option<&'a str>,
 }
 
-/// The short outcome name used by metrics and the access log.
-pub fn kind(cache: &HttpCache, ctx: &RequestCtx) -> &'static str {
-    match &ctx.route {
-        Route::Answered(_) if ctx.fault.is_some() => "error",
-        Route::Answered(_) => "answered",
-        Route::Bypass(_) => "bypass",
-        Route::Undecided | Route::Cache if ctx.unshared_hit => "bypass",
-        Route::Undecided | Route::Cache => match cache.phase() {
-            CachePhase::Hit => "hit",
-            CachePhase::Stale | CachePhase::StaleUpdating => "stale",
-            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "revalidated",
-            CachePhase::Disabled(_) if ctx.not_stored.is_none() => "bypass",
-            _ => "miss",
+/// The request facts the decision depends on, apart from pingora's cache phase.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub route: &'a Route,
+    pub fault: bool,
+    /// A stored response existed but may not answer this authorized request.
+    pub unshared_hit: bool,
+    pub stored: bool,
+    pub not_stored: Option<&'a str>,
+}
+
+impl<'a> Facts<'a> {
+    pub fn of(ctx: &'a RequestCtx) -> Self {
+        Self {
+            route: &ctx.route,
+            fault: ctx.fault.is_some(),
+            unshared_hit: ctx.unshared_hit,
+            stored: ctx.stored,
+            not_stored: ctx.not_stored.as_deref(),
+        }
+    }
+}
+
+/// The decision table: one row per way a request can end.
+pub fn outcome<'a>(facts: Facts<'a>, phase: &CachePhase) -> Outcome<'a> {
+    let row = |kind, fwd| Outcome {
+        kind,
+        hit: false,
+        fwd,
+        fwd_status: false,
+        ttl: false,
+        stored: false,
+        detail: None,
+    };
+    // Forwarded with the origin's status, reporting whether the answer was stored.
+    let forwarded = |kind, fwd, default_detail| Outcome {
+        fwd_status: true,
+        stored: facts.stored,
+        detail: if facts.stored {
+            None
+        } else {
+            facts.not_stored.or(default_detail)
+        },
+        ..row(kind, Some(fwd))
+    };
+    match facts.route {
+        Route::Answered(detail) => Outcome {
+            detail: Some(detail),
+            ..row(if facts.fault { "error" } else { "answered" }, None)
+        },
+        Route::Bypass(reason) => Outcome {
+            detail: Some(reason),
+            ..row("bypass", Some("bypass"))
+        },
+        Route::Undecided | Route::Cache if facts.unshared_hit => {
+            forwarded("bypass", "bypass", Some("authorized request"))
+        }
+        Route::Undecided | Route::Cache => match phase {
+            CachePhase::Hit => Outcome {
+                hit: true,
+                ttl: true,
+                ..row("hit", None)
+            },
+            CachePhase::StaleUpdating => Outcome {
+                ttl: true,
+                detail: Some("stale-while-revalidate"),
+                ..row("stale", Some("stale"))
+            },
+            CachePhase::Stale => Outcome {
+                ttl: true,
+                detail: Some("stale-if-error"),
+                ..row("stale", Some("stale"))
+            },
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+                forwarded("revalidated", "stale", None)
+            }
+            CachePhase::Miss | CachePhase::Expired => forwarded("miss", "miss", None),
+            // The response was judged not storable: it is still a miss.
+            CachePhase::Disabled(_) if facts.not_stored.is_some() => {
+                forwarded("miss", "miss", None)
+            }
+            CachePhase::Disabled(reason) => Outcome {
+                detail: Some(reason.as_str()),
+                ..row("bypass", Some("bypass"))
+            },
+            CachePhase::Bypass => forwarded("miss", "bypass", None),
+            CachePhase::Uninit | CachePhase::CacheKey => row("miss", Some("uri-miss")),
         },
     }
 }
 
-fn push_stored(v: &mut String, ctx: &RequestCtx) {
-    if ctx.stored {
-        v.push_str("; stored");
-    } else if let Some(reason) = &ctx.not_stored {
-        push_detail(v, reason);
+/// The outcome name of the request in `ctx` at this point.
+pub fn kind(cache: &HttpCache, ctx: &RequestCtx) -> &'static str {
+    outcome(Facts::of(ctx), &cache.phase()).kind
+}
+
+/// cachet's member of `Cache-Status` for the request in `ctx`.
+pub fn value(cache: &HttpCache, ctx: &RequestCtx, origin_status: u16) -> String {
+    let outcome = outcome(Facts::of(ctx), &cache.phase());
+    let mut member = render(&outcome, cache, origin_status);
+    if outcome.hit && cache.lock_duration().is_some() {
+        // It waited for another request's fill and shares its response.
+        member.push_str("; collapsed");
     }
+    if ctx
+        .tenant
+        .as_ref()
+        .is_some_and(|t| t.config.cache_status_key)
+        && !ctx.key.is_empty()
+    {
+        push_string(&mut member, "key", &super::cache_key::describe(&ctx.key));
+    }
+    if let Some(detail) = outcome.detail {
+        push_string(&mut member, "detail", detail);
+    }
+    member
+}
+
+/// Sets cachet's member of `Cache-Status` on a forwarded or cached response, after any
+/// members caches upstream of cachet put there (the field is a list, RFC 9211 §2), and
+/// records the outcome in `ctx`.
+pub fn apply(
+    header: &mut ResponseHeader,
+    cache: &HttpCache,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<()> {
+    let member = value(cache, ctx, header.status.as_u16());
+    ctx.outcome = kind(cache, ctx);
+    let upstream: Vec<&str> = header
+        .headers
+        .get_all(HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = if upstream.is_empty() {
+        member
+    } else {
+        format!("{}, {member}", upstream.join(", "))
+    };
+    header.insert_header(HEADER, value)?;
+    Ok(())
+}
+
+/// Everything but `key` and `detail`, which `apply` adds.
+fn render(outcome: &Outcome, cache: &HttpCache, origin_status: u16) -> String {
+    let mut v = String::from(CACHE_NAME);
+    if outcome.hit {
+        v.push_str("; hit");
+    }
+    if let Some(fwd) = outcome.fwd {
+        let _ = write!(v, "; fwd={fwd}");
+    }
+    if outcome.fwd_status {
+        let _ = write!(v, "; fwd-status={origin_status}");
+    }
+    if outcome.ttl {
+        push_ttl(&mut v, cache);
+    }
+    if outcome.stored {
+        v.push_str("; stored");
+    }
+    v
 }
 
 fn push_ttl(v: &mut String, cache: &HttpCache) {
@@ -114,14 +211,247 @@ fn push_ttl(v: &mut String, cache: &HttpCache) {
     }
 }
 
-/// Appends `; detail="..."`, escaped as an RFC 8941 string.
-fn push_detail(v: &mut String, detail: &str) {
-    v.push_str("; detail=\"");
-    for c in detail.chars().filter(|c| c.is_ascii_graphic() || *c == ' ') {
+/// Appends `; name="..."`, escaped as an RFC 8941 string.
+fn push_string(v: &mut String, name: &str, text: &str) {
+    let _ = write!(v, "; {name}=\"");
+    for c in text.chars().filter(|c| c.is_ascii_graphic() || *c == ' ') {
         if c == '"' || c == '\\' {
             v.push('\\');
         }
         v.push(c);
     }
     v.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora_cache::NoCacheReason;
+
+    fn facts(route: &Route) -> Facts<'_> {
+        Facts {
+            route,
+            fault: false,
+            unshared_hit: false,
+            stored: false,
+            not_stored: None,
+        }
+    }
+
+    /// (kind, hit, fwd, fwd-status, ttl, stored, detail)
+    type Expected = (
+        &'static str,
+        bool,
+        Option<&'static str>,
+        bool,
+        bool,
+        bool,
+        Option<&'static str>,
+    );
+
+    fn check(f: Facts, phase: CachePhase, expected: Expected) {
+        let o = outcome(f, &phase);
+        let got = (
+            o.kind,
+            o.hit,
+            o.fwd,
+            o.fwd_status,
+            o.ttl,
+            o.stored,
+            o.detail,
+        );
+        assert_eq!(got, expected, "{phase:?}");
+    }
+
+    #[test]
+    fn routes_decided_before_the_cache() {
+        let answered = Route::Answered("answered by plugin".into());
+        let e = (
+            "answered",
+            false,
+            None,
+            false,
+            false,
+            false,
+            Some("answered by plugin"),
+        );
+        check(facts(&answered), CachePhase::Uninit, e);
+        let faulted = Facts {
+            fault: true,
+            ..facts(&answered)
+        };
+        check(
+            faulted,
+            CachePhase::Uninit,
+            (
+                "error",
+                false,
+                None,
+                false,
+                false,
+                false,
+                Some("answered by plugin"),
+            ),
+        );
+        let bypass = Route::Bypass("method POST".into());
+        check(
+            facts(&bypass),
+            CachePhase::Miss,
+            (
+                "bypass",
+                false,
+                Some("bypass"),
+                false,
+                false,
+                false,
+                Some("method POST"),
+            ),
+        );
+    }
+
+    #[test]
+    fn cache_phases() {
+        let cache = Route::Cache;
+        let f = facts(&cache);
+        check(
+            f,
+            CachePhase::Hit,
+            ("hit", true, None, false, true, false, None),
+        );
+        check(
+            f,
+            CachePhase::StaleUpdating,
+            (
+                "stale",
+                false,
+                Some("stale"),
+                false,
+                true,
+                false,
+                Some("stale-while-revalidate"),
+            ),
+        );
+        check(
+            f,
+            CachePhase::Stale,
+            (
+                "stale",
+                false,
+                Some("stale"),
+                false,
+                true,
+                false,
+                Some("stale-if-error"),
+            ),
+        );
+        let stored = Facts { stored: true, ..f };
+        check(
+            stored,
+            CachePhase::Miss,
+            ("miss", false, Some("miss"), true, false, true, None),
+        );
+        check(
+            stored,
+            CachePhase::Expired,
+            ("miss", false, Some("miss"), true, false, true, None),
+        );
+        check(
+            stored,
+            CachePhase::Revalidated,
+            ("revalidated", false, Some("stale"), true, false, true, None),
+        );
+        check(
+            f,
+            CachePhase::Bypass,
+            ("miss", false, Some("bypass"), true, false, false, None),
+        );
+        check(
+            f,
+            CachePhase::CacheKey,
+            ("miss", false, Some("uri-miss"), false, false, false, None),
+        );
+    }
+
+    #[test]
+    fn not_stored_and_disabled() {
+        let cache = Route::Cache;
+        let refused = Facts {
+            not_stored: Some("origin sent no-store"),
+            ..facts(&cache)
+        };
+        let miss = (
+            "miss",
+            false,
+            Some("miss"),
+            true,
+            false,
+            false,
+            Some("origin sent no-store"),
+        );
+        check(refused, CachePhase::Miss, miss);
+        check(
+            refused,
+            CachePhase::Disabled(NoCacheReason::OriginNotCache),
+            miss,
+        );
+        let reason = NoCacheReason::StorageError;
+        check(
+            facts(&cache),
+            CachePhase::Disabled(reason),
+            (
+                "bypass",
+                false,
+                Some("bypass"),
+                false,
+                false,
+                false,
+                Some(reason.as_str()),
+            ),
+        );
+    }
+
+    #[test]
+    fn authorized_request_that_may_not_use_the_stored_response() {
+        let cache = Route::Cache;
+        let unshared = Facts {
+            unshared_hit: true,
+            ..facts(&cache)
+        };
+        let e = (
+            "bypass",
+            false,
+            Some("bypass"),
+            true,
+            false,
+            false,
+            Some("authorized request"),
+        );
+        check(unshared, CachePhase::Miss, e);
+        let stored = Facts {
+            stored: true,
+            ..unshared
+        };
+        check(
+            stored,
+            CachePhase::Miss,
+            ("bypass", false, Some("bypass"), true, false, true, None),
+        );
+        let refused = Facts {
+            not_stored: Some("authorized request and response not public"),
+            ..unshared
+        };
+        check(
+            refused,
+            CachePhase::Miss,
+            (
+                "bypass",
+                false,
+                Some("bypass"),
+                true,
+                false,
+                false,
+                Some("authorized request and response not public"),
+            ),
+        );
+    }
 }

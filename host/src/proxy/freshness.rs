@@ -2,15 +2,18 @@
 //! directives cachet follows. pingora-cache's own calculation ignores `Age`, measures `Expires`
 //! against the local clock and has no heuristic freshness, so cachet does its own.
 
+use super::http_date;
+use cachet_sdk::{CacheControl, ResponseDirectives};
 use http::header::{AGE, DATE, EXPIRES, LAST_MODIFIED};
 use http::HeaderMap;
-use pingora_cache::cache_control::CacheControl;
 use std::time::{Duration, SystemTime};
 
 /// Share of the time since `Last-Modified` used as heuristic freshness (RFC 9111 §4.2.2).
 const HEURISTIC_FRACTION: u32 = 10;
 /// Upper bound of heuristic freshness.
 const HEURISTIC_CAP: Duration = Duration::from_secs(86_400);
+/// RFC 9111 §1.2.2: delta-seconds too large to represent count as 2^31.
+const DELTA_SECONDS_CAP: u64 = 1 << 31;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {
@@ -23,14 +26,20 @@ pub struct Freshness {
 }
 
 /// The response's freshness, or None when it states none and no heuristic applies.
+/// A targeted field (RFC 9213 §2.2) replaces `Expires` and heuristic freshness too.
 pub fn of(
-    cc: Option<&CacheControl>,
+    directives: Option<&ResponseDirectives>,
     status: u16,
     headers: &HeaderMap,
     now: SystemTime,
 ) -> Option<Freshness> {
-    let lifetime =
-        explicit_lifetime(cc, headers, now).or_else(|| heuristic(status, headers, now))?;
+    let cc = directives.map(|d| &d.cache_control);
+    let targeted = directives.is_some_and(|d| d.field.is_targeted());
+    let lifetime = match directive_lifetime(cc) {
+        Some(lifetime) => lifetime,
+        None if targeted => return None,
+        None => expires_lifetime(headers, now).or_else(|| heuristic(status, headers, now))?,
+    };
     let age = current_age(headers, now);
     let (stale_while_revalidate, stale_if_error) = stale_windows(cc);
     Some(Freshness {
@@ -41,34 +50,30 @@ pub fn of(
     })
 }
 
-/// `no-cache` (always stale), then `s-maxage`, `max-age`, `Expires`. A malformed value counts
-/// as already expired rather than as absent, so it never makes a response fresher.
-fn explicit_lifetime(
-    cc: Option<&CacheControl>,
-    headers: &HeaderMap,
-    now: SystemTime,
-) -> Option<Duration> {
-    if let Some(cc) = cc {
-        if cc.no_cache() {
-            return Some(Duration::ZERO);
-        }
-        for seconds in [cc.s_maxage(), cc.max_age()] {
-            match seconds {
-                Ok(Some(s)) => return Some(Duration::from_secs(s.into())),
-                Ok(None) => {}
-                Err(_) => return Some(Duration::ZERO),
-            }
-        }
+/// `no-cache` (always stale), then `s-maxage`, `max-age`. A malformed value counts as already
+/// expired rather than as absent, so it never makes a response fresher.
+fn directive_lifetime(cc: Option<&CacheControl>) -> Option<Duration> {
+    let cc = cc?;
+    if cc.no_cache() {
+        return Some(Duration::ZERO);
     }
+    ["s-maxage", "max-age"]
+        .into_iter()
+        .find(|name| cc.has(name))
+        .map(|name| cc.seconds(name).unwrap_or(Duration::ZERO))
+}
+
+/// `Expires` measured against the origin's `Date`; an invalid or repeated one means expired.
+fn expires_lifetime(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let mut expires = headers.get_all(EXPIRES).iter();
     let first = expires.next()?;
     if expires.next().is_some() {
         return Some(Duration::ZERO);
     }
-    let Some(expires) = http_date(first) else {
+    let Some(expires) = http_date::parse(first) else {
         return Some(Duration::ZERO);
     };
-    let base = headers.get(DATE).and_then(http_date).unwrap_or(now);
+    let base = headers.get(DATE).and_then(http_date::parse).unwrap_or(now);
     Some(expires.duration_since(base).unwrap_or(Duration::ZERO))
 }
 
@@ -84,8 +89,8 @@ fn heuristic(status: u16, headers: &HeaderMap, now: SystemTime) -> Option<Durati
     if !heuristically_cacheable(status) {
         return None;
     }
-    let modified = headers.get(LAST_MODIFIED).and_then(http_date)?;
-    let base = headers.get(DATE).and_then(http_date).unwrap_or(now);
+    let modified = headers.get(LAST_MODIFIED).and_then(http_date::parse)?;
+    let base = headers.get(DATE).and_then(http_date::parse).unwrap_or(now);
     let unchanged_for = base.duration_since(modified).unwrap_or(Duration::ZERO);
     Some((unchanged_for / HEURISTIC_FRACTION).min(HEURISTIC_CAP))
 }
@@ -93,17 +98,28 @@ fn heuristic(status: u16, headers: &HeaderMap, now: SystemTime) -> Option<Durati
 /// The larger of the origin's `Age` and the age implied by its `Date` (clock skew only ever
 /// makes a response older, never younger).
 fn current_age(headers: &HeaderMap, now: SystemTime) -> Duration {
-    let stated = headers
-        .get(AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let stated = stated_age(headers).unwrap_or(Duration::ZERO);
     let apparent = headers
         .get(DATE)
-        .and_then(http_date)
+        .and_then(http_date::parse)
         .and_then(|date| now.duration_since(date).ok())
         .unwrap_or(Duration::ZERO);
     stated.max(apparent)
+}
+
+/// `Age` as RFC 9111 §5.1 reads it: the first member of a list (`7200, 0` is 7200), and a
+/// field whose first member is not a non-negative integer is ignored.
+pub fn stated_age(headers: &HeaderMap) -> Option<Duration> {
+    let first_line = headers.get(AGE)?.to_str().ok()?;
+    let first = first_line.split(',').next()?.trim();
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // All digits, so a parse failure can only be overflow.
+    let secs = first
+        .parse::<u64>()
+        .map_or(DELTA_SECONDS_CAP, |s| s.min(DELTA_SECONDS_CAP));
+    Some(Duration::from_secs(secs))
 }
 
 /// Serve-stale windows the response allows; `must-revalidate`, `proxy-revalidate` and
@@ -112,10 +128,10 @@ pub fn stale_windows(cc: Option<&CacheControl>) -> (u32, u32) {
     let Some(cc) = cc else {
         return (0, 0);
     };
-    if forbids_stale(cc) || cc.has_key("s-maxage") {
+    if forbids_stale(cc) || cc.has("s-maxage") {
         return (0, 0);
     }
-    let seconds = |v: pingora::Result<Option<u32>>| v.ok().flatten().unwrap_or(0);
+    let seconds = |v: Option<Duration>| v.map_or(0, |d| d.as_secs().min(u32::MAX.into()) as u32);
     (
         seconds(cc.stale_while_revalidate()),
         seconds(cc.stale_if_error()),
@@ -125,14 +141,6 @@ pub fn stale_windows(cc: Option<&CacheControl>) -> (u32, u32) {
 /// Whether the origin forbids serving the response stale, whatever a plugin wants.
 pub fn forbids_stale(cc: &CacheControl) -> bool {
     cc.must_revalidate() || cc.proxy_revalidate()
-}
-
-fn http_date(value: &http::HeaderValue) -> Option<SystemTime> {
-    let text = value.to_str().ok()?;
-    text.trim()
-        .parse::<httpdate::HttpDate>()
-        .ok()
-        .map(Into::into)
 }
 
 #[cfg(test)]
@@ -162,8 +170,13 @@ mod tests {
                 http::HeaderValue::from_str(v).expect("value"),
             );
         }
-        let cc = CacheControl::from_headers_named("cache-control", &map);
-        of(cc.as_ref(), status, &map, now())
+        let directives = ResponseDirectives::select(|name| {
+            map.get_all(name)
+                .iter()
+                .map(|v| v.to_str().expect("ascii").to_owned())
+                .collect::<Vec<_>>()
+        });
+        of(directives.as_ref(), status, &map, now())
     }
 
     fn secs(status: u16, headers: &[(&str, &str)]) -> Option<u64> {
@@ -211,6 +224,95 @@ mod tests {
         assert_eq!(
             secs(200, &[("cache-control", "max-age=60"), ("age", "90")]),
             Some(0)
+        );
+    }
+
+    #[test]
+    fn age_lists_use_the_first_member_and_invalid_ages_are_ignored() {
+        let cc = ("cache-control", "max-age=100");
+        assert_eq!(secs(200, &[cc, ("age", "60, 0")]), Some(40));
+        assert_eq!(secs(200, &[cc, ("age", "7200, 0")]), Some(0));
+        assert_eq!(secs(200, &[cc, ("age", "30"), ("age", "90")]), Some(70));
+        for invalid in ["-5", "1.5", "abc", "", ", 50", "0x10"] {
+            assert_eq!(secs(200, &[cc, ("age", invalid)]), Some(100), "{invalid:?}");
+        }
+        assert_eq!(secs(200, &[cc, ("age", "99999999999999999999")]), Some(0));
+    }
+
+    #[test]
+    fn obsolete_and_odd_case_dates_are_understood() {
+        let in_a_minute = now() + Duration::from_secs(60);
+        let date = httpdate::HttpDate::from(now()).to_string();
+        let imf = httpdate::HttpDate::from(in_a_minute).to_string();
+        // "Tue, 14 Nov 2023 22:14:20 GMT" -> RFC 850 and asctime spellings of the same instant.
+        let (wday, rest) = imf.split_once(", ").expect("imf");
+        let parts: Vec<&str> = rest.split(' ').collect();
+        let long_day = match wday {
+            "Mon" => "Monday",
+            "Tue" => "Tuesday",
+            "Wed" => "Wednesday",
+            "Thu" => "Thursday",
+            "Fri" => "Friday",
+            "Sat" => "Saturday",
+            _ => "Sunday",
+        };
+        let rfc850 = format!(
+            "{long_day}, {}-{}-{} {} GMT",
+            parts[0],
+            parts[1],
+            &parts[2][2..],
+            parts[3]
+        );
+        let asctime = format!(
+            "{wday} {} {:>2} {} {}",
+            parts[1],
+            parts[0].trim_start_matches('0'),
+            parts[3],
+            parts[2]
+        );
+        for expires in [
+            rfc850.clone(),
+            asctime,
+            imf.to_lowercase(),
+            rfc850.to_uppercase(),
+        ] {
+            assert_eq!(
+                secs(200, &[("date", &date), ("expires", &expires)]),
+                Some(60),
+                "{expires:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_targeted_field_replaces_expires_and_heuristics() {
+        let exp = later(300);
+        let lm = ago(1000);
+        assert_eq!(
+            secs(200, &[("cdn-cache-control", "public"), ("expires", &exp)]),
+            None
+        );
+        assert_eq!(
+            secs(
+                200,
+                &[("cdn-cache-control", "public"), ("last-modified", &lm)]
+            ),
+            None
+        );
+        assert_eq!(
+            secs(
+                200,
+                &[("cdn-cache-control", "max-age=5"), ("expires", &exp)]
+            ),
+            Some(5)
+        );
+        // An invalid targeted field is ignored: Expires applies again.
+        assert_eq!(
+            secs(
+                200,
+                &[("cdn-cache-control", "max-age=\"5\""), ("expires", &exp)]
+            ),
+            Some(300)
         );
     }
 

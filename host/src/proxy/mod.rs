@@ -12,6 +12,9 @@ mod ctx;
 pub mod directives;
 mod forwarded;
 mod freshness;
+mod hop_by_hop;
+mod http_date;
+mod interim;
 mod invalidate;
 pub mod purge;
 mod request;
@@ -198,11 +201,14 @@ impl ProxyHttp for CachetProxy {
             upstream_response,
             ctx,
         );
+        hop_by_hop::strip_for_downstream(upstream_response);
+        // An interim response (103 Early Hints) goes on as the origin sent it; the final
+        // response is judged and labelled on its own.
+        if upstream_response.status.is_informational() {
+            return interim::forward_now(session, upstream_response).await;
+        }
         directives::strip_downstream(upstream_response);
-        let status = cache_status::value(&session.cache, ctx, upstream_response.status.as_u16());
-        ctx.outcome = cache_status::kind(&session.cache, ctx);
-        upstream_response.insert_header(cache_status::HEADER, status)?;
-        Ok(())
+        cache_status::apply(upstream_response, &session.cache, ctx)
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {

@@ -7,9 +7,9 @@ use super::freshness::{self, Freshness};
 use super::{revalidation, shared, CachetProxy};
 use crate::policy::{ResponseDecision, StoreDirective};
 use crate::storage::TAGS_HEADER;
+use cachet_sdk::ResponseDirectives;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 use pingora_cache::{CacheMeta, NoCacheReason, RespCacheable};
 use std::time::{Duration, SystemTime};
 
@@ -52,8 +52,9 @@ fn decide(
     if content_length(resp).is_some_and(|len| len > max_object) {
         return not_stored(ctx, "larger than max_object_bytes");
     }
-    let cc = directives::effective(resp);
-    if let Some(cc) = &cc {
+    let governing = directives::effective(resp);
+    let cc = governing.as_ref().map(|d| &d.cache_control);
+    if let Some(cc) = cc {
         // The plugin can change lifetimes but never share what the origin
         // said must not be shared or kept.
         if cc.no_store() {
@@ -63,7 +64,7 @@ fn decide(
             return not_stored(ctx, "origin sent private");
         }
     }
-    if shared::authorized(session.req_header()) && !shared::allows_authorized(cc.as_ref()) {
+    if shared::authorized(session.req_header()) && !shared::allows_authorized(cc) {
         return not_stored(ctx, "authorized request and response not public");
     }
     let Some(policy) = ctx.policy.clone() else {
@@ -72,20 +73,20 @@ fn decide(
     let now = SystemTime::now();
     match policy.decide_response(session.req_header(), resp) {
         Ok(ResponseDecision::Store(directive)) => {
-            let fresh = plugin_freshness(&directive, cc.as_ref(), resp, now);
-            RespCacheable::Cacheable(meta(resp, cc.as_ref(), &directive.tags, fresh, now))
+            let fresh = plugin_freshness(&directive, governing.as_ref(), resp, now);
+            RespCacheable::Cacheable(meta(resp, governing.as_ref(), &directive.tags, fresh, now))
         }
         Ok(ResponseDecision::NoStore(reason)) => not_stored(ctx, reason),
         Ok(ResponseDecision::FollowOrigin) => {
             let status = resp.status.as_u16();
-            let Some(fresh) = freshness::of(cc.as_ref(), status, &resp.headers, now) else {
+            let Some(fresh) = freshness::of(governing.as_ref(), status, &resp.headers, now) else {
                 return not_stored(ctx, "origin gave no freshness");
             };
             // Stale on arrival and nothing to revalidate with: storing cannot help anyone.
             if fresh.fresh_for.is_zero() && !has_validator(resp) {
                 return not_stored(ctx, "stale on arrival without validator");
             }
-            RespCacheable::Cacheable(meta(resp, cc.as_ref(), &[], fresh, now))
+            RespCacheable::Cacheable(meta(resp, governing.as_ref(), &[], fresh, now))
         }
         Err(fault) => {
             let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
@@ -104,10 +105,11 @@ fn decide(
 /// The plugin's lifetimes, except that an origin forbidding stale use is obeyed.
 fn plugin_freshness(
     directive: &StoreDirective,
-    cc: Option<&CacheControl>,
+    governing: Option<&ResponseDirectives>,
     resp: &ResponseHeader,
     now: SystemTime,
 ) -> Freshness {
+    let cc = governing.map(|d| &d.cache_control);
     let secs = |d: Duration| d.as_secs().min(u32::MAX.into()) as u32;
     let (swr, sie) = if cc.is_some_and(freshness::forbids_stale) {
         (0, 0)
@@ -118,7 +120,7 @@ fn plugin_freshness(
         )
     };
     // The TTL counts from now; the age only feeds the `Age` served with hits.
-    let age = freshness::of(cc, resp.status.as_u16(), &resp.headers, now)
+    let age = freshness::of(governing, resp.status.as_u16(), &resp.headers, now)
         .map_or(Duration::ZERO, |f| f.age);
     Freshness {
         fresh_for: directive.ttl,
@@ -137,14 +139,15 @@ fn has_validator(resp: &ResponseHeader) -> bool {
 /// recorded for the storage's tag index.
 fn meta(
     resp: &ResponseHeader,
-    cc: Option<&CacheControl>,
+    governing: Option<&ResponseDirectives>,
     plugin_tags: &[String],
     fresh: Freshness,
     now: SystemTime,
 ) -> CacheMeta {
     let mut header = resp.clone();
-    if let Some(cc) = cc {
-        cc.strip_private_headers(&mut header);
+    super::hop_by_hop::strip(&mut header);
+    if let Some(d) = governing {
+        directives::strip_listed_fields(&d.cache_control, &mut header);
     }
     // pingora generates `Age` for hits from `created`, which carries the upstream age.
     header.remove_header(&http::header::AGE);

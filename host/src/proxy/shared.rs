@@ -1,8 +1,8 @@
 //! Shared-cache rules for requests carrying `Authorization` (RFC 9111 §3.5): such a request
 //! may only be answered from, or fill, an entry whose response explicitly allows sharing.
 
+use cachet_sdk::CacheControl;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora_cache::cache_control::{CacheControl, InterpretCacheControl};
 
 pub fn authorized(req: &RequestHeader) -> bool {
     req.headers.contains_key(http::header::AUTHORIZATION)
@@ -11,12 +11,17 @@ pub fn authorized(req: &RequestHeader) -> bool {
 /// Whether directives allow sharing a response to an authorized request: `public`,
 /// `s-maxage` or `must-revalidate`.
 pub fn allows_authorized(cc: Option<&CacheControl>) -> bool {
-    cc.is_some_and(|cc| cc.allow_caching_authorized_req())
+    cc.is_some_and(|cc| cc.public() || cc.has("s-maxage") || cc.must_revalidate())
 }
 
 /// Whether a stored response may answer this request.
 pub fn may_serve(req: &RequestHeader, stored: &ResponseHeader) -> bool {
-    !authorized(req) || allows_authorized(super::directives::effective(stored).as_ref())
+    !authorized(req)
+        || allows_authorized(
+            super::directives::effective(stored)
+                .as_ref()
+                .map(|d| &d.cache_control),
+        )
 }
 
 #[cfg(test)]

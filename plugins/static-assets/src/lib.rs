@@ -95,6 +95,15 @@ impl Policy for StaticAssets {
                 .expect_cache()
                 .with_response(200, &[("cache-control", "private")])
                 .expect_no_store(),
+            // A targeted field governs (RFC 9213): its lifetime is the origin's word, and
+            // Cache-Control's no-store is not meant for CDNs.
+            TestVector::get("http://example.com/site.css")
+                .expect_cache()
+                .with_response(
+                    200,
+                    &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")],
+                )
+                .expect_follow_origin(),
         ]
     }
 }
@@ -214,6 +223,28 @@ mod tests {
                 ResponseDecision::FollowOrigin
             );
         }
+    }
+
+    #[test]
+    fn targeted_fields_govern_freshness() {
+        let req = get("http://example.com/site.css");
+        for headers in [
+            &[("CDN-Cache-Control", "max-age=1")][..],
+            &[("Cache-Control", "max-age=86400"), ("CDN-Cache-Control", "max-age=1")],
+            &[("Cache-Control", "no-store"), ("Cachet-Cache-Control", "max-age=60")],
+        ] {
+            assert_eq!(
+                StaticAssets.on_response(&req, &ok_with(headers)),
+                ResponseDecision::FollowOrigin,
+                "{headers:?}"
+            );
+        }
+        // An invalid targeted field is ignored: Cache-Control's no-store applies.
+        let resp = ok_with(&[("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=x")]);
+        assert_eq!(
+            StaticAssets.on_response(&req, &resp),
+            ResponseDecision::no_store("origin sent no-store")
+        );
     }
 
     #[test]

@@ -1,0 +1,111 @@
+//! Hop-by-hop fields (RFC 9110 §7.6.1, RFC 9111 §3.1): they describe one connection, so a
+//! cache neither stores them nor passes an origin's on to clients.
+
+use pingora::http::ResponseHeader;
+
+/// Hop-by-hop whatever `Connection` says.
+const ALWAYS: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Most `Connection` nominations honoured; a longer list is junk, not a protocol.
+const MAX_NOMINATIONS: usize = 32;
+
+/// Removes every hop-by-hop field, before a response is stored.
+pub fn strip(resp: &mut ResponseHeader) {
+    strip_except(resp, &[]);
+}
+
+/// Removes the origin's hop-by-hop fields from a response going to the client. Pingora
+/// writes its own `Connection` and frames the body by `Transfer-Encoding`, so that one stays;
+/// a `101` keeps its `Upgrade` handshake.
+pub fn strip_for_downstream(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    strip_except(resp, &["transfer-encoding"]);
+}
+
+fn strip_except(resp: &mut ResponseHeader, keep: &[&str]) {
+    let nominated: Vec<http::HeaderName> = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .take(MAX_NOMINATIONS)
+        .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+        // Framing is never the origin's to remove: dropping it would misframe the body.
+        .filter(|name| *name != http::header::CONTENT_LENGTH)
+        .collect();
+    for name in nominated {
+        if !keep.contains(&name.as_str()) {
+            resp.remove_header(&name);
+        }
+    }
+    for name in ALWAYS.into_iter().filter(|name| !keep.contains(name)) {
+        resp.remove_header(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).expect("header");
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).expect("valid header");
+        }
+        r
+    }
+
+    fn names(r: &ResponseHeader) -> Vec<&str> {
+        let mut names: Vec<&str> = r.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    const FROM_ORIGIN: &[(&str, &str)] = &[
+        ("Connection", "keep-alive, X-Hop"),
+        ("connection", "x-other, Content-Length"),
+        ("X-Hop", "1"),
+        ("X-Other", "2"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"),
+        ("TE", "trailers"),
+        ("Trailer", "x-sum"),
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "h2c"),
+        ("Content-Length", "3"),
+        ("X-End-To-End", "kept"),
+    ];
+
+    #[test]
+    fn stored_responses_keep_only_end_to_end_fields() {
+        let mut r = resp(200, FROM_ORIGIN);
+        strip(&mut r);
+        assert_eq!(names(&r), ["content-length", "x-end-to-end"]);
+    }
+
+    #[test]
+    fn downstream_keeps_framing_and_upgrades() {
+        let mut r = resp(200, FROM_ORIGIN);
+        strip_for_downstream(&mut r);
+        assert_eq!(
+            names(&r),
+            ["content-length", "transfer-encoding", "x-end-to-end"]
+        );
+        let mut switching = resp(101, &[("Connection", "upgrade"), ("Upgrade", "websocket")]);
+        strip_for_downstream(&mut switching);
+        assert_eq!(names(&switching), ["connection", "upgrade"]);
+    }
+}

@@ -1,0 +1,24 @@
+//! Interim responses (`102 Processing`, `103 Early Hints`) on their way to the client.
+//!
+//! pingora 0.9.1 reads the origin's header tasks in batches (`process_upstream_tasks` in
+//! pingora-proxy's proxy_h1.rs) and, once the final header of a cacheable response switches
+//! the request to serving from the cache fill, drops the whole batch: a 103 that arrives
+//! together with its 200 never reaches the client. cachet writes each interim response
+//! itself as soon as it is seen, then tells pingora's HTTP/1 writer to skip interim
+//! responses, so none is lost and none is sent twice. (Over HTTP/2 pingora never sends them.)
+
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+/// Sends `header` to the client now if it is an interim response cachet forwards itself.
+/// `100 Continue` stays pingora's (it answers `Expect`), and `101` is a final response.
+pub async fn forward_now(session: &mut Session, header: &ResponseHeader) -> Result<()> {
+    if !(102..200).contains(&header.status.as_u16()) {
+        return Ok(());
+    }
+    session.downstream_session.set_ignore_info_resp(false);
+    let written = session.write_response_header_ref(header, false).await;
+    session.downstream_session.set_ignore_info_resp(true);
+    written
+}

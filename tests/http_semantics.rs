@@ -1,0 +1,448 @@
+//! HTTP semantics a shared cache is judged on, end to end through the real `cachet` binary
+//! and real origins: hop-by-hop fields, `Age` lists, targeted cache-control fields
+//! (RFC 9213), interim responses, obsolete date formats, `Cache-Status` as a list, and the
+//! example plugins reading the same directives as the host.
+
+mod support;
+
+use std::thread::sleep;
+use std::time::{Duration, SystemTime};
+use support::client::{get, Resp};
+use support::origin::{Origin, Reply};
+use support::plugin;
+use support::proxy::{Proxy, TenantSpec};
+use support::raw::{self, RawOrigin};
+
+const CACHE: &str = "max_bytes = \"64MiB\"";
+
+fn proxy_with(origin: std::net::SocketAddr, plugin_name: &str, extra: &str) -> Proxy {
+    Proxy::start(
+        CACHE,
+        &[TenantSpec::new("site", origin, &plugin(plugin_name)).extra(extra)],
+    )
+}
+
+fn assert_status_has(cache_status: &str, needle: &str) {
+    assert!(
+        cache_status.contains(needle),
+        "Cache-Status {cache_status:?} lacks {needle:?}"
+    );
+}
+
+fn status_of(resp: &Resp) -> &str {
+    resp.cache_status()
+}
+
+// ------------------------------------------------------------------ hop-by-hop fields
+
+/// Every field a response may carry that describes only the origin's connection.
+const HOP_BY_HOP: [&str; 8] = [
+    "x-hop",
+    "x-also-hop",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "connection",
+];
+
+#[test]
+fn hop_by_hop_fields_are_neither_stored_nor_served() {
+    let origin = Origin::start(|_| {
+        Reply::ok("body")
+            .header("Cache-Control", "max-age=60")
+            .header("Connection", "X-Hop, x-also-hop")
+            .header("X-Hop", "secret")
+            .header("X-Also-Hop", "secret")
+            .header("Keep-Alive", "timeout=5, max=100")
+            .header("Proxy-Connection", "keep-alive")
+            .header("TE", "trailers")
+            .header("Trailer", "X-Checksum")
+            .header("Upgrade", "h2c")
+            .header("X-End-To-End", "kept")
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let miss = raw::get(proxy.port, "/h", &[]);
+    let hit = raw::get(proxy.port, "/h", &[]);
+    assert_status_has(miss.cache_status(), "stored");
+    assert_status_has(hit.cache_status(), "hit");
+    assert_eq!(origin.hits(), 1);
+    for (which, exchange) in [("miss", &miss), ("hit", &hit)] {
+        assert_eq!(exchange.body, b"body", "{which}");
+        assert_eq!(
+            exchange.head.header("x-end-to-end"),
+            Some("kept"),
+            "{which}"
+        );
+        for name in HOP_BY_HOP {
+            let values = exchange.head.all(name);
+            // Pingora writes its own `Connection` for the client's connection.
+            let own = name == "connection" && values.iter().all(|v| *v == "close");
+            assert!(
+                values.is_empty() || own,
+                "{which} carries {name}: {values:?}"
+            );
+        }
+    }
+}
+
+/// Stored entries no longer carry the origin's `Transfer-Encoding`: a hit must still be
+/// framed (pingora chunks a stored body that has no `Content-Length`), exactly once.
+#[test]
+fn a_chunked_origin_response_is_framed_once_on_miss_and_hit() {
+    let origin = RawOrigin::start(|_| {
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\n4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n"
+            .to_vec()
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let miss = raw::get(proxy.port, "/c", &[]);
+    let hit = raw::get(proxy.port, "/c", &[]);
+    assert_status_has(hit.cache_status(), "hit");
+    assert_eq!(origin.requests(), 1);
+    for exchange in [&miss, &hit] {
+        assert_eq!(exchange.body, b"abcdefg");
+        // Exactly one framing for this hop: never the origin's and pingora's side by side.
+        let framing = exchange.head.all("transfer-encoding").len()
+            + exchange.head.all("content-length").len();
+        assert_eq!(framing, 1, "{:?}", exchange.head.headers);
+    }
+}
+
+// ------------------------------------------------------------------------------- Age
+
+#[test]
+fn an_age_list_uses_its_first_member_and_an_invalid_age_is_ignored() {
+    let origin = Origin::start(|seen| {
+        let age = match seen.url.as_str() {
+            // First member 7200 > max-age: stale on arrival, nothing to revalidate with.
+            "/old" => "7200, 0",
+            // First member 10: fresh, although a later member is far older.
+            "/young" => "10, 99999",
+            "/negative" => "-5",
+            _ => "soon",
+        };
+        Reply::ok("x")
+            .header("Cache-Control", "max-age=3600")
+            .header("Age", age)
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    for path in ["/old", "/young", "/negative", "/word"] {
+        get(&proxy.url(path));
+    }
+    let young = get(&proxy.url("/young"));
+    assert_status_has(status_of(&young), "hit");
+    let age: u64 = young
+        .header("age")
+        .expect("Age on a hit")
+        .parse()
+        .expect("number");
+    assert!((10..15).contains(&age), "Age {age}");
+    assert_status_has(status_of(&get(&proxy.url("/old"))), "fwd=miss");
+    for path in ["/negative", "/word"] {
+        let resp = get(&proxy.url(path));
+        assert_status_has(status_of(&resp), "hit");
+        let age: u64 = resp.header("age").expect("Age").parse().expect("number");
+        assert!(age < 5, "{path}: invalid Age counted as {age}");
+    }
+    assert_eq!(origin.hits_for("/old"), 2);
+    assert_eq!(origin.hits_for("/young"), 1);
+}
+
+// ------------------------------------------------------------------ targeted fields
+
+#[test]
+fn cdn_cache_control_goes_downstream_and_cachets_own_field_does_not() {
+    let origin = Origin::start(|_| {
+        Reply::ok("t")
+            .header("Cache-Control", "no-store")
+            .header("CDN-Cache-Control", "max-age=60")
+            .header("Cachet-Cache-Control", "max-age=60")
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    for _ in 0..2 {
+        let resp = get(&proxy.url("/t"));
+        assert_eq!(resp.header("cdn-cache-control"), Some("max-age=60"));
+        assert_eq!(resp.header("cache-control"), Some("no-store"));
+        assert_eq!(resp.header("cachet-cache-control"), None);
+    }
+    assert_eq!(origin.hits(), 1);
+}
+
+#[test]
+fn an_invalid_targeted_field_is_ignored_for_the_next_in_precedence() {
+    let origin = Origin::start(|seen| match seen.url.as_str() {
+        // A string where an integer belongs: Cache-Control applies (no-store).
+        "/typed" => Reply::ok("a")
+            .header("Cache-Control", "no-store")
+            .header("CDN-Cache-Control", "max-age=\"60\""),
+        // Not a structured dictionary: CDN-Cache-Control applies (stored).
+        "/syntax" => Reply::ok("b")
+            .header("Cache-Control", "no-store")
+            .header("Cachet-Cache-Control", "Max-Age=60")
+            .header("CDN-Cache-Control", "max-age=60"),
+        // Valid own field beats the CDN one.
+        _ => Reply::ok("c")
+            .header("Cache-Control", "max-age=60")
+            .header("CDN-Cache-Control", "max-age=60")
+            .header("Cachet-Cache-Control", "no-store"),
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    for path in ["/typed", "/syntax", "/own"] {
+        get(&proxy.url(path));
+        get(&proxy.url(path));
+    }
+    assert_eq!(origin.hits_for("/typed"), 2);
+    assert_eq!(origin.hits_for("/syntax"), 1);
+    assert_eq!(origin.hits_for("/own"), 2);
+}
+
+#[test]
+fn a_targeted_field_switches_off_expires_and_heuristic_freshness() {
+    let in_an_hour = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+    let long_ago = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(864_000));
+    let origin = Origin::start(move |seen| match seen.url.as_str() {
+        "/expires" => Reply::ok("e")
+            .header("Expires", &in_an_hour)
+            .header("CDN-Cache-Control", "public"),
+        "/heuristic" => Reply::ok("h")
+            .header("Last-Modified", &long_ago)
+            .header("CDN-Cache-Control", "public"),
+        // Control: the same Expires without a targeted field is stored.
+        _ => Reply::ok("c").header("Expires", &in_an_hour),
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    for path in ["/expires", "/heuristic", "/control"] {
+        get(&proxy.url(path));
+        get(&proxy.url(path));
+    }
+    assert_eq!(origin.hits_for("/expires"), 2);
+    assert_eq!(origin.hits_for("/heuristic"), 2);
+    assert_eq!(origin.hits_for("/control"), 1);
+}
+
+// ---------------------------------------------------------------- interim responses
+
+#[test]
+fn interim_responses_reach_the_client_without_leaking_into_the_final_one() {
+    let origin = RawOrigin::start(|_| {
+        b"HTTP/1.1 102 Processing\r\n\r\n\
+          HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nX-Hint: 1\r\n\r\n\
+          HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\
+          Connection: close\r\n\r\nok"
+            .to_vec()
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let first = raw::get(proxy.port, "/hints", &[]);
+    let statuses: Vec<u16> = first.interim.iter().map(|h| h.status).collect();
+    // Each exactly once, although pingora drops them when they arrive with a cacheable 200.
+    assert_eq!(statuses, [102, 103]);
+    let hints = first.interim.iter().find(|h| h.status == 103).expect("103");
+    assert_eq!(hints.header("link"), Some("</style.css>; rel=preload"));
+    assert_eq!(hints.header("cache-status"), None, "1xx is not labelled");
+    assert_eq!(first.head.status, 200);
+    assert_eq!(first.body, b"ok");
+    assert_eq!(first.head.header("link"), None);
+    assert_eq!(first.head.header("x-hint"), None);
+    assert_status_has(first.cache_status(), "stored");
+    let hit = raw::get(proxy.port, "/hints", &[]);
+    assert_status_has(hit.cache_status(), "hit");
+    assert!(hit.interim.is_empty());
+    assert_eq!(hit.head.header("link"), None);
+    assert_eq!(origin.requests(), 1);
+    // A request that bypasses the cache gets them once too.
+    let bypassed = raw::request(proxy.port, "POST", "/hints", &[("Content-Length", "0")]);
+    let statuses: Vec<u16> = bypassed.interim.iter().map(|h| h.status).collect();
+    assert_eq!(statuses, [102, 103]);
+    assert_eq!(bypassed.head.header("link"), None);
+    assert_eq!(bypassed.body, b"ok");
+}
+
+// ------------------------------------------------------------------------ dates
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` in the RFC 850 and asctime forms.
+fn obsolete_forms(t: SystemTime) -> (String, String) {
+    let imf = httpdate::fmt_http_date(t);
+    let (wday, rest) = imf.split_once(", ").expect("imf");
+    let p: Vec<&str> = rest.split(' ').collect();
+    let long = [
+        ("Mon", "Monday"),
+        ("Tue", "Tuesday"),
+        ("Wed", "Wednesday"),
+        ("Thu", "Thursday"),
+        ("Fri", "Friday"),
+        ("Sat", "Saturday"),
+        ("Sun", "Sunday"),
+    ]
+    .iter()
+    .find(|(s, _)| *s == wday)
+    .expect("weekday")
+    .1;
+    let rfc850 = format!("{long}, {}-{}-{} {} GMT", p[0], p[1], &p[2][2..], p[3]);
+    let day = p[0].trim_start_matches('0');
+    let asctime = format!("{wday} {} {day:>2} {} {}", p[1], p[3], p[2]);
+    (rfc850, asctime)
+}
+
+#[test]
+fn obsolete_and_odd_case_dates_are_parsed() {
+    let (rfc850, asctime) = obsolete_forms(SystemTime::now() + Duration::from_secs(3600));
+    let (old850, _) = obsolete_forms(SystemTime::now() - Duration::from_secs(864_000));
+    let lower =
+        httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600)).to_lowercase();
+    let origin = Origin::start(move |seen| match seen.url.as_str() {
+        "/rfc850" => Reply::ok("a").header("Expires", &rfc850),
+        "/asctime" => Reply::ok("b").header("Expires", &asctime),
+        "/lower" => Reply::ok("c").header("Expires", &lower),
+        // Heuristic freshness from an RFC 850 Last-Modified, in upper case.
+        _ => Reply::ok("d").header("Last-Modified", &old850.to_uppercase()),
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    for path in ["/rfc850", "/asctime", "/lower", "/modified"] {
+        get(&proxy.url(path));
+        let again = get(&proxy.url(path));
+        assert_status_has(status_of(&again), "hit");
+        assert_eq!(origin.hits_for(path), 1, "{path}");
+    }
+}
+
+// ----------------------------------------------------------------- Cache-Status
+
+#[test]
+fn cache_status_is_appended_to_an_upstream_caches_member() {
+    let origin = Origin::start(|_| {
+        Reply::ok("x")
+            .header("Cache-Control", "max-age=60")
+            .header("Cache-Status", "edge-a; hit; ttl=30")
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let miss = get(&proxy.url("/s"));
+    assert!(
+        miss.cache_status()
+            .starts_with("edge-a; hit; ttl=30, cachet; fwd=miss; fwd-status=200; stored"),
+        "{}",
+        miss.cache_status()
+    );
+    let hit = get(&proxy.url("/s"));
+    assert!(
+        hit.cache_status()
+            .starts_with("edge-a; hit; ttl=30, cachet; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(
+        hit.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cache-status"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn requests_that_waited_on_another_fill_say_collapsed() {
+    let origin = Origin::start(|_| {
+        Reply::ok("slow")
+            .header("Cache-Control", "max-age=60")
+            .delay(Duration::from_millis(700))
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let url = proxy.url("/slow");
+    let first = {
+        let url = url.clone();
+        std::thread::spawn(move || get(&url))
+    };
+    sleep(Duration::from_millis(200));
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || get(&url))
+        })
+        .collect();
+    let first = first.join().expect("first");
+    assert_status_has(status_of(&first), "fwd=miss");
+    assert!(!status_of(&first).contains("collapsed"));
+    for waiter in waiters {
+        let resp = waiter.join().expect("waiter");
+        assert_eq!(resp.text(), "slow");
+        assert_status_has(status_of(&resp), "hit");
+        assert_status_has(status_of(&resp), "collapsed");
+    }
+    assert_eq!(origin.hits(), 1);
+    // A plain later hit did not wait on anything.
+    assert!(!status_of(&get(&url)).contains("collapsed"));
+}
+
+#[test]
+fn the_cache_key_is_shown_only_in_debug_mode() {
+    let origin = Origin::start(|_| Reply::ok("k").header("Cache-Control", "max-age=60"));
+    let debug = proxy_with(origin.addr, "standard", "cache_status_key = true");
+    let plain = proxy_with(origin.addr, "standard", "");
+    let resp = get(&debug.url("/k?q=1"));
+    let expected = format!("key=\"site 127.0.0.1:{} /k q=1\"", debug.port);
+    assert_status_has(status_of(&resp), &expected);
+    assert!(!status_of(&get(&plain.url("/k?q=1"))).contains("key="));
+}
+
+// ------------------------------------------------- plugins read the same directives
+
+#[test]
+fn plugins_store_for_the_cdn_cache_control_lifetime() {
+    let origin = Origin::start(|seen| match seen.url.as_str() {
+        "/both.css" => Reply::ok("both")
+            .header("Cache-Control", "max-age=86400")
+            .header("CDN-Cache-Control", "max-age=1"),
+        // Without a targeted field, static-assets would keep this a day.
+        _ => Reply::ok("cdn-only").header("CDN-Cache-Control", "max-age=1"),
+    });
+    let proxy = proxy_with(origin.addr, "static-assets", "");
+    for path in ["/both.css", "/cdn-only.css"] {
+        get(&proxy.url(path));
+        assert_status_has(status_of(&get(&proxy.url(path))), "hit");
+    }
+    sleep(Duration::from_millis(2100));
+    for path in ["/both.css", "/cdn-only.css"] {
+        let resp = get(&proxy.url(path));
+        assert_status_has(status_of(&resp), "fwd=");
+        assert_eq!(origin.hits_for(path), 2, "{path}");
+    }
+}
+
+#[test]
+fn plugins_follow_a_targeted_field_over_cache_control_no_store() {
+    let origin = Origin::start(|_| {
+        Reply::ok("shared")
+            .header("Cache-Control", "no-store")
+            .header("CDN-Cache-Control", "max-age=60")
+    });
+    let proxy = proxy_with(origin.addr, "static-assets", "");
+    get(&proxy.url("/app.js"));
+    assert_status_has(status_of(&get(&proxy.url("/app.js"))), "hit");
+    assert_eq!(origin.hits(), 1);
+}
+
+// ------------------------------------------------------------------------- ranges
+
+/// Why no 206 is ever stored: a range miss is filled with the whole object (the `Range` is
+/// not forwarded), and that complete entry answers every later range.
+#[test]
+fn a_range_miss_fills_the_whole_object_for_later_ranges() {
+    let origin = Origin::start(|seen| {
+        let range = seen.header("range").unwrap_or("none").to_owned();
+        Reply::ok("0123456789")
+            .header("Cache-Control", "max-age=60")
+            .header("X-Range-Seen", &range)
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let first = support::client::send("GET", &proxy.url("/r"), &[("Range", "bytes=0-1")]);
+    assert_eq!(first.status, 206);
+    assert_eq!(first.text(), "01");
+    assert_eq!(first.header("x-range-seen"), Some("none"));
+    let later = support::client::send("GET", &proxy.url("/r"), &[("Range", "bytes=5-7")]);
+    assert_eq!(later.status, 206);
+    assert_eq!(later.text(), "567");
+    assert_eq!(later.header("content-range"), Some("bytes 5-7/10"));
+    assert_status_has(status_of(&later), "hit");
+    assert_eq!(origin.hits(), 1);
+}

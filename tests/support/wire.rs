@@ -1,0 +1,108 @@
+//! A raw HTTP/1.1 client over TCP, for the tests where bytes matter: it sends
+//! exactly what it is given and parses every response that comes back.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// One parsed response.
+#[derive(Debug, Clone)]
+pub struct RawResp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `request` as is and reads until the server closes (or 10 s pass).
+pub fn exchange(port: u16, request: &[u8]) -> Vec<u8> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to cachet");
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    conn.write_all(request).expect("send request");
+    read_until_closed(&mut conn, Duration::from_secs(10))
+}
+
+/// Reads what arrives until end of stream or `limit`.
+pub fn read_until_closed(conn: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    while Instant::now() < deadline {
+        match conn.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Every complete response in `bytes` (Content-Length framed, or without a
+/// body for HEAD-like answers), in order.
+pub fn parse_responses(mut bytes: &[u8]) -> Vec<RawResp> {
+    let mut out = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head_len)) = resp.parse(bytes) else {
+            return out;
+        };
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        let end = (head_len + length).min(bytes.len());
+        out.push(RawResp {
+            status: resp.code.unwrap_or(0),
+            headers,
+            body: bytes[head_len..end].to_vec(),
+        });
+        bytes = &bytes[end..];
+    }
+}
+
+/// Sends one request and returns its single response.
+pub fn one(port: u16, request: &str) -> RawResp {
+    let bytes = exchange(port, request.as_bytes());
+    parse_responses(&bytes)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| {
+            panic!(
+                "no response to {request:?}: {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+}
