@@ -4,15 +4,16 @@
 mod budget;
 #[cfg(test)]
 mod check;
+mod tag_index;
 
 use super::entry::{Entry, Pending, Slot, SlotKey};
 use super::meta::StoredMeta;
 use super::stats::{Counters, PartitionStats};
 use super::stream::StreamStart;
-use super::tags::TagIndex;
 use pingora_cache::eviction::{lru::Manager, EvictionManager};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tag_index::TagIndex;
 
 /// One shard keeps eviction in exact LRU order (a sharded manager evicts from a random shard);
 /// admissions are serialized by the index lock anyway.
