@@ -15,15 +15,20 @@ pub(crate) struct CallScope {
 }
 
 // SAFETY: the pointers are only dereferenced on the thread that runs the hook
-// call, while the referenced headers are borrowed by that call (see `enter`).
+// call, while the referenced headers are borrowed by that call (`enter`'s contract).
 unsafe impl Send for CallScope {}
 
 impl CallScope {
     /// Points the scope at `request` (and `response`) for one call.
     ///
-    /// The caller must call [`CallScope::leave`] before the borrows end; the
-    /// only caller is `PolicyInstance::call`, which does so on every path.
-    pub(crate) fn enter(
+    /// # Safety
+    ///
+    /// `request` and `response` are kept as raw pointers and read by later host calls
+    /// ([`CallScope::request`], [`CallScope::response`]). The caller must call
+    /// [`CallScope::leave`] before either borrow ends, on every path including unwinding, and
+    /// must not touch the scope from another thread in between. The only caller,
+    /// `PolicyInstance::call`, clears it with a drop guard at the end of the call.
+    pub(crate) unsafe fn enter(
         &mut self,
         request: Option<&RequestHeader>,
         response: Option<&ResponseHeader>,
@@ -39,7 +44,7 @@ impl CallScope {
 
     pub(crate) fn request(&self) -> wasmtime::Result<&RequestHeader> {
         match self.request {
-            // SAFETY: set by `enter` from a reference that outlives the call.
+            // SAFETY: `enter`'s contract: set from a borrow that lasts until `leave`.
             Some(ptr) => Ok(unsafe { ptr.as_ref() }),
             None => Err(wasmtime::format_err!("request used outside a hook call")),
         }
@@ -47,7 +52,7 @@ impl CallScope {
 
     pub(crate) fn response(&self) -> wasmtime::Result<&ResponseHeader> {
         match self.response {
-            // SAFETY: set by `enter` from a reference that outlives the call.
+            // SAFETY: `enter`'s contract: set from a borrow that lasts until `leave`.
             Some(ptr) => Ok(unsafe { ptr.as_ref() }),
             None => Err(wasmtime::format_err!("response used outside on-response")),
         }

@@ -104,11 +104,16 @@ impl PolicyInstance {
         response: Option<&ResponseHeader>,
         hook: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
-        self.store.data_mut().scope.enter(request, response);
-        self.store
+        // SAFETY: `request` and `response` are borrowed for this whole function, and `scoped`
+        // empties the scope when it drops below, on every path, unwinding included: the
+        // pointers are never read after the borrows end.
+        unsafe { self.store.data_mut().scope.enter(request, response) };
+        let scoped = LeaveOnDrop(&mut self.store);
+        scoped
+            .0
             .set_epoch_deadline(PolicyEngine::deadline_ticks(limits.hook_timeout));
-        let result = hook(&self.bindings, &mut self.store);
-        self.store.data_mut().scope.leave();
+        let result = hook(&self.bindings, &mut *scoped.0);
+        drop(scoped);
         result.map_err(|e| classify(&e, &self.store))
     }
 
@@ -171,6 +176,16 @@ impl PolicyInstance {
         self.call(limits, None, None, |policy, store| {
             policy.call_self_test(store)
         })
+    }
+}
+
+/// Empties a store's call scope when dropped, so a hook that returns early or unwinds never
+/// leaves it pointing at headers whose borrow has ended.
+struct LeaveOnDrop<'a>(&'a mut Store<HostState>);
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.data_mut().scope.leave();
     }
 }
 
