@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: the plugins' native unit tests, the SDK and host unit
-# tests, and the end-to-end tests (real origin, real client, real .wasm).
+# Runs every check: formatting, clippy, the plugins' native unit tests, the SDK
+# and host unit tests, and the end-to-end tests (real origin, real client, real
+# .wasm). Installs what a fresh machine lacks first (scripts/install-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+bash scripts/install-deps.sh --lint
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 bash plugins/build.sh
 cargo test --manifest-path plugins/Cargo.toml
 cargo test --manifest-path tests/fixtures/plugins/Cargo.toml
