@@ -80,6 +80,7 @@ struct RawCache {
     max_bytes: Option<Spanned<ByteSize>>,
     max_object_bytes: Option<Spanned<ByteSize>>,
     lock_timeout_ms: Option<u64>,
+    uncacheable_keys: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +190,9 @@ pub struct CacheConfig {
     pub max_bytes: usize,
     pub max_object_bytes: usize,
     pub lock_timeout: Duration,
+    /// How many URLs whose last response was not storable are remembered, so their requests
+    /// skip the cache lock (0: none).
+    pub uncacheable_keys: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +348,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         max_bytes,
         max_object_bytes,
         lock_timeout: Duration::from_millis(raw.cache.lock_timeout_ms.unwrap_or(5_000)),
+        uncacheable_keys: raw.cache.uncacheable_keys.unwrap_or(16_384),
     };
 
     if raw.tenants.is_empty() {

@@ -64,6 +64,7 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     let cache = CacheBackend {
         storage,
         lock,
+        uncacheable: crate::proxy::remember_uncacheable(config.cache.uncacheable_keys),
         lock_timeout: config.cache.lock_timeout,
         max_object_bytes: config.cache.max_object_bytes,
     };

@@ -24,11 +24,14 @@ mod revalidation;
 mod shared;
 mod state;
 mod target;
+mod uncacheable;
 mod vary;
 
 pub use cache_key::primary_key;
 pub use ctx::{RequestCtx, Route};
 pub use state::{CacheBackend, ProxyState};
+pub(crate) use uncacheable::remember_uncacheable;
+pub use uncacheable::UncacheableKeys;
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -36,6 +39,7 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 use pingora_cache::key::HashBinary;
+use pingora_cache::predictor::CacheablePredictor;
 use pingora_cache::storage::HitHandler;
 use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, ForcedFreshness, RespCacheable};
 use std::sync::Arc;
@@ -85,10 +89,13 @@ impl ProxyHttp for CachetProxy {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(backend.lock_timeout);
         overrides.max_lock_retries = Some(3);
+        let predictor = backend
+            .uncacheable
+            .map(|keys| keys as &'static (dyn CacheablePredictor + Sync));
         session.cache.enable(
             backend.storage,
             None,
-            None,
+            predictor,
             Some(backend.lock),
             Some(overrides),
         );

@@ -4,13 +4,13 @@
 use super::ctx::RequestCtx;
 use super::directives::{self, SURROGATE_KEY};
 use super::freshness::{self, Freshness};
-use super::{revalidation, shared, CachetProxy};
+use super::{revalidation, shared, uncacheable, CachetProxy};
 use crate::policy::{ResponseDecision, StoreDirective};
 use crate::storage::TAGS_HEADER;
 use cachet_sdk::ResponseDirectives;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora_cache::{CacheMeta, NoCacheReason, RespCacheable};
+use pingora_cache::{CacheMeta, RespCacheable};
 use std::time::{Duration, SystemTime};
 
 pub(super) fn response_cache_filter(
@@ -31,9 +31,16 @@ pub(super) fn response_cache_filter(
     verdict
 }
 
+/// Not stored, and the URL is remembered as uncacheable: its next requests skip the cache lock.
 fn not_stored(ctx: &mut RequestCtx, reason: impl Into<String>) -> RespCacheable {
     ctx.not_stored = Some(reason.into());
-    RespCacheable::Uncacheable(NoCacheReason::OriginNotCache)
+    RespCacheable::Uncacheable(uncacheable::marks_url())
+}
+
+/// Not stored for a reason particular to this request: the URL is not remembered.
+fn not_stored_this_time(ctx: &mut RequestCtx, reason: impl Into<String>) -> RespCacheable {
+    ctx.not_stored = Some(reason.into());
+    RespCacheable::Uncacheable(uncacheable::this_request_only())
 }
 
 fn decide(
@@ -42,6 +49,10 @@ fn decide(
     resp: &ResponseHeader,
     ctx: &mut RequestCtx,
 ) -> RespCacheable {
+    if !storable_status(resp.status.as_u16()) {
+        // 206 and 304 answer this request's Range or validators, not the URL.
+        return not_stored_this_time(ctx, "status not storable");
+    }
     if let Some(reason) = host_guard(resp) {
         return not_stored(ctx, reason);
     }
@@ -65,10 +76,10 @@ fn decide(
         }
     }
     if shared::authorized(session.req_header()) && !shared::allows_authorized(cc) {
-        return not_stored(ctx, "authorized request and response not public");
+        return not_stored_this_time(ctx, "authorized request and response not public");
     }
     let Some(policy) = ctx.policy.clone() else {
-        return not_stored(ctx, "no policy");
+        return not_stored_this_time(ctx, "no policy");
     };
     let now = SystemTime::now();
     match policy.decide_response(session.req_header(), resp) {
@@ -95,9 +106,10 @@ fn decide(
                 kind = fault.kind(),
                 "plugin fault in on-response: {fault}"
             );
+            proxy.state.record_fault(tenant, &fault);
             let reason = format!("plugin fault: {}", fault.kind());
             ctx.fault = Some(fault);
-            not_stored(ctx, reason)
+            not_stored_this_time(ctx, reason)
         }
     }
 }
@@ -195,12 +207,8 @@ fn content_length(resp: &ResponseHeader) -> Option<usize> {
         .ok()
 }
 
-/// Responses the host never stores, whatever the plugin says.
+/// Responses the host never stores, whatever the plugin says (besides unstorable statuses).
 fn host_guard(resp: &ResponseHeader) -> Option<&'static str> {
-    let status = resp.status.as_u16();
-    if !storable_status(status) {
-        return Some("status not storable");
-    }
     if resp.headers.get_all(http::header::VARY).iter().any(|v| {
         v.as_bytes()
             .split(|b| *b == b',')

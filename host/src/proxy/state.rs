@@ -1,6 +1,7 @@
 //! State shared by every request: the tenant router (swappable as a whole on
 //! config reload) and the cache backend.
 
+use super::UncacheableKeys;
 use crate::config::ForwardedHeaders;
 use crate::policy::PluginFault;
 use crate::storage::MemoryStorage;
@@ -13,6 +14,8 @@ use std::time::Duration;
 pub struct CacheBackend {
     pub storage: &'static MemoryStorage,
     pub lock: &'static CacheKeyLockImpl,
+    /// URLs whose last response was not storable: they skip the lock (None: off).
+    pub uncacheable: Option<&'static UncacheableKeys>,
     pub lock_timeout: Duration,
     pub max_object_bytes: usize,
 }

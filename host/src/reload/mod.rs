@@ -279,6 +279,7 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     if old.cache.max_bytes != new.cache.max_bytes
         || old.cache.max_object_bytes != new.cache.max_object_bytes
         || old.cache.lock_timeout != new.cache.lock_timeout
+        || old.cache.uncacheable_keys != new.cache.uncacheable_keys
     {
         tracing::warn!("changes to [cache] take effect after a restart (or a graceful upgrade)");
     }

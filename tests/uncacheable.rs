@@ -1,0 +1,125 @@
+//! Hit-for-miss: once a URL's response could not be stored, concurrent requests for it go to
+//! the origin side by side instead of queueing on the cache lock; a later storable response
+//! clears the mark. The real `cachet` binary, the real `standard` plugin, a slow counting origin.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::client::{get, send, Resp};
+use support::origin::{Origin, Reply};
+use support::plugin;
+use support::proxy::{Proxy, TenantSpec};
+
+const ORIGIN_DELAY: Duration = Duration::from_millis(500);
+const CONCURRENT: usize = 20;
+
+fn assert_status_has(resp: &Resp, needle: &str) {
+    assert!(
+        resp.cache_status().contains(needle),
+        "Cache-Status {:?} lacks {needle:?}",
+        resp.cache_status()
+    );
+}
+
+/// Sends `CONCURRENT` GETs for `path` at once; returns how long the last one took.
+fn burst(proxy: &Proxy, path: &str, headers: &'static [(&'static str, &'static str)]) -> Duration {
+    let url = proxy.url(path);
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || send("GET", &url, headers))
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.join().expect("client thread").status, 200);
+    }
+    started.elapsed()
+}
+
+/// `/no-store` and `/private` answer uncacheable until `storable` is set, then `max-age=60`.
+fn slow_origin(storable: Arc<AtomicBool>) -> Origin {
+    Origin::start(move |seen| {
+        let cache_control = if storable.load(Ordering::SeqCst) {
+            "max-age=60"
+        } else if seen.url == "/private" {
+            "private, max-age=60"
+        } else {
+            "no-store"
+        };
+        Reply::ok("body")
+            .header("Cache-Control", cache_control)
+            .delay(ORIGIN_DELAY)
+    })
+}
+
+#[test]
+fn uncacheable_urls_skip_the_cache_lock_until_a_storable_answer() {
+    let storable = Arc::new(AtomicBool::new(false));
+    let origin = slow_origin(storable.clone());
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    for path in ["/no-store", "/private"] {
+        assert_status_has(&get(&proxy.url(path)), "fwd=miss");
+        let took = burst(&proxy, path, &[]);
+        eprintln!("{path}: {CONCURRENT} concurrent requests took {took:?}");
+        // Queued on the lock, the burst would take two origin delays (one fill that is never
+        // stored, then everyone at once) or more.
+        assert!(
+            took < Duration::from_secs(1),
+            "{CONCURRENT} concurrent requests for {path} took {took:?}"
+        );
+        assert_eq!(origin.hits_for(path), 1 + CONCURRENT, "{path}");
+    }
+
+    storable.store(true, Ordering::SeqCst);
+    for path in ["/no-store", "/private"] {
+        // The first storable answer clears the mark and is stored; the next request is a hit.
+        assert_status_has(&get(&proxy.url(path)), "stored");
+        assert_status_has(&get(&proxy.url(path)), "hit");
+        assert_eq!(origin.hits_for(path), 2 + CONCURRENT, "{path}");
+    }
+}
+
+#[test]
+fn a_refusal_particular_to_one_request_does_not_mark_the_url() {
+    // Shareable for anonymous requests, not for authorized ones (no `public`).
+    let origin = Origin::start(|_| {
+        Reply::ok("body")
+            .header("Cache-Control", "max-age=60")
+            .delay(ORIGIN_DELAY)
+    });
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let authorized = send(
+        "GET",
+        &proxy.url("/shared"),
+        &[("Authorization", "Bearer alice")],
+    );
+    assert_status_has(&authorized, "authorized request and response not public");
+    // Anonymous requests still coalesce into one fill, then hit.
+    burst(&proxy, "/shared", &[]);
+    assert_eq!(origin.hits_for("/shared"), 2);
+    assert_status_has(&get(&proxy.url("/shared")), "hit");
+}
+
+#[test]
+fn the_record_can_be_turned_off() {
+    let origin = slow_origin(Arc::new(AtomicBool::new(false)));
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"\nuncacheable_keys = 0",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    get(&proxy.url("/no-store"));
+    // Without the record every burst queues behind one fill again.
+    let took = burst(&proxy, "/no-store", &[]);
+    eprintln!("record off: {CONCURRENT} concurrent requests took {took:?}");
+    assert!(took >= 2 * ORIGIN_DELAY, "{took:?}");
+    assert_eq!(origin.hits_for("/no-store"), 1 + CONCURRENT);
+}
