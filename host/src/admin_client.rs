@@ -1,7 +1,7 @@
 //! The `cachet status|reload|purge` subcommands: talk to a running cachet
 //! through its admin listener and proxy listener, as named by its config.
 
-use crate::config::Config;
+use cachet::config::Config;
 use std::time::Duration;
 
 /// The request header that turns a PURGE into a soft purge (mark stale).

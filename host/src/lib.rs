@@ -7,15 +7,13 @@
 //! bounded in-memory cache storage.
 
 pub mod admin;
-pub mod admin_client;
 pub mod config;
 pub mod connection;
-pub mod demo_origin;
+mod demo_origin;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
-pub mod scaffold;
 pub mod server;
 pub mod storage;
 pub mod tenant;

@@ -1,8 +1,11 @@
 //! The `cachet` command line.
 
+mod admin_client;
+mod scaffold;
+
+use cachet::config;
 use cachet::policy::{LoadedPlugin, PolicyEngine, ALLOWED_IMPORTS};
 use cachet::server::{self, ServeOptions};
-use cachet::{admin_client, config};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,7 +135,7 @@ fn main() -> ExitCode {
         }),
         Command::NewPlugin { name, dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            cachet::scaffold::new_plugin(&name, &dir).map(|()| {
+            scaffold::new_plugin(&name, &dir).map(|()| {
                 println!("created {} — build it with:", dir.display());
                 println!("  cargo test --manifest-path {}/Cargo.toml", dir.display());
                 println!(

@@ -21,25 +21,25 @@ pub enum Route {
 
 #[derive(Default)]
 pub struct RequestCtx {
-    pub tenant: Option<Arc<Tenant>>,
+    pub(crate) tenant: Option<Arc<Tenant>>,
     /// The plugin version this request started with (hot reload never
     /// changes it mid-request).
-    pub policy: Option<Arc<PolicyLayer>>,
-    pub route: Route,
+    pub(crate) policy: Option<Arc<PolicyLayer>>,
+    pub(crate) route: Route,
     /// The full primary cache key (tenant namespace + plugin parts).
-    pub key: Vec<u8>,
+    pub(crate) key: Vec<u8>,
     /// Why a response was not stored, when it was not.
-    pub not_stored: Option<String>,
-    pub stored: bool,
-    pub fault: Option<PluginFault>,
+    pub(crate) not_stored: Option<String>,
+    pub(crate) stored: bool,
+    pub(crate) fault: Option<PluginFault>,
     /// The outcome as reported (hit, miss, stale, bypass, error, answered).
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
     /// An unsafe method: a success invalidates what is stored for its URL.
-    pub invalidates: bool,
+    pub(crate) invalidates: bool,
     /// The request carries Authorization and the stored response did not allow sharing it.
-    pub unshared_hit: bool,
+    pub(crate) unshared_hit: bool,
     /// The origin's 304 to a revalidation, whose fields pingora only partly merges.
-    pub not_modified: Option<Box<ResponseHeader>>,
+    pub(crate) not_modified: Option<Box<ResponseHeader>>,
     /// When the request went to the origin (for the origin latency metric).
-    pub origin_started: Option<std::time::Instant>,
+    pub(crate) origin_started: Option<std::time::Instant>,
 }

@@ -28,7 +28,8 @@ mod uncacheable;
 mod vary;
 
 pub use cache_key::primary_key;
-pub use ctx::{RequestCtx, Route};
+pub use ctx::RequestCtx;
+pub(crate) use ctx::Route;
 pub use state::{CacheBackend, ProxyState};
 pub(crate) use uncacheable::remember_uncacheable;
 pub use uncacheable::UncacheableKeys;
