@@ -1,6 +1,9 @@
-//! The admin listener (loopback by default): `GET /status` as JSON and
-//! `GET /metrics` in the Prometheus text format.
+//! The admin listener (loopback by default): `GET /status` as JSON,
+//! `GET /metrics` in the Prometheus text format, `POST /reload`, and
+//! `POST /purge` with a `Surrogate-Key` header to purge tags in every tenant.
 
+use crate::proxy::directives::SURROGATE_KEY;
+use crate::proxy::purge::SOFT_HEADER;
 use crate::proxy::ProxyState;
 use crate::reload::Reloader;
 use crate::tenant::Refusal;
@@ -148,12 +151,44 @@ impl ServeHttp for AdminApp {
                     ),
                 }
             }
-            (_, "/status" | "/cache" | "/metrics" | "/reload") => {
+            ("POST", "/purge") => purge_tags(&self.state, &req.headers),
+            (_, "/status" | "/cache" | "/metrics" | "/reload" | "/purge") => {
                 text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text_reply(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+}
+
+/// Removes (or with `Cache-Purge-Soft: 1` marks stale) every entry, in every tenant, tagged with
+/// any of the `Surrogate-Key` header's tags.
+fn purge_tags(state: &ProxyState, headers: &http::HeaderMap) -> Response<Vec<u8>> {
+    let tags: Vec<&str> = headers
+        .get_all(SURROGATE_KEY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(str::split_ascii_whitespace)
+        .collect();
+    if tags.is_empty() {
+        return text_reply(
+            StatusCode::BAD_REQUEST,
+            "POST /purge needs a Surrogate-Key header naming the tags\n",
+        );
+    }
+    let soft = headers
+        .get(SOFT_HEADER)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
+    let purged: usize = state
+        .router
+        .load()
+        .tenants()
+        .iter()
+        .map(|tenant| state.cache.storage.purge_tags(tenant.name(), &tags, soft))
+        .sum();
+    if purged == 0 {
+        return text_reply(StatusCode::NOT_FOUND, "nothing stored\n");
+    }
+    text_reply(StatusCode::OK, &format!("purged {purged}\n"))
 }
 
 fn metrics_reply(state: &ProxyState) -> Response<Vec<u8>> {

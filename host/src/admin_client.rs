@@ -108,24 +108,24 @@ pub fn reload(config: &Config) -> anyhow::Result<()> {
 
 /// What `cachet purge` removes.
 pub struct PurgeRequest<'a> {
-    /// The URL as clients request it, e.g. `http://www.example.com/a.css`.
-    pub url: &'a str,
+    /// The URL as clients request it, e.g. `http://www.example.com/a.css`; with tags, names
+    /// the tenant whose tagged entries go. None: tags are purged in every tenant.
+    pub url: Option<&'a str>,
     /// Mark stale instead of removing (served stale while revalidating).
     pub soft: bool,
     /// Purge every entry carrying any of these surrogate keys instead.
     pub tags: &'a [String],
 }
 
-/// Sends `PURGE` for a URL (or tags) to the proxy listener with the token.
+/// Sends `PURGE` for a URL (or tags of its tenant) to the proxy listener with the token, or
+/// asks the admin listener to purge tags in every tenant when there is no URL.
 pub fn purge(config: &Config, purge: &PurgeRequest<'_>) -> anyhow::Result<()> {
-    let uri: http::Uri = purge.url.parse()?;
-    let host = uri
-        .authority()
-        .ok_or_else(|| anyhow::anyhow!("{}: give an absolute URL (http://host/path)", purge.url))?;
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let target = format!("http://{}{path}", config.server.listen);
-    let mut request =
-        with_token(agent().request("PURGE", &target), config).set("Host", host.as_str());
+    let mut request = match purge.url {
+        Some(url) => proxy_purge(config, url)?,
+        None if !purge.tags.is_empty() => agent().post(&admin_url(config, "/purge")?),
+        None => anyhow::bail!("give a URL to purge, or --tag KEY"),
+    };
+    request = with_token(request, config);
     if purge.soft {
         request = request.set(SOFT_PURGE_HEADER, "1");
     }
@@ -135,4 +135,15 @@ pub fn purge(config: &Config, purge: &PurgeRequest<'_>) -> anyhow::Result<()> {
     let body = call(request)?;
     println!("{}", body.trim());
     Ok(())
+}
+
+/// `PURGE` on the proxy listener, routed to the URL's tenant by its Host.
+fn proxy_purge(config: &Config, url: &str) -> anyhow::Result<ureq::Request> {
+    let uri: http::Uri = url.parse()?;
+    let host = uri
+        .authority()
+        .ok_or_else(|| anyhow::anyhow!("{url}: give an absolute URL (http://host/path)"))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = format!("http://{}{path}", config.server.listen);
+    Ok(agent().request("PURGE", &target).set("Host", host.as_str()))
 }

@@ -54,6 +54,7 @@ struct RawConfig {
 struct RawPlugins {
     watch: Option<bool>,
     artifact_cache_dir: Option<String>,
+    artifact_cache_max_bytes: Option<ByteSize>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +164,8 @@ pub struct PluginsConfig {
     pub watch: bool,
     /// Where compiled plugins are kept between runs; None disables the cache.
     pub artifact_cache_dir: Option<PathBuf>,
+    /// Byte budget of that folder (each plugin also keeps only its latest few versions).
+    pub artifact_cache_max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +373,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             Some(dir) => Some(base.join(dir)),
             None => crate::policy::artifact_cache::default_dir(),
         },
+        artifact_cache_max_bytes: raw
+            .plugins
+            .artifact_cache_max_bytes
+            .map_or(crate::policy::artifact_cache::DEFAULT_MAX_BYTES, |b| {
+                b.as_u64()
+            }),
     };
     Ok(Config {
         source: path.to_path_buf(),

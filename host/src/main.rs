@@ -75,7 +75,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// The URL as clients request it, e.g. http://www.example.com/app.css
-        url: String,
+        /// (with --tag: only that URL's tenant; without a URL, tags are purged in every tenant)
+        #[arg(required_unless_present = "tags")]
+        url: Option<String>,
         /// Mark stale instead of removing (served stale while it revalidates).
         #[arg(long)]
         soft: bool,
@@ -127,7 +129,7 @@ fn main() -> ExitCode {
             admin_client::purge(
                 &c,
                 &admin_client::PurgeRequest {
-                    url: &url,
+                    url: url.as_deref(),
                     soft,
                     tags: &tags,
                 },

@@ -5,7 +5,7 @@ use crate::config::{Config, TenantConfig};
 use crate::connection::{ConnectionGuard, ConnectionLimits};
 use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
-use crate::reload::{spawn_watcher, Reloader};
+use crate::reload::{spawn_watcher, Hangups, Reloader};
 use crate::storage::MemoryStorage;
 use crate::tenant::{PolicySource, Tenant, TenantRouter};
 use anyhow::Context;
@@ -34,11 +34,13 @@ pub struct Runtime {
 pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     let engine =
         PolicyEngine::new(instance_slots(config)).context("starting the WebAssembly engine")?;
-    let artifacts = config
-        .plugins
-        .artifact_cache_dir
-        .clone()
-        .map(|dir| ArtifactCache::new(dir, engine.engine()));
+    let artifacts = config.plugins.artifact_cache_dir.clone().map(|dir| {
+        ArtifactCache::new(
+            dir,
+            engine.engine(),
+            config.plugins.artifact_cache_max_bytes,
+        )
+    });
     let mut tenants = Vec::with_capacity(config.tenants.len());
     for tenant in &config.tenants {
         let source = load_policy(&engine, tenant, artifacts.as_ref())
@@ -113,10 +115,11 @@ pub fn load_policy(
 }
 
 /// Starts, inside the server (after a daemon fork), the threads a running
-/// proxy needs: the epoch ticker and the file watcher.
+/// proxy needs: the epoch ticker, SIGHUP handling and the file watcher.
 struct ProcessThreads {
     engine: PolicyEngine,
     reloader: Arc<Reloader>,
+    hangups: parking_lot::Mutex<Option<Hangups>>,
     watch: bool,
 }
 
@@ -126,6 +129,11 @@ impl BackgroundService for ProcessThreads {
         if let Err(e) = self.engine.ensure_epoch_ticker() {
             tracing::error!("cannot start the plugin deadline ticker: {e:#}");
             std::process::exit(1);
+        }
+        if let Some(hangups) = self.hangups.lock().take() {
+            if let Err(e) = hangups.spawn(self.reloader.clone()) {
+                tracing::error!("cannot start the SIGHUP thread: {e}");
+            }
         }
         if self.watch {
             match spawn_watcher(self.reloader.clone()) {
@@ -149,6 +157,8 @@ pub struct ServeOptions {
 pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let runtime = build_runtime(&config)?;
     let state = runtime.state.clone();
+    // Before any listener opens: from now on a SIGHUP is a reload request, never fatal.
+    let hangups = Hangups::catch().context("installing the SIGHUP handler")?;
 
     let conf = ServerConf {
         threads: config.server.threads,
@@ -181,6 +191,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         ProcessThreads {
             engine: runtime.engine.clone(),
             reloader: runtime.reloader.clone(),
+            hangups: parking_lot::Mutex::new(Some(hangups)),
             watch: config.plugins.watch,
         },
     ));
@@ -215,15 +226,47 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         );
         service.add_tcp(&addr.to_string());
         server.add_service(service);
-        tracing::info!(%addr, "demo origin serving");
     }
 
-    tracing::info!(
-        listen = %config.server.listen,
-        tenants = config.tenants.len(),
-        threads = config.server.threads,
-        "cachet serving"
-    );
+    announce(&config, &state, options.demo_origin);
     server.bootstrap();
     server.run_forever()
+}
+
+/// One line per listener and per tenant, so what runs is visible without `/status`.
+fn announce(config: &Config, state: &ProxyState, demo_origin: Option<std::net::SocketAddr>) {
+    let server = &config.server;
+    tracing::info!(
+        "listening on {} (proxy, {} threads)",
+        server.listen,
+        server.threads
+    );
+    let listeners = [
+        (server.admin, "admin: /status, /metrics, /reload, /purge"),
+        (server.metrics, "metrics"),
+        (demo_origin, "demo origin"),
+    ];
+    for (addr, what) in listeners
+        .into_iter()
+        .filter_map(|(addr, what)| Some((addr?, what)))
+    {
+        tracing::info!("listening on {addr} ({what})");
+    }
+    for tenant in state.router.load().tenants() {
+        let config = &tenant.config;
+        let plugin = match tenant.policy().plugin() {
+            Some(plugin) => format!(
+                "plugin {} sha256 {}",
+                plugin.info.path.display(),
+                &plugin.info.sha256[..12]
+            ),
+            None => format!("policy {}", config.plugin.display()),
+        };
+        tracing::info!(
+            "tenant {:?}: hosts {} -> {}, {plugin}",
+            tenant.name(),
+            config.hosts.join(" "),
+            config.upstream_name
+        );
+    }
 }

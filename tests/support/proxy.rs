@@ -54,6 +54,8 @@ impl TenantSpec {
 
 pub struct Proxy {
     child: Child,
+    /// Whether the config watches files (`[plugins] watch`); readiness waits for the watcher.
+    watches: bool,
     pub port: u16,
     pub admin_port: u16,
     pub dir: tempfile::TempDir,
@@ -80,7 +82,8 @@ pub fn run_cachet<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String) {
 }
 
 impl Proxy {
-    /// Starts cachet with `[cache]` lines `cache` and the given tenants.
+    /// Starts cachet with `[cache]` lines `cache` and the given tenants. `cache` may go on
+    /// with more tables (e.g. `[plugins]`).
     pub fn start(cache: &str, tenants: &[TenantSpec]) -> Self {
         Self::start_with_server("", cache, tenants)
     }
@@ -139,6 +142,7 @@ impl Proxy {
             .map(|v| v.trim_matches('"').to_owned());
         let mut proxy = Self {
             child,
+            watches: !cache.contains("watch = false"),
             port,
             admin_port,
             dir,
@@ -157,12 +161,12 @@ impl Proxy {
                 return Err(format!("cachet exited early with {status}"));
             }
             let listening = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
-            // Ready when serving and watching its files (hot-reload tests
-            // change them right away).
-            let watching = self
+            // Ready when serving and, unless `watch = false`, watching its
+            // files (hot-reload tests change them right away).
+            let ready = self
                 .try_status()
-                .is_some_and(|s| s["config"]["watching"] == true);
-            if listening && watching {
+                .is_some_and(|s| !self.watches || s["config"]["watching"] == true);
+            if listening && ready {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -202,6 +206,17 @@ impl Proxy {
     /// The process id of the running cachet.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops cachet now (by its PID) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Everything cachet logged so far.

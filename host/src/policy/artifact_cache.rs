@@ -1,20 +1,33 @@
 //! Compiled plugins on disk, so a restart with unchanged plugins does not
 //! recompile (compiling takes 10–200 ms a plugin; loading an artifact ~0.2 ms).
 //!
-//! An artifact is named by the wasm's sha256 and the engine's compatibility
-//! hash, and stored next to the sha256 of its own bytes. Deserializing
-//! native code must only ever see bytes this process wrote: an artifact whose
-//! checksum does not match, or that wasmtime rejects, is ignored and rebuilt.
+//! An artifact is named by the wasm's sha256 and the engine's compatibility hash (plugin files
+//! with the same bytes share it), and stored next to the sha256 of its own bytes.
+//! Deserializing native code must only ever see bytes this user wrote ([`trust`]): a folder
+//! others can write is not used at all, and an artifact whose checksum does not match, or that
+//! wasmtime rejects, is rebuilt. The folder stays bounded ([`retention`]).
+
+mod retention;
+mod trust;
+
+pub use retention::KEEP_PER_PLUGIN;
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 use wasmtime::component::Component;
 use wasmtime::Engine;
+
+/// The default byte budget of the folder.
+pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+
+const ARTIFACT_EXTENSION: &str = "cwasm";
 
 pub struct ArtifactCache {
     dir: PathBuf,
     engine_tag: String,
+    max_bytes: u64,
 }
 
 /// The default folder: `$XDG_CACHE_HOME/cachet`, else `~/.cache/cachet`.
@@ -27,12 +40,13 @@ pub fn default_dir() -> Option<PathBuf> {
 }
 
 impl ArtifactCache {
-    pub fn new(dir: PathBuf, engine: &Engine) -> Self {
+    pub fn new(dir: PathBuf, engine: &Engine, max_bytes: u64) -> Self {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Self {
             dir,
             engine_tag: format!("{:016x}", hasher.finish()),
+            max_bytes,
         }
     }
 
@@ -40,47 +54,84 @@ impl ArtifactCache {
         &self.dir
     }
 
-    fn paths(&self, wasm_sha256: &str) -> (PathBuf, PathBuf) {
-        let stem = format!("{wasm_sha256}-{}", self.engine_tag);
-        (
-            self.dir.join(format!("{stem}.cwasm")),
-            self.dir.join(format!("{stem}.cwasm.sha256")),
-        )
+    /// The artifact's file name and its `(artifact, checksum)` paths.
+    fn paths(&self, wasm_sha256: &str) -> (String, PathBuf, PathBuf) {
+        let name = format!("{wasm_sha256}-{}.{ARTIFACT_EXTENSION}", self.engine_tag);
+        let artifact = self.dir.join(&name);
+        let checksum = checksum_of(&artifact);
+        (name, artifact, checksum)
     }
 
-    /// The component for `wasm`, from disk when a good artifact exists,
-    /// otherwise compiled (and then written for next time).
+    /// The component for `wasm` (read from the file `plugin`), from disk when a good artifact
+    /// exists in a trusted folder, otherwise compiled (and then written for next time).
     /// Returns the component and whether it came from the cache.
     pub fn component(
         &self,
         engine: &Engine,
+        plugin: &Path,
         wasm: &[u8],
         wasm_sha256: &str,
     ) -> wasmtime::Result<(Component, bool)> {
-        let (artifact, checksum) = self.paths(wasm_sha256);
-        if let Some(component) = Self::read_trusted(engine, &artifact, &checksum) {
-            return Ok((component, true));
+        let trusted = match trust::prepare_folder(&self.dir) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    "not using the compiled plugin cache: {why}; compiling {} instead",
+                    plugin.display()
+                );
+                false
+            }
+        };
+        let (name, artifact, checksum) = self.paths(wasm_sha256);
+        if trusted {
+            if let Some(component) = Self::read_trusted(engine, &artifact, &checksum) {
+                retention::remember(&self.dir, plugin, &name);
+                return Ok((component, true));
+            }
         }
         let serialized = engine.precompile_component(wasm)?;
         // SAFETY: the bytes were produced by this engine a moment ago.
         let component = unsafe { Component::deserialize(engine, &serialized)? };
-        if let Err(e) = self.write(&artifact, &checksum, &serialized) {
-            tracing::warn!(dir = %self.dir.display(), "cannot write compiled plugin cache: {e}");
+        if trusted {
+            match Self::write(&artifact, &checksum, &serialized) {
+                Ok(()) => {
+                    retention::remember(&self.dir, plugin, &name);
+                    retention::prune(&self.dir, &artifact, self.max_bytes);
+                }
+                Err(e) => tracing::warn!(
+                    dir = %self.dir.display(),
+                    "cannot write compiled plugin cache: {e}"
+                ),
+            }
         }
         Ok((component, false))
     }
 
     fn read_trusted(engine: &Engine, artifact: &Path, checksum: &Path) -> Option<Component> {
+        let file_meta = std::fs::metadata(artifact).ok()?;
+        if let Err(why) = trust::only_we_can_write(&file_meta) {
+            tracing::warn!(artifact = %artifact.display(), "compiled plugin cache entry {why}; recompiling");
+            return None;
+        }
         let bytes = std::fs::read(artifact).ok()?;
         let expected = std::fs::read_to_string(checksum).ok()?;
         if hex::encode(Sha256::digest(&bytes)) != expected.trim() {
             tracing::warn!(artifact = %artifact.display(), "compiled plugin cache entry is corrupt; recompiling");
             return None;
         }
-        // SAFETY: the bytes match the checksum written with them by
-        // `write`, and wasmtime checks the engine compatibility header.
+        // SAFETY: the bytes come from a file only this user can write, in a folder only this
+        // user can write, and match the checksum written with them by `write`; wasmtime checks
+        // the engine compatibility header.
         match unsafe { Component::deserialize(engine, &bytes) } {
-            Ok(component) => Some(component),
+            Ok(component) => {
+                // Recently used: the byte budget drops least recently used artifacts first.
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(artifact)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                Some(component)
+            }
             Err(e) => {
                 tracing::warn!(artifact = %artifact.display(), "compiled plugin cache entry refused ({e}); recompiling");
                 None
@@ -88,18 +139,14 @@ impl ArtifactCache {
         }
     }
 
-    fn write(&self, artifact: &Path, checksum: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
-        write_atomically(artifact, bytes)?;
-        write_atomically(checksum, hex::encode(Sha256::digest(bytes)).as_bytes())
+    fn write(artifact: &Path, checksum: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        trust::write_private(artifact, bytes)?;
+        trust::write_private(checksum, hex::encode(Sha256::digest(bytes)).as_bytes())
     }
 }
 
-/// Writes to a temporary file in the same folder, then renames over `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+fn checksum_of(artifact: &Path) -> PathBuf {
+    artifact.with_extension(format!("{ARTIFACT_EXTENSION}.sha256"))
 }
 
 #[cfg(test)]
@@ -120,15 +167,21 @@ mod tests {
     fn second_load_comes_from_disk_and_bad_artifacts_are_rebuilt() {
         let engine = Engine::default();
         let dir = tempfile::tempdir().unwrap();
-        let cache = ArtifactCache::new(dir.path().to_path_buf(), &engine);
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), &engine, DEFAULT_MAX_BYTES);
         let sha = "0".repeat(64);
 
         assert!(
-            !cache.component(&engine, WAT, &sha).unwrap().1,
+            !cache
+                .component(&engine, Path::new("p.wasm"), WAT, &sha)
+                .unwrap()
+                .1,
             "first load compiles"
         );
         assert!(
-            cache.component(&engine, WAT, &sha).unwrap().1,
+            cache
+                .component(&engine, Path::new("p.wasm"), WAT, &sha)
+                .unwrap()
+                .1,
             "second load is cached"
         );
 
@@ -139,11 +192,17 @@ mod tests {
         bytes[middle] ^= 0xff;
         std::fs::write(&artifact, &bytes).unwrap();
         assert!(
-            !cache.component(&engine, WAT, &sha).unwrap().1,
+            !cache
+                .component(&engine, Path::new("p.wasm"), WAT, &sha)
+                .unwrap()
+                .1,
             "corrupt artifact recompiled"
         );
         assert!(
-            cache.component(&engine, WAT, &sha).unwrap().1,
+            cache
+                .component(&engine, Path::new("p.wasm"), WAT, &sha)
+                .unwrap()
+                .1,
             "and rewritten"
         );
 
@@ -156,8 +215,99 @@ mod tests {
         )
         .unwrap();
         assert!(
-            !cache.component(&engine, WAT, &sha).unwrap().1,
+            !cache
+                .component(&engine, Path::new("p.wasm"), WAT, &sha)
+                .unwrap()
+                .1,
             "foreign artifact recompiled"
+        );
+    }
+
+    fn artifact_count(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == ARTIFACT_EXTENSION)
+            })
+            .count()
+    }
+
+    /// Artifact names come from the sha256 the caller gives, so one tiny component stands
+    /// for many versions.
+    fn version(n: usize) -> String {
+        format!("{n:064}")
+    }
+
+    #[test]
+    fn each_plugin_keeps_its_latest_versions_within_the_byte_budget() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), &engine, DEFAULT_MAX_BYTES);
+        let load = |cache: &ArtifactCache, plugin: &str, n: usize| {
+            cache
+                .component(&engine, Path::new(plugin), WAT, &version(n))
+                .unwrap()
+                .1
+        };
+        for n in 0..6 {
+            load(&cache, "a.wasm", n);
+            load(&cache, "b.wasm", 100 + n);
+        }
+        assert_eq!(artifact_count(dir.path()), 2 * KEEP_PER_PLUGIN);
+        // The kept ones are the latest: the newest versions load from disk, the oldest not.
+        assert!(load(&cache, "a.wasm", 5));
+        assert!(load(&cache, "b.wasm", 103));
+        assert!(!load(&cache, "a.wasm", 0));
+        // Another file with the same bytes shares the artifact.
+        assert!(load(&cache, "copy-of-a.wasm", 5));
+
+        // A budget below two artifacts keeps only the one just written.
+        let one = std::fs::metadata(only_artifact(dir.path())).unwrap().len();
+        let small = ArtifactCache::new(dir.path().to_path_buf(), &engine, one + one / 2);
+        assert!(!load(&small, "c.wasm", 9));
+        assert_eq!(artifact_count(dir.path()), 1);
+        assert!(load(&small, "c.wasm", 9));
+    }
+
+    #[test]
+    fn the_folder_is_private_and_a_folder_others_can_write_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let engine = Engine::default();
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("artifacts");
+        let cache = ArtifactCache::new(dir.clone(), &engine, DEFAULT_MAX_BYTES);
+        let sha = version(1);
+        cache
+            .component(&engine, Path::new("p.wasm"), WAT, &sha)
+            .unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let artifact = only_artifact(&dir);
+        let file_mode = std::fs::metadata(&artifact).unwrap().permissions().mode() & 0o777;
+        assert_eq!(file_mode, 0o600);
+
+        for (path, mode) in [(&dir, 0o770), (&dir, 0o707), (&artifact, 0o666)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(
+                !cache
+                    .component(&engine, Path::new("p.wasm"), WAT, &sha)
+                    .unwrap()
+                    .1,
+                "{} mode {mode:o} refused",
+                path.display()
+            );
+            let restore = if path == &dir { 0o700 } else { 0o600 };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(restore)).unwrap();
+        }
+        assert!(
+            cache
+                .component(&engine, Path::new("p.wasm"), WAT, &sha)
+                .unwrap()
+                .1
         );
     }
 }

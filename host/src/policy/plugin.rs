@@ -106,7 +106,7 @@ impl LoadedPlugin {
         let started = Instant::now();
         let sha256 = hex::encode(Sha256::digest(bytes));
         let compiled = match cache {
-            Some(cache) => cache.component(engine.engine(), bytes, &sha256),
+            Some(cache) => cache.component(engine.engine(), path, bytes, &sha256),
             None => Component::new(engine.engine(), bytes).map(|c| (c, false)),
         };
         let (component, from_artifact_cache) = compiled.map_err(|e| {

@@ -3,8 +3,8 @@
 //! under the key the tenant's plugin computes for a GET of that URL.
 
 use super::ctx::RequestCtx;
-use crate::policy::{PolicyLayer, RequestDecision};
-use crate::storage::MemoryStorage;
+use super::ProxyState;
+use crate::policy::{PluginFault, PolicyLayer, RequestDecision};
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora_cache::CacheKey;
@@ -20,20 +20,25 @@ pub fn is_unsafe(method: &Method) -> bool {
 /// The full cache key the tenant's plugin uses for a GET of the request's URL, or None when
 /// the plugin would not cache it. Credentials are dropped: only shared entries are affected,
 /// and a plugin may bypass the cache for credentialed requests.
-pub fn get_key(tenant: &str, policy: &PolicyLayer, req: &RequestHeader) -> Option<Vec<u8>> {
+pub fn get_key(
+    tenant: &str,
+    policy: &PolicyLayer,
+    req: &RequestHeader,
+) -> Result<Option<Vec<u8>>, PluginFault> {
     let mut get = req.clone();
     get.set_method(Method::GET);
     get.remove_header(&http::header::AUTHORIZATION);
     get.remove_header(&http::header::COOKIE);
-    match policy.decide_request(&get) {
-        Ok((RequestDecision::Cache, Some(parts))) => Some(super::primary_key(tenant, &parts)),
+    Ok(match policy.decide_request(&get)? {
+        (RequestDecision::Cache, Some(parts)) => Some(super::primary_key(tenant, &parts)),
         _ => None,
-    }
+    })
 }
 
 /// Purges what a successful unsafe request invalidated; returns how many keys were found.
+/// A plugin fault while computing a key is logged and counted; that key is not purged.
 pub fn after_response(
-    storage: &MemoryStorage,
+    state: &ProxyState,
     req: &RequestHeader,
     resp: &ResponseHeader,
     ctx: &RequestCtx,
@@ -54,11 +59,31 @@ pub fn after_response(
             targets.push(target);
         }
     }
-    targets
-        .iter()
-        .filter_map(|target| get_key(tenant.name(), policy, target))
-        .filter(|key| storage.purge_key(&CacheKey::new(key.clone(), tenant.name())))
-        .count()
+    let mut purged = 0;
+    for target in &targets {
+        match get_key(tenant.name(), policy, target) {
+            Ok(Some(key)) => {
+                purged += usize::from(
+                    state
+                        .cache
+                        .storage
+                        .purge_key(&CacheKey::new(key, tenant.name())),
+                );
+            }
+            Ok(None) => {}
+            Err(fault) => {
+                tracing::warn!(
+                    tenant = tenant.name(),
+                    kind = fault.kind(),
+                    path = target.uri.path(),
+                    "plugin fault while invalidating after {}: {fault}; stored response kept",
+                    req.method
+                );
+                state.record_fault(tenant.name(), &fault);
+            }
+        }
+    }
+    purged
 }
 
 /// A GET for `location` when it names the same origin as `req` (an absolute path, or an

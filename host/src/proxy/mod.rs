@@ -203,12 +203,7 @@ impl ProxyHttp for CachetProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        invalidate::after_response(
-            self.state.cache.storage,
-            session.req_header(),
-            upstream_response,
-            ctx,
-        );
+        invalidate::after_response(&self.state, session.req_header(), upstream_response, ctx);
         hop_by_hop::strip_for_downstream(upstream_response);
         // An interim response (103 Early Hints) goes on as the origin sent it; the final
         // response is judged and labelled on its own.

@@ -8,7 +8,8 @@
 //!   revalidated (and may still be served stale where the response allowed it).
 //!
 //! Answers 200 when something was purged, 404 when nothing was stored, 401 without the right
-//! bearer token, and 405 when no admin token is configured.
+//! bearer token, 405 when no admin token is configured, and 502 when the tenant's plugin faulted
+//! while computing the key (nothing was purged).
 
 use super::ctx::{RequestCtx, Route};
 use super::directives::SURROGATE_KEY;
@@ -30,12 +31,12 @@ pub(super) async fn handle(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
-    let (status, body) = purge(proxy, session, ctx);
     ctx.route = Route::Answered("purge".into());
+    let (status, body) = purge(proxy, session, ctx);
     super::respond::respond_text(session, ctx, status, body).await
 }
 
-fn purge(proxy: &CachetProxy, session: &Session, ctx: &RequestCtx) -> (u16, &'static str) {
+fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, &'static str) {
     let state = &proxy.state;
     if state.admin_token.is_none() {
         return (405, "PURGE needs server.admin_token to be configured\n");
@@ -45,7 +46,7 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &RequestCtx) -> (u16, &'st
     if !state.admin_authorized(authorization.map(|v| v.as_bytes())) {
         return (401, "PURGE needs the admin bearer token\n");
     }
-    let (Some(tenant), Some(policy)) = (&ctx.tenant, &ctx.policy) else {
+    let (Some(tenant), Some(policy)) = (ctx.tenant.clone(), ctx.policy.clone()) else {
         return (404, "nothing stored\n");
     };
     let soft = req
@@ -57,8 +58,23 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &RequestCtx) -> (u16, &'st
         let tags: Vec<&str> = tags.split_ascii_whitespace().collect();
         storage.purge_tags(tenant.name(), &tags, soft) > 0
     } else {
-        let Some(key) = super::invalidate::get_key(tenant.name(), policy, req) else {
-            return (404, "this URL is not cached by the site's policy\n");
+        let key = match super::invalidate::get_key(tenant.name(), &policy, req) {
+            Ok(Some(key)) => key,
+            Ok(None) => return (404, "this URL is not cached by the site's policy\n"),
+            Err(fault) => {
+                tracing::warn!(
+                    tenant = tenant.name(),
+                    kind = fault.kind(),
+                    "plugin fault while computing the key to purge: {fault}"
+                );
+                state.record_fault(tenant.name(), &fault);
+                ctx.route = Route::Answered(format!("plugin fault: {}", fault.kind()));
+                ctx.fault = Some(fault);
+                return (
+                    502,
+                    "the site's cache policy failed while computing the key; nothing was purged\n",
+                );
+            }
         };
         let key = CacheKey::new(key, tenant.name());
         if soft {

@@ -5,8 +5,10 @@
 //! flight keep the version they started with. Anything that fails keeps the
 //! running version and is recorded as a refusal with its reason.
 
+mod hangup;
 mod watcher;
 
+pub use hangup::Hangups;
 pub use watcher::spawn_watcher;
 
 use crate::config::{self, Config, TenantConfig};

@@ -1,6 +1,6 @@
 //! Watches the config file and every plugin file, through their parent
 //! folders so that an atomic rename over a file is seen, and hands batches
-//! of changed paths to the reloader. SIGHUP asks for a full check.
+//! of changed paths to the reloader.
 
 use super::{same_file, Reloader};
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -19,10 +19,9 @@ const DEBOUNCE: Duration = Duration::from_millis(40);
 /// busy the folder is.
 const MAX_BATCH_DELAY: Duration = Duration::from_millis(200);
 
-/// Starts the watcher and SIGHUP threads. They live as long as the process.
+/// Starts the watcher thread. It lives as long as the process.
 pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel::<Change>();
-    let events = tx.clone();
+    let (events, rx) = mpsc::channel::<Vec<PathBuf>>();
     // File names worth a look: the watched folders also hold logs and
     // temporary files whose constant writes must not delay a reload.
     let names: Arc<RwLock<HashSet<OsString>>> = Arc::default();
@@ -39,22 +38,11 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
             .filter(|p| p.file_name().is_some_and(|n| wanted.contains(n)))
             .collect();
         if !paths.is_empty() {
-            let _ = events.send(Change::Paths(paths));
+            let _ = events.send(paths);
         }
     })?;
     let mut watched = BTreeSet::new();
     sync_watches(&mut watcher, &mut watched, &names, &reloader);
-
-    let mut hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
-    std::thread::Builder::new()
-        .name("cachet-sighup".into())
-        .spawn(move || {
-            for _ in hangups.forever() {
-                if tx.send(Change::Everything).is_err() {
-                    break;
-                }
-            }
-        })?;
 
     reloader.set_watching();
     std::thread::Builder::new()
@@ -76,25 +64,16 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
     Ok(())
 }
 
-enum Change {
-    Paths(Vec<PathBuf>),
-    Everything,
-}
-
-fn apply(reloader: &Reloader, batch: Vec<Change>) {
+fn apply(reloader: &Reloader, batch: Vec<Vec<PathBuf>>) {
     let config = reloader.config_path();
     let plugins = reloader.plugin_paths();
-    let mut paths = Vec::new();
-    for change in batch {
-        match change {
-            Change::Everything => return reloader.check_everything(),
-            // The watched folders hold other files too (logs, temporary
-            // copies): only the config and the plugins matter.
-            Change::Paths(p) => paths.extend(p.into_iter().filter(|p| {
-                same_file(p, &config) || plugins.iter().any(|plugin| same_file(p, plugin))
-            })),
-        }
-    }
+    // The watched folders hold other files too (logs, temporary copies): only the config and
+    // the plugins matter.
+    let paths: Vec<PathBuf> = batch
+        .into_iter()
+        .flatten()
+        .filter(|p| same_file(p, &config) || plugins.iter().any(|plugin| same_file(p, plugin)))
+        .collect();
     if paths.is_empty() {
         return;
     }

@@ -1,0 +1,100 @@
+//! Keeping the artifact folder bounded. Each plugin file has a small list (`<tag>.versions`,
+//! the tag hashing its path) of the artifacts it loaded last, newest first: the current version
+//! and the previous ones a rollback would load. An artifact no list names is dropped, only the
+//! [`MAX_PLUGIN_FILES`] most recently used lists are kept, and the least recently used artifacts
+//! go while the folder is over its byte budget.
+
+use super::{checksum_of, trust, ARTIFACT_EXTENSION};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Versions kept per plugin file: the current one and the previous ones a rollback would use.
+pub const KEEP_PER_PLUGIN: usize = 3;
+/// Plugin files whose versions are remembered (temporary copies come and go).
+const MAX_PLUGIN_FILES: usize = 64;
+const VERSIONS_EXTENSION: &str = "versions";
+
+/// Records that `plugin` now runs the artifact `name`.
+pub(super) fn remember(dir: &Path, plugin: &Path, name: &str) {
+    let list = dir.join(format!("{}.{VERSIONS_EXTENSION}", plugin_tag(plugin)));
+    let previous = std::fs::read_to_string(&list).unwrap_or_default();
+    let mut names = vec![name];
+    names.extend(previous.lines().filter(|l| !l.is_empty() && *l != name));
+    names.truncate(KEEP_PER_PLUGIN);
+    if let Err(e) = trust::write_private(&list, names.join("\n").as_bytes()) {
+        tracing::warn!(list = %list.display(), "cannot record compiled plugin versions: {e}");
+    }
+}
+
+/// Drops what no plugin's list names and what exceeds `max_bytes` (least recently used
+/// first). `current` always stays.
+pub(super) fn prune(dir: &Path, current: &Path, max_bytes: u64) {
+    let mut kept_names = Vec::new();
+    for (n, list) in newest_first(files_with(dir, VERSIONS_EXTENSION))
+        .into_iter()
+        .enumerate()
+    {
+        if n >= MAX_PLUGIN_FILES {
+            let _ = std::fs::remove_file(&list.path);
+            continue;
+        }
+        let names = std::fs::read_to_string(&list.path).unwrap_or_default();
+        kept_names.extend(names.lines().map(str::to_owned));
+    }
+    let mut total = 0;
+    for artifact in newest_first(files_with(dir, ARTIFACT_EXTENSION)) {
+        let named = artifact
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| kept_names.iter().any(|k| k == n));
+        let is_current = artifact.path == current;
+        if !is_current && (!named || total + artifact.bytes > max_bytes) {
+            let _ = std::fs::remove_file(&artifact.path);
+            let _ = std::fs::remove_file(checksum_of(&artifact.path));
+            tracing::debug!(artifact = %artifact.path.display(), "compiled plugin dropped from the cache");
+            continue;
+        }
+        total += artifact.bytes;
+    }
+}
+
+struct File {
+    path: PathBuf,
+    bytes: u64,
+    used: SystemTime,
+}
+
+/// The folder's files with this extension.
+fn files_with(dir: &Path, extension: &str) -> Vec<File> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == extension))
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some(File {
+                path: e.path(),
+                bytes: meta.len(),
+                used: meta.modified().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn newest_first(mut files: Vec<File>) -> Vec<File> {
+    files.sort_by_key(|f| std::cmp::Reverse(f.used));
+    files
+}
+
+/// Names a plugin file's version list.
+fn plugin_tag(plugin: &Path) -> String {
+    let path = plugin
+        .canonicalize()
+        .unwrap_or_else(|_| plugin.to_path_buf());
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..8])
+}
