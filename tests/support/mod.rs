@@ -8,6 +8,7 @@ pub mod client;
 pub mod origin;
 pub mod proxy;
 pub mod raw;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
