@@ -1,4 +1,5 @@
-//! A raw HTTP/1.1 client over TCP, for the tests where bytes matter: it sends
+//! A raw HTTP/1.1 client over TCP for byte-exact requests (malformed targets,
+//! pipelining, oversized heads): it sends
 //! exactly what it is given and parses every response that comes back.
 
 use std::io::{Read, Write};
