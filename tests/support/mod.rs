@@ -13,6 +13,14 @@ pub mod wire;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// The first value of header `name` (any case) in a list of (name, value) pairs.
+pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -16,10 +16,7 @@ pub struct RawResp {
 
 impl RawResp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::find_header(&self.headers, name)
     }
 
     pub fn text(&self) -> String {
