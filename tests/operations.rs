@@ -231,6 +231,78 @@ fn daemon_mode_writes_a_pid_file_and_serves() {
     assert_eq!(resp.text(), "from origin");
 }
 
+/// The `cachet-sdk` dependency line of a generated crate.
+fn sdk_dependency(crate_dir: &std::path::Path) -> String {
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).expect("Cargo.toml");
+    manifest
+        .lines()
+        .find(|l| l.starts_with("cachet-sdk"))
+        .expect("cachet-sdk dependency")
+        .to_owned()
+}
+
+#[test]
+fn new_plugin_finds_the_sdk_from_where_the_binary_is_not_where_it_was_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = support::repo_root()
+        .join("guest-sdk")
+        .canonicalize()
+        .unwrap();
+
+    // Run from the checkout: the checkout's SDK.
+    let here = dir.path().join("here");
+    let (ok, out) = cachet(&["new-plugin", "here", "--dir", here.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        sdk_dependency(&here).contains(sdk.to_str().unwrap()),
+        "{}",
+        sdk_dependency(&here)
+    );
+
+    // A copy of the binary outside any checkout: the published crate, no stale path.
+    let moved_bin = dir.path().join("bin/cachet");
+    std::fs::create_dir_all(moved_bin.parent().unwrap()).unwrap();
+    std::fs::copy(cachet_bin(), &moved_bin).unwrap();
+    let moved = dir.path().join("moved");
+    let out = Command::new(&moved_bin)
+        .args(["new-plugin", "moved", "--dir", moved.to_str().unwrap()])
+        .output()
+        .expect("run the moved binary");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dependency = sdk_dependency(&moved);
+    assert!(!dependency.contains("path"), "{dependency}");
+    assert!(
+        dependency.contains(env!("CARGO_PKG_VERSION")),
+        "{dependency}"
+    );
+
+    // --sdk names it explicitly, and must name an SDK.
+    let flagged = dir.path().join("flagged");
+    let (ok, out) = run_cachet(&[
+        "new-plugin",
+        "flagged",
+        "--dir",
+        flagged.to_str().unwrap(),
+        "--sdk",
+        sdk.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(sdk_dependency(&flagged).contains("path"));
+    let (ok, out) = run_cachet(&[
+        "new-plugin",
+        "nope",
+        "--dir",
+        dir.path().join("nope").to_str().unwrap(),
+        "--sdk",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("is not the cachet SDK"), "{out}");
+}
+
 #[test]
 fn new_plugin_writes_a_crate_that_tests_green() {
     let dir = tempfile::tempdir().unwrap();

@@ -14,7 +14,8 @@ use crate::{
 
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        // `wit` links to the repository's `wit/` so the packaged crate carries the contract.
+        path: "wit",
         world: "policy",
         // Plugin crates invoke the export macro, so it must be visible to them.
         pub_export_macro: true,

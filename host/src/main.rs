@@ -92,6 +92,10 @@ enum Command {
         /// Where to create it (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The cachet SDK folder to depend on (default: the checkout this
+        /// binary was built in, found from its location, else the published crate).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
 }
 
@@ -135,16 +139,18 @@ fn main() -> ExitCode {
                 },
             )
         }),
-        Command::NewPlugin { name, dir } => {
+        Command::NewPlugin { name, dir, sdk } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            scaffold::new_plugin(&name, &dir).map(|()| {
-                println!("created {} — build it with:", dir.display());
-                println!("  cargo test --manifest-path {}/Cargo.toml", dir.display());
-                println!(
+            scaffold::SdkSource::find(sdk.as_deref())
+                .and_then(|sdk| scaffold::new_plugin(&name, &dir, &sdk))
+                .map(|()| {
+                    println!("created {} — build it with:", dir.display());
+                    println!("  cargo test --manifest-path {}/Cargo.toml", dir.display());
+                    println!(
                     "  cargo build --release --target wasm32-wasip2 --manifest-path {}/Cargo.toml",
                     dir.display()
                 );
-            })
+                })
         }
     };
     match result {

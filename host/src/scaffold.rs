@@ -2,12 +2,54 @@
 
 use std::path::{Path, PathBuf};
 
-/// The SDK next to this cachet's sources, when it is there (a checkout).
-fn sdk_path() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
-    path.canonicalize()
-        .ok()
-        .filter(|p| p.join("Cargo.toml").is_file())
+/// Where the new crate gets `cachet-sdk` from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SdkSource {
+    /// A local SDK folder (a cachet checkout's `guest-sdk/`).
+    Path(PathBuf),
+    /// The published crate, at this cachet's version.
+    Published(&'static str),
+}
+
+impl SdkSource {
+    /// `--sdk DIR` when given (it must hold the SDK); otherwise the SDK of the
+    /// checkout this binary sits in (found from the running executable, so a
+    /// moved checkout still works); otherwise the published crate. Nothing is
+    /// baked in at compile time.
+    pub fn find(flag: Option<&Path>) -> anyhow::Result<Self> {
+        if let Some(dir) = flag {
+            return match sdk_in(dir) {
+                Some(sdk) => Ok(Self::Path(sdk)),
+                None => anyhow::bail!(
+                    "{} is not the cachet SDK (no Cargo.toml for cachet-sdk there)",
+                    dir.display()
+                ),
+            };
+        }
+        let exe = std::env::current_exe().ok();
+        let beside_binary = exe
+            .iter()
+            .flat_map(|exe| exe.ancestors().skip(1))
+            .find_map(|dir| sdk_in(&dir.join("guest-sdk")));
+        Ok(beside_binary.map_or(Self::Published(env!("CARGO_PKG_VERSION")), Self::Path))
+    }
+
+    fn dependency(&self) -> String {
+        match self {
+            Self::Path(path) => format!("{{ path = {:?} }}", path.display().to_string()),
+            Self::Published(version) => format!("{version:?}"),
+        }
+    }
+}
+
+/// `dir` canonicalised when it holds the `cachet-sdk` crate.
+fn sdk_in(dir: &Path) -> Option<PathBuf> {
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+    manifest
+        .lines()
+        .any(|l| l.trim() == "name = \"cachet-sdk\"")
+        .then(|| dir.canonicalize().ok())
+        .flatten()
 }
 
 fn is_crate_name(name: &str) -> bool {
@@ -19,7 +61,7 @@ fn is_crate_name(name: &str) -> bool {
 }
 
 /// Creates the crate in `dir` (which must not exist yet).
-pub fn new_plugin(name: &str, dir: &Path) -> anyhow::Result<()> {
+pub fn new_plugin(name: &str, dir: &Path, sdk: &SdkSource) -> anyhow::Result<()> {
     if !is_crate_name(name) {
         anyhow::bail!(
             "{name:?} is not a crate name: use letters, digits, '-' or '_', starting with a letter"
@@ -28,9 +70,6 @@ pub fn new_plugin(name: &str, dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         anyhow::bail!("{} already exists", dir.display());
     }
-    let sdk = sdk_path().ok_or_else(|| {
-        anyhow::anyhow!("cannot find cachet's guest-sdk next to this binary's sources; run new-plugin from a cachet checkout build")
-    })?;
     let type_name: String = name
         .split(['-', '_'])
         .map(|w| {
@@ -41,7 +80,7 @@ pub fn new_plugin(name: &str, dir: &Path) -> anyhow::Result<()> {
         })
         .collect();
     std::fs::create_dir_all(dir.join("src"))?;
-    std::fs::write(dir.join("Cargo.toml"), cargo_toml(name, &sdk))?;
+    std::fs::write(dir.join("Cargo.toml"), cargo_toml(name, sdk))?;
     std::fs::write(dir.join("src/lib.rs"), lib_rs(&type_name))?;
     std::fs::write(dir.join(".gitignore"), "target/\n")?;
     std::fs::create_dir_all(dir.join(".cargo"))?;
@@ -54,7 +93,7 @@ pub fn new_plugin(name: &str, dir: &Path) -> anyhow::Result<()> {
 /// instance per request pays to reset.
 const CARGO_CONFIG: &str = include_str!("../../plugins/.cargo/config.toml");
 
-fn cargo_toml(name: &str, sdk: &Path) -> String {
+fn cargo_toml(name: &str, sdk: &SdkSource) -> String {
     format!(
         r#"[package]
 name = "{name}"
@@ -65,7 +104,7 @@ edition = "2021"
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]
-cachet-sdk = {{ path = {sdk:?} }}
+cachet-sdk = {sdk}
 
 # A plugin is its own workspace, built for wasm32-wasip2.
 [workspace]
@@ -77,7 +116,7 @@ strip = true
 codegen-units = 1
 panic = "abort"
 "#,
-        sdk = sdk.display().to_string()
+        sdk = sdk.dependency()
     )
 }
 
