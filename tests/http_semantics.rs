@@ -257,6 +257,13 @@ fn interim_responses_reach_the_client_without_leaking_into_the_final_one() {
     assert_eq!(statuses, [102, 103]);
     assert_eq!(bypassed.head.header("link"), None);
     assert_eq!(bypassed.body, b"ok");
+    // HTTP/1.0 clients never get interim responses (RFC 9110 §15.2).
+    let old_client = raw::exchange(
+        proxy.port,
+        b"POST /hints HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(old_client.interim.is_empty(), "{:?}", old_client.interim);
+    assert_eq!(old_client.body, b"ok");
 }
 
 // ------------------------------------------------------------------------ dates

@@ -54,15 +54,20 @@ pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> Exchange {
 
 /// Like [`get`] with any method (no request body).
 pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Exchange {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
     for (n, v) in headers {
         request.push_str(&format!("{n}: {v}\r\n"));
     }
     request.push_str("Connection: close\r\n\r\n");
-    conn.write_all(request.as_bytes()).expect("send request");
+    exchange(port, request.as_bytes())
+}
+
+/// Sends `request` exactly as given and reads the answer.
+pub fn exchange(port: u16, request: &[u8]) -> Exchange {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    conn.write_all(request).expect("send request");
     let mut reader = Reader {
         conn,
         buf: Vec::new(),

@@ -133,23 +133,15 @@ pub fn kind(cache: &HttpCache, ctx: &RequestCtx) -> &'static str {
 /// cachet's member of `Cache-Status` for the request in `ctx`.
 pub fn value(cache: &HttpCache, ctx: &RequestCtx, origin_status: u16) -> String {
     let outcome = outcome(Facts::of(ctx), &cache.phase());
-    let mut member = render(&outcome, cache, origin_status);
-    if outcome.hit && cache.lock_duration().is_some() {
-        // It waited for another request's fill and shares its response.
-        member.push_str("; collapsed");
-    }
-    if ctx
+    let ttl = outcome.ttl.then(|| ttl(cache)).flatten();
+    // It waited for another request's fill and shares its response.
+    let collapsed = outcome.hit && cache.lock_duration().is_some();
+    let show_key = ctx
         .tenant
         .as_ref()
-        .is_some_and(|t| t.config.cache_status_key)
-        && !ctx.key.is_empty()
-    {
-        push_string(&mut member, "key", &super::cache_key::describe(&ctx.key));
-    }
-    if let Some(detail) = outcome.detail {
-        push_string(&mut member, "detail", detail);
-    }
-    member
+        .is_some_and(|t| t.config.cache_status_key);
+    let key = (show_key && !ctx.key.is_empty()).then(|| super::cache_key::describe(&ctx.key));
+    render(&outcome, origin_status, ttl, collapsed, key.as_deref())
 }
 
 /// Sets cachet's member of `Cache-Status` on a forwarded or cached response, after any
@@ -179,8 +171,14 @@ pub fn apply(
     Ok(())
 }
 
-/// Everything but `key` and `detail`, which `apply` adds.
-fn render(outcome: &Outcome, cache: &HttpCache, origin_status: u16) -> String {
+/// Writes the member out, parameters in a fixed order.
+fn render(
+    outcome: &Outcome,
+    origin_status: u16,
+    ttl: Option<i64>,
+    collapsed: bool,
+    key: Option<&str>,
+) -> String {
     let mut v = String::from(CACHE_NAME);
     if outcome.hit {
         v.push_str("; hit");
@@ -191,24 +189,31 @@ fn render(outcome: &Outcome, cache: &HttpCache, origin_status: u16) -> String {
     if outcome.fwd_status {
         let _ = write!(v, "; fwd-status={origin_status}");
     }
-    if outcome.ttl {
-        push_ttl(&mut v, cache);
+    if let Some(ttl) = ttl {
+        let _ = write!(v, "; ttl={ttl}");
+    }
+    if collapsed {
+        v.push_str("; collapsed");
     }
     if outcome.stored {
         v.push_str("; stored");
     }
+    if let Some(key) = key {
+        push_string(&mut v, "key", key);
+    }
+    if let Some(detail) = outcome.detail {
+        push_string(&mut v, "detail", detail);
+    }
     v
 }
 
-fn push_ttl(v: &mut String, cache: &HttpCache) {
-    if let Some(meta) = cache.maybe_cache_meta() {
-        let now = SystemTime::now();
-        let ttl = match meta.fresh_until().duration_since(now) {
-            Ok(left) => left.as_secs() as i64,
-            Err(past) => -(past.duration().as_secs() as i64),
-        };
-        let _ = write!(v, "; ttl={ttl}");
-    }
+/// Seconds of freshness left (negative once stale), when the entry's meta is known.
+fn ttl(cache: &HttpCache) -> Option<i64> {
+    let meta = cache.maybe_cache_meta()?;
+    Some(match meta.fresh_until().duration_since(SystemTime::now()) {
+        Ok(left) => left.as_secs() as i64,
+        Err(past) => -(past.duration().as_secs() as i64),
+    })
 }
 
 /// Appends `; name="..."`, escaped as an RFC 8941 string.
@@ -238,138 +243,77 @@ mod tests {
         }
     }
 
-    /// (kind, hit, fwd, fwd-status, ttl, stored, detail)
-    type Expected = (
-        &'static str,
-        bool,
-        Option<&'static str>,
-        bool,
-        bool,
-        bool,
-        Option<&'static str>,
-    );
+    /// The outcome name and the member, for an origin status of 200 and 5 s of freshness.
+    fn decided(facts: Facts, phase: CachePhase) -> (&'static str, String) {
+        let o = outcome(facts, &phase);
+        let ttl = o.ttl.then_some(5);
+        (o.kind, render(&o, 200, ttl, false, None))
+    }
 
-    fn check(f: Facts, phase: CachePhase, expected: Expected) {
-        let o = outcome(f, &phase);
-        let got = (
-            o.kind,
-            o.hit,
-            o.fwd,
-            o.fwd_status,
-            o.ttl,
-            o.stored,
-            o.detail,
-        );
-        assert_eq!(got, expected, "{phase:?}");
+    fn check(rows: &[(Facts, CachePhase, &str, &str)]) {
+        for (facts, phase, kind, member) in rows {
+            let expected = (*kind, member.to_string());
+            assert_eq!(decided(*facts, *phase), expected, "{phase:?}");
+        }
     }
 
     #[test]
     fn routes_decided_before_the_cache() {
         let answered = Route::Answered("answered by plugin".into());
-        let e = (
-            "answered",
-            false,
-            None,
-            false,
-            false,
-            false,
-            Some("answered by plugin"),
-        );
-        check(facts(&answered), CachePhase::Uninit, e);
+        let bypass = Route::Bypass("method POST".into());
         let faulted = Facts {
             fault: true,
             ..facts(&answered)
         };
-        check(
-            faulted,
-            CachePhase::Uninit,
+        let plugin = r#"cachet; detail="answered by plugin""#;
+        check(&[
+            (facts(&answered), CachePhase::Uninit, "answered", plugin),
+            (faulted, CachePhase::Uninit, "error", plugin),
             (
-                "error",
-                false,
-                None,
-                false,
-                false,
-                false,
-                Some("answered by plugin"),
-            ),
-        );
-        let bypass = Route::Bypass("method POST".into());
-        check(
-            facts(&bypass),
-            CachePhase::Miss,
-            (
+                facts(&bypass),
+                CachePhase::Miss,
                 "bypass",
-                false,
-                Some("bypass"),
-                false,
-                false,
-                false,
-                Some("method POST"),
+                r#"cachet; fwd=bypass; detail="method POST""#,
             ),
-        );
+        ]);
     }
 
     #[test]
     fn cache_phases() {
         let cache = Route::Cache;
         let f = facts(&cache);
-        check(
-            f,
-            CachePhase::Hit,
-            ("hit", true, None, false, true, false, None),
-        );
-        check(
-            f,
-            CachePhase::StaleUpdating,
-            (
-                "stale",
-                false,
-                Some("stale"),
-                false,
-                true,
-                false,
-                Some("stale-while-revalidate"),
-            ),
-        );
-        check(
-            f,
-            CachePhase::Stale,
-            (
-                "stale",
-                false,
-                Some("stale"),
-                false,
-                true,
-                false,
-                Some("stale-if-error"),
-            ),
-        );
         let stored = Facts { stored: true, ..f };
-        check(
-            stored,
-            CachePhase::Miss,
-            ("miss", false, Some("miss"), true, false, true, None),
-        );
-        check(
-            stored,
-            CachePhase::Expired,
-            ("miss", false, Some("miss"), true, false, true, None),
-        );
-        check(
-            stored,
-            CachePhase::Revalidated,
-            ("revalidated", false, Some("stale"), true, false, true, None),
-        );
-        check(
-            f,
-            CachePhase::Bypass,
-            ("miss", false, Some("bypass"), true, false, false, None),
-        );
-        check(
-            f,
-            CachePhase::CacheKey,
-            ("miss", false, Some("uri-miss"), false, false, false, None),
-        );
+        let miss = "cachet; fwd=miss; fwd-status=200; stored";
+        check(&[
+            (f, CachePhase::Hit, "hit", "cachet; hit; ttl=5"),
+            (
+                f,
+                CachePhase::StaleUpdating,
+                "stale",
+                r#"cachet; fwd=stale; ttl=5; detail="stale-while-revalidate""#,
+            ),
+            (
+                f,
+                CachePhase::Stale,
+                "stale",
+                r#"cachet; fwd=stale; ttl=5; detail="stale-if-error""#,
+            ),
+            (stored, CachePhase::Miss, "miss", miss),
+            (stored, CachePhase::Expired, "miss", miss),
+            (
+                stored,
+                CachePhase::Revalidated,
+                "revalidated",
+                "cachet; fwd=stale; fwd-status=200; stored",
+            ),
+            (
+                f,
+                CachePhase::Bypass,
+                "miss",
+                "cachet; fwd=bypass; fwd-status=200",
+            ),
+            (f, CachePhase::CacheKey, "miss", "cachet; fwd=uri-miss"),
+        ]);
     }
 
     #[test]
@@ -379,35 +323,26 @@ mod tests {
             not_stored: Some("origin sent no-store"),
             ..facts(&cache)
         };
-        let miss = (
-            "miss",
-            false,
-            Some("miss"),
-            true,
-            false,
-            false,
-            Some("origin sent no-store"),
+        let miss = r#"cachet; fwd=miss; fwd-status=200; detail="origin sent no-store""#;
+        let disabled = format!(
+            r#"cachet; fwd=bypass; detail="{}""#,
+            NoCacheReason::StorageError.as_str()
         );
-        check(refused, CachePhase::Miss, miss);
-        check(
-            refused,
-            CachePhase::Disabled(NoCacheReason::OriginNotCache),
-            miss,
-        );
-        let reason = NoCacheReason::StorageError;
-        check(
-            facts(&cache),
-            CachePhase::Disabled(reason),
+        check(&[
+            (refused, CachePhase::Miss, "miss", miss),
             (
-                "bypass",
-                false,
-                Some("bypass"),
-                false,
-                false,
-                false,
-                Some(reason.as_str()),
+                refused,
+                CachePhase::Disabled(NoCacheReason::OriginNotCache),
+                "miss",
+                miss,
             ),
-        );
+            (
+                facts(&cache),
+                CachePhase::Disabled(NoCacheReason::StorageError),
+                "bypass",
+                &disabled,
+            ),
+        ]);
     }
 
     #[test]
@@ -417,41 +352,49 @@ mod tests {
             unshared_hit: true,
             ..facts(&cache)
         };
-        let e = (
-            "bypass",
-            false,
-            Some("bypass"),
-            true,
-            false,
-            false,
-            Some("authorized request"),
-        );
-        check(unshared, CachePhase::Miss, e);
         let stored = Facts {
             stored: true,
             ..unshared
         };
-        check(
-            stored,
-            CachePhase::Miss,
-            ("bypass", false, Some("bypass"), true, false, true, None),
-        );
         let refused = Facts {
-            not_stored: Some("authorized request and response not public"),
+            not_stored: Some("response not public"),
             ..unshared
         };
-        check(
-            refused,
-            CachePhase::Miss,
+        check(&[
             (
+                unshared,
+                CachePhase::Miss,
                 "bypass",
-                false,
-                Some("bypass"),
-                true,
-                false,
-                false,
-                Some("authorized request and response not public"),
+                r#"cachet; fwd=bypass; fwd-status=200; detail="authorized request""#,
             ),
+            (
+                stored,
+                CachePhase::Miss,
+                "bypass",
+                "cachet; fwd=bypass; fwd-status=200; stored",
+            ),
+            (
+                refused,
+                CachePhase::Miss,
+                "bypass",
+                r#"cachet; fwd=bypass; fwd-status=200; detail="response not public""#,
+            ),
+        ]);
+    }
+
+    #[test]
+    fn collapsed_key_and_escaping() {
+        let cache = Route::Cache;
+        let hit = outcome(facts(&cache), &CachePhase::Hit);
+        assert_eq!(
+            render(&hit, 200, Some(60), true, Some("site a.com /x")),
+            r#"cachet; hit; ttl=60; collapsed; key="site a.com /x""#
+        );
+        let odd = Route::Bypass("say \"hi\"\\\n".into());
+        let o = outcome(facts(&odd), &CachePhase::Uninit);
+        assert_eq!(
+            render(&o, 200, None, false, None),
+            r#"cachet; fwd=bypass; detail="say \"hi\"\\""#
         );
     }
 }

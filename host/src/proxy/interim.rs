@@ -13,8 +13,13 @@ use pingora::Result;
 
 /// Sends `header` to the client now if it is an interim response cachet forwards itself.
 /// `100 Continue` stays pingora's (it answers `Expect`), and `101` is a final response.
+/// An HTTP/1.0 client never gets one (RFC 9110 §15.2).
 pub async fn forward_now(session: &mut Session, header: &ResponseHeader) -> Result<()> {
     if !(102..200).contains(&header.status.as_u16()) {
+        return Ok(());
+    }
+    if session.req_header().version < http::Version::HTTP_11 {
+        session.downstream_session.set_ignore_info_resp(true);
         return Ok(());
     }
     session.downstream_session.set_ignore_info_resp(false);
