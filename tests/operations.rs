@@ -393,3 +393,46 @@ fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
     }
     assert_eq!(get(&format!("http://127.0.0.1:{port}/a")).text(), "up");
 }
+
+#[test]
+fn the_access_log_is_written_in_the_background_and_flushed_on_shutdown() {
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));
+    let (mut proxy, metrics_port) = guarded_proxy(&origin);
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 150;
+    let clients: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let url = proxy.url(&format!("/logged/{t}"));
+            std::thread::spawn(move || {
+                for _ in 0..PER_THREAD {
+                    assert_eq!(get(&url).status, 200);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    // The logging phase runs after the response: wait until it counted all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+        let logged = metric(&text, "cachet_requests_total", &["tenant=\"site\""]);
+        if logged as usize == THREADS * PER_THREAD || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Registered from the start, and nothing dropped at this rate.
+    assert!(text.contains("cachet_access_log_dropped_total 0"), "{text}");
+
+    // SIGINT right after the last response: queued lines still reach the file.
+    assert!(proxy.interrupt(), "cachet exited with a failure");
+    let log = proxy.log();
+    let access_lines = log
+        .lines()
+        .filter(|l| l.contains("cachet::access") && l.contains("/logged/"))
+        .count();
+    assert_eq!(access_lines, THREADS * PER_THREAD, "{log}");
+    assert_eq!(origin.hits(), THREADS);
+}

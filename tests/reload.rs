@@ -310,3 +310,72 @@ fn config_changes_apply_live_and_invalid_ones_are_refused_whole() {
         "from a"
     );
 }
+
+fn watch_events(metrics_port: u16) -> f64 {
+    let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cachet_reload_watch_events_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no watch event counter in\n{text}"))
+}
+
+#[test]
+fn logs_and_scratch_files_next_to_the_config_never_wake_the_watcher() {
+    let origin = Origin::start(|_| Reply::ok("body").header("Cache-Control", "max-age=60"));
+    let plugin_dir = tempfile::tempdir().expect("tempdir");
+    let live = plugin_dir.path().join("policy.wasm");
+    install(&plugin("standard"), &live);
+    let metrics_port = support::free_port();
+    // The proxy's stderr (access log on) goes to cachet.log beside its config.
+    let proxy = Proxy::start_with_server(
+        &format!("metrics = \"127.0.0.1:{metrics_port}\""),
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &live)],
+    );
+    let config_dir = proxy.dir.path().to_path_buf();
+    // What an editor and a build leave beside the files: created once here.
+    let scratch = [
+        config_dir.join(".cachet.toml.swp"),
+        plugin_dir.path().join("build.log"),
+    ];
+    std::fs::create_dir(config_dir.join("target")).expect("mkdir target");
+    for file in &scratch {
+        std::fs::write(file, b"").expect("create scratch file");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = watch_events(metrics_port);
+    let log_before = proxy.log().len();
+
+    let load = Load::start(&proxy, 4);
+    for i in 0..200 {
+        for file in &scratch {
+            let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+            std::io::Write::write_all(&mut f, format!("line {i}\n").as_bytes()).unwrap();
+        }
+        std::fs::write(config_dir.join("target/out.o"), [i as u8; 64]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (sent, failed, errors) = load.finish();
+    assert_eq!(failed, 0, "{errors:?}");
+    assert!(sent >= 100, "only {sent} requests in the flood");
+    std::thread::sleep(Duration::from_millis(300));
+    let log_grew = proxy.log().len() - log_before;
+    assert!(
+        log_grew > sent * 50,
+        "the access log grew by {log_grew} bytes"
+    );
+    assert_eq!(
+        watch_events(metrics_port),
+        before,
+        "the watcher woke up during {sent} requests and 600 scratch writes"
+    );
+
+    // The watcher still sees the file it cares about, replaced by rename.
+    install(&plugin("static-assets"), &live);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tenant_plugin(&proxy)["generation"] != 2 {
+        assert!(Instant::now() < deadline, "no reload\n{}", proxy.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(watch_events(metrics_port) > before);
+}

@@ -2,7 +2,9 @@
 
 use crate::storage::StorageStats;
 use once_cell::sync::Lazy;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+};
 use std::fmt::Write as _;
 
 static PLUGIN_FAULTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -91,6 +93,20 @@ pub fn connections_open(delta: i64) {
     CONNECTIONS_OPEN.add(delta);
 }
 
+static LOG_LINES_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
+    register(IntCounter::new(
+        "cachet_access_log_dropped_total",
+        "Log lines dropped because the background log writer fell behind",
+    ))
+});
+
+static WATCH_EVENTS: Lazy<IntCounter> = Lazy::new(|| {
+    register(IntCounter::new(
+        "cachet_reload_watch_events_total",
+        "File-system events delivered to the reload watcher (the kernel filters out unrelated files)",
+    ))
+});
+
 /// An origin response (its count is the number of origin requests).
 pub fn origin_response(tenant: &str, status: u16, elapsed: std::time::Duration) {
     let class = match status {
@@ -135,6 +151,20 @@ pub fn plugin_fault(tenant: &str, kind: &str) {
 
 pub fn reload(tenant: &str, result: &str) {
     RELOADS.with_label_values(&[tenant, result]).inc();
+}
+
+/// Log lines the background writer could not take (0 registers the metric).
+pub fn log_lines_dropped(lines: u64) {
+    LOG_LINES_DROPPED.inc_by(lines);
+}
+
+pub fn log_lines_dropped_total() -> u64 {
+    LOG_LINES_DROPPED.get()
+}
+
+/// One file-system event woke the reload watcher (0 registers the metric).
+pub fn watch_events(events: u64) {
+    WATCH_EVENTS.inc_by(events);
 }
 
 pub fn request(tenant: &str, cache_status: &str) {

@@ -126,8 +126,12 @@ struct ProcessThreads {
 #[async_trait::async_trait]
 impl BackgroundService for ProcessThreads {
     async fn start(&self, _shutdown: ShutdownWatch) {
+        if let Err(e) = crate::log_writer::start() {
+            tracing::error!("cannot start the log writer, logging synchronously: {e}");
+        }
         if let Err(e) = self.engine.ensure_epoch_ticker() {
             tracing::error!("cannot start the plugin deadline ticker: {e:#}");
+            crate::log_writer::flush();
             std::process::exit(1);
         }
         if let Some(hangups) = self.hangups.lock().take() {
@@ -230,7 +234,10 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
 
     announce(&config, &state, options.demo_origin);
     server.bootstrap();
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // Lines still queued by the last requests reach the log before exit.
+    crate::log_writer::flush();
+    std::process::exit(0)
 }
 
 /// One line per listener and per tenant, so what runs is visible without `/status`.

@@ -5,12 +5,24 @@
 #
 #   bash tests/bench/compare.sh
 #
+# Every server is started and warmed once; then BENCH_ROUNDS rounds measure
+# every target in turn (a different order each round), so slow phases of a
+# shared machine spread over all targets. The table gives, per target, the
+# median over the rounds and the spread (lowest–highest); ×origin is the
+# median of each round's ratio to the origin measured in that round.
+#
+# cachet runs as a user first runs it: its default configuration (access log
+# on, file watching on), stderr appended to cachet.log beside its config.
+#
 # Environment:
-#   BENCH_SECONDS=10       length of each measured wrk run
-#   BENCH_WARMUP=2         length of the wrk warm-up before each measured run
-#   BENCH_SCENARIOS=full   "full" (every scenario), "quick" (1k-1000url-c64),
-#                          or a comma-separated list of scenario names
+#   BENCH_SCENARIOS=full   "full" (every scenario), "quick" (1k-1000url-c64,
+#                          5 s rounds: the whole run fits in 3 minutes), or a
+#                          comma-separated list of scenario names
 #                          (e.g. "1k-1url-c16,miss-1k-c64")
+#   BENCH_ROUNDS=3         interleaved rounds (at least 1)
+#   BENCH_SECONDS=10       length of each measured wrk run (quick: 5)
+#   BENCH_WARMUP=2         length of the wrk warm-up before each measured run
+#                          (quick: 1)
 #   BENCH_ONLY=            comma-separated patterns; a target runs when one of
 #                          them is part of its name (e.g. "cachet",
 #                          "cachet-builtin,varnish"). The origin-direct row is
@@ -25,16 +37,22 @@
 # miss that goes to the origin).
 #
 # Prints a Markdown table on stdout and saves it under tests/bench/results/.
-# Progress goes to stderr. A target that fails prints n/a and the run goes on.
+# Progress goes to stderr. A target that fails prints n/a and the run goes on;
+# a missing tool is named with the Debian package that provides it.
 set -uo pipefail
 
 bench_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_root="$(cd "$bench_dir/../.." && pwd)"
 lua_script="$bench_dir/paths.lua"
 
+BENCH_SCENARIOS="${BENCH_SCENARIOS:-full}"
+if [[ "$BENCH_SCENARIOS" == quick ]]; then
+    BENCH_SECONDS="${BENCH_SECONDS:-5}"
+    BENCH_WARMUP="${BENCH_WARMUP:-1}"
+fi
 BENCH_SECONDS="${BENCH_SECONDS:-10}"
 BENCH_WARMUP="${BENCH_WARMUP:-2}"
-BENCH_SCENARIOS="${BENCH_SCENARIOS:-full}"
+BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 BENCH_ONLY="${BENCH_ONLY:-}"
 BENCH_SERVER_THREADS="${BENCH_SERVER_THREADS:-2}"
 BENCH_NO_BUILD="${BENCH_NO_BUILD:-0}"
@@ -46,11 +64,12 @@ WRK_THREADS=2
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for var in BENCH_SECONDS BENCH_WARMUP BENCH_SERVER_THREADS; do
+for var in BENCH_SECONDS BENCH_WARMUP BENCH_SERVER_THREADS BENCH_ROUNDS; do
     [[ "${!var}" =~ ^[0-9]+$ ]] || die "$var must be a whole number of seconds/threads (got '${!var}')"
 done
 ((BENCH_SECONDS > 0)) || die "BENCH_SECONDS must be at least 1"
 ((BENCH_SERVER_THREADS > 0)) || die "BENCH_SERVER_THREADS must be at least 1"
+((BENCH_ROUNDS > 0)) || die "BENCH_ROUNDS must be at least 1"
 
 # ---- Scenarios and targets ---------------------------------------------------
 
@@ -232,59 +251,20 @@ CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
 
 # ---- Tools ---------------------------------------------------------------------------
 
-install_missing_tools() {
-    local -a missing=()
+# Names what is missing and the Debian package that provides it. Without wrk,
+# curl or nginx (the origin) nothing can run; without Varnish or HAProxy
+# their rows print n/a.
+check_tools() {
+    local -a missing=() optional=()
     command -v curl >/dev/null || missing+=(curl)
     command -v wrk >/dev/null || missing+=(wrk)
-    command -v nginx >/dev/null || missing+=(nginx-light)
-    if wants varnish && ! command -v varnishd >/dev/null && [[ ! -x /usr/sbin/varnishd ]]; then
-        missing+=(varnish)
+    [[ -n "$(tool nginx)" ]] || missing+=(nginx-light)
+    if wants varnish && [[ -z "$(tool varnishd)" ]]; then optional+=(varnish); fi
+    if wants haproxy && [[ -z "$(tool haproxy)" ]]; then optional+=(haproxy); fi
+    if ((${#optional[@]})); then
+        log "not installed: ${optional[*]} (their rows print n/a); install with: apt-get install ${optional[*]}"
     fi
-    if wants haproxy && ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
-        missing+=(haproxy)
-    fi
-    ((${#missing[@]})) || return 0
-
-    local sudo=()
-    if ((EUID != 0)); then
-        command -v sudo >/dev/null || die "missing ${missing[*]} and not root: install them with apt-get"
-        sudo=(sudo)
-    fi
-    command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get"
-    log "installing from Debian: ${missing[*]}"
-
-    # Debian starts a service when its package is installed unless
-    # policy-rc.d says no; say no for the duration of the install (unless a
-    # policy is already in place), so nothing binds :80, :6081 or the like.
-    local policy=/usr/sbin/policy-rc.d own_policy=0
-    if [[ ! -e "$policy" ]]; then
-        printf '#!/bin/sh\n# temporary, from cachet tests/bench/compare.sh\nexit 101\n' |
-            "${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod 0755 "$policy" && own_policy=1
-    fi
-    local -a apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get -y -q --no-install-recommends)
-    local ok=0
-    "${apt[@]}" install "${missing[@]}" >"$work/apt.log" 2>&1 && ok=1
-    if ((!ok)); then
-        # nginx-light is gone from newer Debian releases: fall back to nginx.
-        missing=("${missing[@]/#nginx-light/nginx}")
-        "${sudo[@]}" timeout 600 apt-get update -q >>"$work/apt.log" 2>&1
-        "${apt[@]}" install "${missing[@]}" >>"$work/apt.log" 2>&1 && ok=1
-    fi
-    ((own_policy)) && "${sudo[@]}" rm -f "$policy"
-    if ((!ok)); then
-        tail -n 20 "$work/apt.log" >&2
-        log "apt-get install ${missing[*]} failed: targets without their tool will print n/a"
-    fi
-    # On a systemd host the packages enable their units even when not started.
-    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-        local unit
-        for unit in nginx varnish haproxy; do
-            if [[ " ${missing[*]} " == *" $unit"* ]]; then
-                "${sudo[@]}" systemctl disable --quiet "$unit" 2>/dev/null
-            fi
-        done
-    fi
-    return 0
+    ((${#missing[@]} == 0)) || die "missing tools; install with: apt-get install ${missing[*]}"
 }
 
 tool() { # tool NAME: its path (also looks in /usr/sbin, which may not be on PATH)
@@ -435,13 +415,11 @@ start_cachet() {
 listen = "127.0.0.1:$TARGET_PORT"
 admin = "127.0.0.1:$admin_port"
 threads = $BENCH_SERVER_THREADS
-access_log = false
 
 [cache]
 max_bytes = "512MiB"
 
 [plugins]
-watch = false
 artifact_cache_dir = "$dir/artifacts"
 
 [[tenant]]
@@ -454,10 +432,15 @@ EOF
             printf '\n[tenant.limits]\ninstance_reuse = %s\n' "$reuse"
         fi
     } >"$dir/cachet.toml"
-    start_bg "$name" INT "$repo_root/target/release/cachet" serve --config "$dir/cachet.toml"
-    TARGET_PID="$BG_PID"
+    # Appended (O_APPEND), so it can be emptied between runs to bound the disk.
+    "$repo_root/target/release/cachet" serve --config "$dir/cachet.toml" \
+        </dev/null >/dev/null 2>>"$dir/cachet.log" &
+    TARGET_PID=$!
+    started_pids+=("$TARGET_PID")
+    stop_signal[$TARGET_PID]=INT
+    TARGET_LOG="$dir/cachet.log"
     if ! wait_http "http://127.0.0.1:$admin_port/status" "$TARGET_PID" 60; then
-        TARGET_ERR="cachet did not become ready: $(last_error "$work/$name.out")"
+        TARGET_ERR="cachet did not become ready: $(last_error "$dir/cachet.log")"
         return 1
     fi
 }
@@ -579,7 +562,7 @@ EOF
 }
 
 start_target() {
-    TARGET_PORT="" TARGET_PID="" TARGET_ERR=""
+    TARGET_PORT="" TARGET_PID="" TARGET_ERR="" TARGET_LOG=""
     case "$1" in
         origin) TARGET_PORT="$origin_port" TARGET_PID="$origin_pid" ;;
         cachet-builtin) start_cachet "$1" builtin:standard ;;
@@ -620,47 +603,50 @@ fmt_latency() { # microseconds -> "123 µs" / "1.23 ms"
     awk -v us="$1" 'BEGIN { if (us < 1000) printf "%d µs", us; else printf "%.2f ms", us / 1000 }'
 }
 
-results="$work/results.tsv" # scenario target rps p50 p99 cpu hit note
+results="$work/results.tsv" # scenario target round rps p50_us p99_us cpu hit note
 : >"$results"
 notes=()
 
-record_na() { # record_na SCENARIO TARGET REASON
-    printf '%s\t%s\tn/a\tn/a\tn/a\tn/a\tn/a\t%s\n' "$1" "$2" "$3" >>"$results"
+record_na() { # record_na SCENARIO TARGET ROUND REASON
+    printf '%s\t%s\t%s\tn/a\tn/a\tn/a\tn/a\tn/a\t%s\n' "$1" "$2" "$3" "$4" >>"$results"
 }
 
-# measure TARGET SCENARIO: warm-up, then a measured wrk run; appends a row.
+# measure TARGET SCENARIO ROUND: warm-up, then a measured wrk run; appends a row.
 measure() {
-    local target="$1" scenario="$2" size urls conns mode url tag=""
+    local target="$1" scenario="$2" round="$3" size urls conns mode url tag=""
     IFS=- read -r size urls conns <<<"$scenario"
     if [[ "$size" == miss ]]; then
         # miss-1k-c64: the fields are miss, size, connections.
-        mode=miss size="$urls"
+        mode=miss size="$urls" tag="r$round"
     elif [[ "$urls" == 1url ]]; then
         mode=one
     else
         mode=rotate
     fi
     conns="${conns#c}"
-    url="http://127.0.0.1:$TARGET_PORT/"
-    local base="$work/wrk-$target-$scenario"
+    local port="${target_port[$target]}" pid="${target_pid[$target]}"
+    url="http://127.0.0.1:$port/"
+    local base="$work/wrk-$target-$scenario-r$round"
+    # The access log of the previous run is not needed: keep the disk bounded.
+    [[ -n "${target_log[$target]:-}" ]] && : >"${target_log[$target]}"
 
     if ((BENCH_WARMUP > 0)); then
-        run_wrk "$base-warmup.out" "$conns" "$BENCH_WARMUP" "$url" "$mode" "$size" "w"
+        run_wrk "$base-warmup.out" "$conns" "$BENCH_WARMUP" "$url" "$mode" "$size" "w$round"
     fi
-    kill -0 "$TARGET_PID" 2>/dev/null || { record_na "$scenario" "$target" "server died"; return; }
+    kill -0 "$pid" 2>/dev/null || { record_na "$scenario" "$target" "$round" "server died"; return; }
 
     local cpu0 cpu1 org0="" org1=""
     [[ "$target" != origin ]] && org0="$(origin_requests)"
-    cpu0="$(cpu_ticks "$TARGET_PID")"
+    cpu0="$(cpu_ticks "$pid")"
     run_wrk "$base.out" "$conns" "$BENCH_SECONDS" "$url" "$mode" "$size" "$tag"
     local rc=$?
-    cpu1="$(cpu_ticks "$TARGET_PID")"
+    cpu1="$(cpu_ticks "$pid")"
     [[ "$target" != origin ]] && org1="$(origin_requests)"
 
     local line
     line="$(grep '^BENCH ' "$base.out" | tail -n 1)"
     if ((rc != 0)) || [[ -z "$line" ]]; then
-        record_na "$scenario" "$target" "wrk failed (exit $rc): $(tail -n 1 "$base.out" | cut -c1-120)"
+        record_na "$scenario" "$target" "$round" "wrk failed (exit $rc): $(tail -n 1 "$base.out" | cut -c1-120)"
         return
     fi
     local requests duration p50 p99 errs
@@ -670,10 +656,10 @@ measure() {
     p99="$(sed -E 's/.* p99_us=([0-9]+).*/\1/' <<<"$line")"
     errs="$(awk '{ s = 0; for (i = 1; i <= NF; i++) if ($i ~ /^err_/) { split($i, kv, "="); s += kv[2] } print s }' <<<"$line")"
     if ((requests == 0)); then
-        record_na "$scenario" "$target" "no request completed"
+        record_na "$scenario" "$target" "$round" "no request completed"
         return
     fi
-    local rps cpu hit="—" note=""
+    local rps cpu hit="n/a" note=""
     rps="$(awk -v r="$requests" -v d="$duration" 'BEGIN { printf "%.0f", r * 1e6 / d }')"
     if [[ "$cpu0" == NA || "$cpu1" == NA ]]; then
         cpu="n/a"
@@ -684,24 +670,21 @@ measure() {
     if [[ -n "$org0" && -n "$org1" ]]; then
         # Origin fetches during the run (minus our own status read) per request.
         hit="$(awk -v a="$org0" -v b="$org1" -v r="$requests" \
-            'BEGIN { f = b - a - 1; if (f < 0) f = 0; h = 100 * (1 - f / r); if (h < 0) h = 0; printf "%.1f%%", h }')"
+            'BEGIN { f = b - a - 1; if (f < 0) f = 0; h = 100 * (1 - f / r); if (h < 0) h = 0; printf "%.1f", h }')"
     fi
     ((errs > 0)) && note="$errs errors (non-2xx/3xx, socket)"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$target" "$rps" \
-        "$(fmt_latency "$p50")" "$(fmt_latency "$p99")" "$cpu" "$hit" "$note" >>"$results"
-    log "  $scenario $target: $rps req/s, p50 $(fmt_latency "$p50"), p99 $(fmt_latency "$p99"), CPU $cpu µs/req, hit $hit${note:+, $note}"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$target" "$round" "$rps" \
+        "$p50" "$p99" "$cpu" "$hit" "$note" >>"$results"
+    log "  round $round $scenario $target: $rps req/s, p50 $(fmt_latency "$p50"), p99 $(fmt_latency "$p99"), CPU $cpu µs/req, hit ${hit}%${note:+, $note}"
 }
 
 # ---- Run -----------------------------------------------------------------------------
 
 started_at=$SECONDS
-install_missing_tools
-command -v wrk >/dev/null || die "wrk is missing"
-command -v curl >/dev/null || die "curl is missing"
-[[ -n "$(tool nginx)" ]] || die "nginx is missing (the origin needs it)"
+check_tools
 
 log "targets: ${targets[*]}"
-log "scenarios: ${scenarios[*]}"
+log "scenarios: ${scenarios[*]}, $BENCH_ROUNDS rounds of ${BENCH_SECONDS}s (+${BENCH_WARMUP}s warm-up)"
 log "temporary folder: $work"
 
 # Build before anything listens, so compilation does not overlap a measurement.
@@ -718,31 +701,48 @@ load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 start_origin
 log "origin nginx on 127.0.0.1:$origin_port (pid $origin_pid)"
 
+# Start and warm every target once; the rounds then only measure.
+declare -A target_port=() target_pid=() target_log=() target_err=()
+live_targets=()
 for target in "${targets[@]}"; do
-    log "target $target"
+    log "starting $target"
     if ! start_target "$target"; then
         log "  $target: n/a ($TARGET_ERR)"
-        for scenario in "${scenarios[@]}"; do
-            record_na "$scenario" "$target" "$TARGET_ERR"
-        done
+        target_err[$target]="$TARGET_ERR"
         [[ -n "$TARGET_PID" ]] && stop_pid "$TARGET_PID"
         continue
     fi
+    target_port[$target]="$TARGET_PORT" target_pid[$target]="$TARGET_PID" target_log[$target]="$TARGET_LOG"
     if [[ "$target" != origin ]] && ! warm_all_urls "$TARGET_PORT"; then
         log "  $target: warming every URL once did not get 200 for all of them"
         notes+=("$target: warming every URL once did not get 200 for all of them")
     fi
-    for scenario in "${scenarios[@]}"; do
-        if ! kill -0 "$TARGET_PID" 2>/dev/null; then
-            record_na "$scenario" "$target" "server died"
-            continue
-        fi
-        measure "$target" "$scenario"
+    live_targets+=("$target")
+done
+
+for ((round = 1; round <= BENCH_ROUNDS; round++)); do
+    # Each round starts one target further along the list.
+    n=${#live_targets[@]}
+    order=()
+    for ((k = 0; k < n; k++)); do
+        order+=("${live_targets[$(((k + round - 1) % n))]}")
     done
-    if [[ "$target" != origin ]]; then
-        stop_pid "$TARGET_PID"
-        # nginx-cache leaves cached files behind; free the disk now.
-        [[ "$target" == nginx-cache ]] && rm -rf "$work/nginx-cache/cache"
+    log "round $round of $BENCH_ROUNDS: ${order[*]}"
+    for scenario in "${scenarios[@]}"; do
+        for target in "${order[@]}"; do
+            if ! kill -0 "${target_pid[$target]}" 2>/dev/null; then
+                record_na "$scenario" "$target" "$round" "server died"
+                continue
+            fi
+            measure "$target" "$scenario" "$round"
+        done
+    done
+done
+for target in "${targets[@]}"; do
+    if [[ -n "${target_err[$target]:-}" ]]; then
+        for scenario in "${scenarios[@]}"; do
+            record_na "$scenario" "$target" 1 "${target_err[$target]}"
+        done
     fi
 done
 elapsed=$((SECONDS - started_at))
@@ -753,37 +753,80 @@ load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 model="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
 version_of() { "$@" 2>&1 | head -n 1 | tr -d '\r'; }
 
+# summarize SCENARIO: one table row per target, medians over the rounds.
+summarize() {
+    awk -F'\t' -v s="$1" -v order="${targets[*]}" '
+        function median(list,    a, n, t, i, j) {
+            n = split(list, a, " ")
+            for (i = 2; i <= n; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            if (n == 0) return ""
+            return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        }
+        function lo(list,    a, n, m, i) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 < m + 0) m = a[i]; return m }
+        function hi(list,    a, n, m, i) { n = split(list, a, " "); m = a[1]; for (i = 2; i <= n; i++) if (a[i] + 0 > m + 0) m = a[i]; return m }
+        function lat(us) { return (us < 1000) ? sprintf("%d µs", us) : sprintf("%.2f ms", us / 1000) }
+        function spread(list, fmt, scale) {
+            if (list == "") return "n/a"
+            if (split(list, tmp, " ") == 1) return sprintf(fmt, median(list) * scale)
+            return sprintf(fmt " (" fmt "–" fmt ")", median(list) * scale, lo(list) * scale, hi(list) * scale)
+        }
+        function latspread(list) {
+            if (list == "") return "n/a"
+            if (split(list, tmp, " ") == 1) return lat(median(list))
+            return lat(median(list)) " (" lat(lo(list)) "–" lat(hi(list)) ")"
+        }
+        $1 == s && $2 == "origin" && $4 != "n/a" { origin[$3] = $4 }
+        $1 == s && $4 != "n/a" { rows[$2, $3] = $0 }
+        $1 == s { seen[$2] = 1 }
+        END {
+            n = split(order, targets, " ")
+            for (k = 1; k <= n; k++) {
+                t = targets[k]
+                if (!(t in seen)) continue
+                rps = ratio = p50 = p99 = cpu = hit = ""
+                for (key in rows) {
+                    split(key, kr, SUBSEP)
+                    if (kr[1] != t) continue
+                    split(rows[key], f, "\t")
+                    rps = rps " " f[4]; p50 = p50 " " f[5]; p99 = p99 " " f[6]
+                    if (f[7] != "n/a") cpu = cpu " " f[7]
+                    if (f[8] != "n/a") hit = hit " " f[8]
+                    if ((f[3] in origin) && origin[f[3]] > 0) ratio = ratio " " f[4] / origin[f[3]]
+                }
+                name = (t == "origin") ? "origin direct" : t
+                printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", s, name,
+                    spread(rps, "%.0f", 1), spread(ratio, "%.2f×", 1), latspread(p50), latspread(p99),
+                    spread(cpu, "%.1f", 1), (hit == "") ? "—" : sprintf("%.1f%%", median(hit))
+            }
+        }' "$results"
+}
+
 report="$work/report.md"
 {
     echo "# cachet cache-hit comparison, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "- commit: $commit"
     echo "- machine: $(nproc) CPUs, ${model:-unknown model}, $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
-    echo "- load: wrk -t$WRK_THREADS, ${BENCH_SECONDS}s per row after a ${BENCH_WARMUP}s warm-up; every server on 127.0.0.1 with $BENCH_SERVER_THREADS threads/workers"
+    echo "- load: wrk -t$WRK_THREADS, $BENCH_ROUNDS interleaved rounds of ${BENCH_SECONDS}s per row after a ${BENCH_WARMUP}s warm-up; every server on 127.0.0.1 with $BENCH_SERVER_THREADS threads/workers, all running for the whole run"
+    echo "- cachet: default configuration (access log on, appended to cachet.log beside its config; file watching on); fresh = instance_reuse 1 (the default), reuse = instance_reuse 1000000, builtin = builtin:standard"
     echo "- load average (1, 5, 15 min) before the run: $load_before; after: $load_after (the run itself adds up to about $((2 * WRK_THREADS)); more means other work shared the CPUs and the numbers are noisy)"
     echo "- tools: $(version_of wrk -v | cut -d' ' -f1-2); $(version_of "$(tool nginx)" -v | sed 's/.*: //')$(
         [[ -n "$(tool varnishd)" ]] && printf '; %s' "$(version_of "$(tool varnishd)" -V | sed -E 's/varnishd \((varnish-[^ ]+).*/\1/')")$(
         [[ -n "$(tool haproxy)" ]] && printf '; haproxy %s' "$(version_of "$(tool haproxy)" -v | awk '{ print $3 }')")"
     echo "- scenario: body size - distinct URLs (or miss: a new URL every request) - connections"
+    echo "- every figure: median over the rounds (lowest–highest); ×origin: median of each round's ratio to origin direct in the same round"
     echo "- CPU µs/req: utime+stime of the server's processes (cachet; varnishd manager and child; nginx master and workers; haproxy) over the run ÷ requests; for cache targets the origin's CPU is not included"
     echo "- hit %: 1 − origin requests during the run ÷ requests served"
     echo
     echo "| scenario | target | req/s | ×origin | p50 | p99 | CPU µs/req | hit % |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|"
     for scenario in "${scenarios[@]}"; do
-        origin_rps="$(awk -F'\t' -v s="$scenario" '$1 == s && $2 == "origin" { print $3 }' "$results")"
-        awk -F'\t' -v s="$scenario" -v o="$origin_rps" '
-            $1 == s {
-                ratio = "n/a"
-                if ($3 != "n/a" && o != "" && o != "n/a" && o > 0) ratio = sprintf("%.2f×", $3 / o)
-                target = ($2 == "origin") ? "origin direct" : $2
-                printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, target, $3, ratio, $4, $5, $6, $7
-            }' "$results"
+        summarize "$scenario"
     done
     echo
     # Reasons for n/a rows and error counts, once per distinct message.
     {
-        awk -F'\t' '$8 != "" { print "- " $2 ($3 == "n/a" ? "" : " (" $1 ")") ": " $8 }' "$results"
+        awk -F'\t' '$9 != "" { print "- " $2 ($4 == "n/a" ? "" : " (" $1 ", round " $3 ")") ": " $9 }' "$results"
         for n in "${notes[@]}"; do
             echo "- $n"
         done

@@ -219,6 +219,22 @@ impl Proxy {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends SIGINT (Pingora's fast shutdown) and waits up to 20 s for cachet
+    /// to exit; returns whether it exited successfully.
+    pub fn interrupt(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-INT", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -INT {pid}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cachet did not exit within 20 s of SIGINT");
+    }
+
     /// Everything cachet logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("cachet.log")).unwrap_or_default()

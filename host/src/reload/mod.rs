@@ -6,6 +6,10 @@
 //! running version and is recorded as a refusal with its reason.
 
 mod hangup;
+#[cfg(not(target_os = "linux"))]
+mod watch_folders;
+#[cfg(target_os = "linux")]
+mod watch_inotify;
 mod watcher;
 
 pub use hangup::Hangups;

@@ -1,12 +1,12 @@
-//! Watches the config file and every plugin file, through their parent
-//! folders so that an atomic rename over a file is seen, and hands batches
-//! of changed paths to the reloader.
+//! Watches the config file and every plugin file and hands batches of
+//! changed paths to the reloader. Which events reach this thread is the
+//! platform module's job (`FileWatch`).
 
+#[cfg(not(target_os = "linux"))]
+use super::watch_folders::FileWatch;
+#[cfg(target_os = "linux")]
+use super::watch_inotify::FileWatch;
 use super::{same_file, Reloader};
-use notify::{EventKind, RecursiveMode, Watcher};
-use parking_lot::RwLock;
-use std::collections::{BTreeSet, HashSet};
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -16,33 +16,14 @@ use std::time::{Duration, Instant};
 /// copy is several writes).
 const DEBOUNCE: Duration = Duration::from_millis(40);
 /// A batch is applied at most this long after its first event, however
-/// busy the folder is.
+/// busy the files are.
 const MAX_BATCH_DELAY: Duration = Duration::from_millis(200);
 
 /// Starts the watcher thread. It lives as long as the process.
 pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
     let (events, rx) = mpsc::channel::<Vec<PathBuf>>();
-    // File names worth a look: the watched folders also hold logs and
-    // temporary files whose constant writes must not delay a reload.
-    let names: Arc<RwLock<HashSet<OsString>>> = Arc::default();
-    let relevant = names.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if matches!(event.kind, EventKind::Access(_)) {
-            return;
-        }
-        let wanted = relevant.read();
-        let paths: Vec<PathBuf> = event
-            .paths
-            .into_iter()
-            .filter(|p| p.file_name().is_some_and(|n| wanted.contains(n)))
-            .collect();
-        if !paths.is_empty() {
-            let _ = events.send(paths);
-        }
-    })?;
-    let mut watched = BTreeSet::new();
-    sync_watches(&mut watcher, &mut watched, &names, &reloader);
+    let mut files = FileWatch::start(events)?;
+    files.sync(&watched_files(&reloader));
 
     reloader.set_watching();
     std::thread::Builder::new()
@@ -57,18 +38,28 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
                         Err(_) => break,
                     }
                 }
+                // Re-arm first (a file replaced by rename is a new inode), so
+                // a write after the reload reads the file is not missed.
+                files.sync(&watched_files(&reloader));
                 apply(&reloader, batch);
-                sync_watches(&mut watcher, &mut watched, &names, &reloader);
+                // The config may name other plugins now.
+                files.sync(&watched_files(&reloader));
             }
         })?;
     Ok(())
 }
 
+fn watched_files(reloader: &Reloader) -> Vec<PathBuf> {
+    std::iter::once(reloader.config_path())
+        .chain(reloader.plugin_paths())
+        .collect()
+}
+
 fn apply(reloader: &Reloader, batch: Vec<Vec<PathBuf>>) {
     let config = reloader.config_path();
     let plugins = reloader.plugin_paths();
-    // The watched folders hold other files too (logs, temporary copies): only the config and
-    // the plugins matter.
+    // Names that only look alike (another folder's file of the same name)
+    // are dropped here.
     let paths: Vec<PathBuf> = batch
         .into_iter()
         .flatten()
@@ -83,33 +74,8 @@ fn apply(reloader: &Reloader, batch: Vec<Vec<PathBuf>>) {
     reloader.reload_plugins(&paths);
 }
 
-/// Watches the folders of the config and of every plugin it names.
-fn sync_watches(
-    watcher: &mut notify::RecommendedWatcher,
-    watched: &mut BTreeSet<PathBuf>,
-    names: &RwLock<HashSet<OsString>>,
-    reloader: &Reloader,
-) {
-    let files: Vec<PathBuf> = std::iter::once(reloader.config_path())
-        .chain(reloader.plugin_paths())
-        .collect();
-    *names.write() = files
-        .iter()
-        .filter_map(|f| f.file_name().map(|n| n.to_os_string()))
-        .collect();
-    let wanted: BTreeSet<PathBuf> = files.iter().filter_map(|file| folder_of(file)).collect();
-    for gone in watched.difference(&wanted) {
-        let _ = watcher.unwatch(gone);
-    }
-    for new in wanted.difference(watched) {
-        if let Err(e) = watcher.watch(new, RecursiveMode::NonRecursive) {
-            tracing::warn!(folder = %new.display(), "cannot watch for plugin changes: {e}");
-        }
-    }
-    *watched = wanted;
-}
-
-fn folder_of(file: &Path) -> Option<PathBuf> {
+/// The canonical folder of a file (symlinks resolved, as the kernel reports).
+pub(super) fn folder_of(file: &Path) -> Option<PathBuf> {
     let parent = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -1,0 +1,149 @@
+//! Linux: the kernel delivers only events about the watched files. Each file
+//! has a watch of its own (writes, attribute changes) and its folder a watch
+//! for names appearing (create, rename onto it), so a file replaced by
+//! rename or created later is seen, while writes to other files in the
+//! folder (an access log, an editor's swap file) wake nobody.
+
+use super::watcher::folder_of;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+const FILE_EVENTS: WatchMask = WatchMask::MODIFY
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::DELETE_SELF);
+const FOLDER_EVENTS: WatchMask = WatchMask::CREATE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::ONLYDIR);
+
+pub(super) struct FileWatch {
+    watches: Watches,
+    table: Arc<Mutex<Table>>,
+}
+
+/// What each watch stands for.
+#[derive(Default)]
+struct Table {
+    /// A file's own watch → the paths it was added for.
+    files: HashMap<WatchDescriptor, Vec<PathBuf>>,
+    /// A folder's watch → the folder and the names in it that matter.
+    folders: HashMap<WatchDescriptor, (PathBuf, HashSet<OsString>)>,
+}
+
+impl Table {
+    fn paths_of(&self, wd: &WatchDescriptor, name: Option<&OsStr>) -> Vec<PathBuf> {
+        if let Some(paths) = self.files.get(wd) {
+            return paths.clone();
+        }
+        match (self.folders.get(wd), name) {
+            (Some((folder, names)), Some(name)) if names.contains(name) => {
+                vec![folder.join(name)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn all_paths(&self) -> Vec<PathBuf> {
+        let files = self.files.values().flatten().cloned();
+        let named = self
+            .folders
+            .values()
+            .flat_map(|(folder, names)| names.iter().map(|n| folder.join(n)));
+        files.chain(named).collect()
+    }
+
+    fn holds(&self, wd: &WatchDescriptor) -> bool {
+        self.files.contains_key(wd) || self.folders.contains_key(wd)
+    }
+}
+
+impl FileWatch {
+    /// Starts the thread that reads the kernel's events and sends the
+    /// changed paths to `changes`.
+    pub(super) fn start(changes: Sender<Vec<PathBuf>>) -> anyhow::Result<Self> {
+        let mut inotify = Inotify::init()?;
+        let watches = inotify.watches();
+        let table: Arc<Mutex<Table>> = Arc::default();
+        let known = table.clone();
+        std::thread::Builder::new()
+            .name("cachet-watch".into())
+            .spawn(move || {
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let events = match inotify.read_events_blocking(&mut buffer) {
+                        Ok(events) => events,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            tracing::warn!("file watch stopped: {e}");
+                            return;
+                        }
+                    };
+                    let mut count = 0;
+                    let mut paths = Vec::new();
+                    {
+                        let table = known.lock();
+                        for event in events {
+                            count += 1;
+                            if event.mask.contains(EventMask::Q_OVERFLOW) {
+                                // Events were lost: look at every file.
+                                paths.extend(table.all_paths());
+                            }
+                            paths.extend(table.paths_of(&event.wd, event.name));
+                        }
+                    }
+                    crate::metrics::watch_events(count);
+                    if !paths.is_empty() && changes.send(paths).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self { watches, table })
+    }
+
+    /// Watches exactly `files` (and their folders for names appearing). A
+    /// file replaced since the last call gets a watch on its new inode.
+    pub(super) fn sync(&mut self, files: &[PathBuf]) {
+        let mut next = Table::default();
+        for file in files {
+            let (Some(folder), Some(name)) = (folder_of(file), file.file_name()) else {
+                continue;
+            };
+            match self.watches.add(&folder, FOLDER_EVENTS) {
+                Ok(wd) => {
+                    let entry = next
+                        .folders
+                        .entry(wd)
+                        .or_insert_with(|| (folder.clone(), HashSet::new()));
+                    entry.1.insert(name.to_os_string());
+                }
+                Err(e) => {
+                    tracing::warn!(folder = %folder.display(), "cannot watch for plugin changes: {e}");
+                }
+            }
+            // A missing file is seen through its folder when it appears.
+            let path = folder.join(name);
+            if let Ok(wd) = self.watches.add(&path, FILE_EVENTS) {
+                next.files.entry(wd).or_default().push(path);
+            }
+        }
+        let mut table = self.table.lock();
+        let stale: Vec<WatchDescriptor> = table
+            .files
+            .keys()
+            .chain(table.folders.keys())
+            .filter(|wd| !next.holds(wd))
+            .cloned()
+            .collect();
+        for wd in stale {
+            // Fails harmlessly when the kernel already dropped it (file deleted).
+            let _ = self.watches.remove(wd);
+        }
+        *table = next;
+    }
+}
