@@ -302,11 +302,13 @@ fn obsolete_and_odd_case_dates_are_parsed() {
         "/rfc850" => Reply::ok("a").header("Expires", &rfc850),
         "/asctime" => Reply::ok("b").header("Expires", &asctime),
         "/lower" => Reply::ok("c").header("Expires", &lower),
+        // A two-digit year at most 50 years ahead is in this century (RFC 9110 §5.6.7).
+        "/rfc850-2075" => Reply::ok("f").header("Expires", "Wednesday, 06-Nov-75 08:49:37 GMT"),
         // Heuristic freshness from an RFC 850 Last-Modified, in upper case.
         _ => Reply::ok("d").header("Last-Modified", &old850.to_uppercase()),
     });
     let proxy = proxy_with(origin.addr, "standard", "");
-    for path in ["/rfc850", "/asctime", "/lower", "/modified"] {
+    for path in ["/rfc850", "/asctime", "/lower", "/rfc850-2075", "/modified"] {
         get(&proxy.url(path));
         let again = get(&proxy.url(path));
         assert_status_has(status_of(&again), "hit");
