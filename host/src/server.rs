@@ -159,10 +159,10 @@ pub struct ServeOptions {
 
 /// Runs the proxy until it is told to stop. Never returns on success.
 pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
+    // First of all: from now on a SIGHUP is a reload request, never fatal.
+    let hangups = Hangups::catch().context("installing the SIGHUP handler")?;
     let runtime = build_runtime(&config)?;
     let state = runtime.state.clone();
-    // Before any listener opens: from now on a SIGHUP is a reload request, never fatal.
-    let hangups = Hangups::catch().context("installing the SIGHUP handler")?;
 
     let conf = ServerConf {
         threads: config.server.threads,

@@ -1,7 +1,7 @@
 //! SIGHUP asks for a full check of the config and every plugin, whether or not files are
-//! watched. The handler is installed before the listeners open, so a hangup can never take the
-//! default action (terminating the process); the thread that acts on it starts with the server
-//! (after a daemon fork, which would not carry a thread over).
+//! watched. The handler is installed before plugins load and listeners open, so a hangup never
+//! takes the default action (terminating the process); the thread that acts on it starts with
+//! the server (after a daemon fork, which would not carry a thread over).
 
 use super::Reloader;
 use signal_hook::consts::SIGHUP;
