@@ -4,6 +4,13 @@
 //! Prints the mean and p50/p99 of `decide_request` (on-request + cache-key)
 //! and `decide_response` for a fresh instance per request and for reused
 //! instances, measured with the real example plugins.
+//!
+//! Environment: `PLUGIN_CALLS_THREADS=N` calls from N threads at once on one
+//! pool (the proxy's workers share it; figures are per thread);
+//! `PLUGIN_CALLS_ITERATIONS=N` (default 20000); `PLUGIN_CALLS_ONLY=standard`
+//! measures one plugin and `PLUGIN_CALLS_MODEL=fresh|reused` one instance
+//! model, `PLUGIN_CALLS_POOL_INSTANCES=2` a smaller instance pool (short runs
+//! under `valgrind --tool=callgrind`).
 
 use cachet::policy::{InstancePool, LoadedPlugin, PluginLimits, PolicyEngine, TenantContext};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -11,7 +18,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const ITERATIONS: usize = 20_000;
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 fn request() -> RequestHeader {
     let mut req = RequestHeader::build("GET", b"/static/app.css?utm_source=x&b=2&a=1", None)
@@ -45,13 +57,13 @@ struct Stats {
     p99: Duration,
 }
 
-fn measure(mut f: impl FnMut()) -> Stats {
-    for _ in 0..1000 {
+fn measure_one_thread(iterations: usize, f: &(impl Fn() + Sync)) -> Stats {
+    for _ in 0..iterations.min(1000) {
         f();
     }
-    let mut samples = Vec::with_capacity(ITERATIONS);
+    let mut samples = Vec::with_capacity(iterations);
     let started = Instant::now();
-    for _ in 0..ITERATIONS {
+    for _ in 0..iterations {
         let t = Instant::now();
         f();
         samples.push(t.elapsed());
@@ -59,26 +71,51 @@ fn measure(mut f: impl FnMut()) -> Stats {
     let total = started.elapsed();
     samples.sort();
     Stats {
-        mean: total / ITERATIONS as u32,
-        p50: samples[ITERATIONS / 2],
-        p99: samples[ITERATIONS * 99 / 100],
+        mean: total / iterations as u32,
+        p50: samples[iterations / 2],
+        p99: samples[iterations * 99 / 100],
     }
+}
+
+/// Runs `f` on `threads` threads at once; the figures of the slowest thread.
+fn measure(f: impl Fn() + Sync) -> Stats {
+    let iterations = env_number("PLUGIN_CALLS_ITERATIONS", 20_000).max(1);
+    let threads = env_number("PLUGIN_CALLS_THREADS", 1).max(1);
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| measure_one_thread(iterations, &f)))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("bench thread"))
+            .max_by_key(|s| s.mean)
+            .expect("one thread at least")
+    })
 }
 
 fn main() {
     let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    let engine = PolicyEngine::new(64).expect("engine");
+    // Valgrind cannot reserve the address space of a 64-instance pool.
+    let pool_instances = env_number("PLUGIN_CALLS_POOL_INSTANCES", 64) as u32;
+    let engine = PolicyEngine::new(pool_instances).expect("engine");
     let req = request();
     let resp = response();
     println!(
         "{:<16} {:<10} {:<16} {:>9} {:>9} {:>9}",
         "plugin", "instances", "call", "mean", "p50", "p99"
     );
+    let only = std::env::var("PLUGIN_CALLS_ONLY").unwrap_or_default();
+    let model_wanted = std::env::var("PLUGIN_CALLS_MODEL").unwrap_or_default();
     for name in ["standard", "static-assets", "api-gateway"] {
+        if !only.is_empty() && only != name {
+            continue;
+        }
         let path = plugins.join(format!("{name}.wasm"));
         let plugin =
             Arc::new(LoadedPlugin::load(&engine, &path).expect("run plugins/build.sh first"));
         for (model, reuse) in [("fresh", 1), ("reused", u32::MAX)] {
+            if !model_wanted.is_empty() && model_wanted != model {
+                continue;
+            }
             let limits = PluginLimits {
                 instance_reuse: reuse,
                 ..PluginLimits::default()

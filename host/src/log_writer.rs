@@ -1,10 +1,11 @@
-//! Log lines leave the request path: workers hand each formatted line to a
-//! bounded queue and one background thread writes them to stderr in batches.
-//! A worker never waits on stderr; when the writer falls behind, lines are
-//! dropped and counted (`cachet_access_log_dropped_total`).
+//! Access-log lines leave the request path: workers hand each formatted line
+//! to a bounded queue and one background thread writes them to stderr in
+//! batches. A worker never waits on stderr; when the writer falls behind,
+//! lines are dropped and counted (`cachet_access_log_dropped_total`).
 //!
-//! Until [`start`] runs (CLI subcommands, startup before a daemon fork)
-//! lines go straight to stderr, so nothing is lost before the thread exists.
+//! Every other line (start-up, reloads, plugin faults) is rare and goes to
+//! stderr at once, so it is visible the moment it happens. So do all lines
+//! until [`start`] runs (CLI subcommands, start-up before a daemon fork).
 
 use std::io::Write;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -74,8 +75,11 @@ fn write_lines(rx: Receiver<Message>) {
     }
 }
 
-/// The `tracing_subscriber` writer: one buffer per event, queued when the
-/// event is complete.
+/// The target of the per-request access-log events.
+pub const ACCESS_TARGET: &str = "cachet::access";
+
+/// The `tracing_subscriber` writer: one buffer per event, written when the
+/// event is complete (queued for access-log events).
 #[derive(Clone, Copy, Default)]
 pub struct QueuedStderr;
 
@@ -83,16 +87,29 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for QueuedStderr {
     type Writer = LineBuffer;
 
     fn make_writer(&'a self) -> LineBuffer {
-        LineBuffer(Vec::new())
+        LineBuffer {
+            bytes: Vec::new(),
+            queued: false,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LineBuffer {
+        LineBuffer {
+            bytes: Vec::new(),
+            queued: meta.target() == ACCESS_TARGET,
+        }
     }
 }
 
 /// One log event's bytes.
-pub struct LineBuffer(Vec<u8>);
+pub struct LineBuffer {
+    bytes: Vec<u8>,
+    queued: bool,
+}
 
 impl Write for LineBuffer {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(bytes);
+        self.bytes.extend_from_slice(bytes);
         Ok(bytes.len())
     }
 
@@ -103,13 +120,13 @@ impl Write for LineBuffer {
 
 impl Drop for LineBuffer {
     fn drop(&mut self) {
-        if self.0.is_empty() {
+        if self.bytes.is_empty() {
             return;
         }
-        let line = std::mem::take(&mut self.0);
+        let line = std::mem::take(&mut self.bytes);
         match QUEUE.get() {
-            Some(queue) => enqueue(queue, line),
-            None => {
+            Some(queue) if self.queued => enqueue(queue, line),
+            _ => {
                 let _ = std::io::stderr().write_all(&line);
             }
         }

@@ -14,9 +14,12 @@ pub(crate) struct HostState {
     pub scope: CallScope,
     pub limiter: MemoryLimiter,
     pub tenant: Arc<TenantContext>,
-    /// WASI for the Rust standard library's own needs (random seeds, clocks).
-    /// Empty: no preopened directories, no environment, no arguments, no network.
-    wasi: WasiCtx,
+    /// WASI for components built for wasm32-wasip2, whose standard library
+    /// may ask for random seeds or clocks. Empty: no preopened directories,
+    /// no environment, no arguments, no network. Built on the first WASI call
+    /// only: most hook calls make none, and a fresh instance per request
+    /// would otherwise pay for a context (RNG seeding, allocations) each time.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
 }
 
@@ -29,7 +32,7 @@ impl HostState {
                 refused: false,
             },
             tenant,
-            wasi: WasiCtx::builder().build(),
+            wasi: None,
             table: ResourceTable::new(),
         }
     }
@@ -38,7 +41,7 @@ impl HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()),
             table: &mut self.table,
         }
     }

@@ -236,7 +236,7 @@ impl ProxyHttp for CachetProxy {
             _ => ctx.not_stored.as_deref().unwrap_or(""),
         };
         tracing::info!(
-            target: "cachet::access",
+            target: crate::log_writer::ACCESS_TARGET,
             tenant,
             method = %req.method,
             path = req.uri.path(),
