@@ -92,3 +92,45 @@ fn serve_refuses_a_config_whose_plugin_is_garbage() {
     assert!(out.contains("broken.wasm"), "{out}");
     assert!(out.contains("tenant \"x\""), "{out}");
 }
+
+#[test]
+fn durations_take_units_and_the_old_ms_keys_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    let plugin = plugin("standard");
+    let write = |cache: &str, limits: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1.5s\"\n\n[cache]\n{cache}\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = {:?}\n\n[tenant.limits]\n{limits}\n",
+                plugin.display().to_string()
+            ),
+        )
+        .unwrap();
+        run(&["validate", "--config", config.to_str().unwrap()])
+    };
+    let (ok, out) = write("lock_timeout = \"2s\"", "hook_timeout = \"250ms\"");
+    assert!(ok, "{out}");
+    let (ok, out) = write("lock_timeout_ms = 2000", "hook_timeout_ms = 250");
+    assert!(ok, "{out}");
+
+    // A number without a unit, a unit cachet does not know, both forms of
+    // one key, a zero hook deadline: each named by file, line and key.
+    let (ok, out) = write("lock_timeout = 5", "");
+    assert!(!ok, "{out}");
+    assert!(out.contains("cachet.toml:6"), "{out}");
+    assert!(out.contains("cache.lock_timeout"), "{out}");
+    assert!(out.contains("has no unit"), "{out}");
+    let (ok, out) = write("", "hook_timeout = \"10 parsecs\"");
+    assert!(!ok, "{out}");
+    assert!(out.contains("cachet.toml:15"), "{out}");
+    assert!(out.contains("tenant.limits.hook_timeout"), "{out}");
+    let (ok, out) = write("", "hook_timeout = \"10ms\"\nhook_timeout_ms = 10");
+    assert!(!ok, "{out}");
+    assert!(out.contains("cachet.toml:16"), "{out}");
+    assert!(out.contains("hook_timeout_ms"), "{out}");
+    assert!(out.contains("not both"), "{out}");
+    let (ok, out) = write("", "hook_timeout = \"0ms\"");
+    assert!(!ok, "{out}");
+    assert!(out.contains("at least 1ms"), "{out}");
+}

@@ -379,3 +379,98 @@ fn logs_and_scratch_files_next_to_the_config_never_wake_the_watcher() {
     }
     assert!(watch_events(metrics_port) > before);
 }
+
+/// Polls `check` for up to 5 s (the watcher applies a config within ~100 ms).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not seen within 5 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn cache_and_server_keys_apply_on_reload_and_restart_only_keys_are_named() {
+    let origin =
+        Origin::start(|_| Reply::ok(vec![b'x'; 4096]).header("Cache-Control", "max-age=600"));
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    for i in 0..8 {
+        get(&proxy.url(&format!("/before/{i}")));
+    }
+    let tenant_cache = |proxy: &Proxy| proxy.status()["tenants"][0]["cache"].clone();
+    assert!(tenant_cache(&proxy)["stored_bytes"].as_u64().unwrap() > 8 * 4096);
+    let access_lines = |proxy: &Proxy| proxy.log().matches("cachet::access").count();
+    assert!(access_lines(&proxy) >= 8);
+
+    let config = proxy.dir.path().join("cachet.toml");
+    let edited = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("threads = 2", "threads = 3\naccess_log = false")
+        .replace("max_bytes = \"64MiB\"", "max_bytes = \"48MiB\"")
+        .replace(
+            "hook_timeout_ms = 250",
+            "hook_timeout_ms = 250\ncache_quota = \"16KiB\"\nmax_object_bytes = \"1KiB\"",
+        );
+    std::fs::write(&config, edited).unwrap();
+
+    // The tenant's quota applies at once (evicting down to it), the global
+    // budget changes, and the smaller object limit stops new stores.
+    eventually("the tenant quota", || {
+        tenant_cache(&proxy)["quota_bytes"].as_u64() == Some(16 << 10)
+    });
+    assert!(tenant_cache(&proxy)["stored_bytes"].as_u64().unwrap() <= 16 << 10);
+    assert_eq!(
+        proxy.status()["cache"]["budget_bytes"].as_u64(),
+        Some(48 << 20)
+    );
+    let logged_before = access_lines(&proxy);
+    get(&proxy.url("/after"));
+    let second = get(&proxy.url("/after"));
+    assert!(
+        !second.cache_status().contains("hit"),
+        "{}",
+        second.cache_status()
+    );
+    assert_eq!(origin.hits_for("/after"), 2);
+    // access_log = false: the requests since wrote no access line.
+    assert_eq!(access_lines(&proxy), logged_before);
+    // threads needs a restart: said so, by name.
+    let log = proxy.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("restart") && l.contains("server.threads")),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_admin_token_changes_on_reload() {
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=600"));
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    get(&proxy.url("/doc"));
+    let purge = |headers: &[(&str, &str)]| try_send("PURGE", &proxy.url("/doc"), headers);
+    assert_eq!(
+        purge(&[]).unwrap().status,
+        405,
+        "PURGE without a token configured"
+    );
+
+    let config = proxy.dir.path().join("cachet.toml");
+    let edited = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("threads = 2", "threads = 2\nadmin_token = \"fresh-token\"");
+    std::fs::write(&config, edited).unwrap();
+    eventually("the new admin token", || {
+        purge(&[]).is_ok_and(|r| r.status == 401)
+    });
+    let purged = purge(&[("Authorization", "Bearer fresh-token")]).unwrap();
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    let status = ureq::get(&proxy.admin_url("/status")).call();
+    assert!(matches!(status, Err(ureq::Error::Status(401, _))));
+}

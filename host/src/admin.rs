@@ -125,7 +125,7 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         // With a token configured, every admin endpoint requires it.
-        if self.state.admin_token.is_some() {
+        if self.state.admin_token.load().is_some() {
             let presented = req
                 .headers
                 .get(http::header::AUTHORIZATION)

@@ -1,8 +1,16 @@
 //! The TOML configuration: schema, defaults, and validation with errors that
 //! name the file, the line and the key.
 
+mod duration;
+mod origin;
+mod upstream;
+
+pub use origin::OriginConfig;
+pub use upstream::{Balance, PoolConfig, UpstreamTarget, UpstreamTls};
+
 use crate::policy::PluginLimits;
 use bytesize::ByteSize;
+use duration::DurationValue;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,6 +81,7 @@ struct RawServer {
     max_connections: Option<Spanned<usize>>,
     #[serde(default)]
     forwarded_headers: ForwardedHeaders,
+    shutdown_grace: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -80,8 +89,9 @@ struct RawServer {
 struct RawCache {
     max_bytes: Option<Spanned<ByteSize>>,
     max_object_bytes: Option<Spanned<ByteSize>>,
-    lock_timeout_ms: Option<u64>,
     uncacheable_keys: Option<usize>,
+    lock_timeout: Option<Spanned<DurationValue>>,
+    lock_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -89,7 +99,11 @@ struct RawCache {
 struct RawTenant {
     name: Spanned<String>,
     hosts: Spanned<Vec<String>>,
-    upstream: Spanned<String>,
+    upstream: Option<Spanned<String>>,
+    upstreams: Option<Spanned<Vec<Spanned<String>>>>,
+    upstream_ca: Option<Spanned<String>>,
+    tls_verify: Option<bool>,
+    pool: Option<Spanned<upstream::RawPool>>,
     plugin: Spanned<String>,
     #[serde(default)]
     on_plugin_error: OnPluginError,
@@ -101,12 +115,15 @@ struct RawTenant {
     limits: RawLimits,
     #[serde(default)]
     plugin_config: BTreeMap<String, String>,
+    #[serde(default)]
+    origin: origin::RawOrigin,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     memory: Option<Spanned<ByteSize>>,
+    hook_timeout: Option<Spanned<DurationValue>>,
     hook_timeout_ms: Option<Spanned<u64>>,
     max_key_bytes: Option<usize>,
     max_key_parts: Option<usize>,
@@ -186,6 +203,8 @@ pub struct ServerConfig {
     /// Client connections open at once (503 beyond).
     pub max_connections: usize,
     pub forwarded_headers: ForwardedHeaders,
+    /// How long SIGTERM/SIGINT wait for requests in flight before exiting.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -202,9 +221,15 @@ pub struct CacheConfig {
 pub struct TenantConfig {
     pub name: String,
     pub hosts: Vec<String>,
+    /// The first address of the first upstream.
     pub upstream: SocketAddr,
-    /// The upstream as written, used for the Host/SNI of the origin connection.
+    /// The (first) upstream as written.
     pub upstream_name: String,
+    /// Every upstream (one unless `upstreams` lists several).
+    pub upstreams: Vec<UpstreamTarget>,
+    /// Set when `upstreams = [...]`: balanced, health-checked, re-resolved.
+    pub pool: Option<PoolConfig>,
+    pub upstream_tls: UpstreamTls,
     /// The plugin file (for a builtin policy, its name as written).
     pub plugin: PathBuf,
     /// Set when `plugin = "builtin:NAME"`.
@@ -220,7 +245,13 @@ pub struct TenantConfig {
     /// This tenant's own (smaller) maximum object size.
     pub max_object_bytes: Option<usize>,
     pub plugin_config: BTreeMap<String, String>,
+    /// Timeouts and retries towards the origin.
+    pub origin: OriginConfig,
 }
+
+/// Long enough for ordinary responses to finish, short enough for container
+/// runtimes that kill after 10 s.
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -302,6 +333,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             4096,
         )?,
         forwarded_headers: raw.server.forwarded_headers,
+        shutdown_grace: match &raw.server.shutdown_grace {
+            Some(v) => match located.duration("server.shutdown_grace", v)? {
+                d if d > crate::shutdown::MAX_GRACE => {
+                    return Err(located.at(v.span(), "server.shutdown_grace", "must be at most 1h"))
+                }
+                d => d,
+            },
+            None => DEFAULT_SHUTDOWN_GRACE,
+        },
     };
     if server.admin_token.as_deref() == Some("") {
         return Err(ConfigError {
@@ -350,8 +390,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let cache = CacheConfig {
         max_bytes,
         max_object_bytes,
-        lock_timeout: Duration::from_millis(raw.cache.lock_timeout_ms.unwrap_or(5_000)),
         uncacheable_keys: raw.cache.uncacheable_keys.unwrap_or(16_384),
+        lock_timeout: located
+            .duration_or_ms(
+                "cache.lock_timeout",
+                &raw.cache.lock_timeout,
+                &raw.cache.lock_timeout_ms,
+            )?
+            .map_or(Duration::from_secs(5), |(d, _)| d),
     };
 
     if raw.tenants.is_empty() {
@@ -452,6 +498,33 @@ impl Locator<'_> {
         }
     }
 
+    fn duration(&self, key: &str, value: &Spanned<DurationValue>) -> Result<Duration, ConfigError> {
+        value
+            .get_ref()
+            .to_duration()
+            .map_err(|e| self.at(value.span(), key, e))
+    }
+
+    /// A time written as `KEY = "10s"` or, the older form, `KEY_ms = 10000`
+    /// (one of the two, not both).
+    fn duration_or_ms(
+        &self,
+        key: &str,
+        text: &Option<Spanned<DurationValue>>,
+        ms: &Option<Spanned<u64>>,
+    ) -> Result<Option<(Duration, std::ops::Range<usize>)>, ConfigError> {
+        match (text, ms) {
+            (Some(_), Some(ms)) => Err(self.at(
+                ms.span(),
+                &format!("{key}_ms"),
+                format!("set {key} or {key}_ms, not both"),
+            )),
+            (Some(text), None) => Ok(Some((self.duration(key, text)?, text.span()))),
+            (None, Some(ms)) => Ok(Some((Duration::from_millis(*ms.get_ref()), ms.span()))),
+            (None, None) => Ok(None),
+        }
+    }
+
     fn socket_addr(&self, key: &str, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
         let text = value.get_ref();
         text.to_socket_addrs()
@@ -513,7 +586,16 @@ impl Locator<'_> {
                 ));
             }
         }
-        let upstream = self.socket_addr("tenant.upstream", &t.upstream)?;
+        let upstreams = self.upstreams(
+            base,
+            upstream::RawUpstream {
+                upstream: &t.upstream,
+                upstreams: &t.upstreams,
+                upstream_ca: &t.upstream_ca,
+                tls_verify: t.tls_verify,
+                pool: &t.pool,
+            },
+        )?;
         let builtin = match crate::policy::BuiltinPolicy::from_config(t.plugin.get_ref()) {
             Some(Ok(builtin)) => Some(builtin),
             Some(Err(e)) => return Err(self.at(t.plugin.span(), "tenant.plugin", e)),
@@ -539,11 +621,17 @@ impl Locator<'_> {
                 Some(m) => m.get_ref().as_u64() as usize,
                 None => defaults.memory_bytes,
             },
-            hook_timeout: Duration::from_millis(self.positive(
+            hook_timeout: match self.duration_or_ms(
+                "tenant.limits.hook_timeout",
+                &t.limits.hook_timeout,
                 &t.limits.hook_timeout_ms,
-                "tenant.limits.hook_timeout_ms",
-                defaults.hook_timeout.as_millis() as u64,
-            )?),
+            )? {
+                Some((d, span)) if d < Duration::from_millis(1) => {
+                    return Err(self.at(span, "tenant.limits.hook_timeout", "must be at least 1ms"))
+                }
+                Some((d, _)) => d,
+                None => defaults.hook_timeout,
+            },
             max_key_bytes: t.limits.max_key_bytes.unwrap_or(defaults.max_key_bytes),
             max_key_parts: t.limits.max_key_parts.unwrap_or(defaults.max_key_parts),
             max_synthetic_body_bytes: t
@@ -575,8 +663,11 @@ impl Locator<'_> {
         Ok(TenantConfig {
             name,
             hosts,
-            upstream,
-            upstream_name: t.upstream.into_inner(),
+            upstream: upstreams.targets[0].addrs[0],
+            upstream_name: upstreams.targets[0].written.clone(),
+            upstreams: upstreams.targets,
+            pool: upstreams.pool,
+            upstream_tls: upstreams.tls,
             plugin,
             builtin,
             on_plugin_error: t.on_plugin_error,
@@ -586,6 +677,7 @@ impl Locator<'_> {
             cache_quota,
             max_object_bytes: t.limits.max_object_bytes.map(|b| b.as_u64() as usize),
             plugin_config: t.plugin_config,
+            origin: self.origin(&t.origin)?,
         })
     }
 }

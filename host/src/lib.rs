@@ -16,5 +16,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod shutdown;
 pub mod storage;
 pub mod tenant;
+pub mod upstream;

@@ -6,12 +6,14 @@ use crate::connection::{ConnectionGuard, ConnectionLimits};
 use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
 use crate::reload::{spawn_watcher, Hangups, Reloader};
+use crate::shutdown::DrainOnSignal;
 use crate::storage::MemoryStorage;
 use crate::tenant::{PolicySource, Tenant, TenantRouter};
 use anyhow::Context;
+use arc_swap::ArcSwapOption;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
 use pingora::server::ShutdownWatch;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use std::sync::Arc;
@@ -71,8 +73,9 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
         max_object_bytes: config.cache.max_object_bytes,
     };
     let mut state = ProxyState::new(TenantRouter::new(tenants), cache, config.server.access_log);
-    state.admin_token = config.server.admin_token.clone();
+    state.admin_token = ArcSwapOption::from_pointee(config.server.admin_token.clone());
     state.forwarded_headers = config.server.forwarded_headers;
+    state.drain.set_grace(config.server.shutdown_grace);
     let state = Arc::new(state);
     let reloader = Arc::new(Reloader::new(
         engine.clone(),
@@ -164,8 +167,11 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let runtime = build_runtime(&config)?;
     let state = runtime.state.clone();
 
+    let (grace_period, runtime_shutdown) = crate::shutdown::PINGORA_GRACE_SECONDS;
     let conf = ServerConf {
         threads: config.server.threads,
+        grace_period_seconds: Some(grace_period),
+        graceful_shutdown_timeout_seconds: Some(runtime_shutdown),
         daemon: options.daemon,
         pid_file: config.server.pid_file.display().to_string(),
         upgrade_sock: config.server.upgrade_sock.display().to_string(),
@@ -190,6 +196,12 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     proxy.add_tcp(&config.server.listen.to_string());
     server.add_service(proxy);
 
+    server.add_service(background_service(
+        "cachet upstream pools",
+        crate::upstream::PoolMaintenance {
+            state: state.clone(),
+        },
+    ));
     server.add_service(background_service(
         "cachet threads",
         ProcessThreads {
@@ -234,7 +246,10 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
 
     announce(&config, &state, options.demo_origin);
     server.bootstrap();
-    server.run(pingora::server::RunArgs::default());
+    let signals = DrainOnSignal::new(state.drain.clone(), server.watch_execution_phase());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
     // Lines still queued by the last requests reach the log before exit.
     crate::log_writer::flush();
     std::process::exit(0)

@@ -5,6 +5,7 @@ use crate::config::TenantConfig;
 use crate::policy::{
     BuiltinPolicy, InstancePool, LoadedPlugin, PolicyEngine, PolicyLayer, TenantContext,
 };
+use crate::upstream::TenantUpstream;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -30,6 +31,8 @@ pub enum PolicySource {
 /// One tenant at run time.
 pub struct Tenant {
     pub config: TenantConfig,
+    /// The origin connection settings (TLS roots, and the pool when there is one).
+    pub upstream: TenantUpstream,
     /// The current plugin version. A request takes a snapshot when it starts,
     /// so a swap never changes the policy under a request in flight.
     policy: ArcSwap<PolicyLayer>,
@@ -69,6 +72,7 @@ impl Tenant {
             PolicySource::Builtin(builtin) => PolicyLayer::Builtin(builtin),
         };
         Self {
+            upstream: TenantUpstream::new(&config),
             config,
             policy: ArcSwap::from_pointee(layer),
             context,

@@ -19,6 +19,8 @@ pub struct TenantSpec {
     pub extra: String,
     /// Lines of the tenant's `[tenant.limits]` table.
     pub limits: String,
+    /// Replaces the `upstream = "ADDR"` line (an https:// upstream, a pool).
+    pub upstream_line: Option<String>,
 }
 
 impl TenantSpec {
@@ -33,7 +35,15 @@ impl TenantSpec {
             // well-behaved plugins from timing out under scheduler delays.
             // Tests about deadlines set their own.
             limits: "hook_timeout_ms = 250".into(),
+            upstream_line: None,
         }
+    }
+
+    /// Writes `line` (e.g. `upstream = "https://..."` or `upstreams = [...]`)
+    /// instead of `upstream = "ADDR"`.
+    pub fn upstream_line(mut self, line: &str) -> Self {
+        self.upstream_line = Some(line.into());
+        self
     }
 
     pub fn limits(mut self, toml: &str) -> Self {
@@ -110,12 +120,15 @@ impl Proxy {
         );
         for t in tenants {
             let hosts: Vec<String> = t.hosts.iter().map(|h| format!("{h:?}")).collect();
+            let upstream = t
+                .upstream_line
+                .clone()
+                .unwrap_or_else(|| format!("upstream = \"{}\"", t.upstream));
             let _ = write!(
                 config,
-                "\n[[tenant]]\nname = {:?}\nhosts = [{}]\nupstream = \"{}\"\nplugin = {:?}\n{}\n[tenant.limits]\n{}\n",
+                "\n[[tenant]]\nname = {:?}\nhosts = [{}]\n{upstream}\nplugin = {:?}\n{}\n[tenant.limits]\n{}\n",
                 t.name,
                 hosts.join(", "),
-                t.upstream,
                 t.plugin.display().to_string(),
                 t.extra,
                 t.limits
@@ -233,6 +246,20 @@ impl Proxy {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("cachet did not exit within 20 s of SIGINT");
+    }
+
+    /// Waits up to `within` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Everything cachet logged so far.

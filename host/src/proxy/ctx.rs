@@ -1,6 +1,7 @@
 //! Per-request state carried between Pingora's phases.
 
 use crate::policy::{PluginFault, PolicyLayer};
+use crate::shutdown::InFlightGuard;
 use crate::tenant::Tenant;
 use pingora::http::ResponseHeader;
 use std::sync::Arc;
@@ -42,4 +43,8 @@ pub struct RequestCtx {
     pub(crate) not_modified: Option<Box<ResponseHeader>>,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,
+    /// Deadline and retries of the exchange with the origin.
+    pub origin: crate::upstream::OriginAttempts,
+    /// Counts this request as in flight until it is dropped with the context.
+    pub in_flight: Option<InFlightGuard>,
 }

@@ -63,7 +63,10 @@ impl ProxyHttp for CachetProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::default()
+        RequestCtx {
+            in_flight: Some(self.state.drain.enter()),
+            ..RequestCtx::default()
+        }
     }
 
     /// The head is parsed: later reads are body or the next request, which
@@ -155,6 +158,7 @@ impl ProxyHttp for CachetProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        crate::upstream::check_deadline(&ctx.origin)?;
         if !upstream_response.status.is_informational() {
             if let Some(started) = ctx.origin_started.take() {
                 let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
@@ -174,18 +178,86 @@ impl ProxyHttp for CachetProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let Some(tenant) = &ctx.tenant else {
             return Error::e_explain(ErrorType::InternalError, "no tenant chosen");
         };
         ctx.origin_started = Some(std::time::Instant::now());
-        let mut peer = HttpPeer::new(tenant.config.upstream, false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_secs(5));
-        peer.options.read_timeout = Some(Duration::from_secs(60));
-        peer.options.write_timeout = Some(Duration::from_secs(60));
-        Ok(Box::new(peer))
+        let key = if ctx.key.is_empty() {
+            session.req_header().uri.path().as_bytes()
+        } else {
+            &ctx.key
+        };
+        tenant.upstream.peer(&tenant.config, &mut ctx.origin, key)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        match &ctx.tenant {
+            Some(tenant) => tenant
+                .upstream
+                .after_connect_failure(session, &mut ctx.origin, e),
+            None => e,
+        }
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Self::CTX,
+        connection_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        let Some(tenant) = &ctx.tenant else {
+            return e;
+        };
+        crate::upstream::after_error(
+            &tenant.config.origin,
+            session,
+            &mut ctx.origin,
+            e,
+            connection_reused,
+        )
+    }
+
+    /// Pingora's error answer, except that an origin that timed out is a
+    /// 504 Gateway Timeout rather than a 502.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::proxy::FailToProxy {
+        let code = crate::upstream::failure_status(e);
+        if code > 0 {
+            if let Err(write) = session.respond_error(code).await {
+                tracing::debug!("cannot send the error response: {write}");
+            }
+        }
+        pingora::proxy::FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        crate::upstream::check_deadline(&ctx.origin)?;
+        Ok(None)
     }
 
     fn response_cache_filter(
@@ -226,7 +298,11 @@ impl ProxyHttp for CachetProxy {
         if let Some(waited) = session.cache.lock_duration() {
             crate::metrics::lock_wait(tenant, waited);
         }
-        if !self.state.access_log {
+        if !self
+            .state
+            .access_log
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

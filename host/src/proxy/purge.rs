@@ -38,7 +38,7 @@ pub(super) async fn handle(
 
 fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, &'static str) {
     let state = &proxy.state;
-    if state.admin_token.is_none() {
+    if state.admin_token.load().is_none() {
         return (405, "PURGE needs server.admin_token to be configured\n");
     }
     let req = session.req_header();

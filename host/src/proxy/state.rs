@@ -4,10 +4,13 @@
 use super::UncacheableKeys;
 use crate::config::ForwardedHeaders;
 use crate::policy::PluginFault;
+use crate::shutdown::Drain;
 use crate::storage::MemoryStorage;
 use crate::tenant::TenantRouter;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora_cache::lock::CacheKeyLockImpl;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The cache machinery Pingora needs as `'static` references.
@@ -23,12 +26,14 @@ pub struct CacheBackend {
 pub struct ProxyState {
     pub router: ArcSwap<TenantRouter>,
     pub cache: CacheBackend,
-    /// Write one log line per request.
-    pub access_log: bool,
-    /// Bearer token required by the admin API and by PURGE (None: none).
-    pub admin_token: Option<String>,
+    /// Write one log line per request (reloadable).
+    pub access_log: AtomicBool,
+    /// Bearer token required by the admin API and by PURGE (None: none; reloadable).
+    pub admin_token: ArcSwapOption<String>,
     /// What the origin is told about the client (`[server] forwarded_headers`).
     pub forwarded_headers: ForwardedHeaders,
+    /// Requests being served, which a graceful shutdown waits for.
+    pub drain: Arc<Drain>,
 }
 
 impl ProxyState {
@@ -36,16 +41,18 @@ impl ProxyState {
         Self {
             router: ArcSwap::from_pointee(router),
             cache,
-            access_log,
-            admin_token: None,
+            access_log: AtomicBool::new(access_log),
+            admin_token: ArcSwapOption::empty(),
             forwarded_headers: ForwardedHeaders::default(),
+            drain: Arc::default(),
         }
     }
 
     /// Whether an `Authorization` header value carries the admin token.
     /// Without a configured token, nothing is authorised by header alone.
     pub fn admin_authorized(&self, authorization: Option<&[u8]>) -> bool {
-        let (Some(token), Some(value)) = (&self.admin_token, authorization) else {
+        let token = self.admin_token.load();
+        let (Some(token), Some(value)) = (token.as_deref(), authorization) else {
             return false;
         };
         // The scheme is case-insensitive (RFC 9110 §11.1).

@@ -10,6 +10,7 @@ mod hangup;
 mod watch_folders;
 #[cfg(target_os = "linux")]
 mod watch_inotify;
+mod settings;
 mod watcher;
 
 pub use hangup::Hangups;
@@ -197,29 +198,38 @@ impl Reloader {
         outcome
     }
 
+    /// Applies every setting that can change live; names the ones that need a
+    /// restart (their running values stay, and the warning repeats on each
+    /// reload until they match again).
     fn apply_config(&self, new: Config) -> Outcome {
         let old = self.config();
-        if old
+        let new = settings::keep_restart_only(&old, new);
+        let tenants_changed = !old
             .tenants
             .iter()
             .map(tenant_fingerprint)
-            .eq(new.tenants.iter().map(tenant_fingerprint))
-            && old.plugins == new.plugins
-        {
+            .eq(new.tenants.iter().map(tenant_fingerprint));
+        let live_changed = settings::live_changed(&old, &new);
+        if !tenants_changed && live_changed.is_empty() {
             return Outcome::Unchanged;
         }
-        warn_restart_only_changes(&old, &new);
-        let router = self.state.router.load_full();
-        let mut tenants = Vec::with_capacity(new.tenants.len());
-        for tenant in &new.tenants {
-            match self.rebuild_tenant(&router, tenant) {
-                Ok(t) => tenants.push(Arc::new(t)),
-                Err(e) => return Outcome::Refused(format!("tenant {:?}: {e:#}", tenant.name)),
+        if tenants_changed {
+            let router = self.state.router.load_full();
+            let mut tenants = Vec::with_capacity(new.tenants.len());
+            for tenant in &new.tenants {
+                match self.rebuild_tenant(&router, tenant) {
+                    Ok(t) => tenants.push(Arc::new(t)),
+                    Err(e) => return Outcome::Refused(format!("tenant {:?}: {e:#}", tenant.name)),
+                }
             }
+            self.state
+                .router
+                .store(Arc::new(TenantRouter::new(tenants)));
         }
-        self.state
-            .router
-            .store(Arc::new(TenantRouter::new(tenants)));
+        settings::apply_live(&self.state, &old, &new);
+        if !live_changed.is_empty() {
+            tracing::info!(keys = live_changed.join(", "), "settings applied");
+        }
         *self.config.lock() = new;
         Outcome::Applied
     }
@@ -271,24 +281,6 @@ impl Reloader {
 /// What identifies a tenant's configuration (all of it).
 fn tenant_fingerprint(t: &TenantConfig) -> String {
     format!("{t:?}")
-}
-
-/// Settings that need a restart (listeners, threads, cache size) are logged,
-/// not silently ignored.
-fn warn_restart_only_changes(old: &Config, new: &Config) {
-    if old.server.listen != new.server.listen
-        || old.server.admin != new.server.admin
-        || old.server.threads != new.server.threads
-    {
-        tracing::warn!("changes to [server] take effect after a restart (or a graceful upgrade)");
-    }
-    if old.cache.max_bytes != new.cache.max_bytes
-        || old.cache.max_object_bytes != new.cache.max_object_bytes
-        || old.cache.lock_timeout != new.cache.lock_timeout
-        || old.cache.uncacheable_keys != new.cache.uncacheable_keys
-    {
-        tracing::warn!("changes to [cache] take effect after a restart (or a graceful upgrade)");
-    }
 }
 
 /// Two paths name the same file (watch events carry absolute paths, the

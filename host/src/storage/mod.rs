@@ -37,7 +37,7 @@ pub const TAGS_HEADER: &str = "cachet-tags";
 use index::Index;
 use parking_lot::RwLock;
 use stats::Counters;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A bounded in-memory [`pingora_cache::storage::Storage`]. `Box::leak` it for `&'static`.
@@ -45,7 +45,7 @@ pub struct MemoryStorage {
     index: RwLock<Index>,
     /// Global counters, also readable without the lock.
     counters: Arc<Counters>,
-    max_object_size: usize,
+    max_object_size: AtomicUsize,
     /// Tighter per-partition (tenant) limits on the object size.
     partition_max_object: RwLock<std::collections::HashMap<String, usize>>,
     next_write_id: AtomicU64,
@@ -59,7 +59,7 @@ impl MemoryStorage {
         Self {
             index: RwLock::new(Index::new(global_budget, counters.clone())),
             counters,
-            max_object_size,
+            max_object_size: AtomicUsize::new(max_object_size),
             partition_max_object: RwLock::default(),
             next_write_id: AtomicU64::new(0),
         }
@@ -77,8 +77,14 @@ impl MemoryStorage {
 
     /// The object size limit for a partition.
     pub fn max_object_size(&self, partition: &str) -> usize {
+        let global = self.max_object_size.load(Ordering::Relaxed);
         let own = self.partition_max_object.read().get(partition).copied();
-        own.map_or(self.max_object_size, |own| own.min(self.max_object_size))
+        own.map_or(global, |own| own.min(global))
+    }
+
+    /// Changes the global maximum object size (for fills that start from now on).
+    pub fn set_max_object_size(&self, bytes: usize) {
+        self.max_object_size.store(bytes, Ordering::Relaxed);
     }
 
     /// Changes the global budget, evicting at once if it shrank.

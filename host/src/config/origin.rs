@@ -1,0 +1,77 @@
+//! `[tenant.origin]`: timeouts and retries of a tenant's origin connections.
+
+use super::duration::DurationValue;
+use super::{ConfigError, Locator};
+use serde::Deserialize;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOrigin {
+    connect_timeout: Option<Spanned<DurationValue>>,
+    read_timeout: Option<Spanned<DurationValue>>,
+    write_timeout: Option<Spanned<DurationValue>>,
+    idle_timeout: Option<Spanned<DurationValue>>,
+    total_timeout: Option<Spanned<DurationValue>>,
+    retry_reused: Option<bool>,
+}
+
+/// How cachet talks to a tenant's origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginConfig {
+    /// TCP (and TLS) connection establishment.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of the origin's response.
+    pub read_timeout: Duration,
+    /// Longest wait to send the next bytes of the request.
+    pub write_timeout: Duration,
+    /// How long an unused keep-alive connection to the origin is kept.
+    pub idle_timeout: Duration,
+    /// The whole exchange with the origin, connect to last body byte.
+    pub total_timeout: Option<Duration>,
+    /// A request that fails on a reused connection is tried once more on a
+    /// fresh one, when that is safe (idempotent, nothing sent to the client).
+    pub retry_reused: bool,
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            total_timeout: None,
+            retry_reused: true,
+        }
+    }
+}
+
+impl Locator<'_> {
+    pub(super) fn origin(&self, raw: &RawOrigin) -> Result<OriginConfig, ConfigError> {
+        let defaults = OriginConfig::default();
+        let positive = |key: &str, value: &Option<Spanned<DurationValue>>| match value {
+            Some(v) => match self.duration(key, v)? {
+                Duration::ZERO => Err(self.at(v.span(), key, "must be more than 0")),
+                d => Ok(Some(d)),
+            },
+            None => Ok(None),
+        };
+        Ok(OriginConfig {
+            connect_timeout: positive("tenant.origin.connect_timeout", &raw.connect_timeout)?
+                .unwrap_or(defaults.connect_timeout),
+            read_timeout: positive("tenant.origin.read_timeout", &raw.read_timeout)?
+                .unwrap_or(defaults.read_timeout),
+            write_timeout: positive("tenant.origin.write_timeout", &raw.write_timeout)?
+                .unwrap_or(defaults.write_timeout),
+            // Zero is allowed: no keep-alive to the origin.
+            idle_timeout: match &raw.idle_timeout {
+                Some(v) => self.duration("tenant.origin.idle_timeout", v)?,
+                None => defaults.idle_timeout,
+            },
+            total_timeout: positive("tenant.origin.total_timeout", &raw.total_timeout)?,
+            retry_reused: raw.retry_reused.unwrap_or(defaults.retry_reused),
+        })
+    }
+}

@@ -1,0 +1,303 @@
+//! Where a tenant's origin is: `upstream = "host:port"` (or `http://`,
+//! `https://`), or a pool `upstreams = [...]` with `[tenant.pool]` settings,
+//! and how TLS to it is verified (`upstream_ca`, `tls_verify`).
+
+use super::duration::DurationValue;
+use super::{ConfigError, Locator};
+use serde::Deserialize;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPool {
+    balance: Option<Spanned<String>>,
+    health_path: Option<Spanned<String>>,
+    health_interval: Option<Spanned<DurationValue>>,
+    health_timeout: Option<Spanned<DurationValue>>,
+    resolve_interval: Option<Spanned<DurationValue>>,
+}
+
+/// One origin server as written, with the addresses its name had when the
+/// config was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// As written, e.g. `https://origin.example:443`.
+    pub written: String,
+    pub tls: bool,
+    /// The host part: the TLS server name (SNI and certificate check).
+    pub host: String,
+    pub port: u16,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// How the origin's certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Verify the chain and the name (default); `tls_verify = false` turns both off.
+    pub verify: bool,
+    /// DER certificates of `upstream_ca` (trusted instead of the system's).
+    pub ca: Option<Arc<Vec<Vec<u8>>>>,
+}
+
+/// How requests are spread over several upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    /// Consistent hashing on the cache key: each origin keeps a stable share of keys.
+    ConsistentHash,
+}
+
+/// `[tenant.pool]`: balancing, active health checks and DNS re-resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub balance: Balance,
+    /// `GET` this path and expect a 2xx; `None`: a TCP (and TLS) connect is the check.
+    pub health_path: Option<String>,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub resolve_interval: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            balance: Balance::RoundRobin,
+            health_path: None,
+            health_interval: Duration::from_secs(2),
+            health_timeout: Duration::from_secs(1),
+            resolve_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The tenant's upstream keys as written.
+pub(super) struct RawUpstream<'a> {
+    pub upstream: &'a Option<Spanned<String>>,
+    pub upstreams: &'a Option<Spanned<Vec<Spanned<String>>>>,
+    pub upstream_ca: &'a Option<Spanned<String>>,
+    pub tls_verify: Option<bool>,
+    pub pool: &'a Option<Spanned<RawPool>>,
+}
+
+/// The validated upstream keys.
+pub(super) struct Upstreams {
+    pub targets: Vec<UpstreamTarget>,
+    pub pool: Option<PoolConfig>,
+    pub tls: UpstreamTls,
+}
+
+impl Locator<'_> {
+    pub(super) fn upstreams(
+        &self,
+        base: &Path,
+        raw: RawUpstream<'_>,
+    ) -> Result<Upstreams, ConfigError> {
+        let (targets, pool) = match (raw.upstream, raw.upstreams) {
+            (Some(_), Some(list)) => {
+                return Err(self.at(
+                    list.span(),
+                    "tenant.upstreams",
+                    "set upstream or upstreams, not both",
+                ))
+            }
+            (Some(one), None) => {
+                if let Some(pool) = raw.pool {
+                    return Err(self.at(
+                        pool.span(),
+                        "tenant.pool",
+                        "a pool needs upstreams = [...]",
+                    ));
+                }
+                (vec![self.target("tenant.upstream", one)?], None)
+            }
+            (None, Some(list)) => {
+                if list.get_ref().is_empty() {
+                    return Err(self.at(list.span(), "tenant.upstreams", "must not be empty"));
+                }
+                let targets = list
+                    .get_ref()
+                    .iter()
+                    .map(|t| self.target("tenant.upstreams", t))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let pool = match raw.pool {
+                    Some(pool) => self.pool(pool.get_ref())?,
+                    None => PoolConfig::default(),
+                };
+                (targets, Some(pool))
+            }
+            (None, None) => {
+                return Err(ConfigError {
+                    file: self.path.to_path_buf(),
+                    line: None,
+                    key: Some("tenant.upstream".into()),
+                    message: "each [[tenant]] needs upstream = \"host:port\" or upstreams = [...]"
+                        .into(),
+                })
+            }
+        };
+        let ca = match raw.upstream_ca {
+            Some(path) => Some(Arc::new(self.ca_file(base, path)?)),
+            None => None,
+        };
+        Ok(Upstreams {
+            targets,
+            pool,
+            tls: UpstreamTls {
+                verify: raw.tls_verify.unwrap_or(true),
+                ca,
+            },
+        })
+    }
+
+    /// `host:port`, `http://host:port` or `https://host:port` (port defaults
+    /// to 80 / 443 with a scheme).
+    fn target(&self, key: &str, value: &Spanned<String>) -> Result<UpstreamTarget, ConfigError> {
+        let written = value.get_ref().trim();
+        let bad = |why: &str| self.at(value.span(), key, format!("{written:?}: {why}"));
+        let (tls, rest, default_port) = if let Some(rest) = written.strip_prefix("https://") {
+            (true, rest, Some(443))
+        } else if let Some(rest) = written.strip_prefix("http://") {
+            (false, rest, Some(80))
+        } else if written.contains("://") {
+            return Err(bad("the scheme must be http:// or https://"));
+        } else {
+            (false, written, None)
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') {
+            return Err(bad("an upstream is host:port, without a path"));
+        }
+        // The last ':' separates the port unless it is inside a bare IPv6 address.
+        let split = rest
+            .rsplit_once(':')
+            .filter(|(h, _)| !h.contains(':') || (h.starts_with('[') && h.ends_with(']')));
+        let (host, port) = match split {
+            Some((host, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| bad("the port is not a number"))?;
+                (host, port)
+            }
+            None => match default_port {
+                Some(port) => (rest, port),
+                None => return Err(bad("is not a host:port address")),
+            },
+        };
+        if host.is_empty() {
+            return Err(bad("the host is missing"));
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| bad(&format!("cannot resolve: {e}")))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(bad("resolves to no address"));
+        }
+        Ok(UpstreamTarget {
+            written: written.to_owned(),
+            tls,
+            host: host.to_owned(),
+            port,
+            addrs,
+        })
+    }
+
+    fn pool(&self, raw: &RawPool) -> Result<PoolConfig, ConfigError> {
+        let defaults = PoolConfig::default();
+        let balance = match &raw.balance {
+            None => defaults.balance,
+            Some(b) => match b.get_ref().as_str() {
+                "round-robin" => Balance::RoundRobin,
+                "consistent-hash" => Balance::ConsistentHash,
+                other => {
+                    return Err(self.at(
+                        b.span(),
+                        "tenant.pool.balance",
+                        format!("{other:?}: use \"round-robin\" or \"consistent-hash\""),
+                    ))
+                }
+            },
+        };
+        let health_path = match &raw.health_path {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                return Err(self.at(p.span(), "tenant.pool.health_path", "must start with /"))
+            }
+            Some(p) => Some(p.get_ref().clone()),
+            None => None,
+        };
+        let positive = |key: &str, value: &Option<Spanned<DurationValue>>, default| match value {
+            Some(v) => match self.duration(key, v)? {
+                d if d < Duration::from_millis(10) => {
+                    Err(self.at(v.span(), key, "must be at least 10ms"))
+                }
+                d => Ok(d),
+            },
+            None => Ok(default),
+        };
+        Ok(PoolConfig {
+            balance,
+            health_path,
+            health_interval: positive(
+                "tenant.pool.health_interval",
+                &raw.health_interval,
+                defaults.health_interval,
+            )?,
+            health_timeout: positive(
+                "tenant.pool.health_timeout",
+                &raw.health_timeout,
+                defaults.health_timeout,
+            )?,
+            resolve_interval: positive(
+                "tenant.pool.resolve_interval",
+                &raw.resolve_interval,
+                defaults.resolve_interval,
+            )?,
+        })
+    }
+
+    /// Reads PEM certificates; each must parse as X.509.
+    fn ca_file(&self, base: &Path, value: &Spanned<String>) -> Result<Vec<Vec<u8>>, ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::CertificateDer;
+        let key = "tenant.upstream_ca";
+        let path = base.join(value.get_ref());
+        let pem = std::fs::read(&path).map_err(|e| {
+            self.at(
+                value.span(),
+                key,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.at(value.span(), key, format!("{}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(self.at(
+                value.span(),
+                key,
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        if let Some(bad) = certs
+            .iter()
+            .position(|der| x509_parser::parse_x509_certificate(der).is_err())
+        {
+            return Err(self.at(
+                value.span(),
+                key,
+                format!(
+                    "{}: certificate {} is not valid X.509",
+                    path.display(),
+                    bad + 1
+                ),
+            ));
+        }
+        Ok(certs)
+    }
+}

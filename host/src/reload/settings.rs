@@ -1,0 +1,170 @@
+//! Which configuration keys a reload applies live and which need a restart.
+//!
+//! Every `[server]`, `[cache]` and `[plugins]` key is sorted here, field by
+//! field with exhaustive patterns: a new key does not compile until it is
+//! sorted into one group or the other. Tenants are rebuilt whole on reload
+//! (see `Reloader::apply_config`); their storage limits are applied here.
+
+use crate::config::{CacheConfig, Config, PluginsConfig, ServerConfig};
+use crate::proxy::ProxyState;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// `new` with the restart-only keys of `old`, which keep running until a
+/// restart; each one that differs is named in a warning.
+pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
+    let mut pending = Vec::new();
+    let mut keep = |name: &'static str, differs: bool| {
+        if differs {
+            pending.push(name);
+        }
+        differs
+    };
+
+    let ServerConfig {
+        listen,
+        threads,
+        admin,
+        metrics,
+        pid_file,
+        upgrade_sock,
+        max_request_head,
+        max_connections,
+        forwarded_headers,
+        admin_token: _,
+        access_log: _,
+        shutdown_grace: _,
+    } = &old.server;
+    let s = &mut new.server;
+    if keep("server.listen", s.listen != *listen) {
+        s.listen = *listen;
+    }
+    if keep("server.threads", s.threads != *threads) {
+        s.threads = *threads;
+    }
+    if keep("server.admin", s.admin != *admin) {
+        s.admin = *admin;
+    }
+    if keep("server.metrics", s.metrics != *metrics) {
+        s.metrics = *metrics;
+    }
+    if keep("server.pid_file", s.pid_file != *pid_file) {
+        s.pid_file = pid_file.clone();
+    }
+    if keep("server.upgrade_sock", s.upgrade_sock != *upgrade_sock) {
+        s.upgrade_sock = upgrade_sock.clone();
+    }
+    if keep("server.max_request_head", s.max_request_head != *max_request_head) {
+        s.max_request_head = *max_request_head;
+    }
+    if keep("server.max_connections", s.max_connections != *max_connections) {
+        s.max_connections = *max_connections;
+    }
+    if keep(
+        "server.forwarded_headers",
+        s.forwarded_headers != *forwarded_headers,
+    ) {
+        s.forwarded_headers = *forwarded_headers;
+    }
+
+    let CacheConfig {
+        lock_timeout,
+        uncacheable_keys,
+        max_bytes: _,
+        max_object_bytes: _,
+    } = &old.cache;
+    // The cache lock's age timeout is fixed when the lock is built.
+    if keep(
+        "cache.lock_timeout",
+        new.cache.lock_timeout != *lock_timeout,
+    ) {
+        new.cache.lock_timeout = *lock_timeout;
+    }
+    // The table of uncacheable URLs is sized when the proxy starts.
+    if keep(
+        "cache.uncacheable_keys",
+        new.cache.uncacheable_keys != *uncacheable_keys,
+    ) {
+        new.cache.uncacheable_keys = *uncacheable_keys;
+    }
+
+    let PluginsConfig {
+        watch,
+        artifact_cache_dir,
+        artifact_cache_max_bytes,
+    } = &old.plugins;
+    if keep("plugins.watch", new.plugins.watch != *watch) {
+        new.plugins.watch = *watch;
+    }
+    if keep(
+        "plugins.artifact_cache_dir",
+        new.plugins.artifact_cache_dir != *artifact_cache_dir,
+    ) {
+        new.plugins.artifact_cache_dir = artifact_cache_dir.clone();
+    }
+    if keep(
+        "plugins.artifact_cache_max_bytes",
+        new.plugins.artifact_cache_max_bytes != *artifact_cache_max_bytes,
+    ) {
+        new.plugins.artifact_cache_max_bytes = *artifact_cache_max_bytes;
+    }
+
+    if !pending.is_empty() {
+        tracing::warn!(
+            keys = pending.join(", "),
+            "changed keys take effect after a restart (or a graceful upgrade); the running values stay"
+        );
+    }
+    new
+}
+
+/// The live keys whose value changed.
+pub(super) fn live_changed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.server, &new.server);
+    let (oc, nc) = (&old.cache, &new.cache);
+    [
+        ("server.admin_token", o.admin_token != n.admin_token),
+        ("server.access_log", o.access_log != n.access_log),
+        (
+            "server.shutdown_grace",
+            o.shutdown_grace != n.shutdown_grace,
+        ),
+        ("cache.max_bytes", oc.max_bytes != nc.max_bytes),
+        (
+            "cache.max_object_bytes",
+            oc.max_object_bytes != nc.max_object_bytes,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
+}
+
+/// Puts the live keys of `new` into the running proxy, and every tenant's
+/// storage limits (a removed tenant's limits are dropped).
+pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
+    let server = &new.server;
+    state
+        .admin_token
+        .store(server.admin_token.clone().map(Arc::new));
+    state.access_log.store(server.access_log, Ordering::Relaxed);
+    state.drain.set_grace(server.shutdown_grace);
+
+    let storage = state.cache.storage;
+    storage.set_max_object_size(new.cache.max_object_bytes);
+    if old.cache.max_bytes != new.cache.max_bytes {
+        storage.set_global_budget(new.cache.max_bytes);
+    }
+    for tenant in &new.tenants {
+        storage.set_partition_budget(&tenant.name, tenant.cache_quota);
+        storage.set_partition_max_object(&tenant.name, tenant.max_object_bytes);
+    }
+    for gone in old
+        .tenants
+        .iter()
+        .filter(|t| !new.tenants.iter().any(|n| n.name == t.name))
+    {
+        storage.set_partition_budget(&gone.name, None);
+        storage.set_partition_max_object(&gone.name, None);
+    }
+}

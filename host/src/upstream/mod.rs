@@ -1,0 +1,158 @@
+//! Connections to a tenant's origin: the upstream to dial (one, or a pool),
+//! TLS to it, its timeouts, and whether a failed attempt may be tried again.
+
+mod attempt;
+mod health;
+mod pool;
+mod tls;
+
+pub use attempt::{after_error, check_deadline, OriginAttempts};
+
+use crate::config::{TenantConfig, UpstreamTarget};
+use crate::proxy::ProxyState;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::Session;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::{Error, ErrorType, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A tenant's origin at run time (built with the tenant, rebuilt on reload).
+pub struct TenantUpstream {
+    tls: Arc<tls::OriginTls>,
+    pool: Option<pool::Pool>,
+}
+
+impl TenantUpstream {
+    pub fn new(config: &TenantConfig) -> Self {
+        let tls = Arc::new(tls::OriginTls::new(config));
+        let pool = config
+            .pool
+            .as_ref()
+            .map(|p| pool::Pool::new(&config.name, &config.upstreams, p, tls.clone()));
+        Self { tls, pool }
+    }
+
+    /// The peer for the next attempt at this request's origin exchange;
+    /// `key` picks the upstream under consistent hashing.
+    pub fn peer(
+        &self,
+        config: &TenantConfig,
+        attempts: &mut OriginAttempts,
+        key: &[u8],
+    ) -> Result<Box<HttpPeer>> {
+        let Some(pool) = &self.pool else {
+            let target = &config.upstreams[0];
+            return self.peer_for(config, attempts, target, target.addrs[0]);
+        };
+        let Some((backend, index)) = pool.select(key, &attempts.connect_failed) else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, "no upstream left to try");
+        };
+        let Some(&addr) = backend.as_inet() else {
+            return Error::e_explain(ErrorType::InternalError, "not an IP upstream");
+        };
+        self.peer_for(config, attempts, &config.upstreams[index], addr)
+    }
+
+    fn peer_for(
+        &self,
+        config: &TenantConfig,
+        attempts: &mut OriginAttempts,
+        target: &UpstreamTarget,
+        addr: SocketAddr,
+    ) -> Result<Box<HttpPeer>> {
+        let origin = &config.origin;
+        let remaining = attempts.remaining(origin, Instant::now());
+        if remaining.is_zero() {
+            let e = Error::explain(
+                ErrorType::ConnectTimedout,
+                "origin total_timeout spent before connecting",
+            );
+            return Err(e.into_up());
+        }
+        attempts.current = Some(addr);
+        let mut peer = HttpPeer::new(addr, target.tls, String::new());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(origin.connect_timeout.min(remaining));
+        options.total_connection_timeout = Some(origin.connect_timeout.min(remaining));
+        options.read_timeout = Some(origin.read_timeout.min(remaining));
+        options.write_timeout = Some(origin.write_timeout.min(remaining));
+        options.idle_timeout = Some(origin.idle_timeout);
+        if target.tls {
+            self.tls.apply(&mut peer, target);
+        }
+        attempts.apply_fresh(&mut peer);
+        Ok(Box::new(peer))
+    }
+
+    /// A connect failed. In a pool, that upstream is set aside until its next
+    /// passing health check, and an idempotent request is tried on another
+    /// one (nothing reached the origin or the client yet).
+    pub fn after_connect_failure(
+        &self,
+        session: &Session,
+        attempts: &mut OriginAttempts,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let (Some(pool), Some(addr)) = (&self.pool, attempts.current) else {
+            return e;
+        };
+        pool.set_aside(addr);
+        attempts.connect_failed.push(addr);
+        let retry = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && attempts.connect_failed.len() < pool.size();
+        e.set_retry(retry);
+        e
+    }
+}
+
+/// The status a client gets when proxying fails (0: the client is gone):
+/// Pingora's choice, with origin timeouts as 504 instead of 502.
+pub fn failure_status(e: &Error) -> u16 {
+    use pingora::ErrorSource;
+    match (e.etype(), e.esource()) {
+        (ErrorType::HTTPStatus(code), _) => *code,
+        (
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ErrorSource::Upstream,
+        ) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ErrorSource::Downstream,
+        ) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
+    }
+}
+
+/// Runs every pool's health checks and DNS re-resolution as they fall due,
+/// for the tenants of the running config (reloads included).
+pub struct PoolMaintenance {
+    pub state: Arc<ProxyState>,
+}
+
+/// How often due maintenance is looked for.
+const MAINTENANCE_TICK: Duration = Duration::from_millis(100);
+
+#[async_trait::async_trait]
+impl BackgroundService for PoolMaintenance {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let router = self.state.router.load_full();
+            let passes = router
+                .tenants()
+                .iter()
+                .filter_map(|t| t.upstream.pool.as_ref())
+                .map(|pool| pool.maintain());
+            futures::future::join_all(passes).await;
+            tokio::select! {
+                _ = tokio::time::sleep(MAINTENANCE_TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Several upstreams for one tenant, with pingora-load-balancing: round
+//! robin or consistent hashing on the cache key, active health checks that
+//! take a failing upstream out, names re-resolved periodically, and an
+//! upstream whose connect failed set aside until its next passing check.
+
+use super::health::OriginCheck;
+use super::tls::OriginTls;
+use crate::config::{Balance, PoolConfig, UpstreamTarget};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use pingora::lb::discovery::ServiceDiscovery;
+use pingora::lb::selection::{Consistent, RoundRobin};
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::Result;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Which configured upstream a backend address came from (in `Backend::ext`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TargetIndex(pub usize);
+
+/// How far a selection searches for an acceptable upstream.
+const MAX_SELECT_STEPS: usize = 256;
+
+enum Balancer {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Hash(LoadBalancer<Consistent>),
+}
+
+impl Balancer {
+    fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
+        match self {
+            Self::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+            Self::Hash(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
+        }
+    }
+
+    fn backends(&self) -> &Backends {
+        match self {
+            Self::RoundRobin(lb) => lb.backends(),
+            Self::Hash(lb) => lb.backends(),
+        }
+    }
+
+    async fn update(&self) -> Result<()> {
+        match self {
+            Self::RoundRobin(lb) => lb.update().await,
+            Self::Hash(lb) => lb.update().await,
+        }
+    }
+}
+
+/// A tenant's pool of upstreams.
+pub(super) struct Pool {
+    balancer: Balancer,
+    config: PoolConfig,
+    schedule: Mutex<Schedule>,
+    /// Set aside after a failed connect, until the next health check pass.
+    set_aside: Mutex<Vec<Backend>>,
+    /// Maintenance of this pool runs one pass at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+struct Schedule {
+    next_health_check: Instant,
+    next_resolve: Instant,
+}
+
+impl Pool {
+    pub(super) fn new(
+        tenant: &str,
+        targets: &[UpstreamTarget],
+        config: &PoolConfig,
+        tls: Arc<OriginTls>,
+    ) -> Self {
+        let discovery = Box::new(Resolver::new(targets));
+        let mut backends = Backends::new(discovery);
+        backends.set_health_check(Box::new(OriginCheck::new(
+            tenant,
+            targets.to_vec(),
+            config,
+            tls,
+        )));
+        let balancer = match config.balance {
+            Balance::RoundRobin => Balancer::RoundRobin(LoadBalancer::from_backends(backends)),
+            Balance::ConsistentHash => Balancer::Hash(LoadBalancer::from_backends(backends)),
+        };
+        // The first discovery uses the addresses the config resolved and
+        // never waits, so the pool is ready before any runtime exists.
+        let pool = Self {
+            balancer,
+            config: config.clone(),
+            schedule: Mutex::new(Schedule {
+                next_health_check: Instant::now(),
+                next_resolve: Instant::now() + config.resolve_interval,
+            }),
+            set_aside: Mutex::default(),
+            busy: tokio::sync::Mutex::new(()),
+        };
+        let first = poll_once(pool.balancer.update());
+        if let Some(Err(e)) = first {
+            tracing::error!(tenant, "upstream pool: {e}");
+        }
+        pool
+    }
+
+    /// The next upstream for a request: healthy, not set aside, not tried by
+    /// this request yet. When every upstream is down, any untried one (a
+    /// request is better tried than refused).
+    pub(super) fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<(Backend, usize)> {
+        let set_aside = self.set_aside.lock().clone();
+        let untried = |b: &Backend| !tried.iter().any(|t| b.as_inet() == Some(t));
+        let backend = self
+            .balancer
+            .select_with(key, |b, healthy| {
+                healthy && untried(b) && !set_aside.contains(b)
+            })
+            .or_else(|| self.balancer.select_with(key, |b, _| untried(b)))?;
+        let index = backend.ext.get::<TargetIndex>().map_or(0, |i| i.0);
+        Some((backend, index))
+    }
+
+    /// Upstreams currently known (all addresses of all names).
+    pub(super) fn size(&self) -> usize {
+        self.balancer.backends().get_backend().len()
+    }
+
+    /// A connect to `addr` failed: skip it until its next passing check.
+    pub(super) fn set_aside(&self, addr: SocketAddr) {
+        let backends = self.balancer.backends().get_backend();
+        if let Some(backend) = backends.iter().find(|b| b.as_inet() == Some(&addr)) {
+            let mut set_aside = self.set_aside.lock();
+            if !set_aside.contains(backend) {
+                set_aside.push(backend.clone());
+            }
+        }
+    }
+
+    /// Runs whatever is due: health checks, DNS re-resolution.
+    pub(super) async fn maintain(&self) {
+        let Ok(_busy) = self.busy.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let (check, resolve) = {
+            let mut schedule = self.schedule.lock();
+            let check = now >= schedule.next_health_check;
+            if check {
+                schedule.next_health_check = now + self.config.health_interval;
+            }
+            let resolve = now >= schedule.next_resolve;
+            if resolve {
+                schedule.next_resolve = now + self.config.resolve_interval;
+            }
+            (check, resolve)
+        };
+        if resolve {
+            if let Err(e) = self.balancer.update().await {
+                tracing::warn!("upstream pool: re-resolving failed, keeping the addresses: {e}");
+            }
+        }
+        if check {
+            self.balancer.backends().run_health_check(true).await;
+            // A fresh verdict replaces the passive one.
+            self.set_aside.lock().clear();
+        }
+    }
+}
+
+/// Polls a future once: the first discovery completes without waiting.
+fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Service discovery: each configured name, re-resolved on every update;
+/// a name that fails to resolve keeps its last addresses.
+struct Resolver {
+    targets: Vec<(String, u16)>,
+    last: Mutex<Vec<Vec<SocketAddr>>>,
+    first: std::sync::atomic::AtomicBool,
+}
+
+impl Resolver {
+    fn new(targets: &[UpstreamTarget]) -> Self {
+        Self {
+            targets: targets.iter().map(|t| (t.host.clone(), t.port)).collect(),
+            last: Mutex::new(targets.iter().map(|t| t.addrs.clone()).collect()),
+            first: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    fn backends(&self) -> BTreeSet<Backend> {
+        let mut set = BTreeSet::new();
+        for (index, addrs) in self.last.lock().iter().enumerate() {
+            for addr in addrs {
+                let mut backend = Backend {
+                    addr: pingora::protocols::l4::socket::SocketAddr::Inet(*addr),
+                    weight: 1,
+                    ext: Default::default(),
+                };
+                backend.ext.insert(TargetIndex(index));
+                set.insert(backend);
+            }
+        }
+        set
+    }
+}
+
+#[async_trait]
+impl ServiceDiscovery for Resolver {
+    async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        if !self.first.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            for (index, (host, port)) in self.targets.iter().enumerate() {
+                match tokio::net::lookup_host((host.as_str(), *port)).await {
+                    Ok(addrs) => {
+                        let addrs: Vec<SocketAddr> = addrs.collect();
+                        if !addrs.is_empty() {
+                            self.last.lock()[index] = addrs;
+                        }
+                    }
+                    Err(e) => tracing::warn!(host, "cannot re-resolve upstream: {e}"),
+                }
+            }
+        }
+        Ok((self.backends(), HashMap::new()))
+    }
+}

@@ -1,0 +1,47 @@
+//! TLS to origins: the server name (SNI and the name checked in the
+//! certificate) is the upstream's host; verification is on unless the
+//! tenant says `tls_verify = false`; `upstream_ca` replaces the system roots.
+
+use crate::config::{TenantConfig, UpstreamTarget};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::tls::CaType;
+use pingora::utils::tls::{parse_x509, WrappedX509};
+use std::sync::Arc;
+
+pub(super) struct OriginTls {
+    verify: bool,
+    /// The tenant's own roots, parsed once (the config checked they parse).
+    ca: Option<Arc<CaType>>,
+}
+
+impl OriginTls {
+    pub(super) fn new(config: &TenantConfig) -> Self {
+        let tls = &config.upstream_tls;
+        let uses_tls = config.upstreams.iter().any(|t| t.tls);
+        if uses_tls && !tls.verify {
+            tracing::warn!(
+                tenant = config.name,
+                "tls_verify = false: origin certificates are not checked; anyone on the path can impersonate the origin"
+            );
+        }
+        let ca = tls.ca.as_ref().map(|ders| {
+            let certs: Vec<WrappedX509> = ders
+                .iter()
+                .map(|der| WrappedX509::new(der.clone(), parse_x509))
+                .collect();
+            Arc::<CaType>::from(certs)
+        });
+        Self {
+            verify: tls.verify,
+            ca,
+        }
+    }
+
+    pub(super) fn apply(&self, peer: &mut HttpPeer, target: &UpstreamTarget) {
+        // Pingora skips every check when the server name is empty: never leave it so.
+        peer.sni = target.host.clone();
+        peer.options.verify_cert = self.verify;
+        peer.options.verify_hostname = self.verify;
+        peer.options.ca = self.ca.clone();
+    }
+}

@@ -1,0 +1,372 @@
+//! The connections to origins: timeouts and retries from the config, and
+//! TLS to origins with certificate authorities made by the test.
+
+mod support;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::client::{send, try_send};
+use support::origin::{Origin, Reply};
+use support::plugin;
+use support::proxy::{Proxy, TenantSpec};
+
+/// An origin whose keep-alive connections go stale: each connection answers
+/// its first request (keeping the connection open) and closes without a
+/// word when a second request arrives on it, as an origin does when its idle
+/// timeout fires just as the proxy reuses the connection.
+struct StaleKeepAliveOrigin {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    /// Every request line received, answered or not.
+    requests: Arc<parking_lot::Mutex<Vec<String>>>,
+}
+
+impl StaleKeepAliveOrigin {
+    fn start(answer_delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let n = conns.fetch_add(1, Ordering::SeqCst) + 1;
+                let reqs = reqs.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                    let Some(first) = read_head(&mut conn) else {
+                        return;
+                    };
+                    reqs.lock().push(first);
+                    std::thread::sleep(answer_delay);
+                    let body = format!("connection {n}");
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                    if let Some(second) = read_head(&mut conn) {
+                        reqs.lock().push(second);
+                    }
+                    // Dropped: closed without an answer.
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
+    fn requests_for(&self, line_start: &str) -> usize {
+        self.requests
+            .lock()
+            .iter()
+            .filter(|l| l.starts_with(line_start))
+            .count()
+    }
+}
+
+/// Reads one request head (and its small body); returns the request line.
+fn read_head(conn: &mut impl Read) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).ok()?;
+    head.lines().next().map(str::to_owned)
+}
+
+fn proxy_for(upstream: SocketAddr, origin_table: &str) -> Proxy {
+    Proxy::start(
+        "",
+        &[TenantSpec::new("site", upstream, &plugin("standard"))
+            .extra(&format!("[tenant.origin]\n{origin_table}"))],
+    )
+}
+
+#[test]
+fn a_request_failing_on_a_reused_connection_is_retried_once_on_a_fresh_one() {
+    let origin = StaleKeepAliveOrigin::start(Duration::from_millis(300));
+    let proxy = proxy_for(origin.addr, "");
+    // Two requests at once leave two idle, soon stale, pooled connections.
+    let warm: Vec<_> = ["/warm1", "/warm2"]
+        .iter()
+        .map(|path| {
+            let url = proxy.url(path);
+            std::thread::spawn(move || try_send("GET", &url, &[]))
+        })
+        .collect();
+    for client in warm {
+        assert_eq!(client.join().unwrap().unwrap().status, 200);
+    }
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
+
+    // The GET lands on a stale connection and is retried once, on a new
+    // connection rather than the other stale one.
+    let resp = send("GET", &proxy.url("/page"), &[]);
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "connection 3");
+    assert_eq!(origin.requests_for("GET /page "), 2);
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 3);
+
+    // A POST on the other stale connection is not retried: the origin may
+    // have acted on it. The client gets the failure, the origin saw it once.
+    let resp = send("POST", &proxy.url("/form"), &[]);
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(origin.requests_for("POST /form "), 1);
+}
+
+#[test]
+fn read_and_total_timeouts_come_from_the_config() {
+    let origin = Origin::start(|seen| match seen.url.as_str() {
+        "/slow" => Reply::ok("late").delay(Duration::from_secs(3)),
+        _ => Reply::ok("on time"),
+    });
+    let timed = |origin_table: &str| {
+        let proxy = proxy_for(origin.addr, origin_table);
+        assert_eq!(send("GET", &proxy.url("/quick"), &[]).text(), "on time");
+        let started = Instant::now();
+        let resp = send("GET", &proxy.url("/slow"), &[]);
+        (resp.status, started.elapsed())
+    };
+    let (status, took) = timed("read_timeout = \"300ms\"");
+    assert_eq!(status, 504);
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    let (status, took) = timed("read_timeout = \"10s\"\ntotal_timeout = \"400ms\"");
+    assert_eq!(status, 504);
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+}
+
+/// A certificate authority made for one test.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        Self {
+            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    fn server_cert(
+        &self,
+        names: &[&str],
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (
+            vec![cert.der().clone(), self.issuer.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+    }
+}
+
+/// An HTTPS origin on 127.0.0.1 (rustls), recording the server name each
+/// connection asked for.
+struct TlsOrigin {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    server_names: Arc<parking_lot::Mutex<Vec<Option<String>>>>,
+}
+
+impl TlsOrigin {
+    fn start(cert: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)) -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(cert.0, cert.1)
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let server_names = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (reqs, names) = (requests.clone(), server_names.clone());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+                let (config, reqs, names) = (config.clone(), reqs.clone(), names.clone());
+                std::thread::spawn(move || {
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, tcp);
+                    while read_head(&mut tls).is_some() {
+                        if reqs.fetch_add(1, Ordering::SeqCst) == 0 || names.lock().is_empty() {
+                            names.lock().push(tls.conn.server_name().map(str::to_owned));
+                        }
+                        let body = "sent over tls";
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tls.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            server_names,
+        }
+    }
+}
+
+/// A proxy whose tenant's upstream line is `upstream_line`, with extra tenant lines.
+fn proxy_with_upstream(upstream_line: &str, tenant_lines: &str) -> Proxy {
+    // The address is not used: the upstream line replaces it.
+    let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    Proxy::start(
+        "",
+        &[TenantSpec::new("site", unused, &plugin("standard"))
+            .upstream_line(upstream_line)
+            .extra(tenant_lines)],
+    )
+}
+
+fn write_ca(proxy_dir: &std::path::Path, ca: &TestCa) -> String {
+    let path = proxy_dir.join("origin-ca.pem");
+    std::fs::write(&path, ca.pem()).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn an_https_origin_is_verified_against_the_tenants_ca_with_its_name_as_sni() {
+    let first = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 0u16))
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("localhost resolves");
+    assert_eq!(
+        first.ip().to_string(),
+        "127.0.0.1",
+        "this test needs localhost to resolve to 127.0.0.1 first"
+    );
+    let ca = TestCa::new("cachet test CA");
+    let origin = TlsOrigin::start(ca.server_cert(&["localhost"]));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = write_ca(dir.path(), &ca);
+    let proxy = proxy_with_upstream(
+        &format!("upstream = \"https://localhost:{}\"", origin.addr.port()),
+        &format!("upstream_ca = {ca_path:?}"),
+    );
+    let resp = send("GET", &proxy.url("/secure"), &[]);
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), proxy.log());
+    assert_eq!(resp.text(), "sent over tls");
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        origin
+            .server_names
+            .lock()
+            .first()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("localhost")
+    );
+    // Cached like any response.
+    assert!(send("GET", &proxy.url("/secure"), &[])
+        .cache_status()
+        .contains("hit"));
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn an_origin_certificate_the_tenant_does_not_trust_is_refused() {
+    let trusted = TestCa::new("trusted CA");
+    let stranger = TestCa::new("someone else's CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = write_ca(dir.path(), &trusted);
+
+    // Signed by a CA the tenant does not trust.
+    let impostor = TlsOrigin::start(stranger.server_cert(&["127.0.0.1"]));
+    let proxy = proxy_with_upstream(
+        &format!("upstream = \"https://127.0.0.1:{}\"", impostor.addr.port()),
+        &format!("upstream_ca = {ca_path:?}"),
+    );
+    let resp = send("GET", &proxy.url("/x"), &[]);
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(impostor.requests.load(Ordering::SeqCst), 0);
+
+    // Trusted CA, but issued for another name.
+    let wrong_name = TlsOrigin::start(trusted.server_cert(&["other.example"]));
+    let proxy = proxy_with_upstream(
+        &format!(
+            "upstream = \"https://127.0.0.1:{}\"",
+            wrong_name.addr.port()
+        ),
+        &format!("upstream_ca = {ca_path:?}"),
+    );
+    let resp = send("GET", &proxy.url("/x"), &[]);
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(wrong_name.requests.load(Ordering::SeqCst), 0);
+
+    // The same origin with its IP in the certificate is accepted.
+    let right = TlsOrigin::start(trusted.server_cert(&["127.0.0.1"]));
+    let proxy = proxy_with_upstream(
+        &format!("upstream = \"https://127.0.0.1:{}\"", right.addr.port()),
+        &format!("upstream_ca = {ca_path:?}"),
+    );
+    assert_eq!(send("GET", &proxy.url("/x"), &[]).text(), "sent over tls");
+}
+
+#[test]
+fn tls_verify_false_connects_anyway_and_warns_at_startup() {
+    let stranger = TestCa::new("unverified CA");
+    let origin = TlsOrigin::start(stranger.server_cert(&["nobody.example"]));
+    let proxy = proxy_with_upstream(
+        &format!("upstream = \"https://127.0.0.1:{}\"", origin.addr.port()),
+        "tls_verify = false",
+    );
+    assert_eq!(send("GET", &proxy.url("/x"), &[]).text(), "sent over tls");
+    let log = proxy.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("tls_verify = false")),
+        "{log}"
+    );
+}

@@ -1,0 +1,138 @@
+//! Stopping: SIGTERM and SIGINT let requests in flight finish and end the
+//! process as soon as they have, bounded by `[server] shutdown_grace`.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::client::try_send;
+use support::origin::{Origin, Reply};
+use support::plugin;
+use support::proxy::{Proxy, TenantSpec};
+
+/// How long the origin takes to answer `/slow`.
+const SLOW: Duration = Duration::from_millis(1500);
+
+fn slow_origin(delay: Duration) -> Origin {
+    Origin::start(move |seen| match seen.url.as_str() {
+        "/slow" => Reply::ok("slow and complete").delay(delay),
+        _ => Reply::ok("quick"),
+    })
+}
+
+fn proxy_with_grace(origin: &Origin, grace: &str) -> Proxy {
+    Proxy::start_with_server(
+        &format!("shutdown_grace = \"{grace}\""),
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    )
+}
+
+fn signal(proxy: &Proxy, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &proxy.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+}
+
+/// Starts `GET /slow` on its own thread and returns once the origin has it.
+fn slow_request_in_flight(
+    proxy: &Proxy,
+    origin: &Origin,
+) -> std::thread::JoinHandle<Result<support::client::Resp, String>> {
+    let url = proxy.url("/slow");
+    let client = std::thread::spawn(move || try_send("GET", &url, &[]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.hits_for("/slow") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the origin"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    client
+}
+
+#[test]
+fn an_idle_proxy_exits_within_two_seconds_of_sigterm() {
+    let origin = slow_origin(SLOW);
+    // A grace far longer than the test: exiting early proves the drain
+    // ends the wait, not the grace period.
+    let mut proxy = proxy_with_grace(&origin, "60s");
+    // An idle keep-alive connection is not a request in flight.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    std::io::Write::write_all(&mut idle, b"GET /quick HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut seen = [0u8; 512];
+    let n = std::io::Read::read(&mut idle, &mut seen).unwrap();
+    assert!(seen[..n].starts_with(b"HTTP/1.1 200"));
+
+    let sent = Instant::now();
+    signal(&proxy, "TERM");
+    let status = proxy.wait_exit(Duration::from_secs(2));
+    assert!(
+        status.is_some(),
+        "still running 2 s after SIGTERM:\n{}",
+        proxy.log()
+    );
+    assert!(status.unwrap().success());
+    eprintln!("idle exit after SIGTERM: {:?}", sent.elapsed());
+}
+
+fn drains_a_slow_request(signal_name: &str) {
+    let origin = slow_origin(SLOW);
+    let mut proxy = proxy_with_grace(&origin, "60s");
+    let client = slow_request_in_flight(&proxy, &origin);
+    let sent = Instant::now();
+    signal(&proxy, signal_name);
+
+    let response = client
+        .join()
+        .unwrap()
+        .expect("the request in flight completes");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "slow and complete");
+    let answered = sent.elapsed();
+    let status = proxy.wait_exit(Duration::from_secs(2));
+    assert!(
+        status.is_some(),
+        "still running 2 s after its last request finished:\n{}",
+        proxy.log()
+    );
+    assert!(status.unwrap().success());
+    eprintln!(
+        "SIG{signal_name}: response after {answered:?}, exit after {:?}",
+        sent.elapsed()
+    );
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish_then_exits() {
+    drains_a_slow_request("TERM");
+}
+
+#[test]
+fn sigint_drains_like_sigterm() {
+    drains_a_slow_request("INT");
+}
+
+#[test]
+fn shutdown_grace_bounds_the_wait_for_a_request_that_never_ends() {
+    let origin = slow_origin(Duration::from_secs(30));
+    let mut proxy = proxy_with_grace(&origin, "1s");
+    let client = slow_request_in_flight(&proxy, &origin);
+    let sent = Instant::now();
+    signal(&proxy, "TERM");
+    let status = proxy.wait_exit(Duration::from_secs(5));
+    let waited = sent.elapsed();
+    assert!(
+        status.is_some(),
+        "not gone 5 s after SIGTERM with a 1 s grace"
+    );
+    assert!(
+        waited >= Duration::from_millis(900),
+        "exited after {waited:?}, before the grace period was over"
+    );
+    // The client sees its connection end without a complete response.
+    assert!(client.join().unwrap().is_err());
+}
