@@ -16,5 +16,6 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod shadow;
 pub mod storage;
 pub mod tenant;
