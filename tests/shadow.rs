@@ -428,3 +428,49 @@ fn shadow_keys_are_checked_like_plugin_keys() {
     assert!(!ok, "{out}");
     assert!(out.contains("shadow plugin"), "{out}");
 }
+
+#[test]
+fn a_changed_shadow_file_is_hot_reloaded_and_compared_afresh() {
+    let origin = origin();
+    let dir = tempfile::tempdir().unwrap();
+    let shadow = dir.path().join("candidate.wasm");
+    std::fs::copy(plugin("static-assets"), &shadow).unwrap();
+    let proxy = Proxy::start("", &[tenant_with_shadow(&origin, &shadow)]);
+    send("GET", &proxy.url("/a.css?b=1&a=2"), &[]);
+    let first = proxy.status()["tenants"][0].clone();
+    assert_eq!(
+        first["shadow"]["hooks"]["cache-key"]["disagree"], 1,
+        "{first:#}"
+    );
+
+    // Replace the candidate atomically with the same plugin as the live one.
+    let staging = dir.path().join(".candidate.wasm.tmp");
+    std::fs::copy(plugin("standard"), &staging).unwrap();
+    std::fs::rename(&staging, &shadow).unwrap();
+    let live_sha = first["plugin"]["sha256"].clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.status()["tenants"][0]["shadow"]["sha256"] != live_sha {
+        assert!(
+            Instant::now() < deadline,
+            "shadow not reloaded\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A new version starts a new comparison; the live plugin did not change.
+    send("GET", &proxy.url("/a.css?b=1&a=2"), &[]);
+    let tenant = proxy.status()["tenants"][0].clone();
+    assert_eq!(tenant["plugin"]["generation"], 1);
+    assert_eq!(
+        tenant["shadow"]["hooks"]["cache-key"]["agree"], 1,
+        "{tenant:#}"
+    );
+    assert_eq!(
+        tenant["shadow"]["hooks"]["cache-key"]["disagree"], 0,
+        "{tenant:#}"
+    );
+    assert_eq!(
+        tenant["shadow"]["recent_disagreements"],
+        serde_json::json!([])
+    );
+}

@@ -231,12 +231,14 @@ impl AdminApp {
         }
         let query: ExplainQuery = match serde_json::from_slice(&body) {
             Ok(query) => query,
-            Err(e) => return text_reply(
-                StatusCode::BAD_REQUEST,
-                &format!(
+            Err(e) => {
+                return text_reply(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
                     "POST /explain wants {{\"url\": ..., \"headers\": [\"Name: value\"]}}: {e}\n"
                 ),
-            ),
+                )
+            }
         };
         match crate::proxy::explain(&self.state, &query).await {
             Ok(doc) => json_reply(&doc),
