@@ -176,7 +176,6 @@ impl Steps {
 
     fn finish(self, mut doc: Value) -> Value {
         doc["steps"] = Value::Array(self.0);
-        doc["origin_requests"] = json!(0);
         doc
     }
 }
