@@ -1,11 +1,13 @@
 //! The admin listener (loopback by default): `GET /status` as JSON,
 //! `GET /metrics` in the Prometheus text format, `POST /reload`, and
-//! `POST /purge` with a `Surrogate-Key` header to purge tags in every tenant.
+//! `POST /purge` with a `Surrogate-Key` header to purge tags in every tenant,
+//! `POST /promote?tenant=NAME` to make a tenant's shadow plugin live, and
+//! `POST /explain` to dry-run a request (JSON body, see [`crate::proxy::ExplainQuery`]).
 
 use crate::proxy::directives::SURROGATE_KEY;
 use crate::proxy::purge::SOFT_HEADER;
-use crate::proxy::ProxyState;
-use crate::reload::Reloader;
+use crate::proxy::{ExplainQuery, ProxyState};
+use crate::reload::{Outcome, Reloader};
 use crate::tenant::Refusal;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -63,6 +65,8 @@ impl AdminApp {
                     "hosts": tenant.config.hosts,
                     "upstream": tenant.config.upstream_name,
                     "plugin": plugin,
+                    "promoted": tenant.promoted(),
+                    "shadow": shadow_json(tenant),
                     "cache": stats.partitions.iter().find(|p| p.name == tenant.name()).map(|p| json!({
                         "quota_bytes": p.budget_bytes,
                         "stored_bytes": p.stored_bytes,
@@ -91,6 +95,20 @@ impl AdminApp {
             },
         })
     }
+}
+
+/// A tenant's shadow plugin and how its answers compared with the live plugin's.
+fn shadow_json(tenant: &crate::tenant::Tenant) -> serde_json::Value {
+    let Some(shadow) = tenant.shadow() else {
+        return serde_json::Value::Null;
+    };
+    let info = &shadow.plugin().info;
+    let mut doc = shadow.record().to_json();
+    doc["path"] = json!(info.path);
+    doc["sha256"] = json!(info.sha256);
+    doc["sample"] = json!(shadow.sample());
+    doc["loaded_at"] = json!(unix_seconds(info.loaded_at));
+    doc
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -152,10 +170,79 @@ impl ServeHttp for AdminApp {
                 }
             }
             ("POST", "/purge") => purge_tags(&self.state, &req.headers),
-            (_, "/status" | "/cache" | "/metrics" | "/reload" | "/purge") => {
-                text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            ("POST", "/promote") => self.promote(req.uri.query()).await,
+            ("POST", "/explain") => self.explain(session).await,
+            (
+                _,
+                "/status" | "/cache" | "/metrics" | "/reload" | "/purge" | "/promote" | "/explain",
+            ) => text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text_reply(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+/// Largest `POST /explain` body read.
+const MAX_EXPLAIN_BODY: usize = 64 << 10;
+
+impl AdminApp {
+    /// `POST /promote?tenant=NAME`: the shadow goes live after the checks of a reload.
+    async fn promote(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let tenant = query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("tenant="))
+            .unwrap_or("")
+            .to_owned();
+        if tenant.is_empty() {
+            return text_reply(StatusCode::BAD_REQUEST, "POST /promote?tenant=NAME\n");
+        }
+        let reloader = self.reloader.clone();
+        // The checks run the plugin's self-tests: keep them off the async workers.
+        let done = tokio::task::spawn_blocking(move || reloader.promote(&tenant)).await;
+        match done {
+            Ok(Outcome::Applied) => json_reply(&self.status()),
+            Ok(Outcome::Refused(reason)) => {
+                text_reply(StatusCode::CONFLICT, &format!("{reason}\n"))
+            }
+            Ok(Outcome::Unchanged) => json_reply(&self.status()),
+            Err(e) => text_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("promote failed: {e}\n"),
+            ),
+        }
+    }
+
+    /// `POST /explain`: the dry run of one request, as JSON.
+    async fn explain(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_EXPLAIN_BODY => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {
+                    return text_reply(StatusCode::PAYLOAD_TOO_LARGE, "explain body over 64KiB\n")
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return text_reply(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}\n"))
+                }
+            }
+        }
+        let query: ExplainQuery = match serde_json::from_slice(&body) {
+            Ok(query) => query,
+            Err(e) => {
+                return text_reply(
+                    StatusCode::BAD_REQUEST,
+                    &format!(
+                    "POST /explain wants {{\"url\": ..., \"headers\": [\"Name: value\"]}}: {e}\n"
+                ),
+                )
+            }
+        };
+        match crate::proxy::explain(&self.state, &query).await {
+            Ok(doc) => json_reply(&doc),
+            Err(reason) => text_reply(StatusCode::BAD_REQUEST, &format!("{reason}\n")),
         }
     }
 }

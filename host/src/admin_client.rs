@@ -1,4 +1,4 @@
-//! The `cachet status|reload|purge` subcommands: talk to a running cachet
+//! The `cachet status|reload|purge|promote|explain` subcommands: talk to a running cachet
 //! through its admin listener and proxy listener, as named by its config.
 
 use cachet::config::Config;
@@ -92,7 +92,103 @@ fn print_status(status: &serde_json::Value) {
                 refusal.get("reason").unwrap_or(&serde_json::Value::Null)
             );
         }
+        if tenant["promoted"].as_bool() == Some(true) {
+            println!("  live plugin is the promoted shadow");
+        }
+        print_shadow(&tenant["shadow"]);
     }
+}
+
+/// The shadow plugin's comparisons: counts per hook, then the recent disagreements.
+fn print_shadow(shadow: &serde_json::Value) {
+    if shadow.is_null() {
+        return;
+    }
+    println!(
+        "  shadow {} sha256 {}… sample {}",
+        shadow["path"].as_str().unwrap_or("?"),
+        shadow["sha256"]
+            .as_str()
+            .map_or("-", |s| &s[..s.len().min(12)]),
+        shadow["sample"]
+    );
+    for (hook, counts) in shadow["hooks"].as_object().into_iter().flatten() {
+        println!(
+            "    {hook}: {} agree, {} disagree, {} fault",
+            counts["agree"], counts["disagree"], counts["fault"]
+        );
+    }
+    for d in shadow["recent_disagreements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let text = |k: &str| d[k].as_str().unwrap_or("").to_owned();
+        println!(
+            "    {} {} {} {}{}: live {} | shadow {}",
+            text("hook"),
+            text("result"),
+            text("method"),
+            text("host"),
+            text("path"),
+            text("live"),
+            text("shadow")
+        );
+    }
+}
+
+/// `POST /promote?tenant=NAME`: the shadow goes live; prints the status after.
+pub fn promote(config: &Config, tenant: &str) -> anyhow::Result<()> {
+    let url = url_with_tenant(&admin_url(config, "/promote")?, tenant);
+    let body = call(with_token(agent().post(&url), config))?;
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    println!("promoted the shadow plugin of tenant {tenant}");
+    print_status(&status);
+    Ok(())
+}
+
+fn url_with_tenant(base: &str, tenant: &str) -> String {
+    let escaped: String = tenant
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("{base}?tenant={escaped}")
+}
+
+/// `POST /explain`: the running cachet dry-runs the request; prints each step.
+pub fn explain(config: &Config, url: &str, headers: &[String], json: bool) -> anyhow::Result<()> {
+    let query = serde_json::json!({ "url": url, "headers": headers });
+    let request = with_token(agent().post(&admin_url(config, "/explain")?), config)
+        .set("Content-Type", "application/json");
+    let body = match request.send_string(&query.to_string()) {
+        Ok(resp) => resp.into_string()?,
+        Err(ureq::Error::Status(code, resp)) => {
+            let body = resp.into_string().unwrap_or_default();
+            anyhow::bail!("HTTP {code}: {}", body.trim())
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    };
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let doc: serde_json::Value = serde_json::from_str(&body)?;
+    println!("request: GET {url}");
+    for step in doc["steps"].as_array().into_iter().flatten() {
+        println!(
+            "{:<11} {}",
+            format!("{}:", step["step"].as_str().unwrap_or("?")),
+            step["detail"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(verdict) = doc["verdict"].as_str() {
+        println!("result:     {verdict}");
+    }
+    println!("(dry run: nothing was sent to the origin, nothing stored)");
+    Ok(())
 }
 
 /// `POST /reload`: check the config and every plugin now.

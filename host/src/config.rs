@@ -105,6 +105,9 @@ struct RawTenant {
     tls_verify: Option<bool>,
     pool: Option<Spanned<upstream::RawPool>>,
     plugin: Spanned<String>,
+    /// A second plugin that sees live traffic but decides nothing (shadow rollout).
+    shadow_plugin: Option<Spanned<String>>,
+    shadow_sample: Option<Spanned<f64>>,
     #[serde(default)]
     on_plugin_error: OnPluginError,
     invalidate_on_unsafe: Option<bool>,
@@ -234,6 +237,8 @@ pub struct TenantConfig {
     pub plugin: PathBuf,
     /// Set when `plugin = "builtin:NAME"`.
     pub builtin: Option<crate::policy::BuiltinPolicy>,
+    /// `shadow_plugin` / `shadow_sample`: a candidate plugin run beside the live one.
+    pub shadow: Option<ShadowConfig>,
     pub on_plugin_error: OnPluginError,
     /// A successful unsafe request (POST, PUT, ...) removes what is stored for its URL.
     pub invalidate_on_unsafe: bool,
@@ -252,6 +257,13 @@ pub struct TenantConfig {
 /// Long enough for ordinary responses to finish, short enough for container
 /// runtimes that kill after 10 s.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A shadow plugin: run on a sample of live requests, compared, never obeyed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    pub plugin: PathBuf,
+    /// Share of requests the shadow sees, 0.0 to 1.0.
+    pub sample: f64,
+}
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -539,6 +551,56 @@ impl Locator<'_> {
             })
     }
 
+    /// `shadow_plugin` must name a component file (a builtin has nothing to roll out);
+    /// `shadow_sample` is a share and needs a shadow to apply to.
+    fn shadow(
+        &self,
+        base: &Path,
+        plugin: &Option<Spanned<String>>,
+        sample: &Option<Spanned<f64>>,
+    ) -> Result<Option<ShadowConfig>, ConfigError> {
+        let share = match sample {
+            Some(s) if !(0.0..=1.0).contains(s.get_ref()) => {
+                return Err(self.at(
+                    s.span(),
+                    "tenant.shadow_sample",
+                    "must be between 0.0 and 1.0",
+                ))
+            }
+            Some(s) => *s.get_ref(),
+            None => 1.0,
+        };
+        let Some(plugin) = plugin else {
+            return match sample {
+                Some(s) => Err(self.at(
+                    s.span(),
+                    "tenant.shadow_sample",
+                    "needs shadow_plugin in the same tenant",
+                )),
+                None => Ok(None),
+            };
+        };
+        if plugin.get_ref().starts_with("builtin:") {
+            return Err(self.at(
+                plugin.span(),
+                "tenant.shadow_plugin",
+                "must be a plugin file (.wasm), not a builtin",
+            ));
+        }
+        let path = base.join(plugin.get_ref());
+        if !path.is_file() {
+            return Err(self.at(
+                plugin.span(),
+                "tenant.shadow_plugin",
+                format!("no plugin file at {}", path.display()),
+            ));
+        }
+        Ok(Some(ShadowConfig {
+            plugin: path,
+            sample: share,
+        }))
+    }
+
     fn tenant(
         &self,
         base: &Path,
@@ -612,6 +674,7 @@ impl Locator<'_> {
                 format!("no plugin file at {}", plugin.display()),
             ));
         }
+        let shadow = self.shadow(base, &t.shadow_plugin, &t.shadow_sample)?;
         let defaults = PluginLimits::default();
         let limits = PluginLimits {
             memory_bytes: match &t.limits.memory {
@@ -670,6 +733,7 @@ impl Locator<'_> {
             upstream_tls: upstreams.tls,
             plugin,
             builtin,
+            shadow,
             on_plugin_error: t.on_plugin_error,
             invalidate_on_unsafe: t.invalidate_on_unsafe.unwrap_or(true),
             cache_status_key: t.cache_status_key,

@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
+pub mod shadow;
 pub mod storage;
 pub mod tenant;
 pub mod upstream;

@@ -85,6 +85,26 @@ enum Command {
         #[arg(long = "tag")]
         tags: Vec<String>,
     },
+    /// Make a tenant's shadow plugin its live plugin, after the checks of a reload.
+    Promote {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The tenant whose shadow_plugin goes live.
+        tenant: String,
+    },
+    /// Dry-run a request in a running cachet: tenant, plugin decision, key, stored entry.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The URL as clients request it, e.g. http://www.example.com/app.css
+        url: String,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a new plugin crate (policy, unit test, build command) to start from.
     NewPlugin {
         /// Crate name, e.g. my-policy.
@@ -139,6 +159,15 @@ fn main() -> ExitCode {
                 },
             )
         }),
+        Command::Promote { config, tenant } => {
+            load_config(&config).and_then(|c| admin_client::promote(&c, &tenant))
+        }
+        Command::Explain {
+            config,
+            url,
+            headers,
+            json,
+        } => load_config(&config).and_then(|c| admin_client::explain(&c, &url, &headers, json)),
         Command::NewPlugin { name, dir, sdk } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             scaffold::SdkSource::find(sdk.as_deref())
@@ -196,6 +225,8 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     for tenant in &config.tenants {
         server::load_policy(&engine, tenant, None)
             .map_err(|e| anyhow::anyhow!("tenant {:?}: {e:#}", tenant.name))?;
+        server::load_shadow(&engine, tenant, None)
+            .map_err(|e| anyhow::anyhow!("tenant {:?}: shadow plugin: {e:#}", tenant.name))?;
     }
     println!("{}: ok ({} tenants)", path.display(), config.tenants.len());
     Ok(())

@@ -66,6 +66,16 @@ static LOCK_WAIT_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
     register(HistogramVec::new(opts, &["tenant"]))
 });
 
+static SHADOW_DECISIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(IntCounterVec::new(
+        Opts::new(
+            "cachet_shadow_decisions_total",
+            "Shadow plugin answers compared with the live plugin's, by hook and result (agree, disagree, fault)",
+        ),
+        &["tenant", "hook", "result"],
+    ))
+});
+
 static CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
     register(IntCounterVec::new(
         Opts::new(
@@ -147,6 +157,13 @@ pub fn hook_histogram(tenant: &str, hook: &str) -> Histogram {
 
 pub fn plugin_fault(tenant: &str, kind: &str) {
     PLUGIN_FAULTS.with_label_values(&[tenant, kind]).inc();
+}
+
+/// One comparison of a shadow plugin's answer with the live one.
+pub fn shadow_decision(tenant: &str, hook: &str, result: &str) {
+    SHADOW_DECISIONS
+        .with_label_values(&[tenant, hook, result])
+        .inc();
 }
 
 pub fn reload(tenant: &str, result: &str) {

@@ -7,6 +7,7 @@ use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
 use crate::reload::{spawn_watcher, Hangups, Reloader};
 use crate::shutdown::DrainOnSignal;
+use crate::shadow::Shadow;
 use crate::storage::MemoryStorage;
 use crate::tenant::{PolicySource, Tenant, TenantRouter};
 use anyhow::Context;
@@ -47,11 +48,11 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     for tenant in &config.tenants {
         let source = load_policy(&engine, tenant, artifacts.as_ref())
             .with_context(|| format!("tenant {:?}: plugin refused", tenant.name))?;
-        tenants.push(Arc::new(Tenant::new(
-            engine.clone(),
-            tenant.clone(),
-            source,
-        )));
+        let shadow = load_shadow(&engine, tenant, artifacts.as_ref())
+            .with_context(|| format!("tenant {:?}: shadow plugin refused", tenant.name))?;
+        let running = Tenant::new(engine.clone(), tenant.clone(), source);
+        running.set_shadow(shadow);
+        tenants.push(Arc::new(running));
     }
     // Pingora wants the storage and the lock as `'static`: they live as long
     // as the process.
@@ -115,6 +116,34 @@ pub fn load_policy(
         "plugin loaded"
     );
     Ok(PolicySource::Plugin(Arc::new(plugin)))
+}
+
+/// Loads and checks a tenant's shadow plugin, if it names one, exactly as its plugin.
+pub fn load_shadow(
+    engine: &PolicyEngine,
+    tenant: &TenantConfig,
+    artifacts: Option<&ArtifactCache>,
+) -> anyhow::Result<Option<Arc<Shadow>>> {
+    let Some(config) = &tenant.shadow else {
+        return Ok(None);
+    };
+    let plugin = LoadedPlugin::load_cached(engine, &config.plugin, artifacts)?;
+    plugin.run_self_tests(engine)?;
+    tracing::info!(
+        tenant = tenant.name,
+        plugin = %config.plugin.display(),
+        sha256 = plugin.info.sha256,
+        sample = config.sample,
+        "shadow plugin loaded"
+    );
+    let shadow = Shadow::new(
+        engine.clone(),
+        tenant,
+        config,
+        Arc::new(plugin),
+        Arc::default(),
+    );
+    Ok(Some(Arc::new(shadow)))
 }
 
 /// Starts, inside the server (after a daemon fork), the threads a running

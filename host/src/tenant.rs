@@ -5,11 +5,13 @@ use crate::config::TenantConfig;
 use crate::policy::{
     BuiltinPolicy, InstancePool, LoadedPlugin, PolicyEngine, PolicyLayer, TenantContext,
 };
+use crate::shadow::Shadow;
 use crate::upstream::TenantUpstream;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -41,12 +43,17 @@ pub struct Tenant {
     /// Counts plugin versions loaded for this tenant (1 = the first).
     generation: AtomicU64,
     last_refusal: Mutex<Option<Refusal>>,
+    /// The candidate plugin run beside the live one, if any (`shadow_plugin`).
+    shadow: ArcSwapOption<Shadow>,
+    /// The live plugin is the promoted shadow (`cachet promote`): it comes from the
+    /// `shadow_plugin` file, and there is no shadow until the config changes those files.
+    promoted: AtomicBool,
 }
 
 impl Tenant {
     /// Builds the tenant around an already loaded plugin, as the first generation.
     pub fn new(engine: PolicyEngine, config: TenantConfig, source: PolicySource) -> Self {
-        Self::with_history(engine, config, source, 1, None)
+        Self::with_history(engine, config, source, 1, None, None, false)
     }
 
     /// Builds a new version of a tenant (after a config change), keeping the
@@ -57,6 +64,8 @@ impl Tenant {
         source: PolicySource,
         generation: u64,
         last_refusal: Option<Refusal>,
+        shadow: Option<Arc<Shadow>>,
+        promoted: bool,
     ) -> Self {
         let context = Arc::new(TenantContext {
             tenant: config.name.clone(),
@@ -79,6 +88,8 @@ impl Tenant {
             engine,
             generation: AtomicU64::new(generation),
             last_refusal: Mutex::new(last_refusal),
+            shadow: ArcSwapOption::new(shadow),
+            promoted: AtomicBool::new(promoted),
         }
     }
 
@@ -103,6 +114,37 @@ impl Tenant {
     /// The plugin version new requests use.
     pub fn policy(&self) -> Arc<PolicyLayer> {
         self.policy.load_full()
+    }
+
+    /// The shadow plugin, when one is configured (and not promoted).
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.load_full()
+    }
+
+    /// Replaces the shadow for requests that start from now on.
+    pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) {
+        self.shadow.store(shadow);
+    }
+
+    /// Whether the live plugin is a promoted shadow.
+    pub fn promoted(&self) -> bool {
+        self.promoted.load(Ordering::Acquire)
+    }
+
+    /// The file the live plugin is (re)loaded from: the shadow's file once promoted.
+    pub fn live_plugin_path(&self) -> &Path {
+        match &self.config.shadow {
+            Some(shadow) if self.promoted() => &shadow.plugin,
+            _ => &self.config.plugin,
+        }
+    }
+
+    /// Makes the shadow's plugin the live one in a single swap, and drops the shadow.
+    /// Requests in flight finish with the version they started with.
+    pub fn promote(&self, plugin: Arc<LoadedPlugin>) {
+        self.promoted.store(true, Ordering::Release);
+        self.swap_plugin(plugin);
+        self.shadow.store(None);
     }
 
     /// Makes `plugin` the version for every request that starts from now on.

@@ -235,8 +235,29 @@ impl InstancePool {
         tenant: Arc<TenantContext>,
         limits: PluginLimits,
     ) -> Self {
-        let request_seconds = crate::metrics::hook_histogram(&tenant.tenant, "request");
-        let response_seconds = crate::metrics::hook_histogram(&tenant.tenant, "response");
+        Self::timed_as(engine, plugin, tenant, limits, ["request", "response"])
+    }
+
+    /// A pool for a tenant's shadow plugin: its own instances, breaker and hook timings.
+    pub fn for_shadow(
+        engine: PolicyEngine,
+        plugin: Arc<LoadedPlugin>,
+        tenant: Arc<TenantContext>,
+        limits: PluginLimits,
+    ) -> Self {
+        let hooks = ["shadow-request", "shadow-response"];
+        Self::timed_as(engine, plugin, tenant, limits, hooks)
+    }
+
+    fn timed_as(
+        engine: PolicyEngine,
+        plugin: Arc<LoadedPlugin>,
+        tenant: Arc<TenantContext>,
+        limits: PluginLimits,
+        [request, response]: [&str; 2],
+    ) -> Self {
+        let request_seconds = crate::metrics::hook_histogram(&tenant.tenant, request);
+        let response_seconds = crate::metrics::hook_histogram(&tenant.tenant, response);
         Self {
             engine,
             plugin,

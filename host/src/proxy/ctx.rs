@@ -2,6 +2,7 @@
 
 use crate::policy::{PluginFault, PolicyLayer};
 use crate::shutdown::InFlightGuard;
+use crate::shadow::Shadow;
 use crate::tenant::Tenant;
 use pingora::http::ResponseHeader;
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub struct RequestCtx {
     /// The plugin version this request started with (hot reload never
     /// changes it mid-request).
     pub(crate) policy: Option<Arc<PolicyLayer>>,
+    /// The tenant's shadow plugin, when this request is in its sample.
+    pub(crate) shadow: Option<Arc<Shadow>>,
     pub(crate) route: Route,
     /// The full primary cache key (tenant namespace + plugin parts).
     pub(crate) key: Vec<u8>,

@@ -39,6 +39,9 @@ pub(super) async fn request_filter(
     ctx.invalidates = tenant.config.invalidate_on_unsafe
         && super::invalidate::is_unsafe(&session.req_header().method);
     let verdict = policy.decide_request(session.req_header());
+    if let Ok(live) = &verdict {
+        super::shadowing::on_request(&tenant, session.req_header(), live, ctx);
+    }
 
     match verdict {
         Ok((RequestDecision::Cache, Some(parts))) => {

@@ -82,7 +82,9 @@ fn decide(
         return not_stored_this_time(ctx, "no policy");
     };
     let now = SystemTime::now();
-    match policy.decide_response(session.req_header(), resp) {
+    let live = policy.decide_response(session.req_header(), resp);
+    super::shadowing::on_response(session.req_header(), resp, &live, ctx);
+    match live {
         Ok(ResponseDecision::Store(directive)) => {
             let fresh = plugin_freshness(&directive, governing.as_ref(), resp, now);
             RespCacheable::Cacheable(meta(resp, governing.as_ref(), &directive.tags, fresh, now))

@@ -19,6 +19,7 @@ pub use watcher::spawn_watcher;
 use crate::config::{self, Config, TenantConfig};
 use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::ProxyState;
+use crate::shadow::Shadow;
 use crate::tenant::{PolicySource, Refusal, Tenant, TenantRouter};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -77,13 +78,14 @@ impl Reloader {
         self.config.lock().source.clone()
     }
 
-    /// The plugin files the running config names.
+    /// The plugin files the running config names, shadows included.
     pub fn plugin_paths(&self) -> Vec<PathBuf> {
         self.config
             .lock()
             .tenants
             .iter()
-            .map(|t| t.plugin.clone())
+            .flat_map(|t| std::iter::once(&t.plugin).chain(t.shadow.as_ref().map(|s| &s.plugin)))
+            .cloned()
             .collect()
     }
 
@@ -108,21 +110,116 @@ impl Reloader {
         Ok(plugin)
     }
 
-    /// Re-reads the plugin of every tenant whose file is in `changed`.
+    /// Re-reads the plugin (and shadow plugin) of every tenant whose file is in `changed`.
     pub fn reload_plugins(&self, changed: &[PathBuf]) -> Vec<(String, Outcome)> {
         let _serial = self.serial.lock();
         let router = self.state.router.load_full();
-        router
+        let touched = |path: &Path| changed.iter().any(|c| same_file(c, path));
+        let mut outcomes: Vec<(String, Outcome)> = router
             .tenants()
             .iter()
-            .filter(|t| t.config.builtin.is_none())
-            .filter(|t| changed.iter().any(|c| same_file(c, &t.config.plugin)))
+            .filter(|t| t.policy().plugin().is_some())
+            .filter(|t| touched(t.live_plugin_path()))
             .map(|t| (t.name().to_owned(), self.reload_tenant_plugin(t)))
-            .collect()
+            .collect();
+        for tenant in router.tenants() {
+            let Some(shadow) = tenant.shadow() else {
+                continue;
+            };
+            if touched(&shadow.plugin().info.path) {
+                let outcome = self.reload_tenant_shadow(tenant, &shadow);
+                outcomes.push((format!("{} (shadow)", tenant.name()), outcome));
+            }
+        }
+        outcomes
+    }
+
+    /// A changed shadow file: checked like a live plugin, then shadowing from the next request
+    /// with its comparisons counted afresh.
+    fn reload_tenant_shadow(&self, tenant: &Tenant, running: &Shadow) -> Outcome {
+        let Some(config) = &tenant.config.shadow else {
+            return Outcome::Unchanged;
+        };
+        let path = &config.plugin;
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let reason = format!(
+                    "shadow plugin: cannot read {}: {e}; keeping the loaded version",
+                    path.display()
+                );
+                return self.refuse(tenant, None, reason);
+            }
+        };
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if running.plugin().info.sha256 == sha256 {
+            return Outcome::Unchanged;
+        }
+        match self.load_checked(path, &bytes) {
+            Ok(plugin) => {
+                let shadow = Shadow::new(
+                    self.engine.clone(),
+                    &tenant.config,
+                    config,
+                    Arc::new(plugin),
+                    Arc::default(),
+                );
+                tenant.set_shadow(Some(Arc::new(shadow)));
+                crate::metrics::reload(tenant.name(), "shadow-applied");
+                tracing::info!(tenant = tenant.name(), plugin = %path.display(), sha256, "shadow plugin swapped");
+                Outcome::Applied
+            }
+            Err(e) => self.refuse(tenant, Some(sha256), format!("shadow plugin: {e:#}")),
+        }
+    }
+
+    /// `cachet promote`: the tenant's shadow becomes its live plugin in one swap, after the
+    /// checks a reload makes (the file still holds the version that was shadowed, and it
+    /// passes its self-test vectors again). The shadow is gone afterwards.
+    pub fn promote(&self, name: &str) -> Outcome {
+        let _serial = self.serial.lock();
+        let router = self.state.router.load_full();
+        let Some(tenant) = router.tenants().iter().find(|t| t.name() == name) else {
+            return Outcome::Refused(format!("no tenant named {name:?}"));
+        };
+        let Some(shadow) = tenant.shadow() else {
+            return Outcome::Refused(format!("tenant {name:?} has no shadow plugin to promote"));
+        };
+        let plugin = shadow.plugin().clone();
+        let path = plugin.info.path.clone();
+        let sha256 = match std::fs::read(&path) {
+            Ok(bytes) => hex::encode(Sha256::digest(&bytes)),
+            Err(e) => {
+                let reason = format!("promote: cannot read {}: {e}", path.display());
+                return self.refuse(tenant, None, reason);
+            }
+        };
+        if sha256 != plugin.info.sha256 {
+            let reason = format!(
+                "promote: {} changed since it was loaded as the shadow (shadowed sha256 {}); \
+                 let the reload pick it up and compare again first",
+                path.display(),
+                plugin.info.sha256
+            );
+            return self.refuse(tenant, Some(sha256), reason);
+        }
+        if let Err(e) = plugin.run_self_tests(&self.engine) {
+            return self.refuse(tenant, Some(sha256), format!("promote: {e:#}"));
+        }
+        tenant.promote(plugin);
+        crate::metrics::reload(name, "promoted");
+        tracing::info!(
+            tenant = name,
+            plugin = %path.display(),
+            sha256,
+            generation = tenant.generation(),
+            "shadow plugin promoted to live"
+        );
+        Outcome::Applied
     }
 
     fn reload_tenant_plugin(&self, tenant: &Tenant) -> Outcome {
-        let path = &tenant.config.plugin;
+        let path = tenant.live_plugin_path();
         let started = Instant::now();
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
@@ -235,7 +332,8 @@ impl Reloader {
     }
 
     /// The new version of one tenant: its running plugin is reused when the
-    /// file is unchanged, so editing a host list recompiles nothing.
+    /// file is unchanged, so editing a host list recompiles nothing. A promoted shadow stays
+    /// live while the config names the same plugin and shadow files.
     fn rebuild_tenant(
         &self,
         router: &TenantRouter,
@@ -244,6 +342,16 @@ impl Reloader {
         let running = router.tenants().iter().find(|t| t.name() == config.name);
         let (generation, last_refusal) =
             running.map_or((1, None), |old| (old.generation(), old.last_refusal()));
+        let promoted = running.is_some_and(|old| {
+            let shadow_file = |c: &TenantConfig| c.shadow.as_ref().map(|s| s.plugin.clone());
+            old.promoted()
+                && old.config.plugin == config.plugin
+                && shadow_file(&old.config) == shadow_file(config)
+        });
+        let shadow = match promoted {
+            true => None,
+            false => self.shadow_for(config, running.map(|t| &**t))?,
+        };
         let history = |source, generation| {
             Tenant::with_history(
                 self.engine.clone(),
@@ -251,22 +359,58 @@ impl Reloader {
                 source,
                 generation,
                 last_refusal.clone(),
+                shadow.clone(),
+                promoted,
             )
         };
-        if let Some(builtin) = config.builtin {
+        let live_path = match (&config.shadow, promoted) {
+            (Some(shadow), true) => &shadow.plugin,
+            _ => &config.plugin,
+        };
+        if let (Some(builtin), false) = (config.builtin, promoted) {
             return Ok(history(PolicySource::Builtin(builtin), generation));
         }
-        let bytes = std::fs::read(&config.plugin)
-            .map_err(|e| anyhow::anyhow!("cannot read plugin {}: {e}", config.plugin.display()))?;
+        let bytes = std::fs::read(live_path)
+            .map_err(|e| anyhow::anyhow!("cannot read plugin {}: {e}", live_path.display()))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if let Some(plugin) = running.and_then(|old| old.policy().plugin().cloned()) {
             if plugin.info.sha256 == sha256 {
                 return Ok(history(PolicySource::Plugin(plugin), generation));
             }
         }
-        let plugin = Arc::new(self.load_checked(&config.plugin, &bytes)?);
+        let plugin = Arc::new(self.load_checked(live_path, &bytes)?);
         let next = if running.is_some() { generation + 1 } else { 1 };
         Ok(history(PolicySource::Plugin(plugin), next))
+    }
+
+    /// The shadow a rebuilt tenant runs: the running one (and its comparisons) when the file
+    /// is unchanged, else the file loaded and checked like a live plugin.
+    fn shadow_for(
+        &self,
+        config: &TenantConfig,
+        running: Option<&Tenant>,
+    ) -> anyhow::Result<Option<Arc<Shadow>>> {
+        let Some(shadow) = &config.shadow else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(&shadow.plugin).map_err(|e| {
+            anyhow::anyhow!("cannot read shadow plugin {}: {e}", shadow.plugin.display())
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let previous = running
+            .and_then(Tenant::shadow)
+            .filter(|s| s.plugin().info.sha256 == sha256);
+        let (plugin, record) = match previous {
+            Some(previous) => (previous.plugin().clone(), previous.record().clone()),
+            None => {
+                let plugin = self
+                    .load_checked(&shadow.plugin, &bytes)
+                    .map_err(|e| anyhow::anyhow!("shadow plugin: {e:#}"))?;
+                (Arc::new(plugin), Arc::default())
+            }
+        };
+        let shadow = Shadow::new(self.engine.clone(), config, shadow, plugin, record);
+        Ok(Some(Arc::new(shadow)))
     }
 
     /// SIGHUP: check the config and every plugin.

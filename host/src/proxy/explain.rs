@@ -1,0 +1,275 @@
+//! `cachet explain`: the steps a request would go through, dry-run inside the running proxy —
+//! tenant routing, the live plugin's `on-request` and `cache-key`, the storage lookup and the
+//! stored entry's freshness. Nothing is sent to an origin and nothing is stored.
+
+use super::{cache_key, shared, ProxyState};
+use crate::policy::RequestDecision;
+use pingora::http::RequestHeader;
+use pingora_cache::storage::Storage;
+use pingora_cache::trace::Span;
+use pingora_cache::{CacheKey, CacheMeta};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime};
+
+/// Most request headers an explain request may carry.
+const MAX_HEADERS: usize = 100;
+
+/// What to explain: a URL as clients request it, and the request headers to add.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainQuery {
+    pub url: String,
+    #[serde(default)]
+    pub method: Option<String>,
+    /// `Name: value` lines, as given to `cachet explain -H`.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+/// The explanation as a JSON document: `steps` in order (each a step name and what it found),
+/// and the main findings as fields (`tenant`, `decision`, `key`, `entry`, `verdict`).
+pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, String> {
+    let request = build_request(query)?;
+    let mut steps = Steps::default();
+    let host = crate::policy::request_host(&request);
+    let router = state.router.load_full();
+    let Some(tenant) = router.route(&host) else {
+        steps.add(
+            "route",
+            format!("no tenant serves host {host:?}: answered 421"),
+        );
+        return Ok(steps.finish(json!({ "tenant": null, "verdict": "no tenant" })));
+    };
+    steps.add(
+        "route",
+        format!(
+            "host {host:?} -> tenant {} (hosts {:?})",
+            tenant.name(),
+            tenant.config.hosts
+        ),
+    );
+    let policy = tenant.policy();
+    let (decision, parts) = match policy.decide_request(&request) {
+        Ok(verdict) => verdict,
+        Err(fault) => {
+            steps.add("on-request", format!("plugin fault: {fault}"));
+            let verdict = format!(
+                "plugin fault: the tenant's on_plugin_error ({:?}) applies",
+                tenant.config.on_plugin_error
+            );
+            return Ok(steps.finish(json!({ "tenant": tenant.name(), "verdict": verdict })));
+        }
+    };
+    let common = |decision: &str, key: Option<String>| json!({ "tenant": tenant.name(), "decision": decision, "key": key });
+    let parts = match decision {
+        RequestDecision::Cache => parts.unwrap_or_default(),
+        RequestDecision::Bypass(reason) => {
+            steps.add("on-request", format!("bypass ({reason})"));
+            let mut doc = common("bypass", None);
+            doc["verdict"] = json!(format!("sent to the origin without the cache: {reason}"));
+            return Ok(steps.finish(doc));
+        }
+        RequestDecision::Respond(resp) => {
+            steps.add("on-request", format!("respond {}", resp.status));
+            let mut doc = common("respond", None);
+            doc["verdict"] = json!(format!("answered by the plugin with {}", resp.status));
+            return Ok(steps.finish(doc));
+        }
+    };
+    steps.add("on-request", "cache".into());
+    let key = cache_key::primary_key(tenant.name(), &parts);
+    let described = cache_key::describe(&key);
+    steps.add("cache-key", format!("{parts:?} -> key {described:?}"));
+    let mut doc = common("cache", Some(described));
+    if request.method != http::Method::GET && request.method != http::Method::HEAD {
+        let verdict = format!(
+            "method {} is not cacheable: sent to the origin",
+            request.method
+        );
+        steps.add("host rules", verdict.clone());
+        doc["verdict"] = json!(verdict);
+        return Ok(steps.finish(doc));
+    }
+
+    let cache_key = CacheKey::new(key, tenant.name());
+    let span = Span::inactive();
+    let found = state
+        .cache
+        .storage
+        .lookup(&cache_key, &span.handle())
+        .await
+        .map_err(|e| format!("storage lookup failed: {e}"))?;
+    let Some((meta, _body)) = found else {
+        steps.add("lookup", "no entry for this key".into());
+        doc["entry"] = Value::Null;
+        doc["verdict"] =
+            json!("miss: no entry, the request would go to the origin and may be stored");
+        return Ok(steps.finish(doc));
+    };
+    let entry = Entry::of(&meta, SystemTime::now());
+    steps.add(
+        "lookup",
+        format!(
+            "entry found: status {}, age {}s, ttl {}s",
+            entry.status, entry.age, entry.ttl
+        ),
+    );
+    steps.add("freshness", entry.freshness_text());
+    let verdict = if shared::may_serve(&request, meta.response_header()) {
+        entry.verdict()
+    } else {
+        "not served: the request carries Authorization and the stored response is not \
+         explicitly shareable (public, s-maxage or must-revalidate); it would go to the origin"
+            .to_owned()
+    };
+    doc["entry"] = entry.to_json();
+    doc["verdict"] = json!(verdict);
+    Ok(steps.finish(doc))
+}
+
+/// The request the proxy would see for the URL and headers.
+fn build_request(query: &ExplainQuery) -> Result<RequestHeader, String> {
+    let uri: http::Uri = query
+        .url
+        .parse()
+        .map_err(|e| format!("{:?} is not a URL: {e}", query.url))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("{:?}: give an absolute URL (http://host/path)", query.url))?;
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let method = query.method.as_deref().unwrap_or("GET");
+    let mut request = RequestHeader::build(method, target.as_bytes(), None)
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    request
+        .insert_header(http::header::HOST, authority.as_str())
+        .map_err(|e| format!("bad host: {e}"))?;
+    if query.headers.len() > MAX_HEADERS {
+        return Err(format!("at most {MAX_HEADERS} headers"));
+    }
+    for line in &query.headers {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("header {line:?} is not `Name: value`"))?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("header name in {line:?} is not valid"))?;
+        let value = http::HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("header value in {line:?} is not valid"))?;
+        // A given Host replaces the URL's; other names add a field.
+        let added = if name == http::header::HOST {
+            request.insert_header(name, value)
+        } else {
+            request.append_header(name, value).map(|_| ())
+        };
+        added.map_err(|e| format!("header {line:?}: {e}"))?;
+    }
+    Ok(request)
+}
+
+#[derive(Default)]
+struct Steps(Vec<Value>);
+
+impl Steps {
+    fn add(&mut self, step: &str, detail: String) {
+        self.0.push(json!({ "step": step, "detail": detail }));
+    }
+
+    fn finish(self, mut doc: Value) -> Value {
+        doc["steps"] = Value::Array(self.0);
+        doc
+    }
+}
+
+/// A stored entry's timing, in whole seconds as `Age` and `Cache-Status` count them.
+struct Entry {
+    status: u16,
+    /// Seconds since the response was generated (the `Age` a hit would carry).
+    age: u64,
+    /// Freshness lifetime, counted from the same origin.
+    ttl: u64,
+    /// Seconds past the end of freshness (0 while fresh).
+    stale_for: u64,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    has_validator: bool,
+}
+
+impl Entry {
+    fn of(meta: &CacheMeta, now: SystemTime) -> Self {
+        let since = |from: SystemTime, to: SystemTime| {
+            to.duration_since(from).unwrap_or(Duration::ZERO).as_secs()
+        };
+        let header = meta.response_header();
+        Self {
+            status: header.status.as_u16(),
+            age: since(meta.created(), now),
+            ttl: since(meta.created(), meta.fresh_until()),
+            stale_for: if meta.is_fresh(now) {
+                0
+            } else {
+                since(meta.fresh_until(), now)
+            },
+            stale_while_revalidate: meta.stale_while_revalidate_sec(),
+            stale_if_error: meta.stale_if_error_sec(),
+            has_validator: header.headers.contains_key(http::header::ETAG)
+                || header.headers.contains_key(http::header::LAST_MODIFIED),
+        }
+    }
+
+    fn state(&self) -> &'static str {
+        if self.stale_for == 0 {
+            "fresh"
+        } else if self.stale_for <= u64::from(self.stale_while_revalidate) {
+            "stale-while-revalidate"
+        } else if self.stale_for <= u64::from(self.stale_if_error) {
+            "stale-if-error"
+        } else {
+            "expired"
+        }
+    }
+
+    fn freshness_text(&self) -> String {
+        match self.state() {
+            "fresh" => format!(
+                "fresh: {}s of {}s left",
+                self.ttl.saturating_sub(self.age),
+                self.ttl
+            ),
+            state => format!(
+                "{state}: stale for {}s (stale-while-revalidate {}s, stale-if-error {}s)",
+                self.stale_for, self.stale_while_revalidate, self.stale_if_error
+            ),
+        }
+    }
+
+    fn verdict(&self) -> String {
+        let fetch = if self.has_validator {
+            "revalidated with the origin (conditional request: the stored validator)"
+        } else {
+            "fetched again from the origin (no validator to revalidate with)"
+        };
+        match self.state() {
+            "fresh" => "hit: served fresh from the cache".to_owned(),
+            "stale-while-revalidate" => format!(
+                "stale hit: served stale within stale-while-revalidate while it is {fetch} in the background"
+            ),
+            "stale-if-error" => format!(
+                "miss: {fetch}; served stale only if the origin fails (stale-if-error)"
+            ),
+            _ => format!("miss: expired and past its stale windows; {fetch}"),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "status": self.status,
+            "age_s": self.age,
+            "ttl_s": self.ttl,
+            "stale_for_s": self.stale_for,
+            "stale_while_revalidate_s": self.stale_while_revalidate,
+            "stale_if_error_s": self.stale_if_error,
+            "has_validator": self.has_validator,
+            "state": self.state(),
+        })
+    }
+}

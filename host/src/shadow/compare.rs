@@ -1,0 +1,129 @@
+//! What counts as the shadow agreeing with the live plugin, and the outputs shown when not.
+//!
+//! Decisions are compared by their effect on traffic: two bypasses agree whatever their
+//! reasons say, two synthetic answers agree only when they are identical.
+
+use crate::policy::{PluginFault, RequestDecision, RequestVerdict, ResponseDecision};
+
+/// One compared hook.
+pub(super) struct Outcome {
+    pub hook: &'static str,
+    pub result: Comparison,
+}
+
+pub(super) enum Comparison {
+    Agree,
+    /// The live and shadow outputs, described.
+    Disagree(String, String),
+    /// The shadow faulted; the live output, described, and the fault.
+    Fault(String, PluginFault),
+}
+
+/// Compares `on-request`, then `cache-key` when both chose the cache.
+pub(super) fn request(
+    live: &RequestVerdict,
+    shadow: &Result<RequestVerdict, PluginFault>,
+) -> Vec<Outcome> {
+    let (live_decision, live_key) = live;
+    let shadow = match shadow {
+        Ok(verdict) => verdict,
+        Err(fault) => {
+            return vec![Outcome {
+                hook: "on-request",
+                result: Comparison::Fault(describe_request(live), fault.clone()),
+            }]
+        }
+    };
+    let (shadow_decision, shadow_key) = shadow;
+    let same_effect = match (live_decision, shadow_decision) {
+        (RequestDecision::Cache, RequestDecision::Cache)
+        | (RequestDecision::Bypass(_), RequestDecision::Bypass(_)) => true,
+        (RequestDecision::Respond(a), RequestDecision::Respond(b)) => a == b,
+        _ => false,
+    };
+    if !same_effect {
+        return vec![Outcome {
+            hook: "on-request",
+            result: Comparison::Disagree(describe_request(live), describe_request(shadow)),
+        }];
+    }
+    let mut outcomes = vec![Outcome {
+        hook: "on-request",
+        result: Comparison::Agree,
+    }];
+    if let (Some(a), Some(b)) = (live_key, shadow_key) {
+        outcomes.push(Outcome {
+            hook: "cache-key",
+            result: if a == b {
+                Comparison::Agree
+            } else {
+                Comparison::Disagree(describe_key(a), describe_key(b))
+            },
+        });
+    }
+    outcomes
+}
+
+/// Compares `on-response`.
+pub(super) fn response(
+    live: &ResponseDecision,
+    shadow: &Result<ResponseDecision, PluginFault>,
+) -> Outcome {
+    let result = match shadow {
+        Err(fault) => Comparison::Fault(describe_response(live), fault.clone()),
+        Ok(shadow) if same_response(live, shadow) => Comparison::Agree,
+        Ok(shadow) => Comparison::Disagree(describe_response(live), describe_response(shadow)),
+    };
+    Outcome {
+        hook: "on-response",
+        result,
+    }
+}
+
+fn same_response(a: &ResponseDecision, b: &ResponseDecision) -> bool {
+    match (a, b) {
+        (ResponseDecision::Store(a), ResponseDecision::Store(b)) => a == b,
+        (ResponseDecision::FollowOrigin, ResponseDecision::FollowOrigin)
+        | (ResponseDecision::NoStore(_), ResponseDecision::NoStore(_)) => true,
+        _ => false,
+    }
+}
+
+/// A request verdict for people: the decision and, for "cache", the key parts.
+pub(super) fn describe_request((decision, key): &RequestVerdict) -> String {
+    match decision {
+        RequestDecision::Cache => match key {
+            Some(parts) => format!("cache, key {}", describe_key(parts)),
+            None => "cache".into(),
+        },
+        RequestDecision::Bypass(reason) => format!("bypass ({reason})"),
+        // The body is never shown; the status and header names say what was answered.
+        RequestDecision::Respond(resp) => {
+            let names: Vec<&str> = resp.headers.iter().map(|(n, _)| n.as_str()).collect();
+            format!(
+                "respond {} ({} body bytes, headers [{}])",
+                resp.status,
+                resp.body.len(),
+                names.join(", ")
+            )
+        }
+    }
+}
+
+pub(super) fn describe_key(parts: &[String]) -> String {
+    format!("{parts:?}")
+}
+
+pub(super) fn describe_response(decision: &ResponseDecision) -> String {
+    match decision {
+        ResponseDecision::Store(d) => format!(
+            "store ttl={}s swr={}s sie={}s tags={:?}",
+            d.ttl.as_secs(),
+            d.stale_while_revalidate.as_secs(),
+            d.stale_if_error.as_secs(),
+            d.tags
+        ),
+        ResponseDecision::FollowOrigin => "follow-origin".into(),
+        ResponseDecision::NoStore(reason) => format!("no-store ({reason})"),
+    }
+}

@@ -1,0 +1,123 @@
+//! `cachet explain` end to end: the running proxy dry-runs a URL — tenant, plugin decision,
+//! key, stored entry and its freshness — and the origin sees nothing of it.
+
+mod support;
+
+use support::client::send;
+use support::origin::{Origin, Reply};
+use support::plugin;
+use support::proxy::{run_cachet, Proxy, TenantSpec};
+
+fn explain(proxy: &Proxy, args: &[&str]) -> (bool, String) {
+    let config = proxy.dir.path().join("cachet.toml").display().to_string();
+    let mut all = vec!["explain", "--config", config.as_str()];
+    all.extend_from_slice(args);
+    run_cachet(&all)
+}
+
+#[test]
+fn explains_a_stored_url_and_a_missing_one_without_asking_the_origin() {
+    let origin = Origin::start(|seen| match seen.url.as_str() {
+        "/aging" => Reply::ok("aging")
+            .header("Cache-Control", "max-age=1, stale-while-revalidate=30")
+            .header("ETag", "\"v1\""),
+        _ => Reply::ok("stored").header("Cache-Control", "max-age=60"),
+    });
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&["127.0.0.1"])],
+    );
+    assert_eq!(send("GET", &proxy.url("/stored"), &[]).status, 200);
+    assert_eq!(send("GET", &proxy.url("/aging"), &[]).status, 200);
+    assert_eq!(origin.hits(), 2);
+
+    let stored = proxy.url("/stored");
+    let (ok, out) = explain(&proxy, &[&stored]);
+    assert!(ok, "{out}");
+    assert!(out.contains("-> tenant site"), "{out}");
+    assert!(out.contains("on-request: cache"), "{out}");
+    let host = format!("127.0.0.1:{}", proxy.port);
+    assert!(
+        out.contains(&format!("key \"site {host} /stored\"")),
+        "{out}"
+    );
+    assert!(out.contains("entry found: status 200"), "{out}");
+    assert!(out.contains("ttl 60s"), "{out}");
+    assert!(out.contains("freshness:  fresh: "), "{out}");
+    assert!(
+        out.contains("result:     hit: served fresh from the cache"),
+        "{out}"
+    );
+
+    let (ok, json) = explain(&proxy, &["--json", &stored]);
+    assert!(ok, "{json}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["tenant"], "site");
+    assert_eq!(doc["decision"], "cache");
+    assert_eq!(doc["entry"]["state"], "fresh");
+    assert_eq!(doc["entry"]["ttl_s"], 60);
+    assert!(doc["entry"]["age_s"].as_u64().unwrap() <= 60, "{doc:#}");
+
+    let (ok, out) = explain(&proxy, &[&proxy.url("/never-requested")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("lookup:     no entry for this key"), "{out}");
+    assert!(out.contains("miss: no entry"), "{out}");
+
+    // Past its max-age, inside stale-while-revalidate, with a validator.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (ok, json) = explain(&proxy, &["--json", &proxy.url("/aging")]);
+    assert!(ok, "{json}");
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["entry"]["state"], "stale-while-revalidate", "{doc:#}");
+    assert_eq!(doc["entry"]["stale_while_revalidate_s"], 30);
+    assert_eq!(doc["entry"]["has_validator"], true);
+    let verdict = doc["verdict"].as_str().unwrap();
+    assert!(
+        verdict.contains("served stale") && verdict.contains("revalidated"),
+        "{verdict}"
+    );
+
+    // Explaining asked the origin nothing, and stored nothing new.
+    assert_eq!(origin.hits(), 2);
+    assert_eq!(origin.hits_for("/never-requested"), 0);
+    assert_eq!(proxy.status()["cache"]["objects"], 2);
+}
+
+#[test]
+fn explains_routing_and_plugin_decisions_from_the_given_headers() {
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));
+    let proxy = Proxy::start(
+        "",
+        &[
+            TenantSpec::new("assets", origin.addr, &plugin("static-assets"))
+                .hosts(&["static.example"]),
+        ],
+    );
+    let url = proxy.url("/account");
+    // The Host given with -H routes; a cookie on a dynamic path makes static-assets bypass.
+    let (ok, out) = explain(
+        &proxy,
+        &[
+            "-H",
+            "Host: static.example",
+            "-H",
+            "Cookie: session=1",
+            &url,
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("-> tenant assets"), "{out}");
+    assert!(out.contains("bypass (cookie on dynamic path)"), "{out}");
+
+    let (ok, out) = explain(&proxy, &["-H", "Host: other.example", &url]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("no tenant serves host \"other.example\""),
+        "{out}"
+    );
+
+    let (ok, out) = explain(&proxy, &["-H", "no colon here", &url]);
+    assert!(!ok);
+    assert!(out.contains("is not `Name: value`"), "{out}");
+    assert_eq!(origin.hits(), 0);
+}
