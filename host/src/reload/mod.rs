@@ -6,11 +6,11 @@
 //! running version and is recorded as a refusal with its reason.
 
 mod hangup;
+mod settings;
 #[cfg(not(target_os = "linux"))]
 mod watch_folders;
 #[cfg(target_os = "linux")]
 mod watch_inotify;
-mod settings;
 mod watcher;
 
 pub use hangup::Hangups;

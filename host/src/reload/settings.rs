@@ -54,10 +54,16 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     if keep("server.upgrade_sock", s.upgrade_sock != *upgrade_sock) {
         s.upgrade_sock = upgrade_sock.clone();
     }
-    if keep("server.max_request_head", s.max_request_head != *max_request_head) {
+    if keep(
+        "server.max_request_head",
+        s.max_request_head != *max_request_head,
+    ) {
         s.max_request_head = *max_request_head;
     }
-    if keep("server.max_connections", s.max_connections != *max_connections) {
+    if keep(
+        "server.max_connections",
+        s.max_connections != *max_connections,
+    ) {
         s.max_connections = *max_connections;
     }
     if keep(
