@@ -1,8 +1,8 @@
 //! Per-request state carried between Pingora's phases.
 
 use crate::policy::{PluginFault, PolicyLayer};
-use crate::shutdown::InFlightGuard;
 use crate::shadow::Shadow;
+use crate::shutdown::InFlightGuard;
 use crate::tenant::Tenant;
 use pingora::http::ResponseHeader;
 use std::sync::Arc;
