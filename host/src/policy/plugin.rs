@@ -180,9 +180,15 @@ fn check_imports(engine: &PolicyEngine, component: &Component) -> ImportCheck {
     ImportCheck { imports, refused }
 }
 
-/// The full chain of a wasmtime error on one line.
+/// The full chain of a wasmtime error on one line: a trap's wasm backtrace
+/// spans several, and a log line (or a status field) must stay one record.
 pub(crate) fn root_cause(e: &wasmtime::Error) -> String {
     format!("{e:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 #[cfg(test)]
