@@ -165,16 +165,7 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen, usize,
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         if let Ok(httparse::Status::Complete(head_len)) = req.parse(buf) {
-            let headers: Vec<(String, String)> = req
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_owned(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = super::owned_headers(req.headers);
             let mut seen = Seen {
                 method: req.method.unwrap_or("").to_owned(),
                 url: req.path.unwrap_or("").to_owned(),

@@ -66,20 +66,9 @@ pub fn parse_responses(mut bytes: &[u8]) -> Vec<RawResp> {
         let Ok(httparse::Status::Complete(head_len)) = resp.parse(bytes) else {
             return out;
         };
-        let headers: Vec<(String, String)> = resp
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_owned(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        let length: usize = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.trim().parse().ok())
+        let headers = super::owned_headers(resp.headers);
+        let length: usize = super::find_header(&headers, "content-length")
+            .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
         let end = (head_len + length).min(bytes.len());
         out.push(RawResp {
