@@ -13,6 +13,7 @@ use support::client::{send, try_send};
 use support::origin::{Origin, Reply};
 use support::plugin;
 use support::proxy::{Proxy, TenantSpec};
+use support::tls::TestCa;
 
 /// An origin whose keep-alive connections go stale: each connection answers
 /// its first request (keeping the connection open) and closes without a
@@ -158,48 +159,6 @@ fn read_and_total_timeouts_come_from_the_config() {
     let (status, took) = timed("read_timeout = \"10s\"\ntotal_timeout = \"400ms\"");
     assert_eq!(status, 504);
     assert!(took < Duration::from_millis(2500), "{took:?}");
-}
-
-/// A certificate authority made for one test.
-struct TestCa {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        Self {
-            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A server certificate for `names` (DNS names or IP addresses).
-    fn server_cert(
-        &self,
-        names: &[&str],
-    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = rcgen::CertificateParams::new(names).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (
-            vec![cert.der().clone(), self.issuer.der().clone()],
-            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        )
-    }
 }
 
 /// An HTTPS origin on 127.0.0.1 (rustls), recording the server name each

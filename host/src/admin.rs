@@ -84,6 +84,7 @@ impl AdminApp {
                 "last_refusal": refusal_json(self.reloader.last_config_refusal()),
             },
             "tenants": tenants,
+            "tls": tls_json(&self.reloader),
             "cache": {
                 "max_bytes": stats.budget_bytes,
                 "budget_bytes": stats.budget_bytes,
@@ -95,6 +96,31 @@ impl AdminApp {
             },
         })
     }
+}
+
+/// The TLS listener's certificates: what each serves and its last refused reload.
+fn tls_json(reloader: &Reloader) -> serde_json::Value {
+    let store = reloader.certificates();
+    let mut refusals = store.refusals();
+    let current = store.current();
+    let certificates: Vec<serde_json::Value> = current
+        .iter()
+        .map(|(owner, cert)| {
+            json!({
+                "certificate": owner.to_string(),
+                "cert": cert.paths.cert,
+                "key": cert.paths.key,
+                "sha256": cert.fingerprint,
+                "names": cert.names,
+                "not_after": cert.not_after,
+                "expired": cert.expired(),
+                "loaded_at": unix_seconds(cert.loaded_at),
+                "last_refusal": refusal_json(refusals.remove(owner)),
+            })
+        })
+        .collect();
+    let listen = reloader.config().server.listener.tls_listen;
+    json!({ "listen": listen, "certificates": certificates })
 }
 
 /// A tenant's shadow plugin and how its answers compared with the live plugin's.

@@ -2,9 +2,11 @@
 //! name the file, the line and the key.
 
 mod duration;
+mod listener;
 mod origin;
 mod upstream;
 
+pub use listener::{CertPaths, ListenerConfig};
 pub use origin::OriginConfig;
 pub use upstream::{Balance, PoolConfig, UpstreamTarget, UpstreamTls};
 
@@ -82,6 +84,12 @@ struct RawServer {
     #[serde(default)]
     forwarded_headers: ForwardedHeaders,
     shutdown_grace: Option<Spanned<DurationValue>>,
+    tls_listen: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    h2c: Option<bool>,
+    h2_max_concurrent_streams: Option<Spanned<u32>>,
+    h2_max_header_list: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -104,6 +112,9 @@ struct RawTenant {
     upstream_ca: Option<Spanned<String>>,
     tls_verify: Option<bool>,
     pool: Option<Spanned<upstream::RawPool>>,
+    /// This tenant's certificate on the TLS listener, chosen by SNI.
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
     plugin: Spanned<String>,
     /// A second plugin that sees live traffic but decides nothing (shadow rollout).
     shadow_plugin: Option<Spanned<String>>,
@@ -208,6 +219,8 @@ pub struct ServerConfig {
     pub forwarded_headers: ForwardedHeaders,
     /// How long SIGTERM/SIGINT wait for requests in flight before exiting.
     pub shutdown_grace: Duration,
+    /// TLS termination and HTTP/2.
+    pub listener: ListenerConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +246,8 @@ pub struct TenantConfig {
     /// Set when `upstreams = [...]`: balanced, health-checked, re-resolved.
     pub pool: Option<PoolConfig>,
     pub upstream_tls: UpstreamTls,
+    /// This tenant's certificate on the TLS listener (SNI matching its hosts).
+    pub tls_cert: Option<CertPaths>,
     /// The plugin file (for a builtin policy, its name as written).
     pub plugin: PathBuf,
     /// Set when `plugin = "builtin:NAME"`.
@@ -282,6 +297,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| located.toml_error(&e))?;
     let base = path.parent().unwrap_or(Path::new("."));
 
+    let max_request_head = match &raw.server.max_request_head {
+        Some(b) if !(1024..=PINGORA_MAX_HEAD as u64).contains(&b.get_ref().as_u64()) => {
+            return Err(located.at(
+                b.span(),
+                "server.max_request_head",
+                "must be between 1KiB and 1MiB - 1 byte (Pingora's own limit)",
+            ))
+        }
+        Some(b) => b.get_ref().as_u64() as usize,
+        None => 64 << 10,
+    };
     let server = ServerConfig {
         listen: located.socket_addr("server.listen", &raw.server.listen)?,
         threads: located.positive(
@@ -328,17 +354,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             || std::env::temp_dir().join("cachet_upgrade.sock"),
             |p| base.join(p),
         ),
-        max_request_head: match &raw.server.max_request_head {
-            Some(b) if !(1024..=PINGORA_MAX_HEAD as u64).contains(&b.get_ref().as_u64()) => {
-                return Err(located.at(
-                    b.span(),
-                    "server.max_request_head",
-                    "must be between 1KiB and 1MiB - 1 byte (Pingora's own limit)",
-                ))
-            }
-            Some(b) => b.get_ref().as_u64() as usize,
-            None => 64 << 10,
-        },
+        max_request_head,
         max_connections: located.positive(
             &raw.server.max_connections,
             "server.max_connections",
@@ -354,6 +370,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             },
             None => DEFAULT_SHUTDOWN_GRACE,
         },
+        listener: located.listener(
+            base,
+            listener::RawListener {
+                tls_listen: &raw.server.tls_listen,
+                tls_cert: &raw.server.tls_cert,
+                tls_key: &raw.server.tls_key,
+                h2c: raw.server.h2c,
+                h2_max_concurrent_streams: &raw.server.h2_max_concurrent_streams,
+                h2_max_header_list: &raw.server.h2_max_header_list,
+            },
+            max_request_head,
+        )?,
     };
     if server.admin_token.as_deref() == Some("") {
         return Err(ConfigError {
@@ -424,6 +452,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     for t in raw.tenants {
         tenants.push(located.tenant(base, t, &tenants)?);
     }
+    let with_certs: Vec<&str> = tenants
+        .iter()
+        .filter(|t| t.tls_cert.is_some())
+        .map(|t| t.name.as_str())
+        .collect();
+    listener::check_tls_pairing(path, &server.listener, &with_certs)?;
     let plugins = PluginsConfig {
         watch: raw.plugins.watch.unwrap_or(true),
         artifact_cache_dir: match raw.plugins.artifact_cache_dir.as_deref() {
@@ -731,6 +765,7 @@ impl Locator<'_> {
             upstreams: upstreams.targets,
             pool: upstreams.pool,
             upstream_tls: upstreams.tls,
+            tls_cert: self.cert_paths(base, "tenant", &t.tls_cert, &t.tls_key)?,
             plugin,
             builtin,
             shadow,

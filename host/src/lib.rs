@@ -20,4 +20,5 @@ pub mod shadow;
 pub mod shutdown;
 pub mod storage;
 pub mod tenant;
+pub mod tls;
 pub mod upstream;

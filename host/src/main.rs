@@ -228,6 +228,7 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         server::load_shadow(&engine, tenant, None)
             .map_err(|e| anyhow::anyhow!("tenant {:?}: shadow plugin: {e:#}", tenant.name))?;
     }
+    cachet::tls::CertStore::load(&config)?;
     println!("{}: ok ({} tenants)", path.display(), config.tenants.len());
     Ok(())
 }

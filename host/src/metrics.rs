@@ -3,7 +3,7 @@
 use crate::storage::StorageStats;
 use once_cell::sync::Lazy;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
 use std::fmt::Write as _;
 
@@ -164,6 +164,40 @@ pub fn shadow_decision(tenant: &str, hook: &str, result: &str) {
     SHADOW_DECISIONS
         .with_label_values(&[tenant, hook, result])
         .inc();
+}
+
+static CERTIFICATE_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(IntCounterVec::new(
+        Opts::new(
+            "cachet_tls_certificate_reloads_total",
+            "TLS certificate file reloads by certificate and result (applied, refused)",
+        ),
+        &["certificate", "result"],
+    ))
+});
+
+static CERTIFICATE_EXPIRY: Lazy<IntGaugeVec> = Lazy::new(|| {
+    register(IntGaugeVec::new(
+        Opts::new(
+            "cachet_tls_certificate_not_after_seconds",
+            "notAfter of each loaded TLS certificate, seconds since the epoch",
+        ),
+        &["certificate"],
+    ))
+});
+
+/// A certificate's files were reloaded (`applied`) or refused (`refused`).
+pub fn certificate_reload(certificate: &str, result: &str) {
+    CERTIFICATE_RELOADS
+        .with_label_values(&[certificate, result])
+        .inc();
+}
+
+/// A certificate was loaded: its notAfter.
+pub fn certificate_expiry(certificate: &str, not_after: i64) {
+    CERTIFICATE_EXPIRY
+        .with_label_values(&[certificate])
+        .set(not_after);
 }
 
 pub fn reload(tenant: &str, result: &str) {

@@ -30,6 +30,8 @@ pub struct Runtime {
     pub engine: PolicyEngine,
     pub state: Arc<ProxyState>,
     pub reloader: Arc<Reloader>,
+    /// The TLS listener's certificates (empty without one).
+    pub certificates: Arc<crate::tls::CertStore>,
 }
 
 /// Loads every tenant's plugin (checked exactly as a reload would) and builds
@@ -78,16 +80,19 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     state.forwarded_headers = config.server.forwarded_headers;
     state.drain.set_grace(config.server.shutdown_grace);
     let state = Arc::new(state);
+    let certificates = Arc::new(crate::tls::CertStore::load(config)?);
     let reloader = Arc::new(Reloader::new(
         engine.clone(),
         state.clone(),
         config.clone(),
         artifacts,
+        certificates.clone(),
     ));
     Ok(Runtime {
         engine,
         state,
         reloader,
+        certificates,
     })
 }
 
@@ -213,7 +218,12 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
 
-    let app = pingora::proxy::http_proxy(&server.configuration, CachetProxy::new(state.clone()));
+    let mut app =
+        pingora::proxy::http_proxy(&server.configuration, CachetProxy::new(state.clone()));
+    app.server_options = Some(crate::tls::listener::server_options(
+        &config.server.listener,
+    ));
+    app.h2_options = Some(crate::tls::listener::h2_options(&config.server.listener));
     let limits = ConnectionLimits {
         max_connections: config.server.max_connections,
         max_request_head: config.server.max_request_head,
@@ -223,6 +233,12 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         ConnectionGuard::new(app, limits),
     );
     proxy.add_tcp(&config.server.listen.to_string());
+    if let Some(addr) = config.server.listener.tls_listen {
+        // The same guarded app: TLS connections count against the same limits.
+        let settings =
+            crate::tls::listener::tls_settings(runtime.certificates.clone(), state.clone())?;
+        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
     server.add_service(proxy);
 
     server.add_service(background_service(
@@ -288,11 +304,16 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
 fn announce(config: &Config, state: &ProxyState, demo_origin: Option<std::net::SocketAddr>) {
     let server = &config.server;
     tracing::info!(
-        "listening on {} (proxy, {} threads)",
+        "listening on {} (proxy, {} threads{})",
         server.listen,
-        server.threads
+        server.threads,
+        if server.listener.h2c { ", h2c" } else { "" }
     );
     let listeners = [
+        (
+            server.listener.tls_listen,
+            "proxy over TLS, ALPN h2 and http/1.1",
+        ),
         (server.admin, "admin: /status, /metrics, /reload, /purge"),
         (server.metrics, "metrics"),
         (demo_origin, "demo origin"),

@@ -5,9 +5,11 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod http2_client;
 pub mod origin;
 pub mod proxy;
 pub mod raw;
+pub mod tls;
 pub mod wire;
 
 use std::path::{Path, PathBuf};

@@ -68,6 +68,8 @@ pub struct Proxy {
     watches: bool,
     pub port: u16,
     pub admin_port: u16,
+    /// The TLS listener's port, when the `[server]` lines say `tls_listen = "127.0.0.1:TLS_PORT"`.
+    pub tls_port: Option<u16>,
     pub dir: tempfile::TempDir,
     admin_token: Option<String>,
 }
@@ -115,6 +117,11 @@ impl Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let admin_port = free_port();
+        let tls_port = server.contains("TLS_PORT").then(free_port);
+        let server = &match tls_port {
+            Some(p) => server.replace("TLS_PORT", &p.to_string()),
+            None => server.to_owned(),
+        };
         let mut config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nthreads = 2\n{server}\n\n[cache]\n{cache}\n"
         );
@@ -158,6 +165,7 @@ impl Proxy {
             watches: !cache.contains("watch = false"),
             port,
             admin_port,
+            tls_port,
             dir,
             admin_token,
         };
@@ -173,7 +181,10 @@ impl Proxy {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("cachet exited early with {status}"));
             }
-            let listening = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            let listening = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self
+                    .tls_port
+                    .is_none_or(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
             // Ready when serving and, unless `watch = false`, watching its
             // files (hot-reload tests change them right away).
             let ready = self

@@ -23,12 +23,20 @@ pub(super) async fn request_filter(
     }
     forward(proxy, session);
     let host = crate::policy::request_host(session.req_header());
-    let tenant = proxy.state.router.load().route(&host).cloned();
+    let router = proxy.state.router.load();
+    let tenant = router.route(&host).cloned();
     let Some(tenant) = tenant else {
         ctx.route = Route::Answered("no tenant for this host".into());
         respond_text(session, ctx, 421, "no tenant is configured for this host\n").await?;
         return Ok(true);
     };
+    if crate::tls::misdirected(session, &router, tenant.name()) {
+        ctx.route = Route::Answered("TLS server name and Host name different tenants".into());
+        let text = "the TLS server name (SNI) and the Host header name different sites\n";
+        respond_text(session, ctx, 421, text).await?;
+        return Ok(true);
+    }
+    drop(router);
     let policy = tenant.policy();
     ctx.tenant = Some(tenant.clone());
     ctx.policy = Some(policy.clone());

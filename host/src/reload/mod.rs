@@ -21,6 +21,7 @@ use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::ProxyState;
 use crate::shadow::Shadow;
 use crate::tenant::{PolicySource, Refusal, Tenant, TenantRouter};
+use crate::tls::CertStore;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ pub struct Reloader {
     last_config_refusal: Mutex<Option<Refusal>>,
     /// Set once the file watcher is running.
     watching: AtomicBool,
+    /// The TLS listener's certificates, reloaded with their files and the config.
+    certificates: Arc<CertStore>,
 }
 
 impl Reloader {
@@ -58,6 +61,7 @@ impl Reloader {
         state: Arc<ProxyState>,
         config: Config,
         artifacts: Option<ArtifactCache>,
+        certificates: Arc<CertStore>,
     ) -> Self {
         Self {
             engine,
@@ -67,7 +71,19 @@ impl Reloader {
             serial: Mutex::new(()),
             last_config_refusal: Mutex::new(None),
             watching: AtomicBool::new(false),
+            certificates,
         }
+    }
+
+    pub fn certificates(&self) -> &Arc<CertStore> {
+        &self.certificates
+    }
+
+    /// Re-reads every certificate with a file in `changed`; a pair that fails
+    /// is refused and the loaded one keeps serving.
+    pub fn reload_certificates(&self, changed: &[PathBuf]) -> Vec<(String, Outcome)> {
+        let _serial = self.serial.lock();
+        self.certificates.reload_files(changed)
     }
 
     pub fn config(&self) -> Config {
@@ -310,6 +326,10 @@ impl Reloader {
         if !tenants_changed && live_changed.is_empty() {
             return Outcome::Unchanged;
         }
+        let certificates = match self.certificates.prepare(&new) {
+            Ok(set) => set,
+            Err(reason) => return Outcome::Refused(reason),
+        };
         if tenants_changed {
             let router = self.state.router.load_full();
             let mut tenants = Vec::with_capacity(new.tenants.len());
@@ -323,6 +343,7 @@ impl Reloader {
                 .router
                 .store(Arc::new(TenantRouter::new(tenants)));
         }
+        self.certificates.install(certificates);
         settings::apply_live(&self.state, &old, &new);
         if !live_changed.is_empty() {
             tracing::info!(keys = live_changed.join(", "), "settings applied");
@@ -418,7 +439,13 @@ impl Reloader {
         let config_outcome = self.reload_config();
         let plugins = self.plugin_paths();
         let plugin_outcomes = self.reload_plugins(&plugins);
-        tracing::info!(?config_outcome, ?plugin_outcomes, "reload check done");
+        let certificate_outcomes = self.reload_certificates(&self.certificates.paths());
+        tracing::info!(
+            ?config_outcome,
+            ?plugin_outcomes,
+            ?certificate_outcomes,
+            "reload check done"
+        );
     }
 }
 

@@ -5,7 +5,7 @@
 //! sorted into one group or the other. Tenants are rebuilt whole on reload
 //! (see `Reloader::apply_config`); their storage limits are applied here.
 
-use crate::config::{CacheConfig, Config, PluginsConfig, ServerConfig};
+use crate::config::{CacheConfig, Config, ListenerConfig, PluginsConfig, ServerConfig};
 use crate::proxy::ProxyState;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +34,7 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         admin_token: _,
         access_log: _,
         shutdown_grace: _,
+        listener,
     } = &old.server;
     let s = &mut new.server;
     if keep("server.listen", s.listen != *listen) {
@@ -71,6 +72,34 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         s.forwarded_headers != *forwarded_headers,
     ) {
         s.forwarded_headers = *forwarded_headers;
+    }
+    // Listeners and the HTTP/2 settings are fixed when the listeners are built;
+    // the default certificate is reloaded like a tenant's.
+    let ListenerConfig {
+        tls_listen,
+        h2c,
+        h2_max_concurrent_streams,
+        h2_max_header_list,
+        default_cert: _,
+    } = listener;
+    let l = &mut s.listener;
+    if keep("server.tls_listen", l.tls_listen != *tls_listen) {
+        l.tls_listen = *tls_listen;
+    }
+    if keep("server.h2c", l.h2c != *h2c) {
+        l.h2c = *h2c;
+    }
+    if keep(
+        "server.h2_max_concurrent_streams",
+        l.h2_max_concurrent_streams != *h2_max_concurrent_streams,
+    ) {
+        l.h2_max_concurrent_streams = *h2_max_concurrent_streams;
+    }
+    if keep(
+        "server.h2_max_header_list",
+        l.h2_max_header_list != *h2_max_header_list,
+    ) {
+        l.h2_max_header_list = *h2_max_header_list;
     }
 
     let CacheConfig {
@@ -134,6 +163,10 @@ pub(super) fn live_changed(old: &Config, new: &Config) -> Vec<&'static str> {
         (
             "server.shutdown_grace",
             o.shutdown_grace != n.shutdown_grace,
+        ),
+        (
+            "server.tls_cert",
+            o.listener.default_cert != n.listener.default_cert,
         ),
         ("cache.max_bytes", oc.max_bytes != nc.max_bytes),
         (

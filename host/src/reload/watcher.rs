@@ -1,4 +1,5 @@
-//! Watches the config file and every plugin file and hands batches of
+//! Watches the config file, every plugin file and every TLS certificate and
+//! key file, and hands batches of
 //! changed paths to the reloader. Which events reach this thread is the
 //! platform module's job (`FileWatch`).
 
@@ -52,18 +53,26 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
 fn watched_files(reloader: &Reloader) -> Vec<PathBuf> {
     std::iter::once(reloader.config_path())
         .chain(reloader.plugin_paths())
+        .chain(reloader.certificates().paths())
         .collect()
 }
 
 fn apply(reloader: &Reloader, batch: Vec<Vec<PathBuf>>) {
     let config = reloader.config_path();
     let plugins = reloader.plugin_paths();
+    let certificates = reloader.certificates().paths();
     // Names that only look alike (another folder's file of the same name)
     // are dropped here.
     let paths: Vec<PathBuf> = batch
         .into_iter()
         .flatten()
-        .filter(|p| same_file(p, &config) || plugins.iter().any(|plugin| same_file(p, plugin)))
+        .filter(|p| {
+            same_file(p, &config)
+                || plugins
+                    .iter()
+                    .chain(&certificates)
+                    .any(|known| same_file(p, known))
+        })
         .collect();
     if paths.is_empty() {
         return;
@@ -72,6 +81,7 @@ fn apply(reloader: &Reloader, batch: Vec<Vec<PathBuf>>) {
         reloader.reload_config();
     }
     reloader.reload_plugins(&paths);
+    reloader.reload_certificates(&paths);
 }
 
 /// The canonical folder of a file (symlinks resolved, as the kernel reports).

@@ -1,0 +1,129 @@
+//! One certificate chain and its private key, read from PEM files and checked
+//! before anything serves them: a chain, a key rustls can sign with, and the
+//! key matching the leaf certificate.
+
+use crate::config::CertPaths;
+use rustls::crypto::ring::default_provider;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A loaded certificate: what rustls serves, and what `/status` shows.
+#[derive(Debug)]
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    pub paths: CertPaths,
+    /// SHA-256 of the leaf certificate (DER), as `openssl x509 -fingerprint -sha256` shows it.
+    pub fingerprint: String,
+    /// Of both files' bytes: tells an unchanged pair from a replaced one.
+    pub(super) files_sha256: String,
+    /// The leaf's DNS names (subjectAltName).
+    pub names: Vec<String>,
+    /// The leaf's notAfter, seconds since the epoch.
+    pub not_after: i64,
+    pub loaded_at: SystemTime,
+}
+
+/// The two files' contents, read once so the hash and the parse see the same bytes.
+pub(super) struct PairBytes {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl PairBytes {
+    pub(super) fn read(paths: &CertPaths) -> Result<Self, String> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        Ok(Self {
+            cert: read(&paths.cert)?,
+            key: read(&paths.key)?,
+        })
+    }
+
+    pub(super) fn sha256(&self) -> String {
+        let mut hash = Sha256::new();
+        hash.update((self.cert.len() as u64).to_be_bytes());
+        hash.update(&self.cert);
+        hash.update(&self.key);
+        hex::encode(hash.finalize())
+    }
+}
+
+impl LoadedCert {
+    /// Reads and checks the pair at `paths`; the error says what is wrong with which file.
+    pub fn load(paths: &CertPaths) -> Result<Self, String> {
+        Self::from_bytes(paths, PairBytes::read(paths)?)
+    }
+
+    pub(super) fn from_bytes(paths: &CertPaths, bytes: PairBytes) -> Result<Self, String> {
+        let cert_file = paths.cert.display();
+        let key_file = paths.key.display();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes.cert)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{cert_file}: not a PEM certificate chain: {e}"))?;
+        let Some(leaf) = chain.first() else {
+            return Err(format!("{cert_file}: no certificate in the file"));
+        };
+        let key = PrivateKeyDer::from_pem_slice(&bytes.key)
+            .map_err(|e| format!("{key_file}: no PEM private key: {e}"))?;
+        let (names, not_after) = describe(leaf).map_err(|e| format!("{cert_file}: {e}"))?;
+        let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
+        let files_sha256 = bytes.sha256();
+        let certified = CertifiedKey::from_der(chain, key, &default_provider())
+            .map_err(|e| format!("{key_file} does not go with {cert_file}: {e}"))?;
+        Ok(Self {
+            key: Arc::new(certified),
+            paths: paths.clone(),
+            fingerprint,
+            files_sha256,
+            names,
+            not_after,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// Whether the leaf's validity has ended.
+    pub fn expired(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.not_after < now
+    }
+}
+
+/// The leaf's DNS names and notAfter.
+fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("the first certificate does not parse: {e}"))?;
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                        ip_text(ip).map(|ip| ip.to_string())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((names, cert.validity().not_after.timestamp()))
+}
+
+fn ip_text(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match bytes.len() {
+        4 => Some(<[u8; 4]>::try_from(bytes).ok()?.into()),
+        16 => Some(<[u8; 16]>::try_from(bytes).ok()?.into()),
+        _ => None,
+    }
+}

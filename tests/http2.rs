@@ -1,0 +1,264 @@
+//! HTTP/2 end to end: the real `cachet` binary reached by a real HTTP/2
+//! client (the `h2` crate) over TLS with ALPN and as h2c on the plain
+//! listener. The same caching scenarios run over HTTP/1.1, h2c and h2 over
+//! TLS and must give the same answers, Cache-Status and origin counts.
+
+mod support;
+
+use std::sync::Arc;
+use support::client::{send, Resp};
+use support::http2_client::{h2_tls, h2c, H2Outcome, H2Request};
+use support::origin::{Origin, Reply};
+use support::plugin;
+use support::proxy::{Proxy, TenantSpec};
+use support::tls::{client_config, https_request, TestCa};
+
+const TOKEN: &str = "h2-purge-token";
+const SITE: &str = "site.test";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Protocol {
+    Http1,
+    H2c,
+    H2Tls,
+}
+
+const PROTOCOLS: [Protocol; 3] = [Protocol::Http1, Protocol::H2c, Protocol::H2Tls];
+
+/// cachet with h2c on its plain listener and a TLS listener, in front of an
+/// origin that varies on Accept-Language and counts requests.
+struct Setup {
+    ca: TestCa,
+    _certs: tempfile::TempDir,
+    origin: Origin,
+    proxy: Proxy,
+}
+
+impl Setup {
+    fn start(server_extra: &str) -> Self {
+        let ca = TestCa::new("h2 CA");
+        let certs = tempfile::tempdir().unwrap();
+        let (cert, key) = ca.leaf(&[SITE]).write(certs.path(), "site");
+        let origin = Origin::start(|seen| {
+            let lang = seen.header("accept-language").unwrap_or("none").to_owned();
+            let reply = Reply::ok(format!("{} {} {lang}", seen.method, seen.url))
+                .header("Cache-Control", "max-age=60");
+            if seen.url.contains("/vary") {
+                reply.header("Vary", "Accept-Language")
+            } else {
+                reply
+            }
+        });
+        let proxy = Proxy::start_with_server(
+            &format!(
+                "tls_listen = \"127.0.0.1:TLS_PORT\"\ntls_cert = {cert:?}\ntls_key = {key:?}\nadmin_token = \"{TOKEN}\"\n{server_extra}"
+            ),
+            "",
+            &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&[SITE])],
+        );
+        Self {
+            ca,
+            _certs: certs,
+            origin,
+            proxy,
+        }
+    }
+
+    fn tls_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        client_config(&[&self.ca], alpn, true)
+    }
+
+    /// Sends one request over `protocol` (a fresh connection each time).
+    fn send(&self, protocol: Protocol, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let request = [H2Request {
+            method,
+            path,
+            headers,
+        }];
+        let outcome = match protocol {
+            Protocol::Http1 => {
+                let mut all = vec![("Host", SITE)];
+                all.extend_from_slice(headers);
+                return send(method, &self.proxy.url(path), &all);
+            }
+            Protocol::H2c => h2c(self.proxy.port, SITE, &request),
+            Protocol::H2Tls => {
+                let port = self.proxy.tls_port.expect("TLS listener");
+                h2_tls(port, self.tls_config(&[b"h2"]), SITE, SITE, &request)
+            }
+        };
+        let mut outcome: H2Outcome = outcome
+            .unwrap_or_else(|e| panic!("{protocol:?} {method} {path}: {e}\n{}", self.proxy.log()));
+        outcome.responses.remove(0)
+    }
+}
+
+/// Cache-Status without its `ttl` (which counts down between requests).
+fn status_form(resp: &Resp) -> String {
+    resp.cache_status()
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.starts_with("ttl="))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[test]
+fn a_miss_then_a_hit_reach_the_origin_once_over_every_protocol() {
+    let setup = Setup::start("h2c = true");
+    let mut forms = Vec::new();
+    for protocol in PROTOCOLS {
+        let path = format!("/same/{protocol:?}");
+        let miss = setup.send(protocol, "GET", &path, &[]);
+        let hit = setup.send(protocol, "GET", &path, &[]);
+        assert_eq!(miss.status, 200, "{protocol:?}: {}", miss.text());
+        assert_eq!(miss.text(), format!("GET {path} none"));
+        assert_eq!(hit.text(), miss.text(), "{protocol:?}");
+        assert!(
+            hit.cache_status().contains("hit"),
+            "{protocol:?}: {}",
+            hit.cache_status()
+        );
+        assert_eq!(setup.origin.hits_for(&path), 1, "{protocol:?}");
+        forms.push((protocol, status_form(&miss), status_form(&hit)));
+    }
+    for (protocol, miss, hit) in &forms[1..] {
+        assert_eq!(
+            (miss, hit),
+            (&forms[0].1, &forms[0].2),
+            "{protocol:?} differs from HTTP/1.1"
+        );
+    }
+}
+
+#[test]
+fn vary_purge_and_a_plugin_bypass_behave_alike_over_every_protocol() {
+    let setup = Setup::start("h2c = true");
+    let auth = format!("Bearer {TOKEN}");
+    let mut bypass_forms = Vec::new();
+    for protocol in PROTOCOLS {
+        // Vary: two variants stored side by side, each served from cache.
+        let path = format!("/vary/{protocol:?}");
+        let lang = |l: &str| setup.send(protocol, "GET", &path, &[("accept-language", l)]);
+        assert_eq!(lang("en").text(), format!("GET {path} en"));
+        assert_eq!(lang("fr").text(), format!("GET {path} fr"));
+        let en = lang("en");
+        assert_eq!(en.text(), format!("GET {path} en"), "{protocol:?}");
+        assert!(
+            en.cache_status().contains("hit"),
+            "{protocol:?}: {}",
+            en.cache_status()
+        );
+        assert_eq!(setup.origin.hits_for(&path), 2, "{protocol:?}");
+
+        // Purge over the same protocol: the next request goes to the origin.
+        let path = format!("/purge/{protocol:?}");
+        setup.send(protocol, "GET", &path, &[]);
+        let purged = setup.send(protocol, "PURGE", &path, &[("authorization", &auth)]);
+        assert_eq!(purged.status, 200, "{protocol:?}: {}", purged.text());
+        let again = setup.send(protocol, "GET", &path, &[]);
+        assert!(
+            again.cache_status().contains("fwd=miss"),
+            "{protocol:?}: {}",
+            again.cache_status()
+        );
+        assert_eq!(setup.origin.hits_for(&path), 2, "{protocol:?}");
+        let refused = setup.send(protocol, "PURGE", &path, &[]);
+        assert_eq!(refused.status, 401, "{protocol:?}: PURGE needs the token");
+
+        // The plugin bypasses the cache for POST: every one reaches the origin.
+        let path = format!("/post/{protocol:?}");
+        let first = setup.send(protocol, "POST", &path, &[]);
+        let second = setup.send(protocol, "POST", &path, &[]);
+        assert_eq!(second.text(), format!("POST {path} none"));
+        assert_eq!(setup.origin.hits_for(&path), 2, "{protocol:?}");
+        assert_eq!(status_form(&first), status_form(&second));
+        bypass_forms.push(status_form(&first));
+    }
+    assert!(
+        bypass_forms[0].contains("fwd=bypass"),
+        "{}",
+        bypass_forms[0]
+    );
+    assert!(
+        bypass_forms.iter().all(|f| f == &bypass_forms[0]),
+        "the bypass reads the same over every protocol: {bypass_forms:?}"
+    );
+}
+
+#[test]
+fn alpn_offers_h2_and_http1_and_h2c_is_off_unless_configured() {
+    let setup = Setup::start("");
+    let port = setup.proxy.tls_port.unwrap();
+    // A client offering both gets HTTP/2; one offering only HTTP/1.1 gets that.
+    let both = h2_tls(
+        port,
+        setup.tls_config(&[b"h2", b"http/1.1"]),
+        SITE,
+        SITE,
+        &[H2Request::get("/alpn")],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", setup.proxy.log()));
+    assert_eq!(both.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(both.responses[0].status, 200);
+    let http1 = https_request(
+        port,
+        setup.tls_config(&[b"http/1.1"]),
+        SITE,
+        "GET",
+        "/alpn",
+        SITE,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(http1.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert_eq!(http1.response.status, 200);
+    assert!(http1.response.cache_status().contains("hit"));
+
+    // Without `h2c = true` the plain listener speaks HTTP/1.1 only.
+    let refused = h2c(setup.proxy.port, SITE, &[H2Request::get("/alpn")]);
+    assert!(
+        refused.is_err(),
+        "prior-knowledge HTTP/2 must fail without h2c"
+    );
+    assert_eq!(setup.origin.hits_for("/alpn"), 1);
+}
+
+#[test]
+fn http2_connections_are_bounded_by_the_configured_streams_and_header_list() {
+    let setup =
+        Setup::start("h2c = true\nh2_max_concurrent_streams = 7\nh2_max_header_list = \"4KiB\"");
+    let big = "x".repeat(6 * 1024);
+    let requests = [
+        H2Request::get("/bounded"),
+        H2Request {
+            method: "GET",
+            path: "/too-big",
+            headers: &[("x-padding", &big)],
+        },
+        H2Request::get("/bounded"),
+    ];
+    let port = setup.proxy.tls_port.unwrap();
+    let outcomes = [
+        ("h2c", h2c(setup.proxy.port, SITE, &requests)),
+        (
+            "h2",
+            h2_tls(port, setup.tls_config(&[b"h2"]), SITE, SITE, &requests),
+        ),
+    ];
+    for (name, outcome) in outcomes {
+        let outcome = outcome.unwrap_or_else(|e| panic!("{name}: {e}\n{}", setup.proxy.log()));
+        assert_eq!(
+            outcome.peer_max_streams, 7,
+            "{name}: announced stream limit"
+        );
+        let statuses: Vec<u16> = outcome.responses.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            [200, 431, 200],
+            "{name}: the oversized head alone is refused"
+        );
+    }
+    assert_eq!(setup.origin.hits_for("/too-big"), 0);
+    assert_eq!(setup.origin.hits_for("/bounded"), 1, "the second is a hit");
+}

@@ -1,0 +1,153 @@
+//! A real HTTP/2 client (the `h2` crate): cleartext with prior knowledge
+//! (h2c) or over TLS with ALPN `h2`. Each call opens one connection, sends
+//! its requests one after the other as streams on it, and closes it.
+
+use super::client::Resp;
+use rustls::pki_types::ServerName;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// One request: method, path, extra headers.
+pub struct H2Request<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> H2Request<'a> {
+    pub fn get(path: &'a str) -> Self {
+        Self {
+            method: "GET",
+            path,
+            headers: &[],
+        }
+    }
+}
+
+/// What one HTTP/2 connection showed.
+pub struct H2Outcome {
+    /// The protocol ALPN settled on (TLS only).
+    pub alpn: Option<Vec<u8>>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS the server announced.
+    pub peer_max_streams: usize,
+    pub responses: Vec<Resp>,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Sends `requests` over one h2c connection to 127.0.0.1:`port`, `authority` as `:authority`.
+pub fn h2c(port: u16, authority: &str, requests: &[H2Request<'_>]) -> Result<H2Outcome, String> {
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        exchange(tcp, "http", authority, requests).await
+    })
+}
+
+/// Sends `requests` over one TLS connection (ALPN h2 only) verifying `name`.
+/// Also returns the protocol the server chose.
+pub fn h2_tls(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+    authority: &str,
+    requests: &[H2Request<'_>],
+) -> Result<H2Outcome, String> {
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let mut outcome = exchange(tls, "https", authority, requests).await?;
+        outcome.alpn = alpn;
+        Ok(outcome)
+    })
+}
+
+async fn exchange<S>(
+    io: S,
+    scheme: &str,
+    authority: &str,
+    requests: &[H2Request<'_>],
+) -> Result<H2Outcome, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = h2::client::handshake(io)
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut out = Vec::new();
+    for request in requests {
+        let deadline = Duration::from_secs(20);
+        let resp = tokio::time::timeout(deadline, send(&client, scheme, authority, request))
+            .await
+            .map_err(|_| format!("{} {}: no answer in 20 s", request.method, request.path))??;
+        out.push(resp);
+    }
+    let peer_max_streams = client.current_max_send_streams();
+    drop(client);
+    driver.abort();
+    Ok(H2Outcome {
+        alpn: None,
+        peer_max_streams,
+        responses: out,
+    })
+}
+
+async fn send(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    scheme: &str,
+    authority: &str,
+    request: &H2Request<'_>,
+) -> Result<Resp, String> {
+    let mut builder = http::Request::builder()
+        .method(request.method)
+        .uri(format!("{scheme}://{authority}{}", request.path));
+    for (name, value) in request.headers {
+        builder = builder.header(*name, *value);
+    }
+    let req = builder.body(()).map_err(|e| e.to_string())?;
+    let mut client = client.clone().ready().await.map_err(|e| e.to_string())?;
+    let (response, _) = client
+        .send_request(req, true)
+        .map_err(|e| format!("sending: {e}"))?;
+    let response = response.await.map_err(|e| format!("response: {e}"))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let mut body_stream = response.into_body();
+    let mut body = Vec::new();
+    while let Some(chunk) = body_stream.data().await {
+        let chunk = chunk.map_err(|e| format!("body: {e}"))?;
+        let _ = body_stream.flow_control().release_capacity(chunk.len());
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}

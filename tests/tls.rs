@@ -1,0 +1,376 @@
+//! TLS termination end to end: the real `cachet` binary with certificates
+//! made by the test (a CA and a leaf per tenant), a real rustls client that
+//! checks which certificate each SNI got, the SNI/Host agreement (421), and
+//! certificate files hot-reloaded or refused.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::client::Resp;
+use support::http2_client::{h2_tls, H2Request};
+use support::origin::{Origin, Reply};
+use support::plugin;
+use support::proxy::{run_cachet, Proxy, TenantSpec};
+use support::tls::{client_config, https_request, Leaf, TestCa, TlsExchange};
+
+/// Three tenants behind one TLS listener: `alpha` (a.test, own certificate),
+/// `beta` (*.b.test, own wildcard certificate), `gamma` (c.test, none: the
+/// default certificate, which names default.test and c.test).
+struct Sites {
+    cas: [TestCa; 3],
+    alpha: Leaf,
+    beta: Leaf,
+    default: Leaf,
+    certs: tempfile::TempDir,
+    origin: Origin,
+    proxy: Proxy,
+}
+
+impl Sites {
+    fn start() -> Self {
+        let cas = [
+            TestCa::new("alpha CA"),
+            TestCa::new("beta CA"),
+            TestCa::new("default CA"),
+        ];
+        let alpha = cas[0].leaf(&["a.test"]);
+        let beta = cas[1].leaf(&["*.b.test"]);
+        let default = cas[2].leaf(&["default.test", "c.test"]);
+        let certs = tempfile::tempdir().unwrap();
+        let (a_cert, a_key) = alpha.write(certs.path(), "alpha");
+        let (b_cert, b_key) = beta.write(certs.path(), "beta");
+        let (d_cert, d_key) = default.write(certs.path(), "default");
+        // The origin says which Host reached it, so routing is visible.
+        let origin = Origin::start(|seen| {
+            let host = seen.header("host").unwrap_or("-").to_owned();
+            Reply::ok(format!("{host} {}", seen.url)).header("Cache-Control", "max-age=60")
+        });
+        let pair = |cert: &Path, key: &Path| format!("tls_cert = {cert:?}\ntls_key = {key:?}");
+        let proxy = Proxy::start_with_server(
+            &format!(
+                "tls_listen = \"127.0.0.1:TLS_PORT\"\n{}",
+                pair(&d_cert, &d_key)
+            ),
+            "",
+            &[
+                TenantSpec::new("alpha", origin.addr, &plugin("standard"))
+                    .hosts(&["a.test"])
+                    .extra(&pair(&a_cert, &a_key)),
+                TenantSpec::new("beta", origin.addr, &plugin("standard"))
+                    .hosts(&["*.b.test"])
+                    .extra(&pair(&b_cert, &b_key)),
+                TenantSpec::new("gamma", origin.addr, &plugin("standard")).hosts(&["c.test"]),
+            ],
+        );
+        Self {
+            cas,
+            alpha,
+            beta,
+            default,
+            certs,
+            origin,
+            proxy,
+        }
+    }
+
+    fn tls_port(&self) -> u16 {
+        self.proxy.tls_port.expect("TLS listener")
+    }
+
+    /// A client trusting the three CAs, speaking HTTP/1.1.
+    fn config(&self, send_sni: bool) -> Arc<rustls::ClientConfig> {
+        let cas: Vec<&TestCa> = self.cas.iter().collect();
+        client_config(&cas, &[b"http/1.1"], send_sni)
+    }
+
+    /// GET `path` over TLS: SNI (and the name checked) `sni`, Host `host`.
+    fn get(&self, sni: &str, host: &str, path: &str) -> TlsExchange {
+        https_request(
+            self.tls_port(),
+            self.config(true),
+            sni,
+            "GET",
+            path,
+            host,
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{sni}: {e}\n{}", self.proxy.log()))
+    }
+
+    /// GET without SNI; the certificate is checked for `name`.
+    fn get_without_sni(&self, name: &str, host: &str, path: &str) -> TlsExchange {
+        https_request(
+            self.tls_port(),
+            self.config(false),
+            name,
+            "GET",
+            path,
+            host,
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("no SNI: {e}\n{}", self.proxy.log()))
+    }
+
+    fn certificate_status(&self, which: &str) -> serde_json::Value {
+        let status = self.proxy.status();
+        status["tls"]["certificates"]
+            .as_array()
+            .expect("tls.certificates")
+            .iter()
+            .find(|c| c["certificate"] == which)
+            .cloned()
+            .unwrap_or_else(|| panic!("no certificate {which:?} in {status}"))
+    }
+}
+
+fn assert_ok(resp: &Resp, body: &str) {
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), body);
+}
+
+#[test]
+fn each_sni_gets_its_tenants_certificate_and_other_names_the_default() {
+    let sites = Sites::start();
+
+    let a = sites.get("a.test", "a.test", "/one");
+    assert_eq!(&a.served, sites.alpha.der(), "a.test: alpha's certificate");
+    assert_ok(&a.response, "a.test /one");
+    assert_eq!(a.alpn.as_deref(), Some(&b"http/1.1"[..]));
+
+    let b = sites.get("www.b.test", "www.b.test", "/two");
+    assert_eq!(
+        &b.served,
+        sites.beta.der(),
+        "a name under *.b.test: beta's wildcard certificate"
+    );
+    assert_ok(&b.response, "www.b.test /two");
+
+    let c = sites.get("c.test", "c.test", "/three");
+    assert_eq!(
+        &c.served,
+        sites.default.der(),
+        "a tenant without a certificate: the default one"
+    );
+    assert_ok(&c.response, "c.test /three");
+
+    let none = sites.get_without_sni("default.test", "a.test", "/four");
+    assert_eq!(&none.served, sites.default.der(), "no SNI: the default one");
+    assert_ok(&none.response, "a.test /four");
+
+    // Each tenant's certificate is in /status with its names.
+    let alpha = sites.certificate_status("tenant alpha");
+    assert_eq!(alpha["names"], serde_json::json!(["a.test"]));
+    assert!(alpha["last_refusal"].is_null());
+    let default = sites.certificate_status("default");
+    assert_eq!(
+        default["names"],
+        serde_json::json!(["default.test", "c.test"])
+    );
+    assert_eq!(
+        sites.proxy.status()["tls"]["certificates"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+}
+
+#[test]
+fn a_request_whose_sni_and_host_name_different_tenants_gets_421() {
+    let sites = Sites::start();
+    let hits = sites.origin.hits();
+
+    let crossed = sites.get("a.test", "www.b.test", "/crossed");
+    assert_eq!(crossed.response.status, 421, "{}", crossed.response.text());
+    // A Host no tenant serves is refused as before.
+    let unknown = sites.get("a.test", "nobody.test", "/crossed");
+    assert_eq!(unknown.response.status, 421);
+    assert_eq!(sites.origin.hits(), hits, "nothing reached the origin");
+
+    // Same tenant: fine, with or without a port in Host.
+    assert_ok(
+        &sites.get("a.test", "a.test:443", "/same").response,
+        "a.test:443 /same",
+    );
+    // Without SNI, Host alone routes.
+    let by_host = sites.get_without_sni("default.test", "www.b.test", "/by-host");
+    assert_ok(&by_host.response, "www.b.test /by-host");
+
+    // The same check holds for HTTP/2 streams on the connection.
+    let cas: Vec<&TestCa> = sites.cas.iter().collect();
+    let h2 = client_config(&cas, &[b"h2"], true);
+    let outcome = h2_tls(
+        sites.tls_port(),
+        h2,
+        "a.test",
+        "x.b.test",
+        &[H2Request::get("/h2-crossed")],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", sites.proxy.log()));
+    assert_eq!(outcome.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(outcome.responses[0].status, 421);
+    assert_eq!(sites.origin.hits_for("/h2-crossed"), 0);
+}
+
+/// Replaces `path` at once (write aside, rename), as deployment tools do.
+fn replace(path: &Path, contents: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, contents).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
+/// Polls `check` for up to 10 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("not within 10 s: {what}");
+}
+
+#[test]
+fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
+    let sites = Sites::start();
+    let cert = sites.certs.path().join("alpha.crt");
+    let key = sites.certs.path().join("alpha.key");
+
+    // A renewed certificate: served from the next handshake on.
+    let renewed = sites.cas[0].leaf(&["a.test"]);
+    replace(&key, &renewed.key_pem);
+    replace(&cert, &renewed.cert_pem);
+    eventually("the renewed certificate is served", || {
+        sites.get("a.test", "a.test", "/").served == *renewed.der()
+    });
+    let loaded_at = sites.certificate_status("tenant alpha")["loaded_at"].clone();
+
+    // A broken certificate file: refused with the reason, the renewed one stays.
+    replace(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
+    );
+    eventually("the broken file is refused", || {
+        !sites.certificate_status("tenant alpha")["last_refusal"].is_null()
+    });
+    let status = sites.certificate_status("tenant alpha");
+    let reason = status["last_refusal"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("alpha.crt"), "{reason}");
+    assert_eq!(
+        status["loaded_at"], loaded_at,
+        "the loaded certificate stays"
+    );
+    let served = sites.get("a.test", "a.test", "/still");
+    assert_eq!(&served.served, renewed.der());
+    assert_ok(&served.response, "a.test /still");
+
+    // A certificate with another pair's key: refused as a mismatch.
+    let other = sites.cas[0].leaf(&["a.test"]);
+    replace(&cert, &other.cert_pem);
+    eventually("the mismatched pair is refused", || {
+        sites.certificate_status("tenant alpha")["last_refusal"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not go with"))
+    });
+    assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
+    assert!(sites.proxy.log().contains("certificate refused"));
+
+    // Failures are counted for alerting.
+    let metrics = ureq::get(&sites.proxy.admin_url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let refused = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("cachet_tls_certificate_reloads_total")
+                && l.contains("tenant alpha")
+                && l.contains("refused")
+        })
+        .unwrap_or_else(|| panic!("no refusal counter in\n{metrics}"));
+    let count: f64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 2.0, "{refused}");
+
+    // The key put right: the pair loads again.
+    replace(&key, &other.key_pem);
+    eventually("the corrected pair is served", || {
+        sites.get("a.test", "a.test", "/").served == *other.der()
+    });
+}
+
+#[test]
+fn the_cache_serves_hits_over_the_tls_listener() {
+    let sites = Sites::start();
+    let first = sites.get("a.test", "a.test", "/cached");
+    assert_ok(&first.response, "a.test /cached");
+    let second = sites.get("a.test", "a.test", "/cached");
+    assert_ok(&second.response, "a.test /cached");
+    let status = second.response.header("cache-status").unwrap_or("");
+    assert!(status.contains("hit"), "{status}");
+    assert_eq!(sites.origin.hits_for("/cached"), 1);
+}
+
+/// A config whose `[server]` lines are `server` and whose one tenant has `tenant` lines.
+fn write_config(dir: &Path, server: &str, tenant: &str) -> std::path::PathBuf {
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:1\"\n{server}\n\n[[tenant]]\nname = \"site\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:9\"\nplugin = \"builtin:standard\"\n{tenant}\n"
+    );
+    let path = dir.join("cachet.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn bad_tls_settings_are_refused_before_serving_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("validate CA");
+    let (cert, key) = ca.leaf(&["site.test"]).write(dir.path(), "site");
+    let (_, other_key) = ca.leaf(&["site.test"]).write(dir.path(), "other");
+    let validate = |server: &str, tenant: &str| {
+        let path = write_config(dir.path(), server, tenant);
+        run_cachet(&["validate", "--config", path.to_str().unwrap()])
+    };
+    let listen = "tls_listen = \"127.0.0.1:2\"";
+
+    let (ok, out) = validate(&format!("{listen}\ntls_cert = {cert:?}"), "");
+    assert!(!ok);
+    assert!(
+        out.contains("server.tls_cert") && out.contains("needs server.tls_key"),
+        "{out}"
+    );
+    assert!(out.contains("cachet.toml:4"), "names the line: {out}");
+
+    let (ok, out) = validate(listen, "");
+    assert!(!ok);
+    assert!(out.contains("server.tls_listen"), "{out}");
+
+    let (ok, out) = validate("", &format!("tls_cert = {cert:?}\ntls_key = {key:?}"));
+    assert!(!ok);
+    assert!(out.contains("server.tls_listen is not set"), "{out}");
+
+    let (ok, out) = validate(
+        listen,
+        "tls_cert = \"missing.crt\"\ntls_key = \"missing.key\"",
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("tenant.tls_cert") && out.contains("no file"),
+        "{out}"
+    );
+
+    let (ok, out) = validate(
+        listen,
+        &format!("tls_cert = {cert:?}\ntls_key = {other_key:?}"),
+    );
+    assert!(!ok);
+    assert!(out.contains("does not go with"), "{out}");
+
+    let (ok, out) = validate(listen, &format!("tls_cert = {cert:?}\ntls_key = {key:?}"));
+    assert!(ok, "{out}");
+}
