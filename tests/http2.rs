@@ -122,6 +122,21 @@ fn a_miss_then_a_hit_reach_the_origin_once_over_every_protocol() {
         assert_eq!(setup.origin.hits_for(&path), 1, "{protocol:?}");
         forms.push((protocol, status_form(&miss), status_form(&hit)));
     }
+    // Every request reached the origin with the site's Host, whatever the client spoke.
+    for seen in setup.origin.seen() {
+        assert_eq!(seen.header("host"), Some(SITE), "{}", seen.url);
+    }
+    // One cache: an entry stored over HTTP/1.1 is a hit over HTTP/2 (same key).
+    setup.send(Protocol::Http1, "GET", "/shared", &[]);
+    for protocol in [Protocol::H2c, Protocol::H2Tls] {
+        let resp = setup.send(protocol, "GET", "/shared", &[]);
+        assert!(
+            resp.cache_status().contains("hit"),
+            "{protocol:?}: {}",
+            resp.cache_status()
+        );
+    }
+    assert_eq!(setup.origin.hits_for("/shared"), 1);
     for (protocol, miss, hit) in &forms[1..] {
         assert_eq!(
             (miss, hit),

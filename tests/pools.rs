@@ -167,6 +167,21 @@ fn a_stopped_upstream_costs_no_client_errors_and_gets_traffic_back_when_it_retur
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(spread.get("a"), Some(&20), "{spread:?}");
     assert!(proxy.log().contains("failed its health check"));
+    // /status shows each upstream's verdict and when it was last checked.
+    let health = |addr: SocketAddr| {
+        let status = proxy.status();
+        let pool = status["tenants"][0]["pool"].clone();
+        assert!(pool["last_health_check"].as_u64().is_some(), "{pool}");
+        pool["upstreams"]
+            .as_array()
+            .expect("pool.upstreams")
+            .iter()
+            .find(|u| u["address"] == addr.to_string())
+            .map(|u| u["healthy"].clone())
+            .unwrap_or_else(|| panic!("{addr} not in {pool}"))
+    };
+    assert_eq!(health(b_addr), false);
+    assert_eq!(health(a.addr), true);
 
     // b is back on the same port: traffic returns after a check.
     let b = NamedOrigin::start_on("b", b_addr);
@@ -179,6 +194,7 @@ fn a_stopped_upstream_costs_no_client_errors_and_gets_traffic_back_when_it_retur
     }
     let (spread, _) = traffic(&proxy, 20);
     assert_eq!(spread.get("b"), Some(&10), "{spread:?}");
+    assert_eq!(health(b_addr), true);
 }
 
 #[test]

@@ -64,6 +64,7 @@ impl AdminApp {
                     "name": tenant.name(),
                     "hosts": tenant.config.hosts,
                     "upstream": tenant.config.upstream_name,
+                    "pool": pool_json(tenant),
                     "plugin": plugin,
                     "promoted": tenant.promoted(),
                     "shadow": shadow_json(tenant),
@@ -96,6 +97,29 @@ impl AdminApp {
             },
         })
     }
+}
+
+/// A tenant's upstream pool: each address, healthy or not, and the last check.
+fn pool_json(tenant: &crate::tenant::Tenant) -> serde_json::Value {
+    let Some(health) = tenant.upstream.health(&tenant.config) else {
+        return serde_json::Value::Null;
+    };
+    let upstreams: Vec<_> = health
+        .upstreams
+        .iter()
+        .map(|u| {
+            json!({
+                "upstream": u.upstream,
+                "address": u.address,
+                "healthy": u.healthy,
+                "set_aside": u.set_aside,
+            })
+        })
+        .collect();
+    json!({
+        "last_health_check": health.last_check.map(unix_seconds),
+        "upstreams": upstreams,
+    })
 }
 
 /// The TLS listener's certificates: what each serves and its last refused reload.

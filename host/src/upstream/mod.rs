@@ -7,6 +7,7 @@ mod pool;
 mod tls;
 
 pub use attempt::{after_error, check_deadline, OriginAttempts};
+pub use pool::{PoolHealth, UpstreamHealth};
 
 use crate::config::{TenantConfig, UpstreamTarget};
 use crate::proxy::ProxyState;
@@ -33,6 +34,12 @@ impl TenantUpstream {
             .as_ref()
             .map(|p| pool::Pool::new(&config.name, &config.upstreams, p, tls.clone()));
         Self { tls, pool }
+    }
+
+    /// The pool's upstreams and their health; None for a single upstream
+    /// (it is not health-checked).
+    pub fn health(&self, config: &TenantConfig) -> Option<PoolHealth> {
+        Some(self.pool.as_ref()?.health(&config.upstreams))
     }
 
     /// The peer for the next attempt at this request's origin exchange;

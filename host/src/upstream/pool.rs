@@ -15,7 +15,7 @@ use pingora::Result;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// Which configured upstream a backend address came from (in `Backend::ext`).
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +66,27 @@ pub(super) struct Pool {
 struct Schedule {
     next_health_check: Instant,
     next_resolve: Instant,
+    /// When the last health check pass finished.
+    last_health_check: Option<SystemTime>,
+}
+
+/// One upstream address as the pool sees it now (for `/status`).
+#[derive(Debug, Clone)]
+pub struct UpstreamHealth {
+    /// The upstream as written in the config.
+    pub upstream: String,
+    pub address: SocketAddr,
+    /// Passing its health checks (before the first check: assumed healthy).
+    pub healthy: bool,
+    /// A connect to it failed since the last check: skipped until the next one.
+    pub set_aside: bool,
+}
+
+/// A pool's health: each upstream address and when it was last checked.
+#[derive(Debug, Clone)]
+pub struct PoolHealth {
+    pub last_check: Option<SystemTime>,
+    pub upstreams: Vec<UpstreamHealth>,
 }
 
 impl Pool {
@@ -95,6 +116,7 @@ impl Pool {
             schedule: Mutex::new(Schedule {
                 next_health_check: Instant::now(),
                 next_resolve: Instant::now() + config.resolve_interval,
+                last_health_check: None,
             }),
             set_aside: Mutex::default(),
             busy: tokio::sync::Mutex::new(()),
@@ -120,6 +142,29 @@ impl Pool {
             .or_else(|| self.balancer.select_with(key, |b, _| untried(b)))?;
         let index = backend.ext.get::<TargetIndex>().map_or(0, |i| i.0);
         Some((backend, index))
+    }
+
+    /// Every known upstream address with its current verdict.
+    pub(super) fn health(&self, targets: &[UpstreamTarget]) -> PoolHealth {
+        let backends = self.balancer.backends();
+        let set_aside = self.set_aside.lock().clone();
+        let upstreams = backends
+            .get_backend()
+            .iter()
+            .filter_map(|backend| {
+                let index = backend.ext.get::<TargetIndex>().map_or(0, |i| i.0);
+                Some(UpstreamHealth {
+                    upstream: targets.get(index)?.written.clone(),
+                    address: *backend.as_inet()?,
+                    healthy: backends.ready(backend),
+                    set_aside: set_aside.contains(backend),
+                })
+            })
+            .collect();
+        PoolHealth {
+            last_check: self.schedule.lock().last_health_check,
+            upstreams,
+        }
     }
 
     /// Upstreams currently known (all addresses of all names).
@@ -165,6 +210,7 @@ impl Pool {
             self.balancer.backends().run_health_check(true).await;
             // A fresh verdict replaces the passive one.
             self.set_aside.lock().clear();
+            self.schedule.lock().last_health_check = Some(SystemTime::now());
         }
     }
 }
