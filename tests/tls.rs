@@ -526,3 +526,21 @@ fn a_config_reload_adds_a_tenant_certificate_and_refuses_one_that_does_not_load(
     );
     assert_eq!(&sites.get("c.test", "c.test", "/").served, gamma.der());
 }
+
+#[test]
+fn a_request_head_over_the_limit_is_refused_over_tls_as_over_plain_http() {
+    let sites = Sites::start();
+    let pad = "p".repeat(70 << 10);
+    let big = https_request(
+        sites.tls_port(),
+        sites.config(true),
+        "a.test",
+        "GET",
+        "/big-head",
+        "a.test",
+        &[("x-pad", &pad)],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", sites.proxy.log()));
+    assert_eq!(big.response.status, 431, "{}", big.response.text());
+    assert_eq!(sites.origin.hits_for("/big-head"), 0);
+}
