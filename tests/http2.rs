@@ -277,3 +277,42 @@ fn http2_connections_are_bounded_by_the_configured_streams_and_header_list() {
     assert_eq!(setup.origin.hits_for("/too-big"), 0);
     assert_eq!(setup.origin.hits_for("/bounded"), 1, "the second is a hit");
 }
+
+#[test]
+fn an_idle_http2_connection_is_closed_after_h2_idle_timeout() {
+    let setup = Setup::start("h2c = true\nh2_idle_timeout = \"400ms\"");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let idle_for = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", setup.proxy.port))
+            .await
+            .unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let closed = tokio::spawn(async move {
+            let _ = connection.await;
+            std::time::Instant::now()
+        });
+        let request = http::Request::get(format!("http://{SITE}/idle"))
+            .body(())
+            .unwrap();
+        let mut client = client.ready().await.unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        while body.data().await.is_some() {}
+        let answered = std::time::Instant::now();
+        // The client keeps its handle: only the server can end the connection.
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), closed)
+            .await
+            .expect("the server closes an idle HTTP/2 connection")
+            .unwrap();
+        drop(client);
+        closed - answered
+    });
+    assert!(
+        idle_for >= std::time::Duration::from_millis(300),
+        "closed after {idle_for:?}, before the idle timeout"
+    );
+    assert_eq!(setup.origin.hits_for("/idle"), 1);
+}

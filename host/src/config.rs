@@ -90,6 +90,7 @@ struct RawServer {
     h2c: Option<bool>,
     h2_max_concurrent_streams: Option<Spanned<u32>>,
     h2_max_header_list: Option<Spanned<ByteSize>>,
+    h2_idle_timeout: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -379,6 +380,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 h2c: raw.server.h2c,
                 h2_max_concurrent_streams: &raw.server.h2_max_concurrent_streams,
                 h2_max_header_list: &raw.server.h2_max_header_list,
+                h2_idle_timeout: &raw.server.h2_idle_timeout,
             },
             max_request_head,
         )?,

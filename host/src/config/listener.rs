@@ -2,10 +2,12 @@
 //! termination (`tls_listen`, `tls_cert`/`tls_key`, and a tenant's own
 //! `tls_cert`/`tls_key` chosen by SNI) and HTTP/2 (`h2c` and its bounds).
 
+use super::duration::DurationValue;
 use super::{ConfigError, Locator, PINGORA_MAX_HEAD};
 use bytesize::ByteSize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use toml::Spanned;
 
 /// A certificate chain and its private key, both PEM files.
@@ -30,12 +32,16 @@ pub struct ListenerConfig {
     /// Bytes of one HTTP/2 request's decoded header list (the HTTP/2 twin of
     /// `max_request_head`).
     pub h2_max_header_list: u32,
+    /// An HTTP/2 connection with no stream open is closed after this long.
+    pub h2_idle_timeout: Duration,
 }
 
 /// Pingora's own default (`default_h2_options`), kept.
 const DEFAULT_H2_STREAMS: u32 = 100;
 /// More streams than this per connection buys a client nothing a second connection would not.
 const MAX_H2_STREAMS: u32 = 1000;
+/// As long as Pingora keeps an idle HTTP/1.1 keep-alive connection.
+const DEFAULT_H2_IDLE: Duration = Duration::from_secs(60);
 
 /// The `[server]` keys as written.
 pub(super) struct RawListener<'a> {
@@ -45,6 +51,7 @@ pub(super) struct RawListener<'a> {
     pub h2c: Option<bool>,
     pub h2_max_concurrent_streams: &'a Option<Spanned<u32>>,
     pub h2_max_header_list: &'a Option<Spanned<ByteSize>>,
+    pub h2_idle_timeout: &'a Option<Spanned<DurationValue>>,
 }
 
 impl Locator<'_> {
@@ -81,12 +88,22 @@ impl Locator<'_> {
             Some(b) => b.get_ref().as_u64() as u32,
             None => max_request_head as u32,
         };
+        let h2_idle_timeout = match raw.h2_idle_timeout {
+            Some(v) => match self.duration("server.h2_idle_timeout", v)? {
+                Duration::ZERO => {
+                    return Err(self.at(v.span(), "server.h2_idle_timeout", "must be more than 0"))
+                }
+                d => d,
+            },
+            None => DEFAULT_H2_IDLE,
+        };
         Ok(ListenerConfig {
             tls_listen,
             default_cert,
             h2c: raw.h2c.unwrap_or(false),
             h2_max_concurrent_streams,
             h2_max_header_list,
+            h2_idle_timeout,
         })
     }
 

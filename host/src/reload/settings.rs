@@ -80,6 +80,7 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         h2c,
         h2_max_concurrent_streams,
         h2_max_header_list,
+        h2_idle_timeout,
         default_cert: _,
     } = listener;
     let l = &mut s.listener;
@@ -100,6 +101,12 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         l.h2_max_header_list != *h2_max_header_list,
     ) {
         l.h2_max_header_list = *h2_max_header_list;
+    }
+    if keep(
+        "server.h2_idle_timeout",
+        l.h2_idle_timeout != *h2_idle_timeout,
+    ) {
+        l.h2_idle_timeout = *h2_idle_timeout;
     }
 
     let CacheConfig {

@@ -36,9 +36,12 @@ pub fn h2_options(config: &ListenerConfig) -> H2Options {
     options
 }
 
-/// Cleartext HTTP/2 (prior knowledge) on the plain listener when `h2c = true`.
+/// Cleartext HTTP/2 (prior knowledge) on the plain listener when `h2c = true`;
+/// idle HTTP/2 connections closed as idle HTTP/1.1 ones are, so they do not
+/// hold a connection slot for ever.
 pub fn server_options(config: &ListenerConfig) -> HttpServerOptions {
     let mut options = HttpServerOptions::default();
     options.h2c = config.h2c;
+    options.h2_idle_timeout = Some(config.h2_idle_timeout);
     options
 }
