@@ -316,3 +316,68 @@ fn an_idle_http2_connection_is_closed_after_h2_idle_timeout() {
     );
     assert_eq!(setup.origin.hits_for("/idle"), 1);
 }
+
+/// Reads from `conn` until the server closes it; how long that took (None: not within 5 s).
+fn closed_within(conn: &mut impl std::io::Read) -> Option<std::time::Duration> {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            // Reset or a TLS alert: closed as well.
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn an_http2_client_that_never_sends_its_preface_is_disconnected() {
+    let setup = Setup::start("h2c = true\nh2_idle_timeout = \"400ms\"");
+    let slow = |d: Option<std::time::Duration>| {
+        d.is_some_and(|d| d >= std::time::Duration::from_millis(300))
+    };
+
+    // ALPN settled on h2, then silence.
+    let name = rustls::pki_types::ServerName::try_from(SITE).unwrap();
+    let conn = rustls::ClientConnection::new(setup.tls_config(&[b"h2"]), name).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", setup.proxy.tls_port.unwrap())).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    let took = closed_within(&mut tls);
+    assert!(
+        slow(took),
+        "TLS + h2 without a preface: closed after {took:?}"
+    );
+
+    // The plain listener with h2c: a connection that sends nothing.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", setup.proxy.port)).unwrap();
+    plain
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let took = closed_within(&mut plain);
+    assert!(
+        slow(took),
+        "h2c listener, silent client: closed after {took:?}"
+    );
+
+    // Clients that do speak are served as before.
+    assert_eq!(setup.send(Protocol::H2c, "GET", "/after", &[]).status, 200);
+    assert_eq!(
+        setup.send(Protocol::H2Tls, "GET", "/after", &[]).status,
+        200
+    );
+}

@@ -227,6 +227,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let limits = ConnectionLimits {
         max_connections: config.server.max_connections,
         max_request_head: config.server.max_request_head,
+        h2_preface_timeout: config.server.listener.h2_idle_timeout,
     };
     let mut proxy = pingora::services::listening::Service::new(
         "cachet proxy".into(),

@@ -25,6 +25,8 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Bytes of one request head at most (`max_request_head`).
     pub max_request_head: usize,
+    /// How long an HTTP/2 client may take to start its preface (`h2_idle_timeout`).
+    pub h2_preface_timeout: Duration,
 }
 
 /// A `ServerApp` that admits at most `max_connections` streams at once and
@@ -65,6 +67,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
             self.limits.max_request_head,
             slot,
             self.on_refused_head.clone(),
+            self.limits.h2_preface_timeout,
         );
         self.inner.process_new(Box::new(guarded), shutdown).await
     }

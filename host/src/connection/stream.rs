@@ -7,13 +7,16 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use pingora::proxy::Session;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 
 /// What a client gets when its request head is over the limit (the body is 30 bytes).
 const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
@@ -53,6 +56,11 @@ pub struct GuardedStream {
     /// Counts the connection as open for as long as the stream lives.
     _slot: OwnedSemaphorePermit,
     on_refused: Arc<dyn Fn() + Send + Sync>,
+    /// How long an HTTP/2 client may take to send its preface (Pingora and
+    /// the `h2` crate wait for it without limit).
+    preface_limit: Duration,
+    /// Running until the first bytes of a connection ALPN made HTTP/2.
+    preface_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl GuardedStream {
@@ -61,12 +69,15 @@ impl GuardedStream {
         max_head: usize,
         slot: OwnedSemaphorePermit,
         on_refused: Arc<dyn Fn() + Send + Sync>,
+        preface_limit: Duration,
     ) -> Self {
-        let phase = if matches!(inner.selected_alpn_proto(), Some(ALPN::H2)) {
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        let phase = if h2 {
             Phase::Unbounded
         } else {
             Phase::Head { read: 0 }
         };
+        let preface_timer = h2.then(|| Box::pin(tokio::time::sleep(preface_limit)));
         crate::metrics::connections_open(1);
         Self {
             inner,
@@ -76,6 +87,29 @@ impl GuardedStream {
             head_expected: AtomicBool::new(false),
             _slot: slot,
             on_refused,
+            preface_limit,
+            preface_timer,
+        }
+    }
+
+    /// The first read of an HTTP/2 connection: end of stream when the
+    /// preface does not start within `preface_limit`.
+    fn poll_preface(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Poll::Ready(result) = Pin::new(&mut self.inner).poll_read(cx, buf) {
+            self.preface_timer = None;
+            return Poll::Ready(result);
+        }
+        match self.preface_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                self.preface_timer = None;
+                self.phase = Phase::Closed;
+                Poll::Ready(Ok(()))
+            }
+            _ => Poll::Pending,
         }
     }
 
@@ -150,6 +184,9 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.preface_timer.is_some() {
+            return this.poll_preface(cx, buf);
+        }
         this.sync_phase();
         loop {
             match this.phase {
@@ -285,8 +322,16 @@ impl GetSocketDigest for GuardedStream {
 
 #[async_trait::async_trait]
 impl Peek for GuardedStream {
+    /// Pingora peeks for the h2c preface before anything else and waits for
+    /// all of it: bounded like an HTTP/2 preface over TLS.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        match tokio::time::timeout(self.preface_limit, self.inner.try_peek(buf)).await {
+            Ok(peeked) => peeked,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request bytes within h2_idle_timeout",
+            )),
+        }
     }
 }
 
