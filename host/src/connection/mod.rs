@@ -10,7 +10,12 @@
 //! - [`GuardedStream`] stops reading a request head at `[server]
 //!   max_request_head` bytes and answers 431 itself, before Pingora's buffer
 //!   can grow further. The proxy phases tell it where heads start and end
-//!   ([`head_complete`], [`next_head`]).
+//!   ([`head_complete`], [`next_head`]). An HTTP/2 connection (ALPN `h2`,
+//!   or the h2c peek on the plain listener) must start its preface within
+//!   `h2_idle_timeout`; after that, HTTP/2 frames are Pingora's and the `h2`
+//!   crate's to bound (`h2_max_header_list`, `h2_max_concurrent_streams`).
+//!
+//! Both listeners, plain and TLS, share one guard and so one connection count.
 //!
 //! The bound is therefore `max_connections × max_request_head` of head
 //! buffers, on top of the cache's byte budget.
