@@ -4,7 +4,7 @@
 //! - [`certificate`]: reading and checking one PEM chain and key;
 //! - [`store`]: the running set, swapped whole, with refusals kept;
 //! - [`resolver`]: rustls' certificate choice from the handshake's SNI;
-//! - [`server_name`]: the SNI kept on the connection, and the 421 check;
+//! - [`server_name`](mod@server_name): the SNI kept on the connection, and the 421 check;
 //! - [`listener`]: Pingora's TLS and HTTP/2 settings.
 
 pub mod certificate;
