@@ -30,6 +30,11 @@ struct Sites {
 
 impl Sites {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// With `cache` lines (and tables after them, e.g. `[plugins]`).
+    fn start_with(cache: &str) -> Self {
         let cas = [
             TestCa::new("alpha CA"),
             TestCa::new("beta CA"),
@@ -53,7 +58,7 @@ impl Sites {
                 "tls_listen = \"127.0.0.1:TLS_PORT\"\n{}",
                 pair(&d_cert, &d_key)
             ),
-            "",
+            cache,
             &[
                 TenantSpec::new("alpha", origin.addr, &plugin("standard"))
                     .hosts(&["a.test"])
@@ -543,4 +548,35 @@ fn a_request_head_over_the_limit_is_refused_over_tls_as_over_plain_http() {
     .unwrap_or_else(|e| panic!("{e}\n{}", sites.proxy.log()));
     assert_eq!(big.response.status, 431, "{}", big.response.text());
     assert_eq!(sites.origin.hits_for("/big-head"), 0);
+}
+
+#[test]
+fn without_file_watching_a_reload_request_picks_up_renewed_certificates() {
+    let sites = Sites::start_with("\n[plugins]\nwatch = false");
+    let renewed = sites.cas[1].leaf(&["*.b.test"]);
+    renewed.write(sites.certs.path(), "beta");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        &sites.get("x.b.test", "x.b.test", "/").served,
+        sites.beta.der(),
+        "not watched: the loaded certificate until asked"
+    );
+    let text = ureq::post(&sites.proxy.admin_url("/reload"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let beta = status["tls"]["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["certificate"] == "tenant beta")
+        .cloned()
+        .unwrap();
+    assert!(beta["last_refusal"].is_null(), "{beta}");
+    assert_eq!(
+        &sites.get("x.b.test", "x.b.test", "/").served,
+        renewed.der()
+    );
 }
