@@ -10,7 +10,8 @@ SYSTEM_TOOLS=(
   "cmake cmake"           # builds libz-ng-sys, pulled in by pingora-core
   "pkg-config pkg-config" # lets -sys crates find system libraries
 )
-WASM_TARGET=wasm32-wasip2
+# Policies build for wasm32-unknown-unknown (no WASI); the test fixtures for wasm32-wasip2.
+WASM_TARGETS=(wasm32-unknown-unknown wasm32-wasip2)
 
 fail() {
   echo "cachet setup: $*" >&2
@@ -46,9 +47,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     fail "could not install ${missing[*]}: run 'sudo apt-get install -y ${missing[*]}'"
 fi
 
-rustup target list --installed 2>/dev/null | grep -qx "$WASM_TARGET" ||
-  rustup target add "$WASM_TARGET" >&2 ||
-  fail "could not add the $WASM_TARGET target: run 'rustup target add $WASM_TARGET'"
+for target in "${WASM_TARGETS[@]}"; do
+  rustup target list --installed 2>/dev/null | grep -qx "$target" ||
+    rustup target add "$target" >&2 ||
+    fail "could not add the $target target: run 'rustup target add $target'"
+done
 
 if [ "${1:-}" = "--lint" ]; then
   for component in rustfmt clippy; do

@@ -672,3 +672,102 @@ fn the_plugin_normalises_a_varying_header_into_shared_variants() {
         .contains("hit"));
     assert_eq!(origin.hits_for("/app.js"), 2);
 }
+
+// ---------------------------------------------------------------- 8. the lean hit path
+
+/// A hit's head and body as the client gets them, minus the fields that change with time.
+fn hit_as_sent(port: u16, request: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let resp = support::wire::one(port, request);
+    let mut fields: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .filter(|(name, _)| !name.eq_ignore_ascii_case("date"))
+        .map(|(name, value)| {
+            let value = match name.to_ascii_lowercase().as_str() {
+                // Seconds since the fill and freshness left may tick between the two proxies.
+                "age" => "<age>".to_owned(),
+                "cache-status" => value.split("; ttl=").next().unwrap_or("").to_owned(),
+                _ => value.clone(),
+            };
+            (name.to_ascii_lowercase(), value)
+        })
+        .collect();
+    fields.sort();
+    (resp.status, fields, resp.body)
+}
+
+fn lean_hits_counted(metrics_port: u16) -> u64 {
+    let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cachet_lean_hits_total "))
+        .map_or(0, |v| v.trim().parse().expect("counter value"))
+}
+
+#[test]
+fn lean_and_full_hits_answer_alike() {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("body of {}", seen.url))
+            .header("Cache-Control", "max-age=600")
+            .header("ETag", "\"v1\"")
+            .header("X-Origin-Field", "kept as sent")
+            .header("Cachet-Cache-Control", "max-age=600")
+    });
+    let start = |lean: bool| {
+        let metrics_port = support::free_port();
+        let proxy = Proxy::start_with_server(
+            &format!("metrics = \"127.0.0.1:{metrics_port}\""),
+            &format!("{CACHE}\nlean_hits = {lean}"),
+            &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+        );
+        (proxy, metrics_port)
+    };
+    let (lean, lean_metrics) = start(true);
+    let (full, full_metrics) = start(false);
+    let request = "GET /page?a=1 HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n";
+    for proxy in [&lean, &full] {
+        let miss = support::wire::one(proxy.port, request);
+        assert!(miss
+            .header("cache-status")
+            .unwrap_or("")
+            .contains("fwd=miss"));
+    }
+    let lean_hit = hit_as_sent(lean.port, request);
+    let full_hit = hit_as_sent(full.port, request);
+    assert_eq!(
+        lean_hit, full_hit,
+        "a lean hit differs from a full-path hit"
+    );
+    assert_eq!(lean_hit.2, b"body of /page?a=1");
+    let (_, fields, _) = &lean_hit;
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(field("cache-status"), Some("cachet; hit"));
+    assert_eq!(field("age"), Some("<age>"));
+    assert_eq!(field("x-origin-field"), Some("kept as sent"));
+    assert_eq!(
+        field("cachet-cache-control"),
+        None,
+        "cachet's own field stays internal"
+    );
+    assert_eq!(lean_hits_counted(lean_metrics), 1);
+    assert_eq!(lean_hits_counted(full_metrics), 0);
+
+    // What the lean path leaves to the full path is still answered right, and not counted.
+    let range = "GET /page?a=1 HTTP/1.1\r\nHost: site.test\r\nRange: bytes=0-3\r\nConnection: close\r\n\r\n";
+    let partial = support::wire::one(lean.port, range);
+    assert_eq!((partial.status, partial.text().as_str()), (206, "body"));
+    let conditional = "GET /page?a=1 HTTP/1.1\r\nHost: site.test\r\nIf-None-Match: \"v1\"\r\nConnection: close\r\n\r\n";
+    assert_eq!(support::wire::one(lean.port, conditional).status, 304);
+    let head = "HEAD /page?a=1 HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n";
+    assert!(support::wire::one(lean.port, head).body.is_empty());
+    assert_eq!(lean_hits_counted(lean_metrics), 1);
+    assert_eq!(
+        origin.hits_for("/page?a=1"),
+        2,
+        "one fill per proxy, every other answer a hit"
+    );
+}

@@ -330,6 +330,34 @@ fn new_plugin_writes_a_crate_that_tests_green() {
         .status()
         .expect("cargo test");
     assert!(status.success(), "the generated plugin's tests fail");
+
+    // `cachet build`: wasm32-unknown-unknown, wrapped into a component with no WASI
+    // imports, loaded and self-tested as `serve` would.
+    let out_dir = dir.path().join("out");
+    let out = Command::new(cachet_bin())
+        .arg("build")
+        .arg(&crate_dir)
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .env("CARGO_TARGET_DIR", dir.path().join("target"))
+        .output()
+        .expect("cachet build");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("self-test vectors: passed"), "{text}");
+    let imports = text.lines().find(|l| l.contains("imports:")).unwrap_or("");
+    assert!(imports.contains("cachet:policy/host@0.1.0"), "{text}");
+    assert!(
+        !imports.contains("wasi:"),
+        "a policy built by cachet imports WASI: {text}"
+    );
+    let component = out_dir.join("my_policy.wasm");
+    let (ok, out) = cachet(&["check", component.to_str().unwrap()]);
+    assert!(ok, "{out}");
 }
 
 #[test]

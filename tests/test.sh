@@ -12,3 +12,6 @@ bash plugins/build.sh
 cargo test --manifest-path plugins/Cargo.toml
 cargo test --manifest-path tests/fixtures/plugins/Cargo.toml
 cargo test --workspace
+# The RFC 9111/9110 suites once more with every hit on pingora-cache's full path
+# (`[cache] lean_hits = false`): both hit paths must behave alike.
+CACHET_TEST_LEAN_HITS=off cargo test -p cachet --test http_caching --test http_semantics

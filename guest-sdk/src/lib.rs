@@ -43,8 +43,9 @@
 //! [`TestVector`]): the host runs them before a new plugin version may serve,
 //! and `testing::check_self_tests` runs the same list under `cargo test`.
 //!
-//! Build the plugin crate (`crate-type = ["cdylib"]`) for `wasm32-wasip2`; the
-//! resulting `.wasm` is a component implementing the `cachet:policy` world.
+//! Build the plugin crate (`crate-type = ["cdylib"]`) with `cachet build`: it
+//! compiles for `wasm32-unknown-unknown` (no WASI imports) and wraps the module
+//! into a component implementing the `cachet:policy` world.
 //!
 //! On `wasm32` a [`Request`] or [`Response`] wraps the host's resource: each
 //! accessor is one call into the host that copies only the field asked for.

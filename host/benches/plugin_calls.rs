@@ -10,11 +10,13 @@
 //! `PLUGIN_CALLS_ITERATIONS=N` (default 20000); `PLUGIN_CALLS_ONLY=standard`
 //! measures one plugin and `PLUGIN_CALLS_MODEL=fresh|reused` one instance
 //! model, `PLUGIN_CALLS_POOL_INSTANCES=2` a smaller instance pool (short runs
-//! under `valgrind --tool=callgrind`).
+//! under `valgrind --tool=callgrind`), `PLUGIN_CALLS_DIR=DIR` the plugins in DIR
+//! instead of plugins/ (e.g. wasm32-wasip2 builds, to compare with the default
+//! components that import no WASI).
 
 use cachet::policy::{InstancePool, LoadedPlugin, PluginLimits, PolicyEngine, TenantContext};
 use pingora::http::{RequestHeader, ResponseHeader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,7 +95,10 @@ fn measure(f: impl Fn() + Sync) -> Stats {
 }
 
 fn main() {
-    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let plugins = match std::env::var_os("PLUGIN_CALLS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins"),
+    };
     // Valgrind cannot reserve the address space of a 64-instance pool.
     let pool_instances = env_number("PLUGIN_CALLS_POOL_INSTANCES", 64) as u32;
     let engine = PolicyEngine::new(pool_instances).expect("engine");

@@ -99,6 +99,7 @@ struct RawCache {
     max_bytes: Option<Spanned<ByteSize>>,
     max_object_bytes: Option<Spanned<ByteSize>>,
     uncacheable_keys: Option<usize>,
+    lean_hits: Option<bool>,
     lock_timeout: Option<Spanned<DurationValue>>,
     lock_timeout_ms: Option<Spanned<u64>>,
 }
@@ -232,6 +233,8 @@ pub struct CacheConfig {
     /// How many URLs whose last response was not storable are remembered, so their requests
     /// skip the cache lock (0: none).
     pub uncacheable_keys: usize,
+    /// Fresh plain GET hits skip pingora-cache's state machine (see `proxy/lean_hit.rs`).
+    pub lean_hits: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -433,6 +436,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         max_bytes,
         max_object_bytes,
         uncacheable_keys: raw.cache.uncacheable_keys.unwrap_or(16_384),
+        lean_hits: raw.cache.lean_hits.unwrap_or(true),
         lock_timeout: located
             .duration_or_ms(
                 "cache.lock_timeout",

@@ -1,6 +1,7 @@
 //! The `cachet` command line.
 
 mod admin_client;
+mod build_plugin;
 mod scaffold;
 
 use cachet::config;
@@ -105,6 +106,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build a policy crate as a component (wasm32-unknown-unknown, no WASI), load it as
+    /// `serve` would and run its self-test vectors.
+    Build {
+        /// The crate's folder (default: the current one).
+        dir: Option<PathBuf>,
+        /// Where to write NAME.wasm (default: TARGET_DIR/cachet/).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Wrap a core module built with wit-bindgen into a policy component.
+    Componentize {
+        /// The core module (.wasm from wasm32-unknown-unknown).
+        input: PathBuf,
+        /// Where to write the component.
+        output: PathBuf,
+    },
     /// Write a new plugin crate (policy, unit test, build command) to start from.
     NewPlugin {
         /// Crate name, e.g. my-policy.
@@ -173,14 +190,16 @@ fn main() -> ExitCode {
             scaffold::SdkSource::find(sdk.as_deref())
                 .and_then(|sdk| scaffold::new_plugin(&name, &dir, &sdk))
                 .map(|()| {
-                    println!("created {} — build it with:", dir.display());
+                    println!("created {} — test and build it with:", dir.display());
                     println!("  cargo test --manifest-path {}/Cargo.toml", dir.display());
-                    println!(
-                    "  cargo build --release --target wasm32-wasip2 --manifest-path {}/Cargo.toml",
-                    dir.display()
-                );
+                    println!("  cachet build {}", dir.display());
                 })
         }
+        Command::Build { dir, out_dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            build_plugin::build(&dir, out_dir.as_deref())
+        }
+        Command::Componentize { input, output } => build_plugin::componentize_file(&input, &output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -117,6 +117,18 @@ static WATCH_EVENTS: Lazy<IntCounter> = Lazy::new(|| {
     ))
 });
 
+static LEAN_HITS: Lazy<IntCounter> = Lazy::new(|| {
+    register(IntCounter::new(
+        "cachet_lean_hits_total",
+        "Fresh plain GET hits answered on the lean path (the rest of the hits take pingora-cache's full path)",
+    ))
+});
+
+/// A hit answered on the lean path.
+pub fn lean_hit() {
+    LEAN_HITS.inc();
+}
+
 /// An origin response (its count is the number of origin requests).
 pub fn origin_response(tenant: &str, status: u16, elapsed: std::time::Duration) {
     let class = match status {

@@ -106,7 +106,7 @@ crate-type = ["cdylib", "rlib"]
 [dependencies]
 cachet-sdk = {sdk}
 
-# A plugin is its own workspace, built for wasm32-wasip2.
+# A plugin is its own workspace, built by `cachet build` (wasm32-unknown-unknown).
 [workspace]
 
 [profile.release]
@@ -122,8 +122,8 @@ panic = "abort"
 
 fn lib_rs(type_name: &str) -> String {
     format!(
-        r#"//! A cachet cache policy. Build: cargo build --release --target wasm32-wasip2
-//! Check before deploying: cachet check target/wasm32-wasip2/release/<crate>.wasm
+        r#"//! A cachet cache policy. Build, check and self-test: cachet build
+//! It writes target/cachet/<crate>.wasm, the component to name in `plugin = ...`.
 
 use cachet_sdk::prelude::*;
 

@@ -17,6 +17,7 @@ use pingora::server::ShutdownWatch;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Live plugin instances the engine's pool has room for (all tenants).
@@ -78,6 +79,7 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     let mut state = ProxyState::new(TenantRouter::new(tenants), cache, config.server.access_log);
     state.admin_token = ArcSwapOption::from_pointee(config.server.admin_token.clone());
     state.forwarded_headers = config.server.forwarded_headers;
+    state.lean_hits = AtomicBool::new(config.cache.lean_hits);
     state.drain.set_grace(config.server.shutdown_grace);
     let state = Arc::new(state);
     let certificates = Arc::new(crate::tls::CertStore::load(config)?);

@@ -377,10 +377,11 @@ build_plugins() {
         plugins_built=ok
     else
         log "building the plugins (bash plugins/build.sh)"
-        if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-            rustup target add wasm32-wasip2 >"$work/build-plugins.log" 2>&1
+        if command -v rustup >/dev/null && ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+            rustup target add wasm32-unknown-unknown >"$work/build-plugins.log" 2>&1
         fi
-        if (cd "$repo_root" && timeout 1800 bash plugins/build.sh) >>"$work/build-plugins.log" 2>&1; then
+        # The release binary just built wraps the modules into components.
+        if (cd "$repo_root" && CACHET="$repo_root/target/release/cachet" timeout 1800 bash plugins/build.sh) >>"$work/build-plugins.log" 2>&1; then
             plugins_built=ok
         else
             tail -n 30 "$work/build-plugins.log" >&2

@@ -122,8 +122,13 @@ impl Proxy {
             Some(p) => server.replace("TLS_PORT", &p.to_string()),
             None => server.to_owned(),
         };
+        // CACHET_TEST_LEAN_HITS=off runs a suite with every hit on pingora-cache's full path.
+        let lean = match std::env::var("CACHET_TEST_LEAN_HITS").as_deref() {
+            Ok("off") if !cache.contains("lean_hits") => "lean_hits = false\n",
+            _ => "",
+        };
         let mut config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nthreads = 2\n{server}\n\n[cache]\n{cache}\n"
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nthreads = 2\n{server}\n\n[cache]\n{lean}{cache}\n"
         );
         for t in tenants {
             let hosts: Vec<String> = t.hosts.iter().map(|h| format!("{h:?}")).collect();

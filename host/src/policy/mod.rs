@@ -6,6 +6,7 @@ mod bindings;
 mod breaker;
 mod builtin;
 mod call_scope;
+pub mod componentize;
 mod decision;
 mod engine;
 mod host_api;

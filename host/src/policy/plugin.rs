@@ -105,9 +105,20 @@ impl LoadedPlugin {
     ) -> anyhow::Result<Self> {
         let started = Instant::now();
         let sha256 = hex::encode(Sha256::digest(bytes));
+        // A core module from wit-bindgen (wasm32-unknown-unknown) is wrapped here, so
+        // `plugin = "target/.../x.wasm"` works straight from cargo; `cachet build` does the
+        // same ahead of time. The hash stays the file's: it names what the operator deployed.
+        let wrapped;
+        let component_bytes = if super::componentize::is_core_module(bytes) {
+            wrapped = super::componentize::componentize(bytes)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            &wrapped[..]
+        } else {
+            bytes
+        };
         let compiled = match cache {
-            Some(cache) => cache.component(engine.engine(), path, bytes, &sha256),
-            None => Component::new(engine.engine(), bytes).map(|c| (c, false)),
+            Some(cache) => cache.component(engine.engine(), path, component_bytes, &sha256),
+            None => Component::new(engine.engine(), component_bytes).map(|c| (c, false)),
         };
         let (component, from_artifact_cache) = compiled.map_err(|e| {
             anyhow::anyhow!(

@@ -136,12 +136,29 @@ pub fn value(cache: &HttpCache, ctx: &RequestCtx, origin_status: u16) -> String 
     let ttl = outcome.ttl.then(|| ttl(cache)).flatten();
     // It waited for another request's fill and shares its response.
     let collapsed = outcome.hit && cache.lock_duration().is_some();
+    render(
+        &outcome,
+        origin_status,
+        ttl,
+        collapsed,
+        shown_key(ctx).as_deref(),
+    )
+}
+
+/// cachet's member for a fresh hit answered by the lean path (same table, phase `Hit`).
+pub fn hit_value(ctx: &RequestCtx, ttl: u64) -> String {
+    let outcome = outcome(Facts::of(ctx), &CachePhase::Hit);
+    let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
+    render(&outcome, 0, Some(ttl), false, shown_key(ctx).as_deref())
+}
+
+/// The key as `key="…"` shows it, when the tenant's debug option asks for it.
+fn shown_key(ctx: &RequestCtx) -> Option<String> {
     let show_key = ctx
         .tenant
         .as_ref()
         .is_some_and(|t| t.config.cache_status_key);
-    let key = (show_key && !ctx.key.is_empty()).then(|| super::cache_key::describe(&ctx.key));
-    render(&outcome, origin_status, ttl, collapsed, key.as_deref())
+    (show_key && !ctx.key.is_empty()).then(|| super::cache_key::describe(&ctx.key))
 }
 
 /// Sets cachet's member of `Cache-Status` on a forwarded or cached response, after any

@@ -17,6 +17,7 @@ mod hop_by_hop;
 mod http_date;
 mod interim;
 mod invalidate;
+mod lean_hit;
 pub mod purge;
 mod request;
 mod respond;

@@ -70,6 +70,9 @@ pub(super) async fn request_filter(
         }
         Err(fault) => return on_fault(proxy, session, ctx, fault).await,
     }
+    if ctx.route == Route::Cache {
+        return super::lean_hit::try_serve(proxy, session, ctx).await;
+    }
     Ok(false)
 }
 

@@ -28,6 +28,8 @@ pub struct ProxyState {
     pub cache: CacheBackend,
     /// Write one log line per request (reloadable).
     pub access_log: AtomicBool,
+    /// Answer fresh plain GET hits on the lean path (`[cache] lean_hits`, reloadable).
+    pub lean_hits: AtomicBool,
     /// Bearer token required by the admin API and by PURGE (None: none; reloadable).
     pub admin_token: ArcSwapOption<String>,
     /// What the origin is told about the client (`[server] forwarded_headers`).
@@ -42,6 +44,7 @@ impl ProxyState {
             router: ArcSwap::from_pointee(router),
             cache,
             access_log: AtomicBool::new(access_log),
+            lean_hits: AtomicBool::new(true),
             admin_token: ArcSwapOption::empty(),
             forwarded_headers: ForwardedHeaders::default(),
             drain: Arc::default(),

@@ -114,6 +114,7 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         uncacheable_keys,
         max_bytes: _,
         max_object_bytes: _,
+        lean_hits: _,
     } = &old.cache;
     // The cache lock's age timeout is fixed when the lock is built.
     if keep(
@@ -180,6 +181,7 @@ pub(super) fn live_changed(old: &Config, new: &Config) -> Vec<&'static str> {
             "cache.max_object_bytes",
             oc.max_object_bytes != nc.max_object_bytes,
         ),
+        ("cache.lean_hits", oc.lean_hits != nc.lean_hits),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
@@ -194,6 +196,9 @@ pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
         .admin_token
         .store(server.admin_token.clone().map(Arc::new));
     state.access_log.store(server.access_log, Ordering::Relaxed);
+    state
+        .lean_hits
+        .store(new.cache.lean_hits, Ordering::Relaxed);
     state.drain.set_grace(server.shutdown_grace);
 
     let storage = state.cache.storage;

@@ -26,6 +26,12 @@ pub(super) struct StoredMeta {
     tags: Box<[Box<str>]>,
     /// Encoded internal fields, only for metas the constructor cannot reproduce.
     internal: Option<Box<[u8]>>,
+    /// What `Age` counts from (the last fill or revalidation, or an override): kept because
+    /// the template's own is `created` whenever `internal` is set.
+    epoch: SystemTime,
+    /// The response varies (a variance key, or a `Vary` field): only pingora's full lookup
+    /// picks the right variant.
+    varies: bool,
     weight: usize,
 }
 
@@ -46,6 +52,8 @@ impl StoredMeta {
             template: rebuild(meta, detached_copy(meta.response_header())?),
             tags: super::tags::parse(meta.headers()),
             internal,
+            epoch: meta.epoch(),
+            varies: meta.variance().is_some() || meta.headers().contains_key(http::header::VARY),
             weight: fields + META_OVERHEAD,
         })
     }
@@ -68,6 +76,19 @@ impl StoredMeta {
 
     pub(super) fn fresh_until(&self) -> SystemTime {
         self.template.fresh_until()
+    }
+
+    /// The stored response header, as every hit starts from it.
+    pub(super) fn header(&self) -> &ResponseHeader {
+        self.template.response_header()
+    }
+
+    pub(super) fn epoch(&self) -> SystemTime {
+        self.epoch
+    }
+
+    pub(super) fn varies(&self) -> bool {
+        self.varies
     }
 
     pub(super) fn tags(&self) -> &[Box<str>] {

@@ -22,12 +22,14 @@ mod index;
 mod invalidate;
 mod meta;
 mod miss;
+mod plain_hit;
 mod stats;
 mod stream;
 mod tags;
 #[cfg(test)]
 mod tests;
 
+pub use plain_hit::PlainHit;
 pub use stats::{PartitionStats, StorageStats};
 
 /// Stored-header field holding an object's purge tags, space-separated. Internal: the proxy

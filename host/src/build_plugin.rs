@@ -1,0 +1,155 @@
+//! `cachet build` and `cachet componentize`: build a policy crate for `wasm32-unknown-unknown`,
+//! wrap each core module into a component (no WASI imports, so fresh instances stay cheap),
+//! then load it exactly as `serve` would — imports, world, self-test vectors — before saying
+//! where it is.
+
+use anyhow::{bail, Context};
+use cachet::policy::{componentize, LoadedPlugin, PolicyEngine};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The target policies are built for: the standard library without any I/O.
+pub const POLICY_TARGET: &str = "wasm32-unknown-unknown";
+
+/// Builds the crate (or workspace) in `dir` and publishes a component per policy library,
+/// in `out_dir` or else `<target dir>/cachet/`.
+pub fn build(dir: &Path, out_dir: Option<&Path>) -> anyhow::Result<()> {
+    let manifest = dir.join("Cargo.toml");
+    if !manifest.is_file() {
+        bail!(
+            "{} has no Cargo.toml: give the folder of the policy crate",
+            dir.display()
+        );
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // From inside the crate, so its .cargo/config.toml (stack size) applies.
+    let output = Command::new(cargo)
+        .current_dir(dir)
+        .args(["build", "--release", "--target", POLICY_TARGET])
+        .arg("--message-format=json-render-diagnostics")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
+    if !output.status.success() {
+        bail!(
+            "cargo build failed (above); if the target is missing: \
+             rustup target add {POLICY_TARGET}"
+        );
+    }
+    let modules = wasm_artifacts(&output.stdout);
+    if modules.is_empty() {
+        bail!("the build produced no .wasm: a policy crate needs crate-type = [\"cdylib\"]");
+    }
+    let engine = PolicyEngine::new(8)?;
+    for module in modules {
+        let out_dir = match out_dir {
+            Some(dir) => dir.to_path_buf(),
+            None => default_out_dir(&module),
+        };
+        publish(&engine, &module, &out_dir)?;
+    }
+    Ok(())
+}
+
+/// `cachet componentize IN OUT`: wraps one core module (scripts use it after their own
+/// `cargo build`); a component is copied as it is.
+pub fn componentize_file(input: &Path, output: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let component = if componentize::is_core_module(&bytes) {
+        componentize::componentize(&bytes).with_context(|| input.display().to_string())?
+    } else {
+        bytes
+    };
+    write_atomically(output, &component)
+}
+
+/// Wraps, writes and load-checks one module; prints what a plugin author needs.
+fn publish(engine: &PolicyEngine, module: &Path, out_dir: &Path) -> anyhow::Result<()> {
+    let name = module
+        .file_name()
+        .context("an artifact without a file name")?;
+    let out = out_dir.join(name);
+    componentize_file(module, &out)?;
+    let bytes = std::fs::read(&out)?;
+    let plugin = LoadedPlugin::from_bytes(engine, &out, &bytes, None)?;
+    plugin
+        .run_self_tests(engine)
+        .with_context(|| format!("{} failed its self-test", out.display()))?;
+    println!("built {} ({} bytes)", out.display(), bytes.len());
+    println!("  imports: {}", plugin.info.imports.join(", "));
+    println!("  self-test vectors: passed");
+    Ok(())
+}
+
+/// `<target dir>/cachet/`, beside cargo's `<target dir>/wasm32-unknown-unknown/release/`.
+fn default_out_dir(module: &Path) -> PathBuf {
+    module
+        .ancestors()
+        .nth(3)
+        .map_or_else(|| PathBuf::from("."), |target| target.join("cachet"))
+}
+
+/// The `.wasm` files among cargo's `compiler-artifact` messages.
+fn wasm_artifacts(messages: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for line in messages.split(|b| *b == b'\n') {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let files = message["filenames"].as_array().into_iter().flatten();
+        found.extend(
+            files
+                .filter_map(|f| f.as_str())
+                .filter(|f| f.ends_with(".wasm"))
+                .map(PathBuf::from),
+        );
+    }
+    found
+}
+
+/// Temporary file in the destination folder, then rename: a proxy watching the path
+/// hot-reloads the old component or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let staging = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("plugin"),
+        std::process::id()
+    ));
+    std::fs::write(&staging, bytes)
+        .with_context(|| format!("cannot write {}", staging.display()))?;
+    std::fs::rename(&staging, path).with_context(|| {
+        let _ = std::fs::remove_file(&staging);
+        format!("cannot replace {}", path.display())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_wasm_artifacts_in_cargo_messages() {
+        let messages = br#"{"reason":"compiler-artifact","filenames":["/t/wasm32-unknown-unknown/release/a.wasm","/t/x.rlib"]}
+{"reason":"build-finished","success":true}
+{"reason":"compiler-artifact","filenames":["/t/wasm32-unknown-unknown/release/libdep.rlib"]}
+not json"#;
+        assert_eq!(
+            wasm_artifacts(messages),
+            vec![PathBuf::from("/t/wasm32-unknown-unknown/release/a.wasm")]
+        );
+        assert_eq!(
+            default_out_dir(Path::new("/t/wasm32-unknown-unknown/release/a.wasm")),
+            PathBuf::from("/t/cachet")
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! The lean hit path: a plain GET whose stored response is fresh, complete and does not vary is
+//! answered straight from memory in `request_filter`, without pingora-cache's state machine
+//! (cache phases, lock checks, the hit handler and a second header copy). Anything else — a
+//! range, a conditional, `Authorization`, request cache directives, HEAD, a stale or varying
+//! entry, a fill in flight, a framing the stored header does not state — takes the full path,
+//! which the HTTP caching tests cover with this path on and off (`[cache] lean_hits`).
+
+use super::ctx::RequestCtx;
+use super::CachetProxy;
+use http::header;
+use http::Method;
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use pingora_cache::CacheKey;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+/// Request fields that change what a stored response may answer with: each one sends the
+/// request down the full path.
+const FULL_PATH_FIELDS: [header::HeaderName; 9] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::AUTHORIZATION,
+    header::CACHE_CONTROL,
+    header::PRAGMA,
+];
+
+/// Answers the request from storage if it qualifies; `Ok(true)` once a response is written.
+pub(super) async fn try_serve(
+    proxy: &CachetProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<bool> {
+    if !proxy.state.lean_hits.load(Ordering::Relaxed)
+        || session.is_subrequest()
+        || !is_plain(session.req_header())
+    {
+        return Ok(false);
+    }
+    let Some(tenant) = &ctx.tenant else {
+        return Ok(false);
+    };
+    let now = SystemTime::now();
+    let key = CacheKey::new(ctx.key.clone(), tenant.name());
+    let Some(hit) = proxy.state.cache.storage.plain_hit(&key, now) else {
+        return Ok(false);
+    };
+    let body = hit.body();
+    let stored = hit.header();
+    // The stored header must state the body's length: no chunked re-framing here.
+    let framed = stored
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        == Some(body.len());
+    if !framed || stored.headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(false);
+    }
+    let mut response = Box::new(stored.clone());
+    // As pingora's hit path: stored heads go out as HTTP/1.1, with the time since the fill.
+    response.set_version(http::Version::HTTP_11);
+    response.insert_header(header::AGE, hit.age(now).as_secs())?;
+    super::hop_by_hop::strip_for_downstream(&mut response);
+    super::directives::strip_downstream(&mut response);
+    let status = super::cache_status::hit_value(ctx, hit.ttl(now));
+    response.insert_header(super::cache_status::HEADER, status)?;
+    ctx.outcome = "hit";
+    crate::metrics::lean_hit();
+    session.write_response_header(response, false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+/// A GET with nothing that asks for more than the stored response as it is.
+fn is_plain(req: &RequestHeader) -> bool {
+    req.method == Method::GET
+        && FULL_PATH_FIELDS
+            .iter()
+            .all(|name| !req.headers.contains_key(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, fields: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build(method, b"/a", None).expect("request");
+        for (name, value) in fields {
+            req.append_header(name.to_string(), *value).expect("field");
+        }
+        req
+    }
+
+    #[test]
+    fn only_plain_gets_take_the_lean_path() {
+        assert!(is_plain(&request("GET", &[("accept", "*/*")])));
+        assert!(!is_plain(&request("HEAD", &[])));
+        assert!(!is_plain(&request("POST", &[])));
+        for field in [
+            "range",
+            "if-range",
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+            "if-unmodified-since",
+            "authorization",
+            "cache-control",
+            "pragma",
+        ] {
+            assert!(!is_plain(&request("GET", &[(field, "x")])), "{field}");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Where a cache hit's CPU goes: runs the release cachet under wrk on loopback
+# (1 KiB hits over 1000 URLs, every entry warm), samples it with `perf record`,
+# and prints the CPU per request split by layer (kernel, Pingora, cachet,
+# wasmtime runtime, plugin code, allocator/libc, the rest) with the hottest
+# symbols of each. A command, not a test:
+#
+#   bash tests/bench/profile.sh                # default mode: fresh instance per request
+#   PROFILE_MODE=reuse bash tests/bench/profile.sh
+#   PROFILE_MODE=builtin bash tests/bench/profile.sh
+#
+# Environment: PROFILE_MODE=fresh|reuse|builtin, PROFILE_SECONDS=10,
+# PROFILE_CONNECTIONS=64, PROFILE_THREADS=2 (cachet worker threads),
+# PROFILE_PLUGIN=path.wasm (instead of plugins/standard.wasm),
+# PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_NO_BUILD=1 (use the
+# existing target/release/cachet and plugins), PROFILE_KEEP=1 (keep the folder).
+# Needs perf (linux-perf), wrk and python3. The machine's hardware counters are
+# not required: sampling uses the cpu-clock software event.
+set -euo pipefail
+
+bench_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "$bench_dir/../.." && pwd)"
+mode="${PROFILE_MODE:-fresh}"
+seconds="${PROFILE_SECONDS:-10}"
+connections="${PROFILE_CONNECTIONS:-64}"
+threads="${PROFILE_THREADS:-2}"
+access_log="${PROFILE_ACCESS_LOG:-1}"
+
+for tool in perf wrk python3; do
+    command -v "$tool" >/dev/null || { echo "profile.sh: $tool is not installed" >&2; exit 1; }
+done
+wasm="${PROFILE_PLUGIN:-$repo_root/plugins/standard.wasm}"
+case "$mode" in
+    fresh) plugin="$wasm"; reuse=1 ;;
+    reuse) plugin="$wasm"; reuse=1000000 ;;
+    builtin) plugin="builtin:standard"; reuse=1 ;;
+    *) echo "profile.sh: PROFILE_MODE must be fresh, reuse or builtin" >&2; exit 1 ;;
+esac
+if [[ "${PROFILE_NO_BUILD:-0}" != 1 ]]; then
+    (cd "$repo_root" && cargo build --release -p cachet) >&2
+    [[ "$mode" == builtin ]] || CACHET="$repo_root/target/release/cachet" bash "$repo_root/plugins/build.sh" >&2
+fi
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/cachet-profile.XXXXXX")"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [[ "${PROFILE_KEEP:-0}" == 1 ]] && echo "kept $work" >&2 || rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# The origin: 1 KiB bodies, cacheable for an hour; only the warm-up reaches it.
+origin_port="$(free_port)"
+python3 - "$origin_port" >"$work/origin.log" 2>&1 <<'EOF' &
+import http.server, sys
+body = b"x" * 1024
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Cache-Control", "public, max-age=3600")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+EOF
+pids+=($!)
+
+port="$(free_port)"
+admin_port="$(free_port)"
+cat >"$work/cachet.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+admin = "127.0.0.1:$admin_port"
+threads = $threads
+access_log = $([[ "$access_log" == 1 ]] && echo true || echo false)
+
+[cache]
+max_bytes = "512MiB"
+
+[plugins]
+artifact_cache_dir = "$work/artifacts"
+
+[[tenant]]
+name = "bench"
+hosts = ["*"]
+upstream = "127.0.0.1:$origin_port"
+plugin = "$plugin"
+
+[tenant.limits]
+instance_reuse = $reuse
+EOF
+# As a user first runs it: the log beside the config, in the watched folder.
+"$repo_root/target/release/cachet" serve --config "$work/cachet.toml" \
+    </dev/null >/dev/null 2>>"$work/cachet.log" &
+cachet_pid=$!
+pids+=("$cachet_pid")
+for _ in $(seq 100); do
+    curl -fso /dev/null "http://127.0.0.1:$admin_port/status" && break
+    sleep 0.2
+done
+
+cat >"$work/paths.lua" <<'EOF'
+local i = 0
+request = function()
+    i = i + 1
+    return wrk.format("GET", "/obj/" .. (i % 1000) .. "/1k")
+end
+done = function(summary, latency, requests)
+    io.write(string.format("REQUESTS %d\nP99_US %d\n", summary.requests, latency:percentile(99)))
+end
+EOF
+# Fill every entry, then a warm-up under load.
+for i in $(seq 0 999); do echo "url = \"http://127.0.0.1:$port/obj/$i/1k\""; echo "output = /dev/null"; done >"$work/urls"
+curl -s --parallel --parallel-max 16 -K "$work/urls"
+wrk -t2 -c"$connections" -d2s -s "$work/paths.lua" "http://127.0.0.1:$port/" >/dev/null
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$cachet_pid/stat"; }
+ticks_before="$(cpu_ticks)"
+perf record -q -F 999 -g -p "$cachet_pid" -o "$work/perf.data" -- sleep "$((seconds + 1))" 2>/dev/null &
+perf_pid=$!
+sleep 0.5
+wrk -t2 -c"$connections" -d"${seconds}s" -s "$work/paths.lua" "http://127.0.0.1:$port/" >"$work/wrk.out"
+wait "$perf_pid" || true
+ticks_after="$(cpu_ticks)"
+requests="$(awk '/^REQUESTS/ {print $2}' "$work/wrk.out")"
+p99="$(awk '/^P99_US/ {print $2}' "$work/wrk.out")"
+hz="$(getconf CLK_TCK)"
+cpu_us="$(python3 -c "print(f'{($ticks_after - $ticks_before) / $hz * 1e6 / $requests:.1f}')")"
+echo "# cachet hit profile: mode $mode, $connections connections, ${seconds}s, access log $access_log"
+echo "requests: $requests ($((requests / seconds)) req/s), p99 ${p99} µs, cachet CPU ${cpu_us} µs/request (utime+stime)"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Self time per symbol, then by layer: every sample is charged to the function
+# it was in, so the layers add up to the process's whole CPU.
+perf report -i "$work/perf.data" --no-children --sort dso,sym --stdio -q -g none \
+    --field-separator='|' 2>/dev/null |
+    python3 "$bench_dir/profile_layers.py" "$cpu_us"
