@@ -31,7 +31,8 @@
 #   BENCH_NO_BUILD=1       use the existing target/release/cachet and plugins
 #   BENCH_KEEP=1           keep the temporary folder (configs, logs, wrk output)
 #
-# Targets: origin, cachet-builtin, cachet-wasm-fresh, cachet-wasm-reuse,
+# Targets: origin, cachet-builtin, cachet-builtin-fullpath (every hit on pingora-cache's
+# full path: [cache] lean_hits = false), cachet-wasm-fresh, cachet-wasm-reuse,
 # varnish, nginx-cache, haproxy. Scenarios: {1k,64k}-{1url,1000url}-{c16,c64}
 # (cache hits) and miss-1k-c64 (a URL that never repeats: every request is a
 # miss that goes to the origin).
@@ -101,7 +102,7 @@ case "$BENCH_SCENARIOS" in
         ;;
 esac
 
-all_targets=(origin cachet-builtin cachet-wasm-fresh cachet-wasm-reuse varnish nginx-cache haproxy)
+all_targets=(origin cachet-builtin cachet-builtin-fullpath cachet-wasm-fresh cachet-wasm-reuse varnish nginx-cache haproxy)
 targets=(origin)
 if [[ -n "$BENCH_ONLY" ]]; then
     IFS=', ' read -r -a patterns <<<"$BENCH_ONLY"
@@ -391,9 +392,9 @@ build_plugins() {
     [[ "$plugins_built" != ok || -f "$repo_root/plugins/standard.wasm" ]] || plugins_built="no plugins/standard.wasm"
 }
 
-# start_cachet NAME PLUGIN [INSTANCE_REUSE]
+# start_cachet NAME PLUGIN [INSTANCE_REUSE [CACHE_LINES]]
 start_cachet() {
-    local name="$1" plugin="$2" reuse="${3:-}" dir="$work/$1"
+    local name="$1" plugin="$2" reuse="${3:-}" cache_lines="${4:-}" dir="$work/$1"
     build_cachet
     if [[ "$cachet_built" != ok ]]; then
         TARGET_ERR="$cachet_built"
@@ -419,6 +420,7 @@ threads = $BENCH_SERVER_THREADS
 
 [cache]
 max_bytes = "512MiB"
+$cache_lines
 
 [plugins]
 artifact_cache_dir = "$dir/artifacts"
@@ -567,6 +569,7 @@ start_target() {
     case "$1" in
         origin) TARGET_PORT="$origin_port" TARGET_PID="$origin_pid" ;;
         cachet-builtin) start_cachet "$1" builtin:standard ;;
+        cachet-builtin-fullpath) start_cachet "$1" builtin:standard 1 "lean_hits = false" ;;
         cachet-wasm-fresh) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1 ;;
         cachet-wasm-reuse) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1000000 ;;
         varnish) start_varnish ;;
