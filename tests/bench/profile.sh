@@ -12,7 +12,8 @@
 # Environment: PROFILE_MODE=fresh|reuse|builtin, PROFILE_SECONDS=10,
 # PROFILE_CONNECTIONS=64, PROFILE_THREADS=2 (cachet worker threads),
 # PROFILE_PLUGIN=path.wasm (instead of plugins/standard.wasm),
-# PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_NO_BUILD=1 (use the
+# PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_LEAN_HITS=1 (0: every hit
+# on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
 # existing target/release/cachet and plugins), PROFILE_KEEP=1 (keep the folder).
 # Needs perf (linux-perf), wrk and python3. The machine's hardware counters are
 # not required: sampling uses the cpu-clock software event.
@@ -85,6 +86,7 @@ access_log = $([[ "$access_log" == 1 ]] && echo true || echo false)
 
 [cache]
 max_bytes = "512MiB"
+lean_hits = $([[ "${PROFILE_LEAN_HITS:-1}" == 1 ]] && echo true || echo false)
 
 [plugins]
 artifact_cache_dir = "$work/artifacts"
