@@ -281,7 +281,7 @@ fn a_component_for_another_world_or_failing_its_self_test_is_refused() {
     let (ok, out) = check(&fixture("wrong-world"));
     assert!(!ok, "{out}");
     assert!(
-        out.contains("does not implement the cachet:policy/policy@0.1.0 world"),
+        out.contains("does not implement the cachet:policy/policy world (0.1.0 or 0.2.0)"),
         "{out}"
     );
     let (ok, out) = check(&fixture("self-test-fails"));

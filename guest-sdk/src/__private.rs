@@ -8,14 +8,16 @@ use crate::decision::whole_seconds;
 use crate::log::Level;
 use crate::self_test::{RequestSpec, ResponseSpec};
 use crate::{
-    ExpectedRequest, ExpectedResponse, Policy, Request, RequestDecision, Response,
-    ResponseDecision, StoreDirective, SyntheticResponse, TestVector,
+    ExpectedRequest, ExpectedResponse, HeaderEdit, HeaderEdits, OriginFailure, Policy, Request,
+    RequestDecision, RequestEdits, Response, ResponseDecision, StoreDirective, SyntheticResponse,
+    TestVector,
 };
 
 pub mod bindings {
     wit_bindgen::generate!({
-        // `wit` links to the repository's `wit/` so the packaged crate carries the contract.
-        path: "wit",
+        // `wit` links to the repository's `wit/` so the packaged crate carries the contract;
+        // the SDK builds plugins for cachet:policy@0.2.0.
+        path: "wit/v0.2",
         world: "policy",
         // Plugin crates invoke the export macro, so it must be visible to them.
         pub_export_macro: true,
@@ -29,8 +31,9 @@ use bindings::cachet::policy::{host, types};
 /// The generated trait `export_policy!` implements on its adapter type.
 pub use bindings::Guest;
 pub use bindings::{
-    Request as HostRequest, RequestDecision as HostRequestDecision, Response as HostResponse,
-    ResponseDecision as HostResponseDecision, TestVector as HostTestVector,
+    HeaderEdit as HostHeaderEdit, OriginFailure as HostOriginFailure, Request as HostRequest,
+    RequestPlan as HostRequestPlan, Response as HostResponse, ResponsePlan as HostResponsePlan,
+    SyntheticResponse as HostSyntheticResponse, TestVector as HostTestVector,
 };
 
 /// A second, non-owning view of a request handle the host lent for one call.
@@ -72,8 +75,18 @@ fn view_response(host: &types::Response) -> Response {
     Response::from_host(BorrowedResponse(ManuallyDrop::new(alias)))
 }
 
-pub fn on_request<P: Policy>(policy: &P, req: &HostRequest) -> HostRequestDecision {
-    policy.on_request(&view_request(req)).into()
+pub fn on_request<P: Policy>(policy: &P, req: &HostRequest) -> HostRequestPlan {
+    let req = view_request(req);
+    let decision = policy.on_request(&req);
+    let mut edits = RequestEdits::default();
+    policy.edit_request(&req, &mut edits);
+    HostRequestPlan {
+        decision: decision.into(),
+        edits: host_edits(edits.headers),
+        path_and_query: edits.path_and_query,
+        backend: edits.backend,
+        deliver: edits.deliver,
+    }
 }
 
 pub fn cache_key<P: Policy>(policy: &P, req: &HostRequest) -> Vec<String> {
@@ -84,10 +97,52 @@ pub fn on_response<P: Policy>(
     policy: &P,
     req: &HostRequest,
     resp: &HostResponse,
-) -> HostResponseDecision {
-    policy
-        .on_response(&view_request(req), &view_response(resp))
-        .into()
+) -> HostResponsePlan {
+    let (req, resp) = (view_request(req), view_response(resp));
+    let decision = policy.on_response(&req, &resp);
+    let mut edits = HeaderEdits::new();
+    policy.edit_response(&req, &resp, &mut edits);
+    HostResponsePlan {
+        decision: decision.into(),
+        edits: host_edits(edits),
+    }
+}
+
+pub fn on_deliver<P: Policy>(
+    policy: &P,
+    req: &HostRequest,
+    resp: &HostResponse,
+) -> Vec<HostHeaderEdit> {
+    let mut edits = HeaderEdits::new();
+    policy.on_deliver(&view_request(req), &view_response(resp), &mut edits);
+    host_edits(edits)
+}
+
+pub fn on_error<P: Policy>(
+    policy: &P,
+    req: &HostRequest,
+    failure: HostOriginFailure,
+) -> Option<HostSyntheticResponse> {
+    let failure = match failure {
+        HostOriginFailure::Unreachable => OriginFailure::Unreachable,
+        HostOriginFailure::Timeout => OriginFailure::Timeout,
+        HostOriginFailure::Status(code) => OriginFailure::Status(code),
+    };
+    policy.on_error(&view_request(req), failure).map(Into::into)
+}
+
+fn host_edits(edits: HeaderEdits) -> Vec<HostHeaderEdit> {
+    edits
+        .into_vec()
+        .into_iter()
+        .map(|edit| match edit {
+            HeaderEdit::Set(name, value) => HostHeaderEdit::Set(types::Header { name, value }),
+            HeaderEdit::Append(name, value) => {
+                HostHeaderEdit::Append(types::Header { name, value })
+            }
+            HeaderEdit::Remove(name) => HostHeaderEdit::Remove(name),
+        })
+        .collect()
 }
 
 pub fn vary_value<P: Policy>(policy: &P, req: &HostRequest, name: String) -> Option<String> {
@@ -139,6 +194,7 @@ impl From<ResponseDecision> for types::ResponseDecision {
             ResponseDecision::Store(directive) => Self::Store(directive.into()),
             ResponseDecision::FollowOrigin => Self::FollowOrigin,
             ResponseDecision::NoStore(reason) => Self::NoStore(reason),
+            ResponseDecision::PassFor(duration) => Self::PassFor(whole_seconds(duration)),
         }
     }
 }
@@ -203,6 +259,7 @@ impl From<ExpectedResponse> for types::ExpectedResponse {
             ExpectedResponse::Store(ttl) => Self::Store(whole_seconds(ttl)),
             ExpectedResponse::FollowOrigin => Self::FollowOrigin,
             ExpectedResponse::NoStore => Self::NoStore,
+            ExpectedResponse::PassFor(duration) => Self::PassFor(whole_seconds(duration)),
         }
     }
 }

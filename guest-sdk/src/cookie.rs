@@ -12,6 +12,24 @@ pub(crate) fn find(header_lines: &[String], name: &str) -> Option<String> {
         .map(|(_, value)| unquote(value.trim()).to_owned())
 }
 
+/// The `name=value` pairs of every line whose name `keep` accepts, joined
+/// with `"; "`, and whether any pair was dropped. Malformed pairs are dropped.
+pub(crate) fn retain(header_lines: &[String], keep: impl Fn(&str) -> bool) -> (String, bool) {
+    let mut dropped = false;
+    let mut kept = Vec::new();
+    for pair in header_lines.iter().flat_map(|line| line.split(';')) {
+        let pair = pair.trim();
+        if pair.is_empty() {
+            continue;
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if keep(name.trim()) => kept.push(pair),
+            _ => dropped = true,
+        }
+    }
+    (kept.join("; "), dropped)
+}
+
 fn unquote(value: &str) -> &str {
     value
         .strip_prefix('"')
@@ -22,6 +40,17 @@ fn unquote(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retain_keeps_accepted_names_across_lines() {
+        let header = lines(&["_ga=1; session=abc", " _gid=2 ;lang=en; junk"]);
+        let (kept, dropped) = retain(&header, |name| !name.starts_with('_'));
+        assert_eq!(kept, "session=abc; lang=en");
+        assert!(dropped);
+        let (again, dropped) = retain(&lines(&[&kept]), |name| !name.starts_with('_'));
+        assert_eq!(again, kept);
+        assert!(!dropped, "idempotent");
+    }
 
     fn lines(values: &[&str]) -> Vec<String> {
         values.iter().map(|v| v.to_string()).collect()

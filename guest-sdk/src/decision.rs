@@ -78,9 +78,18 @@ pub enum ResponseDecision {
     FollowOrigin,
     /// Do not store; the string is the reason.
     NoStore(String),
+    /// Do not store, and send requests for this key straight to the origin
+    /// (no cache lookup, no waiting on the cache lock) for this long:
+    /// Varnish's hit-for-pass. Counted in whole seconds.
+    PassFor(Duration),
 }
 
 impl ResponseDecision {
+    /// Shorthand for [`ResponseDecision::PassFor`].
+    pub fn pass_for(duration: Duration) -> Self {
+        Self::PassFor(duration)
+    }
+
     /// Store for `ttl`, with no stale serving and no tags.
     pub fn store(ttl: Duration) -> Self {
         Self::Store(StoreDirective::new(ttl))

@@ -55,7 +55,7 @@ macro_rules! export_policy {
             impl $crate::__private::Guest for __CachetPolicyExport {
                 fn on_request(
                     req: &$crate::__private::HostRequest,
-                ) -> $crate::__private::HostRequestDecision {
+                ) -> $crate::__private::HostRequestPlan {
                     __CACHET_POLICY.with(|policy| $crate::__private::on_request(policy, req))
                 }
 
@@ -68,8 +68,22 @@ macro_rules! export_policy {
                 fn on_response(
                     req: &$crate::__private::HostRequest,
                     resp: &$crate::__private::HostResponse,
-                ) -> $crate::__private::HostResponseDecision {
+                ) -> $crate::__private::HostResponsePlan {
                     __CACHET_POLICY.with(|policy| $crate::__private::on_response(policy, req, resp))
+                }
+
+                fn on_deliver(
+                    req: &$crate::__private::HostRequest,
+                    resp: &$crate::__private::HostResponse,
+                ) -> ::std::vec::Vec<$crate::__private::HostHeaderEdit> {
+                    __CACHET_POLICY.with(|policy| $crate::__private::on_deliver(policy, req, resp))
+                }
+
+                fn on_error(
+                    req: &$crate::__private::HostRequest,
+                    failure: $crate::__private::HostOriginFailure,
+                ) -> ::std::option::Option<$crate::__private::HostSyntheticResponse> {
+                    __CACHET_POLICY.with(|policy| $crate::__private::on_error(policy, req, failure))
                 }
 
                 fn vary_value(

@@ -11,6 +11,16 @@ impl HeaderList {
         self.lines.push((name, value));
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn lines(&self) -> &[(String, String)] {
+        &self.lines
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn from_lines(lines: Vec<(String, String)>) -> Self {
+        Self { lines }
+    }
+
     pub(crate) fn first(&self, name: &str) -> Option<String> {
         self.values(name).next().map(str::to_owned)
     }

@@ -60,6 +60,7 @@ mod config;
 mod cookie;
 mod decision;
 pub mod defaults;
+mod edits;
 mod export;
 mod header_list;
 pub mod log;
@@ -90,6 +91,7 @@ pub mod __private {
 pub use cache_control::CacheControl;
 pub use config::config;
 pub use decision::{RequestDecision, ResponseDecision, StoreDirective, SyntheticResponse};
+pub use edits::{HeaderEdit, HeaderEdits, OriginFailure, RequestEdits};
 pub use policy::Policy;
 pub use query::{Query, QueryParam};
 pub use request::{Request, RequestBuilder};

@@ -1,7 +1,10 @@
-use crate::{defaults, Request, RequestDecision, Response, ResponseDecision, TestVector};
+use crate::{
+    defaults, HeaderEdits, OriginFailure, Request, RequestDecision, RequestEdits, Response,
+    ResponseDecision, SyntheticResponse, TestVector,
+};
 
-/// A cache policy: the three hooks the proxy calls for every request, plus
-/// the test vectors it declares about itself.
+/// A cache policy: the hooks the proxy calls for every request, plus the test
+/// vectors it declares about itself.
 ///
 /// Each hook has a default (see [`defaults`]), so `impl Policy for P {}` is
 /// already a complete, RFC 9111-following policy.
@@ -16,6 +19,20 @@ pub trait Policy {
         defaults::on_request(req)
     }
 
+    /// Edits the request before the cache key is computed and the origin is
+    /// contacted (headers, path and query), picks a backend, and asks for
+    /// [`Policy::on_deliver`]. Runs right after [`Policy::on_request`] on the
+    /// same, unedited request; [`Policy::cache_key`] and the origin then see
+    /// the edited one. Not applied when `on_request` answers itself.
+    ///
+    /// A background refresh (stale-while-revalidate) runs the hooks again on
+    /// the request as edited: edits must leave an already edited request as
+    /// it is (e.g. rewrite `/api/x` to `/v2/x`, never `/x` to `/v2/x`), or
+    /// the refresh would fill another key. Default: no edits.
+    fn edit_request(&self, req: &Request, edits: &mut RequestEdits) {
+        let _ = (req, edits);
+    }
+
     /// Returns the plugin's parts of the cache key. The host prefixes the
     /// tenant and length-prefixes every part, so parts cannot run together.
     /// Default: [`defaults::cache_key`].
@@ -28,6 +45,30 @@ pub trait Policy {
     fn on_response(&self, req: &Request, resp: &Response) -> ResponseDecision {
         let _ = (req, resp);
         ResponseDecision::FollowOrigin
+    }
+
+    /// Edits the origin's response before the host judges and stores it:
+    /// a field removed here (e.g. `Set-Cookie` on a static file, which the
+    /// host otherwise refuses to store) is neither stored nor served. Runs
+    /// with [`Policy::on_response`], on the unedited response. Default: none.
+    fn edit_response(&self, req: &Request, resp: &Response, edits: &mut HeaderEdits) {
+        let _ = (req, resp, edits);
+    }
+
+    /// Edits the response the client gets, hits included (e.g. the browser's
+    /// `Cache-Control`, apart from the cache's TTL). Called only for requests
+    /// whose [`Policy::edit_request`] called
+    /// [`RequestEdits::edit_delivery`]. Default: none.
+    fn on_deliver(&self, req: &Request, resp: &Response, edits: &mut HeaderEdits) {
+        let _ = (req, resp, edits);
+    }
+
+    /// The origin failed (unreachable, timeout or 5xx) and nothing stale can
+    /// be served: answer with a response of the policy's own (e.g. a branded
+    /// 503 page), or `None` for the host's error. Default: `None`.
+    fn on_error(&self, req: &Request, failure: OriginFailure) -> Option<SyntheticResponse> {
+        let _ = (req, failure);
+        None
     }
 
     /// The value the cache compares for `name`, a request header the stored

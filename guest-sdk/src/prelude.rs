@@ -3,6 +3,7 @@
 pub use std::time::Duration;
 
 pub use crate::{
-    config, defaults, log, CacheControl, Policy, Query, QueryParam, Request, RequestDecision,
-    Response, ResponseDecision, StoreDirective, SyntheticResponse, TestVector,
+    config, defaults, log, CacheControl, HeaderEdits, OriginFailure, Policy, Query, QueryParam,
+    Request, RequestDecision, RequestEdits, Response, ResponseDecision, StoreDirective,
+    SyntheticResponse, TestVector,
 };

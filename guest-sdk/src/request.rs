@@ -33,6 +33,30 @@ impl Request {
         RequestBuilder::default()
     }
 
+    /// The request as the cache key hook and the origin would see it after
+    /// `edits` (native only: in a plugin the host applies them). Panics on a
+    /// request that came from the host.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn edited(&self, edits: &crate::RequestEdits) -> Request {
+        let Source::Memory(memory) = &self.source;
+        let (path, query) = match &edits.path_and_query {
+            Some(target) => match target.split_once('?') {
+                Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
+                None => (target.clone(), None),
+            },
+            None => (memory.path.clone(), memory.query.clone()),
+        };
+        Request {
+            source: Source::Memory(MemoryRequest {
+                method: memory.method.clone(),
+                host: memory.host.clone(),
+                path,
+                query,
+                headers: HeaderList::from_lines(edits.headers.applied_to(memory.headers.lines())),
+            }),
+        }
+    }
+
     #[cfg(target_arch = "wasm32")]
     pub(crate) fn from_host(host: crate::__private::BorrowedRequest) -> Self {
         Self {
@@ -206,6 +230,21 @@ mod tests {
             .header("Host", "Example.com:8080")
             .build();
         assert_eq!(req.host(), "example.com:8080");
+    }
+
+    #[test]
+    fn edited_request_has_the_new_target_and_headers() {
+        let req = Request::builder()
+            .uri("http://example.com/api/items?id=1")
+            .header("Cookie", "_ga=1")
+            .build();
+        let mut edits = crate::RequestEdits::default();
+        edits.remove_header("cookie").rewrite_path("/items?id=1");
+        let edited = req.edited(&edits);
+        assert_eq!(edited.path(), "/items");
+        assert_eq!(edited.query().as_deref(), Some("id=1"));
+        assert_eq!(edited.header("cookie"), None);
+        assert_eq!(edited.host(), "example.com");
     }
 
     #[test]

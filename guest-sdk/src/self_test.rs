@@ -49,6 +49,9 @@ pub enum ExpectedResponse {
     FollowOrigin,
     /// [`ResponseDecision::NoStore`](crate::ResponseDecision::NoStore), any reason.
     NoStore,
+    /// [`ResponseDecision::PassFor`](crate::ResponseDecision::PassFor) for
+    /// this long, in whole seconds.
+    PassFor(Duration),
 }
 
 /// The request a vector sends: method, URI and headers.
@@ -244,6 +247,11 @@ impl TestResponse {
     /// `on-response` must refuse to store the response (for any reason).
     pub fn expect_no_store(self) -> TestVector {
         self.expect(ExpectedResponse::NoStore)
+    }
+
+    /// `on-response` must make the key uncacheable for `duration` (whole seconds).
+    pub fn expect_pass_for(self, duration: Duration) -> TestVector {
+        self.expect(ExpectedResponse::PassFor(duration))
     }
 
     fn expect(self, expect: ExpectedResponse) -> TestVector {

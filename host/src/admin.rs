@@ -55,6 +55,7 @@ impl AdminApp {
                             "from_artifact_cache": info.from_artifact_cache,
                             "loaded_at": unix_seconds(info.loaded_at),
                             "imports": info.imports,
+                            "contract": plugin.contract_version(),
                             "last_refusal": refusal_json(tenant.last_refusal()),
                         })
                     }

@@ -117,6 +117,9 @@ struct RawTenant {
     /// This tenant's certificate on the TLS listener, chosen by SNI.
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
+    /// Upstreams a 0.2.0 plugin may pick by name.
+    #[serde(default)]
+    backends: BTreeMap<String, Spanned<String>>,
     plugin: Spanned<String>,
     /// A second plugin that sees live traffic but decides nothing (shadow rollout).
     shadow_plugin: Option<Spanned<String>>,
@@ -252,6 +255,8 @@ pub struct TenantConfig {
     pub upstream_tls: UpstreamTls,
     /// This tenant's certificate on the TLS listener (SNI matching its hosts).
     pub tls_cert: Option<CertPaths>,
+    /// `[tenant.backends]`: upstreams a plugin picks by name (sorted by name).
+    pub backends: Vec<(String, UpstreamTarget)>,
     /// The plugin file (for a builtin policy, its name as written).
     pub plugin: PathBuf,
     /// Set when `plugin = "builtin:NAME"`.
@@ -772,6 +777,7 @@ impl Locator<'_> {
             pool: upstreams.pool,
             upstream_tls: upstreams.tls,
             tls_cert: self.cert_paths(base, "tenant", &t.tls_cert, &t.tls_key)?,
+            backends: self.backends(&t.backends)?,
             plugin,
             builtin,
             shadow,

@@ -84,7 +84,10 @@ fn check_vector<P: Policy + ?Sized>(policy: &P, vector: &TestVector) -> Vec<Stri
         ));
     }
     if let (ExpectedRequest::Cache, Some(expected)) = (vector.expect, &vector.expect_key) {
-        let key = policy.cache_key(&req);
+        // Like the host: the key is read from the request as edited.
+        let mut edits = crate::RequestEdits::default();
+        policy.edit_request(&req, &mut edits);
+        let key = policy.cache_key(&req.edited(&edits));
         if key != *expected {
             problems.push(format!("cache-key: expected {expected:?}, got {key:?}"));
         }
@@ -139,6 +142,9 @@ fn response_matches(expected: ExpectedResponse, actual: &ResponseDecision) -> bo
         }
         (ExpectedResponse::FollowOrigin, ResponseDecision::FollowOrigin) => true,
         (ExpectedResponse::NoStore, ResponseDecision::NoStore(_)) => true,
+        (ExpectedResponse::PassFor(want), ResponseDecision::PassFor(got)) => {
+            whole_seconds(want) == whole_seconds(*got)
+        }
         _ => false,
     }
 }
@@ -164,6 +170,7 @@ fn describe_expected_response(expected: ExpectedResponse) -> String {
         ExpectedResponse::Store(ttl) => format!("store {}s", whole_seconds(ttl)),
         ExpectedResponse::FollowOrigin => "follow-origin".to_owned(),
         ExpectedResponse::NoStore => "no-store".to_owned(),
+        ExpectedResponse::PassFor(d) => format!("pass-for {}s", whole_seconds(d)),
     }
 }
 
@@ -172,6 +179,7 @@ fn describe_response_decision(actual: &ResponseDecision) -> String {
         ResponseDecision::Store(directive) => format!("store {}s", whole_seconds(directive.ttl)),
         ResponseDecision::FollowOrigin => "follow-origin".to_owned(),
         ResponseDecision::NoStore(reason) => format!("no-store ({reason:?})"),
+        ResponseDecision::PassFor(d) => format!("pass-for {}s", whole_seconds(*d)),
     }
 }
 

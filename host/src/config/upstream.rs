@@ -91,6 +91,31 @@ pub(super) struct Upstreams {
 }
 
 impl Locator<'_> {
+    /// `[tenant.backends]`: `name = "host:port"` entries, each checked like `upstream`.
+    pub(super) fn backends(
+        &self,
+        raw: &std::collections::BTreeMap<String, Spanned<String>>,
+    ) -> Result<Vec<(String, UpstreamTarget)>, ConfigError> {
+        raw.iter()
+            .map(|(name, value)| {
+                let key = format!("tenant.backends.{name}");
+                let valid = !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if !valid {
+                    return Err(self.at(
+                        value.span(),
+                        &key,
+                        "a backend name has 1-64 letters, digits, '-' or '_'",
+                    ));
+                }
+                Ok((name.clone(), self.target(&key, value)?))
+            })
+            .collect()
+    }
+
     pub(super) fn upstreams(
         &self,
         base: &Path,

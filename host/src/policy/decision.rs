@@ -3,7 +3,7 @@
 //! Nothing a plugin returns is trusted: sizes are capped and strings checked
 //! here, once, before the proxy acts on them.
 
-use super::bindings;
+use super::bindings::{v1, v2};
 use super::limits::PluginLimits;
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ pub enum ResponseDecision {
     Store(StoreDirective),
     FollowOrigin,
     NoStore(String),
+    /// Not stored; the key skips the cache (lookup and lock) for this long.
+    PassFor(Duration),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,20 +55,47 @@ pub(crate) fn clean_reason(reason: &str) -> String {
 }
 
 pub(crate) fn request_decision(
-    raw: bindings::RequestDecision,
+    raw: v2::cachet::policy::types::RequestDecision,
     limits: &PluginLimits,
 ) -> Result<RequestDecision, String> {
+    use v2::cachet::policy::types::RequestDecision as Raw;
     Ok(match raw {
-        bindings::RequestDecision::Cache => RequestDecision::Cache,
-        bindings::RequestDecision::Bypass(reason) => RequestDecision::Bypass(clean_reason(&reason)),
-        bindings::RequestDecision::Respond(resp) => {
-            RequestDecision::Respond(synthetic_response(resp, limits)?)
-        }
+        Raw::Cache => RequestDecision::Cache,
+        Raw::Bypass(reason) => RequestDecision::Bypass(clean_reason(&reason)),
+        Raw::Respond(resp) => RequestDecision::Respond(synthetic_response(resp, limits)?),
     })
 }
 
-fn synthetic_response(
-    raw: bindings::SyntheticResponse,
+/// A 0.1.0 decision in 0.2.0 terms (the variants are the same).
+pub(crate) fn request_decision_v1(
+    raw: v1::cachet::policy::types::RequestDecision,
+    limits: &PluginLimits,
+) -> Result<RequestDecision, String> {
+    use v1::cachet::policy::types::RequestDecision as Raw;
+    use v2::cachet::policy::types as new;
+    request_decision(
+        match raw {
+            Raw::Cache => new::RequestDecision::Cache,
+            Raw::Bypass(reason) => new::RequestDecision::Bypass(reason),
+            Raw::Respond(r) => new::RequestDecision::Respond(new::SyntheticResponse {
+                status: r.status,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|h| new::Header {
+                        name: h.name,
+                        value: h.value,
+                    })
+                    .collect(),
+                body: r.body,
+            }),
+        },
+        limits,
+    )
+}
+
+pub(crate) fn synthetic_response(
+    raw: v2::cachet::policy::types::SyntheticResponse,
     limits: &PluginLimits,
 ) -> Result<SyntheticResponse, String> {
     if !(200..=599).contains(&raw.status) {
@@ -89,7 +118,7 @@ fn synthetic_response(
         ));
     }
     let mut headers = Vec::with_capacity(raw.headers.len());
-    for bindings::Header { name, value } in raw.headers {
+    for v2::cachet::policy::types::Header { name, value } in raw.headers {
         if is_framing_header(&name) {
             return Err(format!(
                 "synthetic response header {name:?} is set by the host (framing or hop-by-hop)"
@@ -127,9 +156,12 @@ pub(crate) fn is_framing_header(name: &str) -> bool {
     FRAMING.iter().any(|f| name.trim().eq_ignore_ascii_case(f))
 }
 
-pub(crate) fn response_decision(raw: bindings::ResponseDecision) -> ResponseDecision {
+pub(crate) fn response_decision(
+    raw: v2::cachet::policy::types::ResponseDecision,
+) -> ResponseDecision {
+    use v2::cachet::policy::types::ResponseDecision as Raw;
     match raw {
-        bindings::ResponseDecision::Store(d) => ResponseDecision::Store(StoreDirective {
+        Raw::Store(d) => ResponseDecision::Store(StoreDirective {
             ttl: Duration::from_secs(d.ttl_seconds.into()),
             stale_while_revalidate: Duration::from_secs(d.stale_while_revalidate_seconds.into()),
             stale_if_error: Duration::from_secs(d.stale_if_error_seconds.into()),
@@ -140,11 +172,28 @@ pub(crate) fn response_decision(raw: bindings::ResponseDecision) -> ResponseDeci
                 .map(|t| clean_reason(&t))
                 .collect(),
         }),
-        bindings::ResponseDecision::FollowOrigin => ResponseDecision::FollowOrigin,
-        bindings::ResponseDecision::NoStore(reason) => {
-            ResponseDecision::NoStore(clean_reason(&reason))
-        }
+        Raw::FollowOrigin => ResponseDecision::FollowOrigin,
+        Raw::NoStore(reason) => ResponseDecision::NoStore(clean_reason(&reason)),
+        Raw::PassFor(seconds) => ResponseDecision::PassFor(Duration::from_secs(seconds.into())),
     }
+}
+
+/// A 0.1.0 decision in 0.2.0 terms (0.2.0 only adds `pass-for`).
+pub(crate) fn response_decision_v1(
+    raw: v1::cachet::policy::types::ResponseDecision,
+) -> ResponseDecision {
+    use v1::cachet::policy::types::ResponseDecision as Raw;
+    use v2::cachet::policy::types as new;
+    response_decision(match raw {
+        Raw::Store(d) => new::ResponseDecision::Store(new::StoreDirective {
+            ttl_seconds: d.ttl_seconds,
+            stale_while_revalidate_seconds: d.stale_while_revalidate_seconds,
+            stale_if_error_seconds: d.stale_if_error_seconds,
+            tags: d.tags,
+        }),
+        Raw::FollowOrigin => new::ResponseDecision::FollowOrigin,
+        Raw::NoStore(reason) => new::ResponseDecision::NoStore(reason),
+    })
 }
 
 /// Checks the key parts against the tenant's limits.
@@ -164,4 +213,79 @@ pub(crate) fn key_parts(parts: Vec<String>, limits: &PluginLimits) -> Result<Vec
         ));
     }
     Ok(parts)
+}
+
+/// Longest backend name a plugin may return.
+const MAX_BACKEND_NAME: usize = 64;
+
+/// Everything `on-request` decided (0.1.0 plugins only decide).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPlan {
+    pub decision: RequestDecision,
+    pub edits: super::edits::RequestEdits,
+    /// A tenant backend by name, checked against the config by the proxy.
+    pub backend: Option<String>,
+    /// Whether `on-deliver` runs for this request's response.
+    pub deliver: bool,
+}
+
+impl RequestPlan {
+    pub(crate) fn decision_only(decision: RequestDecision) -> Self {
+        Self {
+            decision,
+            edits: Default::default(),
+            backend: None,
+            deliver: false,
+        }
+    }
+}
+
+/// Everything `on-response` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponsePlan {
+    pub decision: ResponseDecision,
+    /// Applied before the response is judged, stored and served.
+    pub edits: Vec<super::edits::HeaderEdit>,
+}
+
+/// Why the origin gave no usable response (the `on-error` argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginFailure {
+    Unreachable,
+    Timeout,
+    Status(u16),
+}
+
+pub(crate) fn request_plan(
+    raw: v2::cachet::policy::types::RequestPlan,
+    limits: &PluginLimits,
+) -> Result<RequestPlan, String> {
+    let backend = match raw.backend {
+        Some(name) if name.len() > MAX_BACKEND_NAME || name.is_empty() => {
+            return Err(format!(
+                "backend name of {} bytes (1-{MAX_BACKEND_NAME})",
+                name.len()
+            ))
+        }
+        other => other,
+    };
+    Ok(RequestPlan {
+        decision: request_decision(raw.decision, limits)?,
+        edits: super::edits::RequestEdits {
+            headers: super::edits::header_edits(raw.edits, limits, "request")?,
+            path_and_query: super::edits::path_and_query(raw.path_and_query)?,
+        },
+        backend,
+        deliver: raw.deliver,
+    })
+}
+
+pub(crate) fn response_plan(
+    raw: v2::cachet::policy::types::ResponsePlan,
+    limits: &PluginLimits,
+) -> Result<ResponsePlan, String> {
+    Ok(ResponsePlan {
+        decision: response_decision(raw.decision),
+        edits: super::edits::header_edits(raw.edits, limits, "response")?,
+    })
 }

@@ -1,7 +1,7 @@
 //! What the host grants a plugin: the request/response resources, logging and
 //! the tenant's configuration values. Nothing else is linked for policy code.
 
-use super::bindings::cachet::policy::{host, types};
+use super::bindings::{v1, v2};
 use super::call_scope::CallScope;
 use super::limits::MemoryLimiter;
 use super::TenantContext;
@@ -70,104 +70,124 @@ pub fn request_host(req: &pingora::http::RequestHeader) -> String {
     raw.to_ascii_lowercase()
 }
 
-impl types::Host for HostState {}
-
-impl types::HostRequest for HostState {
-    fn method(&mut self, _: Resource<types::Request>) -> wasmtime::Result<String> {
-        Ok(self.scope.request()?.method.as_str().to_owned())
-    }
-
-    fn host(&mut self, _: Resource<types::Request>) -> wasmtime::Result<String> {
-        Ok(request_host(self.scope.request()?))
-    }
-
-    fn path(&mut self, _: Resource<types::Request>) -> wasmtime::Result<String> {
-        Ok(self.scope.request()?.uri.path().to_owned())
-    }
-
-    fn query(&mut self, _: Resource<types::Request>) -> wasmtime::Result<Option<String>> {
-        Ok(self.scope.request()?.uri.query().map(str::to_owned))
-    }
-
-    fn header(
-        &mut self,
-        _: Resource<types::Request>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(first_header(&self.scope.request()?.headers, &name))
-    }
-
-    fn header_all(
-        &mut self,
-        _: Resource<types::Request>,
-        name: String,
-    ) -> wasmtime::Result<Vec<String>> {
-        Ok(all_headers(&self.scope.request()?.headers, &name))
-    }
-
-    fn drop(&mut self, _: Resource<types::Request>) -> wasmtime::Result<()> {
-        // Handles are borrows of the proxy's own request; nothing to free.
-        Ok(())
-    }
-}
-
-impl types::HostResponse for HostState {
-    fn status(&mut self, _: Resource<types::Response>) -> wasmtime::Result<u16> {
-        Ok(self.scope.response()?.status.as_u16())
-    }
-
-    fn header(
-        &mut self,
-        _: Resource<types::Response>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(first_header(&self.scope.response()?.headers, &name))
-    }
-
-    fn header_all(
-        &mut self,
-        _: Resource<types::Response>,
-        name: String,
-    ) -> wasmtime::Result<Vec<String>> {
-        Ok(all_headers(&self.scope.response()?.headers, &name))
-    }
-
-    fn drop(&mut self, _: Resource<types::Response>) -> wasmtime::Result<()> {
-        Ok(())
-    }
-}
-
 /// Longest plugin log line kept; a plugin must not flood the proxy's log.
 const MAX_LOG_LINE: usize = 4096;
 
-impl host::Host for HostState {
-    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
-        let tenant = self.tenant.tenant.as_str();
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        match level {
-            types::LogLevel::Trace => {
-                tracing::trace!(target: "cachet::plugin", tenant, "{message}")
-            }
-            types::LogLevel::Debug => {
-                tracing::debug!(target: "cachet::plugin", tenant, "{message}")
-            }
-            types::LogLevel::Info => tracing::info!(target: "cachet::plugin", tenant, "{message}"),
-            types::LogLevel::Warn => tracing::warn!(target: "cachet::plugin", tenant, "{message}"),
-            types::LogLevel::Error => {
-                tracing::error!(target: "cachet::plugin", tenant, "{message}")
-            }
-        }
-        Ok(())
-    }
+/// The host side of one version of the contract: both versions grant the same
+/// resources and imports, so one implementation serves both.
+macro_rules! grant {
+    ($version:ident) => {
+        const _: () = {
+            use $version::cachet::policy::{host, types};
 
-    fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self.tenant.plugin_config.get(&key).cloned())
-    }
+            impl types::Host for HostState {}
+
+            impl types::HostRequest for HostState {
+                fn method(&mut self, _: Resource<types::Request>) -> wasmtime::Result<String> {
+                    Ok(self.scope.request()?.method.as_str().to_owned())
+                }
+
+                fn host(&mut self, _: Resource<types::Request>) -> wasmtime::Result<String> {
+                    Ok(request_host(self.scope.request()?))
+                }
+
+                fn path(&mut self, _: Resource<types::Request>) -> wasmtime::Result<String> {
+                    Ok(self.scope.request()?.uri.path().to_owned())
+                }
+
+                fn query(
+                    &mut self,
+                    _: Resource<types::Request>,
+                ) -> wasmtime::Result<Option<String>> {
+                    Ok(self.scope.request()?.uri.query().map(str::to_owned))
+                }
+
+                fn header(
+                    &mut self,
+                    _: Resource<types::Request>,
+                    name: String,
+                ) -> wasmtime::Result<Option<String>> {
+                    Ok(first_header(&self.scope.request()?.headers, &name))
+                }
+
+                fn header_all(
+                    &mut self,
+                    _: Resource<types::Request>,
+                    name: String,
+                ) -> wasmtime::Result<Vec<String>> {
+                    Ok(all_headers(&self.scope.request()?.headers, &name))
+                }
+
+                fn drop(&mut self, _: Resource<types::Request>) -> wasmtime::Result<()> {
+                    // Handles are borrows of the proxy's own request; nothing to free.
+                    Ok(())
+                }
+            }
+
+            impl types::HostResponse for HostState {
+                fn status(&mut self, _: Resource<types::Response>) -> wasmtime::Result<u16> {
+                    Ok(self.scope.response()?.status.as_u16())
+                }
+
+                fn header(
+                    &mut self,
+                    _: Resource<types::Response>,
+                    name: String,
+                ) -> wasmtime::Result<Option<String>> {
+                    Ok(first_header(&self.scope.response()?.headers, &name))
+                }
+
+                fn header_all(
+                    &mut self,
+                    _: Resource<types::Response>,
+                    name: String,
+                ) -> wasmtime::Result<Vec<String>> {
+                    Ok(all_headers(&self.scope.response()?.headers, &name))
+                }
+
+                fn drop(&mut self, _: Resource<types::Response>) -> wasmtime::Result<()> {
+                    Ok(())
+                }
+            }
+
+            impl host::Host for HostState {
+                fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+                    let tenant = self.tenant.tenant.as_str();
+                    let mut message = message;
+                    if message.len() > MAX_LOG_LINE {
+                        let mut cut = MAX_LOG_LINE;
+                        while !message.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        message.truncate(cut);
+                    }
+                    match level {
+                        types::LogLevel::Trace => {
+                            tracing::trace!(target: "cachet::plugin", tenant, "{message}")
+                        }
+                        types::LogLevel::Debug => {
+                            tracing::debug!(target: "cachet::plugin", tenant, "{message}")
+                        }
+                        types::LogLevel::Info => {
+                            tracing::info!(target: "cachet::plugin", tenant, "{message}")
+                        }
+                        types::LogLevel::Warn => {
+                            tracing::warn!(target: "cachet::plugin", tenant, "{message}")
+                        }
+                        types::LogLevel::Error => {
+                            tracing::error!(target: "cachet::plugin", tenant, "{message}")
+                        }
+                    }
+                    Ok(())
+                }
+
+                fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+                    Ok(self.tenant.plugin_config.get(&key).cloned())
+                }
+            }
+        };
+    };
 }
+
+grant!(v1);
+grant!(v2);

@@ -1,10 +1,14 @@
 //! Plugin instances: creation with limits, typed hook calls, fault handling,
 //! and a per-tenant pool that reuses instances only as far as configured.
 
-use super::bindings::cachet::policy::types::TestVector;
-use super::bindings::Policy;
+use super::bindings::v2::cachet::policy::types::{self as raw, TestVector};
+use super::bindings::{self, Hooks};
 use super::breaker::Breaker;
-use super::decision::{self, RequestDecision, ResponseDecision};
+use super::decision::{
+    self, OriginFailure, RequestDecision, RequestPlan, ResponseDecision, ResponsePlan,
+    SyntheticResponse,
+};
+use super::edits::{self, HeaderEdit};
 use super::engine::PolicyEngine;
 use super::host_api::HostState;
 use super::limits::PluginLimits;
@@ -65,7 +69,7 @@ impl fmt::Display for PluginFault {
 /// One instance of a plugin in its own `Store`.
 pub struct PolicyInstance {
     store: Store<HostState>,
-    bindings: Policy,
+    bindings: Hooks,
     uses: u32,
     _slot: Option<LiveSlot>,
 }
@@ -102,7 +106,7 @@ impl PolicyInstance {
         limits: &PluginLimits,
         request: Option<&RequestHeader>,
         response: Option<&ResponseHeader>,
-        hook: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+        hook: impl FnOnce(&Hooks, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
         // SAFETY: `request` and `response` are borrowed for this whole function, and `scoped`
         // empties the scope when it drops below, on every path, unwinding included: the
@@ -121,11 +125,18 @@ impl PolicyInstance {
         &mut self,
         limits: &PluginLimits,
         request: &RequestHeader,
-    ) -> Result<RequestDecision, PluginFault> {
-        let raw = self.call(limits, Some(request), None, |policy, store| {
-            policy.call_on_request(store, Resource::new_borrow(0))
+    ) -> Result<RequestPlan, PluginFault> {
+        let plan = self.call(limits, Some(request), None, |hooks, store| {
+            Ok(match hooks {
+                Hooks::V1(p) => Err(p.call_on_request(store, borrow())?),
+                Hooks::V2(p) => Ok(p.call_on_request(store, borrow())?),
+            })
         })?;
-        decision::request_decision(raw, limits).map_err(PluginFault::InvalidOutput)
+        match plan {
+            Err(v1) => decision::request_decision_v1(v1, limits).map(RequestPlan::decision_only),
+            Ok(v2) => decision::request_plan(v2, limits),
+        }
+        .map_err(PluginFault::InvalidOutput)
     }
 
     fn cache_key(
@@ -133,8 +144,9 @@ impl PolicyInstance {
         limits: &PluginLimits,
         request: &RequestHeader,
     ) -> Result<Vec<String>, PluginFault> {
-        let parts = self.call(limits, Some(request), None, |policy, store| {
-            policy.call_cache_key(store, Resource::new_borrow(0))
+        let parts = self.call(limits, Some(request), None, |hooks, store| match hooks {
+            Hooks::V1(p) => p.call_cache_key(store, borrow()),
+            Hooks::V2(p) => p.call_cache_key(store, borrow()),
         })?;
         decision::key_parts(parts, limits).map_err(PluginFault::InvalidOutput)
     }
@@ -144,23 +156,70 @@ impl PolicyInstance {
         limits: &PluginLimits,
         request: &RequestHeader,
         response: &ResponseHeader,
-    ) -> Result<ResponseDecision, PluginFault> {
-        let raw = self.call(limits, Some(request), Some(response), |policy, store| {
-            policy.call_on_response(store, Resource::new_borrow(0), Resource::new_borrow(0))
+    ) -> Result<ResponsePlan, PluginFault> {
+        let plan = self.call(limits, Some(request), Some(response), |hooks, store| {
+            Ok(match hooks {
+                Hooks::V1(p) => Err(p.call_on_response(store, borrow(), borrow())?),
+                Hooks::V2(p) => Ok(p.call_on_response(store, borrow(), borrow())?),
+            })
         })?;
-        Ok(decision::response_decision(raw))
+        match plan {
+            Err(v1) => Ok(ResponsePlan {
+                decision: decision::response_decision_v1(v1),
+                edits: Vec::new(),
+            }),
+            Ok(v2) => decision::response_plan(v2, limits).map_err(PluginFault::InvalidOutput),
+        }
     }
-}
 
-impl PolicyInstance {
+    fn on_deliver(
+        &mut self,
+        limits: &PluginLimits,
+        request: &RequestHeader,
+        response: &ResponseHeader,
+    ) -> Result<Vec<HeaderEdit>, PluginFault> {
+        let raw = self.call(
+            limits,
+            Some(request),
+            Some(response),
+            |hooks, store| match hooks {
+                Hooks::V1(_) => Ok(Vec::new()),
+                Hooks::V2(p) => p.call_on_deliver(store, borrow(), borrow()),
+            },
+        )?;
+        edits::header_edits(raw, limits, "delivery").map_err(PluginFault::InvalidOutput)
+    }
+
+    fn on_error(
+        &mut self,
+        limits: &PluginLimits,
+        request: &RequestHeader,
+        failure: OriginFailure,
+    ) -> Result<Option<SyntheticResponse>, PluginFault> {
+        let failure = match failure {
+            OriginFailure::Unreachable => raw::OriginFailure::Unreachable,
+            OriginFailure::Timeout => raw::OriginFailure::Timeout,
+            OriginFailure::Status(code) => raw::OriginFailure::Status(code),
+        };
+        let answer = self.call(limits, Some(request), None, |hooks, store| match hooks {
+            Hooks::V1(_) => Ok(None),
+            Hooks::V2(p) => p.call_on_error(store, borrow(), failure),
+        })?;
+        answer
+            .map(|r| decision::synthetic_response(r, limits))
+            .transpose()
+            .map_err(PluginFault::InvalidOutput)
+    }
+
     fn vary_value(
         &mut self,
         limits: &PluginLimits,
         request: &RequestHeader,
         name: &str,
     ) -> Result<Option<String>, PluginFault> {
-        let value = self.call(limits, Some(request), None, |policy, store| {
-            policy.call_vary_value(store, Resource::new_borrow(0), name)
+        let value = self.call(limits, Some(request), None, |hooks, store| match hooks {
+            Hooks::V1(p) => p.call_vary_value(store, borrow(), name),
+            Hooks::V2(p) => p.call_vary_value(store, borrow(), name),
         })?;
         match value {
             Some(v) if v.len() > limits.max_key_bytes => Err(PluginFault::InvalidOutput(format!(
@@ -173,10 +232,21 @@ impl PolicyInstance {
     }
 
     fn self_test(&mut self, limits: &PluginLimits) -> Result<Vec<TestVector>, PluginFault> {
-        self.call(limits, None, None, |policy, store| {
-            policy.call_self_test(store)
+        self.call(limits, None, None, |hooks, store| match hooks {
+            Hooks::V1(p) => Ok(p
+                .call_self_test(store)?
+                .into_iter()
+                .map(bindings::vector_from_v1)
+                .collect()),
+            Hooks::V2(p) => p.call_self_test(store),
         })
     }
+}
+
+/// The handle a hook receives for the request or response in scope: the host
+/// resolves it through the call scope, never through the resource table.
+fn borrow<T: 'static>() -> Resource<T> {
+    Resource::new_borrow(0)
 }
 
 /// Empties a store's call scope when dropped, so a hook that returns early or unwinds never
@@ -227,6 +297,15 @@ pub struct InstancePool {
 /// What `decide_request` found: the decision and, when the request may use
 /// the cache, the plugin's key parts.
 pub type RequestVerdict = (RequestDecision, Option<Vec<String>>);
+
+/// What `plan_request` found: the verdict on the edited request, the backend
+/// the plugin named, and whether it wants `on-deliver`.
+#[derive(Debug)]
+pub struct RequestOutcome {
+    pub verdict: RequestVerdict,
+    pub backend: Option<String>,
+    pub deliver: bool,
+}
 
 impl InstancePool {
     pub fn new(
@@ -324,15 +403,49 @@ impl InstancePool {
     }
 
     /// Runs `on-request` and, when it says "cache", `cache-key` on one instance.
+    /// A 0.2.0 plugin's request edits are applied to a copy first: the key is
+    /// the one the edited request would get (shadows, explain, invalidation).
     pub fn decide_request(&self, request: &RequestHeader) -> Result<RequestVerdict, PluginFault> {
         let _timer = self.request_seconds.start_timer();
         self.with_instance(|instance, limits| {
-            let decision = instance.on_request(limits, request)?;
-            let key = match decision {
+            let plan = instance.on_request(limits, request)?;
+            let key = match plan.decision {
+                RequestDecision::Cache if plan.edits.is_empty() => {
+                    Some(instance.cache_key(limits, request)?)
+                }
+                RequestDecision::Cache => {
+                    let mut edited = request.clone();
+                    plan.edits
+                        .apply(&mut edited)
+                        .map_err(PluginFault::InvalidOutput)?;
+                    Some(instance.cache_key(limits, &edited)?)
+                }
+                _ => None,
+            };
+            Ok((plan.decision, key))
+        })
+    }
+
+    /// Runs `on-request`, applies its edits to `request` (what the origin is
+    /// sent), then `cache-key` on the edited request when it says "cache".
+    pub fn plan_request(&self, request: &mut RequestHeader) -> Result<RequestOutcome, PluginFault> {
+        let _timer = self.request_seconds.start_timer();
+        self.with_instance(|instance, limits| {
+            let plan = instance.on_request(limits, request)?;
+            if !matches!(plan.decision, RequestDecision::Respond(_)) {
+                plan.edits
+                    .apply(request)
+                    .map_err(PluginFault::InvalidOutput)?;
+            }
+            let key = match plan.decision {
                 RequestDecision::Cache => Some(instance.cache_key(limits, request)?),
                 _ => None,
             };
-            Ok((decision, key))
+            Ok(RequestOutcome {
+                verdict: (plan.decision, key),
+                backend: plan.backend,
+                deliver: plan.deliver,
+            })
         })
     }
 
@@ -356,8 +469,35 @@ impl InstancePool {
         request: &RequestHeader,
         response: &ResponseHeader,
     ) -> Result<ResponseDecision, PluginFault> {
+        self.plan_response(request, response).map(|p| p.decision)
+    }
+
+    /// Runs `on-response`: the decision and the edits before storing.
+    pub fn plan_response(
+        &self,
+        request: &RequestHeader,
+        response: &ResponseHeader,
+    ) -> Result<ResponsePlan, PluginFault> {
         let _timer = self.response_seconds.start_timer();
         self.with_instance(|instance, limits| instance.on_response(limits, request, response))
+    }
+
+    /// Runs `on-deliver` for a response about to be sent to the client.
+    pub fn deliver_edits(
+        &self,
+        request: &RequestHeader,
+        response: &ResponseHeader,
+    ) -> Result<Vec<HeaderEdit>, PluginFault> {
+        self.with_instance(|instance, limits| instance.on_deliver(limits, request, response))
+    }
+
+    /// Runs `on-error` after an origin failure with nothing stale to serve.
+    pub fn error_answer(
+        &self,
+        request: &RequestHeader,
+        failure: OriginFailure,
+    ) -> Result<Option<SyntheticResponse>, PluginFault> {
+        self.with_instance(|instance, limits| instance.on_error(limits, request, failure))
     }
 
     fn with_instance<R>(

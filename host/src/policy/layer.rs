@@ -2,8 +2,9 @@
 //! a builtin. The proxy only ever talks to this type.
 
 use super::builtin::BuiltinPolicy;
-use super::decision::ResponseDecision;
-use super::instance::{InstancePool, PluginFault, RequestVerdict};
+use super::decision::{OriginFailure, ResponseDecision, ResponsePlan, SyntheticResponse};
+use super::edits::HeaderEdit;
+use super::instance::{InstancePool, PluginFault, RequestOutcome, RequestVerdict};
 use super::plugin::LoadedPlugin;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
@@ -20,6 +21,65 @@ impl PolicyLayer {
             Self::Wasm(pool) => pool.decide_request(request),
             Self::Builtin(builtin) => Ok(builtin.decide_request(request)),
         }
+    }
+
+    /// `on-request` with its edits applied to `request` (what the origin is
+    /// sent), then `cache-key` on the edited request.
+    pub fn plan_request(&self, request: &mut RequestHeader) -> Result<RequestOutcome, PluginFault> {
+        match self {
+            Self::Wasm(pool) => pool.plan_request(request),
+            Self::Builtin(builtin) => Ok(RequestOutcome {
+                verdict: builtin.decide_request(request),
+                backend: None,
+                deliver: false,
+            }),
+        }
+    }
+
+    /// `on-response` with its edits before storing.
+    pub fn plan_response(
+        &self,
+        request: &RequestHeader,
+        response: &ResponseHeader,
+    ) -> Result<ResponsePlan, PluginFault> {
+        match self {
+            Self::Wasm(pool) => pool.plan_response(request, response),
+            Self::Builtin(builtin) => Ok(ResponsePlan {
+                decision: builtin.decide_response(),
+                edits: Vec::new(),
+            }),
+        }
+    }
+
+    /// `on-deliver`: edits to the response the client gets.
+    pub fn deliver_edits(
+        &self,
+        request: &RequestHeader,
+        response: &ResponseHeader,
+    ) -> Result<Vec<HeaderEdit>, PluginFault> {
+        match self {
+            Self::Wasm(pool) => pool.deliver_edits(request, response),
+            Self::Builtin(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// `on-error`: the plugin's own answer to an origin failure, if any.
+    pub fn error_answer(
+        &self,
+        request: &RequestHeader,
+        failure: OriginFailure,
+    ) -> Result<Option<SyntheticResponse>, PluginFault> {
+        match self {
+            Self::Wasm(pool) => pool.error_answer(request, failure),
+            Self::Builtin(_) => Ok(None),
+        }
+    }
+
+    /// Whether the plugin implements 0.2.0, whose `on-response` may edit the
+    /// response before the host's guards judge it.
+    pub fn implements_0_2(&self) -> bool {
+        self.plugin()
+            .is_some_and(|p| p.contract_version() != "0.1.0")
     }
 
     /// `on-response` for an origin response.

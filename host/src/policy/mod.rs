@@ -8,6 +8,7 @@ mod builtin;
 mod call_scope;
 pub mod componentize;
 mod decision;
+mod edits;
 mod engine;
 mod host_api;
 mod instance;
@@ -18,11 +19,16 @@ mod self_test;
 
 pub use artifact_cache::ArtifactCache;
 pub use builtin::BuiltinPolicy;
-pub use decision::{RequestDecision, ResponseDecision, StoreDirective, SyntheticResponse};
+pub(crate) use decision::clean_reason;
+pub use decision::{
+    OriginFailure, RequestDecision, ResponseDecision, ResponsePlan, StoreDirective,
+    SyntheticResponse,
+};
+pub use edits::{apply_to_response, HeaderEdit};
 pub use engine::{PolicyEngine, MAX_GUEST_MEMORY};
 pub use host_api::request_host;
-pub use instance::RequestVerdict;
 pub use instance::{InstancePool, PluginFault, PolicyInstance};
+pub use instance::{RequestOutcome, RequestVerdict};
 pub use layer::PolicyLayer;
 pub use limits::PluginLimits;
 pub use plugin::{ImportCheck, LoadedPlugin, PluginInfo, ALLOWED_IMPORTS};

@@ -2,7 +2,7 @@
 //! exports against the `policy` world, and pre-instantiate it.
 
 use super::artifact_cache::ArtifactCache;
-use super::bindings::PolicyPre;
+use super::bindings::{v1, v2, PolicyPre};
 use super::engine::PolicyEngine;
 use super::host_api::HostState;
 use sha2::{Digest, Sha256};
@@ -19,6 +19,8 @@ use wasmtime::component::Component;
 pub const ALLOWED_IMPORTS: &[&str] = &[
     "cachet:policy/types@0.1.0",
     "cachet:policy/host@0.1.0",
+    "cachet:policy/types@0.2.0",
+    "cachet:policy/host@0.2.0",
     "wasi:cli/environment",
     "wasi:cli/exit",
     "wasi:cli/stdin",
@@ -136,16 +138,23 @@ impl LoadedPlugin {
             );
         }
         let ty = component.component_type();
-        let exports = ty
+        let exports: Vec<String> = ty
             .exports(engine.engine())
             .map(|(name, _)| name.to_owned())
             .collect();
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("{} cannot be linked: {}", path.display(), root_cause(&e))
         })?;
-        let pre = PolicyPre::new(instance_pre).map_err(|e| {
+        // A 0.2.0 component is the only kind exporting `on-error`; the
+        // bindings then check every export's type against its world.
+        let pre = if exports_contain(&exports, "on-error") {
+            v2::PolicyPre::new(instance_pre).map(PolicyPre::V2)
+        } else {
+            v1::PolicyPre::new(instance_pre).map(PolicyPre::V1)
+        }
+        .map_err(|e| {
             anyhow::anyhow!(
-                "{} does not implement the cachet:policy/policy@0.1.0 world: {}",
+                "{} does not implement the cachet:policy/policy world (0.1.0 or 0.2.0): {}",
                 path.display(),
                 root_cause(&e)
             )
@@ -167,11 +176,20 @@ impl LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// The `cachet:policy` version the component implements.
+    pub fn contract_version(&self) -> &'static str {
+        self.pre.version()
+    }
+
     /// Proves the plugin can be instantiated under default limits and runs
     /// the test vectors it declares, before it may serve.
     pub fn run_self_tests(&self, engine: &PolicyEngine) -> anyhow::Result<()> {
         super::self_test::run(engine, self)
     }
+}
+
+fn exports_contain(exports: &[String], name: &str) -> bool {
+    exports.iter().any(|e| e == name)
 }
 
 fn check_imports(engine: &PolicyEngine, component: &Component) -> ImportCheck {
@@ -210,7 +228,8 @@ mod tests {
     fn allow_list_matches_wasi_by_name_and_cachet_exactly() {
         assert!(import_allowed("wasi:io/streams@0.2.6"));
         assert!(import_allowed("cachet:policy/host@0.1.0"));
-        assert!(!import_allowed("cachet:policy/host@0.2.0"));
+        assert!(import_allowed("cachet:policy/host@0.2.0"));
+        assert!(!import_allowed("cachet:policy/host@0.3.0"));
         assert!(!import_allowed("wasi:filesystem/types@0.2.6"));
         assert!(!import_allowed("wasi:sockets/tcp@0.2.6"));
         assert!(!import_allowed("wasi:io/streamsx@0.2.6"));

@@ -2,7 +2,7 @@
 //! default limits, and every test vector it declares gets the decisions the
 //! plugin expects. Refusing a version here keeps the running one serving.
 
-use super::bindings::cachet::policy::types::{
+use super::bindings::v2::cachet::policy::types::{
     ExpectedRequest, ExpectedResponse, Header, TestRequest, TestResponse, TestVector,
 };
 use super::decision::{RequestDecision, ResponseDecision};
@@ -114,6 +114,9 @@ fn check_response(
         }
         (ExpectedResponse::FollowOrigin, ResponseDecision::FollowOrigin) => true,
         (ExpectedResponse::NoStore, ResponseDecision::NoStore(_)) => true,
+        (ExpectedResponse::PassFor(secs), ResponseDecision::PassFor(d)) => {
+            d.as_secs() == u64::from(*secs)
+        }
         _ => false,
     };
     if matches {

@@ -46,6 +46,15 @@ pub struct RequestCtx {
     pub(crate) not_modified: Option<Box<ResponseHeader>>,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,
+    /// The `[tenant.backends]` entry the plugin picked (None: the tenant's upstream).
+    pub(crate) backend: Option<usize>,
+    /// The plugin asked for `on-deliver` on this request's response.
+    pub(crate) deliver: bool,
+    /// The plugin's edits to this request's origin response, applied to what is stored and,
+    /// here, to what is served.
+    pub(crate) response_edits: Vec<crate::policy::HeaderEdit>,
+    /// The plugin's answer to an origin 5xx, written by `fail_to_proxy`.
+    pub(crate) error_answer: Option<crate::policy::SyntheticResponse>,
     /// Deadline and retries of the exchange with the origin.
     pub origin: crate::upstream::OriginAttempts,
     /// Counts this request as in flight until it is dropped with the context.

@@ -9,6 +9,7 @@
 mod cache_key;
 pub mod cache_status;
 mod ctx;
+mod deliver;
 pub mod directives;
 mod explain;
 mod forwarded;
@@ -18,6 +19,7 @@ mod http_date;
 mod interim;
 mod invalidate;
 mod lean_hit;
+mod origin_error;
 pub mod purge;
 mod request;
 mod respond;
@@ -158,7 +160,7 @@ impl ProxyHttp for CachetProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
@@ -177,7 +179,7 @@ impl ProxyHttp for CachetProxy {
         if ctx.route == Route::Cache && upstream_response.status == http::StatusCode::NOT_MODIFIED {
             ctx.not_modified = Some(Box::new(upstream_response.clone()));
         }
-        Ok(())
+        origin_error::on_origin_status(self, session, upstream_response, ctx)
     }
 
     async fn upstream_peer(
@@ -194,7 +196,9 @@ impl ProxyHttp for CachetProxy {
         } else {
             &ctx.key
         };
-        tenant.upstream.peer(&tenant.config, &mut ctx.origin, key)
+        tenant
+            .upstream
+            .peer(&tenant.config, &mut ctx.origin, key, ctx.backend)
     }
 
     fn fail_to_connect(
@@ -239,8 +243,14 @@ impl ProxyHttp for CachetProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> pingora::proxy::FailToProxy {
+        if let Some(status) = origin_error::answer(self, session, e, ctx).await {
+            return pingora::proxy::FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let code = crate::upstream::failure_status(e);
         if code > 0 {
             if let Err(write) = session.respond_error(code).await {
@@ -287,6 +297,7 @@ impl ProxyHttp for CachetProxy {
             return interim::forward_now(session, upstream_response).await;
         }
         directives::strip_downstream(upstream_response);
+        deliver::apply(self, session, upstream_response, ctx);
         cache_status::apply(upstream_response, &session.cache, ctx)
     }
 

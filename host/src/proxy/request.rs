@@ -6,6 +6,7 @@ use super::respond::{respond_synthetic, respond_text};
 use super::CachetProxy;
 use crate::config::OnPluginError;
 use crate::policy::{PluginFault, RequestDecision};
+use crate::tenant::Tenant;
 use http::Method;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -46,7 +47,18 @@ pub(super) async fn request_filter(
     }
     ctx.invalidates = tenant.config.invalidate_on_unsafe
         && super::invalidate::is_unsafe(&session.req_header().method);
-    let verdict = policy.decide_request(session.req_header());
+    // 0.2.0 edits land on the request here: the key and the origin both see the edited one.
+    let verdict = match policy.plan_request(session.req_header_mut()) {
+        Ok(outcome) => match backend_index(&tenant, outcome.backend) {
+            Ok(backend) => {
+                ctx.backend = backend;
+                ctx.deliver = outcome.deliver;
+                Ok(outcome.verdict)
+            }
+            Err(fault) => Err(fault),
+        },
+        Err(fault) => Err(fault),
+    };
     if let Ok(live) = &verdict {
         super::shadowing::on_request(&tenant, session.req_header(), live, ctx);
     }
@@ -70,10 +82,25 @@ pub(super) async fn request_filter(
         }
         Err(fault) => return on_fault(proxy, session, ctx, fault).await,
     }
-    if ctx.route == Route::Cache {
+    // A plugin editing the delivered response (on-deliver) needs the full path's response_filter.
+    if ctx.route == Route::Cache && !ctx.deliver {
         return super::lean_hit::try_serve(proxy, session, ctx).await;
     }
     Ok(false)
+}
+
+/// The tenant backend a plugin named, as an index into `[tenant.backends]`.
+fn backend_index(tenant: &Tenant, name: Option<String>) -> Result<Option<usize>, PluginFault> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    match tenant.config.backends.iter().position(|(n, _)| *n == name) {
+        Some(index) => Ok(Some(index)),
+        None => Err(PluginFault::InvalidOutput(format!(
+            "backend {:?} is not one of the tenant's [tenant.backends]",
+            crate::policy::clean_reason(&name)
+        ))),
+    }
 }
 
 fn unreachable_key(ctx: &mut RequestCtx) {

@@ -5,12 +5,12 @@ use super::ctx::RequestCtx;
 use super::directives::{self, SURROGATE_KEY};
 use super::freshness::{self, Freshness};
 use super::{revalidation, shared, uncacheable, CachetProxy};
-use crate::policy::{ResponseDecision, StoreDirective};
+use crate::policy::{ResponseDecision, ResponsePlan, StoreDirective};
 use crate::storage::TAGS_HEADER;
 use cachet_sdk::ResponseDirectives;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora_cache::{CacheMeta, RespCacheable};
+use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use std::time::{Duration, SystemTime};
 
 pub(super) fn response_cache_filter(
@@ -53,6 +53,38 @@ fn decide(
         // 206 and 304 answer this request's Range or validators, not the URL.
         return not_stored_this_time(ctx, "status not storable");
     }
+    let Some(policy) = ctx.policy.clone() else {
+        return not_stored_this_time(ctx, "no policy");
+    };
+    // A 0.2.0 plugin sees every storable response first and may edit it (e.g. drop Set-Cookie):
+    // the host's guards then judge, and the cache stores, the edited response.
+    let early = policy
+        .implements_0_2()
+        .then(|| policy.plan_response(session.req_header(), resp));
+    let edited = match &early {
+        Some(Ok(plan)) if !plan.edits.is_empty() => {
+            let mut edited = resp.clone();
+            crate::policy::apply_to_response(&plan.edits, &mut edited);
+            ctx.response_edits = plan.edits.clone();
+            Some(edited)
+        }
+        _ => None,
+    };
+    let resp = edited.as_ref().unwrap_or(resp);
+    // A pass is never stored, so the host's guards have nothing to add.
+    if let Some(Ok(ResponsePlan {
+        decision: ResponseDecision::PassFor(duration),
+        ..
+    })) = &early
+    {
+        super::shadowing::on_response(
+            session.req_header(),
+            resp,
+            &Ok(ResponseDecision::PassFor(*duration)),
+            ctx,
+        );
+        return pass_for(proxy, ctx, *duration);
+    }
     if let Some(reason) = host_guard(resp) {
         return not_stored(ctx, reason);
     }
@@ -78,11 +110,11 @@ fn decide(
     if shared::authorized(session.req_header()) && !shared::allows_authorized(cc) {
         return not_stored_this_time(ctx, "authorized request and response not public");
     }
-    let Some(policy) = ctx.policy.clone() else {
-        return not_stored_this_time(ctx, "no policy");
-    };
     let now = SystemTime::now();
-    let live = policy.decide_response(session.req_header(), resp);
+    let live = match early {
+        Some(plan) => plan.map(|p| p.decision),
+        None => policy.decide_response(session.req_header(), resp),
+    };
     super::shadowing::on_response(session.req_header(), resp, &live, ctx);
     match live {
         Ok(ResponseDecision::Store(directive)) => {
@@ -90,6 +122,7 @@ fn decide(
             RespCacheable::Cacheable(meta(resp, governing.as_ref(), &directive.tags, fresh, now))
         }
         Ok(ResponseDecision::NoStore(reason)) => not_stored(ctx, reason),
+        Ok(ResponseDecision::PassFor(duration)) => pass_for(proxy, ctx, duration),
         Ok(ResponseDecision::FollowOrigin) => {
             let status = resp.status.as_u16();
             let Some(fresh) = freshness::of(governing.as_ref(), status, &resp.headers, now) else {
@@ -114,6 +147,17 @@ fn decide(
             not_stored_this_time(ctx, reason)
         }
     }
+}
+
+/// Not stored, and the key skips the cache for `duration` (hit-for-pass).
+fn pass_for(proxy: &CachetProxy, ctx: &mut RequestCtx, duration: Duration) -> RespCacheable {
+    if let Some(keys) = proxy.state.cache.uncacheable {
+        // The key as `cache_key_callback` builds it (reading pingora's may panic).
+        let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
+        keys.pass_for(&CacheKey::new(ctx.key.clone(), tenant), duration);
+    }
+    // The timed pass is the mark: pingora's own mark would never end.
+    not_stored_this_time(ctx, format!("pass for {}s", duration.as_secs()))
 }
 
 /// The plugin's lifetimes, except that an origin forbidding stale use is obeyed.

@@ -7,13 +7,82 @@
 //! lookup, marks a key when `response_cache_filter` answers `Uncacheable` for a request that was
 //! not already bypassing, and clears the mark (and fills the cache for a GET 200) when a bypassed
 //! request's response turns out cacheable.
+//!
+//! A plugin's `pass-for(N)` (Varnish's hit-for-pass) is a mark with an end: kept beside the
+//! predictor's, in as many entries, and dropped when it expires or the key turns cacheable.
 
-use pingora_cache::predictor::Predictor;
-use pingora_cache::NoCacheReason;
+use parking_lot::Mutex;
+use pingora_cache::key::CacheHashKey;
+use pingora_cache::predictor::{CacheablePredictor, Predictor};
+use pingora_cache::{CacheKey, NoCacheReason};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
 
-pub type UncacheableKeys = Predictor<SHARDS>;
+/// The keys that skip the cache: the predictor's marks and the plugins' timed passes.
+pub struct UncacheableKeys {
+    marks: Predictor<SHARDS>,
+    passes: [Mutex<HashMap<u128, Instant>>; SHARDS],
+    shard_capacity: usize,
+}
+
+impl UncacheableKeys {
+    fn shard(&self, hash: u128) -> &Mutex<HashMap<u128, Instant>> {
+        &self.passes[(hash % SHARDS as u128) as usize]
+    }
+
+    /// Requests for `key` go straight to the origin for `duration`. When the shard is full of
+    /// live passes the new one is not kept: the bound holds, the key merely waits on the lock.
+    pub fn pass_for(&self, key: &CacheKey, duration: Duration) {
+        let hash = u128::from_be_bytes(key.primary_bin());
+        let now = Instant::now();
+        let mut passes = self.shard(hash).lock();
+        if passes.len() >= self.shard_capacity && !passes.contains_key(&hash) {
+            passes.retain(|_, until| *until > now);
+            if passes.len() >= self.shard_capacity {
+                return;
+            }
+        }
+        passes.insert(hash, now + duration);
+    }
+
+    fn passing(&self, key: &CacheKey) -> bool {
+        let hash = u128::from_be_bytes(key.primary_bin());
+        let mut passes = self.shard(hash).lock();
+        match passes.get(&hash) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                passes.remove(&hash);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+impl CacheablePredictor for UncacheableKeys {
+    fn cacheable_prediction(&self, key: &CacheKey) -> bool {
+        !self.passing(key) && self.marks.cacheable_prediction(key)
+    }
+
+    fn predicted_uncacheable_reason(&self, key: &CacheKey) -> Option<NoCacheReason> {
+        if self.passing(key) {
+            return Some(this_request_only());
+        }
+        self.marks.predicted_uncacheable_reason(key)
+    }
+
+    fn mark_cacheable(&self, key: &CacheKey) -> bool {
+        let hash = u128::from_be_bytes(key.primary_bin());
+        let passed = self.shard(hash).lock().remove(&hash).is_some();
+        self.marks.mark_cacheable(key) || passed
+    }
+
+    fn mark_uncacheable(&self, key: &CacheKey, reason: NoCacheReason) -> Option<bool> {
+        self.marks.mark_uncacheable(key, reason)
+    }
+}
 
 /// The no-cache reason of a refusal that says nothing about the next request for the URL
 /// (credentials on this request, a plugin fault, a partial or not-modified answer): pingora
@@ -36,18 +105,18 @@ pub(crate) fn remember_uncacheable(capacity: usize) -> Option<&'static Uncacheab
     if capacity == 0 {
         return None;
     }
-    let predictor = Predictor::new(
-        capacity.div_ceil(SHARDS),
-        Some(|reason| reason == THIS_REQUEST_ONLY),
-    );
-    Some(Box::leak(Box::new(predictor)))
+    let shard_capacity = capacity.div_ceil(SHARDS);
+    let marks = Predictor::new(shard_capacity, Some(|reason| reason == THIS_REQUEST_ONLY));
+    Some(Box::leak(Box::new(UncacheableKeys {
+        marks,
+        passes: Default::default(),
+        shard_capacity,
+    })))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora_cache::predictor::CacheablePredictor;
-    use pingora_cache::CacheKey;
 
     #[test]
     fn only_url_level_refusals_are_remembered_until_a_cacheable_answer() {
@@ -61,6 +130,32 @@ mod tests {
         assert!(keys.cacheable_prediction(&other_tenant));
         keys.mark_cacheable(&key);
         assert!(keys.cacheable_prediction(&key));
+    }
+
+    #[test]
+    fn a_pass_lasts_its_duration_and_ends_when_the_key_turns_cacheable() {
+        let keys = remember_uncacheable(64).expect("on");
+        let key = CacheKey::new(b"\x01a/account".to_vec(), "a");
+        keys.pass_for(&key, Duration::from_millis(50));
+        assert!(!keys.cacheable_prediction(&key));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(keys.cacheable_prediction(&key), "expired");
+        keys.pass_for(&key, Duration::from_secs(60));
+        assert!(keys.mark_cacheable(&key));
+        assert!(keys.cacheable_prediction(&key), "cleared");
+    }
+
+    #[test]
+    fn passes_are_bounded() {
+        let keys = remember_uncacheable(16).expect("on");
+        for i in 0..1000u32 {
+            keys.pass_for(
+                &CacheKey::new(i.to_be_bytes().to_vec(), "t"),
+                Duration::from_secs(60),
+            );
+        }
+        let kept: usize = keys.passes.iter().map(|s| s.lock().len()).sum();
+        assert!(kept <= 16, "{kept}");
     }
 
     #[test]

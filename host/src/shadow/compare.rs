@@ -83,6 +83,7 @@ pub(super) fn response(
 fn same_response(a: &ResponseDecision, b: &ResponseDecision) -> bool {
     match (a, b) {
         (ResponseDecision::Store(a), ResponseDecision::Store(b)) => a == b,
+        (ResponseDecision::PassFor(a), ResponseDecision::PassFor(b)) => a == b,
         (ResponseDecision::FollowOrigin, ResponseDecision::FollowOrigin)
         | (ResponseDecision::NoStore(_), ResponseDecision::NoStore(_)) => true,
         _ => false,
@@ -125,5 +126,6 @@ pub(super) fn describe_response(decision: &ResponseDecision) -> String {
         ),
         ResponseDecision::FollowOrigin => "follow-origin".into(),
         ResponseDecision::NoStore(reason) => format!("no-store ({reason})"),
+        ResponseDecision::PassFor(d) => format!("pass-for {}s", d.as_secs()),
     }
 }

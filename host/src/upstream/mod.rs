@@ -42,14 +42,19 @@ impl TenantUpstream {
         Some(self.pool.as_ref()?.health(&config.upstreams))
     }
 
-    /// The peer for the next attempt at this request's origin exchange;
-    /// `key` picks the upstream under consistent hashing.
+    /// The peer for the next attempt at this request's origin exchange: the
+    /// `[tenant.backends]` entry the plugin picked, else the tenant's
+    /// upstream (`key` picks one of a pool under consistent hashing).
     pub fn peer(
         &self,
         config: &TenantConfig,
         attempts: &mut OriginAttempts,
         key: &[u8],
+        backend: Option<usize>,
     ) -> Result<Box<HttpPeer>> {
+        if let Some((_, target)) = backend.and_then(|i| config.backends.get(i)) {
+            return self.peer_for(config, attempts, target, target.addrs[0]);
+        }
         let Some(pool) = &self.pool else {
             let target = &config.upstreams[0];
             return self.peer_for(config, attempts, target, target.addrs[0]);

@@ -1,0 +1,221 @@
+//! Edits a 0.2.0 plugin asks for: checked once when read, then applied to
+//! pingora's headers. A refused edit is a plugin fault, so a plugin can never
+//! produce a message whose framing or routing the host did not write.
+
+use super::bindings::v2::cachet::policy::types as raw;
+use super::decision::is_framing_header;
+use super::limits::PluginLimits;
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Most header edits one hook may return.
+const MAX_EDITS: usize = 64;
+/// Longest origin-form path and query a plugin may set.
+const MAX_PATH_AND_QUERY: usize = 8 << 10;
+
+/// One checked change to a message's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    Set(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+/// The checked request edits of an `on-request`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestEdits {
+    pub headers: Vec<HeaderEdit>,
+    pub path_and_query: Option<String>,
+}
+
+impl RequestEdits {
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.path_and_query.is_none()
+    }
+
+    /// Applies the edits; after this, what the key hook reads is what the
+    /// origin is sent. All or nothing: a refused path leaves the request as
+    /// it was, so a fault never sends the origin half an edit.
+    pub fn apply(&self, req: &mut RequestHeader) -> Result<(), String> {
+        if let Some(target) = &self.path_and_query {
+            let before = req.raw_path().to_vec();
+            req.set_raw_path(target.as_bytes())
+                .map_err(|e| format!("path {target:?} refused: {e}"))?;
+            // The key reads `uri`, the origin gets the raw target: they must agree.
+            if req.raw_path() != target.as_bytes()
+                || req.uri.path_and_query().map(|p| p.as_str()) != Some(target.as_str())
+            {
+                req.set_raw_path(&before)
+                    .map_err(|e| format!("cannot restore the path: {e}"))?;
+                return Err(format!("path {target:?} is not in origin-form"));
+            }
+        }
+        // Names and values were checked when read: these cannot fail.
+        for edit in &self.headers {
+            match edit {
+                HeaderEdit::Set(name, value) => req.insert_header(name.clone(), value.clone()),
+                HeaderEdit::Append(name, value) => {
+                    req.append_header(name.clone(), value.clone()).map(drop)
+                }
+                HeaderEdit::Remove(name) => {
+                    req.remove_header(name);
+                    Ok(())
+                }
+            }
+            .map_err(|e| format!("request header edit refused: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies response edits (checked when read) to a response head.
+pub fn apply_to_response(edits: &[HeaderEdit], resp: &mut ResponseHeader) {
+    for edit in edits {
+        // Names and values were validated: insertion cannot fail.
+        let _ = match edit {
+            HeaderEdit::Set(name, value) => resp.insert_header(name.clone(), value.clone()),
+            HeaderEdit::Append(name, value) => {
+                resp.append_header(name.clone(), value.clone()).map(drop)
+            }
+            HeaderEdit::Remove(name) => {
+                resp.remove_header(name);
+                Ok(())
+            }
+        };
+    }
+}
+
+/// Checks a list of raw header edits against the limits and the framing rule.
+pub fn header_edits(
+    raw: Vec<raw::HeaderEdit>,
+    limits: &PluginLimits,
+    what: &str,
+) -> Result<Vec<HeaderEdit>, String> {
+    if raw.len() > MAX_EDITS {
+        return Err(format!("{} {what} edits, limit {MAX_EDITS}", raw.len()));
+    }
+    let mut bytes = 0;
+    let mut edits = Vec::with_capacity(raw.len());
+    for edit in raw {
+        let (name, value) = match &edit {
+            raw::HeaderEdit::Set(h) | raw::HeaderEdit::Append(h) => (&h.name, Some(&h.value)),
+            raw::HeaderEdit::Remove(name) => (name, None),
+        };
+        bytes += name.len() + value.map_or(0, String::len);
+        if bytes > limits.max_key_bytes {
+            return Err(format!(
+                "{what} edits exceed {} bytes in all",
+                limits.max_key_bytes
+            ));
+        }
+        if is_framing_header(name) || name.trim().eq_ignore_ascii_case("host") {
+            return Err(format!(
+                "{what} edit of {name:?} refused: the host writes framing, hop-by-hop and Host fields"
+            ));
+        }
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("{what} edit: {name:?} is not a valid header name"))?;
+        let value = value
+            .map(|v| {
+                HeaderValue::from_str(v)
+                    .map_err(|_| format!("{what} edit: value of {name} is not valid HTTP"))
+            })
+            .transpose()?;
+        edits.push(match (edit, value) {
+            (raw::HeaderEdit::Set(_), Some(v)) => HeaderEdit::Set(name, v),
+            (raw::HeaderEdit::Append(_), Some(v)) => HeaderEdit::Append(name, v),
+            _ => HeaderEdit::Remove(name),
+        });
+    }
+    Ok(edits)
+}
+
+/// Checks a path and query for the origin: origin-form, bounded, no fragment.
+pub fn path_and_query(raw: Option<String>) -> Result<Option<String>, String> {
+    let Some(target) = raw else {
+        return Ok(None);
+    };
+    if target.len() > MAX_PATH_AND_QUERY {
+        return Err(format!(
+            "path of {} bytes exceeds the limit of {MAX_PATH_AND_QUERY}",
+            target.len()
+        ));
+    }
+    if !target.starts_with('/') || target.starts_with("//") || target.contains('#') {
+        return Err(format!(
+            "path {target:?} is not in origin-form (\"/path?query\")"
+        ));
+    }
+    match target.parse::<http::uri::PathAndQuery>() {
+        Ok(parsed) if parsed.as_str() == target => Ok(Some(target)),
+        _ => Err(format!("path {target:?} is not a valid request target")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, value: &str) -> raw::HeaderEdit {
+        raw::HeaderEdit::Set(raw::Header {
+            name: name.into(),
+            value: value.into(),
+        })
+    }
+
+    #[test]
+    fn framing_routing_and_invalid_fields_are_refused() {
+        let limits = PluginLimits::default();
+        for bad in [
+            set("Content-Length", "1"),
+            set("transfer-encoding", "chunked"),
+            set("Connection", "close"),
+            set("Host", "evil.example"),
+            set("X-A", "a\r\nInjected: yes"),
+            set("Bad Name", "x"),
+            raw::HeaderEdit::Remove("Content-Length".into()),
+        ] {
+            assert!(
+                header_edits(vec![bad.clone()], &limits, "test").is_err(),
+                "{bad:?}"
+            );
+        }
+        let many = vec![set("x-a", "1"); MAX_EDITS + 1];
+        assert!(header_edits(many, &limits, "test").is_err());
+        let big = vec![set("x-a", &"v".repeat(limits.max_key_bytes + 1))];
+        assert!(header_edits(big, &limits, "test").is_err());
+        assert_eq!(
+            header_edits(vec![set("X-A", "1")], &limits, "test").unwrap(),
+            vec![HeaderEdit::Set(
+                HeaderName::from_static("x-a"),
+                HeaderValue::from_static("1")
+            )]
+        );
+    }
+
+    #[test]
+    fn paths_must_be_origin_form() {
+        for bad in ["x", "//evil.example/", "/a#frag", "/a b", "http://e/"] {
+            assert!(path_and_query(Some(bad.into())).is_err(), "{bad}");
+        }
+        assert!(path_and_query(Some("/".repeat(MAX_PATH_AND_QUERY + 1))).is_err());
+        assert_eq!(
+            path_and_query(Some("/v2/items?id=1".into())).unwrap(),
+            Some("/v2/items?id=1".into())
+        );
+    }
+
+    #[test]
+    fn applied_path_is_what_key_and_origin_see() {
+        let mut req = RequestHeader::build("GET", b"/api/items?a=1", None).unwrap();
+        req.insert_header("cookie", "a=1").unwrap();
+        let edits = RequestEdits {
+            headers: vec![HeaderEdit::Remove(HeaderName::from_static("cookie"))],
+            path_and_query: Some("/items?a=1".into()),
+        };
+        edits.apply(&mut req).unwrap();
+        assert_eq!(req.raw_path(), b"/items?a=1");
+        assert_eq!(req.uri.path(), "/items");
+        assert!(req.headers.get("cookie").is_none());
+    }
+}

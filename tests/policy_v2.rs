@@ -1,0 +1,344 @@
+//! `cachet:policy@0.2.0` end to end: the real `cachet` binary running the real
+//! `policy-0-2` fixture plugin (each capability behind a path prefix) against
+//! counting origins, and the `policy-0-1` fixture, built against 0.1.0 itself,
+//! still loading and deciding as before.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::client::{get, send, Resp};
+use support::origin::{Origin, Reply};
+use support::proxy::{Proxy, TenantSpec};
+use support::{fixture, free_port};
+
+const CACHE: &str = "max_bytes = \"64MiB\"";
+const TOKEN: &str = "policy-v2-token";
+
+fn assert_status_has(resp: &Resp, needle: &str) {
+    assert!(
+        resp.cache_status().contains(needle),
+        "Cache-Status {:?} lacks {needle:?}",
+        resp.cache_status()
+    );
+}
+
+/// An origin that answers every request `max-age=60`, naming itself in the body.
+fn cacheable_origin(name: &'static str) -> Origin {
+    Origin::start(move |seen| {
+        Reply::ok(format!("{name} {}", seen.url)).header("Cache-Control", "max-age=60")
+    })
+}
+
+fn v2_proxy(origin: &Origin, extra: &str) -> Proxy {
+    Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &fixture("policy-0-2")).extra(extra)],
+    )
+}
+
+#[test]
+fn a_0_1_0_plugin_loads_and_decides_as_before() {
+    let origin = cacheable_origin("origin");
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        CACHE,
+        &[TenantSpec::new("old", origin.addr, &fixture("policy-0-1"))],
+    );
+    let plugin = &proxy.status()["tenants"][0]["plugin"];
+    assert_eq!(plugin["contract"], "0.1.0", "{plugin}");
+
+    // on-request answering itself: the origin never sees it.
+    let forbidden = get(&proxy.url("/v1/forbidden"));
+    assert_eq!(forbidden.status, 403);
+    assert_eq!(forbidden.text(), "forbidden by a 0.1.0 plugin\n");
+    // cache + key, and a store decision with the plugin's TTL and tag.
+    assert_status_has(&get(&proxy.url("/v1/store/a?x=1")), "fwd=miss");
+    assert_status_has(&get(&proxy.url("/v1/store/a?x=1")), "hit");
+    assert_eq!(origin.hits_for("/v1/store/a?x=1"), 1);
+    // bypass on a session cookie.
+    let bypass = send(
+        "GET",
+        &proxy.url("/v1/store/a?x=1"),
+        &[("Cookie", "session=1")],
+    );
+    assert_status_has(&bypass, "fwd=bypass");
+    assert_eq!(origin.hits_for("/v1/store/a?x=1"), 2);
+    // no-store, though the origin allows 60 s.
+    get(&proxy.url("/v1/nostore/b"));
+    assert_status_has(&get(&proxy.url("/v1/nostore/b")), "fwd=");
+    assert_eq!(origin.hits_for("/v1/nostore/b"), 2);
+    // The plugin's tag purges its entry.
+    let auth = format!("Bearer {TOKEN}");
+    let purge = send(
+        "PURGE",
+        &proxy.url("/"),
+        &[("Authorization", &auth), ("Surrogate-Key", "v1-stored")],
+    );
+    assert_eq!(purge.status, 200);
+    assert_status_has(&get(&proxy.url("/v1/store/a?x=1")), "fwd=miss");
+}
+
+#[test]
+fn request_edits_reach_the_origin_and_the_key_exactly() {
+    let origin = cacheable_origin("origin");
+    let proxy = v2_proxy(&origin, "cache_status_key = true");
+    let first = send(
+        "GET",
+        &proxy.url("/edit/a?utm_source=mail&id=1"),
+        &[("Cookie", "session=secret"), ("X-Edited", "client")],
+    );
+    assert_eq!(first.status, 200);
+    assert_eq!(first.text(), "origin /edited/a?id=1");
+    // The key is the edited request's: the tracking parameter is not in it.
+    assert_status_has(&first, "key=\"site 127.0.0.1");
+    assert_status_has(&first, "/edited/a id=1\"");
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].url, "/edited/a?id=1");
+    assert_eq!(seen[0].header("cookie"), None, "the plugin removed Cookie");
+    assert_eq!(seen[0].header("x-edited"), Some("1"), "set, not appended");
+    // Another tracking parameter, another cookie: the same edited request, one entry.
+    let second = send(
+        "GET",
+        &proxy.url("/edit/a?id=1&utm_campaign=x"),
+        &[("Cookie", "other=1")],
+    );
+    assert_status_has(&second, "hit");
+    assert_eq!(second.text(), "origin /edited/a?id=1");
+    assert_eq!(origin.hits(), 1);
+}
+
+#[test]
+fn the_plugin_picks_a_named_backend_and_an_unknown_name_is_a_fault() {
+    let default = cacheable_origin("default");
+    let alpha = cacheable_origin("alpha");
+    let beta = cacheable_origin("beta");
+    let backends = format!(
+        "on_plugin_error = \"error\"\n[tenant.backends]\nalpha = \"{}\"\nbeta = \"{}\"\n",
+        alpha.addr, beta.addr
+    );
+    let proxy = v2_proxy(&default, &backends);
+    assert_eq!(
+        get(&proxy.url("/backend/alpha/x")).text(),
+        "alpha /backend/alpha/x"
+    );
+    assert_eq!(
+        get(&proxy.url("/backend/beta/x")).text(),
+        "beta /backend/beta/x"
+    );
+    assert_eq!(get(&proxy.url("/plain")).text(), "default /plain");
+    assert_eq!((alpha.hits(), beta.hits(), default.hits()), (1, 1, 1));
+
+    let unknown = get(&proxy.url("/bad/backend"));
+    assert_eq!(unknown.status, 502);
+    assert_status_has(&unknown, "plugin fault: invalid-output");
+    assert_eq!(
+        alpha.hits() + beta.hits() + default.hits(),
+        3,
+        "nothing sent"
+    );
+    assert!(proxy
+        .log()
+        .contains("is not one of the tenant's [tenant.backends]"));
+}
+
+#[test]
+fn invalid_request_edits_are_faults_and_reach_no_origin() {
+    const BAD: [&str; 4] = ["/bad/crlf", "/bad/framing", "/bad/host", "/bad/path"];
+    let origin = cacheable_origin("origin");
+    let proxy = v2_proxy(&origin, "on_plugin_error = \"error\"");
+    for path in BAD {
+        let resp = get(&proxy.url(path));
+        assert_eq!(resp.status, 502, "{path}");
+        assert_status_has(&resp, "plugin fault: invalid-output");
+        assert_eq!(resp.header("x-injected"), None);
+    }
+    assert_eq!(origin.hits(), 0);
+    // The same tenant keeps serving valid requests.
+    assert_eq!(get(&proxy.url("/fine")).status, 200);
+
+    // With on_plugin_error = "bypass" the origin gets the request as the client sent it:
+    // none of a refused plugin's edits.
+    let origin = cacheable_origin("origin");
+    let proxy = v2_proxy(&origin, "on_plugin_error = \"bypass\"");
+    for path in BAD {
+        let resp = send("GET", &proxy.url(path), &[("Host", "site.example")]);
+        assert_eq!(resp.status, 200, "{path}");
+        assert_status_has(&resp, "fwd=bypass");
+    }
+    for seen in origin.seen() {
+        assert!(BAD.contains(&seen.url.as_str()), "{}", seen.url);
+        assert_eq!(seen.header("host"), Some("site.example"));
+        assert_eq!(seen.header("x-injected"), None);
+        assert_eq!(seen.header("content-length"), None);
+    }
+    assert_eq!(origin.hits(), BAD.len());
+}
+
+#[test]
+fn a_set_cookie_removed_before_storing_is_never_stored_nor_served() {
+    let origin = Origin::start(|_| {
+        Reply::ok("asset")
+            .header("Cache-Control", "max-age=60")
+            .header("Set-Cookie", "tracking=1")
+    });
+    let proxy = v2_proxy(&origin, "");
+    let miss = get(&proxy.url("/store-edit/app.js"));
+    assert_status_has(&miss, "fwd=miss");
+    assert_eq!(miss.header("set-cookie"), None, "not served on the miss");
+    assert_eq!(miss.header("x-stored-edit"), Some("1"));
+    let hit = get(&proxy.url("/store-edit/app.js"));
+    assert_status_has(&hit, "hit");
+    assert_eq!(hit.header("set-cookie"), None, "not stored");
+    assert_eq!(hit.header("x-stored-edit"), Some("1"));
+    assert_eq!(origin.hits(), 1);
+
+    // Without the edit the host refuses to store a response with Set-Cookie.
+    get(&proxy.url("/other.js"));
+    let again = get(&proxy.url("/other.js"));
+    assert_status_has(&again, "fwd=");
+    assert_eq!(again.header("set-cookie"), Some("tracking=1"));
+    assert_eq!(origin.hits_for("/other.js"), 2);
+}
+
+#[test]
+fn an_invalid_store_edit_is_a_fault_and_the_response_stays_whole() {
+    let origin = Origin::start(|_| Reply::ok("0123456789").header("Cache-Control", "max-age=60"));
+    let proxy = v2_proxy(&origin, "");
+    let raw = support::wire::one(
+        proxy.port,
+        "GET /bad/store-edit HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.text(), "0123456789");
+    assert_eq!(raw.header("content-length"), Some("10"));
+    assert_eq!(raw.header("transfer-encoding"), None);
+    get(&proxy.url("/bad/store-edit"));
+    assert_eq!(origin.hits(), 2, "not stored after the fault");
+    assert!(proxy.log().contains("plugin fault in on-response"));
+}
+
+#[test]
+fn delivery_edits_apply_to_misses_and_hits_but_not_to_the_stored_ttl() {
+    let origin = cacheable_origin("origin");
+    let proxy = v2_proxy(&origin, "");
+    let miss = get(&proxy.url("/deliver/page"));
+    let hit = get(&proxy.url("/deliver/page"));
+    assert_status_has(&miss, "fwd=miss");
+    assert_status_has(&hit, "hit");
+    for resp in [&miss, &hit] {
+        assert_eq!(resp.header("cache-control"), Some("max-age=5"));
+        assert_eq!(resp.header("x-delivered-status"), Some("200"));
+    }
+    assert_eq!(origin.hits(), 1, "the cache kept the origin's 60 s");
+    // A request that did not ask for on-deliver gets the origin's header.
+    assert_eq!(
+        get(&proxy.url("/plain")).header("cache-control"),
+        Some("max-age=60")
+    );
+
+    // An invalid delivery edit is a fault; the response goes out unedited.
+    let bad = get(&proxy.url("/bad/deliver"));
+    assert_eq!(bad.status, 200);
+    assert_eq!(bad.text(), "origin /bad/deliver");
+    assert!(proxy.log().contains("plugin fault in on-deliver"));
+}
+
+#[test]
+fn pass_for_sends_concurrent_requests_straight_to_the_origin() {
+    const CONCURRENT: usize = 10;
+    const DELAY: Duration = Duration::from_millis(500);
+    let origin = Origin::start(|_| {
+        Reply::ok("per user")
+            .header("Cache-Control", "max-age=60")
+            .delay(DELAY)
+    });
+    let proxy = v2_proxy(&origin, "");
+    assert_status_has(&get(&proxy.url("/pass/account")), "fwd=miss");
+    let url = proxy.url("/pass/account");
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || get(&url))
+        })
+        .collect();
+    for client in clients {
+        let resp = client.join().expect("client");
+        assert_eq!(resp.status, 200);
+        assert!(
+            !resp.cache_status().contains("hit"),
+            "{}",
+            resp.cache_status()
+        );
+    }
+    let took = started.elapsed();
+    // Waiting on the cache lock would take at least two origin delays.
+    assert!(took < DELAY * 2, "{CONCURRENT} requests took {took:?}");
+    assert_eq!(
+        origin.hits(),
+        1 + CONCURRENT,
+        "nothing stored, all to the origin"
+    );
+}
+
+#[test]
+fn plugin_tags_purge_their_entries() {
+    let origin = cacheable_origin("origin");
+    let proxy = v2_proxy(&origin, "");
+    for path in ["/tags/a", "/tags/b", "/untagged"] {
+        get(&proxy.url(path));
+        assert_status_has(&get(&proxy.url(path)), "hit");
+    }
+    let auth = format!("Bearer {TOKEN}");
+    let purge = send(
+        "PURGE",
+        &proxy.url("/"),
+        &[("Authorization", &auth), ("Surrogate-Key", "plugin-tag")],
+    );
+    assert_eq!(purge.status, 200);
+    assert_status_has(&get(&proxy.url("/tags/a")), "fwd=miss");
+    assert_status_has(&get(&proxy.url("/tags/b")), "fwd=miss");
+    assert_status_has(&get(&proxy.url("/untagged")), "hit");
+    assert_eq!(origin.hits(), 5);
+}
+
+#[test]
+fn the_error_hook_answers_origin_failures_with_nothing_stale() {
+    let failing = Arc::new(AtomicUsize::new(0));
+    let counter = failing.clone();
+    let origin = Origin::start(move |seen| {
+        if seen.url.starts_with("/error/") || seen.url == "/bad/error" || seen.url == "/plain-5xx" {
+            counter.fetch_add(1, Ordering::SeqCst);
+            return Reply::ok("origin broke").status(500);
+        }
+        Reply::ok("fine").header("Cache-Control", "max-age=60")
+    });
+    let closed = format!("127.0.0.1:{}", free_port());
+    let proxy = v2_proxy(
+        &origin,
+        &format!("[tenant.backends]\ndown = \"{closed}\"\n"),
+    );
+
+    let answered = get(&proxy.url("/error/page"));
+    assert_eq!(answered.status, 503);
+    assert_eq!(answered.text(), "custom error page\n");
+    assert_eq!(answered.header("x-origin-failure"), Some("status 500"));
+    assert_eq!(answered.header("retry-after"), Some("5"));
+    assert_eq!(failing.load(Ordering::SeqCst), 1);
+
+    let unreachable = get(&proxy.url("/backend/down/x"));
+    assert_eq!(unreachable.status, 503);
+    assert_eq!(unreachable.header("x-origin-failure"), Some("unreachable"));
+
+    // Paths the plugin does not answer keep the origin's own 5xx.
+    let plain = get(&proxy.url("/plain-5xx"));
+    assert_eq!((plain.status, plain.text().as_str()), (500, "origin broke"));
+    // An invalid answer (status 700) is a fault: the origin's response goes on unchanged.
+    let bad = get(&proxy.url("/bad/error"));
+    assert_eq!((bad.status, bad.text().as_str()), (500, "origin broke"));
+    assert!(proxy.log().contains("plugin fault in on-error"));
+}
