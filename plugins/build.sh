@@ -6,4 +6,4 @@ set -euo pipefail
 
 plugins_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 exec bash "$plugins_dir/build-workspace.sh" "$plugins_dir" cachet-plugin- \
-    standard static-assets api-gateway -- "$@"
+    standard static-assets api-gateway vcl-port -- "$@"

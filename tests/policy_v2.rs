@@ -342,3 +342,155 @@ fn the_error_hook_answers_origin_failures_with_nothing_stale() {
     assert_eq!((bad.status, bad.text().as_str()), (500, "origin broke"));
     assert!(proxy.log().contains("plugin fault in on-error"));
 }
+
+// ------------------------------------------------------------ the example plugins use 0.2.0
+
+fn example_proxy(origin: &Origin, name: &str, extra: &str) -> Proxy {
+    Proxy::start(
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &support::plugin(name)).extra(extra)],
+    )
+}
+
+#[test]
+fn static_assets_strips_set_cookie_from_assets_and_tracking_cookies_from_requests() {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("{} cookie={:?}", seen.url, seen.header("cookie")))
+            .header("Set-Cookie", "visitor=42")
+    });
+    let proxy = example_proxy(&origin, "static-assets", "");
+    let miss = send(
+        "GET",
+        &proxy.url("/app.js?utm_source=x&v=2"),
+        &[("Cookie", "_ga=GA1.1; session=abc")],
+    );
+    assert_status_has(&miss, "stored");
+    assert_eq!(miss.header("set-cookie"), None);
+    // The origin got what the key holds: the normalised query and no cookie.
+    assert_eq!(miss.text(), "/app.js?v=2 cookie=None");
+    let hit = get(&proxy.url("/app.js?v=2"));
+    assert_status_has(&hit, "hit");
+    assert_eq!(hit.header("set-cookie"), None);
+    assert_eq!(origin.hits(), 1);
+
+    // A page: analytics cookies are removed, the others reach the origin (and bypass).
+    let page = send(
+        "GET",
+        &proxy.url("/account"),
+        &[("Cookie", "_ga=GA1.1; session=abc; _gid=7")],
+    );
+    assert_status_has(&page, "fwd=bypass");
+    assert_eq!(page.text(), "/account cookie=Some(\"session=abc\")");
+    assert_eq!(
+        page.header("set-cookie"),
+        Some("visitor=42"),
+        "pages keep theirs"
+    );
+    let only_tracking = send("GET", &proxy.url("/about"), &[("Cookie", "_ga=GA1.1")]);
+    assert!(!only_tracking.cache_status().contains("bypass"));
+    assert_eq!(only_tracking.text(), "/about cookie=None");
+}
+
+#[test]
+fn api_gateway_picks_a_backend_by_path_prefix() {
+    let site = cacheable_origin("site");
+    let api = cacheable_origin("api");
+    let media = cacheable_origin("media");
+    let extra = format!(
+        "[tenant.plugin_config]\nbackends = \"/api/=api, /media/=media\"\n\n\
+         [tenant.backends]\napi = \"{}\"\nmedia = \"{}\"\n",
+        api.addr, media.addr
+    );
+    let proxy = example_proxy(&site, "api-gateway", &extra);
+    assert_eq!(get(&proxy.url("/api/items")).text(), "api /api/items");
+    assert_eq!(get(&proxy.url("/media/a.png")).text(), "media /media/a.png");
+    assert_eq!(get(&proxy.url("/about")).text(), "site /about");
+    assert_status_has(&get(&proxy.url("/api/items")), "hit");
+    assert_eq!((api.hits(), media.hits(), site.hits()), (1, 1, 1));
+}
+
+#[test]
+fn vcl_port_behaves_like_its_vcl() {
+    let origin = Origin::start(|seen| {
+        let cookie = seen.header("cookie").unwrap_or("-").to_owned();
+        let reply =
+            Reply::ok(format!("{} cookie={cookie}", seen.url)).header("X-Powered-By", "PHP");
+        match seen.url.as_str() {
+            "/down" => reply.status(500),
+            "/login" => reply
+                .header("Set-Cookie", "session=new")
+                .delay(Duration::from_millis(300)),
+            "/logo.png" => reply.header("Set-Cookie", "tracking=1"),
+            _ => reply.header("Cache-Control", "max-age=1"),
+        }
+    });
+    let proxy = example_proxy(&origin, "vcl-port", "");
+
+    // vcl_recv: pages keep only session and lang; lang is part of the key (vcl_hash).
+    let fr = send(
+        "GET",
+        &proxy.url("/news"),
+        &[("Cookie", "_ga=1; lang=fr; ab=b")],
+    );
+    assert_eq!(fr.text(), "/news cookie=lang=fr");
+    let fr_again = send("GET", &proxy.url("/news"), &[("Cookie", "lang=fr; _gid=2")]);
+    assert_status_has(&fr_again, "hit");
+    let en = send("GET", &proxy.url("/news"), &[("Cookie", "lang=en")]);
+    assert_status_has(&en, "fwd=miss");
+    // vcl_deliver on misses and hits: browser Cache-Control, no X-Powered-By.
+    for resp in [&fr, &fr_again] {
+        assert_eq!(resp.header("cache-control"), Some("no-cache"));
+        assert_eq!(resp.header("x-powered-by"), None);
+    }
+
+    // Static files: no cookies sent, Set-Cookie never stored nor served, kept a week.
+    let logo = send("GET", &proxy.url("/logo.png"), &[("Cookie", "session=abc")]);
+    assert_eq!(logo.text(), "/logo.png cookie=-");
+    assert_eq!(logo.header("set-cookie"), None);
+    let logo_hit = get(&proxy.url("/logo.png"));
+    assert_status_has(&logo_hit, "hit");
+    assert_eq!(
+        logo_hit.header("cache-control"),
+        Some("public, max-age=86400")
+    );
+
+    // Logged-in users pass.
+    let account = send("GET", &proxy.url("/account"), &[("Cookie", "session=abc")]);
+    assert_status_has(&account, "fwd=bypass");
+    assert_eq!(account.text(), "/account cookie=session=abc");
+
+    // Hit-for-pass: a page setting a cookie sends its key to the origin, unlocked.
+    get(&proxy.url("/login"));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let url = proxy.url("/login");
+            std::thread::spawn(move || get(&url))
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.join().expect("client").status, 200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(origin.hits_for("/login"), 7);
+
+    // Grace: after max-age=1 the stale page is served while it is refreshed.
+    std::thread::sleep(Duration::from_millis(2100));
+    let stale = send("GET", &proxy.url("/news"), &[("Cookie", "lang=fr")]);
+    assert_status_has(&stale, "stale-while-revalidate");
+    assert_eq!(stale.text(), "/news cookie=lang=fr");
+
+    // vcl_backend_error: origin 5xx, nothing stale: the branded 503.
+    let down = get(&proxy.url("/down"));
+    assert_eq!(down.status, 503);
+    assert!(
+        down.text().contains("We'll be right back"),
+        "{}",
+        down.text()
+    );
+    assert_eq!(down.header("retry-after"), Some("60"));
+}

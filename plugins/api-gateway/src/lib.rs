@@ -1,17 +1,21 @@
 //! API gateway: `/admin` is refused at the edge, per-user requests skip the
-//! cache, and `/api/` responses are micro-cached.
+//! cache, `/api/` responses are micro-cached, and each path prefix can go to
+//! its own backend (plugin config `backends = "/api/=api, /media/=media"`,
+//! names from the tenant's `[tenant.backends]`).
 
 mod admin_path;
+mod backend_routes;
 mod status;
 
 use std::time::Duration;
 
 use cachet_sdk::{
-    defaults, Policy, Request, RequestDecision, Response, ResponseDecision, StoreDirective,
-    SyntheticResponse, TestVector,
+    config, defaults, Policy, Request, RequestDecision, RequestEdits, Response,
+    ResponseDecision, StoreDirective, SyntheticResponse, TestVector,
 };
 
 use admin_path::is_admin_path;
+use backend_routes::BackendRoutes;
 
 const API_PREFIX: &str = "/api/";
 /// Short enough that clients barely notice, long enough to absorb bursts.
@@ -19,7 +23,18 @@ const API_TTL: Duration = Duration::from_secs(10);
 const API_STALE_WHILE_REVALIDATE: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
-pub struct ApiGateway;
+pub struct ApiGateway {
+    routes: BackendRoutes,
+}
+
+impl ApiGateway {
+    /// Reads the prefix routes from the tenant's plugin config.
+    pub fn from_config() -> Self {
+        Self {
+            routes: BackendRoutes::parse(&config("backends").unwrap_or_default()),
+        }
+    }
+}
 
 impl Policy for ApiGateway {
     fn on_request(&self, req: &Request) -> RequestDecision {
@@ -38,6 +53,12 @@ impl Policy for ApiGateway {
             return RequestDecision::bypass("session cookie");
         }
         RequestDecision::Cache
+    }
+
+    fn edit_request(&self, req: &Request, edits: &mut RequestEdits) {
+        if let Some(backend) = self.routes.backend_for(&req.path()) {
+            edits.backend(backend);
+        }
     }
 
     fn on_response(&self, req: &Request, resp: &Response) -> ResponseDecision {
@@ -82,7 +103,7 @@ impl Policy for ApiGateway {
     }
 }
 
-cachet_sdk::export_policy!(ApiGateway);
+cachet_sdk::export_policy!(ApiGateway, ApiGateway::from_config());
 
 #[cfg(test)]
 mod tests {
@@ -90,8 +111,21 @@ mod tests {
     use cachet_sdk::testing;
 
     #[test]
+    fn path_prefixes_pick_backends() {
+        let gateway = ApiGateway {
+            routes: BackendRoutes::parse("/api/=api, /media/=media"),
+        };
+        let mut edits = RequestEdits::default();
+        gateway.edit_request(&get("http://example.com/api/items"), &mut edits);
+        assert_eq!(edits.backend.as_deref(), Some("api"));
+        let mut edits = RequestEdits::default();
+        gateway.edit_request(&get("http://example.com/about"), &mut edits);
+        assert_eq!(edits.backend, None);
+    }
+
+    #[test]
     fn self_test_vectors_pass() {
-        testing::check_self_tests(&ApiGateway);
+        testing::check_self_tests(&ApiGateway::default());
     }
 
     fn get(uri: &str) -> Request {
@@ -113,7 +147,7 @@ mod tests {
             "http://example.com/admin",
             "http://example.com/admin/users?x=1",
         ] {
-            let RequestDecision::Respond(resp) = ApiGateway.on_request(&get(uri)) else {
+            let RequestDecision::Respond(resp) = ApiGateway::default().on_request(&get(uri)) else {
                 panic!("{uri} was not answered by the plugin");
             };
             assert_eq!(resp.status, 403);
@@ -132,7 +166,7 @@ mod tests {
             .uri("http://example.com/admin/x")
             .build();
         assert!(matches!(
-            ApiGateway.on_request(&req),
+            ApiGateway::default().on_request(&req),
             RequestDecision::Respond(_)
         ));
     }
@@ -144,7 +178,7 @@ mod tests {
             "http://example.com/api/admin",
         ] {
             assert_eq!(
-                ApiGateway.on_request(&get(uri)),
+                ApiGateway::default().on_request(&get(uri)),
                 RequestDecision::Cache,
                 "{uri}"
             );
@@ -158,7 +192,7 @@ mod tests {
             .header("Authorization", "Bearer t")
             .build();
         assert_eq!(
-            ApiGateway.on_request(&with_auth),
+            ApiGateway::default().on_request(&with_auth),
             RequestDecision::bypass("authorization header")
         );
         let with_session = Request::builder()
@@ -166,7 +200,7 @@ mod tests {
             .header("Cookie", "theme=dark; session=s1")
             .build();
         assert_eq!(
-            ApiGateway.on_request(&with_session),
+            ApiGateway::default().on_request(&with_session),
             RequestDecision::bypass("session cookie")
         );
     }
@@ -177,7 +211,7 @@ mod tests {
             .uri("http://example.com/api/items")
             .header("Cookie", "theme=dark; session_hint=1")
             .build();
-        assert_eq!(ApiGateway.on_request(&req), RequestDecision::Cache);
+        assert_eq!(ApiGateway::default().on_request(&req), RequestDecision::Cache);
     }
 
     #[test]
@@ -187,28 +221,28 @@ mod tests {
             .uri("http://example.com/api/items/1")
             .build();
         assert_eq!(
-            ApiGateway.on_request(&req),
+            ApiGateway::default().on_request(&req),
             RequestDecision::bypass("method DELETE")
         );
         let req = Request::builder()
             .method("HEAD")
             .uri("http://example.com/api/items")
             .build();
-        assert_eq!(ApiGateway.on_request(&req), RequestDecision::Cache);
+        assert_eq!(ApiGateway::default().on_request(&req), RequestDecision::Cache);
     }
 
     #[test]
     fn api_responses_are_micro_cached() {
         let req = get("http://example.com/api/items?page=2");
         let plain = Response::builder().build();
-        assert_eq!(ApiGateway.on_response(&req, &plain), micro_cached());
+        assert_eq!(ApiGateway::default().on_response(&req, &plain), micro_cached());
         // Overrides the origin's own freshness and no-cache.
         let fresh = Response::builder()
             .header("Cache-Control", "max-age=3600")
             .build();
-        assert_eq!(ApiGateway.on_response(&req, &fresh), micro_cached());
+        assert_eq!(ApiGateway::default().on_response(&req, &fresh), micro_cached());
         let not_found = Response::builder().status(404).build();
-        assert_eq!(ApiGateway.on_response(&req, &not_found), micro_cached());
+        assert_eq!(ApiGateway::default().on_response(&req, &not_found), micro_cached());
     }
 
     #[test]
@@ -218,14 +252,14 @@ mod tests {
             .header("Cache-Control", "no-store")
             .build();
         assert_eq!(
-            ApiGateway.on_response(&req, &no_store),
+            ApiGateway::default().on_response(&req, &no_store),
             ResponseDecision::no_store("origin sent no-store")
         );
         let private = Response::builder()
             .header("cache-control", "private, max-age=60")
             .build();
         assert_eq!(
-            ApiGateway.on_response(&req, &private),
+            ApiGateway::default().on_response(&req, &private),
             ResponseDecision::no_store("origin sent private")
         );
     }
@@ -239,7 +273,7 @@ mod tests {
             Response::builder().header("Set-Cookie", "a=1").build(),
         ] {
             assert_eq!(
-                ApiGateway.on_response(&req, &resp),
+                ApiGateway::default().on_response(&req, &resp),
                 ResponseDecision::FollowOrigin
             );
         }
@@ -254,7 +288,7 @@ mod tests {
             "http://example.com/apix/1",
         ] {
             assert_eq!(
-                ApiGateway.on_response(&get(uri), &resp),
+                ApiGateway::default().on_response(&get(uri), &resp),
                 ResponseDecision::FollowOrigin
             );
         }

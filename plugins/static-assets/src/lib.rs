@@ -1,6 +1,8 @@
-//! Static assets: tracking parameters never split the cache, static files
-//! without origin freshness are kept for a day, and cookies only matter on
-//! dynamic paths.
+//! Static assets: tracking parameters never split the cache (and the origin
+//! is sent the same normalised query the key holds), analytics cookies never
+//! reach the origin, static files without origin freshness are kept for a
+//! day, and a static file's cookies are noise: stripped from the request and
+//! its `Set-Cookie` from the stored response, so it can be shared.
 
 mod static_path;
 mod encoding;
@@ -9,7 +11,8 @@ mod tracking;
 use std::time::Duration;
 
 use cachet_sdk::{
-    defaults, Policy, Request, RequestDecision, Response, ResponseDecision, TestVector,
+    defaults, HeaderEdits, Policy, Request, RequestDecision, RequestEdits, Response,
+    ResponseDecision, TestVector,
 };
 
 use static_path::is_static_path;
@@ -27,11 +30,30 @@ impl Policy for StaticAssets {
             return decision;
         }
         // Static files are the same for everyone, so their cookies are noise;
-        // elsewhere a cookie may personalise the page.
-        if !is_static_path(&req.path()) && req.has_header("cookie") {
+        // elsewhere a cookie other than an analytics one may personalise the page.
+        if !is_static_path(&req.path()) && has_own_cookie(req) {
             return RequestDecision::bypass("cookie on dynamic path");
         }
         RequestDecision::Cache
+    }
+
+    fn edit_request(&self, req: &Request, edits: &mut RequestEdits) {
+        if is_static_path(&req.path()) {
+            edits.remove_header("cookie");
+        } else {
+            edits.keep_cookies(req, |name| !tracking::is_tracking_cookie(name));
+        }
+        // The origin gets the query the key holds: no tracking parameters, sorted.
+        let query = req.query().unwrap_or_default();
+        let normalized = tracking::normalized_query(req.query_params()).to_string();
+        if query != normalized {
+            let target = if normalized.is_empty() {
+                req.path()
+            } else {
+                format!("{}?{normalized}", req.path())
+            };
+            edits.rewrite_path(target);
+        }
     }
 
     fn cache_key(&self, req: &Request) -> Vec<String> {
@@ -55,15 +77,23 @@ impl Policy for StaticAssets {
             return ResponseDecision::no_store("origin sent private");
         }
         // Only fill in missing freshness. An origin that asked for
-        // revalidation (no-cache) or sets a cookie keeps RFC 9111 handling.
+        // revalidation (no-cache) keeps RFC 9111 handling. A Set-Cookie does
+        // not matter: `edit_response` strips it before the host judges.
         let origin_decides = resp.status() != 200
             || resp.has_explicit_freshness()
-            || cache_control.no_cache()
-            || resp.has_header("set-cookie");
+            || cache_control.no_cache();
         if origin_decides {
             return ResponseDecision::FollowOrigin;
         }
         ResponseDecision::store(STATIC_TTL)
+    }
+
+    /// A static file is the same for everyone: a cookie it sets would be
+    /// handed to every visitor, and keeps the host from storing it.
+    fn edit_response(&self, req: &Request, _resp: &Response, edits: &mut HeaderEdits) {
+        if is_static_path(&req.path()) {
+            edits.remove("set-cookie");
+        }
     }
 
     /// Origins vary static files on Accept-Encoding; every browser spells
@@ -106,6 +136,15 @@ impl Policy for StaticAssets {
                 .expect_follow_origin(),
         ]
     }
+}
+
+/// Whether the request carries a cookie other than an analytics one.
+fn has_own_cookie(req: &Request) -> bool {
+    req.header_all("cookie")
+        .iter()
+        .flat_map(|line| line.split(';'))
+        .filter_map(|pair| pair.split_once('='))
+        .any(|(name, _)| !tracking::is_tracking_cookie(name.trim()))
 }
 
 cachet_sdk::export_policy!(StaticAssets);
@@ -270,13 +309,71 @@ mod tests {
             StaticAssets.on_response(&req, &not_found),
             ResponseDecision::FollowOrigin
         );
-        for header in [("Cache-Control", "no-cache"), ("Set-Cookie", "a=1")] {
-            let resp = ok_with(&[header]);
-            assert_eq!(
-                StaticAssets.on_response(&req, &resp),
-                ResponseDecision::FollowOrigin
-            );
-        }
+        let resp = ok_with(&[("Cache-Control", "no-cache")]);
+        assert_eq!(
+            StaticAssets.on_response(&req, &resp),
+            ResponseDecision::FollowOrigin
+        );
+    }
+
+    #[test]
+    fn a_static_files_set_cookie_is_stripped_so_it_is_stored() {
+        let req = get("http://example.com/site.css");
+        let resp = ok_with(&[("Set-Cookie", "a=1")]);
+        assert_eq!(
+            StaticAssets.on_response(&req, &resp),
+            ResponseDecision::store(Duration::from_secs(86_400))
+        );
+        let mut edits = HeaderEdits::new();
+        StaticAssets.edit_response(&req, &resp, &mut edits);
+        assert!(edits
+            .applied_to(&[("Set-Cookie".into(), "a=1".into())])
+            .is_empty());
+        let mut edits = HeaderEdits::new();
+        StaticAssets.edit_response(&get("http://example.com/account"), &resp, &mut edits);
+        assert!(edits.is_empty(), "dynamic pages keep their cookies");
+    }
+
+    #[test]
+    fn analytics_cookies_never_reach_the_origin_nor_force_a_bypass() {
+        let req = Request::builder()
+            .uri("http://example.com/page")
+            .header("Cookie", "_ga=GA1.1; _gid=2")
+            .build();
+        assert_eq!(StaticAssets.on_request(&req), RequestDecision::Cache);
+        let mut edits = RequestEdits::default();
+        StaticAssets.edit_request(&req, &mut edits);
+        assert_eq!(req.edited(&edits).header("cookie"), None);
+
+        let req = Request::builder()
+            .uri("http://example.com/page")
+            .header("Cookie", "_ga=GA1.1; session=abc")
+            .build();
+        assert_eq!(
+            StaticAssets.on_request(&req),
+            RequestDecision::bypass("cookie on dynamic path")
+        );
+        let mut edits = RequestEdits::default();
+        StaticAssets.edit_request(&req, &mut edits);
+        assert_eq!(
+            req.edited(&edits).header("cookie").as_deref(),
+            Some("session=abc")
+        );
+    }
+
+    #[test]
+    fn the_origin_gets_the_query_the_key_holds() {
+        let req = get_with_cookie("http://example.com/app.js?utm_source=x&v=3&a=1");
+        let mut edits = RequestEdits::default();
+        StaticAssets.edit_request(&req, &mut edits);
+        let edited = req.edited(&edits);
+        assert_eq!(edited.query().as_deref(), Some("a=1&v=3"));
+        assert_eq!(edited.header("cookie"), None, "static files get no cookies");
+        assert_eq!(StaticAssets.cache_key(&edited), StaticAssets.cache_key(&req));
+        // Already normalised: nothing to rewrite (a background refresh changes nothing).
+        let mut again = RequestEdits::default();
+        StaticAssets.edit_request(&edited, &mut again);
+        assert_eq!(again.path_and_query, None);
     }
 
     #[test]
