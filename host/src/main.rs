@@ -218,6 +218,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     println!("plugin:   {}", info.path.display());
     println!("sha256:   {}", info.sha256);
     println!("size:     {} bytes", info.size_bytes);
+    println!("contract: cachet:policy@{}", plugin.contract_version());
     println!(
         "compile:  {:.1} ms",
         info.compile_time.as_secs_f64() * 1000.0

@@ -16,6 +16,7 @@ use pingora_cache::key::CacheHashKey;
 use pingora_cache::predictor::{CacheablePredictor, Predictor};
 use pingora_cache::{CacheKey, NoCacheReason};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -24,6 +25,8 @@ const SHARDS: usize = 16;
 pub struct UncacheableKeys {
     marks: Predictor<SHARDS>,
     passes: [Mutex<HashMap<u128, Instant>>; SHARDS],
+    /// Set by the first pass: until a plugin asks for one, lookups take no lock.
+    any_pass: AtomicBool,
     shard_capacity: usize,
 }
 
@@ -37,6 +40,7 @@ impl UncacheableKeys {
     pub fn pass_for(&self, key: &CacheKey, duration: Duration) {
         let hash = u128::from_be_bytes(key.primary_bin());
         let now = Instant::now();
+        self.any_pass.store(true, Ordering::Relaxed);
         let mut passes = self.shard(hash).lock();
         if passes.len() >= self.shard_capacity && !passes.contains_key(&hash) {
             passes.retain(|_, until| *until > now);
@@ -48,6 +52,9 @@ impl UncacheableKeys {
     }
 
     fn passing(&self, key: &CacheKey) -> bool {
+        if !self.any_pass.load(Ordering::Relaxed) {
+            return false;
+        }
         let hash = u128::from_be_bytes(key.primary_bin());
         let mut passes = self.shard(hash).lock();
         match passes.get(&hash) {
@@ -110,6 +117,7 @@ pub(crate) fn remember_uncacheable(capacity: usize) -> Option<&'static Uncacheab
     Some(Box::leak(Box::new(UncacheableKeys {
         marks,
         passes: Default::default(),
+        any_pass: AtomicBool::new(false),
         shard_capacity,
     })))
 }
