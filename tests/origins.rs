@@ -212,13 +212,13 @@ fn a_connect_that_gets_no_answer_gives_up_after_connect_timeout() {
     let (status, took, log) = timed("300ms");
     assert_eq!(status, 504, "{log}");
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1450),
         "{took:?}"
     );
-    let (status, took, log) = timed("2s");
+    let (status, took, log) = timed("1500ms");
     assert_eq!(status, 504, "{log}");
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_millis(4500),
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
         "{took:?}"
     );
 }
