@@ -71,7 +71,7 @@ pub(super) async fn try_serve(
     super::hop_by_hop::strip_for_downstream(&mut response);
     super::directives::strip_downstream(&mut response);
     let status = super::cache_status::hit_value(ctx, hit.ttl(now));
-    response.insert_header(super::cache_status::HEADER, status)?;
+    super::cache_status::append_member(&mut response, status)?;
     ctx.outcome = "hit";
     crate::metrics::lean_hit();
     session.write_response_header(response, false).await?;
