@@ -350,7 +350,7 @@ fn new_plugin_writes_a_crate_that_tests_green() {
     );
     assert!(text.contains("self-test vectors: passed"), "{text}");
     let imports = text.lines().find(|l| l.contains("imports:")).unwrap_or("");
-    assert!(imports.contains("cachet:policy/host@0.1.0"), "{text}");
+    assert!(imports.contains("cachet:policy/types@0.1.0"), "{text}");
     assert!(
         !imports.contains("wasi:"),
         "a policy built by cachet imports WASI: {text}"
