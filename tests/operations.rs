@@ -75,7 +75,17 @@ fn metrics_count_real_traffic() {
         get(&proxy.url("/nostore"));
     }
     send("POST", &proxy.url("/form"), &[]);
-    let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+    // A request is counted in its logging phase, which runs after the client has the
+    // response: wait (bounded) until all 8 are in before reading the figures.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+        let counted = metric(&text, "cachet_requests_total", &["tenant=\"site\""]);
+        if counted >= 8.0 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let requests = |status: &str| {
         metric(
             &text,
