@@ -307,14 +307,7 @@ struct TlsOrigin {
 
 impl TlsOrigin {
     fn start(cert: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(cert.0, cert.1)
-            .unwrap();
-        let config = Arc::new(config);
+        let config = support::tls::server_config(cert);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));

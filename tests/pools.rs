@@ -48,14 +48,8 @@ impl NamedOrigin {
         name: &'static str,
         cert: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
     ) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(cert.0, cert.1)
-            .unwrap();
-        Self::start_with(name, "127.0.0.1:0".parse().unwrap(), Some(Arc::new(config)))
+        let config = support::tls::server_config(cert);
+        Self::start_with(name, "127.0.0.1:0".parse().unwrap(), Some(config))
     }
 
     fn start_with(
