@@ -75,7 +75,17 @@ fn metrics_count_real_traffic() {
         get(&proxy.url("/nostore"));
     }
     send("POST", &proxy.url("/form"), &[]);
-    let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+    // A request is counted in its logging phase, which runs after the client has the
+    // response: wait (bounded) until all 8 are in before reading the figures.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+        let counted = metric(&text, "cachet_requests_total", &["tenant=\"site\""]);
+        if counted >= 8.0 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let requests = |status: &str| {
         metric(
             &text,
@@ -350,7 +360,7 @@ fn new_plugin_writes_a_crate_that_tests_green() {
     );
     assert!(text.contains("self-test vectors: passed"), "{text}");
     let imports = text.lines().find(|l| l.contains("imports:")).unwrap_or("");
-    assert!(imports.contains("cachet:policy/host@0.1.0"), "{text}");
+    assert!(imports.contains("cachet:policy/types@0.1.0"), "{text}");
     assert!(
         !imports.contains("wasi:"),
         "a policy built by cachet imports WASI: {text}"

@@ -5,7 +5,8 @@ mod support;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -161,6 +162,141 @@ fn read_and_total_timeouts_come_from_the_config() {
     assert!(took < Duration::from_millis(2500), "{took:?}");
 }
 
+/// A listener that never completes a handshake: its accept queue (backlog
+/// 0) is filled by the test and never drained, so the kernel drops further
+/// SYNs and a connect to it hangs until the connecting side gives up.
+struct Blackhole {
+    addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+impl Blackhole {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Listening again on a listening socket sets its backlog.
+        // SAFETY: a valid socket descriptor owned by `listener`.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let mut queued = Vec::new();
+        for _ in 0..8 {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(conn) => queued.push(conn),
+                // The queue is full: connects now hang.
+                Err(_) => {
+                    return Self {
+                        addr,
+                        _listener: listener,
+                        _queued: queued,
+                    }
+                }
+            }
+        }
+        panic!("8 connects to a backlog-0 listener succeeded: no way to make a blackhole here");
+    }
+}
+
+#[test]
+fn a_connect_that_gets_no_answer_gives_up_after_connect_timeout() {
+    let blackhole = Blackhole::start();
+    let timed = |connect_timeout: &str| {
+        let proxy = proxy_for(
+            blackhole.addr,
+            &format!("connect_timeout = {connect_timeout:?}"),
+        );
+        let started = Instant::now();
+        let resp = send("GET", &proxy.url("/x"), &[]);
+        (resp.status, started.elapsed(), proxy.log())
+    };
+    // The default (5 s) would be far longer than either bound.
+    let (status, took, log) = timed("300ms");
+    assert_eq!(status, 504, "{log}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1450),
+        "{took:?}"
+    );
+    let (status, took, log) = timed("1500ms");
+    assert_eq!(status, 504, "{log}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
+/// A keep-alive origin that counts the connections it accepted and those
+/// its peer closed.
+struct ConnectionCountingOrigin {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+}
+
+impl ConnectionCountingOrigin {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (acc, clo) = (accepted.clone(), closed.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                acc.fetch_add(1, Ordering::SeqCst);
+                let clo = clo.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                    while read_head(&mut conn).is_some() {
+                        let reply = "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 6\r\n\r\nserved";
+                        if conn.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    clo.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            closed,
+        }
+    }
+}
+
+#[test]
+fn an_idle_origin_connection_is_closed_after_idle_timeout() {
+    // Kept for 10 s: a request 700 ms later reuses the connection.
+    let origin = ConnectionCountingOrigin::start();
+    let proxy = proxy_for(origin.addr, "idle_timeout = \"10s\"");
+    assert_eq!(send("GET", &proxy.url("/a"), &[]).text(), "served");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(send("GET", &proxy.url("/b"), &[]).text(), "served");
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(origin.closed.load(Ordering::SeqCst), 0);
+
+    // Kept for 300 ms: the origin sees cachet close the idle connection
+    // then (not at once), and the next request opens a new one.
+    let origin = ConnectionCountingOrigin::start();
+    let proxy = proxy_for(origin.addr, "idle_timeout = \"300ms\"");
+    assert_eq!(send("GET", &proxy.url("/a"), &[]).text(), "served");
+    let answered = Instant::now();
+    while origin.closed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            answered.elapsed() < Duration::from_secs(3),
+            "the idle connection was not closed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let closed_after = answered.elapsed();
+    // Measured on the client side: the idle timer may start a little earlier.
+    assert!(
+        closed_after >= Duration::from_millis(150),
+        "{closed_after:?}"
+    );
+    assert_eq!(send("GET", &proxy.url("/b"), &[]).text(), "served");
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 2);
+}
+
 /// An HTTPS origin on 127.0.0.1 (rustls), recording the server name each
 /// connection asked for.
 struct TlsOrigin {
@@ -171,14 +307,7 @@ struct TlsOrigin {
 
 impl TlsOrigin {
     fn start(cert: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(cert.0, cert.1)
-            .unwrap();
-        let config = Arc::new(config);
+        let config = support::tls::server_config(cert);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));

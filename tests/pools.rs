@@ -3,6 +3,7 @@
 
 mod support;
 
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,14 +13,20 @@ use std::time::{Duration, Instant};
 use support::client::try_send;
 use support::plugin;
 use support::proxy::{Proxy, TenantSpec};
+use support::tls::TestCa;
 
 /// An origin that answers every request with its name, can fail its health
 /// endpoint on demand, and can be stopped (listener and connections closed)
-/// and started again on the same port.
+/// and started again on the same port. Plain HTTP, or HTTPS with a
+/// certificate made by the test.
 struct NamedOrigin {
     name: &'static str,
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    /// Health check requests (`GET /healthz`) it answered.
+    checks: Arc<AtomicUsize>,
+    /// Connections it accepted.
+    connections: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     /// Which paths it served, for the consistent-hashing test.
@@ -32,31 +39,62 @@ impl NamedOrigin {
     }
 
     fn start_on(name: &'static str, addr: SocketAddr) -> Self {
+        Self::start_with(name, addr, None)
+    }
+
+    /// An HTTPS origin presenting `cert` (every connection must complete a
+    /// TLS handshake before its request is read).
+    fn start_tls(
+        name: &'static str,
+        cert: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    ) -> Self {
+        let config = support::tls::server_config(cert);
+        Self::start_with(name, "127.0.0.1:0".parse().unwrap(), Some(config))
+    }
+
+    fn start_with(
+        name: &'static str,
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).expect("bind origin");
         let addr = listener.local_addr().unwrap();
         let origin = Self {
             name,
             addr,
             hits: Arc::default(),
+            checks: Arc::default(),
+            connections: Arc::default(),
             healthy: Arc::new(AtomicBool::new(true)),
             stop: Arc::default(),
             served: Arc::default(),
         };
-        let (hits, healthy, stop, served) = (
-            origin.hits.clone(),
-            origin.healthy.clone(),
-            origin.stop.clone(),
-            origin.served.clone(),
-        );
+        let counters = Counters {
+            hits: origin.hits.clone(),
+            checks: origin.checks.clone(),
+            healthy: origin.healthy.clone(),
+            stop: origin.stop.clone(),
+            served: origin.served.clone(),
+        };
+        let (connections, stop) = (origin.connections.clone(), origin.stop.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (hits, healthy, stop, served) =
-                    (hits.clone(), healthy.clone(), stop.clone(), served.clone());
-                std::thread::spawn(move || serve(conn, name, &hits, &healthy, &stop, &served));
+                connections.fetch_add(1, Ordering::SeqCst);
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
+                let (counters, tls) = (counters.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    Some(config) => {
+                        let Ok(server) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        serve(rustls::StreamOwned::new(server, conn), name, &counters)
+                    }
+                    None => serve(conn, name, &counters),
+                });
             }
         });
         origin
@@ -72,15 +110,25 @@ impl NamedOrigin {
     }
 }
 
-fn serve(
-    mut conn: TcpStream,
-    name: &str,
-    hits: &AtomicUsize,
-    healthy: &AtomicBool,
-    stop: &AtomicBool,
-    served: &parking_lot::Mutex<Vec<String>>,
-) {
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
+/// What a [`NamedOrigin`]'s connections share.
+#[derive(Clone)]
+struct Counters {
+    hits: Arc<AtomicUsize>,
+    checks: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    served: Arc<parking_lot::Mutex<Vec<String>>>,
+}
+
+/// Serves one connection (its reads time out every 50 ms to notice `stop`).
+fn serve(mut conn: impl Read + Write, name: &str, counters: &Counters) {
+    let Counters {
+        hits,
+        checks,
+        healthy,
+        stop,
+        served,
+    } = counters;
     let mut buf = Vec::new();
     loop {
         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -101,6 +149,7 @@ fn serve(
         buf.drain(..end);
         let path = head.split(' ').nth(1).unwrap_or("").to_owned();
         let (status, body) = if path == "/healthz" {
+            checks.fetch_add(1, Ordering::SeqCst);
             if healthy.load(Ordering::SeqCst) {
                 ("200 OK", "ok".to_owned())
             } else {
@@ -241,4 +290,182 @@ fn consistent_hashing_sends_each_key_to_the_same_upstream() {
     assert!(!a_paths.is_empty() && !b_paths.is_empty());
     assert_eq!(a_paths.len() + b_paths.len(), 90);
     let _ = (a.name, b.name);
+}
+
+/// Each upstream of the pool's `/status` entry: (address, healthy).
+fn pool_upstreams(proxy: &Proxy) -> Vec<(String, bool)> {
+    let status = proxy.status();
+    status["tenants"][0]["pool"]["upstreams"]
+        .as_array()
+        .expect("pool.upstreams")
+        .iter()
+        .map(|u| {
+            (
+                u["address"].as_str().unwrap_or_default().to_owned(),
+                u["healthy"] == true,
+            )
+        })
+        .collect()
+}
+
+/// Waits up to 5 s for `ready`, polling every 50 ms.
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn health_checks_reach_https_upstreams_over_verified_tls() {
+    let ca = TestCa::new("pool CA");
+    let a = NamedOrigin::start_tls("a", ca.server_cert(&["127.0.0.1"]));
+    let b = NamedOrigin::start_tls("b", ca.server_cert(&["127.0.0.1"]));
+    // Serves, but with a certificate from a CA the tenant does not trust.
+    let untrusted = TestCa::new("someone else's CA");
+    let c = NamedOrigin::start_tls("c", untrusted.server_cert(&["127.0.0.1"]));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("pool-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let list: Vec<String> = [a.addr, b.addr, c.addr]
+        .iter()
+        .map(|addr| format!("\"https://{addr}\""))
+        .collect();
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("site", a.addr, &plugin("standard"))
+            .upstream_line(&format!("upstreams = [{}]", list.join(", ")))
+            .extra(&format!(
+                "upstream_ca = {:?}\n[tenant.pool]\nhealth_path = \"/healthz\"\nhealth_interval = \"200ms\"\nhealth_timeout = \"3s\"",
+                ca_path.display().to_string()
+            ))],
+    );
+    let healthy = |addr: SocketAddr| {
+        pool_upstreams(&proxy)
+            .into_iter()
+            .find(|(address, _)| *address == addr.to_string())
+            .unwrap_or_else(|| panic!("{addr} not in the pool"))
+            .1
+    };
+    // The checks complete TLS handshakes and GET /healthz at a and b; c's
+    // certificate is refused, so its check fails before any request.
+    wait_for("checks at a and b", || {
+        a.checks.load(Ordering::SeqCst) > 0 && b.checks.load(Ordering::SeqCst) > 0
+    });
+    wait_for("c taken out", || !healthy(c.addr));
+    assert!(healthy(a.addr) && healthy(b.addr));
+    assert_eq!(c.checks.load(Ordering::SeqCst), 0);
+    let (spread, failures) = traffic(&proxy, 10);
+    assert!(failures.is_empty(), "{failures:?}\n{}", proxy.log());
+    assert_eq!(spread.get("a"), Some(&5), "{spread:?}");
+    assert_eq!(spread.get("b"), Some(&5), "{spread:?}");
+
+    // b answers its TLS check with 503: out after a check, back after one.
+    b.healthy.store(false, Ordering::SeqCst);
+    wait_for("b taken out", || !healthy(b.addr));
+    let before = b.hits.load(Ordering::SeqCst);
+    let (spread, failures) = traffic(&proxy, 10);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(spread.get("a"), Some(&10), "{spread:?}");
+    assert_eq!(b.hits.load(Ordering::SeqCst), before);
+    b.healthy.store(true, Ordering::SeqCst);
+    wait_for("b back", || healthy(b.addr));
+    let (spread, _) = traffic(&proxy, 10);
+    assert_eq!(spread.get("b"), Some(&5), "{spread:?}");
+    assert_eq!(c.hits.load(Ordering::SeqCst), 0);
+}
+
+/// Starts cachet in a mount namespace of its own (`unshare`, util-linux)
+/// where /etc/hosts is `hosts` and name lookups read files only (no DNS
+/// query leaves the machine): the test renames addresses by rewriting
+/// `hosts` in place, which the bind mount shows to cachet at once.
+fn proxy_with_own_hosts_file(hosts: &std::path::Path, tenant: TenantSpec) -> Proxy {
+    let nsswitch = hosts.with_file_name("nsswitch.conf");
+    std::fs::write(&nsswitch, "hosts: files\n").unwrap();
+    let script = format!(
+        "mount --bind {:?} /etc/hosts && mount --bind {:?} /etc/nsswitch.conf && exec \"$0\" \"$@\"",
+        hosts.display().to_string(),
+        nsswitch.display().to_string()
+    );
+    let launcher: Vec<String> = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([script])
+    .collect();
+    let probe = std::process::Command::new(&launcher[0])
+        .args(&launcher[1..])
+        .arg("true")
+        .status();
+    assert!(
+        probe.is_ok_and(|s| s.success()),
+        "this test needs unshare(1) (Debian util-linux) with user and mount namespaces"
+    );
+    Proxy::start_with_launcher(&launcher, "", "", &[tenant])
+}
+
+#[test]
+fn pool_names_are_resolved_again_every_resolve_interval() {
+    let a = NamedOrigin::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 origin.cachet.test\n").unwrap();
+    let port = a.addr.port();
+    let proxy = proxy_with_own_hosts_file(
+        &hosts,
+        TenantSpec::new("site", a.addr, &plugin("standard"))
+            .upstream_line(&format!("upstreams = [\"origin.cachet.test:{port}\"]"))
+            // One health check, at startup: afterwards only requests connect.
+            .extra("[tenant.pool]\nresolve_interval = \"200ms\"\nhealth_interval = \"1h\""),
+    );
+    let addresses = || -> Vec<String> { pool_upstreams(&proxy).into_iter().map(|u| u.0).collect() };
+    // Requests 100 ms apart: each finds the previous one's connection back
+    // in cachet's pool, so only a new address opens a new connection.
+    let paced_traffic = || {
+        (0..3)
+            .map(|i| {
+                std::thread::sleep(Duration::from_millis(100));
+                try_send("GET", &proxy.url(&format!("/paced/{i}")), &[])
+                    .map(|r| r.text())
+                    .unwrap_or_else(|e| e)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(addresses(), [format!("127.0.0.1:{port}")]);
+    // The startup check's connection, accepted before any request.
+    wait_for("the startup check", || {
+        proxy.status()["tenants"][0]["pool"]["last_health_check"].is_u64()
+            && a.connections.load(Ordering::SeqCst) == 1
+    });
+    let connections = a.connections.load(Ordering::SeqCst);
+    assert_eq!(paced_traffic(), ["a", "a", "a"], "{}", proxy.log());
+    assert_eq!(a.connections.load(Ordering::SeqCst), connections + 1);
+    let connections = connections + 1;
+
+    // The name now gives the IPv4-mapped IPv6 form of the same loopback
+    // address: another address to the pool, the same origin. The pool picks
+    // it up and dials it: a new connection, the idle one to the old address
+    // is not reused.
+    std::fs::write(&hosts, "::ffff:127.0.0.1 origin.cachet.test\n").unwrap();
+    let mapped = format!("[::ffff:127.0.0.1]:{port}");
+    wait_for("the new address", || addresses() == [mapped.clone()]);
+    assert_eq!(paced_traffic(), ["a", "a", "a"], "{}", proxy.log());
+    assert_eq!(a.connections.load(Ordering::SeqCst), connections + 1);
+
+    // The name stops resolving: the pool says so and keeps its address.
+    std::fs::write(&hosts, "").unwrap();
+    wait_for("a warning", || {
+        proxy.log().contains("cannot re-resolve upstream")
+    });
+    assert_eq!(addresses(), [mapped]);
+    let (spread, failures) = traffic(&proxy, 3);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(spread.get("a"), Some(&3));
 }

@@ -37,6 +37,21 @@
 # (cache hits) and miss-1k-c64 (a URL that never repeats: every request is a
 # miss that goes to the origin).
 #
+# TLS and HTTP/2 scenarios (in "full", or by name):
+#   tls-1k-1000url-c64  the 1k-1000url-c64 hits over HTTPS (wrk, keep-alive,
+#                       HTTP/1.1) to each target's TLS listener: cachet's
+#                       tls_listen (rustls), nginx "listen ssl", HAProxy
+#                       "bind ssl crt", and the origin nginx for ×origin
+#   h2-1k-1000url-c64   the same hits over HTTP/2 (ALPN h2) with h2load: 16
+#                       connections × 4 streams = 64 requests in flight;
+#                       p50/p99 from h2load's per-request log
+# Every TLS listener presents one ECDSA P-256 certificate made by this script
+# (openssl req), offers TLS 1.3 only and follows the client's cipher order, so
+# all negotiate the same suite; the suite each one negotiated is in the notes.
+# Varnish has no TLS listener: its rows print n/a. Needs openssl (Debian
+# package openssl) and, for HTTP/2, h2load (nghttp2-client); without them the
+# rows print n/a.
+#
 # Prints a Markdown table on stdout and saves it under tests/bench/results/.
 # Progress goes to stderr. A target that fails prints n/a and the run goes on;
 # a missing tool is named with the Debian package that provides it.
@@ -82,7 +97,7 @@ for size in 1k 64k; do
         done
     done
 done
-all_scenarios+=("miss-1k-c64")
+all_scenarios+=("tls-1k-1000url-c64" "h2-1k-1000url-c64" "miss-1k-c64")
 
 case "$BENCH_SCENARIOS" in
     full | all) scenarios=("${all_scenarios[@]}") ;;
@@ -118,6 +133,15 @@ if [[ -n "$BENCH_ONLY" ]]; then
 else
     targets=("${all_targets[@]}")
 fi
+
+# Whether any selected scenario runs over TLS (HTTPS or HTTP/2).
+tls_wanted=0 h2_wanted=0
+for s in "${scenarios[@]}"; do
+    case "$s" in
+        tls-*) tls_wanted=1 ;;
+        h2-*) tls_wanted=1 h2_wanted=1 ;;
+    esac
+done
 
 wants() { # wants PATTERN: is any selected target's name matching PATTERN?
     local t
@@ -262,6 +286,8 @@ check_tools() {
     [[ -n "$(tool nginx)" ]] || missing+=(nginx-light)
     if wants varnish && [[ -z "$(tool varnishd)" ]]; then optional+=(varnish); fi
     if wants haproxy && [[ -z "$(tool haproxy)" ]]; then optional+=(haproxy); fi
+    if ((tls_wanted)) && ! command -v openssl >/dev/null; then optional+=(openssl); fi
+    if ((h2_wanted)) && ! command -v h2load >/dev/null; then optional+=(nghttp2-client); fi
     if ((${#optional[@]})); then
         log "not installed: ${optional[*]} (their rows print n/a); install with: apt-get install ${optional[*]}"
     fi
@@ -272,10 +298,50 @@ tool() { # tool NAME: its path (also looks in /usr/sbin, which may not be on PAT
     command -v "$1" 2>/dev/null || { [[ -x "/usr/sbin/$1" ]] && echo "/usr/sbin/$1"; }
 }
 
+# ---- TLS: one certificate for every listener -----------------------------------------
+
+tls_dir="$work/tls"
+tls_err="" # why the TLS rows print n/a, when they do
+
+make_certificate() {
+    command -v openssl >/dev/null || { tls_err="openssl not installed (apt-get install openssl)"; return 1; }
+    mkdir -p "$tls_dir"
+    if ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        -keyout "$tls_dir/key.pem" -out "$tls_dir/cert.pem" >"$tls_dir/openssl.out" 2>&1; then
+        tls_err="openssl req failed: $(tail -n 1 "$tls_dir/openssl.out" | cut -c1-120)"
+        return 1
+    fi
+    # HAProxy takes the certificate and its key in one file.
+    cat "$tls_dir/cert.pem" "$tls_dir/key.pem" >"$tls_dir/combined.pem"
+    chmod -R a+rX "$tls_dir"
+}
+
+nginx_version() { "$(tool nginx)" -v 2>&1 | sed -E 's|.*nginx/([0-9.]+).*|\1|'; }
+
+# nginx_tls_server PORT: the opening lines of an nginx server block listening
+# with TLS (and HTTP/2 by ALPN) on PORT, with the benchmark's certificate.
+nginx_tls_server() {
+    local http2_listen=" http2" http2_line=""
+    # nginx 1.25.1 replaced "listen ... http2" with the "http2" directive.
+    if printf '%s\n%s\n' "1.25.1" "$(nginx_version)" | sort -V -C; then
+        http2_listen="" http2_line="http2 on;"
+    fi
+    cat <<EOF
+        listen 127.0.0.1:$1 ssl$http2_listen;
+        $http2_line
+        ssl_certificate $tls_dir/cert.pem;
+        ssl_certificate_key $tls_dir/key.pem;
+        ssl_protocols TLSv1.3;
+        ssl_prefer_server_ciphers off;
+EOF
+}
+
 # ---- The origin: nginx serving two static files -------------------------------------
 
 origin_port=""
 origin_pid=""
+origin_tls_port=""
 
 # nginx_conf DIR COMMENT: writes DIR/nginx.conf for an nginx of this benchmark
 # (the origin or the cache): the settings both share, then the directives
@@ -316,14 +382,27 @@ start_origin() {
     head -c 65536 /dev/zero | tr '\0' 'b' >"$dir/www/64k"
     chmod -R a+rX "$dir"
     free_port; origin_port="$FREE_PORT"
-    nginx_conf "$dir" "origin: serves /obj/<anything>/1k and /obj/<anything>/64k from two files." <<EOF
-    server {
-        listen 127.0.0.1:$origin_port;
+    local files="
         root $dir/www;
         location /obj/ {
             rewrite ^/obj/[^/]+/(1k|64k)\$ /\$1 break;
-            add_header Cache-Control "max-age=3600";
+            add_header Cache-Control \"max-age=3600\";
+        }"
+    local tls_server=""
+    if ((tls_wanted)) && [[ -z "$tls_err" ]]; then
+        free_port; origin_tls_port="$FREE_PORT"
+        tls_server="    server {
+$(nginx_tls_server "$origin_tls_port")
+$files
+        location / {
+            return 404;
         }
+    }"
+    fi
+    nginx_conf "$dir" "origin: serves /obj/<anything>/1k and /obj/<anything>/64k from two files." <<EOF
+    server {
+        listen 127.0.0.1:$origin_port;
+$files
         location = /__status {
             stub_status;
         }
@@ -331,6 +410,7 @@ start_origin() {
             return 404;
         }
     }
+$tls_server
 EOF
     start_bg origin TERM "$(tool nginx)" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
     origin_pid="$BG_PID"
@@ -351,7 +431,8 @@ origin_requests() {
 
 # ---- The targets ---------------------------------------------------------------------
 # start_TARGET sets TARGET_PORT and TARGET_PID and returns 0 once it serves, or
-# sets TARGET_ERR and returns 1.
+# sets TARGET_ERR and returns 1. With TLS scenarios it also opens a TLS
+# listener and sets TARGET_TLS_PORT (or TARGET_TLS_ERR).
 
 cachet_built=""   # "", "ok", or the reason it is not
 plugins_built=""
@@ -409,14 +490,21 @@ start_cachet() {
     fi
     mkdir -p "$dir"
     free_port; TARGET_PORT="$FREE_PORT"
-    local admin_port
+    local admin_port tls_lines=""
     free_port; admin_port="$FREE_PORT"
+    if ((tls_wanted)) && [[ -z "$tls_err" ]]; then
+        free_port; TARGET_TLS_PORT="$FREE_PORT"
+        tls_lines="tls_listen = \"127.0.0.1:$TARGET_TLS_PORT\"
+tls_cert = \"$tls_dir/cert.pem\"
+tls_key = \"$tls_dir/key.pem\""
+    fi
     {
         cat <<EOF
 [server]
 listen = "127.0.0.1:$TARGET_PORT"
 admin = "127.0.0.1:$admin_port"
 threads = $BENCH_SERVER_THREADS
+$tls_lines
 
 [cache]
 max_bytes = "512MiB"
@@ -480,6 +568,7 @@ EOF
         -s malloc,512m -P "$dir/varnishd.pid" \
         -p thread_pools="$BENCH_SERVER_THREADS"
     TARGET_PID="$BG_PID"
+    TARGET_TLS_ERR="Varnish has no TLS listener"
     if ! wait_http "http://127.0.0.1:$TARGET_PORT/obj/0/1k" "$TARGET_PID" 30; then
         TARGET_ERR="varnish did not start: $(last_error "$work/varnish.out")"
         return 1
@@ -490,6 +579,24 @@ start_nginx_cache() {
     local dir="$work/nginx-cache"
     mkdir -p "$dir/cache" "$dir/tmp"
     free_port; TARGET_PORT="$FREE_PORT"
+    local cache_location="
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_cache bench;
+            proxy_cache_key \$host\$request_uri;
+            proxy_cache_lock on;
+            add_header X-Cache-Status \$upstream_cache_status;
+        }"
+    local tls_server=""
+    if ((tls_wanted)) && [[ -z "$tls_err" ]]; then
+        free_port; TARGET_TLS_PORT="$FREE_PORT"
+        tls_server="    server {
+$(nginx_tls_server "$TARGET_TLS_PORT")
+$cache_location
+    }"
+    fi
     nginx_conf "$dir" "nginx as a caching reverse proxy in front of the origin." <<EOF
     proxy_cache_path $dir/cache levels=1:2 keys_zone=bench:32m max_size=512m
                      inactive=1h use_temp_path=off;
@@ -499,16 +606,9 @@ start_nginx_cache() {
     }
     server {
         listen 127.0.0.1:$TARGET_PORT;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_cache bench;
-            proxy_cache_key \$host\$request_uri;
-            proxy_cache_lock on;
-            add_header X-Cache-Status \$upstream_cache_status;
-        }
+$cache_location
     }
+$tls_server
 EOF
     start_bg nginx-cache TERM "$(tool nginx)" -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
     TARGET_PID="$BG_PID"
@@ -523,6 +623,12 @@ start_haproxy() {
     haproxy="$(tool haproxy)" || { TARGET_ERR="haproxy not installed"; return 1; }
     mkdir -p "$dir"
     free_port; TARGET_PORT="$FREE_PORT"
+    local tls_bind=""
+    if ((tls_wanted)) && [[ -z "$tls_err" ]]; then
+        free_port; TARGET_TLS_PORT="$FREE_PORT"
+        # TLS 1.3 only, the client's cipher order, HTTP/2 or HTTP/1.1 by ALPN.
+        tls_bind="    bind 127.0.0.1:$TARGET_TLS_PORT ssl crt $tls_dir/combined.pem ssl-min-ver TLSv1.3 prefer-client-ciphers alpn h2,http/1.1"
+    fi
     cat >"$dir/haproxy.cfg" <<EOF
 global
     nbthread $BENCH_SERVER_THREADS
@@ -544,6 +650,7 @@ cache bench
 
 frontend bench
     bind 127.0.0.1:$TARGET_PORT
+$tls_bind
     default_backend origin
 
 backend origin
@@ -565,9 +672,9 @@ EOF
 }
 
 start_target() {
-    TARGET_PORT="" TARGET_PID="" TARGET_ERR="" TARGET_LOG=""
+    TARGET_PORT="" TARGET_PID="" TARGET_ERR="" TARGET_LOG="" TARGET_TLS_PORT="" TARGET_TLS_ERR=""
     case "$1" in
-        origin) TARGET_PORT="$origin_port" TARGET_PID="$origin_pid" ;;
+        origin) TARGET_PORT="$origin_port" TARGET_PID="$origin_pid" TARGET_TLS_PORT="$origin_tls_port" ;;
         cachet-builtin) start_cachet "$1" builtin:standard ;;
         cachet-builtin-fullpath) start_cachet "$1" builtin:standard 1 "lean_hits = false" ;;
         cachet-wasm-fresh) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1 ;;
@@ -581,19 +688,38 @@ start_target() {
 
 # ---- Load ----------------------------------------------------------------------------
 
-# Every one of the URL_COUNT URLs of both sizes once, over one keep-alive connection.
+# warm_all_urls PORT [SCHEME]: every one of the URL_COUNT URLs of both sizes
+# once, over one keep-alive connection (https: trusting the benchmark's certificate).
 warm_all_urls() {
-    local port="$1" size n
+    local port="$1" scheme="${2:-http}" size n
     {
         for size in 1k 64k; do
             for ((n = 0; n < URL_COUNT; n++)); do
-                printf 'url = "http://127.0.0.1:%s/obj/%s/%s"\noutput = "/dev/null"\n' "$port" "$n" "$size"
+                printf 'url = "%s://127.0.0.1:%s/obj/%s/%s"\noutput = "/dev/null"\n' "$scheme" "$port" "$n" "$size"
             done
         done
     } >"$work/warm.curl"
-    local ok
-    ok="$(timeout 120 curl -s -m 10 -w '%{http_code}\n' -K "$work/warm.curl" | grep -c '^200$')"
+    local ok trust=()
+    [[ "$scheme" == https ]] && trust=(--cacert "$tls_dir/cert.pem")
+    ok="$(timeout 120 curl -s -m 10 "${trust[@]}" -w '%{http_code}\n' -K "$work/warm.curl" | grep -c '^200$')"
     ((ok == 2 * URL_COUNT))
+}
+
+# tls_cipher PORT: the protocol and cipher suite an OpenSSL client (as wrk's)
+# negotiates with the TLS listener on PORT.
+tls_cipher() {
+    timeout 10 openssl s_client -connect "127.0.0.1:$1" </dev/null 2>/dev/null |
+        awk '/^New, / { p = $2; sub(/,$/, "", p); print p, $NF; exit }'
+}
+
+# run_h2load OUT CONNS SECONDS URLS_FILE [LOG]: one bounded h2load run over
+# HTTP/2 (ALPN h2); CONNS requests in flight as CONNS/4 connections × 4 streams.
+run_h2load() {
+    local out="$1" conns="$2" secs="$3" urls="$4" logfile="${5:-}" clients
+    clients=$((conns / 4))
+    ((clients >= WRK_THREADS)) || clients=$WRK_THREADS
+    timeout -k 5 $((secs + 30)) h2load -t"$WRK_THREADS" -c"$clients" -m4 -D"$secs" \
+        ${logfile:+--log-file="$logfile"} -i "$urls" >"$out" 2>&1
 }
 
 # run_wrk OUT CONNS SECONDS URL MODE SIZE TAG: one bounded wrk run.
@@ -615,10 +741,50 @@ record_na() { # record_na SCENARIO TARGET ROUND REASON
     printf '%s\t%s\t%s\tn/a\tn/a\tn/a\tn/a\tn/a\t%s\n' "$1" "$2" "$3" "$4" >>"$results"
 }
 
-# measure TARGET SCENARIO ROUND: warm-up, then a measured wrk run; appends a row.
+# h2_urls PORT MODE SIZE: a file of the URLs h2load cycles through (1 or URL_COUNT).
+h2_urls() {
+    local file="$work/h2-urls-$1-$2-$3" n count=1
+    [[ "$2" == rotate ]] && count=$URL_COUNT
+    if [[ ! -f "$file" ]]; then
+        for ((n = 0; n < count; n++)); do
+            printf 'https://127.0.0.1:%s/obj/%s/%s\n' "$1" "$n" "$3"
+        done >"$file"
+    fi
+    printf '%s' "$file"
+}
+
+# h2_summary OUT LOG: "requests duration_us p50_us p99_us errors alpn protocol
+# cipher" from an h2load run's output and per-request log.
+h2_summary() {
+    local percentiles
+    percentiles="$(cut -f3 "$2" 2>/dev/null | sort -n | awk '
+        { a[NR] = $1 }
+        END { if (NR == 0) print "0 0"; else print a[int((NR - 1) * 0.5) + 1], a[int((NR - 1) * 0.99) + 1] }')"
+    awk -v pct="$percentiles" '
+        /^finished in/ {
+            d = $3; sub(/,$/, "", d)
+            if (d ~ /ms$/) { sub(/ms$/, "", d); us = d * 1000 } else { sub(/s$/, "", d); us = d * 1e6 }
+        }
+        /^requests:/ { done = $6; errs += $10 + $12 + $14 }
+        /^status codes:/ { errs += $7 + $9 }
+        /^TLS Protocol:/ { proto = $3 }
+        /^Cipher:/ { cipher = $2 }
+        /^Application protocol:/ { alpn = $3 }
+        END {
+            printf "%d %.0f %s %d %s %s %s\n", done, us, pct, errs,
+                (alpn == "" ? "none" : alpn), (proto == "" ? "?" : proto), (cipher == "" ? "?" : cipher)
+        }' "$1"
+}
+
+# measure TARGET SCENARIO ROUND: warm-up, then a measured wrk (or h2load) run;
+# appends a row.
 measure() {
-    local target="$1" scenario="$2" round="$3" size urls conns mode url tag=""
-    IFS=- read -r size urls conns <<<"$scenario"
+    local target="$1" scenario="$2" round="$3" size urls conns mode url tag="" proto=http rest="$2"
+    case "$scenario" in
+        tls-*) proto=tls rest="${scenario#tls-}" ;;
+        h2-*) proto=h2 rest="${scenario#h2-}" ;;
+    esac
+    IFS=- read -r size urls conns <<<"$rest"
     if [[ "$size" == miss ]]; then
         # miss-1k-c64: the fields are miss, size, connections.
         mode=miss size="$urls" tag="r$round"
@@ -630,35 +796,68 @@ measure() {
     conns="${conns#c}"
     local port="${target_port[$target]}" pid="${target_pid[$target]}"
     url="http://127.0.0.1:$port/"
-    local base="$work/wrk-$target-$scenario-r$round"
+    if [[ "$proto" != http ]]; then
+        port="${target_tls_port[$target]:-}"
+        if [[ -z "$port" ]]; then
+            record_na "$scenario" "$target" "$round" "${target_tls_err[$target]:-${tls_err:-no TLS listener}}"
+            return
+        fi
+        url="https://127.0.0.1:$port/"
+    fi
+    if [[ "$proto" == h2 ]] && ! command -v h2load >/dev/null; then
+        record_na "$scenario" "$target" "$round" "h2load not installed (apt-get install nghttp2-client)"
+        return
+    fi
+    local base="$work/wrk-$target-$scenario-r$round" h2_list=""
+    [[ "$proto" == h2 ]] && h2_list="$(h2_urls "$port" "$mode" "$size")"
     # The access log of the previous run is not needed: keep the disk bounded.
     [[ -n "${target_log[$target]:-}" ]] && : >"${target_log[$target]}"
 
     if ((BENCH_WARMUP > 0)); then
-        run_wrk "$base-warmup.out" "$conns" "$BENCH_WARMUP" "$url" "$mode" "$size" "w$round"
+        if [[ "$proto" == h2 ]]; then
+            run_h2load "$base-warmup.out" "$conns" "$BENCH_WARMUP" "$h2_list"
+        else
+            run_wrk "$base-warmup.out" "$conns" "$BENCH_WARMUP" "$url" "$mode" "$size" "w$round"
+        fi
     fi
     kill -0 "$pid" 2>/dev/null || { record_na "$scenario" "$target" "$round" "server died"; return; }
 
-    local cpu0 cpu1 org0="" org1=""
+    local cpu0 cpu1 org0="" org1="" rc
     [[ "$target" != origin ]] && org0="$(origin_requests)"
     cpu0="$(cpu_ticks "$pid")"
-    run_wrk "$base.out" "$conns" "$BENCH_SECONDS" "$url" "$mode" "$size" "$tag"
-    local rc=$?
+    if [[ "$proto" == h2 ]]; then
+        run_h2load "$base.out" "$conns" "$BENCH_SECONDS" "$h2_list" "$base.log"
+    else
+        run_wrk "$base.out" "$conns" "$BENCH_SECONDS" "$url" "$mode" "$size" "$tag"
+    fi
+    rc=$?
     cpu1="$(cpu_ticks "$pid")"
     [[ "$target" != origin ]] && org1="$(origin_requests)"
 
-    local line
-    line="$(grep '^BENCH ' "$base.out" | tail -n 1)"
-    if ((rc != 0)) || [[ -z "$line" ]]; then
-        record_na "$scenario" "$target" "$round" "wrk failed (exit $rc): $(tail -n 1 "$base.out" | cut -c1-120)"
-        return
-    fi
     local requests duration p50 p99 errs
-    requests="$(sed -E 's/.* requests=([0-9]+).*/\1/' <<<"$line")"
-    duration="$(sed -E 's/.* duration_us=([0-9]+).*/\1/' <<<"$line")"
-    p50="$(sed -E 's/.* p50_us=([0-9]+).*/\1/' <<<"$line")"
-    p99="$(sed -E 's/.* p99_us=([0-9]+).*/\1/' <<<"$line")"
-    errs="$(awk '{ s = 0; for (i = 1; i <= NF; i++) if ($i ~ /^err_/) { split($i, kv, "="); s += kv[2] } print s }' <<<"$line")"
+    if [[ "$proto" == h2 ]]; then
+        local alpn tls_proto cipher
+        read -r requests duration p50 p99 errs alpn tls_proto cipher <<<"$(h2_summary "$base.out" "$base.log")"
+        rm -f "$base.log"
+        if ((rc != 0)) || [[ "$alpn" != h2 ]]; then
+            record_na "$scenario" "$target" "$round" "h2load failed (exit $rc, ALPN $alpn): $(grep -v '^$' "$base.out" | tail -n 1 | cut -c1-120)"
+            return
+        fi
+        [[ -n "${h2_noted[$target]:-}" ]] || notes+=("$target: HTTP/2 by ALPN h2, $tls_proto $cipher (h2load)")
+        h2_noted[$target]=1
+    else
+        local line
+        line="$(grep '^BENCH ' "$base.out" | tail -n 1)"
+        if ((rc != 0)) || [[ -z "$line" ]]; then
+            record_na "$scenario" "$target" "$round" "wrk failed (exit $rc): $(tail -n 1 "$base.out" | cut -c1-120)"
+            return
+        fi
+        requests="$(sed -E 's/.* requests=([0-9]+).*/\1/' <<<"$line")"
+        duration="$(sed -E 's/.* duration_us=([0-9]+).*/\1/' <<<"$line")"
+        p50="$(sed -E 's/.* p50_us=([0-9]+).*/\1/' <<<"$line")"
+        p99="$(sed -E 's/.* p99_us=([0-9]+).*/\1/' <<<"$line")"
+        errs="$(awk '{ s = 0; for (i = 1; i <= NF; i++) if ($i ~ /^err_/) { split($i, kv, "="); s += kv[2] } print s }' <<<"$line")"
+    fi
     if ((requests == 0)); then
         record_na "$scenario" "$target" "$round" "no request completed"
         return
@@ -702,11 +901,16 @@ if [[ -n "$(git -C "$repo_root" status --porcelain --untracked-files=no 2>/dev/n
 fi
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
+if ((tls_wanted)); then
+    make_certificate || log "TLS rows: n/a ($tls_err)"
+fi
+
 start_origin
-log "origin nginx on 127.0.0.1:$origin_port (pid $origin_pid)"
+log "origin nginx on 127.0.0.1:$origin_port (pid $origin_pid)${origin_tls_port:+, TLS on $origin_tls_port}"
 
 # Start and warm every target once; the rounds then only measure.
 declare -A target_port=() target_pid=() target_log=() target_err=()
+declare -A target_tls_port=() target_tls_err=() h2_noted=()
 live_targets=()
 for target in "${targets[@]}"; do
     log "starting $target"
@@ -717,9 +921,18 @@ for target in "${targets[@]}"; do
         continue
     fi
     target_port[$target]="$TARGET_PORT" target_pid[$target]="$TARGET_PID" target_log[$target]="$TARGET_LOG"
+    target_tls_port[$target]="$TARGET_TLS_PORT" target_tls_err[$target]="$TARGET_TLS_ERR"
     if [[ "$target" != origin ]] && ! warm_all_urls "$TARGET_PORT"; then
         log "  $target: warming every URL once did not get 200 for all of them"
         notes+=("$target: warming every URL once did not get 200 for all of them")
+    fi
+    if [[ -n "$TARGET_TLS_PORT" ]]; then
+        # Over TLS too: a cache whose key holds the port sees other URLs there.
+        if [[ "$target" != origin ]] && ! warm_all_urls "$TARGET_TLS_PORT" https; then
+            log "  $target: warming every URL once over TLS did not get 200 for all of them"
+            notes+=("$target: warming every URL once over TLS did not get 200 for all of them")
+        fi
+        notes+=("$target: TLS listener on 127.0.0.1:$TARGET_TLS_PORT negotiates $(tls_cipher "$TARGET_TLS_PORT") with an OpenSSL client (as wrk's)")
     fi
     live_targets+=("$target")
 done
@@ -816,11 +1029,16 @@ report="$work/report.md"
     echo "- load average (1, 5, 15 min) before the run: $load_before; after: $load_after (the run itself adds up to about $((2 * WRK_THREADS)); more means other work shared the CPUs and the numbers are noisy)"
     echo "- tools: $(version_of wrk -v | cut -d' ' -f1-2); $(version_of "$(tool nginx)" -v | sed 's/.*: //')$(
         [[ -n "$(tool varnishd)" ]] && printf '; %s' "$(version_of "$(tool varnishd)" -V | sed -E 's/varnishd \((varnish-[^ ]+).*/\1/')")$(
-        [[ -n "$(tool haproxy)" ]] && printf '; haproxy %s' "$(version_of "$(tool haproxy)" -v | awk '{ print $3 }')")"
+        [[ -n "$(tool haproxy)" ]] && printf '; haproxy %s' "$(version_of "$(tool haproxy)" -v | awk '{ print $3 }')")$(
+        ((tls_wanted)) && command -v openssl >/dev/null && printf '; %s' "$(version_of openssl version | cut -d' ' -f1-2)")$(
+        ((h2_wanted)) && command -v h2load >/dev/null && printf '; %s' "$(version_of h2load --version)")"
     echo "- scenario: body size - distinct URLs (or miss: a new URL every request) - connections"
     echo "- every figure: median over the rounds (lowest–highest); ×origin: median of each round's ratio to origin direct in the same round"
     echo "- CPU µs/req: utime+stime of the server's processes (cachet; varnishd manager and child; nginx master and workers; haproxy) over the run ÷ requests; for cache targets the origin's CPU is not included"
     echo "- hit %: 1 − origin requests during the run ÷ requests served"
+    if ((tls_wanted)); then
+        echo "- tls-*: HTTPS with keep-alive (wrk, HTTP/1.1); h2-*: HTTP/2 by ALPN (h2load -c16 -m4: 64 streams in flight; p50/p99 from its per-request log); one ECDSA P-256 certificate made by openssl req for every TLS listener, TLS 1.3 only, the client's cipher order (the suite each negotiated is in the notes below); Varnish has no TLS listener"
+    fi
     echo
     echo "| scenario | target | req/s | ×origin | p50 | p99 | CPU µs/req | hit % |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|"

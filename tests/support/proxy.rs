@@ -102,10 +102,22 @@ impl Proxy {
 
     /// Like [`Proxy::start`], with extra `[server]` lines.
     pub fn start_with_server(server: &str, cache: &str, tenants: &[TenantSpec]) -> Self {
+        Self::start_with_launcher(&[], server, cache, tenants)
+    }
+
+    /// Like [`Proxy::start_with_server`], with cachet run as the last
+    /// argument of `launcher` (a program that execs it, so the PID stays
+    /// cachet's), e.g. in namespaces of its own.
+    pub fn start_with_launcher(
+        launcher: &[String],
+        server: &str,
+        cache: &str,
+        tenants: &[TenantSpec],
+    ) -> Self {
         let mut last_log = String::new();
         // A port picked free can be taken before cachet binds it: retry.
         for _ in 0..3 {
-            match Self::try_start(server, cache, tenants) {
+            match Self::try_start(launcher, server, cache, tenants) {
                 Ok(proxy) => return proxy,
                 Err(log) => last_log = log,
             }
@@ -113,7 +125,12 @@ impl Proxy {
         panic!("cachet did not start:\n{last_log}");
     }
 
-    fn try_start(server: &str, cache: &str, tenants: &[TenantSpec]) -> Result<Self, String> {
+    fn try_start(
+        launcher: &[String],
+        server: &str,
+        cache: &str,
+        tenants: &[TenantSpec],
+    ) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let admin_port = free_port();
@@ -149,7 +166,15 @@ impl Proxy {
         let config_path = dir.path().join("cachet.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("cachet.log")).expect("log file");
-        let child = Command::new(cachet_bin())
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(cachet_bin());
+                command
+            }
+            None => Command::new(cachet_bin()),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)

@@ -87,6 +87,20 @@ impl TestCa {
     }
 }
 
+/// A rustls server config presenting `cert` (a test origin speaking HTTPS).
+pub fn server_config(
+    cert: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(cert.0, cert.1)
+        .expect("test certificate");
+    Arc::new(config)
+}
+
 /// A rustls client config trusting `cas`, offering `alpn`; SNI is sent only
 /// when `send_sni` (the name is still checked against the certificate).
 pub fn client_config(cas: &[&TestCa], alpn: &[&[u8]], send_sni: bool) -> Arc<rustls::ClientConfig> {

@@ -18,6 +18,12 @@ pub fn is_core_module(bytes: &[u8]) -> bool {
 /// Wraps a core module built with wit-bindgen (it carries its WIT world in a custom section)
 /// into a component, validating the result.
 pub fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
+    if !carries_world(module) {
+        anyhow::bail!(
+            "not a valid WebAssembly component: a core module without a WIT world \
+             (build policies with `cachet build`, or with cachet-sdk / wit-bindgen)"
+        );
+    }
     let mut encoder = wit_component::ComponentEncoder::default();
     encoder.module(module).map_err(|e| {
         anyhow::anyhow!(
@@ -29,6 +35,42 @@ pub fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
         .validate(true)
         .encode()
         .map_err(|e| anyhow::anyhow!("cannot turn the core module into a component: {e:#}"))
+}
+
+/// Whether a core module has the `component-type` custom section wit-bindgen embeds (without
+/// it the encoder would produce an empty component, refused later with a less useful reason).
+fn carries_world(module: &[u8]) -> bool {
+    let mut rest = module.get(CORE_PREAMBLE.len()..).unwrap_or_default();
+    while let Some((&id, after_id)) = rest.split_first() {
+        let Some((size, body)) = leb128(after_id) else {
+            return false;
+        };
+        let Some((section, next)) = body.split_at_checked(size) else {
+            return false;
+        };
+        if id == 0 {
+            let name = leb128(section)
+                .and_then(|(len, bytes)| bytes.get(..len))
+                .unwrap_or_default();
+            if name.starts_with(b"component-type") {
+                return true;
+            }
+        }
+        rest = next;
+    }
+    false
+}
+
+/// An unsigned LEB128 number and the bytes after it.
+fn leb128(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let mut value = 0usize;
+    for (i, byte) in bytes.iter().enumerate().take(5) {
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -47,16 +89,15 @@ mod tests {
     }
 
     #[test]
-    fn a_module_without_a_policy_world_does_not_become_a_policy() {
-        // No component-type section: either refused here, or a component that exports
-        // nothing, which loading refuses for not implementing the policy world.
-        if let Ok(component) = componentize(EMPTY_MODULE) {
-            assert!(!is_core_module(&component));
-            let engine = crate::policy::PolicyEngine::new(1).expect("engine");
-            let path = std::path::Path::new("empty.wasm");
-            let loaded = crate::policy::LoadedPlugin::from_bytes(&engine, path, &component, None);
-            let err = loaded.err().expect("an empty component is no policy");
-            assert!(err.to_string().contains("world"), "{err}");
-        }
+    fn a_module_without_a_world_is_refused_with_the_reason() {
+        let err = componentize(EMPTY_MODULE).expect_err("no component-type section");
+        assert!(err.to_string().contains("without a WIT world"), "{err}");
+        // A custom section of another name is no world either.
+        let mut other = EMPTY_MODULE.to_vec();
+        other.extend_from_slice(b"\x00\x05\x04name");
+        assert!(!carries_world(&other));
+        let mut world = EMPTY_MODULE.to_vec();
+        world.extend_from_slice(b"\x00\x0f\x0ecomponent-type");
+        assert!(carries_world(&world));
     }
 }

@@ -161,9 +161,8 @@ fn shown_key(ctx: &RequestCtx) -> Option<String> {
     (show_key && !ctx.key.is_empty()).then(|| super::cache_key::describe(&ctx.key))
 }
 
-/// Sets cachet's member of `Cache-Status` on a forwarded or cached response, after any
-/// members caches upstream of cachet put there (the field is a list, RFC 9211 §2), and
-/// records the outcome in `ctx`.
+/// Sets cachet's member of `Cache-Status` on a forwarded or cached response and records the
+/// outcome in `ctx`.
 pub fn apply(
     header: &mut ResponseHeader,
     cache: &HttpCache,
@@ -171,6 +170,12 @@ pub fn apply(
 ) -> pingora::Result<()> {
     let member = value(cache, ctx, header.status.as_u16());
     ctx.outcome = kind(cache, ctx);
+    append_member(header, member)
+}
+
+/// Puts cachet's member after any members caches upstream of cachet put there (the field is a
+/// list, RFC 9211 §2).
+pub fn append_member(header: &mut ResponseHeader, member: String) -> pingora::Result<()> {
     let upstream: Vec<&str> = header
         .headers
         .get_all(HEADER)

@@ -64,10 +64,14 @@ pub(super) async fn try_serve(
     // As pingora's hit path: stored heads go out as HTTP/1.1, with the time since the fill.
     response.set_version(http::Version::HTTP_11);
     response.insert_header(header::AGE, hit.age(now).as_secs())?;
+    // As pingora's range filter does for a 200 with a length: ranges may be asked for later.
+    if response.status == http::StatusCode::OK {
+        response.insert_header(header::ACCEPT_RANGES, "bytes")?;
+    }
     super::hop_by_hop::strip_for_downstream(&mut response);
     super::directives::strip_downstream(&mut response);
     let status = super::cache_status::hit_value(ctx, hit.ttl(now));
-    response.insert_header(super::cache_status::HEADER, status)?;
+    super::cache_status::append_member(&mut response, status)?;
     ctx.outcome = "hit";
     crate::metrics::lean_hit();
     session.write_response_header(response, false).await?;
