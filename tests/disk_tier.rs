@@ -203,6 +203,53 @@ fn objects_survive_a_restart_with_variants_tenants_tags_and_freshness() {
     assert_eq!(stats["errors"], 0, "{stats}");
 }
 
+/// A graceful upgrade starts the new process while the old one still runs: the new one
+/// serves without the disk tier until the old one exits, then opens it, and what the old one
+/// stored is a hit.
+#[test]
+fn a_second_process_waits_for_the_folder_and_then_opens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let origin = origin();
+    let mut old = start(&origin, &disk);
+    get(&old, "one.test", "/early", &[]);
+    let stored = get(&old, "one.test", "/later", &[]).text();
+    wait_writes(&old, 2);
+
+    let new = start(&origin, &disk);
+    assert_eq!(
+        disk_stats(&new)["connected"],
+        false,
+        "the old process holds the folder"
+    );
+    let early = get(&new, "one.test", "/early", &[]);
+    assert!(
+        early.cache_status().contains("fwd=miss"),
+        "{}",
+        early.cache_status()
+    );
+    assert_eq!(origin.hits(), 3);
+
+    stop(&mut old);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk_stats(&new)["connected"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the disk tier never opened:\n{}",
+            new.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let later = get(&new, "one.test", "/later", &[]);
+    assert!(
+        later.cache_status().ends_with(r#"detail="l2-disk""#),
+        "{}",
+        later.cache_status()
+    );
+    assert_eq!(later.text(), stored);
+    assert_eq!(origin.hits(), 3);
+}
+
 /// The block files of a disk tier, and where `needle` first occurs in them.
 fn find_in_blocks(disk: &Path, needle: &[u8]) -> Option<(PathBuf, usize)> {
     for entry in std::fs::read_dir(disk.join("blocks")).unwrap() {

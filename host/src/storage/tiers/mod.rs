@@ -78,11 +78,7 @@ impl TieredStorage {
         let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();
         let mut disk = None;
         if let Some(config) = &config.disk {
-            let (tier, marks) = disk::DiskTier::open(config, runtime.handle())?;
-            for mark in &marks {
-                purges.record(mark);
-            }
-            let tier = Arc::new(tier);
+            let tier = disk::DiskTier::start(config, runtime.handle(), purges.clone())?;
             tiers.push(tier.clone());
             disk = Some(tier);
         }
@@ -164,11 +160,6 @@ impl TieredStorage {
         if let Some(disk) = &self.disk {
             disk.close().await;
         }
-    }
-
-    /// Whether `close` has anything to wait for.
-    pub fn has_disk(&self) -> bool {
-        self.disk.is_some()
     }
 
     /// Runs `future` on the tiers' runtime and waits for it (shutdown, from a plain thread).
