@@ -169,7 +169,9 @@ fn time_until_not_hit(proxy: &Proxy, path: &str) -> Duration {
     loop {
         let resp = get(proxy, path, &[]);
         if !resp.cache_status().contains("; hit") {
-            return started.elapsed();
+            let took = started.elapsed();
+            eprintln!("purge of {path} seen by the other node after {took:?}");
+            return took;
         }
         assert!(
             started.elapsed() < Duration::from_secs(3),
