@@ -115,6 +115,16 @@ impl TieredStorage {
         stats
     }
 
+    /// A fresh plain L1 hit for the lean hit path (L1 only: anything else takes the full
+    /// path, which also reads the L2 tiers).
+    pub fn plain_hit(&self, key: &CacheKey, now: std::time::SystemTime) -> Option<super::PlainHit> {
+        let hit = self.l1.plain_hit(key, now);
+        if hit.is_some() && !self.tiers.is_empty() {
+            self.l1_hits.fetch_add(1, Relaxed);
+        }
+        hit
+    }
+
     /// The object size limit for a partition (L1's).
     pub fn max_object_size(&self, partition: &str) -> usize {
         self.l1.max_object_size(partition)
