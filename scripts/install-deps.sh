@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 SYSTEM_TOOLS=(
   "cmake cmake"           # builds libz-ng-sys, pulled in by pingora-core
   "pkg-config pkg-config" # lets -sys crates find system libraries
+  "redis-server redis-server" # the shared cache tier's tests run a real Redis
 )
 # Policies build for wasm32-unknown-unknown (no WASI); the test fixtures for wasm32-wasip2.
 WASM_TARGETS=(wasm32-unknown-unknown wasm32-wasip2)

@@ -95,6 +95,9 @@ impl AdminApp {
                 "evictions": stats.evictions,
                 "inserts": stats.inserts,
                 "rejected_oversize": stats.rejected_oversize,
+                "l1_hits": stats.l1_hits,
+                // The L2 tiers in lookup order (empty without [cache.disk] / [cache.shared]).
+                "tiers": stats.tiers,
             },
         })
     }

@@ -4,10 +4,12 @@
 mod duration;
 mod listener;
 mod origin;
+mod tiers;
 mod upstream;
 
 pub use listener::{CertPaths, ListenerConfig};
 pub use origin::OriginConfig;
+pub use tiers::{DiskTierConfig, SharedTierConfig};
 pub use upstream::{Balance, PoolConfig, UpstreamTarget, UpstreamTls};
 
 use crate::policy::PluginLimits;
@@ -102,6 +104,8 @@ struct RawCache {
     lean_hits: Option<bool>,
     lock_timeout: Option<Spanned<DurationValue>>,
     lock_timeout_ms: Option<Spanned<u64>>,
+    disk: Option<tiers::RawDisk>,
+    shared: Option<tiers::RawShared>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +242,10 @@ pub struct CacheConfig {
     pub uncacheable_keys: usize,
     /// Fresh plain GET hits skip pingora-cache's state machine (see `proxy/lean_hit.rs`).
     pub lean_hits: bool,
+    /// `[cache.disk]`: the persistent L2 tier.
+    pub disk: Option<DiskTierConfig>,
+    /// `[cache.shared]`: the L2 tier shared with other nodes.
+    pub shared: Option<SharedTierConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -449,6 +457,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 &raw.cache.lock_timeout_ms,
             )?
             .map_or(Duration::from_secs(5), |(d, _)| d),
+        disk: located.disk_tier(base, raw.cache.disk)?,
+        shared: located.shared_tier(raw.cache.shared)?,
     };
 
     if raw.tenants.is_empty() {

@@ -245,7 +245,84 @@ pub fn render(cache: &StorageStats) -> String {
     }
     let mut text = String::from_utf8(out).unwrap_or_default();
     render_cache(&mut text, cache);
+    render_tiers(&mut text, cache);
     text
+}
+
+/// Per-tier figures: lookups answered by L1 and by each L2 tier, and each L2 tier's usage.
+fn render_tiers(out: &mut String, cache: &StorageStats) {
+    if cache.tiers.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cachet_cache_tier_hits_total Lookups answered by each cache tier\n# TYPE cachet_cache_tier_hits_total counter\ncachet_cache_tier_hits_total{{tier=\"l1\"}} {}",
+        cache.l1_hits
+    );
+    for t in &cache.tiers {
+        let _ = writeln!(
+            out,
+            "cachet_cache_tier_hits_total{{tier=\"{}\"}} {}",
+            t.name, t.hits
+        );
+    }
+    type Field = fn(&crate::storage::TierStats) -> u64;
+    let families: [(&str, &str, &str, Field); 8] = [
+        (
+            "cachet_cache_tier_misses_total",
+            "counter",
+            "Lookups an L2 tier could not answer",
+            |t| t.misses,
+        ),
+        (
+            "cachet_cache_tier_writes_total",
+            "counter",
+            "Objects written to an L2 tier",
+            |t| t.writes,
+        ),
+        (
+            "cachet_cache_tier_dropped_total",
+            "counter",
+            "L2 writes dropped because the write queue was full",
+            |t| t.dropped,
+        ),
+        (
+            "cachet_cache_tier_errors_total",
+            "counter",
+            "Failed L2 operations (timeouts, I/O, corrupt objects)",
+            |t| t.errors,
+        ),
+        (
+            "cachet_cache_tier_corrupt_total",
+            "counter",
+            "Corrupt objects found in an L2 tier and removed",
+            |t| t.corrupt,
+        ),
+        (
+            "cachet_cache_tier_purged_total",
+            "counter",
+            "L2 copies dropped on read because a purge covered them",
+            |t| t.purged,
+        ),
+        (
+            "cachet_cache_tier_stored_bytes",
+            "gauge",
+            "Bytes an L2 tier holds (disk: its files; shared: written by this node)",
+            |t| t.stored_bytes,
+        ),
+        (
+            "cachet_cache_tier_objects",
+            "gauge",
+            "Objects this node wrote to an L2 tier and did not remove",
+            |t| t.objects,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for t in &cache.tiers {
+            let _ = writeln!(out, "{name}{{tier=\"{}\"}} {}", t.name, field(t));
+        }
+    }
 }
 
 fn render_cache(out: &mut String, cache: &StorageStats) {

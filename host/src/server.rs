@@ -8,7 +8,7 @@ use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
 use crate::reload::{spawn_watcher, Hangups, Reloader};
 use crate::shadow::Shadow;
 use crate::shutdown::DrainOnSignal;
-use crate::storage::MemoryStorage;
+use crate::storage::{MemoryStorage, TieredStorage};
 use crate::tenant::{PolicySource, Tenant, TenantRouter};
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
@@ -59,14 +59,17 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     }
     // Pingora wants the storage and the lock as `'static`: they live as long
     // as the process.
-    let storage: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(
+    let memory: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(
         config.cache.max_bytes,
         config.cache.max_object_bytes,
     )));
     for tenant in &config.tenants {
-        storage.set_partition_budget(&tenant.name, tenant.cache_quota);
-        storage.set_partition_max_object(&tenant.name, tenant.max_object_bytes);
+        memory.set_partition_budget(&tenant.name, tenant.cache_quota);
+        memory.set_partition_max_object(&tenant.name, tenant.max_object_bytes);
     }
+    let storage: &'static TieredStorage = Box::leak(Box::new(
+        TieredStorage::open(memory, &config.cache).context("opening the cache tiers")?,
+    ));
     let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(config.cache.lock_timeout));
     let lock: &'static CacheKeyLockImpl = lock;
     let cache = CacheBackend {
@@ -298,8 +301,11 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
-    // Lines still queued by the last requests reach the log before exit.
+    // Lines still queued by the last requests reach the log before exit, and objects queued
+    // for the disk tier reach its files.
     crate::log_writer::flush();
+    let storage = state.cache.storage;
+    storage.block_on(storage.close());
     std::process::exit(0)
 }
 

@@ -43,6 +43,8 @@ pub struct Facts<'a> {
     pub unshared_hit: bool,
     pub stored: bool,
     pub not_stored: Option<&'a str>,
+    /// The L2 tier a hit came from (`l2-disk`, `l2-shared`); `None` for L1.
+    pub tier: Option<&'a str>,
 }
 
 impl<'a> Facts<'a> {
@@ -53,6 +55,7 @@ impl<'a> Facts<'a> {
             unshared_hit: ctx.unshared_hit,
             stored: ctx.stored,
             not_stored: ctx.not_stored.as_deref(),
+            tier: ctx.tier,
         }
     }
 }
@@ -92,9 +95,11 @@ pub fn outcome<'a>(facts: Facts<'a>, phase: &CachePhase) -> Outcome<'a> {
             forwarded("bypass", "bypass", Some("authorized request"))
         }
         Route::Undecided | Route::Cache => match phase {
+            // A hit from an L2 tier names it: `hit; detail="l2-disk"`.
             CachePhase::Hit => Outcome {
                 hit: true,
                 ttl: true,
+                detail: facts.tier,
                 ..row("hit", None)
             },
             CachePhase::StaleUpdating => Outcome {
@@ -262,6 +267,7 @@ mod tests {
             unshared_hit: false,
             stored: false,
             not_stored: None,
+            tier: None,
         }
     }
 
@@ -308,6 +314,15 @@ mod tests {
         let miss = "cachet; fwd=miss; fwd-status=200; stored";
         check(&[
             (f, CachePhase::Hit, "hit", "cachet; hit; ttl=5"),
+            (
+                Facts {
+                    tier: Some("l2-disk"),
+                    ..f
+                },
+                CachePhase::Hit,
+                "hit",
+                r#"cachet; hit; ttl=5; detail="l2-disk""#,
+            ),
             (
                 f,
                 CachePhase::StaleUpdating,

@@ -42,6 +42,8 @@ pub struct RequestCtx {
     pub(crate) invalidates: bool,
     /// The request carries Authorization and the stored response did not allow sharing it.
     pub(crate) unshared_hit: bool,
+    /// The L2 tier that answered a hit (`None`: L1, or not a hit).
+    pub(crate) tier: Option<&'static str>,
     /// The origin's 304 to a revalidation, whose fields pingora only partly merges.
     pub(crate) not_modified: Option<Box<ResponseHeader>>,
     /// When the request went to the origin (for the origin latency metric).

@@ -5,8 +5,6 @@
 use super::{cache_key, shared, ProxyState};
 use crate::policy::RequestDecision;
 use pingora::http::RequestHeader;
-use pingora_cache::storage::Storage;
-use pingora_cache::trace::Span;
 use pingora_cache::{CacheKey, CacheMeta};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -93,14 +91,13 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
     }
 
     let cache_key = CacheKey::new(key, tenant.name());
-    let span = Span::inactive();
     let found = state
         .cache
         .storage
-        .lookup(&cache_key, &span.handle())
+        .peek(&cache_key)
         .await
         .map_err(|e| format!("storage lookup failed: {e}"))?;
-    let Some((meta, _body)) = found else {
+    let Some((meta, tier)) = found else {
         steps.add("lookup", "no entry for this key".into());
         doc["entry"] = Value::Null;
         doc["verdict"] =
@@ -111,7 +108,7 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
     steps.add(
         "lookup",
         format!(
-            "entry found: status {}, age {}s, ttl {}s",
+            "entry found: status {}, age {}s, ttl {}s (tier {tier})",
             entry.status, entry.age, entry.ttl
         ),
     );

@@ -122,10 +122,11 @@ impl ProxyHttp for CachetProxy {
         &self,
         session: &mut Session,
         meta: &CacheMeta,
-        _hit_handler: &mut HitHandler,
+        hit_handler: &mut HitHandler,
         _is_fresh: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<ForcedFreshness>> {
+        ctx.tier = crate::storage::tiers::tier_of(hit_handler);
         if shared::may_serve(session.req_header(), meta.response_header()) {
             return Ok(None);
         }

@@ -5,7 +5,7 @@ use super::UncacheableKeys;
 use crate::config::ForwardedHeaders;
 use crate::policy::PluginFault;
 use crate::shutdown::Drain;
-use crate::storage::MemoryStorage;
+use crate::storage::TieredStorage;
 use crate::tenant::TenantRouter;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora_cache::lock::CacheKeyLockImpl;
@@ -15,7 +15,8 @@ use std::time::Duration;
 
 /// The cache machinery Pingora needs as `'static` references.
 pub struct CacheBackend {
-    pub storage: &'static MemoryStorage,
+    /// L1 memory and any L2 tiers (`[cache.disk]`, `[cache.shared]`).
+    pub storage: &'static TieredStorage,
     pub lock: &'static CacheKeyLockImpl,
     /// URLs whose last response was not storable: they skip the lock (None: off).
     pub uncacheable: Option<&'static UncacheableKeys>,

@@ -112,10 +112,19 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     let CacheConfig {
         lock_timeout,
         uncacheable_keys,
+        disk,
+        shared,
         max_bytes: _,
         max_object_bytes: _,
         lean_hits: _,
     } = &old.cache;
+    // The L2 tiers are opened (and their files or connections set up) at start.
+    if keep("cache.disk", new.cache.disk != *disk) {
+        new.cache.disk = disk.clone();
+    }
+    if keep("cache.shared", new.cache.shared != *shared) {
+        new.cache.shared = shared.clone();
+    }
     // The cache lock's age timeout is fixed when the lock is built.
     if keep(
         "cache.lock_timeout",
@@ -201,7 +210,7 @@ pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
         .store(new.cache.lean_hits, Ordering::Relaxed);
     state.drain.set_grace(server.shutdown_grace);
 
-    let storage = state.cache.storage;
+    let storage = state.cache.storage.memory();
     storage.set_max_object_size(new.cache.max_object_bytes);
     if old.cache.max_bytes != new.cache.max_bytes {
         storage.set_global_budget(new.cache.max_bytes);

@@ -56,7 +56,7 @@ impl MemoryStorage {
 }
 
 /// Expires one stored object under the caller's write lock, so no update can undo it.
-fn expire(index: &mut Index, partition: &str, key: SlotKey) -> bool {
+pub(super) fn expire(index: &mut Index, partition: &str, key: SlotKey) -> bool {
     let Some(entry) = index.complete(partition, &key) else {
         return false;
     };

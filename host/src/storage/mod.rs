@@ -28,9 +28,11 @@ mod stream;
 mod tags;
 #[cfg(test)]
 mod tests;
+pub mod tiers;
 
 pub use plain_hit::PlainHit;
 pub use stats::{PartitionStats, StorageStats};
+pub use tiers::{TierStats, TieredStorage};
 
 /// Stored-header field holding an object's purge tags, space-separated. Internal: the proxy
 /// writes it when storing and removes it before responses go downstream.

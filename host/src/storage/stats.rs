@@ -19,6 +19,10 @@ pub struct StorageStats {
     pub rejected_oversize: u64,
     /// Per partition (tenant), sorted by name.
     pub partitions: Vec<PartitionStats>,
+    /// Lookups L1 answered, since start (counted by [`super::TieredStorage`]).
+    pub l1_hits: u64,
+    /// The L2 tiers behind L1, in lookup order.
+    pub tiers: Vec<super::TierStats>,
 }
 
 /// Usage of one partition, named by `CacheKey::user_tag`; fields as in [`StorageStats`].
@@ -84,6 +88,8 @@ impl Counters {
             inserts: self.inserts.load(Relaxed),
             rejected_oversize: self.rejected_oversize.load(Relaxed),
             partitions,
+            l1_hits: 0,
+            tiers: Vec::new(),
         }
     }
 

@@ -1,0 +1,147 @@
+//! `[cache.disk]` and `[cache.shared]`: the L2 cache tiers (see `storage::tiers`).
+
+use super::duration::DurationValue;
+use super::{ConfigError, Locator};
+use bytesize::ByteSize;
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Smallest disk budget: foyer splits it into at least 8 blocks of at least 1 MiB.
+const MIN_DISK_BYTES: u64 = 8 << 20;
+const DEFAULT_DISK_BYTES: u64 = 1 << 30;
+const DEFAULT_SHARED_MAX_OBJECT: u64 = 1 << 20;
+/// Redis refuses values over 512 MiB; bodies that large belong on disk anyway.
+const MAX_SHARED_OBJECT: u64 = 64 << 20;
+const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(5);
+/// A shared-tier operation may delay a miss by this much at most.
+const MAX_OP_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDisk {
+    path: Spanned<String>,
+    max_bytes: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShared {
+    url: Spanned<String>,
+    password: Option<String>,
+    key_prefix: Option<String>,
+    max_object_bytes: Option<Spanned<ByteSize>>,
+    op_timeout: Option<Spanned<DurationValue>>,
+}
+
+/// The disk tier: a foyer block store in `path`, at most `max_bytes` on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskTierConfig {
+    pub path: PathBuf,
+    pub max_bytes: usize,
+}
+
+/// The shared tier: a Redis (or Valkey) server several cachet nodes use.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedTierConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Overrides a password in the URL.
+    pub password: Option<String>,
+    /// Put before every key cachet writes, so several clusters can share one server.
+    pub key_prefix: String,
+    /// Bodies (with their headers) larger than this are not shared.
+    pub max_object_bytes: usize,
+    /// Longest a lookup or write waits for Redis.
+    pub op_timeout: Duration,
+}
+
+impl fmt::Debug for SharedTierConfig {
+    // The password stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedTierConfig")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("key_prefix", &self.key_prefix)
+            .field("max_object_bytes", &self.max_object_bytes)
+            .field("op_timeout", &self.op_timeout)
+            .finish()
+    }
+}
+
+impl Locator<'_> {
+    pub(super) fn disk_tier(
+        &self,
+        base: &Path,
+        raw: Option<RawDisk>,
+    ) -> Result<Option<DiskTierConfig>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        if raw.path.get_ref().trim().is_empty() {
+            return Err(self.at(raw.path.span(), "cache.disk.path", "must name a folder"));
+        }
+        let max_bytes = match &raw.max_bytes {
+            Some(b) if b.get_ref().as_u64() < MIN_DISK_BYTES => {
+                return Err(self.at(b.span(), "cache.disk.max_bytes", "must be at least 8MiB"))
+            }
+            Some(b) => b.get_ref().as_u64(),
+            None => DEFAULT_DISK_BYTES,
+        };
+        Ok(Some(DiskTierConfig {
+            path: base.join(raw.path.get_ref()),
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+        }))
+    }
+
+    pub(super) fn shared_tier(
+        &self,
+        raw: Option<RawShared>,
+    ) -> Result<Option<SharedTierConfig>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let url = raw.url.get_ref().trim();
+        if !url.starts_with("redis://") {
+            return Err(self.at(
+                raw.url.span(),
+                "cache.shared.url",
+                format!("{url:?} is not a redis:// URL (TLS to Redis is not supported yet)"),
+            ));
+        }
+        let max_object_bytes = match &raw.max_object_bytes {
+            Some(b) if b.get_ref().as_u64() > MAX_SHARED_OBJECT => {
+                return Err(self.at(
+                    b.span(),
+                    "cache.shared.max_object_bytes",
+                    "must be at most 64MiB (larger bodies belong in the disk tier)",
+                ))
+            }
+            Some(b) => b.get_ref().as_u64(),
+            None => DEFAULT_SHARED_MAX_OBJECT,
+        };
+        let op_timeout = match &raw.op_timeout {
+            Some(t) => {
+                let d = self.duration("cache.shared.op_timeout", t)?;
+                if d.is_zero() || d > MAX_OP_TIMEOUT {
+                    return Err(self.at(
+                        t.span(),
+                        "cache.shared.op_timeout",
+                        "must be between 1ms and 1s",
+                    ));
+                }
+                d
+            }
+            None => DEFAULT_OP_TIMEOUT,
+        };
+        Ok(Some(SharedTierConfig {
+            url: url.to_owned(),
+            password: raw.password,
+            key_prefix: raw.key_prefix.unwrap_or_else(|| "cachet:".to_owned()),
+            max_object_bytes: max_object_bytes as usize,
+            op_timeout,
+        }))
+    }
+}

@@ -1,0 +1,55 @@
+//! What the tier layer asks of L1 beyond pingora's `Storage` trait: taking in a copy found in
+//! L2, reading a stored object back for an L2 rewrite, and applying purges named by their
+//! compact key (as other nodes send them).
+
+use super::super::entry::{Entry, SlotKey};
+use super::super::meta::StoredMeta;
+use super::super::MemoryStorage;
+use bytes::Bytes;
+use pingora_cache::key::CompactCacheKey;
+use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta};
+use std::sync::Arc;
+
+impl MemoryStorage {
+    /// Stores a copy read from an L2 tier, unless L1 meanwhile has the key (stored or being
+    /// written: either is newer) or the body is over the partition's object limit.
+    pub(crate) fn promote(&self, key: &CacheKey, meta: &CacheMeta, body: Bytes) -> bool {
+        if body.len() > self.max_object_size(&key.user_tag) {
+            return false;
+        }
+        let Ok(meta) = StoredMeta::new(meta) else {
+            return false;
+        };
+        let slot = SlotKey::of(key);
+        let lru_key = CacheEntryKey::key_only(key.to_compact());
+        let entry = Arc::new(Entry::new(Arc::new(meta), body, lru_key));
+        let mut index = self.index.write();
+        if index.lookup(&key.user_tag, &slot).is_some() {
+            return false;
+        }
+        index.insert(&key.user_tag, slot, entry) == super::super::index::Admission::Stored
+    }
+
+    /// The stored object's meta and body.
+    pub(crate) fn stored(&self, key: &CacheKey) -> Option<(CacheMeta, Bytes)> {
+        let entry = self
+            .index
+            .read()
+            .complete(&key.user_tag, &SlotKey::of(key))
+            .cloned()?;
+        Some((entry.meta.to_meta().ok()?, entry.body.clone()))
+    }
+
+    /// Removes (or with `soft` expires) an object named by its compact key.
+    pub(crate) fn purge_compact(&self, key: &CompactCacheKey, soft: bool) -> bool {
+        let slot = SlotKey::of_compact(key);
+        let mut index = self.index.write();
+        if soft {
+            return super::super::invalidate::expire(&mut index, &key.user_tag, slot);
+        }
+        let removed = index.remove(&key.user_tag, &slot);
+        let cancelled = index.cancel_writes(&key.user_tag, &slot);
+        drop(index);
+        removed.is_some() || cancelled
+    }
+}

@@ -1,0 +1,104 @@
+//! A fill with L2 tiers: L1's own write, plus the body kept (as shared `Bytes`, not copied)
+//! so that the finished object can be queued for the L2 writer.
+
+use super::key::TierKey;
+use super::record;
+use super::writer::Job;
+use super::TieredStorage;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_cache::storage::{HandleMiss, MissFinishType, MissHandler};
+use pingora_cache::CacheMeta;
+use pingora_error::Result;
+use std::time::SystemTime;
+
+pub(crate) struct TieredMiss {
+    l1: MissHandler,
+    tiers: &'static TieredStorage,
+    key: TierKey,
+    /// pingora's serialization of the meta, taken when the fill started.
+    meta: Option<(Vec<u8>, Vec<u8>)>,
+    /// The freshness and stale windows end here.
+    keep_until: SystemTime,
+    tags: Box<[Box<str>]>,
+    written_at: u64,
+    /// The body so far; `None` once it outgrew every tier.
+    body: Option<Vec<Bytes>>,
+    body_len: usize,
+    max_value: usize,
+    eof: bool,
+}
+
+impl TieredMiss {
+    pub(crate) fn new(
+        l1: MissHandler,
+        tiers: &'static TieredStorage,
+        key: TierKey,
+        meta: &CacheMeta,
+    ) -> Self {
+        let stale = meta
+            .stale_while_revalidate_sec()
+            .max(meta.stale_if_error_sec());
+        Self {
+            l1,
+            tiers,
+            key,
+            meta: meta.serialize().ok(),
+            keep_until: meta.fresh_until() + std::time::Duration::from_secs(stale.into()),
+            tags: super::super::tags::parse(meta.headers()),
+            written_at: record::now_ns(),
+            body: Some(Vec::new()),
+            body_len: 0,
+            max_value: tiers.max_value(),
+            eof: false,
+        }
+    }
+}
+
+#[async_trait]
+impl HandleMiss for TieredMiss {
+    async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        if let Some(body) = &mut self.body {
+            self.body_len += data.len();
+            if self.body_len > self.max_value {
+                self.body = None;
+            } else if !data.is_empty() {
+                body.push(data.clone());
+            }
+        }
+        self.eof |= eof;
+        self.l1.write_body(data, eof).await
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let Self {
+            l1,
+            tiers,
+            key,
+            meta,
+            keep_until,
+            tags,
+            written_at,
+            body,
+            ..
+        } = *self;
+        let finished = l1.finish().await?;
+        let lifetime = keep_until.duration_since(SystemTime::now()).ok();
+        if let (Some((internal, header)), Some(body), Some(lifetime)) = (meta, body, lifetime) {
+            if let Some(value) = record::encode_parts(&internal, &header, &body, written_at) {
+                tiers.submit(Job {
+                    key,
+                    value,
+                    lifetime,
+                    written_at,
+                    tags,
+                });
+            }
+        }
+        Ok(finished)
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        self.l1.streaming_write_tag()
+    }
+}

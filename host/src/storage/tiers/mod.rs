@@ -1,0 +1,209 @@
+//! Cache tiers: L1 is the bounded [`MemoryStorage`]; optional L2 tiers behind it keep objects
+//! on disk ([`disk`]) or share them between nodes ([`shared`]).
+//!
+//! [`TieredStorage`] is the `Storage` pingora is given. A lookup tries L1, then each L2 tier in
+//! order (disk, then shared); a copy found in L2 is checked against the purge marks
+//! ([`purges`]), promoted into L1 and served. A fill writes L1 as before, and hands the finished
+//! object to a bounded queue whose task writes the L2 tiers ([`writer`]): no client waits for
+//! an L2 write, and a full queue drops writes (counted). An L2 error is a miss, never a failed
+//! request.
+//!
+//! Without L2 tiers every call goes straight to L1.
+
+mod disk;
+mod hit;
+mod key;
+mod l1;
+mod miss;
+mod purges;
+mod record;
+mod shared;
+mod storage;
+mod tier;
+mod writer;
+
+pub use hit::tier_of;
+pub use tier::TierStats;
+
+use super::{MemoryStorage, StorageStats};
+use crate::config::CacheConfig;
+use anyhow::Context;
+use key::TierKey;
+use pingora_cache::CacheKey;
+use purges::{Purge, PurgeLog, Target};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use tier::Tier;
+use writer::{Job, Writer};
+
+/// L1 plus the configured L2 tiers. `Box::leak` it for `&'static`.
+pub struct TieredStorage {
+    l1: &'static MemoryStorage,
+    tiers: Arc<[Arc<dyn Tier>]>,
+    disk: Option<Arc<disk::DiskTier>>,
+    purges: Arc<PurgeLog>,
+    writer: Option<Writer>,
+    /// Runs the tiers' I/O, flushing and writer tasks, apart from pingora's runtimes.
+    runtime: Option<tokio::runtime::Runtime>,
+    l1_hits: AtomicU64,
+}
+
+impl TieredStorage {
+    /// L1 alone.
+    pub fn memory_only(l1: &'static MemoryStorage) -> Self {
+        Self {
+            l1,
+            tiers: Arc::new([]),
+            disk: None,
+            purges: Arc::default(),
+            writer: None,
+            runtime: None,
+            l1_hits: AtomicU64::new(0),
+        }
+    }
+
+    /// L1 and the L2 tiers `config` names. Opening the disk tier reads its index back from
+    /// the files (objects stored by an earlier run are hits).
+    pub fn open(l1: &'static MemoryStorage, config: &CacheConfig) -> anyhow::Result<Self> {
+        if config.disk.is_none() && config.shared.is_none() {
+            return Ok(Self::memory_only(l1));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cachet-tiers")
+            .enable_all()
+            .build()
+            .context("starting the cache tiers' runtime")?;
+        let purges = Arc::new(PurgeLog::default());
+        let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();
+        let mut disk = None;
+        if let Some(config) = &config.disk {
+            let tier = disk::DiskTier::start(config, runtime.handle(), purges.clone())?;
+            tiers.push(tier.clone());
+            disk = Some(tier);
+        }
+        if let Some(config) = &config.shared {
+            let remote = shared::RemotePurges {
+                l1,
+                marks: purges.clone(),
+            };
+            tiers.push(shared::SharedTier::start(config, runtime.handle(), remote)?);
+        }
+        let tiers: Arc<[Arc<dyn Tier>]> = tiers.into();
+        let writer = Writer::spawn(runtime.handle(), tiers.clone(), purges.clone());
+        Ok(Self {
+            l1,
+            tiers,
+            disk,
+            purges,
+            writer: Some(writer),
+            runtime: Some(runtime),
+            l1_hits: AtomicU64::new(0),
+        })
+    }
+
+    /// The memory tier, for its limits.
+    pub fn memory(&self) -> &'static MemoryStorage {
+        self.l1
+    }
+
+    /// Usage of L1 (globally and per partition) and of each L2 tier.
+    pub fn stats(&self) -> StorageStats {
+        let mut stats = self.l1.stats();
+        stats.l1_hits = self.l1_hits.load(Relaxed);
+        stats.tiers = self.tiers.iter().map(|tier| tier.stats()).collect();
+        stats
+    }
+
+    /// A fresh plain L1 hit for the lean hit path (L1 only: anything else takes the full
+    /// path, which also reads the L2 tiers).
+    pub fn plain_hit(&self, key: &CacheKey, now: std::time::SystemTime) -> Option<super::PlainHit> {
+        let hit = self.l1.plain_hit(key, now);
+        if hit.is_some() && !self.tiers.is_empty() {
+            self.l1_hits.fetch_add(1, Relaxed);
+        }
+        hit
+    }
+
+    /// The object size limit for a partition (L1's).
+    pub fn max_object_size(&self, partition: &str) -> usize {
+        self.l1.max_object_size(partition)
+    }
+
+    /// Removes what is stored under `key` in every tier. True when something may have been
+    /// there (an L2 tier is not asked: a purge there leaves a mark instead).
+    pub fn purge_key(&self, key: &CacheKey) -> bool {
+        let found = self.l1.purge_key(key);
+        self.mark_key(key, false) || found
+    }
+
+    /// Marks what is stored under `key` stale in every tier.
+    pub fn expire_key(&self, key: &CacheKey) -> bool {
+        let found = self.l1.expire_key(key);
+        self.mark_key(key, true) || found
+    }
+
+    /// Removes (or with `soft` expires) the partition's objects carrying any of `tags`, in
+    /// every tier. Counts L1's objects, plus one per L2 tier that keeps the purge (an L2 tier
+    /// cannot count what it holds).
+    pub fn purge_tags(&self, partition: &str, tags: &[&str], soft: bool) -> usize {
+        let affected = self.l1.purge_tags(partition, tags, soft);
+        if self.tiers.is_empty() {
+            return affected;
+        }
+        let at = record::now_ns();
+        for tag in tags {
+            self.publish(Purge {
+                target: Target::Tag {
+                    partition: partition.to_owned(),
+                    tag: (*tag).to_owned(),
+                },
+                at,
+                soft,
+            });
+        }
+        affected + self.tiers.len()
+    }
+
+    /// Waits for queued disk writes to reach the files.
+    pub async fn close(&self) {
+        if let Some(disk) = &self.disk {
+            disk.close().await;
+        }
+    }
+
+    /// Runs `future` on the tiers' runtime and waits for it (shutdown, from a plain thread).
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
+        self.runtime.as_ref().map(|rt| rt.block_on(future))
+    }
+
+    fn mark_key(&self, key: &CacheKey, soft: bool) -> bool {
+        if self.tiers.is_empty() {
+            return false;
+        }
+        self.publish(Purge {
+            target: Target::Key(TierKey::of(key).to_hex()),
+            at: record::now_ns(),
+            soft,
+        });
+        true
+    }
+
+    /// Records a purge made here and hands it to every tier to keep and spread.
+    fn publish(&self, purge: Purge) {
+        self.purges.record(&purge);
+        for tier in self.tiers.iter() {
+            tier.publish(&purge);
+        }
+    }
+
+    fn max_value(&self) -> usize {
+        self.tiers.iter().map(|t| t.max_value()).max().unwrap_or(0)
+    }
+
+    fn submit(&self, job: Job) {
+        if let Some(writer) = &self.writer {
+            writer.submit(job);
+        }
+    }
+}

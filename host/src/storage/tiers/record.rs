@@ -1,0 +1,154 @@
+//! An object as the L2 tiers keep it: one value holding pingora's own serialization of the
+//! meta (freshness, stale windows, variance, the header with its purge tags) and the body.
+//!
+//! `[magic (4), written_at ns (8), internal len (4), header len (4), body len (8),
+//! internal, header, body]`. Every length is checked on decode: a value that does not add up
+//! (truncated, corrupted, another format) is an error, which the tier layer treats as a miss
+//! and removes.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pingora_cache::CacheMeta;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const MAGIC: &[u8; 4] = b"CTR1";
+const FIXED: usize = 4 + 8 + 4 + 4 + 8;
+
+/// A decoded object.
+pub(crate) struct Record {
+    pub(crate) meta: CacheMeta,
+    pub(crate) body: Bytes,
+    /// When the fill that produced it started (ns since the epoch): purges recorded later win.
+    pub(crate) written_at: u64,
+}
+
+/// Encodes meta and body; `None` when pingora cannot serialize the meta.
+pub(crate) fn encode(meta: &CacheMeta, body: &[Bytes], written_at: u64) -> Option<Bytes> {
+    let (internal, header) = meta.serialize().ok()?;
+    encode_parts(&internal, &header, body, written_at)
+}
+
+/// Encodes a meta pingora already serialized (`CacheMeta::serialize`) and a body.
+pub(crate) fn encode_parts(
+    internal: &[u8],
+    header: &[u8],
+    body: &[Bytes],
+    written_at: u64,
+) -> Option<Bytes> {
+    let body_len: usize = body.iter().map(Bytes::len).sum();
+    let mut out = BytesMut::with_capacity(FIXED + internal.len() + header.len() + body_len);
+    out.put_slice(MAGIC);
+    out.put_u64(written_at);
+    out.put_u32(u32::try_from(internal.len()).ok()?);
+    out.put_u32(u32::try_from(header.len()).ok()?);
+    out.put_u64(body_len as u64);
+    out.put_slice(internal);
+    out.put_slice(header);
+    for chunk in body {
+        out.put_slice(chunk);
+    }
+    Some(out.freeze())
+}
+
+/// Decodes a stored value; the body is a slice of `value`, not a copy.
+pub(crate) fn decode(value: Bytes) -> Result<Record, String> {
+    if value.len() < FIXED || &value[..4] != MAGIC {
+        return Err("not a cachet object".into());
+    }
+    let u32_at = |at: usize| u32::from_be_bytes(value[at..at + 4].try_into().unwrap_or_default());
+    let written_at = u64::from_be_bytes(value[4..12].try_into().unwrap_or_default());
+    let internal_len = u32_at(12) as usize;
+    let header_len = u32_at(16) as usize;
+    let body_len = u64::from_be_bytes(value[20..28].try_into().unwrap_or_default());
+    let expected = (FIXED as u64)
+        .saturating_add(internal_len as u64)
+        .saturating_add(header_len as u64)
+        .saturating_add(body_len);
+    if expected != value.len() as u64 {
+        return Err(format!(
+            "length mismatch: {} bytes stored, {expected} announced",
+            value.len()
+        ));
+    }
+    let internal = &value[FIXED..FIXED + internal_len];
+    let header = &value[FIXED + internal_len..FIXED + internal_len + header_len];
+    let meta = CacheMeta::deserialize(internal, header).map_err(|e| format!("meta: {e}"))?;
+    let body = value.slice(FIXED + internal_len + header_len..);
+    Ok(Record {
+        meta,
+        body,
+        written_at,
+    })
+}
+
+/// Nanoseconds since the epoch, the clock purges and records are compared on.
+pub(crate) fn now_ns() -> u64 {
+    to_ns(SystemTime::now())
+}
+
+pub(crate) fn to_ns(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64)
+}
+
+pub(crate) fn from_ns(ns: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+/// How long a shared copy is worth keeping: until its freshness and both stale windows have
+/// passed. `None` when nothing is left.
+pub(crate) fn lifetime(meta: &CacheMeta) -> Option<Duration> {
+    let stale = meta
+        .stale_while_revalidate_sec()
+        .max(meta.stale_if_error_sec());
+    let until = meta.fresh_until() + Duration::from_secs(stale.into());
+    until
+        .duration_since(SystemTime::now())
+        .ok()
+        .filter(|d| !d.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::ResponseHeader;
+
+    fn meta() -> CacheMeta {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.insert_header("cachet-tags", "a b").unwrap();
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(60), now, 5, 10, header)
+    }
+
+    #[test]
+    fn round_trips_meta_body_and_time() {
+        let body = [Bytes::from_static(b"hello "), Bytes::from_static(b"world")];
+        let value = encode(&meta(), &body, 42).unwrap();
+        let record = decode(value).unwrap();
+        assert_eq!(&record.body[..], b"hello world");
+        assert_eq!(record.written_at, 42);
+        assert_eq!(record.meta.stale_if_error_sec(), 10);
+        assert_eq!(record.meta.headers().get("cachet-tags").unwrap(), "a b");
+    }
+
+    #[test]
+    fn truncated_or_altered_values_are_refused() {
+        let value = encode(&meta(), &[Bytes::from_static(b"body")], 1).unwrap();
+        assert!(decode(value.slice(..value.len() - 1)).is_err());
+        let mut longer = value.to_vec();
+        longer.push(0);
+        assert!(decode(Bytes::from(longer)).is_err());
+        let mut wrong = value.to_vec();
+        wrong[0] = b'X';
+        assert!(decode(Bytes::from(wrong)).is_err());
+        let mut garbled = value.to_vec();
+        garbled[FIXED + 1] ^= 0xff;
+        // A garbled meta either fails to decode or decodes to something else; never panics.
+        let _ = decode(Bytes::from(garbled));
+    }
+
+    #[test]
+    fn lifetime_covers_the_stale_windows() {
+        let life = lifetime(&meta()).unwrap();
+        assert!(life > Duration::from_secs(65) && life <= Duration::from_secs(70));
+    }
+}

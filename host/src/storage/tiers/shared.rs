@@ -1,0 +1,347 @@
+//! The shared tier: objects several cachet nodes read and write in one Redis (or Valkey)
+//! server, and purges that reach every node.
+//!
+//! - Objects are `SET <prefix>o:<name> <record> PX <freshness + stale windows>`: Redis
+//!   expires them when no node could serve them any more.
+//! - A purge on one node is added to the sorted set `<prefix>purges` (bounded, read by nodes
+//!   that connect later) and published on the channel `<prefix>purges`; every node applies it
+//!   to its L1 and its purge marks as it arrives, and a URL purge also deletes the shared copy.
+//! - Every call is bounded by `op_timeout`; an unreachable Redis makes lookups misses and
+//!   writes errors (counted), never a failed request. The connection manager and the
+//!   subscriber reconnect by themselves.
+
+use super::super::MemoryStorage;
+use super::key::TierKey;
+use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
+use super::tier::{Tier, TierCounters, TierStats};
+use crate::config::SharedTierConfig;
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::IntoConnectionInfo;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Purge fan-out is worth a longer wait than a lookup: it is not on a client's path.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause between attempts to reach Redis again for the purge channel.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
+
+/// What travels on the purge channel.
+#[derive(Serialize, Deserialize)]
+struct Message {
+    /// The node that made the purge (it has applied it already).
+    node: String,
+    purge: Purge,
+}
+
+/// Applies purges other nodes made to this node's L1 and purge marks.
+pub(crate) struct RemotePurges {
+    pub(crate) l1: &'static MemoryStorage,
+    pub(crate) marks: Arc<PurgeLog>,
+}
+
+impl RemotePurges {
+    fn apply(&self, purge: &Purge) {
+        self.marks.record(purge);
+        match &purge.target {
+            Target::Key(hex) => {
+                if let Some(key) = TierKey::from_hex(hex).and_then(|k| k.to_compact()) {
+                    self.l1.purge_compact(&key, purge.soft);
+                }
+            }
+            Target::Tag { partition, tag } => {
+                self.l1.purge_tags(partition, &[tag.as_str()], purge.soft);
+            }
+        }
+    }
+}
+
+pub(crate) struct SharedTier {
+    conn: Conn,
+    prefix: String,
+    max_value: usize,
+    op_timeout: Duration,
+    /// This process's name on the purge channel.
+    node: String,
+    runtime: tokio::runtime::Handle,
+    subscribed: Arc<AtomicBool>,
+}
+
+/// The connection and the counters, cloned into the tasks a call spawns.
+#[derive(Clone)]
+struct Conn {
+    redis: ConnectionManager,
+    counters: Arc<TierCounters>,
+}
+
+impl Conn {
+    /// Runs `cmd` under `limit`.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        limit: Duration,
+        cmd: redis::Pipeline,
+    ) -> Result<T, String> {
+        let mut redis = self.redis.clone();
+        match tokio::time::timeout(limit, cmd.query_async::<T>(&mut redis)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    }
+
+    /// Runs `cmd` in the background, counting a failure.
+    fn spawn(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        limit: Duration,
+        cmd: redis::Pipeline,
+        what: &'static str,
+    ) {
+        let conn = self.clone();
+        runtime.spawn(async move {
+            if let Err(e) = conn.run::<()>(limit, cmd).await {
+                TierCounters::bump(&conn.counters.errors);
+                tracing::warn!("shared tier: {what} did not reach Redis: {e}");
+            }
+        });
+    }
+}
+
+impl SharedTier {
+    /// Sets up the connection (made lazily: Redis may be down at start) and the purge
+    /// subscriber, both on `runtime`.
+    pub(crate) fn start(
+        config: &SharedTierConfig,
+        runtime: &tokio::runtime::Handle,
+        remote: RemotePurges,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .context("cache.shared.url")?;
+        if let Some(password) = &config.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).context("cache.shared.url")?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.op_timeout.max(Duration::from_millis(100))))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = {
+            let _in_runtime = runtime.enter();
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+                .context("setting up the shared tier's connection")?
+        };
+        let tier = Arc::new(Self {
+            conn: Conn {
+                redis,
+                counters: Arc::default(),
+            },
+            prefix: config.key_prefix.clone(),
+            max_value: config.max_object_bytes,
+            op_timeout: config.op_timeout,
+            node: format!("{}-{}", std::process::id(), super::record::now_ns()),
+            runtime: runtime.clone(),
+            subscribed: Arc::default(),
+        });
+        runtime.spawn(subscribe(
+            client,
+            tier.conn.clone(),
+            tier.channel(),
+            tier.node.clone(),
+            remote,
+            tier.subscribed.clone(),
+        ));
+        Ok(tier)
+    }
+
+    fn object_key(&self, key: &TierKey) -> Vec<u8> {
+        let mut name = format!("{}o:", self.prefix).into_bytes();
+        name.extend_from_slice(key.as_bytes());
+        name
+    }
+
+    fn channel(&self) -> String {
+        format!("{}purges", self.prefix)
+    }
+}
+
+#[async_trait]
+impl Tier for SharedTier {
+    fn name(&self) -> &'static str {
+        "l2-shared"
+    }
+
+    async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
+        let mut cmd = redis::pipe();
+        cmd.cmd("GET").arg(self.object_key(key));
+        let (value,): (Option<Vec<u8>>,) = self.conn.run(self.op_timeout, cmd).await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn put(&self, key: &TierKey, value: Bytes, lifetime: Duration) -> Result<(), String> {
+        let millis = lifetime.as_millis().clamp(1, u64::MAX as u128) as u64;
+        let mut cmd = redis::pipe();
+        cmd.cmd("SET")
+            .arg(self.object_key(key))
+            .arg(value.as_ref())
+            .arg("PX")
+            .arg(millis)
+            .ignore();
+        self.conn.run::<()>(self.op_timeout, cmd).await
+    }
+
+    fn remove(&self, key: &TierKey) {
+        let mut cmd = redis::pipe();
+        cmd.cmd("DEL").arg(self.object_key(key)).ignore();
+        TierCounters::bump(&self.conn.counters.removed);
+        self.conn.spawn(
+            &self.runtime,
+            self.op_timeout.max(PURGE_TIMEOUT),
+            cmd,
+            "a delete",
+        );
+    }
+
+    fn publish(&self, purge: &Purge) {
+        let Ok(message) = serde_json::to_string(&Message {
+            node: self.node.clone(),
+            purge: purge.clone(),
+        }) else {
+            return;
+        };
+        let Ok(mark) = serde_json::to_string(purge) else {
+            return;
+        };
+        let marks = self.channel();
+        let mut cmd = redis::pipe();
+        if let Target::Key(hex) = &purge.target {
+            if let Some(key) = TierKey::from_hex(hex) {
+                cmd.cmd("DEL").arg(self.object_key(&key)).ignore();
+            }
+        }
+        cmd.cmd("ZADD")
+            .arg(&marks)
+            .arg(purge.at)
+            .arg(mark)
+            .ignore()
+            .cmd("ZREMRANGEBYRANK")
+            .arg(&marks)
+            .arg(0)
+            .arg(-(MAX_MARKS as i64) - 1)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(&marks)
+            .arg(message)
+            .ignore();
+        self.conn
+            .spawn(&self.runtime, PURGE_TIMEOUT, cmd, "a purge");
+    }
+
+    fn max_value(&self) -> usize {
+        self.max_value
+    }
+
+    fn counters(&self) -> &TierCounters {
+        &self.conn.counters
+    }
+
+    fn stats(&self) -> TierStats {
+        let mut stats = TierStats {
+            name: self.name(),
+            stored_bytes: self.conn.counters.written_bytes.load(Relaxed),
+            budget_bytes: None,
+            connected: self.subscribed.load(Relaxed),
+            ..TierStats::default()
+        };
+        self.conn.counters.fill(&mut stats);
+        stats
+    }
+}
+
+/// Keeps this node subscribed to the purge channel, reconnecting after any failure. On each
+/// (re)connection it first reads the kept marks, so purges made while it was cut off apply.
+async fn subscribe(
+    client: redis::Client,
+    conn: Conn,
+    channel: String,
+    node: String,
+    remote: RemotePurges,
+    subscribed: Arc<AtomicBool>,
+) {
+    // Purges newer than this reached Redis while this node was not listening.
+    let mut missed_since: Option<u64> = None;
+    loop {
+        let listened = listen(
+            &client,
+            &conn,
+            &channel,
+            &node,
+            &remote,
+            &subscribed,
+            &mut missed_since,
+        );
+        if let Err(e) = listened.await {
+            tracing::debug!("shared tier: purge channel: {e}");
+        }
+        if subscribed.swap(false, Relaxed) {
+            tracing::warn!("shared tier: lost the purge channel; reconnecting");
+        }
+        missed_since.get_or_insert_with(super::record::now_ns);
+        tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+    }
+}
+
+async fn listen(
+    client: &redis::Client,
+    conn: &Conn,
+    channel: &str,
+    node: &str,
+    remote: &RemotePurges,
+    subscribed: &AtomicBool,
+    missed_since: &mut Option<u64>,
+) -> Result<(), String> {
+    let mut pubsub = tokio::time::timeout(PURGE_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    pubsub.subscribe(channel).await.map_err(|e| e.to_string())?;
+    // Subscribed first, then read the kept marks: nothing falls between the two.
+    let mut cmd = redis::pipe();
+    cmd.cmd("ZRANGE").arg(channel).arg(0).arg(-1);
+    let (kept,): (Vec<String>,) = conn.run(PURGE_TIMEOUT, cmd).await?;
+    for mark in kept
+        .iter()
+        .filter_map(|m| serde_json::from_str::<Purge>(m).ok())
+    {
+        // Marks shadow L2 copies; only purges this node missed also touch its L1.
+        match *missed_since {
+            Some(since) if mark.at >= since.saturating_sub(1_000_000_000) => remote.apply(&mark),
+            _ => remote.marks.record(&mark),
+        }
+    }
+    *missed_since = None;
+    subscribed.store(true, Relaxed);
+    tracing::info!("shared tier: listening for purges on {channel}");
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        let Ok(payload) = message.get_payload::<String>() else {
+            continue;
+        };
+        let Ok(message) = serde_json::from_str::<Message>(&payload) else {
+            continue;
+        };
+        if message.node != node {
+            remote.apply(&message.purge);
+        }
+    }
+    Err("connection closed".into())
+}

@@ -1,0 +1,100 @@
+//! What the tier layer needs from a second-level tier. Values are opaque encoded records
+//! ([`super::record`]); a tier only stores, finds and forgets them, and keeps purge marks.
+
+use super::key::TierKey;
+use super::purges::Purge;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+#[async_trait]
+pub(crate) trait Tier: Send + Sync + 'static {
+    /// The name `Cache-Status` and metrics use (`l2-disk`, `l2-shared`).
+    fn name(&self) -> &'static str;
+
+    /// The stored value, `Ok(None)` on a miss. Errors are counted by the caller and are misses.
+    async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String>;
+
+    /// Stores a value that is worth keeping for `lifetime`. Runs on the tier writer, never on
+    /// a client's request.
+    async fn put(&self, key: &TierKey, value: Bytes, lifetime: Duration) -> Result<(), String>;
+
+    /// Forgets a value (a corrupt one, or one a purge shadows).
+    fn remove(&self, key: &TierKey);
+
+    /// Keeps (and, for a shared tier, spreads) a purge made on this node.
+    fn publish(&self, purge: &Purge);
+
+    /// Largest value worth storing here.
+    fn max_value(&self) -> usize;
+
+    /// The counters the tier layer bumps for this tier.
+    fn counters(&self) -> &TierCounters;
+
+    /// Live figures for `/status` and metrics.
+    fn stats(&self) -> TierStats;
+}
+
+/// A tier's figures; counters are since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TierStats {
+    pub name: &'static str,
+    /// Bytes the tier holds (for the disk tier: its files; for the shared tier: this node's
+    /// view is not known, so the bytes it wrote).
+    pub stored_bytes: u64,
+    /// The byte budget, when the tier has one.
+    pub budget_bytes: Option<u64>,
+    /// Objects this node wrote and has not removed since it started. Neither engine counts
+    /// its entries: this leaves out what an earlier run or another node stored and what the
+    /// tier evicted or expired on its own.
+    pub objects: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub writes: u64,
+    /// Objects removed (purged or found corrupt).
+    pub removed: u64,
+    /// Writes dropped because the writer's queue was full.
+    pub dropped: u64,
+    /// Errors talking to the tier (timeouts, I/O, a refused value) and corrupt values.
+    pub errors: u64,
+    /// Corrupt or undecodable values found and removed.
+    pub corrupt: u64,
+    /// Copies a purge mark shadowed when read.
+    pub purged: u64,
+    /// Whether the tier is reachable now (the shared tier; the disk tier is always).
+    pub connected: bool,
+}
+
+/// The counters a tier layer keeps per tier.
+#[derive(Debug, Default)]
+pub(crate) struct TierCounters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) writes: AtomicU64,
+    pub(crate) removed: AtomicU64,
+    pub(crate) written_bytes: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) corrupt: AtomicU64,
+    pub(crate) purged: AtomicU64,
+}
+
+impl TierCounters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Fills the counter fields of `stats`.
+    pub(crate) fn fill(&self, stats: &mut TierStats) {
+        stats.hits = self.hits.load(Relaxed);
+        stats.misses = self.misses.load(Relaxed);
+        stats.writes = self.writes.load(Relaxed);
+        stats.removed = self.removed.load(Relaxed);
+        stats.objects = stats.writes.saturating_sub(stats.removed);
+        stats.dropped = self.dropped.load(Relaxed);
+        stats.errors = self.errors.load(Relaxed);
+        stats.corrupt = self.corrupt.load(Relaxed);
+        stats.purged = self.purged.load(Relaxed);
+    }
+}

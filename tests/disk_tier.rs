@@ -1,0 +1,316 @@
+//! The disk tier (`[cache.disk]`): objects outlive the process, keep their variants, tenants,
+//! tags, soft purges and freshness, and a damaged stored object is a miss, never served.
+//! Real cachet processes, a real origin, real files.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::client::send;
+use support::origin::{Origin, Reply};
+use support::plugin;
+use support::proxy::{Proxy, TenantSpec};
+
+const TOKEN: &str = "disk-tier-token";
+
+/// An origin whose bodies name the path, the tenant's host, the language and how many times
+/// it was asked, so a stale or foreign copy is visible in the body.
+fn origin() -> Origin {
+    let asked = std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new());
+    Origin::start(move |seen| {
+        let host = seen.header("host").unwrap_or("-").to_owned();
+        let n = {
+            let mut asked = asked.lock().unwrap();
+            let n = asked.entry(format!("{host}{}", seen.url)).or_default();
+            *n += 1;
+            *n
+        };
+        let lang = seen.header("accept-language").unwrap_or("-");
+        let body = format!("{} for {host} in {lang} #{n} ", seen.url).repeat(20);
+        let max_age = if seen.url == "/short" { 1 } else { 300 };
+        let mut reply =
+            Reply::ok(body).header("Cache-Control", &format!("public, max-age={max_age}"));
+        if seen.url == "/vary" {
+            reply = reply.header("Vary", "Accept-Language");
+        }
+        if seen.url == "/tagged" {
+            reply = reply.header("Surrogate-Key", "t1");
+        }
+        reply
+    })
+}
+
+fn start(origin: &Origin, disk: &Path) -> Proxy {
+    Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n[plugins]\nwatch = false",
+            disk.display().to_string()
+        ),
+        &[
+            TenantSpec::new("one", origin.addr, &plugin("standard")).hosts(&["one.test"]),
+            TenantSpec::new("two", origin.addr, &plugin("standard")).hosts(&["two.test"]),
+        ],
+    )
+}
+
+fn get(proxy: &Proxy, host: &str, path: &str, extra: &[(&str, &str)]) -> support::client::Resp {
+    let mut headers = vec![("Host", host)];
+    headers.extend_from_slice(extra);
+    let resp = send("GET", &proxy.url(path), &headers);
+    assert_eq!(resp.status, 200, "{host}{path}: {}", resp.text());
+    resp
+}
+
+fn disk_stats(proxy: &Proxy) -> serde_json::Value {
+    let status = proxy.status();
+    let tiers = status["cache"]["tiers"].as_array().expect("cache.tiers");
+    assert_eq!(tiers.len(), 1, "{tiers:?}");
+    assert_eq!(tiers[0]["name"], "l2-disk");
+    tiers[0].clone()
+}
+
+/// Waits until the disk tier has taken `writes` objects (its writer runs off the request).
+fn wait_writes(proxy: &Proxy, writes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = disk_stats(proxy);
+        if stats["writes"].as_u64().unwrap_or(0) >= writes {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "disk writes never reached {writes}: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops cachet by its PID (SIGINT: drain, flush the disk tier, exit).
+fn stop(proxy: &mut Proxy) {
+    assert!(
+        proxy.interrupt(),
+        "cachet exited with an error:\n{}",
+        proxy.log()
+    );
+}
+
+fn purge(proxy: &Proxy, host: &str, path: &str, extra: &[(&str, &str)]) -> u16 {
+    let auth = format!("Bearer {TOKEN}");
+    let mut headers = vec![("Host", host), ("Authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    send("PURGE", &proxy.url(path), &headers).status
+}
+
+#[test]
+fn objects_survive_a_restart_with_variants_tenants_tags_and_freshness() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let origin = origin();
+    let mut first = start(&origin, &disk);
+    let en = [("Accept-Language", "en")];
+    let fr = [("Accept-Language", "fr")];
+    let mut bodies = Vec::new();
+    for (host, path, extra) in [
+        ("one.test", "/a", &[][..]),
+        ("two.test", "/a", &[][..]),
+        ("one.test", "/vary", &en[..]),
+        ("one.test", "/vary", &fr[..]),
+        ("one.test", "/tagged", &[][..]),
+        ("one.test", "/soft", &[][..]),
+        ("one.test", "/short", &[][..]),
+    ] {
+        let resp = get(&first, host, path, extra);
+        assert!(
+            resp.cache_status().contains("fwd=miss"),
+            "{}",
+            resp.cache_status()
+        );
+        bodies.push(resp.text());
+    }
+    assert_eq!(origin.hits(), 7);
+    wait_writes(&first, 7);
+    // A tag purge before the restart must hold after it.
+    assert_eq!(
+        purge(&first, "one.test", "/", &[("Surrogate-Key", "t1")]),
+        200
+    );
+    stop(&mut first);
+
+    let second = start(&origin, &disk);
+    let from_disk = |host, path, extra: &[(&str, &str)], body: &str| {
+        let resp = get(&second, host, path, extra);
+        assert!(
+            resp.cache_status().starts_with("cachet; hit; ttl=")
+                && resp.cache_status().ends_with(r#"; detail="l2-disk""#),
+            "{host}{path}: {}",
+            resp.cache_status()
+        );
+        assert_eq!(resp.text(), body, "{host}{path}");
+        // Promoted: the next hit is L1's, with no detail.
+        let again = get(&second, host, path, extra);
+        assert!(
+            again.cache_status().starts_with("cachet; hit")
+                && !again.cache_status().contains("detail"),
+            "{}",
+            again.cache_status()
+        );
+        assert_eq!(again.text(), body);
+    };
+    from_disk("one.test", "/a", &[], &bodies[0]);
+    from_disk("two.test", "/a", &[], &bodies[1]);
+    assert_ne!(bodies[0], bodies[1], "each tenant has its own object");
+    from_disk("one.test", "/vary", &en, &bodies[2]);
+    from_disk("one.test", "/vary", &fr, &bodies[3]);
+    assert_eq!(origin.hits(), 7, "every hit above came from disk");
+
+    // Purged by tag before the restart: a miss now.
+    let tagged = get(&second, "one.test", "/tagged", &[]);
+    assert!(
+        tagged.cache_status().contains("fwd=miss"),
+        "{}",
+        tagged.cache_status()
+    );
+    assert!(tagged.text().contains("#2"), "{}", tagged.text());
+
+    // Expired on disk (max-age=1): it goes to the origin, not served as fresh.
+    std::thread::sleep(Duration::from_millis(1100));
+    let short = get(&second, "one.test", "/short", &[]);
+    assert!(
+        !short.cache_status().contains("hit"),
+        "{}",
+        short.cache_status()
+    );
+    assert!(short.text().contains("#2"), "{}", short.text());
+
+    // A soft purge on this run covers the copy on disk: revalidated with the origin.
+    assert_eq!(
+        purge(&second, "one.test", "/soft", &[("Cache-Purge-Soft", "1")]),
+        200
+    );
+    let soft = get(&second, "one.test", "/soft", &[]);
+    assert!(
+        !soft.cache_status().contains("; hit"),
+        "{}",
+        soft.cache_status()
+    );
+    assert_eq!(origin.hits_for("/soft"), 2);
+    assert_eq!(origin.hits(), 10);
+
+    let stats = disk_stats(&second);
+    assert!(stats["hits"].as_u64().unwrap() >= 4, "{stats}");
+    assert!(stats["stored_bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["errors"], 0, "{stats}");
+}
+
+/// A graceful upgrade starts the new process while the old one still runs: the new one
+/// serves without the disk tier until the old one exits, then opens it, and what the old one
+/// stored is a hit.
+#[test]
+fn a_second_process_waits_for_the_folder_and_then_opens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let origin = origin();
+    let mut old = start(&origin, &disk);
+    get(&old, "one.test", "/early", &[]);
+    let stored = get(&old, "one.test", "/later", &[]).text();
+    wait_writes(&old, 2);
+
+    let new = start(&origin, &disk);
+    assert_eq!(
+        disk_stats(&new)["connected"],
+        false,
+        "the old process holds the folder"
+    );
+    let early = get(&new, "one.test", "/early", &[]);
+    assert!(
+        early.cache_status().contains("fwd=miss"),
+        "{}",
+        early.cache_status()
+    );
+    assert_eq!(origin.hits(), 3);
+
+    stop(&mut old);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk_stats(&new)["connected"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the disk tier never opened:\n{}",
+            new.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let later = get(&new, "one.test", "/later", &[]);
+    assert!(
+        later.cache_status().ends_with(r#"detail="l2-disk""#),
+        "{}",
+        later.cache_status()
+    );
+    assert_eq!(later.text(), stored);
+    assert_eq!(origin.hits(), 3);
+}
+
+/// The block files of a disk tier, and where `needle` first occurs in them.
+fn find_in_blocks(disk: &Path, needle: &[u8]) -> Option<(PathBuf, usize)> {
+    for entry in std::fs::read_dir(disk.join("blocks")).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            return Some((path, at));
+        }
+    }
+    None
+}
+
+/// Fills `/victim`, stops cachet, damages the stored copy with `damage`, starts again and
+/// checks the damaged object is a miss answered by the origin.
+fn damaged_copy_is_a_miss(damage: impl Fn(&Path, usize)) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let origin = origin();
+    let mut first = start(&origin, &disk);
+    let stored = get(&first, "one.test", "/victim", &[]).text();
+    wait_writes(&first, 1);
+    stop(&mut first);
+
+    let (file, at) = find_in_blocks(&disk, stored.as_bytes()).expect("the body is on disk");
+    damage(&file, at);
+
+    let second = start(&origin, &disk);
+    let resp = get(&second, "one.test", "/victim", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=miss"),
+        "{}",
+        resp.cache_status()
+    );
+    assert!(
+        resp.text().contains("#2"),
+        "the origin's new copy: {}",
+        resp.text()
+    );
+    assert_eq!(origin.hits(), 2);
+    // The damaged entry is gone from the index: asking again finds L1's new copy, and the
+    // tier reports no hit for the damaged one.
+    let again = get(&second, "one.test", "/victim", &[]);
+    assert_eq!(again.text(), resp.text());
+    assert_eq!(disk_stats(&second)["hits"], 0);
+}
+
+#[test]
+fn a_corrupted_object_is_a_miss_and_never_served() {
+    damaged_copy_is_a_miss(|file, at| {
+        let mut bytes = std::fs::read(file).unwrap();
+        for b in &mut bytes[at + 10..at + 20] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(file, bytes).unwrap();
+    });
+}
+
+#[test]
+fn a_truncated_object_is_a_miss_and_never_served() {
+    damaged_copy_is_a_miss(|file, at| {
+        let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+        f.set_len((at + 40) as u64).unwrap();
+    });
+}

@@ -1,0 +1,307 @@
+//! The shared tier (`[cache.shared]`): two real cachet processes and one real `redis-server`
+//! on a loopback port. What one node fetched the other serves; purges on either reach both
+//! within a second; a Redis outage fails no request, and sharing resumes when Redis is back.
+
+mod support;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::client::{send, Resp};
+use support::origin::{Origin, Reply};
+use support::proxy::{Proxy, TenantSpec};
+use support::{free_port, plugin};
+
+const TOKEN: &str = "shared-tier-token";
+
+/// A `redis-server` this test started, stopped by its PID when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/install-deps.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    /// Stops the server now (SIGKILL by PID): an outage, not a shutdown.
+    fn kill(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bodies name the path, the language and how many times the origin was asked.
+fn origin() -> Origin {
+    let asked = std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new());
+    Origin::start(move |seen| {
+        let n = {
+            let mut asked = asked.lock().unwrap();
+            let n = asked.entry(seen.url.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        let lang = seen.header("accept-language").unwrap_or("-");
+        let mut reply = Reply::ok(format!("{} in {lang} #{n}", seen.url))
+            .header("Cache-Control", "public, max-age=300");
+        if seen.url == "/vary" {
+            reply = reply.header("Vary", "Accept-Language");
+        }
+        if seen.url == "/tagged" {
+            reply = reply.header("Surrogate-Key", "t1");
+        }
+        reply
+    })
+}
+
+fn node(origin: &Origin, redis_port: u16) -> Proxy {
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"16MiB\"\n[cache.shared]\nurl = \"redis://127.0.0.1:{redis_port}\"\nkey_prefix = \"test{redis_port}:\"\nop_timeout = \"200ms\"\n[plugins]\nwatch = false"
+        ),
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    wait_connected(&proxy, true);
+    proxy
+}
+
+fn shared_stats(proxy: &Proxy) -> serde_json::Value {
+    let mut request = ureq::get(&proxy.admin_url("/status")).timeout(Duration::from_secs(5));
+    request = request.set("Authorization", &format!("Bearer {TOKEN}"));
+    let status: serde_json::Value =
+        serde_json::from_str(&request.call().unwrap().into_string().unwrap()).unwrap();
+    let tiers = status["cache"]["tiers"]
+        .as_array()
+        .expect("cache.tiers")
+        .clone();
+    assert_eq!(tiers.len(), 1, "{tiers:?}");
+    assert_eq!(tiers[0]["name"], "l2-shared");
+    tiers[0].clone()
+}
+
+/// Waits until the node is (or is no longer) subscribed to the purge channel.
+fn wait_connected(proxy: &Proxy, connected: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while shared_stats(proxy)["connected"] != connected {
+        assert!(
+            Instant::now() < deadline,
+            "connected never became {connected}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Waits until the node has written `writes` objects to Redis (its writer is off the path).
+fn wait_writes(proxy: &Proxy, writes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shared_stats(proxy)["writes"].as_u64().unwrap_or(0) < writes {
+        assert!(
+            Instant::now() < deadline,
+            "shared writes never reached {writes}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Both nodes are asked for the same site, as behind a load balancer (the standard plugin
+/// keys by host, and each node listens on its own port).
+const HOST: (&str, &str) = ("Host", "shared.test");
+
+fn get(proxy: &Proxy, path: &str, extra: &[(&str, &str)]) -> Resp {
+    let started = Instant::now();
+    let mut headers = vec![HOST];
+    headers.extend_from_slice(extra);
+    let resp = send("GET", &proxy.url(path), &headers);
+    assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{path} took {:?}",
+        started.elapsed()
+    );
+    resp
+}
+
+fn purge(proxy: &Proxy, path: &str, extra: &[(&str, &str)]) {
+    let auth = format!("Bearer {TOKEN}");
+    let mut headers = vec![HOST, ("Authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    let resp = send("PURGE", &proxy.url(path), &headers);
+    assert_eq!(resp.status, 200, "PURGE {path}: {}", resp.text());
+}
+
+fn is_shared_hit(resp: &Resp) -> bool {
+    let status = resp.cache_status();
+    status.starts_with("cachet; hit") && status.ends_with(r#"detail="l2-shared""#)
+}
+
+fn is_l1_hit(resp: &Resp) -> bool {
+    resp.cache_status().starts_with("cachet; hit") && !resp.cache_status().contains("detail")
+}
+
+/// Asks `proxy` for `path` until the answer is no longer a hit; returns how long that took.
+fn time_until_not_hit(proxy: &Proxy, path: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let resp = get(proxy, path, &[]);
+        if !resp.cache_status().contains("; hit") {
+            let took = started.elapsed();
+            eprintln!("purge of {path} seen by the other node after {took:?}");
+            return took;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{path} still a hit after 3 s: {}",
+            resp.cache_status()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Fills `path` on `a`, has `b` serve it from the shared tier, and checks both now hold it.
+fn share(a: &Proxy, b: &Proxy, origin: &Origin, path: &str) {
+    let before = origin.hits();
+    let writes = shared_stats(a)["writes"].as_u64().unwrap();
+    let filled = get(a, path, &[]);
+    assert!(
+        filled.cache_status().contains("fwd=miss"),
+        "{}",
+        filled.cache_status()
+    );
+    wait_writes(a, writes + 1);
+    let shared = get(b, path, &[]);
+    assert!(
+        is_shared_hit(&shared),
+        "{path} on B: {}\nB's shared tier: {}\n{}",
+        shared.cache_status(),
+        shared_stats(b),
+        b.log()
+    );
+    assert_eq!(shared.text(), filled.text());
+    assert!(is_l1_hit(&get(b, path, &[])), "promoted into B's L1");
+    assert!(is_l1_hit(&get(a, path, &[])));
+    assert_eq!(
+        origin.hits(),
+        before + 1,
+        "the origin was asked once for {path}"
+    );
+}
+
+#[test]
+fn two_nodes_share_objects_variants_and_purges() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+
+    share(&a, &b, &origin, "/obj");
+
+    // Variants are shared per variant.
+    let en = [("Accept-Language", "en")];
+    let fr = [("Accept-Language", "fr")];
+    let en_a = get(&a, "/vary", &en);
+    wait_writes(&a, 2);
+    let en_b = get(&b, "/vary", &en);
+    assert!(is_shared_hit(&en_b), "{}", en_b.cache_status());
+    assert_eq!(en_b.text(), en_a.text());
+    let fr_b = get(&b, "/vary", &fr);
+    assert!(
+        fr_b.cache_status().contains("fwd=miss"),
+        "{}",
+        fr_b.cache_status()
+    );
+    assert!(fr_b.text().contains("in fr"), "{}", fr_b.text());
+
+    // A URL purge on B drops A's L1 copy within a second.
+    purge(&b, "/obj", &[]);
+    let took = time_until_not_hit(&a, "/obj");
+    assert!(
+        took < Duration::from_secs(1),
+        "A dropped /obj after {took:?}"
+    );
+    assert_eq!(origin.hits_for("/obj"), 2);
+
+    // A tag purge on A reaches B.
+    share(&a, &b, &origin, "/tagged");
+    purge(&a, "/", &[("Surrogate-Key", "t1")]);
+    let took = time_until_not_hit(&b, "/tagged");
+    assert!(
+        took < Duration::from_secs(1),
+        "B dropped /tagged after {took:?}"
+    );
+    assert_eq!(origin.hits_for("/tagged"), 2);
+
+    // A soft purge on B makes A revalidate.
+    share(&a, &b, &origin, "/soft");
+    purge(&b, "/soft", &[("Cache-Purge-Soft", "1")]);
+    let took = time_until_not_hit(&a, "/soft");
+    assert!(
+        took < Duration::from_secs(1),
+        "A revalidated /soft after {took:?}"
+    );
+    assert_eq!(origin.hits_for("/soft"), 2);
+
+    for stats in [shared_stats(&a), shared_stats(&b)] {
+        assert_eq!(stats["errors"], 0, "{stats}");
+    }
+    assert!(shared_stats(&b)["hits"].as_u64().unwrap() >= 3);
+}
+
+#[test]
+fn a_redis_outage_fails_no_request_and_sharing_resumes() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    share(&a, &b, &origin, "/before");
+
+    let port = redis.kill();
+    wait_connected(&a, false);
+    // Both nodes keep answering: L1 hits, and misses straight from the origin.
+    for proxy in [&a, &b] {
+        for _ in 0..5 {
+            assert!(is_l1_hit(&get(proxy, "/before", &[])));
+        }
+        for i in 0..5 {
+            let resp = get(proxy, &format!("/during-{i}"), &[]);
+            assert!(resp.text().starts_with(&format!("/during-{i}")));
+        }
+    }
+    assert!(shared_stats(&a)["errors"].as_u64().unwrap() > 0);
+
+    // Redis is back on the same port (empty): both nodes reconnect by themselves.
+    let _redis = Redis::start(port);
+    wait_connected(&a, true);
+    wait_connected(&b, true);
+    share(&a, &b, &origin, "/after");
+    purge(&b, "/after", &[]);
+    let took = time_until_not_hit(&a, "/after");
+    assert!(
+        took < Duration::from_secs(1),
+        "A dropped /after after {took:?}"
+    );
+}
