@@ -55,6 +55,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(all(target_arch = "wasm32", feature = "arena-allocator"))]
+mod allocator;
 mod cache_control;
 mod config;
 mod cookie;

@@ -6,6 +6,7 @@
 //! [`proxy::CachetProxy`] is a complete `ProxyHttp`, and [`storage`] is the
 //! bounded in-memory cache storage.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod connection;

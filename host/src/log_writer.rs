@@ -133,6 +133,17 @@ impl Drop for LineBuffer {
     }
 }
 
+/// Queues one access-log line (already formatted, newline included) for the
+/// writer thread; before the writer starts it goes to stderr at once.
+pub fn queue_access_line(line: Vec<u8>) {
+    match QUEUE.get() {
+        Some(queue) => enqueue(queue, line),
+        None => {
+            let _ = std::io::stderr().write_all(&line);
+        }
+    }
+}
+
 /// Queues a line without waiting; a full queue drops it and counts the drop.
 fn enqueue(queue: &SyncSender<Message>, line: Vec<u8>) {
     match queue.try_send(Message::Line(line)) {

@@ -162,6 +162,22 @@ where
     metric
 }
 
+static PLUGIN_MEMORY_GROWTHS: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(IntCounterVec::new(
+        Opts::new(
+            "cachet_plugin_memory_growths_total",
+            "Plugin instances whose linear memory grew past its initial size (each growth \
+             costs page-protection changes when the instance's pool slot is reused)",
+        ),
+        &["tenant"],
+    ))
+});
+
+/// The memory-growth counter of one tenant; resolve once, count per instance.
+pub fn plugin_memory_growths(tenant: &str) -> IntCounter {
+    PLUGIN_MEMORY_GROWTHS.with_label_values(&[tenant])
+}
+
 /// The histogram for one tenant's hook; resolve once, observe per call.
 pub fn hook_histogram(tenant: &str, hook: &str) -> Histogram {
     HOOK_SECONDS.with_label_values(&[tenant, hook])

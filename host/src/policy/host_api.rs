@@ -30,6 +30,7 @@ impl HostState {
             limiter: MemoryLimiter {
                 max_bytes: memory_bytes,
                 refused: false,
+                grew: false,
             },
             tenant,
             wasi: None,

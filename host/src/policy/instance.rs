@@ -292,6 +292,7 @@ pub struct InstancePool {
     breaker: Breaker,
     request_seconds: prometheus::Histogram,
     response_seconds: prometheus::Histogram,
+    memory_growths: prometheus::IntCounter,
 }
 
 /// What `decide_request` found: the decision and, when the request may use
@@ -337,6 +338,7 @@ impl InstancePool {
     ) -> Self {
         let request_seconds = crate::metrics::hook_histogram(&tenant.tenant, request);
         let response_seconds = crate::metrics::hook_histogram(&tenant.tenant, response);
+        let memory_growths = crate::metrics::plugin_memory_growths(&tenant.tenant);
         Self {
             engine,
             plugin,
@@ -347,6 +349,7 @@ impl InstancePool {
             breaker: Breaker::default(),
             request_seconds,
             response_seconds,
+            memory_growths,
         }
     }
 
@@ -515,7 +518,11 @@ impl InstancePool {
         // On a fault the instance is dropped here: a trapped instance may be
         // in any state, so it never serves another request.
         instance.uses += 1;
-        let result = match work(&mut instance, &self.limits) {
+        let outcome = work(&mut instance, &self.limits);
+        if std::mem::take(&mut instance.store.data_mut().limiter.grew) {
+            self.memory_growths.inc();
+        }
+        let result = match outcome {
             Ok(result) => {
                 self.breaker.record_success();
                 result

@@ -37,22 +37,28 @@ impl Default for PluginLimits {
 }
 
 /// Store-level resource limiter that also remembers whether it refused memory,
-/// so a guest that traps after a failed allocation is reported as "memory".
+/// so a guest that traps after a failed allocation is reported as "memory",
+/// and whether the guest grew its memory past the initial size.
 pub(crate) struct MemoryLimiter {
     pub max_bytes: usize,
     pub refused: bool,
+    pub grew: bool,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.refused = true;
             return Ok(false);
+        }
+        // Instantiation asks for the initial size (from 0); later asks are `memory.grow`.
+        if current > 0 && desired > current {
+            self.grew = true;
         }
         Ok(true)
     }

@@ -327,17 +327,15 @@ impl ProxyHttp for CachetProxy {
             Route::Bypass(r) | Route::Answered(r) => r.as_str(),
             _ => ctx.not_stored.as_deref().unwrap_or(""),
         };
-        tracing::info!(
-            target: crate::log_writer::ACCESS_TARGET,
+        crate::access_log::write(&crate::access_log::AccessLine {
             tenant,
-            method = %req.method,
-            path = req.uri.path(),
+            method: req.method.as_str(),
+            path: req.uri.path(),
             status,
-            cache = outcome,
+            cache: outcome,
             reason,
-            error = error.map(|e| e.to_string()),
-            "request"
-        );
+            error: error.map(|e| e.to_string()),
+        });
     }
 
     fn should_serve_stale(
