@@ -11,13 +11,6 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Every request allocates and frees header maps, strings and buffers on two
-/// or more worker threads, and the access-log writer frees what workers
-/// allocated. glibc's malloc took 14% of a cache hit's CPU (arena locks, chunk
-/// consolidation); mimalloc's thread-local free lists cost less (tests/bench).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "cachet",
