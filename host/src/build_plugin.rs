@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 pub const POLICY_TARGET: &str = "wasm32-unknown-unknown";
 
 /// Builds the crate (or workspace) in `dir` and publishes a component per policy library,
-/// in `out_dir` or else `<target dir>/cachet/`.
-pub fn build(dir: &Path, out_dir: Option<&Path>) -> anyhow::Result<()> {
+/// in `out_dir` or else `<target dir>/cachet/`; returns the components' paths.
+pub fn build(dir: &Path, out_dir: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!(
@@ -43,14 +43,15 @@ pub fn build(dir: &Path, out_dir: Option<&Path>) -> anyhow::Result<()> {
         bail!("the build produced no .wasm: a policy crate needs crate-type = [\"cdylib\"]");
     }
     let engine = PolicyEngine::new(8)?;
+    let mut published = Vec::new();
     for module in modules {
         let out_dir = match out_dir {
             Some(dir) => dir.to_path_buf(),
             None => default_out_dir(&module),
         };
-        publish(&engine, &module, &out_dir)?;
+        published.push(publish(&engine, &module, &out_dir)?);
     }
-    Ok(())
+    Ok(published)
 }
 
 /// `cachet componentize IN OUT`: wraps one core module (scripts use it after their own
@@ -66,7 +67,7 @@ pub fn componentize_file(input: &Path, output: &Path) -> anyhow::Result<()> {
 }
 
 /// Wraps, writes and load-checks one module; prints what a plugin author needs.
-fn publish(engine: &PolicyEngine, module: &Path, out_dir: &Path) -> anyhow::Result<()> {
+fn publish(engine: &PolicyEngine, module: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
     let name = module
         .file_name()
         .context("an artifact without a file name")?;
@@ -80,7 +81,7 @@ fn publish(engine: &PolicyEngine, module: &Path, out_dir: &Path) -> anyhow::Resu
     println!("built {} ({} bytes)", out.display(), bytes.len());
     println!("  imports: {}", plugin.info.imports.join(", "));
     println!("  self-test vectors: passed");
-    Ok(())
+    Ok(out)
 }
 
 /// `<target dir>/cachet/`, beside cargo's `<target dir>/wasm32-unknown-unknown/release/`.
@@ -114,7 +115,7 @@ fn wasm_artifacts(messages: &[u8]) -> Vec<PathBuf> {
 
 /// Temporary file in the destination folder, then rename: a proxy watching the path
 /// hot-reloads the old component or the new one, never half of one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let dir = dir.unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -2,6 +2,7 @@
 
 mod admin_client;
 mod build_plugin;
+mod dev_loop;
 mod scaffold;
 
 use cachet::config;
@@ -115,6 +116,16 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Build a policy crate, publish it where a tenant's `plugin =` points, and rebuild on
+    /// every saved change: the running proxy hot-reloads each good build, and a failed one
+    /// leaves the last good version serving.
+    Dev {
+        /// The crate's folder (default: the current one).
+        dir: Option<PathBuf>,
+        /// The component's path: the `plugin =` of the tenant being developed.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Wrap a core module built with wit-bindgen into a policy component.
     Componentize {
         /// The core module (.wasm from wasm32-unknown-unknown).
@@ -197,7 +208,11 @@ fn main() -> ExitCode {
         }
         Command::Build { dir, out_dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from("."));
-            build_plugin::build(&dir, out_dir.as_deref())
+            build_plugin::build(&dir, out_dir.as_deref()).map(drop)
+        }
+        Command::Dev { dir, out } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            dev_loop::run(&dir, &out)
         }
         Command::Componentize { input, output } => build_plugin::componentize_file(&input, &output),
     };
