@@ -44,7 +44,12 @@ fn edit(file: &Path, from: &str, to: &str) {
 fn each_good_build_is_served_and_a_broken_one_keeps_the_last_good_version() {
     let dir = tempfile::tempdir().expect("temp dir");
     let crate_dir = dir.path().join("my-policy");
-    let (ok, out) = run_cachet(&["new-plugin", "my-policy", "--dir", crate_dir.to_str().unwrap()]);
+    let (ok, out) = run_cachet(&[
+        "new-plugin",
+        "my-policy",
+        "--dir",
+        crate_dir.to_str().unwrap(),
+    ]);
     assert!(ok, "{out}");
     let source = crate_dir.join("src/lib.rs");
     let published = dir.path().join("live/policy.wasm");
@@ -74,12 +79,18 @@ fn each_good_build_is_served_and_a_broken_one_keeps_the_last_good_version() {
     // The scaffolded policy bypasses the cache for a session cookie and says why.
     let first = logged_in();
     assert_eq!(first.status, 200);
-    assert!(first.cache_status().contains("session cookie"), "{}", first.cache_status());
+    assert!(
+        first.cache_status().contains("session cookie"),
+        "{}",
+        first.cache_status()
+    );
 
     // A saved edit is rebuilt, published and hot-reloaded.
     edit(&source, "\"session cookie\"", "\"edited under cachet dev\"");
     wait_for("the edited policy to serve", REBUILD, || {
-        logged_in().cache_status().contains("edited under cachet dev")
+        logged_in()
+            .cache_status()
+            .contains("edited under cachet dev")
     });
     let good = std::fs::read(&published).expect("published component");
 

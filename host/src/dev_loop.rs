@@ -7,7 +7,7 @@
 use crate::build_plugin;
 use anyhow::{bail, Context};
 use notify::{RecursiveMode, Watcher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -47,7 +47,10 @@ pub fn run(dir: &Path, out: &Path) -> anyhow::Result<()> {
     );
     loop {
         match build_and_publish(&dir, &staging, out) {
-            Ok(()) => println!("cachet dev: {} updated; watching for changes", out.display()),
+            Ok(()) => println!(
+                "cachet dev: {} updated; watching for changes",
+                out.display()
+            ),
             Err(e) => eprintln!(
                 "cachet dev: not published, {} keeps its last good version: {e:#}",
                 out.display()
@@ -74,11 +77,12 @@ fn build_and_publish(dir: &Path, staging: &Path, out: &Path) -> anyhow::Result<(
 }
 
 /// Blocks until a file that affects the build changes, then lets the burst settle.
-fn wait_for_source_change(dir: &Path, changes: &mpsc::Receiver<notify::Event>) -> anyhow::Result<()> {
+fn wait_for_source_change(
+    dir: &Path,
+    changes: &mpsc::Receiver<notify::Event>,
+) -> anyhow::Result<()> {
     loop {
-        let event = changes
-            .recv()
-            .context("the file watcher stopped")?;
+        let event = changes.recv().context("the file watcher stopped")?;
         if event.paths.iter().any(|path| affects_build(dir, path)) {
             break;
         }
