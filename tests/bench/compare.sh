@@ -32,7 +32,10 @@
 #   BENCH_KEEP=1           keep the temporary folder (configs, logs, wrk output)
 #
 # Targets: origin, cachet-builtin, cachet-builtin-fullpath (every hit on pingora-cache's
-# full path: [cache] lean_hits = false), cachet-wasm-fresh, cachet-wasm-reuse,
+# full path: [cache] lean_hits = false), cachet-l2-disk and cachet-l2-shared (builtin
+# policy with a 64 KiB memory tier, so nearly every 1 KiB hit is read from the disk tier
+# or from a redis-server this script starts on loopback; the notes give each tier's
+# share of the hits), cachet-wasm-fresh, cachet-wasm-reuse,
 # varnish, nginx-cache, haproxy. Scenarios: {1k,64k}-{1url,1000url}-{c16,c64}
 # (cache hits) and miss-1k-c64 (a URL that never repeats: every request is a
 # miss that goes to the origin).
@@ -117,7 +120,7 @@ case "$BENCH_SCENARIOS" in
         ;;
 esac
 
-all_targets=(origin cachet-builtin cachet-builtin-fullpath cachet-wasm-fresh cachet-wasm-reuse varnish nginx-cache haproxy)
+all_targets=(origin cachet-builtin cachet-builtin-fullpath cachet-wasm-fresh cachet-wasm-reuse cachet-l2-disk cachet-l2-shared varnish nginx-cache haproxy)
 targets=(origin)
 if [[ -n "$BENCH_ONLY" ]]; then
     IFS=', ' read -r -a patterns <<<"$BENCH_ONLY"
@@ -473,9 +476,29 @@ build_plugins() {
     [[ "$plugins_built" != ok || -f "$repo_root/plugins/standard.wasm" ]] || plugins_built="no plugins/standard.wasm"
 }
 
-# start_cachet NAME PLUGIN [INSTANCE_REUSE [CACHE_LINES]]
+# start_redis: one redis-server for the shared tier on loopback, no persistence.
+redis_port=""
+start_redis() {
+    [[ -n "$redis_port" ]] && return 0
+    local redis
+    redis="$(tool redis-server)" || { TARGET_ERR="redis-server not installed (Debian package redis-server)"; return 1; }
+    free_port
+    start_bg redis TERM "$redis" --bind 127.0.0.1 --port "$FREE_PORT" --save "" --appendonly no
+    local i
+    for i in $(seq 50); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$FREE_PORT") 2>/dev/null; then
+            redis_port="$FREE_PORT"
+            return 0
+        fi
+        sleep 0.1
+    done
+    TARGET_ERR="redis-server did not start: $(last_error "$work/redis.out")"
+    return 1
+}
+
+# start_cachet NAME PLUGIN [INSTANCE_REUSE [CACHE_LINES [TIER_SECTIONS]]]
 start_cachet() {
-    local name="$1" plugin="$2" reuse="${3:-}" cache_lines="${4:-}" dir="$work/$1"
+    local name="$1" plugin="$2" reuse="${3:-}" cache_lines="${4:-}" tiers="${5:-}" dir="$work/$1"
     build_cachet
     if [[ "$cachet_built" != ok ]]; then
         TARGET_ERR="$cachet_built"
@@ -491,7 +514,7 @@ start_cachet() {
     mkdir -p "$dir"
     free_port; TARGET_PORT="$FREE_PORT"
     local admin_port tls_lines=""
-    free_port; admin_port="$FREE_PORT"
+    free_port; admin_port="$FREE_PORT"; TARGET_ADMIN_PORT="$admin_port"
     if ((tls_wanted)) && [[ -z "$tls_err" ]]; then
         free_port; TARGET_TLS_PORT="$FREE_PORT"
         tls_lines="tls_listen = \"127.0.0.1:$TARGET_TLS_PORT\"
@@ -507,8 +530,10 @@ threads = $BENCH_SERVER_THREADS
 $tls_lines
 
 [cache]
-max_bytes = "512MiB"
+$([[ "$cache_lines" == max_bytes* ]] || echo 'max_bytes = "512MiB"')
 $cache_lines
+
+$tiers
 
 [plugins]
 artifact_cache_dir = "$dir/artifacts"
@@ -672,11 +697,18 @@ EOF
 }
 
 start_target() {
-    TARGET_PORT="" TARGET_PID="" TARGET_ERR="" TARGET_LOG="" TARGET_TLS_PORT="" TARGET_TLS_ERR=""
+    TARGET_PORT="" TARGET_PID="" TARGET_ERR="" TARGET_LOG="" TARGET_TLS_PORT="" TARGET_TLS_ERR="" TARGET_ADMIN_PORT=""
     case "$1" in
         origin) TARGET_PORT="$origin_port" TARGET_PID="$origin_pid" TARGET_TLS_PORT="$origin_tls_port" ;;
         cachet-builtin) start_cachet "$1" builtin:standard ;;
         cachet-builtin-fullpath) start_cachet "$1" builtin:standard 1 "lean_hits = false" ;;
+        cachet-l2-disk) start_cachet "$1" builtin:standard 1 "max_bytes = \"64KiB\"" \
+            "[cache.disk]
+path = \"$work/$1/disk\"
+max_bytes = \"256MiB\"" ;;
+        cachet-l2-shared) start_redis && start_cachet "$1" builtin:standard 1 "max_bytes = \"64KiB\"" \
+            "[cache.shared]
+url = \"redis://127.0.0.1:$redis_port\"" ;;
         cachet-wasm-fresh) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1 ;;
         cachet-wasm-reuse) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1000000 ;;
         varnish) start_varnish ;;
@@ -909,7 +941,7 @@ start_origin
 log "origin nginx on 127.0.0.1:$origin_port (pid $origin_pid)${origin_tls_port:+, TLS on $origin_tls_port}"
 
 # Start and warm every target once; the rounds then only measure.
-declare -A target_port=() target_pid=() target_log=() target_err=()
+declare -A target_port=() target_pid=() target_log=() target_err=() target_admin=()
 declare -A target_tls_port=() target_tls_err=() h2_noted=()
 live_targets=()
 for target in "${targets[@]}"; do
@@ -921,6 +953,7 @@ for target in "${targets[@]}"; do
         continue
     fi
     target_port[$target]="$TARGET_PORT" target_pid[$target]="$TARGET_PID" target_log[$target]="$TARGET_LOG"
+    target_admin[$target]="$TARGET_ADMIN_PORT"
     target_tls_port[$target]="$TARGET_TLS_PORT" target_tls_err[$target]="$TARGET_TLS_ERR"
     if [[ "$target" != origin ]] && ! warm_all_urls "$TARGET_PORT"; then
         log "  $target: warming every URL once did not get 200 for all of them"
@@ -961,6 +994,13 @@ for target in "${targets[@]}"; do
             record_na "$scenario" "$target" 1 "${target_err[$target]}"
         done
     fi
+done
+# Which tier answered the hits of the tiered targets (over the whole run, warm-up included).
+for target in "${live_targets[@]}"; do
+    [[ "$target" == cachet-l2-* && -n "${target_admin[$target]:-}" ]] || continue
+    tier_hits="$(curl -fsS "http://127.0.0.1:${target_admin[$target]}/metrics" 2>/dev/null |
+        awk '/^cachet_cache_tier_hits_total/ { match($0, /tier="[^"]*"/); t = substr($0, RSTART + 6, RLENGTH - 7); printf "%s%s %s", sep, t, $2; sep = ", " }')"
+    notes+=("$target: lookups answered by tier over the run: ${tier_hits:-unknown}")
 done
 elapsed=$((SECONDS - started_at))
 
