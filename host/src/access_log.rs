@@ -54,7 +54,7 @@ pub fn write(line: &AccessLine<'_>) {
         );
         return;
     }
-    if !tracing::enabled!(target: "cachet::access", tracing::Level::INFO) {
+    if !tracing::enabled!(target: crate::log_writer::ACCESS_TARGET, tracing::Level::INFO) {
         return;
     }
     let now = SystemTime::now();
@@ -103,7 +103,7 @@ fn json_line(now: SystemTime, line: &AccessLine<'_>) -> String {
         "timestamp": timestamp,
         "level": "INFO",
         "fields": fields,
-        "target": "cachet::access",
+        "target": crate::log_writer::ACCESS_TARGET,
     });
     let mut out = object.to_string();
     out.push('\n');

@@ -124,11 +124,10 @@ impl Drop for LineBuffer {
             return;
         }
         let line = std::mem::take(&mut self.bytes);
-        match QUEUE.get() {
-            Some(queue) if self.queued => enqueue(queue, line),
-            _ => {
-                let _ = std::io::stderr().write_all(&line);
-            }
+        if self.queued {
+            queue_access_line(line);
+        } else {
+            let _ = std::io::stderr().write_all(&line);
         }
     }
 }
