@@ -129,7 +129,7 @@ impl SharedTier {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info).context("cache.shared.url")?;
+        let client = client(info, config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.op_timeout.max(Duration::from_millis(100))))
             .set_response_timeout(Some(config.op_timeout))
@@ -267,6 +267,22 @@ impl Tier for SharedTier {
     }
 }
 
+/// The client for `info`: plain, or for `rediss://` with the configured roots (the system's
+/// otherwise) and client certificate. Certificates are always verified.
+fn client(info: redis::ConnectionInfo, config: &SharedTierConfig) -> anyhow::Result<redis::Client> {
+    if !config.url.starts_with("rediss://") {
+        return redis::Client::open(info).context("cache.shared.url");
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: config.client_cert.as_ref().map(|c| redis::ClientTlsConfig {
+            client_cert: c.cert_pem.clone(),
+            client_key: c.key_pem.clone(),
+        }),
+        root_cert: config.ca_pem.clone(),
+    };
+    redis::Client::build_with_tls(info, certificates).context("cache.shared: TLS settings")
+}
+
 /// Keeps this node subscribed to the purge channel, reconnecting after any failure. On each
 /// (re)connection it first reads the kept marks, so purges made while it was cut off apply.
 async fn subscribe(
@@ -279,6 +295,8 @@ async fn subscribe(
 ) {
     // Purges newer than this reached Redis while this node was not listening.
     let mut missed_since: Option<u64> = None;
+    // Each different failure is logged once (a down Redis would flood the log otherwise).
+    let mut last_error = String::new();
     loop {
         let listened = listen(
             &client,
@@ -289,11 +307,17 @@ async fn subscribe(
             &subscribed,
             &mut missed_since,
         );
-        if let Err(e) = listened.await {
-            tracing::debug!("shared tier: purge channel: {e}");
+        match listened.await {
+            Err(e) if e != last_error => {
+                tracing::warn!("shared tier: cannot reach Redis: {e}");
+                last_error = e;
+            }
+            Err(e) => tracing::debug!("shared tier: purge channel: {e}"),
+            Ok(()) => {}
         }
         if subscribed.swap(false, Relaxed) {
             tracing::warn!("shared tier: lost the purge channel; reconnecting");
+            last_error.clear();
         }
         missed_since.get_or_insert_with(super::record::now_ns);
         tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
