@@ -28,6 +28,9 @@ use std::time::Duration;
 
 /// Purge fan-out is worth a longer wait than a lookup: it is not on a client's path.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A chunk read while a response is under way may wait this long: failing it aborts the
+/// response, so a slow answer is better than none.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach Redis again for the purge channel.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
 
@@ -185,6 +188,42 @@ impl Tier for SharedTier {
         cmd.cmd("GET").arg(self.object_key(key));
         let (value,): (Option<Vec<u8>>,) = self.conn.run(self.op_timeout, cmd).await?;
         Ok(value.map(Bytes::from))
+    }
+
+    async fn get_chunk(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
+        let mut cmd = redis::pipe();
+        cmd.cmd("GET").arg(self.object_key(key));
+        let limit = self.op_timeout.max(CHUNK_TIMEOUT);
+        let (value,): (Option<Vec<u8>>,) = self.conn.run(limit, cmd).await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String> {
+        let mut cmd = redis::pipe();
+        let exists = cmd.cmd("EXISTS");
+        for key in keys {
+            exists.arg(self.object_key(key));
+        }
+        let (found,): (usize,) = self.conn.run(self.op_timeout, cmd).await?;
+        Ok(found == keys.len())
+    }
+
+    fn remove_chunks(&self, keys: &[TierKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut cmd = redis::pipe();
+        let del = cmd.cmd("DEL");
+        for key in keys {
+            del.arg(self.object_key(key));
+        }
+        del.ignore();
+        self.conn.spawn(
+            &self.runtime,
+            self.op_timeout.max(PURGE_TIMEOUT),
+            cmd,
+            "a chunk delete",
+        );
     }
 
     async fn put(&self, key: &TierKey, value: Bytes, lifetime: Duration) -> Result<(), String> {
