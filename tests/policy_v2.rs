@@ -354,11 +354,27 @@ fn example_proxy(origin: &Origin, name: &str, extra: &str) -> Proxy {
 
 #[test]
 fn static_assets_strips_set_cookie_from_assets_and_tracking_cookies_from_requests() {
+    static_assets_behaves_as_designed("static-assets");
+}
+
+/// The same policy written in Python (plugins/static-assets-py, built with
+/// componentize-py) passes the very same test through the real proxy.
+#[test]
+fn static_assets_in_python_behaves_as_its_rust_twin() {
+    static_assets_behaves_as_designed("static-assets-py");
+}
+
+fn static_assets_behaves_as_designed(plugin: &str) {
     let origin = Origin::start(|seen| {
-        Reply::ok(format!("{} cookie={:?}", seen.url, seen.header("cookie")))
-            .header("Set-Cookie", "visitor=42")
+        let reply = Reply::ok(format!("{} cookie={:?}", seen.url, seen.header("cookie")))
+            .header("Set-Cookie", "visitor=42");
+        if seen.url.starts_with("/font.woff2") {
+            reply.header("Vary", "Accept-Encoding")
+        } else {
+            reply
+        }
     });
-    let proxy = example_proxy(&origin, "static-assets", "");
+    let proxy = example_proxy(&origin, plugin, "");
     let miss = send(
         "GET",
         &proxy.url("/app.js?utm_source=x&v=2"),
@@ -389,6 +405,20 @@ fn static_assets_strips_set_cookie_from_assets_and_tracking_cookies_from_request
     let only_tracking = send("GET", &proxy.url("/about"), &[("Cookie", "_ga=GA1.1")]);
     assert!(!only_tracking.cache_status().contains("bypass"));
     assert_eq!(only_tracking.text(), "/about cookie=None");
+
+    // vary-value: two spellings that prefer br share a variant; gzip-only gets its own.
+    let font = |accept: &str| {
+        send(
+            "GET",
+            &proxy.url("/font.woff2"),
+            &[("Accept-Encoding", accept)],
+        )
+    };
+    let before = origin.hits();
+    assert_status_has(&font("gzip, deflate, br"), "stored");
+    assert_status_has(&font("BR;q=1.0, gzip"), "hit");
+    assert!(!font("gzip").cache_status().contains("hit"));
+    assert_eq!(origin.hits(), before + 2);
 }
 
 #[test]

@@ -8,10 +8,17 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --lint
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Every build below uses the workspace's feature set: `-p cachet` (or `cargo
+# run -p cachet` in the plugin scripts) resolves features differently and
+# would compile pingora and wasmtime a second time.
+cargo test --workspace --no-run
+export CACHET="${CARGO_TARGET_DIR:-$PWD/target}/debug/cachet"
 bash plugins/build.sh
 cargo test --manifest-path plugins/Cargo.toml
 cargo test --manifest-path tests/fixtures/plugins/Cargo.toml
+# The Python example: its native unit tests, then the component.
+bash plugins/static-assets-py/build.sh
 cargo test --workspace
 # The RFC 9111/9110 suites once more with every hit on pingora-cache's full path
 # (`[cache] lean_hits = false`): both hit paths must behave alike.
-CACHET_TEST_LEAN_HITS=off cargo test -p cachet --test http_caching --test http_semantics
+CACHET_TEST_LEAN_HITS=off cargo test --workspace --test http_caching --test http_semantics

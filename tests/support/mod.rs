@@ -51,21 +51,26 @@ pub fn plugins_dir() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let root = repo_root();
-            let status = std::process::Command::new("bash")
-                .arg(root.join("plugins/build.sh"))
-                .status()
-                .expect("run plugins/build.sh");
-            assert!(status.success(), "plugins/build.sh failed");
-            root.join("plugins")
+            run_build_script("plugins/build.sh");
+            repo_root().join("plugins")
         })
         .clone()
 }
 
-/// Path of an example plugin, e.g. `plugin("standard")`.
+/// Path of an example plugin, e.g. `plugin("standard")`. The Python example
+/// is built (componentize-py, ~15 s) only by the tests that use it.
 pub fn plugin(name: &str) -> PathBuf {
+    if name == "static-assets-py" {
+        static BUILT_PYTHON: OnceLock<()> = OnceLock::new();
+        BUILT_PYTHON.get_or_init(|| run_build_script("plugins/static-assets-py/build.sh"));
+    }
     let path = plugins_dir().join(format!("{name}.wasm"));
-    assert!(path.is_file(), "missing {}", path.display());
+    assert!(
+        path.is_file(),
+        "missing {}: build it with bash plugins/build.sh (the Python example: \
+         bash plugins/static-assets-py/build.sh)",
+        path.display()
+    );
     path
 }
 
@@ -74,17 +79,25 @@ pub fn plugin(name: &str) -> PathBuf {
 pub fn fixture(name: &str) -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
-        let dir = repo_root().join("tests/fixtures/plugins");
-        let status = std::process::Command::new("bash")
-            .arg(dir.join("build.sh"))
-            .status()
-            .expect("run tests/fixtures/plugins/build.sh");
-        assert!(status.success(), "tests/fixtures/plugins/build.sh failed");
-        dir
+        run_build_script("tests/fixtures/plugins/build.sh");
+        repo_root().join("tests/fixtures/plugins")
     });
     let path = dir.join(format!("{name}.wasm"));
     assert!(path.is_file(), "missing {}", path.display());
     path
+}
+
+/// Runs a plugin build script of the repository. Core modules are wrapped
+/// into components by the `cachet` under test: the scripts' fallback, `cargo
+/// run -p cachet`, unifies features differently from `cargo test --workspace`
+/// and would rebuild pingora and wasmtime once more.
+fn run_build_script(script: &str) {
+    let status = std::process::Command::new("bash")
+        .arg(repo_root().join(script))
+        .env("CACHET", env!("CARGO_BIN_EXE_cachet"))
+        .status()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(status.success(), "{script} failed");
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.

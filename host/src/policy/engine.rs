@@ -21,6 +21,9 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// request; 8 MiB no better.
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
+/// Core instances one plugin instance may create.
+const CORE_INSTANCES_PER_PLUGIN: u32 = 64;
+
 /// Upper bound of guest memory any tenant may configure; the pool reserves
 /// slots of this size.
 pub const MAX_GUEST_MEMORY: usize = 256 << 20;
@@ -53,8 +56,11 @@ impl PolicyEngine {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(max_instances)
             // A Rust component is a handful of core modules (program, WASI
-            // adapter, shims): leave room for them.
-            .total_core_instances(max_instances.saturating_mul(8))
+            // adapter, shims); a componentize-py one instantiates dozens
+            // (libc, libpython, its runtime, a stub per WASI interface: 38
+            // for plugins/static-assets-py). Only a count: nothing is
+            // reserved per core instance.
+            .total_core_instances(max_instances.saturating_mul(CORE_INSTANCES_PER_PLUGIN))
             .total_memories(max_instances.saturating_mul(2))
             .total_tables(max_instances.saturating_mul(4))
             .max_memory_size(MAX_GUEST_MEMORY)

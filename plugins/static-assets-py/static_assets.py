@@ -1,0 +1,191 @@
+"""The static-assets policy in Python: the same decisions as plugins/static-assets (Rust).
+
+Tracking parameters never split the cache (and the origin is sent the same
+normalised query the key holds), analytics cookies never reach the origin,
+static files without origin freshness are kept for a day, and a static file's
+cookies are noise: stripped from the request and its `Set-Cookie` from the
+stored response, so it can be shared.
+
+Plain Python with no WebAssembly imports, so it is unit-tested natively; `app.py`
+adapts it to the `cachet:policy@0.2.0` world. A request or response is anything
+with the WIT resource's methods (`method()`, `path()`, `header_all(name)`, ...).
+"""
+
+from typing import List, Optional, Tuple
+
+import cache_directives
+
+# How long a static file is kept when the origin gave no freshness.
+STATIC_TTL_SECONDS = 86_400
+
+STATIC_EXTENSIONS = (
+    "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "woff", "woff2",
+)
+TRACKING_COOKIE_PREFIXES = ("_ga", "_gid", "_gcl_", "_fbp", "_fbc", "__utm", "_hj")
+CACHEABLE_METHODS = ("GET", "HEAD")
+
+# Decisions, as plain tuples: ("cache",), ("bypass", reason); ("store", ttl),
+# ("follow-origin",), ("no-store", reason). Edits: ("set", name, value), ("remove", name).
+Decision = Tuple
+
+
+def on_request(req) -> Decision:
+    method = req.method()
+    if method not in CACHEABLE_METHODS:
+        return ("bypass", f"method {method}")
+    # Static files are the same for everyone, so their cookies are noise;
+    # elsewhere a cookie other than an analytics one may personalise the page.
+    if not is_static_path(req.path()) and has_own_cookie(req):
+        return ("bypass", "cookie on dynamic path")
+    return ("cache",)
+
+
+def request_edits(req) -> Tuple[List[Tuple], Optional[str]]:
+    """Header edits and the origin's new path and query (None: unchanged)."""
+    edits: List[Tuple] = []
+    if is_static_path(req.path()):
+        edits.append(("remove", "cookie"))
+    else:
+        kept, dropped = retain_cookies(
+            req.header_all("cookie"), lambda name: not is_tracking_cookie(name)
+        )
+        if dropped:
+            edits.append(("set", "cookie", kept) if kept else ("remove", "cookie"))
+    # The origin gets the query the key holds: no tracking parameters, sorted.
+    query = req.query() or ""
+    normalized = normalized_query(query)
+    path_and_query = None
+    if query != normalized:
+        path_and_query = f"{req.path()}?{normalized}" if normalized else req.path()
+    return edits, path_and_query
+
+
+def cache_key(req) -> List[str]:
+    parts = [req.host(), req.path()]
+    query = normalized_query(req.query() or "")
+    if query:
+        parts.append(query)
+    return parts
+
+
+def on_response(req, resp) -> Decision:
+    if not is_static_path(req.path()):
+        return ("follow-origin",)
+    directives = cache_directives.select(resp.header_all)
+    if directives is not None and directives.has("no-store"):
+        return ("no-store", "origin sent no-store")
+    if directives is not None and directives.has("private"):
+        return ("no-store", "origin sent private")
+    # Only fill in missing freshness. An origin that asked for revalidation
+    # (no-cache) keeps RFC 9111 handling. A Set-Cookie does not matter:
+    # `response_edits` strips it before the host judges.
+    has_expires = bool(resp.header_all("expires"))
+    if directives is None:
+        explicit = has_expires
+    else:
+        explicit = directives.has_explicit_freshness(has_expires)
+    no_cache = directives is not None and directives.has("no-cache")
+    if resp.status() != 200 or explicit or no_cache:
+        return ("follow-origin",)
+    return ("store", STATIC_TTL_SECONDS)
+
+
+def response_edits(req) -> List[Tuple]:
+    """A static file is the same for everyone: a cookie it sets would be handed
+    to every visitor, and keeps the host from storing it."""
+    return [("remove", "set-cookie")] if is_static_path(req.path()) else []
+
+
+def vary_value(req, name: str) -> Optional[str]:
+    """Origins vary static files on Accept-Encoding; every browser spells it
+    differently, but only the best encoding offered matters."""
+    if name != "accept-encoding":
+        return None
+    return preferred_encoding(req.header_all("accept-encoding"))
+
+
+# ------------------------------------------------------------ the pieces
+
+def is_static_path(path: str) -> bool:
+    last_segment = path.rsplit("/", 1)[-1]
+    if "." not in last_segment:
+        return False
+    extension = last_segment.rsplit(".", 1)[1]
+    return any(_ascii_equal(extension, known) for known in STATIC_EXTENSIONS)
+
+
+def is_tracking_cookie(name: str) -> bool:
+    return name.startswith(TRACKING_COOKIE_PREFIXES)
+
+
+def is_tracking_parameter(name: str) -> bool:
+    return (
+        _ascii_equal(name[:4], "utm_")
+        or _ascii_equal(name, "fbclid")
+        or _ascii_equal(name, "gclid")
+    )
+
+
+def normalized_query(raw: str) -> str:
+    """Tracking parameters removed, the rest sorted by name (stably: repeated
+    names keep their order, since `x=1&x=2` and `x=2&x=1` can differ)."""
+    params = [pair for pair in raw.split("&") if pair]
+    kept = [pair for pair in params if not is_tracking_parameter(pair.split("=", 1)[0])]
+    # Code-point order is UTF-8 byte order, so this sorts as the Rust SDK does.
+    kept.sort(key=lambda pair: pair.split("=", 1)[0])
+    return "&".join(kept)
+
+
+def has_own_cookie(req) -> bool:
+    """Whether the request carries a cookie other than an analytics one."""
+    for line in req.header_all("cookie"):
+        for pair in line.split(";"):
+            if "=" in pair and not is_tracking_cookie(pair.split("=", 1)[0].strip()):
+                return True
+    return False
+
+
+def retain_cookies(lines: List[str], keep) -> Tuple[str, bool]:
+    """The `name=value` pairs `keep(name)` accepts, joined with "; ", and whether
+    any pair was dropped (a pair without `=` is dropped)."""
+    kept, dropped = [], False
+    for line in lines:
+        for pair in line.split(";"):
+            pair = pair.strip()
+            if not pair:
+                continue
+            if "=" in pair and keep(pair.split("=", 1)[0].strip()):
+                kept.append(pair)
+            else:
+                dropped = True
+    return "; ".join(kept), dropped
+
+
+def preferred_encoding(lines: List[str]) -> str:
+    def accepted(wanted: str) -> bool:
+        for line in lines:
+            for item in line.split(","):
+                coding, *params = item.split(";")
+                refused = any(_is_zero_q(param.strip()) for param in params)
+                if _ascii_equal(coding.strip(), wanted) and not refused:
+                    return True
+        return False
+
+    for coding in ("br", "gzip"):
+        if accepted(coding):
+            return coding
+    return "identity"
+
+
+def _is_zero_q(param: str) -> bool:
+    # float() also takes "0_0" and "infinity"; an HTTP qvalue is digits and a dot.
+    if not param.startswith("q=") or "_" in param:
+        return False
+    try:
+        return float(param[2:].strip()) == 0.0
+    except ValueError:
+        return False
+
+
+def _ascii_equal(a: str, b: str) -> bool:
+    return cache_directives._ascii_lower(a) == cache_directives._ascii_lower(b)
