@@ -4,56 +4,15 @@
 
 mod support;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::client::{send, Resp};
 use support::origin::{Origin, Reply};
 use support::proxy::{Proxy, TenantSpec};
+use support::redis::{Redis, RedisTls};
+use support::tls::TestCa;
 use support::{free_port, plugin};
 
 const TOKEN: &str = "shared-tier-token";
-
-/// A `redis-server` this test started, stopped by its PID when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/install-deps.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, port }
-    }
-
-    /// Stops the server now (SIGKILL by PID): an outage, not a shutdown.
-    fn kill(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Bodies name the path, the language and how many times the origin was asked.
 fn origin() -> Origin {
@@ -79,15 +38,20 @@ fn origin() -> Origin {
 }
 
 fn node(origin: &Origin, redis_port: u16) -> Proxy {
-    let proxy = Proxy::start_with_server(
-        &format!("admin_token = \"{TOKEN}\""),
-        &format!(
-            "max_bytes = \"16MiB\"\n[cache.shared]\nurl = \"redis://127.0.0.1:{redis_port}\"\nkey_prefix = \"test{redis_port}:\"\nop_timeout = \"200ms\"\n[plugins]\nwatch = false"
-        ),
-        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
-    );
+    let proxy = node_with(origin, &format!("url = \"redis://127.0.0.1:{redis_port}\""));
     wait_connected(&proxy, true);
     proxy
+}
+
+/// A node whose `[cache.shared]` table holds `shared` (the url and any TLS keys).
+fn node_with(origin: &Origin, shared: &str) -> Proxy {
+    Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"16MiB\"\n[cache.shared]\n{shared}\nkey_prefix = \"test:\"\nop_timeout = \"200ms\"\n[plugins]\nwatch = false"
+        ),
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    )
 }
 
 fn shared_stats(proxy: &Proxy) -> serde_json::Value {
@@ -303,5 +267,68 @@ fn a_redis_outage_fails_no_request_and_sharing_resumes() {
     assert!(
         took < Duration::from_secs(1),
         "A dropped /after after {took:?}"
+    );
+}
+
+/// `rediss://`: two nodes trusting the test CA share an object through a TLS-only
+/// `redis-server`; a node trusting another CA never talks to it, and still answers from the
+/// origin (each failed lookup counted as an error).
+#[test]
+fn nodes_share_over_tls_and_a_wrong_ca_shares_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("cachet test redis CA");
+    let (cert, key) = ca.leaf(&["127.0.0.1"]).write(dir.path(), "redis");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let wrong_file = dir.path().join("wrong-ca.pem");
+    std::fs::write(&wrong_file, TestCa::new("some other CA").pem()).unwrap();
+    let redis = Redis::start_tls(
+        free_port(),
+        &RedisTls {
+            cert: &cert,
+            key: &key,
+            ca: &ca_file,
+        },
+    );
+    let shared = |ca: &std::path::Path| {
+        format!(
+            "url = \"rediss://127.0.0.1:{}\"\nca = {:?}",
+            redis.port,
+            ca.display().to_string()
+        )
+    };
+    let origin = origin();
+    let a = node_with(&origin, &shared(&ca_file));
+    let b = node_with(&origin, &shared(&ca_file));
+    wait_connected(&a, true);
+    wait_connected(&b, true);
+    share(&a, &b, &origin, "/over-tls");
+    // Purges travel over the same TLS connections.
+    purge(&b, "/over-tls", &[]);
+    let took = time_until_not_hit(&a, "/over-tls");
+    assert!(took < Duration::from_secs(1), "A dropped it after {took:?}");
+    assert_eq!(origin.hits_for("/over-tls"), 2);
+    for stats in [shared_stats(&a), shared_stats(&b)] {
+        assert_eq!(stats["errors"], 0, "{stats}");
+    }
+
+    share(&a, &b, &origin, "/shared-again");
+    let c = node_with(&origin, &shared(&wrong_file));
+    let resp = get(&c, "/shared-again", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=miss"),
+        "a node that cannot verify Redis must not share: {}",
+        resp.cache_status()
+    );
+    assert!(resp.text().starts_with("/shared-again"), "{}", resp.text());
+    assert_eq!(origin.hits_for("/shared-again"), 2);
+    let stats = shared_stats(&c);
+    assert_eq!(stats["connected"], false, "{stats}");
+    assert_eq!(stats["hits"], 0, "{stats}");
+    assert!(stats["errors"].as_u64().unwrap() > 0, "{stats}");
+    assert!(
+        c.log().contains("certificate") || c.log().contains("Certificate"),
+        "the log names the certificate problem:\n{}",
+        c.log()
     );
 }

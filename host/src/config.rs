@@ -9,7 +9,7 @@ mod upstream;
 
 pub use listener::{CertPaths, ListenerConfig};
 pub use origin::OriginConfig;
-pub use tiers::{DiskTierConfig, SharedTierConfig};
+pub use tiers::{ClientCert, DiskTierConfig, SharedTierConfig};
 pub use upstream::{Balance, PoolConfig, UpstreamTarget, UpstreamTls};
 
 use crate::policy::PluginLimits;
@@ -458,7 +458,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             )?
             .map_or(Duration::from_secs(5), |(d, _)| d),
         disk: located.disk_tier(base, raw.cache.disk)?,
-        shared: located.shared_tier(raw.cache.shared)?,
+        shared: located.shared_tier(base, raw.cache.shared)?,
     };
 
     if raw.tenants.is_empty() {

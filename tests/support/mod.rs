@@ -9,6 +9,7 @@ pub mod http2_client;
 pub mod origin;
 pub mod proxy;
 pub mod raw;
+pub mod redis;
 pub mod tls;
 pub mod wire;
 

@@ -34,6 +34,11 @@ pub(super) struct RawShared {
     key_prefix: Option<String>,
     max_object_bytes: Option<Spanned<ByteSize>>,
     op_timeout: Option<Spanned<DurationValue>>,
+    /// PEM CA certificates trusted for `rediss://` instead of the system's.
+    ca: Option<Spanned<String>>,
+    /// A client certificate chain and its key, for servers that ask for one.
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
 }
 
 /// The disk tier: a foyer block store in `path`, at most `max_bytes` on disk.
@@ -46,7 +51,7 @@ pub struct DiskTierConfig {
 /// The shared tier: a Redis (or Valkey) server several cachet nodes use.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SharedTierConfig {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`, or `rediss://` for TLS (the certificate is always verified).
     pub url: String,
     /// Overrides a password in the URL.
     pub password: Option<String>,
@@ -56,6 +61,17 @@ pub struct SharedTierConfig {
     pub max_object_bytes: usize,
     /// Longest a lookup or write waits for Redis.
     pub op_timeout: Duration,
+    /// PEM roots trusted instead of the system's (`rediss://` only).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate chain and private key presented to the server (`rediss://` only).
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate for TLS to Redis, as PEM; the key never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
 }
 
 impl fmt::Debug for SharedTierConfig {
@@ -67,6 +83,8 @@ impl fmt::Debug for SharedTierConfig {
             .field("key_prefix", &self.key_prefix)
             .field("max_object_bytes", &self.max_object_bytes)
             .field("op_timeout", &self.op_timeout)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<set>"))
+            .field("client_cert", &self.client_cert.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -98,19 +116,30 @@ impl Locator<'_> {
 
     pub(super) fn shared_tier(
         &self,
+        base: &Path,
         raw: Option<RawShared>,
     ) -> Result<Option<SharedTierConfig>, ConfigError> {
         let Some(raw) = raw else {
             return Ok(None);
         };
         let url = raw.url.get_ref().trim();
-        if !url.starts_with("redis://") {
+        let tls = url.starts_with("rediss://");
+        if !tls && !url.starts_with("redis://") {
             return Err(self.at(
                 raw.url.span(),
                 "cache.shared.url",
-                format!("{url:?} is not a redis:// URL (TLS to Redis is not supported yet)"),
+                format!("{url:?} is not a redis:// or rediss:// URL"),
             ));
         }
+        // The redis crate reads `#insecure` as "skip certificate checks": never offered.
+        if url.contains('#') {
+            return Err(self.at(
+                raw.url.span(),
+                "cache.shared.url",
+                format!("{url:?}: a URL fragment is not accepted (TLS is always verified)"),
+            ));
+        }
+        let (ca_pem, client_cert) = self.shared_tls(base, tls, &raw)?;
         let max_object_bytes = match &raw.max_object_bytes {
             Some(b) if b.get_ref().as_u64() > MAX_SHARED_OBJECT => {
                 return Err(self.at(
@@ -142,6 +171,67 @@ impl Locator<'_> {
             key_prefix: raw.key_prefix.unwrap_or_else(|| "cachet:".to_owned()),
             max_object_bytes: max_object_bytes as usize,
             op_timeout,
+            ca_pem,
+            client_cert,
         }))
+    }
+
+    /// `ca`, `tls_cert` and `tls_key` of `[cache.shared]`: only with `rediss://`; read and
+    /// parsed here so a bad file is reported with its key and line.
+    fn shared_tls(
+        &self,
+        base: &Path,
+        tls: bool,
+        raw: &RawShared,
+    ) -> Result<(Option<Vec<u8>>, Option<ClientCert>), ConfigError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        if !tls {
+            for (key, value) in [
+                ("cache.shared.ca", &raw.ca),
+                ("cache.shared.tls_cert", &raw.tls_cert),
+                ("cache.shared.tls_key", &raw.tls_key),
+            ] {
+                if let Some(value) = value {
+                    return Err(self.at(value.span(), key, "needs a rediss:// url"));
+                }
+            }
+            return Ok((None, None));
+        }
+        let ca_pem = match &raw.ca {
+            Some(path) => Some(self.ca_file(base, "cache.shared.ca", path)?.pem),
+            None => None,
+        };
+        let Some(paths) = self.cert_paths(base, "cache.shared", &raw.tls_cert, &raw.tls_key)?
+        else {
+            return Ok((ca_pem, None));
+        };
+        let read = |path: &Path, value: &Option<Spanned<String>>, key: &str| {
+            let span = value.as_ref().map_or(0..0, |v| v.span());
+            std::fs::read(path)
+                .map_err(|e| self.at(span, key, format!("cannot read {}: {e}", path.display())))
+        };
+        let cert_pem = read(&paths.cert, &raw.tls_cert, "cache.shared.tls_cert")?;
+        let key_pem = read(&paths.key, &raw.tls_key, "cache.shared.tls_key")?;
+        let certs = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_default();
+        if certs.is_empty() {
+            let span = raw.tls_cert.as_ref().map_or(0..0, |v| v.span());
+            return Err(self.at(
+                span,
+                "cache.shared.tls_cert",
+                format!("{} holds no PEM certificate", paths.cert.display()),
+            ));
+        }
+        if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
+            let span = raw.tls_key.as_ref().map_or(0..0, |v| v.span());
+            return Err(self.at(
+                span,
+                "cache.shared.tls_key",
+                format!("{} holds no PEM private key", paths.key.display()),
+            ));
+        }
+        Ok((ca_pem, Some(ClientCert { cert_pem, key_pem })))
     }
 }

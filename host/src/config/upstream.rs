@@ -165,7 +165,9 @@ impl Locator<'_> {
             }
         };
         let ca = match raw.upstream_ca {
-            Some(path) => Some(Arc::new(self.ca_file(base, path)?)),
+            Some(path) => Some(Arc::new(
+                self.ca_file(base, "tenant.upstream_ca", path)?.ders,
+            )),
             None => None,
         };
         Ok(Upstreams {
@@ -285,11 +287,16 @@ impl Locator<'_> {
         })
     }
 
-    /// Reads PEM certificates; each must parse as X.509.
-    fn ca_file(&self, base: &Path, value: &Spanned<String>) -> Result<Vec<Vec<u8>>, ConfigError> {
+    /// Reads PEM certificates for `key` (`tenant.upstream_ca`, `cache.shared.ca`); each
+    /// must parse as X.509.
+    pub(super) fn ca_file(
+        &self,
+        base: &Path,
+        key: &str,
+        value: &Spanned<String>,
+    ) -> Result<CaFile, ConfigError> {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::CertificateDer;
-        let key = "tenant.upstream_ca";
         let path = base.join(value.get_ref());
         let pem = std::fs::read(&path).map_err(|e| {
             self.at(
@@ -323,6 +330,12 @@ impl Locator<'_> {
                 ),
             ));
         }
-        Ok(certs)
+        Ok(CaFile { pem, ders: certs })
     }
+}
+
+/// A CA file as read and checked: the PEM text and each certificate's DER.
+pub(super) struct CaFile {
+    pub(super) pem: Vec<u8>,
+    pub(super) ders: Vec<Vec<u8>>,
 }

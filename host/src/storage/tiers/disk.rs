@@ -203,6 +203,21 @@ impl Tier for DiskTier {
         }
     }
 
+    async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String> {
+        let Some(store) = self.store.get() else {
+            return Ok(false);
+        };
+        Ok(keys.iter().all(|key| store.cache.contains(key.as_bytes())))
+    }
+
+    fn remove_chunks(&self, keys: &[TierKey]) {
+        if let Some(store) = self.store.get() {
+            for key in keys {
+                store.cache.remove(key.as_bytes());
+            }
+        }
+    }
+
     async fn put(&self, key: &TierKey, value: Bytes, _lifetime: Duration) -> Result<(), String> {
         let Some(store) = self.store.get() else {
             return Err("not open yet (another process holds the folder)".into());

@@ -1,7 +1,9 @@
-//! A hit served from an L2 tier: the body is in memory (promoted into L1 as well), and the
-//! handler names the tier so the proxy can say which one answered.
+//! A hit served from an L2 tier: a small body is in memory (promoted into L1 as well), a
+//! large one streams chunk by chunk ([`super::chunked_hit`]); the handler names the tier so
+//! the proxy can say which one answered.
 
 use super::super::hit::CompleteHit;
+use super::chunked_hit::ChunkStream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::storage::{HandleHit, HitHandler, Storage};
@@ -11,14 +13,26 @@ use pingora_error::Result;
 use std::any::Any;
 
 pub(crate) struct TierHit {
-    body: CompleteHit,
+    body: Source,
     tier: &'static str,
+}
+
+enum Source {
+    Memory(CompleteHit),
+    Chunks(Box<ChunkStream>),
 }
 
 impl TierHit {
     pub(crate) fn new(body: Bytes, tier: &'static str) -> Self {
         Self {
-            body: CompleteHit::new(body),
+            body: Source::Memory(CompleteHit::new(body)),
+            tier,
+        }
+    }
+
+    pub(crate) fn chunked(body: ChunkStream, tier: &'static str) -> Self {
+        Self {
+            body: Source::Chunks(Box::new(body)),
             tier,
         }
     }
@@ -32,7 +46,10 @@ pub fn tier_of(hit: &HitHandler) -> Option<&'static str> {
 #[async_trait]
 impl HandleHit for TierHit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        self.body.read_body().await
+        match &mut self.body {
+            Source::Memory(body) => body.read_body().await,
+            Source::Chunks(body) => body.read_body().await,
+        }
     }
 
     async fn finish(
@@ -49,7 +66,10 @@ impl HandleHit for TierHit {
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        self.body.seek(start, end)
+        match &mut self.body {
+            Source::Memory(body) => body.seek(start, end),
+            Source::Chunks(body) => body.seek(start, end),
+        }
     }
 
     // Promotion into L1 already counted the access.

@@ -69,6 +69,18 @@ impl TierKey {
         std::str::from_utf8(self.0.get(3..3 + len)?).ok()
     }
 
+    /// The name of chunk `index` of the copy written at `written_at` (see `chunks`): the
+    /// object's name, a separator and both numbers. Never a valid object name (its length
+    /// does not add up), so it cannot collide with one.
+    pub(crate) fn chunk(&self, written_at: u64, index: u32) -> Self {
+        let mut bytes = Vec::with_capacity(self.0.len() + 13);
+        bytes.extend_from_slice(&self.0);
+        bytes.push(b'#');
+        bytes.extend_from_slice(&written_at.to_be_bytes());
+        bytes.extend_from_slice(&index.to_be_bytes());
+        Self(bytes)
+    }
+
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }

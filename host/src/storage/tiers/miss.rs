@@ -84,16 +84,17 @@ impl HandleMiss for TieredMiss {
         } = *self;
         let finished = l1.finish().await?;
         let lifetime = keep_until.duration_since(SystemTime::now()).ok();
+        // Encoding (and cutting large bodies into chunks) happens on the writer task.
         if let (Some((internal, header)), Some(body), Some(lifetime)) = (meta, body, lifetime) {
-            if let Some(value) = record::encode_parts(&internal, &header, &body, written_at) {
-                tiers.submit(Job {
-                    key,
-                    value,
-                    lifetime,
-                    written_at,
-                    tags,
-                });
-            }
+            tiers.submit(Job {
+                key,
+                internal,
+                header,
+                body,
+                lifetime,
+                written_at,
+                tags,
+            });
         }
         Ok(finished)
     }

@@ -10,6 +10,8 @@
 //!
 //! Without L2 tiers every call goes straight to L1.
 
+mod chunked_hit;
+mod chunks;
 mod disk;
 mod hit;
 mod key;

@@ -1,11 +1,13 @@
 //! An object as the L2 tiers keep it: one value holding pingora's own serialization of the
 //! meta (freshness, stale windows, variance, the header with its purge tags) and the body.
+//! Bodies over [`chunks::SINGLE_MAX`] are stored as a head and chunks instead ([`chunks`]).
 //!
 //! `[magic (4), written_at ns (8), internal len (4), header len (4), body len (8),
 //! internal, header, body]`. Every length is checked on decode: a value that does not add up
 //! (truncated, corrupted, another format) is an error, which the tier layer treats as a miss
 //! and removes.
 
+use super::chunks::{self, Plan};
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora_cache::CacheMeta;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,15 +18,17 @@ const FIXED: usize = 4 + 8 + 4 + 4 + 8;
 /// A decoded object.
 pub(crate) struct Record {
     pub(crate) meta: CacheMeta,
-    pub(crate) body: Bytes,
+    pub(crate) body: Body,
     /// When the fill that produced it started (ns since the epoch): purges recorded later win.
     pub(crate) written_at: u64,
 }
 
-/// Encodes meta and body; `None` when pingora cannot serialize the meta.
-pub(crate) fn encode(meta: &CacheMeta, body: &[Bytes], written_at: u64) -> Option<Bytes> {
-    let (internal, header) = meta.serialize().ok()?;
-    encode_parts(&internal, &header, body, written_at)
+/// Where a decoded object's body is.
+pub(crate) enum Body {
+    /// In the value itself (a slice of it).
+    Whole(Bytes),
+    /// In chunks, read as the client reads.
+    Chunked(Plan),
 }
 
 /// Encodes a meta pingora already serialized (`CacheMeta::serialize`) and a body.
@@ -49,8 +53,19 @@ pub(crate) fn encode_parts(
     Some(out.freeze())
 }
 
-/// Decodes a stored value; the body is a slice of `value`, not a copy.
+/// Decodes a stored value: a whole object (the body a slice of `value`, not a copy) or the
+/// head of a chunked one.
 pub(crate) fn decode(value: Bytes) -> Result<Record, String> {
+    if value.starts_with(chunks::HEAD_MAGIC) {
+        let head = chunks::decode_head(&value)?;
+        let meta =
+            CacheMeta::deserialize(head.internal, head.header).map_err(|e| format!("meta: {e}"))?;
+        return Ok(Record {
+            meta,
+            written_at: head.plan.written_at,
+            body: Body::Chunked(head.plan),
+        });
+    }
     if value.len() < FIXED || &value[..4] != MAGIC {
         return Err("not a cachet object".into());
     }
@@ -72,7 +87,7 @@ pub(crate) fn decode(value: Bytes) -> Result<Record, String> {
     let internal = &value[FIXED..FIXED + internal_len];
     let header = &value[FIXED + internal_len..FIXED + internal_len + header_len];
     let meta = CacheMeta::deserialize(internal, header).map_err(|e| format!("meta: {e}"))?;
-    let body = value.slice(FIXED + internal_len + header_len..);
+    let body = Body::Whole(value.slice(FIXED + internal_len + header_len..));
     Ok(Record {
         meta,
         body,
@@ -108,6 +123,12 @@ pub(crate) fn lifetime(meta: &CacheMeta) -> Option<Duration> {
 }
 
 #[cfg(test)]
+fn encode(meta: &CacheMeta, body: &[Bytes], written_at: u64) -> Option<Bytes> {
+    let (internal, header) = meta.serialize().ok()?;
+    encode_parts(&internal, &header, body, written_at)
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use pingora::http::ResponseHeader;
@@ -124,7 +145,10 @@ mod tests {
         let body = [Bytes::from_static(b"hello "), Bytes::from_static(b"world")];
         let value = encode(&meta(), &body, 42).unwrap();
         let record = decode(value).unwrap();
-        assert_eq!(&record.body[..], b"hello world");
+        let Body::Whole(whole) = &record.body else {
+            panic!("a small body is stored whole");
+        };
+        assert_eq!(&whole[..], b"hello world");
         assert_eq!(record.written_at, 42);
         assert_eq!(record.meta.stale_if_error_sec(), 10);
         assert_eq!(record.meta.headers().get("cachet-tags").unwrap(), "a b");

@@ -28,6 +28,9 @@ use std::time::Duration;
 
 /// Purge fan-out is worth a longer wait than a lookup: it is not on a client's path.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A chunk read while a response is under way may wait this long: failing it aborts the
+/// response, so a slow answer is better than none.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach Redis again for the purge channel.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
 
@@ -129,7 +132,7 @@ impl SharedTier {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info).context("cache.shared.url")?;
+        let client = client(info, config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.op_timeout.max(Duration::from_millis(100))))
             .set_response_timeout(Some(config.op_timeout))
@@ -185,6 +188,42 @@ impl Tier for SharedTier {
         cmd.cmd("GET").arg(self.object_key(key));
         let (value,): (Option<Vec<u8>>,) = self.conn.run(self.op_timeout, cmd).await?;
         Ok(value.map(Bytes::from))
+    }
+
+    async fn get_chunk(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
+        let mut cmd = redis::pipe();
+        cmd.cmd("GET").arg(self.object_key(key));
+        let limit = self.op_timeout.max(CHUNK_TIMEOUT);
+        let (value,): (Option<Vec<u8>>,) = self.conn.run(limit, cmd).await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String> {
+        let mut cmd = redis::pipe();
+        let exists = cmd.cmd("EXISTS");
+        for key in keys {
+            exists.arg(self.object_key(key));
+        }
+        let (found,): (usize,) = self.conn.run(self.op_timeout, cmd).await?;
+        Ok(found == keys.len())
+    }
+
+    fn remove_chunks(&self, keys: &[TierKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut cmd = redis::pipe();
+        let del = cmd.cmd("DEL");
+        for key in keys {
+            del.arg(self.object_key(key));
+        }
+        del.ignore();
+        self.conn.spawn(
+            &self.runtime,
+            self.op_timeout.max(PURGE_TIMEOUT),
+            cmd,
+            "a chunk delete",
+        );
     }
 
     async fn put(&self, key: &TierKey, value: Bytes, lifetime: Duration) -> Result<(), String> {
@@ -267,6 +306,22 @@ impl Tier for SharedTier {
     }
 }
 
+/// The client for `info`: plain, or for `rediss://` with the configured roots (the system's
+/// otherwise) and client certificate. Certificates are always verified.
+fn client(info: redis::ConnectionInfo, config: &SharedTierConfig) -> anyhow::Result<redis::Client> {
+    if !config.url.starts_with("rediss://") {
+        return redis::Client::open(info).context("cache.shared.url");
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: config.client_cert.as_ref().map(|c| redis::ClientTlsConfig {
+            client_cert: c.cert_pem.clone(),
+            client_key: c.key_pem.clone(),
+        }),
+        root_cert: config.ca_pem.clone(),
+    };
+    redis::Client::build_with_tls(info, certificates).context("cache.shared: TLS settings")
+}
+
 /// Keeps this node subscribed to the purge channel, reconnecting after any failure. On each
 /// (re)connection it first reads the kept marks, so purges made while it was cut off apply.
 async fn subscribe(
@@ -279,6 +334,8 @@ async fn subscribe(
 ) {
     // Purges newer than this reached Redis while this node was not listening.
     let mut missed_since: Option<u64> = None;
+    // Each different failure is logged once (a down Redis would flood the log otherwise).
+    let mut last_error = String::new();
     loop {
         let listened = listen(
             &client,
@@ -289,11 +346,17 @@ async fn subscribe(
             &subscribed,
             &mut missed_since,
         );
-        if let Err(e) = listened.await {
-            tracing::debug!("shared tier: purge channel: {e}");
+        match listened.await {
+            Err(e) if e != last_error => {
+                tracing::warn!("shared tier: cannot reach Redis: {e}");
+                last_error = e;
+            }
+            Err(e) => tracing::debug!("shared tier: purge channel: {e}"),
+            Ok(()) => {}
         }
         if subscribed.swap(false, Relaxed) {
             tracing::warn!("shared tier: lost the purge channel; reconnecting");
+            last_error.clear();
         }
         missed_since.get_or_insert_with(super::record::now_ns);
         tokio::time::sleep(RESUBSCRIBE_PAUSE).await;

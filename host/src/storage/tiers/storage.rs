@@ -1,13 +1,16 @@
 //! pingora-cache's `Storage` trait for [`TieredStorage`].
 
+use super::chunked_hit::{ChunkStream, Promotion};
+use super::chunks::Plan;
 use super::hit::TierHit;
 use super::key::TierKey;
 use super::miss::TieredMiss;
 use super::purges::{Purge, Target, Verdict};
-use super::record::{self, Record};
+use super::record::{self, Body, Record};
 use super::tier::{Tier, TierCounters};
 use super::TieredStorage;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora_cache::key::CompactCacheKey;
 use pingora_cache::storage::{
     HandleMiss, HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage,
@@ -21,10 +24,20 @@ use std::sync::Arc;
 
 type Hit = Option<(CacheMeta, HitHandler)>;
 
+/// A copy found in an L2 tier, ready to serve.
+struct Found<'a> {
+    record: Record,
+    tier: &'a Arc<dyn Tier>,
+    /// For a chunked body: its first chunk, read and checked.
+    first: Option<Bytes>,
+}
+
 impl TieredStorage {
     /// The first L2 copy of `key` the purge marks let through, with the tier holding it.
-    /// Corrupt copies and copies a purge removed are deleted from their tier on the way.
-    async fn find_in_tiers(&self, key: &CacheKey) -> Option<(Record, &Arc<dyn Tier>)> {
+    /// Corrupt copies and copies a purge removed are deleted from their tier on the way; a
+    /// chunked copy counts only when all its chunks are there and the first one checks out
+    /// (nothing has been sent yet, so an incomplete one is simply a miss).
+    async fn find_in_tiers(&self, key: &CacheKey) -> Option<Found<'_>> {
         let name = TierKey::of(key);
         for tier in self.tiers.iter() {
             let counters = tier.counters();
@@ -60,11 +73,32 @@ impl TieredStorage {
                     TierCounters::bump(&counters.purged);
                     TierCounters::bump(&counters.misses);
                     tier.remove(&name);
+                    if let Body::Chunked(plan) = &found.body {
+                        tier.remove_chunks(&plan.keys(&name));
+                    }
                     continue;
                 }
             }
+            let first = match &found.body {
+                Body::Whole(_) => None,
+                Body::Chunked(plan) => match open_chunks(tier, &name, plan).await {
+                    Ok(first) => Some(first),
+                    Err(e) => {
+                        TierCounters::bump(&counters.errors);
+                        TierCounters::bump(&counters.misses);
+                        tracing::warn!(tier = tier.name(), "incomplete large object: {e}");
+                        tier.remove(&name);
+                        tier.remove_chunks(&plan.keys(&name));
+                        continue;
+                    }
+                },
+            };
             TierCounters::bump(&counters.hits);
-            return Some((found, tier));
+            return Some(Found {
+                record: found,
+                tier,
+                first,
+            });
         }
         None
     }
@@ -116,14 +150,32 @@ impl Storage for TieredStorage {
             self.l1_hits.fetch_add(1, Relaxed);
             return Ok(hit);
         }
-        let Some((found, tier)) = self.find_in_tiers(key).await else {
+        let Some(Found {
+            record,
+            tier,
+            first,
+        }) = self.find_in_tiers(key).await
+        else {
             return Ok(None);
         };
-        self.l1.promote(key, &found.meta, found.body.clone());
-        Ok(Some((
-            found.meta,
-            Box::new(TierHit::new(found.body, tier.name())),
-        )))
+        let hit = match (record.body, first) {
+            (Body::Whole(body), _) => {
+                self.l1.promote(key, &record.meta, body.clone());
+                TierHit::new(body, tier.name())
+            }
+            (Body::Chunked(plan), Some(first)) => {
+                // Promoted once served whole, if L1 would take it at all.
+                let fits = plan.body_len <= self.l1.max_object_size(&key.user_tag);
+                let promotion = fits
+                    .then(|| Promotion::new(self.l1, key, &record.meta))
+                    .flatten();
+                let stream =
+                    ChunkStream::new(tier.clone(), TierKey::of(key), plan, first, promotion);
+                TierHit::chunked(stream, tier.name())
+            }
+            (Body::Chunked(_), None) => return Ok(None),
+        };
+        Ok(Some((record.meta, Box::new(hit))))
     }
 
     async fn lookup_streaming_write(
@@ -217,17 +269,32 @@ impl TieredStorage {
         if body.len() > self.max_value() {
             return;
         }
-        let Some(value) = record::encode(&meta, &[body], written_at) else {
+        let Ok((internal, header)) = meta.serialize() else {
             return;
         };
         self.submit(super::writer::Job {
             key: TierKey::of(key),
-            value,
+            internal,
+            header,
+            body: vec![body],
             lifetime,
             written_at,
             tags: super::super::tags::parse(meta.headers()),
         });
     }
+}
+
+/// Checks that every chunk of `plan` is stored and that the first one checks out; returns
+/// the first one as stored (the stream checks every chunk it serves).
+async fn open_chunks(tier: &Arc<dyn Tier>, name: &TierKey, plan: &Plan) -> Result<Bytes, String> {
+    if !tier.contains_all(&plan.keys(name)).await? {
+        return Err("a chunk is missing".into());
+    }
+    let Some(value) = tier.get_chunk(&plan.key(name, 0)).await? else {
+        return Err("chunk 0 is missing".into());
+    };
+    plan.verify(0, &value)?;
+    Ok(value)
 }
 
 fn target_key<'a>(target: &PurgeTarget<'a>) -> Option<&'a CompactCacheKey> {

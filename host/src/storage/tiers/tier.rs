@@ -16,6 +16,20 @@ pub(crate) trait Tier: Send + Sync + 'static {
     /// The stored value, `Ok(None)` on a miss. Errors are counted by the caller and are misses.
     async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String>;
 
+    /// A chunk of a large body, read while a client is already receiving it: a tier may wait
+    /// longer than for a lookup (a failure now aborts a response rather than making a miss).
+    async fn get_chunk(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
+        self.get(key).await
+    }
+
+    /// Whether every one of `keys` is stored (a chunked body's parts, checked before its
+    /// head is sent).
+    async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String>;
+
+    /// Forgets the chunks of a body found incomplete or purged, without counting them as
+    /// objects.
+    fn remove_chunks(&self, keys: &[TierKey]);
+
     /// Stores a value that is worth keeping for `lifetime`. Runs on the tier writer, never on
     /// a client's request.
     async fn put(&self, key: &TierKey, value: Bytes, lifetime: Duration) -> Result<(), String>;

@@ -1,9 +1,13 @@
 //! Writes to the L2 tiers, off every client's path: fills hand their finished objects to a
 //! bounded queue and one task on the tier runtime stores them. A full queue drops the write
-//! (counted per tier as `dropped`); the client never waits for a tier.
+//! (counted per tier as `dropped`); the client never waits for a tier. Encoding happens
+//! here too: a large body is cut into chunks one at a time ([`super::chunks`]), written
+//! before the head that makes them visible.
 
+use super::chunks;
 use super::key::TierKey;
 use super::purges::{PurgeLog, Verdict};
+use super::record;
 use super::tier::{Tier, TierCounters};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -16,13 +20,32 @@ const QUEUE_JOBS: usize = 1024;
 /// Bytes waiting at most: the queue holds whole bodies.
 const QUEUE_BYTES: usize = 64 << 20;
 
+/// Chunks outlive their head by this much in a tier that expires values (the head is written
+/// last, and must never point at chunks that expired first).
+const CHUNK_GRACE: Duration = Duration::from_secs(5);
+
 /// One object to store in every tier it fits.
 pub(crate) struct Job {
     pub(crate) key: TierKey,
-    pub(crate) value: Bytes,
+    /// pingora's serialization of the meta (`CacheMeta::serialize`).
+    pub(crate) internal: Vec<u8>,
+    pub(crate) header: Vec<u8>,
+    /// The body as the fill produced it (shared buffers, not copies).
+    pub(crate) body: Vec<Bytes>,
     pub(crate) lifetime: Duration,
     pub(crate) written_at: u64,
     pub(crate) tags: Box<[Box<str>]>,
+}
+
+impl Job {
+    fn body_len(&self) -> usize {
+        self.body.iter().map(Bytes::len).sum()
+    }
+
+    /// What the object weighs in a tier (and in the queue).
+    pub(crate) fn size(&self) -> usize {
+        self.body_len() + self.internal.len() + self.header.len()
+    }
 }
 
 pub(crate) struct Writer {
@@ -43,7 +66,7 @@ impl Writer {
         runtime.spawn(async move {
             while let Some(job) = jobs.recv().await {
                 store(&task_tiers, &purges, &job).await;
-                task_bytes.fetch_sub(job.value.len(), Relaxed);
+                task_bytes.fetch_sub(job.size(), Relaxed);
             }
         });
         Self {
@@ -55,7 +78,7 @@ impl Writer {
 
     /// Queues `job`, or drops it when the queue is full.
     pub(crate) fn submit(&self, job: Job) {
-        let len = job.value.len();
+        let len = job.size();
         let before = self.queued_bytes.fetch_add(len, Relaxed);
         let accepted = before + len <= QUEUE_BYTES && self.queue.try_send(job).is_ok();
         if !accepted {
@@ -72,17 +95,26 @@ async fn store(tiers: &[Arc<dyn Tier>], purges: &PurgeLog, job: &Job) {
     if purges.verdict(&job.key, &job.tags, job.written_at) == Verdict::Gone {
         return;
     }
-    for tier in tiers {
-        if job.value.len() > tier.max_value() {
-            continue;
-        }
+    let size = job.size();
+    let targets: Vec<&Arc<dyn Tier>> = tiers.iter().filter(|t| size <= t.max_value()).collect();
+    if targets.is_empty() {
+        return;
+    }
+    let (head, targets) = if job.body_len() <= chunks::SINGLE_MAX {
+        let head = record::encode_parts(&job.internal, &job.header, &job.body, job.written_at);
+        (head, targets)
+    } else {
+        store_chunks(targets, job).await
+    };
+    let Some(head) = head else {
+        return;
+    };
+    for tier in targets {
         let counters = tier.counters();
-        match tier.put(&job.key, job.value.clone(), job.lifetime).await {
+        match tier.put(&job.key, head.clone(), job.lifetime).await {
             Ok(()) => {
                 TierCounters::bump(&counters.writes);
-                counters
-                    .written_bytes
-                    .fetch_add(job.value.len() as u64, Relaxed);
+                counters.written_bytes.fetch_add(size as u64, Relaxed);
             }
             Err(e) => {
                 TierCounters::bump(&counters.errors);
@@ -90,4 +122,48 @@ async fn store(tiers: &[Arc<dyn Tier>], purges: &PurgeLog, job: &Job) {
             }
         }
     }
+}
+
+/// Writes a large body's chunks to every tier in `targets`, one chunk in memory at a time.
+/// Returns the head to write after them and the tiers that took every chunk: a tier that
+/// failed one gets no head, so its stray chunks are never named and expire or are evicted.
+async fn store_chunks<'a>(
+    targets: Vec<&'a Arc<dyn Tier>>,
+    job: &Job,
+) -> (Option<Bytes>, Vec<&'a Arc<dyn Tier>>) {
+    let body_len = job.body_len();
+    let count = chunks::count_for(body_len);
+    let mut ok = vec![true; targets.len()];
+    let mut hashes = Vec::with_capacity(count);
+    for index in 0..count {
+        let (chunk, hash) = chunks::encode_chunk(&job.body, job.written_at, index);
+        hashes.push(hash);
+        let name = job.key.chunk(job.written_at, index as u32);
+        for (tier, ok) in targets.iter().zip(ok.iter_mut()) {
+            if !*ok {
+                continue;
+            }
+            if let Err(e) = tier
+                .put(&name, chunk.clone(), job.lifetime + CHUNK_GRACE)
+                .await
+            {
+                TierCounters::bump(&tier.counters().errors);
+                tracing::debug!(tier = tier.name(), "tier chunk write failed: {e}");
+                *ok = false;
+            }
+        }
+    }
+    let head = chunks::encode_head(
+        &job.internal,
+        &job.header,
+        body_len,
+        job.written_at,
+        &hashes,
+    );
+    let complete = targets
+        .into_iter()
+        .zip(ok)
+        .filter_map(|(tier, ok)| ok.then_some(tier))
+        .collect();
+    (head, complete)
 }

@@ -1,0 +1,276 @@
+//! Large bodies in the L2 tiers: stored as a head and 512 KiB chunks, served as the client
+//! reads (first byte before the whole body is read from the tier), byte-identical from the
+//! shared tier (a real `redis-server`) and from the disk tier after a restart; a damaged
+//! chunk is never served as a complete body. Real cachet processes and a real origin.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::origin::{Origin, Reply};
+use support::proxy::{Proxy, TenantSpec};
+use support::redis::Redis;
+use support::{free_port, plugin};
+
+const TOKEN: &str = "large-objects-token";
+const BIG: usize = 6 << 20;
+
+/// Bytes that never repeat a 64-byte window, so a slice of them is found once on disk.
+fn big_body() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..BIG)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn origin(body: Vec<u8>) -> Origin {
+    Origin::start(move |_| Reply::ok(body.clone()).header("Cache-Control", "public, max-age=300"))
+}
+
+/// A node with an 8 MiB object limit in L1 (so 6 MiB is cached), a disk tier in `disk` and,
+/// with `redis`, the shared tier.
+fn node(origin: &Origin, disk: &Path, redis: Option<u16>) -> Proxy {
+    let shared = redis.map_or(String::new(), |port| {
+        format!("[cache.shared]\nurl = \"redis://127.0.0.1:{port}\"\nmax_object_bytes = \"16MiB\"\nop_timeout = \"500ms\"\n")
+    });
+    Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"64MiB\"\nmax_object_bytes = \"8MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n{shared}[plugins]\nwatch = false",
+            disk.display().to_string()
+        ),
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    )
+}
+
+fn tier(proxy: &Proxy, name: &str) -> serde_json::Value {
+    let status = proxy.status();
+    status["cache"]["tiers"]
+        .as_array()
+        .expect("cache.tiers")
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no tier {name}: {status}"))
+        .clone()
+}
+
+fn wait_writes(proxy: &Proxy, name: &str, writes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tier(proxy, name)["writes"].as_u64().unwrap_or(0) < writes {
+        assert!(
+            Instant::now() < deadline,
+            "{name} writes never reached {writes}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a raw HTTP/1.1 GET got: the head, the body bytes that came before the server closed,
+/// and when the first byte and the last one arrived.
+struct Got {
+    head: String,
+    body: Vec<u8>,
+    first_byte: Duration,
+    all: Duration,
+}
+
+impl Got {
+    fn content_length(&self) -> Option<usize> {
+        self.head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+    }
+
+    fn cache_status(&self) -> &str {
+        self.head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("cache-status:"))
+            .unwrap_or("")
+    }
+
+    /// A 200 whose body is as long as its Content-Length says.
+    fn is_complete(&self) -> bool {
+        self.head.starts_with("HTTP/1.1 200") && self.content_length() == Some(self.body.len())
+    }
+}
+
+fn raw_get(proxy: &Proxy, path: &str) -> Got {
+    let addr = proxy
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: big.test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = vec![0; 64 << 10];
+    let mut first_byte = None;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                first_byte.get_or_insert_with(|| started.elapsed());
+                bytes.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    let all = started.elapsed();
+    let split = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    Got {
+        head: String::from_utf8_lossy(&bytes[..split]).into_owned(),
+        body: bytes[split..].to_vec(),
+        first_byte: first_byte.unwrap_or(all),
+        all,
+    }
+}
+
+#[test]
+fn a_large_object_streams_from_the_shared_tier_and_from_disk_after_a_restart() {
+    let body = big_body();
+    let origin = origin(body.clone());
+    let redis = Redis::start(free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = node(&origin, &dir.path().join("a"), Some(redis.port));
+    let b = node(&origin, &dir.path().join("b"), Some(redis.port));
+
+    let filled = raw_get(&a, "/big");
+    assert!(
+        filled.is_complete() && filled.body == body,
+        "{}",
+        filled.head
+    );
+    assert!(
+        filled.cache_status().contains("fwd=miss"),
+        "{}",
+        filled.head
+    );
+    wait_writes(&a, "l2-shared", 1);
+    wait_writes(&a, "l2-disk", 1);
+
+    let shared = raw_get(&b, "/big");
+    assert!(
+        shared.cache_status().ends_with(r#"detail="l2-shared""#),
+        "{}\n{}",
+        shared.head,
+        b.log()
+    );
+    assert!(shared.is_complete(), "{}", shared.head);
+    assert!(shared.body == body, "byte-identical from the shared tier");
+    eprintln!(
+        "6 MiB L2 hit from redis: first byte after {:?}, whole body after {:?}",
+        shared.first_byte, shared.all
+    );
+    // Served whole and in order, it was promoted into B's L1.
+    let promoted = raw_get(&b, "/big");
+    assert!(promoted.is_complete() && promoted.body == body);
+    assert!(
+        promoted.cache_status().contains("hit") && !promoted.cache_status().contains("detail"),
+        "{}",
+        promoted.head
+    );
+    eprintln!(
+        "the same 6 MiB from L1: first byte after {:?}, whole body after {:?}",
+        promoted.first_byte, promoted.all
+    );
+
+    assert!(a.interrupt(), "{}", a.log());
+    let a = node(&origin, &dir.path().join("a"), Some(redis.port));
+    let from_disk = raw_get(&a, "/big");
+    assert!(
+        from_disk.cache_status().ends_with(r#"detail="l2-disk""#),
+        "{}",
+        from_disk.head
+    );
+    assert!(
+        from_disk.is_complete() && from_disk.body == body,
+        "byte-identical from disk"
+    );
+    eprintln!(
+        "6 MiB L2 hit from disk: first byte after {:?}, whole body after {:?}",
+        from_disk.first_byte, from_disk.all
+    );
+    assert_eq!(origin.hits(), 1, "the origin was asked once");
+    for (proxy, name) in [(&a, "l2-disk"), (&b, "l2-shared")] {
+        let stats = tier(proxy, name);
+        assert_eq!(stats["errors"], 0, "{stats}");
+        assert_eq!(stats["corrupt"], 0, "{stats}");
+    }
+}
+
+/// The block file holding `needle`, and where.
+fn find_in_blocks(disk: &Path, needle: &[u8]) -> Option<(std::path::PathBuf, usize)> {
+    for entry in std::fs::read_dir(disk.join("blocks")).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            return Some((path, at));
+        }
+    }
+    None
+}
+
+#[test]
+fn a_damaged_chunk_is_never_served_as_a_complete_body() {
+    let body = big_body();
+    let origin = origin(body.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let mut first = node(&origin, &disk, None);
+    assert!(raw_get(&first, "/big").is_complete());
+    wait_writes(&first, "l2-disk", 1);
+    assert!(first.interrupt(), "{}", first.log());
+
+    // Damage a chunk in the middle (chunk 6 of 12): the head and chunk 0 are intact, so the
+    // response starts, and must then be cut off.
+    let middle = 3 << 20;
+    let (file, at) =
+        find_in_blocks(&disk, &body[middle..middle + 64]).expect("the body is on disk");
+    let mut bytes = std::fs::read(&file).unwrap();
+    for b in &mut bytes[at..at + 16] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&file, bytes).unwrap();
+
+    let second = node(&origin, &disk, None);
+    let damaged = raw_get(&second, "/big");
+    assert!(
+        !damaged.is_complete(),
+        "a damaged chunk must not give a complete 200: {} ({} body bytes)",
+        damaged.head,
+        damaged.body.len()
+    );
+    assert!(damaged.body.len() < BIG, "{}", damaged.body.len());
+    eprintln!(
+        "damaged chunk: {} of {BIG} bytes sent, then the connection closed ({})",
+        damaged.body.len(),
+        damaged.cache_status()
+    );
+    let stats = tier(&second, "l2-disk");
+    assert!(stats["corrupt"].as_u64().unwrap() >= 1, "{stats}");
+    // The object was removed: the next request goes to the origin and is complete.
+    let again = raw_get(&second, "/big");
+    assert!(again.is_complete() && again.body == body, "{}", again.head);
+    assert!(again.cache_status().contains("fwd=miss"), "{}", again.head);
+    assert_eq!(origin.hits(), 2);
+}

@@ -1,0 +1,83 @@
+//! A real `redis-server` on a loopback port, plain or TLS, stopped by its PID when dropped.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+/// The files a TLS `redis-server` needs: its certificate chain, key and the CA it trusts.
+pub struct RedisTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub ca: &'a Path,
+}
+
+impl Redis {
+    /// Plain TCP on `port`.
+    pub fn start(port: u16) -> Self {
+        Self::spawn(port, &["--port", &port.to_string()])
+    }
+
+    /// TLS only on `port` (`--port 0` turns plain TCP off); clients need no certificate.
+    pub fn start_tls(port: u16, tls: &RedisTls) -> Self {
+        let path = |p: &Path| p.display().to_string();
+        Self::spawn(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &path(tls.cert),
+                "--tls-key-file",
+                &path(tls.key),
+                "--tls-ca-cert-file",
+                &path(tls.ca),
+                "--tls-auth-clients",
+                "no",
+            ],
+        )
+    }
+
+    fn spawn(port: u16, args: &[&str]) -> Self {
+        let mut child = Command::new("redis-server")
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/install-deps.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("redis-server {args:?} exited: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    /// Stops the server now (SIGKILL by PID): an outage, not a shutdown.
+    pub fn kill(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
