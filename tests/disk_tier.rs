@@ -4,12 +4,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use support::client::send;
 use support::origin::{Origin, Reply};
-use support::plugin;
 use support::proxy::{Proxy, TenantSpec};
+use support::{find_in_blocks, plugin};
 
 const TOKEN: &str = "disk-tier-token";
 
@@ -248,18 +248,6 @@ fn a_second_process_waits_for_the_folder_and_then_opens_it() {
     );
     assert_eq!(later.text(), stored);
     assert_eq!(origin.hits(), 3);
-}
-
-/// The block files of a disk tier, and where `needle` first occurs in them.
-fn find_in_blocks(disk: &Path, needle: &[u8]) -> Option<(PathBuf, usize)> {
-    for entry in std::fs::read_dir(disk.join("blocks")).unwrap() {
-        let path = entry.unwrap().path();
-        let bytes = std::fs::read(&path).unwrap();
-        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
-            return Some((path, at));
-        }
-    }
-    None
 }
 
 /// Fills `/victim`, stops cachet, damages the stored copy with `damage`, starts again and

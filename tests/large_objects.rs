@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::origin::{Origin, Reply};
 use support::proxy::{Proxy, TenantSpec};
 use support::redis::Redis;
-use support::{free_port, plugin};
+use support::{find_in_blocks, free_port, plugin};
 
 const TOKEN: &str = "large-objects-token";
 const BIG: usize = 6 << 20;
@@ -216,18 +216,6 @@ fn a_large_object_streams_from_the_shared_tier_and_from_disk_after_a_restart() {
         assert_eq!(stats["errors"], 0, "{stats}");
         assert_eq!(stats["corrupt"], 0, "{stats}");
     }
-}
-
-/// The block file holding `needle`, and where.
-fn find_in_blocks(disk: &Path, needle: &[u8]) -> Option<(std::path::PathBuf, usize)> {
-    for entry in std::fs::read_dir(disk.join("blocks")).unwrap() {
-        let path = entry.unwrap().path();
-        let bytes = std::fs::read(&path).unwrap();
-        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
-            return Some((path, at));
-        }
-    }
-    None
 }
 
 #[test]
