@@ -36,7 +36,10 @@
 # policy with a 64 KiB memory tier, so nearly every 1 KiB hit is read from the disk tier
 # or from a redis-server this script starts on loopback; the notes give each tier's
 # share of the hits), cachet-wasm-fresh, cachet-wasm-reuse,
-# varnish, nginx-cache, haproxy. Scenarios: {1k,64k}-{1url,1000url}-{c16,c64}
+# varnish, nginx-cache, haproxy. Only when BENCH_ONLY names them (e.g.
+# BENCH_ONLY=static-assets,python): cachet-static-assets-{fresh,reuse} and
+# cachet-python-{fresh,reuse}, the static-assets policy in Rust and its Python
+# twin (plugins/static-assets-py, ~6 ms a fresh instance: expect ~200 req/s). Scenarios: {1k,64k}-{1url,1000url}-{c16,c64}
 # (cache hits) and miss-1k-c64 (a URL that never repeats: every request is a
 # miss that goes to the origin).
 #
@@ -121,10 +124,12 @@ case "$BENCH_SCENARIOS" in
 esac
 
 all_targets=(origin cachet-builtin cachet-builtin-fullpath cachet-wasm-fresh cachet-wasm-reuse cachet-l2-disk cachet-l2-shared varnish nginx-cache haproxy)
+# Measured only when BENCH_ONLY names them: the same policy in Rust and in Python.
+language_targets=(cachet-static-assets-fresh cachet-static-assets-reuse cachet-python-fresh cachet-python-reuse)
 targets=(origin)
 if [[ -n "$BENCH_ONLY" ]]; then
     IFS=', ' read -r -a patterns <<<"$BENCH_ONLY"
-    for t in "${all_targets[@]:1}"; do
+    for t in "${all_targets[@]:1}" "${language_targets[@]}"; do
         for p in "${patterns[@]}"; do
             if [[ -n "$p" && "$t" == *"$p"* ]]; then
                 targets+=("$t")
@@ -132,7 +137,7 @@ if [[ -n "$BENCH_ONLY" ]]; then
             fi
         done
     done
-    ((${#targets[@]} > 1)) || log "BENCH_ONLY='$BENCH_ONLY' matches no target besides origin (known: ${all_targets[*]})"
+    ((${#targets[@]} > 1)) || log "BENCH_ONLY='$BENCH_ONLY' matches no target besides origin (known: ${all_targets[*]} ${language_targets[*]})"
 else
     targets=("${all_targets[@]}")
 fi
@@ -474,6 +479,11 @@ build_plugins() {
         fi
     fi
     [[ "$plugins_built" != ok || -f "$repo_root/plugins/standard.wasm" ]] || plugins_built="no plugins/standard.wasm"
+    if [[ "$plugins_built" == ok && "$BENCH_NO_BUILD" != 1 ]] && wants '*python*'; then
+        log "building the Python plugin (bash plugins/static-assets-py/build.sh)"
+        (cd "$repo_root" && timeout 600 bash plugins/static-assets-py/build.sh) >>"$work/build-plugins.log" 2>&1 ||
+            log "plugins/static-assets-py/build.sh failed: the Python rows will print n/a"
+    fi
 }
 
 # start_redis: one redis-server for the shared tier on loopback, no persistence.
@@ -711,6 +721,10 @@ max_bytes = \"256MiB\"" ;;
 url = \"redis://127.0.0.1:$redis_port\"" ;;
         cachet-wasm-fresh) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1 ;;
         cachet-wasm-reuse) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1000000 ;;
+        cachet-static-assets-fresh) start_cachet "$1" "$repo_root/plugins/static-assets.wasm" 1 ;;
+        cachet-static-assets-reuse) start_cachet "$1" "$repo_root/plugins/static-assets.wasm" 1000000 ;;
+        cachet-python-fresh) start_cachet "$1" "$repo_root/plugins/static-assets-py.wasm" 1 ;;
+        cachet-python-reuse) start_cachet "$1" "$repo_root/plugins/static-assets-py.wasm" 1000000 ;;
         varnish) start_varnish ;;
         nginx-cache) start_nginx_cache ;;
         haproxy) start_haproxy ;;
