@@ -46,7 +46,7 @@ pub(crate) struct ChunkStream {
     tier: Arc<dyn Tier>,
     key: TierKey,
     plan: Plan,
-    /// Chunk 0 as stored, read and checked during the lookup (before anything was sent).
+    /// Chunk 0's data, read and verified during the lookup (before anything was sent).
     first: Option<Bytes>,
     /// The next byte to send and the end of the range (exclusive).
     pos: usize,
@@ -114,7 +114,11 @@ impl ChunkStream {
 
     /// Chunk `index`, checked against the head; a failure removes the object.
     async fn chunk(&mut self, index: usize) -> Result<Bytes> {
-        let first = if index == 0 { self.first.take() } else { None };
+        if index == 0 {
+            if let Some(first) = self.first.take() {
+                return Ok(first);
+            }
+        }
         let ahead = match self.ahead.take() {
             Some((at, read)) if at == index => Some(read),
             Some((_, read)) => {
@@ -123,12 +127,11 @@ impl ChunkStream {
             }
             None => None,
         };
-        let read = match (first, ahead) {
-            (Some(first), _) => Ok(Some(first)),
-            (None, Some(read)) => read
+        let read = match ahead {
+            Some(read) => read
                 .await
                 .unwrap_or_else(|e| Err(format!("chunk read task: {e}"))),
-            (None, None) => self.tier.get_chunk(&self.plan.key(&self.key, index)).await,
+            None => self.tier.get_chunk(&self.plan.key(&self.key, index)).await,
         };
         let checked = match read {
             Ok(Some(value)) => self.plan.verify(index, &value),

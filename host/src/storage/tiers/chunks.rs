@@ -24,7 +24,8 @@ const CHUNK_FIXED: usize = 4 + 8 + 4;
 pub(crate) const CHUNK_BYTES: usize = 512 << 10;
 /// Bodies up to this size stay one record, read in one call.
 pub(crate) const SINGLE_MAX: usize = 1 << 20;
-/// Most chunks a head may announce (64 MiB, the largest object a tier takes, in 512 KiB).
+/// Most chunks a head may announce: 2 GiB in 512 KiB chunks, far above the largest object a
+/// tier takes (64 MiB), so only a corrupt head reaches it.
 const MAX_CHUNKS: usize = 1 << 12;
 
 /// Where a chunked body's parts are and what they must hash to.

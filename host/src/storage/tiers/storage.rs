@@ -6,7 +6,7 @@ use super::hit::TierHit;
 use super::key::TierKey;
 use super::miss::TieredMiss;
 use super::purges::{Purge, Target, Verdict};
-use super::record::{self, Body, Record};
+use super::record::{self, Body};
 use super::tier::{Tier, TierCounters};
 use super::TieredStorage;
 use async_trait::async_trait;
@@ -26,10 +26,19 @@ type Hit = Option<(CacheMeta, HitHandler)>;
 
 /// A copy found in an L2 tier, ready to serve.
 struct Found<'a> {
-    record: Record,
+    meta: CacheMeta,
     tier: &'a Arc<dyn Tier>,
-    /// For a chunked body: its first chunk, read and checked.
-    first: Option<Bytes>,
+    body: FoundBody,
+}
+
+enum FoundBody {
+    Whole(Bytes),
+    /// A chunked body whose chunks are all there, with chunk 0's data read and verified.
+    Chunked {
+        name: TierKey,
+        plan: Plan,
+        first: Bytes,
+    },
 }
 
 impl TieredStorage {
@@ -79,10 +88,14 @@ impl TieredStorage {
                     continue;
                 }
             }
-            let first = match &found.body {
-                Body::Whole(_) => None,
-                Body::Chunked(plan) => match open_chunks(tier, &name, plan).await {
-                    Ok(first) => Some(first),
+            let body = match found.body {
+                Body::Whole(body) => FoundBody::Whole(body),
+                Body::Chunked(plan) => match open_chunks(tier, &name, &plan).await {
+                    Ok(first) => FoundBody::Chunked {
+                        name: name.clone(),
+                        plan,
+                        first,
+                    },
                     Err(e) => {
                         TierCounters::bump(&counters.errors);
                         TierCounters::bump(&counters.misses);
@@ -95,9 +108,9 @@ impl TieredStorage {
             };
             TierCounters::bump(&counters.hits);
             return Some(Found {
-                record: found,
+                meta: found.meta,
                 tier,
-                first,
+                body,
             });
         }
         None
@@ -150,32 +163,23 @@ impl Storage for TieredStorage {
             self.l1_hits.fetch_add(1, Relaxed);
             return Ok(hit);
         }
-        let Some(Found {
-            record,
-            tier,
-            first,
-        }) = self.find_in_tiers(key).await
-        else {
+        let Some(Found { meta, tier, body }) = self.find_in_tiers(key).await else {
             return Ok(None);
         };
-        let hit = match (record.body, first) {
-            (Body::Whole(body), _) => {
-                self.l1.promote(key, &record.meta, body.clone());
+        let hit = match body {
+            FoundBody::Whole(body) => {
+                self.l1.promote(key, &meta, body.clone());
                 TierHit::new(body, tier.name())
             }
-            (Body::Chunked(plan), Some(first)) => {
+            FoundBody::Chunked { name, plan, first } => {
                 // Promoted once served whole, if L1 would take it at all.
                 let fits = plan.body_len <= self.l1.max_object_size(&key.user_tag);
-                let promotion = fits
-                    .then(|| Promotion::new(self.l1, key, &record.meta))
-                    .flatten();
-                let stream =
-                    ChunkStream::new(tier.clone(), TierKey::of(key), plan, first, promotion);
+                let promotion = fits.then(|| Promotion::new(self.l1, key, &meta)).flatten();
+                let stream = ChunkStream::new(tier.clone(), name, plan, first, promotion);
                 TierHit::chunked(stream, tier.name())
             }
-            (Body::Chunked(_), None) => return Ok(None),
         };
-        Ok(Some((record.meta, Box::new(hit))))
+        Ok(Some((meta, Box::new(hit))))
     }
 
     async fn lookup_streaming_write(
@@ -285,7 +289,7 @@ impl TieredStorage {
 }
 
 /// Checks that every chunk of `plan` is stored and that the first one checks out; returns
-/// the first one as stored (the stream checks every chunk it serves).
+/// chunk 0's verified data (the stream serves it as is and verifies every later chunk).
 async fn open_chunks(tier: &Arc<dyn Tier>, name: &TierKey, plan: &Plan) -> Result<Bytes, String> {
     if !tier.contains_all(&plan.keys(name)).await? {
         return Err("a chunk is missing".into());
@@ -293,8 +297,7 @@ async fn open_chunks(tier: &Arc<dyn Tier>, name: &TierKey, plan: &Plan) -> Resul
     let Some(value) = tier.get_chunk(&plan.key(name, 0)).await? else {
         return Err("chunk 0 is missing".into());
     };
-    plan.verify(0, &value)?;
-    Ok(value)
+    plan.verify(0, &value)
 }
 
 fn target_key<'a>(target: &PurgeTarget<'a>) -> Option<&'a CompactCacheKey> {
