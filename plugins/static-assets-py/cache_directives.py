@@ -72,7 +72,7 @@ def parse_forgiving(lines: List[str]) -> Dict[str, Optional[str]]:
             if not name:
                 continue
             value = _unquote(argument.strip()) if "=" in element else None
-            arguments.setdefault(_ascii_lower(name), value)
+            arguments.setdefault(ascii_lower(name), value)
     return arguments
 
 
@@ -110,7 +110,7 @@ def _unquote(argument: str) -> str:
     return "".join(out)
 
 
-def _ascii_lower(text: str) -> str:
+def ascii_lower(text: str) -> str:
     # str.lower() also folds non-ASCII letters (the Kelvin sign becomes "k"); HTTP does not.
     return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in text)
 
@@ -210,17 +210,18 @@ class _Dictionary:
             pass
 
     def _skip_ows(self) -> None:
-        while self._peek() in (" ", "\t") and self._peek():
+        while self._peek() in (" ", "\t"):
             self.at += 1
 
-    def _take_while(self, allowed) -> str:
+    def _take_while(self, allowed: set) -> str:
+        # A set: "" (the end of the input) is never in it, as it would be in a str.
         start = self.at
-        while self._peek() and self._peek() in allowed:
+        while self._peek() in allowed:
             self.at += 1
         return self.text[start:self.at]
 
     def _key(self) -> str:
-        if not self._peek() or self._peek() not in _KEY_FIRST:
+        if self._peek() not in _KEY_FIRST:
             raise _Invalid
         return self._take_while(_KEY_REST)
 
@@ -243,7 +244,7 @@ class _Dictionary:
                 return
             self._bare_item()
             self._parameters()
-            if self._peek() not in (" ", ")") or not self._peek():
+            if self._peek() not in (" ", ")"):
                 raise _Invalid
 
     def _parameters(self) -> None:
@@ -299,7 +300,7 @@ class _Dictionary:
                 return "".join(out)
             if c == "\\":
                 escaped = self._peek()
-                if escaped not in ('"', "\\") or not escaped:
+                if escaped not in ('"', "\\"):
                     raise _Invalid
                 self.at += 1
                 out.append(escaped)

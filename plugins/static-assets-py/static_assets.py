@@ -188,4 +188,4 @@ def _is_zero_q(param: str) -> bool:
 
 
 def _ascii_equal(a: str, b: str) -> bool:
-    return cache_directives._ascii_lower(a) == cache_directives._ascii_lower(b)
+    return cache_directives.ascii_lower(a) == cache_directives.ascii_lower(b)
