@@ -1,6 +1,7 @@
 //! The `cachet` command line.
 
 mod admin_client;
+mod allocator;
 mod build_plugin;
 mod dev_loop;
 mod scaffold;

@@ -75,6 +75,12 @@ impl PolicyLayer {
         }
     }
 
+    /// Whether the policy may read the forwarding fields (`X-Forwarded-*`, `Forwarded`, `Via`)
+    /// the host adds to the request: a plugin may; the builtin policies never do.
+    pub fn reads_forwarding_fields(&self) -> bool {
+        matches!(self, Self::Wasm(_))
+    }
+
     /// Whether the plugin implements 0.2.0, whose `on-response` may edit the
     /// response before the host's guards judge it.
     pub fn implements_0_2(&self) -> bool {

@@ -22,7 +22,6 @@ pub(super) async fn request_filter(
         respond_text(session, ctx, 400, "bad request\n").await?;
         return Ok(true);
     }
-    forward(proxy, session);
     let host = crate::policy::request_host(session.req_header());
     let router = proxy.state.router.load();
     let tenant = router.route(&host).cloned();
@@ -39,6 +38,13 @@ pub(super) async fn request_filter(
     }
     drop(router);
     let policy = tenant.policy();
+    // A plugin (live or shadow) reads the request as the origin will get it, so the forwarding
+    // fields go on first. A native policy never reads them: they wait until the request
+    // turns out to need the origin, and a lean hit never builds them.
+    let forward_late = !policy.reads_forwarding_fields() && tenant.shadow().is_none();
+    if !forward_late {
+        forward(proxy, session);
+    }
     ctx.tenant = Some(tenant.clone());
     ctx.policy = Some(policy.clone());
     if super::purge::is_purge(session) {
@@ -83,8 +89,14 @@ pub(super) async fn request_filter(
         Err(fault) => return on_fault(proxy, session, ctx, fault).await,
     }
     // A plugin editing the delivered response (on-deliver) needs the full path's response_filter.
-    if ctx.route == Route::Cache && !ctx.deliver {
-        return super::lean_hit::try_serve(proxy, session, ctx).await;
+    if ctx.route == Route::Cache
+        && !ctx.deliver
+        && super::lean_hit::try_serve(proxy, session, ctx).await?
+    {
+        return Ok(true);
+    }
+    if forward_late {
+        forward(proxy, session);
     }
     Ok(false)
 }
