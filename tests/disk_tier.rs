@@ -41,10 +41,14 @@ fn origin() -> Origin {
 }
 
 fn start(origin: &Origin, disk: &Path) -> Proxy {
+    start_with(origin, disk, "", "")
+}
+
+fn start_with(origin: &Origin, disk: &Path, server: &str, cache: &str) -> Proxy {
     Proxy::start_with_server(
-        &format!("admin_token = \"{TOKEN}\""),
+        &format!("admin_token = \"{TOKEN}\"\n{server}"),
         &format!(
-            "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n[plugins]\nwatch = false",
+            "max_bytes = \"16MiB\"\n{cache}\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n[plugins]\nwatch = false",
             disk.display().to_string()
         ),
         &[
@@ -201,6 +205,86 @@ fn objects_survive_a_restart_with_variants_tenants_tags_and_freshness() {
     assert!(stats["hits"].as_u64().unwrap() >= 4, "{stats}");
     assert!(stats["stored_bytes"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["errors"], 0, "{stats}");
+}
+
+fn lean_hits_counted(metrics_port: u16) -> u64 {
+    let text = support::client::get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cachet_lean_hits_total "))
+        .map_or(0, |v| v.trim().parse().expect("counter value"))
+}
+
+fn tier_count(proxy: &Proxy, field: &str) -> u64 {
+    disk_stats(proxy)[field].as_u64().expect("tier counter")
+}
+
+/// With nothing in memory, the lean hit path reads the disk tier itself and serves a plain
+/// fresh copy from it; whatever it cannot serve (a varying copy, nothing at all) goes to the
+/// full path with what was read, so every request reads the tier exactly once.
+#[test]
+fn a_request_reads_the_disk_tier_once_on_the_lean_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let origin = origin();
+    let mut first = start(&origin, &disk);
+    let en = [("Accept-Language", "en")];
+    let plain = get(&first, "one.test", "/a", &[]).text();
+    let varying = get(&first, "one.test", "/vary", &en).text();
+    wait_writes(&first, 2);
+    stop(&mut first);
+
+    let metrics_port = support::free_port();
+    let second = start_with(
+        &origin,
+        &disk,
+        &format!("metrics = \"127.0.0.1:{metrics_port}\""),
+        "lean_hits = true",
+    );
+    let (hits, misses) = (tier_count(&second, "hits"), tier_count(&second, "misses"));
+
+    let resp = get(&second, "one.test", "/a", &[]);
+    assert!(
+        resp.cache_status().ends_with(r#"; detail="l2-disk""#),
+        "{}",
+        resp.cache_status()
+    );
+    assert_eq!(resp.text(), plain);
+    assert_eq!(
+        lean_hits_counted(metrics_port),
+        1,
+        "served by the lean path"
+    );
+    assert_eq!(tier_count(&second, "hits"), hits + 1);
+
+    // A varying copy is the full path's to serve: from the read the lean path made.
+    let resp = get(&second, "one.test", "/vary", &en);
+    assert!(
+        resp.cache_status().ends_with(r#"; detail="l2-disk""#),
+        "{}",
+        resp.cache_status()
+    );
+    assert_eq!(resp.text(), varying);
+    assert_eq!(lean_hits_counted(metrics_port), 1);
+    assert_eq!(
+        tier_count(&second, "hits"),
+        hits + 2,
+        "one read per request"
+    );
+
+    // Nothing anywhere: one tier miss, then the origin.
+    let resp = get(&second, "one.test", "/new", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=miss"),
+        "{}",
+        resp.cache_status()
+    );
+    assert_eq!(
+        tier_count(&second, "misses"),
+        misses + 1,
+        "one read per request"
+    );
+    assert_eq!(origin.hits_for("/new"), 1);
+    assert_eq!(origin.hits(), 3);
 }
 
 /// A graceful upgrade starts the new process while the old one still runs: the new one

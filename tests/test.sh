@@ -19,6 +19,8 @@ cargo test --manifest-path tests/fixtures/plugins/Cargo.toml
 # The Python example: its native unit tests, then the component.
 bash plugins/static-assets-py/build.sh
 cargo test --workspace
-# The RFC 9111/9110 suites once more with every hit on pingora-cache's full path
-# (`[cache] lean_hits = false`): both hit paths must behave alike.
-CACHET_TEST_LEAN_HITS=off cargo test --workspace --test http_caching --test http_semantics
+# The RFC 9111/9110 suites and the tier suites once more with every hit on
+# pingora-cache's full path (`[cache] lean_hits = false`): both hit paths must
+# behave alike, from memory and from the disk and shared tiers.
+CACHET_TEST_LEAN_HITS=off cargo test --workspace --test http_caching --test http_semantics \
+    --test disk_tier --test shared_tier --test large_objects

@@ -44,6 +44,8 @@ pub struct RequestCtx {
     pub(crate) unshared_hit: bool,
     /// The L2 tier that answered a hit (`None`: L1, or not a hit).
     pub(crate) tier: Option<&'static str>,
+    /// What the lean hit path read from the L2 tiers, for the full path's lookup.
+    pub(crate) tier_read_ahead: Option<crate::storage::tiers::TierReadAhead>,
     /// The origin's 304 to a revalidation, whose fields pingora only partly merges.
     pub(crate) not_modified: Option<Box<ResponseHeader>>,
     /// When the request went to the origin (for the origin latency metric).

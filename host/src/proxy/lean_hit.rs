@@ -1,12 +1,14 @@
 //! The lean hit path: a plain GET whose stored response is fresh, complete and does not vary is
-//! answered straight from memory in `request_filter`, without pingora-cache's state machine
-//! (cache phases, lock checks, the hit handler and a second header copy). Anything else — a
+//! answered in `request_filter` (from memory, or from an L2 tier when memory holds nothing for
+//! the key) without pingora-cache's state machine (cache phases, lock checks, the hit handler
+//! and a second header copy). Anything else — a
 //! range, a conditional, `Authorization`, request cache directives, HEAD, a stale or varying
 //! entry, a fill in flight, a framing the stored header does not state — takes the full path,
 //! which the HTTP caching tests cover with this path on and off (`[cache] lean_hits`).
 
 use super::ctx::RequestCtx;
 use super::CachetProxy;
+use crate::storage::tiers::LeanLookup;
 use http::header;
 use http::Method;
 use pingora::http::RequestHeader;
@@ -46,20 +48,19 @@ pub(super) async fn try_serve(
     };
     let now = SystemTime::now();
     let key = CacheKey::new(ctx.key.clone(), tenant.name());
-    let Some(hit) = proxy.state.cache.storage.plain_hit(&key, now) else {
-        return Ok(false);
+    let hit = match proxy.state.cache.storage.lean_lookup(&key, now).await {
+        LeanLookup::Hit(hit) => hit,
+        LeanLookup::FullPath(read_ahead) => {
+            ctx.tier_read_ahead = read_ahead;
+            return Ok(false);
+        }
     };
-    let body = hit.body();
-    let stored = hit.header();
     // The stored header must state the body's length: no chunked re-framing here.
-    let framed = stored
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        == Some(body.len());
-    if !framed || stored.headers.contains_key(header::TRANSFER_ENCODING) {
+    if !hit.is_framed() {
         return Ok(false);
     }
+    let body = hit.body();
+    let stored = hit.header();
     let mut response = Box::new(stored.clone());
     // As pingora's hit path: stored heads go out as HTTP/1.1, with the time since the fill.
     response.set_version(http::Version::HTTP_11);
@@ -70,6 +71,7 @@ pub(super) async fn try_serve(
     }
     super::hop_by_hop::strip_for_downstream(&mut response);
     super::directives::strip_downstream(&mut response);
+    ctx.tier = hit.tier();
     let status = super::cache_status::hit_value(ctx, hit.ttl(now));
     super::cache_status::append_member(&mut response, status)?;
     ctx.outcome = "hit";

@@ -114,7 +114,11 @@ impl ProxyHttp for CachetProxy {
 
     fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
         let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
-        Ok(CacheKey::new(ctx.key.clone(), tenant))
+        let mut key = CacheKey::new(ctx.key.clone(), tenant);
+        if let Some(read_ahead) = ctx.tier_read_ahead.take() {
+            read_ahead.attach(&mut key);
+        }
+        Ok(key)
     }
 
     /// Enforces the shared-cache rule for `Authorization` on every hit, fresh or stale.

@@ -1,10 +1,12 @@
 //! The lookup behind the proxy's lean hit path: a complete stored object that is fresh now and
 //! does not vary, handed out without building a `CacheMeta` or a hit handler.
 
-use super::entry::{Entry, SlotKey};
+use super::entry::SlotKey;
 use super::index::Found;
+use super::meta::StoredMeta;
 use super::MemoryStorage;
 use bytes::Bytes;
+use http::header;
 use pingora::http::ResponseHeader;
 use pingora_cache::CacheKey;
 use std::sync::Arc;
@@ -12,50 +14,90 @@ use std::time::{Duration, SystemTime};
 
 /// A stored object that may answer a plain request as it is.
 pub struct PlainHit {
-    entry: Arc<Entry>,
+    meta: Arc<StoredMeta>,
+    body: Bytes,
+    /// The L2 tier it was read from (`None`: L1).
+    tier: Option<&'static str>,
 }
 
 impl PlainHit {
+    /// A copy that is fresh at `now` and does not vary, else `None`.
+    pub(super) fn of(
+        meta: Arc<StoredMeta>,
+        body: Bytes,
+        tier: Option<&'static str>,
+        now: SystemTime,
+    ) -> Option<Self> {
+        // Same rule as pingora's `CacheMeta::is_fresh`.
+        let fresh = meta.fresh_until() >= now;
+        (fresh && !meta.varies()).then_some(Self { meta, body, tier })
+    }
+
     /// The stored response header (fields as stored; the caller adds `Age` and the rest).
     pub fn header(&self) -> &ResponseHeader {
-        self.entry.meta.header()
+        self.meta.header()
     }
 
     /// The whole body (shared, not copied).
     pub fn body(&self) -> Bytes {
-        self.entry.body.clone()
+        self.body.clone()
+    }
+
+    /// The L2 tier that held the copy (`None` for L1).
+    pub fn tier(&self) -> Option<&'static str> {
+        self.tier
+    }
+
+    /// Whether the stored header states the body's length, so the response goes out as
+    /// stored with no re-framing (`Content-Length` equal to the body, no `Transfer-Encoding`).
+    pub fn is_framed(&self) -> bool {
+        let headers = &self.header().headers;
+        let stated = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        stated == Some(self.body.len()) && !headers.contains_key(header::TRANSFER_ENCODING)
     }
 
     /// The `Age` to send: time since the object was filled or last revalidated.
     pub fn age(&self, now: SystemTime) -> Duration {
-        now.duration_since(self.entry.meta.epoch())
-            .unwrap_or_default()
+        now.duration_since(self.meta.epoch()).unwrap_or_default()
     }
 
     /// Freshness left, in whole seconds.
     pub fn ttl(&self, now: SystemTime) -> u64 {
-        self.entry
-            .meta
+        self.meta
             .fresh_until()
             .duration_since(now)
             .map_or(0, |left| left.as_secs())
     }
 }
 
+/// What L1 holds for a key, as the lean hit path sees it.
+pub(crate) enum L1Lookup {
+    /// A copy that may answer a plain request as it is.
+    Plain(PlainHit),
+    /// Something the full path must handle: a write in flight, a stale or varying copy.
+    Held,
+    /// Nothing stored or being written.
+    Absent,
+}
+
 impl MemoryStorage {
     /// The object stored under `key` if it can answer without pingora-cache's state machine:
     /// complete (no write in flight, which would be newer), fresh at `now`, and not varying.
     /// Counts an access for eviction exactly as a full lookup does.
-    pub fn plain_hit(&self, key: &CacheKey, now: SystemTime) -> Option<PlainHit> {
+    pub(crate) fn lean_lookup(&self, key: &CacheKey, now: SystemTime) -> L1Lookup {
         let slot = SlotKey::of(key);
         // An object refused here takes the full path, whose lookup counts it again: only its
         // place in the eviction order moves, as for any hit.
-        let entry = match self.index.read().lookup(&key.user_tag, &slot)? {
-            Found::Complete(entry) => entry,
-            Found::Streaming(..) => return None,
+        let entry = match self.index.read().lookup(&key.user_tag, &slot) {
+            Some(Found::Complete(entry)) => entry,
+            Some(Found::Streaming(..)) => return L1Lookup::Held,
+            None => return L1Lookup::Absent,
         };
-        // Same rule as pingora's `CacheMeta::is_fresh`.
-        let fresh = entry.meta.fresh_until() >= now;
-        (fresh && !entry.meta.varies()).then_some(PlainHit { entry })
+        match PlainHit::of(entry.meta.clone(), entry.body.clone(), None, now) {
+            Some(hit) => L1Lookup::Plain(hit),
+            None => L1Lookup::Held,
+        }
     }
 }

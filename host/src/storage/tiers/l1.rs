@@ -20,9 +20,22 @@ impl MemoryStorage {
         let Ok(meta) = StoredMeta::new(meta) else {
             return false;
         };
+        self.promote_stored(key, Arc::new(meta), body)
+    }
+
+    /// [`Self::promote`] for a meta already in L1's form.
+    pub(in crate::storage) fn promote_stored(
+        &self,
+        key: &CacheKey,
+        meta: Arc<StoredMeta>,
+        body: Bytes,
+    ) -> bool {
+        if body.len() > self.max_object_size(&key.user_tag) {
+            return false;
+        }
         let slot = SlotKey::of(key);
         let lru_key = CacheEntryKey::key_only(key.to_compact());
-        let entry = Arc::new(Entry::new(Arc::new(meta), body, lru_key));
+        let entry = Arc::new(Entry::new(meta, body, lru_key));
         let mut index = self.index.write();
         if index.lookup(&key.user_tag, &slot).is_some() {
             return false;

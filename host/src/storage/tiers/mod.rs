@@ -16,6 +16,7 @@ mod disk;
 mod hit;
 mod key;
 mod l1;
+mod lean;
 mod miss;
 mod purges;
 mod record;
@@ -25,6 +26,7 @@ mod tier;
 mod writer;
 
 pub use hit::tier_of;
+pub use lean::{LeanLookup, TierReadAhead};
 pub use tier::TierStats;
 
 use super::{MemoryStorage, StorageStats};
@@ -115,16 +117,6 @@ impl TieredStorage {
         stats.l1_hits = self.l1_hits.load(Relaxed);
         stats.tiers = self.tiers.iter().map(|tier| tier.stats()).collect();
         stats
-    }
-
-    /// A fresh plain L1 hit for the lean hit path (L1 only: anything else takes the full
-    /// path, which also reads the L2 tiers).
-    pub fn plain_hit(&self, key: &CacheKey, now: std::time::SystemTime) -> Option<super::PlainHit> {
-        let hit = self.l1.plain_hit(key, now);
-        if hit.is_some() && !self.tiers.is_empty() {
-            self.l1_hits.fetch_add(1, Relaxed);
-        }
-        hit
     }
 
     /// The object size limit for a partition (L1's).

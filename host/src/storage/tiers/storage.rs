@@ -4,6 +4,7 @@ use super::chunked_hit::{ChunkStream, Promotion};
 use super::chunks::Plan;
 use super::hit::TierHit;
 use super::key::TierKey;
+use super::lean::TierReadAhead;
 use super::miss::TieredMiss;
 use super::purges::{Purge, Target, Verdict};
 use super::record::{self, Body};
@@ -25,13 +26,13 @@ use std::sync::Arc;
 type Hit = Option<(CacheMeta, HitHandler)>;
 
 /// A copy found in an L2 tier, ready to serve.
-struct Found<'a> {
-    meta: CacheMeta,
-    tier: &'a Arc<dyn Tier>,
-    body: FoundBody,
+pub(super) struct Found<'a> {
+    pub(super) meta: CacheMeta,
+    pub(super) tier: &'a Arc<dyn Tier>,
+    pub(super) body: FoundBody,
 }
 
-enum FoundBody {
+pub(super) enum FoundBody {
     Whole(Bytes),
     /// A chunked body whose chunks are all there, with chunk 0's data read and verified.
     Chunked {
@@ -46,7 +47,7 @@ impl TieredStorage {
     /// Corrupt copies and copies a purge removed are deleted from their tier on the way; a
     /// chunked copy counts only when all its chunks are there and the first one checks out
     /// (nothing has been sent yet, so an incomplete one is simply a miss).
-    async fn find_in_tiers(&self, key: &CacheKey) -> Option<Found<'_>> {
+    pub(super) async fn find_in_tiers(&self, key: &CacheKey) -> Option<Found<'_>> {
         let name = TierKey::of(key);
         for tier in self.tiers.iter() {
             let counters = tier.counters();
@@ -163,7 +164,12 @@ impl Storage for TieredStorage {
             self.l1_hits.fetch_add(1, Relaxed);
             return Ok(hit);
         }
-        let Some(Found { meta, tier, body }) = self.find_in_tiers(key).await else {
+        // The lean hit path may have read L2 for this request already.
+        let found = match TierReadAhead::take_for(key) {
+            Some(found) => found,
+            None => self.find_in_tiers(key).await,
+        };
+        let Some(Found { meta, tier, body }) = found else {
             return Ok(None);
         };
         let hit = match body {
