@@ -332,3 +332,32 @@ fn nodes_share_over_tls_and_a_wrong_ca_shares_nothing() {
         c.log()
     );
 }
+
+/// A client certificate for `rediss://` is checked at load like a served one: a key that does
+/// not go with the certificate is refused, naming the key and line; a matching pair passes.
+#[test]
+fn a_redis_client_certificate_is_checked_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("cachet test client CA");
+    let (cert, key) = ca.leaf(&["cachet.test"]).write(dir.path(), "client");
+    let (_, other_key) = ca.leaf(&["cachet.test"]).write(dir.path(), "other");
+    let validate = |key: &std::path::Path| {
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n\n[cache.shared]\nurl = \"rediss://127.0.0.1:2\"\ntls_cert = {:?}\ntls_key = {:?}\n\n[[tenant]]\nname = \"site\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:9\"\nplugin = \"builtin:standard\"\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        let path = dir.path().join("cachet.toml");
+        std::fs::write(&path, config).unwrap();
+        support::proxy::run_cachet(&["validate", "--config", path.to_str().unwrap()])
+    };
+    let (ok, out) = validate(&other_key);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("cache.shared.tls_cert") && out.contains("does not go with"),
+        "{out}"
+    );
+    assert!(out.contains("cachet.toml:6"), "names the line: {out}");
+    let (ok, out) = validate(&key);
+    assert!(ok, "{out}");
+}

@@ -184,8 +184,6 @@ impl Locator<'_> {
         tls: bool,
         raw: &RawShared,
     ) -> Result<(Option<Vec<u8>>, Option<ClientCert>), ConfigError> {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
         if !tls {
             for (key, value) in [
                 ("cache.shared.ca", &raw.ca),
@@ -202,36 +200,13 @@ impl Locator<'_> {
             Some(path) => Some(self.ca_file(base, "cache.shared.ca", path)?.pem),
             None => None,
         };
-        let Some(paths) = self.cert_paths(base, "cache.shared", &raw.tls_cert, &raw.tls_key)?
-        else {
+        let paths = self.cert_paths(base, "cache.shared", &raw.tls_cert, &raw.tls_key)?;
+        let (Some(paths), Some(cert)) = (paths, &raw.tls_cert) else {
             return Ok((ca_pem, None));
         };
-        let read = |path: &Path, value: &Option<Spanned<String>>, key: &str| {
-            let span = value.as_ref().map_or(0..0, |v| v.span());
-            std::fs::read(path)
-                .map_err(|e| self.at(span, key, format!("cannot read {}: {e}", path.display())))
-        };
-        let cert_pem = read(&paths.cert, &raw.tls_cert, "cache.shared.tls_cert")?;
-        let key_pem = read(&paths.key, &raw.tls_key, "cache.shared.tls_key")?;
-        let certs = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap_or_default();
-        if certs.is_empty() {
-            let span = raw.tls_cert.as_ref().map_or(0..0, |v| v.span());
-            return Err(self.at(
-                span,
-                "cache.shared.tls_cert",
-                format!("{} holds no PEM certificate", paths.cert.display()),
-            ));
-        }
-        if PrivateKeyDer::from_pem_slice(&key_pem).is_err() {
-            let span = raw.tls_key.as_ref().map_or(0..0, |v| v.span());
-            return Err(self.at(
-                span,
-                "cache.shared.tls_key",
-                format!("{} holds no PEM private key", paths.key.display()),
-            ));
-        }
+        // Checked as a served certificate is: a chain, a usable key, the key matching the leaf.
+        let (cert_pem, key_pem) = crate::tls::certificate::read_checked_pair(&paths)
+            .map_err(|e| self.at(cert.span(), "cache.shared.tls_cert", e))?;
         Ok((ca_pem, Some(ClientCert { cert_pem, key_pem })))
     }
 }

@@ -56,10 +56,10 @@ impl PairBytes {
 impl LoadedCert {
     /// Reads and checks the pair at `paths`; the error says what is wrong with which file.
     pub fn load(paths: &CertPaths) -> Result<Self, String> {
-        Self::from_bytes(paths, PairBytes::read(paths)?)
+        Self::from_bytes(paths, &PairBytes::read(paths)?)
     }
 
-    pub(super) fn from_bytes(paths: &CertPaths, bytes: PairBytes) -> Result<Self, String> {
+    pub(super) fn from_bytes(paths: &CertPaths, bytes: &PairBytes) -> Result<Self, String> {
         let cert_file = paths.cert.display();
         let key_file = paths.key.display();
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes.cert)
@@ -93,6 +93,15 @@ impl LoadedCert {
             .map_or(0, |d| d.as_secs() as i64);
         self.not_after < now
     }
+}
+
+/// Reads a certificate pair a client presents (the shared tier's mutual TLS) and checks it
+/// exactly as a served pair is checked, the key matching the leaf included; returns both files'
+/// PEM bytes.
+pub fn read_checked_pair(paths: &CertPaths) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let bytes = PairBytes::read(paths)?;
+    LoadedCert::from_bytes(paths, &bytes)?;
+    Ok((bytes.cert, bytes.key))
 }
 
 /// The leaf's DNS names and notAfter.

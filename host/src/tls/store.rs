@@ -157,7 +157,7 @@ impl CertStore {
         if bytes.sha256() == old.files_sha256 {
             return Outcome::Unchanged;
         }
-        match LoadedCert::from_bytes(&old.paths, bytes) {
+        match LoadedCert::from_bytes(&old.paths, &bytes) {
             Ok(loaded) => {
                 announce(owner, &loaded);
                 crate::metrics::certificate_reload(&owner.to_string(), "applied");
