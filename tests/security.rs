@@ -7,7 +7,7 @@ mod support;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::client::{get, send};
 use support::origin::{Origin, Reply};
@@ -459,11 +459,7 @@ fn the_authorization_scheme_is_case_insensitive() {
 
 // ------------------------------------------------------------ forwarding headers
 
-fn forwarding_seen(mode: Option<&str>) -> support::origin::Seen {
-    forwarding_seen_with(mode, &plugin("standard"))
-}
-
-fn forwarding_seen_with(mode: Option<&str>, policy: &Path) -> support::origin::Seen {
+fn forwarding_seen(mode: Option<&str>, policy: &Path) -> support::origin::Seen {
     let origin = echo_origin();
     let server = mode.map_or(String::new(), |m| format!("forwarded_headers = \"{m}\""));
     let proxy = Proxy::start_with_server(
@@ -484,49 +480,34 @@ fn forwarding_seen_with(mode: Option<&str>, policy: &Path) -> support::origin::S
     origin.seen().pop().expect("origin saw the request")
 }
 
+/// A plugin reads the forwarding fields, so they are set before it runs; a native policy gets
+/// them only once the request needs the origin (a lean hit never builds them). The origin sees
+/// the same fields either way.
 #[test]
 fn forwarding_headers_replace_append_or_off() {
-    let replaced = forwarding_seen(None);
-    assert_eq!(replaced.header("x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(
-        replaced.header("forwarded"),
-        Some("for=127.0.0.1;proto=http;host=\"site.test\"")
-    );
-    assert_eq!(replaced.header("x-forwarded-proto"), Some("http"));
-    assert_eq!(replaced.header("via"), Some("1.1 cachet"));
+    for policy in [plugin("standard"), PathBuf::from("builtin:standard")] {
+        let replaced = forwarding_seen(None, &policy);
+        assert_eq!(replaced.header("x-forwarded-for"), Some("127.0.0.1"));
+        assert_eq!(
+            replaced.header("forwarded"),
+            Some("for=127.0.0.1;proto=http;host=\"site.test\"")
+        );
+        assert_eq!(replaced.header("x-forwarded-proto"), Some("http"));
+        assert_eq!(replaced.header("x-forwarded-host"), Some("site.test"));
+        assert_eq!(replaced.header("via"), Some("1.1 cachet"));
 
-    let appended = forwarding_seen(Some("append"));
-    assert_eq!(
-        appended.header("x-forwarded-for"),
-        Some("6.6.6.6, 127.0.0.1")
-    );
-    assert_eq!(
-        appended.header("forwarded"),
-        Some("for=6.6.6.6, for=127.0.0.1;proto=http;host=\"site.test\"")
-    );
+        let appended = forwarding_seen(Some("append"), &policy);
+        assert_eq!(
+            appended.header("x-forwarded-for"),
+            Some("6.6.6.6, 127.0.0.1")
+        );
+        assert_eq!(
+            appended.header("forwarded"),
+            Some("for=6.6.6.6, for=127.0.0.1;proto=http;host=\"site.test\"")
+        );
 
-    let untouched = forwarding_seen(Some("off"));
-    assert_eq!(untouched.header("x-forwarded-for"), Some("6.6.6.6"));
-    assert_eq!(untouched.header("via"), None);
-}
-
-/// A native policy gets the forwarding fields added only once the request needs the origin
-/// (a lean hit never builds them): the origin must still see exactly the same fields.
-#[test]
-fn a_native_policy_forwards_the_same_fields() {
-    let replaced = forwarding_seen_with(None, Path::new("builtin:standard"));
-    assert_eq!(replaced.header("x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(
-        replaced.header("forwarded"),
-        Some("for=127.0.0.1;proto=http;host=\"site.test\"")
-    );
-    assert_eq!(replaced.header("x-forwarded-proto"), Some("http"));
-    assert_eq!(replaced.header("x-forwarded-host"), Some("site.test"));
-    assert_eq!(replaced.header("via"), Some("1.1 cachet"));
-
-    let appended = forwarding_seen_with(Some("append"), Path::new("builtin:standard"));
-    assert_eq!(
-        appended.header("x-forwarded-for"),
-        Some("6.6.6.6, 127.0.0.1")
-    );
+        let untouched = forwarding_seen(Some("off"), &policy);
+        assert_eq!(untouched.header("x-forwarded-for"), Some("6.6.6.6"));
+        assert_eq!(untouched.header("via"), None);
+    }
 }
