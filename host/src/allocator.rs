@@ -12,20 +12,24 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_e` (v3, the crate's default).
+#[cfg(target_os = "linux")]
 const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// Sets the option before the first allocation reserves an arena: the loader runs
-/// `.init_array` before `main` and before the Rust runtime allocates anything.
+/// `.init_array` before `main` and before the Rust runtime allocates anything. (Linux only:
+/// elsewhere transparent huge pages do not inflate eagerly committed arenas.)
+#[cfg(target_os = "linux")]
 #[used]
 #[link_section = ".init_array"]
 static CONFIGURE_BEFORE_MAIN: extern "C" fn() = configure;
 
+#[cfg(target_os = "linux")]
 extern "C" fn configure() {
     // SAFETY: sets a process-wide integer option; mimalloc reads options atomically.
     unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     #[test]
     fn arenas_are_committed_on_demand() {
