@@ -1,10 +1,10 @@
 //! The lean hit path: a plain GET whose stored response is fresh, complete and does not vary is
 //! answered in `request_filter` (from memory, or from an L2 tier when memory holds nothing for
 //! the key) without pingora-cache's state machine (cache phases, lock checks, the hit handler
-//! and a second header copy). Anything else — a
-//! range, a conditional, `Authorization`, request cache directives, HEAD, a stale or varying
-//! entry, a fill in flight, a framing the stored header does not state — takes the full path,
-//! which the HTTP caching tests cover with this path on and off (`[cache] lean_hits`).
+//! and a second header copy). Anything else — a range, a conditional, `Authorization`, request
+//! cache directives, HEAD, a stale or varying entry, a fill in flight, a framing the stored
+//! header does not state — takes the full path, which the HTTP caching and tier tests cover
+//! with this path on and off (`[cache] lean_hits`).
 
 use super::ctx::RequestCtx;
 use super::CachetProxy;
