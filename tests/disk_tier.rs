@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use support::client::send;
 use support::origin::{Origin, Reply};
 use support::proxy::{Proxy, TenantSpec};
-use support::{find_in_blocks, plugin};
+use support::{find_in_blocks, lean_hits_counted, plugin};
 
 const TOKEN: &str = "disk-tier-token";
 
@@ -205,13 +205,6 @@ fn objects_survive_a_restart_with_variants_tenants_tags_and_freshness() {
     assert!(stats["hits"].as_u64().unwrap() >= 4, "{stats}");
     assert!(stats["stored_bytes"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["errors"], 0, "{stats}");
-}
-
-fn lean_hits_counted(metrics_port: u16) -> u64 {
-    let text = support::client::get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
-    text.lines()
-        .find_map(|l| l.strip_prefix("cachet_lean_hits_total "))
-        .map_or(0, |v| v.trim().parse().expect("counter value"))
 }
 
 fn tier_count(proxy: &Proxy, field: &str) -> u64 {

@@ -10,8 +10,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 use support::client::{get, send, Resp};
 use support::origin::{Origin, Reply, Seen};
-use support::plugin;
 use support::proxy::{Proxy, TenantSpec};
+use support::{lean_hits_counted, plugin};
 
 const CACHE: &str = "max_bytes = \"64MiB\"";
 const TOKEN: &str = "purge-secret-token";
@@ -694,13 +694,6 @@ fn hit_as_sent(port: u16, request: &str) -> (u16, Vec<(String, String)>, Vec<u8>
         .collect();
     fields.sort();
     (resp.status, fields, resp.body)
-}
-
-fn lean_hits_counted(metrics_port: u16) -> u64 {
-    let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
-    text.lines()
-        .find_map(|l| l.strip_prefix("cachet_lean_hits_total "))
-        .map_or(0, |v| v.trim().parse().expect("counter value"))
 }
 
 #[test]

@@ -37,6 +37,15 @@ pub fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> 
         .collect()
 }
 
+/// `cachet_lean_hits_total` as the metrics listener on `metrics_port` reports it (0 before the
+/// first lean hit, when the counter is not shown yet).
+pub fn lean_hits_counted(metrics_port: u16) -> u64 {
+    let text = client::get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cachet_lean_hits_total "))
+        .map_or(0, |v| v.trim().parse().expect("counter value"))
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
