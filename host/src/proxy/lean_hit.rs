@@ -55,10 +55,6 @@ pub(super) async fn try_serve(
             return Ok(false);
         }
     };
-    // The stored header must state the body's length: no chunked re-framing here.
-    if !hit.is_framed() {
-        return Ok(false);
-    }
     let body = hit.body();
     let stored = hit.header();
     let mut response = Box::new(stored.clone());

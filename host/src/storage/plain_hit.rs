@@ -21,7 +21,7 @@ pub struct PlainHit {
 }
 
 impl PlainHit {
-    /// A copy that is fresh at `now` and does not vary, else `None`.
+    /// A copy that is fresh at `now`, does not vary and states its length, else `None`.
     pub(super) fn of(
         meta: Arc<StoredMeta>,
         body: Bytes,
@@ -30,7 +30,8 @@ impl PlainHit {
     ) -> Option<Self> {
         // Same rule as pingora's `CacheMeta::is_fresh`.
         let fresh = meta.fresh_until() >= now;
-        (fresh && !meta.varies()).then_some(Self { meta, body, tier })
+        let hit = Self { meta, body, tier };
+        (fresh && !hit.meta.varies() && hit.is_framed()).then_some(hit)
     }
 
     /// The stored response header (fields as stored; the caller adds `Age` and the rest).
@@ -50,7 +51,7 @@ impl PlainHit {
 
     /// Whether the stored header states the body's length, so the response goes out as
     /// stored with no re-framing (`Content-Length` equal to the body, no `Transfer-Encoding`).
-    pub fn is_framed(&self) -> bool {
+    fn is_framed(&self) -> bool {
         let headers = &self.header().headers;
         let stated = headers
             .get(header::CONTENT_LENGTH)
@@ -76,16 +77,18 @@ impl PlainHit {
 pub(crate) enum L1Lookup {
     /// A copy that may answer a plain request as it is.
     Plain(PlainHit),
-    /// Something the full path must handle: a write in flight, a stale or varying copy.
+    /// Something the full path must handle: a write in flight, a stale, varying or
+    /// unframed copy.
     Held,
     /// Nothing stored or being written.
     Absent,
 }
 
 impl MemoryStorage {
-    /// The object stored under `key` if it can answer without pingora-cache's state machine:
-    /// complete (no write in flight, which would be newer), fresh at `now`, and not varying.
-    /// Counts an access for eviction exactly as a full lookup does.
+    /// What L1 holds under `key`: a copy that can answer without pingora-cache's state machine
+    /// (complete, as no write is in flight, which would be newer; and plain at `now`, see
+    /// [`PlainHit`]), something else, or nothing. Counts an access for eviction exactly as a
+    /// full lookup does.
     pub(crate) fn lean_lookup(&self, key: &CacheKey, now: SystemTime) -> L1Lookup {
         let slot = SlotKey::of(key);
         // An object refused here takes the full path, whose lookup counts it again: only its

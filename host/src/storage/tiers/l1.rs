@@ -14,9 +14,6 @@ impl MemoryStorage {
     /// Stores a copy read from an L2 tier, unless L1 meanwhile has the key (stored or being
     /// written: either is newer) or the body is over the partition's object limit.
     pub(crate) fn promote(&self, key: &CacheKey, meta: &CacheMeta, body: Bytes) -> bool {
-        if body.len() > self.max_object_size(&key.user_tag) {
-            return false;
-        }
         let Ok(meta) = StoredMeta::new(meta) else {
             return false;
         };

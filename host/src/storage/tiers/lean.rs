@@ -80,9 +80,6 @@ impl TieredStorage {
         };
         let meta = Arc::new(StoredMeta::new(&found.meta).ok()?);
         let hit = PlainHit::of(meta.clone(), body.clone(), Some(found.tier.name()), now)?;
-        if !hit.is_framed() {
-            return None;
-        }
         self.l1.promote_stored(key, meta, body.clone());
         Some(hit)
     }
