@@ -386,16 +386,16 @@ fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
         ),
     )
     .unwrap();
-    let spawn = |upgrade: bool| {
+    // As an operator runs it: from the config's folder, with a relative path to it.
+    let serve = |extra: &[&str]| {
         let mut cmd = Command::new(cachet_bin());
-        cmd.args(["serve", "--config", config.to_str().unwrap()]);
-        if upgrade {
-            cmd.arg("--upgrade");
-        }
-        cmd.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn cachet")
+        cmd.current_dir(dir.path())
+            .args(["serve", "--config", "cachet.toml"])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
     };
     let serving_pid = || -> Option<u32> {
         let text = ureq::get(&format!("http://127.0.0.1:{admin}/status"))
@@ -407,7 +407,7 @@ fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
             .as_u64()
             .map(|p| p as u32)
     };
-    let old = ChildGuard(spawn(false));
+    let old = ChildGuard(serve(&[]).spawn().expect("spawn cachet"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while serving_pid() != Some(old.id()) {
         assert!(Instant::now() < deadline, "first cachet did not start");
@@ -415,16 +415,32 @@ fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
     }
     assert_eq!(get(&format!("http://127.0.0.1:{port}/a")).text(), "up");
 
-    // The new process waits for the listeners; SIGQUIT makes the old one hand them over.
-    let new = ChildGuard(spawn(true));
-    std::thread::sleep(Duration::from_millis(500));
+    // The README's sequence: the daemon's parent returns once its plugins are compiled (the
+    // slow part of a start), then SIGQUIT makes the old process hand the listeners over.
+    let status = serve(&["--daemon", "--upgrade"])
+        .status()
+        .expect("run cachet serve --daemon --upgrade");
+    assert!(status.success(), "the upgrading daemon did not start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_pid: u32 = loop {
+        // Written by the daemon itself, in the config's folder.
+        let written = std::fs::read_to_string(dir.path().join("cachet.pid"));
+        if let Some(pid) = written.ok().and_then(|p| p.trim().parse().ok()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the daemon wrote no pid file");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Stopped by the PID it wrote, however the test ends.
+    let _new = KillOnDrop(new_pid);
+    assert_ne!(new_pid, old.id());
     assert!(Command::new("kill")
         .args(["-QUIT", &old.id().to_string()])
         .status()
         .unwrap()
         .success());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while serving_pid() != Some(new.id()) {
+    while serving_pid() != Some(new_pid) {
         assert!(Instant::now() < deadline, "new cachet did not take over");
         // Clients keep being served throughout.
         assert_eq!(get(&format!("http://127.0.0.1:{port}/a")).status, 200);

@@ -157,8 +157,10 @@ fn main() -> ExitCode {
             daemon,
             upgrade,
             demo_origin,
-        } => config::load(&config)
-            .map_err(anyhow::Error::from)
+        } => std::path::absolute(&config)
+            .map_err(|e| anyhow::anyhow!("resolving {}: {e}", config.display()))
+            // Absolute from here on: a daemon runs in `/`, and a reload rereads the same file.
+            .and_then(|path| config::load(&path).map_err(anyhow::Error::from))
             .and_then(|config| {
                 let options = ServeOptions {
                     daemon,

@@ -222,6 +222,12 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // Listeners inherited in a graceful upgrade are received by a service that runs after the
+    // daemon fork: received before it, `cachet serve --daemon --upgrade` would wait for
+    // sockets the old process sends only after the `kill -QUIT` that follows the command.
+    // (Pingora's `daemon_wait_for_ready` is not used: its parent installs the SIGUSR1
+    // handler after the fork, and a quick child kills it with that signal.)
+    let listeners_received = server.bootstrap_as_a_service();
 
     let mut app =
         pingora::proxy::http_proxy(&server.configuration, CachetProxy::new(state.clone()));
@@ -245,7 +251,9 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
             crate::tls::listener::tls_settings(runtime.certificates.clone(), state.clone())?;
         proxy.add_tls_with_settings(&addr.to_string(), None, settings);
     }
-    server.add_service(proxy);
+    server
+        .add_service(proxy)
+        .add_dependency(&listeners_received);
 
     server.add_service(background_service(
         "cachet upstream pools",
@@ -272,7 +280,9 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
             },
         );
         service.add_tcp(&admin.to_string());
-        server.add_service(service);
+        server
+            .add_service(service)
+            .add_dependency(&listeners_received);
     }
 
     if let Some(metrics) = config.server.metrics {
@@ -283,7 +293,9 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
             },
         );
         service.add_tcp(&metrics.to_string());
-        server.add_service(service);
+        server
+            .add_service(service)
+            .add_dependency(&listeners_received);
     }
 
     if let Some(addr) = options.demo_origin {
@@ -292,11 +304,12 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
             crate::demo_origin::DemoOrigin::default(),
         );
         service.add_tcp(&addr.to_string());
-        server.add_service(service);
+        server
+            .add_service(service)
+            .add_dependency(&listeners_received);
     }
 
     announce(&config, &state, options.demo_origin);
-    server.bootstrap();
     let signals = DrainOnSignal::new(state.drain.clone(), server.watch_execution_phase());
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
