@@ -14,7 +14,7 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Guest memory kept mapped across slot reuse (reset with memset; beyond it,
 /// pages are given back with madvise, which interrupts every core to flush
-/// TLBs). An SDK policy starts with ~192 KiB and grows nothing (its heap is an
+/// TLBs). An SDK policy starts with 128 KiB and grows nothing (its heap is an
 /// arena in that memory: guest-sdk/src/allocator.rs); the margin is for
 /// policies built otherwise. Measured with 1 MiB-stack guests: 1 MiB → 0.20×,
 /// 4 MiB → 0.35× origin-direct hit throughput with a fresh instance per
