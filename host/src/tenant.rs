@@ -48,6 +48,8 @@ pub struct Tenant {
     /// The live plugin is the promoted shadow (`cachet promote`): it comes from the
     /// `shadow_plugin` file, and there is no shadow until the config changes those files.
     promoted: AtomicBool,
+    /// `cachet_requests_total` for this tenant, resolved once.
+    pub requests: crate::metrics::RequestCounters,
 }
 
 impl Tenant {
@@ -81,6 +83,7 @@ impl Tenant {
             PolicySource::Builtin(builtin) => PolicyLayer::Builtin(builtin),
         };
         Self {
+            requests: crate::metrics::RequestCounters::new(&config.name),
             upstream: TenantUpstream::new(&config),
             config,
             policy: ArcSwap::from_pointee(layer),

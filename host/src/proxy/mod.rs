@@ -314,7 +314,10 @@ impl ProxyHttp for CachetProxy {
         } else {
             ctx.outcome
         };
-        crate::metrics::request(tenant, outcome);
+        match &ctx.tenant {
+            Some(known) => known.requests.count(outcome),
+            None => crate::metrics::request(tenant, outcome),
+        }
         if let Some(waited) = session.cache.lock_duration() {
             crate::metrics::lock_wait(tenant, waited);
         }
