@@ -222,24 +222,29 @@ fn daemon_mode_writes_a_pid_file_and_serves() {
         .stderr(std::process::Stdio::null())
         .status()
         .expect("run cachet serve --daemon");
+    // Stopped by the PID it wrote, however the test ends (a failed start included).
+    let _daemon = KillOnDrop(written_pid(&pid_file));
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
-    let pid: u32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-        {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break pid;
-            }
-        }
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "daemon did not start");
         std::thread::sleep(Duration::from_millis(50));
-    };
-    // Stopped by the PID it wrote, however the test ends.
-    let _daemon = KillOnDrop(pid);
+    }
     let resp = get(&format!("http://127.0.0.1:{port}/x"));
     assert_eq!(resp.text(), "from origin");
+}
+
+/// The PID a daemon writes into `pid_file`, once it is there.
+fn written_pid(pid_file: &std::path::Path) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let written = std::fs::read_to_string(pid_file);
+        if let Some(pid) = written.ok().and_then(|p| p.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "the daemon wrote no pid file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The `cachet-sdk` dependency line of a generated crate.
@@ -420,19 +425,11 @@ fn graceful_upgrade_hands_the_listeners_to_a_new_process() {
     let status = serve(&["--daemon", "--upgrade"])
         .status()
         .expect("run cachet serve --daemon --upgrade");
-    assert!(status.success(), "the upgrading daemon did not start");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let new_pid: u32 = loop {
-        // Written by the daemon itself, in the config's folder.
-        let written = std::fs::read_to_string(dir.path().join("cachet.pid"));
-        if let Some(pid) = written.ok().and_then(|p| p.trim().parse().ok()) {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the daemon wrote no pid file");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    // Stopped by the PID it wrote, however the test ends.
+    // Written by the daemon itself, in the config's folder; stopped by that PID however the
+    // test ends (a failed start included).
+    let new_pid = written_pid(&dir.path().join("cachet.pid"));
     let _new = KillOnDrop(new_pid);
+    assert!(status.success(), "the upgrading daemon did not start");
     assert_ne!(new_pid, old.id());
     assert!(Command::new("kill")
         .args(["-QUIT", &old.id().to_string()])
