@@ -333,15 +333,18 @@ fn nodes_share_over_tls_and_a_wrong_ca_shares_nothing() {
     );
 }
 
-/// A client certificate for `rediss://` is checked at load like a served one: a key that does
-/// not go with the certificate is refused, naming the key and line; a matching pair passes.
+/// A client certificate for `rediss://` is checked at load like a served one: a bad pair is
+/// refused naming the key (`tls_cert` or `tls_key`) and line of the file at fault; a matching
+/// pair passes.
 #[test]
 fn a_redis_client_certificate_is_checked_before_serving() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("cachet test client CA");
     let (cert, key) = ca.leaf(&["cachet.test"]).write(dir.path(), "client");
     let (_, other_key) = ca.leaf(&["cachet.test"]).write(dir.path(), "other");
-    let validate = |key: &std::path::Path| {
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a pem file\n").unwrap();
+    let validate = |cert: &std::path::Path, key: &std::path::Path| {
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:1\"\n\n[cache.shared]\nurl = \"rediss://127.0.0.1:2\"\ntls_cert = {:?}\ntls_key = {:?}\n\n[[tenant]]\nname = \"site\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:9\"\nplugin = \"builtin:standard\"\n",
             cert.display().to_string(),
@@ -351,13 +354,30 @@ fn a_redis_client_certificate_is_checked_before_serving() {
         std::fs::write(&path, config).unwrap();
         support::proxy::run_cachet(&["validate", "--config", path.to_str().unwrap()])
     };
-    let (ok, out) = validate(&other_key);
+    // A key from another pair: the key's line is named.
+    let (ok, out) = validate(&cert, &other_key);
     assert!(!ok, "{out}");
     assert!(
-        out.contains("cache.shared.tls_cert") && out.contains("does not go with"),
+        out.contains("cache.shared.tls_key") && out.contains("does not go with"),
         "{out}"
     );
-    assert!(out.contains("cachet.toml:6"), "names the line: {out}");
-    let (ok, out) = validate(&key);
+    assert!(out.contains("cachet.toml:7"), "names the key's line: {out}");
+    // A certificate file with no certificate in it: the certificate's line is named.
+    let (ok, out) = validate(&garbage, &key);
+    assert!(!ok, "{out}");
+    assert!(out.contains("cache.shared.tls_cert"), "{out}");
+    assert!(
+        out.contains("cachet.toml:6"),
+        "names the certificate's line: {out}"
+    );
+    // A key file with no key in it: the key's line is named.
+    let (ok, out) = validate(&cert, &garbage);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("cache.shared.tls_key") && out.contains("no PEM private key"),
+        "{out}"
+    );
+    assert!(out.contains("cachet.toml:7"), "names the key's line: {out}");
+    let (ok, out) = validate(&cert, &key);
     assert!(ok, "{out}");
 }

@@ -2,6 +2,7 @@
 
 use super::duration::DurationValue;
 use super::{ConfigError, Locator};
+use crate::tls::certificate::PairFile;
 use bytesize::ByteSize;
 use serde::Deserialize;
 use std::fmt;
@@ -201,12 +202,16 @@ impl Locator<'_> {
             None => None,
         };
         let paths = self.cert_paths(base, "cache.shared", &raw.tls_cert, &raw.tls_key)?;
-        let (Some(paths), Some(cert)) = (paths, &raw.tls_cert) else {
+        let (Some(paths), Some(cert), Some(key)) = (paths, &raw.tls_cert, &raw.tls_key) else {
             return Ok((ca_pem, None));
         };
-        // Checked as a served certificate is: a chain, a usable key, the key matching the leaf.
-        let (cert_pem, key_pem) = crate::tls::certificate::read_checked_pair(&paths)
-            .map_err(|e| self.at(cert.span(), "cache.shared.tls_cert", e))?;
+        // Checked as a served certificate is: a chain, a usable key, the key matching the leaf;
+        // the error points at the key whose file is at fault.
+        let (cert_pem, key_pem) =
+            crate::tls::certificate::read_checked_pair(&paths).map_err(|e| match e.file {
+                PairFile::Cert => self.at(cert.span(), "cache.shared.tls_cert", e.reason),
+                PairFile::Key => self.at(key.span(), "cache.shared.tls_key", e.reason),
+            })?;
         Ok((ca_pem, Some(ClientCert { cert_pem, key_pem })))
     }
 }

@@ -27,6 +27,42 @@ pub struct LoadedCert {
     pub loaded_at: SystemTime,
 }
 
+/// Which file of a pair a problem is in, so a config error can name the key that points at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairFile {
+    Cert,
+    Key,
+}
+
+/// What is wrong with a pair, and in which of its two files.
+#[derive(Debug)]
+pub struct PairError {
+    pub file: PairFile,
+    pub reason: String,
+}
+
+impl PairError {
+    fn cert(reason: String) -> Self {
+        Self {
+            file: PairFile::Cert,
+            reason,
+        }
+    }
+
+    fn key(reason: String) -> Self {
+        Self {
+            file: PairFile::Key,
+            reason,
+        }
+    }
+}
+
+impl std::fmt::Display for PairError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
 /// The two files' contents, read once so the hash and the parse see the same bytes.
 pub(super) struct PairBytes {
     cert: Vec<u8>,
@@ -34,13 +70,13 @@ pub(super) struct PairBytes {
 }
 
 impl PairBytes {
-    pub(super) fn read(paths: &CertPaths) -> Result<Self, String> {
+    pub(super) fn read(paths: &CertPaths) -> Result<Self, PairError> {
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
         };
         Ok(Self {
-            cert: read(&paths.cert)?,
-            key: read(&paths.key)?,
+            cert: read(&paths.cert).map_err(PairError::cert)?,
+            key: read(&paths.key).map_err(PairError::key)?,
         })
     }
 
@@ -55,26 +91,31 @@ impl PairBytes {
 
 impl LoadedCert {
     /// Reads and checks the pair at `paths`; the error says what is wrong with which file.
-    pub fn load(paths: &CertPaths) -> Result<Self, String> {
+    pub fn load(paths: &CertPaths) -> Result<Self, PairError> {
         Self::from_bytes(paths, &PairBytes::read(paths)?)
     }
 
-    pub(super) fn from_bytes(paths: &CertPaths, bytes: &PairBytes) -> Result<Self, String> {
+    pub(super) fn from_bytes(paths: &CertPaths, bytes: &PairBytes) -> Result<Self, PairError> {
         let cert_file = paths.cert.display();
         let key_file = paths.key.display();
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes.cert)
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("{cert_file}: not a PEM certificate chain: {e}"))?;
+            .map_err(|e| {
+                PairError::cert(format!("{cert_file}: not a PEM certificate chain: {e}"))
+            })?;
         let Some(leaf) = chain.first() else {
-            return Err(format!("{cert_file}: no certificate in the file"));
+            return Err(PairError::cert(format!(
+                "{cert_file}: no certificate in the file"
+            )));
         };
         let key = PrivateKeyDer::from_pem_slice(&bytes.key)
-            .map_err(|e| format!("{key_file}: no PEM private key: {e}"))?;
-        let (names, not_after) = describe(leaf).map_err(|e| format!("{cert_file}: {e}"))?;
+            .map_err(|e| PairError::key(format!("{key_file}: no PEM private key: {e}")))?;
+        let (names, not_after) =
+            describe(leaf).map_err(|e| PairError::cert(format!("{cert_file}: {e}")))?;
         let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
         let files_sha256 = bytes.sha256();
         let certified = CertifiedKey::from_der(chain, key, &default_provider())
-            .map_err(|e| format!("{key_file} does not go with {cert_file}: {e}"))?;
+            .map_err(|e| PairError::key(format!("{key_file} does not go with {cert_file}: {e}")))?;
         Ok(Self {
             key: Arc::new(certified),
             paths: paths.clone(),
@@ -98,7 +139,7 @@ impl LoadedCert {
 /// Reads a certificate pair a client presents (the shared tier's mutual TLS) and checks it
 /// exactly as a served pair is checked, the key matching the leaf included; returns both files'
 /// PEM bytes.
-pub fn read_checked_pair(paths: &CertPaths) -> Result<(Vec<u8>, Vec<u8>), String> {
+pub fn read_checked_pair(paths: &CertPaths) -> Result<(Vec<u8>, Vec<u8>), PairError> {
     let bytes = PairBytes::read(paths)?;
     LoadedCert::from_bytes(paths, &bytes)?;
     Ok((bytes.cert, bytes.key))

@@ -152,7 +152,7 @@ impl CertStore {
     fn refresh(&self, owner: &CertOwner, old: &LoadedCert) -> Outcome {
         let bytes = match PairBytes::read(&old.paths) {
             Ok(bytes) => bytes,
-            Err(e) => return self.refuse(owner, e),
+            Err(e) => return self.refuse(owner, e.reason),
         };
         if bytes.sha256() == old.files_sha256 {
             return Outcome::Unchanged;
@@ -166,7 +166,7 @@ impl CertStore {
                 self.current.store(Arc::new(next));
                 Outcome::Applied
             }
-            Err(e) => self.refuse(owner, e),
+            Err(e) => self.refuse(owner, e.reason),
         }
     }
 
