@@ -277,11 +277,20 @@ fn plugins_asking_for_filesystem_or_sockets_are_refused_by_name() {
 }
 
 #[test]
-fn a_component_for_another_world_or_failing_its_self_test_is_refused() {
+fn a_component_for_another_world_with_a_mistyped_hook_or_failing_its_self_test_is_refused() {
     let (ok, out) = check(&fixture("wrong-world"));
     assert!(!ok, "{out}");
     assert!(
         out.contains("does not implement the cachet:policy/policy world (0.1.0 or 0.2.0)"),
+        "{out}"
+    );
+    // Every hook present by name, one with the wrong type: refused at load, so no
+    // instance ever calls a hook whose type differs from its world's.
+    let (ok, out) = check(&fixture("mistyped"));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("does not implement the cachet:policy/policy world")
+            && out.contains("cache-key"),
         "{out}"
     );
     let (ok, out) = check(&fixture("self-test-fails"));

@@ -2,7 +2,7 @@
 //! and a per-tenant pool that reuses instances only as far as configured.
 
 use super::bindings::v2::cachet::policy::types::{self as raw, TestVector};
-use super::bindings::{self, Hooks};
+use super::bindings::{Hooks, RequestAnswer, ResponseAnswer};
 use super::breaker::Breaker;
 use super::decision::{
     self, OriginFailure, RequestDecision, RequestPlan, ResponseDecision, ResponsePlan,
@@ -19,7 +19,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use wasmtime::component::Resource;
 use wasmtime::{Store, Trap};
 
 /// Why a hook call failed. The instance involved is always discarded.
@@ -126,15 +125,14 @@ impl PolicyInstance {
         limits: &PluginLimits,
         request: &RequestHeader,
     ) -> Result<RequestPlan, PluginFault> {
-        let plan = self.call(limits, Some(request), None, |hooks, store| {
-            Ok(match hooks {
-                Hooks::V1(p) => Err(p.call_on_request(store, borrow())?),
-                Hooks::V2(p) => Ok(p.call_on_request(store, borrow())?),
-            })
+        let answer = self.call(limits, Some(request), None, |hooks, store| {
+            hooks.on_request(store)
         })?;
-        match plan {
-            Err(v1) => decision::request_decision_v1(v1, limits).map(RequestPlan::decision_only),
-            Ok(v2) => decision::request_plan(v2, limits),
+        match answer {
+            RequestAnswer::V1(v1) => {
+                decision::request_decision_v1(v1, limits).map(RequestPlan::decision_only)
+            }
+            RequestAnswer::V2(v2) => decision::request_plan(v2, limits),
         }
         .map_err(PluginFault::InvalidOutput)
     }
@@ -144,9 +142,8 @@ impl PolicyInstance {
         limits: &PluginLimits,
         request: &RequestHeader,
     ) -> Result<Vec<String>, PluginFault> {
-        let parts = self.call(limits, Some(request), None, |hooks, store| match hooks {
-            Hooks::V1(p) => p.call_cache_key(store, borrow()),
-            Hooks::V2(p) => p.call_cache_key(store, borrow()),
+        let parts = self.call(limits, Some(request), None, |hooks, store| {
+            hooks.cache_key(store)
         })?;
         decision::key_parts(parts, limits).map_err(PluginFault::InvalidOutput)
     }
@@ -157,18 +154,17 @@ impl PolicyInstance {
         request: &RequestHeader,
         response: &ResponseHeader,
     ) -> Result<ResponsePlan, PluginFault> {
-        let plan = self.call(limits, Some(request), Some(response), |hooks, store| {
-            Ok(match hooks {
-                Hooks::V1(p) => Err(p.call_on_response(store, borrow(), borrow())?),
-                Hooks::V2(p) => Ok(p.call_on_response(store, borrow(), borrow())?),
-            })
+        let answer = self.call(limits, Some(request), Some(response), |hooks, store| {
+            hooks.on_response(store)
         })?;
-        match plan {
-            Err(v1) => Ok(ResponsePlan {
+        match answer {
+            ResponseAnswer::V1(v1) => Ok(ResponsePlan {
                 decision: decision::response_decision_v1(v1),
                 edits: Vec::new(),
             }),
-            Ok(v2) => decision::response_plan(v2, limits).map_err(PluginFault::InvalidOutput),
+            ResponseAnswer::V2(v2) => {
+                decision::response_plan(v2, limits).map_err(PluginFault::InvalidOutput)
+            }
         }
     }
 
@@ -178,15 +174,9 @@ impl PolicyInstance {
         request: &RequestHeader,
         response: &ResponseHeader,
     ) -> Result<Vec<HeaderEdit>, PluginFault> {
-        let raw = self.call(
-            limits,
-            Some(request),
-            Some(response),
-            |hooks, store| match hooks {
-                Hooks::V1(_) => Ok(Vec::new()),
-                Hooks::V2(p) => p.call_on_deliver(store, borrow(), borrow()),
-            },
-        )?;
+        let raw = self.call(limits, Some(request), Some(response), |hooks, store| {
+            hooks.on_deliver(store)
+        })?;
         edits::header_edits(raw, limits, "delivery").map_err(PluginFault::InvalidOutput)
     }
 
@@ -201,9 +191,8 @@ impl PolicyInstance {
             OriginFailure::Timeout => raw::OriginFailure::Timeout,
             OriginFailure::Status(code) => raw::OriginFailure::Status(code),
         };
-        let answer = self.call(limits, Some(request), None, |hooks, store| match hooks {
-            Hooks::V1(_) => Ok(None),
-            Hooks::V2(p) => p.call_on_error(store, borrow(), failure),
+        let answer = self.call(limits, Some(request), None, |hooks, store| {
+            hooks.on_error(store, failure)
         })?;
         answer
             .map(|r| decision::synthetic_response(r, limits))
@@ -217,9 +206,8 @@ impl PolicyInstance {
         request: &RequestHeader,
         name: &str,
     ) -> Result<Option<String>, PluginFault> {
-        let value = self.call(limits, Some(request), None, |hooks, store| match hooks {
-            Hooks::V1(p) => p.call_vary_value(store, borrow(), name),
-            Hooks::V2(p) => p.call_vary_value(store, borrow(), name),
+        let value = self.call(limits, Some(request), None, |hooks, store| {
+            hooks.vary_value(store, name)
         })?;
         match value {
             Some(v) if v.len() > limits.max_key_bytes => Err(PluginFault::InvalidOutput(format!(
@@ -232,21 +220,8 @@ impl PolicyInstance {
     }
 
     fn self_test(&mut self, limits: &PluginLimits) -> Result<Vec<TestVector>, PluginFault> {
-        self.call(limits, None, None, |hooks, store| match hooks {
-            Hooks::V1(p) => Ok(p
-                .call_self_test(store)?
-                .into_iter()
-                .map(bindings::vector_from_v1)
-                .collect()),
-            Hooks::V2(p) => p.call_self_test(store),
-        })
+        self.call(limits, None, None, |hooks, store| hooks.self_test(store))
     }
-}
-
-/// The handle a hook receives for the request or response in scope: the host
-/// resolves it through the call scope, never through the resource table.
-fn borrow<T: 'static>() -> Resource<T> {
-    Resource::new_borrow(0)
 }
 
 /// Empties a store's call scope when dropped, so a hook that returns early or unwinds never

@@ -2,7 +2,7 @@
 //! exports against the `policy` world, and pre-instantiate it.
 
 use super::artifact_cache::ArtifactCache;
-use super::bindings::{v1, v2, PolicyPre};
+use super::bindings::PolicyPre;
 use super::engine::PolicyEngine;
 use super::host_api::HostState;
 use sha2::{Digest, Sha256};
@@ -145,14 +145,10 @@ impl LoadedPlugin {
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("{} cannot be linked: {}", path.display(), root_cause(&e))
         })?;
-        // A 0.2.0 component is the only kind exporting `on-error`; the
-        // bindings then check every export's type against its world.
-        let pre = if exports_contain(&exports, "on-error") {
-            v2::PolicyPre::new(instance_pre).map(PolicyPre::V2)
-        } else {
-            v1::PolicyPre::new(instance_pre).map(PolicyPre::V1)
-        }
-        .map_err(|e| {
+        // A 0.2.0 component is the only kind exporting `on-error`; the first
+        // instance then checks every export's type against its world.
+        let v2 = exports_contain(&exports, "on-error");
+        let pre = PolicyPre::new(instance_pre, v2).map_err(|e| {
             anyhow::anyhow!(
                 "{} does not implement the cachet:policy/policy world (0.1.0 or 0.2.0): {}",
                 path.display(),
