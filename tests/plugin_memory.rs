@@ -28,6 +28,7 @@ fn sdk_policies_serve_from_their_initial_memory_and_larger_needs_still_grow() {
         &[
             TenantSpec::new("standard", origin.addr, &plugin("standard")).hosts(&["std.test"]),
             TenantSpec::new("hungry", origin.addr, &fixture("alloc-bomb")).hosts(&["hungry.test"]),
+            TenantSpec::new("vcl", origin.addr, &plugin("vcl-port")).hosts(&["vcl.test"]),
         ],
     );
 
@@ -44,6 +45,31 @@ fn sdk_policies_serve_from_their_initial_memory_and_larger_needs_still_grow() {
     }
     assert_eq!(origin.hits_for("/page/0"), 1);
     assert_eq!(growths(&proxy, "standard"), 0, "{}", proxy.log());
+
+    // A browser's head (6 KiB of analytics cookies) through the example that
+    // reads, filters and keys on cookies: still inside the initial memory.
+    let cookies: Vec<String> = (0..150)
+        .map(|i| format!("_ga_tracker_{i:03}=GA1.2.{:020}", i * 7919))
+        .chain(["lang=de".to_owned()])
+        .collect();
+    let cookie = cookies.join("; ");
+    assert!(cookie.len() > 6 * 1024, "{}", cookie.len());
+    let user_agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)";
+    for i in 0..3 {
+        let resp = send(
+            "GET",
+            &proxy.url(&format!("/article/{i}")),
+            &[
+                ("Host", "vcl.test"),
+                ("Cookie", &cookie),
+                ("User-Agent", user_agent),
+                ("Accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"),
+                ("Accept-Language", "de-DE,de;q=0.9,en;q=0.8"),
+            ],
+        );
+        assert_eq!(resp.status, 200, "{}", proxy.log());
+    }
+    assert_eq!(growths(&proxy, "vcl"), 0, "{}", proxy.log());
 
     // A policy that needs more than the arena gets it from memory.grow and answers normally.
     let before = growths(&proxy, "hungry");
