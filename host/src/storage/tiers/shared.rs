@@ -22,9 +22,11 @@ use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::IntoConnectionInfo;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::runtime::{Handle, Id as RuntimeId};
 
 /// Purge fan-out is worth a longer wait than a lookup: it is not on a client's path.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -64,8 +66,21 @@ impl RemotePurges {
     }
 }
 
+/// Tells shared tiers apart in the per-thread lookup connections.
+static NEXT_TIER_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's lookup connection for each (tier, runtime) it has read from.
+    static LOOKUP_CONNS: RefCell<Vec<((u64, RuntimeId), Conn)>> = const { RefCell::new(Vec::new()) };
+}
+
 pub(crate) struct SharedTier {
+    /// Writes, deletes and purges: their I/O runs on the tiers' runtime.
     conn: Conn,
+    /// What lookup connections are made from (see [`SharedTier::lookup_conn`]).
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    id: u64,
     prefix: String,
     max_value: usize,
     op_timeout: Duration,
@@ -83,14 +98,23 @@ struct Conn {
 }
 
 impl Conn {
-    /// Runs `cmd` under `limit`.
+    /// Runs `cmd` under `limit`. A command that finds its connection broken (Redis restarted
+    /// since this connection last served) is sent once more, within the same limit, on the
+    /// connection the manager makes in its place: every command here may be repeated, and a
+    /// connection idle through an outage would otherwise fail its first use after it.
     async fn run<T: redis::FromRedisValue>(
         &self,
         limit: Duration,
         cmd: redis::Pipeline,
     ) -> Result<T, String> {
         let mut redis = self.redis.clone();
-        match tokio::time::timeout(limit, cmd.query_async::<T>(&mut redis)).await {
+        let attempts = async {
+            match cmd.query_async::<T>(&mut redis).await {
+                Err(e) if e.is_unrecoverable_error() => cmd.query_async::<T>(&mut redis).await,
+                answered => answered,
+            }
+        };
+        match tokio::time::timeout(limit, attempts).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {limit:?}")),
@@ -140,7 +164,7 @@ impl SharedTier {
             .set_max_delay(Duration::from_millis(500));
         let redis = {
             let _in_runtime = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
                 .context("setting up the shared tier's connection")?
         };
         let tier = Arc::new(Self {
@@ -148,6 +172,9 @@ impl SharedTier {
                 redis,
                 counters: Arc::default(),
             },
+            client: client.clone(),
+            manager_config,
+            id: NEXT_TIER_ID.fetch_add(1, Relaxed),
             prefix: config.key_prefix.clone(),
             max_value: config.max_object_bytes,
             op_timeout: config.op_timeout,
@@ -175,6 +202,35 @@ impl SharedTier {
     fn channel(&self) -> String {
         format!("{}purges", self.prefix)
     }
+
+    /// The connection a lookup uses: one per worker thread and runtime, made on first use
+    /// there, so its I/O runs on the runtime of the request that waits for it. Through the
+    /// tiers' runtime, every L2 read woke one of its threads and waited for it to wake the
+    /// worker again: two cross-thread hand-offs and their context switches per read.
+    fn lookup_conn(&self) -> Conn {
+        let Ok(runtime) = Handle::try_current() else {
+            return self.conn.clone();
+        };
+        let key = (self.id, runtime.id());
+        LOOKUP_CONNS.with_borrow_mut(|conns| {
+            if let Some((_, conn)) = conns.iter().find(|(k, _)| *k == key) {
+                return conn.clone();
+            }
+            let made = ConnectionManager::new_lazy_with_config(
+                self.client.clone(),
+                self.manager_config.clone(),
+            );
+            let Ok(redis) = made else {
+                return self.conn.clone();
+            };
+            let conn = Conn {
+                redis,
+                counters: self.conn.counters.clone(),
+            };
+            conns.push((key, conn.clone()));
+            conn
+        })
+    }
 }
 
 #[async_trait]
@@ -186,7 +242,8 @@ impl Tier for SharedTier {
     async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
         let mut cmd = redis::pipe();
         cmd.cmd("GET").arg(self.object_key(key));
-        let (value,): (Option<Vec<u8>>,) = self.conn.run(self.op_timeout, cmd).await?;
+        let conn = self.lookup_conn();
+        let (value,): (Option<Vec<u8>>,) = conn.run(self.op_timeout, cmd).await?;
         Ok(value.map(Bytes::from))
     }
 
@@ -194,7 +251,8 @@ impl Tier for SharedTier {
         let mut cmd = redis::pipe();
         cmd.cmd("GET").arg(self.object_key(key));
         let limit = self.op_timeout.max(CHUNK_TIMEOUT);
-        let (value,): (Option<Vec<u8>>,) = self.conn.run(limit, cmd).await?;
+        let conn = self.lookup_conn();
+        let (value,): (Option<Vec<u8>>,) = conn.run(limit, cmd).await?;
         Ok(value.map(Bytes::from))
     }
 
