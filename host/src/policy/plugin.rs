@@ -145,8 +145,8 @@ impl LoadedPlugin {
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("{} cannot be linked: {}", path.display(), root_cause(&e))
         })?;
-        // A 0.2.0 component is the only kind exporting `on-error`; the first
-        // instance then checks every export's type against its world.
+        // A 0.2.0 component is the only kind exporting `on-error`; `PolicyPre::new`
+        // then checks every export's type against its world, once, here.
         let v2 = exports_contain(&exports, "on-error");
         let pre = PolicyPre::new(instance_pre, v2).map_err(|e| {
             anyhow::anyhow!(
