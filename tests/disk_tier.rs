@@ -26,7 +26,13 @@ fn origin() -> Origin {
             *n
         };
         let lang = seen.header("accept-language").unwrap_or("-");
-        let body = format!("{} for {host} in {lang} #{n} ", seen.url).repeat(20);
+        // `/large/...` bodies are big enough that the disk needs a moment to take them.
+        let repeat = if seen.url.starts_with("/large/") {
+            28000
+        } else {
+            20
+        };
+        let body = format!("{} for {host} in {lang} #{n} ", seen.url).repeat(repeat);
         let max_age = if seen.url == "/short" { 1 } else { 300 };
         let mut reply =
             Reply::ok(body).header("Cache-Control", &format!("public, max-age={max_age}"));
@@ -205,6 +211,43 @@ fn objects_survive_a_restart_with_variants_tenants_tags_and_freshness() {
     assert!(stats["hits"].as_u64().unwrap() >= 4, "{stats}");
     assert!(stats["stored_bytes"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["errors"], 0, "{stats}");
+}
+
+/// A stop right after the fills loses none of them: the objects still queued for the disk
+/// tier, and those in its write buffers, reach the files before the process exits.
+#[test]
+fn a_stop_right_after_fills_keeps_every_object() {
+    const OBJECTS: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let origin = origin();
+    let mut first = start(&origin, &disk);
+    // All at once, so their writes queue up together.
+    let bodies: Vec<String> = std::thread::scope(|s| {
+        let fills: Vec<_> = (0..OBJECTS)
+            .map(|i| {
+                let first = &first;
+                s.spawn(move || get(first, "one.test", &format!("/large/{i}"), &[]).text())
+            })
+            .collect();
+        fills.into_iter().map(|f| f.join().unwrap()).collect()
+    });
+    assert!(bodies[0].len() > 200 << 10, "{}", bodies[0].len());
+    // No wait for the writes: the stop itself must finish them.
+    stop(&mut first);
+
+    let second = start(&origin, &disk);
+    for (i, body) in bodies.iter().enumerate() {
+        let resp = get(&second, "one.test", &format!("/large/{i}"), &[]);
+        assert!(
+            resp.cache_status().ends_with(r#"; detail="l2-disk""#),
+            "/large/{i} after the restart: {}\n{}",
+            resp.cache_status(),
+            second.log()
+        );
+        assert_eq!(&resp.text(), body, "/large/{i}");
+    }
+    assert_eq!(origin.hits(), OBJECTS);
 }
 
 fn tier_count(proxy: &Proxy, field: &str) -> u64 {

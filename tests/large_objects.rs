@@ -244,9 +244,11 @@ fn a_damaged_chunk_is_never_served_as_a_complete_body() {
     let damaged = raw_get(&second, "/big");
     assert!(
         !damaged.is_complete(),
-        "a damaged chunk must not give a complete 200: {} ({} body bytes)",
+        "a damaged chunk must not give a complete 200: {} ({} body bytes)\nfirst node:\n{}\nsecond node:\n{}",
         damaged.head,
-        damaged.body.len()
+        damaged.body.len(),
+        first.log(),
+        second.log()
     );
     assert!(damaged.body.len() < BIG, "{}", damaged.body.len());
     eprintln!(

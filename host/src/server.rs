@@ -7,7 +7,7 @@ use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
 use crate::reload::{spawn_watcher, Hangups, Reloader};
 use crate::shadow::Shadow;
-use crate::shutdown::DrainOnSignal;
+use crate::shutdown::{BeforeExit, DrainOnSignal};
 use crate::storage::{MemoryStorage, TieredStorage};
 use crate::tenant::{PolicySource, Tenant, TenantRouter};
 use anyhow::Context;
@@ -310,15 +310,20 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     }
 
     announce(&config, &state, options.demo_origin);
-    let signals = DrainOnSignal::new(state.drain.clone(), server.watch_execution_phase());
+    // Objects queued for the L2 tiers are stored before exit, within one more grace period.
+    let (storage, drain) = (state.cache.storage, state.drain.clone());
+    let before_exit: BeforeExit = Arc::new(move || storage.close_within(drain.grace()));
+    let signals = DrainOnSignal::new(
+        state.drain.clone(),
+        server.watch_execution_phase(),
+        before_exit.clone(),
+    );
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });
-    // Lines still queued by the last requests reach the log before exit, and objects queued
-    // for the disk tier reach its files.
+    // Reached when Pingora shut down without a drain (its fast shutdown).
+    before_exit();
     crate::log_writer::flush();
-    let storage = state.cache.storage;
-    storage.block_on(storage.close());
     std::process::exit(0)
 }
 

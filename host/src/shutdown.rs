@@ -67,14 +67,24 @@ pub struct DrainOnSignal {
     /// Taken by the first signal: the drain waits on it for Pingora to have
     /// stopped the listeners.
     phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+    before_exit: BeforeExit,
 }
+
+/// What must be finished after the last request and before the process
+/// ends (objects queued for the cache tiers). A second signal skips it.
+pub type BeforeExit = Arc<dyn Fn() + Send + Sync>;
 
 impl DrainOnSignal {
     /// `phases` comes from `Server::watch_execution_phase`.
-    pub fn new(drain: Arc<Drain>, phases: broadcast::Receiver<ExecutionPhase>) -> Self {
+    pub fn new(
+        drain: Arc<Drain>,
+        phases: broadcast::Receiver<ExecutionPhase>,
+        before_exit: BeforeExit,
+    ) -> Self {
         Self {
             drain,
             phases: Mutex::new(Some(phases)),
+            before_exit,
         }
     }
 }
@@ -98,10 +108,10 @@ impl ShutdownSignalWatch for DrainOnSignal {
             "shutting down: draining requests in flight"
         );
         if let Some(phases) = self.phases.lock().take() {
-            let drain = self.drain.clone();
+            let (drain, before_exit) = (self.drain.clone(), self.before_exit.clone());
             std::thread::Builder::new()
                 .name("cachet-drain".into())
-                .spawn(move || drain_then_exit(phases, &drain))
+                .spawn(move || drain_then_exit(phases, &drain, &*before_exit))
                 .expect("spawn the drain thread");
         }
         // A second signal means "now": the operator does not want to wait.
@@ -118,10 +128,15 @@ impl ShutdownSignalWatch for DrainOnSignal {
 }
 
 /// Waits for Pingora to stop accepting (its grace period starts once the
-/// listeners are closed), then exits when no request is left or the grace is
-/// over. Returns without exiting if Pingora shuts down without a grace period
-/// (a failed upgrade hand-over ends in its fast shutdown).
-fn drain_then_exit(mut phases: broadcast::Receiver<ExecutionPhase>, drain: &Drain) {
+/// listeners are closed), then, when no request is left or the grace is over,
+/// runs `before_exit` and exits. Returns without exiting if Pingora shuts down
+/// without a grace period (a failed upgrade hand-over ends in its fast
+/// shutdown).
+fn drain_then_exit(
+    mut phases: broadcast::Receiver<ExecutionPhase>,
+    drain: &Drain,
+    before_exit: &(dyn Fn() + Send + Sync),
+) {
     loop {
         match phases.blocking_recv() {
             Ok(ExecutionPhase::ShutdownGracePeriod) => break,
@@ -135,17 +150,19 @@ fn drain_then_exit(mut phases: broadcast::Receiver<ExecutionPhase>, drain: &Drai
         let left = drain.in_flight();
         if left == 0 {
             tracing::info!("no request in flight: exiting");
-            exit();
+            break;
         }
         if Instant::now() >= deadline {
             tracing::warn!(
                 in_flight = left,
                 "shutdown grace period over with requests still in flight: exiting"
             );
-            exit();
+            break;
         }
         std::thread::sleep(DRAIN_POLL);
     }
+    before_exit();
+    exit();
 }
 
 /// Ends the process once the queued access-log lines are written.

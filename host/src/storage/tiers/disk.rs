@@ -26,6 +26,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -39,6 +40,11 @@ const MIN_BLOCKS: usize = 8;
 const ENTRY_ROOM: usize = 4096;
 /// foyer's own memory layer only passes writes through (cachet's L1 is the memory tier).
 const FOYER_MEMORY: usize = 1 << 20;
+/// foyer silently drops what is submitted while more than 16 MiB (its default
+/// `submit_queue_size_threshold`) wait for its flushers. The writer waits for them after
+/// every this many bytes instead, so a backlog stays in cachet's bounded queue, where a
+/// dropped write is counted. Half the threshold leaves room for one more value (≤ 1 MiB).
+const FLUSH_EVERY: usize = 8 << 20;
 
 pub(crate) struct DiskTier {
     config: DiskTierConfig,
@@ -48,6 +54,8 @@ pub(crate) struct DiskTier {
     /// Purges made before the store was open, written to its marks file when it opens.
     pending_marks: Mutex<Vec<Purge>>,
     counters: TierCounters,
+    /// Bytes handed to foyer since its flushers last caught up (see [`FLUSH_EVERY`]).
+    unflushed: AtomicUsize,
 }
 
 struct Store {
@@ -88,6 +96,7 @@ impl DiskTier {
             store: OnceLock::new(),
             pending_marks: Mutex::default(),
             counters: TierCounters::default(),
+            unflushed: AtomicUsize::new(0),
         });
         if flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
             tier.open(lock, runtime, &marks)?;
@@ -170,7 +179,7 @@ impl DiskTier {
         Ok(())
     }
 
-    /// Waits for queued writes to reach the files (graceful shutdown).
+    /// Waits for buffered writes to reach the files (shutdown).
     pub(crate) async fn close(&self) {
         let Some(store) = self.store.get() else {
             return;
@@ -225,12 +234,17 @@ impl Tier for DiskTier {
         if value.len() > self.max_value {
             return Err(format!("{} bytes do not fit a block", value.len()));
         }
+        let len = value.len();
         // The returned handle is dropped at once, which hands the entry to the flusher.
         store
             .cache
             .storage_writer(key.as_bytes().to_vec())
             .force()
             .insert(value);
+        if self.unflushed.fetch_add(len, Relaxed) + len >= FLUSH_EVERY {
+            self.unflushed.store(0, Relaxed);
+            store.cache.storage().wait().await;
+        }
         Ok(())
     }
 

@@ -37,6 +37,7 @@ use pingora_cache::CacheKey;
 use purges::{Purge, PurgeLog, Target};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 use tier::Tier;
 use writer::{Job, Writer};
 
@@ -159,16 +160,29 @@ impl TieredStorage {
         affected + self.tiers.len()
     }
 
-    /// Waits for queued disk writes to reach the files.
-    pub async fn close(&self) {
-        if let Some(disk) = &self.disk {
-            disk.close().await;
+    /// Shutdown: stores the objects still queued for the L2 tiers, then waits for the disk
+    /// tier's buffered writes to reach its files. Gives up after `limit` (a tier that hangs
+    /// must not hold the exit), saying so.
+    pub fn close_within(&self, limit: Duration) {
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        let closing = async {
+            if let Some(writer) = &self.writer {
+                writer.flush().await;
+            }
+            if let Some(disk) = &self.disk {
+                disk.close().await;
+            }
+        };
+        // The timer is made inside the runtime: it needs its time driver.
+        let within_limit = runtime.block_on(async { tokio::time::timeout(limit, closing).await });
+        if within_limit.is_err() {
+            tracing::warn!(
+                limit_ms = limit.as_millis() as u64,
+                "cache tiers: queued writes did not finish within the shutdown limit; exiting without them"
+            );
         }
-    }
-
-    /// Runs `future` on the tiers' runtime and waits for it (shutdown, from a plain thread).
-    pub fn block_on<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
-        self.runtime.as_ref().map(|rt| rt.block_on(future))
     }
 
     fn mark_key(&self, key: &CacheKey, soft: bool) -> bool {

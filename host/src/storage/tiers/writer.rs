@@ -13,7 +13,7 @@ use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Objects waiting at most.
 const QUEUE_JOBS: usize = 1024;
@@ -48,8 +48,15 @@ impl Job {
     }
 }
 
+/// What the writer task is handed: an object, or a request to report once everything
+/// queued before it is stored.
+enum Message {
+    Store(Job),
+    Flush(oneshot::Sender<()>),
+}
+
 pub(crate) struct Writer {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Message>,
     queued_bytes: Arc<AtomicUsize>,
     tiers: Arc<[Arc<dyn Tier>]>,
 }
@@ -60,13 +67,20 @@ impl Writer {
         tiers: Arc<[Arc<dyn Tier>]>,
         purges: Arc<PurgeLog>,
     ) -> Self {
-        let (queue, mut jobs) = mpsc::channel::<Job>(QUEUE_JOBS);
+        let (queue, mut messages) = mpsc::channel::<Message>(QUEUE_JOBS);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let (task_tiers, task_bytes) = (tiers.clone(), queued_bytes.clone());
         runtime.spawn(async move {
-            while let Some(job) = jobs.recv().await {
-                store(&task_tiers, &purges, &job).await;
-                task_bytes.fetch_sub(job.size(), Relaxed);
+            while let Some(message) = messages.recv().await {
+                match message {
+                    Message::Store(job) => {
+                        store(&task_tiers, &purges, &job).await;
+                        task_bytes.fetch_sub(job.size(), Relaxed);
+                    }
+                    Message::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
             }
         });
         Self {
@@ -80,12 +94,22 @@ impl Writer {
     pub(crate) fn submit(&self, job: Job) {
         let len = job.size();
         let before = self.queued_bytes.fetch_add(len, Relaxed);
-        let accepted = before + len <= QUEUE_BYTES && self.queue.try_send(job).is_ok();
+        let accepted =
+            before + len <= QUEUE_BYTES && self.queue.try_send(Message::Store(job)).is_ok();
         if !accepted {
             self.queued_bytes.fetch_sub(len, Relaxed);
             for tier in self.tiers.iter() {
                 TierCounters::bump(&tier.counters().dropped);
             }
+        }
+    }
+
+    /// Returns once every object queued before the call has been handed to its tiers
+    /// (shutdown: nothing a client was served is left in the queue).
+    pub(crate) async fn flush(&self) {
+        let (done, stored) = oneshot::channel();
+        if self.queue.send(Message::Flush(done)).await.is_ok() {
+            let _ = stored.await;
         }
     }
 }
