@@ -22,6 +22,9 @@ pub struct Hop {
 }
 
 /// Rewrites the forwarding fields of `req` for `mode`.
+///
+/// Runs on every request a plugin sees, hits included: each value is built in one
+/// allocation that becomes the header value itself, and constant values are not copied.
 pub fn apply(mode: ForwardedHeaders, req: &mut RequestHeader, hop: &Hop) {
     let append = match mode {
         ForwardedHeaders::Off => return,
@@ -35,42 +38,47 @@ pub fn apply(mode: ForwardedHeaders, req: &mut RequestHeader, hop: &Hop) {
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let client = hop.client.to_string();
+    let mut client = String::with_capacity(48);
+    push_ip(&mut client, hop.client);
 
-    let xff = joined(req, X_FORWARDED_FOR, append, &client);
-    set(req, X_FORWARDED_FOR, &xff);
+    let xff = list(req, X_FORWARDED_FOR, append, &client);
+    set(req, X_FORWARDED_FOR, xff);
     if !append || !req.headers.contains_key(X_FORWARDED_PROTO) {
-        set(req, X_FORWARDED_PROTO, proto);
+        set_static(req, X_FORWARDED_PROTO, proto);
     }
     if !append || !req.headers.contains_key(X_FORWARDED_HOST) {
-        set(req, X_FORWARDED_HOST, &host);
+        set(req, X_FORWARDED_HOST, host.clone());
     }
-    let element = forwarded_element(hop.client, proto, &host);
-    let forwarded = joined(req, FORWARDED, append, &element);
-    set(req, FORWARDED, &forwarded);
-    let via = joined(req, http::header::VIA.as_str(), true, VIA_HOP);
-    set(req, http::header::VIA.as_str(), &via);
+    let element = forwarded_element(hop.client, &client, proto, &host);
+    let forwarded = list(req, FORWARDED, append, &element);
+    set(req, FORWARDED, forwarded);
+    if req.headers.contains_key(http::header::VIA) {
+        let via = list(req, http::header::VIA.as_str(), true, VIA_HOP);
+        set(req, http::header::VIA.as_str(), via);
+    } else {
+        set_static(req, http::header::VIA.as_str(), VIA_HOP);
+    }
 }
 
 /// `ours` after the existing values of `name` (when `append`), as one list.
-fn joined(req: &RequestHeader, name: &str, append: bool, ours: &str) -> String {
-    let mut list: Vec<&str> = if append {
-        req.headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    list.push(ours);
-    list.join(", ")
+fn list(req: &RequestHeader, name: &str, append: bool, ours: &str) -> String {
+    let mut list = String::new();
+    if append {
+        let existing = req.headers.get_all(name).iter();
+        for value in existing.filter_map(|v| v.to_str().ok()).map(str::trim) {
+            if !value.is_empty() {
+                list.push_str(value);
+                list.push_str(", ");
+            }
+        }
+    }
+    list.push_str(ours);
+    list
 }
 
-fn set(req: &mut RequestHeader, name: &'static str, value: &str) {
-    match http::HeaderValue::from_str(value) {
+fn set(req: &mut RequestHeader, name: &'static str, value: String) {
+    // `HeaderValue: TryFrom<String>` keeps the string's buffer.
+    match http::HeaderValue::try_from(value) {
         Ok(value) => {
             let _ = req.insert_header(name, value);
         }
@@ -81,14 +89,52 @@ fn set(req: &mut RequestHeader, name: &'static str, value: &str) {
     }
 }
 
-/// One RFC 7239 element; IPv6 addresses and hosts are quoted as the grammar requires.
-fn forwarded_element(client: IpAddr, proto: &str, host: &str) -> String {
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let host: String = host.chars().filter(|c| !matches!(c, '"' | '\\')).collect();
-    format!("for={node};proto={proto};host=\"{host}\"")
+fn set_static(req: &mut RequestHeader, name: &'static str, value: &'static str) {
+    let _ = req.insert_header(name, http::HeaderValue::from_static(value));
+}
+
+/// Writes `ip` as text; IPv4, nearly every client, without the formatting machinery.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    use std::fmt::Write;
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// One RFC 7239 element (`client` is `ip` as text); IPv6 addresses and hosts are quoted as
+/// the grammar requires.
+fn forwarded_element(ip: IpAddr, client: &str, proto: &str, host: &str) -> String {
+    let mut element = String::with_capacity(32 + client.len() + host.len());
+    element.push_str("for=");
+    if ip.is_ipv6() {
+        element.push_str("\"[");
+        element.push_str(client);
+        element.push_str("]\"");
+    } else {
+        element.push_str(client);
+    }
+    element.push_str(";proto=");
+    element.push_str(proto);
+    element.push_str(";host=\"");
+    element.extend(host.chars().filter(|c| !matches!(c, '"' | '\\')));
+    element.push('"');
+    element
 }
 
 #[cfg(test)]
@@ -156,7 +202,26 @@ mod tests {
 
     #[test]
     fn ipv6_is_quoted() {
-        let element = forwarded_element("2001:db8::1".parse().expect("ip"), "https", "a.test");
+        let ip: IpAddr = "2001:db8::1".parse().expect("ip");
+        let mut client = String::new();
+        push_ip(&mut client, ip);
+        let element = forwarded_element(ip, &client, "https", "a.test");
         assert_eq!(element, "for=\"[2001:db8::1]\";proto=https;host=\"a.test\"");
+    }
+
+    #[test]
+    fn ipv4_text_matches_the_standard_formatting() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "192.168.100.255",
+            "9.99.100.199",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            let mut text = String::new();
+            push_ip(&mut text, ip);
+            assert_eq!(text, ip.to_string());
+        }
     }
 }

@@ -33,6 +33,16 @@ pub fn strip_for_downstream(resp: &mut ResponseHeader) {
 }
 
 fn strip_except(resp: &mut ResponseHeader, keep: &[&str]) {
+    // Stored heads were stripped when filled, so most calls (every hit) find none: one pass
+    // over the names is cheaper than a lookup per hop-by-hop name. `Connection` is in
+    // ALWAYS, so a head without it nominates nothing either.
+    if !resp
+        .headers
+        .keys()
+        .any(|name| ALWAYS.contains(&name.as_str()))
+    {
+        return;
+    }
     let nominated: Vec<http::HeaderName> = resp
         .headers
         .get_all(http::header::CONNECTION)
