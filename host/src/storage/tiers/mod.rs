@@ -13,6 +13,7 @@
 mod chunked_hit;
 mod chunks;
 mod disk;
+mod head_frame;
 mod hit;
 mod key;
 mod l1;

@@ -1,5 +1,6 @@
 //! An object as the L2 tiers keep it: one value holding pingora's own serialization of the
-//! meta (freshness, stale windows, variance, the header with its purge tags) and the body.
+//! meta (freshness, stale windows, variance, the header with its purge tags; the header
+//! re-framed uncompressed by [`super::head_frame`]) and the body.
 //! Bodies over [`chunks::SINGLE_MAX`] are stored as a head and chunks instead ([`chunks`]).
 //!
 //! `[magic (4), written_at ns (8), internal len (4), header len (4), body len (8),

@@ -5,6 +5,7 @@
 //! before the head that makes them visible.
 
 use super::chunks;
+use super::head_frame;
 use super::key::TierKey;
 use super::purges::{PurgeLog, Verdict};
 use super::record;
@@ -124,11 +125,14 @@ async fn store(tiers: &[Arc<dyn Tier>], purges: &PurgeLog, job: &Job) {
     if targets.is_empty() {
         return;
     }
+    // Stored uncompressed, so a hit does not pay for zstd (pingora compressed the head).
+    let reframed = head_frame::uncompressed(&job.header);
+    let header = reframed.as_deref().unwrap_or(&job.header);
     let (head, targets) = if job.body_len() <= chunks::SINGLE_MAX {
-        let head = record::encode_parts(&job.internal, &job.header, &job.body, job.written_at);
+        let head = record::encode_parts(&job.internal, header, &job.body, job.written_at);
         (head, targets)
     } else {
-        store_chunks(targets, job).await
+        store_chunks(targets, job, header).await
     };
     let Some(head) = head else {
         return;
@@ -154,6 +158,7 @@ async fn store(tiers: &[Arc<dyn Tier>], purges: &PurgeLog, job: &Job) {
 async fn store_chunks<'a>(
     targets: Vec<&'a Arc<dyn Tier>>,
     job: &Job,
+    header: &[u8],
 ) -> (Option<Bytes>, Vec<&'a Arc<dyn Tier>>) {
     let body_len = job.body_len();
     let count = chunks::count_for(body_len);
@@ -177,13 +182,7 @@ async fn store_chunks<'a>(
             }
         }
     }
-    let head = chunks::encode_head(
-        &job.internal,
-        &job.header,
-        body_len,
-        job.written_at,
-        &hashes,
-    );
+    let head = chunks::encode_head(&job.internal, header, body_len, job.written_at, &hashes);
     let complete = targets
         .into_iter()
         .zip(ok)
