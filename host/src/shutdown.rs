@@ -161,7 +161,11 @@ fn drain_then_exit(
         }
         std::thread::sleep(DRAIN_POLL);
     }
-    before_exit();
+    // A panic here would end only this thread and leave the process running with its
+    // listeners closed: exit whatever happens.
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(before_exit)).is_err() {
+        tracing::error!("shutdown: finishing the cache tiers' writes failed; exiting without them");
+    }
     exit();
 }
 
