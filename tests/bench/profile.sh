@@ -8,13 +8,19 @@
 #   bash tests/bench/profile.sh                # default mode: fresh instance per request
 #   PROFILE_MODE=reuse bash tests/bench/profile.sh
 #   PROFILE_MODE=builtin bash tests/bench/profile.sh
+#   PROFILE_MODE=builtin PROFILE_TIER=shared bash tests/bench/profile.sh   # shared-tier hits
+#   PROFILE_MODE=builtin PROFILE_TLS=1 bash tests/bench/profile.sh         # hits over HTTPS
 #
 # Environment: PROFILE_MODE=fresh|reuse|builtin, PROFILE_SECONDS=10,
 # PROFILE_CONNECTIONS=64, PROFILE_THREADS=2 (cachet worker threads),
 # PROFILE_PLUGIN=path.wasm (instead of plugins/standard.wasm),
 # PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_LEAN_HITS=1 (0: every hit
 # on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
-# existing target/release/cachet and plugins), PROFILE_KEEP=1 (keep the folder).
+# existing target/release/cachet and plugins), PROFILE_KEEP=1 (keep the folder),
+# PROFILE_TIER=disk|shared (a 64 KiB memory cache in front of a disk tier, or of
+# a redis-server started here on loopback, so nearly every hit is an L2 hit),
+# PROFILE_TLS=1 (the measured hits go over HTTPS, keep-alive, to a tls_listen
+# with an ECDSA P-256 certificate made here by openssl).
 # Needs perf (linux-perf), wrk and python3. The machine's hardware counters are
 # not required: sampling uses the cpu-clock software event.
 set -euo pipefail
@@ -26,6 +32,7 @@ seconds="${PROFILE_SECONDS:-10}"
 connections="${PROFILE_CONNECTIONS:-64}"
 threads="${PROFILE_THREADS:-2}"
 access_log="${PROFILE_ACCESS_LOG:-1}"
+tier="${PROFILE_TIER:-}"
 
 for tool in perf wrk python3; do
     command -v "$tool" >/dev/null || { echo "profile.sh: $tool is not installed" >&2; exit 1; }
@@ -36,6 +43,11 @@ case "$mode" in
     reuse) plugin="$wasm"; reuse=1000000 ;;
     builtin) plugin="builtin:standard"; reuse=1 ;;
     *) echo "profile.sh: PROFILE_MODE must be fresh, reuse or builtin" >&2; exit 1 ;;
+esac
+case "$tier" in
+    "" | disk) ;;
+    shared) command -v redis-server >/dev/null || { echo "profile.sh: redis-server is not installed" >&2; exit 1; } ;;
+    *) echo "profile.sh: PROFILE_TIER must be disk or shared" >&2; exit 1 ;;
 esac
 if [[ "${PROFILE_NO_BUILD:-0}" != 1 ]]; then
     (cd "$repo_root" && cargo build --release -p cachet) >&2
@@ -75,6 +87,45 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 EOF
 pids+=($!)
 
+# The L2 tier, if any: the memory cache shrinks to 64 KiB so hits come from it.
+memory_bytes="512MiB"
+tier_config=""
+case "$tier" in
+    disk)
+        memory_bytes="64KiB"
+        tier_config="[cache.disk]
+path = \"$work/disk\"
+max_bytes = \"256MiB\""
+        ;;
+    shared)
+        memory_bytes="64KiB"
+        redis_port="$(free_port)"
+        redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+            >"$work/redis.log" 2>&1 &
+        pids+=($!)
+        for _ in $(seq 50); do
+            redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        tier_config="[cache.shared]
+url = \"redis://127.0.0.1:$redis_port\""
+        ;;
+esac
+
+tls_config=""
+tls_target=""
+if [[ "${PROFILE_TLS:-0}" == 1 ]]; then
+    command -v openssl >/dev/null || { echo "profile.sh: openssl is not installed" >&2; exit 1; }
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+        -keyout "$work/key.pem" -out "$work/cert.pem" >"$work/openssl.log" 2>&1
+    tls_port="$(free_port)"
+    tls_config="tls_listen = \"127.0.0.1:$tls_port\"
+tls_cert = \"$work/cert.pem\"
+tls_key = \"$work/key.pem\""
+    tls_target="https://127.0.0.1:$tls_port/"
+fi
+
 port="$(free_port)"
 admin_port="$(free_port)"
 cat >"$work/cachet.toml" <<EOF
@@ -83,10 +134,13 @@ listen = "127.0.0.1:$port"
 admin = "127.0.0.1:$admin_port"
 threads = $threads
 access_log = $([[ "$access_log" == 1 ]] && echo true || echo false)
+$tls_config
 
 [cache]
-max_bytes = "512MiB"
+max_bytes = "$memory_bytes"
 lean_hits = $([[ "${PROFILE_LEAN_HITS:-1}" == 1 ]] && echo true || echo false)
+
+$tier_config
 
 [plugins]
 artifact_cache_dir = "$work/artifacts"
@@ -123,21 +177,22 @@ EOF
 # Fill every entry, then a warm-up under load.
 for i in $(seq 0 999); do echo "url = \"http://127.0.0.1:$port/obj/$i/1k\""; echo "output = /dev/null"; done >"$work/urls"
 curl -s --parallel --parallel-max 16 -K "$work/urls"
-wrk -t2 -c"$connections" -d2s -s "$work/paths.lua" "http://127.0.0.1:$port/" >/dev/null
+target="${tls_target:-http://127.0.0.1:$port/}"
+wrk -t2 -c"$connections" -d2s -s "$work/paths.lua" "$target" >/dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$cachet_pid/stat"; }
 ticks_before="$(cpu_ticks)"
 perf record -q -F 999 -g -p "$cachet_pid" -o "$work/perf.data" -- sleep "$((seconds + 1))" 2>/dev/null &
 perf_pid=$!
 sleep 0.5
-wrk -t2 -c"$connections" -d"${seconds}s" -s "$work/paths.lua" "http://127.0.0.1:$port/" >"$work/wrk.out"
+wrk -t2 -c"$connections" -d"${seconds}s" -s "$work/paths.lua" "$target" >"$work/wrk.out"
 wait "$perf_pid" || true
 ticks_after="$(cpu_ticks)"
 requests="$(awk '/^REQUESTS/ {print $2}' "$work/wrk.out")"
 p99="$(awk '/^P99_US/ {print $2}' "$work/wrk.out")"
 hz="$(getconf CLK_TCK)"
 cpu_us="$(python3 -c "print(f'{($ticks_after - $ticks_before) / $hz * 1e6 / $requests:.1f}')")"
-echo "# cachet hit profile: mode $mode, $connections connections, ${seconds}s, access log $access_log"
+echo "# cachet hit profile: mode $mode${tier:+, L2 $tier tier}${tls_target:+, HTTPS}, $connections connections, ${seconds}s, access log $access_log"
 echo "requests: $requests ($((requests / seconds)) req/s), p99 ${p99} µs, cachet CPU ${cpu_us} µs/request (utime+stime)"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
