@@ -46,7 +46,11 @@ case "$mode" in
 esac
 case "$tier" in
     "" | disk) ;;
-    shared) command -v redis-server >/dev/null || { echo "profile.sh: redis-server is not installed" >&2; exit 1; } ;;
+    shared)
+        for tool in redis-server redis-cli; do
+            command -v "$tool" >/dev/null || { echo "profile.sh: $tool is not installed (Debian package redis-server)" >&2; exit 1; }
+        done
+        ;;
     *) echo "profile.sh: PROFILE_TIER must be disk or shared" >&2; exit 1 ;;
 esac
 if [[ "${PROFILE_NO_BUILD:-0}" != 1 ]]; then
@@ -103,10 +107,13 @@ max_bytes = \"256MiB\""
         redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
             >"$work/redis.log" 2>&1 &
         pids+=($!)
+        redis_up=0
         for _ in $(seq 50); do
-            redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+            redis-cli -p "$redis_port" ping >/dev/null 2>&1 && { redis_up=1; break; }
             sleep 0.1
         done
+        # Without it every hit would quietly come from the origin, not the shared tier.
+        ((redis_up)) || { echo "profile.sh: redis-server did not answer: $(tail -n 1 "$work/redis.log")" >&2; exit 1; }
         tier_config="[cache.shared]
 url = \"redis://127.0.0.1:$redis_port\""
         ;;
