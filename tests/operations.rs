@@ -359,11 +359,9 @@ fn new_plugin_writes_a_crate_that_tests_green() {
         .output()
         .expect("cachet build");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{errors}");
+    assert!(!errors.contains("does not run LTO"), "{errors}");
     assert!(text.contains("self-test vectors: passed"), "{text}");
     let imports = text.lines().find(|l| l.contains("imports:")).unwrap_or("");
     assert!(imports.contains("cachet:policy/types@0.2.0"), "{text}");
@@ -374,6 +372,28 @@ fn new_plugin_writes_a_crate_that_tests_green() {
     let component = out_dir.join("my_policy.wasm");
     let (ok, out) = cachet(&["check", component.to_str().unwrap()]);
     assert!(ok, "{out}");
+
+    // An rlib next to the cdylib turns Cargo's LTO off for the component: `cachet build`
+    // still builds it, and says why it is slower.
+    let manifest = crate_dir.join("Cargo.toml");
+    let toml = std::fs::read_to_string(&manifest).unwrap();
+    let with_rlib = toml.replace(
+        r#"crate-type = ["cdylib"]"#,
+        r#"crate-type = ["cdylib", "rlib"]"#,
+    );
+    assert_ne!(toml, with_rlib, "the scaffold names its crate type: {toml}");
+    std::fs::write(&manifest, with_rlib).unwrap();
+    let out = Command::new(cachet_bin())
+        .arg("build")
+        .arg(&crate_dir)
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .env("CARGO_TARGET_DIR", dir.path().join("target"))
+        .output()
+        .expect("cachet build");
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{errors}");
+    assert!(errors.contains("is also built as an rlib"), "{errors}");
 }
 
 #[test]

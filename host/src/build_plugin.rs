@@ -38,6 +38,12 @@ pub fn build(dir: &Path, out_dir: Option<&Path>) -> anyhow::Result<Vec<PathBuf>>
              rustup target add {POLICY_TARGET}"
         );
     }
+    for library in libraries_without_lto(&output.stdout) {
+        eprintln!(
+            "warning: {library} is also built as an rlib, so Cargo does not run LTO on its \
+             component (larger, and slower per request): use crate-type = [\"cdylib\"]"
+        );
+    }
     let modules = wasm_artifacts(&output.stdout);
     if modules.is_empty() {
         bail!("the build produced no .wasm: a policy crate needs crate-type = [\"cdylib\"]");
@@ -113,6 +119,30 @@ fn wasm_artifacts(messages: &[u8]) -> Vec<PathBuf> {
     found
 }
 
+/// Libraries built as a `cdylib` and an `rlib` at once: Cargo runs LTO only when every
+/// crate type of a target supports it, so their component is built without.
+fn libraries_without_lto(messages: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in messages.split(|b| *b == b'\n') {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let target = &message["target"];
+        let has = |kind: &str| {
+            target["crate_types"]
+                .as_array()
+                .is_some_and(|types| types.iter().any(|t| t == kind))
+        };
+        if has("cdylib") && has("rlib") {
+            found.push(target["name"].as_str().unwrap_or("the policy").to_owned());
+        }
+    }
+    found
+}
+
 /// Temporary file in the destination folder, then rename: a proxy watching the path
 /// hot-reloads the old component or the new one, never half of one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -152,5 +182,14 @@ not json"#;
             default_out_dir(Path::new("/t/wasm32-unknown-unknown/release/a.wasm")),
             PathBuf::from("/t/cachet")
         );
+    }
+
+    #[test]
+    fn names_policies_that_cargo_builds_without_lto() {
+        let messages = br#"{"reason":"compiler-artifact","target":{"name":"both","crate_types":["cdylib","rlib"]},"filenames":[]}
+{"reason":"compiler-artifact","target":{"name":"lean","crate_types":["cdylib"]},"filenames":[]}
+{"reason":"compiler-artifact","target":{"name":"dep","crate_types":["lib"]},"filenames":[]}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(libraries_without_lto(messages), ["both"]);
     }
 }

@@ -101,7 +101,8 @@ version = "0.1.0"
 edition = "2021"
 
 [lib]
-crate-type = ["cdylib", "rlib"]
+# cdylib only: with an rlib as well, Cargo skips LTO and the component is slower.
+crate-type = ["cdylib"]
 
 [dependencies]
 cachet-sdk = {sdk}
