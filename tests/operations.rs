@@ -350,14 +350,17 @@ fn new_plugin_writes_a_crate_that_tests_green() {
     // `cachet build`: wasm32-unknown-unknown, wrapped into a component with no WASI
     // imports, loaded and self-tested as `serve` would.
     let out_dir = dir.path().join("out");
-    let out = Command::new(cachet_bin())
-        .arg("build")
-        .arg(&crate_dir)
-        .arg("--out-dir")
-        .arg(&out_dir)
-        .env("CARGO_TARGET_DIR", dir.path().join("target"))
-        .output()
-        .expect("cachet build");
+    let build = || {
+        Command::new(cachet_bin())
+            .arg("build")
+            .arg(&crate_dir)
+            .arg("--out-dir")
+            .arg(&out_dir)
+            .env("CARGO_TARGET_DIR", dir.path().join("target"))
+            .output()
+            .expect("cachet build")
+    };
+    let out = build();
     let text = String::from_utf8_lossy(&out.stdout);
     let errors = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}{errors}");
@@ -383,14 +386,7 @@ fn new_plugin_writes_a_crate_that_tests_green() {
     );
     assert_ne!(toml, with_rlib, "the scaffold names its crate type: {toml}");
     std::fs::write(&manifest, with_rlib).unwrap();
-    let out = Command::new(cachet_bin())
-        .arg("build")
-        .arg(&crate_dir)
-        .arg("--out-dir")
-        .arg(&out_dir)
-        .env("CARGO_TARGET_DIR", dir.path().join("target"))
-        .output()
-        .expect("cachet build");
+    let out = build();
     let errors = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{errors}");
     assert!(errors.contains("is also built as an rlib"), "{errors}");

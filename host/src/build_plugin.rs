@@ -98,16 +98,18 @@ fn default_out_dir(module: &Path) -> PathBuf {
         .map_or_else(|| PathBuf::from("."), |target| target.join("cachet"))
 }
 
+/// Cargo's `compiler-artifact` messages among its JSON output lines.
+fn artifact_messages(messages: &[u8]) -> impl Iterator<Item = serde_json::Value> + '_ {
+    messages
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+}
+
 /// The `.wasm` files among cargo's `compiler-artifact` messages.
 fn wasm_artifacts(messages: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    for line in messages.split(|b| *b == b'\n') {
-        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
-            continue;
-        };
-        if message["reason"] != "compiler-artifact" {
-            continue;
-        }
+    for message in artifact_messages(messages) {
         let files = message["filenames"].as_array().into_iter().flatten();
         found.extend(
             files
@@ -122,25 +124,17 @@ fn wasm_artifacts(messages: &[u8]) -> Vec<PathBuf> {
 /// Libraries built as a `cdylib` and an `rlib` at once: Cargo runs LTO only when every
 /// crate type of a target supports it, so their component is built without.
 fn libraries_without_lto(messages: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    for line in messages.split(|b| *b == b'\n') {
-        let Ok(message) = serde_json::from_slice::<serde_json::Value>(line) else {
-            continue;
-        };
-        if message["reason"] != "compiler-artifact" {
-            continue;
-        }
-        let target = &message["target"];
-        let has = |kind: &str| {
-            target["crate_types"]
-                .as_array()
-                .is_some_and(|types| types.iter().any(|t| t == kind))
-        };
-        if has("cdylib") && has("rlib") {
-            found.push(target["name"].as_str().unwrap_or("the policy").to_owned());
-        }
-    }
-    found
+    artifact_messages(messages)
+        .filter(|message| {
+            let types = message["target"]["crate_types"].as_array();
+            let has = |kind: &str| types.is_some_and(|types| types.iter().any(|t| t == kind));
+            has("cdylib") && has("rlib")
+        })
+        .map(|message| {
+            let name = message["target"]["name"].as_str();
+            name.unwrap_or("the policy").to_owned()
+        })
+        .collect()
 }
 
 /// Temporary file in the destination folder, then rename: a proxy watching the path
