@@ -18,8 +18,8 @@ fn check_reports_exports_and_imports_of_a_good_plugin() {
     assert!(out.contains("cache-key"), "{out}");
     assert!(out.contains("on-response"), "{out}");
     assert!(out.contains("on-deliver"), "{out}");
-    assert!(out.contains("contract: cachet:policy@0.2.0"), "{out}");
-    assert!(out.contains("cachet:policy/types@0.2.0"), "{out}");
+    assert!(out.contains("contract: cachet:policy@0.3.0"), "{out}");
+    assert!(out.contains("cachet:policy/types@0.3.0"), "{out}");
 }
 
 #[test]

@@ -281,7 +281,7 @@ fn a_component_for_another_world_with_a_mistyped_hook_or_failing_its_self_test_i
     let (ok, out) = check(&fixture("wrong-world"));
     assert!(!ok, "{out}");
     assert!(
-        out.contains("does not implement the cachet:policy/policy world (0.1.0 or 0.2.0)"),
+        out.contains("does not implement the cachet:policy/policy world (0.1.0, 0.2.0 or 0.3.0)"),
         "{out}"
     );
     // Every hook present by name, one with the wrong type: refused at load, so no

@@ -97,7 +97,7 @@ fn metrics_count_real_traffic() {
     assert_eq!(requests("miss"), 3.0, "{text}");
     assert_eq!(requests("bypass"), 1.0, "{text}");
     // Every request ran on-request, plus one run to find the key the
-    // successful POST invalidates. The example policy implements 0.2.0, whose
+    // successful POST invalidates. The example policy implements 0.3.0, whose
     // on-response sees every origin response to a cacheable request before the
     // host judges it (it may edit it): the miss of /cached and both /nostore.
     let hooks = |hook: &str| {
@@ -367,7 +367,7 @@ fn new_plugin_writes_a_crate_that_tests_green() {
     assert!(!errors.contains("does not run LTO"), "{errors}");
     assert!(text.contains("self-test vectors: passed"), "{text}");
     let imports = text.lines().find(|l| l.contains("imports:")).unwrap_or("");
-    assert!(imports.contains("cachet:policy/types@0.2.0"), "{text}");
+    assert!(imports.contains("cachet:policy/types@0.3.0"), "{text}");
     assert!(
         !imports.contains("wasi:"),
         "a policy built by cachet imports WASI: {text}"

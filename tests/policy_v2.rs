@@ -1,7 +1,9 @@
 //! `cachet:policy@0.2.0` end to end: the real `cachet` binary running the real
-//! `policy-0-2` fixture plugin (each capability behind a path prefix) against
-//! counting origins, and the `policy-0-1` fixture, built against 0.1.0 itself,
-//! still loading and deciding as before.
+//! `policy-0-2` fixture plugin (each capability behind a path prefix; built
+//! with the SDK, so a 0.3.0 component, which decides with 0.2.0's types)
+//! against counting origins, and the `policy-0-1` fixture, built against 0.1.0
+//! itself, still loading and deciding as before. A 0.2.0 component is run by
+//! the Python twin of static-assets below.
 
 mod support;
 
@@ -343,7 +345,7 @@ fn the_error_hook_answers_origin_failures_with_nothing_stale() {
     assert!(proxy.log().contains("plugin fault in on-error"));
 }
 
-// ------------------------------------------------------------ the example plugins use 0.2.0
+// ------------------------------------------------------- the example plugins use 0.2.0's decisions
 
 fn example_proxy(origin: &Origin, name: &str, extra: &str) -> Proxy {
     Proxy::start(

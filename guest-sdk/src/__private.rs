@@ -1,8 +1,7 @@
 //! Glue between the generated component bindings and the SDK's own types.
 //! Used by `export_policy!`; not part of the public API.
 
-use std::mem::ManuallyDrop;
-use std::ops::Deref;
+use std::cell::RefCell;
 
 use crate::decision::whole_seconds;
 use crate::log::Level;
@@ -16,8 +15,8 @@ use crate::{
 pub mod bindings {
     wit_bindgen::generate!({
         // `wit` links to the repository's `wit/` so the packaged crate carries the contract;
-        // the SDK builds plugins for cachet:policy@0.2.0.
-        path: "wit/v0.2",
+        // the SDK builds plugins for cachet:policy@0.3.0.
+        path: "wit/v0.3",
         world: "policy",
         // Plugin crates invoke the export macro, so it must be visible to them.
         pub_export_macro: true,
@@ -31,74 +30,63 @@ use bindings::cachet::policy::{host, types};
 /// The generated trait `export_policy!` implements on its adapter type.
 pub use bindings::Guest;
 pub use bindings::{
-    HeaderEdit as HostHeaderEdit, OriginFailure as HostOriginFailure, Request as HostRequest,
-    RequestPlan as HostRequestPlan, Response as HostResponse, ResponsePlan as HostResponsePlan,
+    HeaderEdit as HostHeaderEdit, OriginFailure as HostOriginFailure,
+    RequestAnswer as HostRequestAnswer, RequestHead as HostRequestHead,
+    ResponseHead as HostResponseHead, ResponsePlan as HostResponsePlan, Setting as HostSetting,
     SyntheticResponse as HostSyntheticResponse, TestVector as HostTestVector,
 };
 
-/// A second, non-owning view of a request handle the host lent for one call.
-///
-/// The generated glue owns the handle and releases the borrow when the call
-/// returns; this view must never drop it too, hence `ManuallyDrop`. It is only
-/// reachable through `&Request`, so it cannot outlive the call.
-#[derive(Debug)]
-pub struct BorrowedRequest(ManuallyDrop<types::Request>);
-
-/// The response counterpart of [`BorrowedRequest`].
-#[derive(Debug)]
-pub struct BorrowedResponse(ManuallyDrop<types::Response>);
-
-impl Deref for BorrowedRequest {
-    type Target = types::Request;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
+std::thread_local! {
+    /// The tenant's settings, as `configure` handed them to this instance.
+    static SETTINGS: RefCell<Vec<HostSetting>> = const { RefCell::new(Vec::new()) };
 }
 
-impl Deref for BorrowedResponse {
-    type Target = types::Response;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
+pub fn configure(settings: Vec<HostSetting>) {
+    SETTINGS.with(|current| *current.borrow_mut() = settings);
 }
 
-fn view_request(host: &types::Request) -> Request {
-    // SAFETY: the handle stays valid for the whole hook call and the view is
-    // never dropped as a resource (see `BorrowedRequest`).
-    let alias = unsafe { types::Request::from_handle(host.handle()) };
-    Request::from_host(BorrowedRequest(ManuallyDrop::new(alias)))
+pub(crate) fn host_config(key: &str) -> Option<String> {
+    SETTINGS.with(|settings| {
+        settings
+            .borrow()
+            .iter()
+            .find(|setting| setting.key == key)
+            .map(|setting| setting.value.clone())
+    })
 }
 
-fn view_response(host: &types::Response) -> Response {
-    // SAFETY: as in `view_request`.
-    let alias = unsafe { types::Response::from_handle(host.handle()) };
-    Response::from_host(BorrowedResponse(ManuallyDrop::new(alias)))
-}
-
-pub fn on_request<P: Policy>(policy: &P, req: &HostRequest) -> HostRequestPlan {
-    let req = view_request(req);
+/// `on-request`, and the key too when the plan leaves the request as it is:
+/// the host then skips the `cache-key` call.
+pub fn on_request<P: Policy>(policy: &P, req: HostRequestHead) -> HostRequestAnswer {
+    let req = Request::from_head(req);
     let decision = policy.on_request(&req);
     let mut edits = RequestEdits::default();
     policy.edit_request(&req, &mut edits);
-    HostRequestPlan {
-        decision: decision.into(),
-        edits: host_edits(edits.headers),
-        path_and_query: edits.path_and_query,
-        backend: edits.backend,
-        deliver: edits.deliver,
+    let unedited = edits.headers.is_empty() && edits.path_and_query.is_none();
+    let key =
+        (matches!(decision, RequestDecision::Cache) && unedited).then(|| policy.cache_key(&req));
+    HostRequestAnswer {
+        plan: types::RequestPlan {
+            decision: decision.into(),
+            edits: host_edits(edits.headers),
+            path_and_query: edits.path_and_query,
+            backend: edits.backend,
+            deliver: edits.deliver,
+        },
+        key,
     }
 }
 
-pub fn cache_key<P: Policy>(policy: &P, req: &HostRequest) -> Vec<String> {
-    policy.cache_key(&view_request(req))
+pub fn cache_key<P: Policy>(policy: &P, req: HostRequestHead) -> Vec<String> {
+    policy.cache_key(&Request::from_head(req))
 }
 
 pub fn on_response<P: Policy>(
     policy: &P,
-    req: &HostRequest,
-    resp: &HostResponse,
+    req: HostRequestHead,
+    resp: HostResponseHead,
 ) -> HostResponsePlan {
-    let (req, resp) = (view_request(req), view_response(resp));
+    let (req, resp) = (Request::from_head(req), Response::from_head(resp));
     let decision = policy.on_response(&req, &resp);
     let mut edits = HeaderEdits::new();
     policy.edit_response(&req, &resp, &mut edits);
@@ -110,17 +98,21 @@ pub fn on_response<P: Policy>(
 
 pub fn on_deliver<P: Policy>(
     policy: &P,
-    req: &HostRequest,
-    resp: &HostResponse,
+    req: HostRequestHead,
+    resp: HostResponseHead,
 ) -> Vec<HostHeaderEdit> {
     let mut edits = HeaderEdits::new();
-    policy.on_deliver(&view_request(req), &view_response(resp), &mut edits);
+    policy.on_deliver(
+        &Request::from_head(req),
+        &Response::from_head(resp),
+        &mut edits,
+    );
     host_edits(edits)
 }
 
 pub fn on_error<P: Policy>(
     policy: &P,
-    req: &HostRequest,
+    req: HostRequestHead,
     failure: HostOriginFailure,
 ) -> Option<HostSyntheticResponse> {
     let failure = match failure {
@@ -128,7 +120,9 @@ pub fn on_error<P: Policy>(
         HostOriginFailure::Timeout => OriginFailure::Timeout,
         HostOriginFailure::Status(code) => OriginFailure::Status(code),
     };
-    policy.on_error(&view_request(req), failure).map(Into::into)
+    policy
+        .on_error(&Request::from_head(req), failure)
+        .map(Into::into)
 }
 
 fn host_edits(edits: HeaderEdits) -> Vec<HostHeaderEdit> {
@@ -145,8 +139,8 @@ fn host_edits(edits: HeaderEdits) -> Vec<HostHeaderEdit> {
         .collect()
 }
 
-pub fn vary_value<P: Policy>(policy: &P, req: &HostRequest, name: String) -> Option<String> {
-    policy.vary_value(&view_request(req), &name)
+pub fn vary_value<P: Policy>(policy: &P, req: HostRequestHead, name: String) -> Option<String> {
+    policy.vary_value(&Request::from_head(req), &name)
 }
 
 pub fn self_test<P: Policy>(policy: &P) -> Vec<HostTestVector> {
@@ -162,10 +156,6 @@ pub(crate) fn host_log(level: Level, message: &str) {
         Level::Error => types::LogLevel::Error,
     };
     host::log(level, message);
-}
-
-pub(crate) fn host_config(key: &str) -> Option<String> {
-    host::config(key)
 }
 
 impl From<RequestDecision> for types::RequestDecision {

@@ -53,41 +53,45 @@ macro_rules! export_policy {
             struct __CachetPolicyExport;
 
             impl $crate::__private::Guest for __CachetPolicyExport {
+                fn configure(settings: ::std::vec::Vec<$crate::__private::HostSetting>) {
+                    $crate::__private::configure(settings)
+                }
+
                 fn on_request(
-                    req: &$crate::__private::HostRequest,
-                ) -> $crate::__private::HostRequestPlan {
+                    req: $crate::__private::HostRequestHead,
+                ) -> $crate::__private::HostRequestAnswer {
                     __CACHET_POLICY.with(|policy| $crate::__private::on_request(policy, req))
                 }
 
                 fn cache_key(
-                    req: &$crate::__private::HostRequest,
+                    req: $crate::__private::HostRequestHead,
                 ) -> ::std::vec::Vec<::std::string::String> {
                     __CACHET_POLICY.with(|policy| $crate::__private::cache_key(policy, req))
                 }
 
                 fn on_response(
-                    req: &$crate::__private::HostRequest,
-                    resp: &$crate::__private::HostResponse,
+                    req: $crate::__private::HostRequestHead,
+                    resp: $crate::__private::HostResponseHead,
                 ) -> $crate::__private::HostResponsePlan {
                     __CACHET_POLICY.with(|policy| $crate::__private::on_response(policy, req, resp))
                 }
 
                 fn on_deliver(
-                    req: &$crate::__private::HostRequest,
-                    resp: &$crate::__private::HostResponse,
+                    req: $crate::__private::HostRequestHead,
+                    resp: $crate::__private::HostResponseHead,
                 ) -> ::std::vec::Vec<$crate::__private::HostHeaderEdit> {
                     __CACHET_POLICY.with(|policy| $crate::__private::on_deliver(policy, req, resp))
                 }
 
                 fn on_error(
-                    req: &$crate::__private::HostRequest,
+                    req: $crate::__private::HostRequestHead,
                     failure: $crate::__private::HostOriginFailure,
                 ) -> ::std::option::Option<$crate::__private::HostSyntheticResponse> {
                     __CACHET_POLICY.with(|policy| $crate::__private::on_error(policy, req, failure))
                 }
 
                 fn vary_value(
-                    req: &$crate::__private::HostRequest,
+                    req: $crate::__private::HostRequestHead,
                     name: ::std::string::String,
                 ) -> ::std::option::Option<::std::string::String> {
                     __CACHET_POLICY.with(|policy| $crate::__private::vary_value(policy, req, name))

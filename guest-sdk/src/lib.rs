@@ -45,13 +45,15 @@
 //!
 //! Build the plugin crate (`crate-type = ["cdylib"]`) with `cachet build`: it
 //! compiles for `wasm32-unknown-unknown` (no WASI imports) and wraps the module
-//! into a component implementing the `cachet:policy` world.
+//! into a component implementing the `cachet:policy@0.3.0` world.
 //!
-//! On `wasm32` a [`Request`] or [`Response`] wraps the host's resource: each
-//! accessor is one call into the host that copies only the field asked for.
-//! On other targets they hold in-memory values built with [`Request::builder`]
-//! and [`Response::builder`]; [`config`] and [`log`] are backed by the
-//! native-only `testing` module.
+//! On `wasm32` a [`Request`] or [`Response`] holds the head the host handed
+//! the hook (the header fields stay one string, searched by name), and
+//! [`config`] reads the settings the host handed the instance. When the
+//! request is not edited, its key goes back with the decision and the host
+//! makes no separate `cache-key` call. On other targets they hold in-memory
+//! values built with [`Request::builder`] and [`Response::builder`]; [`config`]
+//! and [`log`] are backed by the native-only `testing` module.
 
 #![warn(missing_docs)]
 

@@ -3,23 +3,11 @@ use crate::{cookie, uri, CacheControl, Query};
 
 /// The client request being served.
 ///
-/// In a plugin this is the host's request: every accessor asks the host for
-/// just that field. Natively it is an in-memory value made with
+/// In a plugin this is the request the host handed the hook: exactly what the
+/// origin is sent. Natively it is an in-memory value made with
 /// [`Request::builder`]. Header names are matched case-insensitively.
 #[derive(Debug)]
 pub struct Request {
-    source: Source,
-}
-
-#[derive(Debug)]
-enum Source {
-    #[cfg(target_arch = "wasm32")]
-    Host(crate::__private::BorrowedRequest),
-    Memory(MemoryRequest),
-}
-
-#[derive(Debug)]
-struct MemoryRequest {
     method: String,
     host: String,
     path: String,
@@ -34,88 +22,65 @@ impl Request {
     }
 
     /// The request as the cache key hook and the origin would see it after
-    /// `edits` (native only: in a plugin the host applies them). Panics on a
-    /// request that came from the host.
+    /// `edits` (native only: in a plugin the host applies them).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn edited(&self, edits: &crate::RequestEdits) -> Request {
-        let Source::Memory(memory) = &self.source;
         let (path, query) = match &edits.path_and_query {
             Some(target) => match target.split_once('?') {
                 Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
                 None => (target.clone(), None),
             },
-            None => (memory.path.clone(), memory.query.clone()),
+            None => (self.path.clone(), self.query.clone()),
         };
         Request {
-            source: Source::Memory(MemoryRequest {
-                method: memory.method.clone(),
-                host: memory.host.clone(),
-                path,
-                query,
-                headers: HeaderList::from_lines(edits.headers.applied_to(memory.headers.lines())),
-            }),
+            method: self.method.clone(),
+            host: self.host.clone(),
+            path,
+            query,
+            headers: HeaderList::from_lines(edits.headers.applied_to(&self.headers.lines())),
         }
     }
 
+    /// The request a 0.3.0 hook received; its strings are moved, not copied.
     #[cfg(target_arch = "wasm32")]
-    pub(crate) fn from_host(host: crate::__private::BorrowedRequest) -> Self {
+    pub(crate) fn from_head(head: crate::__private::HostRequestHead) -> Self {
         Self {
-            source: Source::Host(host),
+            method: head.method,
+            host: head.host,
+            path: head.path,
+            query: head.query,
+            headers: HeaderList::Block(head.headers),
         }
     }
 
     /// Method as sent, e.g. `"GET"`.
     pub fn method(&self) -> String {
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(host) => host.method(),
-            Source::Memory(memory) => memory.method.clone(),
-        }
+        self.method.clone()
     }
 
     /// Host the client asked for, lower-cased, with the port if one was sent.
     pub fn host(&self) -> String {
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(host) => host.host(),
-            Source::Memory(memory) => memory.host.clone(),
-        }
+        self.host.clone()
     }
 
     /// Path as received (still percent-encoded), without the query.
     pub fn path(&self) -> String {
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(host) => host.path(),
-            Source::Memory(memory) => memory.path.clone(),
-        }
+        self.path.clone()
     }
 
     /// Raw query string without the `?`; `None` when the URI has no `?`.
     pub fn query(&self) -> Option<String> {
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(host) => host.query(),
-            Source::Memory(memory) => memory.query.clone(),
-        }
+        self.query.clone()
     }
 
     /// First value of a header.
     pub fn header(&self, name: &str) -> Option<String> {
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(host) => host.header(name),
-            Source::Memory(memory) => memory.headers.first(name),
-        }
+        self.headers.first(name)
     }
 
     /// Every value of a header, one per header line, in the order received.
     pub fn header_all(&self, name: &str) -> Vec<String> {
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(host) => host.header_all(name),
-            Source::Memory(memory) => memory.headers.all(name),
-        }
+        self.headers.all(name)
     }
 
     /// Whether the request carries this header at all.
@@ -199,13 +164,11 @@ impl RequestBuilder {
             .or_else(|| self.headers.first("host").map(|h| h.to_ascii_lowercase()))
             .unwrap_or_default();
         Request {
-            source: Source::Memory(MemoryRequest {
-                method: self.method,
-                host,
-                path: parts.path,
-                query: parts.query,
-                headers: self.headers,
-            }),
+            method: self.method,
+            host,
+            path: parts.path,
+            query: parts.query,
+            headers: self.headers,
         }
     }
 }

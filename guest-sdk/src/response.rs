@@ -3,23 +3,11 @@ use crate::{CacheControl, ResponseDirectives};
 
 /// The origin's response head (status and headers; the body stays in the host).
 ///
-/// In a plugin this is the host's response: every accessor asks the host for
-/// just that field. Natively it is an in-memory value made with
-/// [`Response::builder`]. Header names are matched case-insensitively.
+/// In a plugin this is the head the host handed the hook. Natively it is an
+/// in-memory value made with [`Response::builder`]. Header names are matched
+/// case-insensitively.
 #[derive(Debug)]
 pub struct Response {
-    source: Source,
-}
-
-#[derive(Debug)]
-enum Source {
-    #[cfg(target_arch = "wasm32")]
-    Host(crate::__private::BorrowedResponse),
-    Memory(MemoryResponse),
-}
-
-#[derive(Debug)]
-struct MemoryResponse {
     status: u16,
     headers: HeaderList,
 }
@@ -30,38 +18,28 @@ impl Response {
         ResponseBuilder::default()
     }
 
+    /// The response a 0.3.0 hook received.
     #[cfg(target_arch = "wasm32")]
-    pub(crate) fn from_host(host: crate::__private::BorrowedResponse) -> Self {
+    pub(crate) fn from_head(head: crate::__private::HostResponseHead) -> Self {
         Self {
-            source: Source::Host(host),
+            status: head.status,
+            headers: HeaderList::Block(head.headers),
         }
     }
 
     /// Status code, e.g. `200`.
     pub fn status(&self) -> u16 {
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(host) => host.status(),
-            Source::Memory(memory) => memory.status,
-        }
+        self.status
     }
 
     /// First value of a header.
     pub fn header(&self, name: &str) -> Option<String> {
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(host) => host.header(name),
-            Source::Memory(memory) => memory.headers.first(name),
-        }
+        self.headers.first(name)
     }
 
     /// Every value of a header, one per header line, in the order received.
     pub fn header_all(&self, name: &str) -> Vec<String> {
-        match &self.source {
-            #[cfg(target_arch = "wasm32")]
-            Source::Host(host) => host.header_all(name),
-            Source::Memory(memory) => memory.headers.all(name),
-        }
+        self.headers.all(name)
     }
 
     /// Whether the response carries this header at all.
@@ -140,10 +118,8 @@ impl ResponseBuilder {
     /// Finishes the response.
     pub fn build(self) -> Response {
         Response {
-            source: Source::Memory(MemoryResponse {
-                status: self.status,
-                headers: self.headers,
-            }),
+            status: self.status,
+            headers: self.headers,
         }
     }
 }

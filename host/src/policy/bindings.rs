@@ -2,12 +2,14 @@
 //! the `cachet:policy` world the host accepts. A component exports one of
 //! them; `plugin.rs` finds which and the instance calls it through `Hooks`.
 
+use super::heads::{RequestAnswerV3, RequestHead, ResponseHead, Setting};
+use pingora::http::{RequestHeader, ResponseHeader};
 use v1::cachet::policy::types as t1;
 use v2::cachet::policy::types as t2;
 use wasmtime::component::{
     ComponentExportIndex, ComponentNamedList, Func, InstancePre, Lift, Lower, Resource, TypedFunc,
 };
-use wasmtime::Store;
+use wasmtime::{AsContextMut, Store};
 
 /// `cachet:policy@0.1.0` (`wit/policy.wit`): plugins built for it keep
 /// loading and behaving as they did.
@@ -31,10 +33,52 @@ pub mod v2 {
     });
 }
 
-/// A pre-instantiated component of either version.
+/// `cachet:policy@0.3.0` (`wit/v0.3/policy.wit`): the decisions and types of
+/// 0.2.0, the request handed to each hook as a value, and no import that
+/// returns a string (so no shim modules in the component).
+pub mod v3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.3",
+        world: "policy",
+        imports: { default: trappable },
+    });
+}
+
+/// The contract versions the host accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Contract {
+    V1,
+    V2,
+    V3,
+}
+
+impl Contract {
+    /// The version a component implements, from the hooks only it exports.
+    pub(crate) fn of_exports(exports: &[String]) -> Self {
+        let has = |name: &str| exports.iter().any(|e| e == name);
+        if has("configure") {
+            Self::V3
+        } else if has("on-error") {
+            Self::V2
+        } else {
+            Self::V1
+        }
+    }
+
+    /// As operators see it.
+    pub(crate) fn version(self) -> &'static str {
+        match self {
+            Self::V1 => "0.1.0",
+            Self::V2 => "0.2.0",
+            Self::V3 => "0.3.0",
+        }
+    }
+}
+
+/// A pre-instantiated component of any accepted version.
 pub(crate) struct PolicyPre<T: 'static> {
     instance_pre: InstancePre<T>,
-    v2: bool,
+    contract: Contract,
     exports: HookExports,
 }
 
@@ -43,7 +87,7 @@ impl<T: 'static> Clone for PolicyPre<T> {
     fn clone(&self) -> Self {
         Self {
             instance_pre: self.instance_pre.clone(),
-            v2: self.v2,
+            contract: self.contract,
             exports: self.exports,
         }
     }
@@ -57,23 +101,30 @@ struct HookExports {
     on_response: ComponentExportIndex,
     vary_value: ComponentExportIndex,
     self_test: ComponentExportIndex,
-    /// 0.2.0 only.
+    /// 0.2.0 and later.
     on_deliver: Option<ComponentExportIndex>,
     on_error: Option<ComponentExportIndex>,
+    /// 0.3.0 only.
+    configure: Option<ComponentExportIndex>,
 }
 
 impl<T: Send + 'static> PolicyPre<T> {
-    /// The 0.2.0 world when `v2`, else 0.1.0. Fails when a hook is missing or
-    /// its type is not its world's: the bindings' indices check every export
-    /// against the component's instance type, once, here. Instances made from
-    /// `instance_pre` share those types, so hooks are called without a check
-    /// per instance (the bindings' own `instantiate` repeats it every time, a
-    /// tenth of a fresh instance's cost).
-    pub(crate) fn new(instance_pre: InstancePre<T>, v2: bool) -> wasmtime::Result<Self> {
-        if v2 {
-            v2::PolicyIndices::new(&instance_pre)?;
-        } else {
-            v1::PolicyIndices::new(&instance_pre)?;
+    /// Fails when a hook is missing or its type is not its world's: the
+    /// bindings' indices check every export against the component's instance
+    /// type, once, here. Instances made from `instance_pre` share those types,
+    /// so hooks are called without a check per instance (the bindings' own
+    /// `instantiate` repeats it every time, a tenth of a fresh instance's cost).
+    pub(crate) fn new(instance_pre: InstancePre<T>, contract: Contract) -> wasmtime::Result<Self> {
+        match contract {
+            Contract::V1 => {
+                v1::PolicyIndices::new(&instance_pre)?;
+            }
+            Contract::V2 => {
+                v2::PolicyIndices::new(&instance_pre)?;
+            }
+            Contract::V3 => {
+                v3::PolicyIndices::new(&instance_pre)?;
+            }
         }
         let component = instance_pre.component();
         let find = |name: &str| {
@@ -81,19 +132,26 @@ impl<T: Send + 'static> PolicyPre<T> {
                 .get_export_index(None, name)
                 .ok_or_else(|| wasmtime::format_err!("no export named `{name}`"))
         };
-        let only_v2 = |name: &str| if v2 { find(name).map(Some) } else { Ok(None) };
+        let since = |first: Contract, name: &str| {
+            if contract as u8 >= first as u8 {
+                find(name).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let exports = HookExports {
             on_request: find("on-request")?,
             cache_key: find("cache-key")?,
             on_response: find("on-response")?,
             vary_value: find("vary-value")?,
             self_test: find("self-test")?,
-            on_deliver: only_v2("on-deliver")?,
-            on_error: only_v2("on-error")?,
+            on_deliver: since(Contract::V2, "on-deliver")?,
+            on_error: since(Contract::V2, "on-error")?,
+            configure: since(Contract::V3, "configure")?,
         };
         Ok(Self {
             instance_pre,
-            v2,
+            contract,
             exports,
         })
     }
@@ -108,8 +166,9 @@ impl<T: Send + 'static> PolicyPre<T> {
         let e = &self.exports;
         let on_deliver = e.on_deliver.map(&mut func).transpose()?;
         let on_error = e.on_error.map(&mut func).transpose()?;
+        let configure = e.configure.map(&mut func).transpose()?;
         Ok(Hooks {
-            v2: self.v2,
+            contract: self.contract,
             on_request: func(e.on_request)?,
             cache_key: func(e.cache_key)?,
             on_response: func(e.on_response)?,
@@ -117,23 +176,21 @@ impl<T: Send + 'static> PolicyPre<T> {
             self_test: func(e.self_test)?,
             on_deliver,
             on_error,
+            configure,
         })
     }
 
-    /// The contract version, as operators see it.
-    pub(crate) fn version(&self) -> &'static str {
-        if self.v2 {
-            "0.2.0"
-        } else {
-            "0.1.0"
-        }
+    pub(crate) fn contract(&self) -> Contract {
+        self.contract
     }
 }
 
-/// The hooks of one instance, of either version, each called with the types
-/// of its world (checked in [`PolicyPre::new`]).
+/// The hooks of one instance, of any version, each called with the types of
+/// its world (checked in [`PolicyPre::new`]). 0.1.0 and 0.2.0 hooks receive
+/// resource handles and read the request through the store's call scope;
+/// 0.3.0 hooks receive the request and response heads as values.
 pub(crate) struct Hooks {
-    v2: bool,
+    contract: Contract,
     on_request: Func,
     cache_key: Func,
     on_response: Func,
@@ -141,12 +198,15 @@ pub(crate) struct Hooks {
     self_test: Func,
     on_deliver: Option<Func>,
     on_error: Option<Func>,
+    configure: Option<Func>,
 }
 
 /// What `on-request` answered, in its version's types.
 pub(crate) enum RequestAnswer {
     V1(t1::RequestDecision),
     V2(t2::RequestPlan),
+    /// 0.3.0: a 0.2.0 plan and, maybe, the key of the unedited request.
+    V3(t2::RequestPlan, Option<Vec<String>>),
 }
 
 /// What `on-response` answered, in its version's types.
@@ -160,36 +220,79 @@ type Resp1 = Resource<t1::Response>;
 type Req2 = Resource<t2::Request>;
 type Resp2 = Resource<t2::Response>;
 
+// SAFETY (every `call` below): the types are those of the export's world,
+// which `PolicyPre::new` checked against this component. 0.3.0 results are
+// lifted into 0.2.0's Rust types: 0.3.0 declares those types field for field
+// and case for case, and component types are structural (`Hooks::check_types`
+// has wasmtime confirm it for every 0.3.0 plugin before it serves).
 impl Hooks {
-    pub(crate) fn on_request<T>(&self, store: &mut Store<T>) -> wasmtime::Result<RequestAnswer> {
-        // SAFETY (every call below): the types are those of the export's world,
-        // which `PolicyPre::new` checked against this component.
-        Ok(if self.v2 {
-            RequestAnswer::V2(unsafe {
-                call::<_, (Req2,), _>(self.on_request, store, (borrow(),))
-            }?)
-        } else {
-            RequestAnswer::V1(unsafe {
-                call::<_, (Req1,), _>(self.on_request, store, (borrow(),))
-            }?)
-        })
-    }
-
-    pub(crate) fn cache_key<T>(&self, store: &mut Store<T>) -> wasmtime::Result<Vec<String>> {
-        if self.v2 {
-            unsafe { call::<_, (Req2,), _>(self.cache_key, store, (borrow(),)) }
-        } else {
-            unsafe { call::<_, (Req1,), _>(self.cache_key, store, (borrow(),)) }
+    /// Hands a 0.3.0 instance the tenant's settings; other versions ask the
+    /// host for them instead.
+    pub(crate) fn configure<T>(
+        &self,
+        store: &mut Store<T>,
+        settings: &[Setting<'_>],
+    ) -> wasmtime::Result<()> {
+        match self.configure {
+            Some(func) if !settings.is_empty() => {
+                let typed = unsafe { TypedFunc::<(&[Setting<'_>],), ()>::new_unchecked(func) };
+                typed.call(store, (settings,))
+            }
+            _ => Ok(()),
         }
     }
 
-    pub(crate) fn on_response<T>(&self, store: &mut Store<T>) -> wasmtime::Result<ResponseAnswer> {
-        Ok(if self.v2 {
-            let params: (Req2, Resp2) = (borrow(), borrow());
-            ResponseAnswer::V2(unsafe { call(self.on_response, store, params) }?)
-        } else {
-            let params: (Req1, Resp1) = (borrow(), borrow());
-            ResponseAnswer::V1(unsafe { call(self.on_response, store, params) }?)
+    pub(crate) fn on_request<T>(
+        &self,
+        store: &mut Store<T>,
+        request: &RequestHeader,
+    ) -> wasmtime::Result<RequestAnswer> {
+        Ok(match self.contract {
+            Contract::V3 => {
+                let head = RequestHead::of(request);
+                let answer: RequestAnswerV3 = unsafe { call(self.on_request, store, (head,)) }?;
+                RequestAnswer::V3(answer.plan, answer.key)
+            }
+            Contract::V2 => RequestAnswer::V2(unsafe {
+                call::<_, (Req2,), _>(self.on_request, store, (borrow(),))
+            }?),
+            Contract::V1 => RequestAnswer::V1(unsafe {
+                call::<_, (Req1,), _>(self.on_request, store, (borrow(),))
+            }?),
+        })
+    }
+
+    pub(crate) fn cache_key<T>(
+        &self,
+        store: &mut Store<T>,
+        request: &RequestHeader,
+    ) -> wasmtime::Result<Vec<String>> {
+        match self.contract {
+            Contract::V3 => unsafe { call(self.cache_key, store, (RequestHead::of(request),)) },
+            Contract::V2 => unsafe { call::<_, (Req2,), _>(self.cache_key, store, (borrow(),)) },
+            Contract::V1 => unsafe { call::<_, (Req1,), _>(self.cache_key, store, (borrow(),)) },
+        }
+    }
+
+    pub(crate) fn on_response<T>(
+        &self,
+        store: &mut Store<T>,
+        request: &RequestHeader,
+        response: &ResponseHeader,
+    ) -> wasmtime::Result<ResponseAnswer> {
+        Ok(match self.contract {
+            Contract::V3 => {
+                let params = (RequestHead::of(request), ResponseHead::of(response));
+                ResponseAnswer::V2(unsafe { call(self.on_response, store, params) }?)
+            }
+            Contract::V2 => {
+                let params: (Req2, Resp2) = (borrow(), borrow());
+                ResponseAnswer::V2(unsafe { call(self.on_response, store, params) }?)
+            }
+            Contract::V1 => {
+                let params: (Req1, Resp1) = (borrow(), borrow());
+                ResponseAnswer::V1(unsafe { call(self.on_response, store, params) }?)
+            }
         })
     }
 
@@ -197,13 +300,19 @@ impl Hooks {
     pub(crate) fn on_deliver<T>(
         &self,
         store: &mut Store<T>,
+        request: &RequestHeader,
+        response: &ResponseHeader,
     ) -> wasmtime::Result<Vec<t2::HeaderEdit>> {
-        match self.on_deliver {
-            Some(func) => {
+        match (self.on_deliver, self.contract) {
+            (Some(func), Contract::V3) => {
+                let params = (RequestHead::of(request), ResponseHead::of(response));
+                unsafe { call(func, store, params) }
+            }
+            (Some(func), _) => {
                 let params: (Req2, Resp2) = (borrow(), borrow());
                 unsafe { call(func, store, params) }
             }
-            None => Ok(Vec::new()),
+            (None, _) => Ok(Vec::new()),
         }
     }
 
@@ -211,28 +320,41 @@ impl Hooks {
     pub(crate) fn on_error<T>(
         &self,
         store: &mut Store<T>,
+        request: &RequestHeader,
         failure: t2::OriginFailure,
     ) -> wasmtime::Result<Option<t2::SyntheticResponse>> {
-        match self.on_error {
-            Some(func) => {
+        match (self.on_error, self.contract) {
+            (Some(func), Contract::V3) => {
+                let params = (RequestHead::of(request), failure);
+                unsafe { call(func, store, params) }
+            }
+            (Some(func), _) => {
                 let params: (Req2, t2::OriginFailure) = (borrow(), failure);
                 unsafe { call(func, store, params) }
             }
-            None => Ok(None),
+            (None, _) => Ok(None),
         }
     }
 
     pub(crate) fn vary_value<T>(
         &self,
         store: &mut Store<T>,
+        request: &RequestHeader,
         name: &str,
     ) -> wasmtime::Result<Option<String>> {
-        if self.v2 {
-            let params: (Req2, &str) = (borrow(), name);
-            unsafe { call(self.vary_value, store, params) }
-        } else {
-            let params: (Req1, &str) = (borrow(), name);
-            unsafe { call(self.vary_value, store, params) }
+        match self.contract {
+            Contract::V3 => {
+                let params = (RequestHead::of(request), name);
+                unsafe { call(self.vary_value, store, params) }
+            }
+            Contract::V2 => {
+                let params: (Req2, &str) = (borrow(), name);
+                unsafe { call(self.vary_value, store, params) }
+            }
+            Contract::V1 => {
+                let params: (Req1, &str) = (borrow(), name);
+                unsafe { call(self.vary_value, store, params) }
+            }
         }
     }
 
@@ -241,13 +363,48 @@ impl Hooks {
         &self,
         store: &mut Store<T>,
     ) -> wasmtime::Result<Vec<t2::TestVector>> {
-        if self.v2 {
-            unsafe { call::<_, (), _>(self.self_test, store, ()) }
-        } else {
-            let vectors: Vec<t1::TestVector> =
-                unsafe { call::<_, (), _>(self.self_test, store, ()) }?;
-            Ok(vectors.into_iter().map(vector_from_v1).collect())
+        match self.contract {
+            Contract::V2 | Contract::V3 => unsafe { call::<_, (), _>(self.self_test, store, ()) },
+            Contract::V1 => {
+                let vectors: Vec<t1::TestVector> =
+                    unsafe { call::<_, (), _>(self.self_test, store, ()) }?;
+                Ok(vectors.into_iter().map(vector_from_v1).collect())
+            }
         }
+    }
+
+    /// Has wasmtime type-check every 0.3.0 hook against the Rust types the
+    /// calls above use for it; the other versions are called with their own
+    /// bindings' types. Run once per plugin, before it may serve.
+    pub(crate) fn check_types<T>(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+    ) -> wasmtime::Result<()> {
+        if self.contract != Contract::V3 {
+            return Ok(());
+        }
+        let store = &mut store;
+        type Head = RequestHead<'static>;
+        type Resp = ResponseHead;
+        self.on_request
+            .typed::<(Head,), (RequestAnswerV3,)>(&*store)?;
+        self.cache_key.typed::<(Head,), (Vec<String>,)>(&*store)?;
+        self.on_response
+            .typed::<(Head, Resp), (t2::ResponsePlan,)>(&*store)?;
+        self.vary_value
+            .typed::<(Head, &str), (Option<String>,)>(&*store)?;
+        self.self_test
+            .typed::<(), (Vec<t2::TestVector>,)>(&*store)?;
+        if let Some(func) = self.on_deliver {
+            func.typed::<(Head, Resp), (Vec<t2::HeaderEdit>,)>(&*store)?;
+        }
+        if let Some(func) = self.on_error {
+            func.typed::<(Head, t2::OriginFailure), (Option<t2::SyntheticResponse>,)>(&*store)?;
+        }
+        if let Some(func) = self.configure {
+            func.typed::<(&[Setting<'static>],), ()>(&*store)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! The one wasmtime `Engine` of the process and the linker every plugin is
 //! instantiated against.
 
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::host_api::HostState;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -84,10 +84,12 @@ impl PolicyEngine {
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
 
         let mut linker = Linker::new(&engine);
-        // Both contract versions: a component imports one of them.
+        // Every contract version: a component imports one of them.
         v1::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)?;
         v2::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)?;
+        v3::Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)?;
         // The Rust standard library of a wasm32-wasip2 guest imports WASI
         // interfaces even when the policy never uses them. They are linked

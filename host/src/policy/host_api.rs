@@ -1,7 +1,8 @@
 //! What the host grants a plugin: the request/response resources, logging and
-//! the tenant's configuration values. Nothing else is linked for policy code.
+//! the tenant's configuration values (0.1.0, 0.2.0), or logging alone (0.3.0).
+//! Nothing else is linked for policy code.
 
-use super::bindings::{v1, v2};
+use super::bindings::{v1, v2, v3};
 use super::call_scope::CallScope;
 use super::limits::MemoryLimiter;
 use super::TenantContext;
@@ -74,8 +75,39 @@ pub fn request_host(req: &pingora::http::RequestHeader) -> String {
 /// Longest plugin log line kept; a plugin must not flood the proxy's log.
 const MAX_LOG_LINE: usize = 4096;
 
-/// The host side of one version of the contract: both versions grant the same
-/// resources and imports, so one implementation serves both.
+/// The `tracing` level of a contract's `log-level`.
+macro_rules! tracing_level {
+    ($types:ident, $level:expr) => {
+        match $level {
+            $types::LogLevel::Trace => tracing::Level::TRACE,
+            $types::LogLevel::Debug => tracing::Level::DEBUG,
+            $types::LogLevel::Info => tracing::Level::INFO,
+            $types::LogLevel::Warn => tracing::Level::WARN,
+            $types::LogLevel::Error => tracing::Level::ERROR,
+        }
+    };
+}
+
+/// A plugin's log line, cut to [`MAX_LOG_LINE`] and tagged with its tenant.
+fn plugin_log(tenant: &str, level: tracing::Level, mut message: String) {
+    if message.len() > MAX_LOG_LINE {
+        let mut cut = MAX_LOG_LINE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    match level {
+        tracing::Level::TRACE => tracing::trace!(target: "cachet::plugin", tenant, "{message}"),
+        tracing::Level::DEBUG => tracing::debug!(target: "cachet::plugin", tenant, "{message}"),
+        tracing::Level::INFO => tracing::info!(target: "cachet::plugin", tenant, "{message}"),
+        tracing::Level::WARN => tracing::warn!(target: "cachet::plugin", tenant, "{message}"),
+        _ => tracing::error!(target: "cachet::plugin", tenant, "{message}"),
+    }
+}
+
+/// The host side of 0.1.0 and 0.2.0: both grant the same resources and
+/// imports, so one implementation serves both.
 macro_rules! grant {
     ($version:ident) => {
         const _: () = {
@@ -153,32 +185,7 @@ macro_rules! grant {
 
             impl host::Host for HostState {
                 fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
-                    let tenant = self.tenant.tenant.as_str();
-                    let mut message = message;
-                    if message.len() > MAX_LOG_LINE {
-                        let mut cut = MAX_LOG_LINE;
-                        while !message.is_char_boundary(cut) {
-                            cut -= 1;
-                        }
-                        message.truncate(cut);
-                    }
-                    match level {
-                        types::LogLevel::Trace => {
-                            tracing::trace!(target: "cachet::plugin", tenant, "{message}")
-                        }
-                        types::LogLevel::Debug => {
-                            tracing::debug!(target: "cachet::plugin", tenant, "{message}")
-                        }
-                        types::LogLevel::Info => {
-                            tracing::info!(target: "cachet::plugin", tenant, "{message}")
-                        }
-                        types::LogLevel::Warn => {
-                            tracing::warn!(target: "cachet::plugin", tenant, "{message}")
-                        }
-                        types::LogLevel::Error => {
-                            tracing::error!(target: "cachet::plugin", tenant, "{message}")
-                        }
-                    }
+                    plugin_log(&self.tenant.tenant, tracing_level!(types, level), message);
                     Ok(())
                 }
 
@@ -192,3 +199,18 @@ macro_rules! grant {
 
 grant!(v1);
 grant!(v2);
+
+/// 0.3.0 grants logging only: hooks receive the request as a value, and the
+/// tenant's settings arrive through `configure`.
+const _: () = {
+    use v3::cachet::policy::{host, types};
+
+    impl types::Host for HostState {}
+
+    impl host::Host for HostState {
+        fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+            plugin_log(&self.tenant.tenant, tracing_level!(types, level), message);
+            Ok(())
+        }
+    }
+};

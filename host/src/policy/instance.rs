@@ -10,6 +10,7 @@ use super::decision::{
 };
 use super::edits::{self, HeaderEdit};
 use super::engine::PolicyEngine;
+use super::heads::Setting;
 use super::host_api::HostState;
 use super::limits::PluginLimits;
 use super::plugin::{root_cause, LoadedPlugin};
@@ -80,11 +81,19 @@ impl PolicyInstance {
         tenant: Arc<TenantContext>,
         limits: &PluginLimits,
     ) -> Result<Self, PluginFault> {
+        // Kept only when there is something to hand a 0.3.0 `configure`.
+        let configured = (!tenant.plugin_config.is_empty()).then(|| tenant.clone());
         let mut store = Store::new(engine.engine(), HostState::new(tenant, limits.memory_bytes));
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(PolicyEngine::deadline_ticks(limits.hook_timeout));
         store.epoch_deadline_trap();
-        match plugin.pre.instantiate(&mut store) {
+        let instantiated = plugin.pre.instantiate(&mut store).and_then(|bindings| {
+            if let Some(tenant) = &configured {
+                bindings.configure(&mut store, &tenant_settings(tenant))?;
+            }
+            Ok(bindings)
+        });
+        match instantiated {
             Ok(bindings) => Ok(Self {
                 store,
                 bindings,
@@ -120,21 +129,33 @@ impl PolicyInstance {
         result.map_err(|e| classify(&e, &self.store))
     }
 
+    /// The plan, and the key when the plugin gave one with a plan that
+    /// edits nothing (0.3.0); otherwise `cache-key` is still to be called.
     fn on_request(
         &mut self,
         limits: &PluginLimits,
         request: &RequestHeader,
-    ) -> Result<RequestPlan, PluginFault> {
+    ) -> Result<(RequestPlan, Option<Vec<String>>), PluginFault> {
         let answer = self.call(limits, Some(request), None, |hooks, store| {
-            hooks.on_request(store)
+            hooks.on_request(store, request)
         })?;
-        match answer {
-            RequestAnswer::V1(v1) => {
-                decision::request_decision_v1(v1, limits).map(RequestPlan::decision_only)
+        let (plan, key) = match answer {
+            RequestAnswer::V1(v1) => (
+                decision::request_decision_v1(v1, limits).map(RequestPlan::decision_only),
+                None,
+            ),
+            RequestAnswer::V2(v2) => (decision::request_plan(v2, limits), None),
+            RequestAnswer::V3(v2, key) => (decision::request_plan(v2, limits), key),
+        };
+        let plan = plan.map_err(PluginFault::InvalidOutput)?;
+        // A key read from the unedited request must never name an edited one.
+        let key = match key {
+            Some(parts) if plan.edits.is_empty() && plan.decision == RequestDecision::Cache => {
+                Some(decision::key_parts(parts, limits).map_err(PluginFault::InvalidOutput)?)
             }
-            RequestAnswer::V2(v2) => decision::request_plan(v2, limits),
-        }
-        .map_err(PluginFault::InvalidOutput)
+            _ => None,
+        };
+        Ok((plan, key))
     }
 
     fn cache_key(
@@ -143,7 +164,7 @@ impl PolicyInstance {
         request: &RequestHeader,
     ) -> Result<Vec<String>, PluginFault> {
         let parts = self.call(limits, Some(request), None, |hooks, store| {
-            hooks.cache_key(store)
+            hooks.cache_key(store, request)
         })?;
         decision::key_parts(parts, limits).map_err(PluginFault::InvalidOutput)
     }
@@ -155,7 +176,7 @@ impl PolicyInstance {
         response: &ResponseHeader,
     ) -> Result<ResponsePlan, PluginFault> {
         let answer = self.call(limits, Some(request), Some(response), |hooks, store| {
-            hooks.on_response(store)
+            hooks.on_response(store, request, response)
         })?;
         match answer {
             ResponseAnswer::V1(v1) => Ok(ResponsePlan {
@@ -175,7 +196,7 @@ impl PolicyInstance {
         response: &ResponseHeader,
     ) -> Result<Vec<HeaderEdit>, PluginFault> {
         let raw = self.call(limits, Some(request), Some(response), |hooks, store| {
-            hooks.on_deliver(store)
+            hooks.on_deliver(store, request, response)
         })?;
         edits::header_edits(raw, limits, "delivery").map_err(PluginFault::InvalidOutput)
     }
@@ -192,7 +213,7 @@ impl PolicyInstance {
             OriginFailure::Status(code) => raw::OriginFailure::Status(code),
         };
         let answer = self.call(limits, Some(request), None, |hooks, store| {
-            hooks.on_error(store, failure)
+            hooks.on_error(store, request, failure)
         })?;
         answer
             .map(|r| decision::synthetic_response(r, limits))
@@ -207,7 +228,7 @@ impl PolicyInstance {
         name: &str,
     ) -> Result<Option<String>, PluginFault> {
         let value = self.call(limits, Some(request), None, |hooks, store| {
-            hooks.vary_value(store, name)
+            hooks.vary_value(store, request, name)
         })?;
         match value {
             Some(v) if v.len() > limits.max_key_bytes => Err(PluginFault::InvalidOutput(format!(
@@ -220,8 +241,20 @@ impl PolicyInstance {
     }
 
     fn self_test(&mut self, limits: &PluginLimits) -> Result<Vec<TestVector>, PluginFault> {
+        self.bindings
+            .check_types(&mut self.store)
+            .map_err(|e| PluginFault::Instantiate(root_cause(&e)))?;
         self.call(limits, None, None, |hooks, store| hooks.self_test(store))
     }
+}
+
+/// The tenant's `[tenant.plugin_config]` entries, for a 0.3.0 `configure`.
+fn tenant_settings(tenant: &TenantContext) -> Vec<Setting<'_>> {
+    tenant
+        .plugin_config
+        .iter()
+        .map(|(key, value)| Setting { key, value })
+        .collect()
 }
 
 /// Empties a store's call scope when dropped, so a hook that returns early or unwinds never
@@ -386,8 +419,9 @@ impl InstancePool {
     pub fn decide_request(&self, request: &RequestHeader) -> Result<RequestVerdict, PluginFault> {
         let _timer = self.request_seconds.start_timer();
         self.with_instance(|instance, limits| {
-            let plan = instance.on_request(limits, request)?;
+            let (plan, given_key) = instance.on_request(limits, request)?;
             let key = match plan.decision {
+                RequestDecision::Cache if given_key.is_some() => given_key,
                 RequestDecision::Cache if plan.edits.is_empty() => {
                     Some(instance.cache_key(limits, request)?)
                 }
@@ -409,13 +443,15 @@ impl InstancePool {
     pub fn plan_request(&self, request: &mut RequestHeader) -> Result<RequestOutcome, PluginFault> {
         let _timer = self.request_seconds.start_timer();
         self.with_instance(|instance, limits| {
-            let plan = instance.on_request(limits, request)?;
+            let (plan, given_key) = instance.on_request(limits, request)?;
             if !matches!(plan.decision, RequestDecision::Respond(_)) {
                 plan.edits
                     .apply(request)
                     .map_err(PluginFault::InvalidOutput)?;
             }
             let key = match plan.decision {
+                // Given only with a plan that edits nothing: `request` is unchanged.
+                RequestDecision::Cache if given_key.is_some() => given_key,
                 RequestDecision::Cache => Some(instance.cache_key(limits, request)?),
                 _ => None,
             };

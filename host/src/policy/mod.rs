@@ -10,6 +10,7 @@ pub mod componentize;
 mod decision;
 mod edits;
 mod engine;
+mod heads;
 mod host_api;
 mod instance;
 mod layer;

@@ -2,7 +2,7 @@
 //! exports against the `policy` world, and pre-instantiate it.
 
 use super::artifact_cache::ArtifactCache;
-use super::bindings::PolicyPre;
+use super::bindings::{Contract, PolicyPre};
 use super::engine::PolicyEngine;
 use super::host_api::HostState;
 use sha2::{Digest, Sha256};
@@ -21,6 +21,8 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "cachet:policy/host@0.1.0",
     "cachet:policy/types@0.2.0",
     "cachet:policy/host@0.2.0",
+    "cachet:policy/types@0.3.0",
+    "cachet:policy/host@0.3.0",
     "wasi:cli/environment",
     "wasi:cli/exit",
     "wasi:cli/stdin",
@@ -145,12 +147,12 @@ impl LoadedPlugin {
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("{} cannot be linked: {}", path.display(), root_cause(&e))
         })?;
-        // A 0.2.0 component is the only kind exporting `on-error`; `PolicyPre::new`
-        // then checks every export's type against its world, once, here.
-        let v2 = exports_contain(&exports, "on-error");
-        let pre = PolicyPre::new(instance_pre, v2).map_err(|e| {
+        // Each version adds hooks the earlier ones lack; `PolicyPre::new` then
+        // checks every export's type against that version's world, once, here.
+        let contract = Contract::of_exports(&exports);
+        let pre = PolicyPre::new(instance_pre, contract).map_err(|e| {
             anyhow::anyhow!(
-                "{} does not implement the cachet:policy/policy world (0.1.0 or 0.2.0): {}",
+                "{} does not implement the cachet:policy/policy world (0.1.0, 0.2.0 or 0.3.0): {}",
                 path.display(),
                 root_cause(&e)
             )
@@ -174,7 +176,7 @@ impl LoadedPlugin {
 impl LoadedPlugin {
     /// The `cachet:policy` version the component implements.
     pub fn contract_version(&self) -> &'static str {
-        self.pre.version()
+        self.pre.contract().version()
     }
 
     /// Proves the plugin can be instantiated under default limits and runs
@@ -182,10 +184,6 @@ impl LoadedPlugin {
     pub fn run_self_tests(&self, engine: &PolicyEngine) -> anyhow::Result<()> {
         super::self_test::run(engine, self)
     }
-}
-
-fn exports_contain(exports: &[String], name: &str) -> bool {
-    exports.iter().any(|e| e == name)
 }
 
 fn check_imports(engine: &PolicyEngine, component: &Component) -> ImportCheck {
@@ -225,7 +223,8 @@ mod tests {
         assert!(import_allowed("wasi:io/streams@0.2.6"));
         assert!(import_allowed("cachet:policy/host@0.1.0"));
         assert!(import_allowed("cachet:policy/host@0.2.0"));
-        assert!(!import_allowed("cachet:policy/host@0.3.0"));
+        assert!(import_allowed("cachet:policy/host@0.3.0"));
+        assert!(!import_allowed("cachet:policy/host@0.4.0"));
         assert!(!import_allowed("wasi:filesystem/types@0.2.6"));
         assert!(!import_allowed("wasi:sockets/tcp@0.2.6"));
         assert!(!import_allowed("wasi:io/streamsx@0.2.6"));

@@ -1,0 +1,111 @@
+//! The request and response heads a 0.3.0 hook receives as values.
+//!
+//! Built from the proxy's own header structs for each call, so the plugin sees
+//! exactly what the origin is sent. Each string costs the guest one call into
+//! its allocator: the headers travel as one string, one field per line.
+
+use super::bindings::v2::cachet::policy::types::RequestPlan;
+use super::host_api::request_host;
+use pingora::http::{RequestHeader, ResponseHeader};
+use wasmtime::component::{ComponentType, Lift, Lower};
+
+/// `cachet:policy/types@0.3.0` `request-head`.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub(crate) struct RequestHead<'a> {
+    method: &'a str,
+    host: String,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: String,
+}
+
+impl<'a> RequestHead<'a> {
+    pub(crate) fn of(request: &'a RequestHeader) -> Self {
+        Self {
+            method: request.method.as_str(),
+            host: request_host(request),
+            path: request.uri.path(),
+            query: request.uri.query(),
+            headers: header_lines(&request.headers),
+        }
+    }
+}
+
+/// `cachet:policy/types@0.3.0` `response-head`.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub(crate) struct ResponseHead {
+    status: u16,
+    headers: String,
+}
+
+impl ResponseHead {
+    pub(crate) fn of(response: &ResponseHeader) -> Self {
+        Self {
+            status: response.status.as_u16(),
+            headers: header_lines(&response.headers),
+        }
+    }
+}
+
+/// `cachet:policy/types@0.3.0` `setting`: one `[tenant.plugin_config]` entry.
+#[derive(ComponentType, Lower)]
+#[component(record)]
+pub(crate) struct Setting<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+}
+
+/// `cachet:policy/types@0.3.0` `request-answer`, its plan in 0.2.0's type
+/// (0.3.0 declares the same record).
+#[derive(ComponentType, Lift)]
+#[component(record)]
+pub(crate) struct RequestAnswerV3 {
+    pub plan: RequestPlan,
+    pub key: Option<Vec<String>>,
+}
+
+/// "name: value\n" for every field; names are already lower-case in an
+/// `http::HeaderMap`. Values cannot hold a line break (the parser and the
+/// edit checks refuse them), so every line is one field. Built with plain
+/// appends: this runs for every hook call.
+fn header_lines(headers: &http::HeaderMap) -> String {
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 3)
+        .sum();
+    let mut lines = String::with_capacity(size);
+    for (name, value) in headers {
+        lines.push_str(name.as_str());
+        lines.push_str(": ");
+        match std::str::from_utf8(value.as_bytes()) {
+            Ok(text) => lines.push_str(text),
+            Err(_) => lines.push_str(&String::from_utf8_lossy(value.as_bytes())),
+        }
+        lines.push('\n');
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_become_one_line_per_field_with_lower_case_names() {
+        let mut req = RequestHeader::build("GET", b"/a?b=1", None).unwrap();
+        req.insert_header("Host", "Example.COM").unwrap();
+        req.append_header("Accept", "text/html").unwrap();
+        req.append_header("accept", "*/*").unwrap();
+        req.insert_header("X-Odd", &b"caf\xe9"[..]).unwrap();
+        let head = RequestHead::of(&req);
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.host, "example.com");
+        assert_eq!((head.path, head.query), ("/a", Some("b=1")));
+        assert_eq!(
+            head.headers,
+            "host: Example.COM\naccept: text/html\naccept: */*\nx-odd: caf\u{fffd}\n"
+        );
+    }
+}
