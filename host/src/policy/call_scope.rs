@@ -1,9 +1,10 @@
 //! The request and response a hook call may read.
 //!
-//! The guest receives `borrow<request>` / `borrow<response>` handles and pulls
-//! fields through host calls. Rather than copying the whole header map into the
-//! store for every call, the store points at the proxy's own header structs for
-//! exactly the duration of one synchronous hook call.
+//! A 0.1.0 or 0.2.0 guest receives `borrow<request>` / `borrow<response>`
+//! handles and pulls fields through host calls (a 0.3.0 guest receives the
+//! heads as values: `heads.rs`). Rather than copying the whole header map into
+//! the store for every call, the store points at the proxy's own header
+//! structs for exactly the duration of one synchronous hook call.
 
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::ptr::NonNull;
