@@ -465,3 +465,29 @@ fn vector_from_v1(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Contract;
+
+    fn exports(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn the_contract_is_told_by_the_hooks_only_it_exports() {
+        let v1 = [
+            "on-request",
+            "cache-key",
+            "on-response",
+            "vary-value",
+            "self-test",
+        ];
+        assert_eq!(Contract::of_exports(&exports(&v1)), Contract::V1);
+        let v2 = [&v1[..], &["on-deliver", "on-error"]].concat();
+        assert_eq!(Contract::of_exports(&exports(&v2)), Contract::V2);
+        let v3 = [&v2[..], &["configure"]].concat();
+        assert_eq!(Contract::of_exports(&exports(&v3)), Contract::V3);
+        assert_eq!(Contract::V3.version(), "0.3.0");
+    }
+}
