@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::client::{get, Resp};
+use support::client::{get, send, Resp};
 use support::fixture;
 use support::origin::{Origin, Reply};
 use support::proxy::{Proxy, TenantSpec};
@@ -94,4 +94,84 @@ fn configure_hands_every_new_instance_the_tenants_settings() {
     let bare = v3_proxy(&origin, "");
     assert_eq!(get(&bare.url("/config/greeting")).status, 404);
     assert_eq!(origin.hits(), 0);
+}
+
+/// The forwarding fields among `fields` (name, value), as lower-case "name: value" lines, in order.
+fn forwarding_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+    const NAMES: [&str; 5] = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "via",
+    ];
+    fields
+        .filter(|(name, _)| NAMES.contains(&name.to_ascii_lowercase().as_str()))
+        .map(|(name, value)| format!("{}: {value}", name.to_ascii_lowercase()))
+        .collect()
+}
+
+/// A 0.3.0 plugin is shown the forwarding fields without them being written
+/// into the request (a hit never writes them): what it is shown must be what
+/// the origin gets, field for field and in order, in every mode.
+#[test]
+fn the_forwarding_fields_a_plugin_is_shown_are_the_ones_the_origin_gets() {
+    let client_claims = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+        ("Forwarded", "for=6.6.6.6"),
+        ("Via", "1.0 lb"),
+    ];
+    for mode in ["replace", "append", "off"] {
+        let origin = echo_origin();
+        let proxy = Proxy::start_with_server(
+            &format!("forwarded_headers = \"{mode}\""),
+            CACHE,
+            &[TenantSpec::new("site", origin.addr, &fixture("policy-0-3"))],
+        );
+        let shown = send("GET", &proxy.url("/fields/a"), &client_claims);
+        assert_eq!(shown.status, 200, "{mode}");
+        let shown = forwarding_fields(shown.text().lines().filter_map(|l| l.split_once(": ")));
+
+        let sent = send("GET", &proxy.url("/plain/a"), &client_claims);
+        assert_eq!(sent.status, 200, "{mode}");
+        let seen = origin.seen().pop().expect("the origin got the request");
+        let sent = forwarding_fields(seen.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        assert_eq!(shown, sent, "mode {mode}");
+        match mode {
+            "off" => assert_eq!(sent.len(), 4, "the client's own fields only: {sent:?}"),
+            _ => assert!(
+                sent.iter()
+                    .any(|l| l.starts_with("x-forwarded-for: ") && l.ends_with("127.0.0.1")),
+                "the proxy added itself: {sent:?}"
+            ),
+        }
+        assert!(!proxy.log().contains("plugin fault"), "{}", proxy.log());
+    }
+}
+
+/// `cache-key` is shown the forwarding fields when the request is not edited,
+/// and, when it is, the request with the fields written and then edited: the
+/// edits win at the origin too.
+#[test]
+fn the_key_hook_and_the_origin_see_forwarding_fields_after_the_plugins_edits() {
+    let origin = echo_origin();
+    let proxy = v3_proxy(&origin, "");
+    // The fixture's cache-key traps (a 502) unless it is shown the fields.
+    let keyed = get(&proxy.url("/fields-key/a"));
+    assert_eq!(keyed.status, 200, "{}", proxy.log());
+    assert_status_has(&get(&proxy.url("/fields-key/a")), "hit");
+
+    let edited = get(&proxy.url("/edit-fields/a"));
+    assert_eq!(edited.status, 200, "{}", proxy.log());
+    let seen = origin
+        .seen()
+        .pop()
+        .expect("the origin got the edited request");
+    assert_eq!(seen.header("via"), Some("edited-via"));
+    assert_eq!(seen.header("x-forwarded-host"), None);
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-edited"), Some("1"));
+    assert_eq!(origin.hits(), 2);
+    assert!(!proxy.log().contains("plugin fault"), "{}", proxy.log());
 }

@@ -511,3 +511,32 @@ fn forwarding_headers_replace_append_or_off() {
         assert_eq!(untouched.header("via"), None);
     }
 }
+
+/// A 0.3.0 plugin is shown the forwarding fields before they are written: a request sent
+/// on after the plugin failed (`on_plugin_error = "bypass"`) still gets them.
+#[test]
+fn a_request_bypassed_after_a_plugin_fault_gets_the_forwarding_fields() {
+    let origin = echo_origin();
+    let proxy = Proxy::start(
+        CACHE,
+        &[
+            TenantSpec::new("site", origin.addr, &support::fixture("panic"))
+                .extra("on_plugin_error = \"bypass\""),
+        ],
+    );
+    let resp = send(
+        "GET",
+        &proxy.url("/panic/request"),
+        &[("Host", "site.test"), ("X-Forwarded-For", "6.6.6.6")],
+    );
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.cache_status().contains("plugin fault"),
+        "{}",
+        resp.cache_status()
+    );
+    let seen = origin.seen().pop().expect("the origin got the request");
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("site.test"));
+    assert_eq!(seen.header("via"), Some("1.1 cachet"));
+}

@@ -3,6 +3,7 @@
 //! them; `plugin.rs` finds which and the instance calls it through `Hooks`.
 
 use super::heads::{RequestAnswerV3, RequestHead, ResponseHead, Setting};
+use super::pending::PendingFields;
 use pingora::http::{RequestHeader, ResponseHeader};
 use v1::cachet::policy::types as t1;
 use v2::cachet::policy::types as t2;
@@ -242,14 +243,17 @@ impl Hooks {
         }
     }
 
+    /// `pending` fields reach a 0.3.0 plugin in its head; older versions read
+    /// the request through the host, so the caller has written them already.
     pub(crate) fn on_request<T>(
         &self,
         store: &mut Store<T>,
         request: &RequestHeader,
+        pending: &PendingFields,
     ) -> wasmtime::Result<RequestAnswer> {
         Ok(match self.contract {
             Contract::V3 => {
-                let head = RequestHead::of(request);
+                let head = RequestHead::of(request, pending);
                 let answer: RequestAnswerV3 = unsafe { call(self.on_request, store, (head,)) }?;
                 RequestAnswer::V3(answer.plan, answer.key)
             }
@@ -266,9 +270,12 @@ impl Hooks {
         &self,
         store: &mut Store<T>,
         request: &RequestHeader,
+        pending: &PendingFields,
     ) -> wasmtime::Result<Vec<String>> {
         match self.contract {
-            Contract::V3 => unsafe { call(self.cache_key, store, (RequestHead::of(request),)) },
+            Contract::V3 => unsafe {
+                call(self.cache_key, store, (RequestHead::of(request, pending),))
+            },
             Contract::V2 => unsafe { call::<_, (Req2,), _>(self.cache_key, store, (borrow(),)) },
             Contract::V1 => unsafe { call::<_, (Req1,), _>(self.cache_key, store, (borrow(),)) },
         }
@@ -282,7 +289,7 @@ impl Hooks {
     ) -> wasmtime::Result<ResponseAnswer> {
         Ok(match self.contract {
             Contract::V3 => {
-                let params = (RequestHead::of(request), ResponseHead::of(response));
+                let params = (RequestHead::as_is(request), ResponseHead::of(response));
                 ResponseAnswer::V2(unsafe { call(self.on_response, store, params) }?)
             }
             Contract::V2 => {
@@ -305,7 +312,7 @@ impl Hooks {
     ) -> wasmtime::Result<Vec<t2::HeaderEdit>> {
         match (self.on_deliver, self.contract) {
             (Some(func), Contract::V3) => {
-                let params = (RequestHead::of(request), ResponseHead::of(response));
+                let params = (RequestHead::as_is(request), ResponseHead::of(response));
                 unsafe { call(func, store, params) }
             }
             (Some(func), _) => {
@@ -325,7 +332,7 @@ impl Hooks {
     ) -> wasmtime::Result<Option<t2::SyntheticResponse>> {
         match (self.on_error, self.contract) {
             (Some(func), Contract::V3) => {
-                let params = (RequestHead::of(request), failure);
+                let params = (RequestHead::as_is(request), failure);
                 unsafe { call(func, store, params) }
             }
             (Some(func), _) => {
@@ -344,7 +351,7 @@ impl Hooks {
     ) -> wasmtime::Result<Option<String>> {
         match self.contract {
             Contract::V3 => {
-                let params = (RequestHead::of(request), name);
+                let params = (RequestHead::as_is(request), name);
                 unsafe { call(self.vary_value, store, params) }
             }
             Contract::V2 => {

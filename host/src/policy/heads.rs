@@ -6,6 +6,8 @@
 
 use super::bindings::v2::cachet::policy::types::RequestPlan;
 use super::host_api::request_host;
+use super::pending::PendingFields;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::component::{ComponentType, Lift, Lower};
 
@@ -21,14 +23,21 @@ pub(crate) struct RequestHead<'a> {
 }
 
 impl<'a> RequestHead<'a> {
-    pub(crate) fn of(request: &'a RequestHeader) -> Self {
+    /// `request` as the origin will get it, with the `pending` fields written.
+    pub(crate) fn of(request: &'a RequestHeader, pending: &PendingFields) -> Self {
         Self {
             method: request.method.as_str(),
             host: request_host(request),
             path: request.uri.path(),
             query: request.uri.query(),
-            headers: header_lines(&request.headers),
+            headers: header_lines(|| pending.fields_after(&request.headers)),
         }
+    }
+
+    /// `request` with nothing pending: after `request_filter`, every field the
+    /// origin gets is written.
+    pub(crate) fn as_is(request: &'a RequestHeader) -> Self {
+        Self::of(request, PendingFields::none())
     }
 }
 
@@ -44,7 +53,7 @@ impl ResponseHead {
     pub(crate) fn of(response: &ResponseHeader) -> Self {
         Self {
             status: response.status.as_u16(),
-            headers: header_lines(&response.headers),
+            headers: header_lines(|| response.headers.iter()),
         }
     }
 }
@@ -69,14 +78,16 @@ pub(crate) struct RequestAnswerV3 {
 /// "name: value\n" for every field; names are already lower-case in an
 /// `http::HeaderMap`. Values cannot hold a line break (the parser and the
 /// edit checks refuse them), so every line is one field. Built with plain
-/// appends: this runs for every hook call.
-fn header_lines(headers: &http::HeaderMap) -> String {
-    let size: usize = headers
-        .iter()
+/// appends: this runs for every hook call. `fields` is walked twice: once to size the string, once to fill it.
+fn header_lines<'h, I>(fields: impl Fn() -> I) -> String
+where
+    I: Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+{
+    let size: usize = fields()
         .map(|(name, value)| name.as_str().len() + value.len() + 3)
         .sum();
     let mut lines = String::with_capacity(size);
-    for (name, value) in headers {
+    for (name, value) in fields() {
         lines.push_str(name.as_str());
         lines.push_str(": ");
         match std::str::from_utf8(value.as_bytes()) {
@@ -99,7 +110,7 @@ mod tests {
         req.append_header("Accept", "text/html").unwrap();
         req.append_header("accept", "*/*").unwrap();
         req.insert_header("X-Odd", &b"caf\xe9"[..]).unwrap();
-        let head = RequestHead::of(&req);
+        let head = RequestHead::as_is(&req);
         assert_eq!(head.method, "GET");
         assert_eq!(head.host, "example.com");
         assert_eq!((head.path, head.query), ("/a", Some("b=1")));
@@ -107,5 +118,29 @@ mod tests {
             head.headers,
             "host: Example.COM\naccept: text/html\naccept: */*\nx-odd: caf\u{fffd}\n"
         );
+    }
+
+    #[test]
+    fn the_head_shows_pending_fields_as_written() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("host", "a.test").unwrap();
+        req.append_header("via", "1.0 lb").unwrap();
+        let mut pending = PendingFields::default();
+        pending.set(
+            HeaderName::from_static("via"),
+            HeaderValue::from_static("1.0 lb, 1.1 cachet"),
+        );
+        pending.set(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_static("192.0.2.7"),
+        );
+        let head = RequestHead::of(&req, &pending);
+        assert_eq!(
+            head.headers,
+            "host: a.test\nvia: 1.0 lb, 1.1 cachet\nx-forwarded-for: 192.0.2.7\n"
+        );
+        // Shown, not written.
+        assert_eq!(req.headers.get("via").unwrap(), "1.0 lb");
+        assert!(req.headers.get("x-forwarded-for").is_none());
     }
 }

@@ -13,6 +13,7 @@ use super::engine::PolicyEngine;
 use super::heads::Setting;
 use super::host_api::HostState;
 use super::limits::PluginLimits;
+use super::pending::PendingFields;
 use super::plugin::{root_cause, LoadedPlugin};
 use super::TenantContext;
 use parking_lot::Mutex;
@@ -135,9 +136,10 @@ impl PolicyInstance {
         &mut self,
         limits: &PluginLimits,
         request: &RequestHeader,
+        pending: &PendingFields,
     ) -> Result<(RequestPlan, Option<Vec<String>>), PluginFault> {
         let answer = self.call(limits, Some(request), None, |hooks, store| {
-            hooks.on_request(store, request)
+            hooks.on_request(store, request, pending)
         })?;
         let (plan, key) = match answer {
             RequestAnswer::V1(v1) => (
@@ -162,9 +164,10 @@ impl PolicyInstance {
         &mut self,
         limits: &PluginLimits,
         request: &RequestHeader,
+        pending: &PendingFields,
     ) -> Result<Vec<String>, PluginFault> {
         let parts = self.call(limits, Some(request), None, |hooks, store| {
-            hooks.cache_key(store, request)
+            hooks.cache_key(store, request, pending)
         })?;
         decision::key_parts(parts, limits).map_err(PluginFault::InvalidOutput)
     }
@@ -419,18 +422,19 @@ impl InstancePool {
     pub fn decide_request(&self, request: &RequestHeader) -> Result<RequestVerdict, PluginFault> {
         let _timer = self.request_seconds.start_timer();
         self.with_instance(|instance, limits| {
-            let (plan, given_key) = instance.on_request(limits, request)?;
+            let none = PendingFields::none();
+            let (plan, given_key) = instance.on_request(limits, request, none)?;
             let key = match plan.decision {
                 RequestDecision::Cache if given_key.is_some() => given_key,
                 RequestDecision::Cache if plan.edits.is_empty() => {
-                    Some(instance.cache_key(limits, request)?)
+                    Some(instance.cache_key(limits, request, none)?)
                 }
                 RequestDecision::Cache => {
                     let mut edited = request.clone();
                     plan.edits
                         .apply(&mut edited)
                         .map_err(PluginFault::InvalidOutput)?;
-                    Some(instance.cache_key(limits, &edited)?)
+                    Some(instance.cache_key(limits, &edited, none)?)
                 }
                 _ => None,
             };
@@ -438,13 +442,22 @@ impl InstancePool {
         })
     }
 
-    /// Runs `on-request`, applies its edits to `request` (what the origin is
-    /// sent), then `cache-key` on the edited request when it says "cache".
-    pub fn plan_request(&self, request: &mut RequestHeader) -> Result<RequestOutcome, PluginFault> {
+    /// Runs `on-request` on `request` with the `pending` fields written, applies
+    /// its edits to `request` (what the origin is sent), then `cache-key` on
+    /// the edited request when it says "cache".
+    ///
+    /// Edits are made to the request the plugin saw, so the pending fields are
+    /// written first; a plan that edits nothing leaves them pending.
+    pub fn plan_request(
+        &self,
+        request: &mut RequestHeader,
+        pending: &mut PendingFields,
+    ) -> Result<RequestOutcome, PluginFault> {
         let _timer = self.request_seconds.start_timer();
         self.with_instance(|instance, limits| {
-            let (plan, given_key) = instance.on_request(limits, request)?;
-            if !matches!(plan.decision, RequestDecision::Respond(_)) {
+            let (plan, given_key) = instance.on_request(limits, request, pending)?;
+            if !matches!(plan.decision, RequestDecision::Respond(_)) && !plan.edits.is_empty() {
+                pending.apply(request);
                 plan.edits
                     .apply(request)
                     .map_err(PluginFault::InvalidOutput)?;
@@ -452,7 +465,7 @@ impl InstancePool {
             let key = match plan.decision {
                 // Given only with a plan that edits nothing: `request` is unchanged.
                 RequestDecision::Cache if given_key.is_some() => given_key,
-                RequestDecision::Cache => Some(instance.cache_key(limits, request)?),
+                RequestDecision::Cache => Some(instance.cache_key(limits, request, pending)?),
                 _ => None,
             };
             Ok(RequestOutcome {

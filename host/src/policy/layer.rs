@@ -5,9 +5,23 @@ use super::builtin::BuiltinPolicy;
 use super::decision::{OriginFailure, ResponseDecision, ResponsePlan, SyntheticResponse};
 use super::edits::HeaderEdit;
 use super::instance::{InstancePool, PluginFault, RequestOutcome, RequestVerdict};
+use super::pending::PendingFields;
 use super::plugin::LoadedPlugin;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
+
+/// When a policy reads the fields the host adds to a request on its way to the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddedFields {
+    /// A builtin policy: they are written only once the request needs the origin.
+    NeverRead,
+    /// A 0.1.0 or 0.2.0 plugin reads the request through host calls: they are
+    /// written before it runs.
+    ReadFromTheRequest,
+    /// A 0.3.0 plugin receives the request as a value: it is shown them as
+    /// pending, and they are written once the request needs the origin.
+    ReadAsPending,
+}
 
 pub enum PolicyLayer {
     Wasm(InstancePool),
@@ -24,10 +38,15 @@ impl PolicyLayer {
     }
 
     /// `on-request` with its edits applied to `request` (what the origin is
-    /// sent), then `cache-key` on the edited request.
-    pub fn plan_request(&self, request: &mut RequestHeader) -> Result<RequestOutcome, PluginFault> {
+    /// sent), then `cache-key` on the edited request. The plugin sees the
+    /// `pending` fields as written; they stay pending unless it edits.
+    pub fn plan_request(
+        &self,
+        request: &mut RequestHeader,
+        pending: &mut PendingFields,
+    ) -> Result<RequestOutcome, PluginFault> {
         match self {
-            Self::Wasm(pool) => pool.plan_request(request),
+            Self::Wasm(pool) => pool.plan_request(request, pending),
             Self::Builtin(builtin) => Ok(RequestOutcome {
                 verdict: builtin.decide_request(request),
                 backend: None,
@@ -75,10 +94,14 @@ impl PolicyLayer {
         }
     }
 
-    /// Whether the policy may read the forwarding fields (`X-Forwarded-*`, `Forwarded`, `Via`)
-    /// the host adds to the request: a plugin may; the builtin policies never do.
-    pub fn reads_forwarding_fields(&self) -> bool {
-        matches!(self, Self::Wasm(_))
+    /// How the policy reads the fields the host adds to the request (`X-Forwarded-*`,
+    /// `Forwarded`, `Via`), and so when they must exist.
+    pub fn reads_added_fields(&self) -> AddedFields {
+        match self.plugin().map(|p| p.contract_version()) {
+            None => AddedFields::NeverRead,
+            Some("0.1.0" | "0.2.0") => AddedFields::ReadFromTheRequest,
+            Some(_) => AddedFields::ReadAsPending,
+        }
     }
 
     /// Whether the plugin implements 0.2.0, whose `on-response` may edit the

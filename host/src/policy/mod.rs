@@ -15,6 +15,7 @@ mod host_api;
 mod instance;
 mod layer;
 mod limits;
+mod pending;
 mod plugin;
 mod self_test;
 
@@ -30,8 +31,9 @@ pub use engine::{PolicyEngine, MAX_GUEST_MEMORY};
 pub use host_api::request_host;
 pub use instance::{InstancePool, PluginFault, PolicyInstance};
 pub use instance::{RequestOutcome, RequestVerdict};
-pub use layer::PolicyLayer;
+pub use layer::{AddedFields, PolicyLayer};
 pub use limits::PluginLimits;
+pub use pending::PendingFields;
 pub use plugin::{ImportCheck, LoadedPlugin, PluginInfo, ALLOWED_IMPORTS};
 
 /// Identity and configuration a plugin sees through its `host` imports.

@@ -1,17 +1,25 @@
 //! What the origin learns about the client: `X-Forwarded-For`, `-Proto`,
 //! `-Host`, `Forwarded` (RFC 7239) and `Via` (RFC 9110 §7.6.3).
 //!
-//! Applied to the request before the plugin sees it, so the plugin reads
-//! exactly the fields the origin will get.
+//! Built as pending fields: a plugin is shown them before it runs, and they are
+//! written into the request once it needs the origin (`request.rs` says when).
 
 use crate::config::ForwardedHeaders;
+use crate::policy::PendingFields;
+use http::header::{HeaderName, VIA};
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use std::net::IpAddr;
+use std::sync::LazyLock;
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
-const FORWARDED: &str = "forwarded";
+// Parsed once: a name given as text is parsed again at every lookup.
+static X_FORWARDED_FOR: LazyLock<HeaderName> =
+    LazyLock::new(|| HeaderName::from_static("x-forwarded-for"));
+static X_FORWARDED_PROTO: LazyLock<HeaderName> =
+    LazyLock::new(|| HeaderName::from_static("x-forwarded-proto"));
+static X_FORWARDED_HOST: LazyLock<HeaderName> =
+    LazyLock::new(|| HeaderName::from_static("x-forwarded-host"));
+static FORWARDED: LazyLock<HeaderName> = LazyLock::new(|| HeaderName::from_static("forwarded"));
 /// This hop, as `Via` names it.
 const VIA_HOP: &str = "1.1 cachet";
 
@@ -21,13 +29,14 @@ pub struct Hop {
     pub tls: bool,
 }
 
-/// Rewrites the forwarding fields of `req` for `mode`.
+/// The forwarding fields `mode` gives `req` for this hop, not yet written.
 ///
 /// Runs on every request a plugin sees, hits included: each value is built in one
 /// allocation that becomes the header value itself, and constant values are not copied.
-pub fn apply(mode: ForwardedHeaders, req: &mut RequestHeader, hop: &Hop) {
+pub fn fields(mode: ForwardedHeaders, req: &RequestHeader, hop: &Hop) -> PendingFields {
+    let mut fields = PendingFields::with_capacity(5);
     let append = match mode {
-        ForwardedHeaders::Off => return,
+        ForwardedHeaders::Off => return fields,
         ForwardedHeaders::Append => true,
         ForwardedHeaders::Replace => false,
     };
@@ -36,32 +45,33 @@ pub fn apply(mode: ForwardedHeaders, req: &mut RequestHeader, hop: &Hop) {
         .headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+        .unwrap_or("");
     let mut client = String::with_capacity(48);
     push_ip(&mut client, hop.client);
 
-    let xff = list(req, X_FORWARDED_FOR, append, &client);
-    set(req, X_FORWARDED_FOR, xff);
-    if !append || !req.headers.contains_key(X_FORWARDED_PROTO) {
-        set_static(req, X_FORWARDED_PROTO, proto);
+    let xff = list(req, &X_FORWARDED_FOR, append, &client);
+    set(&mut fields, &X_FORWARDED_FOR, xff);
+    if !append || !req.headers.contains_key(&*X_FORWARDED_PROTO) {
+        let proto = HeaderValue::from_static(proto);
+        fields.set(X_FORWARDED_PROTO.clone(), proto);
     }
-    if !append || !req.headers.contains_key(X_FORWARDED_HOST) {
-        set(req, X_FORWARDED_HOST, host.clone());
+    if !append || !req.headers.contains_key(&*X_FORWARDED_HOST) {
+        set(&mut fields, &X_FORWARDED_HOST, host.to_owned());
     }
-    let element = forwarded_element(hop.client, &client, proto, &host);
-    let forwarded = list(req, FORWARDED, append, &element);
-    set(req, FORWARDED, forwarded);
-    if req.headers.contains_key(http::header::VIA) {
-        let via = list(req, http::header::VIA.as_str(), true, VIA_HOP);
-        set(req, http::header::VIA.as_str(), via);
+    let element = forwarded_element(hop.client, &client, proto, host);
+    let forwarded = list(req, &FORWARDED, append, &element);
+    set(&mut fields, &FORWARDED, forwarded);
+    if req.headers.contains_key(VIA) {
+        let via = list(req, &VIA, true, VIA_HOP);
+        set(&mut fields, &VIA, via);
     } else {
-        set_static(req, http::header::VIA.as_str(), VIA_HOP);
+        fields.set(VIA, HeaderValue::from_static(VIA_HOP));
     }
+    fields
 }
 
 /// `ours` after the existing values of `name` (when `append`), as one list.
-fn list(req: &RequestHeader, name: &str, append: bool, ours: &str) -> String {
+fn list(req: &RequestHeader, name: &HeaderName, append: bool, ours: &str) -> String {
     let mut list = String::new();
     if append {
         let existing = req.headers.get_all(name).iter();
@@ -76,21 +86,14 @@ fn list(req: &RequestHeader, name: &str, append: bool, ours: &str) -> String {
     list
 }
 
-fn set(req: &mut RequestHeader, name: &'static str, value: String) {
+fn set(fields: &mut PendingFields, name: &HeaderName, value: String) {
+    let name = name.clone();
     // `HeaderValue: TryFrom<String>` keeps the string's buffer.
-    match http::HeaderValue::try_from(value) {
-        Ok(value) => {
-            let _ = req.insert_header(name, value);
-        }
+    match HeaderValue::try_from(value) {
+        Ok(value) => fields.set(name, value),
         // A client value that cannot be re-sent is dropped rather than forwarded.
-        Err(_) => {
-            req.remove_header(name);
-        }
+        Err(_) => fields.remove(name),
     }
-}
-
-fn set_static(req: &mut RequestHeader, name: &'static str, value: &'static str) {
-    let _ = req.insert_header(name, http::HeaderValue::from_static(value));
 }
 
 /// Writes `ip` as text; IPv4, nearly every client, without the formatting machinery.
@@ -164,7 +167,7 @@ mod tests {
             ("forwarded", "for=10.0.0.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        apply(ForwardedHeaders::Replace, &mut req, &hop());
+        fields(ForwardedHeaders::Replace, &req, &hop()).apply(&mut req);
         assert_eq!(req.headers["x-forwarded-for"], "192.0.2.7");
         assert_eq!(req.headers["x-forwarded-proto"], "http");
         assert_eq!(req.headers["x-forwarded-host"], "example.com");
@@ -183,7 +186,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("via", "1.1 lb"),
         ]);
-        apply(ForwardedHeaders::Append, &mut req, &hop());
+        fields(ForwardedHeaders::Append, &req, &hop()).apply(&mut req);
         assert_eq!(
             req.headers["x-forwarded-for"],
             "10.0.0.1, 10.0.0.2, 192.0.2.7"
@@ -195,7 +198,7 @@ mod tests {
     #[test]
     fn off_touches_nothing() {
         let mut req = request(&[("x-forwarded-for", "10.0.0.1")]);
-        apply(ForwardedHeaders::Off, &mut req, &hop());
+        fields(ForwardedHeaders::Off, &req, &hop()).apply(&mut req);
         assert_eq!(req.headers["x-forwarded-for"], "10.0.0.1");
         assert!(req.headers.get("via").is_none());
     }

@@ -5,7 +5,7 @@ use super::ctx::{RequestCtx, Route};
 use super::respond::{respond_synthetic, respond_text};
 use super::CachetProxy;
 use crate::config::OnPluginError;
-use crate::policy::{PluginFault, RequestDecision};
+use crate::policy::{AddedFields, PendingFields, PluginFault, RequestDecision};
 use crate::tenant::Tenant;
 use http::Method;
 use pingora::proxy::Session;
@@ -38,23 +38,21 @@ pub(super) async fn request_filter(
     }
     drop(router);
     let policy = tenant.policy();
-    // A plugin (live or shadow) reads the request as the origin will get it, so the forwarding
-    // fields go on first. A native policy never reads them: they wait until the request
-    // turns out to need the origin, and a lean hit never builds them.
-    let forward_late = !policy.reads_forwarding_fields() && tenant.shadow().is_none();
-    if !forward_late {
-        forward(proxy, session);
-    }
+    let shadowed = tenant.shadow().is_some();
+    let mut forwarding = Forwarding::start(proxy, session, policy.reads_added_fields(), shadowed);
     ctx.tenant = Some(tenant.clone());
     ctx.policy = Some(policy.clone());
     if super::purge::is_purge(session) {
+        // The plugin computes the purged key from this request as it computed the
+        // stored one: with the forwarding fields.
+        forwarding.write(proxy, session);
         super::purge::handle(proxy, session, ctx).await?;
         return Ok(true);
     }
     ctx.invalidates = tenant.config.invalidate_on_unsafe
         && super::invalidate::is_unsafe(&session.req_header().method);
     // 0.2.0 edits land on the request here: the key and the origin both see the edited one.
-    let verdict = match policy.plan_request(session.req_header_mut()) {
+    let verdict = match policy.plan_request(session.req_header_mut(), &mut forwarding.fields) {
         Ok(outcome) => match backend_index(&tenant, outcome.backend) {
             Ok(backend) => {
                 ctx.backend = backend;
@@ -86,7 +84,11 @@ pub(super) async fn request_filter(
             respond_synthetic(session, ctx, resp).await?;
             return Ok(true);
         }
-        Err(fault) => return on_fault(proxy, session, ctx, fault).await,
+        Err(fault) => {
+            // `on_plugin_error = "bypass"` sends the request on.
+            forwarding.write(proxy, session);
+            return on_fault(proxy, session, ctx, fault).await;
+        }
     }
     // A plugin editing the delivered response (on-deliver) needs the full path's response_filter.
     if ctx.route == Route::Cache
@@ -95,10 +97,57 @@ pub(super) async fn request_filter(
     {
         return Ok(true);
     }
-    if forward_late {
-        forward(proxy, session);
-    }
+    forwarding.write(proxy, session);
     Ok(false)
+}
+
+/// The forwarding fields of one request until it needs the origin.
+///
+/// A plugin reads the request as the origin will get it. A 0.1.0 or 0.2.0 plugin, or a
+/// shadow, reads the request itself: the fields are written before it runs. A 0.3.0 plugin
+/// is shown them pending in its head. A native policy never reads them: they are built
+/// once the request needs the origin. In those two cases a lean hit never writes them,
+/// which saves a name parse and a case-map entry per field.
+struct Forwarding {
+    fields: PendingFields,
+    built: bool,
+}
+
+impl Forwarding {
+    fn start(
+        proxy: &CachetProxy,
+        session: &mut Session,
+        reads: AddedFields,
+        shadowed: bool,
+    ) -> Self {
+        let (build, write) = match reads {
+            _ if shadowed => (true, true),
+            AddedFields::ReadFromTheRequest => (true, true),
+            AddedFields::ReadAsPending => (true, false),
+            AddedFields::NeverRead => (false, false),
+        };
+        let mut fields = if build {
+            forwarding_fields(proxy, session)
+        } else {
+            PendingFields::default()
+        };
+        if write {
+            fields.apply(session.req_header_mut());
+        }
+        Self {
+            fields,
+            built: build,
+        }
+    }
+
+    /// Writes what is still pending: the request is going to the origin.
+    fn write(&mut self, proxy: &CachetProxy, session: &mut Session) {
+        if !self.built {
+            self.fields = forwarding_fields(proxy, session);
+            self.built = true;
+        }
+        self.fields.apply(session.req_header_mut());
+    }
 }
 
 /// The tenant backend a plugin named, as an index into `[tenant.backends]`.
@@ -132,26 +181,22 @@ fn well_formed(session: &mut Session) -> std::result::Result<(), &'static str> {
     super::target::to_origin_form(session.req_header_mut())
 }
 
-/// Sets the forwarding fields the origin (and first the plugin) will see.
-fn forward(proxy: &CachetProxy, session: &mut Session) {
+/// The forwarding fields the origin (and first the plugin) will see.
+fn forwarding_fields(proxy: &CachetProxy, session: &Session) -> PendingFields {
     // A background revalidation re-runs this phase on the request already rewritten.
     if session.is_subrequest() {
-        return;
+        return PendingFields::default();
     }
     let Some(client) = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
     else {
-        return;
+        return PendingFields::default();
     };
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     let hop = super::forwarded::Hop { client, tls };
-    super::forwarded::apply(
-        proxy.state.forwarded_headers,
-        session.req_header_mut(),
-        &hop,
-    );
+    super::forwarded::fields(proxy.state.forwarded_headers, session.req_header(), &hop)
 }
 
 /// Host rules a plugin cannot override.
