@@ -62,9 +62,12 @@ pub fn on_request<P: Policy>(policy: &P, req: HostRequestHead) -> HostRequestAns
     let decision = policy.on_request(&req);
     let mut edits = RequestEdits::default();
     policy.edit_request(&req, &mut edits);
+    // The host uses a key given here only for a request left as it is, by the
+    // rule of its `RequestEdits::is_empty` (a backend or `on-deliver` leaves the
+    // request as it is); otherwise it calls `cache-key` on the edited one.
+    let cache = matches!(decision, RequestDecision::Cache);
     let unedited = edits.headers.is_empty() && edits.path_and_query.is_none();
-    let key =
-        (matches!(decision, RequestDecision::Cache) && unedited).then(|| policy.cache_key(&req));
+    let key = (cache && unedited).then(|| policy.cache_key(&req));
     HostRequestAnswer {
         plan: types::RequestPlan {
             decision: decision.into(),
