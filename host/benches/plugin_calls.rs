@@ -123,6 +123,9 @@ fn main() {
             }
             let limits = PluginLimits {
                 instance_reuse: reuse,
+                // This measures calls, not the deadline: a stall of the machine
+                // past the default 10 ms would stop the whole run.
+                hook_timeout: Duration::from_secs(1),
                 ..PluginLimits::default()
             };
             let pool = InstancePool::new(
