@@ -221,19 +221,7 @@ mod tests {
 
     #[test]
     fn a_name_set_twice_keeps_its_last_value_and_first_place() {
-        let mut pending = PendingFields::default();
-        pending.set(
-            HeaderName::from_static("via"),
-            HeaderValue::from_static("a"),
-        );
-        pending.set(
-            HeaderName::from_static("x-b"),
-            HeaderValue::from_static("b"),
-        );
-        pending.set(
-            HeaderName::from_static("via"),
-            HeaderValue::from_static("c"),
-        );
+        let pending = pending(&[("via", "a"), ("x-b", "b"), ("via", "c")], &[]);
         let req = request(&[("host", "h")]);
         let view = lines(pending.fields_after(&req.headers));
         assert_eq!(view, ["host: h", "via: c", "x-b: b"]);
