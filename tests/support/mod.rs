@@ -122,10 +122,24 @@ pub fn find_in_blocks(disk: &Path, needle: &[u8]) -> Option<(PathBuf, usize)> {
     None
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago, and never handed out
+/// before in this test process.
+///
+/// The kernel may give a released port to the next `bind` to port 0. Tests run
+/// in parallel threads, so without the record two proxies starting at once
+/// could be told the same port, and one's requests reach the other (a
+/// PURGE answered by another proxy's admin listener was seen in CI).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
