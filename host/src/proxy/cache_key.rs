@@ -3,6 +3,9 @@
 //! prefixes are what keep tenants and part boundaries from colliding
 //! (`["ab", "c"]` and `["a", "bc"]` are different keys).
 
+use pingora_cache::key::CacheHashKey;
+use pingora_cache::CacheKey;
+
 /// Bump when the layout changes, so old entries can never be read as new ones.
 const KEY_FORMAT_VERSION: &str = "cachet-key-1";
 
@@ -17,6 +20,15 @@ pub fn primary_key(tenant: &str, parts: &[String]) -> Vec<u8> {
         key.extend_from_slice(&(part.len() as u32).to_be_bytes());
         key.extend_from_slice(part.as_bytes());
     }
+    key
+}
+
+/// pingora-cache's key for a primary key of `tenant`, its hash computed once: storage, the
+/// L2 tiers and eviction all ask for it, and each would otherwise hash the key again.
+pub fn storage_key(primary: Vec<u8>, tenant: &str) -> CacheKey {
+    let mut key = CacheKey::new(primary, tenant);
+    let hash = key.primary_bin();
+    key.set_primary_bin_override(hash);
     key
 }
 

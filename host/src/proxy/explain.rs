@@ -5,7 +5,7 @@
 use super::{cache_key, shared, ProxyState};
 use crate::policy::RequestDecision;
 use pingora::http::RequestHeader;
-use pingora_cache::{CacheKey, CacheMeta};
+use pingora_cache::CacheMeta;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
@@ -90,7 +90,7 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
         return Ok(steps.finish(doc));
     }
 
-    let cache_key = CacheKey::new(key, tenant.name());
+    let cache_key = cache_key::storage_key(key, tenant.name());
     let found = state
         .cache
         .storage

@@ -7,7 +7,6 @@ use super::ProxyState;
 use crate::policy::{PluginFault, PolicyLayer, RequestDecision};
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora_cache::CacheKey;
 
 /// Methods that may change the target resource. Unknown methods count as unsafe.
 pub fn is_unsafe(method: &Method) -> bool {
@@ -67,7 +66,7 @@ pub fn after_response(
                     state
                         .cache
                         .storage
-                        .purge_key(&CacheKey::new(key, tenant.name())),
+                        .purge_key(&super::cache_key::storage_key(key, tenant.name())),
                 );
             }
             Ok(None) => {}

@@ -13,7 +13,6 @@ use http::header;
 use http::Method;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
-use pingora_cache::CacheKey;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -47,7 +46,7 @@ pub(super) async fn try_serve(
         return Ok(false);
     };
     let now = SystemTime::now();
-    let key = CacheKey::new(ctx.key.clone(), tenant.name());
+    let key = super::cache_key::storage_key(ctx.key.clone(), tenant.name());
     let hit = match proxy.state.cache.storage.lean_lookup(&key, now).await {
         LeanLookup::Hit(hit) => hit,
         LeanLookup::FullPath(read_ahead) => {

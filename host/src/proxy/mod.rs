@@ -114,7 +114,7 @@ impl ProxyHttp for CachetProxy {
 
     fn cache_key_callback(&self, _session: &Session, ctx: &mut Self::CTX) -> Result<CacheKey> {
         let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
-        let mut key = CacheKey::new(ctx.key.clone(), tenant);
+        let mut key = cache_key::storage_key(ctx.key.clone(), tenant);
         if let Some(read_ahead) = ctx.tier_read_ahead.take() {
             read_ahead.attach(&mut key);
         }

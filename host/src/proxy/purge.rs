@@ -16,7 +16,6 @@ use super::directives::SURROGATE_KEY;
 use super::CachetProxy;
 use pingora::proxy::Session;
 use pingora::Result;
-use pingora_cache::CacheKey;
 
 /// The request header asking for a soft purge.
 pub const SOFT_HEADER: &str = "cache-purge-soft";
@@ -76,7 +75,7 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
                 );
             }
         };
-        let key = CacheKey::new(key, tenant.name());
+        let key = super::cache_key::storage_key(key, tenant.name());
         if soft {
             storage.expire_key(&key)
         } else {

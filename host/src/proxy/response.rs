@@ -10,7 +10,7 @@ use crate::storage::TAGS_HEADER;
 use cachet_sdk::ResponseDirectives;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
+use pingora_cache::{CacheMeta, RespCacheable};
 use std::time::{Duration, SystemTime};
 
 pub(super) fn response_cache_filter(
@@ -154,7 +154,8 @@ fn pass_for(proxy: &CachetProxy, ctx: &mut RequestCtx, duration: Duration) -> Re
     if let Some(keys) = proxy.state.cache.uncacheable {
         // The key as `cache_key_callback` builds it (reading pingora's may panic).
         let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
-        keys.pass_for(&CacheKey::new(ctx.key.clone(), tenant), duration);
+        let key = super::cache_key::storage_key(ctx.key.clone(), tenant);
+        keys.pass_for(&key, duration);
     }
     // The timed pass is the mark: pingora's own mark would never end.
     not_stored_this_time(ctx, format!("pass for {}s", duration.as_secs()))

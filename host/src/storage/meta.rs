@@ -9,7 +9,7 @@
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora_cache::CacheMeta;
-use pingora_error::{Error, ErrorType, OrErr, Result};
+use pingora_error::{ErrorType, OrErr, Result};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -37,10 +37,19 @@ pub(super) struct StoredMeta {
 
 impl StoredMeta {
     pub(super) fn new(meta: &CacheMeta) -> Result<Self> {
+        Self::with_header(meta, detached_copy(meta.response_header())?)
+    }
+
+    /// [`Self::new`] for a meta an L2 tier's record decoded ([`detach_header`] made its
+    /// header): its header is kept as it is, not copied again.
+    pub(crate) fn of_decoded(meta: &CacheMeta) -> Result<Self> {
+        Self::with_header(meta, meta.response_header().clone())
+    }
+
+    fn with_header(meta: &CacheMeta, header: ResponseHeader) -> Result<Self> {
         let internal = if rebuilds_exactly(meta) {
             None
         } else {
-            init_empty_header(meta)?;
             Some(meta.serialize()?.0.into_boxed_slice())
         };
         let fields: usize = meta
@@ -49,7 +58,7 @@ impl StoredMeta {
             .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
             .sum();
         Ok(Self {
-            template: rebuild(meta, detached_copy(meta.response_header())?),
+            template: rebuild(meta, header),
             tags: super::tags::parse(meta.headers()),
             internal,
             epoch: meta.epoch(),
@@ -66,12 +75,7 @@ impl StoredMeta {
                 self.template.response_header().clone(),
             ));
         };
-        let Some(empty) = EMPTY_HEADER.get() else {
-            return Error::e_explain(ErrorType::InternalError, "empty header not initialized");
-        };
-        let mut meta = CacheMeta::deserialize(internal, empty)?;
-        *meta.response_header_mut() = self.template.response_header().clone();
-        Ok(meta)
+        meta_with_header(internal, self.template.response_header().clone())
     }
 
     pub(super) fn fresh_until(&self) -> SystemTime {
@@ -147,22 +151,32 @@ fn detached_copy(header: &ResponseHeader) -> Result<ResponseHeader> {
     Ok(copy)
 }
 
+/// `CacheMeta::deserialize` of the encoded internal fields, with `header` as its header.
+pub(crate) fn meta_with_header(internal: &[u8], header: ResponseHeader) -> Result<CacheMeta> {
+    let mut meta = CacheMeta::deserialize(internal, empty_header()?)?;
+    *meta.response_header_mut() = header;
+    Ok(meta)
+}
+
+/// Gives `meta` a header as [`detached_copy`] makes it: for a meta `CacheMeta::deserialize`
+/// decoded from a stored head, so every decoded meta of an L2 tier has the same form.
+pub(crate) fn detach_header(meta: &mut CacheMeta) -> Result<()> {
+    *meta.response_header_mut() = detached_copy(meta.response_header())?;
+    Ok(())
+}
+
 /// A serialized header without fields: `CacheMeta::deserialize` always decodes a header, and
-/// decoding this tiny one before swapping in the real clone is far cheaper than the real one.
+/// decoding this tiny one before swapping in the real header is far cheaper than the real one.
 static EMPTY_HEADER: OnceLock<Box<[u8]>> = OnceLock::new();
 
-/// Builds [`EMPTY_HEADER`] by stripping a real header.
-fn init_empty_header(like: &CacheMeta) -> Result<()> {
-    if EMPTY_HEADER.get().is_some() {
-        return Ok(());
+fn empty_header() -> Result<&'static [u8]> {
+    if let Some(blob) = EMPTY_HEADER.get() {
+        return Ok(blob);
     }
-    let mut header = like.response_header().clone();
-    let names: Vec<_> = header.headers.keys().cloned().collect();
-    for name in &names {
-        header.remove_header(name);
-    }
+    let header = ResponseHeader::build_no_case(200, Some(0))?;
     let epoch = SystemTime::UNIX_EPOCH;
-    let (_, blob) = CacheMeta::new(epoch, epoch, 0, 0, header).serialize()?;
-    EMPTY_HEADER.get_or_init(|| blob.into_boxed_slice());
-    Ok(())
+    let (_, compressed) = CacheMeta::new(epoch, epoch, 0, 0, header).serialize()?;
+    // Stored, not compressed: decoding it then skips zstd's table set-up.
+    let blob = super::tiers::head_frame::uncompressed(&compressed).unwrap_or(compressed);
+    Ok(EMPTY_HEADER.get_or_init(|| blob.into_boxed_slice()))
 }

@@ -3,6 +3,15 @@
 //! entropy-table setup for a few hundred bytes. Off the request path, the writer re-frames it
 //! as a zstd frame of raw (stored) blocks (RFC 8878 §3.1.1.2, Block_Type 0): still exactly
 //! what `CacheMeta::deserialize` reads, and records written either way decode alike.
+//!
+//! A hit reads such a head back with [`parse`]: the fields point into the stored value (no copy,
+//! no zstd pass, no second map of spellings), where `CacheMeta::deserialize` copies every name
+//! and value. Anything else (an older compressed head, a head it cannot parse) is left to
+//! `CacheMeta::deserialize`.
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
 
 /// pingora's header buffer (`pingora-header-serde`): no head it wrote is larger.
 const MAX_HEAD: usize = 128 << 10;
@@ -30,6 +39,50 @@ pub(crate) fn uncompressed(compressed: &[u8]) -> Option<Vec<u8>> {
         frame.extend_from_slice(block);
     }
     Some(frame)
+}
+
+/// Fields a head may have for [`parse`]; a head with more takes pingora's own path.
+const PARSED_FIELDS: usize = 64;
+
+/// The response head a frame of raw blocks holds, as pingora's header decoding builds it
+/// (same parser leniency), with names kept lowercase only. `None` when `frame` is not a frame
+/// [`uncompressed`] writes, its head does not parse, or a value is one pingora would rewrite.
+pub(crate) fn parse(frame: &Bytes) -> Option<ResponseHeader> {
+    let head = raw_content(frame)?;
+    let mut fields = [httparse::EMPTY_HEADER; PARSED_FIELDS];
+    let mut response = httparse::Response::new(&mut fields);
+    let mut parser = httparse::ParserConfig::default();
+    parser.allow_spaces_after_header_name_in_responses(true);
+    parser.allow_obsolete_multiline_headers_in_responses(true);
+    let parsed = parser.parse_response(&mut response, &head).ok()?;
+    if !parsed.is_complete() {
+        return None;
+    }
+    let mut header =
+        ResponseHeader::build_no_case(response.code?, Some(response.headers.len())).ok()?;
+    for field in response.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+        // Checked: a value pingora would have to normalize (an obs-fold) or that is not a
+        // valid field value at all (a damaged record) is left to pingora's decoding.
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value)).ok()?;
+        header.append_header(name, value).ok()?;
+    }
+    Some(header)
+}
+
+/// The content of a frame of one raw block, as a slice of `frame`. [`uncompressed`] writes
+/// one block for every head pingora can write (`MAX_HEAD` is `MAX_BLOCK`).
+fn raw_content(frame: &Bytes) -> Option<Bytes> {
+    let rest = frame.strip_prefix(&MAGIC)?.strip_prefix(&[DESCRIPTOR])?;
+    let (size, rest) = rest.split_first_chunk::<4>()?;
+    let (block, rest) = rest.split_first_chunk::<3>()?;
+    let size = u32::from_le_bytes(*size) as usize;
+    let block = u32::from_le_bytes([block[0], block[1], block[2], 0]);
+    let (last, block_type, len) = (block & 1 == 1, (block >> 1) & 3, (block >> 3) as usize);
+    if !last || block_type != 0 || len != size || rest.len() != len {
+        return None;
+    }
+    Some(frame.slice_ref(rest))
 }
 
 /// `Last_Block` (bit 0), `Block_Type` raw (bits 1–2: 0) and `Block_Size` (bits 3–23),
@@ -84,6 +137,84 @@ mod tests {
         assert!(uncompressed(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
         let (_, compressed) = meta(0).serialize().expect("serialize");
         assert!(uncompressed(&compressed[..compressed.len() - 3]).is_none());
+    }
+
+    /// Each field as (name, value), in order.
+    fn fields(header: &ResponseHeader) -> Vec<(String, Vec<u8>)> {
+        let fields = header.headers.iter();
+        fields
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// A frame of raw blocks holding `wire`, made the way the writer makes one.
+    fn frame_of(wire: &[u8]) -> Bytes {
+        let compressed = zstd::bulk::compress(wire, 3).expect("compress");
+        Bytes::from(uncompressed(&compressed).expect("reframe"))
+    }
+
+    #[test]
+    fn a_parsed_head_has_the_fields_pingora_decodes_and_points_into_the_frame() {
+        for extra in [0, 200, 100 << 10] {
+            let mut original = meta(extra);
+            let header = original.response_header_mut();
+            header.append_header("Set-Cookie", "a=1").unwrap();
+            header.append_header("set-cookie", "b=2").unwrap();
+            header.set_status(404).unwrap();
+            let (internal, compressed) = original.serialize().expect("serialize");
+            let frame = Bytes::from(uncompressed(&compressed).expect("reframe"));
+            let parsed = parse(&frame).expect("a reframed head parses");
+            let decoded = CacheMeta::deserialize(&internal, &frame).expect("deserialize");
+            assert_eq!(parsed.status, 404);
+            assert_eq!(parsed.version, decoded.response_header().version);
+            assert_eq!(
+                fields(&parsed),
+                fields(decoded.response_header()),
+                "{extra}"
+            );
+            let frame_bytes = frame.as_ptr_range();
+            for (_, value) in parsed.headers.iter().filter(|(_, v)| !v.is_empty()) {
+                assert!(
+                    frame_bytes.contains(&value.as_bytes().as_ptr()),
+                    "copied, not sliced"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn spaced_names_parse_as_pingora_reads_them() {
+        let frame = frame_of(b"HTTP/1.1 200 OK\r\nX-Spaced : c\r\nX-Tab: a\tb\r\n\r\n");
+        let parsed = parse(&frame).expect("parses");
+        let (internal, _) = meta(0).serialize().expect("serialize");
+        let decoded = CacheMeta::deserialize(&internal, &frame).expect("deserialize");
+        assert_eq!(fields(&parsed), fields(decoded.response_header()));
+        assert_eq!(parsed.headers.get("x-spaced").unwrap(), "c");
+    }
+
+    #[test]
+    fn what_parse_does_not_read_is_left_to_pingora() {
+        let (_, compressed) = meta(0).serialize().expect("serialize");
+        // A compressed head (records written before re-framing).
+        assert!(parse(&Bytes::from(compressed.clone())).is_none());
+        // A frame with more fields than parse reads.
+        let mut wire = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=PARSED_FIELDS {
+            wire.extend_from_slice(format!("x-{i}: {i}\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"\r\n");
+        assert!(parse(&frame_of(&wire)).is_none());
+        // Truncated, or with bytes after its block.
+        let frame = frame_of(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(parse(&frame.slice(..frame.len() - 1)).is_none());
+        let mut longer = frame.to_vec();
+        longer.push(0);
+        assert!(parse(&Bytes::from(longer)).is_none());
+        // Values pingora rewrites (an obs-fold) or that no field may carry (a control byte).
+        assert!(parse(&frame_of(b"HTTP/1.1 200 OK\r\nx-a: 1\r\n  2\r\n\r\n")).is_none());
+        assert!(parse(&frame_of(b"HTTP/1.1 200 OK\r\nx-a: 1\x01\r\n\r\n")).is_none());
+        // A head cut short inside its block.
+        assert!(parse(&frame_of(b"HTTP/1.1 200 OK\r\nx-a: 1\r\n")).is_none());
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl TieredStorage {
         let FoundBody::Whole(body) = &found.body else {
             return None;
         };
-        let meta = Arc::new(StoredMeta::new(&found.meta).ok()?);
+        let meta = Arc::new(StoredMeta::of_decoded(&found.meta).ok()?);
         let hit = PlainHit::of(meta.clone(), body.clone(), Some(found.tier.name()), now)?;
         self.l1.promote_stored(key, meta, body.clone());
         Some(hit)

@@ -13,7 +13,7 @@
 mod chunked_hit;
 mod chunks;
 mod disk;
-mod head_frame;
+pub(crate) mod head_frame;
 mod hit;
 mod key;
 mod l1;

@@ -8,7 +8,9 @@
 //! (truncated, corrupted, another format) is an error, which the tier layer treats as a miss
 //! and removes.
 
+use super::super::meta;
 use super::chunks::{self, Plan};
+use super::head_frame;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora_cache::CacheMeta;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,8 +61,7 @@ pub(crate) fn encode_parts(
 pub(crate) fn decode(value: Bytes) -> Result<Record, String> {
     if value.starts_with(chunks::HEAD_MAGIC) {
         let head = chunks::decode_head(&value)?;
-        let meta =
-            CacheMeta::deserialize(head.internal, head.header).map_err(|e| format!("meta: {e}"))?;
+        let meta = decode_meta(&value, head.internal, head.header)?;
         return Ok(Record {
             meta,
             written_at: head.plan.written_at,
@@ -87,13 +88,26 @@ pub(crate) fn decode(value: Bytes) -> Result<Record, String> {
     }
     let internal = &value[FIXED..FIXED + internal_len];
     let header = &value[FIXED + internal_len..FIXED + internal_len + header_len];
-    let meta = CacheMeta::deserialize(internal, header).map_err(|e| format!("meta: {e}"))?;
+    let meta = decode_meta(&value, internal, header)?;
     let body = Body::Whole(value.slice(FIXED + internal_len + header_len..));
     Ok(Record {
         meta,
         body,
         written_at,
     })
+}
+
+/// The meta of a record: `internal` and `header` are slices of `value`. The header is read
+/// in place when it is a head the writer re-framed ([`head_frame::parse`]), else by pingora;
+/// either way it ends up in the form L1 keeps ([`meta::detach_header`]).
+fn decode_meta(value: &Bytes, internal: &[u8], header: &[u8]) -> Result<CacheMeta, String> {
+    let error = |e: Box<pingora_error::Error>| format!("meta: {e}");
+    if let Some(parsed) = head_frame::parse(&value.slice_ref(header)) {
+        return meta::meta_with_header(internal, parsed).map_err(error);
+    }
+    let mut meta = CacheMeta::deserialize(internal, header).map_err(error)?;
+    meta::detach_header(&mut meta).map_err(error)?;
+    Ok(meta)
 }
 
 /// Nanoseconds since the epoch, the clock purges and records are compared on.
@@ -153,6 +167,33 @@ mod tests {
         assert_eq!(record.written_at, 42);
         assert_eq!(record.meta.stale_if_error_sec(), 10);
         assert_eq!(record.meta.headers().get("cachet-tags").unwrap(), "a b");
+    }
+
+    #[test]
+    fn compressed_and_reframed_heads_decode_to_the_same_meta() {
+        let mut original = meta();
+        original
+            .response_header_mut()
+            .append_header("X-Up", "1")
+            .unwrap();
+        let (internal, compressed) = original.serialize().unwrap();
+        let reframed = head_frame::uncompressed(&compressed).unwrap();
+        let body = [Bytes::from_static(b"body")];
+        let decode_with = |header: &[u8]| {
+            decode(encode_parts(&internal, header, &body, 7).unwrap())
+                .unwrap()
+                .meta
+        };
+        let (old, new) = (decode_with(&compressed), decode_with(&reframed));
+        for meta in [&old, &new] {
+            assert_eq!(meta.fresh_until(), original.fresh_until());
+            assert_eq!(meta.created(), original.created());
+            assert_eq!(meta.stale_while_revalidate_sec(), 5);
+            let mut wire = Vec::new();
+            meta.response_header().header_to_h1_wire(&mut wire);
+            // Both end up in L1's form: names lowercase, as every hit sends them.
+            assert_eq!(wire, b"cachet-tags: a b\r\nx-up: 1\r\n");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! pingora-cache's `Storage` trait for [`TieredStorage`].
 
+use super::super::meta::StoredMeta;
 use super::chunked_hit::{ChunkStream, Promotion};
 use super::chunks::Plan;
 use super::hit::TierHit;
@@ -174,7 +175,9 @@ impl Storage for TieredStorage {
         };
         let hit = match body {
             FoundBody::Whole(body) => {
-                self.l1.promote(key, &meta, body.clone());
+                if let Ok(stored) = StoredMeta::of_decoded(&meta) {
+                    self.l1.promote_stored(key, Arc::new(stored), body.clone());
+                }
                 TierHit::new(body, tier.name())
             }
             FoundBody::Chunked { name, plan, first } => {
