@@ -109,7 +109,7 @@ impl Index {
     }
 
     pub(super) fn add_write(&mut self, partition: &str, key: SlotKey, write: Pending) {
-        let part = self.partitions.entry(partition.into()).or_default();
+        let part = partition_mut(&mut self.partitions, partition);
         part.slots.entry(key).or_default().writes.push(write);
     }
 
@@ -194,4 +194,16 @@ impl Index {
     fn slot_mut(&mut self, partition: &str, key: &SlotKey) -> Option<&mut Slot> {
         self.partitions.get_mut(partition)?.slots.get_mut(key)
     }
+}
+
+/// The partition named `name`, made if it is new (its name is copied only then: a lookup by
+/// `&str` allocates nothing).
+fn partition_mut<'a>(
+    partitions: &'a mut HashMap<Box<str>, Partition>,
+    name: &str,
+) -> &'a mut Partition {
+    if !partitions.contains_key(name) {
+        partitions.insert(name.into(), Partition::default());
+    }
+    partitions.get_mut(name).expect("inserted above")
 }

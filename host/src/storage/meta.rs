@@ -46,25 +46,37 @@ impl StoredMeta {
         Self::with_header(meta, meta.response_header().clone())
     }
 
+    /// [`Self::of_decoded`] for a decoded meta that is not used again: its header moves here,
+    /// and `meta` is left a header without fields ([`Self::header`] has it).
+    pub(crate) fn taking_header(meta: &mut CacheMeta) -> Result<Self> {
+        let internal = internal_unless_rebuilt(meta)?;
+        let fieldless = ResponseHeader::build_no_case(200, Some(0))?;
+        let header = std::mem::replace(meta.response_header_mut(), fieldless);
+        Ok(Self::assemble(meta, header, internal))
+    }
+
     fn with_header(meta: &CacheMeta, header: ResponseHeader) -> Result<Self> {
-        let internal = if rebuilds_exactly(meta) {
-            None
-        } else {
-            Some(meta.serialize()?.0.into_boxed_slice())
-        };
-        let fields: usize = meta
-            .headers()
+        Ok(Self::assemble(meta, header, internal_unless_rebuilt(meta)?))
+    }
+
+    /// The stored meta of `meta`'s internal fields and `header` (which may not be `meta`'s
+    /// own any more: every field of the header is read from `header`).
+    fn assemble(meta: &CacheMeta, header: ResponseHeader, internal: Option<Box<[u8]>>) -> Self {
+        let fields: usize = header
+            .headers
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + FIELD_OVERHEAD)
             .sum();
-        Ok(Self {
+        let tags = super::tags::parse(&header.headers);
+        let varies = meta.variance().is_some() || header.headers.contains_key(http::header::VARY);
+        Self {
             template: rebuild(meta, header),
-            tags: super::tags::parse(meta.headers()),
+            tags,
             internal,
             epoch: meta.epoch(),
-            varies: meta.variance().is_some() || meta.headers().contains_key(http::header::VARY),
+            varies,
             weight: fields + META_OVERHEAD,
-        })
+        }
     }
 
     /// A fresh `CacheMeta` equal to the stored one (extensions are not kept, as pingora allows).
@@ -107,6 +119,14 @@ impl StoredMeta {
 
 fn rebuilds_exactly(meta: &CacheMeta) -> bool {
     meta.updated() == meta.created() && meta.provenance() == meta.created()
+}
+
+/// The encoded internal fields, for a meta the public constructor cannot reproduce.
+fn internal_unless_rebuilt(meta: &CacheMeta) -> Result<Option<Box<[u8]>>> {
+    if rebuilds_exactly(meta) {
+        return Ok(None);
+    }
+    Ok(Some(meta.serialize()?.0.into_boxed_slice()))
 }
 
 /// Copy with `header` through the public constructor, which sets `updated` and `provenance` to
@@ -153,6 +173,9 @@ fn detached_copy(header: &ResponseHeader) -> Result<ResponseHeader> {
 
 /// `CacheMeta::deserialize` of the encoded internal fields, with `header` as its header.
 pub(crate) fn meta_with_header(internal: &[u8], header: ResponseHeader) -> Result<CacheMeta> {
+    if let Some(fields) = super::internal_fields::InternalFields::read(internal) {
+        return Ok(fields.into_meta(header));
+    }
     let mut meta = CacheMeta::deserialize(internal, empty_header()?)?;
     *meta.response_header_mut() = header;
     Ok(meta)

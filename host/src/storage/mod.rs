@@ -19,6 +19,7 @@ mod backend;
 mod entry;
 mod hit;
 mod index;
+mod internal_fields;
 mod invalidate;
 mod meta;
 mod miss;

@@ -7,7 +7,7 @@
 use super::super::entry::{Entry, SlotKey};
 use super::super::meta::StoredMeta;
 use super::super::stats::Counters;
-use super::{Admission, Index, Lru, LRU_CAPACITY};
+use super::{partition_mut, Admission, Index, Lru, LRU_CAPACITY};
 use pingora_cache::eviction::EvictionManager;
 use pingora_cache::CacheEntryKey;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ impl Index {
         // newcomer that is rejected still supersedes it).
         self.remove(partition, &key);
         let (weight, fresh_until) = (entry.weight, entry.meta.fresh_until());
-        let part = self.partitions.entry(partition.into()).or_default();
+        let part = partition_mut(&mut self.partitions, partition);
         let part_limit = part.lru.as_ref().map(|lru| lru.weight_limit());
         if weight > self.global.weight_limit() || part_limit.is_some_and(|limit| weight > limit) {
             return Admission::TooBig;
@@ -55,7 +55,7 @@ impl Index {
             self.untrack(&entry.lru_key);
             return Admission::TooBig;
         }
-        let part = self.partitions.entry(partition.into()).or_default();
+        let part = partition_mut(&mut self.partitions, partition);
         part.counters.add(weight);
         part.tags.add(key, &entry);
         part.slots.entry(key).or_default().complete = Some(entry);
@@ -96,7 +96,7 @@ impl Index {
     }
 
     pub(crate) fn set_partition_budget(&mut self, name: &str, budget: Option<usize>) {
-        let part = self.partitions.entry(name.into()).or_default();
+        let part = partition_mut(&mut self.partitions, name);
         let Some(budget) = budget else {
             part.lru = None;
             return;

@@ -60,27 +60,40 @@ impl TieredStorage {
             L1Lookup::Absent if self.tiers.is_empty() => return LeanLookup::FullPath(None),
             L1Lookup::Absent => {}
         }
-        let found = self.find_in_tiers(key).await;
-        if let Some(hit) = found.as_ref().and_then(|f| self.promote_plain(key, f, now)) {
-            return LeanLookup::Hit(hit);
-        }
+        let found = match self.find_in_tiers(key).await {
+            Some(found) => match self.promote_plain(key, found, now) {
+                Ok(hit) => return LeanLookup::Hit(hit),
+                Err(found) => Some(found),
+            },
+            None => None,
+        };
         LeanLookup::FullPath(Some(TierReadAhead(Arc::new(Mutex::new(Some(found))))))
     }
 
     /// A plain hit made of an L2 copy, promoted into L1 as the full path promotes (served even
-    /// when L1 does not take it, as the full path serves it).
-    fn promote_plain(
+    /// when L1 does not take it, as the full path serves it). A copy that is not a plain hit
+    /// comes back whole, for the full path.
+    fn promote_plain<'a>(
         &self,
         key: &CacheKey,
-        found: &Found<'_>,
+        mut found: Found<'a>,
         now: SystemTime,
-    ) -> Option<PlainHit> {
+    ) -> Result<PlainHit, Found<'a>> {
         let FoundBody::Whole(body) = &found.body else {
-            return None;
+            return Err(found);
         };
-        let meta = Arc::new(StoredMeta::of_decoded(&found.meta).ok()?);
-        let hit = PlainHit::of(meta.clone(), body.clone(), Some(found.tier.name()), now)?;
-        self.l1.promote_stored(key, meta, body.clone());
-        Some(hit)
+        let body = body.clone();
+        // The decoded meta is dropped once L1 has its own: its header moves there.
+        let Ok(meta) = StoredMeta::taking_header(&mut found.meta) else {
+            return Err(found);
+        };
+        let meta = Arc::new(meta);
+        let Some(hit) = PlainHit::of(meta.clone(), body.clone(), Some(found.tier.name()), now)
+        else {
+            *found.meta.response_header_mut() = meta.header().clone();
+            return Err(found);
+        };
+        self.l1.promote_stored(key, meta, body);
+        Ok(hit)
     }
 }

@@ -82,6 +82,8 @@ pub(crate) struct SharedTier {
     manager_config: ConnectionManagerConfig,
     id: u64,
     prefix: String,
+    /// `<prefix>o:`, what every object's name starts with.
+    object_prefix: Box<[u8]>,
     max_value: usize,
     op_timeout: Duration,
     /// This process's name on the purge channel.
@@ -105,12 +107,13 @@ impl Conn {
     async fn run<T: redis::FromRedisValue>(
         &self,
         limit: Duration,
-        cmd: redis::Pipeline,
+        cmd: impl Into<Query>,
     ) -> Result<T, String> {
+        let cmd = cmd.into();
         let mut redis = self.redis.clone();
         let attempts = async {
-            match cmd.query_async::<T>(&mut redis).await {
-                Err(e) if e.is_unrecoverable_error() => cmd.query_async::<T>(&mut redis).await,
+            match cmd.send::<T>(&mut redis).await {
+                Err(e) if e.is_unrecoverable_error() => cmd.send::<T>(&mut redis).await,
                 answered => answered,
             }
         };
@@ -136,6 +139,37 @@ impl Conn {
                 tracing::warn!("shared tier: {what} did not reach Redis: {e}");
             }
         });
+    }
+}
+
+/// What [`Conn::run`] sends: one command (a lookup: its reply is converted as it is, not
+/// composed as a pipeline's), or several in one round trip.
+enum Query {
+    One(redis::Cmd),
+    Many(redis::Pipeline),
+}
+
+impl From<redis::Cmd> for Query {
+    fn from(cmd: redis::Cmd) -> Self {
+        Self::One(cmd)
+    }
+}
+
+impl From<redis::Pipeline> for Query {
+    fn from(pipeline: redis::Pipeline) -> Self {
+        Self::Many(pipeline)
+    }
+}
+
+impl Query {
+    async fn send<T: redis::FromRedisValue>(
+        &self,
+        redis: &mut ConnectionManager,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Self::One(cmd) => cmd.query_async(redis).await,
+            Self::Many(pipeline) => pipeline.query_async(redis).await,
+        }
     }
 }
 
@@ -176,6 +210,7 @@ impl SharedTier {
             manager_config,
             id: NEXT_TIER_ID.fetch_add(1, Relaxed),
             prefix: config.key_prefix.clone(),
+            object_prefix: format!("{}o:", config.key_prefix).into_bytes().into(),
             max_value: config.max_object_bytes,
             op_timeout: config.op_timeout,
             node: format!("{}-{}", std::process::id(), super::record::now_ns()),
@@ -194,9 +229,18 @@ impl SharedTier {
     }
 
     fn object_key(&self, key: &TierKey) -> Vec<u8> {
-        let mut name = format!("{}o:", self.prefix).into_bytes();
+        let mut name = Vec::with_capacity(self.object_prefix.len() + key.as_bytes().len());
+        name.extend_from_slice(&self.object_prefix);
         name.extend_from_slice(key.as_bytes());
         name
+    }
+
+    /// `GET` of an object or a chunk, within `limit`, on this thread's lookup connection.
+    async fn read(&self, key: &TierKey, limit: Duration) -> Result<Option<Bytes>, String> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.object_key(key));
+        let value: Option<Vec<u8>> = self.lookup_conn().run(limit, cmd).await?;
+        Ok(value.map(Bytes::from))
     }
 
     fn channel(&self) -> String {
@@ -240,20 +284,11 @@ impl Tier for SharedTier {
     }
 
     async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
-        let mut cmd = redis::pipe();
-        cmd.cmd("GET").arg(self.object_key(key));
-        let conn = self.lookup_conn();
-        let (value,): (Option<Vec<u8>>,) = conn.run(self.op_timeout, cmd).await?;
-        Ok(value.map(Bytes::from))
+        self.read(key, self.op_timeout).await
     }
 
     async fn get_chunk(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
-        let mut cmd = redis::pipe();
-        cmd.cmd("GET").arg(self.object_key(key));
-        let limit = self.op_timeout.max(CHUNK_TIMEOUT);
-        let conn = self.lookup_conn();
-        let (value,): (Option<Vec<u8>>,) = conn.run(limit, cmd).await?;
-        Ok(value.map(Bytes::from))
+        self.read(key, self.op_timeout.max(CHUNK_TIMEOUT)).await
     }
 
     async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String> {
