@@ -173,9 +173,6 @@ fn detached_copy(header: &ResponseHeader) -> Result<ResponseHeader> {
 
 /// `CacheMeta::deserialize` of the encoded internal fields, with `header` as its header.
 pub(crate) fn meta_with_header(internal: &[u8], header: ResponseHeader) -> Result<CacheMeta> {
-    if let Some(fields) = super::internal_fields::InternalFields::read(internal) {
-        return Ok(fields.into_meta(header));
-    }
     let mut meta = CacheMeta::deserialize(internal, empty_header()?)?;
     *meta.response_header_mut() = header;
     Ok(meta)

@@ -8,6 +8,7 @@
 //! (truncated, corrupted, another format) is an error, which the tier layer treats as a miss
 //! and removes.
 
+use super::super::internal_fields::InternalFields;
 use super::super::meta;
 use super::chunks::{self, Plan};
 use super::head_frame;
@@ -99,10 +100,14 @@ pub(crate) fn decode(value: Bytes) -> Result<Record, String> {
 
 /// The meta of a record: `internal` and `header` are slices of `value`. The header is read
 /// in place when it is a head the writer re-framed ([`head_frame::parse`]), else by pingora;
-/// either way it ends up in the form L1 keeps ([`meta::detach_header`]).
+/// either way it ends up in the form L1 keeps ([`meta::detach_header`]). The internal fields
+/// of a meta never revalidated are read without pingora's decoder ([`InternalFields`]).
 fn decode_meta(value: &Bytes, internal: &[u8], header: &[u8]) -> Result<CacheMeta, String> {
     let error = |e: Box<pingora_error::Error>| format!("meta: {e}");
     if let Some(parsed) = head_frame::parse(&value.slice_ref(header)) {
+        if let Some(fields) = InternalFields::read(internal) {
+            return Ok(fields.into_meta(parsed));
+        }
         return meta::meta_with_header(internal, parsed).map_err(error);
     }
     let mut meta = CacheMeta::deserialize(internal, header).map_err(error)?;
