@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use support::client::send;
 use support::origin::{Origin, Reply};
 use support::proxy::{Proxy, TenantSpec};
-use support::{find_in_blocks, lean_hits_counted, plugin};
+use support::{find_in_segments, lean_hits_counted, plugin};
 
 const TOKEN: &str = "disk-tier-token";
 
@@ -148,6 +148,11 @@ fn objects_survive_a_restart_with_variants_tenants_tags_and_freshness() {
     stop(&mut first);
 
     let second = start(&origin, &disk);
+    assert_eq!(
+        disk_stats(&second)["objects"],
+        7,
+        "the index is read back from the files"
+    );
     let from_disk = |host, path, extra: &[(&str, &str)], body: &str| {
         let resp = get(&second, host, path, extra);
         assert!(
@@ -381,7 +386,7 @@ fn damaged_copy_is_a_miss(damage: impl Fn(&Path, usize)) {
     wait_writes(&first, 1);
     stop(&mut first);
 
-    let (file, at) = find_in_blocks(&disk, stored.as_bytes()).expect("the body is on disk");
+    let (file, at) = find_in_segments(&disk, stored.as_bytes()).expect("the body is on disk");
     damage(&file, at);
 
     let second = start(&origin, &disk);

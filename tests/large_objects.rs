@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use support::origin::{Origin, Reply};
 use support::proxy::{Proxy, TenantSpec};
 use support::redis::Redis;
-use support::{find_in_blocks, free_port, plugin};
+use support::{find_in_segments, free_port, plugin};
 
 const TOKEN: &str = "large-objects-token";
 const BIG: usize = 6 << 20;
@@ -233,7 +233,7 @@ fn a_damaged_chunk_is_never_served_as_a_complete_body() {
     // response starts, and must then be cut off.
     let middle = 3 << 20;
     let (file, at) =
-        find_in_blocks(&disk, &body[middle..middle + 64]).expect("the body is on disk");
+        find_in_segments(&disk, &body[middle..middle + 64]).expect("the body is on disk");
     let mut bytes = std::fs::read(&file).unwrap();
     for b in &mut bytes[at..at + 16] {
         *b ^= 0x5a;

@@ -109,10 +109,10 @@ fn run_build_script(script: &str) {
     assert!(status.success(), "{script} failed");
 }
 
-/// The block file of a disk tier (`[cache.disk] path`) where `needle` first
+/// The segment file of a disk tier (`[cache.disk] path`) where `needle` first
 /// occurs, and its offset: for tests that damage a stored object.
-pub fn find_in_blocks(disk: &Path, needle: &[u8]) -> Option<(PathBuf, usize)> {
-    for entry in std::fs::read_dir(disk.join("blocks")).unwrap() {
+pub fn find_in_segments(disk: &Path, needle: &[u8]) -> Option<(PathBuf, usize)> {
+    for entry in std::fs::read_dir(disk.join("segments")).unwrap() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
         if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {

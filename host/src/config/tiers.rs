@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
-/// Smallest disk budget: foyer splits it into at least 8 blocks of at least 1 MiB.
+/// Smallest disk budget: the tier splits it into at least 8 segments of at least 1 MiB.
 const MIN_DISK_BYTES: u64 = 8 << 20;
 const DEFAULT_DISK_BYTES: u64 = 1 << 30;
 const DEFAULT_SHARED_MAX_OBJECT: u64 = 1 << 20;
@@ -42,7 +42,7 @@ pub(super) struct RawShared {
     tls_key: Option<Spanned<String>>,
 }
 
-/// The disk tier: a foyer block store in `path`, at most `max_bytes` on disk.
+/// The disk tier: segment files in `path`, at most `max_bytes` on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskTierConfig {
     pub path: PathBuf,

@@ -84,7 +84,7 @@ impl TieredStorage {
         let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();
         let mut disk = None;
         if let Some(config) = &config.disk {
-            let tier = disk::DiskTier::start(config, runtime.handle(), purges.clone())?;
+            let tier = disk::DiskTier::start(config, purges.clone())?;
             tiers.push(tier.clone());
             disk = Some(tier);
         }

@@ -59,9 +59,10 @@ pub struct TierStats {
     pub stored_bytes: u64,
     /// The byte budget, when the tier has one.
     pub budget_bytes: Option<u64>,
-    /// Objects this node wrote and has not removed since it started. Neither engine counts
-    /// its entries: this leaves out what an earlier run or another node stored and what the
-    /// tier evicted or expired on its own.
+    /// Objects stored. The disk tier counts the values in its index (a large body's chunks
+    /// each count), earlier runs' included. Redis is not asked: for the shared tier this is
+    /// what this node wrote and has not removed since it started, which leaves out what other
+    /// nodes stored and what Redis evicted or expired.
     pub objects: u64,
     pub hits: u64,
     pub misses: u64,

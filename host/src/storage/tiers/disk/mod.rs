@@ -1,14 +1,17 @@
-//! The disk tier: objects in a foyer block store under `[cache.disk] path`, bounded by
-//! `max_bytes`, recovered when cachet starts again on the same path.
+//! The disk tier: objects in segment files under `[cache.disk] path` ([`segments`]), bounded
+//! by `max_bytes`, recovered when cachet starts again on the same path.
 //!
-//! foyer checksums every entry and drops one whose bytes do not match (a truncated or
-//! corrupted file is a miss, and the entry is removed from its index); records are checked
-//! again when decoded. Deletions are written to foyer's tombstone log so a removed object does
-//! not come back after a restart. Purge marks are kept next to the blocks in `purges.jsonl`.
+//! Every entry carries a checksum, and one whose bytes do not match (a truncated or corrupted
+//! file) is a miss and is removed; records are checked again when decoded. A removal writes a
+//! tombstone so the object does not come back after a restart. Purge marks are kept next to the
+//! segments in `purges.jsonl`.
 //!
 //! One process owns the folder at a time (an exclusive `flock` on `path/lock`). During a
 //! graceful upgrade the new process starts while the old one drains: it runs without the disk
 //! tier until the old process exits and releases the lock, then opens it.
+
+mod entry;
+mod segments;
 
 use super::key::TierKey;
 use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
@@ -17,34 +20,23 @@ use crate::config::DiskTierConfig;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use foyer::{
-    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, Load, RecoverMode,
-};
 use parking_lot::Mutex;
+use segments::{ReadError, SegmentStore};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// Largest foyer block: a block is the unit foyer evicts, and bounds the largest entry.
-const MAX_BLOCK: usize = 16 << 20;
-/// Smallest block worth having.
-const MIN_BLOCK: usize = 1 << 20;
-/// Blocks the budget is split into at least, so eviction frees a small share at a time.
-const MIN_BLOCKS: usize = 8;
-/// Room an entry needs in its block beyond the value: foyer's entry header and the key.
+/// Largest segment: a segment is the unit the tier evicts, and bounds the largest entry.
+const MAX_SEGMENT: usize = 16 << 20;
+/// Smallest segment worth having.
+const MIN_SEGMENT: usize = 1 << 20;
+/// Segments the budget is split into at least, so eviction frees a small share at a time.
+const MIN_SEGMENTS: usize = 8;
+/// Room an entry needs in its segment beyond the value: its header and the key.
 const ENTRY_ROOM: usize = 4096;
-/// foyer's own memory layer only passes writes through (cachet's L1 is the memory tier).
-const FOYER_MEMORY: usize = 1 << 20;
-/// foyer silently drops what is submitted while more than 16 MiB (its default
-/// `submit_queue_size_threshold`) wait for its flushers. The writer waits for them after
-/// every this many bytes instead, so a backlog stays in cachet's bounded queue, where a
-/// dropped write is counted. Half the threshold leaves room for one more value (≤ 1 MiB).
-const FLUSH_EVERY: usize = 8 << 20;
 
 pub(crate) struct DiskTier {
     config: DiskTierConfig,
@@ -54,13 +46,10 @@ pub(crate) struct DiskTier {
     /// Purges made before the store was open, written to its marks file when it opens.
     pending_marks: Mutex<Vec<Purge>>,
     counters: TierCounters,
-    /// Bytes handed to foyer since its flushers last caught up (see [`FLUSH_EVERY`]).
-    unflushed: AtomicUsize,
 }
 
 struct Store {
-    cache: HybridCache<Vec<u8>, Bytes>,
-    blocks: PathBuf,
+    segments: Arc<SegmentStore>,
     marks: Mutex<MarksFile>,
     /// Held for the life of the process: the folder's exclusive lock.
     _lock: File,
@@ -77,7 +66,6 @@ impl DiskTier {
     /// as soon as the process holding it exits. The marks of earlier runs go into `marks`.
     pub(crate) fn start(
         config: &DiskTierConfig,
-        runtime: &tokio::runtime::Handle,
         marks: Arc<PurgeLog>,
     ) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.path)
@@ -89,24 +77,23 @@ impl DiskTier {
             .write(true)
             .open(&lock_path)
             .with_context(|| format!("opening {}", lock_path.display()))?;
-        let block = block_size(config.max_bytes);
+        let segment = segment_size(config.max_bytes);
         let tier = Arc::new(Self {
             config: config.clone(),
-            max_value: block.saturating_sub(ENTRY_ROOM),
+            max_value: segment.saturating_sub(ENTRY_ROOM),
             store: OnceLock::new(),
             pending_marks: Mutex::default(),
             counters: TierCounters::default(),
-            unflushed: AtomicUsize::new(0),
         });
         if flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
-            tier.open(lock, runtime, &marks)?;
+            tier.open(lock, &marks)?;
             return Ok(tier);
         }
         tracing::warn!(
             path = %config.path.display(),
             "the disk tier is in use by another cachet (a graceful upgrade?): it opens when that process exits"
         );
-        let (waiting, runtime) = (tier.clone(), runtime.clone());
+        let waiting = tier.clone();
         std::thread::Builder::new()
             .name("cachet-disk-wait".into())
             .spawn(move || {
@@ -114,7 +101,7 @@ impl DiskTier {
                     tracing::error!("disk tier: cannot lock its folder; running without it");
                     return;
                 }
-                match waiting.open(lock, &runtime, &marks) {
+                match waiting.open(lock, &marks) {
                     Ok(()) => tracing::info!("disk tier opened"),
                     Err(e) => tracing::error!("disk tier: {e:#}; running without it"),
                 }
@@ -123,39 +110,16 @@ impl DiskTier {
         Ok(tier)
     }
 
-    /// Opens the block store and the marks file, holding `lock`.
-    fn open(
-        &self,
-        lock: File,
-        runtime: &tokio::runtime::Handle,
-        marks: &PurgeLog,
-    ) -> anyhow::Result<()> {
-        let blocks = self.config.path.join("blocks");
-        std::fs::create_dir_all(&blocks)
-            .with_context(|| format!("creating {}", blocks.display()))?;
-        let device = FsDeviceBuilder::new(&blocks)
-            .with_capacity(self.config.max_bytes)
-            .build()
-            .context("opening the disk tier's device")?;
-        let engine = BlockEngineConfig::new(device)
-            .with_block_size(block_size(self.config.max_bytes))
-            .with_tombstone_log(true);
-        let cache = runtime
-            .block_on(
-                HybridCacheBuilder::new()
-                    .with_name("cachet-disk")
-                    // Writes are phantom entries: dropping the handle hands them to the
-                    // disk once (writing on insertion as well would write them twice).
-                    .with_policy(HybridCachePolicy::WriteOnEviction)
-                    .memory(FOYER_MEMORY)
-                    .with_weighter(|key: &Vec<u8>, value: &Bytes| key.len() + value.len())
-                    .storage()
-                    .with_engine_config(engine)
-                    .with_recover_mode(RecoverMode::Quiet)
-                    .with_spawner(runtime.clone().into())
-                    .build(),
-            )
-            .context("opening the disk tier's block store")?;
+    /// Opens the segments and the marks file, holding `lock`.
+    fn open(&self, lock: File, marks: &PurgeLog) -> anyhow::Result<()> {
+        remove_block_store(&self.config.path)?;
+        let dir = self.config.path.join("segments");
+        let segments = SegmentStore::open(
+            &dir,
+            segment_size(self.config.max_bytes) as u64,
+            self.config.max_bytes as u64,
+        )
+        .with_context(|| format!("opening the disk tier's segments in {}", dir.display()))?;
         let path = self.config.path.join("purges.jsonl");
         let mut kept = read_marks(&path)?;
         kept.append(&mut self.pending_marks.lock());
@@ -164,8 +128,7 @@ impl DiskTier {
         }
         let file = rewrite_marks(&path, &kept)?;
         let store = Store {
-            cache,
-            blocks,
+            segments: Arc::new(segments),
             marks: Mutex::new(MarksFile {
                 path,
                 file,
@@ -179,13 +142,16 @@ impl DiskTier {
         Ok(())
     }
 
-    /// Waits for buffered writes to reach the files (shutdown).
+    /// Writes what the page cache holds for the tier to the disk (shutdown).
     pub(crate) async fn close(&self) {
         let Some(store) = self.store.get() else {
             return;
         };
-        if let Err(e) = store.cache.close().await {
-            tracing::warn!("closing the disk tier: {e}");
+        let segments = store.segments.clone();
+        match tokio::task::spawn_blocking(move || segments.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("closing the disk tier: {e}"),
+            Err(e) => tracing::warn!("closing the disk tier: {e}"),
         }
     }
 }
@@ -200,15 +166,16 @@ impl Tier for DiskTier {
         let Some(store) = self.store.get() else {
             return Ok(None);
         };
-        match store.cache.storage().load(key.as_bytes()).await {
-            Ok(Load::Entry { value, .. }) => Ok(Some(value)),
-            Ok(Load::Piece { piece, .. }) => Ok(Some(piece.value().clone())),
-            Ok(Load::Miss) | Ok(Load::Throttled) => Ok(None),
-            Err(e) => {
-                // An entry that cannot be read is as good as corrupt: forget it.
-                self.remove(key);
-                Err(e.to_string())
+        match store.segments.get(key.as_bytes()).await {
+            Ok(value) => Ok(value),
+            Err(ReadError::Corrupt) => {
+                // The store has forgotten it already.
+                TierCounters::bump(&self.counters.corrupt);
+                TierCounters::bump(&self.counters.removed);
+                tracing::warn!("disk tier: corrupt object removed");
+                Err(ReadError::Corrupt.to_string())
             }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -216,13 +183,17 @@ impl Tier for DiskTier {
         let Some(store) = self.store.get() else {
             return Ok(false);
         };
-        Ok(keys.iter().all(|key| store.cache.contains(key.as_bytes())))
+        Ok(keys
+            .iter()
+            .all(|key| store.segments.contains(key.as_bytes())))
     }
 
     fn remove_chunks(&self, keys: &[TierKey]) {
         if let Some(store) = self.store.get() {
             for key in keys {
-                store.cache.remove(key.as_bytes());
+                if let Err(e) = store.segments.remove(key.as_bytes()) {
+                    self.io_error("removing a chunk", &e);
+                }
             }
         }
     }
@@ -232,30 +203,24 @@ impl Tier for DiskTier {
             return Err("not open yet (another process holds the folder)".into());
         };
         if value.len() > self.max_value {
-            return Err(format!("{} bytes do not fit a block", value.len()));
+            return Err(format!("{} bytes do not fit a segment", value.len()));
         }
-        let len = value.len();
-        // The returned handle is dropped at once, which hands the entry to the flusher.
-        store
-            .cache
-            .storage_writer(key.as_bytes().to_vec())
-            .force()
-            .insert(value);
-        if self.unflushed.fetch_add(len, Relaxed) + len >= FLUSH_EVERY {
-            self.unflushed.store(0, Relaxed);
-            store.cache.storage().wait().await;
-        }
-        Ok(())
+        let (segments, key) = (store.segments.clone(), key.clone());
+        tokio::task::spawn_blocking(move || segments.put(key.as_bytes(), &value))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("writing a segment: {e}"))
     }
 
     fn remove(&self, key: &TierKey) {
         let Some(store) = self.store.get() else {
             return;
         };
-        if store.cache.contains(key.as_bytes()) {
-            TierCounters::bump(&self.counters.removed);
+        match store.segments.remove(key.as_bytes()) {
+            Ok(true) => TierCounters::bump(&self.counters.removed),
+            Ok(false) => {}
+            Err(e) => self.io_error("removing an object", &e),
         }
-        store.cache.remove(key.as_bytes());
     }
 
     fn publish(&self, purge: &Purge) {
@@ -286,12 +251,15 @@ impl Tier for DiskTier {
         let store = self.store.get();
         let mut stats = TierStats {
             name: self.name(),
-            stored_bytes: store.map_or(0, |s| allocated_bytes(&s.blocks)),
+            stored_bytes: store.map_or(0, |s| s.segments.stored_bytes()),
             budget_bytes: Some(self.config.max_bytes as u64),
             connected: store.is_some(),
             ..TierStats::default()
         };
         self.counters.fill(&mut stats);
+        if let Some(store) = store {
+            stats.objects = store.segments.entries() as u64;
+        }
         stats
     }
 }
@@ -312,25 +280,35 @@ impl MarksFile {
     }
 }
 
-fn block_size(max_bytes: usize) -> usize {
-    (max_bytes / MIN_BLOCKS).clamp(MIN_BLOCK, MAX_BLOCK)
+impl DiskTier {
+    fn io_error(&self, doing: &str, error: &std::io::Error) {
+        TierCounters::bump(&self.counters.errors);
+        tracing::warn!("disk tier: {doing}: {error}");
+    }
+}
+
+fn segment_size(max_bytes: usize) -> usize {
+    (max_bytes / MIN_SEGMENTS).clamp(MIN_SEGMENT, MAX_SEGMENT)
+}
+
+/// Deletes the block store an earlier cachet kept in `path/blocks` (foyer's format): its
+/// objects are fetched again.
+fn remove_block_store(path: &Path) -> anyhow::Result<()> {
+    let blocks = path.join("blocks");
+    if blocks.is_dir() {
+        tracing::info!(
+            "disk tier: removing {}, the store of an earlier version",
+            blocks.display()
+        );
+        std::fs::remove_dir_all(&blocks)
+            .with_context(|| format!("removing {}", blocks.display()))?;
+    }
+    Ok(())
 }
 
 fn flock(file: &File, operation: libc::c_int) -> bool {
     // SAFETY: flock on a descriptor this File owns; no memory is shared with the call.
     unsafe { libc::flock(file.as_raw_fd(), operation) == 0 }
-}
-
-/// Bytes the tier's files occupy on disk.
-fn allocated_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.blocks() * 512)
-        .sum()
 }
 
 /// The newest purge marks kept from earlier runs; unreadable lines are skipped.
@@ -364,4 +342,28 @@ fn rewrite_marks(path: &Path, marks: &[Purge]) -> anyhow::Result<File> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_earlier_versions_block_store_is_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blocks")).unwrap();
+        std::fs::write(dir.path().join("blocks/0"), b"old").unwrap();
+        std::fs::write(dir.path().join("purges.jsonl"), b"").unwrap();
+        remove_block_store(dir.path()).unwrap();
+        assert!(!dir.path().join("blocks").exists());
+        assert!(dir.path().join("purges.jsonl").exists());
+        remove_block_store(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn segments_split_the_budget_within_their_bounds() {
+        assert_eq!(segment_size(8 << 20), MIN_SEGMENT);
+        assert_eq!(segment_size(80 << 20), 10 << 20);
+        assert_eq!(segment_size(10 << 30), MAX_SEGMENT);
+    }
 }

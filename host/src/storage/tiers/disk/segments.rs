@@ -1,0 +1,543 @@
+//! The disk tier's store: entries appended to segment files under `path/segments`, an index in
+//! memory that is read back from the files when cachet starts, and whole segments evicted,
+//! oldest first, when the byte budget is spent.
+//!
+//! A lookup reads its entry on the calling thread when the page cache holds it (`preadv2` with
+//! `RWF_NOWAIT`, which fails instead of waiting for the disk) and hands the read to tokio's
+//! blocking pool only when it does not. foyer, which the tier used before, handed every read to
+//! that pool; the round trip between threads cost more CPU than the rest of a disk hit
+//! (docs/scale-out.md has the numbers).
+//!
+//! The index keeps a keyed hash of each key, not the key: the entry on disk carries its key,
+//! and a read checks it (with the entry's checksum) before anything is served.
+
+use super::entry::{self, Header, Kind, HEADER};
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::hash::BuildHasher;
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Bytes the recovery scan reads at a time; values are skipped, not read.
+const SCAN_BUFFER: usize = 1 << 20;
+
+pub(crate) struct SegmentStore {
+    dir: PathBuf,
+    /// Largest segment file; a value must fit one with its entry header and key.
+    segment_bytes: u64,
+    /// Bytes all segments may take, the one being written counted as full.
+    budget: u64,
+    hasher: RandomState,
+    index: RwLock<Index>,
+    writer: Mutex<Active>,
+}
+
+/// Where each key's newest entry is, and which keys each segment holds.
+#[derive(Default)]
+struct Index {
+    entries: HashMap<u64, Loc>,
+    segments: BTreeMap<u64, Segment>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    segment: u64,
+    offset: u64,
+    len: usize,
+}
+
+struct Segment {
+    file: Arc<File>,
+    /// Hashes of the keys written to it, to drop them from the index when it is evicted.
+    keys: Vec<u64>,
+    bytes: u64,
+}
+
+/// The segment being appended to.
+struct Active {
+    id: u64,
+    file: Arc<File>,
+    end: u64,
+}
+
+/// Why a stored entry could not be returned.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The entry's bytes do not check out; it has been forgotten.
+    Corrupt,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Corrupt => f.write_str("a stored entry failed its checksum"),
+            Self::Io(e) => write!(f, "reading a segment: {e}"),
+        }
+    }
+}
+
+impl SegmentStore {
+    /// Opens the segments in `dir` (made if missing), reading their entries back into the
+    /// index. A damaged or unfinished tail of a segment (a crash mid-write, a truncated file) is
+    /// cut off; every entry before it stays.
+    pub(crate) fn open(dir: &Path, segment_bytes: u64, budget: u64) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let hasher = RandomState::new();
+        let mut index = Index::default();
+        for id in segment_ids(dir)? {
+            let path = segment_path(dir, id);
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let (keys, bytes) = recover(&file, id, &hasher, &mut index.entries)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            index.segments.insert(
+                id,
+                Segment {
+                    file: Arc::new(file),
+                    keys,
+                    bytes,
+                },
+            );
+        }
+        // A new segment for this run's writes: the last one may end in a cut-off entry.
+        let id = index.segments.keys().next_back().map_or(0, |last| last + 1);
+        let active = create_segment(dir, id)?;
+        index.segments.insert(
+            id,
+            Segment {
+                file: active.file.clone(),
+                keys: Vec::new(),
+                bytes: 0,
+            },
+        );
+        let store = Self {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            budget,
+            hasher,
+            index: RwLock::new(index),
+            writer: Mutex::new(active),
+        };
+        // A smaller budget than the last run's takes effect now.
+        store.evict(id)?;
+        Ok(store)
+    }
+
+    /// The value stored under `key`, `Ok(None)` when there is none.
+    pub(crate) async fn get(&self, key: &[u8]) -> Result<Option<Bytes>, ReadError> {
+        let hash = self.hasher.hash_one(key);
+        let (loc, file) = {
+            let index = self.index.read();
+            let Some(&loc) = index.entries.get(&hash) else {
+                return Ok(None);
+            };
+            let Some(segment) = index.segments.get(&loc.segment) else {
+                return Ok(None);
+            };
+            (loc, segment.file.clone())
+        };
+        let entry = match read_at(file, loc.offset, loc.len).await {
+            Ok(entry) => entry,
+            // The file is shorter than the index says: cut by something other than cachet.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Vec::new(),
+            Err(e) => return Err(ReadError::Io(e)),
+        };
+        match Header::parse(&entry).filter(|h| h.kind == Kind::Value) {
+            Some(header) if header.check(&entry, key) => {
+                let value_at = HEADER + header.key_len;
+                Ok(Some(Bytes::from(entry).slice(value_at..)))
+            }
+            // Damaged, or (with a chance of one in 2^64 per pair of keys) another key whose
+            // hash took the slot: either way it is not served, and forgotten.
+            _ => {
+                self.forget(hash, loc, key).map_err(ReadError::Io)?;
+                Err(ReadError::Corrupt)
+            }
+        }
+    }
+
+    /// Whether the index has an entry for `key` (not read, so not checked).
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        let hash = self.hasher.hash_one(key);
+        self.index.read().entries.contains_key(&hash)
+    }
+
+    /// Stores `value` under `key`, replacing what was there. Blocking file I/O: call it off
+    /// the request threads.
+    pub(crate) fn put(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        let bytes = entry::encode(Kind::Value, key, value);
+        let hash = self.hasher.hash_one(key);
+        let mut active = self.writer.lock();
+        let loc = self.append(&mut active, &bytes)?;
+        let mut index = self.index.write();
+        index.entries.insert(hash, loc);
+        if let Some(segment) = index.segments.get_mut(&loc.segment) {
+            segment.keys.push(hash);
+            segment.bytes = active.end;
+        }
+        Ok(())
+    }
+
+    /// Forgets `key`, and writes a tombstone so a restart does not bring it back. `Ok(false)`
+    /// when nothing was stored under it.
+    pub(crate) fn remove(&self, key: &[u8]) -> io::Result<bool> {
+        let hash = self.hasher.hash_one(key);
+        if !self.index.read().entries.contains_key(&hash) {
+            return Ok(false);
+        }
+        let tombstone = entry::encode(Kind::Tombstone, key, &[]);
+        let mut active = self.writer.lock();
+        let loc = self.append(&mut active, &tombstone)?;
+        let mut index = self.index.write();
+        let removed = index.entries.remove(&hash).is_some();
+        if let Some(segment) = index.segments.get_mut(&loc.segment) {
+            segment.bytes = active.end;
+        }
+        Ok(removed)
+    }
+
+    /// Writes what the page cache holds for the segment being written to the disk.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        self.writer.lock().file.sync_data()
+    }
+
+    /// Bytes of every segment, as written.
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        self.index.read().segments.values().map(|s| s.bytes).sum()
+    }
+
+    /// Entries the index holds.
+    pub(crate) fn entries(&self) -> usize {
+        self.index.read().entries.len()
+    }
+
+    /// Forgets an entry found damaged, unless a newer one took its key meanwhile.
+    fn forget(&self, hash: u64, loc: Loc, key: &[u8]) -> io::Result<()> {
+        if self.index.read().entries.get(&hash) == Some(&loc) {
+            self.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Appends one entry to the active segment, starting a new segment first when it would
+    /// not fit.
+    fn append(&self, active: &mut Active, bytes: &[u8]) -> io::Result<Loc> {
+        let len = bytes.len() as u64;
+        if len > self.segment_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{len} bytes do not fit a segment"),
+            ));
+        }
+        if active.end + len > self.segment_bytes {
+            self.roll(active)?;
+        }
+        // A failed write leaves `end` where it was: the next entry overwrites the remains.
+        active.file.write_all_at(bytes, active.end)?;
+        let loc = Loc {
+            segment: active.id,
+            offset: active.end,
+            len: bytes.len(),
+        };
+        active.end += len;
+        Ok(loc)
+    }
+
+    /// Starts the next segment and evicts the oldest ones beyond the budget.
+    fn roll(&self, active: &mut Active) -> io::Result<()> {
+        let next = create_segment(&self.dir, active.id + 1)?;
+        self.index.write().segments.insert(
+            next.id,
+            Segment {
+                file: next.file.clone(),
+                keys: Vec::new(),
+                bytes: 0,
+            },
+        );
+        *active = next;
+        self.evict(active.id)
+    }
+
+    /// Drops whole segments, oldest first, until the others and a full `active` fit the budget.
+    fn evict(&self, active: u64) -> io::Result<()> {
+        let mut index = self.index.write();
+        loop {
+            let sealed: u64 = index
+                .segments
+                .iter()
+                .filter(|(&id, _)| id != active)
+                .map(|(_, s)| s.bytes)
+                .sum();
+            if sealed + self.segment_bytes <= self.budget {
+                return Ok(());
+            }
+            let Some((&oldest, _)) = index.segments.iter().find(|(&id, _)| id != active) else {
+                return Ok(());
+            };
+            let segment = index.segments.remove(&oldest).expect("found above");
+            for hash in segment.keys {
+                if index
+                    .entries
+                    .get(&hash)
+                    .is_some_and(|loc| loc.segment == oldest)
+                {
+                    index.entries.remove(&hash);
+                }
+            }
+            // Readers holding the file finish their read: an unlinked file stays readable.
+            match std::fs::remove_file(segment_path(&self.dir, oldest)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset`: on this thread when the page cache has them, else on the
+/// blocking pool.
+async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    if read_cached(&file, &mut buf, offset) {
+        return Ok(buf);
+    }
+    tokio::task::spawn_blocking(move || {
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Fills `buf` from the page cache without waiting for the disk; false when any of it is not
+/// cached (or the file system cannot tell), and the caller reads it the blocking way.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(offset) = libc::off_t::try_from(offset) else {
+        return false;
+    };
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, which is exclusively borrowed for the call; the kernel
+    // writes at most `buf.len()` bytes into it.
+    let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    usize::try_from(read) == Ok(buf.len())
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn read_cached(_file: &File, _buf: &mut [u8], _offset: u64) -> bool {
+    false
+}
+
+/// Reads a segment's entries into `entries` (tombstones remove), cutting the file at the
+/// first entry that is not whole. Returns the keys it added and the segment's length.
+fn recover(
+    file: &File,
+    id: u64,
+    hasher: &RandomState,
+    entries: &mut HashMap<u64, Loc>,
+) -> io::Result<(Vec<u64>, u64)> {
+    let file_len = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER, file);
+    let mut keys = Vec::new();
+    let mut offset = 0u64;
+    let mut header = [0u8; HEADER];
+    let mut key = Vec::new();
+    while offset < file_len {
+        if reader.read_exact(&mut header).is_err() {
+            break;
+        }
+        let Some(parsed) = Header::parse(&header) else {
+            break;
+        };
+        let len = parsed.entry_len() as u64;
+        if offset + len > file_len {
+            break;
+        }
+        key.resize(parsed.key_len, 0);
+        reader.read_exact(&mut key)?;
+        reader.seek_relative(parsed.value_len as i64)?;
+        let hash = hasher.hash_one(&key);
+        match parsed.kind {
+            Kind::Value => {
+                let loc = Loc {
+                    segment: id,
+                    offset,
+                    len: len as usize,
+                };
+                entries.insert(hash, loc);
+                keys.push(hash);
+            }
+            Kind::Tombstone => {
+                entries.remove(&hash);
+            }
+        }
+        offset += len;
+    }
+    if offset < file_len {
+        file.set_len(offset)?;
+    }
+    Ok((keys, offset))
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.seg"))
+}
+
+/// The ids of the segment files in `dir`, oldest first; other files are left alone.
+fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
+            continue;
+        };
+        if let Ok(id) = u64::from_str_radix(stem, 16) {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn create_segment(dir: &Path, id: u64) -> io::Result<Active> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(segment_path(dir, id))?;
+    Ok(Active {
+        id,
+        file: Arc::new(file),
+        end: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEGMENT: u64 = 4096;
+
+    fn value(n: usize, fill: u8) -> Vec<u8> {
+        vec![fill; n]
+    }
+
+    #[tokio::test]
+    async fn values_read_back_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        store.put(b"a", &value(100, 1)).unwrap();
+        store.put(b"b", &value(200, 2)).unwrap();
+        store.put(b"a", &value(50, 3)).unwrap();
+        assert_eq!(store.get(b"a").await.unwrap().unwrap(), value(50, 3));
+        assert_eq!(store.get(b"b").await.unwrap().unwrap(), value(200, 2));
+        assert!(store.get(b"c").await.unwrap().is_none());
+        assert!(store.remove(b"b").unwrap());
+        assert!(!store.remove(b"b").unwrap());
+        store.sync().unwrap();
+        drop(store);
+
+        let again = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        assert_eq!(again.get(b"a").await.unwrap().unwrap(), value(50, 3));
+        assert!(
+            again.get(b"b").await.unwrap().is_none(),
+            "the tombstone holds"
+        );
+        assert!(again.contains(b"a") && !again.contains(b"b"));
+        assert_eq!(again.entries(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_segments_go_when_the_budget_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), SEGMENT, 4 * SEGMENT).unwrap();
+        for i in 0..40u32 {
+            store.put(&i.to_be_bytes(), &value(1000, i as u8)).unwrap();
+        }
+        assert!(
+            store.stored_bytes() <= 4 * SEGMENT,
+            "{}",
+            store.stored_bytes()
+        );
+        assert!(segment_ids(dir.path()).unwrap().len() <= 4);
+        assert!(store.get(&0u32.to_be_bytes()).await.unwrap().is_none());
+        let newest = store.get(&39u32.to_be_bytes()).await.unwrap().unwrap();
+        assert_eq!(newest, value(1000, 39));
+        // Only what the files still hold is indexed.
+        let kept = store.entries();
+        assert!(kept > 0 && kept < 40, "{kept}");
+        let mut found = 0;
+        for i in 0..40u32 {
+            found += usize::from(store.get(&i.to_be_bytes()).await.unwrap().is_some());
+        }
+        assert_eq!(found, kept);
+        assert!(store.put(b"big", &value(SEGMENT as usize, 0)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_entry_is_never_returned_and_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        store.put(b"key", b"the stored value").unwrap();
+        store.put(b"next", b"another value").unwrap();
+        let path = segment_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(6).position(|w| w == b"stored").unwrap();
+        bytes[at] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+
+        assert!(matches!(store.get(b"key").await, Err(ReadError::Corrupt)));
+        assert!(!store.contains(b"key"));
+        assert!(store.get(b"key").await.unwrap().is_none());
+        assert_eq!(
+            store.get(b"next").await.unwrap().unwrap(),
+            &b"another value"[..]
+        );
+        drop(store);
+        let again = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        assert!(!again.contains(b"key"), "its tombstone was written");
+        assert!(again.contains(b"next"));
+    }
+
+    #[tokio::test]
+    async fn a_cut_off_tail_is_dropped_and_what_precedes_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        store.put(b"first", &value(300, 1)).unwrap();
+        store.put(b"second", &value(300, 2)).unwrap();
+        drop(store);
+        let path = segment_path(dir.path(), 0);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+
+        let again = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        assert_eq!(again.get(b"first").await.unwrap().unwrap(), value(300, 1));
+        assert!(again.get(b"second").await.unwrap().is_none());
+        let first_len = (HEADER + 5 + 300) as u64;
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), first_len, "cut");
+    }
+
+    #[tokio::test]
+    async fn files_that_are_not_segments_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
+        let store = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        store.put(b"k", b"v").unwrap();
+        assert_eq!(store.get(b"k").await.unwrap().unwrap(), &b"v"[..]);
+        assert!(dir.path().join("notes.txt").exists());
+    }
+}
