@@ -51,10 +51,20 @@ fn start(origin: &Origin, disk: &Path) -> Proxy {
 }
 
 fn start_with(origin: &Origin, disk: &Path, server: &str, cache: &str) -> Proxy {
+    start_with_budget(origin, disk, server, cache, "64MiB")
+}
+
+fn start_with_budget(
+    origin: &Origin,
+    disk: &Path,
+    server: &str,
+    cache: &str,
+    disk_budget: &str,
+) -> Proxy {
     Proxy::start_with_server(
         &format!("admin_token = \"{TOKEN}\"\n{server}"),
         &format!(
-            "max_bytes = \"16MiB\"\n{cache}\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n[plugins]\nwatch = false",
+            "max_bytes = \"16MiB\"\n{cache}\n[cache.disk]\npath = {:?}\nmax_bytes = \"{disk_budget}\"\n[plugins]\nwatch = false",
             disk.display().to_string()
         ),
         &[
@@ -216,6 +226,54 @@ fn objects_survive_a_restart_with_variants_tenants_tags_and_freshness() {
     assert!(stats["hits"].as_u64().unwrap() >= 4, "{stats}");
     assert!(stats["stored_bytes"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["errors"], 0, "{stats}");
+}
+
+/// The tier keeps to its byte budget: the oldest objects make room for new ones, and after a
+/// restart what was evicted is a miss while the newest objects are still disk hits.
+#[test]
+fn the_disk_tier_keeps_to_its_budget_by_dropping_the_oldest_objects() {
+    const OBJECTS: usize = 24;
+    const BUDGET: u64 = 8 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let origin = origin();
+    // ~870 KB bodies: each fills most of a 1 MiB segment, so the budget holds at most 8.
+    let mut first = start_with_budget(&origin, &disk, "", "", "8MiB");
+    for i in 0..OBJECTS {
+        get(&first, "one.test", &format!("/large/{i:02}"), &[]);
+    }
+    wait_writes(&first, OBJECTS as u64);
+    let stats = disk_stats(&first);
+    assert_eq!(stats["budget_bytes"], BUDGET, "{stats}");
+    assert!(stats["stored_bytes"].as_u64().unwrap() <= BUDGET, "{stats}");
+    stop(&mut first);
+    let on_disk: u64 = std::fs::read_dir(disk.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk <= BUDGET, "{on_disk} bytes of segments");
+
+    let second = start_with_budget(&origin, &disk, "", "", "8MiB");
+    let kept = disk_stats(&second)["objects"].as_u64().unwrap();
+    assert!((1..=8).contains(&kept), "{kept} objects kept");
+    let newest = get(
+        &second,
+        "one.test",
+        &format!("/large/{:02}", OBJECTS - 1),
+        &[],
+    );
+    assert!(
+        newest.cache_status().ends_with(r#"; detail="l2-disk""#),
+        "{}",
+        newest.cache_status()
+    );
+    let oldest = get(&second, "one.test", "/large/00", &[]);
+    assert!(
+        oldest.cache_status().contains("fwd=miss"),
+        "{}",
+        oldest.cache_status()
+    );
+    assert_eq!(origin.hits(), OBJECTS + 1);
 }
 
 /// A stop right after the fills loses none of them: the objects still queued for the disk

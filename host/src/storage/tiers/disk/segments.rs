@@ -532,6 +532,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_the_page_cache_cannot_answer_goes_to_the_blocking_pool() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        let pattern: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &pattern).unwrap();
+        let file = File::open(&path).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: advice about a descriptor this test owns; no memory is passed.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        // ext4 (this machine's) drops the clean pages, so the non-blocking read fails and the
+        // read takes the blocking pool; file systems that keep them answer from the cache.
+        let mut probe = vec![0u8; 1000];
+        let cached = read_cached(&file, &mut probe, 4096);
+        let bytes = read_at(Arc::new(file), 4096, 1000).await.unwrap();
+        assert_eq!(bytes, pattern[4096..5096], "cached: {cached}");
+        if cached {
+            assert_eq!(probe, pattern[4096..5096]);
+        }
+    }
+
+    #[tokio::test]
     async fn files_that_are_not_segments_are_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
