@@ -44,11 +44,13 @@ struct Index {
     segments: BTreeMap<u64, Segment>,
 }
 
+/// 16 bytes: the index holds one per stored value. Segments are at most 16 MiB, so offsets
+/// and lengths fit 32 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Loc {
     segment: u64,
-    offset: u64,
-    len: usize,
+    offset: u32,
+    len: u32,
 }
 
 struct Segment {
@@ -141,7 +143,7 @@ impl SegmentStore {
             };
             (loc, segment.file.clone())
         };
-        let entry = match read_at(file, loc.offset, loc.len).await {
+        let entry = match read_at(file, loc.offset.into(), loc.len as usize).await {
             Ok(entry) => entry,
             // The file is shorter than the index says: cut by something other than cachet.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Vec::new(),
@@ -237,12 +239,15 @@ impl SegmentStore {
         if active.end + len > self.segment_bytes {
             self.roll(active)?;
         }
+        let (Ok(offset), Ok(len32)) = (u32::try_from(active.end), u32::try_from(len)) else {
+            return Err(io::Error::other("segments are larger than 4 GiB"));
+        };
         // A failed write leaves `end` where it was: the next entry overwrites the remains.
         active.file.write_all_at(bytes, active.end)?;
         let loc = Loc {
             segment: active.id,
-            offset: active.end,
-            len: bytes.len(),
+            offset,
+            len: len32,
         };
         active.end += len;
         Ok(loc)
@@ -361,6 +366,10 @@ fn recover(
         if offset + len > file_len {
             break;
         }
+        // Only files this store wrote are read: none is larger than a segment.
+        let (Ok(offset32), Ok(len32)) = (u32::try_from(offset), u32::try_from(len)) else {
+            break;
+        };
         key.resize(parsed.key_len, 0);
         reader.read_exact(&mut key)?;
         reader.seek_relative(parsed.value_len as i64)?;
@@ -369,8 +378,8 @@ fn recover(
             Kind::Value => {
                 let loc = Loc {
                     segment: id,
-                    offset,
-                    len: len as usize,
+                    offset: offset32,
+                    len: len32,
                 };
                 entries.insert(hash, loc);
                 keys.push(hash);
