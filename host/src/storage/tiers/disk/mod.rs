@@ -190,10 +190,9 @@ impl Tier for DiskTier {
 
     fn remove_chunks(&self, keys: &[TierKey]) {
         if let Some(store) = self.store.get() {
-            for key in keys {
-                if let Err(e) = store.segments.remove(key.as_bytes()) {
-                    self.io_error("removing a chunk", &e);
-                }
+            let keys: Vec<&[u8]> = keys.iter().map(TierKey::as_bytes).collect();
+            if let Err(e) = store.segments.remove_all(&keys) {
+                self.io_error("removing chunks", &e);
             }
         }
     }

@@ -188,15 +188,45 @@ impl SegmentStore {
     /// Forgets `key`, and writes a tombstone so a restart does not bring it back. `Ok(false)`
     /// when nothing was stored under it.
     pub(crate) fn remove(&self, key: &[u8]) -> io::Result<bool> {
-        let hash = self.hasher.hash_one(key);
-        if !self.index.read().entries.contains_key(&hash) {
-            return Ok(false);
+        Ok(self.remove_all(&[key])? == 1)
+    }
+
+    /// Forgets every one of `keys` that is stored, with one write for all their tombstones (a
+    /// large object's chunks go together). Returns how many were stored.
+    pub(crate) fn remove_all(&self, keys: &[&[u8]]) -> io::Result<usize> {
+        let stored: Vec<(u64, &[u8])> = {
+            let index = self.index.read();
+            keys.iter()
+                .map(|key| (self.hasher.hash_one(key), *key))
+                .filter(|(hash, _)| index.entries.contains_key(hash))
+                .collect()
+        };
+        let mut removed = 0;
+        let mut batch = Vec::new();
+        let mut hashes = Vec::new();
+        for (i, (hash, key)) in stored.iter().enumerate() {
+            batch.extend_from_slice(&entry::encode(Kind::Tombstone, key, &[]));
+            hashes.push(*hash);
+            // A batch stays well within a segment, whatever the keys' length.
+            let full = batch.len() as u64 >= self.segment_bytes / 4;
+            if full || i + 1 == stored.len() {
+                removed += self.write_tombstones(&batch, &hashes)?;
+                batch.clear();
+                hashes.clear();
+            }
         }
-        let tombstone = entry::encode(Kind::Tombstone, key, &[]);
+        Ok(removed)
+    }
+
+    /// Appends `tombstones` (encoded) and drops `hashes` from the index.
+    fn write_tombstones(&self, tombstones: &[u8], hashes: &[u64]) -> io::Result<usize> {
         let mut active = self.writer.lock();
-        let loc = self.append(&mut active, &tombstone)?;
+        let loc = self.append(&mut active, tombstones)?;
         let mut index = self.index.write();
-        let removed = index.entries.remove(&hash).is_some();
+        let removed = hashes
+            .iter()
+            .filter(|hash| index.entries.remove(hash).is_some())
+            .count();
         if let Some(segment) = index.segments.get_mut(&loc.segment) {
             segment.bytes = active.end;
         }
@@ -560,6 +590,35 @@ mod tests {
         if cached {
             assert_eq!(probe, pattern[4096..5096]);
         }
+    }
+
+    #[tokio::test]
+    async fn keys_removed_together_stay_removed_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        for key in [&b"c0"[..], b"c1", b"c2", b"kept"] {
+            store.put(key, key).unwrap();
+        }
+        let keys: [&[u8]; 4] = [b"c0", b"c1", b"c2", b"never stored"];
+        assert_eq!(store.remove_all(&keys).unwrap(), 3);
+        assert_eq!(
+            store.remove_all(&keys).unwrap(),
+            0,
+            "nothing left to remove"
+        );
+        drop(store);
+        let again = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        assert!(!again.contains(b"c0") && !again.contains(b"c1") && !again.contains(b"c2"));
+        assert_eq!(again.get(b"kept").await.unwrap().unwrap(), &b"kept"[..]);
+
+        // More tombstones than a segment holds go in several writes.
+        let many: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_be_bytes().repeat(8)).collect();
+        for key in &many {
+            again.put(key, b"v").unwrap();
+        }
+        let keys: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
+        assert_eq!(again.remove_all(&keys).unwrap(), 200);
+        assert!(keys.iter().all(|key| !again.contains(key)));
     }
 
     #[tokio::test]
