@@ -5,7 +5,7 @@
 //! A lookup reads its entry on the calling thread when the page cache holds it (`preadv2` with
 //! `RWF_NOWAIT`, which fails instead of waiting for the disk) and hands the read to tokio's
 //! blocking pool only when it does not. foyer, which the tier used before, handed every read to
-//! that pool; the round trip between threads cost more CPU than the rest of a disk hit
+//! that pool; the round trip between threads was a fifth of a disk hit's CPU
 //! (docs/scale-out.md has the numbers).
 //!
 //! The index keeps a keyed hash of each key, not the key: the entry on disk carries its key,
