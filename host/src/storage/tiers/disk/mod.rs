@@ -142,6 +142,12 @@ impl DiskTier {
         Ok(())
     }
 
+    /// Counts and logs a failed write or removal.
+    fn io_error(&self, doing: &str, error: &std::io::Error) {
+        TierCounters::bump(&self.counters.errors);
+        tracing::warn!("disk tier: {doing}: {error}");
+    }
+
     /// Writes what the page cache holds for the tier to the disk (shutdown).
     pub(crate) async fn close(&self) {
         let Some(store) = self.store.get() else {
@@ -276,13 +282,6 @@ impl MarksFile {
             self.lines = kept.len();
         }
         Ok(())
-    }
-}
-
-impl DiskTier {
-    fn io_error(&self, doing: &str, error: &std::io::Error) {
-        TierCounters::bump(&self.counters.errors);
-        tracing::warn!("disk tier: {doing}: {error}");
     }
 }
 

@@ -174,15 +174,12 @@ impl SegmentStore {
     pub(crate) fn put(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
         let bytes = entry::encode(Kind::Value, key, value);
         let hash = self.hasher.hash_one(key);
-        let mut active = self.writer.lock();
-        let loc = self.append(&mut active, &bytes)?;
-        let mut index = self.index.write();
-        index.entries.insert(hash, loc);
-        if let Some(segment) = index.segments.get_mut(&loc.segment) {
-            segment.keys.push(hash);
-            segment.bytes = active.end;
-        }
-        Ok(())
+        self.write(&bytes, |index, loc| {
+            index.entries.insert(hash, loc);
+            if let Some(segment) = index.segments.get_mut(&loc.segment) {
+                segment.keys.push(hash);
+            }
+        })
     }
 
     /// Forgets `key`, and writes a tombstone so a restart does not bring it back. `Ok(false)`
@@ -220,17 +217,25 @@ impl SegmentStore {
 
     /// Appends `tombstones` (encoded) and drops `hashes` from the index.
     fn write_tombstones(&self, tombstones: &[u8], hashes: &[u64]) -> io::Result<usize> {
+        self.write(tombstones, |index, _| {
+            hashes
+                .iter()
+                .filter(|hash| index.entries.remove(hash).is_some())
+                .count()
+        })
+    }
+
+    /// Appends `bytes` (whole entries), then lets `apply` bring the index up to date with
+    /// where they went, under the same locks so readers never see one without the other.
+    fn write<R>(&self, bytes: &[u8], apply: impl FnOnce(&mut Index, Loc) -> R) -> io::Result<R> {
         let mut active = self.writer.lock();
-        let loc = self.append(&mut active, tombstones)?;
+        let loc = self.append(&mut active, bytes)?;
         let mut index = self.index.write();
-        let removed = hashes
-            .iter()
-            .filter(|hash| index.entries.remove(hash).is_some())
-            .count();
+        let result = apply(&mut index, loc);
         if let Some(segment) = index.segments.get_mut(&loc.segment) {
             segment.bytes = active.end;
         }
-        Ok(removed)
+        Ok(result)
     }
 
     /// Writes what the page cache holds for the segment being written to the disk.
@@ -470,10 +475,15 @@ mod tests {
         vec![fill; n]
     }
 
+    /// A store in `dir` with room for 16 segments.
+    fn roomy(dir: &Path) -> SegmentStore {
+        SegmentStore::open(dir, SEGMENT, 16 * SEGMENT).unwrap()
+    }
+
     #[tokio::test]
     async fn values_read_back_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        let store = roomy(dir.path());
         store.put(b"a", &value(100, 1)).unwrap();
         store.put(b"b", &value(200, 2)).unwrap();
         store.put(b"a", &value(50, 3)).unwrap();
@@ -485,7 +495,7 @@ mod tests {
         store.sync().unwrap();
         drop(store);
 
-        let again = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        let again = roomy(dir.path());
         assert_eq!(again.get(b"a").await.unwrap().unwrap(), value(50, 3));
         assert!(
             again.get(b"b").await.unwrap().is_none(),
@@ -525,7 +535,7 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_entry_is_never_returned_and_is_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        let store = roomy(dir.path());
         store.put(b"key", b"the stored value").unwrap();
         store.put(b"next", b"another value").unwrap();
         let path = segment_path(dir.path(), 0);
@@ -542,7 +552,7 @@ mod tests {
             &b"another value"[..]
         );
         drop(store);
-        let again = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        let again = roomy(dir.path());
         assert!(!again.contains(b"key"), "its tombstone was written");
         assert!(again.contains(b"next"));
     }
@@ -550,7 +560,7 @@ mod tests {
     #[tokio::test]
     async fn a_cut_off_tail_is_dropped_and_what_precedes_it_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        let store = roomy(dir.path());
         store.put(b"first", &value(300, 1)).unwrap();
         store.put(b"second", &value(300, 2)).unwrap();
         drop(store);
@@ -563,7 +573,7 @@ mod tests {
             .set_len(len - 10)
             .unwrap();
 
-        let again = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        let again = roomy(dir.path());
         assert_eq!(again.get(b"first").await.unwrap().unwrap(), value(300, 1));
         assert!(again.get(b"second").await.unwrap().is_none());
         let first_len = (HEADER + 5 + 300) as u64;
@@ -595,7 +605,7 @@ mod tests {
     #[tokio::test]
     async fn keys_removed_together_stay_removed_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        let store = roomy(dir.path());
         for key in [&b"c0"[..], b"c1", b"c2", b"kept"] {
             store.put(key, key).unwrap();
         }
@@ -607,7 +617,7 @@ mod tests {
             "nothing left to remove"
         );
         drop(store);
-        let again = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        let again = roomy(dir.path());
         assert!(!again.contains(b"c0") && !again.contains(b"c1") && !again.contains(b"c2"));
         assert_eq!(again.get(b"kept").await.unwrap().unwrap(), &b"kept"[..]);
 
@@ -625,7 +635,7 @@ mod tests {
     async fn files_that_are_not_segments_are_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"hello").unwrap();
-        let store = SegmentStore::open(dir.path(), SEGMENT, 16 * SEGMENT).unwrap();
+        let store = roomy(dir.path());
         store.put(b"k", b"v").unwrap();
         assert_eq!(store.get(b"k").await.unwrap().unwrap(), &b"v"[..]);
         assert!(dir.path().join("notes.txt").exists());
