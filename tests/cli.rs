@@ -60,6 +60,22 @@ fn a_malformed_config_names_file_line_and_key() {
 }
 
 #[test]
+fn a_disk_tier_capped_below_its_minimum_of_objects_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiers.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[cache.disk]\npath = \"disk\"\nmax_objects = 10\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("tiers.toml:6"), "{out}");
+    assert!(out.contains("cache.disk.max_objects"), "{out}");
+    assert!(!dir.path().join("disk").exists(), "nothing was created");
+}
+
+#[test]
 fn a_config_with_a_bad_upstream_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cachet.toml");

@@ -51,20 +51,21 @@ fn start(origin: &Origin, disk: &Path) -> Proxy {
 }
 
 fn start_with(origin: &Origin, disk: &Path, server: &str, cache: &str) -> Proxy {
-    start_with_budget(origin, disk, server, cache, "64MiB")
+    start_with_limits(origin, disk, server, cache, "max_bytes = \"64MiB\"")
 }
 
-fn start_with_budget(
+/// `disk_limits`: the `[cache.disk]` keys besides `path`.
+fn start_with_limits(
     origin: &Origin,
     disk: &Path,
     server: &str,
     cache: &str,
-    disk_budget: &str,
+    disk_limits: &str,
 ) -> Proxy {
     Proxy::start_with_server(
         &format!("admin_token = \"{TOKEN}\"\n{server}"),
         &format!(
-            "max_bytes = \"16MiB\"\n{cache}\n[cache.disk]\npath = {:?}\nmax_bytes = \"{disk_budget}\"\n[plugins]\nwatch = false",
+            "max_bytes = \"16MiB\"\n{cache}\n[cache.disk]\npath = {:?}\n{disk_limits}\n[plugins]\nwatch = false",
             disk.display().to_string()
         ),
         &[
@@ -238,7 +239,7 @@ fn the_disk_tier_keeps_to_its_budget_by_dropping_the_oldest_objects() {
     let disk = dir.path().join("disk");
     let origin = origin();
     // ~870 KB bodies: each fills most of a 1 MiB segment, so the budget holds at most 8.
-    let mut first = start_with_budget(&origin, &disk, "", "", "8MiB");
+    let mut first = start_with_limits(&origin, &disk, "", "", "max_bytes = \"8MiB\"");
     for i in 0..OBJECTS {
         get(&first, "one.test", &format!("/large/{i:02}"), &[]);
     }
@@ -253,7 +254,7 @@ fn the_disk_tier_keeps_to_its_budget_by_dropping_the_oldest_objects() {
         .sum();
     assert!(on_disk <= BUDGET, "{on_disk} bytes of segments");
 
-    let second = start_with_budget(&origin, &disk, "", "", "8MiB");
+    let second = start_with_limits(&origin, &disk, "", "", "max_bytes = \"8MiB\"");
     let kept = disk_stats(&second)["objects"].as_u64().unwrap();
     assert!((1..=8).contains(&kept), "{kept} objects kept");
     let newest = get(
@@ -268,6 +269,53 @@ fn the_disk_tier_keeps_to_its_budget_by_dropping_the_oldest_objects() {
         newest.cache_status()
     );
     let oldest = get(&second, "one.test", "/large/00", &[]);
+    assert!(
+        oldest.cache_status().contains("fwd=miss"),
+        "{}",
+        oldest.cache_status()
+    );
+    assert_eq!(origin.hits(), OBJECTS + 1);
+}
+
+/// With `max_objects` the tier keeps no more objects than that, however small they are, and
+/// drops the oldest first.
+#[test]
+fn the_disk_tier_keeps_to_its_cap_on_objects() {
+    const OBJECTS: usize = 2500;
+    const CAP: u64 = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let origin = origin();
+    let limits = format!("max_bytes = \"8MiB\"\nmax_objects = {CAP}");
+    let mut first = start_with_limits(&origin, &disk, "", "", &limits);
+    for i in 0..OBJECTS {
+        get(&first, "one.test", &format!("/small/{i:04}"), &[]);
+    }
+    wait_writes(&first, OBJECTS as u64);
+    let stats = disk_stats(&first);
+    assert_eq!(stats["max_objects"], CAP, "{stats}");
+    let kept = stats["objects"].as_u64().unwrap();
+    assert!((CAP / 2..=CAP).contains(&kept), "{stats}");
+    // Far below the byte budget: the cap, not the bytes, is what dropped objects.
+    assert!(stats["stored_bytes"].as_u64().unwrap() < 4 << 20, "{stats}");
+    stop(&mut first);
+
+    let second = start_with_limits(&origin, &disk, "", "", &limits);
+    // Opening makes room for a full segment of new objects, as it does for bytes.
+    let reopened = disk_stats(&second)["objects"].as_u64().unwrap();
+    assert!((CAP / 2..=kept).contains(&reopened), "{reopened} of {kept}");
+    let newest = get(
+        &second,
+        "one.test",
+        &format!("/small/{:04}", OBJECTS - 1),
+        &[],
+    );
+    assert!(
+        newest.cache_status().ends_with(r#"; detail="l2-disk""#),
+        "{}",
+        newest.cache_status()
+    );
+    let oldest = get(&second, "one.test", "/small/0000", &[]);
     assert!(
         oldest.cache_status().contains("fwd=miss"),
         "{}",

@@ -13,6 +13,9 @@ use toml::Spanned;
 /// Smallest disk budget: the tier splits it into at least 8 segments of at least 1 MiB.
 const MIN_DISK_BYTES: u64 = 8 << 20;
 const DEFAULT_DISK_BYTES: u64 = 1 << 30;
+/// Fewest objects a disk tier may be limited to: it evicts whole segments, so a smaller cap
+/// would leave a few objects per segment.
+const MIN_DISK_OBJECTS: i64 = 1024;
 const DEFAULT_SHARED_MAX_OBJECT: u64 = 1 << 20;
 /// Redis refuses values over 512 MiB; bodies that large belong on disk anyway.
 const MAX_SHARED_OBJECT: u64 = 64 << 20;
@@ -25,6 +28,7 @@ const MAX_OP_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) struct RawDisk {
     path: Spanned<String>,
     max_bytes: Option<Spanned<ByteSize>>,
+    max_objects: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +51,9 @@ pub(super) struct RawShared {
 pub struct DiskTierConfig {
     pub path: PathBuf,
     pub max_bytes: usize,
+    /// Objects the tier keeps at most: its index in memory costs ~40 bytes each, so this
+    /// bounds the memory a tier of many small objects takes. `None`: the byte budget alone.
+    pub max_objects: Option<u64>,
 }
 
 /// The shared tier: a Redis (or Valkey) server several cachet nodes use.
@@ -109,9 +116,21 @@ impl Locator<'_> {
             Some(b) => b.get_ref().as_u64(),
             None => DEFAULT_DISK_BYTES,
         };
+        let max_objects = match &raw.max_objects {
+            Some(n) if *n.get_ref() < MIN_DISK_OBJECTS => {
+                return Err(self.at(
+                    n.span(),
+                    "cache.disk.max_objects",
+                    format!("must be at least {MIN_DISK_OBJECTS}"),
+                ))
+            }
+            Some(n) => Some(*n.get_ref() as u64),
+            None => None,
+        };
         Ok(Some(DiskTierConfig {
             path: base.join(raw.path.get_ref()),
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_objects,
         }))
     }
 

@@ -64,6 +64,8 @@ pub struct TierStats {
     /// what this node wrote and has not removed since it started, which leaves out what other
     /// nodes stored and what Redis evicted or expired.
     pub objects: u64,
+    /// The cap on `objects`, when the tier has one (`[cache.disk] max_objects`).
+    pub max_objects: Option<u64>,
     pub hits: u64,
     pub misses: u64,
     pub writes: u64,

@@ -21,7 +21,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use segments::{ReadError, SegmentStore};
+use segments::{Limits, ReadError, SegmentStore};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -114,12 +114,13 @@ impl DiskTier {
     fn open(&self, lock: File, marks: &PurgeLog) -> anyhow::Result<()> {
         remove_block_store(&self.config.path)?;
         let dir = self.config.path.join("segments");
-        let segments = SegmentStore::open(
-            &dir,
-            segment_size(self.config.max_bytes) as u64,
-            self.config.max_bytes as u64,
-        )
-        .with_context(|| format!("opening the disk tier's segments in {}", dir.display()))?;
+        let limits = Limits {
+            segment_bytes: segment_size(self.config.max_bytes) as u64,
+            max_bytes: self.config.max_bytes as u64,
+            max_values: self.config.max_objects.unwrap_or(u64::MAX),
+        };
+        let segments = SegmentStore::open(&dir, limits)
+            .with_context(|| format!("opening the disk tier's segments in {}", dir.display()))?;
         let path = self.config.path.join("purges.jsonl");
         let mut kept = read_marks(&path)?;
         kept.append(&mut self.pending_marks.lock());
@@ -258,6 +259,7 @@ impl Tier for DiskTier {
             name: self.name(),
             stored_bytes: store.map_or(0, |s| s.segments.stored_bytes()),
             budget_bytes: Some(self.config.max_bytes as u64),
+            max_objects: self.config.max_objects,
             connected: store.is_some(),
             ..TierStats::default()
         };

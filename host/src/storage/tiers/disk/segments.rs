@@ -28,13 +28,24 @@ const SCAN_BUFFER: usize = 1 << 20;
 
 pub(crate) struct SegmentStore {
     dir: PathBuf,
-    /// Largest segment file; a value must fit one with its entry header and key.
-    segment_bytes: u64,
-    /// Bytes all segments may take, the one being written counted as full.
-    budget: u64,
+    limits: Limits,
+    /// Values one segment holds at most: its share of `limits.max_values`, so that the
+    /// segments the byte budget keeps hold no more values than that in all.
+    values_per_segment: usize,
     hasher: RandomState,
     index: RwLock<Index>,
     writer: Mutex<Active>,
+}
+
+/// How large the store may grow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Largest segment file; a value must fit one with its entry header and key.
+    pub segment_bytes: u64,
+    /// Bytes all segments may take, the one being written counted as full.
+    pub max_bytes: u64,
+    /// Values all segments may hold (each costs the index ~40 bytes of memory).
+    pub max_values: u64,
 }
 
 /// Where each key's newest entry is, and which keys each segment holds.
@@ -65,6 +76,8 @@ struct Active {
     id: u64,
     file: Arc<File>,
     end: u64,
+    /// Values written to it.
+    values: usize,
 }
 
 /// Why a stored entry could not be returned.
@@ -88,7 +101,7 @@ impl SegmentStore {
     /// Opens the segments in `dir` (made if missing), reading their entries back into the
     /// index. A damaged or unfinished tail of a segment (a crash mid-write, a truncated file) is
     /// cut off; every entry before it stays.
-    pub(crate) fn open(dir: &Path, segment_bytes: u64, budget: u64) -> io::Result<Self> {
+    pub(crate) fn open(dir: &Path, limits: Limits) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let hasher = RandomState::new();
         let mut index = Index::default();
@@ -117,10 +130,12 @@ impl SegmentStore {
                 bytes: 0,
             },
         );
+        let segments_in_budget = (limits.max_bytes / limits.segment_bytes).max(1);
+        let values_per_segment = (limits.max_values / segments_in_budget).max(1);
         let store = Self {
             dir: dir.to_path_buf(),
-            segment_bytes,
-            budget,
+            limits,
+            values_per_segment: usize::try_from(values_per_segment).unwrap_or(usize::MAX),
             hasher,
             index: RwLock::new(index),
             writer: Mutex::new(active),
@@ -174,7 +189,7 @@ impl SegmentStore {
     pub(crate) fn put(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
         let bytes = entry::encode(Kind::Value, key, value);
         let hash = self.hasher.hash_one(key);
-        self.write(&bytes, |index, loc| {
+        self.write(&bytes, 1, |index, loc| {
             index.entries.insert(hash, loc);
             if let Some(segment) = index.segments.get_mut(&loc.segment) {
                 segment.keys.push(hash);
@@ -205,7 +220,7 @@ impl SegmentStore {
             batch.extend_from_slice(&entry::encode(Kind::Tombstone, key, &[]));
             hashes.push(*hash);
             // A batch stays well within a segment, whatever the keys' length.
-            let full = batch.len() as u64 >= self.segment_bytes / 4;
+            let full = batch.len() as u64 >= self.limits.segment_bytes / 4;
             if full || i + 1 == stored.len() {
                 removed += self.write_tombstones(&batch, &hashes)?;
                 batch.clear();
@@ -217,7 +232,7 @@ impl SegmentStore {
 
     /// Appends `tombstones` (encoded) and drops `hashes` from the index.
     fn write_tombstones(&self, tombstones: &[u8], hashes: &[u64]) -> io::Result<usize> {
-        self.write(tombstones, |index, _| {
+        self.write(tombstones, 0, |index, _| {
             hashes
                 .iter()
                 .filter(|hash| index.entries.remove(hash).is_some())
@@ -225,11 +240,17 @@ impl SegmentStore {
         })
     }
 
-    /// Appends `bytes` (whole entries), then lets `apply` bring the index up to date with
-    /// where they went, under the same locks so readers never see one without the other.
-    fn write<R>(&self, bytes: &[u8], apply: impl FnOnce(&mut Index, Loc) -> R) -> io::Result<R> {
+    /// Appends `bytes` (whole entries, `values` of them values), then lets `apply` bring the
+    /// index up to date with where they went, under the same locks so readers never see one
+    /// without the other.
+    fn write<R>(
+        &self,
+        bytes: &[u8],
+        values: usize,
+        apply: impl FnOnce(&mut Index, Loc) -> R,
+    ) -> io::Result<R> {
         let mut active = self.writer.lock();
-        let loc = self.append(&mut active, bytes)?;
+        let loc = self.append(&mut active, bytes, values)?;
         let mut index = self.index.write();
         let result = apply(&mut index, loc);
         if let Some(segment) = index.segments.get_mut(&loc.segment) {
@@ -261,17 +282,19 @@ impl SegmentStore {
         Ok(())
     }
 
-    /// Appends one entry to the active segment, starting a new segment first when it would
-    /// not fit.
-    fn append(&self, active: &mut Active, bytes: &[u8]) -> io::Result<Loc> {
+    /// Appends entries to the active segment, starting a new segment first when they would
+    /// not fit its bytes or its share of the values.
+    fn append(&self, active: &mut Active, bytes: &[u8], values: usize) -> io::Result<Loc> {
         let len = bytes.len() as u64;
-        if len > self.segment_bytes {
+        if len > self.limits.segment_bytes {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{len} bytes do not fit a segment"),
             ));
         }
-        if active.end + len > self.segment_bytes {
+        if active.end + len > self.limits.segment_bytes
+            || active.values + values > self.values_per_segment
+        {
             self.roll(active)?;
         }
         let (Ok(offset), Ok(len32)) = (u32::try_from(active.end), u32::try_from(len)) else {
@@ -285,11 +308,14 @@ impl SegmentStore {
             len: len32,
         };
         active.end += len;
+        active.values += values;
         Ok(loc)
     }
 
-    /// Starts the next segment and evicts the oldest ones beyond the budget.
+    /// Starts the next segment and evicts the oldest ones beyond the budget. The finished
+    /// segment is flushed to the disk, so a power loss costs at most the segment being written.
     fn roll(&self, active: &mut Active) -> io::Result<()> {
+        sync_in_background(active.file.clone());
         let next = create_segment(&self.dir, active.id + 1)?;
         self.index.write().segments.insert(
             next.id,
@@ -303,17 +329,22 @@ impl SegmentStore {
         self.evict(active.id)
     }
 
-    /// Drops whole segments, oldest first, until the others and a full `active` fit the budget.
+    /// Drops whole segments, oldest first, until the others and a full `active` fit the
+    /// budget: its bytes, and its values (each value written counts, even one replaced since).
     fn evict(&self, active: u64) -> io::Result<()> {
         let mut index = self.index.write();
         loop {
-            let sealed: u64 = index
+            let (sealed_bytes, sealed_values) = index
                 .segments
                 .iter()
                 .filter(|(&id, _)| id != active)
-                .map(|(_, s)| s.bytes)
-                .sum();
-            if sealed + self.segment_bytes <= self.budget {
+                .fold((0u64, 0u64), |(bytes, values), (_, s)| {
+                    (bytes + s.bytes, values + s.keys.len() as u64)
+                });
+            let full_active_values = self.values_per_segment as u64;
+            if sealed_bytes + self.limits.segment_bytes <= self.limits.max_bytes
+                && sealed_values.saturating_add(full_active_values) <= self.limits.max_values
+            {
                 return Ok(());
             }
             let Some((&oldest, _)) = index.segments.iter().find(|(&id, _)| id != active) else {
@@ -335,6 +366,21 @@ impl SegmentStore {
                 _ => {}
             }
         }
+    }
+}
+
+/// Flushes a finished segment to the disk on tokio's blocking pool: a tombstone written on a
+/// request's thread may start a segment, and that request must not wait for the disk. Outside
+/// a runtime (tools, tests) it flushes here.
+fn sync_in_background(file: Arc<File>) {
+    let sync = move || {
+        if let Err(e) = file.sync_data() {
+            tracing::warn!("disk tier: flushing a finished segment: {e}");
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(sync)),
+        Err(_) => sync(),
     }
 }
 
@@ -462,6 +508,7 @@ fn create_segment(dir: &Path, id: u64) -> io::Result<Active> {
         id,
         file: Arc::new(file),
         end: 0,
+        values: 0,
     })
 }
 
@@ -475,9 +522,18 @@ mod tests {
         vec![fill; n]
     }
 
+    /// Limits of `segments` segments, with no bound on values but the bytes.
+    fn segments(segments: u64) -> Limits {
+        Limits {
+            segment_bytes: SEGMENT,
+            max_bytes: segments * SEGMENT,
+            max_values: u64::MAX,
+        }
+    }
+
     /// A store in `dir` with room for 16 segments.
     fn roomy(dir: &Path) -> SegmentStore {
-        SegmentStore::open(dir, SEGMENT, 16 * SEGMENT).unwrap()
+        SegmentStore::open(dir, segments(16)).unwrap()
     }
 
     #[tokio::test]
@@ -508,7 +564,7 @@ mod tests {
     #[tokio::test]
     async fn the_oldest_segments_go_when_the_budget_is_spent() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SegmentStore::open(dir.path(), SEGMENT, 4 * SEGMENT).unwrap();
+        let store = SegmentStore::open(dir.path(), segments(4)).unwrap();
         for i in 0..40u32 {
             store.put(&i.to_be_bytes(), &value(1000, i as u8)).unwrap();
         }
@@ -530,6 +586,37 @@ mod tests {
         }
         assert_eq!(found, kept);
         assert!(store.put(b"big", &value(SEGMENT as usize, 0)).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_oldest_segments_go_when_the_cap_on_values_is_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for 16 segments by bytes, but 64 values: 4 per segment.
+        let capped = |max_values| Limits {
+            max_values,
+            ..segments(16)
+        };
+        let store = SegmentStore::open(dir.path(), capped(64)).unwrap();
+        for i in 0..200u32 {
+            store.put(&i.to_be_bytes(), &value(10, i as u8)).unwrap();
+        }
+        let kept = store.entries();
+        assert!((32..=64).contains(&kept), "{kept}");
+        assert!(store.get(&0u32.to_be_bytes()).await.unwrap().is_none());
+        assert_eq!(
+            store.get(&199u32.to_be_bytes()).await.unwrap().unwrap(),
+            value(10, 199)
+        );
+        drop(store);
+
+        // A smaller cap applies as the store opens.
+        let smaller = SegmentStore::open(dir.path(), capped(16)).unwrap();
+        let kept = smaller.entries();
+        assert!(kept <= 16 && kept > 0, "{kept}");
+        assert_eq!(
+            smaller.get(&199u32.to_be_bytes()).await.unwrap().unwrap(),
+            value(10, 199)
+        );
     }
 
     #[tokio::test]
