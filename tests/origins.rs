@@ -141,6 +141,71 @@ fn a_request_failing_on_a_reused_connection_is_retried_once_on_a_fresh_one() {
     assert_eq!(origin.requests_for("POST /form "), 1);
 }
 
+/// An origin that answers the first request on each connection and, on the second, sends a
+/// cacheable head and half the body after `head_delay`, then closes.
+fn start_cutting_origin(
+    head_delay: Duration,
+) -> (SocketAddr, Arc<parking_lot::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let Some(first) = read_head(&mut conn) else {
+                    return;
+                };
+                seen.lock().push(first);
+                let reply =
+                    "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nok";
+                if conn.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+                let Some(second) = read_head(&mut conn) else {
+                    return;
+                };
+                seen.lock().push(second);
+                std::thread::sleep(head_delay);
+                let head = "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 200000\r\n\r\n";
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(&[b'x'; 100_000]);
+                // Dropped: the body is cut off.
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// A body cut off on a reused connection is not asked for again: the origin has answered, and
+/// the cache fill it started (here for a client that left before the head) is abandoned.
+#[test]
+fn a_body_cut_off_on_a_reused_connection_is_not_retried() {
+    let (addr, requests) = start_cutting_origin(Duration::from_millis(500));
+    let proxy = proxy_for(addr, "");
+    assert_eq!(send("GET", &proxy.url("/warm"), &[]).text(), "ok");
+    // The client leaves before the head arrives; the fill goes on without it.
+    let url = proxy.url("/cut");
+    let target = url.trim_start_matches("http://");
+    let (authority, path) = target.split_once('/').unwrap();
+    let mut client = TcpStream::connect(authority).unwrap();
+    write!(client, "GET /{path} HTTP/1.1\r\nHost: {authority}\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(client);
+    std::thread::sleep(Duration::from_millis(1500));
+    let cut = requests
+        .lock()
+        .iter()
+        .filter(|l| l.starts_with("GET /cut "))
+        .count();
+    assert_eq!(cut, 1, "{:?}", requests.lock());
+    let log = proxy.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
 #[test]
 fn read_and_total_timeouts_come_from_the_config() {
     let origin = Origin::start(|seen| match seen.url.as_str() {
@@ -157,6 +222,9 @@ fn read_and_total_timeouts_come_from_the_config() {
     let (status, took) = timed("read_timeout = \"300ms\"");
     assert_eq!(status, 504);
     assert!(took < Duration::from_millis(2500), "{took:?}");
+    // `/slow` went out on the connection `/quick` left in the pool, and was not sent again
+    // after the timeout: the origin had it and was slow, not gone.
+    assert_eq!(origin.hits_for("/slow"), 1);
     let (status, took) = timed("read_timeout = \"10s\"\ntotal_timeout = \"400ms\"");
     assert_eq!(status, 504);
     assert!(took < Duration::from_millis(2500), "{took:?}");
@@ -440,6 +508,53 @@ fn an_origin_certificate_the_tenant_does_not_trust_is_refused() {
         &format!("upstream_ca = {ca_path:?}"),
     );
     assert_eq!(send("GET", &proxy.url("/x"), &[]).text(), "sent over tls");
+}
+
+/// Two tenants reach one HTTPS origin, each trusting its own CA: a connection the first tenant's
+/// CA accepted is never handed to the second, whose CA refuses that origin.
+#[test]
+fn an_origin_connection_verified_for_one_tenant_is_not_reused_for_a_tenant_with_other_roots() {
+    let origin_ca = TestCa::new("the origin's CA");
+    let other_ca = TestCa::new("another CA");
+    let origin = TlsOrigin::start(origin_ca.server_cert(&["127.0.0.1"]));
+    let dir = tempfile::tempdir().unwrap();
+    let (origin_ca_path, other_ca_path) = (
+        dir.path().join("origin-ca.pem"),
+        dir.path().join("other-ca.pem"),
+    );
+    std::fs::write(&origin_ca_path, origin_ca.pem()).unwrap();
+    std::fs::write(&other_ca_path, other_ca.pem()).unwrap();
+    let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let upstream = format!("upstream = \"https://127.0.0.1:{}\"", origin.addr.port());
+    let tenant = |name: &str, host: &str, ca: &std::path::Path| {
+        TenantSpec::new(name, unused, &plugin("standard"))
+            .hosts(&[host])
+            .upstream_line(&upstream)
+            .extra(&format!("upstream_ca = {:?}", ca.display().to_string()))
+    };
+    let proxy = Proxy::start(
+        "",
+        &[
+            tenant("trusting", "trusting.test", &origin_ca_path),
+            tenant("strict", "strict.test", &other_ca_path),
+        ],
+    );
+    for round in 0..3 {
+        let trusted = send(
+            "GET",
+            &proxy.url(&format!("/t{round}")),
+            &[("Host", "trusting.test")],
+        );
+        assert_eq!(trusted.status, 200, "{}", trusted.text());
+        // The trusting tenant's connection now idles in the pool.
+        let refused = send(
+            "GET",
+            &proxy.url(&format!("/s{round}")),
+            &[("Host", "strict.test")],
+        );
+        assert_eq!(refused.status, 502, "round {round}: {}", refused.text());
+    }
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 3);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use crate::config::OriginConfig;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorType, Result, RetryType};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -45,9 +45,12 @@ impl OriginAttempts {
 }
 
 /// Decides whether a failed origin exchange is tried again: once, on a fresh
-/// connection, only if the failed one was reused (the origin may have closed
-/// it while idle), the method is idempotent, the request body is still held
-/// whole, and nothing has been sent to the client.
+/// connection, only if the failed one was reused and failed as a connection
+/// the origin closed while idle does (closed or reset before any answer, as
+/// Pingora marks such errors), the method is idempotent, the request body is
+/// still held whole, and nothing has been sent to the client. A timeout is
+/// never retried: the origin has the request and is slow, and asking again
+/// would double its load and the client's wait.
 pub fn after_error(
     origin: &OriginConfig,
     session: &Session,
@@ -55,7 +58,9 @@ pub fn after_error(
     mut e: Box<Error>,
     connection_reused: bool,
 ) -> Box<Error> {
+    let dropped = matches!(e.retry, RetryType::ReusedOnly);
     let safe = connection_reused
+        && dropped
         && origin.retry_reused
         && !attempts.retried_reused
         && session.req_header().method.is_idempotent()

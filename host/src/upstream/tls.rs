@@ -12,6 +12,11 @@ pub(super) struct OriginTls {
     verify: bool,
     /// The tenant's own roots, parsed once (the config checked they parse).
     ca: Option<Arc<CaType>>,
+    /// Keeps pooled connections verified against other roots away from this tenant: Pingora's
+    /// pool key covers the address, SNI and verify flags but not the roots, so without it a
+    /// connection one tenant's CA accepted would serve a tenant whose CA refuses that origin.
+    /// 0 (shared) for the system roots; the same for tenants with the same roots.
+    pool_group: u64,
 }
 
 impl OriginTls {
@@ -34,6 +39,7 @@ impl OriginTls {
         Self {
             verify: tls.verify,
             ca,
+            pool_group: tls.ca.as_deref().map_or(0, |ders| roots_group(ders)),
         }
     }
 
@@ -43,5 +49,14 @@ impl OriginTls {
         peer.options.verify_cert = self.verify;
         peer.options.verify_hostname = self.verify;
         peer.options.ca = self.ca.clone();
+        peer.group_key = self.pool_group;
     }
+}
+
+/// A pool group for a set of roots (DER certificates): equal sets, equal groups; never 0.
+fn roots_group(ders: &[Vec<u8>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    ders.hash(&mut hasher);
+    hasher.finish().max(1)
 }
