@@ -39,7 +39,11 @@
 # varnish, nginx-cache, haproxy. Only when BENCH_ONLY names them (e.g.
 # BENCH_ONLY=static-assets,python): cachet-static-assets-{fresh,reuse} and
 # cachet-python-{fresh,reuse}, the static-assets policy in Rust and its Python
-# twin (plugins/static-assets-py, ~6 ms a fresh instance: expect ~200 req/s). Scenarios: {1k,64k}-{1url,1000url}-{c16,c64}
+# twin (plugins/static-assets-py, ~6 ms a fresh instance: expect ~200 req/s);
+# and pingora-floor (BENCH_ONLY=pingora-floor,cachet-builtin,nginx,haproxy): a
+# bare Pingora server answering every request from request_filter with a fixed
+# body (examples/pingora_floor.rs), no cache at all, over HTTP/1.1, TLS and
+# HTTP/2: what Pingora itself costs per response. Scenarios: {1k,64k}-{1url,1000url}-{c16,c64}
 # (cache hits) and miss-1k-c64 (a URL that never repeats: every request is a
 # miss that goes to the origin).
 #
@@ -125,7 +129,7 @@ esac
 
 all_targets=(origin cachet-builtin cachet-builtin-fullpath cachet-wasm-fresh cachet-wasm-reuse cachet-l2-disk cachet-l2-shared varnish nginx-cache haproxy)
 # Measured only when BENCH_ONLY names them: the same policy in Rust and in Python.
-language_targets=(cachet-static-assets-fresh cachet-static-assets-reuse cachet-python-fresh cachet-python-reuse)
+language_targets=(cachet-static-assets-fresh cachet-static-assets-reuse cachet-python-fresh cachet-python-reuse pingora-floor)
 targets=(origin)
 if [[ -n "$BENCH_ONLY" ]]; then
     IFS=', ' read -r -a patterns <<<"$BENCH_ONLY"
@@ -461,6 +465,24 @@ build_cachet() {
     [[ "$cachet_built" != ok || -x "$repo_root/target/release/cachet" ]] || cachet_built="no target/release/cachet"
 }
 
+floor_built=""
+build_floor() {
+    [[ -n "$floor_built" ]] && return 0
+    if [[ "$BENCH_NO_BUILD" == 1 ]]; then
+        floor_built=ok
+    else
+        log "building the Pingora floor (cargo build --release -p cachet --example pingora_floor)"
+        if (cd "$repo_root" && timeout 1800 cargo build --release -p cachet --example pingora_floor) >"$work/build-floor.log" 2>&1; then
+            floor_built=ok
+        else
+            tail -n 30 "$work/build-floor.log" >&2
+            floor_built="cargo build failed"
+        fi
+    fi
+    [[ "$floor_built" != ok || -x "$repo_root/target/release/examples/pingora_floor" ]] ||
+        floor_built="no target/release/examples/pingora_floor"
+}
+
 build_plugins() {
     [[ -n "$plugins_built" ]] && return 0
     if [[ "$BENCH_NO_BUILD" == 1 ]]; then
@@ -567,6 +589,27 @@ EOF
     TARGET_LOG="$dir/cachet.log"
     if ! wait_http "http://127.0.0.1:$admin_port/status" "$TARGET_PID" 60; then
         TARGET_ERR="cachet did not become ready: $(last_error "$dir/cachet.log")"
+        return 1
+    fi
+}
+
+start_floor() {
+    build_floor
+    if [[ "$floor_built" != ok ]]; then
+        TARGET_ERR="$floor_built"
+        return 1
+    fi
+    free_port; TARGET_PORT="$FREE_PORT"
+    local tls_args=()
+    if ((tls_wanted)) && [[ -z "$tls_err" ]]; then
+        free_port; TARGET_TLS_PORT="$FREE_PORT"
+        tls_args=("127.0.0.1:$TARGET_TLS_PORT" "$tls_dir/cert.pem" "$tls_dir/key.pem")
+    fi
+    start_bg pingora-floor TERM "$repo_root/target/release/examples/pingora_floor" \
+        "$BENCH_SERVER_THREADS" "127.0.0.1:$TARGET_PORT" "${tls_args[@]}"
+    TARGET_PID="$BG_PID"
+    if ! wait_http "http://127.0.0.1:$TARGET_PORT/obj/0/1k" "$TARGET_PID" 30; then
+        TARGET_ERR="pingora_floor did not start: $(last_error "$work/pingora-floor.out")"
         return 1
     fi
 }
@@ -725,6 +768,7 @@ url = \"redis://127.0.0.1:$redis_port\"" ;;
         cachet-static-assets-reuse) start_cachet "$1" "$repo_root/plugins/static-assets.wasm" 1000000 ;;
         cachet-python-fresh) start_cachet "$1" "$repo_root/plugins/static-assets-py.wasm" 1 ;;
         cachet-python-reuse) start_cachet "$1" "$repo_root/plugins/static-assets-py.wasm" 1000000 ;;
+        pingora-floor) start_floor ;;
         varnish) start_varnish ;;
         nginx-cache) start_nginx_cache ;;
         haproxy) start_haproxy ;;
