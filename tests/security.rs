@@ -437,6 +437,70 @@ fn bare_line_feeds_in_a_head_are_refused() {
 }
 
 #[test]
+fn hosts_and_content_lengths_that_frame_ambiguously_are_refused() {
+    let origin = echo_origin();
+    let proxy = standard_proxy(&origin);
+    for head in [
+        "GET /h HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "GET /h HTTP/1.1\r\nHost: site.test/evil\r\nConnection: close\r\n\r\n",
+        "GET /h HTTP/1.1\r\nHost: site.test:abc\r\nConnection: close\r\n\r\n",
+        "GET /h HTTP/1.1\r\nHost: a, b\r\nConnection: close\r\n\r\n",
+        "GET /h HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
+        "GET /h HTTP/1.1\r\nHost: site.test\r\nConnection: close, Host\r\n\r\n",
+        "POST /h HTTP/1.1\r\nHost: site.test\r\nContent-Length: 3, 4\r\nConnection: close\r\n\r\nabcd",
+    ] {
+        let resp = one(proxy.port, head);
+        assert_eq!(resp.status, 400, "{head:?}: {resp:?}");
+    }
+    assert_eq!(origin.hits(), 0, "{:?}", origin.seen());
+    // Repeats that agree reach the origin as one value.
+    let resp = one(
+        proxy.port,
+        "POST /h HTTP/1.1\r\nHost: site.test\r\nContent-Length: 3, 3\r\nConnection: close\r\n\r\nabc",
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let seen = origin.seen();
+    let lengths: Vec<&str> = seen[0]
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(lengths, ["3"]);
+    assert_eq!(seen[0].body, b"abc");
+}
+
+/// A field the client's `Connection` header nominates never reaches the origin, so it must not
+/// choose the stored variant either: otherwise a client stores the origin's answer for "no
+/// such field" under any value of it, for everybody.
+#[test]
+fn a_field_the_connection_header_nominates_does_not_choose_a_variant() {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("x-a={}", seen.header("x-a").unwrap_or("none")))
+            .header("Cache-Control", "max-age=600")
+            .header("Vary", "X-A")
+    });
+    let proxy = standard_proxy(&origin);
+    let poisoning = send(
+        "GET",
+        &proxy.url("/varies"),
+        &[("Connection", "X-A"), ("X-A", "2")],
+    );
+    assert_eq!(poisoning.text(), "x-a=none");
+    let victim = send("GET", &proxy.url("/varies"), &[("X-A", "2")]);
+    assert_eq!(victim.text(), "x-a=2", "{}", victim.cache_status());
+    assert_eq!(origin.hits(), 2);
+    // Without the field, the first answer is the right one.
+    let plain = send("GET", &proxy.url("/varies"), &[]);
+    assert_eq!(plain.text(), "x-a=none");
+    assert!(
+        plain.cache_status().contains("hit"),
+        "{}",
+        plain.cache_status()
+    );
+}
+
+#[test]
 fn the_authorization_scheme_is_case_insensitive() {
     let origin = echo_origin();
     let proxy = standard_proxy(&origin);

@@ -22,6 +22,7 @@ mod lean_hit;
 mod origin_error;
 pub mod purge;
 mod request;
+mod request_fields;
 mod respond;
 mod response;
 mod revalidation;

@@ -178,7 +178,8 @@ fn well_formed(session: &mut Session) -> std::result::Result<(), &'static str> {
     {
         return Err("bare LF in the request head");
     }
-    super::target::to_origin_form(session.req_header_mut())
+    super::target::to_origin_form(session.req_header_mut())?;
+    super::request_fields::sanitize(session.req_header_mut())
 }
 
 /// The forwarding fields the origin (and first the plugin) will see.

@@ -1,0 +1,278 @@
+//! The request's fields as the origin will get them, fixed before the plugin, the cache key
+//! or the Vary check reads any of them.
+//!
+//! Pingora removes the fields a client's `Connection` header nominates (and the standard
+//! hop-by-hop ones) only as it builds the origin's request. Until then they are still on the
+//! request, so a client could make the stored variant be chosen by a value the origin never
+//! saw: `Connection: Accept-Language` with `Accept-Language: fr` stores the origin's default
+//! page under `fr` for everybody. They go here, first. So does everything RFC 9112 asks a
+//! server to refuse: a missing, repeated or malformed `Host` (§3.2), and `Content-Length`
+//! values that disagree (§6.3); agreeing repeats become one value, so no origin has to
+//! guess how to frame the body.
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::Version;
+use pingora::http::RequestHeader;
+
+/// Hop-by-hop request fields removed whatever `Connection` says. `Connection` and `Upgrade`
+/// stay: Pingora reads them for keep-alive and upgrades, and never forwards them as they are.
+const HOP_BY_HOP: [&str; 4] = ["keep-alive", "proxy-connection", "te", "trailer"];
+
+/// Fields a client may not remove by nominating them: the origin's framing and upgrade
+/// handling are Pingora's, and these are read after this point.
+const NEVER_REMOVED: [&str; 5] = [
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Fields whose nomination is refused, as Pingora refuses to forward it: routing and the
+/// forwarding fields are not the client's to drop.
+const PROTECTED: [&str; 4] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// Most `Connection` nominations honoured, as Pingora's own bound.
+const MAX_NOMINATIONS: usize = 32;
+
+/// Brings `req` to the fields the origin will be sent, or says why it is a bad request.
+pub fn sanitize(req: &mut RequestHeader) -> Result<(), &'static str> {
+    check_host(req)?;
+    single_content_length(req)?;
+    remove_hop_by_hop(req)
+}
+
+/// One valid `Host` on HTTP/1.1; at most one, valid, on HTTP/1.0. (An HTTP/2 request names
+/// its authority in a pseudo-header, which Pingora checks.)
+fn check_host(req: &RequestHeader) -> Result<(), &'static str> {
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err("more than one Host field"),
+        (Some(host), None) if !is_authority(host.as_bytes()) => Err("the Host field is not a host"),
+        (None, _) if req.version == Version::HTTP_11 => Err("an HTTP/1.1 request without Host"),
+        _ => Ok(()),
+    }
+}
+
+/// `host [":" port]` of RFC 3986 (a bracketed IP literal or a registered name), not empty;
+/// commas are refused too: they are what two joined `Host` values look like.
+fn is_authority(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &value[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match &value[end + 1..] {
+            [] => (&value[..=end], None),
+            [b':', port @ ..] => (&value[..=end], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match value.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+            None => (value, None),
+        }
+    };
+    let name_ok = !host.is_empty()
+        && (host.first() == Some(&b'[')
+            || host.iter().all(|&b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'%'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b';'
+                            | b'='
+                    )
+            }));
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    name_ok && port_ok
+}
+
+/// Every `Content-Length` value (lines and comma-separated lists) must be the same number;
+/// repeats are folded into one field.
+fn single_content_length(req: &mut RequestHeader) -> Result<(), &'static str> {
+    let mut values = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(());
+    };
+    let repeated = values.next().is_some() || first.as_bytes().contains(&b',');
+    if !repeated {
+        return Ok(());
+    }
+    let mut length: Option<u64> = None;
+    for value in req.headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let parsed = std::str::from_utf8(part)
+                .ok()
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u64>().ok())
+                .ok_or("a Content-Length value is not a number")?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err("Content-Length values disagree");
+            }
+            length = Some(parsed);
+        }
+    }
+    let length = length.ok_or("a Content-Length value is not a number")?;
+    req.insert_header(header::CONTENT_LENGTH, HeaderValue::from(length))
+        .map_err(|_| "a Content-Length value is not a number")
+}
+
+/// Removes the standard hop-by-hop fields and those `Connection` nominates.
+fn remove_hop_by_hop(req: &mut RequestHeader) -> Result<(), &'static str> {
+    let mut nominated: Vec<HeaderName> = Vec::new();
+    for token in req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+    {
+        if nominated.len() == MAX_NOMINATIONS {
+            return Err("too many Connection nominations");
+        }
+        // A token that is no field name names nothing that could be removed.
+        let Ok(name) = HeaderName::from_bytes(token) else {
+            continue;
+        };
+        if PROTECTED.contains(&name.as_str()) {
+            return Err("the Connection header nominates a protected field");
+        }
+        nominated.push(name);
+    }
+    for name in nominated
+        .iter()
+        .map(HeaderName::as_str)
+        .chain(HOP_BY_HOP)
+        .filter(|name| !NEVER_REMOVED.contains(name))
+    {
+        req.remove_header(name);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, fields: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.set_version(version);
+        for (name, value) in fields {
+            req.append_header(name.to_string(), *value).unwrap();
+        }
+        req
+    }
+
+    fn http11(fields: &[(&str, &str)]) -> RequestHeader {
+        request(Version::HTTP_11, fields)
+    }
+
+    #[test]
+    fn hosts_that_are_not_one_valid_authority_are_refused() {
+        for good in [
+            "site.test",
+            "site.test:8080",
+            "site.test:",
+            "127.0.0.1",
+            "[::1]:443",
+            "xn--bcher-kva.example",
+        ] {
+            assert_eq!(sanitize(&mut http11(&[("host", good)])), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "site.test/evil",
+            "site.test:abc",
+            "site.test:123456",
+            "a, b",
+            "a,b",
+            "[::1",
+            "[]",
+            "site test",
+            ":80",
+        ] {
+            assert!(sanitize(&mut http11(&[("host", bad)])).is_err(), "{bad:?}");
+        }
+        assert!(sanitize(&mut http11(&[])).is_err(), "HTTP/1.1 without Host");
+        assert!(sanitize(&mut http11(&[("host", "a.test"), ("host", "a.test")])).is_err());
+        assert_eq!(sanitize(&mut request(Version::HTTP_10, &[])), Ok(()));
+    }
+
+    #[test]
+    fn agreeing_content_lengths_become_one_and_disagreeing_ones_are_refused() {
+        let mut req = http11(&[("host", "a.test"), ("content-length", "3, 3")]);
+        assert_eq!(sanitize(&mut req), Ok(()));
+        let lengths: Vec<_> = req.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["3"]);
+
+        let mut req = http11(&[
+            ("host", "a.test"),
+            ("content-length", "3"),
+            ("content-length", "3"),
+        ]);
+        assert_eq!(sanitize(&mut req), Ok(()));
+        assert_eq!(req.headers.get_all("content-length").iter().count(), 1);
+
+        for bad in [&["3, 4"][..], &["3", "4"], &["3, x"], &["3,"]] {
+            let mut req = http11(&[("host", "a.test")]);
+            for value in bad {
+                req.append_header("content-length", *value).unwrap();
+            }
+            assert!(sanitize(&mut req).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nominated_and_hop_by_hop_fields_are_removed_but_not_framing_or_routing() {
+        let mut req = http11(&[
+            ("host", "a.test"),
+            (
+                "connection",
+                "X-A, accept-language, keep-alive, content-length",
+            ),
+            ("x-a", "2"),
+            ("accept-language", "fr"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("content-length", "0"),
+            ("accept", "*/*"),
+        ]);
+        assert_eq!(sanitize(&mut req), Ok(()));
+        for gone in ["x-a", "accept-language", "keep-alive", "te"] {
+            assert!(!req.headers.contains_key(gone), "{gone} stayed");
+        }
+        for kept in ["host", "connection", "content-length", "accept"] {
+            assert!(req.headers.contains_key(kept), "{kept} went");
+        }
+        for protected in ["Host", "X-Forwarded-For"] {
+            let mut req = http11(&[("host", "a.test"), ("connection", protected)]);
+            assert!(sanitize(&mut req).is_err(), "{protected}");
+        }
+    }
+}
