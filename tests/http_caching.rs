@@ -515,6 +515,41 @@ fn purge_removes_an_entry_for_the_admin_only() {
     assert_eq!(origin.hits(), 2);
 }
 
+/// A URL purge reaches every variant a `Vary` response was stored under, hard or soft.
+#[test]
+fn purge_removes_every_variant_of_a_url() {
+    let origin = Origin::start(|seen| {
+        let lang = seen.header("accept-language").unwrap_or("none").to_owned();
+        Reply::ok(lang)
+            .header("Cache-Control", "max-age=60")
+            .header("Vary", "Accept-Language")
+    });
+    let proxy = token_proxy_for(&origin);
+    let lang = |l: &str| send("GET", &proxy.url("/v"), &[("Accept-Language", l)]);
+    let auth = bearer();
+    for soft in ["0", "1"] {
+        for l in ["en", "fr", "de"] {
+            lang(l);
+        }
+        assert_status_has(&lang("fr"), "hit");
+        let purge = send(
+            "PURGE",
+            &proxy.url("/v"),
+            &[("Authorization", auth.as_str()), ("Cache-Purge-Soft", soft)],
+        );
+        assert_eq!(purge.status, 200);
+        for l in ["en", "fr", "de"] {
+            let resp = lang(l);
+            assert_eq!(resp.text(), l);
+            assert!(
+                !resp.cache_status().starts_with("cachet; hit"),
+                "soft={soft}: the {l} variant was still a fresh hit: {}",
+                resp.cache_status()
+            );
+        }
+    }
+}
+
 #[test]
 fn soft_purge_marks_stale_for_revalidation() {
     let not_modified = Arc::new(AtomicUsize::new(0));

@@ -34,6 +34,23 @@ impl SlotKey {
             variance: key.variance.as_deref().copied(),
         }
     }
+
+    pub(super) fn primary(&self) -> HashBinary {
+        self.primary
+    }
+
+    /// Whether this is one variant of a response stored per `Vary`.
+    pub(super) fn is_variant(&self) -> bool {
+        self.variance.is_some()
+    }
+
+    /// The key of the same primary key without a variance.
+    pub(super) fn without_variance(&self) -> Self {
+        Self {
+            primary: self.primary,
+            variance: None,
+        }
+    }
 }
 
 /// A complete stored object. Immutable: changes replace the whole `Arc`.

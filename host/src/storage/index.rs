@@ -4,6 +4,7 @@
 mod budget;
 #[cfg(test)]
 mod check;
+mod slots;
 mod tag_index;
 
 use super::entry::{Entry, Pending, Slot, SlotKey};
@@ -11,6 +12,7 @@ use super::meta::StoredMeta;
 use super::stats::{Counters, PartitionStats};
 use super::stream::StreamStart;
 use pingora_cache::eviction::{lru::Manager, EvictionManager};
+use slots::Slots;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tag_index::TagIndex;
@@ -47,7 +49,7 @@ pub(super) struct Index {
 
 #[derive(Default)]
 struct Partition {
-    slots: HashMap<SlotKey, Slot>,
+    slots: Slots,
     /// Present when the partition has its own budget inside the global one.
     lru: Option<Lru>,
     counters: Counters,
@@ -110,7 +112,7 @@ impl Index {
 
     pub(super) fn add_write(&mut self, partition: &str, key: SlotKey, write: Pending) {
         let part = partition_mut(&mut self.partitions, partition);
-        part.slots.entry(key).or_default().writes.push(write);
+        part.slots.get_or_insert(key).writes.push(write);
     }
 
     pub(super) fn take_write(
@@ -140,6 +142,14 @@ impl Index {
             cancelled = true;
         }
         cancelled
+    }
+
+    /// The keys of every slot sharing `key`'s primary key (every stored `Vary` variant).
+    pub(super) fn all_variants(&self, partition: &str, key: &SlotKey) -> Vec<SlotKey> {
+        self.partitions
+            .get(partition)
+            .map(|part| part.slots.all_variants(key))
+            .unwrap_or_default()
     }
 
     /// Bumps a counter globally and for the partition; atomics, so a read lock is enough.

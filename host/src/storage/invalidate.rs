@@ -10,24 +10,31 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 impl MemoryStorage {
-    /// Removes the object stored under `key` and stops writes in flight for it from being
-    /// stored (they may carry what is being invalidated). Returns whether anything was there.
+    /// Removes the objects stored under `key`'s primary key (every `Vary` variant) and stops
+    /// writes in flight for them from being stored (they may carry what is being
+    /// invalidated). Returns whether anything was there.
     pub fn purge_key(&self, key: &CacheKey) -> bool {
-        let slot = SlotKey::of(key);
         let mut index = self.index.write();
-        let removed = index.remove(&key.user_tag, &slot);
-        let cancelled = index.cancel_writes(&key.user_tag, &slot);
+        let mut removed = Vec::new();
+        let mut cancelled = false;
+        for slot in index.all_variants(&key.user_tag, &SlotKey::of(key)) {
+            removed.extend(index.remove(&key.user_tag, &slot));
+            cancelled |= index.cancel_writes(&key.user_tag, &slot);
+        }
         drop(index);
-        // The entry's body is freed here, outside the lock.
-        removed.is_some() || cancelled
+        // The entries' bodies are freed here, outside the lock.
+        !removed.is_empty() || cancelled
     }
 
-    /// Marks the object stored under `key` stale as of now, keeping it for revalidation.
-    /// Returns whether it was there.
+    /// Marks the objects stored under `key`'s primary key (every `Vary` variant) stale as of
+    /// now, keeping them for revalidation. Returns whether any was there.
     pub fn expire_key(&self, key: &CacheKey) -> bool {
-        let slot = SlotKey::of(key);
         let mut index = self.index.write();
-        expire(&mut index, &key.user_tag, slot)
+        let mut expired = false;
+        for slot in index.all_variants(&key.user_tag, &SlotKey::of(key)) {
+            expired |= expire(&mut index, &key.user_tag, slot);
+        }
+        expired
     }
 
     /// Removes every object of `partition` carrying any of `tags`, or with `soft` marks them

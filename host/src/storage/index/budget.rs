@@ -58,7 +58,7 @@ impl Index {
         let part = partition_mut(&mut self.partitions, partition);
         part.counters.add(weight);
         part.tags.add(key, &entry);
-        part.slots.entry(key).or_default().complete = Some(entry);
+        part.slots.get_or_insert(key).complete = Some(entry);
         self.counters.add(weight);
         Admission::Stored
     }

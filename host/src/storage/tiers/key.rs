@@ -64,6 +64,14 @@ impl TierKey {
         })
     }
 
+    /// For a `Vary` variant, the name of its primary key alone: the name a purge by URL
+    /// marks, which reaches every variant.
+    pub(crate) fn without_variance(&self) -> Option<Self> {
+        let len = u16::from_be_bytes([*self.0.get(1)?, *self.0.get(2)?]) as usize;
+        let primary_end = 3 + len + KEY_SIZE;
+        (self.0.len() == primary_end + KEY_SIZE).then(|| Self(self.0[..primary_end].to_vec()))
+    }
+
     pub(crate) fn partition(&self) -> Option<&str> {
         let len = u16::from_be_bytes([*self.0.get(1)?, *self.0.get(2)?]) as usize;
         std::str::from_utf8(self.0.get(3..3 + len)?).ok()
@@ -108,7 +116,9 @@ mod tests {
         let variant = TierKey::of(&key);
         assert_ne!(plain, variant);
         assert_eq!(variant.to_compact(), Some(key.to_compact()));
-        assert_eq!(TierKey::from_hex(&variant.to_hex()), Some(variant));
+        assert_eq!(TierKey::from_hex(&variant.to_hex()), Some(variant.clone()));
+        assert_eq!(variant.without_variance(), Some(plain.clone()));
+        assert_eq!(plain.without_variance(), None);
     }
 
     #[test]

@@ -94,6 +94,8 @@ impl PurgeLog {
         let partition = key.partition().unwrap_or_default();
         let marks = self.marks.lock();
         let mut names = vec![Target::Key(key.to_hex())];
+        // A purge by URL marks the primary key; it covers every variant stored under it.
+        names.extend(key.without_variance().map(|k| Target::Key(k.to_hex())));
         names.extend(tags.iter().map(|tag| Target::Tag {
             partition: partition.to_owned(),
             tag: tag.to_string(),
@@ -163,5 +165,21 @@ mod tests {
         });
         assert_eq!(log.verdict(&key(), &tags, 5), Verdict::Gone);
         assert_eq!(log.verdict(&key(), &tags, 9), Verdict::Expire(10));
+    }
+
+    #[test]
+    fn a_mark_on_a_url_covers_every_variant_stored_under_it() {
+        let log = PurgeLog::default();
+        let mut varying = CacheKey::new(b"/a".to_vec(), "site");
+        varying.set_variance_key([3; 16]);
+        let variant = TierKey::of(&varying);
+        assert_eq!(log.verdict(&variant, &[], 5), Verdict::Keep);
+        log.record(&Purge {
+            target: Target::Key(key().to_hex()),
+            at: 10,
+            soft: true,
+        });
+        assert_eq!(log.verdict(&variant, &[], 5), Verdict::Expire(10));
+        assert_eq!(log.verdict(&variant, &[], 11), Verdict::Keep);
     }
 }
