@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::thread::sleep;
 use std::time::{Duration, SystemTime};
 use support::client::{get, Resp};
@@ -264,6 +265,48 @@ fn interim_responses_reach_the_client_without_leaking_into_the_final_one() {
     );
     assert!(old_client.interim.is_empty(), "{:?}", old_client.interim);
     assert_eq!(old_client.body, b"ok");
+}
+
+/// A body without a length goes to an HTTP/1.0 client close-delimited: it cannot read chunked
+/// framing (RFC 9112 §6.1), on a miss or on a hit.
+#[test]
+fn an_http10_client_gets_a_body_without_a_length_close_delimited() {
+    let origin = RawOrigin::start(|_| {
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            .to_vec()
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    for round in ["miss", "hit"] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = format!(
+            "GET /old HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            proxy.port
+        );
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut bytes = Vec::new();
+        conn.read_to_end(&mut bytes).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        assert!(
+            !head.to_ascii_lowercase().contains("transfer-encoding"),
+            "{round}: {head}"
+        );
+        assert_eq!(body, "hello world", "{round}: {head}");
+        assert_status_has(
+            head.lines()
+                .find_map(|l| l.strip_prefix("cache-status: "))
+                .unwrap_or(""),
+            if round == "hit" { "hit" } else { "fwd=miss" },
+        );
+    }
+    // An HTTP/1.1 client still gets it chunked, on a kept-alive connection.
+    let chunked = raw::get(proxy.port, "/old", &[]);
+    assert_eq!(chunked.head.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(chunked.body, b"hello world");
+    assert_eq!(origin.requests(), 1, "{}", chunked.cache_status());
 }
 
 // ------------------------------------------------------------------------ dates

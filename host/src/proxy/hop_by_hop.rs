@@ -32,6 +32,14 @@ pub fn strip_for_downstream(resp: &mut ResponseHeader) {
     strip_except(resp, &["transfer-encoding"]);
 }
 
+/// An HTTP/1.0 client cannot read chunked framing (RFC 9112 §6.1), which Pingora gives every
+/// body without a length: it gets the body close-delimited instead.
+pub fn frame_for_client(client_version: http::Version, resp: &mut ResponseHeader) {
+    if client_version < http::Version::HTTP_11 {
+        resp.remove_header(&http::header::TRANSFER_ENCODING);
+    }
+}
+
 fn strip_except(resp: &mut ResponseHeader, keep: &[&str]) {
     // Stored heads were stripped when filled, so most calls (every hit) find none: one pass
     // over the names is cheaper than a lookup per hop-by-hop name. `Connection` is in

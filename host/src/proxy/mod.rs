@@ -303,6 +303,7 @@ impl ProxyHttp for CachetProxy {
             return interim::forward_now(session, upstream_response).await;
         }
         directives::strip_downstream(upstream_response);
+        hop_by_hop::frame_for_client(session.req_header().version, upstream_response);
         deliver::apply(self, session, upstream_response, ctx);
         cache_status::apply(upstream_response, &session.cache, ctx)
     }
