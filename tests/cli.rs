@@ -76,6 +76,27 @@ fn a_disk_tier_capped_below_its_minimum_of_objects_names_the_key() {
 }
 
 #[test]
+fn a_host_pattern_that_is_no_name_wildcard_or_catch_all_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    let plugin = plugin("standard");
+    for pattern in ["*shop.test", "shop.test:8080", "*.*.test"] {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"x\"\nhosts = [{pattern:?}]\nupstream = \"127.0.0.1:9\"\nplugin = {:?}\n",
+                plugin.display().to_string()
+            ),
+        )
+        .unwrap();
+        let (ok, out) = run(&["validate", "--config", config.to_str().unwrap()]);
+        assert!(!ok, "{pattern}: {out}");
+        assert!(out.contains("cachet.toml:6"), "{out}");
+        assert!(out.contains("tenant.hosts"), "{out}");
+    }
+}
+
+#[test]
 fn a_config_with_a_bad_upstream_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cachet.toml");

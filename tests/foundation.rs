@@ -334,6 +334,10 @@ fn unknown_hosts_get_a_4xx_and_tenants_are_routed_by_host() {
         send("GET", &url, &[("Host", "www.b.test:8080")]).text(),
         "from b"
     );
+    // A fully qualified name (final dot) is the same host.
+    assert_eq!(send("GET", &url, &[("Host", "a.test.")]).text(), "from a");
     let unknown = send("GET", &url, &[("Host", "c.test")]);
     assert_eq!(unknown.status, 421);
+    // A name merely ending like a wildcard's domain is not under it.
+    assert_eq!(send("GET", &url, &[("Host", "evilb.test")]).status, 421);
 }

@@ -685,13 +685,23 @@ impl Locator<'_> {
             .hosts
             .get_ref()
             .iter()
-            .map(|h| h.trim().to_ascii_lowercase())
+            // A fully qualified name's final dot names the same host.
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
             .collect();
         if hosts.is_empty() || hosts.iter().any(String::is_empty) {
             return Err(self.at(
                 t.hosts.span(),
                 "tenant.hosts",
                 "must list at least one non-empty host (\"*\" matches any)",
+            ));
+        }
+        if let Some(bad) = hosts.iter().find(|h| !crate::tenant::is_host_pattern(h)) {
+            return Err(self.at(
+                t.hosts.span(),
+                "tenant.hosts",
+                format!(
+                    "{bad:?} is not a host name (without a port), \"*.\" followed by one, or \"*\""
+                ),
             ));
         }
         for host in &hosts {

@@ -194,9 +194,11 @@ impl TenantRouter {
         router
     }
 
-    /// The tenant for a Host value (any port is ignored).
+    /// The tenant for a Host value (any port, and a fully qualified name's final dot, are
+    /// ignored).
     pub fn route(&self, host: &str) -> Option<&Arc<Tenant>> {
         let name = strip_port(host);
+        let name = name.strip_suffix('.').unwrap_or(name);
         if let Some(t) = self.exact.get(name) {
             return Some(t);
         }
@@ -210,6 +212,27 @@ impl TenantRouter {
     pub fn tenants(&self) -> &[Arc<Tenant>] {
         &self.all
     }
+}
+
+/// A pattern of `[[tenant]] hosts`: `*`, `*.` and a name (any name under it, not the name
+/// itself), or a name: DNS labels, an IPv4 address, or a bracketed IPv6 address. No port: one
+/// would never match, as routing ignores the request's.
+pub fn is_host_pattern(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return pattern == name && literal.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn strip_port(host: &str) -> &str {
@@ -226,7 +249,37 @@ fn strip_port(host: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_port;
+    use super::{is_host_pattern, strip_port};
+
+    #[test]
+    fn host_patterns_are_names_wildcards_over_names_or_the_catch_all() {
+        for good in [
+            "*",
+            "shop.test",
+            "*.shop.test",
+            "localhost",
+            "10.0.0.1",
+            "[::1]",
+            "a_b.test",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(is_host_pattern(good), "{good}");
+        }
+        for bad in [
+            "*shop.test",
+            "a*.test",
+            "*.*.test",
+            "shop.test:8080",
+            "shop..test",
+            "*.",
+            "[::1]:80",
+            "*.[::1]",
+            "shop test",
+            "shop/test",
+        ] {
+            assert!(!is_host_pattern(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn ports_are_ignored_for_routing() {
