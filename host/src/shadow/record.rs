@@ -1,6 +1,7 @@
 //! What operators see of a shadow: counts per hook and result, and the last disagreeing
 //! requests with both outputs. Only the method, host and path of a request are kept — never
-//! its body, its query, and never a cookie or credential value, even inside a cache key.
+//! its body, its query's values, and never a cookie or credential value, even inside a cache
+//! key.
 
 use super::compare::{Comparison, Outcome};
 use super::HOOKS;
@@ -55,8 +56,9 @@ impl ShadowRecord {
             hook: HOOKS[hook],
             result: RESULTS[result],
             method: request.method.as_str().to_owned(),
-            host: clip(&secrets.hide(&crate::policy::request_host(request))),
-            path: clip(&secrets.hide(request.uri.path())),
+            // The Host and the path are the request's own, not where a plugin put a secret.
+            host: clip(&crate::policy::request_host(request)),
+            path: clip(request.uri.path()),
             live: clip(&secrets.hide(&live)),
             shadow: clip(&secrets.hide(&shadow)),
         };
@@ -118,9 +120,16 @@ fn clip(text: &str) -> String {
     text.chars().take(MAX_TEXT).collect()
 }
 
-/// The request's cookie values and credentials, which a plugin may have copied into a key
-/// or a reason: they are replaced before anything is kept.
-struct Secrets(Vec<String>);
+/// The request's cookie values, credentials and query values, which a plugin may have copied
+/// into a key or a reason: they are hidden before anything is kept. A query keeps its names
+/// and their order (`a=[hidden]&b=[hidden]`): how two keys order or filter parameters is what
+/// a disagreement is usually about.
+struct Secrets {
+    /// Cookie values and credentials, longest first.
+    words: Vec<String>,
+    /// The query's `name=value` pairs.
+    query: Vec<(String, String)>,
+}
 
 const HIDDEN: &str = "[hidden]";
 
@@ -150,16 +159,113 @@ impl Secrets {
         values.retain(|v| !v.is_empty());
         // Longest first, so a whole header goes before the pieces it contains.
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        Self(values)
+        let query = request
+            .uri
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|pair| pair.split_once('='))
+            .filter(|(_, value)| !value.is_empty())
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        Self {
+            words: values,
+            query,
+        }
     }
 
+    /// Hides every quoted string (a key part, a reason) that holds a secret, whole, so neither
+    /// the secret nor where it sat shows; between quoted strings, the secret alone. A secret
+    /// counts only as a whole word: a one-letter cookie value does not hide every word with
+    /// that letter.
     fn hide(&self, text: &str) -> String {
+        let text = self.hide_query_values(text);
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(open) = rest.find('"') {
+            out.push_str(&self.hide_words(&rest[..open]));
+            let quoted = &rest[open..];
+            let close = closing_quote(quoted).map_or(quoted.len(), |end| end + 1);
+            let (string, after) = quoted.split_at(close);
+            let is_query_value = self
+                .query
+                .iter()
+                .any(|(_, v)| string.get(1..close - 1) == Some(v));
+            if is_query_value
+                || self
+                    .words
+                    .iter()
+                    .any(|secret| contains_word(string, secret))
+            {
+                out.push_str(&format!("\"{HIDDEN}\""));
+            } else {
+                out.push_str(string);
+            }
+            rest = after;
+        }
+        out.push_str(&self.hide_words(rest));
+        out
+    }
+
+    /// `name=value` of the request's query becomes `name=[hidden]` wherever it appears.
+    fn hide_query_values(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for secret in &self.0 {
-            out = out.replace(secret.as_str(), HIDDEN);
+        for (name, value) in &self.query {
+            let pair = format!("{name}={value}");
+            let mut from = 0;
+            while let Some(at) = find_word(&out[from..], &pair).map(|at| from + at) {
+                let value_at = at + name.len() + 1;
+                out.replace_range(value_at..value_at + value.len(), HIDDEN);
+                from = value_at + HIDDEN.len();
+            }
         }
         out
     }
+
+    fn hide_words(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.words {
+            let mut from = 0;
+            // Past each replacement: a secret inside "[hidden]" is not searched again.
+            while let Some(at) = find_word(&out[from..], secret).map(|at| from + at) {
+                out.replace_range(at..at + secret.len(), HIDDEN);
+                from = at + HIDDEN.len();
+            }
+        }
+        out
+    }
+}
+
+/// Where the Debug-quoted string opening `text` (at its first byte) ends.
+fn closing_quote(text: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in text.char_indices().skip(1) {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => return Some(i),
+            _ => escaped = false,
+        }
+    }
+    None
+}
+
+fn contains_word(text: &str, word: &str) -> bool {
+    find_word(text, word).is_some()
+}
+
+/// The first place `word` stands in `text` with no letter or digit right before or after it.
+fn find_word(text: &str, word: &str) -> Option<usize> {
+    let alnum = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let mut from = 0;
+    while let Some(found) = text[from..].find(word) {
+        let at = from + found;
+        let end = at + word.len();
+        if !alnum(text[..at].chars().next_back()) && !alnum(text[end..].chars().next()) {
+            return Some(at);
+        }
+        from = at + text[at..].chars().next().map_or(1, char::len_utf8);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -180,5 +286,31 @@ mod tests {
         assert!(!hidden.contains("tok-123"), "{hidden}");
         assert!(!hidden.contains("dark"), "{hidden}");
         assert!(hidden.contains("[hidden]"));
+    }
+
+    #[test]
+    fn query_values_and_short_cookie_values_are_hidden_without_mangling_the_rest() {
+        let mut req =
+            RequestHeader::build("GET", b"/p?access_token=SECRET123&size=10", None).unwrap();
+        req.insert_header("Cookie", "a=e").unwrap();
+        let secrets = Secrets::of(&req);
+        let hidden = secrets.hide(
+            r#"cache, key ["qa.test", "/p", "access_token=SECRET123&size=10", "e"] reason e"#,
+        );
+        assert_eq!(
+            hidden,
+            r#"cache, key ["qa.test", "/p", "access_token=[hidden]&size=[hidden]", "[hidden]"] reason [hidden]"#
+        );
+        assert_eq!(
+            secrets.hide(r#"["/p", "SECRET123", "size=10&access_token=SECRET123"]"#),
+            r#"["/p", "[hidden]", "size=[hidden]&access_token=[hidden]"]"#
+        );
+        // A secret that is part of the marker itself does not loop.
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("Cookie", "x=hidden").unwrap();
+        assert_eq!(
+            Secrets::of(&req).hide("reason hidden hidden"),
+            "reason [hidden] [hidden]"
+        );
     }
 }
