@@ -217,6 +217,12 @@ fn read_and_total_timeouts_come_from_the_config() {
         assert_eq!(send("GET", &proxy.url("/quick"), &[]).text(), "on time");
         let started = Instant::now();
         let resp = send("GET", &proxy.url("/slow"), &[]);
+        // cachet's own error answer is labelled like every response.
+        assert!(
+            resp.cache_status().starts_with("cachet; fwd="),
+            "{:?}",
+            resp.cache_status()
+        );
         (resp.status, started.elapsed())
     };
     let (status, took) = timed("read_timeout = \"300ms\"");

@@ -157,6 +157,16 @@ pub fn hit_value(ctx: &RequestCtx, ttl: u64) -> String {
     render(&outcome, 0, Some(ttl), false, shown_key(ctx).as_deref())
 }
 
+/// cachet's member for an error response cachet wrote itself because the origin failed: how
+/// the request went forward, with no origin status, freshness or storing to report.
+pub fn error_value(cache: &HttpCache, ctx: &RequestCtx) -> String {
+    let mut outcome = outcome(Facts::of(ctx), &cache.phase());
+    outcome.hit = false;
+    outcome.fwd_status = false;
+    outcome.stored = false;
+    render(&outcome, 0, None, false, shown_key(ctx).as_deref())
+}
+
 /// The key as `key="…"` shows it, when the tenant's debug option asks for it.
 fn shown_key(ctx: &RequestCtx) -> Option<String> {
     let show_key = ctx

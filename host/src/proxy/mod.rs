@@ -259,7 +259,18 @@ impl ProxyHttp for CachetProxy {
         }
         let code = crate::upstream::failure_status(e);
         if code > 0 {
-            if let Err(write) = session.respond_error(code).await {
+            // Pingora's error answer, with cachet's Cache-Status member like every response.
+            let mut resp = pingora::protocols::http::ServerSession::generate_error(code);
+            let member = cache_status::error_value(&session.cache, ctx);
+            let written = match cache_status::append_member(&mut resp, member) {
+                Ok(()) => {
+                    session
+                        .write_error_response(resp, bytes::Bytes::new())
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(write) = written {
                 tracing::debug!("cannot send the error response: {write}");
             }
         }
