@@ -216,6 +216,38 @@ fn validating_origin(cc: &'static str, not_modified: Arc<AtomicUsize>) -> Origin
     })
 }
 
+/// A 304 whose updated response may not be stored (here: it sets a cookie) still reaches the
+/// client whole: every field of the 304 over the stored ones (RFC 9111 §4.3.4).
+#[test]
+fn a_304_that_makes_the_response_unstorable_still_gives_the_client_all_its_fields() {
+    let origin = Origin::start(|seen: &Seen| {
+        if seen.header("if-none-match") == Some("\"v1\"") {
+            return Reply::ok("")
+                .status(304)
+                .header("ETag", "\"v1\"")
+                .header("Set-Cookie", "sid=2; Path=/")
+                .header("X-Version", "2");
+        }
+        Reply::ok("body v1")
+            .header("Cache-Control", "max-age=1")
+            .header("ETag", "\"v1\"")
+            .header("X-Version", "1")
+    });
+    let proxy = proxy_for(&origin);
+    assert_eq!(get(&proxy.url("/c")).header("x-version"), Some("1"));
+    sleep(Duration::from_millis(1100));
+    let revalidated = get(&proxy.url("/c"));
+    assert_eq!(revalidated.text(), "body v1");
+    assert_eq!(
+        revalidated.header("set-cookie"),
+        Some("sid=2; Path=/"),
+        "{:?}",
+        revalidated.headers
+    );
+    assert_eq!(revalidated.header("x-version"), Some("2"));
+    assert_eq!(origin.hits(), 2);
+}
+
 #[test]
 fn no_cache_is_stored_but_always_revalidated() {
     let not_modified = Arc::new(AtomicUsize::new(0));

@@ -48,6 +48,9 @@ pub struct RequestCtx {
     pub(crate) tier_read_ahead: Option<crate::storage::tiers::TierReadAhead>,
     /// The origin's 304 to a revalidation, whose fields pingora only partly merges.
     pub(crate) not_modified: Option<Box<ResponseHeader>>,
+    /// That 304 again when its merged response was not stored: Pingora then sends the stored
+    /// response with only its own part of the 304 merged, and response_filter merges the rest.
+    pub(crate) unstored_not_modified: Option<Box<ResponseHeader>>,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,
     /// The `[tenant.backends]` entry the plugin picked (None: the tenant's upstream).

@@ -307,6 +307,9 @@ impl ProxyHttp for CachetProxy {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         invalidate::after_response(&self.state, session.req_header(), upstream_response, ctx);
+        if let Some(not_modified) = ctx.unstored_not_modified.take() {
+            *upstream_response = revalidation::merge(upstream_response, &not_modified);
+        }
         hop_by_hop::strip_for_downstream(upstream_response);
         // An interim response (103 Early Hints) goes on as the origin sent it; the final
         // response is judged and labelled on its own.

@@ -21,13 +21,18 @@ pub(super) fn response_cache_filter(
 ) -> RespCacheable {
     // After a 304, `resp` is the stored header with part of the 304 merged in; apply the rest
     // so the plugin and the freshness rules see the updated response.
-    let merged = ctx
-        .not_modified
-        .take()
-        .map(|not_modified| revalidation::merge(resp, &not_modified));
+    let not_modified = ctx.not_modified.take();
+    let merged = not_modified
+        .as_ref()
+        .map(|not_modified| revalidation::merge(resp, not_modified));
     let resp = merged.as_ref().unwrap_or(resp);
     let verdict = decide(proxy, session, resp, ctx);
     ctx.stored = matches!(verdict, RespCacheable::Cacheable(_));
+    if !ctx.stored {
+        // RFC 9111 §4.3.4: the client gets every field of the 304 (a Set-Cookie too), stored
+        // or not.
+        ctx.unstored_not_modified = not_modified;
+    }
     verdict
 }
 
