@@ -249,6 +249,20 @@ fn a_304_that_makes_the_response_unstorable_still_gives_the_client_all_its_field
 }
 
 #[test]
+fn a_response_to_a_no_store_request_is_not_stored() {
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));
+    let proxy = proxy_for(&origin);
+    let first = send("GET", &proxy.url("/ns"), &[("Cache-Control", "no-store")]);
+    assert!(
+        !first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    assert_status_has(&get(&proxy.url("/ns")), "fwd=miss");
+    assert_eq!(origin.hits(), 2);
+}
+
+#[test]
 fn no_cache_is_stored_but_always_revalidated() {
     let not_modified = Arc::new(AtomicUsize::new(0));
     let origin = Origin::start({

@@ -93,6 +93,12 @@ fn decide(
     if let Some(reason) = host_guard(resp) {
         return not_stored(ctx, reason);
     }
+    // RFC 9111 §5.2.1.5: nothing of a response to a no-store request may be stored.
+    if pingora_cache::cache_control::CacheControl::from_req_headers(session.req_header())
+        .is_some_and(|cc| cc.no_store())
+    {
+        return not_stored_this_time(ctx, "request sent no-store");
+    }
     // Known to be too large: say so now. (A chunked body that outgrows the
     // limit is still streamed to the client and simply not kept by storage.)
     let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
