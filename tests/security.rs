@@ -500,6 +500,40 @@ fn a_field_the_connection_header_nominates_does_not_choose_a_variant() {
     );
 }
 
+/// A client's long URL makes a key over `max_key_bytes`: the request bypasses the cache, for
+/// a plugin as for the native policy, and no plugin fault is recorded (any client could raise
+/// that metric, or get a 502 where `on_plugin_error = "error"`).
+#[test]
+fn a_key_too_long_for_the_limit_bypasses_the_cache_without_a_fault() {
+    let origin = echo_origin();
+    for policy in [plugin("standard"), PathBuf::from("builtin:standard")] {
+        let proxy = Proxy::start_with_server(
+            &format!("admin_token = \"{TOKEN}\""),
+            CACHE,
+            &[TenantSpec::new("site", origin.addr, &policy).extra("on_plugin_error = \"error\"")],
+        );
+        let long = format!("/long?q={}", "x".repeat(5000));
+        for _ in 0..2 {
+            let resp = send("GET", &proxy.url(&long), &[]);
+            assert_eq!(resp.status, 200, "{policy:?}: {}", resp.text());
+            assert!(
+                resp.cache_status().contains("fwd=bypass")
+                    && resp.cache_status().contains("over max_key_bytes"),
+                "{policy:?}: {}",
+                resp.cache_status()
+            );
+        }
+        let metrics = send("GET", &proxy.admin_url("/metrics"), &[]).text();
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("cachet_plugin_faults_total") && !l.ends_with(" 0")),
+            "{policy:?}: {metrics}"
+        );
+    }
+    assert_eq!(origin.hits_for(&format!("/long?q={}", "x".repeat(5000))), 4);
+}
+
 #[test]
 fn the_authorization_scheme_is_case_insensitive() {
     let origin = echo_origin();

@@ -196,8 +196,19 @@ pub(crate) fn response_decision_v1(
     })
 }
 
-/// Checks the key parts against the tenant's limits.
-pub(crate) fn key_parts(parts: Vec<String>, limits: &PluginLimits) -> Result<Vec<String>, String> {
+/// Room a key may take beyond the bytes of the request it is made from (separators, a
+/// tenant's constant parts).
+const KEY_ROOM: usize = 1024;
+
+/// Checks the key parts against the tenant's limits. Too many parts, or more bytes than
+/// `max_key_bytes` and than the request they were made from (`request_bytes`) holds, is the
+/// plugin's doing: a fault. A key over `max_key_bytes` only because the client sent a long
+/// URL or field is not: the request bypasses the cache ([`key_too_long`]).
+pub(crate) fn key_parts(
+    parts: Vec<String>,
+    limits: &PluginLimits,
+    request_bytes: usize,
+) -> Result<Vec<String>, String> {
     if parts.len() > limits.max_key_parts {
         return Err(format!(
             "cache key has {} parts, limit {}",
@@ -206,13 +217,24 @@ pub(crate) fn key_parts(parts: Vec<String>, limits: &PluginLimits) -> Result<Vec
         ));
     }
     let total: usize = parts.iter().map(String::len).sum();
-    if total > limits.max_key_bytes {
+    if total > limits.max_key_bytes && total > request_bytes.saturating_add(KEY_ROOM) {
         return Err(format!(
-            "cache key of {total} bytes exceeds the limit of {}",
+            "cache key of {total} bytes exceeds the limit of {} and the request's own size",
             limits.max_key_bytes
         ));
     }
     Ok(parts)
+}
+
+/// Why a key is not used, when its parts add up to more than `max_key_bytes`.
+pub fn key_too_long(parts: &[String], limits: &PluginLimits) -> Option<String> {
+    let total: usize = parts.iter().map(String::len).sum();
+    (total > limits.max_key_bytes).then(|| {
+        format!(
+            "cache key of {total} bytes is over max_key_bytes ({})",
+            limits.max_key_bytes
+        )
+    })
 }
 
 /// Longest backend name a plugin may return.

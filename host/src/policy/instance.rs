@@ -153,7 +153,10 @@ impl PolicyInstance {
         // A key read from the unedited request must never name an edited one.
         let key = match key {
             Some(parts) if plan.edits.is_empty() && plan.decision == RequestDecision::Cache => {
-                Some(decision::key_parts(parts, limits).map_err(PluginFault::InvalidOutput)?)
+                Some(
+                    decision::key_parts(parts, limits, request_bytes(request))
+                        .map_err(PluginFault::InvalidOutput)?,
+                )
             }
             _ => None,
         };
@@ -169,7 +172,8 @@ impl PolicyInstance {
         let parts = self.call(limits, Some(request), None, |hooks, store| {
             hooks.cache_key(store, request, pending)
         })?;
-        decision::key_parts(parts, limits).map_err(PluginFault::InvalidOutput)
+        decision::key_parts(parts, limits, request_bytes(request))
+            .map_err(PluginFault::InvalidOutput)
     }
 
     fn on_response(
@@ -566,4 +570,15 @@ impl InstancePool {
         }
         Ok(result)
     }
+}
+
+/// The bytes of a request's target and fields: what a cache key made from it can hold.
+fn request_bytes(request: &RequestHeader) -> usize {
+    let target = request.raw_path().len();
+    let fields: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    target + fields
 }

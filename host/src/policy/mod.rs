@@ -23,7 +23,7 @@ pub use artifact_cache::ArtifactCache;
 pub use builtin::BuiltinPolicy;
 pub(crate) use decision::clean_reason;
 pub use decision::{
-    OriginFailure, RequestDecision, ResponseDecision, ResponsePlan, StoreDirective,
+    key_too_long, OriginFailure, RequestDecision, ResponseDecision, ResponsePlan, StoreDirective,
     SyntheticResponse,
 };
 pub use edits::{apply_to_response, HeaderEdit};

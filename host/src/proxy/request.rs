@@ -69,7 +69,8 @@ pub(super) async fn request_filter(
 
     match verdict {
         Ok((RequestDecision::Cache, Some(parts))) => {
-            ctx.route = match host_guard(session) {
+            let too_long = || crate::policy::key_too_long(&parts, &tenant.config.limits);
+            ctx.route = match host_guard(session).or_else(too_long) {
                 Some(reason) => Route::Bypass(reason),
                 None => {
                     ctx.key = super::cache_key::primary_key(tenant.name(), &parts);
