@@ -375,6 +375,11 @@ fn bad_tls_settings_are_refused_before_serving_with_the_reason() {
     );
     assert!(!ok);
     assert!(out.contains("does not go with"), "{out}");
+    // The refusal names the keys and the files.
+    assert!(
+        out.contains("tenant.tls_key") && out.contains(&other_key.display().to_string()),
+        "{out}"
+    );
 
     let (ok, out) = validate("h2_max_concurrent_streams = 0", "");
     assert!(!ok);

@@ -54,6 +54,19 @@ pub struct CertStore {
     refusals: Mutex<BTreeMap<CertOwner, Refusal>>,
 }
 
+/// Why a configured pair was refused, naming its config keys and files.
+fn refused(owner: &CertOwner, paths: &CertPaths, reason: &dyn fmt::Display) -> String {
+    let table = match owner {
+        CertOwner::Default => "server",
+        CertOwner::Tenant(_) => "tenant",
+    };
+    format!(
+        "{owner} certificate refused ({table}.tls_cert = {}, {table}.tls_key = {}): {reason}",
+        paths.cert.display(),
+        paths.key.display()
+    )
+}
+
 /// Which pair each owner is configured with.
 fn configured(config: &Config) -> Vec<(CertOwner, CertPaths)> {
     let default = config
@@ -75,7 +88,7 @@ impl CertStore {
         let mut certs = BTreeMap::new();
         for (owner, paths) in configured(config) {
             let loaded = LoadedCert::load(&paths)
-                .map_err(|e| anyhow::anyhow!("{owner} certificate refused: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{}", refused(&owner, &paths, &e)))?;
             announce(&owner, &loaded);
             certs.insert(owner, Arc::new(loaded));
         }
@@ -117,8 +130,8 @@ impl CertStore {
                     current.get(&owner).cloned().unwrap_or_else(|| old.clone())
                 }
                 None => {
-                    let loaded = LoadedCert::load(&paths)
-                        .map_err(|e| format!("{owner} certificate refused: {e}"))?;
+                    let loaded =
+                        LoadedCert::load(&paths).map_err(|e| refused(&owner, &paths, &e))?;
                     announce(&owner, &loaded);
                     Arc::new(loaded)
                 }
