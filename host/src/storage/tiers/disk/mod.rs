@@ -311,18 +311,33 @@ fn flock(file: &File, operation: libc::c_int) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), operation) == 0 }
 }
 
-/// The newest purge marks kept from earlier runs; unreadable lines are skipped.
+/// The newest purge marks kept from earlier runs. An unreadable line (damaged, cut off by a
+/// crash, not UTF-8) is skipped alone: lines are split as bytes, so one bad byte cannot end
+/// the reading and lose every mark after it.
 fn read_marks(path: &Path) -> anyhow::Result<Vec<Purge>> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let mut marks: Vec<Purge> = BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|line| serde_json::from_str(&line).ok())
-        .collect();
+    let mut marks = Vec::new();
+    let mut skipped = 0usize;
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Purge>(&line) {
+            Ok(mark) => marks.push(mark),
+            Err(_) => skipped += 1,
+        }
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            "disk tier: skipped {skipped} unreadable line(s) of {}",
+            path.display()
+        );
+    }
     let excess = marks.len().saturating_sub(MAX_MARKS);
     marks.drain(..excess);
     Ok(marks)
@@ -358,6 +373,45 @@ mod tests {
         assert!(!dir.path().join("blocks").exists());
         assert!(dir.path().join("purges.jsonl").exists());
         remove_block_store(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_mark_loses_only_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("purges.jsonl");
+        let mark = |tag: &str, at| Purge {
+            target: Target::Tag {
+                partition: "site".into(),
+                tag: tag.into(),
+            },
+            at,
+            soft: false,
+        };
+        let line = |purge: &Purge| serde_json::to_string(purge).unwrap().into_bytes();
+        let mut bytes = Vec::new();
+        for (i, bad) in [
+            line(&mark("a", 1)),
+            // Not UTF-8: a byte of the tag replaced by 0xff.
+            line(&mark("b", 2))
+                .into_iter()
+                .map(|b| if b == b'b' { 0xff } else { b })
+                .collect(),
+            b"{\"target\": not json".to_vec(),
+            line(&mark("c", 3)),
+            // Cut off by a crash mid-append.
+            line(&mark("d", 4))[..20].to_vec(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            bytes.extend_from_slice(&bad);
+            bytes.push(b'\n');
+            if i == 2 {
+                bytes.push(b'\n');
+            }
+        }
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(read_marks(&path).unwrap(), vec![mark("a", 1), mark("c", 3)]);
     }
 
     #[test]
