@@ -438,3 +438,39 @@ fn a_value_damaged_in_redis_is_a_miss_and_never_served() {
         value.map(|v| String::from_utf8_lossy(&v).into_owned())
     );
 }
+
+/// A soft URL purge keeps the shared copy and makes it stale: a node that never held the
+/// object in memory revalidates the copy from Redis with a conditional request, instead of
+/// fetching it whole.
+#[test]
+fn a_soft_url_purge_keeps_the_shared_copy_for_revalidation() {
+    let redis = Redis::start(free_port());
+    let origin = Origin::start(|seen| {
+        if seen.header("if-none-match") == Some("\"v1\"") {
+            return Reply::ok("")
+                .status(304)
+                .header("ETag", "\"v1\"")
+                .header("Cache-Control", "public, max-age=300");
+        }
+        Reply::ok(format!("{} v1", seen.url))
+            .header("ETag", "\"v1\"")
+            .header("Cache-Control", "public, max-age=300")
+    });
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    let filled = get(&a, "/soft-url", &[]);
+    wait_writes(&a, 1);
+
+    purge(&b, "/soft-url", &[("Cache-Purge-Soft", "1")]);
+    let resp = get(&b, "/soft-url", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=stale"),
+        "revalidated, not a miss: {}",
+        resp.cache_status()
+    );
+    assert_eq!(resp.text(), filled.text());
+    let asked = origin.seen();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[1].header("if-none-match"), Some("\"v1\""));
+    assert!(is_l1_hit(&get(&b, "/soft-url", &[])));
+}

@@ -234,7 +234,8 @@ impl Tier for DiskTier {
             self.pending_marks.lock().push(purge.clone());
             return;
         };
-        if let Target::Key(hex) = &purge.target {
+        // A soft purge keeps the copy: its mark makes it stale, to be revalidated.
+        if let (Target::Key(hex), false) = (&purge.target, purge.soft) {
             if let Some(key) = TierKey::from_hex(hex) {
                 self.remove(&key);
             }
