@@ -344,15 +344,16 @@ impl Tier for SharedTier {
         );
     }
 
-    fn publish(&self, purge: &Purge) {
+    /// Sent in the background: a failure is counted and logged, not returned.
+    fn publish(&self, purge: &Purge) -> Result<(), String> {
         let Ok(message) = serde_json::to_string(&Message {
             node: self.node.clone(),
             purge: purge.clone(),
         }) else {
-            return;
+            return Ok(());
         };
         let Ok(mark) = serde_json::to_string(purge) else {
-            return;
+            return Ok(());
         };
         let marks = self.channel();
         let mut cmd = redis::pipe();
@@ -378,6 +379,7 @@ impl Tier for SharedTier {
             .ignore();
         self.conn
             .spawn(&self.runtime, PURGE_TIMEOUT, cmd, "a purge");
+        Ok(())
     }
 
     fn max_value(&self) -> usize {

@@ -147,12 +147,13 @@ impl TieredStorage {
         Ok(None)
     }
 
-    /// Marks a pingora purge target in the L2 tiers.
+    /// Marks a pingora purge target in the L2 tiers. A tier that cannot record it has counted
+    /// and logged that: pingora's purge has no way to report it.
     fn mark_target(&self, key: &CompactCacheKey, soft: bool) {
         if self.tiers.is_empty() {
             return;
         }
-        self.publish(Purge {
+        let _ = self.publish(Purge {
             target: Target::Key(TierKey::of_compact(key).to_hex()),
             at: record::now_ns(),
             soft,

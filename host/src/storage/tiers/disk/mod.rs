@@ -149,6 +149,23 @@ impl DiskTier {
         tracing::warn!("disk tier: {doing}: {error}");
     }
 
+    /// Removes `key`, writing a tombstone so it does not come back after a restart. False
+    /// when the tombstone could not be written (counted and logged).
+    fn remove_from(&self, store: &Store, key: &TierKey) -> bool {
+        match store.segments.remove(key.as_bytes()) {
+            Ok(removed) => {
+                if removed {
+                    TierCounters::bump(&self.counters.removed);
+                }
+                true
+            }
+            Err(e) => {
+                self.io_error("removing an object", &e);
+                false
+            }
+        }
+    }
+
     /// Writes what the page cache holds for the tier to the disk (shutdown).
     pub(crate) async fn close(&self) {
         let Some(store) = self.store.get() else {
@@ -219,31 +236,33 @@ impl Tier for DiskTier {
     }
 
     fn remove(&self, key: &TierKey) {
-        let Some(store) = self.store.get() else {
-            return;
-        };
-        match store.segments.remove(key.as_bytes()) {
-            Ok(true) => TierCounters::bump(&self.counters.removed),
-            Ok(false) => {}
-            Err(e) => self.io_error("removing an object", &e),
+        if let Some(store) = self.store.get() {
+            self.remove_from(store, key);
         }
     }
 
-    fn publish(&self, purge: &Purge) {
+    fn publish(&self, purge: &Purge) -> Result<(), String> {
         let Some(store) = self.store.get() else {
             self.pending_marks.lock().push(purge.clone());
-            return;
+            return Ok(());
         };
         // A soft purge keeps the copy: its mark makes it stale, to be revalidated.
-        if let (Target::Key(hex), false) = (&purge.target, purge.soft) {
-            if let Some(key) = TierKey::from_hex(hex) {
-                self.remove(&key);
+        let tombstoned = match (&purge.target, purge.soft) {
+            (Target::Key(hex), false) => {
+                TierKey::from_hex(hex).is_some_and(|key| self.remove_from(store, &key))
             }
+            _ => false,
+        };
+        let Err(e) = store.marks.lock().append(purge) else {
+            return Ok(());
+        };
+        TierCounters::bump(&self.counters.errors);
+        tracing::warn!("disk tier: cannot record a purge: {e:#}");
+        // The tombstone alone keeps a URL purge across a restart; nothing else would.
+        if tombstoned {
+            return Ok(());
         }
-        if let Err(e) = store.marks.lock().append(purge) {
-            TierCounters::bump(&self.counters.errors);
-            tracing::warn!("disk tier: cannot record a purge: {e:#}");
-        }
+        Err(format!("cannot record the purge: {e:#}"))
     }
 
     fn max_value(&self) -> usize {
@@ -413,6 +432,43 @@ mod tests {
         }
         std::fs::write(&path, bytes).unwrap();
         assert_eq!(read_marks(&path).unwrap(), vec![mark("a", 1), mark("c", 3)]);
+    }
+
+    /// A purge the tier cannot record is reported, unless a tombstone alone keeps it.
+    #[test]
+    fn a_purge_that_cannot_be_recorded_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DiskTierConfig {
+            path: dir.path().to_path_buf(),
+            max_bytes: 8 << 20,
+            max_objects: None,
+        };
+        let tier = DiskTier::start(&config, Arc::default()).unwrap();
+        let key = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "site"));
+        let store = tier.store.get().unwrap();
+        store.segments.put(key.as_bytes(), b"value").unwrap();
+        // The marks file now refuses writes (opened read-only).
+        let path = dir.path().join("purges.jsonl");
+        store.marks.lock().file = File::open(&path).unwrap();
+        let purge = |target, soft| Purge {
+            target,
+            at: 1,
+            soft,
+        };
+
+        let url = purge(Target::Key(key.to_hex()), false);
+        assert_eq!(tier.publish(&url), Ok(()), "its tombstone keeps it");
+        assert!(!store.segments.contains(key.as_bytes()));
+        let soft_url = purge(Target::Key(key.to_hex()), true);
+        assert!(tier.publish(&soft_url).is_err(), "only a mark keeps it");
+        let tag = Target::Tag {
+            partition: "site".into(),
+            tag: "t".into(),
+        };
+        let err = tier.publish(&purge(tag, false)).unwrap_err();
+        assert!(err.contains("cannot record the purge"), "{err}");
+        let stats = tier.stats();
+        assert_eq!((stats.errors, stats.removed), (3, 1), "{stats:?}");
     }
 
     #[test]
