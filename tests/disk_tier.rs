@@ -533,3 +533,57 @@ fn a_truncated_object_is_a_miss_and_never_served() {
         f.set_len((at + 40) as u64).unwrap();
     });
 }
+
+/// An origin whose objects carry `ETag: "v1"` and that answers 304 to a request holding it.
+fn validating_origin() -> Origin {
+    Origin::start(|seen| {
+        if seen.header("if-none-match") == Some("\"v1\"") {
+            return Reply::ok("")
+                .status(304)
+                .header("ETag", "\"v1\"")
+                .header("Cache-Control", "public, max-age=300");
+        }
+        Reply::ok(format!("{} v1", seen.url))
+            .header("ETag", "\"v1\"")
+            .header("Cache-Control", "public, max-age=300")
+    })
+}
+
+/// A soft URL purge of an object only on disk (after a restart) keeps the copy and makes it
+/// stale: the next request revalidates it with a conditional request, as for a copy in
+/// memory, instead of fetching it whole.
+#[test]
+fn a_soft_url_purge_keeps_the_disk_copy_for_revalidation() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let origin = validating_origin();
+    let mut first = start(&origin, &disk);
+    let stored = get(&first, "one.test", "/soft-url", &[]).text();
+    wait_writes(&first, 1);
+    stop(&mut first);
+
+    let second = start(&origin, &disk);
+    assert_eq!(
+        purge(
+            &second,
+            "one.test",
+            "/soft-url",
+            &[("Cache-Purge-Soft", "1")]
+        ),
+        200
+    );
+    let resp = get(&second, "one.test", "/soft-url", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=stale"),
+        "revalidated, not a miss: {}",
+        resp.cache_status()
+    );
+    assert_eq!(resp.text(), stored);
+    let asked = origin.seen();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[1].header("if-none-match"), Some("\"v1\""));
+    assert!(get(&second, "one.test", "/soft-url", &[])
+        .cache_status()
+        .starts_with("cachet; hit"));
+    assert_eq!(disk_stats(&second)["removed"], 0);
+}

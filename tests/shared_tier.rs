@@ -378,3 +378,99 @@ fn a_redis_client_certificate_is_checked_before_serving() {
     let (ok, out) = validate(&cert, &key);
     assert!(ok, "{out}");
 }
+
+/// A value damaged in Redis (one byte of its body flipped, as a bad replica or a broken proxy
+/// in between would) is a miss: the other node fetches the object again, never serves or
+/// promotes the damaged bytes, counts the value as corrupt and removes it.
+#[test]
+fn a_value_damaged_in_redis_is_a_miss_and_never_served() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    let filled = get(&a, "/damaged", &[]);
+    wait_writes(&a, 1);
+
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("test:o:*").query(&mut conn).unwrap();
+    let body = filled.text();
+    let damaged = keys.iter().find_map(|key| {
+        let value: Vec<u8> = redis::cmd("GET").arg(key).query(&mut conn).unwrap();
+        let at = value
+            .windows(body.len())
+            .position(|w| w == body.as_bytes())?;
+        let flipped = value[at + 3] ^ 0xff;
+        let _: usize = redis::cmd("SETRANGE")
+            .arg(key)
+            .arg(at + 3)
+            .arg(&[flipped][..])
+            .query(&mut conn)
+            .unwrap();
+        Some(key.clone())
+    });
+    let damaged = damaged.expect("the object is in Redis");
+
+    let resp = get(&b, "/damaged", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=miss"),
+        "{}",
+        resp.cache_status()
+    );
+    assert_eq!(resp.text(), "/damaged in - #2");
+    assert_eq!(origin.hits_for("/damaged"), 2);
+    let stats = shared_stats(&b);
+    assert!(stats["corrupt"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(b.log().contains("corrupt object removed"), "{}", b.log());
+    // What B promoted into its L1 is the origin's answer, not the damaged copy.
+    let again = get(&b, "/damaged", &[]);
+    assert!(is_l1_hit(&again), "{}", again.cache_status());
+    assert_eq!(again.text(), "/damaged in - #2");
+    // B removed the damaged value and stored its own fill in its place (or removed that
+    // too, if the delete happened to land after it).
+    wait_writes(&b, 1);
+    let value: Option<Vec<u8>> = redis::cmd("GET").arg(&damaged).query(&mut conn).unwrap();
+    assert!(
+        value
+            .as_ref()
+            .is_none_or(|v| v.ends_with(b"/damaged in - #2")),
+        "{:?}",
+        value.map(|v| String::from_utf8_lossy(&v).into_owned())
+    );
+}
+
+/// A soft URL purge keeps the shared copy and makes it stale: a node that never held the
+/// object in memory revalidates the copy from Redis with a conditional request, instead of
+/// fetching it whole.
+#[test]
+fn a_soft_url_purge_keeps_the_shared_copy_for_revalidation() {
+    let redis = Redis::start(free_port());
+    let origin = Origin::start(|seen| {
+        if seen.header("if-none-match") == Some("\"v1\"") {
+            return Reply::ok("")
+                .status(304)
+                .header("ETag", "\"v1\"")
+                .header("Cache-Control", "public, max-age=300");
+        }
+        Reply::ok(format!("{} v1", seen.url))
+            .header("ETag", "\"v1\"")
+            .header("Cache-Control", "public, max-age=300")
+    });
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    let filled = get(&a, "/soft-url", &[]);
+    wait_writes(&a, 1);
+
+    purge(&b, "/soft-url", &[("Cache-Purge-Soft", "1")]);
+    let resp = get(&b, "/soft-url", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=stale"),
+        "revalidated, not a miss: {}",
+        resp.cache_status()
+    );
+    assert_eq!(resp.text(), filled.text());
+    let asked = origin.seen();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[1].header("if-none-match"), Some("\"v1\""));
+    assert!(is_l1_hit(&get(&b, "/soft-url", &[])));
+}

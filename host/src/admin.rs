@@ -319,13 +319,21 @@ fn purge_tags(state: &ProxyState, headers: &http::HeaderMap) -> Response<Vec<u8>
     let soft = headers
         .get(SOFT_HEADER)
         .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
-    let purged: usize = state
+    // Every tenant is purged, even after a tier failed to record one of them.
+    let results: Vec<_> = state
         .router
         .load()
         .tenants()
         .iter()
         .map(|tenant| state.cache.storage.purge_tags(tenant.name(), &tags, soft))
-        .sum();
+        .collect();
+    let purged: usize = match results.into_iter().collect::<Result<Vec<_>, _>>() {
+        Ok(purged) => purged.iter().sum(),
+        Err(not_kept) => {
+            let text = crate::proxy::purge::not_kept_text(&not_kept);
+            return text_reply(StatusCode::SERVICE_UNAVAILABLE, &text);
+        }
+    };
     if purged == 0 {
         return text_reply(StatusCode::NOT_FOUND, "nothing stored\n");
     }

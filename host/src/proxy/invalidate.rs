@@ -62,12 +62,9 @@ pub fn after_response(
     for target in &targets {
         match get_key(tenant.name(), policy, target) {
             Ok(Some(key)) => {
-                purged += usize::from(
-                    state
-                        .cache
-                        .storage
-                        .purge_key(&super::cache_key::storage_key(key, tenant.name())),
-                );
+                let key = super::cache_key::storage_key(key, tenant.name());
+                // A tier that could not record it has logged why; memory is purged anyway.
+                purged += usize::from(state.cache.storage.purge_key(&key).unwrap_or(true));
             }
             Ok(None) => {}
             Err(fault) => {

@@ -8,12 +8,14 @@
 //!   revalidated (and may still be served stale where the response allowed it).
 //!
 //! Answers 200 when something was purged, 404 when nothing was stored, 401 without the right
-//! bearer token, 405 when no admin token is configured, and 502 when the tenant's plugin faulted
-//! while computing the key (nothing was purged).
+//! bearer token, 405 when no admin token is configured, 502 when the tenant's plugin faulted
+//! while computing the key (nothing was purged), and 503 when the purge applies in memory but
+//! the disk tier could not record it, so it may not hold after a restart (the body says why).
 
 use super::ctx::{RequestCtx, Route};
 use super::directives::SURROGATE_KEY;
 use super::CachetProxy;
+use crate::storage::tiers::NotKept;
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -35,18 +37,21 @@ pub(super) async fn handle(
     super::respond::respond_text(session, ctx, status, body).await
 }
 
-fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, &'static str) {
+fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, String) {
     let state = &proxy.state;
     if state.admin_token.load().is_none() {
-        return (405, "PURGE needs server.admin_token to be configured\n");
+        return (
+            405,
+            "PURGE needs server.admin_token to be configured\n".into(),
+        );
     }
     let req = session.req_header();
     let authorization = req.headers.get(http::header::AUTHORIZATION);
     if !state.admin_authorized(authorization.map(|v| v.as_bytes())) {
-        return (401, "PURGE needs the admin bearer token\n");
+        return (401, "PURGE needs the admin bearer token\n".into());
     }
     let (Some(tenant), Some(policy)) = (ctx.tenant.clone(), ctx.policy.clone()) else {
-        return (404, "nothing stored\n");
+        return (404, "nothing stored\n".into());
     };
     let soft = req
         .headers
@@ -55,11 +60,13 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
     let storage = state.cache.storage;
     let found = if let Some(tags) = tags(session) {
         let tags: Vec<&str> = tags.split_ascii_whitespace().collect();
-        storage.purge_tags(tenant.name(), &tags, soft) > 0
+        storage
+            .purge_tags(tenant.name(), &tags, soft)
+            .map(|affected| affected > 0)
     } else {
         let key = match super::invalidate::get_key(tenant.name(), &policy, req) {
             Ok(Some(key)) => key,
-            Ok(None) => return (404, "this URL is not cached by the site's policy\n"),
+            Ok(None) => return (404, "this URL is not cached by the site's policy\n".into()),
             Err(fault) => {
                 tracing::warn!(
                     tenant = tenant.name(),
@@ -71,7 +78,8 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
                 ctx.fault = Some(fault);
                 return (
                     502,
-                    "the site's cache policy failed while computing the key; nothing was purged\n",
+                    "the site's cache policy failed while computing the key; nothing was purged\n"
+                        .into(),
                 );
             }
         };
@@ -82,11 +90,16 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
             storage.purge_key(&key)
         }
     };
-    if found {
-        (200, "purged\n")
-    } else {
-        (404, "nothing stored\n")
+    match found {
+        Ok(true) => (200, "purged\n".into()),
+        Ok(false) => (404, "nothing stored\n".into()),
+        Err(not_kept) => (503, not_kept_text(&not_kept)),
     }
+}
+
+/// What a 503 says of a purge a tier could not record: the operator must not take it for done.
+pub(crate) fn not_kept_text(not_kept: &NotKept) -> String {
+    format!("purged in memory, but not recorded, so it may not hold after a restart: {not_kept}\n")
 }
 
 fn tags(session: &Session) -> Option<String> {

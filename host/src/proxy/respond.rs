@@ -28,11 +28,11 @@ pub(super) async fn respond_text(
     session: &mut Session,
     ctx: &mut RequestCtx,
     status: u16,
-    body: &'static str,
+    body: impl Into<Bytes>,
 ) -> Result<()> {
     let mut header = ResponseHeader::build(status, Some(3))?;
     header.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    write_response(session, ctx, header, Bytes::from_static(body.as_bytes())).await
+    write_response(session, ctx, header, body.into()).await
 }
 
 /// Whether HTTP allows this status to carry content (RFC 9110 §6.4.1).

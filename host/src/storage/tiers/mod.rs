@@ -42,6 +42,17 @@ use std::time::Duration;
 use tier::Tier;
 use writer::{Job, Writer};
 
+/// A purge applied here (memory, this process's marks) that an L2 tier could not record: it
+/// may not hold after a restart. Names the tiers and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotKept(pub String);
+
+impl std::fmt::Display for NotKept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// L1 plus the configured L2 tiers. `Box::leak` it for `&'static`.
 pub struct TieredStorage {
     l1: &'static MemoryStorage,
@@ -127,29 +138,32 @@ impl TieredStorage {
     }
 
     /// Removes what is stored under `key` in every tier. True when something may have been
-    /// there (an L2 tier is not asked: a purge there leaves a mark instead).
-    pub fn purge_key(&self, key: &CacheKey) -> bool {
+    /// there (an L2 tier is not asked: a purge there leaves a mark instead). [`NotKept`] when
+    /// an L2 tier could not record the purge; memory is purged all the same (so are the
+    /// purges below).
+    pub fn purge_key(&self, key: &CacheKey) -> Result<bool, NotKept> {
         let found = self.l1.purge_key(key);
-        self.mark_key(key, false) || found
+        Ok(self.mark_key(key, false)? || found)
     }
 
     /// Marks what is stored under `key` stale in every tier.
-    pub fn expire_key(&self, key: &CacheKey) -> bool {
+    pub fn expire_key(&self, key: &CacheKey) -> Result<bool, NotKept> {
         let found = self.l1.expire_key(key);
-        self.mark_key(key, true) || found
+        Ok(self.mark_key(key, true)? || found)
     }
 
     /// Removes (or with `soft` expires) the partition's objects carrying any of `tags`, in
     /// every tier. Counts L1's objects, plus one per L2 tier that keeps the purge (an L2 tier
     /// cannot count what it holds).
-    pub fn purge_tags(&self, partition: &str, tags: &[&str], soft: bool) -> usize {
+    pub fn purge_tags(&self, partition: &str, tags: &[&str], soft: bool) -> Result<usize, NotKept> {
         let affected = self.l1.purge_tags(partition, tags, soft);
         if self.tiers.is_empty() {
-            return affected;
+            return Ok(affected);
         }
         let at = record::now_ns();
+        let mut kept = Ok(());
         for tag in tags {
-            self.publish(Purge {
+            let published = self.publish(Purge {
                 target: Target::Tag {
                     partition: partition.to_owned(),
                     tag: (*tag).to_owned(),
@@ -157,8 +171,9 @@ impl TieredStorage {
                 at,
                 soft,
             });
+            kept = kept.and(published);
         }
-        affected + self.tiers.len()
+        kept.map(|()| affected + self.tiers.len())
     }
 
     /// Shutdown: stores the objects still queued for the L2 tiers, then waits for the disk
@@ -186,24 +201,31 @@ impl TieredStorage {
         }
     }
 
-    fn mark_key(&self, key: &CacheKey, soft: bool) -> bool {
+    fn mark_key(&self, key: &CacheKey, soft: bool) -> Result<bool, NotKept> {
         if self.tiers.is_empty() {
-            return false;
+            return Ok(false);
         }
         self.publish(Purge {
             target: Target::Key(TierKey::of(key).to_hex()),
             at: record::now_ns(),
             soft,
-        });
-        true
+        })?;
+        Ok(true)
     }
 
     /// Records a purge made here and hands it to every tier to keep and spread.
-    fn publish(&self, purge: Purge) {
+    fn publish(&self, purge: Purge) -> Result<(), NotKept> {
         self.purges.record(&purge);
+        let mut failed = Vec::new();
         for tier in self.tiers.iter() {
-            tier.publish(&purge);
+            if let Err(e) = tier.publish(&purge) {
+                failed.push(format!("{}: {e}", tier.name()));
+            }
         }
+        if failed.is_empty() {
+            return Ok(());
+        }
+        Err(NotKept(failed.join("; ")))
     }
 
     fn max_value(&self) -> usize {

@@ -3,10 +3,12 @@
 //! re-framed uncompressed by [`super::head_frame`]) and the body.
 //! Bodies over [`chunks::SINGLE_MAX`] are stored as a head and chunks instead ([`chunks`]).
 //!
-//! `[magic (4), written_at ns (8), internal len (4), header len (4), body len (8),
-//! internal, header, body]`. Every length is checked on decode: a value that does not add up
-//! (truncated, corrupted, another format) is an error, which the tier layer treats as a miss
-//! and removes.
+//! `[magic "CTR2" (4), written_at ns (8), internal len (4), header len (4), body len (8),
+//! crc32 (4), internal, header, body]`. The CRC-32 covers every other byte of the value, so a
+//! flipped bit anywhere is found, as the disk tier's entries and the chunks of large bodies
+//! are; the lengths are checked too. A value that does not check out is [`DecodeError::Corrupt`],
+//! which the tier layer counts, treats as a miss and removes. A record of another version
+//! ("CTR1" had no checksum) is [`DecodeError::Outdated`]: a miss the next fill replaces.
 
 use super::super::internal_fields::InternalFields;
 use super::super::meta;
@@ -16,8 +18,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use pingora_cache::CacheMeta;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const MAGIC: &[u8; 4] = b"CTR1";
-const FIXED: usize = 4 + 8 + 4 + 4 + 8;
+const MAGIC: &[u8; 4] = b"CTR2";
+/// What every version's magic starts with.
+const FAMILY: &[u8; 3] = b"CTR";
+/// Where the checksum is: after the lengths, before the data.
+const CRC_AT: usize = 4 + 8 + 4 + 4 + 8;
+const FIXED: usize = CRC_AT + 4;
 
 /// A decoded object.
 pub(crate) struct Record {
@@ -25,6 +31,24 @@ pub(crate) struct Record {
     pub(crate) body: Body,
     /// When the fill that produced it started (ns since the epoch): purges recorded later win.
     pub(crate) written_at: u64,
+}
+
+/// Why a stored value is not an object to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    /// A record of another format version: a miss, not damage.
+    Outdated,
+    /// Truncated, altered or not a cachet object at all.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Outdated => f.write_str("a record of another format version"),
+            Self::Corrupt(why) => f.write_str(why),
+        }
+    }
 }
 
 /// Where a decoded object's body is.
@@ -49,28 +73,43 @@ pub(crate) fn encode_parts(
     out.put_u32(u32::try_from(internal.len()).ok()?);
     out.put_u32(u32::try_from(header.len()).ok()?);
     out.put_u64(body_len as u64);
+    out.put_u32(0);
     out.put_slice(internal);
     out.put_slice(header);
     for chunk in body {
         out.put_slice(chunk);
     }
+    let crc = checksum(&out);
+    out[CRC_AT..FIXED].copy_from_slice(&crc.to_be_bytes());
     Some(out.freeze())
+}
+
+/// The CRC-32 of a record's bytes but its checksum field.
+fn checksum(value: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&value[..CRC_AT]);
+    hasher.update(&value[FIXED..]);
+    hasher.finalize()
 }
 
 /// Decodes a stored value: a whole object (the body a slice of `value`, not a copy) or the
 /// head of a chunked one.
-pub(crate) fn decode(value: Bytes) -> Result<Record, String> {
+pub(crate) fn decode(value: Bytes) -> Result<Record, DecodeError> {
     if value.starts_with(chunks::HEAD_MAGIC) {
-        let head = chunks::decode_head(&value)?;
-        let meta = decode_meta(&value, head.internal, head.header)?;
+        let head = chunks::decode_head(&value).map_err(DecodeError::Corrupt)?;
+        let meta = decode_meta(&value, head.internal, head.header).map_err(DecodeError::Corrupt)?;
         return Ok(Record {
             meta,
             written_at: head.plan.written_at,
             body: Body::Chunked(head.plan),
         });
     }
+    if value.len() >= 4 && value.starts_with(FAMILY) && &value[..4] != MAGIC {
+        return Err(DecodeError::Outdated);
+    }
+    let corrupt = |why: String| Err(DecodeError::Corrupt(why));
     if value.len() < FIXED || &value[..4] != MAGIC {
-        return Err("not a cachet object".into());
+        return corrupt("not a cachet object".into());
     }
     let u32_at = |at: usize| u32::from_be_bytes(value[at..at + 4].try_into().unwrap_or_default());
     let written_at = u64::from_be_bytes(value[4..12].try_into().unwrap_or_default());
@@ -82,14 +121,17 @@ pub(crate) fn decode(value: Bytes) -> Result<Record, String> {
         .saturating_add(header_len as u64)
         .saturating_add(body_len);
     if expected != value.len() as u64 {
-        return Err(format!(
+        return corrupt(format!(
             "length mismatch: {} bytes stored, {expected} announced",
             value.len()
         ));
     }
+    if checksum(&value) != u32_at(CRC_AT) {
+        return corrupt("checksum mismatch".into());
+    }
     let internal = &value[FIXED..FIXED + internal_len];
     let header = &value[FIXED + internal_len..FIXED + internal_len + header_len];
-    let meta = decode_meta(&value, internal, header)?;
+    let meta = decode_meta(&value, internal, header).map_err(DecodeError::Corrupt)?;
     let body = Body::Whole(value.slice(FIXED + internal_len + header_len..));
     Ok(Record {
         meta,
@@ -204,17 +246,51 @@ mod tests {
     #[test]
     fn truncated_or_altered_values_are_refused() {
         let value = encode(&meta(), &[Bytes::from_static(b"body")], 1).unwrap();
-        assert!(decode(value.slice(..value.len() - 1)).is_err());
+        let corrupt =
+            |value: Vec<u8>| matches!(decode(Bytes::from(value)), Err(DecodeError::Corrupt(_)));
+        assert!(corrupt(value[..value.len() - 1].to_vec()));
         let mut longer = value.to_vec();
         longer.push(0);
-        assert!(decode(Bytes::from(longer)).is_err());
+        assert!(corrupt(longer));
         let mut wrong = value.to_vec();
         wrong[0] = b'X';
-        assert!(decode(Bytes::from(wrong)).is_err());
-        let mut garbled = value.to_vec();
-        garbled[FIXED + 1] ^= 0xff;
-        // A garbled meta either fails to decode or decodes to something else; never panics.
-        let _ = decode(Bytes::from(garbled));
+        assert!(corrupt(wrong));
+    }
+
+    #[test]
+    fn any_flipped_bit_is_found() {
+        let value = encode(&meta(), &[Bytes::from_static(b"some body")], 1).unwrap();
+        for at in 4..value.len() {
+            for bit in 0..8 {
+                let mut damaged = value.to_vec();
+                damaged[at] ^= 1 << bit;
+                let decoded = decode(Bytes::from(damaged));
+                assert!(
+                    matches!(decoded, Err(DecodeError::Corrupt(_))),
+                    "byte {at} bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_of_the_unchecked_format_is_outdated_not_corrupt() {
+        // "CTR1": the same fields without the checksum.
+        let (internal, header) = meta().serialize().unwrap();
+        let mut old = BytesMut::new();
+        old.put_slice(b"CTR1");
+        old.put_u64(1);
+        old.put_u32(internal.len() as u32);
+        old.put_u32(header.len() as u32);
+        old.put_u64(4);
+        old.put_slice(&internal);
+        old.put_slice(&header);
+        old.put_slice(b"body");
+        assert_eq!(decode(old.freeze()).err(), Some(DecodeError::Outdated));
+        assert!(matches!(
+            decode(Bytes::from_static(b"CT")),
+            Err(DecodeError::Corrupt(_))
+        ));
     }
 
     #[test]

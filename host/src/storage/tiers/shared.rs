@@ -5,7 +5,8 @@
 //!   expires them when no node could serve them any more.
 //! - A purge on one node is added to the sorted set `<prefix>purges` (bounded, read by nodes
 //!   that connect later) and published on the channel `<prefix>purges`; every node applies it
-//!   to its L1 and its purge marks as it arrives, and a URL purge also deletes the shared copy.
+//!   to its L1 and its purge marks as it arrives, and a hard URL purge also deletes the shared
+//!   copy (a soft one keeps it: the mark makes it stale, so it is revalidated).
 //! - Every call is bounded by `op_timeout`; an unreachable Redis makes lookups misses and
 //!   writes errors (counted), never a failed request. The connection manager and the
 //!   subscriber reconnect by themselves.
@@ -343,19 +344,21 @@ impl Tier for SharedTier {
         );
     }
 
-    fn publish(&self, purge: &Purge) {
+    /// Sent in the background: a failure is counted and logged, not returned.
+    fn publish(&self, purge: &Purge) -> Result<(), String> {
         let Ok(message) = serde_json::to_string(&Message {
             node: self.node.clone(),
             purge: purge.clone(),
         }) else {
-            return;
+            return Ok(());
         };
         let Ok(mark) = serde_json::to_string(purge) else {
-            return;
+            return Ok(());
         };
         let marks = self.channel();
         let mut cmd = redis::pipe();
-        if let Target::Key(hex) = &purge.target {
+        // A soft purge keeps the copy: its mark makes it stale, to be revalidated.
+        if let (Target::Key(hex), false) = (&purge.target, purge.soft) {
             if let Some(key) = TierKey::from_hex(hex) {
                 cmd.cmd("DEL").arg(self.object_key(&key)).ignore();
             }
@@ -376,6 +379,7 @@ impl Tier for SharedTier {
             .ignore();
         self.conn
             .spawn(&self.runtime, PURGE_TIMEOUT, cmd, "a purge");
+        Ok(())
     }
 
     fn max_value(&self) -> usize {

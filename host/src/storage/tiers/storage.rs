@@ -8,7 +8,7 @@ use super::key::TierKey;
 use super::lean::TierReadAhead;
 use super::miss::TieredMiss;
 use super::purges::{Purge, Target, Verdict};
-use super::record::{self, Body};
+use super::record::{self, Body, DecodeError};
 use super::tier::{Tier, TierCounters};
 use super::TieredStorage;
 use async_trait::async_trait;
@@ -67,7 +67,13 @@ impl TieredStorage {
             };
             let mut found = match record::decode(value) {
                 Ok(found) => found,
-                Err(e) => {
+                // Written by an earlier version: the fill that follows replaces it.
+                Err(DecodeError::Outdated) => {
+                    TierCounters::bump(&counters.misses);
+                    tracing::debug!(tier = tier.name(), "outdated record format: a miss");
+                    continue;
+                }
+                Err(DecodeError::Corrupt(e)) => {
                     TierCounters::bump(&counters.corrupt);
                     TierCounters::bump(&counters.errors);
                     TierCounters::bump(&counters.misses);
@@ -141,12 +147,13 @@ impl TieredStorage {
         Ok(None)
     }
 
-    /// Marks a pingora purge target in the L2 tiers.
+    /// Marks a pingora purge target in the L2 tiers. A tier that cannot record it has counted
+    /// and logged that: pingora's purge has no way to report it.
     fn mark_target(&self, key: &CompactCacheKey, soft: bool) {
         if self.tiers.is_empty() {
             return;
         }
-        self.publish(Purge {
+        let _ = self.publish(Purge {
             target: Target::Key(TierKey::of_compact(key).to_hex()),
             at: record::now_ns(),
             soft,

@@ -5,8 +5,13 @@ use super::key::TierKey;
 use super::purges::Purge;
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A failure that may repeat at every write (a full or vanished disk, Redis refusing writes)
+/// is logged at most this often.
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
 #[async_trait]
 pub(crate) trait Tier: Send + Sync + 'static {
@@ -37,8 +42,10 @@ pub(crate) trait Tier: Send + Sync + 'static {
     /// Forgets a value (a corrupt one, or one a purge shadows).
     fn remove(&self, key: &TierKey);
 
-    /// Keeps (and, for a shared tier, spreads) a purge made on this node.
-    fn publish(&self, purge: &Purge);
+    /// Keeps (and, for a shared tier, spreads) a purge made on this node. An error says the
+    /// tier could not record it, so it may not hold after a restart (a tier that records it in
+    /// the background counts and logs its failures itself).
+    fn publish(&self, purge: &Purge) -> Result<(), String>;
 
     /// Largest value worth storing here.
     fn max_value(&self) -> usize;
@@ -95,6 +102,36 @@ pub(crate) struct TierCounters {
     pub(crate) errors: AtomicU64,
     pub(crate) corrupt: AtomicU64,
     pub(crate) purged: AtomicU64,
+    /// Failed writes, for their throttled warning.
+    pub(crate) write_failures: Throttle,
+}
+
+/// Counts a recurring failure and says when it is worth a log line again.
+#[derive(Debug, Default)]
+pub(crate) struct Throttle(Mutex<Throttled>);
+
+#[derive(Debug, Default)]
+struct Throttled {
+    logged_at: Option<Instant>,
+    failures: u64,
+}
+
+impl Throttle {
+    /// Counts a failure at `now`. Returns how many failures a line logged now stands for
+    /// (this one and those left unlogged since the last line), or `None` within
+    /// [`WARN_EVERY`] of the last line.
+    pub(crate) fn due(&self, now: Instant) -> Option<u64> {
+        let mut state = self.0.lock();
+        state.failures += 1;
+        if state
+            .logged_at
+            .is_some_and(|at| now.saturating_duration_since(at) < WARN_EVERY)
+        {
+            return None;
+        }
+        state.logged_at = Some(now);
+        Some(std::mem::take(&mut state.failures))
+    }
 }
 
 impl TierCounters {
@@ -113,5 +150,21 @@ impl TierCounters {
         stats.errors = self.errors.load(Relaxed);
         stats.corrupt = self.corrupt.load(Relaxed);
         stats.purged = self.purged.load(Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeating_failure_is_logged_once_per_period_with_its_count() {
+        let throttle = Throttle::default();
+        let start = Instant::now();
+        assert_eq!(throttle.due(start), Some(1));
+        assert_eq!(throttle.due(start + Duration::from_secs(1)), None);
+        assert_eq!(throttle.due(start + Duration::from_secs(9)), None);
+        assert_eq!(throttle.due(start + WARN_EVERY), Some(3));
+        assert_eq!(throttle.due(start + WARN_EVERY * 3), Some(1));
     }
 }

@@ -13,7 +13,7 @@ use super::tier::{Tier, TierCounters};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Objects waiting at most.
@@ -144,10 +144,7 @@ async fn store(tiers: &[Arc<dyn Tier>], purges: &PurgeLog, job: &Job) {
                 TierCounters::bump(&counters.writes);
                 counters.written_bytes.fetch_add(size as u64, Relaxed);
             }
-            Err(e) => {
-                TierCounters::bump(&counters.errors);
-                tracing::debug!(tier = tier.name(), "tier write failed: {e}");
-            }
+            Err(e) => write_failed(tier.as_ref(), &e),
         }
     }
 }
@@ -176,8 +173,7 @@ async fn store_chunks<'a>(
                 .put(&name, chunk.clone(), job.lifetime + CHUNK_GRACE)
                 .await
             {
-                TierCounters::bump(&tier.counters().errors);
-                tracing::debug!(tier = tier.name(), "tier chunk write failed: {e}");
+                write_failed(tier.as_ref(), &e);
                 *ok = false;
             }
         }
@@ -189,4 +185,18 @@ async fn store_chunks<'a>(
         .filter_map(|(tier, ok)| ok.then_some(tier))
         .collect();
     (head, complete)
+}
+
+/// Counts a failed write in the tier's `errors` and warns, at most once per
+/// [`super::tier::WARN_EVERY`]: a full or vanished disk fails every write, and must be seen
+/// without flooding the log.
+fn write_failed(tier: &dyn Tier, error: &str) {
+    TierCounters::bump(&tier.counters().errors);
+    if let Some(failures) = tier.counters().write_failures.due(Instant::now()) {
+        tracing::warn!(
+            tier = tier.name(),
+            failures,
+            "tier writes failing ({failures} since the last warning): {error}"
+        );
+    }
 }

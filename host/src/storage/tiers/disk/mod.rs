@@ -149,6 +149,23 @@ impl DiskTier {
         tracing::warn!("disk tier: {doing}: {error}");
     }
 
+    /// Removes `key`, writing a tombstone so it does not come back after a restart. False
+    /// when the tombstone could not be written (counted and logged).
+    fn remove_from(&self, store: &Store, key: &TierKey) -> bool {
+        match store.segments.remove(key.as_bytes()) {
+            Ok(removed) => {
+                if removed {
+                    TierCounters::bump(&self.counters.removed);
+                }
+                true
+            }
+            Err(e) => {
+                self.io_error("removing an object", &e);
+                false
+            }
+        }
+    }
+
     /// Writes what the page cache holds for the tier to the disk (shutdown).
     pub(crate) async fn close(&self) {
         let Some(store) = self.store.get() else {
@@ -219,30 +236,33 @@ impl Tier for DiskTier {
     }
 
     fn remove(&self, key: &TierKey) {
-        let Some(store) = self.store.get() else {
-            return;
-        };
-        match store.segments.remove(key.as_bytes()) {
-            Ok(true) => TierCounters::bump(&self.counters.removed),
-            Ok(false) => {}
-            Err(e) => self.io_error("removing an object", &e),
+        if let Some(store) = self.store.get() {
+            self.remove_from(store, key);
         }
     }
 
-    fn publish(&self, purge: &Purge) {
+    fn publish(&self, purge: &Purge) -> Result<(), String> {
         let Some(store) = self.store.get() else {
             self.pending_marks.lock().push(purge.clone());
-            return;
+            return Ok(());
         };
-        if let Target::Key(hex) = &purge.target {
-            if let Some(key) = TierKey::from_hex(hex) {
-                self.remove(&key);
+        // A soft purge keeps the copy: its mark makes it stale, to be revalidated.
+        let tombstoned = match (&purge.target, purge.soft) {
+            (Target::Key(hex), false) => {
+                TierKey::from_hex(hex).is_some_and(|key| self.remove_from(store, &key))
             }
+            _ => false,
+        };
+        let Err(e) = store.marks.lock().append(purge) else {
+            return Ok(());
+        };
+        TierCounters::bump(&self.counters.errors);
+        tracing::warn!("disk tier: cannot record a purge: {e:#}");
+        // The tombstone alone keeps a URL purge across a restart; nothing else would.
+        if tombstoned {
+            return Ok(());
         }
-        if let Err(e) = store.marks.lock().append(purge) {
-            TierCounters::bump(&self.counters.errors);
-            tracing::warn!("disk tier: cannot record a purge: {e:#}");
-        }
+        Err(format!("cannot record the purge: {e:#}"))
     }
 
     fn max_value(&self) -> usize {
@@ -311,18 +331,33 @@ fn flock(file: &File, operation: libc::c_int) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), operation) == 0 }
 }
 
-/// The newest purge marks kept from earlier runs; unreadable lines are skipped.
+/// The newest purge marks kept from earlier runs. An unreadable line (damaged, cut off by a
+/// crash, not UTF-8) is skipped alone: lines are split as bytes, so one bad byte cannot end
+/// the reading and lose every mark after it.
 fn read_marks(path: &Path) -> anyhow::Result<Vec<Purge>> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let mut marks: Vec<Purge> = BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|line| serde_json::from_str(&line).ok())
-        .collect();
+    let mut marks = Vec::new();
+    let mut skipped = 0usize;
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Purge>(&line) {
+            Ok(mark) => marks.push(mark),
+            Err(_) => skipped += 1,
+        }
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            "disk tier: skipped {skipped} unreadable line(s) of {}",
+            path.display()
+        );
+    }
     let excess = marks.len().saturating_sub(MAX_MARKS);
     marks.drain(..excess);
     Ok(marks)
@@ -358,6 +393,82 @@ mod tests {
         assert!(!dir.path().join("blocks").exists());
         assert!(dir.path().join("purges.jsonl").exists());
         remove_block_store(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_mark_loses_only_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("purges.jsonl");
+        let mark = |tag: &str, at| Purge {
+            target: Target::Tag {
+                partition: "site".into(),
+                tag: tag.into(),
+            },
+            at,
+            soft: false,
+        };
+        let line = |purge: &Purge| serde_json::to_string(purge).unwrap().into_bytes();
+        let mut bytes = Vec::new();
+        for (i, bad) in [
+            line(&mark("a", 1)),
+            // Not UTF-8: a byte of the tag replaced by 0xff.
+            line(&mark("b", 2))
+                .into_iter()
+                .map(|b| if b == b'b' { 0xff } else { b })
+                .collect(),
+            b"{\"target\": not json".to_vec(),
+            line(&mark("c", 3)),
+            // Cut off by a crash mid-append.
+            line(&mark("d", 4))[..20].to_vec(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            bytes.extend_from_slice(&bad);
+            bytes.push(b'\n');
+            if i == 2 {
+                bytes.push(b'\n');
+            }
+        }
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(read_marks(&path).unwrap(), vec![mark("a", 1), mark("c", 3)]);
+    }
+
+    /// A purge the tier cannot record is reported, unless a tombstone alone keeps it.
+    #[test]
+    fn a_purge_that_cannot_be_recorded_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DiskTierConfig {
+            path: dir.path().to_path_buf(),
+            max_bytes: 8 << 20,
+            max_objects: None,
+        };
+        let tier = DiskTier::start(&config, Arc::default()).unwrap();
+        let key = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "site"));
+        let store = tier.store.get().unwrap();
+        store.segments.put(key.as_bytes(), b"value").unwrap();
+        // The marks file now refuses writes (opened read-only).
+        let path = dir.path().join("purges.jsonl");
+        store.marks.lock().file = File::open(&path).unwrap();
+        let purge = |target, soft| Purge {
+            target,
+            at: 1,
+            soft,
+        };
+
+        let url = purge(Target::Key(key.to_hex()), false);
+        assert_eq!(tier.publish(&url), Ok(()), "its tombstone keeps it");
+        assert!(!store.segments.contains(key.as_bytes()));
+        let soft_url = purge(Target::Key(key.to_hex()), true);
+        assert!(tier.publish(&soft_url).is_err(), "only a mark keeps it");
+        let tag = Target::Tag {
+            partition: "site".into(),
+            tag: "t".into(),
+        };
+        let err = tier.publish(&purge(tag, false)).unwrap_err();
+        assert!(err.contains("cannot record the purge"), "{err}");
+        let stats = tier.stats();
+        assert_eq!((stats.errors, stats.removed), (3, 1), "{stats:?}");
     }
 
     #[test]
