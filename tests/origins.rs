@@ -579,3 +579,28 @@ fn tls_verify_false_connects_anyway_and_warns_at_startup() {
         "{log}"
     );
 }
+
+#[test]
+fn an_upstream_ca_that_cannot_take_effect_is_named_at_startup() {
+    let ca = TestCa::new("unused CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = write_ca(dir.path(), &ca);
+    let plain = proxy_with_upstream(
+        "upstream = \"http://127.0.0.1:9\"",
+        &format!("upstream_ca = {ca_path:?}"),
+    );
+    let unverified = proxy_with_upstream(
+        "upstream = \"https://127.0.0.1:9\"",
+        &format!("upstream_ca = {ca_path:?}\ntls_verify = false"),
+    );
+    for (proxy, says) in [
+        (plain, "no upstream is https"),
+        (unverified, "not checked at all"),
+    ] {
+        let log = proxy.log();
+        assert!(
+            log.lines().any(|l| l.contains("WARN") && l.contains(says)),
+            "{log}"
+        );
+    }
+}

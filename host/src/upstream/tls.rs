@@ -29,6 +29,18 @@ impl OriginTls {
                 "tls_verify = false: origin certificates are not checked; anyone on the path can impersonate the origin"
             );
         }
+        // Settings that take no effect are named, so nobody believes they protect anything.
+        if tls.ca.is_some() && !uses_tls {
+            tracing::warn!(
+                tenant = config.name,
+                "upstream_ca is set but no upstream is https://: it is not used"
+            );
+        } else if tls.ca.is_some() && !tls.verify {
+            tracing::warn!(
+                tenant = config.name,
+                "upstream_ca is set with tls_verify = false: certificates are not checked at all"
+            );
+        }
         let ca = tls.ca.as_ref().map(|ders| {
             let certs: Vec<WrappedX509> = ders
                 .iter()
