@@ -534,21 +534,6 @@ fn a_truncated_object_is_a_miss_and_never_served() {
     });
 }
 
-/// An origin whose objects carry `ETag: "v1"` and that answers 304 to a request holding it.
-fn validating_origin() -> Origin {
-    Origin::start(|seen| {
-        if seen.header("if-none-match") == Some("\"v1\"") {
-            return Reply::ok("")
-                .status(304)
-                .header("ETag", "\"v1\"")
-                .header("Cache-Control", "public, max-age=300");
-        }
-        Reply::ok(format!("{} v1", seen.url))
-            .header("ETag", "\"v1\"")
-            .header("Cache-Control", "public, max-age=300")
-    })
-}
-
 /// A soft URL purge of an object only on disk (after a restart) keeps the copy and makes it
 /// stale: the next request revalidates it with a conditional request, as for a copy in
 /// memory, instead of fetching it whole.
@@ -556,7 +541,7 @@ fn validating_origin() -> Origin {
 fn a_soft_url_purge_keeps_the_disk_copy_for_revalidation() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
-    let origin = validating_origin();
+    let origin = Origin::validating();
     let mut first = start(&origin, &disk);
     let stored = get(&first, "one.test", "/soft-url", &[]).text();
     wait_writes(&first, 1);

@@ -445,17 +445,7 @@ fn a_value_damaged_in_redis_is_a_miss_and_never_served() {
 #[test]
 fn a_soft_url_purge_keeps_the_shared_copy_for_revalidation() {
     let redis = Redis::start(free_port());
-    let origin = Origin::start(|seen| {
-        if seen.header("if-none-match") == Some("\"v1\"") {
-            return Reply::ok("")
-                .status(304)
-                .header("ETag", "\"v1\"")
-                .header("Cache-Control", "public, max-age=300");
-        }
-        Reply::ok(format!("{} v1", seen.url))
-            .header("ETag", "\"v1\"")
-            .header("Cache-Control", "public, max-age=300")
-    });
+    let origin = Origin::validating();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
     let filled = get(&a, "/soft-url", &[]);

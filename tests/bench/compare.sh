@@ -449,38 +449,30 @@ origin_requests() {
 cachet_built=""   # "", "ok", or the reason it is not
 plugins_built=""
 
-build_cachet() {
-    [[ -n "$cachet_built" ]] && return 0
-    if [[ "$BENCH_NO_BUILD" == 1 ]]; then
-        cachet_built=ok
-    else
-        log "building cachet (cargo build --release -p cachet)"
-        if (cd "$repo_root" && timeout 1800 cargo build --release -p cachet) >"$work/build-cachet.log" 2>&1; then
-            cachet_built=ok
-        else
-            tail -n 30 "$work/build-cachet.log" >&2
-            cachet_built="cargo build failed"
+# release_build LOG BINARY CARGO_ARGS...: builds with `cargo build --release` (unless
+# BENCH_NO_BUILD=1) and prints "ok", or the reason BINARY cannot be run.
+release_build() {
+    local log_file="$1" binary="$2"
+    shift 2
+    if [[ "$BENCH_NO_BUILD" != 1 ]]; then
+        log "building (cargo build --release $*)"
+        if ! (cd "$repo_root" && timeout 1800 cargo build --release "$@") >"$work/$log_file" 2>&1; then
+            tail -n 30 "$work/$log_file" >&2
+            echo "cargo build failed"
+            return
         fi
     fi
-    [[ "$cachet_built" != ok || -x "$repo_root/target/release/cachet" ]] || cachet_built="no target/release/cachet"
+    if [[ -x "$repo_root/$binary" ]]; then echo ok; else echo "no $binary"; fi
+}
+
+build_cachet() {
+    [[ -n "$cachet_built" ]] || cachet_built="$(release_build build-cachet.log target/release/cachet -p cachet)"
 }
 
 floor_built=""
 build_floor() {
-    [[ -n "$floor_built" ]] && return 0
-    if [[ "$BENCH_NO_BUILD" == 1 ]]; then
-        floor_built=ok
-    else
-        log "building the Pingora floor (cargo build --release -p cachet --example pingora_floor)"
-        if (cd "$repo_root" && timeout 1800 cargo build --release -p cachet --example pingora_floor) >"$work/build-floor.log" 2>&1; then
-            floor_built=ok
-        else
-            tail -n 30 "$work/build-floor.log" >&2
-            floor_built="cargo build failed"
-        fi
-    fi
-    [[ "$floor_built" != ok || -x "$repo_root/target/release/examples/pingora_floor" ]] ||
-        floor_built="no target/release/examples/pingora_floor"
+    [[ -n "$floor_built" ]] ||
+        floor_built="$(release_build build-floor.log target/release/examples/pingora_floor -p cachet --example pingora_floor)"
 }
 
 build_plugins() {
