@@ -14,9 +14,18 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::Version;
 use pingora::http::RequestHeader;
 
-/// Hop-by-hop request fields removed whatever `Connection` says. `Connection` and `Upgrade`
-/// stay: Pingora reads them for keep-alive and upgrades, and never forwards them as they are.
-const HOP_BY_HOP: [&str; 4] = ["keep-alive", "proxy-connection", "te", "trailer"];
+/// Hop-by-hop request fields removed whatever `Connection` says (the ones Pingora strips
+/// before the origin; the proxy credentials were meant for a proxy, not for the origin or a
+/// key). `Connection` and `Upgrade` stay: Pingora reads them for keep-alive and upgrades, and
+/// never forwards them as they are.
+const HOP_BY_HOP: [&str; 6] = [
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+];
 
 /// Fields a client may not remove by nominating them: the origin's framing and upgrade
 /// handling are Pingora's, and these are read after this point.
@@ -260,11 +269,18 @@ mod tests {
             ("accept-language", "fr"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
+            ("proxy-authorization", "Basic cHJveHk6c2VjcmV0"),
             ("content-length", "0"),
             ("accept", "*/*"),
         ]);
         assert_eq!(sanitize(&mut req), Ok(()));
-        for gone in ["x-a", "accept-language", "keep-alive", "te"] {
+        for gone in [
+            "x-a",
+            "accept-language",
+            "keep-alive",
+            "te",
+            "proxy-authorization",
+        ] {
             assert!(!req.headers.contains_key(gone), "{gone} stayed");
         }
         for kept in ["host", "connection", "content-length", "accept"] {
