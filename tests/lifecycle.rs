@@ -215,8 +215,12 @@ fn the_compiled_plugin_cache_is_private_bounded_and_trusted_only_when_private() 
     let dir = tempfile::tempdir().unwrap();
     let artifacts = dir.path().join("artifacts");
     let policy = dir.path().join("policy.wasm");
-    let standard = std::fs::read(plugin("standard")).unwrap();
-    std::fs::write(&policy, &standard).unwrap();
+    // A component the host compiles as it is (built for wasm32-wasip2, so it gets no state
+    // reset written in): a custom section makes each version compile to other code. An SDK
+    // component is wrapped anew from its core module, and versions differing only in a
+    // component-level section share one artifact.
+    let original = std::fs::read(fixture("policy-0-3")).unwrap();
+    std::fs::write(&policy, &original).unwrap();
     let settings = format!(
         "max_bytes = \"64MiB\"\n\n[plugins]\nartifact_cache_dir = {:?}",
         artifacts.display().to_string()
@@ -229,9 +233,9 @@ fn the_compiled_plugin_cache_is_private_bounded_and_trusted_only_when_private() 
     assert!(!from_cache(&proxy));
     assert_eq!(mode_of(&artifacts), 0o700);
     // Four more versions, each compiled and written by a hot reload.
-    let mut current = standard.clone();
+    let mut current = original.clone();
     for n in 1..=4 {
-        current = with_custom_section(&standard, &format!("version-{n}"));
+        current = with_custom_section(&original, &format!("version-{n}"));
         replace_file(&policy, &current);
         let expected = sha256_hex(&current);
         eventually("the reload", || plugin_sha(&proxy) == expected);

@@ -2,8 +2,9 @@
 //!
 //! `cargo bench -p cachet --bench plugin_calls` (after `bash plugins/build.sh`).
 //! Prints the mean and p50/p99 of `decide_request` (on-request + cache-key)
-//! and `decide_response` for a fresh instance per request and for reused
-//! instances, measured with the real example plugins.
+//! and `decide_response` for a fresh state per request (`instance_reuse = 1`:
+//! a reset instance, or a new one for plugins the host cannot reset) and for
+//! reused instances, measured with the real example plugins.
 //!
 //! Environment: `PLUGIN_CALLS_THREADS=N` calls from N threads at once on one
 //! pool (the proxy's workers share it; figures are per thread);

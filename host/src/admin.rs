@@ -56,6 +56,7 @@ impl AdminApp {
                             "loaded_at": unix_seconds(info.loaded_at),
                             "imports": info.imports,
                             "contract": plugin.contract_version(),
+                            "fresh_state": info.state_reset.describe(),
                             "last_refusal": refusal_json(tenant.last_refusal()),
                         })
                     }

@@ -237,6 +237,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     println!("sha256:   {}", info.sha256);
     println!("size:     {} bytes", info.size_bytes);
     println!("contract: cachet:policy@{}", plugin.contract_version());
+    println!("state:    {}", info.state_reset.describe());
     println!(
         "compile:  {:.1} ms",
         info.compile_time.as_secs_f64() * 1000.0

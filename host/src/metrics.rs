@@ -178,6 +178,22 @@ pub fn plugin_memory_growths(tenant: &str) -> IntCounter {
     PLUGIN_MEMORY_GROWTHS.with_label_values(&[tenant])
 }
 
+static PLUGIN_INSTANCES_CREATED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(IntCounterVec::new(
+        Opts::new(
+            "cachet_plugin_instances_created_total",
+            "Plugin instances created to serve requests (with instance_reuse = 1, one per \
+             request unless the host can reset the plugin's instances between requests)",
+        ),
+        &["tenant"],
+    ))
+});
+
+/// The instance counter of one tenant; resolve once, count per instance.
+pub fn plugin_instances_created(tenant: &str) -> IntCounter {
+    PLUGIN_INSTANCES_CREATED.with_label_values(&[tenant])
+}
+
 /// The histogram for one tenant's hook; resolve once, observe per call.
 pub fn hook_histogram(tenant: &str, hook: &str) -> Histogram {
     HOOK_SECONDS.with_label_values(&[tenant, hook])

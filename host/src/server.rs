@@ -123,6 +123,7 @@ pub fn load_policy(
         sha256 = plugin.info.sha256,
         compile_ms = plugin.info.compile_time.as_millis() as u64,
         from_artifact_cache = plugin.info.from_artifact_cache,
+        fresh_state = %plugin.info.state_reset.describe(),
         "plugin loaded"
     );
     Ok(PolicySource::Plugin(Arc::new(plugin)))

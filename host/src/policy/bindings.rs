@@ -107,6 +107,8 @@ struct HookExports {
     on_error: Option<ComponentExportIndex>,
     /// 0.3.0 only.
     configure: Option<ComponentExportIndex>,
+    /// The state reset the host wrote into the component (`reset.rs`), 0.3.0 only.
+    reset: Option<ComponentExportIndex>,
 }
 
 impl<T: Send + 'static> PolicyPre<T> {
@@ -115,7 +117,15 @@ impl<T: Send + 'static> PolicyPre<T> {
     /// type, once, here. Instances made from `instance_pre` share those types,
     /// so hooks are called without a check per instance (the bindings' own
     /// `instantiate` repeats it every time, a tenth of a fresh instance's cost).
-    pub(crate) fn new(instance_pre: InstancePre<T>, contract: Contract) -> wasmtime::Result<Self> {
+    ///
+    /// `resettable`: the host wrote `cachet-reset` into this component. It is used for 0.3.0
+    /// plugins only, whose hooks receive values: older ones receive resource handles, state
+    /// of the component instance that the reset would not cover.
+    pub(crate) fn new(
+        instance_pre: InstancePre<T>,
+        contract: Contract,
+        resettable: bool,
+    ) -> wasmtime::Result<Self> {
         match contract {
             Contract::V1 => {
                 v1::PolicyIndices::new(&instance_pre)?;
@@ -149,6 +159,10 @@ impl<T: Send + 'static> PolicyPre<T> {
             on_deliver: since(Contract::V2, "on-deliver")?,
             on_error: since(Contract::V2, "on-error")?,
             configure: since(Contract::V3, "configure")?,
+            reset: match contract {
+                Contract::V3 if resettable => Some(find(super::reset::RESET_EXPORT)?),
+                _ => None,
+            },
         };
         Ok(Self {
             instance_pre,
@@ -168,6 +182,7 @@ impl<T: Send + 'static> PolicyPre<T> {
         let on_deliver = e.on_deliver.map(&mut func).transpose()?;
         let on_error = e.on_error.map(&mut func).transpose()?;
         let configure = e.configure.map(&mut func).transpose()?;
+        let reset = e.reset.map(&mut func).transpose()?;
         Ok(Hooks {
             contract: self.contract,
             on_request: func(e.on_request)?,
@@ -178,6 +193,7 @@ impl<T: Send + 'static> PolicyPre<T> {
             on_deliver,
             on_error,
             configure,
+            reset,
         })
     }
 
@@ -200,6 +216,7 @@ pub(crate) struct Hooks {
     on_deliver: Option<Func>,
     on_error: Option<Func>,
     configure: Option<Func>,
+    reset: Option<Func>,
 }
 
 /// What `on-request` answered, in its version's types.
@@ -240,6 +257,20 @@ impl Hooks {
                 typed.call(store, (settings,))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Whether [`Hooks::reset`] can put this instance back in its initial state.
+    pub(crate) fn can_reset(&self) -> bool {
+        self.reset.is_some()
+    }
+
+    /// Restores the instance's memory and globals as instantiation left them. False when
+    /// it cannot (no reset, or the memory grew): the instance must then be dropped.
+    pub(crate) fn reset<T>(&self, store: &mut Store<T>) -> wasmtime::Result<bool> {
+        match self.reset {
+            Some(func) => unsafe { call::<_, (), bool>(func, store, ()) },
+            None => Ok(false),
         }
     }
 
@@ -410,6 +441,9 @@ impl Hooks {
         }
         if let Some(func) = self.configure {
             func.typed::<(&[Setting<'static>],), ()>(&*store)?;
+        }
+        if let Some(func) = self.reset {
+            func.typed::<(), (bool,)>(&*store)?;
         }
         Ok(())
     }

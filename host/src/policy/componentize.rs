@@ -37,6 +37,91 @@ pub fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
         .map_err(|e| anyhow::anyhow!("cannot turn the core module into a component: {e:#}"))
 }
 
+/// A component for `bytes` (a policy's core module, or a component wit-component made from
+/// one) with the host's state reset written in (`reset.rs`), or why none can be made. Other
+/// components (several core modules: a WASI adapter, shims, another language's runtime) are
+/// re-created per request instead.
+pub fn with_reset(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let module = if is_core_module(bytes) {
+        if !carries_world(bytes) {
+            return Err("a core module without a WIT world".into());
+        }
+        bytes.to_vec()
+    } else {
+        core_module_of(bytes)?
+    };
+    let module = super::reset::inject(&module)?;
+    componentize(&module).map_err(|e| format!("{e:#}"))
+}
+
+/// The one core module of a component, with the component's world embedded again so it can
+/// be wrapped anew. Refused when the component holds more than the module and its canonical
+/// glue, or passes strings in another encoding than UTF-8 (the world does not record it).
+fn core_module_of(component: &[u8]) -> Result<Vec<u8>, String> {
+    use wasmparser::{CanonicalFunction, CanonicalOption, Payload};
+    let invalid = |e: wasmparser::BinaryReaderError| format!("not a valid component: {e}");
+    let mut modules = Vec::new();
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload.map_err(invalid)? {
+            Payload::ModuleSection {
+                unchecked_range, ..
+            } => {
+                if depth == 0 {
+                    modules.push(unchecked_range);
+                }
+                depth += 1;
+            }
+            Payload::ComponentSection { .. } if depth == 0 => {
+                return Err("it nests components".into());
+            }
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentCanonicalSection(reader) => {
+                for function in reader {
+                    let options = match function.map_err(invalid)? {
+                        CanonicalFunction::Lift { options, .. }
+                        | CanonicalFunction::Lower { options, .. } => options,
+                        _ => continue,
+                    };
+                    let unsupported = options.iter().any(|o| {
+                        !matches!(
+                            o,
+                            CanonicalOption::UTF8
+                                | CanonicalOption::Memory(_)
+                                | CanonicalOption::Realloc(_)
+                                | CanonicalOption::PostReturn(_)
+                        )
+                    });
+                    if unsupported {
+                        return Err("it uses canonical options other than UTF-8 sync calls".into());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let [range] = &modules[..] else {
+        return Err(format!("it is made of {} core modules", modules.len()));
+    };
+    let mut module = component
+        .get(range.start as usize..range.end as usize)
+        .ok_or("a core module runs past the end of the component")?
+        .to_vec();
+    let wit_parser::decoding::DecodedWasm::Component(resolve, world) =
+        wit_component::decode(component).map_err(|e| format!("cannot read its world: {e:#}"))?
+    else {
+        return Err("a WIT package, not a component".into());
+    };
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .map_err(|e| format!("cannot embed its world: {e:#}"))?;
+    Ok(module)
+}
+
 /// Whether a core module has the `component-type` custom section wit-bindgen embeds (without
 /// it the encoder would produce an empty component, refused later with a less useful reason).
 fn carries_world(module: &[u8]) -> bool {

@@ -72,6 +72,8 @@ pub struct PolicyInstance {
     store: Store<HostState>,
     bindings: Hooks,
     uses: u32,
+    /// The tenant whose settings `configure` was handed, to hand them again after a reset.
+    configured: Option<Arc<TenantContext>>,
     _slot: Option<LiveSlot>,
 }
 
@@ -99,6 +101,7 @@ impl PolicyInstance {
                 store,
                 bindings,
                 uses: 0,
+                configured,
                 _slot: None,
             }),
             Err(e) => Err(match classify(&e, &store) {
@@ -128,6 +131,28 @@ impl PolicyInstance {
         let result = hook(&self.bindings, &mut *scoped.0);
         drop(scoped);
         result.map_err(|e| classify(&e, &self.store))
+    }
+
+    /// Gives the instance back the state a new one would start with: memory and globals as
+    /// instantiation left them (the reset the host wrote into the component), then the
+    /// tenant's settings handed to `configure` again. False when that is not possible (no
+    /// reset, grown memory, a trap): the instance must be dropped.
+    fn reset_state(&mut self, limits: &PluginLimits) -> bool {
+        if !self.bindings.can_reset() {
+            return false;
+        }
+        self.store
+            .set_epoch_deadline(PolicyEngine::deadline_ticks(limits.hook_timeout));
+        if !matches!(self.bindings.reset(&mut self.store), Ok(true)) {
+            return false;
+        }
+        match &self.configured {
+            Some(tenant) => self
+                .bindings
+                .configure(&mut self.store, &tenant_settings(tenant))
+                .is_ok(),
+            None => true,
+        }
     }
 
     /// The plan, and the key when the plugin gave one with a plan that
@@ -287,6 +312,10 @@ fn classify(err: &wasmtime::Error, store: &Store<HostState>) -> PluginFault {
 /// Most idle instances kept per plugin version; more are simply dropped.
 const MAX_IDLE_INSTANCES: usize = 32;
 
+/// Requests one reset instance serves before it is replaced by a new one. The reset restores
+/// everything the guest can change; the bound also renews what wasmtime keeps per store.
+const MAX_RESETS_PER_INSTANCE: u32 = 10_000;
+
 /// Counts a tenant's live instances; the slot is given back on drop.
 struct LiveSlot(Arc<AtomicUsize>);
 
@@ -308,6 +337,7 @@ pub struct InstancePool {
     request_seconds: prometheus::Histogram,
     response_seconds: prometheus::Histogram,
     memory_growths: prometheus::IntCounter,
+    instances_created: prometheus::IntCounter,
 }
 
 /// What `decide_request` found: the decision and, when the request may use
@@ -354,6 +384,7 @@ impl InstancePool {
         let request_seconds = crate::metrics::hook_histogram(&tenant.tenant, request);
         let response_seconds = crate::metrics::hook_histogram(&tenant.tenant, response);
         let memory_growths = crate::metrics::plugin_memory_growths(&tenant.tenant);
+        let instances_created = crate::metrics::plugin_instances_created(&tenant.tenant);
         Self {
             engine,
             plugin,
@@ -365,6 +396,7 @@ impl InstancePool {
             request_seconds,
             response_seconds,
             memory_growths,
+            instances_created,
         }
     }
 
@@ -398,6 +430,7 @@ impl InstancePool {
             &self.limits,
         )?;
         instance._slot = Some(slot);
+        self.instances_created.inc();
         Ok(instance)
     }
 
@@ -562,7 +595,15 @@ impl InstancePool {
                 return Err(fault);
             }
         };
-        if instance.uses < self.limits.instance_reuse {
+        // `instance_reuse = 1`: each request starts from a new instance's state, by a reset
+        // where the plugin has one (right after the request: nothing of it lingers in an idle
+        // instance), by a new instance otherwise.
+        let keep = if self.limits.instance_reuse == 1 {
+            instance.uses < MAX_RESETS_PER_INSTANCE && instance.reset_state(&self.limits)
+        } else {
+            instance.uses < self.limits.instance_reuse
+        };
+        if keep {
             let mut idle = self.idle.lock();
             if idle.len() < MAX_IDLE_INSTANCES {
                 idle.push(instance);

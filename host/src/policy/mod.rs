@@ -17,6 +17,7 @@ mod layer;
 mod limits;
 mod pending;
 mod plugin;
+mod reset;
 mod self_test;
 
 pub use artifact_cache::ArtifactCache;

@@ -75,6 +75,28 @@ pub struct PluginInfo {
     /// Whether the compiled code came from the on-disk artifact cache.
     pub from_artifact_cache: bool,
     pub loaded_at: SystemTime,
+    /// How an instance starts each request afresh with `instance_reuse = 1`.
+    pub state_reset: StateReset,
+}
+
+/// How a plugin's instance gets a new instance's state for each request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateReset {
+    /// The host wrote a reset into the component: one instance serves many requests, its
+    /// memory and globals restored after each.
+    Written,
+    /// A new instance per request, for this reason (the component's shape).
+    Unavailable(String),
+}
+
+impl StateReset {
+    /// As `/status` and the startup log show it.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Written => "reset between requests".into(),
+            Self::Unavailable(why) => format!("new instance per request ({why})"),
+        }
+    }
 }
 
 /// A checked, pre-instantiated plugin, ready for instances.
@@ -111,18 +133,24 @@ impl LoadedPlugin {
         let sha256 = hex::encode(Sha256::digest(bytes));
         // A core module from wit-bindgen (wasm32-unknown-unknown) is wrapped here, so
         // `plugin = "target/.../x.wasm"` works straight from cargo; `cachet build` does the
-        // same ahead of time. The hash stays the file's: it names what the operator deployed.
-        let wrapped;
-        let component_bytes = if super::componentize::is_core_module(bytes) {
-            wrapped = super::componentize::componentize(bytes)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            &wrapped[..]
-        } else {
-            bytes
+        // same ahead of time. Either way the host writes its state reset in when the module
+        // allows it (`reset.rs`). The hash stays the file's: it names what the operator deployed.
+        let (component_bytes, state_reset) = match super::componentize::with_reset(bytes) {
+            Ok(resettable) => (resettable, StateReset::Written),
+            Err(why) if super::componentize::is_core_module(bytes) => (
+                super::componentize::componentize(bytes)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                StateReset::Unavailable(why),
+            ),
+            Err(why) => (bytes.to_vec(), StateReset::Unavailable(why)),
         };
+        // Compiled code is named by what is compiled: the reset changes the bytes.
+        let compiled_sha256 = hex::encode(Sha256::digest(&component_bytes));
         let compiled = match cache {
-            Some(cache) => cache.component(engine.engine(), path, component_bytes, &sha256),
-            None => Component::new(engine.engine(), component_bytes).map(|c| (c, false)),
+            Some(cache) => {
+                cache.component(engine.engine(), path, &component_bytes, &compiled_sha256)
+            }
+            None => Component::new(engine.engine(), &component_bytes).map(|c| (c, false)),
         };
         let (component, from_artifact_cache) = compiled.map_err(|e| {
             anyhow::anyhow!(
@@ -140,9 +168,11 @@ impl LoadedPlugin {
             );
         }
         let ty = component.component_type();
+        // The reset is the host's, not the plugin's: operators see what the plugin exports.
         let exports: Vec<String> = ty
             .exports(engine.engine())
             .map(|(name, _)| name.to_owned())
+            .filter(|name| name != super::reset::RESET_EXPORT)
             .collect();
         let instance_pre = engine.linker().instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("{} cannot be linked: {}", path.display(), root_cause(&e))
@@ -150,7 +180,15 @@ impl LoadedPlugin {
         // Each version adds hooks the earlier ones lack; `PolicyPre::new` then
         // checks every export's type against that version's world, once, here.
         let contract = Contract::of_exports(&exports);
-        let pre = PolicyPre::new(instance_pre, contract).map_err(|e| {
+        let state_reset = match state_reset {
+            StateReset::Written if contract != Contract::V3 => StateReset::Unavailable(format!(
+                "its hooks take cachet:policy@{} resources, which a reset does not cover",
+                contract.version()
+            )),
+            other => other,
+        };
+        let resettable = state_reset == StateReset::Written;
+        let pre = PolicyPre::new(instance_pre, contract, resettable).map_err(|e| {
             anyhow::anyhow!(
                 "{} does not implement the cachet:policy/policy world (0.1.0, 0.2.0 or 0.3.0): {}",
                 path.display(),
@@ -168,6 +206,7 @@ impl LoadedPlugin {
                 compile_time: started.elapsed(),
                 from_artifact_cache,
                 loaded_at: SystemTime::now(),
+                state_reset,
             },
         })
     }
