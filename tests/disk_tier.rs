@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::client::send;
 use support::origin::{Origin, Reply};
-use support::proxy::{Proxy, TenantSpec};
+use support::proxy::{run_cachet, Proxy, TenantSpec};
 use support::{find_in_segments, lean_hits_counted, plugin};
 
 const TOKEN: &str = "disk-tier-token";
@@ -557,6 +557,23 @@ fn a_soft_url_purge_keeps_the_disk_copy_for_revalidation() {
         ),
         200
     );
+    // `cachet explain` reads the disk copy as the next request will: expired (no stale
+    // window), not fresh.
+    let config = second.dir.path().join("cachet.toml").display().to_string();
+    let url = second.url("/soft-url");
+    let args = [
+        "explain",
+        "--config",
+        &config,
+        "--json",
+        "-H",
+        "Host: one.test",
+        &url,
+    ];
+    let (ok, json) = run_cachet(&args);
+    assert!(ok, "{json}");
+    let explained: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(explained["entry"]["state"], "expired", "{explained:#}");
     let resp = get(&second, "one.test", "/soft-url", &[]);
     assert!(
         resp.cache_status().contains("fwd=stale"),

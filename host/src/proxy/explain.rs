@@ -184,7 +184,9 @@ struct Entry {
     age: u64,
     /// Freshness lifetime, counted from the same origin.
     ttl: u64,
-    /// Seconds past the end of freshness (0 while fresh).
+    /// Whether the entry is within its freshness lifetime (a soft purge ends it at once).
+    fresh: bool,
+    /// Whole seconds past the end of freshness (0 while fresh).
     stale_for: u64,
     stale_while_revalidate: u32,
     stale_if_error: u32,
@@ -201,6 +203,7 @@ impl Entry {
             status: header.status.as_u16(),
             age: since(meta.created(), now),
             ttl: since(meta.created(), meta.fresh_until()),
+            fresh: meta.is_fresh(now),
             stale_for: if meta.is_fresh(now) {
                 0
             } else {
@@ -213,12 +216,13 @@ impl Entry {
         }
     }
 
+    /// Whole seconds stale compare with the windows as the exact time does: `< window`.
     fn state(&self) -> &'static str {
-        if self.stale_for == 0 {
+        if self.fresh {
             "fresh"
-        } else if self.stale_for <= u64::from(self.stale_while_revalidate) {
+        } else if self.stale_for < u64::from(self.stale_while_revalidate) {
             "stale-while-revalidate"
-        } else if self.stale_for <= u64::from(self.stale_if_error) {
+        } else if self.stale_for < u64::from(self.stale_if_error) {
             "stale-if-error"
         } else {
             "expired"
@@ -268,5 +272,39 @@ impl Entry {
             "has_validator": self.has_validator,
             "state": self.state(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Entry;
+
+    fn stale(stale_for: u64, swr: u32, sie: u32) -> &'static str {
+        let entry = Entry {
+            status: 200,
+            age: 0,
+            ttl: 0,
+            fresh: false,
+            stale_for,
+            stale_while_revalidate: swr,
+            stale_if_error: sie,
+            has_validator: false,
+        };
+        entry.state()
+    }
+
+    #[test]
+    fn an_entry_stale_for_under_a_second_is_not_fresh() {
+        // A soft purge ends freshness now: zero whole seconds stale, still stale.
+        assert_eq!(stale(0, 0, 0), "expired");
+        assert_eq!(stale(0, 5, 0), "stale-while-revalidate");
+    }
+
+    #[test]
+    fn whole_seconds_compare_with_the_windows_as_the_exact_time_does() {
+        // 29.x s stale is inside a 30 s window; 30.x s is past it.
+        assert_eq!(stale(29, 30, 0), "stale-while-revalidate");
+        assert_eq!(stale(30, 30, 60), "stale-if-error");
+        assert_eq!(stale(60, 30, 60), "expired");
     }
 }

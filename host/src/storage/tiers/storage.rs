@@ -136,13 +136,17 @@ impl TieredStorage {
             let Ok(Some(value)) = tier.get(&name).await else {
                 continue;
             };
-            let Ok(found) = record::decode(value) else {
+            let Ok(mut found) = record::decode(value) else {
                 continue;
             };
+            // As a lookup would find it: a soft purge's mark makes the object stale.
             let tags = super::super::tags::parse(found.meta.headers());
-            if self.purges.verdict(&name, &tags, found.written_at) != Verdict::Gone {
-                return Ok(Some((found.meta, tier.name())));
+            match self.purges.verdict(&name, &tags, found.written_at) {
+                Verdict::Keep => {}
+                Verdict::Expire(at) => found.meta.expire_at(record::from_ns(at)),
+                Verdict::Gone => continue,
             }
+            return Ok(Some((found.meta, tier.name())));
         }
         Ok(None)
     }
