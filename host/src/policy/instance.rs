@@ -141,18 +141,17 @@ impl PolicyInstance {
         if !self.bindings.can_reset() {
             return false;
         }
-        self.store
-            .set_epoch_deadline(PolicyEngine::deadline_ticks(limits.hook_timeout));
-        if !matches!(self.bindings.reset(&mut self.store), Ok(true)) {
-            return false;
-        }
-        match &self.configured {
-            Some(tenant) => self
-                .bindings
-                .configure(&mut self.store, &tenant_settings(tenant))
-                .is_ok(),
-            None => true,
-        }
+        let configured = self.configured.clone();
+        let restored = self.call(limits, None, None, |hooks, store| {
+            if !hooks.reset(store)? {
+                return Ok(false);
+            }
+            if let Some(tenant) = &configured {
+                hooks.configure(store, &tenant_settings(tenant))?;
+            }
+            Ok(true)
+        });
+        matches!(restored, Ok(true))
     }
 
     /// The plan, and the key when the plugin gave one with a plan that

@@ -199,12 +199,13 @@ impl Entry {
             to.duration_since(from).unwrap_or(Duration::ZERO).as_secs()
         };
         let header = meta.response_header();
+        let fresh = meta.is_fresh(now);
         Self {
             status: header.status.as_u16(),
             age: since(meta.created(), now),
             ttl: since(meta.created(), meta.fresh_until()),
-            fresh: meta.is_fresh(now),
-            stale_for: if meta.is_fresh(now) {
+            fresh,
+            stale_for: if fresh {
                 0
             } else {
                 since(meta.fresh_until(), now)

@@ -82,19 +82,14 @@ impl TieredStorage {
                     continue;
                 }
             };
-            let tags = super::super::tags::parse(found.meta.headers());
-            match self.purges.verdict(&name, &tags, found.written_at) {
-                Verdict::Keep => {}
-                Verdict::Expire(at) => found.meta.expire_at(record::from_ns(at)),
-                Verdict::Gone => {
-                    TierCounters::bump(&counters.purged);
-                    TierCounters::bump(&counters.misses);
-                    tier.remove(&name);
-                    if let Body::Chunked(plan) = &found.body {
-                        tier.remove_chunks(&plan.keys(&name));
-                    }
-                    continue;
+            if !self.apply_purge_marks(&name, &mut found) {
+                TierCounters::bump(&counters.purged);
+                TierCounters::bump(&counters.misses);
+                tier.remove(&name);
+                if let Body::Chunked(plan) = &found.body {
+                    tier.remove_chunks(&plan.keys(&name));
                 }
+                continue;
             }
             let body = match found.body {
                 Body::Whole(body) => FoundBody::Whole(body),
@@ -124,6 +119,20 @@ impl TieredStorage {
         None
     }
 
+    /// Applies the purges recorded since `found` was written: a soft purge's mark expires it
+    /// (stale from then on); false when a purge removed it.
+    fn apply_purge_marks(&self, name: &TierKey, found: &mut record::Record) -> bool {
+        let tags = super::super::tags::parse(found.meta.headers());
+        match self.purges.verdict(name, &tags, found.written_at) {
+            Verdict::Keep => true,
+            Verdict::Expire(at) => {
+                found.meta.expire_at(record::from_ns(at));
+                true
+            }
+            Verdict::Gone => false,
+        }
+    }
+
     /// The stored meta for `key` and the tier holding it (`l1` or an L2 tier's name), without
     /// promoting or counting anything: for `cachet explain`.
     pub async fn peek(&self, key: &CacheKey) -> Result<Option<(CacheMeta, &'static str)>> {
@@ -140,11 +149,8 @@ impl TieredStorage {
                 continue;
             };
             // As a lookup would find it: a soft purge's mark makes the object stale.
-            let tags = super::super::tags::parse(found.meta.headers());
-            match self.purges.verdict(&name, &tags, found.written_at) {
-                Verdict::Keep => {}
-                Verdict::Expire(at) => found.meta.expire_at(record::from_ns(at)),
-                Verdict::Gone => continue,
+            if !self.apply_purge_marks(&name, &mut found) {
+                continue;
             }
             return Ok(Some((found.meta, tier.name())));
         }
