@@ -498,3 +498,142 @@ fn a_range_miss_fills_the_whole_object_for_later_ranges() {
     assert_status_has(status_of(&later), "hit");
     assert_eq!(origin.hits(), 1);
 }
+
+// ------------------------------------------------------------------- message framing
+
+/// Pingora decodes `chunked` and no other coding: a body also coded `gzip` would be passed
+/// on and stored as if plain. Both orders are refused with a 502, and nothing is stored.
+#[test]
+fn an_origin_transfer_coding_other_than_chunked_is_a_502_and_never_stored() {
+    for coding in ["gzip, chunked", "chunked, gzip"] {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: {coding}\r\n\r\n"
+        );
+        let origin = RawOrigin::start(move |_| {
+            let mut bytes = head.clone().into_bytes();
+            bytes.extend_from_slice(b"4\r\nhell\r\n0\r\n\r\n");
+            bytes
+        });
+        let proxy = proxy_with(origin.addr, "standard", "");
+        for _ in 0..2 {
+            let answer = raw::get(proxy.port, "/coded", &[]);
+            assert_eq!(answer.head.status, 502, "{coding}: {:?}", answer.head);
+            assert_ne!(answer.body, b"hell", "{coding}");
+            assert!(answer.head.header("server").is_none(), "{coding}");
+        }
+        assert_eq!(origin.requests(), 2, "{coding}: nothing may be stored");
+    }
+}
+
+/// A client's body in a coding other than chunked would reach the origin with the coding
+/// dropped from its framing: 501 (RFC 9112 §6.1), and the origin sees nothing.
+#[test]
+fn a_request_transfer_coding_other_than_chunked_is_a_501() {
+    let origin = Origin::start(|_| Reply::ok("ok"));
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let answer = raw::exchange(
+        proxy.port,
+        b"POST /upload HTTP/1.1\r\nHost: site.test\r\nTransfer-Encoding: gzip, chunked\r\n\
+          Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert_eq!(answer.head.status, 501, "{:?}", answer.head);
+    assert_eq!(origin.hits(), 0);
+}
+
+/// A 204 has no content and must not claim a length (RFC 9110 §8.6); repeated agreeing
+/// lengths are passed on and stored as one value, so ranges can be served from it.
+#[test]
+fn origin_lengths_reach_clients_and_the_cache_in_one_unambiguous_form() {
+    let origin = RawOrigin::start(|head| {
+        if head.starts_with("GET /empty ") {
+            b"HTTP/1.1 204 No Content\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\n"
+                .to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5, 5\r\n\r\n01234"
+                .to_vec()
+        }
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    for which in ["miss", "hit"] {
+        let empty = raw::get(proxy.port, "/empty", &[]);
+        assert_eq!(empty.head.status, 204, "{which}");
+        assert!(
+            empty.head.all("content-length").is_empty(),
+            "{which}: {:?}",
+            empty.head
+        );
+        assert!(empty.body.is_empty(), "{which}");
+
+        let listed = raw::get(proxy.port, "/listed", &[]);
+        assert_eq!(listed.head.all("content-length"), ["5"], "{which}");
+        assert_eq!(listed.body, b"01234", "{which}");
+    }
+    let range = raw::get(proxy.port, "/listed", &[("Range", "bytes=1-2")]);
+    assert_eq!(range.head.status, 206, "{:?}", range.head);
+    assert_eq!(range.body, b"12");
+    assert_eq!(origin.requests(), 2, "both were stored");
+}
+
+// ------------------------------------------------------------------ request directives
+
+/// RFC 9111 §5.2.1.7: a stored response or a 504, and the origin is never asked.
+#[test]
+fn only_if_cached_gets_a_stored_response_or_a_504() {
+    let origin = Origin::start(|_| Reply::ok("fresh").header("Cache-Control", "max-age=60"));
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let only = [("Cache-Control", "max-age=10, only-if-cached")];
+
+    let not_stored = raw::get(proxy.port, "/o", &only);
+    assert_eq!(not_stored.head.status, 504, "{:?}", not_stored.head);
+    assert_eq!(origin.hits(), 0);
+
+    let fill = raw::get(proxy.port, "/o", &[]);
+    assert_eq!(fill.body, b"fresh");
+    let stored = raw::get(proxy.port, "/o", &only);
+    assert_eq!(stored.head.status, 200);
+    assert_eq!(stored.body, b"fresh");
+    assert_status_has(stored.cache_status(), "hit");
+
+    let post = raw::request(proxy.port, "POST", "/o", &only);
+    assert_eq!(post.head.status, 504);
+    assert_eq!(
+        origin.hits(),
+        1,
+        "only the plain request reached the origin"
+    );
+}
+
+/// A weak entity tag never matches in If-Range (RFC 9110 §13.1.5): the whole
+/// representation, not the range, even when the tag equals the stored one.
+#[test]
+fn a_weak_if_range_gets_the_whole_representation() {
+    let origin = Origin::start(|_| {
+        Reply::ok("0123456789")
+            .header("Cache-Control", "max-age=60")
+            .header("ETag", "W/\"v1\"")
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let weak = [("Range", "bytes=0-3"), ("If-Range", "W/\"v1\"")];
+    for which in ["miss", "hit"] {
+        let whole = raw::get(proxy.port, "/w", &weak);
+        assert_eq!(whole.head.status, 200, "{which}: {:?}", whole.head);
+        assert_eq!(whole.body, b"0123456789", "{which}");
+    }
+    let plain_range = raw::get(proxy.port, "/w", &[("Range", "bytes=0-3")]);
+    assert_eq!(plain_range.head.status, 206);
+    assert_eq!(plain_range.body, b"0123");
+    assert_eq!(origin.hits(), 1);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 even with a URL as its target.
+#[test]
+fn an_http11_url_target_without_host_is_refused() {
+    let origin = Origin::start(|_| Reply::ok("ok"));
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let answer = raw::exchange(
+        proxy.port,
+        b"GET http://site.test/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(answer.head.status, 400, "{:?}", answer.head);
+    assert_eq!(origin.hits(), 0);
+}

@@ -13,12 +13,14 @@ mod deliver;
 pub mod directives;
 mod explain;
 mod forwarded;
+mod framing;
 mod freshness;
 mod hop_by_hop;
 mod http_date;
 mod interim;
 mod invalidate;
 mod lean_hit;
+mod only_if_cached;
 mod origin_error;
 pub mod purge;
 mod request;
@@ -181,11 +183,28 @@ impl ProxyHttp for CachetProxy {
                 );
             }
         }
+        if let Err(reason) = framing::check_origin_response(upstream_response) {
+            return Err(Error::create(
+                ErrorType::InvalidHTTPHeader,
+                pingora::ErrorSource::Upstream,
+                Some(reason.into()),
+                None,
+            ));
+        }
         // Kept for response_cache_filter, which only sees pingora's partial merge.
         if ctx.route == Route::Cache && upstream_response.status == http::StatusCode::NOT_MODIFIED {
             ctx.not_modified = Some(Box::new(upstream_response.clone()));
         }
         origin_error::on_origin_status(self, session, upstream_response, ctx)
+    }
+
+    /// A request going to the origin after the cache could not answer it.
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        only_if_cached::allow_origin(session, ctx).await
     }
 
     async fn upstream_peer(
@@ -261,6 +280,8 @@ impl ProxyHttp for CachetProxy {
         if code > 0 {
             // Pingora's error answer, with cachet's Cache-Status member like every response.
             let mut resp = pingora::protocols::http::ServerSession::generate_error(code);
+            // Pingora names itself in `Server`; cachet's own answers name no software.
+            resp.remove_header(&http::header::SERVER);
             let member = cache_status::error_value(&session.cache, ctx);
             let written = match cache_status::append_member(&mut resp, member) {
                 Ok(()) => {

@@ -19,7 +19,23 @@ pub(super) async fn request_filter(
 ) -> Result<bool> {
     if let Err(reason) = well_formed(session) {
         ctx.route = Route::Answered(reason.into());
+        // What follows a malformed head cannot be trusted to be the next request.
+        session.set_keepalive(None);
         respond_text(session, ctx, 400, "bad request\n").await?;
+        return Ok(true);
+    }
+    if !super::framing::only_chunked(&session.req_header().headers) {
+        // RFC 9112 §6.1: a coding the server does not decode is 501, not a body passed on
+        // with its coding silently dropped.
+        ctx.route = Route::Answered("a transfer coding other than chunked".into());
+        session.set_keepalive(None);
+        respond_text(
+            session,
+            ctx,
+            501,
+            "only the chunked transfer coding is supported\n",
+        )
+        .await?;
         return Ok(true);
     }
     let host = crate::policy::request_host(session.req_header());

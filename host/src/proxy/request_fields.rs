@@ -53,7 +53,23 @@ const MAX_NOMINATIONS: usize = 32;
 pub fn sanitize(req: &mut RequestHeader) -> Result<(), &'static str> {
     check_host(req)?;
     single_content_length(req)?;
+    ignore_range_under_weak_if_range(req);
     remove_hop_by_hop(req)
+}
+
+/// A weak entity tag never matches in `If-Range` (RFC 9110 §13.1.5), so the range is to be
+/// ignored and the whole representation sent. Pingora compares the tags byte for byte and
+/// would answer a weak tag equal to the stored one with the range: both fields go here, so
+/// the cache and the origin each send the whole.
+fn ignore_range_under_weak_if_range(req: &mut RequestHeader) {
+    let weak = req
+        .headers
+        .get(header::IF_RANGE)
+        .is_some_and(|v| v.as_bytes().trim_ascii_start().starts_with(b"W/"));
+    if weak {
+        req.remove_header(&header::RANGE);
+        req.remove_header(&header::IF_RANGE);
+    }
 }
 
 /// One valid `Host` on HTTP/1.1; at most one, valid, on HTTP/1.0. (An HTTP/2 request names
@@ -123,32 +139,12 @@ fn is_authority(value: &[u8]) -> bool {
 /// Every `Content-Length` value (lines and comma-separated lists) must be the same number;
 /// repeats are folded into one field.
 fn single_content_length(req: &mut RequestHeader) -> Result<(), &'static str> {
-    let mut values = req.headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = values.next() else {
-        return Ok(());
-    };
-    let repeated = values.next().is_some() || first.as_bytes().contains(&b',');
-    if !repeated {
-        return Ok(());
+    match super::framing::folded_content_length(&req.headers)? {
+        Some(length) => req
+            .insert_header(header::CONTENT_LENGTH, HeaderValue::from(length))
+            .map_err(|_| "a Content-Length value is not a number"),
+        None => Ok(()),
     }
-    let mut length: Option<u64> = None;
-    for value in req.headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let parsed = std::str::from_utf8(part)
-                .ok()
-                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|p| p.parse::<u64>().ok())
-                .ok_or("a Content-Length value is not a number")?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err("Content-Length values disagree");
-            }
-            length = Some(parsed);
-        }
-    }
-    let length = length.ok_or("a Content-Length value is not a number")?;
-    req.insert_header(header::CONTENT_LENGTH, HeaderValue::from(length))
-        .map_err(|_| "a Content-Length value is not a number")
 }
 
 /// Removes the standard hop-by-hop fields and those `Connection` nominates.
@@ -265,6 +261,27 @@ mod tests {
             }
             assert!(sanitize(&mut req).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_weak_if_range_drops_the_range_and_a_strong_one_keeps_it() {
+        let mut weak = http11(&[
+            ("host", "a.test"),
+            ("range", "bytes=0-3"),
+            ("if-range", "W/\"x\""),
+        ]);
+        assert_eq!(sanitize(&mut weak), Ok(()));
+        assert!(weak.headers.get("range").is_none());
+        assert!(weak.headers.get("if-range").is_none());
+
+        let mut strong = http11(&[
+            ("host", "a.test"),
+            ("range", "bytes=0-3"),
+            ("if-range", "\"x\""),
+        ]);
+        assert_eq!(sanitize(&mut strong), Ok(()));
+        assert_eq!(strong.headers["range"], "bytes=0-3");
+        assert_eq!(strong.headers["if-range"], "\"x\"");
     }
 
     #[test]

@@ -45,7 +45,9 @@ pub fn to_origin_form(req: &mut RequestHeader) -> Result<(), &'static str> {
         .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
     req.set_raw_path(path.as_bytes())
         .map_err(|_| "the request target's path is not valid")?;
-    if !req.headers.contains_key(http::header::HOST) {
+    // HTTP/1.1 requires `Host` even with a URL (RFC 9112 §3.2): left missing, it is refused
+    // with the other Host errors. HTTP/1.0 gets it from the URL.
+    if !req.headers.contains_key(http::header::HOST) && req.version < http::Version::HTTP_11 {
         req.insert_header(http::header::HOST, authority)
             .map_err(|_| "the request target's authority is not a valid host")?;
     }
@@ -93,7 +95,15 @@ mod tests {
         assert_eq!(ok, Ok(()));
         assert_eq!(req.raw_path(), b"/x?y=1");
         assert_eq!(req.uri.path(), "/x");
-        assert_eq!(req.headers["host"], "Example.com");
+        assert!(
+            req.headers.get("host").is_none(),
+            "HTTP/1.1 gets no Host made up"
+        );
+        let mut http10 = RequestHeader::build("GET", b"http://Example.com/x?y=1", None).unwrap();
+        http10.set_version(http::Version::HTTP_10);
+        assert_eq!(to_origin_form(&mut http10), Ok(()));
+        assert_eq!(http10.raw_path(), b"/x?y=1");
+        assert_eq!(http10.headers["host"], "Example.com");
         let (ok, req) = target("GET", "http://example.com");
         assert_eq!(ok, Ok(()));
         assert_eq!(req.raw_path(), b"/");

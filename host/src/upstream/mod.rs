@@ -132,6 +132,8 @@ pub fn failure_status(e: &Error) -> u16 {
             ErrorSource::Upstream,
         ) => 504,
         (_, ErrorSource::Upstream) => 502,
+        // The client stopped sending the body it announced (RFC 9110 §15.5.9).
+        (ErrorType::ReadTimedout, ErrorSource::Downstream) => 408,
         (
             ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
             ErrorSource::Downstream,
@@ -166,5 +168,41 @@ impl BackgroundService for PoolMaintenance {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_status;
+    use pingora::{Error, ErrorSource, ErrorType};
+
+    fn status(etype: ErrorType, source: ErrorSource) -> u16 {
+        failure_status(&Error::create(etype, source, None, None))
+    }
+
+    #[test]
+    fn who_failed_decides_the_status() {
+        assert_eq!(status(ErrorType::ReadTimedout, ErrorSource::Upstream), 504);
+        assert_eq!(
+            status(ErrorType::ConnectRefused, ErrorSource::Upstream),
+            502
+        );
+        // A client that stops sending its body timed out, not the origin.
+        assert_eq!(
+            status(ErrorType::ReadTimedout, ErrorSource::Downstream),
+            408
+        );
+        assert_eq!(
+            status(ErrorType::InvalidHTTPHeader, ErrorSource::Downstream),
+            400
+        );
+        assert_eq!(
+            status(ErrorType::ConnectionClosed, ErrorSource::Downstream),
+            0
+        );
+        assert_eq!(
+            status(ErrorType::HTTPStatus(503), ErrorSource::Upstream),
+            503
+        );
     }
 }
