@@ -637,3 +637,31 @@ fn an_http11_url_target_without_host_is_refused() {
     assert_eq!(answer.head.status, 400, "{:?}", answer.head);
     assert_eq!(origin.hits(), 0);
 }
+
+// ------------------------------------------------------------------------ half-close
+
+/// Shutting down the sending side after a complete request is not an abort: the client
+/// still reads the answer, on a miss from a slow origin as on a hit.
+#[test]
+fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let origin = Origin::start(|_| {
+        Reply::ok("slow body")
+            .header("Cache-Control", "max-age=60")
+            .delay(Duration::from_millis(300))
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    for which in ["miss", "hit"] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(b"GET /half HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            .unwrap();
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{which}: {answer:?}");
+        assert!(answer.ends_with("slow body"), "{which}: {answer:?}");
+    }
+    assert_eq!(origin.hits(), 1);
+}

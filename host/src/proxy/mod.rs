@@ -87,6 +87,10 @@ impl ProxyHttp for CachetProxy {
     ) -> Result<()> {
         crate::connection::head_complete(session);
         session.set_pipelining_enabled(true);
+        // A client that shuts down its sending side after a complete request still waits
+        // for the answer (as HAProxy and Varnish deliver it): Pingora would abort on that
+        // end of input. A client that is really gone makes the response's write fail.
+        session.set_abort_on_close(false);
         Ok(())
     }
 
