@@ -491,6 +491,8 @@ fn a_range_miss_fills_the_whole_object_for_later_ranges() {
     assert_eq!(first.status, 206);
     assert_eq!(first.text(), "01");
     assert_eq!(first.header("x-range-seen"), Some("none"));
+    // The origin answered the whole: fwd-status is its status, not the client's 206.
+    assert_status_has(status_of(&first), "fwd-status=200");
     let later = support::client::send("GET", &proxy.url("/r"), &[("Range", "bytes=5-7")]);
     assert_eq!(later.status, 206);
     assert_eq!(later.text(), "567");
@@ -520,6 +522,8 @@ fn an_origin_transfer_coding_other_than_chunked_is_a_502_and_never_stored() {
             assert_eq!(answer.head.status, 502, "{coding}: {:?}", answer.head);
             assert_ne!(answer.body, b"hell", "{coding}");
             assert!(answer.head.header("server").is_none(), "{coding}");
+            // A miss that got no usable answer, not a request the cache chose to skip.
+            assert_status_has(answer.cache_status(), "fwd=miss");
         }
         assert_eq!(origin.requests(), 2, "{coding}: nothing may be stored");
     }

@@ -5,7 +5,7 @@
 
 use super::ctx::{RequestCtx, Route};
 use pingora::http::ResponseHeader;
-use pingora_cache::{CachePhase, HttpCache};
+use pingora_cache::{CachePhase, HttpCache, NoCacheReason};
 use std::fmt::Write;
 use std::time::SystemTime;
 
@@ -120,6 +120,11 @@ pub fn outcome<'a>(facts: Facts<'a>, phase: &CachePhase) -> Outcome<'a> {
             CachePhase::Disabled(_) if facts.not_stored.is_some() => {
                 forwarded("miss", "miss", None)
             }
+            // The origin failed a request that was to be stored: a miss that got no answer.
+            CachePhase::Disabled(reason @ NoCacheReason::UpstreamError) => Outcome {
+                detail: Some(reason.as_str()),
+                ..row("miss", Some("miss"))
+            },
             CachePhase::Disabled(reason) => Outcome {
                 detail: Some(reason.as_str()),
                 ..row("bypass", Some("bypass"))
@@ -183,7 +188,8 @@ pub fn apply(
     cache: &HttpCache,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<()> {
-    let member = value(cache, ctx, header.status.as_u16());
+    let origin_status = ctx.origin_status.unwrap_or(header.status.as_u16());
+    let member = value(cache, ctx, origin_status);
     ctx.outcome = kind(cache, ctx);
     append_member(header, member)
 }
@@ -388,6 +394,12 @@ mod tests {
                 CachePhase::Disabled(NoCacheReason::StorageError),
                 "bypass",
                 &disabled,
+            ),
+            (
+                facts(&cache),
+                CachePhase::Disabled(NoCacheReason::UpstreamError),
+                "miss",
+                r#"cachet; fwd=miss; detail="UpstreamError""#,
             ),
         ]);
     }

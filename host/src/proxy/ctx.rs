@@ -53,6 +53,9 @@ pub struct RequestCtx {
     pub(crate) unstored_not_modified: Option<Box<ResponseHeader>>,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,
+    /// The status of the origin's final response (`fwd-status`): a range or a revalidation
+    /// makes the client's differ.
+    pub(crate) origin_status: Option<u16>,
     /// The `[tenant.backends]` entry the plugin picked (None: the tenant's upstream).
     pub(crate) backend: Option<usize>,
     /// The plugin asked for `on-deliver` on this request's response.
