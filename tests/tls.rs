@@ -585,3 +585,95 @@ fn without_file_watching_a_reload_request_picks_up_renewed_certificates() {
         renewed.der()
     );
 }
+
+/// Kubernetes mounts a Secret as `tls.crt -> ..data/tls.crt` with `..data -> ..<version>`,
+/// and updates it by writing a new version folder, renaming a new `..data` link over the old
+/// one and deleting the old folder. certbot renames a new link over `live/<name>/cert.pem`
+/// (then `privkey.pem`). Both renewals are served without a reload request.
+#[test]
+fn certificates_renewed_by_swapping_symlinks_are_served() {
+    use std::os::unix::fs::symlink;
+    let ca = TestCa::new("swap CA");
+    let files = tempfile::tempdir().unwrap();
+
+    // Kubernetes layout, for a.test (the listener's default pair).
+    let secret = files.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    let version = |name: &str, leaf: &Leaf| {
+        let folder = secret.join(name);
+        std::fs::create_dir(&folder).unwrap();
+        leaf.write(&folder, "tls");
+    };
+    let k8s_first = ca.leaf(&["a.test"]);
+    version("..v1", &k8s_first);
+    symlink("..v1", secret.join("..data")).unwrap();
+    symlink("..data/tls.crt", secret.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", secret.join("tls.key")).unwrap();
+
+    // certbot layout, for b.test.
+    let archive = files.path().join("archive");
+    let live = files.path().join("live");
+    std::fs::create_dir(&archive).unwrap();
+    std::fs::create_dir(&live).unwrap();
+    let certbot_first = ca.leaf(&["b.test"]);
+    certbot_first.write(&archive, "1");
+    symlink(archive.join("1.crt"), live.join("cert.pem")).unwrap();
+    symlink(archive.join("1.key"), live.join("privkey.pem")).unwrap();
+
+    let origin = Origin::start(|_| Reply::ok("ok"));
+    let pair = |dir: &Path, cert: &str, key: &str| {
+        format!(
+            "tls_cert = {:?}\ntls_key = {:?}",
+            dir.join(cert),
+            dir.join(key)
+        )
+    };
+    let proxy = Proxy::start_with_server(
+        &format!(
+            "tls_listen = \"127.0.0.1:TLS_PORT\"\n{}",
+            pair(&secret, "tls.crt", "tls.key")
+        ),
+        "",
+        &[
+            TenantSpec::new("alpha", origin.addr, &plugin("standard")).hosts(&["a.test"]),
+            TenantSpec::new("beta", origin.addr, &plugin("standard"))
+                .hosts(&["b.test"])
+                .extra(&pair(&live, "cert.pem", "privkey.pem")),
+        ],
+    );
+    let served = |name: &str| {
+        https_request(
+            proxy.tls_port.expect("TLS listener"),
+            client_config(&[&ca], &[b"http/1.1"], true),
+            name,
+            "GET",
+            "/",
+            name,
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{}", proxy.log()))
+        .served
+    };
+    assert_eq!(&served("a.test"), k8s_first.der());
+    assert_eq!(&served("b.test"), certbot_first.der());
+
+    let k8s_second = ca.leaf(&["a.test"]);
+    version("..v2", &k8s_second);
+    symlink("..v2", secret.join("..data_tmp")).unwrap();
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
+    std::fs::remove_dir_all(secret.join("..v1")).unwrap();
+    eventually("the Secret's new version is served", || {
+        served("a.test") == *k8s_second.der()
+    });
+
+    let certbot_second = ca.leaf(&["b.test"]);
+    certbot_second.write(&archive, "2");
+    for (link, target) in [("privkey.pem", "2.key"), ("cert.pem", "2.crt")] {
+        let aside = live.join(format!("{link}.new"));
+        symlink(archive.join(target), &aside).unwrap();
+        std::fs::rename(&aside, live.join(link)).unwrap();
+    }
+    eventually("certbot's renewal is served", || {
+        served("b.test") == *certbot_second.der()
+    });
+}
