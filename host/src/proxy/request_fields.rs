@@ -54,6 +54,11 @@ pub fn sanitize(req: &mut RequestHeader) -> Result<(), &'static str> {
     check_host(req)?;
     single_content_length(req)?;
     ignore_range_under_weak_if_range(req);
+    if req.version < Version::HTTP_11 {
+        // An HTTP/1.0 client cannot read a 100 Continue: its expectation is ignored
+        // (RFC 9110 §10.1.1), so the origin is not asked to send one either.
+        req.remove_header(&header::EXPECT);
+    }
     remove_hop_by_hop(req)
 }
 
@@ -261,6 +266,16 @@ mod tests {
             }
             assert!(sanitize(&mut req).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_http10_expectation_is_ignored() {
+        let mut old = request(Version::HTTP_10, &[("expect", "100-continue")]);
+        assert_eq!(sanitize(&mut old), Ok(()));
+        assert!(old.headers.get("expect").is_none());
+        let mut current = http11(&[("host", "a.test"), ("expect", "100-continue")]);
+        assert_eq!(sanitize(&mut current), Ok(()));
+        assert_eq!(current.headers["expect"], "100-continue");
     }
 
     #[test]
