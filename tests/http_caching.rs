@@ -398,6 +398,42 @@ fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
     assert_eq!(origin.hits(), 2);
 }
 
+/// A background revalidation that gets an answer the cache may not store (an error sent
+/// with no-store) refreshes nothing, and leaves the stale entry serving for its window: the
+/// URL is not remembered as uncacheable, so requests are neither sent through to the failing
+/// origin nor answered with its error.
+#[test]
+fn a_failed_background_revalidation_leaves_the_stale_entry_serving() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let origin = Origin::start({
+        let failing = failing.clone();
+        move |_| {
+            if failing.load(Ordering::SeqCst) {
+                return Reply::ok("down")
+                    .status(500)
+                    .header("Cache-Control", "no-store");
+            }
+            Reply::ok("good").header("Cache-Control", "max-age=1, stale-while-revalidate=30")
+        }
+    });
+    let proxy = proxy_for(&origin);
+    assert_eq!(get(&proxy.url("/swr-fail")).text(), "good");
+    failing.store(true, Ordering::SeqCst);
+    sleep(Duration::from_millis(2100));
+    let first_stale = get(&proxy.url("/swr-fail"));
+    assert_eq!(first_stale.text(), "good");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while origin.hits() < 2 && Instant::now() < deadline {
+        sleep(Duration::from_millis(50));
+    }
+    sleep(Duration::from_millis(200));
+    for _ in 0..4 {
+        let again = get(&proxy.url("/swr-fail"));
+        assert_eq!((again.status, again.text().as_str()), (200, "good"));
+        assert_status_has(&again, "fwd=stale");
+    }
+}
+
 #[test]
 fn stale_if_error_covers_5xx_but_not_must_revalidate() {
     let failing = Arc::new(AtomicBool::new(false));
