@@ -74,6 +74,7 @@ impl Setup {
             method,
             path,
             headers,
+            body: None,
         }];
         let outcome = match protocol {
             Protocol::Http1 => {
@@ -250,6 +251,7 @@ fn http2_connections_are_bounded_by_the_configured_streams_and_header_list() {
             method: "GET",
             path: "/too-big",
             headers: &[("x-padding", &big)],
+            body: None,
         },
         H2Request::get("/bounded"),
     ];
@@ -380,4 +382,77 @@ fn an_http2_client_that_never_sends_its_preface_is_disconnected() {
         setup.send(Protocol::H2Tls, "GET", "/after", &[]).status,
         200
     );
+}
+
+/// An HTTP/2 request reaches the HTTP/1.1 origin, and the plugin, as its HTTP/1.1 form: its
+/// `:authority` as Host and in the forwarding fields, its cookie fields joined into one
+/// (RFC 9113 §8.2.3; browsers send each cookie as its own field over HTTP/2).
+#[test]
+fn an_http2_request_reaches_the_origin_in_its_http1_form() {
+    let setup = Setup::start("h2c = true");
+    for protocol in PROTOCOLS {
+        let path = format!("/fields-{protocol:?}");
+        let cookies = [("Cookie", "a=1; c=3"), ("Cookie", "b=2")];
+        let one_field = [("Cookie", "a=1; c=3; b=2")];
+        let sent: &[(&str, &str)] = if protocol == Protocol::Http1 {
+            &one_field
+        } else {
+            &cookies
+        };
+        let resp = setup.send(protocol, "GET", &path, sent);
+        assert_eq!(resp.status, 200, "{protocol:?}");
+        let seen = setup
+            .origin
+            .seen()
+            .into_iter()
+            .find(|s| s.url == path)
+            .unwrap_or_else(|| panic!("{protocol:?}: {path} never reached the origin"));
+        let cookie: Vec<&str> = seen
+            .headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("cookie"))
+            .map(|(_, value)| value.as_str())
+            .collect();
+        assert_eq!(cookie, ["a=1; c=3; b=2"], "{protocol:?}");
+        assert_eq!(seen.header("host"), Some(SITE), "{protocol:?}");
+        assert_eq!(seen.header("x-forwarded-host"), Some(SITE), "{protocol:?}");
+        let forwarded = seen.header("forwarded").unwrap_or("");
+        assert!(
+            forwarded.contains(&format!("host={SITE}"))
+                || forwarded.contains(&format!("host=\"{SITE}\"")),
+            "{protocol:?}: {forwarded}"
+        );
+    }
+}
+
+/// A GET with a body is never answered from or stored in the cache (the key cannot cover the
+/// body), over HTTP/2 too, where a body needs no length field.
+#[test]
+fn an_http2_get_with_a_body_bypasses_the_cache() {
+    let setup = Setup::start("h2c = true");
+    let with_body = H2Request {
+        method: "GET",
+        path: "/get-body",
+        headers: &[],
+        body: Some(b"hello"),
+    };
+    let outcome = h2c(setup.proxy.port, SITE, &[with_body])
+        .unwrap_or_else(|e| panic!("{e}\n{}", setup.proxy.log()));
+    let resp = &outcome.responses[0];
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.cache_status().contains("fwd=bypass"),
+        "{}",
+        resp.cache_status()
+    );
+    // Nothing was stored for the URL (asked without reaching the origin, whose test server
+    // does not read chunked request bodies).
+    let stored = setup.send(
+        Protocol::H2c,
+        "GET",
+        "/get-body",
+        &[("cache-control", "only-if-cached")],
+    );
+    assert_eq!(stored.status, 504, "{}", stored.cache_status());
+    assert_eq!(setup.origin.hits(), 1);
 }

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// One request: method, path, extra headers.
+/// One request: method, path, extra headers, and a body sent in a DATA frame (no length
+/// field unless the headers carry one).
 pub struct H2Request<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub headers: &'a [(&'a str, &'a str)],
+    pub body: Option<&'a [u8]>,
 }
 
 impl<'a> H2Request<'a> {
@@ -21,6 +23,7 @@ impl<'a> H2Request<'a> {
             method: "GET",
             path,
             headers: &[],
+            body: None,
         }
     }
 }
@@ -123,9 +126,14 @@ async fn send(
     }
     let req = builder.body(()).map_err(|e| e.to_string())?;
     let mut client = client.clone().ready().await.map_err(|e| e.to_string())?;
-    let (response, _) = client
-        .send_request(req, true)
+    let (response, mut stream) = client
+        .send_request(req, request.body.is_none())
         .map_err(|e| format!("sending: {e}"))?;
+    if let Some(body) = request.body {
+        stream
+            .send_data(bytes::Bytes::copy_from_slice(body), true)
+            .map_err(|e| format!("sending the body: {e}"))?;
+    }
     let response = response.await.map_err(|e| format!("response: {e}"))?;
     let status = response.status().as_u16();
     let headers = response

@@ -218,15 +218,17 @@ fn forwarding_fields(proxy: &CachetProxy, session: &Session) -> PendingFields {
 }
 
 /// Host rules a plugin cannot override.
-fn host_guard(session: &Session) -> Option<String> {
+fn host_guard(session: &mut Session) -> Option<String> {
     let req = session.req_header();
     if req.method != Method::GET && req.method != Method::HEAD {
         return Some(format!("method {} is not cacheable", req.method));
     }
     // The key never covers a body: an origin that reads GET bodies would
-    // otherwise let one request decide what everybody gets for the URL.
-    if super::target::has_body(req) {
-        return Some(format!("{} with a body", req.method));
+    // otherwise let one request decide what everybody gets for the URL. An HTTP/2
+    // body needs no length field: the stream is open after the head.
+    let has_body = super::target::has_body(req) || (session.is_http2() && !session.is_body_empty());
+    if has_body {
+        return Some(format!("{} with a body", session.req_header().method));
     }
     // Requests with Authorization use the cache, under the shared-cache rules
     // applied on hit (shared.rs) and when storing (response.rs).

@@ -51,6 +51,9 @@ const MAX_NOMINATIONS: usize = 32;
 
 /// Brings `req` to the fields the origin will be sent, or says why it is a bad request.
 pub fn sanitize(req: &mut RequestHeader) -> Result<(), &'static str> {
+    if req.version == Version::HTTP_2 {
+        as_http1_fields(req)?;
+    }
     check_host(req)?;
     single_content_length(req)?;
     ignore_range_under_weak_if_range(req);
@@ -75,6 +78,35 @@ fn ignore_range_under_weak_if_range(req: &mut RequestHeader) {
         req.remove_header(&header::RANGE);
         req.remove_header(&header::IF_RANGE);
     }
+}
+
+/// An HTTP/2 request in the fields its HTTP/1.1 form has, which the origin is sent: the
+/// `:authority` as `Host` (Pingora adds it only on the way out, so the plugin, the key's host
+/// and the forwarding fields would see none), and the cookie fields joined into one with "; "
+/// (RFC 9113 §8.2.3), as an HTTP/1.1 origin must receive them.
+fn as_http1_fields(req: &mut RequestHeader) -> Result<(), &'static str> {
+    if !req.headers.contains_key(header::HOST) {
+        if let Some(authority) = req.uri.authority() {
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| "the :authority is not a valid host")?;
+            req.insert_header(header::HOST, host)
+                .map_err(|_| "the :authority is not a valid host")?;
+        }
+    }
+    let mut cookies = req.headers.get_all(header::COOKIE).iter();
+    if let (Some(_), Some(_)) = (cookies.next(), cookies.next()) {
+        let joined = req
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
+        let joined = HeaderValue::from_bytes(&joined).map_err(|_| "a cookie field is not valid")?;
+        req.insert_header(header::COOKIE, joined)
+            .map_err(|_| "a cookie field is not valid")?;
+    }
+    Ok(())
 }
 
 /// One valid `Host` on HTTP/1.1; at most one, valid, on HTTP/1.0. (An HTTP/2 request names
@@ -266,6 +298,20 @@ mod tests {
             }
             assert!(sanitize(&mut req).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_http2_request_gets_its_http1_host_and_one_cookie_field() {
+        // As Pingora's HTTP/2 server builds it: the :authority in the URI, no Host field.
+        let mut req = RequestHeader::build("GET", b"/p", None).unwrap();
+        req.set_uri(http::Uri::from_static("https://a.test/p"));
+        req.set_version(Version::HTTP_2);
+        req.append_header("cookie", "a=1").unwrap();
+        req.append_header("cookie", "b=2").unwrap();
+        assert_eq!(sanitize(&mut req), Ok(()));
+        assert_eq!(req.headers["host"], "a.test");
+        let cookies: Vec<_> = req.headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
     }
 
     #[test]
