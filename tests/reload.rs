@@ -309,6 +309,17 @@ fn config_changes_apply_live_and_invalid_ones_are_refused_whole() {
         support::client::send("GET", &url, &[("Host", "a.test")]).text(),
         "from a"
     );
+
+    // The refused edit undone: the refusal no longer describes the file, and goes.
+    std::fs::write(&config, &with_b).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proxy.status()["config"]["last_refusal"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "the refusal of an undone edit stays"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn watch_events(metrics_port: u16) -> f64 {

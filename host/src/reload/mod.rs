@@ -305,8 +305,11 @@ impl Reloader {
             Outcome::Applied => {
                 crate::metrics::reload("-", "config-applied");
                 tracing::info!(config = %path.display(), "config applied");
+                // The refusal described a version of the file that is gone.
+                *self.last_config_refusal.lock() = None;
             }
-            Outcome::Unchanged => {}
+            // The file says what runs again (a refused edit undone).
+            Outcome::Unchanged => *self.last_config_refusal.lock() = None,
         }
         outcome
     }
