@@ -173,3 +173,90 @@ fn durations_take_units_and_the_old_ms_keys_still_work() {
     assert!(!ok, "{out}");
     assert!(out.contains("at least 1ms"), "{out}");
 }
+
+#[test]
+fn sizes_ports_and_mistyped_values_are_refused_with_the_full_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    let plugin = plugin("standard");
+    let write = |cache: &str, upstream: &str, limits: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n\n[cache]\n{cache}\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = {upstream:?}\nplugin = {:?}\n\n[tenant.limits]\n{limits}\n",
+                plugin.display().to_string()
+            ),
+        )
+        .unwrap();
+        run(&["validate", "--config", config.to_str().unwrap()])
+    };
+    let (ok, out) = write("max_bytes = \"64MiB\"", "127.0.0.1:1", "");
+    assert!(ok, "{out}");
+
+    // Each named by file, line and its key in full.
+    let refused = [
+        (
+            "max_bytes = \"10QB\"",
+            "127.0.0.1:1",
+            "",
+            5,
+            "cache.max_bytes",
+            "is not a size",
+        ),
+        (
+            "max_bytes = \"-5MiB\"",
+            "127.0.0.1:1",
+            "",
+            5,
+            "cache.max_bytes",
+            "is not a size",
+        ),
+        (
+            "max_bytes = \"99999999999999999999GiB\"",
+            "127.0.0.1:1",
+            "",
+            5,
+            "cache.max_bytes",
+            "too large",
+        ),
+        (
+            "max_bytes = true",
+            "127.0.0.1:1",
+            "",
+            5,
+            "cache.max_bytes",
+            "a size",
+        ),
+        (
+            "",
+            "127.0.0.1:99999",
+            "",
+            10,
+            "tenant.upstream",
+            "between 1 and 65535",
+        ),
+        (
+            "",
+            "127.0.0.1:0",
+            "",
+            10,
+            "tenant.upstream",
+            "between 1 and 65535",
+        ),
+        (
+            "max_object_bytes = \"1MiB\"",
+            "127.0.0.1:1",
+            "max_object_bytes = \"2MiB\"",
+            14,
+            "tenant.limits.max_object_bytes",
+            "must not exceed cache.max_object_bytes",
+        ),
+    ];
+    for (cache, upstream, limits, line, key, why) in refused {
+        let (ok, out) = write(cache, upstream, limits);
+        assert!(!ok, "{cache} {upstream} {limits}: {out}");
+        assert!(out.contains(&format!("cachet.toml:{line}")), "{out}");
+        assert!(out.contains(&format!("`{key}`")), "{out}");
+        assert!(out.contains(why), "{out}");
+    }
+}

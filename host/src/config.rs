@@ -4,6 +4,7 @@
 mod duration;
 mod listener;
 mod origin;
+mod size;
 mod tiers;
 mod upstream;
 
@@ -13,9 +14,9 @@ pub use tiers::{ClientCert, DiskTierConfig, SharedTierConfig};
 pub use upstream::{Balance, PoolConfig, UpstreamTarget, UpstreamTls};
 
 use crate::policy::PluginLimits;
-use bytesize::ByteSize;
 use duration::DurationValue;
 use serde::Deserialize;
+use size::SizeValue;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -66,7 +67,7 @@ struct RawConfig {
 struct RawPlugins {
     watch: Option<bool>,
     artifact_cache_dir: Option<String>,
-    artifact_cache_max_bytes: Option<ByteSize>,
+    artifact_cache_max_bytes: Option<SizeValue>,
 }
 
 #[derive(Deserialize)]
@@ -81,7 +82,7 @@ struct RawServer {
     access_log: Option<bool>,
     pid_file: Option<String>,
     upgrade_sock: Option<String>,
-    max_request_head: Option<Spanned<ByteSize>>,
+    max_request_head: Option<Spanned<SizeValue>>,
     max_connections: Option<Spanned<usize>>,
     #[serde(default)]
     forwarded_headers: ForwardedHeaders,
@@ -91,15 +92,15 @@ struct RawServer {
     tls_key: Option<Spanned<String>>,
     h2c: Option<bool>,
     h2_max_concurrent_streams: Option<Spanned<u32>>,
-    h2_max_header_list: Option<Spanned<ByteSize>>,
+    h2_max_header_list: Option<Spanned<SizeValue>>,
     h2_idle_timeout: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCache {
-    max_bytes: Option<Spanned<ByteSize>>,
-    max_object_bytes: Option<Spanned<ByteSize>>,
+    max_bytes: Option<Spanned<SizeValue>>,
+    max_object_bytes: Option<Spanned<SizeValue>>,
     uncacheable_keys: Option<usize>,
     lean_hits: Option<bool>,
     lock_timeout: Option<Spanned<DurationValue>>,
@@ -145,16 +146,16 @@ struct RawTenant {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    memory: Option<Spanned<ByteSize>>,
+    memory: Option<Spanned<SizeValue>>,
     hook_timeout: Option<Spanned<DurationValue>>,
     hook_timeout_ms: Option<Spanned<u64>>,
     max_key_bytes: Option<usize>,
     max_key_parts: Option<usize>,
-    max_synthetic_body: Option<ByteSize>,
+    max_synthetic_body: Option<SizeValue>,
     instance_reuse: Option<Spanned<u32>>,
     max_instances: Option<Spanned<usize>>,
-    cache_quota: Option<Spanned<ByteSize>>,
-    max_object_bytes: Option<ByteSize>,
+    cache_quota: Option<Spanned<SizeValue>>,
+    max_object_bytes: Option<Spanned<SizeValue>>,
 }
 
 // ---- The validated configuration -----------------------------------------
@@ -471,7 +472,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     let mut tenants: Vec<TenantConfig> = Vec::with_capacity(raw.tenants.len());
     for t in raw.tenants {
-        tenants.push(located.tenant(base, t, &tenants)?);
+        tenants.push(located.tenant(base, t, &tenants, cache.max_object_bytes)?);
     }
     let with_certs: Vec<&str> = tenants
         .iter()
@@ -536,7 +537,11 @@ impl Locator<'_> {
         let key = line.and_then(|n| {
             let text = self.text.lines().nth(n - 1)?;
             let (key, _) = text.split_once('=')?;
-            Some(key.trim().to_owned())
+            // Named in full, as the other errors name keys: `cache.max_bytes`, not `max_bytes`.
+            Some(match self.table_above(n) {
+                Some(table) => format!("{table}.{}", key.trim()),
+                None => key.trim().to_owned(),
+            })
         });
         ConfigError {
             file: self.path.to_path_buf(),
@@ -544,6 +549,20 @@ impl Locator<'_> {
             key,
             message: e.message().trim().to_owned(),
         }
+    }
+
+    /// The table (`cache`, `tenant.limits`) whose header is the last one before line `n`.
+    fn table_above(&self, n: usize) -> Option<String> {
+        self.text
+            .lines()
+            .take(n - 1)
+            .filter_map(|line| {
+                let header = line.trim().strip_prefix('[')?;
+                let header = header.strip_prefix('[').unwrap_or(header);
+                let name = header.split(']').next()?.trim();
+                Some(name.replace(' ', ""))
+            })
+            .last()
     }
 
     /// A count that must be at least 1, or `default` when absent.
@@ -661,6 +680,7 @@ impl Locator<'_> {
         base: &Path,
         t: RawTenant,
         earlier: &[TenantConfig],
+        cache_max_object_bytes: usize,
     ) -> Result<TenantConfig, ConfigError> {
         let name = t.name.get_ref().trim().to_owned();
         let valid_name = !name.is_empty()
@@ -788,6 +808,19 @@ impl Locator<'_> {
             Some(q) => Some(q.get_ref().as_u64() as usize),
             None => None,
         };
+        let max_object_bytes = match &t.limits.max_object_bytes {
+            Some(b) if b.get_ref().as_u64() > cache_max_object_bytes as u64 => {
+                return Err(self.at(
+                    b.span(),
+                    "tenant.limits.max_object_bytes",
+                    format!(
+                        "must not exceed cache.max_object_bytes ({cache_max_object_bytes} bytes)"
+                    ),
+                ))
+            }
+            Some(b) => Some(b.get_ref().as_u64() as usize),
+            None => None,
+        };
         Ok(TenantConfig {
             name,
             hosts,
@@ -806,7 +839,7 @@ impl Locator<'_> {
             cache_status_key: t.cache_status_key,
             limits,
             cache_quota,
-            max_object_bytes: t.limits.max_object_bytes.map(|b| b.as_u64() as usize),
+            max_object_bytes,
             plugin_config: t.plugin_config,
             origin: self.origin(&t.origin)?,
         })

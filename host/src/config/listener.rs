@@ -3,8 +3,8 @@
 //! `tls_cert`/`tls_key` chosen by SNI) and HTTP/2 (`h2c` and its bounds).
 
 use super::duration::DurationValue;
+use super::size::SizeValue;
 use super::{ConfigError, Locator, PINGORA_MAX_HEAD};
-use bytesize::ByteSize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,7 +50,7 @@ pub(super) struct RawListener<'a> {
     pub tls_key: &'a Option<Spanned<String>>,
     pub h2c: Option<bool>,
     pub h2_max_concurrent_streams: &'a Option<Spanned<u32>>,
-    pub h2_max_header_list: &'a Option<Spanned<ByteSize>>,
+    pub h2_max_header_list: &'a Option<Spanned<SizeValue>>,
     pub h2_idle_timeout: &'a Option<Spanned<DurationValue>>,
 }
 

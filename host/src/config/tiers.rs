@@ -1,9 +1,9 @@
 //! `[cache.disk]` and `[cache.shared]`: the L2 cache tiers (see `storage::tiers`).
 
 use super::duration::DurationValue;
+use super::size::SizeValue;
 use super::{ConfigError, Locator};
 use crate::tls::certificate::PairFile;
-use bytesize::ByteSize;
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ const MAX_OP_TIMEOUT: Duration = Duration::from_secs(1);
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDisk {
     path: Spanned<String>,
-    max_bytes: Option<Spanned<ByteSize>>,
+    max_bytes: Option<Spanned<SizeValue>>,
     max_objects: Option<Spanned<i64>>,
 }
 
@@ -37,7 +37,7 @@ pub(super) struct RawShared {
     url: Spanned<String>,
     password: Option<String>,
     key_prefix: Option<String>,
-    max_object_bytes: Option<Spanned<ByteSize>>,
+    max_object_bytes: Option<Spanned<SizeValue>>,
     op_timeout: Option<Spanned<DurationValue>>,
     /// PEM CA certificates trusted for `rediss://` instead of the system's.
     ca: Option<Spanned<String>>,

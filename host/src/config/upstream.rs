@@ -204,9 +204,11 @@ impl Locator<'_> {
             .filter(|(h, _)| !h.contains(':') || (h.starts_with('[') && h.ends_with(']')));
         let (host, port) = match split {
             Some((host, port)) => {
-                let port = port
-                    .parse::<u16>()
-                    .map_err(|_| bad("the port is not a number"))?;
+                let port = match port.parse::<u64>() {
+                    Ok(port @ 1..=65535) => port as u16,
+                    Ok(_) => return Err(bad("the port must be between 1 and 65535")),
+                    Err(_) => return Err(bad("the port is not a number")),
+                };
                 (host, port)
             }
             None => match default_port {
