@@ -119,5 +119,14 @@ fn explains_routing_and_plugin_decisions_from_the_given_headers() {
     let (ok, out) = explain(&proxy, &["-H", "no colon here", &url]);
     assert!(!ok);
     assert!(out.contains("is not `Name: value`"), "{out}");
+
+    // What the proxy would refuse is refused, not explained as served.
+    let userinfo = url.replace("http://", "http://user:pw@");
+    let (ok, out) = explain(&proxy, &["-H", "Host: static.example", &userinfo]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("user information"), "{out}");
+    let (ok, out) = explain(&proxy, &[&url.replace("http://", "ftp://")]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("http(s) URLs only"), "{out}");
     assert_eq!(origin.hits(), 0);
 }

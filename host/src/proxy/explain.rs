@@ -134,8 +134,24 @@ fn build_request(query: &ExplainQuery) -> Result<RequestHeader, String> {
     let authority = uri
         .authority()
         .ok_or_else(|| format!("{:?}: give an absolute URL (http://host/path)", query.url))?;
+    // What the proxy refuses is not explained as if it were served.
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "{:?}: the proxy serves http(s) URLs only",
+            query.url
+        ));
+    }
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "{:?}: the proxy refuses user information in a URL (400)",
+            query.url
+        ));
+    }
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let method = query.method.as_deref().unwrap_or("GET");
+    if method.eq_ignore_ascii_case("PURGE") {
+        return Err("a PURGE is not looked up in the cache: it removes what is stored".into());
+    }
     let mut request = RequestHeader::build(method, target.as_bytes(), None)
         .map_err(|e| format!("cannot build the request: {e}"))?;
     request
@@ -160,6 +176,8 @@ fn build_request(query: &ExplainQuery) -> Result<RequestHeader, String> {
         };
         added.map_err(|e| format!("header {line:?}: {e}"))?;
     }
+    super::request_fields::sanitize(&mut request)
+        .map_err(|why| format!("the proxy would refuse this request (400): {why}"))?;
     Ok(request)
 }
 
