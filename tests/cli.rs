@@ -260,3 +260,53 @@ fn sizes_ports_and_mistyped_values_are_refused_with_the_full_key() {
         assert!(out.contains(why), "{out}");
     }
 }
+
+/// A taken port is an error at start, with the address and its key: Pingora would retry for
+/// half a minute and then run on without the listener, looking healthy to a supervisor.
+#[test]
+fn serve_exits_at_once_when_an_address_it_listens_on_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    let plugin = plugin("standard");
+    let free = support::free_port();
+    for (listen, admin, key) in [
+        (port, free, "server.listen"),
+        (free, port, "server.admin"),
+        (free, free, "server.admin"),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{listen}\"\nadmin = \"127.0.0.1:{admin}\"\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = {:?}\n",
+                plugin.display().to_string()
+            ),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let mut child = std::process::Command::new(support::proxy::cachet_bin())
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{key}: still running 10 s after start with the address taken");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{key}: {err}");
+        assert!(err.contains("cannot listen on"), "{key}: {err}");
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    drop(taken);
+}

@@ -191,6 +191,32 @@ impl BackgroundService for ProcessThreads {
     }
 }
 
+/// Fails when an address cachet is to listen on is taken (or named twice). Pingora, finding
+/// one taken, retries for half a minute and then stops only the service that failed: the
+/// process would run on without its proxy or admin listener, looking healthy to a
+/// supervisor. Not for an upgrade, whose listeners come from the running process.
+fn check_addresses_free(
+    config: &Config,
+    demo_origin: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    let addresses = [
+        ("server.listen", Some(config.server.listen)),
+        ("server.tls_listen", config.server.listener.tls_listen),
+        ("server.admin", config.server.admin),
+        ("server.metrics", config.server.metrics),
+        ("the demo origin", demo_origin),
+    ];
+    // Held until every address is tried, so one named twice is found too.
+    let mut held = Vec::with_capacity(addresses.len());
+    for (key, addr) in addresses {
+        let Some(addr) = addr else { continue };
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} ({key})"))?;
+        held.push(listener);
+    }
+    Ok(())
+}
+
 /// Options of `cachet serve` that Pingora acts on.
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
@@ -204,6 +230,9 @@ pub struct ServeOptions {
 pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     // First of all: from now on a SIGHUP is a reload request, never fatal.
     let hangups = Hangups::catch().context("installing the SIGHUP handler")?;
+    if !options.upgrade {
+        check_addresses_free(&config, options.demo_origin)?;
+    }
     let runtime = build_runtime(&config)?;
     let state = runtime.state.clone();
 
