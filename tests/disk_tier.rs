@@ -589,3 +589,46 @@ fn a_soft_url_purge_keeps_the_disk_copy_for_revalidation() {
         .starts_with("cachet; hit"));
     assert_eq!(disk_stats(&second)["removed"], 0);
 }
+
+/// A body the origin sent chunked is written to disk with the length it turned out to have:
+/// after a restart its disk hit states it and answers a range.
+#[test]
+fn a_chunked_body_is_kept_on_disk_with_its_length() {
+    let origin = support::raw::RawOrigin::start(|_| {
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=300\r\nTransfer-Encoding: chunked\r\n\r\n\
+          4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n"
+            .to_vec()
+    });
+    let disk = tempfile::tempdir().unwrap();
+    let launch = || {
+        Proxy::start_with_server(
+            "",
+            &format!(
+                "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n[plugins]\nwatch = false",
+                disk.path().display().to_string()
+            ),
+            &[TenantSpec::new("one", origin.addr, &plugin("standard")).hosts(&["one.test"])],
+        )
+    };
+    let mut proxy = launch();
+    assert_eq!(get(&proxy, "one.test", "/chunked", &[]).text(), "abcdefg");
+    wait_writes(&proxy, 1);
+    stop(&mut proxy);
+
+    let proxy = launch();
+    let range = send(
+        "GET",
+        &proxy.url("/chunked"),
+        &[("Host", "one.test"), ("Range", "bytes=1-3")],
+    );
+    assert_eq!(range.status, 206, "{}", range.cache_status());
+    assert_eq!(range.text(), "bcd");
+    assert!(
+        range.cache_status().contains("l2-disk"),
+        "{}",
+        range.cache_status()
+    );
+    let whole = get(&proxy, "one.test", "/chunked", &[]);
+    assert_eq!(whole.header("content-length"), Some("7"));
+    assert_eq!(origin.requests(), 1);
+}

@@ -111,6 +111,38 @@ fn a_chunked_origin_response_is_framed_once_on_miss_and_hit() {
     }
 }
 
+/// A body the origin sent without a length is stored with the length it turned out to have:
+/// hits state it, and a range is answered from the stored response as for any other.
+#[test]
+fn a_body_sent_without_a_length_is_stored_with_one_and_serves_ranges() {
+    for framing in ["Transfer-Encoding: chunked\r\n", "Connection: close\r\n"] {
+        let head = format!("HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n{framing}\r\n");
+        let chunked = framing.starts_with("Transfer");
+        let origin = RawOrigin::start(move |_| {
+            let mut bytes = head.clone().into_bytes();
+            if chunked {
+                bytes.extend_from_slice(b"4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n");
+            } else {
+                bytes.extend_from_slice(b"abcdefg");
+            }
+            bytes
+        });
+        let proxy = proxy_with(origin.addr, "standard", "");
+        let miss = raw::get(proxy.port, "/unframed", &[]);
+        assert_eq!(miss.body, b"abcdefg", "{framing}");
+        let hit = raw::get(proxy.port, "/unframed", &[]);
+        assert_status_has(hit.cache_status(), "hit");
+        assert_eq!(hit.head.header("content-length"), Some("7"), "{framing}");
+        assert!(hit.head.header("transfer-encoding").is_none(), "{framing}");
+        assert_eq!(hit.body, b"abcdefg");
+        let range = raw::get(proxy.port, "/unframed", &[("Range", "bytes=2-4")]);
+        assert_eq!(range.head.status, 206, "{framing}: {:?}", range.head);
+        assert_eq!(range.body, b"cde", "{framing}");
+        assert_eq!(range.head.header("content-range"), Some("bytes 2-4/7"));
+        assert_eq!(origin.requests(), 1, "{framing}");
+    }
+}
+
 // ------------------------------------------------------------------------------- Age
 
 #[test]
@@ -302,11 +334,12 @@ fn an_http10_client_gets_a_body_without_a_length_close_delimited() {
             if round == "hit" { "hit" } else { "fwd=miss" },
         );
     }
-    // An HTTP/1.1 client still gets it chunked, on a kept-alive connection.
-    let chunked = raw::get(proxy.port, "/old", &[]);
-    assert_eq!(chunked.head.header("transfer-encoding"), Some("chunked"));
-    assert_eq!(chunked.body, b"hello world");
-    assert_eq!(origin.requests(), 1, "{}", chunked.cache_status());
+    // The stored response has the length the body turned out to have: an HTTP/1.1 client's
+    // hit states it.
+    let framed = raw::get(proxy.port, "/old", &[]);
+    assert_eq!(framed.head.header("content-length"), Some("11"));
+    assert_eq!(framed.body, b"hello world");
+    assert_eq!(origin.requests(), 1, "{}", framed.cache_status());
 }
 
 // ------------------------------------------------------------------------ dates

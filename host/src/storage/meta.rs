@@ -79,6 +79,27 @@ impl StoredMeta {
         }
     }
 
+    /// The stored meta with `Content-Length: body_len`, when the origin framed the body
+    /// without one (chunked or close-delimited): with a length, a hit can answer a `Range`
+    /// and take the lean path. `None` when it has a length already, or its status no content.
+    pub(super) fn with_length(&self, body_len: usize) -> Result<Option<Self>> {
+        let header = self.template.response_header();
+        if !needs_length(header) {
+            return Ok(None);
+        }
+        let mut header = header.clone();
+        header.insert_header(http::header::CONTENT_LENGTH, body_len)?;
+        let added = "content-length".len() + body_len.to_string().len() + FIELD_OVERHEAD;
+        Ok(Some(Self {
+            template: rebuild(&self.template, header),
+            tags: self.tags.clone(),
+            internal: self.internal.clone(),
+            epoch: self.epoch,
+            varies: self.varies,
+            weight: self.weight + added,
+        }))
+    }
+
     /// A fresh `CacheMeta` equal to the stored one (extensions are not kept, as pingora allows).
     pub(super) fn to_meta(&self) -> Result<CacheMeta> {
         let Some(internal) = &self.internal else {
@@ -115,6 +136,14 @@ impl StoredMeta {
     pub(super) fn weight(&self) -> usize {
         self.weight
     }
+}
+
+/// Whether a stored header lacks the `Content-Length` its body could have: a status with
+/// content (not 1xx, 204 or 304) and no length field.
+pub(crate) fn needs_length(header: &ResponseHeader) -> bool {
+    let status = header.status.as_u16();
+    !matches!(status, 100..=199 | 204 | 304)
+        && !header.headers.contains_key(http::header::CONTENT_LENGTH)
 }
 
 fn rebuilds_exactly(meta: &CacheMeta) -> bool {

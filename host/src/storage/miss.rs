@@ -109,9 +109,15 @@ impl HandleMiss for Miss {
         self.finished = true;
         // Everything has arrived: readers complete whether or not the body is stored.
         self.writer.close(WriteStatus::Done);
+        // A body the origin sent without a length is stored with the length it turned out to
+        // have (a failure to add it only leaves the entry as it was framed).
+        let meta = match self.meta.with_length(self.body_len) {
+            Ok(Some(framed)) => Arc::new(framed),
+            _ => self.meta.clone(),
+        };
         let entry = self.buffered.take().map(|head| {
             let body = assemble(&head, self.body_len);
-            Arc::new(Entry::new(self.meta.clone(), body, self.lru_key.clone()))
+            Arc::new(Entry::new(meta, body, self.lru_key.clone()))
         });
         let mut index = self.storage.index.write();
         let write = index.take_write(self.partition(), &self.slot, self.id);

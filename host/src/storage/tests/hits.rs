@@ -76,9 +76,14 @@ async fn meta_comes_back_exactly_as_stored() {
     let s = storage(1 << 20, 1 << 20);
 
     // A first fill: rebuilt through the public constructor.
+    // Stated lengths: a body without one is stored with it (the test below).
     let k = key("/fresh", "t");
     let mut original = meta();
     original.set_variance([7; 16]);
+    original
+        .response_header_mut()
+        .insert_header("content-length", "1")
+        .unwrap();
     let mut w = s.get_miss_handler(&k, &original, &span()).await.unwrap();
     w.write_body(b"x".to_vec().into(), true).await.unwrap();
     w.finish().await.unwrap();
@@ -90,6 +95,7 @@ async fn meta_comes_back_exactly_as_stored() {
     let created = SystemTime::now() - Duration::from_secs(600);
     let mut header = ResponseHeader::build_no_case(200, None).unwrap();
     header.append_header("etag", "\"v1\"").unwrap();
+    header.append_header("content-length", "1").unwrap();
     let mut revalidated = CacheMeta::new(created, created, 5, 6, header);
     revalidated.update_freshness(SystemTime::now() + Duration::from_secs(60), 7, 8);
     revalidated.set_epoch_override(created + Duration::from_secs(1));
@@ -104,12 +110,34 @@ async fn meta_comes_back_exactly_as_stored() {
 }
 
 #[tokio::test]
+async fn a_body_stored_without_a_length_is_stored_with_the_length_it_had() {
+    let s = storage(1 << 20, 1 << 20);
+    let k = key("/unframed", "t");
+    put_chunked(s, &k, b"abcdefg", 3).await;
+    let (got, _) = get(s, &k).await.unwrap();
+    assert_eq!(got.headers().get("content-length").unwrap(), "7");
+    assert_eq!(got.headers().get("content-type").unwrap(), "text/plain");
+
+    // A status without content gets none.
+    let k = key("/no-content", "t");
+    let header = ResponseHeader::build_no_case(204, None).unwrap();
+    let now = SystemTime::now();
+    let empty = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+    let mut w = s.get_miss_handler(&k, &empty, &span()).await.unwrap();
+    w.write_body(bytes::Bytes::new(), true).await.unwrap();
+    w.finish().await.unwrap();
+    let (got, _) = get(s, &k).await.unwrap();
+    assert!(got.headers().get("content-length").is_none());
+}
+
+#[tokio::test]
 async fn a_parsed_header_is_kept_by_value_without_its_name_case() {
     let s = storage(1 << 20, 1 << 20);
     let k = key("/case", "t");
     let mut header = ResponseHeader::build(200, None).unwrap();
     header.append_header("X-Mixed-Case", "a").unwrap();
     header.append_header("X-Mixed-Case", "b").unwrap();
+    header.append_header("Content-Length", "1").unwrap();
     header.set_reason_phrase(Some("Fine")).unwrap();
     let now = SystemTime::now();
     let original = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);

@@ -18,6 +18,8 @@ pub(crate) struct TieredMiss {
     key: TierKey,
     /// pingora's serialization of the meta, taken when the fill started.
     meta: Option<(Vec<u8>, Vec<u8>)>,
+    /// The origin gave no `Content-Length`: the finished body's is added before storing.
+    unframed: bool,
     /// The freshness and stale windows end here.
     keep_until: SystemTime,
     tags: Box<[Box<str>]>,
@@ -44,6 +46,7 @@ impl TieredMiss {
             tiers,
             key,
             meta: meta.serialize().ok(),
+            unframed: super::super::meta::needs_length(meta.response_header()),
             keep_until: meta.fresh_until() + std::time::Duration::from_secs(stale.into()),
             tags: super::super::tags::parse(meta.headers()),
             written_at: record::now_ns(),
@@ -76,13 +79,20 @@ impl HandleMiss for TieredMiss {
             tiers,
             key,
             meta,
+            unframed,
             keep_until,
             tags,
             written_at,
             body,
+            body_len,
             ..
         } = *self;
         let finished = l1.finish().await?;
+        let meta = match meta {
+            // `finish` comes only after the whole body: its length is known.
+            Some(bytes) if unframed => Some(with_length(bytes, body_len)),
+            meta => meta,
+        };
         let lifetime = keep_until.duration_since(SystemTime::now()).ok();
         // Encoding (and cutting large bodies into chunks) happens on the writer task.
         if let (Some((internal, header)), Some(body), Some(lifetime)) = (meta, body, lifetime) {
@@ -101,5 +111,20 @@ impl HandleMiss for TieredMiss {
 
     fn streaming_write_tag(&self) -> Option<&[u8]> {
         self.l1.streaming_write_tag()
+    }
+}
+
+/// The serialized meta with `Content-Length: body_len` added, as L1 stores it
+/// (`StoredMeta::with_length`); unchanged if it cannot be re-encoded.
+fn with_length((internal, header): (Vec<u8>, Vec<u8>), body_len: usize) -> (Vec<u8>, Vec<u8>) {
+    let Ok(mut meta) = CacheMeta::deserialize(&internal, &header) else {
+        return (internal, header);
+    };
+    let added = meta
+        .response_header_mut()
+        .insert_header(http::header::CONTENT_LENGTH, body_len);
+    match added.and_then(|()| meta.serialize()) {
+        Ok(framed) => framed,
+        Err(_) => (internal, header),
     }
 }
