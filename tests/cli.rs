@@ -310,3 +310,27 @@ fn serve_exits_at_once_when_an_address_it_listens_on_is_taken() {
     }
     drop(taken);
 }
+
+#[test]
+fn validate_refuses_a_disk_tier_path_under_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("afile"), b"x").unwrap();
+    let config = dir.path().join("cachet.toml");
+    for (path, ok) in [("afile/disk", false), ("afile", false), ("new/disk", true)] {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n\n[cache.disk]\npath = {path:?}\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = \"builtin:standard\"\n"
+            ),
+        )
+        .unwrap();
+        let (valid, out) = run(&["validate", "--config", config.to_str().unwrap()]);
+        assert_eq!(valid, ok, "{path}: {out}");
+        if !ok {
+            assert!(out.contains("cachet.toml:5"), "{out}");
+            assert!(out.contains("cache.disk.path"), "{out}");
+            assert!(out.contains("is not a folder"), "{out}");
+        }
+    }
+    assert!(!dir.path().join("new").exists(), "validate creates nothing");
+}

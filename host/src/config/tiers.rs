@@ -127,8 +127,12 @@ impl Locator<'_> {
             Some(n) => Some(*n.get_ref() as u64),
             None => None,
         };
+        let path = base.join(raw.path.get_ref());
+        if let Err(why) = can_be_a_folder(&path) {
+            return Err(self.at(raw.path.span(), "cache.disk.path", why));
+        }
         Ok(Some(DiskTierConfig {
-            path: base.join(raw.path.get_ref()),
+            path,
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             max_objects,
         }))
@@ -232,5 +236,30 @@ impl Locator<'_> {
                 PairFile::Key => self.at(key.span(), "cache.shared.tls_key", e.reason),
             })?;
         Ok((ca_pem, Some(ClientCert { cert_pem, key_pem })))
+    }
+}
+
+/// Whether `path` is a folder, or one could be made there: its nearest existing ancestor is a
+/// folder. (`serve` creates what is missing; `validate` creates nothing but says the same.)
+fn can_be_a_folder(path: &Path) -> Result<(), String> {
+    let mut at = path;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(_) => return Err(format!("{} is not a folder", at.display())),
+            // Not there, or a file in the way further up: look at the parent.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match at.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+                    _ => return Ok(()),
+                }
+            }
+            Err(e) => return Err(format!("{}: {e}", at.display())),
+        }
     }
 }
