@@ -10,7 +10,7 @@ use crate::storage::TAGS_HEADER;
 use cachet_sdk::ResponseDirectives;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora_cache::{CacheMeta, CachePhase, RespCacheable};
+use pingora_cache::{CacheMeta, RespCacheable};
 use std::time::{Duration, SystemTime};
 
 pub(super) fn response_cache_filter(
@@ -27,10 +27,13 @@ pub(super) fn response_cache_filter(
         .map(|not_modified| revalidation::merge(resp, not_modified));
     let resp = merged.as_ref().unwrap_or(resp);
     let verdict = match decide(proxy, session, resp, ctx) {
-        // A stored entry under revalidation says the URL is cacheable: an answer that cannot be
-        // stored (an origin error sent with no-store) is refused for this request only, and the
-        // stale entry keeps serving within its windows instead of every request going through.
-        RespCacheable::Uncacheable(_) if revalidating(session) => {
+        // A background revalidation (stale-while-revalidate) refreshes an entry that is still
+        // being served: an answer that cannot be stored (an origin error sent with no-store) is
+        // refused for this request only. Marking the URL would skip the lookup, so every request
+        // would go through to the failing origin instead of getting the stale entry. (A
+        // foreground revalidation still marks it: its requests would otherwise queue on the
+        // cache lock one fill at a time.)
+        RespCacheable::Uncacheable(_) if session.is_subrequest() => {
             RespCacheable::Uncacheable(uncacheable::this_request_only())
         }
         verdict => verdict,
@@ -42,16 +45,6 @@ pub(super) fn response_cache_filter(
         ctx.unstored_not_modified = not_modified;
     }
     verdict
-}
-
-/// Whether this request revalidates a stored entry: in the background (stale-while-revalidate)
-/// or in the foreground.
-fn revalidating(session: &Session) -> bool {
-    session.is_subrequest()
-        || matches!(
-            session.cache.phase(),
-            CachePhase::Stale | CachePhase::StaleUpdating | CachePhase::Expired
-        )
 }
 
 /// Not stored, and the URL is remembered as uncacheable: its next requests skip the cache lock.
