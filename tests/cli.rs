@@ -334,3 +334,18 @@ fn validate_refuses_a_disk_tier_path_under_a_file() {
     }
     assert!(!dir.path().join("new").exists(), "validate creates nothing");
 }
+
+#[test]
+fn a_blank_admin_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:0\"\nadmin_token = \"  \"\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = \"builtin:standard\"\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&["validate", "--config", config.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("server.admin_token"), "{out}");
+    assert!(out.contains("blank"), "{out}");
+}

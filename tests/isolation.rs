@@ -132,6 +132,23 @@ fn an_endless_loop_in_on_request_times_out_and_bypasses() {
     assert!(pair.bad("/fine").cache_status().contains("hit"));
 }
 
+/// An overrun in on-response follows a successful on-request on every request: the breaker
+/// counts each hook's overruns apart, so it still opens (one shared count was reset by each
+/// success and never did: every miss burnt the whole deadline).
+#[test]
+fn an_endless_loop_in_on_response_also_opens_the_breaker() {
+    let pair = Pair::start("loop-forever", "bypass", TIGHT);
+    for i in 0..3 {
+        let resp = pair.bad(&format!("/loop/response/{i}"));
+        assert_eq!((resp.status, resp.text().as_str()), (200, "bad"));
+        pair.assert_good_tenant_unharmed();
+    }
+    pair.assert_fault_recorded("timeout");
+    let skipped = pair.bad("/loop/response/next");
+    assert_bypassed(&skipped, "quarantined");
+    pair.assert_good_tenant_unharmed();
+}
+
 #[test]
 fn an_endless_loop_answers_502_when_the_tenant_says_error() {
     let pair = Pair::start("loop-forever", "error", TIGHT);

@@ -402,12 +402,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             max_request_head,
         )?,
     };
-    if server.admin_token.as_deref() == Some("") {
+    // A blank token could never be matched (header values are trimmed): refused like none.
+    if server
+        .admin_token
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
         return Err(ConfigError {
             file: path.to_path_buf(),
             line: None,
             key: Some("server.admin_token".into()),
-            message: "must not be empty".into(),
+            message: "must not be empty or blank".into(),
         });
     }
     let exposed = |addr: &Option<SocketAddr>| addr.is_some_and(|a| !a.ip().is_loopback());

@@ -3,7 +3,7 @@
 
 use super::bindings::v2::cachet::policy::types::{self as raw, TestVector};
 use super::bindings::{Hooks, RequestAnswer, ResponseAnswer};
-use super::breaker::Breaker;
+use super::breaker::{Breaker, Hook};
 use super::decision::{
     self, OriginFailure, RequestDecision, RequestPlan, ResponseDecision, ResponsePlan,
     SyntheticResponse,
@@ -457,7 +457,7 @@ impl InstancePool {
     /// the one the edited request would get (shadows, explain, invalidation).
     pub fn decide_request(&self, request: &RequestHeader) -> Result<RequestVerdict, PluginFault> {
         let _timer = self.request_seconds.start_timer();
-        self.with_instance(|instance, limits| {
+        self.with_instance(Hook::Request, |instance, limits| {
             let none = PendingFields::none();
             let (plan, given_key) = instance.on_request(limits, request, none)?;
             let key = match plan.decision {
@@ -490,7 +490,7 @@ impl InstancePool {
         pending: &mut PendingFields,
     ) -> Result<RequestOutcome, PluginFault> {
         let _timer = self.request_seconds.start_timer();
-        self.with_instance(|instance, limits| {
+        self.with_instance(Hook::Request, |instance, limits| {
             let (plan, given_key) = instance.on_request(limits, request, pending)?;
             if !matches!(plan.decision, RequestDecision::Respond(_)) && !plan.edits.is_empty() {
                 pending.apply(request);
@@ -518,7 +518,7 @@ impl InstancePool {
         request: &RequestHeader,
         names: &[String],
     ) -> Result<Vec<Option<String>>, PluginFault> {
-        self.with_instance(|instance, limits| {
+        self.with_instance(Hook::Vary, |instance, limits| {
             names
                 .iter()
                 .map(|name| instance.vary_value(limits, request, name))
@@ -542,7 +542,9 @@ impl InstancePool {
         response: &ResponseHeader,
     ) -> Result<ResponsePlan, PluginFault> {
         let _timer = self.response_seconds.start_timer();
-        self.with_instance(|instance, limits| instance.on_response(limits, request, response))
+        self.with_instance(Hook::Response, |instance, limits| {
+            instance.on_response(limits, request, response)
+        })
     }
 
     /// Runs `on-deliver` for a response about to be sent to the client.
@@ -551,7 +553,9 @@ impl InstancePool {
         request: &RequestHeader,
         response: &ResponseHeader,
     ) -> Result<Vec<HeaderEdit>, PluginFault> {
-        self.with_instance(|instance, limits| instance.on_deliver(limits, request, response))
+        self.with_instance(Hook::Deliver, |instance, limits| {
+            instance.on_deliver(limits, request, response)
+        })
     }
 
     /// Runs `on-error` after an origin failure with nothing stale to serve.
@@ -560,11 +564,14 @@ impl InstancePool {
         request: &RequestHeader,
         failure: OriginFailure,
     ) -> Result<Option<SyntheticResponse>, PluginFault> {
-        self.with_instance(|instance, limits| instance.on_error(limits, request, failure))
+        self.with_instance(Hook::Error, |instance, limits| {
+            instance.on_error(limits, request, failure)
+        })
     }
 
     fn with_instance<R>(
         &self,
+        hook: Hook,
         work: impl FnOnce(&mut PolicyInstance, &PluginLimits) -> Result<R, PluginFault>,
     ) -> Result<R, PluginFault> {
         if self.breaker.is_open() {
@@ -584,12 +591,12 @@ impl InstancePool {
         }
         let result = match outcome {
             Ok(result) => {
-                self.breaker.record_success();
+                self.breaker.record_success(hook);
                 result
             }
             Err(fault) => {
                 if fault == PluginFault::Timeout {
-                    self.breaker.record_timeout();
+                    self.breaker.record_timeout(hook);
                 }
                 return Err(fault);
             }
