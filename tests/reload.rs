@@ -488,3 +488,41 @@ fn the_admin_token_changes_on_reload() {
     let status = ureq::get(&proxy.admin_url("/status")).call();
     assert!(matches!(status, Err(ureq::Error::Status(401, _))));
 }
+
+/// A rotated admin token takes effect when its file changes, without a reload request: the
+/// new token is accepted and the old one, possibly leaked, refused.
+#[test]
+fn a_rotated_admin_token_file_takes_effect_at_once() {
+    let origin = Origin::start(|_| Reply::ok("ok"));
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("token.txt");
+    std::fs::write(&token_file, "first-token\n").unwrap();
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token_file = {:?}", token_file.display().to_string()),
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let status_with = |token: &str| match ureq::get(&proxy.admin_url("/status"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+    {
+        Ok(resp) => resp.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(status_with("first-token"), 200);
+
+    let aside = secrets.path().join("token.new");
+    std::fs::write(&aside, "second-token\n").unwrap();
+    std::fs::rename(&aside, &token_file).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_with("second-token") != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated token was not taken\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status_with("first-token"), 401);
+}

@@ -218,6 +218,9 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
     /// Bearer token the admin API and PURGE require (None: no token).
     pub admin_token: Option<String>,
+    /// The file `admin_token` was read from: watched like the config, so a rotated token
+    /// takes effect without a reload request.
+    pub admin_token_file: Option<PathBuf>,
     /// One log line per request (target `cachet::access`).
     pub access_log: bool,
     pub pid_file: PathBuf,
@@ -363,6 +366,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             }
             (None, None) => None,
         },
+        admin_token_file: raw
+            .server
+            .admin_token_file
+            .as_ref()
+            .map(|file| base.join(file.get_ref())),
         access_log: raw.server.access_log.unwrap_or(true),
         pid_file: raw
             .server

@@ -189,7 +189,15 @@ impl Proxy {
         let admin_token = server
             .lines()
             .find_map(|l| l.trim().strip_prefix("admin_token = "))
-            .map(|v| v.trim_matches('"').to_owned());
+            .map(|v| v.trim_matches('"').to_owned())
+            .or_else(|| {
+                // As it is when cachet starts: a test that rotates it asks with its own.
+                let file = server
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("admin_token_file = "))?;
+                let token = std::fs::read_to_string(file.trim_matches('"')).ok()?;
+                Some(token.trim().to_owned())
+            });
         let mut proxy = Self {
             child,
             watches: !cache.contains("watch = false"),

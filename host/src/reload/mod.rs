@@ -94,6 +94,11 @@ impl Reloader {
         self.config.lock().source.clone()
     }
 
+    /// The file the admin token is read from, when the config names one.
+    pub fn token_file(&self) -> Option<PathBuf> {
+        self.config.lock().server.admin_token_file.clone()
+    }
+
     /// The plugin files the running config names, shadows included.
     pub fn plugin_paths(&self) -> Vec<PathBuf> {
         self.config

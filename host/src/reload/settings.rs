@@ -32,6 +32,7 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         max_connections,
         forwarded_headers,
         admin_token: _,
+        admin_token_file: _,
         access_log: _,
         shutdown_grace: _,
         listener,

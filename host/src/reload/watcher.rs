@@ -52,6 +52,7 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
 
 fn watched_files(reloader: &Reloader) -> Vec<PathBuf> {
     std::iter::once(reloader.config_path())
+        .chain(reloader.token_file())
         .chain(reloader.plugin_paths())
         .chain(reloader.certificates().paths())
         .collect()
@@ -59,6 +60,10 @@ fn watched_files(reloader: &Reloader) -> Vec<PathBuf> {
 
 fn apply(reloader: &Reloader, batch: Vec<Vec<PathBuf>>) {
     let config = reloader.config_path();
+    // The token file is part of the config: a change to it re-reads the config.
+    let token = reloader.token_file();
+    let is_config =
+        |p: &PathBuf| same_file(p, &config) || token.as_ref().is_some_and(|t| same_file(p, t));
     let plugins = reloader.plugin_paths();
     let certificates = reloader.certificates().paths();
     // Names that only look alike (another folder's file of the same name)
@@ -67,7 +72,7 @@ fn apply(reloader: &Reloader, batch: Vec<Vec<PathBuf>>) {
         .into_iter()
         .flatten()
         .filter(|p| {
-            same_file(p, &config)
+            is_config(p)
                 || plugins
                     .iter()
                     .chain(&certificates)
@@ -77,7 +82,7 @@ fn apply(reloader: &Reloader, batch: Vec<Vec<PathBuf>>) {
     if paths.is_empty() {
         return;
     }
-    if paths.iter().any(|p| same_file(p, &config)) {
+    if paths.iter().any(is_config) {
         reloader.reload_config();
     }
     reloader.reload_plugins(&paths);
