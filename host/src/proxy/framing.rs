@@ -55,6 +55,14 @@ pub fn folded_content_length(headers: &HeaderMap) -> Result<Option<u64>, &'stati
     Ok(length)
 }
 
+/// Whether HTTP allows this status to carry content (RFC 9110 §6.4.1): not an interim
+/// response, a 204 or a 304.
+pub(crate) fn status_has_content(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
 /// Checks an origin's response head before it is stored or relayed, and writes its framing
 /// fields in the one form a client reads unambiguously. The error says why it is refused.
 pub fn check_origin_response(resp: &mut ResponseHeader) -> Result<(), &'static str> {
@@ -62,7 +70,8 @@ pub fn check_origin_response(resp: &mut ResponseHeader) -> Result<(), &'static s
         return Err("the origin used a transfer coding other than chunked");
     }
     // A 204 or an interim response has no content and must not claim a length (§8.6):
-    // a client that believed it would wait for bytes that never come.
+    // a client that believed it would wait for bytes that never come. A 304 keeps its field:
+    // it may state the length of the representation it validates.
     if resp.status == StatusCode::NO_CONTENT || resp.status.is_informational() {
         resp.remove_header(&header::CONTENT_LENGTH);
         return Ok(());
@@ -95,6 +104,22 @@ mod tests {
             resp.append_header(name.to_string(), *value).unwrap();
         }
         resp
+    }
+
+    #[test]
+    fn statuses_without_content() {
+        for status in [204, 304, 100, 103] {
+            assert!(
+                !status_has_content(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+        for status in [200, 206, 404, 500, 503] {
+            assert!(
+                status_has_content(StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
     }
 
     #[test]

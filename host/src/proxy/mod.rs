@@ -39,6 +39,7 @@ pub use cache_key::primary_key;
 pub use ctx::RequestCtx;
 pub(crate) use ctx::Route;
 pub use explain::{explain, ExplainQuery};
+pub(crate) use framing::status_has_content;
 pub use state::{CacheBackend, ProxyState};
 pub(crate) use uncacheable::remember_uncacheable;
 pub use uncacheable::UncacheableKeys;

@@ -35,11 +35,6 @@ pub(super) async fn respond_text(
     write_response(session, ctx, header, body.into()).await
 }
 
-/// Whether HTTP allows this status to carry content (RFC 9110 §6.4.1).
-fn status_has_content(status: u16) -> bool {
-    !matches!(status, 100..=199 | 204 | 304)
-}
-
 /// Writes a complete response with its framing: `Content-Length` from the
 /// body, no body where HTTP forbids one (204, 304) or for HEAD.
 async fn write_response(
@@ -49,7 +44,7 @@ async fn write_response(
     body: Bytes,
 ) -> Result<()> {
     let status = header.status.as_u16();
-    let body = if status_has_content(status) {
+    let body = if super::framing::status_has_content(header.status) {
         header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         body
     } else {
@@ -66,19 +61,4 @@ async fn write_response(
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::status_has_content;
-
-    #[test]
-    fn statuses_without_content() {
-        for status in [204, 304, 100, 103] {
-            assert!(!status_has_content(status), "{status}");
-        }
-        for status in [200, 206, 404, 500, 503] {
-            assert!(status_has_content(status), "{status}");
-        }
-    }
 }

@@ -141,8 +141,7 @@ impl StoredMeta {
 /// Whether a stored header lacks the `Content-Length` its body could have: a status with
 /// content (not 1xx, 204 or 304) and no length field.
 pub(crate) fn needs_length(header: &ResponseHeader) -> bool {
-    let status = header.status.as_u16();
-    !matches!(status, 100..=199 | 204 | 304)
+    crate::proxy::status_has_content(header.status)
         && !header.headers.contains_key(http::header::CONTENT_LENGTH)
 }
 
