@@ -239,13 +239,23 @@ fn broken_plugins_are_refused_and_the_old_version_keeps_serving() {
     assert_eq!(get(&proxy.url("/after-delete")).status, 200);
     assert_eq!(tenant_plugin(&proxy)["generation"], 1);
 
-    // And a good file afterwards is taken.
+    assert!(
+        !tenant_plugin(&proxy)["last_refusal"].is_null(),
+        "the deleted file's refusal shows"
+    );
+
+    // And a good file afterwards is taken, and the refusals it answers are gone.
     install(&plugin("static-assets"), &live);
     let deadline = Instant::now() + Duration::from_secs(5);
     while tenant_plugin(&proxy)["generation"] != 2 {
         assert!(Instant::now() < deadline, "{}", tenant_plugin(&proxy));
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(
+        tenant_plugin(&proxy)["last_refusal"].is_null(),
+        "a refusal stays after a good version of the same file: {}",
+        tenant_plugin(&proxy)
+    );
 }
 
 #[test]

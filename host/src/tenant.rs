@@ -10,7 +10,7 @@ use crate::upstream::TenantUpstream;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -21,6 +21,14 @@ pub struct Refusal {
     pub at: SystemTime,
     pub sha256: Option<String>,
     pub reason: String,
+}
+
+/// A tenant's refused plugin version and the file it was read from (the live or the
+/// shadow plugin), so a later good version of that same file clears it.
+#[derive(Debug, Clone)]
+pub struct PluginRefusal {
+    pub file: PathBuf,
+    pub refusal: Refusal,
 }
 
 /// Where a tenant's policy comes from.
@@ -42,7 +50,7 @@ pub struct Tenant {
     engine: PolicyEngine,
     /// Counts plugin versions loaded for this tenant (1 = the first).
     generation: AtomicU64,
-    last_refusal: Mutex<Option<Refusal>>,
+    last_refusal: Mutex<Option<PluginRefusal>>,
     /// The candidate plugin run beside the live one, if any (`shadow_plugin`).
     shadow: ArcSwapOption<Shadow>,
     /// The live plugin is the promoted shadow (`cachet promote`): it comes from the
@@ -65,7 +73,7 @@ impl Tenant {
         config: TenantConfig,
         source: PolicySource,
         generation: u64,
-        last_refusal: Option<Refusal>,
+        last_refusal: Option<PluginRefusal>,
         shadow: Option<Arc<Shadow>>,
         promoted: bool,
     ) -> Self {
@@ -102,12 +110,30 @@ impl Tenant {
     }
 
     pub fn last_refusal(&self) -> Option<Refusal> {
+        self.last_refusal.lock().as_ref().map(|r| r.refusal.clone())
+    }
+
+    /// The last refusal with the file it concerns, carried over when the config rebuilds
+    /// the tenant.
+    pub fn plugin_refusal(&self) -> Option<PluginRefusal> {
         self.last_refusal.lock().clone()
     }
 
-    /// Remembers that a new plugin version was refused (the old one stays).
-    pub fn record_refusal(&self, refusal: Refusal) {
-        *self.last_refusal.lock() = Some(refusal);
+    /// Remembers that a new version of `file` was refused (the old one stays).
+    pub fn record_refusal(&self, file: &Path, refusal: Refusal) {
+        *self.last_refusal.lock() = Some(PluginRefusal {
+            file: file.to_path_buf(),
+            refusal,
+        });
+    }
+
+    /// Forgets a refusal of `file` once that file holds a version that serves (applied, or
+    /// put back as it runs): a refusal of the other plugin file stays.
+    pub fn clear_refusal_of(&self, file: &Path) {
+        let mut last = self.last_refusal.lock();
+        if last.as_ref().is_some_and(|r| r.file == file) {
+            *last = None;
+        }
     }
 
     pub fn name(&self) -> &str {

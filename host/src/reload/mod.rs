@@ -169,11 +169,12 @@ impl Reloader {
                     "shadow plugin: cannot read {}: {e}; keeping the loaded version",
                     path.display()
                 );
-                return self.refuse(tenant, None, reason);
+                return self.refuse(tenant, path, None, reason);
             }
         };
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if running.plugin().info.sha256 == sha256 {
+            tenant.clear_refusal_of(path);
             return Outcome::Unchanged;
         }
         match self.load_checked(path, &bytes) {
@@ -186,11 +187,12 @@ impl Reloader {
                     Arc::default(),
                 );
                 tenant.set_shadow(Some(Arc::new(shadow)));
+                tenant.clear_refusal_of(path);
                 crate::metrics::reload(tenant.name(), "shadow-applied");
                 tracing::info!(tenant = tenant.name(), plugin = %path.display(), sha256, "shadow plugin swapped");
                 Outcome::Applied
             }
-            Err(e) => self.refuse(tenant, Some(sha256), format!("shadow plugin: {e:#}")),
+            Err(e) => self.refuse(tenant, path, Some(sha256), format!("shadow plugin: {e:#}")),
         }
     }
 
@@ -212,7 +214,7 @@ impl Reloader {
             Ok(bytes) => hex::encode(Sha256::digest(&bytes)),
             Err(e) => {
                 let reason = format!("promote: cannot read {}: {e}", path.display());
-                return self.refuse(tenant, None, reason);
+                return self.refuse(tenant, &path, None, reason);
             }
         };
         if sha256 != plugin.info.sha256 {
@@ -222,12 +224,13 @@ impl Reloader {
                 path.display(),
                 plugin.info.sha256
             );
-            return self.refuse(tenant, Some(sha256), reason);
+            return self.refuse(tenant, &path, Some(sha256), reason);
         }
         if let Err(e) = plugin.run_self_tests(&self.engine) {
-            return self.refuse(tenant, Some(sha256), format!("promote: {e:#}"));
+            return self.refuse(tenant, &path, Some(sha256), format!("promote: {e:#}"));
         }
         tenant.promote(plugin);
+        tenant.clear_refusal_of(&path);
         crate::metrics::reload(name, "promoted");
         tracing::info!(
             tenant = name,
@@ -250,16 +253,18 @@ impl Reloader {
                     "cannot read {}: {e}; keeping the loaded version",
                     path.display()
                 );
-                return self.refuse(tenant, None, reason);
+                return self.refuse(tenant, path, None, reason);
             }
         };
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if tenant.policy().sha256() == Some(sha256.as_str()) {
+            tenant.clear_refusal_of(path);
             return Outcome::Unchanged;
         }
         match self.load_checked(path, &bytes) {
             Ok(plugin) => {
                 tenant.swap_plugin(Arc::new(plugin));
+                tenant.clear_refusal_of(path);
                 crate::metrics::reload(tenant.name(), "applied");
                 tracing::info!(
                     tenant = tenant.name(),
@@ -271,21 +276,30 @@ impl Reloader {
                 );
                 Outcome::Applied
             }
-            Err(e) => self.refuse(tenant, Some(sha256), format!("{e:#}")),
+            Err(e) => self.refuse(tenant, path, Some(sha256), format!("{e:#}")),
         }
     }
 
-    fn refuse(&self, tenant: &Tenant, sha256: Option<String>, reason: String) -> Outcome {
+    fn refuse(
+        &self,
+        tenant: &Tenant,
+        file: &Path,
+        sha256: Option<String>,
+        reason: String,
+    ) -> Outcome {
         tracing::warn!(
             tenant = tenant.name(),
             "plugin refused, previous version keeps serving: {reason}"
         );
         crate::metrics::reload(tenant.name(), "refused");
-        tenant.record_refusal(Refusal {
-            at: SystemTime::now(),
-            sha256,
-            reason: reason.clone(),
-        });
+        tenant.record_refusal(
+            file,
+            Refusal {
+                at: SystemTime::now(),
+                sha256,
+                reason: reason.clone(),
+            },
+        );
         Outcome::Refused(reason)
     }
 
@@ -370,7 +384,7 @@ impl Reloader {
     ) -> anyhow::Result<Tenant> {
         let running = router.tenants().iter().find(|t| t.name() == config.name);
         let (generation, last_refusal) =
-            running.map_or((1, None), |old| (old.generation(), old.last_refusal()));
+            running.map_or((1, None), |old| (old.generation(), old.plugin_refusal()));
         let promoted = running.is_some_and(|old| {
             let shadow_file = |c: &TenantConfig| c.shadow.as_ref().map(|s| s.plugin.clone());
             old.promoted()
