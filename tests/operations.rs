@@ -504,3 +504,35 @@ fn the_access_log_is_written_in_the_background_and_flushed_on_shutdown() {
     assert_eq!(access_lines, THREADS * PER_THREAD, "{log}");
     assert_eq!(origin.hits(), THREADS);
 }
+
+/// `work_stealing = false`: one single-threaded runtime per worker thread. Connections
+/// opened side by side are all served, fills and hits alike.
+#[test]
+fn without_work_stealing_every_connection_is_served() {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("body of {}", seen.url)).header("Cache-Control", "max-age=60")
+    });
+    let proxy = Proxy::start_with_server(
+        "work_stealing = false",
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    assert!(proxy.log().contains("no work stealing"), "{}", proxy.log());
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let url = proxy.url(&format!("/item/{}", i % 4));
+            std::thread::spawn(move || (0..10).map(|_| get(&url)).collect::<Vec<_>>())
+        })
+        .collect();
+    for (i, client) in clients.into_iter().enumerate() {
+        let answers = client.join().unwrap();
+        for resp in &answers {
+            assert_eq!(resp.status, 200);
+            assert_eq!(resp.text(), format!("body of /item/{}", i % 4));
+        }
+        assert!(answers.last().unwrap().cache_status().contains("hit"));
+    }
+    for i in 0..4 {
+        assert_eq!(origin.hits_for(&format!("/item/{i}")), 1, "{}", proxy.log());
+    }
+}

@@ -75,6 +75,7 @@ struct RawPlugins {
 struct RawServer {
     listen: Spanned<String>,
     threads: Option<Spanned<usize>>,
+    work_stealing: Option<bool>,
     admin: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
     admin_token: Option<String>,
@@ -213,6 +214,9 @@ pub struct PluginsConfig {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub threads: usize,
+    /// Pingora's work-stealing runtime (true), or one single-threaded runtime per worker
+    /// thread, each connection staying on the thread that accepted it (false).
+    pub work_stealing: bool,
     pub admin: Option<SocketAddr>,
     /// Prometheus `GET /metrics` listener.
     pub metrics: Option<SocketAddr>,
@@ -336,6 +340,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             "server.threads",
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         )?,
+        work_stealing: raw.server.work_stealing.unwrap_or(true),
         admin: match &raw.server.admin {
             Some(a) => Some(located.socket_addr("server.admin", a)?),
             None => None,

@@ -239,6 +239,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let (grace_period, runtime_shutdown) = crate::shutdown::PINGORA_GRACE_SECONDS;
     let conf = ServerConf {
         threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
         grace_period_seconds: Some(grace_period),
         graceful_shutdown_timeout_seconds: Some(runtime_shutdown),
         daemon: options.daemon,
@@ -361,9 +362,14 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
 fn announce(config: &Config, state: &ProxyState, demo_origin: Option<std::net::SocketAddr>) {
     let server = &config.server;
     tracing::info!(
-        "listening on {} (proxy, {} threads{})",
+        "listening on {} (proxy, {} threads{}{})",
         server.listen,
         server.threads,
+        if server.work_stealing {
+            ""
+        } else {
+            ", no work stealing"
+        },
         if server.listener.h2c { ", h2c" } else { "" }
     );
     let listeners = [

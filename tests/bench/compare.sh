@@ -37,8 +37,9 @@
 # or from a redis-server this script starts on loopback; the notes give each tier's
 # share of the hits), cachet-wasm-fresh, cachet-wasm-reuse,
 # varnish, nginx-cache, haproxy. Only when BENCH_ONLY names them (e.g.
-# BENCH_ONLY=static-assets,python): cachet-static-assets-{fresh,reuse} and
-# cachet-python-{fresh,reuse}, the static-assets policy in Rust and its Python
+# BENCH_ONLY=nosteal,static-assets,python): cachet-builtin-nosteal and
+# cachet-wasm-fresh-nosteal ([server] work_stealing = false); cachet-static-assets-{fresh,reuse}
+# and cachet-python-{fresh,reuse}, the static-assets policy in Rust and its Python
 # twin (plugins/static-assets-py, ~6 ms a fresh instance: expect ~200 req/s);
 # and pingora-floor (BENCH_ONLY=pingora-floor,cachet-builtin,nginx,haproxy): a
 # bare Pingora server answering every request from request_filter with a fixed
@@ -128,8 +129,9 @@ case "$BENCH_SCENARIOS" in
 esac
 
 all_targets=(origin cachet-builtin cachet-builtin-fullpath cachet-wasm-fresh cachet-wasm-reuse cachet-l2-disk cachet-l2-shared varnish nginx-cache haproxy)
-# Measured only when BENCH_ONLY names them: the same policy in Rust and in Python.
-language_targets=(cachet-static-assets-fresh cachet-static-assets-reuse cachet-python-fresh cachet-python-reuse pingora-floor)
+# Measured only when BENCH_ONLY names them: Pingora's runtime without work stealing
+# ([server] work_stealing = false), and the same policy in Rust and in Python.
+language_targets=(cachet-builtin-nosteal cachet-wasm-fresh-nosteal cachet-static-assets-fresh cachet-static-assets-reuse cachet-python-fresh cachet-python-reuse pingora-floor)
 targets=(origin)
 if [[ -n "$BENCH_ONLY" ]]; then
     IFS=', ' read -r -a patterns <<<"$BENCH_ONLY"
@@ -522,7 +524,7 @@ start_redis() {
 
 # start_cachet NAME PLUGIN [INSTANCE_REUSE [CACHE_LINES [TIER_SECTIONS]]]
 start_cachet() {
-    local name="$1" plugin="$2" reuse="${3:-}" cache_lines="${4:-}" tiers="${5:-}" dir="$work/$1"
+    local name="$1" plugin="$2" reuse="${3:-}" cache_lines="${4:-}" tiers="${5:-}" server_lines="${6:-}" dir="$work/$1"
     build_cachet
     if [[ "$cachet_built" != ok ]]; then
         TARGET_ERR="$cachet_built"
@@ -551,6 +553,7 @@ tls_key = \"$tls_dir/key.pem\""
 listen = "127.0.0.1:$TARGET_PORT"
 admin = "127.0.0.1:$admin_port"
 threads = $BENCH_SERVER_THREADS
+$server_lines
 $tls_lines
 
 [cache]
@@ -756,6 +759,9 @@ max_bytes = \"256MiB\"" ;;
 url = \"redis://127.0.0.1:$redis_port\"" ;;
         cachet-wasm-fresh) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1 ;;
         cachet-wasm-reuse) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1000000 ;;
+        cachet-builtin-nosteal) start_cachet "$1" builtin:standard 1 "" "" "work_stealing = false" ;;
+        cachet-wasm-fresh-nosteal) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1 "" "" \
+            "work_stealing = false" ;;
         cachet-static-assets-fresh) start_cachet "$1" "$repo_root/plugins/static-assets.wasm" 1 ;;
         cachet-static-assets-reuse) start_cachet "$1" "$repo_root/plugins/static-assets.wasm" 1000000 ;;
         cachet-python-fresh) start_cachet "$1" "$repo_root/plugins/static-assets-py.wasm" 1 ;;

@@ -24,6 +24,7 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     let ServerConfig {
         listen,
         threads,
+        work_stealing,
         admin,
         metrics,
         pid_file,
@@ -43,6 +44,9 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     }
     if keep("server.threads", s.threads != *threads) {
         s.threads = *threads;
+    }
+    if keep("server.work_stealing", s.work_stealing != *work_stealing) {
+        s.work_stealing = *work_stealing;
     }
     if keep("server.admin", s.admin != *admin) {
         s.admin = *admin;
