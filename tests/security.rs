@@ -442,6 +442,9 @@ fn hosts_and_content_lengths_that_frame_ambiguously_are_refused() {
     let proxy = standard_proxy(&origin);
     for head in [
         "GET /h HTTP/1.1\r\nConnection: close\r\n\r\n",
+        // HTTP/1.0 may leave Host out, but the tenant is chosen by it and the origin needs it.
+        "GET /h HTTP/1.0\r\n\r\n",
+        "GET /h HTTP/1.1\r\nHost: site.test:99999\r\nConnection: close\r\n\r\n",
         "GET /h HTTP/1.1\r\nHost: site.test/evil\r\nConnection: close\r\n\r\n",
         "GET /h HTTP/1.1\r\nHost: site.test:abc\r\nConnection: close\r\n\r\n",
         "GET /h HTTP/1.1\r\nHost: a, b\r\nConnection: close\r\n\r\n",
@@ -637,4 +640,35 @@ fn a_request_bypassed_after_a_plugin_fault_gets_the_forwarding_fields() {
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(seen.header("x-forwarded-host"), Some("site.test"));
     assert_eq!(seen.header("via"), Some("1.1 cachet"));
+}
+
+/// A plugin reads the head as text. Bytes that are not UTF-8 (legal obs-text in HTTP/1.1)
+/// would reach it as U+FFFD while the origin got them as sent: requests the origin answers
+/// differently (`lang=fr\xe9`, `lang=fr\xe8`) would share one cache entry. They are refused.
+#[test]
+fn field_values_that_are_not_text_are_refused_before_any_key_is_made() {
+    let origin = Origin::start(|seen| {
+        let cookie = seen.header("cookie").unwrap_or_default();
+        Reply::ok(format!("origin saw cookie {cookie:?}")).header("Cache-Control", "max-age=600")
+    });
+    let proxy = Proxy::start(
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("vcl-port"))],
+    );
+    for byte in [0xe9u8, 0xe8, 0xff] {
+        let mut head = b"GET /news HTTP/1.1\r\nHost: site.test\r\nCookie: lang=fr".to_vec();
+        head.push(byte);
+        head.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+        let answers = parse_responses(&exchange(proxy.port, &head));
+        assert_eq!(answers.len(), 1, "{byte:#x}");
+        assert_eq!(answers[0].status, 400, "{byte:#x}: {:?}", answers[0]);
+    }
+    assert_eq!(origin.hits(), 0, "{:?}", origin.seen());
+    // The same value written as UTF-8 is text: served, and keyed on what the origin saw.
+    let utf8 = one(
+        proxy.port,
+        "GET /news HTTP/1.1\r\nHost: site.test\r\nCookie: lang=fr\u{e9}\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(utf8.status, 200, "{utf8:?}");
+    assert_eq!(origin.hits(), 1);
 }

@@ -55,6 +55,7 @@ pub fn sanitize(req: &mut RequestHeader) -> Result<(), &'static str> {
         as_http1_fields(req)?;
     }
     check_host(req)?;
+    readable_as_text(req)?;
     single_content_length(req)?;
     ignore_range_under_weak_if_range(req);
     if req.version < Version::HTTP_11 {
@@ -63,6 +64,20 @@ pub fn sanitize(req: &mut RequestHeader) -> Result<(), &'static str> {
         req.remove_header(&header::EXPECT);
     }
     remove_hop_by_hop(req)
+}
+
+/// Every field value as UTF-8 text. A plugin reads the head as strings: a byte that is not
+/// text (obs-text, 0x80-0xFF) would reach it replaced by U+FFFD while the origin got the
+/// byte, so requests the origin tells apart would share one cache key.
+fn readable_as_text(req: &RequestHeader) -> Result<(), &'static str> {
+    match req
+        .headers
+        .values()
+        .all(|v| std::str::from_utf8(v.as_bytes()).is_ok())
+    {
+        true => Ok(()),
+        false => Err("a field value that is not UTF-8 text"),
+    }
 }
 
 /// A weak entity tag never matches in `If-Range` (RFC 9110 §13.1.5), so the range is to be
@@ -109,14 +124,17 @@ fn as_http1_fields(req: &mut RequestHeader) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// One valid `Host` on HTTP/1.1; at most one, valid, on HTTP/1.0. (An HTTP/2 request names
-/// its authority in a pseudo-header, which Pingora checks.)
+/// Exactly one valid `Host`. (An HTTP/2 request names its authority in a pseudo-header,
+/// which Pingora checks, and gets it as `Host` above.)
 fn check_host(req: &RequestHeader) -> Result<(), &'static str> {
     let mut hosts = req.headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err("more than one Host field"),
         (Some(host), None) if !is_authority(host.as_bytes()) => Err("the Host field is not a host"),
-        (None, _) if req.version == Version::HTTP_11 => Err("an HTTP/1.1 request without Host"),
+        // HTTP/1.0 allows no Host, but the tenant is chosen by it and the origin, spoken to
+        // in HTTP/1.1, needs one: an HTTP/1.0 URL target has given its host already
+        // (`target.rs`).
+        (None, _) => Err("a request without Host"),
         _ => Ok(()),
     }
 }
@@ -169,7 +187,11 @@ fn is_authority(value: &[u8]) -> bool {
                             | b'='
                     )
             }));
-    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    // An empty port is allowed (RFC 3986 §3.2.3); a number must fit in 16 bits.
+    let port_ok = port.is_none_or(|p| {
+        p.iter().all(u8::is_ascii_digit)
+            && (p.is_empty() || std::str::from_utf8(p).is_ok_and(|p| p.parse::<u16>().is_ok()))
+    });
     name_ok && port_ok
 }
 
@@ -262,6 +284,7 @@ mod tests {
             "site.test/evil",
             "site.test:abc",
             "site.test:123456",
+            "site.test:99999",
             "a, b",
             "a,b",
             "[::1",
@@ -273,7 +296,22 @@ mod tests {
         }
         assert!(sanitize(&mut http11(&[])).is_err(), "HTTP/1.1 without Host");
         assert!(sanitize(&mut http11(&[("host", "a.test"), ("host", "a.test")])).is_err());
-        assert_eq!(sanitize(&mut request(Version::HTTP_10, &[])), Ok(()));
+        assert!(
+            sanitize(&mut request(Version::HTTP_10, &[])).is_err(),
+            "HTTP/1.0 without Host"
+        );
+        let mut old = request(Version::HTTP_10, &[("host", "a.test:65535")]);
+        assert_eq!(sanitize(&mut old), Ok(()));
+    }
+
+    #[test]
+    fn a_field_value_that_is_not_text_is_refused() {
+        let mut req = http11(&[("host", "a.test")]);
+        req.append_header("cookie", &b"lang=fr\xe9"[..]).unwrap();
+        assert!(sanitize(&mut req).is_err());
+        let mut req = http11(&[("host", "a.test")]);
+        req.append_header("cookie", "lang=fr\u{e9}").unwrap();
+        assert_eq!(sanitize(&mut req), Ok(()));
     }
 
     #[test]
@@ -316,7 +354,10 @@ mod tests {
 
     #[test]
     fn an_http10_expectation_is_ignored() {
-        let mut old = request(Version::HTTP_10, &[("expect", "100-continue")]);
+        let mut old = request(
+            Version::HTTP_10,
+            &[("host", "a.test"), ("expect", "100-continue")],
+        );
         assert_eq!(sanitize(&mut old), Ok(()));
         assert!(old.headers.get("expect").is_none());
         let mut current = http11(&[("host", "a.test"), ("expect", "100-continue")]);
