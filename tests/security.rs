@@ -642,6 +642,57 @@ fn a_request_bypassed_after_a_plugin_fault_gets_the_forwarding_fields() {
     assert_eq!(seen.header("via"), Some("1.1 cachet"));
 }
 
+/// The refresh behind a stale-while-revalidate hit is rebuilt by Pingora from the client's
+/// own head: it must reach the origin with the same forwarding fields as a foreground fetch,
+/// the client's claims replaced (it carried none of cachet's, and the client's as sent).
+#[test]
+fn a_background_revalidation_carries_the_forwarding_fields() {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("origin saw {}", seen.url))
+            .header("Cache-Control", "max-age=1, stale-while-revalidate=30")
+    });
+    for policy in [plugin("standard"), PathBuf::from("builtin:standard")] {
+        let proxy = Proxy::start(CACHE, &[TenantSpec::new("site", origin.addr, &policy)]);
+        let path = format!("/swr-{}", origin.hits());
+        let spoofed = [
+            ("Host", "site.test"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("Forwarded", "for=6.6.6.6"),
+        ];
+        assert_eq!(send("GET", &proxy.url(&path), &spoofed).status, 200);
+        let before = origin.hits_for(&path);
+        std::thread::sleep(Duration::from_millis(2100));
+        let stale = send("GET", &proxy.url(&path), &spoofed);
+        assert!(
+            stale.cache_status().contains("fwd=stale"),
+            "{}",
+            stale.cache_status()
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while origin.hits_for(&path) == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no background refresh"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let refresh = origin.seen().pop().expect("the refresh reached the origin");
+        assert_eq!(refresh.url, path);
+        assert_eq!(
+            refresh.header("x-forwarded-for"),
+            Some("127.0.0.1"),
+            "{policy:?}"
+        );
+        assert_eq!(
+            refresh.header("forwarded"),
+            Some("for=127.0.0.1;proto=http;host=\"site.test\""),
+            "{policy:?}"
+        );
+        assert_eq!(refresh.header("x-forwarded-host"), Some("site.test"));
+        assert_eq!(refresh.header("via"), Some("1.1 cachet"));
+    }
+}
+
 /// A plugin reads the head as text. Bytes that are not UTF-8 (legal obs-text in HTTP/1.1)
 /// would reach it as U+FFFD while the origin got them as sent: requests the origin answers
 /// differently (`lang=fr\xe9`, `lang=fr\xe8`) would share one cache entry. They are refused.

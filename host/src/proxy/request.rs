@@ -199,12 +199,11 @@ fn well_formed(session: &mut Session) -> std::result::Result<(), &'static str> {
     super::request_fields::sanitize(session.req_header_mut())
 }
 
-/// The forwarding fields the origin (and first the plugin) will see.
+/// The forwarding fields the origin (and first the plugin) will see. A background
+/// revalidation gets them too: Pingora rebuilds it from the client's head as received
+/// (without them, and with the client's own claims), and its connection digest names the
+/// same client.
 fn forwarding_fields(proxy: &CachetProxy, session: &Session) -> PendingFields {
-    // A background revalidation re-runs this phase on the request already rewritten.
-    if session.is_subrequest() {
-        return PendingFields::default();
-    }
     let Some(client) = session
         .client_addr()
         .and_then(|a| a.as_inet())
