@@ -97,11 +97,11 @@ def response_edits(req) -> List[Tuple]:
 
 
 def vary_value(req, name: str) -> Optional[str]:
-    """Origins vary static files on Accept-Encoding; every browser spells it
-    differently, but only the best encoding offered matters."""
+    """Origins vary static files on Accept-Encoding; the same header spelled
+    differently (case, spaces, order) shares one variant."""
     if name != "accept-encoding":
         return None
-    return preferred_encoding(req.header_all("accept-encoding"))
+    return canonical_encoding(req.header_all("accept-encoding"))
 
 
 # ------------------------------------------------------------ the pieces
@@ -161,30 +161,50 @@ def retain_cookies(lines: List[str], keep) -> Tuple[str, bool]:
     return "; ".join(kept), dropped
 
 
-def preferred_encoding(lines: List[str]) -> str:
-    def accepted(wanted: str) -> bool:
-        for line in lines:
-            for item in line.split(","):
-                coding, *params = item.split(";")
-                refused = any(_is_zero_q(param.strip()) for param in params)
-                if _ascii_equal(coding.strip(), wanted) and not refused:
-                    return True
-        return False
-
-    for coding in ("br", "gzip"):
-        if accepted(coding):
-            return coding
-    return "identity"
+def canonical_encoding(lines: List[str]) -> str:
+    """The canonical spelling of the Accept-Encoding lines: only case, spaces,
+    order, repeats and a weight of 1 are removed. Every coding named stays, with
+    its weight: an origin answers "*" or "br, gzip" differently from no header or
+    "br" alone. "-" when there are none, "" when they name no coding."""
+    if not lines:
+        return "-"
+    items = {_canonical_item(item) for line in lines for item in line.split(",")}
+    items.discard(None)
+    return ",".join(sorted(items))
 
 
-def _is_zero_q(param: str) -> bool:
-    # float() also takes "0_0" and "infinity"; an HTTP qvalue is digits and a dot.
-    if not param.startswith("q=") or "_" in param:
-        return False
-    try:
-        return float(param[2:].strip()) == 0.0
-    except ValueError:
-        return False
+# What Rust's split_ascii_whitespace drops; str.split() would drop Unicode spaces too.
+_NO_ASCII_SPACE = {ord(c): None for c in " \t\n\x0c\r"}
+
+
+def _canonical_item(item: str) -> Optional[str]:
+    parts = [cache_directives.ascii_lower(part.translate(_NO_ASCII_SPACE)) for part in item.split(";")]
+    if not parts[0]:
+        return None
+    canonical = parts[0]
+    for param in parts[1:]:
+        weight = _thousandths(param[2:]) if param.startswith("q=") else None
+        if weight == 1000:
+            continue
+        canonical += ";" + (param if weight is None else "q=" + _shortest(weight))
+    return canonical
+
+
+def _thousandths(text: str) -> Optional[int]:
+    # An RFC 9110 qvalue: 0[.ddd] or 1[.000]. int() alone would take "0_1" or "+1".
+    whole, _, fraction = text.partition(".")
+    if len(fraction) > 3 or not all(c in "0123456789" for c in fraction):
+        return None
+    value = int((fraction + "000")[:3])
+    if whole == "0":
+        return value
+    if whole == "1" and value == 0:
+        return 1000
+    return None
+
+
+def _shortest(weight: int) -> str:
+    return "0" if weight == 0 else ("0.%03d" % weight).rstrip("0")
 
 
 def _ascii_equal(a: str, b: str) -> bool:

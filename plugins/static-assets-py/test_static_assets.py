@@ -162,13 +162,16 @@ class Pieces(unittest.TestCase):
         for path in ["/", "/index.html", "/css", "/a.css/", "/dir.png/page", "/a.cssx", "/js"]:
             self.assertFalse(policy.is_static_path(path), path)
 
-    def test_preferred_encoding(self):
-        self.assertEqual(policy.preferred_encoding(["gzip, deflate, br"]), "br")
-        self.assertEqual(policy.preferred_encoding(["BR;q=1.0", "gzip"]), "br")
-        self.assertEqual(policy.preferred_encoding(["deflate, gzip;q=0.5"]), "gzip")
-        self.assertEqual(policy.preferred_encoding(["br;q=0, gzip;q=0"]), "identity")
-        self.assertEqual(policy.preferred_encoding([]), "identity")
-        self.assertEqual(policy.preferred_encoding(["br;q=0_0"]), "br")
+    def test_canonical_encoding(self):
+        self.assertEqual(policy.canonical_encoding(["gzip, deflate, br"]), "br,deflate,gzip")
+        self.assertEqual(policy.canonical_encoding(["BR;q=1.0, gzip", "deflate ,gzip"]), "br,deflate,gzip")
+        self.assertEqual(policy.canonical_encoding(["gzip;q=0.50"]), policy.canonical_encoding(["GZIP ; Q=0.5"]))
+        self.assertEqual(policy.canonical_encoding(["gzip;q=0.000"]), "gzip;q=0")
+        self.assertEqual(policy.canonical_encoding(["gzip;q=0_1"]), "gzip;q=0_1")
+        variants = [[], [""], ["*"], ["identity"], ["br"], ["br, gzip"], ["gzip"], ["gzip;q=0"],
+                    ["gzip;q=0.5, br"], ["gzip;q=nonsense"]]
+        spelled = [policy.canonical_encoding(v) for v in variants]
+        self.assertEqual(len(set(spelled)), len(variants), spelled)
         self.assertEqual(policy.vary_value(get("/", ("Accept-Encoding", "gzip")), "accept-encoding"), "gzip")
         self.assertIsNone(policy.vary_value(get("/"), "accept-language"))
 

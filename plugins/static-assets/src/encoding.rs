@@ -1,49 +1,111 @@
-//! Buckets an Accept-Encoding request header into the one encoding a static
-//! file would be served in, so "gzip, deflate, br" and "br;q=1, gzip" share
-//! a cached variant.
+//! Names the variant an Accept-Encoding request header selects, in one canonical
+//! spelling, so "gzip, deflate, br" and "br;q=1.0, GZIP ,deflate" share a cached
+//! variant.
+//!
+//! Only the spelling is removed (case, spaces, order, repeats, a weight of 1): every
+//! coding the client named stays, with its weight. Bucketing by the best coding alone
+//! was wrong: an origin answers `*` with gzip where no header gets plain bytes, and
+//! "br, gzip" with gzip where it has no brotli while "br" alone gets plain bytes, so
+//! requests in one bucket were served bodies they had not accepted.
 
-/// "br", "gzip" or "identity": the best of what the client accepts.
-pub fn preferred(lines: &[String]) -> &'static str {
-    let accepted = |wanted: &str| {
-        lines.iter().flat_map(|l| l.split(',')).any(|item| {
-            let mut parts = item.split(';');
-            let coding = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| {
-                let p = p.trim();
-                p.strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
-            });
-            coding.eq_ignore_ascii_case(wanted) && !refused
-        })
-    };
-    if accepted("br") {
-        "br"
-    } else if accepted("gzip") {
-        "gzip"
-    } else {
-        "identity"
+/// The canonical spelling of the `Accept-Encoding` lines; `"-"` when there are none
+/// (any coding acceptable, RFC 9110 §12.5.3), `""` when they name no coding.
+pub fn canonical(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return "-".to_owned();
+    }
+    let mut items: Vec<String> = lines
+        .iter()
+        .flat_map(|line| line.split(','))
+        .filter_map(canonical_item)
+        .collect();
+    items.sort_unstable();
+    items.dedup();
+    items.join(",")
+}
+
+/// `coding[;param...]` lower-cased without spaces, its weight written as the shortest
+/// equal number (`q=0.50` → `q=0.5`) and left out when it is 1.
+fn canonical_item(item: &str) -> Option<String> {
+    let mut parts = item.split(';').map(|part| {
+        part.split_ascii_whitespace()
+            .collect::<String>()
+            .to_ascii_lowercase()
+    });
+    let mut canonical = parts.next().filter(|coding| !coding.is_empty())?;
+    for param in parts {
+        match param.strip_prefix("q=").and_then(thousandths) {
+            Some(1000) => {}
+            Some(weight) => {
+                canonical.push_str(";q=");
+                canonical.push_str(&shortest(weight));
+            }
+            None => {
+                canonical.push(';');
+                canonical.push_str(&param);
+            }
+        }
+    }
+    Some(canonical)
+}
+
+/// An RFC 9110 §12.4.2 qvalue in thousandths: `0[.ddd]` or `1[.000]`.
+fn thousandths(text: &str) -> Option<u16> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let fraction: u16 = format!("{fraction:0<3}").parse().ok()?;
+    match whole {
+        "0" => Some(fraction),
+        "1" if fraction == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+fn shortest(weight: u16) -> String {
+    match weight {
+        0 => "0".to_owned(),
+        w => format!("0.{w:03}").trim_end_matches('0').to_owned(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::preferred;
+    use super::canonical;
 
-    fn lines(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn of(lines: &[&str]) -> String {
+        canonical(&lines.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
     #[test]
-    fn equivalent_spellings_share_a_bucket() {
-        assert_eq!(preferred(&lines(&["gzip, deflate, br"])), "br");
-        assert_eq!(preferred(&lines(&["BR;q=1.0", "gzip"])), "br");
-        assert_eq!(preferred(&lines(&["gzip, deflate"])), "gzip");
-        assert_eq!(preferred(&lines(&["deflate, gzip;q=0.5"])), "gzip");
+    fn spellings_of_the_same_header_share_a_variant() {
+        assert_eq!(of(&["gzip, deflate, br"]), "br,deflate,gzip");
+        assert_eq!(of(&["BR;q=1.0, gzip", "deflate ,gzip"]), "br,deflate,gzip");
+        assert_eq!(of(&["gzip;q=0.50"]), of(&["GZIP ; Q=0.5"]));
+        assert_eq!(of(&["gzip;q=0.000"]), "gzip;q=0");
     }
 
     #[test]
-    fn refused_or_absent_codings_fall_back_to_identity() {
-        assert_eq!(preferred(&lines(&["br;q=0, gzip;q=0"])), "identity");
-        assert_eq!(preferred(&[]), "identity");
-        assert_eq!(preferred(&lines(&["deflate"])), "identity");
+    fn headers_an_origin_may_answer_differently_stay_apart() {
+        let variants = [
+            of(&[]),
+            of(&[""]),
+            of(&["*"]),
+            of(&["identity"]),
+            of(&["br"]),
+            of(&["br, gzip"]),
+            of(&["gzip"]),
+            of(&["gzip;q=0"]),
+            of(&["gzip;Q=0"]),
+            of(&["gzip;q=0.5, br"]),
+            of(&["gzip;q=nonsense"]),
+        ];
+        let mut distinct = variants.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        // Only the two zero weights are the same header spelled twice.
+        assert_eq!(distinct.len(), variants.len() - 1, "{variants:?}");
+        assert_eq!(of(&["gzip;q=0"]), of(&["gzip;Q=0"]));
     }
 }

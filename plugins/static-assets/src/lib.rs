@@ -96,10 +96,10 @@ impl Policy for StaticAssets {
         }
     }
 
-    /// Origins vary static files on Accept-Encoding; every browser spells
-    /// it differently, but only the best encoding offered matters.
+    /// Origins vary static files on Accept-Encoding; the same header spelled
+    /// differently (case, spaces, order) shares one variant.
     fn vary_value(&self, req: &Request, name: &str) -> Option<String> {
-        (name == "accept-encoding").then(|| encoding::preferred(&req.header_all("accept-encoding")).to_owned())
+        (name == "accept-encoding").then(|| encoding::canonical(&req.header_all("accept-encoding")))
     }
 
     fn self_test(&self) -> Vec<TestVector> {
