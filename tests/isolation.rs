@@ -24,16 +24,34 @@ struct Pair {
 impl Pair {
     /// A "good" tenant (standard plugin) and a "bad" one running `fixture`.
     fn start(fixture_name: &str, on_error: &str, bad_limits: &str) -> Self {
+        Self::start_configured(
+            fixture_name,
+            on_error,
+            bad_limits,
+            "greeting = \"hello from config\"",
+        )
+    }
+
+    /// Like [`Pair::start`], with the bad tenant's `[tenant.plugin_config]` lines.
+    fn start_configured(
+        fixture_name: &str,
+        on_error: &str,
+        bad_limits: &str,
+        settings: &str,
+    ) -> Self {
         let good_origin =
             Origin::start(|_| Reply::ok("good").header("Cache-Control", "max-age=600"));
         let bad_origin = Origin::start(|_| Reply::ok("bad").header("Cache-Control", "max-age=600"));
         let proxy = Proxy::start(
             "max_bytes = \"64MiB\"",
             &[
-                TenantSpec::new("good", good_origin.addr, &plugin("standard")).hosts(&["good.test"]),
+                TenantSpec::new("good", good_origin.addr, &plugin("standard"))
+                    .hosts(&["good.test"]),
                 TenantSpec::new("bad", bad_origin.addr, &fixture(fixture_name))
                     .hosts(&["bad.test"])
-                    .extra(&format!("on_plugin_error = {on_error:?}\n[tenant.plugin_config]\ngreeting = \"hello from config\""))
+                    .extra(&format!(
+                        "on_plugin_error = {on_error:?}\n[tenant.plugin_config]\n{settings}"
+                    ))
                     .limits(bad_limits),
             ],
         );
@@ -146,6 +164,20 @@ fn an_endless_loop_in_on_response_also_opens_the_breaker() {
     pair.assert_fault_recorded("timeout");
     let skipped = pair.bad("/loop/response/next");
     assert_bypassed(&skipped, "quarantined");
+    pair.assert_good_tenant_unharmed();
+}
+
+/// A plugin that overruns while an instance is made (here in `configure`, which runs at
+/// instantiation) burns its deadline on every request as surely as one looping in a hook:
+/// those overruns open the breaker too (they were never counted).
+#[test]
+fn an_endless_loop_while_instantiating_also_opens_the_breaker() {
+    let pair = Pair::start_configured("policy-0-3", "bypass", TIGHT, "spin-in-configure = \"yes\"");
+    for i in 0..3 {
+        assert_bypassed(&pair.bad(&format!("/plain/{i}")), "timeout");
+        pair.assert_good_tenant_unharmed();
+    }
+    assert_bypassed(&pair.bad("/plain/next"), "quarantined");
     pair.assert_good_tenant_unharmed();
 }
 

@@ -25,6 +25,8 @@ fn now_ms() -> u64 {
 /// all hooks was reset by each success and never reached [`TRIP_AFTER`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Hook {
+    /// Making an instance: the component's start-up and `configure`.
+    Start,
     Request,
     Vary,
     Response,
@@ -32,7 +34,7 @@ pub(crate) enum Hook {
     Error,
 }
 
-const HOOKS: usize = 5;
+const HOOKS: usize = 6;
 
 #[derive(Default)]
 pub(crate) struct Breaker {

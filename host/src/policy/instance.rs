@@ -580,7 +580,18 @@ impl InstancePool {
         let idle = self.idle.lock().pop();
         let mut instance = match idle {
             Some(instance) => instance,
-            None => self.new_instance()?,
+            None => match self.new_instance() {
+                Ok(instance) => {
+                    self.breaker.record_success(Hook::Start);
+                    instance
+                }
+                Err(fault) => {
+                    if fault == PluginFault::Timeout {
+                        self.breaker.record_timeout(Hook::Start);
+                    }
+                    return Err(fault);
+                }
+            },
         };
         // On a fault the instance is dropped here: a trapped instance may be
         // in any state, so it never serves another request.
