@@ -487,3 +487,29 @@ fn a_changed_shadow_file_is_hot_reloaded_and_compared_afresh() {
         serde_json::json!([])
     );
 }
+
+/// Cookie values are hidden in the kept disagreements however the plugin received them:
+/// vcl-port keys pages on the `lang` cookie, whose quotes (`lang="..."`) the SDK's cookie
+/// parser removes, and a quote inside a value is escaped in the record.
+#[test]
+fn quoted_cookie_values_never_reach_the_kept_disagreements() {
+    let origin = origin();
+    let proxy = Proxy::start("", &[tenant_with_shadow(&origin, &plugin("vcl-port"))]);
+    for cookie in [r#"lang="SECRETQUOTED""#, r#"lang=ab"SECRETINSIDE"#] {
+        let resp = send("GET", &proxy.url("/news"), &[("Cookie", cookie)]);
+        assert_eq!(resp.status, 200);
+    }
+    let status = proxy.status();
+    let recent = &status["tenants"][0]["shadow"]["recent_disagreements"];
+    let keys: Vec<_> = recent
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["hook"] == "cache-key")
+        .collect();
+    assert_eq!(keys.len(), 2, "{recent:#}");
+    let text = recent.to_string();
+    assert!(!text.contains("SECRETQUOTED"), "{text}");
+    assert!(!text.contains("SECRETINSIDE"), "{text}");
+    assert!(text.contains("[hidden]"), "{text}");
+}

@@ -156,9 +156,11 @@ impl Secrets {
                 values.push(text);
             }
         }
+        let mut values: Vec<String> = values.iter().flat_map(|v| as_written(v)).collect();
         values.retain(|v| !v.is_empty());
         // Longest first, so a whole header goes before the pieces it contains.
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        values.dedup();
         let query = request
             .uri
             .query()
@@ -236,6 +238,26 @@ impl Secrets {
     }
 }
 
+/// The forms a secret may take in a kept text: as sent; without the double quotes a cookie
+/// value may be wrapped in (RFC 6265 §4.1.1), as a cookie parser hands it to the plugin; and
+/// each of those escaped as the Debug-quoted key parts spell it (`ab"cd` as `ab\"cd`).
+fn as_written(secret: &str) -> Vec<String> {
+    let unquoted = secret
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .filter(|s| !s.is_empty());
+    let mut forms = Vec::with_capacity(4);
+    for form in std::iter::once(secret).chain(unquoted) {
+        let quoted = format!("{form:?}");
+        let escaped = &quoted[1..quoted.len() - 1];
+        if escaped != form {
+            forms.push(escaped.to_owned());
+        }
+        forms.push(form.to_owned());
+    }
+    forms
+}
+
 /// Where the Debug-quoted string opening `text` (at its first byte) ends.
 fn closing_quote(text: &str) -> Option<usize> {
     let mut escaped = false;
@@ -286,6 +308,21 @@ mod tests {
         assert!(!hidden.contains("tok-123"), "{hidden}");
         assert!(!hidden.contains("dark"), "{hidden}");
         assert!(hidden.contains("[hidden]"));
+    }
+
+    #[test]
+    fn quoted_cookie_values_are_hidden_as_the_plugin_and_the_record_spell_them() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("Cookie", r#"lang="SECRETQUOTED"; theme=ab"cd"#)
+            .unwrap();
+        let secrets = Secrets::of(&req);
+        // A cookie parser hands the plugin the value without its quotes; the record writes
+        // key parts Debug-quoted, with a quote inside escaped.
+        let kept = format!("{:?}", ["a.test", "lang=SECRETQUOTED", r#"theme=ab"cd"#]);
+        let hidden = secrets.hide(&format!("cache, key {kept}"));
+        assert!(!hidden.contains("SECRETQUOTED"), "{hidden}");
+        assert!(!hidden.contains("ab"), "{hidden}");
+        assert!(hidden.contains("a.test"), "{hidden}");
     }
 
     #[test]
