@@ -246,6 +246,70 @@ fn a_stopped_upstream_costs_no_client_errors_and_gets_traffic_back_when_it_retur
     assert_eq!(health(b_addr), true);
 }
 
+/// A refused connect means the origin got nothing: a POST is tried on another upstream too.
+#[test]
+fn a_post_whose_connect_is_refused_goes_to_another_upstream() {
+    let a = NamedOrigin::start("a");
+    let b = NamedOrigin::start("b");
+    let proxy = pool_proxy(&[a.addr, b.addr], "health_interval = \"60s\"");
+    b.stop();
+    for i in 0..6 {
+        let resp = try_send("POST", &proxy.url(&format!("/form/{i}")), &[]).unwrap();
+        assert_eq!(
+            (resp.status, resp.text()),
+            (200, "a".to_owned()),
+            "{}",
+            proxy.log()
+        );
+    }
+}
+
+/// An upstream that accepts connections and closes or resets them before answering passes a
+/// bare connect check. It is set aside like one refusing connects, and a GET it dropped is
+/// tried on another upstream: clients see no error. A POST it dropped may have been acted
+/// on, so it is not sent again.
+#[test]
+fn an_upstream_that_drops_accepted_connections_costs_no_client_errors() {
+    let a = NamedOrigin::start("a");
+    let dropper = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dropper_addr = dropper.local_addr().unwrap();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let count = dropped.clone();
+    std::thread::spawn(move || {
+        for conn in dropper.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            // Read the request (as an origin that then fails would), then close unanswered.
+            let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = conn.read(&mut [0u8; 4096]);
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    // No health_path: the check is a connect, which the dropper passes.
+    let proxy = pool_proxy(&[a.addr, dropper_addr], "health_interval = \"200ms\"");
+    let (spread, failures) = traffic(&proxy, 20);
+    assert!(failures.is_empty(), "{failures:?}\n{}", proxy.log());
+    assert_eq!(spread.get("a"), Some(&20), "{spread:?}");
+    assert!(
+        dropped.load(Ordering::SeqCst) >= 1,
+        "the dropper was never tried"
+    );
+    let before = dropped.load(Ordering::SeqCst);
+    let mut posts = Vec::new();
+    for i in 0..6 {
+        posts.push(
+            try_send("POST", &proxy.url(&format!("/form/{i}")), &[])
+                .unwrap()
+                .status,
+        );
+    }
+    let dropped_posts = dropped.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        posts.iter().filter(|&&s| s == 502).count(),
+        dropped_posts,
+        "a dropped POST is answered 502, never sent again: {posts:?}"
+    );
+}
+
 #[test]
 fn an_http_health_check_takes_a_sick_upstream_out_and_puts_it_back() {
     let a = NamedOrigin::start("a");

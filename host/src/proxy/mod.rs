@@ -259,8 +259,8 @@ impl ProxyHttp for CachetProxy {
         let Some(tenant) = &ctx.tenant else {
             return e;
         };
-        crate::upstream::after_error(
-            &tenant.config.origin,
+        tenant.upstream.after_error(
+            &tenant.config,
             session,
             &mut ctx.origin,
             e,

@@ -19,8 +19,9 @@ pub struct OriginAttempts {
     fresh: bool,
     /// The upstream address of the current attempt.
     pub(super) current: Option<std::net::SocketAddr>,
-    /// Upstreams of a pool whose connect failed for this request.
-    pub(super) connect_failed: Vec<std::net::SocketAddr>,
+    /// Upstreams of a pool that failed this request: the connect failed, or a fresh
+    /// connection was closed before any answer. The next attempt goes elsewhere.
+    pub(super) failed: Vec<std::net::SocketAddr>,
 }
 
 impl OriginAttempts {
@@ -44,34 +45,44 @@ impl OriginAttempts {
     }
 }
 
-/// Decides whether a failed origin exchange is tried again: once, on a fresh
-/// connection, only if the failed one was reused and failed as a connection
-/// the origin closed while idle does (closed or reset before any answer, as
-/// Pingora marks such errors), the method is idempotent, the request body is
-/// still held whole, and nothing has been sent to the client. A timeout is
-/// never retried: the origin has the request and is slow, and asking again
-/// would double its load and the client's wait.
-pub fn after_error(
+/// Decides whether a failed origin exchange is tried again, on a fresh connection to the
+/// same upstream: once, only if the failed connection was reused and failed as one the
+/// origin closed while idle does (closed or reset before any answer, as Pingora marks such
+/// errors), the request may be repeated (see [`repeatable`]). A timeout is never retried:
+/// the origin has the request and is slow, and asking again would double its load and the
+/// client's wait. (A pool also moves on to another upstream: `TenantUpstream::after_error`.)
+pub(super) fn after_error(
     origin: &OriginConfig,
     session: &Session,
     attempts: &mut OriginAttempts,
     mut e: Box<Error>,
     connection_reused: bool,
 ) -> Box<Error> {
-    let dropped = matches!(e.retry, RetryType::ReusedOnly);
     let safe = connection_reused
-        && dropped
+        && dropped_before_answer(&e)
         && origin.retry_reused
         && !attempts.retried_reused
-        && session.req_header().method.is_idempotent()
-        && !session.as_ref().retry_buffer_truncated()
-        && session.response_written().is_none();
+        && repeatable(session);
     e.set_retry(safe);
     if safe {
         attempts.retried_reused = true;
         attempts.fresh = true;
     }
     e
+}
+
+/// Whether the connection was closed or reset before any byte of an answer (Pingora marks
+/// such an error as worth a retry when the connection was a reused one).
+pub(super) fn dropped_before_answer(e: &Error) -> bool {
+    matches!(e.retry, RetryType::ReusedOnly)
+}
+
+/// Whether a request the origin may have received can be sent again: an idempotent
+/// method (RFC 9110 §9.2.2), its body still held whole, nothing sent to the client yet.
+pub(super) fn repeatable(session: &Session) -> bool {
+    session.req_header().method.is_idempotent()
+        && !session.as_ref().retry_buffer_truncated()
+        && session.response_written().is_none()
 }
 
 /// Fails the exchange once `total_timeout` is over (checked as the origin's

@@ -6,7 +6,7 @@ mod health;
 mod pool;
 mod tls;
 
-pub use attempt::{after_error, check_deadline, OriginAttempts};
+pub use attempt::{check_deadline, OriginAttempts};
 pub use pool::{PoolHealth, UpstreamHealth};
 
 use crate::config::{TenantConfig, UpstreamTarget};
@@ -59,7 +59,7 @@ impl TenantUpstream {
             let target = &config.upstreams[0];
             return self.peer_for(config, attempts, target, target.addrs[0]);
         };
-        let Some((backend, index)) = pool.select(key, &attempts.connect_failed) else {
+        let Some((backend, index)) = pool.select(key, &attempts.failed) else {
             return Error::e_explain(ErrorType::ConnectNoRoute, "no upstream left to try");
         };
         let Some(&addr) = backend.as_inet() else {
@@ -99,25 +99,55 @@ impl TenantUpstream {
         Ok(Box::new(peer))
     }
 
-    /// A connect failed. In a pool, that upstream is set aside until its next
-    /// passing health check, and an idempotent request is tried on another
-    /// one (nothing reached the origin or the client yet).
+    /// A connect failed. In a pool, that upstream is set aside until its next passing
+    /// health check, and the request is tried on another one, whatever its method: nothing
+    /// reached the origin or the client yet.
     pub fn after_connect_failure(
         &self,
         session: &Session,
         attempts: &mut OriginAttempts,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let (Some(pool), Some(addr)) = (&self.pool, attempts.current) else {
-            return e;
-        };
-        pool.set_aside(addr);
-        attempts.connect_failed.push(addr);
-        let retry = session.req_header().method.is_idempotent()
+        let retry = self.set_aside_failed(attempts)
             && !session.as_ref().retry_buffer_truncated()
-            && attempts.connect_failed.len() < pool.size();
+            && session.response_written().is_none();
         e.set_retry(retry);
         e
+    }
+
+    /// The origin exchange failed after the connect. A reused connection dropped before
+    /// any answer is tried once more on a fresh one (`attempt::after_error`). In a pool, an
+    /// upstream that accepted a fresh connection and closed or reset it before answering is
+    /// set aside like one refusing connects, and a request that may be repeated is tried
+    /// on another upstream: its health check may be a bare connect, which such an upstream
+    /// passes, so it would otherwise fail every request it is given.
+    pub fn after_error(
+        &self,
+        config: &TenantConfig,
+        session: &Session,
+        attempts: &mut OriginAttempts,
+        e: Box<Error>,
+        connection_reused: bool,
+    ) -> Box<Error> {
+        let dropped = attempt::dropped_before_answer(&e);
+        let mut e = attempt::after_error(&config.origin, session, attempts, e, connection_reused);
+        if connection_reused || !dropped {
+            return e;
+        }
+        let retry = self.set_aside_failed(attempts) && attempt::repeatable(session);
+        e.set_retry(retry);
+        e
+    }
+
+    /// Sets the current attempt's upstream aside in a pool; whether another one is left
+    /// to try (false outside a pool).
+    fn set_aside_failed(&self, attempts: &mut OriginAttempts) -> bool {
+        let (Some(pool), Some(addr)) = (&self.pool, attempts.current) else {
+            return false;
+        };
+        pool.set_aside(addr);
+        attempts.failed.push(addr);
+        attempts.failed.len() < pool.size()
     }
 }
 
