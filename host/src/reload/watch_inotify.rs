@@ -13,8 +13,10 @@ use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-const FILE_EVENTS: WatchMask = WatchMask::MODIFY
-    .union(WatchMask::CLOSE_WRITE)
+// Not MODIFY: a file written in place in several writes would be read between two of
+// them (a config cut after its first tenant is valid and would be applied). Its writer
+// closing it (CLOSE_WRITE) says it is whole.
+const FILE_EVENTS: WatchMask = WatchMask::CLOSE_WRITE
     .union(WatchMask::ATTRIB)
     .union(WatchMask::MOVE_SELF)
     .union(WatchMask::DELETE_SELF);
