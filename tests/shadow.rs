@@ -339,6 +339,13 @@ fn promote_makes_the_shadow_live_at_once_and_status_shows_it() {
     let (ok, out) = run_cachet(&["promote", "--config", &config_path(&proxy), "site"]);
     assert!(!ok);
     assert!(out.contains("has no shadow plugin"), "{out}");
+    // A tenant the config does not name is not found, not a conflict.
+    let (ok, out) = run_cachet(&["promote", "--config", &config_path(&proxy), "nosuch"]);
+    assert!(!ok);
+    assert!(
+        out.contains("404") && out.contains("no tenant named"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -251,6 +251,18 @@ impl AdminApp {
         if tenant.is_empty() {
             return text_reply(StatusCode::BAD_REQUEST, "POST /promote?tenant=NAME\n");
         }
+        if !self
+            .reloader
+            .config()
+            .tenants
+            .iter()
+            .any(|t| t.name == tenant)
+        {
+            return text_reply(
+                StatusCode::NOT_FOUND,
+                &format!("no tenant named {tenant:?}\n"),
+            );
+        }
         let reloader = self.reloader.clone();
         // The checks run the plugin's self-tests: keep them off the async workers.
         let done = tokio::task::spawn_blocking(move || reloader.promote(&tenant)).await;
