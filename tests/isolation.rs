@@ -378,6 +378,43 @@ fn tenants_with_identical_keys_have_separate_entries() {
     );
 }
 
+/// A response whose length is over what the tenant can hold (its quota here, or
+/// `max_object_bytes`) is said not to be stored when it goes out, and counted as refused:
+/// it said `stored` and was then dropped by the budget, every time.
+#[test]
+fn a_response_larger_than_the_tenant_can_hold_is_not_announced_as_stored() {
+    let origin = Origin::start(|seen| {
+        let size = if seen.url.starts_with("/huge") {
+            10_000
+        } else {
+            100
+        };
+        Reply::ok(vec![b'x'; size]).header("Cache-Control", "max-age=600")
+    });
+    let proxy = Proxy::start(
+        "max_bytes = \"8MiB\"\nmax_object_bytes = \"16KiB\"",
+        &[TenantSpec::new("small", origin.addr, &plugin("standard"))
+            .limits("cache_quota = \"4KiB\"")],
+    );
+    for _ in 0..2 {
+        let resp = send("GET", &proxy.url("/huge"), &[]);
+        assert_eq!(resp.body.len(), 10_000);
+        let status = resp.cache_status();
+        assert!(!status.contains("stored"), "{status}");
+        assert!(status.contains("cache_quota"), "{status}");
+    }
+    assert_eq!(origin.hits_for("/huge"), 2);
+    let cache = &proxy.status()["cache"];
+    assert_eq!(cache["rejected_oversize"], 2, "{cache}");
+    // Without tiers every lookup is L1's: no separate count is kept.
+    assert!(cache["l1_hits"].is_null(), "{cache}");
+    // What fits is stored and served.
+    send("GET", &proxy.url("/small"), &[]);
+    assert!(send("GET", &proxy.url("/small"), &[])
+        .cache_status()
+        .contains("hit"));
+}
+
 #[test]
 fn a_tenant_quota_evicts_only_that_tenant() {
     let a = Origin::start(|_| Reply::ok(vec![b'a'; 8192]).header("Cache-Control", "max-age=600"));

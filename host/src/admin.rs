@@ -96,7 +96,8 @@ impl AdminApp {
                 "evictions": stats.evictions,
                 "inserts": stats.inserts,
                 "rejected_oversize": stats.rejected_oversize,
-                "l1_hits": stats.l1_hits,
+                // Counted only where L2 tiers exist: without them every hit is L1's.
+                "l1_hits": (!stats.tiers.is_empty()).then_some(stats.l1_hits),
                 // The L2 tiers in lookup order (empty without [cache.disk] / [cache.shared]).
                 "tiers": stats.tiers,
             },

@@ -113,9 +113,19 @@ fn decide(
     // Known to be too large: say so now. (A chunked body that outgrows the
     // limit is still streamed to the client and simply not kept by storage.)
     let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
-    let max_object = proxy.state.cache.storage.max_object_size(tenant);
-    if content_length(resp).is_some_and(|len| len > max_object) {
-        return not_stored(ctx, "larger than max_object_bytes");
+    let storage = proxy.state.cache.storage;
+    if let Some(len) = content_length(resp) {
+        let too_large = if len > storage.max_object_size(tenant) {
+            Some("larger than max_object_bytes")
+        } else if len > storage.budget_of(tenant) {
+            Some("larger than the tenant's cache_quota or cache.max_bytes")
+        } else {
+            None
+        };
+        if let Some(reason) = too_large {
+            storage.count_rejected_oversize(tenant);
+            return not_stored(ctx, reason);
+        }
     }
     let governing = directives::effective(resp);
     let cc = governing.as_ref().map(|d| &d.cache_control);

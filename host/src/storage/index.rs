@@ -69,6 +69,12 @@ impl Index {
         self.global.weight_limit()
     }
 
+    /// The most a partition can hold: its own budget within the global one.
+    pub(super) fn budget_of(&self, partition: &str) -> usize {
+        let own = self.partitions.get(partition).and_then(|p| p.lru.as_ref());
+        own.map_or(self.budget(), |lru| lru.weight_limit().min(self.budget()))
+    }
+
     /// Finds what to serve for a key, preferring a write in flight (it is newer than any
     /// stored object), and counts an access to a stored one.
     pub(super) fn lookup(&self, partition: &str, key: &SlotKey) -> Option<Found> {

@@ -87,6 +87,18 @@ impl MemoryStorage {
         own.map_or(global, |own| own.min(global))
     }
 
+    /// The most a partition can hold (its quota within the global budget): a body larger
+    /// than this is never stored, whatever the object size limit.
+    pub fn budget_of(&self, partition: &str) -> usize {
+        self.index.read().budget_of(partition)
+    }
+
+    /// Counts a response not stored because its announced length is over a limit, as a
+    /// write that outgrew one is counted.
+    pub fn count_rejected_oversize(&self, partition: &str) {
+        self.index.read().count(partition, Counters::rejected);
+    }
+
     /// Changes the global maximum object size (for fills that start from now on).
     pub fn set_max_object_size(&self, bytes: usize) {
         self.max_object_size.store(bytes, Ordering::Relaxed);

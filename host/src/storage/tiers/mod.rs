@@ -137,6 +137,16 @@ impl TieredStorage {
         self.l1.max_object_size(partition)
     }
 
+    /// See [`MemoryStorage::budget_of`]: every fill goes through L1.
+    pub fn budget_of(&self, partition: &str) -> usize {
+        self.l1.budget_of(partition)
+    }
+
+    /// See [`MemoryStorage::count_rejected_oversize`].
+    pub fn count_rejected_oversize(&self, partition: &str) {
+        self.l1.count_rejected_oversize(partition);
+    }
+
     /// Removes what is stored under `key` in every tier. True when something may have been
     /// there (an L2 tier is not asked: a purge there leaves a mark instead). [`NotKept`] when
     /// an L2 tier could not record the purge; memory is purged all the same (so are the
