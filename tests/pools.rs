@@ -533,3 +533,52 @@ fn pool_names_are_resolved_again_every_resolve_interval() {
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(spread.get("a"), Some(&3));
 }
+
+/// A single `upstream` given by name, outside any pool, is looked up again every
+/// `[tenant.origin] resolve_interval` too (it was resolved once, at load, for good).
+#[test]
+fn a_single_upstream_name_is_resolved_again() {
+    let a = NamedOrigin::start("a");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 origin.cachet.test\n").unwrap();
+    let port = a.addr.port();
+    let proxy = proxy_with_own_hosts_file(
+        &hosts,
+        TenantSpec::new("site", a.addr, &plugin("standard"))
+            .upstream_line(&format!("upstream = \"origin.cachet.test:{port}\""))
+            .extra("[tenant.origin]\nresolve_interval = \"200ms\""),
+    );
+    // Requests 100 ms apart: each finds the previous one's connection back in cachet's
+    // pool, so only a new address opens a new connection.
+    let paced_traffic = || {
+        (0..3)
+            .map(|i| {
+                std::thread::sleep(Duration::from_millis(100));
+                try_send("GET", &proxy.url(&format!("/paced/{i}")), &[])
+                    .map(|r| r.text())
+                    .unwrap_or_else(|e| e)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(paced_traffic(), ["a", "a", "a"], "{}", proxy.log());
+    let connections = a.connections.load(Ordering::SeqCst);
+    assert_eq!(connections, 1);
+
+    // The name now gives another address of the same origin: it is dialled.
+    std::fs::write(&hosts, "::ffff:127.0.0.1 origin.cachet.test\n").unwrap();
+    wait_for("the new address", || {
+        proxy.log().contains("upstream name re-resolved")
+    });
+    assert_eq!(paced_traffic(), ["a", "a", "a"], "{}", proxy.log());
+    assert_eq!(a.connections.load(Ordering::SeqCst), connections + 1);
+
+    // The name stops resolving: a warning, and the last address keeps serving.
+    std::fs::write(&hosts, "").unwrap();
+    wait_for("a warning", || {
+        proxy.log().contains("cannot re-resolve upstream")
+    });
+    let (spread, failures) = traffic(&proxy, 3);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(spread.get("a"), Some(&3));
+}

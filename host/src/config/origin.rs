@@ -15,6 +15,7 @@ pub(super) struct RawOrigin {
     idle_timeout: Option<Spanned<DurationValue>>,
     total_timeout: Option<Spanned<DurationValue>>,
     retry_reused: Option<bool>,
+    resolve_interval: Option<Spanned<DurationValue>>,
 }
 
 /// How cachet talks to a tenant's origin.
@@ -33,6 +34,9 @@ pub struct OriginConfig {
     /// A request that fails on a reused connection is tried once more on a
     /// fresh one, when that is safe (idempotent, nothing sent to the client).
     pub retry_reused: bool,
+    /// How often a single upstream or a backend given by name is looked up again (a
+    /// pool has its own, `[tenant.pool] resolve_interval`).
+    pub resolve_interval: Duration,
 }
 
 impl Default for OriginConfig {
@@ -44,6 +48,7 @@ impl Default for OriginConfig {
             idle_timeout: Duration::from_secs(60),
             total_timeout: None,
             retry_reused: true,
+            resolve_interval: Duration::from_secs(30),
         }
     }
 }
@@ -72,6 +77,19 @@ impl Locator<'_> {
             },
             total_timeout: positive("tenant.origin.total_timeout", &raw.total_timeout)?,
             retry_reused: raw.retry_reused.unwrap_or(defaults.retry_reused),
+            resolve_interval: match &raw.resolve_interval {
+                Some(v) => match self.duration("tenant.origin.resolve_interval", v)? {
+                    d if d < Duration::from_millis(10) => {
+                        return Err(self.at(
+                            v.span(),
+                            "tenant.origin.resolve_interval",
+                            "must be at least 10ms",
+                        ))
+                    }
+                    d => d,
+                },
+                None => defaults.resolve_interval,
+            },
         })
     }
 }

@@ -3,6 +3,7 @@
 
 mod attempt;
 mod health;
+mod names;
 mod pool;
 mod tls;
 
@@ -24,7 +25,13 @@ use std::time::{Duration, Instant};
 pub struct TenantUpstream {
     tls: Arc<tls::OriginTls>,
     pool: Option<pool::Pool>,
+    /// Named upstreams outside the pool: [`SINGLE`] the tenant's one upstream (when it has
+    /// no pool), then its `[tenant.backends]` in order.
+    names: names::Names,
 }
+
+/// The index of the tenant's single upstream in [`TenantUpstream::names`].
+const SINGLE: usize = 0;
 
 impl TenantUpstream {
     pub fn new(config: &TenantConfig) -> Self {
@@ -33,7 +40,11 @@ impl TenantUpstream {
             .pool
             .as_ref()
             .map(|p| pool::Pool::new(&config.name, &config.upstreams, p, tls.clone()));
-        Self { tls, pool }
+        let single = config.upstreams.first().filter(|_| pool.is_none());
+        let backends = config.backends.iter().map(|(_, target)| Some(target));
+        let interval = config.origin.resolve_interval;
+        let names = names::Names::new(std::iter::once(single).chain(backends), interval);
+        Self { tls, pool, names }
     }
 
     /// The pool's upstreams and their health; None for a single upstream
@@ -52,12 +63,15 @@ impl TenantUpstream {
         key: &[u8],
         backend: Option<usize>,
     ) -> Result<Box<HttpPeer>> {
-        if let Some((_, target)) = backend.and_then(|i| config.backends.get(i)) {
-            return self.peer_for(config, attempts, target, target.addrs[0]);
+        if let Some((index, (_, target))) = backend.and_then(|i| Some((i, config.backends.get(i)?)))
+        {
+            let addr = self.names.address(SINGLE + 1 + index, target);
+            return self.peer_for(config, attempts, target, addr);
         }
         let Some(pool) = &self.pool else {
             let target = &config.upstreams[0];
-            return self.peer_for(config, attempts, target, target.addrs[0]);
+            let addr = self.names.address(SINGLE, target);
+            return self.peer_for(config, attempts, target, addr);
         };
         let Some((backend, index)) = pool.select(key, &attempts.failed) else {
             return Error::e_explain(ErrorType::ConnectNoRoute, "no upstream left to try");
@@ -192,7 +206,12 @@ impl BackgroundService for PoolMaintenance {
                 .iter()
                 .filter_map(|t| t.upstream.pool.as_ref())
                 .map(|pool| pool.maintain());
-            futures::future::join_all(passes).await;
+            let lookups = router.tenants().iter().map(|t| t.upstream.names.maintain());
+            futures::future::join(
+                futures::future::join_all(passes),
+                futures::future::join_all(lookups),
+            )
+            .await;
             tokio::select! {
                 _ = tokio::time::sleep(MAINTENANCE_TICK) => {}
                 _ = shutdown.changed() => return,

@@ -1,0 +1,98 @@
+//! Upstreams named by host name outside a pool (a tenant's single `upstream`, its
+//! `[tenant.backends]`): their addresses are looked up again every `resolve_interval`, as a
+//! pool's members are, so an origin that moves to a new address is followed without a
+//! reload. A lookup that fails, or finds nothing, keeps the last addresses.
+
+use crate::config::UpstreamTarget;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One named target's current addresses.
+struct Named {
+    host: String,
+    port: u16,
+    addrs: ArcSwap<Vec<SocketAddr>>,
+}
+
+/// The named targets of one tenant, by the index the caller knows them by.
+pub(super) struct Names {
+    /// `None` for a target given as an IP address: nothing to look up.
+    targets: Vec<Option<Named>>,
+    interval: Duration,
+    next: Mutex<Instant>,
+    busy: tokio::sync::Mutex<()>,
+}
+
+impl Names {
+    /// `targets` by index; `None` for an index with nothing to look up.
+    pub(super) fn new<'t>(
+        targets: impl IntoIterator<Item = Option<&'t UpstreamTarget>>,
+        interval: Duration,
+    ) -> Self {
+        let targets = targets
+            .into_iter()
+            .map(|t| {
+                let t = t?;
+                let literal = t.host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok();
+                (!literal).then(|| Named {
+                    host: t.host.clone(),
+                    port: t.port,
+                    addrs: ArcSwap::from_pointee(t.addrs.clone()),
+                })
+            })
+            .collect();
+        Self {
+            targets,
+            interval,
+            next: Mutex::new(Instant::now() + interval),
+            busy: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The address to dial for target `index`: its latest lookup's first address, or the
+    /// configured one for an IP target.
+    pub(super) fn address(&self, index: usize, target: &UpstreamTarget) -> SocketAddr {
+        match self.targets.get(index).and_then(Option::as_ref) {
+            Some(named) => named
+                .addrs
+                .load()
+                .first()
+                .copied()
+                .unwrap_or(target.addrs[0]),
+            None => target.addrs[0],
+        }
+    }
+
+    /// Looks every name up again once `interval` has passed since the last time.
+    pub(super) async fn maintain(&self) {
+        if self.targets.iter().all(Option::is_none) {
+            return;
+        }
+        let Ok(_busy) = self.busy.try_lock() else {
+            return;
+        };
+        {
+            let mut next = self.next.lock();
+            let now = Instant::now();
+            if now < *next {
+                return;
+            }
+            *next = now + self.interval;
+        }
+        for named in self.targets.iter().flatten() {
+            match tokio::net::lookup_host((named.host.as_str(), named.port)).await {
+                Ok(found) => {
+                    let found: Vec<SocketAddr> = found.collect();
+                    if !found.is_empty() && **named.addrs.load() != found {
+                        tracing::info!(host = named.host, addresses = ?found, "upstream name re-resolved");
+                        named.addrs.store(Arc::new(found));
+                    }
+                }
+                Err(e) => tracing::warn!(host = named.host, "cannot re-resolve upstream: {e}"),
+            }
+        }
+    }
+}
