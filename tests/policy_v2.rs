@@ -354,6 +354,25 @@ fn example_proxy(origin: &Origin, name: &str, extra: &str) -> Proxy {
     )
 }
 
+/// A client path that begins with `//` is origin-form: static-assets, which rewrites the
+/// query, keeps that path. Its rewrite was refused as "not in origin-form", so the client
+/// could make the plugin fault (bypass, or a 502 under `on_plugin_error = "error"`).
+#[test]
+fn a_double_slash_path_is_rewritten_like_any_other() {
+    let origin = cacheable_origin("site");
+    let proxy = example_proxy(&origin, "static-assets", "on_plugin_error = \"error\"");
+    let resp = support::wire::one(
+        proxy.port,
+        "GET //evil.test/x.css?b=1&a=2&utm_source=z HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.text(), "site //evil.test/x.css?a=2&b=1");
+    assert!(
+        !resp.header("cache-status").unwrap_or("").contains("fault"),
+        "{resp:?}"
+    );
+}
+
 #[test]
 fn static_assets_strips_set_cookie_from_assets_and_tracking_cookies_from_requests() {
     static_assets_behaves_as_designed("static-assets");

@@ -278,9 +278,11 @@ pub enum OriginFailure {
     Status(u16),
 }
 
+/// `client_path`: the request path the plugin was shown.
 pub(crate) fn request_plan(
     raw: v2::cachet::policy::types::RequestPlan,
     limits: &PluginLimits,
+    client_path: &str,
 ) -> Result<RequestPlan, String> {
     let backend = match raw.backend {
         Some(name) if name.len() > MAX_BACKEND_NAME || name.is_empty() => {
@@ -295,7 +297,7 @@ pub(crate) fn request_plan(
         decision: request_decision(raw.decision, limits)?,
         edits: super::edits::RequestEdits {
             headers: super::edits::header_edits(raw.edits, limits, "request")?,
-            path_and_query: super::edits::path_and_query(raw.path_and_query)?,
+            path_and_query: super::edits::path_and_query(raw.path_and_query, client_path)?,
         },
         backend,
         deliver: raw.deliver,

@@ -130,8 +130,12 @@ pub fn header_edits(
     Ok(edits)
 }
 
-/// Checks a path and query for the origin: origin-form, bounded, no fragment.
-pub fn path_and_query(raw: Option<String>) -> Result<Option<String>, String> {
+/// Checks a path and query for the origin: origin-form, bounded, no fragment. A path that
+/// starts with `//` (which some origins read as `//host/path`) is taken only where the
+/// client's own path did (`client_path` is the request path the plugin was shown): a plugin
+/// that rewrites such a request's query must be able to keep its path, but never brings
+/// one in.
+pub fn path_and_query(raw: Option<String>, client_path: &str) -> Result<Option<String>, String> {
     let Some(target) = raw else {
         return Ok(None);
     };
@@ -141,7 +145,8 @@ pub fn path_and_query(raw: Option<String>) -> Result<Option<String>, String> {
             target.len()
         ));
     }
-    if !target.starts_with('/') || target.starts_with("//") || target.contains('#') {
+    let network_path = target.starts_with("//") && !client_path.starts_with("//");
+    if !target.starts_with('/') || network_path || target.contains('#') {
         return Err(format!(
             "path {target:?} is not in origin-form (\"/path?query\")"
         ));
@@ -196,13 +201,19 @@ mod tests {
     #[test]
     fn paths_must_be_origin_form() {
         for bad in ["x", "//evil.example/", "/a#frag", "/a b", "http://e/"] {
-            assert!(path_and_query(Some(bad.into())).is_err(), "{bad}");
+            assert!(path_and_query(Some(bad.into()), "/").is_err(), "{bad}");
         }
-        assert!(path_and_query(Some("/".repeat(MAX_PATH_AND_QUERY + 1))).is_err());
+        assert!(path_and_query(Some("/".repeat(MAX_PATH_AND_QUERY + 1)), "/").is_err());
         assert_eq!(
-            path_and_query(Some("/v2/items?id=1".into())).unwrap(),
+            path_and_query(Some("/v2/items?id=1".into()), "/").unwrap(),
             Some("/v2/items?id=1".into())
         );
+        // Kept where the client's path began so (a query rewritten), never brought in.
+        assert_eq!(
+            path_and_query(Some("//x.css?a=2&b=1".into()), "//x.css").unwrap(),
+            Some("//x.css?a=2&b=1".into())
+        );
+        assert!(path_and_query(Some("//x.css".into()), "/x.css").is_err());
     }
 
     #[test]

@@ -170,8 +170,10 @@ impl PolicyInstance {
                 decision::request_decision_v1(v1, limits).map(RequestPlan::decision_only),
                 None,
             ),
-            RequestAnswer::V2(v2) => (decision::request_plan(v2, limits), None),
-            RequestAnswer::V3(v2, key) => (decision::request_plan(v2, limits), key),
+            RequestAnswer::V2(v2) => (decision::request_plan(v2, limits, request.uri.path()), None),
+            RequestAnswer::V3(v2, key) => {
+                (decision::request_plan(v2, limits, request.uri.path()), key)
+            }
         };
         let plan = plan.map_err(PluginFault::InvalidOutput)?;
         // A key read from the unedited request must never name an edited one.
