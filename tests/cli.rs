@@ -251,6 +251,22 @@ fn sizes_ports_and_mistyped_values_are_refused_with_the_full_key() {
             "tenant.limits.max_object_bytes",
             "must not exceed cache.max_object_bytes",
         ),
+        (
+            "",
+            "127.0.0.1:1",
+            "max_key_parts = 0",
+            14,
+            "tenant.limits.max_key_parts",
+            "at least 1",
+        ),
+        (
+            "",
+            "127.0.0.1:1",
+            "max_key_bytes = 0",
+            14,
+            "tenant.limits.max_key_bytes",
+            "at least 1",
+        ),
     ];
     for (cache, upstream, limits, line, key, why) in refused {
         let (ok, out) = write(cache, upstream, limits);
@@ -259,6 +275,11 @@ fn sizes_ports_and_mistyped_values_are_refused_with_the_full_key() {
         assert!(out.contains(&format!("`{key}`")), "{out}");
         assert!(out.contains(why), "{out}");
     }
+    // Limits the plugin cannot start within would fault every request: refused at load.
+    let (ok, out) = write("", "127.0.0.1:1", "memory = \"1KiB\"");
+    assert!(!ok, "{out}");
+    assert!(out.contains("cannot start within"), "{out}");
+    assert!(out.contains("memory limit"), "{out}");
 }
 
 /// A taken port is an error at start, with the address and its key: Pingora would retry for

@@ -584,3 +584,38 @@ fn a_rotated_admin_token_file_takes_effect_at_once() {
     }
     assert_eq!(status_with("first-token"), 401);
 }
+
+/// A reload that leaves the plugin unable to start within its tenant's new limits would
+/// fault every request: it is refused whole, with the reason, and the old limits serve on.
+#[test]
+fn limits_the_plugin_cannot_start_within_are_refused_on_reload() {
+    let origin = Origin::start(|_| Reply::ok("body").header("Cache-Control", "max-age=60"));
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("a", origin.addr, &plugin("standard"))],
+    );
+    let config = proxy.dir.path().join("cachet.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    assert!(original.contains("[tenant.limits]\n"), "{original}");
+    let starved = original.replace("[tenant.limits]\n", "[tenant.limits]\nmemory = \"1KiB\"\n");
+    std::fs::write(&config, starved).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let refusal = proxy.status()["config"]["last_refusal"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if !refusal.is_empty() {
+            assert!(refusal.contains("cannot start within"), "{refusal}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the starved limits were not refused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    get(&proxy.url("/still"));
+    let hit = get(&proxy.url("/still"));
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+}

@@ -150,8 +150,8 @@ struct RawLimits {
     memory: Option<Spanned<SizeValue>>,
     hook_timeout: Option<Spanned<DurationValue>>,
     hook_timeout_ms: Option<Spanned<u64>>,
-    max_key_bytes: Option<usize>,
-    max_key_parts: Option<usize>,
+    max_key_bytes: Option<Spanned<usize>>,
+    max_key_parts: Option<Spanned<usize>>,
     max_synthetic_body: Option<SizeValue>,
     instance_reuse: Option<Spanned<u32>>,
     max_instances: Option<Spanned<usize>>,
@@ -798,8 +798,17 @@ impl Locator<'_> {
                 Some((d, _)) => d,
                 None => defaults.hook_timeout,
             },
-            max_key_bytes: t.limits.max_key_bytes.unwrap_or(defaults.max_key_bytes),
-            max_key_parts: t.limits.max_key_parts.unwrap_or(defaults.max_key_parts),
+            // A key needs a part and a byte: at 0 every request would fault.
+            max_key_bytes: self.positive(
+                &t.limits.max_key_bytes,
+                "tenant.limits.max_key_bytes",
+                defaults.max_key_bytes,
+            )?,
+            max_key_parts: self.positive(
+                &t.limits.max_key_parts,
+                "tenant.limits.max_key_parts",
+                defaults.max_key_parts,
+            )?,
             max_synthetic_body_bytes: t
                 .limits
                 .max_synthetic_body

@@ -117,6 +117,7 @@ pub fn load_policy(
     }
     let plugin = LoadedPlugin::load_cached(engine, &tenant.plugin, artifacts)?;
     plugin.run_self_tests(engine)?;
+    crate::policy::check_starts_within_limits(engine, &plugin, tenant)?;
     tracing::info!(
         tenant = tenant.name,
         plugin = %tenant.plugin.display(),

@@ -67,6 +67,29 @@ impl fmt::Display for PluginFault {
     }
 }
 
+/// Makes one instance of `plugin` under the tenant's limits and settings, then drops it. A
+/// plugin that cannot start within them (it needs more memory than `memory`, or traps while
+/// starting with the tenant's settings) would fault on every request: it is refused at load
+/// instead, with the reason. A deadline overrun does not refuse it: on a busy machine the
+/// timing of one start decides that, and the breaker deals with a plugin that keeps overrunning.
+pub fn check_starts_within_limits(
+    engine: &PolicyEngine,
+    plugin: &LoadedPlugin,
+    tenant: &crate::config::TenantConfig,
+) -> anyhow::Result<()> {
+    let context = Arc::new(TenantContext {
+        tenant: tenant.name.clone(),
+        plugin_config: tenant.plugin_config.clone(),
+    });
+    match PolicyInstance::new(engine, plugin, context, &tenant.limits) {
+        Ok(_) | Err(PluginFault::Timeout) => Ok(()),
+        Err(fault) => Err(anyhow::anyhow!(
+            "the plugin cannot start within tenant {:?}'s [tenant.limits]: {fault}",
+            tenant.name
+        )),
+    }
+}
+
 /// One instance of a plugin in its own `Store`.
 pub struct PolicyInstance {
     store: Store<HostState>,

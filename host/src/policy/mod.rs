@@ -30,7 +30,7 @@ pub use decision::{
 pub use edits::{apply_to_response, HeaderEdit};
 pub use engine::{PolicyEngine, MAX_GUEST_MEMORY};
 pub use host_api::request_host;
-pub use instance::{InstancePool, PluginFault, PolicyInstance};
+pub use instance::{check_starts_within_limits, InstancePool, PluginFault, PolicyInstance};
 pub use instance::{RequestOutcome, RequestVerdict};
 pub use layer::{AddedFields, PolicyLayer};
 pub use limits::PluginLimits;

@@ -261,7 +261,11 @@ impl Reloader {
             tenant.clear_refusal_of(path);
             return Outcome::Unchanged;
         }
-        match self.load_checked(path, &bytes) {
+        let checked = self.load_checked(path, &bytes).and_then(|plugin| {
+            crate::policy::check_starts_within_limits(&self.engine, &plugin, &tenant.config)?;
+            Ok(plugin)
+        });
+        match checked {
             Ok(plugin) => {
                 tenant.swap_plugin(Arc::new(plugin));
                 tenant.clear_refusal_of(path);
@@ -418,10 +422,13 @@ impl Reloader {
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if let Some(plugin) = running.and_then(|old| old.policy().plugin().cloned()) {
             if plugin.info.sha256 == sha256 {
+                // The limits or settings may have changed.
+                crate::policy::check_starts_within_limits(&self.engine, &plugin, config)?;
                 return Ok(history(PolicySource::Plugin(plugin), generation));
             }
         }
         let plugin = Arc::new(self.load_checked(live_path, &bytes)?);
+        crate::policy::check_starts_within_limits(&self.engine, &plugin, config)?;
         let next = if running.is_some() { generation + 1 } else { 1 };
         Ok(history(PolicySource::Plugin(plugin), next))
     }
