@@ -373,6 +373,51 @@ fn a_double_slash_path_is_rewritten_like_any_other() {
     );
 }
 
+/// vcl-port keys each page on the `lang` cookie. A PURGE with that cookie reaches that
+/// entry, and a POST with it invalidates it; the other language's entry stays. Both
+/// computed the key without cookies only and could never reach such an entry.
+#[test]
+fn purge_and_invalidation_reach_entries_keyed_on_a_cookie() {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("{} {:?}", seen.url, seen.header("cookie")))
+            .header("Cache-Control", "max-age=600")
+    });
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        CACHE,
+        &[TenantSpec::new(
+            "site",
+            origin.addr,
+            &support::plugin("vcl-port"),
+        )],
+    );
+    let page = |lang: &str| {
+        send(
+            "GET",
+            &proxy.url("/news"),
+            &[("Cookie", &format!("lang={lang}"))],
+        )
+    };
+    for lang in ["fr", "en", "fr", "en"] {
+        page(lang);
+    }
+    assert_eq!(origin.hits_for("/news"), 2);
+    let auth = format!("Bearer {TOKEN}");
+    let purge = send(
+        "PURGE",
+        &proxy.url("/news"),
+        &[("Authorization", &auth), ("Cookie", "lang=fr")],
+    );
+    assert_eq!(purge.status, 200, "{}", purge.text());
+    assert_status_has(&page("fr"), "fwd=miss");
+    assert_status_has(&page("en"), "hit");
+    // A POST with the English cookie invalidates the English entry only.
+    let post = send("POST", &proxy.url("/news"), &[("Cookie", "lang=en")]);
+    assert_eq!(post.status, 200);
+    assert_status_has(&page("en"), "fwd=miss");
+    assert_status_has(&page("fr"), "hit");
+}
+
 #[test]
 fn static_assets_strips_set_cookie_from_assets_and_tracking_cookies_from_requests() {
     static_assets_behaves_as_designed("static-assets");

@@ -16,19 +16,39 @@ pub fn is_unsafe(method: &Method) -> bool {
     )
 }
 
-/// The full cache key the tenant's plugin uses for a GET of the request's URL, or None when
-/// the plugin would not cache it. Credentials are dropped: only shared entries are affected,
-/// and a plugin may bypass the cache for credentialed requests.
-pub fn get_key(
+/// The full cache keys the tenant's plugin uses for a GET of the request's URL: the GET with
+/// the request's cookies, and the GET without them (none when the plugin would not cache
+/// it). `Authorization` is dropped: it holds the admin token of a PURGE, or credentials
+/// whose responses are not shared. Both cookie forms count: a plugin that bypasses
+/// requests with a session cookie still has a shared entry for the URL, and one that keys
+/// on a cookie (a language) has an entry per value, reached only with that cookie.
+pub fn get_keys(
     tenant: &str,
     policy: &PolicyLayer,
     req: &RequestHeader,
-) -> Result<Option<Vec<u8>>, PluginFault> {
+) -> Result<Vec<Vec<u8>>, PluginFault> {
     let mut get = req.clone();
     get.set_method(Method::GET);
     get.remove_header(&http::header::AUTHORIZATION);
-    get.remove_header(&http::header::COOKIE);
-    Ok(match policy.decide_request(&get)? {
+    let mut keys = Vec::with_capacity(2);
+    if get.headers.contains_key(http::header::COOKIE) {
+        keys.extend(cached_key(tenant, policy, &get)?);
+        get.remove_header(&http::header::COOKIE);
+    }
+    if let Some(key) = cached_key(tenant, policy, &get)? {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
+fn cached_key(
+    tenant: &str,
+    policy: &PolicyLayer,
+    get: &RequestHeader,
+) -> Result<Option<Vec<u8>>, PluginFault> {
+    Ok(match policy.decide_request(get)? {
         (RequestDecision::Cache, Some(parts)) => Some(super::primary_key(tenant, &parts)),
         _ => None,
     })
@@ -60,13 +80,14 @@ pub fn after_response(
     }
     let mut purged = 0;
     for target in &targets {
-        match get_key(tenant.name(), policy, target) {
-            Ok(Some(key)) => {
-                let key = super::cache_key::storage_key(key, tenant.name());
-                // A tier that could not record it has logged why; memory is purged anyway.
-                purged += usize::from(state.cache.storage.purge_key(&key).unwrap_or(true));
+        match get_keys(tenant.name(), policy, target) {
+            Ok(keys) => {
+                for key in keys {
+                    let key = super::cache_key::storage_key(key, tenant.name());
+                    // A tier that could not record it has logged why; memory is purged anyway.
+                    purged += usize::from(state.cache.storage.purge_key(&key).unwrap_or(true));
+                }
             }
-            Ok(None) => {}
             Err(fault) => {
                 tracing::warn!(
                     tenant = tenant.name(),

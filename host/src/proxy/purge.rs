@@ -1,7 +1,7 @@
 //! `PURGE` on the proxy listener, for operators holding the admin token:
 //!
-//! - `PURGE /path` removes what is stored for that URL (the key the tenant's plugin computes
-//!   for a GET of it);
+//! - `PURGE /path` removes what is stored for that URL (the keys the tenant's plugin computes
+//!   for a GET of it, with the PURGE's cookies and without);
 //! - with `Surrogate-Key: a b`, removes every entry of the tenant tagged `a` or `b` instead
 //!   (tags come from the origin's `Surrogate-Key` and the plugin's store decision);
 //! - with `Cache-Purge-Soft: 1`, marks the entries stale instead of removing them, so they are
@@ -64,9 +64,11 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
             .purge_tags(tenant.name(), &tags, soft)
             .map(|affected| affected > 0)
     } else {
-        let key = match super::invalidate::get_key(tenant.name(), &policy, req) {
-            Ok(Some(key)) => key,
-            Ok(None) => return (404, "this URL is not cached by the site's policy\n".into()),
+        let keys = match super::invalidate::get_keys(tenant.name(), &policy, req) {
+            Ok(keys) if keys.is_empty() => {
+                return (404, "this URL is not cached by the site's policy\n".into())
+            }
+            Ok(keys) => keys,
             Err(fault) => {
                 tracing::warn!(
                     tenant = tenant.name(),
@@ -83,12 +85,21 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
                 );
             }
         };
-        let key = super::cache_key::storage_key(key, tenant.name());
-        if soft {
-            storage.expire_key(&key)
-        } else {
-            storage.purge_key(&key)
+        // Found where any key was; a tier that could not record one makes the answer a 503.
+        let mut found = Ok(false);
+        for key in keys {
+            let key = super::cache_key::storage_key(key, tenant.name());
+            let this = if soft {
+                storage.expire_key(&key)
+            } else {
+                storage.purge_key(&key)
+            };
+            found = match (found, this) {
+                (Err(not_kept), _) | (_, Err(not_kept)) => Err(not_kept),
+                (Ok(a), Ok(b)) => Ok(a || b),
+            };
         }
+        found
     };
     match found {
         Ok(true) => (200, "purged\n".into()),
