@@ -100,6 +100,12 @@ fn a_plugin_block_cannot_be_walked_around_with_the_target_form() {
         "http://site.test/admin",
         "x:/admin",
         "/x/../admin",
+        // Spellings Windows- and IIS-style origins read as /admin.
+        "/\\admin",
+        "/x%5c..%5cadmin",
+        "/admin%20",
+        "/admin.",
+        "/admin%00",
     ] {
         let resp = one(
             proxy.port,

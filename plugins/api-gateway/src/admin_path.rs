@@ -2,8 +2,10 @@
 //!
 //! Origins decode percent-escapes, collapse `//`, resolve `..` and often
 //! ignore case, so a plain prefix test would let `/%61dmin`, `//admin` or
-//! `/x/../admin` through. The path is normalised the same way before the
-//! first segment is compared.
+//! `/x/../admin` through. Windows and IIS-style origins also take `\` for `/`
+//! and ignore a name's trailing dots and spaces (`/admin.`, `/admin%20`), and
+//! some cut a name at a control byte (`/admin%00`). The path is normalised
+//! the same way before the first segment is compared.
 
 /// Whether the request path is `/admin` or below it, but not e.g. `/administrator`.
 pub(crate) fn is_admin_path(path: &str) -> bool {
@@ -16,14 +18,19 @@ pub(crate) fn is_admin_path(path: &str) -> bool {
 /// resolving `..` (RFC 3986 §5.2.4).
 fn normalized_segments(path: &str) -> Vec<&str> {
     let mut segments = Vec::new();
-    for segment in path.split('/') {
+    for segment in path.split(['/', '\\']) {
         let segment = segment.split(';').next().unwrap_or(segment);
+        let segment = segment.trim_end_matches(|c: char| c == ' ' || c.is_ascii_control());
         match segment {
             "" | "." => {}
             ".." => {
                 segments.pop();
             }
-            _ => segments.push(segment),
+            // `admin.` names `admin`; a segment of dots alone names nothing.
+            _ => match segment.trim_end_matches('.') {
+                "" => {}
+                name => segments.push(name),
+            },
         }
     }
     segments
@@ -80,6 +87,14 @@ mod tests {
             "/x/../admin",
             "/admin;jsessionid=1",
             "/%2Fadmin",
+            "/\\admin",
+            "/x\\..\\admin",
+            "/x%5c..%5cadmin",
+            "/admin%20",
+            "/admin.",
+            "/admin%00",
+            "/admin%09/x",
+            "/x/.. /admin",
         ] {
             assert!(is_admin_path(path), "{path}");
         }

@@ -10,8 +10,8 @@ mod status;
 use std::time::Duration;
 
 use cachet_sdk::{
-    config, defaults, Policy, Request, RequestDecision, RequestEdits, Response,
-    ResponseDecision, StoreDirective, SyntheticResponse, TestVector,
+    config, defaults, Policy, Request, RequestDecision, RequestEdits, Response, ResponseDecision,
+    StoreDirective, SyntheticResponse, TestVector,
 };
 
 use admin_path::is_admin_path;
@@ -211,7 +211,10 @@ mod tests {
             .uri("http://example.com/api/items")
             .header("Cookie", "theme=dark; session_hint=1")
             .build();
-        assert_eq!(ApiGateway::default().on_request(&req), RequestDecision::Cache);
+        assert_eq!(
+            ApiGateway::default().on_request(&req),
+            RequestDecision::Cache
+        );
     }
 
     #[test]
@@ -228,21 +231,33 @@ mod tests {
             .method("HEAD")
             .uri("http://example.com/api/items")
             .build();
-        assert_eq!(ApiGateway::default().on_request(&req), RequestDecision::Cache);
+        assert_eq!(
+            ApiGateway::default().on_request(&req),
+            RequestDecision::Cache
+        );
     }
 
     #[test]
     fn api_responses_are_micro_cached() {
         let req = get("http://example.com/api/items?page=2");
         let plain = Response::builder().build();
-        assert_eq!(ApiGateway::default().on_response(&req, &plain), micro_cached());
+        assert_eq!(
+            ApiGateway::default().on_response(&req, &plain),
+            micro_cached()
+        );
         // Overrides the origin's own freshness and no-cache.
         let fresh = Response::builder()
             .header("Cache-Control", "max-age=3600")
             .build();
-        assert_eq!(ApiGateway::default().on_response(&req, &fresh), micro_cached());
+        assert_eq!(
+            ApiGateway::default().on_response(&req, &fresh),
+            micro_cached()
+        );
         let not_found = Response::builder().status(404).build();
-        assert_eq!(ApiGateway::default().on_response(&req, &not_found), micro_cached());
+        assert_eq!(
+            ApiGateway::default().on_response(&req, &not_found),
+            micro_cached()
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! day, and a static file's cookies are noise: stripped from the request and
 //! its `Set-Cookie` from the stored response, so it can be shared.
 
-mod static_path;
 mod encoding;
+mod static_path;
 mod tracking;
 
 use std::time::Duration;
@@ -79,9 +79,8 @@ impl Policy for StaticAssets {
         // Only fill in missing freshness. An origin that asked for
         // revalidation (no-cache) keeps RFC 9111 handling. A Set-Cookie does
         // not matter: `edit_response` strips it before the host judges.
-        let origin_decides = resp.status() != 200
-            || resp.has_explicit_freshness()
-            || cache_control.no_cache();
+        let origin_decides =
+            resp.status() != 200 || resp.has_explicit_freshness() || cache_control.no_cache();
         if origin_decides {
             return ResponseDecision::FollowOrigin;
         }
@@ -131,7 +130,10 @@ impl Policy for StaticAssets {
                 .expect_cache()
                 .with_response(
                     200,
-                    &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")],
+                    &[
+                        ("cache-control", "no-store"),
+                        ("cdn-cache-control", "max-age=60"),
+                    ],
                 )
                 .expect_follow_origin(),
         ]
@@ -269,8 +271,14 @@ mod tests {
         let req = get("http://example.com/site.css");
         for headers in [
             &[("CDN-Cache-Control", "max-age=1")][..],
-            &[("Cache-Control", "max-age=86400"), ("CDN-Cache-Control", "max-age=1")],
-            &[("Cache-Control", "no-store"), ("Cachet-Cache-Control", "max-age=60")],
+            &[
+                ("Cache-Control", "max-age=86400"),
+                ("CDN-Cache-Control", "max-age=1"),
+            ],
+            &[
+                ("Cache-Control", "no-store"),
+                ("Cachet-Cache-Control", "max-age=60"),
+            ],
         ] {
             assert_eq!(
                 StaticAssets.on_response(&req, &ok_with(headers)),
@@ -279,7 +287,10 @@ mod tests {
             );
         }
         // An invalid targeted field is ignored: Cache-Control's no-store applies.
-        let resp = ok_with(&[("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=x")]);
+        let resp = ok_with(&[
+            ("Cache-Control", "no-store"),
+            ("CDN-Cache-Control", "max-age=x"),
+        ]);
         assert_eq!(
             StaticAssets.on_response(&req, &resp),
             ResponseDecision::no_store("origin sent no-store")
@@ -369,7 +380,10 @@ mod tests {
         let edited = req.edited(&edits);
         assert_eq!(edited.query().as_deref(), Some("a=1&v=3"));
         assert_eq!(edited.header("cookie"), None, "static files get no cookies");
-        assert_eq!(StaticAssets.cache_key(&edited), StaticAssets.cache_key(&req));
+        assert_eq!(
+            StaticAssets.cache_key(&edited),
+            StaticAssets.cache_key(&req)
+        );
         // Already normalised: nothing to rewrite (a background refresh changes nothing).
         let mut again = RequestEdits::default();
         StaticAssets.edit_request(&edited, &mut again);

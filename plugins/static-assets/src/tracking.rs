@@ -41,7 +41,15 @@ mod tests {
 
     #[test]
     fn analytics_cookies_are_tracking() {
-        for name in ["_ga", "_ga_ABC123", "_gid", "_gcl_au", "_fbp", "__utma", "_hjSession_1"] {
+        for name in [
+            "_ga",
+            "_ga_ABC123",
+            "_gid",
+            "_gcl_au",
+            "_fbp",
+            "__utma",
+            "_hjSession_1",
+        ] {
             assert!(is_tracking_cookie(name), "{name}");
         }
         for name in ["session", "lang", "ga", "cart_gid"] {

@@ -188,7 +188,10 @@ mod tests {
             .build();
         let page = edited(&page);
         assert_eq!(page.header("cookie").as_deref(), Some("lang=fr"));
-        assert_eq!(VclPort.cache_key(&page), ["example.com", "/news", "lang=fr"]);
+        assert_eq!(
+            VclPort.cache_key(&page),
+            ["example.com", "/news", "lang=fr"]
+        );
 
         let asset = Request::builder()
             .uri("http://example.com/site.css")
@@ -211,7 +214,9 @@ mod tests {
                 .with_stale_if_error(STALE_IF_ERROR)
                 .into()
         );
-        let private = Response::builder().header("Cache-Control", "private").build();
+        let private = Response::builder()
+            .header("Cache-Control", "private")
+            .build();
         assert_eq!(
             VclPort.on_response(&req, &private),
             ResponseDecision::no_store("origin forbids sharing")
@@ -230,7 +235,10 @@ mod tests {
         ]);
         assert_eq!(
             headers,
-            [("cache-control".to_string(), STATIC_BROWSER_MAX_AGE.to_string())]
+            [(
+                "cache-control".to_string(),
+                STATIC_BROWSER_MAX_AGE.to_string()
+            )]
         );
     }
 

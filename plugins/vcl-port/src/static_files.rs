@@ -1,8 +1,8 @@
 //! Static files by extension, as `req.url ~ "\.(css|js|...)(\?.*)?$"` in VCL.
 
 const EXTENSIONS: [&str; 14] = [
-    "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico", "woff",
-    "woff2", "ttf",
+    "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico", "woff", "woff2",
+    "ttf",
 ];
 
 pub(crate) fn is_static(path: &str) -> bool {
