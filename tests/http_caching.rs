@@ -248,6 +248,31 @@ fn a_304_that_makes_the_response_unstorable_still_gives_the_client_all_its_field
     assert_eq!(origin.hits(), 2);
 }
 
+/// A response that sets a cookie is never shared: in the current form and in RFC 2965's
+/// obsolete `Set-Cookie2`, which some clients still take.
+#[test]
+fn a_response_that_sets_a_cookie_is_never_stored() {
+    let origin = Origin::start(|seen: &Seen| {
+        let reply = Reply::ok("personal").header("Cache-Control", "public, max-age=600");
+        match seen.url.as_str() {
+            "/v1" => reply.header("Set-Cookie", "sid=1"),
+            _ => reply.header("Set-Cookie2", "sid=2; Version=1"),
+        }
+    });
+    let proxy = proxy_for(&origin);
+    for path in ["/v1", "/v2"] {
+        for _ in 0..2 {
+            let resp = get(&proxy.url(path));
+            assert!(
+                resp.cache_status().contains("Set-Cookie"),
+                "{path}: {}",
+                resp.cache_status()
+            );
+        }
+        assert_eq!(origin.hits_for(path), 2, "{path}");
+    }
+}
+
 #[test]
 fn a_response_to_a_no_store_request_is_not_stored() {
     let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));

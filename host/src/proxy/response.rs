@@ -298,6 +298,10 @@ fn host_guard(resp: &ResponseHeader) -> Option<&'static str> {
     if resp.headers.contains_key(http::header::SET_COOKIE) {
         return Some("origin sent Set-Cookie");
     }
+    // The obsolete RFC 2965 form sets a cookie all the same (some clients still take it).
+    if resp.headers.contains_key("set-cookie2") {
+        return Some("origin sent Set-Cookie2");
+    }
     None
 }
 
