@@ -130,3 +130,26 @@ fn explains_routing_and_plugin_decisions_from_the_given_headers() {
     assert!(out.contains("http(s) URLs only"), "{out}");
     assert_eq!(origin.hits(), 0);
 }
+
+/// A URL whose last response could not be stored skips the lookup in the proxy (hit-for-miss):
+/// explain says so, instead of "miss, may be stored" as if it would wait on the cache.
+#[test]
+fn explains_a_url_marked_uncacheable() {
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "no-store"));
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&["127.0.0.1"])],
+    );
+    let url = proxy.url("/never");
+    let (ok, out) = explain(&proxy, &[&url]);
+    assert!(ok, "{out}");
+    assert!(out.contains("miss: no entry"), "{out}");
+    assert_eq!(send("GET", &url, &[]).status, 200);
+    let (ok, out) = explain(&proxy, &[&url]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("pass: the URL's last response could not be stored"),
+        "{out}"
+    );
+    assert_eq!(origin.hits(), 1);
+}

@@ -5,6 +5,7 @@
 use super::{cache_key, shared, ProxyState};
 use crate::policy::RequestDecision;
 use pingora::http::RequestHeader;
+use pingora_cache::predictor::CacheablePredictor;
 use pingora_cache::CacheMeta;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -91,6 +92,20 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
     }
 
     let cache_key = cache_key::storage_key(key, tenant.name());
+    // Marked uncacheable (hit-for-miss), or passed by the plugin (hit-for-pass): the proxy
+    // skips the lookup, whatever is stored.
+    if state
+        .cache
+        .uncacheable
+        .is_some_and(|marks| !marks.cacheable_prediction(&cache_key))
+    {
+        let verdict = "pass: the URL's last response could not be stored, or the plugin \
+                       passes it for a while (hit-for-pass); the request goes to the origin \
+                       without a lookup, and a storable answer ends the mark";
+        steps.add("uncacheable mark", "set".into());
+        doc["verdict"] = json!(verdict);
+        return Ok(steps.finish(doc));
+    }
     let found = state
         .cache
         .storage
