@@ -267,6 +267,14 @@ fn sizes_ports_and_mistyped_values_are_refused_with_the_full_key() {
             "tenant.limits.max_key_bytes",
             "at least 1",
         ),
+        (
+            "",
+            "127.0.0.1:1",
+            "[tenant.origin]\nread_timeout = \"0.0001ms\"",
+            15,
+            "tenant.origin.read_timeout",
+            "at least 1ms",
+        ),
     ];
     for (cache, upstream, limits, line, key, why) in refused {
         let (ok, out) = write(cache, upstream, limits);

@@ -41,7 +41,7 @@ const MAX_NANOS: f64 = 7.0 * 24.0 * 3600e9;
 pub fn parse(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     let hint = || {
-        format!("{text:?} is not a duration: write a number and a unit (ms, s, m, h), e.g. \"10s\" or \"500ms\"")
+        format!("{text:?} is not a duration: write a number and a unit (us, ms, s, m, h), e.g. \"10s\" or \"500ms\"")
     };
     let (number, scale) = UNITS
         .iter()

@@ -56,9 +56,12 @@ impl Default for OriginConfig {
 impl Locator<'_> {
     pub(super) fn origin(&self, raw: &RawOrigin) -> Result<OriginConfig, ConfigError> {
         let defaults = OriginConfig::default();
+        // Below a millisecond a timeout fires on scheduling noise alone: random 504s.
         let positive = |key: &str, value: &Option<Spanned<DurationValue>>| match value {
             Some(v) => match self.duration(key, v)? {
-                Duration::ZERO => Err(self.at(v.span(), key, "must be more than 0")),
+                d if d < Duration::from_millis(1) => {
+                    Err(self.at(v.span(), key, "must be at least 1ms"))
+                }
                 d => Ok(Some(d)),
             },
             None => Ok(None),

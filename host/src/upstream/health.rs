@@ -64,7 +64,7 @@ impl OriginCheck {
     async fn get(&self, peer: &HttpPeer, target: &UpstreamTarget, path: &str) -> Result<()> {
         let (mut session, _) = self.http.get_http_session(peer).await?;
         let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
-        req.insert_header("Host", target.host.as_str())?;
+        req.insert_header("Host", host_field(target))?;
         req.insert_header("User-Agent", "cachet-health-check")?;
         session.set_write_timeout(Some(self.timeout));
         session.set_read_timeout(Some(self.timeout));
@@ -80,6 +80,19 @@ impl OriginCheck {
         }
         while session.read_response_body().await?.is_some() {}
         Ok(())
+    }
+}
+
+/// The upstream as a `Host` names it (RFC 9110 §7.2): its port unless the scheme's default.
+fn host_field(target: &UpstreamTarget) -> String {
+    let host = match target.host.contains(':') && !target.host.starts_with('[') {
+        true => format!("[{}]", target.host),
+        false => target.host.clone(),
+    };
+    let default_port = if target.tls { 443 } else { 80 };
+    match target.port == default_port {
+        true => host,
+        false => format!("{host}:{}", target.port),
     }
 }
 
@@ -110,5 +123,36 @@ impl HealthCheck for OriginCheck {
 
     fn health_threshold(&self, _success: bool) -> usize {
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_field;
+    use crate::config::UpstreamTarget;
+
+    fn target(host: &str, port: u16, tls: bool) -> UpstreamTarget {
+        UpstreamTarget {
+            written: String::new(),
+            tls,
+            host: host.into(),
+            port,
+            addrs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_host_field_names_the_port_unless_it_is_the_default() {
+        assert_eq!(host_field(&target("origin.test", 80, false)), "origin.test");
+        assert_eq!(host_field(&target("origin.test", 443, true)), "origin.test");
+        assert_eq!(
+            host_field(&target("origin.test", 8080, false)),
+            "origin.test:8080"
+        );
+        assert_eq!(
+            host_field(&target("origin.test", 80, true)),
+            "origin.test:80"
+        );
+        assert_eq!(host_field(&target("::1", 8443, true)), "[::1]:8443");
     }
 }
