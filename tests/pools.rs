@@ -310,6 +310,44 @@ fn an_upstream_that_drops_accepted_connections_costs_no_client_errors() {
     );
 }
 
+/// With every upstream set aside after failed connects, requests still go to one; the one
+/// that answers is back at once (it stayed marked until the next health check). `/status`
+/// names the pool's upstreams, all of them.
+#[test]
+fn an_upstream_set_aside_is_back_when_it_answers() {
+    let a = NamedOrigin::start("a");
+    let b = NamedOrigin::start("b");
+    let proxy = pool_proxy(&[a.addr, b.addr], "health_interval = \"60s\"");
+    let status = proxy.status();
+    assert_eq!(
+        status["tenants"][0]["upstream"],
+        format!("{}, {}", a.addr, b.addr),
+        "{status}"
+    );
+    let (a_addr, b_addr) = (a.stop(), b.stop());
+    let (_, failures) = traffic(&proxy, 2);
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    let set_aside = |addr: SocketAddr| {
+        proxy.status()["tenants"][0]["pool"]["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["address"] == addr.to_string())
+            .map(|u| u["set_aside"] == true)
+            .unwrap()
+    };
+    assert!(set_aside(a_addr) && set_aside(b_addr));
+    let _a = NamedOrigin::start_on("a", a_addr);
+    let _b = NamedOrigin::start_on("b", b_addr);
+    let (spread, failures) = traffic(&proxy, 4);
+    assert!(failures.is_empty(), "{failures:?}");
+    for (name, addr) in [("a", a_addr), ("b", b_addr)] {
+        if spread.contains_key(name) {
+            assert!(!set_aside(addr), "{name} answered and is still set aside");
+        }
+    }
+}
+
 #[test]
 fn an_http_health_check_takes_a_sick_upstream_out_and_puts_it_back() {
     let a = NamedOrigin::start("a");

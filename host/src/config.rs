@@ -262,7 +262,7 @@ pub struct TenantConfig {
     pub hosts: Vec<String>,
     /// The first address of the first upstream.
     pub upstream: SocketAddr,
-    /// The (first) upstream as written.
+    /// The upstream as written; a pool's, comma-separated.
     pub upstream_name: String,
     /// Every upstream (one unless `upstreams` lists several).
     pub upstreams: Vec<UpstreamTarget>,
@@ -852,7 +852,12 @@ impl Locator<'_> {
             name,
             hosts,
             upstream: upstreams.targets[0].addrs[0],
-            upstream_name: upstreams.targets[0].written.clone(),
+            upstream_name: upstreams
+                .targets
+                .iter()
+                .map(|t| t.written.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             upstreams: upstreams.targets,
             pool: upstreams.pool,
             upstream_tls: upstreams.tls,

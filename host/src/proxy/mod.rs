@@ -180,6 +180,9 @@ impl ProxyHttp for CachetProxy {
         crate::upstream::check_deadline(&ctx.origin)?;
         if !upstream_response.status.is_informational() {
             ctx.origin_status = Some(upstream_response.status.as_u16());
+            if let Some(tenant) = &ctx.tenant {
+                tenant.upstream.answered(&ctx.origin);
+            }
             if let Some(started) = ctx.origin_started.take() {
                 let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
                 crate::metrics::origin_response(

@@ -153,6 +153,15 @@ impl TenantUpstream {
         e
     }
 
+    /// The origin answered this request (a response head arrived): in a pool, the upstream
+    /// that answered is no longer set aside. (When every upstream is set aside, requests still
+    /// go to one; its success ends what a failed connect started.)
+    pub fn answered(&self, attempts: &OriginAttempts) {
+        if let (Some(pool), Some(addr)) = (&self.pool, attempts.current) {
+            pool.answered(addr);
+        }
+    }
+
     /// Sets the current attempt's upstream aside in a pool; whether another one is left
     /// to try (false outside a pool).
     fn set_aside_failed(&self, attempts: &mut OriginAttempts) -> bool {

@@ -183,6 +183,14 @@ impl Pool {
         }
     }
 
+    /// `addr` answered a request: whatever set it aside is over.
+    pub(super) fn answered(&self, addr: SocketAddr) {
+        let mut set_aside = self.set_aside.lock();
+        if !set_aside.is_empty() {
+            set_aside.retain(|b| b.as_inet() != Some(&addr));
+        }
+    }
+
     /// Runs whatever is due: health checks, DNS re-resolution.
     pub(super) async fn maintain(&self) {
         let Ok(_busy) = self.busy.try_lock() else {
