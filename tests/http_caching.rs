@@ -725,6 +725,67 @@ fn purge_by_surrogate_key_removes_every_tagged_entry() {
     assert_eq!(none.status, 404);
 }
 
+/// A tag purge that arrives while a response carrying the tag is still being fetched keeps
+/// that response from being stored, as a URL purge does: it was stored and served as a hit
+/// for its whole lifetime, the purge answered 404.
+#[test]
+fn a_tag_purge_stops_a_fill_in_flight_from_being_stored() {
+    use std::io::{Read, Write};
+    // An origin that sends the head and half the body, then the rest 800 ms later.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nCache-Control: max-age=600\r\n\
+                      Surrogate-Key: slow-tag\r\nConnection: close\r\n\r\nfetch",
+                );
+                sleep(Duration::from_millis(800));
+                let _ = conn.write_all(format!("-{n:04}").as_bytes());
+            });
+        }
+    });
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        CACHE,
+        &[TenantSpec::new("site", addr, &plugin("standard"))],
+    );
+    let url = proxy.url("/slow");
+    let filling = {
+        let url = url.clone();
+        std::thread::spawn(move || get(&url))
+    };
+    sleep(Duration::from_millis(300));
+    let auth = bearer();
+    let purge = send(
+        "PURGE",
+        &proxy.url("/"),
+        &[
+            ("Authorization", auth.as_str()),
+            ("Surrogate-Key", "slow-tag"),
+        ],
+    );
+    assert_eq!(purge.status, 200, "{}", purge.text());
+    assert_eq!(filling.join().unwrap().text(), "fetch-0001");
+    let after = get(&url);
+    assert_eq!(after.text(), "fetch-0002", "{}", after.cache_status());
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+}
+
 // -------------------------------------------------------------------------- 9. ranges
 
 #[test]

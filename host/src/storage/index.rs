@@ -54,6 +54,9 @@ struct Partition {
     lru: Option<Lru>,
     counters: Counters,
     tags: TagIndex,
+    /// Slots with writes in flight, and how many: a tag purge cancels the ones carrying its
+    /// tags without walking every slot.
+    writing: HashMap<SlotKey, usize>,
 }
 
 impl Index {
@@ -119,6 +122,7 @@ impl Index {
     pub(super) fn add_write(&mut self, partition: &str, key: SlotKey, write: Pending) {
         let part = partition_mut(&mut self.partitions, partition);
         part.slots.get_or_insert(key).writes.push(write);
+        *part.writing.entry(key).or_default() += 1;
     }
 
     pub(super) fn take_write(
@@ -134,7 +138,34 @@ impl Index {
         if slot.is_empty() {
             part.slots.remove(key);
         }
+        if let Some(count) = part.writing.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                part.writing.remove(key);
+            }
+        }
         Some(write)
+    }
+
+    /// Stops the partition's writes in flight that carry any of `tags` (known from their
+    /// response head) from being stored or found; returns how many.
+    pub(super) fn cancel_tagged_writes(&mut self, partition: &str, tags: &[&str]) -> usize {
+        let Some(part) = self.partitions.get_mut(partition) else {
+            return 0;
+        };
+        let mut cancelled = 0;
+        for key in part.writing.keys() {
+            let Some(slot) = part.slots.get_mut(key) else {
+                continue;
+            };
+            for write in slot.writes.iter_mut().filter(|w| !w.cancelled) {
+                if write.meta.tags().iter().any(|t| tags.contains(&&**t)) {
+                    write.cancelled = true;
+                    cancelled += 1;
+                }
+            }
+        }
+        cancelled
     }
 
     /// Stops the key's writes in flight from being stored or found; returns whether any were.

@@ -38,12 +38,14 @@ impl MemoryStorage {
     }
 
     /// Removes every object of `partition` carrying any of `tags`, or with `soft` marks them
-    /// stale as of now (kept for revalidation). Returns how many objects were affected.
+    /// stale as of now (kept for revalidation). Writes in flight carrying them are not
+    /// stored either, soft or not: what they bring is what is being purged. Returns how many
+    /// objects (and writes) were affected.
     pub fn purge_tags(&self, partition: &str, tags: &[&str], soft: bool) -> usize {
         let mut index = self.index.write();
         let keys = index.tagged(partition, tags.iter().copied());
         let mut removed = Vec::new();
-        let mut affected = 0;
+        let mut affected = index.cancel_tagged_writes(partition, tags);
         for key in keys {
             if !soft {
                 if let Some(entry) = index.remove(partition, &key) {
