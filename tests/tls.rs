@@ -302,11 +302,13 @@ fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
     let count: f64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 2.0, "{refused}");
 
-    // The key put right: the pair loads again.
+    // The key put right: the pair loads again, and the refusal it answers is gone.
     replace(&key, &other.key_pem);
     eventually("the corrected pair is served", || {
         sites.get("a.test", "a.test", "/").served == *other.der()
     });
+    let status = sites.certificate_status("tenant alpha");
+    assert!(status["last_refusal"].is_null(), "{status}");
 }
 
 #[test]

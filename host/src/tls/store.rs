@@ -143,10 +143,15 @@ impl CertStore {
 
     /// Serves `set` from the next handshake on (after a config reload).
     pub fn install(&self, set: CertSet) {
-        let owners: Vec<CertOwner> = set.certs.keys().cloned().collect();
-        self.refusals
-            .lock()
-            .retain(|owner, _| owners.contains(owner));
+        let running = self.current.load_full();
+        // A refusal stays only while the pair it concerns still serves: an owner gone, or
+        // given a pair that loaded since, has nothing refused any more.
+        self.refusals.lock().retain(|owner, _| {
+            match (set.certs.get(owner), running.certs.get(owner)) {
+                (Some(next), Some(now)) => Arc::ptr_eq(next, now),
+                _ => false,
+            }
+        });
         self.current.store(Arc::new(set));
     }
 
@@ -168,10 +173,13 @@ impl CertStore {
             Err(e) => return self.refuse(owner, e.reason),
         };
         if bytes.sha256() == old.files_sha256 {
+            // The files hold the pair that serves again (a refused edit undone).
+            self.refusals.lock().remove(owner);
             return Outcome::Unchanged;
         }
         match LoadedCert::from_bytes(&old.paths, &bytes) {
             Ok(loaded) => {
+                self.refusals.lock().remove(owner);
                 announce(owner, &loaded);
                 crate::metrics::certificate_reload(&owner.to_string(), "applied");
                 let mut next = (**self.current.load()).clone();
