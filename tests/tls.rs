@@ -678,4 +678,51 @@ fn certificates_renewed_by_swapping_symlinks_are_served() {
     eventually("certbot's renewal is served", || {
         served("b.test") == *certbot_second.der()
     });
+
+    // A symlinked folder named in the config (`current -> v1`), swapped to `v2` with the
+    // old version kept: nothing changes in `v1`, so only the link's own folder shows it.
+    let releases = files.path().join("releases");
+    std::fs::create_dir(&releases).unwrap();
+    let release = |name: &str, leaf: &Leaf| {
+        let folder = releases.join(name);
+        std::fs::create_dir(&folder).unwrap();
+        leaf.write(&folder, "c");
+    };
+    let current = releases.join("current");
+    let first = ca.leaf(&["c.test"]);
+    release("v1", &first);
+    symlink("v1", &current).unwrap();
+    let config = proxy.dir.path().join("cachet.toml");
+    let with_gamma = format!(
+        "{}\n[[tenant]]\nname = \"gamma\"\nhosts = [\"c.test\"]\nupstream = \"{}\"\nplugin = {:?}\n{}\n",
+        std::fs::read_to_string(&config).unwrap(),
+        origin.addr,
+        plugin("standard").display().to_string(),
+        pair(&current, "c.crt", "c.key")
+    );
+    std::fs::write(&config, with_gamma).unwrap();
+    // Until the config is applied, c.test gets the default certificate: a failed handshake.
+    let served_if_valid = |name: &str| {
+        https_request(
+            proxy.tls_port.expect("TLS listener"),
+            client_config(&[&ca], &[b"http/1.1"], true),
+            name,
+            "GET",
+            "/",
+            name,
+            &[],
+        )
+        .ok()
+        .map(|r| r.served)
+    };
+    eventually("the new tenant's certificate is served", || {
+        served_if_valid("c.test").as_ref() == Some(first.der())
+    });
+    let second = ca.leaf(&["c.test"]);
+    release("v2", &second);
+    symlink("v2", releases.join("current.new")).unwrap();
+    std::fs::rename(releases.join("current.new"), &current).unwrap();
+    eventually("the swapped folder's certificate is served", || {
+        served("c.test") == *second.der()
+    });
 }

@@ -7,9 +7,9 @@
 use super::watcher::folder_of;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
@@ -34,8 +34,10 @@ pub(super) struct FileWatch {
 struct Table {
     /// A file's own watch → the paths it was added for.
     files: HashMap<WatchDescriptor, Vec<PathBuf>>,
-    /// A folder's watch → the folder and the names in it that matter.
-    folders: HashMap<WatchDescriptor, (PathBuf, HashSet<OsString>)>,
+    /// A folder's watch → the names in it that matter, each with the watched files a new
+    /// entry of that name changes: the file itself, or every file reached through it when
+    /// it is a symlinked folder on their path (`live -> v1` swapped for `live -> v2`).
+    folders: HashMap<WatchDescriptor, HashMap<OsString, Vec<PathBuf>>>,
 }
 
 impl Table {
@@ -44,9 +46,7 @@ impl Table {
             return paths.clone();
         }
         match (self.folders.get(wd), name) {
-            (Some((folder, names)), Some(name)) if names.contains(name) => {
-                vec![folder.join(name)]
-            }
+            (Some(names), Some(name)) => names.get(name).cloned().unwrap_or_default(),
             _ => Vec::new(),
         }
     }
@@ -56,8 +56,20 @@ impl Table {
         let named = self
             .folders
             .values()
-            .flat_map(|(folder, names)| names.iter().map(|n| folder.join(n)));
+            .flat_map(|names| names.values().flatten().cloned());
         files.chain(named).collect()
+    }
+
+    fn watch_name(&mut self, wd: WatchDescriptor, name: &OsStr, changes: PathBuf) {
+        let changed = self
+            .folders
+            .entry(wd)
+            .or_default()
+            .entry(name.to_os_string())
+            .or_default();
+        if !changed.contains(&changes) {
+            changed.push(changes);
+        }
     }
 
     fn holds(&self, wd: &WatchDescriptor) -> bool {
@@ -116,20 +128,25 @@ impl FileWatch {
             let (Some(folder), Some(name)) = (folder_of(file), file.file_name()) else {
                 continue;
             };
+            let path = folder.join(name);
             match self.watches.add(&folder, FOLDER_EVENTS) {
-                Ok(wd) => {
-                    let entry = next
-                        .folders
-                        .entry(wd)
-                        .or_insert_with(|| (folder.clone(), HashSet::new()));
-                    entry.1.insert(name.to_os_string());
-                }
+                Ok(wd) => next.watch_name(wd, name, path.clone()),
                 Err(e) => {
                     tracing::warn!(folder = %folder.display(), "cannot watch for plugin changes: {e}");
                 }
             }
+            // A symlinked folder on the way is replaced by a rename in its own parent, which
+            // the file's folder (the link's old target) never sees.
+            for link in symlinked_folders(file) {
+                let (Some(parent), Some(link_name)) = (folder_of(&link), link.file_name()) else {
+                    continue;
+                };
+                // Named as configured: through the new link it is another file than `path`.
+                if let Ok(wd) = self.watches.add(&parent, FOLDER_EVENTS) {
+                    next.watch_name(wd, link_name, file.clone());
+                }
+            }
             // A missing file is seen through its folder when it appears.
-            let path = folder.join(name);
             if let Ok(wd) = self.watches.add(&path, FILE_EVENTS) {
                 next.files.entry(wd).or_default().push(path);
             }
@@ -148,4 +165,16 @@ impl FileWatch {
         }
         *table = next;
     }
+}
+
+/// The folders on `file`'s path, as written, that are symlinks.
+fn symlinked_folders(file: &Path) -> Vec<PathBuf> {
+    file.ancestors()
+        .skip(1)
+        .filter(|folder| !folder.as_os_str().is_empty())
+        .filter(|folder| {
+            std::fs::symlink_metadata(folder).is_ok_and(|m| m.file_type().is_symlink())
+        })
+        .map(Path::to_path_buf)
+        .collect()
 }
