@@ -256,6 +256,20 @@ fn a_redis_outage_fails_no_request_and_sharing_resumes() {
         }
     }
     assert!(shared_stats(&a)["errors"].as_u64().unwrap() > 0);
+    // A purge cannot reach the other node: applied here, and said to be not kept.
+    let auth = format!("Bearer {TOKEN}");
+    let refused = send(
+        "PURGE",
+        &a.url("/before"),
+        &[HOST, ("Authorization", auth.as_str())],
+    );
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("Redis is not reachable"),
+        "{}",
+        refused.text()
+    );
+    assert!(!is_l1_hit(&get(&a, "/before", &[])));
 
     // Redis is back on the same port (empty): both nodes reconnect by themselves.
     let _redis = Redis::start(port);

@@ -10,7 +10,8 @@
 //! Answers 200 when something was purged, 404 when nothing was stored, 401 without the right
 //! bearer token, 405 when no admin token is configured, 502 when the tenant's plugin faulted
 //! while computing the key (nothing was purged), and 503 when the purge applies in memory but
-//! the disk tier could not record it, so it may not hold after a restart (the body says why).
+//! a tier could not record it: the disk tier could not write it (it may not hold after a
+//! restart) or Redis is unreachable (other nodes may keep their copies); the body says why.
 
 use super::ctx::{RequestCtx, Route};
 use super::directives::SURROGATE_KEY;
@@ -110,7 +111,10 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
 
 /// What a 503 says of a purge a tier could not record: the operator must not take it for done.
 pub(crate) fn not_kept_text(not_kept: &NotKept) -> String {
-    format!("purged in memory, but not recorded, so it may not hold after a restart: {not_kept}\n")
+    format!(
+        "purged in memory, but a tier could not record it, so it may not hold after a \
+         restart or reach the other nodes: {not_kept}\n"
+    )
 }
 
 fn tags(session: &Session) -> Option<String> {

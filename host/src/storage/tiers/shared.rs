@@ -344,7 +344,10 @@ impl Tier for SharedTier {
         );
     }
 
-    /// Sent in the background: a failure is counted and logged, not returned.
+    /// Sent in the background: a failure to deliver is counted and logged. While this node
+    /// knows Redis to be unreachable (its purge subscription is down) the purge is still sent,
+    /// in case Redis is back within the purge timeout, but reported as not kept: the other
+    /// nodes may keep their copies.
     fn publish(&self, purge: &Purge) -> Result<(), String> {
         let Ok(message) = serde_json::to_string(&Message {
             node: self.node.clone(),
@@ -379,6 +382,9 @@ impl Tier for SharedTier {
             .ignore();
         self.conn
             .spawn(&self.runtime, PURGE_TIMEOUT, cmd, "a purge");
+        if !self.subscribed.load(Relaxed) {
+            return Err("Redis is not reachable: the other nodes may keep their copies".into());
+        }
         Ok(())
     }
 
