@@ -378,3 +378,52 @@ fn a_blank_admin_token_is_refused() {
     assert!(out.contains("server.admin_token"), "{out}");
     assert!(out.contains("blank"), "{out}");
 }
+
+/// Values that would pass unnoticed and misbehave later are refused with their key: a
+/// thread count no machine starts, an upstream listed twice (twice its share), a health path
+/// that is not a request path. `tls_verify = false` passes with a warning.
+#[test]
+fn pool_and_thread_values_that_would_misbehave_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    let plugin = plugin("standard").display().to_string();
+    let validate = |server: &str, tenant: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nplugin = {plugin:?}\n{tenant}\n"
+            ),
+        )
+        .unwrap();
+        run(&["validate", "--config", config.to_str().unwrap()])
+    };
+    let pool = "upstreams = [\"127.0.0.1:1\", \"127.0.0.1:2\"]";
+    let (ok, out) = validate("threads = 4", pool);
+    assert!(ok, "{out}");
+    for (server, tenant, key, why) in [
+        ("threads = 100000", pool, "server.threads", "at most 1024"),
+        (
+            "",
+            "upstreams = [\"127.0.0.1:1\", \"127.0.0.1:1\"]",
+            "tenant.upstreams",
+            "listed twice",
+        ),
+        (
+            "",
+            "upstreams = [\"127.0.0.1:1\"]\n[tenant.pool]\nhealth_path = \"/h z\"",
+            "tenant.pool.health_path",
+            "not a request path",
+        ),
+    ] {
+        let (ok, out) = validate(server, tenant);
+        assert!(!ok, "{server} {tenant}: {out}");
+        assert!(out.contains(&format!("`{key}`")), "{out}");
+        assert!(out.contains(why), "{out}");
+    }
+    let (ok, out) = validate("", "upstream = \"https://127.0.0.1:1\"\ntls_verify = false");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning") && out.contains("tls_verify = false"),
+        "{out}"
+    );
+}

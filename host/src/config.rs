@@ -159,6 +159,9 @@ struct RawLimits {
     max_object_bytes: Option<Spanned<SizeValue>>,
 }
 
+/// Most worker threads `[server] threads` may ask for.
+const MAX_THREADS: usize = 1024;
+
 // ---- The validated configuration -----------------------------------------
 
 /// What a request gets when its tenant's plugin faults.
@@ -335,11 +338,27 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     let server = ServerConfig {
         listen: located.socket_addr("server.listen", &raw.server.listen)?,
-        threads: located.positive(
+        threads: match located.positive(
             &raw.server.threads,
             "server.threads",
             std::thread::available_parallelism().map_or(1, |n| n.get()),
-        )?,
+        )? {
+            // Each thread is a runtime with its own stack: a typo of 100000 would not start.
+            n if n > MAX_THREADS => {
+                let span = raw
+                    .server
+                    .threads
+                    .as_ref()
+                    .map(|t| t.span())
+                    .unwrap_or_default();
+                return Err(located.at(
+                    span,
+                    "server.threads",
+                    format!("must be at most {MAX_THREADS}"),
+                ));
+            }
+            n => n,
+        },
         work_stealing: raw.server.work_stealing.unwrap_or(true),
         admin: match &raw.server.admin {
             Some(a) => Some(located.socket_addr("server.admin", a)?),

@@ -268,6 +268,12 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("tenant {:?}: shadow plugin: {e:#}", tenant.name))?;
     }
     cachet::tls::CertStore::load(&config)?;
+    for tenant in config.tenants.iter().filter(|t| !t.upstream_tls.verify) {
+        println!(
+            "warning: tenant {:?}: tls_verify = false, its origins' certificates are not checked",
+            tenant.name
+        );
+    }
     println!("{}: ok ({} tenants)", path.display(), config.tenants.len());
     Ok(())
 }

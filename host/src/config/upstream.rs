@@ -148,6 +148,16 @@ impl Locator<'_> {
                     .iter()
                     .map(|t| self.target("tenant.upstreams", t))
                     .collect::<Result<Vec<_>, _>>()?;
+                // A repeat would silently double that upstream's share of the traffic.
+                for (i, target) in targets.iter().enumerate() {
+                    if targets[..i].iter().any(|t| t.written == target.written) {
+                        return Err(self.at(
+                            list.get_ref()[i].span(),
+                            "tenant.upstreams",
+                            format!("{:?} is listed twice", target.written),
+                        ));
+                    }
+                }
                 let pool = match raw.pool {
                     Some(pool) => self.pool(pool.get_ref())?,
                     None => PoolConfig::default(),
@@ -255,6 +265,16 @@ impl Locator<'_> {
         let health_path = match &raw.health_path {
             Some(p) if !p.get_ref().starts_with('/') => {
                 return Err(self.at(p.span(), "tenant.pool.health_path", "must start with /"))
+            }
+            Some(p)
+                if p.get_ref().parse::<http::uri::PathAndQuery>().is_err()
+                    || p.get_ref().contains([' ', '#']) =>
+            {
+                return Err(self.at(
+                    p.span(),
+                    "tenant.pool.health_path",
+                    "is not a request path (no spaces or fragment; escape them as %20)",
+                ))
             }
             Some(p) => Some(p.get_ref().clone()),
             None => None,
