@@ -3,14 +3,11 @@
 
 use super::bindings::{v1, v2, v3};
 use super::host_api::HostState;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use super::ticker::Ticker;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-
-/// Period of the epoch ticker; hook deadlines are counted in these ticks.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Guest memory kept mapped across slot reuse (reset with memset; beyond it,
 /// pages are given back with madvise, which interrupts every core to flush
@@ -37,7 +34,7 @@ pub struct PolicyEngine {
 struct EngineInner {
     engine: Engine,
     linker: Linker<HostState>,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
     /// The process that runs the ticker thread: after a daemon fork the
     /// child has no threads and must start its own.
     ticker_pid: AtomicU32,
@@ -45,7 +42,7 @@ struct EngineInner {
 
 impl Drop for EngineInner {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -102,7 +99,7 @@ impl PolicyEngine {
             inner: Arc::new(EngineInner {
                 engine,
                 linker,
-                ticker_stop: Arc::new(AtomicBool::new(false)),
+                ticker: Arc::default(),
                 ticker_pid: AtomicU32::new(0),
             }),
         };
@@ -115,7 +112,7 @@ impl PolicyEngine {
     pub fn ensure_epoch_ticker(&self) -> anyhow::Result<()> {
         let pid = std::process::id();
         if self.inner.ticker_pid.swap(pid, Ordering::AcqRel) != pid {
-            spawn_epoch_ticker(self.inner.engine.clone(), self.inner.ticker_stop.clone())?;
+            self.inner.ticker.spawn(self.inner.engine.clone())?;
         }
         Ok(())
     }
@@ -128,11 +125,9 @@ impl PolicyEngine {
         &self.inner.linker
     }
 
-    /// Epoch ticks that make up `timeout`, plus one because the next tick may
-    /// arrive right after the deadline is set.
-    pub(crate) fn deadline_ticks(timeout: Duration) -> u64 {
-        let ticks = timeout.as_micros().div_ceil(EPOCH_TICK.as_micros());
-        u64::try_from(ticks).unwrap_or(u64::MAX - 1) + 1
+    /// The ticker a store's deadline is armed with ([`Ticker::arm`]).
+    pub(crate) fn ticker(&self) -> &Arc<Ticker> {
+        &self.inner.ticker
     }
 }
 
@@ -173,19 +168,5 @@ fn deny_blocking_wasi(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         }
     }
     linker.allow_shadowing(false);
-    Ok(())
-}
-
-/// Epoch interruption instead of fuel: fuel slows guests 2–3×, a ticker costs
-/// one wake-up per millisecond for the whole process.
-fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    std::thread::Builder::new()
-        .name("cachet-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        })?;
     Ok(())
 }

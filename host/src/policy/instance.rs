@@ -97,6 +97,8 @@ pub struct PolicyInstance {
     uses: u32,
     /// The tenant whose settings `configure` was handed, to hand them again after a reset.
     configured: Option<Arc<TenantContext>>,
+    /// Wakes on each deadline armed: guest code runs only under one.
+    ticker: Arc<super::ticker::Ticker>,
     _slot: Option<LiveSlot>,
 }
 
@@ -111,7 +113,10 @@ impl PolicyInstance {
         let configured = (!tenant.plugin_config.is_empty()).then(|| tenant.clone());
         let mut store = Store::new(engine.engine(), HostState::new(tenant, limits.memory_bytes));
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(PolicyEngine::deadline_ticks(limits.hook_timeout));
+        let ticker = engine.ticker().clone();
+        let ticks = super::ticker::Ticker::ticks(limits.hook_timeout);
+        ticker.arm(ticks);
+        store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
         let instantiated = plugin.pre.instantiate(&mut store).and_then(|bindings| {
             if let Some(tenant) = &configured {
@@ -125,6 +130,7 @@ impl PolicyInstance {
                 bindings,
                 uses: 0,
                 configured,
+                ticker,
                 _slot: None,
             }),
             Err(e) => Err(match classify(&e, &store) {
@@ -148,9 +154,9 @@ impl PolicyInstance {
         // pointers are never read after the borrows end.
         unsafe { self.store.data_mut().scope.enter(request, response) };
         let scoped = LeaveOnDrop(&mut self.store);
-        scoped
-            .0
-            .set_epoch_deadline(PolicyEngine::deadline_ticks(limits.hook_timeout));
+        let ticks = super::ticker::Ticker::ticks(limits.hook_timeout);
+        self.ticker.arm(ticks);
+        scoped.0.set_epoch_deadline(ticks);
         let result = hook(&self.bindings, &mut *scoped.0);
         drop(scoped);
         result.map_err(|e| classify(&e, &self.store))

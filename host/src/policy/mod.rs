@@ -19,6 +19,7 @@ mod pending;
 mod plugin;
 mod reset;
 mod self_test;
+mod ticker;
 
 pub use artifact_cache::ArtifactCache;
 pub use builtin::BuiltinPolicy;
