@@ -92,6 +92,9 @@ fn drains_a_slow_request(signal_name: &str) {
         .expect("the request in flight completes");
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "slow and complete");
+    // The connection ends after this response: it says so, so the client does not send
+    // its next request into a closing connection.
+    assert_eq!(response.header("connection"), Some("close"), "{:?}", response.headers);
     let answered = sent.elapsed();
     let status = proxy.wait_exit(Duration::from_secs(2));
     assert!(

@@ -13,7 +13,7 @@
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -28,9 +28,17 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 pub struct Drain {
     in_flight: AtomicUsize,
     grace_nanos: AtomicU64,
+    /// A stop signal came: responses from now on close their connection.
+    draining: AtomicBool,
 }
 
 impl Drain {
+    /// Whether the process is stopping: a response should say `Connection: close`, since
+    /// the connection is closed after it (a client reusing it would find it gone).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Counts one request until the guard is dropped.
     pub fn enter(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -101,6 +109,7 @@ impl ShutdownSignalWatch for DrainOnSignal {
             _ = terminate.recv() => ("SIGTERM", ShutdownSignal::GracefulTerminate),
             _ = interrupt.recv() => ("SIGINT", ShutdownSignal::GracefulTerminate),
         };
+        self.drain.draining.store(true, Ordering::Relaxed);
         tracing::info!(
             signal = name,
             in_flight = self.drain.in_flight(),

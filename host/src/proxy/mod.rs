@@ -92,6 +92,9 @@ impl ProxyHttp for CachetProxy {
         // for the answer (as HAProxy and Varnish deliver it): Pingora would abort on that
         // end of input. A client that is really gone makes the response's write fail.
         session.set_abort_on_close(false);
+        if self.state.drain.draining() {
+            session.set_keepalive(None);
+        }
         Ok(())
     }
 
@@ -336,6 +339,10 @@ impl ProxyHttp for CachetProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // Requests that began before a stop signal end their connection too, and say so.
+        if self.state.drain.draining() {
+            session.set_keepalive(None);
+        }
         invalidate::after_response(&self.state, session.req_header(), upstream_response, ctx);
         if let Some(not_modified) = ctx.unstored_not_modified.take() {
             *upstream_response = revalidation::merge(upstream_response, &not_modified);
