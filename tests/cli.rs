@@ -172,6 +172,10 @@ fn durations_take_units_and_the_old_ms_keys_still_work() {
     let (ok, out) = write("", "hook_timeout = \"0ms\"");
     assert!(!ok, "{out}");
     assert!(out.contains("at least 1ms"), "{out}");
+    // The old integer key is named as written.
+    let (ok, out) = write("", "hook_timeout_ms = 0");
+    assert!(!ok, "{out}");
+    assert!(out.contains("`tenant.limits.hook_timeout_ms`"), "{out}");
 }
 
 #[test]

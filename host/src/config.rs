@@ -812,7 +812,12 @@ impl Locator<'_> {
                 &t.limits.hook_timeout_ms,
             )? {
                 Some((d, span)) if d < Duration::from_millis(1) => {
-                    return Err(self.at(span, "tenant.limits.hook_timeout", "must be at least 1ms"))
+                    // Named as written: the old integer key, or the duration.
+                    let key = match t.limits.hook_timeout_ms {
+                        Some(_) => "tenant.limits.hook_timeout_ms",
+                        None => "tenant.limits.hook_timeout",
+                    };
+                    return Err(self.at(span, key, "must be at least 1ms"));
                 }
                 Some((d, _)) => d,
                 None => defaults.hook_timeout,
