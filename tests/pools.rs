@@ -513,6 +513,19 @@ fn proxy_with_own_hosts_file(hosts: &std::path::Path, tenant: TenantSpec) -> Pro
     Proxy::start_with_launcher(&launcher, "", "", &[tenant])
 }
 
+/// Three GETs 100 ms apart, each origin's answer (or the error): each finds the previous
+/// one's connection back in cachet's pool, so only a new address opens a new connection.
+fn paced_traffic(proxy: &Proxy) -> Vec<String> {
+    (0..3)
+        .map(|i| {
+            std::thread::sleep(Duration::from_millis(100));
+            try_send("GET", &proxy.url(&format!("/paced/{i}")), &[])
+                .map(|r| r.text())
+                .unwrap_or_else(|e| e)
+        })
+        .collect()
+}
+
 #[test]
 fn pool_names_are_resolved_again_every_resolve_interval() {
     let a = NamedOrigin::start("a");
@@ -528,18 +541,7 @@ fn pool_names_are_resolved_again_every_resolve_interval() {
             .extra("[tenant.pool]\nresolve_interval = \"200ms\"\nhealth_interval = \"1h\""),
     );
     let addresses = || -> Vec<String> { pool_upstreams(&proxy).into_iter().map(|u| u.0).collect() };
-    // Requests 100 ms apart: each finds the previous one's connection back
-    // in cachet's pool, so only a new address opens a new connection.
-    let paced_traffic = || {
-        (0..3)
-            .map(|i| {
-                std::thread::sleep(Duration::from_millis(100));
-                try_send("GET", &proxy.url(&format!("/paced/{i}")), &[])
-                    .map(|r| r.text())
-                    .unwrap_or_else(|e| e)
-            })
-            .collect::<Vec<_>>()
-    };
+    let paced_traffic = || paced_traffic(&proxy);
     assert_eq!(addresses(), [format!("127.0.0.1:{port}")]);
     // The startup check's connection, accepted before any request.
     wait_for("the startup check", || {
@@ -587,18 +589,7 @@ fn a_single_upstream_name_is_resolved_again() {
             .upstream_line(&format!("upstream = \"origin.cachet.test:{port}\""))
             .extra("[tenant.origin]\nresolve_interval = \"200ms\""),
     );
-    // Requests 100 ms apart: each finds the previous one's connection back in cachet's
-    // pool, so only a new address opens a new connection.
-    let paced_traffic = || {
-        (0..3)
-            .map(|i| {
-                std::thread::sleep(Duration::from_millis(100));
-                try_send("GET", &proxy.url(&format!("/paced/{i}")), &[])
-                    .map(|r| r.text())
-                    .unwrap_or_else(|e| e)
-            })
-            .collect::<Vec<_>>()
-    };
+    let paced_traffic = || paced_traffic(&proxy);
     assert_eq!(paced_traffic(), ["a", "a", "a"], "{}", proxy.log());
     let connections = a.connections.load(Ordering::SeqCst);
     assert_eq!(connections, 1);

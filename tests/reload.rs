@@ -297,20 +297,9 @@ fn config_changes_apply_live_and_invalid_ones_are_refused_whole() {
         with_b.replace("hosts = [\"b.test\"]", "hosts = []"),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let refusal = proxy.status()["config"]["last_refusal"]["reason"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        if !refusal.is_empty() {
-            assert!(refusal.contains("cachet.toml:"), "{refusal}");
-            assert!(refusal.contains("tenant.hosts"), "{refusal}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "invalid config not refused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let refusal = config_refusal(&proxy);
+    assert!(refusal.contains("cachet.toml:"), "{refusal}");
+    assert!(refusal.contains("tenant.hosts"), "{refusal}");
     assert_eq!(
         support::client::send("GET", &url, &[("Host", "b.test")]).text(),
         "from b"
@@ -378,6 +367,25 @@ fn a_config_written_in_place_is_applied_when_its_writer_closes_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(from_b("b.test").text(), "from b");
+}
+
+/// Waits up to 5 s for `/status` to show a config refusal; its reason.
+fn config_refusal(proxy: &Proxy) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let refusal = proxy.status()["config"]["last_refusal"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if !refusal.is_empty() {
+            return refusal;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the config change was not refused"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn watch_events(metrics_port: u16) -> f64 {
@@ -599,22 +607,8 @@ fn limits_the_plugin_cannot_start_within_are_refused_on_reload() {
     assert!(original.contains("[tenant.limits]\n"), "{original}");
     let starved = original.replace("[tenant.limits]\n", "[tenant.limits]\nmemory = \"1KiB\"\n");
     std::fs::write(&config, starved).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let refusal = proxy.status()["config"]["last_refusal"]["reason"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        if !refusal.is_empty() {
-            assert!(refusal.contains("cannot start within"), "{refusal}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the starved limits were not refused"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let refusal = config_refusal(&proxy);
+    assert!(refusal.contains("cannot start within"), "{refusal}");
     get(&proxy.url("/still"));
     let hit = get(&proxy.url("/still"));
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());

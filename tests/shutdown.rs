@@ -94,7 +94,12 @@ fn drains_a_slow_request(signal_name: &str) {
     assert_eq!(response.text(), "slow and complete");
     // The connection ends after this response: it says so, so the client does not send
     // its next request into a closing connection.
-    assert_eq!(response.header("connection"), Some("close"), "{:?}", response.headers);
+    assert_eq!(
+        response.header("connection"),
+        Some("close"),
+        "{:?}",
+        response.headers
+    );
     let answered = sent.elapsed();
     let status = proxy.wait_exit(Duration::from_secs(2));
     assert!(
