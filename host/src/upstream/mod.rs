@@ -122,6 +122,10 @@ impl TenantUpstream {
         attempts: &mut OriginAttempts,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        // A single upstream keeps Pingora's own decision: there is nowhere else to go.
+        if self.pool.is_none() {
+            return e;
+        }
         let retry = self.set_aside_failed(attempts)
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none();
