@@ -153,3 +153,33 @@ fn explains_a_url_marked_uncacheable() {
     );
     assert_eq!(origin.hits(), 1);
 }
+
+/// Explain plans the request as the proxy does: the backend the plugin names is shown, and
+/// one the tenant does not have is the plugin fault the proxy answers 502 for, not a miss.
+#[test]
+fn explains_the_backend_a_plugin_picks_and_refuses_an_unknown_one() {
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("api", origin.addr, &plugin("api-gateway"))
+            .hosts(&["127.0.0.1"])
+            .extra(&format!(
+                "on_plugin_error = \"error\"\n[tenant.backends]\napi = \"{}\"\n[tenant.plugin_config]\nbackends = \"/api/=api, /gone/=nosuch\"",
+                origin.addr
+            ))],
+    );
+    let (ok, out) = explain(&proxy, &[&proxy.url("/api/items")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("backend \"api\""), "{out}");
+    let unknown = proxy.url("/gone/x");
+    let (ok, out) = explain(&proxy, &[&unknown]);
+    assert!(ok, "{out}");
+    assert!(out.contains("plugin fault"), "{out}");
+    assert!(
+        out.contains("\"nosuch\" is not one of the tenant's"),
+        "{out}"
+    );
+    // The proxy agrees: the same request is the tenant's on_plugin_error (502).
+    assert_eq!(send("GET", &unknown, &[]).status, 502);
+    assert_eq!(origin.hits(), 0);
+}

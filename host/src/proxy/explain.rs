@@ -3,7 +3,7 @@
 //! stored entry's freshness. Nothing is sent to an origin and nothing is stored.
 
 use super::{cache_key, shared, ProxyState};
-use crate::policy::RequestDecision;
+use crate::policy::{PendingFields, PluginFault, RequestDecision};
 use pingora::http::RequestHeader;
 use pingora_cache::predictor::CacheablePredictor;
 use pingora_cache::CacheMeta;
@@ -49,8 +49,37 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
         ),
     );
     let policy = tenant.policy();
-    let (decision, parts) = match policy.decide_request(&request) {
-        Ok(verdict) => verdict,
+    // As the proxy plans it: the plugin's edits applied (the key and the origin see the
+    // edited request), its backend checked. Forwarding fields are not known here: none.
+    let mut request = request;
+    let original_target = request.uri.clone();
+    let planned = policy
+        .plan_request(&mut request, &mut PendingFields::default())
+        .and_then(|outcome| {
+            let unknown = outcome
+                .backend
+                .as_ref()
+                .filter(|name| !tenant.config.backends.iter().any(|(n, _)| n == *name));
+            match unknown {
+                Some(name) => Err(PluginFault::InvalidOutput(format!(
+                    "backend {name:?} is not one of the tenant's [tenant.backends]"
+                ))),
+                None => Ok(outcome),
+            }
+        });
+    let (decision, parts) = match planned {
+        Ok(outcome) => {
+            if let Some(backend) = &outcome.backend {
+                steps.add(
+                    "backend",
+                    format!("the plugin sends it to backend {backend:?}"),
+                );
+            }
+            if request.uri != original_target {
+                steps.add("edits", format!("the origin is sent {}", request.uri));
+            }
+            outcome.verdict
+        }
         Err(fault) => {
             steps.add("on-request", format!("plugin fault: {fault}"));
             let verdict = format!(
