@@ -284,6 +284,12 @@ fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
     });
     assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
     assert!(sites.proxy.log().contains("certificate refused"));
+    // `cachet status` shows each certificate and its refused reload.
+    let config = sites.proxy.dir.path().join("cachet.toml");
+    let (ok, out) = run_cachet(&["status", "--config", config.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("certificate tenant alpha: a.test"), "{out}");
+    assert!(out.contains("does not go with"), "{out}");
 
     // Failures are counted for alerting.
     let metrics = ureq::get(&sites.proxy.admin_url("/metrics"))

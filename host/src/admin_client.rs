@@ -97,6 +97,36 @@ fn print_status(status: &serde_json::Value) {
         }
         print_shadow(&tenant["shadow"]);
     }
+    print_certificates(&status["tls"]);
+}
+
+/// The TLS listener's certificates: names, expiry, and a refused reload if any.
+fn print_certificates(tls: &serde_json::Value) {
+    for cert in tls["certificates"].as_array().into_iter().flatten() {
+        let names: Vec<&str> = cert["names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str())
+            .collect();
+        println!(
+            "certificate {}: {} (not after {}{})",
+            cert["certificate"].as_str().unwrap_or("?"),
+            names.join(" "),
+            cert["not_after"],
+            if cert["expired"].as_bool() == Some(true) {
+                ", EXPIRED"
+            } else {
+                ""
+            }
+        );
+        if let Some(refusal) = cert["last_refusal"].as_object() {
+            println!(
+                "  last refused version: {}",
+                refusal.get("reason").unwrap_or(&serde_json::Value::Null)
+            );
+        }
+    }
 }
 
 /// The shadow plugin's comparisons: counts per hook, then the recent disagreements.
