@@ -308,7 +308,19 @@ fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
     let count: f64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 2.0, "{refused}");
 
+    // An expired certificate does not replace one that is valid: every handshake would fail.
+    let expired = sites.cas[0].expired_leaf(&["a.test"]);
+    replace(&key, &expired.key_pem);
+    replace(&cert, &expired.cert_pem);
+    eventually("the expired pair is refused", || {
+        sites.certificate_status("tenant alpha")["last_refusal"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("expired"))
+    });
+    assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
+
     // The key put right: the pair loads again, and the refusal it answers is gone.
+    replace(&cert, &other.cert_pem);
     replace(&key, &other.key_pem);
     eventually("the corrected pair is served", || {
         sites.get("a.test", "a.test", "/").served == *other.der()

@@ -66,7 +66,19 @@ impl TestCa {
     /// A server certificate for `names` (DNS names, `*.wildcards` or IP addresses).
     pub fn leaf(&self, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = rcgen::CertificateParams::new(names).unwrap();
+        self.sign(rcgen::CertificateParams::new(names).unwrap())
+    }
+
+    /// Like [`TestCa::leaf`], valid only in the year 2000: long expired.
+    pub fn expired_leaf(&self, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        self.sign(params)
+    }
+
+    fn sign(&self, params: rcgen::CertificateParams) -> Leaf {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {

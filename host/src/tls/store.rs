@@ -132,6 +132,12 @@ impl CertStore {
                 None => {
                     let loaded =
                         LoadedCert::load(&paths).map_err(|e| refused(&owner, &paths, &e))?;
+                    if let Some(why) = running
+                        .get(&owner)
+                        .and_then(|old| expired_over(old, &loaded))
+                    {
+                        return Err(format!("{owner}: {why}"));
+                    }
                     announce(&owner, &loaded);
                     Arc::new(loaded)
                 }
@@ -179,6 +185,9 @@ impl CertStore {
         }
         match LoadedCert::from_bytes(&old.paths, &bytes) {
             Ok(loaded) => {
+                if let Some(why) = expired_over(old, &loaded) {
+                    return self.refuse(owner, why);
+                }
                 self.refusals.lock().remove(owner);
                 announce(owner, &loaded);
                 crate::metrics::certificate_reload(&owner.to_string(), "applied");
@@ -205,6 +214,18 @@ impl CertStore {
         self.refusals.lock().insert(owner.clone(), refusal);
         Outcome::Refused(reason)
     }
+}
+
+/// Why `new` may not replace `old`: it has expired while `old` has not (clients would refuse
+/// every handshake that now succeeds). None when it may.
+fn expired_over(old: &LoadedCert, new: &LoadedCert) -> Option<String> {
+    (new.expired() && !old.expired()).then(|| {
+        format!(
+            "{} expired (not after {}, unix time) while the certificate serving now has not: it keeps serving",
+            new.paths.cert.display(),
+            new.not_after
+        )
+    })
 }
 
 fn announce(owner: &CertOwner, cert: &LoadedCert) {
