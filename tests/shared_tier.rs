@@ -478,3 +478,36 @@ fn a_soft_url_purge_keeps_the_shared_copy_for_revalidation() {
     assert_eq!(asked[1].header("if-none-match"), Some("\"v1\""));
     assert!(is_l1_hit(&get(&b, "/soft-url", &[])));
 }
+
+/// An object larger than the shared tier takes (`max_object_bytes`) is not written, and is
+/// counted: operators see why a tier stays empty.
+#[test]
+fn an_object_larger_than_the_tier_takes_is_counted_not_written() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let proxy = node_with(
+        &origin,
+        &format!(
+            "url = \"redis://127.0.0.1:{}\"\nmax_object_bytes = \"100B\"",
+            redis.port
+        ),
+    );
+    wait_connected(&proxy, true);
+    assert_eq!(get(&proxy, "/big", &[]).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shared_stats(&proxy)["too_large"] != 1 {
+        assert!(Instant::now() < deadline, "{}", shared_stats(&proxy));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(shared_stats(&proxy)["writes"], 0);
+    let metrics = ureq::get(&proxy.admin_url("/metrics"))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("cachet_cache_tier_too_large_total{tier=\"l2-shared\"} 1"),
+        "{metrics}"
+    );
+}

@@ -334,7 +334,7 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
         );
     }
     type Field = fn(&crate::storage::TierStats) -> u64;
-    let families: [(&str, &str, &str, Field); 8] = [
+    let families: [(&str, &str, &str, Field); 9] = [
         (
             "cachet_cache_tier_misses_total",
             "counter",
@@ -352,6 +352,12 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
             "counter",
             "L2 writes dropped because the write queue was full",
             |t| t.dropped,
+        ),
+        (
+            "cachet_cache_tier_too_large_total",
+            "counter",
+            "Objects not written to an L2 tier because they are larger than it takes",
+            |t| t.too_large,
         ),
         (
             "cachet_cache_tier_errors_total",

@@ -80,6 +80,8 @@ pub struct TierStats {
     pub removed: u64,
     /// Writes dropped because the writer's queue was full.
     pub dropped: u64,
+    /// Objects not written because they are larger than the tier takes (its largest value).
+    pub too_large: u64,
     /// Errors talking to the tier (timeouts, I/O, a refused value) and corrupt values.
     pub errors: u64,
     /// Corrupt or undecodable values found and removed.
@@ -99,6 +101,7 @@ pub(crate) struct TierCounters {
     pub(crate) removed: AtomicU64,
     pub(crate) written_bytes: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) too_large: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) corrupt: AtomicU64,
     pub(crate) purged: AtomicU64,
@@ -147,6 +150,7 @@ impl TierCounters {
         stats.removed = self.removed.load(Relaxed);
         stats.objects = stats.writes.saturating_sub(stats.removed);
         stats.dropped = self.dropped.load(Relaxed);
+        stats.too_large = self.too_large.load(Relaxed);
         stats.errors = self.errors.load(Relaxed);
         stats.corrupt = self.corrupt.load(Relaxed);
         stats.purged = self.purged.load(Relaxed);

@@ -121,7 +121,11 @@ async fn store(tiers: &[Arc<dyn Tier>], purges: &PurgeLog, job: &Job) {
         return;
     }
     let size = job.size();
-    let targets: Vec<&Arc<dyn Tier>> = tiers.iter().filter(|t| size <= t.max_value()).collect();
+    let (targets, too_large): (Vec<&Arc<dyn Tier>>, Vec<_>) =
+        tiers.iter().partition(|t| size <= t.max_value());
+    for tier in too_large {
+        TierCounters::bump(&tier.counters().too_large);
+    }
     if targets.is_empty() {
         return;
     }
