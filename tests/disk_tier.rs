@@ -632,3 +632,36 @@ fn a_chunked_body_is_kept_on_disk_with_its_length() {
     assert_eq!(whole.header("content-length"), Some("7"));
     assert_eq!(origin.requests(), 1);
 }
+
+/// An object larger than the tenant's share of memory (`cache_quota`) is still kept by the
+/// disk tier behind it, and served from there: it is not refused as too large for the cache.
+#[test]
+fn an_object_larger_than_the_memory_quota_is_kept_on_disk() {
+    let origin = origin();
+    let disk = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"16MiB\"\nmax_object_bytes = \"2MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n[plugins]\nwatch = false",
+            disk.path().display().to_string()
+        ),
+        &[TenantSpec::new("one", origin.addr, &plugin("standard"))
+            .hosts(&["one.test"])
+            .limits("cache_quota = \"256KiB\"")],
+    );
+    let first = get(&proxy, "one.test", "/large/a", &[]);
+    assert!(first.body.len() > 256 * 1024, "{}", first.body.len());
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    wait_writes(&proxy, 1);
+    let second = get(&proxy, "one.test", "/large/a", &[]);
+    assert_eq!(second.body, first.body);
+    assert!(
+        second.cache_status().contains("l2-disk"),
+        "{}",
+        second.cache_status()
+    );
+}

@@ -137,9 +137,14 @@ impl TieredStorage {
         self.l1.max_object_size(partition)
     }
 
-    /// See [`MemoryStorage::budget_of`]: every fill goes through L1.
+    /// The most a partition can keep: L1's budget for it ([`MemoryStorage::budget_of`])
+    /// without L2 tiers; with them no budget bound, since a fill L1 cannot hold still goes
+    /// to the tiers (each takes what fits its own `max_value`).
     pub fn budget_of(&self, partition: &str) -> usize {
-        self.l1.budget_of(partition)
+        match self.tiers.is_empty() {
+            true => self.l1.budget_of(partition),
+            false => usize::MAX,
+        }
     }
 
     /// See [`MemoryStorage::count_rejected_oversize`].
