@@ -83,16 +83,25 @@ impl Names {
             *next = now + self.interval;
         }
         for named in self.targets.iter().flatten() {
-            match tokio::net::lookup_host((named.host.as_str(), named.port)).await {
-                Ok(found) => {
-                    let found: Vec<SocketAddr> = found.collect();
-                    if !found.is_empty() && **named.addrs.load() != found {
-                        tracing::info!(host = named.host, addresses = ?found, "upstream name re-resolved");
-                        named.addrs.store(Arc::new(found));
-                    }
-                }
-                Err(e) => tracing::warn!(host = named.host, "cannot re-resolve upstream: {e}"),
+            let Some(found) = look_up(&named.host, named.port).await else {
+                continue;
+            };
+            if **named.addrs.load() != found {
+                tracing::info!(host = named.host, addresses = ?found, "upstream name re-resolved");
+                named.addrs.store(Arc::new(found));
             }
+        }
+    }
+}
+
+/// The addresses `host` has now; None (with a warning) when the lookup fails or finds
+/// nothing, so the caller keeps the last ones. Pools and single upstreams both use it.
+pub(super) async fn look_up(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(found) => Some(found.collect::<Vec<_>>()).filter(|found| !found.is_empty()),
+        Err(e) => {
+            tracing::warn!(host, "cannot re-resolve upstream: {e}");
+            None
         }
     }
 }

@@ -273,14 +273,8 @@ impl ServiceDiscovery for Resolver {
     async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
         if !self.first.swap(false, std::sync::atomic::Ordering::AcqRel) {
             for (index, (host, port)) in self.targets.iter().enumerate() {
-                match tokio::net::lookup_host((host.as_str(), *port)).await {
-                    Ok(addrs) => {
-                        let addrs: Vec<SocketAddr> = addrs.collect();
-                        if !addrs.is_empty() {
-                            self.last.lock()[index] = addrs;
-                        }
-                    }
-                    Err(e) => tracing::warn!(host, "cannot re-resolve upstream: {e}"),
+                if let Some(addrs) = super::names::look_up(host, *port).await {
+                    self.last.lock()[index] = addrs;
                 }
             }
         }
