@@ -415,6 +415,37 @@ fn bad_tls_settings_are_refused_before_serving_with_the_reason() {
     assert!(ok, "{out}");
 }
 
+#[test]
+fn validate_warns_about_tenant_hosts_the_certificate_does_not_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("coverage CA");
+    let (cert, key) = ca
+        .leaf(&["site.test", "*.cdn.test"])
+        .write(dir.path(), "site");
+    let validate = |hosts: &str| {
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\ntls_listen = \"127.0.0.1:2\"\n\n[[tenant]]\nname = \"site\"\nhosts = [{hosts}]\nupstream = \"127.0.0.1:9\"\nplugin = \"builtin:standard\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+        );
+        let path = dir.path().join("cachet.toml");
+        std::fs::write(&path, config).unwrap();
+        run_cachet(&["validate", "--config", path.to_str().unwrap()])
+    };
+
+    let (ok, out) = validate(r#""site.test", "img.cdn.test", "other.test", "a.b.cdn.test""#);
+    assert!(ok, "a warning, not a refusal: {out}");
+    assert!(
+        out.contains("warning: tenant \"site\"")
+            && out.contains(
+                "does not name other.test, a.b.cdn.test (it names site.test, *.cdn.test)"
+            ),
+        "{out}"
+    );
+
+    let (ok, out) = validate(r#""site.test", "img.cdn.test", "*""#);
+    assert!(ok, "{out}");
+    assert!(!out.contains("warning"), "every host is named: {out}");
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status

@@ -267,7 +267,10 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         server::load_shadow(&engine, tenant, None)
             .map_err(|e| anyhow::anyhow!("tenant {:?}: shadow plugin: {e:#}", tenant.name))?;
     }
-    cachet::tls::CertStore::load(&config)?;
+    let certificates = cachet::tls::CertStore::load(&config)?;
+    for warning in cachet::tls::coverage::warnings(&config, &certificates.current()) {
+        println!("warning: {warning}");
+    }
     for tenant in config.tenants.iter().filter(|t| !t.upstream_tls.verify) {
         println!(
             "warning: tenant {:?}: tls_verify = false, its origins' certificates are not checked",

@@ -86,6 +86,9 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     state.drain.set_grace(config.server.shutdown_grace);
     let state = Arc::new(state);
     let certificates = Arc::new(crate::tls::CertStore::load(config)?);
+    for warning in crate::tls::coverage::warnings(config, &certificates.current()) {
+        tracing::warn!("{warning}");
+    }
     let reloader = Arc::new(Reloader::new(
         engine.clone(),
         state.clone(),

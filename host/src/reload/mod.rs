@@ -83,7 +83,11 @@ impl Reloader {
     /// is refused and the loaded one keeps serving.
     pub fn reload_certificates(&self, changed: &[PathBuf]) -> Vec<(String, Outcome)> {
         let _serial = self.serial.lock();
-        self.certificates.reload_files(changed)
+        let outcomes = self.certificates.reload_files(changed);
+        if outcomes.iter().any(|(_, o)| matches!(o, Outcome::Applied)) {
+            warn_uncovered_hosts(&self.config(), &self.certificates.current());
+        }
+        outcomes
     }
 
     pub fn config(&self) -> Config {
@@ -356,6 +360,7 @@ impl Reloader {
             Ok(set) => set,
             Err(reason) => return Outcome::Refused(reason),
         };
+        warn_uncovered_hosts(&new, &certificates);
         if tenants_changed {
             let router = self.state.router.load_full();
             let mut tenants = Vec::with_capacity(new.tenants.len());
@@ -497,4 +502,11 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
         Some(parent.canonicalize().ok()?.join(p.file_name()?))
     };
     matches!((absolute(a), absolute(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Logs the tenant hosts a certificate about to serve does not name.
+fn warn_uncovered_hosts(config: &Config, certificates: &crate::tls::CertSet) {
+    for warning in crate::tls::coverage::warnings(config, certificates) {
+        tracing::warn!("{warning}");
+    }
 }

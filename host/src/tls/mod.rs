@@ -2,12 +2,14 @@
 //! their files, and the SNI/Host agreement every TLS request must meet.
 //!
 //! - [`certificate`]: reading and checking one PEM chain and key;
+//! - [`coverage`]: warnings for tenant hosts a certificate does not name;
 //! - [`store`]: the running set, swapped whole, with refusals kept;
 //! - [`resolver`]: rustls' certificate choice from the handshake's SNI;
 //! - [`server_name`](mod@server_name): the SNI kept on the connection, and the 421 check;
 //! - [`listener`]: Pingora's TLS and HTTP/2 settings.
 
 pub mod certificate;
+pub mod coverage;
 pub mod listener;
 pub mod resolver;
 pub mod server_name;
