@@ -126,10 +126,32 @@ fn serve_refuses_a_config_whose_plugin_is_garbage() {
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:9\"\nplugin = \"broken.wasm\"\n",
     )
     .unwrap();
-    let (ok, out) = run(&["serve", "--config", config.to_str().unwrap()]);
+    let config_arg = config.to_str().unwrap();
+    for command in ["serve", "validate"] {
+        let (ok, out) = run(&[command, "--config", config_arg]);
+        assert!(!ok, "{command}: {out}");
+        assert!(out.contains("broken.wasm"), "{command}: {out}");
+        // Found only when the file is loaded, yet named like any config error.
+        assert!(
+            out.contains("cachet.toml:8: key `tenant.plugin`: tenant \"x\": plugin refused"),
+            "{command}: {out}"
+        );
+    }
+
+    // A shadow plugin's refusal names its own key and line.
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:9\"\nplugin = \"builtin:standard\"\nshadow_plugin = \"broken.wasm\"\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&["validate", "--config", config_arg]);
     assert!(!ok, "{out}");
-    assert!(out.contains("broken.wasm"), "{out}");
-    assert!(out.contains("tenant \"x\""), "{out}");
+    assert!(
+        out.contains(
+            "cachet.toml:9: key `tenant.shadow_plugin`: tenant \"x\": shadow plugin refused"
+        ),
+        "{out}"
+    );
 }
 
 #[test]

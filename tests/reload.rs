@@ -310,15 +310,43 @@ fn config_changes_apply_live_and_invalid_ones_are_refused_whole() {
     );
 
     // The refused edit undone: the refusal no longer describes the file, and goes.
-    std::fs::write(&config, &with_b).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !proxy.status()["config"]["last_refusal"].is_null() {
-        assert!(
-            Instant::now() < deadline,
-            "the refusal of an undone edit stays"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let undo = || {
+        std::fs::write(&config, &with_b).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !proxy.status()["config"]["last_refusal"].is_null() {
+            assert!(
+                Instant::now() < deadline,
+                "the refusal of an undone edit stays"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    undo();
+
+    // A plugin found broken only when loaded is refused at the line that names it.
+    std::fs::write(proxy.dir.path().join("broken.wasm"), b"\0asm garbage").unwrap();
+    let broken = format!(
+        "{original}\n[[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstream = \"{}\"\nplugin = \"broken.wasm\"\n",
+        b.addr
+    );
+    std::fs::write(&config, &broken).unwrap();
+    let refusal = config_refusal(&proxy);
+    let line = broken
+        .lines()
+        .position(|l| l.contains("broken.wasm"))
+        .unwrap()
+        + 1;
+    assert!(
+        refusal.contains(&format!(
+            "cachet.toml:{line}: key `tenant.plugin`: tenant \"b\": plugin refused"
+        )),
+        "{refusal}"
+    );
+    assert_eq!(
+        support::client::send("GET", &url, &[("Host", "b.test")]).text(),
+        "from b"
+    );
+    undo();
 }
 
 /// A config written in place in two writes with a pause between them is applied once, whole,

@@ -395,6 +395,11 @@ fn bad_tls_settings_are_refused_before_serving_with_the_reason() {
     );
     assert!(!ok);
     assert!(out.contains("does not go with"), "{out}");
+    // At the line of the file at fault, found only when the pair is loaded.
+    assert!(
+        out.contains("cachet.toml:11: key `tenant.tls_key`"),
+        "{out}"
+    );
     // The refusal names the keys and the files.
     assert!(
         out.contains("tenant.tls_key") && out.contains(&other_key.display().to_string()),

@@ -48,6 +48,40 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Where a key naming a file is written, so a problem found only when the file is loaded
+/// (a plugin that does not compile, a certificate that does not parse) names the line too.
+/// Equal to every other place: moving a line changes no setting.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPlace {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+}
+
+impl KeyPlace {
+    /// `problem` as a config error at this key.
+    pub fn error(&self, problem: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            line: self.line,
+            key: Some(self.key.clone()),
+            message: problem.to_string(),
+        }
+    }
+}
+
+impl PartialEq for KeyPlace {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for KeyPlace {}
+
+impl std::hash::Hash for KeyPlace {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
 // ---- The file as written -------------------------------------------------
 
 #[derive(Deserialize)]
@@ -278,6 +312,8 @@ pub struct TenantConfig {
     pub backends: Vec<(String, UpstreamTarget)>,
     /// The plugin file (for a builtin policy, its name as written).
     pub plugin: PathBuf,
+    /// Where `plugin` is written.
+    pub plugin_at: KeyPlace,
     /// Set when `plugin = "builtin:NAME"`.
     pub builtin: Option<crate::policy::BuiltinPolicy>,
     /// `shadow_plugin` / `shadow_sample`: a candidate plugin run beside the live one.
@@ -304,6 +340,8 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowConfig {
     pub plugin: PathBuf,
+    /// Where `shadow_plugin` is written.
+    pub plugin_at: KeyPlace,
     /// Share of requests the shadow sees, 0.0 to 1.0.
     pub sample: f64,
 }
@@ -554,6 +592,15 @@ impl Locator<'_> {
             + 1
     }
 
+    /// Where the value at `span` is written, as `key`.
+    fn place(&self, span: std::ops::Range<usize>, key: &str) -> KeyPlace {
+        KeyPlace {
+            file: self.path.to_path_buf(),
+            line: Some(self.line_of(span.start)),
+            key: key.to_owned(),
+        }
+    }
+
     fn at(
         &self,
         span: std::ops::Range<usize>,
@@ -708,6 +755,7 @@ impl Locator<'_> {
         }
         Ok(Some(ShadowConfig {
             plugin: path,
+            plugin_at: self.place(plugin.span(), "tenant.shadow_plugin"),
             sample: share,
         }))
     }
@@ -888,6 +936,7 @@ impl Locator<'_> {
             tls_cert: self.cert_paths(base, "tenant", &t.tls_cert, &t.tls_key)?,
             backends: self.backends(&t.backends)?,
             plugin,
+            plugin_at: self.place(t.plugin.span(), "tenant.plugin"),
             builtin,
             shadow,
             on_plugin_error: t.on_plugin_error,

@@ -262,10 +262,8 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
     let config = config::load(path)?;
     let engine = PolicyEngine::new(1)?;
     for tenant in &config.tenants {
-        server::load_policy(&engine, tenant, None)
-            .map_err(|e| anyhow::anyhow!("tenant {:?}: {e:#}", tenant.name))?;
-        server::load_shadow(&engine, tenant, None)
-            .map_err(|e| anyhow::anyhow!("tenant {:?}: shadow plugin: {e:#}", tenant.name))?;
+        server::load_policy(&engine, tenant, None)?;
+        server::load_shadow(&engine, tenant, None)?;
     }
     let certificates = cachet::tls::CertStore::load(&config)?;
     for warning in cachet::tls::coverage::warnings(&config, &certificates.current()) {

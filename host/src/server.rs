@@ -1,7 +1,7 @@
 //! Assembling a running proxy from a validated configuration.
 
 use crate::admin::AdminApp;
-use crate::config::{Config, TenantConfig};
+use crate::config::{Config, KeyPlace, TenantConfig};
 use crate::connection::{ConnectionGuard, ConnectionLimits};
 use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
@@ -49,10 +49,8 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     });
     let mut tenants = Vec::with_capacity(config.tenants.len());
     for tenant in &config.tenants {
-        let source = load_policy(&engine, tenant, artifacts.as_ref())
-            .with_context(|| format!("tenant {:?}: plugin refused", tenant.name))?;
-        let shadow = load_shadow(&engine, tenant, artifacts.as_ref())
-            .with_context(|| format!("tenant {:?}: shadow plugin refused", tenant.name))?;
+        let source = load_policy(&engine, tenant, artifacts.as_ref())?;
+        let shadow = load_shadow(&engine, tenant, artifacts.as_ref())?;
         let running = Tenant::new(engine.clone(), tenant.clone(), source);
         running.set_shadow(shadow);
         tenants.push(Arc::new(running));
@@ -118,9 +116,10 @@ pub fn load_policy(
         );
         return Ok(PolicySource::Builtin(builtin));
     }
-    let plugin = LoadedPlugin::load_cached(engine, &tenant.plugin, artifacts)?;
-    plugin.run_self_tests(engine)?;
-    crate::policy::check_starts_within_limits(engine, &plugin, tenant)?;
+    let refused = |e: anyhow::Error| plugin_refused(&tenant.plugin_at, &tenant.name, "plugin", e);
+    let plugin = LoadedPlugin::load_cached(engine, &tenant.plugin, artifacts).map_err(refused)?;
+    plugin.run_self_tests(engine).map_err(refused)?;
+    crate::policy::check_starts_within_limits(engine, &plugin, tenant).map_err(refused)?;
     tracing::info!(
         tenant = tenant.name,
         plugin = %tenant.plugin.display(),
@@ -133,6 +132,19 @@ pub fn load_policy(
     Ok(PolicySource::Plugin(Arc::new(plugin)))
 }
 
+/// A plugin that failed to load, as the config error it is: at the file, line and key that
+/// name the plugin.
+pub fn plugin_refused(
+    place: &KeyPlace,
+    tenant: &str,
+    what: &str,
+    error: anyhow::Error,
+) -> anyhow::Error {
+    place
+        .error(format!("tenant {tenant:?}: {what} refused: {error:#}"))
+        .into()
+}
+
 /// Loads and checks a tenant's shadow plugin, if it names one, exactly as its plugin.
 pub fn load_shadow(
     engine: &PolicyEngine,
@@ -142,8 +154,9 @@ pub fn load_shadow(
     let Some(config) = &tenant.shadow else {
         return Ok(None);
     };
-    let plugin = LoadedPlugin::load_cached(engine, &config.plugin, artifacts)?;
-    plugin.run_self_tests(engine)?;
+    let refused = |e| plugin_refused(&config.plugin_at, &tenant.name, "shadow plugin", e);
+    let plugin = LoadedPlugin::load_cached(engine, &config.plugin, artifacts).map_err(refused)?;
+    plugin.run_self_tests(engine).map_err(refused)?;
     tracing::info!(
         tenant = tenant.name,
         plugin = %config.plugin.display(),

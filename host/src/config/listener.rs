@@ -4,7 +4,7 @@
 
 use super::duration::DurationValue;
 use super::size::SizeValue;
-use super::{ConfigError, Locator, PINGORA_MAX_HEAD};
+use super::{ConfigError, KeyPlace, Locator, PINGORA_MAX_HEAD};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +15,9 @@ use toml::Spanned;
 pub struct CertPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Where `tls_cert` and `tls_key` are written.
+    pub cert_at: KeyPlace,
+    pub key_at: KeyPlace,
 }
 
 /// How the client side speaks TLS and HTTP/2.
@@ -149,6 +152,8 @@ impl Locator<'_> {
         Ok(Some(CertPaths {
             cert: file(cert, "tls_cert")?,
             key: file(key, "tls_key")?,
+            cert_at: self.place(cert.span(), &format!("{table}.tls_cert")),
+            key_at: self.place(key.span(), &format!("{table}.tls_key")),
         }))
     }
 }

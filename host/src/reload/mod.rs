@@ -367,7 +367,7 @@ impl Reloader {
             for tenant in &new.tenants {
                 match self.rebuild_tenant(&router, tenant) {
                     Ok(t) => tenants.push(Arc::new(t)),
-                    Err(e) => return Outcome::Refused(format!("tenant {:?}: {e:#}", tenant.name)),
+                    Err(e) => return Outcome::Refused(format!("{e:#}")),
                 }
             }
             self.state
@@ -404,6 +404,11 @@ impl Reloader {
             true => None,
             false => self.shadow_for(config, running.map(|t| &**t))?,
         };
+        let (live_path, live_at, what) = match (&config.shadow, promoted) {
+            (Some(shadow), true) => (&shadow.plugin, &shadow.plugin_at, "promoted shadow plugin"),
+            _ => (&config.plugin, &config.plugin_at, "plugin"),
+        };
+        let refused = |e| crate::server::plugin_refused(live_at, &config.name, what, e);
         let history = |source, generation| {
             Tenant::with_history(
                 self.engine.clone(),
@@ -415,25 +420,23 @@ impl Reloader {
                 promoted,
             )
         };
-        let live_path = match (&config.shadow, promoted) {
-            (Some(shadow), true) => &shadow.plugin,
-            _ => &config.plugin,
-        };
         if let (Some(builtin), false) = (config.builtin, promoted) {
             return Ok(history(PolicySource::Builtin(builtin), generation));
         }
         let bytes = std::fs::read(live_path)
-            .map_err(|e| anyhow::anyhow!("cannot read plugin {}: {e}", live_path.display()))?;
+            .map_err(|e| refused(anyhow::anyhow!("cannot read {}: {e}", live_path.display())))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if let Some(plugin) = running.and_then(|old| old.policy().plugin().cloned()) {
             if plugin.info.sha256 == sha256 {
                 // The limits or settings may have changed.
-                crate::policy::check_starts_within_limits(&self.engine, &plugin, config)?;
+                crate::policy::check_starts_within_limits(&self.engine, &plugin, config)
+                    .map_err(refused)?;
                 return Ok(history(PolicySource::Plugin(plugin), generation));
             }
         }
-        let plugin = Arc::new(self.load_checked(live_path, &bytes)?);
-        crate::policy::check_starts_within_limits(&self.engine, &plugin, config)?;
+        let plugin = Arc::new(self.load_checked(live_path, &bytes).map_err(refused)?);
+        crate::policy::check_starts_within_limits(&self.engine, &plugin, config)
+            .map_err(refused)?;
         let next = if running.is_some() { generation + 1 } else { 1 };
         Ok(history(PolicySource::Plugin(plugin), next))
     }
@@ -448,8 +451,13 @@ impl Reloader {
         let Some(shadow) = &config.shadow else {
             return Ok(None);
         };
+        let refused =
+            |e| crate::server::plugin_refused(&shadow.plugin_at, &config.name, "shadow plugin", e);
         let bytes = std::fs::read(&shadow.plugin).map_err(|e| {
-            anyhow::anyhow!("cannot read shadow plugin {}: {e}", shadow.plugin.display())
+            refused(anyhow::anyhow!(
+                "cannot read {}: {e}",
+                shadow.plugin.display()
+            ))
         })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let previous = running
@@ -458,9 +466,7 @@ impl Reloader {
         let (plugin, record) = match previous {
             Some(previous) => (previous.plugin().clone(), previous.record().clone()),
             None => {
-                let plugin = self
-                    .load_checked(&shadow.plugin, &bytes)
-                    .map_err(|e| anyhow::anyhow!("shadow plugin: {e:#}"))?;
+                let plugin = self.load_checked(&shadow.plugin, &bytes).map_err(refused)?;
                 (Arc::new(plugin), Arc::default())
             }
         };

@@ -3,7 +3,7 @@
 //! that fails to load never replaces the running one: the refusal is kept
 //! with its reason for `/status`, and counted.
 
-use super::certificate::{LoadedCert, PairBytes};
+use super::certificate::{LoadedCert, PairBytes, PairError, PairFile};
 use crate::config::{CertPaths, Config};
 use crate::reload::Outcome;
 use crate::tenant::Refusal;
@@ -54,17 +54,24 @@ pub struct CertStore {
     refusals: Mutex<BTreeMap<CertOwner, Refusal>>,
 }
 
-/// Why a configured pair was refused, naming its config keys and files.
-fn refused(owner: &CertOwner, paths: &CertPaths, reason: &dyn fmt::Display) -> String {
+/// Why a configured pair was refused: at the config line of the file at fault, naming both
+/// keys and files.
+fn refused(owner: &CertOwner, paths: &CertPaths, error: &PairError) -> String {
     let table = match owner {
         CertOwner::Default => "server",
         CertOwner::Tenant(_) => "tenant",
     };
-    format!(
-        "{owner} certificate refused ({table}.tls_cert = {}, {table}.tls_key = {}): {reason}",
-        paths.cert.display(),
-        paths.key.display()
-    )
+    let place = match error.file {
+        PairFile::Cert => &paths.cert_at,
+        PairFile::Key => &paths.key_at,
+    };
+    place
+        .error(format!(
+            "{owner} certificate refused ({table}.tls_cert = {}, {table}.tls_key = {}): {error}",
+            paths.cert.display(),
+            paths.key.display()
+        ))
+        .to_string()
 }
 
 /// Which pair each owner is configured with.
