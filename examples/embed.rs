@@ -10,7 +10,7 @@ use cachet::policy::{
     LoadedPlugin, PluginLimits, PolicyEngine, PolicyLayer, RequestDecision, ResponseDecision,
     TenantContext,
 };
-use cachet::proxy::primary_key;
+use cachet::proxy::{primary_key, Scheme};
 use cachet::storage::MemoryStorage;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
@@ -62,7 +62,8 @@ impl ProxyHttp for MyProxy {
         if let Ok((RequestDecision::Cache, Some(parts))) =
             self.policy.decide_request(session.req_header())
         {
-            ctx.key = Some(primary_key(SITE, &parts));
+            // This example listens over plain HTTP only.
+            ctx.key = Some(primary_key(SITE, Scheme::Http, &parts));
         }
         Ok(false)
     }

@@ -38,7 +38,7 @@ fn explains_a_stored_url_and_a_missing_one_without_asking_the_origin() {
     assert!(out.contains("on-request: cache"), "{out}");
     let host = format!("127.0.0.1:{}", proxy.port);
     assert!(
-        out.contains(&format!("key \"site {host} /stored\"")),
+        out.contains(&format!("key \"site http {host} /stored\"")),
         "{out}"
     );
     assert!(out.contains("entry found: status 200"), "{out}");

@@ -540,6 +540,32 @@ fn vary_stores_variants_side_by_side() {
     );
 }
 
+/// Only the content-negotiation fields are compared loosely: a cookie or a token that
+/// differs in case is another variant, or one client could fill the variant others get.
+#[test]
+fn vary_on_a_cookie_or_a_token_compares_it_exactly() {
+    let origin = Origin::start(|seen| {
+        let cookie = seen.header("cookie").unwrap_or("-");
+        let token = seen.header("x-api-key").unwrap_or("-");
+        Reply::ok(format!("{cookie} {token}"))
+            .header("Cache-Control", "max-age=60")
+            .header("Vary", "Cookie, X-Api-Key")
+    });
+    let proxy = proxy_for(&origin);
+    let fetch = |cookie: &str, token: &str| {
+        send(
+            "GET",
+            &proxy.url("/v"),
+            &[("Cookie", cookie), ("X-Api-Key", token)],
+        )
+    };
+    assert_eq!(fetch("theme=Dark", "KeyA").text(), "theme=Dark KeyA");
+    assert_status_has(&fetch("theme=Dark", "KeyA"), "hit");
+    assert_eq!(fetch("theme=dark", "KeyA").text(), "theme=dark KeyA");
+    assert_eq!(fetch("theme=Dark", "keya").text(), "theme=Dark keya");
+    assert_eq!(origin.hits_for("/v"), 3);
+}
+
 // -------------------------------------------------------------- 7. CDN-Cache-Control
 
 #[test]

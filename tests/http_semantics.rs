@@ -465,7 +465,7 @@ fn the_cache_key_is_shown_only_in_debug_mode() {
     let debug = proxy_with(origin.addr, "standard", "cache_status_key = true");
     let plain = proxy_with(origin.addr, "standard", "");
     let resp = get(&debug.url("/k?q=1"));
-    let expected = format!("key=\"site 127.0.0.1:{} /k q=1\"", debug.port);
+    let expected = format!("key=\"site http 127.0.0.1:{} /k q=1\"", debug.port);
     assert_status_has(status_of(&resp), &expected);
     assert!(!status_of(&get(&plain.url("/k?q=1"))).contains("key="));
 }

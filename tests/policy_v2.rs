@@ -95,7 +95,7 @@ fn request_edits_reach_the_origin_and_the_key_exactly() {
     assert_eq!(first.status, 200);
     assert_eq!(first.text(), "origin /edited/a?id=1");
     // The key is the edited request's: the tracking parameter is not in it.
-    assert_status_has(&first, "key=\"site 127.0.0.1");
+    assert_status_has(&first, "key=\"site http 127.0.0.1");
     assert_status_has(&first, "/edited/a id=1\"");
     let seen = origin.seen();
     assert_eq!(seen.len(), 1);
@@ -533,6 +533,15 @@ fn vcl_port_behaves_like_its_vcl() {
     assert_status_has(&fr_again, "hit");
     let en = send("GET", &proxy.url("/news"), &[("Cookie", "lang=en")]);
     assert_status_has(&en, "fwd=miss");
+    // A cookie sent twice reaches the origin once, with the value the key holds: an origin
+    // reading the last `lang` would otherwise store German under the French key.
+    let twice = send(
+        "GET",
+        &proxy.url("/news"),
+        &[("Cookie", "lang=de; _ga=1; lang=fr")],
+    );
+    assert_status_has(&twice, "fwd=miss");
+    assert_eq!(twice.text(), "/news cookie=lang=de");
     // vcl_deliver on misses and hits: browser Cache-Control, no X-Powered-By.
     for resp in [&fr, &fr_again] {
         assert_eq!(resp.header("cache-control"), Some("no-cache"));

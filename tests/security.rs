@@ -581,6 +581,9 @@ fn forwarding_seen(mode: Option<&str>, policy: &Path) -> support::origin::Seen {
             ("Host", "site.test"),
             ("X-Forwarded-For", "6.6.6.6"),
             ("Forwarded", "for=6.6.6.6"),
+            ("X-Forwarded-Scheme", "http"),
+            ("X-Forwarded-Prefix", "/evil"),
+            ("X-Real-IP", "6.6.6.6"),
         ],
     );
     assert_eq!(resp.status, 200);
@@ -602,6 +605,10 @@ fn forwarding_headers_replace_append_or_off() {
         assert_eq!(replaced.header("x-forwarded-proto"), Some("http"));
         assert_eq!(replaced.header("x-forwarded-host"), Some("site.test"));
         assert_eq!(replaced.header("via"), Some("1.1 cachet"));
+        // The rest of the family is the proxy's word too, and no key holds it.
+        for claim in ["x-forwarded-scheme", "x-forwarded-prefix", "x-real-ip"] {
+            assert_eq!(replaced.header(claim), None, "{claim}");
+        }
 
         let appended = forwarding_seen(Some("append"), &policy);
         assert_eq!(
@@ -613,9 +620,52 @@ fn forwarding_headers_replace_append_or_off() {
             Some("for=6.6.6.6, for=127.0.0.1;proto=http;host=\"site.test\"")
         );
 
+        assert_eq!(appended.header("x-forwarded-prefix"), Some("/evil"));
+
         let untouched = forwarding_seen(Some("off"), &policy);
         assert_eq!(untouched.header("x-forwarded-for"), Some("6.6.6.6"));
+        assert_eq!(untouched.header("x-real-ip"), Some("6.6.6.6"));
         assert_eq!(untouched.header("via"), None);
+    }
+}
+
+/// A field that makes some frameworks treat a GET as another method or another path is in no
+/// key: such a request goes to the origin without the cache, so its answer is never stored
+/// for the URL (nor a stored answer served to it).
+#[test]
+fn requests_that_override_their_method_or_target_never_use_the_cache() {
+    let origin = Origin::start(|seen| {
+        let method = seen
+            .header("x-http-method-override")
+            .unwrap_or(&seen.method);
+        let path = seen.header("x-original-url").unwrap_or(&seen.url);
+        Reply::ok(format!("{method} {path}")).header("Cache-Control", "max-age=600")
+    });
+    for policy in [plugin("standard"), PathBuf::from("builtin:standard")] {
+        let proxy = Proxy::start(CACHE, &[TenantSpec::new("site", origin.addr, &policy)]);
+        let get = |extra: &[(&str, &str)]| {
+            let mut headers = vec![("Host", "site.test")];
+            headers.extend_from_slice(extra);
+            send("GET", &proxy.url("/page"), &headers)
+        };
+        for field in [
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X-Original-URL", "/admin"),
+        ] {
+            let overridden = get(&[field]);
+            assert!(
+                overridden.cache_status().contains("fwd=bypass"),
+                "{}",
+                overridden.cache_status()
+            );
+        }
+        assert_eq!(
+            get(&[]).text(),
+            "GET /page",
+            "nothing overridden was stored"
+        );
+        assert!(get(&[]).cache_status().contains("hit"));
+        assert_ne!(get(&[("X-Original-URL", "/admin")]).text(), "GET /page");
     }
 }
 

@@ -769,3 +769,59 @@ fn certificates_renewed_by_swapping_symlinks_are_served() {
         served("c.test") == *second.der()
     });
 }
+
+/// The origin is told the scheme (`X-Forwarded-Proto`) and answers a plain request with a
+/// redirect to HTTPS, as sites that force TLS do. Stored under a key without the scheme, that
+/// redirect was served to HTTPS clients: a loop for everyone, set off by one plain request.
+#[test]
+fn http_and_https_requests_never_share_an_entry_and_a_purge_removes_both() {
+    let ca = TestCa::new("scheme CA");
+    let leaf = ca.leaf(&["a.test"]);
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = leaf.write(certs.path(), "a");
+    let origin = Origin::start(|seen| {
+        let reply = match seen.header("x-forwarded-proto") {
+            Some("https") => Reply::ok(format!("page {}", seen.url)),
+            _ => Reply::ok("moved")
+                .status(301)
+                .header("Location", &format!("https://a.test{}", seen.url)),
+        };
+        reply.header("Cache-Control", "max-age=300")
+    });
+    let proxy = Proxy::start_with_server(
+        &format!(
+            "tls_listen = \"127.0.0.1:TLS_PORT\"\ntls_cert = {cert:?}\ntls_key = {key:?}\nadmin_token = \"scheme-token\""
+        ),
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&["a.test"])],
+    );
+    let plain = || support::client::send("GET", &proxy.url("/page"), &[("Host", "a.test")]);
+    let https = || {
+        let config = client_config(&[&ca], &[b"http/1.1"], true);
+        let tls_port = proxy.tls_port.expect("TLS listener");
+        https_request(tls_port, config, "a.test", "GET", "/page", "a.test", &[])
+            .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()))
+            .response
+    };
+
+    assert_eq!(plain().status, 301);
+    let secure = https();
+    assert_ok(&secure, "page /page");
+    assert_eq!(origin.hits_for("/page"), 2, "the HTTPS request was a miss");
+    let again = https();
+    assert_ok(&again, "page /page");
+    assert!(again.header("cache-status").unwrap_or("").contains("hit"));
+    assert_eq!(plain().status, 301);
+    assert_eq!(origin.hits_for("/page"), 2, "each scheme has its entry");
+
+    // One PURGE of the URL, over plain HTTP, removes both.
+    let purged = support::client::send(
+        "PURGE",
+        &proxy.url("/page"),
+        &[("Host", "a.test"), ("Authorization", "Bearer scheme-token")],
+    );
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert_ok(&https(), "page /page");
+    assert_eq!(plain().status, 301);
+    assert_eq!(origin.hits_for("/page"), 4, "both entries were purged");
+}

@@ -13,20 +13,28 @@ pub(crate) fn find(header_lines: &[String], name: &str) -> Option<String> {
 }
 
 /// The `name=value` pairs of every line whose name `keep` accepts, joined
-/// with `"; "`, and whether any pair was dropped. Malformed pairs are dropped.
+/// with `"; "`, and whether any pair was dropped. Malformed pairs are dropped,
+/// and so is every pair after the first of its name: [`find`] reads the first,
+/// while an origin may read the last, and a policy that keys on a cookie must
+/// send the origin the value it keyed on.
 pub(crate) fn retain(header_lines: &[String], keep: impl Fn(&str) -> bool) -> (String, bool) {
     let mut dropped = false;
-    let mut kept = Vec::new();
+    let mut kept: Vec<(&str, &str)> = Vec::new();
     for pair in header_lines.iter().flat_map(|line| line.split(';')) {
         let pair = pair.trim();
         if pair.is_empty() {
             continue;
         }
         match pair.split_once('=') {
-            Some((name, _)) if keep(name.trim()) => kept.push(pair),
+            Some((name, _))
+                if keep(name.trim()) && !kept.iter().any(|(seen, _)| *seen == name.trim()) =>
+            {
+                kept.push((name.trim(), pair))
+            }
             _ => dropped = true,
         }
     }
+    let kept: Vec<&str> = kept.into_iter().map(|(_, pair)| pair).collect();
     (kept.join("; "), dropped)
 }
 
@@ -50,6 +58,15 @@ mod tests {
         let (again, dropped) = retain(&lines(&[&kept]), |name| !name.starts_with('_'));
         assert_eq!(again, kept);
         assert!(!dropped, "idempotent");
+    }
+
+    #[test]
+    fn retain_keeps_only_the_first_pair_of_a_name() {
+        let header = lines(&["lang=fr; _ga=1; lang=de", "lang=en"]);
+        let (kept, dropped) = retain(&header, |name| name == "lang");
+        assert_eq!(kept, "lang=fr");
+        assert!(dropped);
+        assert_eq!(find(&lines(&[&kept]), "lang"), find(&header, "lang"));
     }
 
     fn lines(values: &[&str]) -> Vec<String> {

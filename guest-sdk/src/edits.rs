@@ -110,7 +110,9 @@ impl RequestEdits {
         self
     }
 
-    /// Keeps only the cookies whose name `keep` accepts: `Cookie` becomes
+    /// Keeps only the cookies whose name `keep` accepts, each name once (its
+    /// first pair, the one [`Request::cookie`](crate::Request::cookie) returns,
+    /// so the origin reads the value a key was made of): `Cookie` becomes
     /// those pairs, or is removed when none is left. Nothing is edited when
     /// every cookie is kept, so applying it to an edited request changes
     /// nothing.

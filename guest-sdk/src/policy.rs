@@ -73,9 +73,10 @@ pub trait Policy {
 
     /// The value the cache compares for `name`, a request header the stored
     /// response varies on (`Vary`), so that equivalent requests share one
-    /// variant — e.g. bucket `Accept-Encoding` into "br", "gzip" or
-    /// "identity". `name` is lower-case. Default: `None`, the host's own
-    /// normalisation (lower-cased, whitespace collapsed).
+    /// variant — e.g. `Accept-Encoding` with its codings sorted. Requests the
+    /// origin may answer differently must not share one. `name` is
+    /// lower-case. Default: `None`, the host's own comparison (the Accept
+    /// fields case- and space-insensitively, any other field exactly).
     fn vary_value(&self, req: &Request, name: &str) -> Option<String> {
         let _ = (req, name);
         None

@@ -1,18 +1,48 @@
-//! The primary cache key: `[format version, tenant, plugin parts...]`, each
+//! The primary cache key: `[format version, tenant, scheme, plugin parts...]`, each
 //! length-prefixed. pingora-cache hashes only the primary bytes, so the
 //! prefixes are what keep tenants and part boundaries from colliding
 //! (`["ab", "c"]` and `["a", "bc"]` are different keys).
+//!
+//! The scheme is the host's part, as in nginx's default key: the origin is told it
+//! (`X-Forwarded-Proto`, `Forwarded: proto=`) and may answer differently, e.g. a redirect to
+//! HTTPS for a plain request, which must never be served to an HTTPS client.
 
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::CacheKey;
 
 /// Bump when the layout changes, so old entries can never be read as new ones.
-const KEY_FORMAT_VERSION: &str = "cachet-key-1";
+const KEY_FORMAT_VERSION: &str = "cachet-key-2";
 
-pub fn primary_key(tenant: &str, parts: &[String]) -> Vec<u8> {
-    let len: usize = parts.iter().map(|p| p.len() + 4).sum::<usize>() + tenant.len() + 32;
+/// How the client reached cachet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub const BOTH: [Scheme; 2] = [Scheme::Http, Scheme::Https];
+
+    pub fn of_tls(tls: bool) -> Self {
+        if tls {
+            Self::Https
+        } else {
+            Self::Http
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+pub fn primary_key(tenant: &str, scheme: Scheme, parts: &[String]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len() + 4).sum::<usize>() + tenant.len() + 40;
     let mut key = Vec::with_capacity(len);
-    for part in [KEY_FORMAT_VERSION, tenant]
+    for part in [KEY_FORMAT_VERSION, tenant, scheme.as_str()]
         .into_iter()
         .chain(parts.iter().map(String::as_str))
     {
@@ -32,8 +62,8 @@ pub fn storage_key(primary: Vec<u8>, tenant: &str) -> CacheKey {
     key
 }
 
-/// The key for people (`Cache-Status` `key` in debug mode): the tenant and the plugin's parts,
-/// space-separated, with `%`, spaces and non-printable bytes percent-encoded so the
+/// The key for people (`Cache-Status` `key` in debug mode): the tenant, the scheme and the
+/// plugin's parts, space-separated, with `%`, spaces and non-printable bytes percent-encoded so the
 /// boundaries stay visible.
 pub fn describe(key: &[u8]) -> String {
     let mut parts = Vec::new();
@@ -65,13 +95,26 @@ pub fn describe(key: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{describe, primary_key};
+    use super::{describe, Scheme, Scheme::Http};
+
+    fn primary_key(tenant: &str, parts: &[String]) -> Vec<u8> {
+        super::primary_key(tenant, Http, parts)
+    }
 
     #[test]
-    fn described_keys_show_tenant_and_parts() {
+    fn described_keys_show_tenant_scheme_and_parts() {
         let key = primary_key("site", &parts(&["example.com", "/a b", "q=1%2"]));
-        assert_eq!(describe(&key), "site example.com /a%20b q=1%252");
-        assert_eq!(describe(&primary_key("t", &parts(&[""]))), "t ");
+        assert_eq!(describe(&key), "site http example.com /a%20b q=1%252");
+        assert_eq!(describe(&primary_key("t", &parts(&[""]))), "t http ");
+    }
+
+    #[test]
+    fn schemes_never_share_keys() {
+        let parts = parts(&["example.com", "/"]);
+        assert_ne!(
+            super::primary_key("t", Scheme::Http, &parts),
+            super::primary_key("t", Scheme::Https, &parts)
+        );
     }
 
     fn parts(p: &[&str]) -> Vec<String> {

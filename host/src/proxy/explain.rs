@@ -106,7 +106,13 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
         }
     };
     steps.add("on-request", "cache".into());
-    let key = cache_key::primary_key(tenant.name(), &parts);
+    // build_request accepted only http and https URLs.
+    let https = query
+        .url
+        .trim_start()
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https:"));
+    let key = cache_key::primary_key(tenant.name(), cache_key::Scheme::of_tls(https), &parts);
     let described = cache_key::describe(&key);
     steps.add("cache-key", format!("{parts:?} -> key {described:?}"));
     let mut doc = common("cache", Some(described));
@@ -115,6 +121,13 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
             "method {} is not cacheable: sent to the origin",
             request.method
         );
+        steps.add("host rules", verdict.clone());
+        doc["verdict"] = json!(verdict);
+        return Ok(steps.finish(doc));
+    }
+    if let Some(field) = super::override_fields::present(&request) {
+        let verdict =
+            format!("{field} overrides the request: sent to the origin without the cache");
         steps.add("host rules", verdict.clone());
         doc["verdict"] = json!(verdict);
         return Ok(steps.finish(doc));

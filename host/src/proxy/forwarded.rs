@@ -70,6 +70,35 @@ pub fn fields(mode: ForwardedHeaders, req: &RequestHeader, hop: &Hop) -> Pending
     fields
 }
 
+/// Client claims beyond the ones [`fields`] sets that frameworks read as the proxy's word:
+/// the scheme, port or path prefix (Rack's `X-Forwarded-Scheme` and `-Ssl`, Symfony's
+/// `-Port` and `-Prefix`) or the client's address. Under "replace" no client may send
+/// them: none is in a cache key, so any could make the origin answer differently and that
+/// answer be stored for everybody.
+const CLIENT_ADDRESS_CLAIMS: [&str; 4] = [
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+];
+
+/// Removes every `X-Forwarded-*` field and the client-address claims from `req`, before
+/// the plugin or the key reads it ("replace" mode).
+pub fn drop_client_claims(req: &mut RequestHeader) {
+    let claims: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| {
+            name.as_str().starts_with("x-forwarded-")
+                || CLIENT_ADDRESS_CLAIMS.contains(&name.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in claims {
+        req.remove_header(&name);
+    }
+}
+
 /// `ours` after the existing values of `name` (when `append`), as one list.
 fn list(req: &RequestHeader, name: &HeaderName, append: bool, ours: &str) -> String {
     let mut list = String::new();

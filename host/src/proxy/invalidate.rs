@@ -2,6 +2,7 @@
 //! removes what is stored for its URL and for a same-origin `Location` / `Content-Location`,
 //! under the key the tenant's plugin computes for a GET of that URL.
 
+use super::cache_key::Scheme;
 use super::ctx::RequestCtx;
 use super::ProxyState;
 use crate::policy::{PluginFault, PolicyLayer, RequestDecision};
@@ -18,7 +19,7 @@ pub fn is_unsafe(method: &Method) -> bool {
 
 /// The full cache keys the tenant's plugin uses for a GET of the request's URL: the GET with
 /// the request's cookies, and the GET without them (none when the plugin would not cache
-/// it). `Authorization` is dropped: it holds the admin token of a PURGE, or credentials
+/// it), each under both schemes. `Authorization` is dropped: it holds the admin token of a PURGE, or credentials
 /// whose responses are not shared. Both cookie forms count: a plugin that bypasses
 /// requests with a session cookie still has a shared entry for the URL, and one that keys
 /// on a cookie (a language) has an entry per value, reached only with that cookie.
@@ -30,12 +31,12 @@ pub fn get_keys(
     let mut get = req.clone();
     get.set_method(Method::GET);
     get.remove_header(&http::header::AUTHORIZATION);
-    let mut keys = Vec::with_capacity(2);
+    let mut keys = Vec::with_capacity(4);
     if get.headers.contains_key(http::header::COOKIE) {
         keys.extend(cached_key(tenant, policy, &get)?);
         get.remove_header(&http::header::COOKIE);
     }
-    if let Some(key) = cached_key(tenant, policy, &get)? {
+    for key in cached_key(tenant, policy, &get)? {
         if !keys.contains(&key) {
             keys.push(key);
         }
@@ -43,14 +44,19 @@ pub fn get_keys(
     Ok(keys)
 }
 
+/// The keys of both schemes: a URL purged or invalidated goes from the copies HTTP and
+/// HTTPS clients are served.
 fn cached_key(
     tenant: &str,
     policy: &PolicyLayer,
     get: &RequestHeader,
-) -> Result<Option<Vec<u8>>, PluginFault> {
+) -> Result<Vec<Vec<u8>>, PluginFault> {
     Ok(match policy.decide_request(get)? {
-        (RequestDecision::Cache, Some(parts)) => Some(super::primary_key(tenant, &parts)),
-        _ => None,
+        (RequestDecision::Cache, Some(parts)) => Scheme::BOTH
+            .iter()
+            .map(|&scheme| super::primary_key(tenant, scheme, &parts))
+            .collect(),
+        _ => Vec::new(),
     })
 }
 

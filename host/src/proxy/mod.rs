@@ -22,6 +22,7 @@ mod invalidate;
 mod lean_hit;
 mod only_if_cached;
 mod origin_error;
+mod override_fields;
 pub mod purge;
 mod request;
 mod request_fields;
@@ -35,7 +36,7 @@ mod target;
 mod uncacheable;
 mod vary;
 
-pub use cache_key::primary_key;
+pub use cache_key::{primary_key, Scheme};
 pub use ctx::RequestCtx;
 pub(crate) use ctx::Route;
 pub use explain::{explain, ExplainQuery};

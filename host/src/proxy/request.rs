@@ -4,7 +4,7 @@
 use super::ctx::{RequestCtx, Route};
 use super::respond::{respond_synthetic, respond_text};
 use super::CachetProxy;
-use crate::config::OnPluginError;
+use crate::config::{ForwardedHeaders, OnPluginError};
 use crate::policy::{AddedFields, PendingFields, PluginFault, RequestDecision};
 use crate::tenant::Tenant;
 use http::Method;
@@ -23,6 +23,9 @@ pub(super) async fn request_filter(
         session.set_keepalive(None);
         respond_text(session, ctx, 400, "bad request\n").await?;
         return Ok(true);
+    }
+    if proxy.state.forwarded_headers == ForwardedHeaders::Replace {
+        super::forwarded::drop_client_claims(session.req_header_mut());
     }
     if !super::framing::only_chunked(&session.req_header().headers) {
         // RFC 9112 §6.1: a coding the server does not decode is 501, not a body passed on
@@ -89,7 +92,9 @@ pub(super) async fn request_filter(
             ctx.route = match host_guard(session).or_else(too_long) {
                 Some(reason) => Route::Bypass(reason),
                 None => {
-                    ctx.key = super::cache_key::primary_key(tenant.name(), &parts);
+                    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+                    let scheme = super::cache_key::Scheme::of_tls(tls);
+                    ctx.key = super::cache_key::primary_key(tenant.name(), scheme, &parts);
                     Route::Cache
                 }
             };
@@ -228,6 +233,9 @@ fn host_guard(session: &mut Session) -> Option<String> {
     let has_body = super::target::has_body(req) || (session.is_http2() && !session.is_body_empty());
     if has_body {
         return Some(format!("{} with a body", session.req_header().method));
+    }
+    if let Some(field) = super::override_fields::present(session.req_header()) {
+        return Some(format!("{field} overrides the request"));
     }
     // Requests with Authorization use the cache, under the shared-cache rules
     // applied on hit (shared.rs) and when storing (response.rs).

@@ -1,6 +1,9 @@
 //! Variants under one key (RFC 9111 §4.1): the variance of a request is a hash of the values
-//! of the request fields the stored response's `Vary` names, lightly normalised so trivial
-//! spelling differences share a variant.
+//! of the request fields the stored response's `Vary` names. §4.1 allows only normalisation
+//! "known to have identical semantics": the content-negotiation fields, lists of
+//! case-insensitive tokens, share a variant whatever their case and spacing; every other
+//! field (a cookie, an API key, a custom token) must match exactly, or one client could
+//! fill the variant another is served.
 
 use pingora::http::RequestHeader;
 use pingora_cache::key::HashBinary;
@@ -45,22 +48,47 @@ pub fn variance(
     builder.finalize()
 }
 
-/// All of the field's lines joined, lower-cased and with whitespace runs collapsed.
+/// Fields whose values are comma-separated lists of case-insensitive tokens (RFC 9110
+/// §12.5): their lines may be combined, and case and whitespace carry no meaning.
+const TOKEN_LISTS: [&str; 4] = [
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+];
+
+/// The value the variant is chosen by: for a token list, its elements lower-cased with
+/// whitespace collapsed, across its lines; for any other field, each line as sent (less the
+/// surrounding whitespace a parser drops), lines kept apart by a byte no value can hold.
 fn request_value(req: &RequestHeader, name: &str) -> Vec<u8> {
     let mut lines = req.headers.get_all(name).iter().peekable();
     if lines.peek().is_none() {
         return ABSENT.to_vec();
     }
     let mut out = Vec::new();
-    for (i, line) in lines.enumerate() {
-        if i > 0 {
+    if !TOKEN_LISTS.contains(&name) {
+        for (i, line) in lines.enumerate() {
+            if i > 0 {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(line.as_bytes().trim_ascii());
+        }
+        return out;
+    }
+    let elements = lines.flat_map(|line| line.as_bytes().split(|&b| b == b','));
+    for element in elements {
+        let mut words = element
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty())
+            .peekable();
+        if words.peek().is_none() {
+            continue;
+        }
+        if !out.is_empty() {
             out.push(b',');
         }
-        for word in line.as_bytes().split(u8::is_ascii_whitespace) {
-            if word.is_empty() {
-                continue;
-            }
-            if !out.is_empty() && !out.ends_with(b",") {
+        for (i, word) in words.enumerate() {
+            if i > 0 {
                 out.push(b' ');
             }
             out.extend(word.iter().map(u8::to_ascii_lowercase));
@@ -105,6 +133,40 @@ mod tests {
             variance_default(&m, &req(&[("accept-encoding", "gzip")])),
             variance_default(&m, &req(&[("accept-encoding", "br")]))
         );
+    }
+
+    #[test]
+    fn token_lists_share_a_variant_across_lines_and_spacing() {
+        let m = meta("Accept-Language");
+        let one = variance_default(&m, &req(&[("accept-language", "fr-CH,de;q=0.5")]));
+        assert_eq!(
+            one,
+            variance_default(
+                &m,
+                &req(&[
+                    ("accept-language", "FR-ch"),
+                    ("accept-language", " de;q=0.5 ")
+                ])
+            )
+        );
+    }
+
+    #[test]
+    fn other_fields_must_match_exactly() {
+        for name in ["cookie", "x-api-key", "user-agent"] {
+            let m = meta(name);
+            let with = |headers: &[(&str, &str)]| variance_default(&m, &req(headers));
+            let stored = with(&[(name, "theme=Dark; sid=Q29v")]);
+            assert_eq!(stored, with(&[(name, " theme=Dark; sid=Q29v ")]), "{name}");
+            assert_ne!(stored, with(&[(name, "theme=dark; sid=q29v")]), "{name}");
+            assert_ne!(stored, with(&[(name, "theme=Dark;  sid=Q29v")]), "{name}");
+            // Two lines are not the one line a list field would combine them into.
+            assert_ne!(
+                with(&[(name, "a=1"), (name, "b=2")]),
+                with(&[(name, "a=1,b=2")]),
+                "{name}"
+            );
+        }
     }
 
     #[test]
