@@ -51,12 +51,13 @@ def request_edits(req) -> Tuple[List[Tuple], Optional[str]]:
         )
         if dropped:
             edits.append(("set", "cookie", kept) if kept else ("remove", "cookie"))
-    # The origin gets the query the key holds: no tracking parameters, sorted.
-    query = req.query() or ""
-    normalized = normalized_query(query)
+    # The origin gets the query the key holds: no tracking parameters, sorted, and no
+    # "?" at all when nothing is left (the key then has no query part either).
+    query = req.query()
+    wanted = normalized_query(query or "") or None
     path_and_query = None
-    if query != normalized:
-        path_and_query = f"{req.path()}?{normalized}" if normalized else req.path()
+    if query != wanted:
+        path_and_query = f"{req.path()}?{wanted}" if wanted else req.path()
     return edits, path_and_query
 
 

@@ -102,6 +102,10 @@ class Requests(unittest.TestCase):
         self.assertEqual(policy.request_edits(get("http://example.com/app.js?a=1&v=3"))[1], None)
         only_tracking = get("http://example.com/p?utm_source=x")
         self.assertEqual(policy.request_edits(only_tracking)[1], "/p")
+        # An empty query keys like none, so the origin gets none.
+        for target in ("http://example.com/p?", "http://example.com/p?&&"):
+            self.assertEqual(policy.request_edits(get(target))[1], "/p", target)
+        self.assertEqual(policy.request_edits(get("http://example.com/p"))[1], None)
 
 
 class Responses(unittest.TestCase):

@@ -43,14 +43,14 @@ impl Policy for StaticAssets {
         } else {
             edits.keep_cookies(req, |name| !tracking::is_tracking_cookie(name));
         }
-        // The origin gets the query the key holds: no tracking parameters, sorted.
-        let query = req.query().unwrap_or_default();
+        // The origin gets the query the key holds: no tracking parameters, sorted, and no
+        // `?` at all when nothing is left (the key then has no query part either).
         let normalized = tracking::normalized_query(req.query_params()).to_string();
-        if query != normalized {
-            let target = if normalized.is_empty() {
-                req.path()
-            } else {
-                format!("{}?{normalized}", req.path())
+        let wanted = (!normalized.is_empty()).then_some(normalized);
+        if req.query() != wanted {
+            let target = match wanted {
+                Some(query) => format!("{}?{query}", req.path()),
+                None => req.path(),
             };
             edits.rewrite_path(target);
         }
@@ -388,6 +388,12 @@ mod tests {
         let mut again = RequestEdits::default();
         StaticAssets.edit_request(&edited, &mut again);
         assert_eq!(again.path_and_query, None);
+        // An empty query keys like none, so the origin gets none.
+        for target in ["http://example.com/p?", "http://example.com/p?&&"] {
+            let mut edits = RequestEdits::default();
+            StaticAssets.edit_request(&get(target), &mut edits);
+            assert_eq!(edits.path_and_query.as_deref(), Some("/p"), "{target}");
+        }
     }
 
     #[test]
