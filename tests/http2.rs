@@ -41,8 +41,12 @@ impl Setup {
         let (cert, key) = ca.leaf(&[SITE]).write(certs.path(), "site");
         let origin = Origin::start(|seen| {
             let lang = seen.header("accept-language").unwrap_or("none").to_owned();
+            let cache_control = match seen.url.starts_with("/swr") {
+                true => "max-age=3, stale-while-revalidate=60",
+                false => "max-age=60",
+            };
             let reply = Reply::ok(format!("{} {} {lang}", seen.method, seen.url))
-                .header("Cache-Control", "max-age=60");
+                .header("Cache-Control", cache_control);
             if seen.url.contains("/vary") {
                 reply.header("Vary", "Accept-Language")
             } else {
@@ -460,4 +464,32 @@ fn an_http2_get_with_a_body_bypasses_the_cache() {
     );
     assert_eq!(stored.status, 504, "{}", stored.cache_status());
     assert_eq!(setup.origin.hits(), 1);
+}
+
+/// Pingora refreshes a stale-while-revalidate entry with a background request rebuilt as
+/// HTTP/1 text from the client's head; an HTTP/2 head does not parse as one, so the refresh
+/// never happened and the stale copy was served for the whole window. Over HTTP/2 the
+/// request that finds the entry stale revalidates it itself.
+#[test]
+fn a_stale_entry_is_refreshed_over_http2_too() {
+    let setup = Setup::start("h2c = true");
+    for protocol in [Protocol::H2c, Protocol::H2Tls] {
+        let path = format!("/swr/{protocol:?}");
+        setup.send(protocol, "GET", &path, &[]);
+        std::thread::sleep(std::time::Duration::from_millis(3300));
+        let refreshed = setup.send(protocol, "GET", &path, &[]);
+        assert_eq!(
+            setup.origin.hits_for(&path),
+            2,
+            "{protocol:?}: {}",
+            refreshed.cache_status()
+        );
+        let after = setup.send(protocol, "GET", &path, &[]);
+        assert!(
+            after.cache_status().contains("hit"),
+            "{protocol:?}: {}",
+            after.cache_status()
+        );
+        assert_eq!(setup.origin.hits_for(&path), 2, "{protocol:?}");
+    }
 }

@@ -401,14 +401,19 @@ impl ProxyHttp for CachetProxy {
 
     fn should_serve_stale(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _ctx: &mut Self::CTX,
         error: Option<&Error>,
     ) -> bool {
         match error {
             // stale-while-revalidate: pingora has already checked the
             // entry's window (from the origin or the plugin's store decision).
-            None => true,
+            // The writer's refresh runs in the background as a request pingora rebuilds
+            // as HTTP/1 text from this one's head, and an HTTP/2 head does not parse as
+            // such (its version is "HTTP/2"): that refresh never happens. Over HTTP/2 the
+            // writer revalidates in the foreground; requests waiting on it may still be
+            // answered stale.
+            None => !(session.is_http2() && session.cache.is_cache_lock_writer()),
             // stale-if-error: origin unreachable or answering 5xx.
             Some(e) => match e.etype() {
                 ErrorType::HTTPStatus(code) => *code >= 500,
