@@ -198,12 +198,82 @@ fn heads_over_the_limit_get_431_and_under_it_are_served() {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:` the peak).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("{field} in {status}"))
+}
+
+/// A cacheable body sent without a length goes on filling after its client is gone (pingora
+/// keeps reading for the cache). Once it is over the maximum object size it will not be
+/// stored, and the client's abandoned position in it may not hold it either: memory stays
+/// within that bound however long the body is.
+#[test]
+fn a_fill_outliving_its_client_holds_no_more_than_the_maximum_object_size() {
+    const TOTAL: usize = 192 << 20;
+    const CHUNK: usize = 64 << 10;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin_addr = listener.local_addr().unwrap();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("cachet connects");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            std::io::Read::read_exact(&mut conn, &mut byte).expect("request head");
+            head.push(byte[0]);
+        }
+        let data = vec![b'x'; CHUNK];
+        let mut out =
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        let mut sent = 0;
+        let result = (|| {
+            conn.write_all(&out)?;
+            while sent < TOTAL {
+                out.clear();
+                out.extend_from_slice(format!("{CHUNK:x}\r\n").as_bytes());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+                conn.write_all(&out)?;
+                sent += CHUNK;
+            }
+            conn.write_all(b"0\r\n\r\n")
+        })();
+        let _ = sent_tx.send((sent, result.is_ok()));
+    });
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"\nmax_object_bytes = \"4MiB\"",
+        &[TenantSpec::new("site", origin_addr, &plugin("standard"))],
+    );
+    let before = proc_status_kib(proxy.pid(), "VmHWM:");
+
+    // The client reads the start of the body, then goes away.
+    let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    client
+        .write_all(b"GET /endless HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .unwrap();
+    let mut start = [0u8; 16 << 10];
+    std::io::Read::read_exact(&mut client, &mut start).unwrap();
+    drop(client);
+
+    let (sent, complete) = sent_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the origin finished sending");
+    assert!(complete && sent == TOTAL, "the fill read the whole body");
+    let grew_mib = proc_status_kib(proxy.pid(), "VmHWM:").saturating_sub(before) / 1024;
+    assert!(
+        grew_mib < 96,
+        "peak memory grew {grew_mib} MiB for a {} MiB body nobody reads",
+        TOTAL >> 20
+    );
 }
 
 /// Opens `count` connections that each send `head_bytes` of a head and never finish it.

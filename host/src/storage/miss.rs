@@ -68,9 +68,11 @@ impl Miss {
     }
 
     /// Stops buffering a body that outgrew the limit. Readers already following it still get
-    /// every chunk, so the client's response is unaffected; new lookups miss.
+    /// every chunk, so the client's response is unaffected, unless one falls more than the
+    /// limit behind the origin (see `stream`); new lookups miss.
     fn give_up(&mut self) {
         self.buffered = None;
+        self.writer.bound_lag(self.max_object);
         let mut index = self.storage.index.write();
         let write = index.take_write(self.partition(), &self.slot, self.id);
         index.count(self.partition(), Counters::rejected);

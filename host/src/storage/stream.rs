@@ -3,37 +3,49 @@
 //! Chunks form a linked list of `Arc`s. Each reader holds the node it read last, and the body is
 //! held from its head only while it may still be stored, so once a write stops being buffered
 //! (oversize) the chunks behind the slowest reader are freed without any bookkeeping.
+//!
+//! A reader that stops reading (a client gone while pingora goes on filling, or one that reads
+//! slower than the origin sends) would still pin every chunk after its position. So once a
+//! write is no longer buffered, the writer lets go of the chunks more than a bound (the
+//! maximum object size) behind the newest: a reader still there gets an error instead of the
+//! rest of a body it fell too far behind on.
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use pingora_error::{Error, ErrorType, Result};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 pub(super) struct Chunk {
     data: Bytes,
-    next: OnceLock<Arc<Chunk>>,
+    next: ArcSwapOption<Chunk>,
+    /// Set (before `next` is cleared) when the writer let go of the chunks after this one.
+    cut: AtomicBool,
 }
 
 impl Chunk {
     fn new(data: Bytes) -> Arc<Self> {
         Arc::new(Self {
             data,
-            next: OnceLock::new(),
+            next: ArcSwapOption::empty(),
+            cut: AtomicBool::new(false),
         })
     }
 
     /// The chunks after this one.
-    fn iter(&self) -> impl Iterator<Item = &Bytes> {
-        std::iter::successors(self.next.get(), |node| node.next.get()).map(|node| &node.data)
+    fn iter(&self) -> impl Iterator<Item = Bytes> {
+        std::iter::successors(self.next.load_full(), |node| node.next.load_full())
+            .map(|node| node.data.clone())
     }
 }
 
 impl Drop for Chunk {
     // Unlink iteratively: dropping a long chain recursively would overflow the stack.
     fn drop(&mut self) {
-        let mut next = self.next.take();
+        let mut next = self.next.swap(None);
         while let Some(node) = next {
-            next = Arc::into_inner(node).and_then(|mut node| node.next.take());
+            next = Arc::into_inner(node).and_then(|node| node.next.swap(None));
         }
     }
 }
@@ -49,6 +61,11 @@ pub(super) enum WriteStatus {
 pub(super) struct StreamWriter {
     tail: Arc<Chunk>,
     status: watch::Sender<WriteStatus>,
+    /// The oldest chunk readers can still go on from, and the bytes after it up to the tail.
+    trail: Arc<Chunk>,
+    behind_trail: usize,
+    /// Once set, the most bytes a reader may be behind the tail.
+    lag_limit: Option<usize>,
 }
 
 /// Where new readers start: before the first chunk.
@@ -65,18 +82,45 @@ pub(super) fn stream() -> (StreamWriter, StreamStart) {
     let writer = StreamWriter {
         tail: head.clone(),
         status,
+        trail: head.clone(),
+        behind_trail: 0,
+        lag_limit: None,
     };
     (writer, StreamStart { head, status: rx })
 }
 
 impl StreamWriter {
     pub(super) fn push(&mut self, data: Bytes) {
+        self.behind_trail += data.len();
         let node = Chunk::new(data);
         // Only this writer appends, so the tail's `next` is always still empty.
-        let _ = self.tail.next.set(node.clone());
+        self.tail.next.store(Some(node.clone()));
         self.tail = node;
+        if let Some(limit) = self.lag_limit {
+            self.let_go_beyond(limit);
+        }
         // Bumps the version even though the value is unchanged, which wakes readers.
         self.status.send_replace(WriteStatus::Writing);
+    }
+
+    /// From now on, readers more than `limit` bytes behind the newest chunk are cut off (the
+    /// body is no longer buffered for storing).
+    pub(super) fn bound_lag(&mut self, limit: usize) {
+        self.lag_limit = Some(limit);
+        self.let_go_beyond(limit);
+    }
+
+    fn let_go_beyond(&mut self, limit: usize) {
+        while self.behind_trail > limit {
+            let Some(next) = self.trail.next.load_full() else {
+                break;
+            };
+            self.behind_trail -= next.data.len();
+            let passed = std::mem::replace(&mut self.trail, next);
+            // A reader that finds `next` empty checks `cut`: set it first.
+            passed.cut.store(true, Ordering::SeqCst);
+            passed.next.store(None);
+        }
     }
 
     pub(super) fn close(&self, status: WriteStatus) {
@@ -98,7 +142,7 @@ impl StreamStart {
 pub(super) fn assemble(head: &Chunk, len: usize) -> Bytes {
     let mut body = Vec::with_capacity(len);
     for data in head.iter() {
-        body.extend_from_slice(data);
+        body.extend_from_slice(&data);
     }
     Bytes::from(body)
 }
@@ -116,10 +160,16 @@ impl StreamReader {
             // Read the status before looking for a chunk: the writer links a chunk before it
             // bumps the status, so a chunk pushed after this read still wakes `changed()`.
             let status = *self.status.borrow_and_update();
-            if let Some(next) = self.cur.next.get().cloned() {
+            if let Some(next) = self.cur.next.load_full() {
                 let data = next.data.clone();
                 self.cur = next;
                 return Ok(Some(data));
+            }
+            if self.cur.cut.load(Ordering::SeqCst) {
+                return Error::e_explain(
+                    ErrorType::ReadError,
+                    "reader fell more than the maximum object size behind a fill not stored",
+                );
             }
             match status {
                 WriteStatus::Done => return Ok(None),
@@ -130,7 +180,7 @@ impl StreamReader {
             }
             if self.status.changed().await.is_err() {
                 // The writer is gone without closing; any last chunk was linked before that.
-                if self.cur.next.get().is_none() {
+                if self.cur.next.load().is_none() {
                     return Error::e_explain(ErrorType::ReadError, "cache fill abandoned");
                 }
             }

@@ -150,17 +150,22 @@ async fn an_oversize_body_streams_fully_but_is_not_stored() {
         .unwrap()
         .unwrap();
     let body = bytes(3000, 4);
+    // The client that triggered the fill reads as it arrives (a reader more than the limit
+    // behind would be cut off: a_reader_too_far_behind_an_unstored_fill...).
+    let mut streamed = Vec::new();
     for part in body.chunks(600) {
         writer
             .write_body(part.to_vec().into(), false)
             .await
             .unwrap();
+        streamed.extend_from_slice(&own.read_body().await.unwrap().unwrap());
     }
     // Past the limit, new lookups miss rather than follow a body that will not be stored.
     assert!(get(s, &k).await.is_none());
     writer.write_body(Default::default(), true).await.unwrap();
     writer.finish().await.unwrap();
-    assert_eq!(read_all(&mut own).await.unwrap(), body);
+    streamed.extend(read_all(&mut own).await.unwrap());
+    assert_eq!(streamed, body);
     assert!(get(s, &k).await.is_none());
     let stats = s.stats();
     assert_eq!((stats.rejected_oversize, stats.objects), (1, 0));
@@ -239,4 +244,32 @@ fn a_long_chain_of_tiny_chunks_drops_without_overflowing_the_stack() {
     }
     drop(writer);
     drop(start);
+}
+
+/// Once a write is no longer stored, a reader that stops reading pins at most the lag bound:
+/// the chunks further behind are let go, and the reader is told so instead of being served a
+/// body with a hole. A reader that keeps up is unaffected.
+#[tokio::test]
+async fn a_reader_too_far_behind_an_unstored_fill_is_cut_off_and_frees_the_chunks() {
+    let (mut writer, start) = super::super::stream::stream();
+    let mut stalled = start.reader();
+    let mut following = start.reader();
+    let first = bytes::Bytes::from(vec![1u8; 1024]);
+    writer.push(first.clone());
+    assert_eq!(following.next().await.unwrap().unwrap(), first);
+    drop(start);
+    writer.bound_lag(4 * 1024);
+    for i in 0..64u8 {
+        writer.push(bytes::Bytes::from(vec![i; 1024]));
+        assert_eq!(following.next().await.unwrap().unwrap()[0], i);
+    }
+    // Only the reader and this test hold the first chunk's bytes now: the chain behind the
+    // window was let go, not kept alive by the stalled reader's position.
+    assert!(
+        stalled.next().await.is_err(),
+        "the stalled reader is cut off"
+    );
+    assert!(first.is_unique(), "nothing holds the first chunk any more");
+    writer.close(super::super::stream::WriteStatus::Done);
+    assert!(following.next().await.unwrap().is_none());
 }
