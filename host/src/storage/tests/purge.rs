@@ -134,6 +134,26 @@ async fn put_tagged(s: &'static MemoryStorage, key: &CacheKey, tags: &str) {
     handler.finish().await.unwrap();
 }
 
+/// Each tag is held twice beyond its header field (the object's list and the tag index),
+/// with map and set entries: the budget is charged for them, or objects with many long tags
+/// would hold several times `max_bytes`.
+#[tokio::test]
+async fn purge_tags_are_charged_against_the_budget() {
+    let s = storage(1 << 20, 1 << 20);
+    put_tagged(s, &key("/plain", "t"), "x").await;
+    let one_tag = s.stats().stored_bytes;
+    let tags: Vec<String> = (0..64)
+        .map(|i| format!("{i:03}{}", "t".repeat(253)))
+        .collect();
+    put_tagged(s, &key("/tagged", "t"), &tags.join(" ")).await;
+    let many = s.stats().stored_bytes - one_tag;
+    let header_bytes = (tags.join(" ").len() - 1) as u64;
+    assert!(
+        many >= one_tag + header_bytes + 64 * (2 * 256 + 256),
+        "{many} bytes charged for 64 tags of 256 bytes"
+    );
+}
+
 #[tokio::test]
 async fn purge_by_tag_removes_or_expires_tagged_objects_of_one_partition() {
     let s = storage(1 << 20, 1 << 20);
