@@ -10,7 +10,7 @@ use cachet::policy::{
     LoadedPlugin, PluginLimits, PolicyEngine, PolicyLayer, RequestDecision, ResponseDecision,
     TenantContext,
 };
-use cachet::proxy::{primary_key, Scheme};
+use cachet::proxy::primary_key;
 use cachet::storage::MemoryStorage;
 use pingora::http::ResponseHeader;
 use pingora::prelude::HttpPeer;
@@ -63,7 +63,7 @@ impl ProxyHttp for MyProxy {
             self.policy.decide_request(session.req_header())
         {
             // This example listens over plain HTTP only.
-            ctx.key = Some(primary_key(SITE, Scheme::Http, &parts));
+            ctx.key = Some(primary_key(SITE, "http", &parts));
         }
         Ok(false)
     }

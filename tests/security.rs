@@ -699,6 +699,59 @@ fn forwarding_headers_replace_append_or_off() {
     }
 }
 
+/// Behind a trusted proxy ("append") or with the fields left alone ("off"), the origin is
+/// told the scheme the client claims: HTTP and HTTPS users of the proxy in front keep
+/// apart (a site redirecting plain requests to HTTPS would otherwise loop them all), and a
+/// PURGE removes both.
+#[test]
+fn the_scheme_a_trusted_proxy_claims_keeps_entries_apart() {
+    let origin = Origin::start(|seen| {
+        let reply = match seen.header("x-forwarded-proto") {
+            Some("https") => Reply::ok("page"),
+            _ => Reply::ok("moved").status(301),
+        };
+        reply.header("Cache-Control", "max-age=600")
+    });
+    for mode in ["append", "off"] {
+        let proxy = Proxy::start_with_server(
+            &format!("forwarded_headers = \"{mode}\"\nadmin_token = \"{TOKEN}\""),
+            CACHE,
+            &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+        );
+        let path = format!("/{mode}");
+        let get = |proto: &str| {
+            send(
+                "GET",
+                &proxy.url(&path),
+                &[("Host", "site.test"), ("X-Forwarded-Proto", proto)],
+            )
+        };
+        assert_eq!(get("http").status, 301, "{mode}");
+        assert_eq!(
+            get("https").status,
+            200,
+            "{mode}: the redirect was served to HTTPS"
+        );
+        assert!(get("https").cache_status().contains("hit"), "{mode}");
+        assert_eq!(get("http").status, 301, "{mode}");
+        assert_eq!(origin.hits_for(&path), 2, "{mode}");
+        let auth = format!("Bearer {TOKEN}");
+        let purged = send(
+            "PURGE",
+            &proxy.url(&path),
+            &[("Host", "site.test"), ("Authorization", &auth)],
+        );
+        assert_eq!(purged.status, 200, "{mode}");
+        assert_eq!(get("https").status, 200);
+        assert_eq!(get("http").status, 301);
+        assert_eq!(
+            origin.hits_for(&path),
+            4,
+            "{mode}: both entries were purged"
+        );
+    }
+}
+
 /// A field that makes some frameworks treat a GET as another method or another path is in no
 /// key: such a request goes to the origin without the cache, so its answer is never stored
 /// for the URL (nor a stored answer served to it).

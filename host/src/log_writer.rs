@@ -1,11 +1,15 @@
-//! Access-log lines leave the request path: workers hand each formatted line
-//! to a bounded queue and one background thread writes them to stderr in
-//! batches. A worker never waits on stderr; when the writer falls behind,
-//! lines are dropped and counted (`cachet_access_log_dropped_total`).
+//! Log lines leave the request path: workers hand each formatted line to a
+//! bounded queue and one background thread writes them to stderr in batches.
+//! A worker never waits on stderr; when the writer falls behind, lines are
+//! dropped and counted (`cachet_access_log_dropped_total`). Not only access-log
+//! lines: a client or an origin can make other lines per request too (Pingora's
+//! error for each malformed head or broken origin, a plugin's own log lines), and
+//! a slow stderr must not hold any request up. A line is cut at
+//! [`MAX_LINE_BYTES`] (Pingora's errors may quote a whole origin buffer), so the
+//! queue holds a bounded number of bytes.
 //!
-//! Every other line (start-up, reloads, plugin faults) is rare and goes to
-//! stderr at once, so it is visible the moment it happens. So do all lines
-//! until [`start`] runs (CLI subcommands, start-up before a daemon fork).
+//! Until [`start`] runs (CLI subcommands, start-up before a daemon fork), lines go
+//! to stderr at once.
 
 use std::io::Write;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -15,6 +19,8 @@ use std::time::Duration;
 /// Lines queued at most (at ~150 bytes a line, about 1.2 MiB): far more than
 /// arrive in one gather interval at any request rate this proxy reaches.
 const QUEUE_LINES: usize = 8192;
+/// The longest line written; longer ones are cut, saying how much was left out.
+const MAX_LINE_BYTES: usize = 4096;
 /// How long lines gather before one write: bounds a line's delay and the
 /// writer's wake-ups (about 100 a second under load).
 const GATHER_INTERVAL: Duration = Duration::from_millis(10);
@@ -78,8 +84,8 @@ fn write_lines(rx: Receiver<Message>) {
 /// The target of the per-request access-log events.
 pub const ACCESS_TARGET: &str = "cachet::access";
 
-/// The `tracing_subscriber` writer: one buffer per event, written when the
-/// event is complete (queued for access-log events).
+/// The `tracing_subscriber` writer: one buffer per event, queued when the event
+/// is complete.
 #[derive(Clone, Copy, Default)]
 pub struct QueuedStderr;
 
@@ -87,24 +93,13 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for QueuedStderr {
     type Writer = LineBuffer;
 
     fn make_writer(&'a self) -> LineBuffer {
-        LineBuffer {
-            bytes: Vec::new(),
-            queued: false,
-        }
-    }
-
-    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> LineBuffer {
-        LineBuffer {
-            bytes: Vec::new(),
-            queued: meta.target() == ACCESS_TARGET,
-        }
+        LineBuffer { bytes: Vec::new() }
     }
 }
 
 /// One log event's bytes.
 pub struct LineBuffer {
     bytes: Vec<u8>,
-    queued: bool,
 }
 
 impl Write for LineBuffer {
@@ -123,18 +118,18 @@ impl Drop for LineBuffer {
         if self.bytes.is_empty() {
             return;
         }
-        let line = std::mem::take(&mut self.bytes);
-        if self.queued {
-            queue_access_line(line);
-        } else {
-            let _ = std::io::stderr().write_all(&line);
-        }
+        queue_line(std::mem::take(&mut self.bytes));
     }
 }
 
 /// Queues one access-log line (already formatted, newline included) for the
 /// writer thread; before the writer starts it goes to stderr at once.
 pub fn queue_access_line(line: Vec<u8>) {
+    queue_line(line);
+}
+
+fn queue_line(line: Vec<u8>) {
+    let line = cut_to_bound(line);
     match QUEUE.get() {
         Some(queue) => enqueue(queue, line),
         None => {
@@ -156,9 +151,39 @@ fn enqueue(queue: &SyncSender<Message>, line: Vec<u8>) {
     }
 }
 
+/// `line` itself, or its first [`MAX_LINE_BYTES`] (at a character boundary) and a note of
+/// how many bytes were left out.
+fn cut_to_bound(mut line: Vec<u8>) -> Vec<u8> {
+    if line.len() <= MAX_LINE_BYTES {
+        return line;
+    }
+    let mut keep = MAX_LINE_BYTES;
+    // Never split a UTF-8 sequence: back up over continuation bytes.
+    while keep > 0 && line[keep] & 0b1100_0000 == 0b1000_0000 {
+        keep -= 1;
+    }
+    let cut = line.len() - keep;
+    line.truncate(keep);
+    line.extend_from_slice(format!(" ... ({cut} bytes cut)\n").as_bytes());
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_are_cut_at_a_character_boundary() {
+        assert_eq!(cut_to_bound(b"short\n".to_vec()), b"short\n");
+        // Two-byte characters after one ASCII byte: the bound falls inside a character.
+        let long = "x".to_owned() + &"é".repeat(MAX_LINE_BYTES) + "\n";
+        let cut = String::from_utf8(cut_to_bound(long.clone().into_bytes())).expect("still UTF-8");
+        let kept = MAX_LINE_BYTES - 1;
+        assert!(
+            cut.ends_with(&format!(" ... ({} bytes cut)\n", long.len() - kept)),
+            "{cut}"
+        );
+    }
 
     #[test]
     fn a_full_queue_drops_lines_and_counts_them_without_waiting() {

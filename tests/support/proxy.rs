@@ -311,8 +311,10 @@ impl Proxy {
         }
     }
 
-    /// Everything cachet logged so far.
+    /// Everything cachet logged so far. Lines are written by a background thread that gathers
+    /// them for 10 ms: wait out a batch first, so a line logged before this call is in it.
     pub fn log(&self) -> String {
+        std::thread::sleep(Duration::from_millis(40));
         std::fs::read_to_string(self.dir.path().join("cachet.log")).unwrap_or_default()
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! The scheme is the host's part, as in nginx's default key: the origin is told it
 //! (`X-Forwarded-Proto`, `Forwarded: proto=`) and may answer differently, e.g. a redirect to
-//! HTTPS for a plain request, which must never be served to an HTTPS client.
+//! HTTPS for a plain request, which must never be served to an HTTPS client. It is the
+//! scheme the origin is told, which behind a trusted proxy is that proxy's claim.
 
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::CacheKey;
@@ -13,36 +14,20 @@ use pingora_cache::CacheKey;
 /// Bump when the layout changes, so old entries can never be read as new ones.
 const KEY_FORMAT_VERSION: &str = "cachet-key-2";
 
-/// How the client reached cachet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    Http,
-    Https,
+/// The schemes a client may reach cachet by: a purge removes the entries of each.
+pub const SCHEMES: [&str; 2] = ["http", "https"];
+
+/// The scheme of this hop.
+pub fn hop_scheme(tls: bool) -> &'static str {
+    SCHEMES[usize::from(tls)]
 }
 
-impl Scheme {
-    pub const BOTH: [Scheme; 2] = [Scheme::Http, Scheme::Https];
-
-    pub fn of_tls(tls: bool) -> Self {
-        if tls {
-            Self::Https
-        } else {
-            Self::Http
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http => "http",
-            Self::Https => "https",
-        }
-    }
-}
-
-pub fn primary_key(tenant: &str, scheme: Scheme, parts: &[String]) -> Vec<u8> {
-    let len: usize = parts.iter().map(|p| p.len() + 4).sum::<usize>() + tenant.len() + 40;
+/// `scheme` is the scheme the origin is told ([`super::forwarded::told_scheme`]).
+pub fn primary_key(tenant: &str, scheme: &str, parts: &[String]) -> Vec<u8> {
+    let len: usize =
+        parts.iter().map(|p| p.len() + 4).sum::<usize>() + tenant.len() + scheme.len() + 32;
     let mut key = Vec::with_capacity(len);
-    for part in [KEY_FORMAT_VERSION, tenant, scheme.as_str()]
+    for part in [KEY_FORMAT_VERSION, tenant, scheme]
         .into_iter()
         .chain(parts.iter().map(String::as_str))
     {
@@ -95,10 +80,10 @@ pub fn describe(key: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{describe, Scheme, Scheme::Http};
+    use super::describe;
 
     fn primary_key(tenant: &str, parts: &[String]) -> Vec<u8> {
-        super::primary_key(tenant, Http, parts)
+        super::primary_key(tenant, "http", parts)
     }
 
     #[test]
@@ -112,8 +97,8 @@ mod tests {
     fn schemes_never_share_keys() {
         let parts = parts(&["example.com", "/"]);
         assert_ne!(
-            super::primary_key("t", Scheme::Http, &parts),
-            super::primary_key("t", Scheme::Https, &parts)
+            super::primary_key("t", "http", &parts),
+            super::primary_key("t", "https", &parts)
         );
     }
 

@@ -32,6 +32,9 @@ pub struct RequestCtx {
     pub(crate) route: Route,
     /// The full primary cache key (tenant namespace + plugin parts).
     pub(crate) key: Vec<u8>,
+    /// The scheme the origin is told the client used (`forwarded::told_scheme`), read from
+    /// the head as the client sent it.
+    pub(crate) told_scheme: std::borrow::Cow<'static, str>,
     /// Why a response was not stored, when it was not.
     pub(crate) not_stored: Option<String>,
     pub(crate) stored: bool,

@@ -112,7 +112,8 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
         .trim_start()
         .get(..6)
         .is_some_and(|s| s.eq_ignore_ascii_case("https:"));
-    let key = cache_key::primary_key(tenant.name(), cache_key::Scheme::of_tls(https), &parts);
+    let scheme = super::forwarded::told_scheme(state.forwarded_headers, &request, https);
+    let key = cache_key::primary_key(tenant.name(), &scheme, &parts);
     let described = cache_key::describe(&key);
     steps.add("cache-key", format!("{parts:?} -> key {described:?}"));
     let mut doc = common("cache", Some(described));

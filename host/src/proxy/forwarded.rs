@@ -9,6 +9,7 @@ use crate::policy::PendingFields;
 use http::header::{HeaderName, VIA};
 use http::HeaderValue;
 use pingora::http::RequestHeader;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::LazyLock;
 
@@ -68,6 +69,43 @@ pub fn fields(mode: ForwardedHeaders, req: &RequestHeader, hop: &Hop) -> Pending
         fields.set(VIA, HeaderValue::from_static(VIA_HOP));
     }
     fields
+}
+
+/// The scheme the origin is told the client used, the cache key's scheme part. Under
+/// "replace" it is this hop's (the client's claims are dropped). Under "append" and "off" the
+/// client's own claims pass on, so it is what they say: every `X-Forwarded-Proto` value,
+/// else every `proto` of `Forwarded`, else this hop's. Lower-cased and comma-joined, so a
+/// claim other than one plain scheme never shares an entry with it. Read from the head as
+/// the client sent it, before [`fields`] are written.
+pub fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'static, str> {
+    let hop = super::cache_key::hop_scheme(tls);
+    if mode == ForwardedHeaders::Replace {
+        return Cow::Borrowed(hop);
+    }
+    let values = |name: &HeaderName| {
+        req.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+    };
+    let mut claimed = values(&X_FORWARDED_PROTO);
+    if claimed.is_empty() {
+        claimed = values(&FORWARDED)
+            .iter()
+            .flat_map(|element| element.split(';'))
+            .filter_map(|pair| pair.trim().strip_prefix("proto="))
+            .map(|proto| proto.trim_matches('"').to_owned())
+            .collect();
+    }
+    match claimed.join(",") {
+        told if told.is_empty() || told == hop => Cow::Borrowed(hop),
+        told => Cow::Owned(told),
+    }
 }
 
 /// Client claims beyond the ones [`fields`] sets that frameworks read as the proxy's word:
@@ -172,6 +210,23 @@ fn forwarded_element(ip: IpAddr, client: &str, proto: &str, host: &str) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_told_scheme_is_the_hop_s_unless_the_client_s_claim_passes_on() {
+        use ForwardedHeaders::*;
+        let told = |mode, extra: &[(&str, &str)], tls| told_scheme(mode, &request(extra), tls);
+        let claim = [("x-forwarded-proto", "HTTPS")];
+        assert_eq!(told(Replace, &claim, false), "http");
+        assert_eq!(told(Append, &claim, false), "https");
+        assert_eq!(told(Off, &claim, false), "https");
+        assert_eq!(told(Append, &[], true), "https");
+        let forwarded = [("forwarded", "for=1.2.3.4;proto=https")];
+        assert_eq!(told(Append, &forwarded, false), "https");
+        assert_eq!(
+            told(Off, &[("x-forwarded-proto", "https, http")], false),
+            "https,http"
+        );
+    }
 
     fn request(extra: &[(&str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/", None).expect("request");

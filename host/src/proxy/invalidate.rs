@@ -2,7 +2,6 @@
 //! removes what is stored for its URL and for a same-origin `Location` / `Content-Location`,
 //! under the key the tenant's plugin computes for a GET of that URL.
 
-use super::cache_key::Scheme;
 use super::ctx::RequestCtx;
 use super::ProxyState;
 use crate::policy::{PluginFault, PolicyLayer, RequestDecision};
@@ -19,24 +18,30 @@ pub fn is_unsafe(method: &Method) -> bool {
 
 /// The full cache keys the tenant's plugin uses for a GET of the request's URL: the GET with
 /// the request's cookies, and the GET without them (none when the plugin would not cache
-/// it), each under both schemes. `Authorization` is dropped: it holds the admin token of a PURGE, or credentials
-/// whose responses are not shared. Both cookie forms count: a plugin that bypasses
-/// requests with a session cookie still has a shared entry for the URL, and one that keys
-/// on a cookie (a language) has an entry per value, reached only with that cookie.
+/// it), each under both schemes and the one the request claims. `Authorization` is dropped:
+/// it holds the admin token of a PURGE, or credentials whose responses are not shared. Both
+/// cookie forms count: a plugin that bypasses requests with a session cookie still has a
+/// shared entry for the URL, and one that keys on a cookie (a language) has an entry per
+/// value, reached only with that cookie.
 pub fn get_keys(
     tenant: &str,
     policy: &PolicyLayer,
     req: &RequestHeader,
+    told_scheme: &str,
 ) -> Result<Vec<Vec<u8>>, PluginFault> {
+    let mut schemes = super::cache_key::SCHEMES.to_vec();
+    if !schemes.contains(&told_scheme) {
+        schemes.push(told_scheme);
+    }
     let mut get = req.clone();
     get.set_method(Method::GET);
     get.remove_header(&http::header::AUTHORIZATION);
     let mut keys = Vec::with_capacity(4);
     if get.headers.contains_key(http::header::COOKIE) {
-        keys.extend(cached_key(tenant, policy, &get)?);
+        keys.extend(cached_key(tenant, policy, &get, &schemes)?);
         get.remove_header(&http::header::COOKIE);
     }
-    for key in cached_key(tenant, policy, &get)? {
+    for key in cached_key(tenant, policy, &get, &schemes)? {
         if !keys.contains(&key) {
             keys.push(key);
         }
@@ -44,17 +49,18 @@ pub fn get_keys(
     Ok(keys)
 }
 
-/// The keys of both schemes: a URL purged or invalidated goes from the copies HTTP and
-/// HTTPS clients are served.
+/// The keys under each of `schemes`: a URL purged or invalidated goes from the copies HTTP
+/// and HTTPS clients are served (and those of the scheme this request claims).
 fn cached_key(
     tenant: &str,
     policy: &PolicyLayer,
     get: &RequestHeader,
+    schemes: &[&str],
 ) -> Result<Vec<Vec<u8>>, PluginFault> {
     Ok(match policy.decide_request(get)? {
-        (RequestDecision::Cache, Some(parts)) => Scheme::BOTH
+        (RequestDecision::Cache, Some(parts)) => schemes
             .iter()
-            .map(|&scheme| super::primary_key(tenant, scheme, &parts))
+            .map(|scheme| super::primary_key(tenant, scheme, &parts))
             .collect(),
         _ => Vec::new(),
     })
@@ -86,7 +92,7 @@ pub fn after_response(
     }
     let mut purged = 0;
     for target in &targets {
-        match get_keys(tenant.name(), policy, target) {
+        match get_keys(tenant.name(), policy, target, &ctx.told_scheme) {
             Ok(keys) => {
                 for key in keys {
                     let key = super::cache_key::storage_key(key, tenant.name());

@@ -36,7 +36,7 @@ mod target;
 mod uncacheable;
 mod vary;
 
-pub use cache_key::{primary_key, Scheme};
+pub use cache_key::primary_key;
 pub use ctx::RequestCtx;
 pub(crate) use ctx::Route;
 pub use explain::{explain, ExplainQuery};

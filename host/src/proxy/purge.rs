@@ -65,7 +65,8 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
             .purge_tags(tenant.name(), &tags, soft)
             .map(|affected| affected > 0)
     } else {
-        let keys = match super::invalidate::get_keys(tenant.name(), &policy, req) {
+        let keys = match super::invalidate::get_keys(tenant.name(), &policy, req, &ctx.told_scheme)
+        {
             Ok(keys) if keys.is_empty() => {
                 return (404, "this URL is not cached by the site's policy\n".into())
             }

@@ -24,9 +24,12 @@ pub(super) async fn request_filter(
         respond_text(session, ctx, 400, "bad request\n").await?;
         return Ok(true);
     }
-    if proxy.state.forwarded_headers == ForwardedHeaders::Replace {
+    let mode = proxy.state.forwarded_headers;
+    if mode == ForwardedHeaders::Replace {
         super::forwarded::drop_client_claims(session.req_header_mut());
     }
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    ctx.told_scheme = super::forwarded::told_scheme(mode, session.req_header(), tls);
     if !super::framing::only_chunked(&session.req_header().headers) {
         // RFC 9112 §6.1: a coding the server does not decode is 501, not a body passed on
         // with its coding silently dropped.
@@ -92,8 +95,7 @@ pub(super) async fn request_filter(
             ctx.route = match host_guard(session).or_else(too_long) {
                 Some(reason) => Route::Bypass(reason),
                 None => {
-                    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-                    let scheme = super::cache_key::Scheme::of_tls(tls);
+                    let scheme = &ctx.told_scheme;
                     ctx.key = super::cache_key::primary_key(tenant.name(), scheme, &parts);
                     Route::Cache
                 }
