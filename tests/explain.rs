@@ -183,3 +183,37 @@ fn explains_the_backend_a_plugin_picks_and_refuses_an_unknown_one() {
     assert_eq!(send("GET", &unknown, &[]).status, 502);
     assert_eq!(origin.hits(), 0);
 }
+
+/// A 0.3.0 plugin is shown the forwarding fields the proxy adds; explain shows them too (as
+/// for a client on the loopback), so a plugin that reads them is explained as it runs.
+#[test]
+fn explains_a_plugin_that_reads_the_forwarding_fields_as_the_proxy_runs_it() {
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));
+    let proxy = Proxy::start(
+        "",
+        &[
+            TenantSpec::new("site", origin.addr, &support::fixture("policy-0-3"))
+                .hosts(&["127.0.0.1"]),
+        ],
+    );
+    for path in ["/fields-key/a", "/edit-fields/a"] {
+        let url = proxy.url(path);
+        let live = send("GET", &url, &[]);
+        assert!(
+            live.cache_status().contains("stored"),
+            "{path}: {}",
+            live.cache_status()
+        );
+        let (ok, out) = explain(&proxy, &[&url]);
+        assert!(ok, "{out}");
+        assert!(!out.contains("fault"), "{path}: {out}");
+        assert!(
+            out.contains("forwarding: fields as for a client at 127.0.0.1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("hit: served fresh from the cache"),
+            "{path}: {out}"
+        );
+    }
+}

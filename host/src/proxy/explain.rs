@@ -3,7 +3,8 @@
 //! stored entry's freshness. Nothing is sent to an origin and nothing is stored.
 
 use super::{cache_key, shared, ProxyState};
-use crate::policy::{PendingFields, PluginFault, RequestDecision};
+use crate::config::ForwardedHeaders;
+use crate::policy::{AddedFields, PluginFault, RequestDecision};
 use pingora::http::RequestHeader;
 use pingora_cache::predictor::CacheablePredictor;
 use pingora_cache::CacheMeta;
@@ -25,6 +26,10 @@ pub struct ExplainQuery {
     #[serde(default)]
     pub headers: Vec<String>,
 }
+
+/// The client the explained request comes from, for its forwarding fields: an explanation
+/// has none of its own.
+const EXPLAINED_CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// The explanation as a JSON document: `steps` in order (each a step name and what it found),
 /// and the main findings as fields (`tenant`, `decision`, `key`, `entry`, `verdict`).
@@ -49,12 +54,38 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
         ),
     );
     let policy = tenant.policy();
-    // As the proxy plans it: the plugin's edits applied (the key and the origin see the
-    // edited request), its backend checked. Forwarding fields are not known here: none.
+    // As the proxy plans it: the forwarding fields of a client at this address (shown to
+    // the plugin as the proxy shows them), the plugin's edits applied (the key and the
+    // origin see the edited request), its backend checked.
     let mut request = request;
+    // build_request accepted only http and https URLs.
+    let https = query
+        .url
+        .trim_start()
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https:"));
+    let mode = state.forwarded_headers;
+    let told_scheme = super::forwarded::told_scheme(mode, &request, https);
+    if mode == ForwardedHeaders::Replace {
+        super::forwarded::drop_client_claims(&mut request);
+    }
+    let hop = super::forwarded::Hop {
+        client: EXPLAINED_CLIENT,
+        tls: https,
+    };
+    let mut pending = super::forwarded::fields(mode, &request, &hop);
+    if !pending.is_empty() {
+        steps.add(
+            "forwarding",
+            format!("fields as for a client at {EXPLAINED_CLIENT} (forwarded_headers = {mode:?})"),
+        );
+    }
+    if policy.reads_added_fields() == AddedFields::ReadFromTheRequest {
+        std::mem::take(&mut pending).apply(&mut request);
+    }
     let original_target = request.uri.clone();
     let planned = policy
-        .plan_request(&mut request, &mut PendingFields::default())
+        .plan_request(&mut request, &mut pending)
         .and_then(|outcome| {
             let unknown = outcome
                 .backend
@@ -106,14 +137,7 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
         }
     };
     steps.add("on-request", "cache".into());
-    // build_request accepted only http and https URLs.
-    let https = query
-        .url
-        .trim_start()
-        .get(..6)
-        .is_some_and(|s| s.eq_ignore_ascii_case("https:"));
-    let scheme = super::forwarded::told_scheme(state.forwarded_headers, &request, https);
-    let key = cache_key::primary_key(tenant.name(), &scheme, &parts);
+    let key = cache_key::primary_key(tenant.name(), &told_scheme, &parts);
     let described = cache_key::describe(&key);
     steps.add("cache-key", format!("{parts:?} -> key {described:?}"));
     let mut doc = common("cache", Some(described));
