@@ -61,6 +61,9 @@ pub struct RequestCtx {
     pub(crate) origin_status: Option<u16>,
     /// The `[tenant.backends]` entry the plugin picked (None: the tenant's upstream).
     pub(crate) backend: Option<usize>,
+    /// This HTTP/2 request's head was lent to its stale-while-revalidate refresh
+    /// (`h2_refresh`) and must be given back before the response.
+    pub(crate) refresh_handed_off: bool,
     /// The plugin asked for `on-deliver` on this request's response.
     pub(crate) deliver: bool,
     /// The plugin's edits to this request's origin response, applied to what is stored and,

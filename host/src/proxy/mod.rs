@@ -15,6 +15,7 @@ mod explain;
 mod forwarded;
 mod framing;
 mod freshness;
+mod h2_refresh;
 mod hop_by_hop;
 mod http_date;
 mod interim;
@@ -340,6 +341,7 @@ impl ProxyHttp for CachetProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        h2_refresh::restore(session, ctx);
         // Requests that began before a stop signal end their connection too, and say so.
         if self.state.drain.draining() {
             session.set_keepalive(None);
@@ -361,6 +363,8 @@ impl ProxyHttp for CachetProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Self::CTX) {
+        // A response that failed before its filter still logs the head as the client sent it.
+        h2_refresh::restore(session, ctx);
         crate::connection::next_head(session);
         let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
         let outcome = if ctx.outcome.is_empty() {
@@ -402,18 +406,20 @@ impl ProxyHttp for CachetProxy {
     fn should_serve_stale(
         &self,
         session: &mut Session,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
         error: Option<&Error>,
     ) -> bool {
         match error {
             // stale-while-revalidate: pingora has already checked the
             // entry's window (from the origin or the plugin's store decision).
-            // The writer's refresh runs in the background as a request pingora rebuilds
-            // as HTTP/1 text from this one's head, and an HTTP/2 head does not parse as
-            // such (its version is "HTTP/2"): that refresh never happens. Over HTTP/2 the
-            // writer revalidates in the foreground; requests waiting on it may still be
-            // answered stale.
-            None => !(session.is_http2() && session.cache.is_cache_lock_writer()),
+            // The lock writer's refresh is spawned next, from this request's head: an
+            // HTTP/2 head is handed to it in a form it can use (see h2_refresh).
+            None => {
+                if session.is_http2() && session.cache.is_cache_lock_writer() {
+                    h2_refresh::prepare(session, ctx);
+                }
+                true
+            }
             // stale-if-error: origin unreachable or answering 5xx.
             Some(e) => match e.etype() {
                 ErrorType::HTTPStatus(code) => *code >= 500,

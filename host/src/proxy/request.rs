@@ -24,8 +24,10 @@ pub(super) async fn request_filter(
         respond_text(session, ctx, 400, "bad request\n").await?;
         return Ok(true);
     }
+    // A stale-while-revalidate refresh of an HTTP/2 request comes planned (h2_refresh).
+    let refresh = super::h2_refresh::take(session);
     let mode = proxy.state.forwarded_headers;
-    if mode == ForwardedHeaders::Replace {
+    if mode == ForwardedHeaders::Replace && refresh.is_none() {
         super::forwarded::drop_client_claims(session.req_header_mut());
     }
     let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
@@ -60,10 +62,16 @@ pub(super) async fn request_filter(
     }
     drop(router);
     let policy = tenant.policy();
-    let shadowed = tenant.shadow().is_some();
-    let mut forwarding = Forwarding::start(proxy, session, policy.reads_added_fields(), shadowed);
     ctx.tenant = Some(tenant.clone());
     ctx.policy = Some(policy.clone());
+    if let Some(refresh) = refresh {
+        ctx.key = refresh.key;
+        ctx.backend = refresh.backend;
+        ctx.route = Route::Cache;
+        return Ok(false);
+    }
+    let shadowed = tenant.shadow().is_some();
+    let mut forwarding = Forwarding::start(proxy, session, policy.reads_added_fields(), shadowed);
     if super::purge::is_purge(session) {
         // The plugin computes the purged key from this request as it computed the
         // stored one: with the forwarding fields.

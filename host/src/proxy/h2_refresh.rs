@@ -1,0 +1,107 @@
+//! stale-while-revalidate for HTTP/2 clients.
+//!
+//! Pingora refreshes a stale entry with a background request that it rebuilds as HTTP/1 text
+//! from the serving request's head. For an HTTP/1 client that is the head exactly as the
+//! client sent it, and the refresh is planned like any request. For an HTTP/2 client it is
+//! the head as the proxy holds it by then: version "HTTP/2", which does not parse as HTTP/1
+//! (so no refresh ever ran and the stale copy was served for its whole window), with the
+//! plugin's edits applied and the forwarding fields written.
+//!
+//! So just before Pingora takes the head, the HTTP/2 request is given version HTTP/1.1 and a
+//! hand-off field holding this process's secret, the primary key and the backend. The
+//! refresh takes the head as already planned: the same key and backend, no second plan and
+//! no second set of forwarding fields. The serving request gets its head back before its
+//! response is written. The field is removed from every request cachet receives, and its
+//! secret is never sent anywhere, so no client can hand a key of its choosing to a refresh.
+
+use super::ctx::RequestCtx;
+use http::Version;
+use pingora::proxy::Session;
+use std::sync::LazyLock;
+
+const FIELD: &str = "cachet-refresh";
+
+/// 128 random bits, drawn once per process.
+static SECRET: LazyLock<String> = LazyLock::new(|| {
+    let mut bytes = [0u8; 16];
+    let drawn = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if drawn.is_err() {
+        // No /dev/urandom: std's hasher keys are drawn from the OS's randomness too.
+        use std::hash::BuildHasher;
+        let state = std::collections::hash_map::RandomState::new();
+        bytes[..8].copy_from_slice(&state.hash_one(std::process::id()).to_le_bytes());
+        bytes[8..].copy_from_slice(&state.hash_one(std::time::SystemTime::now()).to_le_bytes());
+    }
+    hex::encode(bytes)
+});
+
+/// What a refresh takes over from the request that spawned it.
+pub(super) struct Handoff {
+    pub(super) key: Vec<u8>,
+    pub(super) backend: Option<usize>,
+}
+
+/// In `should_serve_stale`, for an HTTP/2 request about to have Pingora spawn its refresh:
+/// makes its head one the refresh can parse and plan from.
+pub(super) fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
+    let backend = ctx
+        .backend
+        .map_or_else(|| "-".to_owned(), |b| b.to_string());
+    let value = format!("{}:{}:{backend}", &*SECRET, hex::encode(&ctx.key));
+    let req = session.req_header_mut();
+    if req.insert_header(FIELD, value).is_ok() {
+        req.set_version(Version::HTTP_11);
+        ctx.refresh_handed_off = true;
+    }
+}
+
+/// Before the serving request's response goes out: its head as it was.
+pub(super) fn restore(session: &mut Session, ctx: &mut RequestCtx) {
+    if std::mem::take(&mut ctx.refresh_handed_off) {
+        let req = session.req_header_mut();
+        req.remove_header(FIELD);
+        req.set_version(Version::HTTP_2);
+    }
+}
+
+/// At the start of every request: removes the field, and returns the hand-off when this is
+/// a refresh carrying this process's secret.
+pub(super) fn take(session: &mut Session) -> Option<Handoff> {
+    let value = session.req_header_mut().remove_header(FIELD)?;
+    if !session.is_subrequest() {
+        return None;
+    }
+    let mut parts = value.to_str().ok()?.splitn(3, ':');
+    let (secret, key, backend) = (parts.next()?, parts.next()?, parts.next()?);
+    if !same_secret(secret.as_bytes(), SECRET.as_bytes()) {
+        return None;
+    }
+    Some(Handoff {
+        key: hex::decode(key).ok()?,
+        backend: match backend {
+            "-" => None,
+            index => Some(index.parse().ok()?),
+        },
+    })
+}
+
+/// Compares in time independent of where the bytes differ.
+fn same_secret(given: &[u8], ours: &[u8]) -> bool {
+    given.len() == ours.len() && given.iter().zip(ours).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_is_random_hex_and_compared_exactly() {
+        assert_eq!(SECRET.len(), 32);
+        assert!(same_secret(SECRET.as_bytes(), SECRET.as_bytes()));
+        let mut other = SECRET.clone().into_bytes();
+        other[31] ^= 1;
+        assert!(!same_secret(&other, SECRET.as_bytes()));
+        assert!(!same_secret(&SECRET.as_bytes()[..31], SECRET.as_bytes()));
+    }
+}
