@@ -640,6 +640,32 @@ fn only_if_cached_gets_a_stored_response_or_a_504() {
     );
 }
 
+/// A stale-while-revalidate entry is a stored response `only-if-cached` may get; the refresh
+/// behind it is the cache's own request and reaches the origin without the directive (an
+/// origin that is a cache itself would answer it 504).
+#[test]
+fn only_if_cached_on_a_stale_entry_gets_it_and_the_refresh_drops_the_directive() {
+    let origin = Origin::start(|seen| {
+        let directives = seen.header("cache-control").unwrap_or("none").to_owned();
+        Reply::ok(format!("saw {directives}"))
+            .header("Cache-Control", "max-age=1, stale-while-revalidate=60")
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    assert_eq!(raw::get(proxy.port, "/s", &[]).body, b"saw none");
+    std::thread::sleep(Duration::from_millis(1300));
+    let only = [("Cache-Control", "max-age=10, only-if-cached")];
+    let stale = raw::get(proxy.port, "/s", &only);
+    assert_eq!(stale.head.status, 200, "{:?}", stale.head);
+    assert_status_has(stale.cache_status(), "stale-while-revalidate");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while origin.hits() < 2 {
+        assert!(std::time::Instant::now() < deadline, "never refreshed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refresh = origin.seen().pop().unwrap();
+    assert_eq!(refresh.header("cache-control"), Some("max-age=10"));
+}
+
 /// A weak entity tag never matches in If-Range (RFC 9110 §13.1.5): the whole
 /// representation, not the range, even when the tag equals the stored one.
 #[test]

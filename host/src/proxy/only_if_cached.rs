@@ -11,13 +11,40 @@ use pingora::Result;
 /// In `proxy_upstream_filter`: true when the request may go on to the origin; false when
 /// it asked for stored responses only and has been answered 504.
 pub(super) async fn allow_origin(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-    // A background revalidation carries the client's fields but is the cache's own request.
-    if session.is_subrequest() || !requested(session.req_header()) {
+    // A background revalidation carries the client's fields but is the cache's own request:
+    // it goes on, without the directive (an origin that is itself a cache would answer it
+    // 504, and the client's wish was about its own answer, already served).
+    if session.is_subrequest() {
+        if requested(session.req_header()) {
+            without_directive(session.req_header_mut());
+        }
+        return Ok(true);
+    }
+    if !requested(session.req_header()) {
         return Ok(true);
     }
     ctx.route = Route::Answered("only-if-cached and nothing stored to serve".into());
     respond_text(session, ctx, 504, "not in the cache (only-if-cached)\n").await?;
     Ok(false)
+}
+
+/// Removes `only-if-cached` from the request's `Cache-Control`, keeping its other directives.
+fn without_directive(req: &mut RequestHeader) {
+    let kept: Vec<String> = req
+        .headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("only-if-cached"))
+        .map(str::to_owned)
+        .collect();
+    req.remove_header(&http::header::CACHE_CONTROL);
+    if !kept.is_empty() {
+        // Each directive came from a valid field value, so the joined list is one too.
+        let _ = req.insert_header(http::header::CACHE_CONTROL, kept.join(", "));
+    }
 }
 
 /// Whether a `Cache-Control` directive of the request is `only-if-cached`.
@@ -44,6 +71,16 @@ mod tests {
             req.append_header("cache-control", *value).unwrap();
         }
         req
+    }
+
+    #[test]
+    fn the_directive_alone_is_removed() {
+        let mut req = request(&["max-age=10, Only-If-Cached", "no-transform"]);
+        super::without_directive(&mut req);
+        assert_eq!(req.headers["cache-control"], "max-age=10, no-transform");
+        let mut only = request(&["only-if-cached"]);
+        super::without_directive(&mut only);
+        assert!(only.headers.get("cache-control").is_none());
     }
 
     #[test]
