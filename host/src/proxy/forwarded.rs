@@ -83,13 +83,7 @@ pub fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Co
         return Cow::Borrowed(hop);
     }
     let values = |name: &HeaderName| {
-        req.headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
+        super::list_field::elements(&req.headers, name)
             .map(str::to_ascii_lowercase)
             .collect::<Vec<_>>()
     };

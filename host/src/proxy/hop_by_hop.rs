@@ -51,19 +51,13 @@ fn strip_except(resp: &mut ResponseHeader, keep: &[&str]) {
     {
         return;
     }
-    let nominated: Vec<http::HeaderName> = resp
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .take(MAX_NOMINATIONS)
-        .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
-        // Framing is never the origin's to remove: dropping it would misframe the body.
-        .filter(|name| *name != http::header::CONTENT_LENGTH)
-        .collect();
+    let nominated: Vec<http::HeaderName> =
+        super::list_field::elements(&resp.headers, http::header::CONNECTION)
+            .take(MAX_NOMINATIONS)
+            .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+            // Framing is never the origin's to remove: dropping it would misframe the body.
+            .filter(|name| *name != http::header::CONTENT_LENGTH)
+            .collect();
     for name in nominated {
         if !keep.contains(&name.as_str()) {
             resp.remove_header(&name);

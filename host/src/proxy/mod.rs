@@ -21,6 +21,7 @@ mod http_date;
 mod interim;
 mod invalidate;
 mod lean_hit;
+mod list_field;
 mod only_if_cached;
 mod origin_error;
 mod override_fields;

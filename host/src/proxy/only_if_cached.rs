@@ -30,14 +30,8 @@ pub(super) async fn allow_origin(session: &mut Session, ctx: &mut RequestCtx) ->
 
 /// Removes `only-if-cached` from the request's `Cache-Control`, keeping its other directives.
 fn without_directive(req: &mut RequestHeader) {
-    let kept: Vec<String> = req
-        .headers
-        .get_all(http::header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|d| !d.is_empty() && !d.eq_ignore_ascii_case("only-if-cached"))
+    let kept: Vec<String> = super::list_field::elements(&req.headers, http::header::CACHE_CONTROL)
+        .filter(|d| !d.eq_ignore_ascii_case("only-if-cached"))
         .map(str::to_owned)
         .collect();
     req.remove_header(&http::header::CACHE_CONTROL);

@@ -21,14 +21,8 @@ pub fn variance(
     req: &RequestHeader,
     plugin_values: impl FnOnce(&[String]) -> Vec<Option<String>>,
 ) -> Option<HashBinary> {
-    let mut names: Vec<String> = meta
-        .headers()
-        .get_all(http::header::VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
+    let mut names: Vec<String> = super::list_field::elements(meta.headers(), http::header::VARY)
+        .map(str::to_ascii_lowercase)
         .collect();
     names.sort();
     names.dedup();
