@@ -3,7 +3,6 @@
 //! stored entry's freshness. Nothing is sent to an origin and nothing is stored.
 
 use super::{cache_key, shared, ProxyState};
-use crate::config::ForwardedHeaders;
 use crate::policy::{AddedFields, PluginFault, RequestDecision};
 use pingora::http::RequestHeader;
 use pingora_cache::predictor::CacheablePredictor;
@@ -65,10 +64,7 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
         .get(..6)
         .is_some_and(|s| s.eq_ignore_ascii_case("https:"));
     let mode = state.forwarded_headers;
-    let told_scheme = super::forwarded::told_scheme(mode, &request, https);
-    if mode == ForwardedHeaders::Replace {
-        super::forwarded::drop_client_claims(&mut request);
-    }
+    let told_scheme = super::forwarded::settle_client_claims(mode, &mut request, https);
     let hop = super::forwarded::Hop {
         client: EXPLAINED_CLIENT,
         tls: https,

@@ -71,13 +71,29 @@ pub fn fields(mode: ForwardedHeaders, req: &RequestHeader, hop: &Hop) -> Pending
     fields
 }
 
+/// Settles the client's own forwarding claims as `mode` says, before the plugin or the key
+/// reads the head: under "replace" they are dropped ([`drop_client_claims`]). Returns the
+/// scheme the origin is told ([`told_scheme`], read from the head as the client sent it).
+/// The proxy and `explain` both start here, so they cannot drift apart.
+pub fn settle_client_claims(
+    mode: ForwardedHeaders,
+    req: &mut RequestHeader,
+    tls: bool,
+) -> Cow<'static, str> {
+    let told = told_scheme(mode, req, tls);
+    if mode == ForwardedHeaders::Replace {
+        drop_client_claims(req);
+    }
+    told
+}
+
 /// The scheme the origin is told the client used, the cache key's scheme part. Under
 /// "replace" it is this hop's (the client's claims are dropped). Under "append" and "off" the
 /// client's own claims pass on, so it is what they say: every `X-Forwarded-Proto` value,
 /// else every `proto` of `Forwarded`, else this hop's. Lower-cased and comma-joined, so a
 /// claim other than one plain scheme never shares an entry with it. Read from the head as
 /// the client sent it, before [`fields`] are written.
-pub fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'static, str> {
+fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'static, str> {
     let hop = super::cache_key::hop_scheme(tls);
     if mode == ForwardedHeaders::Replace {
         return Cow::Borrowed(hop);
@@ -116,7 +132,7 @@ const CLIENT_ADDRESS_CLAIMS: [&str; 4] = [
 
 /// Removes every `X-Forwarded-*` field and the client-address claims from `req`, before
 /// the plugin or the key reads it ("replace" mode).
-pub fn drop_client_claims(req: &mut RequestHeader) {
+fn drop_client_claims(req: &mut RequestHeader) {
     let claims: Vec<HeaderName> = req
         .headers
         .keys()

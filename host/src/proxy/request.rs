@@ -4,7 +4,7 @@
 use super::ctx::{RequestCtx, Route};
 use super::respond::{respond_synthetic, respond_text};
 use super::CachetProxy;
-use crate::config::{ForwardedHeaders, OnPluginError};
+use crate::config::OnPluginError;
 use crate::policy::{AddedFields, PendingFields, PluginFault, RequestDecision};
 use crate::tenant::Tenant;
 use http::Method;
@@ -24,14 +24,15 @@ pub(super) async fn request_filter(
         respond_text(session, ctx, 400, "bad request\n").await?;
         return Ok(true);
     }
-    // A stale-while-revalidate refresh of an HTTP/2 request comes planned (h2_refresh).
+    // A stale-while-revalidate refresh of an HTTP/2 request comes planned (h2_refresh): its
+    // head already holds the fields the proxy wrote, and its key is handed over.
     let refresh = super::h2_refresh::take(session);
-    let mode = proxy.state.forwarded_headers;
-    if mode == ForwardedHeaders::Replace && refresh.is_none() {
-        super::forwarded::drop_client_claims(session.req_header_mut());
+    if refresh.is_none() {
+        let mode = proxy.state.forwarded_headers;
+        let tls = is_tls(session);
+        ctx.told_scheme =
+            super::forwarded::settle_client_claims(mode, session.req_header_mut(), tls);
     }
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    ctx.told_scheme = super::forwarded::told_scheme(mode, session.req_header(), tls);
     if !super::framing::only_chunked(&session.req_header().headers) {
         // RFC 9112 §6.1: a coding the server does not decode is 501, not a body passed on
         // with its coding silently dropped.
@@ -226,9 +227,16 @@ fn forwarding_fields(proxy: &CachetProxy, session: &Session) -> PendingFields {
     else {
         return PendingFields::default();
     };
-    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    let hop = super::forwarded::Hop { client, tls };
+    let hop = super::forwarded::Hop {
+        client,
+        tls: is_tls(session),
+    };
     super::forwarded::fields(proxy.state.forwarded_headers, session.req_header(), &hop)
+}
+
+/// Whether the client reached cachet over TLS.
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// Host rules a plugin cannot override.
