@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::client::{get, send};
-use support::origin::{Origin, Reply};
+use support::origin::{Origin, Reply, Seen};
 use support::plugin;
 use support::proxy::{Proxy, TenantSpec};
 use support::wire::{exchange, one, parse_responses, read_until_closed};
@@ -750,6 +750,60 @@ fn the_scheme_a_trusted_proxy_claims_keeps_entries_apart() {
             "{mode}: both entries were purged"
         );
     }
+}
+
+/// Behind a proxy that terminates TLS and speaks one forwarding convention, "append" adds no
+/// contradicting claim in the other: an origin that reads `Forwarded` first (Rack 3, Falcon)
+/// or `X-Forwarded-Proto` first (Django) still sees HTTPS, so its redirect for plain
+/// requests is never stored under the HTTPS key the front proxy's claim gives.
+#[test]
+fn append_does_not_contradict_the_scheme_the_proxy_in_front_claims() {
+    let forwarded_proto = |seen: &Seen| {
+        let forwarded = seen.header("forwarded")?;
+        let first = forwarded.split(',').next()?;
+        first
+            .split(';')
+            .find_map(|pair| pair.trim().strip_prefix("proto="))
+            .map(str::to_owned)
+    };
+    let forwarded_first = Origin::start(move |seen| {
+        let proto = forwarded_proto(seen).or(seen.header("x-forwarded-proto").map(Into::into));
+        https_or_redirect(proto.as_deref())
+    });
+    let x_first = Origin::start(move |seen| {
+        let proto = seen.header("x-forwarded-proto").map(Into::into);
+        https_or_redirect(proto.or_else(|| forwarded_proto(seen)).as_deref())
+    });
+    let x_claims = [
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-For", "192.0.2.1"),
+    ];
+    let forwarded_claim = [("Forwarded", "for=192.0.2.1;proto=https")];
+    for (origin, claims) in [
+        (&forwarded_first, &x_claims[..]),
+        (&x_first, &forwarded_claim[..]),
+    ] {
+        let proxy = Proxy::start_with_server(
+            "forwarded_headers = \"append\"",
+            CACHE,
+            &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+        );
+        let mut headers = vec![("Host", "site.test")];
+        headers.extend_from_slice(claims);
+        let page = send("GET", &proxy.url("/page"), &headers);
+        assert_eq!(
+            page.status, 200,
+            "{claims:?}: the origin took it for plain HTTP"
+        );
+    }
+}
+
+fn https_or_redirect(proto: Option<&str>) -> Reply {
+    let reply = match proto {
+        Some("https") => Reply::ok("page"),
+        _ => Reply::ok("moved").status(301),
+    };
+    reply.header("Cache-Control", "max-age=600")
 }
 
 /// A field that makes some frameworks treat a GET as another method or another path is in no

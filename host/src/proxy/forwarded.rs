@@ -41,6 +41,7 @@ pub fn fields(mode: ForwardedHeaders, req: &RequestHeader, hop: &Hop) -> Pending
         ForwardedHeaders::Append => true,
         ForwardedHeaders::Replace => false,
     };
+    let (extend_x, extend_forwarded) = conventions(append, req);
     let proto = if hop.tls { "https" } else { "http" };
     let host = req
         .headers
@@ -50,18 +51,22 @@ pub fn fields(mode: ForwardedHeaders, req: &RequestHeader, hop: &Hop) -> Pending
     let mut client = String::with_capacity(48);
     push_ip(&mut client, hop.client);
 
-    let xff = list(req, &X_FORWARDED_FOR, append, &client);
-    set(&mut fields, &X_FORWARDED_FOR, xff);
-    if !append || !req.headers.contains_key(&*X_FORWARDED_PROTO) {
-        let proto = HeaderValue::from_static(proto);
-        fields.set(X_FORWARDED_PROTO.clone(), proto);
+    if extend_x {
+        let xff = list(req, &X_FORWARDED_FOR, append, &client);
+        set(&mut fields, &X_FORWARDED_FOR, xff);
+        if !append || !req.headers.contains_key(&*X_FORWARDED_PROTO) {
+            let proto = HeaderValue::from_static(proto);
+            fields.set(X_FORWARDED_PROTO.clone(), proto);
+        }
+        if !append || !req.headers.contains_key(&*X_FORWARDED_HOST) {
+            set(&mut fields, &X_FORWARDED_HOST, host.to_owned());
+        }
     }
-    if !append || !req.headers.contains_key(&*X_FORWARDED_HOST) {
-        set(&mut fields, &X_FORWARDED_HOST, host.to_owned());
+    if extend_forwarded {
+        let element = forwarded_element(hop.client, &client, proto, host);
+        let forwarded = list(req, &FORWARDED, append, &element);
+        set(&mut fields, &FORWARDED, forwarded);
     }
-    let element = forwarded_element(hop.client, &client, proto, host);
-    let forwarded = list(req, &FORWARDED, append, &element);
-    set(&mut fields, &FORWARDED, forwarded);
     if req.headers.contains_key(VIA) {
         let via = list(req, &VIA, true, VIA_HOP);
         set(&mut fields, &VIA, via);
@@ -69,6 +74,27 @@ pub fn fields(mode: ForwardedHeaders, req: &RequestHeader, hop: &Hop) -> Pending
         fields.set(VIA, HeaderValue::from_static(VIA_HOP));
     }
     fields
+}
+
+/// Which conventions this hop writes: (`X-Forwarded-*`, `Forwarded`). Both, unless
+/// "append" finds the proxy in front using only one of them: then only that one is
+/// extended. A proxy that terminates TLS and says `X-Forwarded-Proto: https` must not be
+/// followed by a `Forwarded` chain this hop starts with `proto=http`, nor the reverse:
+/// frameworks that read `Forwarded` first (Rack 3, Falcon) or `X-Forwarded-Proto` first
+/// (Django, older Rack) would take the site for plain HTTP, and the redirect they answer
+/// would be stored under the HTTPS key the front proxy's claim gives it.
+fn conventions(append: bool, req: &RequestHeader) -> (bool, bool) {
+    if !append {
+        return (true, true);
+    }
+    let x = [&*X_FORWARDED_FOR, &*X_FORWARDED_PROTO, &*X_FORWARDED_HOST]
+        .into_iter()
+        .any(|name| req.headers.contains_key(name));
+    let forwarded = req.headers.contains_key(&*FORWARDED);
+    match (x, forwarded) {
+        (false, false) => (true, true),
+        used => used,
+    }
 }
 
 /// Settles the client's own forwarding claims as `mode` says, before the plugin or the key
@@ -287,6 +313,32 @@ mod tests {
         );
         assert_eq!(req.headers["x-forwarded-proto"], "https");
         assert_eq!(req.headers["via"], "1.1 lb, 1.1 cachet");
+    }
+
+    #[test]
+    fn append_extends_only_the_convention_the_proxy_in_front_uses() {
+        let mut req = request(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
+        fields(ForwardedHeaders::Append, &req, &hop()).apply(&mut req);
+        assert_eq!(req.headers["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert!(req.headers.get("forwarded").is_none());
+
+        let mut req = request(&[("forwarded", "for=10.0.0.1;proto=https")]);
+        fields(ForwardedHeaders::Append, &req, &hop()).apply(&mut req);
+        assert_eq!(
+            req.headers["forwarded"],
+            "for=10.0.0.1;proto=https, for=192.0.2.7;proto=http;host=\"example.com\""
+        );
+        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+            assert!(req.headers.get(name).is_none(), "{name}");
+        }
+
+        let mut req = request(&[]);
+        fields(ForwardedHeaders::Append, &req, &hop()).apply(&mut req);
+        assert_eq!(req.headers["x-forwarded-proto"], "http");
+        assert!(req.headers.get("forwarded").is_some());
     }
 
     #[test]
