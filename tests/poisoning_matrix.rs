@@ -350,6 +350,20 @@ fn cookie_pairs(path: &str) -> Vec<Pair> {
                 KEYS_LANG,
             ),
             cookie_pair(
+                &format!("{path}: cookie spacing"),
+                with("lang = fr"),
+                with("lang=fr"),
+                vary,
+                KEYS_LANG,
+            ),
+            cookie_pair(
+                &format!("{path}: a quoted cookie"),
+                with("lang=\"fr\""),
+                with("lang=fr"),
+                vary,
+                KEYS_LANG,
+            ),
+            cookie_pair(
                 &format!("{path}: a session cookie"),
                 with("session=1"),
                 get(path),

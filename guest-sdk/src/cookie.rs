@@ -12,30 +12,33 @@ pub(crate) fn find(header_lines: &[String], name: &str) -> Option<String> {
         .map(|(_, value)| unquote(value.trim()).to_owned())
 }
 
-/// The `name=value` pairs of every line whose name `keep` accepts, joined
-/// with `"; "`, and whether any pair was dropped. Malformed pairs are dropped,
-/// and so is every pair after the first of its name: [`find`] reads the first,
-/// while an origin may read the last, and a policy that keys on a cookie must
-/// send the origin the value it keyed on.
+/// The cookies of every line whose name `keep` accepts, as one `Cookie` value, and
+/// whether it differs from the header as sent. Each is spelled `name=value` exactly as
+/// [`find`] reads it (spaces around `=` gone, quotes stripped), so an origin that parses
+/// strictly reads the value a key was made of. Malformed pairs are dropped, and so is
+/// every pair after the first of its name: [`find`] reads the first, while an origin may
+/// read the last.
 pub(crate) fn retain(header_lines: &[String], keep: impl Fn(&str) -> bool) -> (String, bool) {
-    let mut dropped = false;
     let mut kept: Vec<(&str, &str)> = Vec::new();
     for pair in header_lines.iter().flat_map(|line| line.split(';')) {
-        let pair = pair.trim();
-        if pair.is_empty() {
-            continue;
-        }
-        match pair.split_once('=') {
-            Some((name, _))
-                if keep(name.trim()) && !kept.iter().any(|(seen, _)| *seen == name.trim()) =>
-            {
-                kept.push((name.trim(), pair))
+        if let Some((name, value)) = pair.split_once('=') {
+            let name = name.trim();
+            if keep(name) && !kept.iter().any(|(seen, _)| *seen == name) {
+                kept.push((name, unquote(value.trim())));
             }
-            _ => dropped = true,
         }
     }
-    let kept: Vec<&str> = kept.into_iter().map(|(_, pair)| pair).collect();
-    (kept.join("; "), dropped)
+    let mut header = String::new();
+    for (name, value) in kept {
+        if !header.is_empty() {
+            header.push_str("; ");
+        }
+        header.push_str(name);
+        header.push('=');
+        header.push_str(value);
+    }
+    let changed = !matches!(header_lines, [only] if *only == header);
+    (header, changed)
 }
 
 fn unquote(value: &str) -> &str {
@@ -67,6 +70,21 @@ mod tests {
         assert_eq!(kept, "lang=fr");
         assert!(dropped);
         assert_eq!(find(&lines(&[&kept]), "lang"), find(&header, "lang"));
+    }
+
+    #[test]
+    fn retain_spells_each_pair_as_find_reads_it() {
+        let header = lines(&["lang = fr; theme=\"dark\""]);
+        let (kept, changed) = retain(&header, |_| true);
+        assert_eq!(kept, "lang=fr; theme=dark");
+        assert!(changed);
+        for name in ["lang", "theme"] {
+            assert_eq!(find(&lines(&[&kept]), name), find(&header, name));
+        }
+        // Two lines (HTTP/2 crumbs) are one header once rebuilt.
+        let (kept, changed) = retain(&lines(&["lang=fr", "theme=dark"]), |_| true);
+        assert_eq!(kept, "lang=fr; theme=dark");
+        assert!(changed);
     }
 
     fn lines(values: &[&str]) -> Vec<String> {

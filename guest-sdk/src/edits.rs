@@ -111,14 +111,15 @@ impl RequestEdits {
     }
 
     /// Keeps only the cookies whose name `keep` accepts, each name once (its
-    /// first pair, the one [`Request::cookie`](crate::Request::cookie) returns,
-    /// so the origin reads the value a key was made of): `Cookie` becomes
-    /// those pairs, or is removed when none is left. Nothing is edited when
-    /// every cookie is kept, so applying it to an edited request changes
-    /// nothing.
+    /// first pair, the one [`Request::cookie`](crate::Request::cookie) returns),
+    /// each spelled `name=value` as that method reads it (no spaces around
+    /// `=`, no quotes), so the origin reads the value a key was made of:
+    /// `Cookie` becomes those pairs, or is removed when none is left. Nothing is
+    /// edited when the header is already so, so applying it to an edited
+    /// request changes nothing.
     pub fn keep_cookies(&mut self, req: &crate::Request, keep: impl Fn(&str) -> bool) -> &mut Self {
-        let (kept, dropped) = crate::cookie::retain(&req.header_all("cookie"), keep);
-        if !dropped {
+        let (kept, changed) = crate::cookie::retain(&req.header_all("cookie"), keep);
+        if !changed {
             return self;
         }
         if kept.is_empty() {
