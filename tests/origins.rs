@@ -337,6 +337,42 @@ impl ConnectionCountingOrigin {
     }
 }
 
+/// `idle_timeout = "0s"` keeps no origin connection, even for requests back to back.
+#[test]
+fn idle_timeout_zero_keeps_no_origin_connection() {
+    let origin = ConnectionCountingOrigin::start();
+    let proxy = proxy_for(origin.addr, "idle_timeout = \"0s\"");
+    for i in 0..5 {
+        assert_eq!(
+            send("GET", &proxy.url(&format!("/{i}")), &[]).text(),
+            "served"
+        );
+    }
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 5);
+}
+
+/// Idle origin connections are pooled per tenant: a late, unasked response on one tenant's
+/// connection can never be read as another tenant's answer and stored under its key.
+#[test]
+fn tenants_on_one_origin_do_not_share_its_connections() {
+    let origin = ConnectionCountingOrigin::start();
+    let proxy = Proxy::start(
+        "",
+        &[
+            TenantSpec::new("a", origin.addr, &plugin("standard")).hosts(&["a.test"]),
+            TenantSpec::new("b", origin.addr, &plugin("standard")).hosts(&["b.test"]),
+        ],
+    );
+    for round in 0..3 {
+        for host in ["a.test", "b.test"] {
+            let resp = send("GET", &proxy.url(&format!("/{round}")), &[("Host", host)]);
+            assert_eq!(resp.text(), "served");
+        }
+    }
+    // One kept connection per tenant, each reused.
+    assert_eq!(origin.accepted.load(Ordering::SeqCst), 2);
+}
+
 #[test]
 fn an_idle_origin_connection_is_closed_after_idle_timeout() {
     // Kept for 10 s: a request 700 ms later reuses the connection.

@@ -18,6 +18,8 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     /// The request body (by Content-Length).
     pub body: Vec<u8>,
+    /// Which connection it came on: 1 for the origin's first, counting up.
+    pub connection: usize,
 }
 
 impl Seen {
@@ -67,6 +69,7 @@ type Handler = dyn Fn(&Seen) -> Reply + Send + Sync;
 #[derive(Default)]
 struct Counts {
     total: AtomicUsize,
+    connections: AtomicUsize,
     by_url: Mutex<HashMap<String, usize>>,
     seen: Mutex<Vec<Seen>>,
 }
@@ -154,13 +157,15 @@ impl Drop for Origin {
 const MAX_HEAD: usize = 64 * 1024;
 
 fn serve_connection(mut conn: TcpStream, handler: &Handler, counts: &Counts) {
+    let connection = counts.connections.fetch_add(1, Ordering::SeqCst) + 1;
     // Idle keep-alive connections end on their own.
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = Vec::with_capacity(4096);
     loop {
-        let Some((seen, head_len, body_len, close)) = read_request(&mut conn, &mut buf) else {
+        let Some((mut seen, head_len, body_len, close)) = read_request(&mut conn, &mut buf) else {
             return;
         };
+        seen.connection = connection;
         buf.drain(..head_len + body_len);
         counts.total.fetch_add(1, Ordering::SeqCst);
         *counts.by_url.lock().entry(seen.url.clone()).or_insert(0) += 1;
@@ -187,6 +192,7 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen, usize,
                 url: req.path.unwrap_or("").to_owned(),
                 headers,
                 body: Vec::new(),
+                connection: 0,
             };
             let body_len: usize = seen
                 .header("content-length")

@@ -222,6 +222,24 @@ impl ProxyHttp for CachetProxy {
         only_if_cached::allow_origin(session, ctx).await
     }
 
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // `idle_timeout = "0s"` means no keep-alive, but Pingora pools a connection whatever
+        // its idle timeout (which only bounds the wait), so the origin is asked to close it.
+        let no_keepalive = ctx
+            .tenant
+            .as_ref()
+            .is_some_and(|t| t.config.origin.idle_timeout.is_zero());
+        if no_keepalive {
+            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(())
+    }
+
     async fn upstream_peer(
         &self,
         session: &mut Session,

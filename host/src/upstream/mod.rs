@@ -28,6 +28,19 @@ pub struct TenantUpstream {
     /// Named upstreams outside the pool: [`SINGLE`] the tenant's one upstream (when it has
     /// no pool), then its `[tenant.backends]` in order.
     names: names::Names,
+    /// Pingora's pool key for this tenant's idle origin connections ([`connection_group`]).
+    connection_group: u64,
+}
+
+/// Idle origin connections are pooled per tenant (and per set of TLS roots): HTTP/1.1 cannot
+/// tell a late, unasked response from the answer to the next request, so one origin's stray
+/// bytes could otherwise be read as another tenant's answer and stored under its key. Never
+/// has bit 63 set, which marks a fresh attempt's group of its own (`attempt::apply_fresh`).
+fn connection_group(tenant: &str, roots_group: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (tenant, roots_group).hash(&mut hasher);
+    hasher.finish() & !(1 << 63)
 }
 
 /// The index of the tenant's single upstream in [`TenantUpstream::names`].
@@ -44,7 +57,13 @@ impl TenantUpstream {
         let backends = config.backends.iter().map(|(_, target)| Some(target));
         let interval = config.origin.resolve_interval;
         let names = names::Names::new(std::iter::once(single).chain(backends), interval);
-        Self { tls, pool, names }
+        let connection_group = connection_group(&config.name, tls.roots_group());
+        Self {
+            tls,
+            pool,
+            names,
+            connection_group,
+        }
     }
 
     /// The pool's upstreams and their health; None for a single upstream
@@ -109,6 +128,7 @@ impl TenantUpstream {
         if target.tls {
             self.tls.apply(&mut peer, target);
         }
+        peer.group_key = self.connection_group;
         attempts.apply_fresh(&mut peer);
         Ok(Box::new(peer))
     }

@@ -61,7 +61,11 @@ impl OriginTls {
         peer.options.verify_cert = self.verify;
         peer.options.verify_hostname = self.verify;
         peer.options.ca = self.ca.clone();
-        peer.group_key = self.pool_group;
+    }
+
+    /// The pool group of these roots (0 for the system roots).
+    pub(super) fn roots_group(&self) -> u64 {
+        self.pool_group
     }
 }
 
