@@ -160,7 +160,7 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
     if state
         .cache
         .uncacheable
-        .is_some_and(|marks| !marks.cacheable_prediction(&cache_key))
+        .is_some_and(|records| !records.of(tenant.name()).cacheable_prediction(&cache_key))
     {
         let verdict = "pass: the URL's last response could not be stored, or the plugin \
                        passes it for a while (hit-for-pass); the request goes to the origin \

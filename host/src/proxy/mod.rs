@@ -45,7 +45,7 @@ pub use explain::{explain, ExplainQuery};
 pub(crate) use framing::status_has_content;
 pub use state::{CacheBackend, ProxyState};
 pub(crate) use uncacheable::remember_uncacheable;
-pub use uncacheable::UncacheableKeys;
+pub use uncacheable::{TenantsUncacheable, UncacheableKeys};
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -113,9 +113,10 @@ impl ProxyHttp for CachetProxy {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(backend.lock_timeout);
         overrides.max_lock_retries = Some(3);
+        let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
         let predictor = backend
             .uncacheable
-            .map(|keys| keys as &'static (dyn CacheablePredictor + Sync));
+            .map(|records| records.of(tenant) as &'static (dyn CacheablePredictor + Sync));
         session.cache.enable(
             backend.storage,
             None,

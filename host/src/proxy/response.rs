@@ -183,11 +183,11 @@ fn decide(
 
 /// Not stored, and the key skips the cache for `duration` (hit-for-pass).
 fn pass_for(proxy: &CachetProxy, ctx: &mut RequestCtx, duration: Duration) -> RespCacheable {
-    if let Some(keys) = proxy.state.cache.uncacheable {
+    if let Some(records) = proxy.state.cache.uncacheable {
         // The key as `cache_key_callback` builds it (reading pingora's may panic).
         let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
         let key = super::cache_key::storage_key(ctx.key.clone(), tenant);
-        keys.pass_for(&key, duration);
+        records.of(tenant).pass_for(&key, duration);
     }
     // The timed pass is the mark: pingora's own mark would never end.
     not_stored_this_time(ctx, format!("pass for {}s", duration.as_secs()))

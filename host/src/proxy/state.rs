@@ -1,7 +1,7 @@
 //! State shared by every request: the tenant router (swappable as a whole on
 //! config reload) and the cache backend.
 
-use super::UncacheableKeys;
+use super::TenantsUncacheable;
 use crate::config::ForwardedHeaders;
 use crate::policy::PluginFault;
 use crate::shutdown::Drain;
@@ -19,7 +19,7 @@ pub struct CacheBackend {
     pub storage: &'static TieredStorage,
     pub lock: &'static CacheKeyLockImpl,
     /// URLs whose last response was not storable: they skip the lock (None: off).
-    pub uncacheable: Option<&'static UncacheableKeys>,
+    pub uncacheable: Option<&'static TenantsUncacheable>,
     pub lock_timeout: Duration,
     pub max_object_bytes: usize,
 }

@@ -2,8 +2,8 @@
 //! lookup and the cache lock and go to the origin at once, instead of queueing behind a fill
 //! that will never be stored.
 //!
-//! pingora-cache's `Predictor` keeps the marks: a bounded LRU of primary-key hashes (the
-//! primary key holds the tenant, so tenants never share a mark). pingora consults it before the
+//! pingora-cache's `Predictor` keeps the marks: a bounded LRU of primary-key hashes, one per
+//! tenant ([`TenantsUncacheable`]), so no tenant can push out another's marks. pingora consults it before the
 //! lookup, marks a key when `response_cache_filter` answers `Uncacheable` for a request that was
 //! not already bypassing, and clears the mark (and fills the cache for a GET 200) when a bypassed
 //! request's response turns out cacheable.
@@ -11,7 +11,7 @@
 //! A plugin's `pass-for(N)` (Varnish's hit-for-pass) is a mark with an end: kept beside the
 //! predictor's, in as many entries, and dropped when it expires or the key turns cacheable.
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use pingora_cache::key::CacheHashKey;
 use pingora_cache::predictor::{CacheablePredictor, Predictor};
 use pingora_cache::{CacheKey, NoCacheReason};
@@ -106,20 +106,49 @@ pub fn this_request_only() -> NoCacheReason {
     NoCacheReason::Custom(THIS_REQUEST_ONLY)
 }
 
-/// The record, remembering about `capacity` URLs; None when `capacity` is 0 (off).
-/// It lives as long as the process, as pingora requires.
-pub(crate) fn remember_uncacheable(capacity: usize) -> Option<&'static UncacheableKeys> {
+/// Each tenant's record of keys that skip the cache. One table for all would let one tenant
+/// (its clients, or its plugin's `pass-for`) fill it and push out every other tenant's marks,
+/// sending their misses back to queueing on the cache lock.
+pub struct TenantsUncacheable {
+    capacity: usize,
+    by_tenant: RwLock<HashMap<Box<str>, &'static UncacheableKeys>>,
+}
+
+impl TenantsUncacheable {
+    /// `tenant`'s record, made on its first request. Records live as long as the process, as
+    /// pingora requires of a predictor: one per tenant name ever served, kept across reloads.
+    pub fn of(&self, tenant: &str) -> &'static UncacheableKeys {
+        if let Some(keys) = self.by_tenant.read().get(tenant) {
+            return keys;
+        }
+        let mut by_tenant = self.by_tenant.write();
+        by_tenant
+            .entry(tenant.into())
+            .or_insert_with(|| new_record(self.capacity))
+    }
+}
+
+/// The records, each remembering about `capacity` URLs of its tenant; None when `capacity`
+/// is 0 (off).
+pub(crate) fn remember_uncacheable(capacity: usize) -> Option<&'static TenantsUncacheable> {
     if capacity == 0 {
         return None;
     }
+    Some(Box::leak(Box::new(TenantsUncacheable {
+        capacity,
+        by_tenant: RwLock::new(HashMap::new()),
+    })))
+}
+
+fn new_record(capacity: usize) -> &'static UncacheableKeys {
     let shard_capacity = capacity.div_ceil(SHARDS);
     let marks = Predictor::new(shard_capacity, Some(|reason| reason == THIS_REQUEST_ONLY));
-    Some(Box::leak(Box::new(UncacheableKeys {
+    Box::leak(Box::new(UncacheableKeys {
         marks,
         passes: Default::default(),
         any_pass: AtomicBool::new(false),
         shard_capacity,
-    })))
+    }))
 }
 
 #[cfg(test)]
@@ -128,7 +157,7 @@ mod tests {
 
     #[test]
     fn only_url_level_refusals_are_remembered_until_a_cacheable_answer() {
-        let keys = remember_uncacheable(64).expect("on");
+        let keys = remember_uncacheable(64).expect("on").of("a");
         let key = CacheKey::new(b"\x01a/page".to_vec(), "a");
         keys.mark_uncacheable(&key, this_request_only());
         assert!(keys.cacheable_prediction(&key), "request-specific refusal");
@@ -142,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_pass_lasts_its_duration_and_ends_when_the_key_turns_cacheable() {
-        let keys = remember_uncacheable(64).expect("on");
+        let keys = remember_uncacheable(64).expect("on").of("a");
         let key = CacheKey::new(b"\x01a/account".to_vec(), "a");
         keys.pass_for(&key, Duration::from_millis(50));
         assert!(!keys.cacheable_prediction(&key));
@@ -155,7 +184,7 @@ mod tests {
 
     #[test]
     fn passes_are_bounded() {
-        let keys = remember_uncacheable(16).expect("on");
+        let keys = remember_uncacheable(16).expect("on").of("t");
         for i in 0..1000u32 {
             keys.pass_for(
                 &CacheKey::new(i.to_be_bytes().to_vec(), "t"),
@@ -164,6 +193,22 @@ mod tests {
         }
         let kept: usize = keys.passes.iter().map(|s| s.lock().len()).sum();
         assert!(kept <= 16, "{kept}");
+    }
+
+    #[test]
+    fn one_tenant_filling_its_record_leaves_another_s_marks() {
+        let records = remember_uncacheable(16).expect("on");
+        let victim = CacheKey::new(b"\x01v/pass".to_vec(), "v");
+        records.of("v").pass_for(&victim, Duration::from_secs(60));
+        records.of("v").mark_uncacheable(&victim, marks_url());
+        for i in 0..1000u32 {
+            let key = CacheKey::new(i.to_be_bytes().to_vec(), "a");
+            records.of("a").pass_for(&key, Duration::from_secs(60));
+            records.of("a").mark_uncacheable(&key, marks_url());
+        }
+        assert!(records.of("v").passing(&victim));
+        assert!(!records.of("v").marks.cacheable_prediction(&victim));
+        assert!(std::ptr::eq(records.of("v"), records.of("v")));
     }
 
     #[test]
