@@ -489,6 +489,42 @@ fn stale_if_error_covers_5xx_but_not_must_revalidate() {
     assert_eq!(origin.hits(), 4);
 }
 
+/// `no-cache` forbids reuse without a successful validation (RFC 9111 §5.2.2.4): its
+/// stale-while-revalidate and stale-if-error windows serve nothing stale.
+#[test]
+fn no_cache_is_never_served_stale() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let version = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let (failing, version) = (failing.clone(), version.clone());
+        move |_| {
+            if failing.load(Ordering::SeqCst) {
+                return Reply::ok("down").status(503);
+            }
+            // A validator, so the response is stored; each validation gets a new version.
+            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+            Reply::ok(format!("v{v}"))
+                .header(
+                    "Cache-Control",
+                    "no-cache, max-age=100, stale-while-revalidate=100, stale-if-error=100",
+                )
+                .header("ETag", &format!("\"{v}\""))
+        }
+    });
+    let proxy = proxy_for(&origin);
+    assert_eq!(get(&proxy.url("/nc")).text(), "v1");
+    let second = get(&proxy.url("/nc"));
+    assert_eq!(
+        second.text(),
+        "v2",
+        "served stale: {}",
+        second.cache_status()
+    );
+    failing.store(true, Ordering::SeqCst);
+    let third = get(&proxy.url("/nc"));
+    assert_eq!(third.status, 503, "served stale: {}", third.cache_status());
+}
+
 #[test]
 fn stale_if_error_covers_an_unreachable_origin() {
     let origin = Origin::start(|_| {

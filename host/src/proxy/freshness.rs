@@ -122,8 +122,8 @@ pub fn stated_age(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-/// Serve-stale windows the response allows; `must-revalidate`, `proxy-revalidate` and
-/// `s-maxage` (which implies `proxy-revalidate`) forbid serving stale at all.
+/// Serve-stale windows the response allows; `must-revalidate`, `proxy-revalidate`, `no-cache`
+/// and `s-maxage` (which implies `proxy-revalidate`) forbid serving stale at all.
 pub fn stale_windows(cc: Option<&CacheControl>) -> (u32, u32) {
     let Some(cc) = cc else {
         return (0, 0);
@@ -138,9 +138,11 @@ pub fn stale_windows(cc: Option<&CacheControl>) -> (u32, u32) {
     )
 }
 
-/// Whether the origin forbids serving the response stale, whatever a plugin wants.
+/// Whether the origin forbids serving the response stale, whatever a plugin wants. A
+/// `no-cache` response may not be reused without a successful validation (RFC 9111
+/// §5.2.2.4), so no stale window applies to it either (§4.2.4).
 pub fn forbids_stale(cc: &CacheControl) -> bool {
-    cc.must_revalidate() || cc.proxy_revalidate()
+    cc.must_revalidate() || cc.proxy_revalidate() || cc.no_cache()
 }
 
 #[cfg(test)]
