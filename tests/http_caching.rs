@@ -248,6 +248,55 @@ fn a_304_that_makes_the_response_unstorable_still_gives_the_client_all_its_field
     assert_eq!(origin.hits(), 2);
 }
 
+/// A 304 naming another strong validator than the stored response's does not update it
+/// (RFC 9111 §4.3.4): the stored body is not kept fresh under the new tag, nor vouched for
+/// by a 304 to a client holding that tag; the next request fetches the URL whole.
+#[test]
+fn a_304_for_another_representation_does_not_update_the_stored_one() {
+    let full = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let full = full.clone();
+        move |seen: &Seen| {
+            if seen.header("if-none-match") == Some("\"v1\"") {
+                return Reply::ok("")
+                    .status(304)
+                    .header("ETag", "\"other\"")
+                    .header("Cache-Control", "max-age=3000");
+            }
+            match full.fetch_add(1, Ordering::SeqCst) {
+                0 => Reply::ok("body v1")
+                    .header("Cache-Control", "max-age=1")
+                    .header("ETag", "\"v1\""),
+                _ => Reply::ok("body v2")
+                    .header("Cache-Control", "max-age=3000")
+                    .header("ETag", "\"v2\""),
+            }
+        }
+    });
+    let proxy = proxy_for(&origin);
+    assert_eq!(get(&proxy.url("/m")).text(), "body v1");
+    sleep(Duration::from_millis(1100));
+    let revalidated = get(&proxy.url("/m"));
+    assert_eq!(revalidated.text(), "body v1");
+    assert_eq!(
+        revalidated.header("etag"),
+        None,
+        "{:?}",
+        revalidated.headers
+    );
+    let vouched = send("GET", &proxy.url("/m"), &[("If-None-Match", "\"other\"")]);
+    assert!(
+        !vouched.cache_status().contains("hit"),
+        "{} {}",
+        vouched.status,
+        vouched.cache_status()
+    );
+    assert_eq!(vouched.text(), "body v2");
+    let next = get(&proxy.url("/m"));
+    assert_eq!(next.text(), "body v2");
+    assert_eq!(next.header("etag"), Some("\"v2\""));
+}
+
 /// A response that sets a cookie is never shared: in the current form and in RFC 2965's
 /// obsolete `Set-Cookie2`, which some clients still take.
 #[test]

@@ -54,6 +54,9 @@ pub struct RequestCtx {
     /// That 304 again when its merged response was not stored: Pingora then sends the stored
     /// response with only its own part of the 304 merged, and response_filter merges the rest.
     pub(crate) unstored_not_modified: Option<Box<ResponseHeader>>,
+    /// The origin's 304 named another representation: the stored response this client gets
+    /// carries that 304's `ETag` (Pingora's merge), which must not reach it.
+    pub(crate) drop_validator: bool,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,
     /// The status of the origin's final response (`fwd-status`): a range or a revalidation

@@ -370,6 +370,9 @@ impl ProxyHttp for CachetProxy {
         if let Some(not_modified) = ctx.unstored_not_modified.take() {
             *upstream_response = revalidation::merge(upstream_response, &not_modified);
         }
+        if ctx.drop_validator {
+            upstream_response.remove_header(&http::header::ETAG);
+        }
         hop_by_hop::strip_for_downstream(upstream_response);
         // An interim response (103 Early Hints) goes on as the origin sent it; the final
         // response is judged and labelled on its own.

@@ -22,6 +22,16 @@ pub(super) fn response_cache_filter(
     // After a 304, `resp` is the stored header with part of the 304 merged in; apply the rest
     // so the plugin and the freshness rules see the updated response.
     let not_modified = ctx.not_modified.take();
+    let stored = session.cache.maybe_cache_meta().map(|meta| meta.headers());
+    if let (Some(stored), Some(not_modified)) = (stored, &not_modified) {
+        if revalidation::names_another_representation(stored, not_modified) {
+            // RFC 9111 §4.3.4: it must not update the stored response. This client gets the
+            // stored one without its validator (Pingora merged the 304's in); the URL is
+            // marked, so the next request fetches it whole and stores that.
+            ctx.drop_validator = true;
+            return not_stored(ctx, "304 names another representation");
+        }
+    }
     let merged = not_modified
         .as_ref()
         .map(|not_modified| revalidation::merge(resp, not_modified));

@@ -43,9 +43,45 @@ pub fn merge(merged: &ResponseHeader, not_modified: &ResponseHeader) -> Response
     out
 }
 
+/// Whether a 304 validates another representation than the stored one: its strong `ETag`
+/// differs from the stored strong `ETag` (RFC 9111 §4.3.4). Without an entity tag on either
+/// side the 304 is taken to select the stored response, as the conditional asked for it.
+pub fn names_another_representation(
+    stored: &http::HeaderMap,
+    not_modified: &ResponseHeader,
+) -> bool {
+    let strong = |headers: &http::HeaderMap| {
+        let tag = headers.get(http::header::ETAG)?.as_bytes();
+        (!tag.starts_with(b"W/")).then_some(tag.to_vec())
+    };
+    match (strong(stored), strong(&not_modified.headers)) {
+        (Some(stored), Some(new)) => stored != new,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_304_with_another_strong_tag_names_another_representation() {
+        let mut stored = http::HeaderMap::new();
+        stored.insert("etag", "\"v1\"".parse().expect("valid"));
+        let with_tag = |tag: &str| {
+            let mut nm = ResponseHeader::build(304, None).expect("header");
+            nm.insert_header("etag", tag).expect("valid");
+            nm
+        };
+        assert!(!names_another_representation(&stored, &with_tag("\"v1\"")));
+        assert!(names_another_representation(&stored, &with_tag("\"v2\"")));
+        assert!(!names_another_representation(
+            &stored,
+            &with_tag("W/\"v2\"")
+        ));
+        let untagged = ResponseHeader::build(304, None).expect("header");
+        assert!(!names_another_representation(&stored, &untagged));
+    }
 
     #[test]
     fn updates_fields_but_keeps_framing() {
