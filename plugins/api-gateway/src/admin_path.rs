@@ -1,4 +1,5 @@
-//! Recognises `/admin` and everything below it, however the path is spelled.
+//! Recognises `/admin` and everything below it, however the path is spelled, and gives
+//! the path as an origin resolves it for routing.
 //!
 //! Origins decode percent-escapes, collapse `//`, resolve `..` and often
 //! ignore case, so a plain prefix test would let `/%61dmin`, `//admin` or
@@ -12,6 +13,23 @@ pub(crate) fn is_admin_path(path: &str) -> bool {
     normalized_segments(&percent_decode(path))
         .first()
         .is_some_and(|first| first.eq_ignore_ascii_case("admin"))
+}
+
+/// The path as the origin resolves it: decoded, `\` taken for `/`, dot segments resolved,
+/// empty segments dropped (a trailing `/` kept). Routes and the micro-cache are chosen on
+/// this form: on the raw text, `/api/../internal/x` would go to the API backend (which
+/// serves its `/internal/x`) and be kept as an API answer.
+pub(crate) fn canonical_path(path: &str) -> String {
+    let decoded = percent_decode(path);
+    let mut canonical = String::with_capacity(decoded.len() + 1);
+    for segment in normalized_segments(&decoded) {
+        canonical.push('/');
+        canonical.push_str(segment);
+    }
+    if canonical.is_empty() || decoded.ends_with(['/', '\\']) {
+        canonical.push('/');
+    }
+    canonical
 }
 
 /// Path segments after dropping empty and `.` segments, `;parameters`, and
@@ -113,6 +131,20 @@ mod tests {
         ] {
             assert!(!is_admin_path(path), "{path}");
         }
+    }
+
+    #[test]
+    fn canonical_paths_resolve_what_an_origin_resolves() {
+        assert_eq!(canonical_path("/api/items"), "/api/items");
+        assert_eq!(canonical_path("/api/"), "/api/");
+        assert_eq!(canonical_path("/"), "/");
+        assert_eq!(
+            canonical_path("/api/../internal/secret.txt"),
+            "/internal/secret.txt"
+        );
+        assert_eq!(canonical_path("/api/%2e%2e/internal/x"), "/internal/x");
+        assert_eq!(canonical_path("/x/../api/items"), "/api/items");
+        assert_eq!(canonical_path("//api\\items"), "/api/items");
     }
 
     #[test]

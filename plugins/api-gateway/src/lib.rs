@@ -14,7 +14,7 @@ use cachet_sdk::{
     StoreDirective, SyntheticResponse, TestVector,
 };
 
-use admin_path::is_admin_path;
+use admin_path::{canonical_path, is_admin_path};
 use backend_routes::BackendRoutes;
 
 const API_PREFIX: &str = "/api/";
@@ -56,13 +56,13 @@ impl Policy for ApiGateway {
     }
 
     fn edit_request(&self, req: &Request, edits: &mut RequestEdits) {
-        if let Some(backend) = self.routes.backend_for(&req.path()) {
+        if let Some(backend) = self.routes.backend_for(&canonical_path(&req.path())) {
             edits.backend(backend);
         }
     }
 
     fn on_response(&self, req: &Request, resp: &Response) -> ResponseDecision {
-        if !req.path().starts_with(API_PREFIX) {
+        if !canonical_path(&req.path()).starts_with(API_PREFIX) {
             return ResponseDecision::FollowOrigin;
         }
         let cache_control = resp.cache_control();
@@ -121,6 +121,16 @@ mod tests {
         let mut edits = RequestEdits::default();
         gateway.edit_request(&get("http://example.com/about"), &mut edits);
         assert_eq!(edits.backend, None);
+        // Routed as the origin resolves the path, not by its raw text.
+        for (uri, backend) in [
+            ("http://example.com/api/../internal/secret.txt", None),
+            ("http://example.com/api/%2e%2e/internal/secret.txt", None),
+            ("http://example.com/x/../api/items", Some("api")),
+        ] {
+            let mut edits = RequestEdits::default();
+            gateway.edit_request(&get(uri), &mut edits);
+            assert_eq!(edits.backend.as_deref(), backend, "{uri}");
+        }
     }
 
     #[test]
