@@ -593,6 +593,29 @@ fn stale_if_error_covers_an_unreachable_origin() {
 
 // --------------------------------------------------------------------------- 6. Vary
 
+/// `Connection: Vary` makes the origin's Vary this hop's alone; stored without it, the
+/// response would answer every request: it is not stored.
+#[test]
+fn a_vary_named_in_connection_is_not_dropped_into_one_shared_entry() {
+    let origin = Origin::start(|seen| {
+        let cookie = seen.header("cookie").unwrap_or("none").to_owned();
+        Reply::ok(format!("user {cookie}"))
+            .header("Cache-Control", "max-age=60")
+            .header("Vary", "Cookie")
+            .header("Connection", "Vary")
+    });
+    let proxy = proxy_for(&origin);
+    for user in ["u=alice", "u=bob", "u=alice"] {
+        let resp = send("GET", &proxy.url("/cv"), &[("Cookie", user)]);
+        assert_eq!(
+            resp.text(),
+            format!("user {user}"),
+            "{}",
+            resp.cache_status()
+        );
+    }
+}
+
 #[test]
 fn vary_stores_variants_side_by_side() {
     let origin = Origin::start(|seen| {

@@ -162,7 +162,9 @@ fn an_age_list_uses_its_first_member_and_an_invalid_age_is_ignored() {
     });
     let proxy = proxy_with(origin.addr, "standard", "");
     for path in ["/old", "/young", "/negative", "/word"] {
-        get(&proxy.url(path));
+        let miss = get(&proxy.url(path));
+        // Stored or not, the miss passes the origin's Age on (RFC 9111 §5.1).
+        assert!(miss.header("age").is_some(), "{path}: {:?}", miss.headers);
     }
     let young = get(&proxy.url("/young"));
     assert_status_has(status_of(&young), "hit");

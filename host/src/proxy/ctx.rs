@@ -57,6 +57,8 @@ pub struct RequestCtx {
     /// The origin's 304 named another representation: the stored response this client gets
     /// carries that 304's `ETag` (Pingora's merge), which must not reach it.
     pub(crate) drop_validator: bool,
+    /// The origin's `Age`, for a miss served from the stored head (which drops it).
+    pub(crate) origin_age: Option<http::HeaderValue>,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,
     /// The status of the origin's final response (`fwd-status`): a range or a revalidation

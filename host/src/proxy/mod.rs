@@ -211,6 +211,7 @@ impl ProxyHttp for CachetProxy {
         if ctx.route == Route::Cache && upstream_response.status == http::StatusCode::NOT_MODIFIED {
             ctx.not_modified = Some(Box::new(upstream_response.clone()));
         }
+        ctx.origin_age = upstream_response.headers.get(http::header::AGE).cloned();
         origin_error::on_origin_status(self, session, upstream_response, ctx)
     }
 
@@ -372,6 +373,13 @@ impl ProxyHttp for CachetProxy {
         }
         if ctx.drop_validator {
             upstream_response.remove_header(&http::header::ETAG);
+        }
+        // A stored miss is served from the stored head, which holds no `Age` (hits get one
+        // computed); the origin's is end to end (RFC 9111 §5.1) and goes on.
+        if let Some(age) = ctx.origin_age.take() {
+            if !upstream_response.headers.contains_key(http::header::AGE) {
+                let _ = upstream_response.insert_header(http::header::AGE, age);
+            }
         }
         hop_by_hop::strip_for_downstream(upstream_response);
         // An interim response (103 Early Hints) goes on as the origin sent it; the final

@@ -312,6 +312,13 @@ fn host_guard(resp: &ResponseHeader) -> Option<&'static str> {
     if resp.headers.contains_key("set-cookie2") {
         return Some("origin sent Set-Cookie2");
     }
+    // `Connection: Vary` makes Vary this hop's alone, and hop-by-hop fields are stripped
+    // before the variance is read: the response would be stored as one for every request.
+    if super::list_field::elements(&resp.headers, &http::header::CONNECTION)
+        .any(|name| name.eq_ignore_ascii_case("vary"))
+    {
+        return Some("origin named Vary in Connection");
+    }
     None
 }
 
