@@ -330,6 +330,8 @@ fn the_error_hook_answers_origin_failures_with_nothing_stale() {
     assert_eq!(answered.text(), "custom error page\n");
     assert_eq!(answered.header("x-origin-failure"), Some("status 500"));
     assert_eq!(answered.header("retry-after"), Some("5"));
+    // The connection closes after a failed exchange, and the answer says so.
+    assert_eq!(answered.header("connection"), Some("close"));
     assert_eq!(failing.load(Ordering::SeqCst), 1);
 
     let unreachable = get(&proxy.url("/backend/down/x"));

@@ -61,6 +61,9 @@ pub(super) async fn answer(
     };
     let status = answer.status;
     ctx.route = Route::Answered("origin failed, answered by plugin".into());
+    // The connection closes after a failed exchange (`fail_to_proxy`): say so in the answer,
+    // or a client that pipelined its next request waits for an answer that never comes.
+    session.set_keepalive(None);
     match respond_synthetic(session, ctx, answer).await {
         Ok(()) => Some(status),
         Err(write) => {
