@@ -128,6 +128,25 @@ fn explains_routing_and_plugin_decisions_from_the_given_headers() {
     let (ok, out) = explain(&proxy, &[&url.replace("http://", "ftp://")]);
     assert!(!ok, "{out}");
     assert!(out.contains("http(s) URLs only"), "{out}");
+
+    // The host's own rules apply as in the proxy: a GET with a body, a coding other than
+    // chunked, a key over max_key_bytes.
+    let page = proxy.url("/app.css");
+    let host = ["-H", "Host: static.example"];
+    let (ok, out) = explain(
+        &proxy,
+        &[&host[..], &["-H", "Content-Length: 5", &page]].concat(),
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("GET with a body"), "{out}");
+    let coded = ["-H", "Transfer-Encoding: gzip, chunked", &page];
+    let (ok, out) = explain(&proxy, &[&host[..], &coded].concat());
+    assert!(ok, "{out}");
+    assert!(out.contains("answered 501 by the host"), "{out}");
+    let long = format!("{page}?q={}", "x".repeat(5000));
+    let (ok, out) = explain(&proxy, &[&host[..], &[long.as_str()]].concat());
+    assert!(ok, "{out}");
+    assert!(out.contains("max_key_bytes"), "{out}");
     assert_eq!(origin.hits(), 0);
 }
 

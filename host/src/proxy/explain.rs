@@ -65,6 +65,11 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
         .is_some_and(|s| s.eq_ignore_ascii_case("https:"));
     let mode = state.forwarded_headers;
     let told_scheme = super::forwarded::settle_client_claims(mode, &mut request, https);
+    if !super::framing::only_chunked(&request.headers) {
+        let verdict = "answered 501 by the host: a transfer coding other than chunked";
+        steps.add("host rules", verdict.into());
+        return Ok(steps.finish(json!({ "tenant": tenant.name(), "verdict": verdict })));
+    }
     let hop = super::forwarded::Hop {
         client: EXPLAINED_CLIENT,
         tls: https,
@@ -137,18 +142,9 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
     let described = cache_key::describe(&key);
     steps.add("cache-key", format!("{parts:?} -> key {described:?}"));
     let mut doc = common("cache", Some(described));
-    if request.method != http::Method::GET && request.method != http::Method::HEAD {
-        let verdict = format!(
-            "method {} is not cacheable: sent to the origin",
-            request.method
-        );
-        steps.add("host rules", verdict.clone());
-        doc["verdict"] = json!(verdict);
-        return Ok(steps.finish(doc));
-    }
-    if let Some(field) = super::override_fields::present(&request) {
-        let verdict =
-            format!("{field} overrides the request: sent to the origin without the cache");
+    let too_long = || crate::policy::key_too_long(&parts, &tenant.config.limits);
+    if let Some(reason) = super::request::host_rules(&request, false).or_else(too_long) {
+        let verdict = format!("{reason}: sent to the origin without the cache");
         steps.add("host rules", verdict.clone());
         doc["verdict"] = json!(verdict);
         return Ok(steps.finish(doc));

@@ -241,18 +241,23 @@ fn is_tls(session: &Session) -> bool {
 
 /// Host rules a plugin cannot override.
 fn host_guard(session: &mut Session) -> Option<String> {
-    let req = session.req_header();
+    // An HTTP/2 body needs no length field: the stream is open after the head.
+    let h2_body = session.is_http2() && !session.is_body_empty();
+    host_rules(session.req_header(), h2_body)
+}
+
+/// The host's reasons for a request the plugin would cache to go without the cache (`explain`
+/// applies them too). `h2_body`: an HTTP/2 stream still open for a body.
+pub(super) fn host_rules(req: &pingora::http::RequestHeader, h2_body: bool) -> Option<String> {
     if req.method != Method::GET && req.method != Method::HEAD {
         return Some(format!("method {} is not cacheable", req.method));
     }
     // The key never covers a body: an origin that reads GET bodies would
-    // otherwise let one request decide what everybody gets for the URL. An HTTP/2
-    // body needs no length field: the stream is open after the head.
-    let has_body = super::target::has_body(req) || (session.is_http2() && !session.is_body_empty());
-    if has_body {
-        return Some(format!("{} with a body", session.req_header().method));
+    // otherwise let one request decide what everybody gets for the URL.
+    if super::target::has_body(req) || h2_body {
+        return Some(format!("{} with a body", req.method));
     }
-    if let Some(field) = super::override_fields::present(session.req_header()) {
+    if let Some(field) = super::override_fields::present(req) {
         return Some(format!("{field} overrides the request"));
     }
     // Requests with Authorization use the cache, under the shared-cache rules
