@@ -520,3 +520,22 @@ fn quoted_cookie_values_never_reach_the_kept_disagreements() {
     assert!(!text.contains("SECRETINSIDE"), "{text}");
     assert!(text.contains("[hidden]"), "{text}");
 }
+
+/// The shadow decides on the request as the client sent it, not as the live plugin edited it:
+/// static-assets (live) drops `utm_*` and sends the origin the cleaned query, and standard
+/// (shadow) would key the query as sent. Shown the edited request, it agreed.
+#[test]
+fn the_shadow_judges_the_request_as_the_client_sent_it() {
+    let origin = origin();
+    let tenant = TenantSpec::new("site", origin.addr, &plugin("static-assets")).extra(&format!(
+        "shadow_plugin = {:?}",
+        plugin("standard").display().to_string()
+    ));
+    let proxy = Proxy::start("", &[tenant]);
+    let resp = send("GET", &proxy.url("/a.css?utm_source=news&b=1"), &[]);
+    assert_eq!(resp.status, 200);
+    assert_eq!(origin.seen()[0].url, "/a.css?b=1", "the live plugin's edit");
+    let status = proxy.status();
+    let hooks = &status["tenants"][0]["shadow"]["hooks"];
+    assert_eq!(hooks["cache-key"]["disagree"], 1, "{hooks:#}");
+}

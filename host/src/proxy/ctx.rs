@@ -4,7 +4,7 @@ use crate::policy::{PluginFault, PolicyLayer};
 use crate::shadow::Shadow;
 use crate::shutdown::InFlightGuard;
 use crate::tenant::Tenant;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
 
 /// What the policy decided for the request.
@@ -29,6 +29,8 @@ pub struct RequestCtx {
     pub(crate) policy: Option<Arc<PolicyLayer>>,
     /// The tenant's shadow plugin, when this request is in its sample.
     pub(crate) shadow: Option<Arc<Shadow>>,
+    /// That request as the client sent it (the live plugin's edits land on the request).
+    pub(crate) shadow_request: Option<Box<RequestHeader>>,
     pub(crate) route: Route,
     /// The full primary cache key (tenant namespace + plugin parts).
     pub(crate) key: Vec<u8>,

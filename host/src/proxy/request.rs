@@ -82,6 +82,7 @@ pub(super) async fn request_filter(
     }
     ctx.invalidates = tenant.config.invalidate_on_unsafe
         && super::invalidate::is_unsafe(&session.req_header().method);
+    super::shadowing::sample(&tenant, session.req_header(), ctx);
     // 0.2.0 edits land on the request here: the key and the origin both see the edited one.
     let verdict = match policy.plan_request(session.req_header_mut(), &mut forwarding.fields) {
         Ok(outcome) => match backend_index(&tenant, outcome.backend) {
@@ -95,7 +96,7 @@ pub(super) async fn request_filter(
         Err(fault) => Err(fault),
     };
     if let Ok(live) = &verdict {
-        super::shadowing::on_request(&tenant, session.req_header(), live, ctx);
+        super::shadowing::on_request(&tenant, live, ctx);
     }
 
     match verdict {

@@ -8,21 +8,24 @@ use crate::tenant::Tenant;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
 
-/// After the live `on-request` (and `cache-key`): samples the request and compares.
-pub(super) fn on_request(
-    tenant: &Arc<Tenant>,
-    request: &RequestHeader,
-    live: &RequestVerdict,
-    ctx: &mut RequestCtx,
-) {
+/// Before the live `on-request`: samples the request, and keeps it as the client sent it
+/// when it is in the sample. The live plugin's edits land on the request itself, and the
+/// shadow is judged on what it would decide in the live plugin's place, not after it.
+pub(super) fn sample(tenant: &Tenant, request: &RequestHeader, ctx: &mut RequestCtx) {
     let Some(shadow) = tenant.shadow() else {
         return;
     };
-    if !shadow.takes_request() {
-        return;
+    if shadow.takes_request() {
+        ctx.shadow = Some(shadow);
+        ctx.shadow_request = Some(Box::new(request.clone()));
     }
-    shadow.compare_request(tenant.name(), request, live);
-    ctx.shadow = Some(shadow);
+}
+
+/// After the live `on-request` (and `cache-key`), for a request in the sample: compares.
+pub(super) fn on_request(tenant: &Arc<Tenant>, live: &RequestVerdict, ctx: &mut RequestCtx) {
+    if let (Some(shadow), Some(request)) = (&ctx.shadow, &ctx.shadow_request) {
+        shadow.compare_request(tenant.name(), request, live);
+    }
 }
 
 /// After the live `on-response`, for a request in the shadow's sample.
@@ -35,5 +38,6 @@ pub(super) fn on_response(
     let (Some(shadow), Some(tenant)) = (&ctx.shadow, &ctx.tenant) else {
         return;
     };
+    let request = ctx.shadow_request.as_deref().unwrap_or(request);
     shadow.compare_response(tenant.name(), request, response, live);
 }
