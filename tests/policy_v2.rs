@@ -601,3 +601,22 @@ fn vcl_port_behaves_like_its_vcl() {
     );
     assert_eq!(down.header("retry-after"), Some("60"));
 }
+
+/// A plugin's edits are bounded by the largest request head cachet takes, not by the key
+/// limit: static-assets dropping an analytics cookie beside a 5 KB one, or normalising a
+/// 9 KB query, made the hook a fault (a 502 under `on_plugin_error = "error"`).
+#[test]
+fn long_cookies_and_queries_a_plugin_rewrites_are_not_faults() {
+    let origin = Origin::start(|_| Reply::ok("page").header("Cache-Control", "max-age=60"));
+    let proxy = example_proxy(&origin, "static-assets", "on_plugin_error = \"error\"");
+    let prefs = format!("prefs={}", "v".repeat(5000));
+    let cookie = format!("_ga=GA1.1.1; {prefs}");
+    let resp = send("GET", &proxy.url("/account"), &[("Cookie", &cookie)]);
+    assert_eq!(resp.status, 200, "{}", resp.cache_status());
+    assert_eq!(origin.seen()[0].header("cookie"), Some(prefs.as_str()));
+    let query = format!("q={}&utm_source=news", "x".repeat(9000));
+    let resp = send("GET", &proxy.url(&format!("/app.css?{query}")), &[]);
+    assert_eq!(resp.status, 200, "{}", resp.cache_status());
+    let sent = &origin.seen()[1].url;
+    assert_eq!(sent, &format!("/app.css?q={}", "x".repeat(9000)));
+}

@@ -296,7 +296,7 @@ pub(crate) fn request_plan(
     Ok(RequestPlan {
         decision: request_decision(raw.decision, limits)?,
         edits: super::edits::RequestEdits {
-            headers: super::edits::header_edits(raw.edits, limits, "request")?,
+            headers: super::edits::header_edits(raw.edits, "request")?,
             path_and_query: super::edits::path_and_query(raw.path_and_query, client_path)?,
         },
         backend,
@@ -306,10 +306,9 @@ pub(crate) fn request_plan(
 
 pub(crate) fn response_plan(
     raw: v2::cachet::policy::types::ResponsePlan,
-    limits: &PluginLimits,
 ) -> Result<ResponsePlan, String> {
     Ok(ResponsePlan {
         decision: response_decision(raw.decision),
-        edits: super::edits::header_edits(raw.edits, limits, "response")?,
+        edits: super::edits::header_edits(raw.edits, "response")?,
     })
 }

@@ -4,14 +4,18 @@
 
 use super::bindings::v2::cachet::policy::types as raw;
 use super::decision::is_framing_header;
-use super::limits::PluginLimits;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Most header edits one hook may return.
 const MAX_EDITS: usize = 64;
+/// Most bytes a plugin may set: the header edits of one hook together, or a path and query.
+/// The largest request head cachet takes from a client (Pingora's own cap), so a plugin that
+/// keeps a client's long cookie or rewrites its long query is never refused for it, and an
+/// edited head stays within what a client could have sent.
+const MAX_EDIT_BYTES: usize = crate::config::PINGORA_MAX_HEAD;
 /// Longest origin-form path and query a plugin may set.
-const MAX_PATH_AND_QUERY: usize = 8 << 10;
+const MAX_PATH_AND_QUERY: usize = MAX_EDIT_BYTES;
 
 /// One checked change to a message's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,12 +89,8 @@ pub fn apply_to_response(edits: &[HeaderEdit], resp: &mut ResponseHeader) {
     }
 }
 
-/// Checks a list of raw header edits against the limits and the framing rule.
-pub fn header_edits(
-    raw: Vec<raw::HeaderEdit>,
-    limits: &PluginLimits,
-    what: &str,
-) -> Result<Vec<HeaderEdit>, String> {
+/// Checks a list of raw header edits against the bounds and the framing rule.
+pub fn header_edits(raw: Vec<raw::HeaderEdit>, what: &str) -> Result<Vec<HeaderEdit>, String> {
     if raw.len() > MAX_EDITS {
         return Err(format!("{} {what} edits, limit {MAX_EDITS}", raw.len()));
     }
@@ -102,11 +102,8 @@ pub fn header_edits(
             raw::HeaderEdit::Remove(name) => (name, None),
         };
         bytes += name.len() + value.map_or(0, String::len);
-        if bytes > limits.max_key_bytes {
-            return Err(format!(
-                "{what} edits exceed {} bytes in all",
-                limits.max_key_bytes
-            ));
+        if bytes > MAX_EDIT_BYTES {
+            return Err(format!("{what} edits exceed {MAX_EDIT_BYTES} bytes in all"));
         }
         if is_framing_header(name) || name.trim().eq_ignore_ascii_case("host") {
             return Err(format!(
@@ -170,7 +167,6 @@ mod tests {
 
     #[test]
     fn framing_routing_and_invalid_fields_are_refused() {
-        let limits = PluginLimits::default();
         for bad in [
             set("Content-Length", "1"),
             set("transfer-encoding", "chunked"),
@@ -180,17 +176,17 @@ mod tests {
             set("Bad Name", "x"),
             raw::HeaderEdit::Remove("Content-Length".into()),
         ] {
-            assert!(
-                header_edits(vec![bad.clone()], &limits, "test").is_err(),
-                "{bad:?}"
-            );
+            assert!(header_edits(vec![bad.clone()], "test").is_err(), "{bad:?}");
         }
         let many = vec![set("x-a", "1"); MAX_EDITS + 1];
-        assert!(header_edits(many, &limits, "test").is_err());
-        let big = vec![set("x-a", &"v".repeat(limits.max_key_bytes + 1))];
-        assert!(header_edits(big, &limits, "test").is_err());
+        assert!(header_edits(many, "test").is_err());
+        let big = vec![set("x-a", &"v".repeat(MAX_EDIT_BYTES))];
+        assert!(header_edits(big, "test").is_err());
+        // A client's long cookie, kept by the plugin, is not too long.
+        let cookie = vec![set("cookie", &"v".repeat(16 << 10))];
+        assert!(header_edits(cookie, "test").is_ok());
         assert_eq!(
-            header_edits(vec![set("X-A", "1")], &limits, "test").unwrap(),
+            header_edits(vec![set("X-A", "1")], "test").unwrap(),
             vec![HeaderEdit::Set(
                 HeaderName::from_static("x-a"),
                 HeaderValue::from_static("1")

@@ -246,7 +246,7 @@ impl PolicyInstance {
                 edits: Vec::new(),
             }),
             ResponseAnswer::V2(v2) => {
-                decision::response_plan(v2, limits).map_err(PluginFault::InvalidOutput)
+                decision::response_plan(v2).map_err(PluginFault::InvalidOutput)
             }
         }
     }
@@ -260,7 +260,7 @@ impl PolicyInstance {
         let raw = self.call(limits, Some(request), Some(response), |hooks, store| {
             hooks.on_deliver(store, request, response)
         })?;
-        edits::header_edits(raw, limits, "delivery").map_err(PluginFault::InvalidOutput)
+        edits::header_edits(raw, "delivery").map_err(PluginFault::InvalidOutput)
     }
 
     fn on_error(
