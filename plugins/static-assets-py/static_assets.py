@@ -21,7 +21,10 @@ STATIC_TTL_SECONDS = 86_400
 STATIC_EXTENSIONS = (
     "css", "js", "mjs", "png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "woff", "woff2",
 )
-TRACKING_COOKIE_PREFIXES = ("_ga", "_gid", "_gcl_", "_fbp", "_fbc", "__utm", "_hj")
+# Analytics cookies, matched whole or up to their "_" suffix ("_ga", "_ga_XYZ"): a bare
+# "_ga" prefix would take an application's own "_gallery_session" for analytics.
+TRACKING_COOKIE_NAMES = ("_ga", "_gid", "_gat", "_fbp", "_fbc")
+TRACKING_COOKIE_PREFIXES = ("_ga_", "_gat_", "_gac_", "_gcl_", "__utm", "_hj")
 CACHEABLE_METHODS = ("GET", "HEAD")
 
 # Decisions, as plain tuples: ("cache",), ("bypass", reason); ("store", ttl),
@@ -116,7 +119,7 @@ def is_static_path(path: str) -> bool:
 
 
 def is_tracking_cookie(name: str) -> bool:
-    return name.startswith(TRACKING_COOKIE_PREFIXES)
+    return name in TRACKING_COOKIE_NAMES or name.startswith(TRACKING_COOKIE_PREFIXES)
 
 
 def is_tracking_parameter(name: str) -> bool:

@@ -82,6 +82,12 @@ class Requests(unittest.TestCase):
         req = Message("http://example.com/a.css", method="get")
         self.assertEqual(policy.on_request(req), ("bypass", "method get"))
 
+    def test_lookalike_cookie_names_are_not_analytics(self):
+        for name in ("_ga", "_ga_ABC123", "_gid", "_gat", "_gcl_au", "__utmz", "_hjid"):
+            self.assertTrue(policy.is_tracking_cookie(name), name)
+        for name in ("_gallery_session", "_gateway", "_gidx", "session"):
+            self.assertFalse(policy.is_tracking_cookie(name), name)
+
     def test_analytics_cookies_never_reach_the_origin_nor_force_a_bypass(self):
         req = get("http://example.com/page", ("Cookie", "_ga=GA1.1; _gid=2"))
         self.assertEqual(policy.on_request(req), ("cache",))

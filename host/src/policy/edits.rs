@@ -128,7 +128,7 @@ pub fn header_edits(raw: Vec<raw::HeaderEdit>, what: &str) -> Result<Vec<HeaderE
 }
 
 /// Checks a path and query for the origin: origin-form, bounded, no fragment. A path that
-/// starts with `//` (which some origins read as `//host/path`) is taken only where the
+/// starts with `//` or `/\` (which some origins read as `//host/path`) is taken only where the
 /// client's own path did (`client_path` is the request path the plugin was shown): a plugin
 /// that rewrites such a request's query must be able to keep its path, but never brings
 /// one in.
@@ -142,7 +142,9 @@ pub fn path_and_query(raw: Option<String>, client_path: &str) -> Result<Option<S
             target.len()
         ));
     }
-    let network_path = target.starts_with("//") && !client_path.starts_with("//");
+    // WHATWG URL parsers (Node, browsers) read `\` as `/`: `/\host/` is `//host/` to them.
+    let network = |path: &str| path.starts_with("//") || path.starts_with("/\\");
+    let network_path = network(&target) && !network(client_path);
     if !target.starts_with('/') || network_path || target.contains('#') {
         return Err(format!(
             "path {target:?} is not in origin-form (\"/path?query\")"
@@ -196,7 +198,14 @@ mod tests {
 
     #[test]
     fn paths_must_be_origin_form() {
-        for bad in ["x", "//evil.example/", "/a#frag", "/a b", "http://e/"] {
+        for bad in [
+            "x",
+            "//evil.example/",
+            "/\\evil.example/",
+            "/a#frag",
+            "/a b",
+            "http://e/",
+        ] {
             assert!(path_and_query(Some(bad.into()), "/").is_err(), "{bad}");
         }
         assert!(path_and_query(Some("/".repeat(MAX_PATH_AND_QUERY + 1)), "/").is_err());

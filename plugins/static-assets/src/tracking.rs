@@ -12,10 +12,13 @@ fn is_tracking_parameter(param: &QueryParam) -> bool {
     has_utm_prefix || name.eq_ignore_ascii_case("fbclid") || name.eq_ignore_ascii_case("gclid")
 }
 
-/// Cookies set by analytics scripts for themselves; the origin never reads them.
+/// Cookies set by analytics scripts for themselves; the origin never reads them. Names are
+/// matched whole or up to their `_` suffix (`_ga`, `_ga_XYZ`): a bare `_ga` prefix would take
+/// an application's own `_gallery_session` for analytics and drop it.
 pub(crate) fn is_tracking_cookie(name: &str) -> bool {
-    const PREFIXES: [&str; 7] = ["_ga", "_gid", "_gcl_", "_fbp", "_fbc", "__utm", "_hj"];
-    PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+    const NAMES: [&str; 5] = ["_ga", "_gid", "_gat", "_fbp", "_fbc"];
+    const PREFIXES: [&str; 6] = ["_ga_", "_gat_", "_gac_", "_gcl_", "__utm", "_hj"];
+    NAMES.contains(&name) || PREFIXES.iter().any(|prefix| name.starts_with(prefix))
 }
 
 /// Drops tracking parameters and sorts the rest by name.
@@ -31,6 +34,24 @@ mod tests {
 
     fn normalize(raw: &str) -> String {
         normalized_query(Query::parse(raw)).to_string()
+    }
+
+    #[test]
+    fn analytics_cookies_but_not_lookalike_names() {
+        for name in [
+            "_ga",
+            "_ga_ABC123",
+            "_gid",
+            "_gat",
+            "_gcl_au",
+            "__utmz",
+            "_hjid",
+        ] {
+            assert!(is_tracking_cookie(name), "{name}");
+        }
+        for name in ["_gallery_session", "_gateway", "_gidx", "session"] {
+            assert!(!is_tracking_cookie(name), "{name}");
+        }
     }
 
     #[test]
