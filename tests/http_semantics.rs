@@ -111,6 +111,27 @@ fn a_chunked_origin_response_is_framed_once_on_miss_and_hit() {
     }
 }
 
+/// An origin may switch protocols only when asked to (RFC 9110 §15.2.2): a 101 to a request
+/// without `Upgrade` is a broken answer (502), never relayed with the origin's raw bytes.
+#[test]
+fn an_unasked_switch_of_protocols_is_a_bad_gateway() {
+    let origin = RawOrigin::start(|_| {
+        b"HTTP/1.1 101 Switching Protocols
+Upgrade: x-other
+Connection: Upgrade
+
+          HTTP/1.1 200 OK
+Content-Length: 5
+
+raw!!"
+            .to_vec()
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let exchange = raw::get(proxy.port, "/switch", &[]);
+    assert!(exchange.interim.is_empty(), "{:?}", exchange.interim);
+    assert_eq!(exchange.head.status, 502, "{:?}", exchange.head);
+}
+
 /// A body the origin sent without a length is stored with the length it turned out to have:
 /// hits state it, and a range is answered from the stored response as for any other.
 #[test]

@@ -199,6 +199,22 @@ impl ProxyHttp for CachetProxy {
                 );
             }
         }
+        let switched = upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if switched
+            && !session
+                .req_header()
+                .headers
+                .contains_key(http::header::UPGRADE)
+        {
+            // RFC 9110 §15.2.2: only to a request that asked for it. Relayed, the client would
+            // get the origin's raw bytes after it.
+            return Err(Error::create(
+                ErrorType::InvalidHTTPHeader,
+                pingora::ErrorSource::Upstream,
+                Some("101 to a request that asked for no upgrade".into()),
+                None,
+            ));
+        }
         if let Err(reason) = framing::check_origin_response(upstream_response) {
             return Err(Error::create(
                 ErrorType::InvalidHTTPHeader,
