@@ -574,6 +574,24 @@ fn no_cache_is_never_served_stale() {
     assert_eq!(third.status, 503, "served stale: {}", third.cache_status());
 }
 
+/// A stored response that may not be served stale, and whose origin is unreachable, is a
+/// 504 Gateway Timeout (RFC 9111 §5.2.2.2), as from a disconnected cache.
+#[test]
+fn must_revalidate_with_the_origin_unreachable_is_a_gateway_timeout() {
+    let origin = Origin::start(|_| {
+        Reply::ok("good")
+            .header("Cache-Control", "max-age=1, must-revalidate")
+            .header("ETag", "\"v1\"")
+            .header("Connection", "close")
+    });
+    let proxy = proxy_for(&origin);
+    get(&proxy.url("/mr"));
+    drop(origin);
+    sleep(Duration::from_millis(2100));
+    let resp = get(&proxy.url("/mr"));
+    assert_eq!(resp.status, 504, "{}", resp.cache_status());
+}
+
 #[test]
 fn stale_if_error_covers_an_unreachable_origin() {
     let origin = Origin::start(|_| {

@@ -59,6 +59,8 @@ pub struct RequestCtx {
     /// The origin's 304 named another representation: the stored response this client gets
     /// carries that 304's `ETag` (Pingora's merge), which must not reach it.
     pub(crate) drop_validator: bool,
+    /// The lookup found a stored response, stale: an origin failure then is a 504.
+    pub(crate) found_stale: bool,
     /// The origin's `Age`, for a miss served from the stored head (which drops it).
     pub(crate) origin_age: Option<http::HeaderValue>,
     /// When the request went to the origin (for the origin latency metric).

@@ -142,10 +142,11 @@ impl ProxyHttp for CachetProxy {
         session: &mut Session,
         meta: &CacheMeta,
         hit_handler: &mut HitHandler,
-        _is_fresh: bool,
+        is_fresh: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<ForcedFreshness>> {
         ctx.tier = crate::storage::tiers::tier_of(hit_handler);
+        ctx.found_stale = !is_fresh;
         if shared::may_serve(session.req_header(), meta.response_header()) {
             return Ok(None);
         }
@@ -327,7 +328,12 @@ impl ProxyHttp for CachetProxy {
                 can_reuse_downstream: false,
             };
         }
-        let code = crate::upstream::failure_status(e);
+        let code = match crate::upstream::failure_status(e) {
+            // A stored response the origin did not revalidate, and that may not be served
+            // stale (must-revalidate, no-cache...): RFC 9111 §5.2.2.2 asks for a 504.
+            502 if ctx.found_stale => 504,
+            code => code,
+        };
         if code > 0 {
             // Pingora's error answer, with cachet's Cache-Status member like every response.
             let mut resp = pingora::protocols::http::ServerSession::generate_error(code);
