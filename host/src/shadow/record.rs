@@ -5,6 +5,7 @@
 
 use super::compare::{Comparison, Outcome};
 use super::HOOKS;
+use aho_corasick::AhoCorasick;
 use parking_lot::Mutex;
 use pingora::http::RequestHeader;
 use serde_json::json;
@@ -124,14 +125,27 @@ fn clip(text: &str) -> String {
 /// into a key or a reason: they are hidden before anything is kept. A query keeps its names
 /// and their order (`a=[hidden]&b=[hidden]`): how two keys order or filter parameters is what
 /// a disagreement is usually about.
+///
+/// Every search is one Aho-Corasick pass over the text for all secrets at once, and a
+/// request with more than [`MAX_SECRETS`] of them has its texts hidden whole: a client
+/// controls how many secrets there are and how long, and searching each alone made one
+/// request with a few hundred cookies cost seconds of a worker.
 struct Secrets {
-    /// Cookie values and credentials, longest first.
-    words: Vec<String>,
-    /// The query's `name=value` pairs.
-    query: Vec<(String, String)>,
+    /// Cookie values and credentials, as they may be written ([`as_written`]).
+    words: Option<AhoCorasick>,
+    /// The query's `name=value` pairs, and the length of each name.
+    pairs: Option<(AhoCorasick, Vec<usize>)>,
+    /// The query's values.
+    values: Vec<String>,
+    /// More secrets than are searched for: nothing of the texts is kept.
+    too_many: bool,
 }
 
 const HIDDEN: &str = "[hidden]";
+/// Most cookie values, credentials and query pairs searched for in a request's texts.
+const MAX_SECRETS: usize = 256;
+const ALL_HIDDEN: &str =
+    "[hidden: the request carries too many cookie, credential or query values to check]";
 
 impl Secrets {
     fn of(request: &RequestHeader) -> Self {
@@ -156,12 +170,11 @@ impl Secrets {
                 values.push(text);
             }
         }
-        let mut values: Vec<String> = values.iter().flat_map(|v| as_written(v)).collect();
-        values.retain(|v| !v.is_empty());
-        // Longest first, so a whole header goes before the pieces it contains.
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        values.dedup();
-        let query = request
+        let mut words: Vec<String> = values.iter().flat_map(|v| as_written(v)).collect();
+        words.retain(|v| !v.is_empty());
+        words.sort();
+        words.dedup();
+        let mut pairs: Vec<(String, String)> = request
             .uri
             .query()
             .into_iter()
@@ -170,9 +183,21 @@ impl Secrets {
             .filter(|(_, value)| !value.is_empty())
             .map(|(name, value)| (name.to_owned(), value.to_owned()))
             .collect();
+        pairs.sort();
+        pairs.dedup();
+        let too_many = words.len() + pairs.len() > MAX_SECRETS;
+        let matcher = |patterns: Vec<String>| {
+            (!too_many && !patterns.is_empty())
+                .then(|| AhoCorasick::new(patterns).ok())
+                .flatten()
+        };
+        let name_lengths = pairs.iter().map(|(name, _)| name.len()).collect();
+        let pair_texts = pairs.iter().map(|(n, v)| format!("{n}={v}")).collect();
         Self {
-            words: values,
-            query,
+            words: matcher(words),
+            pairs: matcher(pair_texts).map(|m| (m, name_lengths)),
+            values: pairs.into_iter().map(|(_, value)| value).collect(),
+            too_many,
         }
     }
 
@@ -181,6 +206,9 @@ impl Secrets {
     /// counts only as a whole word: a one-letter cookie value does not hide every word with
     /// that letter.
     fn hide(&self, text: &str) -> String {
+        if self.too_many {
+            return ALL_HIDDEN.to_owned();
+        }
         let text = self.hide_query_values(text);
         let mut out = String::with_capacity(text.len());
         let mut rest = text.as_str();
@@ -189,16 +217,9 @@ impl Secrets {
             let quoted = &rest[open..];
             let close = closing_quote(quoted).map_or(quoted.len(), |end| end + 1);
             let (string, after) = quoted.split_at(close);
-            let is_query_value = self
-                .query
-                .iter()
-                .any(|(_, v)| string.get(1..close - 1) == Some(v));
-            if is_query_value
-                || self
-                    .words
-                    .iter()
-                    .any(|secret| contains_word(string, secret))
-            {
+            let inner = string.get(1..close - 1);
+            let is_query_value = self.values.iter().any(|v| inner == Some(v.as_str()));
+            if is_query_value || !word_ranges(self.words.as_ref(), string).is_empty() {
                 out.push_str(&format!("\"{HIDDEN}\""));
             } else {
                 out.push_str(string);
@@ -211,31 +232,62 @@ impl Secrets {
 
     /// `name=value` of the request's query becomes `name=[hidden]` wherever it appears.
     fn hide_query_values(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for (name, value) in &self.query {
-            let pair = format!("{name}={value}");
-            let mut from = 0;
-            while let Some(at) = find_word(&out[from..], &pair).map(|at| from + at) {
-                let value_at = at + name.len() + 1;
-                out.replace_range(value_at..value_at + value.len(), HIDDEN);
-                from = value_at + HIDDEN.len();
-            }
-        }
-        out
+        let Some((matcher, name_lengths)) = &self.pairs else {
+            return text.to_owned();
+        };
+        let values: Vec<(usize, usize)> = matcher
+            .find_overlapping_iter(text)
+            .filter(|m| is_word(text, m.start(), m.end()))
+            .map(|m| {
+                (
+                    m.start() + name_lengths[m.pattern().as_usize()] + 1,
+                    m.end(),
+                )
+            })
+            .collect();
+        replace_ranges(text, values)
     }
 
     fn hide_words(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for secret in &self.words {
-            let mut from = 0;
-            // Past each replacement: a secret inside "[hidden]" is not searched again.
-            while let Some(at) = find_word(&out[from..], secret).map(|at| from + at) {
-                out.replace_range(at..at + secret.len(), HIDDEN);
-                from = at + HIDDEN.len();
-            }
-        }
-        out
+        replace_ranges(text, word_ranges(self.words.as_ref(), text))
     }
+}
+
+/// Where any of `words` stands in `text` as a whole word.
+fn word_ranges(words: Option<&AhoCorasick>, text: &str) -> Vec<(usize, usize)> {
+    let Some(words) = words else {
+        return Vec::new();
+    };
+    words
+        .find_overlapping_iter(text)
+        .filter(|m| is_word(text, m.start(), m.end()))
+        .map(|m| (m.start(), m.end()))
+        .collect()
+}
+
+/// `text` with each of `ranges` (overlapping ones merged) replaced by [`HIDDEN`].
+fn replace_ranges(text: &str, mut ranges: Vec<(usize, usize)>) -> String {
+    ranges.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    let mut done = 0;
+    for (start, end) in ranges {
+        if end <= done {
+            continue;
+        }
+        if start >= done {
+            out.push_str(&text[done..start]);
+            out.push_str(HIDDEN);
+        }
+        done = end;
+    }
+    out.push_str(&text[done..]);
+    out
+}
+
+/// Whether `text[start..end]` has no letter or digit right before or after it.
+fn is_word(text: &str, start: usize, end: usize) -> bool {
+    let alnum = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    !alnum(text[..start].chars().next_back()) && !alnum(text[end..].chars().next())
 }
 
 /// The forms a secret may take in a kept text: as sent; without the double quotes a cookie
@@ -267,25 +319,6 @@ fn closing_quote(text: &str) -> Option<usize> {
             '"' if !escaped => return Some(i),
             _ => escaped = false,
         }
-    }
-    None
-}
-
-fn contains_word(text: &str, word: &str) -> bool {
-    find_word(text, word).is_some()
-}
-
-/// The first place `word` stands in `text` with no letter or digit right before or after it.
-fn find_word(text: &str, word: &str) -> Option<usize> {
-    let alnum = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
-    let mut from = 0;
-    while let Some(found) = text[from..].find(word) {
-        let at = from + found;
-        let end = at + word.len();
-        if !alnum(text[..at].chars().next_back()) && !alnum(text[end..].chars().next()) {
-            return Some(at);
-        }
-        from = at + text[at..].chars().next().map_or(1, char::len_utf8);
     }
     None
 }
@@ -349,5 +382,33 @@ mod tests {
             Secrets::of(&req).hide("reason hidden hidden"),
             "reason [hidden] [hidden]"
         );
+    }
+
+    /// A client controls how many secrets there are and how long: hiding them is one pass
+    /// per text, and a request with too many has its texts hidden whole. Searching each
+    /// secret alone took seconds for a few hundred cookies against a long key.
+    #[test]
+    fn many_long_cookie_values_cost_one_pass() {
+        let request = |cookies: usize| {
+            let cookie: Vec<String> = (0..cookies)
+                .map(|i| format!("{i}={}", "a".repeat(i + 1)))
+                .collect();
+            let path = format!("/{}", "a".repeat(3700));
+            let mut req = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+            req.insert_header("Cookie", cookie.join(";")).unwrap();
+            (req, path)
+        };
+        let (req, path) = request(120);
+        let started = std::time::Instant::now();
+        let hidden = Secrets::of(&req).hide(&format!("cache, key [\"{path}\", \"aaaa\"]"));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // The long run of `a` is no cookie value as a word; the fourth cookie's value is.
+        assert_eq!(hidden, format!("cache, key [\"{path}\", \"[hidden]\"]"));
+        let (req, path) = request(340);
+        assert_eq!(Secrets::of(&req).hide(&path), super::ALL_HIDDEN);
     }
 }
