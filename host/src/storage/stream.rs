@@ -110,8 +110,12 @@ impl StreamWriter {
         self.let_go_beyond(limit);
     }
 
+    /// Lets go of the chunks more than `limit` bytes behind the newest one. The newest is never
+    /// let go, and does not count: a chunk larger than the bound (one upstream read of a big
+    /// chunk) would otherwise cut off every reader, a caught-up one included, before it could
+    /// read a byte of it.
     fn let_go_beyond(&mut self, limit: usize) {
-        while self.behind_trail > limit {
+        while self.behind_trail - self.tail.data.len() > limit {
             let Some(next) = self.trail.next.load_full() else {
                 break;
             };

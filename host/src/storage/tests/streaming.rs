@@ -273,3 +273,25 @@ async fn a_reader_too_far_behind_an_unstored_fill_is_cut_off_and_frees_the_chunk
     writer.close(super::super::stream::WriteStatus::Done);
     assert!(following.next().await.unwrap().is_none());
 }
+
+/// A chunk larger than the lag bound (one upstream read of a big chunk) is not let go itself:
+/// a reader that had read everything before it still gets it. Counting it cut every reader
+/// off before it could read a byte (probe J: a client got a 200 with an empty body).
+#[tokio::test]
+async fn a_chunk_larger_than_the_lag_bound_reaches_a_reader_that_kept_up() {
+    let (mut writer, start) = super::super::stream::stream();
+    let mut reader = start.reader();
+    writer.bound_lag(100);
+    let big = bytes::Bytes::from(vec![7u8; 1000]);
+    writer.push(big.clone());
+    assert_eq!(reader.next().await.unwrap().unwrap(), big);
+    writer.push(big.clone());
+    writer.push(bytes::Bytes::from_static(b"end"));
+    // One chunk behind the newest, 1000 bytes over the bound: cut off, as before.
+    assert!(reader.next().await.is_err());
+    let mut caught_up = start.reader();
+    assert!(
+        caught_up.next().await.is_err(),
+        "a new reader starts too far behind"
+    );
+}
