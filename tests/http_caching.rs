@@ -739,6 +739,65 @@ fn bearer() -> String {
     format!("Bearer {TOKEN}")
 }
 
+/// A purge (URL, tag or soft) or an invalidating POST that comes while the origin is still
+/// preparing its answer keeps that answer from being stored: it may be what was purged. The
+/// purge only reached fills whose head had arrived, and the older answer was stored fresh.
+#[test]
+fn a_purge_during_a_fetch_keeps_its_answer_from_being_stored() {
+    let version = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let version = version.clone();
+        move |seen| {
+            if seen.method == "POST" {
+                return Reply::ok("posted");
+            }
+            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+            Reply::ok(format!("v{v}"))
+                .header("Cache-Control", "max-age=300")
+                .header("Surrogate-Key", "t")
+                .delay(Duration::from_millis(800))
+        }
+    });
+    let proxy = token_proxy_for(&origin);
+    let auth = bearer();
+    type Purge<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let purges: [Purge; 4] = [
+        ("url", "PURGE", vec![("Authorization", auth.as_str())]),
+        (
+            "tag",
+            "PURGE",
+            vec![("Authorization", auth.as_str()), ("Surrogate-Key", "t")],
+        ),
+        (
+            "soft",
+            "PURGE",
+            vec![("Authorization", auth.as_str()), ("Cache-Purge-Soft", "1")],
+        ),
+        ("post", "POST", vec![]),
+    ];
+    for (name, method, headers) in purges {
+        let path = format!("/during-{name}");
+        let url = proxy.url(&path);
+        let fetch = std::thread::spawn({
+            let url = url.clone();
+            move || get(&url)
+        });
+        sleep(Duration::from_millis(300));
+        send(method, &url, &headers);
+        let first = fetch.join().unwrap();
+        assert_eq!(first.status, 200, "{name}");
+        let next = get(&url);
+        assert!(
+            !next.cache_status().contains("hit"),
+            "{name}: the answer fetched across the purge was stored: {} (first: {} {})",
+            next.cache_status(),
+            first.cache_status(),
+            first.text()
+        );
+        assert_ne!(next.text(), first.text(), "{name}");
+    }
+}
+
 #[test]
 fn purge_is_refused_without_a_configured_token() {
     let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));

@@ -65,6 +65,8 @@ pub struct RequestCtx {
     pub(crate) origin_age: Option<http::HeaderValue>,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,
+    /// The origin's answer was counted in the latency metric.
+    pub(crate) origin_timed: bool,
     /// The status of the origin's final response (`fwd-status`): a range or a revalidation
     /// makes the client's differ.
     pub(crate) origin_status: Option<u16>,

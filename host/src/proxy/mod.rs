@@ -191,7 +191,12 @@ impl ProxyHttp for CachetProxy {
             if let Some(tenant) = &ctx.tenant {
                 tenant.upstream.answered(&ctx.origin);
             }
-            if let Some(started) = ctx.origin_started.take() {
+            // Read, not taken: response_cache_filter compares it with the last purge. Pingora
+            // may run this filter twice on a 304: it is timed once.
+            let started = ctx
+                .origin_started
+                .filter(|_| !std::mem::replace(&mut ctx.origin_timed, true));
+            if let Some(started) = started {
                 let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
                 crate::metrics::origin_response(
                     tenant,

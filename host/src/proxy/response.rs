@@ -22,6 +22,17 @@ pub(super) fn response_cache_filter(
     // After a 304, `resp` is the stored header with part of the 304 merged in; apply the rest
     // so the plugin and the freshness rules see the updated response.
     let not_modified = ctx.not_modified.take();
+    // A purge or invalidation while the origin prepared this answer: it may be what was
+    // purged, so it is not stored (nor does a 304 refresh the entry). The purge only reached
+    // fills whose head had already arrived.
+    let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
+    let purged = ctx
+        .origin_started
+        .is_some_and(|started| proxy.state.cache.storage.purged_since(tenant, started));
+    if purged {
+        ctx.unstored_not_modified = not_modified;
+        return not_stored_this_time(ctx, "purged while it was fetched");
+    }
     let stored = session.cache.maybe_cache_meta().map(|meta| meta.headers());
     if let (Some(stored), Some(not_modified)) = (stored, &not_modified) {
         if revalidation::names_another_representation(stored, not_modified) {

@@ -14,6 +14,7 @@ impl MemoryStorage {
     /// writes in flight for them from being stored (they may carry what is being
     /// invalidated). Returns whether anything was there.
     pub fn purge_key(&self, key: &CacheKey) -> bool {
+        self.note_purge(&key.user_tag);
         let mut index = self.index.write();
         let mut removed = Vec::new();
         let mut cancelled = false;
@@ -29,6 +30,7 @@ impl MemoryStorage {
     /// Marks the objects stored under `key`'s primary key (every `Vary` variant) stale as of
     /// now, keeping them for revalidation. Returns whether any was there.
     pub fn expire_key(&self, key: &CacheKey) -> bool {
+        self.note_purge(&key.user_tag);
         let mut index = self.index.write();
         let mut expired = false;
         for slot in index.all_variants(&key.user_tag, &SlotKey::of(key)) {
@@ -42,6 +44,7 @@ impl MemoryStorage {
     /// stored either, soft or not: what they bring is what is being purged. Returns how many
     /// objects (and writes) were affected.
     pub fn purge_tags(&self, partition: &str, tags: &[&str], soft: bool) -> usize {
+        self.note_purge(partition);
         let mut index = self.index.write();
         let keys = index.tagged(partition, tags.iter().copied());
         let mut removed = Vec::new();

@@ -54,6 +54,9 @@ pub struct MemoryStorage {
     /// Tighter per-partition (tenant) limits on the object size.
     partition_max_object: RwLock<std::collections::HashMap<String, usize>>,
     next_write_id: AtomicU64,
+    /// When each partition (tenant) last had something purged or invalidated: a response
+    /// fetched from before then may carry what was purged (`purged_since`).
+    last_purge: RwLock<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl MemoryStorage {
@@ -67,6 +70,28 @@ impl MemoryStorage {
             max_object_size: AtomicUsize::new(max_object_size),
             partition_max_object: RwLock::default(),
             next_write_id: AtomicU64::new(0),
+            last_purge: RwLock::default(),
+        }
+    }
+
+    /// Whether `partition` had something purged or invalidated after `since`. A purge only
+    /// reaches the writes already made (after the origin's head): a response the origin was
+    /// still preparing when the purge came must not be stored either.
+    pub fn purged_since(&self, partition: &str, since: std::time::Instant) -> bool {
+        self.last_purge
+            .read()
+            .get(partition)
+            .is_some_and(|at| *at >= since)
+    }
+
+    fn note_purge(&self, partition: &str) {
+        let now = std::time::Instant::now();
+        let mut last = self.last_purge.write();
+        match last.get_mut(partition) {
+            Some(at) => *at = now,
+            None => {
+                last.insert(partition.to_owned(), now);
+            }
         }
     }
 
