@@ -111,6 +111,16 @@ fn a_chunked_origin_response_is_framed_once_on_miss_and_hit() {
     }
 }
 
+/// A status code outside 100-599 is not HTTP a client can be given (RFC 9110 §15): a 502.
+#[test]
+fn a_status_outside_the_http_range_is_a_bad_gateway() {
+    let origin = RawOrigin::start(|_| {
+        b"HTTP/1.1 999 Weird\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_vec()
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    assert_eq!(raw::get(proxy.port, "/weird", &[]).head.status, 502);
+}
+
 /// An origin may switch protocols only when asked to (RFC 9110 §15.2.2): a 101 to a request
 /// without `Upgrade` is a broken answer (502), never relayed with the origin's raw bytes.
 #[test]

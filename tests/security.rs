@@ -956,3 +956,25 @@ fn field_values_that_are_not_text_are_refused_before_any_key_is_made() {
     assert_eq!(utf8.status, 200, "{utf8:?}");
     assert_eq!(origin.hits(), 1);
 }
+
+/// Pingora's own log lines about a failed request name its method, path and host, never its
+/// query: tokens and passwords in a query were written to the log on every origin failure.
+#[test]
+fn origin_failures_log_no_query() {
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(CACHE, &[TenantSpec::new("site", dead, &plugin("standard"))]);
+    let resp = send(
+        "GET",
+        &proxy.url("/login?password=hunter2&token=ZZSECRET"),
+        &[("Host", "site.test")],
+    );
+    assert_eq!(resp.status, 502);
+    let log = proxy.log();
+    assert!(log.contains("GET /login"), "{log}");
+    assert!(
+        !log.contains("hunter2") && !log.contains("ZZSECRET"),
+        "{log}"
+    );
+}

@@ -66,6 +66,11 @@ pub(crate) fn status_has_content(status: StatusCode) -> bool {
 /// Checks an origin's response head before it is stored or relayed, and writes its framing
 /// fields in the one form a client reads unambiguously. The error says why it is refused.
 pub fn check_origin_response(resp: &mut ResponseHeader) -> Result<(), &'static str> {
+    // RFC 9110 §15: a status code is three digits from 100 to 599; anything else (600, 999)
+    // is not HTTP that a client can be given.
+    if !(100..=599).contains(&resp.status.as_u16()) {
+        return Err("the origin's status code is outside 100-599");
+    }
     if !only_chunked(&resp.headers) {
         return Err("the origin used a transfer coding other than chunked");
     }

@@ -461,6 +461,20 @@ impl ProxyHttp for CachetProxy {
         });
     }
 
+    /// What Pingora's own log lines say about a request: method, path and host, never the
+    /// query (it holds tokens and passwords; the access log leaves it out too), with the
+    /// characters that could disguise a line escaped.
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
+        let req = session.req_header();
+        let host = crate::policy::request_host(req);
+        format!(
+            "{} {}, Host: {}",
+            req.method,
+            req.uri.path().escape_default(),
+            host.escape_default()
+        )
+    }
+
     fn should_serve_stale(
         &self,
         session: &mut Session,
