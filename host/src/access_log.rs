@@ -36,9 +36,36 @@ pub struct AccessLine<'a> {
     pub error: Option<String>,
 }
 
+/// Longest path an access line holds: a line is cut at 4 KiB by the writer, and a client's
+/// long path must not cut away the status, outcome and tenant written after it (or leave a
+/// JSON line that does not parse).
+const MAX_LOGGED_PATH: usize = 1024;
+
+/// `path`, cut to [`MAX_LOGGED_PATH`] bytes (at a character boundary) with the cut noted.
+fn logged_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.len() <= MAX_LOGGED_PATH {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut cut = MAX_LOGGED_PATH;
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}...({} bytes cut)",
+        &path[..cut],
+        path.len() - cut
+    ))
+}
+
 /// Writes the line for one request, if the log filter lets INFO lines of
 /// `cachet::access` through.
 pub fn write(line: &AccessLine<'_>) {
+    let path = logged_path(line.path);
+    let line = &AccessLine {
+        path: &path,
+        error: line.error.clone(),
+        ..*line
+    };
     let format = FORMAT.load(Ordering::Relaxed);
     if format == AS_TRACING_EVENT {
         tracing::info!(
@@ -197,5 +224,19 @@ mod tests {
         let mut out = String::new();
         push_timestamp(&mut out, UNIX_EPOCH + Duration::from_secs(951_782_400));
         assert_eq!(out, "2000-02-29T00:00:00.000000Z");
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::logged_path;
+
+    #[test]
+    fn a_long_path_is_cut_before_the_line_is_written() {
+        assert_eq!(logged_path("/a"), "/a");
+        let long = format!("/{}", "é".repeat(2000));
+        let logged = logged_path(&long);
+        assert!(logged.len() < 1100, "{}", logged.len());
+        assert!(logged.ends_with("bytes cut)"), "{logged}");
     }
 }
