@@ -123,3 +123,37 @@ fn the_record_can_be_turned_off() {
     assert!(took >= 2 * ORIGIN_DELAY, "{took:?}");
     assert_eq!(origin.hits_for("/no-store"), 1 + CONCURRENT);
 }
+
+/// A request with credentials takes no cache lock: anonymous requests for the URL that arrive
+/// while it is answered coalesce on their own fill. They queued behind it, and its answer
+/// (not shareable) made every one of them give up the lock and go to the origin.
+#[test]
+fn a_request_with_credentials_does_not_hold_others_behind_its_fetch() {
+    let origin = Origin::start(|_| {
+        Reply::ok("page")
+            .header("Cache-Control", "max-age=60")
+            .delay(Duration::from_millis(500))
+    });
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let url = proxy.url("/shared");
+    let authorized = std::thread::spawn({
+        let url = url.clone();
+        move || send("GET", &url, &[("Authorization", "Bearer zz")])
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let anonymous: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || get(&url))
+        })
+        .collect();
+    assert_eq!(authorized.join().unwrap().status, 200);
+    for request in anonymous {
+        assert_eq!(request.join().unwrap().text(), "page");
+    }
+    // The authorized fetch, and one fill the anonymous requests shared.
+    assert_eq!(origin.hits(), 2);
+}

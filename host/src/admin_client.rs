@@ -154,13 +154,16 @@ fn print_shadow(shadow: &serde_json::Value) {
         .flatten()
     {
         let text = |k: &str| d[k].as_str().unwrap_or("").to_owned();
+        // The client's host and path as sent: controls and bidi overrides escaped, so a
+        // request cannot disguise how the record shows on an operator's terminal.
+        let client_text = |k: &str| d[k].as_str().unwrap_or("").escape_debug().to_string();
         println!(
             "    {} {} {} {}{}: live {} | shadow {}",
             text("hook"),
             text("result"),
             text("method"),
-            text("host"),
-            text("path"),
+            client_text("host"),
+            client_text("path"),
             text("live"),
             text("shadow")
         );

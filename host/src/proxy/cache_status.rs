@@ -202,8 +202,7 @@ pub fn append_member(header: &mut ResponseHeader, member: String) -> pingora::Re
         .get_all(HEADER)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+        .flat_map(upstream_members)
         .collect();
     let value = if upstream.is_empty() {
         member
@@ -212,6 +211,37 @@ pub fn append_member(header: &mut ResponseHeader, member: String) -> pingora::Re
     };
     header.insert_header(HEADER, value)?;
     Ok(())
+}
+
+/// The members of one upstream `Cache-Status` line that may stand before cachet's: split at
+/// the commas outside quoted strings. A line with an unterminated string is dropped whole (it
+/// would swallow cachet's member into the string), and so is any member that names cachet
+/// (an origin could otherwise claim a hit in cachet's name).
+fn upstream_members(line: &str) -> Vec<&str> {
+    let mut members = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                members.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quoted {
+        return Vec::new();
+    }
+    members.push(&line[start..]);
+    members
+        .into_iter()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .filter(|m| m.split(';').next().map(str::trim) != Some(CACHE_NAME))
+        .collect()
 }
 
 /// Writes the member out, parameters in a fixed order.
@@ -273,6 +303,22 @@ fn push_string(v: &mut String, name: &str, text: &str) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn upstream_members_cannot_speak_for_cachet_or_swallow_its_member() {
+        use super::upstream_members;
+        assert_eq!(
+            upstream_members("origin; hit, other; fwd=miss"),
+            ["origin; hit", "other; fwd=miss"]
+        );
+        assert_eq!(upstream_members("cachet; hit; ttl=999, evil"), ["evil"]);
+        assert!(upstream_members("origin; detail=\"unterminated").is_empty());
+        assert_eq!(
+            upstream_members("origin; detail=\"a, \\\"b\", next"),
+            ["origin; detail=\"a, \\\"b\"", "next"]
+        );
+    }
+
     use super::*;
     use pingora_cache::NoCacheReason;
 

@@ -117,13 +117,13 @@ impl ProxyHttp for CachetProxy {
         let predictor = backend
             .uncacheable
             .map(|records| records.of(tenant) as &'static (dyn CacheablePredictor + Sync));
-        session.cache.enable(
-            backend.storage,
-            None,
-            predictor,
-            Some(backend.lock),
-            Some(overrides),
-        );
+        // A request with credentials takes no cache lock: its answer is rarely storable
+        // (only when the origin says it may be shared), and requests queued behind it would
+        // all give up the lock and go to the origin. It never waits on others' fills either.
+        let lock = (!shared::authorized(session.req_header())).then_some(backend.lock);
+        session
+            .cache
+            .enable(backend.storage, None, predictor, lock, Some(overrides));
         Ok(())
     }
 
