@@ -301,6 +301,14 @@ fn sizes_ports_and_mistyped_values_are_refused_with_the_full_key() {
             "tenant.origin.read_timeout",
             "at least 1ms",
         ),
+        (
+            "",
+            "127.0.0.1:1",
+            "[tenant.origin]\nmax_connections = 0",
+            15,
+            "tenant.origin.max_connections",
+            "between 1 and",
+        ),
     ];
     for (cache, upstream, limits, line, key, why) in refused {
         let (ok, out) = write(cache, upstream, limits);

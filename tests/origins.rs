@@ -640,3 +640,141 @@ fn an_upstream_ca_that_cannot_take_effect_is_named_at_startup() {
         );
     }
 }
+
+/// An origin that holds every request for `hold` before answering, and records how many
+/// it held at once at most.
+struct HoldingOrigin {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    most_at_once: Arc<AtomicUsize>,
+}
+
+impl HoldingOrigin {
+    fn start(hold: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let most_at_once = Arc::new(AtomicUsize::new(0));
+        let now = Arc::new(AtomicUsize::new(0));
+        let (reqs, most) = (requests.clone(), most_at_once.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (reqs, most, now) = (reqs.clone(), most.clone(), now.clone());
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                    while read_head(&mut conn).is_some() {
+                        reqs.fetch_add(1, Ordering::SeqCst);
+                        let held = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(held, Ordering::SeqCst);
+                        std::thread::sleep(hold);
+                        now.fetch_sub(1, Ordering::SeqCst);
+                        let reply = "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 4\r\n\r\nheld";
+                        if conn.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            most_at_once,
+        }
+    }
+}
+
+/// Sends a GET for each path at once, each on its own connection.
+fn concurrent_gets(proxy: &Proxy, paths: &[String], host: &str) -> Vec<support::client::Resp> {
+    let threads: Vec<_> = paths
+        .iter()
+        .map(|path| {
+            let url = proxy.url(path);
+            let host = host.to_owned();
+            std::thread::spawn(move || send("GET", &url, &[("Host", host.as_str())]))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn misses_beyond_max_connections_wait_for_a_turn_at_the_origin() {
+    let origin = HoldingOrigin::start(Duration::from_millis(300));
+    let proxy = proxy_for(origin.addr, "max_connections = 2\nqueue_timeout = \"10s\"");
+    let paths: Vec<String> = (0..6).map(|i| format!("/new/{i}")).collect();
+    let started = Instant::now();
+    let answers = concurrent_gets(&proxy, &paths, "site.test");
+    for resp in &answers {
+        assert_eq!(
+            (resp.status, resp.text().as_str()),
+            (200, "held"),
+            "{resp:?}"
+        );
+    }
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 6);
+    assert_eq!(origin.most_at_once.load(Ordering::SeqCst), 2);
+    // Three rounds of two.
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = proxy.status();
+    let tenant = &status["tenants"][0]["origin"];
+    assert_eq!(tenant["max_connections"], 2, "{status}");
+    assert_eq!(tenant["in_flight"], 0, "{status}");
+    assert_eq!(tenant["refused"], 0, "{status}");
+}
+
+#[test]
+fn a_miss_that_finds_no_turn_within_queue_timeout_is_a_503_and_other_tenants_go_on() {
+    let origin = HoldingOrigin::start(Duration::from_millis(1500));
+    let proxy = Proxy::start(
+        "",
+        &[
+            TenantSpec::new("site", origin.addr, &plugin("standard"))
+                .hosts(&["site.test"])
+                .extra("[tenant.origin]\nmax_connections = 1\nqueue_timeout = \"200ms\""),
+            TenantSpec::new("other", origin.addr, &plugin("standard")).hosts(&["other.test"]),
+        ],
+    );
+    let paths: Vec<String> = (0..3).map(|i| format!("/flood/{i}")).collect();
+    let site = std::thread::scope(|scope| {
+        let site = scope.spawn(|| concurrent_gets(&proxy, &paths, "site.test"));
+        // The other tenant's origin turns are its own: it is answered while `site` queues.
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        let other = send("GET", &proxy.url("/other"), &[("Host", "other.test")]);
+        assert_eq!((other.status, other.text().as_str()), (200, "held"));
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            started.elapsed()
+        );
+        site.join().unwrap()
+    });
+    let statuses: Vec<u16> = site.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        2,
+        "{statuses:?}"
+    );
+    for refused in site.iter().filter(|r| r.status == 503) {
+        assert_eq!(
+            refused.cache_status(),
+            "cachet; fwd=miss; detail=\"origin max_connections reached\"",
+            "{refused:?}"
+        );
+    }
+    // The refused requests never reached the origin: one from `site`, one from `other`.
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 2);
+    let status = proxy.status();
+    assert_eq!(status["tenants"][0]["origin"]["refused"], 2, "{status}");
+    assert_eq!(status["tenants"][1]["origin"]["refused"], 0, "{status}");
+}

@@ -67,6 +67,7 @@ impl AdminApp {
                     "hosts": tenant.config.hosts,
                     "upstream": tenant.config.upstream_name,
                     "pool": pool_json(tenant),
+                    "origin": origin_json(tenant),
                     "plugin": plugin,
                     "promoted": tenant.promoted(),
                     "shadow": shadow_json(tenant),
@@ -103,6 +104,16 @@ impl AdminApp {
             },
         })
     }
+}
+
+/// A tenant's exchanges with its origin in flight, against `max_connections`.
+fn origin_json(tenant: &crate::tenant::Tenant) -> serde_json::Value {
+    let (in_flight, max) = tenant.upstream.origin_turns();
+    json!({
+        "in_flight": in_flight,
+        "max_connections": max,
+        "refused": crate::metrics::origin_refused_total(tenant.name()),
+    })
 }
 
 /// A tenant's upstream pool: each address, healthy or not, and the last check.

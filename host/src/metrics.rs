@@ -103,6 +103,26 @@ pub fn connections_open(delta: i64) {
     CONNECTIONS_OPEN.add(delta);
 }
 
+static ORIGIN_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(IntCounterVec::new(
+        Opts::new(
+            "cachet_origin_refused_total",
+            "Requests refused (503, or stale where allowed) because the tenant's origin had max_connections exchanges in flight for queue_timeout",
+        ),
+        &["tenant"],
+    ))
+});
+
+/// A request that found no turn at its tenant's origin in time.
+pub fn origin_refused(tenant: &str) {
+    ORIGIN_REFUSED.with_label_values(&[tenant]).inc();
+}
+
+/// Requests of `tenant` refused that way since the process started.
+pub fn origin_refused_total(tenant: &str) -> u64 {
+    ORIGIN_REFUSED.with_label_values(&[tenant]).get()
+}
+
 static LOG_LINES_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
     register(IntCounter::new(
         "cachet_access_log_dropped_total",

@@ -16,6 +16,8 @@ pub(super) struct RawOrigin {
     total_timeout: Option<Spanned<DurationValue>>,
     retry_reused: Option<bool>,
     resolve_interval: Option<Spanned<DurationValue>>,
+    max_connections: Option<Spanned<i64>>,
+    queue_timeout: Option<Spanned<DurationValue>>,
 }
 
 /// How cachet talks to a tenant's origin.
@@ -37,7 +39,14 @@ pub struct OriginConfig {
     /// How often a single upstream or a backend given by name is looked up again (a
     /// pool has its own, `[tenant.pool] resolve_interval`).
     pub resolve_interval: Duration,
+    /// Exchanges with the origin at once (each holds one connection); more wait.
+    pub max_connections: usize,
+    /// Longest wait for one of `max_connections` before the request gets a 503.
+    pub queue_timeout: Duration,
 }
+
+/// Most `max_connections` may say: more than a process has descriptors for.
+const MAX_ORIGIN_CONNECTIONS: i64 = 1 << 20;
 
 impl Default for OriginConfig {
     fn default() -> Self {
@@ -49,6 +58,8 @@ impl Default for OriginConfig {
             total_timeout: None,
             retry_reused: true,
             resolve_interval: Duration::from_secs(30),
+            max_connections: 1024,
+            queue_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -92,6 +103,22 @@ impl Locator<'_> {
                     d => d,
                 },
                 None => defaults.resolve_interval,
+            },
+            max_connections: match &raw.max_connections {
+                Some(v) if !(1..=MAX_ORIGIN_CONNECTIONS).contains(v.get_ref()) => {
+                    return Err(self.at(
+                        v.span(),
+                        "tenant.origin.max_connections",
+                        format!("must be between 1 and {MAX_ORIGIN_CONNECTIONS}"),
+                    ))
+                }
+                Some(v) => *v.get_ref() as usize,
+                None => defaults.max_connections,
+            },
+            // Zero is allowed: refuse at once rather than queue.
+            queue_timeout: match &raw.queue_timeout {
+                Some(v) => self.duration("tenant.origin.queue_timeout", v)?,
+                None => defaults.queue_timeout,
             },
         })
     }

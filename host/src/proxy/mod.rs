@@ -272,6 +272,10 @@ impl ProxyHttp for CachetProxy {
         let Some(tenant) = &ctx.tenant else {
             return Error::e_explain(ErrorType::InternalError, "no tenant chosen");
         };
+        if let Err(e) = tenant.upstream.admit(&tenant.config, &mut ctx.origin).await {
+            ctx.not_stored = Some(crate::upstream::ORIGIN_BUSY_DETAIL.into());
+            return Err(e);
+        }
         ctx.origin_started = Some(std::time::Instant::now());
         let key = if ctx.key.is_empty() {
             session.req_header().uri.path().as_bytes()

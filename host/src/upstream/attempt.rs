@@ -22,6 +22,8 @@ pub struct OriginAttempts {
     /// Upstreams of a pool that failed this request: the connect failed, or a fresh
     /// connection was closed before any answer. The next attempt goes elsewhere.
     pub(super) failed: Vec<std::net::SocketAddr>,
+    /// This request's turn at the origin (`max_connections`), held until the request ends.
+    pub(super) turn: Option<super::limit::OriginTurn>,
 }
 
 impl OriginAttempts {

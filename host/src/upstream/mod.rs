@@ -3,11 +3,13 @@
 
 mod attempt;
 mod health;
+mod limit;
 mod names;
 mod pool;
 mod tls;
 
 pub use attempt::{check_deadline, OriginAttempts};
+pub use limit::REFUSED_DETAIL as ORIGIN_BUSY_DETAIL;
 pub use pool::{PoolHealth, UpstreamHealth};
 
 use crate::config::{TenantConfig, UpstreamTarget};
@@ -30,6 +32,8 @@ pub struct TenantUpstream {
     names: names::Names,
     /// Pingora's pool key for this tenant's idle origin connections ([`connection_group`]).
     connection_group: u64,
+    /// `[tenant.origin] max_connections`: the exchanges with the origin at once.
+    limit: limit::OriginLimit,
 }
 
 /// Idle origin connections are pooled per tenant (and per set of TLS roots): HTTP/1.1 cannot
@@ -63,7 +67,25 @@ impl TenantUpstream {
             pool,
             names,
             connection_group,
+            limit: limit::OriginLimit::new(&config.origin),
         }
+    }
+
+    /// Waits for a turn at the origin (`max_connections`) for at most `queue_timeout` and
+    /// what is left of `total_timeout`; a 503 error when none came.
+    pub async fn admit(&self, config: &TenantConfig, attempts: &mut OriginAttempts) -> Result<()> {
+        let left = attempts.remaining(&config.origin, Instant::now());
+        let wait = config.origin.queue_timeout.min(left);
+        let admitted = self.limit.admit(&mut attempts.turn, wait).await;
+        if admitted.is_err() {
+            crate::metrics::origin_refused(&config.name);
+        }
+        admitted
+    }
+
+    /// Exchanges with the origin in flight now, and the most allowed.
+    pub fn origin_turns(&self) -> (usize, usize) {
+        (self.limit.in_use(), self.limit.max())
     }
 
     /// The pool's upstreams and their health; None for a single upstream

@@ -1,0 +1,124 @@
+//! `[tenant.origin] max_connections`: how many exchanges with a tenant's origin run at once.
+//!
+//! Hits never reach the origin, but misses do, one connection each: a client sending URLs
+//! that never repeat (a cache-busting query string) over many connections, or over HTTP/2
+//! streams, would otherwise have cachet open as many origin connections as it has requests
+//! in flight, flooding the origin and spending the proxy's file descriptors. Beyond the
+//! limit a request waits its turn for `queue_timeout`, then gets a 503 (or a stale copy
+//! where `stale-if-error` allows one), as HAProxy's server `maxconn` and Varnish's
+//! `.max_connections` do. Each tenant has its own limit: one tenant's flood cannot take
+//! another's turns.
+
+use crate::config::OriginConfig;
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Why a request was refused, as `Cache-Status` and the access log say.
+pub const REFUSED_DETAIL: &str = "origin max_connections reached";
+
+/// The turns at one tenant's origin (rebuilt with the tenant on reload: requests in flight
+/// keep the turns they hold on the old one until they end).
+pub struct OriginLimit {
+    turns: Arc<Semaphore>,
+    max: usize,
+}
+
+/// A turn at the origin, held until the request ends (its connection is then back in the
+/// pool or closed).
+pub type OriginTurn = OwnedSemaphorePermit;
+
+impl OriginLimit {
+    pub fn new(origin: &OriginConfig) -> Self {
+        Self {
+            turns: Arc::new(Semaphore::new(origin.max_connections)),
+            max: origin.max_connections,
+        }
+    }
+
+    /// Takes a turn into `held` unless it holds one already (a retry keeps its turn), waiting
+    /// at most `wait`. An error when no turn came in time: a 503 from the origin's side.
+    pub async fn admit(&self, held: &mut Option<OriginTurn>, wait: Duration) -> Result<()> {
+        if held.is_some() {
+            return Ok(());
+        }
+        let turn = match self.turns.clone().try_acquire_owned() {
+            Ok(turn) => turn,
+            Err(_) if wait.is_zero() => return refused(),
+            Err(_) => match tokio::time::timeout(wait, self.turns.clone().acquire_owned()).await {
+                Ok(Ok(turn)) => turn,
+                // Timed out (the semaphore is never closed).
+                _ => return refused(),
+            },
+        };
+        *held = Some(turn);
+        Ok(())
+    }
+
+    /// Exchanges with the origin in flight now.
+    pub fn in_use(&self) -> usize {
+        self.max.saturating_sub(self.turns.available_permits())
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+}
+
+fn refused() -> Result<()> {
+    Err(Error::explain(ErrorType::HTTPStatus(503), REFUSED_DETAIL).into_up())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(max: usize) -> OriginLimit {
+        OriginLimit::new(&OriginConfig {
+            max_connections: max,
+            ..OriginConfig::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn turns_beyond_the_limit_wait_then_are_refused() {
+        let limit = limit(2);
+        let (mut a, mut b, mut c) = (None, None, None);
+        limit.admit(&mut a, Duration::ZERO).await.expect("first");
+        limit.admit(&mut b, Duration::ZERO).await.expect("second");
+        assert_eq!(limit.in_use(), 2);
+        let e = limit
+            .admit(&mut c, Duration::from_millis(20))
+            .await
+            .expect_err("third waits, then is refused");
+        assert_eq!(*e.etype(), ErrorType::HTTPStatus(503));
+        assert!(c.is_none());
+        // A retry of a request that holds a turn takes no second one.
+        limit.admit(&mut a, Duration::ZERO).await.expect("held");
+        assert_eq!(limit.in_use(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_gets_the_turn_a_finished_one_leaves() {
+        let limit = Arc::new(limit(1));
+        let mut first = None;
+        limit
+            .admit(&mut first, Duration::ZERO)
+            .await
+            .expect("first");
+        let waiter = {
+            let limit = limit.clone();
+            tokio::spawn(async move {
+                let mut turn = None;
+                limit
+                    .admit(&mut turn, Duration::from_secs(5))
+                    .await
+                    .map(|_| turn.is_some())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(first.take());
+        assert!(waiter.await.expect("task").expect("admitted"));
+    }
+}
