@@ -536,3 +536,48 @@ fn without_work_stealing_every_connection_is_served() {
         assert_eq!(origin.hits_for(&format!("/item/{i}")), 1, "{}", proxy.log());
     }
 }
+
+/// The soft open-file limit of a running process, and its hard limit.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let mut numbers = line["Max open files".len()..].split_whitespace();
+    (
+        numbers.next().unwrap().to_owned(),
+        numbers.next().unwrap().to_owned(),
+    )
+}
+
+/// Started with systemd's usual soft limit of 1024 (here 512) under a higher hard limit,
+/// cachet takes the hard limit: the default max_connections alone needs 4096 descriptors.
+/// Under a hard limit too low for its config, it says so at start.
+#[test]
+fn the_open_file_limit_is_raised_to_what_the_config_needs() {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let launch = |limit: &str| -> Vec<String> {
+        let script = format!("ulimit {limit} && exec \"$@\"");
+        ["sh", "-c", script.as_str(), "sh"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let tenant = || TenantSpec::new("site", origin.addr, &plugin("standard"));
+    let proxy = Proxy::start_with_launcher(&launch("-S -n 512"), "", "", &[tenant()]);
+    let (soft, hard) = open_file_limits(proxy.pid());
+    assert_ne!(soft, "512", "{soft} {hard}");
+    assert!(soft == hard || hard == "unlimited", "{soft} {hard}");
+    assert_eq!(send("GET", &proxy.url("/"), &[]).status, 200);
+    drop(proxy);
+
+    let proxy = Proxy::start_with_launcher(&launch("-n 600"), "", "", &[tenant()]);
+    assert_eq!(open_file_limits(proxy.pid()).0, "600");
+    let log = proxy.log();
+    assert!(
+        log.contains("open-file limit 600 is under the 5376 descriptors"),
+        "{log}"
+    );
+    assert_eq!(send("GET", &proxy.url("/"), &[]).status, 200);
+}

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod connection;
 mod demo_origin;
+pub mod descriptors;
 pub mod log_writer;
 pub mod metrics;
 pub mod policy;

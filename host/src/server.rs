@@ -247,6 +247,7 @@ pub struct ServeOptions {
 pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     // First of all: from now on a SIGHUP is a reload request, never fatal.
     let hangups = Hangups::catch().context("installing the SIGHUP handler")?;
+    crate::descriptors::raise_limit(&config);
     if !options.upgrade {
         check_addresses_free(&config, options.demo_origin)?;
     }

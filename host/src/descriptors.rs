@@ -1,0 +1,63 @@
+//! The process's file-descriptor limit, raised at start to what the config needs.
+//!
+//! Every client connection and every origin connection is a descriptor. Service managers
+//! commonly start a process with a soft limit of 1024 (systemd's default), well under the
+//! default `max_connections` of 4096: past it `accept` fails and Pingora pauses its accept
+//! loop, so clients hang at connect while the proxy looks idle. As nginx
+//! (`worker_rlimit_nofile`), HAProxy and Go's runtime do, cachet raises its soft limit to the
+//! hard limit the administrator allows, and warns when even that is short.
+
+use crate::config::Config;
+
+/// Descriptors besides connections: listeners, the log, plugin and config files, the reload
+/// watcher, disk-tier segments, Redis, the runtime's own.
+const BESIDES_CONNECTIONS: u64 = 256;
+
+/// What a full load of this config holds open at once: every client connection, every
+/// tenant's origin connections in use, the rest.
+pub fn needed(config: &Config) -> u64 {
+    let origins: u64 = config
+        .tenants
+        .iter()
+        .map(|t| t.origin.max_connections as u64)
+        .sum();
+    config.server.max_connections as u64 + origins + BESIDES_CONNECTIONS
+}
+
+/// Raises the soft limit to the hard one; a warning when the result is under `needed`.
+pub fn raise_limit(config: &Config) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    // An unlimited hard limit still stops at the kernel's per-process ceiling.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(libc::rlim_t::MAX);
+    let target = limit.rlim_max.min(ceiling);
+    if limit.rlim_cur < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: a valid rlimit, within the hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let need = needed(config);
+    if limit.rlim_cur < need {
+        tracing::warn!(
+            "open-file limit {} is under the {need} descriptors this config may hold \
+             (server.max_connections {} + each tenant's origin max_connections + {BESIDES_CONNECTIONS}): \
+             raise the hard limit (LimitNOFILE=, ulimit -Hn) or lower max_connections",
+            limit.rlim_cur,
+            config.server.max_connections,
+        );
+    }
+}
