@@ -1191,3 +1191,54 @@ fn lean_and_full_hits_answer_alike() {
         "one fill per proxy, every other answer a hit"
     );
 }
+
+/// A request that finds its stored response stale and goes to the origin says `fwd=stale`
+/// (RFC 9211 §2.2) whether the origin confirms the stored response (304) or sends a new one.
+#[test]
+fn a_stale_entry_forwarded_says_fwd_stale_whatever_the_origin_answers() {
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let fetches = fetches.clone();
+        move |seen: &Seen| {
+            if seen.url == "/same" && seen.header("if-none-match") == Some("\"s1\"") {
+                return Reply::ok("").status(304).header("ETag", "\"s1\"");
+            }
+            let n = fetches.fetch_add(1, Ordering::SeqCst);
+            Reply::ok(format!("body {n}"))
+                .header("Cache-Control", "max-age=1")
+                .header(
+                    "ETag",
+                    if seen.url == "/same" {
+                        "\"s1\""
+                    } else {
+                        "\"n\""
+                    },
+                )
+        }
+    });
+    let proxy = proxy_for(&origin);
+    for path in ["/new", "/same"] {
+        let first = get(&proxy.url(path));
+        assert_eq!(
+            first.cache_status(),
+            "cachet; fwd=miss; fwd-status=200; stored",
+            "{path}"
+        );
+    }
+    sleep(Duration::from_millis(1100));
+    let replaced = send("GET", &proxy.url("/new"), &[]);
+    assert_eq!(
+        replaced.cache_status(),
+        "cachet; fwd=stale; fwd-status=200; stored",
+        "{:?}",
+        replaced.headers
+    );
+    let confirmed = send("GET", &proxy.url("/same"), &[]);
+    assert_eq!(
+        confirmed.cache_status(),
+        "cachet; fwd=stale; fwd-status=304; stored",
+        "{:?}",
+        confirmed.headers
+    );
+    assert_eq!(origin.hits(), 4);
+}

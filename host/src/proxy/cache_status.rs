@@ -115,7 +115,10 @@ pub fn outcome<'a>(facts: Facts<'a>, phase: &CachePhase) -> Outcome<'a> {
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
                 forwarded("revalidated", "stale", None)
             }
-            CachePhase::Miss | CachePhase::Expired => forwarded("miss", "miss", None),
+            CachePhase::Miss => forwarded("miss", "miss", None),
+            // A stored response was found stale and the request went on to the origin, which
+            // answered with a full response (RFC 9211: `fwd=stale`, whatever came back).
+            CachePhase::Expired => forwarded("miss", "stale", None),
             // The response was judged not storable: it is still a miss.
             CachePhase::Disabled(_) if facts.not_stored.is_some() => {
                 forwarded("miss", "miss", None)
@@ -398,7 +401,12 @@ mod tests {
                 r#"cachet; fwd=stale; ttl=5; detail="stale-if-error""#,
             ),
             (stored, CachePhase::Miss, "miss", miss),
-            (stored, CachePhase::Expired, "miss", miss),
+            (
+                stored,
+                CachePhase::Expired,
+                "miss",
+                "cachet; fwd=stale; fwd-status=200; stored",
+            ),
             (
                 stored,
                 CachePhase::Revalidated,
