@@ -156,7 +156,8 @@ fn print_shadow(shadow: &serde_json::Value) {
         let text = |k: &str| d[k].as_str().unwrap_or("").to_owned();
         // The client's host and path as sent: controls and bidi overrides escaped, so a
         // request cannot disguise how the record shows on an operator's terminal.
-        let client_text = |k: &str| d[k].as_str().unwrap_or("").escape_debug().to_string();
+        let client_text =
+            |k: &str| cachet::one_line::one_line(d[k].as_str().unwrap_or("")).into_owned();
         println!(
             "    {} {} {} {}{}: live {} | shadow {}",
             text("hook"),

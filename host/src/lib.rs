@@ -14,6 +14,7 @@ mod demo_origin;
 pub mod descriptors;
 pub mod log_writer;
 pub mod metrics;
+pub mod one_line;
 pub mod policy;
 pub mod proxy;
 pub mod reload;

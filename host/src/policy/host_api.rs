@@ -92,7 +92,7 @@ macro_rules! tracing_level {
 /// characters (CR, LF...) and the Unicode line and bidi controls are escaped, so a plugin (or
 /// request data it logs) cannot write a line that looks like another tenant's or the proxy's.
 fn plugin_log(tenant: &str, level: tracing::Level, message: String) {
-    let mut message = one_line(&message);
+    let mut message = crate::one_line::one_line(&message).into_owned();
     if message.len() > MAX_LOG_LINE {
         let mut cut = MAX_LOG_LINE;
         while !message.is_char_boundary(cut) {
@@ -107,30 +107,6 @@ fn plugin_log(tenant: &str, level: tracing::Level, message: String) {
         tracing::Level::WARN => tracing::warn!(target: "cachet::plugin", tenant, "{message}"),
         _ => tracing::error!(target: "cachet::plugin", tenant, "{message}"),
     }
-}
-
-/// `text` with every character that could break or disguise a log line written as a `\u{..}`
-/// escape (`\n`, `\r`, `\t` as such): C0 and C1 controls, DEL, and U+2028, U+2029 and the
-/// bidirectional overrides and isolates.
-fn one_line(text: &str) -> String {
-    let disguising = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
-            || ('\u{202a}'..='\u{202e}').contains(&c)
-            || ('\u{2066}'..='\u{2069}').contains(&c)
-    };
-    if !text.chars().any(disguising) {
-        return text.to_owned();
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if disguising(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The host side of 0.1.0 and 0.2.0: both grant the same resources and
@@ -241,17 +217,3 @@ const _: () = {
         }
     }
 };
-
-#[cfg(test)]
-mod log_line_tests {
-    use super::one_line;
-
-    #[test]
-    fn a_plugin_log_message_stays_one_line() {
-        assert_eq!(one_line("plain text é"), "plain text é");
-        let forged = "hi\n2026-12-01T00:00:00Z  INFO cachet::access: request\r\u{1b}[31m\u{202e}x";
-        let line = one_line(forged);
-        assert!(!line.contains(['\n', '\r', '\u{1b}', '\u{202e}']), "{line}");
-        assert!(line.starts_with("hi\\n2026"), "{line}");
-    }
-}

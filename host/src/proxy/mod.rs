@@ -474,8 +474,8 @@ impl ProxyHttp for CachetProxy {
         format!(
             "{} {}, Host: {}",
             req.method,
-            req.uri.path().escape_default(),
-            host.escape_default()
+            crate::one_line::one_line(req.uri.path()),
+            crate::one_line::one_line(&host)
         )
     }
 

@@ -1,0 +1,41 @@
+//! Text from clients, origins and plugins made safe for one line of a log or a terminal.
+
+use std::borrow::Cow;
+
+/// `text` with every character that could break or disguise a log line written as a `\u{..}`
+/// escape (`\n`, `\r`, `\t` as such): C0 and C1 controls, DEL, and U+2028, U+2029 and the
+/// bidirectional overrides and isolates.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    let disguising = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if !text.chars().any(disguising) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if disguising(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_plugin_log_message_stays_one_line() {
+        assert_eq!(one_line("plain text é"), "plain text é");
+        let forged = "hi\n2026-12-01T00:00:00Z  INFO cachet::access: request\r\u{1b}[31m\u{202e}x";
+        let line = one_line(forged);
+        assert!(!line.contains(['\n', '\r', '\u{1b}', '\u{202e}']), "{line}");
+        assert!(line.starts_with("hi\\n2026"), "{line}");
+    }
+}
