@@ -1242,3 +1242,40 @@ fn a_stale_entry_forwarded_says_fwd_stale_whatever_the_origin_answers() {
     );
     assert_eq!(origin.hits(), 4);
 }
+
+/// A malformed directive list never hides a directive that forbids storing: a `;` where a
+/// comma belongs, an unterminated quoted string, or a targeted field passed over for a
+/// wrongly typed member (nginx and Varnish find `private` anywhere in the field too).
+#[test]
+fn malformed_directive_lists_never_hide_a_restriction() {
+    let origin = Origin::start(|seen| {
+        let reply = Reply::ok(format!("for {}", seen.url));
+        match seen.url.as_str() {
+            "/semicolon" => reply.header("Cache-Control", "max-age=300, private; must-revalidate"),
+            "/quote" => reply.header("Cache-Control", "max-age=300, x=\"a, private"),
+            "/targeted" => reply
+                .header("Cache-Control", "public, max-age=300")
+                .header("CDN-Cache-Control", "no-store, max-age=\"60\""),
+            _ => reply.header("Cache-Control", "max-age=300"),
+        }
+    });
+    let proxy = proxy_for(&origin);
+    for path in ["/semicolon", "/quote", "/targeted"] {
+        let first = get(&proxy.url(path));
+        assert!(
+            !first.cache_status().contains("stored"),
+            "{path}: {}",
+            first.cache_status()
+        );
+        let second = get(&proxy.url(path));
+        assert!(
+            !second.cache_status().contains("hit"),
+            "{path}: {}",
+            second.cache_status()
+        );
+        assert_eq!(origin.hits_for(path), 2, "{path}");
+    }
+    // The control: a well-formed list is stored.
+    get(&proxy.url("/plain"));
+    assert!(get(&proxy.url("/plain")).cache_status().contains("hit"));
+}

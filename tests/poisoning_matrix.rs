@@ -364,6 +364,13 @@ fn cookie_pairs(path: &str) -> Vec<Pair> {
                 KEYS_LANG,
             ),
             cookie_pair(
+                &format!("{path}: an empty lang cookie"),
+                with("lang="),
+                get(path),
+                vary,
+                KEYS_LANG,
+            ),
+            cookie_pair(
                 &format!("{path}: a session cookie"),
                 with("session=1"),
                 get(path),
@@ -371,6 +378,22 @@ fn cookie_pairs(path: &str) -> Vec<Pair> {
                 PASSES_SESSION,
             ),
         ]);
+        // Spellings a lenient origin reads as `session` (ASP.NET ignores case, Python's
+        // SimpleCookie splits on spaces, older Rack on commas and decodes names).
+        for spelling in [
+            "Session=1",
+            "theme=dark session=1",
+            "theme=dark, session=1",
+            "%73ession=1",
+        ] {
+            pairs.push(cookie_pair(
+                &format!("{path}: a session cookie spelled {spelling:?}"),
+                with(spelling),
+                get(path),
+                vary,
+                PASSES_SESSION,
+            ));
+        }
     }
     pairs
 }

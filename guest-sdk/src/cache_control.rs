@@ -13,7 +13,10 @@ const DELTA_SECONDS_CAP: u64 = 1 << 31;
 /// Directive names compare case-insensitively. When a directive repeats, the
 /// first occurrence wins (RFC 9111 §4.2.1). Junk is skipped rather than
 /// rejected: empty elements, unterminated quotes and unknown directives never
-/// hide the well-formed directives around them.
+/// hide the well-formed directives around them. A `;` outside quotes separates
+/// like a comma (`private; max-age=0` is `private`), and an unterminated quoted
+/// string is read again as if it had no quotes, so `x="a, private` is `private`
+/// too: a malformed field never loses a directive that forbids storing.
 ///
 /// ```
 /// use std::time::Duration;
@@ -57,8 +60,10 @@ impl CacheControl {
 
     /// Parses a targeted field (`CDN-Cache-Control`, `Cachet-Cache-Control`): a Structured
     /// Field dictionary whose known directives have the right types (RFC 9213 §2.1). `None`
-    /// when the field is not valid, so the next field in precedence applies. A repeated
-    /// directive takes its last value, as dictionaries do; `?0` means the directive is off.
+    /// when the field is not valid, so the next field in precedence applies (the directives
+    /// of an invalid field that forbid storing still apply there:
+    /// [`crate::ResponseDirectives::select`]). A repeated directive takes its last value, as
+    /// dictionaries do; `?0` means the directive is off.
     ///
     /// ```
     /// use std::time::Duration;
@@ -88,6 +93,29 @@ impl CacheControl {
             directives.push(Directive { name, argument });
         }
         Some(Self { directives })
+    }
+
+    /// The directives that forbid storing, or reusing without revalidation (`no-store`,
+    /// `no-cache`, `private`, `must-revalidate`, `proxy-revalidate`), read forgivingly from
+    /// any text: what a field that is otherwise invalid still says.
+    pub(crate) fn restrictions_in<I>(values: I) -> Vec<(String, Option<String>)>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        Self::parse_all(values)
+            .directives
+            .into_iter()
+            .filter(|d| restricts(&d.name))
+            .map(|d| (d.name, d.argument))
+            .collect()
+    }
+
+    /// Adds a directive unless one of its name is there already.
+    pub(crate) fn add_if_absent(&mut self, name: String, argument: Option<String>) {
+        if !self.has(&name) {
+            self.directives.push(Directive { name, argument });
+        }
     }
 
     /// Whether the directive is present (with or without an argument).
@@ -200,26 +228,41 @@ fn expected_type(name: &str) -> Expected {
     }
 }
 
-/// Splits on commas outside quoted strings, so `no-cache="a, b"` stays whole.
+/// Directives that forbid storing, or reusing without revalidation.
+pub(crate) fn restricts(name: &str) -> bool {
+    matches!(
+        name,
+        "no-store" | "no-cache" | "private" | "must-revalidate" | "proxy-revalidate"
+    )
+}
+
+/// Splits on commas (and stray semicolons) outside quoted strings, so `no-cache="a, b"`
+/// stays whole. An element whose quote never closes is split again ignoring quotes.
 fn split_list(value: &str) -> Vec<String> {
     let mut elements = Vec::new();
     let mut current = String::new();
+    let mut current_start = 0;
     let mut in_quotes = false;
     let mut escaped = false;
-    for c in value.chars() {
+    for (at, c) in value.char_indices() {
         match c {
             _ if escaped => escaped = false,
             '\\' if in_quotes => escaped = true,
             '"' => in_quotes = !in_quotes,
-            ',' if !in_quotes => {
+            ',' | ';' if !in_quotes => {
                 elements.push(std::mem::take(&mut current));
+                current_start = at + 1;
                 continue;
             }
             _ => {}
         }
         current.push(c);
     }
-    elements.push(current);
+    if in_quotes {
+        elements.extend(value[current_start..].split([',', ';']).map(str::to_owned));
+    } else {
+        elements.push(current);
+    }
     elements
 }
 
@@ -314,11 +357,23 @@ mod tests {
     }
 
     #[test]
-    fn unterminated_quote_swallows_the_rest_without_panicking() {
+    fn an_unterminated_quote_hides_nothing_after_it() {
+        let cc = CacheControl::parse(r#"max-age=300, x="a, private"#);
+        assert!(cc.private());
+        assert_eq!(cc.value("x"), Some("a"));
         let cc = CacheControl::parse(r#"no-cache, x="open, max-age=5"#);
         assert!(cc.no_cache());
-        assert_eq!(cc.value("x"), Some("open, max-age=5"));
-        assert_eq!(cc.max_age(), None);
+        assert_eq!(cc.max_age(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_stray_semicolon_separates_like_a_comma() {
+        let cc = CacheControl::parse("private; max-age=0");
+        assert!(cc.private());
+        assert_eq!(cc.max_age(), Some(Duration::ZERO));
+        let cc = CacheControl::parse("no-store; no-cache, x=\"a;b\"");
+        assert!(cc.no_store() && cc.no_cache());
+        assert_eq!(cc.value("x"), Some("a;b"));
     }
 
     #[test]

@@ -41,6 +41,47 @@ pub(crate) fn retain(header_lines: &[String], keep: impl Fn(&str) -> bool) -> (S
     (header, changed)
 }
 
+/// Whether any cookie parser in common use could read a cookie called `name` from these
+/// lines: names compared without regard to ASCII case and after percent-decoding, pairs
+/// separated by `;`, `,` or whitespace, a lone name counted as a cookie. [`find`] reads
+/// cookies as RFC 6265 lays them out; origins are more lenient (ASP.NET ignores case,
+/// Python's `SimpleCookie` splits on spaces, older Rack on commas and decodes names), so a
+/// request that must not be shared when it carries a cookie is tested with this.
+pub(crate) fn may_carry(header_lines: &[String], name: &str) -> bool {
+    let separators = |c: char| matches!(c, ';' | ',') || c.is_whitespace();
+    header_lines
+        .iter()
+        .flat_map(|line| line.split(separators))
+        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+        .map(|pair_name| pair_name.trim_matches(|c: char| c == '"' || c.is_whitespace()))
+        .any(|pair_name| percent_decoded(pair_name).eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// `text` with each `%XX` decoded (other bytes as they are).
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 fn unquote(value: &str) -> &str {
     value
         .strip_prefix('"')
@@ -51,6 +92,27 @@ fn unquote(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn may_carry_sees_the_spellings_lenient_origins_read() {
+        for line in [
+            "session=alice",
+            "Session=alice",
+            "theme=dark session=alice",
+            "theme=dark, session=alice",
+            "%73ession=alice",
+            "%53ESSION=alice",
+            "x=\"a; session=alice\"",
+            "session",
+            "\tsession\t=alice",
+        ] {
+            assert!(may_carry(&lines(&[line]), "session"), "{line}");
+        }
+        for line in ["sessions=1", "xsession=1", "theme=session", "lang=fr"] {
+            assert!(!may_carry(&lines(&[line]), "session"), "{line}");
+        }
+        assert!(!may_carry(&[], "session"));
+    }
 
     #[test]
     fn retain_keeps_accepted_names_across_lines() {

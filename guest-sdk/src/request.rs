@@ -94,6 +94,15 @@ impl Request {
         cookie::find(&self.header_all("cookie"), name)
     }
 
+    /// Whether a lenient origin could read a cookie called `name` here, in any spelling:
+    /// any ASCII case, percent-encoded, separated by `,` or spaces as well as `;`. Test
+    /// this, not [`Request::cookie`], before deciding that a request without such a cookie
+    /// (a session) may share a cached answer: `Cookie: Session=alice` has no `session`
+    /// for `cookie`, while ASP.NET reads one.
+    pub fn may_carry_cookie(&self, name: &str) -> bool {
+        cookie::may_carry(&self.header_all("cookie"), name)
+    }
+
     /// The request's `Cache-Control` directives.
     pub fn cache_control(&self) -> CacheControl {
         CacheControl::parse_all(self.header_all("cache-control"))
@@ -158,7 +167,8 @@ impl RequestBuilder {
     /// Finishes the request.
     pub fn build(self) -> Request {
         let parts = uri::split(&self.uri);
-        // Like the host: the URI's authority wins over the Host header.
+        // The proxy refuses a request whose URI authority and Host disagree, so here the
+        // authority (when the test gives one) and Host name the same host.
         let host = parts
             .host
             .or_else(|| self.headers.first("host").map(|h| h.to_ascii_lowercase()))

@@ -1,7 +1,9 @@
 //! Which field's cache directives govern a response (RFC 9213 §2.2): `Cachet-Cache-Control`
 //! (cachet's own), then `CDN-Cache-Control` (every CDN), then `Cache-Control`. A targeted
 //! field counts only when it is present, non-empty and valid; when one is used, `Cache-Control`
-//! and `Expires` are ignored.
+//! and `Expires` are ignored. An invalid targeted field is passed over, but what it says
+//! against storing (`no-store`, `private`, ...) still holds: an origin that wrote
+//! `no-store, max-age="60"` did not mean its `Cache-Control: max-age=300` to store it.
 
 use crate::CacheControl;
 
@@ -70,7 +72,9 @@ impl ResponseDirectives {
         L: IntoIterator,
         L::Item: AsRef<str>,
     {
-        DirectiveField::PRECEDENCE.into_iter().find_map(|field| {
+        // Restrictions of the invalid targeted fields passed over.
+        let mut carried = Vec::new();
+        let mut chosen = DirectiveField::PRECEDENCE.into_iter().find_map(|field| {
             let lines: Vec<L::Item> = field_lines(field.name()).into_iter().collect();
             if lines.is_empty() {
                 return None;
@@ -79,7 +83,13 @@ impl ResponseDirectives {
                 if lines.iter().all(|line| line.as_ref().trim().is_empty()) {
                     return None;
                 }
-                CacheControl::parse_targeted(&lines)?
+                match CacheControl::parse_targeted(&lines) {
+                    Some(cc) => cc,
+                    None => {
+                        carried.extend(CacheControl::restrictions_in(&lines));
+                        return None;
+                    }
+                }
             } else {
                 CacheControl::parse_all(&lines)
             };
@@ -87,7 +97,17 @@ impl ResponseDirectives {
                 field,
                 cache_control,
             })
-        })
+        });
+        if !carried.is_empty() {
+            let chosen = chosen.get_or_insert(Self {
+                field: DirectiveField::CacheControl,
+                cache_control: CacheControl::default(),
+            });
+            for (name, argument) in carried {
+                chosen.cache_control.add_if_absent(name, argument);
+            }
+        }
+        chosen
     }
 
     /// Whether the directives state an explicit lifetime (`max-age`, `s-maxage`), or, for
@@ -135,6 +155,30 @@ mod tests {
             (DirectiveField::CachetCacheControl, secs(3))
         );
         assert_eq!(select(&[]), None);
+    }
+
+    #[test]
+    fn an_invalid_targeted_field_still_forbids_storing() {
+        let d = select(&[
+            ("CDN-Cache-Control", "no-store, max-age=\"60\""),
+            ("Cache-Control", "public, max-age=300"),
+        ])
+        .expect("a field applies");
+        assert_eq!(d.field, DirectiveField::CacheControl);
+        assert!(d.cache_control.no_store());
+        assert!(d.cache_control.public());
+        // Unparseable as a dictionary, with nothing else to fall back on.
+        let d = select(&[("Cachet-Cache-Control", "private, max-age=60,")]).expect("applies");
+        assert!(d.cache_control.private());
+        assert_eq!(d.cache_control.max_age(), None);
+        // A valid field below takes the restriction too.
+        let d = select(&[
+            ("Cachet-Cache-Control", "no-cache, s-maxage=x"),
+            ("CDN-Cache-Control", "max-age=60"),
+        ])
+        .expect("applies");
+        assert_eq!(d.field, DirectiveField::CdnCacheControl);
+        assert!(d.cache_control.no_cache());
     }
 
     #[test]

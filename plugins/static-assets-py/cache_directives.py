@@ -44,20 +44,37 @@ class Directives:
         )
 
 
+# Directives that forbid storing, or reusing without revalidation: an invalid targeted field
+# is passed over, but what it says of these still holds.
+_RESTRICTIONS = ("no-store", "no-cache", "private", "must-revalidate", "proxy-revalidate")
+
+
 def select(field_lines: Callable[[str], List[str]]) -> Optional[Directives]:
     """The governing directives; `field_lines(name)` gives every line of a field."""
+    carried: Dict[str, Optional[str]] = {}
+    chosen: Optional[Directives] = None
     for name in PRECEDENCE:
         lines = field_lines(name)
         if not lines:
             continue
         if name == "cache-control":
-            return Directives(name, parse_forgiving(lines))
+            chosen = Directives(name, parse_forgiving(lines))
+            break
         if all(not line.strip() for line in lines):
             continue
         arguments = parse_targeted(lines)
         if arguments is not None:
-            return Directives(name, arguments)
-    return None
+            chosen = Directives(name, arguments)
+            break
+        for directive, argument in parse_forgiving(lines).items():
+            if directive in _RESTRICTIONS:
+                carried.setdefault(directive, argument)
+    if carried:
+        if chosen is None:
+            chosen = Directives("cache-control")
+        for directive, argument in carried.items():
+            chosen.arguments.setdefault(directive, argument)
+    return chosen
 
 
 # ------------------------------------------------------------ Cache-Control (forgiving)
@@ -77,22 +94,28 @@ def parse_forgiving(lines: List[str]) -> Dict[str, Optional[str]]:
 
 
 def _split_list(value: str) -> List[str]:
-    """Splits on commas outside quoted strings."""
+    """Splits on commas (and stray semicolons) outside quoted strings; an element whose
+    quote never closes is split again ignoring quotes, so it hides nothing after it."""
     elements, current = [], []
+    current_start = 0
     in_quotes = escaped = False
-    for c in value:
+    for at, c in enumerate(value):
         if escaped:
             escaped = False
         elif c == "\\" and in_quotes:
             escaped = True
         elif c == '"':
             in_quotes = not in_quotes
-        elif c == "," and not in_quotes:
+        elif c in ",;" and not in_quotes:
             elements.append("".join(current))
             current = []
+            current_start = at + 1
             continue
         current.append(c)
-    elements.append("".join(current))
+    if in_quotes:
+        elements.extend(value[current_start:].replace(";", ",").split(","))
+    else:
+        elements.append("".join(current))
     return elements
 
 

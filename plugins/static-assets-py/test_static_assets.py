@@ -142,6 +142,17 @@ class Responses(unittest.TestCase):
         resp = ok_with(("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=x"))
         self.assertEqual(policy.on_response(self.css, resp), ("no-store", "origin sent no-store"))
 
+    def test_malformed_directive_lists_hide_no_restriction(self):
+        for headers in [
+            [("Cache-Control", "private; max-age=0")],
+            [("Cache-Control", 'max-age=300, x="a, private')],
+            [("Cache-Control", "public, max-age=300"), ("CDN-Cache-Control", 'private, max-age="60"')],
+        ]:
+            resp = ok_with(*headers)
+            self.assertEqual(
+                policy.on_response(self.css, resp), ("no-store", "origin sent private"), headers
+            )
+
     def test_no_store_and_private_are_never_stored(self):
         resp = ok_with(("Cache-Control", "max-age=60, no-store"))
         self.assertEqual(policy.on_response(self.css, resp), ("no-store", "origin sent no-store"))

@@ -5,12 +5,14 @@
 //! ignore case, so a plain prefix test would let `/%61dmin`, `//admin` or
 //! `/x/../admin` through. Windows and IIS-style origins also take `\` for `/`
 //! and ignore a name's trailing dots and spaces (`/admin.`, `/admin%20`), and
-//! some cut a name at a control byte (`/admin%00`). The path is normalised
-//! the same way before the first segment is compared.
+//! some cut a name at a control byte (`/admin%00`) or at an NTFS stream name
+//! (`/admin::$INDEX_ALLOCATION`). IIS also decodes `%u0061` and overlong UTF-8
+//! (`%c1%a1`), and origins behind another decoding layer see `%2561` as `a`. The path
+//! is normalised the same way before the first segment is compared.
 
 /// Whether the request path is `/admin` or below it, but not e.g. `/administrator`.
 pub(crate) fn is_admin_path(path: &str) -> bool {
-    normalized_segments(&percent_decode(path))
+    normalized_segments(&fully_decoded(path))
         .first()
         .is_some_and(|first| first.eq_ignore_ascii_case("admin"))
 }
@@ -20,7 +22,7 @@ pub(crate) fn is_admin_path(path: &str) -> bool {
 /// this form: on the raw text, `/api/../internal/x` would go to the API backend (which
 /// serves its `/internal/x`) and be kept as an API answer.
 pub(crate) fn canonical_path(path: &str) -> String {
-    let decoded = percent_decode(path);
+    let decoded = fully_decoded(path);
     let mut canonical = String::with_capacity(decoded.len() + 1);
     for segment in normalized_segments(&decoded) {
         canonical.push('/');
@@ -37,7 +39,8 @@ pub(crate) fn canonical_path(path: &str) -> String {
 fn normalized_segments(path: &str) -> Vec<&str> {
     let mut segments = Vec::new();
     for segment in path.split(['/', '\\']) {
-        let segment = segment.split(';').next().unwrap_or(segment);
+        // `;parameters`, and NTFS streams (`name:stream`, `name::$DATA`).
+        let segment = segment.split([';', ':']).next().unwrap_or(segment);
         let segment = segment.trim_end_matches(|c: char| c == ' ' || c.is_ascii_control());
         match segment {
             "" | "." => {}
@@ -54,13 +57,36 @@ fn normalized_segments(path: &str) -> Vec<&str> {
     segments
 }
 
-/// Decodes every valid `%XX`; invalid escapes and non-UTF-8 results are kept
+/// Decoding rounds at most: enough for any layering an origin stack plausibly has.
+const DECODE_ROUNDS: usize = 4;
+
+/// The path decoded again and again (`%2561` is `%61` is `a`) until nothing changes.
+fn fully_decoded(path: &str) -> String {
+    let mut decoded = path.to_owned();
+    for _ in 0..DECODE_ROUNDS {
+        let next = percent_decode(&decoded);
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    decoded
+}
+
+/// Decodes every valid `%XX` and IIS's `%uXXXX`, and reads overlong UTF-8 forms of ASCII
+/// (`%c1%a1` is `a` to old IIS); invalid escapes and other non-UTF-8 results are kept
 /// lossily, which is enough for comparing against an ASCII name.
 fn percent_decode(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
+        if let Some(unit) = iis_escape(&bytes[i..]) {
+            let mut utf8 = [0; 4];
+            decoded.extend_from_slice(unit.encode_utf8(&mut utf8).as_bytes());
+            i += 6;
+            continue;
+        }
         let escaped = match bytes.get(i..i + 3) {
             Some([b'%', high, low]) => hex_digit(*high).zip(hex_digit(*low)),
             _ => None,
@@ -76,7 +102,40 @@ fn percent_decode(path: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&decoded).into_owned()
+    String::from_utf8_lossy(&overlong_ascii_read(decoded)).into_owned()
+}
+
+/// `%uXXXX` at the start of `bytes`, as IIS decodes it.
+fn iis_escape(bytes: &[u8]) -> Option<char> {
+    match bytes.get(..6)? {
+        [b'%', b'u' | b'U', digits @ ..] => {
+            let value = digits
+                .iter()
+                .try_fold(0u32, |v, d| Some(v << 4 | u32::from(hex_digit(*d)?)))?;
+            char::from_u32(value)
+        }
+        _ => None,
+    }
+}
+
+/// Two-byte overlong encodings of ASCII (`C0`/`C1` and a continuation byte) replaced by
+/// the ASCII byte they spell.
+fn overlong_ascii_read(bytes: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1)) {
+            (lead @ (0xc0 | 0xc1), Some(&next)) if next & 0xc0 == 0x80 => {
+                out.push((lead & 0x1f) << 6 | (next & 0x3f));
+                i += 2;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn hex_digit(byte: u8) -> Option<u8> {
@@ -113,6 +172,14 @@ mod tests {
             "/admin%00",
             "/admin%09/x",
             "/x/.. /admin",
+            "/%u0061dmin/users",
+            "/%U0041DMIN",
+            "/admin::$INDEX_ALLOCATION/users",
+            "/admin:stream",
+            "/%2561dmin/users",
+            "/%252561dmin",
+            "/%c1%a1dmin/users",
+            "/%c0%afadmin",
         ] {
             assert!(is_admin_path(path), "{path}");
         }

@@ -49,7 +49,9 @@ impl Policy for ApiGateway {
         if req.has_header("authorization") {
             return RequestDecision::bypass("authorization header");
         }
-        if req.cookie("session").is_some() {
+        // In any spelling an origin may read as `session` (`Session=`, `%73ession=`, after
+        // a space or a comma): the Cookie header goes to the origin as sent.
+        if req.may_carry_cookie("session") {
             return RequestDecision::bypass("session cookie");
         }
         RequestDecision::Cache
@@ -89,6 +91,9 @@ impl Policy for ApiGateway {
             TestVector::get("http://example.com/administrator").expect_cache(),
             TestVector::get("http://example.com/api/me")
                 .header("Authorization", "Bearer t")
+                .expect_bypass(),
+            TestVector::get("http://example.com/api/me")
+                .header("Cookie", "theme=dark Session=alice")
                 .expect_bypass(),
             TestVector::get("http://example.com/api/items?page=2")
                 .expect_cache()

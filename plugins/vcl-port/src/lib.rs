@@ -51,7 +51,10 @@ impl Policy for VclPort {
         if decision != RequestDecision::Cache {
             return decision;
         }
-        if !is_static(&req.path()) && req.cookie("session").is_some() {
+        // In any spelling a lenient origin reads as `session` (`Session=`, after a space):
+        // the session cookie itself is dropped below, so such a request would be cached
+        // anonymously while the origin could still see a login in another cookie's value.
+        if !is_static(&req.path()) && req.may_carry_cookie("session") {
             return RequestDecision::bypass("logged-in user");
         }
         RequestDecision::Cache
@@ -73,7 +76,12 @@ impl Policy for VclPort {
     fn cache_key(&self, req: &Request) -> Vec<String> {
         let mut key = defaults::cache_key(req);
         if !is_static(&req.path()) {
-            key.push(format!("lang={}", req.cookie("lang").unwrap_or_default()));
+            // `lang=` (empty) and no `lang` are different pages to an origin that falls back
+            // to a default language only when the cookie is missing.
+            key.push(match req.cookie("lang") {
+                Some(lang) => format!("lang={lang}"),
+                None => "no lang".to_owned(),
+            });
         }
         key
     }
@@ -153,6 +161,16 @@ impl Policy for VclPort {
             TestVector::get("http://example.com/account")
                 .header("Cookie", "session=abc")
                 .expect_bypass(),
+            TestVector::get("http://example.com/account")
+                .header("Cookie", "lang=fr Session=abc")
+                .expect_bypass(),
+            TestVector::get("http://example.com/news")
+                .header("Cookie", "lang=")
+                .expect_cache()
+                .expect_key(["example.com", "/news", "lang="]),
+            TestVector::get("http://example.com/news")
+                .expect_cache()
+                .expect_key(["example.com", "/news", "no lang"]),
             TestVector::get("http://example.com/login")
                 .expect_cache()
                 .with_response(200, &[("set-cookie", "session=new")])
