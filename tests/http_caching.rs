@@ -1279,3 +1279,46 @@ fn malformed_directive_lists_never_hide_a_restriction() {
     get(&proxy.url("/plain"));
     assert!(get(&proxy.url("/plain")).cache_status().contains("hit"));
 }
+
+/// A chunked body larger than `max_object_bytes` streams through unstored, whole, to the
+/// client that asked for it, however fast the origin sends it (probe M: an origin writing
+/// 200000 bytes in 7000-byte chunks at once got its client cut at 14000 bytes).
+#[test]
+fn a_fast_chunked_body_over_max_object_bytes_reaches_its_client_whole() {
+    const CHUNK: usize = 7000;
+    const CHUNKS: usize = 29;
+    let origin = support::raw::RawOrigin::start(|_| {
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        for i in 0..CHUNKS {
+            answer.extend_from_slice(format!("{CHUNK:x}\r\n").as_bytes());
+            answer.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, CHUNK));
+            answer.extend_from_slice(b"\r\n");
+        }
+        answer.extend_from_slice(b"0\r\n\r\n");
+        answer
+    });
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))
+            .limits("hook_timeout_ms = 250\nmax_object_bytes = \"16KiB\"")],
+    );
+    for i in 0..5 {
+        let path = format!("/large/{i}");
+        let got = support::raw::get(proxy.port, &path, &[]);
+        assert_eq!(got.head.status, 200, "{path}");
+        assert_eq!(
+            got.body.len(),
+            CHUNK * CHUNKS,
+            "{path}: {}",
+            got.cache_status()
+        );
+        assert!(
+            got.body[CHUNK * 28..].iter().all(|b| *b == b'a' + 2),
+            "{path}"
+        );
+    }
+    let log = proxy.log();
+    assert!(!log.contains("fell more than"), "{log}");
+}

@@ -7,8 +7,14 @@
 //! A reader that stops reading (a client gone while pingora goes on filling, or one that reads
 //! slower than the origin sends) would still pin every chunk after its position. So once a
 //! write is no longer buffered, the writer lets go of the chunks more than a bound (the
-//! maximum object size) behind the newest: a reader still there gets an error instead of the
-//! rest of a body it fell too far behind on.
+//! maximum object size, at least [`LAG_FLOOR`]) behind the newest: a reader still there gets an
+//! error instead of the rest of a body it fell too far behind on.
+//!
+//! The requesting client reads its own fill from here too, in the same task as the write:
+//! pingora alternates at random between storing the next upstream batch and sending what is
+//! stored, so even a client that keeps up is briefly behind by a few batches. A read takes
+//! every chunk already there ([`READ_BATCH`] at most), and the bound never falls below the
+//! floor, so only a reader that really stops keeping up is cut.
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -16,6 +22,14 @@ use pingora_error::{Error, ErrorType, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
+
+/// The least a reader may fall behind a fill that is not stored: several of pingora's
+/// upstream batches (up to ~5 reads of 64 KiB each), so the requesting client is never cut
+/// for the order pingora happens to run its two halves in.
+pub(super) const LAG_FLOOR: usize = 8 << 20;
+
+/// The most one read hands out when several chunks are waiting.
+const READ_BATCH: usize = 1 << 20;
 
 pub(super) struct Chunk {
     data: Bytes,
@@ -106,6 +120,7 @@ impl StreamWriter {
     /// From now on, readers more than `limit` bytes behind the newest chunk are cut off (the
     /// body is no longer buffered for storing).
     pub(super) fn bound_lag(&mut self, limit: usize) {
+        let limit = limit.max(LAG_FLOOR);
         self.lag_limit = Some(limit);
         self.let_go_beyond(limit);
     }
@@ -157,6 +172,31 @@ pub(super) struct StreamReader {
 }
 
 impl StreamReader {
+    /// The current chunk and those already linked after it, up to [`READ_BATCH`] bytes, in
+    /// one buffer (the chunk itself, uncopied, when it is the only one).
+    fn take_waiting(&mut self) -> Bytes {
+        let first = self.cur.data.clone();
+        let Some(second) = self.cur.next.load_full() else {
+            return first;
+        };
+        if first.len() + second.data.len() > READ_BATCH {
+            return first;
+        }
+        let mut batch =
+            bytes::BytesMut::with_capacity(READ_BATCH.min(first.len() * 4 + second.data.len()));
+        batch.extend_from_slice(&first);
+        let mut next = Some(second);
+        while let Some(node) = next {
+            if batch.len() + node.data.len() > READ_BATCH {
+                break;
+            }
+            batch.extend_from_slice(&node.data);
+            next = node.next.load_full();
+            self.cur = node;
+        }
+        batch.freeze()
+    }
+
     /// The next chunk, `None` at the end of a complete body, or an error if the write was
     /// abandoned: a reader must never mistake a truncated body for a whole one.
     pub(super) async fn next(&mut self) -> Result<Option<Bytes>> {
@@ -165,9 +205,8 @@ impl StreamReader {
             // bumps the status, so a chunk pushed after this read still wakes `changed()`.
             let status = *self.status.borrow_and_update();
             if let Some(next) = self.cur.next.load_full() {
-                let data = next.data.clone();
                 self.cur = next;
-                return Ok(Some(data));
+                return Ok(Some(self.take_waiting()));
             }
             if self.cur.cut.load(Ordering::SeqCst) {
                 return Error::e_explain(

@@ -1,4 +1,5 @@
 use super::super::entry::SlotKey;
+use super::super::stream::LAG_FLOOR;
 use super::*;
 use pingora_cache::storage::{PurgeOutcome, PurgeTarget, PurgeType};
 use tokio::time::timeout;
@@ -246,9 +247,9 @@ fn a_long_chain_of_tiny_chunks_drops_without_overflowing_the_stack() {
     drop(start);
 }
 
-/// Once a write is no longer stored, a reader that stops reading pins at most the lag bound:
-/// the chunks further behind are let go, and the reader is told so instead of being served a
-/// body with a hole. A reader that keeps up is unaffected.
+/// Once a write is no longer stored, a reader that stops reading pins at most the lag bound
+/// (never under the floor): the chunks further behind are let go, and the reader is told so
+/// instead of being served a body with a hole. A reader that keeps up is unaffected.
 #[tokio::test]
 async fn a_reader_too_far_behind_an_unstored_fill_is_cut_off_and_frees_the_chunks() {
     let (mut writer, start) = super::super::stream::stream();
@@ -259,8 +260,9 @@ async fn a_reader_too_far_behind_an_unstored_fill_is_cut_off_and_frees_the_chunk
     assert_eq!(following.next().await.unwrap().unwrap(), first);
     drop(start);
     writer.bound_lag(4 * 1024);
-    for i in 0..64u8 {
-        writer.push(bytes::Bytes::from(vec![i; 1024]));
+    let chunk = LAG_FLOOR / 16;
+    for i in 0..40u8 {
+        writer.push(bytes::Bytes::from(vec![i; chunk]));
         assert_eq!(following.next().await.unwrap().unwrap()[0], i);
     }
     // Only the reader and this test hold the first chunk's bytes now: the chain behind the
@@ -274,6 +276,29 @@ async fn a_reader_too_far_behind_an_unstored_fill_is_cut_off_and_frees_the_chunk
     assert!(following.next().await.unwrap().is_none());
 }
 
+/// The requesting client reads its own fill in the task that writes it, and pingora stores
+/// a few upstream batches before the client's side runs again: a reader that many chunks
+/// behind, under the floor, is not cut even when the object limit is far smaller (probe M:
+/// chunked bodies over an 8 KiB `max_object_bytes` came out cut at 14000 bytes), and one
+/// read takes every chunk waiting.
+#[tokio::test]
+async fn a_reader_a_few_batches_behind_is_not_cut_and_reads_them_at_once() {
+    let (mut writer, start) = super::super::stream::stream();
+    let mut reader = start.reader();
+    writer.bound_lag(8 * 1024);
+    let mut sent = Vec::new();
+    for i in 0..30u8 {
+        let chunk = vec![i; 7000];
+        sent.extend_from_slice(&chunk);
+        writer.push(bytes::Bytes::from(chunk));
+    }
+    writer.close(super::super::stream::WriteStatus::Done);
+    let first = reader.next().await.unwrap().unwrap();
+    assert_eq!(first.len(), sent.len(), "every waiting chunk in one read");
+    assert_eq!(&first[..], &sent[..]);
+    assert!(reader.next().await.unwrap().is_none());
+}
+
 /// A chunk larger than the lag bound (one upstream read of a big chunk) is not let go itself:
 /// a reader that had read everything before it still gets it. Counting it cut every reader
 /// off before it could read a byte (probe J: a client got a 200 with an empty body).
@@ -282,7 +307,7 @@ async fn a_chunk_larger_than_the_lag_bound_reaches_a_reader_that_kept_up() {
     let (mut writer, start) = super::super::stream::stream();
     let mut reader = start.reader();
     writer.bound_lag(100);
-    let big = bytes::Bytes::from(vec![7u8; 1000]);
+    let big = bytes::Bytes::from(vec![7u8; LAG_FLOOR + 1000]);
     writer.push(big.clone());
     assert_eq!(reader.next().await.unwrap().unwrap(), big);
     writer.push(big.clone());
