@@ -665,3 +665,51 @@ fn an_object_larger_than_the_memory_quota_is_kept_on_disk() {
         second.cache_status()
     );
 }
+
+/// A body without a length over the tenant's `max_object_bytes` is not stored in a tier
+/// either (probe M: the disk and shared tiers took chunked bodies L1 refused, and served
+/// them as hits), while a small one is.
+#[test]
+fn a_chunked_body_over_max_object_bytes_is_not_stored_in_the_tier() {
+    let origin = support::raw::RawOrigin::start(|head| {
+        let size = if head.starts_with("GET /big") {
+            20_000
+        } else {
+            2_000
+        };
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=300\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        for _ in 0..size / 1000 {
+            answer.extend_from_slice(b"3e8\r\n");
+            answer.extend(std::iter::repeat_n(b'x', 1000));
+            answer.extend_from_slice(b"\r\n");
+        }
+        answer.extend_from_slice(b"0\r\n\r\n");
+        answer
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n[plugins]\nwatch = false",
+            dir.path().join("disk").display().to_string()
+        ),
+        &[TenantSpec::new("one", origin.addr, &plugin("standard"))
+            .limits("hook_timeout_ms = 250\nmax_object_bytes = \"16KiB\"")],
+    );
+    let big = send("GET", &proxy.url("/big"), &[]);
+    assert_eq!(big.body.len(), 20_000);
+    let small = send("GET", &proxy.url("/small"), &[]);
+    assert_eq!(small.body.len(), 2_000);
+    wait_writes(&proxy, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(disk_stats(&proxy)["writes"], 1, "only the small body");
+    let again = send("GET", &proxy.url("/big"), &[]);
+    assert!(
+        !again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(origin.requests(), 3);
+}

@@ -24,9 +24,11 @@ pub(crate) struct TieredMiss {
     keep_until: SystemTime,
     tags: Box<[Box<str>]>,
     written_at: u64,
-    /// The body so far; `None` once it outgrew every tier.
+    /// The body so far; `None` once it outgrew what may be stored.
     body: Option<Vec<Bytes>>,
     body_len: usize,
+    /// The most body kept: the tiers' own limit, and the tenant's and the cache's
+    /// `max_object_bytes` (a body without a length is only measured as it arrives).
     max_value: usize,
     eof: bool,
 }
@@ -37,6 +39,7 @@ impl TieredMiss {
         tiers: &'static TieredStorage,
         key: TierKey,
         meta: &CacheMeta,
+        max_object: usize,
     ) -> Self {
         let stale = meta
             .stale_while_revalidate_sec()
@@ -52,7 +55,7 @@ impl TieredMiss {
             written_at: record::now_ns(),
             body: Some(Vec::new()),
             body_len: 0,
-            max_value: tiers.max_value(),
+            max_value: tiers.max_value().min(max_object),
             eof: false,
         }
     }

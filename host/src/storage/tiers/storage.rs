@@ -234,8 +234,13 @@ impl Storage for TieredStorage {
         if self.tiers.is_empty() {
             return Ok(l1);
         }
-        let miss: Box<dyn HandleMiss + Send + Sync> =
-            Box::new(TieredMiss::new(l1, self, TierKey::of(key), meta));
+        let miss: Box<dyn HandleMiss + Send + Sync> = Box::new(TieredMiss::new(
+            l1,
+            self,
+            TierKey::of(key),
+            meta,
+            self.l1.max_object_size(&key.user_tag),
+        ));
         Ok(miss)
     }
 
