@@ -798,6 +798,47 @@ fn a_purge_during_a_fetch_keeps_its_answer_from_being_stored() {
     }
 }
 
+/// A purge or an invalidating request for another URL does not touch a fill in flight: with
+/// one purge time per tenant, any client's POST anywhere kept every slow answer from being
+/// stored (probe M), and a steady trickle of them kept the cache empty.
+#[test]
+fn a_purge_of_another_url_during_a_fetch_leaves_its_answer_stored() {
+    let origin = Origin::start(|seen| {
+        if seen.method == "POST" {
+            return Reply::ok("posted");
+        }
+        Reply::ok(format!("for {}", seen.url))
+            .header("Cache-Control", "max-age=300")
+            .delay(Duration::from_millis(800))
+    });
+    let proxy = token_proxy_for(&origin);
+    let auth = bearer();
+    let headers: [(&str, Vec<(&str, &str)>); 2] = [
+        ("PURGE", vec![("Authorization", auth.as_str())]),
+        ("POST", vec![]),
+    ];
+    for (method, headers) in headers {
+        let url = proxy.url(&format!("/slow-{method}"));
+        let fetch = std::thread::spawn({
+            let url = url.clone();
+            move || get(&url)
+        });
+        sleep(Duration::from_millis(300));
+        send(
+            method,
+            &proxy.url(&format!("/elsewhere-{method}")),
+            &headers,
+        );
+        let first = fetch.join().unwrap();
+        assert!(
+            first.cache_status().contains("stored"),
+            "{method}: {}",
+            first.cache_status()
+        );
+        assert_status_has(&get(&url), "hit");
+    }
+}
+
 #[test]
 fn purge_is_refused_without_a_configured_token() {
     let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));

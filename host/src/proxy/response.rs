@@ -26,9 +26,17 @@ pub(super) fn response_cache_filter(
     // purged, so it is not stored (nor does a 304 refresh the entry). The purge only reached
     // fills whose head had already arrived.
     let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
-    let purged = ctx
-        .origin_started
-        .is_some_and(|started| proxy.state.cache.storage.purged_since(tenant, started));
+    let purged = match (ctx.origin_started, session.cache.maybe_cache_key()) {
+        (Some(started), Some(key)) => {
+            use pingora_cache::key::CacheHashKey;
+            proxy
+                .state
+                .cache
+                .storage
+                .purged_since(tenant, &key.primary_bin(), started)
+        }
+        _ => false,
+    };
     if purged {
         ctx.unstored_not_modified = not_modified;
         return not_stored_this_time(ctx, "purged while it was fetched");

@@ -5,6 +5,7 @@ use super::entry::SlotKey;
 use super::index::Index;
 use super::meta::StoredMeta;
 use super::MemoryStorage;
+use pingora_cache::key::CacheHashKey;
 use pingora_cache::CacheKey;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -14,7 +15,7 @@ impl MemoryStorage {
     /// writes in flight for them from being stored (they may carry what is being
     /// invalidated). Returns whether anything was there.
     pub fn purge_key(&self, key: &CacheKey) -> bool {
-        self.note_purge(&key.user_tag);
+        self.note_purge(&key.user_tag, Some(key.primary_bin()));
         let mut index = self.index.write();
         let mut removed = Vec::new();
         let mut cancelled = false;
@@ -30,7 +31,7 @@ impl MemoryStorage {
     /// Marks the objects stored under `key`'s primary key (every `Vary` variant) stale as of
     /// now, keeping them for revalidation. Returns whether any was there.
     pub fn expire_key(&self, key: &CacheKey) -> bool {
-        self.note_purge(&key.user_tag);
+        self.note_purge(&key.user_tag, Some(key.primary_bin()));
         let mut index = self.index.write();
         let mut expired = false;
         for slot in index.all_variants(&key.user_tag, &SlotKey::of(key)) {
@@ -44,7 +45,7 @@ impl MemoryStorage {
     /// stored either, soft or not: what they bring is what is being purged. Returns how many
     /// objects (and writes) were affected.
     pub fn purge_tags(&self, partition: &str, tags: &[&str], soft: bool) -> usize {
-        self.note_purge(partition);
+        self.note_purge(partition, None);
         let mut index = self.index.write();
         let keys = index.tagged(partition, tags.iter().copied());
         let mut removed = Vec::new();

@@ -24,6 +24,7 @@ mod invalidate;
 mod meta;
 mod miss;
 mod plain_hit;
+mod purge_log;
 mod stats;
 mod stream;
 mod tags;
@@ -41,6 +42,7 @@ pub const TAGS_HEADER: &str = "cachet-tags";
 
 use index::Index;
 use parking_lot::RwLock;
+use pingora_cache::key::HashBinary;
 use stats::Counters;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,9 +56,9 @@ pub struct MemoryStorage {
     /// Tighter per-partition (tenant) limits on the object size.
     partition_max_object: RwLock<std::collections::HashMap<String, usize>>,
     next_write_id: AtomicU64,
-    /// When each partition (tenant) last had something purged or invalidated: a response
+    /// When each partition's (tenant's) keys were last purged or invalidated: a response
     /// fetched from before then may carry what was purged (`purged_since`).
-    last_purge: RwLock<std::collections::HashMap<String, std::time::Instant>>,
+    purges: RwLock<purge_log::PurgeLog>,
 }
 
 impl MemoryStorage {
@@ -70,29 +72,25 @@ impl MemoryStorage {
             max_object_size: AtomicUsize::new(max_object_size),
             partition_max_object: RwLock::default(),
             next_write_id: AtomicU64::new(0),
-            last_purge: RwLock::default(),
+            purges: RwLock::default(),
         }
     }
 
-    /// Whether `partition` had something purged or invalidated after `since`. A purge only
-    /// reaches the writes already made (after the origin's head): a response the origin was
-    /// still preparing when the purge came must not be stored either.
-    pub fn purged_since(&self, partition: &str, since: std::time::Instant) -> bool {
-        self.last_purge
-            .read()
-            .get(partition)
-            .is_some_and(|at| *at >= since)
+    /// Whether `key` (of `partition`) may have been purged or invalidated after `since`. A
+    /// purge only reaches the writes already made (after the origin's head): a response the
+    /// origin was still preparing when the purge came must not be stored either.
+    pub fn purged_since(
+        &self,
+        partition: &str,
+        key: &HashBinary,
+        since: std::time::Instant,
+    ) -> bool {
+        self.purges.read().purged_since(partition, key, since)
     }
 
-    fn note_purge(&self, partition: &str) {
-        let now = std::time::Instant::now();
-        let mut last = self.last_purge.write();
-        match last.get_mut(partition) {
-            Some(at) => *at = now,
-            None => {
-                last.insert(partition.to_owned(), now);
-            }
-        }
+    /// Notes a purge of `key` (every variant), or with `None` of what may be any key.
+    fn note_purge(&self, partition: &str, key: Option<HashBinary>) {
+        self.purges.write().note(partition, key);
     }
 
     /// Stores no body over `bytes` for this partition (never more than the

@@ -53,7 +53,7 @@ impl MemoryStorage {
     /// Removes (or with `soft` expires) an object named by its compact key.
     pub(crate) fn purge_compact(&self, key: &CompactCacheKey, soft: bool) -> bool {
         let slot = SlotKey::of_compact(key);
-        self.note_purge(&key.user_tag);
+        self.note_purge(&key.user_tag, Some(key.primary));
         let mut index = self.index.write();
         if soft {
             return super::super::invalidate::expire(&mut index, &key.user_tag, slot);

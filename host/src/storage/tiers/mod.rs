@@ -152,16 +152,21 @@ impl TieredStorage {
         self.l1.count_rejected_oversize(partition);
     }
 
+    /// Whether `key` of `partition` may have been purged or invalidated after `since` (see
+    /// [`MemoryStorage::purged_since`]); purges from other nodes count as they arrive.
+    pub fn purged_since(
+        &self,
+        partition: &str,
+        key: &pingora_cache::key::HashBinary,
+        since: std::time::Instant,
+    ) -> bool {
+        self.l1.purged_since(partition, key, since)
+    }
+
     /// Removes what is stored under `key` in every tier. True when something may have been
     /// there (an L2 tier is not asked: a purge there leaves a mark instead). [`NotKept`] when
     /// an L2 tier could not record the purge; memory is purged all the same (so are the
     /// purges below).
-    /// Whether `partition` had something purged or invalidated after `since` (see
-    /// [`MemoryStorage::purged_since`]); purges from other nodes count as they arrive.
-    pub fn purged_since(&self, partition: &str, since: std::time::Instant) -> bool {
-        self.l1.purged_since(partition, since)
-    }
-
     pub fn purge_key(&self, key: &CacheKey) -> Result<bool, NotKept> {
         let found = self.l1.purge_key(key);
         Ok(self.mark_key(key, false)? || found)
