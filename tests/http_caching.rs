@@ -1363,3 +1363,27 @@ fn a_fast_chunked_body_over_max_object_bytes_reaches_its_client_whole() {
     let log = proxy.log();
     assert!(!log.contains("fell more than"), "{log}");
 }
+
+/// `If-None-Match: *` matches any current representation (RFC 9110 §13.1.2): a stored 200
+/// answers it 304 whether or not it has an `ETag` (it was sent whole without one).
+#[test]
+fn if_none_match_star_is_answered_304_from_any_stored_200() {
+    let origin = Origin::start(|seen| {
+        let reply = Reply::ok("body").header("Cache-Control", "max-age=300");
+        if seen.url == "/tagged" {
+            reply.header("ETag", "\"t\"")
+        } else {
+            reply
+        }
+    });
+    let proxy = proxy_for(&origin);
+    for path in ["/untagged", "/tagged"] {
+        get(&proxy.url(path));
+        let star = send("GET", &proxy.url(path), &[("If-None-Match", "*")]);
+        assert_eq!(star.status, 304, "{path}: {}", star.cache_status());
+        assert!(star.body.is_empty(), "{path}");
+        let other = send("GET", &proxy.url(path), &[("If-None-Match", "\"other\"")]);
+        assert_eq!(other.status, 200, "{path}");
+    }
+    assert_eq!(origin.hits(), 2);
+}

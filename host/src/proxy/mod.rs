@@ -8,6 +8,7 @@
 
 mod cache_key;
 pub mod cache_status;
+mod conditional;
 mod ctx;
 mod deliver;
 pub mod directives;
@@ -152,6 +153,15 @@ impl ProxyHttp for CachetProxy {
         }
         ctx.unshared_hit = true;
         Ok(Some(ForcedFreshness::ForceMiss))
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<bool> {
+        Ok(conditional::not_modified(session.req_header(), resp))
     }
 
     fn cache_vary_filter(
