@@ -713,3 +713,34 @@ fn a_chunked_body_over_max_object_bytes_is_not_stored_in_the_tier() {
     );
     assert_eq!(origin.requests(), 3);
 }
+
+/// A response with no freshness but a validator (`no-cache` with an `ETag`) reaches the disk
+/// tier and is revalidated from there, as from memory: it was never sent to a tier, so after
+/// a restart (or an L1 eviction) the origin sent it whole again (probe M).
+#[test]
+fn a_no_cache_response_with_a_validator_is_revalidated_from_the_disk_tier() {
+    let origin = Origin::start(|seen| {
+        if seen.header("if-none-match") == Some("\"e\"") {
+            return Reply::ok("").status(304).header("ETag", "\"e\"");
+        }
+        Reply::ok("x".repeat(2000))
+            .header("Cache-Control", "no-cache")
+            .header("ETag", "\"e\"")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let mut first = start(&origin, &disk);
+    get(&first, "one.test", "/nc", &[]);
+    wait_writes(&first, 1);
+    stop(&mut first);
+    let second = start(&origin, &disk);
+    let again = get(&second, "one.test", "/nc", &[]);
+    assert_eq!(again.body.len(), 2000);
+    assert_eq!(
+        again.cache_status(),
+        "cachet; fwd=stale; fwd-status=304; stored",
+        "{:?}",
+        again.headers
+    );
+    assert_eq!(origin.hits(), 2);
+}

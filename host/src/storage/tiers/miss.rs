@@ -20,7 +20,7 @@ pub(crate) struct TieredMiss {
     meta: Option<(Vec<u8>, Vec<u8>)>,
     /// The origin gave no `Content-Length`: the finished body's is added before storing.
     unframed: bool,
-    /// The freshness and stale windows end here.
+    /// The copy is worth keeping in L2 until then (`record::keep_until`).
     keep_until: SystemTime,
     tags: Box<[Box<str>]>,
     written_at: u64,
@@ -41,16 +41,13 @@ impl TieredMiss {
         meta: &CacheMeta,
         max_object: usize,
     ) -> Self {
-        let stale = meta
-            .stale_while_revalidate_sec()
-            .max(meta.stale_if_error_sec());
         Self {
             l1,
             tiers,
             key,
             meta: meta.serialize().ok(),
             unframed: super::super::meta::needs_length(meta.response_header()),
-            keep_until: meta.fresh_until() + std::time::Duration::from_secs(stale.into()),
+            keep_until: record::keep_until(meta),
             tags: super::super::tags::parse(meta.headers()),
             written_at: record::now_ns(),
             body: Some(Vec::new()),

@@ -171,14 +171,37 @@ pub(crate) fn from_ns(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
-/// How long a shared copy is worth keeping: until its freshness and both stale windows have
-/// passed. `None` when nothing is left.
-pub(crate) fn lifetime(meta: &CacheMeta) -> Option<Duration> {
+/// A copy past its freshness and stale windows that names a validator (`ETag`,
+/// `Last-Modified`) is still worth a revalidation, a 304 instead of the whole body again (L1
+/// keeps stale entries until evicted): it is kept as long again as it was fresh, within
+/// these bounds.
+const REVALIDATE_AT_LEAST: Duration = Duration::from_secs(60);
+const REVALIDATE_AT_MOST: Duration = Duration::from_secs(24 * 3600);
+
+/// Until when an L2 copy is worth keeping: its freshness and both stale windows, and then a
+/// while for revalidation when it names a validator.
+pub(crate) fn keep_until(meta: &CacheMeta) -> SystemTime {
     let stale = meta
         .stale_while_revalidate_sec()
         .max(meta.stale_if_error_sec());
     let until = meta.fresh_until() + Duration::from_secs(stale.into());
-    until
+    let headers = meta.headers();
+    if !headers.contains_key(http::header::ETAG)
+        && !headers.contains_key(http::header::LAST_MODIFIED)
+    {
+        return until;
+    }
+    let fresh_for = meta
+        .fresh_until()
+        .duration_since(meta.updated())
+        .unwrap_or_default();
+    until + fresh_for.clamp(REVALIDATE_AT_LEAST, REVALIDATE_AT_MOST)
+}
+
+/// How long from now an L2 copy is worth keeping ([`keep_until`]). `None` when nothing is
+/// left.
+pub(crate) fn lifetime(meta: &CacheMeta) -> Option<Duration> {
+    keep_until(meta)
         .duration_since(SystemTime::now())
         .ok()
         .filter(|d| !d.is_zero())
@@ -297,5 +320,23 @@ mod tests {
     fn lifetime_covers_the_stale_windows() {
         let life = lifetime(&meta()).unwrap();
         assert!(life > Duration::from_secs(65) && life <= Duration::from_secs(70));
+    }
+
+    #[test]
+    fn a_copy_with_a_validator_is_kept_for_revalidation() {
+        let now = SystemTime::now();
+        let with = |name: &str, fresh: u64| {
+            let mut header = ResponseHeader::build(200, None).unwrap();
+            header.insert_header(name.to_owned(), "\"v\"").unwrap();
+            CacheMeta::new(now + Duration::from_secs(fresh), now, 0, 0, header)
+        };
+        // As long again as it was fresh.
+        let life = lifetime(&with("etag", 600)).unwrap();
+        assert!(life > Duration::from_secs(1190) && life <= Duration::from_secs(1200));
+        // A response with no freshness (`no-cache`) is kept a minute for revalidation,
+        // where without a validator it is not worth keeping at all.
+        let life = lifetime(&with("etag", 0)).unwrap();
+        assert!(life > Duration::from_secs(55) && life <= Duration::from_secs(60));
+        assert_eq!(lifetime(&with("x-other", 0)), None);
     }
 }

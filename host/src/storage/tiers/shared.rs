@@ -1,8 +1,9 @@
 //! The shared tier: objects several cachet nodes read and write in one Redis (or Valkey)
 //! server, and purges that reach every node.
 //!
-//! - Objects are `SET <prefix>o:<name> <record> PX <freshness + stale windows>`: Redis
-//!   expires them when no node could serve them any more.
+//! - Objects are `SET <prefix>o:<name> <record> PX <lifetime>` (`record::keep_until`: the
+//!   freshness and stale windows, then a while for revalidation when the response names a
+//!   validator): Redis expires them when no node could use them any more.
 //! - A purge on one node is added to the sorted set `<prefix>purges` (bounded, read by nodes
 //!   that connect later) and published on the channel `<prefix>purges`; every node applies it
 //!   to its L1 and its purge marks as it arrives, and a hard URL purge also deletes the shared
