@@ -107,11 +107,47 @@ impl Query {
         self.retain(|p| p.name != name);
     }
 
-    /// Sorts by name, byte-wise. The sort is stable: repeated names keep their
-    /// relative order, since `x=1&x=2` and `x=2&x=1` can mean different things.
+    /// Sorts by name, byte-wise, on the name as the most lenient origin reads it:
+    /// percent-decoded, any ASCII case, `+`, `.` and spaces as `_`, cut at `[` (PHP's
+    /// `x[]`). The sort is stable, so parameters some framework takes for the same one
+    /// keep their relative order: `a=1&%61=2`, `id=1&ID=2`, `a.b=1&a_b=2` and
+    /// `x[]=1&x[1]=2` can each mean something else reordered (the first or the last
+    /// wins, or the array changes).
     pub fn sort_by_name(&mut self) {
-        self.params.sort_by(|a, b| a.name.cmp(&b.name));
+        self.params
+            .sort_by_cached_key(|param| lenient_name(&param.name));
     }
+}
+
+/// A parameter name as the most lenient of common origins reads it (see
+/// [`Query::sort_by_name`]).
+fn lenient_name(name: &str) -> Vec<u8> {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        let byte = match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                i += 3;
+                (high * 16 + low) as u8
+            }
+            (byte, _, _) => {
+                i += 1;
+                byte
+            }
+        };
+        match byte.to_ascii_lowercase() {
+            b'[' => break,
+            b'+' | b'.' | b' ' => out.push(b'_'),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Rejoins the parameters with `&`.
@@ -184,6 +220,21 @@ mod tests {
         let mut query = Query::parse("b=2&x=2&a=1&x=1");
         query.sort_by_name();
         assert_eq!(query.to_string(), "a=1&b=2&x=2&x=1");
+    }
+
+    #[test]
+    fn names_a_lenient_origin_merges_keep_their_order() {
+        for (query, sorted) in [
+            ("z=0&a=1&%61=2", "a=1&%61=2&z=0"),
+            ("z=0&%61=2&a=1", "%61=2&a=1&z=0"),
+            ("id=1&b=0&ID=2", "b=0&id=1&ID=2"),
+            ("a_b=1&a.b=2&a+b=3", "a_b=1&a.b=2&a+b=3"),
+            ("x[]=b&x[1]=a&w=0", "w=0&x[]=b&x[1]=a"),
+        ] {
+            let mut parsed = Query::parse(query);
+            parsed.sort_by_name();
+            assert_eq!(parsed.to_string(), sorted, "{query}");
+        }
     }
 
     #[test]

@@ -131,13 +131,37 @@ def is_tracking_parameter(name: str) -> bool:
 
 
 def normalized_query(raw: str) -> str:
-    """Tracking parameters removed, the rest sorted by name (stably: repeated
-    names keep their order, since `x=1&x=2` and `x=2&x=1` can differ)."""
+    """Tracking parameters removed, the rest sorted by name as the most lenient origin
+    reads it (stably: names some framework takes for the same one keep their order,
+    since `x=1&x=2`, `a=1&%61=2` or `id=1&ID=2` can differ reordered)."""
     params = [pair for pair in raw.split("&") if pair]
     kept = [pair for pair in params if not is_tracking_parameter(pair.split("=", 1)[0])]
-    # Code-point order is UTF-8 byte order, so this sorts as the Rust SDK does.
-    kept.sort(key=lambda pair: pair.split("=", 1)[0])
+    kept.sort(key=lambda pair: lenient_name(pair.split("=", 1)[0]))
     return "&".join(kept)
+
+
+_HEX = "0123456789abcdefABCDEF"
+
+
+def lenient_name(name: str) -> bytes:
+    """The name percent-decoded, ASCII-lower-cased, `+` `.` and space as `_`, cut at `[`:
+    byte for byte what the Rust SDK sorts on."""
+    raw = name.encode("utf-8")
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        byte = raw[i]
+        if byte == 0x25 and i + 2 < len(raw) and chr(raw[i + 1]) in _HEX and chr(raw[i + 2]) in _HEX:
+            byte = int(raw[i + 1 : i + 3].decode("ascii"), 16)
+            i += 3
+        else:
+            i += 1
+        if 0x41 <= byte <= 0x5A:
+            byte += 32
+        if byte == 0x5B:
+            break
+        out.append(0x5F if byte in (0x2B, 0x2E, 0x20) else byte)
+    return bytes(out)
 
 
 def has_own_cookie(req) -> bool:

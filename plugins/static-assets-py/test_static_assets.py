@@ -56,6 +56,16 @@ class Requests(unittest.TestCase):
         self.assertEqual(policy.cache_key(tracked), policy.cache_key(clean))
         self.assertEqual(policy.cache_key(clean), ["example.com", "/a", "a=1&b=2"])
 
+    def test_names_a_lenient_origin_merges_keep_their_order(self):
+        for query, expected in [
+            ("z=0&a=1&%61=2", "a=1&%61=2&z=0"),
+            ("z=0&%61=2&a=1", "%61=2&a=1&z=0"),
+            ("id=1&b=0&ID=2", "b=0&id=1&ID=2"),
+            ("a_b=1&a.b=2&a+b=3", "a_b=1&a.b=2&a+b=3"),
+            ("x[]=b&x[1]=a&w=0", "w=0&x[]=b&x[1]=a"),
+        ]:
+            self.assertEqual(policy.normalized_query(query), expected, query)
+
     def test_query_of_only_tracking_parameters_keys_like_no_query(self):
         tracked = get("http://example.com/a?utm_campaign=y&fbclid=1&gclid=2")
         self.assertEqual(policy.cache_key(tracked), ["example.com", "/a"])
