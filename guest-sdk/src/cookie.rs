@@ -54,32 +54,7 @@ pub(crate) fn may_carry(header_lines: &[String], name: &str) -> bool {
         .flat_map(|line| line.split(separators))
         .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
         .map(|pair_name| pair_name.trim_matches(|c: char| c == '"' || c.is_whitespace()))
-        .any(|pair_name| percent_decoded(pair_name).eq_ignore_ascii_case(name.as_bytes()))
-}
-
-/// `text` with each `%XX` decoded (other bytes as they are).
-fn percent_decoded(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-            }
-            (byte, _, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    out
+        .any(|pair_name| crate::percent::decoded(pair_name).eq_ignore_ascii_case(name.as_bytes()))
 }
 
 fn unquote(value: &str) -> &str {

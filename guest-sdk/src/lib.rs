@@ -68,6 +68,7 @@ mod edits;
 mod export;
 mod header_list;
 pub mod log;
+mod percent;
 mod policy;
 pub mod prelude;
 mod query;

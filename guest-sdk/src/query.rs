@@ -122,32 +122,15 @@ impl Query {
 /// A parameter name as the most lenient of common origins reads it (see
 /// [`Query::sort_by_name`]).
 fn lenient_name(name: &str) -> Vec<u8> {
-    let bytes = name.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        let byte = match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(high), Some(low)) => {
-                i += 3;
-                (high * 16 + low) as u8
-            }
-            (byte, _, _) => {
-                i += 1;
-                byte
-            }
-        };
-        match byte.to_ascii_lowercase() {
-            b'[' => break,
-            b'+' | b'.' | b' ' => out.push(b'_'),
-            other => out.push(other),
-        }
-    }
-    out
+    crate::percent::decoded(name)
+        .into_iter()
+        .map(|byte| byte.to_ascii_lowercase())
+        .take_while(|byte| *byte != b'[')
+        .map(|byte| match byte {
+            b'+' | b'.' | b' ' => b'_',
+            other => other,
+        })
+        .collect()
 }
 
 /// Rejoins the parameters with `&`.
