@@ -579,5 +579,18 @@ fn the_open_file_limit_is_raised_to_what_the_config_needs() {
         log.contains("open-file limit 600 is under the 5376 descriptors"),
         "{log}"
     );
+    assert!(
+        log.contains("accepting at most 172 client connections"),
+        "{log}"
+    );
     assert_eq!(send("GET", &proxy.url("/"), &[]).status, 200);
+    // More connections than descriptors: past the cap they get the 503 and are closed, so a
+    // new client is still answered (past the descriptor limit it got nothing at all).
+    let idle: Vec<_> = (0..650)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", proxy.port)).ok())
+        .collect();
+    let answered = support::client::try_send("GET", &proxy.url("/"), &[]);
+    let status = answered.as_ref().map(|r| r.status);
+    assert!(matches!(status, Ok(200) | Ok(503)), "{answered:?}");
+    drop(idle);
 }

@@ -778,3 +778,88 @@ fn a_miss_that_finds_no_turn_within_queue_timeout_is_a_503_and_other_tenants_go_
     assert_eq!(status["tenants"][0]["origin"]["refused"], 2, "{status}");
     assert_eq!(status["tenants"][1]["origin"]["refused"], 0, "{status}");
 }
+
+/// Requests for one URL wait on the cache lock and become the fill one after another when
+/// each is refused a turn: the wait for a turn ends `queue_timeout` after the request
+/// arrived, so none waits a multiple of it (probe N: three collapsed requests waited 3, 6 and
+/// 9 s under a 3 s queue_timeout).
+#[test]
+fn collapsed_requests_refused_a_turn_wait_queue_timeout_at_most() {
+    let origin = HoldingOrigin::start(Duration::from_millis(3000));
+    let proxy = proxy_for(origin.addr, "max_connections = 1\nqueue_timeout = \"1s\"");
+    let holder = std::thread::spawn({
+        let url = proxy.url("/hold");
+        move || send("GET", &url, &[]).status
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let url = proxy.url("/collapsed");
+            std::thread::spawn(move || (send("GET", &url, &[]), Instant::now()))
+        })
+        .collect();
+    for waiter in waiters {
+        let (resp, done) = waiter.join().unwrap();
+        assert_eq!(resp.status, 503, "{}", resp.cache_status());
+        let waited = done.duration_since(started);
+        assert!(waited < Duration::from_millis(1800), "waited {waited:?}");
+    }
+    // A refused request on a route of its own (a POST bypasses the cache) says why too.
+    let post = send("POST", &proxy.url("/form"), &[]);
+    assert_eq!(post.status, 503);
+    assert!(
+        post.cache_status()
+            .contains("detail=\"origin max_connections reached\""),
+        "{}",
+        post.cache_status()
+    );
+    assert_eq!(holder.join().unwrap(), 200);
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
+}
+
+/// An HTTP/2 request whose client resets the stream while it waits for a turn never
+/// reaches the origin (probe N: it was sent on when a turn came, for nobody).
+#[test]
+fn a_request_reset_while_queued_never_reaches_the_origin() {
+    let origin = HoldingOrigin::start(Duration::from_millis(1500));
+    let proxy = Proxy::start_with_server(
+        "h2c = true",
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))
+            .extra("[tenant.origin]\nmax_connections = 1\nqueue_timeout = \"10s\"")],
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+            .await
+            .unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = |path: &str| {
+            http::Request::builder()
+                .uri(format!("http://site.test{path}"))
+                .body(())
+                .unwrap()
+        };
+        let mut sender = client.ready().await.unwrap();
+        let (held, _) = sender.send_request(request("/held"), true).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut sender = sender.ready().await.unwrap();
+        let (queued, mut queued_stream) = sender.send_request(request("/queued"), true).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        queued_stream.send_reset(h2::Reason::CANCEL);
+        drop(queued);
+        assert_eq!(held.await.unwrap().status(), 200);
+        // Time for a request still queued to take the freed turn.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+    assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
+    let status = proxy.status();
+    assert_eq!(status["tenants"][0]["origin"]["in_flight"], 0, "{status}");
+}

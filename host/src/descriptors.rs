@@ -24,15 +24,21 @@ pub fn needed(config: &Config) -> u64 {
     config.server.max_connections as u64 + origins + BESIDES_CONNECTIONS
 }
 
-/// Raises the soft limit to the hard one; a warning when the result is under `needed`.
-pub fn raise_limit(config: &Config) {
+/// Raises the soft limit to the hard one, and returns how many client connections to
+/// accept at most: `server.max_connections`, or fewer when the limit cannot hold them with
+/// an origin connection each (half the descriptors beyond [`BESIDES_CONNECTIONS`] go to
+/// clients). Past a client cap, connections get cachet's 503; past the descriptor limit they
+/// would get nothing (`accept` fails, and Pingora pauses accepting). A warning when the
+/// limit is under [`needed`].
+pub fn raise_limit(config: &Config) -> usize {
+    let configured = config.server.max_connections;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
+        return configured;
     }
     // An unlimited hard limit still stops at the kernel's per-process ceiling.
     let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -51,13 +57,19 @@ pub fn raise_limit(config: &Config) {
         }
     }
     let need = needed(config);
-    if limit.rlim_cur < need {
-        tracing::warn!(
-            "open-file limit {} is under the {need} descriptors this config may hold \
-             (server.max_connections {} + each tenant's origin max_connections + {BESIDES_CONNECTIONS}): \
-             raise the hard limit (LimitNOFILE=, ulimit -Hn) or lower max_connections",
-            limit.rlim_cur,
-            config.server.max_connections,
-        );
+    if limit.rlim_cur >= need {
+        return configured;
     }
+    let fits = usize::try_from(limit.rlim_cur.saturating_sub(BESIDES_CONNECTIONS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let clients = configured.min(fits);
+    tracing::warn!(
+        "open-file limit {} is under the {need} descriptors this config may hold \
+         (server.max_connections {configured} + each tenant's origin max_connections + \
+         {BESIDES_CONNECTIONS}): accepting at most {clients} client connections (503 beyond); \
+         raise the hard limit (LimitNOFILE=, ulimit -Hn) or lower max_connections",
+        limit.rlim_cur,
+    );
+    clients
 }

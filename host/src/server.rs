@@ -247,7 +247,7 @@ pub struct ServeOptions {
 pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     // First of all: from now on a SIGHUP is a reload request, never fatal.
     let hangups = Hangups::catch().context("installing the SIGHUP handler")?;
-    crate::descriptors::raise_limit(&config);
+    let client_connections = crate::descriptors::raise_limit(&config);
     if !options.upgrade {
         check_addresses_free(&config, options.demo_origin)?;
     }
@@ -285,7 +285,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     ));
     app.h2_options = Some(crate::tls::listener::h2_options(&config.server.listener));
     let limits = ConnectionLimits {
-        max_connections: config.server.max_connections,
+        max_connections: client_connections,
         max_request_head: config.server.max_request_head,
         h2_preface_timeout: config.server.listener.h2_idle_timeout,
     };

@@ -172,6 +172,12 @@ pub fn error_value(cache: &HttpCache, ctx: &RequestCtx) -> String {
     outcome.hit = false;
     outcome.fwd_status = false;
     outcome.stored = false;
+    // A request refused a turn at the origin says so, whatever route it was on (a bypass
+    // would otherwise name only its own reason, `method POST`).
+    let busy = crate::upstream::ORIGIN_BUSY_DETAIL;
+    if ctx.not_stored.as_deref() == Some(busy) {
+        outcome.detail = Some(busy);
+    }
     render(&outcome, 0, None, false, shown_key(ctx).as_deref())
 }
 

@@ -65,6 +65,9 @@ pub struct RequestCtx {
     pub(crate) origin_age: Option<http::HeaderValue>,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,
+    /// When the request's head was read (`new_ctx`): the wait for a turn at the origin ends
+    /// `queue_timeout` after it, however the time went (a cache lock wait included).
+    pub(crate) arrived: Option<std::time::Instant>,
     /// The origin's answer was counted in the latency metric.
     pub(crate) origin_timed: bool,
     /// The status of the origin's final response (`fwd-status`): a range or a revalidation

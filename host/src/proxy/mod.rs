@@ -79,6 +79,7 @@ impl ProxyHttp for CachetProxy {
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx {
             in_flight: Some(self.state.drain.enter()),
+            arrived: Some(std::time::Instant::now()),
             ..RequestCtx::default()
         }
     }
@@ -282,8 +283,26 @@ impl ProxyHttp for CachetProxy {
         let Some(tenant) = &ctx.tenant else {
             return Error::e_explain(ErrorType::InternalError, "no tenant chosen");
         };
-        if let Err(e) = tenant.upstream.admit(&tenant.config, &mut ctx.origin).await {
-            ctx.not_stored = Some(crate::upstream::ORIGIN_BUSY_DETAIL.into());
+        // An HTTP/2 client that resets its stream while queued gives up its place: it must
+        // not reach the origin for nobody (HTTP/1 has no such signal: an end of input may be
+        // a half-close from a client still waiting).
+        let client_gone = async {
+            match session.downstream_session.watch_h2_stream_close() {
+                Some(reset) => {
+                    let _ = reset.await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let arrived = ctx.arrived.unwrap_or_else(std::time::Instant::now);
+        if let Err(e) = tenant
+            .upstream
+            .admit(&tenant.config, &mut ctx.origin, arrived, client_gone)
+            .await
+        {
+            if matches!(e.etype(), ErrorType::HTTPStatus(503)) {
+                ctx.not_stored = Some(crate::upstream::ORIGIN_BUSY_DETAIL.into());
+            }
             return Err(e);
         }
         ctx.origin_started = Some(std::time::Instant::now());

@@ -38,19 +38,37 @@ impl OriginLimit {
     }
 
     /// Takes a turn into `held` unless it holds one already (a retry keeps its turn), waiting
-    /// at most `wait`. An error when no turn came in time: a 503 from the origin's side.
-    pub async fn admit(&self, held: &mut Option<OriginTurn>, wait: Duration) -> Result<()> {
+    /// at most `wait`. An error when no turn came in time (a 503 from the origin's side), or
+    /// when `client_gone` resolves first (the client left: nobody waits for the answer).
+    pub async fn admit(
+        &self,
+        held: &mut Option<OriginTurn>,
+        wait: Duration,
+        client_gone: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
         if held.is_some() {
             return Ok(());
         }
         let turn = match self.turns.clone().try_acquire_owned() {
             Ok(turn) => turn,
             Err(_) if wait.is_zero() => return refused(),
-            Err(_) => match tokio::time::timeout(wait, self.turns.clone().acquire_owned()).await {
-                Ok(Ok(turn)) => turn,
-                // Timed out (the semaphore is never closed).
-                _ => return refused(),
-            },
+            Err(_) => {
+                let queued = tokio::time::timeout(wait, self.turns.clone().acquire_owned());
+                tokio::select! {
+                    queued = queued => match queued {
+                        Ok(Ok(turn)) => turn,
+                        // Timed out (the semaphore is never closed).
+                        _ => return refused(),
+                    },
+                    () = client_gone => {
+                        return Err(Error::explain(
+                            ErrorType::ConnectionClosed,
+                            "the client left while queued for the origin",
+                        )
+                        .into_down());
+                    }
+                }
+            }
         };
         *held = Some(turn);
         Ok(())
@@ -73,6 +91,7 @@ fn refused() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::pending;
 
     fn limit(max: usize) -> OriginLimit {
         OriginLimit::new(&OriginConfig {
@@ -85,17 +104,26 @@ mod tests {
     async fn turns_beyond_the_limit_wait_then_are_refused() {
         let limit = limit(2);
         let (mut a, mut b, mut c) = (None, None, None);
-        limit.admit(&mut a, Duration::ZERO).await.expect("first");
-        limit.admit(&mut b, Duration::ZERO).await.expect("second");
+        limit
+            .admit(&mut a, Duration::ZERO, pending())
+            .await
+            .expect("first");
+        limit
+            .admit(&mut b, Duration::ZERO, pending())
+            .await
+            .expect("second");
         assert_eq!(limit.in_use(), 2);
         let e = limit
-            .admit(&mut c, Duration::from_millis(20))
+            .admit(&mut c, Duration::from_millis(20), pending())
             .await
             .expect_err("third waits, then is refused");
         assert_eq!(*e.etype(), ErrorType::HTTPStatus(503));
         assert!(c.is_none());
         // A retry of a request that holds a turn takes no second one.
-        limit.admit(&mut a, Duration::ZERO).await.expect("held");
+        limit
+            .admit(&mut a, Duration::ZERO, pending())
+            .await
+            .expect("held");
         assert_eq!(limit.in_use(), 2);
     }
 
@@ -104,7 +132,7 @@ mod tests {
         let limit = Arc::new(limit(1));
         let mut first = None;
         limit
-            .admit(&mut first, Duration::ZERO)
+            .admit(&mut first, Duration::ZERO, pending())
             .await
             .expect("first");
         let waiter = {
@@ -112,7 +140,7 @@ mod tests {
             tokio::spawn(async move {
                 let mut turn = None;
                 limit
-                    .admit(&mut turn, Duration::from_secs(5))
+                    .admit(&mut turn, Duration::from_secs(5), pending())
                     .await
                     .map(|_| turn.is_some())
             })
@@ -120,5 +148,25 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(first.take());
         assert!(waiter.await.expect("task").expect("admitted"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_while_queued_takes_no_turn() {
+        let limit = limit(1);
+        let mut first = None;
+        limit
+            .admit(&mut first, Duration::ZERO, pending())
+            .await
+            .expect("first");
+        let mut turn = None;
+        let gone = tokio::time::sleep(Duration::from_millis(20));
+        let e = limit
+            .admit(&mut turn, Duration::from_secs(5), gone)
+            .await
+            .expect_err("left");
+        assert_eq!(*e.etype(), ErrorType::ConnectionClosed);
+        assert!(turn.is_none());
+        drop(first.take());
+        assert_eq!(limit.in_use(), 0);
     }
 }

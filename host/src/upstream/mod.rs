@@ -71,13 +71,33 @@ impl TenantUpstream {
         }
     }
 
-    /// Waits for a turn at the origin (`max_connections`) for at most `queue_timeout` and
-    /// what is left of `total_timeout`; a 503 error when none came.
-    pub async fn admit(&self, config: &TenantConfig, attempts: &mut OriginAttempts) -> Result<()> {
-        let left = attempts.remaining(&config.origin, Instant::now());
-        let wait = config.origin.queue_timeout.min(left);
-        let admitted = self.limit.admit(&mut attempts.turn, wait).await;
-        if admitted.is_err() {
+    /// Waits for a turn at the origin (`max_connections`) until `queue_timeout` after the
+    /// request `arrived` (time spent waiting on the cache lock counts: collapsed requests
+    /// that become the fill one after another do not each wait anew) and within what is
+    /// left of `total_timeout`; a 503 error when none came, and an error without one when
+    /// `client_gone` resolves first.
+    pub async fn admit(
+        &self,
+        config: &TenantConfig,
+        attempts: &mut OriginAttempts,
+        arrived: Instant,
+        client_gone: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let left = attempts.remaining(&config.origin, now);
+        let queue_left = config
+            .origin
+            .queue_timeout
+            .saturating_sub(now.saturating_duration_since(arrived));
+        let wait = queue_left.min(left);
+        let admitted = self
+            .limit
+            .admit(&mut attempts.turn, wait, client_gone)
+            .await;
+        if admitted
+            .as_ref()
+            .is_err_and(|e| matches!(e.etype(), ErrorType::HTTPStatus(503)))
+        {
             crate::metrics::origin_refused(&config.name);
         }
         admitted
