@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 mod demo_origin;
 pub mod descriptors;
+pub mod front;
 pub mod log_writer;
 pub mod metrics;
 pub mod one_line;

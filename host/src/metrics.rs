@@ -149,6 +149,30 @@ pub fn lean_hit() {
     LEAN_HITS.inc();
 }
 
+static FRONT_HITS: Lazy<IntCounter> = Lazy::new(|| {
+    register(IntCounter::new(
+        "cachet_front_hits_total",
+        "Lean hits the HTTP/1.1 front answered itself, below Pingora's HTTP session",
+    ))
+});
+
+static FRONT_HANDOVERS: Lazy<IntCounter> = Lazy::new(|| {
+    register(IntCounter::new(
+        "cachet_front_handovers_total",
+        "Requests the HTTP/1.1 front planned (plugin run, no lean hit) and handed to Pingora",
+    ))
+});
+
+/// A lean hit the front answered.
+pub fn front_hit() {
+    FRONT_HITS.inc();
+}
+
+/// A request the front planned and Pingora carried on with.
+pub fn front_handover() {
+    FRONT_HANDOVERS.inc();
+}
+
 /// An origin response (its count is the number of origin requests).
 pub fn origin_response(tenant: &str, status: u16, elapsed: std::time::Duration) {
     let class = match status {

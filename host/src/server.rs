@@ -291,7 +291,10 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     };
     let mut proxy = pingora::services::listening::Service::new(
         "cachet proxy".into(),
-        ConnectionGuard::new(app, limits),
+        ConnectionGuard::new(
+            crate::front::Front::new(app, CachetProxy::new(state.clone())),
+            limits,
+        ),
     );
     proxy.add_tcp(&config.server.listen.to_string());
     if let Some(addr) = config.server.listener.tls_listen {

@@ -44,7 +44,9 @@
 # and pingora-floor (BENCH_ONLY=pingora-floor,cachet-builtin,nginx,haproxy): a
 # bare Pingora server answering every request from request_filter with a fixed
 # body (examples/pingora_floor.rs), no cache at all, over HTTP/1.1, TLS and
-# HTTP/2: what Pingora itself costs per response. Scenarios: {1k,64k}-{1url,1000url}-{c16,c64}
+# HTTP/2: what Pingora itself costs per response; and front-floor (BENCH_ONLY=front-floor):
+# the same answer from a connection handler that reads heads itself
+# (examples/front_floor.rs, plain HTTP/1.1 only), the floor under cachet's front. Scenarios: {1k,64k}-{1url,1000url}-{c16,c64}
 # (cache hits) and miss-1k-c64 (a URL that never repeats: every request is a
 # miss that goes to the origin).
 #
@@ -131,7 +133,7 @@ esac
 all_targets=(origin cachet-builtin cachet-builtin-fullpath cachet-wasm-fresh cachet-wasm-reuse cachet-l2-disk cachet-l2-shared varnish nginx-cache haproxy)
 # Measured only when BENCH_ONLY names them: Pingora's runtime without work stealing
 # ([server] work_stealing = false), and the same policy in Rust and in Python.
-language_targets=(cachet-builtin-nosteal cachet-wasm-fresh-nosteal cachet-static-assets-fresh cachet-static-assets-reuse cachet-python-fresh cachet-python-reuse pingora-floor)
+language_targets=(cachet-builtin-nosteal cachet-wasm-fresh-nosteal cachet-static-assets-fresh cachet-static-assets-reuse cachet-python-fresh cachet-python-reuse pingora-floor front-floor)
 targets=(origin)
 if [[ -n "$BENCH_ONLY" ]]; then
     IFS=', ' read -r -a patterns <<<"$BENCH_ONLY"
@@ -474,7 +476,7 @@ build_cachet() {
 floor_built=""
 build_floor() {
     [[ -n "$floor_built" ]] ||
-        floor_built="$(release_build build-floor.log target/release/examples/pingora_floor -p cachet --example pingora_floor)"
+        floor_built="$(release_build build-floor.log target/release/examples/pingora_floor -p cachet --example pingora_floor --example front_floor)"
 }
 
 build_plugins() {
@@ -605,6 +607,23 @@ start_floor() {
     TARGET_PID="$BG_PID"
     if ! wait_http "http://127.0.0.1:$TARGET_PORT/obj/0/1k" "$TARGET_PID" 30; then
         TARGET_ERR="pingora_floor did not start: $(last_error "$work/pingora-floor.out")"
+        return 1
+    fi
+}
+
+start_front_floor() {
+    build_floor
+    if [[ "$floor_built" != ok ]]; then
+        TARGET_ERR="$floor_built"
+        return 1
+    fi
+    free_port; TARGET_PORT="$FREE_PORT"
+    TARGET_TLS_ERR="front_floor speaks plain HTTP/1.1 only"
+    start_bg front-floor TERM "$repo_root/target/release/examples/front_floor" \
+        "$BENCH_SERVER_THREADS" "127.0.0.1:$TARGET_PORT"
+    TARGET_PID="$BG_PID"
+    if ! wait_http "http://127.0.0.1:$TARGET_PORT/obj/0/1k" "$TARGET_PID" 30; then
+        TARGET_ERR="front_floor did not start: $(last_error "$work/front-floor.out")"
         return 1
     fi
 }
@@ -767,6 +786,7 @@ url = \"redis://127.0.0.1:$redis_port\"" ;;
         cachet-python-fresh) start_cachet "$1" "$repo_root/plugins/static-assets-py.wasm" 1 ;;
         cachet-python-reuse) start_cachet "$1" "$repo_root/plugins/static-assets-py.wasm" 1000000 ;;
         pingora-floor) start_floor ;;
+        front-floor) start_front_floor ;;
         varnish) start_varnish ;;
         nginx-cache) start_nginx_cache ;;
         haproxy) start_haproxy ;;

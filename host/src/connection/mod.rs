@@ -24,4 +24,4 @@ mod guard;
 mod stream;
 
 pub use guard::{ConnectionGuard, ConnectionLimits};
-pub use stream::{head_complete, next_head, GuardedStream};
+pub use stream::{head_complete, next_head, request_answered, GuardedStream};

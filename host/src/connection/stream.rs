@@ -173,6 +173,15 @@ pub fn next_head(session: &Session) {
     }
 }
 
+/// Called by the front when it answered a request itself: the head was read, and what is
+/// read next is a new head.
+pub fn request_answered(stream: &Stream) {
+    if let Some(stream) = stream.as_any().downcast_ref::<GuardedStream>() {
+        stream.head_done.store(true, Ordering::Relaxed);
+        stream.head_expected.store(true, Ordering::Relaxed);
+    }
+}
+
 fn guarded(session: &Session) -> Option<&GuardedStream> {
     session.stream()?.as_any().downcast_ref::<GuardedStream>()
 }

@@ -89,4 +89,6 @@ pub struct RequestCtx {
     pub origin: crate::upstream::OriginAttempts,
     /// Counts this request as in flight until it is dropped with the context.
     pub in_flight: Option<InFlightGuard>,
+    /// The front planned this request before handing it to Pingora (`request::resume`).
+    pub(crate) planned: Option<Box<super::request::Planned>>,
 }

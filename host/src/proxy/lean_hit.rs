@@ -9,9 +9,10 @@
 use super::ctx::RequestCtx;
 use super::CachetProxy;
 use crate::storage::tiers::LeanLookup;
+use bytes::Bytes;
 use http::header;
 use http::Method;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -30,20 +31,42 @@ const FULL_PATH_FIELDS: [header::HeaderName; 9] = [
     header::PRAGMA,
 ];
 
+/// A response the lean path found: the stored head made ready for the client (`Age`,
+/// `Cache-Status`, hop-by-hop fields dropped) and the stored body.
+pub(crate) struct LeanResponse {
+    pub head: Box<ResponseHeader>,
+    pub body: Bytes,
+}
+
 /// Answers the request from storage if it qualifies; `Ok(true)` once a response is written.
 pub(super) async fn try_serve(
     proxy: &CachetProxy,
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> pingora::Result<bool> {
-    if !proxy.state.lean_hits.load(Ordering::Relaxed)
-        || session.is_subrequest()
-        || !is_plain(session.req_header())
-    {
+    if session.is_subrequest() {
         return Ok(false);
     }
-    let Some(tenant) = &ctx.tenant else {
+    let Some(hit) = lookup(proxy, session.req_header(), ctx).await? else {
         return Ok(false);
+    };
+    session.write_response_header(hit.head, false).await?;
+    session.write_response_body(Some(hit.body), true).await?;
+    Ok(true)
+}
+
+/// The lean answer to `req` if it qualifies and storage holds one. A lookup that found
+/// nothing to answer with leaves what it read from the L2 tiers in `ctx` for the full path.
+pub(super) async fn lookup(
+    proxy: &CachetProxy,
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+) -> pingora::Result<Option<LeanResponse>> {
+    if !proxy.state.lean_hits.load(Ordering::Relaxed) || !is_plain(req) {
+        return Ok(None);
+    }
+    let Some(tenant) = &ctx.tenant else {
+        return Ok(None);
     };
     let now = SystemTime::now();
     let key = super::cache_key::storage_key(ctx.key.clone(), tenant.name());
@@ -51,7 +74,7 @@ pub(super) async fn try_serve(
         LeanLookup::Hit(hit) => hit,
         LeanLookup::FullPath(read_ahead) => {
             ctx.tier_read_ahead = read_ahead;
-            return Ok(false);
+            return Ok(None);
         }
     };
     let body = hit.body();
@@ -71,9 +94,10 @@ pub(super) async fn try_serve(
     super::cache_status::append_member(&mut response, status)?;
     ctx.outcome = "hit";
     crate::metrics::lean_hit();
-    session.write_response_header(response, false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(true)
+    Ok(Some(LeanResponse {
+        head: response,
+        body,
+    }))
 }
 
 /// A GET with nothing that asks for more than the stored response as it is.

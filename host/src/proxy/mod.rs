@@ -28,6 +28,8 @@ mod origin_error;
 mod override_fields;
 pub mod purge;
 mod request;
+pub(crate) use lean_hit::LeanResponse;
+pub(crate) use request::{plan_front, ClientConn, FrontStep, Planned};
 mod request_fields;
 mod respond;
 mod response;
@@ -36,6 +38,7 @@ mod shadowing;
 mod shared;
 mod state;
 mod target;
+pub(crate) use target::has_bare_lf;
 mod uncacheable;
 mod vary;
 
@@ -59,6 +62,43 @@ use pingora_cache::storage::HitHandler;
 use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, ForcedFreshness, RespCacheable};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Counts a finished request and writes its access log line (the proxy's `logging` phase,
+/// and the front for the hits it answers itself).
+pub(crate) fn record_request(
+    state: &ProxyState,
+    ctx: &RequestCtx,
+    req: &pingora::http::RequestHeader,
+    status: u16,
+    error: Option<String>,
+) {
+    let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
+    let outcome = if ctx.outcome.is_empty() {
+        "error"
+    } else {
+        ctx.outcome
+    };
+    match &ctx.tenant {
+        Some(known) => known.requests.count(outcome),
+        None => crate::metrics::request(tenant, outcome),
+    }
+    if !state.access_log.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let reason = match &ctx.route {
+        Route::Bypass(r) | Route::Answered(r) => r.as_str(),
+        _ => ctx.not_stored.as_deref().unwrap_or(""),
+    };
+    crate::access_log::write(&crate::access_log::AccessLine {
+        tenant,
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        status,
+        cache: outcome,
+        reason,
+        error,
+    });
+}
 
 /// The proxy: tenants, their policies, and the shared cache.
 #[derive(Clone)]
@@ -457,41 +497,30 @@ impl ProxyHttp for CachetProxy {
         // A response that failed before its filter still logs the head as the client sent it.
         h2_refresh::restore(session, ctx);
         crate::connection::next_head(session);
-        let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
-        let outcome = if ctx.outcome.is_empty() {
-            "error"
-        } else {
-            ctx.outcome
-        };
-        match &ctx.tenant {
-            Some(known) => known.requests.count(outcome),
-            None => crate::metrics::request(tenant, outcome),
-        }
         if let Some(waited) = session.cache.lock_duration() {
+            let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
             crate::metrics::lock_wait(tenant, waited);
         }
-        if !self
-            .state
-            .access_log
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return;
-        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let req = session.req_header();
-        let reason = match &ctx.route {
-            Route::Bypass(r) | Route::Answered(r) => r.as_str(),
-            _ => ctx.not_stored.as_deref().unwrap_or(""),
-        };
-        crate::access_log::write(&crate::access_log::AccessLine {
-            tenant,
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            status,
-            cache: outcome,
-            reason,
-            error: error.map(|e| e.to_string()),
-        });
+        let error = error.map(|e| e.to_string());
+        record_request(&self.state, ctx, session.req_header(), status, error);
+    }
+
+    /// A request the front planned and handed over (`request::resume`) carries its context:
+    /// it replaces the one Pingora made, if Pingora read the same head.
+    fn on_connection_reuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+        carried: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(handed) = carried.downcast::<crate::front::Handover>() {
+            let handed = *handed;
+            if handed.planned.fits(session) {
+                *ctx = handed.ctx;
+                ctx.planned = Some(handed.planned);
+            }
+        }
     }
 
     /// What Pingora's own log lines say about a request: method, path and host, never the

@@ -5,7 +5,7 @@ use super::ctx::{RequestCtx, Route};
 use super::respond::{respond_synthetic, respond_text};
 use super::CachetProxy;
 use crate::config::OnPluginError;
-use crate::policy::{AddedFields, PendingFields, PluginFault, RequestDecision};
+use crate::policy::{AddedFields, PendingFields, PluginFault, RequestDecision, RequestVerdict};
 use crate::tenant::Tenant;
 use http::Method;
 use pingora::proxy::Session;
@@ -17,6 +17,9 @@ pub(super) async fn request_filter(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<bool> {
+    if let Some(planned) = ctx.planned.take() {
+        return resume(proxy, session, ctx, *planned).await;
+    }
     if let Err(reason) = well_formed(session) {
         ctx.route = Route::Answered(reason.into());
         // What follows a malformed head cannot be trusted to be the next request.
@@ -72,37 +75,169 @@ pub(super) async fn request_filter(
         return Ok(false);
     }
     let shadowed = tenant.shadow().is_some();
-    let mut forwarding = Forwarding::start(proxy, session, policy.reads_added_fields(), shadowed);
+    let conn = ClientConn::of(session);
+    let mut forwarding = Forwarding::start(
+        proxy,
+        session.req_header_mut(),
+        conn,
+        policy.reads_added_fields(),
+        shadowed,
+    );
     if super::purge::is_purge(session) {
         // The plugin computes the purged key from this request as it computed the
         // stored one: with the forwarding fields.
-        forwarding.write(proxy, session);
+        forwarding.write(proxy, session.req_header_mut());
         super::purge::handle(proxy, session, ctx).await?;
         return Ok(true);
     }
     ctx.invalidates = tenant.config.invalidate_on_unsafe
         && super::invalidate::is_unsafe(&session.req_header().method);
     super::shadowing::sample(&tenant, session.req_header(), ctx);
-    // 0.2.0 edits land on the request here: the key and the origin both see the edited one.
-    let verdict = match policy.plan_request(session.req_header_mut(), &mut forwarding.fields) {
-        Ok(outcome) => match backend_index(&tenant, outcome.backend) {
-            Ok(backend) => {
-                ctx.backend = backend;
-                ctx.deliver = outcome.deliver;
-                Ok(outcome.verdict)
-            }
-            Err(fault) => Err(fault),
-        },
-        Err(fault) => Err(fault),
-    };
+    let verdict = plan(
+        &tenant,
+        session.req_header_mut(),
+        &mut forwarding.fields,
+        ctx,
+    );
     if let Ok(live) = &verdict {
         super::shadowing::on_request(&tenant, live, ctx);
     }
+    // An HTTP/2 body needs no length field: the stream is open after the head.
+    let h2_body = session.is_http2() && !session.is_body_empty();
+    let next = settle(&tenant, verdict, session.req_header(), h2_body, ctx);
+    after_plan(proxy, session, ctx, forwarding, next, false).await
+}
 
+/// What the plugin's verdict leaves to do, once `ctx` holds its route and key.
+pub(crate) enum Next {
+    /// Look the key up, or go to the origin (`ctx.route`).
+    Proceed,
+    /// Answer with the plugin's own response.
+    Respond(crate::policy::SyntheticResponse),
+    /// `on-request` failed: the tenant's `on_plugin_error` decides.
+    Fault(PluginFault),
+}
+
+/// A request the front (`crate::front`) planned before handing it to Pingora: the head as
+/// planned (client claims settled, plugin edits made) and what is left to do. Pingora parses
+/// the same bytes again; `head_len` lets the proxy check it got the same request.
+pub(crate) struct Planned {
+    head: Box<pingora::http::RequestHeader>,
+    head_len: usize,
+    forwarding: Forwarding,
+    next: Next,
+}
+
+impl Planned {
+    /// Whether `session` holds the request this plan was made for.
+    pub(super) fn fits(&self, session: &Session) -> bool {
+        session
+            .as_http1()
+            .is_some_and(|h1| h1.get_headers_raw_bytes().len() == self.head_len)
+    }
+}
+
+/// Carries on with a request the front planned: its plugin has run and its lean lookup
+/// found nothing to answer with.
+pub(super) async fn resume(
+    proxy: &CachetProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    planned: Planned,
+) -> Result<bool> {
+    crate::metrics::front_handover();
+    *session.req_header_mut() = *planned.head;
+    after_plan(proxy, session, ctx, planned.forwarding, planned.next, true).await
+}
+
+/// What the front does with a head it parsed itself.
+pub(crate) enum FrontStep {
+    /// A lean hit: write this response (the request comes back for the access log).
+    Hit(
+        super::lean_hit::LeanResponse,
+        Box<pingora::http::RequestHeader>,
+    ),
+    /// Pingora takes the request, with the plan made so far if any (none: plan it anew).
+    HandOver(Option<Box<Planned>>),
+}
+
+/// Plans a plain HTTP/1.1 GET read by the front (no body, no framing or connection fields)
+/// as `request_filter` would, up to the lean lookup. Anything that needs the full pipeline's
+/// own answer (a malformed head, no tenant, a misdirected TLS request, a shadowed tenant) is
+/// handed over unplanned, before the plugin runs.
+pub(crate) async fn plan_front(
+    proxy: &CachetProxy,
+    mut head: Box<pingora::http::RequestHeader>,
+    head_len: usize,
+    conn: ClientConn,
+    server_name: Option<&str>,
+    ctx: &mut RequestCtx,
+) -> Result<FrontStep> {
+    if super::target::to_origin_form(&mut head).is_err()
+        || super::request_fields::sanitize(&mut head).is_err()
+    {
+        return Ok(FrontStep::HandOver(None));
+    }
+    ctx.told_scheme =
+        super::forwarded::settle_client_claims(proxy.state.forwarded_headers, &mut head, conn.tls);
+    let host = crate::policy::request_host(&head);
+    let router = proxy.state.router.load();
+    let Some(tenant) = router.route(&host).cloned() else {
+        return Ok(FrontStep::HandOver(None));
+    };
+    if crate::tls::misdirected_name(server_name, &router, tenant.name())
+        || tenant.shadow().is_some()
+    {
+        return Ok(FrontStep::HandOver(None));
+    }
+    drop(router);
+    let policy = tenant.policy();
+    ctx.tenant = Some(tenant.clone());
+    ctx.policy = Some(policy.clone());
+    let mut forwarding =
+        Forwarding::start(proxy, &mut head, conn, policy.reads_added_fields(), false);
+    let verdict = plan(&tenant, &mut head, &mut forwarding.fields, ctx);
+    let next = settle(&tenant, verdict, &head, false, ctx);
+    if matches!(next, Next::Proceed) && ctx.route == Route::Cache && !ctx.deliver {
+        if let Some(hit) = super::lean_hit::lookup(proxy, &head, ctx).await? {
+            return Ok(FrontStep::Hit(hit, head));
+        }
+    }
+    Ok(FrontStep::HandOver(Some(Box::new(Planned {
+        head,
+        head_len,
+        forwarding,
+        next,
+    }))))
+}
+
+/// Asks the tenant's policy about the request; 0.2.0 edits land on it here, so the key and
+/// the origin both see the edited request.
+fn plan(
+    tenant: &Tenant,
+    req: &mut pingora::http::RequestHeader,
+    fields: &mut PendingFields,
+    ctx: &mut RequestCtx,
+) -> std::result::Result<RequestVerdict, PluginFault> {
+    let policy = ctx.policy.clone().unwrap_or_else(|| tenant.policy());
+    let outcome = policy.plan_request(req, fields)?;
+    ctx.backend = backend_index(tenant, outcome.backend)?;
+    ctx.deliver = outcome.deliver;
+    Ok(outcome.verdict)
+}
+
+/// Turns the plugin's verdict into the request's route and key (host rules first).
+fn settle(
+    tenant: &Tenant,
+    verdict: std::result::Result<RequestVerdict, PluginFault>,
+    req: &pingora::http::RequestHeader,
+    h2_body: bool,
+    ctx: &mut RequestCtx,
+) -> Next {
     match verdict {
         Ok((RequestDecision::Cache, Some(parts))) => {
             let too_long = || crate::policy::key_too_long(&parts, &tenant.config.limits);
-            ctx.route = match host_guard(session).or_else(too_long) {
+            ctx.route = match host_rules(req, h2_body).or_else(too_long) {
                 Some(reason) => Route::Bypass(reason),
                 None => {
                     let scheme = &ctx.told_scheme;
@@ -110,29 +245,77 @@ pub(super) async fn request_filter(
                     Route::Cache
                 }
             };
+            Next::Proceed
         }
-        Ok((RequestDecision::Cache, None)) => unreachable_key(ctx),
-        Ok((RequestDecision::Bypass(reason), _)) => ctx.route = Route::Bypass(reason),
+        Ok((RequestDecision::Cache, None)) => {
+            unreachable_key(ctx);
+            Next::Proceed
+        }
+        Ok((RequestDecision::Bypass(reason), _)) => {
+            ctx.route = Route::Bypass(reason);
+            Next::Proceed
+        }
         Ok((RequestDecision::Respond(resp), _)) => {
             ctx.route = Route::Answered("answered by plugin".into());
+            Next::Respond(resp)
+        }
+        Err(fault) => Next::Fault(fault),
+    }
+}
+
+/// The rest of `request_filter` once the request is planned. `lean_tried`: the front looked
+/// the key up already.
+async fn after_plan(
+    proxy: &CachetProxy,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut forwarding: Forwarding,
+    next: Next,
+    lean_tried: bool,
+) -> Result<bool> {
+    match next {
+        Next::Proceed => {}
+        Next::Respond(resp) => {
             respond_synthetic(session, ctx, resp).await?;
             return Ok(true);
         }
-        Err(fault) => {
+        Next::Fault(fault) => {
             // `on_plugin_error = "bypass"` sends the request on.
-            forwarding.write(proxy, session);
+            forwarding.write(proxy, session.req_header_mut());
             return on_fault(proxy, session, ctx, fault).await;
         }
     }
     // A plugin editing the delivered response (on-deliver) needs the full path's response_filter.
-    if ctx.route == Route::Cache
+    if !lean_tried
+        && ctx.route == Route::Cache
         && !ctx.deliver
         && super::lean_hit::try_serve(proxy, session, ctx).await?
     {
         return Ok(true);
     }
-    forwarding.write(proxy, session);
+    forwarding.write(proxy, session.req_header_mut());
     Ok(false)
+}
+
+/// What the forwarding fields need to know about the client's connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientConn {
+    /// The client's address (none for a Unix socket).
+    pub client: Option<std::net::IpAddr>,
+    /// The client reached cachet over TLS.
+    pub tls: bool,
+}
+
+impl ClientConn {
+    fn of(session: &Session) -> Self {
+        Self {
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: is_tls(session),
+        }
+    }
 }
 
 /// The forwarding fields of one request until it needs the origin.
@@ -145,12 +328,15 @@ pub(super) async fn request_filter(
 struct Forwarding {
     fields: PendingFields,
     built: bool,
+    client: Option<std::net::IpAddr>,
+    tls: bool,
 }
 
 impl Forwarding {
     fn start(
         proxy: &CachetProxy,
-        session: &mut Session,
+        req: &mut pingora::http::RequestHeader,
+        conn: ClientConn,
         reads: AddedFields,
         shadowed: bool,
     ) -> Self {
@@ -161,26 +347,28 @@ impl Forwarding {
             AddedFields::NeverRead => (false, false),
         };
         let mut fields = if build {
-            forwarding_fields(proxy, session)
+            forwarding_fields(proxy, req, conn.client, conn.tls)
         } else {
             PendingFields::default()
         };
         if write {
-            fields.apply(session.req_header_mut());
+            fields.apply(req);
         }
         Self {
             fields,
             built: build,
+            client: conn.client,
+            tls: conn.tls,
         }
     }
 
     /// Writes what is still pending: the request is going to the origin.
-    fn write(&mut self, proxy: &CachetProxy, session: &mut Session) {
+    fn write(&mut self, proxy: &CachetProxy, req: &mut pingora::http::RequestHeader) {
         if !self.built {
-            self.fields = forwarding_fields(proxy, session);
+            self.fields = forwarding_fields(proxy, req, self.client, self.tls);
             self.built = true;
         }
-        self.fields.apply(session.req_header_mut());
+        self.fields.apply(req);
     }
 }
 
@@ -220,31 +408,22 @@ fn well_formed(session: &mut Session) -> std::result::Result<(), &'static str> {
 /// revalidation gets them too: Pingora rebuilds it from the client's head as received
 /// (without them, and with the client's own claims), and its connection digest names the
 /// same client.
-fn forwarding_fields(proxy: &CachetProxy, session: &Session) -> PendingFields {
-    let Some(client) = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-    else {
+fn forwarding_fields(
+    proxy: &CachetProxy,
+    req: &pingora::http::RequestHeader,
+    client: Option<std::net::IpAddr>,
+    tls: bool,
+) -> PendingFields {
+    let Some(client) = client else {
         return PendingFields::default();
     };
-    let hop = super::forwarded::Hop {
-        client,
-        tls: is_tls(session),
-    };
-    super::forwarded::fields(proxy.state.forwarded_headers, session.req_header(), &hop)
+    let hop = super::forwarded::Hop { client, tls };
+    super::forwarded::fields(proxy.state.forwarded_headers, req, &hop)
 }
 
 /// Whether the client reached cachet over TLS.
 fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
-}
-
-/// Host rules a plugin cannot override.
-fn host_guard(session: &mut Session) -> Option<String> {
-    // An HTTP/2 body needs no length field: the stream is open after the head.
-    let h2_body = session.is_http2() && !session.is_body_empty();
-    host_rules(session.req_header(), h2_body)
 }
 
 /// The host's reasons for a request the plugin would cache to go without the cache (`explain`

@@ -16,5 +16,5 @@ pub mod server_name;
 pub mod store;
 
 pub use certificate::LoadedCert;
-pub use server_name::{misdirected, server_name};
+pub use server_name::{digest_server_name, misdirected, misdirected_name, server_name};
 pub use store::{CertOwner, CertSet, CertStore};

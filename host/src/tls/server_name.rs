@@ -6,7 +6,7 @@
 use crate::tenant::TenantRouter;
 use async_trait::async_trait;
 use pingora::listeners::TlsAccept;
-use pingora::protocols::tls::TlsRef;
+use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::proxy::Session;
 use std::any::Any;
 use std::sync::Arc;
@@ -31,12 +31,21 @@ impl TlsAccept for RecordServerName {
 
 /// The SNI of the connection `session` arrived on, if it is TLS and sent one.
 pub fn server_name(session: &Session) -> Option<&str> {
-    let digest = session.digest()?.ssl_digest.as_ref()?;
+    digest_server_name(session.digest()?.ssl_digest.as_ref()?)
+}
+
+/// The SNI recorded in a TLS connection's digest.
+pub fn digest_server_name(digest: &SslDigest) -> Option<&str> {
     digest.extension.get::<ServerName>().map(|n| n.0.as_str())
 }
 
 /// Whether a request for `tenant` must be refused with 421 because its
 /// connection's SNI routes elsewhere (or nowhere). Without SNI, Host decides.
 pub fn misdirected(session: &Session, router: &TenantRouter, tenant: &str) -> bool {
-    server_name(session).is_some_and(|sni| router.route(sni).map(|t| t.name()) != Some(tenant))
+    misdirected_name(server_name(session), router, tenant)
+}
+
+/// [`misdirected`] for a connection's SNI as the front reads it.
+pub fn misdirected_name(sni: Option<&str>, router: &TenantRouter, tenant: &str) -> bool {
+    sni.is_some_and(|sni| router.route(sni).map(|t| t.name()) != Some(tenant))
 }
