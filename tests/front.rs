@@ -261,3 +261,68 @@ fn with_lean_hits_off_every_request_takes_pingoras_full_path() {
     assert_eq!(counted(&proxy, "cachet_front_hits_total"), 0);
     assert_eq!(counted(&proxy, "cachet_lean_hits_total"), 0);
 }
+
+/// The response head with `Date` and `Age` values masked (they move with the clock).
+fn masked_head(resp: &[u8]) -> String {
+    let text = String::from_utf8_lossy(resp);
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    head.lines()
+        .map(|line| match line.split_once(": ") {
+            Some((name, _)) if name == "Date" || name == "Age" => format!("{name}: <masked>"),
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+#[test]
+fn the_front_writes_a_hit_byte_for_byte_as_pingoras_writer_would() {
+    // Fields the hit writer replaces in place (`date`, `accept-ranges`, in lowercase) or
+    // keeps as sent, in an order the answer must keep.
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("origin saw {}", seen.url))
+            .header("X-First", "a")
+            .header(
+                "date",
+                &httpdate::fmt_http_date(std::time::SystemTime::now()),
+            )
+            .header("Cache-Control", "max-age=600")
+            .header("accept-ranges", "none")
+            .header("x-last", "z")
+    });
+    let proxy = counter_proxy(&origin, "max_bytes = \"16MiB\"");
+    exchange(proxy.port, get("/same", true).as_bytes());
+    let mut conn = Conn::open(proxy.port);
+    let ask = |conn: &mut Conn, connection: &str| {
+        let request =
+            format!("GET /same HTTP/1.1\r\nHost: site.test\r\nConnection: {connection}\r\n\r\n");
+        conn.stream.write_all(request.as_bytes()).expect("send");
+        let mut bytes = Vec::new();
+        while !bytes.ends_with(b"origin saw /same") {
+            let mut chunk = [0u8; 4096];
+            let n = conn.stream.read(&mut chunk).expect("read");
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&bytes));
+            bytes.extend_from_slice(&chunk[..n]);
+        }
+        bytes
+    };
+    // The front writes the first; a `Connection` field it does not read sends the second
+    // to Pingora, whose request phase answers it from the same stored copy (lean path).
+    let front = ask(&mut conn, "keep-alive");
+    assert_eq!(counted(&proxy, "cachet_front_hits_total"), 1);
+    let pingora = ask(&mut conn, "keep-alive, X-Probe");
+    assert_eq!(counted(&proxy, "cachet_front_hits_total"), 1);
+    assert_eq!(counted(&proxy, "cachet_lean_hits_total"), 2);
+    assert_eq!(masked_head(&front), masked_head(&pingora));
+    assert!(
+        masked_head(&front).starts_with(
+            "HTTP/1.1 200 X\r\nContent-Type: text/plain\r\nx-first: a\r\nDate: <masked>\r\n\
+             Cache-Control: max-age=600\r\nAccept-Ranges: bytes\r\nx-last: z\r\n\
+             Content-Length: 16\r\nAge: <masked>\r\ncache-status: cachet; hit; ttl="
+        ),
+        "{}",
+        masked_head(&front)
+    );
+    assert!(masked_head(&front).ends_with("\r\nConnection: keep-alive"));
+    assert_eq!(origin.hits(), 1);
+}

@@ -170,7 +170,7 @@ impl ServerApp for Front {
                 Ok(FrontStep::Hit(hit, request)) => {
                     let _ = buf.split_to(len);
                     crate::connection::request_answered(&stream);
-                    let status = hit.head.status.as_u16();
+                    let status = hit.status();
                     // Counted before the client can read the answer and look at the metrics.
                     crate::metrics::front_hit();
                     let written = reply::write(&mut stream, hit, close).await;

@@ -4,6 +4,7 @@
 use crate::proxy::LeanResponse;
 use bytes::{BufMut, BytesMut};
 use http::header;
+use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
 use tokio::io::AsyncWriteExt;
 
@@ -13,16 +14,23 @@ pub(super) async fn write(
     hit: LeanResponse,
     close: bool,
 ) -> std::io::Result<()> {
-    let LeanResponse { mut head, body } = hit;
     let date = pingora::protocols::http::date::get_cached_date();
-    let added = head.insert_header(header::DATE, date).and_then(|_| {
-        let connection = if close { "close" } else { "keep-alive" };
-        head.insert_header(header::CONNECTION, connection)
-    });
-    if let Err(e) = added {
-        return Err(std::io::Error::other(e.to_string()));
+    let connection = if close { "close" } else { "keep-alive" };
+    let mut out = BytesMut::with_capacity(1024 + hit.body_len());
+    if !hit.write_h1(&mut out, date.as_bytes(), connection.as_bytes()) {
+        out.clear();
+        let (mut head, body) = hit.into_parts().map_err(std::io::Error::other)?;
+        head.insert_header(header::DATE, date)
+            .and_then(|_| head.insert_header(header::CONNECTION, connection))
+            .map_err(std::io::Error::other)?;
+        serialize(&head, &body, &mut out);
     }
-    let mut out = BytesMut::with_capacity(512 + body.len());
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// The head and body as Pingora's HTTP/1 writer puts them on the wire.
+fn serialize(head: &ResponseHeader, body: &[u8], out: &mut BytesMut) {
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(head.status.as_str().as_bytes());
     out.put_u8(b' ');
@@ -30,9 +38,7 @@ pub(super) async fn write(
         out.put_slice(reason.as_bytes());
     }
     out.put_slice(b"\r\n");
-    head.header_to_h1_wire(&mut out);
+    head.header_to_h1_wire(out);
     out.put_slice(b"\r\n");
-    out.put_slice(&body);
-    stream.write_all(&out).await?;
-    stream.flush().await
+    out.put_slice(body);
 }

@@ -17,6 +17,14 @@ const ALWAYS: [&str; 7] = [
 /// Most `Connection` nominations honoured; a longer list is junk, not a protocol.
 const MAX_NOMINATIONS: usize = 32;
 
+/// Whether `resp` has a field that is hop-by-hop whatever `Connection` says (`Connection`
+/// itself among them, so a head without any nominates nothing either).
+pub fn any_present(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .keys()
+        .any(|name| ALWAYS.contains(&name.as_str()))
+}
+
 /// Removes every hop-by-hop field, before a response is stored.
 pub fn strip(resp: &mut ResponseHeader) {
     strip_except(resp, &[]);
@@ -44,11 +52,7 @@ fn strip_except(resp: &mut ResponseHeader, keep: &[&str]) {
     // Stored heads were stripped when filled, so most calls (every hit) find none: one pass
     // over the names is cheaper than a lookup per hop-by-hop name. `Connection` is in
     // ALWAYS, so a head without it nominates nothing either.
-    if !resp
-        .headers
-        .keys()
-        .any(|name| ALWAYS.contains(&name.as_str()))
-    {
+    if !any_present(resp) {
         return;
     }
     let nominated: Vec<http::HeaderName> =

@@ -9,10 +9,11 @@
 use super::ctx::RequestCtx;
 use super::CachetProxy;
 use crate::storage::tiers::LeanLookup;
-use bytes::Bytes;
+use crate::storage::PlainHit;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header;
 use http::Method;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -31,11 +32,114 @@ const FULL_PATH_FIELDS: [header::HeaderName; 9] = [
     header::PRAGMA,
 ];
 
-/// A response the lean path found: the stored head made ready for the client (`Age`,
-/// `Cache-Status`, hop-by-hop fields dropped) and the stored body.
+/// A response the lean path found: the stored copy, its `Age` and its `Cache-Status`.
 pub(crate) struct LeanResponse {
-    pub head: Box<ResponseHeader>,
-    pub body: Bytes,
+    hit: PlainHit,
+    age: u64,
+    cache_status: String,
+}
+
+impl LeanResponse {
+    pub(crate) fn status(&self) -> u16 {
+        self.hit.header().status.as_u16()
+    }
+
+    pub(crate) fn body_len(&self) -> usize {
+        self.hit.body_ref().len()
+    }
+
+    /// The head made ready for the client (the stored head with `Age`, `Accept-Ranges` and
+    /// `Cache-Status`, hop-by-hop and internal fields dropped) and the body.
+    pub(crate) fn into_parts(self) -> pingora::Result<(Box<ResponseHeader>, Bytes)> {
+        let mut response = Box::new(self.hit.header().clone());
+        // As pingora's hit path: stored heads go out as HTTP/1.1, with the time since the fill.
+        response.set_version(http::Version::HTTP_11);
+        response.insert_header(header::AGE, self.age)?;
+        // As pingora's range filter does for a 200 with a length: ranges may be asked for later.
+        if response.status == http::StatusCode::OK {
+            response.insert_header(header::ACCEPT_RANGES, "bytes")?;
+        }
+        super::hop_by_hop::strip_for_downstream(&mut response);
+        super::directives::strip_downstream(&mut response);
+        super::cache_status::append_member(&mut response, self.cache_status)?;
+        Ok((response, self.hit.body()))
+    }
+
+    /// Writes the response as HTTP/1.1 straight from the stored head, the bytes
+    /// [`Self::into_parts`] and Pingora's writer (`Date`, then `Connection`) would give, without
+    /// copying the head first. `false`, writing nothing, for a stored head with a field that
+    /// takes more than a replacement or an addition (hop-by-hop or internal fields, an
+    /// upstream `Cache-Status` or `Age`, a repeated `Date` or `Accept-Ranges`).
+    pub(crate) fn write_h1(&self, out: &mut BytesMut, date: &[u8], connection: &[u8]) -> bool {
+        let stored = self.hit.header();
+        let fields = &stored.headers;
+        let once = |name: header::HeaderName| fields.get_all(name).iter().count() <= 1;
+        if super::hop_by_hop::any_present(stored)
+            || [
+                header::AGE.as_str(),
+                super::cache_status::HEADER,
+                super::directives::CACHET_CACHE_CONTROL,
+                super::directives::SURROGATE_KEY,
+                crate::storage::TAGS_HEADER,
+            ]
+            .iter()
+            .any(|name| fields.contains_key(*name))
+            || !once(header::DATE)
+            || !once(header::ACCEPT_RANGES)
+        {
+            return false;
+        }
+        let ranges = stored.status == http::StatusCode::OK;
+        out.put_slice(b"HTTP/1.1 ");
+        out.put_slice(stored.status.as_str().as_bytes());
+        out.put_u8(b' ');
+        if let Some(reason) = stored.get_reason_phrase() {
+            out.put_slice(reason.as_bytes());
+        }
+        out.put_slice(b"\r\n");
+        let mut field = |name: &[u8], value: &[u8]| {
+            out.put_slice(name);
+            out.put_slice(b": ");
+            out.put_slice(value);
+            out.put_slice(b"\r\n");
+        };
+        // Replaced in place, under the name the replacing insert gives.
+        let mut stored_field = |name: &[u8], value: &[u8]| {
+            if name.eq_ignore_ascii_case(b"date") {
+                field(b"Date", date);
+            } else if ranges && name.eq_ignore_ascii_case(b"accept-ranges") {
+                field(b"Accept-Ranges", b"bytes");
+            } else {
+                field(name, value);
+            }
+        };
+        if stored.has_case() {
+            for (name, value) in stored.case_header_iter() {
+                stored_field(name.as_slice(), value.as_bytes());
+            }
+        } else {
+            // Without a case map, Pingora's writer titles the names it knows.
+            for (name, value) in fields {
+                stored_field(name.into_case_header_name().as_slice(), value.as_bytes());
+            }
+        }
+        // Added at the end, in the order they are inserted.
+        field(b"Age", self.age.to_string().as_bytes());
+        if ranges && !fields.contains_key(header::ACCEPT_RANGES) {
+            field(b"Accept-Ranges", b"bytes");
+        }
+        field(
+            super::cache_status::HEADER.as_bytes(),
+            self.cache_status.as_bytes(),
+        );
+        if !fields.contains_key(header::DATE) {
+            field(b"Date", date);
+        }
+        field(b"Connection", connection);
+        out.put_slice(b"\r\n");
+        out.put_slice(self.hit.body_ref());
+        true
+    }
 }
 
 /// Answers the request from storage if it qualifies; `Ok(true)` once a response is written.
@@ -50,8 +154,9 @@ pub(super) async fn try_serve(
     let Some(hit) = lookup(proxy, session.req_header(), ctx).await? else {
         return Ok(false);
     };
-    session.write_response_header(hit.head, false).await?;
-    session.write_response_body(Some(hit.body), true).await?;
+    let (head, body) = hit.into_parts()?;
+    session.write_response_header(head, false).await?;
+    session.write_response_body(Some(body), true).await?;
     Ok(true)
 }
 
@@ -77,26 +182,14 @@ pub(super) async fn lookup(
             return Ok(None);
         }
     };
-    let body = hit.body();
-    let stored = hit.header();
-    let mut response = Box::new(stored.clone());
-    // As pingora's hit path: stored heads go out as HTTP/1.1, with the time since the fill.
-    response.set_version(http::Version::HTTP_11);
-    response.insert_header(header::AGE, hit.age(now).as_secs())?;
-    // As pingora's range filter does for a 200 with a length: ranges may be asked for later.
-    if response.status == http::StatusCode::OK {
-        response.insert_header(header::ACCEPT_RANGES, "bytes")?;
-    }
-    super::hop_by_hop::strip_for_downstream(&mut response);
-    super::directives::strip_downstream(&mut response);
     ctx.tier = hit.tier();
-    let status = super::cache_status::hit_value(ctx, hit.ttl(now));
-    super::cache_status::append_member(&mut response, status)?;
+    let cache_status = super::cache_status::hit_value(ctx, hit.ttl(now));
     ctx.outcome = "hit";
     crate::metrics::lean_hit();
     Ok(Some(LeanResponse {
-        head: response,
-        body,
+        age: hit.age(now).as_secs(),
+        hit,
+        cache_status,
     }))
 }
 
