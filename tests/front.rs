@@ -326,3 +326,70 @@ fn the_front_writes_a_hit_byte_for_byte_as_pingoras_writer_would() {
     assert!(masked_head(&front).ends_with("\r\nConnection: keep-alive"));
     assert_eq!(origin.hits(), 1);
 }
+
+/// Sends `first`, waits, then streams `filler` bytes of a field value, and reads the answer.
+fn long_head_answer(port: u16, first: &str, filler: usize) -> Vec<u8> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(first.as_bytes()).expect("send");
+    std::thread::sleep(Duration::from_millis(100));
+    let rest = format!(
+        " /x HTTP/1.1\r\nHost: site.test\r\nX-Long: {}",
+        "a".repeat(filler)
+    );
+    // The proxy stops reading at its limit: the rest may not be taken.
+    let _ = conn.write_all(rest.as_bytes());
+    let mut bytes = Vec::new();
+    let _ = conn.read_to_end(&mut bytes);
+    bytes
+}
+
+#[test]
+fn a_head_that_starts_like_the_http2_preface_is_bounded_like_any_other() {
+    let origin = echo_origin();
+    for h2c in [false, true] {
+        let proxy = Proxy::start_with_server(
+            &format!("max_request_head = \"16KiB\"\nh2c = {h2c}"),
+            "max_bytes = \"16MiB\"",
+            &[TenantSpec::new("site", origin.addr, &fixture("counter"))],
+        );
+        // `PRI` is how the HTTP/2 preface starts: the guard took it for HTTP/2 and stopped
+        // bounding the head, and the front kept buffering it (hundreds of MiB).
+        let answer = long_head_answer(proxy.port, "PRI", 1 << 20);
+        assert!(
+            answer.starts_with(b"HTTP/1.1 431 "),
+            "h2c {h2c}: {:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(200)])
+        );
+        let answer = long_head_answer(proxy.port, "GET", 1 << 20);
+        assert!(answer.starts_with(b"HTTP/1.1 431 "), "h2c {h2c}");
+    }
+    assert_eq!(origin.hits(), 0);
+}
+
+#[test]
+fn a_hit_that_ends_the_connection_reads_out_what_the_client_still_sent() {
+    let origin = echo_origin();
+    let proxy = counter_proxy(&origin, "max_bytes = \"16MiB\"");
+    exchange(proxy.port, get("/linger", true).as_bytes());
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut sent = get("/linger", true).into_bytes();
+        // Requests after the last one are never answered, but must not reset the connection
+        // before the client has read its answer (RFC 9112 §9.6).
+        sent.extend(std::iter::repeat_n(b'x', 100_000));
+        conn.write_all(&sent).expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+        let mut bytes = Vec::new();
+        conn.read_to_end(&mut bytes)
+            .expect("an orderly close, not a reset");
+        let responses = parse_responses(&bytes);
+        assert_eq!(responses.len(), 1);
+        assert_eq!(responses[0].text(), "origin saw /linger");
+        assert_eq!(responses[0].header("connection"), Some("close"));
+    }
+    assert_eq!(counted(&proxy, "cachet_front_hits_total"), 3);
+}

@@ -288,11 +288,16 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         max_connections: client_connections,
         max_request_head: config.server.max_request_head,
         h2_preface_timeout: config.server.listener.h2_idle_timeout,
+        h2c: config.server.listener.h2c,
     };
     let mut proxy = pingora::services::listening::Service::new(
         "cachet proxy".into(),
         ConnectionGuard::new(
-            crate::front::Front::new(app, CachetProxy::new(state.clone())),
+            crate::front::Front::new(
+                app,
+                CachetProxy::new(state.clone()),
+                config.server.max_request_head,
+            ),
             limits,
         ),
     );

@@ -27,6 +27,9 @@ pub struct ConnectionLimits {
     pub max_request_head: usize,
     /// How long an HTTP/2 client may take to start its preface (`h2_idle_timeout`).
     pub h2_preface_timeout: Duration,
+    /// The plain listener takes HTTP/2 without TLS (`h2c`): a connection that opens with
+    /// the HTTP/2 preface is framed, not read as heads.
+    pub h2c: bool,
 }
 
 /// A `ServerApp` that admits at most `max_connections` streams at once and
@@ -68,6 +71,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
             slot,
             self.on_refused_head.clone(),
             self.limits.h2_preface_timeout,
+            self.limits.h2c,
         );
         self.inner.process_new(Box::new(guarded), shutdown).await
     }

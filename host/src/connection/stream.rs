@@ -19,15 +19,15 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
 /// What a client gets when its request head is over the limit (the body is 30 bytes).
-const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+pub(crate) const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
 Content-Type: text/plain; charset=utf-8\r\n\
 Content-Length: 30\r\n\
 Connection: close\r\n\
 \r\n\
 the request head is too large\n";
 
-/// The HTTP/2 connection preface starts this way; HTTP/2 frames are not heads.
-const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
+/// The HTTP/2 connection preface (RFC 9113 §3.4); HTTP/2 frames are not heads.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Where the connection is in its request/response cycle, as far as reading goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,10 @@ pub struct GuardedStream {
     preface_limit: Duration,
     /// Running until the first bytes of a connection ALPN made HTTP/2.
     preface_timer: Option<Pin<Box<Sleep>>>,
+    /// On an h2c listener, how many bytes of the HTTP/2 preface the connection's first bytes
+    /// matched so far; `None` once they cannot be it (or h2c is off, or TLS). Only the whole
+    /// preface makes the connection HTTP/2: anything else is a head, bounded like any head.
+    preface_matched: Option<usize>,
 }
 
 impl GuardedStream {
@@ -70,8 +74,10 @@ impl GuardedStream {
         slot: OwnedSemaphorePermit,
         on_refused: Arc<dyn Fn() + Send + Sync>,
         preface_limit: Duration,
+        h2c: bool,
     ) -> Self {
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        let preface_matched = (h2c && !h2 && inner.get_ssl_digest().is_none()).then_some(0);
         let phase = if h2 {
             Phase::Unbounded
         } else {
@@ -89,6 +95,7 @@ impl GuardedStream {
             on_refused,
             preface_limit,
             preface_timer,
+            preface_matched,
         }
     }
 
@@ -159,6 +166,14 @@ impl GuardedStream {
     }
 }
 
+/// How much of the HTTP/2 preface the connection's first bytes match after `read`, given
+/// `matched` bytes matched before it; `None` when they stray from it.
+fn preface_progress(matched: usize, read: &[u8]) -> Option<usize> {
+    let want = &H2_PREFACE[matched..];
+    let n = read.len().min(want.len());
+    (read[..n] == want[..n]).then_some(matched + n)
+}
+
 /// Called when a request head has been parsed (the first proxy phase).
 pub fn head_complete(session: &Session) {
     if let Some(stream) = guarded(session) {
@@ -217,14 +232,17 @@ impl AsyncRead for GuardedStream {
                     let mut limited = buf.take(allowed);
                     let poll = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
                     let filled = limited.filled().len();
-                    let seen = &limited.filled()[..filled.min(H2_PREFACE_START.len())];
-                    if read == 0 && seen.len() >= 3 && H2_PREFACE_START.starts_with(seen) {
-                        this.phase = Phase::Unbounded;
+                    let preface = this
+                        .preface_matched
+                        .and_then(|matched| preface_progress(matched, limited.filled()));
+                    this.preface_matched = preface.filter(|&m| m < H2_PREFACE.len());
+                    this.phase = if preface == Some(H2_PREFACE.len()) {
+                        Phase::Unbounded
                     } else {
-                        this.phase = Phase::Head {
+                        Phase::Head {
                             read: read + filled,
-                        };
-                    }
+                        }
+                    };
                     // SAFETY: `limited` wrote `filled` initialised bytes into `buf`'s
                     // unfilled part, which `take` borrowed from.
                     unsafe { buf.assume_init(filled) };
@@ -361,7 +379,7 @@ impl std::fmt::Debug for GuardedStream {
 
 #[cfg(test)]
 mod tests {
-    use super::TOO_LARGE;
+    use super::{preface_progress, H2_PREFACE, TOO_LARGE};
 
     #[test]
     fn refusal_is_framed_correctly() {
@@ -374,5 +392,16 @@ mod tests {
             .parse()
             .expect("number");
         assert_eq!(length, body.len());
+    }
+
+    #[test]
+    fn only_the_whole_preface_makes_a_connection_http2() {
+        assert_eq!(preface_progress(0, b"PRI"), Some(3));
+        assert_eq!(preface_progress(3, b" * HTTP/2.0\r\n"), Some(16));
+        assert_eq!(preface_progress(16, b"\r\nSM\r\n\r\n\0\0\x12"), Some(24));
+        assert_eq!(preface_progress(0, H2_PREFACE), Some(H2_PREFACE.len()));
+        // A head that starts the same way strays from it.
+        assert_eq!(preface_progress(3, b" /x HTTP/1.1\r\n"), None);
+        assert_eq!(preface_progress(0, b"GET / HTTP/1.1"), None);
     }
 }

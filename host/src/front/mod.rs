@@ -40,6 +40,9 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Front {
     proxy: Arc<HttpProxy<CachetProxy>>,
     cachet: CachetProxy,
+    /// `[server] max_request_head`: the connection guard stops reading a head there; the
+    /// front's buffer also holds at most one pipelined head beyond the one it reads.
+    max_head: usize,
 }
 
 /// A request the front planned, carried to the proxy's phases.
@@ -49,10 +52,11 @@ pub struct Handover {
 }
 
 impl Front {
-    pub fn new(proxy: HttpProxy<CachetProxy>, cachet: CachetProxy) -> Self {
+    pub fn new(proxy: HttpProxy<CachetProxy>, cachet: CachetProxy, max_head: usize) -> Self {
         Self {
             proxy: Arc::new(proxy),
             cachet,
+            max_head,
         }
     }
 
@@ -145,6 +149,11 @@ impl ServerApp for Front {
         loop {
             let head = loop {
                 match head::read(&buf) {
+                    Head::Partial if buf.len() >= 2 * self.max_head => {
+                        // The guard answers 431 first; this bounds the buffer whatever it does.
+                        let _ = reply::refuse(&mut stream, crate::connection::TOO_LARGE).await;
+                        return None;
+                    }
                     Head::Partial => {}
                     head => break head,
                 }
@@ -176,7 +185,11 @@ impl ServerApp for Front {
                     let written = reply::write(&mut stream, hit, close).await;
                     let error = written.as_ref().err().map(|e| e.to_string());
                     crate::proxy::record_request(&self.cachet.state, &ctx, &request, status, error);
-                    if written.is_err() || close {
+                    if written.is_err() {
+                        return None;
+                    }
+                    if close {
+                        reply::close(stream).await;
                         return None;
                     }
                 }

@@ -6,7 +6,18 @@ use bytes::{BufMut, BytesMut};
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Bodies up to this size go out in the same write as the head (copied once); larger ones
+/// are written from the stored bytes, so a client that does not read holds no copy.
+const COPIED_BODY: usize = 16 * 1024;
+
+/// How long, and how much, a closing connection is still read so the client's unread
+/// requests do not turn the close into a reset that could lose the last answer
+/// (RFC 9112 §9.6).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// Writes `hit`; `close`: the connection ends after it.
 pub(super) async fn write(
@@ -16,21 +27,59 @@ pub(super) async fn write(
 ) -> std::io::Result<()> {
     let date = pingora::protocols::http::date::get_cached_date();
     let connection = if close { "close" } else { "keep-alive" };
-    let mut out = BytesMut::with_capacity(1024 + hit.body_len());
-    if !hit.write_h1(&mut out, date.as_bytes(), connection.as_bytes()) {
+    let mut out = BytesMut::with_capacity(1024);
+    let body = if hit.write_h1_head(&mut out, date.as_bytes(), connection.as_bytes()) {
+        hit.body()
+    } else {
         out.clear();
         let (mut head, body) = hit.into_parts().map_err(std::io::Error::other)?;
         head.insert_header(header::DATE, date)
             .and_then(|_| head.insert_header(header::CONNECTION, connection))
             .map_err(std::io::Error::other)?;
-        serialize(&head, &body, &mut out);
+        serialize_head(&head, &mut out);
+        body
+    };
+    if body.len() <= COPIED_BODY {
+        out.put_slice(&body);
+        stream.write_all(&out).await?;
+    } else {
+        stream.write_all(&out).await?;
+        stream.write_all(&body).await?;
     }
-    stream.write_all(&out).await?;
     stream.flush().await
 }
 
-/// The head and body as Pingora's HTTP/1 writer puts them on the wire.
-fn serialize(head: &ResponseHeader, body: &[u8], out: &mut BytesMut) {
+/// Writes a fixed answer and ends the connection.
+pub(super) async fn refuse(stream: &mut Stream, answer: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(LINGER, async {
+        stream.write_all(answer).await?;
+        stream.flush().await
+    })
+    .await
+    .unwrap_or(Ok(()))
+}
+
+/// Ends the connection after its last answer: no more is sent, and what the client still
+/// sends is read and dropped for a moment before the socket closes.
+pub(super) async fn close(mut stream: Stream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        if stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut scratch = [0u8; 4096];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match stream.read(&mut scratch).await {
+                Ok(read) if read > 0 => drained += read,
+                _ => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// The head as Pingora's HTTP/1 writer puts it on the wire.
+fn serialize_head(head: &ResponseHeader, out: &mut BytesMut) {
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(head.status.as_str().as_bytes());
     out.put_u8(b' ');
@@ -40,5 +89,4 @@ fn serialize(head: &ResponseHeader, body: &[u8], out: &mut BytesMut) {
     out.put_slice(b"\r\n");
     head.header_to_h1_wire(out);
     out.put_slice(b"\r\n");
-    out.put_slice(body);
 }

@@ -44,8 +44,9 @@ impl LeanResponse {
         self.hit.header().status.as_u16()
     }
 
-    pub(crate) fn body_len(&self) -> usize {
-        self.hit.body_ref().len()
+    /// The stored body (shared, not copied).
+    pub(crate) fn body(&self) -> Bytes {
+        self.hit.body()
     }
 
     /// The head made ready for the client (the stored head with `Age`, `Accept-Ranges` and
@@ -65,12 +66,12 @@ impl LeanResponse {
         Ok((response, self.hit.body()))
     }
 
-    /// Writes the response as HTTP/1.1 straight from the stored head, the bytes
+    /// Writes the response head as HTTP/1.1 straight from the stored head, the bytes
     /// [`Self::into_parts`] and Pingora's writer (`Date`, then `Connection`) would give, without
     /// copying the head first. `false`, writing nothing, for a stored head with a field that
     /// takes more than a replacement or an addition (hop-by-hop or internal fields, an
     /// upstream `Cache-Status` or `Age`, a repeated `Date` or `Accept-Ranges`).
-    pub(crate) fn write_h1(&self, out: &mut BytesMut, date: &[u8], connection: &[u8]) -> bool {
+    pub(crate) fn write_h1_head(&self, out: &mut BytesMut, date: &[u8], connection: &[u8]) -> bool {
         let stored = self.hit.header();
         let fields = &stored.headers;
         let once = |name: header::HeaderName| fields.get_all(name).iter().count() <= 1;
@@ -137,7 +138,6 @@ impl LeanResponse {
         }
         field(b"Connection", connection);
         out.put_slice(b"\r\n");
-        out.put_slice(self.hit.body_ref());
         true
     }
 }

@@ -340,10 +340,10 @@ impl ProxyHttp for CachetProxy {
             .admit(&tenant.config, &mut ctx.origin, arrived, client_gone)
             .await
         {
-            if matches!(e.etype(), ErrorType::HTTPStatus(503)) {
+            if e == crate::upstream::NoTurn::Busy {
                 ctx.not_stored = Some(crate::upstream::ORIGIN_BUSY_DETAIL.into());
             }
-            return Err(e);
+            return Err(e.into_error());
         }
         ctx.origin_started = Some(std::time::Instant::now());
         let key = if ctx.key.is_empty() {

@@ -44,11 +44,6 @@ impl PlainHit {
         self.body.clone()
     }
 
-    /// The whole body, borrowed.
-    pub fn body_ref(&self) -> &[u8] {
-        &self.body
-    }
-
     /// The L2 tier that held the copy (`None` for L1).
     pub fn tier(&self) -> Option<&'static str> {
         self.tier

@@ -10,7 +10,7 @@
 //! another's turns.
 
 use crate::config::OriginConfig;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorType};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -45,28 +45,22 @@ impl OriginLimit {
         held: &mut Option<OriginTurn>,
         wait: Duration,
         client_gone: impl std::future::Future<Output = ()>,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), NoTurn> {
         if held.is_some() {
             return Ok(());
         }
         let turn = match self.turns.clone().try_acquire_owned() {
             Ok(turn) => turn,
-            Err(_) if wait.is_zero() => return refused(),
+            Err(_) if wait.is_zero() => return Err(NoTurn::Busy),
             Err(_) => {
                 let queued = tokio::time::timeout(wait, self.turns.clone().acquire_owned());
                 tokio::select! {
                     queued = queued => match queued {
                         Ok(Ok(turn)) => turn,
                         // Timed out (the semaphore is never closed).
-                        _ => return refused(),
+                        _ => return Err(NoTurn::Busy),
                     },
-                    () = client_gone => {
-                        return Err(Error::explain(
-                            ErrorType::ConnectionClosed,
-                            "the client left while queued for the origin",
-                        )
-                        .into_down());
-                    }
+                    () = client_gone => return Err(NoTurn::ClientGone),
                 }
             }
         };
@@ -84,8 +78,27 @@ impl OriginLimit {
     }
 }
 
-fn refused() -> Result<()> {
-    Err(Error::explain(ErrorType::HTTPStatus(503), REFUSED_DETAIL).into_up())
+/// Why a request got no turn at its origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoTurn {
+    /// Every turn stayed taken for as long as it could wait: a 503 from the origin's side.
+    Busy,
+    /// The client left while queued: nobody waits for the answer.
+    ClientGone,
+}
+
+impl NoTurn {
+    /// The error the proxy fails the request with.
+    pub fn into_error(self) -> Box<Error> {
+        match self {
+            Self::Busy => Error::explain(ErrorType::HTTPStatus(503), REFUSED_DETAIL).into_up(),
+            Self::ClientGone => Error::explain(
+                ErrorType::ConnectionClosed,
+                "the client left while queued for the origin",
+            )
+            .into_down(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -117,7 +130,8 @@ mod tests {
             .admit(&mut c, Duration::from_millis(20), pending())
             .await
             .expect_err("third waits, then is refused");
-        assert_eq!(*e.etype(), ErrorType::HTTPStatus(503));
+        assert_eq!(e, NoTurn::Busy);
+        assert_eq!(*e.into_error().etype(), ErrorType::HTTPStatus(503));
         assert!(c.is_none());
         // A retry of a request that holds a turn takes no second one.
         limit
@@ -164,7 +178,8 @@ mod tests {
             .admit(&mut turn, Duration::from_secs(5), gone)
             .await
             .expect_err("left");
-        assert_eq!(*e.etype(), ErrorType::ConnectionClosed);
+        assert_eq!(e, NoTurn::ClientGone);
+        assert_eq!(*e.into_error().etype(), ErrorType::ConnectionClosed);
         assert!(turn.is_none());
         drop(first.take());
         assert_eq!(limit.in_use(), 0);

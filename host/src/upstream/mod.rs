@@ -9,6 +9,7 @@ mod pool;
 mod tls;
 
 pub use attempt::{check_deadline, OriginAttempts};
+pub use limit::NoTurn;
 pub use limit::REFUSED_DETAIL as ORIGIN_BUSY_DETAIL;
 pub use pool::{PoolHealth, UpstreamHealth};
 
@@ -82,7 +83,7 @@ impl TenantUpstream {
         attempts: &mut OriginAttempts,
         arrived: Instant,
         client_gone: impl std::future::Future<Output = ()>,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), NoTurn> {
         let now = Instant::now();
         let left = attempts.remaining(&config.origin, now);
         let queue_left = config
@@ -94,10 +95,7 @@ impl TenantUpstream {
             .limit
             .admit(&mut attempts.turn, wait, client_gone)
             .await;
-        if admitted
-            .as_ref()
-            .is_err_and(|e| matches!(e.etype(), ErrorType::HTTPStatus(503)))
-        {
+        if admitted == Err(NoTurn::Busy) {
             crate::metrics::origin_refused(&config.name);
         }
         admitted
