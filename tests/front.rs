@@ -262,13 +262,18 @@ fn with_lean_hits_off_every_request_takes_pingoras_full_path() {
     assert_eq!(counted(&proxy, "cachet_lean_hits_total"), 0);
 }
 
-/// The response head with `Date` and `Age` values masked (they move with the clock).
+/// The response head with `Date`, `Age` and the `ttl` values masked (they move with the
+/// clock).
 fn masked_head(resp: &[u8]) -> String {
     let text = String::from_utf8_lossy(resp);
     let head = text.split("\r\n\r\n").next().unwrap_or("");
     head.lines()
         .map(|line| match line.split_once(": ") {
             Some((name, _)) if name == "Date" || name == "Age" => format!("{name}: <masked>"),
+            Some((name, value)) if name == "cache-status" => match value.split_once("ttl=") {
+                Some((before, _)) => format!("{name}: {before}ttl=<masked>"),
+                None => line.to_string(),
+            },
             _ => line.to_string(),
         })
         .collect::<Vec<_>>()
