@@ -36,6 +36,9 @@ pub(super) fn read(buf: &BytesMut) -> Head {
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(httparse::Error::Token | httparse::Error::Version) if request_line_unfinished(buf) => {
+            return Head::Partial
+        }
         Err(_) => return Head::Other,
     };
     if parsed.method != Some("GET")
@@ -85,6 +88,19 @@ fn build(
         request.append_header(raw.slice(name.clone()), value).ok()?;
     }
     Some(request)
+}
+
+/// Whether `buf` starts as a request line (a method and a space) that has not ended yet.
+/// Pingora repairs a target with spaces or controls in it (it percent-encodes them) only
+/// when it sees the line's ` HTTP/x`; handed over earlier, the same request gets a 400 or a
+/// 200 depending on where the client's bytes were split. The front waits for the whole line
+/// (the guard's `max_request_head` bounds it) so the answer does not depend on the split.
+fn request_line_unfinished(buf: &[u8]) -> bool {
+    let method = buf
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+        .count();
+    method > 0 && buf.get(method) == Some(&b' ') && !buf.contains(&b'\n')
 }
 
 /// A field that leaves the request without a body and the connection simple: framing
@@ -157,6 +173,18 @@ mod tests {
         }
         assert!(is_plain(
             "GET / HTTP/1.1\r\nHost: a\r\nconnection: Keep-Alive\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn a_request_line_pingora_may_repair_is_waited_for_to_its_end() {
+        assert!(matches!(head("GET /a b"), Head::Partial));
+        assert!(matches!(head("GET /a b HTTP/1.1\r"), Head::Partial));
+        assert!(matches!(head("GET /a b HTTP/1.1\r\n"), Head::Other));
+        // Not a request line at all (a TLS ClientHello on a plain port): Pingora's at once.
+        assert!(matches!(
+            read(&BytesMut::from(&b"\x16\x03\x01\x02\x00\x01"[..])),
+            Head::Other
         ));
     }
 
