@@ -197,6 +197,77 @@ fn heads_over_the_limit_get_431_and_under_it_are_served() {
     assert_eq!(origin.hits_for("/big"), 0);
 }
 
+/// A request with a body pipelined behind another: once the first is answered, its end and
+/// the second's head were signalled with no read between them, and the guard applied them
+/// in the wrong order, counting the body as a head and cutting it with a 431 (the origin
+/// got part of the POST). Over the front (a hit first) and over Pingora (a miss first).
+#[test]
+fn a_body_pipelined_behind_a_request_is_not_counted_as_a_head() {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("{} {} {}", seen.method, seen.url, seen.body.len()))
+            .header("Cache-Control", "max-age=600")
+    });
+    let proxy = Proxy::start_with_server(
+        "max_request_head = \"4KiB\"",
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let warm = one(
+        proxy.port,
+        "GET /hit HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(warm.status, 200);
+    let body = vec![b'b'; 64 * 1024];
+    for first in ["/hit", "/miss"] {
+        let mut sent = format!(
+            "GET {first} HTTP/1.1\r\nHost: site.test\r\n\r\n\
+             POST /post HTTP/1.1\r\nHost: site.test\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        sent.extend_from_slice(&body);
+        let answers = parse_responses(&exchange(proxy.port, &sent));
+        let got: Vec<(u16, String)> = answers.iter().map(|r| (r.status, r.text())).collect();
+        assert_eq!(
+            got,
+            [
+                (200, format!("GET {first} 0")),
+                (200, format!("POST /post {}", body.len()))
+            ],
+            "after {first}"
+        );
+    }
+    assert_eq!(origin.hits_for("/post"), 2);
+}
+
+/// A head sent in the same write as the request before it: the bytes of it read with that
+/// request count toward its limit (the guard gave it a whole new budget after the first was
+/// answered, so a 1.7 KiB head passed a 1 KiB limit).
+#[test]
+fn a_head_pipelined_behind_a_hit_is_held_to_the_limit() {
+    let origin = echo_origin();
+    let proxy = Proxy::start_with_server(
+        "max_request_head = \"1KiB\"",
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let warm = one(
+        proxy.port,
+        "GET /hit HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(warm.status, 200);
+    let sent = format!(
+        "GET /hit HTTP/1.1\r\nHost: site.test\r\n\r\n\
+         GET /long HTTP/1.1\r\nHost: site.test\r\nX-Long: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(1700)
+    );
+    let answers = parse_responses(&exchange(proxy.port, sent.as_bytes()));
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 431]);
+    assert_eq!(origin.hits_for("/long"), 0);
+}
+
 fn rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmRSS:")
 }

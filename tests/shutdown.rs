@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::client::try_send;
@@ -143,4 +145,40 @@ fn shutdown_grace_bounds_the_wait_for_a_request_that_never_ends() {
     );
     // The client sees its connection end without a complete response.
     assert!(client.join().unwrap().is_err());
+}
+
+/// A kept-alive connection waiting for its next request is closed as soon as the stop
+/// begins, while a request on another connection is still being answered (the front waits
+/// for heads below Pingora and must watch the stop itself).
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let origin = slow_origin(SLOW);
+    let mut proxy = proxy_with_grace(&origin, "60s");
+    let mut idle = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    idle.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    for _ in 0..2 {
+        idle.write_all(b"GET /quick HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            .expect("send");
+        let mut answer = [0u8; 4096];
+        let n = idle.read(&mut answer).expect("an answer");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200 "));
+    }
+    let client = slow_request_in_flight(&proxy, &origin);
+    let sent = Instant::now();
+    signal(&proxy, "TERM");
+    let mut rest = Vec::new();
+    let closed = idle.read_to_end(&mut rest);
+    let waited = sent.elapsed();
+    assert!(
+        matches!(closed, Ok(0)) && waited < SLOW / 2,
+        "idle connection: {closed:?} after {waited:?}, {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let response = client
+        .join()
+        .unwrap()
+        .expect("the request in flight completes");
+    assert_eq!(response.text(), "slow and complete");
+    assert!(proxy.wait_exit(Duration::from_secs(3)).is_some());
 }

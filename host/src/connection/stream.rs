@@ -10,7 +10,7 @@ use pingora::proxy::Session;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,6 +25,12 @@ Content-Length: 30\r\n\
 Connection: close\r\n\
 \r\n\
 the request head is too large\n";
+
+/// `GuardedStream::signal` values: nothing new, a head was parsed, or (this plus the bytes
+/// of it already read) the next request's head is expected.
+const NO_SIGNAL: usize = 0;
+const HEAD_DONE: usize = 1;
+const HEAD_EXPECTED: usize = 2;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4); HTTP/2 frames are not heads.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -49,10 +55,12 @@ pub struct GuardedStream {
     inner: Stream,
     max_head: usize,
     phase: Phase,
-    /// Set by the proxy phases (through a shared reference) when a head was parsed.
-    head_done: AtomicBool,
-    /// Set by the proxy phases when the next request's head is expected.
-    head_expected: AtomicBool,
+    /// The last thing the proxy phases signalled (through a shared reference) since the
+    /// last read: [`NO_SIGNAL`], [`HEAD_DONE`], or [`HEAD_EXPECTED`] plus how many bytes of
+    /// the next head were already read. Only the last counts: signals come in the
+    /// connection's order, and a pipelined request may end and the next one's head be
+    /// parsed with no read between.
+    signal: AtomicUsize,
     /// Counts the connection as open for as long as the stream lives.
     _slot: OwnedSemaphorePermit,
     on_refused: Arc<dyn Fn() + Send + Sync>,
@@ -89,8 +97,7 @@ impl GuardedStream {
             inner,
             max_head,
             phase,
-            head_done: AtomicBool::new(false),
-            head_expected: AtomicBool::new(false),
+            signal: AtomicUsize::new(NO_SIGNAL),
             _slot: slot,
             on_refused,
             preface_limit,
@@ -120,18 +127,21 @@ impl GuardedStream {
         }
     }
 
-    /// Applies what the proxy phases signalled since the last read.
+    /// Applies what the proxy phases signalled last since the last read.
     fn sync_phase(&mut self) {
-        if *self.head_done.get_mut() {
-            *self.head_done.get_mut() = false;
-            if let Phase::Head { .. } = self.phase {
-                self.phase = Phase::Body;
+        match std::mem::replace(self.signal.get_mut(), NO_SIGNAL) {
+            NO_SIGNAL => {}
+            HEAD_DONE => {
+                if let Phase::Head { .. } = self.phase {
+                    self.phase = Phase::Body;
+                }
             }
-        }
-        if *self.head_expected.get_mut() {
-            *self.head_expected.get_mut() = false;
-            if self.phase == Phase::Body {
-                self.phase = Phase::Head { read: 0 };
+            expected => {
+                if let Phase::Head { .. } | Phase::Body = self.phase {
+                    self.phase = Phase::Head {
+                        read: expected - HEAD_EXPECTED,
+                    };
+                }
             }
         }
     }
@@ -177,23 +187,24 @@ fn preface_progress(matched: usize, read: &[u8]) -> Option<usize> {
 /// Called when a request head has been parsed (the first proxy phase).
 pub fn head_complete(session: &Session) {
     if let Some(stream) = guarded(session) {
-        stream.head_done.store(true, Ordering::Relaxed);
+        stream.signal.store(HEAD_DONE, Ordering::Relaxed);
     }
 }
 
-/// Called when a request is finished: what is read next is a new head.
+/// Called when a request is finished: what is read next is a new head. (Bytes of it that
+/// Pingora already holds are not counted: it reads pipelined heads with its own bound.)
 pub fn next_head(session: &Session) {
     if let Some(stream) = guarded(session) {
-        stream.head_expected.store(true, Ordering::Relaxed);
+        stream.signal.store(HEAD_EXPECTED, Ordering::Relaxed);
     }
 }
 
-/// Called by the front when it answered a request itself: the head was read, and what is
-/// read next is a new head.
-pub fn request_answered(stream: &Stream) {
+/// Called by the front when it answered a request itself, holding `already_read` bytes of
+/// the next head: those count toward its budget.
+pub fn request_answered(stream: &Stream, already_read: usize) {
     if let Some(stream) = stream.as_any().downcast_ref::<GuardedStream>() {
-        stream.head_done.store(true, Ordering::Relaxed);
-        stream.head_expected.store(true, Ordering::Relaxed);
+        let signal = HEAD_EXPECTED.saturating_add(already_read);
+        stream.signal.store(signal, Ordering::Relaxed);
     }
 }
 

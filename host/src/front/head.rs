@@ -49,6 +49,13 @@ pub(super) fn read(buf: &BytesMut) -> Head {
             .headers
             .iter()
             .all(|f| leaves_framing_alone(f.name, f.value))
+        // Pingora reads only the first of several `Connection` fields.
+        || parsed
+            .headers
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+            .count()
+            > 1
     {
         return Head::Other;
     }
@@ -105,7 +112,8 @@ fn request_line_unfinished(buf: &[u8]) -> bool {
 
 /// A field that leaves the request without a body and the connection simple: framing
 /// (`Content-Length`, `Transfer-Encoding`), `Expect`, `Upgrade` and any `Connection` but
-/// a lone `keep-alive` or `close` send the request to Pingora.
+/// a lone `keep-alive` or `close` send the request to Pingora (as does more than one
+/// `Connection` field).
 fn leaves_framing_alone(name: &str, value: &[u8]) -> bool {
     let is = |known: &str| name.eq_ignore_ascii_case(known);
     if is("connection") {
@@ -168,6 +176,7 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
             "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
         ] {
             assert!(!is_plain(text), "{text:?}");
         }

@@ -119,6 +119,13 @@ impl Front {
     }
 }
 
+/// Resolves once the server is stopping (never, should the watch's sender be gone).
+async fn stopping(watch: &mut ShutdownWatch) {
+    if watch.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Whether Pingora kept no bytes read past the request it served. Pingora 0.9 has no
 /// accessor for them, so its `Debug` form says; should that change, connections stay with
 /// Pingora once handed over (slower, never wrong: a test pins the form).
@@ -146,6 +153,7 @@ impl ServerApp for Front {
         };
         let server_name = tls.as_deref().and_then(crate::tls::digest_server_name);
         let mut buf = BytesMut::with_capacity(2048);
+        let mut stop = shutdown.clone();
         loop {
             let head = loop {
                 match head::read(&buf) {
@@ -157,7 +165,18 @@ impl ServerApp for Front {
                     Head::Partial => {}
                     head => break head,
                 }
-                match tokio::time::timeout(IDLE, stream.read_buf(&mut buf)).await {
+                let idle = buf.is_empty();
+                let read = tokio::time::timeout(IDLE, stream.read_buf(&mut buf));
+                let read = if idle {
+                    // Idle between requests: a stop closes the connection, as Pingora does.
+                    tokio::select! {
+                        read = read => read,
+                        () = stopping(&mut stop) => return None,
+                    }
+                } else {
+                    read.await
+                };
+                match read {
                     Ok(Ok(read)) if read > 0 => {}
                     // Closed, failed or idle too long: the connection ends, as with Pingora.
                     _ => return None,
@@ -178,7 +197,7 @@ impl ServerApp for Front {
             match plan_front(&self.cachet, request, len, conn, server_name, &mut ctx).await {
                 Ok(FrontStep::Hit(hit, request)) => {
                     let _ = buf.split_to(len);
-                    crate::connection::request_answered(&stream);
+                    crate::connection::request_answered(&stream, buf.len());
                     let status = hit.status();
                     // Counted before the client can read the answer and look at the metrics.
                     crate::metrics::front_hit();
