@@ -10,17 +10,21 @@
 #   PROFILE_MODE=builtin bash tests/bench/profile.sh
 #   PROFILE_MODE=builtin PROFILE_TIER=shared bash tests/bench/profile.sh   # shared-tier hits
 #   PROFILE_MODE=builtin PROFILE_TLS=1 bash tests/bench/profile.sh         # hits over HTTPS
+#   PROFILE_MODE=builtin PROFILE_H2=1 bash tests/bench/profile.sh          # over HTTP/2 (h2load)
 #
 # Environment: PROFILE_MODE=fresh|reuse|builtin, PROFILE_SECONDS=10,
 # PROFILE_CONNECTIONS=64, PROFILE_THREADS=2 (cachet worker threads),
 # PROFILE_PLUGIN=path.wasm (instead of plugins/standard.wasm),
-# PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_LEAN_HITS=1 (0: every hit
+# PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_WORK_STEALING=1 (0: one
+# runtime per worker thread, `[server] work_stealing = false`), PROFILE_LEAN_HITS=1 (0: every hit
 # on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
 # existing target/release/cachet and plugins), PROFILE_KEEP=1 (keep the folder),
 # PROFILE_TIER=disk|shared (a 64 KiB memory cache in front of a disk tier, or of
 # a redis-server started here on loopback, so nearly every hit is an L2 hit),
 # PROFILE_TLS=1 (the measured hits go over HTTPS, keep-alive, to a tls_listen
-# with an ECDSA P-256 certificate made here by openssl).
+# with an ECDSA P-256 certificate made here by openssl), PROFILE_H2=1 (over HTTPS with
+# ALPN h2: h2load, CONNECTIONS/4 connections × 4 streams; no p99, h2load gives none
+# without its per-request log).
 # Needs perf (linux-perf), wrk and python3. The machine's hardware counters are
 # not required: sampling uses the cpu-clock software event.
 set -euo pipefail
@@ -34,7 +38,14 @@ threads="${PROFILE_THREADS:-2}"
 access_log="${PROFILE_ACCESS_LOG:-1}"
 tier="${PROFILE_TIER:-}"
 
-for tool in perf wrk python3; do
+h2="${PROFILE_H2:-0}"
+load_tool=wrk
+if [[ "$h2" == 1 ]]; then
+    PROFILE_TLS=1
+    load_tool=h2load
+fi
+
+for tool in perf "$load_tool" python3; do
     command -v "$tool" >/dev/null || { echo "profile.sh: $tool is not installed" >&2; exit 1; }
 done
 wasm="${PROFILE_PLUGIN:-$repo_root/plugins/standard.wasm}"
@@ -141,6 +152,7 @@ listen = "127.0.0.1:$port"
 admin = "127.0.0.1:$admin_port"
 threads = $threads
 access_log = $([[ "$access_log" == 1 ]] && echo true || echo false)
+work_stealing = $([[ "${PROFILE_WORK_STEALING:-1}" == 1 ]] && echo true || echo false)
 $tls_config
 
 [cache]
@@ -185,21 +197,35 @@ EOF
 for i in $(seq 0 999); do echo "url = \"http://127.0.0.1:$port/obj/$i/1k\""; echo "output = /dev/null"; done >"$work/urls"
 curl -s --parallel --parallel-max 16 -K "$work/urls"
 target="${tls_target:-http://127.0.0.1:$port/}"
-wrk -t2 -c"$connections" -d2s -s "$work/paths.lua" "$target" >/dev/null
+for i in $(seq 0 999); do echo "${target}obj/$i/1k"; done >"$work/h2-urls"
+# load SECONDS OUT: the measured load, wrk over HTTP/1.1 or h2load over HTTP/2.
+load() {
+    if [[ "$h2" == 1 ]]; then
+        h2load -t2 -c"$((connections / 4))" -m4 -D"$1" -i "$work/h2-urls" >"$2" 2>&1
+    else
+        wrk -t2 -c"$connections" -d"${1}s" -s "$work/paths.lua" "$target" >"$2"
+    fi
+}
+load 2 /dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$cachet_pid/stat"; }
 ticks_before="$(cpu_ticks)"
 perf record -q -F 999 -g -p "$cachet_pid" -o "$work/perf.data" -- sleep "$((seconds + 1))" 2>/dev/null &
 perf_pid=$!
 sleep 0.5
-wrk -t2 -c"$connections" -d"${seconds}s" -s "$work/paths.lua" "$target" >"$work/wrk.out"
+load "$seconds" "$work/load.out"
 wait "$perf_pid" || true
 ticks_after="$(cpu_ticks)"
-requests="$(awk '/^REQUESTS/ {print $2}' "$work/wrk.out")"
-p99="$(awk '/^P99_US/ {print $2}' "$work/wrk.out")"
+if [[ "$h2" == 1 ]]; then
+    requests="$(awk '/^requests:/ {print $8}' "$work/load.out")"
+    p99="n/a"
+else
+    requests="$(awk '/^REQUESTS/ {print $2}' "$work/load.out")"
+    p99="$(awk '/^P99_US/ {print $2}' "$work/load.out")"
+fi
 hz="$(getconf CLK_TCK)"
 cpu_us="$(python3 -c "print(f'{($ticks_after - $ticks_before) / $hz * 1e6 / $requests:.1f}')")"
-echo "# cachet hit profile: mode $mode${tier:+, L2 $tier tier}${tls_target:+, HTTPS}, $connections connections, ${seconds}s, access log $access_log"
+echo "# cachet hit profile: mode $mode${tier:+, L2 $tier tier}${tls_target:+, HTTPS}$([[ "$h2" == 1 ]] && echo ", HTTP/2"), $connections connections, ${seconds}s, access log $access_log"
 echo "requests: $requests ($((requests / seconds)) req/s), p99 ${p99} µs, cachet CPU ${cpu_us} µs/request (utime+stime)"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
