@@ -153,14 +153,19 @@ fn get_and_head_bodies_never_decide_a_stored_entry() {
 
 // ------------------------------------------------------------ bounded heads and connections
 
+/// The standard policy in front of `origin`, each request head at most `limit`.
+fn head_limited_proxy(origin: &Origin, limit: &str) -> Proxy {
+    Proxy::start_with_server(
+        &format!("max_request_head = \"{limit}\""),
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    )
+}
+
 #[test]
 fn heads_over_the_limit_get_431_and_under_it_are_served() {
     let origin = echo_origin();
-    let proxy = Proxy::start_with_server(
-        "max_request_head = \"8KiB\"",
-        CACHE,
-        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
-    );
+    let proxy = head_limited_proxy(&origin, "8KiB");
     let big = "a".repeat(12 * 1024);
     let bytes = exchange(
         proxy.port,
@@ -207,11 +212,7 @@ fn a_body_pipelined_behind_a_request_is_not_counted_as_a_head() {
         Reply::ok(format!("{} {} {}", seen.method, seen.url, seen.body.len()))
             .header("Cache-Control", "max-age=600")
     });
-    let proxy = Proxy::start_with_server(
-        "max_request_head = \"4KiB\"",
-        CACHE,
-        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
-    );
+    let proxy = head_limited_proxy(&origin, "4KiB");
     let warm = one(
         proxy.port,
         "GET /hit HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
@@ -247,11 +248,7 @@ fn a_body_pipelined_behind_a_request_is_not_counted_as_a_head() {
 #[test]
 fn a_head_pipelined_behind_a_hit_is_held_to_the_limit() {
     let origin = echo_origin();
-    let proxy = Proxy::start_with_server(
-        "max_request_head = \"1KiB\"",
-        CACHE,
-        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
-    );
+    let proxy = head_limited_proxy(&origin, "1KiB");
     let warm = one(
         proxy.port,
         "GET /hit HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
