@@ -15,6 +15,8 @@
 # Environment: PROFILE_MODE=fresh|reuse|builtin, PROFILE_SECONDS=10,
 # PROFILE_CONNECTIONS=64, PROFILE_THREADS=2 (cachet worker threads),
 # PROFILE_PLUGIN=path.wasm (instead of plugins/standard.wasm),
+# PROFILE_CALL_GRAPH=fp (dwarf: callers through code built without frame pointers, for
+# `perf report -G` on the kept perf.data; heavier, so CPU per request reads higher),
 # PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_WORK_STEALING=1 (0: one
 # runtime per worker thread, `[server] work_stealing = false`), PROFILE_LEAN_HITS=1 (0: every hit
 # on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
@@ -210,7 +212,7 @@ load 2 /dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$cachet_pid/stat"; }
 ticks_before="$(cpu_ticks)"
-perf record -q -F 999 -g -p "$cachet_pid" -o "$work/perf.data" -- sleep "$((seconds + 1))" 2>/dev/null &
+perf record -q -F 999 --call-graph "${PROFILE_CALL_GRAPH:-fp}" -p "$cachet_pid" -o "$work/perf.data" -- sleep "$((seconds + 1))" 2>/dev/null &
 perf_pid=$!
 sleep 0.5
 load "$seconds" "$work/load.out"
