@@ -437,3 +437,61 @@ fn a_target_pingora_repairs_gets_one_answer_wherever_the_bytes_are_split() {
     }
     assert_eq!(origin.hits_for("/sp%20ace"), 1);
 }
+
+/// `[server] request_head_timeout`: a head trickled in a field at a time is answered 408
+/// once the time is up, however steadily its bytes come (each read alone would wait 60 s);
+/// a slow head that is whole in time and a connection idle between requests are not cut.
+#[test]
+fn a_head_not_whole_within_request_head_timeout_gets_408() {
+    let origin = echo_origin();
+    let proxy = Proxy::start_with_server(
+        "request_head_timeout = \"1s\"",
+        "max_bytes = \"16MiB\"",
+        &[TenantSpec::new("site", origin.addr, &fixture("counter"))],
+    );
+    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let began = std::time::Instant::now();
+    conn.write_all(b"GET /trickle HTTP/1.1\r\nHost: site.test\r\n")
+        .expect("send");
+    for i in 0..20 {
+        std::thread::sleep(Duration::from_millis(150));
+        // Refused once the time is up: later writes may fail.
+        if conn.write_all(format!("X-{i}: 1\r\n").as_bytes()).is_err() {
+            break;
+        }
+    }
+    let mut bytes = Vec::new();
+    let _ = conn.read_to_end(&mut bytes);
+    let answered = began.elapsed();
+    let responses = parse_responses(&bytes);
+    assert_eq!(responses.len(), 1, "{:?}", String::from_utf8_lossy(&bytes));
+    assert_eq!(responses[0].status, 408);
+    assert!(
+        answered >= Duration::from_millis(900) && answered < Duration::from_secs(4),
+        "answered after {answered:?}"
+    );
+    assert_eq!(origin.hits(), 0);
+    let metrics = send("GET", &proxy.admin_url("/metrics"), &[]).text();
+    assert!(
+        metrics.contains("cachet_connections_refused_total{reason=\"head_timeout\"} 1"),
+        "{metrics}"
+    );
+
+    // Whole in time, though in pieces; then idle longer than the head timeout.
+    let mut conn = Conn::open(proxy.port);
+    conn.stream.set_nodelay(true).expect("nodelay");
+    for piece in [
+        "GET /slow-but-whole HTTP/1.1\r\n",
+        "Host: site.test\r\n",
+        "\r\n",
+    ] {
+        conn.stream.write_all(piece.as_bytes()).expect("send");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(conn.ask("").status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(conn.ask(&get("/slow-but-whole", false)).status, 200);
+}

@@ -118,6 +118,7 @@ struct RawServer {
     pid_file: Option<String>,
     upgrade_sock: Option<String>,
     max_request_head: Option<Spanned<SizeValue>>,
+    request_head_timeout: Option<Spanned<DurationValue>>,
     max_connections: Option<Spanned<usize>>,
     #[serde(default)]
     forwarded_headers: ForwardedHeaders,
@@ -268,6 +269,8 @@ pub struct ServerConfig {
     pub upgrade_sock: PathBuf,
     /// Bytes a client may send as one request head (431 beyond).
     pub max_request_head: usize,
+    /// How long an HTTP/1.x request head may take once its first bytes came (408 beyond).
+    pub request_head_timeout: Duration,
     /// Client connections open at once (503 beyond).
     pub max_connections: usize,
     pub forwarded_headers: ForwardedHeaders,
@@ -336,6 +339,10 @@ pub struct TenantConfig {
 /// Long enough for ordinary responses to finish, short enough for container
 /// runtimes that kill after 10 s.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A request head may take this long once its first bytes came (a slow client cannot hold
+/// a connection slot by trickling one); `MAX_HEAD_TIMEOUT` at most.
+const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_HEAD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A shadow plugin: run on a sample of live requests, compared, never obeyed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowConfig {
@@ -443,6 +450,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             |p| base.join(p),
         ),
         max_request_head,
+        request_head_timeout: match &raw.server.request_head_timeout {
+            Some(v) => match located.duration("server.request_head_timeout", v)? {
+                d if d.is_zero() || d > MAX_HEAD_TIMEOUT => {
+                    return Err(located.at(
+                        v.span(),
+                        "server.request_head_timeout",
+                        "must be more than 0 and at most 1h",
+                    ))
+                }
+                d => d,
+            },
+            None => DEFAULT_HEAD_TIMEOUT,
+        },
         max_connections: located.positive(
             &raw.server.max_connections,
             "server.max_connections",

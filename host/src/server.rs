@@ -297,6 +297,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
                 app,
                 CachetProxy::new(state.clone()),
                 config.server.max_request_head,
+                config.server.request_head_timeout,
             ),
             limits,
         ),

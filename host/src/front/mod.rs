@@ -27,7 +27,7 @@ use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::ShutdownWatch;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 /// How long a connection may wait for its next request head, as Pingora waits for the first.
@@ -43,6 +43,8 @@ pub struct Front {
     /// `[server] max_request_head`: the connection guard stops reading a head there; the
     /// front's buffer also holds at most one pipelined head beyond the one it reads.
     max_head: usize,
+    /// `[server] request_head_timeout`: how long a head may take once its first bytes came.
+    head_timeout: Duration,
 }
 
 /// A request the front planned, carried to the proxy's phases.
@@ -52,11 +54,17 @@ pub struct Handover {
 }
 
 impl Front {
-    pub fn new(proxy: HttpProxy<CachetProxy>, cachet: CachetProxy, max_head: usize) -> Self {
+    pub fn new(
+        proxy: HttpProxy<CachetProxy>,
+        cachet: CachetProxy,
+        max_head: usize,
+        head_timeout: Duration,
+    ) -> Self {
         Self {
             proxy: Arc::new(proxy),
             cachet,
             max_head,
+            head_timeout,
         }
     }
 
@@ -155,6 +163,9 @@ impl ServerApp for Front {
         let mut buf = BytesMut::with_capacity(2048);
         let mut stop = shutdown.clone();
         loop {
+            // When the front first waited for more of this head: it must be whole
+            // `head_timeout` later, however slowly its bytes trickle in.
+            let mut head_started = None;
             let head = loop {
                 match head::read(&buf) {
                     Head::Partial if buf.len() >= 2 * self.max_head => {
@@ -166,7 +177,13 @@ impl ServerApp for Front {
                     head => break head,
                 }
                 let idle = buf.is_empty();
-                let read = tokio::time::timeout(IDLE, stream.read_buf(&mut buf));
+                let wait = if idle {
+                    IDLE
+                } else {
+                    let started = *head_started.get_or_insert_with(Instant::now);
+                    self.head_timeout.saturating_sub(started.elapsed())
+                };
+                let read = tokio::time::timeout(wait, stream.read_buf(&mut buf));
                 let read = if idle {
                     // Idle between requests: a stop closes the connection, as Pingora does.
                     tokio::select! {
@@ -178,6 +195,16 @@ impl ServerApp for Front {
                 };
                 match read {
                     Ok(Ok(read)) if read > 0 => {}
+                    Err(_) if !idle => {
+                        crate::metrics::connection_refused("head_timeout");
+                        if reply::refuse(&mut stream, reply::HEAD_TIMED_OUT)
+                            .await
+                            .is_ok()
+                        {
+                            reply::close(stream).await;
+                        }
+                        return None;
+                    }
                     // Closed, failed or idle too long: the connection ends, as with Pingora.
                     _ => return None,
                 }

@@ -30,6 +30,7 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         pid_file,
         upgrade_sock,
         max_request_head,
+        request_head_timeout,
         max_connections,
         forwarded_headers,
         admin_token: _,
@@ -65,6 +66,12 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         s.max_request_head != *max_request_head,
     ) {
         s.max_request_head = *max_request_head;
+    }
+    if keep(
+        "server.request_head_timeout",
+        s.request_head_timeout != *request_head_timeout,
+    ) {
+        s.request_head_timeout = *request_head_timeout;
     }
     if keep(
         "server.max_connections",
