@@ -480,6 +480,21 @@ fn a_head_not_whole_within_request_head_timeout_gets_408() {
         "{metrics}"
     );
 
+    // A head with more fields than 128 (Pingora takes 256) is held to the same time.
+    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let fields: String = (0..200).map(|i| format!("X-{i}: 1\r\n")).collect();
+    conn.write_all(format!("GET /many HTTP/1.1\r\nHost: site.test\r\n{fields}X-Last: ").as_bytes())
+        .expect("send");
+    let mut bytes = Vec::new();
+    let _ = conn.read_to_end(&mut bytes);
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 408 "),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+
     // Whole in time, though in pieces; then idle longer than the head timeout.
     let mut conn = Conn::open(proxy.port);
     conn.stream.set_nodelay(true).expect("nodelay");

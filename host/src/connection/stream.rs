@@ -146,6 +146,23 @@ impl GuardedStream {
         }
     }
 
+    /// Reads at most `most` bytes into `buf`; the poll and how many bytes it read.
+    fn poll_read_at_most(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        most: usize,
+    ) -> (Poll<io::Result<()>>, usize) {
+        let mut limited = buf.take(most.min(buf.remaining()));
+        let poll = Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+        let filled = limited.filled().len();
+        // SAFETY: `limited` wrote `filled` initialised bytes into `buf`'s unfilled part,
+        // which `take` borrowed from.
+        unsafe { buf.assume_init(filled) };
+        buf.advance(filled);
+        (poll, filled)
+    }
+
     /// Writes the 431 answer; Ready(Ok) once all of it is written.
     fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Phase::Refusing { written } = self.phase {
@@ -225,8 +242,12 @@ impl AsyncRead for GuardedStream {
         this.sync_phase();
         loop {
             match this.phase {
-                Phase::Body | Phase::Unbounded => {
-                    return Pin::new(&mut this.inner).poll_read(cx, buf);
+                Phase::Unbounded => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                Phase::Body => {
+                    // Pingora keeps what it reads past a body as the start of the next head,
+                    // which this count never sees (it reads a chunked body 64 KiB at a time):
+                    // capped, that start is less than one head's budget.
+                    return this.poll_read_at_most(cx, buf, this.max_head).0;
                 }
                 Phase::Closed => return Poll::Ready(Ok(())),
                 Phase::Refusing { .. } => {
@@ -239,13 +260,11 @@ impl AsyncRead for GuardedStream {
                 }
                 Phase::Head { read } => {
                     // Never let Pingora's head buffer hold more than the budget.
-                    let allowed = (this.max_head - read).min(buf.remaining());
-                    let mut limited = buf.take(allowed);
-                    let poll = Pin::new(&mut this.inner).poll_read(cx, &mut limited);
-                    let filled = limited.filled().len();
-                    let preface = this
-                        .preface_matched
-                        .and_then(|matched| preface_progress(matched, limited.filled()));
+                    let before = buf.filled().len();
+                    let (poll, filled) = this.poll_read_at_most(cx, buf, this.max_head - read);
+                    let preface = this.preface_matched.and_then(|matched| {
+                        preface_progress(matched, &buf.filled()[before..before + filled])
+                    });
                     this.preface_matched = preface.filter(|&m| m < H2_PREFACE.len());
                     this.phase = if preface == Some(H2_PREFACE.len()) {
                         Phase::Unbounded
@@ -254,10 +273,6 @@ impl AsyncRead for GuardedStream {
                             read: read + filled,
                         }
                     };
-                    // SAFETY: `limited` wrote `filled` initialised bytes into `buf`'s
-                    // unfilled part, which `take` borrowed from.
-                    unsafe { buf.assume_init(filled) };
-                    buf.advance(filled);
                     return poll;
                 }
             }

@@ -9,10 +9,12 @@
 use bytes::{Bytes, BytesMut};
 use http::header::HeaderValue;
 use pingora::http::RequestHeader;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
-/// More fields than this and Pingora reads the head (it allows more).
-const MAX_FIELDS: usize = 128;
+/// Fields one head may have: as many as Pingora's parser takes (`MAX_HEADERS`), so every
+/// head Pingora would read whole is read whole here, under `request_head_timeout`.
+const MAX_FIELDS: usize = 256;
 
 /// What the buffered bytes hold.
 pub(super) enum Head {
@@ -31,9 +33,10 @@ pub(super) enum Head {
 
 /// Reads the head at the start of `buf` without consuming it.
 pub(super) fn read(buf: &BytesMut) -> Head {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Request::new(&mut fields);
-    let len = match parsed.parse(buf) {
+    // Left uninitialised: `httparse` writes the fields it returns (no 8 KiB to zero first).
+    let mut fields = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Partial,
         Err(httparse::Error::Token | httparse::Error::Version) if request_line_unfinished(buf) => {

@@ -187,6 +187,9 @@ impl ServerApp for Front {
                 let read = if idle {
                     // Idle between requests: a stop closes the connection, as Pingora does.
                     tokio::select! {
+                        // A request that came before the stop is read and answered (with
+                        // `Connection: close`), not reset by closing over it.
+                        biased;
                         read = read => read,
                         () = stopping(&mut stop) => return None,
                     }
