@@ -863,3 +863,135 @@ fn a_request_reset_while_queued_never_reaches_the_origin() {
     let status = proxy.status();
     assert_eq!(status["tenants"][0]["origin"]["in_flight"], 0, "{status}");
 }
+
+/// An origin that answers a WebSocket upgrade with 101 and then echoes, and any other
+/// request (with its Content-Length body) with a short uncacheable 200 on a kept-alive
+/// connection. It records, for each upgrade, how many requests its connection had served.
+struct UpgradeOrigin {
+    addr: SocketAddr,
+    upgrades_after: Arc<parking_lot::Mutex<Vec<usize>>>,
+}
+
+impl UpgradeOrigin {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upgrades_after = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let record = upgrades_after.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let record = record.clone();
+                std::thread::spawn(move || Self::serve(conn, &record));
+            }
+        });
+        Self {
+            addr,
+            upgrades_after,
+        }
+    }
+
+    fn serve(mut conn: TcpStream, record: &parking_lot::Mutex<Vec<usize>>) {
+        let mut buf = Vec::new();
+        for served in 0.. {
+            let head_end = loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match conn.read(&mut chunk) {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            buf.drain(..head_end);
+            if head.contains("upgrade: websocket") {
+                record.lock().push(served);
+                // As an origin a network away answers: on loopback, within microseconds,
+                // Pingora's race (below) can end even a tunnel on a new connection.
+                std::thread::sleep(Duration::from_millis(20));
+                let _ = conn.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                );
+                let _ = conn.write_all(&buf);
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut chunk) {
+                    if n == 0 || conn.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                }
+                return;
+            }
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap_or(0));
+            while buf.len() < length {
+                let mut chunk = [0u8; 4096];
+                match conn.read(&mut chunk) {
+                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+            }
+            buf.drain(..length);
+            let answer =
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok";
+            if conn.write_all(answer).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Reads from `conn` until `buf` ends with `end`.
+fn read_until_suffix(conn: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    while !buf.ends_with(end) {
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf
+}
+
+/// A WebSocket upgrade after another request on the same client connection: the origin
+/// connection that request used was pooled, answered the upgrade at once, and Pingora 0.9
+/// then ended a few tunnels in a hundred right after the 101 (cloudflare/pingora#946: the
+/// 101 read before the request's own empty body ends the tunnel). Every upgrade takes a new
+/// origin connection now, and every tunnel carries its bytes.
+#[test]
+fn a_websocket_upgrade_takes_a_new_origin_connection_and_its_tunnel_stays_open() {
+    let origin = UpgradeOrigin::start();
+    let proxy = Proxy::start(
+        "max_bytes = \"16MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let upgrade =
+        b"GET /ws HTTP/1.1\r\nHost: site.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    for round in 0..30 {
+        let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        conn.write_all(b"POST /p HTTP/1.1\r\nHost: site.test\r\nContent-Length: 3\r\n\r\nabc")
+            .expect("send");
+        read_until_suffix(&mut conn, b"\r\n\r\nok");
+        conn.write_all(upgrade).expect("send");
+        let head = read_until_suffix(&mut conn, b"\r\n\r\n");
+        assert!(head.starts_with(b"HTTP/1.1 101 "), "round {round}");
+        let frame = [b'x'; 100];
+        conn.write_all(&frame).expect("send");
+        let mut echoed = [0u8; 100];
+        conn.read_exact(&mut echoed)
+            .unwrap_or_else(|e| panic!("round {round}: the tunnel ended: {e}"));
+        assert_eq!(echoed, frame, "round {round}");
+    }
+    let upgrades_after = origin.upgrades_after.lock().clone();
+    assert_eq!(
+        upgrades_after,
+        vec![0; 30],
+        "requests served before each upgrade"
+    );
+}

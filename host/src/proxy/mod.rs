@@ -346,6 +346,9 @@ impl ProxyHttp for CachetProxy {
             return Err(e.into_error());
         }
         ctx.origin_started = Some(std::time::Instant::now());
+        if session.is_upgrade_req() {
+            ctx.origin.take_new_connection();
+        }
         let key = if ctx.key.is_empty() {
             session.req_header().uri.path().as_bytes()
         } else {

@@ -36,6 +36,16 @@ impl OriginAttempts {
             .map_or(Duration::MAX, |d| d.saturating_duration_since(now))
     }
 
+    /// The next attempt takes a new connection of its own. An HTTP/1 upgrade does: Pingora
+    /// 0.9 ends a tunnel as soon as it starts when the origin's 101 is read before the
+    /// upgrade request's own empty body went through (cloudflare/pingora#946), which a
+    /// pooled connection's quick answer made happen to a few upgrades in a hundred; a new
+    /// connection's handshake puts the body first. (An upgraded connection is never pooled
+    /// again anyway.)
+    pub(crate) fn take_new_connection(&mut self) {
+        self.fresh = true;
+    }
+
     /// A fresh attempt gets a pool key of its own, so no pooled connection
     /// matches it, and its connection is not kept afterwards.
     pub(super) fn apply_fresh(&mut self, peer: &mut HttpPeer) {
