@@ -125,6 +125,63 @@ impl Front {
             }
         }
     }
+
+    /// Reads until `buf` starts with a whole head, or with one Pingora must read; `None`
+    /// when the connection ends instead: closed, idle too long, stopping while idle, or
+    /// refused (a head too large, or not whole within `head_timeout`).
+    async fn next_head(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        stop: &mut ShutdownWatch,
+    ) -> Option<Head> {
+        // When the front first waited for more of this head: it must be whole
+        // `head_timeout` later, however slowly its bytes trickle in.
+        let mut head_started = None;
+        loop {
+            match head::read(buf) {
+                Head::Partial if buf.len() >= 2 * self.max_head => {
+                    // The guard answers 431 first; this bounds the buffer whatever it does.
+                    let _ = reply::refuse(stream, crate::connection::TOO_LARGE).await;
+                    return None;
+                }
+                Head::Partial => {}
+                head => return Some(head),
+            }
+            let idle = buf.is_empty();
+            let wait = if idle {
+                IDLE
+            } else {
+                let started = *head_started.get_or_insert_with(Instant::now);
+                self.head_timeout.saturating_sub(started.elapsed())
+            };
+            let read = tokio::time::timeout(wait, stream.read_buf(buf));
+            let read = if idle {
+                // Idle between requests: a stop closes the connection, as Pingora does.
+                tokio::select! {
+                    // A request that came before the stop is read and answered (with
+                    // `Connection: close`), not reset by closing over it.
+                    biased;
+                    read = read => read,
+                    () = stopping(stop) => return None,
+                }
+            } else {
+                read.await
+            };
+            match read {
+                Ok(Ok(read)) if read > 0 => {}
+                Err(_) if !idle => {
+                    crate::metrics::connection_refused("head_timeout");
+                    if reply::refuse(stream, reply::HEAD_TIMED_OUT).await.is_ok() {
+                        reply::close(stream).await;
+                    }
+                    return None;
+                }
+                // Closed, failed or idle too long: the connection ends, as with Pingora.
+                _ => return None,
+            }
+        }
+    }
 }
 
 /// Resolves once the server is stopping (never, should the watch's sender be gone).
@@ -163,55 +220,7 @@ impl ServerApp for Front {
         let mut buf = BytesMut::with_capacity(2048);
         let mut stop = shutdown.clone();
         loop {
-            // When the front first waited for more of this head: it must be whole
-            // `head_timeout` later, however slowly its bytes trickle in.
-            let mut head_started = None;
-            let head = loop {
-                match head::read(&buf) {
-                    Head::Partial if buf.len() >= 2 * self.max_head => {
-                        // The guard answers 431 first; this bounds the buffer whatever it does.
-                        let _ = reply::refuse(&mut stream, crate::connection::TOO_LARGE).await;
-                        return None;
-                    }
-                    Head::Partial => {}
-                    head => break head,
-                }
-                let idle = buf.is_empty();
-                let wait = if idle {
-                    IDLE
-                } else {
-                    let started = *head_started.get_or_insert_with(Instant::now);
-                    self.head_timeout.saturating_sub(started.elapsed())
-                };
-                let read = tokio::time::timeout(wait, stream.read_buf(&mut buf));
-                let read = if idle {
-                    // Idle between requests: a stop closes the connection, as Pingora does.
-                    tokio::select! {
-                        // A request that came before the stop is read and answered (with
-                        // `Connection: close`), not reset by closing over it.
-                        biased;
-                        read = read => read,
-                        () = stopping(&mut stop) => return None,
-                    }
-                } else {
-                    read.await
-                };
-                match read {
-                    Ok(Ok(read)) if read > 0 => {}
-                    Err(_) if !idle => {
-                        crate::metrics::connection_refused("head_timeout");
-                        if reply::refuse(&mut stream, reply::HEAD_TIMED_OUT)
-                            .await
-                            .is_ok()
-                        {
-                            reply::close(stream).await;
-                        }
-                        return None;
-                    }
-                    // Closed, failed or idle too long: the connection ends, as with Pingora.
-                    _ => return None,
-                }
-            };
+            let head = self.next_head(&mut stream, &mut buf, &mut stop).await?;
             let (request, len, close) = match head {
                 Head::Plain {
                     request,
@@ -238,7 +247,7 @@ impl ServerApp for Front {
                         return None;
                     }
                     if close {
-                        reply::close(stream).await;
+                        reply::close(&mut stream).await;
                         return None;
                     }
                 }

@@ -70,7 +70,7 @@ pub(super) async fn refuse(stream: &mut Stream, answer: &[u8]) -> std::io::Resul
 
 /// Ends the connection after its last answer: no more is sent, and what the client still
 /// sends is read and dropped for a moment before the socket closes.
-pub(super) async fn close(mut stream: Stream) {
+pub(super) async fn close(stream: &mut Stream) {
     let _ = tokio::time::timeout(LINGER, async {
         if stream.shutdown().await.is_err() {
             return;
