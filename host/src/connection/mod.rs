@@ -24,5 +24,5 @@ mod guard;
 mod stream;
 
 pub use guard::{ConnectionGuard, ConnectionLimits};
-pub(crate) use stream::TOO_LARGE;
 pub use stream::{head_complete, next_head, request_answered, GuardedStream};
+pub(crate) use stream::{HEAD_TIMED_OUT, TOO_LARGE};

@@ -26,6 +26,15 @@ Connection: close\r\n\
 \r\n\
 the request head is too large\n";
 
+/// What a client gets when its request head is not whole within `request_head_timeout`
+/// (the body is 42 bytes).
+pub(crate) const HEAD_TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 42\r\n\
+Connection: close\r\n\
+\r\n\
+the request head was not received in time\n";
+
 /// `GuardedStream::signal` values: nothing new, a head was parsed, or (this plus the bytes
 /// of it already read) the next request's head is expected.
 const NO_SIGNAL: usize = 0;
@@ -405,19 +414,21 @@ impl std::fmt::Debug for GuardedStream {
 
 #[cfg(test)]
 mod tests {
-    use super::{preface_progress, H2_PREFACE, TOO_LARGE};
+    use super::{preface_progress, H2_PREFACE, HEAD_TIMED_OUT, TOO_LARGE};
 
     #[test]
-    fn refusal_is_framed_correctly() {
-        let text = std::str::from_utf8(TOO_LARGE).expect("ascii");
-        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .expect("content-length")
-            .parse()
-            .expect("number");
-        assert_eq!(length, body.len());
+    fn refusals_are_framed_correctly() {
+        for answer in [TOO_LARGE, HEAD_TIMED_OUT] {
+            let text = std::str::from_utf8(answer).expect("ascii");
+            let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .expect("content-length")
+                .parse()
+                .expect("number");
+            assert_eq!(length, body.len(), "{text}");
+        }
     }
 
     #[test]

@@ -172,7 +172,10 @@ impl Front {
                 Ok(Ok(read)) if read > 0 => {}
                 Err(_) if !idle => {
                     crate::metrics::connection_refused("head_timeout");
-                    if reply::refuse(stream, reply::HEAD_TIMED_OUT).await.is_ok() {
+                    if reply::refuse(stream, crate::connection::HEAD_TIMED_OUT)
+                        .await
+                        .is_ok()
+                    {
                         reply::close(stream).await;
                     }
                     return None;

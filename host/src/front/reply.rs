@@ -19,15 +19,6 @@ const COPIED_BODY: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// What a client gets when its request head is not whole within `request_head_timeout`
-/// (the body is 42 bytes).
-pub(super) const HEAD_TIMED_OUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\n\
-Content-Type: text/plain; charset=utf-8\r\n\
-Content-Length: 42\r\n\
-Connection: close\r\n\
-\r\n\
-the request head was not received in time\n";
-
 /// Writes `hit`; `close`: the connection ends after it.
 pub(super) async fn write(
     stream: &mut Stream,
@@ -98,22 +89,4 @@ fn serialize_head(head: &ResponseHeader, out: &mut BytesMut) {
     out.put_slice(b"\r\n");
     head.header_to_h1_wire(out);
     out.put_slice(b"\r\n");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::HEAD_TIMED_OUT;
-
-    #[test]
-    fn the_timeout_answer_is_framed_correctly() {
-        let text = std::str::from_utf8(HEAD_TIMED_OUT).expect("ascii");
-        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .expect("content-length")
-            .parse()
-            .expect("number");
-        assert_eq!(length, body.len());
-    }
 }
