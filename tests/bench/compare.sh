@@ -28,12 +28,17 @@
 #                          "cachet-builtin,varnish"). The origin-direct row is
 #                          always measured: it is the ×origin baseline.
 #   BENCH_SERVER_THREADS=2 worker threads/processes of every server
+#   BENCH_L2_MEMORY=64KiB  the memory tier in front of cachet-l2-disk and -shared:
+#                          small, so nearly every hit is read from L2. Every object
+#                          passes through memory, so one larger than it is never
+#                          stored: 64k scenarios need e.g. 1MiB (then ~1.5 % of
+#                          their hits are memory hits; the notes give the split)
 #   BENCH_NO_BUILD=1       use the existing target/release/cachet and plugins
 #   BENCH_KEEP=1           keep the temporary folder (configs, logs, wrk output)
 #
 # Targets: origin, cachet-builtin, cachet-builtin-fullpath (every hit on pingora-cache's
 # full path: [cache] lean_hits = false), cachet-l2-disk and cachet-l2-shared (builtin
-# policy with a 64 KiB memory tier, so nearly every 1 KiB hit is read from the disk tier
+# policy with a 64 KiB memory tier (BENCH_L2_MEMORY), so nearly every 1 KiB hit is read from the disk tier
 # or from a redis-server this script starts on loopback; the notes give each tier's
 # share of the hits), cachet-wasm-fresh, cachet-wasm-reuse,
 # varnish, nginx-cache, haproxy. Only when BENCH_ONLY names them (e.g.
@@ -84,6 +89,7 @@ BENCH_WARMUP="${BENCH_WARMUP:-2}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
 BENCH_ONLY="${BENCH_ONLY:-}"
 BENCH_SERVER_THREADS="${BENCH_SERVER_THREADS:-2}"
+BENCH_L2_MEMORY="${BENCH_L2_MEMORY:-64KiB}"
 BENCH_NO_BUILD="${BENCH_NO_BUILD:-0}"
 BENCH_KEEP="${BENCH_KEEP:-0}"
 
@@ -769,11 +775,11 @@ start_target() {
         origin) TARGET_PORT="$origin_port" TARGET_PID="$origin_pid" TARGET_TLS_PORT="$origin_tls_port" ;;
         cachet-builtin) start_cachet "$1" builtin:standard ;;
         cachet-builtin-fullpath) start_cachet "$1" builtin:standard 1 "lean_hits = false" ;;
-        cachet-l2-disk) start_cachet "$1" builtin:standard 1 "max_bytes = \"64KiB\"" \
+        cachet-l2-disk) start_cachet "$1" builtin:standard 1 "max_bytes = \"$BENCH_L2_MEMORY\"" \
             "[cache.disk]
 path = \"$work/$1/disk\"
 max_bytes = \"256MiB\"" ;;
-        cachet-l2-shared) start_redis && start_cachet "$1" builtin:standard 1 "max_bytes = \"64KiB\"" \
+        cachet-l2-shared) start_redis && start_cachet "$1" builtin:standard 1 "max_bytes = \"$BENCH_L2_MEMORY\"" \
             "[cache.shared]
 url = \"redis://127.0.0.1:$redis_port\"" ;;
         cachet-wasm-fresh) start_cachet "$1" "$repo_root/plugins/standard.wasm" 1 ;;
