@@ -80,13 +80,7 @@ pub(super) async fn close(stream: &mut Stream) {
 
 /// The head as Pingora's HTTP/1 writer puts it on the wire.
 fn serialize_head(head: &ResponseHeader, out: &mut BytesMut) {
-    out.put_slice(b"HTTP/1.1 ");
-    out.put_slice(head.status.as_str().as_bytes());
-    out.put_u8(b' ');
-    if let Some(reason) = head.get_reason_phrase() {
-        out.put_slice(reason.as_bytes());
-    }
-    out.put_slice(b"\r\n");
+    crate::proxy::put_status_line(head, out);
     head.header_to_h1_wire(out);
     out.put_slice(b"\r\n");
 }

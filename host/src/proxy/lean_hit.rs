@@ -91,13 +91,7 @@ impl LeanResponse {
             return false;
         }
         let ranges = stored.status == http::StatusCode::OK;
-        out.put_slice(b"HTTP/1.1 ");
-        out.put_slice(stored.status.as_str().as_bytes());
-        out.put_u8(b' ');
-        if let Some(reason) = stored.get_reason_phrase() {
-            out.put_slice(reason.as_bytes());
-        }
-        out.put_slice(b"\r\n");
+        put_status_line(stored, out);
         let mut field = |name: &[u8], value: &[u8]| {
             out.put_slice(name);
             out.put_slice(b": ");
@@ -199,6 +193,17 @@ fn is_plain(req: &RequestHeader) -> bool {
         && FULL_PATH_FIELDS
             .iter()
             .all(|name| !req.headers.contains_key(name))
+}
+
+/// `HTTP/1.1 <status> <reason>` and its line end, as Pingora's HTTP/1 writer puts them.
+pub(crate) fn put_status_line(head: &ResponseHeader, out: &mut BytesMut) {
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(head.status.as_str().as_bytes());
+    out.put_u8(b' ');
+    if let Some(reason) = head.get_reason_phrase() {
+        out.put_slice(reason.as_bytes());
+    }
+    out.put_slice(b"\r\n");
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ mod origin_error;
 mod override_fields;
 pub mod purge;
 mod request;
-pub(crate) use lean_hit::LeanResponse;
+pub(crate) use lean_hit::{put_status_line, LeanResponse};
 pub(crate) use request::{plan_front, ClientConn, FrontStep, Planned};
 mod request_fields;
 mod respond;
