@@ -25,4 +25,4 @@ mod stream;
 
 pub use guard::{ConnectionGuard, ConnectionLimits};
 pub use stream::{head_complete, next_head, request_answered, GuardedStream};
-pub(crate) use stream::{HEAD_TIMED_OUT, TOO_LARGE};
+pub(crate) use stream::{H2_PREFACE, HEAD_TIMED_OUT, TOO_LARGE};

@@ -42,7 +42,7 @@ const HEAD_DONE: usize = 1;
 const HEAD_EXPECTED: usize = 2;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4); HTTP/2 frames are not heads.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Where the connection is in its request/response cycle, as far as reading goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,7 @@
 mod head;
 mod reply;
 
+use crate::connection::H2_PREFACE;
 use crate::proxy::{plan_front, CachetProxy, ClientConn, FrontStep, Planned, RequestCtx};
 use bytes::BytesMut;
 use head::Head;
@@ -32,9 +33,6 @@ use tokio::io::AsyncReadExt;
 
 /// How long a connection may wait for its next request head, as Pingora waits for the first.
 const IDLE: Duration = Duration::from_secs(60);
-
-/// The HTTP/2 connection preface (RFC 9113 §3.4): an h2c connection is Pingora's.
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The front, wrapping the proxy's Pingora app.
 pub struct Front {
