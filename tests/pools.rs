@@ -613,3 +613,104 @@ fn a_single_upstream_name_is_resolved_again() {
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(spread.get("a"), Some(&3));
 }
+
+/// One tenant's health check that hangs (an upstream that accepts and never answers, checked
+/// with a long `health_timeout`) must not stop another tenant's checks: they keep their own
+/// interval, and a sick upstream there is taken out as quickly as without the hanging one.
+#[test]
+fn a_hanging_health_check_does_not_hold_up_other_tenants_checks() {
+    // Accepts connections (the kernel does) and never reads or answers them.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let ok = NamedOrigin::start("ok");
+    let s = NamedOrigin::start("s");
+    let t = NamedOrigin::start("t");
+    let list = |addrs: &[SocketAddr]| {
+        let quoted: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        format!("upstreams = [{}]", quoted.join(", "))
+    };
+    let proxy = Proxy::start(
+        "",
+        &[
+            TenantSpec::new("hanging", ok.addr, &plugin("standard"))
+                .hosts(&["hanging.test"])
+                .upstream_line(&list(&[silent_addr, ok.addr]))
+                .extra(
+                    "[tenant.pool]\nhealth_path = \"/healthz\"\nhealth_interval = \"1s\"\nhealth_timeout = \"8s\"",
+                ),
+            TenantSpec::new("busy", s.addr, &plugin("standard"))
+                .hosts(&["busy.test"])
+                .upstream_line(&list(&[s.addr, t.addr]))
+                .extra("[tenant.pool]\nhealth_path = \"/healthz\"\nhealth_interval = \"200ms\""),
+        ],
+    );
+    // Let the hanging tenant's first check start and hang.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = s.checks.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(2));
+    let checked = s.checks.load(Ordering::SeqCst) - before;
+    assert!(
+        checked >= 5,
+        "busy's upstream was checked {checked} times in 2 s at a 200 ms interval"
+    );
+    // A sick upstream of the busy tenant is out within a few of its intervals.
+    t.healthy.store(false, Ordering::SeqCst);
+    let sick_since = Instant::now();
+    let busy_t_healthy = || {
+        proxy.status()["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|tenant| tenant["name"] == "busy")
+            .and_then(|tenant| tenant["pool"]["upstreams"].as_array().cloned())
+            .unwrap()
+            .iter()
+            .any(|u| u["address"] == t.addr.to_string() && u["healthy"] == true)
+    };
+    wait_for("t taken out", || !busy_t_healthy());
+    assert!(
+        sick_since.elapsed() < Duration::from_millis(1500),
+        "took {:?} to take a sick upstream out",
+        sick_since.elapsed()
+    );
+    drop(silent);
+}
+
+/// A reload rebuilds a tenant's pool: an upstream its checks had taken out stays out in the
+/// new pool until a check there passes it, rather than getting traffic until the first one.
+#[test]
+fn a_reload_keeps_a_failing_upstream_out() {
+    let s = NamedOrigin::start("s");
+    let t = NamedOrigin::start("t");
+    let proxy = pool_proxy(
+        &[s.addr, t.addr],
+        "health_path = \"/healthz\"\nhealth_interval = \"200ms\"",
+    );
+    t.healthy.store(false, Ordering::SeqCst);
+    wait_for("t taken out", || {
+        pool_upstreams(&proxy)
+            .iter()
+            .any(|(addr, healthy)| *addr == t.addr.to_string() && !healthy)
+    });
+    let hits_before = t.hits.load(Ordering::SeqCst);
+    let config = proxy.dir.path().join("cachet.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let edited = original.replace("health_interval = \"200ms\"", "health_interval = \"300ms\"");
+    assert_ne!(original, edited);
+    std::fs::write(&config, edited).unwrap();
+    // Traffic through the reload and the new pool's first checks.
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut sent = 0;
+    while Instant::now() < until {
+        let resp = try_send("GET", &proxy.url(&format!("/r/{sent}")), &[]).unwrap();
+        assert_eq!((resp.status, resp.text()), (200, "s".to_owned()));
+        sent += 1;
+    }
+    assert!(
+        proxy.log().contains("config applied"),
+        "no reload seen:\n{}",
+        proxy.log()
+    );
+    assert!(sent > 20, "only {sent} requests");
+    assert_eq!(t.hits.load(Ordering::SeqCst), hits_before);
+}

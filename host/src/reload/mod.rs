@@ -391,6 +391,19 @@ impl Reloader {
         router: &TenantRouter,
         config: &TenantConfig,
     ) -> anyhow::Result<Tenant> {
+        let tenant = self.tenant_version(router, config)?;
+        if let Some(old) = router.tenants().iter().find(|t| t.name() == config.name) {
+            tenant.upstream.inherit_verdicts(&old.upstream);
+        }
+        Ok(tenant)
+    }
+
+    /// [`Self::rebuild_tenant`]'s tenant, before it takes over what the running one knows.
+    fn tenant_version(
+        &self,
+        router: &TenantRouter,
+        config: &TenantConfig,
+    ) -> anyhow::Result<Tenant> {
         let running = router.tenants().iter().find(|t| t.name() == config.name);
         let (generation, last_refusal) =
             running.map_or((1, None), |old| (old.generation(), old.plugin_refusal()));

@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 /// A tenant's origin at run time (built with the tenant, rebuilt on reload).
 pub struct TenantUpstream {
     tls: Arc<tls::OriginTls>,
-    pool: Option<pool::Pool>,
+    pool: Option<Arc<pool::Pool>>,
     /// Named upstreams outside the pool: [`SINGLE`] the tenant's one upstream (when it has
     /// no pool), then its `[tenant.backends]` in order.
-    names: names::Names,
+    names: Arc<names::Names>,
     /// Pingora's pool key for this tenant's idle origin connections ([`connection_group`]).
     connection_group: u64,
     /// `[tenant.origin] max_connections`: the exchanges with the origin at once.
@@ -54,14 +54,21 @@ const SINGLE: usize = 0;
 impl TenantUpstream {
     pub fn new(config: &TenantConfig) -> Self {
         let tls = Arc::new(tls::OriginTls::new(config));
-        let pool = config
-            .pool
-            .as_ref()
-            .map(|p| pool::Pool::new(&config.name, &config.upstreams, p, tls.clone()));
+        let pool = config.pool.as_ref().map(|p| {
+            Arc::new(pool::Pool::new(
+                &config.name,
+                &config.upstreams,
+                p,
+                tls.clone(),
+            ))
+        });
         let single = config.upstreams.first().filter(|_| pool.is_none());
         let backends = config.backends.iter().map(|(_, target)| Some(target));
         let interval = config.origin.resolve_interval;
-        let names = names::Names::new(std::iter::once(single).chain(backends), interval);
+        let names = Arc::new(names::Names::new(
+            std::iter::once(single).chain(backends),
+            interval,
+        ));
         let connection_group = connection_group(&config.name, tls.roots_group());
         Self {
             tls,
@@ -69,6 +76,14 @@ impl TenantUpstream {
             names,
             connection_group,
             limit: limit::OriginLimit::new(&config.origin),
+        }
+    }
+
+    /// Carries over from the version of this tenant's upstream a reload replaces what its
+    /// health checks found (see [`pool::Pool::inherit_verdicts`]).
+    pub fn inherit_verdicts(&self, previous: &TenantUpstream) {
+        if let (Some(pool), Some(old)) = (&self.pool, &previous.pool) {
+            pool.inherit_verdicts(old);
         }
     }
 
@@ -273,18 +288,22 @@ const MAINTENANCE_TICK: Duration = Duration::from_millis(100);
 impl BackgroundService for PoolMaintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
+            // Each pass runs on its own task: a pool whose checks hang (an upstream that
+            // never answers, up to its health_timeout) must not hold up the checks and
+            // lookups of every other tenant. A pool or name set still busy with its last
+            // pass skips this one (`maintain` holds a per-pool lock).
             let router = self.state.router.load_full();
-            let passes = router
-                .tenants()
-                .iter()
-                .filter_map(|t| t.upstream.pool.as_ref())
-                .map(|pool| pool.maintain());
-            let lookups = router.tenants().iter().map(|t| t.upstream.names.maintain());
-            futures::future::join(
-                futures::future::join_all(passes),
-                futures::future::join_all(lookups),
-            )
-            .await;
+            for tenant in router.tenants().iter() {
+                let upstream = &tenant.upstream;
+                if let Some(pool) = upstream.pool.as_ref().filter(|p| p.due()) {
+                    let pool = pool.clone();
+                    tokio::spawn(async move { pool.maintain().await });
+                }
+                if upstream.names.due() {
+                    let names = upstream.names.clone();
+                    tokio::spawn(async move { names.maintain().await });
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(MAINTENANCE_TICK) => {}
                 _ = shutdown.changed() => return,

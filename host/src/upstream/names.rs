@@ -66,6 +66,11 @@ impl Names {
         }
     }
 
+    /// Whether a lookup is due (cheap: no pass is started for nothing).
+    pub(super) fn due(&self) -> bool {
+        self.targets.iter().any(Option::is_some) && Instant::now() >= *self.next.lock()
+    }
+
     /// Looks every name up again once `interval` has passed since the last time.
     pub(super) async fn maintain(&self) {
         if self.targets.iter().all(Option::is_none) {

@@ -59,6 +59,9 @@ pub(super) struct Pool {
     schedule: Mutex<Schedule>,
     /// Set aside after a failed connect, until the next health check pass.
     set_aside: Mutex<Vec<Backend>>,
+    /// Upstreams the pool this one replaces (a reload) had found failing: kept out until
+    /// this pool's first health check says otherwise, instead of assumed healthy till then.
+    held_out: Mutex<Vec<Backend>>,
     /// Maintenance of this pool runs one pass at a time.
     busy: tokio::sync::Mutex<()>,
 }
@@ -119,6 +122,7 @@ impl Pool {
                 last_health_check: None,
             }),
             set_aside: Mutex::default(),
+            held_out: Mutex::default(),
             busy: tokio::sync::Mutex::new(()),
         };
         let first = poll_once(pool.balancer.update());
@@ -191,6 +195,37 @@ impl Pool {
         }
     }
 
+    /// Takes over what `previous` (the pool this one replaces on a reload) knew: an address
+    /// that was failing its checks there gets no traffic here until this pool's first
+    /// check passes it. A new pool otherwise assumes every upstream healthy until then.
+    pub(super) fn inherit_verdicts(&self, previous: &Pool) {
+        let before = previous.balancer.backends();
+        let failing: Vec<_> = before
+            .get_backend()
+            .iter()
+            .filter(|b| !before.ready(b))
+            .map(|b| b.addr.clone())
+            .collect();
+        if failing.is_empty() {
+            return;
+        }
+        let backends = self.balancer.backends();
+        let mut held_out = self.held_out.lock();
+        for backend in backends.get_backend().iter() {
+            if failing.contains(&backend.addr) {
+                backends.set_enable(backend, false);
+                held_out.push(backend.clone());
+            }
+        }
+    }
+
+    /// Whether a health check or a lookup is due (cheap: no pass is started for nothing).
+    pub(super) fn due(&self) -> bool {
+        let schedule = self.schedule.lock();
+        let now = Instant::now();
+        now >= schedule.next_health_check || now >= schedule.next_resolve
+    }
+
     /// Runs whatever is due: health checks, DNS re-resolution.
     pub(super) async fn maintain(&self) {
         let Ok(_busy) = self.busy.try_lock() else {
@@ -215,9 +250,13 @@ impl Pool {
             }
         }
         if check {
-            self.balancer.backends().run_health_check(true).await;
-            // A fresh verdict replaces the passive one.
+            let backends = self.balancer.backends();
+            backends.run_health_check(true).await;
+            // A fresh verdict replaces the passive one, and the one inherited on a reload.
             self.set_aside.lock().clear();
+            for backend in self.held_out.lock().drain(..) {
+                backends.set_enable(&backend, true);
+            }
             self.schedule.lock().last_health_check = Some(SystemTime::now());
         }
     }
