@@ -218,3 +218,47 @@ fn requests_arriving_with_the_stop_are_answered_not_reset() {
     assert_eq!(lost, 0, "requests lost to the stop");
     assert!(proxy.wait_exit(Duration::from_secs(3)).is_some());
 }
+
+/// A request whose head is partly read when the stop comes (a fresh connection, and a
+/// kept-alive one) is in flight: the stop waits for the rest of it and answers it, rather
+/// than ending the process under it.
+#[test]
+fn a_head_partly_read_when_the_stop_comes_is_answered() {
+    let origin = slow_origin(SLOW);
+    let mut proxy = proxy_with_grace(&origin, "60s");
+    let connect = || {
+        let conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        conn
+    };
+    let mut fresh = connect();
+    let mut kept = connect();
+    kept.write_all(b"GET /quick HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .expect("send");
+    let mut answer = [0u8; 4096];
+    let n = kept.read(&mut answer).expect("an answer");
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200 "));
+    for conn in [&mut fresh, &mut kept] {
+        conn.write_all(b"GET /partial HTTP/1.1\r\nHost: site.test\r\n")
+            .expect("send the first part");
+    }
+    // The front has read the first part before the stop.
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&proxy, "TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    for conn in [&mut fresh, &mut kept] {
+        conn.write_all(b"Accept: */*\r\n\r\n").expect("send the rest");
+    }
+    for conn in [&mut fresh, &mut kept] {
+        let mut bytes = Vec::new();
+        let _ = conn.read_to_end(&mut bytes);
+        assert!(
+            bytes.starts_with(b"HTTP/1.1 200 "),
+            "{:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    assert_eq!(origin.hits_for("/partial"), 2);
+    assert!(proxy.wait_exit(Duration::from_secs(3)).is_some());
+}

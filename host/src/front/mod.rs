@@ -19,6 +19,7 @@ mod reply;
 
 use crate::connection::H2_PREFACE;
 use crate::proxy::{plan_front, CachetProxy, ClientConn, FrontStep, Planned, RequestCtx};
+use crate::shutdown::InFlightGuard;
 use bytes::BytesMut;
 use head::Head;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
@@ -127,16 +128,23 @@ impl Front {
     /// Reads until `buf` starts with a whole head, or with one Pingora must read; `None`
     /// when the connection ends instead: closed, idle too long, stopping while idle, or
     /// refused (a head too large, or not whole within `head_timeout`).
+    ///
+    /// From its first byte, a head counts as a request in flight (`arriving`): a stop that
+    /// comes while it is partly read waits for it to be answered, as for any request.
     async fn next_head(
         &self,
         stream: &mut Stream,
         buf: &mut BytesMut,
         stop: &mut ShutdownWatch,
+        arriving: &mut Option<InFlightGuard>,
     ) -> Option<Head> {
         // When the front first waited for more of this head: it must be whole
         // `head_timeout` later, however slowly its bytes trickle in.
         let mut head_started = None;
         loop {
+            if !buf.is_empty() && arriving.is_none() {
+                *arriving = Some(self.cachet.state.drain.enter());
+            }
             match head::read(buf) {
                 Head::Partial if buf.len() >= 2 * self.max_head => {
                     // The guard answers 431 first; this bounds the buffer whatever it does.
@@ -220,8 +228,10 @@ impl ServerApp for Front {
         let server_name = tls.as_deref().and_then(crate::tls::digest_server_name);
         let mut buf = BytesMut::with_capacity(2048);
         let mut stop = shutdown.clone();
+        // Counts the head being read as a request in flight until its own context does.
+        let mut arriving = None;
         loop {
-            let head = self.next_head(&mut stream, &mut buf, &mut stop).await?;
+            let head = (self.next_head(&mut stream, &mut buf, &mut stop, &mut arriving)).await?;
             let (request, len, close) = match head {
                 Head::Plain {
                     request,
@@ -229,11 +239,14 @@ impl ServerApp for Front {
                     close,
                 } if self.answering(shutdown) => (request, len, close),
                 _ => {
+                    // Pingora counts it once it has read it (its context), at once.
+                    arriving = None;
                     stream = self.hand_over(stream, buf.split(), None, shutdown).await?;
                     continue;
                 }
             };
             let mut ctx = self.cachet.new_ctx();
+            arriving = None;
             match plan_front(&self.cachet, request, len, conn, server_name, &mut ctx).await {
                 Ok(FrontStep::Hit(hit, request)) => {
                     let _ = buf.split_to(len);
