@@ -374,6 +374,22 @@ fn an_http2_client_that_never_sends_its_preface_is_disconnected() {
         "TLS + h2 without a preface: closed after {took:?}"
     );
 
+    // ALPN settled on h2, then one byte of the preface and silence: the preface must be
+    // whole in time, not merely started.
+    let name = rustls::pki_types::ServerName::try_from(SITE).unwrap();
+    let conn = rustls::ClientConnection::new(setup.tls_config(&[b"h2"]), name).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", setup.proxy.tls_port.unwrap())).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    std::io::Write::write_all(&mut tls, b"P").unwrap();
+    std::io::Write::flush(&mut tls).unwrap();
+    let took = closed_within(&mut tls);
+    assert!(
+        slow(took),
+        "TLS + h2, one byte of the preface: closed after {took:?}"
+    );
+
     // The plain listener with h2c: a connection that sends nothing.
     let mut plain = std::net::TcpStream::connect(("127.0.0.1", setup.proxy.port)).unwrap();
     plain

@@ -248,7 +248,8 @@ fn a_head_partly_read_when_the_stop_comes_is_answered() {
     signal(&proxy, "TERM");
     std::thread::sleep(Duration::from_millis(300));
     for conn in [&mut fresh, &mut kept] {
-        conn.write_all(b"Accept: */*\r\n\r\n").expect("send the rest");
+        conn.write_all(b"Accept: */*\r\n\r\n")
+            .expect("send the rest");
     }
     for conn in [&mut fresh, &mut kept] {
         let mut bytes = Vec::new();

@@ -76,8 +76,11 @@ pub struct GuardedStream {
     /// How long an HTTP/2 client may take to send its preface (Pingora and
     /// the `h2` crate wait for it without limit).
     preface_limit: Duration,
-    /// Running until the first bytes of a connection ALPN made HTTP/2.
+    /// Running until the whole preface of a connection ALPN made HTTP/2 came: a client that
+    /// sends part of it would otherwise hold its slot for ever (the `h2` crate waits).
     preface_timer: Option<Pin<Box<Sleep>>>,
+    /// Bytes of that preface still to come.
+    preface_left: usize,
     /// On an h2c listener, how many bytes of the HTTP/2 preface the connection's first bytes
     /// matched so far; `None` once they cannot be it (or h2c is off, or TLS). Only the whole
     /// preface makes the connection HTTP/2: anything else is a head, bounded like any head.
@@ -111,19 +114,25 @@ impl GuardedStream {
             on_refused,
             preface_limit,
             preface_timer,
+            preface_left: super::H2_PREFACE.len(),
             preface_matched,
         }
     }
 
-    /// The first read of an HTTP/2 connection: end of stream when the
-    /// preface does not start within `preface_limit`.
+    /// The first reads of an HTTP/2 connection: end of stream when the whole preface has
+    /// not come within `preface_limit`.
     fn poll_preface(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         if let Poll::Ready(result) = Pin::new(&mut self.inner).poll_read(cx, buf) {
-            self.preface_timer = None;
+            let read = buf.filled().len() - before;
+            self.preface_left = self.preface_left.saturating_sub(read);
+            if result.is_err() || read == 0 || self.preface_left == 0 {
+                self.preface_timer = None;
+            }
             return Poll::Ready(result);
         }
         match self.preface_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
