@@ -319,6 +319,17 @@ fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
     });
     assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
 
+    // Nor does one that is not valid yet.
+    let future = sites.cas[0].future_leaf(&["a.test"]);
+    replace(&key, &future.key_pem);
+    replace(&cert, &future.cert_pem);
+    eventually("the pair not valid yet is refused", || {
+        sites.certificate_status("tenant alpha")["last_refusal"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not valid yet"))
+    });
+    assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
+
     // The key put right: the pair loads again, and the refusal it answers is gone.
     replace(&cert, &other.cert_pem);
     replace(&key, &other.key_pem);

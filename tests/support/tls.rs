@@ -78,6 +78,15 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// Like [`TestCa::leaf`], valid only from the year 2100: not valid yet.
+    pub fn future_leaf(&self, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2100, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2101, 1, 1);
+        self.sign(params)
+    }
+
     fn sign(&self, params: rcgen::CertificateParams) -> Leaf {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();

@@ -22,7 +22,8 @@ pub struct LoadedCert {
     pub(super) files_sha256: String,
     /// The leaf's DNS names (subjectAltName).
     pub names: Vec<String>,
-    /// The leaf's notAfter, seconds since the epoch.
+    /// The leaf's notBefore and notAfter, seconds since the epoch.
+    pub not_before: i64,
     pub not_after: i64,
     pub loaded_at: SystemTime,
 }
@@ -110,7 +111,7 @@ impl LoadedCert {
         };
         let key = PrivateKeyDer::from_pem_slice(&bytes.key)
             .map_err(|e| PairError::key(format!("{key_file}: no PEM private key: {e}")))?;
-        let (names, not_after) =
+        let (names, not_before, not_after) =
             describe(leaf).map_err(|e| PairError::cert(format!("{cert_file}: {e}")))?;
         let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
         let files_sha256 = bytes.sha256();
@@ -122,6 +123,7 @@ impl LoadedCert {
             fingerprint,
             files_sha256,
             names,
+            not_before,
             not_after,
             loaded_at: SystemTime::now(),
         })
@@ -129,11 +131,19 @@ impl LoadedCert {
 
     /// Whether the leaf's validity has ended.
     pub fn expired(&self) -> bool {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        self.not_after < now
+        self.not_after < unix_now()
     }
+
+    /// Whether the leaf's validity has not begun yet.
+    pub fn not_yet_valid(&self) -> bool {
+        self.not_before > unix_now()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Reads a certificate pair a client presents (the shared tier's mutual TLS) and checks it
@@ -145,8 +155,8 @@ pub fn read_checked_pair(paths: &CertPaths) -> Result<(Vec<u8>, Vec<u8>), PairEr
     Ok((bytes.cert, bytes.key))
 }
 
-/// The leaf's DNS names and notAfter.
-fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+/// The leaf's DNS names, notBefore and notAfter.
+fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| format!("the first certificate does not parse: {e}"))?;
     let names = cert
@@ -167,7 +177,12 @@ fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok((names, cert.validity().not_after.timestamp()))
+    let validity = cert.validity();
+    Ok((
+        names,
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 fn ip_text(bytes: &[u8]) -> Option<std::net::IpAddr> {

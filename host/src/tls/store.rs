@@ -223,14 +223,23 @@ impl CertStore {
     }
 }
 
-/// Why `new` may not replace `old`: it has expired while `old` has not (clients would refuse
-/// every handshake that now succeeds). None when it may.
+/// Why `new` may not replace `old`: it has expired, or is not valid yet, while `old` is
+/// valid (clients would refuse every handshake that now succeeds). None when it may.
 fn expired_over(old: &LoadedCert, new: &LoadedCert) -> Option<String> {
-    (new.expired() && !old.expired()).then(|| {
-        format!(
-            "{} expired (not after {}, unix time) while the certificate serving now has not: it keeps serving",
-            new.paths.cert.display(),
+    if old.expired() || old.not_yet_valid() {
+        return None;
+    }
+    let file = new.paths.cert.display();
+    if new.expired() {
+        return Some(format!(
+            "{file} expired (not after {}, unix time) while the certificate serving now has not: it keeps serving",
             new.not_after
+        ));
+    }
+    new.not_yet_valid().then(|| {
+        format!(
+            "{file} is not valid yet (not before {}, unix time) while the certificate serving now is: it keeps serving",
+            new.not_before
         )
     })
 }
@@ -239,6 +248,8 @@ fn announce(owner: &CertOwner, cert: &LoadedCert) {
     crate::metrics::certificate_expiry(&owner.to_string(), cert.not_after);
     if cert.expired() {
         tracing::warn!(certificate = %owner, names = cert.names.join(" "), "certificate has expired; clients will refuse it");
+    } else if cert.not_yet_valid() {
+        tracing::warn!(certificate = %owner, names = cert.names.join(" "), "certificate is not valid yet; clients will refuse it");
     }
     tracing::info!(
         certificate = %owner,
