@@ -32,6 +32,8 @@ pub(super) struct Miss {
     charged: usize,
     /// The maximum object size of this write's partition.
     max_object: usize,
+    /// What this write holds of the storage's budget for fills (`reserve_filling`).
+    reserved: usize,
     eof: bool,
     finished: bool,
 }
@@ -58,6 +60,7 @@ impl Miss {
             buffered: Some(head),
             body_len: 0,
             charged: 0,
+            reserved: 0,
             eof: false,
             finished: false,
         }
@@ -72,6 +75,7 @@ impl Miss {
     /// limit behind the origin (see `stream`); new lookups miss.
     fn give_up(&mut self) {
         self.buffered = None;
+        self.release_reserved();
         self.writer.bound_lag(self.max_object);
         let mut index = self.storage.index.write();
         let write = index.take_write(self.partition(), &self.slot, self.id);
@@ -79,6 +83,11 @@ impl Miss {
         drop(index);
         // Frees the chunks no reader needs any more, outside the lock.
         drop(write);
+    }
+
+    fn release_reserved(&mut self) {
+        self.storage
+            .release_filling(std::mem::take(&mut self.reserved));
     }
 }
 
@@ -92,12 +101,18 @@ impl HandleMiss for Miss {
         }
         if !data.is_empty() {
             self.body_len += data.len();
-            self.charged = self.charged.saturating_add(data.len() + CHUNK_OVERHEAD);
+            let charge = data.len() + CHUNK_OVERHEAD;
+            self.charged = self.charged.saturating_add(charge);
             self.writer.push(data);
-            if self.buffered.is_some() && self.charged > self.max_object {
-                // Never an error: with streaming writes the client is served from this write,
-                // and pingora fails the response when a write errors.
-                self.give_up();
+            if self.buffered.is_some() {
+                // Over the object limit, or the fills in progress hold the whole budget: never
+                // an error (with streaming writes the client is served from this write, and
+                // pingora fails the response when a write errors), just not stored.
+                if self.charged > self.max_object || !self.storage.reserve_filling(charge) {
+                    self.give_up();
+                } else {
+                    self.reserved += charge;
+                }
             }
         }
         if eof {
@@ -121,6 +136,8 @@ impl HandleMiss for Miss {
             let body = assemble(&head, self.body_len);
             Arc::new(Entry::new(meta, body, self.lru_key.clone()))
         });
+        // The entry is the index's to account for from here.
+        self.release_reserved();
         let mut index = self.storage.index.write();
         let write = index.take_write(self.partition(), &self.slot, self.id);
         let mut stored = 0;
@@ -144,6 +161,7 @@ impl Drop for Miss {
     /// A write dropped before `finish` failed upstream: readers that have not seen the end get
     /// an error instead of a truncated body, and the partial body is discarded.
     fn drop(&mut self) {
+        self.release_reserved();
         if self.finished {
             return;
         }

@@ -59,6 +59,11 @@ pub struct MemoryStorage {
     /// When each partition's (tenant's) keys were last purged or invalidated: a response
     /// fetched from before then may carry what was purged (`purged_since`).
     purges: RwLock<purge_log::PurgeLog>,
+    /// Body bytes held by fills in progress that may still be stored, and their bound (the
+    /// global budget): without it, fills whose clients left (Pingora finishes them for the
+    /// cache) could hold `max_object_bytes` each, as many as the origin allows at once.
+    filling: AtomicUsize,
+    max_filling: AtomicUsize,
 }
 
 impl MemoryStorage {
@@ -73,7 +78,30 @@ impl MemoryStorage {
             partition_max_object: RwLock::default(),
             next_write_id: AtomicU64::new(0),
             purges: RwLock::default(),
+            filling: AtomicUsize::new(0),
+            max_filling: AtomicUsize::new(global_budget),
         }
+    }
+
+    /// Takes `bytes` of the fills' budget for a body being buffered; false when it is spent
+    /// (that fill stops buffering: it is not stored).
+    pub(super) fn reserve_filling(&self, bytes: usize) -> bool {
+        let max = self.max_filling.load(Ordering::Relaxed);
+        self.filling
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&total| total <= max)
+            })
+            .is_ok()
+    }
+
+    /// Gives back what [`Self::reserve_filling`] took: the fill ended, stored or not.
+    pub(super) fn release_filling(&self, bytes: usize) {
+        self.filling.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Body bytes fills in progress hold now.
+    pub fn filling_bytes(&self) -> usize {
+        self.filling.load(Ordering::Acquire)
     }
 
     /// Whether `key` (of `partition`) may have been purged or invalidated after `since`. A
@@ -129,6 +157,7 @@ impl MemoryStorage {
 
     /// Changes the global budget, evicting at once if it shrank.
     pub fn set_global_budget(&self, bytes: usize) {
+        self.max_filling.store(bytes, Ordering::Relaxed);
         self.index.write().set_global_budget(bytes);
     }
 

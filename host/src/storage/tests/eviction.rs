@@ -170,3 +170,48 @@ async fn object_larger_than_its_budget_is_rejected_without_evicting() {
     let stats = s.stats();
     assert_eq!((stats.rejected_oversize, stats.evictions), (1, 0));
 }
+
+/// Fills in progress hold at most the global budget in bodies they may still store: one
+/// that would go past it stops buffering (it is not stored), and whatever the fills held is
+/// given back when they end, stored or not.
+#[tokio::test]
+async fn fills_in_progress_are_bounded_by_the_global_budget() {
+    let budget = 1 << 20;
+    let s = storage(budget, 1 << 20);
+    let part = vec![7u8; 100 * 1024];
+    let keys: Vec<CacheKey> = (0..3).map(|i| key(&format!("/fill/{i}"), "t")).collect();
+    let mut fills = Vec::new();
+    for k in &keys {
+        fills.push(miss(s, k).await);
+    }
+    // 400 KiB each, side by side: one of them goes past the budget.
+    for _ in 0..4 {
+        for fill in fills.iter_mut() {
+            fill.write_body(part.clone().into(), false).await.unwrap();
+        }
+        assert!(s.filling_bytes() <= budget);
+    }
+    assert!(s.filling_bytes() > budget / 2);
+    for mut fill in fills {
+        fill.write_body(Default::default(), true).await.unwrap();
+        fill.finish().await.unwrap();
+    }
+    assert_eq!(s.filling_bytes(), 0);
+    let stored: Vec<bool> = futures::future::join_all(keys.iter().map(|k| get(s, k)))
+        .await
+        .iter()
+        .map(Option::is_some)
+        .collect();
+    // The one whose write went past the budget gave up and gave back its share: the others
+    // stored theirs.
+    assert_eq!(stored.iter().filter(|s| **s).count(), 2, "{stored:?}");
+    // A fill dropped half way (its origin failed) gives back what it held too.
+    let mut dropped = miss(s, &key("/dropped", "t")).await;
+    dropped
+        .write_body(part.clone().into(), false)
+        .await
+        .unwrap();
+    assert!(s.filling_bytes() > 0);
+    drop(dropped);
+    assert_eq!(s.filling_bytes(), 0);
+}
