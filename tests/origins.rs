@@ -236,6 +236,66 @@ fn read_and_total_timeouts_come_from_the_config() {
     assert!(took < Duration::from_millis(2500), "{took:?}");
 }
 
+/// `total_timeout` holds while a request body goes to an origin that reads it slowly:
+/// each write then finishes within `write_timeout`, so only the whole exchange's deadline
+/// can end it (a 20 MB upload to an origin reading 1.3 MB/s took its full ~16 s).
+#[test]
+fn total_timeout_ends_an_upload_the_origin_reads_slowly() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = listener.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counted = received.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 64 * 1024];
+                // Reads at most 64 KiB every 50 ms, and never answers.
+                while let Ok(n) = conn.read(&mut chunk) {
+                    if n == 0 {
+                        return;
+                    }
+                    counted.fetch_add(n, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(
+        "",
+        &[
+            TenantSpec::new("site", origin, std::path::Path::new("builtin:standard")).extra(
+                "[tenant.origin]\nread_timeout = \"5s\"\nwrite_timeout = \"5s\"\ntotal_timeout = \"2s\"",
+            ),
+        ],
+    );
+    let body_len = 20 << 20;
+    let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut uploader = client.try_clone().unwrap();
+    let started = Instant::now();
+    std::thread::spawn(move || {
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: site.test\r\nContent-Length: {body_len}\r\n\r\n"
+        );
+        let _ = uploader.write_all(head.as_bytes());
+        let _ = uploader.write_all(&vec![b'x'; body_len]);
+    });
+    let mut answer = [0u8; 1024];
+    let n = client.read(&mut answer).unwrap_or(0);
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(
+        answer.starts_with("HTTP/1.1 504 "),
+        "{answer:?} after {took:?}"
+    );
+    assert!(took < Duration::from_secs(6), "answered after {took:?}");
+    assert!(received.load(Ordering::SeqCst) < body_len);
+}
+
 /// A listener that never completes a handshake: its accept queue (backlog
 /// 0) is filled by the test and never drained, so the kernel drops further
 /// SYNs and a connect to it hangs until the connecting side gives up.

@@ -236,7 +236,7 @@ impl ProxyHttp for CachetProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        crate::upstream::check_deadline(&ctx.origin)?;
+        crate::upstream::check_deadline(&ctx.origin, crate::upstream::Direction::Receiving)?;
         if !upstream_response.status.is_informational() {
             ctx.origin_status = Some(upstream_response.status.as_u16());
             if let Some(tenant) = &ctx.tenant {
@@ -439,6 +439,18 @@ impl ProxyHttp for CachetProxy {
         }
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // An origin that reads an upload slowly keeps each write under write_timeout: the
+        // whole exchange's deadline is checked here, before each piece goes on.
+        crate::upstream::check_deadline(&ctx.origin, crate::upstream::Direction::Sending)
+    }
+
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
@@ -446,7 +458,7 @@ impl ProxyHttp for CachetProxy {
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
-        crate::upstream::check_deadline(&ctx.origin)?;
+        crate::upstream::check_deadline(&ctx.origin, crate::upstream::Direction::Receiving)?;
         Ok(None)
     }
 

@@ -97,13 +97,27 @@ pub(super) fn repeatable(session: &Session) -> bool {
         && session.response_written().is_none()
 }
 
-/// Fails the exchange once `total_timeout` is over (checked as the origin's
-/// response arrives; a stall in between is bounded by `read_timeout`).
-pub fn check_deadline(attempts: &OriginAttempts) -> Result<()> {
+/// Fails the exchange once `total_timeout` is over. Checked as each piece of the request
+/// body goes to the origin and as each piece of its response arrives: a stall in between
+/// is bounded by `write_timeout` or `read_timeout` (Pingora fixes those per connection).
+pub fn check_deadline(attempts: &OriginAttempts, what: Direction) -> Result<()> {
     match attempts.deadline {
         Some(deadline) if Instant::now() >= deadline => {
-            Err(Error::explain(ErrorType::ReadTimedout, "origin total_timeout exceeded").into_up())
+            let etype = match what {
+                Direction::Sending => ErrorType::WriteTimedout,
+                Direction::Receiving => ErrorType::ReadTimedout,
+            };
+            Err(Error::explain(etype, "origin total_timeout exceeded").into_up())
         }
         _ => Ok(()),
     }
+}
+
+/// Which way the exchange was moving when its deadline was checked.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    /// The request body, to the origin.
+    Sending,
+    /// The response, from the origin.
+    Receiving,
 }

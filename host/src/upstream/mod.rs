@@ -8,7 +8,7 @@ mod names;
 mod pool;
 mod tls;
 
-pub use attempt::{check_deadline, OriginAttempts};
+pub use attempt::{check_deadline, Direction, OriginAttempts};
 pub use limit::NoTurn;
 pub use limit::REFUSED_DETAIL as ORIGIN_BUSY_DETAIL;
 pub use pool::{PoolHealth, UpstreamHealth};
