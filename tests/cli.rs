@@ -448,7 +448,8 @@ fn a_blank_admin_token_is_refused() {
 }
 
 /// Values that would pass unnoticed and misbehave later are refused with their key: a
-/// thread count no machine starts, an upstream listed twice (twice its share), a health path
+/// thread count no machine starts, an upstream listed twice (twice its share) or under two
+/// names on one address (one upstream, the second name never used), a health path
 /// that is not a request path. `tls_verify = false` passes with a warning.
 #[test]
 fn pool_and_thread_values_that_would_misbehave_are_refused() {
@@ -475,6 +476,12 @@ fn pool_and_thread_values_that_would_misbehave_are_refused() {
             "upstreams = [\"127.0.0.1:1\", \"127.0.0.1:1\"]",
             "tenant.upstreams",
             "listed twice",
+        ),
+        (
+            "",
+            "upstreams = [\"localhost:1\", \"127.0.0.1:1\"]",
+            "tenant.upstreams",
+            "both resolve to 127.0.0.1:1",
         ),
         (
             "",

@@ -157,6 +157,25 @@ impl Locator<'_> {
                             format!("{:?} is listed twice", target.written),
                         ));
                     }
+                    // The pool knows its upstreams by address: two names on one address
+                    // would be one upstream, dialled with the first one's TLS name only.
+                    let shared = targets[..i].iter().find_map(|t| {
+                        let addr = t.addrs.iter().find(|a| target.addrs.contains(a))?;
+                        Some((t, addr))
+                    });
+                    if let Some((first, addr)) = shared {
+                        return Err(self.at(
+                            list.get_ref()[i].span(),
+                            "tenant.upstreams",
+                            format!(
+                                "{:?} and {:?} both resolve to {addr}: a pool balances over \
+                                 addresses, so they would be one upstream (the second never \
+                                 dialled with its own name); route by name with \
+                                 [tenant.backends] instead",
+                                first.written, target.written
+                            ),
+                        ));
+                    }
                 }
                 let pool = match raw.pool {
                     Some(pool) => self.pool(pool.get_ref())?,

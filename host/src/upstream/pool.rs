@@ -300,7 +300,15 @@ impl Resolver {
                     ext: Default::default(),
                 };
                 backend.ext.insert(TargetIndex(index));
-                set.insert(backend);
+                if !set.insert(backend) {
+                    // The config refuses this; a name re-resolved since can still do it.
+                    tracing::warn!(
+                        upstream = self.targets[index].0,
+                        address = %addr,
+                        "an upstream of the pool now resolves to an address another one has: \
+                         the pool keeps one upstream for it"
+                    );
+                }
             }
         }
         set
