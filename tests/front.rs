@@ -510,3 +510,51 @@ fn a_head_not_whole_within_request_head_timeout_gets_408() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(conn.ask(&get("/slow-but-whole", false)).status, 200);
 }
+
+/// A client that stops taking a response does not keep its connection: after
+/// `client_write_timeout` without progress the connection is closed, for a hit the front
+/// writes and for a response Pingora writes (here a miss streamed from the origin) alike.
+#[test]
+fn a_client_that_stops_reading_is_let_go_after_client_write_timeout() {
+    const LEN: usize = 8 << 20;
+    let origin =
+        Origin::start(|_| Reply::ok(vec![b'x'; LEN]).header("Cache-Control", "max-age=600"));
+    let proxy = Proxy::start_with_server(
+        "client_write_timeout = \"1s\"",
+        "",
+        &[TenantSpec::new(
+            "site",
+            origin.addr,
+            &support::plugin("standard"),
+        )],
+    );
+    assert_eq!(send("GET", &proxy.url("/warm"), &[]).body.len(), LEN);
+    for path in ["/warm", "/cold"] {
+        let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        // A small receive buffer, never read while the response is written.
+        let size: libc::c_int = 16 * 1024;
+        // SAFETY: a valid socket descriptor owned by `client`, and a c_int option value.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&client),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0);
+        write!(client, "GET {path} HTTP/1.1\r\nHost: site.test\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got);
+        assert!(
+            got.starts_with(b"HTTP/1.1 200 ") && got.len() < LEN,
+            "{path}: {} bytes, the whole response was still sent",
+            got.len()
+        );
+    }
+}

@@ -553,3 +553,55 @@ fn a_stale_entry_is_refreshed_in_the_background_over_http2_too() {
         .unwrap();
     assert_eq!(seen.header("cachet-refresh"), None);
 }
+
+/// An HTTP/2 client that keeps its flow-control window at 0 does not hold its stream (and
+/// so its connection) for ever: the response is given up after `client_write_timeout`, and
+/// the connection, then idle, is closed.
+#[test]
+fn an_http2_client_that_takes_nothing_is_let_go_after_client_write_timeout() {
+    let setup =
+        Setup::start("h2c = true\nh2_idle_timeout = \"500ms\"\nclient_write_timeout = \"1s\"");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ended_after = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", setup.proxy.port))
+            .await
+            .unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let closed = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = http::Request::get(format!("http://{SITE}/stalled"))
+            .body(())
+            .unwrap();
+        let mut client = client.ready().await.unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        // Never released: the window stays at 0, so no DATA can come.
+        let data = tokio::time::timeout(std::time::Duration::from_secs(10), body.data())
+            .await
+            .expect("the server gives the stalled response up");
+        assert!(
+            !matches!(data, Some(Ok(ref bytes)) if !bytes.is_empty()),
+            "{data:?}"
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(10), closed)
+            .await
+            .expect("the server ends the connection")
+            .unwrap();
+        drop(client);
+        started.elapsed()
+    });
+    assert!(
+        ended_after >= std::time::Duration::from_millis(900)
+            && ended_after < std::time::Duration::from_secs(6),
+        "ended after {ended_after:?}"
+    );
+}

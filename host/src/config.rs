@@ -119,6 +119,7 @@ struct RawServer {
     upgrade_sock: Option<String>,
     max_request_head: Option<Spanned<SizeValue>>,
     request_head_timeout: Option<Spanned<DurationValue>>,
+    client_write_timeout: Option<Spanned<DurationValue>>,
     max_connections: Option<Spanned<usize>>,
     #[serde(default)]
     forwarded_headers: ForwardedHeaders,
@@ -271,6 +272,9 @@ pub struct ServerConfig {
     pub max_request_head: usize,
     /// How long an HTTP/1.x request head may take once its first bytes came (408 beyond).
     pub request_head_timeout: Duration,
+    /// How long a response may wait for the client to take its next bytes (the connection
+    /// is closed beyond): a client that stops reading does not keep its slot.
+    pub client_write_timeout: Duration,
     /// Client connections open at once (503 beyond).
     pub max_connections: usize,
     pub forwarded_headers: ForwardedHeaders,
@@ -343,6 +347,8 @@ const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// a connection slot by trickling one); `MAX_HEAD_TIMEOUT` at most.
 const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEAD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `[server] client_write_timeout` by default (nginx's `send_timeout`); at most an hour.
+const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A shadow plugin: run on a sample of live requests, compared, never obeyed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowConfig {
@@ -462,6 +468,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 d => d,
             },
             None => DEFAULT_HEAD_TIMEOUT,
+        },
+        client_write_timeout: match &raw.server.client_write_timeout {
+            Some(v) => match located.duration("server.client_write_timeout", v)? {
+                d if d.is_zero() || d > MAX_HEAD_TIMEOUT => {
+                    return Err(located.at(
+                        v.span(),
+                        "server.client_write_timeout",
+                        "must be more than 0 and at most 1h",
+                    ))
+                }
+                d => d,
+            },
+            None => DEFAULT_CLIENT_WRITE_TIMEOUT,
         },
         max_connections: located.positive(
             &raw.server.max_connections,

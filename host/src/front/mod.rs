@@ -254,7 +254,8 @@ impl ServerApp for Front {
                     let status = hit.status();
                     // Counted before the client can read the answer and look at the metrics.
                     crate::metrics::front_hit();
-                    let written = reply::write(&mut stream, hit, close).await;
+                    let timeout = self.cachet.state.client_write_timeout;
+                    let written = reply::write(&mut stream, hit, close, timeout).await;
                     let error = written.as_ref().err().map(|e| e.to_string());
                     crate::proxy::record_request(&self.cachet.state, &ctx, &request, status, error);
                     if written.is_err() {

@@ -19,11 +19,17 @@ const COPIED_BODY: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// Writes `hit`; `close`: the connection ends after it.
+/// Pieces of a large body each get the whole `client_write_timeout`: a client that takes a
+/// big hit slowly but steadily is served, one that stops taking it is not waited for.
+const TIMED_PIECE: usize = 64 * 1024;
+
+/// Writes `hit`; `close`: the connection ends after it. Each piece must be taken by the
+/// client within `timeout`.
 pub(super) async fn write(
     stream: &mut Stream,
     hit: LeanResponse,
     close: bool,
+    timeout: Duration,
 ) -> std::io::Result<()> {
     let date = pingora::protocols::http::date::get_cached_date();
     let connection = if close { "close" } else { "keep-alive" };
@@ -41,12 +47,36 @@ pub(super) async fn write(
     };
     if body.len() <= COPIED_BODY {
         out.put_slice(&body);
-        stream.write_all(&out).await?;
+        write_within(stream, &out, timeout).await?;
     } else {
-        stream.write_all(&out).await?;
-        stream.write_all(&body).await?;
+        write_within(stream, &out, timeout).await?;
+        write_within(stream, &body, timeout).await?;
     }
-    stream.flush().await
+    within(timeout, stream.flush()).await
+}
+
+/// Writes all of `bytes`, each piece of at most [`TIMED_PIECE`] within `timeout`.
+async fn write_within(stream: &mut Stream, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+    for piece in bytes.chunks(TIMED_PIECE) {
+        within(timeout, stream.write_all(piece)).await?;
+    }
+    Ok(())
+}
+
+/// `write`, failed with `TimedOut` when not done within `timeout`. (The timer costs nothing
+/// when the write completes at once: it is only registered if the write has to wait.)
+async fn within(
+    timeout: Duration,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    tokio::time::timeout(timeout, write)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no response bytes for client_write_timeout",
+            ))
+        })
 }
 
 /// Writes a fixed answer and ends the connection.

@@ -137,6 +137,9 @@ impl ProxyHttp for CachetProxy {
         // for the answer (as HAProxy and Varnish deliver it): Pingora would abort on that
         // end of input. A client that is really gone makes the response's write fail.
         session.set_abort_on_close(false);
+        // A client that stops taking the response (a full TCP window, or an HTTP/2 window
+        // held at 0) must not hold its connection slot for ever.
+        session.set_write_timeout(Some(self.state.client_write_timeout));
         if self.state.drain.draining() {
             session.set_keepalive(None);
         }

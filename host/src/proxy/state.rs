@@ -37,6 +37,8 @@ pub struct ProxyState {
     pub forwarded_headers: ForwardedHeaders,
     /// Requests being served, which a graceful shutdown waits for.
     pub drain: Arc<Drain>,
+    /// `[server] client_write_timeout`: longest wait for a client to take response bytes.
+    pub client_write_timeout: std::time::Duration,
 }
 
 impl ProxyState {
@@ -49,6 +51,7 @@ impl ProxyState {
             admin_token: ArcSwapOption::empty(),
             forwarded_headers: ForwardedHeaders::default(),
             drain: Arc::default(),
+            client_write_timeout: std::time::Duration::from_secs(60),
         }
     }
 

@@ -31,6 +31,7 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         upgrade_sock,
         max_request_head,
         request_head_timeout,
+        client_write_timeout,
         max_connections,
         forwarded_headers,
         admin_token: _,
@@ -72,6 +73,12 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         s.request_head_timeout != *request_head_timeout,
     ) {
         s.request_head_timeout = *request_head_timeout;
+    }
+    if keep(
+        "server.client_write_timeout",
+        s.client_write_timeout != *client_write_timeout,
+    ) {
+        s.client_write_timeout = *client_write_timeout;
     }
     if keep(
         "server.max_connections",
