@@ -201,36 +201,38 @@ fn durations_take_units_and_the_old_ms_keys_still_work() {
 }
 
 #[test]
-fn request_head_timeout_is_a_duration_above_zero() {
+fn client_timeouts_are_durations_above_zero() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cachet.toml");
     let plugin = plugin("standard");
-    let validate = |timeout: &str| {
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nrequest_head_timeout = {timeout}\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = {:?}\n",
-                plugin.display().to_string()
-            ),
-        )
-        .unwrap();
-        run(&["validate", "--config", config.to_str().unwrap()])
-    };
-    let (ok, out) = validate("\"10s\"");
-    assert!(ok, "{out}");
-    for (value, says) in [
-        ("\"0s\"", "more than 0"),
-        ("\"2h\"", "at most 1h"),
-        ("10", "has no unit"),
-    ] {
-        let (ok, out) = validate(value);
-        assert!(!ok, "{value}: {out}");
-        assert!(out.contains("cachet.toml:3"), "{value}: {out}");
-        assert!(
-            out.contains("server.request_head_timeout"),
-            "{value}: {out}"
-        );
-        assert!(out.contains(says), "{value}: {out}");
+    for key in ["request_head_timeout", "client_write_timeout"] {
+        let validate = |timeout: &str| {
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\nlisten = \"127.0.0.1:0\"\n{key} = {timeout}\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = {:?}\n",
+                    plugin.display().to_string()
+                ),
+            )
+            .unwrap();
+            run(&["validate", "--config", config.to_str().unwrap()])
+        };
+        let (ok, out) = validate("\"10s\"");
+        assert!(ok, "{key}: {out}");
+        for (value, says) in [
+            ("\"0s\"", "more than 0"),
+            ("\"2h\"", "at most 1h"),
+            ("10", "has no unit"),
+        ] {
+            let (ok, out) = validate(value);
+            assert!(!ok, "{key} {value}: {out}");
+            assert!(out.contains("cachet.toml:3"), "{key} {value}: {out}");
+            assert!(
+                out.contains(&format!("server.{key}")),
+                "{key} {value}: {out}"
+            );
+            assert!(out.contains(says), "{key} {value}: {out}");
+        }
     }
 }
 
