@@ -32,7 +32,8 @@ pub(super) struct Miss {
     charged: usize,
     /// The maximum object size of this write's partition.
     max_object: usize,
-    /// What this write holds of the storage's budget for fills (`reserve_filling`).
+    /// What this write holds of the storage's budget for fills (`reserve_filling`): the
+    /// body so far while it may be stored, then what its stream keeps for readers.
     reserved: usize,
     eof: bool,
     finished: bool,
@@ -75,7 +76,6 @@ impl Miss {
     /// limit behind the origin (see `stream`); new lookups miss.
     fn give_up(&mut self) {
         self.buffered = None;
-        self.release_reserved();
         self.writer.bound_lag(self.max_object);
         let mut index = self.storage.index.write();
         let write = index.take_write(self.partition(), &self.slot, self.id);
@@ -83,6 +83,41 @@ impl Miss {
         drop(index);
         // Frees the chunks no reader needs any more, outside the lock.
         drop(write);
+    }
+
+    /// Brings this write's share of the fills' budget to what it holds now. When the budget
+    /// is spent, a body being buffered stops being buffered (it will not be stored), and a
+    /// stream not stored keeps only its newest chunk (readers further behind are cut off):
+    /// fills whose clients left cannot pin memory beyond the budget.
+    fn account(&mut self) {
+        if self.buffered.is_some() {
+            if self.charged <= self.max_object && self.hold(self.charged) {
+                return;
+            }
+            self.give_up();
+        }
+        if !self.hold(self.writer.retained()) {
+            self.writer.keep_newest_only();
+            let newest = self.writer.retained();
+            if newest > self.reserved {
+                self.storage.force_filling(newest - self.reserved);
+            } else {
+                self.storage.release_filling(self.reserved - newest);
+            }
+            self.reserved = newest;
+        }
+    }
+
+    /// Makes this write's share `held` bytes; false (and unchanged) when taking more is
+    /// beyond the budget.
+    fn hold(&mut self, held: usize) -> bool {
+        if held <= self.reserved {
+            self.storage.release_filling(self.reserved - held);
+        } else if !self.storage.reserve_filling(held - self.reserved) {
+            return false;
+        }
+        self.reserved = held;
+        true
     }
 
     fn release_reserved(&mut self) {
@@ -101,19 +136,12 @@ impl HandleMiss for Miss {
         }
         if !data.is_empty() {
             self.body_len += data.len();
-            let charge = data.len() + CHUNK_OVERHEAD;
-            self.charged = self.charged.saturating_add(charge);
+            self.charged = self.charged.saturating_add(data.len() + CHUNK_OVERHEAD);
             self.writer.push(data);
-            if self.buffered.is_some() {
-                // Over the object limit, or the fills in progress hold the whole budget: never
-                // an error (with streaming writes the client is served from this write, and
-                // pingora fails the response when a write errors), just not stored.
-                if self.charged > self.max_object || !self.storage.reserve_filling(charge) {
-                    self.give_up();
-                } else {
-                    self.reserved += charge;
-                }
-            }
+            // Over the object limit or the budget: never an error (with streaming writes the
+            // client is served from this write, and pingora fails the response when a write
+            // errors), just not stored.
+            self.account();
         }
         if eof {
             self.eof = true;

@@ -94,6 +94,12 @@ impl MemoryStorage {
             .is_ok()
     }
 
+    /// Takes `bytes` of the fills' budget whether or not it is spent (one chunk a fill
+    /// cannot do without).
+    pub(super) fn force_filling(&self, bytes: usize) {
+        self.filling.fetch_add(bytes, Ordering::AcqRel);
+    }
+
     /// Gives back what [`Self::reserve_filling`] took: the fill ended, stored or not.
     pub(super) fn release_filling(&self, bytes: usize) {
         self.filling.fetch_sub(bytes, Ordering::AcqRel);

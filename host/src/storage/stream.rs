@@ -142,6 +142,19 @@ impl StreamWriter {
         }
     }
 
+    /// Bytes kept for readers: from the oldest chunk a reader may still go on from to the
+    /// newest (the whole body while no lag bound is set).
+    pub(super) fn retained(&self) -> usize {
+        self.behind_trail
+    }
+
+    /// Keeps only the newest chunk from now on: readers behind it are cut off. For when
+    /// the fills in progress hold all the memory they may.
+    pub(super) fn keep_newest_only(&mut self) {
+        self.lag_limit = Some(0);
+        self.let_go_beyond(0);
+    }
+
     pub(super) fn close(&self, status: WriteStatus) {
         self.status.send_replace(status);
     }

@@ -215,3 +215,47 @@ async fn fills_in_progress_are_bounded_by_the_global_budget() {
     drop(dropped);
     assert_eq!(s.filling_bytes(), 0);
 }
+
+/// A fill that will not be stored still keeps chunks for readers that fall behind (up to
+/// the lag bound, 8 MiB at least): that counts against the same budget, and once it is
+/// spent such a fill keeps only its newest chunk. Fills abandoned by their clients (Pingora
+/// goes on filling) cannot pin the bound's worth of memory each.
+#[tokio::test]
+async fn fills_not_stored_keep_for_readers_only_what_the_budget_allows() {
+    let budget = 1 << 20;
+    let s = storage(budget, 256 * 1024);
+    let part = vec![3u8; 64 * 1024];
+    let mut stored = miss(s, &key("/stored", "t")).await;
+    for _ in 0..2 {
+        stored.write_body(part.clone().into(), false).await.unwrap();
+    }
+    // Over the object size: not stored, but its stream keeps what readers may still need.
+    // Its own client's reader stops reading at once (the client left).
+    let unstored_key = key("/unstored", "t");
+    let mut unstored = miss(s, &unstored_key).await;
+    let (_, mut gone) = s
+        .lookup_streaming_write(&unstored_key, unstored.streaming_write_tag(), &span())
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..40 {
+        unstored
+            .write_body(part.clone().into(), false)
+            .await
+            .unwrap();
+        assert!(
+            s.filling_bytes() <= budget + part.len() + 96,
+            "{} held with a budget of {budget}",
+            s.filling_bytes()
+        );
+    }
+    // 2.5 MiB behind, well within the 8 MiB lag bound: it was cut off because the budget
+    // was spent, not for its lag.
+    assert!(gone.read_body().await.is_err());
+    drop(unstored);
+    stored.write_body(part.clone().into(), false).await.unwrap();
+    stored.write_body(Default::default(), true).await.unwrap();
+    stored.finish().await.unwrap();
+    assert_eq!(s.filling_bytes(), 0);
+    assert!(get(s, &key("/stored", "t")).await.is_some());
+}
