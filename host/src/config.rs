@@ -344,9 +344,9 @@ pub struct TenantConfig {
 /// runtimes that kill after 10 s.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A request head may take this long once its first bytes came (a slow client cannot hold
-/// a connection slot by trickling one); `MAX_HEAD_TIMEOUT` at most.
+/// a connection slot by trickling one); `MAX_CLIENT_TIMEOUT` at most.
 const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_HEAD_TIMEOUT: Duration = Duration::from_secs(3600);
+const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// `[server] client_write_timeout` by default (nginx's `send_timeout`); at most an hour.
 const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A shadow plugin: run on a sample of live requests, compared, never obeyed.
@@ -456,32 +456,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             |p| base.join(p),
         ),
         max_request_head,
-        request_head_timeout: match &raw.server.request_head_timeout {
-            Some(v) => match located.duration("server.request_head_timeout", v)? {
-                d if d.is_zero() || d > MAX_HEAD_TIMEOUT => {
-                    return Err(located.at(
-                        v.span(),
-                        "server.request_head_timeout",
-                        "must be more than 0 and at most 1h",
-                    ))
-                }
-                d => d,
-            },
-            None => DEFAULT_HEAD_TIMEOUT,
-        },
-        client_write_timeout: match &raw.server.client_write_timeout {
-            Some(v) => match located.duration("server.client_write_timeout", v)? {
-                d if d.is_zero() || d > MAX_HEAD_TIMEOUT => {
-                    return Err(located.at(
-                        v.span(),
-                        "server.client_write_timeout",
-                        "must be more than 0 and at most 1h",
-                    ))
-                }
-                d => d,
-            },
-            None => DEFAULT_CLIENT_WRITE_TIMEOUT,
-        },
+        request_head_timeout: located.client_timeout(
+            "server.request_head_timeout",
+            &raw.server.request_head_timeout,
+            DEFAULT_HEAD_TIMEOUT,
+        )?,
+        client_write_timeout: located.client_timeout(
+            "server.client_write_timeout",
+            &raw.server.client_write_timeout,
+            DEFAULT_CLIENT_WRITE_TIMEOUT,
+        )?,
         max_connections: located.positive(
             &raw.server.max_connections,
             "server.max_connections",
@@ -712,6 +696,24 @@ impl Locator<'_> {
             .get_ref()
             .to_duration()
             .map_err(|e| self.at(value.span(), key, e))
+    }
+
+    /// A wait on a client (`default` when unset): more than 0, at most an hour.
+    fn client_timeout(
+        &self,
+        key: &str,
+        value: &Option<Spanned<DurationValue>>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        match self.duration(key, value)? {
+            d if d.is_zero() || d > MAX_CLIENT_TIMEOUT => {
+                Err(self.at(value.span(), key, "must be more than 0 and at most 1h"))
+            }
+            d => Ok(d),
+        }
     }
 
     /// A time written as `KEY = "10s"` or, the older form, `KEY_ms = 10000`
