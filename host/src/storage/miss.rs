@@ -87,8 +87,8 @@ impl Miss {
 
     /// Brings this write's share of the fills' budget to what it holds now. When the budget
     /// is spent, a body being buffered stops being buffered (it will not be stored), and a
-    /// stream not stored keeps only its newest chunk (readers further behind are cut off):
-    /// fills whose clients left cannot pin memory beyond the budget.
+    /// stream not stored keeps at most `stream::PRESSED_LAG` for its readers (one further behind
+    /// is cut off): fills whose clients left cannot each pin the usual 8 MiB lag floor.
     fn account(&mut self) {
         if self.buffered.is_some() {
             if self.charged <= self.max_object && self.hold(self.charged) {
@@ -97,14 +97,14 @@ impl Miss {
             self.give_up();
         }
         if !self.hold(self.writer.retained()) {
-            self.writer.keep_newest_only();
-            let newest = self.writer.retained();
-            if newest > self.reserved {
-                self.storage.force_filling(newest - self.reserved);
+            self.writer.press_lag();
+            let kept = self.writer.retained();
+            if kept > self.reserved {
+                self.storage.force_filling(kept - self.reserved);
             } else {
-                self.storage.release_filling(self.reserved - newest);
+                self.storage.release_filling(self.reserved - kept);
             }
-            self.reserved = newest;
+            self.reserved = kept;
         }
     }
 

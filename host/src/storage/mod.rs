@@ -59,11 +59,19 @@ pub struct MemoryStorage {
     /// When each partition's (tenant's) keys were last purged or invalidated: a response
     /// fetched from before then may carry what was purged (`purged_since`).
     purges: RwLock<purge_log::PurgeLog>,
-    /// Body bytes held by fills in progress that may still be stored, and their bound (the
-    /// global budget): without it, fills whose clients left (Pingora finishes them for the
-    /// cache) could hold `max_object_bytes` each, as many as the origin allows at once.
+    /// Body bytes held by fills in progress, and their bound (the global budget, at least
+    /// [`MIN_FILL_BUDGET`]): without it, fills whose clients left (Pingora finishes them for
+    /// the cache) could hold `max_object_bytes` each, as many as the origin allows at once.
     filling: AtomicUsize,
     max_filling: AtomicUsize,
+}
+
+/// The least the fills in progress may hold, whatever the memory tier's size: a small memory
+/// tier in front of a disk or shared tier still fills (and stores there) many objects at once.
+const MIN_FILL_BUDGET: usize = 64 << 20;
+
+fn fill_budget(global_budget: usize) -> usize {
+    global_budget.max(MIN_FILL_BUDGET)
 }
 
 impl MemoryStorage {
@@ -79,7 +87,7 @@ impl MemoryStorage {
             next_write_id: AtomicU64::new(0),
             purges: RwLock::default(),
             filling: AtomicUsize::new(0),
-            max_filling: AtomicUsize::new(global_budget),
+            max_filling: AtomicUsize::new(fill_budget(global_budget)),
         }
     }
 
@@ -108,6 +116,12 @@ impl MemoryStorage {
     /// Body bytes fills in progress hold now.
     pub fn filling_bytes(&self) -> usize {
         self.filling.load(Ordering::Acquire)
+    }
+
+    /// A budget for fills other than the global budget's (tests: a small one).
+    #[cfg(test)]
+    pub(crate) fn set_fill_budget(&self, bytes: usize) {
+        self.max_filling.store(bytes, Ordering::Relaxed);
     }
 
     /// Whether `key` (of `partition`) may have been purged or invalidated after `since`. A
@@ -163,7 +177,8 @@ impl MemoryStorage {
 
     /// Changes the global budget, evicting at once if it shrank.
     pub fn set_global_budget(&self, bytes: usize) {
-        self.max_filling.store(bytes, Ordering::Relaxed);
+        self.max_filling
+            .store(fill_budget(bytes), Ordering::Relaxed);
         self.index.write().set_global_budget(bytes);
     }
 

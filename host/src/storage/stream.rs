@@ -31,6 +31,11 @@ pub(super) const LAG_FLOOR: usize = 8 << 20;
 /// The most one read hands out when several chunks are waiting.
 const READ_BATCH: usize = 1 << 20;
 
+/// How far behind a fill not stored a reader may be once the fills in progress hold all the
+/// memory they may: a reader that keeps up is a few of pingora's 64 KiB batches behind at
+/// most, so only one that stopped (its client gone, or not reading) is cut off.
+pub(super) const PRESSED_LAG: usize = READ_BATCH;
+
 pub(super) struct Chunk {
     data: Bytes,
     next: ArcSwapOption<Chunk>,
@@ -148,11 +153,11 @@ impl StreamWriter {
         self.behind_trail
     }
 
-    /// Keeps only the newest chunk from now on: readers behind it are cut off. For when
-    /// the fills in progress hold all the memory they may.
-    pub(super) fn keep_newest_only(&mut self) {
-        self.lag_limit = Some(0);
-        self.let_go_beyond(0);
+    /// Bounds the lag to [`PRESSED_LAG`] from now on, below the usual floor: for when the
+    /// fills in progress hold all the memory they may.
+    pub(super) fn press_lag(&mut self) {
+        self.lag_limit = Some(PRESSED_LAG);
+        self.let_go_beyond(PRESSED_LAG);
     }
 
     pub(super) fn close(&self, status: WriteStatus) {

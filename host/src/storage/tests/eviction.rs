@@ -175,9 +175,10 @@ async fn object_larger_than_its_budget_is_rejected_without_evicting() {
 /// that would go past it stops buffering (it is not stored), and whatever the fills held is
 /// given back when they end, stored or not.
 #[tokio::test]
-async fn fills_in_progress_are_bounded_by_the_global_budget() {
+async fn fills_in_progress_are_bounded_by_their_budget() {
     let budget = 1 << 20;
     let s = storage(budget, 1 << 20);
+    s.set_fill_budget(budget);
     let part = vec![7u8; 100 * 1024];
     let keys: Vec<CacheKey> = (0..3).map(|i| key(&format!("/fill/{i}"), "t")).collect();
     let mut fills = Vec::new();
@@ -189,7 +190,8 @@ async fn fills_in_progress_are_bounded_by_the_global_budget() {
         for fill in fills.iter_mut() {
             fill.write_body(part.clone().into(), false).await.unwrap();
         }
-        assert!(s.filling_bytes() <= budget);
+        // A fill that gave up still keeps a little for its readers.
+        assert!(s.filling_bytes() <= budget + crate::storage::stream::PRESSED_LAG);
     }
     assert!(s.filling_bytes() > budget / 2);
     for mut fill in fills {
@@ -202,9 +204,9 @@ async fn fills_in_progress_are_bounded_by_the_global_budget() {
         .iter()
         .map(Option::is_some)
         .collect();
-    // The one whose write went past the budget gave up and gave back its share: the others
-    // stored theirs.
-    assert_eq!(stored.iter().filter(|s| **s).count(), 2, "{stored:?}");
+    // The first fills stored theirs; one that went past the budget was not stored (what it
+    // still keeps for readers counts, so the next one may not fit either).
+    assert_eq!((stored[0], stored[2]), (true, false), "{stored:?}");
     // A fill dropped half way (its origin failed) gives back what it held too.
     let mut dropped = miss(s, &key("/dropped", "t")).await;
     dropped
@@ -218,12 +220,13 @@ async fn fills_in_progress_are_bounded_by_the_global_budget() {
 
 /// A fill that will not be stored still keeps chunks for readers that fall behind (up to
 /// the lag bound, 8 MiB at least): that counts against the same budget, and once it is
-/// spent such a fill keeps only its newest chunk. Fills abandoned by their clients (Pingora
-/// goes on filling) cannot pin the bound's worth of memory each.
+/// spent such a fill keeps 1 MiB at most. Fills abandoned by their clients (Pingora goes
+/// on filling) cannot pin the usual bound's worth of memory each.
 #[tokio::test]
 async fn fills_not_stored_keep_for_readers_only_what_the_budget_allows() {
     let budget = 1 << 20;
     let s = storage(budget, 256 * 1024);
+    s.set_fill_budget(budget);
     let part = vec![3u8; 64 * 1024];
     let mut stored = miss(s, &key("/stored", "t")).await;
     for _ in 0..2 {
@@ -244,13 +247,13 @@ async fn fills_not_stored_keep_for_readers_only_what_the_budget_allows() {
             .await
             .unwrap();
         assert!(
-            s.filling_bytes() <= budget + part.len() + 96,
+            s.filling_bytes() <= budget + crate::storage::stream::PRESSED_LAG + part.len(),
             "{} held with a budget of {budget}",
             s.filling_bytes()
         );
     }
-    // 2.5 MiB behind, well within the 8 MiB lag bound: it was cut off because the budget
-    // was spent, not for its lag.
+    // 2.5 MiB behind, well within the usual 8 MiB lag floor: it was cut off because the
+    // budget was spent.
     assert!(gone.read_body().await.is_err());
     drop(unstored);
     stored.write_body(part.clone().into(), false).await.unwrap();
