@@ -231,7 +231,9 @@ impl ServerApp for Front {
         // Counts the head being read as a request in flight until its own context does.
         let mut arriving = None;
         loop {
-            let head = (self.next_head(&mut stream, &mut buf, &mut stop, &mut arriving)).await?;
+            let head = self
+                .next_head(&mut stream, &mut buf, &mut stop, &mut arriving)
+                .await?;
             let (request, len, close) = match head {
                 Head::Plain {
                     request,

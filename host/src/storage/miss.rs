@@ -98,26 +98,31 @@ impl Miss {
         }
         if !self.hold(self.writer.retained()) {
             self.writer.press_lag();
-            let kept = self.writer.retained();
-            if kept > self.reserved {
-                self.storage.force_filling(kept - self.reserved);
-            } else {
-                self.storage.release_filling(self.reserved - kept);
-            }
-            self.reserved = kept;
+            self.hold_anyway(self.writer.retained());
         }
     }
 
     /// Makes this write's share `held` bytes; false (and unchanged) when taking more is
     /// beyond the budget.
     fn hold(&mut self, held: usize) -> bool {
-        if held <= self.reserved {
-            self.storage.release_filling(self.reserved - held);
-        } else if !self.storage.reserve_filling(held - self.reserved) {
+        if held > self.reserved && !self.storage.reserve_filling(held - self.reserved) {
             return false;
+        }
+        if held < self.reserved {
+            self.storage.release_filling(self.reserved - held);
         }
         self.reserved = held;
         true
+    }
+
+    /// Makes this write's share `held` bytes, past the budget if need be.
+    fn hold_anyway(&mut self, held: usize) {
+        if held > self.reserved {
+            self.storage.force_filling(held - self.reserved);
+        } else {
+            self.storage.release_filling(self.reserved - held);
+        }
+        self.reserved = held;
     }
 
     fn release_reserved(&mut self) {
