@@ -96,6 +96,23 @@ impl Setup {
             .unwrap_or_else(|e| panic!("{protocol:?} {method} {path}: {e}\n{}", self.proxy.log()));
         outcome.responses.remove(0)
     }
+    /// Runs `client` on a runtime of its own, given a new plain TCP connection to the proxy
+    /// (for tests that drive the `h2` crate directly).
+    fn with_plain_connection<T, F>(&self, client: impl FnOnce(tokio::net::TcpStream) -> F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.proxy.port))
+                .await
+                .unwrap();
+            client(tcp).await
+        })
+    }
 }
 
 /// Cache-Status without its `ttl` (which counts down between requests).
@@ -292,14 +309,7 @@ fn http2_connections_are_bounded_by_the_configured_streams_and_header_list() {
 #[test]
 fn an_idle_http2_connection_is_closed_after_h2_idle_timeout() {
     let setup = Setup::start("h2c = true\nh2_idle_timeout = \"400ms\"");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let idle_for = runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", setup.proxy.port))
-            .await
-            .unwrap();
+    let idle_for = setup.with_plain_connection(|tcp| async move {
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
         let closed = tokio::spawn(async move {
             let _ = connection.await;
@@ -561,14 +571,7 @@ fn a_stale_entry_is_refreshed_in_the_background_over_http2_too() {
 fn an_http2_client_that_takes_nothing_is_let_go_after_client_write_timeout() {
     let setup =
         Setup::start("h2c = true\nh2_idle_timeout = \"500ms\"\nclient_write_timeout = \"1s\"");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let ended_after = runtime.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", setup.proxy.port))
-            .await
-            .unwrap();
+    let ended_after = setup.with_plain_connection(|tcp| async move {
         let (client, connection) = h2::client::Builder::new()
             .initial_window_size(0)
             .handshake::<_, bytes::Bytes>(tcp)

@@ -391,20 +391,21 @@ impl Reloader {
         router: &TenantRouter,
         config: &TenantConfig,
     ) -> anyhow::Result<Tenant> {
-        let tenant = self.tenant_version(router, config)?;
-        if let Some(old) = router.tenants().iter().find(|t| t.name() == config.name) {
+        let running = router.tenants().iter().find(|t| t.name() == config.name);
+        let tenant = self.tenant_version(running.map(|t| &**t), config)?;
+        if let Some(old) = running {
             tenant.upstream.inherit_verdicts(&old.upstream);
         }
         Ok(tenant)
     }
 
-    /// [`Self::rebuild_tenant`]'s tenant, before it takes over what the running one knows.
+    /// [`Self::rebuild_tenant`]'s tenant, before it takes over what the running one
+    /// (`running`, the tenant of that name now serving) knows.
     fn tenant_version(
         &self,
-        router: &TenantRouter,
+        running: Option<&Tenant>,
         config: &TenantConfig,
     ) -> anyhow::Result<Tenant> {
-        let running = router.tenants().iter().find(|t| t.name() == config.name);
         let (generation, last_refusal) =
             running.map_or((1, None), |old| (old.generation(), old.plugin_refusal()));
         let promoted = running.is_some_and(|old| {
@@ -415,7 +416,7 @@ impl Reloader {
         });
         let shadow = match promoted {
             true => None,
-            false => self.shadow_for(config, running.map(|t| &**t))?,
+            false => self.shadow_for(config, running)?,
         };
         let (live_path, live_at, what) = match (&config.shadow, promoted) {
             (Some(shadow), true) => (&shadow.plugin, &shadow.plugin_at, "promoted shadow plugin"),
