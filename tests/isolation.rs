@@ -7,7 +7,7 @@ mod support;
 use support::client::{send, Resp};
 use support::origin::{Origin, Reply};
 use support::proxy::{run_cachet, Proxy, TenantSpec};
-use support::{fixture, plugin};
+use support::{fixture, plugin, proc_status_kib};
 
 /// Deadline for fixtures that do a lot of legitimate work (10 MB keys and
 /// bodies, allocating up to the limit) before the fault under test: the
@@ -263,6 +263,26 @@ fn oversized_keys_and_key_part_floods_are_refused() {
     let log = pair.proxy.log();
     assert!(log.contains("exceeds the limit of 4096"), "{log}");
     assert!(log.contains("parts, limit 32"), "{log}");
+}
+
+/// A key whose parts all point at one buffer costs the guest 1 MiB and a host that copies
+/// each part 100 MiB: the host stops copying at what the largest valid answer could hold.
+#[test]
+fn parts_sharing_one_buffer_are_refused_before_the_host_copies_them() {
+    let pair = Pair::start(
+        "huge-key",
+        "bypass",
+        &format!("memory = \"64MiB\"\nhook_timeout_ms = {SLOW_HOOK_MS}"),
+    );
+    let peak_before = proc_status_kib(pair.proxy.pid(), "VmHWM:");
+    for _ in 0..3 {
+        assert_bypassed(&pair.bad("/aliased-parts"), "invalid-output");
+    }
+    let grew_mib = proc_status_kib(pair.proxy.pid(), "VmHWM:").saturating_sub(peak_before) / 1024;
+    assert!(grew_mib < 40, "peak memory grew {grew_mib} MiB");
+    let log = pair.proxy.log();
+    assert!(log.contains("bytes one call may copy"), "{log}");
+    pair.assert_good_tenant_unharmed();
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use support::client::{get, send, Resp};
 use support::origin::{Origin, Reply};
 use support::proxy::{Proxy, TenantSpec};
+use support::wire::one;
 use support::{fixture, free_port};
 
 const CACHE: &str = "max_bytes = \"64MiB\"";
@@ -111,6 +112,26 @@ fn request_edits_reach_the_origin_and_the_key_exactly() {
     assert_status_has(&second, "hit");
     assert_eq!(second.text(), "origin /edited/a?id=1");
     assert_eq!(origin.hits(), 1);
+}
+
+/// A client's `Connection` removes the client's own field of that name before the plugin
+/// runs, never a field the plugin sets: the origin gets what the plugin keyed on (a field
+/// removed after the plugin would have stored the origin's answer to a request without it
+/// under the plugin's key, for everyone).
+#[test]
+fn a_field_the_plugin_sets_reaches_the_origin_whatever_connection_names() {
+    let origin = cacheable_origin("origin");
+    let proxy = v2_proxy(&origin, "");
+    let resp = one(
+        proxy.port,
+        "GET /edit/conn HTTP/1.1\r\nHost: site.test\r\nConnection: close, X-Edited\r\n\
+         X-Edited: client\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200, "{}", proxy.log());
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-edited"), Some("1"), "the plugin's field");
+    assert_eq!(seen[0].header("connection"), None);
 }
 
 #[test]

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::client::{get, send};
 use support::origin::{Origin, Reply, Seen};
-use support::plugin;
 use support::proxy::{Proxy, TenantSpec};
 use support::wire::{exchange, one, parse_responses, read_until_closed};
+use support::{plugin, proc_status_kib};
 
 const CACHE: &str = "max_bytes = \"64MiB\"";
 const TOKEN: &str = "security-test-token";
@@ -307,16 +307,6 @@ fn a_head_pipelined_behind_a_chunked_body_is_held_to_the_limit() {
 
 fn rss_kib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmRSS:")
-}
-
-/// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:` the peak).
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in {status}"))
 }
 
 /// A cacheable body sent without a length goes on filling after its client is gone (pingora

@@ -463,12 +463,7 @@ fn validate_warns_about_tenant_hosts_the_certificate_does_not_name() {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    support::proc_status_kib(pid, "VmRSS:")
 }
 
 #[test]

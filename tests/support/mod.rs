@@ -143,3 +143,13 @@ pub fn free_port() -> u16 {
         }
     }
 }
+
+/// A `/proc/PID/status` field of a process in KiB (`VmRSS:`, `VmHWM:` the peak).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in {status}"))
+}

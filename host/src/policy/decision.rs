@@ -296,7 +296,7 @@ pub(crate) fn request_plan(
     Ok(RequestPlan {
         decision: request_decision(raw.decision, limits)?,
         edits: super::edits::RequestEdits {
-            headers: super::edits::header_edits(raw.edits, "request")?,
+            headers: super::edits::request_header_edits(raw.edits)?,
             path_and_query: super::edits::path_and_query(raw.path_and_query, client_path)?,
         },
         backend,

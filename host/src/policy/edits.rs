@@ -17,6 +17,15 @@ const MAX_EDIT_BYTES: usize = crate::config::PINGORA_MAX_HEAD;
 /// Longest origin-form path and query a plugin may set.
 const MAX_PATH_AND_QUERY: usize = MAX_EDIT_BYTES;
 
+/// Request fields Pingora removes before the origin whatever the request says, beyond the
+/// framing and hop-by-hop ones every edit is refused: a plugin that set one would key on a
+/// value the origin never gets. (Removing one is allowed: it is already gone.)
+const NEVER_FORWARDED: [&str; 3] = [
+    "proxy-authorization",
+    "proxy-authenticate",
+    "http2-settings",
+];
+
 /// One checked change to a message's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {
@@ -89,6 +98,22 @@ pub fn apply_to_response(edits: &[HeaderEdit], resp: &mut ResponseHeader) {
     }
 }
 
+/// Checks the header edits of an `on-request`: [`header_edits`], and nothing set that the
+/// origin is never sent.
+pub fn request_header_edits(raw: Vec<raw::HeaderEdit>) -> Result<Vec<HeaderEdit>, String> {
+    let edits = header_edits(raw, "request")?;
+    for edit in &edits {
+        if let HeaderEdit::Set(name, _) | HeaderEdit::Append(name, _) = edit {
+            if NEVER_FORWARDED.contains(&name.as_str()) {
+                return Err(format!(
+                    "request edit of {name:?} refused: the origin is never sent it"
+                ));
+            }
+        }
+    }
+    Ok(edits)
+}
+
 /// Checks a list of raw header edits against the bounds and the framing rule.
 pub fn header_edits(raw: Vec<raw::HeaderEdit>, what: &str) -> Result<Vec<HeaderEdit>, String> {
     if raw.len() > MAX_EDITS {
@@ -145,7 +170,10 @@ pub fn path_and_query(raw: Option<String>, client_path: &str) -> Result<Option<S
     // WHATWG URL parsers (Node, browsers) read `\` as `/`: `/\host/` is `//host/` to them.
     let network = |path: &str| path.starts_with("//") || path.starts_with("/\\");
     let network_path = network(&target) && !network(client_path);
-    if !target.starts_with('/') || network_path || target.contains('#') {
+    // Every byte visible ASCII, as a client's target must be: anything else is
+    // percent-encoded, or the origin reads raw bytes cachet never checked.
+    let plain = target.bytes().all(|b| b.is_ascii_graphic());
+    if !target.starts_with('/') || network_path || target.contains('#') || !plain {
         return Err(format!(
             "path {target:?} is not in origin-form (\"/path?query\")"
         ));
@@ -187,6 +215,23 @@ mod tests {
         // A client's long cookie, kept by the plugin, is not too long.
         let cookie = vec![set("cookie", &"v".repeat(16 << 10))];
         assert!(header_edits(cookie, "test").is_ok());
+        // Request fields Pingora never forwards may be removed, not set.
+        for name in [
+            "Proxy-Authorization",
+            "proxy-authenticate",
+            "HTTP2-Settings",
+        ] {
+            assert!(
+                request_header_edits(vec![set(name, "x")]).is_err(),
+                "{name}"
+            );
+            let remove = raw::HeaderEdit::Remove(name.into());
+            assert!(request_header_edits(vec![remove]).is_ok(), "{name}");
+            assert!(
+                header_edits(vec![set(name, "x")], "response").is_ok(),
+                "{name}"
+            );
+        }
         assert_eq!(
             header_edits(vec![set("X-A", "1")], "test").unwrap(),
             vec![HeaderEdit::Set(
@@ -205,6 +250,8 @@ mod tests {
             "/a#frag",
             "/a b",
             "http://e/",
+            "/ä",
+            "/a\u{7f}",
         ] {
             assert!(path_and_query(Some(bad.into()), "/").is_err(), "{bad}");
         }

@@ -23,14 +23,20 @@ pub(crate) struct RequestHead<'a> {
 }
 
 impl<'a> RequestHead<'a> {
-    /// `request` as the origin will get it, with the `pending` fields written.
+    /// `request` as the origin will get it, with the `pending` fields written. The
+    /// client's `Connection` is left out: it describes the client's connection, and the
+    /// origin is never sent it (Pingora writes its own for an upgrade).
     pub(crate) fn of(request: &'a RequestHeader, pending: &PendingFields) -> Self {
         Self {
             method: request.method.as_str(),
             host: request_host(request),
             path: request.uri.path(),
             query: request.uri.query(),
-            headers: header_lines(|| pending.fields_after(&request.headers)),
+            headers: header_lines(|| {
+                pending
+                    .fields_after(&request.headers)
+                    .filter(|(name, _)| **name != http::header::CONNECTION)
+            }),
         }
     }
 
@@ -110,6 +116,8 @@ mod tests {
         req.append_header("Accept", "text/html").unwrap();
         req.append_header("accept", "*/*").unwrap();
         req.insert_header("X-Odd", &b"caf\xe9"[..]).unwrap();
+        // The client's Connection is never the origin's: not shown.
+        req.insert_header("Connection", "keep-alive").unwrap();
         let head = RequestHead::as_is(&req);
         assert_eq!(head.method, "GET");
         assert_eq!(head.host, "example.com");

@@ -61,6 +61,12 @@ fn all_headers(headers: &http::HeaderMap, name: &str) -> Vec<String> {
     headers.get_all(name).iter().map(lossy).collect()
 }
 
+/// Whether a request field is shown to a plugin: not the client's `Connection`, which the
+/// origin is never sent (as `heads::RequestHead` leaves it out for 0.3.0 plugins).
+fn shown_on_request(name: &str) -> bool {
+    !name.trim().eq_ignore_ascii_case("connection")
+}
+
 /// The host the client asked for: the Host header, else the URI authority.
 pub fn request_host(req: &pingora::http::RequestHeader) -> String {
     let raw = req
@@ -143,7 +149,10 @@ macro_rules! grant {
                     _: Resource<types::Request>,
                     name: String,
                 ) -> wasmtime::Result<Option<String>> {
-                    Ok(first_header(&self.scope.request()?.headers, &name))
+                    let request = self.scope.request()?;
+                    Ok(shown_on_request(&name)
+                        .then(|| first_header(&request.headers, &name))
+                        .flatten())
                 }
 
                 fn header_all(
@@ -151,7 +160,11 @@ macro_rules! grant {
                     _: Resource<types::Request>,
                     name: String,
                 ) -> wasmtime::Result<Vec<String>> {
-                    Ok(all_headers(&self.scope.request()?.headers, &name))
+                    let request = self.scope.request()?;
+                    match shown_on_request(&name) {
+                        true => Ok(all_headers(&request.headers, &name)),
+                        false => Ok(Vec::new()),
+                    }
                 }
 
                 fn drop(&mut self, _: Resource<types::Request>) -> wasmtime::Result<()> {

@@ -113,6 +113,7 @@ impl PolicyInstance {
         let configured = (!tenant.plugin_config.is_empty()).then(|| tenant.clone());
         let mut store = Store::new(engine.engine(), HostState::new(tenant, limits.memory_bytes));
         store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(limits.copy_budget());
         let ticker = engine.ticker().clone();
         let ticks = super::ticker::Ticker::ticks(limits.hook_timeout);
         ticker.arm(ticks);
@@ -336,7 +337,15 @@ fn classify(err: &wasmtime::Error, store: &Store<HostState>) -> PluginFault {
     if store.data().limiter.refused {
         return PluginFault::Memory;
     }
-    PluginFault::Trap(root_cause(err))
+    let cause = root_cause(err);
+    // wasmtime's words when a call would copy more than `PluginLimits::copy_budget`.
+    if cause.contains("fuel allocated for hostcalls has been exhausted") {
+        return PluginFault::InvalidOutput(format!(
+            "the plugin handed back more than the {} bytes one call may copy",
+            store.hostcall_fuel()
+        ));
+    }
+    PluginFault::Trap(cause)
 }
 
 /// Most idle instances kept per plugin version; more are simply dropped.

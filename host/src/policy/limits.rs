@@ -36,6 +36,25 @@ impl Default for PluginLimits {
     }
 }
 
+/// What a hook's answer may hold besides its body and key: request edits and a path (each up
+/// to a request head's size), reasons, synthetic headers, a load-time self-test's vectors.
+const ANSWER_ALLOWANCE: usize = 4 << 20;
+
+impl PluginLimits {
+    /// Most bytes the host copies out of the guest in one call (wasmtime's hostcall fuel,
+    /// 128 MiB unless set): the largest answer the host could accept, with room to spare.
+    /// Returned strings and lists are copied whole before the host checks them, and a guest
+    /// can hand back thousands of key parts that all point at one buffer: cheap for it, a
+    /// copy each for the host, outside the guest's memory limit and its deadline.
+    pub fn copy_budget(&self) -> usize {
+        let per_part = std::mem::size_of::<String>();
+        ANSWER_ALLOWANCE
+            .saturating_add(self.max_synthetic_body_bytes)
+            .saturating_add(self.max_key_bytes)
+            .saturating_add(self.max_key_parts.saturating_mul(per_part))
+    }
+}
+
 /// Store-level resource limiter that also remembers whether it refused memory,
 /// so a guest that traps after a failed allocation is reported as "memory",
 /// and whether the guest grew its memory past the initial size.

@@ -1,11 +1,13 @@
 //! The request's fields as the origin will get them, fixed before the plugin, the cache key
 //! or the Vary check reads any of them.
 //!
-//! Pingora removes the fields a client's `Connection` header nominates (and the standard
-//! hop-by-hop ones) only as it builds the origin's request. Until then they are still on the
-//! request, so a client could make the stored variant be chosen by a value the origin never
-//! saw: `Connection: Accept-Language` with `Accept-Language: fr` stores the origin's default
-//! page under `fr` for everybody. They go here, first. So does everything RFC 9112 asks a
+//! The fields a client's `Connection` header nominates (and the standard hop-by-hop ones)
+//! go here, first, and only here: Pingora is told not to remove nominated fields again as
+//! it builds the origin's request (`upstream::TenantUpstream::peer_for`). Left on the
+//! request, a client could make the stored variant be chosen by a value the origin never
+//! saw (`Connection: Accept-Language` with `Accept-Language: fr` stores the origin's default
+//! page under `fr` for everybody); removed after the plugin, a field the plugin set and
+//! keyed on would never reach the origin. So does everything RFC 9112 asks a
 //! server to refuse: a missing, repeated or malformed `Host` (§3.2), and `Content-Length`
 //! values that disagree (§6.3); agreeing repeats become one value, so no origin has to
 //! guess how to frame the body.
@@ -46,7 +48,7 @@ const PROTECTED: [&str; 4] = [
     "x-forwarded-proto",
 ];
 
-/// Most `Connection` nominations honoured, as Pingora's own bound.
+/// Most `Connection` nominations honoured; a longer list is refused.
 const MAX_NOMINATIONS: usize = 32;
 
 /// Brings `req` to the fields the origin will be sent, or says why it is a bad request.

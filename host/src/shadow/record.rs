@@ -1,7 +1,7 @@
 //! What operators see of a shadow: counts per hook and result, and the last disagreeing
 //! requests with both outputs. Only the method, host and path of a request are kept — never
-//! its body, its query's values, and never a cookie or credential value, even inside a cache
-//! key.
+//! its body, its query's values, and never a cookie or credential value (Authorization,
+//! and fields named like `X-Api-Key`), even inside a cache key.
 
 use super::compare::{Comparison, Outcome};
 use super::HOOKS;
@@ -141,6 +141,24 @@ struct Secrets {
     too_many: bool,
 }
 
+/// Whether a request field carries a credential by the usual naming: `X-Api-Key`,
+/// `X-Auth-Token`, `X-Amz-Security-Token`, `Ocp-Apim-Subscription-Key`, `X-Hub-Signature`,
+/// `X-Session-Id`... (Cookie and Authorization are read apart: their values have parts.)
+fn names_a_credential(name: &str) -> bool {
+    const WORDS: [&str; 7] = [
+        "auth",
+        "token",
+        "key",
+        "secret",
+        "session",
+        "password",
+        "signature",
+    ];
+    name != "authorization"
+        && name != "proxy-authorization"
+        && WORDS.iter().any(|word| name.contains(word))
+}
+
 const HIDDEN: &str = "[hidden]";
 /// Most cookie values, credentials and query pairs searched for in a request's texts.
 const MAX_SECRETS: usize = 256;
@@ -168,6 +186,11 @@ impl Secrets {
                     values.push(credentials.trim().to_owned());
                 }
                 values.push(text);
+            }
+        }
+        for (name, value) in &request.headers {
+            if names_a_credential(name.as_str()) {
+                values.push(String::from_utf8_lossy(value.as_bytes()).trim().to_owned());
             }
         }
         let mut words: Vec<String> = values.iter().flat_map(|v| as_written(v)).collect();
@@ -335,10 +358,18 @@ mod tests {
             .unwrap();
         req.insert_header("Authorization", "Bearer tok-123")
             .unwrap();
+        req.insert_header("X-Api-Key", "apikey-456").unwrap();
+        req.insert_header("X-Auth-Token", "authtok-789").unwrap();
+        req.insert_header("Accept", "text/html").unwrap();
         let secrets = Secrets::of(&req);
-        let hidden = secrets.hide(r#"cache, key ["/", "s3cr3t", "Bearer tok-123", "dark"]"#);
+        let hidden = secrets.hide(
+            r#"cache, key ["/", "s3cr3t", "Bearer tok-123", "dark", "apikey-456", "authtok-789", "text/html"]"#,
+        );
         assert!(!hidden.contains("s3cr3t"), "{hidden}");
         assert!(!hidden.contains("tok-123"), "{hidden}");
+        assert!(!hidden.contains("apikey-456"), "{hidden}");
+        assert!(!hidden.contains("authtok-789"), "{hidden}");
+        assert!(hidden.contains("text/html"), "{hidden}");
         assert!(!hidden.contains("dark"), "{hidden}");
         assert!(hidden.contains("[hidden]"));
     }

@@ -180,6 +180,14 @@ impl TenantUpstream {
         options.read_timeout = Some(origin.read_timeout.min(remaining));
         options.write_timeout = Some(origin.write_timeout.min(remaining));
         options.idle_timeout = Some(origin.idle_timeout);
+        // The fields a client's `Connection` nominates are removed before the plugin runs
+        // (`proxy::request_fields`). Pingora removing them again here, after the plugin's
+        // edits, would drop a field the plugin set and keyed on whenever a client named it:
+        // the origin's answer to a request without it stored under the plugin's key.
+        // Pingora still removes the hop-by-hop fields themselves, `Connection` among them.
+        options
+            .http_upstream_request_policy
+            .strip_connection_nominated = false;
         if target.tls {
             self.tls.apply(&mut peer, target);
         }
