@@ -798,6 +798,46 @@ fn a_purge_during_a_fetch_keeps_its_answer_from_being_stored() {
     }
 }
 
+/// A soft purge that comes while a fill's body is still arriving stops it from being stored,
+/// as a hard one does: the answer may be what was purged. It was stored fresh and the
+/// PURGE answered 404 (nothing stored yet; probe U).
+#[test]
+fn a_soft_purge_while_the_body_arrives_keeps_it_from_being_stored() {
+    let version = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let version = version.clone();
+        move |_| {
+            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+            Reply::ok(format!("v{v} {}", "x".repeat(4096)))
+                .header("Cache-Control", "max-age=300")
+                .body_pause(Duration::from_millis(800))
+        }
+    });
+    let proxy = token_proxy_for(&origin);
+    let url = proxy.url("/streaming");
+    let fetch = std::thread::spawn({
+        let url = url.clone();
+        move || get(&url)
+    });
+    sleep(Duration::from_millis(300));
+    let auth = bearer();
+    let purge = send(
+        "PURGE",
+        &url,
+        &[("Authorization", auth.as_str()), ("Cache-Purge-Soft", "1")],
+    );
+    assert_eq!(purge.status, 200, "the fill in flight was purged");
+    let first = fetch.join().unwrap();
+    assert_eq!(first.status, 200);
+    let next = get(&url);
+    assert!(
+        !next.cache_status().contains("hit"),
+        "the answer fetched across the soft purge was stored: {}",
+        next.cache_status()
+    );
+    assert!(next.text().starts_with("v2 "), "{}", &next.text()[..8]);
+}
+
 /// A purge or an invalidating request for another URL does not touch a fill in flight: with
 /// one purge time per tenant, any client's POST anywhere kept every slow answer from being
 /// stored (probe M), and a steady trickle of them kept the cache empty.

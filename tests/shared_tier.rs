@@ -235,6 +235,105 @@ fn two_nodes_share_objects_variants_and_purges() {
     assert!(shared_stats(&b)["hits"].as_u64().unwrap() >= 3);
 }
 
+/// A purge made on another node reaches every `Vary` variant this node holds in memory, as
+/// a purge made here does (hard and soft). It reached only the copy without variance, and
+/// the other node went on serving its variants as fresh hits.
+#[test]
+fn a_purge_from_another_node_reaches_every_variant() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    let langs = [[("Accept-Language", "en")], [("Accept-Language", "fr")]];
+    for soft in [&[][..], &[("Cache-Purge-Soft", "1")][..]] {
+        for lang in &langs {
+            get(&a, "/vary", lang);
+            let held = get(&a, "/vary", lang);
+            assert!(is_l1_hit(&held), "{lang:?}: {}", held.cache_status());
+        }
+        purge(&b, "/vary", soft);
+        for lang in &langs {
+            let started = Instant::now();
+            loop {
+                let resp = get(&a, "/vary", lang);
+                if !resp.cache_status().contains("; hit") {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "{lang:?} after the purge {soft:?}: {}",
+                    resp.cache_status()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// What another node purges is kept on this node's disk tier too: restarted while Redis had
+/// lost its marks, the node served the purged copies from disk (probe U).
+#[test]
+fn purges_from_another_node_hold_on_this_nodes_disk_across_a_restart() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let dir = tempfile::tempdir().unwrap();
+    let disk_node = || {
+        let proxy = Proxy::start_with_server(
+            &format!("admin_token = \"{TOKEN}\""),
+            &format!(
+                "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n\
+                 [cache.shared]\nurl = \"redis://127.0.0.1:{}\"\nkey_prefix = \"test:\"\n\
+                 op_timeout = \"200ms\"\n[plugins]\nwatch = false",
+                dir.path().display().to_string(),
+                redis.port
+            ),
+            &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !proxy.status()["cache"]["tiers"][1]["connected"]
+            .as_bool()
+            .unwrap_or(false)
+        {
+            assert!(Instant::now() < deadline, "never connected to Redis");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        proxy
+    };
+    let mut c = disk_node();
+    let a = node(&origin, redis.port);
+    for path in ["/obj", "/tagged"] {
+        assert!(get(&c, path, &[]).text().ends_with("#1"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.status()["cache"]["tiers"][0]["writes"]
+        .as_u64()
+        .unwrap_or(0)
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the disk tier never took both");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    purge(&a, "/obj", &[]);
+    purge(&a, "/", &[("Surrogate-Key", "t1")]);
+    // Purges reach the other nodes within milliseconds; C is not asked meanwhile, so its
+    // disk keeps the copies filled before them.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(c.interrupt(), "C stopped cleanly:\n{}", c.log());
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    let c = disk_node();
+    for path in ["/obj", "/tagged"] {
+        let resp = get(&c, path, &[]);
+        assert!(
+            resp.text().ends_with("#2"),
+            "{path} purged on A, served by C after its restart: {} {}",
+            resp.cache_status(),
+            resp.text()
+        );
+    }
+}
+
 #[test]
 fn a_redis_outage_fails_no_request_and_sharing_resumes() {
     let redis = Redis::start(free_port());

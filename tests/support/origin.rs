@@ -35,6 +35,8 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// How long the second half of the body waits after the head and the first half.
+    pub body_pause: Duration,
 }
 
 impl Reply {
@@ -44,6 +46,7 @@ impl Reply {
             headers: vec![("Content-Type".into(), "text/plain".into())],
             body: body.into(),
             delay: Duration::ZERO,
+            body_pause: Duration::ZERO,
         }
     }
 
@@ -59,6 +62,13 @@ impl Reply {
 
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Sends the head and the body's first half at once, the rest after `pause`: a fill
+    /// whose body is still arriving.
+    pub fn body_pause(mut self, pause: Duration) -> Self {
+        self.body_pause = pause;
         self
     }
 }
@@ -231,8 +241,15 @@ fn write_reply(conn: &mut TcpStream, reply: &Reply, head_only: bool) -> std::io:
         out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
     out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", reply.body.len()).as_bytes());
-    if !head_only {
-        out.extend_from_slice(&reply.body);
+    if head_only {
+        return conn.write_all(&out);
     }
-    conn.write_all(&out)
+    let (first, rest) = reply.body.split_at(reply.body.len() / 2);
+    out.extend_from_slice(first);
+    conn.write_all(&out)?;
+    if !reply.body_pause.is_zero() {
+        conn.flush()?;
+        std::thread::sleep(reply.body_pause);
+    }
+    conn.write_all(rest)
 }

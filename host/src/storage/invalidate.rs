@@ -15,29 +15,42 @@ impl MemoryStorage {
     /// writes in flight for them from being stored (they may carry what is being
     /// invalidated). Returns whether anything was there.
     pub fn purge_key(&self, key: &CacheKey) -> bool {
-        self.note_purge(&key.user_tag, Some(key.primary_bin()));
-        let mut index = self.index.write();
-        let mut removed = Vec::new();
-        let mut cancelled = false;
-        for slot in index.all_variants(&key.user_tag, &SlotKey::of(key)) {
-            removed.extend(index.remove(&key.user_tag, &slot));
-            cancelled |= index.cancel_writes(&key.user_tag, &slot);
-        }
-        drop(index);
-        // The entries' bodies are freed here, outside the lock.
-        !removed.is_empty() || cancelled
+        self.purge_variants(&key.user_tag, key.primary_bin(), &SlotKey::of(key), false)
     }
 
     /// Marks the objects stored under `key`'s primary key (every `Vary` variant) stale as of
-    /// now, keeping them for revalidation. Returns whether any was there.
+    /// now, keeping them for revalidation. Writes in flight for them are not stored, as for a
+    /// hard purge: they bring what is being purged, and stored they would be fresh. Returns
+    /// whether anything was there.
     pub fn expire_key(&self, key: &CacheKey) -> bool {
-        self.note_purge(&key.user_tag, Some(key.primary_bin()));
+        self.purge_variants(&key.user_tag, key.primary_bin(), &SlotKey::of(key), true)
+    }
+
+    /// Removes (or with `soft` expires) every `Vary` variant stored under `slot`'s primary
+    /// key `primary`, and stops the writes in flight for them from being stored. Whether
+    /// anything was there.
+    pub(super) fn purge_variants(
+        &self,
+        partition: &str,
+        primary: pingora_cache::key::HashBinary,
+        slot: &SlotKey,
+        soft: bool,
+    ) -> bool {
+        self.note_purge(partition, Some(primary));
         let mut index = self.index.write();
-        let mut expired = false;
-        for slot in index.all_variants(&key.user_tag, &SlotKey::of(key)) {
-            expired |= expire(&mut index, &key.user_tag, slot);
+        let mut affected = false;
+        let mut removed = Vec::new();
+        for variant in index.all_variants(partition, slot) {
+            affected |= index.cancel_writes(partition, &variant);
+            if soft {
+                affected |= expire(&mut index, partition, variant);
+            } else {
+                removed.extend(index.remove(partition, &variant));
+            }
         }
-        expired
+        drop(index);
+        // The entries' bodies are freed here, outside the lock.
+        affected || !removed.is_empty()
     }
 
     /// Removes every object of `partition` carrying any of `tags`, or with `soft` marks them

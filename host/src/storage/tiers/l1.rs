@@ -50,17 +50,11 @@ impl MemoryStorage {
         Some((entry.meta.to_meta().ok()?, entry.body.clone()))
     }
 
-    /// Removes (or with `soft` expires) an object named by its compact key.
+    /// Removes (or with `soft` expires) what is stored under a key named by its compact form
+    /// (as another node's purge names it), every `Vary` variant of it, as a purge made here
+    /// does: the key named only the slot without variance, and the variants stayed.
     pub(crate) fn purge_compact(&self, key: &CompactCacheKey, soft: bool) -> bool {
         let slot = SlotKey::of_compact(key);
-        self.note_purge(&key.user_tag, Some(key.primary));
-        let mut index = self.index.write();
-        if soft {
-            return super::super::invalidate::expire(&mut index, &key.user_tag, slot);
-        }
-        let removed = index.remove(&key.user_tag, &slot);
-        let cancelled = index.cancel_writes(&key.user_tag, &slot);
-        drop(index);
-        removed.is_some() || cancelled
+        self.purge_variants(&key.user_tag, key.primary, &slot, soft)
     }
 }

@@ -103,6 +103,7 @@ impl TieredStorage {
             let remote = shared::RemotePurges {
                 l1,
                 marks: purges.clone(),
+                disk: disk.clone().map(|tier| tier as Arc<dyn Tier>),
             };
             tiers.push(shared::SharedTier::start(config, runtime.handle(), remote)?);
         }

@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-/// Marks kept at most; the oldest go first. A mark older than every copy it could shadow is
-/// useless, so this only needs to cover the longest-lived objects purged since.
+/// Marks kept at most. Past that the oldest mark of the partition with the most goes, and
+/// what it said is folded into that partition's floor ("every copy written before t is
+/// gone"), so a dropped mark never brings a purged copy back: it costs copies of the
+/// partition that flooded the log instead (every request with an unsafe method leaves a
+/// mark, and any client can send those).
 pub(crate) const MAX_MARKS: usize = 65_536;
 
 /// What a purge names.
@@ -24,6 +27,19 @@ pub(crate) enum Target {
     Key(String),
     /// Every object of a partition carrying the tag.
     Tag { partition: String, tag: String },
+    /// Every object of a partition: what is left of its marks dropped to keep the log
+    /// bounded (a floor).
+    Partition(String),
+}
+
+impl Target {
+    /// The partition the target is in (none for a key that does not parse).
+    fn partition(&self) -> Option<String> {
+        match self {
+            Self::Key(hex) => Some(TierKey::from_hex(hex)?.partition()?.to_owned()),
+            Self::Tag { partition, .. } | Self::Partition(partition) => Some(partition.clone()),
+        }
+    }
 }
 
 /// One purge, as recorded, persisted and broadcast.
@@ -51,10 +67,69 @@ struct Mark {
     soft: Option<u64>,
 }
 
+impl Mark {
+    /// Raises the hard or soft time to `at`; whether it moved.
+    fn raise(&mut self, soft: bool, at: u64) -> bool {
+        let slot = if soft { &mut self.soft } else { &mut self.hard };
+        let moved = slot.is_none_or(|t| t < at);
+        *slot = Some(slot.map_or(at, |t| t.max(at)));
+        moved
+    }
+
+    /// Takes in everything `other` says.
+    fn absorb(&mut self, other: Mark) {
+        if let Some(at) = other.hard {
+            self.raise(false, at);
+        }
+        if let Some(at) = other.soft {
+            self.raise(true, at);
+        }
+    }
+
+    /// What this mark says about a copy written at `written_at`.
+    fn judge(&self, written_at: u64) -> Verdict {
+        if self.hard.is_some_and(|at| at >= written_at) {
+            return Verdict::Gone;
+        }
+        match self.soft.filter(|at| *at >= written_at) {
+            Some(at) => Verdict::Expire(at),
+            None => Verdict::Keep,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Marks {
     by_target: HashMap<Target, Mark>,
-    order: VecDeque<Target>,
+    /// Each partition's marks, oldest first.
+    order: HashMap<String, VecDeque<Target>>,
+    /// Marks in `order`, all partitions together.
+    len: usize,
+    /// Per partition, what the marks dropped to stay within [`MAX_MARKS`] said.
+    floors: HashMap<String, Mark>,
+    /// For every partition: a shared tier's kept marks were cut before this node read them.
+    floor_all: Mark,
+}
+
+impl Marks {
+    /// Drops the oldest mark of the partition with the most, into that partition's floor.
+    fn drop_one(&mut self) {
+        let Some((partition, order)) = self.order.iter_mut().max_by_key(|(_, o)| o.len()) else {
+            return;
+        };
+        let partition = partition.clone();
+        let oldest = order.pop_front();
+        if order.is_empty() {
+            self.order.remove(&partition);
+        }
+        let Some(target) = oldest else {
+            return;
+        };
+        self.len -= 1;
+        if let Some(mark) = self.by_target.remove(&target) {
+            self.floors.entry(partition).or_default().absorb(mark);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -65,25 +140,43 @@ pub(crate) struct PurgeLog {
 }
 
 impl PurgeLog {
-    pub(crate) fn record(&self, purge: &Purge) {
+    /// Takes in a purge. Whether it said anything new (a new mark, or a later time).
+    pub(crate) fn record(&self, purge: &Purge) -> bool {
+        self.any.store(true, Relaxed);
+        let Some(partition) = purge.target.partition() else {
+            return false;
+        };
         let mut marks = self.marks.lock();
+        if let Target::Partition(_) = purge.target {
+            return marks
+                .floors
+                .entry(partition)
+                .or_default()
+                .raise(purge.soft, purge.at);
+        }
         let fresh = !marks.by_target.contains_key(&purge.target);
         let mark = marks.by_target.entry(purge.target.clone()).or_default();
-        let slot = if purge.soft {
-            &mut mark.soft
-        } else {
-            &mut mark.hard
-        };
-        *slot = Some(slot.map_or(purge.at, |t| t.max(purge.at)));
+        let moved = mark.raise(purge.soft, purge.at);
         if fresh {
-            marks.order.push_back(purge.target.clone());
-            while marks.order.len() > MAX_MARKS {
-                if let Some(old) = marks.order.pop_front() {
-                    marks.by_target.remove(&old);
-                }
+            marks
+                .order
+                .entry(partition)
+                .or_default()
+                .push_back(purge.target.clone());
+            marks.len += 1;
+            while marks.len > MAX_MARKS {
+                marks.drop_one();
             }
         }
+        moved
+    }
+
+    /// Every copy of every partition written before `at` is gone: the shared tier's kept
+    /// marks were cut to their newest [`MAX_MARKS`] before this node read them, and a cut
+    /// mark was at most as recent as the oldest kept one.
+    pub(crate) fn forget_before(&self, at: u64) {
         self.any.store(true, Relaxed);
+        self.marks.lock().floor_all.raise(false, at);
     }
 
     /// Judges a copy named `key`, carrying `tags`, written at `written_at`.
@@ -93,6 +186,14 @@ impl PurgeLog {
         }
         let partition = key.partition().unwrap_or_default();
         let marks = self.marks.lock();
+        let mut floor = marks.floor_all;
+        if let Some(partition_floor) = marks.floors.get(partition) {
+            floor.absorb(*partition_floor);
+        }
+        let mut verdict = floor.judge(written_at);
+        if verdict == Verdict::Gone {
+            return verdict;
+        }
         let mut names = vec![Target::Key(key.to_hex())];
         // A purge by URL marks the primary key; it covers every variant stored under it.
         names.extend(key.without_variance().map(|k| Target::Key(k.to_hex())));
@@ -100,23 +201,47 @@ impl PurgeLog {
             partition: partition.to_owned(),
             tag: tag.to_string(),
         }));
-        let mut verdict = Verdict::Keep;
         for name in &names {
             let Some(mark) = marks.by_target.get(name) else {
                 continue;
             };
-            if mark.hard.is_some_and(|at| at >= written_at) {
-                return Verdict::Gone;
-            }
-            if let Some(at) = mark.soft.filter(|at| *at >= written_at) {
-                verdict = match verdict {
-                    Verdict::Expire(earlier) => Verdict::Expire(earlier.min(at)),
-                    _ => Verdict::Expire(at),
-                };
-            }
+            verdict = match (verdict, mark.judge(written_at)) {
+                (_, Verdict::Gone) => return Verdict::Gone,
+                (Verdict::Expire(a), Verdict::Expire(b)) => Verdict::Expire(a.min(b)),
+                (Verdict::Keep, other) => other,
+                (kept, Verdict::Keep) => kept,
+                (Verdict::Gone, _) => unreachable!("returned above"),
+            };
         }
         verdict
     }
+}
+
+/// `dropped` marks (the oldest, cut from a bounded file) as floors: per partition, one hard
+/// and one soft mark on the whole partition at the latest time each said.
+pub(crate) fn floors_of(dropped: impl IntoIterator<Item = Purge>) -> Vec<Purge> {
+    let mut floors: HashMap<String, Mark> = HashMap::new();
+    for purge in dropped {
+        if let Some(partition) = purge.target.partition() {
+            floors
+                .entry(partition)
+                .or_default()
+                .raise(purge.soft, purge.at);
+        }
+    }
+    let mut out = Vec::new();
+    for (partition, mark) in floors {
+        for (soft, at) in [(false, mark.hard), (true, mark.soft)] {
+            if let Some(at) = at {
+                out.push(Purge {
+                    target: Target::Partition(partition.clone()),
+                    at,
+                    soft,
+                });
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -165,6 +290,62 @@ mod tests {
         });
         assert_eq!(log.verdict(&key(), &tags, 5), Verdict::Gone);
         assert_eq!(log.verdict(&key(), &tags, 9), Verdict::Expire(10));
+    }
+
+    fn url(path: &str, partition: &str) -> TierKey {
+        TierKey::of(&CacheKey::new(path.as_bytes().to_vec(), partition))
+    }
+
+    /// Every request with an unsafe method leaves a mark: a client flooding one partition
+    /// with them pushes out that partition's own marks, whose copies stay gone.
+    #[test]
+    fn a_flooding_partition_loses_its_own_marks_and_never_brings_a_copy_back() {
+        let log = PurgeLog::default();
+        let tags: Vec<Box<str>> = vec!["t".into()];
+        log.record(&tag("t", 10, false));
+        for i in 0..MAX_MARKS as u64 + 10 {
+            log.record(&Purge {
+                target: Target::Key(url(&format!("/p{i}"), "flood").to_hex()),
+                at: 20 + i,
+                soft: false,
+            });
+        }
+        // The quiet partition's tag purge holds.
+        assert_eq!(log.verdict(&key(), &tags, 5), Verdict::Gone);
+        assert_eq!(log.verdict(&key(), &tags, 11), Verdict::Keep);
+        // The flood's eleven oldest marks went into its floor (the last of them at 30).
+        assert_eq!(log.verdict(&url("/p0", "flood"), &[], 25), Verdict::Gone);
+        assert_eq!(log.verdict(&url("/other", "flood"), &[], 30), Verdict::Gone);
+        assert_eq!(log.verdict(&url("/other", "flood"), &[], 31), Verdict::Keep);
+        assert_eq!(log.verdict(&url("/other", "site"), &[], 25), Verdict::Keep);
+    }
+
+    #[test]
+    fn marks_cut_from_a_file_or_a_shared_tier_leave_floors() {
+        let log = PurgeLog::default();
+        let dropped = [
+            tag("t", 10, false),
+            tag("u", 12, true),
+            Purge {
+                target: Target::Key(url("/x", "other").to_hex()),
+                at: 7,
+                soft: false,
+            },
+        ];
+        for floor in floors_of(dropped) {
+            assert!(log.record(&floor));
+        }
+        assert_eq!(log.verdict(&url("/any", "site"), &[], 9), Verdict::Gone);
+        assert_eq!(
+            log.verdict(&url("/any", "site"), &[], 11),
+            Verdict::Expire(12)
+        );
+        assert_eq!(log.verdict(&url("/any", "site"), &[], 13), Verdict::Keep);
+        assert_eq!(log.verdict(&url("/y", "other"), &[], 7), Verdict::Gone);
+        assert_eq!(log.verdict(&url("/y", "other"), &[], 8), Verdict::Keep);
+        log.forget_before(100);
+        assert_eq!(log.verdict(&url("/y", "other"), &[], 99), Verdict::Gone);
+        assert_eq!(log.verdict(&url("/y", "third"), &[], 101), Verdict::Keep);
     }
 
     #[test]

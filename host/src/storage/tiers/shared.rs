@@ -46,15 +46,18 @@ struct Message {
     purge: Purge,
 }
 
-/// Applies purges other nodes made to this node's L1 and purge marks.
+/// Applies purges other nodes made to this node's L1, purge marks and disk tier.
 pub(crate) struct RemotePurges {
     pub(crate) l1: &'static MemoryStorage,
     pub(crate) marks: Arc<PurgeLog>,
+    /// Keeps other nodes' purges as it keeps this node's: marks kept only in memory were
+    /// lost by a restart while Redis was empty or away, and the disk's copies came back.
+    pub(crate) disk: Option<Arc<dyn Tier>>,
 }
 
 impl RemotePurges {
     fn apply(&self, purge: &Purge) {
-        self.marks.record(purge);
+        self.keep(purge);
         match &purge.target {
             Target::Key(hex) => {
                 if let Some(key) = TierKey::from_hex(hex).and_then(|k| k.to_compact()) {
@@ -63,6 +66,18 @@ impl RemotePurges {
             }
             Target::Tag { partition, tag } => {
                 self.l1.purge_tags(partition, &[tag.as_str()], purge.soft);
+            }
+            // Only ever made from marks a node dropped; never sent on the channel.
+            Target::Partition(_) => {}
+        }
+    }
+
+    /// Marks a purge, and writes it to the disk tier when it says anything new (the disk
+    /// tier counts and logs its own failures).
+    fn keep(&self, purge: &Purge) {
+        if self.marks.record(purge) {
+            if let Some(disk) = &self.disk {
+                let _ = disk.publish(purge);
             }
         }
     }
@@ -485,14 +500,20 @@ async fn listen(
     let mut cmd = redis::pipe();
     cmd.cmd("ZRANGE").arg(channel).arg(0).arg(-1);
     let (kept,): (Vec<String>,) = conn.run(PURGE_TIMEOUT, cmd).await?;
-    for mark in kept
+    let marks: Vec<Purge> = kept
         .iter()
         .filter_map(|m| serde_json::from_str::<Purge>(m).ok())
-    {
+        .collect();
+    // A full set was cut to its newest marks, oldest first: what was cut is at most as
+    // recent as the first one kept.
+    if let (true, Some(oldest)) = (kept.len() >= MAX_MARKS, marks.first()) {
+        remote.marks.forget_before(oldest.at);
+    }
+    for mark in &marks {
         // Marks shadow L2 copies; only purges this node missed also touch its L1.
         match *missed_since {
-            Some(since) if mark.at >= since.saturating_sub(1_000_000_000) => remote.apply(&mark),
-            _ => remote.marks.record(&mark),
+            Some(since) if mark.at >= since.saturating_sub(1_000_000_000) => remote.apply(mark),
+            _ => remote.keep(mark),
         }
     }
     *missed_since = None;

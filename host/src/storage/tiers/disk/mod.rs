@@ -331,7 +331,8 @@ fn flock(file: &File, operation: libc::c_int) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), operation) == 0 }
 }
 
-/// The newest purge marks kept from earlier runs. An unreadable line (damaged, cut off by a
+/// The newest purge marks kept from earlier runs, after the floors the older ones left
+/// ([`super::purges::floors_of`]). An unreadable line (damaged, cut off by a
 /// crash, not UTF-8) is skipped alone: lines are split as bytes, so one bad byte cannot end
 /// the reading and lose every mark after it.
 fn read_marks(path: &Path) -> anyhow::Result<Vec<Purge>> {
@@ -358,9 +359,11 @@ fn read_marks(path: &Path) -> anyhow::Result<Vec<Purge>> {
             path.display()
         );
     }
+    // The oldest beyond the bound go, leaving floors behind: a purged copy never returns.
     let excess = marks.len().saturating_sub(MAX_MARKS);
-    marks.drain(..excess);
-    Ok(marks)
+    let mut kept = super::purges::floors_of(marks.drain(..excess));
+    kept.append(&mut marks);
+    Ok(kept)
 }
 
 /// Writes `marks` afresh and opens the file for appending.
@@ -432,6 +435,52 @@ mod tests {
         }
         std::fs::write(&path, bytes).unwrap();
         assert_eq!(read_marks(&path).unwrap(), vec![mark("a", 1), mark("c", 3)]);
+    }
+
+    /// Marks beyond the bound leave floors behind: after a restart, what the oldest purged
+    /// (a tag of one partition, here) stays purged, though their lines are gone.
+    #[test]
+    fn marks_beyond_the_bound_leave_floors_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("purges.jsonl");
+        let mark = |partition: &str, tag: String, at| Purge {
+            target: Target::Tag {
+                partition: partition.into(),
+                tag,
+            },
+            at,
+            soft: false,
+        };
+        let mut lines = String::new();
+        lines.push_str(&serde_json::to_string(&mark("quiet", "t".into(), 10)).unwrap());
+        lines.push('\n');
+        for i in 0..MAX_MARKS as u64 {
+            lines
+                .push_str(&serde_json::to_string(&mark("flood", format!("f{i}"), 20 + i)).unwrap());
+            lines.push('\n');
+        }
+        std::fs::write(&path, lines).unwrap();
+        let kept = read_marks(&path).unwrap();
+        let floor = Purge {
+            target: Target::Partition("quiet".into()),
+            at: 10,
+            soft: false,
+        };
+        assert_eq!(kept[0], floor);
+        assert_eq!(kept.len(), MAX_MARKS + 1);
+        let log = PurgeLog::default();
+        for mark in &kept {
+            log.record(mark);
+        }
+        let copy = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "quiet"));
+        let tags: Vec<Box<str>> = vec!["t".into()];
+        assert_eq!(
+            log.verdict(&copy, &tags, 9),
+            super::super::purges::Verdict::Gone
+        );
+        // Rewritten, the floor is a line like any other and is read back.
+        rewrite_marks(&path, &kept).unwrap();
+        assert_eq!(read_marks(&path).unwrap(), kept);
     }
 
     /// A purge the tier cannot record is reported, unless a tombstone alone keeps it.
