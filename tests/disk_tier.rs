@@ -534,6 +534,69 @@ fn a_truncated_object_is_a_miss_and_never_served() {
     });
 }
 
+/// One byte of one entry's header damaged while cachet was stopped costs that object and no
+/// other: the restart reads past the damaged entry to the next whole one, instead of cutting
+/// the segment there (which lost every later object of the segment).
+#[test]
+fn a_damaged_entry_header_costs_only_its_own_object() {
+    const OBJECTS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let origin = origin();
+    let mut first = start(&origin, &disk);
+    let bodies: Vec<String> = (0..OBJECTS)
+        .map(|i| get(&first, "one.test", &format!("/obj/{i}"), &[]).text())
+        .collect();
+    wait_writes(&first, OBJECTS as u64);
+    stop(&mut first);
+
+    // The segment's entries: `[magic (4), kind, reserved (3), key len (4), value len (4),
+    // crc (4), key, value]`. The second one is damaged, in its magic.
+    let (file, _) = find_in_segments(&disk, bodies[0].as_bytes()).expect("on disk");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let entry_len = |at: usize| {
+        let word = |from: usize| u32::from_le_bytes(bytes[from..from + 4].try_into().unwrap());
+        20 + word(at + 8) as usize + word(at + 12) as usize
+    };
+    let second = entry_len(0);
+    let second_end = second + entry_len(second);
+    assert_eq!(&bytes[second..second + 4], b"CSG1");
+    bytes[second + 1] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let find = |body: &String| find_in_segments(&disk, body.as_bytes()).unwrap().1;
+    let damaged: Vec<usize> = (0..OBJECTS)
+        .filter(|&i| (second..second_end).contains(&find(&bodies[i])))
+        .collect();
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    let damaged = damaged[0];
+
+    let restarted = start(&origin, &disk);
+    assert_eq!(disk_stats(&restarted)["objects"], OBJECTS - 1);
+    for (i, body) in bodies.iter().enumerate().filter(|(i, _)| *i != damaged) {
+        let resp = get(&restarted, "one.test", &format!("/obj/{i}"), &[]);
+        assert!(
+            resp.cache_status().ends_with(r#"; detail="l2-disk""#),
+            "/obj/{i} after the restart: {}",
+            resp.cache_status()
+        );
+        assert_eq!(&resp.text(), body, "/obj/{i}");
+    }
+    assert_eq!(origin.hits(), OBJECTS, "only the fills reached the origin");
+    let resp = get(&restarted, "one.test", &format!("/obj/{damaged}"), &[]);
+    assert!(
+        resp.cache_status().contains("fwd=miss"),
+        "{}",
+        resp.cache_status()
+    );
+    assert!(resp.text().contains("#2"), "the origin's new copy");
+    assert_eq!(origin.hits(), OBJECTS + 1);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len(),
+        bytes.len() as u64,
+        "the segment was not cut"
+    );
+}
+
 /// A soft URL purge of an object only on disk (after a restart) keeps the copy and makes it
 /// stale: the next request revalidates it with a conditional request, as for a copy in
 /// memory, instead of fetching it whole.

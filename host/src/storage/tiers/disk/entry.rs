@@ -6,7 +6,7 @@
 //! bit anywhere in them makes the entry unreadable, and it is never served.
 
 /// Marks the start of every entry.
-const MAGIC: &[u8; 4] = b"CSG1";
+pub(crate) const MAGIC: &[u8; 4] = b"CSG1";
 /// Bytes before the key.
 pub(crate) const HEADER: usize = 4 + 1 + 3 + 4 + 4 + 4;
 /// Longest key an entry may carry: a tier key is a tenant name (at most 64 KiB) and two
@@ -66,6 +66,32 @@ impl Header {
             && &entry[HEADER..HEADER + self.key_len] == key
             && checksum(self.kind, &entry[HEADER..]) == self.crc
     }
+
+    /// A checksum to feed this entry's key and value in pieces, so an entry can be checked
+    /// without holding it whole.
+    pub(crate) fn checker(&self) -> Checker {
+        Checker {
+            hasher: checksum_start(self.kind, self.key_len + self.value_len),
+            expected: self.crc,
+        }
+    }
+}
+
+/// The checksum of an entry read in pieces ([`Header::checker`]).
+pub(crate) struct Checker {
+    hasher: crc32fast::Hasher,
+    expected: u32,
+}
+
+impl Checker {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+    }
+
+    /// Whether the key and value fed match the header's checksum.
+    pub(crate) fn matches(self) -> bool {
+        self.hasher.finalize() == self.expected
+    }
 }
 
 /// Encodes an entry (`value` empty for a tombstone).
@@ -89,11 +115,17 @@ pub(crate) fn encode(kind: Kind, key: &[u8], value: &[u8]) -> Vec<u8> {
 /// The checksum of an entry's kind and of its key and value (`rest`); the lengths are
 /// implied by `rest`'s length and the key, which the reader compares.
 fn checksum(kind: Kind, rest: &[u8]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&[kind as u8]);
-    hasher.update(&(rest.len() as u64).to_le_bytes());
+    let mut hasher = checksum_start(kind, rest.len());
     hasher.update(rest);
     hasher.finalize()
+}
+
+/// The checksum of an entry's kind and length, to be fed its key and value.
+fn checksum_start(kind: Kind, rest_len: usize) -> crc32fast::Hasher {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&[kind as u8]);
+    hasher.update(&(rest_len as u64).to_le_bytes());
+    hasher
 }
 
 #[cfg(test)]
@@ -138,6 +170,21 @@ mod tests {
         let mut empty_key = encode(Kind::Value, b"k", b"v");
         empty_key[8..12].copy_from_slice(&0u32.to_le_bytes());
         assert!(Header::parse(&empty_key).is_none());
+    }
+
+    #[test]
+    fn an_entry_fed_in_pieces_checks_as_a_whole_one() {
+        let entry = encode(Kind::Value, b"key", b"a value in pieces");
+        let header = Header::parse(&entry).unwrap();
+        let mut checker = header.checker();
+        for piece in entry[HEADER..].chunks(5) {
+            checker.update(piece);
+        }
+        assert!(checker.matches());
+        let mut damaged = header.checker();
+        damaged.update(&entry[HEADER..entry.len() - 1]);
+        damaged.update(b"X");
+        assert!(!damaged.matches());
     }
 
     #[test]

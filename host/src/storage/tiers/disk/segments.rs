@@ -11,14 +11,14 @@
 //! The index keeps a keyed hash of each key, not the key: the entry on disk carries its key,
 //! and a read checks it (with the entry's checksum) before anything is served.
 
-use super::entry::{self, Header, Kind, HEADER};
+use super::entry::{self, Header, Kind, HEADER, MAGIC};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::hash::BuildHasher;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,8 +99,8 @@ impl std::fmt::Display for ReadError {
 
 impl SegmentStore {
     /// Opens the segments in `dir` (made if missing), reading their entries back into the
-    /// index. A damaged or unfinished tail of a segment (a crash mid-write, a truncated file) is
-    /// cut off; every entry before it stays.
+    /// index. A damaged entry is skipped and every whole one after it kept; an unfinished tail
+    /// of a segment (a crash mid-write, a truncated file) is cut off.
     pub(crate) fn open(dir: &Path, limits: Limits) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let hasher = RandomState::new();
@@ -422,35 +422,47 @@ fn read_cached(_file: &File, _buf: &mut [u8], _offset: u64) -> bool {
     false
 }
 
-/// Reads a segment's entries into `entries` (tombstones remove), cutting the file at the
-/// first entry that is not whole. Returns the keys it added and the segment's length.
+/// Reads a segment's entries into `entries` (tombstones remove). Past an entry that is not
+/// whole (a damaged header, a length beyond the file) the scan resumes at the next entry that
+/// checks out ([`Resync`]): one bad byte costs that entry, not the rest of the segment. The
+/// file is cut only after the last whole entry, when nothing valid follows it (a crash
+/// mid-write). Returns the keys it added and the segment's length.
 fn recover(
     file: &File,
     id: u64,
     hasher: &RandomState,
     entries: &mut HashMap<u64, Loc>,
 ) -> io::Result<(Vec<u64>, u64)> {
-    let file_len = file.metadata()?.len();
+    // Offsets and lengths in the index are 32 bits; this store never writes more.
+    let file_len = file.metadata()?.len().min(u32::MAX.into());
     let mut reader = BufReader::with_capacity(SCAN_BUFFER, file);
+    let mut resync = Resync::new(file, file_len);
     let mut keys = Vec::new();
     let mut offset = 0u64;
+    // Where the last entry read starts, and where it ends.
+    let mut last_start = None;
+    let mut end = 0u64;
     let mut header = [0u8; HEADER];
     let mut key = Vec::new();
     while offset < file_len {
-        if reader.read_exact(&mut header).is_err() {
-            break;
-        }
-        let Some(parsed) = Header::parse(&header) else {
-            break;
+        let parsed = match reader.read_exact(&mut header) {
+            Ok(()) => Header::parse(&header).filter(|h| offset + h.entry_len() as u64 <= file_len),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
+            Err(e) => return Err(e),
+        };
+        let Some(parsed) = parsed else {
+            // The entry before may be the damaged one (a flipped length bit leads here), so
+            // the search starts just after its start.
+            let from = last_start.unwrap_or(offset) + 1;
+            let Some(next) = resync.next_entry(from)? else {
+                break;
+            };
+            tracing::warn!("disk tier: segment {id:016x}: damaged bytes {offset}..{next} skipped");
+            offset = next;
+            reader.seek(SeekFrom::Start(next))?;
+            continue;
         };
         let len = parsed.entry_len() as u64;
-        if offset + len > file_len {
-            break;
-        }
-        // Only files this store wrote are read: none is larger than a segment.
-        let (Ok(offset32), Ok(len32)) = (u32::try_from(offset), u32::try_from(len)) else {
-            break;
-        };
         key.resize(parsed.key_len, 0);
         reader.read_exact(&mut key)?;
         reader.seek_relative(parsed.value_len as i64)?;
@@ -459,8 +471,9 @@ fn recover(
             Kind::Value => {
                 let loc = Loc {
                     segment: id,
-                    offset: offset32,
-                    len: len32,
+                    // Within `file_len`, so within 32 bits.
+                    offset: offset as u32,
+                    len: len as u32,
                 };
                 entries.insert(hash, loc);
                 keys.push(hash);
@@ -469,12 +482,95 @@ fn recover(
                 entries.remove(&hash);
             }
         }
+        last_start = Some(offset);
         offset += len;
+        end = offset;
     }
-    if offset < file_len {
-        file.set_len(offset)?;
+    if end < file.metadata()?.len() {
+        file.set_len(end)?;
     }
-    Ok((keys, offset))
+    Ok((keys, end))
+}
+
+/// Finds where whole entries resume after one that is not. The magic alone proves nothing (a
+/// body may hold those bytes, even a header that parses), so a candidate must parse, lie
+/// within the file and match its checksum, read in pieces. (A body made to hold a whole entry,
+/// checksum and all, would pass: a CRC is no defence against a forger, only against damage.)
+struct Resync<'a> {
+    file: &'a File,
+    len: u64,
+    /// Bytes it may still read checking candidates: a body full of lookalike headers cannot
+    /// make a start-up read the segment over and over. Real entries take one read each.
+    budget: u64,
+}
+
+impl<'a> Resync<'a> {
+    fn new(file: &'a File, len: u64) -> Self {
+        Self {
+            file,
+            len,
+            budget: len.saturating_mul(2),
+        }
+    }
+
+    /// The offset of the first entry at or after `from` that checks out; `None` when there
+    /// is none (a torn tail) or the budget is spent.
+    fn next_entry(&mut self, from: u64) -> io::Result<Option<u64>> {
+        let mut window = vec![0u8; SCAN_BUFFER.min(self.len as usize)];
+        let mut at = from;
+        while at + HEADER as u64 <= self.len {
+            let n = window.len().min((self.len - at) as usize);
+            self.file.read_exact_at(&mut window[..n], at)?;
+            let found = window[..n].windows(MAGIC.len()).enumerate();
+            for (i, _) in found.filter(|(_, w)| w == MAGIC) {
+                let candidate = at + i as u64;
+                if self.checks_out(candidate)? {
+                    return Ok(Some(candidate));
+                }
+                if self.budget == 0 {
+                    return Ok(None);
+                }
+            }
+            if at + n as u64 >= self.len {
+                break;
+            }
+            // Windows overlap, so a magic across their boundary is seen.
+            at += (n - (MAGIC.len() - 1)) as u64;
+        }
+        Ok(None)
+    }
+
+    /// Whether a whole, intact entry starts at `at`.
+    fn checks_out(&mut self, at: u64) -> io::Result<bool> {
+        let mut header = [0u8; HEADER];
+        if at + HEADER as u64 > self.len {
+            return Ok(false);
+        }
+        self.file.read_exact_at(&mut header, at)?;
+        let Some(parsed) = Header::parse(&header) else {
+            return Ok(false);
+        };
+        let rest = (parsed.entry_len() - HEADER) as u64;
+        if at + HEADER as u64 + rest > self.len {
+            return Ok(false);
+        }
+        if rest > self.budget {
+            self.budget = 0;
+            return Ok(false);
+        }
+        self.budget -= rest;
+        let mut checker = parsed.checker();
+        let mut piece = vec![0u8; (rest as usize).min(64 << 10)];
+        let mut read = 0;
+        while read < rest {
+            let n = piece.len().min((rest - read) as usize);
+            self.file
+                .read_exact_at(&mut piece[..n], at + HEADER as u64 + read)?;
+            checker.update(&piece[..n]);
+            read += n as u64;
+        }
+        Ok(checker.matches())
+    }
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -665,6 +761,95 @@ mod tests {
         assert!(again.get(b"second").await.unwrap().is_none());
         let first_len = (HEADER + 5 + 300) as u64;
         assert_eq!(std::fs::metadata(&path).unwrap().len(), first_len, "cut");
+    }
+
+    /// Stores `count` values of 100 bytes (entries of 123 bytes, so no damaged length lands
+    /// on another entry's start) in one segment; returns their keys and the segment's path.
+    fn stored(dir: &Path, count: u8) -> (Vec<Vec<u8>>, PathBuf) {
+        let store = roomy(dir);
+        let keys: Vec<Vec<u8>> = (0..count).map(|i| vec![b'k', i]).collect();
+        for (i, key) in keys.iter().enumerate() {
+            store.put(key, &value(100, i as u8)).unwrap();
+        }
+        (keys, segment_path(dir, 0))
+    }
+
+    /// Flips `mask` into byte `at` of the segment file.
+    fn damage(path: &Path, at: usize, mask: u8) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[at] ^= mask;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_damaged_header_costs_its_entry_and_no_other() {
+        const ENTRY: usize = HEADER + 2 + 100;
+        for at in 0..HEADER {
+            for mask in [0x01, 0x80, 0xff] {
+                let dir = tempfile::tempdir().unwrap();
+                let (keys, path) = stored(dir.path(), 10);
+                let len = std::fs::metadata(&path).unwrap().len();
+                damage(&path, 3 * ENTRY + at, mask);
+
+                let again = roomy(dir.path());
+                let what = format!("byte {at} ^ {mask:#x}");
+                for (i, key) in keys.iter().enumerate() {
+                    let read = again.get(key).await;
+                    if i == 3 {
+                        assert!(!matches!(read, Ok(Some(_))), "{what}: served");
+                    } else {
+                        assert_eq!(read.unwrap(), Some(value(100, i as u8).into()), "{what}");
+                    }
+                }
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "{what}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_magic_inside_a_body_is_not_taken_for_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = roomy(dir.path());
+        // A body holding a header that parses and fits the file, and one whole entry whose
+        // checksum is wrong.
+        let mut lookalike = entry::encode(Kind::Value, b"fake", b"fake value");
+        lookalike[HEADER] = b'F';
+        let mut body = b"CSG1 at the start; ".to_vec();
+        body.extend_from_slice(&lookalike);
+        body.extend_from_slice(&entry::encode(Kind::Value, b"long", &[0; 200])[..HEADER]);
+        store.put(b"first", b"v").unwrap();
+        store.put(b"holder", &body).unwrap();
+        store.put(b"after", b"kept").unwrap();
+        drop(store);
+        let path = segment_path(dir.path(), 0);
+        let holder_at = HEADER + b"first".len() + 1;
+        damage(&path, holder_at, 0xff);
+
+        let again = roomy(dir.path());
+        assert!(!again.contains(b"holder"));
+        assert!(!again.contains(b"fake") && !again.contains(b"Fake"));
+        assert!(!again.contains(b"long"));
+        assert_eq!(again.get(b"first").await.unwrap().unwrap(), &b"v"[..]);
+        assert_eq!(again.get(b"after").await.unwrap().unwrap(), &b"kept"[..]);
+        assert_eq!(again.entries(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_tombstone_after_a_damaged_entry_still_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = roomy(dir.path());
+        store.put(b"gone", b"old").unwrap();
+        store.put(b"damaged", b"x").unwrap();
+        assert!(store.remove(b"gone").unwrap());
+        store.put(b"last", b"y").unwrap();
+        drop(store);
+        let damaged_at = HEADER + b"gone".len() + 3;
+        damage(&segment_path(dir.path(), 0), damaged_at, 0xff);
+
+        let again = roomy(dir.path());
+        assert!(!again.contains(b"gone"), "the tombstone was read");
+        assert!(!again.contains(b"damaged"));
+        assert_eq!(again.get(b"last").await.unwrap().unwrap(), &b"y"[..]);
     }
 
     #[tokio::test]
