@@ -552,6 +552,58 @@ fn a_value_damaged_in_redis_is_a_miss_and_never_served() {
     );
 }
 
+/// A record says which object it was written for: `/x`'s value copied onto `/y`'s name in
+/// Redis (a mix-up, or a hand with write access) is refused by a node that never held either,
+/// counted as corrupt and answered from the origin, never with `/x`'s body.
+#[test]
+fn a_value_copied_onto_another_objects_name_is_never_served_for_it() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let x = get(&a, "/x", &[]).text();
+    get(&a, "/y", &[]);
+    wait_writes(&a, 2);
+
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("test:o:*").query(&mut conn).unwrap();
+    let values: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|key| redis::cmd("GET").arg(key).query(&mut conn).unwrap())
+        .collect();
+    let holding = |body: &str| {
+        let at = values
+            .iter()
+            .position(|v| v.ends_with(body.as_bytes()))
+            .unwrap_or_else(|| panic!("{body} is in Redis"));
+        (&keys[at], &values[at])
+    };
+    let (_, x_value) = holding(&x);
+    let (y_key, _) = holding("/y in - #1");
+    let _: () = redis::cmd("SET")
+        .arg(y_key)
+        .arg(x_value)
+        .query(&mut conn)
+        .unwrap();
+
+    let c = node(&origin, redis.port);
+    let resp = get(&c, "/y", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=miss"),
+        "{}",
+        resp.cache_status()
+    );
+    assert_eq!(resp.text(), "/y in - #2", "never /x's body");
+    assert_eq!(origin.hits_for("/y"), 2);
+    let stats = shared_stats(&c);
+    assert_eq!(stats["corrupt"], 1, "{stats}");
+    assert!(c.log().contains("written for another key"), "{}", c.log());
+    // `/x`'s own copy is still shared.
+    let resp = get(&c, "/x", &[]);
+    assert!(is_shared_hit(&resp), "{}", resp.cache_status());
+    assert_eq!(resp.text(), x);
+}
+
 /// A soft URL purge keeps the shared copy and makes it stale: a node that never held the
 /// object in memory revalidates the copy from Redis with a conditional request, instead of
 /// fetching it whole.

@@ -1,8 +1,10 @@
 //! Large bodies in the L2 tiers: a head record plus fixed-size chunks, so a hit streams
 //! chunk by chunk instead of reading (and holding) the whole body first.
 //!
-//! Head: `[magic "CTH1" (4), written_at ns (8), internal len (4), header len (4), body len
-//! (8), chunk size (4), chunk count (4), internal, header, xxh3 of each chunk (8 each)]`.
+//! Head: `[magic "CTH2" (4), key digest (8), written_at ns (8), internal len (4), header len
+//! (4), body len (8), chunk size (4), chunk count (4), internal, header, xxh3 of each chunk (8
+//! each)]`. The key digest ([`TierKey::digest`]) names the key the head was written under, as a
+//! whole record's does: a head copied onto another name is refused.
 //! Chunk `i` is stored under [`TierKey::chunk`]`(written_at, i)` as `[magic "CTC1" (4),
 //! written_at (8), index (4), data]`. A chunk is accepted only when its magic, write,
 //! index, length and checksum all match the head: a chunk of another write, a truncated or
@@ -16,9 +18,9 @@ use super::key::TierKey;
 use bytes::{BufMut, Bytes, BytesMut};
 use xxhash_rust::xxh3::xxh3_64;
 
-pub(crate) const HEAD_MAGIC: &[u8; 4] = b"CTH1";
+pub(crate) const HEAD_MAGIC: &[u8; 4] = b"CTH2";
 const CHUNK_MAGIC: &[u8; 4] = b"CTC1";
-const HEAD_FIXED: usize = 4 + 8 + 4 + 4 + 8 + 4 + 4;
+const HEAD_FIXED: usize = 4 + 8 + 8 + 4 + 4 + 8 + 4 + 4;
 const CHUNK_FIXED: usize = 4 + 8 + 4;
 /// Bytes per chunk: what one in-flight L2 hit holds (plus one chunk read ahead).
 pub(crate) const CHUNK_BYTES: usize = 512 << 10;
@@ -112,8 +114,9 @@ pub(crate) fn encode_chunk(body: &[Bytes], written_at: u64, index: usize) -> (By
     (out.freeze(), hash)
 }
 
-/// The head of a chunked body; `None` when a length does not fit its field.
+/// The head of a chunked body stored under `key`; `None` when a length does not fit its field.
 pub(crate) fn encode_head(
+    key: &TierKey,
     internal: &[u8],
     header: &[u8],
     body_len: usize,
@@ -123,6 +126,7 @@ pub(crate) fn encode_head(
     let mut out =
         BytesMut::with_capacity(HEAD_FIXED + internal.len() + header.len() + 8 * hashes.len());
     out.put_slice(HEAD_MAGIC);
+    out.put_u64(key.digest());
     out.put_u64(written_at);
     out.put_u32(u32::try_from(internal.len()).ok()?);
     out.put_u32(u32::try_from(header.len()).ok()?);
@@ -144,17 +148,22 @@ pub(crate) struct Head<'a> {
     pub(crate) plan: Plan,
 }
 
-/// Decodes a head, checking that every length adds up.
-pub(crate) fn decode_head(value: &[u8]) -> Result<Head<'_>, String> {
+/// Decodes the head stored under `key`, checking that it was written for `key` and that every
+/// length adds up.
+pub(crate) fn decode_head<'a>(value: &'a [u8], key: &TierKey) -> Result<Head<'a>, String> {
     if value.len() < HEAD_FIXED || &value[..4] != HEAD_MAGIC {
         return Err("not a cachet head".into());
     }
     let u32_at =
         |at: usize| u32::from_be_bytes(value[at..at + 4].try_into().unwrap_or_default()) as usize;
-    let written_at = u64::from_be_bytes(value[4..12].try_into().unwrap_or_default());
-    let (internal_len, header_len) = (u32_at(12), u32_at(16));
-    let body_len = u64::from_be_bytes(value[20..28].try_into().unwrap_or_default());
-    let (chunk_bytes, count) = (u32_at(28), u32_at(32));
+    let u64_at = |at: usize| u64::from_be_bytes(value[at..at + 8].try_into().unwrap_or_default());
+    if u64_at(4) != key.digest() {
+        return Err("head written for another key".into());
+    }
+    let written_at = u64_at(12);
+    let (internal_len, header_len) = (u32_at(20), u32_at(24));
+    let body_len = u64_at(28);
+    let (chunk_bytes, count) = (u32_at(36), u32_at(40));
     let body_len = usize::try_from(body_len).map_err(|_| "body too long")?;
     if chunk_bytes == 0 || count > MAX_CHUNKS || body_len.div_ceil(chunk_bytes) != count {
         return Err(format!(
@@ -195,13 +204,20 @@ mod tests {
         data.chunks(100_003).map(Bytes::copy_from_slice).collect()
     }
 
+    fn name(path: &str) -> TierKey {
+        TierKey::of(&pingora_cache::CacheKey::new(
+            path.as_bytes().to_vec(),
+            "site",
+        ))
+    }
+
     fn stored(body: &[Bytes], written_at: u64) -> (Bytes, Vec<Bytes>) {
         let len: usize = body.iter().map(Bytes::len).sum();
         let (chunks, hashes): (Vec<Bytes>, Vec<u64>) = (0..count_for(len))
             .map(|i| encode_chunk(body, written_at, i))
             .unzip();
         (
-            encode_head(b"in", b"hd", len, written_at, &hashes).unwrap(),
+            encode_head(&name("/x"), b"in", b"hd", len, written_at, &hashes).unwrap(),
             chunks,
         )
     }
@@ -210,7 +226,7 @@ mod tests {
     fn chunks_rebuild_the_body() {
         let body = body(3 * CHUNK_BYTES + 12_345);
         let (head, chunks) = stored(&body, 9);
-        let head = decode_head(&head).unwrap();
+        let head = decode_head(&head, &name("/x")).unwrap();
         assert_eq!((head.internal, head.header), (&b"in"[..], &b"hd"[..]));
         assert_eq!(head.plan.count(), 4);
         let mut rebuilt = Vec::new();
@@ -224,7 +240,7 @@ mod tests {
     fn altered_truncated_or_foreign_chunks_are_refused() {
         let body = body(2 * CHUNK_BYTES + 1);
         let (head, chunks) = stored(&body, 9);
-        let plan = decode_head(&head).unwrap().plan;
+        let plan = decode_head(&head, &name("/x")).unwrap().plan;
         let mut altered = chunks[1].to_vec();
         altered[CHUNK_FIXED + 5] ^= 1;
         assert!(plan.verify(1, &Bytes::from(altered)).is_err());
@@ -234,6 +250,14 @@ mod tests {
         assert!(plan.verify(0, &chunks[1]).is_err(), "wrong index");
         let (_, other) = stored(&body, 10);
         assert!(plan.verify(1, &other[1]).is_err(), "another write");
-        assert!(decode_head(&head[..head.len() - 1]).is_err());
+        assert!(decode_head(&head[..head.len() - 1], &name("/x")).is_err());
+    }
+
+    #[test]
+    fn a_head_is_refused_under_another_name() {
+        let (head, _) = stored(&body(CHUNK_BYTES + 1), 9);
+        assert!(decode_head(&head, &name("/x")).is_ok());
+        let refused = decode_head(&head, &name("/y")).err().unwrap();
+        assert!(refused.contains("another key"), "{refused}");
     }
 }

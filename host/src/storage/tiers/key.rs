@@ -93,6 +93,12 @@ impl TierKey {
         &self.0
     }
 
+    /// What a stored record carries to say which name it was written under: a value copied
+    /// to another name (a mix-up, or another tenant's name) no longer matches.
+    pub(crate) fn digest(&self) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(&self.0)
+    }
+
     pub(crate) fn to_hex(&self) -> String {
         hex::encode(&self.0)
     }

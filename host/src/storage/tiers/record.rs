@@ -3,26 +3,30 @@
 //! re-framed uncompressed by [`super::head_frame`]) and the body.
 //! Bodies over [`chunks::SINGLE_MAX`] are stored as a head and chunks instead ([`chunks`]).
 //!
-//! `[magic "CTR2" (4), written_at ns (8), internal len (4), header len (4), body len (8),
-//! crc32 (4), internal, header, body]`. The CRC-32 covers every other byte of the value, so a
-//! flipped bit anywhere is found, as the disk tier's entries and the chunks of large bodies
-//! are; the lengths are checked too. A value that does not check out is [`DecodeError::Corrupt`],
-//! which the tier layer counts, treats as a miss and removes. A record of another version
-//! ("CTR1" had no checksum) is [`DecodeError::Outdated`]: a miss the next fill replaces.
+//! `[magic "CTR3" (4), key digest (8), written_at ns (8), internal len (4), header len (4),
+//! body len (8), crc32 (4), internal, header, body]`. The CRC-32 covers every other byte of the
+//! value, so a flipped bit anywhere is found, as the disk tier's entries and the chunks of large
+//! bodies are; the lengths are checked too. The key digest ([`TierKey::digest`]) names the key
+//! the record was written under: Redis keys are only names, and a value copied onto another
+//! object's (or tenant's) name must not be served there. A value that does not check out, or
+//! was written for another key, is [`DecodeError::Corrupt`], which the tier layer counts, treats
+//! as a miss and removes. A record of another version ("CTR1" had no checksum, "CTR2" and the
+//! chunked head "CTH1" no key) is [`DecodeError::Outdated`]: a miss the next fill replaces.
 
 use super::super::internal_fields::InternalFields;
 use super::super::meta;
 use super::chunks::{self, Plan};
 use super::head_frame;
+use super::key::TierKey;
 use bytes::{BufMut, Bytes, BytesMut};
 use pingora_cache::CacheMeta;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const MAGIC: &[u8; 4] = b"CTR2";
-/// What every version's magic starts with.
-const FAMILY: &[u8; 3] = b"CTR";
+const MAGIC: &[u8; 4] = b"CTR3";
+/// What every version's magic starts with, a whole record's or a chunked head's.
+const FAMILIES: [&[u8; 3]; 2] = [b"CTR", b"CTH"];
 /// Where the checksum is: after the lengths, before the data.
-const CRC_AT: usize = 4 + 8 + 4 + 4 + 8;
+const CRC_AT: usize = 4 + 8 + 8 + 4 + 4 + 8;
 const FIXED: usize = CRC_AT + 4;
 
 /// A decoded object.
@@ -61,6 +65,7 @@ pub(crate) enum Body {
 
 /// Encodes a meta pingora already serialized (`CacheMeta::serialize`) and a body.
 pub(crate) fn encode_parts(
+    key: &TierKey,
     internal: &[u8],
     header: &[u8],
     body: &[Bytes],
@@ -69,6 +74,7 @@ pub(crate) fn encode_parts(
     let body_len: usize = body.iter().map(Bytes::len).sum();
     let mut out = BytesMut::with_capacity(FIXED + internal.len() + header.len() + body_len);
     out.put_slice(MAGIC);
+    out.put_u64(key.digest());
     out.put_u64(written_at);
     out.put_u32(u32::try_from(internal.len()).ok()?);
     out.put_u32(u32::try_from(header.len()).ok()?);
@@ -92,11 +98,11 @@ fn checksum(value: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Decodes a stored value: a whole object (the body a slice of `value`, not a copy) or the
-/// head of a chunked one.
-pub(crate) fn decode(value: Bytes) -> Result<Record, DecodeError> {
+/// Decodes the value stored under `key`: a whole object (the body a slice of `value`, not a
+/// copy) or the head of a chunked one.
+pub(crate) fn decode(value: Bytes, key: &TierKey) -> Result<Record, DecodeError> {
     if value.starts_with(chunks::HEAD_MAGIC) {
-        let head = chunks::decode_head(&value).map_err(DecodeError::Corrupt)?;
+        let head = chunks::decode_head(&value, key).map_err(DecodeError::Corrupt)?;
         let meta = decode_meta(&value, head.internal, head.header).map_err(DecodeError::Corrupt)?;
         return Ok(Record {
             meta,
@@ -104,7 +110,8 @@ pub(crate) fn decode(value: Bytes) -> Result<Record, DecodeError> {
             body: Body::Chunked(head.plan),
         });
     }
-    if value.len() >= 4 && value.starts_with(FAMILY) && &value[..4] != MAGIC {
+    // Older versions, and newer ones (nodes mid-upgrade share one Redis): a miss, not damage.
+    if value.len() >= 4 && FAMILIES.iter().any(|f| value.starts_with(*f)) && &value[..4] != MAGIC {
         return Err(DecodeError::Outdated);
     }
     let corrupt = |why: String| Err(DecodeError::Corrupt(why));
@@ -112,10 +119,11 @@ pub(crate) fn decode(value: Bytes) -> Result<Record, DecodeError> {
         return corrupt("not a cachet object".into());
     }
     let u32_at = |at: usize| u32::from_be_bytes(value[at..at + 4].try_into().unwrap_or_default());
-    let written_at = u64::from_be_bytes(value[4..12].try_into().unwrap_or_default());
-    let internal_len = u32_at(12) as usize;
-    let header_len = u32_at(16) as usize;
-    let body_len = u64::from_be_bytes(value[20..28].try_into().unwrap_or_default());
+    let u64_at = |at: usize| u64::from_be_bytes(value[at..at + 8].try_into().unwrap_or_default());
+    let written_at = u64_at(12);
+    let internal_len = u32_at(20) as usize;
+    let header_len = u32_at(24) as usize;
+    let body_len = u64_at(28);
     let expected = (FIXED as u64)
         .saturating_add(internal_len as u64)
         .saturating_add(header_len as u64)
@@ -128,6 +136,9 @@ pub(crate) fn decode(value: Bytes) -> Result<Record, DecodeError> {
     }
     if checksum(&value) != u32_at(CRC_AT) {
         return corrupt("checksum mismatch".into());
+    }
+    if u64_at(4) != key.digest() {
+        return corrupt("written for another key".into());
     }
     let internal = &value[FIXED..FIXED + internal_len];
     let header = &value[FIXED + internal_len..FIXED + internal_len + header_len];
@@ -210,13 +221,21 @@ pub(crate) fn lifetime(meta: &CacheMeta) -> Option<Duration> {
 #[cfg(test)]
 fn encode(meta: &CacheMeta, body: &[Bytes], written_at: u64) -> Option<Bytes> {
     let (internal, header) = meta.serialize().ok()?;
-    encode_parts(&internal, &header, body, written_at)
+    encode_parts(&tests::name("/x"), &internal, &header, body, written_at)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use pingora::http::ResponseHeader;
+
+    /// The name of `path` in tenant `site`.
+    pub(super) fn name(path: &str) -> TierKey {
+        TierKey::of(&pingora_cache::CacheKey::new(
+            path.as_bytes().to_vec(),
+            "site",
+        ))
+    }
 
     fn meta() -> CacheMeta {
         let mut header = ResponseHeader::build(200, None).unwrap();
@@ -229,7 +248,7 @@ mod tests {
     fn round_trips_meta_body_and_time() {
         let body = [Bytes::from_static(b"hello "), Bytes::from_static(b"world")];
         let value = encode(&meta(), &body, 42).unwrap();
-        let record = decode(value).unwrap();
+        let record = decode(value, &name("/x")).unwrap();
         let Body::Whole(whole) = &record.body else {
             panic!("a small body is stored whole");
         };
@@ -250,9 +269,8 @@ mod tests {
         let reframed = head_frame::uncompressed(&compressed).unwrap();
         let body = [Bytes::from_static(b"body")];
         let decode_with = |header: &[u8]| {
-            decode(encode_parts(&internal, header, &body, 7).unwrap())
-                .unwrap()
-                .meta
+            let value = encode_parts(&name("/x"), &internal, header, &body, 7).unwrap();
+            decode(value, &name("/x")).unwrap().meta
         };
         let (old, new) = (decode_with(&compressed), decode_with(&reframed));
         for meta in [&old, &new] {
@@ -269,8 +287,12 @@ mod tests {
     #[test]
     fn truncated_or_altered_values_are_refused() {
         let value = encode(&meta(), &[Bytes::from_static(b"body")], 1).unwrap();
-        let corrupt =
-            |value: Vec<u8>| matches!(decode(Bytes::from(value)), Err(DecodeError::Corrupt(_)));
+        let corrupt = |value: Vec<u8>| {
+            matches!(
+                decode(Bytes::from(value), &name("/x")),
+                Err(DecodeError::Corrupt(_))
+            )
+        };
         assert!(corrupt(value[..value.len() - 1].to_vec()));
         let mut longer = value.to_vec();
         longer.push(0);
@@ -287,7 +309,7 @@ mod tests {
             for bit in 0..8 {
                 let mut damaged = value.to_vec();
                 damaged[at] ^= 1 << bit;
-                let decoded = decode(Bytes::from(damaged));
+                let decoded = decode(Bytes::from(damaged), &name("/x"));
                 assert!(
                     matches!(decoded, Err(DecodeError::Corrupt(_))),
                     "byte {at} bit {bit}"
@@ -309,11 +331,40 @@ mod tests {
         old.put_slice(&internal);
         old.put_slice(&header);
         old.put_slice(b"body");
-        assert_eq!(decode(old.freeze()).err(), Some(DecodeError::Outdated));
+        assert_eq!(
+            decode(old.freeze(), &name("/x")).err(),
+            Some(DecodeError::Outdated)
+        );
         assert!(matches!(
-            decode(Bytes::from_static(b"CT")),
+            decode(Bytes::from_static(b"CT"), &name("/x")),
             Err(DecodeError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn a_record_of_the_format_without_its_key_is_outdated_not_corrupt() {
+        // "CTR2" and "CTH1": the same as today's but for the key digest.
+        let current = encode(&meta(), &[Bytes::from_static(b"body")], 1).unwrap();
+        for magic in [&b"CTR2"[..], b"CTH1"] {
+            let mut old = magic.to_vec();
+            old.extend_from_slice(&current[12..]);
+            let decoded = decode(Bytes::from(old), &name("/x"));
+            assert_eq!(decoded.err(), Some(DecodeError::Outdated));
+        }
+    }
+
+    #[test]
+    fn a_record_under_another_name_is_corrupt() {
+        let value = encode(&meta(), &[Bytes::from_static(b"body of /x")], 1).unwrap();
+        assert!(decode(value.clone(), &name("/x")).is_ok());
+        let other_tenant = TierKey::of(&pingora_cache::CacheKey::new(b"/x".to_vec(), "other"));
+        for key in [name("/y"), other_tenant] {
+            let decoded = decode(value.clone(), &key);
+            assert_eq!(
+                decoded.err(),
+                Some(DecodeError::Corrupt("written for another key".into()))
+            );
+        }
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl TieredStorage {
                     continue;
                 }
             };
-            let mut found = match record::decode(value) {
+            let mut found = match record::decode(value, &name) {
                 Ok(found) => found,
                 // Written by an earlier version: the fill that follows replaces it.
                 Err(DecodeError::Outdated) => {
@@ -145,7 +145,7 @@ impl TieredStorage {
             let Ok(Some(value)) = tier.get(&name).await else {
                 continue;
             };
-            let Ok(mut found) = record::decode(value) else {
+            let Ok(mut found) = record::decode(value, &name) else {
                 continue;
             };
             // As a lookup would find it: a soft purge's mark makes the object stale.

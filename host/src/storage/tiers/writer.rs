@@ -133,7 +133,7 @@ async fn store(tiers: &[Arc<dyn Tier>], purges: &PurgeLog, job: &Job) {
     let reframed = head_frame::uncompressed(&job.header);
     let header = reframed.as_deref().unwrap_or(&job.header);
     let (head, targets) = if job.body_len() <= chunks::SINGLE_MAX {
-        let head = record::encode_parts(&job.internal, header, &job.body, job.written_at);
+        let head = record::encode_parts(&job.key, &job.internal, header, &job.body, job.written_at);
         (head, targets)
     } else {
         store_chunks(targets, job, header).await
@@ -182,7 +182,14 @@ async fn store_chunks<'a>(
             }
         }
     }
-    let head = chunks::encode_head(&job.internal, header, body_len, job.written_at, &hashes);
+    let head = chunks::encode_head(
+        &job.key,
+        &job.internal,
+        header,
+        body_len,
+        job.written_at,
+        &hashes,
+    );
     let complete = targets
         .into_iter()
         .zip(ok)
