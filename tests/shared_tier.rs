@@ -334,6 +334,32 @@ fn purges_from_another_node_hold_on_this_nodes_disk_across_a_restart() {
     }
 }
 
+/// A Redis that keeps its connections open but answers nothing (here stopped by SIGSTOP) has
+/// not taken a purge: PURGE answers 503 once the purge timeout passes, as when Redis is
+/// down. It answered 200 at once, and the purge was lost for the other nodes if Redis came
+/// back empty (probe U).
+#[test]
+fn a_purge_a_hung_redis_does_not_take_is_a_503() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    get(&a, "/obj", &[]);
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [HOST, ("Authorization", auth.as_str())];
+    redis.pause();
+    let started = Instant::now();
+    let hung = send("PURGE", &a.url("/obj"), &headers);
+    let waited = started.elapsed();
+    redis.resume();
+    assert_eq!(hung.status, 503, "{}", hung.text());
+    assert!(hung.text().contains("l2-shared"), "{}", hung.text());
+    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+    // Memory was purged all the same, and an answering Redis takes the next one.
+    assert!(get(&a, "/obj", &[]).cache_status().contains("fwd=miss"));
+    let answered = send("PURGE", &a.url("/obj"), &headers);
+    assert_eq!(answered.status, 200, "{}", answered.text());
+}
+
 #[test]
 fn a_redis_outage_fails_no_request_and_sharing_resumes() {
     let redis = Redis::start(free_port());

@@ -236,7 +236,7 @@ impl ServeHttp for AdminApp {
                     ),
                 }
             }
-            ("POST", "/purge") => purge_tags(&self.state, &req.headers),
+            ("POST", "/purge") => purge_tags(&self.state, &req.headers).await,
             ("POST", "/promote") => self.promote(req.uri.query()).await,
             ("POST", "/explain") => self.explain(session).await,
             (
@@ -328,7 +328,7 @@ impl AdminApp {
 
 /// Removes (or with `Cache-Purge-Soft: 1` marks stale) every entry, in every tenant, tagged with
 /// any of the `Surrogate-Key` header's tags.
-fn purge_tags(state: &ProxyState, headers: &http::HeaderMap) -> Response<Vec<u8>> {
+async fn purge_tags(state: &ProxyState, headers: &http::HeaderMap) -> Response<Vec<u8>> {
     let tags: Vec<&str> = headers
         .get_all(SURROGATE_KEY)
         .iter()
@@ -352,13 +352,22 @@ fn purge_tags(state: &ProxyState, headers: &http::HeaderMap) -> Response<Vec<u8>
         .iter()
         .map(|tenant| state.cache.storage.purge_tags(tenant.name(), &tags, soft))
         .collect();
-    let purged: usize = match results.into_iter().collect::<Result<Vec<_>, _>>() {
-        Ok(purged) => purged.iter().sum(),
-        Err(not_kept) => {
-            let text = crate::proxy::purge::not_kept_text(&not_kept);
-            return text_reply(StatusCode::SERVICE_UNAVAILABLE, &text);
+    // Reported done only once the other nodes can see it.
+    let mut purged = 0;
+    let mut not_kept = None;
+    for result in results {
+        match result {
+            Ok(receipt) => match receipt.confirmed().await {
+                Ok(affected) => purged += affected,
+                Err(e) => not_kept = Some(e),
+            },
+            Err(e) => not_kept = Some(e),
         }
-    };
+    }
+    if let Some(not_kept) = not_kept {
+        let text = crate::proxy::purge::not_kept_text(&not_kept);
+        return text_reply(StatusCode::SERVICE_UNAVAILABLE, &text);
+    }
     if purged == 0 {
         return text_reply(StatusCode::NOT_FOUND, "nothing stored\n");
     }

@@ -67,6 +67,22 @@ impl Redis {
         Self { child, port }
     }
 
+    /// Freezes the server (SIGSTOP by PID): its connections stay open and nothing is answered,
+    /// a hung Redis rather than a dead one. [`Self::resume`] undoes it.
+    pub fn pause(&self) {
+        assert!(self.signal(libc::SIGSTOP), "SIGSTOP to redis-server");
+    }
+
+    pub fn resume(&self) {
+        assert!(self.signal(libc::SIGCONT), "SIGCONT to redis-server");
+    }
+
+    fn signal(&self, signal: libc::c_int) -> bool {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on the PID of a child this struct owns and has not reaped.
+        unsafe { libc::kill(pid, signal) == 0 }
+    }
+
     /// Stops the server now (SIGKILL by PID): an outage, not a shutdown.
     pub fn kill(mut self) -> u16 {
         let _ = self.child.kill();

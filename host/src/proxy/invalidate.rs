@@ -97,7 +97,9 @@ pub fn after_response(
                 for key in keys {
                     let key = super::cache_key::storage_key(key, tenant.name());
                     // A tier that could not record it has logged why; memory is purged anyway.
-                    purged += usize::from(state.cache.storage.purge_key(&key).unwrap_or(true));
+                    // Nobody waits for it to reach the other nodes: this is a client's request.
+                    let found = state.cache.storage.purge_key(&key);
+                    purged += usize::from(found.map_or(true, |p| p.affected > 0));
                 }
             }
             Err(fault) => {

@@ -16,7 +16,7 @@
 use super::ctx::{RequestCtx, Route};
 use super::directives::SURROGATE_KEY;
 use super::CachetProxy;
-use crate::storage::tiers::NotKept;
+use crate::storage::tiers::{NotKept, Purged};
 use pingora::proxy::Session;
 use pingora::Result;
 
@@ -34,11 +34,11 @@ pub(super) async fn handle(
     ctx: &mut RequestCtx,
 ) -> Result<()> {
     ctx.route = Route::Answered("purge".into());
-    let (status, body) = purge(proxy, session, ctx);
+    let (status, body) = purge(proxy, session, ctx).await;
     super::respond::respond_text(session, ctx, status, body).await
 }
 
-fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, String) {
+async fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, String) {
     let state = &proxy.state;
     if state.admin_token.load().is_none() {
         return (
@@ -59,11 +59,9 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
         .get(SOFT_HEADER)
         .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
     let storage = state.cache.storage;
-    let found = if let Some(tags) = tags(session) {
+    let purged = if let Some(tags) = tags(session) {
         let tags: Vec<&str> = tags.split_ascii_whitespace().collect();
-        storage
-            .purge_tags(tenant.name(), &tags, soft)
-            .map(|affected| affected > 0)
+        storage.purge_tags(tenant.name(), &tags, soft)
     } else {
         let keys = match super::invalidate::get_keys(tenant.name(), &policy, req, &ctx.told_scheme)
         {
@@ -88,7 +86,7 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
             }
         };
         // Found where any key was; a tier that could not record one makes the answer a 503.
-        let mut found = Ok(false);
+        let mut purged: Result<Option<Purged>, NotKept> = Ok(None);
         for key in keys {
             let key = super::cache_key::storage_key(key, tenant.name());
             let this = if soft {
@@ -96,16 +94,25 @@ fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> (u16, 
             } else {
                 storage.purge_key(&key)
             };
-            found = match (found, this) {
+            purged = match (purged, this) {
                 (Err(not_kept), _) | (_, Err(not_kept)) => Err(not_kept),
-                (Ok(a), Ok(b)) => Ok(a || b),
+                (Ok(None), Ok(b)) => Ok(Some(b)),
+                (Ok(Some(a)), Ok(b)) => Ok(Some(a.and(b))),
             };
         }
-        found
+        match purged {
+            Ok(Some(purged)) => Ok(purged),
+            Ok(None) => return (404, "nothing stored\n".into()),
+            Err(not_kept) => Err(not_kept),
+        }
     };
-    match found {
-        Ok(true) => (200, "purged\n".into()),
-        Ok(false) => (404, "nothing stored\n".into()),
+    // Reported done only once the other nodes can see it.
+    match purged.map(Purged::confirmed) {
+        Ok(confirmed) => match confirmed.await {
+            Ok(0) => (404, "nothing stored\n".into()),
+            Ok(_) => (200, "purged\n".into()),
+            Err(not_kept) => (503, not_kept_text(&not_kept)),
+        },
         Err(not_kept) => (503, not_kept_text(&not_kept)),
     }
 }

@@ -53,6 +53,49 @@ impl std::fmt::Display for NotKept {
     }
 }
 
+/// A purge applied here, whose way to the other nodes may still be under way.
+#[must_use = "a PURGE waits for the purge to reach the other nodes (`confirmed`)"]
+pub struct Purged {
+    /// Objects (and writes) affected in memory, plus one per L2 tier that took the purge.
+    pub affected: usize,
+    under_way: Vec<(&'static str, tier::Delivery)>,
+}
+
+impl Purged {
+    fn here(affected: usize) -> Self {
+        Self {
+            affected,
+            under_way: Vec::new(),
+        }
+    }
+
+    /// Both purges' effects and deliveries together.
+    pub fn and(mut self, other: Purged) -> Self {
+        self.affected += other.affected;
+        self.under_way.extend(other.under_way);
+        self
+    }
+
+    /// Waits until every tier that sends the purge on (the shared tier, within its purge
+    /// timeout) says it arrived: [`NotKept`] naming those that did not. An operator's purge
+    /// must not be reported done while Redis has not taken it (a Redis that accepts
+    /// connections but does not answer looks connected).
+    pub async fn confirmed(self) -> Result<usize, NotKept> {
+        let mut failed = Vec::new();
+        for (tier, delivery) in self.under_way {
+            match delivery.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failed.push(format!("{tier}: {e}")),
+                Err(_) => failed.push(format!("{tier}: stopped before sending it")),
+            }
+        }
+        match failed.is_empty() {
+            true => Ok(self.affected),
+            false => Err(NotKept(failed.join("; "))),
+        }
+    }
+}
+
 /// L1 plus the configured L2 tiers. `Box::leak` it for `&'static`.
 pub struct TieredStorage {
     l1: &'static MemoryStorage,
@@ -168,27 +211,32 @@ impl TieredStorage {
     /// there (an L2 tier is not asked: a purge there leaves a mark instead). [`NotKept`] when
     /// an L2 tier could not record the purge; memory is purged all the same (so are the
     /// purges below).
-    pub fn purge_key(&self, key: &CacheKey) -> Result<bool, NotKept> {
+    pub fn purge_key(&self, key: &CacheKey) -> Result<Purged, NotKept> {
         let found = self.l1.purge_key(key);
-        Ok(self.mark_key(key, false)? || found)
+        Ok(Purged::here(usize::from(found)).and(self.mark_key(key, false)?))
     }
 
     /// Marks what is stored under `key` stale in every tier.
-    pub fn expire_key(&self, key: &CacheKey) -> Result<bool, NotKept> {
+    pub fn expire_key(&self, key: &CacheKey) -> Result<Purged, NotKept> {
         let found = self.l1.expire_key(key);
-        Ok(self.mark_key(key, true)? || found)
+        Ok(Purged::here(usize::from(found)).and(self.mark_key(key, true)?))
     }
 
     /// Removes (or with `soft` expires) the partition's objects carrying any of `tags`, in
     /// every tier. Counts L1's objects, plus one per L2 tier that keeps the purge (an L2 tier
     /// cannot count what it holds).
-    pub fn purge_tags(&self, partition: &str, tags: &[&str], soft: bool) -> Result<usize, NotKept> {
+    pub fn purge_tags(
+        &self,
+        partition: &str,
+        tags: &[&str],
+        soft: bool,
+    ) -> Result<Purged, NotKept> {
         let affected = self.l1.purge_tags(partition, tags, soft);
         if self.tiers.is_empty() {
-            return Ok(affected);
+            return Ok(Purged::here(affected));
         }
         let at = record::now_ns();
-        let mut kept = Ok(());
+        let mut kept = Ok(Purged::here(affected + self.tiers.len()));
         for tag in tags {
             let published = self.publish(Purge {
                 target: Target::Tag {
@@ -198,9 +246,13 @@ impl TieredStorage {
                 at,
                 soft,
             });
-            kept = kept.and(published);
+            // Every tag is published even after one failed.
+            kept = match (kept, published) {
+                (Ok(all), Ok(this)) => Ok(all.and(this)),
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            };
         }
-        kept.map(|()| affected + self.tiers.len())
+        kept
     }
 
     /// Shutdown: stores the objects still queued for the L2 tiers, then waits for the disk
@@ -228,29 +280,34 @@ impl TieredStorage {
         }
     }
 
-    fn mark_key(&self, key: &CacheKey, soft: bool) -> Result<bool, NotKept> {
+    /// Marks `key` in the L2 tiers: affects one "object" when there are any.
+    fn mark_key(&self, key: &CacheKey, soft: bool) -> Result<Purged, NotKept> {
         if self.tiers.is_empty() {
-            return Ok(false);
+            return Ok(Purged::here(0));
         }
-        self.publish(Purge {
+        let mut published = self.publish(Purge {
             target: Target::Key(TierKey::of(key).to_hex()),
             at: record::now_ns(),
             soft,
         })?;
-        Ok(true)
+        published.affected = 1;
+        Ok(published)
     }
 
     /// Records a purge made here and hands it to every tier to keep and spread.
-    fn publish(&self, purge: Purge) -> Result<(), NotKept> {
+    fn publish(&self, purge: Purge) -> Result<Purged, NotKept> {
         self.purges.record(&purge);
         let mut failed = Vec::new();
+        let mut purged = Purged::here(0);
         for tier in self.tiers.iter() {
-            if let Err(e) = tier.publish(&purge) {
-                failed.push(format!("{}: {e}", tier.name()));
+            match tier.publish(&purge) {
+                Ok(Some(delivery)) => purged.under_way.push((tier.name(), delivery)),
+                Ok(None) => {}
+                Err(e) => failed.push(format!("{}: {e}", tier.name())),
             }
         }
         if failed.is_empty() {
-            return Ok(());
+            return Ok(purged);
         }
         Err(NotKept(failed.join("; ")))
     }

@@ -15,7 +15,7 @@
 use super::super::MemoryStorage;
 use super::key::TierKey;
 use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
-use super::tier::{Tier, TierCounters, TierStats};
+use super::tier::{Delivery, Tier, TierCounters, TierStats};
 use crate::config::SharedTierConfig;
 use anyhow::Context;
 use async_trait::async_trait;
@@ -149,13 +149,29 @@ impl Conn {
         cmd: redis::Pipeline,
         what: &'static str,
     ) {
+        drop(self.spawn_reporting(runtime, limit, cmd, what));
+    }
+
+    /// [`Self::spawn`], saying how it went.
+    fn spawn_reporting(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        limit: Duration,
+        cmd: redis::Pipeline,
+        what: &'static str,
+    ) -> Delivery {
+        let (report, delivery) = tokio::sync::oneshot::channel();
         let conn = self.clone();
         runtime.spawn(async move {
-            if let Err(e) = conn.run::<()>(limit, cmd).await {
+            let outcome = conn.run::<()>(limit, cmd).await;
+            if let Err(e) = &outcome {
                 TierCounters::bump(&conn.counters.errors);
                 tracing::warn!("shared tier: {what} did not reach Redis: {e}");
             }
+            // Nobody may be waiting (an invalidation): that is fine.
+            let _ = report.send(outcome);
         });
+        delivery
     }
 }
 
@@ -360,19 +376,20 @@ impl Tier for SharedTier {
         );
     }
 
-    /// Sent in the background: a failure to deliver is counted and logged. While this node
-    /// knows Redis to be unreachable (its purge subscription is down) the purge is still sent,
-    /// in case Redis is back within the purge timeout, but reported as not kept: the other
-    /// nodes may keep their copies.
-    fn publish(&self, purge: &Purge) -> Result<(), String> {
+    /// Sent in the background: a failure to deliver is counted and logged, and the returned
+    /// delivery says how it went (a PURGE waits for it: Redis accepting the connection is not
+    /// Redis answering). While this node knows Redis to be unreachable (its purge
+    /// subscription is down) the purge is still sent, in case Redis is back within the purge
+    /// timeout, but reported as not kept: the other nodes may keep their copies.
+    fn publish(&self, purge: &Purge) -> Result<Option<Delivery>, String> {
         let Ok(message) = serde_json::to_string(&Message {
             node: self.node.clone(),
             purge: purge.clone(),
         }) else {
-            return Ok(());
+            return Ok(None);
         };
         let Ok(mark) = serde_json::to_string(purge) else {
-            return Ok(());
+            return Ok(None);
         };
         let marks = self.channel();
         let mut cmd = redis::pipe();
@@ -396,12 +413,13 @@ impl Tier for SharedTier {
             .arg(&marks)
             .arg(message)
             .ignore();
-        self.conn
-            .spawn(&self.runtime, PURGE_TIMEOUT, cmd, "a purge");
+        let delivery = self
+            .conn
+            .spawn_reporting(&self.runtime, PURGE_TIMEOUT, cmd, "a purge");
         if !self.subscribed.load(Relaxed) {
             return Err("Redis is not reachable: the other nodes may keep their copies".into());
         }
-        Ok(())
+        Ok(Some(delivery))
     }
 
     fn max_value(&self) -> usize {

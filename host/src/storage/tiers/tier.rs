@@ -44,8 +44,8 @@ pub(crate) trait Tier: Send + Sync + 'static {
 
     /// Keeps (and, for a shared tier, spreads) a purge made on this node. An error says the
     /// tier could not record it, so it may not hold after a restart (a tier that records it in
-    /// the background counts and logs its failures itself).
-    fn publish(&self, purge: &Purge) -> Result<(), String>;
+    /// the background counts and logs its failures itself, and hands back the [`Delivery`]).
+    fn publish(&self, purge: &Purge) -> Result<Option<Delivery>, String>;
 
     /// Largest value worth storing here.
     fn max_value(&self) -> usize;
@@ -56,6 +56,10 @@ pub(crate) trait Tier: Send + Sync + 'static {
     /// Live figures for `/status` and metrics.
     fn stats(&self) -> TierStats;
 }
+
+/// How a purge sent to another process in the background fared: what it answered, or why it
+/// did not (within the tier's purge timeout). A PURGE waits for it; an invalidation does not.
+pub(crate) type Delivery = tokio::sync::oneshot::Receiver<Result<(), String>>;
 
 /// A tier's figures; counters are since start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

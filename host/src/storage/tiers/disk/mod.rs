@@ -15,7 +15,7 @@ mod segments;
 
 use super::key::TierKey;
 use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
-use super::tier::{Tier, TierCounters, TierStats};
+use super::tier::{Delivery, Tier, TierCounters, TierStats};
 use crate::config::DiskTierConfig;
 use anyhow::Context;
 use async_trait::async_trait;
@@ -241,10 +241,10 @@ impl Tier for DiskTier {
         }
     }
 
-    fn publish(&self, purge: &Purge) -> Result<(), String> {
+    fn publish(&self, purge: &Purge) -> Result<Option<Delivery>, String> {
         let Some(store) = self.store.get() else {
             self.pending_marks.lock().push(purge.clone());
-            return Ok(());
+            return Ok(None);
         };
         // A soft purge keeps the copy: its mark makes it stale, to be revalidated.
         let tombstoned = match (&purge.target, purge.soft) {
@@ -254,13 +254,13 @@ impl Tier for DiskTier {
             _ => false,
         };
         let Err(e) = store.marks.lock().append(purge) else {
-            return Ok(());
+            return Ok(None);
         };
         TierCounters::bump(&self.counters.errors);
         tracing::warn!("disk tier: cannot record a purge: {e:#}");
         // The tombstone alone keeps a URL purge across a restart; nothing else would.
         if tombstoned {
-            return Ok(());
+            return Ok(None);
         }
         Err(format!("cannot record the purge: {e:#}"))
     }
@@ -506,7 +506,7 @@ mod tests {
         };
 
         let url = purge(Target::Key(key.to_hex()), false);
-        assert_eq!(tier.publish(&url), Ok(()), "its tombstone keeps it");
+        assert!(tier.publish(&url).is_ok(), "its tombstone keeps it");
         assert!(!store.segments.contains(key.as_bytes()));
         let soft_url = purge(Target::Key(key.to_hex()), true);
         assert!(tier.publish(&soft_url).is_err(), "only a mark keeps it");
