@@ -50,6 +50,24 @@ impl MemoryStorage {
         Some((entry.meta.to_meta().ok()?, entry.body.clone()))
     }
 
+    /// Applies to L1 a purge made by another process (another node, or the process this one
+    /// took over from in a graceful upgrade).
+    pub(crate) fn apply_purge(&self, purge: &super::purges::Purge) {
+        use super::purges::Target;
+        match &purge.target {
+            Target::Key(hex) => {
+                if let Some(key) = super::key::TierKey::from_hex(hex).and_then(|k| k.to_compact()) {
+                    self.purge_compact(&key, purge.soft);
+                }
+            }
+            Target::Tag { partition, tag } => {
+                self.purge_tags(partition, &[tag.as_str()], purge.soft);
+            }
+            // Only ever made from marks a node dropped: they shadow L2 copies, not L1's.
+            Target::Partition(_) => {}
+        }
+    }
+
     /// Removes (or with `soft` expires) what is stored under a key named by its compact form
     /// (as another node's purge names it), every `Vary` variant of it, as a purge made here
     /// does: the key named only the slot without variance, and the variants stayed.

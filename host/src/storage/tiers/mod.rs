@@ -138,7 +138,7 @@ impl TieredStorage {
         let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();
         let mut disk = None;
         if let Some(config) = &config.disk {
-            let tier = disk::DiskTier::start(config, purges.clone())?;
+            let tier = disk::DiskTier::start(config, purges.clone(), l1)?;
             tiers.push(tier.clone());
             disk = Some(tier);
         }

@@ -58,18 +58,7 @@ pub(crate) struct RemotePurges {
 impl RemotePurges {
     fn apply(&self, purge: &Purge) {
         self.keep(purge);
-        match &purge.target {
-            Target::Key(hex) => {
-                if let Some(key) = TierKey::from_hex(hex).and_then(|k| k.to_compact()) {
-                    self.l1.purge_compact(&key, purge.soft);
-                }
-            }
-            Target::Tag { partition, tag } => {
-                self.l1.purge_tags(partition, &[tag.as_str()], purge.soft);
-            }
-            // Only ever made from marks a node dropped; never sent on the channel.
-            Target::Partition(_) => {}
-        }
+        self.l1.apply_purge(purge);
     }
 
     /// Marks a purge, and writes it to the disk tier when it says anything new (the disk

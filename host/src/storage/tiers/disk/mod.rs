@@ -17,6 +17,7 @@ use super::key::TierKey;
 use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
 use super::tier::{Delivery, Tier, TierCounters, TierStats};
 use crate::config::DiskTierConfig;
+use crate::storage::MemoryStorage;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -63,10 +64,13 @@ struct MarksFile {
 
 impl DiskTier {
     /// Opens the store now if the folder is free; otherwise opens it from a background thread
-    /// as soon as the process holding it exits. The marks of earlier runs go into `marks`.
+    /// as soon as the process holding it exits. The marks of earlier runs go into `marks`;
+    /// those the other process made while this one waited (a graceful upgrade's overlap)
+    /// also go to `l1`, which may have filled the objects from the origin meanwhile.
     pub(crate) fn start(
         config: &DiskTierConfig,
         marks: Arc<PurgeLog>,
+        l1: &'static MemoryStorage,
     ) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.path)
             .with_context(|| format!("creating the disk tier at {}", config.path.display()))?;
@@ -86,9 +90,10 @@ impl DiskTier {
             counters: TierCounters::default(),
         });
         if flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
-            tier.open(lock, &marks)?;
+            tier.open(lock, &marks, None)?;
             return Ok(tier);
         }
+        let waiting_since = super::record::now_ns();
         tracing::warn!(
             path = %config.path.display(),
             "the disk tier is in use by another cachet (a graceful upgrade?): it opens when that process exits"
@@ -101,7 +106,7 @@ impl DiskTier {
                     tracing::error!("disk tier: cannot lock its folder; running without it");
                     return;
                 }
-                match waiting.open(lock, &marks) {
+                match waiting.open(lock, &marks, Some((l1, waiting_since))) {
                     Ok(()) => tracing::info!("disk tier opened"),
                     Err(e) => tracing::error!("disk tier: {e:#}; running without it"),
                 }
@@ -110,8 +115,14 @@ impl DiskTier {
         Ok(tier)
     }
 
-    /// Opens the segments and the marks file, holding `lock`.
-    fn open(&self, lock: File, marks: &PurgeLog) -> anyhow::Result<()> {
+    /// Opens the segments and the marks file, holding `lock`. After a wait (`late`: L1 and
+    /// when the wait began), the marks written since are applied to L1 too.
+    fn open(
+        &self,
+        lock: File,
+        marks: &PurgeLog,
+        late: Option<(&'static MemoryStorage, u64)>,
+    ) -> anyhow::Result<()> {
         remove_block_store(&self.config.path)?;
         let dir = self.config.path.join("segments");
         let limits = Limits {
@@ -123,6 +134,12 @@ impl DiskTier {
             .with_context(|| format!("opening the disk tier's segments in {}", dir.display()))?;
         let path = self.config.path.join("purges.jsonl");
         let mut kept = read_marks(&path)?;
+        if let Some((l1, since)) = late {
+            for purge in kept.iter().filter(|purge| purge.at >= since) {
+                l1.apply_purge(purge);
+            }
+        }
+        // This process's own purges while it waited (applied to L1 when made).
         kept.append(&mut self.pending_marks.lock());
         for mark in &kept {
             marks.record(mark);
@@ -483,6 +500,56 @@ mod tests {
         assert_eq!(read_marks(&path).unwrap(), kept);
     }
 
+    fn memory() -> &'static MemoryStorage {
+        Box::leak(Box::new(MemoryStorage::new(8 << 20, 1 << 20)))
+    }
+
+    /// In a graceful upgrade the new process opens the disk tier once the old one has exited.
+    /// What the old one purged meanwhile reaches the new one's memory, which may have filled
+    /// the object from the origin before the purge: it kept serving it (probe U).
+    #[test]
+    fn purges_made_while_waiting_for_the_folder_reach_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DiskTierConfig {
+            path: dir.path().to_path_buf(),
+            max_bytes: 8 << 20,
+            max_objects: None,
+        };
+        let old = DiskTier::start(&config, Arc::default(), memory()).unwrap();
+        let l1 = memory();
+        let new = DiskTier::start(&config, Arc::default(), l1).unwrap();
+        assert!(new.store.get().is_none(), "the folder is the old process's");
+        let now = std::time::SystemTime::now();
+        let header = pingora::http::ResponseHeader::build(200, None).unwrap();
+        let meta = pingora_cache::CacheMeta::new(
+            now + std::time::Duration::from_secs(3600),
+            now,
+            0,
+            0,
+            header,
+        );
+        let filled = pingora_cache::CacheKey::new(b"/a".to_vec(), "site");
+        let other = pingora_cache::CacheKey::new(b"/b".to_vec(), "site");
+        for key in [&filled, &other] {
+            assert!(l1.promote(key, &meta, Bytes::from_static(b"v1")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let purge = Purge {
+            target: Target::Key(TierKey::of(&filled).to_hex()),
+            at: super::super::record::now_ns(),
+            soft: false,
+        };
+        old.publish(&purge).unwrap();
+        drop(old);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while new.store.get().is_none() {
+            assert!(std::time::Instant::now() < deadline, "never opened");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(l1.stored(&filled).is_none(), "purged by the old process");
+        assert!(l1.stored(&other).is_some());
+    }
+
     /// A purge the tier cannot record is reported, unless a tombstone alone keeps it.
     #[test]
     fn a_purge_that_cannot_be_recorded_is_reported() {
@@ -492,7 +559,7 @@ mod tests {
             max_bytes: 8 << 20,
             max_objects: None,
         };
-        let tier = DiskTier::start(&config, Arc::default()).unwrap();
+        let tier = DiskTier::start(&config, Arc::default(), memory()).unwrap();
         let key = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "site"));
         let store = tier.store.get().unwrap();
         store.segments.put(key.as_bytes(), b"value").unwrap();
