@@ -4,7 +4,8 @@
 //! Head: `[magic "CTH2" (4), key digest (8), written_at ns (8), internal len (4), header len
 //! (4), body len (8), chunk size (4), chunk count (4), internal, header, xxh3 of each chunk (8
 //! each)]`. The key digest ([`TierKey::digest`]) names the key the head was written under, as a
-//! whole record's does: a head copied onto another name is refused.
+//! whole record's does: a head copied onto another name is refused. "CTH1", the same without
+//! the digest, is still read from the disk tier (see [`super::record`]).
 //! Chunk `i` is stored under [`TierKey::chunk`]`(written_at, i)` as `[magic "CTC1" (4),
 //! written_at (8), index (4), data]`. A chunk is accepted only when its magic, write,
 //! index, length and checksum all match the head: a chunk of another write, a truncated or
@@ -19,6 +20,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use xxhash_rust::xxh3::xxh3_64;
 
 pub(crate) const HEAD_MAGIC: &[u8; 4] = b"CTH2";
+/// The version before the key digest.
+pub(crate) const UNKEYED_HEAD_MAGIC: &[u8; 4] = b"CTH1";
 const CHUNK_MAGIC: &[u8; 4] = b"CTC1";
 const HEAD_FIXED: usize = 4 + 8 + 8 + 4 + 4 + 8 + 4 + 4;
 const CHUNK_FIXED: usize = 4 + 8 + 4;
@@ -148,43 +151,52 @@ pub(crate) struct Head<'a> {
     pub(crate) plan: Plan,
 }
 
-/// Decodes the head stored under `key`, checking that it was written for `key` and that every
-/// length adds up.
-pub(crate) fn decode_head<'a>(value: &'a [u8], key: &TierKey) -> Result<Head<'a>, String> {
-    if value.len() < HEAD_FIXED || &value[..4] != HEAD_MAGIC {
+/// Decodes a head, checking that every length adds up. With `digest_of`, a head with the key
+/// digest, which must be that key's; without, a head of the version before it (read only from
+/// a tier that checks each value's key itself), the same with every field 8 bytes earlier.
+pub(crate) fn decode_head<'a>(
+    value: &'a [u8],
+    digest_of: Option<&TierKey>,
+) -> Result<Head<'a>, String> {
+    let (magic, shift) = match digest_of {
+        Some(_) => (HEAD_MAGIC, 0),
+        None => (UNKEYED_HEAD_MAGIC, 8),
+    };
+    let fixed = HEAD_FIXED - shift;
+    if value.len() < fixed || &value[..4] != magic {
         return Err("not a cachet head".into());
     }
     let u32_at =
         |at: usize| u32::from_be_bytes(value[at..at + 4].try_into().unwrap_or_default()) as usize;
     let u64_at = |at: usize| u64::from_be_bytes(value[at..at + 8].try_into().unwrap_or_default());
-    if u64_at(4) != key.digest() {
+    if digest_of.is_some_and(|key| u64_at(4) != key.digest()) {
         return Err("head written for another key".into());
     }
-    let written_at = u64_at(12);
-    let (internal_len, header_len) = (u32_at(20), u32_at(24));
-    let body_len = u64_at(28);
-    let (chunk_bytes, count) = (u32_at(36), u32_at(40));
+    let written_at = u64_at(12 - shift);
+    let (internal_len, header_len) = (u32_at(20 - shift), u32_at(24 - shift));
+    let body_len = u64_at(28 - shift);
+    let (chunk_bytes, count) = (u32_at(36 - shift), u32_at(40 - shift));
     let body_len = usize::try_from(body_len).map_err(|_| "body too long")?;
     if chunk_bytes == 0 || count > MAX_CHUNKS || body_len.div_ceil(chunk_bytes) != count {
         return Err(format!(
             "{count} chunks of {chunk_bytes} bytes cannot hold {body_len}"
         ));
     }
-    let expected = HEAD_FIXED + internal_len + header_len + 8 * count;
+    let expected = fixed + internal_len + header_len + 8 * count;
     if expected != value.len() {
         return Err(format!(
             "head length mismatch: {} bytes stored, {expected} announced",
             value.len()
         ));
     }
-    let meta_end = HEAD_FIXED + internal_len + header_len;
+    let meta_end = fixed + internal_len + header_len;
     let hashes = value[meta_end..]
         .chunks_exact(8)
         .map(|h| u64::from_be_bytes(h.try_into().unwrap_or_default()))
         .collect();
     Ok(Head {
-        internal: &value[HEAD_FIXED..HEAD_FIXED + internal_len],
-        header: &value[HEAD_FIXED + internal_len..meta_end],
+        internal: &value[fixed..fixed + internal_len],
+        header: &value[fixed + internal_len..meta_end],
         plan: Plan {
             written_at,
             body_len,
@@ -192,6 +204,32 @@ pub(crate) fn decode_head<'a>(value: &'a [u8], key: &TierKey) -> Result<Head<'a>
             hashes,
         },
     })
+}
+
+/// A head as the version before the key digest wrote it ("CTH1"): the disk tier still holds
+/// such heads after an upgrade.
+#[cfg(test)]
+pub(super) fn encode_unkeyed_head(
+    internal: &[u8],
+    header: &[u8],
+    body_len: usize,
+    written_at: u64,
+    hashes: &[u64],
+) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_slice(b"CTH1");
+    out.put_u64(written_at);
+    out.put_u32(internal.len() as u32);
+    out.put_u32(header.len() as u32);
+    out.put_u64(body_len as u64);
+    out.put_u32(CHUNK_BYTES as u32);
+    out.put_u32(hashes.len() as u32);
+    out.put_slice(internal);
+    out.put_slice(header);
+    for hash in hashes {
+        out.put_u64(*hash);
+    }
+    out.freeze()
 }
 
 #[cfg(test)]
@@ -226,7 +264,7 @@ mod tests {
     fn chunks_rebuild_the_body() {
         let body = body(3 * CHUNK_BYTES + 12_345);
         let (head, chunks) = stored(&body, 9);
-        let head = decode_head(&head, &name("/x")).unwrap();
+        let head = decode_head(&head, Some(&name("/x"))).unwrap();
         assert_eq!((head.internal, head.header), (&b"in"[..], &b"hd"[..]));
         assert_eq!(head.plan.count(), 4);
         let mut rebuilt = Vec::new();
@@ -240,7 +278,7 @@ mod tests {
     fn altered_truncated_or_foreign_chunks_are_refused() {
         let body = body(2 * CHUNK_BYTES + 1);
         let (head, chunks) = stored(&body, 9);
-        let plan = decode_head(&head, &name("/x")).unwrap().plan;
+        let plan = decode_head(&head, Some(&name("/x"))).unwrap().plan;
         let mut altered = chunks[1].to_vec();
         altered[CHUNK_FIXED + 5] ^= 1;
         assert!(plan.verify(1, &Bytes::from(altered)).is_err());
@@ -250,14 +288,29 @@ mod tests {
         assert!(plan.verify(0, &chunks[1]).is_err(), "wrong index");
         let (_, other) = stored(&body, 10);
         assert!(plan.verify(1, &other[1]).is_err(), "another write");
-        assert!(decode_head(&head[..head.len() - 1], &name("/x")).is_err());
+        assert!(decode_head(&head[..head.len() - 1], Some(&name("/x"))).is_err());
     }
 
     #[test]
     fn a_head_is_refused_under_another_name() {
         let (head, _) = stored(&body(CHUNK_BYTES + 1), 9);
-        assert!(decode_head(&head, &name("/x")).is_ok());
-        let refused = decode_head(&head, &name("/y")).err().unwrap();
+        assert!(decode_head(&head, Some(&name("/x"))).is_ok());
+        let refused = decode_head(&head, Some(&name("/y"))).err().unwrap();
         assert!(refused.contains("another key"), "{refused}");
+    }
+
+    #[test]
+    fn a_head_without_a_key_digest_reads_as_the_one_with_it() {
+        let body = body(2 * CHUNK_BYTES + 3);
+        let (keyed, _) = stored(&body, 9);
+        let keyed = decode_head(&keyed, Some(&name("/x"))).unwrap();
+        let (len, hashes) = (keyed.plan.body_len, &keyed.plan.hashes);
+        let unkeyed = encode_unkeyed_head(b"in", b"hd", len, 9, hashes);
+        let old = decode_head(&unkeyed, None).unwrap();
+        assert_eq!((old.internal, old.header), (&b"in"[..], &b"hd"[..]));
+        assert_eq!(old.plan, keyed.plan);
+        // Each layout only as itself.
+        assert!(decode_head(&unkeyed, Some(&name("/x"))).is_err());
+        assert!(decode_head(&unkeyed[..unkeyed.len() - 1], None).is_err());
     }
 }

@@ -10,8 +10,11 @@
 //! the record was written under: Redis keys are only names, and a value copied onto another
 //! object's (or tenant's) name must not be served there. A value that does not check out, or
 //! was written for another key, is [`DecodeError::Corrupt`], which the tier layer counts, treats
-//! as a miss and removes. A record of another version ("CTR1" had no checksum, "CTR2" and the
-//! chunked head "CTH1" no key) is [`DecodeError::Outdated`]: a miss the next fill replaces.
+//! as a miss and removes. A record of another version is [`DecodeError::Outdated`]: a miss the
+//! next fill replaces ("CTR1" had no checksum). The version before the key digest ("CTR2",
+//! and the chunked head "CTH1": the same layout without it) is still read from a tier that
+//! checks each value's key itself ([`KeyCheck::Tier`], the disk tier), so objects stored
+//! before an upgrade stay hits there; from Redis it is Outdated.
 
 use super::super::internal_fields::InternalFields;
 use super::super::meta;
@@ -23,6 +26,8 @@ use pingora_cache::CacheMeta;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 4] = b"CTR3";
+/// The version before the key digest: the same layout without it.
+const UNKEYED_MAGIC: &[u8; 4] = b"CTR2";
 /// What every version's magic starts with, a whole record's or a chunked head's.
 const FAMILIES: [&[u8; 3]; 2] = [b"CTR", b"CTH"];
 /// Where the checksum is: after the lengths, before the data.
@@ -55,6 +60,16 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
+/// What makes sure a value read under a key was written for that key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyCheck {
+    /// The tier: it keeps each value's key and compares it on every read (the disk tier).
+    /// Records of the version before the key digest are read too.
+    Tier,
+    /// The record's key digest alone (Redis, whose keys are only names).
+    Digest,
+}
+
 /// Where a decoded object's body is.
 pub(crate) enum Body {
     /// In the value itself (a slice of it).
@@ -85,24 +100,39 @@ pub(crate) fn encode_parts(
     for chunk in body {
         out.put_slice(chunk);
     }
-    let crc = checksum(&out);
+    let crc = checksum(&out, CRC_AT);
     out[CRC_AT..FIXED].copy_from_slice(&crc.to_be_bytes());
     Some(out.freeze())
 }
 
-/// The CRC-32 of a record's bytes but its checksum field.
-fn checksum(value: &[u8]) -> u32 {
+/// The CRC-32 of a record's bytes but its checksum field, which is at `crc_at`.
+fn checksum(value: &[u8], crc_at: usize) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&value[..CRC_AT]);
-    hasher.update(&value[FIXED..]);
+    hasher.update(&value[..crc_at]);
+    hasher.update(&value[crc_at + 4..]);
     hasher.finalize()
 }
 
 /// Decodes the value stored under `key`: a whole object (the body a slice of `value`, not a
-/// copy) or the head of a chunked one.
-pub(crate) fn decode(value: Bytes, key: &TierKey) -> Result<Record, DecodeError> {
-    if value.starts_with(chunks::HEAD_MAGIC) {
-        let head = chunks::decode_head(&value, key).map_err(DecodeError::Corrupt)?;
+/// copy) or the head of a chunked one. `check` says whether the tier it comes from vouches
+/// for its key: only then are records without a key digest read.
+pub(crate) fn decode(value: Bytes, key: &TierKey, check: KeyCheck) -> Result<Record, DecodeError> {
+    let magic = value.get(..4).unwrap_or_default();
+    // `Some(key)`: the layout with the key digest, which must be `key`'s.
+    let digest_of = match magic {
+        m if m == chunks::HEAD_MAGIC || m == MAGIC => Some(key),
+        m if check == KeyCheck::Tier && (m == chunks::UNKEYED_HEAD_MAGIC || m == UNKEYED_MAGIC) => {
+            None
+        }
+        // Older versions, and newer ones (nodes mid-upgrade share one Redis): a miss, not
+        // damage.
+        m if m.len() == 4 && FAMILIES.iter().any(|f| m.starts_with(*f)) => {
+            return Err(DecodeError::Outdated)
+        }
+        _ => return Err(DecodeError::Corrupt("not a cachet object".into())),
+    };
+    if magic.starts_with(b"CTH") {
+        let head = chunks::decode_head(&value, digest_of).map_err(DecodeError::Corrupt)?;
         let meta = decode_meta(&value, head.internal, head.header).map_err(DecodeError::Corrupt)?;
         return Ok(Record {
             meta,
@@ -110,21 +140,25 @@ pub(crate) fn decode(value: Bytes, key: &TierKey) -> Result<Record, DecodeError>
             body: Body::Chunked(head.plan),
         });
     }
-    // Older versions, and newer ones (nodes mid-upgrade share one Redis): a miss, not damage.
-    if value.len() >= 4 && FAMILIES.iter().any(|f| value.starts_with(*f)) && &value[..4] != MAGIC {
-        return Err(DecodeError::Outdated);
-    }
+    decode_whole(value, digest_of)
+}
+
+/// A whole record; `digest_of` as for [`chunks::decode_head`]. The layout without the digest
+/// is the same with every field 8 bytes earlier.
+fn decode_whole(value: Bytes, digest_of: Option<&TierKey>) -> Result<Record, DecodeError> {
     let corrupt = |why: String| Err(DecodeError::Corrupt(why));
-    if value.len() < FIXED || &value[..4] != MAGIC {
+    let shift = if digest_of.is_some() { 0 } else { 8 };
+    let (crc_at, fixed) = (CRC_AT - shift, FIXED - shift);
+    if value.len() < fixed {
         return corrupt("not a cachet object".into());
     }
     let u32_at = |at: usize| u32::from_be_bytes(value[at..at + 4].try_into().unwrap_or_default());
     let u64_at = |at: usize| u64::from_be_bytes(value[at..at + 8].try_into().unwrap_or_default());
-    let written_at = u64_at(12);
-    let internal_len = u32_at(20) as usize;
-    let header_len = u32_at(24) as usize;
-    let body_len = u64_at(28);
-    let expected = (FIXED as u64)
+    let written_at = u64_at(12 - shift);
+    let internal_len = u32_at(20 - shift) as usize;
+    let header_len = u32_at(24 - shift) as usize;
+    let body_len = u64_at(28 - shift);
+    let expected = (fixed as u64)
         .saturating_add(internal_len as u64)
         .saturating_add(header_len as u64)
         .saturating_add(body_len);
@@ -134,16 +168,16 @@ pub(crate) fn decode(value: Bytes, key: &TierKey) -> Result<Record, DecodeError>
             value.len()
         ));
     }
-    if checksum(&value) != u32_at(CRC_AT) {
+    if checksum(&value, crc_at) != u32_at(crc_at) {
         return corrupt("checksum mismatch".into());
     }
-    if u64_at(4) != key.digest() {
+    if digest_of.is_some_and(|key| u64_at(4) != key.digest()) {
         return corrupt("written for another key".into());
     }
-    let internal = &value[FIXED..FIXED + internal_len];
-    let header = &value[FIXED + internal_len..FIXED + internal_len + header_len];
+    let internal = &value[fixed..fixed + internal_len];
+    let header = &value[fixed + internal_len..fixed + internal_len + header_len];
     let meta = decode_meta(&value, internal, header).map_err(DecodeError::Corrupt)?;
-    let body = Body::Whole(value.slice(FIXED + internal_len + header_len..));
+    let body = Body::Whole(value.slice(fixed + internal_len + header_len..));
     Ok(Record {
         meta,
         body,
@@ -224,6 +258,32 @@ fn encode(meta: &CacheMeta, body: &[Bytes], written_at: u64) -> Option<Bytes> {
     encode_parts(&tests::name("/x"), &internal, &header, body, written_at)
 }
 
+/// A record as the version before the key digest wrote it ("CTR2"): the disk tier still holds
+/// such records after an upgrade.
+#[cfg(test)]
+pub(super) fn encode_unkeyed(
+    internal: &[u8],
+    header: &[u8],
+    body: &[u8],
+    written_at: u64,
+) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_slice(b"CTR2");
+    out.put_u64(written_at);
+    out.put_u32(internal.len() as u32);
+    out.put_u32(header.len() as u32);
+    out.put_u64(body.len() as u64);
+    out.put_u32(0);
+    out.put_slice(internal);
+    out.put_slice(header);
+    out.put_slice(body);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[..28]);
+    crc.update(&out[32..]);
+    out[28..32].copy_from_slice(&crc.finalize().to_be_bytes());
+    out.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,7 +308,7 @@ mod tests {
     fn round_trips_meta_body_and_time() {
         let body = [Bytes::from_static(b"hello "), Bytes::from_static(b"world")];
         let value = encode(&meta(), &body, 42).unwrap();
-        let record = decode(value, &name("/x")).unwrap();
+        let record = decode(value, &name("/x"), KeyCheck::Digest).unwrap();
         let Body::Whole(whole) = &record.body else {
             panic!("a small body is stored whole");
         };
@@ -270,7 +330,7 @@ mod tests {
         let body = [Bytes::from_static(b"body")];
         let decode_with = |header: &[u8]| {
             let value = encode_parts(&name("/x"), &internal, header, &body, 7).unwrap();
-            decode(value, &name("/x")).unwrap().meta
+            decode(value, &name("/x"), KeyCheck::Digest).unwrap().meta
         };
         let (old, new) = (decode_with(&compressed), decode_with(&reframed));
         for meta in [&old, &new] {
@@ -289,7 +349,7 @@ mod tests {
         let value = encode(&meta(), &[Bytes::from_static(b"body")], 1).unwrap();
         let corrupt = |value: Vec<u8>| {
             matches!(
-                decode(Bytes::from(value), &name("/x")),
+                decode(Bytes::from(value), &name("/x"), KeyCheck::Digest),
                 Err(DecodeError::Corrupt(_))
             )
         };
@@ -309,7 +369,7 @@ mod tests {
             for bit in 0..8 {
                 let mut damaged = value.to_vec();
                 damaged[at] ^= 1 << bit;
-                let decoded = decode(Bytes::from(damaged), &name("/x"));
+                let decoded = decode(Bytes::from(damaged), &name("/x"), KeyCheck::Digest);
                 assert!(
                     matches!(decoded, Err(DecodeError::Corrupt(_))),
                     "byte {at} bit {bit}"
@@ -331,39 +391,88 @@ mod tests {
         old.put_slice(&internal);
         old.put_slice(&header);
         old.put_slice(b"body");
-        assert_eq!(
-            decode(old.freeze(), &name("/x")).err(),
-            Some(DecodeError::Outdated)
-        );
-        assert!(matches!(
-            decode(Bytes::from_static(b"CT"), &name("/x")),
-            Err(DecodeError::Corrupt(_))
-        ));
+        let old = old.freeze();
+        for check in [KeyCheck::Digest, KeyCheck::Tier] {
+            assert_eq!(
+                decode(old.clone(), &name("/x"), check).err(),
+                Some(DecodeError::Outdated)
+            );
+            // Newer versions too (nodes mid-upgrade).
+            for magic in [b"CTR4", b"CTH3"] {
+                let mut newer = encode(&meta(), &[], 1).unwrap().to_vec();
+                newer[..4].copy_from_slice(magic);
+                let decoded = decode(Bytes::from(newer), &name("/x"), check);
+                assert_eq!(decoded.err(), Some(DecodeError::Outdated));
+            }
+            assert!(matches!(
+                decode(Bytes::from_static(b"CT"), &name("/x"), check),
+                Err(DecodeError::Corrupt(_))
+            ));
+        }
+    }
+
+    /// "CTR2" and "CTH1" (no key digest) are what the disk tier held before the upgrade that
+    /// brought the digest: still objects there, a miss from Redis.
+    #[test]
+    fn records_without_a_key_digest_are_read_only_from_a_tier_that_checks_keys() {
+        let (internal, header) = meta().serialize().unwrap();
+        let whole = encode_unkeyed(&internal, &header, b"old body", 3);
+        let body_len = chunks::CHUNK_BYTES + 1;
+        let head = chunks::encode_unkeyed_head(&internal, &header, body_len, 4, &[7, 8]);
+        for value in [&whole, &head] {
+            let decoded = decode(value.clone(), &name("/x"), KeyCheck::Digest);
+            assert_eq!(decoded.err(), Some(DecodeError::Outdated));
+        }
+
+        let record = decode(whole, &name("/x"), KeyCheck::Tier).unwrap();
+        let Body::Whole(body) = &record.body else {
+            panic!("stored whole");
+        };
+        assert_eq!(&body[..], b"old body");
+        assert_eq!(record.written_at, 3);
+        assert_eq!(record.meta.headers().get("cachet-tags").unwrap(), "a b");
+
+        let record = decode(head, &name("/x"), KeyCheck::Tier).unwrap();
+        let Body::Chunked(plan) = &record.body else {
+            panic!("stored in chunks");
+        };
+        assert_eq!((plan.written_at, plan.body_len), (4, body_len));
+        assert_eq!(plan.hashes, [7, 8]);
+        assert_eq!(record.meta.stale_if_error_sec(), 10);
     }
 
     #[test]
-    fn a_record_of_the_format_without_its_key_is_outdated_not_corrupt() {
-        // "CTR2" and "CTH1": the same as today's but for the key digest.
-        let current = encode(&meta(), &[Bytes::from_static(b"body")], 1).unwrap();
-        for magic in [&b"CTR2"[..], b"CTH1"] {
-            let mut old = magic.to_vec();
-            old.extend_from_slice(&current[12..]);
-            let decoded = decode(Bytes::from(old), &name("/x"));
-            assert_eq!(decoded.err(), Some(DecodeError::Outdated));
+    fn a_record_without_a_key_digest_is_still_checked() {
+        let (internal, header) = meta().serialize().unwrap();
+        let value = encode_unkeyed(&internal, &header, b"old body", 3);
+        let corrupt = |value: &[u8]| {
+            matches!(
+                decode(Bytes::copy_from_slice(value), &name("/x"), KeyCheck::Tier),
+                Err(DecodeError::Corrupt(_))
+            )
+        };
+        assert!(corrupt(&value[..value.len() - 1]));
+        for at in 4..value.len() {
+            let mut damaged = value.to_vec();
+            damaged[at] ^= 0x10;
+            assert!(corrupt(&damaged), "byte {at}");
         }
     }
 
     #[test]
     fn a_record_under_another_name_is_corrupt() {
         let value = encode(&meta(), &[Bytes::from_static(b"body of /x")], 1).unwrap();
-        assert!(decode(value.clone(), &name("/x")).is_ok());
         let other_tenant = TierKey::of(&pingora_cache::CacheKey::new(b"/x".to_vec(), "other"));
-        for key in [name("/y"), other_tenant] {
-            let decoded = decode(value.clone(), &key);
-            assert_eq!(
-                decoded.err(),
-                Some(DecodeError::Corrupt("written for another key".into()))
-            );
+        // A tier that checks keys itself never meets this, but the digest holds there too.
+        for check in [KeyCheck::Digest, KeyCheck::Tier] {
+            assert!(decode(value.clone(), &name("/x"), check).is_ok());
+            for key in [name("/y"), other_tenant.clone()] {
+                let decoded = decode(value.clone(), &key, check);
+                assert_eq!(
+                    decoded.err(),
+                    Some(DecodeError::Corrupt("written for another key".into()))
+                );
+            }
         }
     }
 

@@ -15,6 +15,7 @@
 use super::super::MemoryStorage;
 use super::key::TierKey;
 use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
+use super::record::KeyCheck;
 use super::tier::{Delivery, Tier, TierCounters, TierStats};
 use crate::config::SharedTierConfig;
 use anyhow::Context;
@@ -303,6 +304,11 @@ impl SharedTier {
 impl Tier for SharedTier {
     fn name(&self) -> &'static str {
         "l2-shared"
+    }
+
+    /// Redis keys are only names: any value can be copied onto any of them.
+    fn key_check(&self) -> KeyCheck {
+        KeyCheck::Digest
     }
 
     async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String> {

@@ -65,7 +65,7 @@ impl TieredStorage {
                     continue;
                 }
             };
-            let mut found = match record::decode(value, &name) {
+            let mut found = match record::decode(value, &name, tier.key_check()) {
                 Ok(found) => found,
                 // Written by an earlier version: the fill that follows replaces it.
                 Err(DecodeError::Outdated) => {
@@ -145,7 +145,7 @@ impl TieredStorage {
             let Ok(Some(value)) = tier.get(&name).await else {
                 continue;
             };
-            let Ok(mut found) = record::decode(value, &name) else {
+            let Ok(mut found) = record::decode(value, &name, tier.key_check()) else {
                 continue;
             };
             // As a lookup would find it: a soft purge's mark makes the object stale.
@@ -335,5 +335,81 @@ fn target_key<'a>(target: &PurgeTarget<'a>) -> Option<&'a CompactCacheKey> {
     match *target {
         PurgeTarget::Active(key) | PurgeTarget::Exact(CacheEntryKey::KeyOnly(key)) => Some(key),
         PurgeTarget::Exact(CacheEntryKey::Identified { .. }) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::chunks;
+    use super::*;
+    use crate::config::{CacheConfig, DiskTierConfig};
+    use crate::storage::MemoryStorage;
+    use pingora::http::ResponseHeader;
+    use std::time::{Duration, SystemTime};
+
+    /// Objects an earlier version stored on disk, before records carried their key's digest
+    /// ("CTR2" and the chunked "CTH1"), are hits after the upgrade: the disk tier vouches for
+    /// the key of every value it returns.
+    #[test]
+    fn the_disk_tier_serves_objects_stored_before_the_key_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(1 << 20, 1 << 20)));
+        let config = CacheConfig {
+            max_bytes: 1 << 20,
+            max_object_bytes: 1 << 20,
+            lock_timeout: Duration::from_secs(1),
+            uncacheable_keys: 0,
+            lean_hits: false,
+            disk: Some(DiskTierConfig {
+                path: dir.path().to_path_buf(),
+                max_bytes: 8 << 20,
+                max_objects: None,
+            }),
+            shared: None,
+        };
+        let storage = TieredStorage::open(l1, &config).unwrap();
+        let disk: Arc<dyn Tier> = storage.disk.clone().unwrap();
+        let now = SystemTime::now();
+        let header = ResponseHeader::build(200, None).unwrap();
+        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        let (internal, header) = meta.serialize().unwrap();
+        let written_at = record::now_ns();
+        let key = |path: &str| CacheKey::new(path.as_bytes().to_vec(), "site");
+        let large: Bytes = (0..chunks::CHUNK_BYTES + 5).map(|i| i as u8).collect();
+
+        let runtime = storage.runtime.as_ref().unwrap();
+        runtime.block_on(async {
+            let lifetime = Duration::from_secs(60);
+            let whole = record::encode_unkeyed(&internal, &header, b"old body", written_at);
+            let small = TierKey::of(&key("/small"));
+            disk.put(&small, whole, lifetime).await.unwrap();
+
+            let large_key = TierKey::of(&key("/large"));
+            let mut hashes = Vec::new();
+            for i in 0..chunks::count_for(large.len()) {
+                let (chunk, hash) =
+                    chunks::encode_chunk(std::slice::from_ref(&large), written_at, i);
+                let name = large_key.chunk(written_at, i as u32);
+                disk.put(&name, chunk, lifetime).await.unwrap();
+                hashes.push(hash);
+            }
+            let head =
+                chunks::encode_unkeyed_head(&internal, &header, large.len(), written_at, &hashes);
+            disk.put(&large_key, head, lifetime).await.unwrap();
+
+            let found = storage.find_in_tiers(&key("/small")).await;
+            let Some(FoundBody::Whole(body)) = found.map(|f| f.body) else {
+                panic!("the small object is a disk hit");
+            };
+            assert_eq!(&body[..], b"old body");
+            let found = storage.find_in_tiers(&key("/large")).await;
+            let Some(FoundBody::Chunked { plan, first, .. }) = found.map(|f| f.body) else {
+                panic!("the large object is a disk hit");
+            };
+            assert_eq!(plan.body_len, large.len());
+            assert_eq!(first, large.slice(..chunks::CHUNK_BYTES));
+        });
+        let stats = disk.stats();
+        assert_eq!((stats.hits, stats.misses, stats.corrupt), (2, 0, 0));
     }
 }

@@ -3,6 +3,7 @@
 
 use super::key::TierKey;
 use super::purges::Purge;
+use super::record::KeyCheck;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -17,6 +18,11 @@ pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 pub(crate) trait Tier: Send + Sync + 'static {
     /// The name `Cache-Status` and metrics use (`l2-disk`, `l2-shared`).
     fn name(&self) -> &'static str;
+
+    /// Whether a value this tier returns for a key is known to have been stored under that
+    /// very key ([`KeyCheck::Tier`]: the tier keeps each value's key and compares it on read),
+    /// or only the record's own key digest says so ([`KeyCheck::Digest`]).
+    fn key_check(&self) -> KeyCheck;
 
     /// The stored value, `Ok(None)` on a miss. Errors are counted by the caller and are misses.
     async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String>;

@@ -15,6 +15,7 @@ mod segments;
 
 use super::key::TierKey;
 use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
+use super::record::KeyCheck;
 use super::tier::{Delivery, Tier, TierCounters, TierStats};
 use crate::config::DiskTierConfig;
 use crate::storage::MemoryStorage;
@@ -201,6 +202,11 @@ impl DiskTier {
 impl Tier for DiskTier {
     fn name(&self) -> &'static str {
         "l2-disk"
+    }
+
+    /// Every entry carries its key, checked on read (`entry.rs`).
+    fn key_check(&self) -> KeyCheck {
+        KeyCheck::Tier
     }
 
     async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
