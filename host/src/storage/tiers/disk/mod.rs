@@ -506,6 +506,14 @@ mod tests {
         assert_eq!(read_marks(&path).unwrap(), kept);
     }
 
+    fn small_config(path: &Path) -> DiskTierConfig {
+        DiskTierConfig {
+            path: path.to_path_buf(),
+            max_bytes: 8 << 20,
+            max_objects: None,
+        }
+    }
+
     fn memory() -> &'static MemoryStorage {
         Box::leak(Box::new(MemoryStorage::new(8 << 20, 1 << 20)))
     }
@@ -516,11 +524,7 @@ mod tests {
     #[test]
     fn purges_made_while_waiting_for_the_folder_reach_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let config = DiskTierConfig {
-            path: dir.path().to_path_buf(),
-            max_bytes: 8 << 20,
-            max_objects: None,
-        };
+        let config = small_config(dir.path());
         let old = DiskTier::start(&config, Arc::default(), memory()).unwrap();
         let l1 = memory();
         let new = DiskTier::start(&config, Arc::default(), l1).unwrap();
@@ -560,11 +564,7 @@ mod tests {
     #[test]
     fn a_purge_that_cannot_be_recorded_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let config = DiskTierConfig {
-            path: dir.path().to_path_buf(),
-            max_bytes: 8 << 20,
-            max_objects: None,
-        };
+        let config = small_config(dir.path());
         let tier = DiskTier::start(&config, Arc::default(), memory()).unwrap();
         let key = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "site"));
         let store = tier.store.get().unwrap();
