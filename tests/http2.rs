@@ -96,6 +96,18 @@ impl Setup {
             .unwrap_or_else(|e| panic!("{protocol:?} {method} {path}: {e}\n{}", self.proxy.log()));
         outcome.responses.remove(0)
     }
+    /// A TLS connection to the TLS listener offering only `h2` by ALPN; the handshake runs
+    /// on its first read or write.
+    fn h2_tls_stream(&self) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+        let name = rustls::pki_types::ServerName::try_from(SITE).unwrap();
+        let conn = rustls::ClientConnection::new(self.tls_config(&[b"h2"]), name).unwrap();
+        let port = self.proxy.tls_port.expect("TLS listener");
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        rustls::StreamOwned::new(conn, tcp)
+    }
+
     /// Runs `client` on a runtime of its own, given a new plain TCP connection to the proxy
     /// (for tests that drive the `h2` crate directly).
     fn with_plain_connection<T, F>(&self, client: impl FnOnce(tokio::net::TcpStream) -> F) -> T
@@ -368,12 +380,7 @@ fn an_http2_client_that_never_sends_its_preface_is_disconnected() {
     };
 
     // ALPN settled on h2, then silence.
-    let name = rustls::pki_types::ServerName::try_from(SITE).unwrap();
-    let conn = rustls::ClientConnection::new(setup.tls_config(&[b"h2"]), name).unwrap();
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", setup.proxy.tls_port.unwrap())).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = setup.h2_tls_stream();
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock).unwrap();
     }
@@ -386,12 +393,7 @@ fn an_http2_client_that_never_sends_its_preface_is_disconnected() {
 
     // ALPN settled on h2, then one byte of the preface and silence: the preface must be
     // whole in time, not merely started.
-    let name = rustls::pki_types::ServerName::try_from(SITE).unwrap();
-    let conn = rustls::ClientConnection::new(setup.tls_config(&[b"h2"]), name).unwrap();
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", setup.proxy.tls_port.unwrap())).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut tls = setup.h2_tls_stream();
     std::io::Write::write_all(&mut tls, b"P").unwrap();
     std::io::Write::flush(&mut tls).unwrap();
     let took = closed_within(&mut tls);
