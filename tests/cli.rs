@@ -370,10 +370,11 @@ fn serve_exits_at_once_when_an_address_it_listens_on_is_taken() {
     let config = dir.path().join("cachet.toml");
     let plugin = plugin("standard");
     let free = support::free_port();
-    for (listen, admin, key) in [
-        (port, free, "server.listen"),
-        (free, port, "server.admin"),
-        (free, free, "server.admin"),
+    // An address named twice is refused with the config, before any bind.
+    for (listen, admin, key, why) in [
+        (port, free, "server.listen", "cannot listen on"),
+        (free, port, "server.admin", "cannot listen on"),
+        (free, free, "server.admin", "is also server.listen"),
     ] {
         std::fs::write(
             &config,
@@ -404,7 +405,7 @@ fn serve_exits_at_once_when_an_address_it_listens_on_is_taken() {
         let mut err = String::new();
         std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
         assert!(!status.success(), "{key}: {err}");
-        assert!(err.contains("cannot listen on"), "{key}: {err}");
+        assert!(err.contains(why), "{key}: {err}");
         assert!(err.contains(key), "{key}: {err}");
     }
     drop(taken);
@@ -438,15 +439,78 @@ fn validate_refuses_a_disk_tier_path_under_a_file() {
 fn a_blank_admin_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cachet.toml");
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:0\"\nadmin_token = \"  \"\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = \"builtin:standard\"\n",
-    )
-    .unwrap();
-    let (ok, out) = run(&["validate", "--config", config.to_str().unwrap()]);
+    let validate = |server: &str| {
+        std::fs::write(
+            &config,
+            format!("[server]\nlisten = \"127.0.0.1:0\"\nadmin = \"0.0.0.0:0\"\n{server}\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = \"builtin:standard\"\n"),
+        )
+        .unwrap();
+        run(&["validate", "--config", config.to_str().unwrap()])
+    };
+    let (ok, out) = validate("admin_token = \"\"");
     assert!(!ok, "{out}");
     assert!(out.contains("server.admin_token"), "{out}");
     assert!(out.contains("blank"), "{out}");
+    // Tokens no client can send (header values are trimmed and end at a line) lock
+    // everyone out; a line break also printed the token in the CLI's error.
+    for token in ["\"  \"", "\"tok \"", "\"a\\nb\"", "\"a b\""] {
+        let (ok, out) = validate(&format!("admin_token = {token}"));
+        assert!(!ok, "{token}: {out}");
+        assert!(out.contains("server.admin_token"), "{token}: {out}");
+    }
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "first\nsecond\n").unwrap();
+    let (ok, out) = validate("admin_token_file = \"token\"");
+    assert!(!ok, "{out}");
+    assert!(out.contains("server.admin_token_file"), "{out}");
+    assert!(out.contains("line breaks"), "{out}");
+    std::fs::write(&token_file, "s3cret-Token_1\n").unwrap();
+    let (ok, out) = validate("admin_token_file = \"token\"");
+    assert!(ok, "{out}");
+}
+
+/// `validate` catches what `serve` could not start with: two listeners on one address
+/// (or one on all interfaces and one on a single one, same port), and a per-tenant table
+/// sized beyond any memory (`uncacheable_keys`).
+#[test]
+fn listeners_on_one_address_and_unbounded_tables_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    let validate = |server: &str, cache: &str| {
+        std::fs::write(
+            &config,
+            format!("[server]\n{server}\n\n[cache]\n{cache}\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = \"builtin:standard\"\n"),
+        )
+        .unwrap();
+        run(&["validate", "--config", config.to_str().unwrap()])
+    };
+    for (server, key) in [
+        (
+            "listen = \"127.0.0.1:18080\"\nadmin = \"127.0.0.1:18080\"",
+            "server.admin",
+        ),
+        (
+            "listen = \"0.0.0.0:18080\"\nmetrics = \"127.0.0.1:18080\"",
+            "server.metrics",
+        ),
+    ] {
+        let (ok, out) = validate(server, "");
+        assert!(!ok, "{server}: {out}");
+        assert!(
+            out.contains(key) && out.contains("18080"),
+            "{server}: {out}"
+        );
+    }
+    let (ok, out) = validate(
+        "listen = \"127.0.0.1:18080\"\nadmin = \"127.0.0.1:18081\"",
+        "",
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = validate("listen = \"127.0.0.1:0\"", "uncacheable_keys = 1000000000");
+    assert!(!ok, "{out}");
+    assert!(out.contains("cache.uncacheable_keys"), "{out}");
+    let (ok, out) = validate("listen = \"127.0.0.1:0\"", "uncacheable_keys = 100000");
+    assert!(ok, "{out}");
 }
 
 /// Values that would pass unnoticed and misbehave later are refused with their key: a

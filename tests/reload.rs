@@ -641,3 +641,66 @@ fn limits_the_plugin_cannot_start_within_are_refused_on_reload() {
     let hit = get(&proxy.url("/still"));
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
 }
+
+/// A reload may not leave an admin listener off loopback without a token. An edit moving
+/// `admin` to loopback and dropping the token at once was accepted: the token went at once,
+/// the listener stayed on all interfaces until a restart, and anyone reaching it had the
+/// whole admin API (probe W).
+#[test]
+fn a_reload_cannot_drop_the_token_of_an_admin_listener_that_stays_exposed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    let (listen, admin) = (support::free_port(), support::free_port());
+    let write = |admin_line: String, token: &str| {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{listen}\"\n{admin_line}\n{token}\nthreads = 1\n\n\
+             [[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\n\
+             plugin = \"builtin:standard\"\n"
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write(
+        format!("admin = \"0.0.0.0:{admin}\""),
+        "admin_token = \"tok\"",
+    );
+    let log_path = dir.path().join("cachet.log");
+    let mut child = std::process::Command::new(support::proxy::cachet_bin())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let status = |token: Option<&str>| {
+        let mut request =
+            ureq::get(&format!("http://127.0.0.1:{admin}/status")).timeout(Duration::from_secs(5));
+        if let Some(token) = token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        match request.call() {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(_) => 0,
+        }
+    };
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(None) != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "admin never answered:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    write(format!("admin = \"127.0.0.1:{admin}\""), "");
+    // Read, whichever way it went (refused, or the token applied).
+    eventually("the edit read", || {
+        log().contains("stays on 0.0.0.0") || log().contains("server.admin_token")
+    });
+    let (anonymous, with_token) = (status(None), status(Some("tok")));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(anonymous, 401, "the admin API opened to anyone:\n{}", log());
+    assert_eq!(with_token, 200, "{}", log());
+    assert!(log().contains("stays on 0.0.0.0"), "{}", log());
+}

@@ -138,7 +138,7 @@ struct RawServer {
 struct RawCache {
     max_bytes: Option<Spanned<SizeValue>>,
     max_object_bytes: Option<Spanned<SizeValue>>,
-    uncacheable_keys: Option<usize>,
+    uncacheable_keys: Option<Spanned<usize>>,
     lean_hits: Option<bool>,
     lock_timeout: Option<Spanned<DurationValue>>,
     lock_timeout_ms: Option<Spanned<u64>>,
@@ -228,6 +228,56 @@ pub enum ForwardedHeaders {
 
 /// Largest request head Pingora itself reads (its `MAX_HEADER_SIZE`).
 pub const PINGORA_MAX_HEAD: usize = 1_048_575;
+
+/// Why an admin token could never be presented, if so: a client sends it as `Bearer <token>`
+/// in one header line, trimmed, so it must be visible ASCII without spaces.
+pub fn unsendable_token(token: &str) -> Option<&'static str> {
+    if token.is_empty() {
+        return Some("must not be empty or blank");
+    }
+    match token.bytes().all(|b| b.is_ascii_graphic()) {
+        true => None,
+        false => {
+            Some("must be visible ASCII without spaces or line breaks (it is sent in a header)")
+        }
+    }
+}
+
+/// Most URLs remembered as not storable, per tenant: the record is a table each tenant fills.
+const MAX_UNCACHEABLE_KEYS: usize = 1 << 20;
+
+/// Two listeners on one address (or one on all interfaces and one on a single interface,
+/// same port): `serve` could not bind the second. Port 0 (the kernel picks) never clashes.
+fn listener_named_twice(server: &ServerConfig) -> Option<(&'static str, &'static str, SocketAddr)> {
+    let listeners = [
+        ("server.listen", Some(server.listen)),
+        ("server.tls_listen", server.listener.tls_listen),
+        ("server.admin", server.admin),
+        ("server.metrics", server.metrics),
+    ];
+    let clash = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port()
+            && a.port() != 0
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
+    for (i, (first, a)) in listeners.iter().enumerate() {
+        for (second, b) in &listeners[i + 1..] {
+            if let (Some(a), Some(b)) = (a, b) {
+                if clash(*a, *b) {
+                    return Some((first, second, *b));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether the admin listener is off loopback with no token: anyone who reaches it could
+/// reload, purge and promote. Checked on every config, and on a reload against the address
+/// the listener really keeps until a restart.
+pub fn admin_exposed_without_token(server: &ServerConfig) -> bool {
+    server.admin.is_some_and(|a| !a.ip().is_loopback()) && server.admin_token.is_none()
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -495,21 +545,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             max_request_head,
         )?,
     };
-    // A blank token could never be matched (header values are trimmed): refused like none.
-    if server
-        .admin_token
-        .as_deref()
-        .is_some_and(|t| t.trim().is_empty())
-    {
+    // A token no client can send (blank, spaces, a line break: header values are trimmed
+    // and end at a line) would lock everyone out, and a line break would print it in the
+    // CLI's error: refused like none.
+    if let Some(reason) = server.admin_token.as_deref().and_then(unsendable_token) {
+        let key = match server.admin_token_file {
+            Some(_) => "server.admin_token_file",
+            None => "server.admin_token",
+        };
         return Err(ConfigError {
             file: path.to_path_buf(),
             line: None,
-            key: Some("server.admin_token".into()),
-            message: "must not be empty or blank".into(),
+            key: Some(key.into()),
+            message: reason.into(),
         });
     }
-    let exposed = |addr: &Option<SocketAddr>| addr.is_some_and(|a| !a.ip().is_loopback());
-    if exposed(&server.admin) && server.admin_token.is_none() {
+    if let Some((first, second, addr)) = listener_named_twice(&server) {
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: Some(second.into()),
+            message: format!("{addr} is also {first}: each listener needs its own address"),
+        });
+    }
+    if admin_exposed_without_token(&server) {
         let line = raw
             .server
             .admin
@@ -547,7 +606,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let cache = CacheConfig {
         max_bytes,
         max_object_bytes,
-        uncacheable_keys: raw.cache.uncacheable_keys.unwrap_or(16_384),
+        uncacheable_keys: match &raw.cache.uncacheable_keys {
+            Some(n) if *n.get_ref() > MAX_UNCACHEABLE_KEYS => {
+                return Err(located.at(
+                    n.span(),
+                    "cache.uncacheable_keys",
+                    format!("must be at most {MAX_UNCACHEABLE_KEYS} (per tenant)"),
+                ))
+            }
+            Some(n) => *n.get_ref(),
+            None => 16_384,
+        },
         lean_hits: raw.cache.lean_hits.unwrap_or(true),
         lock_timeout: located
             .duration_or_ms(

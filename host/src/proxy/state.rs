@@ -69,13 +69,15 @@ impl ProxyState {
         if !scheme.eq_ignore_ascii_case(b"bearer ") {
             return false;
         }
-        // Compare without an early exit so timing does not leak the token.
-        presented.len() == token.len()
-            && presented
-                .iter()
-                .zip(token.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        // Digests compared without an early exit: timing tells neither the token nor its
+        // length (a length check first told the length).
+        use sha2::{Digest, Sha256};
+        let (presented, token) = (Sha256::digest(presented), Sha256::digest(token.as_bytes()));
+        presented
+            .iter()
+            .zip(token.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 
     /// Counts a plugin fault for operators.

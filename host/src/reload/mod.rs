@@ -347,6 +347,15 @@ impl Reloader {
     fn apply_config(&self, new: Config) -> Outcome {
         let old = self.config();
         let new = settings::keep_restart_only(&old, new);
+        // The file may move the admin listener to loopback and drop the token at once: the
+        // token goes now, the listener only at a restart, so check what would really run.
+        if crate::config::admin_exposed_without_token(&new.server) {
+            return Outcome::Refused(format!(
+                "server.admin: the admin listener stays on {} until a restart, and off \
+                 loopback it needs server.admin_token",
+                new.server.admin.map_or_else(String::new, |a| a.to_string())
+            ));
+        }
         let tenants_changed = !old
             .tenants
             .iter()
