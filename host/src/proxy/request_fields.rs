@@ -29,6 +29,10 @@ const HOP_BY_HOP: [&str; 6] = [
     "trailer",
 ];
 
+/// Upgrade fields the origin is sent only for a WebSocket upgrade over HTTP/1.1 (Pingora
+/// forwards no other): otherwise they go before the plugin reads the request.
+const UPGRADE_FIELDS: [&str; 2] = ["upgrade", "http2-settings"];
+
 /// Fields a client may not remove by nominating them: the origin's framing and upgrade
 /// handling are Pingora's, and these are read after this point.
 const NEVER_REMOVED: [&str; 5] = [
@@ -213,10 +217,9 @@ fn remove_hop_by_hop(req: &mut RequestHeader) -> Result<(), &'static str> {
     // Most requests carry none of them: one pass over the names costs less than a removal (a
     // lookup) per hop-by-hop name, as for responses (`hop_by_hop.rs`).
     if !req.headers.contains_key(header::CONNECTION)
-        && !req
-            .headers
-            .keys()
-            .any(|name| HOP_BY_HOP.contains(&name.as_str()))
+        && !req.headers.keys().any(|name| {
+            HOP_BY_HOP.contains(&name.as_str()) || UPGRADE_FIELDS.contains(&name.as_str())
+        })
     {
         return Ok(());
     }
@@ -249,7 +252,23 @@ fn remove_hop_by_hop(req: &mut RequestHeader) -> Result<(), &'static str> {
     {
         req.remove_header(name);
     }
+    remove_unforwarded_upgrade(req);
     Ok(())
+}
+
+/// Removes `HTTP2-Settings`, and an `Upgrade` unless it asks for a WebSocket over HTTP/1.1:
+/// the origin never gets them (Pingora forwards WebSocket upgrades alone), so a plugin must
+/// not key on them.
+fn remove_unforwarded_upgrade(req: &mut RequestHeader) {
+    req.remove_header("http2-settings");
+    let websocket = req.version == Version::HTTP_11
+        && req
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !websocket {
+        req.remove_header(&header::UPGRADE);
+    }
 }
 
 #[cfg(test)]
@@ -421,5 +440,33 @@ mod tests {
             let mut req = http11(&[("host", "a.test"), ("connection", protected)]);
             assert!(sanitize(&mut req).is_err(), "{protected}");
         }
+    }
+
+    /// Only a WebSocket upgrade over HTTP/1.1 reaches the origin: other upgrade fields are
+    /// gone before the plugin could key on them (probe V).
+    #[test]
+    fn upgrade_fields_the_origin_never_gets_are_removed() {
+        let mut h2c = http11(&[
+            ("host", "a.test"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+        ]);
+        assert_eq!(sanitize(&mut h2c), Ok(()));
+        assert!(!h2c.headers.contains_key("upgrade"));
+        assert!(!h2c.headers.contains_key("http2-settings"));
+        let mut websocket = http11(&[
+            ("host", "a.test"),
+            ("connection", "Upgrade"),
+            ("upgrade", "WebSocket"),
+        ]);
+        assert_eq!(sanitize(&mut websocket), Ok(()));
+        assert_eq!(websocket.headers["upgrade"], "WebSocket");
+        let mut old = request(
+            Version::HTTP_10,
+            &[("host", "a.test"), ("upgrade", "websocket")],
+        );
+        assert_eq!(sanitize(&mut old), Ok(()));
+        assert!(!old.headers.contains_key("upgrade"));
     }
 }

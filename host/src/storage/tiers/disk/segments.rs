@@ -439,26 +439,52 @@ fn recover(
     let mut resync = Resync::new(file, file_len);
     let mut keys = Vec::new();
     let mut offset = 0u64;
-    // Where the last entry read starts, and where it ends.
-    let mut last_start = None;
+    // The last entry read: where it starts, and its key's hash when it is a value.
+    let mut last: Option<(u64, Option<u64>)> = None;
     let mut end = 0u64;
     let mut header = [0u8; HEADER];
     let mut key = Vec::new();
     while offset < file_len {
         let parsed = match reader.read_exact(&mut header) {
-            Ok(()) => Header::parse(&header).filter(|h| offset + h.entry_len() as u64 <= file_len),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
+            Ok(()) => Header::parse(&header),
+            // A header cut off by a crash: the tail goes.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(e),
         };
+        // An entry running past the end was cut off by a crash: the tail goes, and is never
+        // searched. Its body may hold anything a client had cached, a forged entry included.
+        if parsed.is_some_and(|h| offset + h.entry_len() as u64 > file_len) {
+            break;
+        }
         let Some(parsed) = parsed else {
-            // The entry before may be the damaged one (a flipped length bit leads here), so
-            // the search starts just after its start.
-            let from = last_start.unwrap_or(offset) + 1;
+            // Damage. An entry before that checks out ends here, so the search starts here.
+            // One that does not is the damaged one (a flipped length bit leads here): it is
+            // forgotten, and the search starts just after its start. A search never starts
+            // inside an entry known to be whole: its body may hold a forged entry.
+            let from = match last {
+                Some((start, value)) if !resync.checks_out(start)? => {
+                    if let Some(hash) = value {
+                        if entries
+                            .get(&hash)
+                            .is_some_and(|loc| u64::from(loc.offset) == start)
+                        {
+                            entries.remove(&hash);
+                        }
+                        keys.retain(|k| *k != hash);
+                    }
+                    start + 1
+                }
+                _ => offset + 1,
+            };
             let Some(next) = resync.next_entry(from)? else {
                 break;
             };
-            tracing::warn!("disk tier: segment {id:016x}: damaged bytes {offset}..{next} skipped");
+            tracing::warn!(
+                "disk tier: segment {id:016x}: damaged bytes from {} to {next} skipped",
+                from - 1
+            );
             offset = next;
+            last = None;
             reader.seek(SeekFrom::Start(next))?;
             continue;
         };
@@ -467,6 +493,7 @@ fn recover(
         reader.read_exact(&mut key)?;
         reader.seek_relative(parsed.value_len as i64)?;
         let hash = hasher.hash_one(&key);
+        last = Some((offset, (parsed.kind == Kind::Value).then_some(hash)));
         match parsed.kind {
             Kind::Value => {
                 let loc = Loc {
@@ -482,7 +509,6 @@ fn recover(
                 entries.remove(&hash);
             }
         }
-        last_start = Some(offset);
         offset += len;
         end = offset;
     }
@@ -790,18 +816,25 @@ mod tests {
                 let (keys, path) = stored(dir.path(), 10);
                 let len = std::fs::metadata(&path).unwrap().len();
                 damage(&path, 3 * ENTRY + at, mask);
+                // A length made to run past the end reads as an entry a crash cut off: the
+                // tail goes (misses), since searching inside it could find a forged entry.
+                let bytes = std::fs::read(&path).unwrap();
+                let overruns = Header::parse(&bytes[3 * ENTRY..])
+                    .is_some_and(|h| (3 * ENTRY + h.entry_len()) as u64 > len);
 
                 let again = roomy(dir.path());
                 let what = format!("byte {at} ^ {mask:#x}");
                 for (i, key) in keys.iter().enumerate() {
                     let read = again.get(key).await;
-                    if i == 3 {
-                        assert!(!matches!(read, Ok(Some(_))), "{what}: served");
+                    if i == 3 || (overruns && i > 3) {
+                        assert!(!matches!(read, Ok(Some(_))), "{what}: {i} served");
                     } else {
                         assert_eq!(read.unwrap(), Some(value(100, i as u8).into()), "{what}");
                     }
                 }
-                assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "{what}");
+                let kept = std::fs::metadata(&path).unwrap().len();
+                let expected = if overruns { 3 * ENTRY as u64 } else { len };
+                assert_eq!(kept, expected, "{what}");
             }
         }
     }
@@ -832,6 +865,40 @@ mod tests {
         assert_eq!(again.get(b"first").await.unwrap().unwrap(), &b"v"[..]);
         assert_eq!(again.get(b"after").await.unwrap().unwrap(), &b"kept"[..]);
         assert_eq!(again.entries(), 2);
+    }
+
+    /// A search after damage never starts inside an entry known to be whole, nor inside one
+    /// a crash cut off: a body may hold a whole entry, checksum and all, made by whoever chose
+    /// what was cached. After a torn header at the end, the search started inside the last
+    /// whole entry, and the entry hidden in its body was indexed (and served) under the key
+    /// it named (probe V).
+    #[tokio::test]
+    async fn an_entry_hidden_in_a_body_is_never_taken_after_a_crash() {
+        for torn_carrier in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = roomy(dir.path());
+            store.put(b"victim", b"genuine").unwrap();
+            let mut body = b"padding ".to_vec();
+            body.extend_from_slice(&entry::encode(Kind::Value, b"victim", b"forged"));
+            body.extend_from_slice(b" and more");
+            store.put(b"carrier", &body).unwrap();
+            drop(store);
+            let path = segment_path(dir.path(), 0);
+            let mut bytes = std::fs::read(&path).unwrap();
+            match torn_carrier {
+                // The carrier itself cut off by the crash.
+                true => bytes.truncate(bytes.len() - 3),
+                // A next entry's header cut off by the crash.
+                false => bytes.extend_from_slice(&entry::encode(Kind::Value, b"next", b"x")[..10]),
+            }
+            std::fs::write(&path, &bytes).unwrap();
+
+            let again = roomy(dir.path());
+            let what = format!("carrier torn: {torn_carrier}");
+            let victim = again.get(b"victim").await.unwrap().unwrap();
+            assert_eq!(victim, &b"genuine"[..], "{what}");
+            assert_eq!(again.contains(b"carrier"), !torn_carrier, "{what}");
+        }
     }
 
     #[tokio::test]
