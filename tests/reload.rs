@@ -664,12 +664,21 @@ fn a_reload_cannot_drop_the_token_of_an_admin_listener_that_stays_exposed() {
         "admin_token = \"tok\"",
     );
     let log_path = dir.path().join("cachet.log");
-    let mut child = std::process::Command::new(support::proxy::cachet_bin())
+    let child = std::process::Command::new(support::proxy::cachet_bin())
         .args(["serve", "--config", config.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
+    // Stopped by its PID however the test ends.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let running = Running(child);
     let status = |token: Option<&str>| {
         let mut request =
             ureq::get(&format!("http://127.0.0.1:{admin}/status")).timeout(Duration::from_secs(5));
@@ -698,8 +707,7 @@ fn a_reload_cannot_drop_the_token_of_an_admin_listener_that_stays_exposed() {
         log().contains("stays on 0.0.0.0") || log().contains("server.admin_token")
     });
     let (anonymous, with_token) = (status(None), status(Some("tok")));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(running);
     assert_eq!(anonymous, 401, "the admin API opened to anyone:\n{}", log());
     assert_eq!(with_token, 200, "{}", log());
     assert!(log().contains("stays on 0.0.0.0"), "{}", log());
