@@ -513,6 +513,60 @@ fn listeners_on_one_address_and_unbounded_tables_are_refused() {
     assert!(ok, "{out}");
 }
 
+/// A lock timeout of 0 (no miss would wait for the fill) is refused like the other timeouts;
+/// an upstream with a user and password is refused without repeating the password; a tenant
+/// quota above the whole cache passes with a warning (it never limits anything).
+#[test]
+fn settings_that_do_nothing_or_leak_a_secret_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    let validate = |cache: &str, tenant: &str| {
+        std::fs::write(
+            &config,
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n\n[cache]\nmax_bytes = \"1MiB\"\n{cache}\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nplugin = \"builtin:standard\"\n{tenant}\n"),
+        )
+        .unwrap();
+        run(&["validate", "--config", config.to_str().unwrap()])
+    };
+    let upstream = "upstream = \"127.0.0.1:1\"";
+    for (cache, key) in [
+        ("lock_timeout = \"0s\"", "cache.lock_timeout"),
+        ("lock_timeout_ms = 0", "cache.lock_timeout_ms"),
+    ] {
+        let (ok, out) = validate(cache, upstream);
+        assert!(!ok, "{cache}: {out}");
+        assert!(
+            out.contains(key) && out.contains("at least 1ms"),
+            "{cache}: {out}"
+        );
+    }
+    let (ok, out) = validate("lock_timeout = \"1ms\"", upstream);
+    assert!(ok, "{out}");
+
+    let (ok, out) = validate("", "upstream = \"http://admin:s3cret@127.0.0.1:1\"");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("tenant.upstream") && out.contains("user or password"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret"), "the password is repeated: {out}");
+
+    let (ok, out) = validate(
+        "",
+        &format!("{upstream}\n[tenant.limits]\ncache_quota = \"2MiB\""),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning") && out.contains("cache_quota") && out.contains("never limits"),
+        "{out}"
+    );
+    let (ok, out) = validate(
+        "",
+        &format!("{upstream}\n[tenant.limits]\ncache_quota = \"512KiB\""),
+    );
+    assert!(ok && !out.contains("warning"), "{out}");
+}
+
 /// Values that would pass unnoticed and misbehave later are refused with their key: a
 /// thread count no machine starts, an upstream listed twice (twice its share) or under two
 /// names on one address (one upstream, the second name never used), a health path

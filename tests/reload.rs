@@ -494,6 +494,58 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// A tenant removed by a reload takes its memory objects with it: no request can reach them,
+/// and left in place they held the global budget and showed under no tenant until evicted.
+#[test]
+fn a_removed_tenants_objects_leave_memory_with_it() {
+    let a = Origin::start(|_| Reply::ok("from a").header("Cache-Control", "max-age=600"));
+    let b = Origin::start(|_| Reply::ok(vec![b'b'; 4096]).header("Cache-Control", "max-age=600"));
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("a", a.addr, &plugin("standard")).hosts(&["a.test"])],
+    );
+    let config = proxy.dir.path().join("cachet.toml");
+    let only_a = std::fs::read_to_string(&config).unwrap();
+    let with_b = format!(
+        "{only_a}\n[[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstream = \"{}\"\nplugin = {:?}\n",
+        b.addr,
+        plugin("standard").display().to_string()
+    );
+    std::fs::write(&config, &with_b).unwrap();
+    let b_get = |path: &str| support::client::send("GET", &proxy.url(path), &[("Host", "b.test")]);
+    eventually("tenant b serving", || b_get("/warm").status == 200);
+    support::client::send("GET", &proxy.url("/a"), &[("Host", "a.test")]);
+    for i in 0..8 {
+        b_get(&format!("/b/{i}"));
+    }
+    let cache = |proxy: &Proxy| proxy.status()["cache"].clone();
+    assert_eq!(cache(&proxy)["objects"].as_u64(), Some(10));
+    assert!(cache(&proxy)["stored_bytes"].as_u64().unwrap() > 8 * 4096);
+
+    std::fs::write(&config, &only_a).unwrap();
+    eventually("b's objects dropped", || {
+        cache(&proxy)["objects"].as_u64() == Some(1)
+    });
+    assert!(cache(&proxy)["stored_bytes"].as_u64().unwrap() < 4096);
+    let a_hit = support::client::send("GET", &proxy.url("/a"), &[("Host", "a.test")]);
+    assert!(
+        a_hit.cache_status().contains("hit"),
+        "{}",
+        a_hit.cache_status()
+    );
+
+    // Added back, the tenant starts empty: its old objects were dropped, not hidden.
+    std::fs::write(&config, &with_b).unwrap();
+    eventually("tenant b back", || b_get("/warm").status == 200);
+    let again = b_get("/b/0");
+    assert!(
+        !again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(b.hits_for("/b/0"), 2);
+}
+
 #[test]
 fn cache_and_server_keys_apply_on_reload_and_restart_only_keys_are_named() {
     let origin =

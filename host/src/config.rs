@@ -243,6 +243,24 @@ pub fn unsendable_token(token: &str) -> Option<&'static str> {
     }
 }
 
+/// Settings that are valid but probably not what was meant: `validate` prints them, and
+/// `serve` and every reload log them.
+pub fn warnings(config: &Config) -> Vec<String> {
+    config
+        .tenants
+        .iter()
+        .filter_map(|t| {
+            let quota = t.cache_quota?;
+            (quota > config.cache.max_bytes).then(|| {
+                format!(
+                    "tenant {:?}: tenant.limits.cache_quota ({quota} bytes) is above cache.max_bytes ({} bytes): it never limits the tenant",
+                    t.name, config.cache.max_bytes
+                )
+            })
+        })
+        .collect()
+}
+
 /// Most URLs remembered as not storable, per tenant: the record is a table each tenant fills.
 const MAX_UNCACHEABLE_KEYS: usize = 1 << 20;
 
@@ -618,13 +636,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             None => 16_384,
         },
         lean_hits: raw.cache.lean_hits.unwrap_or(true),
-        lock_timeout: located
-            .duration_or_ms(
-                "cache.lock_timeout",
-                &raw.cache.lock_timeout,
-                &raw.cache.lock_timeout_ms,
-            )?
-            .map_or(Duration::from_secs(5), |(d, _)| d),
+        lock_timeout: match located.duration_or_ms(
+            "cache.lock_timeout",
+            &raw.cache.lock_timeout,
+            &raw.cache.lock_timeout_ms,
+        )? {
+            // At 0 a miss would wait for no fill: every concurrent miss goes to the origin.
+            Some((d, span)) if d < Duration::from_millis(1) => {
+                let key = match raw.cache.lock_timeout_ms {
+                    Some(_) => "cache.lock_timeout_ms",
+                    None => "cache.lock_timeout",
+                };
+                return Err(located.at(span, key, "must be at least 1ms"));
+            }
+            Some((d, _)) => d,
+            None => Duration::from_secs(5),
+        },
         disk: located.disk_tier(base, raw.cache.disk)?,
         shared: located.shared_tier(base, raw.cache.shared)?,
     };

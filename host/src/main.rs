@@ -266,7 +266,10 @@ fn validate(path: &std::path::Path) -> anyhow::Result<()> {
         server::load_shadow(&engine, tenant, None)?;
     }
     let certificates = cachet::tls::CertStore::load(&config)?;
-    for warning in cachet::tls::coverage::warnings(&config, &certificates.current()) {
+    let warnings = cachet::tls::coverage::warnings(&config, &certificates.current())
+        .into_iter()
+        .chain(config::warnings(&config));
+    for warning in warnings {
         println!("warning: {warning}");
     }
     for tenant in config.tenants.iter().filter(|t| !t.upstream_tls.verify) {

@@ -61,6 +61,9 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
         config.cache.max_bytes,
         config.cache.max_object_bytes,
     )));
+    for warning in crate::config::warnings(config) {
+        tracing::warn!("{warning}");
+    }
     for tenant in &config.tenants {
         memory.set_partition_budget(&tenant.name, tenant.cache_quota);
         memory.set_partition_max_object(&tenant.name, tenant.max_object_bytes);

@@ -224,6 +224,14 @@ impl Locator<'_> {
             (false, written, None)
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if let Some((_, host)) = rest.rsplit_once('@') {
+            // Not echoed: what comes before '@' is a credential.
+            return Err(self.at(
+                value.span(),
+                key,
+                format!("an upstream cannot carry a user or password (\"…@{host}\"): cachet never sends them to the origin"),
+            ));
+        }
         if rest.contains('/') {
             return Err(bad("an upstream is host:port, without a path"));
         }

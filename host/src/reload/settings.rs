@@ -217,7 +217,7 @@ pub(super) fn live_changed(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// Puts the live keys of `new` into the running proxy, and every tenant's
-/// storage limits (a removed tenant's limits are dropped).
+/// storage limits (a removed tenant's limits and memory objects are dropped).
 pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
     let server = &new.server;
     state
@@ -229,6 +229,9 @@ pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
         .store(new.cache.lean_hits, Ordering::Relaxed);
     state.drain.set_grace(server.shutdown_grace);
 
+    for warning in crate::config::warnings(new) {
+        tracing::warn!("{warning}");
+    }
     let storage = state.cache.storage.memory();
     storage.set_max_object_size(new.cache.max_object_bytes);
     if old.cache.max_bytes != new.cache.max_bytes {
@@ -245,5 +248,14 @@ pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
     {
         storage.set_partition_budget(&gone.name, None);
         storage.set_partition_max_object(&gone.name, None);
+        // No request reaches a removed tenant's objects; they would hold the global budget
+        // (and show under no tenant in /status) until evicted. Its disk and shared copies
+        // stay: those tiers evict by their own budgets, and a tenant added back finds them.
+        let dropped = storage.drop_partition(&gone.name);
+        tracing::info!(
+            tenant = gone.name,
+            objects = dropped,
+            "tenant removed: its objects dropped from memory"
+        );
     }
 }

@@ -212,6 +212,29 @@ impl Index {
         Some(entry)
     }
 
+    /// Removes every object the partition holds and stops its writes in flight from being
+    /// stored; the partition itself goes once no write of it is left. Returns the removed
+    /// entries (for the caller to free outside the lock).
+    pub(super) fn drop_partition(&mut self, partition: &str) -> Vec<Arc<Entry>> {
+        let Some(part) = self.partitions.get(partition) else {
+            return Vec::new();
+        };
+        let keys: Vec<SlotKey> = part.slots.keys().copied().collect();
+        let mut removed = Vec::new();
+        for key in keys {
+            self.cancel_writes(partition, &key);
+            removed.extend(self.remove(partition, &key));
+        }
+        if self
+            .partitions
+            .get(partition)
+            .is_some_and(|part| part.slots.is_empty())
+        {
+            self.partitions.remove(partition);
+        }
+        removed
+    }
+
     /// The partition's stored objects carrying any of `tags`.
     pub(super) fn tagged<'a>(
         &self,

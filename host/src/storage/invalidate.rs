@@ -79,6 +79,16 @@ impl MemoryStorage {
         drop(removed);
         affected
     }
+
+    /// Empties a partition whose tenant is gone: nothing can reach its objects any more, and
+    /// they would hold the global budget until evicted. Writes in flight for it are not
+    /// stored. Returns how many objects were removed.
+    pub fn drop_partition(&self, partition: &str) -> usize {
+        self.note_purge(partition, None);
+        let removed = self.index.write().drop_partition(partition);
+        // The entries' bodies are freed here, outside the lock.
+        removed.len()
+    }
 }
 
 /// Expires one stored object under the caller's write lock, so no update can undo it.

@@ -58,6 +58,14 @@ impl Slots {
             .collect()
     }
 
+    pub(super) fn keys(&self) -> impl Iterator<Item = &SlotKey> {
+        self.by_key.keys()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
     pub(super) fn values(&self) -> impl Iterator<Item = &Slot> {
         self.by_key.values()
     }
