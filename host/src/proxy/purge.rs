@@ -85,8 +85,9 @@ async fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> 
                 );
             }
         };
-        // Found where any key was; a tier that could not record one makes the answer a 503.
-        let mut purged: Result<Option<Purged>, NotKept> = Ok(None);
+        // A tier that could not record one key's purge makes the answer a 503; the other
+        // keys are purged all the same.
+        let mut purged = Ok(Purged::none());
         for key in keys {
             let key = super::cache_key::storage_key(key, tenant.name());
             let this = if soft {
@@ -94,17 +95,9 @@ async fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> 
             } else {
                 storage.purge_key(&key)
             };
-            purged = match (purged, this) {
-                (Err(not_kept), _) | (_, Err(not_kept)) => Err(not_kept),
-                (Ok(None), Ok(b)) => Ok(Some(b)),
-                (Ok(Some(a)), Ok(b)) => Ok(Some(a.and(b))),
-            };
+            purged = purged.and_then(|all| this.map(|one| all.and(one)));
         }
-        match purged {
-            Ok(Some(purged)) => Ok(purged),
-            Ok(None) => return (404, "nothing stored\n".into()),
-            Err(not_kept) => Err(not_kept),
-        }
+        purged
     };
     // Reported done only once the other nodes can see it.
     match purged.map(Purged::confirmed) {

@@ -69,6 +69,11 @@ impl Purged {
         }
     }
 
+    /// Nothing affected, nothing to wait for: where purges of several keys add up.
+    pub fn none() -> Self {
+        Self::here(0)
+    }
+
     /// Both purges' effects and deliveries together.
     pub fn and(mut self, other: Purged) -> Self {
         self.affected += other.affected;
