@@ -462,6 +462,93 @@ fn an_http2_request_reaches_the_origin_in_its_http1_form() {
     }
 }
 
+/// An origin that records every byte each connection sends it (a raw recording, to see the
+/// framing itself) and answers the first request on a connection once its chunked body ends.
+fn recording_origin() -> (std::net::SocketAddr, Arc<parking_lot::Mutex<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let wire = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let recorded = wire.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(4) {
+            let Ok(mut conn) = conn else { return };
+            let wire = recorded.clone();
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+                let mut answered = false;
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    seen.extend_from_slice(&buf[..n]);
+                    wire.lock().extend_from_slice(&buf[..n]);
+                    let head_end = seen.windows(4).position(|w| w == b"\r\n\r\n");
+                    let body_ended =
+                        head_end.is_some_and(|at| seen[at + 4..].ends_with(b"0\r\n\r\n"));
+                    if body_ended && !answered {
+                        answered = true;
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                }
+            });
+        }
+    });
+    (addr, wire)
+}
+
+/// An HTTP/2 body whose end comes in an empty DATA frame (how clients that stream a body end
+/// it) reaches a chunked HTTP/1.1 origin with one last chunk. Two were sent: the origin read
+/// the second as a new request, and its answer went to the next client whose request took
+/// that pooled connection, and into the cache under that client's URL (probe Y: another
+/// user's response, cookie and all, served and cached).
+#[test]
+fn an_http2_body_ending_in_an_empty_frame_is_ended_once_at_the_origin() {
+    let (origin, wire) = recording_origin();
+    let proxy = Proxy::start_with_server(
+        "h2c = true",
+        "",
+        &[TenantSpec::new("site", origin, &plugin("standard")).hosts(&[SITE])],
+    );
+    let upload = H2Request {
+        method: "POST",
+        path: "/upload",
+        headers: &[],
+        body: Some(b""),
+    };
+    let outcome =
+        h2c(proxy.port, SITE, &[upload]).unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    assert_eq!(outcome.responses[0].status, 200);
+    // Whatever else the connection was going to carry has had time to arrive.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let wire = wire.lock().clone();
+    let text = String::from_utf8_lossy(&wire);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a request head");
+    assert!(head.starts_with("POST /upload HTTP/1.1"), "{text}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+    assert_eq!(body, "0\r\n\r\n", "the origin got more than one body end");
+}
+
+/// A field value with whitespace at either end is malformed in HTTP/2 (RFC 9113 §8.2.1): it
+/// is a 400 and reaches no origin. Passed on, the origin got `fr ` while the Vary check, which
+/// trims, stored its answer as the variant for `fr`.
+#[test]
+fn an_http2_value_padded_with_whitespace_is_a_bad_request() {
+    let setup = Setup::start("h2c = true");
+    for protocol in [Protocol::H2c, Protocol::H2Tls] {
+        let refused = setup.send(protocol, "GET", "/vary-pad", &[("accept-language", "fr ")]);
+        assert_eq!(refused.status, 400, "{protocol:?}");
+        let plain = setup.send(protocol, "GET", "/vary-pad", &[("accept-language", "fr")]);
+        assert_eq!(plain.status, 200, "{protocol:?}");
+        assert_eq!(plain.text(), "GET /vary-pad fr", "{protocol:?}");
+    }
+    // One fetch per scheme (the key holds it); none for the refused requests.
+    assert_eq!(setup.origin.hits(), 2);
+}
+
 /// A GET with a body is never answered from or stored in the cache (the key cannot cover the
 /// body), over HTTP/2 too, where a body needs no length field.
 #[test]

@@ -445,10 +445,18 @@ impl ProxyHttp for CachetProxy {
     async fn request_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        // An HTTP/2 body may end with an empty DATA frame. Pingora writes an empty last
+        // piece to a chunked HTTP/1.1 origin as a zero-size chunk, which is the body's end,
+        // and then the end again: the origin reads that as a second request, and every later
+        // answer on the pooled connection goes to the wrong request (and into the cache).
+        // Without a piece, the end is written once.
+        if end_of_stream && body.as_ref().is_some_and(|b| b.is_empty()) {
+            *body = None;
+        }
         // An origin that reads an upload slowly keeps each write under write_timeout: the
         // whole exchange's deadline is checked here, before each piece goes on.
         crate::upstream::check_deadline(&ctx.origin, crate::upstream::Direction::Sending)

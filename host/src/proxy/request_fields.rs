@@ -106,6 +106,19 @@ fn ignore_range_under_weak_if_range(req: &mut RequestHeader) {
 /// and the forwarding fields would see none), and the cookie fields joined into one with "; "
 /// (RFC 9113 §8.2.3), as an HTTP/1.1 origin must receive them.
 fn as_http1_fields(req: &mut RequestHeader) -> Result<(), &'static str> {
+    // HTTP/1.1 parsing drops the whitespace around a value; HTTP/2 carries it, and a request
+    // with it is malformed (RFC 9113 §8.2.1). Passed on, the origin would get `fr ` where the
+    // Vary check (which trims) saw `fr`.
+    let padded = |v: &HeaderValue| {
+        let bytes = v.as_bytes();
+        [bytes.first(), bytes.last()]
+            .into_iter()
+            .flatten()
+            .any(|b| matches!(b, b' ' | b'\t'))
+    };
+    if req.headers.values().any(padded) {
+        return Err("a field value that starts or ends with whitespace");
+    }
     if !req.headers.contains_key(header::HOST) {
         if let Some(authority) = req.uri.authority() {
             let host = HeaderValue::from_str(authority.as_str())
@@ -371,6 +384,25 @@ mod tests {
         assert_eq!(req.headers["host"], "a.test");
         let cookies: Vec<_> = req.headers.get_all("cookie").iter().collect();
         assert_eq!(cookies, ["a=1; b=2"]);
+    }
+
+    /// RFC 9113 §8.2.1: over HTTP/2 a value with whitespace at either end is malformed;
+    /// over HTTP/1.1 the parser has already dropped it.
+    #[test]
+    fn an_http2_value_padded_with_whitespace_is_refused() {
+        let h2 = |value: &str| {
+            let mut req = RequestHeader::build("GET", b"/p", None).unwrap();
+            req.set_uri(http::Uri::from_static("https://a.test/p"));
+            req.set_version(Version::HTTP_2);
+            req.append_header("accept-language", value).unwrap();
+            sanitize(&mut req)
+        };
+        for padded in ["fr ", " fr", "fr\t", "\tfr", " "] {
+            assert!(h2(padded).is_err(), "{padded:?}");
+        }
+        for plain in ["fr", "fr, en;q=0.5", ""] {
+            assert_eq!(h2(plain), Ok(()), "{plain:?}");
+        }
     }
 
     #[test]
