@@ -297,6 +297,61 @@ fn a_304_for_another_representation_does_not_update_the_stored_one() {
     assert_eq!(next.header("etag"), Some("\"v2\""));
 }
 
+/// The same for a 304 whose validator is weak or a date (probe X): a weak tag must match by
+/// weak comparison, and with no tag the 304's `Last-Modified` must be the stored one. The
+/// stored body was kept fresh under the new validator, and each later revalidation with it
+/// was confirmed, so the old body could be served for good.
+#[test]
+fn a_304_naming_another_weak_tag_or_date_does_not_update_the_stored_one() {
+    // Per path: the stored validator, and the one the 304 names.
+    const CASES: [(&str, (&str, &str), (&str, &str)); 3] = [
+        ("/weak", ("ETag", "W/\"v1\""), ("ETag", "W/\"v2\"")),
+        ("/strong-to-weak", ("ETag", "\"v1\""), ("ETag", "W/\"v2\"")),
+        (
+            "/dated",
+            ("Last-Modified", "Wed, 01 Jan 2020 00:00:00 GMT"),
+            ("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+        ),
+    ];
+    let full = Arc::new(parking_lot::Mutex::new(std::collections::HashMap::<
+        String,
+        usize,
+    >::new()));
+    let origin = Origin::start({
+        let full = full.clone();
+        move |seen: &Seen| {
+            let (_, stored, named) = CASES.iter().find(|(p, ..)| *p == seen.url).expect("a case");
+            let conditional = seen.header("if-none-match").is_some()
+                || seen.header("if-modified-since").is_some();
+            if conditional {
+                return Reply::ok("")
+                    .status(304)
+                    .header(named.0, named.1)
+                    .header("Cache-Control", "max-age=3000");
+            }
+            let mut full = full.lock();
+            let count = full.entry(seen.url.clone()).or_default();
+            *count += 1;
+            match *count {
+                1 => Reply::ok("body v1")
+                    .header("Cache-Control", "max-age=1")
+                    .header(stored.0, stored.1),
+                _ => Reply::ok("body v2").header("Cache-Control", "max-age=3000"),
+            }
+        }
+    });
+    let proxy = proxy_for(&origin);
+    for (path, ..) in CASES {
+        assert_eq!(get(&proxy.url(path)).text(), "body v1", "{path}");
+    }
+    sleep(Duration::from_millis(1100));
+    for (path, ..) in CASES {
+        get(&proxy.url(path));
+        let next = get(&proxy.url(path));
+        assert_eq!(next.text(), "body v2", "{path}: {}", next.cache_status());
+    }
+}
+
 /// A response that sets a cookie is never shared: in the current form and in RFC 2965's
 /// obsolete `Set-Cookie2`, which some clients still take.
 #[test]

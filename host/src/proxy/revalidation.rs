@@ -43,20 +43,40 @@ pub fn merge(merged: &ResponseHeader, not_modified: &ResponseHeader) -> Response
     out
 }
 
-/// Whether a 304 validates another representation than the stored one: its strong `ETag`
-/// differs from the stored strong `ETag` (RFC 9111 §4.3.4). Without an entity tag on either
-/// side the 304 is taken to select the stored response, as the conditional asked for it.
+/// Whether a 304 selects another representation than the stored one, which it must then
+/// not update (RFC 9111 §4.3.4). Its validators must be the stored response's: a strong
+/// `ETag` the same strong tag; a weak one the same tag by weak comparison; with no `ETag`, a
+/// `Last-Modified` the same time. A 304 with neither is taken to select the stored response,
+/// as the conditional asked for it.
 pub fn names_another_representation(
     stored: &http::HeaderMap,
     not_modified: &ResponseHeader,
 ) -> bool {
-    let strong = |headers: &http::HeaderMap| {
-        let tag = headers.get(http::header::ETAG)?.as_bytes();
-        (!tag.starts_with(b"W/")).then_some(tag.to_vec())
-    };
-    match (strong(stored), strong(&not_modified.headers)) {
-        (Some(stored), Some(new)) => stored != new,
-        _ => false,
+    let named = &not_modified.headers;
+    if let Some(new) = named.get(http::header::ETAG) {
+        let Some(old) = stored.get(http::header::ETAG) else {
+            return true;
+        };
+        let (new, old) = (new.as_bytes().trim_ascii(), old.as_bytes().trim_ascii());
+        return match new.strip_prefix(b"W/") {
+            // A strong validator updates only a response stored with that strong validator.
+            None => new != old,
+            Some(new_tag) => new_tag != old.strip_prefix(b"W/").unwrap_or(old),
+        };
+    }
+    match named.get(http::header::LAST_MODIFIED) {
+        Some(new) => {
+            let old = stored.get(http::header::LAST_MODIFIED);
+            let same_time = match (
+                old.and_then(super::http_date::parse),
+                super::http_date::parse(new),
+            ) {
+                (Some(old), Some(new)) => old == new,
+                _ => old.is_some_and(|old| old.as_bytes() == new.as_bytes()),
+            };
+            !same_time
+        }
+        None => false,
     }
 }
 
@@ -64,23 +84,57 @@ pub fn names_another_representation(
 mod tests {
     use super::*;
 
+    fn not_modified(fields: &[(&str, &str)]) -> ResponseHeader {
+        let mut nm = ResponseHeader::build(304, None).expect("header");
+        for (name, value) in fields {
+            nm.append_header(name.to_string(), *value).expect("valid");
+        }
+        nm
+    }
+
+    fn stored(fields: &[(&str, &str)]) -> http::HeaderMap {
+        not_modified(fields).headers.clone()
+    }
+
     #[test]
-    fn a_304_with_another_strong_tag_names_another_representation() {
-        let mut stored = http::HeaderMap::new();
-        stored.insert("etag", "\"v1\"".parse().expect("valid"));
-        let with_tag = |tag: &str| {
-            let mut nm = ResponseHeader::build(304, None).expect("header");
-            nm.insert_header("etag", tag).expect("valid");
-            nm
+    fn a_304_updates_only_the_response_its_validators_name() {
+        let strong = stored(&[("etag", "\"v1\"")]);
+        let weak = stored(&[("etag", "W/\"v1\"")]);
+        let other = |nm: &[(&str, &str)], s: &http::HeaderMap| {
+            names_another_representation(s, &not_modified(nm))
         };
-        assert!(!names_another_representation(&stored, &with_tag("\"v1\"")));
-        assert!(names_another_representation(&stored, &with_tag("\"v2\"")));
-        assert!(!names_another_representation(
-            &stored,
-            &with_tag("W/\"v2\"")
+        // Strong: the same strong tag only.
+        assert!(!other(&[("etag", "\"v1\"")], &strong));
+        assert!(other(&[("etag", "\"v2\"")], &strong));
+        assert!(other(&[("etag", "\"v1\"")], &weak));
+        // Weak: the same tag by weak comparison.
+        assert!(!other(&[("etag", "W/\"v1\"")], &weak));
+        assert!(!other(&[("etag", "W/\"v1\"")], &strong));
+        assert!(other(&[("etag", "W/\"v2\"")], &weak));
+        assert!(other(&[("etag", "W/\"v2\"")], &strong));
+        // A tag where none was stored names something else.
+        assert!(other(&[("etag", "W/\"v1\"")], &stored(&[])));
+        // No tag: Last-Modified must be the same time, however it is written.
+        let dated = stored(&[("last-modified", "Wed, 01 Jan 2020 00:00:00 GMT")]);
+        assert!(!other(
+            &[("last-modified", "Wed, 01 Jan 2020 00:00:00 GMT")],
+            &dated
         ));
-        let untagged = ResponseHeader::build(304, None).expect("header");
-        assert!(!names_another_representation(&stored, &untagged));
+        assert!(!other(
+            &[("last-modified", "Wednesday, 01-Jan-20 00:00:00 GMT")],
+            &dated
+        ));
+        assert!(other(
+            &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+            &dated
+        ));
+        assert!(other(
+            &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+            &strong
+        ));
+        // No validator at all: the stored response the conditional asked about.
+        assert!(!other(&[], &strong));
+        assert!(!other(&[], &stored(&[])));
     }
 
     #[test]
