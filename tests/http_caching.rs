@@ -304,7 +304,8 @@ fn a_304_for_another_representation_does_not_update_the_stored_one() {
 #[test]
 fn a_304_naming_another_weak_tag_or_date_does_not_update_the_stored_one() {
     // Per path: the stored validator, and the one the 304 names.
-    const CASES: [(&str, (&str, &str), (&str, &str)); 3] = [
+    type Field = (&'static str, &'static str);
+    const CASES: [(&str, Field, Field); 3] = [
         ("/weak", ("ETag", "W/\"v1\""), ("ETag", "W/\"v2\"")),
         ("/strong-to-weak", ("ETag", "\"v1\""), ("ETag", "W/\"v2\"")),
         (
