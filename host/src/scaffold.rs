@@ -111,7 +111,7 @@ cachet-sdk = {sdk}
 [workspace]
 
 [profile.release]
-opt-level = "s"
+opt-level = 3
 lto = true
 strip = true
 codegen-units = 1
