@@ -250,7 +250,8 @@ fn a_304_that_makes_the_response_unstorable_still_gives_the_client_all_its_field
 
 /// A 304 naming another strong validator than the stored response's does not update it
 /// (RFC 9111 §4.3.4): the stored body is not kept fresh under the new tag, nor vouched for
-/// by a 304 to a client holding that tag; the next request fetches the URL whole.
+/// by a 304 to a client holding that tag; the client that asked gets it marked no-cache (it
+/// was not validated), and the next request fetches the URL whole.
 #[test]
 fn a_304_for_another_representation_does_not_update_the_stored_one() {
     let full = Arc::new(AtomicUsize::new(0));
@@ -284,6 +285,8 @@ fn a_304_for_another_representation_does_not_update_the_stored_one() {
         "{:?}",
         revalidated.headers
     );
+    // Not validated by the 304: not to be kept for its max-age=3000 by the client either.
+    assert_eq!(revalidated.header("cache-control"), Some("no-cache"));
     let vouched = send("GET", &proxy.url("/m"), &[("If-None-Match", "\"other\"")]);
     assert!(
         !vouched.cache_status().contains("hit"),

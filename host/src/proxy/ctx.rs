@@ -57,8 +57,8 @@ pub struct RequestCtx {
     /// response with only its own part of the 304 merged, and response_filter merges the rest.
     pub(crate) unstored_not_modified: Option<Box<ResponseHeader>>,
     /// The origin's 304 named another representation: the stored response this client gets
-    /// carries that 304's `ETag` (Pingora's merge), which must not reach it.
-    pub(crate) drop_validator: bool,
+    /// was not validated, and carries that 304's `ETag` and freshness (Pingora's merge).
+    pub(crate) served_unvalidated: bool,
     /// The lookup found a stored response, stale: an origin failure then is a 504.
     pub(crate) found_stale: bool,
     /// The origin's `Age`, for a miss served from the stored head (which drops it).

@@ -497,8 +497,13 @@ impl ProxyHttp for CachetProxy {
         if let Some(not_modified) = ctx.unstored_not_modified.take() {
             *upstream_response = revalidation::merge(upstream_response, &not_modified);
         }
-        if ctx.drop_validator {
+        if ctx.served_unvalidated {
+            // The origin's 304 vouched for another representation, not for this stored body:
+            // it is served once, with nothing that lets the client or a cache after it keep
+            // it (Pingora merged the 304's tag and freshness into it).
             upstream_response.remove_header(&http::header::ETAG);
+            upstream_response.remove_header(&http::header::EXPIRES);
+            let _ = upstream_response.insert_header(http::header::CACHE_CONTROL, "no-cache");
         }
         // A stored miss is served from the stored head, which holds no `Age` (hits get one
         // computed); the origin's is end to end (RFC 9111 §5.1) and goes on.

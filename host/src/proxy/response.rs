@@ -45,9 +45,9 @@ pub(super) fn response_cache_filter(
     if let (Some(stored), Some(not_modified)) = (stored, &not_modified) {
         if revalidation::names_another_representation(stored, not_modified) {
             // RFC 9111 §4.3.4: it must not update the stored response. This client gets the
-            // stored one without its validator (Pingora merged the 304's in); the URL is
-            // marked, so the next request fetches it whole and stores that.
-            ctx.drop_validator = true;
+            // stored one, marked not to be reused (response_filter); the URL is marked, so the
+            // next request fetches it whole and stores that.
+            ctx.served_unvalidated = true;
             return not_stored(ctx, "304 names another representation");
         }
     }
