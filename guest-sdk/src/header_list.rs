@@ -65,6 +65,18 @@ impl HeaderList {
         }
     }
 
+    /// Each field name once, lower-cased, in the order first seen.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (name, _) in self.iter() {
+            let name = name.to_ascii_lowercase();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.iter()
             .filter(move |(line_name, _)| line_name.eq_ignore_ascii_case(name))

@@ -83,6 +83,13 @@ impl Request {
         self.headers.all(name)
     }
 
+    /// The names of the header fields the request carries, lower-cased, each once, in
+    /// the order first seen: for policies that look for a kind of field (credentials, say)
+    /// rather than one name.
+    pub fn header_names(&self) -> Vec<String> {
+        self.headers.names()
+    }
+
     /// Whether the request carries this header at all.
     pub fn has_header(&self, name: &str) -> bool {
         self.header(name).is_some()

@@ -45,14 +45,19 @@ impl Policy for ApiGateway {
         if decision != RequestDecision::Cache {
             return decision;
         }
-        // Per-user answers must never be shared.
-        if req.has_header("authorization") {
-            return RequestDecision::bypass("authorization header");
+        // Per-user answers must never be shared. An API knows its caller by a credential
+        // field under any of many names (`Authorization`, `X-Api-Key`, `X-Auth-Token`, ...)
+        // or by a cookie of any name (`connect.sid`, `sessionid`, ...): only a request with
+        // neither is anonymous.
+        if let Some(name) = req
+            .header_names()
+            .into_iter()
+            .find(|n| names_a_credential(n))
+        {
+            return RequestDecision::bypass(format!("credential field {name}"));
         }
-        // In any spelling an origin may read as `session` (`Session=`, `%73ession=`, after
-        // a space or a comma): the Cookie header goes to the origin as sent.
-        if req.may_carry_cookie("session") {
-            return RequestDecision::bypass("session cookie");
+        if req.has_header("cookie") {
+            return RequestDecision::bypass("cookie");
         }
         RequestDecision::Cache
     }
@@ -73,6 +78,16 @@ impl Policy for ApiGateway {
         }
         if cache_control.private() {
             return ResponseDecision::no_store("origin sent private");
+        }
+        // The micro-cache is for answers the origin said nothing about. One that says how
+        // long it stays fresh (max-age=0 included) or that it must be revalidated each time
+        // (no-cache) is kept as it says.
+        let explicit = cache_control.no_cache()
+            || cache_control.max_age().is_some()
+            || cache_control.s_maxage().is_some()
+            || resp.has_header("expires");
+        if explicit {
+            return ResponseDecision::FollowOrigin;
         }
         // Micro-caching a 5xx or a cookie-setting response would spread one
         // client's outcome to everyone; leave those to RFC 9111.
@@ -95,6 +110,16 @@ impl Policy for ApiGateway {
             TestVector::get("http://example.com/api/me")
                 .header("Cookie", "theme=dark Session=alice")
                 .expect_bypass(),
+            TestVector::get("http://example.com/api/me")
+                .header("Cookie", "connect.sid=s%3Aabc")
+                .expect_bypass(),
+            TestVector::get("http://example.com/api/me")
+                .header("X-Api-Key", "k1")
+                .expect_bypass(),
+            TestVector::get("http://example.com/api/items")
+                .expect_cache()
+                .with_response(200, &[("cache-control", "no-cache")])
+                .expect_follow_origin(),
             TestVector::get("http://example.com/api/items?page=2")
                 .expect_cache()
                 .expect_key(["example.com", "/api/items", "page=2"])
@@ -106,6 +131,22 @@ impl Policy for ApiGateway {
                 .expect_no_store(),
         ]
     }
+}
+
+/// Whether a request field's name says it carries a credential (the words the host uses to
+/// hide such fields from shadow records).
+fn names_a_credential(name: &str) -> bool {
+    const WORDS: [&str; 8] = [
+        "auth",
+        "token",
+        "key",
+        "secret",
+        "session",
+        "password",
+        "signature",
+        "credential",
+    ];
+    WORDS.iter().any(|word| name.contains(word))
 }
 
 cachet_sdk::export_policy!(ApiGateway, ApiGateway::from_config());
@@ -202,32 +243,41 @@ mod tests {
 
     #[test]
     fn per_user_requests_bypass_with_distinct_reasons() {
-        let with_auth = Request::builder()
-            .uri("http://example.com/api/me")
-            .header("Authorization", "Bearer t")
-            .build();
-        assert_eq!(
-            ApiGateway::default().on_request(&with_auth),
-            RequestDecision::bypass("authorization header")
-        );
-        let with_session = Request::builder()
-            .uri("http://example.com/api/me")
-            .header("Cookie", "theme=dark; session=s1")
-            .build();
-        assert_eq!(
-            ApiGateway::default().on_request(&with_session),
-            RequestDecision::bypass("session cookie")
-        );
+        let with = |name: &str, value: &str| {
+            let req = Request::builder()
+                .uri("http://example.com/api/me")
+                .header(name, value)
+                .build();
+            ApiGateway::default().on_request(&req)
+        };
+        for (name, value, reason) in [
+            (
+                "Authorization",
+                "Bearer t",
+                "credential field authorization",
+            ),
+            ("X-Api-Key", "k1", "credential field x-api-key"),
+            ("X-Auth-Token", "t1", "credential field x-auth-token"),
+            ("X-Session-Id", "s1", "credential field x-session-id"),
+            ("Cookie", "theme=dark; session=s1", "cookie"),
+            ("Cookie", "connect.sid=s%3Aabc", "cookie"),
+            ("Cookie", "sessionid=abc", "cookie"),
+        ] {
+            assert_eq!(with(name, value), RequestDecision::bypass(reason), "{name}");
+        }
     }
 
+    /// Any cookie may name the caller (`connect.sid`, `sid`, `sessionid`, ...): only a request
+    /// without one is anonymous.
     #[test]
-    fn other_cookies_do_not_bypass() {
-        let req = Request::builder()
+    fn only_requests_without_credentials_or_cookies_are_cached() {
+        let plain = Request::builder()
             .uri("http://example.com/api/items")
-            .header("Cookie", "theme=dark; session_hint=1")
+            .header("Accept", "application/json")
+            .header("Accept-Language", "en")
             .build();
         assert_eq!(
-            ApiGateway::default().on_request(&req),
+            ApiGateway::default().on_request(&plain),
             RequestDecision::Cache
         );
     }
@@ -260,14 +310,22 @@ mod tests {
             ApiGateway::default().on_response(&req, &plain),
             micro_cached()
         );
-        // Overrides the origin's own freshness and no-cache.
-        let fresh = Response::builder()
-            .header("Cache-Control", "max-age=3600")
-            .build();
-        assert_eq!(
-            ApiGateway::default().on_response(&req, &fresh),
-            micro_cached()
-        );
+        // Only answers the origin said nothing about: its own freshness (max-age=0
+        // included), no-cache or Expires is followed.
+        for (name, value) in [
+            ("Cache-Control", "max-age=3600"),
+            ("Cache-Control", "max-age=0"),
+            ("Cache-Control", "s-maxage=5"),
+            ("Cache-Control", "no-cache"),
+            ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
+        ] {
+            let said = Response::builder().header(name, value).build();
+            assert_eq!(
+                ApiGateway::default().on_response(&req, &said),
+                ResponseDecision::FollowOrigin,
+                "{name}: {value}"
+            );
+        }
         let not_found = Response::builder().status(404).build();
         assert_eq!(
             ApiGateway::default().on_response(&req, &not_found),

@@ -92,6 +92,15 @@ impl Policy for VclPort {
         if cache_control.no_store() || cache_control.private() {
             return ResponseDecision::no_store("origin forbids sharing");
         }
+        // builtin.vcl makes these uncacheable too (for static files as well): an answer that
+        // must be revalidated on each use, or is stale at once, is not for grace to serve.
+        let stale_at_once = cache_control
+            .s_maxage()
+            .or_else(|| cache_control.max_age())
+            .is_some_and(|ttl| ttl.is_zero());
+        if cache_control.no_cache() || stale_at_once {
+            return ResponseDecision::no_store("origin wants each use revalidated");
+        }
         if is_static(&req.path()) {
             return if resp.status() == 200 {
                 StoreDirective::new(STATIC_TTL).into()
@@ -175,6 +184,18 @@ impl Policy for VclPort {
                 .expect_cache()
                 .with_response(200, &[("set-cookie", "session=new")])
                 .expect_pass_for(HIT_FOR_PASS),
+            TestVector::get("http://example.com/news")
+                .expect_cache()
+                .with_response(200, &[("cache-control", "no-cache")])
+                .expect_no_store(),
+            TestVector::get("http://example.com/news")
+                .expect_cache()
+                .with_response(200, &[("cache-control", "public, max-age=0")])
+                .expect_no_store(),
+            TestVector::get("http://example.com/app.js")
+                .expect_cache()
+                .with_response(200, &[("cache-control", "no-cache")])
+                .expect_no_store(),
         ]
     }
 }
