@@ -262,7 +262,8 @@ fn a_304_for_another_representation_does_not_update_the_stored_one() {
                 return Reply::ok("")
                     .status(304)
                     .header("ETag", "\"other\"")
-                    .header("Cache-Control", "max-age=3000");
+                    .header("Cache-Control", "max-age=3000")
+                    .header("CDN-Cache-Control", "max-age=3000");
             }
             match full.fetch_add(1, Ordering::SeqCst) {
                 0 => Reply::ok("body v1")
@@ -287,6 +288,7 @@ fn a_304_for_another_representation_does_not_update_the_stored_one() {
     );
     // Not validated by the 304: not to be kept for its max-age=3000 by the client either.
     assert_eq!(revalidated.header("cache-control"), Some("no-cache"));
+    assert_eq!(revalidated.header("cdn-cache-control"), None);
     let vouched = send("GET", &proxy.url("/m"), &[("If-None-Match", "\"other\"")]);
     assert!(
         !vouched.cache_status().contains("hit"),

@@ -494,16 +494,23 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-/// A tenant removed by a reload takes its memory objects with it: no request can reach them,
-/// and left in place they held the global budget and showed under no tenant until evicted.
+/// A tenant removed by a reload takes its memory objects and its metric series with it: no
+/// request can reach them, and left in place they held the global budget and showed under no
+/// tenant until evicted, and renaming tenants grew /metrics for good (probe Z).
 #[test]
 fn a_removed_tenants_objects_leave_memory_with_it() {
     let a = Origin::start(|_| Reply::ok("from a").header("Cache-Control", "max-age=600"));
     let b = Origin::start(|_| Reply::ok(vec![b'b'; 4096]).header("Cache-Control", "max-age=600"));
-    let proxy = Proxy::start(
+    let metrics_port = support::free_port();
+    let proxy = Proxy::start_with_server(
+        &format!("metrics = \"127.0.0.1:{metrics_port}\""),
         "max_bytes = \"64MiB\"",
         &[TenantSpec::new("a", a.addr, &plugin("standard")).hosts(&["a.test"])],
     );
+    let b_series = || {
+        let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+        text.lines().filter(|l| l.contains("tenant=\"b\"")).count()
+    };
     let config = proxy.dir.path().join("cachet.toml");
     let only_a = std::fs::read_to_string(&config).unwrap();
     let with_b = format!(
@@ -521,12 +528,16 @@ fn a_removed_tenants_objects_leave_memory_with_it() {
     let cache = |proxy: &Proxy| proxy.status()["cache"].clone();
     assert_eq!(cache(&proxy)["objects"].as_u64(), Some(10));
     assert!(cache(&proxy)["stored_bytes"].as_u64().unwrap() > 8 * 4096);
+    // Requests are counted after their responses: wait until b's show.
+    eventually("b's series", || b_series() > 0);
 
     std::fs::write(&config, &only_a).unwrap();
     eventually("b's objects dropped", || {
         cache(&proxy)["objects"].as_u64() == Some(1)
     });
     assert!(cache(&proxy)["stored_bytes"].as_u64().unwrap() < 4096);
+    // Nor does it keep series in /metrics: renaming tenants reload after reload grew it.
+    assert_eq!(b_series(), 0);
     let a_hit = support::client::send("GET", &proxy.url("/a"), &[("Host", "a.test")]);
     assert!(
         a_hit.cache_status().contains("hit"),

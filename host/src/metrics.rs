@@ -307,6 +307,40 @@ pub fn watch_events(events: u64) {
     WATCH_EVENTS.inc_by(events);
 }
 
+/// Drops every series labelled with `tenant`, gone in a reload: a renamed tenant would
+/// otherwise leave its series in /metrics for the life of the process.
+pub fn forget_tenant(tenant: &str) {
+    forget_in(&PLUGIN_FAULTS, tenant);
+    forget_in(&REQUESTS, tenant);
+    forget_in(&RELOADS, tenant);
+    forget_in(&HOOK_SECONDS, tenant);
+    forget_in(&ORIGIN_SECONDS, tenant);
+    forget_in(&LOCK_WAIT_SECONDS, tenant);
+    forget_in(&SHADOW_DECISIONS, tenant);
+    forget_in(&ORIGIN_REFUSED, tenant);
+    forget_in(&PLUGIN_MEMORY_GROWTHS, tenant);
+    forget_in(&PLUGIN_INSTANCES_CREATED, tenant);
+}
+
+fn forget_in<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    tenant: &str,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if labels.get("tenant") == Some(&tenant) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 pub fn request(tenant: &str, cache_status: &str) {
     REQUESTS.with_label_values(&[tenant, cache_status]).inc();
 }

@@ -500,9 +500,11 @@ impl ProxyHttp for CachetProxy {
         if ctx.served_unvalidated {
             // The origin's 304 vouched for another representation, not for this stored body:
             // it is served once, with nothing that lets the client or a cache after it keep
-            // it (Pingora merged the 304's tag and freshness into it).
-            upstream_response.remove_header(&http::header::ETAG);
-            upstream_response.remove_header(&http::header::EXPIRES);
+            // it (Pingora merged the 304's ETag, Expires, Cache-Control, CDN-Cache-Control and
+            // Cache-Tag into it).
+            for merged in ["etag", "expires", "cdn-cache-control", "cache-tag"] {
+                upstream_response.remove_header(merged);
+            }
             let _ = upstream_response.insert_header(http::header::CACHE_CONTROL, "no-cache");
         }
         // A stored miss is served from the stored head, which holds no `Age` (hits get one

@@ -53,6 +53,10 @@ pub fn names_another_representation(
     not_modified: &ResponseHeader,
 ) -> bool {
     let named = &not_modified.headers;
+    // `ETag` names one representation: two fields are no validator of the stored one.
+    if named.get_all(http::header::ETAG).iter().nth(1).is_some() {
+        return true;
+    }
     if let Some(new) = named.get(http::header::ETAG) {
         let Some(old) = stored.get(http::header::ETAG) else {
             return true;
@@ -112,6 +116,8 @@ mod tests {
         assert!(!other(&[("etag", "W/\"v1\"")], &strong));
         assert!(other(&[("etag", "W/\"v2\"")], &weak));
         assert!(other(&[("etag", "W/\"v2\"")], &strong));
+        // Two tags are not the stored one's, whichever comes first.
+        assert!(other(&[("etag", "\"v1\""), ("etag", "\"v2\"")], &strong));
         // A tag where none was stored names something else.
         assert!(other(&[("etag", "W/\"v1\"")], &stored(&[])));
         // No tag: Last-Modified must be the same time, however it is written.

@@ -252,6 +252,10 @@ pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
         // (and show under no tenant in /status) until evicted. Its disk and shared copies
         // stay: those tiers evict by their own budgets, and a tenant added back finds them.
         let dropped = storage.drop_partition(&gone.name);
+        if let Some(uncacheable) = state.cache.uncacheable {
+            uncacheable.retire(&gone.name);
+        }
+        crate::metrics::forget_tenant(&gone.name);
         tracing::info!(
             tenant = gone.name,
             objects = dropped,
