@@ -859,6 +859,45 @@ fn a_purge_during_a_fetch_keeps_its_answer_from_being_stored() {
     }
 }
 
+/// `site.test:80` and `site.test.` are the site `site.test` (routing ignores the default port
+/// and the dot): they share its cache entry, so a purge naming the site reaches a copy a
+/// client fetched with either spelling. Each made its own key, which the purge never reached
+/// (probe Z: old copies served after the purge). The origin is sent the one spelling too.
+#[test]
+fn a_purge_reaches_copies_fetched_with_the_default_port_or_a_trailing_dot() {
+    let version = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let version = version.clone();
+        move |_| {
+            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+            Reply::ok(format!("v{v}")).header("Cache-Control", "max-age=300")
+        }
+    });
+    let proxy = token_proxy_for(&origin);
+    let url = proxy.url("/spelled");
+    let fetch = |host: &str| send("GET", &url, &[("Host", host)]);
+    assert_eq!(fetch("site.test:80").text(), "v1");
+    for host in ["site.test", "site.test.", "SITE.test:80"] {
+        let again = fetch(host);
+        assert_eq!(again.text(), "v1", "{host}");
+        assert_status_has(&again, "hit");
+    }
+    assert!(origin
+        .seen()
+        .iter()
+        .all(|s| s.header("host") == Some("site.test")));
+    let auth = bearer();
+    let purged = send(
+        "PURGE",
+        &url,
+        &[("Host", "site.test"), ("Authorization", &auth)],
+    );
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    for host in ["site.test:80", "site.test."] {
+        assert_eq!(fetch(host).text(), "v2", "{host}");
+    }
+}
+
 /// A soft purge that comes while a fill's body is still arriving stops it from being stored,
 /// as a hard one does: the answer may be what was purged. It was stored fresh and the
 /// PURGE answered 404 (nothing stored yet; probe U).

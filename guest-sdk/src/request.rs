@@ -58,7 +58,8 @@ impl Request {
         self.method.clone()
     }
 
-    /// Host the client asked for, lower-cased, with the port if one was sent.
+    /// Host the client asked for, lower-cased, with the port if one was sent (the
+    /// scheme's default port and a trailing dot are dropped, for the origin too).
     pub fn host(&self) -> String {
         self.host.clone()
     }

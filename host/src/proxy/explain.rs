@@ -250,7 +250,7 @@ fn build_request(query: &ExplainQuery) -> Result<RequestHeader, String> {
         };
         added.map_err(|e| format!("header {line:?}: {e}"))?;
     }
-    super::request_fields::sanitize(&mut request)
+    super::request_fields::sanitize(&mut request, uri.scheme_str() == Some("https"))
         .map_err(|why| format!("the proxy would refuse this request (400): {why}"))?;
     Ok(request)
 }

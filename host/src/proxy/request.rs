@@ -174,7 +174,7 @@ pub(crate) async fn plan_front(
     ctx: &mut RequestCtx,
 ) -> Result<FrontStep> {
     if super::target::to_origin_form(&mut head).is_err()
-        || super::request_fields::sanitize(&mut head).is_err()
+        || super::request_fields::sanitize(&mut head, conn.tls).is_err()
     {
         return Ok(FrontStep::HandOver(None));
     }
@@ -401,7 +401,8 @@ fn well_formed(session: &mut Session) -> std::result::Result<(), &'static str> {
         return Err("bare LF in the request head");
     }
     super::target::to_origin_form(session.req_header_mut())?;
-    super::request_fields::sanitize(session.req_header_mut())
+    let tls = is_tls(session);
+    super::request_fields::sanitize(session.req_header_mut(), tls)
 }
 
 /// The forwarding fields the origin (and first the plugin) will see. A background

@@ -55,12 +55,14 @@ const PROTECTED: [&str; 4] = [
 /// Most `Connection` nominations honoured; a longer list is refused.
 const MAX_NOMINATIONS: usize = 32;
 
-/// Brings `req` to the fields the origin will be sent, or says why it is a bad request.
-pub fn sanitize(req: &mut RequestHeader) -> Result<(), &'static str> {
+/// Brings `req` (which came over TLS when `tls`) to the fields the origin will be sent, or
+/// says why it is a bad request.
+pub fn sanitize(req: &mut RequestHeader, tls: bool) -> Result<(), &'static str> {
     if req.version == Version::HTTP_2 {
         as_http1_fields(req)?;
     }
     check_host(req)?;
+    canonical_host(req, tls);
     readable_as_text(req)?;
     single_content_length(req)?;
     ignore_range_under_weak_if_range(req);
@@ -155,6 +157,29 @@ fn check_host(req: &RequestHeader) -> Result<(), &'static str> {
         // (`target.rs`).
         (None, _) => Err("a request without Host"),
         _ => Ok(()),
+    }
+}
+
+/// The `Host` in one spelling per site: without the scheme's default port (RFC 9110 §4.2.3
+/// makes `site:80` and `site` one URI) and without a trailing dot. Routing ignores both, but
+/// kept they made separate cache keys, which a purge or invalidation naming the site never
+/// reached: `Host: site:443` got the old copy after `PURGE` of `https://site/x`.
+fn canonical_host(req: &mut RequestHeader, tls: bool) {
+    let Some(host) = req.headers.get(header::HOST) else {
+        return;
+    };
+    let written = host.as_bytes();
+    let default_port: &[u8] = if tls { b":443" } else { b":80" };
+    let name = written.strip_suffix(default_port).unwrap_or(written);
+    let name = match name.strip_suffix(b".") {
+        Some(without) if !without.is_empty() => without,
+        _ => name,
+    };
+    if name.len() == written.len() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_bytes(name) {
+        let _ = req.insert_header(header::HOST, value);
     }
 }
 
@@ -288,6 +313,30 @@ fn remove_unforwarded_upgrade(req: &mut RequestHeader) {
 mod tests {
     use super::*;
 
+    fn sanitize_plain(req: &mut RequestHeader) -> Result<(), &'static str> {
+        sanitize(req, false)
+    }
+
+    #[test]
+    fn the_default_port_and_a_trailing_dot_leave_the_host() {
+        for (written, tls, canonical) in [
+            ("site.test:80", false, "site.test"),
+            ("site.test.", false, "site.test"),
+            ("site.test.:80", false, "site.test"),
+            ("site.test:443", true, "site.test"),
+            ("[::1]:80", false, "[::1]"),
+            // Another port, or the other scheme's default, is another origin.
+            ("site.test:443", false, "site.test:443"),
+            ("site.test:80", true, "site.test:80"),
+            ("site.test:8080", false, "site.test:8080"),
+            ("site.test", false, "site.test"),
+        ] {
+            let mut req = http11(&[("host", written)]);
+            assert_eq!(sanitize(&mut req, tls), Ok(()), "{written}");
+            assert_eq!(req.headers["host"], canonical, "{written} tls={tls}");
+        }
+    }
+
     fn request(version: Version, fields: &[(&str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.set_version(version);
@@ -311,7 +360,11 @@ mod tests {
             "[::1]:443",
             "xn--bcher-kva.example",
         ] {
-            assert_eq!(sanitize(&mut http11(&[("host", good)])), Ok(()), "{good}");
+            assert_eq!(
+                sanitize_plain(&mut http11(&[("host", good)])),
+                Ok(()),
+                "{good}"
+            );
         }
         for bad in [
             "",
@@ -326,32 +379,38 @@ mod tests {
             "site test",
             ":80",
         ] {
-            assert!(sanitize(&mut http11(&[("host", bad)])).is_err(), "{bad:?}");
+            assert!(
+                sanitize_plain(&mut http11(&[("host", bad)])).is_err(),
+                "{bad:?}"
+            );
         }
-        assert!(sanitize(&mut http11(&[])).is_err(), "HTTP/1.1 without Host");
-        assert!(sanitize(&mut http11(&[("host", "a.test"), ("host", "a.test")])).is_err());
         assert!(
-            sanitize(&mut request(Version::HTTP_10, &[])).is_err(),
+            sanitize_plain(&mut http11(&[])).is_err(),
+            "HTTP/1.1 without Host"
+        );
+        assert!(sanitize_plain(&mut http11(&[("host", "a.test"), ("host", "a.test")])).is_err());
+        assert!(
+            sanitize_plain(&mut request(Version::HTTP_10, &[])).is_err(),
             "HTTP/1.0 without Host"
         );
         let mut old = request(Version::HTTP_10, &[("host", "a.test:65535")]);
-        assert_eq!(sanitize(&mut old), Ok(()));
+        assert_eq!(sanitize_plain(&mut old), Ok(()));
     }
 
     #[test]
     fn a_field_value_that_is_not_text_is_refused() {
         let mut req = http11(&[("host", "a.test")]);
         req.append_header("cookie", &b"lang=fr\xe9"[..]).unwrap();
-        assert!(sanitize(&mut req).is_err());
+        assert!(sanitize_plain(&mut req).is_err());
         let mut req = http11(&[("host", "a.test")]);
         req.append_header("cookie", "lang=fr\u{e9}").unwrap();
-        assert_eq!(sanitize(&mut req), Ok(()));
+        assert_eq!(sanitize_plain(&mut req), Ok(()));
     }
 
     #[test]
     fn agreeing_content_lengths_become_one_and_disagreeing_ones_are_refused() {
         let mut req = http11(&[("host", "a.test"), ("content-length", "3, 3")]);
-        assert_eq!(sanitize(&mut req), Ok(()));
+        assert_eq!(sanitize_plain(&mut req), Ok(()));
         let lengths: Vec<_> = req.headers.get_all("content-length").iter().collect();
         assert_eq!(lengths, ["3"]);
 
@@ -360,7 +419,7 @@ mod tests {
             ("content-length", "3"),
             ("content-length", "3"),
         ]);
-        assert_eq!(sanitize(&mut req), Ok(()));
+        assert_eq!(sanitize_plain(&mut req), Ok(()));
         assert_eq!(req.headers.get_all("content-length").iter().count(), 1);
 
         for bad in [&["3, 4"][..], &["3", "4"], &["3, x"], &["3,"]] {
@@ -368,7 +427,7 @@ mod tests {
             for value in bad {
                 req.append_header("content-length", *value).unwrap();
             }
-            assert!(sanitize(&mut req).is_err(), "{bad:?}");
+            assert!(sanitize_plain(&mut req).is_err(), "{bad:?}");
         }
     }
 
@@ -380,7 +439,7 @@ mod tests {
         req.set_version(Version::HTTP_2);
         req.append_header("cookie", "a=1").unwrap();
         req.append_header("cookie", "b=2").unwrap();
-        assert_eq!(sanitize(&mut req), Ok(()));
+        assert_eq!(sanitize_plain(&mut req), Ok(()));
         assert_eq!(req.headers["host"], "a.test");
         let cookies: Vec<_> = req.headers.get_all("cookie").iter().collect();
         assert_eq!(cookies, ["a=1; b=2"]);
@@ -395,7 +454,7 @@ mod tests {
             req.set_uri(http::Uri::from_static("https://a.test/p"));
             req.set_version(Version::HTTP_2);
             req.append_header("accept-language", value).unwrap();
-            sanitize(&mut req)
+            sanitize_plain(&mut req)
         };
         for padded in ["fr ", " fr", "fr\t", "\tfr", " "] {
             assert!(h2(padded).is_err(), "{padded:?}");
@@ -411,10 +470,10 @@ mod tests {
             Version::HTTP_10,
             &[("host", "a.test"), ("expect", "100-continue")],
         );
-        assert_eq!(sanitize(&mut old), Ok(()));
+        assert_eq!(sanitize_plain(&mut old), Ok(()));
         assert!(old.headers.get("expect").is_none());
         let mut current = http11(&[("host", "a.test"), ("expect", "100-continue")]);
-        assert_eq!(sanitize(&mut current), Ok(()));
+        assert_eq!(sanitize_plain(&mut current), Ok(()));
         assert_eq!(current.headers["expect"], "100-continue");
     }
 
@@ -425,7 +484,7 @@ mod tests {
             ("range", "bytes=0-3"),
             ("if-range", "W/\"x\""),
         ]);
-        assert_eq!(sanitize(&mut weak), Ok(()));
+        assert_eq!(sanitize_plain(&mut weak), Ok(()));
         assert!(weak.headers.get("range").is_none());
         assert!(weak.headers.get("if-range").is_none());
 
@@ -434,7 +493,7 @@ mod tests {
             ("range", "bytes=0-3"),
             ("if-range", "\"x\""),
         ]);
-        assert_eq!(sanitize(&mut strong), Ok(()));
+        assert_eq!(sanitize_plain(&mut strong), Ok(()));
         assert_eq!(strong.headers["range"], "bytes=0-3");
         assert_eq!(strong.headers["if-range"], "\"x\"");
     }
@@ -455,7 +514,7 @@ mod tests {
             ("content-length", "0"),
             ("accept", "*/*"),
         ]);
-        assert_eq!(sanitize(&mut req), Ok(()));
+        assert_eq!(sanitize_plain(&mut req), Ok(()));
         for gone in [
             "x-a",
             "accept-language",
@@ -470,7 +529,7 @@ mod tests {
         }
         for protected in ["Host", "X-Forwarded-For"] {
             let mut req = http11(&[("host", "a.test"), ("connection", protected)]);
-            assert!(sanitize(&mut req).is_err(), "{protected}");
+            assert!(sanitize_plain(&mut req).is_err(), "{protected}");
         }
     }
 
@@ -484,7 +543,7 @@ mod tests {
             ("upgrade", "h2c"),
             ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
         ]);
-        assert_eq!(sanitize(&mut h2c), Ok(()));
+        assert_eq!(sanitize_plain(&mut h2c), Ok(()));
         assert!(!h2c.headers.contains_key("upgrade"));
         assert!(!h2c.headers.contains_key("http2-settings"));
         let mut websocket = http11(&[
@@ -492,13 +551,13 @@ mod tests {
             ("connection", "Upgrade"),
             ("upgrade", "WebSocket"),
         ]);
-        assert_eq!(sanitize(&mut websocket), Ok(()));
+        assert_eq!(sanitize_plain(&mut websocket), Ok(()));
         assert_eq!(websocket.headers["upgrade"], "WebSocket");
         let mut old = request(
             Version::HTTP_10,
             &[("host", "a.test"), ("upgrade", "websocket")],
         );
-        assert_eq!(sanitize(&mut old), Ok(()));
+        assert_eq!(sanitize_plain(&mut old), Ok(()));
         assert!(!old.headers.contains_key("upgrade"));
     }
 }
