@@ -688,3 +688,40 @@ fn an_object_larger_than_the_tier_takes_is_counted_not_written() {
         "{metrics}"
     );
 }
+
+/// `/status` gives what Redis holds, not what this node wrote: objects another node stored
+/// count, and after a `FLUSHALL` the figures fall to what is left (they only grew before:
+/// probe Z saw 15,192 objects and 725 MiB while Redis held 2,469 keys and 135 MiB).
+#[test]
+fn the_shared_tiers_figures_are_what_redis_holds() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let (a, b) = (node(&origin, redis.port), node(&origin, redis.port));
+    for i in 0..6 {
+        get(&a, &format!("/sized/{i}"), &[]);
+    }
+    wait_writes(&a, 6);
+    // B wrote nothing, yet sees A's objects (sampled every 5 s).
+    let sees = |proxy: &Proxy, at_least: u64, at_most: u64| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let stats = shared_stats(proxy);
+            let objects = stats["objects"].as_u64().unwrap_or(0);
+            if (at_least..=at_most).contains(&objects) {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "objects never within {at_least}..={at_most}: {stats}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let before = sees(&b, 6, 1000);
+    assert_eq!(before["writes"].as_u64(), Some(0), "{before}");
+    assert!(before["stored_bytes"].as_u64().unwrap_or(0) > 0, "{before}");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
+    sees(&a, 0, 0);
+}

@@ -459,13 +459,13 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
         (
             "cachet_cache_tier_stored_bytes",
             "gauge",
-            "Bytes an L2 tier holds (disk: its files; shared: written by this node)",
+            "Bytes an L2 tier holds (disk: its files; shared: the Redis server's used_memory)",
             |t| t.stored_bytes,
         ),
         (
             "cachet_cache_tier_objects",
             "gauge",
-            "Objects this node wrote to an L2 tier and did not remove",
+            "Objects in an L2 tier (disk: its index; shared: keys in the Redis database)",
             |t| t.objects,
         ),
     ];

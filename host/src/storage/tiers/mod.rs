@@ -21,6 +21,7 @@ mod lean;
 mod miss;
 mod purges;
 mod record;
+mod redis_size;
 mod shared;
 mod storage;
 mod tier;

@@ -16,6 +16,7 @@ use super::super::MemoryStorage;
 use super::key::TierKey;
 use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
 use super::record::KeyCheck;
+use super::redis_size::{RedisSize, SAMPLE_EVERY};
 use super::tier::{Delivery, Tier, TierCounters, TierStats};
 use crate::config::SharedTierConfig;
 use anyhow::Context;
@@ -97,6 +98,8 @@ pub(crate) struct SharedTier {
     node: String,
     runtime: tokio::runtime::Handle,
     subscribed: Arc<AtomicBool>,
+    /// What the database holds, sampled.
+    size: Arc<RedisSize>,
 }
 
 /// The connection and the counters, cloned into the tasks a call spawns.
@@ -239,7 +242,13 @@ impl SharedTier {
             node: format!("{}-{}", std::process::id(), super::record::now_ns()),
             runtime: runtime.clone(),
             subscribed: Arc::default(),
+            size: Arc::default(),
         });
+        runtime.spawn(sample_size(
+            tier.conn.clone(),
+            tier.op_timeout,
+            tier.size.clone(),
+        ));
         runtime.spawn(subscribe(
             client,
             tier.conn.clone(),
@@ -428,13 +437,30 @@ impl Tier for SharedTier {
     fn stats(&self) -> TierStats {
         let mut stats = TierStats {
             name: self.name(),
-            stored_bytes: self.conn.counters.written_bytes.load(Relaxed),
+            stored_bytes: self.size.used_bytes(),
             budget_bytes: None,
             connected: self.subscribed.load(Relaxed),
             ..TierStats::default()
         };
         self.conn.counters.fill(&mut stats);
+        stats.objects = self.size.keys();
         stats
+    }
+}
+
+/// Samples what the database holds every [`SAMPLE_EVERY`], for as long as the process runs;
+/// a sample Redis does not answer in time is skipped (and counts as no error: no request
+/// waited on it).
+async fn sample_size(conn: Conn, limit: Duration, size: Arc<RedisSize>) {
+    let mut every = tokio::time::interval(SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let mut query = redis::pipe();
+        query.cmd("DBSIZE").cmd("INFO").arg("memory");
+        if let Ok((keys, info)) = conn.run::<(u64, String)>(limit, query).await {
+            size.record(keys, &info);
+        }
     }
 }
 

@@ -71,15 +71,15 @@ pub(crate) type Delivery = tokio::sync::oneshot::Receiver<Result<(), String>>;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TierStats {
     pub name: &'static str,
-    /// Bytes the tier holds (for the disk tier: its files; for the shared tier: this node's
-    /// view is not known, so the bytes it wrote).
+    /// Bytes the tier holds (for the disk tier: its files; for the shared tier: the memory
+    /// the Redis server uses, sampled every 5 s).
     pub stored_bytes: u64,
     /// The byte budget, when the tier has one.
     pub budget_bytes: Option<u64>,
     /// Objects stored. The disk tier counts the values in its index (a large body's chunks
-    /// each count), earlier runs' included. Redis is not asked: for the shared tier this is
-    /// what this node wrote and has not removed since it started, which leaves out what other
-    /// nodes stored and what Redis evicted or expired.
+    /// each count), earlier runs' included. The shared tier gives the keys of its Redis
+    /// database (`DBSIZE`, sampled every 5 s): every node's objects and chunks, the purge
+    /// marks, and any other keys kept in that database.
     pub objects: u64,
     /// The cap on `objects`, when the tier has one (`[cache.disk] max_objects`).
     pub max_objects: Option<u64>,
