@@ -557,6 +557,52 @@ fn a_removed_tenants_objects_leave_memory_with_it() {
     assert_eq!(b.hits_for("/b/0"), 2);
 }
 
+/// Two tenants that swap names in one reload keep none of each other's objects: each name
+/// now serves the other's hosts, and its old objects answered for hosts it no longer serves
+/// (probe AB: all kept, counted under the wrong tenant).
+#[test]
+fn tenants_that_swap_names_keep_none_of_the_old_objects() {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!(
+            "{} {}",
+            seen.header("host").unwrap_or("-"),
+            seen.url
+        ))
+        .header("Cache-Control", "max-age=600")
+    });
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[
+            TenantSpec::new("a", origin.addr, &plugin("standard")).hosts(&["a.test"]),
+            TenantSpec::new("b", origin.addr, &plugin("standard")).hosts(&["b.test"]),
+        ],
+    );
+    for host in ["a.test", "b.test"] {
+        for i in 0..3 {
+            support::client::send("GET", &proxy.url(&format!("/{i}")), &[("Host", host)]);
+        }
+    }
+    let objects = |proxy: &Proxy| proxy.status()["cache"]["objects"].as_u64();
+    assert_eq!(objects(&proxy), Some(6));
+    let config = proxy.dir.path().join("cachet.toml");
+    let swapped = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"a\"", "name = \"swap\"")
+        .replace("name = \"b\"", "name = \"a\"")
+        .replace("name = \"swap\"", "name = \"b\"");
+    std::fs::write(&config, swapped).unwrap();
+    eventually("the swapped tenants' objects dropped", || {
+        objects(&proxy) == Some(0)
+    });
+    let again = support::client::send("GET", &proxy.url("/0"), &[("Host", "a.test")]);
+    assert_eq!(again.text(), "a.test /0");
+    assert!(
+        !again.cache_status().contains("hit"),
+        "{}",
+        again.cache_status()
+    );
+}
+
 #[test]
 fn cache_and_server_keys_apply_on_reload_and_restart_only_keys_are_named() {
     let origin =

@@ -237,6 +237,20 @@ pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
     if old.cache.max_bytes != new.cache.max_bytes {
         storage.set_global_budget(new.cache.max_bytes);
     }
+    // A name kept for another site (none of its hosts kept, as when two tenants swap names)
+    // keeps none of the old site's objects: they answer for hosts it no longer serves.
+    for (before, after) in old.tenants.iter().filter_map(|before| {
+        let after = new.tenants.iter().find(|n| n.name == before.name)?;
+        let shared_host = after.hosts.iter().any(|h| before.hosts.contains(h));
+        (!shared_host).then_some((before, after))
+    }) {
+        let dropped = storage.drop_partition(&before.name);
+        tracing::info!(
+            tenant = after.name,
+            objects = dropped,
+            "tenant now serves other hosts: its objects dropped from memory"
+        );
+    }
     for tenant in &new.tenants {
         storage.set_partition_budget(&tenant.name, tenant.cache_quota);
         storage.set_partition_max_object(&tenant.name, tenant.max_object_bytes);
