@@ -62,6 +62,7 @@ mod allocator;
 mod cache_control;
 mod config;
 mod cookie;
+mod credentials;
 mod decision;
 pub mod defaults;
 mod edits;
@@ -95,6 +96,7 @@ pub mod __private {
 
 pub use cache_control::CacheControl;
 pub use config::config;
+pub use credentials::names_a_credential;
 pub use decision::{RequestDecision, ResponseDecision, StoreDirective, SyntheticResponse};
 pub use edits::{HeaderEdit, HeaderEdits, OriginFailure, RequestEdits};
 pub use policy::Policy;

@@ -141,22 +141,10 @@ struct Secrets {
     too_many: bool,
 }
 
-/// Whether a request field carries a credential by the usual naming: `X-Api-Key`,
-/// `X-Auth-Token`, `X-Amz-Security-Token`, `Ocp-Apim-Subscription-Key`, `X-Hub-Signature`,
-/// `X-Session-Id`... (Cookie and Authorization are read apart: their values have parts.)
+/// Whether a request field carries a credential by the usual naming (the SDK's rule; Cookie
+/// and Authorization are read apart: their values have parts).
 fn names_a_credential(name: &str) -> bool {
-    const WORDS: [&str; 7] = [
-        "auth",
-        "token",
-        "key",
-        "secret",
-        "session",
-        "password",
-        "signature",
-    ];
-    name != "authorization"
-        && name != "proxy-authorization"
-        && WORDS.iter().any(|word| name.contains(word))
+    name != "authorization" && name != "proxy-authorization" && cachet_sdk::names_a_credential(name)
 }
 
 const HIDDEN: &str = "[hidden]";

@@ -10,8 +10,8 @@ mod status;
 use std::time::Duration;
 
 use cachet_sdk::{
-    config, defaults, Policy, Request, RequestDecision, RequestEdits, Response, ResponseDecision,
-    StoreDirective, SyntheticResponse, TestVector,
+    config, defaults, names_a_credential, Policy, Request, RequestDecision, RequestEdits, Response,
+    ResponseDecision, StoreDirective, SyntheticResponse, TestVector,
 };
 
 use admin_path::{canonical_path, is_admin_path};
@@ -131,22 +131,6 @@ impl Policy for ApiGateway {
                 .expect_no_store(),
         ]
     }
-}
-
-/// Whether a request field's name says it carries a credential (the words the host uses to
-/// hide such fields from shadow records).
-fn names_a_credential(name: &str) -> bool {
-    const WORDS: [&str; 8] = [
-        "auth",
-        "token",
-        "key",
-        "secret",
-        "session",
-        "password",
-        "signature",
-        "credential",
-    ];
-    WORDS.iter().any(|word| name.contains(word))
 }
 
 cachet_sdk::export_policy!(ApiGateway, ApiGateway::from_config());
