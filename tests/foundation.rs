@@ -248,7 +248,11 @@ fn api_gateway_answers_admin_itself_and_bypasses_credentials() {
     );
     // An API key under its own name, and a session cookie of another name, are credentials
     // too: one user's answer is never another's (probe AA).
-    for credential in [("X-Api-Key", "k1"), ("Cookie", "connect.sid=s%3Aabc")] {
+    for credential in [
+        ("X-Api-Key", "k1"),
+        ("Cookie", "connect.sid=s%3Aabc"),
+        ("X-Remote-User", "alice"),
+    ] {
         let resp = send("GET", &proxy.url("/api/items"), &[credential]);
         assert!(
             resp.cache_status().contains("fwd=bypass"),
@@ -256,7 +260,7 @@ fn api_gateway_answers_admin_itself_and_bypasses_credentials() {
             resp.cache_status()
         );
     }
-    assert_eq!(origin.hits_for("/api/items"), 5);
+    assert_eq!(origin.hits_for("/api/items"), 6);
 }
 
 #[test]

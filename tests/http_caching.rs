@@ -302,6 +302,47 @@ fn a_304_for_another_representation_does_not_update_the_stored_one() {
     assert_eq!(next.header("etag"), Some("\"v2\""));
 }
 
+/// A plugin's delivery edits do not make the unvalidated body keepable again: vcl-port gives
+/// static files `Cache-Control: public, max-age=86400` on delivery, and after a 304 naming
+/// another representation the old body went out with it (probe AC).
+#[test]
+fn delivery_edits_do_not_undo_the_mark_on_an_unvalidated_body() {
+    let full = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let full = full.clone();
+        move |seen: &Seen| {
+            if seen.header("if-none-match").is_some() {
+                return Reply::ok("").status(304).header("ETag", "\"other\"");
+            }
+            let n = full.fetch_add(1, Ordering::SeqCst) + 1;
+            Reply::ok(format!("js v{n}")).header("ETag", &format!("\"v{n}\""))
+        }
+    });
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("vcl-port"))],
+    );
+    let url = proxy.url("/app.js");
+    assert_eq!(get(&url).text(), "js v1");
+    let auth = bearer();
+    let soft = send(
+        "PURGE",
+        &url,
+        &[("Authorization", &auth), ("Cache-Purge-Soft", "1")],
+    );
+    assert_eq!(soft.status, 200, "{}", soft.text());
+    let unvalidated = get(&url);
+    assert_eq!(unvalidated.text(), "js v1");
+    assert_eq!(
+        unvalidated.header("cache-control"),
+        Some("no-cache"),
+        "{:?}",
+        unvalidated.headers
+    );
+    assert_eq!(get(&url).text(), "js v2");
+}
+
 /// The same for a 304 whose validator is weak or a date (probe X): a weak tag must match by
 /// weak comparison, and with no tag the 304's `Last-Modified` must be the stored one. The
 /// stored body was kept fresh under the new validator, and each later revalidation with it
@@ -877,7 +918,14 @@ fn a_purge_reaches_copies_fetched_with_the_default_port_or_a_trailing_dot() {
     let url = proxy.url("/spelled");
     let fetch = |host: &str| send("GET", &url, &[("Host", host)]);
     assert_eq!(fetch("site.test:80").text(), "v1");
-    for host in ["site.test", "site.test.", "SITE.test:80"] {
+    for host in [
+        "site.test",
+        "site.test.",
+        "site.test..",
+        "SITE.test:80",
+        "site.test:080",
+        "site.test:",
+    ] {
         let again = fetch(host);
         assert_eq!(again.text(), "v1", "{host}");
         assert_status_has(&again, "hit");
@@ -896,6 +944,54 @@ fn a_purge_reaches_copies_fetched_with_the_default_port_or_a_trailing_dot() {
     for host in ["site.test:80", "site.test."] {
         assert_eq!(fetch(host).text(), "v2", "{host}");
     }
+}
+
+/// Behind a proxy that terminates TLS and says so (`forwarded_headers = "append"`,
+/// `X-Forwarded-Proto: https`), `Host: site.test:443` is the https site's default port: the
+/// key's scheme decides which port is the default, not this hop's (probe AC: the entry was
+/// its own, and the PURGE answered 404). A PURGE sent in plain HTTP for the site reaches it
+/// too: a purge computes each scheme's key with that scheme's spelling.
+#[test]
+fn the_default_port_is_the_one_of_the_scheme_the_key_holds() {
+    let version = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::start({
+        let version = version.clone();
+        move |_| {
+            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+            Reply::ok(format!("v{v}")).header("Cache-Control", "max-age=300")
+        }
+    });
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\"\nforwarded_headers = \"append\""),
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let url = proxy.url("/behind");
+    let via_tls = |host: &str| {
+        send(
+            "GET",
+            &url,
+            &[("Host", host), ("X-Forwarded-Proto", "https")],
+        )
+    };
+    assert_eq!(via_tls("site.test:443").text(), "v1");
+    let same = via_tls("site.test");
+    assert_eq!(same.text(), "v1");
+    assert_status_has(&same, "hit");
+    assert!(origin
+        .seen()
+        .iter()
+        .all(|s| s.header("host") == Some("site.test")));
+    // Port 80 is not https's default: another origin, another entry.
+    assert_eq!(via_tls("site.test:80").text(), "v2");
+    let auth = bearer();
+    let purged = send(
+        "PURGE",
+        &url,
+        &[("Host", "site.test:443"), ("Authorization", &auth)],
+    );
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert_eq!(via_tls("site.test").text(), "v3");
 }
 
 /// A soft purge that comes while a fill's body is still arriving stops it from being stored,

@@ -2,9 +2,11 @@
 //! share an answer given to a caller who identified itself, and by the host, which hides
 //! such fields from shadow records.
 
-/// Words whose presence in a field name marks a credential: `X-Api-Key`, `X-Auth-Token`,
-/// `X-Amz-Security-Token`, `Ocp-Apim-Subscription-Key`, `X-Hub-Signature`, `X-Session-Id`...
-const WORDS: [&str; 8] = [
+/// Words whose presence in a field name marks a credential or an identity: `X-Api-Key`,
+/// `X-Auth-Token`, `X-Amz-Security-Token`, `Ocp-Apim-Subscription-Key`, `X-Hub-Signature`,
+/// `X-Session-Id`, `X-Ms-Client-Principal`, `Cf-Access-Jwt-Assertion`, `X-Client-Cert`,
+/// `Cookie2`, `X-Forwarded-Email`...
+const WORDS: [&str; 15] = [
     "auth",
     "token",
     "key",
@@ -13,12 +15,28 @@ const WORDS: [&str; 8] = [
     "password",
     "signature",
     "credential",
+    "principal",
+    "jwt",
+    "assertion",
+    "cert",
+    "cookie",
+    "email",
+    "identity",
 ];
 
-/// Whether a request field (its name, lower-cased) carries a credential by the usual
-/// naming; `Authorization` does.
+/// Whether a request field (its name, lower-cased) carries a credential or says who the
+/// caller is, by the usual naming; `Authorization` does. Names of a user (`X-Remote-User`,
+/// `X-Forwarded-User`, `X-User-Id`, `X-Forwarded-Preferred-Username`) count; `User-Agent`
+/// does not.
 pub fn names_a_credential(name: &str) -> bool {
-    WORDS.iter().any(|word| name.contains(word))
+    WORDS.iter().any(|word| name.contains(word)) || names_a_user(name)
+}
+
+fn names_a_user(name: &str) -> bool {
+    name.ends_with("user")
+        || name.ends_with("username")
+        || name.contains("user-id")
+        || name.contains("userid")
 }
 
 #[cfg(test)]
@@ -36,10 +54,27 @@ mod tests {
             "x-hub-signature",
             "x-session-id",
             "x-client-credential",
+            "x-forwarded-user",
+            "x-remote-user",
+            "x-user",
+            "x-user-id",
+            "x-forwarded-preferred-username",
+            "x-ms-client-principal",
+            "cf-access-jwt-assertion",
+            "x-client-cert",
+            "cookie2",
+            "x-forwarded-email",
         ] {
             assert!(names_a_credential(name), "{name}");
         }
-        for name in ["accept", "user-agent", "x-request-id", "cache-control"] {
+        for name in [
+            "accept",
+            "user-agent",
+            "x-request-id",
+            "cache-control",
+            "accept-language",
+            "x-forwarded-for",
+        ] {
             assert!(!names_a_credential(name), "{name}");
         }
     }

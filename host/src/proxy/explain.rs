@@ -65,6 +65,7 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
         .is_some_and(|s| s.eq_ignore_ascii_case("https:"));
     let mode = state.forwarded_headers;
     let told_scheme = super::forwarded::settle_client_claims(mode, &mut request, https);
+    super::request_fields::canonical_host(&mut request, &told_scheme);
     if !super::framing::only_chunked(&request.headers) {
         let verdict = "answered 501 by the host: a transfer coding other than chunked";
         steps.add("host rules", verdict.into());
@@ -250,7 +251,7 @@ fn build_request(query: &ExplainQuery) -> Result<RequestHeader, String> {
         };
         added.map_err(|e| format!("header {line:?}: {e}"))?;
     }
-    super::request_fields::sanitize(&mut request, uri.scheme_str() == Some("https"))
+    super::request_fields::sanitize(&mut request)
         .map_err(|why| format!("the proxy would refuse this request (400): {why}"))?;
     Ok(request)
 }

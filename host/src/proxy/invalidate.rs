@@ -57,13 +57,39 @@ fn cached_key(
     get: &RequestHeader,
     schemes: &[&str],
 ) -> Result<Vec<Vec<u8>>, PluginFault> {
-    Ok(match policy.decide_request(get)? {
-        (RequestDecision::Cache, Some(parts)) => schemes
-            .iter()
-            .map(|scheme| super::primary_key(tenant, scheme, &parts))
-            .collect(),
-        _ => Vec::new(),
-    })
+    // Each scheme's key holds the Host as spelled for it (`site:443` is `site` for https
+    // only): the plugin is asked once per spelling.
+    let mut keys = Vec::with_capacity(schemes.len());
+    let mut asked: Vec<(Option<String>, Option<Vec<String>>)> = Vec::new();
+    for scheme in schemes {
+        let host = get
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let spelled = host.and_then(|h| super::request_fields::canonical_authority(h, scheme));
+        let parts = match asked.iter().find(|(seen, _)| *seen == spelled) {
+            Some((_, parts)) => parts.clone(),
+            None => {
+                let mut request = get.clone();
+                if let Some(host) = &spelled {
+                    let _ = request.insert_header(http::header::HOST, host.as_str());
+                }
+                let parts = match policy.decide_request(&request)? {
+                    (RequestDecision::Cache, Some(parts)) => Some(parts),
+                    _ => None,
+                };
+                asked.push((spelled, parts.clone()));
+                parts
+            }
+        };
+        if let Some(parts) = parts {
+            let key = super::primary_key(tenant, scheme, &parts);
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    Ok(keys)
 }
 
 /// Purges what a successful unsafe request invalidated; returns how many keys were found.
@@ -122,8 +148,14 @@ pub fn after_response(
 fn same_origin_request(req: &RequestHeader, location: &[u8]) -> Option<RequestHeader> {
     let uri: http::Uri = std::str::from_utf8(location).ok()?.trim().parse().ok()?;
     if let Some(authority) = uri.authority() {
+        // Both as the key spells them for the location's scheme (`site:80` is `site`).
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let spelled = |text: &str| {
+            super::request_fields::canonical_authority(text, scheme)
+                .unwrap_or_else(|| text.to_owned())
+        };
         let host = crate::policy::request_host(req);
-        if !authority.as_str().eq_ignore_ascii_case(&host) {
+        if !spelled(authority.as_str()).eq_ignore_ascii_case(&spelled(&host)) {
             return None;
         }
     }

@@ -497,16 +497,6 @@ impl ProxyHttp for CachetProxy {
         if let Some(not_modified) = ctx.unstored_not_modified.take() {
             *upstream_response = revalidation::merge(upstream_response, &not_modified);
         }
-        if ctx.served_unvalidated {
-            // The origin's 304 vouched for another representation, not for this stored body:
-            // it is served once, with nothing that lets the client or a cache after it keep
-            // it (Pingora merged the 304's ETag, Expires, Cache-Control, CDN-Cache-Control and
-            // Cache-Tag into it).
-            for merged in ["etag", "expires", "cdn-cache-control", "cache-tag"] {
-                upstream_response.remove_header(merged);
-            }
-            let _ = upstream_response.insert_header(http::header::CACHE_CONTROL, "no-cache");
-        }
         // A stored miss is served from the stored head, which holds no `Age` (hits get one
         // computed); the origin's is end to end (RFC 9111 §5.1) and goes on.
         if let Some(age) = ctx.origin_age.take() {
@@ -523,6 +513,10 @@ impl ProxyHttp for CachetProxy {
         directives::strip_downstream(upstream_response);
         hop_by_hop::frame_for_client(session.req_header().version, upstream_response);
         deliver::apply(self, session, upstream_response, ctx);
+        if ctx.served_unvalidated {
+            // After the plugin's delivery edits: the host has the last word here.
+            revalidation::mark_unvalidated(upstream_response);
+        }
         cache_status::apply(upstream_response, &session.cache, ctx)
     }
 

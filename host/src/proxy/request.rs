@@ -35,6 +35,7 @@ pub(super) async fn request_filter(
         let tls = is_tls(session);
         ctx.told_scheme =
             super::forwarded::settle_client_claims(mode, session.req_header_mut(), tls);
+        super::request_fields::canonical_host(session.req_header_mut(), &ctx.told_scheme);
     }
     if !super::framing::only_chunked(&session.req_header().headers) {
         // RFC 9112 §6.1: a coding the server does not decode is 501, not a body passed on
@@ -174,12 +175,13 @@ pub(crate) async fn plan_front(
     ctx: &mut RequestCtx,
 ) -> Result<FrontStep> {
     if super::target::to_origin_form(&mut head).is_err()
-        || super::request_fields::sanitize(&mut head, conn.tls).is_err()
+        || super::request_fields::sanitize(&mut head).is_err()
     {
         return Ok(FrontStep::HandOver(None));
     }
     ctx.told_scheme =
         super::forwarded::settle_client_claims(proxy.state.forwarded_headers, &mut head, conn.tls);
+    super::request_fields::canonical_host(&mut head, &ctx.told_scheme);
     let host = crate::policy::request_host(&head);
     let router = proxy.state.router.load();
     let Some(tenant) = router.route(&host).cloned() else {
@@ -401,8 +403,7 @@ fn well_formed(session: &mut Session) -> std::result::Result<(), &'static str> {
         return Err("bare LF in the request head");
     }
     super::target::to_origin_form(session.req_header_mut())?;
-    let tls = is_tls(session);
-    super::request_fields::sanitize(session.req_header_mut(), tls)
+    super::request_fields::sanitize(session.req_header_mut())
 }
 
 /// The forwarding fields the origin (and first the plugin) will see. A background

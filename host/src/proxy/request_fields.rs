@@ -55,14 +55,12 @@ const PROTECTED: [&str; 4] = [
 /// Most `Connection` nominations honoured; a longer list is refused.
 const MAX_NOMINATIONS: usize = 32;
 
-/// Brings `req` (which came over TLS when `tls`) to the fields the origin will be sent, or
-/// says why it is a bad request.
-pub fn sanitize(req: &mut RequestHeader, tls: bool) -> Result<(), &'static str> {
+/// Brings `req` to the fields the origin will be sent, or says why it is a bad request.
+pub fn sanitize(req: &mut RequestHeader) -> Result<(), &'static str> {
     if req.version == Version::HTTP_2 {
         as_http1_fields(req)?;
     }
     check_host(req)?;
-    canonical_host(req, tls);
     readable_as_text(req)?;
     single_content_length(req)?;
     ignore_range_under_weak_if_range(req);
@@ -160,27 +158,61 @@ fn check_host(req: &RequestHeader) -> Result<(), &'static str> {
     }
 }
 
-/// The `Host` in one spelling per site: without the scheme's default port (RFC 9110 §4.2.3
-/// makes `site:80` and `site` one URI) and without a trailing dot. Routing ignores both, but
-/// kept they made separate cache keys, which a purge or invalidation naming the site never
-/// reached: `Host: site:443` got the old copy after `PURGE` of `https://site/x`.
-fn canonical_host(req: &mut RequestHeader, tls: bool) {
-    let Some(host) = req.headers.get(header::HOST) else {
+/// The `Host` in one spelling per site for `scheme` (the one the cache key holds: the
+/// client's claim when it passes on, this hop's otherwise): without the scheme's default port
+/// (RFC 9110 §4.2.3 makes `site:80`, `site:080`, `site:` and `site` one URI for http) and
+/// without trailing dots. Routing ignores both, but kept they made separate cache keys, which
+/// a purge or invalidation naming the site never reached: `Host: site:443` got the old copy
+/// after `PURGE` of `https://site/x`. Another port stays, written as a plain number.
+pub fn canonical_host(req: &mut RequestHeader, scheme: &str) {
+    let Some(host) = req.headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return;
     };
-    let written = host.as_bytes();
-    let default_port: &[u8] = if tls { b":443" } else { b":80" };
-    let name = written.strip_suffix(default_port).unwrap_or(written);
-    let name = match name.strip_suffix(b".") {
-        Some(without) if !without.is_empty() => without,
-        _ => name,
-    };
-    if name.len() == written.len() {
+    let Some(canonical) = canonical_authority(host, scheme) else {
         return;
-    }
-    if let Ok(value) = HeaderValue::from_bytes(name) {
+    };
+    if let Ok(value) = HeaderValue::from_str(&canonical) {
         let _ = req.insert_header(header::HOST, value);
     }
+}
+
+/// `authority` spelled as [`canonical_host`] says, or None when it already is (or is not a
+/// `host[:port]` this can read: left as it was).
+pub fn canonical_authority(authority: &str, scheme: &str) -> Option<String> {
+    let (name, port) = match authority.strip_prefix('[') {
+        Some(literal) => {
+            let end = literal.find(']')? + 2;
+            let (name, rest) = authority.split_at(end);
+            match rest {
+                "" => (name, None),
+                _ => (name, Some(rest.strip_prefix(':')?)),
+            }
+        }
+        None => match authority.rsplit_once(':') {
+            Some((name, port)) => (name.trim_end_matches('.'), Some(port)),
+            None => (authority.trim_end_matches('.'), None),
+        },
+    };
+    if name.is_empty() {
+        return None;
+    }
+    let port = match port {
+        None | Some("") => None,
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(digits.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    let default = match scheme {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    };
+    let canonical = match port {
+        Some(port) if Some(port) != default => format!("{name}:{port}"),
+        _ => name.to_owned(),
+    };
+    (canonical != authority).then_some(canonical)
 }
 
 /// `host [":" port]` of RFC 3986 (a bracketed IP literal or a registered name), not empty;
@@ -314,26 +346,34 @@ mod tests {
     use super::*;
 
     fn sanitize_plain(req: &mut RequestHeader) -> Result<(), &'static str> {
-        sanitize(req, false)
+        sanitize(req)
     }
 
     #[test]
-    fn the_default_port_and_a_trailing_dot_leave_the_host() {
-        for (written, tls, canonical) in [
-            ("site.test:80", false, "site.test"),
-            ("site.test.", false, "site.test"),
-            ("site.test.:80", false, "site.test"),
-            ("site.test:443", true, "site.test"),
-            ("[::1]:80", false, "[::1]"),
+    fn the_default_port_and_trailing_dots_leave_the_host() {
+        for (written, scheme, canonical) in [
+            ("site.test:80", "http", "site.test"),
+            ("site.test:080", "http", "site.test"),
+            ("site.test:", "http", "site.test"),
+            ("site.test.", "http", "site.test"),
+            ("site.test..", "http", "site.test"),
+            ("site.test.:80", "http", "site.test"),
+            ("site.test.:8080", "http", "site.test:8080"),
+            ("site.test:08080", "http", "site.test:8080"),
+            ("site.test:443", "https", "site.test"),
+            ("[::1]:80", "http", "[::1]"),
+            ("[::1]", "http", "[::1]"),
             // Another port, or the other scheme's default, is another origin.
-            ("site.test:443", false, "site.test:443"),
-            ("site.test:80", true, "site.test:80"),
-            ("site.test:8080", false, "site.test:8080"),
-            ("site.test", false, "site.test"),
+            ("site.test:443", "http", "site.test:443"),
+            ("site.test:80", "https", "site.test:80"),
+            ("site.test:8080", "http", "site.test:8080"),
+            ("site.test", "http", "site.test"),
+            // A claim of several schemes has no default port.
+            ("site.test:80", "http,https", "site.test:80"),
         ] {
             let mut req = http11(&[("host", written)]);
-            assert_eq!(sanitize(&mut req, tls), Ok(()), "{written}");
-            assert_eq!(req.headers["host"], canonical, "{written} tls={tls}");
+            canonical_host(&mut req, scheme);
+            assert_eq!(req.headers["host"], canonical, "{written} {scheme}");
         }
     }
 

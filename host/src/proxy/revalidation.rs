@@ -43,6 +43,17 @@ pub fn merge(merged: &ResponseHeader, not_modified: &ResponseHeader) -> Response
     out
 }
 
+/// A stored body served after a 304 that vouched for another representation, not for it:
+/// it goes out once, with nothing that lets the client or a cache after it keep it. Pingora
+/// merged the 304's `ETag`, `Expires`, `Cache-Control`, `CDN-Cache-Control` and `Cache-Tag`
+/// into it, and a plugin's delivery edits may have set freshness again.
+pub fn mark_unvalidated(response: &mut ResponseHeader) {
+    for merged in ["etag", "expires", "cdn-cache-control", "cache-tag"] {
+        response.remove_header(merged);
+    }
+    let _ = response.insert_header(http::header::CACHE_CONTROL, "no-cache");
+}
+
 /// Whether a 304 selects another representation than the stored one, which it must then
 /// not update (RFC 9111 §4.3.4). Its validators must be the stored response's: a strong
 /// `ETag` the same strong tag; a weak one the same tag by weak comparison; with no `ETag`, a

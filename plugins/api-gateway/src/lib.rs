@@ -49,15 +49,15 @@ impl Policy for ApiGateway {
         // field under any of many names (`Authorization`, `X-Api-Key`, `X-Auth-Token`, ...)
         // or by a cookie of any name (`connect.sid`, `sessionid`, ...): only a request with
         // neither is anonymous.
+        if req.has_header("cookie") {
+            return RequestDecision::bypass("cookie");
+        }
         if let Some(name) = req
             .header_names()
             .into_iter()
             .find(|n| names_a_credential(n))
         {
             return RequestDecision::bypass(format!("credential field {name}"));
-        }
-        if req.has_header("cookie") {
-            return RequestDecision::bypass("cookie");
         }
         RequestDecision::Cache
     }
@@ -246,6 +246,17 @@ mod tests {
             ("Cookie", "theme=dark; session=s1", "cookie"),
             ("Cookie", "connect.sid=s%3Aabc", "cookie"),
             ("Cookie", "sessionid=abc", "cookie"),
+            (
+                "X-Forwarded-User",
+                "alice",
+                "credential field x-forwarded-user",
+            ),
+            (
+                "X-Ms-Client-Principal",
+                "e30=",
+                "credential field x-ms-client-principal",
+            ),
+            ("Cookie2", "$Version=1", "credential field cookie2"),
         ] {
             assert_eq!(with(name, value), RequestDecision::bypass(reason), "{name}");
         }

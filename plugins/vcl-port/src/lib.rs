@@ -114,10 +114,13 @@ impl Policy for VclPort {
         if resp.status() != 200 {
             return ResponseDecision::FollowOrigin;
         }
-        let ttl = cache_control
-            .s_maxage()
-            .or_else(|| cache_control.max_age())
-            .unwrap_or(PAGE_TTL);
+        let origin_ttl = cache_control.s_maxage().or_else(|| cache_control.max_age());
+        if origin_ttl.is_none() && resp.has_header("expires") {
+            // Freshness from a date (perhaps already past): the host reads it as RFC 9111
+            // says, where the page default would keep a page the origin says is stale.
+            return ResponseDecision::FollowOrigin;
+        }
+        let ttl = origin_ttl.unwrap_or(PAGE_TTL);
         StoreDirective::new(ttl)
             .with_stale_while_revalidate(GRACE)
             .with_stale_if_error(STALE_IF_ERROR)
@@ -196,6 +199,10 @@ impl Policy for VclPort {
                 .expect_cache()
                 .with_response(200, &[("cache-control", "no-cache")])
                 .expect_no_store(),
+            TestVector::get("http://example.com/news")
+                .expect_cache()
+                .with_response(200, &[("expires", "Thu, 01 Jan 1970 00:00:00 GMT")])
+                .expect_follow_origin(),
         ]
     }
 }
