@@ -711,6 +711,56 @@ fn stale_if_error_covers_an_unreachable_origin() {
     assert_status_has(&resp, "fwd=stale");
 }
 
+/// Every client queued on the cache lock behind a revalidation that fails gets the stale copy
+/// `stale-if-error` allows. Each took its turn at the hanging origin, waiting out its read
+/// timeout, and past the lock timeout the rest got 504s (probe AD: 3 of 10 got the copy). A
+/// failure now answers for its key for a moment: the queue is served stale at once.
+#[test]
+fn clients_queued_behind_a_failing_revalidation_all_get_the_stale_copy() {
+    let hang = Arc::new(AtomicBool::new(false));
+    let origin = Origin::start({
+        let hang = hang.clone();
+        move |_| {
+            let reply = Reply::ok("good").header("Cache-Control", "max-age=1, stale-if-error=60");
+            match hang.load(Ordering::SeqCst) {
+                true => reply.delay(Duration::from_secs(4)),
+                false => reply,
+            }
+        }
+    });
+    let proxy = Proxy::start(
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))
+            .extra("[tenant.origin]\nread_timeout = \"1s\"")],
+    );
+    let url = proxy.url("/queued");
+    assert_eq!(get(&url).text(), "good");
+    sleep(Duration::from_millis(1100));
+    hang.store(true, Ordering::SeqCst);
+    let before = origin.hits();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || get(&url))
+        })
+        .collect();
+    for client in clients {
+        let resp = client.join().unwrap();
+        assert_eq!(
+            (resp.status, resp.text().as_str()),
+            (200, "good"),
+            "{}",
+            resp.cache_status()
+        );
+    }
+    // The first revalidation, and at most one more that came after the moment passed.
+    assert!(
+        origin.hits() - before <= 2,
+        "{} revalidations",
+        origin.hits() - before
+    );
+}
+
 // --------------------------------------------------------------------------- 6. Vary
 
 /// `Connection: Vary` makes the origin's Vary this hop's alone; stored without it, the

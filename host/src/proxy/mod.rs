@@ -13,6 +13,7 @@ mod ctx;
 mod deliver;
 pub mod directives;
 mod explain;
+mod failing_origin;
 mod forwarded;
 mod framing;
 mod freshness;
@@ -326,6 +327,16 @@ impl ProxyHttp for CachetProxy {
         let Some(tenant) = &ctx.tenant else {
             return Error::e_explain(ErrorType::InternalError, "no tenant chosen");
         };
+        // The origin failed to revalidate this key moments ago and its stale copy may be
+        // served on error: failing at once serves it now (failing_origin.rs).
+        if session.cache.can_serve_stale_error() {
+            let key = session.cache.maybe_cache_key().map(failing_origin_key);
+            if key.is_some_and(|key| self.state.recent_failures.failed_recently(key)) {
+                return Err(Error::new_up(ErrorType::Custom(
+                    "the origin failed to revalidate this moments ago",
+                )));
+            }
+        }
         // An HTTP/2 client that resets its stream while queued gives up its place: it must
         // not reach the origin for nobody (HTTP/1 has no such signal: an end of input may be
         // a half-close from a client still waiting).
@@ -582,10 +593,23 @@ impl ProxyHttp for CachetProxy {
                 true
             }
             // stale-if-error: origin unreachable or answering 5xx.
-            Some(e) => match e.etype() {
-                ErrorType::HTTPStatus(code) => *code >= 500,
-                _ => e.esource() == &pingora::ErrorSource::Upstream,
-            },
+            Some(e) => {
+                let serve = match e.etype() {
+                    ErrorType::HTTPStatus(code) => *code >= 500,
+                    _ => e.esource() == &pingora::ErrorSource::Upstream,
+                };
+                if let Some(key) = session.cache.maybe_cache_key().filter(|_| serve) {
+                    self.state.recent_failures.record(failing_origin_key(key));
+                }
+                serve
+            }
         }
     }
+}
+
+/// The key a revalidation failure is remembered under: the primary key's hash (it holds the
+/// tenant).
+fn failing_origin_key(key: &pingora_cache::CacheKey) -> u128 {
+    use pingora_cache::key::CacheHashKey;
+    u128::from_be_bytes(key.primary_bin())
 }

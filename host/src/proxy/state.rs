@@ -39,6 +39,8 @@ pub struct ProxyState {
     pub drain: Arc<Drain>,
     /// `[server] client_write_timeout`: longest wait for a client to take response bytes.
     pub client_write_timeout: std::time::Duration,
+    /// Keys whose stale copy was just served because the origin failed to revalidate them.
+    pub recent_failures: super::failing_origin::RecentFailures,
 }
 
 impl ProxyState {
@@ -52,6 +54,7 @@ impl ProxyState {
             forwarded_headers: ForwardedHeaders::default(),
             drain: Arc::default(),
             client_write_timeout: std::time::Duration::from_secs(60),
+            recent_failures: Default::default(),
         }
     }
 
