@@ -332,6 +332,38 @@ fn interim_responses_reach_the_client_without_leaking_into_the_final_one() {
     assert_eq!(old_client.body, b"ok");
 }
 
+/// An early hint before an origin failure does not cost the stale copy `stale-if-error`
+/// allows: written at once, it started the response, and the origin's 503 went to the client
+/// instead (probe AD). A revalidation that could fall back on the stale copy drops its hints.
+#[test]
+fn an_early_hint_before_a_failure_leaves_the_stale_copy_to_serve() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = RawOrigin::start({
+        let calls = calls.clone();
+        move |_| match calls.fetch_add(1, Ordering::SeqCst) {
+            0 => b"HTTP/1.1 200 OK\r\nCache-Control: max-age=1, stale-if-error=60\r\n\
+                   Content-Length: 4\r\nConnection: close\r\n\r\ngood"
+                .to_vec(),
+            _ => b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+                   HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\
+                   Connection: close\r\n\r\ndown"
+                .to_vec(),
+        }
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    assert_eq!(raw::get(proxy.port, "/hinted", &[]).body, b"good");
+    sleep(Duration::from_millis(1100));
+    let stale = raw::get(proxy.port, "/hinted", &[]);
+    assert_eq!(
+        (stale.head.status, stale.body.as_slice()),
+        (200, &b"good"[..])
+    );
+    assert!(stale.interim.is_empty(), "{:?}", stale.interim);
+    assert_status_has(stale.cache_status(), "fwd=stale");
+}
+
 /// A body without a length goes to an HTTP/1.0 client close-delimited: it cannot read chunked
 /// framing (RFC 9112 §6.1), on a miss or on a hit.
 #[test]

@@ -18,7 +18,12 @@ pub async fn forward_now(session: &mut Session, header: &ResponseHeader) -> Resu
     if !(102..200).contains(&header.status.as_u16()) {
         return Ok(());
     }
-    if session.req_header().version < http::Version::HTTP_11 {
+    // A revalidation whose stale copy may be served if the origin fails: a hint written now
+    // would start the response, and the stale copy could no longer be sent in its place
+    // (probe AD: a 103 then a reset got a 504, a 103 then a 503 the origin's 503). Hints are
+    // an optimisation; this one is dropped.
+    let stale_to_fall_back_on = session.cache.can_serve_stale_error();
+    if session.req_header().version < http::Version::HTTP_11 || stale_to_fall_back_on {
         session.downstream_session.set_ignore_info_resp(true);
         return Ok(());
     }
