@@ -174,6 +174,18 @@ pub fn canonical_host(req: &mut RequestHeader, scheme: &str) {
     if let Ok(value) = HeaderValue::from_str(&canonical) {
         let _ = req.insert_header(header::HOST, value);
     }
+    // An HTTP/2 request keeps its `:authority` in the URI, and Pingora writes the origin's
+    // Host from it: it must be spelled the same, or the origin gets `site:80` while the key
+    // holds `site`.
+    if req.uri.authority().is_some() {
+        let mut parts = req.uri.clone().into_parts();
+        if let Ok(authority) = canonical.parse() {
+            parts.authority = Some(authority);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                req.set_uri(uri);
+            }
+        }
+    }
 }
 
 /// `authority` spelled as [`canonical_host`] says, or None when it already is (or is not a
@@ -375,6 +387,14 @@ mod tests {
             canonical_host(&mut req, scheme);
             assert_eq!(req.headers["host"], canonical, "{written} {scheme}");
         }
+        // Over HTTP/2 the URI's authority, which Pingora writes as the origin's Host, too.
+        let mut req = RequestHeader::build("GET", b"/p?q=1", None).unwrap();
+        req.set_uri(http::Uri::from_static("http://a.test:80/p?q=1"));
+        req.set_version(Version::HTTP_2);
+        assert_eq!(sanitize(&mut req), Ok(()));
+        canonical_host(&mut req, "http");
+        assert_eq!(req.headers["host"], "a.test");
+        assert_eq!(req.uri.to_string(), "http://a.test/p?q=1");
     }
 
     fn request(version: Version, fields: &[(&str, &str)]) -> RequestHeader {

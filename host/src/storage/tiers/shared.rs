@@ -454,12 +454,23 @@ impl Tier for SharedTier {
 async fn sample_size(conn: Conn, limit: Duration, size: Arc<RedisSize>) {
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut said = false;
     loop {
         every.tick().await;
         let mut query = redis::pipe();
         query.cmd("DBSIZE").cmd("INFO").arg("memory");
-        if let Ok((keys, info)) = conn.run::<(u64, String)>(limit, query).await {
-            size.record(keys, &info);
+        match conn.run::<(u64, String)>(limit, query).await {
+            Ok((keys, info)) => {
+                size.record(keys, &info);
+                said = false;
+            }
+            // Once per spell: a Redis user without DBSIZE or INFO (an ACL) would otherwise
+            // show an empty tier with no word why.
+            Err(e) if !said => {
+                tracing::warn!("shared tier: cannot read Redis's size for /status: {e}");
+                said = true;
+            }
+            Err(_) => {}
         }
     }
 }
