@@ -761,6 +761,53 @@ fn clients_queued_behind_a_failing_revalidation_all_get_the_stale_copy() {
     );
 }
 
+/// The moment a failure answers for its key ends: a request the memo stopped is no origin
+/// failure, so it does not start the hold again (probe AE: with a client every 0.4 s the
+/// recovered origin was never asked), and a 500 only one client's request provokes starts
+/// none (another client's request goes to the origin).
+#[test]
+fn a_failure_answers_for_its_key_only_for_a_moment_and_only_when_it_is_an_outage() {
+    let version = Arc::new(AtomicUsize::new(0));
+    let down = Arc::new(AtomicBool::new(false));
+    let origin = Origin::start({
+        let (version, down) = (version.clone(), down.clone());
+        move |seen: &Seen| {
+            if seen.header("x-break").is_some() {
+                return Reply::ok("broken").status(500);
+            }
+            if down.swap(false, Ordering::SeqCst) {
+                return Reply::ok("down").status(503);
+            }
+            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+            Reply::ok(format!("v{v}")).header("Cache-Control", "max-age=1, stale-if-error=600")
+        }
+    });
+    let proxy = proxy_for(&origin);
+    let url = proxy.url("/memo");
+    assert_eq!(get(&url).text(), "v1");
+    sleep(Duration::from_millis(1100));
+    // One client's 500: it gets the stale copy, and the next client's request goes on.
+    let provoked = send("GET", &url, &[("X-Break", "1")]);
+    assert_eq!(provoked.text(), "v1");
+    assert_eq!(get(&url).text(), "v2");
+    sleep(Duration::from_millis(1100));
+    // An outage (one 503): stale for a moment, then the origin is asked again although
+    // requests keep coming.
+    down.store(true, Ordering::SeqCst);
+    let failed_at = Instant::now();
+    assert_eq!(get(&url).text(), "v2");
+    let mut fresh = None;
+    while failed_at.elapsed() < Duration::from_secs(5) {
+        if get(&url).text() != "v2" {
+            fresh = Some(failed_at.elapsed());
+            break;
+        }
+        sleep(Duration::from_millis(300));
+    }
+    let fresh = fresh.expect("the origin was not asked again within 5 s");
+    assert!(fresh < Duration::from_secs(4), "{fresh:?}");
+}
+
 // --------------------------------------------------------------------------- 6. Vary
 
 /// `Connection: Vary` makes the origin's Vary this hop's alone; stored without it, the

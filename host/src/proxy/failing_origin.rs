@@ -5,8 +5,15 @@
 //! 3 of 10 clients got it). For [`HOLD`] after a failure, a request that would revalidate such
 //! a key fails at once instead, and so gets the stale copy; the next one after that asks the
 //! origin again.
+//!
+//! What may start a hold, so that no client can keep others on a stale copy (probe AE): the
+//! failure of the fill others queue behind (the lock writer), of one variant (the key with its
+//! variance), and an outage rather than an answer a client could provoke with its own headers
+//! (a 500); never a request this memo itself stopped, which would renew the hold for ever.
 
 use parking_lot::Mutex;
+use pingora::ErrorType;
+use pingora_cache::key::CacheHashKey;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -17,6 +24,28 @@ const SHARDS: usize = 8;
 /// Keys remembered per shard; when full of live failures a new one is not kept (its requests
 /// then go to the origin as before).
 const MAX_PER_SHARD: usize = 1024;
+
+/// The error a request stopped by the memo fails with: served stale, and not a failure of
+/// the origin's (it starts no hold).
+pub const MEMO_ERROR: ErrorType =
+    ErrorType::Custom("the origin failed to revalidate this moments ago");
+
+/// Whether an origin failure is an outage: no connection, no answer in time, a reset, or a
+/// gateway's or an unavailable origin's status. A 500 or another 5xx may answer one client's
+/// request alone.
+pub fn is_outage(error: &ErrorType) -> bool {
+    match error {
+        ErrorType::HTTPStatus(code) => matches!(code, 502..=504),
+        ErrorType::Custom(_) => error != &MEMO_ERROR,
+        _ => true,
+    }
+}
+
+/// A failure is remembered under the key with its variance (another `Vary` variant may be
+/// answered fine); the key holds the tenant.
+pub fn key_of(key: &pingora_cache::CacheKey) -> u128 {
+    u128::from_be_bytes(key.combined_bin())
+}
 
 #[derive(Default)]
 pub struct RecentFailures {
@@ -57,6 +86,15 @@ impl RecentFailures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_outages_start_a_hold() {
+        assert!(is_outage(&ErrorType::ConnectRefused));
+        assert!(is_outage(&ErrorType::ReadTimedout));
+        assert!(is_outage(&ErrorType::HTTPStatus(503)));
+        assert!(!is_outage(&ErrorType::HTTPStatus(500)));
+        assert!(!is_outage(&MEMO_ERROR));
+    }
 
     #[test]
     fn a_failure_answers_for_its_key_for_a_while() {

@@ -327,14 +327,12 @@ impl ProxyHttp for CachetProxy {
         let Some(tenant) = &ctx.tenant else {
             return Error::e_explain(ErrorType::InternalError, "no tenant chosen");
         };
-        // The origin failed to revalidate this key moments ago and its stale copy may be
+        // The origin failed to revalidate this variant moments ago and its stale copy may be
         // served on error: failing at once serves it now (failing_origin.rs).
         if session.cache.can_serve_stale_error() {
-            let key = session.cache.maybe_cache_key().map(failing_origin_key);
+            let key = session.cache.maybe_cache_key().map(failing_origin::key_of);
             if key.is_some_and(|key| self.state.recent_failures.failed_recently(key)) {
-                return Err(Error::new_up(ErrorType::Custom(
-                    "the origin failed to revalidate this moments ago",
-                )));
+                return Err(Error::new_up(failing_origin::MEMO_ERROR));
             }
         }
         // An HTTP/2 client that resets its stream while queued gives up its place: it must
@@ -598,18 +596,17 @@ impl ProxyHttp for CachetProxy {
                     ErrorType::HTTPStatus(code) => *code >= 500,
                     _ => e.esource() == &pingora::ErrorSource::Upstream,
                 };
-                if let Some(key) = session.cache.maybe_cache_key().filter(|_| serve) {
-                    self.state.recent_failures.record(failing_origin_key(key));
+                // Only the fill others queue behind, and only an outage, answers for the key.
+                let remember = serve
+                    && session.cache.is_cache_lock_writer()
+                    && failing_origin::is_outage(e.etype());
+                if let Some(key) = session.cache.maybe_cache_key().filter(|_| remember) {
+                    self.state
+                        .recent_failures
+                        .record(failing_origin::key_of(key));
                 }
                 serve
             }
         }
     }
-}
-
-/// The key a revalidation failure is remembered under: the primary key's hash (it holds the
-/// tenant).
-fn failing_origin_key(key: &pingora_cache::CacheKey) -> u128 {
-    use pingora_cache::key::CacheHashKey;
-    u128::from_be_bytes(key.primary_bin())
 }

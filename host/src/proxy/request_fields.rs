@@ -165,6 +165,7 @@ fn check_host(req: &RequestHeader) -> Result<(), &'static str> {
 /// a purge or invalidation naming the site never reached: `Host: site:443` got the old copy
 /// after `PURGE` of `https://site/x`. Another port stays, written as a plain number.
 pub fn canonical_host(req: &mut RequestHeader, scheme: &str) {
+    canonical_forwarded_hosts(req, scheme);
     let Some(host) = req.headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return;
     };
@@ -184,6 +185,42 @@ pub fn canonical_host(req: &mut RequestHeader, scheme: &str) {
             if let Ok(uri) = http::Uri::from_parts(parts) {
                 req.set_uri(uri);
             }
+        }
+    }
+}
+
+/// A proxy in front (`forwarded_headers = "append"` or `"off"`) may copy the client's Host as
+/// sent into `X-Forwarded-Host`; an origin that reads it must see the spelling the key holds,
+/// or one client's `site.` or `SITE:80` answers everyone's `site` (probe AE).
+fn canonical_forwarded_hosts(req: &mut RequestHeader, scheme: &str) {
+    let forwarded = header::HeaderName::from_static("x-forwarded-host");
+    let values: Vec<&str> = req
+        .headers
+        .get_all(&forwarded)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return;
+    }
+    let mut changed = false;
+    let hosts: Vec<String> = values
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(|host| {
+            let host = host.trim();
+            match canonical_authority(host, scheme) {
+                Some(canonical) => {
+                    changed = true;
+                    canonical
+                }
+                None => host.to_owned(),
+            }
+        })
+        .collect();
+    if changed {
+        if let Ok(value) = HeaderValue::from_str(&hosts.join(", ")) {
+            let _ = req.insert_header(forwarded, value);
         }
     }
 }
@@ -220,9 +257,11 @@ pub fn canonical_authority(authority: &str, scheme: &str) -> Option<String> {
         "https" => Some(443),
         _ => None,
     };
+    // Host names are case-insensitive: one spelling, as the key already holds it.
+    let name = name.to_ascii_lowercase();
     let canonical = match port {
         Some(port) if Some(port) != default => format!("{name}:{port}"),
-        _ => name.to_owned(),
+        _ => name,
     };
     (canonical != authority).then_some(canonical)
 }
@@ -380,6 +419,8 @@ mod tests {
             ("site.test:80", "https", "site.test:80"),
             ("site.test:8080", "http", "site.test:8080"),
             ("site.test", "http", "site.test"),
+            ("SITE.Test:80", "http", "site.test"),
+            ("SITE.TEST:8080", "http", "site.test:8080"),
             // A claim of several schemes has no default port.
             ("site.test:80", "http,https", "site.test:80"),
         ] {
@@ -387,6 +428,13 @@ mod tests {
             canonical_host(&mut req, scheme);
             assert_eq!(req.headers["host"], canonical, "{written} {scheme}");
         }
+        // A forwarded host a proxy in front copied from the client's Host, too.
+        let mut req = http11(&[
+            ("host", "site.test"),
+            ("x-forwarded-host", "SITE.test.:80, other.test"),
+        ]);
+        canonical_host(&mut req, "http");
+        assert_eq!(req.headers["x-forwarded-host"], "site.test, other.test");
         // Over HTTP/2 the URI's authority, which Pingora writes as the origin's Host, too.
         let mut req = RequestHeader::build("GET", b"/p?q=1", None).unwrap();
         req.set_uri(http::Uri::from_static("http://a.test:80/p?q=1"));
