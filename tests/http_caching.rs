@@ -997,20 +997,22 @@ fn a_purge_during_a_fetch_keeps_its_answer_from_being_stored() {
     }
 }
 
+/// An origin answering `v1`, `v2`, ... in turn, each storable for five minutes.
+fn versioned_origin() -> Origin {
+    let version = AtomicUsize::new(0);
+    Origin::start(move |_| {
+        let v = version.fetch_add(1, Ordering::SeqCst) + 1;
+        Reply::ok(format!("v{v}")).header("Cache-Control", "max-age=300")
+    })
+}
+
 /// `site.test:80` and `site.test.` are the site `site.test` (routing ignores the default port
 /// and the dot): they share its cache entry, so a purge naming the site reaches a copy a
 /// client fetched with either spelling. Each made its own key, which the purge never reached
 /// (probe Z: old copies served after the purge). The origin is sent the one spelling too.
 #[test]
 fn a_purge_reaches_copies_fetched_with_the_default_port_or_a_trailing_dot() {
-    let version = Arc::new(AtomicUsize::new(0));
-    let origin = Origin::start({
-        let version = version.clone();
-        move |_| {
-            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
-            Reply::ok(format!("v{v}")).header("Cache-Control", "max-age=300")
-        }
-    });
+    let origin = versioned_origin();
     let proxy = token_proxy_for(&origin);
     let url = proxy.url("/spelled");
     let fetch = |host: &str| send("GET", &url, &[("Host", host)]);
@@ -1050,14 +1052,7 @@ fn a_purge_reaches_copies_fetched_with_the_default_port_or_a_trailing_dot() {
 /// too: a purge computes each scheme's key with that scheme's spelling.
 #[test]
 fn the_default_port_is_the_one_of_the_scheme_the_key_holds() {
-    let version = Arc::new(AtomicUsize::new(0));
-    let origin = Origin::start({
-        let version = version.clone();
-        move |_| {
-            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
-            Reply::ok(format!("v{v}")).header("Cache-Control", "max-age=300")
-        }
-    });
+    let origin = versioned_origin();
     let proxy = Proxy::start_with_server(
         &format!("admin_token = \"{TOKEN}\"\nforwarded_headers = \"append\""),
         CACHE,
