@@ -357,6 +357,75 @@ fn a_connect_that_gets_no_answer_gives_up_after_connect_timeout() {
     );
 }
 
+/// Every client queued on the cache lock behind a revalidation that cannot reach the origin
+/// gets the stale copy `stale-if-error` allows. Each took its turn at the origin and waited
+/// out the connect timeout, and past the lock timeout the rest got 504s (probe AD). A failure
+/// to reach the origin now answers for its key for 2 s; then the origin is asked again, even
+/// under steady traffic (probe AE: the pause renewed itself).
+#[test]
+fn clients_queued_behind_an_unreachable_origin_get_the_stale_copy_and_it_is_asked_again_soon() {
+    let origin = Origin::start(|_| {
+        Reply::ok("good").header("Cache-Control", "max-age=1, stale-if-error=600")
+    });
+    let blackhole = Blackhole::start();
+    let proxy = proxy_for(origin.addr, "connect_timeout = \"1s\"");
+    let url = proxy.url("/queued");
+    assert_eq!(send("GET", &url, &[]).text(), "good");
+    let config = proxy.dir.path().join("cachet.toml");
+    let healthy = std::fs::read_to_string(&config).unwrap();
+    let upstream_is = |addr: SocketAddr| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy.status()["tenants"][0]["upstream"] != addr.to_string() {
+            assert!(
+                Instant::now() < deadline,
+                "the reload to {addr} never applied"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    std::fs::write(
+        &config,
+        healthy.replace(&origin.addr.to_string(), &blackhole.addr.to_string()),
+    )
+    .unwrap();
+    upstream_is(blackhole.addr);
+    std::thread::sleep(Duration::from_millis(1100));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || send("GET", &url, &[]))
+        })
+        .collect();
+    for client in clients {
+        let resp = client.join().unwrap();
+        assert_eq!(
+            (resp.status, resp.text().as_str()),
+            (200, "good"),
+            "{}",
+            resp.cache_status()
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // The origin back: under steady traffic it is asked again once the pause is over.
+    std::fs::write(&config, &healthy).unwrap();
+    upstream_is(origin.addr);
+    let before = origin.hits();
+    let back = Instant::now();
+    while origin.hits() == before {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "the origin was never asked again"
+        );
+        send("GET", &url, &[]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// A keep-alive origin that counts the connections it accepted and those
 /// its peer closed.
 struct ConnectionCountingOrigin {

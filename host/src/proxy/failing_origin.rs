@@ -6,10 +6,13 @@
 //! a key fails at once instead, and so gets the stale copy; the next one after that asks the
 //! origin again.
 //!
-//! What may start a hold, so that no client can keep others on a stale copy (probe AE): the
-//! failure of the fill others queue behind (the lock writer), of one variant (the key with its
-//! variance), and an outage rather than an answer a client could provoke with its own headers
-//! (a 500); never a request this memo itself stopped, which would renew the hold for ever.
+//! What may start a hold, so that no client can keep others on a stale copy (probes AE,
+//! AF): the failure of the fill others queue behind (the lock writer), of one variant (the
+//! key with its variance), and only a failure to reach the origin at all (no connection, no
+//! handshake). Those come before any byte of the request is sent, so no request head can
+//! cause them; a timeout, a reset or a 5xx can be one request's own doing (a header the
+//! origin chokes on) and starts none. Never a request this memo itself stopped, which would
+//! renew the hold for ever.
 
 use parking_lot::Mutex;
 use pingora::ErrorType;
@@ -30,15 +33,22 @@ const MAX_PER_SHARD: usize = 1024;
 pub const MEMO_ERROR: ErrorType =
     ErrorType::Custom("the origin failed to revalidate this moments ago");
 
-/// Whether an origin failure is an outage: no connection, no answer in time, a reset, or a
-/// gateway's or an unavailable origin's status. A 500 or another 5xx may answer one client's
-/// request alone.
+/// Whether an origin failure is an outage no request could have caused: the origin could not
+/// be reached (refused, timed out, no route, TLS handshake). A read timeout, a reset or a 5xx
+/// may answer one request's own head.
 pub fn is_outage(error: &ErrorType) -> bool {
-    match error {
-        ErrorType::HTTPStatus(code) => matches!(code, 502..=504),
-        ErrorType::Custom(_) => error != &MEMO_ERROR,
-        _ => true,
-    }
+    matches!(
+        error,
+        ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::ConnectProxyFailure
+            | ErrorType::TLSHandshakeFailure
+            | ErrorType::TLSHandshakeTimedout
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+    )
 }
 
 /// A failure is remembered under the key with its variance (another `Vary` variant may be
@@ -90,8 +100,11 @@ mod tests {
     #[test]
     fn only_outages_start_a_hold() {
         assert!(is_outage(&ErrorType::ConnectRefused));
-        assert!(is_outage(&ErrorType::ReadTimedout));
-        assert!(is_outage(&ErrorType::HTTPStatus(503)));
+        assert!(is_outage(&ErrorType::ConnectTimedout));
+        // What one request's own head may provoke.
+        assert!(!is_outage(&ErrorType::ReadTimedout));
+        assert!(!is_outage(&ErrorType::ConnectionClosed));
+        assert!(!is_outage(&ErrorType::HTTPStatus(502)));
         assert!(!is_outage(&ErrorType::HTTPStatus(500)));
         assert!(!is_outage(&MEMO_ERROR));
     }

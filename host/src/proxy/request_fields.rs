@@ -190,9 +190,77 @@ pub fn canonical_host(req: &mut RequestHeader, scheme: &str) {
 }
 
 /// A proxy in front (`forwarded_headers = "append"` or `"off"`) may copy the client's Host as
-/// sent into `X-Forwarded-Host`; an origin that reads it must see the spelling the key holds,
-/// or one client's `site.` or `SITE:80` answers everyone's `site` (probe AE).
+/// sent into `X-Forwarded-Host` or `Forwarded: host=`; an origin that reads them must see the
+/// spelling the key holds, or one client's `site.` or `SITE:80` answers everyone's `site`
+/// (probes AE, AF).
 fn canonical_forwarded_hosts(req: &mut RequestHeader, scheme: &str) {
+    canonical_x_forwarded_host(req, scheme);
+    canonical_forwarded_host_params(req, scheme);
+}
+
+/// `Forwarded` (RFC 7239) with each element's `host=` spelled as [`canonical_authority`]
+/// says; a field this cannot read (an escape in a quoted value) is left as it is.
+fn canonical_forwarded_host_params(req: &mut RequestHeader, scheme: &str) {
+    let values: Vec<&str> = req
+        .headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() || values.iter().any(|v| v.contains('\\')) {
+        return;
+    }
+    let mut changed = false;
+    let mut elements = Vec::new();
+    for element in values.iter().flat_map(|v| split_unquoted(v, ',')) {
+        let pairs: Vec<String> = split_unquoted(element, ';')
+            .into_iter()
+            .map(|pair| {
+                let pair = pair.trim();
+                let Some((name, value)) = pair.split_once('=') else {
+                    return pair.to_owned();
+                };
+                if !name.trim().eq_ignore_ascii_case("host") {
+                    return pair.to_owned();
+                }
+                let host = value.trim().trim_matches('"');
+                match canonical_authority(host, scheme) {
+                    Some(canonical) => {
+                        changed = true;
+                        format!("{}=\"{canonical}\"", name.trim())
+                    }
+                    None => pair.to_owned(),
+                }
+            })
+            .collect();
+        elements.push(pairs.join(";"));
+    }
+    if changed {
+        if let Ok(value) = HeaderValue::from_str(&elements.join(", ")) {
+            let _ = req.insert_header(header::FORWARDED, value);
+        }
+    }
+}
+
+/// `text` split at each `separator` outside a quoted string.
+fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (at, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(&text[start..at]);
+                start = at + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+fn canonical_x_forwarded_host(req: &mut RequestHeader, scheme: &str) {
     let forwarded = header::HeaderName::from_static("x-forwarded-host");
     let values: Vec<&str> = req
         .headers
@@ -435,6 +503,18 @@ mod tests {
         ]);
         canonical_host(&mut req, "http");
         assert_eq!(req.headers["x-forwarded-host"], "site.test, other.test");
+        let mut req = http11(&[
+            ("host", "site.test"),
+            (
+                "forwarded",
+                "for=1.2.3.4;host=\"SITE.test.:80\";proto=http, for=\"[::1]\";host=other.test",
+            ),
+        ]);
+        canonical_host(&mut req, "http");
+        assert_eq!(
+            req.headers["forwarded"],
+            "for=1.2.3.4;host=\"site.test\";proto=http, for=\"[::1]\";host=other.test"
+        );
         // Over HTTP/2 the URI's authority, which Pingora writes as the origin's Host, too.
         let mut req = RequestHeader::build("GET", b"/p?q=1", None).unwrap();
         req.set_uri(http::Uri::from_static("http://a.test:80/p?q=1"));
