@@ -262,28 +262,14 @@ fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
 
 fn canonical_x_forwarded_host(req: &mut RequestHeader, scheme: &str) {
     let forwarded = header::HeaderName::from_static("x-forwarded-host");
-    let values: Vec<&str> = req
-        .headers
-        .get_all(&forwarded)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if values.is_empty() {
-        return;
-    }
     let mut changed = false;
-    let hosts: Vec<String> = values
-        .iter()
-        .flat_map(|value| value.split(','))
-        .map(|host| {
-            let host = host.trim();
-            match canonical_authority(host, scheme) {
-                Some(canonical) => {
-                    changed = true;
-                    canonical
-                }
-                None => host.to_owned(),
+    let hosts: Vec<String> = super::list_field::elements(&req.headers, &forwarded)
+        .map(|host| match canonical_authority(host, scheme) {
+            Some(canonical) => {
+                changed = true;
+                canonical
             }
+            None => host.to_owned(),
         })
         .collect();
     if changed {
