@@ -131,11 +131,14 @@ fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'s
     };
     let mut claimed = values(&X_FORWARDED_PROTO);
     if claimed.is_empty() {
-        claimed = values(&FORWARDED)
-            .iter()
-            .flat_map(|element| element.split(';'))
-            .filter_map(|pair| pair.trim().strip_prefix("proto="))
-            .map(|proto| proto.trim_matches('"').to_owned())
+        // Quote-aware: `host="a;proto=https"` names no scheme, as the origin reads it.
+        claimed = super::list_field::quoted_elements(&req.headers, &*FORWARDED)
+            .flat_map(|element| super::list_field::split_unquoted(element, ';'))
+            .filter_map(|pair| {
+                let (name, value) = pair.trim().split_once('=')?;
+                name.eq_ignore_ascii_case("proto")
+                    .then(|| value.trim_matches('"').to_ascii_lowercase())
+            })
             .collect();
     }
     match claimed.join(",") {
@@ -258,6 +261,13 @@ mod tests {
         assert_eq!(told(Append, &[], true), "https");
         let forwarded = [("forwarded", "for=1.2.3.4;proto=https")];
         assert_eq!(told(Append, &forwarded, false), "https");
+        // A quoted value is not a parameter: the origin reads no scheme here, so neither
+        // may the key.
+        let smuggled = [("forwarded", r#"for=x;host="a;proto=https""#)];
+        assert_eq!(told(Off, &smuggled, false), "http");
+        let smuggled = [("forwarded", r#"for="x,proto=https""#)];
+        assert_eq!(told(Off, &smuggled, false), "http");
+        assert_eq!(told(Off, &[("forwarded", "Proto=HTTPS")], false), "https");
         assert_eq!(
             told(Off, &[("x-forwarded-proto", "https, http")], false),
             "https,http"

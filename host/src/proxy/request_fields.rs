@@ -212,8 +212,11 @@ fn canonical_forwarded_host_params(req: &mut RequestHeader, scheme: &str) {
     }
     let mut changed = false;
     let mut elements = Vec::new();
-    for element in values.iter().flat_map(|v| split_unquoted(v, ',')) {
-        let pairs: Vec<String> = split_unquoted(element, ';')
+    for element in values
+        .iter()
+        .flat_map(|v| super::list_field::split_unquoted(v, ','))
+    {
+        let pairs: Vec<String> = super::list_field::split_unquoted(element, ';')
             .into_iter()
             .map(|pair| {
                 let pair = pair.trim();
@@ -240,24 +243,6 @@ fn canonical_forwarded_host_params(req: &mut RequestHeader, scheme: &str) {
             let _ = req.insert_header(header::FORWARDED, value);
         }
     }
-}
-
-/// `text` split at each `separator` outside a quoted string.
-fn split_unquoted(text: &str, separator: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted) = (0, false);
-    for (at, c) in text.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            c if c == separator && !quoted => {
-                parts.push(&text[start..at]);
-                start = at + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(&text[start..]);
-    parts
 }
 
 fn canonical_x_forwarded_host(req: &mut RequestHeader, scheme: &str) {

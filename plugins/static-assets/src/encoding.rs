@@ -24,14 +24,11 @@ pub fn canonical(lines: &[String]) -> String {
     items.join(",")
 }
 
-/// `coding[;param...]` lower-cased without spaces, its weight written as the shortest
-/// equal number (`q=0.50` → `q=0.5`) and left out when it is 1.
+/// `coding[;param...]` lower-cased without the spaces around its parts, its weight
+/// written as the shortest equal number (`q=0.50` → `q=0.5`) and left out when it is 1.
+/// Spaces inside a part stay: `g zip` is not `gzip` to an origin, so not to the key.
 fn canonical_item(item: &str) -> Option<String> {
-    let mut parts = item.split(';').map(|part| {
-        part.split_ascii_whitespace()
-            .collect::<String>()
-            .to_ascii_lowercase()
-    });
+    let mut parts = item.split(';').map(|part| part.trim().to_ascii_lowercase());
     let mut canonical = parts.next().filter(|coding| !coding.is_empty())?;
     for param in parts {
         match param.strip_prefix("q=").and_then(thousandths) {
@@ -83,6 +80,7 @@ mod tests {
         assert_eq!(of(&["gzip, deflate, br"]), "br,deflate,gzip");
         assert_eq!(of(&["BR;q=1.0, gzip", "deflate ,gzip"]), "br,deflate,gzip");
         assert_eq!(of(&["gzip;q=0.50"]), of(&["GZIP ; Q=0.5"]));
+        assert_eq!(of(&[" gzip\t;\tq=0.5 "]), "gzip;q=0.5");
         assert_eq!(of(&["gzip;q=0.000"]), "gzip;q=0");
     }
 
@@ -100,6 +98,8 @@ mod tests {
             of(&["gzip;Q=0"]),
             of(&["gzip;q=0.5, br"]),
             of(&["gzip;q=nonsense"]),
+            of(&["g zip"]),
+            of(&["gzip;q = 0.5"]),
         ];
         let mut distinct = variants.to_vec();
         distinct.sort();
