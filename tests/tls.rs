@@ -275,6 +275,21 @@ fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
     assert_eq!(&served.served, renewed.der());
     assert_ok(&served.response, "a.test /still");
 
+    // A chain whose second block is base64 but no certificate (a line lost from an
+    // intermediate): rustls would send it as it is and every handshake would fail.
+    let garbage_block =
+        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQoLDA0ODw==\n-----END CERTIFICATE-----\n";
+    replace(&cert, &format!("{}{garbage_block}", renewed.cert_pem));
+    eventually(
+        "the chain with a block that is no certificate is refused",
+        || {
+            sites.certificate_status("tenant alpha")["last_refusal"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("of the chain does not parse"))
+        },
+    );
+    assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
+
     // A certificate with another pair's key: refused as a mismatch.
     let other = sites.cas[0].leaf(&["a.test"]);
     replace(&cert, &other.cert_pem);
@@ -651,6 +666,48 @@ fn without_file_watching_a_reload_request_picks_up_renewed_certificates() {
         &sites.get("x.b.test", "x.b.test", "/").served,
         renewed.der()
     );
+}
+
+/// A tenant whose certificate was missing when its config was first written (refused), then
+/// applied by a reload request once the pair is in place: its files are watched from then
+/// on, so a renewal in place is served. They were watched only after file events the watcher
+/// handled itself, and the renewal went unseen until the certificate expired (probe AI).
+#[test]
+fn a_certificate_brought_in_by_a_reload_request_is_watched_for_renewals() {
+    let sites = Sites::start();
+    let config_path = sites.proxy.dir.path().join("cachet.toml");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let cert = sites.certs.path().join("gamma.crt");
+    let key = sites.certs.path().join("gamma.key");
+    replace(
+        &config_path,
+        &original.replace(
+            "name = \"gamma\"\n",
+            &format!("name = \"gamma\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"),
+        ),
+    );
+    eventually("the config naming a missing pair is refused", || {
+        !sites.proxy.status()["config"]["last_refusal"].is_null()
+    });
+    let first = sites.cas[2].leaf(&["c.test"]);
+    first.write(sites.certs.path(), "gamma");
+    let status: serde_json::Value = serde_json::from_str(
+        &ureq::post(&sites.proxy.admin_url("/reload"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(status["config"]["last_refusal"].is_null(), "{status}");
+    assert_eq!(&sites.get("c.test", "c.test", "/").served, first.der());
+
+    let renewed = sites.cas[2].leaf(&["c.test"]);
+    replace(&key, &renewed.key_pem);
+    replace(&cert, &renewed.cert_pem);
+    eventually("the renewal in place is served", || {
+        sites.get("c.test", "c.test", "/").served == *renewed.der()
+    });
 }
 
 /// Kubernetes mounts a Secret as `tls.crt -> ..data/tls.crt` with `..data -> ..<version>`,

@@ -26,7 +26,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Instant, SystemTime};
 
 /// What happened to one reload attempt.
@@ -51,6 +51,9 @@ pub struct Reloader {
     last_config_refusal: Mutex<Option<Refusal>>,
     /// Set once the file watcher is running.
     watching: AtomicBool,
+    /// Tells the watcher to watch the files of the configuration now applied (an empty
+    /// batch): a reload the watcher did not start may name files it has no watch on.
+    rearm: Mutex<Option<mpsc::Sender<Vec<PathBuf>>>>,
     /// The TLS listener's certificates, reloaded with their files and the config.
     certificates: Arc<CertStore>,
 }
@@ -71,6 +74,7 @@ impl Reloader {
             serial: Mutex::new(()),
             last_config_refusal: Mutex::new(None),
             watching: AtomicBool::new(false),
+            rearm: Mutex::new(None),
             certificates,
         }
     }
@@ -120,8 +124,18 @@ impl Reloader {
         self.watching.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_watching(&self) {
+    pub(crate) fn set_watching(&self, rearm: mpsc::Sender<Vec<PathBuf>>) {
+        *self.rearm.lock() = Some(rearm);
         self.watching.store(true, Ordering::Release);
+    }
+
+    /// Has the watcher watch the files the running configuration names (after a reload
+    /// by SIGHUP or the admin API, which may have brought in a tenant's certificate or
+    /// plugin: without this its later renewals went unseen, probe AI).
+    fn rearm_watches(&self) {
+        if let Some(rearm) = self.rearm.lock().as_ref() {
+            let _ = rearm.send(Vec::new());
+        }
     }
 
     pub fn last_config_refusal(&self) -> Option<Refusal> {
@@ -509,6 +523,7 @@ impl Reloader {
             ?certificate_outcomes,
             "reload check done"
         );
+        self.rearm_watches();
     }
 }
 

@@ -23,10 +23,10 @@ const MAX_BATCH_DELAY: Duration = Duration::from_millis(200);
 /// Starts the watcher thread. It lives as long as the process.
 pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
     let (events, rx) = mpsc::channel::<Vec<PathBuf>>();
-    let mut files = FileWatch::start(events)?;
+    let mut files = FileWatch::start(events.clone())?;
     files.sync(&watched_files(&reloader));
 
-    reloader.set_watching();
+    reloader.set_watching(events.clone());
     std::thread::Builder::new()
         .name("cachet-reload".into())
         .spawn(move || {
@@ -42,6 +42,17 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
                 // Re-arm first (a file replaced by rename is a new inode), so
                 // a write after the reload reads the file is not missed.
                 files.sync(&watched_files(&reloader));
+                if batch.iter().all(Vec::is_empty) {
+                    // A re-arm after a reload done elsewhere: a plugin or certificate
+                    // it read may have changed before its watch existed, so each is
+                    // looked at again (an unchanged one is a no-op).
+                    let certificates = reloader.certificates().paths();
+                    batch = vec![reloader
+                        .plugin_paths()
+                        .into_iter()
+                        .chain(certificates)
+                        .collect()];
+                }
                 apply(&reloader, batch);
                 // The config may name other plugins now.
                 files.sync(&watched_files(&reloader));

@@ -113,6 +113,16 @@ impl LoadedCert {
             .map_err(|e| PairError::key(format!("{key_file}: no PEM private key: {e}")))?;
         let (names, not_before, not_after) =
             describe(leaf).map_err(|e| PairError::cert(format!("{cert_file}: {e}")))?;
+        // rustls sends the rest of the chain as it is: a block that is not a certificate
+        // (a line lost from an intermediate) would fail every client's handshake (probe AI).
+        for (at, cert) in chain.iter().enumerate().skip(1) {
+            x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
+                PairError::cert(format!(
+                    "{cert_file}: certificate {} of the chain does not parse: {e}",
+                    at + 1
+                ))
+            })?;
+        }
         let fingerprint = hex::encode(Sha256::digest(leaf.as_ref()));
         let files_sha256 = bytes.sha256();
         let certified = CertifiedKey::from_der(chain, key, &default_provider())
