@@ -797,6 +797,77 @@ fn forwarding_headers_replace_append_or_off() {
     }
 }
 
+/// CGI, WSGI, PHP and Rack servers read a field name with `-` and `_` alike (both become
+/// `HTTP_X_FORWARDED_HOST`, RFC 3875 §4.1.18). An origin like that is modelled here: it
+/// builds its links from `X-Forwarded-Host` under either spelling and honours a method
+/// override under either. The underscore spellings passed unkeyed: one request stored
+/// `evil.test` links and a DELETE's answer for everybody (probe AH). They are dropped before
+/// the plugin, the key or the origin sees them, on the front's hits and on Pingora's path,
+/// unless `underscore_fields = "keep"`.
+#[test]
+fn underscore_spellings_of_fields_never_reach_a_cgi_style_origin() {
+    let cgi_origin = || {
+        Origin::start(|seen| {
+            let cgi = |name: &str| {
+                seen.headers
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| n.replace('_', "-").eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_str())
+            };
+            let host = cgi("x-forwarded-host").unwrap_or("-");
+            let method = cgi("x-http-method-override").unwrap_or(&seen.method);
+            Reply::ok(format!("{method} <a href='http://{host}/login'>"))
+                .header("Cache-Control", "max-age=300")
+        })
+    };
+    let attack = [
+        ("X_Forwarded_Host", "evil.test"),
+        ("X_HTTP_Method_Override", "DELETE"),
+        ("Accept_Encoding", "gzip"),
+    ];
+    for policy in [plugin("standard"), PathBuf::from("builtin:standard")] {
+        let origin = cgi_origin();
+        let proxy = Proxy::start(CACHE, &[TenantSpec::new("site", origin.addr, &policy)]);
+        let host = [("Host", "site.test")];
+        let with_attack: Vec<(&str, &str)> = host.iter().chain(&attack).copied().collect();
+        let first = send("GET", &proxy.url("/page"), &with_attack);
+        assert_eq!(first.status, 200);
+        let innocent = send("GET", &proxy.url("/page"), &host);
+        assert_eq!(
+            innocent.text(),
+            "GET <a href='http://site.test/login'>",
+            "{policy:?}"
+        );
+        // A hit answered by the front drops them too before the plugin reads the head.
+        send("GET", &proxy.url("/page"), &with_attack);
+        for seen in origin.seen() {
+            assert!(
+                seen.headers.iter().all(|(name, _)| !name.contains('_')),
+                "{policy:?}: {:?}",
+                seen.headers
+            );
+        }
+        assert_eq!(origin.hits_for("/page"), 1);
+    }
+
+    // Kept on request: for origins that never map names to variables.
+    let origin = cgi_origin();
+    let proxy = Proxy::start_with_server(
+        "underscore_fields = \"keep\"",
+        CACHE,
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let kept = send(
+        "GET",
+        &proxy.url("/kept"),
+        &[("Host", "site.test"), ("X_Custom", "1")],
+    );
+    assert_eq!(kept.status, 200);
+    let seen = origin.seen().pop().expect("origin saw the request");
+    assert_eq!(seen.header("x_custom"), Some("1"));
+}
+
 /// Behind a trusted proxy ("append") or with the fields left alone ("off"), the origin is
 /// told the scheme the client claims: HTTP and HTTPS users of the proxy in front keep
 /// apart (a site redirecting plain requests to HTTPS would otherwise loop them all), and a

@@ -35,8 +35,10 @@ pub fn names_a_credential(name: &str) -> bool {
 fn names_a_user(name: &str) -> bool {
     name.ends_with("user")
         || name.ends_with("username")
-        || name.contains("user-id")
         || name.contains("userid")
+        // CGI-style servers read `X_User_Id` as `X-User-Id` (RFC 3875 §4.1.18).
+        || name.contains("user-id")
+        || name.contains("user_id")
 }
 
 #[cfg(test)]
@@ -58,6 +60,7 @@ mod tests {
             "x-remote-user",
             "x-user",
             "x-user-id",
+            "x_user_id",
             "x-forwarded-preferred-username",
             "x-ms-client-principal",
             "cf-access-jwt-assertion",

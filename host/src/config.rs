@@ -123,6 +123,8 @@ struct RawServer {
     max_connections: Option<Spanned<usize>>,
     #[serde(default)]
     forwarded_headers: ForwardedHeaders,
+    #[serde(default)]
+    underscore_fields: UnderscoreFields,
     shutdown_grace: Option<Spanned<DurationValue>>,
     tls_listen: Option<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
@@ -224,6 +226,21 @@ pub enum ForwardedHeaders {
     Append,
     /// Forward the client's fields untouched and add none.
     Off,
+}
+
+/// What becomes of request fields whose names hold an underscore (`[server]
+/// underscore_fields`). CGI, WSGI, PHP and Rack servers read `X_Forwarded_Host` as
+/// `X-Forwarded-Host` (both are `HTTP_X_FORWARDED_HOST`, RFC 3875 §4.1.18), so a client could
+/// pass every field the proxy drops, bypasses on or varies on under the other spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreFields {
+    /// Removed before the plugin, the key or the origin sees the request (nginx's and
+    /// Apache's default).
+    #[default]
+    Drop,
+    /// Passed on like any field: only for origins that never map names to variables.
+    Keep,
 }
 
 /// Largest request head Pingora itself reads (its `MAX_HEADER_SIZE`).
@@ -346,6 +363,7 @@ pub struct ServerConfig {
     /// Client connections open at once (503 beyond).
     pub max_connections: usize,
     pub forwarded_headers: ForwardedHeaders,
+    pub underscore_fields: UnderscoreFields,
     /// How long SIGTERM/SIGINT wait for requests in flight before exiting.
     pub shutdown_grace: Duration,
     /// TLS termination and HTTP/2.
@@ -540,6 +558,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             4096,
         )?,
         forwarded_headers: raw.server.forwarded_headers,
+        underscore_fields: raw.server.underscore_fields,
         shutdown_grace: match &raw.server.shutdown_grace {
             Some(v) => match located.duration("server.shutdown_grace", v)? {
                 d if d > crate::shutdown::MAX_GRACE => {

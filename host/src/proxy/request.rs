@@ -20,7 +20,7 @@ pub(super) async fn request_filter(
     if let Some(planned) = ctx.planned.take() {
         return resume(proxy, session, ctx, *planned).await;
     }
-    if let Err(reason) = well_formed(session) {
+    if let Err(reason) = well_formed(session, proxy.state.underscore_fields) {
         ctx.route = Route::Answered(reason.into());
         // What follows a malformed head cannot be trusted to be the next request.
         session.set_keepalive(None);
@@ -175,7 +175,7 @@ pub(crate) async fn plan_front(
     ctx: &mut RequestCtx,
 ) -> Result<FrontStep> {
     if super::target::to_origin_form(&mut head).is_err()
-        || super::request_fields::sanitize(&mut head).is_err()
+        || super::request_fields::sanitize(&mut head, proxy.state.underscore_fields).is_err()
     {
         return Ok(FrontStep::HandOver(None));
     }
@@ -395,7 +395,10 @@ fn unreachable_key(ctx: &mut RequestCtx) {
 
 /// Brings the target to origin-form and refuses heads that peers could read
 /// differently; the error is the reason reported in `Cache-Status`.
-fn well_formed(session: &mut Session) -> std::result::Result<(), &'static str> {
+fn well_formed(
+    session: &mut Session,
+    underscores: crate::config::UnderscoreFields,
+) -> std::result::Result<(), &'static str> {
     if session
         .as_http1()
         .is_some_and(|h1| super::target::has_bare_lf(&h1.get_headers_raw_bytes()))
@@ -403,7 +406,7 @@ fn well_formed(session: &mut Session) -> std::result::Result<(), &'static str> {
         return Err("bare LF in the request head");
     }
     super::target::to_origin_form(session.req_header_mut())?;
-    super::request_fields::sanitize(session.req_header_mut())
+    super::request_fields::sanitize(session.req_header_mut(), underscores)
 }
 
 /// The forwarding fields the origin (and first the plugin) will see. A background

@@ -12,6 +12,7 @@
 //! values that disagree (§6.3); agreeing repeats become one value, so no origin has to
 //! guess how to frame the body.
 
+use crate::config::UnderscoreFields;
 use http::header::{self, HeaderName, HeaderValue};
 use http::Version;
 use pingora::http::RequestHeader;
@@ -56,9 +57,15 @@ const PROTECTED: [&str; 4] = [
 const MAX_NOMINATIONS: usize = 32;
 
 /// Brings `req` to the fields the origin will be sent, or says why it is a bad request.
-pub fn sanitize(req: &mut RequestHeader) -> Result<(), &'static str> {
+pub fn sanitize(
+    req: &mut RequestHeader,
+    underscores: UnderscoreFields,
+) -> Result<(), &'static str> {
     if req.version == Version::HTTP_2 {
         as_http1_fields(req)?;
+    }
+    if underscores == UnderscoreFields::Drop {
+        drop_underscore_fields(req);
     }
     check_host(req)?;
     readable_as_text(req)?;
@@ -70,6 +77,21 @@ pub fn sanitize(req: &mut RequestHeader) -> Result<(), &'static str> {
         req.remove_header(&header::EXPECT);
     }
     remove_hop_by_hop(req)
+}
+
+/// Removes every field whose name holds an underscore: an origin that maps names to CGI
+/// variables reads `X_Forwarded_Host` or `Accept_Encoding` as the dashed field, which the
+/// proxy drops, bypasses on or varies on by that name only (probe AH).
+fn drop_underscore_fields(req: &mut RequestHeader) {
+    let named: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in named {
+        req.remove_header(&name);
+    }
 }
 
 /// Every field value as UTF-8 text. A plugin reads the head as strings: a byte that is not
@@ -436,7 +458,7 @@ mod tests {
     use super::*;
 
     fn sanitize_plain(req: &mut RequestHeader) -> Result<(), &'static str> {
-        sanitize(req)
+        sanitize(req, UnderscoreFields::Drop)
     }
 
     #[test]
@@ -490,7 +512,7 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/p?q=1", None).unwrap();
         req.set_uri(http::Uri::from_static("http://a.test:80/p?q=1"));
         req.set_version(Version::HTTP_2);
-        assert_eq!(sanitize(&mut req), Ok(()));
+        assert_eq!(sanitize_plain(&mut req), Ok(()));
         canonical_host(&mut req, "http");
         assert_eq!(req.headers["host"], "a.test");
         assert_eq!(req.uri.to_string(), "http://a.test/p?q=1");
