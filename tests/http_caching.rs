@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::sleep;
@@ -1095,6 +1096,76 @@ fn a_purge_of_another_url_during_a_fetch_leaves_its_answer_stored() {
         );
         assert_status_has(&get(&url), "hit");
     }
+}
+
+/// A flood of invalidating POSTs to URLs nobody is fetching keeps no fill from being stored.
+/// The purge log remembered every purged key up to 4096 and counted a purge of the whole
+/// tenant past them, so a client POSTing to new URLs kept every slow answer out of the cache
+/// (probe AG). Only keys with a fill in flight are remembered now.
+#[test]
+fn a_flood_of_posts_to_new_urls_keeps_no_slow_fill_from_being_stored() {
+    let release = Arc::new(AtomicBool::new(false));
+    let origin = Origin::start({
+        let release = release.clone();
+        move |seen| {
+            if seen.method == "POST" {
+                return Reply::ok("posted");
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
+                sleep(Duration::from_millis(5));
+            }
+            Reply::ok("slow answer").header("Cache-Control", "max-age=300")
+        }
+    });
+    let proxy = proxy_for(&origin);
+    let url = proxy.url("/slow");
+    let fetch = std::thread::spawn({
+        let url = url.clone();
+        move || get(&url)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.hits_for("/slow") == 0 && Instant::now() < deadline {
+        sleep(Duration::from_millis(5));
+    }
+    // 4400 POSTs to new URLs, pipelined 100 to a connection, 44 connections at once (the
+    // test origin answers each in ~40 ms).
+    let port = proxy.port;
+    let floods: Vec<_> = (0..44)
+        .map(|thread| {
+            std::thread::spawn(move || {
+                let mut requests = String::new();
+                for i in 0..100 {
+                    let last = if i == 99 { "Connection: close\r\n" } else { "" };
+                    requests.push_str(&format!(
+                        "POST /flood-{thread}-{i} HTTP/1.1\r\nHost: site\r\n\
+                         Content-Length: 0\r\n{last}\r\n"
+                    ));
+                }
+                let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                conn.write_all(requests.as_bytes()).unwrap();
+                let answers = support::wire::parse_responses(&support::wire::read_until_closed(
+                    &mut conn,
+                    Duration::from_secs(20),
+                ));
+                assert_eq!(answers.len(), 100);
+                assert!(answers.iter().all(|a| a.status == 200));
+            })
+        })
+        .collect();
+    for flood in floods {
+        flood.join().unwrap();
+    }
+    release.store(true, Ordering::SeqCst);
+    let first = fetch.join().unwrap();
+    assert_eq!(first.text(), "slow answer");
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    assert_status_has(&get(&url), "hit");
+    assert_eq!(origin.hits_for("/slow"), 1);
 }
 
 #[test]

@@ -357,6 +357,18 @@ impl ProxyHttp for CachetProxy {
             }
             return Err(e.into_error());
         }
+        // Watched before the start time is taken: a purge between the two would otherwise
+        // concern this fill and not be remembered.
+        if let Some(key) = session.cache.maybe_cache_key() {
+            use pingora_cache::key::CacheHashKey;
+            let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
+            ctx.fill_watch = Some(
+                self.state
+                    .cache
+                    .storage
+                    .watch_fill(tenant, key.primary_bin()),
+            );
+        }
         ctx.origin_started = Some(std::time::Instant::now());
         if session.is_upgrade_req() {
             ctx.origin.take_new_connection();

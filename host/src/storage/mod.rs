@@ -33,6 +33,7 @@ mod tests;
 pub mod tiers;
 
 pub use plain_hit::PlainHit;
+pub use purge_log::FillWatch;
 pub use stats::{PartitionStats, StorageStats};
 pub use tiers::{TierStats, TieredStorage};
 
@@ -56,9 +57,9 @@ pub struct MemoryStorage {
     /// Tighter per-partition (tenant) limits on the object size.
     partition_max_object: RwLock<std::collections::HashMap<String, usize>>,
     next_write_id: AtomicU64,
-    /// When each partition's (tenant's) keys were last purged or invalidated: a response
-    /// fetched from before then may carry what was purged (`purged_since`).
-    purges: RwLock<purge_log::PurgeLog>,
+    /// Purges of the keys being fetched: a response fetched from before one may carry what
+    /// was purged (`purged_since`).
+    purges: purge_log::SharedPurgeLog,
     /// Body bytes held by fills in progress, and their bound (the global budget, at least
     /// [`MIN_FILL_BUDGET`]): without it, fills whose clients left (Pingora finishes them for
     /// the cache) could hold `max_object_bytes` each, as many as the origin allows at once.
@@ -85,7 +86,7 @@ impl MemoryStorage {
             max_object_size: AtomicUsize::new(max_object_size),
             partition_max_object: RwLock::default(),
             next_write_id: AtomicU64::new(0),
-            purges: RwLock::default(),
+            purges: Default::default(),
             filling: AtomicUsize::new(0),
             max_filling: AtomicUsize::new(fill_budget(global_budget)),
         }
@@ -133,12 +134,18 @@ impl MemoryStorage {
         key: &HashBinary,
         since: std::time::Instant,
     ) -> bool {
-        self.purges.read().purged_since(partition, key, since)
+        self.purges.purged_since(partition, key, since)
+    }
+
+    /// Remembers purges of `key` (of `partition`) for [`Self::purged_since`] until the watch
+    /// is dropped: take it before the request goes to the origin.
+    pub fn watch_fill(&self, partition: &str, key: HashBinary) -> FillWatch {
+        self.purges.watch(partition, key)
     }
 
     /// Notes a purge of `key` (every variant), or with `None` of what may be any key.
     fn note_purge(&self, partition: &str, key: Option<HashBinary>) {
-        self.purges.write().note(partition, key);
+        self.purges.note(partition, key);
     }
 
     /// Stores no body over `bytes` for this partition (never more than the

@@ -1,69 +1,129 @@
-//! When each tenant's URLs were last purged or invalidated, so a response fetched from before
-//! then is not stored: it may carry what the purge removed.
+//! Purges that came while a fill was fetching its response from the origin, so that response
+//! is not stored: it may carry what the purge removed.
 //!
-//! Kept per primary key, not per tenant: with one time per tenant, any client's POST to any
-//! URL (an invalidating request) stopped every fill then in flight from being stored, and a
-//! steady trickle of them kept slow responses out of the cache for good. A purge by tag
-//! names no single key and still counts for every fill of the tenant, and so does any purge
-//! that came before the oldest purge the log still holds, once it holds as many as it keeps.
+//! Only keys with a fill in flight are remembered, each until its last fill ends. A purge of
+//! a key nobody is fetching concerns no fill (one that starts later asks the origin after
+//! it), so a flood of invalidating requests to new URLs holds nothing here. The log used to
+//! remember every purged key, up to a bound, and count a purge of the whole tenant past it:
+//! a flood of POSTs to unique URLs then kept every slow fill of the tenant out of the cache
+//! (probe AG). A purge by tag names no single key and counts for every fill of the tenant in
+//! flight.
 
+use parking_lot::RwLock;
 use pingora_cache::key::HashBinary;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-/// Keys remembered per tenant; past it the log forgets the older half, and counts a purge of
-/// every key at the newest time it forgot (only fills older than that are affected).
-const KEYS_KEPT: usize = 4096;
-
 #[derive(Default)]
-struct TenantPurges {
+struct TenantFills {
     /// The last purge that may concern any key of the tenant.
     any: Option<Instant>,
-    by_key: HashMap<HashBinary, Instant>,
+    /// Keys being fetched: how many fills each has in flight, and its last purge since the
+    /// oldest of them began.
+    by_key: HashMap<HashBinary, Watched>,
 }
 
-impl TenantPurges {
-    /// Drops the older half of the keys; a fill that began before the newest time dropped
-    /// counts as purged (it may have been one of them).
-    fn forget_older_half(&mut self) {
-        let mut times: Vec<Instant> = self.by_key.values().copied().collect();
-        let middle = times.len() / 2;
-        let (_, cutoff, _) = times.select_nth_unstable(middle);
-        let cutoff = *cutoff;
-        self.by_key.retain(|_, at| *at > cutoff);
-        self.any = self.any.max(Some(cutoff));
-    }
+#[derive(Default)]
+struct Watched {
+    fills: usize,
+    purged: Option<Instant>,
 }
 
 #[derive(Default)]
 pub(super) struct PurgeLog {
-    tenants: HashMap<String, TenantPurges>,
+    tenants: HashMap<String, TenantFills>,
 }
 
 impl PurgeLog {
     /// A purge of `key` (every variant of it), or with `None` of what may be any key.
-    pub(super) fn note(&mut self, partition: &str, key: Option<HashBinary>) {
+    fn note(&mut self, partition: &str, key: Option<HashBinary>) {
+        let Some(tenant) = self.tenants.get_mut(partition) else {
+            return;
+        };
         let now = Instant::now();
+        match key {
+            None => tenant.any = Some(now),
+            Some(key) => {
+                if let Some(watched) = tenant.by_key.get_mut(&key) {
+                    watched.purged = Some(now);
+                }
+            }
+        }
+    }
+
+    fn watch(&mut self, partition: &str, key: HashBinary) {
         let tenant = match self.tenants.get_mut(partition) {
             Some(tenant) => tenant,
             None => self.tenants.entry(partition.to_owned()).or_default(),
         };
-        let Some(key) = key else {
-            tenant.any = Some(now);
+        tenant.by_key.entry(key).or_default().fills += 1;
+    }
+
+    fn unwatch(&mut self, partition: &str, key: &HashBinary) {
+        let Some(tenant) = self.tenants.get_mut(partition) else {
             return;
         };
-        if tenant.by_key.len() >= KEYS_KEPT && !tenant.by_key.contains_key(&key) {
-            tenant.forget_older_half();
+        if let Some(watched) = tenant.by_key.get_mut(key) {
+            watched.fills -= 1;
+            if watched.fills == 0 {
+                tenant.by_key.remove(key);
+            }
         }
-        tenant.by_key.insert(key, now);
+        // With no fill in flight, no purge so far concerns anything to come.
+        if tenant.by_key.is_empty() {
+            self.tenants.remove(partition);
+        }
     }
 
     /// Whether `key` of `partition` may have been purged at or after `since`.
-    pub(super) fn purged_since(&self, partition: &str, key: &HashBinary, since: Instant) -> bool {
+    fn purged_since(&self, partition: &str, key: &HashBinary, since: Instant) -> bool {
         self.tenants.get(partition).is_some_and(|tenant| {
             tenant.any.is_some_and(|at| at >= since)
-                || tenant.by_key.get(key).is_some_and(|at| *at >= since)
+                || tenant
+                    .by_key
+                    .get(key)
+                    .and_then(|watched| watched.purged)
+                    .is_some_and(|at| at >= since)
         })
+    }
+}
+
+/// The purge log of one memory storage, shared with the fills it watches.
+#[derive(Default, Clone)]
+pub(super) struct SharedPurgeLog(Arc<RwLock<PurgeLog>>);
+
+impl SharedPurgeLog {
+    pub(super) fn note(&self, partition: &str, key: Option<HashBinary>) {
+        self.0.write().note(partition, key);
+    }
+
+    pub(super) fn purged_since(&self, partition: &str, key: &HashBinary, since: Instant) -> bool {
+        self.0.read().purged_since(partition, key, since)
+    }
+
+    /// Remembers purges of `key` until the returned watch is dropped. Take it before the
+    /// request goes to the origin, and the fill's start time after.
+    pub(super) fn watch(&self, partition: &str, key: HashBinary) -> FillWatch {
+        self.0.write().watch(partition, key);
+        FillWatch {
+            log: self.clone(),
+            partition: partition.to_owned(),
+            key,
+        }
+    }
+}
+
+/// A fill in flight whose key's purges are remembered (see [`SharedPurgeLog::watch`]).
+pub struct FillWatch {
+    log: SharedPurgeLog,
+    partition: String,
+    key: HashBinary,
+}
+
+impl Drop for FillWatch {
+    fn drop(&mut self) {
+        self.log.0.write().unwatch(&self.partition, &self.key);
     }
 }
 
@@ -72,44 +132,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_purge_concerns_its_own_key_a_tag_purge_every_key() {
-        let mut log = PurgeLog::default();
-        let started = Instant::now();
+    fn a_purge_concerns_the_fills_of_its_own_key_a_tag_purge_every_fill() {
+        let log = SharedPurgeLog::default();
         let (a, b) = ([1; 16], [2; 16]);
+        let watch_a = log.watch("site", a);
+        let watch_b = log.watch("site", b);
+        let started = Instant::now();
         log.note("site", Some(a));
         assert!(log.purged_since("site", &a, started));
         assert!(!log.purged_since("site", &b, started));
         assert!(!log.purged_since("other", &a, started));
-        let later = Instant::now();
-        assert!(!log.purged_since("site", &a, later + std::time::Duration::from_millis(1)));
+        let later = Instant::now() + std::time::Duration::from_millis(1);
+        assert!(!log.purged_since("site", &a, later));
         log.note("site", None);
         assert!(log.purged_since("site", &b, started));
+        drop((watch_a, watch_b));
+        assert!(
+            log.0.read().tenants.is_empty(),
+            "nothing kept once no fill is in flight"
+        );
     }
 
-    fn key(i: u32) -> HashBinary {
-        let mut key = [0u8; 16];
-        key[..4].copy_from_slice(&i.to_le_bytes());
-        key
-    }
-
-    /// Past the keys kept, only fills older than the purges forgotten count as purged
-    /// (probe N: forgetting everything stopped every fill in flight once per 4096 purges).
+    /// A flood of purges of keys nobody is fetching holds nothing and touches no fill
+    /// (probe AG: past 4096 keys the log counted a purge of every key, so a POST flood kept
+    /// every slow fill from being stored).
     #[test]
-    fn past_the_keys_kept_only_older_fills_count_as_purged() {
-        let mut log = PurgeLog::default();
-        let before_all = Instant::now();
-        for i in 0..KEYS_KEPT as u32 {
-            log.note("site", Some(key(i)));
+    fn purges_of_keys_nobody_fetches_are_not_kept() {
+        let log = SharedPurgeLog::default();
+        let slow = log.watch("site", [7; 16]);
+        let started = Instant::now();
+        for i in 0..100_000u32 {
+            let mut key = [0u8; 16];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            log.note("site", Some(key));
         }
-        // The same key again is an update, not a new one.
-        log.note("site", Some(key(0)));
-        assert!(log.tenants["site"].any.is_none());
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let after_all = Instant::now();
-        log.note("site", Some(key(KEYS_KEPT as u32)));
-        assert!(log.tenants["site"].by_key.len() <= KEYS_KEPT / 2 + 2);
-        assert!(log.purged_since("site", &[9; 16], before_all));
-        assert!(!log.purged_since("site", &[9; 16], after_all));
-        assert!(log.purged_since("site", &key(KEYS_KEPT as u32), after_all));
+        assert!(!log.purged_since("site", &[7; 16], started));
+        assert_eq!(log.0.read().tenants["site"].by_key.len(), 1);
+        drop(slow);
+    }
+
+    /// Two fills of one key: the purge stays remembered until the last one ends.
+    #[test]
+    fn a_key_is_watched_until_its_last_fill_ends() {
+        let log = SharedPurgeLog::default();
+        let first = log.watch("site", [1; 16]);
+        let second = log.watch("site", [1; 16]);
+        let started = Instant::now();
+        log.note("site", Some([1; 16]));
+        drop(first);
+        assert!(log.purged_since("site", &[1; 16], started));
+        drop(second);
+        assert!(!log.purged_since("site", &[1; 16], started));
     }
 }

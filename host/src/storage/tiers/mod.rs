@@ -213,6 +213,15 @@ impl TieredStorage {
         self.l1.purged_since(partition, key, since)
     }
 
+    /// See [`MemoryStorage::watch_fill`].
+    pub fn watch_fill(
+        &self,
+        partition: &str,
+        key: pingora_cache::key::HashBinary,
+    ) -> crate::storage::FillWatch {
+        self.l1.watch_fill(partition, key)
+    }
+
     /// Removes what is stored under `key` in every tier. True when something may have been
     /// there (an L2 tier is not asked: a purge there leaves a mark instead). [`NotKept`] when
     /// an L2 tier could not record the purge; memory is purged all the same (so are the
