@@ -365,7 +365,9 @@ fn an_early_hint_before_a_failure_leaves_the_stale_copy_to_serve() {
 }
 
 /// A body without a length goes to an HTTP/1.0 client close-delimited: it cannot read chunked
-/// framing (RFC 9112 §6.1), on a miss or on a hit.
+/// framing (RFC 9112 §6.1), on a miss or on a hit. The connection ends with such a body, so
+/// a client that asked to keep it alive is told `Connection: close` (it was told
+/// `keep-alive` and then the connection closed: its next request would be lost; probe AH).
 #[test]
 fn an_http10_client_gets_a_body_without_a_length_close_delimited() {
     let origin = RawOrigin::start(|_| {
@@ -378,8 +380,15 @@ fn an_http10_client_gets_a_body_without_a_length_close_delimited() {
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
+        // The miss asks to keep the connection alive; the hit, with its stored length,
+        // would keep it, so it does not ask.
+        let keep_alive = if round == "miss" {
+            "Connection: keep-alive\r\n"
+        } else {
+            ""
+        };
         let request = format!(
-            "GET /old HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            "GET /old HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n{keep_alive}\r\n",
             proxy.port
         );
         conn.write_all(request.as_bytes()).unwrap();
@@ -392,6 +401,12 @@ fn an_http10_client_gets_a_body_without_a_length_close_delimited() {
             "{round}: {head}"
         );
         assert_eq!(body, "hello world", "{round}: {head}");
+        if round == "miss" {
+            assert!(
+                head.to_ascii_lowercase().contains("connection: close"),
+                "{head}"
+            );
+        }
         assert_status_has(
             head.lines()
                 .find_map(|l| l.strip_prefix("cache-status: "))
@@ -405,6 +420,33 @@ fn an_http10_client_gets_a_body_without_a_length_close_delimited() {
     assert_eq!(framed.head.header("content-length"), Some("11"));
     assert_eq!(framed.body, b"hello world");
     assert_eq!(origin.requests(), 1, "{}", framed.cache_status());
+}
+
+/// A proxy sends its own HTTP version (RFC 9110 §6.2): an HTTP/1.0 origin's status line is
+/// not passed on to HTTP/1.1 clients, stored or not (probe AH: bypassed and unstored answers
+/// went out as `HTTP/1.0 200 OK`).
+#[test]
+fn an_http10_origin_s_version_is_not_passed_on() {
+    let origin = RawOrigin::start(|head| {
+        let cache_control = if head.contains("/kept") {
+            "max-age=60"
+        } else {
+            "no-store"
+        };
+        format!("HTTP/1.0 200 OK\r\nCache-Control: {cache_control}\r\nContent-Length: 2\r\n\r\nok")
+            .into_bytes()
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    for (method, path) in [
+        ("GET", "/unstored"),
+        ("POST", "/bypassed"),
+        ("GET", "/kept"),
+    ] {
+        let answer = raw::request(proxy.port, method, path, &[("Content-Length", "0")]);
+        assert_eq!(answer.head.status, 200, "{method} {path}");
+        assert_eq!(answer.head.version, "HTTP/1.1", "{method} {path}");
+        assert_eq!(answer.body, b"ok");
+    }
 }
 
 // ------------------------------------------------------------------------ dates

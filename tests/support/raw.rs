@@ -12,6 +12,8 @@ use std::time::Duration;
 /// One response head as it came off the wire.
 #[derive(Debug, Clone)]
 pub struct Head {
+    /// The status line's version, e.g. "HTTP/1.1".
+    pub version: String,
     pub status: u16,
     /// Header lines in order, names as sent.
     pub headers: Vec<(String, String)>,
@@ -134,7 +136,12 @@ impl Reader {
         loop {
             let line = self.line();
             if line.is_empty() {
-                return Head { status, headers };
+                let version = status_line.split(' ').next().unwrap_or("").to_owned();
+                return Head {
+                    version,
+                    status,
+                    headers,
+                };
             }
             let (name, value) = line.split_once(':').expect("header line");
             headers.push((name.to_owned(), value.trim().to_owned()));

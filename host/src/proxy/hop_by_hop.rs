@@ -40,12 +40,28 @@ pub fn strip_for_downstream(resp: &mut ResponseHeader) {
     strip_except(resp, &["transfer-encoding"]);
 }
 
-/// An HTTP/1.0 client cannot read chunked framing (RFC 9112 §6.1), which Pingora gives every
-/// body without a length: it gets the body close-delimited instead.
-pub fn frame_for_client(client_version: http::Version, resp: &mut ResponseHeader) {
-    if client_version < http::Version::HTTP_11 {
-        resp.remove_header(&http::header::TRANSFER_ENCODING);
+/// Frames `resp` for the client. The version is the proxy's own, HTTP/1.1 (RFC 9110 §6.2: an
+/// HTTP/1.0 origin's is not passed on). An HTTP/1.0 client cannot read chunked framing (RFC
+/// 9112 §6.1), which Pingora gives every body without a length: it gets the body
+/// close-delimited instead, and then the connection must end with it. Returns whether it
+/// does (the caller announces `Connection: close` and does not keep it alive).
+pub fn frame_for_client(
+    client_version: http::Version,
+    head_request: bool,
+    resp: &mut ResponseHeader,
+) -> bool {
+    if resp.version < http::Version::HTTP_11 {
+        resp.set_version(http::Version::HTTP_11);
     }
+    if client_version >= http::Version::HTTP_11 {
+        return false;
+    }
+    resp.remove_header(&http::header::TRANSFER_ENCODING);
+    let bodiless = head_request
+        || resp.status == http::StatusCode::NO_CONTENT
+        || resp.status == http::StatusCode::NOT_MODIFIED
+        || resp.status.is_informational();
+    !bodiless && !resp.headers.contains_key(http::header::CONTENT_LENGTH)
 }
 
 fn strip_except(resp: &mut ResponseHeader, keep: &[&str]) {
@@ -123,5 +139,27 @@ mod tests {
         let mut switching = resp(101, &[("Connection", "upgrade"), ("Upgrade", "websocket")]);
         strip_for_downstream(&mut switching);
         assert_eq!(names(&switching), ["connection", "upgrade"]);
+    }
+
+    #[test]
+    fn an_http10_client_s_connection_ends_with_a_body_without_a_length() {
+        use http::Version;
+        let chunked = || resp(200, &[("Transfer-Encoding", "chunked")]);
+        let mut r = chunked();
+        assert!(frame_for_client(Version::HTTP_10, false, &mut r));
+        assert!(r.headers.get("transfer-encoding").is_none());
+        assert!(!frame_for_client(Version::HTTP_11, false, &mut chunked()));
+        assert!(!frame_for_client(Version::HTTP_10, true, &mut chunked()));
+        let mut sized = resp(200, &[("Content-Length", "3")]);
+        assert!(!frame_for_client(Version::HTTP_10, false, &mut sized));
+        assert!(!frame_for_client(
+            Version::HTTP_10,
+            false,
+            &mut resp(304, &[])
+        ));
+        let mut old = resp(200, &[("Content-Length", "3")]);
+        old.set_version(Version::HTTP_10);
+        frame_for_client(Version::HTTP_11, false, &mut old);
+        assert_eq!(old.version, Version::HTTP_11);
     }
 }

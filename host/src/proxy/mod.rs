@@ -532,7 +532,12 @@ impl ProxyHttp for CachetProxy {
             return interim::forward_now(session, upstream_response).await;
         }
         directives::strip_downstream(upstream_response);
-        hop_by_hop::frame_for_client(session.req_header().version, upstream_response);
+        let head_request = session.req_header().method == http::Method::HEAD;
+        let version = session.req_header().version;
+        if hop_by_hop::frame_for_client(version, head_request, upstream_response) {
+            // Announced before the head is written: Pingora says `close` from it.
+            session.set_keepalive(None);
+        }
         deliver::apply(self, session, upstream_response, ctx);
         if ctx.served_unvalidated {
             // After the plugin's delivery edits: the host has the last word here.
