@@ -318,6 +318,63 @@ fn http2_connections_are_bounded_by_the_configured_streams_and_header_list() {
     );
 }
 
+/// Paced "rapid reset" (CVE-2023-44487 class): streams reset a few ms after their head, each
+/// a miss whose fill goes on for the cache. The h2 crate counted them closed, so one
+/// connection limited to 100 streams kept 1024 origin exchanges busy (probe AG). A
+/// connection's requests now count until their work ends: beyond its stream limit a new
+/// stream is refused (REFUSED_STREAM) and the origin never sees more at once.
+#[test]
+fn streams_reset_at_a_steady_pace_keep_no_more_origin_work_than_the_stream_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let origin = Origin::start({
+        let (now, most) = (now.clone(), most.clone());
+        move |_| {
+            let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(at_once, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            now.fetch_sub(1, Ordering::SeqCst);
+            Reply::ok("filled").header("Cache-Control", "max-age=60")
+        }
+    });
+    let proxy = Proxy::start_with_server(
+        "h2c = true\nh2_max_concurrent_streams = 4",
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&[SITE])],
+    );
+    let paths: Vec<String> = (0..24).map(|i| format!("/reset-{i}")).collect();
+    let last = support::http2_client::h2c_reset_each(
+        proxy.port,
+        SITE,
+        &paths,
+        std::time::Duration::from_millis(15),
+        "/after",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    // Every stream's fill was still at work: the next one was refused, not processed.
+    let refused = last.expect_err("a stream beyond the limit is refused");
+    assert!(
+        refused.contains("REFUSED_STREAM") || refused.contains("refused"),
+        "{refused}"
+    );
+    let at_most = most.load(Ordering::SeqCst);
+    assert!(
+        at_most <= 4,
+        "{at_most} origin exchanges at once from one connection"
+    );
+    assert!(at_most >= 1, "the resets reached the origin at all");
+    // Another client is served meanwhile, and the connection's fills went on for the cache.
+    let other = h2c(proxy.port, SITE, &[H2Request::get("/other")]).expect("another connection");
+    assert_eq!(other.responses[0].status, 200);
+    let stored = h2c(proxy.port, SITE, &[H2Request::get("/reset-0")]).expect("a later stream");
+    assert_eq!(stored.responses[0].status, 200);
+    assert!(
+        stored.responses[0].cache_status().contains("hit"),
+        "{}",
+        stored.responses[0].cache_status()
+    );
+}
+
 #[test]
 fn an_idle_http2_connection_is_closed_after_h2_idle_timeout() {
     let setup = Setup::start("h2c = true\nh2_idle_timeout = \"400ms\"");

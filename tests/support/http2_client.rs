@@ -79,6 +79,50 @@ pub fn h2_tls(
     })
 }
 
+/// Opens one h2c connection and, for each path, sends a GET and resets its stream
+/// (RST_STREAM CANCEL) `pause` later without reading the answer: the paced "rapid reset".
+/// Then asks for `last` on the same connection and returns how that stream ended.
+pub fn h2c_reset_each(
+    port: u16,
+    authority: &str,
+    paths: &[String],
+    pause: Duration,
+    last: &str,
+) -> Result<Result<Resp, String>, String> {
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (client, connection) = h2::client::handshake(tcp)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        for path in paths {
+            let req = http::Request::get(format!("http://{authority}{path}"))
+                .body(())
+                .map_err(|e| e.to_string())?;
+            let mut ready = client.clone().ready().await.map_err(|e| e.to_string())?;
+            let (response, stream) = ready
+                .send_request(req, true)
+                .map_err(|e| format!("sending: {e}"))?;
+            tokio::time::sleep(pause).await;
+            // Dropping both halves of an open stream resets it.
+            drop((response, stream));
+        }
+        let last = tokio::time::timeout(
+            Duration::from_secs(20),
+            send(&client, "http", authority, &H2Request::get(last)),
+        )
+        .await
+        .map_err(|_| format!("{last}: no answer in 20 s"))?;
+        drop(client);
+        driver.abort();
+        Ok(last)
+    })
+}
+
 async fn exchange<S>(
     io: S,
     scheme: &str,

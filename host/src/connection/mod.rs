@@ -13,7 +13,8 @@
 //!   ([`head_complete`], [`next_head`]). An HTTP/2 connection (ALPN `h2`,
 //!   or the h2c peek on the plain listener) must start its preface within
 //!   `h2_idle_timeout`; after that, HTTP/2 frames are Pingora's and the `h2`
-//!   crate's to bound (`h2_max_header_list`, `h2_max_concurrent_streams`).
+//!   crate's to bound (`h2_max_header_list`, `h2_max_concurrent_streams`), and
+//!   [`H2Work`] counts a connection's requests until their work ends, reset or not.
 //!
 //! Both listeners, plain and TLS, share one guard and so one connection count.
 //!
@@ -21,8 +22,10 @@
 //! buffers, on top of the cache's byte budget.
 
 mod guard;
+mod h2_work;
 mod stream;
 
 pub use guard::{ConnectionGuard, ConnectionLimits};
+pub use h2_work::{H2Work, H2WorkTurn};
 pub use stream::{head_complete, next_head, request_answered, GuardedStream};
 pub(crate) use stream::{H2_PREFACE, HEAD_TIMED_OUT, TOO_LARGE};

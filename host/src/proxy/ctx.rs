@@ -65,6 +65,8 @@ pub struct RequestCtx {
     pub(crate) origin_age: Option<http::HeaderValue>,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,
+    /// This request's place among its HTTP/2 connection's requests at work.
+    pub(crate) h2_work: Option<crate::connection::H2WorkTurn>,
     /// Purges of the key remembered while the origin answers (`response_cache_filter`).
     pub(crate) fill_watch: Option<crate::storage::FillWatch>,
     /// When the request's head was read (`new_ctx`): the wait for a turn at the origin ends

@@ -20,6 +20,18 @@ pub(super) async fn request_filter(
     if let Some(planned) = ctx.planned.take() {
         return resume(proxy, session, ctx, *planned).await;
     }
+    if session.is_http2() && ctx.h2_work.is_none() {
+        let turn = proxy
+            .state
+            .h2_work
+            .enter(session.server_addr(), session.client_addr());
+        let Some(turn) = turn else {
+            ctx.route = Route::Answered("refused: the connection's streams are all at work".into());
+            refuse_stream(session);
+            return Ok(true);
+        };
+        ctx.h2_work = Some(turn);
+    }
     if let Err(reason) = well_formed(session, proxy.state.underscore_fields) {
         ctx.route = Route::Answered(reason.into());
         // What follows a malformed head cannot be trusted to be the next request.
@@ -395,6 +407,14 @@ fn unreachable_key(ctx: &mut RequestCtx) {
 
 /// Brings the target to origin-form and refuses heads that peers could read
 /// differently; the error is the reason reported in `Cache-Status`.
+/// Resets an HTTP/2 stream with `REFUSED_STREAM`: not processed, safe to retry (RFC 9113
+/// §8.7). Its connection's earlier requests, reset or not, still use its stream allowance.
+fn refuse_stream(session: &mut Session) {
+    if let pingora::protocols::http::ServerSession::H2(stream) = &mut *session.downstream_session {
+        stream.shutdown_with_reason(h2::Reason::REFUSED_STREAM);
+    }
+}
+
 fn well_formed(
     session: &mut Session,
     underscores: crate::config::UnderscoreFields,

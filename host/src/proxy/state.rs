@@ -43,6 +43,8 @@ pub struct ProxyState {
     pub client_write_timeout: std::time::Duration,
     /// Keys whose stale copy was just served because the origin failed to revalidate them.
     pub recent_failures: super::failing_origin::RecentFailures,
+    /// Each HTTP/2 connection's requests at work, reset streams included.
+    pub h2_work: Arc<crate::connection::H2Work>,
 }
 
 impl ProxyState {
@@ -58,6 +60,7 @@ impl ProxyState {
             drain: Arc::default(),
             client_write_timeout: std::time::Duration::from_secs(60),
             recent_failures: Default::default(),
+            h2_work: crate::connection::H2Work::new(100),
         }
     }
 
