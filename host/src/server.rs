@@ -84,8 +84,15 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     state.admin_token = ArcSwapOption::from_pointee(config.server.admin_token.clone());
     state.forwarded_headers = config.server.forwarded_headers;
     state.underscore_fields = config.server.underscore_fields;
-    state.h2_work =
-        crate::connection::H2Work::new(config.server.listener.h2_max_concurrent_streams);
+    // Twice the streams: a stream the client saw end may still be logging when the client
+    // opens the next, and a browser at its stream limit must not be refused for it.
+    state.h2_work = crate::connection::H2Work::new(
+        config
+            .server
+            .listener
+            .h2_max_concurrent_streams
+            .saturating_mul(2),
+    );
     state.client_write_timeout = config.server.client_write_timeout;
     state.lean_hits = AtomicBool::new(config.cache.lean_hits);
     state.drain.set_grace(config.server.shutdown_grace);

@@ -6,7 +6,8 @@
 //! connection limited to 100 streams kept 1024 origin exchanges busy, the tenant's whole
 //! origin budget (probe AG; the CVE-2023-44487 class). Over HTTP/1.1 a connection holds one
 //! request until it ends. So every request of an HTTP/2 connection is counted from its head
-//! until its work ends, and a new stream beyond `h2_max_concurrent_streams` of them is
+//! until its work ends, and a new stream beyond twice `h2_max_concurrent_streams` of them
+//! (a stream the client saw end may still be finishing here when it opens the next) is
 //! refused with `REFUSED_STREAM`, which tells the client it was not processed and may be
 //! retried (RFC 9113 §8.7).
 
@@ -24,7 +25,7 @@ pub struct H2Work {
 }
 
 impl H2Work {
-    /// At most `limit` requests at work per connection (`h2_max_concurrent_streams`).
+    /// At most `limit` requests at work per connection.
     pub fn new(limit: u32) -> Arc<Self> {
         Arc::new(Self {
             limit: limit.max(1) as usize,

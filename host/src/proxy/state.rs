@@ -60,7 +60,7 @@ impl ProxyState {
             drain: Arc::default(),
             client_write_timeout: std::time::Duration::from_secs(60),
             recent_failures: Default::default(),
-            h2_work: crate::connection::H2Work::new(100),
+            h2_work: crate::connection::H2Work::new(200),
         }
     }
 
