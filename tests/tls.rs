@@ -289,6 +289,20 @@ fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
         },
     );
     assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
+    // A later block holding a certificate with bytes after it (two pasted together, the
+    // lines between them lost): clients fail on the length (probe AK).
+    let padded = [renewed.der().as_ref(), b"\x30\x03\x02\x01\x00"].concat();
+    let pasted = format!("{}{}", renewed.cert_pem, support::tls::pem_block(&padded));
+    replace(&cert, &pasted);
+    eventually(
+        "the chain with bytes after a certificate is refused",
+        || {
+            sites.certificate_status("tenant alpha")["last_refusal"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("bytes follow the certificate"))
+        },
+    );
+    assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
 
     // A certificate with another pair's key: refused as a mismatch.
     let other = sites.cas[0].leaf(&["a.test"]);

@@ -115,8 +115,15 @@ impl LoadedCert {
             describe(leaf).map_err(|e| PairError::cert(format!("{cert_file}: {e}")))?;
         // rustls sends the rest of the chain as it is: a block that is not a certificate
         // (a line lost from an intermediate) would fail every client's handshake (probe AI).
+        // Bytes after a certificate (two pasted together, junk) fail clients the same way.
         for (at, cert) in chain.iter().enumerate().skip(1) {
-            x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| {
+            let parsed = x509_parser::parse_x509_certificate(cert.as_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|(rest, _)| match rest.is_empty() {
+                    true => Ok(()),
+                    false => Err(format!("{} bytes follow the certificate", rest.len())),
+                });
+            parsed.map_err(|e| {
                 PairError::cert(format!(
                     "{cert_file}: certificate {} of the chain does not parse: {e}",
                     at + 1
@@ -167,8 +174,14 @@ pub fn read_checked_pair(paths: &CertPaths) -> Result<(Vec<u8>, Vec<u8>), PairEr
 
 /// The leaf's DNS names, notBefore and notAfter.
 fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+    let (rest, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| format!("the first certificate does not parse: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "the first certificate does not parse: {} bytes follow it",
+            rest.len()
+        ));
+    }
     let names = cert
         .subject_alternative_name()
         .ok()
