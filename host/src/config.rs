@@ -124,7 +124,7 @@ struct RawServer {
     #[serde(default)]
     forwarded_headers: ForwardedHeaders,
     #[serde(default)]
-    underscore_fields: UnderscoreFields,
+    unusual_field_names: UnusualFieldNames,
     shutdown_grace: Option<Spanned<DurationValue>>,
     tls_listen: Option<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
@@ -228,15 +228,16 @@ pub enum ForwardedHeaders {
     Off,
 }
 
-/// What becomes of request fields whose names hold an underscore (`[server]
-/// underscore_fields`). CGI, WSGI, PHP and Rack servers read `X_Forwarded_Host` as
-/// `X-Forwarded-Host` (both are `HTTP_X_FORWARDED_HOST`, RFC 3875 §4.1.18), so a client could
-/// pass every field the proxy drops, bypasses on or varies on under the other spelling.
+/// What becomes of request fields whose names hold anything but letters, digits and `-`
+/// (`[server] unusual_field_names`). CGI, WSGI, PHP and Rack servers read `X_Forwarded_Host`
+/// as `X-Forwarded-Host` (both are `HTTP_X_FORWARDED_HOST`, RFC 3875 §4.1.18), lighttpd and
+/// old Apache map every other character to `_` as well (`X.Original.URL`), so a client could
+/// pass every field the proxy drops, bypasses on or varies on under another spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum UnderscoreFields {
-    /// Removed before the plugin, the key or the origin sees the request (nginx's and
-    /// Apache's default).
+pub enum UnusualFieldNames {
+    /// Removed before the plugin, the key or the origin sees the request (nginx's default,
+    /// `ignore_invalid_headers`).
     #[default]
     Drop,
     /// Passed on like any field: only for origins that never map names to variables.
@@ -363,7 +364,7 @@ pub struct ServerConfig {
     /// Client connections open at once (503 beyond).
     pub max_connections: usize,
     pub forwarded_headers: ForwardedHeaders,
-    pub underscore_fields: UnderscoreFields,
+    pub unusual_field_names: UnusualFieldNames,
     /// How long SIGTERM/SIGINT wait for requests in flight before exiting.
     pub shutdown_grace: Duration,
     /// TLS termination and HTTP/2.
@@ -558,7 +559,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             4096,
         )?,
         forwarded_headers: raw.server.forwarded_headers,
-        underscore_fields: raw.server.underscore_fields,
+        unusual_field_names: raw.server.unusual_field_names,
         shutdown_grace: match &raw.server.shutdown_grace {
             Some(v) => match located.duration("server.shutdown_grace", v)? {
                 d if d > crate::shutdown::MAX_GRACE => {

@@ -83,7 +83,7 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     let mut state = ProxyState::new(TenantRouter::new(tenants), cache, config.server.access_log);
     state.admin_token = ArcSwapOption::from_pointee(config.server.admin_token.clone());
     state.forwarded_headers = config.server.forwarded_headers;
-    state.underscore_fields = config.server.underscore_fields;
+    state.unusual_field_names = config.server.unusual_field_names;
     // Twice the streams: a stream the client saw end may still be logging when the client
     // opens the next, and a browser at its stream limit must not be refused for it.
     state.h2_work = crate::connection::H2Work::new(

@@ -109,6 +109,14 @@ pub fn request_header_edits(raw: Vec<raw::HeaderEdit>) -> Result<Vec<HeaderEdit>
                     "request edit of {name:?} refused: the origin is never sent it"
                 ));
             }
+            // A client may not send such a name (request_fields): an origin may read it as
+            // another field the key knows by its dashed name (probe AL).
+            if !crate::proxy::is_usual_field_name(name.as_str()) {
+                return Err(format!(
+                    "request edit of {name:?} refused: a name with other than letters, digits \
+                     and '-' (an origin may read it as another field)"
+                ));
+            }
         }
     }
     Ok(edits)
@@ -227,6 +235,13 @@ mod tests {
             );
             let remove = raw::HeaderEdit::Remove(name.into());
             assert!(request_header_edits(vec![remove]).is_ok(), "{name}");
+        }
+        // Nor may a request edit add a name an origin may read as another field.
+        for name in ["x_http_method_override", "x.original.url"] {
+            assert!(
+                request_header_edits(vec![set(name, "x")]).is_err(),
+                "{name}"
+            );
             assert!(
                 header_edits(vec![set(name, "x")], "response").is_ok(),
                 "{name}"

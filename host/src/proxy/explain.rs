@@ -33,7 +33,7 @@ const EXPLAINED_CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Ad
 /// The explanation as a JSON document: `steps` in order (each a step name and what it found),
 /// and the main findings as fields (`tenant`, `decision`, `key`, `entry`, `verdict`).
 pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, String> {
-    let request = build_request(query, state.underscore_fields)?;
+    let request = build_request(query, state.unusual_field_names)?;
     let mut steps = Steps::default();
     let host = crate::policy::request_host(&request);
     let router = state.router.load_full();
@@ -203,7 +203,7 @@ pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, 
 /// The request the proxy would see for the URL and headers.
 fn build_request(
     query: &ExplainQuery,
-    underscores: crate::config::UnderscoreFields,
+    field_names: crate::config::UnusualFieldNames,
 ) -> Result<RequestHeader, String> {
     let uri: http::Uri = query
         .url
@@ -254,7 +254,7 @@ fn build_request(
         };
         added.map_err(|e| format!("header {line:?}: {e}"))?;
     }
-    super::request_fields::sanitize(&mut request, underscores)
+    super::request_fields::sanitize(&mut request, field_names)
         .map_err(|why| format!("the proxy would refuse this request (400): {why}"))?;
     Ok(request)
 }

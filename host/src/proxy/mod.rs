@@ -39,6 +39,7 @@ mod shadowing;
 mod shared;
 mod state;
 mod target;
+pub(crate) use request_fields::is_usual_field_name;
 pub(crate) use target::has_bare_lf;
 mod uncacheable;
 mod vary;

@@ -32,7 +32,7 @@ pub(super) async fn request_filter(
         };
         ctx.h2_work = Some(turn);
     }
-    if let Err(reason) = well_formed(session, proxy.state.underscore_fields) {
+    if let Err(reason) = well_formed(session, proxy.state.unusual_field_names) {
         ctx.route = Route::Answered(reason.into());
         // What follows a malformed head cannot be trusted to be the next request.
         session.set_keepalive(None);
@@ -187,7 +187,7 @@ pub(crate) async fn plan_front(
     ctx: &mut RequestCtx,
 ) -> Result<FrontStep> {
     if super::target::to_origin_form(&mut head).is_err()
-        || super::request_fields::sanitize(&mut head, proxy.state.underscore_fields).is_err()
+        || super::request_fields::sanitize(&mut head, proxy.state.unusual_field_names).is_err()
     {
         return Ok(FrontStep::HandOver(None));
     }
@@ -417,7 +417,7 @@ fn refuse_stream(session: &mut Session) {
 
 fn well_formed(
     session: &mut Session,
-    underscores: crate::config::UnderscoreFields,
+    field_names: crate::config::UnusualFieldNames,
 ) -> std::result::Result<(), &'static str> {
     if session
         .as_http1()
@@ -426,7 +426,7 @@ fn well_formed(
         return Err("bare LF in the request head");
     }
     super::target::to_origin_form(session.req_header_mut())?;
-    super::request_fields::sanitize(session.req_header_mut(), underscores)
+    super::request_fields::sanitize(session.req_header_mut(), field_names)
 }
 
 /// The forwarding fields the origin (and first the plugin) will see. A background

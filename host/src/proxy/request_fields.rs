@@ -12,7 +12,7 @@
 //! values that disagree (§6.3); agreeing repeats become one value, so no origin has to
 //! guess how to frame the body.
 
-use crate::config::UnderscoreFields;
+use crate::config::UnusualFieldNames;
 use http::header::{self, HeaderName, HeaderValue};
 use http::Version;
 use pingora::http::RequestHeader;
@@ -59,13 +59,13 @@ const MAX_NOMINATIONS: usize = 32;
 /// Brings `req` to the fields the origin will be sent, or says why it is a bad request.
 pub fn sanitize(
     req: &mut RequestHeader,
-    underscores: UnderscoreFields,
+    field_names: UnusualFieldNames,
 ) -> Result<(), &'static str> {
     if req.version == Version::HTTP_2 {
         as_http1_fields(req)?;
     }
-    if underscores == UnderscoreFields::Drop {
-        drop_underscore_fields(req);
+    if field_names == UnusualFieldNames::Drop {
+        drop_unusual_field_names(req);
     }
     check_host(req)?;
     readable_as_text(req)?;
@@ -79,19 +79,25 @@ pub fn sanitize(
     remove_hop_by_hop(req)
 }
 
-/// Removes every field whose name holds an underscore: an origin that maps names to CGI
-/// variables reads `X_Forwarded_Host` or `Accept_Encoding` as the dashed field, which the
-/// proxy drops, bypasses on or varies on by that name only (probe AH).
-fn drop_underscore_fields(req: &mut RequestHeader) {
+/// Removes every field whose name holds anything but letters, digits and `-`: an origin that
+/// maps names to CGI variables reads `X_Forwarded_Host`, `X.Original.URL` or
+/// `Accept_Encoding` as the dashed field, which the proxy drops, bypasses on or varies on
+/// by that name only (probes AH, AK).
+fn drop_unusual_field_names(req: &mut RequestHeader) {
     let named: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| !is_usual_field_name(name.as_str()))
         .cloned()
         .collect();
     for name in named {
         req.remove_header(&name);
     }
+}
+
+/// Letters, digits and `-` only: the names no server maps onto another's variable.
+pub fn is_usual_field_name(name: &str) -> bool {
+    name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Every field value as UTF-8 text. A plugin reads the head as strings: a byte that is not
@@ -458,7 +464,7 @@ mod tests {
     use super::*;
 
     fn sanitize_plain(req: &mut RequestHeader) -> Result<(), &'static str> {
-        sanitize(req, UnderscoreFields::Drop)
+        sanitize(req, UnusualFieldNames::Drop)
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! config reload) and the cache backend.
 
 use super::TenantsUncacheable;
-use crate::config::{ForwardedHeaders, UnderscoreFields};
+use crate::config::{ForwardedHeaders, UnusualFieldNames};
 use crate::policy::PluginFault;
 use crate::shutdown::Drain;
 use crate::storage::TieredStorage;
@@ -35,8 +35,8 @@ pub struct ProxyState {
     pub admin_token: ArcSwapOption<String>,
     /// What the origin is told about the client (`[server] forwarded_headers`).
     pub forwarded_headers: ForwardedHeaders,
-    /// Request fields named with an underscore: dropped or kept (`[server] underscore_fields`).
-    pub underscore_fields: UnderscoreFields,
+    /// Request fields named with an underscore: dropped or kept (`[server] unusual_field_names`).
+    pub unusual_field_names: UnusualFieldNames,
     /// Requests being served, which a graceful shutdown waits for.
     pub drain: Arc<Drain>,
     /// `[server] client_write_timeout`: longest wait for a client to take response bytes.
@@ -56,7 +56,7 @@ impl ProxyState {
             lean_hits: AtomicBool::new(true),
             admin_token: ArcSwapOption::empty(),
             forwarded_headers: ForwardedHeaders::default(),
-            underscore_fields: UnderscoreFields::default(),
+            unusual_field_names: UnusualFieldNames::default(),
             drain: Arc::default(),
             client_write_timeout: std::time::Duration::from_secs(60),
             recent_failures: Default::default(),

@@ -34,7 +34,7 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         client_write_timeout,
         max_connections,
         forwarded_headers,
-        underscore_fields,
+        unusual_field_names,
         admin_token: _,
         admin_token_file: _,
         access_log: _,
@@ -94,10 +94,10 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         s.forwarded_headers = *forwarded_headers;
     }
     if keep(
-        "server.underscore_fields",
-        s.underscore_fields != *underscore_fields,
+        "server.unusual_field_names",
+        s.unusual_field_names != *unusual_field_names,
     ) {
-        s.underscore_fields = *underscore_fields;
+        s.unusual_field_names = *unusual_field_names;
     }
     // Listeners and the HTTP/2 settings are fixed when the listeners are built;
     // the default certificate is reloaded like a tenant's.
