@@ -29,16 +29,19 @@ const WORDS: [&str; 15] = [
 /// `X-Forwarded-User`, `X-User-Id`, `X-Forwarded-Preferred-Username`) count; `User-Agent`
 /// does not.
 pub fn names_a_credential(name: &str) -> bool {
-    WORDS.iter().any(|word| name.contains(word)) || names_a_user(name)
+    // CGI-style servers read `X_User_Id` or `X.User.Id` as `X-User-Id` (RFC 3875 §4.1.18).
+    let name: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    WORDS.iter().any(|word| name.contains(word)) || names_a_user(&name)
 }
 
 fn names_a_user(name: &str) -> bool {
     name.ends_with("user")
         || name.ends_with("username")
         || name.contains("userid")
-        // CGI-style servers read `X_User_Id` as `X-User-Id` (RFC 3875 §4.1.18).
         || name.contains("user-id")
-        || name.contains("user_id")
 }
 
 #[cfg(test)]
@@ -61,6 +64,7 @@ mod tests {
             "x-user",
             "x-user-id",
             "x_user_id",
+            "x.user.id",
             "x-forwarded-preferred-username",
             "x-ms-client-principal",
             "cf-access-jwt-assertion",
