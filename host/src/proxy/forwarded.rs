@@ -117,8 +117,10 @@ pub fn settle_client_claims(
 /// "replace" it is this hop's (the client's claims are dropped). Under "append" and "off" the
 /// client's own claims pass on, so it is what they say: every `X-Forwarded-Proto` value,
 /// else every `proto` of `Forwarded`, else this hop's. Lower-cased and comma-joined, so a
-/// claim other than one plain scheme never shares an entry with it. Read from the head as
-/// the client sent it, before [`fields`] are written.
+/// claim other than one plain scheme never shares an entry with it. A `Forwarded` field that
+/// reads differently with and without its quoted strings (`host="a;proto=http"`) names
+/// both readings: origins parse it either way. Read from the head as the client sent it,
+/// before [`fields`] are written.
 fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'static, str> {
     let hop = super::cache_key::hop_scheme(tls);
     if mode == ForwardedHeaders::Replace {
@@ -129,21 +131,38 @@ fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'s
             .map(str::to_ascii_lowercase)
             .collect::<Vec<_>>()
     };
-    let mut claimed = values(&X_FORWARDED_PROTO);
-    if claimed.is_empty() {
-        // Quote-aware: `host="a;proto=https"` names no scheme, as the origin reads it.
-        claimed = super::list_field::quoted_elements(&req.headers, &*FORWARDED)
-            .flat_map(|element| super::list_field::split_unquoted(element, ';'))
-            .filter_map(|pair| {
-                let (name, value) = pair.trim().split_once('=')?;
-                name.eq_ignore_ascii_case("proto")
-                    .then(|| value.trim_matches('"').to_ascii_lowercase())
-            })
-            .collect();
-    }
-    match claimed.join(",") {
+    let claimed = values(&X_FORWARDED_PROTO);
+    let told = match claimed.is_empty() {
+        false => claimed.join(","),
+        true => forwarded_protos(req),
+    };
+    match told {
         told if told.is_empty() || told == hop => Cow::Borrowed(hop),
         told => Cow::Owned(told),
+    }
+}
+
+/// Every `proto` of `Forwarded`, comma-joined. Quote-aware (RFC 7239), as a careful origin
+/// reads it; when a naive split at every `;` and `,` finds other ones (a `proto=` inside a
+/// quoted value), both readings, `aware|naive`: Spring reads the quoted one, and an entry of
+/// its own keeps either reading's answer from the other's clients (probes AB, AK).
+fn forwarded_protos(req: &RequestHeader) -> String {
+    let proto = |pair: &str| {
+        let (name, value) = pair.trim().split_once('=')?;
+        name.eq_ignore_ascii_case("proto")
+            .then(|| value.trim_matches('"').to_ascii_lowercase())
+    };
+    let aware: Vec<String> = super::list_field::quoted_elements(&req.headers, &*FORWARDED)
+        .flat_map(|element| super::list_field::split_unquoted(element, ';'))
+        .filter_map(proto)
+        .collect();
+    let naive: Vec<String> = super::list_field::elements(&req.headers, &*FORWARDED)
+        .flat_map(|element| element.split(';'))
+        .filter_map(proto)
+        .collect();
+    match aware == naive {
+        true => aware.join(","),
+        false => format!("{}|{}", aware.join(","), naive.join(",")),
     }
 }
 
@@ -263,10 +282,16 @@ mod tests {
         assert_eq!(told(Append, &forwarded, false), "https");
         // A quoted value is not a parameter: the origin reads no scheme here, so neither
         // may the key.
+        // Read both ways, it names both: never the plain entry of either scheme.
         let smuggled = [("forwarded", r#"for=x;host="a;proto=https""#)];
-        assert_eq!(told(Off, &smuggled, false), "http");
+        assert_eq!(told(Off, &smuggled, false), "|https");
         let smuggled = [("forwarded", r#"for="x,proto=https""#)];
-        assert_eq!(told(Off, &smuggled, false), "http");
+        assert_eq!(told(Off, &smuggled, false), "|https");
+        let behind_tls = [(
+            "forwarded",
+            r#"for=x;host="x.test;proto=http", proto=https"#,
+        )];
+        assert_eq!(told(Append, &behind_tls, false), "https|http,https");
         assert_eq!(told(Off, &[("forwarded", "Proto=HTTPS")], false), "https");
         assert_eq!(
             told(Off, &[("x-forwarded-proto", "https, http")], false),
