@@ -539,3 +539,33 @@ fn the_shadow_judges_the_request_as_the_client_sent_it() {
     let hooks = &status["tenants"][0]["shadow"]["hooks"];
     assert_eq!(hooks["cache-key"]["disagree"], 1, "{hooks:#}");
 }
+
+/// The backend a shadow names is judged as the live plugin's is: one that is none of the
+/// tenant's `[tenant.backends]` is a fault (live, it would fail every such request), and
+/// another one than the live plugin's is a disagreement. Both counted as agreeing, so a
+/// shadow that would fault on promotion looked safe (probe AL).
+#[test]
+fn a_shadow_s_backend_is_checked_and_compared_like_the_live_plugin_s() {
+    let origin = origin();
+    let counts = |backend_route: &str| {
+        let tenant = TenantSpec::new("site", origin.addr, &plugin("standard")).extra(&format!(
+            "shadow_plugin = {:?}\n[tenant.backends]\napi = \"{}\"\n\
+             [tenant.plugin_config]\nbackends = \"/api/={backend_route}\"",
+            plugin("api-gateway").display().to_string(),
+            origin.addr
+        ));
+        let proxy = Proxy::start("", &[tenant]);
+        let resp = send("GET", &proxy.url("/api/items"), &[]);
+        assert_eq!(resp.status, 200, "the shadow never changes the answer");
+        let status = proxy.status();
+        let shadow = status["tenants"][0]["shadow"].clone();
+        let count = |result: &str| shadow["hooks"]["on-request"][result].as_u64().unwrap();
+        (count("agree"), count("disagree"), count("fault"), shadow)
+    };
+    let (agree, disagree, fault, shadow) = counts("ghost");
+    assert_eq!((agree, disagree, fault), (0, 0, 1), "{shadow:#}");
+    let (agree, disagree, fault, shadow) = counts("api");
+    assert_eq!((agree, disagree, fault), (0, 1, 0), "{shadow:#}");
+    let recent = shadow["recent_disagreements"].to_string();
+    assert!(recent.contains("backend"), "{recent}");
+}

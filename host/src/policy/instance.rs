@@ -496,6 +496,15 @@ impl InstancePool {
     /// A 0.2.0 plugin's request edits are applied to a copy first: the key is
     /// the one the edited request would get (shadows, explain, invalidation).
     pub fn decide_request(&self, request: &RequestHeader) -> Result<RequestVerdict, PluginFault> {
+        self.decide_request_and_backend(request)
+            .map(|(verdict, _)| verdict)
+    }
+
+    /// [`Self::decide_request`], with the backend the plugin named (unchecked).
+    pub fn decide_request_and_backend(
+        &self,
+        request: &RequestHeader,
+    ) -> Result<(RequestVerdict, Option<String>), PluginFault> {
         let _timer = self.request_seconds.start_timer();
         self.with_instance(Hook::Request, |instance, limits| {
             let none = PendingFields::none();
@@ -514,7 +523,7 @@ impl InstancePool {
                 }
                 _ => None,
             };
-            Ok((plan.decision, key))
+            Ok(((plan.decision, key), plan.backend))
         })
     }
 

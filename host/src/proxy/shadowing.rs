@@ -24,7 +24,14 @@ pub(super) fn sample(tenant: &Tenant, request: &RequestHeader, ctx: &mut Request
 /// After the live `on-request` (and `cache-key`), for a request in the sample: compares.
 pub(super) fn on_request(tenant: &Arc<Tenant>, live: &RequestVerdict, ctx: &mut RequestCtx) {
     if let (Some(shadow), Some(request)) = (&ctx.shadow, &ctx.shadow_request) {
-        shadow.compare_request(tenant.name(), request, live);
+        let backends: Vec<&str> = tenant
+            .config
+            .backends
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let live_backend = ctx.backend.and_then(|i| backends.get(i).copied());
+        shadow.compare_request(tenant.name(), request, live, live_backend, &backends);
     }
 }
 

@@ -19,32 +19,46 @@ pub(super) enum Comparison {
     Fault(String, PluginFault),
 }
 
-/// Compares `on-request`, then `cache-key` when both chose the cache.
+/// Compares `on-request` (its decision and the backend it names), then `cache-key` when
+/// both chose the cache. A shadow backend none of `backends` is a fault, as live.
 pub(super) fn request(
-    live: &RequestVerdict,
-    shadow: &Result<RequestVerdict, PluginFault>,
+    (live, live_backend): (&RequestVerdict, Option<&str>),
+    shadow: &Result<(RequestVerdict, Option<String>), PluginFault>,
+    backends: &[&str],
 ) -> Vec<Outcome> {
     let (live_decision, live_key) = live;
-    let shadow = match shadow {
-        Ok(verdict) => verdict,
-        Err(fault) => {
-            return vec![Outcome {
-                hook: "on-request",
-                result: Comparison::Fault(describe_request(live), fault.clone()),
-            }]
-        }
+    let fault = |fault: PluginFault| {
+        vec![Outcome {
+            hook: "on-request",
+            result: Comparison::Fault(describe_plan(live, live_backend), fault),
+        }]
     };
+    let (shadow, shadow_backend) = match shadow {
+        Ok((verdict, backend)) => (verdict, backend.as_deref()),
+        Err(e) => return fault(e.clone()),
+    };
+    if let Some(name) = shadow_backend.filter(|name| !backends.contains(name)) {
+        return fault(PluginFault::InvalidOutput(format!(
+            "backend {:?} is not one of the tenant's [tenant.backends]",
+            crate::policy::clean_reason(name)
+        )));
+    }
     let (shadow_decision, shadow_key) = shadow;
     let same_effect = match (live_decision, shadow_decision) {
         (RequestDecision::Cache, RequestDecision::Cache)
-        | (RequestDecision::Bypass(_), RequestDecision::Bypass(_)) => true,
+        | (RequestDecision::Bypass(_), RequestDecision::Bypass(_)) => {
+            live_backend == shadow_backend
+        }
         (RequestDecision::Respond(a), RequestDecision::Respond(b)) => a == b,
         _ => false,
     };
     if !same_effect {
         return vec![Outcome {
             hook: "on-request",
-            result: Comparison::Disagree(describe_request(live), describe_request(shadow)),
+            result: Comparison::Disagree(
+                describe_plan(live, live_backend),
+                describe_plan(shadow, shadow_backend),
+            ),
         }];
     }
     let mut outcomes = vec![Outcome {
@@ -108,6 +122,16 @@ pub(super) fn describe_request((decision, key): &RequestVerdict) -> String {
                 names.join(", ")
             )
         }
+    }
+}
+
+/// [`describe_request`], with the backend when one is named (never with "respond").
+fn describe_plan(verdict: &RequestVerdict, backend: Option<&str>) -> String {
+    match (backend, &verdict.0) {
+        (Some(name), RequestDecision::Cache | RequestDecision::Bypass(_)) => {
+            format!("{}, backend {name:?}", describe_request(verdict))
+        }
+        _ => describe_request(verdict),
     }
 }
 

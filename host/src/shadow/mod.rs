@@ -80,9 +80,18 @@ impl Shadow {
 
     /// Runs the shadow's `on-request` and `cache-key` on the request the live plugin saw and
     /// records how its answers compare with the live `verdict`.
-    pub fn compare_request(&self, tenant: &str, request: &RequestHeader, live: &RequestVerdict) {
-        let shadow = self.pool.decide_request(request);
-        for outcome in compare::request(live, &shadow) {
+    /// `live_backend` is the live plugin's backend, `backends` the tenant's: a shadow naming
+    /// another is a disagreement, one naming none of them a fault (it would fault live).
+    pub fn compare_request(
+        &self,
+        tenant: &str,
+        request: &RequestHeader,
+        live: &RequestVerdict,
+        live_backend: Option<&str>,
+        backends: &[&str],
+    ) {
+        let shadow = self.pool.decide_request_and_backend(request);
+        for outcome in compare::request((live, live_backend), &shadow, backends) {
             self.record.note(tenant, request, outcome);
         }
     }
