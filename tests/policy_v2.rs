@@ -354,10 +354,14 @@ fn the_error_hook_answers_origin_failures_with_nothing_stale() {
     // The connection closes after a failed exchange, and the answer says so.
     assert_eq!(answered.header("connection"), Some("close"));
     assert_eq!(failing.load(Ordering::SeqCst), 1);
+    // The request went forward: Cache-Status says so, with the origin's status (probe AL).
+    assert_status_has(&answered, "fwd=miss; fwd-status=500");
 
     let unreachable = get(&proxy.url("/backend/down/x"));
     assert_eq!(unreachable.status, 503);
     assert_eq!(unreachable.header("x-origin-failure"), Some("unreachable"));
+    assert_status_has(&unreachable, "fwd=miss");
+    assert!(!unreachable.cache_status().contains("fwd-status"));
 
     // Paths the plugin does not answer keep the origin's own 5xx.
     let plain = get(&proxy.url("/plain-5xx"));

@@ -169,8 +169,10 @@ fn the_key_hook_and_the_origin_see_forwarding_fields_after_the_plugins_edits() {
         .pop()
         .expect("the origin got the edited request");
     assert_eq!(seen.header("via"), Some("edited-via"));
-    assert_eq!(seen.header("x-forwarded-host"), None);
-    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-for"), None);
+    assert!(seen
+        .header("x-forwarded-host")
+        .is_some_and(|host| host.starts_with("127.0.0.1")));
     assert_eq!(seen.header("x-edited"), Some("1"));
     assert_eq!(origin.hits(), 2);
     assert!(!proxy.log().contains("plugin fault"), "{}", proxy.log());

@@ -26,6 +26,11 @@ const NEVER_FORWARDED: [&str; 3] = [
     "http2-settings",
 ];
 
+/// Request fields that say the scheme and host the key holds (`forwarded_headers`): the host
+/// writes or passes them, and a plugin's edit told the origin one scheme while the key held
+/// another (probe AL), so no request edit may touch them.
+const KEYED_FORWARDING: [&str; 3] = ["forwarded", "x-forwarded-proto", "x-forwarded-host"];
+
 /// One checked change to a message's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {
@@ -103,6 +108,14 @@ pub fn apply_to_response(edits: &[HeaderEdit], resp: &mut ResponseHeader) {
 pub fn request_header_edits(raw: Vec<raw::HeaderEdit>) -> Result<Vec<HeaderEdit>, String> {
     let edits = header_edits(raw, "request")?;
     for edit in &edits {
+        let (HeaderEdit::Set(name, _) | HeaderEdit::Append(name, _) | HeaderEdit::Remove(name)) =
+            edit;
+        if KEYED_FORWARDING.contains(&name.as_str()) {
+            return Err(format!(
+                "request edit of {name:?} refused: the host says the scheme and host the key \
+                 holds (forwarded_headers)"
+            ));
+        }
         if let HeaderEdit::Set(name, _) | HeaderEdit::Append(name, _) = edit {
             if NEVER_FORWARDED.contains(&name.as_str()) {
                 return Err(format!(
@@ -236,6 +249,18 @@ mod tests {
             let remove = raw::HeaderEdit::Remove(name.into());
             assert!(request_header_edits(vec![remove]).is_ok(), "{name}");
         }
+        // Nor touch the fields that say the key's scheme and host.
+        for name in ["X-Forwarded-Proto", "forwarded", "x-forwarded-host"] {
+            assert!(
+                request_header_edits(vec![raw::HeaderEdit::Remove(name.into())]).is_err(),
+                "{name}"
+            );
+            assert!(
+                request_header_edits(vec![set(name, "https")]).is_err(),
+                "{name}"
+            );
+        }
+        assert!(request_header_edits(vec![set("x-forwarded-for", "1.2.3.4")]).is_ok());
         // Nor may a request edit add a name an origin may read as another field.
         for name in ["x_http_method_override", "x.original.url"] {
             assert!(

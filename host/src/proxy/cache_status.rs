@@ -45,6 +45,10 @@ pub struct Facts<'a> {
     pub not_stored: Option<&'a str>,
     /// The L2 tier a hit came from (`l2-disk`, `l2-shared`); `None` for L1.
     pub tier: Option<&'a str>,
+    /// The request went to the origin (an answer after it failed says `fwd=miss`), and
+    /// whether the origin gave a status.
+    pub forwarded: bool,
+    pub origin_answered: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -56,6 +60,8 @@ impl<'a> Facts<'a> {
             stored: ctx.stored,
             not_stored: ctx.not_stored.as_deref(),
             tier: ctx.tier,
+            forwarded: ctx.origin_started.is_some(),
+            origin_answered: ctx.origin_status.is_some(),
         }
     }
 }
@@ -83,6 +89,12 @@ pub fn outcome<'a>(facts: Facts<'a>, phase: &CachePhase) -> Outcome<'a> {
         ..row(kind, Some(fwd))
     };
     match facts.route {
+        // The plugin's answer to an origin failure (on-error): the request went forward.
+        Route::Answered(detail) if facts.forwarded => Outcome {
+            detail: Some(detail),
+            fwd_status: facts.origin_answered,
+            ..row("answered", Some("miss"))
+        },
         Route::Answered(detail) => Outcome {
             detail: Some(detail),
             ..row(if facts.fault { "error" } else { "answered" }, None)
@@ -339,6 +351,8 @@ mod tests {
             stored: false,
             not_stored: None,
             tier: None,
+            forwarded: false,
+            origin_answered: false,
         }
     }
 
@@ -365,7 +379,29 @@ mod tests {
             ..facts(&answered)
         };
         let plugin = r#"cachet; detail="answered by plugin""#;
+        let error_page = Route::Answered("origin failed, answered by plugin".into());
+        let after_failure = Facts {
+            forwarded: true,
+            origin_answered: true,
+            ..facts(&error_page)
+        };
+        let unreachable = Facts {
+            origin_answered: false,
+            ..after_failure
+        };
         check(&[
+            (
+                after_failure,
+                CachePhase::Uninit,
+                "answered",
+                r#"cachet; fwd=miss; fwd-status=200; detail="origin failed, answered by plugin""#,
+            ),
+            (
+                unreachable,
+                CachePhase::Uninit,
+                "answered",
+                r#"cachet; fwd=miss; detail="origin failed, answered by plugin""#,
+            ),
             (facts(&answered), CachePhase::Uninit, "answered", plugin),
             (faulted, CachePhase::Uninit, "error", plugin),
             (

@@ -50,7 +50,8 @@ async fn write_response(
     } else {
         Bytes::new()
     };
-    let cache_status = super::cache_status::value(&session.cache, ctx, status);
+    let cache_status =
+        super::cache_status::value(&session.cache, ctx, ctx.origin_status.unwrap_or(status));
     ctx.outcome = super::cache_status::kind(&session.cache, ctx);
     header.insert_header(super::cache_status::HEADER, cache_status)?;
     let send_body = !body.is_empty() && session.req_header().method != Method::HEAD;
