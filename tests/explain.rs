@@ -62,6 +62,19 @@ fn explains_a_stored_url_and_a_missing_one_without_asking_the_origin() {
     assert!(ok, "{out}");
     assert!(out.contains("lookup:     no entry for this key"), "{out}");
     assert!(out.contains("miss: no entry"), "{out}");
+    // only-if-cached: the proxy answers 504 where it would go to the origin (probe AL), and
+    // a stored fresh response is still a hit.
+    let only_stored = ["-H", "Cache-Control: only-if-cached"];
+    let missing = proxy.url("/never-requested");
+    let (ok, out) = explain(&proxy, &[only_stored[0], only_stored[1], &missing]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("answered 504 by the host: only-if-cached"),
+        "{out}"
+    );
+    let (ok, out) = explain(&proxy, &[only_stored[0], only_stored[1], &stored]);
+    assert!(ok, "{out}");
+    assert!(out.contains("hit: served fresh"), "{out}");
 
     // Past its max-age, inside stale-while-revalidate, with a validator.
     std::thread::sleep(std::time::Duration::from_millis(2100));

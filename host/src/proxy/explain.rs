@@ -34,6 +34,34 @@ const EXPLAINED_CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Ad
 /// and the main findings as fields (`tenant`, `decision`, `key`, `entry`, `verdict`).
 pub async fn explain(state: &ProxyState, query: &ExplainQuery) -> Result<Value, String> {
     let request = build_request(query, state.unusual_field_names)?;
+    let only_if_cached = super::only_if_cached::requested(&request);
+    let mut doc = explain_request(state, query, request).await?;
+    if only_if_cached {
+        only_stored(&mut doc);
+    }
+    Ok(doc)
+}
+
+/// `Cache-Control: only-if-cached` (RFC 9111 §5.2.1.7): where the request would have gone to
+/// the origin, the proxy answers 504 instead (`only_if_cached::allow_origin`).
+fn only_stored(doc: &mut Value) {
+    let verdict = doc["verdict"].as_str().unwrap_or_default();
+    let served = ["hit", "stale hit", "answered", "plugin fault"]
+        .iter()
+        .any(|served| verdict.starts_with(served));
+    if !served {
+        doc["verdict"] = json!(format!(
+            "answered 504 by the host: only-if-cached, and the request would go to the \
+             origin ({verdict})"
+        ));
+    }
+}
+
+async fn explain_request(
+    state: &ProxyState,
+    query: &ExplainQuery,
+    request: RequestHeader,
+) -> Result<Value, String> {
     let mut steps = Steps::default();
     let host = crate::policy::request_host(&request);
     let router = state.router.load_full();

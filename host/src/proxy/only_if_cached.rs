@@ -42,7 +42,7 @@ fn without_directive(req: &mut RequestHeader) {
 }
 
 /// Whether a `Cache-Control` directive of the request is `only-if-cached`.
-fn requested(req: &RequestHeader) -> bool {
+pub(super) fn requested(req: &RequestHeader) -> bool {
     req.headers
         .get_all(http::header::CACHE_CONTROL)
         .iter()
