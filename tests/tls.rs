@@ -280,29 +280,21 @@ fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
     let garbage_block =
         "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQoLDA0ODw==\n-----END CERTIFICATE-----\n";
     replace(&cert, &format!("{}{garbage_block}", renewed.cert_pem));
-    eventually(
-        "the chain with a block that is no certificate is refused",
-        || {
+    let refused_keeping_the_loaded_pair = |reason: &str| {
+        eventually(&format!("refused: {reason}"), || {
             sites.certificate_status("tenant alpha")["last_refusal"]["reason"]
                 .as_str()
-                .is_some_and(|r| r.contains("of the chain does not parse"))
-        },
-    );
-    assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
+                .is_some_and(|r| r.contains(reason))
+        });
+        assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
+    };
+    refused_keeping_the_loaded_pair("of the chain does not parse");
     // A later block holding a certificate with bytes after it (two pasted together, the
     // lines between them lost): clients fail on the length (probe AK).
     let padded = [renewed.der().as_ref(), b"\x30\x03\x02\x01\x00"].concat();
     let pasted = format!("{}{}", renewed.cert_pem, support::tls::pem_block(&padded));
     replace(&cert, &pasted);
-    eventually(
-        "the chain with bytes after a certificate is refused",
-        || {
-            sites.certificate_status("tenant alpha")["last_refusal"]["reason"]
-                .as_str()
-                .is_some_and(|r| r.contains("bytes follow the certificate"))
-        },
-    );
-    assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
+    refused_keeping_the_loaded_pair("bytes follow the certificate");
 
     // A certificate with another pair's key: refused as a mismatch.
     let other = sites.cas[0].leaf(&["a.test"]);

@@ -9,13 +9,7 @@ pub(super) fn elements<K: AsHeaderName>(
     headers: &HeaderMap,
     name: K,
 ) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|element| !element.is_empty())
+    trimmed(lines(headers, name).flat_map(|v| v.split(',')))
 }
 
 /// Like [`elements`], for fields whose elements may hold quoted strings (RFC 9110 §5.6.4),
@@ -24,11 +18,16 @@ pub(super) fn quoted_elements<K: AsHeaderName>(
     headers: &HeaderMap,
     name: K,
 ) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| split_unquoted(v, ','))
+    trimmed(lines(headers, name).flat_map(|v| split_unquoted(v, ',')))
+}
+
+/// The field's lines that are text.
+fn lines<K: AsHeaderName>(headers: &HeaderMap, name: K) -> impl Iterator<Item = &str> {
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok())
+}
+
+fn trimmed<'a>(elements: impl Iterator<Item = &'a str>) -> impl Iterator<Item = &'a str> {
+    elements
         .map(str::trim)
         .filter(|element| !element.is_empty())
 }
