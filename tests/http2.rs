@@ -375,6 +375,46 @@ fn streams_reset_at_a_steady_pace_keep_no_more_origin_work_than_the_stream_limit
     );
 }
 
+/// A HEAD answer and a 304 have no content (RFC 9110 §6.4.1). Over HTTP/2 a miss that is not
+/// stored sent the origin's body after them in DATA frames, and clients reset the stream as
+/// malformed (RFC 9113 §8.1.1; probe AN).
+#[test]
+fn head_answers_and_304s_carry_no_body_over_http2() {
+    let origin = Origin::start(|_| {
+        Reply::ok("a body the client did not ask for")
+            .header("Cache-Control", "private, max-age=100")
+            .header("ETag", "\"v1\"")
+    });
+    let proxy = Proxy::start_with_server(
+        "h2c = true",
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&[SITE])],
+    );
+    let requests = [
+        H2Request {
+            method: "HEAD",
+            path: "/private?head",
+            headers: &[],
+            body: None,
+        },
+        H2Request {
+            method: "GET",
+            path: "/private?conditional",
+            headers: &[("if-none-match", "\"v1\"")],
+            body: None,
+        },
+        H2Request::get("/private?whole"),
+    ];
+    let outcome = h2c(proxy.port, SITE, &requests).unwrap_or_else(|e| panic!("{e}"));
+    let answers: Vec<(u16, usize)> = outcome
+        .responses
+        .iter()
+        .map(|r| (r.status, r.body.len()))
+        .collect();
+    assert_eq!(answers, [(200, 0), (304, 0), (200, 33)]);
+    assert_eq!(origin.hits(), 3, "private answers are not stored");
+}
+
 #[test]
 fn an_idle_http2_connection_is_closed_after_h2_idle_timeout() {
     let setup = Setup::start("h2c = true\nh2_idle_timeout = \"400ms\"");

@@ -449,6 +449,70 @@ fn an_http10_origin_s_version_is_not_passed_on() {
     }
 }
 
+/// Ranges Pingora's filter answered wrongly get the whole representation (RFC 9110 §14.2: a
+/// server may ignore `Range`): `bytes=-0` got `Content-Range: bytes 20-19/20` and a broken
+/// connection, an empty body `bytes 0-18446744073709551615/0`, a suffix too large for a
+/// number a 416, and HEAD a 206 (probe AN). Plain ranges are still answered with parts.
+#[test]
+fn ranges_the_cache_cannot_answer_with_parts_get_the_whole_body() {
+    let origin = Origin::start(|seen| {
+        let body = if seen.url == "/empty" {
+            ""
+        } else {
+            "twenty bytes of text"
+        };
+        Reply::ok(body).header("Cache-Control", "max-age=60")
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    assert_eq!(
+        raw::get(proxy.port, "/twenty", &[]).body,
+        b"twenty bytes of text"
+    );
+    raw::get(proxy.port, "/empty", &[]);
+    for range in ["bytes=-0", "bytes=0-1,-0", "bytes=-99999999999999999999"] {
+        // Pipelined behind it, a second request shows the connection still reads right.
+        let request = format!(
+            "GET /twenty HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nRange: {range}\r\n\r\n\
+             GET /twenty HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n",
+            port = proxy.port
+        );
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut bytes = Vec::new();
+        let _ = conn.read_to_end(&mut bytes);
+        let answers = support::wire::parse_responses(&bytes);
+        let seen: Vec<(u16, String)> = answers.iter().map(|a| (a.status, a.text())).collect();
+        let whole = (200, "twenty bytes of text".to_owned());
+        assert_eq!(seen, [whole.clone(), whole], "{range}");
+    }
+    let empty = raw::get(proxy.port, "/empty", &[("Range", "bytes=-1")]);
+    assert_eq!((empty.head.status, empty.body.len()), (200, 0));
+    assert!(empty.head.header("content-range").is_none());
+    let head = support::wire::exchange(
+        proxy.port,
+        format!(
+            "HEAD /twenty HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nRange: bytes=0-3\r\n\
+             Connection: close\r\n\r\n",
+            proxy.port
+        )
+        .as_bytes(),
+    );
+    assert!(
+        head.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let part = raw::get(proxy.port, "/twenty", &[("Range", "bytes=-4")]);
+    assert_eq!(
+        (part.head.status, part.body.as_slice()),
+        (206, &b"text"[..])
+    );
+    assert_eq!(part.head.header("content-range"), Some("bytes 16-19/20"));
+    assert_eq!(origin.hits(), 2);
+}
+
 // ------------------------------------------------------------------------ dates
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` in the RFC 850 and asctime forms.

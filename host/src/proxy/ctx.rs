@@ -65,6 +65,8 @@ pub struct RequestCtx {
     pub(crate) origin_age: Option<http::HeaderValue>,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,
+    /// The final response head has no content (304, 204): body chunks are dropped.
+    pub(crate) no_content: bool,
     /// This request's place among its HTTP/2 connection's requests at work.
     pub(crate) h2_work: Option<crate::connection::H2WorkTurn>,
     /// Purges of the key remembered while the origin answers (`response_cache_filter`).

@@ -28,6 +28,7 @@ mod only_if_cached;
 mod origin_error;
 mod override_fields;
 pub mod purge;
+mod ranges;
 mod request;
 pub(crate) use lean_hit::{put_status_line, LeanResponse};
 pub(crate) use request::{plan_front, ClientConn, FrontStep, Planned};
@@ -495,6 +496,44 @@ impl ProxyHttp for CachetProxy {
         Ok(None)
     }
 
+    /// Pingora's range filter, for the ranges it answers right (`ranges`); the rest get the
+    /// whole representation.
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::proxy::RangeType {
+        if !ranges::may_answer_with_parts(session.req_header(), resp) {
+            return pingora::proxy::RangeType::None;
+        }
+        const MAX_RANGES: Option<usize> = Some(200);
+        pingora::proxy::range_header_filter(session.req_header(), resp, MAX_RANGES)
+    }
+
+    /// A HEAD answer, a 304 and a 204 have no content (RFC 9110 §6.4.1). Pingora's HTTP/1
+    /// writer drops a body sent after such a head; over HTTP/2 it went out in DATA frames
+    /// (a miss not stored), and clients reset the stream as malformed (probe AN).
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        // The head's status as response_filter saw it: Pingora may filter a body chunk
+        // before it has written the head.
+        let no_content = session.req_header().method == http::Method::HEAD
+            || ctx.no_content
+            || session
+                .response_written()
+                .is_some_and(|head| !framing::status_has_content(head.status));
+        if no_content {
+            *body = None;
+        }
+        Ok(None)
+    }
+
     fn response_cache_filter(
         &self,
         session: &Session,
@@ -533,6 +572,7 @@ impl ProxyHttp for CachetProxy {
             return interim::forward_now(session, upstream_response).await;
         }
         directives::strip_downstream(upstream_response);
+        ctx.no_content = !framing::status_has_content(upstream_response.status);
         let head_request = session.req_header().method == http::Method::HEAD;
         let version = session.req_header().version;
         if hop_by_hop::frame_for_client(version, head_request, upstream_response) {

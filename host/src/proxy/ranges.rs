@@ -1,0 +1,97 @@
+//! Which `Range` requests are answered with parts (RFC 9110 §14). Pingora's range filter
+//! answered `bytes=-0` on a stored 200 with `Content-Range: bytes 20-19/20` and then broke the
+//! connection, underflowed on an empty body (`bytes 0-18446744073709551615/0`), sent fewer
+//! bytes than a multipart answer's `Content-Length` said, turned a suffix too large for a
+//! number into a 416, and ranged HEAD answers (probe AN). A server may ignore `Range`
+//! (§14.2): such requests get the whole representation, a 200.
+
+use http::header::{CONTENT_LENGTH, RANGE};
+use pingora::http::{RequestHeader, ResponseHeader};
+
+/// Whether Pingora's range filter may answer `req` with parts of `resp`: a GET (§14.2: range
+/// handling is defined for GET only), a representation that is not empty, and a `bytes` range
+/// set whose every spec is a pair of numbers that fit, with no zero-length suffix (`-0`).
+pub(super) fn may_answer_with_parts(req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    if req.method != http::Method::GET {
+        return false;
+    }
+    let Some(range) = req.headers.get(RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let not_empty = resp
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > 0);
+    not_empty && specs_are_plain(range)
+}
+
+/// `bytes=` followed by specs whose numbers fit in 64 bits and whose suffixes are not empty.
+fn specs_are_plain(range: &str) -> bool {
+    let Some((unit, specs)) = range.split_once('=') else {
+        return false;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return false;
+    }
+    specs
+        .split(',')
+        .map(str::trim)
+        .filter(|spec| !spec.is_empty())
+        .all(|spec| {
+            let Some((first, last)) = spec.split_once('-') else {
+                return false;
+            };
+            let number = |text: &str| text.trim().parse::<u64>().ok();
+            match (first.trim().is_empty(), last.trim().is_empty()) {
+                (true, false) => number(last).is_some_and(|suffix| suffix > 0),
+                (false, true) => number(first).is_some(),
+                (false, false) => number(first).is_some() && number(last).is_some(),
+                (true, true) => false,
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exchange(method: &str, range: &str, length: &str) -> (RequestHeader, ResponseHeader) {
+        let mut req = RequestHeader::build(method, b"/", None).unwrap();
+        req.insert_header("range", range).unwrap();
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-length", length).unwrap();
+        (req, resp)
+    }
+
+    #[test]
+    fn only_plain_ranges_of_a_get_on_a_body_are_answered_with_parts() {
+        for range in [
+            "bytes=0-9",
+            "bytes=5-",
+            "bytes=-5",
+            "bytes=0-1, 4-5",
+            "BYTES=0-0",
+        ] {
+            let (req, resp) = exchange("GET", range, "20");
+            assert!(may_answer_with_parts(&req, &resp), "{range}");
+        }
+        for range in [
+            "bytes=-0",
+            "bytes=0-1,-0",
+            "bytes=-99999999999999999999",
+            "bytes=0-99999999999999999999",
+            "items=0-1",
+            "bytes=-",
+            "bytes",
+        ] {
+            let (req, resp) = exchange("GET", range, "20");
+            assert!(!may_answer_with_parts(&req, &resp), "{range}");
+        }
+        let (req, resp) = exchange("GET", "bytes=-1", "0");
+        assert!(!may_answer_with_parts(&req, &resp), "an empty body");
+        let (req, resp) = exchange("HEAD", "bytes=0-1", "20");
+        assert!(!may_answer_with_parts(&req, &resp), "HEAD");
+    }
+}
