@@ -9,7 +9,8 @@
 //! until its work ends, and a new stream beyond twice `h2_max_concurrent_streams` of them
 //! (a stream the client saw end may still be finishing here when it opens the next) is
 //! refused with `REFUSED_STREAM`, which tells the client it was not processed and may be
-//! retried (RFC 9113 §8.7).
+//! retried (RFC 9113 §8.7). A HEAD answered at once whose fill goes on counts too: a
+//! client sending HEADs at its stream limit would otherwise start fills without bound.
 
 use parking_lot::Mutex;
 use pingora::protocols::l4::socket::SocketAddr;

@@ -28,8 +28,17 @@ const NEVER_FORWARDED: [&str; 3] = [
 
 /// Request fields that say the scheme and host the key holds (`forwarded_headers`): the host
 /// writes or passes them, and a plugin's edit told the origin one scheme while the key held
-/// another (probe AL), so no request edit may touch them.
-const KEYED_FORWARDING: [&str; 3] = ["forwarded", "x-forwarded-proto", "x-forwarded-host"];
+/// another (probes AL, AM: Rack reads `X-Forwarded-Ssl` before the others), so no request
+/// edit may touch them.
+const KEYED_FORWARDING: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "front-end-https",
+    "x-url-scheme",
+];
 
 /// One checked change to a message's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,7 +259,12 @@ mod tests {
             assert!(request_header_edits(vec![remove]).is_ok(), "{name}");
         }
         // Nor touch the fields that say the key's scheme and host.
-        for name in ["X-Forwarded-Proto", "forwarded", "x-forwarded-host"] {
+        for name in [
+            "X-Forwarded-Proto",
+            "forwarded",
+            "x-forwarded-host",
+            "X-Forwarded-Ssl",
+        ] {
             assert!(
                 request_header_edits(vec![raw::HeaderEdit::Remove(name.into())]).is_err(),
                 "{name}"

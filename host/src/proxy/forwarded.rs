@@ -143,27 +143,44 @@ fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'s
 }
 
 /// Every `proto` of `Forwarded`, comma-joined. Quote-aware (RFC 7239), as a careful origin
-/// reads it; when a naive split at every `;` and `,` finds other ones (a `proto=` inside a
-/// quoted value), both readings, `aware|naive`: Spring reads the quoted one, and an entry of
-/// its own keeps either reading's answer from the other's clients (probes AB, AK).
+/// reads it. Spring and Reactor Netty instead take any `proto=` in the text, quoted or inside
+/// another parameter (`xproto=http`, `host="a;proto=http"`): when that loose reading finds
+/// other values, the key names both, `aware|loose`, so neither reading's answer reaches the
+/// other's clients (probes AB, AK, AM).
 fn forwarded_protos(req: &RequestHeader) -> String {
-    let proto = |pair: &str| {
-        let (name, value) = pair.trim().split_once('=')?;
-        name.eq_ignore_ascii_case("proto")
-            .then(|| value.trim_matches('"').to_ascii_lowercase())
-    };
     let aware: Vec<String> = super::list_field::quoted_elements(&req.headers, &*FORWARDED)
         .flat_map(|element| super::list_field::split_unquoted(element, ';'))
-        .filter_map(proto)
+        .filter_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            name.eq_ignore_ascii_case("proto")
+                .then(|| value.trim_matches('"').to_ascii_lowercase())
+        })
         .collect();
-    let naive: Vec<String> = super::list_field::elements(&req.headers, &*FORWARDED)
-        .flat_map(|element| element.split(';'))
-        .filter_map(proto)
+    let loose: Vec<String> = req
+        .headers
+        .get_all(&*FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(loose_protos)
         .collect();
-    match aware == naive {
+    match aware == loose {
         true => aware.join(","),
-        false => format!("{}|{}", aware.join(","), naive.join(",")),
+        false => format!("{}|{}", aware.join(","), loose.join(",")),
     }
+}
+
+/// The value after every `proto=` in `text` (any case, anywhere), an opening quote skipped,
+/// up to the next `;`, `,` or quote: how a pattern search reads the field.
+fn loose_protos(text: &str) -> Vec<String> {
+    let lower = text.to_ascii_lowercase();
+    lower
+        .match_indices("proto=")
+        .map(|(at, found)| {
+            let value = lower[at + found.len()..].trim_start_matches('"');
+            let end = value.find([';', ',', '"']).unwrap_or(value.len());
+            value[..end].trim().to_owned()
+        })
+        .collect()
 }
 
 /// Client claims beyond the ones [`fields`] sets that frameworks read as the proxy's word:
@@ -292,6 +309,16 @@ mod tests {
             r#"for=x;host="x.test;proto=http", proto=https"#,
         )];
         assert_eq!(told(Append, &behind_tls, false), "https|http,https");
+        // A pattern search finds `proto=` inside other parameters too (probe AM).
+        for hidden in [
+            r#"for=x;xproto=http, proto=https"#,
+            r#"for="6.6.6.6proto=http", proto=https"#,
+        ] {
+            let claim = [("forwarded", hidden)];
+            assert_eq!(told(Append, &claim, false), "https|http,https", "{hidden}");
+        }
+        let plain = [("forwarded", r#"for="[::1]";proto="https""#)];
+        assert_eq!(told(Append, &plain, false), "https");
         assert_eq!(told(Off, &[("forwarded", "Proto=HTTPS")], false), "https");
         assert_eq!(
             told(Off, &[("x-forwarded-proto", "https, http")], false),
