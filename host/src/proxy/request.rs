@@ -405,8 +405,6 @@ fn unreachable_key(ctx: &mut RequestCtx) {
     ctx.route = Route::Bypass("plugin returned no cache key".into());
 }
 
-/// Brings the target to origin-form and refuses heads that peers could read
-/// differently; the error is the reason reported in `Cache-Status`.
 /// Resets an HTTP/2 stream with `REFUSED_STREAM`: not processed, safe to retry (RFC 9113
 /// §8.7). Its connection's earlier requests, reset or not, still use its stream allowance.
 fn refuse_stream(session: &mut Session) {
@@ -415,6 +413,8 @@ fn refuse_stream(session: &mut Session) {
     }
 }
 
+/// Brings the target to origin-form and refuses heads that peers could read
+/// differently; the error is the reason reported in `Cache-Status`.
 fn well_formed(
     session: &mut Session,
     field_names: crate::config::UnusualFieldNames,
