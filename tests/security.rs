@@ -976,6 +976,56 @@ fn append_does_not_contradict_the_scheme_the_proxy_in_front_claims() {
     }
 }
 
+/// Behind a TLS front that says `X-Forwarded-Proto: https`, a client adds its own
+/// `Forwarded: proto=http`. An origin that reads `Forwarded` first (Spring, Reactor Netty,
+/// Rack 3) answers its redirect to HTTPS; keyed by `X-Forwarded-Proto` alone, that redirect
+/// was stored under the plain HTTPS key and served to every HTTPS client, a loop (probe AO).
+/// The key names every reading the fields allow.
+#[test]
+fn a_forwarded_claim_beside_x_forwarded_proto_keeps_its_own_entry() {
+    let spring_like = Origin::start(|seen| {
+        // Spring's pattern search: the first `proto=` anywhere in `Forwarded`.
+        let proto = match seen.header("forwarded") {
+            Some(forwarded) => forwarded.split("proto=").nth(1).map(|rest| {
+                rest.trim_start_matches('"')
+                    .split([';', ',', '"'])
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            }),
+            None => seen.header("x-forwarded-proto").map(Into::into),
+        };
+        https_or_redirect(proto.as_deref())
+    });
+    for mode in ["append", "off"] {
+        let proxy = Proxy::start_with_server(
+            &format!("forwarded_headers = \"{mode}\""),
+            CACHE,
+            &[TenantSpec::new(
+                "site",
+                spring_like.addr,
+                &plugin("standard"),
+            )],
+        );
+        let front = [("Host", "site.test"), ("X-Forwarded-Proto", "https")];
+        let mut attack = front.to_vec();
+        attack.push(("Forwarded", "for=192.0.2.1;proto=http"));
+        let path = format!("/page-{mode}");
+        assert_eq!(
+            send("GET", &proxy.url(&path), &attack).status,
+            301,
+            "{mode}"
+        );
+        let innocent = send("GET", &proxy.url(&path), &front);
+        assert_eq!(
+            (innocent.status, innocent.text().as_str()),
+            (200, "page"),
+            "{mode}: {}",
+            innocent.cache_status()
+        );
+    }
+}
+
 fn https_or_redirect(proto: Option<&str>) -> Reply {
     let reply = match proto {
         Some("https") => Reply::ok("page"),

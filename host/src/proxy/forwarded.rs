@@ -115,40 +115,57 @@ pub fn settle_client_claims(
 
 /// The scheme the origin is told the client used, the cache key's scheme part. Under
 /// "replace" it is this hop's (the client's claims are dropped). Under "append" and "off" the
-/// client's own claims pass on, so it is what they say: every `X-Forwarded-Proto` value,
-/// else every `proto` of `Forwarded`, else this hop's. Lower-cased and comma-joined, so a
-/// claim other than one plain scheme never shares an entry with it. A `Forwarded` field that
-/// reads differently with and without its quoted strings (`host="a;proto=http"`) names
-/// both readings: origins parse it either way. Read from the head as the client sent it,
-/// before [`fields`] are written.
+/// client's own claims pass on, with what "append" adds to them, and origins read them
+/// differently: Django and older Rack take `X-Forwarded-Proto`, Spring and Rack 3 take
+/// `Forwarded` (its first or its last element), and Spring and Reactor Netty find `proto=`
+/// anywhere in it (`xproto=http`, `host="a;proto=http"`). So the key names every reading the
+/// origin's fields allow: `X-Forwarded-Proto`'s values, `Forwarded`'s by RFC 7239, and by a
+/// search for `proto=`, each comma-joined and lower-cased, the distinct ones joined with
+/// `|`. Fields that read one way give that one scheme; none give this hop's. A client's
+/// `Forwarded: proto=http` beside a TLS front's `X-Forwarded-Proto: https` kept the plain
+/// https entry while Spring answered its redirect to https (probes AB, AK, AM, AO). Read
+/// from the head as the client sent it, with what [`fields`] will add.
 fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'static, str> {
     let hop = super::cache_key::hop_scheme(tls);
     if mode == ForwardedHeaders::Replace {
         return Cow::Borrowed(hop);
     }
-    let values = |name: &HeaderName| {
-        super::list_field::elements(&req.headers, name)
-            .map(str::to_ascii_lowercase)
-            .collect::<Vec<_>>()
+    let (extend_x, extend_forwarded) = match mode {
+        ForwardedHeaders::Append => conventions(true, req),
+        _ => (false, false),
     };
-    let claimed = values(&X_FORWARDED_PROTO);
-    let told = match claimed.is_empty() {
-        false => claimed.join(","),
-        true => forwarded_protos(req),
-    };
-    match told {
+    let mut readings: Vec<String> = Vec::with_capacity(3);
+    let mut x_proto: Vec<String> = super::list_field::elements(&req.headers, &*X_FORWARDED_PROTO)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if x_proto.is_empty() && extend_x {
+        x_proto.push(hop.to_owned());
+    }
+    if !x_proto.is_empty() {
+        readings.push(x_proto.join(","));
+    }
+    if req.headers.contains_key(&*FORWARDED) || extend_forwarded {
+        let ours = extend_forwarded.then_some(hop);
+        let (aware, loose) = forwarded_protos(req, ours);
+        readings.extend([aware, loose]);
+    }
+    readings.dedup();
+    let mut distinct: Vec<String> = Vec::with_capacity(readings.len());
+    for reading in readings {
+        if !distinct.contains(&reading) {
+            distinct.push(reading);
+        }
+    }
+    match distinct.join("|") {
         told if told.is_empty() || told == hop => Cow::Borrowed(hop),
         told => Cow::Owned(told),
     }
 }
 
-/// Every `proto` of `Forwarded`, comma-joined. Quote-aware (RFC 7239), as a careful origin
-/// reads it. Spring and Reactor Netty instead take any `proto=` in the text, quoted or inside
-/// another parameter (`xproto=http`, `host="a;proto=http"`): when that loose reading finds
-/// other values, the key names both, `aware|loose`, so neither reading's answer reaches the
-/// other's clients (probes AB, AK, AM).
-fn forwarded_protos(req: &RequestHeader) -> String {
-    let aware: Vec<String> = super::list_field::quoted_elements(&req.headers, &*FORWARDED)
+/// `Forwarded`'s `proto` values, comma-joined, read by RFC 7239 and by a search for `proto=`
+/// anywhere; `ours` is the element this hop appends (under "append").
+fn forwarded_protos(req: &RequestHeader, ours: Option<&str>) -> (String, String) {
+    let mut aware: Vec<String> = super::list_field::quoted_elements(&req.headers, &*FORWARDED)
         .flat_map(|element| super::list_field::split_unquoted(element, ';'))
         .filter_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
@@ -156,17 +173,18 @@ fn forwarded_protos(req: &RequestHeader) -> String {
                 .then(|| value.trim_matches('"').to_ascii_lowercase())
         })
         .collect();
-    let loose: Vec<String> = req
+    let mut loose: Vec<String> = req
         .headers
         .get_all(&*FORWARDED)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(loose_protos)
         .collect();
-    match aware == loose {
-        true => aware.join(","),
-        false => format!("{}|{}", aware.join(","), loose.join(",")),
+    if let Some(ours) = ours {
+        aware.push(ours.to_owned());
+        loose.push(ours.to_owned());
     }
+    (aware.join(","), loose.join(","))
 }
 
 /// The value after every `proto=` in `text` (any case, anywhere), an opening quote skipped,
@@ -296,29 +314,38 @@ mod tests {
         assert_eq!(told(Off, &claim, false), "https");
         assert_eq!(told(Append, &[], true), "https");
         let forwarded = [("forwarded", "for=1.2.3.4;proto=https")];
-        assert_eq!(told(Append, &forwarded, false), "https");
+        assert_eq!(told(Off, &forwarded, false), "https");
+        // "append" adds this hop's element (`proto=http`): an origin reading the last one
+        // reads another scheme than one reading the first.
+        assert_eq!(told(Append, &forwarded, false), "https,http");
         // A quoted value is not a parameter: the origin reads no scheme here, so neither
-        // may the key.
-        // Read both ways, it names both: never the plain entry of either scheme.
+        // may the key. Read both ways, it names both: never the plain entry of either scheme.
         let smuggled = [("forwarded", r#"for=x;host="a;proto=https""#)];
         assert_eq!(told(Off, &smuggled, false), "|https");
         let smuggled = [("forwarded", r#"for="x,proto=https""#)];
         assert_eq!(told(Off, &smuggled, false), "|https");
-        let behind_tls = [(
+        let quoted = [(
             "forwarded",
             r#"for=x;host="x.test;proto=http", proto=https"#,
         )];
-        assert_eq!(told(Append, &behind_tls, false), "https|http,https");
+        assert_eq!(told(Off, &quoted, false), "https|http,https");
         // A pattern search finds `proto=` inside other parameters too (probe AM).
         for hidden in [
             r#"for=x;xproto=http, proto=https"#,
             r#"for="6.6.6.6proto=http", proto=https"#,
         ] {
             let claim = [("forwarded", hidden)];
-            assert_eq!(told(Append, &claim, false), "https|http,https", "{hidden}");
+            assert_eq!(told(Off, &claim, false), "https|http,https", "{hidden}");
         }
         let plain = [("forwarded", r#"for="[::1]";proto="https""#)];
-        assert_eq!(told(Append, &plain, false), "https");
+        assert_eq!(told(Off, &plain, false), "https");
+        // Behind a TLS front that says `X-Forwarded-Proto: https`, a client's own
+        // `Forwarded: proto=http` is what Spring and Rack 3 read (probe AO).
+        let both = [("x-forwarded-proto", "https"), ("forwarded", "proto=http")];
+        assert_eq!(told(Append, &both, false), "https|http,http");
+        assert_eq!(told(Off, &both, false), "https|http");
+        let agreeing = [("x-forwarded-proto", "https"), ("forwarded", "proto=https")];
+        assert_eq!(told(Off, &agreeing, false), "https");
         assert_eq!(told(Off, &[("forwarded", "Proto=HTTPS")], false), "https");
         assert_eq!(
             told(Off, &[("x-forwarded-proto", "https, http")], false),

@@ -521,14 +521,9 @@ impl ProxyHttp for CachetProxy {
         _end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
-        // The head's status as response_filter saw it: Pingora may filter a body chunk
-        // before it has written the head.
-        let no_content = session.req_header().method == http::Method::HEAD
-            || ctx.no_content
-            || session
-                .response_written()
-                .is_some_and(|head| !framing::status_has_content(head.status));
-        if no_content {
+        // The final head's status as response_filter saw it: Pingora may filter a body
+        // chunk before it has written the head, and what it wrote last may be a 103.
+        if session.req_header().method == http::Method::HEAD || ctx.no_content {
             *body = None;
         }
         Ok(None)
