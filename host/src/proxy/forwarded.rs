@@ -149,7 +149,6 @@ fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'s
         let (aware, loose) = forwarded_protos(req, ours);
         readings.extend([aware, loose]);
     }
-    readings.dedup();
     let mut distinct: Vec<String> = Vec::with_capacity(readings.len());
     for reading in readings {
         if !distinct.contains(&reading) {
