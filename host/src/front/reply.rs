@@ -6,12 +6,17 @@ use bytes::{BufMut, BytesMut};
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
+use std::io::IoSlice;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Bodies up to this size go out in the same write as the head (copied once); larger ones
-/// are written from the stored bytes, so a client that does not read holds no copy.
-const COPIED_BODY: usize = 16 * 1024;
+/// Bodies up to this size go out in the same write as the head (one vectored write, the body
+/// not copied); larger ones are written piece by piece after it, so a client that does not
+/// read holds no copy.
+const SAME_WRITE_BODY: usize = 16 * 1024;
+
+/// Room for a usual response head, so writing one seldom grows the buffer.
+const HEAD_CAPACITY: usize = 1024;
 
 /// How long, and how much, a closing connection is still read so the client's unread
 /// requests do not turn the close into a reset that could lose the last answer
@@ -33,7 +38,7 @@ pub(super) async fn write(
 ) -> std::io::Result<()> {
     let date = pingora::protocols::http::date::get_cached_date();
     let connection = if close { "close" } else { "keep-alive" };
-    let mut out = BytesMut::with_capacity(1024);
+    let mut out = BytesMut::with_capacity(HEAD_CAPACITY);
     let body = if hit.write_h1_head(&mut out, date.as_bytes(), connection.as_bytes()) {
         hit.body()
     } else {
@@ -45,14 +50,33 @@ pub(super) async fn write(
         serialize_head(&head, &mut out);
         body
     };
-    if body.len() <= COPIED_BODY {
-        out.put_slice(&body);
-        write_within(stream, &out, timeout).await?;
+    if body.len() <= SAME_WRITE_BODY {
+        within(timeout, write_both(stream, &out, &body)).await?;
     } else {
         write_within(stream, &out, timeout).await?;
         write_within(stream, &body, timeout).await?;
     }
     within(timeout, stream.flush()).await
+}
+
+/// Writes all of `head`, then all of `body`, in as few writes as the stream takes.
+async fn write_both<W: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
+    head: &[u8],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() {
+        let slices = [IoSlice::new(head), IoSlice::new(body)];
+        let written = stream.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = written.min(head.len());
+        head = &head[from_head..];
+        body = &body[written - from_head..];
+    }
+    stream.write_all(body).await
 }
 
 /// Writes all of `bytes`, each piece of at most [`TIMED_PIECE`] within `timeout`.
@@ -113,4 +137,76 @@ fn serialize_head(head: &ResponseHeader, out: &mut BytesMut) {
     crate::proxy::put_status_line(head, out);
     head.header_to_h1_wire(out);
     out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Takes at most `per_write` bytes per write, from whichever slices it is given.
+    struct Trickle {
+        taken: Vec<u8>,
+        per_write: usize,
+        writes: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bytes: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = bytes.len().min(self.per_write);
+            self.taken.extend_from_slice(&bytes[..n]);
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            slices: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut left = self.per_write;
+            for slice in slices {
+                let n = slice.len().min(left);
+                self.taken.extend_from_slice(&slice[..n]);
+                left -= n;
+            }
+            self.writes += 1;
+            Poll::Ready(Ok(self.per_write - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn head_and_body_arrive_whole_and_in_order_however_the_writes_split() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n";
+        let body = b"hello world";
+        for per_write in [1, 3, 7, head.len() - 1, head.len(), head.len() + 4, 4096] {
+            let mut out = Trickle {
+                taken: Vec::new(),
+                per_write,
+                writes: 0,
+            };
+            write_both(&mut out, head, body).await.expect("written");
+            assert_eq!(out.taken, [&head[..], &body[..]].concat(), "{per_write}");
+            if per_write >= head.len() + body.len() {
+                assert_eq!(out.writes, 1, "one write when the stream takes it all");
+            }
+        }
+    }
 }

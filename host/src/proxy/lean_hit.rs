@@ -69,27 +69,14 @@ impl LeanResponse {
     /// Writes the response head as HTTP/1.1 straight from the stored head, the bytes
     /// [`Self::into_parts`] and Pingora's writer (`Date`, then `Connection`) would give, without
     /// copying the head first. `false`, writing nothing, for a stored head with a field that
-    /// takes more than a replacement or an addition (hop-by-hop or internal fields, an
-    /// upstream `Cache-Status` or `Age`, a repeated `Date` or `Accept-Ranges`).
+    /// takes more than a replacement or an addition (see [`HeadShape::written_as_stored`]).
     pub(crate) fn write_h1_head(&self, out: &mut BytesMut, date: &[u8], connection: &[u8]) -> bool {
-        let stored = self.hit.header();
-        let fields = &stored.headers;
-        let once = |name: header::HeaderName| fields.get_all(name).iter().count() <= 1;
-        if super::hop_by_hop::any_present(stored)
-            || [
-                header::AGE.as_str(),
-                super::cache_status::HEADER,
-                super::directives::CACHET_CACHE_CONTROL,
-                super::directives::SURROGATE_KEY,
-                crate::storage::TAGS_HEADER,
-            ]
-            .iter()
-            .any(|name| fields.contains_key(*name))
-            || !once(header::DATE)
-            || !once(header::ACCEPT_RANGES)
-        {
+        let shape = self.hit.shape();
+        if !shape.written_as_stored {
             return false;
         }
+        let stored = self.hit.header();
+        let fields = &stored.headers;
         let ranges = stored.status == http::StatusCode::OK;
         put_status_line(stored, out);
         let mut field = |name: &[u8], value: &[u8]| {
@@ -119,20 +106,77 @@ impl LeanResponse {
             }
         }
         // Added at the end, in the order they are inserted.
-        field(b"Age", self.age.to_string().as_bytes());
-        if ranges && !fields.contains_key(header::ACCEPT_RANGES) {
+        let mut digits = [0u8; 20];
+        field(b"Age", decimal(self.age, &mut digits));
+        if ranges && !shape.has_accept_ranges {
             field(b"Accept-Ranges", b"bytes");
         }
         field(
             super::cache_status::HEADER.as_bytes(),
             self.cache_status.as_bytes(),
         );
-        if !fields.contains_key(header::DATE) {
+        if !shape.has_date {
             field(b"Date", date);
         }
         field(b"Connection", connection);
         out.put_slice(b"\r\n");
         true
+    }
+}
+
+/// What the lean path needs to know about a stored head, read once when it is stored rather
+/// than looked up field by field on every hit. (Kept small: every stored object has one.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeadShape {
+    /// `Content-Length`'s value, or [`Self::NO_LENGTH`] when it is not a number or a
+    /// `Transfer-Encoding` frames the body otherwise.
+    stated_length: u64,
+    /// The response varies (a variance key, or a `Vary` field): only pingora's full lookup
+    /// picks the right variant.
+    pub(crate) varies: bool,
+    /// No field takes more than a replacement or an addition on the way out: nothing
+    /// hop-by-hop or internal, no upstream `Cache-Status` or `Age`, `Date` and
+    /// `Accept-Ranges` at most once each.
+    pub(crate) written_as_stored: bool,
+    pub(crate) has_date: bool,
+    pub(crate) has_accept_ranges: bool,
+}
+
+impl HeadShape {
+    const NO_LENGTH: u64 = u64::MAX;
+
+    /// The shape of `stored`; `variance`: the stored meta has a variance key.
+    pub(crate) fn of(stored: &ResponseHeader, variance: bool) -> Self {
+        let fields = &stored.headers;
+        let once = |name: header::HeaderName| fields.get_all(name).iter().count() <= 1;
+        let written_as_stored = !super::hop_by_hop::any_present(stored)
+            && ![
+                header::AGE.as_str(),
+                super::cache_status::HEADER,
+                super::directives::CACHET_CACHE_CONTROL,
+                super::directives::SURROGATE_KEY,
+                crate::storage::TAGS_HEADER,
+            ]
+            .iter()
+            .any(|name| fields.contains_key(*name))
+            && once(header::DATE)
+            && once(header::ACCEPT_RANGES);
+        let stated_length = fields
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .filter(|_| !fields.contains_key(header::TRANSFER_ENCODING));
+        Self {
+            stated_length: stated_length.unwrap_or(Self::NO_LENGTH),
+            varies: variance || fields.contains_key(header::VARY),
+            written_as_stored,
+            has_date: fields.contains_key(header::DATE),
+            has_accept_ranges: fields.contains_key(header::ACCEPT_RANGES),
+        }
+    }
+
+    /// The body length the stored head states, if it frames the body by it alone.
+    pub(crate) fn stated_length(&self) -> Option<u64> {
+        (self.stated_length != Self::NO_LENGTH).then_some(self.stated_length)
     }
 }
 
@@ -195,6 +239,19 @@ fn is_plain(req: &RequestHeader) -> bool {
             .all(|name| !req.headers.contains_key(name))
 }
 
+/// `n` in decimal, written into `digits` (without the allocation `to_string` makes per hit).
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[start..];
+        }
+    }
+}
+
 /// `HTTP/1.1 <status> <reason>` and its line end, as Pingora's HTTP/1 writer puts them.
 pub(crate) fn put_status_line(head: &ResponseHeader, out: &mut BytesMut) {
     out.put_slice(b"HTTP/1.1 ");
@@ -216,6 +273,48 @@ mod tests {
             req.append_header(name.to_string(), *value).expect("field");
         }
         req
+    }
+
+    #[test]
+    fn ages_are_written_in_decimal() {
+        let mut digits = [0u8; 20];
+        for n in [0, 7, 10, 3600, 86_399, u64::MAX] {
+            assert_eq!(decimal(n, &mut digits), n.to_string().as_bytes());
+        }
+    }
+
+    fn stored(fields: &[(&str, &str)]) -> ResponseHeader {
+        let mut head = ResponseHeader::build(200, None).expect("head");
+        for (name, value) in fields {
+            head.append_header(name.to_string(), *value).expect("field");
+        }
+        head
+    }
+
+    #[test]
+    fn a_stored_heads_shape_is_read_once_as_the_hit_needs_it() {
+        let shape = |fields: &[(&str, &str)]| HeadShape::of(&stored(fields), false);
+        let plain = shape(&[("content-length", "12"), ("date", "x")]);
+        assert_eq!(plain.stated_length(), Some(12));
+        assert!(plain.written_as_stored && plain.has_date);
+        assert!(!plain.varies && !plain.has_accept_ranges);
+        assert!(shape(&[("vary", "accept")]).varies);
+        assert!(HeadShape::of(&stored(&[]), true).varies, "a variance key");
+        let chunked = shape(&[("content-length", "12"), ("transfer-encoding", "chunked")]);
+        assert_eq!(chunked.stated_length(), None);
+        assert!(!chunked.written_as_stored);
+        assert_eq!(shape(&[("content-length", "x")]).stated_length(), None);
+        for fields in [
+            &[("age", "3")][..],
+            &[("cache-status", "up; hit")],
+            &[("connection", "close")],
+            &[("surrogate-key", "a")],
+            &[("date", "a"), ("date", "b")],
+            &[("accept-ranges", "bytes"), ("accept-ranges", "none")],
+        ] {
+            assert!(!shape(fields).written_as_stored, "{fields:?}");
+        }
+        assert!(shape(&[("accept-ranges", "none")]).has_accept_ranges);
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod override_fields;
 pub mod purge;
 mod ranges;
 mod request;
-pub(crate) use lean_hit::{put_status_line, LeanResponse};
+pub(crate) use lean_hit::{put_status_line, HeadShape, LeanResponse};
 pub(crate) use request::{plan_front, ClientConn, FrontStep, Planned};
 mod request_fields;
 mod respond;

@@ -5,20 +5,22 @@
 //! key holds these fields, so a request carrying one never uses the cache; it still
 //! reaches the origin as sent.
 
+use http::HeaderName;
 use pingora::http::RequestHeader;
 
-const OVERRIDE_FIELDS: [&str; 5] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-url",
-    "x-rewrite-url",
+/// As `HeaderName`s, so every request's check hashes the names without parsing them again.
+static OVERRIDE_FIELDS: [HeaderName; 5] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
 ];
 
 /// The first override field `req` carries.
-pub fn present(req: &RequestHeader) -> Option<&'static str> {
+pub fn present(req: &RequestHeader) -> Option<&'static HeaderName> {
     OVERRIDE_FIELDS
-        .into_iter()
+        .iter()
         .find(|name| req.headers.contains_key(*name))
 }
 
@@ -31,6 +33,9 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         assert_eq!(present(&req), None);
         req.insert_header("X-Original-URL", "/admin").unwrap();
-        assert_eq!(present(&req), Some("x-original-url"));
+        assert_eq!(
+            present(&req).map(HeaderName::as_str),
+            Some("x-original-url")
+        );
     }
 }

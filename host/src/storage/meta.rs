@@ -6,6 +6,7 @@
 //! `provenance` equal `created` (every first fill); for the others (revalidated or refreshed
 //! entries) we also keep the msgpack-encoded internal fields and decode just those (~0.8 µs).
 
+use crate::proxy::HeadShape;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora_cache::CacheMeta;
@@ -33,9 +34,9 @@ pub(super) struct StoredMeta {
     /// What `Age` counts from (the last fill or revalidation, or an override): kept because
     /// the template's own is `created` whenever `internal` is set.
     epoch: SystemTime,
-    /// The response varies (a variance key, or a `Vary` field): only pingora's full lookup
-    /// picks the right variant.
-    varies: bool,
+    /// What the lean hit path reads of the header (whether it varies among them), read once
+    /// here.
+    shape: HeadShape,
     weight: usize,
 }
 
@@ -73,13 +74,12 @@ impl StoredMeta {
             .sum();
         let tags = super::tags::parse(&header.headers);
         let tag_weight: usize = tags.iter().map(|t| 2 * t.len() + TAG_OVERHEAD).sum();
-        let varies = meta.variance().is_some() || header.headers.contains_key(http::header::VARY);
         Self {
+            shape: HeadShape::of(&header, meta.variance().is_some()),
             template: rebuild(meta, header),
             tags,
             internal,
             epoch: meta.epoch(),
-            varies,
             weight: fields + tag_weight + META_OVERHEAD,
         }
     }
@@ -96,11 +96,11 @@ impl StoredMeta {
         header.insert_header(http::header::CONTENT_LENGTH, body_len)?;
         let added = "content-length".len() + body_len.to_string().len() + FIELD_OVERHEAD;
         Ok(Some(Self {
+            shape: HeadShape::of(&header, self.template.variance().is_some()),
             template: rebuild(&self.template, header),
             tags: self.tags.clone(),
             internal: self.internal.clone(),
             epoch: self.epoch,
-            varies: self.varies,
             weight: self.weight + added,
         }))
     }
@@ -129,8 +129,8 @@ impl StoredMeta {
         self.epoch
     }
 
-    pub(super) fn varies(&self) -> bool {
-        self.varies
+    pub(super) fn shape(&self) -> &HeadShape {
+        &self.shape
     }
 
     pub(super) fn tags(&self) -> &[Box<str>] {

@@ -5,8 +5,8 @@ use super::entry::SlotKey;
 use super::index::Found;
 use super::meta::StoredMeta;
 use super::MemoryStorage;
+use crate::proxy::HeadShape;
 use bytes::Bytes;
-use http::header;
 use pingora::http::ResponseHeader;
 use pingora_cache::CacheKey;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ impl PlainHit {
         // Same rule as pingora's `CacheMeta::is_fresh`.
         let fresh = meta.fresh_until() >= now;
         let hit = Self { meta, body, tier };
-        (fresh && !hit.meta.varies() && hit.is_framed()).then_some(hit)
+        (fresh && !hit.shape().varies && hit.is_framed()).then_some(hit)
     }
 
     /// The stored response header (fields as stored; the caller adds `Age` and the rest).
@@ -49,14 +49,15 @@ impl PlainHit {
         self.tier
     }
 
+    /// What the lean path reads of the stored header.
+    pub(crate) fn shape(&self) -> &HeadShape {
+        self.meta.shape()
+    }
+
     /// Whether the stored header states the body's length, so the response goes out as
     /// stored with no re-framing (`Content-Length` equal to the body, no `Transfer-Encoding`).
     fn is_framed(&self) -> bool {
-        let headers = &self.header().headers;
-        let stated = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        stated == Some(self.body.len()) && !headers.contains_key(header::TRANSFER_ENCODING)
+        self.shape().stated_length() == Some(self.body.len() as u64)
     }
 
     /// The `Age` to send: time since the object was filled or last revalidated.
