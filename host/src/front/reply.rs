@@ -10,9 +10,10 @@ use std::io::IoSlice;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Bodies up to this size go out in the same write as the head (one vectored write, the body
-/// not copied); larger ones are written piece by piece after it, so a client that does not
-/// read holds no copy.
+/// Bodies up to this size go out in the same write as the head: one vectored write, with no
+/// copy of the body here (Pingora's 1460-byte write buffer under the connection still takes
+/// one of an answer smaller than itself). Larger ones are written piece by piece after the
+/// head, so a client that does not read holds no copy.
 const SAME_WRITE_BODY: usize = 16 * 1024;
 
 /// Room for a usual response head, so writing one seldom grows the buffer.
