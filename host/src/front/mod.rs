@@ -35,6 +35,10 @@ use tokio::io::AsyncReadExt;
 /// How long a connection may wait for its next request head, as Pingora waits for the first.
 const IDLE: Duration = Duration::from_secs(60);
 
+/// How long a connection idle at the stop still looks for a request its client sent just
+/// before it (the stop and the bytes can wake the connection together).
+const LAST_LOOK: Duration = Duration::from_millis(250);
+
 /// The front, wrapping the proxy's Pingora app.
 pub struct Front {
     proxy: Arc<HttpProxy<CachetProxy>>,
@@ -164,12 +168,17 @@ impl Front {
             let read = tokio::time::timeout(wait, stream.read_buf(buf));
             let read = if idle {
                 // Idle between requests: a stop closes the connection, as Pingora does.
-                tokio::select! {
+                let read = tokio::select! {
                     // A request that came before the stop is read and answered (with
                     // `Connection: close`), not reset by closing over it.
                     biased;
-                    read = read => read,
-                    () = stopping(stop) => return None,
+                    read = read => Some(read),
+                    () = stopping(stop) => None,
+                };
+                match read {
+                    Some(read) => read,
+                    None if self.last_look(stream, buf, arriving).await => continue,
+                    None => return None,
                 }
             } else {
                 read.await
@@ -189,6 +198,28 @@ impl Front {
                 // Closed, failed or idle too long: the connection ends, as with Pingora.
                 _ => return None,
             }
+        }
+    }
+}
+
+impl Front {
+    /// Whether a client sent bytes just before the stop, which the runtime had not yet told
+    /// this connection about when the stop woke it (closing over them would reset the
+    /// connection and lose the request). The look counts as a request in flight, so the
+    /// drain waits for it; bytes found keep counting as the head arriving.
+    async fn last_look(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        arriving: &mut Option<InFlightGuard>,
+    ) -> bool {
+        let looking = self.cachet.state.drain.enter();
+        match tokio::time::timeout(LAST_LOOK, stream.read_buf(buf)).await {
+            Ok(Ok(read)) if read > 0 => {
+                *arriving = Some(looking);
+                true
+            }
+            _ => false,
         }
     }
 }
