@@ -200,9 +200,7 @@ impl Front {
             }
         }
     }
-}
 
-impl Front {
     /// Whether a client sent bytes just before the stop, which the runtime had not yet told
     /// this connection about when the stop woke it (closing over them would reset the
     /// connection and lose the request). The look counts as a request in flight, so the
