@@ -15,12 +15,15 @@
 //!   `h2_idle_timeout`; after that, HTTP/2 frames are Pingora's and the `h2`
 //!   crate's to bound (`h2_max_header_list`, `h2_max_concurrent_streams`), and
 //!   [`H2Work`] counts a connection's requests until their work ends, reset or not.
+//!   An HTTP/2 connection's writes are coalesced (`coalesce`): responses that finish
+//!   together leave in one TLS record and one system call.
 //!
 //! Both listeners, plain and TLS, share one guard and so one connection count.
 //!
 //! The bound is therefore `max_connections × max_request_head` of head
 //! buffers, on top of the cache's byte budget.
 
+mod coalesce;
 mod guard;
 mod h2_work;
 mod stream;

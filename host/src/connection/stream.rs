@@ -1,5 +1,6 @@
 //! A downstream stream that bounds how many bytes a request head may take.
 
+use super::coalesce::Coalescer;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::{
@@ -85,6 +86,9 @@ pub struct GuardedStream {
     /// matched so far; `None` once they cannot be it (or h2c is off, or TLS). Only the whole
     /// preface makes the connection HTTP/2: anything else is a head, bounded like any head.
     preface_matched: Option<usize>,
+    /// An HTTP/2 connection's writes, gathered so that responses finishing together leave in
+    /// one TLS record and one system call (`None` until the connection is HTTP/2).
+    coalescer: Option<Coalescer>,
 }
 
 impl GuardedStream {
@@ -116,6 +120,7 @@ impl GuardedStream {
             preface_timer,
             preface_left: super::H2_PREFACE.len(),
             preface_matched,
+            coalescer: h2.then(Coalescer::default),
         }
     }
 
@@ -285,6 +290,7 @@ impl AsyncRead for GuardedStream {
                     });
                     this.preface_matched = preface.filter(|&m| m < H2_PREFACE.len());
                     this.phase = if preface == Some(H2_PREFACE.len()) {
+                        this.coalescer = Some(Coalescer::default());
                         Phase::Unbounded
                     } else {
                         Phase::Head {
@@ -304,7 +310,11 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+        let this = self.get_mut();
+        match &mut this.coalescer {
+            Some(coalescer) => coalescer.poll_write(&mut this.inner, cx, data),
+            None => Pin::new(&mut this.inner).poll_write(cx, data),
+        }
     }
 
     fn poll_write_vectored(
@@ -312,19 +322,31 @@ impl AsyncWrite for GuardedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        match &mut this.coalescer {
+            Some(coalescer) => coalescer.poll_write_vectored(&mut this.inner, cx, bufs),
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.coalescer.is_some() || self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        match &mut this.coalescer {
+            Some(coalescer) => coalescer.poll_flush(&mut this.inner, cx),
+            None => Pin::new(&mut this.inner).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if let Some(coalescer) = &mut this.coalescer {
+            std::task::ready!(coalescer.poll_drain(&mut this.inner, cx))?;
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
@@ -333,6 +355,10 @@ impl AsyncWrite for GuardedStream {
 #[async_trait::async_trait]
 impl Shutdown for GuardedStream {
     async fn shutdown(&mut self) {
+        if let Some(coalescer) = &mut self.coalescer {
+            let inner = &mut self.inner;
+            let _ = std::future::poll_fn(|cx| coalescer.poll_drain(inner, cx)).await;
+        }
         self.inner.shutdown().await
     }
 }
