@@ -18,6 +18,9 @@ use tokio::io::AsyncWrite;
 /// record's payload, so a full buffer is one record.
 pub(super) const COALESCE_LIMIT: usize = 16 * 1024;
 
+/// The buffer's first allocation in a batch: a few small responses.
+const FIRST_CAPACITY: usize = 4 * 1024;
+
 /// A connection's unsent bytes and where its flush stands.
 #[derive(Debug, Default)]
 pub(super) struct Coalescer {
@@ -41,14 +44,7 @@ impl Coalescer {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.pending() + data.len() > COALESCE_LIMIT {
-            ready!(self.poll_drain(inner, cx))?;
-            if data.len() >= COALESCE_LIMIT {
-                return Pin::new(inner).poll_write(cx, data);
-            }
-        }
-        self.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        self.poll_write_vectored(inner, cx, &[io::IoSlice::new(data)])
     }
 
     /// As [`Self::poll_write`], for several slices (the h2 codec writes a frame head and its
@@ -65,6 +61,9 @@ impl Coalescer {
             if total >= COALESCE_LIMIT {
                 return Pin::new(inner).poll_write_vectored(cx, bufs);
             }
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(FIRST_CAPACITY.max(total));
         }
         for slice in bufs {
             self.buf.extend_from_slice(slice);
@@ -102,12 +101,10 @@ impl Coalescer {
             }
             self.sent += n;
         }
-        self.buf.clear();
+        // Released, not kept: an idle connection holds no buffer (the next batch's
+        // allocation costs far less than the system call it saves).
+        self.buf = Vec::new();
         self.sent = 0;
-        // A connection that sent a large body keeps no large buffer once idle.
-        if self.buf.capacity() > COALESCE_LIMIT {
-            self.buf.shrink_to(COALESCE_LIMIT);
-        }
         Poll::Ready(Ok(()))
     }
 }
