@@ -229,6 +229,69 @@ fn objects_survive_a_restart_with_variants_tenants_tags_and_freshness() {
     assert_eq!(stats["errors"], 0, "{stats}");
 }
 
+/// pingora's serialization of a head writes the code's canonical reason phrase; a hit from
+/// the disk tier still answers with the origin's own, as the fill and L1's hits did.
+#[test]
+fn a_hit_from_disk_keeps_the_origins_reason_phrase() {
+    let origin = support::raw::RawOrigin::start(|head| {
+        let (status, body) = if head.starts_with("GET /gone ") {
+            ("404 Gone Fishing", "nope!")
+        } else {
+            ("200 Fine By Me", "fine!")
+        };
+        format!(
+            "HTTP/1.1 {status}\r\nCache-Control: public, max-age=300\r\nContent-Length: 5\r\n\r\n{body}"
+        )
+        .into_bytes()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let start = || {
+        Proxy::start_with_server(
+            &format!("admin_token = \"{TOKEN}\""),
+            &format!(
+                "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n[plugins]\nwatch = false",
+                disk.display().to_string()
+            ),
+            &[TenantSpec::new("one", origin.addr, &plugin("standard")).hosts(&["one.test"])],
+        )
+    };
+    let paths = [("/fine", 200, "Fine By Me"), ("/gone", 404, "Gone Fishing")];
+    let get = |proxy: &Proxy, path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: one.test\r\nConnection: close\r\n\r\n");
+        support::raw::exchange(proxy.port, request.as_bytes())
+    };
+    let mut first = start();
+    for (path, status, reason) in paths {
+        let fill = get(&first, path);
+        assert_eq!(
+            (fill.head.status, fill.head.reason.as_str()),
+            (status, reason)
+        );
+        assert!(
+            fill.cache_status().contains("fwd=miss"),
+            "{}",
+            fill.cache_status()
+        );
+    }
+    wait_writes(&first, 2);
+    stop(&mut first);
+
+    let second = start();
+    for (path, status, reason) in paths {
+        let from_disk = get(&second, path);
+        assert!(
+            from_disk.cache_status().ends_with(r#"; detail="l2-disk""#),
+            "{path}: {}",
+            from_disk.cache_status()
+        );
+        assert_eq!(from_disk.head.status, status, "{path}");
+        assert_eq!(from_disk.head.reason, reason, "{path}");
+        assert_eq!(from_disk.body.len(), 5, "{path}");
+    }
+    assert_eq!(origin.requests(), 2, "the hits came from disk");
+}
+
 /// The tier keeps to its byte budget: the oldest objects make room for new ones, and after a
 /// restart what was evicted is a miss while the newest objects are still disk hits.
 #[test]

@@ -15,6 +15,8 @@ pub struct Head {
     /// The status line's version, e.g. "HTTP/1.1".
     pub version: String,
     pub status: u16,
+    /// The status line's reason phrase, as sent (may be empty).
+    pub reason: String,
     /// Header lines in order, names as sent.
     pub headers: Vec<(String, String)>,
 }
@@ -136,10 +138,13 @@ impl Reader {
         loop {
             let line = self.line();
             if line.is_empty() {
-                let version = status_line.split(' ').next().unwrap_or("").to_owned();
+                let mut parts = status_line.splitn(3, ' ');
+                let version = parts.next().unwrap_or("").to_owned();
+                let reason = parts.nth(1).unwrap_or("").to_owned();
                 return Head {
                     version,
                     status,
+                    reason,
                     headers,
                 };
             }

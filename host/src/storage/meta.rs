@@ -230,6 +230,6 @@ fn empty_header() -> Result<&'static [u8]> {
     let epoch = SystemTime::UNIX_EPOCH;
     let (_, compressed) = CacheMeta::new(epoch, epoch, 0, 0, header).serialize()?;
     // Stored, not compressed: decoding it then skips zstd's table set-up.
-    let blob = super::tiers::head_frame::uncompressed(&compressed).unwrap_or(compressed);
+    let blob = super::tiers::head_frame::uncompressed(&compressed, None).unwrap_or(compressed);
     Ok(EMPTY_HEADER.get_or_init(|| blob.into_boxed_slice()))
 }

@@ -8,6 +8,10 @@
 //! no zstd pass, no second map of spellings), where `CacheMeta::deserialize` copies every name
 //! and value. Anything else (an older compressed head, a head it cannot parse) is left to
 //! `CacheMeta::deserialize`.
+//!
+//! pingora's serialization writes every status line with the status code's canonical reason
+//! phrase; the writer puts the origin's own phrase back ([`uncompressed`]'s `reason`) and
+//! [`parse`] keeps it, so a hit from L2 answers `404 Gone Fishing` as the fill did.
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -22,10 +26,14 @@ const MAGIC: [u8; 4] = 0xFD2F_B528_u32.to_le_bytes();
 /// segment (no window descriptor); no checksum, no dictionary.
 const DESCRIPTOR: u8 = 0b1010_0000;
 
-/// `compressed` (a zstd frame) again, as a frame of raw blocks; `None` when it does not
-/// decompress to a head pingora could have written.
-pub(crate) fn uncompressed(compressed: &[u8]) -> Option<Vec<u8>> {
-    let head = zstd::bulk::decompress(compressed, MAX_HEAD).ok()?;
+/// `compressed` (a zstd frame) again, as a frame of raw blocks, with `reason` as its status
+/// line's reason phrase when given (a phrase a status line cannot carry is left out); `None`
+/// when it does not decompress to a head pingora could have written.
+pub(crate) fn uncompressed(compressed: &[u8], reason: Option<&str>) -> Option<Vec<u8>> {
+    let mut head = zstd::bulk::decompress(compressed, MAX_HEAD).ok()?;
+    if let Some(reason) = reason.filter(|r| is_reason_phrase(r.as_bytes())) {
+        head = with_reason(&head, reason.as_bytes())?;
+    }
     let mut frame = Vec::with_capacity(head.len() + 16);
     frame.extend_from_slice(&MAGIC);
     frame.push(DESCRIPTOR);
@@ -39,6 +47,32 @@ pub(crate) fn uncompressed(compressed: &[u8]) -> Option<Vec<u8>> {
         frame.extend_from_slice(block);
     }
     Some(frame)
+}
+
+/// `reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )` (RFC 9112 §4): nothing that could end
+/// the status line.
+fn is_reason_phrase(reason: &[u8]) -> bool {
+    !reason.is_empty()
+        && reason
+            .iter()
+            .all(|&b| b == b'\t' || b == b' ' || (b'!'..=b'~').contains(&b) || b >= 0x80)
+}
+
+/// `head` with its status line's reason phrase replaced: the line is `HTTP/1.x NNN phrase`,
+/// so the phrase starts after the 13 bytes of version, code and spaces.
+fn with_reason(head: &[u8], reason: &[u8]) -> Option<Vec<u8>> {
+    const PREFIX: usize = b"HTTP/1.1 200 ".len();
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    if line_end < PREFIX - 1 {
+        return None;
+    }
+    let prefix = head.get(..PREFIX - 1)?;
+    let mut out = Vec::with_capacity(head.len() + reason.len());
+    out.extend_from_slice(prefix);
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(&head[line_end..]);
+    Some(out)
 }
 
 /// Fields a head may have for [`parse`]; a head with more takes pingora's own path.
@@ -60,6 +94,8 @@ pub(crate) fn parse(frame: &Bytes) -> Option<ResponseHeader> {
     }
     let mut header =
         ResponseHeader::build_no_case(response.code?, Some(response.headers.len())).ok()?;
+    // The canonical phrase is not stored again (`set_reason_phrase` keeps only another one).
+    header.set_reason_phrase(response.reason).ok()?;
     for field in response.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
         // Checked: a value pingora would have to normalize (an obs-fold) or that is not a
@@ -120,7 +156,7 @@ mod tests {
         for extra in [0, 200, 100 << 10] {
             let original = meta(extra);
             let (internal, compressed) = original.serialize().expect("serialize");
-            let framed = uncompressed(&compressed).expect("reframe");
+            let framed = uncompressed(&compressed, None).expect("reframe");
             // Raw blocks: the head's bytes are in the frame as they are.
             assert!(framed.len() > wire(&original).len(), "{extra}");
             let decoded = CacheMeta::deserialize(&internal, &framed).expect("deserialize");
@@ -134,9 +170,9 @@ mod tests {
 
     #[test]
     fn what_is_not_a_zstd_frame_is_refused() {
-        assert!(uncompressed(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
+        assert!(uncompressed(b"HTTP/1.1 200 OK\r\n\r\n", None).is_none());
         let (_, compressed) = meta(0).serialize().expect("serialize");
-        assert!(uncompressed(&compressed[..compressed.len() - 3]).is_none());
+        assert!(uncompressed(&compressed[..compressed.len() - 3], None).is_none());
     }
 
     /// Each field as (name, value), in order.
@@ -150,7 +186,7 @@ mod tests {
     /// A frame of raw blocks holding `wire`, made the way the writer makes one.
     fn frame_of(wire: &[u8]) -> Bytes {
         let compressed = zstd::bulk::compress(wire, 3).expect("compress");
-        Bytes::from(uncompressed(&compressed).expect("reframe"))
+        Bytes::from(uncompressed(&compressed, None).expect("reframe"))
     }
 
     #[test]
@@ -162,7 +198,7 @@ mod tests {
             header.append_header("set-cookie", "b=2").unwrap();
             header.set_status(404).unwrap();
             let (internal, compressed) = original.serialize().expect("serialize");
-            let frame = Bytes::from(uncompressed(&compressed).expect("reframe"));
+            let frame = Bytes::from(uncompressed(&compressed, None).expect("reframe"));
             let parsed = parse(&frame).expect("a reframed head parses");
             let decoded = CacheMeta::deserialize(&internal, &frame).expect("deserialize");
             assert_eq!(parsed.status, 404);
@@ -215,6 +251,32 @@ mod tests {
         assert!(parse(&frame_of(b"HTTP/1.1 200 OK\r\nx-a: 1\x01\r\n\r\n")).is_none());
         // A head cut short inside its block.
         assert!(parse(&frame_of(b"HTTP/1.1 200 OK\r\nx-a: 1\r\n")).is_none());
+    }
+
+    #[test]
+    fn the_origins_reason_phrase_is_kept_and_one_that_could_end_the_line_is_not() {
+        let mut original = meta(0);
+        original.response_header_mut().set_status(404).unwrap();
+        let (internal, compressed) = original.serialize().expect("serialize");
+        let frame = Bytes::from(uncompressed(&compressed, Some("Gone Fishing")).unwrap());
+        let parsed = parse(&frame).expect("parses");
+        assert_eq!(parsed.status, 404);
+        assert_eq!(parsed.get_reason_phrase(), Some("Gone Fishing"));
+        let decoded = CacheMeta::deserialize(&internal, &frame).expect("pingora reads it too");
+        assert_eq!(fields(&parsed), fields(decoded.response_header()));
+        // Without a phrase of its own, the canonical one.
+        let plain = Bytes::from(uncompressed(&compressed, None).unwrap());
+        assert_eq!(
+            parse(&plain).unwrap().get_reason_phrase(),
+            Some("Not Found")
+        );
+        // A phrase with a line break (or none at all) is not written into the status line.
+        for bad in ["Gone\r\nX-Injected: 1", ""] {
+            let frame = Bytes::from(uncompressed(&compressed, Some(bad)).unwrap());
+            let parsed = parse(&frame).expect("parses");
+            assert_eq!(parsed.get_reason_phrase(), Some("Not Found"), "{bad:?}");
+            assert!(parsed.headers.get("x-injected").is_none());
+        }
     }
 
     #[test]

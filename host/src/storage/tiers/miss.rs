@@ -18,6 +18,7 @@ pub(crate) struct TieredMiss {
     key: TierKey,
     /// pingora's serialization of the meta, taken when the fill started.
     meta: Option<(Vec<u8>, Vec<u8>)>,
+    reason: Option<Box<str>>,
     /// The origin gave no `Content-Length`: the finished body's is added before storing.
     unframed: bool,
     /// The copy is worth keeping in L2 until then (`record::keep_until`).
@@ -46,6 +47,7 @@ impl TieredMiss {
             tiers,
             key,
             meta: meta.serialize().ok(),
+            reason: record::own_reason(meta),
             unframed: super::super::meta::needs_length(meta.response_header()),
             keep_until: record::keep_until(meta),
             tags: super::super::tags::parse(meta.headers()),
@@ -79,6 +81,7 @@ impl HandleMiss for TieredMiss {
             tiers,
             key,
             meta,
+            reason,
             unframed,
             keep_until,
             tags,
@@ -100,6 +103,7 @@ impl HandleMiss for TieredMiss {
                 key,
                 internal,
                 header,
+                reason,
                 body,
                 lifetime,
                 written_at,

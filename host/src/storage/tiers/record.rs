@@ -202,6 +202,15 @@ fn decode_meta(value: &Bytes, internal: &[u8], header: &[u8]) -> Result<CacheMet
     Ok(meta)
 }
 
+/// The response's reason phrase when it is not its status code's canonical one: pingora's
+/// serialization of the head writes the canonical one ([`head_frame::uncompressed`] puts this
+/// one back).
+pub(crate) fn own_reason(meta: &CacheMeta) -> Option<Box<str>> {
+    let header = meta.response_header();
+    let reason = header.get_reason_phrase()?;
+    (Some(reason) != header.status.canonical_reason()).then(|| reason.into())
+}
+
 /// Nanoseconds since the epoch, the clock purges and records are compared on.
 pub(crate) fn now_ns() -> u64 {
     to_ns(SystemTime::now())
@@ -326,7 +335,7 @@ mod tests {
             .append_header("X-Up", "1")
             .unwrap();
         let (internal, compressed) = original.serialize().unwrap();
-        let reframed = head_frame::uncompressed(&compressed).unwrap();
+        let reframed = head_frame::uncompressed(&compressed, None).unwrap();
         let body = [Bytes::from_static(b"body")];
         let decode_with = |header: &[u8]| {
             let value = encode_parts(&name("/x"), &internal, header, &body, 7).unwrap();

@@ -311,6 +311,7 @@ impl TieredStorage {
             key: TierKey::of(key),
             internal,
             header,
+            reason: record::own_reason(&meta),
             body: vec![body],
             lifetime,
             written_at,

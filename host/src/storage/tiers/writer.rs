@@ -31,6 +31,9 @@ pub(crate) struct Job {
     /// pingora's serialization of the meta (`CacheMeta::serialize`).
     pub(crate) internal: Vec<u8>,
     pub(crate) header: Vec<u8>,
+    /// The origin's reason phrase when it is not the status code's canonical one (pingora's
+    /// serialization of `header` drops it).
+    pub(crate) reason: Option<Box<str>>,
     /// The body as the fill produced it (shared buffers, not copies).
     pub(crate) body: Vec<Bytes>,
     pub(crate) lifetime: Duration,
@@ -130,7 +133,7 @@ async fn store(tiers: &[Arc<dyn Tier>], purges: &PurgeLog, job: &Job) {
         return;
     }
     // Stored uncompressed, so a hit does not pay for zstd (pingora compressed the head).
-    let reframed = head_frame::uncompressed(&job.header);
+    let reframed = head_frame::uncompressed(&job.header, job.reason.as_deref());
     let header = reframed.as_deref().unwrap_or(&job.header);
     let (head, targets) = if job.body_len() <= chunks::SINGLE_MAX {
         let head = record::encode_parts(&job.key, &job.internal, header, &job.body, job.written_at);
