@@ -20,10 +20,12 @@
 # PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_WORK_STEALING=1 (0: one
 # runtime per worker thread, `[server] work_stealing = false`), PROFILE_LEAN_HITS=1 (0: every hit
 # on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
-# existing target/release/cachet and plugins), PROFILE_KEEP=1 (keep the folder),
+# existing target/release/cachet and plugins), PROFILE_CACHET=path (profile that binary instead of
+# target/release/cachet, e.g. to compare two builds; implies PROFILE_NO_BUILD), PROFILE_KEEP=1 (keep the folder),
 # PROFILE_TIER=disk|shared (a 64 KiB memory cache in front of a disk tier, or of
 # a redis-server started here on loopback, so nearly every hit is an L2 hit),
-# PROFILE_TLS=1 (the measured hits go over HTTPS, keep-alive, to a tls_listen
+# PROFILE_SIZE=1k|64k (the body size; with a tier, 64k hits get a 1 MiB memory cache: the
+# smallest that still stores a 64 KiB object), PROFILE_TLS=1 (the measured hits go over HTTPS, keep-alive, to a tls_listen
 # with an ECDSA P-256 certificate made here by openssl), PROFILE_H2=1 (over HTTPS with
 # ALPN h2: h2load, CONNECTIONS/4 connections × 4 streams; no p99, h2load gives none
 # without its per-request log).
@@ -39,6 +41,12 @@ connections="${PROFILE_CONNECTIONS:-64}"
 threads="${PROFILE_THREADS:-2}"
 access_log="${PROFILE_ACCESS_LOG:-1}"
 tier="${PROFILE_TIER:-}"
+size="${PROFILE_SIZE:-1k}"
+case "$size" in
+    1k) body_bytes=1024; tier_memory="64KiB" ;;
+    64k) body_bytes=65536; tier_memory="1MiB" ;;
+    *) echo "profile.sh: PROFILE_SIZE must be 1k or 64k" >&2; exit 1 ;;
+esac
 
 h2="${PROFILE_H2:-0}"
 load_tool=wrk
@@ -66,7 +74,8 @@ case "$tier" in
         ;;
     *) echo "profile.sh: PROFILE_TIER must be disk or shared" >&2; exit 1 ;;
 esac
-if [[ "${PROFILE_NO_BUILD:-0}" != 1 ]]; then
+cachet_bin="${PROFILE_CACHET:-$repo_root/target/release/cachet}"
+if [[ "${PROFILE_NO_BUILD:-0}" != 1 && -z "${PROFILE_CACHET:-}" ]]; then
     (cd "$repo_root" && cargo build --release -p cachet) >&2
     [[ "$mode" == builtin ]] || CACHET="$repo_root/target/release/cachet" bash "$repo_root/plugins/build.sh" >&2
 fi
@@ -84,11 +93,11 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# The origin: 1 KiB bodies, cacheable for an hour; only the warm-up reaches it.
+# The origin: PROFILE_SIZE bodies, cacheable for an hour; only the warm-up reaches it.
 origin_port="$(free_port)"
-python3 - "$origin_port" >"$work/origin.log" 2>&1 <<'EOF' &
+python3 - "$origin_port" "$body_bytes" >"$work/origin.log" 2>&1 <<'EOF' &
 import http.server, sys
-body = b"x" * 1024
+body = b"x" * int(sys.argv[2])
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
@@ -104,18 +113,19 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 EOF
 pids+=($!)
 
-# The L2 tier, if any: the memory cache shrinks to 64 KiB so hits come from it.
+# The L2 tier, if any: the memory cache shrinks (64 KiB, 1 MiB for 64k bodies) so hits come
+# from it.
 memory_bytes="512MiB"
 tier_config=""
 case "$tier" in
     disk)
-        memory_bytes="64KiB"
+        memory_bytes="$tier_memory"
         tier_config="[cache.disk]
 path = \"$work/disk\"
 max_bytes = \"256MiB\""
         ;;
     shared)
-        memory_bytes="64KiB"
+        memory_bytes="$tier_memory"
         redis_port="$(free_port)"
         redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
             >"$work/redis.log" 2>&1 &
@@ -176,7 +186,7 @@ plugin = "$plugin"
 instance_reuse = $reuse
 EOF
 # As a user first runs it: the log beside the config, in the watched folder.
-"$repo_root/target/release/cachet" serve --config "$work/cachet.toml" \
+"$cachet_bin" serve --config "$work/cachet.toml" \
     </dev/null >/dev/null 2>>"$work/cachet.log" &
 cachet_pid=$!
 pids+=("$cachet_pid")
@@ -189,17 +199,18 @@ cat >"$work/paths.lua" <<'EOF'
 local i = 0
 request = function()
     i = i + 1
-    return wrk.format("GET", "/obj/" .. (i % 1000) .. "/1k")
+    return wrk.format("GET", "/obj/" .. (i % 1000) .. "/SIZE")
 end
 done = function(summary, latency, requests)
     io.write(string.format("REQUESTS %d\nP99_US %d\n", summary.requests, latency:percentile(99)))
 end
 EOF
+sed -i "s/SIZE/$size/" "$work/paths.lua"
 # Fill every entry, then a warm-up under load.
-for i in $(seq 0 999); do echo "url = \"http://127.0.0.1:$port/obj/$i/1k\""; echo "output = /dev/null"; done >"$work/urls"
+for i in $(seq 0 999); do echo "url = \"http://127.0.0.1:$port/obj/$i/$size\""; echo "output = /dev/null"; done >"$work/urls"
 curl -s --parallel --parallel-max 16 -K "$work/urls"
 target="${tls_target:-http://127.0.0.1:$port/}"
-for i in $(seq 0 999); do echo "${target}obj/$i/1k"; done >"$work/h2-urls"
+for i in $(seq 0 999); do echo "${target}obj/$i/$size"; done >"$work/h2-urls"
 # load SECONDS OUT: the measured load, wrk over HTTP/1.1 or h2load over HTTP/2.
 load() {
     if [[ "$h2" == 1 ]]; then
@@ -227,7 +238,7 @@ else
 fi
 hz="$(getconf CLK_TCK)"
 cpu_us="$(python3 -c "print(f'{($ticks_after - $ticks_before) / $hz * 1e6 / $requests:.1f}')")"
-echo "# cachet hit profile: mode $mode${tier:+, L2 $tier tier}${tls_target:+, HTTPS}$([[ "$h2" == 1 ]] && echo ", HTTP/2"), $connections connections, ${seconds}s, access log $access_log"
+echo "# cachet hit profile: $size bodies, mode $mode${tier:+, L2 $tier tier}${tls_target:+, HTTPS}$([[ "$h2" == 1 ]] && echo ", HTTP/2"), $connections connections, ${seconds}s, access log $access_log"
 echo "requests: $requests ($((requests / seconds)) req/s), p99 ${p99} µs, cachet CPU ${cpu_us} µs/request (utime+stime)"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 

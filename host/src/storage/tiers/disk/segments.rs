@@ -387,11 +387,11 @@ fn sync_in_background(file: Arc<File>) {
 /// Reads `len` bytes at `offset`: on this thread when the page cache has them, else on the
 /// blocking pool.
 async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    if read_cached(&file, &mut buf, offset) {
+    if let Some(buf) = read_cached(&file, offset, len) {
         return Ok(buf);
     }
     tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, offset)?;
         Ok(buf)
     })
@@ -399,27 +399,33 @@ async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>
     .map_err(io::Error::other)?
 }
 
-/// Fills `buf` from the page cache without waiting for the disk; false when any of it is not
-/// cached (or the file system cannot tell), and the caller reads it the blocking way.
+/// The `len` bytes at `offset`, read from the page cache without waiting for the disk; `None`
+/// when any of them is not cached (or the file system cannot tell), and the caller reads them
+/// the blocking way. The buffer is not zeroed first: the kernel fills all of it or it is not
+/// used (zeroing was ~4 % of a 64 KiB disk hit's CPU).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> bool {
+fn read_cached(file: &File, offset: u64, len: usize) -> Option<Vec<u8>> {
     use std::os::fd::AsRawFd;
-    let Ok(offset) = libc::off_t::try_from(offset) else {
-        return false;
-    };
+    let offset = libc::off_t::try_from(offset).ok()?;
+    let mut buf = Vec::<u8>::with_capacity(len);
     let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+        iov_base: buf.spare_capacity_mut().as_mut_ptr().cast(),
+        iov_len: len,
     };
-    // SAFETY: `iov` describes `buf`, which is exclusively borrowed for the call; the kernel
-    // writes at most `buf.len()` bytes into it.
+    // SAFETY: `iov` describes `buf`'s `len` bytes of spare capacity, owned here for the call;
+    // the kernel writes at most `len` bytes into it.
     let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
-    usize::try_from(read) == Ok(buf.len())
+    if usize::try_from(read) != Ok(len) {
+        return None;
+    }
+    // SAFETY: the kernel wrote all `len` bytes, so they are initialized.
+    unsafe { buf.set_len(len) };
+    Some(buf)
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn read_cached(_file: &File, _buf: &mut [u8], _offset: u64) -> bool {
-    false
+fn read_cached(_file: &File, _offset: u64, _len: usize) -> Option<Vec<u8>> {
+    None
 }
 
 /// Reads a segment's entries into `entries` (tombstones remove). Past an entry that is not
@@ -932,13 +938,15 @@ mod tests {
         unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         // ext4 (this machine's) drops the clean pages, so the non-blocking read fails and the
         // read takes the blocking pool; file systems that keep them answer from the cache.
-        let mut probe = vec![0u8; 1000];
-        let cached = read_cached(&file, &mut probe, 4096);
+        let cached = read_cached(&file, 4096, 1000);
         let bytes = read_at(Arc::new(file), 4096, 1000).await.unwrap();
-        assert_eq!(bytes, pattern[4096..5096], "cached: {cached}");
-        if cached {
+        assert_eq!(bytes, pattern[4096..5096], "cached: {}", cached.is_some());
+        if let Some(probe) = cached {
             assert_eq!(probe, pattern[4096..5096]);
         }
+        // A read past the end of the file is not a cached read, and nothing of it is used.
+        let file = File::open(&path).unwrap();
+        assert!(read_cached(&file, 65000, 1000).is_none());
     }
 
     #[tokio::test]
