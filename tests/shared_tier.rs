@@ -360,6 +360,43 @@ fn a_purge_a_hung_redis_does_not_take_is_a_503() {
     assert_eq!(answered.status, 200, "{}", answered.text());
 }
 
+/// A Redis that answers nothing: a lookup waits `op_timeout` at most and is served from the
+/// origin; the node counts it as a timeout (not only as an error) and says so in its log.
+#[test]
+fn a_lookup_a_hung_redis_does_not_answer_is_a_counted_timeout_and_a_miss() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    assert_eq!(shared_stats(&a)["timeouts"], 0);
+    redis.pause();
+    let started = Instant::now();
+    let resp = get(&a, "/hung", &[]);
+    let waited = started.elapsed();
+    let stats = shared_stats(&a);
+    redis.resume();
+    assert!(
+        resp.cache_status().contains("fwd=miss"),
+        "{}",
+        resp.cache_status()
+    );
+    assert_eq!(resp.text(), "/hung in - #1");
+    // op_timeout is 200 ms here: the lookup waited for it, and no longer than it.
+    assert!(
+        waited >= Duration::from_millis(200),
+        "answered after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(1), "answered after {waited:?}");
+    let timeouts = stats["timeouts"].as_u64().unwrap();
+    assert!(timeouts >= 1, "{stats}");
+    assert!(stats["errors"].as_u64().unwrap() >= timeouts, "{stats}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !a.log().contains("tier lookups failing") {
+        assert!(Instant::now() < deadline, "no warning in:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(a.log().contains("no answer within 200ms"), "{}", a.log());
+}
+
 #[test]
 fn a_redis_outage_fails_no_request_and_sharing_resumes() {
     let redis = Redis::start(free_port());

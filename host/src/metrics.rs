@@ -413,7 +413,7 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
         );
     }
     type Field = fn(&crate::storage::TierStats) -> u64;
-    let families: [(&str, &str, &str, Field); 9] = [
+    let families: [(&str, &str, &str, Field); 10] = [
         (
             "cachet_cache_tier_misses_total",
             "counter",
@@ -443,6 +443,12 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
             "counter",
             "Failed L2 operations (timeouts, I/O, corrupt objects)",
             |t| t.errors,
+        ),
+        (
+            "cachet_cache_tier_timeouts_total",
+            "counter",
+            "L2 operations not answered within the tier's timeout (counted in errors too)",
+            |t| t.timeouts,
         ),
         (
             "cachet_cache_tier_corrupt_total",

@@ -130,7 +130,10 @@ impl Conn {
         match tokio::time::timeout(limit, attempts).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {limit:?}")),
+            Err(_) => {
+                TierCounters::bump(&self.counters.timeouts);
+                Err(format!("no answer within {limit:?}"))
+            }
         }
     }
 

@@ -23,6 +23,7 @@ use pingora_error::Result;
 use std::any::Any;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 type Hit = Option<(CacheMeta, HitHandler)>;
 
@@ -61,7 +62,14 @@ impl TieredStorage {
                 Err(e) => {
                     TierCounters::bump(&counters.errors);
                     TierCounters::bump(&counters.misses);
-                    tracing::debug!(tier = tier.name(), "tier read failed: {e}");
+                    // An outage fails every lookup: seen in the log, without flooding it.
+                    if let Some(failures) = counters.read_failures.due(Instant::now()) {
+                        tracing::warn!(
+                            tier = tier.name(),
+                            failures,
+                            "tier lookups failing, served as misses ({failures} since the last warning): {e}"
+                        );
+                    }
                     continue;
                 }
             };

@@ -94,6 +94,10 @@ pub struct TierStats {
     pub too_large: u64,
     /// Errors talking to the tier (timeouts, I/O, a refused value) and corrupt values.
     pub errors: u64,
+    /// Of `errors`, operations the tier did not answer within its timeout (the shared tier's
+    /// `op_timeout`): a slow or hung Redis, or, under a saturated CPU, a reply this process
+    /// did not get to in time. A lookup that times out is served from the origin.
+    pub timeouts: u64,
     /// Corrupt or undecodable values found and removed.
     pub corrupt: u64,
     /// Copies a purge mark shadowed when read.
@@ -113,10 +117,13 @@ pub(crate) struct TierCounters {
     pub(crate) dropped: AtomicU64,
     pub(crate) too_large: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
     pub(crate) corrupt: AtomicU64,
     pub(crate) purged: AtomicU64,
     /// Failed writes, for their throttled warning.
     pub(crate) write_failures: Throttle,
+    /// Failed lookups, for theirs.
+    pub(crate) read_failures: Throttle,
 }
 
 /// Counts a recurring failure and says when it is worth a log line again.
@@ -162,6 +169,7 @@ impl TierCounters {
         stats.dropped = self.dropped.load(Relaxed);
         stats.too_large = self.too_large.load(Relaxed);
         stats.errors = self.errors.load(Relaxed);
+        stats.timeouts = self.timeouts.load(Relaxed);
         stats.corrupt = self.corrupt.load(Relaxed);
         stats.purged = self.purged.load(Relaxed);
     }
