@@ -360,6 +360,35 @@ fn a_purge_a_hung_redis_does_not_take_is_a_503() {
     assert_eq!(answered.status, 200, "{}", answered.text());
 }
 
+/// A purge may wait for Redis up to a second (it is on no client's path): a Redis that answers
+/// after 400 ms, longer than the lookups' `op_timeout` (200 ms here), has taken the purge and
+/// PURGE says 200. The connection's own response bound was `op_timeout` and cut it short: 503.
+#[test]
+fn a_purge_waits_for_a_slow_redis_longer_than_a_lookup_would() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    get(&a, "/obj", &[]);
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [HOST, ("Authorization", auth.as_str())];
+    redis.pause();
+    let (purged, waited) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(400));
+            redis.resume();
+        });
+        let started = Instant::now();
+        let purged = send("PURGE", &a.url("/obj"), &headers);
+        (purged, started.elapsed())
+    });
+    assert_eq!(purged.status, 200, "after {waited:?}: {}", purged.text());
+    assert!(
+        waited >= Duration::from_millis(400),
+        "answered after {waited:?}"
+    );
+    assert!(get(&a, "/obj", &[]).cache_status().contains("fwd=miss"));
+}
+
 /// A Redis that answers nothing: a lookup waits `op_timeout` at most and is served from the
 /// origin; the node counts it as a timeout (not only as an error) and says so in its log.
 #[test]

@@ -222,7 +222,12 @@ impl SharedTier {
         let client = client(info, config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.op_timeout.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(config.op_timeout))
+            // Each call is bounded by its own limit (`Conn::run`): a lookup by `op_timeout`,
+            // a purge or a chunk by up to a second. The connection's own bound, which every
+            // call shares, must not cut the longer ones short, nor race a lookup's.
+            .set_response_timeout(Some(
+                config.op_timeout.max(PURGE_TIMEOUT).max(CHUNK_TIMEOUT),
+            ))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let redis = {
