@@ -389,6 +389,45 @@ fn a_purge_waits_for_a_slow_redis_longer_than_a_lookup_would() {
     assert!(get(&a, "/obj", &[]).cache_status().contains("fwd=miss"));
 }
 
+/// An object write waits for a slow Redis as a purge does (it is on no client's path): a
+/// Redis that answers the write 500 ms late, longer than `op_timeout` (200 ms here), still
+/// stores the object, and the other node serves it from the shared tier. The write used to
+/// fail at `op_timeout`, and the object was never shared.
+#[test]
+fn a_fill_is_shared_even_when_redis_takes_its_write_late() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    redis.pause();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(700));
+            redis.resume();
+        });
+        // The lookup gives up after op_timeout and the origin answers; the write then
+        // waits for Redis.
+        let filled = get(&a, "/late", &[]);
+        assert!(
+            filled.cache_status().contains("fwd=miss"),
+            "{}",
+            filled.cache_status()
+        );
+    });
+    wait_writes(&a, 1);
+    let stats = shared_stats(&a);
+    assert_eq!(stats["timeouts"], 1, "the lookup's only: {stats}");
+    assert_eq!(stats["errors"], 1, "{stats}");
+    let shared = get(&b, "/late", &[]);
+    assert!(
+        shared.cache_status().ends_with(r#"detail="l2-shared""#),
+        "{}",
+        shared.cache_status()
+    );
+    assert_eq!(shared.text(), "/late in - #1");
+    assert_eq!(origin.hits_for("/late"), 1);
+}
+
 /// A Redis that answers nothing: a lookup waits `op_timeout` at most and is served from the
 /// origin; the node counts it as a timeout (not only as an error) and says so in its log.
 #[test]

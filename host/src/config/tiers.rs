@@ -67,7 +67,7 @@ pub struct SharedTierConfig {
     pub key_prefix: String,
     /// Bodies (with their headers) larger than this are not shared.
     pub max_object_bytes: usize,
-    /// Longest a lookup or write waits for Redis.
+    /// Longest a lookup waits for Redis (writes, purges and chunks under way wait up to 1 s).
     pub op_timeout: Duration,
     /// PEM roots trusted instead of the system's (`rediss://` only).
     pub ca_pem: Option<Vec<u8>>,

@@ -8,9 +8,10 @@
 //!   that connect later) and published on the channel `<prefix>purges`; every node applies it
 //!   to its L1 and its purge marks as it arrives, and a hard URL purge also deletes the shared
 //!   copy (a soft one keeps it: the mark makes it stale, so it is revalidated).
-//! - Every call is bounded by `op_timeout`; an unreachable Redis makes lookups misses and
-//!   writes errors (counted), never a failed request. The connection manager and the
-//!   subscriber reconnect by themselves.
+//! - Every call is bounded: a lookup by `op_timeout`, calls on no client's path (writes,
+//!   purges) and the chunks of a response under way by up to a second. An unreachable Redis
+//!   makes lookups misses and writes errors (counted), never a failed request. The
+//!   connection manager and the subscriber reconnect by themselves.
 
 use super::super::MemoryStorage;
 use super::key::TierKey;
@@ -34,6 +35,9 @@ use tokio::runtime::{Handle, Id as RuntimeId};
 
 /// Purge fan-out is worth a longer wait than a lookup: it is not on a client's path.
 const PURGE_TIMEOUT: Duration = Duration::from_secs(1);
+/// An object write runs on the tier writer, on no client's path: under load a large `SET`
+/// may take longer than a lookup may wait, and failing it would leave the object unshared.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A chunk read while a response is under way may wait this long: failing it aborts the
 /// response, so a slow answer is better than none.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -223,10 +227,14 @@ impl SharedTier {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.op_timeout.max(Duration::from_millis(100))))
             // Each call is bounded by its own limit (`Conn::run`): a lookup by `op_timeout`,
-            // a purge or a chunk by up to a second. The connection's own bound, which every
-            // call shares, must not cut the longer ones short, nor race a lookup's.
+            // a write, a purge or a chunk by up to a second. The connection's own bound, which
+            // every call shares, must not cut the longer ones short, nor race a lookup's.
             .set_response_timeout(Some(
-                config.op_timeout.max(PURGE_TIMEOUT).max(CHUNK_TIMEOUT),
+                config
+                    .op_timeout
+                    .max(PURGE_TIMEOUT)
+                    .max(CHUNK_TIMEOUT)
+                    .max(WRITE_TIMEOUT),
             ))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
@@ -373,7 +381,9 @@ impl Tier for SharedTier {
             .arg("PX")
             .arg(millis)
             .ignore();
-        self.conn.run::<()>(self.op_timeout, cmd).await
+        self.conn
+            .run::<()>(self.op_timeout.max(WRITE_TIMEOUT), cmd)
+            .await
     }
 
     fn remove(&self, key: &TierKey) {
