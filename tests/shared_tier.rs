@@ -428,6 +428,50 @@ fn a_fill_is_shared_even_when_redis_takes_its_write_late() {
     assert_eq!(origin.hits_for("/late"), 1);
 }
 
+/// Each tier has its own write queue: while Redis holds every write for up to a second, the
+/// disk tier of the same node keeps storing fills as they come. With one queue for both, each
+/// object waited for the write before it to give up on Redis.
+#[test]
+fn a_slow_redis_does_not_hold_up_the_disk_tiers_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let node = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n\
+             [cache.shared]\nurl = \"redis://127.0.0.1:{}\"\nkey_prefix = \"test:\"\n\
+             op_timeout = \"100ms\"\n[plugins]\nwatch = false",
+            dir.path().join("disk").display().to_string(),
+            redis.port
+        ),
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let tier = |name: &str| {
+        let status = node.status();
+        let tiers = status["cache"]["tiers"].as_array().unwrap().clone();
+        tiers.into_iter().find(|t| t["name"] == name).unwrap()
+    };
+    while tier("l2-shared")["connected"] != true {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    redis.pause();
+    for i in 0..5 {
+        get(&node, &format!("/fill-{i}"), &[]);
+    }
+    let filled = Instant::now();
+    while tier("l2-disk")["writes"].as_u64().unwrap() < 5 {
+        assert!(
+            filled.elapsed() < Duration::from_secs(1),
+            "disk writes held up: {}",
+            tier("l2-disk")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(tier("l2-shared")["writes"], 0, "Redis is still stopped");
+    redis.resume();
+}
+
 /// A Redis that answers nothing: a lookup waits `op_timeout` at most and is served from the
 /// origin; the node counts it as a timeout (not only as an error) and says so in its log.
 #[test]

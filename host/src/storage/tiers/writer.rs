@@ -1,6 +1,7 @@
 //! Writes to the L2 tiers, off every client's path: fills hand their finished objects to a
-//! bounded queue and one task on the tier runtime stores them. A full queue drops the write
-//! (counted per tier as `dropped`); the client never waits for a tier. Encoding happens
+//! bounded queue per tier, and each tier's task on the tier runtime stores them. A full queue
+//! drops the write (counted per tier as `dropped`); the client never waits for a tier, and
+//! no tier waits for another. Encoding happens
 //! here too: a large body is cut into chunks one at a time ([`super::chunks`]), written
 //! before the head that makes them visible.
 
@@ -52,17 +53,25 @@ impl Job {
     }
 }
 
-/// What the writer task is handed: an object, or a request to report once everything
+/// What a tier's writer task is handed: an object, or a request to report once everything
 /// queued before it is stored.
 enum Message {
-    Store(Job),
+    Store(Arc<Job>),
     Flush(oneshot::Sender<()>),
 }
 
+/// One task and one bounded queue per tier: a tier that is slow to take writes (a Redis
+/// under load waits up to a second per write) holds up its own queue, not the others'.
 pub(crate) struct Writer {
+    lanes: Vec<Lane>,
+}
+
+struct Lane {
+    tier: Arc<dyn Tier>,
     queue: mpsc::Sender<Message>,
+    /// Bytes of the objects waiting in this queue (an object queued for two tiers is held
+    /// once in memory and counted in both).
     queued_bytes: Arc<AtomicUsize>,
-    tiers: Arc<[Arc<dyn Tier>]>,
 }
 
 impl Writer {
@@ -71,14 +80,39 @@ impl Writer {
         tiers: Arc<[Arc<dyn Tier>]>,
         purges: Arc<PurgeLog>,
     ) -> Self {
+        let lanes = tiers
+            .iter()
+            .map(|tier| Lane::spawn(runtime, tier.clone(), purges.clone()))
+            .collect();
+        Self { lanes }
+    }
+
+    /// Queues `job` for every tier, or drops it for a tier whose queue is full.
+    pub(crate) fn submit(&self, job: Job) {
+        let job = Arc::new(job);
+        for lane in &self.lanes {
+            lane.submit(&job);
+        }
+    }
+
+    /// Returns once every object queued before the call has been handed to its tiers
+    /// (shutdown: nothing a client was served is left in the queues).
+    pub(crate) async fn flush(&self) {
+        let flushes = self.lanes.iter().map(Lane::flush);
+        futures::future::join_all(flushes).await;
+    }
+}
+
+impl Lane {
+    fn spawn(runtime: &tokio::runtime::Handle, tier: Arc<dyn Tier>, purges: Arc<PurgeLog>) -> Self {
         let (queue, mut messages) = mpsc::channel::<Message>(QUEUE_JOBS);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let (task_tiers, task_bytes) = (tiers.clone(), queued_bytes.clone());
+        let (task_tier, task_bytes) = (tier.clone(), queued_bytes.clone());
         runtime.spawn(async move {
             while let Some(message) = messages.recv().await {
                 match message {
                     Message::Store(job) => {
-                        store(&task_tiers, &purges, &job).await;
+                        store(&task_tier, &purges, &job).await;
                         task_bytes.fetch_sub(job.size(), Relaxed);
                     }
                     Message::Flush(done) => {
@@ -88,29 +122,24 @@ impl Writer {
             }
         });
         Self {
+            tier,
             queue,
             queued_bytes,
-            tiers,
         }
     }
 
-    /// Queues `job`, or drops it when the queue is full.
-    pub(crate) fn submit(&self, job: Job) {
+    fn submit(&self, job: &Arc<Job>) {
         let len = job.size();
         let before = self.queued_bytes.fetch_add(len, Relaxed);
         let accepted =
-            before + len <= QUEUE_BYTES && self.queue.try_send(Message::Store(job)).is_ok();
+            before + len <= QUEUE_BYTES && self.queue.try_send(Message::Store(job.clone())).is_ok();
         if !accepted {
             self.queued_bytes.fetch_sub(len, Relaxed);
-            for tier in self.tiers.iter() {
-                TierCounters::bump(&tier.counters().dropped);
-            }
+            TierCounters::bump(&self.tier.counters().dropped);
         }
     }
 
-    /// Returns once every object queued before the call has been handed to its tiers
-    /// (shutdown: nothing a client was served is left in the queue).
-    pub(crate) async fn flush(&self) {
+    async fn flush(&self) {
         let (done, stored) = oneshot::channel();
         if self.queue.send(Message::Flush(done)).await.is_ok() {
             let _ = stored.await;
@@ -118,41 +147,36 @@ impl Writer {
     }
 }
 
-async fn store(tiers: &[Arc<dyn Tier>], purges: &PurgeLog, job: &Job) {
+async fn store(tier: &Arc<dyn Tier>, purges: &PurgeLog, job: &Job) {
     // A purge that came after the fill started wins over the fill.
     if purges.verdict(&job.key, &job.tags, job.written_at) == Verdict::Gone {
         return;
     }
     let size = job.size();
-    let (targets, too_large): (Vec<&Arc<dyn Tier>>, Vec<_>) =
-        tiers.iter().partition(|t| size <= t.max_value());
-    for tier in too_large {
+    if size > tier.max_value() {
         TierCounters::bump(&tier.counters().too_large);
-    }
-    if targets.is_empty() {
         return;
     }
     // Stored uncompressed, so a hit does not pay for zstd (pingora compressed the head).
     let reframed = head_frame::uncompressed(&job.header, job.reason.as_deref());
     let header = reframed.as_deref().unwrap_or(&job.header);
-    let (head, targets) = if job.body_len() <= chunks::SINGLE_MAX {
+    let (head, stored) = if job.body_len() <= chunks::SINGLE_MAX {
         let head = record::encode_parts(&job.key, &job.internal, header, &job.body, job.written_at);
-        (head, targets)
+        (head, true)
     } else {
-        store_chunks(targets, job, header).await
+        let (head, complete) = store_chunks(vec![tier], job, header).await;
+        (head, !complete.is_empty())
     };
-    let Some(head) = head else {
+    let Some(head) = head.filter(|_| stored) else {
         return;
     };
-    for tier in targets {
-        let counters = tier.counters();
-        match tier.put(&job.key, head.clone(), job.lifetime).await {
-            Ok(()) => {
-                TierCounters::bump(&counters.writes);
-                counters.written_bytes.fetch_add(size as u64, Relaxed);
-            }
-            Err(e) => write_failed(tier.as_ref(), &e),
+    let counters = tier.counters();
+    match tier.put(&job.key, head, job.lifetime).await {
+        Ok(()) => {
+            TierCounters::bump(&counters.writes);
+            counters.written_bytes.fetch_add(size as u64, Relaxed);
         }
+        Err(e) => write_failed(tier.as_ref(), &e),
     }
 }
 
