@@ -110,12 +110,30 @@ fn get(proxy: &Proxy, path: &str, extra: &[(&str, &str)]) -> Resp {
     resp
 }
 
-fn purge(proxy: &Proxy, path: &str, extra: &[(&str, &str)]) {
+/// PURGE `path` with the admin token, whatever it answers.
+fn send_purge(proxy: &Proxy, path: &str, extra: &[(&str, &str)]) -> Resp {
     let auth = format!("Bearer {TOKEN}");
     let mut headers = vec![HOST, ("Authorization", auth.as_str())];
     headers.extend_from_slice(extra);
-    let resp = send("PURGE", &proxy.url(path), &headers);
+    send("PURGE", &proxy.url(path), &headers)
+}
+
+fn purge(proxy: &Proxy, path: &str, extra: &[(&str, &str)]) {
+    let resp = send_purge(proxy, path, extra);
     assert_eq!(resp.status, 200, "PURGE {path}: {}", resp.text());
+}
+
+/// Runs `during` with `redis` stopped (SIGSTOP: connections open, nothing answered) and
+/// started again `stopped` after it stopped, whether or not `during` is over by then.
+fn with_redis_stopped_for<T>(redis: &Redis, stopped: Duration, during: impl FnOnce() -> T) -> T {
+    redis.pause();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(stopped);
+            redis.resume();
+        });
+        during()
+    })
 }
 
 fn is_shared_hit(resp: &Resp) -> bool {
@@ -344,11 +362,9 @@ fn a_purge_a_hung_redis_does_not_take_is_a_503() {
     let origin = origin();
     let a = node(&origin, redis.port);
     get(&a, "/obj", &[]);
-    let auth = format!("Bearer {TOKEN}");
-    let headers = [HOST, ("Authorization", auth.as_str())];
     redis.pause();
     let started = Instant::now();
-    let hung = send("PURGE", &a.url("/obj"), &headers);
+    let hung = send_purge(&a, "/obj", &[]);
     let waited = started.elapsed();
     redis.resume();
     assert_eq!(hung.status, 503, "{}", hung.text());
@@ -356,8 +372,7 @@ fn a_purge_a_hung_redis_does_not_take_is_a_503() {
     assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
     // Memory was purged all the same, and an answering Redis takes the next one.
     assert!(get(&a, "/obj", &[]).cache_status().contains("fwd=miss"));
-    let answered = send("PURGE", &a.url("/obj"), &headers);
-    assert_eq!(answered.status, 200, "{}", answered.text());
+    purge(&a, "/obj", &[]);
 }
 
 /// A purge may wait for Redis up to a second (it is on no client's path): a Redis that answers
@@ -369,16 +384,9 @@ fn a_purge_waits_for_a_slow_redis_longer_than_a_lookup_would() {
     let origin = origin();
     let a = node(&origin, redis.port);
     get(&a, "/obj", &[]);
-    let auth = format!("Bearer {TOKEN}");
-    let headers = [HOST, ("Authorization", auth.as_str())];
-    redis.pause();
-    let (purged, waited) = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            std::thread::sleep(Duration::from_millis(400));
-            redis.resume();
-        });
+    let (purged, waited) = with_redis_stopped_for(&redis, Duration::from_millis(400), || {
         let started = Instant::now();
-        let purged = send("PURGE", &a.url("/obj"), &headers);
+        let purged = send_purge(&a, "/obj", &[]);
         (purged, started.elapsed())
     });
     assert_eq!(purged.status, 200, "after {waited:?}: {}", purged.text());
@@ -399,12 +407,7 @@ fn a_fill_is_shared_even_when_redis_takes_its_write_late() {
     let origin = origin();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
-    redis.pause();
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            std::thread::sleep(Duration::from_millis(700));
-            redis.resume();
-        });
+    with_redis_stopped_for(&redis, Duration::from_millis(700), || {
         // The lookup gives up after op_timeout and the origin answers; the write then
         // waits for Redis.
         let filled = get(&a, "/late", &[]);
@@ -531,12 +534,7 @@ fn a_redis_outage_fails_no_request_and_sharing_resumes() {
     }
     assert!(shared_stats(&a)["errors"].as_u64().unwrap() > 0);
     // A purge cannot reach the other node: applied here, and said to be not kept.
-    let auth = format!("Bearer {TOKEN}");
-    let refused = send(
-        "PURGE",
-        &a.url("/before"),
-        &[HOST, ("Authorization", auth.as_str())],
-    );
+    let refused = send_purge(&a, "/before", &[]);
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert!(
         refused.text().contains("Redis is not reachable"),
