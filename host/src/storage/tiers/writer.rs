@@ -160,14 +160,12 @@ async fn store(tier: &Arc<dyn Tier>, purges: &PurgeLog, job: &Job) {
     // Stored uncompressed, so a hit does not pay for zstd (pingora compressed the head).
     let reframed = head_frame::uncompressed(&job.header, job.reason.as_deref());
     let header = reframed.as_deref().unwrap_or(&job.header);
-    let (head, stored) = if job.body_len() <= chunks::SINGLE_MAX {
-        let head = record::encode_parts(&job.key, &job.internal, header, &job.body, job.written_at);
-        (head, true)
+    let head = if job.body_len() <= chunks::SINGLE_MAX {
+        record::encode_parts(&job.key, &job.internal, header, &job.body, job.written_at)
     } else {
-        let (head, complete) = store_chunks(vec![tier], job, header).await;
-        (head, !complete.is_empty())
+        store_chunks(tier, job, header).await
     };
-    let Some(head) = head.filter(|_| stored) else {
+    let Some(head) = head else {
         return;
     };
     let counters = tier.counters();
@@ -180,49 +178,30 @@ async fn store(tier: &Arc<dyn Tier>, purges: &PurgeLog, job: &Job) {
     }
 }
 
-/// Writes a large body's chunks to every tier in `targets`, one chunk in memory at a time.
-/// Returns the head to write after them and the tiers that took every chunk: a tier that
-/// failed one gets no head, so its stray chunks are never named and expire or are evicted.
-async fn store_chunks<'a>(
-    targets: Vec<&'a Arc<dyn Tier>>,
-    job: &Job,
-    header: &[u8],
-) -> (Option<Bytes>, Vec<&'a Arc<dyn Tier>>) {
+/// Writes a large body's chunks to `tier`, one chunk in memory at a time. Returns the head to
+/// write after them, or `None` when a chunk failed: the tier then gets no head, so its stray
+/// chunks are never named and expire or are evicted.
+async fn store_chunks(tier: &Arc<dyn Tier>, job: &Job, header: &[u8]) -> Option<Bytes> {
     let body_len = job.body_len();
     let count = chunks::count_for(body_len);
-    let mut ok = vec![true; targets.len()];
     let mut hashes = Vec::with_capacity(count);
     for index in 0..count {
         let (chunk, hash) = chunks::encode_chunk(&job.body, job.written_at, index);
         hashes.push(hash);
         let name = job.key.chunk(job.written_at, index as u32);
-        for (tier, ok) in targets.iter().zip(ok.iter_mut()) {
-            if !*ok {
-                continue;
-            }
-            if let Err(e) = tier
-                .put(&name, chunk.clone(), job.lifetime + CHUNK_GRACE)
-                .await
-            {
-                write_failed(tier.as_ref(), &e);
-                *ok = false;
-            }
+        if let Err(e) = tier.put(&name, chunk, job.lifetime + CHUNK_GRACE).await {
+            write_failed(tier.as_ref(), &e);
+            return None;
         }
     }
-    let head = chunks::encode_head(
+    chunks::encode_head(
         &job.key,
         &job.internal,
         header,
         body_len,
         job.written_at,
         &hashes,
-    );
-    let complete = targets
-        .into_iter()
-        .zip(ok)
-        .filter_map(|(tier, ok)| ok.then_some(tier))
-        .collect();
-    (head, complete)
+    )
 }
 
 /// Counts a failed write in the tier's `errors` and warns, at most once per
