@@ -66,6 +66,46 @@ impl LeanResponse {
         Ok((response, self.hit.body()))
     }
 
+    /// The head for an HTTP/2 client: the fields [`Self::into_parts`] gives, in the same order,
+    /// put once into a new map rather than copied with the stored head's name cases and then
+    /// edited (HTTP/2 sends names in lower case, so no case is kept). Measured at ~6 % of an
+    /// HTTP/2 hit's CPU the other way, with the copy made again by Pingora's writer. `None` for
+    /// a stored head with a field that takes more than a replacement or an addition (see
+    /// [`HeadShape::written_as_stored`]): `into_parts` edits that one.
+    pub(crate) fn h2_head(&self) -> Option<Box<ResponseHeader>> {
+        let shape = self.hit.shape();
+        if !shape.written_as_stored {
+            return None;
+        }
+        let stored = self.hit.header();
+        let ranges = stored.status == http::StatusCode::OK;
+        let mut fields = http::HeaderMap::with_capacity(stored.headers.len() + 3);
+        for (name, value) in &stored.headers {
+            let value = if ranges && name == header::ACCEPT_RANGES {
+                header::HeaderValue::from_static("bytes")
+            } else {
+                value.clone()
+            };
+            fields.append(name.clone(), value);
+        }
+        fields.append(header::AGE, self.age.into());
+        if ranges && !shape.has_accept_ranges {
+            fields.append(
+                header::ACCEPT_RANGES,
+                header::HeaderValue::from_static("bytes"),
+            );
+        }
+        let cache_status = header::HeaderValue::from_str(&self.cache_status).ok()?;
+        fields.append(
+            header::HeaderName::from_static(super::cache_status::HEADER),
+            cache_status,
+        );
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = stored.status;
+        parts.headers = fields;
+        Some(Box::new(ResponseHeader::from(parts)))
+    }
+
     /// Writes the response head as HTTP/1.1 straight from the stored head, the bytes
     /// [`Self::into_parts`] and Pingora's writer (`Date`, then `Connection`) would give, without
     /// copying the head first. `false`, writing nothing, for a stored head with a field that
@@ -191,7 +231,10 @@ pub(super) async fn try_serve(
     let Some(hit) = lookup(proxy, session.req_header(), ctx).await? else {
         return Ok(false);
     };
-    let (head, body) = hit.into_parts()?;
+    let (head, body) = match hit.h2_head().filter(|_| session.is_http2()) {
+        Some(head) => (head, hit.body()),
+        None => hit.into_parts()?,
+    };
     session.write_response_header(head, false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(true)
@@ -293,6 +336,70 @@ mod tests {
             assert!(!shape(fields).written_as_stored, "{fields:?}");
         }
         assert!(shape(&[("accept-ranges", "none")]).has_accept_ranges);
+    }
+
+    /// What a client gets as the head: status and fields in order, names in lower case.
+    fn fields_of(head: &ResponseHeader) -> (u16, Vec<(String, String)>) {
+        let fields = head.headers.iter();
+        let fields = fields.map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()));
+        (head.status.as_u16(), fields.collect())
+    }
+
+    #[test]
+    fn the_http2_head_has_the_fields_of_the_edited_copy_in_the_same_order() {
+        let heads: [(u16, &[(&str, &str)]); 5] = [
+            (
+                200,
+                &[("Content-Length", "4"), ("Date", "x"), ("ETag", "\"a\"")],
+            ),
+            (
+                200,
+                &[
+                    ("content-length", "4"),
+                    ("accept-ranges", "none"),
+                    ("x-a", "1"),
+                ],
+            ),
+            (
+                200,
+                &[
+                    ("Content-Length", "4"),
+                    ("Set-Thing", "1"),
+                    ("set-thing", "2"),
+                ],
+            ),
+            (404, &[("Content-Length", "4"), ("Accept-Ranges", "bytes")]),
+            (203, &[("Content-Length", "4")]),
+        ];
+        for (status, fields) in heads {
+            let mut stored = ResponseHeader::build(status, None).expect("head");
+            for (name, value) in fields {
+                stored
+                    .append_header(name.to_string(), *value)
+                    .expect("field");
+            }
+            let lean = || LeanResponse {
+                hit: PlainHit::for_test(stored.clone(), Bytes::from_static(b"body")),
+                age: 7,
+                cache_status: "cachet; hit; ttl=53".into(),
+            };
+            let h2 = lean().h2_head().expect("written as stored");
+            let (edited, _) = lean().into_parts().expect("edited copy");
+            assert_eq!(fields_of(&h2), fields_of(&edited), "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_that_needs_editing_has_no_http2_shortcut() {
+        let mut stored = ResponseHeader::build(200, None).expect("head");
+        stored.append_header("Content-Length", "4").expect("field");
+        stored.append_header("Surrogate-Key", "a b").expect("field");
+        let lean = LeanResponse {
+            hit: PlainHit::for_test(stored, Bytes::from_static(b"body")),
+            age: 0,
+            cache_status: "cachet; hit".into(),
+        };
+        assert!(lean.h2_head().is_none());
     }
 
     #[test]

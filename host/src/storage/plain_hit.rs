@@ -34,6 +34,15 @@ impl PlainHit {
         (fresh && !hit.shape().varies && hit.is_framed()).then_some(hit)
     }
 
+    /// `header` and `body` as an object stored now, fresh for a minute (for tests elsewhere).
+    #[cfg(test)]
+    pub(crate) fn for_test(header: ResponseHeader, body: Bytes) -> Self {
+        let now = SystemTime::now();
+        let meta = pingora_cache::CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        let meta = Arc::new(StoredMeta::new(&meta).expect("a storable head"));
+        Self::of(meta, body, None, now).expect("a fresh, framed, invariant object")
+    }
+
     /// The stored response header (fields as stored; the caller adds `Age` and the rest).
     pub fn header(&self) -> &ResponseHeader {
         self.meta.header()
