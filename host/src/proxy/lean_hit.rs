@@ -231,7 +231,13 @@ pub(super) async fn try_serve(
     let Some(hit) = lookup(proxy, session.req_header(), ctx).await? else {
         return Ok(false);
     };
-    let (head, body) = match hit.h2_head().filter(|_| session.is_http2()) {
+    // Only for HTTP/2: over HTTP/1.1 the head keeps the stored names' cases.
+    let h2_head = if session.is_http2() {
+        hit.h2_head()
+    } else {
+        None
+    };
+    let (head, body) = match h2_head {
         Some(head) => (head, hit.body()),
         None => hit.into_parts()?,
     };
