@@ -9,9 +9,12 @@
 //! it with wrk over keep-alive connections (plain HTTP/1.1 only).
 
 use async_trait::async_trait;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
+use pingora::http::ResponseHeader;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::http::v2::server::{handshake, H2Accept, HttpSession};
+use pingora::protocols::{Digest, Stream, ALPN};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::listening::Service;
@@ -46,6 +49,67 @@ impl FrontFloor {
     }
 }
 
+impl FrontFloor {
+    /// HTTP/2: the connection's own accept loop answers each stream, inline
+    /// (`FLOOR_H2_SPAWN` unset) or from a task per stream as Pingora does.
+    async fn serve_h2(self: &Arc<Self>, stream: Stream) {
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        let Ok(mut conn) = handshake(stream, None).await else {
+            return;
+        };
+        let spawn = std::env::var_os("FLOOR_H2_SPAWN").is_some();
+        let body = Bytes::from(self.body.clone());
+        while let Ok(Some(accepted)) = HttpSession::from_h2_conn(&mut conn, digest.clone()).await {
+            let H2Accept::Session(mut session) = accepted else {
+                continue;
+            };
+            let body = body.clone();
+            if spawn {
+                tokio::spawn(async move {
+                    let _ = answer_h2(&mut session, body).await;
+                });
+            } else {
+                let _ = answer_h2_inline(&mut session, body);
+            }
+        }
+    }
+}
+
+fn h2_head() -> Box<ResponseHeader> {
+    let mut head = ResponseHeader::build(200, Some(10)).unwrap();
+    for (name, value) in [
+        ("content-type", "application/octet-stream"),
+        ("content-length", "1024"),
+        ("last-modified", "Tue, 01 Dec 2026 00:00:00 GMT"),
+        ("etag", "\"692c6e00-400\""),
+        ("cache-control", "public, max-age=3600"),
+        ("age", "12"),
+        ("accept-ranges", "bytes"),
+        ("cache-status", "cachet; hit; ttl=3588"),
+    ] {
+        head.insert_header(name, value).unwrap();
+    }
+    Box::new(head)
+}
+
+async fn answer_h2(session: &mut HttpSession, body: Bytes) -> pingora::Result<()> {
+    session.write_response_header(h2_head(), false)?;
+    session.write_body(body, true).await
+}
+
+fn answer_h2_inline(session: &mut HttpSession, body: Bytes) -> pingora::Result<()> {
+    session.write_response_header(h2_head(), false)?;
+    if let Some(mut writer) = session.take_response_body_writer() {
+        let _ = writer.send_data(body, true);
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ServerApp for FrontFloor {
     async fn process_new(
@@ -53,6 +117,10 @@ impl ServerApp for FrontFloor {
         mut stream: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            self.serve_h2(stream).await;
+            return None;
+        }
         let mut buf = BytesMut::with_capacity(2048);
         loop {
             let used = loop {
@@ -79,8 +147,12 @@ impl ServerApp for FrontFloor {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [threads, listen] = args.as_slice() else {
-        anyhow::bail!("usage: front_floor THREADS LISTEN");
+    let (threads, listen, tls) = match args.as_slice() {
+        [threads, listen] => (threads, listen, None),
+        [threads, listen, tls_listen, cert, key] => {
+            (threads, listen, Some((tls_listen, cert, key)))
+        }
+        _ => anyhow::bail!("usage: front_floor THREADS LISTEN [TLS_LISTEN CERT_PEM KEY_PEM]"),
     };
     let run_files = std::env::temp_dir().join(format!("front-floor-{}", std::process::id()));
     let conf = ServerConf {
@@ -99,6 +171,11 @@ fn main() -> anyhow::Result<()> {
     };
     let mut service = Service::new("front floor".into(), floor);
     service.add_tcp(listen);
+    if let Some((tls_listen, cert, key)) = tls {
+        let mut settings = TlsSettings::intermediate(cert, key)?;
+        settings.enable_h2();
+        service.add_tls_with_settings(tls_listen, None, settings);
+    }
     server.add_service(service);
     server.run_forever()
 }

@@ -41,6 +41,10 @@ impl Setup {
         let (cert, key) = ca.leaf(&[SITE]).write(certs.path(), "site");
         let origin = Origin::start(|seen| {
             let lang = seen.header("accept-language").unwrap_or("none").to_owned();
+            if seen.url.starts_with("/big") {
+                // More than a stream's initial flow-control window (65,535 bytes).
+                return Reply::ok(big_body(&seen.url)).header("Cache-Control", "max-age=60");
+            }
             let cache_control = match seen.url.starts_with("/swr") {
                 true => "max-age=3, stale-while-revalidate=60",
                 false => "max-age=60",
@@ -125,6 +129,31 @@ impl Setup {
             client(tcp).await
         })
     }
+}
+
+/// The body the origin sends for `/big...`: 200,000 bytes that name their path.
+fn big_body(path: &str) -> Vec<u8> {
+    path.bytes().cycle().take(200_000).collect()
+}
+
+/// `name` as the admin listener's metrics report it, summed over the series whose labels
+/// include every one of `labels`.
+fn metric(proxy: &Proxy, name: &str, labels: &[&str]) -> f64 {
+    let token = format!("Bearer {TOKEN}");
+    let metrics = send(
+        "GET",
+        &proxy.admin_url("/metrics"),
+        &[("Authorization", &token)],
+    );
+    assert_eq!(metrics.status, 200, "{}", metrics.text());
+    metrics
+        .text()
+        .lines()
+        .filter(|l| {
+            l.split([' ', '{']).next() == Some(name) && labels.iter().all(|x| l.contains(x))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }
 
 /// Cache-Status without its `ttl` (which counts down between requests).
@@ -733,21 +762,20 @@ fn a_stale_entry_is_refreshed_in_the_background_over_http2_too() {
         );
         assert_eq!(setup.origin.hits_for(&path), 2, "{protocol:?}");
     }
-    // A client cannot hand a refresh its own key: the field is dropped from every request.
-    let forged = setup.send(
-        Protocol::H2c,
-        "GET",
-        "/forged",
-        &[("cachet-refresh", "00:00:-")],
-    );
-    assert_eq!(forged.status, 200);
-    let seen = setup
-        .origin
-        .seen()
-        .into_iter()
-        .find(|s| s.url == "/forged")
-        .unwrap();
-    assert_eq!(seen.header("cachet-refresh"), None);
+    // A client cannot hand a refresh its own key: the field is dropped from every request,
+    // whichever front planned it.
+    for protocol in PROTOCOLS {
+        let path = format!("/forged/{protocol:?}");
+        let forged = setup.send(protocol, "GET", &path, &[("cachet-refresh", "00:00:-")]);
+        assert_eq!(forged.status, 200);
+        let seen = setup
+            .origin
+            .seen()
+            .into_iter()
+            .find(|s| s.url == path)
+            .unwrap();
+        assert_eq!(seen.header("cachet-refresh"), None, "{protocol:?}");
+    }
 }
 
 /// An HTTP/2 client that keeps its flow-control window at 0 does not hold its stream (and
@@ -793,4 +821,153 @@ fn an_http2_client_that_takes_nothing_is_let_go_after_client_write_timeout() {
             && ended_after < std::time::Duration::from_secs(6),
         "ended after {ended_after:?}"
     );
+}
+
+/// An HTTP/2 answer's Cache-Status and body (or what ended it early, as the body).
+async fn read_answer(response: h2::client::ResponseFuture) -> (String, Vec<u8>) {
+    let response = response.await.unwrap();
+    let status = response
+        .headers()
+        .get("cache-status")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let status = status.to_owned();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else {
+            return (status, format!("{chunk:?}").into_bytes());
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    (status, bytes)
+}
+
+/// Over HTTP/2 the front answers lean hits in the connection's own accept loop and hands
+/// everything else to Pingora's proxy with the plan it made. Streams sent together, hits and
+/// misses and bodies larger than a stream's flow-control window mixed, each get their own
+/// answer, and the plugin runs once per request, handed over or not.
+#[test]
+fn http2_streams_sent_together_get_their_own_answers_and_one_plugin_run_each() {
+    let setup = Setup::start("h2c = true");
+    let stored = ["/mix/0", "/mix/1", "/mix/2", "/big/0"];
+    for path in stored {
+        assert_eq!(setup.send(Protocol::H2c, "GET", path, &[]).status, 200);
+    }
+    let hooks = |proxy: &Proxy| {
+        let hook = "hook=\"request\"";
+        metric(proxy, "cachet_plugin_hook_seconds_count", &[hook])
+    };
+    let front_hits = metric(&setup.proxy, "cachet_front_hits_total", &[]);
+    let handovers = metric(&setup.proxy, "cachet_front_handovers_total", &[]);
+    let hooks_before = hooks(&setup.proxy);
+
+    // Every stored path twice and four new ones, all sent before any answer is read.
+    let mut paths: Vec<String> = stored
+        .iter()
+        .chain(&stored)
+        .map(|p| p.to_string())
+        .collect();
+    paths.extend((0..3).map(|i| format!("/mix/new-{i}")));
+    paths.push("/big/new".into());
+    let sent = paths.clone();
+    let answers = setup.with_plain_connection(|tcp| async move {
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut pending = Vec::new();
+        for path in &sent {
+            let req = http::Request::builder()
+                .uri(format!("http://{SITE}{path}"))
+                .body(())
+                .unwrap();
+            let mut client = client.clone().ready().await.unwrap();
+            let (response, _) = client.send_request(req, true).unwrap();
+            pending.push(response);
+        }
+        // Read side by side, as a browser does: a client that reads one stream to its end
+        // before the next leaves the connection's window to the others' unread bytes.
+        let reading: Vec<_> = pending
+            .into_iter()
+            .map(|response| tokio::spawn(read_answer(response)))
+            .collect();
+        let mut answers = Vec::new();
+        for read in reading {
+            answers.push(read.await.unwrap());
+        }
+        driver.abort();
+        answers
+    });
+    for (path, (status, body)) in paths.iter().zip(&answers) {
+        let expected = match path.starts_with("/big") {
+            true => big_body(path),
+            false => format!("GET {path} none").into_bytes(),
+        };
+        assert!(
+            body == &expected,
+            "{path}: a body of {} bytes: {}\n{}",
+            body.len(),
+            String::from_utf8_lossy(&body[..body.len().min(200)]),
+            setup.proxy.log()
+        );
+        let new = path.contains("new");
+        assert_eq!(status.contains("hit"), !new, "{path}: {status}");
+        assert_eq!(setup.origin.hits_for(path), 1, "{path}");
+    }
+    let proxy = &setup.proxy;
+    let hits = metric(proxy, "cachet_front_hits_total", &[]) - front_hits;
+    let planned = metric(proxy, "cachet_front_handovers_total", &[]) - handovers;
+    assert_eq!(
+        (hits, planned),
+        (8.0, 4.0),
+        "front hits and planned handovers"
+    );
+    assert_eq!(
+        hooks(proxy) - hooks_before,
+        paths.len() as f64,
+        "on-request runs"
+    );
+}
+
+/// The front's accept loop keeps Pingora's bound on malformed streams: requests whose Host
+/// and `:authority` disagree are each answered 400, and the connection that sends 32 of them
+/// is closed.
+#[test]
+fn a_connection_sending_malformed_streams_is_closed_at_the_32nd() {
+    let setup = Setup::start("h2c = true");
+    let (answered, closed) = setup.with_plain_connection(|tcp| async move {
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut answered = Vec::new();
+        for i in 0..40 {
+            let req = http::Request::builder()
+                .uri(format!("http://{SITE}/malformed/{i}"))
+                .header("host", "other.test")
+                .body(())
+                .unwrap();
+            let Ok(mut ready) = client.clone().ready().await else {
+                break;
+            };
+            let Ok((response, _)) = ready.send_request(req, true) else {
+                break;
+            };
+            match response.await {
+                Ok(response) => answered.push(response.status().as_u16()),
+                Err(_) => break,
+            }
+        }
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), driver)
+            .await
+            .is_ok();
+        (answered, closed)
+    });
+    assert_eq!(answered.len(), 31, "{answered:?}");
+    assert!(answered.iter().all(|status| *status == 400), "{answered:?}");
+    assert!(closed, "the connection stayed open");
+    assert_eq!(setup.origin.hits(), 0);
 }

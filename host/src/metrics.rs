@@ -153,14 +153,14 @@ pub fn lean_hit() {
 static FRONT_HITS: Lazy<IntCounter> = Lazy::new(|| {
     register(IntCounter::new(
         "cachet_front_hits_total",
-        "Lean hits the HTTP/1.1 front answered itself, below Pingora's HTTP session",
+        "Lean hits the front answered itself (HTTP/1.1 and HTTP/2), below Pingora's HTTP session",
     ))
 });
 
 static FRONT_HANDOVERS: Lazy<IntCounter> = Lazy::new(|| {
     register(IntCounter::new(
         "cachet_front_handovers_total",
-        "Requests the HTTP/1.1 front planned (plugin run, no lean hit) and handed to Pingora",
+        "Requests the front planned (plugin run, no lean hit) and handed to Pingora",
     ))
 });
 

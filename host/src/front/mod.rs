@@ -1,4 +1,5 @@
-//! The HTTP/1.1 front: the proxy's connection handler, below Pingora's HTTP session.
+//! The front: the proxy's connection handler, below Pingora's HTTP session. This module
+//! serves HTTP/1.1; `h2` serves HTTP/2 connections the same way, stream by stream.
 //!
 //! Pingora's HTTP/1 session costs about 11 µs of CPU per request before and after any
 //! caching is done (a bare Pingora server answering a fixed body from `request_filter`
@@ -9,13 +10,16 @@
 //! for head and body.
 //!
 //! Everything else goes to Pingora with the bytes read so far as its pipelined prefix:
-//! HTTP/2 connections whole; requests the front does not read, unplanned; requests it
+//! connections of another protocol (ALPN) whole; requests the front does not read, unplanned; requests it
 //! planned but could not answer, with their plan (`Handover`, delivered to
 //! `CachetProxy::on_connection_reuse`), so the plugin runs once. When Pingora hands the
 //! connection back holding no bytes of a next request, the front reads again.
 
+mod h2;
 mod head;
 mod reply;
+
+pub(crate) use h2::take_handover;
 
 use crate::connection::H2_PREFACE;
 use crate::proxy::{plan_front, CachetProxy, ClientConn, FrontStep, Planned, RequestCtx};
@@ -50,6 +54,16 @@ pub struct Front {
     head_timeout: Duration,
 }
 
+/// How a connection is served.
+enum Protocol {
+    /// By the HTTP/1.1 front.
+    Http1,
+    /// By the HTTP/2 front (`h2`).
+    Http2,
+    /// By Pingora alone.
+    Pingora,
+}
+
 /// A request the front planned, carried to the proxy's phases.
 pub struct Handover {
     pub(crate) ctx: RequestCtx,
@@ -71,24 +85,27 @@ impl Front {
         }
     }
 
-    /// Whether the connection speaks HTTP/1.x: ALPN `h2` and the h2c preface are Pingora's.
-    async fn speaks_http1(&self, stream: &mut Stream) -> bool {
-        if matches!(
-            stream.selected_alpn_proto(),
-            Some(ALPN::H2 | ALPN::Custom(_))
-        ) {
-            return false;
+    /// Which protocol the connection speaks, as Pingora would decide it; a connection that
+    /// cannot be told apart (a stream that cannot peek) is left to Pingora whole.
+    async fn protocol(&self, stream: &mut Stream) -> Protocol {
+        match stream.selected_alpn_proto() {
+            Some(ALPN::H2) => return Protocol::Http2,
+            Some(ALPN::Custom(_)) => return Protocol::Pingora,
+            _ => {}
         }
         let options = self.proxy.server_options();
         if options.is_some_and(|o| o.force_custom) {
-            return false;
+            return Protocol::Pingora;
         }
         if stream.get_ssl_digest().is_some() || !options.is_some_and(|o| o.h2c) {
-            return true;
+            return Protocol::Http1;
         }
         let mut start = [0u8; H2_PREFACE.len()];
-        // A stream that cannot peek, or fails to, is left to Pingora's own peek.
-        matches!(stream.try_peek(&mut start).await, Ok(true)) && start != *H2_PREFACE
+        match stream.try_peek(&mut start).await {
+            Ok(true) if start == *H2_PREFACE => Protocol::Http2,
+            Ok(true) => Protocol::Http1,
+            _ => Protocol::Pingora,
+        }
     }
 
     /// Whether the front answers requests now: not while stopping (Pingora ends each
@@ -243,8 +260,13 @@ impl ServerApp for Front {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if !self.speaks_http1(&mut stream).await {
-            return self.proxy.process_new(stream, shutdown).await;
+        match self.protocol(&mut stream).await {
+            Protocol::Http1 => {}
+            Protocol::Http2 => {
+                self.serve_h2(stream, shutdown).await;
+                return None;
+            }
+            Protocol::Pingora => return self.proxy.process_new(stream, shutdown).await,
         }
         let tls = stream.get_ssl_digest();
         let client = stream
@@ -279,7 +301,7 @@ impl ServerApp for Front {
             let mut ctx = self.cachet.new_ctx();
             arriving = None;
             match plan_front(&self.cachet, request, len, conn, server_name, &mut ctx).await {
-                Ok(FrontStep::Hit(hit, request)) => {
+                FrontStep::Hit(hit, request) => {
                     let _ = buf.split_to(len);
                     crate::connection::request_answered(&stream, buf.len());
                     let status = hit.status();
@@ -297,14 +319,12 @@ impl ServerApp for Front {
                         return None;
                     }
                 }
-                Ok(FrontStep::HandOver(planned)) => {
+                FrontStep::HandOver(planned) => {
                     let planned = planned.map(|planned| Handover { ctx, planned });
                     stream = self
                         .hand_over(stream, buf.split(), planned, shutdown)
                         .await?;
                 }
-                // A stored head that would not take a field: Pingora's full path reads it.
-                Err(_) => stream = self.hand_over(stream, buf.split(), None, shutdown).await?,
             }
         }
     }

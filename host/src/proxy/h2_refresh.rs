@@ -42,6 +42,14 @@ pub(super) struct Handoff {
     pub(super) backend: Option<usize>,
 }
 
+/// For a request the front plans (never a refresh, which Pingora spawns): removes the field
+/// a client may have sent, as [`take`] does for the rest.
+pub(super) fn drop_client_field(req: &mut pingora::http::RequestHeader) {
+    if req.headers.contains_key(FIELD) {
+        req.remove_header(FIELD);
+    }
+}
+
 /// In `should_serve_stale`, for an HTTP/2 request about to have Pingora spawn its refresh:
 /// makes its head one the refresh can parse and plan from.
 pub(super) fn prepare(session: &mut Session, ctx: &mut RequestCtx) {

@@ -31,7 +31,7 @@ pub mod purge;
 mod ranges;
 mod request;
 pub(crate) use lean_hit::{put_status_line, HeadShape, LeanResponse};
-pub(crate) use request::{plan_front, ClientConn, FrontStep, Planned};
+pub(crate) use request::{plan_front, plan_head, ClientConn, FrontStep, HeadPlan, Planned};
 mod request_fields;
 mod respond;
 mod response;
@@ -103,6 +103,15 @@ pub(crate) fn record_request(
     });
 }
 
+/// A request the front planned (`request::resume`) carries its context: it replaces the one
+/// Pingora made, if Pingora holds the same request.
+fn adopt(session: &Session, ctx: &mut RequestCtx, handed: crate::front::Handover) {
+    if handed.planned.fits(session) {
+        *ctx = handed.ctx;
+        ctx.planned = Some(handed.planned);
+    }
+}
+
 /// The proxy: tenants, their policies, and the shared cache.
 #[derive(Clone)]
 pub struct CachetProxy {
@@ -129,11 +138,12 @@ impl ProxyHttp for CachetProxy {
 
     /// The head is parsed: later reads are body or the next request, which
     /// may already be pipelined (answered in order, RFC 9112 §9.3.2).
-    async fn early_request_filter(
-        &self,
-        session: &mut Session,
-        _ctx: &mut Self::CTX,
-    ) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<()> {
+        if session.is_http2() {
+            if let Some(handed) = crate::front::take_handover(session.req_header_mut()) {
+                adopt(session, ctx, handed);
+            }
+        }
         crate::connection::head_complete(session);
         session.set_pipelining_enabled(true);
         // A client that shuts down its sending side after a complete request still waits
@@ -604,11 +614,7 @@ impl ProxyHttp for CachetProxy {
         carried: Box<dyn std::any::Any + Send + Sync>,
     ) {
         if let Ok(handed) = carried.downcast::<crate::front::Handover>() {
-            let handed = *handed;
-            if handed.planned.fits(session) {
-                *ctx = handed.ctx;
-                ctx.planned = Some(handed.planned);
-            }
+            adopt(session, ctx, *handed);
         }
     }
 

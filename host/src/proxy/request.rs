@@ -132,10 +132,12 @@ pub(crate) enum Next {
 }
 
 /// A request the front (`crate::front`) planned before handing it to Pingora: the head as
-/// planned (client claims settled, plugin edits made) and what is left to do. Pingora parses
-/// the same bytes again; `head_len` lets the proxy check it got the same request.
+/// planned (client claims settled, plugin edits made) and what is left to do. Over HTTP/1.1
+/// Pingora parses the same bytes again and `head` replaces what it read (`head_len` lets the
+/// proxy check it got the same request); an HTTP/2 stream's head is planned where it lies,
+/// in the stream's own session (`head` is `None`).
 pub(crate) struct Planned {
-    head: Box<pingora::http::RequestHeader>,
+    head: Option<Box<pingora::http::RequestHeader>>,
     head_len: usize,
     forwarding: Forwarding,
     next: Next,
@@ -144,9 +146,12 @@ pub(crate) struct Planned {
 impl Planned {
     /// Whether `session` holds the request this plan was made for.
     pub(super) fn fits(&self, session: &Session) -> bool {
-        session
-            .as_http1()
-            .is_some_and(|h1| h1.get_headers_raw_bytes().len() == self.head_len)
+        match self.head {
+            Some(_) => session
+                .as_http1()
+                .is_some_and(|h1| h1.get_headers_raw_bytes().len() == self.head_len),
+            None => session.is_http2(),
+        }
     }
 }
 
@@ -159,7 +164,9 @@ pub(super) async fn resume(
     planned: Planned,
 ) -> Result<bool> {
     crate::metrics::front_handover();
-    *session.req_header_mut() = *planned.head;
+    if let Some(head) = planned.head {
+        *session.req_header_mut() = *head;
+    }
     after_plan(proxy, session, ctx, planned.forwarding, planned.next, true).await
 }
 
@@ -185,44 +192,78 @@ pub(crate) async fn plan_front(
     conn: ClientConn,
     server_name: Option<&str>,
     ctx: &mut RequestCtx,
-) -> Result<FrontStep> {
-    if super::target::to_origin_form(&mut head).is_err()
-        || super::request_fields::sanitize(&mut head, proxy.state.unusual_field_names).is_err()
+) -> FrontStep {
+    match plan_head(proxy, &mut head, conn, server_name, ctx).await {
+        HeadPlan::Hit(hit) => FrontStep::Hit(hit, head),
+        HeadPlan::Unplanned => FrontStep::HandOver(None),
+        HeadPlan::Planned(mut planned) => {
+            planned.head = Some(head);
+            planned.head_len = head_len;
+            FrontStep::HandOver(Some(planned))
+        }
+    }
+}
+
+/// What planning a plain GET's head where it lies came to.
+pub(crate) enum HeadPlan {
+    /// A lean hit to write.
+    Hit(super::lean_hit::LeanResponse),
+    /// Pingora's full pipeline must plan it: the plugin has not run. The head may have been
+    /// brought to origin form, sanitised and had the client's claims settled and its Host
+    /// made canonical: `request_filter` doing the same again finds nothing more to do.
+    Unplanned,
+    /// The plugin has run; the lean lookup found nothing to answer with.
+    Planned(Box<Planned>),
+}
+
+/// Plans a plain GET (no body, no framing or connection fields) as `request_filter` would,
+/// up to the lean lookup, on its head in place: the HTTP/1.1 front's heads and HTTP/2
+/// streams' alike.
+pub(crate) async fn plan_head(
+    proxy: &CachetProxy,
+    head: &mut pingora::http::RequestHeader,
+    conn: ClientConn,
+    server_name: Option<&str>,
+    ctx: &mut RequestCtx,
+) -> HeadPlan {
+    super::h2_refresh::drop_client_field(head);
+    if super::target::to_origin_form(head).is_err()
+        || super::request_fields::sanitize(head, proxy.state.unusual_field_names).is_err()
     {
-        return Ok(FrontStep::HandOver(None));
+        return HeadPlan::Unplanned;
     }
     ctx.told_scheme =
-        super::forwarded::settle_client_claims(proxy.state.forwarded_headers, &mut head, conn.tls);
-    super::request_fields::canonical_host(&mut head, &ctx.told_scheme);
-    let host = crate::policy::request_host(&head);
+        super::forwarded::settle_client_claims(proxy.state.forwarded_headers, head, conn.tls);
+    super::request_fields::canonical_host(head, &ctx.told_scheme);
+    let host = crate::policy::request_host(head);
     let router = proxy.state.router.load();
     let Some(tenant) = router.route(&host).cloned() else {
-        return Ok(FrontStep::HandOver(None));
+        return HeadPlan::Unplanned;
     };
     if crate::tls::misdirected_name(server_name, &router, tenant.name())
         || tenant.shadow().is_some()
     {
-        return Ok(FrontStep::HandOver(None));
+        return HeadPlan::Unplanned;
     }
     drop(router);
     let policy = tenant.policy();
     ctx.tenant = Some(tenant.clone());
     ctx.policy = Some(policy.clone());
-    let mut forwarding =
-        Forwarding::start(proxy, &mut head, conn, policy.reads_added_fields(), false);
-    let verdict = plan(&tenant, &mut head, &mut forwarding.fields, ctx);
-    let next = settle(&tenant, verdict, &head, false, ctx);
+    let mut forwarding = Forwarding::start(proxy, head, conn, policy.reads_added_fields(), false);
+    let verdict = plan(&tenant, head, &mut forwarding.fields, ctx);
+    let next = settle(&tenant, verdict, head, false, ctx);
     if matches!(next, Next::Proceed) && ctx.route == Route::Cache && !ctx.deliver {
-        if let Some(hit) = super::lean_hit::lookup(proxy, &head, ctx).await? {
-            return Ok(FrontStep::Hit(hit, head));
+        // A lookup that fails is a miss: the plugin has run, the full path looks again.
+        if let Ok(Some(hit)) = super::lean_hit::lookup(proxy, head, ctx).await {
+            return HeadPlan::Hit(hit);
         }
     }
-    Ok(FrontStep::HandOver(Some(Box::new(Planned {
-        head,
-        head_len,
+    HeadPlan::Planned(Box::new(Planned {
+        head: None,
+        head_len: 0,
         forwarding,
         next,
-    }))))
+    }))
 }
 
 /// Asks the tenant's policy about the request; 0.2.0 edits land on it here, so the key and
