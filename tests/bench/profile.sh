@@ -20,7 +20,8 @@
 # PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_WORK_STEALING=1 (0: one
 # runtime per worker thread, `[server] work_stealing = false`), PROFILE_LEAN_HITS=1 (0: every hit
 # on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
-# existing target/release/cachet and plugins), PROFILE_CACHET=path (profile that binary instead of
+# existing target/release/cachet and plugins), PROFILE_SAMPLE=0 (no perf: CPU per request
+# only, without the sampler's own cost, for side-by-side runs of two builds), PROFILE_CACHET=path (profile that binary instead of
 # target/release/cachet, e.g. to compare two builds; implies PROFILE_NO_BUILD), PROFILE_KEEP=1 (keep the folder),
 # PROFILE_TIER=disk|shared (a 64 KiB memory cache in front of a disk tier, or of
 # a redis-server started here on loopback, so nearly every hit is an L2 hit),
@@ -222,12 +223,15 @@ load() {
 load 2 /dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$cachet_pid/stat"; }
+sample="${PROFILE_SAMPLE:-1}"
 ticks_before="$(cpu_ticks)"
-perf record -q -F 999 --call-graph "${PROFILE_CALL_GRAPH:-fp}" -p "$cachet_pid" -o "$work/perf.data" -- sleep "$((seconds + 1))" 2>/dev/null &
-perf_pid=$!
-sleep 0.5
+if [[ "$sample" == 1 ]]; then
+    perf record -q -F 999 --call-graph "${PROFILE_CALL_GRAPH:-fp}" -p "$cachet_pid" -o "$work/perf.data" -- sleep "$((seconds + 1))" 2>/dev/null &
+    perf_pid=$!
+    sleep 0.5
+fi
 load "$seconds" "$work/load.out"
-wait "$perf_pid" || true
+[[ "$sample" == 1 ]] && { wait "$perf_pid" || true; }
 ticks_after="$(cpu_ticks)"
 if [[ "$h2" == 1 ]]; then
     requests="$(awk '/^requests:/ {print $8}' "$work/load.out")"
@@ -241,6 +245,7 @@ cpu_us="$(python3 -c "print(f'{($ticks_after - $ticks_before) / $hz * 1e6 / $req
 echo "# cachet hit profile: $size bodies, mode $mode${tier:+, L2 $tier tier}${tls_target:+, HTTPS}$([[ "$h2" == 1 ]] && echo ", HTTP/2"), $connections connections, ${seconds}s, access log $access_log"
 echo "requests: $requests ($((requests / seconds)) req/s), p99 ${p99} µs, cachet CPU ${cpu_us} µs/request (utime+stime)"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+[[ "$sample" == 1 ]] || exit 0
 
 # Self time per symbol, then by layer: every sample is charged to the function
 # it was in, so the layers add up to the process's whole CPU.
