@@ -5,8 +5,13 @@
 //! `pingora_floor` (the same answer from Pingora's `request_filter`) it measures what
 //! Pingora's HTTP/1 session costs per request; the front skips that cost for lean hits.
 //!
-//! Run: `cargo run --release -p cachet --example front_floor -- THREADS LISTEN`, then load
-//! it with wrk over keep-alive connections (plain HTTP/1.1 only).
+//! With a TLS listener it also answers HTTP/2 (ALPN `h2`) from its own accept loop, as
+//! cachet's HTTP/2 front does: each stream inline, or from a task per stream over Pingora's
+//! HTTP/2 session when `FLOOR_H2_SPAWN` is set (what Pingora's proxy adds is then the
+//! distance to `pingora_floor` over HTTP/2).
+//!
+//! Run: `cargo run --release -p cachet --example front_floor -- THREADS LISTEN [TLS_LISTEN
+//! CERT_PEM KEY_PEM]`, then load it with wrk over keep-alive connections, or with h2load.
 
 use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
