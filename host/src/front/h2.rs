@@ -61,13 +61,10 @@ impl Front {
             socket_digest: stream.get_socket_digest(),
         });
         let connection = Connection {
-            client: ClientConn {
-                client: digest
-                    .socket_digest
-                    .as_ref()
-                    .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
-                tls: digest.ssl_digest.is_some(),
-            },
+            client: super::client_conn(
+                digest.socket_digest.as_deref(),
+                digest.ssl_digest.is_some(),
+            ),
             tls: digest.ssl_digest.clone(),
             shutdown: shutdown.clone(),
             streams: Arc::default(),

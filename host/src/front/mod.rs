@@ -10,8 +10,8 @@
 //! for head and body.
 //!
 //! Everything else goes to Pingora with the bytes read so far as its pipelined prefix:
-//! connections of another protocol (ALPN) whole; requests the front does not read, unplanned; requests it
-//! planned but could not answer, with their plan (`Handover`, delivered to
+//! connections of another protocol (ALPN) whole; requests the front does not read,
+//! unplanned; requests it planned but could not answer, with their plan (`Handover`, delivered to
 //! `CachetProxy::on_connection_reuse`), so the plugin runs once. When Pingora hands the
 //! connection back holding no bytes of a next request, the front reads again.
 
@@ -28,7 +28,7 @@ use bytes::BytesMut;
 use head::Head;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{Stream, ALPN};
+use pingora::protocols::{SocketDigest, Stream, ALPN};
 use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::ShutdownWatch;
 use std::sync::atomic::Ordering;
@@ -239,6 +239,12 @@ impl Front {
     }
 }
 
+/// The client's side of a connection, as the forwarding fields need it.
+fn client_conn(socket: Option<&SocketDigest>, tls: bool) -> ClientConn {
+    let client = socket.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+    ClientConn { client, tls }
+}
+
 /// Resolves once the server is stopping (never, should the watch's sender be gone).
 async fn stopping(watch: &mut ShutdownWatch) {
     if watch.wait_for(|stopping| *stopping).await.is_err() {
@@ -269,13 +275,7 @@ impl ServerApp for Front {
             Protocol::Pingora => return self.proxy.process_new(stream, shutdown).await,
         }
         let tls = stream.get_ssl_digest();
-        let client = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let conn = ClientConn {
-            client,
-            tls: tls.is_some(),
-        };
+        let conn = client_conn(stream.get_socket_digest().as_deref(), tls.is_some());
         let server_name = tls.as_deref().and_then(crate::tls::digest_server_name);
         let mut buf = BytesMut::with_capacity(2048);
         let mut stop = shutdown.clone();
