@@ -133,12 +133,11 @@ pub(crate) enum Next {
 
 /// A request the front (`crate::front`) planned before handing it to Pingora: the head as
 /// planned (client claims settled, plugin edits made) and what is left to do. Over HTTP/1.1
-/// Pingora parses the same bytes again and `head` replaces what it read (`head_len` lets the
-/// proxy check it got the same request); an HTTP/2 stream's head is planned where it lies,
-/// in the stream's own session (`head` is `None`).
+/// Pingora parses the same bytes again and `h1_head` replaces what it read (its length in
+/// bytes lets the proxy check it got the same request); an HTTP/2 stream's head is planned
+/// where it lies, in the stream's own session (`h1_head` is `None`).
 pub(crate) struct Planned {
-    head: Option<Box<pingora::http::RequestHeader>>,
-    head_len: usize,
+    h1_head: Option<(Box<pingora::http::RequestHeader>, usize)>,
     forwarding: Forwarding,
     next: Next,
 }
@@ -146,10 +145,10 @@ pub(crate) struct Planned {
 impl Planned {
     /// Whether `session` holds the request this plan was made for.
     pub(super) fn fits(&self, session: &Session) -> bool {
-        match self.head {
-            Some(_) => session
+        match &self.h1_head {
+            Some((_, len)) => session
                 .as_http1()
-                .is_some_and(|h1| h1.get_headers_raw_bytes().len() == self.head_len),
+                .is_some_and(|h1| h1.get_headers_raw_bytes().len() == *len),
             None => session.is_http2(),
         }
     }
@@ -164,7 +163,7 @@ pub(super) async fn resume(
     planned: Planned,
 ) -> Result<bool> {
     crate::metrics::front_handover();
-    if let Some(head) = planned.head {
+    if let Some((head, _)) = planned.h1_head {
         *session.req_header_mut() = *head;
     }
     after_plan(proxy, session, ctx, planned.forwarding, planned.next, true).await
@@ -197,8 +196,7 @@ pub(crate) async fn plan_front(
         HeadPlan::Hit(hit) => FrontStep::Hit(hit, head),
         HeadPlan::Unplanned => FrontStep::HandOver(None),
         HeadPlan::Planned(mut planned) => {
-            planned.head = Some(head);
-            planned.head_len = head_len;
+            planned.h1_head = Some((head, head_len));
             FrontStep::HandOver(Some(planned))
         }
     }
@@ -259,8 +257,7 @@ pub(crate) async fn plan_head(
         }
     }
     HeadPlan::Planned(Box::new(Planned {
-        head: None,
-        head_len: 0,
+        h1_head: None,
         forwarding,
         next,
     }))
