@@ -20,7 +20,8 @@
 # PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_WORK_STEALING=1 (0: one
 # runtime per worker thread, `[server] work_stealing = false`), PROFILE_LEAN_HITS=1 (0: every hit
 # on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
-# existing target/release/cachet and plugins), PROFILE_SAMPLE=0 (no perf: CPU per request
+# existing target/release/cachet and plugins), PROFILE_METRICS=1 (also print the front's,
+# lean path's and plugin's counters after the load), PROFILE_SAMPLE=0 (no perf: CPU per request
 # only, without the sampler's own cost, for side-by-side runs of two builds), PROFILE_CACHET=path (profile that binary instead of
 # target/release/cachet, e.g. to compare two builds; implies PROFILE_NO_BUILD), PROFILE_KEEP=1 (keep the folder),
 # PROFILE_TIER=disk|shared (a 64 KiB memory cache in front of a disk tier, or of
@@ -223,7 +224,18 @@ load() {
 load 2 /dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$cachet_pid/stat"; }
+# One line per cachet thread: tid|name|CPU ticks|voluntary|involuntary context switches.
+threads_snapshot() {
+    local task
+    for task in "/proc/$cachet_pid/task/"*; do
+        printf '%s|%s|%s|%s|%s\n' "${task##*/}" "$(cat "$task/comm" 2>/dev/null)" \
+            "$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$task/stat" 2>/dev/null)" \
+            "$(awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)" \
+            "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)"
+    done
+}
 sample="${PROFILE_SAMPLE:-1}"
+threads_snapshot >"$work/threads.before"
 ticks_before="$(cpu_ticks)"
 if [[ "$sample" == 1 ]]; then
     perf record -q -F 999 --call-graph "${PROFILE_CALL_GRAPH:-fp}" -p "$cachet_pid" -o "$work/perf.data" -- sleep "$((seconds + 1))" 2>/dev/null &
@@ -233,6 +245,10 @@ fi
 load "$seconds" "$work/load.out"
 [[ "$sample" == 1 ]] && { wait "$perf_pid" || true; }
 ticks_after="$(cpu_ticks)"
+threads_snapshot >"$work/threads.after"
+if [[ "${PROFILE_METRICS:-0}" == 1 ]]; then
+    curl -fs "http://127.0.0.1:$admin_port/metrics" >"$work/metrics.after" || true
+fi
 if [[ "$h2" == 1 ]]; then
     requests="$(awk '/^requests:/ {print $8}' "$work/load.out")"
     p99="n/a"
@@ -245,6 +261,16 @@ cpu_us="$(python3 -c "print(f'{($ticks_after - $ticks_before) / $hz * 1e6 / $req
 echo "# cachet hit profile: $size bodies, mode $mode${tier:+, L2 $tier tier}${tls_target:+, HTTPS}$([[ "$h2" == 1 ]] && echo ", HTTP/2"), $connections connections, ${seconds}s, access log $access_log"
 echo "requests: $requests ($((requests / seconds)) req/s), p99 ${p99} µs, cachet CPU ${cpu_us} µs/request (utime+stime)"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+# Which threads ran and how often they slept or were preempted: a wake-up costs scheduler
+# time on both sides, which the profile below charges to the kernel, not to its cause.
+python3 "$bench_dir/profile_threads.py" "$work/threads.before" "$work/threads.after" \
+    "$requests" "$hz"
+if [[ "${PROFILE_METRICS:-0}" == 1 ]]; then
+    echo
+    echo "## cachet's counters after the load (warm-up included)"
+    grep -E '^cachet_(front_|lean_|cache_(hits|misses|lookups)|plugin_(hook_seconds_count|instances))' \
+        "$work/metrics.after" || true
+fi
 [[ "$sample" == 1 ]] || exit 0
 
 # Self time per symbol, then by layer: every sample is charged to the function

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Two cachet setups, A and B, measured in alternation on the same warm cache hits: the
+# way to tell a change of a few per cent on a machine whose speed drifts by more than
+# that from one minute to the next. Both processes run the whole time (idle while the
+# other is measured); each round measures A then B (B then A in every other round) for a
+# few seconds each, so a slow phase of the machine lands on both sides of a round. Prints
+# each round and then, per side, the median CPU per request with its range, and the
+# median of the per-round ratios B ÷ A with the number of rounds B was cheaper.
+#
+#   AB_B_BIN=/tmp/cachet-new bash tests/bench/ab.sh           # two builds, default mode
+#   AB_A_MODE=builtin AB_B_MODE=reuse bash tests/bench/ab.sh  # two modes, one build
+#   AB_B_SERVER='work_stealing = false' AB_H2=1 bash tests/bench/ab.sh
+#
+# Environment: AB_A_BIN, AB_B_BIN (default target/release/cachet, which must exist),
+# AB_A_MODE, AB_B_MODE (fresh|reuse|builtin, default fresh), AB_A_SERVER, AB_B_SERVER
+# (extra lines for the `[server]` table), AB_PLUGIN (default plugins/standard.wasm),
+# AB_ROUNDS=10, AB_SECONDS=3 (per side per round), AB_CONNECTIONS=64, AB_THREADS=2
+# (worker threads of each cachet), AB_H2=1 (HTTPS with ALPN h2 through h2load,
+# CONNECTIONS/4 connections × 4 streams, instead of wrk over HTTP/1.1).
+# The access log is on, beside each config, as a user first runs it.
+# Needs wrk (or h2load and openssl with AB_H2=1), curl and python3.
+set -euo pipefail
+
+bench_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "$bench_dir/../.." && pwd)"
+rounds="${AB_ROUNDS:-10}"
+seconds="${AB_SECONDS:-3}"
+connections="${AB_CONNECTIONS:-64}"
+threads="${AB_THREADS:-2}"
+h2="${AB_H2:-0}"
+plugin_wasm="${AB_PLUGIN:-$repo_root/plugins/standard.wasm}"
+load_tool=wrk
+[[ "$h2" == 1 ]] && load_tool=h2load
+for tool in "$load_tool" curl python3; do
+    command -v "$tool" >/dev/null || { echo "ab.sh: $tool is not installed" >&2; exit 1; }
+done
+[[ "$h2" == 1 ]] && { command -v openssl >/dev/null || { echo "ab.sh: openssl is not installed" >&2; exit 1; }; }
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/cachet-ab.XXXXXX")"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# The origin: 1 KiB bodies, cacheable for an hour; only the fill reaches it.
+origin_port="$(free_port)"
+python3 - "$origin_port" >"$work/origin.log" 2>&1 <<'EOF' &
+import http.server, sys
+body = b"x" * 1024
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Cache-Control", "public, max-age=3600")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+EOF
+pids+=($!)
+
+if [[ "$h2" == 1 ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+        -keyout "$work/key.pem" -out "$work/cert.pem" >"$work/openssl.log" 2>&1
+fi
+
+declare -A target pid_of
+# start SIDE BIN MODE SERVER_LINES: one cachet, filled with the 1000 objects.
+start() {
+    local side="$1" bin="$2" mode="$3" server_lines="$4"
+    local dir="$work/$side" plugin reuse port admin_port tls_lines=""
+    [[ -x "$bin" ]] || { echo "ab.sh: $bin is not an executable (build it first)" >&2; exit 1; }
+    case "$mode" in
+        fresh) plugin="$plugin_wasm"; reuse=1 ;;
+        reuse) plugin="$plugin_wasm"; reuse=1000000 ;;
+        builtin) plugin="builtin:standard"; reuse=1 ;;
+        *) echo "ab.sh: a mode is fresh, reuse or builtin, not $mode" >&2; exit 1 ;;
+    esac
+    mkdir -p "$dir"
+    port="$(free_port)"
+    admin_port="$(free_port)"
+    target[$side]="http://127.0.0.1:$port/"
+    if [[ "$h2" == 1 ]]; then
+        local tls_port
+        tls_port="$(free_port)"
+        tls_lines="tls_listen = \"127.0.0.1:$tls_port\"
+tls_cert = \"$work/cert.pem\"
+tls_key = \"$work/key.pem\""
+        target[$side]="https://127.0.0.1:$tls_port/"
+    fi
+    cat >"$dir/cachet.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+admin = "127.0.0.1:$admin_port"
+threads = $threads
+$tls_lines
+$server_lines
+
+[cache]
+max_bytes = "512MiB"
+
+[plugins]
+artifact_cache_dir = "$dir/artifacts"
+
+[[tenant]]
+name = "bench"
+hosts = ["*"]
+upstream = "127.0.0.1:$origin_port"
+plugin = "$plugin"
+
+[tenant.limits]
+instance_reuse = $reuse
+EOF
+    "$bin" serve --config "$dir/cachet.toml" </dev/null >/dev/null 2>>"$dir/cachet.log" &
+    pid_of[$side]=$!
+    pids+=($!)
+    local up=0
+    for _ in $(seq 100); do
+        curl -fso /dev/null "http://127.0.0.1:$admin_port/status" && { up=1; break; }
+        kill -0 "${pid_of[$side]}" 2>/dev/null || break
+        sleep 0.2
+    done
+    ((up)) || { echo "ab.sh: cachet $side did not start: $(tail -n 3 "$dir/cachet.log")" >&2; exit 1; }
+    for i in $(seq 0 999); do echo "url = \"${target[$side]}obj/$i\""; echo "output = /dev/null"; done >"$dir/urls"
+    curl -sk --parallel --parallel-max 16 -K "$dir/urls" >/dev/null 2>&1
+    for i in $(seq 0 999); do echo "${target[$side]}obj/$i"; done >"$dir/h2-urls"
+}
+
+cat >"$work/paths.lua" <<'EOF'
+local i = 0
+request = function()
+    i = i + 1
+    return wrk.format("GET", "/obj/" .. (i % 1000))
+end
+done = function(summary, latency, requests)
+    io.write(string.format("REQUESTS %d\nP99_US %d\n", summary.requests, latency:percentile(99)))
+end
+EOF
+
+# load SIDE SECONDS OUT
+load() {
+    if [[ "$h2" == 1 ]]; then
+        h2load -t2 -c"$((connections / 4))" -m4 -D"$2" -i "$work/$1/h2-urls" >"$3" 2>&1
+        awk '/^requests:/ {print $8}' "$3"
+    else
+        wrk -t2 -c"$connections" -d"${2}s" -s "$work/paths.lua" "${target[$1]}" >"$3"
+        awk '/^REQUESTS/ {print $2}' "$3"
+    fi
+}
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+hz="$(getconf CLK_TCK)"
+
+start A "${AB_A_BIN:-$repo_root/target/release/cachet}" "${AB_A_MODE:-fresh}" "${AB_A_SERVER:-}"
+start B "${AB_B_BIN:-$repo_root/target/release/cachet}" "${AB_B_MODE:-fresh}" "${AB_B_SERVER:-}"
+load A 2 /dev/null >/dev/null
+load B 2 /dev/null >/dev/null
+
+echo "# A: ${AB_A_BIN:-target/release/cachet} ${AB_A_MODE:-fresh} ${AB_A_SERVER:-}"
+echo "# B: ${AB_B_BIN:-target/release/cachet} ${AB_B_MODE:-fresh} ${AB_B_SERVER:-}"
+echo "# $([[ "$h2" == 1 ]] && echo "HTTP/2 over TLS (h2load)" || echo "HTTP/1.1 (wrk)"), 1 KiB hits over 1000 URLs, $connections connections, $rounds rounds of ${seconds}s per side"
+echo "round  A req/s  A µs/req  A p99 µs  B req/s  B µs/req  B p99 µs  B÷A µs"
+: >"$work/rounds"
+for round in $(seq "$rounds"); do
+    order="A B"
+    ((round % 2 == 0)) && order="B A"
+    declare -A rate cpu p99
+    for side in $order; do
+        before="$(cpu_ticks "${pid_of[$side]}")"
+        requests="$(load "$side" "$seconds" "$work/load.out")"
+        after="$(cpu_ticks "${pid_of[$side]}")"
+        [[ "$requests" =~ ^[0-9]+$ && "$requests" -gt 0 ]] || {
+            echo "ab.sh: no requests measured on $side: $(tail -n 3 "$work/load.out")" >&2
+            exit 1
+        }
+        rate[$side]=$((requests / seconds))
+        # h2load reports no percentile without its per-request log: 0 stands for none.
+        p99[$side]="$(awk '/^P99_US/ {print $2}' "$work/load.out")"
+        p99[$side]="${p99[$side]:-0}"
+        cpu[$side]="$(python3 -c "print(f'{($after - $before) / $hz * 1e6 / $requests:.2f}')")"
+    done
+    ratio="$(python3 -c "print(f'{${cpu[B]} / ${cpu[A]}:.3f}')")"
+    printf '%5d  %7d  %8s  %8s  %7d  %8s  %8s  %6s\n' "$round" "${rate[A]}" "${cpu[A]}" \
+        "${p99[A]}" "${rate[B]}" "${cpu[B]}" "${p99[B]}" "$ratio"
+    echo "${cpu[A]} ${cpu[B]} ${rate[A]} ${rate[B]} ${p99[A]} ${p99[B]}" >>"$work/rounds"
+done
+
+python3 - "$work/rounds" <<'EOF'
+import statistics, sys
+rows = [list(map(float, line.split())) for line in open(sys.argv[1])]
+def summary(values):
+    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+a_cpu, b_cpu = [r[0] for r in rows], [r[1] for r in rows]
+a_rate, b_rate = [r[2] for r in rows], [r[3] for r in rows]
+a_p99, b_p99 = [r[4] for r in rows], [r[5] for r in rows]
+ratios = [b / a for a, b in zip(a_cpu, b_cpu)]
+def p99(values):
+    return f", p99 {summary([v / 1000 for v in values])} ms" if min(values) > 0 else ""
+print(f"A: {summary(a_cpu)} µs/request, {statistics.median(a_rate):,.0f} req/s{p99(a_p99)}")
+print(f"B: {summary(b_cpu)} µs/request, {statistics.median(b_rate):,.0f} req/s{p99(b_p99)}")
+cheaper = sum(1 for r in ratios if r < 1)
+print(f"B ÷ A CPU per request: median {statistics.median(ratios):.3f} "
+      f"({min(ratios):.3f}–{max(ratios):.3f}); B cheaper in {cheaper} of {len(ratios)} rounds")
+EOF
