@@ -51,22 +51,7 @@ free_port() {
 
 # The origin: 1 KiB bodies, cacheable for an hour; only the fill reaches it.
 origin_port="$(free_port)"
-python3 - "$origin_port" >"$work/origin.log" 2>&1 <<'EOF' &
-import http.server, sys
-body = b"x" * 1024
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Cache-Control", "public, max-age=3600")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-EOF
+python3 "$bench_dir/origin.py" "$origin_port" 1024 >"$work/origin.log" 2>&1 &
 pids+=($!)
 
 if [[ "$h2" == 1 ]]; then

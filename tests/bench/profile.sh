@@ -97,22 +97,7 @@ free_port() {
 
 # The origin: PROFILE_SIZE bodies, cacheable for an hour; only the warm-up reaches it.
 origin_port="$(free_port)"
-python3 - "$origin_port" "$body_bytes" >"$work/origin.log" 2>&1 <<'EOF' &
-import http.server, sys
-body = b"x" * int(sys.argv[2])
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Cache-Control", "public, max-age=3600")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-EOF
+python3 "$bench_dir/origin.py" "$origin_port" "$body_bytes" >"$work/origin.log" 2>&1 &
 pids+=($!)
 
 # The L2 tier, if any: the memory cache shrinks (64 KiB, 1 MiB for 64k bodies) so hits come
