@@ -16,7 +16,8 @@
 # (extra lines for the `[server]` table), AB_PLUGIN (default plugins/standard.wasm),
 # AB_ROUNDS=10, AB_SECONDS=3 (per side per round), AB_CONNECTIONS=64, AB_THREADS=2
 # (worker threads of each cachet), AB_H2=1 (HTTPS with ALPN h2 through h2load,
-# CONNECTIONS/4 connections × 4 streams, instead of wrk over HTTP/1.1).
+# CONNECTIONS/4 connections × 4 streams, instead of wrk over HTTP/1.1), AB_TLS=1 (wrk over
+# HTTPS, keep-alive: HTTP/1.1 with the TLS the HTTP/2 runs have).
 # The access log is on, beside each config, as a user first runs it.
 # Needs wrk (or h2load and openssl with AB_H2=1), curl and python3.
 set -euo pipefail
@@ -28,13 +29,14 @@ seconds="${AB_SECONDS:-3}"
 connections="${AB_CONNECTIONS:-64}"
 threads="${AB_THREADS:-2}"
 h2="${AB_H2:-0}"
+tls="${AB_TLS:-$h2}"
 plugin_wasm="${AB_PLUGIN:-$repo_root/plugins/standard.wasm}"
 load_tool=wrk
 [[ "$h2" == 1 ]] && load_tool=h2load
 for tool in "$load_tool" curl python3; do
     command -v "$tool" >/dev/null || { echo "ab.sh: $tool is not installed" >&2; exit 1; }
 done
-[[ "$h2" == 1 ]] && { command -v openssl >/dev/null || { echo "ab.sh: openssl is not installed" >&2; exit 1; }; }
+[[ "$tls" == 1 ]] && { command -v openssl >/dev/null || { echo "ab.sh: openssl is not installed" >&2; exit 1; }; }
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/cachet-ab.XXXXXX")"
 pids=()
@@ -54,7 +56,7 @@ origin_port="$(free_port)"
 python3 "$bench_dir/origin.py" "$origin_port" 1024 >"$work/origin.log" 2>&1 &
 pids+=($!)
 
-if [[ "$h2" == 1 ]]; then
+if [[ "$tls" == 1 ]]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
         -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
         -keyout "$work/key.pem" -out "$work/cert.pem" >"$work/openssl.log" 2>&1
@@ -76,7 +78,7 @@ start() {
     port="$(free_port)"
     admin_port="$(free_port)"
     target[$side]="http://127.0.0.1:$port/"
-    if [[ "$h2" == 1 ]]; then
+    if [[ "$tls" == 1 ]]; then
         local tls_port
         tls_port="$(free_port)"
         tls_lines="tls_listen = \"127.0.0.1:$tls_port\"
@@ -153,7 +155,10 @@ load B 2 /dev/null >/dev/null
 
 echo "# A: ${AB_A_BIN:-target/release/cachet} ${AB_A_MODE:-fresh} ${AB_A_SERVER:-}"
 echo "# B: ${AB_B_BIN:-target/release/cachet} ${AB_B_MODE:-fresh} ${AB_B_SERVER:-}"
-echo "# $([[ "$h2" == 1 ]] && echo "HTTP/2 over TLS (h2load)" || echo "HTTP/1.1 (wrk)"), 1 KiB hits over 1000 URLs, $connections connections, $rounds rounds of ${seconds}s per side"
+protocol="HTTP/1.1 (wrk)"
+[[ "$tls" == 1 ]] && protocol="HTTP/1.1 over TLS (wrk)"
+[[ "$h2" == 1 ]] && protocol="HTTP/2 over TLS (h2load)"
+echo "# $protocol, 1 KiB hits over 1000 URLs, $connections connections, $rounds rounds of ${seconds}s per side"
 echo "round  A req/s  A µs/req  A p99 µs  B req/s  B µs/req  B p99 µs  B÷A µs"
 : >"$work/rounds"
 for round in $(seq "$rounds"); do
