@@ -47,26 +47,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+source "$bench_dir/lib.sh"
 
 # The origin: 1 KiB bodies, cacheable for an hour; only the fill reaches it.
 origin_port="$(free_port)"
-python3 "$bench_dir/origin.py" "$origin_port" 1024 >"$work/origin.log" 2>&1 &
+start_origin "$origin_port" 1024 "$work/origin.log"
 pids+=($!)
 
-if [[ "$tls" == 1 ]]; then
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-        -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
-        -keyout "$work/key.pem" -out "$work/cert.pem" >"$work/openssl.log" 2>&1
-fi
+[[ "$tls" == 1 ]] && make_certificate "$work"
 
 declare -A target pid_of
 # start SIDE BIN MODE SERVER_LINES: one cachet, filled with the 1000 objects.
 start() {
     local side="$1" bin="$2" mode="$3" server_lines="$4"
-    local dir="$work/$side" plugin reuse port admin_port tls_lines=""
+    local dir="$work/$side" plugin reuse port admin_port tls_server_lines=""
     [[ -x "$bin" ]] || { echo "ab.sh: $bin is not an executable (build it first)" >&2; exit 1; }
     case "$mode" in
         fresh) plugin="$plugin_wasm"; reuse=1 ;;
@@ -81,59 +75,18 @@ start() {
     if [[ "$tls" == 1 ]]; then
         local tls_port
         tls_port="$(free_port)"
-        tls_lines="tls_listen = \"127.0.0.1:$tls_port\"
-tls_cert = \"$work/cert.pem\"
-tls_key = \"$work/key.pem\""
+        tls_server_lines="$(tls_lines "$tls_port" "$work")"
         target[$side]="https://127.0.0.1:$tls_port/"
     fi
-    cat >"$dir/cachet.toml" <<EOF
-[server]
-listen = "127.0.0.1:$port"
-admin = "127.0.0.1:$admin_port"
-threads = $threads
-$tls_lines
-$server_lines
-
-[cache]
-max_bytes = "512MiB"
-
-[plugins]
-artifact_cache_dir = "$dir/artifacts"
-
-[[tenant]]
-name = "bench"
-hosts = ["*"]
-upstream = "127.0.0.1:$origin_port"
-plugin = "$plugin"
-
-[tenant.limits]
-instance_reuse = $reuse
-EOF
-    "$bin" serve --config "$dir/cachet.toml" </dev/null >/dev/null 2>>"$dir/cachet.log" &
-    pid_of[$side]=$!
-    pids+=($!)
-    local up=0
-    for _ in $(seq 100); do
-        curl -fso /dev/null "http://127.0.0.1:$admin_port/status" && { up=1; break; }
-        kill -0 "${pid_of[$side]}" 2>/dev/null || break
-        sleep 0.2
-    done
-    ((up)) || { echo "ab.sh: cachet $side did not start: $(tail -n 3 "$dir/cachet.log")" >&2; exit 1; }
-    for i in $(seq 0 999); do echo "url = \"${target[$side]}obj/$i\""; echo "output = /dev/null"; done >"$dir/urls"
-    curl -sk --parallel --parallel-max 16 -K "$dir/urls" >/dev/null 2>&1
-    for i in $(seq 0 999); do echo "${target[$side]}obj/$i"; done >"$dir/h2-urls"
+    write_config "$dir/cachet.toml" "$port" "$admin_port" "$threads" "$tls_server_lines
+$server_lines" 'max_bytes = "512MiB"' "$origin_port" "$plugin" "$reuse"
+    start_cachet "$bin" "$dir/cachet.toml" "$admin_port" || exit 1
+    pid_of[$side]=$CACHET_PID
+    fill "${target[$side]}" "" "$dir"
+    list_urls "${target[$side]}" "" "$dir/h2-urls"
 }
 
-cat >"$work/paths.lua" <<'EOF'
-local i = 0
-request = function()
-    i = i + 1
-    return wrk.format("GET", "/obj/" .. (i % 1000))
-end
-done = function(summary, latency, requests)
-    io.write(string.format("REQUESTS %d\nP99_US %d\n", summary.requests, latency:percentile(99)))
-end
-EOF
+write_paths_lua "$work/paths.lua" ""
 
 # load SIDE SECONDS OUT
 load() {
@@ -145,7 +98,6 @@ load() {
         awk '/^REQUESTS/ {print $2}' "$3"
     fi
 }
-cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 hz="$(getconf CLK_TCK)"
 
 start A "${AB_A_BIN:-$repo_root/target/release/cachet}" "${AB_A_MODE:-fresh}" "${AB_A_SERVER:-}"
@@ -166,9 +118,9 @@ for round in $(seq "$rounds"); do
     ((round % 2 == 0)) && order="B A"
     declare -A rate cpu p99
     for side in $order; do
-        before="$(cpu_ticks "${pid_of[$side]}")"
+        before="$(process_cpu_ticks "${pid_of[$side]}")"
         requests="$(load "$side" "$seconds" "$work/load.out")"
-        after="$(cpu_ticks "${pid_of[$side]}")"
+        after="$(process_cpu_ticks "${pid_of[$side]}")"
         [[ "$requests" =~ ^[0-9]+$ && "$requests" -gt 0 ]] || {
             echo "ab.sh: no requests measured on $side: $(tail -n 3 "$work/load.out")" >&2
             exit 1

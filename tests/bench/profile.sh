@@ -91,13 +91,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+source "$bench_dir/lib.sh"
 
 # The origin: PROFILE_SIZE bodies, cacheable for an hour; only the warm-up reaches it.
 origin_port="$(free_port)"
-python3 "$bench_dir/origin.py" "$origin_port" "$body_bytes" >"$work/origin.log" 2>&1 &
+start_origin "$origin_port" "$body_bytes" "$work/origin.log"
 pids+=($!)
 
 # The L2 tier, if any: the memory cache shrinks (64 KiB, 1 MiB for 64k bodies) so hits come
@@ -133,71 +131,31 @@ tls_config=""
 tls_target=""
 if [[ "${PROFILE_TLS:-0}" == 1 ]]; then
     command -v openssl >/dev/null || { echo "profile.sh: openssl is not installed" >&2; exit 1; }
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-        -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
-        -keyout "$work/key.pem" -out "$work/cert.pem" >"$work/openssl.log" 2>&1
+    make_certificate "$work"
     tls_port="$(free_port)"
-    tls_config="tls_listen = \"127.0.0.1:$tls_port\"
-tls_cert = \"$work/cert.pem\"
-tls_key = \"$work/key.pem\""
+    tls_config="$(tls_lines "$tls_port" "$work")"
     tls_target="https://127.0.0.1:$tls_port/"
 fi
 
 port="$(free_port)"
 admin_port="$(free_port)"
-cat >"$work/cachet.toml" <<EOF
-[server]
-listen = "127.0.0.1:$port"
-admin = "127.0.0.1:$admin_port"
-threads = $threads
-access_log = $([[ "$access_log" == 1 ]] && echo true || echo false)
+server_lines="access_log = $([[ "$access_log" == 1 ]] && echo true || echo false)
 work_stealing = $([[ "${PROFILE_WORK_STEALING:-1}" == 1 ]] && echo true || echo false)
-$tls_config
-
-[cache]
-max_bytes = "$memory_bytes"
+$tls_config"
+cache_lines="max_bytes = \"$memory_bytes\"
 lean_hits = $([[ "${PROFILE_LEAN_HITS:-1}" == 1 ]] && echo true || echo false)
 
-$tier_config
+$tier_config"
+write_config "$work/cachet.toml" "$port" "$admin_port" "$threads" "$server_lines" \
+    "$cache_lines" "$origin_port" "$plugin" "$reuse"
+start_cachet "$cachet_bin" "$work/cachet.toml" "$admin_port" || exit 1
+cachet_pid=$CACHET_PID
 
-[plugins]
-artifact_cache_dir = "$work/artifacts"
-
-[[tenant]]
-name = "bench"
-hosts = ["*"]
-upstream = "127.0.0.1:$origin_port"
-plugin = "$plugin"
-
-[tenant.limits]
-instance_reuse = $reuse
-EOF
-# As a user first runs it: the log beside the config, in the watched folder.
-"$cachet_bin" serve --config "$work/cachet.toml" \
-    </dev/null >/dev/null 2>>"$work/cachet.log" &
-cachet_pid=$!
-pids+=("$cachet_pid")
-for _ in $(seq 100); do
-    curl -fso /dev/null "http://127.0.0.1:$admin_port/status" && break
-    sleep 0.2
-done
-
-cat >"$work/paths.lua" <<'EOF'
-local i = 0
-request = function()
-    i = i + 1
-    return wrk.format("GET", "/obj/" .. (i % 1000) .. "/SIZE")
-end
-done = function(summary, latency, requests)
-    io.write(string.format("REQUESTS %d\nP99_US %d\n", summary.requests, latency:percentile(99)))
-end
-EOF
-sed -i "s/SIZE/$size/" "$work/paths.lua"
+write_paths_lua "$work/paths.lua" "/$size"
 # Fill every entry, then a warm-up under load.
-for i in $(seq 0 999); do echo "url = \"http://127.0.0.1:$port/obj/$i/$size\""; echo "output = /dev/null"; done >"$work/urls"
-curl -s --parallel --parallel-max 16 -K "$work/urls"
+fill "http://127.0.0.1:$port/" "/$size" "$work"
 target="${tls_target:-http://127.0.0.1:$port/}"
-for i in $(seq 0 999); do echo "${target}obj/$i/$size"; done >"$work/h2-urls"
+list_urls "$target" "/$size" "$work/h2-urls"
 # load SECONDS OUT: the measured load, wrk over HTTP/1.1 or h2load over HTTP/2.
 load() {
     if [[ "$h2" == 1 ]]; then
@@ -208,7 +166,6 @@ load() {
 }
 load 2 /dev/null
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$cachet_pid/stat"; }
 # One line per cachet thread: tid|name|CPU ticks|voluntary|involuntary context switches.
 threads_snapshot() {
     local task
@@ -221,7 +178,7 @@ threads_snapshot() {
 }
 sample="${PROFILE_SAMPLE:-1}"
 threads_snapshot >"$work/threads.before"
-ticks_before="$(cpu_ticks)"
+ticks_before="$(process_cpu_ticks "$cachet_pid")"
 if [[ "$sample" == 1 ]]; then
     perf record -q -F 999 --call-graph "${PROFILE_CALL_GRAPH:-fp}" -p "$cachet_pid" -o "$work/perf.data" -- sleep "$((seconds + 1))" 2>/dev/null &
     perf_pid=$!
@@ -229,7 +186,7 @@ if [[ "$sample" == 1 ]]; then
 fi
 load "$seconds" "$work/load.out"
 [[ "$sample" == 1 ]] && { wait "$perf_pid" || true; }
-ticks_after="$(cpu_ticks)"
+ticks_after="$(process_cpu_ticks "$cachet_pid")"
 threads_snapshot >"$work/threads.after"
 if [[ "${PROFILE_METRICS:-0}" == 1 ]]; then
     curl -fs "http://127.0.0.1:$admin_port/metrics" >"$work/metrics.after" || true
