@@ -12,8 +12,8 @@
 //! Everything else goes to Pingora with the bytes read so far as its pipelined prefix:
 //! connections of another protocol (ALPN) whole; requests the front does not read,
 //! unplanned; requests it planned but could not answer, with their plan (`Handover`,
-//! delivered to `CachetProxy::on_connection_reuse`), so the plugin runs once. When Pingora hands the
-//! connection back holding no bytes of a next request, the front reads again.
+//! delivered to `CachetProxy::on_connection_reuse`), so the plugin runs once. When Pingora
+//! hands the connection back holding no bytes of a next request, the front reads again.
 
 mod h2;
 mod head;
