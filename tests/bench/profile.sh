@@ -21,7 +21,8 @@
 # runtime per worker thread, `[server] work_stealing = false`), PROFILE_LEAN_HITS=1 (0: every hit
 # on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
 # existing target/release/cachet and plugins), PROFILE_METRICS=1 (also print the front's,
-# lean path's and plugin's counters after the load), PROFILE_SAMPLE=0 (no perf: CPU per request
+# lean path's and plugin's counters after the load), PROFILE_ALLOCS=1 (also count heap
+# allocations per request with uprobes on the allocator, during a 3 s load of their own), PROFILE_SAMPLE=0 (no perf: CPU per request
 # only, without the sampler's own cost, for side-by-side runs of two builds), PROFILE_CACHET=path (profile that binary instead of
 # target/release/cachet, e.g. to compare two builds; implies PROFILE_NO_BUILD), PROFILE_KEEP=1 (keep the folder),
 # PROFILE_TIER=disk|shared (a 64 KiB memory cache in front of a disk tier, or of
@@ -176,6 +177,36 @@ threads_snapshot() {
             "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)"
     done
 }
+# Heap allocations per request: uprobes on mimalloc's entry points (every Rust allocation
+# goes through one of the three), counted over a 3 s load of its own after the measured one,
+# since each probe hit costs a trap and would inflate the CPU figures.
+count_allocations() {
+    local group=cachet_alloc fn counts requests
+    perf probe -q -d "$group:*" >/dev/null 2>&1 || true
+    for fn in mi_malloc_aligned mi_zalloc_aligned mi_realloc_aligned; do
+        if ! perf probe -q -x "$cachet_bin" -a "$group:$fn=$fn" >/dev/null 2>&1; then
+            echo "allocations: no uprobe on $fn in $cachet_bin (needs root and the binary's symbols)"
+            perf probe -q -d "$group:*" >/dev/null 2>&1 || true
+            return 0
+        fi
+    done
+    perf stat -x, -e "$group:*" -p "$cachet_pid" -o "$work/allocs.csv" -- sleep 60 &
+    local stat_pid=$!
+    sleep 0.5
+    load 3 "$work/allocs-load.out"
+    kill -INT "$stat_pid" 2>/dev/null
+    wait "$stat_pid" 2>/dev/null || true
+    perf probe -q -d "$group:*" >/dev/null 2>&1 || true
+    if [[ "$h2" == 1 ]]; then
+        requests="$(awk '/^requests:/ {print $8}' "$work/allocs-load.out")"
+    else
+        requests="$(awk '/^REQUESTS/ {print $2}' "$work/allocs-load.out")"
+    fi
+    echo "## heap allocations per request (uprobes, a 3 s load of its own)"
+    awk -F, -v n="$requests" '/cachet_alloc:/ { sub(/.*:/, "", $3); total += $1
+        printf "    %-20s %.2f\n", $3, $1 / n } END { printf "    %-20s %.2f\n", "all", total / n }' \
+        "$work/allocs.csv"
+}
 sample="${PROFILE_SAMPLE:-1}"
 threads_snapshot >"$work/threads.before"
 ticks_before="$(process_cpu_ticks "$cachet_pid")"
@@ -212,6 +243,10 @@ if [[ "${PROFILE_METRICS:-0}" == 1 ]]; then
     echo "## cachet's counters after the load (warm-up included)"
     grep -E '^cachet_(front_|lean_|cache_(hits|misses|lookups)|plugin_(hook_seconds_count|instances))' \
         "$work/metrics.after" || true
+fi
+if [[ "${PROFILE_ALLOCS:-0}" == 1 ]]; then
+    echo
+    count_allocations
 fi
 [[ "$sample" == 1 ]] || exit 0
 

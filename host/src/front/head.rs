@@ -66,16 +66,15 @@ pub(super) fn read(buf: &BytesMut) -> Head {
     let base = buf.as_ptr() as usize;
     let span = |s: &[u8]| (s.as_ptr() as usize - base)..(s.as_ptr() as usize - base + s.len());
     let path = span(parsed.path.unwrap_or("/").as_bytes());
-    let spans: Vec<(Range<usize>, Range<usize>)> = parsed
+    let spans = parsed
         .headers
         .iter()
-        .map(|f| (span(f.name.as_bytes()), span(f.value)))
-        .collect();
+        .map(|f| (span(f.name.as_bytes()), span(f.value)));
     let close = parsed.headers.iter().any(|f| {
         f.name.eq_ignore_ascii_case("connection") && f.value.eq_ignore_ascii_case(b"close")
     });
     let raw = Bytes::copy_from_slice(&buf[..len]);
-    match build(&raw, path, &spans) {
+    match build(&raw, path, parsed.headers.len(), spans) {
         Some(request) => Head::Plain {
             request,
             len,
@@ -85,17 +84,19 @@ pub(super) fn read(buf: &BytesMut) -> Head {
     }
 }
 
-/// The request as Pingora's parser builds it: names keep their case.
+/// The request as Pingora's parser builds it: names keep their case. `spans` (name, value)
+/// are offsets into `raw`, walked once (no list of them is kept: this runs for every head).
 fn build(
     raw: &Bytes,
     path: Range<usize>,
-    spans: &[(Range<usize>, Range<usize>)],
+    count: usize,
+    spans: impl Iterator<Item = (Range<usize>, Range<usize>)>,
 ) -> Option<Box<RequestHeader>> {
-    let mut request = Box::new(RequestHeader::build("GET", &raw[path], Some(spans.len())).ok()?);
+    let mut request = Box::new(RequestHeader::build("GET", &raw[path], Some(count)).ok()?);
     request.set_version(http::Version::HTTP_11);
     for (name, value) in spans {
-        let value = HeaderValue::from_maybe_shared(raw.slice(value.clone())).ok()?;
-        request.append_header(raw.slice(name.clone()), value).ok()?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(value)).ok()?;
+        request.append_header(raw.slice(name), value).ok()?;
     }
     Some(request)
 }

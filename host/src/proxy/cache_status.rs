@@ -171,10 +171,85 @@ pub fn value(cache: &HttpCache, ctx: &RequestCtx, origin_status: u16) -> String 
 }
 
 /// cachet's member for a fresh hit answered by the lean path (same table, phase `Hit`).
-pub fn hit_value(ctx: &RequestCtx, ttl: u64) -> String {
+pub fn hit_value(ctx: &RequestCtx, ttl: u64) -> Member {
     let outcome = outcome(Facts::of(ctx), &CachePhase::Hit);
     let ttl = i64::try_from(ttl).unwrap_or(i64::MAX);
-    render(&outcome, 0, Some(ttl), false, shown_key(ctx).as_deref())
+    let mut member = Member::default();
+    render_into(
+        &mut member,
+        &outcome,
+        0,
+        Some(ttl),
+        false,
+        shown_key(ctx).as_deref(),
+    );
+    member
+}
+
+/// A rendered member kept inline while it is short, as a hit's is (`cachet; hit; ttl=31536000;
+/// detail="l2-shared"` takes 43 bytes): the lean path writes one per hit without a heap
+/// allocation. A longer one (a debug key, a long detail) moves to the heap.
+pub struct Member {
+    inline: [u8; Member::INLINE],
+    len: usize,
+    heap: Option<String>,
+}
+
+impl Member {
+    const INLINE: usize = 64;
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.heap {
+            Some(heap) => heap.as_bytes(),
+            None => &self.inline[..self.len],
+        }
+    }
+
+    pub fn into_string(self) -> String {
+        match self.heap {
+            Some(heap) => heap,
+            // Whole `&str`s only were written: always UTF-8.
+            None => String::from_utf8_lossy(&self.inline[..self.len]).into_owned(),
+        }
+    }
+}
+
+impl Default for Member {
+    fn default() -> Self {
+        Self {
+            inline: [0; Self::INLINE],
+            len: 0,
+            heap: None,
+        }
+    }
+}
+
+impl Write for Member {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        if let Some(heap) = &mut self.heap {
+            heap.push_str(text);
+            return Ok(());
+        }
+        let end = self.len + text.len();
+        if let Some(room) = self.inline.get_mut(self.len..end) {
+            room.copy_from_slice(text.as_bytes());
+            self.len = end;
+        } else {
+            let mut heap = String::with_capacity(2 * end);
+            heap.push_str(&String::from_utf8_lossy(&self.inline[..self.len]));
+            heap.push_str(text);
+            self.heap = Some(heap);
+        }
+        Ok(())
+    }
+}
+
+impl From<&str> for Member {
+    fn from(text: &str) -> Self {
+        let mut member = Self::default();
+        let _ = member.write_str(text);
+        member
+    }
 }
 
 /// cachet's member for an error response cachet wrote itself because the origin failed: how
@@ -273,9 +348,23 @@ fn render(
     collapsed: bool,
     key: Option<&str>,
 ) -> String {
-    let mut v = String::from(CACHE_NAME);
+    let mut v = String::with_capacity(64);
+    render_into(&mut v, outcome, origin_status, ttl, collapsed, key);
+    v
+}
+
+/// [`render`] into `v`.
+fn render_into(
+    v: &mut impl Write,
+    outcome: &Outcome,
+    origin_status: u16,
+    ttl: Option<i64>,
+    collapsed: bool,
+    key: Option<&str>,
+) {
+    let _ = v.write_str(CACHE_NAME);
     if outcome.hit {
-        v.push_str("; hit");
+        let _ = v.write_str("; hit");
     }
     if let Some(fwd) = outcome.fwd {
         let _ = write!(v, "; fwd={fwd}");
@@ -287,18 +376,17 @@ fn render(
         let _ = write!(v, "; ttl={ttl}");
     }
     if collapsed {
-        v.push_str("; collapsed");
+        let _ = v.write_str("; collapsed");
     }
     if outcome.stored {
-        v.push_str("; stored");
+        let _ = v.write_str("; stored");
     }
     if let Some(key) = key {
-        push_string(&mut v, "key", key);
+        push_string(v, "key", key);
     }
     if let Some(detail) = outcome.detail {
-        push_string(&mut v, "detail", detail);
+        push_string(v, "detail", detail);
     }
-    v
 }
 
 /// Seconds of freshness left (negative once stale), when the entry's meta is known.
@@ -311,15 +399,15 @@ fn ttl(cache: &HttpCache) -> Option<i64> {
 }
 
 /// Appends `; name="..."`, escaped as an RFC 8941 string.
-fn push_string(v: &mut String, name: &str, text: &str) {
+fn push_string(v: &mut impl Write, name: &str, text: &str) {
     let _ = write!(v, "; {name}=\"");
     for c in text.chars().filter(|c| c.is_ascii_graphic() || *c == ' ') {
         if c == '"' || c == '\\' {
-            v.push('\\');
+            let _ = v.write_char('\\');
         }
-        v.push(c);
+        let _ = v.write_char(c);
     }
-    v.push('"');
+    let _ = v.write_char('"');
 }
 
 #[cfg(test)]
@@ -551,5 +639,29 @@ mod tests {
             render(&o, 200, None, false, None),
             r#"cachet; fwd=bypass; detail="say \"hi\"\\""#
         );
+    }
+
+    #[test]
+    fn a_hit_member_stays_inline_and_a_long_one_moves_whole_to_the_heap() {
+        let cache = Route::Cache;
+        let mut hit_facts = facts(&cache);
+        // The longest a lean hit writes without the debug key: an L2 tier, the largest ttl.
+        hit_facts.tier = Some("l2-shared");
+        let hit = outcome(hit_facts, &CachePhase::Hit);
+        let mut member = Member::default();
+        render_into(&mut member, &hit, 0, Some(i64::MAX), false, None);
+        assert!(member.heap.is_none(), "a hit's member allocated");
+        let expected = render(&hit, 0, Some(i64::MAX), false, None);
+        assert_eq!(member.as_bytes(), expected.as_bytes());
+        assert_eq!(member.into_string(), expected);
+
+        // A debug key spills: the text is the same as a String's, written across the move.
+        let key = "site example.com /a/very/long/path/that/does/not/fit/inline";
+        let mut member = Member::default();
+        render_into(&mut member, &hit, 0, Some(60), false, Some(key));
+        assert!(member.heap.is_some());
+        let expected = render(&hit, 0, Some(60), false, Some(key));
+        assert_eq!(member.as_bytes(), expected.as_bytes());
+        assert_eq!(member.into_string(), expected);
     }
 }

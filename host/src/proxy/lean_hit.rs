@@ -36,7 +36,7 @@ const FULL_PATH_FIELDS: [header::HeaderName; 9] = [
 pub(crate) struct LeanResponse {
     hit: PlainHit,
     age: u64,
-    cache_status: String,
+    cache_status: super::cache_status::Member,
 }
 
 impl LeanResponse {
@@ -62,7 +62,7 @@ impl LeanResponse {
         }
         super::hop_by_hop::strip_for_downstream(&mut response);
         super::directives::strip_downstream(&mut response);
-        super::cache_status::append_member(&mut response, self.cache_status)?;
+        super::cache_status::append_member(&mut response, self.cache_status.into_string())?;
         Ok((response, self.hit.body()))
     }
 
@@ -95,7 +95,7 @@ impl LeanResponse {
                 header::HeaderValue::from_static("bytes"),
             );
         }
-        let cache_status = header::HeaderValue::from_str(&self.cache_status).ok()?;
+        let cache_status = header::HeaderValue::from_bytes(self.cache_status.as_bytes()).ok()?;
         fields.append(
             header::HeaderName::from_static(super::cache_status::HEADER),
             cache_status,
