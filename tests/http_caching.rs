@@ -1306,6 +1306,44 @@ fn purge_by_surrogate_key_removes_every_tagged_entry() {
     assert_eq!(none.status, 404);
 }
 
+/// A purge tag the index cannot keep (the 65th, or one over 256 bytes) would let its purge
+/// miss the object: such a response is not stored at all, and says why.
+#[test]
+fn a_response_with_more_purge_tags_than_the_index_keeps_is_not_stored() {
+    let many: Vec<String> = (0..65).map(|i| format!("tag-{i}")).collect();
+    let long = "x".repeat(257);
+    let (many, long) = (many.join(" "), long.clone());
+    let origin = Origin::start(move |seen| {
+        let tags = match seen.url.as_str() {
+            "/many" => many.clone(),
+            "/long" => format!("short {long}"),
+            _ => "tag-1 tag-2".to_string(),
+        };
+        Reply::ok("x")
+            .header("Cache-Control", "max-age=60")
+            .header("Surrogate-Key", &tags)
+    });
+    let proxy = token_proxy_for(&origin);
+    for path in ["/many", "/long", "/fine"] {
+        let first = get(&proxy.url(path));
+        let first = first.header("cache-status").unwrap_or_default().to_string();
+        let second = get(&proxy.url(path));
+        let second = second
+            .header("cache-status")
+            .unwrap_or_default()
+            .to_string();
+        if path == "/fine" {
+            assert!(second.contains("; hit"), "{path}: {second}");
+        } else {
+            assert!(first.contains("purge tag"), "{path}: {first}");
+            assert!(!second.contains("; hit"), "{path}: {second}");
+        }
+    }
+    assert_eq!(origin.hits_for("/many"), 2);
+    assert_eq!(origin.hits_for("/long"), 2);
+    assert_eq!(origin.hits_for("/fine"), 1);
+}
+
 /// A tag purge that arrives while a response carrying the tag is still being fetched keeps
 /// that response from being stored, as a URL purge does: it was stored and served as a hit
 /// for its whole lifetime, the purge answered 404.

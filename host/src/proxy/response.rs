@@ -179,6 +179,9 @@ fn decide(
     super::shadowing::on_response(session.req_header(), resp, &live, ctx);
     match live {
         Ok(ResponseDecision::Store(directive)) => {
+            if let Some(reason) = crate::storage::unindexable_tags(&tags(resp, &directive.tags)) {
+                return not_stored(ctx, reason);
+            }
             let fresh = plugin_freshness(&directive, governing.as_ref(), resp, now);
             RespCacheable::Cacheable(meta(resp, governing.as_ref(), &directive.tags, fresh, now))
         }
@@ -192,6 +195,9 @@ fn decide(
             // Stale on arrival and nothing to revalidate with: storing cannot help anyone.
             if fresh.fresh_for.is_zero() && !has_validator(resp) {
                 return not_stored(ctx, "stale on arrival without validator");
+            }
+            if let Some(reason) = crate::storage::unindexable_tags(&tags(resp, &[])) {
+                return not_stored(ctx, reason);
             }
             RespCacheable::Cacheable(meta(resp, governing.as_ref(), &[], fresh, now))
         }

@@ -35,6 +35,7 @@ pub mod tiers;
 pub use plain_hit::PlainHit;
 pub use purge_log::FillWatch;
 pub use stats::{PartitionStats, StorageStats};
+pub(crate) use tags::unindexable as unindexable_tags;
 pub use tiers::{TierStats, TieredStorage};
 
 /// Stored-header field holding an object's purge tags, space-separated. Internal: the proxy

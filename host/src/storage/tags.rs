@@ -10,6 +10,24 @@ const MAX_TAGS: usize = 64;
 /// Longest tag kept; longer ones are ignored.
 const MAX_TAG_BYTES: usize = 256;
 
+/// Why a response's tags (space-separated) cannot all be indexed, if they cannot: a tag left
+/// out of the index would let its purge miss the object, so such a response is not stored.
+pub(crate) fn unindexable(tags: &str) -> Option<&'static str> {
+    let mut kept: Vec<&str> = Vec::new();
+    for tag in tags.split_ascii_whitespace() {
+        if tag.len() > MAX_TAG_BYTES {
+            return Some("a purge tag (Surrogate-Key) longer than 256 bytes");
+        }
+        if !kept.contains(&tag) {
+            if kept.len() == MAX_TAGS {
+                return Some("more than 64 purge tags (Surrogate-Key)");
+            }
+            kept.push(tag);
+        }
+    }
+    None
+}
+
 /// The tags a stored header carries.
 pub(super) fn parse(headers: &http::HeaderMap) -> Box<[Box<str>]> {
     let mut tags: Vec<Box<str>> = Vec::new();
@@ -25,4 +43,29 @@ pub(super) fn parse(headers: &http::HeaderMap) -> Box<[Box<str>]> {
         }
     }
     tags.into_boxed_slice()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_a_stored_object_may_carry_are_exactly_those_the_index_keeps() {
+        let many = |n: usize| {
+            (0..n)
+                .map(|i| format!("t{i}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(unindexable(&many(64)), None);
+        // Repeats count once, as the index keeps them.
+        assert_eq!(unindexable(&format!("{} t0 t1", many(64))), None);
+        assert!(unindexable(&many(65)).is_some());
+        assert_eq!(unindexable(&"a".repeat(256)), None);
+        assert!(unindexable(&format!("x {}", "a".repeat(257))).is_some());
+        // Whatever passes is kept whole by `parse`.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(super::super::TAGS_HEADER, many(64).parse().unwrap());
+        assert_eq!(parse(&headers).len(), 64);
+    }
 }
