@@ -37,8 +37,17 @@ fn origin(body: Vec<u8>) -> Origin {
 /// A node with an 8 MiB object limit in L1 (so 6 MiB is cached), a disk tier in `disk` and,
 /// with `redis`, the shared tier.
 fn node(origin: &Origin, disk: &Path, redis: Option<u16>) -> Proxy {
-    let shared = redis.map_or(String::new(), |port| {
-        format!("[cache.shared]\nurl = \"redis://127.0.0.1:{port}\"\nmax_object_bytes = \"16MiB\"\nop_timeout = \"500ms\"\n")
+    node_with_url(
+        origin,
+        disk,
+        redis.map(|port| format!("redis://127.0.0.1:{port}")),
+    )
+}
+
+/// [`node`] with the shared tier at `url` (a Redis user in it, say).
+fn node_with_url(origin: &Origin, disk: &Path, url: Option<String>) -> Proxy {
+    let shared = url.map_or(String::new(), |url| {
+        format!("[cache.shared]\nurl = \"{url}\"\nmax_object_bytes = \"16MiB\"\nop_timeout = \"500ms\"\n")
     });
     Proxy::start_with_server(
         &format!("admin_token = \"{TOKEN}\""),
@@ -216,6 +225,52 @@ fn a_large_object_streams_from_the_shared_tier_and_from_disk_after_a_restart() {
         assert_eq!(stats["errors"], 0, "{stats}");
         assert_eq!(stats["corrupt"], 0, "{stats}");
     }
+}
+
+/// A shared-tier call that fails (here a Redis user refused `EXISTS` and `SET`) says nothing
+/// about the object: that lookup is a miss, and the object stays whole for every other node.
+/// (A failed chunk check used to remove it as incomplete, from Redis, for all nodes.)
+#[test]
+fn a_chunk_check_the_shared_tier_fails_leaves_the_object_for_other_nodes() {
+    let body = big_body();
+    let origin = origin(body.clone());
+    let port = free_port();
+    let limited_user = [
+        "--user", "limited", "on", ">secret", "~*", "&*", "+@all", "-exists", "-set",
+    ];
+    let redis = Redis::start_with(port, &limited_user);
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&origin, &dir.path().join("a"), Some(redis.port));
+    assert!(raw_get(&a, "/big").is_complete());
+    wait_writes(&a, "l2-shared", 1);
+
+    let url = format!("redis://limited:secret@127.0.0.1:{port}");
+    let limited = node_with_url(&origin, &dir.path().join("b"), Some(url));
+    let refused = raw_get(&limited, "/big");
+    assert!(
+        refused.is_complete() && refused.body == body,
+        "{}",
+        refused.head
+    );
+    assert!(
+        refused.cache_status().contains("fwd=miss"),
+        "{}",
+        refused.head
+    );
+    let stats = tier(&limited, "l2-shared");
+    assert!(stats["errors"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(origin.hits(), 2);
+
+    let c = node(&origin, &dir.path().join("c"), Some(redis.port));
+    let shared = raw_get(&c, "/big");
+    assert!(
+        shared.cache_status().ends_with(r#"detail="l2-shared""#),
+        "{}\nthe limited node's log:\n{}",
+        shared.head,
+        limited.log()
+    );
+    assert!(shared.is_complete() && shared.body == body);
+    assert_eq!(origin.hits(), 2, "what A stored was still whole in Redis");
 }
 
 #[test]

@@ -23,6 +23,14 @@ impl Redis {
         Self::spawn(port, &["--port", &port.to_string()])
     }
 
+    /// Plain TCP on `port`, with more `redis-server` arguments (an ACL user, say).
+    pub fn start_with(port: u16, extra: &[&str]) -> Self {
+        let port_arg = port.to_string();
+        let mut args = vec!["--port", port_arg.as_str()];
+        args.extend_from_slice(extra);
+        Self::spawn(port, &args)
+    }
+
     /// TLS only on `port` (`--port 0` turns plain TCP off); clients need no certificate.
     pub fn start_tls(port: u16, tls: &RedisTls) -> Self {
         let path = |p: &Path| p.display().to_string();

@@ -133,12 +133,16 @@ impl ChunkStream {
                 .unwrap_or_else(|e| Err(format!("chunk read task: {e}"))),
             None => self.tier.get_chunk(&self.plan.key(&self.key, index)).await,
         };
-        let checked = match read {
-            Ok(Some(value)) => self.plan.verify(index, &value),
-            Ok(None) => Err(format!("chunk {index} is gone")),
-            Err(e) => Err(format!("chunk {index}: {e}")),
-        };
-        checked.or_else(|e| self.fail(e))
+        match read {
+            Ok(Some(value)) => self
+                .plan
+                .verify(index, &value)
+                .or_else(|e| self.fail(e, Removal::Remove)),
+            Ok(None) => self.fail(format!("chunk {index} is gone"), Removal::Remove),
+            // The tier did not answer (a timeout, a lost connection): the object may well be
+            // whole, and removing it would take it from every node sharing the tier.
+            Err(e) => self.fail(format!("chunk {index}: {e}"), Removal::Keep),
+        }
     }
 
     fn read_ahead(&mut self, index: usize) {
@@ -152,17 +156,26 @@ impl ChunkStream {
         }
     }
 
-    /// Counts, logs and removes the object whose chunk failed, and fails the response.
-    fn fail(&mut self, why: String) -> Result<Bytes> {
+    /// Counts and logs a chunk that failed, removes the object when the chunk is known to be
+    /// gone or damaged, and fails the response.
+    fn fail(&mut self, why: String, removal: Removal) -> Result<Bytes> {
         let counters = self.tier.counters();
         TierCounters::bump(&counters.errors);
-        TierCounters::bump(&counters.corrupt);
-        tracing::warn!(
-            tier = self.tier.name(),
-            "large object aborted mid-response and removed: {why}"
-        );
-        self.tier.remove(&self.key);
-        self.tier.remove_chunks(&self.plan.keys(&self.key));
+        match removal {
+            Removal::Remove => {
+                TierCounters::bump(&counters.corrupt);
+                tracing::warn!(
+                    tier = self.tier.name(),
+                    "large object aborted mid-response and removed: {why}"
+                );
+                self.tier.remove(&self.key);
+                self.tier.remove_chunks(&self.plan.keys(&self.key));
+            }
+            Removal::Keep => tracing::warn!(
+                tier = self.tier.name(),
+                "large object aborted mid-response (the tier did not answer; kept): {why}"
+            ),
+        }
         self.promotion = None;
         Error::e_explain(
             ErrorType::InternalError,
@@ -187,6 +200,14 @@ impl ChunkStream {
             promotion.l1.promote(&promotion.key, &meta, body.freeze());
         }
     }
+}
+
+/// What a failed chunk says about the stored object.
+enum Removal {
+    /// Missing or damaged: removed, so no later lookup finds it.
+    Remove,
+    /// The tier did not answer: the object is left as it is.
+    Keep,
 }
 
 impl Drop for ChunkStream {

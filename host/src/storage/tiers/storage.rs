@@ -107,12 +107,20 @@ impl TieredStorage {
                         plan,
                         first,
                     },
-                    Err(e) => {
+                    Err(ChunksUnusable::Broken(e)) => {
                         TierCounters::bump(&counters.errors);
                         TierCounters::bump(&counters.misses);
                         tracing::warn!(tier = tier.name(), "incomplete large object: {e}");
                         tier.remove(&name);
                         tier.remove_chunks(&plan.keys(&name));
+                        continue;
+                    }
+                    // A timeout or a lost connection says nothing about the object: a miss
+                    // this time, and the object stays for the next lookup (and other nodes).
+                    Err(ChunksUnusable::Unanswered(e)) => {
+                        TierCounters::bump(&counters.errors);
+                        TierCounters::bump(&counters.misses);
+                        tracing::warn!(tier = tier.name(), "large object not read: {e}");
                         continue;
                     }
                 },
@@ -328,16 +336,30 @@ impl TieredStorage {
     }
 }
 
+/// Why a large object's chunks cannot serve this lookup.
+enum ChunksUnusable {
+    /// A chunk is missing or damaged: the object is removed.
+    Broken(String),
+    /// The tier did not answer in time or failed: the object may be whole and is kept.
+    Unanswered(String),
+}
+
 /// Checks that every chunk of `plan` is stored and that the first one checks out; returns
 /// chunk 0's verified data (the stream serves it as is and verifies every later chunk).
-async fn open_chunks(tier: &Arc<dyn Tier>, name: &TierKey, plan: &Plan) -> Result<Bytes, String> {
-    if !tier.contains_all(&plan.keys(name)).await? {
-        return Err("a chunk is missing".into());
+async fn open_chunks(
+    tier: &Arc<dyn Tier>,
+    name: &TierKey,
+    plan: &Plan,
+) -> Result<Bytes, ChunksUnusable> {
+    let all = tier.contains_all(&plan.keys(name)).await;
+    if !all.map_err(ChunksUnusable::Unanswered)? {
+        return Err(ChunksUnusable::Broken("a chunk is missing".into()));
     }
-    let Some(value) = tier.get_chunk(&plan.key(name, 0)).await? else {
-        return Err("chunk 0 is missing".into());
+    let first = tier.get_chunk(&plan.key(name, 0)).await;
+    let Some(value) = first.map_err(ChunksUnusable::Unanswered)? else {
+        return Err(ChunksUnusable::Broken("chunk 0 is missing".into()));
     };
-    plan.verify(0, &value)
+    plan.verify(0, &value).map_err(ChunksUnusable::Broken)
 }
 
 fn target_key<'a>(target: &PurgeTarget<'a>) -> Option<&'a CompactCacheKey> {
