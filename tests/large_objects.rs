@@ -273,6 +273,74 @@ fn a_chunk_check_the_shared_tier_fails_leaves_the_object_for_other_nodes() {
     assert_eq!(origin.hits(), 2, "what A stored was still whole in Redis");
 }
 
+/// A purge that comes while a large object streams from L2 finds nothing in L1 to remove:
+/// the copy must not be put into L1 when the stream ends (it used to be, and was then served
+/// as an L1 hit until it expired).
+#[test]
+fn a_purge_while_a_large_object_streams_from_l2_keeps_it_out_of_l1() {
+    let body = big_body();
+    let origin = origin(body.clone());
+    let redis = Redis::start(free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&origin, &dir.path().join("a"), Some(redis.port));
+    assert!(raw_get(&a, "/big").is_complete());
+    wait_writes(&a, "l2-shared", 1);
+    let b = node(&origin, &dir.path().join("b"), Some(redis.port));
+
+    // A client that reads slowly: a small receive buffer, and a pause once the body started,
+    // so B is still sending (from the shared tier) when the purge comes.
+    let addr = b
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    let small: libc::c_int = 16 << 10;
+    // SAFETY: setsockopt(2) on this open socket with a pointer to a live c_int.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&slow),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::addr_of!(small).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVBUF");
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        slow,
+        "GET /big HTTP/1.1\r\nHost: big.test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut got = vec![0; 16 << 10];
+    let mut received = slow.read(&mut got).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let auth = format!("Bearer {TOKEN}");
+    let purged = support::client::send(
+        "PURGE",
+        &b.url("/big"),
+        &[("Host", "big.test"), ("Authorization", auth.as_str())],
+    );
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    // The response under way goes on to its end.
+    let mut rest = Vec::new();
+    slow.read_to_end(&mut rest).unwrap();
+    received += rest.len();
+    assert!(received > BIG, "the stream was cut short: {received} bytes");
+
+    let after = raw_get(&b, "/big");
+    assert!(after.is_complete() && after.body == body, "{}", after.head);
+    assert!(
+        after.cache_status().contains("fwd=miss"),
+        "purged, yet served from B's memory: {}",
+        after.head
+    );
+    assert_eq!(origin.hits(), 2);
+}
+
 #[test]
 fn a_damaged_chunk_is_never_served_as_a_complete_body() {
     let body = big_body();

@@ -4,16 +4,19 @@
 //!
 //! A chunk that is missing, altered or from another write fails the read: pingora then
 //! closes the connection without ending the body, so a client never takes a short body for
-//! a complete one. The object is removed from the tier on the way.
+//! a complete one. The object is removed from the tier on the way (not when the tier merely
+//! failed to answer: that says nothing about the object).
 
-use super::super::MemoryStorage;
+use super::super::{FillWatch, MemoryStorage};
 use super::chunks::Plan;
 use super::key::TierKey;
 use super::tier::{Tier, TierCounters};
 use bytes::{Bytes, BytesMut};
+use pingora_cache::key::CacheHashKey;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::task::JoinHandle;
 
 type Read = JoinHandle<Result<Option<Bytes>, String>>;
@@ -25,6 +28,11 @@ pub(crate) struct Promotion {
     /// pingora's serialization of the meta (`CacheMeta` is not `Clone`).
     meta: (Vec<u8>, Vec<u8>),
     parts: Vec<Bytes>,
+    /// Purges of the key from here on are remembered: one that comes while the body streams
+    /// (seconds for a large one) finds nothing in L1 to remove, so the copy must not be put
+    /// there afterwards, as a fill's response is not stored after a purge.
+    _watch: FillWatch,
+    since: Instant,
 }
 
 impl Promotion {
@@ -33,12 +41,20 @@ impl Promotion {
         key: &CacheKey,
         meta: &CacheMeta,
     ) -> Option<Self> {
+        let meta = meta.serialize().ok()?;
         Some(Self {
+            _watch: l1.watch_fill(&key.user_tag, key.primary_bin()),
+            since: Instant::now(),
             l1,
             key: key.clone(),
-            meta: meta.serialize().ok()?,
+            meta,
             parts: Vec::new(),
         })
+    }
+
+    fn purged(&self) -> bool {
+        self.l1
+            .purged_since(&self.key.user_tag, &self.key.primary_bin(), self.since)
     }
 }
 
@@ -188,6 +204,9 @@ impl ChunkStream {
         let Some(promotion) = self.promotion.take() else {
             return;
         };
+        if promotion.purged() {
+            return;
+        }
         let mut body = BytesMut::with_capacity(self.plan.body_len);
         for part in &promotion.parts {
             body.extend_from_slice(part);
