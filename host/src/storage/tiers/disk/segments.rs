@@ -300,8 +300,16 @@ impl SegmentStore {
         let (Ok(offset), Ok(len32)) = (u32::try_from(active.end), u32::try_from(len)) else {
             return Err(io::Error::other("segments are larger than 4 GiB"));
         };
-        // A failed write leaves `end` where it was: the next entry overwrites the remains.
-        active.file.write_all_at(bytes, active.end)?;
+        if let Err(e) = active.file.write_all_at(bytes, active.end) {
+            // A failed write (a full disk) may leave part of the entry behind `end`, and the
+            // next, shorter entry would overwrite only its start: after a restart, the search
+            // past the remains could take an entry forged inside them (a cached body holding
+            // one) for a real one. So the remains go; if even that fails, the segment is left.
+            if active.file.set_len(active.end).is_err() {
+                self.roll(active)?;
+            }
+            return Err(e);
+        }
         let loc = Loc {
             segment: active.id,
             offset,
