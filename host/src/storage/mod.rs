@@ -33,7 +33,7 @@ mod tests;
 pub mod tiers;
 
 pub use plain_hit::PlainHit;
-pub use purge_log::FillWatch;
+pub use purge_log::{FillWatch, KeyWatch};
 pub use stats::{PartitionStats, StorageStats};
 pub(crate) use tags::unindexable as unindexable_tags;
 pub use tiers::{TierStats, TieredStorage};
@@ -142,6 +142,12 @@ impl MemoryStorage {
     /// is dropped: take it before the request goes to the origin.
     pub fn watch_fill(&self, partition: &str, key: HashBinary) -> FillWatch {
         self.purges.watch(partition, key)
+    }
+
+    /// Purges of `key` from now on (see [`KeyWatch::purged`]).
+    pub fn watch_key(&self, key: &pingora_cache::CacheKey) -> KeyWatch {
+        use pingora_cache::key::CacheHashKey;
+        self.purges.watch_key(&key.user_tag, key.primary_bin())
     }
 
     /// Notes a purge of `key` (every variant), or with `None` of what may be any key.

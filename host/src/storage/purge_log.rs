@@ -112,6 +112,33 @@ impl SharedPurgeLog {
             key,
         }
     }
+
+    /// Watches `key` from now on, for a copy that is still on its way (a fill's L2 write, an
+    /// L2 hit's promotion) and must not land after a purge that came meanwhile.
+    pub(super) fn watch_key(&self, partition: &str, key: HashBinary) -> KeyWatch {
+        KeyWatch {
+            watch: self.watch(partition, key),
+            since: Instant::now(),
+        }
+    }
+}
+
+/// Purges of one key from the moment it was taken (see [`SharedPurgeLog::watch_key`]).
+pub struct KeyWatch {
+    watch: FillWatch,
+    since: Instant,
+}
+
+impl KeyWatch {
+    /// Whether the key may have been purged since the watch was taken.
+    pub fn purged(&self) -> bool {
+        let FillWatch {
+            log,
+            partition,
+            key,
+        } = &self.watch;
+        log.purged_since(partition, key, self.since)
+    }
 }
 
 /// A fill in flight whose key's purges are remembered (see [`SharedPurgeLog::watch`]).

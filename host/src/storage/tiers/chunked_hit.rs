@@ -7,16 +7,14 @@
 //! a complete one. The object is removed from the tier on the way (not when the tier merely
 //! failed to answer: that says nothing about the object).
 
-use super::super::{FillWatch, MemoryStorage};
+use super::super::{KeyWatch, MemoryStorage};
 use super::chunks::Plan;
 use super::key::TierKey;
 use super::tier::{Tier, TierCounters};
 use bytes::{Bytes, BytesMut};
-use pingora_cache::key::CacheHashKey;
 use pingora_cache::{CacheKey, CacheMeta};
 use pingora_error::{Error, ErrorType, Result};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::task::JoinHandle;
 
 type Read = JoinHandle<Result<Option<Bytes>, String>>;
@@ -31,8 +29,7 @@ pub(crate) struct Promotion {
     /// Purges of the key from here on are remembered: one that comes while the body streams
     /// (seconds for a large one) finds nothing in L1 to remove, so the copy must not be put
     /// there afterwards, as a fill's response is not stored after a purge.
-    _watch: FillWatch,
-    since: Instant,
+    watch: KeyWatch,
 }
 
 impl Promotion {
@@ -43,18 +40,12 @@ impl Promotion {
     ) -> Option<Self> {
         let meta = meta.serialize().ok()?;
         Some(Self {
-            _watch: l1.watch_fill(&key.user_tag, key.primary_bin()),
-            since: Instant::now(),
+            watch: l1.watch_key(key),
             l1,
             key: key.clone(),
             meta,
             parts: Vec::new(),
         })
-    }
-
-    fn purged(&self) -> bool {
-        self.l1
-            .purged_since(&self.key.user_tag, &self.key.primary_bin(), self.since)
     }
 }
 
@@ -204,7 +195,7 @@ impl ChunkStream {
         let Some(promotion) = self.promotion.take() else {
             return;
         };
-        if promotion.purged() {
+        if promotion.watch.purged() {
             return;
         }
         let mut body = BytesMut::with_capacity(self.plan.body_len);

@@ -5,6 +5,7 @@ use super::key::TierKey;
 use super::record;
 use super::writer::Job;
 use super::TieredStorage;
+use crate::storage::KeyWatch;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::storage::{HandleMiss, MissFinishType, MissHandler};
@@ -25,6 +26,11 @@ pub(crate) struct TieredMiss {
     keep_until: SystemTime,
     tags: Box<[Box<str>]>,
     written_at: u64,
+    /// Purges of the key since the fill began: a purge made on another node reaches this one
+    /// through pub/sub, possibly after the origin's head came (so after `written_at`, and
+    /// the purge's own mark in L2 does not outdate the copy); it cancels L1's write, and must
+    /// keep the copy out of L2 as well.
+    watch: KeyWatch,
     /// The body so far; `None` once it outgrew what may be stored.
     body: Option<Vec<Bytes>>,
     body_len: usize,
@@ -39,6 +45,7 @@ impl TieredMiss {
         l1: MissHandler,
         tiers: &'static TieredStorage,
         key: TierKey,
+        watch: KeyWatch,
         meta: &CacheMeta,
         max_object: usize,
     ) -> Self {
@@ -46,6 +53,7 @@ impl TieredMiss {
             l1,
             tiers,
             key,
+            watch,
             meta: meta.serialize().ok(),
             reason: record::own_reason(meta),
             unframed: super::super::meta::needs_length(meta.response_header()),
@@ -88,9 +96,13 @@ impl HandleMiss for TieredMiss {
             written_at,
             body,
             body_len,
+            watch,
             ..
         } = *self;
         let finished = l1.finish().await?;
+        if watch.purged() {
+            return Ok(finished);
+        }
         let meta = match meta {
             // `finish` comes only after the whole body: its length is known.
             Some(bytes) if unframed => Some(with_length(bytes, body_len)),

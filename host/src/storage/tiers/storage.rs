@@ -254,6 +254,7 @@ impl Storage for TieredStorage {
             l1,
             self,
             TierKey::of(key),
+            self.l1.watch_key(key),
             meta,
             self.l1.max_object_size(&key.user_tag),
         ));
