@@ -344,6 +344,10 @@ impl Tier for SharedTier {
         self.read(key, self.op_timeout.max(CHUNK_TIMEOUT)).await
     }
 
+    async fn get_first_chunk(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
+        self.read(key, self.op_timeout).await
+    }
+
     async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String> {
         let mut cmd = redis::pipe();
         let exists = cmd.cmd("EXISTS");

@@ -356,7 +356,7 @@ async fn open_chunks(
     if !all.map_err(ChunksUnusable::Unanswered)? {
         return Err(ChunksUnusable::Broken("a chunk is missing".into()));
     }
-    let first = tier.get_chunk(&plan.key(name, 0)).await;
+    let first = tier.get_first_chunk(&plan.key(name, 0)).await;
     let Some(value) = first.map_err(ChunksUnusable::Unanswered)? else {
         return Err(ChunksUnusable::Broken("chunk 0 is missing".into()));
     };

@@ -33,6 +33,12 @@ pub(crate) trait Tier: Send + Sync + 'static {
         self.get(key).await
     }
 
+    /// A large body's first chunk, read by the lookup before anything is answered: within a
+    /// lookup's own bound, as [`Self::get`] (a client waits for it at the start of its request).
+    async fn get_first_chunk(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
+        self.get(key).await
+    }
+
     /// Whether every one of `keys` is stored (a chunked body's parts, checked before its
     /// head is sent).
     async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String>;
