@@ -30,22 +30,43 @@ pub(crate) struct Promotion {
     /// (seconds for a large one) finds nothing in L1 to remove, so the copy must not be put
     /// there afterwards, as a fill's response is not stored after a purge.
     watch: KeyWatch,
+    /// The body's bytes, taken from L1's budget for bodies on their way in (the one fills
+    /// take from) while the parts are held.
+    reserved: usize,
 }
 
 impl Promotion {
+    /// `None` when L1 would not keep a body of `body_len` for the key's tenant, or when the
+    /// bodies on their way into L1 already hold its whole budget for them: every hit of a
+    /// large object would otherwise hold a copy of it outside any bound until it ends.
     pub(crate) fn new(
         l1: &'static MemoryStorage,
         key: &CacheKey,
         meta: &CacheMeta,
+        body_len: usize,
     ) -> Option<Self> {
+        let tenant = &key.user_tag;
+        if body_len > l1.max_object_size(tenant) || body_len > l1.budget_of(tenant) {
+            return None;
+        }
         let meta = meta.serialize().ok()?;
+        if !l1.reserve_filling(body_len) {
+            return None;
+        }
         Some(Self {
             watch: l1.watch_key(key),
             l1,
             key: key.clone(),
             meta,
             parts: Vec::new(),
+            reserved: body_len,
         })
+    }
+}
+
+impl Drop for Promotion {
+    fn drop(&mut self) {
+        self.l1.release_filling(self.reserved);
     }
 }
 
@@ -225,5 +246,43 @@ impl Drop for ChunkStream {
         if let Some((_, read)) = self.ahead.take() {
             read.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::ResponseHeader;
+    use std::time::{Duration, SystemTime};
+
+    fn meta() -> CacheMeta {
+        let header = ResponseHeader::build_no_case(200, None).unwrap();
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
+    }
+
+    #[test]
+    fn promotions_in_flight_hold_no_more_than_l1s_budget_for_bodies_on_their_way() {
+        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(64 << 20, 8 << 20)));
+        l1.set_fill_budget(10 << 20);
+        let (a, b) = (CacheKey::new("/a", "site"), CacheKey::new("/b", "site"));
+        let first = Promotion::new(l1, &a, &meta(), 6 << 20).expect("within the budget");
+        assert_eq!(l1.filling_bytes(), 6 << 20);
+        // A second 6 MiB body would go past 10 MiB: that hit streams without promotion.
+        assert!(Promotion::new(l1, &b, &meta(), 6 << 20).is_none());
+        assert!(Promotion::new(l1, &b, &meta(), 4 << 20).is_some());
+        assert_eq!(
+            l1.filling_bytes(),
+            6 << 20,
+            "a refused or ended one holds nothing"
+        );
+        drop(first);
+        assert_eq!(l1.filling_bytes(), 0);
+        assert!(Promotion::new(l1, &b, &meta(), 6 << 20).is_some());
+        // Over L1's object limit, or over the tenant's share: never promoted, nothing held.
+        assert!(Promotion::new(l1, &b, &meta(), 9 << 20).is_none());
+        l1.set_partition_budget("site", Some(5 << 20));
+        assert!(Promotion::new(l1, &b, &meta(), 6 << 20).is_none());
+        assert_eq!(l1.filling_bytes(), 0);
     }
 }

@@ -215,8 +215,7 @@ impl Storage for TieredStorage {
             }
             FoundBody::Chunked { name, plan, first } => {
                 // Promoted once served whole, if L1 would take it at all.
-                let fits = plan.body_len <= self.l1.max_object_size(&key.user_tag);
-                let promotion = fits.then(|| Promotion::new(self.l1, key, &meta)).flatten();
+                let promotion = Promotion::new(self.l1, key, &meta, plan.body_len);
                 let stream = ChunkStream::new(tier.clone(), name, plan, first, promotion);
                 TierHit::chunked(stream, tier.name())
             }
