@@ -509,6 +509,21 @@ fn a_head_not_whole_within_request_head_timeout_gets_408() {
     assert_eq!(conn.ask("").status, 200);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(conn.ask(&get("/slow-but-whole", false)).status, 200);
+
+    // A stray empty line after a hit (RFC 9112 lets servers skip it) begins no head: the
+    // connection idles past the head timeout and serves the next request (it was refused
+    // 408 once the head timeout ran out), and a request after empty lines is answered.
+    let hit = conn.ask(&format!("{}\r\n", get("/slow-but-whole", false)));
+    assert_eq!(hit.status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = conn.ask(&format!("\r\n{}", get("/slow-but-whole", false)));
+    assert_eq!(
+        after.status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&after.body)
+    );
+    assert_eq!(origin.hits(), 1);
 }
 
 /// A client that stops taking a response does not keep its connection: after

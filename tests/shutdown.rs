@@ -18,6 +18,7 @@ const SLOW: Duration = Duration::from_millis(1500);
 fn slow_origin(delay: Duration) -> Origin {
     Origin::start(move |seen| match seen.url.as_str() {
         "/slow" => Reply::ok("slow and complete").delay(delay),
+        "/cached" => Reply::ok("cached").header("Cache-Control", "max-age=600"),
         _ => Reply::ok("quick"),
     })
 }
@@ -164,17 +165,33 @@ fn sigterm_closes_idle_keep_alive_connections_at_once() {
         let n = idle.read(&mut answer).expect("an answer");
         assert!(answer[..n].starts_with(b"HTTP/1.1 200 "));
     }
+    // Idle too: its last request, a hit the front answered, was followed by an empty line.
+    let mut stray = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    stray
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    for end in ["", "\r\n"] {
+        stray
+            .write_all(format!("GET /cached HTTP/1.1\r\nHost: site.test\r\n\r\n{end}").as_bytes())
+            .expect("send");
+        let mut answer = [0u8; 4096];
+        let n = stray.read(&mut answer).expect("an answer");
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200 "));
+    }
+    assert_eq!(origin.hits_for("/cached"), 1, "the second was a hit");
     let client = slow_request_in_flight(&proxy, &origin);
     let sent = Instant::now();
     signal(&proxy, "TERM");
-    let mut rest = Vec::new();
-    let closed = idle.read_to_end(&mut rest);
-    let waited = sent.elapsed();
-    assert!(
-        matches!(closed, Ok(0)) && waited < SLOW / 2,
-        "idle connection: {closed:?} after {waited:?}, {:?}",
-        String::from_utf8_lossy(&rest)
-    );
+    for (name, conn) in [("idle", &mut idle), ("after an empty line", &mut stray)] {
+        let mut rest = Vec::new();
+        let closed = conn.read_to_end(&mut rest);
+        let waited = sent.elapsed();
+        assert!(
+            matches!(closed, Ok(0)) && waited < SLOW / 2,
+            "{name} connection: {closed:?} after {waited:?}, {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
     let response = client
         .join()
         .unwrap()

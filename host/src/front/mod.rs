@@ -163,7 +163,10 @@ impl Front {
         // `head_timeout` later, however slowly its bytes trickle in.
         let mut head_started = None;
         loop {
-            if !buf.is_empty() && arriving.is_none() {
+            // Empty lines before a head (a client's stray CRLF after its last request) are
+            // no head begun: the connection is still idle (RFC 9112 §2.2 lets them be skipped).
+            let idle = only_empty_lines(buf);
+            if !idle && arriving.is_none() {
                 *arriving = Some(self.cachet.state.drain.enter());
             }
             match head::read(buf) {
@@ -175,7 +178,6 @@ impl Front {
                 Head::Partial => {}
                 head => return Some(head),
             }
-            let idle = buf.is_empty();
             let wait = if idle {
                 IDLE
             } else {
@@ -243,6 +245,12 @@ impl Front {
 fn client_conn(socket: Option<&SocketDigest>, tls: bool) -> ClientConn {
     let client = socket.and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
     ClientConn { client, tls }
+}
+
+/// Whether `buf` holds nothing but (the start of) empty lines. Any other stray byte, such
+/// as a CR not followed by LF, makes the head one Pingora reads and refuses.
+fn only_empty_lines(buf: &[u8]) -> bool {
+    buf.iter().all(|&b| b == b'\r' || b == b'\n')
 }
 
 /// Resolves once the server is stopping (never, should the watch's sender be gone).
