@@ -74,20 +74,7 @@ impl Storage for MemoryStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let meta = Arc::new(StoredMeta::new(meta)?);
-        let lru_key = CacheEntryKey::key_only(key.to_compact());
-        let id = self.next_write_id.fetch_add(1, Relaxed);
-        let (writer, start) = stream::stream();
-        let head = start.head.clone();
-        let write = Pending {
-            id,
-            meta: meta.clone(),
-            start,
-            cancelled: false,
-        };
-        let slot = SlotKey::of_compact(lru_key.key());
-        self.index.write().add_write(&key.user_tag, slot, write);
-        Ok(Box::new(Miss::new(self, lru_key, id, meta, writer, head)))
+        Ok(Box::new(self.start_write(key, meta)?))
     }
 
     /// Removes the stored object. An active purge also stops writes in flight for the key from
@@ -158,6 +145,26 @@ impl Storage for MemoryStorage {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
+    }
+}
+
+impl MemoryStorage {
+    /// Starts a fill of `key`: a write in flight that lookups follow until it is stored.
+    pub(super) fn start_write(&'static self, key: &CacheKey, meta: &CacheMeta) -> Result<Miss> {
+        let meta = Arc::new(StoredMeta::new(meta)?);
+        let lru_key = CacheEntryKey::key_only(key.to_compact());
+        let id = self.next_write_id.fetch_add(1, Relaxed);
+        let (writer, start) = stream::stream();
+        let head = start.head.clone();
+        let write = Pending {
+            id,
+            meta: meta.clone(),
+            start,
+            cancelled: false,
+        };
+        let slot = SlotKey::of_compact(lru_key.key());
+        self.index.write().add_write(&key.user_tag, slot, write);
+        Ok(Miss::new(self, lru_key, id, meta, writer, head))
     }
 }
 

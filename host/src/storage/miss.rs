@@ -67,6 +67,12 @@ impl Miss {
         }
     }
 
+    /// Whether the body is still buffered to be stored: not once it outgrew the object
+    /// limit or the fills' budget was spent.
+    pub(super) fn buffering(&self) -> bool {
+        self.buffered.is_some()
+    }
+
     fn partition(&self) -> &str {
         &self.lru_key.key().user_tag
     }

@@ -1,20 +1,24 @@
 //! A fill with L2 tiers: L1's own write, plus the body kept (as shared `Bytes`, not copied)
-//! so that the finished object can be queued for the L2 writer.
+//! so that the finished object can be queued for the L2 writer. The body is kept only while
+//! L1's write buffers it too: L1's budget for bodies on their way in bounds both, and a fill
+//! L1 stopped buffering (that budget spent, or the body over the object limit) holds no
+//! copy for L2 either.
 
 use super::key::TierKey;
 use super::record;
 use super::writer::Job;
 use super::TieredStorage;
+use crate::storage::miss::Miss;
 use crate::storage::KeyWatch;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_cache::storage::{HandleMiss, MissFinishType, MissHandler};
+use pingora_cache::storage::{HandleMiss, MissFinishType};
 use pingora_cache::CacheMeta;
 use pingora_error::Result;
 use std::time::SystemTime;
 
 pub(crate) struct TieredMiss {
-    l1: MissHandler,
+    l1: Box<Miss>,
     tiers: &'static TieredStorage,
     key: TierKey,
     /// pingora's serialization of the meta, taken when the fill started.
@@ -42,7 +46,7 @@ pub(crate) struct TieredMiss {
 
 impl TieredMiss {
     pub(crate) fn new(
-        l1: MissHandler,
+        l1: Box<Miss>,
         tiers: &'static TieredStorage,
         key: TierKey,
         watch: KeyWatch,
@@ -71,16 +75,18 @@ impl TieredMiss {
 #[async_trait]
 impl HandleMiss for TieredMiss {
     async fn write_body(&mut self, data: Bytes, eof: bool) -> Result<()> {
+        self.body_len += data.len();
         if let Some(body) = &mut self.body {
-            self.body_len += data.len();
-            if self.body_len > self.max_value {
-                self.body = None;
-            } else if !data.is_empty() {
+            if !data.is_empty() {
                 body.push(data.clone());
             }
         }
         self.eof |= eof;
-        self.l1.write_body(data, eof).await
+        let written = self.l1.write_body(data, eof).await;
+        if self.body_len > self.max_value || !self.l1.buffering() {
+            self.body = None;
+        }
+        written
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
@@ -142,5 +148,76 @@ fn with_length((internal, header): (Vec<u8>, Vec<u8>), body_len: usize) -> (Vec<
     match added.and_then(|()| meta.serialize()) {
         Ok(framed) => framed,
         Err(_) => (internal, header),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::TieredStorage;
+    use crate::config::{CacheConfig, DiskTierConfig};
+    use crate::storage::MemoryStorage;
+    use bytes::Bytes;
+    use pingora::http::ResponseHeader;
+    use pingora_cache::storage::Storage;
+    use pingora_cache::trace::Span;
+    use pingora_cache::{CacheKey, CacheMeta};
+    use std::time::{Duration, SystemTime};
+
+    /// Two fills of 1.5 MiB with a 2 MiB budget for bodies on their way in: L1 stops
+    /// buffering the second, and so does its copy for the disk tier (it held the whole body
+    /// past any budget); the first reaches the disk.
+    #[test]
+    fn a_fill_l1_stops_buffering_keeps_no_copy_for_the_l2_tiers() {
+        let dir = tempfile::tempdir().unwrap();
+        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(64 << 20, 8 << 20)));
+        l1.set_fill_budget(2 << 20);
+        let config = CacheConfig {
+            max_bytes: 64 << 20,
+            max_object_bytes: 8 << 20,
+            lock_timeout: Duration::from_secs(1),
+            uncacheable_keys: 0,
+            lean_hits: false,
+            disk: Some(DiskTierConfig {
+                path: dir.path().to_path_buf(),
+                max_bytes: 64 << 20,
+                max_objects: None,
+            }),
+            shared: None,
+        };
+        let storage: &'static TieredStorage =
+            Box::leak(Box::new(TieredStorage::open(l1, &config).unwrap()));
+        let now = SystemTime::now();
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.insert_header("Content-Length", 3 << 19).unwrap();
+        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        let key = |path: &str| CacheKey::new(path.as_bytes().to_vec(), "site");
+        let piece = Bytes::from(vec![7u8; 256 << 10]);
+
+        let runtime = storage.runtime.as_ref().unwrap();
+        runtime.block_on(async {
+            let span = Span::inactive().handle();
+            let mut first = storage
+                .get_miss_handler(&key("/first"), &meta, &span)
+                .await
+                .unwrap();
+            let mut second = storage
+                .get_miss_handler(&key("/second"), &meta, &span)
+                .await
+                .unwrap();
+            for i in 0..6 {
+                first.write_body(piece.clone(), i == 5).await.unwrap();
+            }
+            for i in 0..6 {
+                second.write_body(piece.clone(), i == 5).await.unwrap();
+            }
+            first.finish().await.unwrap();
+            second.finish().await.unwrap();
+            storage.writer.as_ref().unwrap().flush().await;
+            let first = storage.find_in_tiers(&key("/first")).await;
+            assert!(first.is_some(), "the fill within the budget is on disk");
+            let second = storage.find_in_tiers(&key("/second")).await;
+            assert!(second.is_none(), "the fill over the budget is not");
+        });
+        assert_eq!(l1.filling_bytes(), 0);
     }
 }

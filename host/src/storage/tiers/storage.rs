@@ -245,12 +245,11 @@ impl Storage for TieredStorage {
         meta: &CacheMeta,
         trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let l1 = self.l1.get_miss_handler(key, meta, trace).await?;
         if self.tiers.is_empty() {
-            return Ok(l1);
+            return self.l1.get_miss_handler(key, meta, trace).await;
         }
         let miss: Box<dyn HandleMiss + Send + Sync> = Box::new(TieredMiss::new(
-            l1,
+            Box::new(self.l1.start_write(key, meta)?),
             self,
             TierKey::of(key),
             self.l1.watch_key(key),
