@@ -387,3 +387,73 @@ fn a_damaged_chunk_is_never_served_as_a_complete_body() {
     assert!(again.cache_status().contains("fwd=miss"), "{}", again.head);
     assert_eq!(origin.hits(), 2);
 }
+
+/// A large object revalidated from an L2 tier (after a restart L1 holds none of it) is
+/// written back there with the refreshed meta: fresh in the tier from then on, across a
+/// restart too. It used to stay stale on disk (L1's copy alone was refreshed, and the copy
+/// promoted into L1 carried the stale meta), so the origin was asked again on each restart
+/// or eviction, or on every request while L1 could not take it.
+#[test]
+fn a_large_object_revalidated_from_disk_is_fresh_there_afterwards() {
+    let body = big_body();
+    let served = body.clone();
+    let origin = Origin::start(move |seen| {
+        if seen.header("if-none-match") == Some("\"v1\"") {
+            return Reply::ok("")
+                .status(304)
+                .header("ETag", "\"v1\"")
+                .header("Cache-Control", "public, max-age=300");
+        }
+        Reply::ok(served.clone())
+            .header("ETag", "\"v1\"")
+            .header("Cache-Control", "public, max-age=1")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    let mut proxy = node(&origin, &disk, None);
+    assert!(raw_get(&proxy, "/big").is_complete());
+    wait_writes(&proxy, "l2-disk", 1);
+    assert!(proxy.interrupt(), "{}", proxy.log());
+    // Stale from here on (max-age=1).
+    std::thread::sleep(Duration::from_millis(1200));
+
+    let mut proxy = node(&origin, &disk, None);
+    let revalidated = raw_get(&proxy, "/big");
+    assert!(
+        revalidated.is_complete() && revalidated.body == body,
+        "{}",
+        revalidated.head
+    );
+    assert!(
+        revalidated
+            .cache_status()
+            .contains("fwd=stale; fwd-status=304"),
+        "{}",
+        revalidated.head
+    );
+    wait_writes(&proxy, "l2-disk", 1);
+    let fresh = raw_get(&proxy, "/big");
+    assert!(
+        fresh.cache_status().contains("hit")
+            && fresh.cache_status().ends_with(r#"detail="l2-disk""#),
+        "fresh on disk, not revalidated again: {}",
+        fresh.head
+    );
+    assert!(fresh.is_complete() && fresh.body == body);
+    assert!(proxy.interrupt(), "{}", proxy.log());
+
+    let proxy = node(&origin, &disk, None);
+    let after_restart = raw_get(&proxy, "/big");
+    assert!(
+        after_restart.cache_status().contains("hit")
+            && after_restart
+                .cache_status()
+                .ends_with(r#"detail="l2-disk""#),
+        "{}",
+        after_restart.head
+    );
+    assert!(after_restart.is_complete() && after_restart.body == body);
+    assert_eq!(origin.hits(), 2, "one fill, one revalidation");
+    let stats = tier(&proxy, "l2-disk");
+    assert_eq!(stats["corrupt"], 0, "{stats}");
+}

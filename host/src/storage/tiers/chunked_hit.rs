@@ -38,7 +38,10 @@ pub(crate) struct Promotion {
 impl Promotion {
     /// `None` when L1 would not keep a body of `body_len` for the key's tenant, or when the
     /// bodies on their way into L1 already hold its whole budget for them: every hit of a
-    /// large object would otherwise hold a copy of it outside any bound until it ends.
+    /// large object would otherwise hold a copy of it outside any bound until it ends. `None`
+    /// too for a stale copy: it is being revalidated (or served stale meanwhile), and
+    /// the revalidation writes the refreshed object to the L2 tiers, from where the next hit
+    /// promotes it; promoted now, it would carry the stale meta into L1, revalidated again.
     pub(crate) fn new(
         l1: &'static MemoryStorage,
         key: &CacheKey,
@@ -46,6 +49,9 @@ impl Promotion {
         body_len: usize,
     ) -> Option<Self> {
         let tenant = &key.user_tag;
+        if !meta.is_fresh(std::time::SystemTime::now()) {
+            return None;
+        }
         if body_len > l1.max_object_size(tenant) || body_len > l1.budget_of(tenant) {
             return None;
         }

@@ -22,6 +22,7 @@ mod miss;
 mod purges;
 mod record;
 mod redis_size;
+mod refresh;
 mod shared;
 mod storage;
 mod tier;

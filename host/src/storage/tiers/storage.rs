@@ -283,7 +283,8 @@ impl Storage for TieredStorage {
     }
 
     /// Updates L1 and queues the revalidated object for the L2 tiers (a fresh write there, so
-    /// purge marks older than the revalidation no longer apply to it).
+    /// purge marks older than the revalidation no longer apply to it): L1's copy, or when L1
+    /// holds none, the L2 copy that was revalidated.
     async fn update_meta(
         &'static self,
         key: &CacheKey,
@@ -291,8 +292,10 @@ impl Storage for TieredStorage {
         trace: &SpanHandle,
     ) -> Result<bool> {
         let updated = self.l1.update_meta(key, meta, trace).await?;
-        if updated && !self.tiers.is_empty() {
-            self.rewrite(key);
+        match (updated, self.tiers.is_empty()) {
+            (_, true) => {}
+            (true, false) => self.rewrite(key),
+            (false, false) => self.refresh_in_tiers(key, meta),
         }
         Ok(updated)
     }
