@@ -154,7 +154,6 @@ fn with_length((internal, header): (Vec<u8>, Vec<u8>), body_len: usize) -> (Vec<
 #[cfg(test)]
 mod tests {
     use super::super::TieredStorage;
-    use crate::config::{CacheConfig, DiskTierConfig};
     use crate::storage::MemoryStorage;
     use bytes::Bytes;
     use pingora::http::ResponseHeader;
@@ -171,19 +170,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(64 << 20, 8 << 20)));
         l1.set_fill_budget(2 << 20);
-        let config = CacheConfig {
-            max_bytes: 64 << 20,
-            max_object_bytes: 8 << 20,
-            lock_timeout: Duration::from_secs(1),
-            uncacheable_keys: 0,
-            lean_hits: false,
-            disk: Some(DiskTierConfig {
-                path: dir.path().to_path_buf(),
-                max_bytes: 64 << 20,
-                max_objects: None,
-            }),
-            shared: None,
-        };
+        let config = super::super::disk_config(dir.path(), 64 << 20, 64 << 20);
         let storage: &'static TieredStorage =
             Box::leak(Box::new(TieredStorage::open(l1, &config).unwrap()));
         let now = SystemTime::now();

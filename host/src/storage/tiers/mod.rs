@@ -338,3 +338,25 @@ impl TieredStorage {
         }
     }
 }
+
+/// A cache with a disk tier of `disk_bytes` in `path` (unit tests of the tiers).
+#[cfg(test)]
+pub(super) fn disk_config(
+    path: &std::path::Path,
+    l1_bytes: usize,
+    disk_bytes: usize,
+) -> CacheConfig {
+    CacheConfig {
+        max_bytes: l1_bytes,
+        max_object_bytes: l1_bytes,
+        lock_timeout: Duration::from_secs(1),
+        uncacheable_keys: 0,
+        lean_hits: false,
+        disk: Some(crate::config::DiskTierConfig {
+            path: path.to_path_buf(),
+            max_bytes: disk_bytes,
+            max_objects: None,
+        }),
+        shared: None,
+    }
+}

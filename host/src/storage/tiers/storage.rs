@@ -375,7 +375,6 @@ fn target_key<'a>(target: &PurgeTarget<'a>) -> Option<&'a CompactCacheKey> {
 mod tests {
     use super::super::chunks;
     use super::*;
-    use crate::config::{CacheConfig, DiskTierConfig};
     use crate::storage::MemoryStorage;
     use pingora::http::ResponseHeader;
     use std::time::{Duration, SystemTime};
@@ -387,19 +386,7 @@ mod tests {
     fn the_disk_tier_serves_objects_stored_before_the_key_digest() {
         let dir = tempfile::tempdir().unwrap();
         let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(1 << 20, 1 << 20)));
-        let config = CacheConfig {
-            max_bytes: 1 << 20,
-            max_object_bytes: 1 << 20,
-            lock_timeout: Duration::from_secs(1),
-            uncacheable_keys: 0,
-            lean_hits: false,
-            disk: Some(DiskTierConfig {
-                path: dir.path().to_path_buf(),
-                max_bytes: 8 << 20,
-                max_objects: None,
-            }),
-            shared: None,
-        };
+        let config = super::super::disk_config(dir.path(), 1 << 20, 8 << 20);
         let storage = TieredStorage::open(l1, &config).unwrap();
         let disk: Arc<dyn Tier> = storage.disk.clone().unwrap();
         let now = SystemTime::now();
