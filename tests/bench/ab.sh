@@ -17,7 +17,8 @@
 # AB_ROUNDS=10, AB_SECONDS=3 (per side per round), AB_CONNECTIONS=64, AB_THREADS=2
 # (worker threads of each cachet), AB_H2=1 (HTTPS with ALPN h2 through h2load,
 # CONNECTIONS/4 connections × 4 streams, instead of wrk over HTTP/1.1), AB_TLS=1 (wrk over
-# HTTPS, keep-alive: HTTP/1.1 with the TLS the HTTP/2 runs have).
+# HTTPS, keep-alive: HTTP/1.1 with the TLS the HTTP/2 runs have), AB_SIZE=1k|64k (the
+# body size of the hits).
 # The access log is on, beside each config, as a user first runs it.
 # Needs wrk (or h2load and openssl with AB_H2=1), curl and python3.
 set -euo pipefail
@@ -31,6 +32,11 @@ threads="${AB_THREADS:-2}"
 h2="${AB_H2:-0}"
 tls="${AB_TLS:-$h2}"
 plugin_wasm="${AB_PLUGIN:-$repo_root/plugins/standard.wasm}"
+case "${AB_SIZE:-1k}" in
+    1k) body_bytes=1024 ;;
+    64k) body_bytes=65536 ;;
+    *) echo "ab.sh: AB_SIZE must be 1k or 64k" >&2; exit 1 ;;
+esac
 load_tool=wrk
 [[ "$h2" == 1 ]] && load_tool=h2load
 for tool in "$load_tool" curl python3; do
@@ -49,9 +55,9 @@ trap cleanup EXIT
 
 source "$bench_dir/lib.sh"
 
-# The origin: 1 KiB bodies, cacheable for an hour; only the fill reaches it.
+# The origin: AB_SIZE bodies, cacheable for an hour; only the fill reaches it.
 origin_port="$(free_port)"
-start_origin "$origin_port" 1024 "$work/origin.log"
+start_origin "$origin_port" "$body_bytes" "$work/origin.log"
 pids+=($!)
 
 [[ "$tls" == 1 ]] && make_certificate "$work"
@@ -110,7 +116,7 @@ echo "# B: ${AB_B_BIN:-target/release/cachet} ${AB_B_MODE:-fresh} ${AB_B_SERVER:
 protocol="HTTP/1.1 (wrk)"
 [[ "$tls" == 1 ]] && protocol="HTTP/1.1 over TLS (wrk)"
 [[ "$h2" == 1 ]] && protocol="HTTP/2 over TLS (h2load)"
-echo "# $protocol, 1 KiB hits over 1000 URLs, $connections connections, $rounds rounds of ${seconds}s per side"
+echo "# $protocol, ${AB_SIZE:-1k} hits over 1000 URLs, $connections connections, $rounds rounds of ${seconds}s per side"
 echo "round  A req/s  A µs/req  A p99 µs  B req/s  B µs/req  B p99 µs  B÷A µs"
 : >"$work/rounds"
 for round in $(seq "$rounds"); do

@@ -10,12 +10,6 @@ use std::io::IoSlice;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Bodies up to this size go out in the same write as the head: one vectored write, with no
-/// copy of the body here (Pingora's 1460-byte write buffer under the connection still takes
-/// one of an answer smaller than itself). Larger ones are written piece by piece after the
-/// head, so a client that does not read holds no copy.
-const SAME_WRITE_BODY: usize = 16 * 1024;
-
 /// Room for a usual response head, so writing one seldom grows the buffer.
 const HEAD_CAPACITY: usize = 1024;
 
@@ -26,7 +20,11 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
 
 /// Pieces of a large body each get the whole `client_write_timeout`: a client that takes a
-/// big hit slowly but steadily is served, one that stops taking it is not waited for.
+/// big hit slowly but steadily is served, one that stops taking it is not waited for. The
+/// head goes out with the first piece, in one vectored write with no copy of the body here
+/// (Pingora's 1460-byte write buffer under the connection still takes one of an answer
+/// smaller than itself): a 64 KiB hit is one `writev`, not a packet for the head and one
+/// for the body.
 const TIMED_PIECE: usize = 64 * 1024;
 
 /// Writes `hit`; `close`: the connection ends after it. Each piece must be taken by the
@@ -51,12 +49,9 @@ pub(super) async fn write(
         serialize_head(&head, &mut out);
         body
     };
-    if body.len() <= SAME_WRITE_BODY {
-        within(timeout, write_both(stream, &out, &body)).await?;
-    } else {
-        write_within(stream, &out, timeout).await?;
-        write_within(stream, &body, timeout).await?;
-    }
+    let (first, rest) = body.split_at(body.len().min(TIMED_PIECE));
+    within(timeout, write_both(stream, &out, first)).await?;
+    write_within(stream, rest, timeout).await?;
     within(timeout, stream.flush()).await
 }
 
