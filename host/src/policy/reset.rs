@@ -41,8 +41,13 @@ const PAGE_BYTES: u64 = 64 * 1024;
 /// `module` (a core module with its `component-type` world) with the reset export added and
 /// declared in its world, or the reason it cannot be reset safely.
 pub fn inject(module: &[u8]) -> Result<Vec<u8>, String> {
+    // The rewrite below reads the module as a valid one would be (a type section before
+    // the functions, say): the plugin's bytes are checked first, not trusted.
+    wasmparser::Validator::new()
+        .validate_all(module)
+        .map_err(|e| format!("not a valid module: {e}"))?;
     let layout = Layout::read(module)?;
-    let mut rewritten = rewrite(module, &layout).map_err(|e| format!("cannot rewrite: {e}"))?;
+    let mut rewritten = rewrite(module, &layout)?;
     declare_in_world(&mut rewritten)?;
     Ok(rewritten)
 }
@@ -239,19 +244,22 @@ fn const_value(expr: &wasmparser::ConstExpr<'_>) -> Option<ConstValue> {
 /// The module again, section by section, with the reset's type, function, export, body and
 /// segment copies added. Everything else is copied byte for byte; the new function comes
 /// last, so no existing index moves.
-fn rewrite(module: &[u8], layout: &Layout) -> Result<Vec<u8>, wasm_encoder::reencode::Error> {
+fn rewrite(module: &[u8], layout: &Layout) -> Result<Vec<u8>, String> {
+    let cannot = |e: wasm_encoder::reencode::Error| format!("cannot rewrite: {e}");
     let mut out = Module::new();
     let mut reset_type = None;
     let mut code = None::<CodeSection>;
     let reset_index = layout.imported_functions + layout.defined_functions;
     let total_segments = layout.existing_segments + layout.segments.len() as u32;
     for payload in Parser::new(0).parse_all(module) {
-        let payload = payload?;
+        let payload = payload.map_err(|e| cannot(e.into()))?;
         match payload {
             Payload::TypeSection(reader) => {
                 let mut types = TypeSection::new();
                 let existing = reader.count();
-                RoundtripReencoder.parse_type_section(&mut types, reader)?;
+                RoundtripReencoder
+                    .parse_type_section(&mut types, reader)
+                    .map_err(cannot)?;
                 types.ty().function([], [ValType::I32]);
                 reset_type = Some(existing);
                 out.section(&types);
@@ -259,14 +267,19 @@ fn rewrite(module: &[u8], layout: &Layout) -> Result<Vec<u8>, wasm_encoder::reen
             Payload::FunctionSection(reader) => {
                 let mut functions = FunctionSection::new();
                 for ty in reader {
-                    functions.function(ty?);
+                    functions.function(ty.map_err(|e| cannot(e.into()))?);
                 }
-                functions.function(reset_type.expect("the type section comes first"));
+                let Some(reset_type) = reset_type else {
+                    return Err("functions without a type section".into());
+                };
+                functions.function(reset_type);
                 out.section(&functions);
             }
             Payload::ExportSection(reader) => {
                 let mut exports = ExportSection::new();
-                RoundtripReencoder.parse_export_section(&mut exports, reader)?;
+                RoundtripReencoder
+                    .parse_export_section(&mut exports, reader)
+                    .map_err(cannot)?;
                 exports.export(RESET_EXPORT, ExportKind::Func, reset_index);
                 out.section(&exports);
             }
@@ -296,7 +309,7 @@ fn rewrite(module: &[u8], layout: &Layout) -> Result<Vec<u8>, wasm_encoder::reen
                 }
                 let mut data = DataSection::new();
                 for segment in reader {
-                    let segment = segment?;
+                    let segment = segment.map_err(|e| cannot(e.into()))?;
                     data.raw(&module[segment.range.start as usize..segment.range.end as usize]);
                 }
                 for (_, bytes) in &layout.segments {
@@ -507,5 +520,38 @@ mod tests {
         let big = "(module (memory 65) (func (export \"f\")))";
         let err = inject(&wat::parse_str(big).unwrap()).unwrap_err();
         assert!(err.contains("65 pages"), "{err}");
+    }
+
+    /// A module whose function section names a type no type section declares (invalid:
+    /// the rewrite used to assume the type section and panicked the reload thread).
+    #[test]
+    fn an_invalid_module_is_refused_not_a_panic() {
+        use wasm_encoder::{
+            CodeSection, ExportSection, Function, FunctionSection, Instruction, MemorySection,
+            MemoryType,
+        };
+        let mut module = Module::new();
+        let mut functions = FunctionSection::new();
+        functions.function(0);
+        module.section(&functions);
+        let mut memories = MemorySection::new();
+        memories.memory(MemoryType {
+            minimum: 1,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+        module.section(&memories);
+        let mut exports = ExportSection::new();
+        exports.export("f", ExportKind::Func, 0);
+        module.section(&exports);
+        let mut code = CodeSection::new();
+        let mut body = Function::new([]);
+        body.instruction(&Instruction::End);
+        code.function(&body);
+        module.section(&code);
+        let err = inject(&module.finish()).unwrap_err();
+        assert!(err.contains("not a valid module"), "{err}");
     }
 }
