@@ -21,6 +21,15 @@ const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 /// Core instances one plugin instance may create.
 const CORE_INSTANCES_PER_PLUGIN: u32 = 64;
 
+/// Linear memories one plugin instance may hold (every plugin built here has one; the pool
+/// has room for two per instance on average). Without a cap, a component of many core
+/// modules each with its own memory takes as many pool slots, and as many times its
+/// tenant's memory limit, as it has modules.
+const MEMORIES_PER_PLUGIN: u32 = 2;
+
+/// Tables one plugin instance may hold (componentize-py's 38 core modules hold two).
+const TABLES_PER_PLUGIN: u32 = 8;
+
 /// Upper bound of guest memory any tenant may configure; the pool reserves
 /// slots of this size.
 pub const MAX_GUEST_MEMORY: usize = 256 << 20;
@@ -58,6 +67,9 @@ impl PolicyEngine {
             // for plugins/static-assets-py). Only a count: nothing is
             // reserved per core instance.
             .total_core_instances(max_instances.saturating_mul(CORE_INSTANCES_PER_PLUGIN))
+            .max_core_instances_per_component(CORE_INSTANCES_PER_PLUGIN)
+            .max_memories_per_component(MEMORIES_PER_PLUGIN)
+            .max_tables_per_component(TABLES_PER_PLUGIN)
             .total_memories(max_instances.saturating_mul(2))
             .total_tables(max_instances.saturating_mul(4))
             .max_memory_size(MAX_GUEST_MEMORY)
@@ -169,4 +181,50 @@ fn deny_blocking_wasi(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     }
     linker.allow_shadowing(false);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::limits::MemoryLimiter;
+    use wasmtime::component::{Component, Linker};
+    use wasmtime::Store;
+
+    /// A component of `modules` core modules, each with a memory of `pages` pages.
+    fn memories(modules: usize, pages: u32) -> Vec<u8> {
+        let instances: String = (0..modules)
+            .map(|i| {
+                format!("(core module $m{i} (memory {pages})) (core instance (instantiate $m{i}))")
+            })
+            .collect();
+        wat::parse_str(format!("(component {instances})")).expect("valid component")
+    }
+
+    fn instantiate(engine: &PolicyEngine, wasm: &[u8], max_bytes: usize) -> wasmtime::Result<()> {
+        let component = Component::new(engine.engine(), wasm)?;
+        let limiter = MemoryLimiter {
+            max_bytes,
+            refused: false,
+            grew: false,
+            held: 0,
+        };
+        let mut store = Store::new(engine.engine(), limiter);
+        store.limiter(|limiter| limiter);
+        Linker::new(engine.engine()).instantiate(&mut store, &component)?;
+        Ok(())
+    }
+
+    /// A plugin cannot multiply its pool slots and its memory limit by bringing a memory
+    /// per core module: the tenant's limit holds for all its memories together, and a
+    /// component with more memories than a plugin needs does not instantiate.
+    #[test]
+    fn a_plugins_memories_count_together_and_are_few() {
+        let engine = PolicyEngine::new(8).unwrap();
+        let page = 64 << 10;
+        instantiate(&engine, &memories(2, 1), 2 * page).expect("two one-page memories fit");
+        let over = instantiate(&engine, &memories(2, 1), page + page / 2);
+        assert!(over.is_err(), "two pages over a 1.5-page limit");
+        let many = instantiate(&engine, &memories(3, 1), 16 * page);
+        assert!(many.is_err(), "three memories in one plugin");
+    }
 }

@@ -32,6 +32,7 @@ impl HostState {
                 max_bytes: memory_bytes,
                 refused: false,
                 grew: false,
+                held: 0,
             },
             tenant,
             wasi: None,

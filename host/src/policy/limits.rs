@@ -59,9 +59,12 @@ impl PluginLimits {
 /// so a guest that traps after a failed allocation is reported as "memory",
 /// and whether the guest grew its memory past the initial size.
 pub(crate) struct MemoryLimiter {
+    /// The tenant's memory limit, for all of an instance's memories together.
     pub max_bytes: usize,
     pub refused: bool,
     pub grew: bool,
+    /// Bytes of all the instance's memories so far.
+    pub held: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
@@ -71,10 +74,12 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let held = self.held.saturating_sub(current).saturating_add(desired);
+        if held > self.max_bytes {
             self.refused = true;
             return Ok(false);
         }
+        self.held = held;
         // Instantiation asks for the initial size (from 0); later asks are `memory.grow`.
         if current > 0 && desired > current {
             self.grew = true;
