@@ -623,6 +623,20 @@ fn a_config_reload_adds_a_tenant_certificate_and_refuses_one_that_does_not_load(
         "{reason}"
     );
     assert_eq!(&sites.get("c.test", "c.test", "/").served, gamma.der());
+
+    // A config without TLS at all is refused: the listener stays open until a restart, and
+    // without certificates it would refuse every handshake.
+    let without_tls: String = original
+        .lines()
+        .filter(|line| !line.starts_with("tls_"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    replace(&config_path, &without_tls);
+    eventually("the config without TLS is refused", || {
+        let reason = sites.proxy.status()["config"]["last_refusal"]["reason"].to_string();
+        reason.contains("server.tls_listen") && reason.contains("until a restart")
+    });
+    assert_eq!(&sites.get("c.test", "c.test", "/").served, gamma.der());
 }
 
 #[test]
