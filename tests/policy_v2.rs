@@ -645,3 +645,50 @@ fn long_cookies_and_queries_a_plugin_rewrites_are_not_faults() {
     let sent = &origin.seen()[1].url;
     assert_eq!(sent, &format!("/app.css?q={}", "x".repeat(9000)));
 }
+
+/// A backend the plugin names, in a tenant that also has a pool of upstreams, gets one
+/// attempt: a fresh connection it closes before answering used to be set aside as if it
+/// were a pool member and the request retried on the same address, once per member.
+#[test]
+fn a_named_backend_that_fails_is_tried_once_not_once_per_pool_member() {
+    let pool: Vec<Origin> = ["a", "b", "c"].into_iter().map(cacheable_origin).collect();
+    let dropper = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dropper_addr = dropper.local_addr().expect("address");
+    dropper.set_nonblocking(true).expect("nonblocking");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    // Closes every connection at once, until the test ends (10 s at most).
+    let closer = std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            match dropper.accept() {
+                Ok((conn, _)) => {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    drop(conn);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let upstreams: Vec<String> = pool.iter().map(|o| format!("\"{}\"", o.addr)).collect();
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        CACHE,
+        &[
+            TenantSpec::new("site", pool[0].addr, &fixture("policy-0-2"))
+                .upstream_line(&format!("upstreams = [{}]", upstreams.join(", ")))
+                .extra(&format!("[tenant.backends]\ndown = \"{dropper_addr}\"\n")),
+        ],
+    );
+    let failed = get(&proxy.url("/backend/down/x"));
+    assert!(failed.status >= 500, "{}", failed.status);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "{}", proxy.log());
+    assert_eq!(pool.iter().map(Origin::hits).sum::<usize>(), 0);
+    // The pool itself still serves.
+    assert_eq!(get(&proxy.url("/plain")).status, 200);
+    done.store(true, Ordering::SeqCst);
+    closer.join().expect("closer");
+}

@@ -19,6 +19,9 @@ pub struct OriginAttempts {
     fresh: bool,
     /// The upstream address of the current attempt.
     pub(super) current: Option<std::net::SocketAddr>,
+    /// Whether the current attempt went to a member of the tenant's pool (not to a
+    /// `[tenant.backends]` entry the plugin picked, which has nowhere else to go).
+    pub(super) in_pool: bool,
     /// Upstreams of a pool that failed this request: the connect failed, or a fresh
     /// connection was closed before any answer. The next attempt goes elsewhere.
     pub(super) failed: Vec<std::net::SocketAddr>,

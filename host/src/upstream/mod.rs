@@ -137,6 +137,7 @@ impl TenantUpstream {
         key: &[u8],
         backend: Option<usize>,
     ) -> Result<Box<HttpPeer>> {
+        attempts.in_pool = false;
         if let Some((index, (_, target))) = backend.and_then(|i| Some((i, config.backends.get(i)?)))
         {
             let addr = self.names.address(SINGLE + 1 + index, target);
@@ -153,6 +154,7 @@ impl TenantUpstream {
         let Some(&addr) = backend.as_inet() else {
             return Error::e_explain(ErrorType::InternalError, "not an IP upstream");
         };
+        attempts.in_pool = true;
         self.peer_for(config, attempts, &config.upstreams[index], addr)
     }
 
@@ -250,9 +252,11 @@ impl TenantUpstream {
     }
 
     /// Sets the current attempt's upstream aside in a pool; whether another one is left
-    /// to try (false outside a pool).
+    /// to try (false outside a pool, and for a backend the plugin named: a retry would
+    /// go to the same address).
     fn set_aside_failed(&self, attempts: &mut OriginAttempts) -> bool {
-        let (Some(pool), Some(addr)) = (&self.pool, attempts.current) else {
+        let (Some(pool), Some(addr), true) = (&self.pool, attempts.current, attempts.in_pool)
+        else {
             return false;
         };
         pool.set_aside(addr);
