@@ -913,3 +913,71 @@ fn http_and_https_requests_never_share_an_entry_and_a_purge_removes_both() {
     assert_eq!(plain().status, 301);
     assert_eq!(origin.hits_for("/page"), 4, "both entries were purged");
 }
+
+/// A TLS connection holds its connection slot from the accept, through its handshake: clients
+/// that connect and never finish a handshake count against `max_connections` (they were not
+/// counted before the handshake was done, and Pingora waited 60 s for each), and each is let
+/// go after `request_head_timeout`.
+#[test]
+fn connections_that_never_finish_a_tls_handshake_count_and_are_let_go() {
+    let ca = TestCa::new("handshake CA");
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.leaf(&["site.test"]).write(certs.path(), "site");
+    let origin = Origin::start(|_| Reply::ok("x").header("Cache-Control", "max-age=60"));
+    let proxy = Proxy::start_with_server(
+        &format!(
+            "tls_listen = \"127.0.0.1:TLS_PORT\"\ntls_cert = {cert:?}\ntls_key = {key:?}\nmax_connections = 3\nrequest_head_timeout = \"2s\""
+        ),
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&["site.test"])],
+    );
+    let tls_port = proxy.tls_port.unwrap();
+    let config = client_config(&[&ca], &[b"http/1.1"], true);
+    let tls_get = |path: &str| {
+        https_request(
+            tls_port,
+            config.clone(),
+            "site.test",
+            "GET",
+            path,
+            "site.test",
+            &[],
+        )
+    };
+    assert_eq!(tls_get("/before").unwrap().response.status, 200);
+
+    // Three clients connect to the TLS port and send nothing: every slot is taken.
+    let began = Instant::now();
+    let mut stalled: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", tls_port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let plain = support::client::send("GET", &proxy.url("/plain"), &[]);
+    assert_eq!(
+        plain.status,
+        503,
+        "no slot left for a plain request: {}",
+        plain.text()
+    );
+    assert!(tls_get("/during").is_err(), "nor for a TLS one");
+
+    // Each is closed once request_head_timeout passes without a finished handshake.
+    for conn in &mut stalled {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = std::io::Read::read_to_end(conn, &mut rest);
+        assert!(matches!(closed, Ok(0)), "{closed:?}");
+    }
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(6),
+        "closed after {waited:?}"
+    );
+    assert_eq!(tls_get("/after").unwrap().response.status, 200);
+    let metrics = support::client::send("GET", &proxy.admin_url("/metrics"), &[]).text();
+    assert!(
+        metrics.contains("cachet_connections_refused_total{reason=\"tls_handshake_timeout\"} 3"),
+        "{metrics}"
+    );
+}

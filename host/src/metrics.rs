@@ -80,7 +80,7 @@ static CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
     register(IntCounterVec::new(
         Opts::new(
             "cachet_connections_refused_total",
-            "Client connections refused: max_connections reached (503), a request head over max_request_head (431) or not whole within request_head_timeout (408)",
+            "Client connections refused: max_connections reached (503), a request head over max_request_head (431) or not whole within request_head_timeout (408), a TLS handshake that failed or was not done within request_head_timeout",
         ),
         &["reason"],
     ))
@@ -94,7 +94,7 @@ static CONNECTIONS_OPEN: Lazy<IntGauge> = Lazy::new(|| {
 });
 
 /// A client connection refused, by reason (`max_connections`, `head_too_large`,
-/// `head_timeout`).
+/// `head_timeout`, `tls_handshake`, `tls_handshake_timeout`).
 pub fn connection_refused(reason: &str) {
     CONNECTIONS_REFUSED.with_label_values(&[reason]).inc();
 }

@@ -303,25 +303,28 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         max_request_head: config.server.max_request_head,
         h2_preface_timeout: config.server.listener.h2_idle_timeout,
         h2c: config.server.listener.h2c,
+        tls_handshake_timeout: config.server.request_head_timeout,
     };
-    let mut proxy = pingora::services::listening::Service::new(
-        "cachet proxy".into(),
-        ConnectionGuard::new(
-            crate::front::Front::new(
-                app,
-                CachetProxy::new(state.clone()),
-                config.server.max_request_head,
-                config.server.request_head_timeout,
-            ),
-            limits,
+    let mut guard = ConnectionGuard::new(
+        crate::front::Front::new(
+            app,
+            CachetProxy::new(state.clone()),
+            config.server.max_request_head,
+            config.server.request_head_timeout,
         ),
+        limits,
     );
-    proxy.add_tcp(&config.server.listen.to_string());
     if let Some(addr) = config.server.listener.tls_listen {
-        // The same guarded app: TLS connections count against the same limits.
+        // The same app and the same connection slots: a TLS connection holds its slot from
+        // the accept, through its handshake, which the guard does itself.
         let settings =
             crate::tls::listener::tls_settings(runtime.certificates.clone(), state.clone())?;
-        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        guard = guard.with_tls(addr, settings.build());
+    }
+    let mut proxy = pingora::services::listening::Service::new("cachet proxy".into(), guard);
+    proxy.add_tcp(&config.server.listen.to_string());
+    if let Some(addr) = config.server.listener.tls_listen {
+        proxy.add_tcp(&addr.to_string());
     }
     server
         .add_service(proxy)

@@ -2,8 +2,11 @@
 
 use super::GuardedStream;
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -30,6 +33,9 @@ pub struct ConnectionLimits {
     /// The plain listener takes HTTP/2 without TLS (`h2c`): a connection that opens with
     /// the HTTP/2 preface is framed, not read as heads.
     pub h2c: bool,
+    /// How long a TLS handshake may take (`request_head_timeout`: a client has that long
+    /// to present its request, the handshake included).
+    pub tls_handshake_timeout: Duration,
 }
 
 /// A `ServerApp` that admits at most `max_connections` streams at once and
@@ -39,6 +45,11 @@ pub struct ConnectionGuard<A> {
     slots: Arc<Semaphore>,
     limits: ConnectionLimits,
     on_refused_head: Arc<dyn Fn() + Send + Sync>,
+    /// The TLS listener's address, and TLS terminated here for the connections it accepts
+    /// once they hold their slot. (Pingora's TLS listener does the handshake before the app
+    /// sees the connection, for up to 60 s, uncounted: connections that never finished it
+    /// were bounded by nothing.)
+    tls: Option<(SocketAddr, Arc<Acceptor>)>,
 }
 
 impl<A> ConnectionGuard<A> {
@@ -48,6 +59,44 @@ impl<A> ConnectionGuard<A> {
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             on_refused_head: Arc::new(|| crate::metrics::connection_refused("head_too_large")),
+            tls: None,
+        }
+    }
+
+    /// Connections accepted on `listen` (added to the service as a plain TCP listener)
+    /// are TLS, terminated with `acceptor`.
+    pub fn with_tls(mut self, listen: SocketAddr, acceptor: Acceptor) -> Self {
+        self.tls = Some((listen, Arc::new(acceptor)));
+        self
+    }
+
+    /// The acceptor when `stream` came in on the TLS listener.
+    fn tls_for(&self, stream: &Stream) -> Option<Arc<Acceptor>> {
+        let (listen, acceptor) = self.tls.as_ref()?;
+        let digest = stream.get_socket_digest()?;
+        let local = *digest.local_addr()?.as_inet()?;
+        let on_listener = local.port() == listen.port()
+            && (listen.ip().is_unspecified() || local.ip() == listen.ip());
+        on_listener.then(|| acceptor.clone())
+    }
+
+    /// The TLS stream over `stream`, or `None` (counted) when the handshake fails or is
+    /// not done within `tls_handshake_timeout`.
+    async fn handshake(&self, acceptor: &Acceptor, stream: Stream) -> Option<Stream> {
+        // The listener is plain TCP: its streams are Pingora's L4 streams.
+        let tcp = *stream.into_any().downcast::<TcpStream>().ok()?;
+        let handshake = acceptor.tls_handshake(tcp);
+        match tokio::time::timeout(self.limits.tls_handshake_timeout, handshake).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                crate::metrics::connection_refused("tls_handshake");
+                tracing::debug!("TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                crate::metrics::connection_refused("tls_handshake_timeout");
+                None
+            }
         }
     }
 }
@@ -59,11 +108,19 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let tls = self.tls_for(&stream);
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             crate::metrics::connection_refused("max_connections");
-            // Best effort: a client that does not read its answer is not waited for.
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+            // Best effort: a client that does not read its answer is not waited for. (A TLS
+            // client would read it as a broken handshake: it is just closed.)
+            if tls.is_none() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+            }
             return None;
+        };
+        let stream = match tls {
+            Some(acceptor) => self.handshake(&acceptor, stream).await?,
+            None => stream,
         };
         let guarded = GuardedStream::new(
             stream,
