@@ -569,3 +569,30 @@ fn a_shadow_s_backend_is_checked_and_compared_like_the_live_plugin_s() {
     let recent = shadow["recent_disagreements"].to_string();
     assert!(recent.contains("backend"), "{recent}");
 }
+
+/// Promoting runs the checks every plugin going live gets: a shadow that cannot start
+/// within the tenant's memory limit (static-assets-py's initial memory is far over 4 MiB)
+/// is refused, and the live plugin keeps serving. It used to be made live, and every
+/// request then failed.
+#[test]
+fn promote_refuses_a_shadow_that_cannot_start_within_the_tenants_limits() {
+    let origin = origin();
+    let proxy = Proxy::start(
+        "",
+        &[tenant_with_shadow(&origin, &plugin("static-assets-py")).limits("memory = \"4MiB\"")],
+    );
+    assert_eq!(send("GET", &proxy.url("/before"), &[]).status, 200);
+    let (ok, out) = run_cachet(&["promote", "--config", &config_path(&proxy), "site"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("cannot start within") && out.contains("memory"),
+        "{out}"
+    );
+    let tenant = &proxy.status()["tenants"][0];
+    assert_eq!(tenant["promoted"], false, "{tenant:#}");
+    assert_eq!(
+        tenant["plugin"]["path"],
+        plugin("standard").display().to_string()
+    );
+    assert_eq!(send("GET", &proxy.url("/after"), &[]).status, 200);
+}

@@ -247,6 +247,13 @@ impl Reloader {
         if let Err(e) = plugin.run_self_tests(&self.engine) {
             return self.refuse(tenant, &path, Some(sha256), format!("promote: {e:#}"));
         }
+        // As for any plugin going live: it must start within the tenant's limits, with the
+        // tenant's settings (a shadow is only recorded, so nothing checked that yet).
+        if let Err(e) =
+            crate::policy::check_starts_within_limits(&self.engine, &plugin, &tenant.config)
+        {
+            return self.refuse(tenant, &path, Some(sha256), format!("promote: {e:#}"));
+        }
         tenant.promote(plugin);
         tenant.clear_refusal_of(&path);
         crate::metrics::reload(name, "promoted");
