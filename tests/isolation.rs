@@ -482,3 +482,47 @@ fn a_tenant_quota_evicts_only_that_tenant() {
         );
     }
 }
+
+/// `vary-value` runs once per name the stored response varies on, and the origin decides
+/// how many there are: all of a lookup's calls share one hook deadline. Ten names at 30 ms
+/// each under a 100 ms deadline used to pass (a full deadline per call: ten times the
+/// deadline of one worker's time per lookup); now the lookup's calls time out together.
+#[test]
+fn vary_value_calls_for_one_lookup_share_one_deadline() {
+    let names: Vec<String> = (0..10).map(|i| format!("x-v{i}")).collect();
+    let vary = names.join(", ");
+    let origin = Origin::start(move |_| {
+        Reply::ok("varied")
+            .header("Cache-Control", "max-age=600")
+            .header("Vary", &vary)
+    });
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("bad", origin.addr, &fixture("busy"))
+            .extra("on_plugin_error = \"bypass\"")
+            .limits("hook_timeout_ms = 100")],
+    );
+    let began = std::time::Instant::now();
+    for _ in 0..2 {
+        assert_eq!(
+            send("GET", &proxy.url("/busy-vary?vary_ms=30"), &[]).status,
+            200
+        );
+    }
+    let took = began.elapsed();
+    let metrics = send("GET", &proxy.admin_url("/metrics"), &[]).text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cachet_plugin_faults_total")
+                && l.contains("kind=\"timeout\"")
+                && l.contains("tenant=\"bad\"")),
+        "{metrics}"
+    );
+    assert!(
+        proxy.log().contains("plugin fault in vary-value"),
+        "{}",
+        proxy.log()
+    );
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+}

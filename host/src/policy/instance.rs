@@ -21,6 +21,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
 
 /// Why a hook call failed. The instance involved is always discarded.
@@ -150,12 +151,24 @@ impl PolicyInstance {
         response: Option<&ResponseHeader>,
         hook: impl FnOnce(&Hooks, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
+        self.call_within(limits.hook_timeout, request, response, hook)
+    }
+
+    /// [`Self::call`] with `timeout` for its deadline (what is left of a hook's time when
+    /// it is called several times for one request).
+    fn call_within<R>(
+        &mut self,
+        timeout: Duration,
+        request: Option<&RequestHeader>,
+        response: Option<&ResponseHeader>,
+        hook: impl FnOnce(&Hooks, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginFault> {
         // SAFETY: `request` and `response` are borrowed for this whole function, and `scoped`
         // empties the scope when it drops below, on every path, unwinding included: the
         // pointers are never read after the borrows end.
         unsafe { self.store.data_mut().scope.enter(request, response) };
         let scoped = LeaveOnDrop(&mut self.store);
-        let ticks = super::ticker::Ticker::ticks(limits.hook_timeout);
+        let ticks = super::ticker::Ticker::ticks(timeout);
         self.ticker.arm(ticks);
         scoped.0.set_epoch_deadline(ticks);
         let result = hook(&self.bindings, &mut *scoped.0);
@@ -287,10 +300,11 @@ impl PolicyInstance {
     fn vary_value(
         &mut self,
         limits: &PluginLimits,
+        timeout: Duration,
         request: &RequestHeader,
         name: &str,
     ) -> Result<Option<String>, PluginFault> {
-        let value = self.call(limits, Some(request), None, |hooks, store| {
+        let value = self.call_within(timeout, Some(request), None, |hooks, store| {
             hooks.vary_value(store, request, name)
         })?;
         match value {
@@ -561,16 +575,25 @@ impl InstancePool {
         })
     }
 
-    /// Runs `vary-value` for each header name the stored response varies on.
+    /// Runs `vary-value` for each header name the stored response varies on, all within one
+    /// hook deadline: the names come from the origin's `Vary`, as many as it lists, and a
+    /// deadline each would let one lookup hold a worker that many times over.
     pub fn vary_values(
         &self,
         request: &RequestHeader,
         names: &[String],
     ) -> Result<Vec<Option<String>>, PluginFault> {
         self.with_instance(Hook::Vary, |instance, limits| {
+            let started = Instant::now();
             names
                 .iter()
-                .map(|name| instance.vary_value(limits, request, name))
+                .map(|name| {
+                    let left = limits.hook_timeout.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        return Err(PluginFault::Timeout);
+                    }
+                    instance.vary_value(limits, left, request, name)
+                })
                 .collect()
         })
     }
