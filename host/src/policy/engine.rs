@@ -152,6 +152,7 @@ const WASI_VERSION: &str = "0.2.12";
 /// printed (a Rust panic message does) would take the whole proxy down.
 /// Policies get no stdio and nothing to wait on, so these entry points trap
 /// instead; without a stream handle, no other stream function is reachable.
+/// The clock's subscriptions trap too: there is nothing to wait on them with.
 fn deny_blocking_wasi(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
     const DENIED: &[(&str, &[&str])] = &[
         ("wasi:cli/stdin", &["get-stdin"]),
@@ -160,6 +161,12 @@ fn deny_blocking_wasi(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         (
             "wasi:io/poll",
             &["poll", "[method]pollable.block", "[method]pollable.ready"],
+        ),
+        // Nothing to wait on, and each subscription is a host resource that would pile up
+        // in a reused instance's table, outside its memory limit.
+        (
+            "wasi:clocks/monotonic-clock",
+            &["subscribe-duration", "subscribe-instant"],
         ),
     ];
     linker.allow_shadowing(true);

@@ -24,6 +24,9 @@ pub(crate) struct HostState {
     table: ResourceTable,
 }
 
+/// The most random bytes one `wasi:random` call may ask the host for.
+const MAX_RANDOM_BYTES: u64 = 4096;
+
 impl HostState {
     pub(crate) fn new(tenant: Arc<TenantContext>, memory_bytes: usize) -> Self {
         Self {
@@ -44,7 +47,11 @@ impl HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()),
+            ctx: self.wasi.get_or_insert_with(|| {
+                // Random bytes are made on the host, outside the guest's memory limit and
+                // its deadline: enough for a hash seed, not the 64 MiB a call may otherwise ask.
+                WasiCtx::builder().max_random_size(MAX_RANDOM_BYTES).build()
+            }),
             table: &mut self.table,
         }
     }
