@@ -326,6 +326,38 @@ fn plugin_logs_are_tagged_with_the_tenant_and_see_its_config() {
         .unwrap_or_else(|| panic!("plugin log line missing:\n{log}"));
     assert!(line.contains("cachet::plugin"), "{line}");
     assert!(line.contains("bad"), "{line}");
+
+    // A plugin logging in a loop writes at most 32 lines per hook call, then one notice: the
+    // log queue it shares with the access log and every other tenant is not its to fill.
+    assert_eq!(pair.bad("/flood?lines=500").status, 200);
+    let log = logged(&pair.proxy, |log| log.contains("more than 32 log lines"));
+    let floods = log.lines().filter(|l| l.contains("flood ")).count();
+    assert_eq!(floods, 32, "{log}");
+    assert!(
+        log.contains("flood 31") && !log.contains("flood 32"),
+        "{log}"
+    );
+    assert!(
+        log.contains("more than 32 log lines in one hook call"),
+        "{log}"
+    );
+    // The next call has its own 32.
+    assert_eq!(pair.bad("/flood-again?lines=3").status, 200);
+    let floods = |log: &str| log.lines().filter(|l| l.contains("flood ")).count();
+    let log = logged(&pair.proxy, |log| floods(log) >= 35);
+    assert_eq!(floods(&log), 35, "{log}");
+}
+
+/// The proxy's log once `done` says so, or after 5 s (a background thread writes it).
+fn logged(proxy: &Proxy, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = proxy.log();
+        if done(&log) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 fn check(path: &std::path::Path) -> (bool, String) {

@@ -13,6 +13,21 @@ use std::ptr::NonNull;
 pub(crate) struct CallScope {
     request: Option<NonNull<RequestHeader>>,
     response: Option<NonNull<ResponseHeader>>,
+    /// Log lines the plugin wrote in this call.
+    logged: u32,
+}
+
+/// Log lines one hook call may write: the access log and every tenant's lines share one
+/// bounded queue, which a plugin logging in a loop would otherwise fill.
+pub(crate) const MAX_LOG_LINES_PER_CALL: u32 = 32;
+
+/// What becomes of a plugin's log line.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LogLine {
+    Write,
+    /// The first line over the limit: say that the rest are dropped.
+    WriteLimitNotice,
+    Drop,
 }
 
 // SAFETY: the pointers are only dereferenced on the thread that runs the hook
@@ -36,6 +51,17 @@ impl CallScope {
     ) {
         self.request = request.map(NonNull::from);
         self.response = response.map(NonNull::from);
+        self.logged = 0;
+    }
+
+    /// Counts a log line of this call and says what to do with it.
+    pub(crate) fn log_line(&mut self) -> LogLine {
+        self.logged = self.logged.saturating_add(1);
+        match self.logged {
+            n if n <= MAX_LOG_LINES_PER_CALL => LogLine::Write,
+            n if n == MAX_LOG_LINES_PER_CALL + 1 => LogLine::WriteLimitNotice,
+            _ => LogLine::Drop,
+        }
     }
 
     pub(crate) fn leave(&mut self) {

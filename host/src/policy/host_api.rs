@@ -3,7 +3,7 @@
 //! Nothing else is linked for policy code.
 
 use super::bindings::{v1, v2, v3};
-use super::call_scope::CallScope;
+use super::call_scope::{CallScope, LogLine, MAX_LOG_LINES_PER_CALL};
 use super::limits::MemoryLimiter;
 use super::TenantContext;
 use std::sync::Arc;
@@ -101,6 +101,22 @@ macro_rules! tracing_level {
             $types::LogLevel::Error => tracing::Level::ERROR,
         }
     };
+}
+
+impl HostState {
+    /// Writes a plugin's log line, at most [`MAX_LOG_LINES_PER_CALL`] per hook call.
+    fn log(&mut self, level: tracing::Level, message: String) {
+        match self.scope.log_line() {
+            LogLine::Write => plugin_log(&self.tenant.tenant, level, message),
+            LogLine::WriteLimitNotice => tracing::warn!(
+                target: "cachet::plugin",
+                tenant = self.tenant.tenant,
+                "more than {MAX_LOG_LINES_PER_CALL} log lines in one hook call: the rest of \
+                 this call's are dropped"
+            ),
+            LogLine::Drop => {}
+        }
+    }
 }
 
 /// A plugin's log line, cut to [`MAX_LOG_LINE`] and tagged with its tenant. One line: control
@@ -210,7 +226,7 @@ macro_rules! grant {
 
             impl host::Host for HostState {
                 fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
-                    plugin_log(&self.tenant.tenant, tracing_level!(types, level), message);
+                    HostState::log(self, tracing_level!(types, level), message);
                     Ok(())
                 }
 
@@ -234,7 +250,7 @@ const _: () = {
 
     impl host::Host for HostState {
         fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
-            plugin_log(&self.tenant.tenant, tracing_level!(types, level), message);
+            HostState::log(self, tracing_level!(types, level), message);
             Ok(())
         }
     }
