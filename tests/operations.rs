@@ -594,3 +594,39 @@ fn the_open_file_limit_is_raised_to_what_the_config_needs() {
     assert!(matches!(status, Ok(200) | Ok(503)), "{answered:?}");
     drop(idle);
 }
+
+/// The admin listener takes 64 connections at most: peers holding connections open on it
+/// (it may face a network once a token is set, and the metrics listener never asks for one)
+/// get a 503 past that, instead of taking the descriptors the proxy's clients need; once
+/// they let go, it answers again.
+#[test]
+fn the_admin_listener_holds_a_bounded_number_of_connections() {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let held: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", proxy.admin_port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = std::net::TcpStream::connect(("127.0.0.1", proxy.admin_port)).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut extra, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while send("GET", &proxy.admin_url("/status"), &[]).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the admin listener did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The proxy itself was never short of a connection.
+    assert_eq!(get(&proxy.url("/")).status, 200);
+}

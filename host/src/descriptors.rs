@@ -13,6 +13,9 @@ use crate::config::Config;
 /// watcher, disk-tier segments, Redis, the runtime's own.
 const BESIDES_CONNECTIONS: u64 = 256;
 
+/// Connections the admin listener, and the metrics listener, each take at most.
+pub const CONNECTIONS_PER_ADMIN_LISTENER: usize = 64;
+
 /// What a full load of this config holds open at once: every client connection, every
 /// tenant's origin connections in use, the rest.
 pub fn needed(config: &Config) -> u64 {
@@ -21,7 +24,12 @@ pub fn needed(config: &Config) -> u64 {
         .iter()
         .map(|t| t.origin.max_connections as u64)
         .sum();
-    config.server.max_connections as u64 + origins + BESIDES_CONNECTIONS
+    let admin = [config.server.admin, config.server.metrics]
+        .iter()
+        .flatten()
+        .count() as u64
+        * CONNECTIONS_PER_ADMIN_LISTENER as u64;
+    config.server.max_connections as u64 + origins + admin + BESIDES_CONNECTIONS
 }
 
 /// Raises the soft limit to the hard one, and returns how many client connections to

@@ -188,6 +188,19 @@ pub fn load_shadow(
     Ok(Some(Arc::new(shadow)))
 }
 
+/// The bounds of the admin and metrics listeners: a few connections each (a scraper, an
+/// operator's tools), so peers on them cannot take the descriptors the proxy's clients and
+/// origins need, and heads bounded as the proxy's are.
+fn admin_limits(config: &Config) -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: crate::descriptors::CONNECTIONS_PER_ADMIN_LISTENER,
+        max_request_head: config.server.max_request_head,
+        h2_preface_timeout: config.server.listener.h2_idle_timeout,
+        h2c: false,
+        tls_handshake_timeout: config.server.request_head_timeout,
+    }
+}
+
 /// Starts, inside the server (after a daemon fork), the threads a running
 /// proxy needs: the epoch ticker, SIGHUP handling and the file watcher.
 struct ProcessThreads {
@@ -349,10 +362,13 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     if let Some(admin) = config.server.admin {
         let mut service = pingora::services::listening::Service::new(
             "cachet admin".into(),
-            AdminApp {
-                state: state.clone(),
-                reloader: runtime.reloader.clone(),
-            },
+            ConnectionGuard::new(
+                AdminApp {
+                    state: state.clone(),
+                    reloader: runtime.reloader.clone(),
+                },
+                admin_limits(&config),
+            ),
         );
         service.add_tcp(&admin.to_string());
         server
@@ -363,9 +379,12 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     if let Some(metrics) = config.server.metrics {
         let mut service = pingora::services::listening::Service::new(
             "cachet metrics".into(),
-            crate::admin::MetricsApp {
-                state: state.clone(),
-            },
+            ConnectionGuard::new(
+                crate::admin::MetricsApp {
+                    state: state.clone(),
+                },
+                admin_limits(&config),
+            ),
         );
         service.add_tcp(&metrics.to_string());
         server
