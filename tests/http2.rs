@@ -971,3 +971,32 @@ fn a_connection_sending_malformed_streams_is_closed_at_the_32nd() {
     assert!(closed, "the connection stayed open");
     assert_eq!(setup.origin.hits(), 0);
 }
+
+/// With `h2c = true` the plain listener tells HTTP/2 from HTTP/1 by the first bytes; a
+/// whole HTTP/1 request shorter than the 24-byte preface (HAProxy's default health check,
+/// `OPTIONS / HTTP/1.0`, is 22) is answered at once. The peek used to wait for 24 bytes that
+/// never came, lose the bytes when it gave up, and close the connection after 2 × 60 s.
+#[test]
+fn with_h2c_a_request_shorter_than_the_preface_is_answered_at_once() {
+    let setup = Setup::start("h2c = true");
+    for request in ["OPTIONS / HTTP/1.0\r\n\r\n", "GET / HTTP/1.0\r\n\r\n"] {
+        assert!(request.len() < 24);
+        let began = std::time::Instant::now();
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", setup.proxy.port)).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        std::io::Write::write_all(&mut conn, request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut conn, &mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1."), "{request:?}: {answer:?}");
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(3),
+            "{request:?} answered after {:?}",
+            began.elapsed()
+        );
+    }
+    // HTTP/2 with prior knowledge still works on the same listener.
+    let h2c = setup.send(Protocol::H2c, "GET", "/after-short", &[]);
+    assert_eq!(h2c.status, 200);
+}

@@ -82,6 +82,8 @@ pub struct GuardedStream {
     preface_timer: Option<Pin<Box<Sleep>>>,
     /// Bytes of that preface still to come.
     preface_left: usize,
+    /// Bytes a peek read (`try_peek`), given back by the next reads before any new ones.
+    peeked: bytes::BytesMut,
     /// On an h2c listener, how many bytes of the HTTP/2 preface the connection's first bytes
     /// matched so far; `None` once they cannot be it (or h2c is off, or TLS). Only the whole
     /// preface makes the connection HTTP/2: anything else is a head, bounded like any head.
@@ -119,6 +121,7 @@ impl GuardedStream {
             preface_limit,
             preface_timer,
             preface_left: super::H2_PREFACE.len(),
+            peeked: bytes::BytesMut::new(),
             preface_matched,
             coalescer: h2.then(Coalescer::default),
         }
@@ -132,7 +135,7 @@ impl GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        if let Poll::Ready(result) = Pin::new(&mut self.inner).poll_read(cx, buf) {
+        if let Poll::Ready(result) = self.poll_inner(cx, buf) {
             let read = buf.filled().len() - before;
             self.preface_left = self.preface_left.saturating_sub(read);
             if result.is_err() || read == 0 || self.preface_left == 0 {
@@ -169,6 +172,16 @@ impl GuardedStream {
         }
     }
 
+    /// Reads from the connection: first what a peek read, then the socket.
+    fn poll_inner(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.peeked.is_empty() {
+            let n = self.peeked.len().min(buf.remaining());
+            buf.put_slice(&self.peeked.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+
     /// Reads at most `most` bytes into `buf`; the poll and how many bytes it read.
     fn poll_read_at_most(
         &mut self,
@@ -177,7 +190,7 @@ impl GuardedStream {
         most: usize,
     ) -> (Poll<io::Result<()>>, usize) {
         let mut limited = buf.take(most.min(buf.remaining()));
-        let poll = Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+        let poll = self.poll_inner(cx, &mut limited);
         let filled = limited.filled().len();
         // SAFETY: `limited` wrote `filled` initialised bytes into `buf`'s unfilled part,
         // which `take` borrowed from.
@@ -265,7 +278,7 @@ impl AsyncRead for GuardedStream {
         this.sync_phase();
         loop {
             match this.phase {
-                Phase::Unbounded => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                Phase::Unbounded => return this.poll_inner(cx, buf),
                 Phase::Body => {
                     // Pingora keeps what it reads past a body as the start of the next head,
                     // which this count never sees (it reads a chunked body 64 KiB at a time):
@@ -419,11 +432,33 @@ impl GetSocketDigest for GuardedStream {
 
 #[async_trait::async_trait]
 impl Peek for GuardedStream {
-    /// Pingora peeks for the h2c preface before anything else and waits for
-    /// all of it: bounded like an HTTP/2 preface over TLS.
+    /// The front and Pingora peek for the h2c preface before anything else. Pingora's own
+    /// peek waits for all 24 bytes (a complete HTTP/1 request shorter than that was never
+    /// answered, and a timeout lost the bytes it had read). This one stops as soon as the
+    /// bytes stop matching the preface (the rest of `buf` left as it was: it cannot equal
+    /// the preface), keeps what it read for the reads that follow, and waits at most
+    /// `h2_idle_timeout` for more.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        match tokio::time::timeout(self.preface_limit, self.inner.try_peek(buf)).await {
-            Ok(peeked) => peeked,
+        use tokio::io::AsyncReadExt;
+        let wanted = buf.len();
+        let filling = async {
+            while self.peeked.len() < wanted && super::H2_PREFACE.starts_with(&self.peeked) {
+                let mut more = [0u8; 64];
+                let room = (wanted - self.peeked.len()).min(more.len());
+                match self.inner.read(&mut more[..room]).await? {
+                    0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    n => self.peeked.extend_from_slice(&more[..n]),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.preface_limit, filling).await {
+            Ok(Ok(())) => {
+                let n = self.peeked.len().min(wanted);
+                buf[..n].copy_from_slice(&self.peeked[..n]);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no request bytes within h2_idle_timeout",
