@@ -451,6 +451,10 @@ fn a_blank_admin_token_is_refused() {
     assert!(!ok, "{out}");
     assert!(out.contains("server.admin_token"), "{out}");
     assert!(out.contains("blank"), "{out}");
+    assert!(
+        out.contains("cachet.toml:4: key `server.admin_token`"),
+        "{out}"
+    );
     // Tokens no client can send (header values are trimmed and end at a line) lock
     // everyone out; a line break also printed the token in the CLI's error.
     for token in ["\"  \"", "\"tok \"", "\"a\\nb\"", "\"a b\""] {
@@ -496,6 +500,10 @@ fn listeners_on_one_address_and_unbounded_tables_are_refused() {
     ] {
         let (ok, out) = validate(server, "");
         assert!(!ok, "{server}: {out}");
+        assert!(
+            out.contains(&format!("cachet.toml:3: key `{key}`")),
+            "names the second listener's line: {out}"
+        );
         assert!(
             out.contains(key) && out.contains("18080"),
             "{server}: {out}"

@@ -407,10 +407,18 @@ fn bad_tls_settings_are_refused_before_serving_with_the_reason() {
     let (ok, out) = validate(listen, "");
     assert!(!ok);
     assert!(out.contains("server.tls_listen"), "{out}");
+    assert!(
+        out.contains("cachet.toml:3: key `server.tls_listen`"),
+        "names the line: {out}"
+    );
 
     let (ok, out) = validate("", &format!("tls_cert = {cert:?}\ntls_key = {key:?}"));
     assert!(!ok);
     assert!(out.contains("server.tls_listen is not set"), "{out}");
+    assert!(
+        out.contains(": key `tenant.tls_cert`") && !out.contains("cachet.toml: key"),
+        "names the line: {out}"
+    );
 
     let (ok, out) = validate(
         listen,

@@ -112,7 +112,7 @@ struct RawServer {
     work_stealing: Option<bool>,
     admin: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
-    admin_token: Option<String>,
+    admin_token: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<String>>,
     access_log: Option<bool>,
     pid_file: Option<String>,
@@ -514,7 +514,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                     "set admin_token or admin_token_file, not both",
                 ))
             }
-            (Some(token), None) => Some(token.clone()),
+            (Some(token), None) => Some(token.get_ref().clone()),
             (None, Some(file)) => {
                 let path = base.join(file.get_ref());
                 let token = std::fs::read_to_string(&path).map_err(|e| {
@@ -587,23 +587,29 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     // and end at a line) would lock everyone out, and a line break would print it in the
     // CLI's error: refused like none.
     if let Some(reason) = server.admin_token.as_deref().and_then(unsendable_token) {
-        let key = match server.admin_token_file {
-            Some(_) => "server.admin_token_file",
-            None => "server.admin_token",
+        let (key, span) = match (&raw.server.admin_token_file, &raw.server.admin_token) {
+            (Some(file), _) => ("server.admin_token_file", file.span()),
+            (None, Some(token)) => ("server.admin_token", token.span()),
+            (None, None) => ("server.admin_token", 0..0),
         };
-        return Err(ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            key: Some(key.into()),
-            message: reason.into(),
-        });
+        return Err(located.at(span, key, reason));
     }
     if let Some((first, second, addr)) = listener_named_twice(&server) {
-        return Err(ConfigError {
-            file: path.to_path_buf(),
-            line: None,
-            key: Some(second.into()),
-            message: format!("{addr} is also {first}: each listener needs its own address"),
+        let written = match second {
+            "server.listen" => Some(&raw.server.listen),
+            "server.tls_listen" => raw.server.tls_listen.as_ref(),
+            "server.admin" => raw.server.admin.as_ref(),
+            _ => raw.server.metrics.as_ref(),
+        };
+        let message = format!("{addr} is also {first}: each listener needs its own address");
+        return Err(match written {
+            Some(value) => located.at(value.span(), second, message),
+            None => ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key: Some(second.into()),
+                message,
+            },
         });
     }
     if admin_exposed_without_token(&server) {
@@ -688,12 +694,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     for t in raw.tenants {
         tenants.push(located.tenant(base, t, &tenants, cache.max_object_bytes)?);
     }
-    let with_certs: Vec<&str> = tenants
-        .iter()
-        .filter(|t| t.tls_cert.is_some())
-        .map(|t| t.name.as_str())
-        .collect();
-    listener::check_tls_pairing(path, &server.listener, &with_certs)?;
+    let tls_listen_line = raw
+        .server
+        .tls_listen
+        .as_ref()
+        .map(|a| located.line_of(a.span().start));
+    listener::check_tls_pairing(path, &server.listener, tls_listen_line, &tenants)?;
     let plugins = PluginsConfig {
         watch: raw.plugins.watch.unwrap_or(true),
         artifact_cache_dir: match raw.plugins.artifact_cache_dir.as_deref() {
@@ -978,6 +984,7 @@ impl Locator<'_> {
         let upstreams = self.upstreams(
             base,
             upstream::RawUpstream {
+                tenant_name: t.name.span(),
                 upstream: &t.upstream,
                 upstreams: &t.upstreams,
                 upstream_ca: &t.upstream_ca,

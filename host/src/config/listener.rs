@@ -159,27 +159,36 @@ impl Locator<'_> {
 }
 
 /// A certificate somewhere needs a TLS listener, and a TLS listener needs a certificate.
+/// `tls_listen_line`: where `server.tls_listen` is written.
 pub(super) fn check_tls_pairing(
     path: &Path,
     listener: &ListenerConfig,
-    tenants_with_certs: &[&str],
+    tls_listen_line: Option<usize>,
+    tenants: &[super::TenantConfig],
 ) -> Result<(), ConfigError> {
-    let error = |key: &str, message: String| ConfigError {
+    let error = |line: Option<usize>, key: &str, message: String| ConfigError {
         file: path.to_path_buf(),
-        line: None,
+        line,
         key: Some(key.into()),
         message,
     };
-    match (listener.tls_listen, tenants_with_certs.first()) {
+    let with_cert = tenants.iter().find(|t| t.tls_cert.is_some());
+    match (listener.tls_listen, with_cert) {
         (None, Some(tenant)) => Err(error(
+            tenant.tls_cert.as_ref().and_then(|c| c.cert_at.line),
             "tenant.tls_cert",
-            format!("tenant {tenant:?} has a certificate but server.tls_listen is not set"),
+            format!(
+                "tenant {:?} has a certificate but server.tls_listen is not set",
+                tenant.name
+            ),
         )),
         (None, None) if listener.default_cert.is_some() => Err(error(
+            listener.default_cert.as_ref().and_then(|c| c.cert_at.line),
             "server.tls_cert",
             "a certificate without server.tls_listen would serve nothing".into(),
         )),
         (Some(_), None) if listener.default_cert.is_none() => Err(error(
+            tls_listen_line,
             "server.tls_listen",
             "needs server.tls_cert and server.tls_key, or a tenant's tls_cert and tls_key".into(),
         )),

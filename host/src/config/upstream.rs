@@ -76,6 +76,8 @@ impl Default for PoolConfig {
 
 /// The tenant's upstream keys as written.
 pub(super) struct RawUpstream<'a> {
+    /// Where the tenant's `name` is written: the place to point at when no upstream is.
+    pub tenant_name: std::ops::Range<usize>,
     pub upstream: &'a Option<Spanned<String>>,
     pub upstreams: &'a Option<Spanned<Vec<Spanned<String>>>>,
     pub upstream_ca: &'a Option<Spanned<String>>,
@@ -184,13 +186,11 @@ impl Locator<'_> {
                 (targets, Some(pool))
             }
             (None, None) => {
-                return Err(ConfigError {
-                    file: self.path.to_path_buf(),
-                    line: None,
-                    key: Some("tenant.upstream".into()),
-                    message: "each [[tenant]] needs upstream = \"host:port\" or upstreams = [...]"
-                        .into(),
-                })
+                return Err(self.at(
+                    raw.tenant_name.clone(),
+                    "tenant.upstream",
+                    "each [[tenant]] needs upstream = \"host:port\" or upstreams = [...]",
+                ))
             }
         };
         let ca = match raw.upstream_ca {
