@@ -167,6 +167,8 @@ impl PolicyInstance {
         // empties the scope when it drops below, on every path, unwinding included: the
         // pointers are never read after the borrows end.
         unsafe { self.store.data_mut().scope.enter(request, response) };
+        // A refusal an earlier call handled says nothing about how this one ends.
+        self.store.data_mut().limiter.refused = false;
         let scoped = LeaveOnDrop(&mut self.store);
         let ticks = super::ticker::Ticker::ticks(timeout);
         self.ticker.arm(ticks);
