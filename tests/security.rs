@@ -1206,3 +1206,67 @@ fn origin_failures_log_no_query() {
         "{log}"
     );
 }
+
+/// The other fields some frameworks take the scheme from (`X-Forwarded-Scheme`,
+/// `X-Forwarded-Ssl`: Rack; `Front-End-Https`; `X-Url-Scheme`) never reach the origin unseen
+/// by the key: "replace" drops a client's, "append" and "off" give a request carrying one its
+/// own entry. A client's `X-Forwarded-Scheme: http` used to store the origin's redirect to
+/// https under the plain entry, a redirect loop for every other client.
+#[test]
+fn other_scheme_fields_are_dropped_or_keyed() {
+    let rack_like = Origin::start(|seen| {
+        let told = seen
+            .header("x-forwarded-scheme")
+            .or(seen.header("x-url-scheme"))
+            .or(seen
+                .header("front-end-https")
+                .map(|v| if v == "on" { "https" } else { "http" }))
+            .or(seen
+                .header("x-forwarded-ssl")
+                .map(|v| if v == "on" { "https" } else { "http" }))
+            .or(seen.header("x-forwarded-proto"));
+        https_or_redirect(told)
+    });
+    let attacks = [
+        ("X-Forwarded-Scheme", "http"),
+        ("X-Url-Scheme", "http"),
+        ("Front-End-Https", "off"),
+        ("X-Forwarded-Ssl", "off"),
+    ];
+    for mode in ["replace", "append", "off"] {
+        let proxy = Proxy::start_with_server(
+            &format!("forwarded_headers = \"{mode}\""),
+            CACHE,
+            &[TenantSpec::new("site", rack_like.addr, &plugin("standard"))],
+        );
+        for (i, attack) in attacks.iter().enumerate() {
+            let path = format!("/page-{mode}-{i}");
+            // What a TLS front in front of cachet says (under "replace" cachet's own hop
+            // is plain HTTP: its answer is the redirect either way, and must be the same).
+            let front = [("Host", "site.test"), ("X-Forwarded-Proto", "https")];
+            let mut with_attack = front.to_vec();
+            with_attack.push(*attack);
+            let attacked = send("GET", &proxy.url(&path), &with_attack);
+            let innocent = send("GET", &proxy.url(&path), &front);
+            let direct = match mode {
+                "replace" => 301,
+                _ => 200,
+            };
+            assert_eq!(
+                innocent.status,
+                direct,
+                "{mode} {attack:?}: {} (attack answered {})",
+                innocent.cache_status(),
+                attacked.status
+            );
+            if mode == "replace" {
+                assert_eq!(attacked.status, 301, "{mode} {attack:?}");
+                let last = rack_like.seen().pop().expect("the origin was asked");
+                assert!(
+                    last.header(attack.0).is_none(),
+                    "{mode}: {attack:?} reached the origin"
+                );
+            }
+        }
+    }
+}

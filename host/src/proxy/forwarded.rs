@@ -149,6 +149,27 @@ fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'s
         let (aware, loose) = forwarded_protos(req, ours);
         readings.extend([aware, loose]);
     }
+    // The other fields that tell some origins the scheme pass on too: each present one is a
+    // reading of its own, named, so a request carrying one never shares an entry with one
+    // that does not (beside this hop's scheme when nothing else names one).
+    if readings.is_empty() {
+        readings.push(hop.to_owned());
+    }
+    for name in OTHER_SCHEME_CLAIMS {
+        let values: Vec<String> = req
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        if !values.is_empty() {
+            readings.push(format!("{name}={}", values.join(",")));
+        }
+    }
     let mut distinct: Vec<String> = Vec::with_capacity(readings.len());
     for reading in readings {
         if !distinct.contains(&reading) {
@@ -212,8 +233,20 @@ const CLIENT_ADDRESS_CLAIMS: [&str; 4] = [
     "x-cluster-client-ip",
 ];
 
-/// Removes every `X-Forwarded-*` field and the client-address claims from `req`, before
-/// the plugin or the key reads it ("replace" mode).
+/// Fields besides `X-Forwarded-Proto` and `Forwarded` through which frameworks take the
+/// scheme from a request (Rack reads `X-Forwarded-Scheme` and `X-Forwarded-Ssl`, IIS-era
+/// stacks `Front-End-Https`, some `X-Url-Scheme`). A client's value must not reach the origin
+/// unseen by the key: an origin's redirect to https stored under the https key is a loop for
+/// every https client.
+const OTHER_SCHEME_CLAIMS: [&str; 4] = [
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "front-end-https",
+    "x-url-scheme",
+];
+
+/// Removes every `X-Forwarded-*` field, the client-address claims and the other scheme
+/// claims from `req`, before the plugin or the key reads it ("replace" mode).
 fn drop_client_claims(req: &mut RequestHeader) {
     let claims: Vec<HeaderName> = req
         .headers
@@ -221,6 +254,7 @@ fn drop_client_claims(req: &mut RequestHeader) {
         .filter(|name| {
             name.as_str().starts_with("x-forwarded-")
                 || CLIENT_ADDRESS_CLAIMS.contains(&name.as_str())
+                || OTHER_SCHEME_CLAIMS.contains(&name.as_str())
         })
         .cloned()
         .collect();
