@@ -218,6 +218,30 @@ fn a_set_cookie_removed_before_storing_is_never_stored_nor_served() {
     assert_eq!(hit.header("set-cookie"), None, "not stored");
     assert_eq!(hit.header("x-stored-edit"), Some("1"));
     assert_eq!(origin.hits(), 1);
+    // Each edit is applied once, on the miss as on the hit (the miss is served from what it
+    // stored, which holds them), and a cache field the plugin set is never served.
+    for resp in [&miss, &hit] {
+        let links: Vec<&str> = resp
+            .headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("link"))
+            .map(|(_, value)| value.as_str())
+            .collect();
+        assert_eq!(links, ["</app.css>; rel=preload"], "{:?}", resp.headers);
+        assert_eq!(resp.header("surrogate-key"), None);
+    }
+    // The tag the plugin set is the object's: a purge by it removes the entry.
+    let purged = send(
+        "PURGE",
+        &proxy.url("/"),
+        &[
+            ("Authorization", &format!("Bearer {TOKEN}")),
+            ("Surrogate-Key", "edited-tag"),
+        ],
+    );
+    assert!(purged.status < 300, "{}", purged.status);
+    get(&proxy.url("/store-edit/app.js"));
+    assert_eq!(origin.hits(), 2);
 
     // Without the edit the host refuses to store a response with Set-Cookie.
     get(&proxy.url("/other.js"));

@@ -9,15 +9,29 @@ use crate::policy::apply_to_response;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+/// The plugin's edits to the origin response, on the head this request serves, before the
+/// host strips what clients never see (so a field the plugin set that is the cache's own,
+/// `Surrogate-Key` say, is stripped too). Not on a head served from what this request stored
+/// (its fill, or its revalidation): the edits are already in it, and applying them again
+/// would append every appended value twice.
+pub(super) fn apply_origin_edits(session: &Session, resp: &mut ResponseHeader, ctx: &RequestCtx) {
+    use pingora_cache::CachePhase;
+    let from_store = matches!(
+        session.cache.phase(),
+        CachePhase::Miss | CachePhase::Revalidated
+    );
+    if !ctx.response_edits.is_empty() && !from_store {
+        apply_to_response(&ctx.response_edits, resp);
+    }
+}
+
+/// `on-deliver`, when the plugin asked for it.
 pub(super) fn apply(
     proxy: &CachetProxy,
     session: &Session,
     resp: &mut ResponseHeader,
     ctx: &mut RequestCtx,
 ) {
-    if !ctx.response_edits.is_empty() {
-        apply_to_response(&ctx.response_edits, resp);
-    }
     if !ctx.deliver {
         return;
     }

@@ -570,6 +570,7 @@ impl ProxyHttp for CachetProxy {
                 let _ = upstream_response.insert_header(http::header::AGE, age);
             }
         }
+        deliver::apply_origin_edits(session, upstream_response, ctx);
         hop_by_hop::strip_for_downstream(upstream_response);
         // An interim response (103 Early Hints) goes on as the origin sent it; the final
         // response is judged and labelled on its own.
