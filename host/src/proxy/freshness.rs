@@ -128,7 +128,7 @@ pub fn stale_windows(cc: Option<&CacheControl>) -> (u32, u32) {
     let Some(cc) = cc else {
         return (0, 0);
     };
-    if forbids_stale(cc) || cc.has("s-maxage") {
+    if forbids_stale(cc) {
         return (0, 0);
     }
     let seconds = |v: Option<Duration>| v.map_or(0, |d| d.as_secs().min(u32::MAX.into()) as u32);
@@ -142,7 +142,8 @@ pub fn stale_windows(cc: Option<&CacheControl>) -> (u32, u32) {
 /// `no-cache` response may not be reused without a successful validation (RFC 9111
 /// §5.2.2.4), so no stale window applies to it either (§4.2.4).
 pub fn forbids_stale(cc: &CacheControl) -> bool {
-    cc.must_revalidate() || cc.proxy_revalidate() || cc.no_cache()
+    // `s-maxage` implies `proxy-revalidate` for a shared cache (RFC 9111 §5.2.2.10).
+    cc.must_revalidate() || cc.proxy_revalidate() || cc.no_cache() || cc.has("s-maxage")
 }
 
 #[cfg(test)]
@@ -365,5 +366,15 @@ mod tests {
             (0, 0)
         );
         assert_eq!(windows("s-maxage=1, stale-if-error=5"), (0, 0));
+    }
+
+    /// What overrules a plugin's stale windows: `s-maxage` too (a plugin storing such a
+    /// response with stale-while-revalidate was obeyed).
+    #[test]
+    fn s_maxage_forbids_stale_whatever_a_plugin_asks() {
+        let forbids = |value: &str| forbids_stale(&CacheControl::parse(value));
+        assert!(forbids("s-maxage=10"));
+        assert!(forbids("max-age=10, must-revalidate"));
+        assert!(!forbids("max-age=10, stale-while-revalidate=60"));
     }
 }
