@@ -204,10 +204,12 @@ impl ProxyHttp for CachetProxy {
         ctx: &mut Self::CTX,
     ) -> Result<Option<ForcedFreshness>> {
         ctx.tier = crate::storage::tiers::tier_of(hit_handler);
-        ctx.found_stale = !is_fresh;
         if shared::may_serve(session.req_header(), meta.response_header()) {
+            ctx.found_stale = !is_fresh;
             return Ok(None);
         }
+        // A miss, not a revalidation of the stored response: an origin failure is the
+        // origin's (502), not a stored response that could not be revalidated (504).
         ctx.unshared_hit = true;
         Ok(Some(ForcedFreshness::ForceMiss))
     }
