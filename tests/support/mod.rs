@@ -130,16 +130,25 @@ pub fn find_in_segments(disk: &Path, needle: &[u8]) -> Option<(PathBuf, usize)> 
 /// could be told the same port, and one's requests reach the other (a
 /// PURGE answered by another proxy's admin listener was seen in CI).
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let listener = bind_unclaimed();
+    listener.local_addr().expect("local address").port()
+}
+
+/// Ports handed out by [`free_port`] or bound by [`bind_unclaimed`] in this test process.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// A listener on 127.0.0.1 whose port no [`free_port`] caller was told. The test origins
+/// bind here: a port [`free_port`] released for a proxy that has not bound it yet could
+/// otherwise go to an origin, and the proxy's requests reach that origin (a 200 without
+/// `Cache-Status`, and an extra request at another test's origin, seen in CI).
+pub fn bind_unclaimed() -> std::net::TcpListener {
     let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind 127.0.0.1:0");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local address").port();
         if !handed_out.contains(&port) {
             handed_out.push(port);
-            return port;
+            return listener;
         }
     }
 }

@@ -4,7 +4,7 @@
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -111,7 +111,7 @@ impl Origin {
     /// Starts an origin whose replies come from `handler`: HTTP/1.1 with
     /// keep-alive, a thread per connection (the proxy keeps a small pool).
     pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        let listener = super::bind_unclaimed();
         let addr = listener.local_addr().expect("origin address");
         let handler: Arc<Handler> = Arc::new(handler);
         let counts = Arc::new(Counts::default());

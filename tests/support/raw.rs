@@ -3,7 +3,7 @@
 //! ones included) as sent.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -193,7 +193,7 @@ pub struct RawOrigin {
 impl RawOrigin {
     /// `answer(request_head)` gives the exact bytes written back.
     pub fn start(answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind raw origin");
+        let listener = super::bind_unclaimed();
         let addr = listener.local_addr().expect("address");
         let requests = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
