@@ -576,7 +576,7 @@ fn the_open_file_limit_is_raised_to_what_the_config_needs() {
     assert_eq!(open_file_limits(proxy.pid()).0, "600");
     let log = proxy.log();
     assert!(
-        log.contains("open-file limit 600 is under the 5376 descriptors"),
+        log.contains("open-file limit 600 is under the 5440 descriptors"),
         "{log}"
     );
     assert!(

@@ -75,6 +75,7 @@ pub fn raise_limit(config: &Config) -> usize {
     tracing::warn!(
         "open-file limit {} is under the {need} descriptors this config may hold \
          (server.max_connections {configured} + each tenant's origin max_connections + \
+         {CONNECTIONS_PER_ADMIN_LISTENER} per admin or metrics listener + \
          {BESIDES_CONNECTIONS}): accepting at most {clients} client connections (503 beyond); \
          raise the hard limit (LimitNOFILE=, ulimit -Hn) or lower max_connections",
         limit.rlim_cur,
