@@ -8,7 +8,7 @@ mod size;
 mod tiers;
 mod upstream;
 
-pub use listener::{CertPaths, ListenerConfig};
+pub use listener::{serves_no_certificate, CertPaths, ListenerConfig};
 pub use origin::OriginConfig;
 pub use tiers::{ClientCert, DiskTierConfig, SharedTierConfig};
 pub use upstream::{Balance, PoolConfig, UpstreamTarget, UpstreamTls};

@@ -158,6 +158,13 @@ impl Locator<'_> {
     }
 }
 
+/// Whether the TLS listener would have no certificate to serve: no default one, and no
+/// tenant's. Checked on every config, and on a reload against the listener that really stays
+/// open until a restart.
+pub fn serves_no_certificate(listener: &ListenerConfig, tenants: &[super::TenantConfig]) -> bool {
+    listener.default_cert.is_none() && tenants.iter().all(|t| t.tls_cert.is_none())
+}
+
 /// A certificate somewhere needs a TLS listener, and a TLS listener needs a certificate.
 /// `tls_listen_line`: where `server.tls_listen` is written.
 pub(super) fn check_tls_pairing(
@@ -187,7 +194,7 @@ pub(super) fn check_tls_pairing(
             "server.tls_cert",
             "a certificate without server.tls_listen would serve nothing".into(),
         )),
-        (Some(_), None) if listener.default_cert.is_none() => Err(error(
+        (Some(_), _) if serves_no_certificate(listener, tenants) => Err(error(
             tls_listen_line,
             "server.tls_listen",
             "needs server.tls_cert and server.tls_key, or a tenant's tls_cert and tls_key".into(),

@@ -379,9 +379,11 @@ impl Reloader {
         }
         // Likewise the TLS listener: it stays open until a restart, so a file that drops it
         // with every certificate would leave it refusing every handshake.
-        let certificate_left = new.server.listener.default_cert.is_some()
-            || new.tenants.iter().any(|t| t.tls_cert.is_some());
-        if let (Some(listen), false) = (new.server.listener.tls_listen, certificate_left) {
+        let listener = &new.server.listener;
+        if let (Some(listen), true) = (
+            listener.tls_listen,
+            crate::config::serves_no_certificate(listener, &new.tenants),
+        ) {
             return Outcome::Refused(format!(
                 "server.tls_listen: the TLS listener stays on {listen} until a restart, and \
                  needs server.tls_cert and server.tls_key, or a tenant's, until then"

@@ -5,7 +5,6 @@
 
 use super::chunks::Plan;
 use super::key::TierKey;
-use super::record;
 use super::storage::FoundBody;
 use super::tier::Tier;
 use super::writer::Job;
@@ -23,14 +22,9 @@ impl TieredStorage {
         let Some(runtime) = &self.runtime else {
             return;
         };
-        let (Some(lifetime), Ok((internal, header))) = (record::lifetime(meta), meta.serialize())
-        else {
+        let Some(mut job) = Job::revalidated(key, meta) else {
             return;
         };
-        let reason = record::own_reason(meta);
-        let tags = super::super::tags::parse(meta.headers());
-        // Purges from now on win over the refreshed copy (the writer checks its marks).
-        let written_at = record::now_ns();
         let key = key.clone();
         runtime.spawn(async move {
             let Some(found) = self.find_in_tiers(&key).await else {
@@ -50,16 +44,8 @@ impl TieredStorage {
                 }
             };
             if let Some(body) = body {
-                self.submit(Job {
-                    key: TierKey::of(&key),
-                    internal,
-                    header,
-                    reason,
-                    body,
-                    lifetime,
-                    written_at,
-                    tags,
-                });
+                job.body = body;
+                self.submit(job);
             }
             // The queue has its own bound for what it holds.
             self.l1.release_filling(body_len);

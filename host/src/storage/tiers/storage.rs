@@ -10,6 +10,7 @@ use super::miss::TieredMiss;
 use super::purges::{Purge, Target, Verdict};
 use super::record::{self, Body, DecodeError};
 use super::tier::{Tier, TierCounters};
+use super::writer::Job;
 use super::TieredStorage;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -315,26 +316,14 @@ impl TieredStorage {
         let Some((meta, body)) = self.l1.stored(key) else {
             return;
         };
-        let Some(lifetime) = record::lifetime(&meta) else {
+        let Some(mut job) = Job::revalidated(key, &meta) else {
             return;
         };
-        let written_at = record::now_ns();
         if body.len() > self.max_value() {
             return;
         }
-        let Ok((internal, header)) = meta.serialize() else {
-            return;
-        };
-        self.submit(super::writer::Job {
-            key: TierKey::of(key),
-            internal,
-            header,
-            reason: record::own_reason(&meta),
-            body: vec![body],
-            lifetime,
-            written_at,
-            tags: super::super::tags::parse(meta.headers()),
-        });
+        job.body = vec![body];
+        self.submit(job);
     }
 }
 

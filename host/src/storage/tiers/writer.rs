@@ -12,6 +12,7 @@ use super::purges::{PurgeLog, Verdict};
 use super::record;
 use super::tier::{Tier, TierCounters};
 use bytes::Bytes;
+use pingora_cache::{CacheKey, CacheMeta};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +44,24 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// The job that stores `key` again with a revalidated `meta`, written as of now (purges
+    /// from now on win over it); its body still to be set. `None` when nothing of the
+    /// object's lifetime is left or the meta cannot be serialized.
+    pub(crate) fn revalidated(key: &CacheKey, meta: &CacheMeta) -> Option<Self> {
+        let lifetime = record::lifetime(meta)?;
+        let (internal, header) = meta.serialize().ok()?;
+        Some(Self {
+            key: TierKey::of(key),
+            internal,
+            header,
+            reason: record::own_reason(meta),
+            body: Vec::new(),
+            lifetime,
+            written_at: record::now_ns(),
+            tags: super::super::tags::parse(meta.headers()),
+        })
+    }
+
     fn body_len(&self) -> usize {
         self.body.iter().map(Bytes::len).sum()
     }
