@@ -49,13 +49,24 @@ pub fn start() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes what is queued, waiting at most a couple of seconds.
+/// Writes what is queued, waiting at most [`FLUSH_TIMEOUT`] in all: a stalled stderr (a
+/// paused terminal, a blocked log pipe) keeps the queue full, and a shutdown must still end.
 pub fn flush() {
     let Some(queue) = QUEUE.get() else { return };
+    let deadline = std::time::Instant::now() + FLUSH_TIMEOUT;
     let (done, wait) = mpsc::sync_channel(1);
-    if queue.send(Message::Flush(done)).is_ok() {
-        let _ = wait.recv_timeout(FLUSH_TIMEOUT);
+    let mut message = Message::Flush(done);
+    loop {
+        match queue.try_send(message) {
+            Ok(()) => break,
+            Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                message = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
     }
+    let _ = wait.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
 }
 
 fn write_lines(rx: Receiver<Message>) {
@@ -152,11 +163,69 @@ fn enqueue(queue: &SyncSender<Message>, line: Vec<u8>) {
 }
 
 /// `line` itself, or its first [`MAX_LINE_BYTES`] (at a character boundary) and a note of
-/// how many bytes were left out.
-fn cut_to_bound(mut line: Vec<u8>) -> Vec<u8> {
+/// how many bytes were left out. A JSON line (`--log-format json`) stays one parseable
+/// object: its longest strings are cut instead, so its other fields (level, status, path)
+/// are kept whichever one was long.
+fn cut_to_bound(line: Vec<u8>) -> Vec<u8> {
     if line.len() <= MAX_LINE_BYTES {
         return line;
     }
+    if line.first() == Some(&b'{') {
+        if let Some(cut) = cut_json_strings(&line) {
+            return cut;
+        }
+    }
+    cut_bytes(line)
+}
+
+/// The JSON object `line` holds, reserialized within [`MAX_LINE_BYTES`] with its longest
+/// string values shortened, each saying how much it lost; `None` when `line` is not one
+/// object or cannot be brought within the bound that way.
+fn cut_json_strings(line: &[u8]) -> Option<Vec<u8>> {
+    let mut object: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let mut size = line.len();
+    // Each pass shortens the longest string by at least the excess (escapes may make the
+    // serialized text longer than the string): a few passes always suffice.
+    for _ in 0..8 {
+        let excess = size.saturating_sub(MAX_LINE_BYTES);
+        let longest = longest_string(&mut object)?;
+        // Room for the note saying what was cut.
+        let mut keep = longest.len().checked_sub(excess + 32)?;
+        while !longest.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let cut = longest.len() - keep;
+        longest.truncate(keep);
+        longest.push_str(&format!(" ... ({cut} bytes cut)"));
+        let mut text = serde_json::to_vec(&object).ok()?;
+        text.push(b'\n');
+        if text.len() <= MAX_LINE_BYTES {
+            return Some(text);
+        }
+        size = text.len();
+    }
+    None
+}
+
+/// The longest string value anywhere in `value`.
+fn longest_string(value: &mut serde_json::Value) -> Option<&mut String> {
+    match value {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .filter_map(longest_string)
+            .max_by_key(|s| s.len()),
+        serde_json::Value::Object(fields) => fields
+            .values_mut()
+            .filter_map(longest_string)
+            .max_by_key(|s| s.len()),
+        _ => None,
+    }
+}
+
+/// The first [`MAX_LINE_BYTES`] of `line` (at a character boundary) and a note of how many
+/// bytes were left out.
+fn cut_bytes(mut line: Vec<u8>) -> Vec<u8> {
     let mut keep = MAX_LINE_BYTES;
     // Never split a UTF-8 sequence: back up over continuation bytes.
     while keep > 0 && line[keep] & 0b1100_0000 == 0b1000_0000 {
@@ -183,6 +252,33 @@ mod tests {
             cut.ends_with(&format!(" ... ({} bytes cut)\n", long.len() - kept)),
             "{cut}"
         );
+    }
+
+    #[test]
+    fn a_long_json_line_stays_one_object_with_every_field() {
+        // An origin's broken head quoted whole in an error: the longest value by far.
+        let error = format!("invalid response head, buf: {}", "\\x01".repeat(3000));
+        let mut line = serde_json::json!({
+            "fields": { "error": error, "message": "request", "path": "/a\"b", "status": 502 },
+            "level": "INFO",
+            "target": ACCESS_TARGET,
+        })
+        .to_string();
+        line.push('\n');
+        assert!(line.len() > MAX_LINE_BYTES);
+        let cut = cut_to_bound(line.into_bytes());
+        assert!(cut.len() <= MAX_LINE_BYTES, "{}", cut.len());
+        assert_eq!(cut.last(), Some(&b'\n'));
+        let parsed: serde_json::Value = serde_json::from_slice(&cut).expect("still JSON");
+        assert_eq!(parsed["level"], "INFO");
+        assert_eq!(parsed["fields"]["path"], "/a\"b");
+        assert_eq!(parsed["fields"]["status"], 502);
+        let kept = parsed["fields"]["error"].as_str().expect("error kept");
+        assert!(
+            kept.starts_with("invalid response head, buf: \\x01"),
+            "{kept}"
+        );
+        assert!(kept.ends_with(" bytes cut)"), "{kept}");
     }
 
     #[test]
