@@ -52,25 +52,92 @@ fn sdk_in(dir: &Path) -> Option<PathBuf> {
         .flatten()
 }
 
-fn is_crate_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-}
+/// Names a crate's library cannot take: Rust's keywords and the built-in crates (Cargo
+/// refuses them, or the library's name would not compile).
+const RESERVED: &[&str] = &[
+    "abstract",
+    "alloc",
+    "as",
+    "async",
+    "await",
+    "become",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "core",
+    "crate",
+    "do",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "final",
+    "fn",
+    "for",
+    "gen",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "macro",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "override",
+    "priv",
+    "proc_macro",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "std",
+    "struct",
+    "super",
+    "test",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "typeof",
+    "unsafe",
+    "unsized",
+    "use",
+    "virtual",
+    "where",
+    "while",
+    "yield",
+];
 
-/// Creates the crate in `dir` (which must not exist yet).
-pub fn new_plugin(name: &str, dir: &Path, sdk: &SdkSource) -> anyhow::Result<()> {
-    if !is_crate_name(name) {
-        anyhow::bail!(
-            "{name:?} is not a crate name: use letters, digits, '-' or '_', starting with a letter"
-        );
-    }
-    if dir.exists() {
-        anyhow::bail!("{} already exists", dir.display());
-    }
-    let type_name: String = name
+/// What the SDK's prelude brings into scope under a type's name: a policy type named the
+/// same would shadow it and the generated code would not compile (`policy` gave
+/// `impl Policy for Policy`).
+const PRELUDE_TYPES: &[&str] = &[
+    "CacheControl",
+    "Duration",
+    "HeaderEdits",
+    "OriginFailure",
+    "Policy",
+    "Query",
+    "QueryParam",
+    "Request",
+    "RequestDecision",
+    "RequestEdits",
+    "Response",
+    "ResponseDecision",
+    "StoreDirective",
+    "SyntheticResponse",
+    "TestVector",
+];
+
+/// The policy type's name for crate `name`: its words capitalised, with `Policy` added when
+/// that would shadow a prelude item or is no name at all.
+fn type_name(name: &str) -> String {
+    let words: String = name
         .split(['-', '_'])
         .map(|w| {
             let mut c = w.chars();
@@ -79,6 +146,33 @@ pub fn new_plugin(name: &str, dir: &Path, sdk: &SdkSource) -> anyhow::Result<()>
             })
         })
         .collect();
+    if PRELUDE_TYPES.contains(&words.as_str()) || words == "Self" {
+        words + "Policy"
+    } else {
+        words
+    }
+}
+
+fn is_crate_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && !RESERVED.contains(&name.replace('-', "_").as_str())
+}
+
+/// Creates the crate in `dir` (which must not exist yet).
+pub fn new_plugin(name: &str, dir: &Path, sdk: &SdkSource) -> anyhow::Result<()> {
+    if !is_crate_name(name) {
+        anyhow::bail!(
+            "{name:?} is not a crate name: use letters, digits, '-' or '_', starting with a letter, and no Rust keyword or built-in crate's name"
+        );
+    }
+    if dir.exists() {
+        anyhow::bail!("{} already exists", dir.display());
+    }
+    let type_name = type_name(name);
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(dir.join("Cargo.toml"), cargo_toml(name, sdk))?;
     std::fs::write(dir.join("src/lib.rs"), lib_rs(&type_name))?;
@@ -175,4 +269,38 @@ mod tests {{
 }}
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_crate_name, type_name, PRELUDE_TYPES};
+
+    #[test]
+    fn type_names_never_shadow_the_prelude() {
+        assert_eq!(type_name("my-policy"), "MyPolicy");
+        assert_eq!(type_name("edge_rules"), "EdgeRules");
+        assert_eq!(type_name("policy"), "PolicyPolicy");
+        assert_eq!(type_name("request"), "RequestPolicy");
+        assert_eq!(type_name("duration"), "DurationPolicy");
+        assert!(!is_crate_name("self"));
+        assert!(!is_crate_name("fn"));
+        assert!(!is_crate_name("proc-macro"));
+        assert!(is_crate_name("selfish"));
+    }
+
+    /// Every type the SDK's prelude exports is known here (a new one would be shadowed).
+    #[test]
+    fn the_prelude_list_matches_the_sdk() {
+        let prelude = include_str!("../../guest-sdk/src/prelude.rs");
+        let exported = prelude
+            .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .filter(|word| word.starts_with(|c: char| c.is_ascii_uppercase()))
+            .filter(|word| !["Everything"].contains(word));
+        for word in exported {
+            assert!(
+                PRELUDE_TYPES.contains(&word),
+                "{word} is not in PRELUDE_TYPES"
+            );
+        }
+    }
 }
