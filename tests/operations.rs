@@ -182,6 +182,25 @@ fn status_and_reload_subcommands_read_the_config() {
     assert!(ok, "{out}");
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["tenants"][0]["name"], "site");
+
+    // A config naming a file that is no plugin is refused: `reload` says what and why, and
+    // exits 1 (it said nothing and exited 0, so a script took the refusal for success).
+    let junk = proxy.dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"not a component").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let standard = format!("{:?}", plugin("standard").display().to_string());
+    assert!(text.contains(&standard), "{text}");
+    let broken = text.replace(&standard, &format!("{:?}", junk.display().to_string()));
+    std::fs::write(&config, broken).unwrap();
+    let (ok, out) = cachet(&["reload", "--config", config.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("HTTP 409"), "{out}");
+    assert!(out.contains("config: "), "{out}");
+    assert!(out.contains("junk.wasm"), "{out}");
+    assert!(
+        get(&proxy.url("/still")).status == 200,
+        "the old config keeps serving"
+    );
 }
 
 #[test]
@@ -629,4 +648,104 @@ fn the_admin_listener_holds_a_bounded_number_of_connections() {
     }
     // The proxy itself was never short of a connection.
     assert_eq!(get(&proxy.url("/")).status, 200);
+}
+
+/// Reads one Content-Length framed response from `conn`.
+fn read_one_response(conn: &mut std::net::TcpStream) -> support::wire::RawResp {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(resp) = support::wire::parse_responses(&bytes).into_iter().next() {
+            let length: usize = resp
+                .header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if resp.body.len() == length {
+                return resp;
+            }
+        }
+        assert!(Instant::now() < deadline, "no whole response: {bytes:?}");
+        match conn.read(&mut chunk) {
+            Ok(0) => panic!("closed after {:?}", String::from_utf8_lossy(&bytes)),
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("read: {e} after {:?}", String::from_utf8_lossy(&bytes)),
+        }
+    }
+}
+
+/// The admin and metrics listeners bound each head, not each connection. Their heads were
+/// counted together for as long as a connection lived: a scraper keeping its connection
+/// was refused 431 once its scrapes' heads passed `max_request_head`. And a head may not
+/// trickle in for ever (Pingora waits 60 s per read): one not whole within
+/// `request_head_timeout` is refused 408, and an idle connection is closed then.
+#[test]
+fn operator_listeners_bound_each_head_in_size_and_time() {
+    use std::io::{Read, Write};
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let metrics_port = free_port();
+    let proxy = Proxy::start_with_server(
+        &format!(
+            "metrics = \"127.0.0.1:{metrics_port}\"\nmax_request_head = \"2KiB\"\nrequest_head_timeout = \"1s\""
+        ),
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let pad = "p".repeat(1000);
+    for port in [metrics_port, proxy.admin_port] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // 20 heads of ~1 KiB: 10 times the budget of one.
+        for i in 0..20 {
+            write!(
+                conn,
+                "GET /metrics HTTP/1.1\r\nHost: ops\r\nX-Pad: {pad}\r\n\r\n"
+            )
+            .unwrap();
+            let resp = read_one_response(&mut conn);
+            assert_eq!(
+                resp.status,
+                200,
+                "request {i} on port {port}: {}",
+                resp.text()
+            );
+        }
+
+        // A head begun and left unfinished.
+        let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: ops\r\n")
+            .unwrap();
+        let started = Instant::now();
+        let answer = support::wire::read_until_closed(&mut slow, Duration::from_secs(5));
+        let waited = started.elapsed();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+
+        // A connection that sends nothing is closed, without an answer.
+        let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let mut byte = [0u8; 1];
+        assert_eq!(idle.read(&mut byte).unwrap_or(0), 0);
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+    // Operators' refusals are counted apart from the proxy's clients.
+    let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+    assert_eq!(
+        metric(
+            &text,
+            "cachet_admin_connections_refused_total",
+            &["reason=\"head_timeout\""]
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "cachet_connections_refused_total", &[]),
+        0.0,
+        "{text}"
+    );
 }

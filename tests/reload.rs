@@ -557,6 +557,58 @@ fn a_removed_tenants_objects_leave_memory_with_it() {
     assert_eq!(b.hits_for("/b/0"), 2);
 }
 
+/// A request in flight when its tenant is removed records its series after the reload
+/// dropped them: they are dropped again once it is done, not kept for the life of the
+/// process.
+#[test]
+fn a_removed_tenants_series_go_after_its_last_request() {
+    let a = Origin::start(|_| Reply::ok("from a"));
+    let b = Origin::start(|_| {
+        std::thread::sleep(Duration::from_millis(1500));
+        Reply::ok("slow b").header("Cache-Control", "max-age=600")
+    });
+    let metrics_port = support::free_port();
+    let proxy = Proxy::start_with_server(
+        &format!("metrics = \"127.0.0.1:{metrics_port}\""),
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("a", a.addr, &plugin("standard")).hosts(&["a.test"])],
+    );
+    let b_series = || {
+        let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+        text.lines().filter(|l| l.contains("tenant=\"b\"")).count()
+    };
+    let config = proxy.dir.path().join("cachet.toml");
+    let only_a = std::fs::read_to_string(&config).unwrap();
+    let with_b = format!(
+        "{only_a}\n[[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstream = \"{}\"\nplugin = {:?}\n",
+        b.addr,
+        plugin("standard").display().to_string()
+    );
+    std::fs::write(&config, &with_b).unwrap();
+    eventually("tenant b named", || {
+        proxy.status()["tenants"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "b"))
+    });
+    let url = proxy.url("/slow");
+    let in_flight =
+        std::thread::spawn(move || support::client::send("GET", &url, &[("Host", "b.test")]));
+    // Removed while its request waits for the origin.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&config, &only_a).unwrap();
+    eventually("tenant b removed", || {
+        proxy.status()["tenants"]
+            .as_array()
+            .is_some_and(|t| t.iter().all(|t| t["name"] != "b"))
+    });
+    assert_eq!(in_flight.join().unwrap().status, 200);
+    assert_eq!(b.hits_for("/slow"), 1);
+    // Counted after its response, then forgotten with the tenant's last version.
+    eventually("b's series gone", || b_series() == 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(b_series(), 0);
+}
+
 /// Two tenants that swap names in one reload keep none of each other's objects: each name
 /// now serves the other's hosts, and its old objects answered for hosts it no longer serves
 /// (probe AB: all kept, counted under the wrong tenant).

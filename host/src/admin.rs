@@ -229,7 +229,16 @@ impl ServeHttp for AdminApp {
                 // Reloading compiles plugins: keep it off the async workers.
                 let done = tokio::task::spawn_blocking(move || reloader.check_everything()).await;
                 match done {
-                    Ok(()) => json_reply(&self.status()),
+                    Ok(refused) if refused.is_empty() => json_reply(&self.status()),
+                    // A script must tell "applied" from "refused": the running versions
+                    // keep serving, and the answer names what was refused and why.
+                    Ok(refused) => text_reply(
+                        StatusCode::CONFLICT,
+                        &format!(
+                            "refused, the running versions keep serving:\n{}\n",
+                            refused.join("\n")
+                        ),
+                    ),
                     Err(e) => text_reply(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         &format!("reload failed: {e}\n"),

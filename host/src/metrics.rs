@@ -86,10 +86,26 @@ static CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
+static ADMIN_CONNECTIONS_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    register(IntCounterVec::new(
+        Opts::new(
+            "cachet_admin_connections_refused_total",
+            "Connections refused on the admin and metrics listeners, by the reasons of cachet_connections_refused_total",
+        ),
+        &["reason"],
+    ))
+});
+
+/// A connection to the admin or metrics listener refused, by reason (those of
+/// [`connection_refused`]).
+pub fn admin_connection_refused(reason: &str) {
+    ADMIN_CONNECTIONS_REFUSED.with_label_values(&[reason]).inc();
+}
+
 static CONNECTIONS_OPEN: Lazy<IntGauge> = Lazy::new(|| {
     register(IntGauge::new(
         "cachet_connections_open",
-        "Client connections open now",
+        "Client connections open now (the proxy's listeners)",
     ))
 });
 
@@ -305,6 +321,31 @@ pub fn log_lines_dropped_total() -> u64 {
 /// One file-system event woke the reload watcher (0 registers the metric).
 pub fn watch_events(events: u64) {
     WATCH_EVENTS.inc_by(events);
+}
+
+/// The tenants the running config names, once a server has set them (a library user's
+/// tenants are never forgotten): see [`forget_tenant_if_gone`].
+static LIVE_TENANTS: Lazy<parking_lot::RwLock<Option<std::collections::HashSet<String>>>> =
+    Lazy::new(Default::default);
+
+/// The running config's tenants are `names` (at start and after each applied reload).
+pub fn set_live_tenants<'a>(names: impl IntoIterator<Item = &'a str>) {
+    let names = names.into_iter().map(str::to_owned).collect();
+    *LIVE_TENANTS.write() = Some(names);
+}
+
+/// Called as the last holder lets a tenant's run-time state go: when the config no longer
+/// names it, its series are dropped again. A request in flight at the reload that removed
+/// it held that state, and recorded its own series after the reload dropped them: they
+/// stayed in /metrics for the life of the process.
+pub fn forget_tenant_if_gone(tenant: &str) {
+    let gone = LIVE_TENANTS
+        .read()
+        .as_ref()
+        .is_some_and(|live| !live.contains(tenant));
+    if gone {
+        forget_tenant(tenant);
+    }
 }
 
 /// Drops every series labelled with `tenant`, gone in a reload: a renamed tenant would

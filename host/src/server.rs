@@ -2,7 +2,7 @@
 
 use crate::admin::AdminApp;
 use crate::config::{Config, KeyPlace, TenantConfig};
-use crate::connection::{ConnectionGuard, ConnectionLimits};
+use crate::connection::{ConnectionGuard, ConnectionLimits, ListenerRole, OperatorApp};
 use crate::policy::{ArtifactCache, LoadedPlugin, PolicyEngine};
 use crate::proxy::{CacheBackend, CachetProxy, ProxyState};
 use crate::reload::{spawn_watcher, Hangups, Reloader};
@@ -80,6 +80,7 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
         lock_timeout: config.cache.lock_timeout,
         max_object_bytes: config.cache.max_object_bytes,
     };
+    crate::metrics::set_live_tenants(config.tenants.iter().map(|t| t.name.as_str()));
     let mut state = ProxyState::new(TenantRouter::new(tenants), cache, config.server.access_log);
     state.admin_token = ArcSwapOption::from_pointee(config.server.admin_token.clone());
     state.forwarded_headers = config.server.forwarded_headers;
@@ -198,6 +199,9 @@ fn admin_limits(config: &Config) -> ConnectionLimits {
         h2_preface_timeout: config.server.listener.h2_idle_timeout,
         h2c: false,
         tls_handshake_timeout: config.server.request_head_timeout,
+        role: ListenerRole::Operators {
+            head_timeout: config.server.request_head_timeout,
+        },
     }
 }
 
@@ -317,6 +321,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         h2_preface_timeout: config.server.listener.h2_idle_timeout,
         h2c: config.server.listener.h2c,
         tls_handshake_timeout: config.server.request_head_timeout,
+        role: ListenerRole::Clients,
     };
     let mut guard = ConnectionGuard::new(
         crate::front::Front::new(
@@ -363,10 +368,10 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         let mut service = pingora::services::listening::Service::new(
             "cachet admin".into(),
             ConnectionGuard::new(
-                AdminApp {
+                OperatorApp(AdminApp {
                     state: state.clone(),
                     reloader: runtime.reloader.clone(),
-                },
+                }),
                 admin_limits(&config),
             ),
         );
@@ -380,9 +385,9 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         let mut service = pingora::services::listening::Service::new(
             "cachet metrics".into(),
             ConnectionGuard::new(
-                crate::admin::MetricsApp {
+                OperatorApp(crate::admin::MetricsApp {
                     state: state.clone(),
-                },
+                }),
                 admin_limits(&config),
             ),
         );

@@ -199,6 +199,13 @@ pub struct TenantRouter {
     all: Vec<Arc<Tenant>>,
 }
 
+impl Drop for Tenant {
+    fn drop(&mut self) {
+        // The last request that held this version has recorded its series by now.
+        crate::metrics::forget_tenant_if_gone(&self.config.name);
+    }
+}
+
 impl TenantRouter {
     pub fn new(tenants: Vec<Arc<Tenant>>) -> Self {
         let mut router = Self::default();

@@ -36,6 +36,34 @@ pub struct ConnectionLimits {
     /// How long a TLS handshake may take (`request_head_timeout`: a client has that long
     /// to present its request, the handshake included).
     pub tls_handshake_timeout: Duration,
+    /// Whose connections these are.
+    pub role: ListenerRole,
+}
+
+/// Whose connections a listener takes: which metrics count them, and who bounds how long a
+/// request head may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerRole {
+    /// The proxy's listeners, counted in `cachet_connections_*`. The front and the proxy
+    /// phases mark where each head ends, and the front bounds each head's time.
+    Clients,
+    /// The admin and metrics listeners (Pingora's plain HTTP apps, run in an
+    /// [`super::OperatorApp`] that marks where heads end), counted apart from the proxy's
+    /// clients (`cachet_admin_connections_refused_total`): a scraper must not look like
+    /// client load. Pingora gives such apps 60 s per read, so a client sending a byte now
+    /// and then would hold a slot for ever: each head, the idle wait before it included,
+    /// must be whole within `head_timeout`.
+    Operators { head_timeout: Duration },
+}
+
+impl ListenerRole {
+    /// Counts a connection refused for `reason`.
+    pub(crate) fn refused(self, reason: &str) {
+        match self {
+            Self::Clients => crate::metrics::connection_refused(reason),
+            Self::Operators { .. } => crate::metrics::admin_connection_refused(reason),
+        }
+    }
 }
 
 /// A `ServerApp` that admits at most `max_connections` streams at once and
@@ -44,7 +72,6 @@ pub struct ConnectionGuard<A> {
     inner: Arc<A>,
     slots: Arc<Semaphore>,
     limits: ConnectionLimits,
-    on_refused_head: Arc<dyn Fn() + Send + Sync>,
     /// The TLS listener's address, and TLS terminated here for the connections it accepts
     /// once they hold their slot. (Pingora's TLS listener does the handshake before the app
     /// sees the connection, for up to 60 s, uncounted: connections that never finished it
@@ -58,7 +85,6 @@ impl<A> ConnectionGuard<A> {
             inner: Arc::new(inner),
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
-            on_refused_head: Arc::new(|| crate::metrics::connection_refused("head_too_large")),
             tls: None,
         }
     }
@@ -89,12 +115,12 @@ impl<A> ConnectionGuard<A> {
         match tokio::time::timeout(self.limits.tls_handshake_timeout, handshake).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
             Ok(Err(e)) => {
-                crate::metrics::connection_refused("tls_handshake");
+                self.limits.role.refused("tls_handshake");
                 tracing::debug!("TLS handshake failed: {e}");
                 None
             }
             Err(_) => {
-                crate::metrics::connection_refused("tls_handshake_timeout");
+                self.limits.role.refused("tls_handshake_timeout");
                 None
             }
         }
@@ -110,7 +136,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
     ) -> Option<Stream> {
         let tls = self.tls_for(&stream);
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            crate::metrics::connection_refused("max_connections");
+            self.limits.role.refused("max_connections");
             // Best effort: a client that does not read its answer is not waited for. (A TLS
             // client would read it as a broken handshake: it is just closed.)
             if tls.is_none() {
@@ -122,14 +148,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
             Some(acceptor) => self.handshake(&acceptor, stream).await?,
             None => stream,
         };
-        let guarded = GuardedStream::new(
-            stream,
-            self.limits.max_request_head,
-            slot,
-            self.on_refused_head.clone(),
-            self.limits.h2_preface_timeout,
-            self.limits.h2c,
-        );
+        let guarded = GuardedStream::new(stream, &self.limits, slot);
         self.inner.process_new(Box::new(guarded), shutdown).await
     }
 

@@ -18,7 +18,9 @@
 //!   An HTTP/2 connection's writes are coalesced (`coalesce`): responses that finish
 //!   together leave in one TLS record and one system call.
 //!
-//! Both listeners, plain and TLS, share one guard and so one connection count.
+//! Both listeners, plain and TLS, share one guard and so one connection count. The admin
+//! and metrics listeners have a guard each ([`ListenerRole::Operators`]), with a deadline
+//! on every head, and their apps mark heads through [`OperatorApp`].
 //!
 //! The bound is therefore `max_connections × max_request_head` of head
 //! buffers, on top of the cache's byte budget.
@@ -26,9 +28,11 @@
 mod coalesce;
 mod guard;
 mod h2_work;
+mod operator;
 mod stream;
 
-pub use guard::{ConnectionGuard, ConnectionLimits};
+pub use guard::{ConnectionGuard, ConnectionLimits, ListenerRole};
 pub use h2_work::{H2Work, H2WorkTurn};
+pub use operator::OperatorApp;
+pub(crate) use stream::{connection_slot, H2_PREFACE, HEAD_TIMED_OUT, TOO_LARGE};
 pub use stream::{head_complete, next_head, request_answered, GuardedStream};
-pub(crate) use stream::{H2_PREFACE, HEAD_TIMED_OUT, TOO_LARGE};

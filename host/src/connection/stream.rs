@@ -1,6 +1,7 @@
 //! A downstream stream that bounds how many bytes a request head may take.
 
 use super::coalesce::Coalescer;
+use super::{ConnectionLimits, ListenerRole};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::{
@@ -54,9 +55,13 @@ enum Phase {
     Body,
     /// HTTP/2 (framed, with its own header limits) or another protocol.
     Unbounded,
-    /// The head went over the limit: writing the 431, `written` bytes so far.
-    Refusing { written: usize },
-    /// The 431 is written; every later read is end-of-stream.
+    /// Refusing the head (431 over the limit, 408 too slow): `written` bytes of `answer`
+    /// so far.
+    Refusing {
+        answer: &'static [u8],
+        written: usize,
+    },
+    /// The refusal is written; every later read is end-of-stream.
     Closed,
 }
 
@@ -71,9 +76,13 @@ pub struct GuardedStream {
     /// connection's order, and a pipelined request may end and the next one's head be
     /// parsed with no read between.
     signal: AtomicUsize,
-    /// Counts the connection as open for as long as the stream lives.
-    _slot: OwnedSemaphorePermit,
-    on_refused: Arc<dyn Fn() + Send + Sync>,
+    /// Counts the connection as open for as long as the stream lives, and as long as the
+    /// work of its HTTP/2 streams runs ([`connection_slot`]).
+    slot: Arc<OwnedSemaphorePermit>,
+    role: ListenerRole,
+    /// On an operator listener, running while a head is awaited (idle wait included): the
+    /// head must be whole before it fires.
+    head_timer: Option<Pin<Box<Sleep>>>,
     /// How long an HTTP/2 client may take to send its preface (Pingora and
     /// the `h2` crate wait for it without limit).
     preface_limit: Duration,
@@ -96,28 +105,29 @@ pub struct GuardedStream {
 impl GuardedStream {
     pub(super) fn new(
         inner: Stream,
-        max_head: usize,
+        limits: &ConnectionLimits,
         slot: OwnedSemaphorePermit,
-        on_refused: Arc<dyn Fn() + Send + Sync>,
-        preface_limit: Duration,
-        h2c: bool,
     ) -> Self {
+        let preface_limit = limits.h2_preface_timeout;
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
-        let preface_matched = (h2c && !h2 && inner.get_ssl_digest().is_none()).then_some(0);
+        let preface_matched = (limits.h2c && !h2 && inner.get_ssl_digest().is_none()).then_some(0);
         let phase = if h2 {
             Phase::Unbounded
         } else {
             Phase::Head { read: 0 }
         };
         let preface_timer = h2.then(|| Box::pin(tokio::time::sleep(preface_limit)));
-        crate::metrics::connections_open(1);
+        if limits.role == ListenerRole::Clients {
+            crate::metrics::connections_open(1);
+        }
         Self {
             inner,
-            max_head,
+            max_head: limits.max_request_head,
             phase,
             signal: AtomicUsize::new(NO_SIGNAL),
-            _slot: slot,
-            on_refused,
+            slot: Arc::new(slot),
+            role: limits.role,
+            head_timer: None,
             preface_limit,
             preface_timer,
             preface_left: super::H2_PREFACE.len(),
@@ -158,11 +168,14 @@ impl GuardedStream {
         match std::mem::replace(self.signal.get_mut(), NO_SIGNAL) {
             NO_SIGNAL => {}
             HEAD_DONE => {
+                self.head_timer = None;
                 if let Phase::Head { .. } = self.phase {
                     self.phase = Phase::Body;
                 }
             }
             expected => {
+                // The next head's time starts at its first read.
+                self.head_timer = None;
                 if let Phase::Head { .. } | Phase::Body = self.phase {
                     self.phase = Phase::Head {
                         read: expected - HEAD_EXPECTED,
@@ -199,16 +212,17 @@ impl GuardedStream {
         (poll, filled)
     }
 
-    /// Writes the 431 answer; Ready(Ok) once all of it is written.
+    /// Writes the refusal; Ready(Ok) once all of it is written.
     fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Phase::Refusing { written } = self.phase {
-            if written == TOO_LARGE.len() {
+        while let Phase::Refusing { answer, written } = self.phase {
+            if written == answer.len() {
                 break;
             }
-            match Pin::new(&mut self.inner).poll_write(cx, &TOO_LARGE[written..]) {
+            match Pin::new(&mut self.inner).poll_write(cx, &answer[written..]) {
                 Poll::Ready(Ok(0)) => break,
                 Poll::Ready(Ok(n)) => {
                     self.phase = Phase::Refusing {
+                        answer,
                         written: written + n,
                     }
                 }
@@ -227,6 +241,32 @@ impl GuardedStream {
             }
         }
     }
+
+    /// On an operator listener, whether the head awaited now is out of time (the timer
+    /// armed at the first read for it); the phase is then set to refuse it, or to end the
+    /// connection when none of it came (idle too long).
+    fn head_out_of_time(&mut self, cx: &mut Context<'_>, read: usize) -> bool {
+        let ListenerRole::Operators { head_timeout } = self.role else {
+            return false;
+        };
+        let timer = self
+            .head_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(head_timeout)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.head_timer = None;
+        self.phase = if read == 0 {
+            Phase::Closed
+        } else {
+            self.role.refused("head_timeout");
+            Phase::Refusing {
+                answer: HEAD_TIMED_OUT,
+                written: 0,
+            }
+        };
+        true
+    }
 }
 
 /// How much of the HTTP/2 preface the connection's first bytes match after `read`, given
@@ -240,6 +280,21 @@ fn preface_progress(matched: usize, read: &[u8]) -> Option<usize> {
 /// Called when a request head has been parsed (the first proxy phase).
 pub fn head_complete(session: &Session) {
     if let Some(stream) = guarded(session) {
+        stream.signal.store(HEAD_DONE, Ordering::Relaxed);
+    }
+}
+
+/// The connection slot `stream` holds, shared: an HTTP/2 connection's streams keep it
+/// until their work ends, so a client that closes its connection while its requests still
+/// run at the origin has not freed a slot for a new connection with a fresh work bound.
+pub(crate) fn connection_slot(stream: &Stream) -> Option<Arc<OwnedSemaphorePermit>> {
+    let stream = stream.as_any().downcast_ref::<GuardedStream>()?;
+    Some(stream.slot.clone())
+}
+
+/// Called by an operator app ([`super::OperatorApp`]) when Pingora has read a request head.
+pub(super) fn head_read(stream: &Stream) {
+    if let Some(stream) = stream.as_any().downcast_ref::<GuardedStream>() {
         stream.signal.store(HEAD_DONE, Ordering::Relaxed);
     }
 }
@@ -291,13 +346,19 @@ impl AsyncRead for GuardedStream {
                     return this.poll_refuse(cx);
                 }
                 Phase::Head { read } if read >= this.max_head => {
-                    (this.on_refused)();
-                    this.phase = Phase::Refusing { written: 0 };
+                    this.role.refused("head_too_large");
+                    this.phase = Phase::Refusing {
+                        answer: TOO_LARGE,
+                        written: 0,
+                    };
                 }
                 Phase::Head { read } => {
                     // Never let Pingora's head buffer hold more than the budget.
                     let before = buf.filled().len();
                     let (poll, filled) = this.poll_read_at_most(cx, buf, this.max_head - read);
+                    if poll.is_pending() && this.head_out_of_time(cx, read) {
+                        continue;
+                    }
                     let preface = this.preface_matched.and_then(|matched| {
                         preface_progress(matched, &buf.filled()[before..before + filled])
                     });
@@ -469,7 +530,9 @@ impl Peek for GuardedStream {
 
 impl Drop for GuardedStream {
     fn drop(&mut self) {
-        crate::metrics::connections_open(-1);
+        if self.role == ListenerRole::Clients {
+            crate::metrics::connections_open(-1);
+        }
     }
 }
 

@@ -28,7 +28,8 @@ impl Hangups {
             .spawn(move || {
                 for _ in self.signals.forever() {
                     tracing::info!("SIGHUP: checking the config and plugins");
-                    reloader.check_everything();
+                    // Each refusal is logged where it happens.
+                    let _refused = reloader.check_everything();
                 }
             })?;
         Ok(())

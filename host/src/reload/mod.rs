@@ -530,8 +530,10 @@ impl Reloader {
         Ok(Some(Arc::new(shadow)))
     }
 
-    /// SIGHUP: check the config and every plugin.
-    pub fn check_everything(&self) {
+    /// SIGHUP and `POST /reload`: check the config, every plugin and every certificate.
+    /// Returns what was refused (each naming the config, plugin or certificate and why):
+    /// empty when everything now serves as its files say.
+    pub fn check_everything(&self) -> Vec<String> {
         let config_outcome = self.reload_config();
         let plugins = self.plugin_paths();
         let plugin_outcomes = self.reload_plugins(&plugins);
@@ -543,6 +545,16 @@ impl Reloader {
             "reload check done"
         );
         self.rearm_watches();
+        let config = std::iter::once(("config".to_owned(), config_outcome));
+        let named = |kind: &'static str| move |(name, outcome)| (format!("{kind} {name}"), outcome);
+        config
+            .chain(plugin_outcomes.into_iter().map(named("plugin")))
+            .chain(certificate_outcomes.into_iter().map(named("certificate")))
+            .filter_map(|(what, outcome)| match outcome {
+                Outcome::Refused(reason) => Some(format!("{what}: {reason}")),
+                Outcome::Applied | Outcome::Unchanged => None,
+            })
+            .collect()
     }
 }
 
