@@ -524,6 +524,35 @@ fn a_head_not_whole_within_request_head_timeout_gets_408() {
         String::from_utf8_lossy(&after.body)
     );
     assert_eq!(origin.hits(), 1);
+
+    // Empty lines sent now and then are no way to hold a connection: from the second one
+    // they count as a head begun, refused 408 when no head follows in time. (Each restarted
+    // the 60 s idle wait: a line a minute held a connection slot for weeks.)
+    let began = std::time::Instant::now();
+    let mut refused = Vec::new();
+    for _ in 0..10 {
+        if conn.stream.write_all(b"\r\n").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        conn.stream
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .expect("timeout");
+        let mut chunk = [0u8; 512];
+        if let Ok(n) = std::io::Read::read(&mut conn.stream, &mut chunk) {
+            refused.extend_from_slice(&chunk[..n]);
+            if n == 0 || refused.ends_with(b"\n") {
+                break;
+            }
+        }
+    }
+    let refused = String::from_utf8_lossy(&refused);
+    assert!(refused.starts_with("HTTP/1.1 408"), "{refused:?}");
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        began.elapsed()
+    );
 }
 
 /// A client that stops taking a response does not keep its connection: after

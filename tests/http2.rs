@@ -1000,3 +1000,133 @@ fn with_h2c_a_request_shorter_than_the_preface_is_answered_at_once() {
     let h2c = setup.send(Protocol::H2c, "GET", "/after-short", &[]);
     assert_eq!(h2c.status, 200);
 }
+
+/// A client that closes its HTTP/2 connection while its request still runs at the origin
+/// frees no connection slot until that work ends. The slot went with the socket, so one
+/// client could open a new connection (a fresh slot and a fresh work bound) while the old
+/// one's work still ran, and drive any amount of origin work through one slot at a time.
+#[test]
+fn a_closed_http2_connection_keeps_its_slot_until_its_work_ends() {
+    let origin = Origin::start(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(2000));
+        Reply::ok("slow").header("Cache-Control", "max-age=60")
+    });
+    let proxy = Proxy::start_with_server(
+        "h2c = true\nmax_connections = 1",
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&[SITE])],
+    );
+    let started = std::time::Instant::now();
+    support::http2_client::h2c_send_and_close(
+        proxy.port,
+        SITE,
+        "/slow",
+        std::time::Duration::from_millis(300),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let busy = support::client::try_send("GET", &proxy.url("/other"), &[("Host", SITE)]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1800),
+        "the check came too late to prove anything"
+    );
+    assert_eq!(
+        busy.as_ref().map(|r| r.status).ok(),
+        Some(503),
+        "{:?}",
+        busy.map(|r| r.text())
+    );
+    // Once the fill is done (stored: the cache kept working for the closed stream), the
+    // slot is free again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let stored = loop {
+        let resp = send("GET", &proxy.url("/slow"), &[("Host", SITE)]);
+        if resp.status == 200 || std::time::Instant::now() > deadline {
+            break resp;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(stored.status, 200, "{}", stored.text());
+    assert!(
+        stored.cache_status().contains("hit"),
+        "{}",
+        stored.cache_status()
+    );
+    assert_eq!(origin.hits_for("/slow"), 1);
+}
+
+/// A large hit taken slowly but steadily over HTTP/2 is served whole: each piece of it gets
+/// `client_write_timeout`, as over HTTP/1.1. The whole body had to be taken within it, so a
+/// client slower than size ÷ timeout had every hit of a large object cut off.
+#[test]
+fn a_large_hit_taken_slowly_over_http2_is_served_whole() {
+    const SIZE: usize = 1536 * 1024;
+    let origin =
+        Origin::start(|_| Reply::ok(vec![b'z'; SIZE]).header("Cache-Control", "max-age=60"));
+    let proxy = Proxy::start_with_server(
+        "h2c = true\nclient_write_timeout = \"1s\"",
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&[SITE])],
+    );
+    let fill = send("GET", &proxy.url("/large"), &[("Host", SITE)]);
+    assert_eq!(fill.body.len(), SIZE);
+    let started = std::time::Instant::now();
+    let (status, length) = support::http2_client::h2c_get_slowly(
+        proxy.port,
+        SITE,
+        "/large",
+        std::time::Duration::from_millis(25),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    let took = started.elapsed();
+    assert_eq!((status, length), (200, SIZE), "after {took:?}");
+    assert!(
+        took > std::time::Duration::from_millis(1500),
+        "{took:?}: not slow enough to prove it"
+    );
+    assert_eq!(origin.hits_for("/large"), 1);
+}
+
+/// A shutdown lets an HTTP/2 answer still leaving finish, then exits. (The connection now
+/// counts for the drain until its GOAWAY exchange is done; this answer was whole before too,
+/// its stream's count covering it: what it guards is the answer, not that change.)
+#[test]
+fn a_shutdown_lets_an_http2_answer_finish() {
+    const SIZE: usize = 1024 * 1024;
+    let origin =
+        Origin::start(|_| Reply::ok(vec![b'q'; SIZE]).header("Cache-Control", "max-age=60"));
+    let mut proxy = Proxy::start_with_server(
+        "h2c = true\nshutdown_grace = \"10s\"",
+        "max_bytes = \"64MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&[SITE])],
+    );
+    assert_eq!(
+        send("GET", &proxy.url("/big"), &[("Host", SITE)])
+            .body
+            .len(),
+        SIZE
+    );
+    let port = proxy.port;
+    let reader = std::thread::spawn(move || {
+        support::http2_client::h2c_get_slowly(
+            port,
+            SITE,
+            "/big",
+            std::time::Duration::from_millis(10),
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = proxy.pid().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()));
+    let got = reader.join().expect("reader thread");
+    assert_eq!(got, Ok((200, SIZE)), "{}", proxy.log());
+    let exited = proxy.wait_exit(std::time::Duration::from_secs(5));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "{exited:?}\n{}",
+        proxy.log()
+    );
+}

@@ -123,6 +123,82 @@ pub fn h2c_reset_each(
     })
 }
 
+/// Opens one h2c connection, sends a GET for `path`, waits `pause`, then closes the
+/// connection (TCP) without reading the answer.
+pub fn h2c_send_and_close(
+    port: u16,
+    authority: &str,
+    path: &str,
+    pause: Duration,
+) -> Result<(), String> {
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (client, connection) = h2::client::handshake(tcp)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let req = http::Request::get(format!("http://{authority}{path}"))
+            .body(())
+            .map_err(|e| e.to_string())?;
+        let mut ready = client.ready().await.map_err(|e| e.to_string())?;
+        let sent = ready
+            .send_request(req, true)
+            .map_err(|e| format!("sending: {e}"))?;
+        tokio::time::sleep(pause).await;
+        // The driver owns the socket: ending it closes the connection.
+        driver.abort();
+        let _ = driver.await;
+        drop((sent, ready));
+        Ok(())
+    })
+}
+
+/// GETs `path` over one h2c connection and takes its body slowly: each DATA frame's bytes
+/// are given back to the flow-control windows `pause` after the frame came, so the server
+/// can send about 64 KiB per four pauses. Returns the status and the body's length.
+pub fn h2c_get_slowly(
+    port: u16,
+    authority: &str,
+    path: &str,
+    pause: Duration,
+) -> Result<(u16, usize), String> {
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (client, connection) = h2::client::handshake(tcp)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let req = http::Request::get(format!("http://{authority}{path}"))
+            .body(())
+            .map_err(|e| e.to_string())?;
+        let mut ready = client.ready().await.map_err(|e| e.to_string())?;
+        let (response, _stream) = ready
+            .send_request(req, true)
+            .map_err(|e| format!("sending: {e}"))?;
+        let response = response.await.map_err(|e| format!("response: {e}"))?;
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut length = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| format!("body after {length} bytes: {e}"))?;
+            length += chunk.len();
+            tokio::time::sleep(pause).await;
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        drop(ready);
+        driver.abort();
+        Ok((status, length))
+    })
+}
+
 async fn exchange<S>(
     io: S,
     scheme: &str,

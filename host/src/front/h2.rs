@@ -49,6 +49,10 @@ struct Connection {
     tls: Option<Arc<SslDigest>>,
     shutdown: ShutdownWatch,
     streams: Arc<InFlight>,
+    /// The connection's slot (`max_connections`), held by every stream's task too: a
+    /// client closing its connection while its requests still run at the origin frees no
+    /// slot for a new connection (with a fresh `H2Work` bound) until that work ends.
+    _slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl Front {
@@ -68,7 +72,12 @@ impl Front {
             tls: digest.ssl_digest.clone(),
             shutdown: shutdown.clone(),
             streams: Arc::default(),
+            _slot: crate::connection::connection_slot(&stream),
         };
+        // The connection counts as in flight for a shutdown: the drain waits for its GOAWAY
+        // exchange and for the tails of its answers still in the `h2` crate's buffers (a
+        // stream's own count ends once its body is queued, not sent), within the grace.
+        let _draining_waits = self.cachet.state.drain.enter();
         let mut conn = match handshake(stream, self.proxy.h2_options()).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -179,7 +188,11 @@ async fn write_hit(session: &mut HttpSession, hit: LeanResponse) -> pingora::Res
         None => hit.into_parts()?,
     };
     session.write_response_header(head, false)?;
-    session.write_body(body, true).await
+    // Each piece gets the whole write timeout (Pingora's bounds one call), as over HTTP/1.1.
+    for (piece, last) in crate::proxy::timed_pieces(body) {
+        session.write_body(piece, last).await?;
+    }
+    Ok(())
 }
 
 /// A GET that has ended with its head and carries no field about a body or the connection:

@@ -62,6 +62,9 @@ enum Protocol {
     Http2,
     /// By Pingora alone.
     Pingora,
+    /// Not at all: the connection ended, or sent neither a head nor the h2c preface within
+    /// `h2_idle_timeout`, before it could be told (Pingora would wait as long again).
+    Gone,
 }
 
 /// A request the front planned, carried to the proxy's phases.
@@ -104,7 +107,8 @@ impl Front {
         match stream.try_peek(&mut start).await {
             Ok(true) if start == *H2_PREFACE => Protocol::Http2,
             Ok(true) => Protocol::Http1,
-            _ => Protocol::Pingora,
+            Ok(false) => Protocol::Pingora,
+            Err(_) => Protocol::Gone,
         }
     }
 
@@ -163,9 +167,7 @@ impl Front {
         // `head_timeout` later, however slowly its bytes trickle in.
         let mut head_started = None;
         loop {
-            // Empty lines before a head (a client's stray CRLF after its last request) are
-            // no head begun: the connection is still idle (RFC 9112 §2.2 lets them be skipped).
-            let idle = only_empty_lines(buf);
+            let idle = no_head_begun(buf);
             if !idle && arriving.is_none() {
                 *arriving = Some(self.cachet.state.drain.enter());
             }
@@ -249,8 +251,12 @@ fn client_conn(socket: Option<&SocketDigest>, tls: bool) -> ClientConn {
 
 /// Whether `buf` holds nothing but (the start of) empty lines. Any other stray byte, such
 /// as a CR not followed by LF, makes the head one Pingora reads and refuses.
-fn only_empty_lines(buf: &[u8]) -> bool {
-    buf.iter().all(|&b| b == b'\r' || b == b'\n')
+/// Whether `buf` holds no head begun: nothing, or one empty line (a client's stray CRLF
+/// after its last request, which RFC 9112 §2.2 lets a server skip). More empty lines start
+/// a head's clock: a client sending one now and then would otherwise hold its connection
+/// idle for ever, never reaching `request_head_timeout`.
+fn no_head_begun(buf: &[u8]) -> bool {
+    matches!(buf, b"" | b"\n" | b"\r" | b"\r\n")
 }
 
 /// Resolves once the server is stopping (never, should the watch's sender be gone).
@@ -281,6 +287,7 @@ impl ServerApp for Front {
                 return None;
             }
             Protocol::Pingora => return self.proxy.process_new(stream, shutdown).await,
+            Protocol::Gone => return None,
         }
         let tls = stream.get_ssl_digest();
         let conn = client_conn(stream.get_socket_digest().as_deref(), tls.is_some());

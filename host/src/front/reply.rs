@@ -19,13 +19,12 @@ const HEAD_CAPACITY: usize = 1024;
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// Pieces of a large body each get the whole `client_write_timeout`: a client that takes a
-/// big hit slowly but steadily is served, one that stops taking it is not waited for. The
-/// head goes out with the first piece, in one vectored write with no copy of the body here
-/// (Pingora's 1460-byte write buffer under the connection still takes one of an answer
-/// smaller than itself): a 64 KiB hit is one `writev`, not a packet for the head and one
-/// for the body.
-const TIMED_PIECE: usize = 64 * 1024;
+// Pieces of a large body each get the whole `client_write_timeout` (`TIMED_PIECE`). The
+// head goes out with the first piece, in one vectored write with no copy of the body here
+// (Pingora's 1460-byte write buffer under the connection still takes one of an answer
+// smaller than itself): a 64 KiB hit is one `writev`, not a packet for the head and one
+// for the body.
+use crate::proxy::TIMED_PIECE;
 
 /// Writes `hit`; `close`: the connection ends after it. Each piece must be taken by the
 /// client within `timeout`.

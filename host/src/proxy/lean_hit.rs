@@ -242,8 +242,25 @@ pub(super) async fn try_serve(
         None => hit.into_parts()?,
     };
     session.write_response_header(head, false).await?;
-    session.write_response_body(Some(body), true).await?;
+    for (piece, last) in timed_pieces(body) {
+        session.write_response_body(Some(piece), last).await?;
+    }
     Ok(true)
+}
+
+/// How much of a hit's body one write call takes: Pingora bounds each call by the whole
+/// `client_write_timeout`, so a client taking a large hit slowly but steadily is served
+/// piece by piece, and one that stops taking it is not waited for.
+pub(crate) const TIMED_PIECE: usize = 64 * 1024;
+
+/// `body` in pieces of at most [`TIMED_PIECE`], each with whether it is the last (an empty
+/// body is one empty last piece).
+pub(crate) fn timed_pieces(body: Bytes) -> impl Iterator<Item = (Bytes, bool)> {
+    let pieces = body.len().div_ceil(TIMED_PIECE).max(1);
+    (0..pieces).map(move |i| {
+        let end = ((i + 1) * TIMED_PIECE).min(body.len());
+        (body.slice(i * TIMED_PIECE..end), i + 1 == pieces)
+    })
 }
 
 /// The lean answer to `req` if it qualifies and storage holds one. A lookup that found

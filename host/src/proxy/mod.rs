@@ -30,7 +30,7 @@ mod override_fields;
 pub mod purge;
 mod ranges;
 mod request;
-pub(crate) use lean_hit::{put_status_line, HeadShape, LeanResponse};
+pub(crate) use lean_hit::{put_status_line, timed_pieces, HeadShape, LeanResponse, TIMED_PIECE};
 pub(crate) use request::{plan_front, plan_head, ClientConn, FrontStep, HeadPlan, Planned};
 mod request_fields;
 mod respond;
