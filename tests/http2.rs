@@ -538,6 +538,11 @@ fn an_http2_client_that_never_sends_its_preface_is_disconnected() {
         slow(took),
         "h2c listener, silent client: closed after {took:?}"
     );
+    // ... and after one h2_idle_timeout, not two (Pingora's own peek waited once more).
+    assert!(
+        took.is_some_and(|t| t < std::time::Duration::from_millis(750)),
+        "h2c listener, silent client: closed after {took:?}"
+    );
 
     // Clients that do speak are served as before.
     assert_eq!(setup.send(Protocol::H2c, "GET", "/after", &[]).status, 200);
