@@ -494,6 +494,47 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// A proxy serving tenant `a` (with a metrics listener), its config file, that config, and
+/// the same config with tenant `b` (hosts `b.test`, on origin `b`) added.
+struct AddableB {
+    proxy: Proxy,
+    metrics_port: u16,
+    config: PathBuf,
+    only_a: String,
+    with_b: String,
+}
+
+impl AddableB {
+    fn start(a: &Origin, b: &Origin) -> Self {
+        let metrics_port = support::free_port();
+        let proxy = Proxy::start_with_server(
+            &format!("metrics = \"127.0.0.1:{metrics_port}\""),
+            "max_bytes = \"64MiB\"",
+            &[TenantSpec::new("a", a.addr, &plugin("standard")).hosts(&["a.test"])],
+        );
+        let config = proxy.dir.path().join("cachet.toml");
+        let only_a = std::fs::read_to_string(&config).unwrap();
+        let with_b = format!(
+            "{only_a}\n[[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstream = \"{}\"\nplugin = {:?}\n",
+            b.addr,
+            plugin("standard").display().to_string()
+        );
+        Self {
+            proxy,
+            metrics_port,
+            config,
+            only_a,
+            with_b,
+        }
+    }
+}
+
+/// How many series in /metrics carry `tenant="b"`.
+fn tenant_b_series(metrics_port: u16) -> usize {
+    let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
+    text.lines().filter(|l| l.contains("tenant=\"b\"")).count()
+}
+
 /// A tenant removed by a reload takes its memory objects and its metric series with it: no
 /// request can reach them, and left in place they held the global budget and showed under no
 /// tenant until evicted, and renaming tenants grew /metrics for good (probe Z).
@@ -501,23 +542,14 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 fn a_removed_tenants_objects_leave_memory_with_it() {
     let a = Origin::start(|_| Reply::ok("from a").header("Cache-Control", "max-age=600"));
     let b = Origin::start(|_| Reply::ok(vec![b'b'; 4096]).header("Cache-Control", "max-age=600"));
-    let metrics_port = support::free_port();
-    let proxy = Proxy::start_with_server(
-        &format!("metrics = \"127.0.0.1:{metrics_port}\""),
-        "max_bytes = \"64MiB\"",
-        &[TenantSpec::new("a", a.addr, &plugin("standard")).hosts(&["a.test"])],
-    );
-    let b_series = || {
-        let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
-        text.lines().filter(|l| l.contains("tenant=\"b\"")).count()
-    };
-    let config = proxy.dir.path().join("cachet.toml");
-    let only_a = std::fs::read_to_string(&config).unwrap();
-    let with_b = format!(
-        "{only_a}\n[[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstream = \"{}\"\nplugin = {:?}\n",
-        b.addr,
-        plugin("standard").display().to_string()
-    );
+    let AddableB {
+        proxy,
+        metrics_port,
+        config,
+        only_a,
+        with_b,
+    } = AddableB::start(&a, &b);
+    let b_series = || tenant_b_series(metrics_port);
     std::fs::write(&config, &with_b).unwrap();
     let b_get = |path: &str| support::client::send("GET", &proxy.url(path), &[("Host", "b.test")]);
     eventually("tenant b serving", || b_get("/warm").status == 200);
@@ -567,23 +599,14 @@ fn a_removed_tenants_series_go_after_its_last_request() {
         std::thread::sleep(Duration::from_millis(1500));
         Reply::ok("slow b").header("Cache-Control", "max-age=600")
     });
-    let metrics_port = support::free_port();
-    let proxy = Proxy::start_with_server(
-        &format!("metrics = \"127.0.0.1:{metrics_port}\""),
-        "max_bytes = \"64MiB\"",
-        &[TenantSpec::new("a", a.addr, &plugin("standard")).hosts(&["a.test"])],
-    );
-    let b_series = || {
-        let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
-        text.lines().filter(|l| l.contains("tenant=\"b\"")).count()
-    };
-    let config = proxy.dir.path().join("cachet.toml");
-    let only_a = std::fs::read_to_string(&config).unwrap();
-    let with_b = format!(
-        "{only_a}\n[[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstream = \"{}\"\nplugin = {:?}\n",
-        b.addr,
-        plugin("standard").display().to_string()
-    );
+    let AddableB {
+        proxy,
+        metrics_port,
+        config,
+        only_a,
+        with_b,
+    } = AddableB::start(&a, &b);
+    let b_series = || tenant_b_series(metrics_port);
     std::fs::write(&config, &with_b).unwrap();
     eventually("tenant b named", || {
         proxy.status()["tenants"]

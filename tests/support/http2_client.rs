@@ -90,15 +90,7 @@ pub fn h2c_reset_each(
     last: &str,
 ) -> Result<Result<Resp, String>, String> {
     runtime().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (client, connection) = h2::client::handshake(tcp)
-            .await
-            .map_err(|e| format!("h2 handshake: {e}"))?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (client, driver) = open_h2c(port).await?;
         for path in paths {
             let req = http::Request::get(format!("http://{authority}{path}"))
                 .body(())
@@ -123,6 +115,29 @@ pub fn h2c_reset_each(
     })
 }
 
+/// An h2c connection to 127.0.0.1:`port` (prior knowledge) and the task driving it: aborting
+/// the task closes the connection.
+async fn open_h2c(
+    port: u16,
+) -> Result<
+    (
+        h2::client::SendRequest<bytes::Bytes>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (client, connection) = h2::client::handshake(tcp)
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, driver))
+}
+
 /// Opens one h2c connection, sends a GET for `path`, waits `pause`, then closes the
 /// connection (TCP) without reading the answer.
 pub fn h2c_send_and_close(
@@ -132,15 +147,7 @@ pub fn h2c_send_and_close(
     pause: Duration,
 ) -> Result<(), String> {
     runtime().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (client, connection) = h2::client::handshake(tcp)
-            .await
-            .map_err(|e| format!("h2 handshake: {e}"))?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (client, driver) = open_h2c(port).await?;
         let req = http::Request::get(format!("http://{authority}{path}"))
             .body(())
             .map_err(|e| e.to_string())?;
@@ -167,15 +174,7 @@ pub fn h2c_get_slowly(
     pause: Duration,
 ) -> Result<(u16, usize), String> {
     runtime().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (client, connection) = h2::client::handshake(tcp)
-            .await
-            .map_err(|e| format!("h2 handshake: {e}"))?;
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (client, driver) = open_h2c(port).await?;
         let req = http::Request::get(format!("http://{authority}{path}"))
             .body(())
             .map_err(|e| e.to_string())?;
