@@ -17,14 +17,19 @@ pub(crate) fn find(header_lines: &[String], name: &str) -> Option<String> {
 /// [`find`] reads it (spaces around `=` gone, quotes stripped), so an origin that parses
 /// strictly reads the value a key was made of. Malformed pairs are dropped, and so is
 /// every pair after the first of its name: [`find`] reads the first, while an origin may
-/// read the last.
+/// read the last. A pair whose value [`find`] would read differently once written (`" fr"`
+/// reads `fr` but is written ` fr`; `""fr""` reads `"fr"`, written, `fr`) is dropped too:
+/// the key would be made of one value and the origin sent another.
 pub(crate) fn retain(header_lines: &[String], keep: impl Fn(&str) -> bool) -> (String, bool) {
     let mut kept: Vec<(&str, &str)> = Vec::new();
     for pair in header_lines.iter().flat_map(|line| line.split(';')) {
         if let Some((name, value)) = pair.split_once('=') {
             let name = name.trim();
             if keep(name) && !kept.iter().any(|(seen, _)| *seen == name) {
-                kept.push((name, unquote(value.trim())));
+                let value = unquote(value.trim());
+                if unquote(value.trim()) == value {
+                    kept.push((name, value));
+                }
             }
         }
     }
@@ -98,6 +103,23 @@ mod tests {
         let (again, dropped) = retain(&lines(&[&kept]), |name| !name.starts_with('_'));
         assert_eq!(again, kept);
         assert!(!dropped, "idempotent");
+    }
+
+    #[test]
+    fn retain_writes_only_values_find_reads_back_the_same() {
+        for odd in [r#"lang=" fr""#, r#"lang=""fr"""#, r#"lang="fr ""#] {
+            let header = lines(&[&format!("{odd}; theme=dark")]);
+            let (kept, changed) = retain(&header, |_| true);
+            assert_eq!(kept, "theme=dark", "{odd}");
+            assert!(changed);
+        }
+        // Whatever is kept reads back as written: the key and the origin see one value.
+        let header = lines(&[r#"lang=" fr"; lang=de; a="x""#]);
+        let (kept, _) = retain(&header, |_| true);
+        assert_eq!(kept, "lang=de; a=x");
+        let written = lines(&[&kept]);
+        assert_eq!(find(&written, "lang").as_deref(), Some("de"));
+        assert_eq!(retain(&written, |_| true), (kept.clone(), false));
     }
 
     #[test]

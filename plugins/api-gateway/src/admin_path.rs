@@ -41,14 +41,20 @@ fn normalized_segments(path: &str) -> Vec<&str> {
     for segment in path.split(['/', '\\']) {
         // `;parameters`, and NTFS streams (`name:stream`, `name::$DATA`).
         let segment = segment.split([';', ':']).next().unwrap_or(segment);
-        let segment = segment.trim_end_matches(|c: char| c == ' ' || c.is_ascii_control());
+        // Some origins end a name at a control byte (`admin%00.json` is `admin`).
+        let segment = segment
+            .split(|c: char| c.is_ascii_control())
+            .next()
+            .unwrap_or(segment);
+        let segment = segment.trim_end_matches(' ');
         match segment {
             "" | "." => {}
             ".." => {
                 segments.pop();
             }
-            // `admin.` names `admin`; a segment of dots alone names nothing.
-            _ => match segment.trim_end_matches('.') {
+            // Windows drops any mix of trailing dots and spaces: `admin.`, `admin .` and
+            // `admin. .` name `admin`; a segment of dots and spaces alone names nothing.
+            _ => match segment.trim_end_matches(['.', ' ']) {
                 "" => {}
                 name => segments.push(name),
             },
@@ -180,6 +186,11 @@ mod tests {
             "/%252561dmin",
             "/%c1%a1dmin/users",
             "/%c0%afadmin",
+            // Any mix of trailing dots and spaces, and a name cut at a control byte.
+            "/admin%20./users",
+            "/admin.%20./x",
+            "/admin.%20.%20",
+            "/admin%00.json/x",
         ] {
             assert!(is_admin_path(path), "{path}");
         }
