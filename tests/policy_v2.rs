@@ -556,6 +556,41 @@ fn api_gateway_picks_a_backend_by_path_prefix() {
     assert_eq!((api.hits(), media.hits(), site.hits()), (1, 1, 1));
 }
 
+/// vcl-port keeps a page for what its `Age` leaves of the origin's lifetime, as Varnish does,
+/// and a malformed lifetime is stale at once, not its own one-minute default: it kept
+/// `max-age=3600` with `Age: 3000` for an hour, and `max-age=1h` for a minute.
+#[test]
+fn vcl_port_counts_an_origins_age_and_a_malformed_max_age_as_the_proxy_does() {
+    let origin = Origin::start(|seen| {
+        let reply = Reply::ok("page");
+        match seen.url.as_str() {
+            "/aged" => reply
+                .header("Cache-Control", "max-age=3600")
+                .header("Age", "3000"),
+            "/spent" => reply
+                .header("Cache-Control", "max-age=3600")
+                .header("Age", "3600"),
+            _ => reply.header("Cache-Control", "max-age=1h"),
+        }
+    });
+    let proxy = example_proxy(&origin, "vcl-port", "");
+    get(&proxy.url("/aged"));
+    let hit = get(&proxy.url("/aged"));
+    assert_status_has(&hit, "hit");
+    let ttl: i64 = hit
+        .cache_status()
+        .split_once("ttl=")
+        .and_then(|(_, rest)| rest.split(';').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ttl in {:?}", hit.cache_status()));
+    assert!((590..=600).contains(&ttl), "{}", hit.cache_status());
+    for path in ["/spent", "/malformed"] {
+        get(&proxy.url(path));
+        let again = get(&proxy.url(path));
+        assert_status_has(&again, "fwd=miss");
+        assert_eq!(origin.hits_for(path), 2, "{path}");
+    }
+}
+
 #[test]
 fn vcl_port_behaves_like_its_vcl() {
     let origin = Origin::start(|seen| {

@@ -181,14 +181,23 @@ impl CacheControl {
         self.has("immutable")
     }
 
-    /// `max-age`: freshness lifetime for any cache.
+    /// `max-age`: freshness lifetime for any cache. A malformed one (`max-age=abc`,
+    /// `max-age`) is zero, as the proxy reads it: stale at once, never absent.
     pub fn max_age(&self) -> Option<Duration> {
-        self.seconds("max-age")
+        self.lifetime("max-age")
     }
 
-    /// `s-maxage`: freshness lifetime for shared caches, overriding `max-age`.
+    /// `s-maxage`: freshness lifetime for shared caches, overriding `max-age`; a
+    /// malformed one is zero, like [`CacheControl::max_age`].
     pub fn s_maxage(&self) -> Option<Duration> {
-        self.seconds("s-maxage")
+        self.lifetime("s-maxage")
+    }
+
+    /// A freshness lifetime: a present directive whose argument is not delta-seconds must
+    /// not leave a policy free to apply its own default TTL where the origin meant "stale".
+    fn lifetime(&self, name: &str) -> Option<Duration> {
+        self.has(name)
+            .then(|| self.seconds(name).unwrap_or(Duration::ZERO))
     }
 
     /// `stale-while-revalidate` (RFC 5861).
@@ -299,7 +308,7 @@ fn unquote(argument: &str) -> String {
     unquoted
 }
 
-fn parse_delta_seconds(argument: &str) -> Option<u64> {
+pub(crate) fn parse_delta_seconds(argument: &str) -> Option<u64> {
     if argument.is_empty() || !argument.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -350,9 +359,12 @@ mod tests {
         let cc = CacheControl::parse(",,=5, max-age=abc, s-maxage=-1, stale-if-error=, no-store");
         assert!(cc.no_store());
         assert!(cc.has("max-age"));
-        assert_eq!(cc.max_age(), None);
-        assert_eq!(cc.s_maxage(), None);
+        assert_eq!(cc.seconds("max-age"), None);
+        // Present but malformed lifetimes are stale at once, as the proxy reads them.
+        assert_eq!(cc.max_age(), Some(Duration::ZERO));
+        assert_eq!(cc.s_maxage(), Some(Duration::ZERO));
         assert_eq!(cc.stale_if_error(), None);
+        assert_eq!(CacheControl::parse("public").max_age(), None);
         assert_eq!(cc.directives().count(), 4);
     }
 

@@ -108,12 +108,24 @@ impl Query {
     }
 
     /// Sorts by name, byte-wise, on the name as the most lenient origin reads it:
-    /// percent-decoded, any ASCII case, `+`, `.` and spaces as `_`, cut at `[` (PHP's
-    /// `x[]`). The sort is stable, so parameters some framework takes for the same one
-    /// keep their relative order: `a=1&%61=2`, `id=1&ID=2`, `a.b=1&a_b=2` and
-    /// `x[]=1&x[1]=2` can each mean something else reordered (the first or the last
-    /// wins, or the array changes).
+    /// percent-decoded, `+` as a space, cut at a NUL, leading spaces skipped, any ASCII
+    /// case, spaces and `.` as `_`, cut at a `[` that is closed later (PHP's `x[]`) and an
+    /// unclosed `[` as `_`. The sort is stable, so parameters some framework takes for the
+    /// same one keep their relative order: `a=1&%61=2`, `id=1&ID=2`, `a.b=1&a_b=2` and
+    /// `x[]=1&x[1]=2` can each mean something else reordered (the first or the last wins,
+    /// or the array changes).
+    ///
+    /// A query with a `;` anywhere is left as it is: some frameworks split on `;` as well
+    /// as `&`, so one pair may hold several parameters and no reordering is safe.
     pub fn sort_by_name(&mut self) {
+        let semicolon = |text: &str| text.contains(';');
+        let has_semicolon = self
+            .params
+            .iter()
+            .any(|p| semicolon(&p.name) || p.value.as_deref().is_some_and(semicolon));
+        if has_semicolon {
+            return;
+        }
         self.params
             .sort_by_cached_key(|param| lenient_name(&param.name));
     }
@@ -122,15 +134,19 @@ impl Query {
 /// A parameter name as the most lenient of common origins reads it (see
 /// [`Query::sort_by_name`]).
 fn lenient_name(name: &str) -> Vec<u8> {
-    crate::percent::decoded(name)
-        .into_iter()
-        .map(|byte| byte.to_ascii_lowercase())
-        .take_while(|byte| *byte != b'[')
-        .map(|byte| match byte {
-            b'+' | b'.' | b' ' => b'_',
-            other => other,
-        })
-        .collect()
+    let decoded: Vec<u8> = crate::percent::decoded(&name.replace('+', " "));
+    // A name read as a C string (PHP) ends at its first NUL; PHP skips leading spaces.
+    let name = decoded.split(|byte| *byte == 0).next().unwrap_or_default();
+    let name = &name[name.iter().take_while(|byte| **byte == b' ').count()..];
+    let mut lenient = Vec::with_capacity(name.len());
+    for (i, byte) in name.iter().enumerate() {
+        match byte.to_ascii_lowercase() {
+            b'[' if name[i..].contains(&b']') => break,
+            b'[' | b'.' | b' ' => lenient.push(b'_'),
+            other => lenient.push(other),
+        }
+    }
+    lenient
 }
 
 /// Rejoins the parameters with `&`.
@@ -213,10 +229,24 @@ mod tests {
             ("id=1&b=0&ID=2", "b=0&id=1&ID=2"),
             ("a_b=1&a.b=2&a+b=3", "a_b=1&a.b=2&a+b=3"),
             ("x[]=b&x[1]=a&w=0", "w=0&x[]=b&x[1]=a"),
+            ("a%00x=1&b=0&a=2", "a%00x=1&a=2&b=0"),
+            ("+a=1&b=0&%20a=2&a=3", "+a=1&%20a=2&a=3&b=0"),
+            ("a[b=1&c=0&a_b=2", "a[b=1&a_b=2&c=0"),
         ] {
             let mut parsed = Query::parse(query);
             parsed.sort_by_name();
             assert_eq!(parsed.to_string(), sorted, "{query}");
+        }
+    }
+
+    #[test]
+    fn a_query_with_a_semicolon_keeps_its_order() {
+        // `b=1;a=2&a=3` is b, a=2, a=3 to an origin that splits on `;`: sorted, a=2 would
+        // come last and win where a=3 won.
+        for query in ["b=1;a=2&a=3", "b;x=1&a=1", "b=1&a%3B=2;"] {
+            let mut parsed = Query::parse(query);
+            parsed.sort_by_name();
+            assert_eq!(parsed.to_string(), query);
         }
     }
 

@@ -1,5 +1,6 @@
 use crate::header_list::HeaderList;
 use crate::{CacheControl, ResponseDirectives};
+use std::time::Duration;
 
 /// The origin's response head (status and headers; the body stays in the host).
 ///
@@ -45,6 +46,16 @@ impl Response {
     /// Whether the response carries this header at all.
     pub fn has_header(&self, name: &str) -> bool {
         self.header(name).is_some()
+    }
+
+    /// The `Age` stated with the response (RFC 9111 §5.1): its first member, so `7200, 0`
+    /// is 7200 s; `None` when absent or not a non-negative integer. A lifetime from
+    /// `max-age` counts from the response's creation, so what is left of it is the
+    /// lifetime minus this.
+    pub fn age(&self) -> Option<Duration> {
+        let field = self.header("age")?;
+        let first = field.split(',').next()?.trim();
+        crate::cache_control::parse_delta_seconds(first).map(Duration::from_secs)
     }
 
     /// The cache directives that govern this response and the field they came from:
@@ -134,6 +145,16 @@ mod tests {
         assert_eq!(resp.status(), 200);
         assert!(resp.header_all("cache-control").is_empty());
         assert!(!resp.has_explicit_freshness());
+    }
+
+    #[test]
+    fn age_is_the_first_member_when_it_is_delta_seconds() {
+        let age = |value: &str| Response::builder().header("Age", value).build().age();
+        assert_eq!(age("30"), Some(Duration::from_secs(30)));
+        assert_eq!(age("7200, 0"), Some(Duration::from_secs(7200)));
+        assert_eq!(age("-1"), None);
+        assert_eq!(age("1.5"), None);
+        assert_eq!(Response::builder().build().age(), None);
     }
 
     #[test]

@@ -34,6 +34,15 @@ pub(crate) fn split(uri: &str) -> UriParts {
     }
 }
 
+/// Whether an absolute URI names user information (`http://user@host/`), which the proxy
+/// refuses with 400 before any policy sees the request.
+pub(crate) fn has_userinfo(uri: &str) -> bool {
+    uri.split_once("://").is_some_and(|(_scheme, rest)| {
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        rest[..end].contains('@')
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +79,14 @@ mod tests {
     fn origin_form() {
         assert_eq!(split("/a?b=1"), parts(None, "/a", Some("b=1")));
         assert_eq!(split(""), parts(None, "/", None));
+    }
+
+    #[test]
+    fn userinfo_is_only_in_an_absolute_uris_authority() {
+        assert!(has_userinfo("http://user@example.com/"));
+        assert!(has_userinfo("http://u:p@example.com"));
+        assert!(!has_userinfo("http://example.com/a@b"));
+        assert!(!has_userinfo("http://example.com?to=a@b"));
+        assert!(!has_userinfo("/a@b"));
     }
 }

@@ -311,6 +311,9 @@ mod tests {
             ("Cache-Control", "max-age=3600"),
             ("Cache-Control", "max-age=0"),
             ("Cache-Control", "s-maxage=5"),
+            // Malformed: stale at once to the proxy, so not micro-cached for a second.
+            ("Cache-Control", "max-age=1h"),
+            ("Cache-Control", "s-maxage"),
             ("Cache-Control", "no-cache"),
             ("Expires", "Thu, 01 Jan 1970 00:00:00 GMT"),
         ] {

@@ -120,7 +120,15 @@ impl Policy for VclPort {
             // says, where the page default would keep a page the origin says is stale.
             return ResponseDecision::FollowOrigin;
         }
-        let ttl = origin_ttl.unwrap_or(PAGE_TTL);
+        let ttl = match origin_ttl {
+            // As Varnish does: the origin's lifetime counts from when the response was made,
+            // and an `Age` says how much of it a cache before us has used already.
+            Some(lifetime) => lifetime.saturating_sub(resp.age().unwrap_or_default()),
+            None => PAGE_TTL,
+        };
+        if ttl.is_zero() {
+            return ResponseDecision::no_store("stale on arrival");
+        }
         StoreDirective::new(ttl)
             .with_stale_while_revalidate(GRACE)
             .with_stale_if_error(STALE_IF_ERROR)
@@ -266,6 +274,33 @@ mod tests {
         assert_eq!(
             VclPort.on_response(&req, &private),
             ResponseDecision::no_store("origin forbids sharing")
+        );
+    }
+
+    #[test]
+    fn a_pages_ttl_is_what_its_age_leaves_of_the_origins_lifetime() {
+        let req = Request::builder().uri("http://example.com/news").build();
+        let aged = |age: &str, cache_control: &str| {
+            let resp = Response::builder()
+                .header("Cache-Control", cache_control)
+                .header("Age", age)
+                .build();
+            VclPort.on_response(&req, &resp)
+        };
+        assert_eq!(
+            aged("3000", "max-age=3600"),
+            StoreDirective::new(Duration::from_secs(600))
+                .with_stale_while_revalidate(GRACE)
+                .with_stale_if_error(STALE_IF_ERROR)
+                .into()
+        );
+        let spent = ResponseDecision::no_store("stale on arrival");
+        assert_eq!(aged("3600", "max-age=3600"), spent);
+        assert_eq!(aged("9000", "s-maxage=60, max-age=99999"), spent);
+        // Malformed is stale at once, as the proxy reads it, not the page default.
+        assert_eq!(
+            aged("0", "max-age=1h"),
+            ResponseDecision::no_store("origin wants each use revalidated")
         );
     }
 
