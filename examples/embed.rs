@@ -3,6 +3,11 @@
 //! Run: `cargo run -p cachet --example embed -- 127.0.0.1:8080 127.0.0.1:8000 plugins/standard.wasm`
 //! (listen address, origin address, plugin). The proxy below is yours: cachet
 //! only decides, through the WebAssembly plugin, what is cached and how.
+//!
+//! What cachet's own proxy does besides and this example leaves out, kept safe by not
+//! caching: an answer to a request with `Authorization` (RFC 9111 §3.5 allows some), one
+//! that varies (`Vary`: it would need a variance key) or that sets a cookie (it would go to
+//! everyone).
 
 use async_trait::async_trait;
 use cachet::policy::InstancePool;
@@ -58,6 +63,14 @@ impl ProxyHttp for MyProxy {
         session: &mut Session,
         ctx: &mut MyCtx,
     ) -> pingora::Result<bool> {
+        // A shared cache must not hand one user's authorized answer to others.
+        if session
+            .req_header()
+            .headers
+            .contains_key(http::header::AUTHORIZATION)
+        {
+            return Ok(false);
+        }
         // The plugin decides; a faulting plugin just means "no cache" here.
         if let Ok((RequestDecision::Cache, Some(parts))) =
             self.policy.decide_request(session.req_header())
@@ -93,6 +106,12 @@ impl ProxyHttp for MyProxy {
         resp: &ResponseHeader,
         _ctx: &mut MyCtx,
     ) -> pingora::Result<RespCacheable> {
+        let personal = [http::header::VARY, http::header::SET_COOKIE]
+            .iter()
+            .any(|name| resp.headers.contains_key(name));
+        if personal {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
+        }
         let cc = CacheControl::from_resp_headers(resp);
         Ok(
             match self.policy.decide_response(session.req_header(), resp) {

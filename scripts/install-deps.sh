@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what building and testing cachet needs and a fresh machine lacks, or stops with one
 # line saying exactly what to install. Used by tests/test.sh and examples/demo.sh (and so by
-# CI). Usage: bash scripts/install-deps.sh [--lint]   (--lint: also rustfmt and clippy)
+# CI). Usage: bash scripts/install-deps.sh [--lint | --run]
+#   --lint: also rustfmt and clippy
+#   --run:  only what building and running the proxy needs (no redis-server: on Debian its
+#           package starts a system service the demo does not use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,8 +12,9 @@ cd "$(dirname "$0")/.."
 SYSTEM_TOOLS=(
   "cmake cmake"           # builds libz-ng-sys, pulled in by pingora-core
   "pkg-config pkg-config" # lets -sys crates find system libraries
-  "redis-server redis-server" # the shared cache tier's tests run a real Redis
 )
+[ "${1:-}" = "--run" ] ||
+  SYSTEM_TOOLS+=("redis-server redis-server") # the shared cache tier's tests run a real Redis
 # Policies build for wasm32-unknown-unknown (no WASI); the test fixtures for wasm32-wasip2.
 WASM_TARGETS=(wasm32-unknown-unknown wasm32-wasip2)
 

@@ -409,6 +409,23 @@ fn new_plugin_writes_a_crate_that_tests_green() {
     let errors = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{errors}");
     assert!(errors.contains("is also built as an rlib"), "{errors}");
+
+    // A build that fails its self-test leaves the last good component where a proxy's next
+    // start would load it.
+    let good = std::fs::read(&component).unwrap();
+    let lib = crate_dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    let failing = source.replacen(".expect_cache()", ".expect_bypass()", 1);
+    assert_ne!(
+        source, failing,
+        "the scaffold declares a cached vector: {source}"
+    );
+    std::fs::write(&lib, failing).unwrap();
+    let out = build();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{errors}");
+    assert!(errors.contains("failed its self-test"), "{errors}");
+    assert_eq!(std::fs::read(&component).unwrap(), good);
 }
 
 #[test]
@@ -599,7 +616,9 @@ fn the_open_file_limit_is_raised_to_what_the_config_needs() {
         "{log}"
     );
     assert!(
-        log.contains("accepting at most 172 client connections"),
+        // (600 - 256 - the admin listener's 64) / 2: the operator listeners' share is set
+        // aside before clients and origins split the rest.
+        log.contains("accepting at most 140 client connections"),
         "{log}"
     );
     assert_eq!(send("GET", &proxy.url("/"), &[]).status, 200);

@@ -63,27 +63,32 @@ pub fn build(dir: &Path, out_dir: Option<&Path>) -> anyhow::Result<Vec<PathBuf>>
 /// `cachet componentize IN OUT`: wraps one core module (scripts use it after their own
 /// `cargo build`); a component is copied as it is.
 pub fn componentize_file(input: &Path, output: &Path) -> anyhow::Result<()> {
-    let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
-    let component = if componentize::is_core_module(&bytes) {
-        componentize::componentize(&bytes).with_context(|| input.display().to_string())?
-    } else {
-        bytes
-    };
-    write_atomically(output, &component)
+    write_atomically(output, &component_of(input)?)
 }
 
-/// Wraps, writes and load-checks one module; prints what a plugin author needs.
+/// The component for the file `input`: a core module wrapped, a component as it is.
+fn component_of(input: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    if componentize::is_core_module(&bytes) {
+        componentize::componentize(&bytes).with_context(|| input.display().to_string())
+    } else {
+        Ok(bytes)
+    }
+}
+
+/// Wraps and load-checks one module, and only then writes it: a build that fails its checks
+/// leaves the last good component in place, the one a proxy would load on its next start.
 fn publish(engine: &PolicyEngine, module: &Path, out_dir: &Path) -> anyhow::Result<PathBuf> {
     let name = module
         .file_name()
         .context("an artifact without a file name")?;
     let out = out_dir.join(name);
-    componentize_file(module, &out)?;
-    let bytes = std::fs::read(&out)?;
+    let bytes = component_of(module)?;
     let plugin = LoadedPlugin::from_bytes(engine, &out, &bytes, None)?;
     plugin
         .run_self_tests(engine)
         .with_context(|| format!("{} failed its self-test", out.display()))?;
+    write_atomically(&out, &bytes)?;
     println!("built {} ({} bytes)", out.display(), bytes.len());
     println!("  imports: {}", plugin.info.imports.join(", "));
     println!("  self-test vectors: passed");
@@ -150,8 +155,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
             .unwrap_or("plugin"),
         std::process::id()
     ));
-    std::fs::write(&staging, bytes)
-        .with_context(|| format!("cannot write {}", staging.display()))?;
+    std::fs::write(&staging, bytes).with_context(|| {
+        let _ = std::fs::remove_file(&staging);
+        format!("cannot write {}", staging.display())
+    })?;
     std::fs::rename(&staging, path).with_context(|| {
         let _ = std::fs::remove_file(&staging);
         format!("cannot replace {}", path.display())

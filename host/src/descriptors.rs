@@ -24,18 +24,25 @@ pub fn needed(config: &Config) -> u64 {
         .iter()
         .map(|t| t.origin.max_connections as u64)
         .sum();
-    let admin = [config.server.admin, config.server.metrics]
+    config.server.max_connections as u64
+        + origins
+        + operator_connections(config)
+        + BESIDES_CONNECTIONS
+}
+
+/// What the admin and metrics listeners may hold, each at its own cap.
+fn operator_connections(config: &Config) -> u64 {
+    [config.server.admin, config.server.metrics]
         .iter()
         .flatten()
         .count() as u64
-        * CONNECTIONS_PER_ADMIN_LISTENER as u64;
-    config.server.max_connections as u64 + origins + admin + BESIDES_CONNECTIONS
+        * CONNECTIONS_PER_ADMIN_LISTENER as u64
 }
 
 /// Raises the soft limit to the hard one, and returns how many client connections to
 /// accept at most: `server.max_connections`, or fewer when the limit cannot hold them with
-/// an origin connection each (half the descriptors beyond [`BESIDES_CONNECTIONS`] go to
-/// clients). Past a client cap, connections get cachet's 503; past the descriptor limit they
+/// an origin connection each (half the descriptors beyond [`BESIDES_CONNECTIONS`] and the
+/// admin and metrics listeners' go to clients). Past a client cap, connections get cachet's 503; past the descriptor limit they
 /// would get nothing (`accept` fails, and Pingora pauses accepting). A warning when the
 /// limit is under [`needed`].
 pub fn raise_limit(config: &Config) -> usize {
@@ -68,7 +75,11 @@ pub fn raise_limit(config: &Config) -> usize {
     if limit.rlim_cur >= need {
         return configured;
     }
-    let fits = usize::try_from(limit.rlim_cur.saturating_sub(BESIDES_CONNECTIONS) / 2)
+    // The operator listeners keep their own caps, so their share is set aside first.
+    let for_proxying = limit
+        .rlim_cur
+        .saturating_sub(BESIDES_CONNECTIONS + operator_connections(config));
+    let fits = usize::try_from(for_proxying / 2)
         .unwrap_or(usize::MAX)
         .max(1);
     let clients = configured.min(fits);

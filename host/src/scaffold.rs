@@ -134,6 +134,50 @@ const PRELUDE_TYPES: &[&str] = &[
     "TestVector",
 ];
 
+/// Rust's own prelude: the generated code names `Vec`, `String` and `Some` and would not
+/// compile with a unit struct of that name in scope (`vec` gave `pub struct Vec;`).
+const STD_PRELUDE_TYPES: &[&str] = &[
+    "AsMut",
+    "AsRef",
+    "Box",
+    "Clone",
+    "Copy",
+    "Default",
+    "Drop",
+    "Eq",
+    "Err",
+    "Extend",
+    "Fn",
+    "FnMut",
+    "FnOnce",
+    "From",
+    "FromIterator",
+    "Into",
+    "IntoIterator",
+    "Iterator",
+    "None",
+    "Ok",
+    "Option",
+    "Ord",
+    "PartialEq",
+    "PartialOrd",
+    "Result",
+    "Send",
+    "Sized",
+    "Some",
+    "String",
+    "Sync",
+    "ToOwned",
+    "ToString",
+    "TryFrom",
+    "TryInto",
+    "Unpin",
+    "Vec",
+];
+
+/// The crate the generated one depends on: a plugin of that name would depend on itself.
+const SDK_CRATE: &str = "cachet_sdk";
+
 /// The policy type's name for crate `name`: its words capitalised, with `Policy` added when
 /// that would shadow a prelude item or is no name at all.
 fn type_name(name: &str) -> String {
@@ -146,7 +190,10 @@ fn type_name(name: &str) -> String {
             })
         })
         .collect();
-    if PRELUDE_TYPES.contains(&words.as_str()) || words == "Self" {
+    let taken = PRELUDE_TYPES.contains(&words.as_str())
+        || STD_PRELUDE_TYPES.contains(&words.as_str())
+        || words == "Self";
+    if taken {
         words + "Policy"
     } else {
         words
@@ -160,13 +207,14 @@ fn is_crate_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
         && !RESERVED.contains(&name.replace('-', "_").as_str())
+        && name.replace('-', "_") != SDK_CRATE
 }
 
 /// Creates the crate in `dir` (which must not exist yet).
 pub fn new_plugin(name: &str, dir: &Path, sdk: &SdkSource) -> anyhow::Result<()> {
     if !is_crate_name(name) {
         anyhow::bail!(
-            "{name:?} is not a crate name: use letters, digits, '-' or '_', starting with a letter, and no Rust keyword or built-in crate's name"
+            "{name:?} is not a crate name: use letters, digits, '-' or '_', starting with a letter, and no Rust keyword, built-in crate's name or cachet-sdk"
         );
     }
     if dir.exists() {
@@ -282,6 +330,10 @@ mod tests {
         assert_eq!(type_name("policy"), "PolicyPolicy");
         assert_eq!(type_name("request"), "RequestPolicy");
         assert_eq!(type_name("duration"), "DurationPolicy");
+        assert_eq!(type_name("vec"), "VecPolicy");
+        assert_eq!(type_name("some"), "SomePolicy");
+        assert!(!is_crate_name("cachet-sdk"));
+        assert!(!is_crate_name("cachet_sdk"));
         assert!(!is_crate_name("self"));
         assert!(!is_crate_name("fn"));
         assert!(!is_crate_name("proc-macro"));

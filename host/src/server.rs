@@ -135,6 +135,7 @@ pub fn load_policy(
     let plugin = LoadedPlugin::load_cached(engine, &tenant.plugin, artifacts).map_err(refused)?;
     plugin.run_self_tests(engine).map_err(refused)?;
     crate::policy::check_starts_within_limits(engine, &plugin, tenant).map_err(refused)?;
+    plugin.keep_artifact(artifacts);
     tracing::info!(
         tenant = tenant.name,
         plugin = %tenant.plugin.display(),
@@ -172,6 +173,7 @@ pub fn load_shadow(
     let refused = |e| plugin_refused(&config.plugin_at, &tenant.name, "shadow plugin", e);
     let plugin = LoadedPlugin::load_cached(engine, &config.plugin, artifacts).map_err(refused)?;
     plugin.run_self_tests(engine).map_err(refused)?;
+    plugin.keep_artifact(artifacts);
     tracing::info!(
         tenant = tenant.name,
         plugin = %config.plugin.display(),

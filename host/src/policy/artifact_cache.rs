@@ -14,6 +14,7 @@ pub use retention::KEEP_PER_PLUGIN;
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use wasmtime::component::Component;
@@ -35,7 +36,11 @@ pub fn default_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .or_else(|| {
+            // An empty or relative HOME would put native code under the working folder.
+            let home = PathBuf::from(std::env::var_os("HOME")?);
+            home.is_absolute().then(|| home.join(".cache"))
+        })
         .map(|base| base.join("cachet"))
 }
 
@@ -54,17 +59,15 @@ impl ArtifactCache {
         &self.dir
     }
 
-    /// The artifact's file name and its `(artifact, checksum)` paths.
-    fn paths(&self, wasm_sha256: &str) -> (String, PathBuf, PathBuf) {
-        let name = format!("{wasm_sha256}-{}.{ARTIFACT_EXTENSION}", self.engine_tag);
-        let artifact = self.dir.join(&name);
-        let checksum = checksum_of(&artifact);
-        (name, artifact, checksum)
+    /// The artifact's file name for compiled bytes with this sha256.
+    fn name(&self, wasm_sha256: &str) -> String {
+        format!("{wasm_sha256}-{}.{ARTIFACT_EXTENSION}", self.engine_tag)
     }
 
     /// The component for `wasm` (read from the file `plugin`), from disk when a good artifact
     /// exists in a trusted folder, otherwise compiled (and then written for next time).
-    /// Returns the component and whether it came from the cache.
+    /// Returns the component and whether it came from the cache. The plugin file's version
+    /// list is only updated by [`ArtifactCache::remember`], once the plugin is accepted.
     pub fn component(
         &self,
         engine: &Engine,
@@ -72,35 +75,31 @@ impl ArtifactCache {
         wasm: &[u8],
         wasm_sha256: &str,
     ) -> wasmtime::Result<(Component, bool)> {
-        let trusted = match trust::prepare_folder(&self.dir) {
-            Ok(()) => true,
+        let dir = match trust::prepare_folder(&self.dir) {
+            Ok(resolved) => Some(resolved),
             Err(why) => {
                 tracing::warn!(
                     dir = %self.dir.display(),
                     "not using the compiled plugin cache: {why}; compiling {} instead",
                     plugin.display()
                 );
-                false
+                None
             }
         };
-        let (name, artifact, checksum) = self.paths(wasm_sha256);
-        if trusted {
-            if let Some(component) = Self::read_trusted(engine, &artifact, &checksum) {
-                retention::remember(&self.dir, plugin, &name);
+        let artifact = dir.as_ref().map(|dir| dir.join(self.name(wasm_sha256)));
+        if let Some(artifact) = &artifact {
+            if let Some(component) = Self::read_trusted(engine, artifact) {
                 return Ok((component, true));
             }
         }
         let serialized = engine.precompile_component(wasm)?;
         // SAFETY: the bytes were produced by this engine a moment ago.
         let component = unsafe { Component::deserialize(engine, &serialized)? };
-        if trusted {
-            match Self::write(&artifact, &checksum, &serialized) {
-                Ok(()) => {
-                    retention::remember(&self.dir, plugin, &name);
-                    retention::prune(&self.dir, &artifact, self.max_bytes);
-                }
+        if let (Some(dir), Some(artifact)) = (&dir, &artifact) {
+            match Self::write(artifact, &serialized) {
+                Ok(()) => retention::prune(dir, artifact, self.max_bytes),
                 Err(e) => tracing::warn!(
-                    dir = %self.dir.display(),
+                    artifact = %artifact.display(),
                     "cannot write compiled plugin cache: {e}"
                 ),
             }
@@ -108,26 +107,49 @@ impl ArtifactCache {
         Ok((component, false))
     }
 
-    fn read_trusted(engine: &Engine, artifact: &Path, checksum: &Path) -> Option<Component> {
-        let file_meta = std::fs::metadata(artifact).ok()?;
-        if let Err(why) = trust::only_we_can_write(&file_meta) {
-            tracing::warn!(artifact = %artifact.display(), "compiled plugin cache entry {why}; recompiling");
-            return None;
+    /// Records that the file `plugin` now serves the code compiled from bytes with this
+    /// sha256, so the folder's bound keeps it (and the versions before it) for a restart or a
+    /// rollback. Called for accepted plugins only: refused builds must not push the serving
+    /// version off the list.
+    pub fn remember(&self, plugin: &Path, wasm_sha256: &str) {
+        if let Ok(dir) = trust::prepare_folder(&self.dir) {
+            let name = self.name(wasm_sha256);
+            retention::remember(&dir, plugin, &name);
+            // What the list no longer names goes now, not at the next compile.
+            retention::prune(&dir, &dir.join(name), self.max_bytes);
         }
-        let bytes = std::fs::read(artifact).ok()?;
-        let expected = std::fs::read_to_string(checksum).ok()?;
-        if hex::encode(Sha256::digest(&bytes)) != expected.trim() {
+    }
+
+    fn read_trusted(engine: &Engine, artifact: &Path) -> Option<Component> {
+        let untrusted = |what: &Path, why: String| -> Option<Component> {
+            tracing::warn!(file = %what.display(), "compiled plugin cache entry {why}; recompiling");
+            None
+        };
+        let bytes = match trust::read_private(artifact) {
+            Ok(bytes) => bytes,
+            // Not written yet: nothing to warn about.
+            Err(_) if std::fs::symlink_metadata(artifact).is_err() => return None,
+            Err(why) => return untrusted(artifact, why),
+        };
+        let checksum = checksum_of(artifact);
+        let expected = match trust::read_private(&checksum) {
+            Ok(expected) => expected,
+            Err(why) => return untrusted(&checksum, why),
+        };
+        if hex::encode(Sha256::digest(&bytes)).as_bytes() != expected.trim_ascii() {
             tracing::warn!(artifact = %artifact.display(), "compiled plugin cache entry is corrupt; recompiling");
             return None;
         }
-        // SAFETY: the bytes come from a file only this user can write, in a folder only this
-        // user can write, and match the checksum written with them by `write`; wasmtime checks
+        // SAFETY: the bytes come from a regular file only this user can write, opened without
+        // following a link in a folder whose whole path only this user or root can change, and
+        // match the checksum written with them by `write`; wasmtime checks
         // the engine compatibility header.
         match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(component) => {
                 // Recently used: the byte budget drops least recently used artifacts first.
                 let _ = std::fs::File::options()
                     .write(true)
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(artifact)
                     .and_then(|f| f.set_modified(SystemTime::now()));
                 Some(component)
@@ -139,9 +161,10 @@ impl ArtifactCache {
         }
     }
 
-    fn write(artifact: &Path, checksum: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    fn write(artifact: &Path, bytes: &[u8]) -> std::io::Result<()> {
         trust::write_private(artifact, bytes)?;
-        trust::write_private(checksum, hex::encode(Sha256::digest(bytes)).as_bytes())
+        let checksum = hex::encode(Sha256::digest(bytes));
+        trust::write_private(&checksum_of(artifact), checksum.as_bytes())
     }
 }
 
@@ -248,10 +271,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ArtifactCache::new(dir.path().to_path_buf(), &engine, DEFAULT_MAX_BYTES);
         let load = |cache: &ArtifactCache, plugin: &str, n: usize| {
-            cache
+            let cached = cache
                 .component(&engine, Path::new(plugin), WAT, &version(n))
                 .unwrap()
-                .1
+                .1;
+            cache.remember(Path::new(plugin), &version(n));
+            cached
         };
         for n in 0..6 {
             load(&cache, "a.wasm", n);
@@ -309,5 +334,92 @@ mod tests {
                 .unwrap()
                 .1
         );
+    }
+
+    #[test]
+    fn a_refused_build_does_not_push_the_serving_version_out() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), &engine, DEFAULT_MAX_BYTES);
+        let plugin = Path::new("p.wasm");
+        cache.component(&engine, plugin, WAT, &version(0)).unwrap();
+        cache.remember(plugin, &version(0));
+        // Builds that are compiled, then refused (self-tests), are never remembered.
+        for n in 1..=KEEP_PER_PLUGIN + 1 {
+            cache.component(&engine, plugin, WAT, &version(n)).unwrap();
+        }
+        assert!(
+            cache
+                .component(&engine, plugin, WAT, &version(0))
+                .unwrap()
+                .1
+        );
+    }
+
+    #[test]
+    fn files_the_cache_did_not_name_are_left_alone() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let own = ["mine.cwasm", "notes.versions", "x.cwasm.sha256"];
+        for name in own {
+            std::fs::write(dir.path().join(name), b"operator's").unwrap();
+        }
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), &engine, DEFAULT_MAX_BYTES);
+        cache
+            .component(&engine, Path::new("p.wasm"), WAT, &version(1))
+            .unwrap();
+        for name in own {
+            assert!(dir.path().join(name).exists(), "{name} removed");
+        }
+    }
+
+    #[test]
+    fn a_symlink_in_the_folder_is_not_followed() {
+        let engine = Engine::default();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), &engine, DEFAULT_MAX_BYTES);
+        cache
+            .component(&engine, Path::new("a.wasm"), WAT, &version(1))
+            .unwrap();
+        let real = only_artifact(dir.path());
+        // Another version's name pointing at the first one's artifact and checksum: loading
+        // it would run code compiled from other bytes.
+        let planted = dir.path().join(cache.name(&version(2)));
+        std::os::unix::fs::symlink(&real, &planted).unwrap();
+        std::os::unix::fs::symlink(checksum_of(&real), checksum_of(&planted)).unwrap();
+        assert!(
+            !cache
+                .component(&engine, Path::new("b.wasm"), WAT, &version(2))
+                .unwrap()
+                .1
+        );
+        assert!(
+            !planted.is_symlink(),
+            "the link was replaced by a real artifact"
+        );
+    }
+
+    #[test]
+    fn a_folder_under_one_others_can_write_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let engine = Engine::default();
+        let parent = tempfile::tempdir().unwrap();
+        let shared = parent.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = shared.join("cachet");
+        let cache = ArtifactCache::new(dir.clone(), &engine, DEFAULT_MAX_BYTES);
+        let load = || {
+            cache
+                .component(&engine, Path::new("p.wasm"), WAT, &version(1))
+                .unwrap()
+                .1
+        };
+        load();
+        assert!(!load(), "a world-writable folder above is refused");
+        // Sticky, as /tmp is: others cannot rename what is ours in it.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        load();
+        assert!(load());
     }
 }

@@ -465,6 +465,7 @@ impl InstancePool {
         let plugin = Arc::new(LoadedPlugin {
             pre: plugin.pre.clone(),
             info: plugin.info.clone(),
+            compiled_sha256: plugin.compiled_sha256.clone(),
         });
         Self::new(engine, plugin, tenant, limits)
     }

@@ -103,6 +103,8 @@ impl StateReset {
 pub struct LoadedPlugin {
     pub(crate) pre: PolicyPre<HostState>,
     pub info: PluginInfo,
+    /// What was compiled (the file's bytes, state reset written in): names its artifact.
+    pub(crate) compiled_sha256: String,
 }
 
 impl LoadedPlugin {
@@ -197,6 +199,7 @@ impl LoadedPlugin {
         })?;
         Ok(Self {
             pre,
+            compiled_sha256,
             info: PluginInfo {
                 path: path.to_path_buf(),
                 sha256,
@@ -222,6 +225,14 @@ impl LoadedPlugin {
     /// the test vectors it declares, before it may serve.
     pub fn run_self_tests(&self, engine: &PolicyEngine) -> anyhow::Result<()> {
         super::self_test::run(engine, self)
+    }
+
+    /// Marks this plugin's compiled code as what its file serves now, in the artifact cache's
+    /// bound. Call once the plugin is accepted: a refused build must not evict the serving one.
+    pub fn keep_artifact(&self, cache: Option<&ArtifactCache>) {
+        if let Some(cache) = cache {
+            cache.remember(&self.info.path, &self.compiled_sha256);
+        }
     }
 }
 

@@ -146,6 +146,7 @@ impl Reloader {
     fn load_checked(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<LoadedPlugin> {
         let plugin = LoadedPlugin::from_bytes(&self.engine, path, bytes, self.artifacts.as_ref())?;
         plugin.run_self_tests(&self.engine)?;
+        plugin.keep_artifact(self.artifacts.as_ref());
         Ok(plugin)
     }
 
@@ -434,9 +435,9 @@ impl Reloader {
         config: &TenantConfig,
     ) -> anyhow::Result<Tenant> {
         let running = router.tenants().iter().find(|t| t.name() == config.name);
-        let tenant = self.tenant_version(running.map(|t| &**t), config)?;
+        let mut tenant = self.tenant_version(running.map(|t| &**t), config)?;
         if let Some(old) = running {
-            tenant.upstream.inherit_verdicts(&old.upstream);
+            tenant.upstream.inherit(&old.upstream);
         }
         Ok(tenant)
     }

@@ -2,18 +2,22 @@
 //! the tag hashing its path) of the artifacts it loaded last, newest first: the current version
 //! and the previous ones a rollback would load. An artifact no list names is dropped, only the
 //! [`MAX_PLUGIN_FILES`] most recently used lists are kept, and the least recently used artifacts
-//! go while the folder is over its byte budget.
+//! go while the folder is over its byte budget. Only files named as this cache names them are
+//! ever removed: the folder may be one the operator also keeps other files in.
 
 use super::{checksum_of, trust, ARTIFACT_EXTENSION};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Versions kept per plugin file: the current one and the previous ones a rollback would use.
 pub const KEEP_PER_PLUGIN: usize = 3;
 /// Plugin files whose versions are remembered (temporary copies come and go).
 const MAX_PLUGIN_FILES: usize = 64;
 const VERSIONS_EXTENSION: &str = "versions";
+/// A temporary file older than this was left by a writer that died (a write takes well under
+/// a second).
+const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
 /// Records that `plugin` now runs the artifact `name`.
 pub(super) fn remember(dir: &Path, plugin: &Path, name: &str) {
@@ -30,6 +34,7 @@ pub(super) fn remember(dir: &Path, plugin: &Path, name: &str) {
 /// Drops what no plugin's list names and what exceeds `max_bytes` (least recently used
 /// first). `current` always stays.
 pub(super) fn prune(dir: &Path, current: &Path, max_bytes: u64) {
+    remove_abandoned_temporaries(dir);
     let mut kept_names = Vec::new();
     for (n, list) in newest_first(files_with(dir, VERSIONS_EXTENSION))
         .into_iter()
@@ -66,14 +71,21 @@ struct File {
     used: SystemTime,
 }
 
-/// The folder's files with this extension.
+/// The folder's files with this extension whose names are ours: `<sha256>-<engine>.cwasm` and
+/// `<tag>.versions`.
 fn files_with(dir: &Path, extension: &str) -> Vec<File> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
         .filter_map(Result::ok)
-        .filter(|e| e.path().extension().is_some_and(|x| x == extension))
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_suffix(extension)
+                .and_then(|stem| stem.strip_suffix('.'))
+                .is_some_and(|stem| is_our_stem(stem, extension))
+        })
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
             Some(File {
@@ -83,6 +95,42 @@ fn files_with(dir: &Path, extension: &str) -> Vec<File> {
             })
         })
         .collect()
+}
+
+/// `<64 hex>-<16 hex>` for an artifact, `<16 hex>` for a version list.
+fn is_our_stem(stem: &str, extension: &str) -> bool {
+    let hex = |text: &str, len: usize| {
+        text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if extension == VERSIONS_EXTENSION {
+        return hex(stem, 16);
+    }
+    stem.split_once('-')
+        .is_some_and(|(wasm, engine)| hex(wasm, 64) && hex(engine, 16))
+}
+
+/// Temporary files ([`trust::write_private`]) a crashed or killed writer left behind.
+fn remove_abandoned_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.starts_with('.')
+            && name.ends_with(trust::TEMPORARY_SUFFIX)
+            && [ARTIFACT_EXTENSION, VERSIONS_EXTENSION]
+                .iter()
+                .any(|ext| name.contains(&format!(".{ext}")));
+        let abandoned = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| now.duration_since(at).unwrap_or_default() > ABANDONED_AFTER);
+        if ours && abandoned {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn newest_first(mut files: Vec<File>) -> Vec<File> {
