@@ -90,6 +90,38 @@ fn responses_to_authorized_requests_are_stored_only_when_shareable() {
     assert_eq!(origin.hits_for("/personal"), 2);
 }
 
+/// Once the origin's answer for a key is not storable, the key goes to the origin (the mark
+/// Pingora keeps) on every path: plain GETs, answered by the lean hit path, were still
+/// served the old copy while requests with any other header got the new answer.
+#[test]
+fn a_key_marked_uncacheable_is_not_served_its_old_copy_by_any_path() {
+    let private_now = Arc::new(AtomicBool::new(false));
+    let origin = Origin::start({
+        let private_now = private_now.clone();
+        move |_: &Seen| {
+            if private_now.load(Ordering::SeqCst) {
+                Reply::ok("v2").header("Cache-Control", "no-store")
+            } else {
+                Reply::ok("v1").header("Cache-Control", "max-age=60")
+            }
+        }
+    });
+    let proxy = proxy_for(&origin);
+    assert_eq!(get(&proxy.url("/p")).text(), "v1");
+    assert_status_has(&get(&proxy.url("/p")), "hit");
+    private_now.store(true, Ordering::SeqCst);
+    // An authorized request is not answered from a non-public entry: it goes to the origin,
+    // whose `no-store` now marks the key.
+    let refreshed = send("GET", &proxy.url("/p"), &with_auth("Bearer alice"));
+    assert_eq!(refreshed.text(), "v2");
+    for _ in 0..2 {
+        let plain = get(&proxy.url("/p"));
+        let ranged = send("GET", &proxy.url("/p"), &[("Range", "bytes=0-")]);
+        assert_eq!(plain.text(), ranged.text(), "{}", plain.cache_status());
+        assert_eq!(plain.text(), "v2", "{}", plain.cache_status());
+    }
+}
+
 #[test]
 fn private_and_unusable_responses_are_not_stored() {
     let origin = Origin::start(|seen| match seen.url.as_str() {
@@ -762,6 +794,33 @@ fn a_vary_named_in_connection_is_not_dropped_into_one_shared_entry() {
             resp.cache_status()
         );
     }
+}
+
+/// `no-cache="Vary"` lists a field a stored response cannot do without: stripped, the gzip
+/// variant was stored as the one answer for every request and, always revalidated by date,
+/// went to clients that never accepted gzip (here: asked for br). Such a response is not
+/// stored.
+#[test]
+fn a_vary_listed_in_no_cache_is_not_dropped_into_one_shared_entry() {
+    let origin = Origin::start(|seen| {
+        let coding = seen
+            .header("accept-encoding")
+            .unwrap_or("identity")
+            .to_owned();
+        if seen.header("if-modified-since").is_some() {
+            return Reply::ok("").status(304);
+        }
+        Reply::ok(format!("body in {coding}"))
+            .header("Cache-Control", "max-age=60, no-cache=\"Vary\"")
+            .header("Vary", "Accept-Encoding")
+            .header("Last-Modified", "Wed, 01 Jan 2020 00:00:00 GMT")
+    });
+    let proxy = proxy_for(&origin);
+    let first = send("GET", &proxy.url("/nv"), &[("Accept-Encoding", "gzip")]);
+    assert_eq!(first.text(), "body in gzip");
+    let plain = send("GET", &proxy.url("/nv"), &[("Accept-Encoding", "br")]);
+    assert_eq!(plain.text(), "body in br", "{}", plain.cache_status());
+    assert_eq!(origin.hits_for("/nv"), 2);
 }
 
 #[test]

@@ -38,6 +38,25 @@ pub fn strip_listed_fields(cc: &CacheControl, header: &mut ResponseHeader) {
     }
 }
 
+/// Fields a stored response cannot do without: the variance, the body's framing and coding.
+const FIELDS_THAT_MUST_STAY: [&str; 5] = [
+    "vary",
+    "content-encoding",
+    "content-length",
+    "transfer-encoding",
+    "content-range",
+];
+
+/// The first field `no-cache="..."` names that [`strip_listed_fields`] must not remove.
+/// (`private="..."` never gets that far: any `private` is not stored.)
+pub fn listed_field_that_must_stay(cc: &CacheControl) -> Option<&'static str> {
+    let names = cc.value("no-cache")?;
+    let listed: Vec<&str> = names.split(',').map(str::trim).collect();
+    FIELDS_THAT_MUST_STAY
+        .into_iter()
+        .find(|field| listed.iter().any(|name| name.eq_ignore_ascii_case(field)))
+}
+
 /// Removes what only cachet should see: its own targeted field, purge tags and the stored tag
 /// list. `Cache-Control` and `CDN-Cache-Control` (aimed at every cache and CDN on the path,
 /// RFC 9213) go on downstream.

@@ -15,6 +15,7 @@ use http::header;
 use http::Method;
 use pingora::http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
+use pingora_cache::predictor::CacheablePredictor;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -278,6 +279,16 @@ pub(super) async fn lookup(
     };
     let now = SystemTime::now();
     let key = super::cache_key::storage_key(ctx.key.clone(), tenant.name());
+    // A key passing (hit-for-pass) or marked uncacheable goes to the origin on the full path,
+    // stored copy or not; a plain GET must not be the one request still served the copy.
+    let predicted_uncacheable = proxy
+        .state
+        .cache
+        .uncacheable
+        .is_some_and(|records| !records.of(tenant.name()).cacheable_prediction(&key));
+    if predicted_uncacheable {
+        return Ok(None);
+    }
     let hit = match proxy.state.cache.storage.lean_lookup(&key, now).await {
         LeanLookup::Hit(hit) => hit,
         LeanLookup::FullPath(read_ahead) => {

@@ -167,6 +167,12 @@ fn decide(
         if cc.private() {
             return not_stored(ctx, "origin sent private");
         }
+        // Such a field cannot be stripped from what is stored: without `Vary` one variant
+        // would be served for every request, without the framing or coding the body is
+        // misread.
+        if let Some(field) = directives::listed_field_that_must_stay(cc) {
+            return not_stored(ctx, format!("origin listed {field} in no-cache"));
+        }
     }
     if shared::authorized(session.req_header()) && !shared::allows_authorized(cc) {
         return not_stored_this_time(ctx, "authorized request and response not public");

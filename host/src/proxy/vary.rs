@@ -51,8 +51,8 @@ const TOKEN_LISTS: [&str; 4] = [
     "accept-language",
 ];
 
-/// The value the variant is chosen by: for a token list, its elements lower-cased with
-/// whitespace collapsed, across its lines; for any other field, each line as sent (less the
+/// The value the variant is chosen by: for a token list, its elements normalised
+/// ([`normalise_element`]) across its lines; for any other field, each line as sent (less the
 /// surrounding whitespace a parser drops), lines kept apart by a byte no value can hold.
 fn request_value(req: &RequestHeader, name: &str) -> Vec<u8> {
     let mut lines = req.headers.get_all(name).iter().peekable();
@@ -69,26 +69,74 @@ fn request_value(req: &RequestHeader, name: &str) -> Vec<u8> {
         }
         return out;
     }
-    let elements = lines.flat_map(|line| line.as_bytes().split(|&b| b == b','));
-    for element in elements {
-        let mut words = element
-            .split(u8::is_ascii_whitespace)
-            .filter(|w| !w.is_empty())
-            .peekable();
-        if words.peek().is_none() {
+    let elements = lines.flat_map(|line| split_outside_quotes(line.as_bytes()));
+    for element in elements.map(<[u8]>::trim_ascii) {
+        if element.is_empty() {
             continue;
         }
         if !out.is_empty() {
             out.push(b',');
         }
-        for (i, word) in words.enumerate() {
-            if i > 0 {
-                out.push(b' ');
-            }
-            out.extend(word.iter().map(u8::to_ascii_lowercase));
-        }
+        normalise_element(element, &mut out);
     }
     out
+}
+
+/// A list's elements: split at commas, except inside a quoted string (`;x="a,b"`).
+fn split_outside_quotes(line: &[u8]) -> Vec<&[u8]> {
+    let mut elements = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &byte) in line.iter().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                elements.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    elements.push(&line[start..]);
+    elements
+}
+
+/// One element with what carries no meaning removed (RFC 9110 §12.5.1): runs of whitespace
+/// become one space, and the case of the token and of parameter names goes. Parameter values
+/// and quoted strings are kept as sent: a media type's `profile=A` may not be `profile=a`.
+fn normalise_element(element: &[u8], out: &mut Vec<u8>) {
+    let (mut in_value, mut quoted, mut escaped, mut space) = (false, false, false, false);
+    for &byte in element {
+        if quoted {
+            out.push(byte);
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        if byte.is_ascii_whitespace() {
+            space = true;
+            continue;
+        }
+        if std::mem::take(&mut space) {
+            out.push(b' ');
+        }
+        match byte {
+            b'"' => quoted = true,
+            b';' => in_value = false,
+            b'=' if !in_value => in_value = true,
+            _ => {}
+        }
+        out.push(if in_value {
+            byte
+        } else {
+            byte.to_ascii_lowercase()
+        });
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +191,20 @@ mod tests {
                 ])
             )
         );
+    }
+
+    #[test]
+    fn parameter_values_and_quoted_strings_keep_their_case_and_spacing() {
+        let m = meta("Accept");
+        let with = |value: &str| variance_default(&m, &req(&[("accept", value)]));
+        let upper = with("application/vnd.x+json;profile=A");
+        assert_eq!(upper, with("Application/VND.X+JSON;PROFILE=A"));
+        assert_ne!(upper, with("application/vnd.x+json;profile=a"));
+        // A quoted comma does not split the element, and quoted spaces are the value's.
+        let quoted = with(r#"text/x;f="a, b""#);
+        assert_ne!(quoted, with(r#"text/x;f="a,b""#));
+        assert_ne!(quoted, with(r#"text/x;f="a,  b""#));
+        assert_eq!(quoted, with(r#"TEXT/X;f="a, b""#));
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl TieredStorage {
         let found = match self.find_in_tiers(key).await {
             Some(found) => match self.promote_plain(key, found, now) {
                 Ok(hit) => return LeanLookup::Hit(hit),
-                Err(found) => Some(found),
+                Err(found) => Some(*found),
             },
             None => None,
         };
@@ -78,20 +78,20 @@ impl TieredStorage {
         key: &CacheKey,
         mut found: Found<'a>,
         now: SystemTime,
-    ) -> Result<PlainHit, Found<'a>> {
+    ) -> Result<PlainHit, Box<Found<'a>>> {
         let FoundBody::Whole(body) = &found.body else {
-            return Err(found);
+            return Err(Box::new(found));
         };
         let body = body.clone();
         // The decoded meta is dropped once L1 has its own: its header moves there.
         let Ok(meta) = StoredMeta::taking_header(&mut found.meta) else {
-            return Err(found);
+            return Err(Box::new(found));
         };
         let meta = Arc::new(meta);
         let Some(hit) = PlainHit::of(meta.clone(), body.clone(), Some(found.tier.name()), now)
         else {
             *found.meta.response_header_mut() = meta.header().clone();
-            return Err(found);
+            return Err(Box::new(found));
         };
         self.l1.promote_stored(key, meta, body);
         Ok(hit)

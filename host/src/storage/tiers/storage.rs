@@ -33,6 +33,9 @@ pub(super) struct Found<'a> {
     pub(super) meta: CacheMeta,
     pub(super) tier: &'a Arc<dyn Tier>,
     pub(super) body: FoundBody,
+    /// What purge marks are judged by, again if the copy waits before it is used.
+    pub(super) name: TierKey,
+    pub(super) written_at: u64,
 }
 
 pub(super) enum FoundBody {
@@ -91,7 +94,7 @@ impl TieredStorage {
                     continue;
                 }
             };
-            if !self.apply_purge_marks(&name, &mut found) {
+            if !self.apply_purge_marks(&name, &mut found.meta, found.written_at) {
                 TierCounters::bump(&counters.purged);
                 TierCounters::bump(&counters.misses);
                 tier.remove(&name);
@@ -131,6 +134,8 @@ impl TieredStorage {
                 meta: found.meta,
                 tier,
                 body,
+                name,
+                written_at: found.written_at,
             });
         }
         None
@@ -138,12 +143,12 @@ impl TieredStorage {
 
     /// Applies the purges recorded since `found` was written: a soft purge's mark expires it
     /// (stale from then on); false when a purge removed it.
-    fn apply_purge_marks(&self, name: &TierKey, found: &mut record::Record) -> bool {
-        let tags = super::super::tags::parse(found.meta.headers());
-        match self.purges.verdict(name, &tags, found.written_at) {
+    fn apply_purge_marks(&self, name: &TierKey, meta: &mut CacheMeta, written_at: u64) -> bool {
+        let tags = super::super::tags::parse(meta.headers());
+        match self.purges.verdict(name, &tags, written_at) {
             Verdict::Keep => true,
             Verdict::Expire(at) => {
-                found.meta.expire_at(record::from_ns(at));
+                meta.expire_at(record::from_ns(at));
                 true
             }
             Verdict::Gone => false,
@@ -166,7 +171,7 @@ impl TieredStorage {
                 continue;
             };
             // As a lookup would find it: a soft purge's mark makes the object stale.
-            if !self.apply_purge_marks(&name, &mut found) {
+            if !self.apply_purge_marks(&name, &mut found.meta, found.written_at) {
                 continue;
             }
             return Ok(Some((found.meta, tier.name())));
@@ -201,10 +206,18 @@ impl Storage for TieredStorage {
         }
         // The lean hit path may have read L2 for this request already.
         let found = match TierReadAhead::take_for(key) {
-            Some(found) => found,
+            // Read before the lean path gave up: a purge since then must still remove it (or
+            // expire it), or the copy would be promoted into an L1 already purged.
+            Some(read_ahead) => read_ahead.and_then(|mut found| {
+                let kept = self.apply_purge_marks(&found.name, &mut found.meta, found.written_at);
+                kept.then_some(found)
+            }),
             None => self.find_in_tiers(key).await,
         };
-        let Some(Found { meta, tier, body }) = found else {
+        let Some(Found {
+            meta, tier, body, ..
+        }) = found
+        else {
             return Ok(None);
         };
         let hit = match body {
@@ -363,6 +376,7 @@ fn target_key<'a>(target: &PurgeTarget<'a>) -> Option<&'a CompactCacheKey> {
 #[cfg(test)]
 mod tests {
     use super::super::chunks;
+    use super::super::LeanLookup;
     use super::*;
     use crate::storage::MemoryStorage;
     use pingora::http::ResponseHeader;
@@ -420,5 +434,48 @@ mod tests {
         });
         let stats = disk.stats();
         assert_eq!((stats.hits, stats.misses, stats.corrupt), (2, 0, 0));
+    }
+
+    /// The lean path hands what it read from L2 to the full path, which may take it a while
+    /// later: a purge in between must still remove the copy, not let it be promoted into the
+    /// L1 the purge already cleared.
+    #[test]
+    fn a_purge_after_the_lean_paths_read_still_removes_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(1 << 20, 1 << 20)));
+        let config = super::super::disk_config(dir.path(), 1 << 20, 8 << 20);
+        let storage: &'static TieredStorage =
+            Box::leak(Box::new(TieredStorage::open(l1, &config).unwrap()));
+        let disk: Arc<dyn Tier> = storage.disk.clone().unwrap();
+        let now = SystemTime::now();
+        // Stale: not a plain hit, so the lean path leaves it to the full path.
+        let header = ResponseHeader::build(200, None).unwrap();
+        let stale = CacheMeta::new(
+            now - Duration::from_secs(1),
+            now - Duration::from_secs(61),
+            0,
+            0,
+            header,
+        );
+        let (internal, header) = stale.serialize().unwrap();
+        let key = CacheKey::new(b"/purged".to_vec(), "site");
+        let span = pingora_cache::trace::Span::inactive();
+        let runtime = storage.runtime.as_ref().unwrap();
+        runtime.block_on(async {
+            let record = record::encode_unkeyed(&internal, &header, b"body", record::now_ns());
+            let name = TierKey::of(&key);
+            disk.put(&name, record, Duration::from_secs(60))
+                .await
+                .unwrap();
+            let LeanLookup::FullPath(Some(read_ahead)) = storage.lean_lookup(&key, now).await
+            else {
+                panic!("the stale disk copy goes to the full path with the read");
+            };
+            storage.mark_target(&key.to_compact(), false);
+            let mut looked_up = key.clone();
+            read_ahead.attach(&mut looked_up);
+            let hit = storage.lookup(&looked_up, &span.handle()).await.unwrap();
+            assert!(hit.is_none(), "a purged copy was handed to the full path");
+        });
     }
 }
