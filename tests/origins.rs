@@ -758,9 +758,23 @@ fn an_upstream_ca_that_cannot_take_effect_is_named_at_startup() {
         "upstream = \"https://127.0.0.1:9\"",
         &format!("upstream_ca = {ca_path:?}\ntls_verify = false"),
     );
+    // A plugin-chosen backend over https takes the origin TLS settings: the CA is used, and
+    // turning checks off for it is warned about like for an upstream.
+    let backend_only = proxy_with_upstream(
+        "upstream = \"http://127.0.0.1:9\"",
+        &format!("upstream_ca = {ca_path:?}\n[tenant.backends]\napi = \"https://127.0.0.1:9\""),
+    );
+    let backend_unverified = proxy_with_upstream(
+        "upstream = \"http://127.0.0.1:9\"",
+        "tls_verify = false\n[tenant.backends]\napi = \"https://127.0.0.1:9\"",
+    );
     for (proxy, says) in [
-        (plain, "no upstream is https"),
-        (unverified, "not checked at all"),
+        (&plain, "no upstream or backend is https"),
+        (&unverified, "not checked at all"),
+        (
+            &backend_unverified,
+            "tls_verify = false: origin certificates are not checked",
+        ),
     ] {
         let log = proxy.log();
         assert!(
@@ -768,6 +782,8 @@ fn an_upstream_ca_that_cannot_take_effect_is_named_at_startup() {
             "{log}"
         );
     }
+    let log = backend_only.log();
+    assert!(!log.contains("it is not used"), "{log}");
 }
 
 /// An origin that holds every request for `hold` before answering, and records how many
@@ -913,6 +929,47 @@ fn a_miss_that_finds_no_turn_within_queue_timeout_is_a_503_and_other_tenants_go_
     let status = proxy.status();
     assert_eq!(status["tenants"][0]["origin"]["refused"], 2, "{status}");
     assert_eq!(status["tenants"][1]["origin"]["refused"], 0, "{status}");
+}
+
+/// A reload (here another tenant's hosts, but every tenant is rebuilt) keeps the origin
+/// turns in use: a request at the origin through the replaced config still holds its turn.
+/// Each reload gave every tenant a fresh set, so reloads during a flood let
+/// `max_connections` through again each time.
+#[test]
+fn a_reload_keeps_the_origin_turns_in_use() {
+    let origin = HoldingOrigin::start(Duration::from_millis(1500));
+    let proxy = Proxy::start(
+        "",
+        &[
+            TenantSpec::new("site", origin.addr, &plugin("standard"))
+                .hosts(&["site.test"])
+                .extra("[tenant.origin]\nmax_connections = 1\nqueue_timeout = \"200ms\""),
+            TenantSpec::new("other", origin.addr, &plugin("standard")).hosts(&["other.test"]),
+        ],
+    );
+    let site = |path: &str| send("GET", &proxy.url(path), &[("Host", "site.test")]);
+    std::thread::scope(|scope| {
+        let held = scope.spawn(|| site("/held"));
+        std::thread::sleep(Duration::from_millis(300));
+        let config = proxy.dir.path().join("cachet.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let edited = text.replace(
+            "hosts = [\"other.test\"]",
+            "hosts = [\"other.test\", \"other2.test\"]",
+        );
+        assert_ne!(text, edited, "{text}");
+        std::fs::write(&config, edited).unwrap();
+        let reload = ureq::post(&proxy.admin_url("/reload")).call().unwrap();
+        assert_eq!(reload.status(), 200);
+        let second = site("/second");
+        assert_eq!(second.status, 503, "{}", second.cache_status());
+        assert_eq!(held.join().unwrap().status, 200);
+    });
+    assert_eq!(
+        site("/third").status,
+        200,
+        "the turn is back once the request ends"
+    );
 }
 
 /// Requests for one URL wait on the cache lock and become the fill one after another when

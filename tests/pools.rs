@@ -312,6 +312,54 @@ fn an_upstream_that_drops_accepted_connections_costs_no_client_errors() {
     );
 }
 
+/// Upstreams that accept a connection and close it unanswered, counting the requests they
+/// were sent (a health check connects and sends nothing).
+fn dropping_upstreams(count: usize) -> (Vec<SocketAddr>, Arc<AtomicUsize>) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let addrs = (0..count)
+        .map(|_| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let requests = requests.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { continue };
+                    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                    if conn.read(&mut [0u8; 4096]).is_ok_and(|n| n > 0) {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            addr
+        })
+        .collect();
+    (addrs, requests)
+}
+
+/// Once every upstream of a pool has failed and is set aside, a request still tries one, but
+/// only one: each request went through the whole pool again, waiting out a connect timeout
+/// per member where they are unreachable, and sending the outage N times the load.
+#[test]
+fn a_pool_that_is_all_down_is_tried_once_per_request_not_member_by_member() {
+    let (upstreams, requests) = dropping_upstreams(3);
+    let proxy = pool_proxy(&upstreams, "health_interval = \"60s\"");
+    // The first health round (bare connects, which these pass) is over before the traffic.
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = |path: &str| {
+        let before = requests.load(Ordering::SeqCst);
+        let status = try_send("GET", &proxy.url(path), &[]).unwrap().status;
+        (status, requests.load(Ordering::SeqCst) - before)
+    };
+    assert_eq!(
+        sent("/first"),
+        (502, 3),
+        "the first request tries each healthy one"
+    );
+    for path in ["/second", "/third"] {
+        assert_eq!(sent(path), (502, 1), "{path}: one last try, then the 502");
+    }
+}
+
 /// With every upstream set aside after failed connects, requests still go to one; the one
 /// that answers is back at once (it stayed marked until the next health check). `/status`
 /// names the pool's upstreams, all of them.

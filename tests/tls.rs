@@ -412,6 +412,17 @@ fn bad_tls_settings_are_refused_before_serving_with_the_reason() {
         "names the line: {out}"
     );
 
+    // A port the kernel picks could not be told from the plain listener's: refused.
+    let (ok, out) = validate(
+        &format!("tls_listen = \"127.0.0.1:0\"\ntls_cert = {cert:?}\ntls_key = {key:?}"),
+        "",
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("cachet.toml:3: key `server.tls_listen`") && out.contains("port 0"),
+        "{out}"
+    );
+
     let (ok, out) = validate("", &format!("tls_cert = {cert:?}\ntls_key = {key:?}"));
     assert!(!ok);
     assert!(out.contains("server.tls_listen is not set"), "{out}");

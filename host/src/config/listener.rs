@@ -68,6 +68,17 @@ impl Locator<'_> {
             Some(a) => Some(self.socket_addr("server.tls_listen", a)?),
             None => None,
         };
+        // Connections are told apart by the port they arrived on: with a port the kernel
+        // picks, none would match, and the TLS listener would answer in plain text.
+        if let (Some(addr), Some(raw)) = (tls_listen, raw.tls_listen) {
+            if addr.port() == 0 {
+                return Err(self.at(
+                    raw.span(),
+                    "server.tls_listen",
+                    "give a fixed port: port 0 is not supported for the TLS listener",
+                ));
+            }
+        }
         let default_cert = self.cert_paths(base, "server", raw.tls_cert, raw.tls_key)?;
         let h2_max_concurrent_streams = match raw.h2_max_concurrent_streams {
             Some(n) if !(1..=MAX_H2_STREAMS).contains(n.get_ref()) => {

@@ -25,6 +25,12 @@ pub struct OriginAttempts {
     /// Upstreams of a pool that failed this request: the connect failed, or a fresh
     /// connection was closed before any answer. The next attempt goes elsewhere.
     pub(super) failed: Vec<std::net::SocketAddr>,
+    /// The current attempt went to an upstream that is down or set aside, because no other
+    /// was left: if it fails too, the request stops trying.
+    pub(super) last_resort: bool,
+    /// Outside a pool: how many addresses the current attempt's name had (`failed` then
+    /// holds those this request could not connect to).
+    pub(super) addresses: usize,
     /// This request's turn at the origin (`max_connections`), held until the request ends.
     pub(super) turn: Option<super::limit::OriginTurn>,
 }

@@ -18,8 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Why a request was refused, as `Cache-Status` and the access log say.
 pub const REFUSED_DETAIL: &str = "origin max_connections reached";
 
-/// The turns at one tenant's origin (rebuilt with the tenant on reload: requests in flight
-/// keep the turns they hold on the old one until they end).
+/// The turns at one tenant's origin, carried over to the tenant's next version on reload
+/// ([`OriginLimit::inherit`]).
 pub struct OriginLimit {
     turns: Arc<Semaphore>,
     max: usize,
@@ -35,6 +35,19 @@ impl OriginLimit {
             turns: Arc::new(Semaphore::new(origin.max_connections)),
             max: origin.max_connections,
         }
+    }
+
+    /// Takes over the turns of the version a reload replaces, when this one allows at least
+    /// as many: requests at the origin through the old version still count, so a reload (of
+    /// any tenant: every one is rebuilt) does not open a fresh set of turns beside them. A
+    /// lowered limit starts afresh, and the two together may exceed it until the old
+    /// requests end.
+    pub fn inherit(&mut self, previous: &OriginLimit) {
+        if self.max < previous.max {
+            return;
+        }
+        previous.turns.add_permits(self.max - previous.max);
+        self.turns = previous.turns.clone();
     }
 
     /// Takes a turn into `held` unless it holds one already (a retry keeps its turn), waiting

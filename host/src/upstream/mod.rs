@@ -80,11 +80,13 @@ impl TenantUpstream {
     }
 
     /// Carries over from the version of this tenant's upstream a reload replaces what its
-    /// health checks found (see [`pool::Pool::inherit_verdicts`]).
-    pub fn inherit_verdicts(&self, previous: &TenantUpstream) {
+    /// health checks found (see [`pool::Pool::inherit_verdicts`]) and the origin turns in use
+    /// (see [`limit::OriginLimit::inherit`]).
+    pub fn inherit(&mut self, previous: &TenantUpstream) {
         if let (Some(pool), Some(old)) = (&self.pool, &previous.pool) {
             pool.inherit_verdicts(old);
         }
+        self.limit.inherit(&previous.limit);
     }
 
     /// Waits for a turn at the origin (`max_connections`) until `queue_timeout` after the
@@ -140,22 +142,27 @@ impl TenantUpstream {
         attempts.in_pool = false;
         if let Some((index, (_, target))) = backend.and_then(|i| Some((i, config.backends.get(i)?)))
         {
-            let addr = self.names.address(SINGLE + 1 + index, target);
+            let (addr, addresses) =
+                self.names
+                    .address(SINGLE + 1 + index, target, &attempts.failed);
+            attempts.addresses = addresses;
             return self.peer_for(config, attempts, target, addr);
         }
         let Some(pool) = &self.pool else {
             let target = &config.upstreams[0];
-            let addr = self.names.address(SINGLE, target);
+            let (addr, addresses) = self.names.address(SINGLE, target, &attempts.failed);
+            attempts.addresses = addresses;
             return self.peer_for(config, attempts, target, addr);
         };
-        let Some((backend, index)) = pool.select(key, &attempts.failed) else {
+        let Some(selection) = pool.select(key, &attempts.failed) else {
             return Error::e_explain(ErrorType::ConnectNoRoute, "no upstream left to try");
         };
-        let Some(&addr) = backend.as_inet() else {
+        let Some(&addr) = selection.backend.as_inet() else {
             return Error::e_explain(ErrorType::InternalError, "not an IP upstream");
         };
         attempts.in_pool = true;
-        self.peer_for(config, attempts, &config.upstreams[index], addr)
+        attempts.last_resort = selection.last_resort;
+        self.peer_for(config, attempts, &config.upstreams[selection.index], addr)
     }
 
     fn peer_for(
@@ -200,21 +207,26 @@ impl TenantUpstream {
 
     /// A connect failed. In a pool, that upstream is set aside until its next passing
     /// health check, and the request is tried on another one, whatever its method: nothing
-    /// reached the origin or the client yet.
+    /// reached the origin or the client yet. Outside a pool, the next address of the name.
     pub fn after_connect_failure(
         &self,
         session: &Session,
         attempts: &mut OriginAttempts,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // A single upstream keeps Pingora's own decision: there is nowhere else to go.
-        if self.pool.is_none() {
-            return e;
+        let untouched =
+            !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        if attempts.in_pool {
+            let retry = self.set_aside_failed(attempts) && untouched;
+            e.set_retry(retry);
+        } else if attempts.addresses > 1 {
+            let retry = Self::next_address_left(attempts) && untouched;
+            e.set_retry(retry);
+        } else if self.pool.is_some() {
+            // A plugin's backend in a pool tenant: a retry would dial the same address.
+            e.set_retry(false);
         }
-        let retry = self.set_aside_failed(attempts)
-            && !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none();
-        e.set_retry(retry);
+        // A single upstream with one address keeps Pingora's own decision.
         e
     }
 
@@ -251,9 +263,22 @@ impl TenantUpstream {
         }
     }
 
+    /// Outside a pool (a single upstream, a plugin's backend): whether the name has an
+    /// address this request has not tried. A name's first address may be unreachable (an
+    /// IPv6 one on a host without an IPv6 route) while the others answer.
+    fn next_address_left(attempts: &mut OriginAttempts) -> bool {
+        let Some(addr) = attempts.current else {
+            return false;
+        };
+        if !attempts.failed.contains(&addr) {
+            attempts.failed.push(addr);
+        }
+        attempts.failed.len() < attempts.addresses
+    }
+
     /// Sets the current attempt's upstream aside in a pool; whether another one is left
-    /// to try (false outside a pool, and for a backend the plugin named: a retry would
-    /// go to the same address).
+    /// to try (false outside a pool, for a backend the plugin named: a retry would go to
+    /// the same address, and after a last resort: nothing usable is left).
     fn set_aside_failed(&self, attempts: &mut OriginAttempts) -> bool {
         let (Some(pool), Some(addr), true) = (&self.pool, attempts.current, attempts.in_pool)
         else {
@@ -261,7 +286,7 @@ impl TenantUpstream {
         };
         pool.set_aside(addr);
         attempts.failed.push(addr);
-        attempts.failed.len() < pool.size()
+        !attempts.last_resort && attempts.failed.len() < pool.size()
     }
 }
 

@@ -52,18 +52,23 @@ impl Names {
         }
     }
 
-    /// The address to dial for target `index`: its latest lookup's first address, or the
-    /// configured one for an IP target.
-    pub(super) fn address(&self, index: usize, target: &UpstreamTarget) -> SocketAddr {
-        match self.targets.get(index).and_then(Option::as_ref) {
-            Some(named) => named
-                .addrs
-                .load()
-                .first()
-                .copied()
-                .unwrap_or(target.addrs[0]),
-            None => target.addrs[0],
-        }
+    /// The address to dial for target `index`: the first of its latest lookup's addresses
+    /// (or, for an IP target, of the configured ones) this request has not tried yet (the
+    /// first again when it has tried them all), and how many there are.
+    pub(super) fn address(
+        &self,
+        index: usize,
+        target: &UpstreamTarget,
+        tried: &[SocketAddr],
+    ) -> (SocketAddr, usize) {
+        let looked_up = self.targets.get(index).and_then(Option::as_ref);
+        let looked_up = looked_up.map(|named| named.addrs.load_full());
+        let addrs = match &looked_up {
+            Some(addrs) if !addrs.is_empty() => addrs.as_slice(),
+            _ => target.addrs.as_slice(),
+        };
+        let untried = addrs.iter().find(|a| !tried.contains(a));
+        (*untried.unwrap_or(&addrs[0]), addrs.len())
     }
 
     /// Whether a lookup is due (cheap: no pass is started for nothing).
@@ -108,5 +113,32 @@ pub(super) async fn look_up(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
             tracing::warn!(host, "cannot re-resolve upstream: {e}");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name's addresses are dialled in order, skipping those this request could not connect
+    /// to: an unreachable first address (an IPv6 one on a host with no IPv6 route) no longer
+    /// fails every request. (The resolver sorts loopback addresses, so an end-to-end test
+    /// cannot put a refusing 127.0.0.1 address first.)
+    #[test]
+    fn a_name_is_dialled_at_its_first_address_not_tried_yet() {
+        let first: SocketAddr = "[2001:db8::1]:8080".parse().unwrap();
+        let second: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let target = UpstreamTarget {
+            written: "origin.example:8080".into(),
+            tls: false,
+            host: "origin.example".into(),
+            port: 8080,
+            addrs: vec![first, second],
+        };
+        let names = Names::new([Some(&target)], Duration::from_secs(60));
+        assert_eq!(names.address(0, &target, &[]), (first, 2));
+        assert_eq!(names.address(0, &target, &[first]), (second, 2));
+        // Every one tried: the first again (the caller stops retrying).
+        assert_eq!(names.address(0, &target, &[first, second]), (first, 2));
     }
 }

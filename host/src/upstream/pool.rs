@@ -29,6 +29,17 @@ enum Balancer {
     Hash(LoadBalancer<Consistent>),
 }
 
+/// The upstream a request tries next.
+pub(super) struct Selection {
+    pub(super) backend: Backend,
+    /// Its place in `config.upstreams`.
+    pub(super) index: usize,
+    /// Nothing healthy and not set aside was left: tried anyway, but once. A pool whose
+    /// every member is down would otherwise be tried member by member, each waiting out
+    /// its connect timeout, by every request.
+    pub(super) last_resort: bool,
+}
+
 impl Balancer {
     fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
         match self {
@@ -133,19 +144,25 @@ impl Pool {
     }
 
     /// The next upstream for a request: healthy, not set aside, not tried by
-    /// this request yet. When every upstream is down, any untried one (a
-    /// request is better tried than refused).
-    pub(super) fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<(Backend, usize)> {
+    /// this request yet. When none is left, any untried one (a request is better tried
+    /// than refused), marked as a last resort: its failure ends the request's tries.
+    pub(super) fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Selection> {
         let set_aside = self.set_aside.lock().clone();
         let untried = |b: &Backend| !tried.iter().any(|t| b.as_inet() == Some(t));
-        let backend = self
-            .balancer
-            .select_with(key, |b, healthy| {
-                healthy && untried(b) && !set_aside.contains(b)
-            })
-            .or_else(|| self.balancer.select_with(key, |b, _| untried(b)))?;
+        let usable = self.balancer.select_with(key, |b, healthy| {
+            healthy && untried(b) && !set_aside.contains(b)
+        });
+        let last_resort = usable.is_none();
+        let backend = match usable {
+            Some(backend) => backend,
+            None => self.balancer.select_with(key, |b, _| untried(b))?,
+        };
         let index = backend.ext.get::<TargetIndex>().map_or(0, |i| i.0);
-        Some((backend, index))
+        Some(Selection {
+            backend,
+            index,
+            last_resort,
+        })
     }
 
     /// Every known upstream address with its current verdict.

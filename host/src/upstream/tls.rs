@@ -22,7 +22,12 @@ pub(super) struct OriginTls {
 impl OriginTls {
     pub(super) fn new(config: &TenantConfig) -> Self {
         let tls = &config.upstream_tls;
-        let uses_tls = config.upstreams.iter().any(|t| t.tls);
+        // A plugin-chosen backend is an origin too: its connections take these settings.
+        let uses_tls = config
+            .upstreams
+            .iter()
+            .chain(config.backends.iter().map(|(_, target)| target))
+            .any(|t| t.tls);
         if uses_tls && !tls.verify {
             tracing::warn!(
                 tenant = config.name,
@@ -33,7 +38,7 @@ impl OriginTls {
         if tls.ca.is_some() && !uses_tls {
             tracing::warn!(
                 tenant = config.name,
-                "upstream_ca is set but no upstream is https://: it is not used"
+                "upstream_ca is set but no upstream or backend is https://: it is not used"
             );
         } else if tls.ca.is_some() && !tls.verify {
             tracing::warn!(
