@@ -1363,6 +1363,15 @@ fn purge_by_surrogate_key_removes_every_tagged_entry() {
         ],
     );
     assert_eq!(none.status, 404);
+    // A field naming no tag is a mistake, not "every object": refused, nothing touched.
+    let blank = send(
+        "PURGE",
+        &proxy.url("/"),
+        &[("Authorization", auth.as_str()), ("Surrogate-Key", "")],
+    );
+    assert_eq!(blank.status, 400, "{}", blank.text());
+    get(&proxy.url("/c"));
+    assert_eq!(origin.hits_for("/c"), 1);
 }
 
 /// A purge tag the index cannot keep (the 65th, or one over 256 bytes) would let its purge

@@ -61,6 +61,15 @@ async fn purge(proxy: &CachetProxy, session: &Session, ctx: &mut RequestCtx) -> 
     let storage = state.cache.storage;
     let purged = if let Some(tags) = tags(session) {
         let tags: Vec<&str> = tags.split_ascii_whitespace().collect();
+        // No tag at all would be read as every object of the tenant: in-flight fills of all
+        // of them were not stored. A blank or unreadable field is a mistake, said as one.
+        if tags.is_empty() {
+            return (
+                400,
+                "Surrogate-Key names no tag: give the tags to purge, or leave it out to purge the URL\n"
+                    .into(),
+            );
+        }
         storage.purge_tags(tenant.name(), &tags, soft)
     } else {
         let keys = match super::invalidate::get_keys(tenant.name(), &policy, req, &ctx.told_scheme)
@@ -118,13 +127,16 @@ pub(crate) fn not_kept_text(not_kept: &NotKept) -> String {
     )
 }
 
+/// The tags a `Surrogate-Key` field names (empty when it names none, or none readable);
+/// `None` without the field.
 fn tags(session: &Session) -> Option<String> {
-    let values: Vec<&str> = session
+    let mut lines = session
         .req_header()
         .headers
         .get_all(SURROGATE_KEY)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.join(" "))
+        .peekable();
+    lines.peek()?;
+    let values: Vec<&str> = lines.filter_map(|v| v.to_str().ok()).collect();
+    Some(values.join(" "))
 }

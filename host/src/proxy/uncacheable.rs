@@ -31,6 +31,13 @@ pub struct UncacheableKeys {
 }
 
 impl UncacheableKeys {
+    fn clear_passes(&self) {
+        for shard in &self.passes {
+            shard.lock().clear();
+        }
+        self.any_pass.store(false, Ordering::Relaxed);
+    }
+
     fn shard(&self, hash: u128) -> &Mutex<HashMap<u128, Instant>> {
         &self.passes[(hash % SHARDS as u128) as usize]
     }
@@ -138,6 +145,10 @@ impl TenantsUncacheable {
     /// never match its own: they only age out of the table.
     pub fn retire(&self, tenant: &str) {
         if let Some(record) = self.by_tenant.write().remove(tenant) {
+            // Passes, unlike marks, do not age out while they run (a plugin may ask for
+            // years): left in, they would fill the next tenant's shards and its own passes
+            // would be dropped.
+            record.clear_passes();
             self.spare.lock().push(record);
         }
     }
@@ -182,6 +193,27 @@ mod tests {
         assert!(!std::ptr::eq(tenants.of("c"), first));
         // A name served again after it went gets a record again.
         assert!(!std::ptr::eq(tenants.of("a"), first));
+    }
+
+    /// A gone tenant's live passes (a plugin may ask for years) do not go with its record:
+    /// they would fill the next tenant's shards, and that tenant's own passes be dropped.
+    #[test]
+    fn a_record_passed_on_has_room_for_the_next_tenants_passes() {
+        let tenants = remember_uncacheable(16).expect("on");
+        for i in 0..1000u32 {
+            let key = CacheKey::new(i.to_be_bytes().to_vec(), "gone");
+            tenants
+                .of("gone")
+                .pass_for(&key, Duration::from_secs(u32::MAX.into()));
+        }
+        tenants.retire("gone");
+        let next = tenants.of("next");
+        let key = CacheKey::new(b"\x01next/account".to_vec(), "next");
+        next.pass_for(&key, Duration::from_secs(60));
+        assert!(
+            !next.cacheable_prediction(&key),
+            "the new tenant's pass was dropped"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::miss::Miss;
 use super::stream;
 use super::MemoryStorage;
 use async_trait::async_trait;
-use pingora_cache::key::CompactCacheKey;
+use pingora_cache::key::{CacheHashKey, CompactCacheKey};
 use pingora_cache::storage::streaming_write::U64WriteId;
 use pingora_cache::storage::{
     HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType, Storage,
@@ -127,16 +127,15 @@ impl Storage for MemoryStorage {
         })
     }
 
-    /// Ok(false) when the object vanished (evicted or purged) during revalidation.
+    /// Ok(false) when the object vanished (evicted or purged) during revalidation, or was
+    /// replaced by another ([`MemoryStorage::revalidated`]).
     async fn update_meta(
         &'static self,
         key: &CacheKey,
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let meta = Arc::new(StoredMeta::new(meta)?);
-        let slot = SlotKey::of(key);
-        Ok(self.index.write().replace_meta(&key.user_tag, slot, meta))
+        Ok(self.revalidated(key, meta)? == Revalidated::Updated)
     }
 
     fn support_streaming_partial_write(&self) -> bool {
@@ -148,7 +147,50 @@ impl Storage for MemoryStorage {
     }
 }
 
+/// What became of a revalidation's new meta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Revalidated {
+    /// The object revalidated takes it.
+    Updated,
+    /// The object is gone (evicted or purged).
+    Vanished,
+    /// Another object now has the key (a fill that finished meanwhile): the 304 was about the
+    /// one before, and its headers (length, coding, validators) do not describe this body.
+    Replaced,
+    /// A purge came while the origin was asked: nothing is freshened, here or in the tiers.
+    Purged,
+}
+
 impl MemoryStorage {
+    /// Gives the stored object `meta` from a revalidation, if it is still the object that was
+    /// revalidated: pingora keeps the looked-up meta's `created` in the new one, and every fill
+    /// gets its own.
+    pub(crate) fn revalidated(&self, key: &CacheKey, meta: &CacheMeta) -> Result<Revalidated> {
+        // A purge (a soft one expires the object) since the revalidation began: its 304 must
+        // not freshen what the purge meant to end.
+        if self
+            .purges
+            .purged_while_watched(&key.user_tag, &key.primary_bin())
+        {
+            return Ok(Revalidated::Purged);
+        }
+        let stored = Arc::new(StoredMeta::new(meta)?);
+        let slot = SlotKey::of(key);
+        let mut index = self.index.write();
+        match index.complete(&key.user_tag, &slot) {
+            None => return Ok(Revalidated::Vanished),
+            Some(entry) if entry.meta.created() != meta.created() => {
+                return Ok(Revalidated::Replaced)
+            }
+            Some(_) => {}
+        }
+        Ok(if index.replace_meta(&key.user_tag, slot, stored) {
+            Revalidated::Updated
+        } else {
+            Revalidated::Vanished
+        })
+    }
+
     /// Starts a fill of `key`: a write in flight that lookups follow until it is stored.
     pub(super) fn start_write(&'static self, key: &CacheKey, meta: &CacheMeta) -> Result<Miss> {
         let meta = Arc::new(StoredMeta::new(meta)?);
@@ -164,6 +206,14 @@ impl MemoryStorage {
         };
         let slot = SlotKey::of_compact(lru_key.key());
         self.index.write().add_write(&key.user_tag, slot, write);
+        // A purge between the proxy's "purged while fetched" check and the line above found
+        // no write to cancel: the log still has it (a purge notes itself before cancelling).
+        if self
+            .purges
+            .purged_while_watched(&key.user_tag, &key.primary_bin())
+        {
+            self.index.write().cancel_writes(&key.user_tag, &slot);
+        }
         Ok(Miss::new(self, lru_key, id, meta, writer, head))
     }
 }

@@ -116,6 +116,12 @@ impl StoredMeta {
         meta_with_header(internal, self.template.response_header().clone())
     }
 
+    /// When the fill that made this object started (kept through revalidations): which
+    /// object a revalidation was about.
+    pub(super) fn created(&self) -> SystemTime {
+        self.template.created()
+    }
+
     pub(super) fn fresh_until(&self) -> SystemTime {
         self.template.fresh_until()
     }

@@ -97,7 +97,10 @@ impl Miss {
     /// is cut off): fills whose clients left cannot each pin the usual 8 MiB lag floor.
     fn account(&mut self) {
         if self.buffered.is_some() {
-            if self.charged <= self.max_object && self.hold(self.charged) {
+            // The object limit is on the body, as the proxy checks `Content-Length` against
+            // it before the fill; the per-chunk overhead counts against the fills' budget only
+            // (a body just under the limit was buffered whole, then not stored, every time).
+            if self.body_len <= self.max_object && self.hold(self.charged) {
                 return;
             }
             self.give_up();

@@ -24,10 +24,11 @@ struct TenantFills {
     by_key: HashMap<HashBinary, Watched>,
 }
 
-#[derive(Default)]
 struct Watched {
     fills: usize,
     purged: Option<Instant>,
+    /// When the oldest watch of the key began.
+    since: Instant,
 }
 
 #[derive(Default)]
@@ -57,7 +58,25 @@ impl PurgeLog {
             Some(tenant) => tenant,
             None => self.tenants.entry(partition.to_owned()).or_default(),
         };
-        tenant.by_key.entry(key).or_default().fills += 1;
+        tenant
+            .by_key
+            .entry(key)
+            .or_insert_with(|| Watched {
+                fills: 0,
+                purged: None,
+                since: Instant::now(),
+            })
+            .fills += 1;
+    }
+
+    /// Whether a purge that may concern `key` came since its oldest fill in flight began.
+    fn purged_while_watched(&self, partition: &str, key: &HashBinary) -> bool {
+        let Some(tenant) = self.tenants.get(partition) else {
+            return false;
+        };
+        tenant.by_key.get(key).is_some_and(|watched| {
+            watched.purged.is_some() || tenant.any.is_some_and(|at| at >= watched.since)
+        })
     }
 
     fn unwatch(&mut self, partition: &str, key: &HashBinary) {
@@ -96,6 +115,13 @@ pub(super) struct SharedPurgeLog(Arc<RwLock<PurgeLog>>);
 impl SharedPurgeLog {
     pub(super) fn note(&self, partition: &str, key: Option<HashBinary>) {
         self.0.write().note(partition, key);
+    }
+
+    /// Whether a purge that may concern `key` came since its oldest fill in flight began:
+    /// checked again when the fill's write is registered, since a purge between the
+    /// response's check and the registration found no write to cancel.
+    pub(super) fn purged_while_watched(&self, partition: &str, key: &HashBinary) -> bool {
+        self.0.read().purged_while_watched(partition, key)
     }
 
     pub(super) fn purged_since(&self, partition: &str, key: &HashBinary, since: Instant) -> bool {

@@ -192,3 +192,18 @@ async fn a_new_fill_replaces_the_stored_object() {
     assert_eq!(stats.inserts, 2);
     assert_eq!(stats.evictions, 0);
 }
+
+/// The object limit is on the body: one exactly at `max_object_bytes`, sent in small reads,
+/// is stored (each read's bookkeeping used to count against the limit, so such a body was
+/// buffered whole, then dropped, on every request); one byte more is not.
+#[tokio::test]
+async fn a_body_at_the_object_limit_is_stored_however_it_arrives() {
+    let limit = 64 << 10;
+    let s = storage(8 << 20, limit);
+    let at_limit = key("/at-limit", "t");
+    put_chunked(s, &at_limit, &bytes(limit, 1), 512).await;
+    assert_eq!(body_of(s, &at_limit).await, Some(bytes(limit, 1)));
+    let over = key("/over", "t");
+    put_chunked(s, &over, &bytes(limit + 1, 2), 512).await;
+    assert_eq!(body_of(s, &over).await, None);
+}

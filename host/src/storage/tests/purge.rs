@@ -91,10 +91,21 @@ async fn update_meta_on_a_vanished_object_returns_false() {
     assert!(!s.update_meta(&k, &meta(), &span()).await.unwrap());
 
     put(s, &k, b"body").await;
-    let mut header = ResponseHeader::build(200, None).unwrap();
-    header.append_header("etag", "\"v2\"").unwrap();
+    let (stored, _) = get(s, &k).await.unwrap();
     let now = SystemTime::now();
-    let revalidated = CacheMeta::new(now + Duration::from_secs(9), now, 0, 0, header);
+    let revalidation = |created: SystemTime| {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.append_header("etag", "\"v2\"").unwrap();
+        CacheMeta::new(now + Duration::from_secs(9), created, 0, 0, header)
+    };
+    // A 304 about another object (one that had the key before this fill) leaves it alone:
+    // its headers would describe another body.
+    let about_another = revalidation(stored.created() - Duration::from_secs(1));
+    assert!(!s.update_meta(&k, &about_another, &span()).await.unwrap());
+    let (unchanged, _) = get(s, &k).await.unwrap();
+    assert_eq!(unchanged.headers().get("etag"), None);
+    // pingora keeps the looked-up object's `created` in the merged meta.
+    let revalidated = revalidation(stored.created());
     assert!(s.update_meta(&k, &revalidated, &span()).await.unwrap());
     let (meta, mut hit) = get(s, &k).await.unwrap();
     assert_eq!(meta.headers().get("etag").unwrap(), "\"v2\"");
@@ -188,4 +199,25 @@ async fn replacing_an_object_replaces_its_tags() {
     assert_eq!(s.purge_tags("t", &["old"], false), 0);
     assert_eq!(s.purge_tags("t", &["new"], false), 1);
     assert!(!s.purge_key(&k));
+}
+
+/// A purge that lands after the proxy checked "purged while fetched" but before the fill's
+/// write is registered finds no write to cancel: the write, once registered, must still see it
+/// (a slow `vary` hook runs in that gap).
+#[tokio::test]
+async fn a_purge_before_the_fill_registers_its_write_keeps_it_out() {
+    use pingora_cache::key::CacheHashKey;
+    let s = storage(1 << 20, 1 << 20);
+    let k = key("/raced", "t");
+    put(s, &k, b"old").await;
+    let watch = s.watch_fill("t", k.primary_bin());
+    // As the proxy purges (PURGE, or invalidation after an unsafe method).
+    assert!(s.purge_key(&k));
+    put(s, &k, b"fetched before the purge").await;
+    assert_eq!(body_of(s, &k).await, None);
+    drop(watch);
+    // With no fill of the key in flight, the purge concerns no later one.
+    put(s, &k, b"new").await;
+    assert_eq!(body_of(s, &k).await.as_deref(), Some(&b"new"[..]));
+    s.index.read().assert_consistent();
 }

@@ -1,5 +1,6 @@
 //! pingora-cache's `Storage` trait for [`TieredStorage`].
 
+use super::super::backend::Revalidated;
 use super::super::meta::StoredMeta;
 use super::chunked_hit::{ChunkStream, Promotion};
 use super::chunks::Plan;
@@ -303,15 +304,19 @@ impl Storage for TieredStorage {
         &'static self,
         key: &CacheKey,
         meta: &CacheMeta,
-        trace: &SpanHandle,
+        _trace: &SpanHandle,
     ) -> Result<bool> {
-        let updated = self.l1.update_meta(key, meta, trace).await?;
-        match (updated, self.tiers.is_empty()) {
-            (_, true) => {}
-            (true, false) => self.rewrite(key),
-            (false, false) => self.refresh_in_tiers(key, meta),
+        let revalidated = self.l1.revalidated(key, meta)?;
+        if !self.tiers.is_empty() {
+            match revalidated {
+                Revalidated::Updated => self.rewrite(key),
+                Revalidated::Vanished => self.refresh_in_tiers(key, meta),
+                // L1's newer object goes to the tiers from its own fill; a purged one stays
+                // as the purge left it.
+                Revalidated::Replaced | Revalidated::Purged => {}
+            }
         }
-        Ok(updated)
+        Ok(revalidated == Revalidated::Updated)
     }
 
     fn support_streaming_partial_write(&self) -> bool {
