@@ -879,10 +879,10 @@ fn misses_beyond_max_connections_wait_for_a_turn_at_the_origin() {
     assert_eq!(tenant["refused"], 0, "{status}");
 }
 
-#[test]
-fn a_miss_that_finds_no_turn_within_queue_timeout_is_a_503_and_other_tenants_go_on() {
-    let origin = HoldingOrigin::start(Duration::from_millis(1500));
-    let proxy = Proxy::start(
+/// Tenant `site.test` with one origin turn (queued for 200 ms at most) and tenant
+/// `other.test` with the default, both in front of `origin`.
+fn one_turn_site_and_other(origin: &HoldingOrigin) -> Proxy {
+    Proxy::start(
         "",
         &[
             TenantSpec::new("site", origin.addr, &plugin("standard"))
@@ -890,7 +890,13 @@ fn a_miss_that_finds_no_turn_within_queue_timeout_is_a_503_and_other_tenants_go_
                 .extra("[tenant.origin]\nmax_connections = 1\nqueue_timeout = \"200ms\""),
             TenantSpec::new("other", origin.addr, &plugin("standard")).hosts(&["other.test"]),
         ],
-    );
+    )
+}
+
+#[test]
+fn a_miss_that_finds_no_turn_within_queue_timeout_is_a_503_and_other_tenants_go_on() {
+    let origin = HoldingOrigin::start(Duration::from_millis(1500));
+    let proxy = one_turn_site_and_other(&origin);
     let paths: Vec<String> = (0..3).map(|i| format!("/flood/{i}")).collect();
     let site = std::thread::scope(|scope| {
         let site = scope.spawn(|| concurrent_gets(&proxy, &paths, "site.test"));
@@ -938,15 +944,7 @@ fn a_miss_that_finds_no_turn_within_queue_timeout_is_a_503_and_other_tenants_go_
 #[test]
 fn a_reload_keeps_the_origin_turns_in_use() {
     let origin = HoldingOrigin::start(Duration::from_millis(1500));
-    let proxy = Proxy::start(
-        "",
-        &[
-            TenantSpec::new("site", origin.addr, &plugin("standard"))
-                .hosts(&["site.test"])
-                .extra("[tenant.origin]\nmax_connections = 1\nqueue_timeout = \"200ms\""),
-            TenantSpec::new("other", origin.addr, &plugin("standard")).hosts(&["other.test"]),
-        ],
-    );
+    let proxy = one_turn_site_and_other(&origin);
     let site = |path: &str| send("GET", &proxy.url(path), &[("Host", "site.test")]);
     std::thread::scope(|scope| {
         let held = scope.spawn(|| site("/held"));

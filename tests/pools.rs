@@ -264,6 +264,31 @@ fn a_post_whose_connect_is_refused_goes_to_another_upstream() {
     }
 }
 
+/// Upstreams that read a request (as an origin that then fails would) and close the
+/// connection unanswered, counting the requests they were sent (a health check connects and
+/// sends nothing).
+fn dropping_upstreams(count: usize) -> (Vec<SocketAddr>, Arc<AtomicUsize>) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let addrs = (0..count)
+        .map(|_| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let requests = requests.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { continue };
+                    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                    if conn.read(&mut [0u8; 4096]).is_ok_and(|n| n > 0) {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            addr
+        })
+        .collect();
+    (addrs, requests)
+}
+
 /// An upstream that accepts connections and closes or resets them before answering passes a
 /// bare connect check. It is set aside like one refusing connects, and a GET it dropped is
 /// tried on another upstream: clients see no error. A POST it dropped may have been acted
@@ -271,21 +296,8 @@ fn a_post_whose_connect_is_refused_goes_to_another_upstream() {
 #[test]
 fn an_upstream_that_drops_accepted_connections_costs_no_client_errors() {
     let a = NamedOrigin::start("a");
-    let dropper = TcpListener::bind("127.0.0.1:0").unwrap();
-    let dropper_addr = dropper.local_addr().unwrap();
-    let dropped = Arc::new(AtomicUsize::new(0));
-    let count = dropped.clone();
-    std::thread::spawn(move || {
-        for conn in dropper.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            // Read the request (as an origin that then fails would), then close unanswered.
-            // Only requests count: a health check connects and sends nothing.
-            let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-            if conn.read(&mut [0u8; 4096]).is_ok_and(|n| n > 0) {
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
+    let (droppers, dropped) = dropping_upstreams(1);
+    let dropper_addr = droppers[0];
     // No health_path: the check is a connect, which the dropper passes.
     let proxy = pool_proxy(&[a.addr, dropper_addr], "health_interval = \"200ms\"");
     let (spread, failures) = traffic(&proxy, 20);
@@ -310,30 +322,6 @@ fn an_upstream_that_drops_accepted_connections_costs_no_client_errors() {
         dropped_posts,
         "a dropped POST is answered 502, never sent again: {posts:?}"
     );
-}
-
-/// Upstreams that accept a connection and close it unanswered, counting the requests they
-/// were sent (a health check connects and sends nothing).
-fn dropping_upstreams(count: usize) -> (Vec<SocketAddr>, Arc<AtomicUsize>) {
-    let requests = Arc::new(AtomicUsize::new(0));
-    let addrs = (0..count)
-        .map(|_| {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let requests = requests.clone();
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    let Ok(mut conn) = conn else { continue };
-                    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
-                    if conn.read(&mut [0u8; 4096]).is_ok_and(|n| n > 0) {
-                        requests.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            });
-            addr
-        })
-        .collect();
-    (addrs, requests)
 }
 
 /// Once every upstream of a pool has failed and is set aside, a request still tries one, but
