@@ -2,7 +2,7 @@
 //! `GET health_path` expecting a 2xx, each with the upstream's own server
 //! name and the tenant's TLS settings.
 
-use super::pool::TargetIndex;
+use super::pool::AddressBook;
 use super::tls::OriginTls;
 use crate::config::{PoolConfig, UpstreamTarget};
 use async_trait::async_trait;
@@ -19,6 +19,7 @@ use std::time::Duration;
 pub(super) struct OriginCheck {
     tenant: String,
     targets: Vec<UpstreamTarget>,
+    book: AddressBook,
     path: Option<String>,
     timeout: Duration,
     tls: Arc<OriginTls>,
@@ -30,12 +31,14 @@ impl OriginCheck {
     pub(super) fn new(
         tenant: &str,
         targets: Vec<UpstreamTarget>,
+        book: AddressBook,
         config: &PoolConfig,
         tls: Arc<OriginTls>,
     ) -> Self {
         Self {
             tenant: tenant.to_owned(),
             targets,
+            book,
             path: config.health_path.clone(),
             timeout: config.health_timeout,
             tls,
@@ -45,11 +48,11 @@ impl OriginCheck {
     }
 
     fn peer(&self, backend: &Backend) -> Result<(HttpPeer, &UpstreamTarget)> {
-        let index = backend.ext.get::<TargetIndex>().map_or(0, |i| i.0);
-        let target = &self.targets[index.min(self.targets.len() - 1)];
         let Some(addr) = backend.as_inet() else {
             return Error::e_explain(ErrorType::InternalError, "not an IP upstream");
         };
+        let index = self.book.target_of(addr);
+        let target = &self.targets[index.min(self.targets.len() - 1)];
         let mut peer = HttpPeer::new(*addr, target.tls, String::new());
         peer.options.connection_timeout = Some(self.timeout);
         peer.options.total_connection_timeout = Some(self.timeout);

@@ -17,9 +17,29 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-/// Which configured upstream a backend address came from (in `Backend::ext`).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct TargetIndex(pub usize);
+/// Which configured upstream each address belongs to, as the last lookups found, read when an
+/// address is used. A backend's own extensions cannot say: pingora compares backends by
+/// address and weight only, so one kept across lookups keeps what it was made with, and an
+/// address that moved to another name would be dialled with the old name's SNI and `Host`.
+#[derive(Clone)]
+pub(super) struct AddressBook(Arc<Mutex<Vec<Vec<SocketAddr>>>>);
+
+impl AddressBook {
+    fn new(targets: &[UpstreamTarget]) -> Self {
+        Self(Arc::new(Mutex::new(
+            targets.iter().map(|t| t.addrs.clone()).collect(),
+        )))
+    }
+
+    /// The configured upstream `addr` belongs to now (the first that has it).
+    pub(super) fn target_of(&self, addr: &SocketAddr) -> usize {
+        let names = self.0.lock();
+        names
+            .iter()
+            .position(|addrs| addrs.contains(addr))
+            .unwrap_or(0)
+    }
+}
 
 /// How far a selection searches for an acceptable upstream.
 const MAX_SELECT_STEPS: usize = 256;
@@ -66,6 +86,7 @@ impl Balancer {
 /// A tenant's pool of upstreams.
 pub(super) struct Pool {
     balancer: Balancer,
+    book: AddressBook,
     config: PoolConfig,
     schedule: Mutex<Schedule>,
     /// Set aside after a failed connect, until the next health check pass.
@@ -110,11 +131,13 @@ impl Pool {
         config: &PoolConfig,
         tls: Arc<OriginTls>,
     ) -> Self {
-        let discovery = Box::new(Resolver::new(targets));
+        let book = AddressBook::new(targets);
+        let discovery = Box::new(Resolver::new(targets, book.clone()));
         let mut backends = Backends::new(discovery);
         backends.set_health_check(Box::new(OriginCheck::new(
             tenant,
             targets.to_vec(),
+            book.clone(),
             config,
             tls,
         )));
@@ -126,6 +149,7 @@ impl Pool {
         // never waits, so the pool is ready before any runtime exists.
         let pool = Self {
             balancer,
+            book,
             config: config.clone(),
             schedule: Mutex::new(Schedule {
                 next_health_check: Instant::now(),
@@ -157,7 +181,9 @@ impl Pool {
             Some(backend) => backend,
             None => self.balancer.select_with(key, |b, _| untried(b))?,
         };
-        let index = backend.ext.get::<TargetIndex>().map_or(0, |i| i.0);
+        let index = backend
+            .as_inet()
+            .map_or(0, |addr| self.book.target_of(addr));
         Some(Selection {
             backend,
             index,
@@ -173,10 +199,11 @@ impl Pool {
             .get_backend()
             .iter()
             .filter_map(|backend| {
-                let index = backend.ext.get::<TargetIndex>().map_or(0, |i| i.0);
+                let address = *backend.as_inet()?;
+                let index = self.book.target_of(&address);
                 Some(UpstreamHealth {
                     upstream: targets.get(index)?.written.clone(),
-                    address: *backend.as_inet()?,
+                    address,
                     healthy: backends.ready(backend),
                     set_aside: set_aside.contains(backend),
                 })
@@ -294,29 +321,28 @@ fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
 /// a name that fails to resolve keeps its last addresses.
 struct Resolver {
     targets: Vec<(String, u16)>,
-    last: Mutex<Vec<Vec<SocketAddr>>>,
+    last: AddressBook,
     first: std::sync::atomic::AtomicBool,
 }
 
 impl Resolver {
-    fn new(targets: &[UpstreamTarget]) -> Self {
+    fn new(targets: &[UpstreamTarget], book: AddressBook) -> Self {
         Self {
             targets: targets.iter().map(|t| (t.host.clone(), t.port)).collect(),
-            last: Mutex::new(targets.iter().map(|t| t.addrs.clone()).collect()),
+            last: book,
             first: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
     fn backends(&self) -> BTreeSet<Backend> {
         let mut set = BTreeSet::new();
-        for (index, addrs) in self.last.lock().iter().enumerate() {
+        for (index, addrs) in self.last.0.lock().iter().enumerate() {
             for addr in addrs {
-                let mut backend = Backend {
+                let backend = Backend {
                     addr: pingora::protocols::l4::socket::SocketAddr::Inet(*addr),
                     weight: 1,
                     ext: Default::default(),
                 };
-                backend.ext.insert(TargetIndex(index));
                 if !set.insert(backend) {
                     // The config refuses this; a name re-resolved since can still do it.
                     tracing::warn!(
@@ -338,10 +364,41 @@ impl ServiceDiscovery for Resolver {
         if !self.first.swap(false, std::sync::atomic::Ordering::AcqRel) {
             for (index, (host, port)) in self.targets.iter().enumerate() {
                 if let Some(addrs) = super::names::look_up(host, *port).await {
-                    self.last.lock()[index] = addrs;
+                    self.last.0.lock()[index] = addrs;
                 }
             }
         }
         Ok((self.backends(), HashMap::new()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An address is known under the name whose latest lookup has it: one that moved from one
+    /// name to another (the address set unchanged, so pingora keeps the backend it had) is
+    /// dialled as the new name, with its SNI.
+    #[test]
+    fn an_address_belongs_to_the_name_that_resolves_to_it_now() {
+        let (one, two): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:8443".parse().unwrap(),
+            "[::ffff:127.0.0.1]:8443".parse().unwrap(),
+        );
+        let target = |host: &str, addrs: Vec<SocketAddr>| UpstreamTarget {
+            written: format!("https://{host}:8443"),
+            tls: true,
+            host: host.into(),
+            port: 8443,
+            addrs,
+        };
+        let targets = [target("a.test", vec![one, two]), target("b.test", vec![])];
+        let book = AddressBook::new(&targets);
+        let resolver = Resolver::new(&targets, book.clone());
+        assert_eq!((book.target_of(&one), book.target_of(&two)), (0, 0));
+        // A re-resolution moves `two` to b.test.
+        *resolver.last.0.lock() = vec![vec![one], vec![two]];
+        assert_eq!((book.target_of(&one), book.target_of(&two)), (0, 1));
+        assert_eq!(resolver.backends().len(), 2, "the same address set");
     }
 }
