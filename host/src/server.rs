@@ -68,6 +68,7 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
         memory.set_partition_budget(&tenant.name, tenant.cache_quota);
         memory.set_partition_max_object(&tenant.name, tenant.max_object_bytes);
     }
+    memory.set_tenant_count(config.tenants.len());
     let storage: &'static TieredStorage = Box::leak(Box::new(
         TieredStorage::open(memory, &config.cache).context("opening the cache tiers")?,
     ));

@@ -262,6 +262,7 @@ pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
         storage.set_partition_budget(&tenant.name, tenant.cache_quota);
         storage.set_partition_max_object(&tenant.name, tenant.max_object_bytes);
     }
+    storage.set_tenant_count(new.tenants.len());
     crate::metrics::set_live_tenants(new.tenants.iter().map(|t| t.name.as_str()));
     for gone in old
         .tenants

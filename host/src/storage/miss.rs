@@ -114,11 +114,13 @@ impl Miss {
     /// Makes this write's share `held` bytes; false (and unchanged) when taking more is
     /// beyond the budget.
     fn hold(&mut self, held: usize) -> bool {
-        if held > self.reserved && !self.storage.reserve_filling(held - self.reserved) {
+        let storage = self.storage;
+        if held > self.reserved && !storage.reserve_filling(self.partition(), held - self.reserved)
+        {
             return false;
         }
         if held < self.reserved {
-            self.storage.release_filling(self.reserved - held);
+            storage.release_filling(self.partition(), self.reserved - held);
         }
         self.reserved = held;
         true
@@ -126,17 +128,18 @@ impl Miss {
 
     /// Makes this write's share `held` bytes, past the budget if need be.
     fn hold_anyway(&mut self, held: usize) {
+        let storage = self.storage;
         if held > self.reserved {
-            self.storage.force_filling(held - self.reserved);
+            storage.force_filling(self.partition(), held - self.reserved);
         } else {
-            self.storage.release_filling(self.reserved - held);
+            storage.release_filling(self.partition(), self.reserved - held);
         }
         self.reserved = held;
     }
 
     fn release_reserved(&mut self) {
-        self.storage
-            .release_filling(std::mem::take(&mut self.reserved));
+        let reserved = std::mem::take(&mut self.reserved);
+        self.storage.release_filling(self.partition(), reserved);
     }
 }
 

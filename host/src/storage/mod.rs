@@ -17,6 +17,7 @@
 
 mod backend;
 mod entry;
+mod fill_budget;
 mod hit;
 mod index;
 mod internal_fields;
@@ -64,8 +65,7 @@ pub struct MemoryStorage {
     /// Body bytes held by fills in progress, and their bound (the global budget, at least
     /// [`MIN_FILL_BUDGET`]): without it, fills whose clients left (Pingora finishes them for
     /// the cache) could hold `max_object_bytes` each, as many as the origin allows at once.
-    filling: AtomicUsize,
-    max_filling: AtomicUsize,
+    fills: fill_budget::FillBudget,
 }
 
 /// The least the fills in progress may hold, whatever the memory tier's size: a small memory
@@ -88,42 +88,42 @@ impl MemoryStorage {
             partition_max_object: RwLock::default(),
             next_write_id: AtomicU64::new(0),
             purges: Default::default(),
-            filling: AtomicUsize::new(0),
-            max_filling: AtomicUsize::new(fill_budget(global_budget)),
+            fills: fill_budget::FillBudget::new(fill_budget(global_budget)),
         }
     }
 
     /// Takes `bytes` of the fills' budget for a body being buffered; false when it is spent
     /// (that fill stops buffering: it is not stored).
-    pub(super) fn reserve_filling(&self, bytes: usize) -> bool {
-        let max = self.max_filling.load(Ordering::Relaxed);
-        self.filling
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(bytes).filter(|&total| total <= max)
-            })
-            .is_ok()
+    pub(super) fn reserve_filling(&self, partition: &str, bytes: usize) -> bool {
+        self.fills.reserve(partition, bytes)
     }
 
     /// Takes `bytes` of the fills' budget whether or not it is spent (one chunk a fill
     /// cannot do without).
-    pub(super) fn force_filling(&self, bytes: usize) {
-        self.filling.fetch_add(bytes, Ordering::AcqRel);
+    pub(super) fn force_filling(&self, partition: &str, bytes: usize) {
+        self.fills.force(partition, bytes);
     }
 
     /// Gives back what [`Self::reserve_filling`] took: the fill ended, stored or not.
-    pub(super) fn release_filling(&self, bytes: usize) {
-        self.filling.fetch_sub(bytes, Ordering::AcqRel);
+    pub(super) fn release_filling(&self, partition: &str, bytes: usize) {
+        self.fills.release(partition, bytes);
     }
 
     /// Body bytes fills in progress hold now.
     pub fn filling_bytes(&self) -> usize {
-        self.filling.load(Ordering::Acquire)
+        self.fills.held()
+    }
+
+    /// How many tenants share the fills' budget: with more than one, each tenant's fills hold
+    /// at most half of it ([`fill_budget`]).
+    pub fn set_tenant_count(&self, tenants: usize) {
+        self.fills.set_tenants(tenants);
     }
 
     /// A budget for fills other than the global budget's (tests: a small one).
     #[cfg(test)]
     pub(crate) fn set_fill_budget(&self, bytes: usize) {
-        self.max_filling.store(bytes, Ordering::Relaxed);
+        self.fills.set_max(bytes);
     }
 
     /// Whether `key` (of `partition`) may have been purged or invalidated after `since`. A
@@ -191,8 +191,7 @@ impl MemoryStorage {
 
     /// Changes the global budget, evicting at once if it shrank.
     pub fn set_global_budget(&self, bytes: usize) {
-        self.max_filling
-            .store(fill_budget(bytes), Ordering::Relaxed);
+        self.fills.set_max(fill_budget(bytes));
         self.index.write().set_global_budget(bytes);
     }
 

@@ -56,7 +56,7 @@ impl Promotion {
             return None;
         }
         let meta = meta.serialize().ok()?;
-        if !l1.reserve_filling(body_len) {
+        if !l1.reserve_filling(tenant, body_len) {
             return None;
         }
         Some(Self {
@@ -72,7 +72,7 @@ impl Promotion {
 
 impl Drop for Promotion {
     fn drop(&mut self) {
-        self.l1.release_filling(self.reserved);
+        self.l1.release_filling(&self.key.user_tag, self.reserved);
     }
 }
 

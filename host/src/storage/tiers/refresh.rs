@@ -34,7 +34,7 @@ impl TieredStorage {
                 FoundBody::Whole(body) => body.len(),
                 FoundBody::Chunked { plan, .. } => plan.body_len,
             };
-            if body_len > self.max_value() || !self.l1.reserve_filling(body_len) {
+            if body_len > self.max_value() || !self.l1.reserve_filling(&key.user_tag, body_len) {
                 return;
             }
             let body = match found.body {
@@ -48,7 +48,7 @@ impl TieredStorage {
                 self.submit(job);
             }
             // The queue has its own bound for what it holds.
-            self.l1.release_filling(body_len);
+            self.l1.release_filling(&key.user_tag, body_len);
         });
     }
 }
