@@ -274,11 +274,7 @@ fn config_changes_apply_live_and_invalid_ones_are_refused_whole() {
         421
     );
 
-    let with_b = format!(
-        "{original}\n[[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstream = \"{}\"\nplugin = {:?}\n",
-        b.addr,
-        plugin("standard").display().to_string()
-    );
+    let with_b = with_tenant_b(&original, &b);
     std::fs::write(&config, &with_b).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -504,6 +500,15 @@ struct AddableB {
     with_b: String,
 }
 
+/// `config` with tenant `b` added: hosts `b.test`, on origin `b`, the standard plugin.
+fn with_tenant_b(config: &str, b: &Origin) -> String {
+    format!(
+        "{config}\n[[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstream = \"{}\"\nplugin = {:?}\n",
+        b.addr,
+        plugin("standard").display().to_string()
+    )
+}
+
 impl AddableB {
     fn start(a: &Origin, b: &Origin) -> Self {
         let metrics_port = support::free_port();
@@ -514,11 +519,7 @@ impl AddableB {
         );
         let config = proxy.dir.path().join("cachet.toml");
         let only_a = std::fs::read_to_string(&config).unwrap();
-        let with_b = format!(
-            "{only_a}\n[[tenant]]\nname = \"b\"\nhosts = [\"b.test\"]\nupstream = \"{}\"\nplugin = {:?}\n",
-            b.addr,
-            plugin("standard").display().to_string()
-        );
+        let with_b = with_tenant_b(&only_a, b);
         Self {
             proxy,
             metrics_port,
@@ -527,12 +528,22 @@ impl AddableB {
             with_b,
         }
     }
-}
 
-/// How many series in /metrics carry `tenant="b"`.
-fn tenant_b_series(metrics_port: u16) -> usize {
-    let text = get(&format!("http://127.0.0.1:{metrics_port}/metrics")).text();
-    text.lines().filter(|l| l.contains("tenant=\"b\"")).count()
+    /// Writes the config with tenant `b`; the watcher applies it.
+    fn add_b(&self) {
+        std::fs::write(&self.config, &self.with_b).unwrap();
+    }
+
+    /// Writes the config without tenant `b`; the watcher applies it.
+    fn remove_b(&self) {
+        std::fs::write(&self.config, &self.only_a).unwrap();
+    }
+
+    /// How many series in /metrics carry `tenant="b"`.
+    fn b_series(&self) -> usize {
+        let text = get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port)).text();
+        text.lines().filter(|l| l.contains("tenant=\"b\"")).count()
+    }
 }
 
 /// A tenant removed by a reload takes its memory objects and its metric series with it: no
@@ -542,15 +553,9 @@ fn tenant_b_series(metrics_port: u16) -> usize {
 fn a_removed_tenants_objects_leave_memory_with_it() {
     let a = Origin::start(|_| Reply::ok("from a").header("Cache-Control", "max-age=600"));
     let b = Origin::start(|_| Reply::ok(vec![b'b'; 4096]).header("Cache-Control", "max-age=600"));
-    let AddableB {
-        proxy,
-        metrics_port,
-        config,
-        only_a,
-        with_b,
-    } = AddableB::start(&a, &b);
-    let b_series = || tenant_b_series(metrics_port);
-    std::fs::write(&config, &with_b).unwrap();
+    let setup = AddableB::start(&a, &b);
+    let (proxy, b_series) = (&setup.proxy, || setup.b_series());
+    setup.add_b();
     let b_get = |path: &str| support::client::send("GET", &proxy.url(path), &[("Host", "b.test")]);
     eventually("tenant b serving", || b_get("/warm").status == 200);
     support::client::send("GET", &proxy.url("/a"), &[("Host", "a.test")]);
@@ -558,16 +563,16 @@ fn a_removed_tenants_objects_leave_memory_with_it() {
         b_get(&format!("/b/{i}"));
     }
     let cache = |proxy: &Proxy| proxy.status()["cache"].clone();
-    assert_eq!(cache(&proxy)["objects"].as_u64(), Some(10));
-    assert!(cache(&proxy)["stored_bytes"].as_u64().unwrap() > 8 * 4096);
+    assert_eq!(cache(proxy)["objects"].as_u64(), Some(10));
+    assert!(cache(proxy)["stored_bytes"].as_u64().unwrap() > 8 * 4096);
     // Requests are counted after their responses: wait until b's show.
     eventually("b's series", || b_series() > 0);
 
-    std::fs::write(&config, &only_a).unwrap();
+    setup.remove_b();
     eventually("b's objects dropped", || {
-        cache(&proxy)["objects"].as_u64() == Some(1)
+        cache(proxy)["objects"].as_u64() == Some(1)
     });
-    assert!(cache(&proxy)["stored_bytes"].as_u64().unwrap() < 4096);
+    assert!(cache(proxy)["stored_bytes"].as_u64().unwrap() < 4096);
     // Nor does it keep series in /metrics: renaming tenants reload after reload grew it.
     assert_eq!(b_series(), 0);
     let a_hit = support::client::send("GET", &proxy.url("/a"), &[("Host", "a.test")]);
@@ -578,7 +583,7 @@ fn a_removed_tenants_objects_leave_memory_with_it() {
     );
 
     // Added back, the tenant starts empty: its old objects were dropped, not hidden.
-    std::fs::write(&config, &with_b).unwrap();
+    setup.add_b();
     eventually("tenant b back", || b_get("/warm").status == 200);
     let again = b_get("/b/0");
     assert!(
@@ -599,15 +604,9 @@ fn a_removed_tenants_series_go_after_its_last_request() {
         std::thread::sleep(Duration::from_millis(1500));
         Reply::ok("slow b").header("Cache-Control", "max-age=600")
     });
-    let AddableB {
-        proxy,
-        metrics_port,
-        config,
-        only_a,
-        with_b,
-    } = AddableB::start(&a, &b);
-    let b_series = || tenant_b_series(metrics_port);
-    std::fs::write(&config, &with_b).unwrap();
+    let setup = AddableB::start(&a, &b);
+    let (proxy, b_series) = (&setup.proxy, || setup.b_series());
+    setup.add_b();
     eventually("tenant b named", || {
         proxy.status()["tenants"]
             .as_array()
@@ -618,7 +617,7 @@ fn a_removed_tenants_series_go_after_its_last_request() {
         std::thread::spawn(move || support::client::send("GET", &url, &[("Host", "b.test")]));
     // Removed while its request waits for the origin.
     std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(&config, &only_a).unwrap();
+    setup.remove_b();
     eventually("tenant b removed", || {
         proxy.status()["tenants"]
             .as_array()
