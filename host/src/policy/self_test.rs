@@ -134,13 +134,8 @@ fn build_request(t: &TestRequest) -> Result<RequestHeader, String> {
         .uri
         .parse()
         .map_err(|e| format!("bad uri {:?}: {e}", t.uri))?;
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        // The SDK's own run refuses it alike: the proxy answers such a request 400.
-        return Err(format!(
-            "{:?}: the proxy refuses user information in a URL (400), so no policy sees such a request",
-            t.uri
-        ));
-    }
+    // The SDK's own run refuses it alike.
+    crate::proxy::refuse_userinfo(&uri, &t.uri)?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut req = RequestHeader::build(t.method.as_str(), path.as_bytes(), None)
         .map_err(|e| format!("bad request line: {e}"))?;

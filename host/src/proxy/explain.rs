@@ -247,12 +247,7 @@ fn build_request(
             query.url
         ));
     }
-    if authority.as_str().contains('@') {
-        return Err(format!(
-            "{:?}: the proxy refuses user information in a URL (400)",
-            query.url
-        ));
-    }
+    crate::proxy::refuse_userinfo(&uri, &query.url)?;
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let method = query.method.as_deref().unwrap_or("GET");
     if method.eq_ignore_ascii_case("PURGE") {

@@ -41,7 +41,7 @@ mod shared;
 mod state;
 mod target;
 pub(crate) use request_fields::is_usual_field_name;
-pub(crate) use target::has_bare_lf;
+pub(crate) use target::{has_bare_lf, refuse_userinfo};
 mod uncacheable;
 mod vary;
 

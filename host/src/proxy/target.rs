@@ -9,6 +9,19 @@
 use pingora::http::authority::{is_http_family_scheme, raw_target_authority, RawTargetAuthority};
 use pingora::http::RequestHeader;
 
+/// Refuses a URL naming user information (`http://user@host/`), as the proxy answers such a
+/// request 400: explaining it or running it as a plugin's test vector would describe no
+/// request a policy ever sees.
+pub fn refuse_userinfo(uri: &http::Uri, written: &str) -> Result<(), String> {
+    match uri.authority() {
+        Some(authority) if authority.as_str().contains('@') => Err(format!(
+            "{written:?}: the proxy refuses user information in a URL (400), so no policy sees \
+             such a request"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Rewrites an absolute-form `http(s)://host/path` target to `/path` (with
 /// `Host` from the URL, which Pingora has already checked against any `Host`
 /// sent) and refuses every other form but `*` for OPTIONS. The error says why.
