@@ -104,13 +104,26 @@ impl Names {
     }
 }
 
-/// The addresses `host` has now; None (with a warning) when the lookup fails or finds
-/// nothing, so the caller keeps the last ones. Pools and single upstreams both use it.
+/// How long one re-resolution may take. The system resolver retries each name server for
+/// seconds (`options timeout:5 attempts:2` by default), and a pass waits for each of its names
+/// in turn: unbounded, one unreachable DNS server stalled every later name of the tenant.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The addresses `host` has now; None (with a warning) when the lookup fails, finds nothing
+/// or takes longer than [`LOOKUP_TIMEOUT`], so the caller keeps the last ones. Pools and
+/// single upstreams both use it.
 pub(super) async fn look_up(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(found) => Some(found.collect::<Vec<_>>()).filter(|found| !found.is_empty()),
-        Err(e) => {
+    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(found)) => Some(found.collect::<Vec<_>>()).filter(|found| !found.is_empty()),
+        Ok(Err(e)) => {
             tracing::warn!(host, "cannot re-resolve upstream: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                host,
+                "cannot re-resolve upstream: no answer within {LOOKUP_TIMEOUT:?}"
+            );
             None
         }
     }

@@ -288,21 +288,35 @@ impl Pool {
             }
             (check, resolve)
         };
-        if resolve {
-            if let Err(e) = self.balancer.update().await {
-                tracing::warn!("upstream pool: re-resolving failed, keeping the addresses: {e}");
+        // Side by side: a slow lookup (up to its bound per name) must not hold back the
+        // health checks that take a dead upstream out, nor they the lookup.
+        let resolving = async {
+            if resolve {
+                if let Err(e) = self.balancer.update().await {
+                    tracing::warn!(
+                        "upstream pool: re-resolving failed, keeping the addresses: {e}"
+                    );
+                }
             }
-        }
-        if check {
-            let backends = self.balancer.backends();
-            backends.run_health_check(true).await;
-            // A fresh verdict replaces the passive one, and the one inherited on a reload.
-            self.set_aside.lock().clear();
-            for backend in self.held_out.lock().drain(..) {
-                backends.set_enable(&backend, true);
+        };
+        let checking = async {
+            if check {
+                self.check_health().await;
             }
-            self.schedule.lock().last_health_check = Some(SystemTime::now());
+        };
+        tokio::join!(resolving, checking);
+    }
+
+    /// One round of active health checks over the members the pool has now.
+    async fn check_health(&self) {
+        let backends = self.balancer.backends();
+        backends.run_health_check(true).await;
+        // A fresh verdict replaces the passive one, and the one inherited on a reload.
+        self.set_aside.lock().clear();
+        for backend in self.held_out.lock().drain(..) {
+            backends.set_enable(&backend, true);
         }
+        self.schedule.lock().last_health_check = Some(SystemTime::now());
     }
 }
 

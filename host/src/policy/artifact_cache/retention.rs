@@ -146,3 +146,52 @@ fn plugin_tag(plugin: &Path) -> String {
     let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
     hex::encode(&digest[..8])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(path: &Path, by: Duration) {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - by).unwrap();
+    }
+
+    /// A writer killed between creating its temporary file and renaming it leaves the file
+    /// behind: it goes once it is clearly abandoned, while a write that may still be under
+    /// way and files the cache did not name stay.
+    #[test]
+    fn temporary_files_a_dead_writer_left_are_removed_after_an_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = |name: &str| dir.path().join(name);
+        let abandoned_artifact = named(&format!(
+            ".{}-{}.cwasm.41.7.0.tmp",
+            "a".repeat(64),
+            "b".repeat(16)
+        ));
+        let abandoned_list = named(".0123456789abcdef.versions.41.7.1.tmp");
+        let under_way = named(&format!(
+            ".{}-{}.cwasm.42.9.0.tmp",
+            "c".repeat(64),
+            "d".repeat(16)
+        ));
+        let someone_elses = named(".notes.txt.tmp");
+        for path in [
+            &abandoned_artifact,
+            &abandoned_list,
+            &under_way,
+            &someone_elses,
+        ] {
+            std::fs::write(path, b"partial").unwrap();
+        }
+        for path in [&abandoned_artifact, &abandoned_list, &someone_elses] {
+            age(path, ABANDONED_AFTER + Duration::from_secs(60));
+        }
+
+        prune(dir.path(), &named("current.cwasm"), u64::MAX);
+
+        assert!(!abandoned_artifact.exists(), "an abandoned artifact write");
+        assert!(!abandoned_list.exists(), "an abandoned version list write");
+        assert!(under_way.exists(), "a write that may still be under way");
+        assert!(someone_elses.exists(), "a file the cache did not name");
+    }
+}
