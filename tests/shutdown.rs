@@ -280,3 +280,43 @@ fn a_head_partly_read_when_the_stop_comes_is_answered() {
     assert_eq!(origin.hits_for("/partial"), 2);
     assert!(proxy.wait_exit(Duration::from_secs(3)).is_some());
 }
+
+/// An HTTP/2 client that goes silent (it never acknowledges the GOAWAY's ping) does not hold
+/// the exit: its connection, with no stream left, ends a second after the stop. It held the
+/// process for the whole shutdown grace.
+#[test]
+fn a_silent_http2_client_does_not_hold_the_exit() {
+    let origin = slow_origin(SLOW);
+    let mut proxy = Proxy::start_with_server(
+        "shutdown_grace = \"60s\"\nh2c = true",
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let mut silent = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    // The preface and an empty SETTINGS frame, then nothing more, ever.
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut frame_head = [0u8; 9];
+    silent.read_exact(&mut frame_head).unwrap();
+    assert_eq!(
+        frame_head[3], 0x4,
+        "the proxy speaks HTTP/2: its SETTINGS first"
+    );
+
+    let sent = Instant::now();
+    signal(&proxy, "TERM");
+    let status = proxy.wait_exit(Duration::from_secs(3));
+    assert!(
+        status.is_some(),
+        "still running 3 s after SIGTERM with a silent HTTP/2 client:\n{}",
+        proxy.log()
+    );
+    eprintln!(
+        "exit after SIGTERM with a silent HTTP/2 client: {:?}",
+        sent.elapsed()
+    );
+}

@@ -13,7 +13,7 @@ use support::http2_client::{h2_tls, H2Request};
 use support::origin::{Origin, Reply};
 use support::plugin;
 use support::proxy::{run_cachet, Proxy, TenantSpec};
-use support::tls::{client_config, https_request, Leaf, TestCa, TlsExchange};
+use support::tls::{client_config, https_request, https_request_on, Leaf, TestCa, TlsExchange};
 
 /// Three tenants behind one TLS listener: `alpha` (a.test, own certificate),
 /// `beta` (*.b.test, own wildcard certificate), `gamma` (c.test, none: the
@@ -998,5 +998,44 @@ fn connections_that_never_finish_a_tls_handshake_count_and_are_let_go() {
     assert!(
         metrics.contains("cachet_connections_refused_total{reason=\"tls_handshake_timeout\"} 3"),
         "{metrics}"
+    );
+}
+
+/// A TLS connection accepted just before a SIGTERM, whose client finishes its handshake and
+/// sends its request after the stop, is answered (with `Connection: close`) before the process
+/// exits. The handshake was not counted as in flight, so the process exited in the middle of
+/// it and the client saw its connection reset.
+#[test]
+fn a_tls_handshake_under_way_at_the_stop_is_finished_and_its_request_answered() {
+    let ca = TestCa::new("stop CA");
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.leaf(&["site.test"]).write(certs.path(), "site");
+    let origin = Origin::start(|_| Reply::ok("answered").header("Cache-Control", "max-age=60"));
+    let mut proxy = Proxy::start_with_server(
+        &format!(
+            "tls_listen = \"127.0.0.1:TLS_PORT\"\ntls_cert = {cert:?}\ntls_key = {key:?}\nshutdown_grace = \"30s\""
+        ),
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&["site.test"])],
+    );
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", proxy.tls_port.unwrap())).unwrap();
+    // Accepted, its handshake waiting for the client's first message.
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    std::thread::sleep(Duration::from_millis(100));
+
+    let config = client_config(&[&ca], &[b"http/1.1"], true);
+    let exchange = https_request_on(tcp, config, "site.test", "GET", "/late", "site.test", &[])
+        .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
+    assert_ok(&exchange.response, "answered");
+    assert_eq!(exchange.response.header("connection"), Some("close"));
+    assert!(
+        proxy.wait_exit(Duration::from_secs(3)).is_some(),
+        "the process exits once the request is answered:\n{}",
+        proxy.log()
     );
 }

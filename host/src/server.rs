@@ -340,7 +340,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         // the accept, through its handshake, which the guard does itself.
         let settings =
             crate::tls::listener::tls_settings(runtime.certificates.clone(), state.clone())?;
-        guard = guard.with_tls(addr, settings.build());
+        guard = guard.with_tls(addr, settings.build(), state.drain.clone());
     }
     let mut proxy = pingora::services::listening::Service::new("cachet proxy".into(), guard);
     proxy.add_tcp(&config.server.listen.to_string());
@@ -371,10 +371,13 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         let mut service = pingora::services::listening::Service::new(
             "cachet admin".into(),
             ConnectionGuard::new(
-                OperatorApp(AdminApp {
-                    state: state.clone(),
-                    reloader: runtime.reloader.clone(),
-                }),
+                OperatorApp::new(
+                    AdminApp {
+                        state: state.clone(),
+                        reloader: runtime.reloader.clone(),
+                    },
+                    state.clone(),
+                ),
                 admin_limits(&config),
             ),
         );
@@ -388,9 +391,12 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         let mut service = pingora::services::listening::Service::new(
             "cachet metrics".into(),
             ConnectionGuard::new(
-                OperatorApp(crate::admin::MetricsApp {
-                    state: state.clone(),
-                }),
+                OperatorApp::new(
+                    crate::admin::MetricsApp {
+                        state: state.clone(),
+                    },
+                    state.clone(),
+                ),
                 admin_limits(&config),
             ),
         );

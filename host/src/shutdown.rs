@@ -155,17 +155,24 @@ fn drain_then_exit(
         }
     }
     let deadline = Instant::now() + drain.grace();
+    // Nothing in flight at two looks in a row: work passes from one count to the next
+    // (a finished TLS handshake to the connection's last look for a request) on another
+    // thread, and one look could fall in between.
+    let mut quiet_looks = 0;
     loop {
         let left = drain.in_flight();
-        if left == 0 {
+        quiet_looks = if left == 0 { quiet_looks + 1 } else { 0 };
+        if quiet_looks == 2 {
             tracing::info!("no request in flight: exiting");
             break;
         }
         if Instant::now() >= deadline {
-            tracing::warn!(
-                in_flight = left,
-                "shutdown grace period over with requests still in flight: exiting"
-            );
+            if left > 0 {
+                tracing::warn!(
+                    in_flight = left,
+                    "shutdown grace period over with requests still in flight: exiting"
+                );
+            }
             break;
         }
         std::thread::sleep(DRAIN_POLL);

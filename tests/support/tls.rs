@@ -159,9 +159,22 @@ pub fn https_request(
     host: &str,
     headers: &[(&str, &str)],
 ) -> Result<TlsExchange, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    https_request_on(tcp, config, name, method, path, host, headers)
+}
+
+/// [`https_request`] over a TCP connection already made (the handshake starts now).
+pub fn https_request_on(
+    tcp: TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Result<TlsExchange, String> {
     let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
     let conn = rustls::ClientConnection::new(config, server_name).map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");

@@ -1,6 +1,7 @@
 //! Counting connections and wrapping their streams, in front of Pingora's HTTP app.
 
 use super::GuardedStream;
+use crate::shutdown::Drain;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::stream::Stream as TcpStream;
@@ -77,6 +78,9 @@ pub struct ConnectionGuard<A> {
     /// sees the connection, for up to 60 s, uncounted: connections that never finished it
     /// were bounded by nothing.)
     tls: Option<(SocketAddr, Arc<Acceptor>)>,
+    /// Counts handshakes under way as requests in flight: a stop waits for them (a client
+    /// whose connection was accepted before the stop gets its answer, not a reset).
+    drain: Option<Arc<Drain>>,
 }
 
 impl<A> ConnectionGuard<A> {
@@ -86,13 +90,15 @@ impl<A> ConnectionGuard<A> {
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             limits,
             tls: None,
+            drain: None,
         }
     }
 
     /// Connections accepted on `listen` (added to the service as a plain TCP listener)
-    /// are TLS, terminated with `acceptor`.
-    pub fn with_tls(mut self, listen: SocketAddr, acceptor: Acceptor) -> Self {
+    /// are TLS, terminated with `acceptor`; `drain` counts the handshakes.
+    pub fn with_tls(mut self, listen: SocketAddr, acceptor: Acceptor, drain: Arc<Drain>) -> Self {
         self.tls = Some((listen, Arc::new(acceptor)));
+        self.drain = Some(drain);
         self
     }
 
@@ -111,6 +117,7 @@ impl<A> ConnectionGuard<A> {
     async fn handshake(&self, acceptor: &Acceptor, stream: Stream) -> Option<Stream> {
         // The listener is plain TCP: its streams are Pingora's L4 streams.
         let tcp = *stream.into_any().downcast::<TcpStream>().ok()?;
+        let _in_flight = self.drain.as_ref().map(|drain| drain.enter());
         let handshake = acceptor.tls_handshake(tcp);
         match tokio::time::timeout(self.limits.tls_handshake_timeout, handshake).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),

@@ -42,6 +42,10 @@ use tokio::sync::Notify;
 /// Malformed streams a connection may send before it is closed (Pingora's own bound).
 const MALFORMED_BUDGET: usize = 32;
 
+/// After a stop, how long a connection with no stream left stays for the GOAWAY exchange and
+/// the tails of answers still in the `h2` crate's buffers.
+const STOPPED_IDLE: Duration = Duration::from_secs(1);
+
 /// What every stream of one connection needs to know about it.
 #[derive(Clone)]
 struct Connection {
@@ -94,7 +98,14 @@ impl Front {
         let mut malformed = 0;
         loop {
             let accepted = if stopping {
-                HttpSession::from_h2_conn(&mut conn, digest.clone()).await
+                tokio::select! {
+                    biased;
+                    accepted = HttpSession::from_h2_conn(&mut conn, digest.clone()) => accepted,
+                    // The `h2` crate ends the connection only once the client acknowledges
+                    // the GOAWAY's ping: a silent or dead client held the exit for the whole
+                    // shutdown grace.
+                    () = connection.streams.idle_for(STOPPED_IDLE) => return,
+                }
             } else {
                 tokio::select! {
                     biased;

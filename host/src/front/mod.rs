@@ -90,7 +90,7 @@ impl Front {
 
     /// Which protocol the connection speaks, as Pingora would decide it; a connection that
     /// cannot be told apart (a stream that cannot peek) is left to Pingora whole.
-    async fn protocol(&self, stream: &mut Stream) -> Protocol {
+    async fn protocol(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> Protocol {
         match stream.selected_alpn_proto() {
             Some(ALPN::H2) => return Protocol::Http2,
             Some(ALPN::Custom(_)) => return Protocol::Pingora,
@@ -104,7 +104,22 @@ impl Front {
             return Protocol::Http1;
         }
         let mut start = [0u8; H2_PREFACE.len()];
-        match stream.try_peek(&mut start).await {
+        let mut stop = shutdown.clone();
+        // The peek waits only while no byte has come. A stop then gets a last look, counted
+        // as in flight, as an idle HTTP/1.1 connection gets: uncounted, a connection accepted
+        // just before the stop was reset by the exit with its first request on the way.
+        let peeked = tokio::select! {
+            biased;
+            peeked = stream.try_peek(&mut start) => peeked,
+            () = stopping(&mut stop) => {
+                let _looking = self.cachet.state.drain.enter();
+                match tokio::time::timeout(LAST_LOOK, stream.try_peek(&mut start)).await {
+                    Ok(peeked) => peeked,
+                    Err(_) => return Protocol::Gone,
+                }
+            }
+        };
+        match peeked {
             Ok(true) if start == *H2_PREFACE => Protocol::Http2,
             Ok(true) => Protocol::Http1,
             Ok(false) => Protocol::Pingora,
@@ -280,7 +295,7 @@ impl ServerApp for Front {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        match self.protocol(&mut stream).await {
+        match self.protocol(&mut stream, shutdown).await {
             Protocol::Http1 => {}
             Protocol::Http2 => {
                 self.serve_h2(stream, shutdown).await;
