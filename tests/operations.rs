@@ -253,6 +253,115 @@ fn daemon_mode_writes_a_pid_file_and_serves() {
     assert_eq!(resp.text(), "from origin");
 }
 
+/// The daemon's cache tiers run in the daemon: objects reach the disk tier, and SIGTERM ends
+/// it within its grace. (Pingora's fork, after the tiers' threads had started, left the
+/// daemon without them: nothing was written, and a stop hung on them.)
+#[test]
+fn a_daemon_writes_to_its_disk_tier_and_stops_on_sigterm() {
+    let origin = Origin::start(|_| Reply::ok("from origin").header("Cache-Control", "max-age=60"));
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let pid_file = dir.path().join("cachet.pid");
+    let config = dir.path().join("cachet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nthreads = 1\npid_file = \"cachet.pid\"\nupgrade_sock = \"upgrade.sock\"\nshutdown_grace = \"3s\"\n\n[cache.disk]\npath = \"disk\"\nmax_bytes = \"16MiB\"\n\n[[tenant]]\nname = \"d\"\nhosts = [\"*\"]\nupstream = \"{}\"\nplugin = {:?}\n",
+            origin.addr,
+            plugin("standard").display().to_string()
+        ),
+    )
+    .unwrap();
+    let status = Command::new(cachet_bin())
+        .args(["serve", "--daemon", "--config", config.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run cachet serve --daemon");
+    let pid = written_pid(&pid_file);
+    let _daemon = KillOnDrop(pid);
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        get(&format!("http://127.0.0.1:{port}/x")).text(),
+        "from origin"
+    );
+
+    let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = get(&metrics_url).text();
+        if metric(
+            &metrics,
+            "cachet_cache_tier_writes_total",
+            &["tier=\"l2-disk\""],
+        ) >= 1.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon wrote nothing to its disk tier:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(8);
+    // SAFETY: signal 0 only asks whether the process exists.
+    while unsafe { libc::kill(pid as i32, 0) } == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon still runs 8 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A daemon whose plugin cannot load fails the command that started it, as `serve` in the
+/// foreground does, and leaves nothing running.
+#[test]
+fn a_daemon_that_cannot_start_fails_its_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"not a component").unwrap();
+    let config = dir.path().join("cachet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 1\npid_file = \"cachet.pid\"\nupgrade_sock = \"upgrade.sock\"\n\n[[tenant]]\nname = \"d\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = {:?}\n",
+            broken.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(cachet_bin())
+        .args(["serve", "--daemon", "--config", config.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cachet serve --daemon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("broken.wasm"),
+        "the reason is given: {stderr}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens"
+    );
+}
+
 /// The PID a daemon writes into `pid_file`, once it is there.
 fn written_pid(pid_file: &std::path::Path) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(30);

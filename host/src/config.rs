@@ -534,12 +534,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .as_ref()
             .map(|file| base.join(file.get_ref())),
         access_log: raw.server.access_log.unwrap_or(true),
-        pid_file: raw
-            .server
-            .pid_file
-            .map_or_else(|| std::env::temp_dir().join("cachet.pid"), |p| base.join(p)),
+        pid_file: raw.server.pid_file.map_or_else(
+            || crate::runtime_files::default_folder().join("cachet.pid"),
+            |p| base.join(p),
+        ),
         upgrade_sock: raw.server.upgrade_sock.map_or_else(
-            || std::env::temp_dir().join("cachet_upgrade.sock"),
+            || crate::runtime_files::default_folder().join("cachet_upgrade.sock"),
             |p| base.join(p),
         ),
         max_request_head,

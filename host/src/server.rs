@@ -208,8 +208,8 @@ fn admin_limits(config: &Config) -> ConnectionLimits {
     }
 }
 
-/// Starts, inside the server (after a daemon fork), the threads a running
-/// proxy needs: the epoch ticker, SIGHUP handling and the file watcher.
+/// Starts, once the server runs, the threads a running proxy needs: the epoch ticker,
+/// SIGHUP handling and the file watcher.
 struct ProcessThreads {
     engine: PolicyEngine,
     reloader: Arc<Reloader>,
@@ -285,6 +285,12 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     if !options.upgrade {
         check_addresses_free(&config, options.demo_origin)?;
     }
+    crate::runtime_files::prepare(&config.server)?;
+    // Before any thread starts: a fork keeps only the thread that makes it.
+    let mut detached = match options.daemon {
+        true => Some(crate::daemon::detach(&config.server.pid_file)?),
+        false => None,
+    };
     let runtime = build_runtime(&config)?;
     let state = runtime.state.clone();
 
@@ -294,22 +300,22 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         work_stealing: config.server.work_stealing,
         grace_period_seconds: Some(grace_period),
         graceful_shutdown_timeout_seconds: Some(runtime_shutdown),
-        daemon: options.daemon,
+        // Detached already, by `crate::daemon`.
+        daemon: false,
         pid_file: config.server.pid_file.display().to_string(),
         upgrade_sock: config.server.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
     let opt = Opt {
         upgrade: options.upgrade,
-        daemon: options.daemon,
+        daemon: false,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    // Listeners inherited in a graceful upgrade are received by a service that runs after the
-    // daemon fork: received before it, `cachet serve --daemon --upgrade` would wait for
-    // sockets the old process sends only after the `kill -QUIT` that follows the command.
-    // (Pingora's `daemon_wait_for_ready` is not used: its parent installs the SIGUSR1
-    // handler after the fork, and a quick child kills it with that signal.)
+    // Listeners inherited in a graceful upgrade are received by a service that runs once the
+    // server runs, after the daemon's command has returned: received before,
+    // `cachet serve --daemon --upgrade` would wait for sockets the old process sends only
+    // after the `kill -QUIT` that follows the command.
     let listeners_received = server.bootstrap_as_a_service();
 
     let mut app =
@@ -426,6 +432,9 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         server.watch_execution_phase(),
         before_exit.clone(),
     );
+    if let Some(detached) = &mut detached {
+        detached.ready();
+    }
     server.run(RunArgs {
         shutdown_signal: Box::new(signals),
     });

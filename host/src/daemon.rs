@@ -1,0 +1,74 @@
+//! `cachet serve --daemon`: the process detaches before it starts any thread, and the
+//! command returns once the background process is ready to serve, or fails with it.
+//!
+//! Pingora's own daemon mode forks when the server starts running, after cachet has built
+//! its runtime: a fork keeps only the thread that calls it, so the cache tiers' runtime, their
+//! writers and the shared tier's purge subscriber were gone in the daemon (nothing reached
+//! the disk or Redis, a purge waited for ever, a stop hung on the tiers). Detaching first
+//! builds every thread in the process that runs them. The command still answers for the
+//! config and the plugins: the background process tells it, over a pipe, once they loaded.
+
+use anyhow::{bail, Context};
+use std::io::{PipeWriter, Read, Write};
+use std::path::Path;
+
+/// What the background process tells the command when it is ready.
+const READY: &[u8] = b"ready";
+
+/// The background process's end of the pipe to the command that started it.
+pub struct Detached {
+    to_command: Option<PipeWriter>,
+}
+
+impl Detached {
+    /// Lets the command return with success: everything that can fail at start-up is done.
+    pub fn ready(&mut self) {
+        if let Some(mut pipe) = self.to_command.take() {
+            // The command may be gone (killed): nothing to tell then.
+            let _ = pipe.write_all(READY);
+        }
+    }
+}
+
+/// Detaches into a background process that writes its PID to `pid_file`, and returns in it.
+/// The command's own process does not return: it exits once the background process says it
+/// is ready (0), or ends without saying so (1).
+///
+/// Must run before any thread is started: only the calling thread survives the fork.
+pub fn detach(pid_file: &Path) -> anyhow::Result<Detached> {
+    // The file a running process locks (the one being upgraded) is kept as `<name>.old`, as
+    // Pingora does: the new process cannot lock the same file.
+    if pid_file.exists() {
+        let old = pid_file.with_extension("pid.old");
+        if let Err(e) = std::fs::rename(pid_file, &old) {
+            tracing::warn!(pid_file = %pid_file.display(), "cannot move the old pid file aside: {e}");
+        }
+    }
+    let (mut from_daemon, to_command) = std::io::pipe().context("making the start-up pipe")?;
+    let daemonize = daemonix::Daemonize::new()
+        // Like Pingora's: files made by the process are open to its group, not to others.
+        .umask(0o007)
+        .pid_file(pid_file)
+        .stdout(daemonix::Stdio::keep())
+        .stderr(daemonix::Stdio::keep());
+    match daemonize.execute() {
+        daemonix::Outcome::Parent(forked) => {
+            forked.context("starting the background process")?;
+            drop(to_command);
+            let mut told = Vec::new();
+            // Ends when the background process writes or when it exits (its end closes).
+            let _ = from_daemon.read_to_end(&mut told);
+            if told == READY {
+                std::process::exit(0);
+            }
+            bail!("the background process stopped before it was ready (its error is above)");
+        }
+        daemonix::Outcome::Child(detached) => {
+            drop(from_daemon);
+            detached.with_context(|| format!("detaching (pid file {})", pid_file.display()))?;
+            Ok(Detached {
+                to_command: Some(to_command),
+            })
+        }
+    }
+}
