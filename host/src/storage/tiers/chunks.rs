@@ -1,11 +1,14 @@
 //! Large bodies in the L2 tiers: a head record plus fixed-size chunks, so a hit streams
 //! chunk by chunk instead of reading (and holding) the whole body first.
 //!
-//! Head: `[magic "CTH2" (4), key digest (8), written_at ns (8), internal len (4), header len
+//! Head: `[magic "CTH3" (4), key digest (8), written_at ns (8), internal len (4), header len
 //! (4), body len (8), chunk size (4), chunk count (4), internal, header, xxh3 of each chunk (8
-//! each)]`. The key digest ([`TierKey::digest`]) names the key the head was written under, as a
-//! whole record's does: a head copied onto another name is refused. "CTH1", the same without
-//! the digest, is still read from the disk tier (see [`super::record`]).
+//! each), xxh3 of every byte before (8)]`. The key digest ([`TierKey::digest`]) names the key
+//! the head was written under, as a whole record's does: a head copied onto another name is
+//! refused. The last sum covers the head itself (its meta is served, and promoted into L1, as
+//! the chunks are checked): a flipped bit in a header value or a freshness time is found.
+//! "CTH2", the same without that sum, and "CTH1", also without the digest, are still read
+//! from the disk tier, whose entries carry their own checksum (see [`super::record`]).
 //! Chunk `i` is stored under [`TierKey::chunk`]`(written_at, i)` as `[magic "CTC1" (4),
 //! written_at (8), index (4), data]`. A chunk is accepted only when its magic, write,
 //! index, length and checksum all match the head: a chunk of another write, a truncated or
@@ -19,9 +22,13 @@ use super::key::TierKey;
 use bytes::{BufMut, Bytes, BytesMut};
 use xxhash_rust::xxh3::xxh3_64;
 
-pub(crate) const HEAD_MAGIC: &[u8; 4] = b"CTH2";
+pub(crate) const HEAD_MAGIC: &[u8; 4] = b"CTH3";
+/// The version before the head's own sum.
+pub(crate) const UNSUMMED_HEAD_MAGIC: &[u8; 4] = b"CTH2";
 /// The version before the key digest.
 pub(crate) const UNKEYED_HEAD_MAGIC: &[u8; 4] = b"CTH1";
+/// The head's own sum, at its end.
+const HEAD_SUM: usize = 8;
 const CHUNK_MAGIC: &[u8; 4] = b"CTC1";
 const HEAD_FIXED: usize = 4 + 8 + 8 + 4 + 4 + 8 + 4 + 4;
 const CHUNK_FIXED: usize = 4 + 8 + 4;
@@ -126,8 +133,9 @@ pub(crate) fn encode_head(
     written_at: u64,
     hashes: &[u64],
 ) -> Option<Bytes> {
-    let mut out =
-        BytesMut::with_capacity(HEAD_FIXED + internal.len() + header.len() + 8 * hashes.len());
+    let mut out = BytesMut::with_capacity(
+        HEAD_FIXED + internal.len() + header.len() + 8 * hashes.len() + HEAD_SUM,
+    );
     out.put_slice(HEAD_MAGIC);
     out.put_u64(key.digest());
     out.put_u64(written_at);
@@ -141,6 +149,8 @@ pub(crate) fn encode_head(
     for hash in hashes {
         out.put_u64(*hash);
     }
+    let sum = xxh3_64(&out);
+    out.put_u64(sum);
     Some(out.freeze())
 }
 
@@ -151,19 +161,33 @@ pub(crate) struct Head<'a> {
     pub(crate) plan: Plan,
 }
 
-/// Decodes a head, checking that every length adds up. With `digest_of`, a head with the key
-/// digest, which must be that key's; without, a head of the version before it (read only from
-/// a tier that checks each value's key itself), the same with every field 8 bytes earlier.
+/// Decodes a head, checking its sum and that every length adds up. With `digest_of`, a head
+/// with the key digest, which must be that key's ("CTH3", or "CTH2" without the sum: the
+/// caller takes that only from a tier that checks its values itself); without, a head of the
+/// version before the digest, the same with every field 8 bytes earlier.
 pub(crate) fn decode_head<'a>(
     value: &'a [u8],
     digest_of: Option<&TierKey>,
 ) -> Result<Head<'a>, String> {
-    let (magic, shift) = match digest_of {
-        Some(_) => (HEAD_MAGIC, 0),
-        None => (UNKEYED_HEAD_MAGIC, 8),
+    let value = match value.strip_prefix(HEAD_MAGIC) {
+        Some(_) => {
+            let Some(summed_len) = value.len().checked_sub(HEAD_SUM) else {
+                return Err("not a cachet head".into());
+            };
+            let (summed, sum) = value.split_at(summed_len);
+            if xxh3_64(summed).to_be_bytes() != sum {
+                return Err("the head does not match its checksum".into());
+            }
+            summed
+        }
+        None => value,
+    };
+    let (magics, shift): (&[&[u8; 4]], usize) = match digest_of {
+        Some(_) => (&[HEAD_MAGIC, UNSUMMED_HEAD_MAGIC], 0),
+        None => (&[UNKEYED_HEAD_MAGIC], 8),
     };
     let fixed = HEAD_FIXED - shift;
-    if value.len() < fixed || &value[..4] != magic {
+    if value.len() < fixed || !magics.iter().any(|m| value[..4] == m[..]) {
         return Err("not a cachet head".into());
     }
     let u32_at =
@@ -177,7 +201,9 @@ pub(crate) fn decode_head<'a>(
     let body_len = u64_at(28 - shift);
     let (chunk_bytes, count) = (u32_at(36 - shift), u32_at(40 - shift));
     let body_len = usize::try_from(body_len).map_err(|_| "body too long")?;
-    if chunk_bytes == 0 || count > MAX_CHUNKS || body_len.div_ceil(chunk_bytes) != count {
+    // No chunk larger than this version writes: a chunk is read whole before it is checked.
+    let chunk_size_ok = (1..=CHUNK_BYTES).contains(&chunk_bytes);
+    if !chunk_size_ok || count > MAX_CHUNKS || body_len.div_ceil(chunk_bytes) != count {
         return Err(format!(
             "{count} chunks of {chunk_bytes} bytes cannot hold {body_len}"
         ));
@@ -289,6 +315,39 @@ mod tests {
         let (_, other) = stored(&body, 10);
         assert!(plan.verify(1, &other[1]).is_err(), "another write");
         assert!(decode_head(&head[..head.len() - 1], Some(&name("/x"))).is_err());
+    }
+
+    /// The head's meta is served as it is read: a flipped bit in it (a header value, a
+    /// freshness time) is found, not served.
+    #[test]
+    fn an_altered_head_is_refused() {
+        let (head, _) = stored(&body(CHUNK_BYTES + 1), 9);
+        let header_at = HEAD_FIXED + 2;
+        let mut altered = head.to_vec();
+        altered[header_at] ^= 1;
+        let refused = decode_head(&altered, Some(&name("/x"))).err().unwrap();
+        assert!(refused.contains("checksum"), "{refused}");
+    }
+
+    /// A head announcing chunks larger than any this version writes is refused before a chunk
+    /// of that size is read.
+    #[test]
+    fn a_head_announcing_oversized_chunks_is_refused() {
+        let unsummed = |chunk_bytes: u32| {
+            let mut head = BytesMut::new();
+            head.put_slice(UNSUMMED_HEAD_MAGIC);
+            head.put_u64(name("/x").digest());
+            head.put_u64(9);
+            head.put_u32(0);
+            head.put_u32(0);
+            head.put_u64(u64::from(chunk_bytes));
+            head.put_u32(chunk_bytes);
+            head.put_u32(1);
+            head.put_u64(7);
+            head.freeze()
+        };
+        assert!(decode_head(&unsummed(CHUNK_BYTES as u32), Some(&name("/x"))).is_ok());
+        assert!(decode_head(&unsummed(u32::MAX), Some(&name("/x"))).is_err());
     }
 
     #[test]

@@ -123,6 +123,8 @@ pub(crate) fn decode(value: Bytes, key: &TierKey, check: KeyCheck) -> Result<Rec
     // `Some(key)`: the layout with the key digest, which must be `key`'s.
     let digest_of = match magic {
         m if m == chunks::HEAD_MAGIC || m == MAGIC => Some(key),
+        // A head without its own sum: the tier's checksum covers it.
+        m if check == KeyCheck::Tier && m == chunks::UNSUMMED_HEAD_MAGIC => Some(key),
         m if check == KeyCheck::Tier && (m == chunks::UNKEYED_HEAD_MAGIC || m == UNKEYED_MAGIC) => {
             None
         }
@@ -394,6 +396,24 @@ mod tests {
         }
     }
 
+    /// A chunked head of the version without its own sum is read from the disk tier, whose
+    /// entries carry a checksum, and is an outdated miss from Redis.
+    #[test]
+    fn a_head_without_its_own_sum_is_read_only_from_a_tier_that_checks_it() {
+        let (internal, header) = meta().serialize().unwrap();
+        let head = super::chunks::encode_head(&name("/x"), &internal, &header, 1, 1, &[7]).unwrap();
+        // The same head as the version before wrote it: "CTH2", no trailing sum.
+        let mut unsummed = head[..head.len() - 8].to_vec();
+        unsummed[..4].copy_from_slice(chunks::UNSUMMED_HEAD_MAGIC);
+        let unsummed = Bytes::from(unsummed);
+        assert!(decode(head, &name("/x"), KeyCheck::Digest).is_ok());
+        assert!(decode(unsummed.clone(), &name("/x"), KeyCheck::Tier).is_ok());
+        assert_eq!(
+            decode(unsummed, &name("/x"), KeyCheck::Digest).err(),
+            Some(DecodeError::Outdated)
+        );
+    }
+
     #[test]
     fn a_record_of_the_unchecked_format_is_outdated_not_corrupt() {
         // "CTR1": the same fields without the checksum.
@@ -414,7 +434,7 @@ mod tests {
                 Some(DecodeError::Outdated)
             );
             // Newer versions too (nodes mid-upgrade).
-            for magic in [b"CTR4", b"CTH3"] {
+            for magic in [b"CTR4", b"CTH4"] {
                 let mut newer = encode(&meta(), &[], 1).unwrap().to_vec();
                 newer[..4].copy_from_slice(magic);
                 let decoded = decode(Bytes::from(newer), &name("/x"), check);

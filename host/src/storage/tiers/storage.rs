@@ -130,6 +130,17 @@ impl TieredStorage {
                     }
                 },
             };
+            // Opening a large object took two more round trips: a purge meanwhile found
+            // nothing in L1 and only left its mark, which the check above came too early for.
+            if let FoundBody::Chunked { plan, .. } = &body {
+                if !self.apply_purge_marks(&name, &mut found.meta, found.written_at) {
+                    TierCounters::bump(&counters.purged);
+                    TierCounters::bump(&counters.misses);
+                    tier.remove(&name);
+                    tier.remove_chunks(&plan.keys(&name));
+                    continue;
+                }
+            }
             TierCounters::bump(&counters.hits);
             return Some(Found {
                 meta: found.meta,
