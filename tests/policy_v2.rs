@@ -168,6 +168,26 @@ fn the_plugin_picks_a_named_backend_and_an_unknown_name_is_a_fault() {
         .contains("is not one of the tenant's [tenant.backends]"));
 }
 
+/// A plan that fails after its edits were made (here: an unknown backend) falls back with
+/// the client's request: the default upstream was sent the request as rewritten for the
+/// backend the plan named.
+#[test]
+fn a_fault_after_the_edits_forwards_the_clients_request_unedited() {
+    let origin = cacheable_origin("default");
+    let proxy = v2_proxy(&origin, "");
+    let resp = get(&proxy.url("/edit/bad-backend?utm_source=x"));
+    assert_eq!(resp.status, 200, "{}", proxy.log());
+    assert_status_has(&resp, "plugin fault: invalid-output");
+    let seen = origin.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].url, "/edit/bad-backend?utm_source=x");
+    assert_eq!(
+        seen[0].header("x-edited"),
+        None,
+        "no edit of the failed plan"
+    );
+}
+
 #[test]
 fn invalid_request_edits_are_faults_and_reach_no_origin() {
     const BAD: [&str; 4] = ["/bad/crlf", "/bad/framing", "/bad/host", "/bad/path"];

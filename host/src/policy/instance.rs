@@ -117,8 +117,9 @@ impl PolicyInstance {
         store.set_hostcall_fuel(limits.copy_budget());
         let ticker = engine.ticker().clone();
         let ticks = super::ticker::Ticker::ticks(limits.hook_timeout);
-        ticker.arm(ticks);
+        // The store's deadline first, then the ticker's record of it (see `Ticker::arm`).
         store.set_epoch_deadline(ticks);
+        ticker.arm(ticks);
         store.epoch_deadline_trap();
         let instantiated = plugin.pre.instantiate(&mut store).and_then(|bindings| {
             if let Some(tenant) = &configured {
@@ -171,8 +172,8 @@ impl PolicyInstance {
         self.store.data_mut().limiter.refused = false;
         let scoped = LeaveOnDrop(&mut self.store);
         let ticks = super::ticker::Ticker::ticks(timeout);
-        self.ticker.arm(ticks);
         scoped.0.set_epoch_deadline(ticks);
+        self.ticker.arm(ticks);
         let result = hook(&self.bindings, &mut *scoped.0);
         drop(scoped);
         result.map_err(|e| classify(&e, &self.store))
@@ -406,6 +407,10 @@ pub struct RequestOutcome {
     pub verdict: RequestVerdict,
     pub backend: Option<String>,
     pub deliver: bool,
+    /// The request and pending fields as they were before the plugin's edits (only when it
+    /// edited): a fault found after planning (an unknown backend) puts them back, so the
+    /// fallback forwards the client's request, not one rewritten for a plan that failed.
+    pub unedited: Option<Box<(RequestHeader, PendingFields)>>,
 }
 
 impl InstancePool {
@@ -558,23 +563,40 @@ impl InstancePool {
         let _timer = self.request_seconds.start_timer();
         self.with_instance(Hook::Request, |instance, limits| {
             let (plan, given_key) = instance.on_request(limits, request, pending)?;
-            if !matches!(plan.decision, RequestDecision::Respond(_)) && !plan.edits.is_empty() {
-                pending.apply(request);
-                plan.edits
-                    .apply(request)
-                    .map_err(PluginFault::InvalidOutput)?;
-            }
-            let key = match plan.decision {
-                // Given only with a plan that edits nothing: `request` is unchanged.
-                RequestDecision::Cache if given_key.is_some() => given_key,
-                RequestDecision::Cache => Some(instance.cache_key(limits, request, pending)?),
-                _ => None,
+            let edits =
+                !matches!(plan.decision, RequestDecision::Respond(_)) && !plan.edits.is_empty();
+            let unedited = edits.then(|| Box::new((request.clone(), pending.clone())));
+            let mut edit_then_key = || {
+                if edits {
+                    pending.apply(request);
+                    plan.edits
+                        .apply(request)
+                        .map_err(PluginFault::InvalidOutput)?;
+                }
+                match plan.decision {
+                    // Given only with a plan that edits nothing: `request` is unchanged.
+                    RequestDecision::Cache if given_key.is_some() => Ok(given_key.clone()),
+                    RequestDecision::Cache => {
+                        Ok(Some(instance.cache_key(limits, request, pending)?))
+                    }
+                    _ => Ok(None),
+                }
             };
-            Ok(RequestOutcome {
-                verdict: (plan.decision, key),
-                backend: plan.backend,
-                deliver: plan.deliver,
-            })
+            match edit_then_key() {
+                Ok(key) => Ok(RequestOutcome {
+                    verdict: (plan.decision, key),
+                    backend: plan.backend,
+                    deliver: plan.deliver,
+                    unedited,
+                }),
+                // `cache-key` faulted on the edited request: the fallback gets the client's.
+                Err(fault) => {
+                    if let Some(unedited) = unedited {
+                        (*request, *pending) = *unedited;
+                    }
+                    Err(fault)
+                }
+            }
         })
     }
 

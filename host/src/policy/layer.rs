@@ -51,6 +51,7 @@ impl PolicyLayer {
                 verdict: builtin.decide_request(request),
                 backend: None,
                 deliver: false,
+                unedited: None,
             }),
         }
     }

@@ -16,7 +16,7 @@ const MAX_PENDING: usize = 64;
 
 /// Each name at most once, in the order they are to be written. `None`
 /// removes the field.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PendingFields(Vec<(HeaderName, Option<HeaderValue>)>);
 
 impl PendingFields {

@@ -8,8 +8,11 @@
 //!
 //! Why no deadline is missed: the engine's epoch only moves here, first in the engine, then
 //! in [`Ticker::epoch`], so the count read when arming is at most one behind the engine's.
-//! Arming records `count + ticks + 1` in [`Ticker::latest_deadline`], at or past the epoch
-//! at which the store traps. The ticker sleeps only while its count has reached every
+//! A store's deadline is set first (the engine's epoch then, plus `ticks`), then armed:
+//! arming records `count + ticks + 1` in [`Ticker::latest_deadline`], at or past the epoch
+//! at which the store traps, however many ticks came between the two. (Armed first, two
+//! ticks in between put the store's deadline past the record, and the ticker slept short
+//! of it: a looping plugin was never stopped.) The ticker sleeps only while its count has reached every
 //! recorded deadline, and it checks that after saying it sleeps: an arming in between either
 //! is seen by that check or sees it asleep and wakes it (both sides use sequentially
 //! consistent operations on two variables).
@@ -46,8 +49,8 @@ impl Ticker {
         u64::try_from(ticks).unwrap_or(u64::MAX / 2) + 1
     }
 
-    /// Records a deadline `ticks` from now, about to be set in a store, and wakes the ticker
-    /// if it sleeps.
+    /// Records a deadline `ticks` from now, just set in a store, and wakes the ticker if it
+    /// sleeps.
     pub(crate) fn arm(&self, ticks: u64) {
         let deadline = self
             .epoch
@@ -100,6 +103,29 @@ impl Ticker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// However many ticks come between setting a store's deadline and arming it, the
+    /// ticker's record reaches the store's deadline. (The engine's epoch is counted here:
+    /// wasmtime does not show it.)
+    #[test]
+    fn an_armed_deadline_is_at_or_past_the_stores_whatever_ticks_come_between() {
+        let ticker = Ticker::default();
+        let mut engine_epoch = 0;
+        let ticks = 5;
+        // Whole ticks between setting the store's deadline and arming it.
+        let store_deadline = engine_epoch + ticks;
+        for _ in 0..3 {
+            engine_epoch += 1;
+            ticker.epoch.fetch_add(1, SeqCst);
+        }
+        ticker.arm(ticks);
+        assert!(ticker.latest_deadline.load(SeqCst) >= store_deadline);
+        // Armed mid-tick: the engine has moved, the ticker's count not yet.
+        engine_epoch += 1;
+        let store_deadline = engine_epoch + ticks;
+        ticker.arm(ticks);
+        assert!(ticker.latest_deadline.load(SeqCst) >= store_deadline);
+    }
 
     #[test]
     fn it_ticks_only_while_a_deadline_is_pending() {

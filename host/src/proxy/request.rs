@@ -273,7 +273,16 @@ fn plan(
 ) -> std::result::Result<RequestVerdict, PluginFault> {
     let policy = ctx.policy.clone().unwrap_or_else(|| tenant.policy());
     let outcome = policy.plan_request(req, fields)?;
-    ctx.backend = backend_index(tenant, outcome.backend)?;
+    ctx.backend = match backend_index(tenant, outcome.backend) {
+        Ok(backend) => backend,
+        Err(fault) => {
+            // The edits were for that backend: the fallback forwards the client's request.
+            if let Some(unedited) = outcome.unedited {
+                (*req, *fields) = *unedited;
+            }
+            return Err(fault);
+        }
+    };
     ctx.deliver = outcome.deliver;
     Ok(outcome.verdict)
 }
