@@ -872,3 +872,192 @@ fn the_shared_tiers_figures_are_what_redis_holds() {
     let _: () = redis::cmd("FLUSHALL").query(&mut conn).unwrap();
     sees(&a, 0, 0);
 }
+
+/// A TCP relay in front of Redis whose connections made so far can be cut without a word:
+/// their bytes are swallowed both ways and they stay open, as a NAT or firewall that drops an
+/// idle flow leaves them. Connections made after the cut flow normally.
+struct SilentCutRelay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl SilentCutRelay {
+    fn start(redis_port: u16) -> Self {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let flags = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", redis_port)) else {
+                    continue;
+                };
+                let flag = Arc::new(AtomicBool::new(false));
+                flags.lock().unwrap().push(flag.clone());
+                let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                Self::pump(client, server, flag.clone());
+                Self::pump(server2, client2, flag);
+            }
+        });
+        Self { port, cut }
+    }
+
+    fn pump(
+        mut from: std::net::TcpStream,
+        mut to: std::net::TcpStream,
+        cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use std::io::{Read, Write};
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 << 10];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if !cut.load(std::sync::atomic::Ordering::SeqCst)
+                    && to.write_all(&buf[..n]).is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn cut_every_connection(&self) {
+        for flag in self.cut.lock().unwrap().iter() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A node whose purge channel is cut without a word notices (it pings the channel), connects
+/// again and applies the purges it missed: it went on serving purged copies from its memory,
+/// its status saying it was connected.
+#[test]
+fn a_purge_channel_cut_without_a_word_is_noticed_and_its_missed_purges_applied() {
+    let redis = Redis::start(free_port());
+    let relay = SilentCutRelay::start(redis.port);
+    let origin = origin();
+    let a = node(&origin, relay.port);
+    let b = node(&origin, redis.port);
+    assert!(get(&a, "/cut", &[]).cache_status().contains("fwd=miss"));
+    assert!(is_l1_hit(&get(&a, "/cut", &[])));
+
+    relay.cut_every_connection();
+    purge(&b, "/cut", &[]);
+    let cut_at = Instant::now();
+    loop {
+        let resp = get(&a, "/cut", &[]);
+        if !resp.cache_status().contains("; hit") {
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(20),
+            "the purge never reached the node whose channel was cut: {}\n{}",
+            resp.cache_status(),
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("purge applied {:?} after the cut", cut_at.elapsed());
+}
+
+fn redis_conn(redis: &Redis) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    client.get_connection().unwrap()
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A purge set kept full by ordinary traffic (every POST leaves a mark) does not make a node
+/// that reconnects distrust every older copy: it heard those purges, and only one it missed
+/// while cut off could have been dropped from the set. Each reconnect deleted every L2 copy
+/// older than the set's oldest mark, for every tenant, from Redis for all nodes.
+#[test]
+fn a_reconnect_with_a_full_purge_set_keeps_the_copies_it_has_no_reason_to_doubt() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    let writes = shared_stats(&a)["writes"].as_u64().unwrap();
+    assert!(get(&a, "/kept", &[]).cache_status().contains("fwd=miss"));
+    wait_writes(&a, writes + 1);
+
+    // Another tenant's marks, made after the copy was written: the set is full.
+    let mut conn = redis_conn(&redis);
+    let at = now_ns();
+    let mut fill = redis::pipe();
+    for i in 0..65_536u32 {
+        let mark = format!(
+            r#"{{"target":{{"tag":{{"partition":"other","tag":"t{i}"}}}},"at":{at},"soft":false}}"#
+        );
+        fill.cmd("ZADD")
+            .arg("test:purges")
+            .arg(at)
+            .arg(mark)
+            .ignore();
+    }
+    let () = fill.query(&mut conn).unwrap();
+    // Heard from since (each node pings its channel every 5 s), then the channel drops.
+    std::thread::sleep(Duration::from_secs(7));
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut conn)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    wait_connected(&b, true);
+
+    let resp = get(&b, "/kept", &[]);
+    assert!(
+        is_shared_hit(&resp),
+        "{}\n{}",
+        resp.cache_status(),
+        shared_stats(&b)
+    );
+    assert_eq!(origin.hits_for("/kept"), 1);
+}
+
+/// A purge message dated far ahead of the node's clock (a forged one, or one from a node
+/// whose clock jumped) is not applied: it would hide its target's copies until that time,
+/// and the mark was kept on disk across restarts.
+#[test]
+fn a_purge_dated_far_ahead_is_not_applied() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    share(&a, &b, &origin, "/tagged");
+    let ahead = now_ns() + 3_600_000_000_000;
+    let forged = format!(
+        r#"{{"node":"elsewhere","purge":{{"target":{{"tag":{{"partition":"site","tag":"t1"}}}},"at":{ahead},"soft":false}}}}"#
+    );
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("test:purges")
+        .arg(forged)
+        .query(&mut redis_conn(&redis))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(is_l1_hit(&get(&b, "/tagged", &[])), "the copy stays");
+    // A purge dated now is applied, as any purge from another node is.
+    let now = format!(
+        r#"{{"node":"elsewhere","purge":{{"target":{{"tag":{{"partition":"site","tag":"t1"}}}},"at":{},"soft":false}}}}"#,
+        now_ns()
+    );
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("test:purges")
+        .arg(now)
+        .query(&mut redis_conn(&redis))
+        .unwrap();
+    time_until_not_hit(&b, "/tagged");
+}

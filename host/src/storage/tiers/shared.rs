@@ -43,6 +43,16 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach Redis again for the purge channel.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
+/// How long data sent to Redis may go unacknowledged before the kernel drops the connection.
+const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_secs(10);
+/// How often the purge channel is pinged. A connection cut without a word (a NAT or firewall
+/// dropping an idle flow, a Redis host gone) never ends the message stream by itself: the
+/// node went on believing it heard every purge.
+const CHANNEL_PING: Duration = Duration::from_secs(5);
+/// How far ahead of this node's clock a purge read from Redis may be dated: clocks of
+/// nodes differ a little. A mark dated further ahead would hide every copy of its target
+/// until that time (for ever, for a date far away), kept on disk across restarts.
+const MAX_CLOCK_AHEAD_NS: u64 = 60_000_000_000;
 
 /// What travels on the purge channel.
 #[derive(Serialize, Deserialize)]
@@ -223,6 +233,15 @@ impl SharedTier {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
+        // Commands go out at once (Nagle's wait is pure latency for request and answer), and
+        // a connection whose peer stopped acknowledging is dropped by the kernel, so the
+        // client reconnects: a Redis host gone or a flow a firewall dropped otherwise left
+        // every later call to time out on it, for good.
+        info = info.set_tcp_settings(
+            redis::io::tcp::TcpSettings::default()
+                .set_nodelay(true)
+                .set_user_timeout(UNACKNOWLEDGED_LIMIT),
+        );
         let client = client(info, config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.op_timeout.max(Duration::from_millis(100))))
@@ -267,7 +286,6 @@ impl SharedTier {
         ));
         runtime.spawn(subscribe(
             client,
-            tier.conn.clone(),
             tier.channel(),
             tier.node.clone(),
             remote,
@@ -517,20 +535,19 @@ fn client(info: redis::ConnectionInfo, config: &SharedTierConfig) -> anyhow::Res
 /// (re)connection it first reads the kept marks, so purges made while it was cut off apply.
 async fn subscribe(
     client: redis::Client,
-    conn: Conn,
     channel: String,
     node: String,
     remote: RemotePurges,
     subscribed: Arc<AtomicBool>,
 ) {
-    // Purges newer than this reached Redis while this node was not listening.
+    // Purges newer than this reached Redis while this node was not listening (set by
+    // `listen` when it loses the channel; unset while the node never listened).
     let mut missed_since: Option<u64> = None;
     // Each different failure is logged once (a down Redis would flood the log otherwise).
     let mut last_error = String::new();
     loop {
         let listened = listen(
             &client,
-            &conn,
             &channel,
             &node,
             &remote,
@@ -549,59 +566,112 @@ async fn subscribe(
             tracing::warn!("shared tier: lost the purge channel; reconnecting");
             last_error.clear();
         }
-        missed_since.get_or_insert_with(super::record::now_ns);
+        // `missed_since` stays unset until the node first listened: before, it may have
+        // missed anything (see `listen`).
         tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
     }
 }
 
 async fn listen(
     client: &redis::Client,
-    conn: &Conn,
     channel: &str,
     node: &str,
     remote: &RemotePurges,
     subscribed: &AtomicBool,
     missed_since: &mut Option<u64>,
 ) -> Result<(), String> {
-    let mut pubsub = tokio::time::timeout(PURGE_TIMEOUT, client.get_async_pubsub())
+    let within =
+        |what: &'static str| move |_| format!("{what}: no answer within {PURGE_TIMEOUT:?}");
+    let pubsub = tokio::time::timeout(PURGE_TIMEOUT, client.get_async_pubsub())
         .await
-        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(within("connecting"))?
         .map_err(|e| e.to_string())?;
-    pubsub.subscribe(channel).await.map_err(|e| e.to_string())?;
-    // Subscribed first, then read the kept marks: nothing falls between the two.
-    let mut cmd = redis::pipe();
-    cmd.cmd("ZRANGE").arg(channel).arg(0).arg(-1);
-    let (kept,): (Vec<String>,) = conn.run(PURGE_TIMEOUT, cmd).await?;
+    let (mut sink, mut messages) = pubsub.split();
+    tokio::time::timeout(PURGE_TIMEOUT, sink.subscribe(channel))
+        .await
+        .map_err(within("subscribing"))?
+        .map_err(|e| e.to_string())?;
+    // Subscribed first, then read the kept marks: nothing falls between the two. On a
+    // connection of its own: the shared one may be what went silent with the channel.
+    let reading = async {
+        let mut fresh = client.get_multiplexed_async_connection().await?;
+        redis::cmd("ZRANGE")
+            .arg(channel)
+            .arg(0)
+            .arg(-1)
+            .query_async::<Vec<String>>(&mut fresh)
+            .await
+    };
+    let kept = tokio::time::timeout(PURGE_TIMEOUT, reading)
+        .await
+        .map_err(within("reading the kept purges"))?
+        .map_err(|e| e.to_string())?;
+    let now = super::record::now_ns();
     let marks: Vec<Purge> = kept
         .iter()
         .filter_map(|m| serde_json::from_str::<Purge>(m).ok())
+        .filter(|m| plausible(m, now))
         .collect();
-    // A full set was cut to its newest marks, oldest first: what was cut is at most as
-    // recent as the first one kept.
+    // Marks shadow L2 copies; only purges this node missed also touch its L1.
+    let missed_from = missed_since.map(|since| since.saturating_sub(1_000_000_000));
+    // A full set was cut to its newest marks, oldest first: what was cut is at most as recent
+    // as the first one kept. Only cut marks this node may not have heard matter: any, when it
+    // starts; after a lost connection, only if the cut reaches past the moment it was lost
+    // (a set kept full by ordinary traffic otherwise made every reconnect distrust, and
+    // delete, every L2 copy older than its oldest mark, for every tenant).
     if let (true, Some(oldest)) = (kept.len() >= MAX_MARKS, marks.first()) {
-        remote.marks.forget_before(oldest.at);
+        if missed_from.is_none_or(|from| oldest.at > from) {
+            remote.marks.forget_before(oldest.at);
+        }
     }
     for mark in &marks {
-        // Marks shadow L2 copies; only purges this node missed also touch its L1.
-        match *missed_since {
-            Some(since) if mark.at >= since.saturating_sub(1_000_000_000) => remote.apply(mark),
+        match missed_from {
+            Some(from) if mark.at >= from => remote.apply(mark),
             _ => remote.keep(mark),
         }
     }
     *missed_since = None;
     subscribed.store(true, Relaxed);
     tracing::info!("shared tier: listening for purges on {channel}");
-    let mut messages = pubsub.into_on_message();
-    while let Some(message) = messages.next().await {
-        let Ok(payload) = message.get_payload::<String>() else {
-            continue;
-        };
-        let Ok(message) = serde_json::from_str::<Message>(&payload) else {
-            continue;
-        };
-        if message.node != node {
-            remote.apply(&message.purge);
+    // When the channel last showed it was alive: if it dies, purges from then on were missed.
+    let mut heard = super::record::now_ns();
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + CHANNEL_PING, CHANNEL_PING);
+    let lost = loop {
+        tokio::select! {
+            message = messages.next() => {
+                let Some(message) = message else {
+                    break "connection closed".to_owned();
+                };
+                heard = super::record::now_ns();
+                let Ok(payload) = message.get_payload::<String>() else {
+                    continue;
+                };
+                let Ok(message) = serde_json::from_str::<Message>(&payload) else {
+                    continue;
+                };
+                if message.node != node && plausible(&message.purge, super::record::now_ns()) {
+                    remote.apply(&message.purge);
+                }
+            }
+            _ = ping.tick() => {
+                match tokio::time::timeout(PURGE_TIMEOUT, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => heard = super::record::now_ns(),
+                    Ok(Err(e)) => break format!("ping: {e}"),
+                    Err(elapsed) => break within("ping")(elapsed),
+                }
+            }
         }
-    }
-    Err("connection closed".into())
+    };
+    *missed_since = Some(heard);
+    Err(lost)
+}
+
+/// Whether a purge read from Redis is one a node makes: dated no further ahead than clocks
+/// differ, and of a key or a tag (a whole partition's floor is only ever made locally, from
+/// marks this node dropped). Anyone who can write to Redis can publish; a node whose clock
+/// jumped ahead can too.
+fn plausible(purge: &Purge, now: u64) -> bool {
+    purge.at <= now.saturating_add(MAX_CLOCK_AHEAD_NS)
+        && !matches!(purge.target, Target::Partition(_))
 }
