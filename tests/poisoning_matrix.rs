@@ -656,6 +656,13 @@ fn no_request_is_served_an_answer_the_origin_gives_another() {
     );
 }
 
+/// Whether B is a hit once A's fill has surely finished: the entry is completed after A's
+/// last body bytes went out, so on a loaded machine B, sent at once, can come first.
+fn shared_soon(setup: &Setup, pair: &Pair, tenant: &str, run: Transport) -> bool {
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    setup.send(&pair.b, tenant, run).2.contains("hit")
+}
+
 /// Every pair under every plugin and protocol in one forwarding mode: the
 /// failures, described.
 fn hunt(mode: &str, origin: &Origin, ca: &TestCa, pairs: &[Pair]) -> Vec<String> {
@@ -683,7 +690,10 @@ fn hunt(mode: &str, origin: &Origin, ca: &TestCa, pairs: &[Pair]) -> Vec<String>
                         pair.a, pair.b, first.0, first.2, first.1, alone.0, alone.2, alone.1,
                         after.0, after.2, after.1
                     ));
-                } else if pair.shared && !after.2.contains("hit") {
+                } else if pair.shared
+                    && !after.2.contains("hit")
+                    && !shared_soon(&setup, pair, tenant, run)
+                {
                     failures.push(format!(
                         "{case}: a control pair did not share an entry (B: {} {})",
                         after.0, after.2
