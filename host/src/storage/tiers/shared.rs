@@ -43,6 +43,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach Redis again for the purge channel.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
+/// The most of one value a lookup reads: a whole record's body is at most
+/// [`super::chunks::SINGLE_MAX`] (larger ones are chunked), and a response head is far below
+/// the rest.
+const MAX_VALUE_READ: usize = super::chunks::SINGLE_MAX + (2 << 20);
 /// How long data sent to Redis may go unacknowledged before the kernel drops the connection.
 const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_secs(10);
 /// How often the purge channel is pinged. A connection cut without a word (a NAT or firewall
@@ -301,12 +305,15 @@ impl SharedTier {
         name
     }
 
-    /// `GET` of an object or a chunk, within `limit`, on this thread's lookup connection.
+    /// An object or a chunk, within `limit`, on this thread's lookup connection. At most
+    /// [`MAX_VALUE_READ`] bytes of it: a longer value is no record cachet wrote (it fails its
+    /// length check and is removed), and read whole it could cost hundreds of megabytes per
+    /// lookup. (`GETRANGE` answers a missing name with an empty value, never a record.)
     async fn read(&self, key: &TierKey, limit: Duration) -> Result<Option<Bytes>, String> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.object_key(key));
-        let value: Option<Vec<u8>> = self.lookup_conn().run(limit, cmd).await?;
-        Ok(value.map(Bytes::from))
+        let mut cmd = redis::cmd("GETRANGE");
+        cmd.arg(self.object_key(key)).arg(0).arg(MAX_VALUE_READ - 1);
+        let value: Vec<u8> = self.lookup_conn().run(limit, cmd).await?;
+        Ok((!value.is_empty()).then(|| Bytes::from(value)))
     }
 
     fn channel(&self) -> String {

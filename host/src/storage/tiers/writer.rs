@@ -23,9 +23,11 @@ const QUEUE_JOBS: usize = 1024;
 /// Bytes waiting at most: the queue holds whole bodies.
 const QUEUE_BYTES: usize = 64 << 20;
 
-/// Chunks outlive their head by this much in a tier that expires values (the head is written
-/// last, and must never point at chunks that expired first).
-const CHUNK_GRACE: Duration = Duration::from_secs(5);
+/// Chunks outlive their head by this much in a tier that expires values: a response that
+/// starts with the head's last moment still streams every chunk (a 64 MiB body read at
+/// 1 MB/s takes a minute). With a few seconds, such responses were cut off mid-body, and the
+/// object counted corrupt and removed.
+const CHUNK_GRACE: Duration = Duration::from_secs(300);
 
 /// One object to store in every tier it fits.
 pub(crate) struct Job {
@@ -179,6 +181,7 @@ async fn store(tier: &Arc<dyn Tier>, purges: &PurgeLog, job: &Job) {
     // Stored uncompressed, so a hit does not pay for zstd (pingora compressed the head).
     let reframed = head_frame::uncompressed(&job.header, job.reason.as_deref());
     let header = reframed.as_deref().unwrap_or(&job.header);
+    let started = std::time::Instant::now();
     let head = if job.body_len() <= chunks::SINGLE_MAX {
         record::encode_parts(&job.key, &job.internal, header, &job.body, job.written_at)
     } else {
@@ -187,8 +190,17 @@ async fn store(tier: &Arc<dyn Tier>, purges: &PurgeLog, job: &Job) {
     let Some(head) = head else {
         return;
     };
+    // The chunks took a while (up to a second each): a purge meanwhile wins, and the head
+    // lives no longer than the object would have from the fill, so never past its chunks.
+    if purges.verdict(&job.key, &job.tags, job.written_at) == Verdict::Gone {
+        return;
+    }
+    let lifetime = job.lifetime.saturating_sub(started.elapsed());
+    if lifetime.is_zero() {
+        return;
+    }
     let counters = tier.counters();
-    match tier.put(&job.key, head, job.lifetime).await {
+    match tier.put(&job.key, head, lifetime).await {
         Ok(()) => {
             TierCounters::bump(&counters.writes);
             counters.written_bytes.fetch_add(size as u64, Relaxed);

@@ -49,7 +49,14 @@ impl Header {
         let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let key_len = word(8) as usize;
         let value_len = word(12) as usize;
-        if key_len == 0 || key_len > MAX_KEY || (kind == Kind::Tombstone && value_len != 0) {
+        // No entry is larger than a segment: a length past that is damage (or a foreign
+        // file), never a read of that size.
+        let too_long = key_len + value_len > super::MAX_SEGMENT;
+        if key_len == 0
+            || key_len > MAX_KEY
+            || too_long
+            || (kind == Kind::Tombstone && value_len != 0)
+        {
             return None;
         }
         Some(Self {
@@ -170,6 +177,20 @@ mod tests {
         let mut empty_key = encode(Kind::Value, b"k", b"v");
         empty_key[8..12].copy_from_slice(&0u32.to_le_bytes());
         assert!(Header::parse(&empty_key).is_none());
+    }
+
+    /// A header announcing more than a segment holds (a foreign or damaged file) is refused
+    /// before anything of that size is read.
+    #[test]
+    fn a_header_announcing_more_than_a_segment_is_refused() {
+        let mut entry = encode(Kind::Value, b"key", b"v");
+        let fits = (super::super::MAX_SEGMENT - 3) as u32;
+        entry[12..16].copy_from_slice(&fits.to_le_bytes());
+        assert!(Header::parse(&entry).is_some());
+        entry[12..16].copy_from_slice(&(fits + 1).to_le_bytes());
+        assert!(Header::parse(&entry).is_none());
+        entry[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Header::parse(&entry).is_none());
     }
 
     #[test]
