@@ -893,6 +893,51 @@ fn one_turn_site_and_other(origin: &HoldingOrigin) -> Proxy {
     )
 }
 
+/// A reload refused by a later tenant leaves a running tenant's origin limit as it was: the
+/// raised limit of the refused config was added to the turns the running version still used
+/// (and again on each refused attempt), while its status kept the old limit.
+#[test]
+fn a_refused_reload_does_not_raise_a_running_tenants_origin_limit() {
+    let origin = HoldingOrigin::start(Duration::from_millis(1500));
+    let plugins = tempfile::tempdir().unwrap();
+    let other_plugin = plugins.path().join("other.wasm");
+    std::fs::copy(plugin("standard"), &other_plugin).unwrap();
+    std::fs::write(plugins.path().join("broken.wasm"), b"not a component").unwrap();
+    let proxy = Proxy::start(
+        "",
+        &[
+            TenantSpec::new("site", origin.addr, &plugin("standard"))
+                .hosts(&["site.test"])
+                .extra("[tenant.origin]\nmax_connections = 1\nqueue_timeout = \"200ms\""),
+            TenantSpec::new("other", origin.addr, &other_plugin).hosts(&["other.test"]),
+        ],
+    );
+    let config = proxy.dir.path().join("cachet.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let refused = original
+        .replace("max_connections = 1", "max_connections = 5")
+        .replace("other.wasm", "broken.wasm");
+    assert_ne!(refused, original);
+    std::fs::write(&config, refused).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.status()["config"]["last_refusal"]["reason"].is_null() {
+        assert!(Instant::now() < deadline, "the config was not refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let paths: Vec<String> = (0..3).map(|i| format!("/after-refusal/{i}")).collect();
+    let statuses: Vec<u16> = concurrent_gets(&proxy, &paths, "site.test")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "one turn at the origin, as configured before the refused change: {statuses:?}"
+    );
+    assert_eq!(origin.most_at_once.load(Ordering::SeqCst), 1);
+}
+
 #[test]
 fn a_miss_that_finds_no_turn_within_queue_timeout_is_a_503_and_other_tenants_go_on() {
     let origin = HoldingOrigin::start(Duration::from_millis(1500));

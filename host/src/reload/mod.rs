@@ -406,13 +406,26 @@ impl Reloader {
         warn_uncovered_hosts(&new, &certificates);
         if tenants_changed {
             let router = self.state.router.load_full();
-            let mut tenants = Vec::with_capacity(new.tenants.len());
+            let mut built = Vec::with_capacity(new.tenants.len());
             for tenant in &new.tenants {
                 match self.rebuild_tenant(&router, tenant) {
-                    Ok(t) => tenants.push(Arc::new(t)),
+                    Ok(t) => built.push(t),
                     Err(e) => return Outcome::Refused(format!("{e:#}")),
                 }
             }
+            // Only once every tenant is built: taking over touches what the running version
+            // holds (a raised origin limit adds turns to the semaphore it still uses), and a
+            // config refused by a later tenant must leave the running ones as they were.
+            let tenants = built
+                .into_iter()
+                .map(|mut tenant| {
+                    let running = router.tenants().iter().find(|t| t.name() == tenant.name());
+                    if let Some(old) = running {
+                        tenant.upstream.inherit(&old.upstream);
+                    }
+                    Arc::new(tenant)
+                })
+                .collect();
             self.state
                 .router
                 .store(Arc::new(TenantRouter::new(tenants)));
@@ -428,18 +441,15 @@ impl Reloader {
 
     /// The new version of one tenant: its running plugin is reused when the
     /// file is unchanged, so editing a host list recompiles nothing. A promoted shadow stays
-    /// live while the config names the same plugin and shadow files.
+    /// live while the config names the same plugin and shadow files. (It takes over the
+    /// running version's origin turns once the whole config is built: see `apply_config`.)
     fn rebuild_tenant(
         &self,
         router: &TenantRouter,
         config: &TenantConfig,
     ) -> anyhow::Result<Tenant> {
         let running = router.tenants().iter().find(|t| t.name() == config.name);
-        let mut tenant = self.tenant_version(running.map(|t| &**t), config)?;
-        if let Some(old) = running {
-            tenant.upstream.inherit(&old.upstream);
-        }
-        Ok(tenant)
+        self.tenant_version(running.map(|t| &**t), config)
     }
 
     /// [`Self::rebuild_tenant`]'s tenant, before it takes over what the running one
