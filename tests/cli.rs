@@ -345,6 +345,15 @@ fn sizes_ports_and_mistyped_values_are_refused_with_the_full_key() {
             "tenant.origin.max_connections",
             "between 1 and",
         ),
+        // The old millisecond form is bounded as the text form is.
+        (
+            "",
+            "127.0.0.1:1",
+            "hook_timeout_ms = 1000000000000",
+            14,
+            "tenant.limits.hook_timeout_ms",
+            "maximum of 7 days",
+        ),
     ];
     for (cache, upstream, limits, line, key, why) in refused {
         let (ok, out) = write(cache, upstream, limits);
@@ -352,6 +361,20 @@ fn sizes_ports_and_mistyped_values_are_refused_with_the_full_key() {
         assert!(out.contains(&format!("cachet.toml:{line}")), "{out}");
         assert!(out.contains(&format!("`{key}`")), "{out}");
         assert!(out.contains(why), "{out}");
+    }
+    // A host of dots is refused, not read as another: `"*."` had become the catch-all `"*"`.
+    for hosts in ["\"*.\"", "\"shop.test..\""] {
+        let (ok, _) = write("", "127.0.0.1:1", "");
+        assert!(ok);
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            text.replace("hosts = [\"*\"]", &format!("hosts = [{hosts}]")),
+        )
+        .unwrap();
+        let (ok, out) = run(&["validate", "--config", config.to_str().unwrap()]);
+        assert!(!ok, "{hosts}: {out}");
+        assert!(out.contains("`tenant.hosts`"), "{out}");
     }
     // Limits the plugin cannot start within would fault every request: refused at load.
     let (ok, out) = write("", "127.0.0.1:1", "memory = \"1KiB\"");

@@ -448,12 +448,13 @@ pub struct ShadowConfig {
 
 /// Reads and validates a configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: None,
-        key: None,
-        message: format!("cannot read: {e}"),
-    })?;
+    let text =
+        crate::file_read::read_text(path, crate::file_read::TEXT_MAX).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
     parse(path, &text)
 }
 
@@ -517,13 +518,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             (Some(token), None) => Some(token.get_ref().clone()),
             (None, Some(file)) => {
                 let path = base.join(file.get_ref());
-                let token = std::fs::read_to_string(&path).map_err(|e| {
-                    located.at(
-                        file.span(),
-                        "server.admin_token_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
+                let token = crate::file_read::read_text(&path, crate::file_read::TEXT_MAX)
+                    .map_err(|e| {
+                        located.at(
+                            file.span(),
+                            "server.admin_token_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        )
+                    })?;
                 Some(token.trim().to_owned())
             }
             (None, None) => None,
@@ -853,6 +855,11 @@ impl Locator<'_> {
                 format!("set {key} or {key}_ms, not both"),
             )),
             (Some(text), None) => Ok(Some((self.duration(key, text)?, text.span()))),
+            (None, Some(ms)) if *ms.get_ref() > MAX_MS => Err(self.at(
+                ms.span(),
+                &format!("{key}_ms"),
+                format!("{} is longer than the maximum of 7 days", ms.get_ref()),
+            )),
             (None, Some(ms)) => Ok(Some((Duration::from_millis(*ms.get_ref()), ms.span()))),
             (None, None) => Ok(None),
         }
@@ -953,8 +960,7 @@ impl Locator<'_> {
             .hosts
             .get_ref()
             .iter()
-            // A fully qualified name's final dot names the same host.
-            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .map(|h| without_final_dot(h.trim()).to_ascii_lowercase())
             .collect();
         if hosts.is_empty() || hosts.iter().any(String::is_empty) {
             return Err(self.at(
@@ -1112,5 +1118,18 @@ impl Locator<'_> {
             plugin_config: t.plugin_config,
             origin: self.origin(&t.origin)?,
         })
+    }
+}
+
+/// The longest `_ms` duration, as the text form's: 7 days.
+const MAX_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// A fully qualified name's one final dot names the same host (`shop.test.`). Only one, and
+/// not the dot of `*.`: `"*."` and `"shop.test.."` stay as written and are refused, where
+/// stripping every dot turned `"*."` into the catch-all `"*"`.
+fn without_final_dot(host: &str) -> &str {
+    match host.strip_suffix('.') {
+        Some(name) if name != "*" && !name.ends_with('.') => name,
+        _ => host,
     }
 }

@@ -13,6 +13,7 @@ pub mod connection;
 pub mod daemon;
 mod demo_origin;
 pub mod descriptors;
+pub mod file_read;
 pub mod front;
 pub mod log_writer;
 pub mod metrics;

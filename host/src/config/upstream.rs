@@ -347,7 +347,7 @@ impl Locator<'_> {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::CertificateDer;
         let path = base.join(value.get_ref());
-        let pem = std::fs::read(&path).map_err(|e| {
+        let pem = crate::file_read::read(&path, crate::file_read::TEXT_MAX).map_err(|e| {
             self.at(
                 value.span(),
                 key,

@@ -120,7 +120,7 @@ impl LoadedPlugin {
         path: &Path,
         cache: Option<&ArtifactCache>,
     ) -> anyhow::Result<Self> {
-        let bytes = std::fs::read(path)
+        let bytes = crate::file_read::read(path, crate::file_read::PLUGIN_MAX)
             .map_err(|e| anyhow::anyhow!("cannot read plugin {}: {e}", path.display()))?;
         Self::from_bytes(engine, path, &bytes, cache)
     }

@@ -181,7 +181,7 @@ impl Reloader {
             return Outcome::Unchanged;
         };
         let path = &config.plugin;
-        let bytes = match std::fs::read(path) {
+        let bytes = match crate::file_read::read(path, crate::file_read::PLUGIN_MAX) {
             Ok(bytes) => bytes,
             Err(e) => {
                 let reason = format!(
@@ -229,7 +229,7 @@ impl Reloader {
         };
         let plugin = shadow.plugin().clone();
         let path = plugin.info.path.clone();
-        let sha256 = match std::fs::read(&path) {
+        let sha256 = match crate::file_read::read(&path, crate::file_read::PLUGIN_MAX) {
             Ok(bytes) => hex::encode(Sha256::digest(&bytes)),
             Err(e) => {
                 let reason = format!("promote: cannot read {}: {e}", path.display());
@@ -271,7 +271,7 @@ impl Reloader {
     fn reload_tenant_plugin(&self, tenant: &Tenant) -> Outcome {
         let path = tenant.live_plugin_path();
         let started = Instant::now();
-        let bytes = match std::fs::read(path) {
+        let bytes = match crate::file_read::read(path, crate::file_read::PLUGIN_MAX) {
             Ok(bytes) => bytes,
             Err(e) => {
                 // Deleted or unreadable: keep serving the last good version.
@@ -490,7 +490,7 @@ impl Reloader {
         if let (Some(builtin), false) = (config.builtin, promoted) {
             return Ok(history(PolicySource::Builtin(builtin), generation));
         }
-        let bytes = std::fs::read(live_path)
+        let bytes = crate::file_read::read(live_path, crate::file_read::PLUGIN_MAX)
             .map_err(|e| refused(anyhow::anyhow!("cannot read {}: {e}", live_path.display())))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if let Some(plugin) = running.and_then(|old| old.policy().plugin().cloned()) {
@@ -520,12 +520,13 @@ impl Reloader {
         };
         let refused =
             |e| crate::server::plugin_refused(&shadow.plugin_at, &config.name, "shadow plugin", e);
-        let bytes = std::fs::read(&shadow.plugin).map_err(|e| {
-            refused(anyhow::anyhow!(
-                "cannot read {}: {e}",
-                shadow.plugin.display()
-            ))
-        })?;
+        let bytes =
+            crate::file_read::read(&shadow.plugin, crate::file_read::PLUGIN_MAX).map_err(|e| {
+                refused(anyhow::anyhow!(
+                    "cannot read {}: {e}",
+                    shadow.plugin.display()
+                ))
+            })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let previous = running
             .and_then(Tenant::shadow)

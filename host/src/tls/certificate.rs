@@ -73,7 +73,8 @@ pub(super) struct PairBytes {
 impl PairBytes {
     pub(super) fn read(paths: &CertPaths) -> Result<Self, PairError> {
         let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+            crate::file_read::read(path, crate::file_read::TEXT_MAX)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
         };
         Ok(Self {
             cert: read(&paths.cert).map_err(PairError::cert)?,
