@@ -802,6 +802,30 @@ fn a_rotated_admin_token_file_takes_effect_at_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(status_with("first-token"), 401);
+
+    // The config names another file holding the same token: that file is the one watched
+    // from now on (the change was taken as none, and the old file stayed the watched one).
+    let moved = secrets.path().join("moved.txt");
+    std::fs::write(&moved, "second-token\n").unwrap();
+    let config = proxy.dir.path().join("cachet.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let token_line = format!("{:?}", token_file.display().to_string());
+    assert!(text.contains(&token_line));
+    let switched = text.replace(&token_line, &format!("{:?}", moved.display().to_string()));
+    std::fs::write(&config, switched).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let aside = secrets.path().join("moved.new");
+    std::fs::write(&aside, "third-token\n").unwrap();
+    std::fs::rename(&aside, &moved).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_with("third-token") != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "a rotation of the newly named token file was not taken\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A reload that leaves the plugin unable to start within its tenant's new limits would

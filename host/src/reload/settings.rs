@@ -202,6 +202,12 @@ pub(super) fn live_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     let (oc, nc) = (&old.cache, &new.cache);
     [
         ("server.admin_token", o.admin_token != n.admin_token),
+        // The same token from another file: the new file is the one watched for rotations
+        // from now on (kept as unchanged, the old file stayed watched and the new one not).
+        (
+            "server.admin_token_file",
+            o.admin_token_file != n.admin_token_file,
+        ),
         ("server.access_log", o.access_log != n.access_log),
         (
             "server.shutdown_grace",
