@@ -919,3 +919,35 @@ fn a_reload_cannot_drop_the_token_of_an_admin_listener_that_stays_exposed() {
     assert_eq!(with_token, 200, "{}", log());
     assert!(log().contains("stays on 0.0.0.0"), "{}", log());
 }
+
+/// A comment added above the tenants changes no tenant: nothing is rebuilt (a config
+/// compared as text, line numbers included, rebuilt every tenant, and a plugin file of one
+/// that had been refused refused the unrelated edit).
+#[test]
+fn a_comment_above_the_tenants_changes_no_tenant() {
+    let origin = Origin::start(|_| Reply::ok("ok"));
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let applied = || {
+        let metrics = support::client::send("GET", &proxy.admin_url("/metrics"), &[]).text();
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("cachet_reloads_total") && l.contains("result=\"config-applied\"")
+            })
+            .map_or(0.0, |l| {
+                l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+            })
+    };
+    let before = applied();
+    let config = proxy.dir.path().join("cachet.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("# moved every line down\n\n{text}")).unwrap();
+    let reload = ureq::post(&proxy.admin_url("/reload")).call().unwrap();
+    assert_eq!(reload.status(), 200);
+    // The watcher may have looked too: neither found anything to apply.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(applied(), before, "{}", proxy.log());
+}

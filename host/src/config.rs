@@ -387,7 +387,7 @@ pub struct CacheConfig {
     pub shared: Option<SharedTierConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
     pub name: String,
     pub hosts: Vec<String>,

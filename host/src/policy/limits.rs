@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Limits applied to every instance of one tenant's plugin.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginLimits {
     /// Maximum linear memory of the guest, in bytes.
     pub memory_bytes: usize,

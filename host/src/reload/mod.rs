@@ -570,9 +570,23 @@ impl Reloader {
     }
 }
 
-/// What identifies a tenant's configuration (all of it).
-fn tenant_fingerprint(t: &TenantConfig) -> String {
-    format!("{t:?}")
+/// A tenant's configuration as far as a change of it matters: every setting, compared as
+/// the config types compare them (where a key is written is not a setting), without the
+/// addresses names had when the file was read (the running tenant looks its names up again
+/// itself). Compared as text, a comment added above a tenant or a name answering with
+/// rotating addresses was a change of every tenant: all rebuilt, warm instances lost, and a
+/// refused plugin file of one tenant refusing an unrelated edit.
+fn tenant_fingerprint(t: &TenantConfig) -> TenantConfig {
+    let mut t = t.clone();
+    t.upstream = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let targets = t
+        .upstreams
+        .iter_mut()
+        .chain(t.backends.iter_mut().map(|(_, b)| b));
+    for target in targets {
+        target.addrs.clear();
+    }
+    t
 }
 
 /// Two paths name the same file (watch events carry absolute paths, the
