@@ -960,7 +960,10 @@ impl Locator<'_> {
             .hosts
             .get_ref()
             .iter()
-            .map(|h| without_final_dot(h.trim()).to_ascii_lowercase())
+            .map(|h| {
+                let host = without_final_dot(h.trim()).to_ascii_lowercase();
+                crate::tenant::canonical_host(&host).into_owned()
+            })
             .collect();
         if hosts.is_empty() || hosts.iter().any(String::is_empty) {
             return Err(self.at(

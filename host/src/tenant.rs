@@ -232,6 +232,8 @@ impl TenantRouter {
     pub fn route(&self, host: &str) -> Option<&Arc<Tenant>> {
         let name = strip_port(host);
         let name = name.strip_suffix('.').unwrap_or(name);
+        let name = canonical_host(name);
+        let name = name.as_ref();
         if let Some(t) = self.exact.get(name) {
             return Some(t);
         }
@@ -268,6 +270,17 @@ pub fn is_host_pattern(pattern: &str) -> bool {
         })
 }
 
+/// One spelling per host: an IPv6 literal in its shortest form (`[0::1]` is `[::1]`), as
+/// the config's hosts are kept, so two tenants cannot claim one address under two spellings
+/// and a request reaches the tenant however its client wrote the address.
+pub fn canonical_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    match literal.and_then(|l| l.parse::<std::net::Ipv6Addr>().ok()) {
+        Some(address) => format!("[{address}]").into(),
+        None => host.into(),
+    }
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // IPv6 literal: keep the brackets, drop what follows "]".
@@ -282,7 +295,7 @@ fn strip_port(host: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_host_pattern, strip_port};
+    use super::{canonical_host, is_host_pattern, strip_port};
 
     #[test]
     fn host_patterns_are_names_wildcards_over_names_or_the_catch_all() {
@@ -312,6 +325,14 @@ mod tests {
         ] {
             assert!(!is_host_pattern(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_ipv6_literal_has_one_spelling() {
+        assert_eq!(canonical_host("[0:0::1]"), "[::1]");
+        assert_eq!(canonical_host("[0:0:0:0:0:0:0:A]"), "[::a]");
+        assert_eq!(canonical_host("shop.test"), "shop.test");
+        assert_eq!(canonical_host("[not-an-address]"), "[not-an-address]");
     }
 
     #[test]
