@@ -951,3 +951,38 @@ fn a_comment_above_the_tenants_changes_no_tenant() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(applied(), before, "{}", proxy.log());
 }
+
+/// A config that names a plugin not there yet is refused, and tried again when the plugin
+/// arrives: deployed config first, artifacts second, it stayed refused until touched again.
+#[test]
+fn a_config_refused_for_a_missing_plugin_applies_when_the_plugin_arrives() {
+    let a = Origin::start(|_| Reply::ok("from a"));
+    let b = Origin::start(|_| Reply::ok("from b"));
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("a", a.addr, &plugin("standard")).hosts(&["a.test"])],
+    );
+    let config = proxy.dir.path().join("cachet.toml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let arriving = proxy.dir.path().join("b.wasm");
+    let standard = format!("{:?}", plugin("standard").display().to_string());
+    let with_b = with_tenant_b(&original, &b);
+    let (head, tail) = with_b.split_at(original.len());
+    let with_b = format!(
+        "{head}{}",
+        tail.replace(&standard, &format!("{:?}", arriving.display().to_string()))
+    );
+    std::fs::write(&config, with_b).unwrap();
+    let refusal = config_refusal(&proxy);
+    assert!(refusal.contains("b.wasm"), "{refusal}");
+
+    install(&plugin("standard"), &arriving);
+    let url = proxy.url("/x");
+    eventually("tenant b serves once its plugin arrived", || {
+        support::client::send("GET", &url, &[("Host", "b.test")]).status == 200
+    });
+    assert_eq!(
+        support::client::send("GET", &url, &[("Host", "b.test")]).text(),
+        "from b"
+    );
+}

@@ -31,6 +31,8 @@ pub struct ConfigError {
     pub line: Option<usize>,
     pub key: Option<String>,
     pub message: String,
+    /// A file the config names that is not there (yet): its arrival retries the config.
+    pub missing_file: Option<PathBuf>,
 }
 
 impl fmt::Display for ConfigError {
@@ -66,6 +68,7 @@ impl KeyPlace {
             line: self.line,
             key: Some(self.key.clone()),
             message: problem.to_string(),
+            missing_file: None,
         }
     }
 }
@@ -454,6 +457,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             line: None,
             key: None,
             message: format!("cannot read: {e}"),
+            missing_file: None,
         })?;
     parse(path, &text)
 }
@@ -611,6 +615,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 line: None,
                 key: Some(second.into()),
                 message,
+                missing_file: None,
             },
         });
     }
@@ -625,6 +630,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             line,
             key: Some("server.admin".into()),
             message: "an admin listener off loopback needs server.admin_token".into(),
+            missing_file: None,
         });
     }
 
@@ -690,6 +696,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             line: None,
             key: Some("tenant".into()),
             message: "at least one [[tenant]] is required".into(),
+            missing_file: None,
         });
     }
     let mut tenants: Vec<TenantConfig> = Vec::with_capacity(raw.tenants.len());
@@ -759,6 +766,7 @@ impl Locator<'_> {
             line: Some(self.line_of(span.start)),
             key: Some(key.to_owned()),
             message: message.into(),
+            missing_file: None,
         }
     }
 
@@ -779,6 +787,7 @@ impl Locator<'_> {
             line,
             key,
             message: e.message().trim().to_owned(),
+            missing_file: None,
         }
     }
 
@@ -917,11 +926,13 @@ impl Locator<'_> {
         }
         let path = base.join(plugin.get_ref());
         if !path.is_file() {
-            return Err(self.at(
+            let mut missing = self.at(
                 plugin.span(),
                 "tenant.shadow_plugin",
                 format!("no plugin file at {}", path.display()),
-            ));
+            );
+            missing.missing_file = Some(path);
+            return Err(missing);
         }
         Ok(Some(ShadowConfig {
             plugin: path,
@@ -1011,11 +1022,13 @@ impl Locator<'_> {
             None => base.join(t.plugin.get_ref()),
         };
         if builtin.is_none() && !plugin.is_file() {
-            return Err(self.at(
+            let mut missing = self.at(
                 t.plugin.span(),
                 "tenant.plugin",
                 format!("no plugin file at {}", plugin.display()),
-            ));
+            );
+            missing.missing_file = Some(plugin);
+            return Err(missing);
         }
         let shadow = self.shadow(base, &t.shadow_plugin, &t.shadow_sample)?;
         let defaults = PluginLimits::default();

@@ -189,6 +189,7 @@ pub(super) fn check_tls_pairing(
         line,
         key: Some(key.into()),
         message,
+        missing_file: None,
     };
     let with_cert = tenants.iter().find(|t| t.tls_cert.is_some());
     match (listener.tls_listen, with_cert) {

@@ -49,6 +49,10 @@ pub struct Reloader {
     /// Reloads run one at a time (watcher, SIGHUP, admin).
     serial: Mutex<()>,
     last_config_refusal: Mutex<Option<Refusal>>,
+    /// The files a refused config names (plugins, certificates, the token): one of them
+    /// arriving or changing may be what it lacked, so the config is tried again then. (A
+    /// config written before the plugin it names stayed refused until touched again.)
+    refused_config_files: Mutex<Vec<PathBuf>>,
     /// Set once the file watcher is running.
     watching: AtomicBool,
     /// Tells the watcher to watch the files of the configuration now applied (an empty
@@ -73,6 +77,7 @@ impl Reloader {
             config: Mutex::new(config),
             serial: Mutex::new(()),
             last_config_refusal: Mutex::new(None),
+            refused_config_files: Mutex::new(Vec::new()),
             watching: AtomicBool::new(false),
             rearm: Mutex::new(None),
             certificates,
@@ -105,6 +110,11 @@ impl Reloader {
     /// The file the admin token is read from, when the config names one.
     pub fn token_file(&self) -> Option<PathBuf> {
         self.config.lock().server.admin_token_file.clone()
+    }
+
+    /// What [`Self::refused_config_files`] holds: files whose change retries the config.
+    pub fn refused_config_files(&self) -> Vec<PathBuf> {
+        self.refused_config_files.lock().clone()
     }
 
     /// The plugin files the running config names, shadows included.
@@ -337,9 +347,19 @@ impl Reloader {
     pub fn reload_config(&self) -> Outcome {
         let _serial = self.serial.lock();
         let path = self.config_path();
-        let outcome = match config::load(&path) {
-            Ok(new) => self.apply_config(new),
-            Err(e) => Outcome::Refused(e.to_string()),
+        let (outcome, named) = match config::load(&path) {
+            Ok(new) => {
+                let named = files_named(&new);
+                (self.apply_config(new), named)
+            }
+            Err(e) => {
+                let missing = e.missing_file.clone().into_iter().collect();
+                (Outcome::Refused(e.to_string()), missing)
+            }
+        };
+        *self.refused_config_files.lock() = match outcome {
+            Outcome::Refused(_) => named,
+            Outcome::Applied | Outcome::Unchanged => Vec::new(),
         };
         match &outcome {
             Outcome::Refused(reason) => {
@@ -587,6 +607,26 @@ fn tenant_fingerprint(t: &TenantConfig) -> TenantConfig {
         target.addrs.clear();
     }
     t
+}
+
+/// The files `config` names besides itself: plugins (not builtins), shadows, certificates
+/// and the token file.
+fn files_named(config: &Config) -> Vec<PathBuf> {
+    let tenants = config.tenants.iter().flat_map(|t| {
+        let plugin = t.builtin.is_none().then(|| t.plugin.clone());
+        let shadow = t.shadow.as_ref().map(|s| s.plugin.clone());
+        let cert = t
+            .tls_cert
+            .iter()
+            .flat_map(|c| [c.cert.clone(), c.key.clone()]);
+        plugin.into_iter().chain(shadow).chain(cert)
+    });
+    let server = &config.server;
+    let default_cert = server.listener.default_cert.iter();
+    tenants
+        .chain(default_cert.flat_map(|c| [c.cert.clone(), c.key.clone()]))
+        .chain(server.admin_token_file.clone())
+        .collect()
 }
 
 /// Two paths name the same file (watch events carry absolute paths, the

@@ -66,6 +66,7 @@ fn watched_files(reloader: &Reloader) -> Vec<PathBuf> {
         .chain(reloader.token_file())
         .chain(reloader.plugin_paths())
         .chain(reloader.certificates().paths())
+        .chain(reloader.refused_config_files())
         .collect()
 }
 
@@ -73,8 +74,13 @@ fn apply(reloader: &Reloader, batch: Vec<Vec<PathBuf>>) {
     let config = reloader.config_path();
     // The token file is part of the config: a change to it re-reads the config.
     let token = reloader.token_file();
-    let is_config =
-        |p: &PathBuf| same_file(p, &config) || token.as_ref().is_some_and(|t| same_file(p, t));
+    // So is a file a refused config names: it may be what the config lacked.
+    let waited_for = reloader.refused_config_files();
+    let is_config = |p: &PathBuf| {
+        same_file(p, &config)
+            || token.as_ref().is_some_and(|t| same_file(p, t))
+            || waited_for.iter().any(|w| same_file(p, w))
+    };
     let plugins = reloader.plugin_paths();
     let certificates = reloader.certificates().paths();
     // Names that only look alike (another folder's file of the same name)
