@@ -217,17 +217,23 @@ fn purge_through_the_cli_removes_the_entry() {
     assert_eq!(origin.hits_for("/doc"), 2);
 }
 
-#[test]
-fn daemon_mode_writes_a_pid_file_and_serves() {
-    let origin = Origin::start(|_| Reply::ok("from origin").header("Cache-Control", "max-age=60"));
+/// A `cachet serve --daemon` started on a config with `server` lines added to `[server]` and
+/// `tables` before the tenant, listening; stopped by the PID it wrote, however the test ends.
+struct Daemon {
+    port: u16,
+    pid: u32,
+    _stop: KillOnDrop,
+    _dir: tempfile::TempDir,
+}
+
+fn start_daemon(origin: &Origin, server: &str, tables: &str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let pid_file = dir.path().join("cachet.pid");
     let config = dir.path().join("cachet.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 1\npid_file = \"cachet.pid\"\nupgrade_sock = \"upgrade.sock\"\n\n[[tenant]]\nname = \"d\"\nhosts = [\"*\"]\nupstream = \"{}\"\nplugin = {:?}\n",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 1\npid_file = \"cachet.pid\"\nupgrade_sock = \"upgrade.sock\"\n{server}\n\n{tables}\n\n[[tenant]]\nname = \"d\"\nhosts = [\"*\"]\nupstream = \"{}\"\nplugin = {:?}\n",
             origin.addr,
             plugin("standard").display().to_string()
         ),
@@ -241,15 +247,27 @@ fn daemon_mode_writes_a_pid_file_and_serves() {
         .stderr(std::process::Stdio::null())
         .status()
         .expect("run cachet serve --daemon");
-    // Stopped by the PID it wrote, however the test ends (a failed start included).
-    let _daemon = KillOnDrop(written_pid(&pid_file));
+    let pid = written_pid(&dir.path().join("cachet.pid"));
+    let daemon = Daemon {
+        port,
+        pid,
+        _stop: KillOnDrop(pid),
+        _dir: dir,
+    };
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "daemon did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let resp = get(&format!("http://127.0.0.1:{port}/x"));
+    daemon
+}
+
+#[test]
+fn daemon_mode_writes_a_pid_file_and_serves() {
+    let origin = Origin::start(|_| Reply::ok("from origin").header("Cache-Control", "max-age=60"));
+    let daemon = start_daemon(&origin, "", "");
+    let resp = get(&format!("http://127.0.0.1:{}/x", daemon.port));
     assert_eq!(resp.text(), "from origin");
 }
 
@@ -259,34 +277,13 @@ fn daemon_mode_writes_a_pid_file_and_serves() {
 #[test]
 fn a_daemon_writes_to_its_disk_tier_and_stops_on_sigterm() {
     let origin = Origin::start(|_| Reply::ok("from origin").header("Cache-Control", "max-age=60"));
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let pid_file = dir.path().join("cachet.pid");
-    let config = dir.path().join("cachet.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nthreads = 1\npid_file = \"cachet.pid\"\nupgrade_sock = \"upgrade.sock\"\nshutdown_grace = \"3s\"\n\n[cache.disk]\npath = \"disk\"\nmax_bytes = \"16MiB\"\n\n[[tenant]]\nname = \"d\"\nhosts = [\"*\"]\nupstream = \"{}\"\nplugin = {:?}\n",
-            origin.addr,
-            plugin("standard").display().to_string()
-        ),
-    )
-    .unwrap();
-    let status = Command::new(cachet_bin())
-        .args(["serve", "--daemon", "--config", config.to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("run cachet serve --daemon");
-    let pid = written_pid(&pid_file);
-    let _daemon = KillOnDrop(pid);
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let admin = free_port();
+    let daemon = start_daemon(
+        &origin,
+        &format!("admin = \"127.0.0.1:{admin}\"\nshutdown_grace = \"3s\""),
+        "[cache.disk]\npath = \"disk\"\nmax_bytes = \"16MiB\"",
+    );
+    let (port, pid) = (daemon.port, daemon.pid);
     assert_eq!(
         get(&format!("http://127.0.0.1:{port}/x")).text(),
         "from origin"
