@@ -728,13 +728,27 @@ fn cache_and_server_keys_apply_on_reload_and_restart_only_keys_are_named() {
     // out the writer's batches, so a late line would be seen).
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(access_lines(&proxy), logged_before);
-    // threads needs a restart: said so, by name.
+    // threads needs a restart: said so, by name, in the log and in the status.
     let log = proxy.log();
     assert!(
         log.lines()
             .any(|l| l.contains("restart") && l.contains("server.threads")),
         "{log}"
     );
+    let status = proxy.status();
+    assert_eq!(
+        status["config"]["waiting_for_restart"],
+        serde_json::json!(["server.threads"]),
+        "{status}"
+    );
+    // Written back, nothing waits any more.
+    let restored = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("threads = 3", "threads = 2");
+    std::fs::write(&config, restored).unwrap();
+    eventually("nothing waiting for a restart", || {
+        proxy.status()["config"]["waiting_for_restart"] == serde_json::json!([])
+    });
 }
 
 #[test]

@@ -86,6 +86,7 @@ impl AdminApp {
                 "path": self.reloader.config_path(),
                 "watching": self.reloader.watching(),
                 "last_refusal": refusal_json(self.reloader.last_config_refusal()),
+                "waiting_for_restart": self.reloader.waiting_for_restart(),
             },
             "tenants": tenants,
             "tls": tls_json(&self.reloader),

@@ -70,6 +70,18 @@ fn print_status(status: &serde_json::Value) {
             refusal.get("reason").unwrap_or(&serde_json::Value::Null)
         );
     }
+    let waiting: Vec<&str> = status["config"]["waiting_for_restart"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|key| key.as_str())
+        .collect();
+    if !waiting.is_empty() {
+        println!(
+            "config: changed keys wait for a restart (running values stay): {}",
+            waiting.join(", ")
+        );
+    }
     for tenant in status["tenants"].as_array().into_iter().flatten() {
         let plugin = &tenant["plugin"];
         let name = plugin["path"]

@@ -39,7 +39,8 @@ pub fn detach(pid_file: &Path) -> anyhow::Result<Detached> {
     // The file a running process locks (the one being upgraded) is kept as `<name>.old`, as
     // Pingora does: the new process cannot lock the same file.
     if pid_file.exists() {
-        let old = pid_file.with_extension("pid.old");
+        let mut old = pid_file.as_os_str().to_owned();
+        old.push(".old");
         if let Err(e) = std::fs::rename(pid_file, &old) {
             tracing::warn!(pid_file = %pid_file.display(), "cannot move the old pid file aside: {e}");
         }

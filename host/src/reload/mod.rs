@@ -53,6 +53,9 @@ pub struct Reloader {
     /// arriving or changing may be what it lacked, so the config is tried again then. (A
     /// config written before the plugin it names stayed refused until touched again.)
     refused_config_files: Mutex<Vec<PathBuf>>,
+    /// The restart-only keys the applied file changes: their running values stay until a
+    /// restart, which `/status` says (a log line alone is easily missed).
+    waiting_for_restart: Mutex<Vec<&'static str>>,
     /// Set once the file watcher is running.
     watching: AtomicBool,
     /// Tells the watcher to watch the files of the configuration now applied (an empty
@@ -78,6 +81,7 @@ impl Reloader {
             serial: Mutex::new(()),
             last_config_refusal: Mutex::new(None),
             refused_config_files: Mutex::new(Vec::new()),
+            waiting_for_restart: Mutex::new(Vec::new()),
             watching: AtomicBool::new(false),
             rearm: Mutex::new(None),
             certificates,
@@ -150,6 +154,11 @@ impl Reloader {
 
     pub fn last_config_refusal(&self) -> Option<Refusal> {
         self.last_config_refusal.lock().clone()
+    }
+
+    /// The keys the config file changes that take effect only at a restart.
+    pub fn waiting_for_restart(&self) -> Vec<&'static str> {
+        self.waiting_for_restart.lock().clone()
     }
 
     /// Loads and checks a plugin file without swapping it in.
@@ -388,7 +397,16 @@ impl Reloader {
     /// reload until they match again).
     fn apply_config(&self, new: Config) -> Outcome {
         let old = self.config();
-        let new = settings::keep_restart_only(&old, new);
+        let (new, waiting) = settings::keep_restart_only(&old, new);
+        let outcome = self.apply_settled(&old, new);
+        if !matches!(outcome, Outcome::Refused(_)) {
+            *self.waiting_for_restart.lock() = waiting;
+        }
+        outcome
+    }
+
+    /// [`Self::apply_config`] once the restart-only keys are the running ones.
+    fn apply_settled(&self, old: &Config, new: Config) -> Outcome {
         // The file may move the admin listener to loopback and drop the token at once: the
         // token goes now, the listener only at a restart, so check what would really run.
         if crate::config::admin_exposed_without_token(&new.server) {
@@ -415,7 +433,7 @@ impl Reloader {
             .iter()
             .map(tenant_fingerprint)
             .eq(new.tenants.iter().map(tenant_fingerprint));
-        let live_changed = settings::live_changed(&old, &new);
+        let live_changed = settings::live_changed(old, &new);
         if !tenants_changed && live_changed.is_empty() {
             return Outcome::Unchanged;
         }
@@ -451,7 +469,7 @@ impl Reloader {
                 .store(Arc::new(TenantRouter::new(tenants)));
         }
         self.certificates.install(certificates);
-        settings::apply_live(&self.state, &old, &new);
+        settings::apply_live(&self.state, old, &new);
         if !live_changed.is_empty() {
             tracing::info!(keys = live_changed.join(", "), "settings applied");
         }

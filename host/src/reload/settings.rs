@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// `new` with the restart-only keys of `old`, which keep running until a
-/// restart; each one that differs is named in a warning.
-pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
+/// restart, and the names of those that differ (each named in a warning too).
+pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
     let mut pending = Vec::new();
     let mut keep = |name: &'static str, differs: bool| {
         if differs {
@@ -193,7 +193,7 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> Config {
             "changed keys take effect after a restart (or a graceful upgrade); the running values stay"
         );
     }
-    new
+    (new, pending)
 }
 
 /// The live keys whose value changed.

@@ -657,7 +657,7 @@ async fn listen(
                 let Ok(message) = serde_json::from_str::<Message>(&payload) else {
                     continue;
                 };
-                if message.node != node && plausible(&message.purge, super::record::now_ns()) {
+                if message.node != node && plausible(&message.purge, heard) {
                     remote.apply(&message.purge);
                 }
             }
