@@ -870,3 +870,44 @@ fn a_no_cache_response_with_a_validator_is_revalidated_from_the_disk_tier() {
     );
     assert_eq!(origin.hits(), 2);
 }
+
+/// A tenant name kept for another site (none of its hosts kept) serves none of the old site's
+/// disk copies: with a key that does not name the host (the `path-key` fixture), they matched
+/// the new site's requests once memory had dropped its own.
+#[test]
+fn a_tenant_name_kept_for_another_site_serves_none_of_its_disk_copies() {
+    let site = |body: &'static str| {
+        Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
+    };
+    let (old_site, new_site) = (site("old site"), site("new site"));
+    let disk = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"",
+            disk.path().display().to_string()
+        ),
+        &[
+            TenantSpec::new("site", old_site.addr, &support::fixture("path-key"))
+                .hosts(&["old.test"]),
+        ],
+    );
+    assert_eq!(get(&proxy, "old.test", "/page", &[]).text(), "old site");
+    wait_writes(&proxy, 1);
+
+    let config = proxy.dir.path().join("cachet.toml");
+    let moved = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("old.test", "new.test")
+        .replace(&old_site.addr.to_string(), &new_site.addr.to_string());
+    std::fs::write(&config, moved).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.status()["tenants"][0]["hosts"] != serde_json::json!(["new.test"]) {
+        assert!(Instant::now() < deadline, "the config was never applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let answer = get(&proxy, "new.test", "/page", &[]);
+    assert_eq!(answer.text(), "new site", "{}", answer.cache_status());
+    assert_eq!(new_site.hits_for("/page"), 1);
+}

@@ -1061,3 +1061,50 @@ fn a_purge_dated_far_ahead_is_not_applied() {
         .unwrap();
     time_until_not_hit(&b, "/tagged");
 }
+
+/// A tenant name kept for another site (none of its hosts kept) serves none of the old site's
+/// copies in Redis, though another node wrote them: with a key that does not name the host
+/// (the `path-key` fixture) they matched the new site's requests.
+#[test]
+fn a_tenant_name_kept_for_another_site_serves_none_of_its_shared_copies() {
+    let site = |body: &'static str| {
+        Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
+    };
+    let (old_site, new_site) = (site("old site"), site("new site"));
+    let redis = Redis::start(free_port());
+    let start = || {
+        let proxy = Proxy::start_with_server(
+            &format!("admin_token = \"{TOKEN}\""),
+            &format!(
+                "max_bytes = \"16MiB\"\n[cache.shared]\nurl = \"redis://127.0.0.1:{}\"\nkey_prefix = \"test:\"\n[plugins]\nwatch = false",
+                redis.port
+            ),
+            &[TenantSpec::new("site", old_site.addr, &support::fixture("path-key"))
+                .hosts(&["old.test"])],
+        );
+        wait_connected(&proxy, true);
+        proxy
+    };
+    let (a, b) = (start(), start());
+    let old_host = [("Host", "old.test")];
+    assert_eq!(send("GET", &a.url("/page"), &old_host).text(), "old site");
+    wait_writes(&a, 1);
+    assert!(is_shared_hit(&send("GET", &b.url("/page"), &old_host)));
+
+    let config = b.dir.path().join("cachet.toml");
+    let moved = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("old.test", "new.test")
+        .replace(&old_site.addr.to_string(), &new_site.addr.to_string());
+    std::fs::write(&config, moved).unwrap();
+    let reloaded = ureq::post(&b.admin_url("/reload"))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .timeout(Duration::from_secs(30))
+        .call()
+        .unwrap();
+    assert_eq!(reloaded.status(), 200);
+
+    let answer = send("GET", &b.url("/page"), &[("Host", "new.test")]);
+    assert_eq!(answer.text(), "new site", "{}", answer.cache_status());
+    assert_eq!(new_site.hits_for("/page"), 1);
+}

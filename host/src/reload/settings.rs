@@ -251,17 +251,24 @@ pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
         storage.set_global_budget(new.cache.max_bytes);
     }
     // A name kept for another site (none of its hosts kept, as when two tenants swap names)
-    // keeps none of the old site's objects: they answer for hosts it no longer serves.
+    // keeps none of the old site's objects, in any tier: they answer for hosts it no longer
+    // serves (a key without the host, as many plugins make, matches the new site's requests).
     for (before, after) in old.tenants.iter().filter_map(|before| {
         let after = new.tenants.iter().find(|n| n.name == before.name)?;
         let shared_host = after.hosts.iter().any(|h| before.hosts.contains(h));
         (!shared_host).then_some((before, after))
     }) {
         let dropped = storage.drop_partition(&before.name);
+        if let Err(e) = state.cache.storage.forget_partition(&before.name) {
+            tracing::warn!(
+                tenant = after.name,
+                "the old site's L2 copies may still be served: {e}"
+            );
+        }
         tracing::info!(
             tenant = after.name,
             objects = dropped,
-            "tenant now serves other hosts: its objects dropped from memory"
+            "tenant now serves other hosts: its objects dropped from memory and the L2 tiers"
         );
     }
     for tenant in &new.tenants {

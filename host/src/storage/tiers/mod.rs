@@ -271,6 +271,21 @@ impl TieredStorage {
         kept
     }
 
+    /// Gives up every L2 copy of `partition` written until now: a floor kept by the disk tier
+    /// and, through the shared tier, by every node (one that has not reloaded yet only misses
+    /// the old site's copies early). L1 is emptied by the caller.
+    pub fn forget_partition(&self, partition: &str) -> Result<(), NotKept> {
+        if self.tiers.is_empty() {
+            return Ok(());
+        }
+        self.publish(Purge {
+            target: Target::Partition(partition.to_owned()),
+            at: record::now_ns(),
+            soft: false,
+        })
+        .map(drop)
+    }
+
     /// Shutdown: stores the objects still queued for the L2 tiers, then waits for the disk
     /// tier's buffered writes to reach its files. Gives up after `limit` (a tier that hangs
     /// must not hold the exit), saying so.

@@ -675,10 +675,10 @@ async fn listen(
 }
 
 /// Whether a purge read from Redis is one a node makes: dated no further ahead than clocks
-/// differ, and of a key or a tag (a whole partition's floor is only ever made locally, from
-/// marks this node dropped). Anyone who can write to Redis can publish; a node whose clock
-/// jumped ahead can too.
+/// differ. Anyone who can write to Redis can publish, and a node whose clock jumped ahead
+/// can too: a floor dated far ahead would hide a whole tenant's copies until then. (A
+/// partition's floor comes from a node whose tenant name now serves another site; dated
+/// now it takes no more than `DEL` of every copy would.)
 fn plausible(purge: &Purge, now: u64) -> bool {
     purge.at <= now.saturating_add(MAX_CLOCK_AHEAD_NS)
-        && !matches!(purge.target, Target::Partition(_))
 }
