@@ -966,6 +966,47 @@ fn a_purge_channel_cut_without_a_word_is_noticed_and_its_missed_purges_applied()
     eprintln!("purge applied {:?} after the cut", cut_at.elapsed());
 }
 
+/// A connection on which Redis stops answering while the peer stays there and acknowledges
+/// (a proxy in front of Redis whose backend is gone) is replaced after a few unanswered
+/// lookups, and sharing resumes. The connection manager reconnects only when its connection
+/// fails, so every lookup on it timed out for as long as the node ran.
+#[test]
+fn a_connection_left_unanswered_is_replaced_and_sharing_resumes() {
+    let redis = Redis::start(free_port());
+    let relay = SilentCutRelay::start(redis.port);
+    let origin = origin();
+    let a = node(&origin, relay.port);
+    let b = node(&origin, redis.port);
+    share(&b, &a, &origin, "/before-the-cut");
+    // A lookup connection is made per worker thread on its first lookup: make them all
+    // before the cut, or a worker's first one, made after it, would read for A untouched.
+    for i in 0..16 {
+        get(&a, &format!("/warm/{i}"), &[]);
+    }
+
+    relay.cut_every_connection();
+    let cut_at = Instant::now();
+    for i in 0.. {
+        let path = format!("/after-the-cut/{i}");
+        let writes = shared_stats(&b)["writes"].as_u64().unwrap();
+        get(&b, &path, &[]);
+        wait_writes(&b, writes + 1);
+        if is_shared_hit(&get(&a, &path, &[])) {
+            break;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(20),
+            "A never read the shared tier again: {}\n{}",
+            shared_stats(&a),
+            a.log()
+        );
+    }
+    eprintln!("sharing resumed {:?} after the cut", cut_at.elapsed());
+    let stats = shared_stats(&a);
+    assert!(stats["reconnects"].as_u64().unwrap_or(0) >= 1, "{stats}");
+    assert!(stats["timeouts"].as_u64().unwrap_or(0) >= 3, "{stats}");
+}
+
 fn redis_conn(redis: &Redis) -> redis::Connection {
     let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
     client.get_connection().unwrap()
@@ -1107,4 +1148,89 @@ fn a_tenant_name_kept_for_another_site_serves_none_of_its_shared_copies() {
     let answer = send("GET", &b.url("/page"), &[("Host", "new.test")]);
     assert_eq!(answer.text(), "new site", "{}", answer.cache_status());
     assert_eq!(new_site.hits_for("/page"), 1);
+}
+
+/// A node that revalidates a copy only the shared tier holds (a large object, read in chunks
+/// and not yet in its memory) writes it back with the 304's headers only if it is still the
+/// copy that was revalidated. Another node that fetched a newer version meanwhile (another
+/// length, another ETag) had written it under the same key: the 304's headers went out with
+/// that version's body, to every node.
+#[test]
+fn a_304_for_an_older_copy_is_not_written_over_a_newer_one() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    // Over 1 MiB: chunked in Redis. L1 takes up to 2 MiB (`max_bytes` / 8).
+    const OLDER: usize = 5 << 18;
+    const NEWER: usize = 7 << 18;
+    let redis = Redis::start(free_port());
+    let conditionals = AtomicUsize::new(0);
+    let origin = Origin::start(move |seen| {
+        if seen.header("if-none-match").is_none() {
+            return Reply::ok(vec![b'1'; OLDER])
+                .header("ETag", "\"v1\"")
+                .header("Cache-Control", "public, max-age=1");
+        }
+        if conditionals.fetch_add(1, SeqCst) == 0 {
+            // A's revalidation: answered after B has fetched the next version.
+            return Reply::ok("")
+                .status(304)
+                .header("ETag", "\"v1\"")
+                .header("Cache-Control", "public, max-age=300")
+                .delay(Duration::from_millis(1200));
+        }
+        Reply::ok(vec![b'2'; NEWER])
+            .header("ETag", "\"v2\"")
+            .header("Cache-Control", "public, max-age=300")
+    });
+    let large = format!(
+        "url = \"redis://127.0.0.1:{}\"\nmax_object_bytes = \"4MiB\"",
+        redis.port
+    );
+    let [a, b, c] = [(); 3].map(|_| node_with(&origin, &large));
+    for node in [&a, &b, &c] {
+        wait_connected(node, true);
+    }
+    let writes = shared_stats(&b)["writes"].as_u64().unwrap();
+    assert_eq!(get(&b, "/page", &[]).body.len(), OLDER);
+    wait_writes(&b, writes + 1);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // A holds no copy of its own: it revalidates the shared one, and waits for the origin.
+    let revalidating = {
+        let a_url = a.url("/page");
+        std::thread::spawn(move || send("GET", &a_url, &[HOST]))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let writes = shared_stats(&b)["writes"].as_u64().unwrap();
+    let newer = get(&b, "/page", &[]);
+    assert_eq!(newer.body, vec![b'2'; NEWER]);
+    wait_writes(&b, writes + 1);
+    let revalidated = revalidating.join().unwrap();
+    assert_eq!(revalidated.header("etag"), Some("\"v1\""));
+    assert_eq!(
+        revalidated.body.len(),
+        OLDER,
+        "{}",
+        revalidated.cache_status()
+    );
+    assert_eq!(conditionals_seen(&origin), 2);
+    // Whatever A's refresh did has reached Redis.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let shared = send("GET", &c.url("/page"), &[HOST]);
+    assert!(is_shared_hit(&shared), "{}", shared.cache_status());
+    assert_eq!(shared.header("etag"), Some("\"v2\""));
+    assert_eq!(shared.header("content-length"), Some(&*NEWER.to_string()));
+    assert!(
+        shared.body == vec![b'2'; NEWER],
+        "{} bytes",
+        shared.body.len()
+    );
+}
+
+fn conditionals_seen(origin: &Origin) -> usize {
+    origin
+        .seen()
+        .iter()
+        .filter(|seen| seen.header("if-none-match").is_some())
+        .count()
 }

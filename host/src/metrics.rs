@@ -454,7 +454,7 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
         );
     }
     type Field = fn(&crate::storage::TierStats) -> u64;
-    let families: [(&str, &str, &str, Field); 10] = [
+    let families: [(&str, &str, &str, Field); 11] = [
         (
             "cachet_cache_tier_misses_total",
             "counter",
@@ -490,6 +490,12 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
             "counter",
             "L2 operations not answered within the tier's timeout (counted in errors too)",
             |t| t.timeouts,
+        ),
+        (
+            "cachet_cache_tier_reconnects_total",
+            "counter",
+            "Connections to an L2 tier replaced because calls on them went unanswered",
+            |t| t.reconnects,
         ),
         (
             "cachet_cache_tier_corrupt_total",

@@ -168,10 +168,7 @@ impl MemoryStorage {
     pub(crate) fn revalidated(&self, key: &CacheKey, meta: &CacheMeta) -> Result<Revalidated> {
         // A purge (a soft one expires the object) since the revalidation began: its 304 must
         // not freshen what the purge meant to end.
-        if self
-            .purges
-            .purged_while_watched(&key.user_tag, &key.primary_bin())
-        {
+        if self.purged_while_filling(key) {
             return Ok(Revalidated::Purged);
         }
         let stored = Arc::new(StoredMeta::new(meta)?);
@@ -192,6 +189,12 @@ impl MemoryStorage {
     }
 
     /// Starts a fill of `key`: a write in flight that lookups follow until it is stored.
+    /// Whether `key` was purged since the proxy began fetching it (its fill watch).
+    pub(super) fn purged_while_filling(&self, key: &CacheKey) -> bool {
+        self.purges
+            .purged_while_watched(&key.user_tag, &key.primary_bin())
+    }
+
     pub(super) fn start_write(&'static self, key: &CacheKey, meta: &CacheMeta) -> Result<Miss> {
         let meta = Arc::new(StoredMeta::new(meta)?);
         let lru_key = CacheEntryKey::key_only(key.to_compact());
@@ -208,10 +211,7 @@ impl MemoryStorage {
         self.index.write().add_write(&key.user_tag, slot, write);
         // A purge between the proxy's "purged while fetched" check and the line above found
         // no write to cancel: the log still has it (a purge notes itself before cancelling).
-        if self
-            .purges
-            .purged_while_watched(&key.user_tag, &key.primary_bin())
-        {
+        if self.purged_while_filling(key) {
             self.index.write().cancel_writes(&key.user_tag, &slot);
         }
         Ok(Miss::new(self, lru_key, id, meta, writer, head))

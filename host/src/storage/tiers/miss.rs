@@ -35,6 +35,8 @@ pub(crate) struct TieredMiss {
     /// the purge's own mark in L2 does not outdate the copy); it cancels L1's write, and must
     /// keep the copy out of L2 as well.
     watch: KeyWatch,
+    /// A purge came after the fetch began and before the fill was registered.
+    purged_before: bool,
     /// The body so far; `None` once it outgrew what may be stored.
     body: Option<Vec<Bytes>>,
     body_len: usize,
@@ -50,6 +52,7 @@ impl TieredMiss {
         tiers: &'static TieredStorage,
         key: TierKey,
         watch: KeyWatch,
+        purged_before: bool,
         meta: &CacheMeta,
         max_object: usize,
     ) -> Self {
@@ -58,6 +61,7 @@ impl TieredMiss {
             tiers,
             key,
             watch,
+            purged_before,
             meta: meta.serialize().ok(),
             reason: record::own_reason(meta),
             unframed: super::super::meta::needs_length(meta.response_header()),
@@ -103,10 +107,11 @@ impl HandleMiss for TieredMiss {
             body,
             body_len,
             watch,
+            purged_before,
             ..
         } = *self;
         let finished = l1.finish().await?;
-        if watch.purged() {
+        if purged_before || watch.purged() {
             return Ok(finished);
         }
         let meta = match meta {
@@ -206,5 +211,44 @@ mod tests {
             assert!(second.is_none(), "the fill over the budget is not");
         });
         assert_eq!(l1.filling_bytes(), 0);
+    }
+
+    /// A purge after the proxy's "purged while fetched" check but before the fill's write is
+    /// registered: L1 cancels the write (the purge log still has it), and the L2 tiers take
+    /// no copy either. Their copy was dated after the purge, so its mark did not hide it.
+    #[test]
+    fn a_purge_before_the_fill_registers_keeps_it_out_of_the_l2_tiers_too() {
+        use pingora_cache::key::CacheHashKey;
+        let dir = tempfile::tempdir().unwrap();
+        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(64 << 20, 8 << 20)));
+        let config = super::super::disk_config(dir.path(), 64 << 20, 64 << 20);
+        let storage: &'static TieredStorage =
+            Box::leak(Box::new(TieredStorage::open(l1, &config).unwrap()));
+        let now = SystemTime::now();
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.insert_header("Content-Length", 5).unwrap();
+        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        let key = CacheKey::new(b"/raced".to_vec(), "site");
+
+        let runtime = storage.runtime.as_ref().unwrap();
+        runtime.block_on(async {
+            // Taken by the proxy before it asks the origin.
+            let fill = storage.watch_fill("site", key.primary_bin());
+            let purged = storage.purge_key(&key).unwrap();
+            purged.confirmed().await.unwrap();
+            let span = Span::inactive().handle();
+            let mut miss = storage.get_miss_handler(&key, &meta, &span).await.unwrap();
+            miss.write_body(Bytes::from_static(b"stale"), true)
+                .await
+                .unwrap();
+            miss.finish().await.unwrap();
+            drop(fill);
+            storage.writer.as_ref().unwrap().flush().await;
+            assert!(storage.l1.lookup(&key, &span).await.unwrap().is_none());
+            assert!(
+                storage.find_in_tiers(&key).await.is_none(),
+                "the purged fill reached the disk tier"
+            );
+        });
     }
 }

@@ -21,6 +21,7 @@ mod lean;
 mod miss;
 mod purges;
 mod record;
+mod redis_conn;
 mod redis_size;
 mod refresh;
 mod shared;

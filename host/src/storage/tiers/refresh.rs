@@ -26,10 +26,19 @@ impl TieredStorage {
             return;
         };
         let key = key.clone();
+        // pingora keeps the looked-up meta's `created` in the revalidated one; every fill
+        // gets its own.
+        let revalidated = meta.created();
         runtime.spawn(async move {
             let Some(found) = self.find_in_tiers(&key).await else {
                 return;
             };
+            // Another fill (this node's, or another node's through the shared tier) replaced
+            // the copy while the origin was asked: the 304's headers (length, coding,
+            // validators) describe the one before, not this body.
+            if found.meta.created() != revalidated {
+                return;
+            }
             let body_len = match &found.body {
                 FoundBody::Whole(body) => body.len(),
                 FoundBody::Chunked { plan, .. } => plan.body_len,

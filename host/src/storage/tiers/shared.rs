@@ -17,6 +17,7 @@ use super::super::MemoryStorage;
 use super::key::TierKey;
 use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
 use super::record::KeyCheck;
+use super::redis_conn::Conn;
 use super::redis_size::{RedisSize, SAMPLE_EVERY};
 use super::tier::{Delivery, Tier, TierCounters, TierStats};
 use crate::config::SharedTierConfig;
@@ -24,7 +25,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::IntoConnectionInfo;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -120,106 +121,6 @@ pub(crate) struct SharedTier {
     size: Arc<RedisSize>,
 }
 
-/// The connection and the counters, cloned into the tasks a call spawns.
-#[derive(Clone)]
-struct Conn {
-    redis: ConnectionManager,
-    counters: Arc<TierCounters>,
-}
-
-impl Conn {
-    /// Runs `cmd` under `limit`. A command that finds its connection broken (Redis restarted
-    /// since this connection last served) is sent once more, within the same limit, on the
-    /// connection the manager makes in its place: every command here may be repeated, and a
-    /// connection idle through an outage would otherwise fail its first use after it.
-    async fn run<T: redis::FromRedisValue>(
-        &self,
-        limit: Duration,
-        cmd: impl Into<Query>,
-    ) -> Result<T, String> {
-        let cmd = cmd.into();
-        let mut redis = self.redis.clone();
-        let attempts = async {
-            match cmd.send::<T>(&mut redis).await {
-                Err(e) if e.is_unrecoverable_error() => cmd.send::<T>(&mut redis).await,
-                answered => answered,
-            }
-        };
-        match tokio::time::timeout(limit, attempts).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => {
-                TierCounters::bump(&self.counters.timeouts);
-                Err(format!("no answer within {limit:?}"))
-            }
-        }
-    }
-
-    /// Runs `cmd` in the background, counting a failure.
-    fn spawn(
-        &self,
-        runtime: &tokio::runtime::Handle,
-        limit: Duration,
-        cmd: redis::Pipeline,
-        what: &'static str,
-    ) {
-        drop(self.spawn_reporting(runtime, limit, cmd, what));
-    }
-
-    /// [`Self::spawn`], saying how it went.
-    fn spawn_reporting(
-        &self,
-        runtime: &tokio::runtime::Handle,
-        limit: Duration,
-        cmd: redis::Pipeline,
-        what: &'static str,
-    ) -> Delivery {
-        let (report, delivery) = tokio::sync::oneshot::channel();
-        let conn = self.clone();
-        runtime.spawn(async move {
-            let outcome = conn.run::<()>(limit, cmd).await;
-            if let Err(e) = &outcome {
-                TierCounters::bump(&conn.counters.errors);
-                tracing::warn!("shared tier: {what} did not reach Redis: {e}");
-            }
-            // Nobody may be waiting (an invalidation): that is fine.
-            let _ = report.send(outcome);
-        });
-        delivery
-    }
-}
-
-/// What [`Conn::run`] sends: one command (a lookup: its reply is converted as it is, not
-/// composed as a pipeline's), or several in one round trip.
-enum Query {
-    One(redis::Cmd),
-    Many(redis::Pipeline),
-}
-
-impl From<redis::Cmd> for Query {
-    fn from(cmd: redis::Cmd) -> Self {
-        Self::One(cmd)
-    }
-}
-
-impl From<redis::Pipeline> for Query {
-    fn from(pipeline: redis::Pipeline) -> Self {
-        Self::Many(pipeline)
-    }
-}
-
-impl Query {
-    async fn send<T: redis::FromRedisValue>(
-        &self,
-        redis: &mut ConnectionManager,
-    ) -> redis::RedisResult<T> {
-        match self {
-            Self::One(cmd) => cmd.query_async(redis).await,
-            Self::Many(pipeline) => pipeline.query_async(redis).await,
-        }
-    }
-}
-
 impl SharedTier {
     /// Sets up the connection (made lazily: Redis may be down at start) and the purge
     /// subscriber, both on `runtime`.
@@ -261,16 +162,13 @@ impl SharedTier {
             ))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let redis = {
+        let conn = {
             let _in_runtime = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+            Conn::lazy(client.clone(), manager_config.clone(), Arc::default())
                 .context("setting up the shared tier's connection")?
         };
         let tier = Arc::new(Self {
-            conn: Conn {
-                redis,
-                counters: Arc::default(),
-            },
+            conn,
             client: client.clone(),
             manager_config,
             id: NEXT_TIER_ID.fetch_add(1, Relaxed),
@@ -333,16 +231,13 @@ impl SharedTier {
             if let Some((_, conn)) = conns.iter().find(|(k, _)| *k == key) {
                 return conn.clone();
             }
-            let made = ConnectionManager::new_lazy_with_config(
+            let made = Conn::lazy(
                 self.client.clone(),
                 self.manager_config.clone(),
+                self.conn.counters.clone(),
             );
-            let Ok(redis) = made else {
+            let Ok(conn) = made else {
                 return self.conn.clone();
-            };
-            let conn = Conn {
-                redis,
-                counters: self.conn.counters.clone(),
             };
             conns.push((key, conn.clone()));
             conn

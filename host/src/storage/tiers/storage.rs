@@ -274,11 +274,18 @@ impl Storage for TieredStorage {
         if self.tiers.is_empty() {
             return self.l1.get_miss_handler(key, meta, trace).await;
         }
+        // Watched from before L1's write is registered, so a purge from then on is seen when
+        // the fill finishes; one since the fetch began has cancelled L1's write, and keeps the
+        // copy out of the tiers as well (it is dated after that purge's mark).
+        let watch = self.l1.watch_key(key);
+        let l1_write = self.l1.start_write(key, meta)?;
+        let purged = self.l1.purged_while_filling(key);
         let miss: Box<dyn HandleMiss + Send + Sync> = Box::new(TieredMiss::new(
-            Box::new(self.l1.start_write(key, meta)?),
+            Box::new(l1_write),
             self,
             TierKey::of(key),
-            self.l1.watch_key(key),
+            watch,
+            purged,
             meta,
             self.l1.max_object_size(&key.user_tag),
         ));

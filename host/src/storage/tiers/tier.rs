@@ -104,6 +104,8 @@ pub struct TierStats {
     /// `op_timeout`): a slow or hung Redis, or, under a saturated CPU, a reply this process
     /// did not get to in time. A lookup that times out is served from the origin.
     pub timeouts: u64,
+    /// Connections replaced because Redis left calls on them unanswered (the shared tier).
+    pub reconnects: u64,
     /// Corrupt or undecodable values found and removed.
     pub corrupt: u64,
     /// Copies a purge mark shadowed when read.
@@ -124,6 +126,7 @@ pub(crate) struct TierCounters {
     pub(crate) too_large: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
     pub(crate) corrupt: AtomicU64,
     pub(crate) purged: AtomicU64,
     /// Failed writes, for their throttled warning.
@@ -176,6 +179,7 @@ impl TierCounters {
         stats.too_large = self.too_large.load(Relaxed);
         stats.errors = self.errors.load(Relaxed);
         stats.timeouts = self.timeouts.load(Relaxed);
+        stats.reconnects = self.reconnects.load(Relaxed);
         stats.corrupt = self.corrupt.load(Relaxed);
         stats.purged = self.purged.load(Relaxed);
     }
