@@ -26,7 +26,7 @@ pub(crate) struct Promotion {
     /// pingora's serialization of the meta (`CacheMeta` is not `Clone`).
     meta: (Vec<u8>, Vec<u8>),
     parts: Vec<Bytes>,
-    /// Purges of the key from here on are remembered: one that comes while the body streams
+    /// Purges of the key since before the copy was read are remembered: one that comes while the body streams
     /// (seconds for a large one) finds nothing in L1 to remove, so the copy must not be put
     /// there afterwards, as a fill's response is not stored after a purge.
     watch: KeyWatch,
@@ -47,6 +47,7 @@ impl Promotion {
         key: &CacheKey,
         meta: &CacheMeta,
         body_len: usize,
+        watch: KeyWatch,
     ) -> Option<Self> {
         let tenant = &key.user_tag;
         if !meta.is_fresh(std::time::SystemTime::now()) {
@@ -60,7 +61,7 @@ impl Promotion {
             return None;
         }
         Some(Self {
-            watch: l1.watch_key(key),
+            watch,
             l1,
             key: key.clone(),
             meta,
@@ -222,9 +223,6 @@ impl ChunkStream {
         let Some(promotion) = self.promotion.take() else {
             return;
         };
-        if promotion.watch.purged() {
-            return;
-        }
         let mut body = BytesMut::with_capacity(self.plan.body_len);
         for part in &promotion.parts {
             body.extend_from_slice(part);
@@ -234,7 +232,9 @@ impl ChunkStream {
             body.len() == self.plan.body_len,
             CacheMeta::deserialize(internal, header),
         ) {
-            promotion.l1.promote(&promotion.key, &meta, body.freeze());
+            promotion
+                .l1
+                .promote(&promotion.key, &meta, body.freeze(), &promotion.watch);
         }
     }
 }
@@ -272,11 +272,12 @@ mod tests {
         let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(64 << 20, 8 << 20)));
         l1.set_fill_budget(10 << 20);
         let (a, b) = (CacheKey::new("/a", "site"), CacheKey::new("/b", "site"));
-        let first = Promotion::new(l1, &a, &meta(), 6 << 20).expect("within the budget");
+        let first =
+            Promotion::new(l1, &a, &meta(), 6 << 20, l1.watch_key(&a)).expect("within the budget");
         assert_eq!(l1.filling_bytes(), 6 << 20);
         // A second 6 MiB body would go past 10 MiB: that hit streams without promotion.
-        assert!(Promotion::new(l1, &b, &meta(), 6 << 20).is_none());
-        assert!(Promotion::new(l1, &b, &meta(), 4 << 20).is_some());
+        assert!(Promotion::new(l1, &b, &meta(), 6 << 20, l1.watch_key(&b)).is_none());
+        assert!(Promotion::new(l1, &b, &meta(), 4 << 20, l1.watch_key(&b)).is_some());
         assert_eq!(
             l1.filling_bytes(),
             6 << 20,
@@ -284,11 +285,11 @@ mod tests {
         );
         drop(first);
         assert_eq!(l1.filling_bytes(), 0);
-        assert!(Promotion::new(l1, &b, &meta(), 6 << 20).is_some());
+        assert!(Promotion::new(l1, &b, &meta(), 6 << 20, l1.watch_key(&b)).is_some());
         // Over L1's object limit, or over the tenant's share: never promoted, nothing held.
-        assert!(Promotion::new(l1, &b, &meta(), 9 << 20).is_none());
+        assert!(Promotion::new(l1, &b, &meta(), 9 << 20, l1.watch_key(&b)).is_none());
         l1.set_partition_budget("site", Some(5 << 20));
-        assert!(Promotion::new(l1, &b, &meta(), 6 << 20).is_none());
+        assert!(Promotion::new(l1, &b, &meta(), 6 << 20, l1.watch_key(&b)).is_none());
         assert_eq!(l1.filling_bytes(), 0);
     }
 }

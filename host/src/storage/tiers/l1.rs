@@ -4,7 +4,7 @@
 
 use super::super::entry::{Entry, SlotKey};
 use super::super::meta::StoredMeta;
-use super::super::MemoryStorage;
+use super::super::{KeyWatch, MemoryStorage};
 use bytes::Bytes;
 use pingora_cache::key::CompactCacheKey;
 use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta};
@@ -12,12 +12,19 @@ use std::sync::Arc;
 
 impl MemoryStorage {
     /// Stores a copy read from an L2 tier, unless L1 meanwhile has the key (stored or being
-    /// written: either is newer) or the body is over the partition's object limit.
-    pub(crate) fn promote(&self, key: &CacheKey, meta: &CacheMeta, body: Bytes) -> bool {
+    /// written: either is newer), the body is over the partition's object limit, or the key
+    /// was purged since `watch` was taken (before the copy was read).
+    pub(crate) fn promote(
+        &self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        body: Bytes,
+        watch: &KeyWatch,
+    ) -> bool {
         let Ok(meta) = StoredMeta::new(meta) else {
             return false;
         };
-        self.promote_stored(key, Arc::new(meta), body)
+        self.promote_stored(key, Arc::new(meta), body, watch)
     }
 
     /// [`Self::promote`] for a meta already in L1's form.
@@ -26,6 +33,7 @@ impl MemoryStorage {
         key: &CacheKey,
         meta: Arc<StoredMeta>,
         body: Bytes,
+        watch: &KeyWatch,
     ) -> bool {
         if body.len() > self.max_object_size(&key.user_tag) {
             return false;
@@ -34,7 +42,11 @@ impl MemoryStorage {
         let lru_key = CacheEntryKey::key_only(key.to_compact());
         let entry = Arc::new(Entry::new(meta, body, lru_key));
         let mut index = self.index.write();
-        if index.lookup(&key.user_tag, &slot).is_some() {
+        // Looked at under the index lock: a purge notes itself before it takes the lock to
+        // remove, so one that came after this look removes the copy inserted below. Without
+        // the watch, a purge between the copy's mark check and here found nothing in L1 to
+        // remove, and the copy it purged was put there afterwards.
+        if index.lookup(&key.user_tag, &slot).is_some() || watch.purged() {
             return false;
         }
         index.insert(&key.user_tag, slot, entry) == super::super::index::Admission::Stored
@@ -74,5 +86,33 @@ impl MemoryStorage {
     pub(crate) fn purge_compact(&self, key: &CompactCacheKey, soft: bool) -> bool {
         let slot = SlotKey::of_compact(key);
         self.purge_variants(&key.user_tag, key.primary, &slot, soft)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora::http::ResponseHeader;
+    use std::time::{Duration, SystemTime};
+
+    /// A purge between an L2 copy's read (and its mark check) and its promotion finds nothing
+    /// in L1 to remove: the promotion must see it, or the purged copy is served from L1.
+    #[test]
+    fn a_copy_purged_after_it_was_read_is_not_promoted() {
+        let l1 = MemoryStorage::new(1 << 20, 1 << 20);
+        let now = SystemTime::now();
+        let header = ResponseHeader::build_no_case(200, None).unwrap();
+        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        let key = CacheKey::new("/read", "site");
+
+        let watch = l1.watch_key(&key);
+        assert!(!l1.purge_key(&key), "L1 held nothing yet");
+        assert!(!l1.promote(&key, &meta, Bytes::from_static(b"old"), &watch));
+        assert!(l1.stored(&key).is_none());
+
+        // A copy read after the purge is promoted.
+        let watch = l1.watch_key(&key);
+        assert!(l1.promote(&key, &meta, Bytes::from_static(b"new"), &watch));
+        assert_eq!(l1.stored(&key).unwrap().1, Bytes::from_static(b"new"));
     }
 }

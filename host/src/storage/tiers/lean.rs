@@ -7,6 +7,7 @@
 
 use super::super::meta::StoredMeta;
 use super::super::plain_hit::{L1Lookup, PlainHit};
+use super::super::KeyWatch;
 use super::storage::{Found, FoundBody};
 use super::TieredStorage;
 use parking_lot::Mutex;
@@ -26,7 +27,10 @@ pub enum LeanLookup {
 /// An L2 read the lean path made for a key (`None` inside: no tier had a copy), handed to the
 /// full path's first lookup of the same primary key.
 #[derive(Clone)]
-pub struct TierReadAhead(Arc<Mutex<Option<Option<Found<'static>>>>>);
+pub struct TierReadAhead(Arc<Mutex<Option<ReadAhead>>>);
+
+/// The copy found (if any), and the purges of its key since before it was read.
+type ReadAhead = (Option<Found<'static>>, KeyWatch);
 
 impl TierReadAhead {
     /// Rides along with the key pingora-cache looks up (its extensions are never stored).
@@ -35,7 +39,7 @@ impl TierReadAhead {
     }
 
     /// The read, once, for a lookup of the primary key; a variant's lookup reads L2 itself.
-    pub(super) fn take_for(key: &CacheKey) -> Option<Option<Found<'static>>> {
+    pub(super) fn take_for(key: &CacheKey) -> Option<ReadAhead> {
         if key.get_variance_key().is_some() {
             return None;
         }
@@ -60,14 +64,17 @@ impl TieredStorage {
             L1Lookup::Absent if self.tiers.is_empty() => return LeanLookup::FullPath(None),
             L1Lookup::Absent => {}
         }
+        let watch = self.l1.watch_key(key);
         let found = match self.find_in_tiers(key).await {
-            Some(found) => match self.promote_plain(key, found, now) {
+            Some(found) => match self.promote_plain(key, found, now, &watch) {
                 Ok(hit) => return LeanLookup::Hit(hit),
                 Err(found) => Some(*found),
             },
             None => None,
         };
-        LeanLookup::FullPath(Some(TierReadAhead(Arc::new(Mutex::new(Some(found))))))
+        LeanLookup::FullPath(Some(TierReadAhead(Arc::new(Mutex::new(Some((
+            found, watch,
+        )))))))
     }
 
     /// A plain hit made of an L2 copy, promoted into L1 as the full path promotes (served even
@@ -78,6 +85,7 @@ impl TieredStorage {
         key: &CacheKey,
         mut found: Found<'a>,
         now: SystemTime,
+        watch: &KeyWatch,
     ) -> Result<PlainHit, Box<Found<'a>>> {
         let FoundBody::Whole(body) = &found.body else {
             return Err(Box::new(found));
@@ -93,7 +101,7 @@ impl TieredStorage {
             *found.meta.response_header_mut() = meta.header().clone();
             return Err(Box::new(found));
         };
-        self.l1.promote_stored(key, meta, body);
+        self.l1.promote_stored(key, meta, body, watch);
         Ok(hit)
     }
 }
