@@ -4,17 +4,18 @@
 //! Every entry carries a checksum, and one whose bytes do not match (a truncated or corrupted
 //! file) is a miss and is removed; records are checked again when decoded. A removal writes a
 //! tombstone so the object does not come back after a restart. Purge marks are kept next to the
-//! segments in `purges.jsonl`.
+//! segments in `purges.jsonl` ([`marks_file`]).
 //!
 //! One process owns the folder at a time (an exclusive `flock` on `path/lock`). During a
 //! graceful upgrade the new process starts while the old one drains: it runs without the disk
 //! tier until the old process exits and releases the lock, then opens it.
 
 mod entry;
+mod marks_file;
 mod segments;
 
 use super::key::TierKey;
-use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
+use super::purges::{Purge, PurgeLog, Target};
 use super::record::KeyCheck;
 use super::tier::{Delivery, Tier, TierCounters, TierStats};
 use crate::config::DiskTierConfig;
@@ -22,12 +23,12 @@ use crate::storage::MemoryStorage;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
+use marks_file::MarksJournal;
 use parking_lot::Mutex;
 use segments::{Limits, ReadError, SegmentStore};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -52,15 +53,9 @@ pub(crate) struct DiskTier {
 
 struct Store {
     segments: Arc<SegmentStore>,
-    marks: Mutex<MarksFile>,
+    marks: MarksJournal,
     /// Held for the life of the process: the folder's exclusive lock.
     _lock: File,
-}
-
-struct MarksFile {
-    path: PathBuf,
-    file: File,
-    lines: usize,
 }
 
 impl DiskTier {
@@ -134,25 +129,20 @@ impl DiskTier {
         let segments = SegmentStore::open(&dir, limits)
             .with_context(|| format!("opening the disk tier's segments in {}", dir.display()))?;
         let path = self.config.path.join("purges.jsonl");
-        let mut kept = read_marks(&path)?;
+        // This process's own purges while it waited (applied to L1 when made).
+        let pending = std::mem::take(&mut *self.pending_marks.lock());
+        let (journal, read) = MarksJournal::open(path, &pending)?;
         if let Some((l1, since)) = late {
-            for purge in kept.iter().filter(|purge| purge.at >= since) {
+            for purge in read.iter().filter(|purge| purge.at >= since) {
                 l1.apply_purge(purge);
             }
         }
-        // This process's own purges while it waited (applied to L1 when made).
-        kept.append(&mut self.pending_marks.lock());
-        for mark in &kept {
+        for mark in read.iter().chain(&pending) {
             marks.record(mark);
         }
-        let file = rewrite_marks(&path, &kept)?;
         let store = Store {
             segments: Arc::new(segments),
-            marks: Mutex::new(MarksFile {
-                path,
-                file,
-                lines: kept.len(),
-            }),
+            marks: journal,
             _lock: lock,
         };
         if self.store.set(store).is_err() {
@@ -276,7 +266,7 @@ impl Tier for DiskTier {
             }
             _ => false,
         };
-        let Err(e) = store.marks.lock().append(purge) else {
+        let Err(e) = store.marks.append(purge) else {
             return Ok(None);
         };
         TierCounters::bump(&self.counters.errors);
@@ -314,22 +304,6 @@ impl Tier for DiskTier {
     }
 }
 
-impl MarksFile {
-    /// Appends one mark; past twice the kept number, rewrites the file with the newest.
-    fn append(&mut self, purge: &Purge) -> anyhow::Result<()> {
-        let mut line = serde_json::to_string(purge)?;
-        line.push('\n');
-        self.file.write_all(line.as_bytes())?;
-        self.lines += 1;
-        if self.lines > 2 * MAX_MARKS {
-            let kept = read_marks(&self.path)?;
-            self.file = rewrite_marks(&self.path, &kept)?;
-            self.lines = kept.len();
-        }
-        Ok(())
-    }
-}
-
 fn segment_size(max_bytes: usize) -> usize {
     (max_bytes / MIN_SEGMENTS).clamp(MIN_SEGMENT, MAX_SEGMENT)
 }
@@ -354,57 +328,6 @@ fn flock(file: &File, operation: libc::c_int) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), operation) == 0 }
 }
 
-/// The newest purge marks kept from earlier runs, after the floors the older ones left
-/// ([`super::purges::floors_of`]). An unreadable line (damaged, cut off by a
-/// crash, not UTF-8) is skipped alone: lines are split as bytes, so one bad byte cannot end
-/// the reading and lose every mark after it.
-fn read_marks(path: &Path) -> anyhow::Result<Vec<Purge>> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let mut marks = Vec::new();
-    let mut skipped = 0usize;
-    for line in BufReader::new(file).split(b'\n') {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim_ascii().is_empty() {
-            continue;
-        }
-        match serde_json::from_slice::<Purge>(&line) {
-            Ok(mark) => marks.push(mark),
-            Err(_) => skipped += 1,
-        }
-    }
-    if skipped > 0 {
-        tracing::warn!(
-            "disk tier: skipped {skipped} unreadable line(s) of {}",
-            path.display()
-        );
-    }
-    // The oldest beyond the bound go, leaving floors behind: a purged copy never returns.
-    let excess = marks.len().saturating_sub(MAX_MARKS);
-    let mut kept = super::purges::floors_of(marks.drain(..excess));
-    kept.append(&mut marks);
-    Ok(kept)
-}
-
-/// Writes `marks` afresh and opens the file for appending.
-fn rewrite_marks(path: &Path, marks: &[Purge]) -> anyhow::Result<File> {
-    let temp = path.with_extension("jsonl.new");
-    let mut out = String::new();
-    for mark in marks {
-        out.push_str(&serde_json::to_string(mark)?);
-        out.push('\n');
-    }
-    std::fs::write(&temp, out).with_context(|| format!("writing {}", temp.display()))?;
-    std::fs::rename(&temp, path).with_context(|| format!("replacing {}", path.display()))?;
-    OpenOptions::new()
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,91 +342,6 @@ mod tests {
         assert!(!dir.path().join("blocks").exists());
         assert!(dir.path().join("purges.jsonl").exists());
         remove_block_store(dir.path()).unwrap();
-    }
-
-    #[test]
-    fn an_unreadable_mark_loses_only_its_own_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("purges.jsonl");
-        let mark = |tag: &str, at| Purge {
-            target: Target::Tag {
-                partition: "site".into(),
-                tag: tag.into(),
-            },
-            at,
-            soft: false,
-        };
-        let line = |purge: &Purge| serde_json::to_string(purge).unwrap().into_bytes();
-        let mut bytes = Vec::new();
-        for (i, bad) in [
-            line(&mark("a", 1)),
-            // Not UTF-8: a byte of the tag replaced by 0xff.
-            line(&mark("b", 2))
-                .into_iter()
-                .map(|b| if b == b'b' { 0xff } else { b })
-                .collect(),
-            b"{\"target\": not json".to_vec(),
-            line(&mark("c", 3)),
-            // Cut off by a crash mid-append.
-            line(&mark("d", 4))[..20].to_vec(),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            bytes.extend_from_slice(&bad);
-            bytes.push(b'\n');
-            if i == 2 {
-                bytes.push(b'\n');
-            }
-        }
-        std::fs::write(&path, bytes).unwrap();
-        assert_eq!(read_marks(&path).unwrap(), vec![mark("a", 1), mark("c", 3)]);
-    }
-
-    /// Marks beyond the bound leave floors behind: after a restart, what the oldest purged
-    /// (a tag of one partition, here) stays purged, though their lines are gone.
-    #[test]
-    fn marks_beyond_the_bound_leave_floors_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("purges.jsonl");
-        let mark = |partition: &str, tag: String, at| Purge {
-            target: Target::Tag {
-                partition: partition.into(),
-                tag,
-            },
-            at,
-            soft: false,
-        };
-        let mut lines = String::new();
-        lines.push_str(&serde_json::to_string(&mark("quiet", "t".into(), 10)).unwrap());
-        lines.push('\n');
-        for i in 0..MAX_MARKS as u64 {
-            lines
-                .push_str(&serde_json::to_string(&mark("flood", format!("f{i}"), 20 + i)).unwrap());
-            lines.push('\n');
-        }
-        std::fs::write(&path, lines).unwrap();
-        let kept = read_marks(&path).unwrap();
-        let floor = Purge {
-            target: Target::Partition("quiet".into()),
-            at: 10,
-            soft: false,
-        };
-        assert_eq!(kept[0], floor);
-        assert_eq!(kept.len(), MAX_MARKS + 1);
-        let log = PurgeLog::default();
-        for mark in &kept {
-            log.record(mark);
-        }
-        let copy = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "quiet"));
-        let tags: Vec<Box<str>> = vec!["t".into()];
-        assert_eq!(
-            log.verdict(&copy, &tags, 9),
-            super::super::purges::Verdict::Gone
-        );
-        // Rewritten, the floor is a line like any other and is read back.
-        rewrite_marks(&path, &kept).unwrap();
-        assert_eq!(read_marks(&path).unwrap(), kept);
     }
 
     fn small_config(path: &Path) -> DiskTierConfig {
@@ -571,7 +409,7 @@ mod tests {
         store.segments.put(key.as_bytes(), b"value").unwrap();
         // The marks file now refuses writes (opened read-only).
         let path = dir.path().join("purges.jsonl");
-        store.marks.lock().file = File::open(&path).unwrap();
+        store.marks.file.lock().file = File::open(&path).unwrap();
         let purge = |target, soft| Purge {
             target,
             at: 1,
