@@ -6,7 +6,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use parking_lot::RwLock;
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
@@ -41,6 +41,11 @@ impl FileWatch {
             folders: BTreeSet::new(),
             names,
         })
+    }
+
+    /// Files are read as events come here (see the Linux watch for the wait for a close).
+    pub(super) fn awaiting_close(&self, _path: &Path) -> bool {
+        false
     }
 
     pub(super) fn sync(&mut self, files: &[PathBuf]) {

@@ -3,15 +3,23 @@
 //! for names appearing (create, rename onto it), so a file replaced by
 //! rename or created later is seen, while writes to other files in the
 //! folder (an access log, an editor's swap file) wake nobody.
+//!
+//! A file created under a watched name is read once its writer closes it, as a
+//! file written in place is: read at its creation, a config cut after its
+//! first tenant is valid and would be applied (`rm cachet.toml; cat new >
+//! cachet.toml`, or `install`, which unlinks and writes anew).
 
 use super::watcher::folder_of;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 // Not MODIFY: a file written in place in several writes would be read between two of
 // them (a config cut after its first tenant is valid and would be applied). Its writer
@@ -23,10 +31,14 @@ const FILE_EVENTS: WatchMask = WatchMask::CLOSE_WRITE
 const FOLDER_EVENTS: WatchMask = WatchMask::CREATE
     .union(WatchMask::MOVED_TO)
     .union(WatchMask::ONLYDIR);
+/// How long a created file's close is waited for: its writer may have closed it before its
+/// watch was added (a small copy takes microseconds), and no close would come then.
+const CREATED_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) struct FileWatch {
     watches: Watches,
     table: Arc<Mutex<Table>>,
+    created: Arc<Mutex<Created>>,
 }
 
 /// What each watch stands for.
@@ -38,6 +50,8 @@ struct Table {
     /// entry of that name changes: the file itself, or every file reached through it when
     /// it is a symlinked folder on their path (`live -> v1` swapped for `live -> v2`).
     folders: HashMap<WatchDescriptor, HashMap<OsString, Vec<PathBuf>>>,
+    /// A folder's watch → the folder.
+    folder_paths: HashMap<WatchDescriptor, PathBuf>,
 }
 
 impl Table {
@@ -60,7 +74,10 @@ impl Table {
         files.chain(named).collect()
     }
 
-    fn watch_name(&mut self, wd: WatchDescriptor, name: &OsStr, changes: PathBuf) {
+    fn watch_name(&mut self, wd: WatchDescriptor, folder: &Path, name: &OsStr, changes: PathBuf) {
+        self.folder_paths
+            .entry(wd.clone())
+            .or_insert_with(|| folder.to_path_buf());
         let changed = self
             .folders
             .entry(wd)
@@ -70,6 +87,11 @@ impl Table {
         if !changed.contains(&changes) {
             changed.push(changes);
         }
+    }
+
+    /// The folder entry an event names.
+    fn entry_of(&self, wd: &WatchDescriptor, name: Option<&OsStr>) -> Option<PathBuf> {
+        Some(self.folder_paths.get(wd)?.join(name?))
     }
 
     fn holds(&self, wd: &WatchDescriptor) -> bool {
@@ -85,14 +107,39 @@ impl FileWatch {
         let watches = inotify.watches();
         let table: Arc<Mutex<Table>> = Arc::default();
         let known = table.clone();
+        let mut created_watches = inotify.watches();
+        let created: Arc<Mutex<Created>> = Arc::default();
+        let waiting = created.clone();
         std::thread::Builder::new()
             .name("cachet-watch".into())
             .spawn(move || {
                 let mut buffer = [0u8; 4096];
                 loop {
-                    let events = match inotify.read_events_blocking(&mut buffer) {
+                    let first_due = waiting.lock().first_due();
+                    let next = match first_due {
+                        None => inotify.read_events_blocking(&mut buffer),
+                        Some(due) if readable_before(&inotify, due) => {
+                            inotify.read_events(&mut buffer)
+                        }
+                        Some(_) => {
+                            // No close came: the file was whole when its watch was added.
+                            let paths = waiting.lock().take_due(Instant::now());
+                            if !paths.is_empty() && changes.send(paths).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    };
+                    let events = match next {
                         Ok(events) => events,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                            ) =>
+                        {
+                            continue
+                        }
                         Err(e) => {
                             tracing::warn!("file watch stopped: {e}");
                             return;
@@ -101,14 +148,30 @@ impl FileWatch {
                     let mut count = 0;
                     let mut paths = Vec::new();
                     {
-                        let table = known.lock();
+                        let mut table = known.lock();
                         for event in events {
                             count += 1;
                             if event.mask.contains(EventMask::Q_OVERFLOW) {
                                 // Events were lost: look at every file.
                                 paths.extend(table.all_paths());
                             }
-                            paths.extend(table.paths_of(&event.wd, event.name));
+                            let changed = table.paths_of(&event.wd, event.name);
+                            if changed.is_empty() {
+                                continue;
+                            }
+                            if event.mask.contains(EventMask::CREATE) {
+                                let entry = table.entry_of(&event.wd, event.name);
+                                if let Some(entry) = entry.filter(|e| being_written(e)) {
+                                    if let Ok(wd) = created_watches.add(&entry, FILE_EVENTS) {
+                                        table.files.entry(wd).or_default().extend(changed.clone());
+                                        let until = Instant::now() + CREATED_WAIT;
+                                        waiting.lock().wait_for(changed, until);
+                                        continue;
+                                    }
+                                }
+                            }
+                            waiting.lock().seen(&changed);
+                            paths.extend(changed);
                         }
                     }
                     crate::metrics::watch_events(count);
@@ -117,7 +180,18 @@ impl FileWatch {
                     }
                 }
             })?;
-        Ok(Self { watches, table })
+        Ok(Self {
+            watches,
+            table,
+            created,
+        })
+    }
+
+    /// Whether `path` is a file created since it was last read whose writer has not closed
+    /// it yet: an event about its name from before (the old file's deletion, which also
+    /// changes its attributes) must not have it read meanwhile.
+    pub(super) fn awaiting_close(&self, path: &Path) -> bool {
+        self.created.lock().holds(path)
     }
 
     /// Watches exactly `files` (and their folders for names appearing). A
@@ -130,7 +204,7 @@ impl FileWatch {
             };
             let path = folder.join(name);
             match self.watches.add(&folder, FOLDER_EVENTS) {
-                Ok(wd) => next.watch_name(wd, name, path.clone()),
+                Ok(wd) => next.watch_name(wd, &folder, name, path.clone()),
                 Err(e) => {
                     tracing::warn!(folder = %folder.display(), "cannot watch for plugin changes: {e}");
                 }
@@ -143,7 +217,7 @@ impl FileWatch {
                 };
                 // Named as configured: through the new link it is another file than `path`.
                 if let Ok(wd) = self.watches.add(&parent, FOLDER_EVENTS) {
-                    next.watch_name(wd, link_name, file.clone());
+                    next.watch_name(wd, &parent, link_name, file.clone());
                 }
             }
             // A missing file is seen through its folder when it appears.
@@ -165,6 +239,65 @@ impl FileWatch {
         }
         *table = next;
     }
+}
+
+/// Files created under a watched name, waiting for their writer to close them.
+#[derive(Default)]
+struct Created(Vec<(Vec<PathBuf>, Instant)>);
+
+impl Created {
+    fn wait_for(&mut self, paths: Vec<PathBuf>, until: Instant) {
+        self.0.push((paths, until));
+    }
+
+    /// An event about these paths (their writer's close) ends the wait for them.
+    fn seen(&mut self, paths: &[PathBuf]) {
+        self.0
+            .retain(|(waiting, _)| !waiting.iter().any(|p| paths.contains(p)));
+    }
+
+    fn holds(&self, path: &Path) -> bool {
+        self.0
+            .iter()
+            .any(|(paths, _)| paths.iter().any(|p| p == path))
+    }
+
+    fn first_due(&self) -> Option<Instant> {
+        self.0.iter().map(|(_, until)| *until).min()
+    }
+
+    fn take_due(&mut self, now: Instant) -> Vec<PathBuf> {
+        let mut due = Vec::new();
+        self.0.retain_mut(|(paths, until)| {
+            let waiting = *until > now;
+            if !waiting {
+                due.append(paths);
+            }
+            waiting
+        });
+        due
+    }
+}
+
+/// A regular file just created, which its writer may still be writing. Not a symlink (made
+/// whole by one call), nor a second link to an existing file (`ln`: no writer, no close).
+fn being_written(entry: &Path) -> bool {
+    std::fs::symlink_metadata(entry).is_ok_and(|m| m.file_type().is_file() && m.nlink() == 1)
+}
+
+/// Whether the watch has events to read before `due`.
+fn readable_before(inotify: &Inotify, due: Instant) -> bool {
+    let wait = due.saturating_duration_since(Instant::now());
+    // Rounded up, so the wait does not end just before `due` and spin.
+    let millis = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    let mut poll = libc::pollfd {
+        fd: inotify.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, owned by this frame, for a descriptor `inotify` keeps open.
+    let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+    ready > 0
 }
 
 /// The folders on `file`'s path, as written, that are symlinks.

@@ -53,6 +53,10 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
                         .chain(certificates)
                         .collect()];
                 }
+                // A file created anew since is read once its writer closes it.
+                for paths in &mut batch {
+                    paths.retain(|path| !files.awaiting_close(path));
+                }
                 apply(&reloader, batch);
                 // The config may name other plugins now.
                 files.sync(&watched_files(&reloader));
