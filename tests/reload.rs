@@ -350,47 +350,13 @@ fn config_changes_apply_live_and_invalid_ones_are_refused_whole() {
 /// without the second tenant) would have been applied and that tenant's hosts refused.
 #[test]
 fn a_config_written_in_place_is_applied_when_its_writer_closes_it() {
-    use std::io::Write;
-    let a = Origin::start(|_| Reply::ok("from a"));
-    let b = Origin::start(|_| Reply::ok("from b"));
-    let proxy = Proxy::start(
-        "max_bytes = \"64MiB\"",
-        &[
-            TenantSpec::new("a", a.addr, &plugin("standard")).hosts(&["a.test"]),
-            TenantSpec::new("b", b.addr, &plugin("standard")).hosts(&["b.test"]),
-        ],
-    );
-    let config = proxy.dir.path().join("cachet.toml");
-    let original = std::fs::read_to_string(&config).unwrap();
-    let second = original
-        .find("\n[[tenant]]\nname = \"b\"")
-        .expect("tenant b in the config");
-    let (first_half, second_half) = original.split_at(second);
-    let url = proxy.url("/x");
-    let from_b = |host: &str| support::client::send("GET", &url, &[("Host", host)]);
-
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&config)
-        .unwrap();
-    file.write_all(first_half.as_bytes()).unwrap();
-    file.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(from_b("b.test").status, 200, "the first half was applied");
-    let second_half =
-        second_half.replace("hosts = [\"b.test\"]", "hosts = [\"b.test\", \"b2.test\"]");
-    file.write_all(second_half.as_bytes()).unwrap();
-    drop(file);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while from_b("b2.test").status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the whole file was never applied"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(from_b("b.test").text(), "from b");
+    config_written_in_two_halves(|config| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(config)
+            .unwrap()
+    });
 }
 
 /// A config file deleted and written anew (`install`, `rm` then `cat >`) is read once its
@@ -398,6 +364,20 @@ fn a_config_written_in_place_is_applied_when_its_writer_closes_it() {
 /// tenant a alone) was applied, and tenant b went away until the rest came.
 #[test]
 fn a_config_created_anew_is_applied_when_its_writer_closes_it() {
+    config_written_in_two_halves(|config| {
+        std::fs::remove_file(config).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(config)
+            .unwrap()
+    });
+}
+
+/// Serves tenants a and b, then rewrites the config through the file `open` gives: tenant a
+/// alone first, and after a pause tenant b with a second host. Tenant b must serve throughout,
+/// and its second host once the file is closed.
+fn config_written_in_two_halves(open: impl FnOnce(&Path) -> std::fs::File) {
     use std::io::Write;
     let a = Origin::start(|_| Reply::ok("from a"));
     let b = Origin::start(|_| Reply::ok("from b"));
@@ -417,12 +397,7 @@ fn a_config_created_anew_is_applied_when_its_writer_closes_it() {
     let url = proxy.url("/x");
     let from_b = |host: &str| support::client::send("GET", &url, &[("Host", host)]);
 
-    std::fs::remove_file(&config).unwrap();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&config)
-        .unwrap();
+    let mut file = open(&config);
     file.write_all(first_half.as_bytes()).unwrap();
     file.flush().unwrap();
     std::thread::sleep(Duration::from_millis(400));
