@@ -294,7 +294,8 @@ fn a_targeted_field_switches_off_expires_and_heuristic_freshness() {
 fn interim_responses_reach_the_client_without_leaking_into_the_final_one() {
     let origin = RawOrigin::start(|_| {
         b"HTTP/1.1 102 Processing\r\n\r\n\
-          HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nX-Hint: 1\r\n\r\n\
+          HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nX-Hint: 1\r\n\
+          Surrogate-Key: internal\r\nCachet-Cache-Control: max-age=5\r\n\r\n\
           HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\
           Connection: close\r\n\r\nok"
             .to_vec()
@@ -307,6 +308,9 @@ fn interim_responses_reach_the_client_without_leaking_into_the_final_one() {
     let hints = first.interim.iter().find(|h| h.status == 103).expect("103");
     assert_eq!(hints.header("link"), Some("</style.css>; rel=preload"));
     assert_eq!(hints.header("cache-status"), None, "1xx is not labelled");
+    // Fields meant for cachet alone stay inside, on an interim response too.
+    assert_eq!(hints.header("surrogate-key"), None);
+    assert_eq!(hints.header("cachet-cache-control"), None);
     assert_eq!(first.head.status, 200);
     assert_eq!(first.body, b"ok");
     assert_eq!(first.head.header("link"), None);

@@ -574,12 +574,13 @@ impl ProxyHttp for CachetProxy {
         }
         deliver::apply_origin_edits(session, upstream_response, ctx);
         hop_by_hop::strip_for_downstream(upstream_response);
+        // Fields meant for cachet alone, on an interim response too.
+        directives::strip_downstream(upstream_response);
         // An interim response (103 Early Hints) goes on as the origin sent it; the final
         // response is judged and labelled on its own.
         if upstream_response.status.is_informational() {
             return interim::forward_now(session, upstream_response).await;
         }
-        directives::strip_downstream(upstream_response);
         ctx.no_content = !framing::status_has_content(upstream_response.status);
         let head_request = session.req_header().method == http::Method::HEAD;
         let version = session.req_header().version;
