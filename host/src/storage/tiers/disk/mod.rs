@@ -3,8 +3,9 @@
 //!
 //! Every entry carries a checksum, and one whose bytes do not match (a truncated or corrupted
 //! file) is a miss and is removed; records are checked again when decoded. A removal writes a
-//! tombstone so the object does not come back after a restart. Purge marks are kept next to the
-//! segments in `purges.jsonl` ([`marks_file`]).
+//! tombstone so the object does not come back after a restart, from a thread of its own
+//! ([`tombstones`]). Purge marks are kept next to the segments in `purges.jsonl`
+//! ([`marks_file`]).
 //!
 //! One process owns the folder at a time (an exclusive `flock` on `path/lock`). During a
 //! graceful upgrade the new process starts while the old one drains: it runs without the disk
@@ -13,6 +14,7 @@
 mod entry;
 mod marks_file;
 mod segments;
+mod tombstones;
 
 use super::key::TierKey;
 use super::purges::{Purge, PurgeLog, Target};
@@ -31,6 +33,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tombstones::TombstoneWriter;
 
 /// Largest segment: a segment is the unit the tier evicts, and bounds the largest entry.
 const MAX_SEGMENT: usize = 16 << 20;
@@ -48,12 +51,13 @@ pub(crate) struct DiskTier {
     store: OnceLock<Store>,
     /// Purges made before the store was open, written to its marks file when it opens.
     pending_marks: Mutex<Vec<Purge>>,
-    counters: TierCounters,
+    counters: Arc<TierCounters>,
 }
 
 struct Store {
     segments: Arc<SegmentStore>,
     marks: MarksJournal,
+    tombstones: TombstoneWriter,
     /// Held for the life of the process: the folder's exclusive lock.
     _lock: File,
 }
@@ -83,7 +87,7 @@ impl DiskTier {
             max_value: segment.saturating_sub(ENTRY_ROOM),
             store: OnceLock::new(),
             pending_marks: Mutex::default(),
-            counters: TierCounters::default(),
+            counters: Arc::default(),
         });
         if flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
             tier.open(lock, &marks, None)?;
@@ -140,9 +144,13 @@ impl DiskTier {
         for mark in read.iter().chain(&pending) {
             marks.record(mark);
         }
+        let segments = Arc::new(segments);
+        let tombstones = TombstoneWriter::start(segments.clone(), self.counters.clone())
+            .context("starting the disk tier's tombstone writer")?;
         let store = Store {
-            segments: Arc::new(segments),
+            segments,
             marks: journal,
+            tombstones,
             _lock: lock,
         };
         if self.store.set(store).is_err() {
@@ -157,9 +165,9 @@ impl DiskTier {
         tracing::warn!("disk tier: {doing}: {error}");
     }
 
-    /// Removes `key`, writing a tombstone so it does not come back after a restart. False
-    /// when the tombstone could not be written (counted and logged).
-    fn remove_from(&self, store: &Store, key: &TierKey) -> bool {
+    /// Removes `key` and writes its tombstone on this thread, so it does not come back after
+    /// a restart. False when the tombstone could not be written (counted and logged).
+    fn remove_now(&self, store: &Store, key: &TierKey) -> bool {
         match store.segments.remove(key.as_bytes()) {
             Ok(removed) => {
                 if removed {
@@ -174,13 +182,28 @@ impl DiskTier {
         }
     }
 
+    /// Removes `keys` now and leaves their tombstones to the tombstone writer
+    /// ([`tombstones`]), so a request thread never waits for the segment writer's lock.
+    fn remove_queued(&self, store: &Store, keys: &[&[u8]]) {
+        let tombstones = store.segments.forget_all(keys);
+        self.counters.removed.fetch_add(
+            tombstones.count as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        store.tombstones.write(tombstones);
+    }
+
     /// Writes what the page cache holds for the tier to the disk (shutdown).
     pub(crate) async fn close(&self) {
         let Some(store) = self.store.get() else {
             return;
         };
-        let segments = store.segments.clone();
-        match tokio::task::spawn_blocking(move || segments.sync()).await {
+        let (segments, tombstones) = (store.segments.clone(), store.tombstones.clone());
+        let written = move || {
+            tombstones.flush();
+            segments.sync()
+        };
+        match tokio::task::spawn_blocking(written).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("closing the disk tier: {e}"),
             Err(e) => tracing::warn!("closing the disk tier: {e}"),
@@ -228,9 +251,7 @@ impl Tier for DiskTier {
     fn remove_chunks(&self, keys: &[TierKey]) {
         if let Some(store) = self.store.get() {
             let keys: Vec<&[u8]> = keys.iter().map(TierKey::as_bytes).collect();
-            if let Err(e) = store.segments.remove_all(&keys) {
-                self.io_error("removing chunks", &e);
-            }
+            self.remove_queued(store, &keys);
         }
     }
 
@@ -250,7 +271,7 @@ impl Tier for DiskTier {
 
     fn remove(&self, key: &TierKey) {
         if let Some(store) = self.store.get() {
-            self.remove_from(store, key);
+            self.remove_queued(store, &[key.as_bytes()]);
         }
     }
 
@@ -260,19 +281,21 @@ impl Tier for DiskTier {
             return Ok(None);
         };
         // A soft purge keeps the copy: its mark makes it stale, to be revalidated.
-        let tombstoned = match (&purge.target, purge.soft) {
-            (Target::Key(hex), false) => {
-                TierKey::from_hex(hex).is_some_and(|key| self.remove_from(store, &key))
-            }
-            _ => false,
+        let removed = match (&purge.target, purge.soft) {
+            (Target::Key(hex), false) => TierKey::from_hex(hex),
+            _ => None,
         };
         let Err(e) = store.marks.append(purge) else {
+            if let Some(key) = removed {
+                self.remove_queued(store, &[key.as_bytes()]);
+            }
             return Ok(None);
         };
         TierCounters::bump(&self.counters.errors);
         tracing::warn!("disk tier: cannot record a purge: {e:#}");
-        // The tombstone alone keeps a URL purge across a restart; nothing else would.
-        if tombstoned {
+        // The tombstone alone keeps a URL purge across a restart; nothing else would. So it
+        // is written here, and the purge reported failed when it cannot be.
+        if removed.is_some_and(|key| self.remove_now(store, &key)) {
             return Ok(None);
         }
         Err(format!("cannot record the purge: {e:#}"))
@@ -429,6 +452,44 @@ mod tests {
         assert!(err.contains("cannot record the purge"), "{err}");
         let stats = tier.stats();
         assert_eq!((stats.errors, stats.removed), (3, 1), "{stats:?}");
+    }
+
+    /// A purge does not wait for the segment writer, which a large `put` holds for the length
+    /// of its write: the object is gone at once, its tombstone is written after, and a restart
+    /// keeps it gone.
+    #[tokio::test]
+    async fn a_purge_does_not_wait_for_a_write_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_config(dir.path());
+        let tier = DiskTier::start(&config, Arc::default(), memory()).unwrap();
+        let key = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "site"));
+        let store = tier.store.get().unwrap();
+        store.segments.put(key.as_bytes(), b"value").unwrap();
+        let purge = Purge {
+            target: Target::Key(key.to_hex()),
+            at: super::super::record::now_ns(),
+            soft: false,
+        };
+        let writing = store.segments.hold_writer();
+        let (published, answer) = std::sync::mpsc::channel();
+        let purging = tier.clone();
+        std::thread::spawn(move || {
+            let _ = published.send(purging.publish(&purge).is_ok());
+        });
+        let answered = answer.recv_timeout(Duration::from_secs(2));
+        assert_eq!(answered, Ok(true), "the purge waited for the writer");
+        assert!(!store.segments.contains(key.as_bytes()), "gone at once");
+        drop(writing);
+        tier.close().await;
+        assert_eq!((tier.stats().removed, tier.stats().errors), (1, 0));
+        drop(tier);
+
+        let again = DiskTier::start(&config, Arc::default(), memory()).unwrap();
+        let segments = &again.store.get().expect("the folder is free").segments;
+        assert!(
+            !segments.contains(key.as_bytes()),
+            "its tombstone was written"
+        );
     }
 
     #[test]

@@ -80,6 +80,15 @@ struct Active {
     values: usize,
 }
 
+/// Tombstones of keys already dropped from the index ([`SegmentStore::forget_all`]), in
+/// batches of whole entries, each written with one append.
+#[derive(Debug, Default)]
+pub(crate) struct Tombstones {
+    pub(crate) batches: Vec<Vec<u8>>,
+    /// Keys they are for.
+    pub(crate) count: usize,
+}
+
 /// Why a stored entry could not be returned.
 #[derive(Debug)]
 pub(crate) enum ReadError {
@@ -203,41 +212,60 @@ impl SegmentStore {
         Ok(self.remove_all(&[key])? == 1)
     }
 
-    /// Forgets every one of `keys` that is stored, with one write for all their tombstones (a
-    /// large object's chunks go together). Returns how many were stored.
+    /// Forgets every one of `keys` that is stored and writes their tombstones on this thread.
+    /// Returns how many were stored.
     pub(crate) fn remove_all(&self, keys: &[&[u8]]) -> io::Result<usize> {
-        let stored: Vec<(u64, &[u8])> = {
-            let index = self.index.read();
-            keys.iter()
-                .map(|key| (self.hasher.hash_one(key), *key))
-                .filter(|(hash, _)| index.entries.contains_key(hash))
-                .collect()
-        };
-        let mut removed = 0;
-        let mut batch = Vec::new();
-        let mut hashes = Vec::new();
-        for (i, (hash, key)) in stored.iter().enumerate() {
-            batch.extend_from_slice(&entry::encode(Kind::Tombstone, key, &[]));
-            hashes.push(*hash);
-            // A batch stays well within a segment, whatever the keys' length.
-            let full = batch.len() as u64 >= self.limits.segment_bytes / 4;
-            if full || i + 1 == stored.len() {
-                removed += self.write_tombstones(&batch, &hashes)?;
-                batch.clear();
-                hashes.clear();
-            }
+        let forgotten = self.forget_all(keys);
+        for batch in &forgotten.batches {
+            self.write_tombstones(batch)?;
         }
-        Ok(removed)
+        Ok(forgotten.count)
     }
 
-    /// Appends `tombstones` (encoded) and drops `hashes` from the index.
-    fn write_tombstones(&self, tombstones: &[u8], hashes: &[u64]) -> io::Result<usize> {
-        self.write(tombstones, 0, |index, _| {
-            hashes
-                .iter()
-                .filter(|hash| index.entries.remove(hash).is_some())
-                .count()
-        })
+    /// Drops every one of `keys` that is stored from the index, so that lookups miss from now
+    /// on, and returns their tombstones for [`Self::write_tombstones`]: until those are
+    /// written, a restart would bring the keys back. Takes the index lock only, never the
+    /// writer's, which a large `put` holds for the length of its write.
+    ///
+    /// A value stored again under one of `keys` before its tombstone is written stays served,
+    /// but a restart forgets it too (the tombstone lands after it): a miss, never a stale hit.
+    pub(crate) fn forget_all(&self, keys: &[&[u8]]) -> Tombstones {
+        let hashes: Vec<u64> = keys.iter().map(|key| self.hasher.hash_one(key)).collect();
+        let stored: Vec<&[u8]> = {
+            let mut index = self.index.write();
+            keys.iter()
+                .zip(hashes)
+                .filter(|(_, hash)| index.entries.remove(hash).is_some())
+                .map(|(key, _)| *key)
+                .collect()
+        };
+        let mut tombstones = Tombstones {
+            batches: Vec::new(),
+            count: stored.len(),
+        };
+        let mut batch = Vec::new();
+        for key in stored {
+            batch.extend_from_slice(&entry::encode(Kind::Tombstone, key, &[]));
+            // A batch stays well within a segment, whatever the keys' length.
+            if batch.len() as u64 >= self.limits.segment_bytes / 4 {
+                tombstones.batches.push(std::mem::take(&mut batch));
+            }
+        }
+        if !batch.is_empty() {
+            tombstones.batches.push(batch);
+        }
+        tombstones
+    }
+
+    /// Appends one batch of [`Tombstones`] (whole tombstone entries).
+    pub(crate) fn write_tombstones(&self, batch: &[u8]) -> io::Result<()> {
+        self.write(batch, 0, |_, _| ())
+    }
+
+    /// Holds the writer's lock, as a `put` does while it writes.
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self) -> impl Sized + '_ {
+        self.writer.lock()
     }
 
     /// Appends `bytes` (whole entries, `values` of them values), then lets `apply` bring the
