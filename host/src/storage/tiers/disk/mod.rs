@@ -228,12 +228,13 @@ impl Tier for DiskTier {
         };
         match store.segments.get(key.as_bytes()).await {
             Ok(value) => Ok(value),
-            Err(ReadError::Corrupt) => {
-                // The store has forgotten it already.
+            Err(ReadError::Corrupt(tombstones)) => {
+                // The index has forgotten it already; the tombstone keeps it so.
                 TierCounters::bump(&self.counters.corrupt);
                 TierCounters::bump(&self.counters.removed);
+                store.tombstones.write(tombstones);
                 tracing::warn!("disk tier: corrupt object removed");
-                Err(ReadError::Corrupt.to_string())
+                Err("a stored entry failed its checksum".into())
             }
             Err(e) => Err(e.to_string()),
         }

@@ -92,15 +92,16 @@ pub(crate) struct Tombstones {
 /// Why a stored entry could not be returned.
 #[derive(Debug)]
 pub(crate) enum ReadError {
-    /// The entry's bytes do not check out; it has been forgotten.
-    Corrupt,
+    /// The entry's bytes do not check out. It has been dropped from the index; its tombstone
+    /// is the caller's to write.
+    Corrupt(Tombstones),
     Io(io::Error),
 }
 
 impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Corrupt => f.write_str("a stored entry failed its checksum"),
+            Self::Corrupt(_) => f.write_str("a stored entry failed its checksum"),
             Self::Io(e) => write!(f, "reading a segment: {e}"),
         }
     }
@@ -180,10 +181,7 @@ impl SegmentStore {
             }
             // Damaged, or (with a chance of one in 2^64 per pair of keys) another key whose
             // hash took the slot: either way it is not served, and forgotten.
-            _ => {
-                self.forget(hash, loc, key).map_err(ReadError::Io)?;
-                Err(ReadError::Corrupt)
-            }
+            _ => Err(ReadError::Corrupt(self.forget(hash, loc, key))),
         }
     }
 
@@ -302,12 +300,19 @@ impl SegmentStore {
         self.index.read().entries.len()
     }
 
-    /// Forgets an entry found damaged, unless a newer one took its key meanwhile.
-    fn forget(&self, hash: u64, loc: Loc, key: &[u8]) -> io::Result<()> {
-        if self.index.read().entries.get(&hash) == Some(&loc) {
-            self.remove(key)?;
+    /// Drops an entry found damaged from the index, unless a newer one took its key
+    /// meanwhile, and returns its tombstone (none then).
+    fn forget(&self, hash: u64, loc: Loc, key: &[u8]) -> Tombstones {
+        let mut index = self.index.write();
+        if index.entries.get(&hash) != Some(&loc) {
+            return Tombstones::default();
         }
-        Ok(())
+        index.entries.remove(&hash);
+        drop(index);
+        Tombstones {
+            batches: vec![entry::encode(Kind::Tombstone, key, &[])],
+            count: 1,
+        }
     }
 
     /// Appends entries to the active segment, starting a new segment first when they would
@@ -795,7 +800,13 @@ mod tests {
         bytes[at] ^= 0x20;
         std::fs::write(&path, bytes).unwrap();
 
-        assert!(matches!(store.get(b"key").await, Err(ReadError::Corrupt)));
+        let Err(ReadError::Corrupt(tombstones)) = store.get(b"key").await else {
+            panic!("a damaged entry was read");
+        };
+        assert_eq!(tombstones.count, 1);
+        for batch in &tombstones.batches {
+            store.write_tombstones(batch).unwrap();
+        }
         assert!(!store.contains(b"key"));
         assert!(store.get(b"key").await.unwrap().is_none());
         assert_eq!(
