@@ -501,6 +501,18 @@ fn validate_warns_about_tenant_hosts_the_certificate_does_not_name() {
     let (ok, out) = validate(r#""site.test", "img.cdn.test", "*""#);
     assert!(ok, "{out}");
     assert!(!out.contains("warning"), "every host is named: {out}");
+
+    // An address gets the default certificate, never the tenant's own: clients send no
+    // server name for it. Without a default one, its handshakes fail, named though it is.
+    // (The same files, rewritten: `validate` reads them at each call.)
+    ca.leaf(&["site.test", "127.0.0.1"])
+        .write(dir.path(), "site");
+    let (ok, out) = validate(r#""site.test", "127.0.0.1""#);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: tenant \"site\": no certificate is served for 127.0.0.1"),
+        "{out}"
+    );
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -656,6 +668,74 @@ fn a_config_reload_adds_a_tenant_certificate_and_refuses_one_that_does_not_load(
         reason.contains("server.tls_listen") && reason.contains("until a restart")
     });
     assert_eq!(&sites.get("c.test", "c.test", "/").served, gamma.der());
+}
+
+/// The expiry gauge follows the certificates that serve: a pair named by a config that is
+/// refused is never reported, and the series of a certificate no longer configured goes.
+#[test]
+fn the_expiry_gauge_reports_only_certificates_that_serve() {
+    let sites = Sites::start();
+    let config_path = sites.proxy.dir.path().join("cachet.toml");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let gauge = |certificate: &str| {
+        let metrics = ureq::get(&sites.proxy.admin_url("/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        let series =
+            format!("cachet_tls_certificate_not_after_seconds{{certificate=\"{certificate}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .map(|value| value.trim().parse::<i64>().unwrap())
+    };
+    let serving = gauge("tenant alpha").expect("alpha's certificate is reported");
+
+    // alpha's pair is renewed (to one that ends in 2090) in a config that also names a
+    // broken pair for gamma: the config is refused, alpha's old certificate keeps serving,
+    // and the gauge keeps saying when that one ends.
+    let renewed = sites.cas[0].leaf_until(&["a.test"], 2090);
+    let (cert, key) = renewed.write(sites.certs.path(), "alpha-renewed");
+    let broken = sites.certs.path().join("broken.crt");
+    std::fs::write(&broken, "not a certificate").unwrap();
+    let alpha_cert = sites.certs.path().join("alpha.crt");
+    let alpha_key = sites.certs.path().join("alpha.key");
+    assert!(original.contains(&format!("{alpha_cert:?}")), "{original}");
+    let refused = original
+        .replace(&format!("{alpha_cert:?}"), &format!("{cert:?}"))
+        .replace(&format!("{alpha_key:?}"), &format!("{key:?}"))
+        .replace(
+            "name = \"gamma\"\n",
+            &format!("name = \"gamma\"\ntls_cert = {broken:?}\ntls_key = {key:?}\n"),
+        );
+    replace(&config_path, &refused);
+    eventually("the config is refused", || {
+        !sites.proxy.status()["config"]["last_refusal"].is_null()
+    });
+    assert_eq!(
+        &sites.get("a.test", "a.test", "/").served,
+        sites.alpha.der()
+    );
+    assert_eq!(
+        gauge("tenant alpha"),
+        Some(serving),
+        "a refused pair was reported"
+    );
+
+    // beta's own pair is dropped from the config: its series goes.
+    assert!(gauge("tenant beta").is_some());
+    let without_beta_pair: String = original
+        .lines()
+        .filter(|line| !line.contains("beta."))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    replace(&config_path, &without_beta_pair);
+    eventually("beta's certificate is no longer reported", || {
+        gauge("tenant beta").is_none()
+    });
+    assert_eq!(gauge("tenant alpha"), Some(serving));
+    assert!(gauge("default").is_some());
 }
 
 #[test]

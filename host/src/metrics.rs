@@ -291,6 +291,13 @@ static CERTIFICATE_EXPIRY: Lazy<IntGaugeVec> = Lazy::new(|| {
     ))
 });
 
+/// A certificate no longer configured: its series go, so that no alert watches the expiry
+/// of a certificate nothing serves.
+pub fn forget_certificate(certificate: &str) {
+    forget_labelled(&CERTIFICATE_EXPIRY, "certificate", certificate);
+    forget_labelled(&CERTIFICATE_RELOADS, "certificate", certificate);
+}
+
 /// A certificate's files were reloaded (`applied`) or refused (`refused`).
 pub fn certificate_reload(certificate: &str, result: &str) {
     CERTIFICATE_RELOADS
@@ -367,6 +374,15 @@ fn forget_in<T: prometheus::core::MetricVecBuilder>(
     vec: &prometheus::core::MetricVec<T>,
     tenant: &str,
 ) {
+    forget_labelled(vec, "tenant", tenant);
+}
+
+/// Removes every series of `vec` whose label `name` is `value`.
+fn forget_labelled<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    name: &str,
+    value: &str,
+) {
     use prometheus::core::Collector;
     for family in vec.collect() {
         for metric in family.get_metric() {
@@ -375,7 +391,7 @@ fn forget_in<T: prometheus::core::MetricVecBuilder>(
                 .iter()
                 .map(|pair| (pair.name(), pair.value()))
                 .collect();
-            if labels.get("tenant") == Some(&tenant) {
+            if labels.get(name) == Some(&value) {
                 let _ = vec.remove(&labels);
             }
         }

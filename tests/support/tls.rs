@@ -78,6 +78,15 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// Like [`TestCa::leaf`], valid from the year 2000 to the start of `year`.
+    pub fn leaf_until(&self, names: &[&str], year: i32) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        self.sign(params)
+    }
+
     /// Like [`TestCa::leaf`], valid only from the year 2100: not valid yet.
     pub fn future_leaf(&self, names: &[&str]) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();

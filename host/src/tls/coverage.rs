@@ -2,40 +2,75 @@
 //! certificate does not name gets a handshake every client refuses; the operator should
 //! hear that when the certificate loads, not from users.
 
+use super::certificate::LoadedCert;
 use super::store::{CertOwner, CertSet};
 use crate::config::Config;
+use std::sync::Arc;
 
-/// One warning per tenant whose certificate (its own, or the default one it falls back to)
-/// leaves some of its hosts unnamed. Empty without a TLS listener.
+/// One warning per tenant and certificate (its own, or the default one it falls back to)
+/// that leaves some of its hosts unnamed, and one per tenant with hosts no certificate is
+/// served for. An IP-literal host is served the default certificate whatever the tenant has:
+/// clients send no SNI for an address (RFC 6066 §3), so the tenant's own is never chosen.
+/// Empty without a TLS listener.
 pub fn warnings(config: &Config, set: &CertSet) -> Vec<String> {
     if config.server.listener.tls_listen.is_none() {
         return Vec::new();
     }
-    config
-        .tenants
-        .iter()
-        .filter_map(|tenant| {
-            let cert = set
-                .get(&CertOwner::Tenant(tenant.name.clone()))
-                .or_else(|| set.get(&CertOwner::Default))?;
-            let missing: Vec<&str> = tenant
-                .hosts
-                .iter()
-                .map(String::as_str)
-                .filter(|host| !covers(&cert.names, host))
-                .collect();
-            (!missing.is_empty()).then(|| {
-                format!(
-                    "tenant {:?}: certificate {} does not name {} (it names {}); TLS clients asking for {} will refuse it",
+    let default = set.get(&CertOwner::Default);
+    let mut warnings = Vec::new();
+    for tenant in &config.tenants {
+        let own = set.get(&CertOwner::Tenant(tenant.name.clone()));
+        // Hosts by the certificate their handshakes get (`None`: no certificate at all).
+        let mut served: Vec<(Option<&Arc<LoadedCert>>, Vec<&str>)> = Vec::new();
+        for host in &tenant.hosts {
+            let cert = if is_ip_literal(host) {
+                default
+            } else {
+                own.or(default)
+            };
+            if cert.is_some_and(|cert| covers(&cert.names, host)) {
+                continue;
+            }
+            match served
+                .iter_mut()
+                .find(|(c, _)| c.map(Arc::as_ptr) == cert.map(Arc::as_ptr))
+            {
+                Some((_, hosts)) => hosts.push(host),
+                None => served.push((cert, vec![host])),
+            }
+        }
+        for (cert, missing) in served {
+            let those = if missing.len() == 1 {
+                "that host"
+            } else {
+                "those hosts"
+            };
+            warnings.push(match cert {
+                Some(cert) => format!(
+                    "tenant {:?}: certificate {} does not name {} (it names {}); TLS clients asking for {those} will refuse it",
                     tenant.name,
                     cert.paths.cert.display(),
                     missing.join(", "),
                     if cert.names.is_empty() { "nothing".to_owned() } else { cert.names.join(", ") },
-                    if missing.len() == 1 { "that host" } else { "those hosts" },
-                )
-            })
-        })
-        .collect()
+                ),
+                None => format!(
+                    "tenant {:?}: no certificate is served for {} ([server] tls_cert, which is not set, answers tenants without tls_cert and clients that send no server name, as for an IP address); TLS handshakes for {those} will fail",
+                    tenant.name,
+                    missing.join(", "),
+                ),
+            });
+        }
+    }
+    warnings
+}
+
+/// An IPv4 address or a bracketed IPv6 one, as `hosts` holds them.
+fn is_ip_literal(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    bare.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Whether a certificate with DNS and IP `names` is valid for a `[[tenant]] hosts` pattern.

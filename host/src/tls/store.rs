@@ -145,7 +145,7 @@ impl CertStore {
                     {
                         return Err(format!("{owner}: {why}"));
                     }
-                    announce(&owner, &loaded);
+                    // Announced by `install`: the config may still be refused.
                     Arc::new(loaded)
                 }
             };
@@ -165,6 +165,18 @@ impl CertStore {
                 _ => false,
             }
         });
+        // The expiry gauge follows what serves: a pair new in `set` from now on, and an
+        // owner gone (or its pair) no longer.
+        for (owner, cert) in set.iter() {
+            if !running.get(owner).is_some_and(|now| Arc::ptr_eq(now, cert)) {
+                announce(owner, cert);
+            }
+        }
+        for (owner, _) in running.iter() {
+            if set.get(owner).is_none() {
+                crate::metrics::forget_certificate(&owner.to_string());
+            }
+        }
         self.current.store(Arc::new(set));
     }
 
