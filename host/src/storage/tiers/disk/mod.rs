@@ -422,15 +422,22 @@ mod tests {
         assert!(l1.stored(&other).is_some());
     }
 
+    /// A tier opened in `config`'s folder, with one object stored on disk under the key returned.
+    fn holding_one_object(config: &DiskTierConfig) -> (Arc<DiskTier>, TierKey) {
+        let tier = DiskTier::start(config, Arc::default(), memory()).unwrap();
+        let key = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "site"));
+        let store = tier.store.get().unwrap();
+        store.segments.put(key.as_bytes(), b"value").unwrap();
+        (tier, key)
+    }
+
     /// A purge the tier cannot record is reported, unless a tombstone alone keeps it.
     #[test]
     fn a_purge_that_cannot_be_recorded_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let config = small_config(dir.path());
-        let tier = DiskTier::start(&config, Arc::default(), memory()).unwrap();
-        let key = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "site"));
+        let (tier, key) = holding_one_object(&config);
         let store = tier.store.get().unwrap();
-        store.segments.put(key.as_bytes(), b"value").unwrap();
         // The marks file now refuses writes (opened read-only).
         let path = dir.path().join("purges.jsonl");
         store.marks.file.lock().file = File::open(&path).unwrap();
@@ -462,10 +469,8 @@ mod tests {
     async fn a_purge_does_not_wait_for_a_write_in_progress() {
         let dir = tempfile::tempdir().unwrap();
         let config = small_config(dir.path());
-        let tier = DiskTier::start(&config, Arc::default(), memory()).unwrap();
-        let key = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "site"));
+        let (tier, key) = holding_one_object(&config);
         let store = tier.store.get().unwrap();
-        store.segments.put(key.as_bytes(), b"value").unwrap();
         let purge = Purge {
             target: Target::Key(key.to_hex()),
             at: super::super::record::now_ns(),
