@@ -750,3 +750,62 @@ fn a_reload_keeps_a_failing_upstream_out() {
     assert!(sent > 20, "only {sent} requests");
     assert_eq!(t.hits.load(Ordering::SeqCst), hits_before);
 }
+
+/// A listener whose accept queue is full: the kernel drops new SYNs, so a connect to it
+/// hangs until the connector gives up, as one to a host that is down does.
+fn unanswering(addr: SocketAddr) -> (TcpListener, Vec<TcpStream>) {
+    let listener = TcpListener::bind(addr).expect("bind the unanswering address");
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(conn) => held.push(conn),
+            Err(_) => return (listener, held),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+/// A single upstream name whose first address is down: the request that finds out waits out
+/// its connect timeout and goes on to the next address, and later requests start there
+/// instead of each waiting on the dead one again.
+#[test]
+fn a_dead_first_address_of_a_name_costs_one_connect_timeout_not_one_per_request() {
+    let a = NamedOrigin::start_on("a", "127.0.0.2:0".parse().unwrap());
+    let port = a.addr.port();
+    let (_dead, _held) = unanswering(SocketAddr::from(([127, 0, 0, 1], port)));
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    // The resolver puts 127.0.0.1 first whatever the order here (the longest prefix it
+    // shares with the source address).
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 origin.cachet.test\n127.0.0.2 origin.cachet.test\n",
+    )
+    .unwrap();
+    let proxy = proxy_with_own_hosts_file(
+        &hosts,
+        TenantSpec::new("site", a.addr, &plugin("standard"))
+            .upstream_line(&format!("upstream = \"origin.cachet.test:{port}\""))
+            .extra("[tenant.origin]\nconnect_timeout = \"600ms\""),
+    );
+    let timed = |i: usize| {
+        let started = Instant::now();
+        let answer = try_send("GET", &proxy.url(&format!("/dead-first/{i}")), &[])
+            .map(|r| (r.status, r.text()));
+        (answer, started.elapsed())
+    };
+    let (answer, took) = timed(0);
+    assert_eq!(answer, Ok((200, "a".to_owned())), "{}", proxy.log());
+    assert!(
+        took >= Duration::from_millis(600),
+        "the first request took {took:?}: the name's first address was not the dead one"
+    );
+    for i in 1..4 {
+        let (answer, took) = timed(i);
+        assert_eq!(answer, Ok((200, "a".to_owned())), "{}", proxy.log());
+        assert!(
+            took < Duration::from_millis(400),
+            "request {i} took {took:?}: it waited on the dead address again"
+        );
+    }
+}

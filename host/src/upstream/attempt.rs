@@ -28,6 +28,8 @@ pub struct OriginAttempts {
     /// The current attempt went to an upstream that is down or set aside, because no other
     /// was left: if it fails too, the request stops trying.
     pub(super) last_resort: bool,
+    /// Outside a pool: which of the tenant's named targets the current attempt went to.
+    pub(super) named: Option<usize>,
     /// Outside a pool: how many addresses the current attempt's name had (`failed` then
     /// holds those this request could not connect to).
     pub(super) addresses: usize,

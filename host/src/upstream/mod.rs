@@ -140,18 +140,20 @@ impl TenantUpstream {
         backend: Option<usize>,
     ) -> Result<Box<HttpPeer>> {
         attempts.in_pool = false;
+        attempts.named = None;
         if let Some((index, (_, target))) = backend.and_then(|i| Some((i, config.backends.get(i)?)))
         {
-            let (addr, addresses) =
-                self.names
-                    .address(SINGLE + 1 + index, target, &attempts.failed);
+            let named = SINGLE + 1 + index;
+            let (addr, addresses) = self.names.address(named, target, &attempts.failed);
             attempts.addresses = addresses;
+            attempts.named = Some(named);
             return self.peer_for(config, attempts, target, addr);
         }
         let Some(pool) = &self.pool else {
             let target = &config.upstreams[0];
             let (addr, addresses) = self.names.address(SINGLE, target, &attempts.failed);
             attempts.addresses = addresses;
+            attempts.named = Some(SINGLE);
             return self.peer_for(config, attempts, target, addr);
         };
         let Some(selection) = pool.select(key, &attempts.failed) else {
@@ -207,7 +209,8 @@ impl TenantUpstream {
 
     /// A connect failed. In a pool, that upstream is set aside until its next passing
     /// health check, and the request is tried on another one, whatever its method: nothing
-    /// reached the origin or the client yet. Outside a pool, the next address of the name.
+    /// reached the origin or the client yet. Outside a pool, the next address of the name,
+    /// where later requests start too.
     pub fn after_connect_failure(
         &self,
         session: &Session,
@@ -220,6 +223,9 @@ impl TenantUpstream {
             let retry = self.set_aside_failed(attempts) && untouched;
             e.set_retry(retry);
         } else if attempts.addresses > 1 {
+            if let (Some(named), Some(addr)) = (attempts.named, attempts.current) {
+                self.names.connect_failed(named, addr);
+            }
             let retry = Self::next_address_left(attempts) && untouched;
             e.set_retry(retry);
         } else if self.pool.is_some() {
@@ -328,7 +334,7 @@ impl BackgroundService for PoolMaintenance {
             // Each pass runs on its own task: a pool whose checks hang (an upstream that
             // never answers, up to its health_timeout) must not hold up the checks and
             // lookups of every other tenant. A pool or name set still busy with its last
-            // pass skips this one (`maintain` holds a per-pool lock).
+            // pass skips this one (`maintain` holds per-pool locks, one for checks, one for lookups).
             let router = self.state.router.load_full();
             for tenant in router.tenants().iter() {
                 let upstream = &tenant.upstream;

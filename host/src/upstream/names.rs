@@ -15,6 +15,10 @@ struct Named {
     host: String,
     port: u16,
     addrs: ArcSwap<Vec<SocketAddr>>,
+    /// Where requests start: the address after the last one a connect failed on (None: the
+    /// first). Without it every request dialled a dead first address again and waited out
+    /// its connect timeout before moving on.
+    start: Mutex<Option<SocketAddr>>,
 }
 
 /// The named targets of one tenant, by the index the caller knows them by.
@@ -41,6 +45,7 @@ impl Names {
                     host: t.host.clone(),
                     port: t.port,
                     addrs: ArcSwap::from_pointee(t.addrs.clone()),
+                    start: Mutex::new(None),
                 })
             })
             .collect();
@@ -52,23 +57,51 @@ impl Names {
         }
     }
 
-    /// The address to dial for target `index`: the first of its latest lookup's addresses
-    /// (or, for an IP target, of the configured ones) this request has not tried yet (the
-    /// first again when it has tried them all), and how many there are.
+    /// The address to dial for target `index`: of its latest lookup's addresses (or, for an
+    /// IP target, of the configured ones), the first this request has not tried yet, counting
+    /// from where requests start now (see [`Names::connect_failed`]); the start again when it
+    /// has tried them all. Also how many there are.
     pub(super) fn address(
         &self,
         index: usize,
         target: &UpstreamTarget,
         tried: &[SocketAddr],
     ) -> (SocketAddr, usize) {
-        let looked_up = self.targets.get(index).and_then(Option::as_ref);
-        let looked_up = looked_up.map(|named| named.addrs.load_full());
+        let named = self.targets.get(index).and_then(Option::as_ref);
+        let looked_up = named.map(|named| named.addrs.load_full());
         let addrs = match &looked_up {
             Some(addrs) if !addrs.is_empty() => addrs.as_slice(),
             _ => target.addrs.as_slice(),
         };
-        let untried = addrs.iter().find(|a| !tried.contains(a));
-        (*untried.unwrap_or(&addrs[0]), addrs.len())
+        let start = named
+            .and_then(|named| *named.start.lock())
+            .and_then(|start| addrs.iter().position(|a| *a == start))
+            .unwrap_or(0);
+        let mut in_order = addrs[start..].iter().chain(&addrs[..start]);
+        let untried = in_order.find(|a| !tried.contains(a));
+        (*untried.unwrap_or(&addrs[start]), addrs.len())
+    }
+
+    /// A connect to `addr`, an address of target `index`, failed: if requests start there,
+    /// they start at the next address from now on (the first again after the last), until a
+    /// connect fails there too.
+    pub(super) fn connect_failed(&self, index: usize, addr: SocketAddr) {
+        let Some(named) = self.targets.get(index).and_then(Option::as_ref) else {
+            return;
+        };
+        let addrs = named.addrs.load();
+        let Some(failed) = addrs.iter().position(|a| *a == addr) else {
+            return;
+        };
+        let mut start = named.start.lock();
+        let current = start
+            .and_then(|s| addrs.iter().position(|a| *a == s))
+            .unwrap_or(0);
+        // Only the first request to find the start dead moves it: others that failed on it
+        // at the same time must not move it past a good address.
+        if current == failed {
+            *start = Some(addrs[(failed + 1) % addrs.len()]);
+        }
     }
 
     /// Whether a lookup is due (cheap: no pass is started for nothing).
@@ -153,5 +186,35 @@ mod tests {
         assert_eq!(names.address(0, &target, &[first]), (second, 2));
         // Every one tried: the first again (the caller stops retrying).
         assert_eq!(names.address(0, &target, &[first, second]), (first, 2));
+    }
+
+    /// After a connect to a name's first address failed, requests start at the next one: a
+    /// dead first address costs one request its connect timeout, not every request.
+    #[test]
+    fn requests_start_past_an_address_a_connect_failed_on() {
+        let addrs: Vec<SocketAddr> = ["[2001:db8::1]:8080", "127.0.0.1:8080", "127.0.0.2:8080"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let target = UpstreamTarget {
+            written: "origin.example:8080".into(),
+            tls: false,
+            host: "origin.example".into(),
+            port: 8080,
+            addrs: addrs.clone(),
+        };
+        let names = Names::new([Some(&target)], Duration::from_secs(60));
+        names.connect_failed(0, addrs[0]);
+        assert_eq!(names.address(0, &target, &[]), (addrs[1], 3));
+        // A request that had already failed on the first moves nothing further.
+        names.connect_failed(0, addrs[0]);
+        assert_eq!(names.address(0, &target, &[]), (addrs[1], 3));
+        // Failing there too: on to the third, then round to the first.
+        assert_eq!(names.address(0, &target, &[addrs[1]]), (addrs[2], 3));
+        names.connect_failed(0, addrs[1]);
+        assert_eq!(names.address(0, &target, &[]), (addrs[2], 3));
+        names.connect_failed(0, addrs[2]);
+        assert_eq!(names.address(0, &target, &[]), (addrs[0], 3));
+        assert_eq!(names.address(0, &target, &addrs), (addrs[0], 3));
     }
 }

@@ -7,6 +7,7 @@ use super::health::OriginCheck;
 use super::tls::OriginTls;
 use crate::config::{Balance, PoolConfig, UpstreamTarget};
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::selection::{Consistent, RoundRobin};
@@ -94,8 +95,11 @@ pub(super) struct Pool {
     /// Upstreams the pool this one replaces (a reload) had found failing: kept out until
     /// this pool's first health check says otherwise, instead of assumed healthy till then.
     held_out: Mutex<Vec<Backend>>,
-    /// Maintenance of this pool runs one pass at a time.
-    busy: tokio::sync::Mutex<()>,
+    /// Health checks run one pass at a time, and so do lookups, each on a lock of its own:
+    /// a lookup pass that waits on a slow name server must not make the health check passes
+    /// due meanwhile skip their turn (nor a hanging check the lookups).
+    checking: tokio::sync::Mutex<()>,
+    resolving: tokio::sync::Mutex<()>,
 }
 
 struct Schedule {
@@ -131,8 +135,19 @@ impl Pool {
         config: &PoolConfig,
         tls: Arc<OriginTls>,
     ) -> Self {
+        Self::with_lookup(tenant, targets, config, tls, system_lookup)
+    }
+
+    /// [`Pool::new`] with the function that looks names up (tests give a slow one).
+    fn with_lookup(
+        tenant: &str,
+        targets: &[UpstreamTarget],
+        config: &PoolConfig,
+        tls: Arc<OriginTls>,
+        look_up: LookUp,
+    ) -> Self {
         let book = AddressBook::new(targets);
-        let discovery = Box::new(Resolver::new(targets, book.clone()));
+        let discovery = Box::new(Resolver::new(targets, book.clone(), look_up));
         let mut backends = Backends::new(discovery);
         backends.set_health_check(Box::new(OriginCheck::new(
             tenant,
@@ -158,7 +173,8 @@ impl Pool {
             }),
             set_aside: Mutex::default(),
             held_out: Mutex::default(),
-            busy: tokio::sync::Mutex::new(()),
+            checking: tokio::sync::Mutex::new(()),
+            resolving: tokio::sync::Mutex::new(()),
         };
         let first = poll_once(pool.balancer.update());
         if let Some(Err(e)) = first {
@@ -168,8 +184,10 @@ impl Pool {
     }
 
     /// The next upstream for a request: healthy, not set aside, not tried by
-    /// this request yet. When none is left, any untried one (a request is better tried
-    /// than refused), marked as a last resort: its failure ends the request's tries.
+    /// this request yet. When none is left, an untried one anyway (a request is better
+    /// tried than refused), marked as a last resort: its failure ends the request's tries.
+    /// A last resort is one passing its checks if there is one (set aside after a single
+    /// failed connect, it may well answer again), else one failing them.
     pub(super) fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Selection> {
         let set_aside = self.set_aside.lock().clone();
         let untried = |b: &Backend| !tried.iter().any(|t| b.as_inet() == Some(t));
@@ -179,7 +197,10 @@ impl Pool {
         let last_resort = usable.is_none();
         let backend = match usable {
             Some(backend) => backend,
-            None => self.balancer.select_with(key, |b, _| untried(b))?,
+            None => self
+                .balancer
+                .select_with(key, |b, healthy| healthy && untried(b))
+                .or_else(|| self.balancer.select_with(key, |b, _| untried(b)))?,
         };
         let index = backend
             .as_inet()
@@ -270,28 +291,25 @@ impl Pool {
         now >= schedule.next_health_check || now >= schedule.next_resolve
     }
 
-    /// Runs whatever is due: health checks, DNS re-resolution.
+    /// Runs whatever is due and not already running: health checks, DNS re-resolution.
     pub(super) async fn maintain(&self) {
-        let Ok(_busy) = self.busy.try_lock() else {
-            return;
-        };
         let now = Instant::now();
-        let (check, resolve) = {
-            let mut schedule = self.schedule.lock();
-            let check = now >= schedule.next_health_check;
-            if check {
-                schedule.next_health_check = now + self.config.health_interval;
-            }
-            let resolve = now >= schedule.next_resolve;
-            if resolve {
-                schedule.next_resolve = now + self.config.resolve_interval;
-            }
-            (check, resolve)
-        };
-        // Side by side: a slow lookup (up to its bound per name) must not hold back the
-        // health checks that take a dead upstream out, nor they the lookup.
-        let resolving = async {
-            if resolve {
+        let interval = (self.config.health_interval, self.config.resolve_interval);
+        let check = self
+            .checking
+            .try_lock()
+            .ok()
+            .filter(|_| self.claim(now, |s| &mut s.next_health_check, interval.0));
+        let resolve = self
+            .resolving
+            .try_lock()
+            .ok()
+            .filter(|_| self.claim(now, |s| &mut s.next_resolve, interval.1));
+        // Side by side: a slow lookup (up to its bound) must not hold back the health
+        // checks that take a dead upstream out, nor they the lookup.
+        // Each lock is let go as soon as its own pass ends.
+        let resolving = async move {
+            if let Some(_resolving) = resolve {
                 if let Err(e) = self.balancer.update().await {
                     tracing::warn!(
                         "upstream pool: re-resolving failed, keeping the addresses: {e}"
@@ -299,12 +317,28 @@ impl Pool {
                 }
             }
         };
-        let checking = async {
-            if check {
+        let checking = async move {
+            if let Some(_checking) = check {
                 self.check_health().await;
             }
         };
         tokio::join!(resolving, checking);
+    }
+
+    /// Whether the pass `next` schedules is due at `now`; if so, the next one is `interval` later.
+    fn claim(
+        &self,
+        now: Instant,
+        next: impl FnOnce(&mut Schedule) -> &mut Instant,
+        interval: std::time::Duration,
+    ) -> bool {
+        let mut schedule = self.schedule.lock();
+        let next = next(&mut schedule);
+        let due = now >= *next;
+        if due {
+            *next = now + interval;
+        }
+        due
     }
 
     /// One round of active health checks over the members the pool has now.
@@ -331,20 +365,29 @@ fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
+/// Looks a name up: its addresses now, or None to keep the last ones.
+type LookUp = fn(String, u16) -> BoxFuture<'static, Option<Vec<SocketAddr>>>;
+
+fn system_lookup(host: String, port: u16) -> BoxFuture<'static, Option<Vec<SocketAddr>>> {
+    Box::pin(async move { super::names::look_up(&host, port).await })
+}
+
 /// Service discovery: each configured name, re-resolved on every update;
 /// a name that fails to resolve keeps its last addresses.
 struct Resolver {
     targets: Vec<(String, u16)>,
     last: AddressBook,
     first: std::sync::atomic::AtomicBool,
+    look_up: LookUp,
 }
 
 impl Resolver {
-    fn new(targets: &[UpstreamTarget], book: AddressBook) -> Self {
+    fn new(targets: &[UpstreamTarget], book: AddressBook, look_up: LookUp) -> Self {
         Self {
             targets: targets.iter().map(|t| (t.host.clone(), t.port)).collect(),
             last: book,
             first: std::sync::atomic::AtomicBool::new(true),
+            look_up,
         }
     }
 
@@ -376,9 +419,16 @@ impl Resolver {
 impl ServiceDiscovery for Resolver {
     async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
         if !self.first.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            for (index, (host, port)) in self.targets.iter().enumerate() {
-                if let Some(addrs) = super::names::look_up(host, *port).await {
-                    self.last.0.lock()[index] = addrs;
+            // All names at once: a pass takes as long as its slowest lookup, not their sum.
+            let lookups = self
+                .targets
+                .iter()
+                .map(|(host, port)| (self.look_up)(host.clone(), *port));
+            let found = futures::future::join_all(lookups).await;
+            let mut last = self.last.0.lock();
+            for (index, addrs) in found.into_iter().enumerate() {
+                if let Some(addrs) = addrs {
+                    last[index] = addrs;
                 }
             }
         }
@@ -389,6 +439,111 @@ impl ServiceDiscovery for Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TenantConfig;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A tenant whose pool is `upstreams`, with `pool` as its `[tenant.pool]` lines.
+    fn tenant(upstreams: &[SocketAddr], pool: &str) -> TenantConfig {
+        let list: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"site\"\nhosts = [\"site.test\"]\n\
+             upstreams = [{}]\nplugin = \"builtin:standard\"\n[tenant.pool]\n{pool}\n",
+            list.join(", ")
+        );
+        let path = std::env::temp_dir().join("cachet.toml");
+        let mut config = crate::config::parse(&path, &text).expect("a valid config");
+        config.tenants.remove(0)
+    }
+
+    fn pool_of(config: &TenantConfig, look_up: LookUp) -> Pool {
+        let tls = Arc::new(OriginTls::new(config));
+        let pool_config = config.pool.as_ref().unwrap();
+        Pool::with_lookup("site", &config.upstreams, pool_config, tls, look_up)
+    }
+
+    /// With nothing usable left, a request goes to an upstream that passes its checks but was
+    /// set aside after one failed connect, not to one failing its checks (that meant a 502
+    /// while a working upstream stood by).
+    #[test]
+    fn a_last_resort_is_an_upstream_that_passes_its_checks() {
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let config = tenant(&[a, b], "health_interval = \"1h\"");
+        let pool = pool_of(&config, system_lookup);
+        let backends = pool.balancer.backends();
+        let member = |addr| {
+            let all = backends.get_backend();
+            all.iter()
+                .find(|m| m.as_inet() == Some(&addr))
+                .unwrap()
+                .clone()
+        };
+        backends.set_enable(&member(b), false);
+        pool.set_aside(a);
+        for key in 0..64 {
+            let chosen = pool.select(format!("/page/{key}").as_bytes(), &[]).unwrap();
+            assert_eq!(chosen.backend.as_inet(), Some(&a), "key {key}");
+            assert!(chosen.last_resort);
+        }
+        // Once that one was tried, the failing one is what is left.
+        let chosen = pool.select(b"/page/0", &[a]).unwrap();
+        assert_eq!(chosen.backend.as_inet(), Some(&b));
+    }
+
+    /// Health checks keep their interval while a lookup pass waits on a slow name server:
+    /// with one lock for both, every check due during the lookup was skipped.
+    #[test]
+    fn a_slow_lookup_does_not_hold_back_health_checks() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let counted = checks.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if conn.is_err() {
+                    return;
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        fn slow_lookup(host: String, port: u16) -> BoxFuture<'static, Option<Vec<SocketAddr>>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Some(vec![SocketAddr::new(host.parse().unwrap(), port)])
+            })
+        }
+        let config = tenant(
+            &[addr],
+            "health_interval = \"100ms\"\nresolve_interval = \"100ms\"",
+        );
+        let pool = Arc::new(pool_of(&config, slow_lookup));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // What `PoolMaintenance` does, for 1.5 s: the first lookup pass is still waiting.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let until = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < until {
+                if pool.due() {
+                    let pool = pool.clone();
+                    tokio::spawn(async move { pool.maintain().await });
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let checked = checks.load(Ordering::SeqCst);
+        assert!(
+            checked >= 8,
+            "{checked} health checks in 1.5 s at a 100 ms interval during a slow lookup"
+        );
+        runtime.shutdown_background();
+    }
 
     /// An address is known under the name whose latest lookup has it: one that moved from one
     /// name to another (the address set unchanged, so pingora keeps the backend it had) is
@@ -408,7 +563,7 @@ mod tests {
         };
         let targets = [target("a.test", vec![one, two]), target("b.test", vec![])];
         let book = AddressBook::new(&targets);
-        let resolver = Resolver::new(&targets, book.clone());
+        let resolver = Resolver::new(&targets, book.clone(), system_lookup);
         assert_eq!((book.target_of(&one), book.target_of(&two)), (0, 0));
         // A re-resolution moves `two` to b.test.
         *resolver.last.0.lock() = vec![vec![one], vec![two]];
