@@ -1234,3 +1234,77 @@ fn conditionals_seen(origin: &Origin) -> usize {
         .filter(|seen| seen.header("if-none-match").is_some())
         .count()
 }
+
+/// A TCP relay to `redis` whose connections accepted after `slow` is set wait `delay` before
+/// anything passes: a Redis slow to take new connections (a busy host, a proxy in between).
+/// Returns its port and how many connections it accepted.
+fn relay(
+    redis: u16,
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    delay: Duration,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::Ordering::SeqCst;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            counted.fetch_add(1, SeqCst);
+            let wait = slow.load(SeqCst).then_some(delay);
+            std::thread::spawn(move || {
+                if let Some(wait) = wait {
+                    std::thread::sleep(wait);
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", redis)) else {
+                    return;
+                };
+                let pump = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    })
+                };
+                pump(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pump(server, client);
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// A node's first lookups do not wait for a worker thread's own Redis connection to be made:
+/// where Redis is slow to take new connections (longer than `op_timeout`), they go through the
+/// tier's connection, made at start, and find what another node stored. They used to be
+/// misses, each waiting out `op_timeout` on the handshake.
+#[test]
+fn a_nodes_first_lookups_do_not_wait_for_a_new_connection() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (relayed, accepted) = relay(redis.port, slow.clone(), Duration::from_millis(600));
+    let b = node_with(&origin, &format!("url = \"redis://127.0.0.1:{relayed}\""));
+    wait_connected(&b, true);
+    // The purge channel's connection and the tier's own are made; new ones are slow now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while accepted.load(SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "node b never connected twice");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    slow.store(true, SeqCst);
+    for i in 0..4 {
+        get(&a, &format!("/first-{i}"), &[]);
+    }
+    wait_writes(&a, 4);
+    for i in 0..4 {
+        let resp = get(&b, &format!("/first-{i}"), &[]);
+        assert!(is_shared_hit(&resp), "lookup {i}: {}", resp.cache_status());
+    }
+    assert_eq!(origin.hits_for("/first-0"), 1);
+}

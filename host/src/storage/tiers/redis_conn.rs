@@ -96,6 +96,14 @@ impl Conn {
         }
     }
 
+    /// Makes the connection (a `PING` within `limit`), counting nothing: whether it is ready.
+    pub(super) async fn connect(&self, limit: Duration) -> bool {
+        let mut redis = ConnectionManager::clone(&self.link.redis.load());
+        let ping = redis::cmd("PING");
+        let pong = tokio::time::timeout(limit, ping.query_async::<String>(&mut redis));
+        matches!(pong.await, Ok(Ok(_)))
+    }
+
     /// Counts a call Redis did not answer; past [`UNANSWERED_LIMIT`] in a row, the calls
     /// from now on go to a new connection (the old one ends once its calls are done).
     fn unanswered(&self) {

@@ -98,8 +98,21 @@ static NEXT_TIER_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// This thread's lookup connection for each (tier, runtime) it has read from.
-    static LOOKUP_CONNS: RefCell<Vec<((u64, RuntimeId), Conn)>> = const { RefCell::new(Vec::new()) };
+    static LOOKUP_CONNS: RefCell<Vec<((u64, RuntimeId), LookupConn)>> = const { RefCell::new(Vec::new()) };
 }
+
+/// A worker thread's own lookup connection, and whether it is connected yet.
+struct LookupConn {
+    conn: Conn,
+    /// Connected: lookups on this thread use it.
+    ready: Arc<AtomicBool>,
+    /// A connect is under way (one at a time).
+    connecting: Arc<AtomicBool>,
+}
+
+/// How long a lookup connection may take to connect. It is made in the background, so no
+/// lookup waits for it: a thread's lookups go through the tier's own connection meanwhile.
+const LOOKUP_CONNECT_LIMIT: Duration = Duration::from_secs(2);
 
 pub(crate) struct SharedTier {
     /// Writes, deletes and purges: their I/O runs on the tiers' runtime.
@@ -218,29 +231,58 @@ impl SharedTier {
         format!("{}purges", self.prefix)
     }
 
-    /// The connection a lookup uses: one per worker thread and runtime, made on first use
-    /// there, so its I/O runs on the runtime of the request that waits for it. Through the
-    /// tiers' runtime, every L2 read woke one of its threads and waited for it to wake the
-    /// worker again: two cross-thread hand-offs and their context switches per read.
+    /// The connection a lookup uses: one per worker thread and runtime, so its I/O runs on
+    /// the runtime of the request that waits for it. Through the tiers' runtime, every L2
+    /// read woke one of its threads and waited for it to wake the worker again: two
+    /// cross-thread hand-offs and their context switches per read. A thread's connection is
+    /// made in the background on its first lookup; until it is connected, lookups take the
+    /// tier's own connection (connected at start), so none waits on a handshake within its
+    /// `op_timeout` (a busy machine made a node's first lookups miss that way).
     fn lookup_conn(&self) -> Conn {
         let Ok(runtime) = Handle::try_current() else {
             return self.conn.clone();
         };
         let key = (self.id, runtime.id());
         LOOKUP_CONNS.with_borrow_mut(|conns| {
-            if let Some((_, conn)) = conns.iter().find(|(k, _)| *k == key) {
-                return conn.clone();
-            }
-            let made = Conn::lazy(
-                self.client.clone(),
-                self.manager_config.clone(),
-                self.conn.counters.clone(),
-            );
-            let Ok(conn) = made else {
-                return self.conn.clone();
+            let index = match conns.iter().position(|(k, _)| *k == key) {
+                Some(index) => index,
+                None => {
+                    let made = Conn::lazy(
+                        self.client.clone(),
+                        self.manager_config.clone(),
+                        self.conn.counters.clone(),
+                    );
+                    let Ok(conn) = made else {
+                        return self.conn.clone();
+                    };
+                    let (ready, connecting) = (Arc::default(), Arc::default());
+                    let own = LookupConn {
+                        conn,
+                        ready,
+                        connecting,
+                    };
+                    conns.push((key, own));
+                    conns.len() - 1
+                }
             };
-            conns.push((key, conn.clone()));
-            conn
+            let own = &conns[index].1;
+            if own.ready.load(Relaxed) {
+                return own.conn.clone();
+            }
+            if !own.connecting.swap(true, Relaxed) {
+                let (conn, ready, connecting) =
+                    (own.conn.clone(), own.ready.clone(), own.connecting.clone());
+                runtime.spawn(async move {
+                    if conn.connect(LOOKUP_CONNECT_LIMIT).await {
+                        ready.store(true, Relaxed);
+                    } else {
+                        // Redis is down or slow: the next try after a pause, not per lookup.
+                        tokio::time::sleep(LOOKUP_CONNECT_LIMIT).await;
+                    }
+                    connecting.store(false, Relaxed);
+                });
+            }
+            self.conn.clone()
         })
     }
 }
