@@ -314,11 +314,7 @@ fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
     assert!(out.contains("does not go with"), "{out}");
 
     // Failures are counted for alerting.
-    let metrics = ureq::get(&sites.proxy.admin_url("/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics_text(&sites.proxy);
     let refused = metrics
         .lines()
         .find(|l| {
@@ -678,11 +674,7 @@ fn the_expiry_gauge_reports_only_certificates_that_serve() {
     let config_path = sites.proxy.dir.path().join("cachet.toml");
     let original = std::fs::read_to_string(&config_path).unwrap();
     let gauge = |certificate: &str| {
-        let metrics = ureq::get(&sites.proxy.admin_url("/metrics"))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
+        let metrics = metrics_text(&sites.proxy);
         let series =
             format!("cachet_tls_certificate_not_after_seconds{{certificate=\"{certificate}\"}} ");
         metrics
@@ -1074,7 +1066,7 @@ fn connections_that_never_finish_a_tls_handshake_count_and_are_let_go() {
         "closed after {waited:?}"
     );
     assert_eq!(tls_get("/after").unwrap().response.status, 200);
-    let metrics = support::client::send("GET", &proxy.admin_url("/metrics"), &[]).text();
+    let metrics = metrics_text(&proxy);
     assert!(
         metrics.contains("cachet_connections_refused_total{reason=\"tls_handshake_timeout\"} 3"),
         "{metrics}"
@@ -1118,4 +1110,9 @@ fn a_tls_handshake_under_way_at_the_stop_is_finished_and_its_request_answered() 
         "the process exits once the request is answered:\n{}",
         proxy.log()
     );
+}
+
+/// What the proxy's `/metrics` says now.
+fn metrics_text(proxy: &Proxy) -> String {
+    support::client::send("GET", &proxy.admin_url("/metrics"), &[]).text()
 }

@@ -66,11 +66,14 @@ pub fn warnings(config: &Config, set: &CertSet) -> Vec<String> {
 
 /// An IPv4 address or a bracketed IPv6 one, as `hosts` holds them.
 fn is_ip_literal(host: &str) -> bool {
-    let bare = host
-        .strip_prefix('[')
+    bare_host(host).parse::<std::net::IpAddr>().is_ok()
+}
+
+/// A `hosts` entry without the brackets of an IPv6 address.
+fn bare_host(host: &str) -> &str {
+    host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    bare.parse::<std::net::IpAddr>().is_ok()
+        .unwrap_or(host)
 }
 
 /// Whether a certificate with DNS and IP `names` is valid for a `[[tenant]] hosts` pattern.
@@ -81,10 +84,7 @@ fn covers(names: &[String], pattern: &str) -> bool {
     if pattern == "*" {
         return true;
     }
-    let host = pattern
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(pattern);
+    let host = bare_host(pattern);
     let one_label_up = host
         .split_once('.')
         .filter(|(label, _)| !label.is_empty() && *label != "*")
