@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::client::{get, try_send};
+use support::client::{get, send, try_send};
 use support::origin::{Origin, Reply};
 use support::plugin;
 use support::proxy::{Proxy, TenantSpec};
@@ -1029,4 +1029,37 @@ fn a_config_refused_for_a_missing_plugin_applies_when_the_plugin_arrives() {
         support::client::send("GET", &url, &[("Host", "b.test")]).text(),
         "from b"
     );
+}
+
+/// The plugin instance pool is made at start and cannot grow: a reload that brings in more
+/// plugins than it has room for is applied (the new tenants serve) and says so, naming the
+/// restart that sizes the pool anew. Silent before, the pool then ran full under load and
+/// requests of busy tenants got plugin faults with no word why.
+#[test]
+fn a_reload_beyond_the_plugin_pools_room_is_applied_with_a_warning() {
+    let origin = Origin::start(|_| Reply::ok("served").header("Cache-Control", "max-age=60"));
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("t0", origin.addr, &plugin("standard")).hosts(&["t0.test"])],
+    );
+    let config = proxy.dir.path().join("cachet.toml");
+    let mut grown = std::fs::read_to_string(&config).unwrap();
+    // Two worker threads: 36 instances per plugin, twice over, and room for 8 plugins made
+    // at start; 9 plugins need more.
+    for i in 1..9 {
+        grown.push_str(&format!(
+            "\n[[tenant]]\nname = \"t{i}\"\nhosts = [\"t{i}.test\"]\nupstream = \"{}\"\nplugin = {:?}\n",
+            origin.addr,
+            plugin("standard").display().to_string()
+        ));
+    }
+    std::fs::write(&config, grown).unwrap();
+    eventually("the reload", || proxy.log().contains("config applied"));
+    let resp = send("GET", &proxy.url("/page"), &[("Host", "t8.test")]);
+    assert_eq!((resp.status, resp.text()), (200, "served".to_owned()));
+    eventually("the warning", || {
+        proxy
+            .log()
+            .contains("9 plugins (tenants' and shadows') need room for 648 plugin instances; the pool made at start has 576")
+    });
 }

@@ -20,10 +20,47 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Live plugin instances the engine's pool has room for (all tenants).
-fn instance_slots(config: &Config) -> u32 {
-    let per_tenant = config.server.threads as u32 * 2 + 32;
-    (per_tenant * config.tenants.len() as u32 * 2).clamp(256, 4096)
+/// Tenants the engine's pool has room for at least, whatever the config at start holds:
+/// the pool cannot grow later, and tenants are added by reloads.
+const TENANT_ROOM: u32 = 8;
+
+/// Live plugin instances the engine's pool has room for (all tenants): per tenant, one in use
+/// per worker thread and as many idle, its idle instances, twice over while a reload's new
+/// versions start next to the old ones. Each slot reserves address space (8 GiB of it: two
+/// memories of 4 GiB), none of it resident, hence the ceiling.
+pub(crate) fn instance_slots(config: &Config) -> u32 {
+    let per_pool = config.server.threads as u32 * 2 + 32;
+    let pools = plugin_pools(config).max(TENANT_ROOM);
+    per_pool
+        .saturating_mul(pools)
+        .saturating_mul(2)
+        .clamp(256, 4096)
+}
+
+/// The instance pools `config` runs: one per tenant with a plugin file, one per shadow plugin.
+fn plugin_pools(config: &Config) -> u32 {
+    let pools = config
+        .tenants
+        .iter()
+        .map(|t| usize::from(t.builtin.is_none()) + usize::from(t.shadow.is_some()))
+        .sum::<usize>();
+    u32::try_from(pools).unwrap_or(u32::MAX)
+}
+
+/// A warning when `config` (brought in by a reload) needs more plugin instances than the pool
+/// made at start has room for: busy tenants may then find it full, which their plugins report
+/// as an `instantiate` fault (`on_plugin_error` applies), until a restart sizes it anew.
+pub(crate) fn instance_room_warning(config: &Config, engine: &PolicyEngine) -> Option<String> {
+    let needed = instance_slots(config);
+    (needed > engine.max_instances()).then(|| {
+        format!(
+            "{} plugins (tenants' and shadows') need room for {needed} plugin instances; the \
+             pool made at start has {}: under load some requests may find it full (plugin \
+             fault \"instantiate\") until cachet is restarted",
+            plugin_pools(config),
+            engine.max_instances()
+        )
+    })
 }
 
 /// Everything a running proxy is made of.

@@ -42,6 +42,8 @@ pub struct PolicyEngine {
 
 struct EngineInner {
     engine: Engine,
+    /// Live plugin instances the pool has room for (fixed for the process's life).
+    max_instances: u32,
     linker: Linker<HostState>,
     ticker: Arc<Ticker>,
     /// The process that runs the ticker thread: after a daemon fork the
@@ -110,6 +112,7 @@ impl PolicyEngine {
         let this = Self {
             inner: Arc::new(EngineInner {
                 engine,
+                max_instances,
                 linker,
                 ticker: Arc::default(),
                 ticker_pid: AtomicU32::new(0),
@@ -131,6 +134,11 @@ impl PolicyEngine {
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Live plugin instances the pool was sized for at start (all tenants together).
+    pub fn max_instances(&self) -> u32 {
+        self.inner.max_instances
     }
 
     pub(crate) fn linker(&self) -> &Linker<HostState> {

@@ -470,6 +470,9 @@ impl Reloader {
         }
         self.certificates.install(certificates);
         settings::apply_live(&self.state, old, &new);
+        if let Some(warning) = crate::server::instance_room_warning(&new, &self.engine) {
+            tracing::warn!("{warning}");
+        }
         if !live_changed.is_empty() {
             tracing::info!(keys = live_changed.join(", "), "settings applied");
         }
