@@ -73,10 +73,7 @@ impl Names {
             Some(addrs) if !addrs.is_empty() => addrs.as_slice(),
             _ => target.addrs.as_slice(),
         };
-        let start = named
-            .and_then(|named| *named.start.lock())
-            .and_then(|start| addrs.iter().position(|a| *a == start))
-            .unwrap_or(0);
+        let start = named.map_or(0, |named| start_index(*named.start.lock(), addrs));
         let mut in_order = addrs[start..].iter().chain(&addrs[..start]);
         let untried = in_order.find(|a| !tried.contains(a));
         (*untried.unwrap_or(&addrs[start]), addrs.len())
@@ -94,9 +91,7 @@ impl Names {
             return;
         };
         let mut start = named.start.lock();
-        let current = start
-            .and_then(|s| addrs.iter().position(|a| *a == s))
-            .unwrap_or(0);
+        let current = start_index(*start, &addrs);
         // Only the first request to find the start dead moves it: others that failed on it
         // at the same time must not move it past a good address.
         if current == failed {
@@ -135,6 +130,13 @@ impl Names {
             }
         }
     }
+}
+
+/// Where in `addrs` requests start: at `start` while the name still has it, else the first.
+fn start_index(start: Option<SocketAddr>, addrs: &[SocketAddr]) -> usize {
+    start
+        .and_then(|start| addrs.iter().position(|a| *a == start))
+        .unwrap_or(0)
 }
 
 /// How long one re-resolution may take. The system resolver retries each name server for

@@ -255,11 +255,10 @@ impl SharedTier {
                     let Ok(conn) = made else {
                         return self.conn.clone();
                     };
-                    let (ready, connecting) = (Arc::default(), Arc::default());
                     let own = LookupConn {
                         conn,
-                        ready,
-                        connecting,
+                        ready: Arc::default(),
+                        connecting: Arc::default(),
                     };
                     conns.push((key, own));
                     conns.len() - 1
