@@ -602,3 +602,113 @@ fn a_client_that_stops_reading_is_let_go_after_client_write_timeout() {
         );
     }
 }
+
+/// A request whose head Pingora holds in part (it came in the same write as the request
+/// before, which Pingora answered) is Pingora's to finish, whatever its bytes say: the
+/// front never takes the connection back mid-message and reads a body as a request of its
+/// own (request smuggling). The field below imitates the text the front once looked for.
+#[test]
+fn a_head_pingora_holds_in_part_is_finished_by_pingora_whatever_it_says() {
+    let origin = echo_origin();
+    let proxy = Proxy::start(
+        "max_bytes = \"16MiB\"",
+        &[TenantSpec::new("site", origin.addr, &fixture("counter")).hosts(&["site.test"])],
+    );
+    let body = "GET /smuggled HTTP/1.1\r\nHost: site.test\r\n\r\n";
+    let mut conn = Conn::open(proxy.port);
+    conn.stream.set_nodelay(true).expect("nodelay");
+    let refused = conn.ask(&format!(
+        "GET / HTTP/1.1\r\nHost: no-such-tenant\r\n\r\n\
+         POST /p HTTP/1.1\r\nHost: site.test\r\nX-Note: pipelined_prefix: None\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    ));
+    assert_eq!(refused.status, 421);
+    let posted = conn.ask(&format!("\r\n{body}"));
+    assert_eq!(posted.text(), "origin saw /p");
+    let after = conn.ask(&get("/after", true));
+    assert_eq!(after.text(), "origin saw /after");
+    let seen: Vec<(String, String, Vec<u8>)> = origin
+        .seen()
+        .into_iter()
+        .map(|s| (s.method, s.url, s.body))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "POST".to_string(),
+                "/p".to_string(),
+                body.as_bytes().to_vec()
+            ),
+            ("GET".into(), "/after".into(), Vec::new()),
+        ]
+    );
+}
+
+/// A head begun after a request Pingora answered (in the same write) is held to
+/// `request_head_timeout` as any head: a client cannot keep its connection slot for ever
+/// by sending the first byte of a next request and no more.
+#[test]
+fn a_head_begun_behind_a_request_pingora_answered_gets_408_in_time() {
+    let origin = echo_origin();
+    let proxy = Proxy::start_with_server(
+        "request_head_timeout = \"1s\"",
+        "max_bytes = \"16MiB\"",
+        &[TenantSpec::new("site", origin.addr, &fixture("counter")).hosts(&["site.test"])],
+    );
+    for (what, first) in [
+        ("refused", "GET / HTTP/1.1\r\nHost: no-such-tenant\r\n\r\n"),
+        ("a miss", "GET /miss HTTP/1.1\r\nHost: site.test\r\n\r\n"),
+    ] {
+        let began = std::time::Instant::now();
+        let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(6)))
+            .expect("timeout");
+        conn.write_all(format!("{first}G").as_bytes())
+            .expect("send");
+        let mut bytes = Vec::new();
+        let _ = conn.read_to_end(&mut bytes);
+        let answered = began.elapsed();
+        let responses = parse_responses(&bytes);
+        assert_eq!(
+            responses.iter().map(|r| r.status).collect::<Vec<_>>(),
+            [if what == "refused" { 421 } else { 200 }, 408],
+            "{what}: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert!(
+            answered >= Duration::from_millis(900) && answered < Duration::from_secs(4),
+            "{what}: answered after {answered:?}"
+        );
+    }
+
+    // A head the front leaves to Pingora at once (a target Pingora repairs), its fields
+    // trickling in: each read alone would wait 60 s.
+    let began = std::time::Instant::now();
+    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
+    conn.set_read_timeout(Some(Duration::from_secs(6)))
+        .expect("timeout");
+    conn.write_all(b"GET /sp ace HTTP/1.1\r\nHost: site.test\r\n")
+        .expect("send");
+    for i in 0..20 {
+        std::thread::sleep(Duration::from_millis(150));
+        if conn.write_all(format!("X-{i}: 1\r\n").as_bytes()).is_err() {
+            break;
+        }
+    }
+    let mut bytes = Vec::new();
+    let _ = conn.read_to_end(&mut bytes);
+    let answered = began.elapsed();
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 408 "),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(
+        answered < Duration::from_secs(4),
+        "answered after {answered:?}"
+    );
+    assert_eq!(origin.hits(), 1);
+}

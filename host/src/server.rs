@@ -239,9 +239,8 @@ fn admin_limits(config: &Config) -> ConnectionLimits {
         h2_preface_timeout: config.server.listener.h2_idle_timeout,
         h2c: false,
         tls_handshake_timeout: config.server.request_head_timeout,
-        role: ListenerRole::Operators {
-            head_timeout: config.server.request_head_timeout,
-        },
+        head_timeout: config.server.request_head_timeout,
+        role: ListenerRole::Operators,
     }
 }
 
@@ -367,6 +366,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         h2_preface_timeout: config.server.listener.h2_idle_timeout,
         h2c: config.server.listener.h2c,
         tls_handshake_timeout: config.server.request_head_timeout,
+        head_timeout: config.server.request_head_timeout,
         role: ListenerRole::Clients,
     };
     let mut guard = ConnectionGuard::new(

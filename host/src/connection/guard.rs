@@ -37,16 +37,20 @@ pub struct ConnectionLimits {
     /// How long a TLS handshake may take (`request_head_timeout`: a client has that long
     /// to present its request, the handshake included).
     pub tls_handshake_timeout: Duration,
+    /// How long a request head may take (`request_head_timeout`), where the stream bounds
+    /// it: see [`ListenerRole`].
+    pub head_timeout: Duration,
     /// Whose connections these are.
     pub role: ListenerRole,
 }
 
 /// Whose connections a listener takes: which metrics count them, and who bounds how long a
-/// request head may take.
+/// request head may take (`head_timeout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerRole {
     /// The proxy's listeners, counted in `cachet_connections_*`. The front and the proxy
-    /// phases mark where each head ends, and the front bounds each head's time.
+    /// phases mark where each head ends. The front bounds the time of each head it reads;
+    /// the stream bounds that of a head Pingora reads on from bytes it already holds.
     Clients,
     /// The admin and metrics listeners (Pingora's plain HTTP apps, run in an
     /// [`super::OperatorApp`] that marks where heads end), counted apart from the proxy's
@@ -54,7 +58,7 @@ pub enum ListenerRole {
     /// client load. Pingora gives such apps 60 s per read, so a client sending a byte now
     /// and then would hold a slot for ever: each head, the idle wait before it included,
     /// must be whole within `head_timeout`.
-    Operators { head_timeout: Duration },
+    Operators,
 }
 
 impl ListenerRole {
@@ -62,7 +66,7 @@ impl ListenerRole {
     pub(crate) fn refused(self, reason: &str) {
         match self {
             Self::Clients => crate::metrics::connection_refused(reason),
-            Self::Operators { .. } => crate::metrics::admin_connection_refused(reason),
+            Self::Operators => crate::metrics::admin_connection_refused(reason),
         }
     }
 }

@@ -12,7 +12,7 @@ use pingora::proxy::Session;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -80,9 +80,15 @@ pub struct GuardedStream {
     /// work of its HTTP/2 streams runs ([`connection_slot`]).
     slot: Arc<OwnedSemaphorePermit>,
     role: ListenerRole,
-    /// On an operator listener, running while a head is awaited (idle wait included): the
-    /// head must be whole before it fires.
+    /// How long a head may take (`request_head_timeout`), where this stream bounds it.
+    head_timeout: Duration,
+    /// Running while a head is awaited that must be whole before it fires: on an operator
+    /// listener every head (idle wait included); on a client listener a head whose start
+    /// Pingora holds ([`head_held`]).
     head_timer: Option<Pin<Box<Sleep>>>,
+    /// Set by the front when it leaves Pingora holding the start of the next head (bytes
+    /// this stream's count never saw): that head's time runs from the next read.
+    head_held: AtomicBool,
     /// How long an HTTP/2 client may take to send its preface (Pingora and
     /// the `h2` crate wait for it without limit).
     preface_limit: Duration,
@@ -127,7 +133,9 @@ impl GuardedStream {
             signal: AtomicUsize::new(NO_SIGNAL),
             slot: Arc::new(slot),
             role: limits.role,
+            head_timeout: limits.head_timeout,
             head_timer: None,
+            head_held: AtomicBool::new(false),
             preface_limit,
             preface_timer,
             preface_left: super::H2_PREFACE.len(),
@@ -182,6 +190,12 @@ impl GuardedStream {
                     };
                 }
             }
+        }
+        if std::mem::take(self.head_held.get_mut()) {
+            if self.phase == Phase::Body {
+                self.phase = Phase::Head { read: 0 };
+            }
+            self.head_timer = Some(Box::pin(tokio::time::sleep(self.head_timeout)));
         }
     }
 
@@ -242,21 +256,23 @@ impl GuardedStream {
         }
     }
 
-    /// On an operator listener, whether the head awaited now is out of time (the timer
-    /// armed at the first read for it); the phase is then set to refuse it, or to end the
-    /// connection when none of it came (idle too long).
+    /// Whether the head awaited now is out of time: on an operator listener, the timer
+    /// armed at the first read for it; on a client listener, one armed for a head Pingora
+    /// holds the start of. The phase is then set to refuse it, or to end the connection
+    /// when none of it came (an operator's connection idle too long).
     fn head_out_of_time(&mut self, cx: &mut Context<'_>, read: usize) -> bool {
-        let ListenerRole::Operators { head_timeout } = self.role else {
+        let operators = self.role == ListenerRole::Operators;
+        if operators && self.head_timer.is_none() {
+            self.head_timer = Some(Box::pin(tokio::time::sleep(self.head_timeout)));
+        }
+        let Some(timer) = self.head_timer.as_mut() else {
             return false;
         };
-        let timer = self
-            .head_timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(head_timeout)));
         if timer.as_mut().poll(cx).is_pending() {
             return false;
         }
         self.head_timer = None;
-        self.phase = if read == 0 {
+        self.phase = if read == 0 && operators {
             Phase::Closed
         } else {
             self.role.refused("head_timeout");
@@ -304,6 +320,16 @@ pub(super) fn head_read(stream: &Stream) {
 pub fn next_head(session: &Session) {
     if let Some(stream) = guarded(session) {
         stream.signal.store(HEAD_EXPECTED, Ordering::Relaxed);
+    }
+}
+
+/// Called by the front when it leaves Pingora to read on a head whose start Pingora holds
+/// (read past the request it served): that head must be whole within `head_timeout`.
+/// (Pingora's own wait for the rest is bounded by nothing: its keep-alive wait applies per
+/// read, and is unbounded after a request that asked for none.)
+pub(crate) fn head_held(stream: &Stream) {
+    if let Some(stream) = stream.as_any().downcast_ref::<GuardedStream>() {
+        stream.head_held.store(true, Ordering::Relaxed);
     }
 }
 

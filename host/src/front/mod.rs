@@ -156,8 +156,15 @@ impl Front {
             let (stream, settings) = served?.consume();
             match settings {
                 Some(settings) if !holds_nothing_read(&settings) => {
+                    // Pingora reads on from the start of a head it holds: that head gets
+                    // `request_head_timeout`, and each read no more than the idle wait
+                    // (Pingora's keep-alive wait after a request is unbounded).
+                    crate::connection::head_held(&stream);
                     let mut session = ServerSession::new_http1(stream);
                     settings.apply_to_session(&mut session);
+                    if session.get_keepalive() == Some(0) {
+                        session.set_keepalive(Some(IDLE.as_secs()));
+                    }
                     served = self.proxy.process_new_http(session, shutdown).await;
                 }
                 _ => return Some(stream),
@@ -282,10 +289,14 @@ async fn stopping(watch: &mut ShutdownWatch) {
 }
 
 /// Whether Pingora kept no bytes read past the request it served. Pingora 0.9 has no
-/// accessor for them, so its `Debug` form says; should that change, connections stay with
-/// Pingora once handed over (slower, never wrong: a test pins the form).
+/// accessor for them, so its `Debug` form says. The client's bytes can spell any text, but
+/// that form prints kept bytes as a byte string (`Some(b"...")`, quotes inside escaped), so
+/// only a form with no quote at all is believed: one that says the field is `None` and
+/// holds no bytes anyone sent. Should the form change, connections stay with Pingora once
+/// handed over (slower, never wrong: a test pins the form).
 fn holds_nothing_read(settings: &HttpPersistentSettings) -> bool {
-    format!("{settings:?}").contains("pipelined_prefix: None")
+    let form = format!("{settings:?}");
+    !form.contains('"') && form.contains("pipelined_prefix: None")
 }
 
 #[async_trait::async_trait]
@@ -324,6 +335,9 @@ impl ServerApp for Front {
                 _ => {
                     // Pingora counts it once it has read it (its context), at once.
                     arriving = None;
+                    // The head may not be whole (one Pingora repairs is handed over as
+                    // soon as that is known): Pingora reads the rest in `head_timeout`.
+                    crate::connection::head_held(&stream);
                     stream = self.hand_over(stream, buf.split(), None, shutdown).await?;
                     continue;
                 }
@@ -376,5 +390,22 @@ mod tests {
         assert!(holds_nothing_read(&settings));
         settings.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
         assert!(!holds_nothing_read(&settings));
+    }
+
+    /// Bytes a client sent cannot make the form read as holding nothing, quoted or not.
+    #[test]
+    fn bytes_kept_are_seen_whatever_they_spell() {
+        for kept in [
+            &b"POST / HTTP/1.1\r\nX: pipelined_prefix: None\r\n"[..],
+            b"X: pipelined_prefix: None, pipelining_enabled: true }",
+            b"X: \", pipelined_prefix: None",
+            b"",
+        ] {
+            let session =
+                ServerSession::new_http1(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
+            let mut settings = HttpPersistentSettings::for_session(&session);
+            settings.set_pipelined_prefix(BytesMut::from(kept));
+            assert!(!holds_nothing_read(&settings), "{kept:?}");
+        }
     }
 }
