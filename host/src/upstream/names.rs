@@ -5,6 +5,7 @@
 
 use crate::config::UpstreamTarget;
 use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub(super) struct Names {
     interval: Duration,
     next: Mutex<Instant>,
     busy: tokio::sync::Mutex<()>,
+    look_up: LookUp,
 }
 
 impl Names {
@@ -54,7 +56,15 @@ impl Names {
             interval,
             next: Mutex::new(Instant::now() + interval),
             busy: tokio::sync::Mutex::new(()),
+            look_up: system_look_up,
         }
+    }
+
+    /// The same, with names looked up by `look_up` (tests: a slow name server).
+    #[cfg(test)]
+    fn looked_up_by(mut self, look_up: LookUp) -> Self {
+        self.look_up = look_up;
+        self
     }
 
     /// The address to dial for target `index`: of its latest lookup's addresses (or, for an
@@ -120,8 +130,10 @@ impl Names {
             }
             *next = now + self.interval;
         }
-        for named in self.targets.iter().flatten() {
-            let Some(found) = look_up(&named.host, named.port).await else {
+        let named: Vec<&Named> = self.targets.iter().flatten().collect();
+        let found = look_up_all(named.iter().map(|n| (&n.host, n.port)), self.look_up).await;
+        for (named, found) in named.into_iter().zip(found) {
+            let Some(found) = found else {
                 continue;
             };
             if **named.addrs.load() != found {
@@ -140,14 +152,35 @@ fn start_index(start: Option<SocketAddr>, addrs: &[SocketAddr]) -> usize {
 }
 
 /// How long one re-resolution may take. The system resolver retries each name server for
-/// seconds (`options timeout:5 attempts:2` by default), and a pass waits for each of its names
-/// in turn: unbounded, one unreachable DNS server stalled every later name of the tenant.
+/// seconds (`options timeout:5 attempts:2` by default): unbounded, one unreachable DNS
+/// server stalled a tenant's lookups for as long.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Looks a name up: its addresses now, or None to keep the last ones.
+pub(super) type LookUp = fn(String, u16) -> BoxFuture<'static, Option<Vec<SocketAddr>>>;
+
+/// [`look_up`] as a [`LookUp`].
+pub(super) fn system_look_up(
+    host: String,
+    port: u16,
+) -> BoxFuture<'static, Option<Vec<SocketAddr>>> {
+    Box::pin(async move { look_up(&host, port).await })
+}
+
+/// Looks every name up at once, so a pass takes as long as its slowest name, not their sum
+/// (names one after another held a pass for names × [`LOOKUP_TIMEOUT`] behind one slow name
+/// server). The results are in the order of `names`.
+pub(super) async fn look_up_all<'n>(
+    names: impl Iterator<Item = (&'n String, u16)>,
+    look_up: LookUp,
+) -> Vec<Option<Vec<SocketAddr>>> {
+    futures::future::join_all(names.map(|(host, port)| look_up(host.clone(), port))).await
+}
 
 /// The addresses `host` has now; None (with a warning) when the lookup fails, finds nothing
 /// or takes longer than [`LOOKUP_TIMEOUT`], so the caller keeps the last ones. Pools and
 /// single upstreams both use it.
-pub(super) async fn look_up(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+async fn look_up(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
     match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
         Ok(Ok(found)) => Some(found.collect::<Vec<_>>()).filter(|found| !found.is_empty()),
         Ok(Err(e)) => {
@@ -188,6 +221,41 @@ mod tests {
         assert_eq!(names.address(0, &target, &[first]), (second, 2));
         // Every one tried: the first again (the caller stops retrying).
         assert_eq!(names.address(0, &target, &[first, second]), (first, 2));
+    }
+
+    /// A tenant's names are looked up at once: three names behind a name server that takes
+    /// 400 ms each are re-resolved in one such wait, not three.
+    #[test]
+    fn names_are_looked_up_at_once() {
+        fn slow(host: String, port: u16) -> BoxFuture<'static, Option<Vec<SocketAddr>>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let last = host.strip_prefix("origin-")?.parse::<u8>().ok()?;
+                Some(vec![SocketAddr::from(([127, 0, 0, last], port))])
+            })
+        }
+        let targets: Vec<UpstreamTarget> = (1..=3)
+            .map(|n| UpstreamTarget {
+                written: format!("origin-{n}:80"),
+                tls: false,
+                host: format!("origin-{n}"),
+                port: 80,
+                addrs: vec![SocketAddr::from(([127, 0, 0, 100], 80))],
+            })
+            .collect();
+        let names = Names::new(targets.iter().map(Some), Duration::ZERO).looked_up_by(slow);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let began = Instant::now();
+        runtime.block_on(names.maintain());
+        let took = began.elapsed();
+        assert!(took < Duration::from_millis(800), "took {took:?}");
+        for (index, target) in targets.iter().enumerate() {
+            let want = SocketAddr::from(([127, 0, 0, index as u8 + 1], 80));
+            assert_eq!(names.address(index, target, &[]), (want, 1));
+        }
     }
 
     /// After a connect to a name's first address failed, requests start at the next one: a

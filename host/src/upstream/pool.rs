@@ -4,10 +4,10 @@
 //! upstream whose connect failed set aside until its next passing check.
 
 use super::health::OriginCheck;
+use super::names::{look_up_all, system_look_up, LookUp};
 use super::tls::OriginTls;
 use crate::config::{Balance, PoolConfig, UpstreamTarget};
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::selection::{Consistent, RoundRobin};
@@ -135,7 +135,7 @@ impl Pool {
         config: &PoolConfig,
         tls: Arc<OriginTls>,
     ) -> Self {
-        Self::with_lookup(tenant, targets, config, tls, system_lookup)
+        Self::with_lookup(tenant, targets, config, tls, system_look_up)
     }
 
     /// [`Pool::new`] with the function that looks names up (tests give a slow one).
@@ -365,13 +365,6 @@ fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// Looks a name up: its addresses now, or None to keep the last ones.
-type LookUp = fn(String, u16) -> BoxFuture<'static, Option<Vec<SocketAddr>>>;
-
-fn system_lookup(host: String, port: u16) -> BoxFuture<'static, Option<Vec<SocketAddr>>> {
-    Box::pin(async move { super::names::look_up(&host, port).await })
-}
-
 /// Service discovery: each configured name, re-resolved on every update;
 /// a name that fails to resolve keeps its last addresses.
 struct Resolver {
@@ -419,12 +412,8 @@ impl Resolver {
 impl ServiceDiscovery for Resolver {
     async fn discover(&self) -> Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
         if !self.first.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            // All names at once: a pass takes as long as its slowest lookup, not their sum.
-            let lookups = self
-                .targets
-                .iter()
-                .map(|(host, port)| (self.look_up)(host.clone(), *port));
-            let found = futures::future::join_all(lookups).await;
+            let names = self.targets.iter().map(|(host, port)| (host, *port));
+            let found = look_up_all(names, self.look_up).await;
             let mut last = self.last.0.lock();
             for (index, addrs) in found.into_iter().enumerate() {
                 if let Some(addrs) = addrs {
@@ -440,6 +429,7 @@ impl ServiceDiscovery for Resolver {
 mod tests {
     use super::*;
     use crate::config::TenantConfig;
+    use futures::future::BoxFuture;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -472,7 +462,7 @@ mod tests {
             "127.0.0.1:2".parse().unwrap(),
         );
         let config = tenant(&[a, b], "health_interval = \"1h\"");
-        let pool = pool_of(&config, system_lookup);
+        let pool = pool_of(&config, system_look_up);
         let backends = pool.balancer.backends();
         let member = |addr| {
             let all = backends.get_backend();
@@ -563,7 +553,7 @@ mod tests {
         };
         let targets = [target("a.test", vec![one, two]), target("b.test", vec![])];
         let book = AddressBook::new(&targets);
-        let resolver = Resolver::new(&targets, book.clone(), system_lookup);
+        let resolver = Resolver::new(&targets, book.clone(), system_look_up);
         assert_eq!((book.target_of(&one), book.target_of(&two)), (0, 0));
         // A re-resolution moves `two` to b.test.
         *resolver.last.0.lock() = vec![vec![one], vec![two]];
