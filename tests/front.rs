@@ -712,3 +712,61 @@ fn a_head_begun_behind_a_request_pingora_answered_gets_408_in_time() {
     );
     assert_eq!(origin.hits(), 1);
 }
+
+/// The bounds on a head end where the head does, for requests Pingora reads too: a body
+/// larger than `max_request_head`, a body or an origin slower than `request_head_timeout`,
+/// all on requests the front hands over at once (a POST, a `Connection` field naming more
+/// than keep-alive), are served whole, with one answer each. (Bounding the head Pingora
+/// reads on from the front's bytes once put the bound on what followed it: a 431 cut
+/// uploads, a 408 was written into responses.)
+#[test]
+fn requests_handed_over_whole_are_not_held_to_head_bounds_after_their_head() {
+    let origin = Origin::start(|seen| {
+        let reply = Reply::ok(format!("{} {} {}", seen.method, seen.url, seen.body.len()));
+        if seen.url.contains("slow") {
+            reply.delay(Duration::from_millis(1500))
+        } else {
+            reply
+        }
+    });
+    for lean in [true, false] {
+        let proxy = Proxy::start_with_server(
+            "request_head_timeout = \"1s\"\nmax_request_head = \"16KiB\"",
+            &format!("max_bytes = \"16MiB\"\nlean_hits = {lean}"),
+            &[TenantSpec::new("site", origin.addr, &fixture("counter"))],
+        );
+        let mut conn = Conn::open(proxy.port);
+        conn.stream.set_nodelay(true).expect("nodelay");
+        let upload = "u".repeat(100_000);
+        let big = conn.ask(&format!(
+            "POST /upload HTTP/1.1\r\nHost: site.test\r\nContent-Length: {}\r\n\r\n{upload}",
+            upload.len()
+        ));
+        assert_eq!(big.text(), "POST /upload 100000", "lean_hits = {lean}");
+        // A body that comes after the head timeout.
+        conn.stream
+            .write_all(b"POST /late HTTP/1.1\r\nHost: site.test\r\nContent-Length: 5\r\n\r\n")
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(
+            conn.ask("hello").text(),
+            "POST /late 5",
+            "lean_hits = {lean}"
+        );
+        // An origin slower than the head timeout, for a GET the front hands over unplanned.
+        let slow = conn
+            .ask("GET /slow HTTP/1.1\r\nHost: site.test\r\nConnection: keep-alive, X-Note\r\n\r\n");
+        assert_eq!(slow.text(), "GET /slow 0", "lean_hits = {lean}");
+        // Nothing else came after those answers: the next request gets its own.
+        assert_eq!(
+            conn.ask(&get("/last", true)).text(),
+            "GET /last 0",
+            "lean_hits = {lean}"
+        );
+        assert!(
+            conn.buf.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&conn.buf)
+        );
+    }
+}

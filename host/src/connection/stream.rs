@@ -12,7 +12,7 @@ use pingora::proxy::Session;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,11 +37,13 @@ Connection: close\r\n\
 \r\n\
 the request head was not received in time\n";
 
-/// `GuardedStream::signal` values: nothing new, a head was parsed, or (this plus the bytes
-/// of it already read) the next request's head is expected.
+/// `GuardedStream::signal` values: nothing new, a head was parsed, (this plus the bytes
+/// of it already read) the next request's head is expected, or Pingora holds the start of
+/// the next head ([`head_held`]).
 const NO_SIGNAL: usize = 0;
 const HEAD_DONE: usize = 1;
 const HEAD_EXPECTED: usize = 2;
+const HEAD_HELD: usize = usize::MAX;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4); HTTP/2 frames are not heads.
 pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -70,11 +72,12 @@ pub struct GuardedStream {
     inner: Stream,
     max_head: usize,
     phase: Phase,
-    /// The last thing the proxy phases signalled (through a shared reference) since the
-    /// last read: [`NO_SIGNAL`], [`HEAD_DONE`], or [`HEAD_EXPECTED`] plus how many bytes of
-    /// the next head were already read. Only the last counts: signals come in the
-    /// connection's order, and a pipelined request may end and the next one's head be
-    /// parsed with no read between.
+    /// The last thing the proxy phases or the front signalled (through a shared reference)
+    /// since the last read: [`NO_SIGNAL`], [`HEAD_DONE`], [`HEAD_EXPECTED`] plus how many
+    /// bytes of the next head were already read, or [`HEAD_HELD`]. Only the last counts:
+    /// signals come in the connection's order, and a pipelined request may end and the next
+    /// one's head be parsed with no read between (a head held and then parsed whole from
+    /// what Pingora holds is done, its reads after it body, not head).
     signal: AtomicUsize,
     /// Counts the connection as open for as long as the stream lives, and as long as the
     /// work of its HTTP/2 streams runs ([`connection_slot`]).
@@ -84,11 +87,8 @@ pub struct GuardedStream {
     head_timeout: Duration,
     /// Running while a head is awaited that must be whole before it fires: on an operator
     /// listener every head (idle wait included); on a client listener a head whose start
-    /// Pingora holds ([`head_held`]).
+    /// Pingora holds ([`head_held`]), from the first read for its rest.
     head_timer: Option<Pin<Box<Sleep>>>,
-    /// Set by the front when it leaves Pingora holding the start of the next head (bytes
-    /// this stream's count never saw): that head's time runs from the next read.
-    head_held: AtomicBool,
     /// How long an HTTP/2 client may take to send its preface (Pingora and
     /// the `h2` crate wait for it without limit).
     preface_limit: Duration,
@@ -135,7 +135,6 @@ impl GuardedStream {
             role: limits.role,
             head_timeout: limits.head_timeout,
             head_timer: None,
-            head_held: AtomicBool::new(false),
             preface_limit,
             preface_timer,
             preface_left: super::H2_PREFACE.len(),
@@ -175,6 +174,16 @@ impl GuardedStream {
     fn sync_phase(&mut self) {
         match std::mem::replace(self.signal.get_mut(), NO_SIGNAL) {
             NO_SIGNAL => {}
+            HEAD_HELD => {
+                // What follows the held bytes is more of that head (after a request, the
+                // next one's), bounded in time as the front bounds the heads it reads.
+                if self.phase == Phase::Body {
+                    self.phase = Phase::Head { read: 0 };
+                }
+                if let Phase::Head { .. } = self.phase {
+                    self.head_timer = Some(Box::pin(tokio::time::sleep(self.head_timeout)));
+                }
+            }
             HEAD_DONE => {
                 self.head_timer = None;
                 if let Phase::Head { .. } = self.phase {
@@ -190,12 +199,6 @@ impl GuardedStream {
                     };
                 }
             }
-        }
-        if std::mem::take(self.head_held.get_mut()) {
-            if self.phase == Phase::Body {
-                self.phase = Phase::Head { read: 0 };
-            }
-            self.head_timer = Some(Box::pin(tokio::time::sleep(self.head_timeout)));
         }
     }
 
@@ -323,13 +326,15 @@ pub fn next_head(session: &Session) {
     }
 }
 
-/// Called by the front when it leaves Pingora to read on a head whose start Pingora holds
-/// (read past the request it served): that head must be whole within `head_timeout`.
-/// (Pingora's own wait for the rest is bounded by nothing: its keep-alive wait applies per
-/// read, and is unbounded after a request that asked for none.)
+/// Called by the front when it leaves Pingora a head to read from bytes Pingora holds (read
+/// past the request it served, or handed over by the front), which may not be whole: if
+/// Pingora must read more of it, that head must be whole within `head_timeout`. (Pingora's
+/// own wait for the rest is bounded by nothing: its keep-alive wait applies per read, and
+/// is unbounded after a request that asked for none.) A head Pingora parses from what it
+/// holds signals [`head_complete`] after this, so nothing after it is held to the bound.
 pub(crate) fn head_held(stream: &Stream) {
     if let Some(stream) = stream.as_any().downcast_ref::<GuardedStream>() {
-        stream.head_held.store(true, Ordering::Relaxed);
+        stream.signal.store(HEAD_HELD, Ordering::Relaxed);
     }
 }
 
