@@ -288,6 +288,48 @@ fn a_purge_from_another_node_reaches_every_variant() {
     }
 }
 
+/// A node with a disk tier in `dir` in front of the shared tier, not yet waited for.
+fn disk_and_shared_node(origin: &Origin, redis_port: u16, dir: &std::path::Path) -> Proxy {
+    Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n\
+             [cache.shared]\nurl = \"redis://127.0.0.1:{redis_port}\"\nkey_prefix = \"test:\"\n\
+             op_timeout = \"200ms\"\n[plugins]\nwatch = false",
+            dir.display().to_string(),
+        ),
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    )
+}
+
+/// Waits until a node with a disk and a shared tier listens for purges.
+fn wait_both_tiers_connected(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !proxy.status()["cache"]["tiers"][1]["connected"]
+        .as_bool()
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "never connected to Redis");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Waits until a node's disk tier has taken `writes` objects.
+fn wait_disk_writes(proxy: &Proxy, writes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.status()["cache"]["tiers"][0]["writes"]
+        .as_u64()
+        .unwrap_or(0)
+        < writes
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the disk tier never took {writes}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// What another node purges is kept on this node's disk tier too: restarted while Redis had
 /// lost its marks, the node served the purged copies from disk (probe U).
 #[test]
@@ -296,25 +338,8 @@ fn purges_from_another_node_hold_on_this_nodes_disk_across_a_restart() {
     let origin = origin();
     let dir = tempfile::tempdir().unwrap();
     let disk_node = || {
-        let proxy = Proxy::start_with_server(
-            &format!("admin_token = \"{TOKEN}\""),
-            &format!(
-                "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n\
-                 [cache.shared]\nurl = \"redis://127.0.0.1:{}\"\nkey_prefix = \"test:\"\n\
-                 op_timeout = \"200ms\"\n[plugins]\nwatch = false",
-                dir.path().display().to_string(),
-                redis.port
-            ),
-            &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !proxy.status()["cache"]["tiers"][1]["connected"]
-            .as_bool()
-            .unwrap_or(false)
-        {
-            assert!(Instant::now() < deadline, "never connected to Redis");
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        let proxy = disk_and_shared_node(&origin, redis.port, dir.path());
+        wait_both_tiers_connected(&proxy);
         proxy
     };
     let mut c = disk_node();
@@ -322,15 +347,7 @@ fn purges_from_another_node_hold_on_this_nodes_disk_across_a_restart() {
     for path in ["/obj", "/tagged"] {
         assert!(get(&c, path, &[]).text().ends_with("#1"));
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.status()["cache"]["tiers"][0]["writes"]
-        .as_u64()
-        .unwrap_or(0)
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the disk tier never took both");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_disk_writes(&c, 2);
     purge(&a, "/obj", &[]);
     purge(&a, "/", &[("Surrogate-Key", "t1")]);
     // Purges reach the other nodes within milliseconds; C is not asked meanwhile, so its
@@ -350,6 +367,44 @@ fn purges_from_another_node_hold_on_this_nodes_disk_across_a_restart() {
             resp.text()
         );
     }
+}
+
+/// Purges made while a node was down reach the copies its L1 took before it first heard of
+/// them: restarted while Redis answers nothing, the node serves a tag-purged object from its
+/// disk (it cannot know better yet) and promotes it into L1; once it listens for purges,
+/// that L1 copy goes too. (Marks read on the first connection touched only L2 copies, and
+/// the L1 copy was served until it expired.)
+#[test]
+fn purges_made_while_a_node_was_down_reach_what_its_l1_took_before_it_heard_them() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = disk_and_shared_node(&origin, redis.port, dir.path());
+    wait_both_tiers_connected(&c);
+    let a = node(&origin, redis.port);
+    assert!(get(&c, "/tagged", &[]).text().ends_with("#1"));
+    wait_disk_writes(&c, 1);
+    assert!(c.interrupt(), "C stopped cleanly:\n{}", c.log());
+    purge(&a, "/", &[("Surrogate-Key", "t1")]);
+    let c = with_redis_stopped_for(&redis, Duration::from_secs(2), || {
+        let c = disk_and_shared_node(&origin, redis.port, dir.path());
+        let from_disk = get(&c, "/tagged", &[]);
+        assert!(
+            from_disk.cache_status().contains(r#"detail="l2-disk""#),
+            "{}",
+            from_disk.cache_status()
+        );
+        assert!(is_l1_hit(&get(&c, "/tagged", &[])), "promoted into L1");
+        c
+    });
+    wait_both_tiers_connected(&c);
+    let after = get(&c, "/tagged", &[]);
+    assert!(
+        after.text().ends_with("#2"),
+        "purged while C was down, still served by C once it listens: {} {}",
+        after.cache_status(),
+        after.text()
+    );
 }
 
 /// A Redis that keeps its connections open but answers nothing (here stopped by SIGSTOP) has

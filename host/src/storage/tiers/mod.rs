@@ -228,15 +228,22 @@ impl TieredStorage {
     /// there (an L2 tier is not asked: a purge there leaves a mark instead). [`NotKept`] when
     /// an L2 tier could not record the purge; memory is purged all the same (so are the
     /// purges below).
+    ///
+    /// The mark comes first, then L1: a lookup that missed L1 after its purge must find the
+    /// mark when it judges the L2 copy, or it promoted the purged copy back into L1. (One
+    /// that judged before the mark began watching the key before the L1 purge, which stops
+    /// its promotion.)
     pub fn purge_key(&self, key: &CacheKey) -> Result<Purged, NotKept> {
+        let marked = self.mark_key(key, false);
         let found = self.l1.purge_key(key);
-        Ok(Purged::here(usize::from(found)).and(self.mark_key(key, false)?))
+        Ok(Purged::here(usize::from(found)).and(marked?))
     }
 
-    /// Marks what is stored under `key` stale in every tier.
+    /// Marks what is stored under `key` stale in every tier (the mark first, as above).
     pub fn expire_key(&self, key: &CacheKey) -> Result<Purged, NotKept> {
+        let marked = self.mark_key(key, true);
         let found = self.l1.expire_key(key);
-        Ok(Purged::here(usize::from(found)).and(self.mark_key(key, true)?))
+        Ok(Purged::here(usize::from(found)).and(marked?))
     }
 
     /// Removes (or with `soft` expires) the partition's objects carrying any of `tags`, in
@@ -248,12 +255,12 @@ impl TieredStorage {
         tags: &[&str],
         soft: bool,
     ) -> Result<Purged, NotKept> {
-        let affected = self.l1.purge_tags(partition, tags, soft);
         if self.tiers.is_empty() {
-            return Ok(Purged::here(affected));
+            return Ok(Purged::here(self.l1.purge_tags(partition, tags, soft)));
         }
+        // The marks first, then L1 (see `purge_key`).
         let at = record::now_ns();
-        let mut kept = Ok(Purged::here(affected + self.tiers.len()));
+        let mut kept = Ok(Purged::here(self.tiers.len()));
         for tag in tags {
             let published = self.publish(Purge {
                 target: Target::Tag {
@@ -269,7 +276,8 @@ impl TieredStorage {
                 (Err(e), _) | (Ok(_), Err(e)) => Err(e),
             };
         }
-        kept
+        let affected = self.l1.purge_tags(partition, tags, soft);
+        kept.map(|kept| kept.and(Purged::here(affected)))
     }
 
     /// Gives up every L2 copy of `partition` written until now: a floor kept by the disk tier

@@ -555,7 +555,10 @@ async fn listen(
         .filter_map(|m| serde_json::from_str::<Purge>(m).ok())
         .filter(|m| plausible(m, now))
         .collect();
-    // Marks shadow L2 copies; only purges this node missed also touch its L1.
+    // Marks shadow L2 copies. Those this node missed also touch its L1: after a lost
+    // connection, the purges made since; the first time, all of them (L1 may hold copies
+    // that came in before any mark did: the disk tier's from an earlier run, shared ones read
+    // before the subscription; a fill newer than a mark only costs a fetch again).
     let missed_from = missed_since.map(|since| since.saturating_sub(1_000_000_000));
     // A full set was cut to its newest marks, oldest first: what was cut is at most as recent
     // as the first one kept. Only cut marks this node may not have heard matter: any, when it
@@ -569,8 +572,8 @@ async fn listen(
     }
     for mark in &marks {
         match missed_from {
-            Some(from) if mark.at >= from => remote.apply(mark),
-            _ => remote.keep(mark),
+            Some(from) if mark.at < from => remote.keep(mark),
+            _ => remote.apply(mark),
         }
     }
     *missed_since = None;
