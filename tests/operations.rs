@@ -167,6 +167,49 @@ fn the_admin_api_requires_the_token() {
     );
 }
 
+/// Without a token, the admin API answers only tools on this machine: a web page a local
+/// browser opens cannot make it reload, purge or promote (a form's POST carries `Origin`),
+/// nor read it through a name it points at 127.0.0.1 (DNS rebinding: `Host` names it).
+#[test]
+fn without_a_token_the_admin_api_refuses_what_a_browser_sends_for_a_web_page() {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let proxy = Proxy::start(
+        "",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let status_url = proxy.admin_url("/status");
+    let local = format!("localhost:{}", proxy.admin_port);
+    assert_eq!(send("GET", &status_url, &[]).status, 200);
+    assert_eq!(send("GET", &status_url, &[("Host", &local)]).status, 200);
+    let rebound = send("GET", &status_url, &[("Host", "attacker.example")]);
+    assert_eq!(rebound.status, 403, "{}", rebound.text());
+    assert!(
+        rebound.text().contains("attacker.example"),
+        "{}",
+        rebound.text()
+    );
+    for (method, path) in [("POST", "/reload"), ("POST", "/purge"), ("GET", "/status")] {
+        let posted = send(
+            method,
+            &proxy.admin_url(path),
+            &[
+                ("Origin", "http://attacker.example"),
+                ("Surrogate-Key", "t"),
+            ],
+        );
+        assert_eq!(posted.status, 403, "{method} {path}: {}", posted.text());
+    }
+    // With a token, the token decides: a tool may reach the API under any name.
+    let (guarded, _) = guarded_proxy(&origin);
+    let auth = format!("Bearer {TOKEN}");
+    let named = send(
+        "GET",
+        &guarded.admin_url("/status"),
+        &[("Host", "admin.example"), ("Authorization", &auth)],
+    );
+    assert_eq!(named.status, 200);
+}
+
 #[test]
 fn status_and_reload_subcommands_read_the_config() {
     let origin = Origin::start(|_| Reply::ok("x"));

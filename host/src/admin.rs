@@ -179,6 +179,45 @@ fn shadow_json(tenant: &crate::tenant::Tenant) -> serde_json::Value {
     doc
 }
 
+/// Without a token the admin listener is on loopback, open to the tools of this machine, but
+/// a browser on it can be made to send requests there too: by any web page (a form's POST
+/// needs no preflight), and by one whose name it points at 127.0.0.1 (DNS rebinding), which
+/// can then read the answers. Those requests carry an `Origin`, or name another host: why
+/// `req` is refused, or `None` (a tool's request; one with no `Host` is no browser's).
+fn through_a_browser(req: &pingora::http::RequestHeader) -> Option<String> {
+    if req.headers.contains_key(http::header::ORIGIN) {
+        return Some("the request carries Origin (a web page's)".into());
+    }
+    let host = req.headers.get(http::header::HOST)?;
+    let named = host.to_str().ok().filter(|host| names_this_machine(host));
+    named.is_none().then(|| {
+        format!(
+            "Host {:?} names no loopback address",
+            String::from_utf8_lossy(host.as_bytes())
+        )
+    })
+}
+
+/// Whether a `Host` value is `localhost` or a loopback address, with or without a port.
+fn names_this_machine(host: &str) -> bool {
+    let is_port = |port: &str| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').and_then(|(name, rest)| {
+            (rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port)).then_some(name)
+        }),
+        None => Some(match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            _ => host,
+        }),
+    };
+    name.is_some_and(|name| {
+        name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    })
+}
+
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut builder = Response::builder()
         .status(status)
@@ -211,7 +250,17 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         // With a token configured, every admin endpoint requires it.
-        if self.state.admin_token.load().is_some() {
+        if self.state.admin_token.load().is_none() {
+            if let Some(refused) = through_a_browser(req) {
+                return text_reply(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "with no admin_token, the admin API answers only tools on this machine \
+                         (Host a loopback address or localhost, no Origin): {refused}\n"
+                    ),
+                );
+            }
+        } else {
             let presented = req
                 .headers
                 .get(http::header::AUTHORIZATION)
@@ -405,6 +454,39 @@ impl ServeHttp for MetricsApp {
         match session.req_header().uri.path() {
             "/metrics" => metrics_reply(&self.state),
             _ => text_reply(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_names_are_this_machine() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:9090",
+            "127.8.9.1:1",
+            "localhost",
+            "LocalHost:9090",
+            "[::1]",
+            "[::1]:9090",
+        ] {
+            assert!(names_this_machine(host), "{host}");
+        }
+        for host in [
+            "attacker.example",
+            "attacker.example:9090",
+            "localhost.attacker.example",
+            "10.0.0.1:9090",
+            "[::1]x",
+            "[::1]:",
+            "[2001:db8::1]:9090",
+            "::1",
+            "",
+        ] {
+            assert!(!names_this_machine(host), "{host}");
         }
     }
 }
