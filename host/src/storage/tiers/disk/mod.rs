@@ -43,6 +43,11 @@ const MIN_SEGMENT: usize = 1 << 20;
 const MIN_SEGMENTS: usize = 8;
 /// Room an entry needs in its segment beyond the value: its header and the key.
 const ENTRY_ROOM: usize = 4096;
+/// How long a lookup waits for a read the page cache cannot serve. A disk that stops
+/// answering (a hung network file system, a failing device) made every L1 miss wait for it
+/// without end; now such a lookup is a miss, served from the next tier or the origin, and
+/// counted as a timeout. Generous: a healthy disk answers a segment read in milliseconds.
+const READ_LIMIT: Duration = Duration::from_secs(1);
 
 pub(crate) struct DiskTier {
     config: DiskTierConfig,
@@ -226,7 +231,12 @@ impl Tier for DiskTier {
         let Some(store) = self.store.get() else {
             return Ok(None);
         };
-        match store.segments.get(key.as_bytes()).await {
+        let read = tokio::time::timeout(READ_LIMIT, store.segments.get(key.as_bytes()));
+        let Ok(read) = read.await else {
+            TierCounters::bump(&self.counters.timeouts);
+            return Err(format!("the disk did not answer within {READ_LIMIT:?}"));
+        };
+        match read {
             Ok(value) => Ok(value),
             Err(ReadError::Corrupt(tombstones)) => {
                 // The index has forgotten it already; the tombstone keeps it so.
@@ -496,6 +506,44 @@ mod tests {
             !segments.contains(key.as_bytes()),
             "its tombstone was written"
         );
+    }
+
+    /// A read the disk does not answer in time is a miss and a counted timeout, not a wait
+    /// without end. The blocking pool's one thread is held here, as a hung device holds the
+    /// threads its reads run on, and the page cache is emptied, so the read must go there.
+    #[test]
+    fn a_read_the_disk_does_not_answer_in_time_is_a_counted_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_config(dir.path());
+        let (tier, key) = holding_one_object(&config);
+        tier.store.get().unwrap().segments.sync().unwrap();
+        for entry in std::fs::read_dir(dir.path().join("segments")).unwrap() {
+            let file = File::open(entry.unwrap().path()).unwrap();
+            // SAFETY: fadvise on a descriptor `file` owns, for the whole file.
+            let advised =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(advised, 0);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let holding = tokio::task::spawn_blocking(move || held.recv());
+            let started = std::time::Instant::now();
+            let read = tier.get(&key).await;
+            let waited = started.elapsed();
+            assert!(read.is_err(), "{read:?}");
+            assert!(
+                waited >= READ_LIMIT && waited < 3 * READ_LIMIT,
+                "{waited:?}"
+            );
+            release.send(()).unwrap();
+            holding.await.unwrap().unwrap();
+        });
+        assert_eq!(tier.stats().timeouts, 1);
     }
 
     #[test]
