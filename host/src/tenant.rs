@@ -58,7 +58,13 @@ pub struct Tenant {
     promoted: AtomicBool,
     /// `cachet_requests_total` for this tenant, resolved once.
     pub requests: crate::metrics::RequestCounters,
+    /// Tells this build of the tenant from every other in the process: a reload that
+    /// changes its config builds a new one.
+    build: u64,
 }
+
+/// The next [`Tenant::build`].
+static NEXT_BUILD: AtomicU64 = AtomicU64::new(1);
 
 impl Tenant {
     /// Builds the tenant around an already loaded plugin, as the first generation.
@@ -101,7 +107,14 @@ impl Tenant {
             last_refusal: Mutex::new(last_refusal),
             shadow: ArcSwapOption::new(shadow),
             promoted: AtomicBool::new(promoted),
+            build: NEXT_BUILD.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Which build of the tenant this is (see the field): work planned against one build
+    /// (a key, a backend's index) is not carried out against another.
+    pub fn build(&self) -> u64 {
+        self.build
     }
 
     /// The generation of the plugin version new requests use.

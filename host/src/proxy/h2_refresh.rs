@@ -8,9 +8,11 @@
 //! plugin's edits applied and the forwarding fields written.
 //!
 //! So just before Pingora takes the head, the HTTP/2 request is given version HTTP/1.1 and a
-//! hand-off field holding this process's secret, the primary key and the backend. The
-//! refresh takes the head as already planned: the same key and backend, no second plan and
-//! no second set of forwarding fields. The serving request gets its head back before its
+//! hand-off field holding this process's secret, the tenant's build, the primary key and the
+//! backend. The refresh takes the head as already planned: the same key and backend, no
+//! second plan and no second set of forwarding fields; it is dropped when a reload rebuilt
+//! the tenant its host routes to since (the key and the backend's index were the old one's:
+//! the new one's origin answered, stored under the old tenant's key). The serving request gets its head back before its
 //! response is written. The field is removed from every request cachet receives, and its
 //! secret is never sent anywhere, so no client can hand a key of its choosing to a refresh.
 
@@ -38,6 +40,8 @@ static SECRET: LazyLock<String> = LazyLock::new(|| {
 
 /// What a refresh takes over from the request that spawned it.
 pub(super) struct Handoff {
+    /// The [`crate::tenant::Tenant::build`] it was planned for.
+    pub(super) tenant: u64,
     pub(super) key: Vec<u8>,
     pub(super) backend: Option<usize>,
 }
@@ -56,7 +60,8 @@ pub(super) fn prepare(session: &mut Session, ctx: &mut RequestCtx) {
     let backend = ctx
         .backend
         .map_or_else(|| "-".to_owned(), |b| b.to_string());
-    let value = format!("{}:{}:{backend}", &*SECRET, hex::encode(&ctx.key));
+    let tenant = ctx.tenant.as_ref().map_or(0, |t| t.build());
+    let value = format!("{}:{tenant}:{}:{backend}", &*SECRET, hex::encode(&ctx.key));
     let req = session.req_header_mut();
     if req.insert_header(FIELD, value).is_ok() {
         req.set_version(Version::HTTP_11);
@@ -80,12 +85,14 @@ pub(super) fn take(session: &mut Session) -> Option<Handoff> {
     if !session.is_subrequest() {
         return None;
     }
-    let mut parts = value.to_str().ok()?.splitn(3, ':');
-    let (secret, key, backend) = (parts.next()?, parts.next()?, parts.next()?);
+    let mut parts = value.to_str().ok()?.splitn(4, ':');
+    let secret = parts.next()?;
     if !same_secret(secret.as_bytes(), SECRET.as_bytes()) {
         return None;
     }
+    let (tenant, key, backend) = (parts.next()?, parts.next()?, parts.next()?);
     Some(Handoff {
+        tenant: tenant.parse().ok()?,
         key: hex::decode(key).ok()?,
         backend: match backend {
             "-" => None,

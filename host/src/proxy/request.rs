@@ -82,6 +82,20 @@ pub(super) async fn request_filter(
     ctx.tenant = Some(tenant.clone());
     ctx.policy = Some(policy.clone());
     if let Some(refresh) = refresh {
+        if refresh.tenant != tenant.build() {
+            // Planned against the tenant before a reload: its key and backend index are not
+            // this one's. The stale copy was served; the next request refreshes it.
+            ctx.route =
+                Route::Answered("the site was reloaded since the refresh was planned".into());
+            respond_text(
+                session,
+                ctx,
+                503,
+                "the site was reloaded; refresh dropped\n",
+            )
+            .await?;
+            return Ok(true);
+        }
         ctx.key = refresh.key;
         ctx.backend = refresh.backend;
         ctx.route = Route::Cache;
