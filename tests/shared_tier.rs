@@ -1363,3 +1363,122 @@ fn a_nodes_first_lookups_do_not_wait_for_a_new_connection() {
     }
     assert_eq!(origin.hits_for("/first-0"), 1);
 }
+
+/// A TCP relay to `redis` that passes what a node sends at once and, while `late` is set,
+/// delays what Redis sends back by `delay`: a node that hears of purges late (a slow link, a
+/// busy subscriber).
+fn late_answers_relay(
+    redis: u16,
+    delay: Duration,
+    late: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::Ordering::SeqCst;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", redis)) else {
+                return;
+            };
+            let (mut to_server, mut from_server) =
+                (server.try_clone().unwrap(), server.try_clone().unwrap());
+            let mut to_client = client.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client, &mut to_server);
+                let _ = to_server.shutdown(std::net::Shutdown::Both);
+            });
+            let (queue, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+            let late = late.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 << 10];
+                while let Ok(n) = from_server.read(&mut buf) {
+                    let wait = if late.load(SeqCst) {
+                        delay
+                    } else {
+                        Duration::ZERO
+                    };
+                    let chunk = (Instant::now() + wait, buf[..n].to_vec());
+                    if n == 0 || queue.send(chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                for (at, bytes) in due {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    if to_client.write_all(&bytes).is_err() {
+                        break;
+                    }
+                }
+                let _ = to_client.shutdown(std::net::Shutdown::Both);
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+/// A copy is as old as the request for it: a node whose fill was under way when another node
+/// purged the URL, and which heard of the purge only after the answer came, does not share
+/// that answer as newer than the purge. (Dated when its head arrived, it outdated the purge,
+/// and every node served the purged answer from the shared tier.)
+#[test]
+fn a_fill_under_way_when_another_node_purged_is_not_shared_as_newer() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    let redis = Redis::start(free_port());
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = asked.clone();
+    let origin = Origin::start(move |_| {
+        let n = counted.fetch_add(1, SeqCst) + 1;
+        let reply = Reply::ok(format!("answer #{n}")).header("Cache-Control", "max-age=300");
+        // The first answer takes a while: the purge is made meanwhile.
+        if n == 1 {
+            reply.delay(Duration::from_millis(1000))
+        } else {
+            reply
+        }
+    });
+    let late = std::sync::Arc::new(AtomicBool::new(false));
+    let relayed = late_answers_relay(redis.port, Duration::from_secs(3), late.clone());
+    let a = node_with(&origin, &format!("url = \"redis://127.0.0.1:{relayed}\""));
+    wait_connected(&a, true);
+    let b = node(&origin, redis.port);
+    late.store(true, SeqCst);
+    let (filled, purged_at) = std::thread::scope(|scope| {
+        let filling = scope.spawn(|| send("GET", &a.url("/late"), &[HOST]));
+        // After A's lookup (its L2 read times out at op_timeout: Redis answers it late) and
+        // the start of its fetch, before the answer.
+        std::thread::sleep(Duration::from_millis(600));
+        purge(&b, "/late", &[]);
+        (filling.join().unwrap(), Instant::now())
+    });
+    assert_eq!(filled.text(), "answer #1");
+    // A's write reaches Redis at once (only its acknowledgement comes late); the purge
+    // reaches A later.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let names: Vec<Vec<u8>> = redis::cmd("KEYS").arg("test:o:*").query(&mut conn).unwrap();
+        if !names.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never wrote its copy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        purged_at.elapsed() < Duration::from_secs(3),
+        "A may have heard of the purge: too slow to show the race"
+    );
+    let from_b = get(&b, "/late", &[]);
+    assert_eq!(
+        from_b.text(),
+        "answer #2",
+        "B served A's answer fetched before its purge: {}",
+        from_b.cache_status()
+    );
+    assert_eq!(asked.load(SeqCst), 2);
+}

@@ -55,7 +55,7 @@ pub(super) fn response_cache_filter(
         .as_ref()
         .map(|not_modified| revalidation::merge(resp, not_modified));
     let resp = merged.as_ref().unwrap_or(resp);
-    let verdict = match decide(proxy, session, resp, ctx) {
+    let mut verdict = match decide(proxy, session, resp, ctx) {
         // A background revalidation (stale-while-revalidate) refreshes an entry that is still
         // being served: an answer that cannot be stored (an origin error sent with no-store) is
         // refused for this request only. Marking the URL would skip the lookup, so every request
@@ -67,6 +67,15 @@ pub(super) fn response_cache_filter(
         }
         verdict => verdict,
     };
+    if let (RespCacheable::Cacheable(meta), Some(started)) = (&mut verdict, ctx.origin_started) {
+        // What the L2 tiers date the copy by (`FetchStarted`): the answer is as old as the
+        // request for it.
+        let at = SystemTime::now()
+            .checked_sub(started.elapsed())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        meta.extensions_mut()
+            .insert(crate::storage::FetchStarted(at));
+    }
     ctx.stored = matches!(verdict, RespCacheable::Cacheable(_));
     if !ctx.stored {
         // RFC 9111 §4.3.4: the client gets every field of the 304 (a Set-Cookie too), stored

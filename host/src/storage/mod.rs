@@ -37,7 +37,7 @@ pub use plain_hit::PlainHit;
 pub use purge_log::{FillWatch, KeyWatch};
 pub use stats::{PartitionStats, StorageStats};
 pub(crate) use tags::unindexable as unindexable_tags;
-pub use tiers::{TierStats, TieredStorage};
+pub use tiers::{FetchStarted, TierStats, TieredStorage};
 
 /// Stored-header field holding an object's purge tags, space-separated. Internal: the proxy
 /// writes it when storing and removes it before responses go downstream.

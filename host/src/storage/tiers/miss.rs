@@ -67,7 +67,7 @@ impl TieredMiss {
             unframed: super::super::meta::needs_length(meta.response_header()),
             keep_until: record::keep_until(meta),
             tags: super::super::tags::parse(meta.headers()),
-            written_at: record::now_ns(),
+            written_at: record::written_at(meta),
             body: Some(Vec::new()),
             body_len: 0,
             max_value: tiers.max_value().min(max_object),

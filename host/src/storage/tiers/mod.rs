@@ -31,6 +31,7 @@ mod writer;
 
 pub use hit::tier_of;
 pub use lean::{LeanLookup, TierReadAhead};
+pub use record::FetchStarted;
 pub use tier::TierStats;
 
 use super::{MemoryStorage, StorageStats};

@@ -220,6 +220,21 @@ pub(crate) fn own_reason(meta: &CacheMeta) -> Option<Box<str>> {
     (Some(reason) != header.status.canonical_reason()).then(|| reason.into())
 }
 
+/// When the origin was asked for the response a meta describes, noted by the proxy in the
+/// meta's extensions. A copy is dated by it in the L2 tiers, not by when its head arrived: a
+/// purge another node made while the origin answered, which this node had not heard of yet,
+/// then covers it. (Dated at its head, the copy outdated that purge, and every node kept
+/// serving the answer the purge was meant to remove.)
+#[derive(Debug, Clone, Copy)]
+pub struct FetchStarted(pub SystemTime);
+
+/// The date in the L2 tiers of the copy `meta` describes: when its fetch started, or now.
+pub(crate) fn written_at(meta: &CacheMeta) -> u64 {
+    meta.extensions()
+        .get::<FetchStarted>()
+        .map_or_else(now_ns, |started| to_ns(started.0))
+}
+
 /// Nanoseconds since the epoch, the clock purges and records are compared on.
 pub(crate) fn now_ns() -> u64 {
     to_ns(SystemTime::now())

@@ -335,7 +335,7 @@ impl Storage for TieredStorage {
         let revalidated = self.l1.revalidated(key, meta)?;
         if !self.tiers.is_empty() {
             match revalidated {
-                Revalidated::Updated => self.rewrite(key),
+                Revalidated::Updated => self.rewrite(key, record::written_at(meta)),
                 Revalidated::Vanished => self.refresh_in_tiers(key, meta),
                 // L1's newer object goes to the tiers from its own fill; a purged one stays
                 // as the purge left it.
@@ -355,14 +355,16 @@ impl Storage for TieredStorage {
 }
 
 impl TieredStorage {
-    /// Queues L1's current copy of `key` for the L2 tiers.
-    fn rewrite(&self, key: &CacheKey) {
+    /// Queues L1's current copy of `key` for the L2 tiers, dated `written_at` (when the
+    /// revalidation's fetch started).
+    fn rewrite(&self, key: &CacheKey, written_at: u64) {
         let Some((meta, body)) = self.l1.stored(key) else {
             return;
         };
         let Some(mut job) = Job::revalidated(key, &meta) else {
             return;
         };
+        job.written_at = written_at;
         if body.len() > self.max_value() {
             return;
         }

@@ -59,7 +59,7 @@ impl Job {
             reason: record::own_reason(meta),
             body: Vec::new(),
             lifetime,
-            written_at: record::now_ns(),
+            written_at: record::written_at(meta),
             tags: super::super::tags::parse(meta.headers()),
         })
     }
