@@ -438,6 +438,28 @@ fn a_target_pingora_repairs_gets_one_answer_wherever_the_bytes_are_split() {
     assert_eq!(origin.hits_for("/sp%20ace"), 1);
 }
 
+/// What a client that trickles a head gets, and when: `request_line` and `Host`, then a field
+/// every 150 ms (20 at most; a write fails once the head is refused), until the connection
+/// ends (10 s at most).
+fn trickled_head(port: u16, request_line: &str) -> (Vec<u8>, Duration) {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let began = std::time::Instant::now();
+    conn.write_all(format!("{request_line}\r\nHost: site.test\r\n").as_bytes())
+        .expect("send");
+    for i in 0..20 {
+        std::thread::sleep(Duration::from_millis(150));
+        if conn.write_all(format!("X-{i}: 1\r\n").as_bytes()).is_err() {
+            break;
+        }
+    }
+    let mut bytes = Vec::new();
+    let _ = conn.read_to_end(&mut bytes);
+    (bytes, began.elapsed())
+}
+
 /// `[server] request_head_timeout`: a head trickled in a field at a time is answered 408
 /// once the time is up, however steadily its bytes come (each read alone would wait 60 s);
 /// a slow head that is whole in time and a connection idle between requests are not cut.
@@ -449,23 +471,7 @@ fn a_head_not_whole_within_request_head_timeout_gets_408() {
         "max_bytes = \"16MiB\"",
         &[TenantSpec::new("site", origin.addr, &fixture("counter"))],
     );
-    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
-    conn.set_nodelay(true).expect("nodelay");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let began = std::time::Instant::now();
-    conn.write_all(b"GET /trickle HTTP/1.1\r\nHost: site.test\r\n")
-        .expect("send");
-    for i in 0..20 {
-        std::thread::sleep(Duration::from_millis(150));
-        // Refused once the time is up: later writes may fail.
-        if conn.write_all(format!("X-{i}: 1\r\n").as_bytes()).is_err() {
-            break;
-        }
-    }
-    let mut bytes = Vec::new();
-    let _ = conn.read_to_end(&mut bytes);
-    let answered = began.elapsed();
+    let (bytes, answered) = trickled_head(proxy.port, "GET /trickle HTTP/1.1");
     let responses = parse_responses(&bytes);
     assert_eq!(responses.len(), 1, "{:?}", String::from_utf8_lossy(&bytes));
     assert_eq!(responses[0].status, 408);
@@ -685,22 +691,7 @@ fn a_head_begun_behind_a_request_pingora_answered_gets_408_in_time() {
 
     // A head the front leaves to Pingora at once (a target Pingora repairs), its fields
     // trickling in: each read alone would wait 60 s.
-    let began = std::time::Instant::now();
-    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
-    conn.set_nodelay(true).expect("nodelay");
-    conn.set_read_timeout(Some(Duration::from_secs(6)))
-        .expect("timeout");
-    conn.write_all(b"GET /sp ace HTTP/1.1\r\nHost: site.test\r\n")
-        .expect("send");
-    for i in 0..20 {
-        std::thread::sleep(Duration::from_millis(150));
-        if conn.write_all(format!("X-{i}: 1\r\n").as_bytes()).is_err() {
-            break;
-        }
-    }
-    let mut bytes = Vec::new();
-    let _ = conn.read_to_end(&mut bytes);
-    let answered = began.elapsed();
+    let (bytes, answered) = trickled_head(proxy.port, "GET /sp ace HTTP/1.1");
     assert!(
         bytes.starts_with(b"HTTP/1.1 408 "),
         "{:?}",
