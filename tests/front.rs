@@ -761,3 +761,25 @@ fn requests_handed_over_whole_are_not_held_to_head_bounds_after_their_head() {
         );
     }
 }
+
+/// A stray empty line after a request Pingora read (RFC 9112 §2.2 lets a server skip it)
+/// begins no head: the connection idles past `request_head_timeout` and serves the next
+/// request, as after a request the front answered. (Kept by Pingora, the line started a
+/// head's clock, and the idle connection got a 408 nobody asked for.)
+#[test]
+fn an_empty_line_after_a_body_begins_no_head() {
+    let origin = echo_origin();
+    let proxy = Proxy::start_with_server(
+        "request_head_timeout = \"1s\"",
+        "max_bytes = \"16MiB\"",
+        &[TenantSpec::new("site", origin.addr, &fixture("counter"))],
+    );
+    let mut conn = Conn::open(proxy.port);
+    let posted =
+        conn.ask("POST /p HTTP/1.1\r\nHost: site.test\r\nContent-Length: 3\r\n\r\nabc\r\n");
+    assert_eq!(posted.text(), "origin saw /p");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = conn.ask(&get("/after", true));
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_eq!(after.text(), "origin saw /after");
+}

@@ -868,7 +868,7 @@ fn operator_listeners_bound_each_head_in_size_and_time() {
         for i in 0..20 {
             write!(
                 conn,
-                "GET /metrics HTTP/1.1\r\nHost: ops\r\nX-Pad: {pad}\r\n\r\n"
+                "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: {pad}\r\n\r\n"
             )
             .unwrap();
             let resp = read_one_response(&mut conn);
@@ -883,7 +883,7 @@ fn operator_listeners_bound_each_head_in_size_and_time() {
         // A head begun and left unfinished.
         let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: ops\r\n")
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             .unwrap();
         let started = Instant::now();
         let answer = support::wire::read_until_closed(&mut slow, Duration::from_secs(5));

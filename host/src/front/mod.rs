@@ -155,7 +155,7 @@ impl Front {
         loop {
             let (stream, settings) = served?.consume();
             match settings {
-                Some(settings) if !holds_nothing_read(&settings) => {
+                Some(settings) if !holds_no_head_begun(&settings) => {
                     // Pingora reads on from the start of a head it holds: that head gets
                     // `request_head_timeout`, and each read no more than the idle wait
                     // (Pingora's keep-alive wait after a request is unbounded).
@@ -163,7 +163,9 @@ impl Front {
                     let mut session = ServerSession::new_http1(stream);
                     settings.apply_to_session(&mut session);
                     if session.get_keepalive() == Some(0) {
-                        session.set_keepalive(Some(IDLE.as_secs()));
+                        // No shorter than the head's own time, so that the 408 comes first.
+                        let wait = IDLE.max(self.head_timeout).as_secs_f64().ceil() as u64;
+                        session.set_keepalive(Some(wait));
                     }
                     served = self.proxy.process_new_http(session, shutdown).await;
                 }
@@ -288,15 +290,24 @@ async fn stopping(watch: &mut ShutdownWatch) {
     }
 }
 
-/// Whether Pingora kept no bytes read past the request it served. Pingora 0.9 has no
-/// accessor for them, so its `Debug` form says. The client's bytes can spell any text, but
-/// that form prints kept bytes as a byte string (`Some(b"...")`, quotes inside escaped), so
-/// only a form with no quote at all is believed: one that says the field is `None` and
-/// holds no bytes anyone sent. Should the form change, connections stay with Pingora once
-/// handed over (slower, never wrong: a test pins the form).
-fn holds_nothing_read(settings: &HttpPersistentSettings) -> bool {
+/// Whether Pingora kept no head begun past the request it served: no bytes, or one empty
+/// line (a stray CRLF after a body, which RFC 9112 §2.2 lets a server skip, as the front
+/// does: kept, it started a head's clock on an idle connection). Pingora 0.9 has no
+/// accessor for those bytes, so its `Debug` form says. The client's bytes can spell any
+/// text, but that form prints kept bytes as a byte string (`Some(b"...")`, quotes inside
+/// escaped): the field is read where its name first appears, after fields that hold no
+/// quote (numbers, flags, `Any { .. }`), and only forms that end the string where these do
+/// are believed. Should the form change, connections stay with Pingora once handed over
+/// (slower, never wrong: a test pins the form).
+fn holds_no_head_begun(settings: &HttpPersistentSettings) -> bool {
     let form = format!("{settings:?}");
-    !form.contains('"') && form.contains("pipelined_prefix: None")
+    let Some((before, kept)) = form.split_once("pipelined_prefix: ") else {
+        return false;
+    };
+    !before.contains('"')
+        && ["None, ", r#"Some(b"\r\n"), "#, r#"Some(b"\n"), "#]
+            .iter()
+            .any(|nothing| kept.starts_with(nothing))
 }
 
 #[async_trait::async_trait]
@@ -383,13 +394,27 @@ mod tests {
     use super::*;
     use bytes::BytesMut;
 
-    #[test]
-    fn pingora_says_whether_it_kept_bytes_of_a_next_request() {
+    /// Settings as Pingora hands them back, holding `kept` (None: nothing).
+    fn settings_keeping(kept: Option<&[u8]>) -> HttpPersistentSettings {
         let session = ServerSession::new_http1(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
         let mut settings = HttpPersistentSettings::for_session(&session);
-        assert!(holds_nothing_read(&settings));
-        settings.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
-        assert!(!holds_nothing_read(&settings));
+        if let Some(kept) = kept {
+            settings.set_pipelined_prefix(BytesMut::from(kept));
+        }
+        settings
+    }
+
+    #[test]
+    fn pingora_says_whether_it_kept_a_head_begun() {
+        assert!(holds_no_head_begun(&settings_keeping(None)));
+        assert!(holds_no_head_begun(&settings_keeping(Some(b"\r\n"))));
+        assert!(holds_no_head_begun(&settings_keeping(Some(b"\n"))));
+        for begun in [&b"GET / HTTP/1.1\r\n"[..], b"\r", b"\r\n\r\n", b"\r\nG"] {
+            assert!(
+                !holds_no_head_begun(&settings_keeping(Some(begun))),
+                "{begun:?}"
+            );
+        }
     }
 
     /// Bytes a client sent cannot make the form read as holding nothing, quoted or not.
@@ -398,14 +423,15 @@ mod tests {
         for kept in [
             &b"POST / HTTP/1.1\r\nX: pipelined_prefix: None\r\n"[..],
             b"X: pipelined_prefix: None, pipelining_enabled: true }",
-            b"X: \", pipelined_prefix: None",
+            b"X: \", pipelined_prefix: None, ",
+            b"\\r\\n\"), ",
+            b"\", pipelined_prefix: Some(b\"\\r\\n\"), ",
             b"",
         ] {
-            let session =
-                ServerSession::new_http1(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
-            let mut settings = HttpPersistentSettings::for_session(&session);
-            settings.set_pipelined_prefix(BytesMut::from(kept));
-            assert!(!holds_nothing_read(&settings), "{kept:?}");
+            assert!(
+                !holds_no_head_begun(&settings_keeping(Some(kept))),
+                "{kept:?}"
+            );
         }
     }
 }

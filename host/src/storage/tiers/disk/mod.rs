@@ -48,6 +48,9 @@ const ENTRY_ROOM: usize = 4096;
 /// without end; now such a lookup is a miss, served from the next tier or the origin, and
 /// counted as a timeout. Generous: a healthy disk answers a segment read in milliseconds.
 const READ_LIMIT: Duration = Duration::from_secs(1);
+/// The same for a chunk of a response under way: failing it cuts the response short, so a
+/// slow disk (a busy or throttled volume) gets longer.
+const CHUNK_READ_LIMIT: Duration = Duration::from_secs(5);
 
 pub(crate) struct DiskTier {
     config: DiskTierConfig,
@@ -68,6 +71,30 @@ struct Store {
 }
 
 impl DiskTier {
+    /// The value stored under `key`, read within `limit` (a timeout is counted).
+    async fn read_within(&self, key: &TierKey, limit: Duration) -> Result<Option<Bytes>, String> {
+        let Some(store) = self.store.get() else {
+            return Ok(None);
+        };
+        let read = tokio::time::timeout(limit, store.segments.get(key.as_bytes()));
+        let Ok(read) = read.await else {
+            TierCounters::bump(&self.counters.timeouts);
+            return Err(format!("the disk did not answer within {limit:?}"));
+        };
+        match read {
+            Ok(value) => Ok(value),
+            Err(ReadError::Corrupt(tombstones)) => {
+                // The index has forgotten it already; the tombstone keeps it so.
+                TierCounters::bump(&self.counters.corrupt);
+                TierCounters::bump(&self.counters.removed);
+                store.tombstones.write(tombstones);
+                tracing::warn!("disk tier: corrupt object removed");
+                Err("a stored entry failed its checksum".into())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Opens the store now if the folder is free; otherwise opens it from a background thread
     /// as soon as the process holding it exits. The marks of earlier runs go into `marks`;
     /// those the other process made while this one waited (a graceful upgrade's overlap)
@@ -228,26 +255,11 @@ impl Tier for DiskTier {
     }
 
     async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
-        let Some(store) = self.store.get() else {
-            return Ok(None);
-        };
-        let read = tokio::time::timeout(READ_LIMIT, store.segments.get(key.as_bytes()));
-        let Ok(read) = read.await else {
-            TierCounters::bump(&self.counters.timeouts);
-            return Err(format!("the disk did not answer within {READ_LIMIT:?}"));
-        };
-        match read {
-            Ok(value) => Ok(value),
-            Err(ReadError::Corrupt(tombstones)) => {
-                // The index has forgotten it already; the tombstone keeps it so.
-                TierCounters::bump(&self.counters.corrupt);
-                TierCounters::bump(&self.counters.removed);
-                store.tombstones.write(tombstones);
-                tracing::warn!("disk tier: corrupt object removed");
-                Err("a stored entry failed its checksum".into())
-            }
-            Err(e) => Err(e.to_string()),
-        }
+        self.read_within(key, READ_LIMIT).await
+    }
+
+    async fn get_chunk(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
+        self.read_within(key, CHUNK_READ_LIMIT).await
     }
 
     async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String> {
