@@ -238,7 +238,6 @@ fn admin_limits(config: &Config) -> ConnectionLimits {
         max_request_head: config.server.max_request_head,
         h2_preface_timeout: config.server.listener.h2_idle_timeout,
         h2c: false,
-        tls_handshake_timeout: config.server.request_head_timeout,
         head_timeout: config.server.request_head_timeout,
         role: ListenerRole::Operators,
     }
@@ -365,7 +364,6 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         max_request_head: config.server.max_request_head,
         h2_preface_timeout: config.server.listener.h2_idle_timeout,
         h2c: config.server.listener.h2c,
-        tls_handshake_timeout: config.server.request_head_timeout,
         head_timeout: config.server.request_head_timeout,
         role: ListenerRole::Clients,
     };

@@ -34,11 +34,9 @@ pub struct ConnectionLimits {
     /// The plain listener takes HTTP/2 without TLS (`h2c`): a connection that opens with
     /// the HTTP/2 preface is framed, not read as heads.
     pub h2c: bool,
-    /// How long a TLS handshake may take (`request_head_timeout`: a client has that long
-    /// to present its request, the handshake included).
-    pub tls_handshake_timeout: Duration,
     /// How long a request head may take (`request_head_timeout`), where the stream bounds
-    /// it: see [`ListenerRole`].
+    /// it (see [`ListenerRole`]); a TLS handshake too: a client has that long to present its
+    /// request, the handshake included.
     pub head_timeout: Duration,
     /// Whose connections these are.
     pub role: ListenerRole,
@@ -117,13 +115,13 @@ impl<A> ConnectionGuard<A> {
     }
 
     /// The TLS stream over `stream`, or `None` (counted) when the handshake fails or is
-    /// not done within `tls_handshake_timeout`.
+    /// not done within `head_timeout`.
     async fn handshake(&self, acceptor: &Acceptor, stream: Stream) -> Option<Stream> {
         // The listener is plain TCP: its streams are Pingora's L4 streams.
         let tcp = *stream.into_any().downcast::<TcpStream>().ok()?;
         let _in_flight = self.drain.as_ref().map(|drain| drain.enter());
         let handshake = acceptor.tls_handshake(tcp);
-        match tokio::time::timeout(self.limits.tls_handshake_timeout, handshake).await {
+        match tokio::time::timeout(self.limits.head_timeout, handshake).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
             Ok(Err(e)) => {
                 self.limits.role.refused("tls_handshake");

@@ -12,8 +12,8 @@
 //! backend. The refresh takes the head as already planned: the same key and backend, no
 //! second plan and no second set of forwarding fields; it is dropped when a reload rebuilt
 //! the tenant its host routes to since (the key and the backend's index were the old one's:
-//! the new one's origin answered, stored under the old tenant's key). The serving request gets its head back before its
-//! response is written. The field is removed from every request cachet receives, and its
+//! the new one's origin answered, stored under the old tenant's key). The serving request
+//! gets its head back before its response is written. The field is removed from every request cachet receives, and its
 //! secret is never sent anywhere, so no client can hand a key of its choosing to a refresh.
 
 use super::ctx::RequestCtx;
