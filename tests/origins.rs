@@ -106,6 +106,12 @@ fn read_whole_head(conn: &mut impl Read) -> Option<String> {
     Some(head)
 }
 
+/// Pingora returns an origin connection to its pool only after the client has its answer; a
+/// request sent at once may open a new connection instead. Tests about reuse pause first.
+fn let_the_connection_return_to_the_pool() {
+    std::thread::sleep(Duration::from_millis(100));
+}
+
 fn proxy_for(upstream: SocketAddr, origin_table: &str) -> Proxy {
     Proxy::start(
         "",
@@ -130,6 +136,7 @@ fn a_request_failing_on_a_reused_connection_is_retried_once_on_a_fresh_one() {
         assert_eq!(client.join().unwrap().unwrap().status, 200);
     }
     assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
+    let_the_connection_return_to_the_pool();
 
     // The GET lands on a stale connection and is retried once, on a new
     // connection rather than the other stale one.
@@ -192,6 +199,7 @@ fn a_body_cut_off_on_a_reused_connection_is_not_retried() {
     let (addr, requests) = start_cutting_origin(Duration::from_millis(500));
     let proxy = proxy_for(addr, "");
     assert_eq!(send("GET", &proxy.url("/warm"), &[]).text(), "ok");
+    let_the_connection_return_to_the_pool();
     // The client leaves before the head arrives; the fill goes on without it.
     let url = proxy.url("/cut");
     let target = url.trim_start_matches("http://");
@@ -523,9 +531,7 @@ fn tenants_on_one_origin_do_not_share_its_connections() {
         for host in ["a.test", "b.test"] {
             let resp = send("GET", &proxy.url(&format!("/{round}")), &[("Host", host)]);
             assert_eq!(resp.text(), "served");
-            // Pingora returns a connection to its pool after the client has its answer;
-            // a pause lets that happen, so the next request could reuse it.
-            std::thread::sleep(Duration::from_millis(100));
+            let_the_connection_return_to_the_pool();
         }
     }
     let hosts_by_connection = origin.hosts_by_connection.lock().unwrap().clone();
