@@ -76,6 +76,22 @@ fn a_disk_tier_capped_below_its_minimum_of_objects_names_the_key() {
 }
 
 #[test]
+fn a_purge_backlog_of_nothing_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiers.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[cache.shared]\nurl = \"redis://127.0.0.1:1\"\npurge_backlog = 0\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("tiers.toml:6"), "{out}");
+    assert!(out.contains("cache.shared.purge_backlog"), "{out}");
+    assert!(out.contains("between 1 and 1000000"), "{out}");
+}
+
+#[test]
 fn a_host_pattern_that_is_no_name_wildcard_or_catch_all_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cachet.toml");

@@ -1482,3 +1482,72 @@ fn a_fill_under_way_when_another_node_purged_is_not_shared_as_newer() {
     );
     assert_eq!(asked.load(SeqCst), 2);
 }
+
+/// A burst of purges faster than a node applies them is not held without bound (redis-rs's
+/// own pub/sub queue has none): past `purge_backlog` messages the node drops what it holds,
+/// counts it, and reads the kept purges again, so a purge in the burst still reaches its L1.
+/// The node is stalled (SIGSTOP) while the burst is sent, so it reads it all at once after.
+#[test]
+fn a_burst_of_purges_beyond_the_backlog_is_dropped_and_read_again_from_the_kept_ones() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node_with(
+        &origin,
+        &format!(
+            "url = \"redis://127.0.0.1:{}\"\npurge_backlog = 16",
+            redis.port
+        ),
+    );
+    wait_connected(&a, true);
+    let b = node(&origin, redis.port);
+    share(&a, &b, &origin, "/burst");
+
+    a.pause();
+    let mut conn = redis_conn(&redis);
+    let mut burst = redis::pipe();
+    for i in 0..2_000u32 {
+        let message = format!(
+            r#"{{"node":"elsewhere","purge":{{"target":{{"tag":{{"partition":"other","tag":"t{i}"}}}},"at":{},"soft":false}}}}"#,
+            now_ns()
+        );
+        burst
+            .cmd("PUBLISH")
+            .arg("test:purges")
+            .arg(message)
+            .ignore();
+    }
+    let () = burst.query(&mut conn).unwrap();
+    purge(&b, "/burst", &[]);
+    // Longer than the second a node allows for a purge to reach it.
+    std::thread::sleep(Duration::from_millis(1500));
+    a.resume();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shared_stats(&a)["purges_fell_behind"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        a.log().contains("more than 16 purges arrived"),
+        "{}",
+        a.log()
+    );
+    wait_connected(&a, true);
+    let resp = get(&a, "/burst", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=miss"),
+        "the purge made during the burst did not reach A's L1: {}",
+        resp.cache_status()
+    );
+    assert_eq!(origin.hits_for("/burst"), 2);
+    let metrics = ureq::get(&a.admin_url("/metrics"))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("cachet_cache_tier_purges_fell_behind_total{tier=\"l2-shared\"} 1"),
+        "{metrics}"
+    );
+}

@@ -470,7 +470,7 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
         );
     }
     type Field = fn(&crate::storage::TierStats) -> u64;
-    let families: [(&str, &str, &str, Field); 11] = [
+    let families: [(&str, &str, &str, Field); 12] = [
         (
             "cachet_cache_tier_misses_total",
             "counter",
@@ -524,6 +524,12 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
             "counter",
             "L2 copies dropped on read because a purge covered them",
             |t| t.purged,
+        ),
+        (
+            "cachet_cache_tier_purges_fell_behind_total",
+            "counter",
+            "Times purges came faster than this node applied them, past [cache.shared] purge_backlog (it read the kept purges again)",
+            |t| t.purges_fell_behind,
         ),
         (
             "cachet_cache_tier_stored_bytes",

@@ -270,6 +270,22 @@ impl Proxy {
         self.child.id()
     }
 
+    /// Freezes cachet (SIGSTOP by its PID): a node stalled, its connections open.
+    /// [`Self::resume`] undoes it.
+    pub fn pause(&self) {
+        assert!(self.signal(libc::SIGSTOP), "SIGSTOP to cachet");
+    }
+
+    pub fn resume(&self) {
+        assert!(self.signal(libc::SIGCONT), "SIGCONT to cachet");
+    }
+
+    fn signal(&self, signal: libc::c_int) -> bool {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on the PID of a child this struct owns and has not reaped.
+        unsafe { libc::kill(pid, signal) == 0 }
+    }
+
     /// Stops cachet now (by its PID) and waits for it to exit.
     pub fn stop(&mut self) {
         let _ = self.child.kill();

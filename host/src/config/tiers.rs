@@ -22,6 +22,10 @@ const MAX_SHARED_OBJECT: u64 = 64 << 20;
 const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(5);
 /// A shared-tier operation may delay a miss by this much at most.
 const MAX_OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// A purge message is a few hundred bytes: 10,000 held is a few MiB, and a burst of purges
+/// that large is applied within about a second.
+const DEFAULT_PURGE_BACKLOG: usize = 10_000;
+const MAX_PURGE_BACKLOG: i64 = 1_000_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +43,7 @@ pub(super) struct RawShared {
     key_prefix: Option<String>,
     max_object_bytes: Option<Spanned<SizeValue>>,
     op_timeout: Option<Spanned<DurationValue>>,
+    purge_backlog: Option<Spanned<i64>>,
     /// PEM CA certificates trusted for `rediss://` instead of the system's.
     ca: Option<Spanned<String>>,
     /// A client certificate chain and its key, for servers that ask for one.
@@ -69,6 +74,9 @@ pub struct SharedTierConfig {
     pub max_object_bytes: usize,
     /// Longest a lookup waits for Redis (writes, purges and chunks under way wait up to 1 s).
     pub op_timeout: Duration,
+    /// Purge messages received and not yet applied that a node holds at most; past that it
+    /// stops listening and reads the kept purges again (see `tiers::shared`).
+    pub purge_backlog: usize,
     /// PEM roots trusted instead of the system's (`rediss://` only).
     pub ca_pem: Option<Vec<u8>>,
     /// PEM certificate chain and private key presented to the server (`rediss://` only).
@@ -91,6 +99,7 @@ impl fmt::Debug for SharedTierConfig {
             .field("key_prefix", &self.key_prefix)
             .field("max_object_bytes", &self.max_object_bytes)
             .field("op_timeout", &self.op_timeout)
+            .field("purge_backlog", &self.purge_backlog)
             .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<set>"))
             .field("client_cert", &self.client_cert.as_ref().map(|_| "<set>"))
             .finish()
@@ -189,12 +198,24 @@ impl Locator<'_> {
             }
             None => DEFAULT_OP_TIMEOUT,
         };
+        let purge_backlog = match &raw.purge_backlog {
+            Some(n) if !(1..=MAX_PURGE_BACKLOG).contains(n.get_ref()) => {
+                return Err(self.at(
+                    n.span(),
+                    "cache.shared.purge_backlog",
+                    format!("must be between 1 and {MAX_PURGE_BACKLOG}"),
+                ))
+            }
+            Some(n) => *n.get_ref() as usize,
+            None => DEFAULT_PURGE_BACKLOG,
+        };
         Ok(Some(SharedTierConfig {
             url: url.to_owned(),
             password: raw.password,
             key_prefix: raw.key_prefix.unwrap_or_else(|| "cachet:".to_owned()),
             max_object_bytes: max_object_bytes as usize,
             op_timeout,
+            purge_backlog,
             ca_pem,
             client_cert,
         }))

@@ -19,6 +19,7 @@ mod key;
 mod l1;
 mod lean;
 mod miss;
+mod purge_channel;
 mod purges;
 mod record;
 mod redis_conn;
@@ -152,7 +153,7 @@ impl TieredStorage {
             disk = Some(tier);
         }
         if let Some(config) = &config.shared {
-            let remote = shared::RemotePurges {
+            let remote = purge_channel::RemotePurges {
                 l1,
                 marks: purges.clone(),
                 disk: disk.clone().map(|tier| tier as Arc<dyn Tier>),

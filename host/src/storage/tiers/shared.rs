@@ -13,9 +13,9 @@
 //!   makes lookups misses and writes errors (counted), never a failed request. The
 //!   connection manager and the subscriber reconnect by themselves.
 
-use super::super::MemoryStorage;
 use super::key::TierKey;
-use super::purges::{Purge, PurgeLog, Target, MAX_MARKS};
+use super::purge_channel::{self, Message, RemotePurges, Subscriber};
+use super::purges::{Purge, Target, MAX_MARKS};
 use super::record::KeyCheck;
 use super::redis_conn::Conn;
 use super::redis_size::{RedisSize, SAMPLE_EVERY};
@@ -24,10 +24,8 @@ use crate::config::SharedTierConfig;
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use redis::aio::ConnectionManagerConfig;
-use redis::IntoConnectionInfo;
-use serde::{Deserialize, Serialize};
+use redis::{IntoConnectionInfo, ProtocolVersion};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -35,63 +33,19 @@ use std::time::Duration;
 use tokio::runtime::{Handle, Id as RuntimeId};
 
 /// Purge fan-out is worth a longer wait than a lookup: it is not on a client's path.
-const PURGE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const PURGE_TIMEOUT: Duration = Duration::from_secs(1);
 /// An object write runs on the tier writer, on no client's path: under load a large `SET`
 /// may take longer than a lookup may wait, and failing it would leave the object unshared.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A chunk read while a response is under way may wait this long: failing it aborts the
 /// response, so a slow answer is better than none.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(1);
-/// Pause between attempts to reach Redis again for the purge channel.
-const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
 /// The most of one value a lookup reads: a whole record's body is at most
 /// [`super::chunks::SINGLE_MAX`] (larger ones are chunked), and a response head is far below
 /// the rest.
 const MAX_VALUE_READ: usize = super::chunks::SINGLE_MAX + (2 << 20);
 /// How long data sent to Redis may go unacknowledged before the kernel drops the connection.
 const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_secs(10);
-/// How often the purge channel is pinged. A connection cut without a word (a NAT or firewall
-/// dropping an idle flow, a Redis host gone) never ends the message stream by itself: the
-/// node went on believing it heard every purge.
-const CHANNEL_PING: Duration = Duration::from_secs(5);
-/// How far ahead of this node's clock a purge read from Redis may be dated: clocks of
-/// nodes differ a little. A mark dated further ahead would hide every copy of its target
-/// until that time (for ever, for a date far away), kept on disk across restarts.
-const MAX_CLOCK_AHEAD_NS: u64 = 60_000_000_000;
-
-/// What travels on the purge channel.
-#[derive(Serialize, Deserialize)]
-struct Message {
-    /// The node that made the purge (it has applied it already).
-    node: String,
-    purge: Purge,
-}
-
-/// Applies purges other nodes made to this node's L1, purge marks and disk tier.
-pub(crate) struct RemotePurges {
-    pub(crate) l1: &'static MemoryStorage,
-    pub(crate) marks: Arc<PurgeLog>,
-    /// Keeps other nodes' purges as it keeps this node's: marks kept only in memory were
-    /// lost by a restart while Redis was empty or away, and the disk's copies came back.
-    pub(crate) disk: Option<Arc<dyn Tier>>,
-}
-
-impl RemotePurges {
-    fn apply(&self, purge: &Purge) {
-        self.keep(purge);
-        self.l1.apply_purge(purge);
-    }
-
-    /// Marks a purge, and writes it to the disk tier when it says anything new (the disk
-    /// tier counts and logs its own failures).
-    fn keep(&self, purge: &Purge) {
-        if self.marks.record(purge) {
-            if let Some(disk) = &self.disk {
-                let _ = disk.publish(purge);
-            }
-        }
-    }
-}
 
 /// Tells shared tiers apart in the per-thread lookup connections.
 static NEXT_TIER_ID: AtomicU64 = AtomicU64::new(0);
@@ -130,6 +84,8 @@ pub(crate) struct SharedTier {
     node: String,
     runtime: tokio::runtime::Handle,
     subscribed: Arc<AtomicBool>,
+    /// Times the purge channel ran more than `purge_backlog` messages ahead of this node.
+    purges_fell_behind: Arc<AtomicU64>,
     /// What the database holds, sampled.
     size: Arc<RedisSize>,
 }
@@ -160,6 +116,14 @@ impl SharedTier {
                 .set_nodelay(true)
                 .set_user_timeout(UNACKNOWLEDGED_LIMIT),
         );
+        // The subscriber's own: RESP3 is what lets it bound what it holds (`purge_channel`).
+        let subscriber_client = {
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            client(info.clone().set_redis_settings(settings), config)?
+        };
         let client = client(info, config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.op_timeout.max(Duration::from_millis(100))))
@@ -192,6 +156,7 @@ impl SharedTier {
             node: format!("{}-{}", std::process::id(), super::record::now_ns()),
             runtime: runtime.clone(),
             subscribed: Arc::default(),
+            purges_fell_behind: Arc::default(),
             size: Arc::default(),
         });
         runtime.spawn(sample_size(
@@ -199,13 +164,15 @@ impl SharedTier {
             tier.op_timeout,
             tier.size.clone(),
         ));
-        runtime.spawn(subscribe(
-            client,
-            tier.channel(),
-            tier.node.clone(),
+        runtime.spawn(purge_channel::subscribe(Subscriber {
+            client: subscriber_client,
+            channel: tier.channel(),
+            node: tier.node.clone(),
             remote,
-            tier.subscribed.clone(),
-        ));
+            subscribed: tier.subscribed.clone(),
+            backlog: config.purge_backlog,
+            fell_behind: tier.purges_fell_behind.clone(),
+        }));
         Ok(tier)
     }
 
@@ -423,6 +390,7 @@ impl Tier for SharedTier {
             stored_bytes: self.size.used_bytes(),
             budget_bytes: None,
             connected: self.subscribed.load(Relaxed),
+            purges_fell_behind: self.purges_fell_behind.load(Relaxed),
             ..TierStats::default()
         };
         self.conn.counters.fill(&mut stats);
@@ -472,152 +440,4 @@ fn client(info: redis::ConnectionInfo, config: &SharedTierConfig) -> anyhow::Res
         root_cert: config.ca_pem.clone(),
     };
     redis::Client::build_with_tls(info, certificates).context("cache.shared: TLS settings")
-}
-
-/// Keeps this node subscribed to the purge channel, reconnecting after any failure. On each
-/// (re)connection it first reads the kept marks, so purges made while it was cut off apply.
-async fn subscribe(
-    client: redis::Client,
-    channel: String,
-    node: String,
-    remote: RemotePurges,
-    subscribed: Arc<AtomicBool>,
-) {
-    // Purges newer than this reached Redis while this node was not listening (set by
-    // `listen` when it loses the channel; unset while the node never listened).
-    let mut missed_since: Option<u64> = None;
-    // Each different failure is logged once (a down Redis would flood the log otherwise).
-    let mut last_error = String::new();
-    loop {
-        let listened = listen(
-            &client,
-            &channel,
-            &node,
-            &remote,
-            &subscribed,
-            &mut missed_since,
-        );
-        match listened.await {
-            Err(e) if e != last_error => {
-                tracing::warn!("shared tier: cannot reach Redis: {e}");
-                last_error = e;
-            }
-            Err(e) => tracing::debug!("shared tier: purge channel: {e}"),
-            Ok(()) => {}
-        }
-        if subscribed.swap(false, Relaxed) {
-            tracing::warn!("shared tier: lost the purge channel; reconnecting");
-            last_error.clear();
-        }
-        // `missed_since` stays unset until the node first listened: before, it may have
-        // missed anything (see `listen`).
-        tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
-    }
-}
-
-async fn listen(
-    client: &redis::Client,
-    channel: &str,
-    node: &str,
-    remote: &RemotePurges,
-    subscribed: &AtomicBool,
-    missed_since: &mut Option<u64>,
-) -> Result<(), String> {
-    let within =
-        |what: &'static str| move |_| format!("{what}: no answer within {PURGE_TIMEOUT:?}");
-    let pubsub = tokio::time::timeout(PURGE_TIMEOUT, client.get_async_pubsub())
-        .await
-        .map_err(within("connecting"))?
-        .map_err(|e| e.to_string())?;
-    let (mut sink, mut messages) = pubsub.split();
-    tokio::time::timeout(PURGE_TIMEOUT, sink.subscribe(channel))
-        .await
-        .map_err(within("subscribing"))?
-        .map_err(|e| e.to_string())?;
-    // Subscribed first, then read the kept marks: nothing falls between the two. On a
-    // connection of its own: the shared one may be what went silent with the channel.
-    let reading = async {
-        let mut fresh = client.get_multiplexed_async_connection().await?;
-        redis::cmd("ZRANGE")
-            .arg(channel)
-            .arg(0)
-            .arg(-1)
-            .query_async::<Vec<String>>(&mut fresh)
-            .await
-    };
-    let kept = tokio::time::timeout(PURGE_TIMEOUT, reading)
-        .await
-        .map_err(within("reading the kept purges"))?
-        .map_err(|e| e.to_string())?;
-    let now = super::record::now_ns();
-    let marks: Vec<Purge> = kept
-        .iter()
-        .filter_map(|m| serde_json::from_str::<Purge>(m).ok())
-        .filter(|m| plausible(m, now))
-        .collect();
-    // Marks shadow L2 copies. Those this node missed also touch its L1: after a lost
-    // connection, the purges made since; the first time, all of them (L1 may hold copies
-    // that came in before any mark did: the disk tier's from an earlier run, shared ones read
-    // before the subscription; a fill newer than a mark only costs a fetch again).
-    let missed_from = missed_since.map(|since| since.saturating_sub(1_000_000_000));
-    // A full set was cut to its newest marks, oldest first: what was cut is at most as recent
-    // as the first one kept. Only cut marks this node may not have heard matter: any, when it
-    // starts; after a lost connection, only if the cut reaches past the moment it was lost
-    // (a set kept full by ordinary traffic otherwise made every reconnect distrust, and
-    // delete, every L2 copy older than its oldest mark, for every tenant).
-    if let (true, Some(oldest)) = (kept.len() >= MAX_MARKS, marks.first()) {
-        if missed_from.is_none_or(|from| oldest.at > from) {
-            remote.marks.forget_before(oldest.at);
-        }
-    }
-    for mark in &marks {
-        match missed_from {
-            Some(from) if mark.at < from => remote.keep(mark),
-            _ => remote.apply(mark),
-        }
-    }
-    *missed_since = None;
-    subscribed.store(true, Relaxed);
-    tracing::info!("shared tier: listening for purges on {channel}");
-    // When the channel last showed it was alive: if it dies, purges from then on were missed.
-    let mut heard = super::record::now_ns();
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + CHANNEL_PING, CHANNEL_PING);
-    let lost = loop {
-        tokio::select! {
-            message = messages.next() => {
-                let Some(message) = message else {
-                    break "connection closed".to_owned();
-                };
-                heard = super::record::now_ns();
-                let Ok(payload) = message.get_payload::<String>() else {
-                    continue;
-                };
-                let Ok(message) = serde_json::from_str::<Message>(&payload) else {
-                    continue;
-                };
-                if message.node != node && plausible(&message.purge, heard) {
-                    remote.apply(&message.purge);
-                }
-            }
-            _ = ping.tick() => {
-                match tokio::time::timeout(PURGE_TIMEOUT, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => heard = super::record::now_ns(),
-                    Ok(Err(e)) => break format!("ping: {e}"),
-                    Err(elapsed) => break within("ping")(elapsed),
-                }
-            }
-        }
-    };
-    *missed_since = Some(heard);
-    Err(lost)
-}
-
-/// Whether a purge read from Redis is one a node makes: dated no further ahead than clocks
-/// differ. Anyone who can write to Redis can publish, and a node whose clock jumped ahead
-/// can too: a floor dated far ahead would hide a whole tenant's copies until then. (A
-/// partition's floor comes from a node whose tenant name now serves another site; dated
-/// now it takes no more than `DEL` of every copy would.)
-fn plausible(purge: &Purge, now: u64) -> bool {
-    purge.at <= now.saturating_add(MAX_CLOCK_AHEAD_NS)
 }

@@ -112,6 +112,9 @@ pub struct TierStats {
     pub purged: u64,
     /// Whether the tier is reachable now (the shared tier; the disk tier is always).
     pub connected: bool,
+    /// Times more purges came on the channel than `[cache.shared] purge_backlog` before this
+    /// node could apply them, so it read the kept ones again (the shared tier).
+    pub purges_fell_behind: u64,
 }
 
 /// The counters a tier layer keeps per tier.

@@ -1,0 +1,283 @@
+//! The purge channel: how a node hears the purges other nodes make.
+//!
+//! A node subscribes to `<prefix>purges` on a RESP3 connection of its own and, each time it
+//! (re)connects, reads the marks kept in the sorted set of the same name, so purges made
+//! while it was not listening still apply. What the connection receives waits for the
+//! listener in a queue of at most `[cache.shared] purge_backlog` messages: redis-rs's own
+//! pub/sub queue has no bound, so a burst of purges faster than this node applies them grew
+//! its memory without limit. When the queue is full the node stops listening (what it held
+//! is dropped) and reconnects, and the kept marks stand for what it dropped.
+
+use super::super::MemoryStorage;
+use super::purges::{Purge, MAX_MARKS};
+use super::shared::PURGE_TIMEOUT;
+use super::tier::Tier;
+use redis::{PushInfo, PushKind};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Pause between attempts to reach Redis again for the purge channel.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
+/// How often the purge channel is pinged. A connection cut without a word (a NAT or firewall
+/// dropping an idle flow, a Redis host gone) never ends the message stream by itself: the
+/// node went on believing it heard every purge.
+const CHANNEL_PING: Duration = Duration::from_secs(5);
+/// How far ahead of this node's clock a purge read from Redis may be dated: clocks of
+/// nodes differ a little. A mark dated further ahead would hide every copy of its target
+/// until that time (for ever, for a date far away), kept on disk across restarts.
+const MAX_CLOCK_AHEAD_NS: u64 = 60_000_000_000;
+
+/// What travels on the purge channel.
+#[derive(Serialize, Deserialize)]
+pub(super) struct Message {
+    /// The node that made the purge (it has applied it already).
+    pub(super) node: String,
+    pub(super) purge: Purge,
+}
+
+/// Applies purges other nodes made to this node's L1, purge marks and disk tier.
+pub(crate) struct RemotePurges {
+    pub(crate) l1: &'static MemoryStorage,
+    pub(crate) marks: Arc<super::purges::PurgeLog>,
+    /// Keeps other nodes' purges as it keeps this node's: marks kept only in memory were
+    /// lost by a restart while Redis was empty or away, and the disk's copies came back.
+    pub(crate) disk: Option<Arc<dyn Tier>>,
+}
+
+impl RemotePurges {
+    fn apply(&self, purge: &Purge) {
+        self.keep(purge);
+        self.l1.apply_purge(purge);
+    }
+
+    /// Marks a purge, and writes it to the disk tier when it says anything new (the disk
+    /// tier counts and logs its own failures).
+    fn keep(&self, purge: &Purge) {
+        if self.marks.record(purge) {
+            if let Some(disk) = &self.disk {
+                let _ = disk.publish(purge);
+            }
+        }
+    }
+}
+
+/// Everything the subscriber needs, for as long as the process runs.
+pub(super) struct Subscriber {
+    /// Made for RESP3: only a RESP3 connection hands its messages to a sender of ours.
+    pub(super) client: redis::Client,
+    pub(super) channel: String,
+    /// This process's name on the channel: its own purges are applied already.
+    pub(super) node: String,
+    pub(super) remote: RemotePurges,
+    /// Whether the node is listening now.
+    pub(super) subscribed: Arc<AtomicBool>,
+    pub(super) backlog: usize,
+    /// Times the channel ran more than `backlog` messages ahead of the node.
+    pub(super) fell_behind: Arc<AtomicU64>,
+}
+
+/// Keeps this node subscribed to the purge channel, reconnecting after any failure. On each
+/// (re)connection it first reads the kept marks, so purges made while it was cut off apply.
+pub(super) async fn subscribe(subscriber: Subscriber) {
+    // Purges newer than this reached Redis while this node was not listening (set by
+    // `listen` when it loses the channel; unset while the node never listened).
+    let mut missed_since: Option<u64> = None;
+    // Each different failure is logged once (a down Redis would flood the log otherwise).
+    let mut last_error = String::new();
+    loop {
+        match listen(&subscriber, &mut missed_since).await {
+            Err(e) if e != last_error => {
+                tracing::warn!("shared tier: purge channel: {e}");
+                last_error = e;
+            }
+            Err(e) => tracing::debug!("shared tier: purge channel: {e}"),
+            Ok(()) => {}
+        }
+        if subscriber.subscribed.swap(false, Relaxed) {
+            tracing::warn!("shared tier: lost the purge channel; reconnecting");
+            last_error.clear();
+        }
+        // `missed_since` stays unset until the node first listened: before, it may have
+        // missed anything (see `listen`).
+        tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+    }
+}
+
+/// A message the connection received, and when.
+struct Received {
+    at: u64,
+    info: PushInfo,
+}
+
+/// What the connection's reader hands messages to: it must not wait, so a full queue drops
+/// the message and says so; the listener then stops (see the module's comment).
+struct BoundedSender {
+    queue: mpsc::Sender<Received>,
+    overflowed: Arc<tokio::sync::Notify>,
+}
+
+impl redis::aio::AsyncPushSender for BoundedSender {
+    fn send(&self, info: PushInfo) -> Result<(), redis::aio::SendError> {
+        let received = Received {
+            at: super::record::now_ns(),
+            info,
+        };
+        match self.queue.try_send(received) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed.notify_one();
+                Err(redis::aio::SendError)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
+        }
+    }
+}
+
+async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Result<(), String> {
+    let within =
+        |what: &'static str| move |_| format!("{what}: no answer within {PURGE_TIMEOUT:?}");
+    let (queue, mut messages) = mpsc::channel(subscriber.backlog);
+    let overflowed = Arc::new(tokio::sync::Notify::new());
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(PURGE_TIMEOUT))
+        .set_response_timeout(Some(PURGE_TIMEOUT))
+        .set_push_sender(BoundedSender {
+            queue,
+            overflowed: overflowed.clone(),
+        });
+    let connecting = subscriber
+        .client
+        .get_multiplexed_async_connection_with_config(&config);
+    let mut conn = tokio::time::timeout(PURGE_TIMEOUT, connecting)
+        .await
+        .map_err(within("connecting"))?
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let channel = subscriber.channel.as_str();
+    // The date of the last purge that came on the channel (the subscription's time until
+    // one does): every later message was published after it. See `fell_behind` below.
+    let mut last_dated = super::record::now_ns();
+    tokio::time::timeout(PURGE_TIMEOUT, conn.subscribe(channel))
+        .await
+        .map_err(within("subscribing"))?
+        .map_err(|e| format!("subscribing: {e}"))?;
+    // Subscribed first, then read the kept marks: nothing falls between the two.
+    let mut range = redis::cmd("ZRANGE");
+    range.arg(channel).arg(0).arg(-1);
+    let reading = range.query_async::<Vec<String>>(&mut conn);
+    let kept = tokio::time::timeout(PURGE_TIMEOUT, reading)
+        .await
+        .map_err(within("reading the kept purges"))?
+        .map_err(|e| format!("reading the kept purges: {e}"))?;
+    apply_kept(subscriber, &kept, missed_since.take());
+    subscriber.subscribed.store(true, Relaxed);
+    tracing::info!("shared tier: listening for purges on {channel}");
+    // When the channel last showed it was alive: if it dies, purges from then on were missed.
+    let mut heard = super::record::now_ns();
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + CHANNEL_PING, CHANNEL_PING);
+    let lost = loop {
+        tokio::select! {
+            // First: under a steady flood the queue never empties, and a node that went on
+            // applying what it holds would date what it dropped too early to apply again.
+            biased;
+            _ = overflowed.notified() => {
+                subscriber.fell_behind.fetch_add(1, Relaxed);
+                // What it holds and dropped was published after the last purge it applied,
+                // but may have been received long after (a node that stalled reads a backlog
+                // late): marks dated from that purge on apply again when the node is back.
+                heard = heard.min(last_dated);
+                break format!(
+                    "more than {} purges arrived before this node could apply them; \
+                     reading the kept ones again",
+                    subscriber.backlog
+                );
+            }
+            message = messages.recv() => {
+                let Some(Received { at, info }) = message else {
+                    break "connection closed".to_owned();
+                };
+                heard = at;
+                match info.kind {
+                    PushKind::Message => {
+                        if let Some(dated) = apply_message(subscriber, info.data, at) {
+                            last_dated = dated;
+                        }
+                    }
+                    PushKind::Disconnection => break "connection closed".to_owned(),
+                    _ => {}
+                }
+            }
+            _ = ping.tick() => {
+                let ping_cmd = redis::cmd("PING");
+                let pinging = ping_cmd.query_async::<redis::Value>(&mut conn);
+                match tokio::time::timeout(PURGE_TIMEOUT, pinging).await {
+                    Ok(Ok(_)) => heard = super::record::now_ns(),
+                    Ok(Err(e)) => break format!("ping: {e}"),
+                    Err(elapsed) => break within("ping")(elapsed),
+                }
+            }
+        }
+    };
+    *missed_since = Some(heard);
+    Err(lost)
+}
+
+/// Applies the marks kept in Redis, read when the node (re)connects. `missed_since`: when
+/// the node stopped listening (unset the first time).
+fn apply_kept(subscriber: &Subscriber, kept: &[String], missed_since: Option<u64>) {
+    let remote = &subscriber.remote;
+    let now = super::record::now_ns();
+    let marks: Vec<Purge> = kept
+        .iter()
+        .filter_map(|m| serde_json::from_str::<Purge>(m).ok())
+        .filter(|m| plausible(m, now))
+        .collect();
+    // Marks shadow L2 copies. Those this node missed also touch its L1: after a lost
+    // connection, the purges made since; the first time, all of them (L1 may hold copies
+    // that came in before any mark did: the disk tier's from an earlier run, shared ones read
+    // before the subscription; a fill newer than a mark only costs a fetch again).
+    let missed_from = missed_since.map(|since| since.saturating_sub(1_000_000_000));
+    // A full set was cut to its newest marks, oldest first: what was cut is at most as recent
+    // as the first one kept. Only cut marks this node may not have heard matter: any, when it
+    // starts; after a lost connection, only if the cut reaches past the moment it was lost
+    // (a set kept full by ordinary traffic otherwise made every reconnect distrust, and
+    // delete, every L2 copy older than its oldest mark, for every tenant).
+    if let (true, Some(oldest)) = (kept.len() >= MAX_MARKS, marks.first()) {
+        if missed_from.is_none_or(|from| oldest.at > from) {
+            remote.marks.forget_before(oldest.at);
+        }
+    }
+    for mark in &marks {
+        match missed_from {
+            Some(from) if mark.at < from => remote.keep(mark),
+            _ => remote.apply(mark),
+        }
+    }
+}
+
+/// Applies one message of the channel (`[channel, payload]`), unless this node made it;
+/// returns the purge's date when it is one.
+fn apply_message(subscriber: &Subscriber, data: Vec<redis::Value>, received: u64) -> Option<u64> {
+    let payload = data.into_iter().nth(1)?;
+    let payload = redis::from_redis_value::<String>(payload).ok()?;
+    let message = serde_json::from_str::<Message>(&payload).ok()?;
+    if !plausible(&message.purge, received) {
+        return None;
+    }
+    if message.node != subscriber.node {
+        subscriber.remote.apply(&message.purge);
+    }
+    Some(message.purge.at)
+}
+
+/// Whether a purge read from Redis is one a node makes: dated no further ahead than clocks
+/// differ. Anyone who can write to Redis can publish, and a node whose clock jumped ahead
+/// can too: a floor dated far ahead would hide a whole tenant's copies until then. (A
+/// partition's floor comes from a node whose tenant name now serves another site; dated
+/// now it takes no more than `DEL` of every copy would.)
+fn plausible(purge: &Purge, now: u64) -> bool {
+    purge.at <= now.saturating_add(MAX_CLOCK_AHEAD_NS)
+}
