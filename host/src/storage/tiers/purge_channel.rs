@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 
 /// Pause between attempts to reach Redis again for the purge channel.
 const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(200);
+/// A node that keeps falling behind says so at most this often.
+const FELL_BEHIND_SAID_EVERY: Duration = Duration::from_secs(60);
 /// How often the purge channel is pinged. A connection cut without a word (a NAT or firewall
 /// dropping an idle flow, a Redis host gone) never ends the message stream by itself: the
 /// node went on believing it heard every purge.
@@ -87,14 +89,26 @@ pub(super) async fn subscribe(subscriber: Subscriber) {
     let mut missed_since: Option<u64> = None;
     // Each different failure is logged once (a down Redis would flood the log otherwise).
     let mut last_error = String::new();
+    let mut fell_behind_said: Option<std::time::Instant> = None;
     loop {
         match listen(&subscriber, &mut missed_since).await {
-            Err(e) if e != last_error => {
+            Stopped::FellBehind => {
+                // Counted in /status; under a steady flood it happens at every reconnect.
+                if fell_behind_said.is_none_or(|said| said.elapsed() >= FELL_BEHIND_SAID_EVERY) {
+                    tracing::warn!(
+                        "shared tier: more than {} purges arrived before this node could apply \
+                         them (purge_backlog); it reads the kept ones again",
+                        subscriber.backlog
+                    );
+                    fell_behind_said = Some(std::time::Instant::now());
+                }
+                subscriber.subscribed.store(false, Relaxed);
+            }
+            Stopped::Failed(e) if e != last_error => {
                 tracing::warn!("shared tier: purge channel: {e}");
                 last_error = e;
             }
-            Err(e) => tracing::debug!("shared tier: purge channel: {e}"),
-            Ok(()) => {}
+            Stopped::Failed(e) => tracing::debug!("shared tier: purge channel: {e}"),
         }
         if subscriber.subscribed.swap(false, Relaxed) {
             tracing::warn!("shared tier: lost the purge channel; reconnecting");
@@ -104,6 +118,14 @@ pub(super) async fn subscribe(subscriber: Subscriber) {
         // missed anything (see `listen`).
         tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
     }
+}
+
+/// Why the node stopped listening.
+enum Stopped {
+    /// More purges came than `purge_backlog` before it applied them.
+    FellBehind,
+    /// The connection failed, or Redis could not be reached.
+    Failed(String),
 }
 
 /// A message the connection received, and when.
@@ -136,10 +158,11 @@ impl redis::aio::AsyncPushSender for BoundedSender {
     }
 }
 
-async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Result<(), String> {
+async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Stopped {
     let within =
         |what: &'static str| move |_| format!("{what}: no answer within {PURGE_TIMEOUT:?}");
-    let (queue, mut messages) = mpsc::channel(subscriber.backlog);
+    // One more than the backlog: the subscription's confirmation comes this way too.
+    let (queue, mut messages) = mpsc::channel(subscriber.backlog + 1);
     let overflowed = Arc::new(tokio::sync::Notify::new());
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(PURGE_TIMEOUT))
@@ -151,26 +174,41 @@ async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Resu
     let connecting = subscriber
         .client
         .get_multiplexed_async_connection_with_config(&config);
-    let mut conn = tokio::time::timeout(PURGE_TIMEOUT, connecting)
-        .await
-        .map_err(within("connecting"))?
-        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let connected = match tokio::time::timeout(PURGE_TIMEOUT, connecting).await {
+        Err(elapsed) => Err(within("connecting")(elapsed)),
+        Ok(Err(e)) if e.kind() == redis::ErrorKind::RESP3NotSupported => Err(format!(
+            "the server does not speak RESP3, which the purge channel needs (Redis 6 or \
+             later, or Valkey): purges from other nodes do not reach this one ({e})"
+        )),
+        Ok(Err(e)) => Err(format!("cannot reach Redis: {e}")),
+        Ok(Ok(conn)) => Ok(conn),
+    };
+    let mut conn = match connected {
+        Ok(conn) => conn,
+        Err(e) => return Stopped::Failed(e),
+    };
     let channel = subscriber.channel.as_str();
     // The date of the last purge that came on the channel (the subscription's time until
-    // one does): every later message was published after it. See `fell_behind` below.
+    // one does): every later message was published after it (see the end).
     let mut last_dated = super::record::now_ns();
-    tokio::time::timeout(PURGE_TIMEOUT, conn.subscribe(channel))
-        .await
-        .map_err(within("subscribing"))?
-        .map_err(|e| format!("subscribing: {e}"))?;
-    // Subscribed first, then read the kept marks: nothing falls between the two.
-    let mut range = redis::cmd("ZRANGE");
-    range.arg(channel).arg(0).arg(-1);
-    let reading = range.query_async::<Vec<String>>(&mut conn);
-    let kept = tokio::time::timeout(PURGE_TIMEOUT, reading)
-        .await
-        .map_err(within("reading the kept purges"))?
-        .map_err(|e| format!("reading the kept purges: {e}"))?;
+    let subscribing = async {
+        tokio::time::timeout(PURGE_TIMEOUT, conn.subscribe(channel))
+            .await
+            .map_err(within("subscribing"))?
+            .map_err(|e| format!("subscribing: {e}"))?;
+        // Subscribed first, then read the kept marks: nothing falls between the two.
+        let mut range = redis::cmd("ZRANGE");
+        range.arg(channel).arg(0).arg(-1);
+        let reading = range.query_async::<Vec<String>>(&mut conn);
+        tokio::time::timeout(PURGE_TIMEOUT, reading)
+            .await
+            .map_err(within("reading the kept purges"))?
+            .map_err(|e| format!("reading the kept purges: {e}"))
+    };
+    let kept = match subscribing.await {
+        Ok(kept) => kept,
+        Err(e) => return Stopped::Failed(e),
+    };
     apply_kept(subscriber, &kept, missed_since.take());
     subscriber.subscribed.store(true, Relaxed);
     tracing::info!("shared tier: listening for purges on {channel}");
@@ -185,19 +223,11 @@ async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Resu
             biased;
             _ = overflowed.notified() => {
                 subscriber.fell_behind.fetch_add(1, Relaxed);
-                // What it holds and dropped was published after the last purge it applied,
-                // but may have been received long after (a node that stalled reads a backlog
-                // late): marks dated from that purge on apply again when the node is back.
-                heard = heard.min(last_dated);
-                break format!(
-                    "more than {} purges arrived before this node could apply them; \
-                     reading the kept ones again",
-                    subscriber.backlog
-                );
+                break Stopped::FellBehind;
             }
             message = messages.recv() => {
                 let Some(Received { at, info }) = message else {
-                    break "connection closed".to_owned();
+                    break Stopped::Failed("connection closed".to_owned());
                 };
                 heard = at;
                 match info.kind {
@@ -206,7 +236,9 @@ async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Resu
                             last_dated = dated;
                         }
                     }
-                    PushKind::Disconnection => break "connection closed".to_owned(),
+                    PushKind::Disconnection => {
+                        break Stopped::Failed("connection closed".to_owned())
+                    }
                     _ => {}
                 }
             }
@@ -215,14 +247,24 @@ async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Resu
                 let pinging = ping_cmd.query_async::<redis::Value>(&mut conn);
                 match tokio::time::timeout(PURGE_TIMEOUT, pinging).await {
                     Ok(Ok(_)) => heard = super::record::now_ns(),
-                    Ok(Err(e)) => break format!("ping: {e}"),
-                    Err(elapsed) => break within("ping")(elapsed),
+                    Ok(Err(e)) => break Stopped::Failed(format!("ping: {e}")),
+                    Err(elapsed) => break Stopped::Failed(within("ping")(elapsed)),
                 }
             }
         }
     };
-    *missed_since = Some(heard);
-    Err(lost)
+    *missed_since = Some(match lost {
+        // What it held and dropped was published after the last purge it applied, but may
+        // have been received long after (a node that stalled reads its backlog late): marks
+        // dated from that purge on apply to L1 again.
+        Stopped::FellBehind => heard.min(last_dated),
+        // Dated by when it last heard from the channel: marks are applied to L1 only from
+        // a second before (what it heard of a set kept full by ordinary traffic is not
+        // doubted again). A node that stalled, read its backlog and then found the
+        // connection closed may date this too late; see docs/scale-out.md.
+        Stopped::Failed(_) => heard,
+    });
+    lost
 }
 
 /// Applies the marks kept in Redis, read when the node (re)connects. `missed_since`: when
