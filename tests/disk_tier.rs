@@ -911,3 +911,45 @@ fn a_tenant_name_kept_for_another_site_serves_none_of_its_disk_copies() {
     assert_eq!(answer.text(), "new site", "{}", answer.cache_status());
     assert_eq!(new_site.hits_for("/page"), 1);
 }
+
+/// The same across a restart: a tenant name that comes back for another site serves none of
+/// the disk copies written for the old one (the disk tier keeps the hosts each name served),
+/// while a restart for the same site serves them.
+#[test]
+fn a_tenant_name_back_for_another_site_after_a_restart_serves_none_of_its_disk_copies() {
+    let site = |body: &'static str| {
+        Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
+    };
+    let (old_site, new_site) = (site("old site"), site("new site"));
+    let disk = tempfile::tempdir().unwrap();
+    let start = |origin: &Origin, host: &str| {
+        Proxy::start_with_server(
+            &format!("admin_token = \"{TOKEN}\""),
+            &format!(
+                "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"",
+                disk.path().display().to_string()
+            ),
+            &[TenantSpec::new("site", origin.addr, &support::fixture("path-key")).hosts(&[host])],
+        )
+    };
+    let mut proxy = start(&old_site, "old.test");
+    assert_eq!(get(&proxy, "old.test", "/page", &[]).text(), "old site");
+    wait_writes(&proxy, 1);
+    proxy.stop();
+
+    let mut proxy = start(&old_site, "old.test");
+    let again = get(&proxy, "old.test", "/page", &[]);
+    assert_eq!(again.text(), "old site");
+    assert!(
+        again.cache_status().contains("; hit"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(old_site.hits_for("/page"), 1);
+    proxy.stop();
+
+    let proxy = start(&new_site, "new.test");
+    let answer = get(&proxy, "new.test", "/page", &[]);
+    assert_eq!(answer.text(), "new site", "{}", answer.cache_status());
+    assert_eq!(new_site.hits_for("/page"), 1);
+}

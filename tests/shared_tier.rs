@@ -1551,3 +1551,105 @@ fn a_burst_of_purges_beyond_the_backlog_is_dropped_and_read_again_from_the_kept_
         "{metrics}"
     );
 }
+
+/// A node started with a tenant name that now serves another site than the one its copies in
+/// Redis were written for (a config changed across a restart, or rolled out node by node)
+/// serves none of them: Redis keeps the hosts each name served beside the copies. A node
+/// started for the same site is served them.
+#[test]
+fn a_node_started_with_a_tenant_name_for_another_site_serves_none_of_its_shared_copies() {
+    let site = |body: &'static str| {
+        Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
+    };
+    let (old_site, new_site) = (site("old site"), site("new site"));
+    let redis = Redis::start(free_port());
+    let start = |origin: &Origin, host: &str| {
+        let proxy = node_for_site(&redis, &[("site", origin, host)]);
+        wait_connected(&proxy, true);
+        proxy
+    };
+    let a = start(&old_site, "old.test");
+    let old_host = [("Host", "old.test")];
+    assert_eq!(send("GET", &a.url("/page"), &old_host).text(), "old site");
+    wait_writes(&a, 1);
+    let same_site = start(&old_site, "old.test");
+    assert!(is_shared_hit(&send(
+        "GET",
+        &same_site.url("/page"),
+        &old_host
+    )));
+
+    let moved = start(&new_site, "new.test");
+    let answer = send("GET", &moved.url("/page"), &[("Host", "new.test")]);
+    assert_eq!(answer.text(), "new site", "{}", answer.cache_status());
+    assert_eq!(new_site.hits_for("/page"), 1);
+}
+
+/// A tenant name removed by a reload and added back for another site serves none of the old
+/// site's shared copies (only a name kept through one reload was checked).
+#[test]
+fn a_tenant_name_removed_and_added_back_for_another_site_serves_none_of_its_shared_copies() {
+    let site = |body: &'static str| {
+        Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
+    };
+    let (old_site, new_site) = (site("old site"), site("new site"));
+    let redis = Redis::start(free_port());
+    let proxy = node_for_site(
+        &redis,
+        &[
+            ("other", &old_site, "other.test"),
+            ("site", &old_site, "old.test"),
+        ],
+    );
+    wait_connected(&proxy, true);
+    assert_eq!(
+        send("GET", &proxy.url("/page"), &[("Host", "old.test")]).text(),
+        "old site"
+    );
+    wait_writes(&proxy, 1);
+
+    let config = proxy.dir.path().join("cachet.toml");
+    let both = std::fs::read_to_string(&config).unwrap();
+    let site_block = both
+        .find("[[tenant]]\nname = \"site\"")
+        .expect("site's table");
+    let reload_with = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        let reloaded = ureq::post(&proxy.admin_url("/reload"))
+            .set("Authorization", &format!("Bearer {TOKEN}"))
+            .timeout(Duration::from_secs(30))
+            .call()
+            .unwrap();
+        assert_eq!(reloaded.status(), 200);
+    };
+    reload_with(&both[..site_block]);
+    assert_eq!(proxy.status()["tenants"].as_array().unwrap().len(), 1);
+    reload_with(
+        &both
+            .replace("old.test", "new.test")
+            .replace(&old_site.addr.to_string(), &new_site.addr.to_string()),
+    );
+
+    let answer = send("GET", &proxy.url("/page"), &[("Host", "new.test")]);
+    assert_eq!(answer.text(), "new site", "{}", answer.cache_status());
+    assert_eq!(new_site.hits_for("/page"), 1);
+}
+
+/// A node with a shared tier and one tenant per `(name, origin, host)`, keyed by path alone
+/// (the `path-key` fixture), as many plugins key.
+fn node_for_site(redis: &Redis, tenants: &[(&str, &Origin, &str)]) -> Proxy {
+    let tenants: Vec<TenantSpec> = tenants
+        .iter()
+        .map(|(name, origin, host)| {
+            TenantSpec::new(name, origin.addr, &support::fixture("path-key")).hosts(&[host])
+        })
+        .collect();
+    Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"16MiB\"\n[cache.shared]\nurl = \"redis://127.0.0.1:{}\"\nkey_prefix = \"test:\"\n[plugins]\nwatch = false",
+            redis.port
+        ),
+        &tenants,
+    )
+}

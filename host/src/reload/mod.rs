@@ -464,6 +464,14 @@ impl Reloader {
                     Arc::new(tenant)
                 })
                 .collect();
+            // Before the new tenants serve: a name back for another site must not find the
+            // old site's L2 copies.
+            let sites: Vec<_> = new
+                .tenants
+                .iter()
+                .map(|t| (t.name.clone(), t.hosts.clone()))
+                .collect();
+            self.state.cache.storage.check_sites(&sites);
             self.state
                 .router
                 .store(Arc::new(TenantRouter::new(tenants)));

@@ -26,6 +26,7 @@ mod redis_conn;
 mod redis_size;
 mod refresh;
 mod shared;
+mod sites;
 mod storage;
 mod tier;
 mod writer;
@@ -105,6 +106,11 @@ impl Purged {
         }
     }
 }
+
+/// How long start and reload wait for the L2 tiers' record of which hosts each tenant
+/// served ([`TieredStorage::check_sites`]): a Redis lookup takes milliseconds, a hung one
+/// must not hold a reload up for long.
+const SITES_CHECK_LIMIT: Duration = Duration::from_secs(2);
 
 /// L1 plus the configured L2 tiers. `Box::leak` it for `&'static`.
 pub struct TieredStorage {
@@ -280,6 +286,85 @@ impl TieredStorage {
         }
         let affected = self.l1.purge_tags(partition, tags, soft);
         kept.map(|kept| kept.and(Purged::here(affected)))
+    }
+
+    /// At start and at each reload, before the tenants serve: a tenant name whose L2 copies
+    /// were written for other hosts (none in common with `now`'s, by the record each tier
+    /// keeps: [`sites`]) gives them up, and every tier records what each name serves now.
+    /// Waits for the tiers up to [`SITES_CHECK_LIMIT`]; past it the check goes on in the
+    /// background.
+    pub fn check_sites(&'static self, now: &[(String, Vec<String>)]) {
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        let now: sites::Sites = now.iter().cloned().collect();
+        let (done, finished) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            self.reconcile_sites(&now).await;
+            let _ = done.send(());
+        });
+        if finished.recv_timeout(SITES_CHECK_LIMIT).is_err() {
+            tracing::warn!(
+                "the L2 tiers' record of which hosts each tenant served was not read within \
+                 {SITES_CHECK_LIMIT:?}; the check goes on"
+            );
+        }
+    }
+
+    async fn reconcile_sites(&self, now: &sites::Sites) {
+        // At start the shared tier is still subscribing: a purge it sends meanwhile is
+        // reported as not kept, and the record would never be brought up to date.
+        let connecting_since = std::time::Instant::now();
+        while self.tiers.iter().any(|tier| !tier.stats().connected)
+            && connecting_since.elapsed() < SITES_CHECK_LIMIT / 2
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut moved = std::collections::BTreeSet::new();
+        for tier in self.tiers.iter() {
+            match tier.sites().await {
+                Ok(recorded) => moved.extend(sites::moved(&recorded, now)),
+                Err(e) => tracing::warn!(
+                    tier = tier.name(),
+                    "cannot read which hosts each tenant name served: {e}; a name that served \
+                     other hosts before may be served that site's copies from this tier"
+                ),
+            }
+        }
+        for name in &moved {
+            let dropped = self.l1.drop_partition(name);
+            let floor = Purge {
+                target: Target::Partition(name.clone()),
+                at: record::now_ns(),
+                soft: false,
+            };
+            let kept = match self.publish(floor) {
+                Ok(purged) => purged.confirmed().await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = kept {
+                // Recorded as it is now, the name would not be checked again: it stays as it
+                // was, and the next start or reload tries again.
+                tracing::warn!(
+                    tenant = name.as_str(),
+                    "the old site's L2 copies may still be served: {e}"
+                );
+                return;
+            }
+            tracing::info!(
+                tenant = name.as_str(),
+                objects = dropped,
+                "tenant name served other hosts when its L2 copies were written: they are given up"
+            );
+        }
+        for tier in self.tiers.iter() {
+            if let Err(e) = tier.record_sites(now).await {
+                tracing::warn!(
+                    tier = tier.name(),
+                    "cannot record which hosts each tenant serves: {e}"
+                );
+            }
+        }
     }
 
     /// Gives up every L2 copy of `partition` written until now: a floor kept by the disk tier

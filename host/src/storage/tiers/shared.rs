@@ -19,6 +19,7 @@ use super::purges::{Purge, Target, MAX_MARKS};
 use super::record::KeyCheck;
 use super::redis_conn::Conn;
 use super::redis_size::{RedisSize, SAMPLE_EVERY};
+use super::sites::Sites;
 use super::tier::{Delivery, Tier, TierCounters, TierStats};
 use crate::config::SharedTierConfig;
 use anyhow::Context;
@@ -198,6 +199,11 @@ impl SharedTier {
         format!("{}purges", self.prefix)
     }
 
+    /// The hash of which hosts each tenant name served (`super::sites`).
+    fn sites_key(&self) -> String {
+        format!("{}sites", self.prefix)
+    }
+
     /// The connection a lookup uses: one per worker thread and runtime, so its I/O runs on
     /// the runtime of the request that waits for it. Through the tiers' runtime, every L2
     /// read woke one of its threads and waited for it to wake the worker again: two
@@ -374,6 +380,33 @@ impl Tier for SharedTier {
             return Err("Redis is not reachable: the other nodes may keep their copies".into());
         }
         Ok(Some(delivery))
+    }
+
+    async fn sites(&self) -> Result<Sites, String> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.sites_key());
+        let recorded: Vec<(String, String)> = self.conn.run(PURGE_TIMEOUT, cmd).await?;
+        // A value no node wrote (not a list of hosts) says nothing.
+        Ok(recorded
+            .into_iter()
+            .filter_map(|(name, hosts)| Some((name, serde_json::from_str(&hosts).ok()?)))
+            .collect())
+    }
+
+    async fn record_sites(&self, now: &Sites) -> Result<(), String> {
+        if now.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.sites_key());
+        for (name, hosts) in now {
+            let hosts = serde_json::to_string(hosts).map_err(|e| e.to_string())?;
+            cmd.arg(name).arg(hosts);
+        }
+        self.conn
+            .run::<redis::Value>(PURGE_TIMEOUT, cmd)
+            .await
+            .map(drop)
     }
 
     fn max_value(&self) -> usize {

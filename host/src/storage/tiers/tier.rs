@@ -4,6 +4,7 @@
 use super::key::TierKey;
 use super::purges::Purge;
 use super::record::KeyCheck;
+use super::sites::Sites;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -58,6 +59,19 @@ pub(crate) trait Tier: Send + Sync + 'static {
     /// tier could not record it, so it may not hold after a restart (a tier that records it in
     /// the background counts and logs its failures itself, and hands back the [`Delivery`]).
     fn publish(&self, purge: &Purge) -> Result<Option<Delivery>, String>;
+
+    /// Which hosts each tenant name served when its copies here were written
+    /// ([`super::sites`]); empty for a tier that keeps no copies across runs.
+    async fn sites(&self) -> Result<Sites, String> {
+        Ok(Sites::new())
+    }
+
+    /// Records the hosts of `now`'s names, keeping other names' (a name removed and added
+    /// again later is checked against them).
+    async fn record_sites(&self, now: &Sites) -> Result<(), String> {
+        let _ = now;
+        Ok(())
+    }
 
     /// Largest value worth storing here.
     fn max_value(&self) -> usize;

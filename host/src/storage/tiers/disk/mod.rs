@@ -19,6 +19,7 @@ mod tombstones;
 use super::key::TierKey;
 use super::purges::{Purge, PurgeLog, Target};
 use super::record::KeyCheck;
+use super::sites::Sites;
 use super::tier::{Delivery, Tier, TierCounters, TierStats};
 use crate::config::DiskTierConfig;
 use crate::storage::MemoryStorage;
@@ -51,6 +52,8 @@ const READ_LIMIT: Duration = Duration::from_secs(1);
 /// The same for a chunk of a response under way: failing it cuts the response short, so a
 /// slow disk (a busy or throttled volume) gets longer.
 const CHUNK_READ_LIMIT: Duration = Duration::from_secs(5);
+/// Which hosts each tenant name served (`super::sites`), in the tier's folder.
+const SITES_FILE: &str = "sites.json";
 
 pub(crate) struct DiskTier {
     config: DiskTierConfig,
@@ -322,6 +325,37 @@ impl Tier for DiskTier {
             return Ok(None);
         }
         Err(format!("cannot record the purge: {e:#}"))
+    }
+
+    async fn sites(&self) -> Result<Sites, String> {
+        let path = self.config.path.join(SITES_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Sites::new()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    async fn record_sites(&self, now: &Sites) -> Result<(), String> {
+        // A damaged record is replaced: it could not be read anyway.
+        let mut all = self.sites().await.unwrap_or_default();
+        all.extend(
+            now.iter()
+                .map(|(name, hosts)| (name.clone(), hosts.clone())),
+        );
+        let json = serde_json::to_vec_pretty(&all).map_err(|e| e.to_string())?;
+        // Written whole, then renamed over the record: a crash leaves the old one or the new.
+        let path = self.config.path.join(SITES_FILE);
+        let written = path.with_extension("json.new");
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&written)?;
+            std::io::Write::write_all(&mut file, &json)?;
+            file.sync_all()?;
+            std::fs::rename(&written, &path)
+        };
+        write().map_err(|e| format!("{}: {e}", path.display()))
     }
 
     fn max_value(&self) -> usize {
