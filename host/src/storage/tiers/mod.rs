@@ -111,6 +111,9 @@ impl Purged {
 /// served ([`TieredStorage::check_sites`]): a Redis lookup takes milliseconds, a hung one
 /// must not hold a reload up for long.
 const SITES_CHECK_LIMIT: Duration = Duration::from_secs(2);
+/// How long the check waits for the shared tier's purge channel: its floors count only once
+/// the node listens (reading up to 65 536 kept purges first may take a second or two).
+const SITES_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// L1 plus the configured L2 tiers. `Box::leak` it for `&'static`.
 pub struct TieredStorage {
@@ -122,6 +125,8 @@ pub struct TieredStorage {
     /// Runs the tiers' I/O, flushing and writer tasks, apart from pingora's runtimes.
     runtime: Option<tokio::runtime::Runtime>,
     l1_hits: AtomicU64,
+    /// Held by the check of which hosts each tenant served ([`Self::check_sites`]).
+    sites_check: tokio::sync::Mutex<()>,
 }
 
 impl TieredStorage {
@@ -135,6 +140,7 @@ impl TieredStorage {
             writer: None,
             runtime: None,
             l1_hits: AtomicU64::new(0),
+            sites_check: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -176,6 +182,7 @@ impl TieredStorage {
             writer: Some(writer),
             runtime: Some(runtime),
             l1_hits: AtomicU64::new(0),
+            sites_check: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -306,24 +313,35 @@ impl TieredStorage {
         if finished.recv_timeout(SITES_CHECK_LIMIT).is_err() {
             tracing::warn!(
                 "the L2 tiers' record of which hosts each tenant served was not read within \
-                 {SITES_CHECK_LIMIT:?}; the check goes on"
+                 {SITES_CHECK_LIMIT:?}; the check goes on while the tenants serve (a name now \
+                 serving another site may be served that site's L2 copies until it is done)"
             );
         }
     }
 
     async fn reconcile_sites(&self, now: &sites::Sites) {
-        // At start the shared tier is still subscribing: a purge it sends meanwhile is
-        // reported as not kept, and the record would never be brought up to date.
+        // One check at a time: one a reload left running past the limit could otherwise
+        // write an older record after a newer one.
+        let _one_at_a_time = self.sites_check.lock().await;
+        // At start the shared tier is still subscribing (reading the kept purges first): a
+        // purge it sends meanwhile is reported as not kept, and the record would never be
+        // brought up to date.
         let connecting_since = std::time::Instant::now();
         while self.tiers.iter().any(|tier| !tier.stats().connected)
-            && connecting_since.elapsed() < SITES_CHECK_LIMIT / 2
+            && connecting_since.elapsed() < SITES_CONNECT_WAIT
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut moved = std::collections::BTreeSet::new();
+        // Only a tier whose record was read is written: writing one that could not be read
+        // (a Redis lookup timed out) would replace what another site's name recorded there.
+        let mut read = Vec::new();
         for tier in self.tiers.iter() {
             match tier.sites().await {
-                Ok(recorded) => moved.extend(sites::moved(&recorded, now)),
+                Ok(recorded) => {
+                    moved.extend(sites::moved(&recorded, now));
+                    read.push(tier);
+                }
                 Err(e) => tracing::warn!(
                     tier = tier.name(),
                     "cannot read which hosts each tenant name served: {e}; a name that served \
@@ -331,6 +349,7 @@ impl TieredStorage {
                 ),
             }
         }
+        let mut all_kept = true;
         for name in &moved {
             let dropped = self.l1.drop_partition(name);
             let floor = Purge {
@@ -342,22 +361,28 @@ impl TieredStorage {
                 Ok(purged) => purged.confirmed().await.map(drop),
                 Err(e) => Err(e),
             };
-            if let Err(e) = kept {
-                // Recorded as it is now, the name would not be checked again: it stays as it
-                // was, and the next start or reload tries again.
-                tracing::warn!(
+            match kept {
+                Ok(()) => tracing::info!(
                     tenant = name.as_str(),
-                    "the old site's L2 copies may still be served: {e}"
-                );
-                return;
+                    objects = dropped,
+                    "tenant name served other hosts when its L2 copies were written: they are \
+                     given up"
+                ),
+                // Applied here, and kept where it could be; the record stays as it was, so
+                // the next start or reload gives these copies up again.
+                Err(e) => {
+                    all_kept = false;
+                    tracing::warn!(
+                        tenant = name.as_str(),
+                        "the old site's L2 copies may still be served: {e}"
+                    );
+                }
             }
-            tracing::info!(
-                tenant = name.as_str(),
-                objects = dropped,
-                "tenant name served other hosts when its L2 copies were written: they are given up"
-            );
         }
-        for tier in self.tiers.iter() {
+        if !all_kept {
+            return;
+        }
+        for tier in read {
             if let Err(e) = tier.record_sites(now).await {
                 tracing::warn!(
                     tier = tier.name(),

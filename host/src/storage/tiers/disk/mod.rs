@@ -328,19 +328,36 @@ impl Tier for DiskTier {
     }
 
     async fn sites(&self) -> Result<Sites, String> {
+        // The folder belongs to this process once it is open: before (a graceful upgrade's
+        // overlap) another cachet keeps its record, and a floor made now would only be held in
+        // memory until then.
+        if self.store.get().is_none() {
+            return Err("the folder is still held by another cachet".into());
+        }
         let path = self.config.path.join(SITES_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Sites::new()),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(sites) => Ok(sites),
+            // Set aside, not read again at every start: a new record begins.
+            Err(e) => {
+                let aside = path.with_extension("json.damaged");
+                let _ = std::fs::rename(&path, &aside);
+                tracing::warn!(
+                    "disk tier: {}: {e}; set aside as {}, a new record begins",
+                    path.display(),
+                    aside.display()
+                );
+                Ok(Sites::new())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Sites::new()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
         }
     }
 
     async fn record_sites(&self, now: &Sites) -> Result<(), String> {
-        // A damaged record is replaced: it could not be read anyway.
-        let mut all = self.sites().await.unwrap_or_default();
+        let mut all = self.sites().await?;
         all.extend(
             now.iter()
                 .map(|(name, hosts)| (name.clone(), hosts.clone())),
