@@ -68,6 +68,26 @@ fn shared_stats(proxy: &Proxy) -> serde_json::Value {
     tiers[0].clone()
 }
 
+/// The node's `/metrics` text.
+fn metrics(proxy: &Proxy) -> String {
+    ureq::get(&proxy.admin_url("/metrics"))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap()
+}
+
+/// A connected node on `redis` with `line` in its `[cache.shared]` table.
+fn node_with_line(origin: &Origin, redis: &Redis, line: &str) -> Proxy {
+    let proxy = node_with(
+        origin,
+        &format!("url = \"redis://127.0.0.1:{}\"\n{line}", redis.port),
+    );
+    wait_connected(&proxy, true);
+    proxy
+}
+
 /// Waits until the node is (or is no longer) subscribed to the purge channel.
 fn wait_connected(proxy: &Proxy, connected: bool) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -386,7 +406,9 @@ fn purges_made_while_a_node_was_down_reach_what_its_l1_took_before_it_heard_them
     wait_disk_writes(&c, 1);
     assert!(c.interrupt(), "C stopped cleanly:\n{}", c.log());
     purge(&a, "/", &[("Surrogate-Key", "t1")]);
-    let c = with_redis_stopped_for(&redis, Duration::from_secs(2), || {
+    // Long enough for C to start first: it waits up to 2 s for its shared tier's record of
+    // which hosts each tenant served.
+    let c = with_redis_stopped_for(&redis, Duration::from_secs(4), || {
         let c = disk_and_shared_node(&origin, redis.port, dir.path());
         let from_disk = get(&c, "/tagged", &[]);
         assert!(
@@ -864,14 +886,7 @@ fn a_soft_url_purge_keeps_the_shared_copy_for_revalidation() {
 fn an_object_larger_than_the_tier_takes_is_counted_not_written() {
     let redis = Redis::start(free_port());
     let origin = origin();
-    let proxy = node_with(
-        &origin,
-        &format!(
-            "url = \"redis://127.0.0.1:{}\"\nmax_object_bytes = \"100B\"",
-            redis.port
-        ),
-    );
-    wait_connected(&proxy, true);
+    let proxy = node_with_line(&origin, &redis, "max_object_bytes = \"100B\"");
     assert_eq!(get(&proxy, "/big", &[]).status, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
     while shared_stats(&proxy)["too_large"] != 1 {
@@ -879,12 +894,7 @@ fn an_object_larger_than_the_tier_takes_is_counted_not_written() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(shared_stats(&proxy)["writes"], 0);
-    let metrics = ureq::get(&proxy.admin_url("/metrics"))
-        .set("Authorization", &format!("Bearer {TOKEN}"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&proxy);
     assert!(
         metrics.contains("cachet_cache_tier_too_large_total{tier=\"l2-shared\"} 1"),
         "{metrics}"
@@ -1169,15 +1179,7 @@ fn a_tenant_name_kept_for_another_site_serves_none_of_its_shared_copies() {
     let (old_site, new_site) = (site("old site"), site("new site"));
     let redis = Redis::start(free_port());
     let start = || {
-        let proxy = Proxy::start_with_server(
-            &format!("admin_token = \"{TOKEN}\""),
-            &format!(
-                "max_bytes = \"16MiB\"\n[cache.shared]\nurl = \"redis://127.0.0.1:{}\"\nkey_prefix = \"test:\"\n[plugins]\nwatch = false",
-                redis.port
-            ),
-            &[TenantSpec::new("site", old_site.addr, &support::fixture("path-key"))
-                .hosts(&["old.test"])],
-        );
+        let proxy = node_for_site(&redis, &[("site", &old_site, "old.test")]);
         wait_connected(&proxy, true);
         proxy
     };
@@ -1491,14 +1493,7 @@ fn a_fill_under_way_when_another_node_purged_is_not_shared_as_newer() {
 fn a_burst_of_purges_beyond_the_backlog_is_dropped_and_read_again_from_the_kept_ones() {
     let redis = Redis::start(free_port());
     let origin = origin();
-    let a = node_with(
-        &origin,
-        &format!(
-            "url = \"redis://127.0.0.1:{}\"\npurge_backlog = 16",
-            redis.port
-        ),
-    );
-    wait_connected(&a, true);
+    let a = node_with_line(&origin, &redis, "purge_backlog = 16");
     let b = node(&origin, redis.port);
     share(&a, &b, &origin, "/burst");
 
@@ -1540,12 +1535,7 @@ fn a_burst_of_purges_beyond_the_backlog_is_dropped_and_read_again_from_the_kept_
         resp.cache_status()
     );
     assert_eq!(origin.hits_for("/burst"), 2);
-    let metrics = ureq::get(&a.admin_url("/metrics"))
-        .set("Authorization", &format!("Bearer {TOKEN}"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics(&a);
     assert!(
         metrics.contains("cachet_cache_tier_purges_fell_behind_total{tier=\"l2-shared\"} 1"),
         "{metrics}"

@@ -323,57 +323,69 @@ impl TieredStorage {
         // One check at a time: one a reload left running past the limit could otherwise
         // write an older record after a newer one.
         let _one_at_a_time = self.sites_check.lock().await;
+        // Tier by tier, in lookup order: the disk's copies are checked at once, whatever
+        // Redis does.
+        for tier in self.tiers.iter() {
+            self.reconcile_tier_sites(tier.as_ref(), now).await;
+        }
+    }
+
+    /// Checks one tier's record: a floor, kept by that tier, for each name it says served
+    /// other hosts, then the record brought up to date.
+    async fn reconcile_tier_sites(&self, tier: &dyn Tier, now: &sites::Sites) {
         // At start the shared tier is still subscribing (reading the kept purges first): a
         // purge it sends meanwhile is reported as not kept, and the record would never be
         // brought up to date.
         let connecting_since = std::time::Instant::now();
-        while self.tiers.iter().any(|tier| !tier.stats().connected)
-            && connecting_since.elapsed() < SITES_CONNECT_WAIT
-        {
+        while !tier.stats().connected && connecting_since.elapsed() < SITES_CONNECT_WAIT {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let mut moved = std::collections::BTreeSet::new();
-        // Only a tier whose record was read is written: writing one that could not be read
-        // (a Redis lookup timed out) would replace what another site's name recorded there.
-        let mut read = Vec::new();
-        for tier in self.tiers.iter() {
-            match tier.sites().await {
-                Ok(recorded) => {
-                    moved.extend(sites::moved(&recorded, now));
-                    read.push(tier);
-                }
-                Err(e) => tracing::warn!(
+        // A record that cannot be read is not written either: writing it (after a Redis
+        // lookup timed out) would replace what another site's name recorded there.
+        let recorded = match tier.sites().await {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                tracing::warn!(
                     tier = tier.name(),
                     "cannot read which hosts each tenant name served: {e}; a name that served \
                      other hosts before may be served that site's copies from this tier"
-                ),
+                );
+                return;
             }
-        }
+        };
         let mut all_kept = true;
-        for name in &moved {
-            let dropped = self.l1.drop_partition(name);
+        for name in sites::moved(&recorded, now) {
             let floor = Purge {
                 target: Target::Partition(name.clone()),
                 at: record::now_ns(),
                 soft: false,
             };
-            let kept = match self.publish(floor) {
-                Ok(purged) => purged.confirmed().await.map(drop),
+            // This node's lookups in every tier heed it at once; the tier keeps it (and the
+            // shared tier hands it to every node).
+            self.purges.record(&floor);
+            let dropped = self.l1.drop_partition(&name);
+            let kept = match tier.publish(&floor) {
+                Ok(Some(delivery)) => match delivery.await {
+                    Ok(delivered) => delivered,
+                    Err(_) => Err("stopped before sending it".to_owned()),
+                },
+                Ok(None) => Ok(()),
                 Err(e) => Err(e),
             };
             match kept {
                 Ok(()) => tracing::info!(
                     tenant = name.as_str(),
+                    tier = tier.name(),
                     objects = dropped,
                     "tenant name served other hosts when its L2 copies were written: they are \
                      given up"
                 ),
-                // Applied here, and kept where it could be; the record stays as it was, so
-                // the next start or reload gives these copies up again.
+                // The record stays as it was: the next start or reload tries again.
                 Err(e) => {
                     all_kept = false;
                     tracing::warn!(
                         tenant = name.as_str(),
+                        tier = tier.name(),
                         "the old site's L2 copies may still be served: {e}"
                     );
                 }
@@ -382,13 +394,11 @@ impl TieredStorage {
         if !all_kept {
             return;
         }
-        for tier in read {
-            if let Err(e) = tier.record_sites(now).await {
-                tracing::warn!(
-                    tier = tier.name(),
-                    "cannot record which hosts each tenant serves: {e}"
-                );
-            }
+        if let Err(e) = tier.record_sites(now).await {
+            tracing::warn!(
+                tier = tier.name(),
+                "cannot record which hosts each tenant serves: {e}"
+            );
         }
     }
 
