@@ -876,9 +876,6 @@ fn a_no_cache_response_with_a_validator_is_revalidated_from_the_disk_tier() {
 /// the new site's requests once memory had dropped its own.
 #[test]
 fn a_tenant_name_kept_for_another_site_serves_none_of_its_disk_copies() {
-    let site = |body: &'static str| {
-        Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
-    };
     let (old_site, new_site) = (site("old site"), site("new site"));
     let disk = tempfile::tempdir().unwrap();
     let proxy = Proxy::start_with_server(
@@ -917,9 +914,6 @@ fn a_tenant_name_kept_for_another_site_serves_none_of_its_disk_copies() {
 /// while a restart for the same site serves them.
 #[test]
 fn a_tenant_name_back_for_another_site_after_a_restart_serves_none_of_its_disk_copies() {
-    let site = |body: &'static str| {
-        Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
-    };
     let (old_site, new_site) = (site("old site"), site("new site"));
     let disk = tempfile::tempdir().unwrap();
     let start = |origin: &Origin, host: &str| {
@@ -952,4 +946,9 @@ fn a_tenant_name_back_for_another_site_after_a_restart_serves_none_of_its_disk_c
     let answer = get(&proxy, "new.test", "/page", &[]);
     assert_eq!(answer.text(), "new site", "{}", answer.cache_status());
     assert_eq!(new_site.hits_for("/page"), 1);
+}
+
+/// An origin for a site whose every answer is `body`, fresh for ten minutes.
+fn site(body: &'static str) -> Origin {
+    Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
 }

@@ -1173,9 +1173,6 @@ fn a_purge_dated_far_ahead_is_not_applied() {
 /// (the `path-key` fixture) they matched the new site's requests.
 #[test]
 fn a_tenant_name_kept_for_another_site_serves_none_of_its_shared_copies() {
-    let site = |body: &'static str| {
-        Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
-    };
     let (old_site, new_site) = (site("old site"), site("new site"));
     let redis = Redis::start(free_port());
     let start = || {
@@ -1548,9 +1545,6 @@ fn a_burst_of_purges_beyond_the_backlog_is_dropped_and_read_again_from_the_kept_
 /// started for the same site is served them.
 #[test]
 fn a_node_started_with_a_tenant_name_for_another_site_serves_none_of_its_shared_copies() {
-    let site = |body: &'static str| {
-        Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
-    };
     let (old_site, new_site) = (site("old site"), site("new site"));
     let redis = Redis::start(free_port());
     let start = |origin: &Origin, host: &str| {
@@ -1579,9 +1573,6 @@ fn a_node_started_with_a_tenant_name_for_another_site_serves_none_of_its_shared_
 /// site's shared copies (only a name kept through one reload was checked).
 #[test]
 fn a_tenant_name_removed_and_added_back_for_another_site_serves_none_of_its_shared_copies() {
-    let site = |body: &'static str| {
-        Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
-    };
     let (old_site, new_site) = (site("old site"), site("new site"));
     let redis = Redis::start(free_port());
     let proxy = node_for_site(
@@ -1642,4 +1633,9 @@ fn node_for_site(redis: &Redis, tenants: &[(&str, &Origin, &str)]) -> Proxy {
         ),
         &tenants,
     )
+}
+
+/// An origin for a site whose every answer is `body`, fresh for ten minutes.
+fn site(body: &'static str) -> Origin {
+    Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
 }

@@ -109,12 +109,7 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     let storage: &'static TieredStorage = Box::leak(Box::new(
         TieredStorage::open(memory, &config.cache).context("opening the cache tiers")?,
     ));
-    let sites: Vec<_> = config
-        .tenants
-        .iter()
-        .map(|t| (t.name.clone(), t.hosts.clone()))
-        .collect();
-    storage.check_sites(&sites);
+    storage.check_sites(&config.tenants);
     let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(config.cache.lock_timeout));
     let lock: &'static CacheKeyLockImpl = lock;
     let cache = CacheBackend {

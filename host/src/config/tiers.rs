@@ -75,7 +75,7 @@ pub struct SharedTierConfig {
     /// Longest a lookup waits for Redis (writes, purges and chunks under way wait up to 1 s).
     pub op_timeout: Duration,
     /// Purge messages received and not yet applied that a node holds at most; past that it
-    /// stops listening and reads the kept purges again (see `tiers::shared`).
+    /// stops listening and reads the kept purges again (see `tiers::purge_channel`).
     pub purge_backlog: usize,
     /// PEM roots trusted instead of the system's (`rediss://` only).
     pub ca_pem: Option<Vec<u8>>,

@@ -13,8 +13,9 @@
 //! second plan and no second set of forwarding fields; it is dropped when a reload rebuilt
 //! the tenant its host routes to since (the key and the backend's index were the old one's:
 //! the new one's origin answered, stored under the old tenant's key). The serving request
-//! gets its head back before its response is written. The field is removed from every request cachet receives, and its
-//! secret is never sent anywhere, so no client can hand a key of its choosing to a refresh.
+//! gets its head back before its response is written. The field is removed from every
+//! request cachet receives, and its secret is never sent anywhere, so no client can hand a
+//! key of its choosing to a refresh.
 
 use super::ctx::RequestCtx;
 use http::Version;

@@ -466,12 +466,7 @@ impl Reloader {
                 .collect();
             // Before the new tenants serve: a name back for another site must not find the
             // old site's L2 copies.
-            let sites: Vec<_> = new
-                .tenants
-                .iter()
-                .map(|t| (t.name.clone(), t.hosts.clone()))
-                .collect();
-            self.state.cache.storage.check_sites(&sites);
+            self.state.cache.storage.check_sites(&new.tenants);
             self.state
                 .router
                 .store(Arc::new(TenantRouter::new(tenants)));

@@ -107,6 +107,15 @@ impl Purged {
     }
 }
 
+/// A floor for every L2 copy of `partition` written until now.
+fn partition_floor(partition: &str) -> Purge {
+    Purge {
+        target: Target::Partition(partition.to_owned()),
+        at: record::now_ns(),
+        soft: false,
+    }
+}
+
 /// How long start and reload wait for the L2 tiers' record of which hosts each tenant
 /// served ([`TieredStorage::check_sites`]): a Redis lookup takes milliseconds, a hung one
 /// must not hold a reload up for long.
@@ -300,11 +309,14 @@ impl TieredStorage {
     /// keeps: [`sites`]) gives them up, and every tier records what each name serves now.
     /// Waits for the tiers up to [`SITES_CHECK_LIMIT`]; past it the check goes on in the
     /// background.
-    pub fn check_sites(&'static self, now: &[(String, Vec<String>)]) {
+    pub fn check_sites(&'static self, tenants: &[crate::config::TenantConfig]) {
         let Some(runtime) = &self.runtime else {
             return;
         };
-        let now: sites::Sites = now.iter().cloned().collect();
+        let now: sites::Sites = tenants
+            .iter()
+            .map(|t| (t.name.clone(), t.hosts.clone()))
+            .collect();
         let (done, finished) = std::sync::mpsc::channel();
         runtime.spawn(async move {
             self.reconcile_sites(&now).await;
@@ -355,22 +367,23 @@ impl TieredStorage {
         };
         let mut all_kept = true;
         for name in sites::moved(&recorded, now) {
-            let floor = Purge {
-                target: Target::Partition(name.clone()),
-                at: record::now_ns(),
-                soft: false,
-            };
+            let floor = partition_floor(&name);
             // This node's lookups in every tier heed it at once; the tier keeps it (and the
             // shared tier hands it to every node).
             self.purges.record(&floor);
             let dropped = self.l1.drop_partition(&name);
             let kept = match tier.publish(&floor) {
-                Ok(Some(delivery)) => match delivery.await {
-                    Ok(delivered) => delivered,
-                    Err(_) => Err("stopped before sending it".to_owned()),
-                },
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
+                Ok(delivery) => {
+                    let under_way = delivery.map(|d| (tier.name(), d)).into_iter().collect();
+                    Purged {
+                        affected: 0,
+                        under_way,
+                    }
+                    .confirmed()
+                    .await
+                    .map(drop)
+                }
+                Err(e) => Err(NotKept(e)),
             };
             match kept {
                 Ok(()) => tracing::info!(
@@ -394,7 +407,7 @@ impl TieredStorage {
         if !all_kept {
             return;
         }
-        if let Err(e) = tier.record_sites(now).await {
+        if let Err(e) = tier.record_sites(&recorded, now).await {
             tracing::warn!(
                 tier = tier.name(),
                 "cannot record which hosts each tenant serves: {e}"
@@ -409,12 +422,7 @@ impl TieredStorage {
         if self.tiers.is_empty() {
             return Ok(());
         }
-        self.publish(Purge {
-            target: Target::Partition(partition.to_owned()),
-            at: record::now_ns(),
-            soft: false,
-        })
-        .map(drop)
+        self.publish(partition_floor(partition)).map(drop)
     }
 
     /// Shutdown: stores the objects still queued for the L2 tiers, then waits for the disk

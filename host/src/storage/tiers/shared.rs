@@ -393,7 +393,9 @@ impl Tier for SharedTier {
             .collect())
     }
 
-    async fn record_sites(&self, now: &Sites) -> Result<(), String> {
+    /// Only `now`'s names are written: the hash keeps the others, and what was read may be
+    /// older than what another node wrote since.
+    async fn record_sites(&self, _recorded: &Sites, now: &Sites) -> Result<(), String> {
         if now.is_empty() {
             return Ok(());
         }

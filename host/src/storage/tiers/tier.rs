@@ -61,17 +61,12 @@ pub(crate) trait Tier: Send + Sync + 'static {
     fn publish(&self, purge: &Purge) -> Result<Option<Delivery>, String>;
 
     /// Which hosts each tenant name served when its copies here were written
-    /// ([`super::sites`]); empty for a tier that keeps no copies across runs.
-    async fn sites(&self) -> Result<Sites, String> {
-        Ok(Sites::new())
-    }
+    /// ([`super::sites`]).
+    async fn sites(&self) -> Result<Sites, String>;
 
-    /// Records the hosts of `now`'s names, keeping other names' (a name removed and added
-    /// again later is checked against them).
-    async fn record_sites(&self, now: &Sites) -> Result<(), String> {
-        let _ = now;
-        Ok(())
-    }
+    /// Records the hosts of `now`'s names over `recorded` (what [`Self::sites`] just read),
+    /// keeping other names' (a name removed and added again later is checked against them).
+    async fn record_sites(&self, recorded: &Sites, now: &Sites) -> Result<(), String>;
 
     /// Largest value worth storing here.
     fn max_value(&self) -> usize;

@@ -356,8 +356,8 @@ impl Tier for DiskTier {
         }
     }
 
-    async fn record_sites(&self, now: &Sites) -> Result<(), String> {
-        let mut all = self.sites().await?;
+    async fn record_sites(&self, recorded: &Sites, now: &Sites) -> Result<(), String> {
+        let mut all = recorded.clone();
         all.extend(
             now.iter()
                 .map(|(name, hosts)| (name.clone(), hosts.clone())),
