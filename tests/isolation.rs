@@ -399,6 +399,25 @@ fn a_component_for_another_world_with_a_mistyped_hook_or_failing_its_self_test_i
     assert!(out.contains("self-test failed"), "{out}");
 }
 
+/// A self-test whose every call stays under the per-call check deadline (1 s) but which
+/// together run past the budget (5 s) is stopped at the budget: it was checked only between
+/// vectors, so the last vector (here ~2 s) and the asking for vectors (~1 s) came on top.
+#[test]
+fn a_self_test_is_stopped_at_its_budget_not_a_vector_later() {
+    let plugin = fixture("slow-self-test");
+    let started = std::time::Instant::now();
+    let (ok, out) = check(&plugin);
+    let took = started.elapsed();
+    assert!(!ok, "{out}");
+    assert!(out.contains("the self-test took longer than 5s"), "{out}");
+    // At the budget, with room for starting the process and loading the plugin; the old
+    // check ended after ~6.7 s of plugin code alone.
+    assert!(
+        took < std::time::Duration::from_millis(6300),
+        "the check took {took:?}"
+    );
+}
+
 #[test]
 fn tenants_with_identical_keys_have_separate_entries() {
     let a = Origin::start(|_| Reply::ok("from a").header("Cache-Control", "max-age=600"));

@@ -82,7 +82,7 @@ pub fn check_starts_within_limits(
         tenant: tenant.name.clone(),
         plugin_config: tenant.plugin_config.clone(),
     });
-    match PolicyInstance::new(engine, plugin, context, &tenant.limits) {
+    match PolicyInstance::new(engine, plugin, context, &tenant.limits, None) {
         Ok(_) | Err(PluginFault::Timeout) => Ok(()),
         Err(fault) => Err(anyhow::anyhow!(
             "the plugin cannot start within tenant {:?}'s [tenant.limits]: {fault}",
@@ -100,7 +100,18 @@ pub struct PolicyInstance {
     configured: Option<Arc<TenantContext>>,
     /// Wakes on each deadline armed: guest code runs only under one.
     ticker: Arc<super::ticker::Ticker>,
+    /// When every call must have ended, whatever time its hook has (load-time checks).
+    until: Option<Instant>,
     _slot: Option<LiveSlot>,
+}
+
+/// `timeout`, cut short to what is left before `until`; `None` when nothing is left.
+fn time_left(timeout: Duration, until: Option<Instant>) -> Option<Duration> {
+    let timeout = match until {
+        Some(until) => timeout.min(until.saturating_duration_since(Instant::now())),
+        None => timeout,
+    };
+    (!timeout.is_zero()).then_some(timeout)
 }
 
 impl PolicyInstance {
@@ -109,14 +120,16 @@ impl PolicyInstance {
         plugin: &LoadedPlugin,
         tenant: Arc<TenantContext>,
         limits: &PluginLimits,
+        until: Option<Instant>,
     ) -> Result<Self, PluginFault> {
+        let timeout = time_left(limits.hook_timeout, until).ok_or(PluginFault::Timeout)?;
         // Kept only when there is something to hand a 0.3.0 `configure`.
         let configured = (!tenant.plugin_config.is_empty()).then(|| tenant.clone());
         let mut store = Store::new(engine.engine(), HostState::new(tenant, limits.memory_bytes));
         store.limiter(|state| &mut state.limiter);
         store.set_hostcall_fuel(limits.copy_budget());
         let ticker = engine.ticker().clone();
-        let ticks = super::ticker::Ticker::ticks(limits.hook_timeout);
+        let ticks = super::ticker::Ticker::ticks(timeout);
         // The store's deadline first, then the ticker's record of it (see `Ticker::arm`).
         store.set_epoch_deadline(ticks);
         ticker.arm(ticks);
@@ -134,6 +147,7 @@ impl PolicyInstance {
                 uses: 0,
                 configured,
                 ticker,
+                until,
                 _slot: None,
             }),
             Err(e) => Err(match classify(&e, &store) {
@@ -164,6 +178,7 @@ impl PolicyInstance {
         response: Option<&ResponseHeader>,
         hook: impl FnOnce(&Hooks, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginFault> {
+        let timeout = time_left(timeout, self.until).ok_or(PluginFault::Timeout)?;
         // SAFETY: `request` and `response` are borrowed for this whole function, and `scoped`
         // empties the scope when it drops below, on every path, unwinding included: the
         // pointers are never read after the borrows end.
@@ -388,6 +403,8 @@ pub struct InstancePool {
     tenant: Arc<TenantContext>,
     limits: PluginLimits,
     idle: Mutex<Vec<PolicyInstance>>,
+    /// When every call of a load-time check must have ended: see [`PolicyInstance::until`].
+    until: Option<Instant>,
     live: Arc<AtomicUsize>,
     breaker: Breaker,
     request_seconds: prometheus::Histogram,
@@ -451,6 +468,7 @@ impl InstancePool {
             tenant,
             limits,
             idle: Mutex::new(Vec::new()),
+            until: None,
             live: Arc::new(AtomicUsize::new(0)),
             breaker: Breaker::default(),
             request_seconds,
@@ -460,19 +478,25 @@ impl InstancePool {
         }
     }
 
-    /// A throwaway pool for load-time checks of a plugin not yet shared.
+    /// A throwaway pool for load-time checks of a plugin not yet shared, whose every call
+    /// (instantiation included) ends by `until`: each gets what is left of the checks'
+    /// time when that is less than its hook's.
     pub(crate) fn for_checks(
         engine: PolicyEngine,
         plugin: &LoadedPlugin,
         tenant: Arc<TenantContext>,
         limits: PluginLimits,
+        until: Instant,
     ) -> Self {
         let plugin = Arc::new(LoadedPlugin {
             pre: plugin.pre.clone(),
             info: plugin.info.clone(),
             compiled_sha256: plugin.compiled_sha256.clone(),
         });
-        Self::new(engine, plugin, tenant, limits)
+        Self {
+            until: Some(until),
+            ..Self::new(engine, plugin, tenant, limits)
+        }
     }
 
     /// A new instance, if the tenant is under its instance limit.
@@ -489,6 +513,7 @@ impl InstancePool {
             &self.plugin,
             self.tenant.clone(),
             &self.limits,
+            self.until,
         )?;
         instance._slot = Some(slot);
         self.instances_created.inc();
@@ -502,6 +527,7 @@ impl InstancePool {
             &self.plugin,
             self.tenant.clone(),
             &self.limits,
+            self.until,
         )?
         .self_test(&self.limits)
     }
