@@ -77,6 +77,7 @@ pub struct Runtime {
 pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     let engine =
         PolicyEngine::new(instance_slots(config)).context("starting the WebAssembly engine")?;
+    engine.set_worker_threads(config.server.threads);
     let artifacts = config.plugins.artifact_cache_dir.clone().map(|dir| {
         ArtifactCache::new(
             dir,

@@ -4,7 +4,7 @@
 use super::bindings::{v1, v2, v3};
 use super::host_api::HostState;
 use super::ticker::Ticker;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -49,6 +49,8 @@ struct EngineInner {
     /// The process that runs the ticker thread: after a daemon fork the
     /// child has no threads and must start its own.
     ticker_pid: AtomicU32,
+    /// The proxy's worker threads, which plugin calls run on (see `lanes`).
+    worker_threads: AtomicUsize,
 }
 
 impl Drop for EngineInner {
@@ -116,6 +118,9 @@ impl PolicyEngine {
                 linker,
                 ticker: Arc::default(),
                 ticker_pid: AtomicU32::new(0),
+                worker_threads: AtomicUsize::new(
+                    std::thread::available_parallelism().map_or(1, usize::from),
+                ),
             }),
         };
         this.ensure_epoch_ticker()?;
@@ -134,6 +139,17 @@ impl PolicyEngine {
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Tells the engine how many worker threads run plugin calls (the machine's cores until
+    /// told): a slow tenant's plugin is held to all of them but one (see `lanes`). Pools made
+    /// after this call use it.
+    pub fn set_worker_threads(&self, threads: usize) {
+        self.inner.worker_threads.store(threads, Ordering::Relaxed);
+    }
+
+    pub(crate) fn worker_threads(&self) -> usize {
+        self.inner.worker_threads.load(Ordering::Relaxed)
     }
 
     /// Live plugin instances the pool was sized for at start (all tenants together).

@@ -12,6 +12,7 @@ use super::edits::{self, HeaderEdit};
 use super::engine::PolicyEngine;
 use super::heads::Setting;
 use super::host_api::HostState;
+use super::lanes::Lanes;
 use super::limits::PluginLimits;
 use super::pending::PendingFields;
 use super::plugin::{root_cause, LoadedPlugin};
@@ -407,6 +408,8 @@ pub struct InstancePool {
     until: Option<Instant>,
     live: Arc<AtomicUsize>,
     breaker: Breaker,
+    /// The worker threads this plugin's `on-request` calls may hold at once when slow.
+    lanes: Lanes,
     request_seconds: prometheus::Histogram,
     response_seconds: prometheus::Histogram,
     memory_growths: prometheus::IntCounter,
@@ -462,6 +465,7 @@ impl InstancePool {
         let response_seconds = crate::metrics::hook_histogram(&tenant.tenant, response);
         let memory_growths = crate::metrics::plugin_memory_growths(&tenant.tenant);
         let instances_created = crate::metrics::plugin_instances_created(&tenant.tenant);
+        let lanes = Lanes::new(engine.worker_threads());
         Self {
             engine,
             plugin,
@@ -471,6 +475,7 @@ impl InstancePool {
             until: None,
             live: Arc::new(AtomicUsize::new(0)),
             breaker: Breaker::default(),
+            lanes,
             request_seconds,
             response_seconds,
             memory_growths,
@@ -575,6 +580,13 @@ impl InstancePool {
         })
     }
 
+    /// Waits for one of the lanes a slow plugin's `on-request` calls are held to when
+    /// `shared` (other tenants share the proxy): call before [`Self::plan_request`], and hold
+    /// what it returns until that returns.
+    pub(crate) async fn lane(&self, shared: bool) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.lanes.enter(shared).await
+    }
+
     /// Runs `on-request` on `request` with the `pending` fields written, applies
     /// its edits to `request` (what the origin is sent), then `cache-key` on
     /// the edited request when it says "cache".
@@ -586,7 +598,19 @@ impl InstancePool {
         request: &mut RequestHeader,
         pending: &mut PendingFields,
     ) -> Result<RequestOutcome, PluginFault> {
-        let _timer = self.request_seconds.start_timer();
+        let started = Instant::now();
+        let outcome = self.plan_request_on_an_instance(request, pending);
+        let took = started.elapsed();
+        self.request_seconds.observe(took.as_secs_f64());
+        self.lanes.record(took);
+        outcome
+    }
+
+    fn plan_request_on_an_instance(
+        &self,
+        request: &mut RequestHeader,
+        pending: &mut PendingFields,
+    ) -> Result<RequestOutcome, PluginFault> {
         self.with_instance(Hook::Request, |instance, limits| {
             let (plan, given_key) = instance.on_request(limits, request, pending)?;
             let edits =

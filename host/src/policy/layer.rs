@@ -40,6 +40,16 @@ impl PolicyLayer {
         }
     }
 
+    /// Waits, when other tenants share the proxy (`shared`) and this plugin is slow, for one
+    /// of the worker threads its `on-request` calls may hold: hold the result across
+    /// [`Self::plan_request`]. A native policy never waits.
+    pub async fn lane(&self, shared: bool) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        match self {
+            Self::Wasm(pool) => pool.lane(shared).await,
+            Self::Builtin(_) => None,
+        }
+    }
+
     /// `on-request` with its edits applied to `request` (what the origin is
     /// sent), then `cache-key` on the edited request. The plugin sees the
     /// `pending` fields as written; they stay pending unless it edits.

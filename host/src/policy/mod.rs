@@ -13,6 +13,7 @@ mod engine;
 mod heads;
 mod host_api;
 mod instance;
+mod lanes;
 mod layer;
 mod limits;
 mod pending;

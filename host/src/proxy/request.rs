@@ -77,6 +77,7 @@ pub(super) async fn request_filter(
         respond_text(session, ctx, 421, text).await?;
         return Ok(true);
     }
+    let shared = router.tenants().len() > 1;
     drop(router);
     let policy = tenant.policy();
     ctx.tenant = Some(tenant.clone());
@@ -124,8 +125,10 @@ pub(super) async fn request_filter(
         &tenant,
         session.req_header_mut(),
         &mut forwarding.fields,
+        shared,
         ctx,
-    );
+    )
+    .await;
     if let Ok(live) = &verdict {
         super::shadowing::on_request(&tenant, live, ctx);
     }
@@ -257,12 +260,13 @@ pub(crate) async fn plan_head(
     {
         return HeadPlan::Unplanned;
     }
+    let shared = router.tenants().len() > 1;
     drop(router);
     let policy = tenant.policy();
     ctx.tenant = Some(tenant.clone());
     ctx.policy = Some(policy.clone());
     let mut forwarding = Forwarding::start(proxy, head, conn, policy.reads_added_fields(), false);
-    let verdict = plan(&tenant, head, &mut forwarding.fields, ctx);
+    let verdict = plan(&tenant, head, &mut forwarding.fields, shared, ctx).await;
     let next = settle(&tenant, verdict, head, false, ctx);
     if matches!(next, Next::Proceed) && ctx.route == Route::Cache && !ctx.deliver {
         // A lookup that fails is a miss: the plugin has run, the full path looks again.
@@ -278,15 +282,20 @@ pub(crate) async fn plan_head(
 }
 
 /// Asks the tenant's policy about the request; 0.2.0 edits land on it here, so the key and
-/// the origin both see the edited request.
-fn plan(
+/// the origin both see the edited request. With other tenants in the proxy (`shared`), a slow
+/// plugin's call first waits for a lane (`policy::lanes`).
+async fn plan(
     tenant: &Tenant,
     req: &mut pingora::http::RequestHeader,
     fields: &mut PendingFields,
+    shared: bool,
     ctx: &mut RequestCtx,
 ) -> std::result::Result<RequestVerdict, PluginFault> {
     let policy = ctx.policy.clone().unwrap_or_else(|| tenant.policy());
-    let outcome = policy.plan_request(req, fields)?;
+    let lane = policy.lane(shared).await;
+    let outcome = policy.plan_request(req, fields);
+    drop(lane);
+    let outcome = outcome?;
     ctx.backend = match backend_index(tenant, outcome.backend) {
         Ok(backend) => backend,
         Err(fault) => {
