@@ -5,7 +5,8 @@ use super::bindings::{v1, v2, v3};
 use super::host_api::HostState;
 use super::ticker::Ticker;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Semaphore;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -51,6 +52,8 @@ struct EngineInner {
     ticker_pid: AtomicU32,
     /// The proxy's worker threads, which plugin calls run on (see `lanes`).
     worker_threads: AtomicUsize,
+    /// The lanes heavy plugins' `on-request` calls share, made on first use.
+    heavy_lanes: OnceLock<Semaphore>,
 }
 
 impl Drop for EngineInner {
@@ -121,6 +124,7 @@ impl PolicyEngine {
                 worker_threads: AtomicUsize::new(
                     std::thread::available_parallelism().map_or(1, usize::from),
                 ),
+                heavy_lanes: OnceLock::new(),
             }),
         };
         this.ensure_epoch_ticker()?;
@@ -142,14 +146,16 @@ impl PolicyEngine {
     }
 
     /// Tells the engine how many worker threads run plugin calls (the machine's cores until
-    /// told): a slow tenant's plugin is held to all of them but one (see `lanes`). Pools made
-    /// after this call use it.
+    /// told): heavy plugins' calls are held to all of them but one (see `lanes`). Call before
+    /// serving: the lanes are made on first use.
     pub fn set_worker_threads(&self, threads: usize) {
         self.inner.worker_threads.store(threads, Ordering::Relaxed);
     }
 
-    pub(crate) fn worker_threads(&self) -> usize {
-        self.inner.worker_threads.load(Ordering::Relaxed)
+    pub(crate) fn heavy_lanes(&self) -> &Semaphore {
+        self.inner.heavy_lanes.get_or_init(|| {
+            super::lanes::shared_lanes(self.inner.worker_threads.load(Ordering::Relaxed))
+        })
     }
 
     /// Live plugin instances the pool was sized for at start (all tenants together).

@@ -12,7 +12,7 @@ use super::edits::{self, HeaderEdit};
 use super::engine::PolicyEngine;
 use super::heads::Setting;
 use super::host_api::HostState;
-use super::lanes::Lanes;
+use super::lanes::{Load, PluginLane};
 use super::limits::PluginLimits;
 use super::pending::PendingFields;
 use super::plugin::{root_cause, LoadedPlugin};
@@ -408,8 +408,8 @@ pub struct InstancePool {
     until: Option<Instant>,
     live: Arc<AtomicUsize>,
     breaker: Breaker,
-    /// The worker threads this plugin's `on-request` calls may hold at once when slow.
-    lanes: Lanes,
+    /// How much CPU this plugin's `on-request` calls use (`lanes`).
+    load: Load,
     request_seconds: prometheus::Histogram,
     response_seconds: prometheus::Histogram,
     memory_growths: prometheus::IntCounter,
@@ -465,7 +465,6 @@ impl InstancePool {
         let response_seconds = crate::metrics::hook_histogram(&tenant.tenant, response);
         let memory_growths = crate::metrics::plugin_memory_growths(&tenant.tenant);
         let instances_created = crate::metrics::plugin_instances_created(&tenant.tenant);
-        let lanes = Lanes::new(engine.worker_threads());
         Self {
             engine,
             plugin,
@@ -475,7 +474,7 @@ impl InstancePool {
             until: None,
             live: Arc::new(AtomicUsize::new(0)),
             breaker: Breaker::default(),
-            lanes,
+            load: Load::default(),
             request_seconds,
             response_seconds,
             memory_growths,
@@ -580,11 +579,13 @@ impl InstancePool {
         })
     }
 
-    /// Waits for one of the lanes a slow plugin's `on-request` calls are held to when
-    /// `shared` (other tenants share the proxy): call before [`Self::plan_request`], and hold
-    /// what it returns until that returns.
-    pub(crate) async fn lane(&self, shared: bool) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.lanes.enter(shared).await
+    /// When tenants share the proxy, the lane a heavy plugin's `on-request` call waits for,
+    /// and the measure that judges the plugin: hold it across [`Self::plan_request`].
+    pub(crate) async fn lane(&self, shared: bool) -> PluginLane<'_> {
+        match shared {
+            true => PluginLane::enter(&self.load, self.engine.heavy_lanes()).await,
+            false => PluginLane::default(),
+        }
     }
 
     /// Runs `on-request` on `request` with the `pending` fields written, applies
@@ -598,19 +599,7 @@ impl InstancePool {
         request: &mut RequestHeader,
         pending: &mut PendingFields,
     ) -> Result<RequestOutcome, PluginFault> {
-        let started = Instant::now();
-        let outcome = self.plan_request_on_an_instance(request, pending);
-        let took = started.elapsed();
-        self.request_seconds.observe(took.as_secs_f64());
-        self.lanes.record(took);
-        outcome
-    }
-
-    fn plan_request_on_an_instance(
-        &self,
-        request: &mut RequestHeader,
-        pending: &mut PendingFields,
-    ) -> Result<RequestOutcome, PluginFault> {
+        let _timer = self.request_seconds.start_timer();
         self.with_instance(Hook::Request, |instance, limits| {
             let (plan, given_key) = instance.on_request(limits, request, pending)?;
             let edits =

@@ -1,76 +1,139 @@
-//! Plugin lanes: when tenants share the proxy, one whose plugin is slow runs its `on-request`
-//! calls on at most all worker threads but one, so the others' requests always find a worker.
+//! Plugin lanes: when tenants share the proxy, the `on-request` calls of heavy plugins (all
+//! tenants' together) run on at most all worker threads but one, so requests whose plugin is
+//! light, or native, always find a worker.
 //!
 //! Why: hook calls run on the worker threads, and a call under its deadline cannot be cut
 //! short. A flood of one tenant's requests whose calls took 25 ms each kept both workers of a
 //! 2-thread proxy busy, and another tenant's cache hits waited behind them: 69 ms median,
-//! against ~1 ms. Waiting for a lane parks the request's task instead of holding a worker.
+//! against ~0.4 ms with lanes. Waiting for a lane parks the request's task; it holds no worker.
 //!
-//! Why only slow plugins: a call of a few microseconds is a small part of its request, and
-//! holding others back by that long is no harm; a lane for it would cost every request a
-//! permit, and two calls at once a wait. A plugin counts as slow when the shortest of its last
-//! [`CALLS_PER_ESTIMATE`] calls took [`SLOW_CALL`] or more: the scheduler preempting a thread
-//! can make a fast call look long, never a slow one look short.
+//! Heavy is judged by the CPU time of its calls: a plugin whose `on-request` calls use
+//! [`HEAVY_CALL`] of CPU or more on average, over the last [`SAMPLES_PER_JUDGEMENT`] calls
+//! measured (one call in [`SAMPLE_ONE_IN`], at random). CPU time, not wall time: under load the
+//! scheduler preempts threads mid-call, and a 5 µs call preempted for milliseconds counted as a
+//! slow one. An average, not the shortest call: a plugin mixing a few fast calls among slow
+//! ones passed as fast. Not a share of the workers' time: held to fewer lanes, a heavy plugin's
+//! share fell, it was judged light and took every worker again. Sampled: reading a thread's
+//! CPU clock is a system call (~0.2 µs). A light plugin takes no lane: a permit per request,
+//! and a wait whenever two calls meet, would cost every request for no one's benefit.
 //!
-//! Why only when tenants share the proxy: a lone tenant would lose a worker for no one.
-//! What it does not cover: `on-response`, `vary-value` and `on-deliver` run inside Pingora's
-//! synchronous cache callbacks, where a request cannot wait for a lane.
+//! Only when tenants share the proxy: a lone tenant would lose a worker for no one, and its
+//! calls are not even measured.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// A plugin whose calls take this long or more is held to its lanes.
-pub(crate) const SLOW_CALL: Duration = Duration::from_micros(100);
+/// A plugin whose `on-request` calls use this much CPU or more on average is heavy.
+pub(crate) const HEAVY_CALL: Duration = Duration::from_micros(100);
 
-/// Calls whose shortest makes one estimate of a call's time.
-const CALLS_PER_ESTIMATE: u32 = 8;
+/// One call in this many has its CPU time measured.
+const SAMPLE_ONE_IN: u32 = 4;
 
-pub(crate) struct Lanes {
-    lanes: Semaphore,
-    /// The shortest call since the last estimate, in microseconds.
-    shortest: AtomicU64,
-    calls: AtomicU32,
-    /// The last estimate of one call's time, in microseconds.
-    estimate: AtomicU64,
+/// Measured calls whose average judges the plugin again.
+const SAMPLES_PER_JUDGEMENT: u32 = 8;
+
+/// The lanes heavy plugins' calls share, all tenants together: all workers but one.
+pub(crate) fn shared_lanes(workers: usize) -> Semaphore {
+    Semaphore::new(workers.saturating_sub(1).max(1))
 }
 
-impl Lanes {
-    /// Lanes for a proxy of `workers` worker threads: all of them but one, and at least one.
-    pub(crate) fn new(workers: usize) -> Self {
-        Self {
-            lanes: Semaphore::new(workers.saturating_sub(1).max(1)),
-            shortest: AtomicU64::new(u64::MAX),
-            calls: AtomicU32::new(0),
-            estimate: AtomicU64::new(0),
-        }
+/// How heavy one plugin's calls are.
+#[derive(Default)]
+pub(crate) struct Load {
+    /// CPU nanoseconds of the calls measured since the last judgement.
+    measured: AtomicU64,
+    samples: AtomicU32,
+    heavy: AtomicBool,
+}
+
+impl Load {
+    pub(crate) fn heavy(&self) -> bool {
+        self.heavy.load(Relaxed)
     }
 
-    /// Waits for a lane when the plugin is slow and `shared` (other tenants share the
-    /// proxy); the lane is held until the permit drops. `None`: go ahead without one.
-    pub(crate) async fn enter(&self, shared: bool) -> Option<SemaphorePermit<'_>> {
-        if !shared || !self.slow() {
-            return None;
+    /// Counts one measured call's CPU time; every [`SAMPLES_PER_JUDGEMENT`] of them, judges
+    /// the plugin by their average. Concurrent calls may blur a judgement's edge by a call.
+    pub(crate) fn record(&self, cpu: Duration) {
+        let nanos = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
+        self.measured.fetch_add(nanos, Relaxed);
+        if self.samples.fetch_add(1, Relaxed) % SAMPLES_PER_JUDGEMENT == SAMPLES_PER_JUDGEMENT - 1 {
+            let average = self.measured.swap(0, Relaxed) / u64::from(SAMPLES_PER_JUDGEMENT);
+            let heavy = u64::try_from(HEAVY_CALL.as_nanos()).unwrap_or(u64::MAX);
+            self.heavy.store(average >= heavy, Relaxed);
         }
-        // The semaphore is never closed: `acquire` only fails on a closed one.
-        self.lanes.acquire().await.ok()
     }
+}
 
-    fn slow(&self) -> bool {
-        self.estimate.load(Relaxed) >= SLOW_CALL.as_micros() as u64
+/// The CPU time this thread has used: unlike wall time, it leaves out time preempted.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write to; the clock is one Linux always has.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return Duration::ZERO;
     }
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
 
-    /// Counts one call that took `took`. Concurrent calls may blur a window's edges by a
-    /// call; the estimate only needs to tell microseconds from milliseconds.
-    pub(crate) fn record(&self, took: Duration) {
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        // Read first: most calls are not the shortest, and a read shares the cache line.
-        if micros < self.shortest.load(Relaxed) {
-            self.shortest.fetch_min(micros, Relaxed);
+/// Whether to measure this call: one in [`SAMPLE_ONE_IN`], at random (xorshift per thread),
+/// so a plugin cannot line its slow calls up with the unmeasured ones.
+fn sample() -> bool {
+    thread_local! {
+        static STATE: Cell<u32> = const { Cell::new(0) };
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        if x == 0 {
+            // Seeded from the clock and the thread's stack: any nonzero start will do.
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.subsec_nanos());
+            x = (seed ^ (state as *const _ as usize as u32)) | 1;
         }
-        if self.calls.fetch_add(1, Relaxed) % CALLS_PER_ESTIMATE == CALLS_PER_ESTIMATE - 1 {
-            let shortest = self.shortest.swap(u64::MAX, Relaxed);
-            self.estimate.store(shortest, Relaxed);
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        state.set(x);
+        x % SAMPLE_ONE_IN == 0
+    })
+}
+
+/// What a request holds while its policy's `on-request` runs, when tenants share the proxy:
+/// a lane when the plugin is heavy, and now and then the measure of the call's CPU time,
+/// counted to the plugin when it drops. Hold it across the synchronous call only: the CPU
+/// clock read is the thread's.
+#[derive(Default)]
+pub struct PluginLane<'a> {
+    measured: Option<(&'a Load, Duration)>,
+    _permit: Option<SemaphorePermit<'a>>,
+}
+
+impl<'a> PluginLane<'a> {
+    /// Waits for one of `lanes` when `load` is heavy.
+    pub(crate) async fn enter(load: &'a Load, lanes: &'a Semaphore) -> PluginLane<'a> {
+        let permit = match load.heavy() {
+            // The semaphore is never closed: `acquire` only fails on a closed one.
+            true => lanes.acquire().await.ok(),
+            false => None,
+        };
+        PluginLane {
+            measured: sample().then(|| (load, thread_cpu_time())),
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for PluginLane<'_> {
+    fn drop(&mut self) {
+        if let Some((load, started)) = self.measured {
+            load.record(thread_cpu_time().saturating_sub(started));
         }
     }
 }
@@ -79,48 +142,63 @@ impl Lanes {
 mod tests {
     use super::*;
 
-    fn record_all(lanes: &Lanes, micros: &[u64]) {
+    fn record_all(load: &Load, micros: &[u64]) {
         for &m in micros {
-            lanes.record(Duration::from_micros(m));
+            load.record(Duration::from_micros(m));
         }
     }
 
     #[test]
-    fn a_fast_plugin_preempted_now_and_then_is_not_slow() {
-        let lanes = Lanes::new(2);
-        record_all(&lanes, &[5, 6, 4000, 5, 7, 3000, 5, 6]);
-        assert!(!lanes.slow());
+    fn a_plugin_is_judged_by_the_average_of_its_measured_calls() {
+        let load = Load::default();
+        record_all(&load, &[5; 8]);
+        assert!(!load.heavy());
+        // Seven fast calls for each slow one: heavy all the same.
+        record_all(&load, &[2, 2, 2, 2, 2, 2, 2, 25_000]);
+        assert!(load.heavy());
+        record_all(&load, &[5; 7]);
+        assert!(load.heavy(), "judged before a whole judgement's calls");
+        record_all(&load, &[5]);
+        assert!(!load.heavy());
     }
 
     #[test]
-    fn a_plugin_becomes_slow_after_a_window_of_slow_calls_and_fast_again_after_one_fast_window() {
-        let lanes = Lanes::new(2);
-        record_all(&lanes, &[25_000; 7]);
-        assert!(!lanes.slow(), "judged before a whole window");
-        lanes.record(Duration::from_millis(25));
-        assert!(lanes.slow());
-        record_all(&lanes, &[10; 8]);
-        assert!(!lanes.slow());
+    fn cpu_time_leaves_out_time_asleep() {
+        let started = thread_cpu_time();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(thread_cpu_time().saturating_sub(started) < Duration::from_millis(20));
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {
+            std::hint::spin_loop();
+        }
+        assert!(thread_cpu_time().saturating_sub(started) >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn about_one_call_in_four_is_measured() {
+        let measured = (0..4000).filter(|_| sample()).count();
+        assert!((700..1300).contains(&measured), "{measured} of 4000");
     }
 
     #[tokio::test]
-    async fn a_slow_plugin_holds_all_lanes_but_one_worker_and_only_when_shared() {
-        let lanes = Lanes::new(3);
-        record_all(&lanes, &[1000; 8]);
-        assert!(
-            lanes.enter(false).await.is_none(),
-            "a lone tenant waits for nothing"
-        );
-        let first = lanes.enter(true).await.expect("a lane");
-        let second = lanes.enter(true).await.expect("a lane");
-        let third = tokio::time::timeout(Duration::from_millis(50), lanes.enter(true)).await;
-        assert!(third.is_err(), "a third call of 3 workers got a lane");
+    async fn heavy_calls_hold_all_workers_but_one_and_light_ones_none() {
+        let lanes = shared_lanes(3);
+        let heavy = Load::default();
+        heavy.heavy.store(true, Relaxed);
+        let first = PluginLane::enter(&heavy, &lanes).await;
+        let second = PluginLane::enter(&heavy, &lanes).await;
+        let third =
+            tokio::time::timeout(Duration::from_millis(50), PluginLane::enter(&heavy, &lanes))
+                .await;
+        assert!(third.is_err(), "a third heavy call of 3 workers got a lane");
         drop(first);
-        assert!(lanes.enter(true).await.is_some());
+        let _third = PluginLane::enter(&heavy, &lanes).await;
+        // A light plugin's calls wait for nothing, whatever the heavy ones hold.
+        let light = Load::default();
+        let lane =
+            tokio::time::timeout(Duration::from_millis(50), PluginLane::enter(&light, &lanes))
+                .await;
+        assert!(lane.is_ok());
         drop(second);
-        // A fast plugin takes no lane, however many run.
-        let fast = Lanes::new(2);
-        record_all(&fast, &[5; 8]);
-        assert!(fast.enter(true).await.is_none());
     }
 }

@@ -5,6 +5,7 @@ use super::builtin::BuiltinPolicy;
 use super::decision::{OriginFailure, ResponseDecision, ResponsePlan, SyntheticResponse};
 use super::edits::HeaderEdit;
 use super::instance::{InstancePool, PluginFault, RequestOutcome, RequestVerdict};
+use super::lanes::PluginLane;
 use super::pending::PendingFields;
 use super::plugin::LoadedPlugin;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -40,13 +41,14 @@ impl PolicyLayer {
         }
     }
 
-    /// Waits, when other tenants share the proxy (`shared`) and this plugin is slow, for one
-    /// of the worker threads its `on-request` calls may hold: hold the result across
-    /// [`Self::plan_request`]. A native policy never waits.
-    pub async fn lane(&self, shared: bool) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    /// When other tenants share the proxy (`shared`) and this plugin is heavy, waits for one
+    /// of the worker threads heavy plugins' `on-request` calls may hold (`policy::lanes`):
+    /// hold the result across [`Self::plan_request`], whose time it counts to the plugin. A
+    /// native policy never waits.
+    pub async fn lane(&self, shared: bool) -> PluginLane<'_> {
         match self {
             Self::Wasm(pool) => pool.lane(shared).await,
-            Self::Builtin(_) => None,
+            Self::Builtin(_) => PluginLane::default(),
         }
     }
 

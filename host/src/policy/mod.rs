@@ -34,6 +34,7 @@ pub use engine::{PolicyEngine, MAX_GUEST_MEMORY};
 pub use host_api::request_host;
 pub use instance::{check_starts_within_limits, InstancePool, PluginFault, PolicyInstance};
 pub use instance::{RequestOutcome, RequestVerdict};
+pub use lanes::PluginLane;
 pub use layer::{AddedFields, PolicyLayer};
 pub use limits::PluginLimits;
 pub use pending::PendingFields;
