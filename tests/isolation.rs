@@ -620,9 +620,9 @@ fn tenants_whose_plugins_are_slow_leave_a_worker_to_the_others() {
                 })
             })
             .collect();
-        // Let the flood fill both workers, and the plugins be judged by it (after 32 calls
-        // each, about 0.8 s here).
-        std::thread::sleep(Duration::from_millis(1500));
+        // Let the flood fill both workers, and the plugins be judged heavy by it (after a
+        // few calls: one in four is measured).
+        std::thread::sleep(Duration::from_millis(500));
         let latencies: Vec<Duration> = (0..40)
             .map(|_| {
                 let started = Instant::now();
@@ -640,8 +640,17 @@ fn tenants_whose_plugins_are_slow_leave_a_worker_to_the_others() {
     let mut sorted = good_latencies;
     sorted.sort();
     let median = sorted[sorted.len() / 2];
+    // A hit waiting behind the flood's calls takes several of them (95 ms measured).
     assert!(
-        median < Duration::from_millis(8),
+        median < Duration::from_millis(20),
         "the good tenant's median hit took {median:?} under the flood: {sorted:?}"
     );
+    let log = proxy.log();
+    for tenant in ["slow-a", "slow-b"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("plugin is heavy") && l.contains(tenant)),
+            "{tenant} was not judged heavy:\n{log}"
+        );
+    }
 }

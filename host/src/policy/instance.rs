@@ -408,8 +408,9 @@ pub struct InstancePool {
     until: Option<Instant>,
     live: Arc<AtomicUsize>,
     breaker: Breaker,
-    /// How much CPU this plugin's `on-request` calls use (`lanes`).
-    load: Load,
+    /// How much CPU this tenant's plugin's `on-request` calls use (`lanes`), shared with the
+    /// versions before and after this one.
+    load: Arc<Load>,
     request_seconds: prometheus::Histogram,
     response_seconds: prometheus::Histogram,
     memory_growths: prometheus::IntCounter,
@@ -465,6 +466,7 @@ impl InstancePool {
         let response_seconds = crate::metrics::hook_histogram(&tenant.tenant, response);
         let memory_growths = crate::metrics::plugin_memory_growths(&tenant.tenant);
         let instances_created = crate::metrics::plugin_instances_created(&tenant.tenant);
+        let load = Arc::new(Load::new(&tenant.tenant));
         Self {
             engine,
             plugin,
@@ -474,7 +476,7 @@ impl InstancePool {
             until: None,
             live: Arc::new(AtomicUsize::new(0)),
             breaker: Breaker::default(),
-            load: Load::default(),
+            load,
             request_seconds,
             response_seconds,
             memory_growths,
@@ -581,11 +583,18 @@ impl InstancePool {
 
     /// When tenants share the proxy, the lane a heavy plugin's `on-request` call waits for,
     /// and the measure that judges the plugin: hold it across [`Self::plan_request`].
+    /// No lane while the breaker is open: the call returns at once, without the plugin.
     pub(crate) async fn lane(&self, shared: bool) -> PluginLane<'_> {
-        match shared {
+        match shared && !self.breaker.is_open() {
             true => PluginLane::enter(&self.load, self.engine.heavy_lanes()).await,
             false => PluginLane::default(),
         }
+    }
+
+    /// Goes on judging the plugin from what `earlier` (the version this one replaces) was
+    /// judged: a new file starts heavy if the last one was.
+    pub fn carry_load_from(&mut self, earlier: &InstancePool) {
+        self.load = earlier.load.clone();
     }
 
     /// Runs `on-request` on `request` with the `pending` fields written, applies

@@ -7,9 +7,11 @@
 //! 2-thread proxy busy, and another tenant's cache hits waited behind them: 69 ms median,
 //! against ~0.4 ms with lanes. Waiting for a lane parks the request's task; it holds no worker.
 //!
-//! Heavy is judged by the CPU time of its calls: a plugin whose `on-request` calls use
-//! [`HEAVY_CALL`] of CPU or more on average, over the last [`SAMPLES_PER_JUDGEMENT`] calls
-//! measured (one call in [`SAMPLE_ONE_IN`], at random). CPU time, not wall time: under load the
+//! Heavy is judged by the CPU time of its calls (what a request's `on-request` takes: the
+//! hook, `cache-key`, and the instance's start or reset): a plugin whose calls use
+//! [`HEAVY_CALL`] of CPU or more on average over a window of [`SAMPLES_PER_JUDGEMENT`] calls
+//! measured (one call in [`SAMPLE_ONE_IN`], at random), and for [`HEAVY_HOLD`] after that.
+//! CPU time, not wall time: under load the
 //! scheduler preempts threads mid-call, and a 5 µs call preempted for milliseconds counted as a
 //! slow one. An average, not the shortest call: a plugin mixing a few fast calls among slow
 //! ones passed as fast. Not a share of the workers' time: held to fewer lanes, a heavy plugin's
@@ -21,8 +23,9 @@
 //! calls are not even measured.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// A plugin whose `on-request` calls use this much CPU or more on average is heavy.
@@ -31,37 +34,76 @@ pub(crate) const HEAVY_CALL: Duration = Duration::from_micros(100);
 /// One call in this many has its CPU time measured.
 const SAMPLE_ONE_IN: u32 = 4;
 
-/// Measured calls whose average judges the plugin again.
+/// Measured calls whose average judges the plugin.
 const SAMPLES_PER_JUDGEMENT: u32 = 8;
+
+/// How long a plugin judged heavy stays so after its last heavy window.
+pub(crate) const HEAVY_HOLD: Duration = Duration::from_secs(10);
 
 /// The lanes heavy plugins' calls share, all tenants together: all workers but one.
 pub(crate) fn shared_lanes(workers: usize) -> Semaphore {
     Semaphore::new(workers.saturating_sub(1).max(1))
 }
 
-/// How heavy one plugin's calls are.
-#[derive(Default)]
+/// How heavy one tenant's plugin is: kept across its versions (a new file must not start
+/// light and take every worker for its first calls).
 pub(crate) struct Load {
-    /// CPU nanoseconds of the calls measured since the last judgement.
+    tenant: String,
+    /// CPU nanoseconds of the calls measured in the current window.
     measured: AtomicU64,
     samples: AtomicU32,
-    heavy: AtomicBool,
+    /// Until when the plugin counts as heavy, in nanoseconds since [`base`] (0: not yet).
+    heavy_until: AtomicU64,
+}
+
+/// The instant `heavy_until` is counted from.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn now() -> u64 {
+    nanos(base().elapsed())
 }
 
 impl Load {
-    pub(crate) fn heavy(&self) -> bool {
-        self.heavy.load(Relaxed)
+    pub(crate) fn new(tenant: &str) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            measured: AtomicU64::new(0),
+            samples: AtomicU32::new(0),
+            heavy_until: AtomicU64::new(0),
+        }
     }
 
-    /// Counts one measured call's CPU time; every [`SAMPLES_PER_JUDGEMENT`] of them, judges
-    /// the plugin by their average. Concurrent calls may blur a judgement's edge by a call.
+    pub(crate) fn heavy(&self) -> bool {
+        now() < self.heavy_until.load(Relaxed)
+    }
+
+    /// Counts one measured call's CPU time. The plugin is heavy as soon as the calls measured
+    /// in a window of [`SAMPLES_PER_JUDGEMENT`] add up to their number of [`HEAVY_CALL`]s,
+    /// and stays so for [`HEAVY_HOLD`] after the last such window: a few fast calls do not
+    /// make it light again. Concurrent calls may blur a window's edge by a call.
     pub(crate) fn record(&self, cpu: Duration) {
-        let nanos = u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX);
-        self.measured.fetch_add(nanos, Relaxed);
+        let measured = self.measured.fetch_add(nanos(cpu), Relaxed) + nanos(cpu);
+        if measured >= nanos(HEAVY_CALL) * u64::from(SAMPLES_PER_JUDGEMENT) {
+            if !self.heavy() {
+                tracing::warn!(
+                    tenant = self.tenant,
+                    "the tenant's plugin is heavy (its calls use {HEAVY_CALL:?} of CPU or more \
+                     each on average): its on-request calls share the lanes of heavy plugins \
+                     for at least {HEAVY_HOLD:?}"
+                );
+            }
+            self.heavy_until
+                .store(now().saturating_add(nanos(HEAVY_HOLD)), Relaxed);
+        }
         if self.samples.fetch_add(1, Relaxed) % SAMPLES_PER_JUDGEMENT == SAMPLES_PER_JUDGEMENT - 1 {
-            let average = self.measured.swap(0, Relaxed) / u64::from(SAMPLES_PER_JUDGEMENT);
-            let heavy = u64::try_from(HEAVY_CALL.as_nanos()).unwrap_or(u64::MAX);
-            self.heavy.store(average >= heavy, Relaxed);
+            self.measured.store(0, Relaxed);
         }
     }
 }
@@ -149,29 +191,38 @@ mod tests {
     }
 
     #[test]
-    fn a_plugin_is_judged_by_the_average_of_its_measured_calls() {
-        let load = Load::default();
-        record_all(&load, &[5; 8]);
+    fn a_plugin_is_heavy_once_a_window_of_its_calls_averages_the_limit_and_stays_so() {
+        let load = Load::new("t");
+        record_all(&load, &[5; 80]);
         assert!(!load.heavy());
-        // Seven fast calls for each slow one: heavy all the same.
-        record_all(&load, &[2, 2, 2, 2, 2, 2, 2, 25_000]);
+        // Seven fast calls for each slow one: heavy all the same, as soon as it shows.
+        record_all(&load, &[2, 2, 2, 25_000]);
         assert!(load.heavy());
-        record_all(&load, &[5; 7]);
-        assert!(load.heavy(), "judged before a whole judgement's calls");
-        record_all(&load, &[5]);
+        // A batch of fast calls does not make it light again...
+        record_all(&load, &[5; 80]);
+        assert!(load.heavy());
+        // ...the hold running out does.
+        load.heavy_until.store(now(), Relaxed);
+        assert!(!load.heavy());
+        record_all(&load, &[5; 80]);
         assert!(!load.heavy());
     }
 
     #[test]
-    fn cpu_time_leaves_out_time_asleep() {
+    fn cpu_time_leaves_out_time_asleep_and_counts_time_spinning() {
         let started = thread_cpu_time();
         std::thread::sleep(Duration::from_millis(50));
         assert!(thread_cpu_time().saturating_sub(started) < Duration::from_millis(20));
+        // Spun until the clock shows it (on a loaded machine, 30 ms of wall time may hold
+        // less CPU time), within a bound.
         let spin = std::time::Instant::now();
-        while spin.elapsed() < Duration::from_millis(30) {
+        while thread_cpu_time().saturating_sub(started) < Duration::from_millis(30) {
+            assert!(
+                spin.elapsed() < Duration::from_secs(10),
+                "the CPU clock stood still"
+            );
             std::hint::spin_loop();
         }
-        assert!(thread_cpu_time().saturating_sub(started) >= Duration::from_millis(20));
     }
 
     #[test]
@@ -183,8 +234,8 @@ mod tests {
     #[tokio::test]
     async fn heavy_calls_hold_all_workers_but_one_and_light_ones_none() {
         let lanes = shared_lanes(3);
-        let heavy = Load::default();
-        heavy.heavy.store(true, Relaxed);
+        let heavy = Load::new("heavy");
+        heavy.heavy_until.store(u64::MAX, Relaxed);
         let first = PluginLane::enter(&heavy, &lanes).await;
         let second = PluginLane::enter(&heavy, &lanes).await;
         let third =
@@ -194,7 +245,7 @@ mod tests {
         drop(first);
         let _third = PluginLane::enter(&heavy, &lanes).await;
         // A light plugin's calls wait for nothing, whatever the heavy ones hold.
-        let light = Load::default();
+        let light = Load::new("light");
         let lane =
             tokio::time::timeout(Duration::from_millis(50), PluginLane::enter(&light, &lanes))
                 .await;
