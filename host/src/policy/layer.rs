@@ -43,8 +43,8 @@ impl PolicyLayer {
 
     /// When other tenants share the proxy (`shared`) and this plugin is heavy, waits for one
     /// of the worker threads heavy plugins' `on-request` calls may hold (`policy::lanes`):
-    /// hold the result across [`Self::plan_request`], whose time it counts to the plugin. A
-    /// native policy never waits.
+    /// hold the result across [`Self::plan_request`], whose CPU time it may measure for the
+    /// plugin's judgement. A native policy never waits.
     pub async fn lane(&self, shared: bool) -> PluginLane<'_> {
         match self {
             Self::Wasm(pool) => pool.lane(shared).await,

@@ -282,7 +282,7 @@ pub(crate) async fn plan_head(
 }
 
 /// Asks the tenant's policy about the request; 0.2.0 edits land on it here, so the key and
-/// the origin both see the edited request. With other tenants in the proxy (`shared`), a slow
+/// the origin both see the edited request. With other tenants in the proxy (`shared`), a heavy
 /// plugin's call first waits for a lane (`policy::lanes`).
 async fn plan(
     tenant: &Tenant,
