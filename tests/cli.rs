@@ -217,6 +217,38 @@ fn durations_take_units_and_the_old_ms_keys_still_work() {
 }
 
 #[test]
+fn heavy_call_is_a_duration_above_zero_and_at_most_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    let validate = |heavy_call: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n\n[plugins]\nheavy_call = {heavy_call}\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = \"builtin:standard\"\n"
+            ),
+        )
+        .unwrap();
+        run(&["validate", "--config", config.to_str().unwrap()])
+    };
+    let (ok, out) = validate("\"250us\"");
+    assert!(ok, "{out}");
+    for (value, says) in [
+        ("\"0us\"", "more than 0"),
+        ("\"2s\"", "at most 1s"),
+        ("100", "has no unit"),
+    ] {
+        let (ok, out) = validate(value);
+        assert!(!ok, "{value}: {out}");
+        assert!(
+            out.contains("cachet.toml:5")
+                && out.contains("plugins.heavy_call")
+                && out.contains(says),
+            "{value}: {out}"
+        );
+    }
+}
+
+#[test]
 fn client_timeouts_are_durations_above_zero() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cachet.toml");

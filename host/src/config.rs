@@ -105,6 +105,7 @@ struct RawPlugins {
     watch: Option<bool>,
     artifact_cache_dir: Option<String>,
     artifact_cache_max_bytes: Option<SizeValue>,
+    heavy_call: Option<Spanned<DurationValue>>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +337,9 @@ pub struct PluginsConfig {
     pub artifact_cache_dir: Option<PathBuf>,
     /// Byte budget of that folder (each plugin also keeps only its latest few versions).
     pub artifact_cache_max_bytes: u64,
+    /// CPU time per `on-request` call, on average, from which a plugin is heavy: when tenants
+    /// share the proxy, heavy plugins' calls share all workers but one (`policy::lanes`).
+    pub heavy_call: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -722,6 +726,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             .map_or(crate::policy::artifact_cache::DEFAULT_MAX_BYTES, |b| {
                 b.as_u64()
             }),
+        heavy_call: match &raw.plugins.heavy_call {
+            Some(v) => match located.duration("plugins.heavy_call", v)? {
+                d if d.is_zero() || d > crate::policy::lanes::MAX_HEAVY_CALL => {
+                    return Err(located.at(
+                        v.span(),
+                        "plugins.heavy_call",
+                        "must be more than 0 and at most 1s",
+                    ))
+                }
+                d => d,
+            },
+            None => crate::policy::lanes::HEAVY_CALL,
+        },
     };
     Ok(Config {
         source: path.to_path_buf(),

@@ -78,6 +78,7 @@ pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
     let engine =
         PolicyEngine::new(instance_slots(config)).context("starting the WebAssembly engine")?;
     engine.set_worker_threads(config.server.threads);
+    engine.set_heavy_call(config.plugins.heavy_call);
     let artifacts = config.plugins.artifact_cache_dir.clone().map(|dir| {
         ArtifactCache::new(
             dir,

@@ -3,10 +3,11 @@
 
 use super::bindings::{v1, v2, v3};
 use super::host_api::HostState;
+use super::lanes::Lanes;
 use super::ticker::Ticker;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -50,10 +51,8 @@ struct EngineInner {
     /// The process that runs the ticker thread: after a daemon fork the
     /// child has no threads and must start its own.
     ticker_pid: AtomicU32,
-    /// The proxy's worker threads, which plugin calls run on (see `lanes`).
-    worker_threads: AtomicUsize,
-    /// The lanes heavy plugins' `on-request` calls share, made on first use.
-    heavy_lanes: OnceLock<Semaphore>,
+    /// The lanes heavy plugins' `on-request` calls share.
+    lanes: Lanes,
 }
 
 impl Drop for EngineInner {
@@ -121,10 +120,7 @@ impl PolicyEngine {
                 linker,
                 ticker: Arc::default(),
                 ticker_pid: AtomicU32::new(0),
-                worker_threads: AtomicUsize::new(
-                    std::thread::available_parallelism().map_or(1, usize::from),
-                ),
-                heavy_lanes: OnceLock::new(),
+                lanes: Lanes::new(std::thread::available_parallelism().map_or(1, usize::from)),
             }),
         };
         this.ensure_epoch_ticker()?;
@@ -149,13 +145,17 @@ impl PolicyEngine {
     /// told): heavy plugins' calls are held to all of them but one (see `lanes`). Call before
     /// serving: the lanes are made on first use.
     pub fn set_worker_threads(&self, threads: usize) {
-        self.inner.worker_threads.store(threads, Ordering::Relaxed);
+        self.inner.lanes.set_workers(threads);
     }
 
-    pub(crate) fn heavy_lanes(&self) -> &Semaphore {
-        self.inner.heavy_lanes.get_or_init(|| {
-            super::lanes::shared_lanes(self.inner.worker_threads.load(Ordering::Relaxed))
-        })
+    /// How much CPU a plugin's `on-request` calls must use on average for the plugin to be
+    /// heavy (`[plugins] heavy_call`; see `lanes`).
+    pub fn set_heavy_call(&self, heavy_call: Duration) {
+        self.inner.lanes.set_heavy_call(heavy_call);
+    }
+
+    pub(crate) fn lanes(&self) -> &Lanes {
+        &self.inner.lanes
     }
 
     /// Live plugin instances the pool was sized for at start (all tenants together).

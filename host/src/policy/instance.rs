@@ -12,7 +12,7 @@ use super::edits::{self, HeaderEdit};
 use super::engine::PolicyEngine;
 use super::heads::Setting;
 use super::host_api::HostState;
-use super::lanes::{Load, PluginLane};
+use super::lanes::{Load, PluginLane, WarmUp};
 use super::limits::PluginLimits;
 use super::pending::PendingFields;
 use super::plugin::{root_cause, LoadedPlugin};
@@ -411,6 +411,8 @@ pub struct InstancePool {
     /// How much CPU this tenant's plugin's `on-request` calls use (`lanes`), shared with the
     /// versions before and after this one.
     load: Arc<Load>,
+    /// This version's first calls, which are not measured.
+    warm_up: WarmUp,
     request_seconds: prometheus::Histogram,
     response_seconds: prometheus::Histogram,
     memory_growths: prometheus::IntCounter,
@@ -477,6 +479,7 @@ impl InstancePool {
             live: Arc::new(AtomicUsize::new(0)),
             breaker: Breaker::default(),
             load,
+            warm_up: WarmUp::default(),
             request_seconds,
             response_seconds,
             memory_growths,
@@ -586,7 +589,10 @@ impl InstancePool {
     /// No lane while the breaker is open: the call returns at once, without the plugin.
     pub(crate) async fn lane(&self, shared: bool) -> PluginLane<'_> {
         match shared && !self.breaker.is_open() {
-            true => PluginLane::enter(&self.load, self.engine.heavy_lanes()).await,
+            true => {
+                let warm = self.warm_up.done();
+                PluginLane::enter(&self.load, self.engine.lanes(), warm).await
+            }
             false => PluginLane::default(),
         }
     }

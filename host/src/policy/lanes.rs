@@ -9,8 +9,11 @@
 //!
 //! Heavy is judged by the CPU time of its calls (what a request's `on-request` takes: the
 //! hook, `cache-key`, and the instance's start or reset): a plugin whose calls use
-//! [`HEAVY_CALL`] of CPU or more on average over a window of [`SAMPLES_PER_JUDGEMENT`] calls
-//! measured (one call in [`SAMPLE_ONE_IN`], at random), and for [`HEAVY_HOLD`] after that.
+//! `[plugins] heavy_call` ([`HEAVY_CALL`] by default) of CPU or more on average over a window
+//! of [`SAMPLES_PER_JUDGEMENT`] calls measured (one call in [`SAMPLE_ONE_IN`], at random), and
+//! for [`HEAVY_HOLD`] after that. The first [`WARM_UP_CALLS`] calls of each version of a
+//! plugin are not measured: a cold first call (its pages touched for the first time) cost a
+//! few times a warm one, and with the calls around it judged a light plugin heavy.
 //! CPU time, not wall time: under load the
 //! scheduler preempts threads mid-call, and a 5 µs call preempted for milliseconds counted as a
 //! slow one. An average, not the shortest call: a plugin mixing a few fast calls among slow
@@ -23,13 +26,21 @@
 //! calls are not even measured.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-/// A plugin whose `on-request` calls use this much CPU or more on average is heavy.
+/// A plugin whose `on-request` calls use this much CPU or more on average is heavy, unless
+/// `[plugins] heavy_call` says otherwise.
 pub(crate) const HEAVY_CALL: Duration = Duration::from_micros(100);
+
+/// The most `[plugins] heavy_call` may be: a call that long already holds a worker for a
+/// noticeable time.
+pub(crate) const MAX_HEAVY_CALL: Duration = Duration::from_secs(1);
+
+/// Calls of each version of a plugin left unmeasured while it warms up.
+const WARM_UP_CALLS: u32 = 16;
 
 /// One call in this many has its CPU time measured.
 const SAMPLE_ONE_IN: u32 = 4;
@@ -40,9 +51,55 @@ const SAMPLES_PER_JUDGEMENT: u32 = 8;
 /// How long a plugin judged heavy stays so after its last heavy window.
 pub(crate) const HEAVY_HOLD: Duration = Duration::from_secs(10);
 
-/// The lanes heavy plugins' calls share, all tenants together: all workers but one.
-pub(crate) fn shared_lanes(workers: usize) -> Semaphore {
-    Semaphore::new(workers.saturating_sub(1).max(1))
+/// The engine's lanes, which heavy plugins' calls share (all tenants together), and what
+/// heavy means.
+pub(crate) struct Lanes {
+    /// The proxy's worker threads, which plugin calls run on: there are one fewer lanes.
+    workers: AtomicUsize,
+    /// CPU nanoseconds per call from which a plugin is heavy.
+    heavy_call: AtomicU64,
+    /// Made on first use, once the number of workers is known.
+    semaphore: OnceLock<Semaphore>,
+}
+
+impl Lanes {
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            workers: AtomicUsize::new(workers),
+            heavy_call: AtomicU64::new(nanos(HEAVY_CALL)),
+            semaphore: OnceLock::new(),
+        }
+    }
+
+    /// Takes effect if told before the first lane is asked for.
+    pub(crate) fn set_workers(&self, workers: usize) {
+        self.workers.store(workers, Relaxed);
+    }
+
+    pub(crate) fn set_heavy_call(&self, heavy_call: Duration) {
+        self.heavy_call.store(nanos(heavy_call), Relaxed);
+    }
+
+    fn heavy_call(&self) -> Duration {
+        Duration::from_nanos(self.heavy_call.load(Relaxed))
+    }
+
+    /// All workers but one.
+    fn semaphore(&self) -> &Semaphore {
+        self.semaphore
+            .get_or_init(|| Semaphore::new(self.workers.load(Relaxed).saturating_sub(1).max(1)))
+    }
+}
+
+/// Counts the first calls of one version of a plugin, which are not measured.
+#[derive(Default)]
+pub(crate) struct WarmUp(AtomicU32);
+
+impl WarmUp {
+    /// Whether the plugin's calls are warm (counting this one as a call).
+    pub(crate) fn done(&self) -> bool {
+        self.0.load(Relaxed) >= WARM_UP_CALLS || self.0.fetch_add(1, Relaxed) >= WARM_UP_CALLS
+    }
 }
 
 /// How heavy one tenant's plugin is: kept across its versions (a new file must not start
@@ -85,16 +142,16 @@ impl Load {
     }
 
     /// Counts one measured call's CPU time. The plugin is heavy as soon as the calls measured
-    /// in a window of [`SAMPLES_PER_JUDGEMENT`] add up to their number of [`HEAVY_CALL`]s,
+    /// in a window of [`SAMPLES_PER_JUDGEMENT`] add up to their number of `heavy_call`s,
     /// and stays so for [`HEAVY_HOLD`] after the last such window: a few fast calls do not
     /// make it light again. Concurrent calls may blur a window's edge by a call.
-    pub(crate) fn record(&self, cpu: Duration) {
+    pub(crate) fn record(&self, cpu: Duration, heavy_call: Duration) {
         let measured = self.measured.fetch_add(nanos(cpu), Relaxed) + nanos(cpu);
-        if measured >= nanos(HEAVY_CALL) * u64::from(SAMPLES_PER_JUDGEMENT) {
+        if measured >= nanos(heavy_call).saturating_mul(u64::from(SAMPLES_PER_JUDGEMENT)) {
             if !self.heavy() {
                 tracing::warn!(
                     tenant = self.tenant,
-                    "the tenant's plugin is heavy (its calls use {HEAVY_CALL:?} of CPU or more \
+                    "the tenant's plugin is heavy (its calls use {heavy_call:?} of CPU or more \
                      each on average): its on-request calls share the lanes of heavy plugins \
                      for at least {HEAVY_HOLD:?}"
                 );
@@ -153,20 +210,31 @@ fn sample() -> bool {
 /// clock read is the thread's.
 #[derive(Default)]
 pub struct PluginLane<'a> {
-    measured: Option<(&'a Load, Duration)>,
+    measured: Option<Measure<'a>>,
     _permit: Option<SemaphorePermit<'a>>,
 }
 
+/// A call being measured: counted to `load` when it ends.
+struct Measure<'a> {
+    load: &'a Load,
+    heavy_call: Duration,
+    started: Duration,
+}
+
 impl<'a> PluginLane<'a> {
-    /// Waits for one of `lanes` when `load` is heavy.
-    pub(crate) async fn enter(load: &'a Load, lanes: &'a Semaphore) -> PluginLane<'a> {
+    /// Waits for one of `lanes` when `load` is heavy; measures the call now and then if `warm`.
+    pub(crate) async fn enter(load: &'a Load, lanes: &'a Lanes, warm: bool) -> PluginLane<'a> {
         let permit = match load.heavy() {
             // The semaphore is never closed: `acquire` only fails on a closed one.
-            true => lanes.acquire().await.ok(),
+            true => lanes.semaphore().acquire().await.ok(),
             false => None,
         };
         PluginLane {
-            measured: sample().then(|| (load, thread_cpu_time())),
+            measured: (warm && sample()).then(|| Measure {
+                load,
+                heavy_call: lanes.heavy_call(),
+                started: thread_cpu_time(),
+            }),
             _permit: permit,
         }
     }
@@ -174,8 +242,9 @@ impl<'a> PluginLane<'a> {
 
 impl Drop for PluginLane<'_> {
     fn drop(&mut self) {
-        if let Some((load, started)) = self.measured {
-            load.record(thread_cpu_time().saturating_sub(started));
+        if let Some(m) = &self.measured {
+            let cpu = thread_cpu_time().saturating_sub(m.started);
+            m.load.record(cpu, m.heavy_call);
         }
     }
 }
@@ -186,7 +255,7 @@ mod tests {
 
     fn record_all(load: &Load, micros: &[u64]) {
         for &m in micros {
-            load.record(Duration::from_micros(m));
+            load.record(Duration::from_micros(m), HEAVY_CALL);
         }
     }
 
@@ -206,6 +275,31 @@ mod tests {
         assert!(!load.heavy());
         record_all(&load, &[5; 80]);
         assert!(!load.heavy());
+    }
+
+    #[test]
+    fn heavy_is_what_the_config_says() {
+        let load = Load::new("t");
+        let two_ms = Duration::from_millis(2);
+        for _ in 0..80 {
+            load.record(Duration::from_micros(900), two_ms);
+        }
+        assert!(
+            !load.heavy(),
+            "900 µs calls are light when heavy_call is 2 ms"
+        );
+        for _ in 0..8 {
+            load.record(Duration::from_micros(2_100), two_ms);
+        }
+        assert!(load.heavy());
+    }
+
+    #[test]
+    fn the_first_calls_of_a_version_are_not_measured() {
+        let warm_up = WarmUp::default();
+        let warm: Vec<bool> = (0..WARM_UP_CALLS + 2).map(|_| warm_up.done()).collect();
+        assert!(warm[..WARM_UP_CALLS as usize].iter().all(|w| !w));
+        assert!(warm[WARM_UP_CALLS as usize..].iter().all(|w| *w));
     }
 
     #[test]
@@ -233,22 +327,26 @@ mod tests {
 
     #[tokio::test]
     async fn heavy_calls_hold_all_workers_but_one_and_light_ones_none() {
-        let lanes = shared_lanes(3);
+        let lanes = Lanes::new(3);
         let heavy = Load::new("heavy");
         heavy.heavy_until.store(u64::MAX, Relaxed);
-        let first = PluginLane::enter(&heavy, &lanes).await;
-        let second = PluginLane::enter(&heavy, &lanes).await;
-        let third =
-            tokio::time::timeout(Duration::from_millis(50), PluginLane::enter(&heavy, &lanes))
-                .await;
+        let first = PluginLane::enter(&heavy, &lanes, true).await;
+        let second = PluginLane::enter(&heavy, &lanes, true).await;
+        let third = tokio::time::timeout(
+            Duration::from_millis(50),
+            PluginLane::enter(&heavy, &lanes, true),
+        )
+        .await;
         assert!(third.is_err(), "a third heavy call of 3 workers got a lane");
         drop(first);
-        let _third = PluginLane::enter(&heavy, &lanes).await;
+        let _third = PluginLane::enter(&heavy, &lanes, true).await;
         // A light plugin's calls wait for nothing, whatever the heavy ones hold.
         let light = Load::new("light");
-        let lane =
-            tokio::time::timeout(Duration::from_millis(50), PluginLane::enter(&light, &lanes))
-                .await;
+        let lane = tokio::time::timeout(
+            Duration::from_millis(50),
+            PluginLane::enter(&light, &lanes, true),
+        )
+        .await;
         assert!(lane.is_ok());
         drop(second);
     }

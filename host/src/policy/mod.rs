@@ -13,7 +13,7 @@ mod engine;
 mod heads;
 mod host_api;
 mod instance;
-mod lanes;
+pub(crate) mod lanes;
 mod layer;
 mod limits;
 mod pending;

@@ -170,6 +170,7 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&
         watch,
         artifact_cache_dir,
         artifact_cache_max_bytes,
+        heavy_call,
     } = &old.plugins;
     if keep("plugins.watch", new.plugins.watch != *watch) {
         new.plugins.watch = *watch;
@@ -185,6 +186,9 @@ pub(super) fn keep_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&
         new.plugins.artifact_cache_max_bytes != *artifact_cache_max_bytes,
     ) {
         new.plugins.artifact_cache_max_bytes = *artifact_cache_max_bytes;
+    }
+    if keep("plugins.heavy_call", new.plugins.heavy_call != *heavy_call) {
+        new.plugins.heavy_call = *heavy_call;
     }
 
     if !pending.is_empty() {
