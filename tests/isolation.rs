@@ -625,7 +625,18 @@ fn tenants_whose_plugins_are_slow_leave_a_worker_to_the_others() {
             .collect();
         // Let the flood fill both workers, and the plugins be judged heavy by it (after a
         // few calls: one in four is measured).
-        std::thread::sleep(Duration::from_millis(500));
+        let judged = Instant::now();
+        while !["slow-a", "slow-b"]
+            .iter()
+            .all(|t| heavy_warnings(&proxy, t) > 0)
+        {
+            assert!(
+                judged.elapsed() < Duration::from_secs(10),
+                "no heavy judgement:\n{}",
+                proxy.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let latencies: Vec<Duration> = (0..40)
             .map(|_| {
                 let started = Instant::now();
@@ -635,24 +646,43 @@ fn tenants_whose_plugins_are_slow_leave_a_worker_to_the_others() {
                 took
             })
             .collect();
+        // A config reload builds every tenant anew: the flooded ones stay heavy (started
+        // light, they took both workers until judged again, and were warned about twice).
+        let config = proxy.dir.path().join("cachet.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            text.replace("[\"good.test\"]", "[\"good.test\", \"good2.test\"]"),
+        )
+        .unwrap();
+        let reloaded = Instant::now();
+        while !proxy.log().contains("config applied") {
+            assert!(
+                reloaded.elapsed() < Duration::from_secs(10),
+                "no reload:\n{}",
+                proxy.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(get("good2.test", "/page").status, 200);
+        // Long enough for the flood to be measured again many times over.
+        std::thread::sleep(Duration::from_millis(1000));
         stop.store(true, Ordering::Relaxed);
         let sent: usize = flooders.into_iter().map(|f| f.join().unwrap()).sum();
         assert!(sent >= 20, "the flood sent only {sent} requests");
         latencies
     });
     let log = proxy.log();
-    let judged_heavy = |tenant: &str| {
-        log.lines()
-            .any(|l| l.contains("plugin is heavy") && l.contains(&format!("tenant=\"{tenant}\"")))
-    };
     for tenant in ["slow-a", "slow-b"] {
-        assert!(
-            judged_heavy(tenant),
-            "{tenant} was not judged heavy:\n{log}"
+        assert_eq!(
+            heavy_warnings(&proxy, tenant),
+            1,
+            "{tenant}'s judgement:\n{log}"
         );
     }
-    assert!(
-        !judged_heavy("good"),
+    assert_eq!(
+        heavy_warnings(&proxy, "good"),
+        0,
         "the light plugin was judged heavy:\n{log}"
     );
     let mut sorted = good_latencies;
@@ -663,4 +693,14 @@ fn tenants_whose_plugins_are_slow_leave_a_worker_to_the_others() {
         median < Duration::from_millis(20),
         "the good tenant's median hit took {median:?} under the flood: {sorted:?}"
     );
+}
+
+/// How many times the proxy warned that `tenant`'s plugin became heavy.
+fn heavy_warnings(proxy: &Proxy, tenant: &str) -> usize {
+    let tenant = format!("tenant=\"{tenant}\"");
+    proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("plugin is heavy") && l.contains(&tenant))
+        .count()
 }

@@ -191,15 +191,12 @@ impl Tenant {
 
     /// Makes `plugin` the version for every request that starts from now on.
     pub fn swap_plugin(&self, plugin: Arc<LoadedPlugin>) {
-        let mut pool = InstancePool::new(
+        let pool = InstancePool::new(
             self.engine.clone(),
             plugin,
             self.context.clone(),
             self.config.limits.clone(),
         );
-        if let PolicyLayer::Wasm(earlier) = &**self.policy.load() {
-            pool.carry_load_from(earlier);
-        }
         self.policy.store(Arc::new(PolicyLayer::Wasm(pool)));
         self.generation.fetch_add(1, Ordering::AcqRel);
     }

@@ -12,7 +12,7 @@ use super::edits::{self, HeaderEdit};
 use super::engine::PolicyEngine;
 use super::heads::Setting;
 use super::host_api::HostState;
-use super::lanes::{Load, PluginLane, WarmUp};
+use super::lanes::{Load, PluginLane};
 use super::limits::PluginLimits;
 use super::pending::PendingFields;
 use super::plugin::{root_cause, LoadedPlugin};
@@ -411,8 +411,6 @@ pub struct InstancePool {
     /// How much CPU this tenant's plugin's `on-request` calls use (`lanes`), shared with the
     /// versions before and after this one.
     load: Arc<Load>,
-    /// This version's first calls, which are not measured.
-    warm_up: WarmUp,
     request_seconds: prometheus::Histogram,
     response_seconds: prometheus::Histogram,
     memory_growths: prometheus::IntCounter,
@@ -468,7 +466,7 @@ impl InstancePool {
         let response_seconds = crate::metrics::hook_histogram(&tenant.tenant, response);
         let memory_growths = crate::metrics::plugin_memory_growths(&tenant.tenant);
         let instances_created = crate::metrics::plugin_instances_created(&tenant.tenant);
-        let load = Arc::new(Load::new(&tenant.tenant));
+        let load = engine.lanes().load_of(&tenant.tenant);
         Self {
             engine,
             plugin,
@@ -479,7 +477,6 @@ impl InstancePool {
             live: Arc::new(AtomicUsize::new(0)),
             breaker: Breaker::default(),
             load,
-            warm_up: WarmUp::default(),
             request_seconds,
             response_seconds,
             memory_growths,
@@ -589,18 +586,9 @@ impl InstancePool {
     /// No lane while the breaker is open: the call returns at once, without the plugin.
     pub(crate) async fn lane(&self, shared: bool) -> PluginLane<'_> {
         match shared && !self.breaker.is_open() {
-            true => {
-                let warm = self.warm_up.done();
-                PluginLane::enter(&self.load, self.engine.lanes(), warm).await
-            }
+            true => PluginLane::enter(&self.load, self.engine.lanes()).await,
             false => PluginLane::default(),
         }
-    }
-
-    /// Goes on judging the plugin from what `earlier` (the version this one replaces) was
-    /// judged: a new file starts heavy if the last one was.
-    pub fn carry_load_from(&mut self, earlier: &InstancePool) {
-        self.load = earlier.load.clone();
     }
 
     /// Runs `on-request` on `request` with the `pending` fields written, applies

@@ -11,9 +11,9 @@
 //! hook, `cache-key`, and the instance's start or reset): a plugin whose calls use
 //! `[plugins] heavy_call` ([`HEAVY_CALL`] by default) of CPU or more on average over a window
 //! of [`SAMPLES_PER_JUDGEMENT`] calls measured (one call in [`SAMPLE_ONE_IN`], at random), and
-//! for [`HEAVY_HOLD`] after that. The first [`WARM_UP_CALLS`] calls of each version of a
-//! plugin are not measured: a cold first call (its pages touched for the first time) cost a
-//! few times a warm one, and with the calls around it judged a light plugin heavy.
+//! for [`HEAVY_HOLD`] after that. The judgement is the tenant's ([`Lanes::load_of`]): every
+//! version of its plugin, and every version of its config, goes on from it (a reload that
+//! started each one light let a heavy plugin take every worker until judged again).
 //! CPU time, not wall time: under load the
 //! scheduler preempts threads mid-call, and a 5 µs call preempted for milliseconds counted as a
 //! slow one. An average, not the shortest call: a plugin mixing a few fast calls among slow
@@ -25,9 +25,11 @@
 //! Only when tenants share the proxy: a lone tenant would lose a worker for no one, and its
 //! calls are not even measured.
 
+use parking_lot::Mutex;
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -38,9 +40,6 @@ pub(crate) const HEAVY_CALL: Duration = Duration::from_micros(100);
 /// The most `[plugins] heavy_call` may be: a call that long already holds a worker for a
 /// noticeable time.
 pub(crate) const MAX_HEAVY_CALL: Duration = Duration::from_secs(1);
-
-/// Calls of each version of a plugin left unmeasured while it warms up.
-const WARM_UP_CALLS: u32 = 16;
 
 /// One call in this many has its CPU time measured.
 const SAMPLE_ONE_IN: u32 = 4;
@@ -60,6 +59,8 @@ pub(crate) struct Lanes {
     heavy_call: AtomicU64,
     /// Made on first use, once the number of workers is known.
     semaphore: OnceLock<Semaphore>,
+    /// Each tenant's load, by name, while some version of its plugin holds it.
+    loads: Mutex<HashMap<String, Weak<Load>>>,
 }
 
 impl Lanes {
@@ -68,7 +69,22 @@ impl Lanes {
             workers: AtomicUsize::new(workers),
             heavy_call: AtomicU64::new(nanos(HEAVY_CALL)),
             semaphore: OnceLock::new(),
+            loads: Mutex::default(),
         }
+    }
+
+    /// How heavy `tenant`'s plugin is: the same judgement for every version of its plugin
+    /// and of its config that is alive at once. Forgotten once none is.
+    pub(crate) fn load_of(&self, tenant: &str) -> Arc<Load> {
+        let mut loads = self.loads.lock();
+        if let Some(load) = loads.get(tenant).and_then(Weak::upgrade) {
+            return load;
+        }
+        // Tenants that went away leave their entries behind: swept as new ones come.
+        loads.retain(|_, load| load.strong_count() > 0);
+        let load = Arc::new(Load::new(tenant));
+        loads.insert(tenant.to_owned(), Arc::downgrade(&load));
+        load
     }
 
     /// Takes effect if told before the first lane is asked for.
@@ -76,7 +92,9 @@ impl Lanes {
         self.workers.store(workers, Relaxed);
     }
 
+    /// Kept within 1 µs..=[`MAX_HEAVY_CALL`] (zero would make every call heavy).
     pub(crate) fn set_heavy_call(&self, heavy_call: Duration) {
+        let heavy_call = heavy_call.clamp(Duration::from_micros(1), MAX_HEAVY_CALL);
         self.heavy_call.store(nanos(heavy_call), Relaxed);
     }
 
@@ -88,17 +106,6 @@ impl Lanes {
     fn semaphore(&self) -> &Semaphore {
         self.semaphore
             .get_or_init(|| Semaphore::new(self.workers.load(Relaxed).saturating_sub(1).max(1)))
-    }
-}
-
-/// Counts the first calls of one version of a plugin, which are not measured.
-#[derive(Default)]
-pub(crate) struct WarmUp(AtomicU32);
-
-impl WarmUp {
-    /// Whether the plugin's calls are warm (counting this one as a call).
-    pub(crate) fn done(&self) -> bool {
-        self.0.load(Relaxed) >= WARM_UP_CALLS || self.0.fetch_add(1, Relaxed) >= WARM_UP_CALLS
     }
 }
 
@@ -222,15 +229,15 @@ struct Measure<'a> {
 }
 
 impl<'a> PluginLane<'a> {
-    /// Waits for one of `lanes` when `load` is heavy; measures the call now and then if `warm`.
-    pub(crate) async fn enter(load: &'a Load, lanes: &'a Lanes, warm: bool) -> PluginLane<'a> {
+    /// Waits for one of `lanes` when `load` is heavy; measures the call now and then.
+    pub(crate) async fn enter(load: &'a Load, lanes: &'a Lanes) -> PluginLane<'a> {
         let permit = match load.heavy() {
             // The semaphore is never closed: `acquire` only fails on a closed one.
             true => lanes.semaphore().acquire().await.ok(),
             false => None,
         };
         PluginLane {
-            measured: (warm && sample()).then(|| Measure {
+            measured: sample().then(|| Measure {
                 load,
                 heavy_call: lanes.heavy_call(),
                 started: thread_cpu_time(),
@@ -295,11 +302,32 @@ mod tests {
     }
 
     #[test]
-    fn the_first_calls_of_a_version_are_not_measured() {
-        let warm_up = WarmUp::default();
-        let warm: Vec<bool> = (0..WARM_UP_CALLS + 2).map(|_| warm_up.done()).collect();
-        assert!(warm[..WARM_UP_CALLS as usize].iter().all(|w| !w));
-        assert!(warm[WARM_UP_CALLS as usize..].iter().all(|w| *w));
+    fn a_tenant_keeps_one_judgement_while_any_version_of_it_lives() {
+        let lanes = Lanes::new(2);
+        let first = lanes.load_of("a");
+        first.heavy_until.store(u64::MAX, Relaxed);
+        let second = lanes.load_of("a");
+        assert!(second.heavy(), "a new version started light");
+        assert!(!lanes.load_of("b").heavy());
+        drop((first, second));
+        assert!(
+            !lanes.load_of("a").heavy(),
+            "a tenant gone and back kept its judgement"
+        );
+        assert_eq!(
+            lanes.loads.lock().len(),
+            1,
+            "the entries of gone tenants stay"
+        );
+    }
+
+    #[test]
+    fn heavy_call_is_kept_above_zero() {
+        let lanes = Lanes::new(2);
+        lanes.set_heavy_call(Duration::ZERO);
+        assert_eq!(lanes.heavy_call(), Duration::from_micros(1));
+        lanes.set_heavy_call(Duration::from_secs(5));
+        assert_eq!(lanes.heavy_call(), MAX_HEAVY_CALL);
     }
 
     #[test]
@@ -330,23 +358,19 @@ mod tests {
         let lanes = Lanes::new(3);
         let heavy = Load::new("heavy");
         heavy.heavy_until.store(u64::MAX, Relaxed);
-        let first = PluginLane::enter(&heavy, &lanes, true).await;
-        let second = PluginLane::enter(&heavy, &lanes, true).await;
-        let third = tokio::time::timeout(
-            Duration::from_millis(50),
-            PluginLane::enter(&heavy, &lanes, true),
-        )
-        .await;
+        let first = PluginLane::enter(&heavy, &lanes).await;
+        let second = PluginLane::enter(&heavy, &lanes).await;
+        let third =
+            tokio::time::timeout(Duration::from_millis(50), PluginLane::enter(&heavy, &lanes))
+                .await;
         assert!(third.is_err(), "a third heavy call of 3 workers got a lane");
         drop(first);
-        let _third = PluginLane::enter(&heavy, &lanes, true).await;
+        let _third = PluginLane::enter(&heavy, &lanes).await;
         // A light plugin's calls wait for nothing, whatever the heavy ones hold.
         let light = Load::new("light");
-        let lane = tokio::time::timeout(
-            Duration::from_millis(50),
-            PluginLane::enter(&light, &lanes, true),
-        )
-        .await;
+        let lane =
+            tokio::time::timeout(Duration::from_millis(50), PluginLane::enter(&light, &lanes))
+                .await;
         assert!(lane.is_ok());
         drop(second);
     }
