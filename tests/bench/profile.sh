@@ -21,7 +21,9 @@
 # runtime per worker thread, `[server] work_stealing = false`), PROFILE_LEAN_HITS=1 (0: every hit
 # on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
 # existing target/release/cachet and plugins), PROFILE_METRICS=1 (also print the front's,
-# lean path's and plugin's counters after the load), PROFILE_ALLOCS=1 (also count heap
+# lean path's and plugin's counters after the load), PROFILE_SYSCALLS=1 (also count system
+# calls per request by name, with the kernel's syscall tracepoints, during a 3 s load of their
+# own), PROFILE_ALLOCS=1 (also count heap
 # allocations per request with uprobes on the allocator, during a 3 s load of their own), PROFILE_SAMPLE=0 (no perf: CPU per request
 # only, without the sampler's own cost, for side-by-side runs of two builds), PROFILE_CACHET=path (profile that binary instead of
 # target/release/cachet, e.g. to compare two builds; implies PROFILE_NO_BUILD), PROFILE_KEEP=1 (keep the folder),
@@ -207,6 +209,30 @@ count_allocations() {
         printf "    %-20s %.2f\n", $3, $1 / n } END { printf "    %-20s %.2f\n", "all", total / n }' \
         "$work/allocs.csv"
 }
+# System calls per request by name: the kernel's syscall tracepoints counted over a 3 s load
+# of its own (counting costs a little per call, so not during the measured load).
+count_syscalls() {
+    local requests
+    perf stat -x, -e 'syscalls:sys_enter_*' -p "$cachet_pid" -o "$work/syscalls.csv" -- sleep 60 &
+    local stat_pid=$!
+    sleep 0.5
+    load 3 "$work/syscalls-load.out"
+    kill -INT "$stat_pid" 2>/dev/null
+    wait "$stat_pid" 2>/dev/null || true
+    if [[ "$h2" == 1 ]]; then
+        requests="$(awk '/^requests:/ {print $8}' "$work/syscalls-load.out")"
+    else
+        requests="$(awk '/^REQUESTS/ {print $2}' "$work/syscalls-load.out")"
+    fi
+    if ! grep -q 'sys_enter_' "$work/syscalls.csv" 2>/dev/null; then
+        echo "system calls: no syscall tracepoints (needs root or perf_event_paranoid <= -1)"
+        return 0
+    fi
+    echo "## system calls per request (syscall tracepoints, a 3 s load of their own)"
+    awk -F, -v n="$requests" '/sys_enter_/ && $1 + 0 > 0 { sub(/.*sys_enter_/, "", $3)
+        total += $1; printf "    %-20s %.3f\n", $3, $1 / n }
+        END { printf "    %-20s %.3f\n", "all", total / n }' "$work/syscalls.csv" | sort -k2 -rn
+}
 sample="${PROFILE_SAMPLE:-1}"
 threads_snapshot >"$work/threads.before"
 ticks_before="$(process_cpu_ticks "$cachet_pid")"
@@ -243,6 +269,10 @@ if [[ "${PROFILE_METRICS:-0}" == 1 ]]; then
     echo "## cachet's counters after the load (warm-up included)"
     grep -E '^cachet_(front_|lean_|cache_(hits|misses|lookups)|plugin_(hook_seconds_count|instances))' \
         "$work/metrics.after" || true
+fi
+if [[ "${PROFILE_SYSCALLS:-0}" == 1 ]]; then
+    echo
+    count_syscalls
 fi
 if [[ "${PROFILE_ALLOCS:-0}" == 1 ]]; then
     echo
