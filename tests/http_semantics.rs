@@ -770,6 +770,9 @@ fn origin_lengths_reach_clients_and_the_cache_in_one_unambiguous_form() {
         if head.starts_with("GET /empty ") {
             b"HTTP/1.1 204 No Content\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\n"
                 .to_vec()
+        } else if head.starts_with("GET /signed ") {
+            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: +5\r\n\r\n01234"
+                .to_vec()
         } else {
             b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5, 5\r\n\r\n01234"
                 .to_vec()
@@ -794,6 +797,13 @@ fn origin_lengths_reach_clients_and_the_cache_in_one_unambiguous_form() {
     assert_eq!(range.head.status, 206, "{:?}", range.head);
     assert_eq!(range.body, b"12");
     assert_eq!(origin.requests(), 2, "both were stored");
+    // `+5` is no length (digits only): a client reading it otherwise would frame the body
+    // differently from cachet. Refused, and not stored.
+    for _ in 0..2 {
+        let signed = raw::get(proxy.port, "/signed", &[]);
+        assert_eq!(signed.head.status, 502, "{:?}", signed.head);
+    }
+    assert_eq!(origin.requests(), 4, "the refused answer was not stored");
 }
 
 // ------------------------------------------------------------------ request directives

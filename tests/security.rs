@@ -625,6 +625,9 @@ fn hosts_and_content_lengths_that_frame_ambiguously_are_refused() {
         "GET /h HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n",
         "GET /h HTTP/1.1\r\nHost: site.test\r\nConnection: close, Host\r\n\r\n",
         "POST /h HTTP/1.1\r\nHost: site.test\r\nContent-Length: 3, 4\r\nConnection: close\r\n\r\nabcd",
+        // Pingora reads `+3` as 3; an origin reading it as no length would take the body for
+        // the next request on the connection.
+        "POST /h HTTP/1.1\r\nHost: site.test\r\nContent-Length: +3\r\nConnection: close\r\n\r\nabc",
     ] {
         let resp = one(proxy.port, head);
         assert_eq!(resp.status, 400, "{head:?}: {resp:?}");
@@ -645,6 +648,20 @@ fn hosts_and_content_lengths_that_frame_ambiguously_are_refused() {
         .collect();
     assert_eq!(lengths, ["3"]);
     assert_eq!(seen[0].body, b"abc");
+    // A length with leading zeros reaches it as the plain number.
+    let resp = one(
+        proxy.port,
+        "POST /h HTTP/1.1\r\nHost: site.test\r\nContent-Length: 003\r\nConnection: close\r\n\r\nabc",
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let seen = origin.seen();
+    let lengths: Vec<&str> = seen[1]
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(lengths, ["3"]);
 }
 
 /// A field the client's `Connection` header nominates never reaches the origin, so it must not

@@ -26,14 +26,19 @@ pub fn only_chunked(headers: &HeaderMap) -> bool {
 }
 
 /// The one length that repeated `Content-Length` values (lines or a comma-separated list)
-/// agree on, to replace them with (RFC 9110 §8.6); `None` when there is at most one plain
-/// value, nothing to fold. Values that disagree or are not numbers are an error.
+/// agree on, to replace them with (RFC 9110 §8.6), or a single value written otherwise than
+/// as its plain number (`007`); `None` when there is at most one value written so, nothing to
+/// fold. Values that disagree or are not digits only are an error: Pingora reads `+5` as 5,
+/// and a peer that read it otherwise (as no length, or refused it) would frame the body
+/// differently from cachet on the same connection.
 pub fn folded_content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let Some(first) = values.next() else {
         return Ok(None);
     };
-    if values.next().is_none() && !first.as_bytes().contains(&b',') {
+    let plain =
+        |v: &[u8]| !v.is_empty() && v.iter().all(u8::is_ascii_digit) && (v == b"0" || v[0] != b'0');
+    if values.next().is_none() && plain(first.as_bytes()) {
         return Ok(None);
     }
     let mut length: Option<u64> = None;
@@ -154,6 +159,10 @@ mod tests {
         assert_eq!(folded_content_length(&one), Ok(None));
         let list = headers(&[("content-length", "5, 5")]);
         assert_eq!(folded_content_length(&list), Ok(Some(5)));
+        let padded = headers(&[("content-length", "007")]);
+        assert_eq!(folded_content_length(&padded), Ok(Some(7)));
+        let zero = headers(&[("content-length", "0")]);
+        assert_eq!(folded_content_length(&zero), Ok(None));
         let lines = headers(&[("content-length", "5"), ("content-length", "5")]);
         assert_eq!(folded_content_length(&lines), Ok(Some(5)));
         for bad in [
@@ -162,6 +171,11 @@ mod tests {
             &["3, x"],
             &["3,"],
             &["-3", "-3"],
+            &["+3"],
+            &["-3"],
+            &["3x"],
+            &["0x3"],
+            &[""],
         ] {
             let fields: Vec<_> = bad.iter().map(|v| ("content-length", *v)).collect();
             assert!(folded_content_length(&headers(&fields)).is_err(), "{bad:?}");

@@ -66,7 +66,13 @@ impl MarksJournal {
         let mut line = serde_json::to_string(purge)?;
         line.push('\n');
         let mut marks = self.file.lock();
-        marks.file.write_all(line.as_bytes())?;
+        let before = marks.file.metadata()?.len();
+        if let Err(e) = marks.file.write_all(line.as_bytes()) {
+            // A line cut short (a full disk) would run into the next one, which then failed to
+            // parse when the tier opened: that purge, reported kept, was lost.
+            let _ = marks.file.set_len(before);
+            return Err(e.into());
+        }
         marks.lines += 1;
         if marks.lines > marks.cut_past && !marks.cutting {
             marks.set_aside()?;

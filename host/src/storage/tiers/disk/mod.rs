@@ -191,7 +191,27 @@ impl DiskTier {
         if self.store.set(store).is_err() {
             anyhow::bail!("the disk tier was opened twice");
         }
+        self.adopt_late_marks(marks);
         Ok(())
+    }
+
+    /// Writes the purges made while the folder was being opened: they found no store yet and
+    /// waited with the others, but after those were taken. (They were held in memory only,
+    /// and the objects they purged came back from the disk after the next restart.)
+    /// `publish` checks for the store while holding `pending_marks`, so once the store is set
+    /// no purge can be left there.
+    fn adopt_late_marks(&self, marks: &PurgeLog) {
+        let late = std::mem::take(&mut *self.pending_marks.lock());
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        for purge in &late {
+            marks.record(purge);
+            if let Err(e) = store.marks.append(purge) {
+                TierCounters::bump(&self.counters.errors);
+                tracing::warn!("disk tier: cannot record a purge: {e:#}");
+            }
+        }
     }
 
     /// Counts and logs a failed write or removal.
@@ -302,9 +322,16 @@ impl Tier for DiskTier {
     }
 
     fn publish(&self, purge: &Purge) -> Result<Option<Delivery>, String> {
-        let Some(store) = self.store.get() else {
-            self.pending_marks.lock().push(purge.clone());
-            return Ok(None);
+        let store = {
+            // Checked under the lock `open` takes the waiting purges with (`adopt_late_marks`).
+            let mut pending = self.pending_marks.lock();
+            match self.store.get() {
+                Some(store) => store,
+                None => {
+                    pending.push(purge.clone());
+                    return Ok(None);
+                }
+            }
         };
         // A soft purge keeps the copy: its mark makes it stale, to be revalidated.
         let removed = match (&purge.target, purge.soft) {
@@ -493,6 +520,35 @@ mod tests {
         }
         assert!(l1.stored(&filled).is_none(), "purged by the old process");
         assert!(l1.stored(&other).is_some());
+    }
+
+    /// A purge made while the folder was being opened found no store and waited, after the
+    /// waiting ones had been taken: it is written once the store is set, so it holds after a
+    /// restart (it was kept in memory only).
+    #[test]
+    fn a_purge_made_while_the_folder_opens_is_written_to_the_marks_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_config(dir.path());
+        let tier = DiskTier::start(&config, Arc::default(), memory()).unwrap();
+        let purge = Purge {
+            target: Target::Key(
+                TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "s")).to_hex(),
+            ),
+            at: super::super::record::now_ns(),
+            soft: false,
+        };
+        // As `publish` leaves it when it looked just before the store was set.
+        tier.pending_marks.lock().push(purge.clone());
+        let marks = PurgeLog::default();
+        tier.adopt_late_marks(&marks);
+        assert!(tier.pending_marks.lock().is_empty());
+        drop(tier);
+        let read = marks_file::read_marks(&[dir.path().join("purges.jsonl").as_path()]).unwrap();
+        assert!(
+            read.iter().any(|p| p.at == purge.at),
+            "{} marks on disk",
+            read.len()
+        );
     }
 
     /// A tier opened in `config`'s folder, with one object stored on disk under the key returned.

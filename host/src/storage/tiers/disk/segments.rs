@@ -22,6 +22,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 /// Bytes the recovery scan reads at a time; values are skipped, not read.
 const SCAN_BUFFER: usize = 1 << 20;
@@ -35,7 +36,13 @@ pub(crate) struct SegmentStore {
     hasher: RandomState,
     index: RwLock<Index>,
     writer: Mutex<Active>,
+    /// Reads the page cache could not answer, running or queued on the blocking pool: a read
+    /// that times out keeps its thread, so a hung disk would pile them up without end.
+    disk_reads: Arc<Semaphore>,
 }
+
+/// Reads that may wait for the disk at once; past them a lookup is a miss at once.
+const MAX_DISK_READS: usize = 64;
 
 /// How large the store may grow.
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +156,7 @@ impl SegmentStore {
             hasher,
             index: RwLock::new(index),
             writer: Mutex::new(active),
+            disk_reads: Arc::new(Semaphore::new(MAX_DISK_READS)),
         };
         // A smaller budget than the last run's takes effect now.
         store.evict(id)?;
@@ -168,7 +176,8 @@ impl SegmentStore {
             };
             (loc, segment.file.clone())
         };
-        let entry = match read_at(file, loc.offset.into(), loc.len as usize).await {
+        let read = read_at(file, loc.offset.into(), loc.len as usize, &self.disk_reads);
+        let entry = match read.await {
             Ok(entry) => entry,
             // The file is shorter than the index says: cut by something other than cachet.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Vec::new(),
@@ -372,7 +381,22 @@ impl SegmentStore {
 
     /// Drops whole segments, oldest first, until the others and a full `active` fit the
     /// budget: its bytes, and its values (each value written counts, even one replaced since).
+    /// The files are unlinked after the index lets go of them, outside its lock: every lookup
+    /// takes that lock, and a slow disk held them all for the unlinks.
     fn evict(&self, active: u64) -> io::Result<()> {
+        for id in self.forget_oldest(active) {
+            // Readers holding the file finish their read: an unlinked file stays readable.
+            match std::fs::remove_file(segment_path(&self.dir, id)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::evict`]'s segments, gone from the index: their ids, oldest first.
+    fn forget_oldest(&self, active: u64) -> Vec<u64> {
+        let mut doomed = Vec::new();
         let mut index = self.index.write();
         loop {
             let (sealed_bytes, sealed_values) = index
@@ -386,10 +410,10 @@ impl SegmentStore {
             if sealed_bytes + self.limits.segment_bytes <= self.limits.max_bytes
                 && sealed_values.saturating_add(full_active_values) <= self.limits.max_values
             {
-                return Ok(());
+                return doomed;
             }
             let Some((&oldest, _)) = index.segments.iter().find(|(&id, _)| id != active) else {
-                return Ok(());
+                return doomed;
             };
             let segment = index.segments.remove(&oldest).expect("found above");
             for hash in segment.keys {
@@ -401,11 +425,7 @@ impl SegmentStore {
                     index.entries.remove(&hash);
                 }
             }
-            // Readers holding the file finish their read: an unlinked file stays readable.
-            match std::fs::remove_file(segment_path(&self.dir, oldest)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+            doomed.push(oldest);
         }
     }
 }
@@ -426,12 +446,24 @@ fn sync_in_background(file: Arc<File>) {
 }
 
 /// Reads `len` bytes at `offset`: on this thread when the page cache has them, else on the
-/// blocking pool.
-async fn read_at(file: Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+/// blocking pool, holding one of `disk_reads` (none free: an error at once).
+async fn read_at(
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+    disk_reads: &Arc<Semaphore>,
+) -> io::Result<Vec<u8>> {
     if let Some(buf) = read_cached(&file, offset, len) {
         return Ok(buf);
     }
+    let Ok(permit) = disk_reads.clone().try_acquire_owned() else {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "too many reads are waiting for the disk",
+        ));
+    };
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, offset)?;
         Ok(buf)
@@ -986,8 +1018,20 @@ mod tests {
         // ext4 (this machine's) drops the clean pages, so the non-blocking read fails and the
         // read takes the blocking pool; file systems that keep them answer from the cache.
         let cached = read_cached(&file, 4096, 1000);
-        let bytes = read_at(Arc::new(file), 4096, 1000).await.unwrap();
+        // With every disk read taken, one that must wait for the disk fails at once (here,
+        // where the pages are dropped; a file system that keeps them answers from them).
+        let none_free = Arc::new(Semaphore::new(0));
+        // SAFETY: as above.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let file = Arc::new(file);
+        match read_at(file.clone(), 4096, 1000, &none_free).await {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}"),
+            Ok(bytes) => assert_eq!(bytes, pattern[4096..5096]),
+        }
+        let reads = Arc::new(Semaphore::new(1));
+        let bytes = read_at(file, 4096, 1000, &reads).await.unwrap();
         assert_eq!(bytes, pattern[4096..5096], "cached: {}", cached.is_some());
+        assert_eq!(reads.available_permits(), 1, "the read's permit is back");
         if let Some(probe) = cached {
             assert_eq!(probe, pattern[4096..5096]);
         }
