@@ -5,6 +5,7 @@
 
 mod support;
 
+use sha2::Digest;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -356,6 +357,18 @@ fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
     });
     let status = sites.certificate_status("tenant alpha");
     assert!(status["last_refusal"].is_null(), "{status}");
+
+    // One valid from a minute ahead is served: clocks a minute apart are common, and a pair
+    // refused for it was never tried again once valid (the renewal sat unused until the
+    // serving certificate expired).
+    let early = sites.cas[0].leaf_valid_in(&["a.test"], 60);
+    replace(&key, &early.key_pem);
+    replace(&cert, &early.cert_pem);
+    // (Read from /status: a client whose clock agrees refuses it for that minute.)
+    let early_sha256 = hex::encode(sha2::Sha256::digest(early.der().as_ref()));
+    eventually("the pair valid in a minute is served", || {
+        sites.certificate_status("tenant alpha")["sha256"] == early_sha256.as_str()
+    });
 }
 
 #[test]
@@ -452,6 +465,24 @@ fn bad_tls_settings_are_refused_before_serving_with_the_reason() {
     assert!(
         out.contains("tenant.tls_key") && out.contains(&other_key.display().to_string()),
         "{out}"
+    );
+
+    // A key written on one line (`echo $KEY > key.pem`) is refused without its bytes: the
+    // PEM parser's error carried the whole key, into the log and `/status`.
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let one_line = dir.path().join("one-line.key");
+    std::fs::write(&one_line, pem.replace('\n', " ")).unwrap();
+    let (ok, out) = validate(
+        listen,
+        &format!("tls_cert = {cert:?}\ntls_key = {one_line:?}"),
+    );
+    assert!(!ok);
+    assert!(out.contains("no PEM private key"), "{out}");
+    let body = pem.lines().find(|l| !l.starts_with("-----")).unwrap();
+    let body_bytes = format!("{:?}", &body.as_bytes()[..8]);
+    assert!(
+        !out.contains(&body[..16]) && !out.contains(&body_bytes[1..body_bytes.len() - 1]),
+        "the key's bytes are in the refusal: {out}"
     );
 
     let (ok, out) = validate("h2_max_concurrent_streams = 0", "");

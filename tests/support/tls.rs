@@ -96,6 +96,15 @@ impl TestCa {
         self.sign(params)
     }
 
+    /// Like [`TestCa::leaf`], valid from `seconds` from now: as an issuer that does not
+    /// backdate signs it for a host whose clock is a little ahead.
+    pub fn leaf_valid_in(&self, names: &[&str], seconds: i64) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds);
+        self.sign(params)
+    }
+
     fn sign(&self, params: rcgen::CertificateParams) -> Leaf {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();

@@ -357,7 +357,10 @@ impl Locator<'_> {
         let certs = CertificateDer::pem_slice_iter(&pem)
             .map(|c| c.map(|c| c.to_vec()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.at(value.span(), key, format!("{}: {e}", path.display())))?;
+            .map_err(|e| {
+                let problem = crate::tls::certificate::pem_problem(&e);
+                self.at(value.span(), key, format!("{}: {problem}", path.display()))
+            })?;
         if certs.is_empty() {
             return Err(self.at(
                 value.span(),

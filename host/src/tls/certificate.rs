@@ -9,7 +9,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// A loaded certificate: what rustls serves, and what `/status` shows.
 #[derive(Debug)]
@@ -103,15 +103,22 @@ impl LoadedCert {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes.cert)
             .collect::<Result<_, _>>()
             .map_err(|e| {
-                PairError::cert(format!("{cert_file}: not a PEM certificate chain: {e}"))
+                PairError::cert(format!(
+                    "{cert_file}: not a PEM certificate chain: {}",
+                    pem_problem(&e)
+                ))
             })?;
         let Some(leaf) = chain.first() else {
             return Err(PairError::cert(format!(
                 "{cert_file}: no certificate in the file"
             )));
         };
-        let key = PrivateKeyDer::from_pem_slice(&bytes.key)
-            .map_err(|e| PairError::key(format!("{key_file}: no PEM private key: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&bytes.key).map_err(|e| {
+            PairError::key(format!(
+                "{key_file}: no PEM private key: {}",
+                pem_problem(&e)
+            ))
+        })?;
         let (names, not_before, not_after) =
             describe(leaf).map_err(|e| PairError::cert(format!("{cert_file}: {e}")))?;
         // rustls sends the rest of the chain as it is: a block that is not a certificate
@@ -156,6 +163,11 @@ impl LoadedCert {
     pub fn not_yet_valid(&self) -> bool {
         self.not_before > unix_now()
     }
+
+    /// Whether the leaf's validity begins more than `skew` from now.
+    pub(super) fn valid_only_after(&self, skew: Duration) -> bool {
+        self.not_before > unix_now().saturating_add(skew.as_secs() as i64)
+    }
 }
 
 fn unix_now() -> i64 {
@@ -171,6 +183,24 @@ pub fn read_checked_pair(paths: &CertPaths) -> Result<(Vec<u8>, Vec<u8>), PairEr
     let bytes = PairBytes::read(paths)?;
     LoadedCert::from_bytes(paths, &bytes)?;
     Ok((bytes.cert, bytes.key))
+}
+
+/// What is wrong with a PEM file, in words of our own: the parser's errors carry the file's
+/// bytes (a key pasted on one line, as `echo $KEY > key.pem` writes it, came back whole in
+/// a "missing section end marker" error, into the log and `/status`).
+pub(crate) fn pem_problem(error: &rustls_pki_types::pem::Error) -> &'static str {
+    use rustls_pki_types::pem::Error;
+    match error {
+        Error::MissingSectionEnd { .. } => {
+            "a PEM section has no END line (cut short, or written on one line)"
+        }
+        Error::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed",
+        Error::Base64Decode(_) => "a PEM section is not valid base64",
+        Error::Io(_) => "the file could not be read",
+        Error::NoItemsFound => "no PEM section of the kind expected",
+        Error::SectionTooLarge => "a PEM section is too large",
+        _ => "the file is not valid PEM",
+    }
 }
 
 /// The leaf's DNS names, notBefore and notAfter.

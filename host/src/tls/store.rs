@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Whose certificate: `[server]`'s default or a tenant's.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -235,8 +235,16 @@ impl CertStore {
     }
 }
 
-/// Why `new` may not replace `old`: it has expired, or is not valid yet, while `old` is
-/// valid (clients would refuse every handshake that now succeeds). None when it may.
+/// How far ahead a new pair's validity may begin and it still replaces a valid one. Issuers
+/// that do not backdate sign pairs valid from the second they are made, and clocks differ:
+/// refused, such a renewal was never tried again (nothing but a file event re-reads it) and
+/// sat unused until the serving certificate expired. Clients whose clock is behind refuse it
+/// for those seconds at most.
+const NOT_BEFORE_SKEW: Duration = Duration::from_secs(300);
+
+/// Why `new` may not replace `old`: it has expired, or is not valid for more than
+/// [`NOT_BEFORE_SKEW`] yet, while `old` is valid (clients would refuse every handshake that
+/// now succeeds). None when it may.
 fn expired_over(old: &LoadedCert, new: &LoadedCert) -> Option<String> {
     if old.expired() || old.not_yet_valid() {
         return None;
@@ -248,7 +256,7 @@ fn expired_over(old: &LoadedCert, new: &LoadedCert) -> Option<String> {
             new.not_after
         ));
     }
-    new.not_yet_valid().then(|| {
+    new.valid_only_after(NOT_BEFORE_SKEW).then(|| {
         format!(
             "{file} is not valid yet (not before {}, unix time) while the certificate serving now is: it keeps serving",
             new.not_before
