@@ -35,6 +35,9 @@ pub struct OriginAttempts {
     pub(super) addresses: usize,
     /// This request's turn at the origin (`max_connections`), held until the request ends.
     pub(super) turn: Option<super::limit::OriginTurn>,
+    /// The current attempt's connect had less time than `connect_timeout`: what was left of
+    /// `total_timeout`. Its timing out says nothing about the upstream.
+    pub(super) connect_cut_short: bool,
 }
 
 impl OriginAttempts {

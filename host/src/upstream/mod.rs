@@ -184,6 +184,7 @@ impl TenantUpstream {
             return Err(e.into_up());
         }
         attempts.current = Some(addr);
+        attempts.connect_cut_short = remaining < origin.connect_timeout;
         let mut peer = HttpPeer::new(addr, target.tls, String::new());
         let options = &mut peer.options;
         options.connection_timeout = Some(origin.connect_timeout.min(remaining));
@@ -219,6 +220,17 @@ impl TenantUpstream {
     ) -> Box<Error> {
         let untouched =
             !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout
+        );
+        if attempts.connect_cut_short && timed_out {
+            // The request's own `total_timeout` ran out while connecting: the upstream is not
+            // set aside for it (a queue for origin turns that ate a request's time set healthy
+            // upstreams aside), and there is no time left for another.
+            e.set_retry(false);
+            return e;
+        }
         if attempts.in_pool {
             let retry = self.set_aside_failed(attempts) && untouched;
             e.set_retry(retry);
