@@ -62,11 +62,21 @@ pub(super) struct Selection {
 }
 
 impl Balancer {
+    /// The balancer's pick among the upstreams `accept` takes; when its search (bounded by
+    /// [`MAX_SELECT_STEPS`]) finds none, the first of them in the pool. A hash ring holds 160
+    /// points per address: in a large pool with one acceptable address left, the bounded
+    /// walk missed it now and then, and the request was refused with an upstream to spare.
     fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
-        match self {
-            Self::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
-            Self::Hash(lb) => lb.select_with(key, MAX_SELECT_STEPS, accept),
-        }
+        let picked = match self {
+            Self::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_STEPS, &accept),
+            Self::Hash(lb) => lb.select_with(key, MAX_SELECT_STEPS, &accept),
+        };
+        picked.or_else(|| {
+            let backends = self.backends();
+            let members = backends.get_backend();
+            let found = members.iter().find(|b| accept(b, backends.ready(b)));
+            found.cloned()
+        })
     }
 
     fn backends(&self) -> &Backends {
@@ -84,6 +94,35 @@ impl Balancer {
     }
 }
 
+/// Upstreams set aside after a failed connect, each with when.
+#[derive(Default)]
+struct SetAside(Mutex<Vec<(Backend, Instant)>>);
+
+impl SetAside {
+    fn members(&self) -> Vec<Backend> {
+        self.0.lock().iter().map(|(b, _)| b.clone()).collect()
+    }
+
+    /// Sets `backend` aside as of `at` (again, if it was).
+    fn add(&self, backend: &Backend, at: Instant) {
+        let mut members = self.0.lock();
+        members.retain(|(b, _)| b != backend);
+        members.push((backend.clone(), at));
+    }
+
+    fn lift(&self, addr: &SocketAddr) {
+        let mut members = self.0.lock();
+        if !members.is_empty() {
+            members.retain(|(b, _)| b.as_inet() != Some(addr));
+        }
+    }
+
+    /// Lifts what was set aside before `started` (a health round's start).
+    fn lift_before(&self, started: Instant) {
+        self.0.lock().retain(|(_, at)| *at >= started);
+    }
+}
+
 /// A tenant's pool of upstreams.
 pub(super) struct Pool {
     balancer: Balancer,
@@ -91,7 +130,7 @@ pub(super) struct Pool {
     config: PoolConfig,
     schedule: Mutex<Schedule>,
     /// Set aside after a failed connect, until the next health check pass.
-    set_aside: Mutex<Vec<Backend>>,
+    set_aside: SetAside,
     /// Upstreams the pool this one replaces (a reload) had found failing: kept out until
     /// this pool's first health check says otherwise, instead of assumed healthy till then.
     held_out: Mutex<Vec<Backend>>,
@@ -171,7 +210,7 @@ impl Pool {
                 next_resolve: Instant::now() + config.resolve_interval,
                 last_health_check: None,
             }),
-            set_aside: Mutex::default(),
+            set_aside: SetAside::default(),
             held_out: Mutex::default(),
             checking: tokio::sync::Mutex::new(()),
             resolving: tokio::sync::Mutex::new(()),
@@ -189,7 +228,7 @@ impl Pool {
     /// A last resort is one passing its checks if there is one (set aside after a single
     /// failed connect, it may well answer again), else one failing them.
     pub(super) fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Selection> {
-        let set_aside = self.set_aside.lock().clone();
+        let set_aside = self.set_aside.members();
         let untried = |b: &Backend| !tried.iter().any(|t| b.as_inet() == Some(t));
         let usable = self.balancer.select_with(key, |b, healthy| {
             healthy && untried(b) && !set_aside.contains(b)
@@ -215,7 +254,7 @@ impl Pool {
     /// Every known upstream address with its current verdict.
     pub(super) fn health(&self, targets: &[UpstreamTarget]) -> PoolHealth {
         let backends = self.balancer.backends();
-        let set_aside = self.set_aside.lock().clone();
+        let set_aside = self.set_aside.members();
         let upstreams = backends
             .get_backend()
             .iter()
@@ -245,19 +284,13 @@ impl Pool {
     pub(super) fn set_aside(&self, addr: SocketAddr) {
         let backends = self.balancer.backends().get_backend();
         if let Some(backend) = backends.iter().find(|b| b.as_inet() == Some(&addr)) {
-            let mut set_aside = self.set_aside.lock();
-            if !set_aside.contains(backend) {
-                set_aside.push(backend.clone());
-            }
+            self.set_aside.add(backend, Instant::now());
         }
     }
 
     /// `addr` answered a request: whatever set it aside is over.
     pub(super) fn answered(&self, addr: SocketAddr) {
-        let mut set_aside = self.set_aside.lock();
-        if !set_aside.is_empty() {
-            set_aside.retain(|b| b.as_inet() != Some(&addr));
-        }
+        self.set_aside.lift(&addr);
     }
 
     /// Takes over what `previous` (the pool this one replaces on a reload) knew: an address
@@ -344,9 +377,12 @@ impl Pool {
     /// One round of active health checks over the members the pool has now.
     async fn check_health(&self) {
         let backends = self.balancer.backends();
+        let started = Instant::now();
         backends.run_health_check(true).await;
-        // A fresh verdict replaces the passive one, and the one inherited on a reload.
-        self.set_aside.lock().clear();
+        // A fresh verdict replaces the passive one, and the one inherited on a reload; not
+        // one made while the round ran (up to twice `health_timeout`), which may be newer
+        // than the check that passed.
+        self.set_aside.lift_before(started);
         for backend in self.held_out.lock().drain(..) {
             backends.set_enable(&backend, true);
         }
@@ -481,6 +517,42 @@ mod tests {
         // Once that one was tried, the failing one is what is left.
         let chosen = pool.select(b"/page/0", &[a]).unwrap();
         assert_eq!(chosen.backend.as_inet(), Some(&b));
+    }
+
+    /// A health round lifts what was set aside before it began, not what a failed connect set
+    /// aside while it ran: that upstream got traffic again until the next round.
+    #[test]
+    fn a_health_round_lifts_only_what_was_set_aside_before_it() {
+        let backend = |port| Backend::new(&format!("127.0.0.1:{port}")).unwrap();
+        let set_aside = SetAside::default();
+        let before = Instant::now();
+        set_aside.add(&backend(1), before);
+        let started = before + Duration::from_millis(10);
+        set_aside.add(&backend(2), started + Duration::from_millis(5));
+        set_aside.lift_before(started);
+        assert_eq!(set_aside.members(), [backend(2)]);
+        set_aside.lift(backend(2).as_inet().unwrap());
+        assert!(set_aside.members().is_empty());
+    }
+
+    /// In a large consistent-hash pool, the one upstream a request has not tried yet is found
+    /// whatever the key: the ring's bounded walk missed it for a few keys in a hundred.
+    #[test]
+    fn the_last_untried_upstream_of_a_large_hash_pool_is_found() {
+        let members: Vec<SocketAddr> = (1..=64)
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .collect();
+        let config = tenant(
+            &members,
+            "balance = \"consistent-hash\"\nhealth_interval = \"1h\"",
+        );
+        let pool = pool_of(&config, system_look_up);
+        let (left, tried) = members.split_last().unwrap();
+        for key in 0..300 {
+            let chosen = pool.select(format!("/page/{key}").as_bytes(), tried);
+            let chosen = chosen.unwrap_or_else(|| panic!("key {key}: none found"));
+            assert_eq!(chosen.backend.as_inet(), Some(left), "key {key}");
+        }
     }
 
     /// Health checks keep their interval while a lookup pass waits on a slow name server:
