@@ -221,19 +221,12 @@ impl DiskTier {
     }
 
     /// Removes `key` and writes its tombstone on this thread, so it does not come back after
-    /// a restart. False when the tombstone could not be written (counted and logged).
-    fn remove_now(&self, store: &Store, key: &TierKey) -> bool {
+    /// a restart (a failure is counted and logged).
+    fn remove_now(&self, store: &Store, key: &TierKey) {
         match store.segments.remove(key.as_bytes()) {
-            Ok(removed) => {
-                if removed {
-                    TierCounters::bump(&self.counters.removed);
-                }
-                true
-            }
-            Err(e) => {
-                self.io_error("removing an object", &e);
-                false
-            }
+            Ok(true) => TierCounters::bump(&self.counters.removed),
+            Ok(false) => {}
+            Err(e) => self.io_error("removing an object", &e),
         }
     }
 
@@ -346,10 +339,12 @@ impl Tier for DiskTier {
         };
         TierCounters::bump(&self.counters.errors);
         tracing::warn!("disk tier: cannot record a purge: {e:#}");
-        // The tombstone alone keeps a URL purge across a restart; nothing else would. So it
-        // is written here, and the purge reported failed when it cannot be.
-        if removed.is_some_and(|key| self.remove_now(store, &key)) {
-            return Ok(None);
+        // The URL's own entry is removed for good (its tombstone is written here), but not
+        // its variants (stored under keys of their own, which only the mark covers): they
+        // came back after a restart while the purge was reported kept. So it is reported
+        // failed.
+        if let Some(key) = removed {
+            self.remove_now(store, &key);
         }
         Err(format!("cannot record the purge: {e:#}"))
     }
@@ -576,8 +571,13 @@ mod tests {
             soft,
         };
 
+        // The URL's entry is removed for good, but its variants would come back after a
+        // restart: reported failed.
         let url = purge(Target::Key(key.to_hex()), false);
-        assert!(tier.publish(&url).is_ok(), "its tombstone keeps it");
+        assert!(
+            tier.publish(&url).is_err(),
+            "only a mark keeps its variants"
+        );
         assert!(!store.segments.contains(key.as_bytes()));
         let soft_url = purge(Target::Key(key.to_hex()), true);
         assert!(tier.publish(&soft_url).is_err(), "only a mark keeps it");
