@@ -629,6 +629,16 @@ fn settings_that_do_nothing_or_leak_a_secret_are_named() {
         "{out}"
     );
     assert!(!out.contains("s3cret"), "the password is repeated: {out}");
+    // So is a Redis URL refused for its form: a `#` in the password, a mistyped scheme.
+    for url in [
+        "redis://:Tr0ub#d0r@127.0.0.1:6379",
+        "Redis://:Tr0ub@d0r@127.0.0.1:6379/0",
+    ] {
+        let (ok, out) = validate(&format!("[cache.shared]\nurl = {url:?}"), upstream);
+        assert!(!ok, "{url}: {out}");
+        assert!(out.contains("cache.shared.url"), "{url}: {out}");
+        assert!(!out.contains("Tr0ub"), "the password is repeated: {out}");
+    }
 
     let (ok, out) = validate(
         "",

@@ -94,7 +94,7 @@ impl fmt::Debug for SharedTierConfig {
     // The password stays out of logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedTierConfig")
-            .field("url", &self.url)
+            .field("url", &without_userinfo(&self.url))
             .field("password", &self.password.as_ref().map(|_| "<set>"))
             .field("key_prefix", &self.key_prefix)
             .field("max_object_bytes", &self.max_object_bytes)
@@ -103,6 +103,19 @@ impl fmt::Debug for SharedTierConfig {
             .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<set>"))
             .field("client_cert", &self.client_cert.as_ref().map(|_| "<set>"))
             .finish()
+    }
+}
+
+/// `url` with what comes before an `@` in its authority (a user and password) shown as `***`.
+/// The authority ends at the first `/`, `?` or `#` after the scheme; a password may hold any
+/// of those but `/`, so the last `@` before the path is the one that ends it.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -157,11 +170,14 @@ impl Locator<'_> {
         };
         let url = raw.url.get_ref().trim();
         let tls = url.starts_with("rediss://");
+        // Errors name the URL without its user and password: they reach the log, `/status`
+        // and `cachet status`.
+        let shown = without_userinfo(url);
         if !tls && !url.starts_with("redis://") {
             return Err(self.at(
                 raw.url.span(),
                 "cache.shared.url",
-                format!("{url:?} is not a redis:// or rediss:// URL"),
+                format!("{shown:?} is not a redis:// or rediss:// URL"),
             ));
         }
         // The redis crate reads `#insecure` as "skip certificate checks": never offered.
@@ -169,7 +185,7 @@ impl Locator<'_> {
             return Err(self.at(
                 raw.url.span(),
                 "cache.shared.url",
-                format!("{url:?}: a URL fragment is not accepted (TLS is always verified)"),
+                format!("{shown:?}: a URL fragment is not accepted (TLS is always verified)"),
             ));
         }
         let (ca_pem, client_cert) = self.shared_tls(base, tls, &raw)?;

@@ -16,8 +16,21 @@ pub fn is_core_module(bytes: &[u8]) -> bool {
 }
 
 /// Wraps a core module built with wit-bindgen (it carries its WIT world in a custom section)
-/// into a component, validating the result.
+/// into a component, validating the result. wit-component asserts on some modules it should
+/// refuse (a function exported under both of its naming styles, `f` and `cm32p2||f`): that
+/// panic took down the start, or the reload thread and with it every later reload of every
+/// tenant. It is a refusal here.
 pub fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let wrapped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wrap(module)));
+    wrapped.unwrap_or_else(|_| {
+        anyhow::bail!(
+            "cannot turn the core module into a component: wit-component failed on it (an \
+             export named twice, once as `cm32p2||name`?)"
+        )
+    })
+}
+
+fn wrap(module: &[u8]) -> anyhow::Result<Vec<u8>> {
     if !carries_world(module) {
         anyhow::bail!(
             "not a valid WebAssembly component: a core module without a WIT world \
@@ -171,6 +184,43 @@ mod tests {
         assert!(is_core_module(EMPTY_MODULE));
         assert!(!is_core_module(EMPTY_COMPONENT));
         assert!(!is_core_module(b"\0asm"));
+    }
+
+    /// A core module exporting `f` under both naming styles, with a world that exports it.
+    fn exported_twice() -> Vec<u8> {
+        let mut module = wat::parse_str(
+            r#"(module
+                (memory (export "memory") 1)
+                (func $f)
+                (export "f" (func $f))
+                (export "cm32p2||f" (func $f)))"#,
+        )
+        .unwrap();
+        let mut resolve = wit_parser::Resolve::default();
+        let package = resolve
+            .push_str(
+                "w.wit",
+                "package test:twice;\nworld w {\n  export f: func();\n}\n",
+            )
+            .unwrap();
+        let world = resolve.select_world(&[package], Some("w")).unwrap();
+        wit_component::embed_component_metadata(
+            &mut module,
+            &resolve,
+            world,
+            wit_component::StringEncoding::UTF8,
+        )
+        .unwrap();
+        module
+    }
+
+    #[test]
+    fn a_module_wit_component_fails_on_is_refused_not_a_panic() {
+        let module = exported_twice();
+        let err = componentize(&module).expect_err("refused");
+        assert!(err.to_string().contains("cannot turn"), "{err}");
+        let err = with_reset(&module).expect_err("refused");
+        assert!(err.contains("cannot turn"), "{err}");
     }
 
     #[test]

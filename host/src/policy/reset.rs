@@ -161,11 +161,19 @@ impl Layout {
                 for export in reader {
                     let export = export.map_err(invalid)?;
                     self.exports += 1;
-                    if export.name == RESET_EXPORT {
+                    // wit-component reads names in two styles: `_initialize` is also
+                    // `cm32p2_initialize`, and `name` also `cm32p2||name`. An initializer
+                    // known by the second name ran at instantiation, and the reset undid it
+                    // after every request.
+                    let name = export
+                        .name
+                        .strip_prefix("cm32p2")
+                        .map_or(export.name, |n| n.strip_prefix("||").unwrap_or(n));
+                    if name == RESET_EXPORT {
                         return Err(format!("it already exports {RESET_EXPORT}"));
                     }
-                    if export.name == "_initialize" {
-                        return Err("it has an initializer (_initialize)".into());
+                    if name == "_initialize" {
+                        return Err(format!("it has an initializer ({})", export.name));
                     }
                     // Rust exports `__data_end` and `__heap_base`: constants are harmless.
                     let constant = export.kind == ExternalKind::Global
@@ -520,6 +528,15 @@ mod tests {
         let big = "(module (memory 65) (func (export \"f\")))";
         let err = inject(&wat::parse_str(big).unwrap()).unwrap_err();
         assert!(err.contains("65 pages"), "{err}");
+        // An initializer by either of its names: the reset would undo it after each request.
+        for name in ["_initialize", "cm32p2_initialize"] {
+            let err = refused(&format!("(func (export \"{name}\"))"));
+            assert!(err.contains("initializer") && err.contains(name), "{err}");
+        }
+        for name in ["cachet-reset", "cm32p2||cachet-reset"] {
+            let err = refused(&format!("(func (export \"{name}\"))"));
+            assert!(err.contains("already exports"), "{err}");
+        }
     }
 
     /// A module whose function section names a type no type section declares (invalid:
