@@ -179,6 +179,21 @@ threads_snapshot() {
             "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)"
     done
 }
+# counted_load EVENTS NAME: counts the perf EVENTS of cachet over a 3 s load of their own into
+# $work/NAME.csv, and prints the requests that load made.
+counted_load() {
+    perf stat -x, -e "$1" -p "$cachet_pid" -o "$work/$2.csv" -- sleep 60 &
+    local stat_pid=$!
+    sleep 0.5
+    load 3 "$work/$2-load.out"
+    kill -INT "$stat_pid" 2>/dev/null
+    wait "$stat_pid" 2>/dev/null || true
+    if [[ "$h2" == 1 ]]; then
+        awk '/^requests:/ {print $8}' "$work/$2-load.out"
+    else
+        awk '/^REQUESTS/ {print $2}' "$work/$2-load.out"
+    fi
+}
 # Heap allocations per request: uprobes on mimalloc's entry points (every Rust allocation
 # goes through one of the three), counted over a 3 s load of its own after the measured one,
 # since each probe hit costs a trap and would inflate the CPU figures.
@@ -192,18 +207,8 @@ count_allocations() {
             return 0
         fi
     done
-    perf stat -x, -e "$group:*" -p "$cachet_pid" -o "$work/allocs.csv" -- sleep 60 &
-    local stat_pid=$!
-    sleep 0.5
-    load 3 "$work/allocs-load.out"
-    kill -INT "$stat_pid" 2>/dev/null
-    wait "$stat_pid" 2>/dev/null || true
+    requests="$(counted_load "$group:*" allocs)"
     perf probe -q -d "$group:*" >/dev/null 2>&1 || true
-    if [[ "$h2" == 1 ]]; then
-        requests="$(awk '/^requests:/ {print $8}' "$work/allocs-load.out")"
-    else
-        requests="$(awk '/^REQUESTS/ {print $2}' "$work/allocs-load.out")"
-    fi
     echo "## heap allocations per request (uprobes, a 3 s load of its own)"
     awk -F, -v n="$requests" '/cachet_alloc:/ { sub(/.*:/, "", $3); total += $1
         printf "    %-20s %.2f\n", $3, $1 / n } END { printf "    %-20s %.2f\n", "all", total / n }' \
@@ -213,17 +218,7 @@ count_allocations() {
 # of its own (counting costs a little per call, so not during the measured load).
 count_syscalls() {
     local requests
-    perf stat -x, -e 'syscalls:sys_enter_*' -p "$cachet_pid" -o "$work/syscalls.csv" -- sleep 60 &
-    local stat_pid=$!
-    sleep 0.5
-    load 3 "$work/syscalls-load.out"
-    kill -INT "$stat_pid" 2>/dev/null
-    wait "$stat_pid" 2>/dev/null || true
-    if [[ "$h2" == 1 ]]; then
-        requests="$(awk '/^requests:/ {print $8}' "$work/syscalls-load.out")"
-    else
-        requests="$(awk '/^REQUESTS/ {print $2}' "$work/syscalls-load.out")"
-    fi
+    requests="$(counted_load 'syscalls:sys_enter_*' syscalls)"
     if ! grep -q 'sys_enter_' "$work/syscalls.csv" 2>/dev/null; then
         echo "system calls: no syscall tracepoints (needs root or perf_event_paranoid <= -1)"
         return 0
