@@ -107,8 +107,9 @@ impl fmt::Debug for SharedTierConfig {
 }
 
 /// `url` with what comes before an `@` in its authority (a user and password) shown as `***`.
-/// The authority ends at the first `/`, `?` or `#` after the scheme; a password may hold any
-/// of those but `/`, so the last `@` before the path is the one that ends it.
+/// The authority is taken to end at the first `/` after the scheme, not at `?` or `#`: a
+/// password may hold those (a `#` in one is a common reason the URL is refused), so the last
+/// `@` before the path is the one that ends the userinfo.
 fn without_userinfo(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let authority_end = rest.find('/').unwrap_or(rest.len());

@@ -207,11 +207,18 @@ impl DiskTier {
         };
         for purge in &late {
             marks.record(purge);
-            if let Err(e) = store.marks.append(purge) {
-                TierCounters::bump(&self.counters.errors);
-                tracing::warn!("disk tier: cannot record a purge: {e:#}");
-            }
+            let _ = self.append_mark(store, purge);
         }
+    }
+
+    /// Appends `purge` to the marks file; a failure is counted and logged, and returned.
+    fn append_mark(&self, store: &Store, purge: &Purge) -> anyhow::Result<()> {
+        let appended = store.marks.append(purge);
+        if let Err(e) = &appended {
+            TierCounters::bump(&self.counters.errors);
+            tracing::warn!("disk tier: cannot record a purge: {e:#}");
+        }
+        appended
     }
 
     /// Counts and logs a failed write or removal.
@@ -331,14 +338,12 @@ impl Tier for DiskTier {
             (Target::Key(hex), false) => TierKey::from_hex(hex),
             _ => None,
         };
-        let Err(e) = store.marks.append(purge) else {
+        let Err(e) = self.append_mark(store, purge) else {
             if let Some(key) = removed {
                 self.remove_queued(store, &[key.as_bytes()]);
             }
             return Ok(None);
         };
-        TierCounters::bump(&self.counters.errors);
-        tracing::warn!("disk tier: cannot record a purge: {e:#}");
         // The URL's own entry is removed for good (its tombstone is written here), but not
         // its variants (stored under keys of their own, which only the mark covers): they
         // came back after a restart while the purge was reported kept. So it is reported
