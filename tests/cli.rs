@@ -639,6 +639,22 @@ fn settings_that_do_nothing_or_leak_a_secret_are_named() {
         assert!(out.contains("cache.shared.url"), "{url}: {out}");
         assert!(!out.contains("Tr0ub"), "the password is repeated: {out}");
     }
+    // A secret of the wrong type: serde's message quotes the value it refused.
+    let (ok, out) = validate(
+        "[cache.shared]\nurl = \"redis://127.0.0.1:6379\"\npassword = 84120001",
+        upstream,
+    );
+    assert!(!ok && out.contains("cache.shared.password"), "{out}");
+    assert!(out.contains("invalid type: integer, expected"), "{out}");
+    assert!(!out.contains("84120001"), "the password is repeated: {out}");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_token = 84120002\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&["validate", "--config", config.to_str().unwrap()]);
+    assert!(!ok && out.contains("server.admin_token"), "{out}");
+    assert!(!out.contains("84120002"), "the token is repeated: {out}");
 
     let (ok, out) = validate(
         "",

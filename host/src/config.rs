@@ -799,11 +799,17 @@ impl Locator<'_> {
                 None => key.trim().to_owned(),
             })
         });
+        let mut message = e.message().trim().to_owned();
+        // serde quotes the value it refused (`invalid type: integer `8412…``): for a secret
+        // that is the secret, on its way to the log, `/status` and `cachet status`.
+        if key.as_deref().is_some_and(holds_a_secret) {
+            message = without_quoted_values(&message);
+        }
         ConfigError {
             file: self.path.to_path_buf(),
             line,
             key,
-            message: e.message().trim().to_owned(),
+            message,
             missing_file: None,
         }
     }
@@ -1165,4 +1171,24 @@ fn without_final_dot(host: &str) -> &str {
         Some(name) if name != "*" && !name.ends_with('.') => name,
         _ => host,
     }
+}
+
+/// Keys whose values are secrets, kept out of error messages.
+fn holds_a_secret(key: &str) -> bool {
+    matches!(
+        key,
+        "server.admin_token" | "cache.shared.password" | "cache.shared.url"
+    )
+}
+
+/// `message` with every `quoted` value serde put in it left out.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for (i, part) in message.split('`').enumerate() {
+        // Odd parts lie between a pair of backquotes.
+        if i % 2 == 0 {
+            out.push_str(part);
+        }
+    }
+    out.replace("  ", " ").replace(" ,", ",")
 }
