@@ -167,9 +167,12 @@ pub fn header_edits(raw: Vec<raw::HeaderEdit>, what: &str) -> Result<Vec<HeaderE
         }
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("{what} edit: {name:?} is not a valid header name"))?;
+        // Stored as every recipient reads it: a field value has no leading or trailing
+        // whitespace (RFC 9110 §5.5), so `" v "` kept padded showed the key hook and the
+        // stored response a value the origin or client parsed as `v`.
         let value = value
             .map(|v| {
-                HeaderValue::from_str(v)
+                HeaderValue::from_str(v.trim_matches([' ', '\t']))
                     .map_err(|_| format!("{what} edit: value of {name} is not valid HTTP"))
             })
             .transpose()?;
@@ -291,6 +294,17 @@ mod tests {
             vec![HeaderEdit::Set(
                 HeaderName::from_static("x-a"),
                 HeaderValue::from_static("1")
+            )]
+        );
+    }
+
+    #[test]
+    fn values_are_kept_as_recipients_read_them_without_padding() {
+        assert_eq!(
+            header_edits(vec![set("X-A", " \tv 1\t ")], "test").unwrap(),
+            vec![HeaderEdit::Set(
+                HeaderName::from_static("x-a"),
+                HeaderValue::from_static("v 1")
             )]
         );
     }
