@@ -117,6 +117,18 @@ pub(crate) fn synthetic_response(
             raw.headers.len()
         ));
     }
+    // As a plugin's header edits: a head no larger than a client could have sent.
+    let head_bytes: usize = raw
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len())
+        .sum();
+    if head_bytes > crate::config::PINGORA_MAX_HEAD {
+        return Err(format!(
+            "synthetic response headers of {head_bytes} bytes exceed the limit of {}",
+            crate::config::PINGORA_MAX_HEAD
+        ));
+    }
     let mut headers = Vec::with_capacity(raw.headers.len());
     for v2::cachet::policy::types::Header { name, value } in raw.headers {
         if is_framing_header(&name) {
@@ -311,4 +323,40 @@ pub(crate) fn response_plan(
         decision: response_decision(raw.decision),
         edits: super::edits::header_edits(raw.edits, "response")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use v2::cachet::policy::types::{Header, SyntheticResponse as Raw};
+
+    fn answer(headers: Vec<Header>) -> Raw {
+        Raw {
+            status: 200,
+            headers,
+            body: b"ok".to_vec(),
+        }
+    }
+
+    /// The headers of a synthetic answer are bounded in bytes, not only in number: 64 values
+    /// of 1 MiB each were taken whole.
+    #[test]
+    fn a_synthetic_head_is_bounded_in_bytes() {
+        let limits = PluginLimits::default();
+        let header = |value: String| Header {
+            name: "x-big".into(),
+            value,
+        };
+        let large = vec![header("v".repeat(crate::config::PINGORA_MAX_HEAD / 2)); 3];
+        let refused = synthetic_response(answer(large), &limits).unwrap_err();
+        assert!(refused.contains("exceed the limit"), "{refused}");
+        let fits = vec![header("v".repeat(1024)); 8];
+        assert_eq!(
+            synthetic_response(answer(fits), &limits)
+                .unwrap()
+                .headers
+                .len(),
+            8
+        );
+    }
 }
