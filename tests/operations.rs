@@ -200,7 +200,7 @@ fn without_a_token_the_admin_api_refuses_what_a_browser_sends_for_a_web_page() {
         assert_eq!(posted.status, 403, "{method} {path}: {}", posted.text());
     }
     // With a token, the token decides: a tool may reach the API under any name.
-    let (guarded, _) = guarded_proxy(&origin);
+    let (guarded, metrics_port) = guarded_proxy(&origin);
     let auth = format!("Bearer {TOKEN}");
     let named = send(
         "GET",
@@ -208,6 +208,14 @@ fn without_a_token_the_admin_api_refuses_what_a_browser_sends_for_a_web_page() {
         &[("Host", "admin.example"), ("Authorization", &auth)],
     );
     assert_eq!(named.status, 200);
+    // The metrics listener, on loopback and without a token, is refused to a page as well.
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    assert_eq!(send("GET", &metrics_url, &[]).status, 200);
+    for header in [("Host", "attacker.example"), ("Origin", "http://a.example")] {
+        let refused = send("GET", &metrics_url, &[header]);
+        assert_eq!(refused.status, 403, "{header:?}: {}", refused.text());
+        assert!(!refused.text().contains("cachet_"), "{}", refused.text());
+    }
 }
 
 #[test]

@@ -451,6 +451,25 @@ pub struct MetricsApp {
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // On loopback the listener is this machine's, and a local browser must not read it
+        // for a web page (DNS rebinding), as the admin API without a token. On a scrape
+        // network the scraper names the listener by its address or its own name.
+        let on_loopback = session
+            .server_addr()
+            .and_then(|addr| addr.as_inet())
+            .is_some_and(|addr| addr.ip().is_loopback());
+        let refused = on_loopback
+            .then(|| through_a_browser(session.req_header()))
+            .flatten();
+        if let Some(refused) = refused {
+            return text_reply(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "a metrics listener on loopback answers only tools on this machine \
+                     (Host a loopback address or localhost, no Origin): {refused}\n"
+                ),
+            );
+        }
         match session.req_header().uri.path() {
             "/metrics" => metrics_reply(&self.state),
             _ => text_reply(StatusCode::NOT_FOUND, "not found\n"),
