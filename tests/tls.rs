@@ -852,6 +852,34 @@ fn a_certificate_brought_in_by_a_reload_request_is_watched_for_renewals() {
     });
 }
 
+/// A config naming a pair not written yet is refused, and applied once the pair is written
+/// (cert-manager writes it seconds after the config): no reload request is needed. The pair
+/// was not watched, and the config stayed refused until something touched it.
+#[test]
+fn a_config_naming_a_certificate_not_written_yet_is_applied_once_it_is() {
+    let sites = Sites::start();
+    let config_path = sites.proxy.dir.path().join("cachet.toml");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let cert = sites.certs.path().join("gamma.crt");
+    let key = sites.certs.path().join("gamma.key");
+    replace(
+        &config_path,
+        &original.replace(
+            "name = \"gamma\"\n",
+            &format!("name = \"gamma\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"),
+        ),
+    );
+    eventually("the config naming a missing pair is refused", || {
+        !sites.proxy.status()["config"]["last_refusal"].is_null()
+    });
+    let leaf = sites.cas[2].leaf(&["c.test"]);
+    leaf.write(sites.certs.path(), "gamma");
+    eventually("the config is applied once the pair is written", || {
+        sites.proxy.status()["config"]["last_refusal"].is_null()
+    });
+    assert_eq!(&sites.get("c.test", "c.test", "/").served, leaf.der());
+}
+
 /// Kubernetes mounts a Secret as `tls.crt -> ..data/tls.crt` with `..data -> ..<version>`,
 /// and updates it by writing a new version folder, renaming a new `..data` link over the old
 /// one and deleting the old folder. certbot renames a new link over `live/<name>/cert.pem`

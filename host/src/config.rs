@@ -50,6 +50,15 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// This error, caused by `path` not being there (or not readable): the watcher watches
+    /// it, and its arrival retries the config without a reload request.
+    pub(crate) fn until_written(mut self, path: PathBuf) -> Self {
+        self.missing_file = Some(path);
+        self
+    }
+}
+
 /// Where a key naming a file is written, so a problem found only when the file is loaded
 /// (a plugin that does not compile, a certificate that does not parse) names the line too.
 /// Equal to every other place: moving a line changes no setting.
@@ -528,11 +537,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
                 let path = base.join(file.get_ref());
                 let token = crate::file_read::read_text(&path, crate::file_read::TEXT_MAX)
                     .map_err(|e| {
-                        located.at(
-                            file.span(),
-                            "server.admin_token_file",
-                            format!("cannot read {}: {e}", path.display()),
-                        )
+                        located
+                            .at(
+                                file.span(),
+                                "server.admin_token_file",
+                                format!("cannot read {}: {e}", path.display()),
+                            )
+                            .until_written(path.clone())
                     })?;
                 Some(token.trim().to_owned())
             }
@@ -949,13 +960,10 @@ impl Locator<'_> {
         }
         let path = base.join(plugin.get_ref());
         if !path.is_file() {
-            let mut missing = self.at(
-                plugin.span(),
-                "tenant.shadow_plugin",
-                format!("no plugin file at {}", path.display()),
-            );
-            missing.missing_file = Some(path);
-            return Err(missing);
+            let missing = format!("no plugin file at {}", path.display());
+            return Err(self
+                .at(plugin.span(), "tenant.shadow_plugin", missing)
+                .until_written(path));
         }
         Ok(Some(ShadowConfig {
             plugin: path,
@@ -1045,13 +1053,10 @@ impl Locator<'_> {
             None => base.join(t.plugin.get_ref()),
         };
         if builtin.is_none() && !plugin.is_file() {
-            let mut missing = self.at(
-                t.plugin.span(),
-                "tenant.plugin",
-                format!("no plugin file at {}", plugin.display()),
-            );
-            missing.missing_file = Some(plugin);
-            return Err(missing);
+            let missing = format!("no plugin file at {}", plugin.display());
+            return Err(self
+                .at(t.plugin.span(), "tenant.plugin", missing)
+                .until_written(plugin));
         }
         let shadow = self.shadow(base, &t.shadow_plugin, &t.shadow_sample)?;
         let defaults = PluginLimits::default();

@@ -153,11 +153,10 @@ impl Locator<'_> {
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(self.at(
-                    value.span(),
-                    &format!("{table}.{name}"),
-                    format!("no file at {}", path.display()),
-                ))
+                let missing = format!("no file at {}", path.display());
+                Err(self
+                    .at(value.span(), &format!("{table}.{name}"), missing)
+                    .until_written(path))
             }
         };
         Ok(Some(CertPaths {

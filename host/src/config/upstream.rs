@@ -353,6 +353,7 @@ impl Locator<'_> {
                 key,
                 format!("cannot read {}: {e}", path.display()),
             )
+            .until_written(path.clone())
         })?;
         let certs = CertificateDer::pem_slice_iter(&pem)
             .map(|c| c.map(|c| c.to_vec()))
