@@ -1240,6 +1240,37 @@ fn read_until_suffix(conn: &mut TcpStream, end: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// `Upgrade` without the `upgrade` connection option is no upgrade request (RFC 9110 §7.8):
+/// a proxy in front forwards it as an ordinary field and sends the next request on the same
+/// connection. It is not forwarded, and an origin that would switch anyway never sees it:
+/// the client gets an ordinary answer, not a tunnel.
+#[test]
+fn an_upgrade_field_without_the_connection_option_opens_no_tunnel() {
+    let origin = UpgradeOrigin::start();
+    let proxy = Proxy::start(
+        "max_bytes = \"16MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: site.test\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .expect("send");
+    let answer = read_until_suffix(&mut conn, b"\r\n\r\nok");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        origin.upgrades_after.lock().is_empty(),
+        "the origin was asked to switch"
+    );
+}
+
 /// A WebSocket upgrade after another request on the same client connection: the origin
 /// connection that request used was pooled, answered the upgrade at once, and Pingora 0.9
 /// then ended a few tunnels in a hundred right after the 101 (cloudflare/pingora#946: the

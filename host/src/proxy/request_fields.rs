@@ -444,12 +444,22 @@ fn remove_hop_by_hop(req: &mut RequestHeader) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Removes `HTTP2-Settings`, and an `Upgrade` unless it asks for a WebSocket over HTTP/1.1:
-/// the origin never gets them (Pingora forwards WebSocket upgrades alone), so a plugin must
-/// not key on them.
+/// Removes `HTTP2-Settings`, and an `Upgrade` unless it asks for a WebSocket over HTTP/1.1
+/// with the `upgrade` connection option: the origin never gets them (Pingora forwards
+/// WebSocket upgrades alone), so a plugin must not key on them. Without the option
+/// (RFC 9110 §7.8) a proxy in front forwards `Upgrade` as an ordinary field and expects no
+/// protocol switch, while Pingora, seeing `Upgrade` alone, turned the connection into a
+/// tunnel on the origin's 101.
 fn remove_unforwarded_upgrade(req: &mut RequestHeader) {
     req.remove_header("http2-settings");
+    let upgrade_option = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
     let websocket = req.version == Version::HTTP_11
+        && upgrade_option
         && req
             .headers
             .get(header::UPGRADE)
@@ -740,6 +750,10 @@ mod tests {
         ]);
         assert_eq!(sanitize_plain(&mut websocket), Ok(()));
         assert_eq!(websocket.headers["upgrade"], "WebSocket");
+        // Without the connection option it is an ordinary field, never forwarded.
+        let mut bare = http11(&[("host", "a.test"), ("upgrade", "websocket")]);
+        assert_eq!(sanitize_plain(&mut bare), Ok(()));
+        assert!(!bare.headers.contains_key("upgrade"));
         let mut old = request(
             Version::HTTP_10,
             &[("host", "a.test"), ("upgrade", "websocket")],
