@@ -935,6 +935,29 @@ fn the_scheme_a_trusted_proxy_claims_keeps_entries_apart() {
             4,
             "{mode}: both entries were purged"
         );
+        // Claims the origin reads as plain http though a lenient reading sees https: another
+        // case, empty (a TLS front proxy's line after it), not ASCII. Their redirect is
+        // stored apart from the https page.
+        for (i, claim) in ["HTTPS", "", "\u{e9}"].into_iter().enumerate() {
+            let path = format!("/{mode}-claim{i}");
+            let get = |proto: &[u8]| {
+                let mut head = format!("GET {path} HTTP/1.1\r\nHost: site.test\r\n").into_bytes();
+                head.extend_from_slice(b"X-Forwarded-Proto: ");
+                head.extend_from_slice(proto);
+                head.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+                String::from_utf8_lossy(&exchange(proxy.port, &head)).into_owned()
+            };
+            let first = get(claim.as_bytes());
+            assert!(
+                first.starts_with("HTTP/1.1 301"),
+                "{mode} {claim:?}: {first}"
+            );
+            let https = get(b"https");
+            assert!(
+                https.starts_with("HTTP/1.1 200"),
+                "{mode} {claim:?}: the redirect was served to HTTPS: {https}"
+            );
+        }
     }
 }
 

@@ -135,8 +135,14 @@ fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'s
         _ => (false, false),
     };
     let mut readings: Vec<String> = Vec::with_capacity(3);
-    let mut x_proto: Vec<String> = super::list_field::elements(&req.headers, &*X_FORWARDED_PROTO)
-        .map(str::to_ascii_lowercase)
+    // As sent: origins compare the scheme case-sensitively (Django's `== "https"`, Express,
+    // Rack), so `HTTPS`, an empty element or a non-ASCII line read as plain http there and
+    // must not share the `https` entry (they did, lower-cased, trimmed or dropped).
+    let mut x_proto: Vec<String> = req
+        .headers
+        .get_all(&*X_FORWARDED_PROTO)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .collect();
     if x_proto.is_empty() && extend_x {
         x_proto.push(hop.to_owned());
@@ -160,11 +166,7 @@ fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'s
             .headers
             .get_all(name)
             .iter()
-            .map(|v| {
-                String::from_utf8_lossy(v.as_bytes())
-                    .trim()
-                    .to_ascii_lowercase()
-            })
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
             .collect();
         if !values.is_empty() {
             readings.push(format!("{name}={}", values.join(",")));
@@ -177,7 +179,8 @@ fn told_scheme(mode: ForwardedHeaders, req: &RequestHeader, tls: bool) -> Cow<'s
         }
     }
     match distinct.join("|") {
-        told if told.is_empty() || told == hop => Cow::Borrowed(hop),
+        // An empty claim is a reading of its own: origins take it for plain http.
+        told if told == hop => Cow::Borrowed(hop),
         told => Cow::Owned(told),
     }
 }
@@ -190,15 +193,15 @@ fn forwarded_protos(req: &RequestHeader, ours: Option<&str>) -> (String, String)
         .filter_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
             name.eq_ignore_ascii_case("proto")
-                .then(|| value.trim_matches('"').to_ascii_lowercase())
+                .then(|| value.trim_matches('"').to_owned())
         })
         .collect();
     let mut loose: Vec<String> = req
         .headers
         .get_all(&*FORWARDED)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(loose_protos)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .flat_map(|text| loose_protos(&text))
         .collect();
     if let Some(ours) = ours {
         aware.push(ours.to_owned());
@@ -207,14 +210,17 @@ fn forwarded_protos(req: &RequestHeader, ours: Option<&str>) -> (String, String)
     (aware.join(","), loose.join(","))
 }
 
-/// The value after every `proto=` in `text` (any case, anywhere), an opening quote skipped,
-/// up to the next `;`, `,` or quote: how a pattern search reads the field.
+/// The value after every `proto=` in `text` (the name in any case, anywhere; the value as
+/// written), an opening quote skipped, up to the next `;`, `,` or quote: how a pattern search
+/// reads the field.
 fn loose_protos(text: &str) -> Vec<String> {
+    // ASCII lower-casing keeps every byte where it was: positions found in `lower` are
+    // positions in `text`.
     let lower = text.to_ascii_lowercase();
     lower
         .match_indices("proto=")
         .map(|(at, found)| {
-            let value = lower[at + found.len()..].trim_start_matches('"');
+            let value = text[at + found.len()..].trim_start_matches('"');
             let end = value.find([';', ',', '"']).unwrap_or(value.len());
             value[..end].trim().to_owned()
         })
@@ -341,10 +347,18 @@ mod tests {
     fn the_told_scheme_is_the_hop_s_unless_the_client_s_claim_passes_on() {
         use ForwardedHeaders::*;
         let told = |mode, extra: &[(&str, &str)], tls| told_scheme(mode, &request(extra), tls);
-        let claim = [("x-forwarded-proto", "HTTPS")];
+        let claim = [("x-forwarded-proto", "https")];
         assert_eq!(told(Replace, &claim, false), "http");
         assert_eq!(told(Append, &claim, false), "https");
         assert_eq!(told(Off, &claim, false), "https");
+        // What frameworks comparing case-sensitively read as plain http keeps its own entry:
+        // another case, an empty or a non-ASCII value, an empty first line.
+        for (claim, reading) in [("HTTPS", "HTTPS"), ("", ""), ("\u{e9}", "\u{e9}")] {
+            let claim = [("x-forwarded-proto", claim)];
+            assert_eq!(told(Append, &claim, true), reading, "{claim:?}");
+        }
+        let lines = [("x-forwarded-proto", ""), ("x-forwarded-proto", "https")];
+        assert_eq!(told(Append, &lines, false), ",https");
         assert_eq!(told(Append, &[], true), "https");
         let forwarded = [("forwarded", "for=1.2.3.4;proto=https")];
         assert_eq!(told(Off, &forwarded, false), "https");
@@ -379,10 +393,16 @@ mod tests {
         assert_eq!(told(Off, &both, false), "https|http");
         let agreeing = [("x-forwarded-proto", "https"), ("forwarded", "proto=https")];
         assert_eq!(told(Off, &agreeing, false), "https");
-        assert_eq!(told(Off, &[("forwarded", "Proto=HTTPS")], false), "https");
+        assert_eq!(told(Off, &[("forwarded", "Proto=https")], false), "https");
+        assert_eq!(told(Off, &[("forwarded", "Proto=HTTPS")], false), "HTTPS");
+        let ssl = [("x-forwarded-ssl", "ON")];
+        assert_ne!(
+            told(Off, &ssl, false),
+            told(Off, &[("x-forwarded-ssl", "on")], false)
+        );
         assert_eq!(
             told(Off, &[("x-forwarded-proto", "https, http")], false),
-            "https,http"
+            "https, http"
         );
     }
 
