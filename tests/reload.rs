@@ -1063,3 +1063,38 @@ fn a_reload_beyond_the_plugin_pools_room_is_applied_with_a_warning() {
             .contains("9 plugins (tenants' and shadows') need room for 648 plugin instances; the pool made at start has 576")
     });
 }
+
+/// A config written while the proxy starts (a deploy that restarts it and then writes the
+/// new config), after it was read and before its watch existed, is applied once the proxy
+/// serves: it was lost until something touched the file again. The start is held here by
+/// a shared tier whose Redis does not answer (the check of its records waits up to 2 s).
+#[test]
+fn a_config_written_while_the_proxy_starts_is_applied() {
+    let origin = Origin::start(|_| Reply::ok("x"));
+    let unanswered = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redis = unanswered.local_addr().unwrap();
+    // Runs cachet (its PID stays the launcher's) after starting the edit in the background:
+    // `$3` is the config path (`serve --config PATH`).
+    let launcher = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "(sleep 1; sed -i 's/\"before.test\"/\"after.test\"/' \"$3\") & exec \"$0\" \"$@\""
+            .to_owned(),
+    ];
+    let proxy = Proxy::start_with_launcher(
+        &launcher,
+        "",
+        &format!("max_bytes = \"16MiB\"\n[cache.shared]\nurl = \"redis://{redis}\""),
+        &[TenantSpec::new("site", origin.addr, &plugin("standard")).hosts(&["before.test"])],
+    );
+    let config = std::fs::read_to_string(proxy.dir.path().join("cachet.toml")).unwrap();
+    assert!(
+        config.contains("after.test"),
+        "the edit did not run: {config}"
+    );
+    eventually("the config written during the start is applied", || {
+        let url = proxy.url("/");
+        send("GET", &url, &[("Host", "after.test")]).status == 200
+    });
+    drop(unanswered);
+}

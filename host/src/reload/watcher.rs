@@ -25,6 +25,13 @@ pub fn spawn_watcher(reloader: Arc<Reloader>) -> anyhow::Result<()> {
     let (events, rx) = mpsc::channel::<Vec<PathBuf>>();
     let mut files = FileWatch::start(events.clone())?;
     files.sync(&watched_files(&reloader));
+    // The config, plugins and certificates were read while the proxy started, before these
+    // watches existed: a file written meanwhile (a deploy writing the new plugin as the
+    // proxy restarts) is looked at once now, before the proxy says it is watching (a write
+    // from then on is the watches' to see, and read once its writer closes the file). An
+    // unchanged file is a no-op.
+    apply(&reloader, vec![watched_files(&reloader)]);
+    files.sync(&watched_files(&reloader));
 
     reloader.set_watching(events.clone());
     std::thread::Builder::new()
