@@ -823,6 +823,30 @@ fn a_vary_listed_in_no_cache_is_not_dropped_into_one_shared_entry() {
     assert_eq!(origin.hits_for("/nv"), 2);
 }
 
+/// One variant's fetch failing (a 503 with no freshness) marked the whole URL uncacheable:
+/// Pingora keeps its marks by primary key, so the gzip variant stored a moment before was no
+/// longer looked up, and every gzip client went to the origin.
+#[test]
+fn a_failure_on_one_variant_keeps_the_other_variants_served() {
+    let origin = Origin::start(|seen| match seen.header("accept-encoding") {
+        Some("br") => Reply::ok("down").status(503),
+        coding => Reply::ok(format!("body in {}", coding.unwrap_or("identity")))
+            .header("Cache-Control", "max-age=600")
+            .header("Vary", "Accept-Encoding"),
+    });
+    let proxy = proxy_for(&origin);
+    let coded = |coding: &str| send("GET", &proxy.url("/fv"), &[("Accept-Encoding", coding)]);
+    assert_eq!(coded("gzip").text(), "body in gzip");
+    assert_status_has(&coded("gzip"), "hit");
+    assert_eq!(coded("br").status, 503);
+    for _ in 0..2 {
+        let gzip = coded("gzip");
+        assert_eq!(gzip.text(), "body in gzip");
+        assert_status_has(&gzip, "hit");
+    }
+    assert_eq!(origin.hits_for("/fv"), 2);
+}
+
 #[test]
 fn vary_stores_variants_side_by_side() {
     let origin = Origin::start(|seen| {

@@ -65,6 +65,11 @@ pub(super) fn response_cache_filter(
         RespCacheable::Uncacheable(_) if session.is_subrequest() => {
             RespCacheable::Uncacheable(uncacheable::this_request_only())
         }
+        // A variant's answer says nothing of the URL's other variants, but pingora marks by
+        // primary key: the mark would stop the lookup of fresh variants stored beside it.
+        RespCacheable::Uncacheable(_) if is_variant(session) => {
+            RespCacheable::Uncacheable(uncacheable::this_request_only())
+        }
         verdict => verdict,
     };
     if let (RespCacheable::Cacheable(meta), Some(started)) = (&mut verdict, ctx.origin_started) {
@@ -83,6 +88,15 @@ pub(super) fn response_cache_filter(
         ctx.unstored_not_modified = not_modified;
     }
     verdict
+}
+
+/// Whether this fill is for one variant of a stored response with `Vary`.
+fn is_variant(session: &Session) -> bool {
+    use pingora_cache::key::CacheHashKey;
+    session
+        .cache
+        .maybe_cache_key()
+        .is_some_and(|key| key.variance_bin().is_some())
 }
 
 /// Not stored, and the URL is remembered as uncacheable: its next requests skip the cache lock.
