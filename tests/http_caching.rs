@@ -539,6 +539,39 @@ fn revalidation_304_refreshes_the_stored_headers() {
     assert_eq!(origin.hits(), 2);
 }
 
+/// A 304 without `Date` is dated when it arrives (RFC 9110 §6.6.1). The stored 200's `Date`
+/// stayed, so the refreshed entry's age counted from the first fetch: once that was older
+/// than the 304's max-age, every request revalidated, for good.
+#[test]
+fn a_304_without_date_refreshes_the_entry_from_its_arrival() {
+    let origin = Origin::start(|seen: &Seen| {
+        if seen.header("if-none-match") == Some("\"v1\"") {
+            return Reply::ok("")
+                .status(304)
+                .header("ETag", "\"v1\"")
+                .header("Cache-Control", "max-age=60");
+        }
+        // Sent 100 s ago (an origin clock behind ours), fresh for about one more second.
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(100));
+        Reply::ok("body v1")
+            .header("Date", &date)
+            .header("Cache-Control", "max-age=101")
+            .header("ETag", "\"v1\"")
+    });
+    let proxy = proxy_for(&origin);
+    assert_eq!(get(&proxy.url("/d")).text(), "body v1");
+    sleep(Duration::from_millis(1500));
+    let revalidated = get(&proxy.url("/d"));
+    assert_eq!(revalidated.text(), "body v1");
+    assert_eq!(origin.hits(), 2);
+    for _ in 0..2 {
+        let hit = get(&proxy.url("/d"));
+        assert_eq!(hit.text(), "body v1");
+        assert_status_has(&hit, "hit");
+    }
+    assert_eq!(origin.hits(), 2);
+}
+
 // -------------------------------------------------------------------- 4. invalidation
 
 #[test]

@@ -300,7 +300,9 @@ impl ProxyHttp for CachetProxy {
         }
         // Kept for response_cache_filter, which only sees pingora's partial merge.
         if ctx.route == Route::Cache && upstream_response.status == http::StatusCode::NOT_MODIFIED {
-            ctx.not_modified = Some(Box::new(upstream_response.clone()));
+            let mut not_modified = upstream_response.clone();
+            revalidation::date_if_undated(&mut not_modified);
+            ctx.not_modified = Some(Box::new(not_modified));
         }
         ctx.origin_age = upstream_response.headers.get(http::header::AGE).cloned();
         origin_error::on_origin_status(self, session, upstream_response, ctx)

@@ -43,6 +43,18 @@ pub fn merge(merged: &ResponseHeader, not_modified: &ResponseHeader) -> Response
     out
 }
 
+/// Dates a 304 sent without `Date` with the time it arrived (RFC 9110 §6.6.1). Merged
+/// without one, the stored response kept its first `Date`, and its age counted from the
+/// first fetch: older than the 304's lifetime, it was stale again at once, on every
+/// revalidation.
+pub fn date_if_undated(not_modified: &mut ResponseHeader) {
+    if !not_modified.headers.contains_key(http::header::DATE) {
+        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        // An HTTP-date is a valid field value.
+        let _ = not_modified.insert_header(http::header::DATE, now);
+    }
+}
+
 /// A stored body served after a 304 that vouched for another representation, not for it:
 /// it goes out once, with nothing that lets the client or a cache after it keep it. Pingora
 /// merged the 304's `ETag`, `Expires`, `Cache-Control`, `CDN-Cache-Control` and `Cache-Tag`
