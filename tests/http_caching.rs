@@ -572,6 +572,43 @@ fn a_304_without_date_refreshes_the_entry_from_its_arrival() {
     assert_eq!(origin.hits(), 2);
 }
 
+/// Fields a 304's `Connection` names are the connection's, not the response's: they were
+/// merged into the stored response (without the `Connection` that named them) and served to
+/// every later client.
+#[test]
+fn fields_a_304_names_in_connection_are_neither_stored_nor_served() {
+    let origin = Origin::start(|seen: &Seen| {
+        if seen.header("if-none-match") == Some("\"v1\"") {
+            return Reply::ok("")
+                .status(304)
+                .header("ETag", "\"v1\"")
+                .header("Cache-Control", "max-age=60")
+                .header("Connection", "X-Sess")
+                .header("X-Sess", "abc");
+        }
+        Reply::ok("body v1")
+            .header("Cache-Control", "max-age=1")
+            .header("ETag", "\"v1\"")
+    });
+    let proxy = proxy_for(&origin);
+    assert_eq!(get(&proxy.url("/h")).text(), "body v1");
+    sleep(Duration::from_millis(1100));
+    let revalidated = get(&proxy.url("/h"));
+    assert_status_has(&revalidated, "fwd=stale");
+    assert_eq!(
+        revalidated.header("x-sess"),
+        None,
+        "{:?}",
+        revalidated.headers
+    );
+    for _ in 0..2 {
+        let hit = get(&proxy.url("/h"));
+        assert_status_has(&hit, "hit");
+        assert_eq!(hit.header("x-sess"), None, "{:?}", hit.headers);
+    }
+    assert_eq!(origin.hits(), 2);
+}
+
 // -------------------------------------------------------------------- 4. invalidation
 
 #[test]

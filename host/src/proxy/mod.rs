@@ -301,6 +301,9 @@ impl ProxyHttp for CachetProxy {
         // Kept for response_cache_filter, which only sees pingora's partial merge.
         if ctx.route == Route::Cache && upstream_response.status == http::StatusCode::NOT_MODIFIED {
             let mut not_modified = upstream_response.clone();
+            // Merged in, the fields its `Connection` names would outlive the `Connection`
+            // that names them (the stored one's is kept) and be stored and served.
+            hop_by_hop::strip(&mut not_modified);
             revalidation::date_if_undated(&mut not_modified);
             ctx.not_modified = Some(Box::new(not_modified));
         }
