@@ -10,7 +10,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Whether Pingora's range filter may answer `req` with parts of `resp`: a GET (§14.2: range
 /// handling is defined for GET only), a representation that is not empty, and a `bytes` range
-/// set whose every spec is a pair of numbers that fit, with no zero-length suffix (`-0`).
+/// set whose every spec is a pair of numbers that fit, in order, with no zero-length suffix
+/// (`-0`).
 pub(super) fn may_answer_with_parts(req: &RequestHeader, resp: &ResponseHeader) -> bool {
     if req.method != http::Method::GET {
         return false;
@@ -27,7 +28,8 @@ pub(super) fn may_answer_with_parts(req: &RequestHeader, resp: &ResponseHeader) 
     not_empty && specs_are_plain(range)
 }
 
-/// `bytes=` followed by specs whose numbers fit in 64 bits and whose suffixes are not empty.
+/// `bytes=` followed by specs whose numbers fit in 64 bits, whose suffixes are not empty and
+/// whose last positions are not before their first.
 fn specs_are_plain(range: &str) -> bool {
     let Some((unit, specs)) = range.split_once('=') else {
         return false;
@@ -47,7 +49,11 @@ fn specs_are_plain(range: &str) -> bool {
             match (first.trim().is_empty(), last.trim().is_empty()) {
                 (true, false) => number(last).is_some_and(|suffix| suffix > 0),
                 (false, true) => number(first).is_some(),
-                (false, false) => number(first).is_some() && number(last).is_some(),
+                // RFC 9110 §14.1.1: `5-2` is invalid, so the Range is ignored (Pingora
+                // skipped it as unsatisfiable: a 416, or the other specs' parts).
+                (false, false) => number(first)
+                    .zip(number(last))
+                    .is_some_and(|(first, last)| first <= last),
                 (true, true) => false,
             }
         })
@@ -73,6 +79,7 @@ mod tests {
             "bytes=-5",
             "bytes=0-1, 4-5",
             "BYTES=0-0",
+            "bytes=3-3",
         ] {
             let (req, resp) = exchange("GET", range, "20");
             assert!(may_answer_with_parts(&req, &resp), "{range}");
@@ -82,6 +89,8 @@ mod tests {
             "bytes=0-1,-0",
             "bytes=-99999999999999999999",
             "bytes=0-99999999999999999999",
+            "bytes=5-2",
+            "bytes=0-1, 5-2",
             "items=0-1",
             "bytes=-",
             "bytes",
