@@ -521,6 +521,50 @@ fn client_conditionals_are_answered_304_from_cache() {
     assert_eq!(origin.hits(), 1);
 }
 
+/// `If-Match` and `If-Unmodified-Since` are preconditions on the current representation,
+/// which the cache never evaluated: Pingora drops them from the fill it sends, and a hit
+/// ignored them, so `If-Match: "old"` got the 200 of `"new"` instead of a 412. Such a request
+/// goes to the origin as sent, and its answer is not stored.
+#[test]
+fn if_match_and_if_unmodified_since_are_left_to_the_origin() {
+    const MODIFIED: &str = "Mon, 01 Jan 2024 00:00:00 GMT";
+    let origin = Origin::start(|seen: &Seen| {
+        let mismatched = seen.header("if-match").is_some_and(|tag| tag != "\"new\"")
+            || seen
+                .header("if-unmodified-since")
+                .is_some_and(|since| since != MODIFIED);
+        if mismatched {
+            return Reply::ok("precondition failed").status(412);
+        }
+        Reply::ok("body new")
+            .header("Cache-Control", "max-age=60")
+            .header("ETag", "\"new\"")
+            .header("Last-Modified", MODIFIED)
+    });
+    let proxy = proxy_for(&origin);
+    let url = proxy.url("/pre");
+    // On a miss (the fill would drop the condition), then with the object stored.
+    for stored in [false, true] {
+        for condition in [
+            ("If-Match", "\"old\""),
+            ("If-Unmodified-Since", "Sun, 31 Dec 2023 00:00:00 GMT"),
+        ] {
+            let failed = send("GET", &url, &[condition]);
+            assert_eq!(failed.status, 412, "{condition:?} stored={stored}");
+            assert_eq!(failed.text(), "precondition failed");
+            let last = origin.seen().pop().expect("the origin saw it");
+            assert_eq!(last.header(condition.0), Some(condition.1));
+        }
+        assert_eq!(get(&url).text(), "body new");
+    }
+    // The matching condition is answered by the origin too, and nothing it sent replaced
+    // the stored object.
+    let matched = send("GET", &url, &[("If-Match", "\"new\"")]);
+    assert_eq!((matched.status, matched.text().as_str()), (200, "body new"));
+    assert_status_has(&get(&url), "hit");
+    assert_eq!(origin.hits_for("/pre"), 6);
+}
+
 #[test]
 fn revalidation_304_refreshes_the_stored_headers() {
     let not_modified = Arc::new(AtomicUsize::new(0));

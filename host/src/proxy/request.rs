@@ -7,6 +7,7 @@ use super::CachetProxy;
 use crate::config::OnPluginError;
 use crate::policy::{AddedFields, PendingFields, PluginFault, RequestDecision, RequestVerdict};
 use crate::tenant::Tenant;
+use http::header::{IF_MATCH, IF_UNMODIFIED_SINCE};
 use http::Method;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -534,6 +535,14 @@ pub(super) fn host_rules(req: &pingora::http::RequestHeader, h2_body: bool) -> O
     }
     if let Some(field) = super::override_fields::present(req) {
         return Some(format!("{field} overrides the request"));
+    }
+    // Preconditions on the origin's current representation (RFC 9110 §13.1.1, §13.1.4): a
+    // hit does not evaluate them, and Pingora drops them from a fill, so `If-Match: "old"`
+    // got a 200 where the origin answers 412.
+    for field in [IF_MATCH, IF_UNMODIFIED_SINCE] {
+        if req.headers.contains_key(&field) {
+            return Some(format!("{field} is evaluated by the origin"));
+        }
     }
     // Requests with Authorization use the cache, under the shared-cache rules
     // applied on hit (shared.rs) and when storing (response.rs).
