@@ -1098,3 +1098,56 @@ fn a_config_written_while_the_proxy_starts_is_applied() {
     });
     drop(unanswered);
 }
+
+/// A request of a tenant whose name a reload gives to another site, still waiting for an
+/// origin turn when the reload lands, does not store what it fetches under that name: it
+/// took its purge watch only after the old site's objects were dropped, and its answer was
+/// stored for the new site.
+#[test]
+fn a_request_waiting_through_a_name_swap_stores_nothing_for_the_new_site() {
+    let origin = Origin::start(|seen| {
+        if seen.url == "/hold" {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        Reply::ok(seen.url.clone()).header("Cache-Control", "max-age=600")
+    });
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[
+            TenantSpec::new("a", origin.addr, &plugin("standard"))
+                .hosts(&["a.test"])
+                .extra("[tenant.origin]\nmax_connections = 1"),
+            TenantSpec::new("b", origin.addr, &plugin("standard")).hosts(&["b.test"]),
+        ],
+    );
+    let send = |method: &'static str, path: &'static str| {
+        let url = proxy.url(path);
+        std::thread::spawn(move || support::client::send(method, &url, &[("Host", "a.test")]))
+    };
+    // Not a fill (a POST): no fill of the tenant is watched when the reload lands.
+    let hold = send("POST", "/hold");
+    std::thread::sleep(Duration::from_millis(300));
+    // Waits for the only origin turn, which /hold keeps for 1.5 s.
+    let waiting = send("GET", "/waiting");
+    std::thread::sleep(Duration::from_millis(300));
+    let config = proxy.dir.path().join("cachet.toml");
+    let swapped = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"a\"", "name = \"swap\"")
+        .replace("name = \"b\"", "name = \"a\"")
+        .replace("name = \"swap\"", "name = \"b\"");
+    std::fs::write(&config, swapped).unwrap();
+    eventually("the swap applied", || {
+        proxy.status()["tenants"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["name"] == "a" && t["hosts"][0] == "b.test")
+        })
+    });
+    assert_eq!(hold.join().unwrap().status, 200);
+    assert_eq!(waiting.join().unwrap().text(), "/waiting");
+    assert_eq!(
+        proxy.status()["cache"]["objects"].as_u64(),
+        Some(0),
+        "the old site's answer was stored under the name that now serves b.test"
+    );
+}

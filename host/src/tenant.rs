@@ -260,6 +260,22 @@ impl TenantRouter {
     pub fn tenants(&self) -> &[Arc<Tenant>] {
         &self.all
     }
+
+    /// Whether `tenant`'s name still serves its site here: the tenant of that name keeps one
+    /// of its hosts ([`keeps_its_site`]). A request planned against a version whose name has
+    /// since gone to another site must not store under that name.
+    pub fn still_serves_site_of(&self, tenant: &Tenant) -> bool {
+        self.all.iter().any(|now| {
+            now.name() == tenant.name() && keeps_its_site(&tenant.config.hosts, &now.config.hosts)
+        })
+    }
+}
+
+/// Whether a tenant's hosts `after` a change keep any of those `before` it. A name given only
+/// other hosts (as when two tenants swap names) serves another site, and none of the old
+/// site's objects may answer for it.
+pub fn keeps_its_site(before: &[String], after: &[String]) -> bool {
+    after.iter().any(|host| before.contains(host))
 }
 
 /// A pattern of `[[tenant]] hosts`: `*`, `*.` and a name (any name under it, not the name

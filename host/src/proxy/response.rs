@@ -41,6 +41,17 @@ pub(super) fn response_cache_filter(
         ctx.unstored_not_modified = not_modified;
         return not_stored_this_time(ctx, "purged while it was fetched");
     }
+    // A reload gave the tenant's name to another site while this was fetched (a request
+    // waiting for an origin turn takes its purge watch only after the partition was
+    // dropped): stored, the old site's answer would be served for the new site's hosts.
+    let moved = ctx
+        .tenant
+        .as_ref()
+        .is_some_and(|tenant| !proxy.state.router.load().still_serves_site_of(tenant));
+    if moved {
+        ctx.unstored_not_modified = not_modified;
+        return not_stored_this_time(ctx, "its tenant's name now serves another site");
+    }
     let stored = session.cache.maybe_cache_meta().map(|meta| meta.headers());
     if let (Some(stored), Some(not_modified)) = (stored, &not_modified) {
         if revalidation::names_another_representation(stored, not_modified) {

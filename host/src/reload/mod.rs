@@ -467,6 +467,16 @@ impl Reloader {
             // Before the new tenants serve: a name back for another site must not find the
             // old site's L2 copies.
             self.state.cache.storage.check_sites(&new.tenants);
+            // Nor its objects in memory: emptied before the swap as well as in `apply_live`
+            // after it (which also drops what old requests stored meanwhile), or a new site's
+            // first requests found the old site's objects.
+            for (before, _) in settings::moved_sites(old, &new) {
+                self.state
+                    .cache
+                    .storage
+                    .memory()
+                    .drop_partition(&before.name);
+            }
             self.state
                 .router
                 .store(Arc::new(TenantRouter::new(tenants)));

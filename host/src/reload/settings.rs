@@ -5,7 +5,9 @@
 //! sorted into one group or the other. Tenants are rebuilt whole on reload
 //! (see `Reloader::apply_config`); their storage limits are applied here.
 
-use crate::config::{CacheConfig, Config, ListenerConfig, PluginsConfig, ServerConfig};
+use crate::config::{
+    CacheConfig, Config, ListenerConfig, PluginsConfig, ServerConfig, TenantConfig,
+};
 use crate::proxy::ProxyState;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -235,6 +237,17 @@ pub(super) fn live_changed(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// Puts the live keys of `new` into the running proxy, and every tenant's
 /// storage limits (a removed tenant's limits and memory objects are dropped).
+/// The tenants whose name serves another site in `new` than in `old`: (before, after).
+pub(super) fn moved_sites<'a>(
+    old: &'a Config,
+    new: &'a Config,
+) -> impl Iterator<Item = (&'a TenantConfig, &'a TenantConfig)> {
+    old.tenants.iter().filter_map(|before| {
+        let after = new.tenants.iter().find(|n| n.name == before.name)?;
+        (!crate::tenant::keeps_its_site(&before.hosts, &after.hosts)).then_some((before, after))
+    })
+}
+
 pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
     let server = &new.server;
     state
@@ -257,11 +270,7 @@ pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
     // A name kept for another site (none of its hosts kept, as when two tenants swap names)
     // keeps none of the old site's objects, in any tier: they answer for hosts it no longer
     // serves (a key without the host, as many plugins make, matches the new site's requests).
-    for (before, after) in old.tenants.iter().filter_map(|before| {
-        let after = new.tenants.iter().find(|n| n.name == before.name)?;
-        let shared_host = after.hosts.iter().any(|h| before.hosts.contains(h));
-        (!shared_host).then_some((before, after))
-    }) {
+    for (before, after) in moved_sites(old, new) {
         let dropped = storage.drop_partition(&before.name);
         if let Err(e) = state.cache.storage.forget_partition(&before.name) {
             tracing::warn!(
