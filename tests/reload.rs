@@ -1151,3 +1151,46 @@ fn a_request_waiting_through_a_name_swap_stores_nothing_for_the_new_site() {
         "the old site's answer was stored under the name that now serves b.test"
     );
 }
+
+/// While one tenant's plugin file holds a refused build (the last good one serving), an edit
+/// of another tenant is applied: only changed tenants read their files again. Every tenant
+/// was rebuilt, so the refused file refused the whole edit.
+#[test]
+fn an_edit_of_one_tenant_is_applied_while_another_tenants_plugin_file_is_refused() {
+    let origin = Origin::start(|_| Reply::ok("body").header("Cache-Control", "max-age=60"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("policy.wasm");
+    install(&plugin("standard"), &live);
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"",
+        &[
+            TenantSpec::new("site", origin.addr, &live).hosts(&["site.test"]),
+            TenantSpec::new("other", origin.addr, &plugin("standard")).hosts(&["other.test"]),
+        ],
+    );
+    expect_refused(
+        &proxy,
+        &live,
+        b"garbage bytes, not wasm",
+        "not a valid WebAssembly component",
+    );
+    let config = proxy.dir.path().join("cachet.toml");
+    let edited = std::fs::read_to_string(&config).unwrap().replace(
+        "hosts = [\"other.test\"]",
+        "hosts = [\"other.test\", \"other2.test\"]",
+    );
+    std::fs::write(&config, edited).unwrap();
+    eventually("the edit of the other tenant is applied", || {
+        send("GET", &proxy.url("/x"), &[("Host", "other2.test")]).status == 200
+    });
+    assert!(
+        proxy.status()["config"]["last_refusal"].is_null(),
+        "{}",
+        proxy.status()["config"]
+    );
+    assert_eq!(
+        send("GET", &proxy.url("/x"), &[("Host", "site.test")]).status,
+        200,
+        "the last good plugin serves"
+    );
+}

@@ -446,9 +446,19 @@ impl Reloader {
             let router = self.state.router.load_full();
             let mut built = Vec::with_capacity(new.tenants.len());
             for tenant in &new.tenants {
-                match self.rebuild_tenant(&router, tenant) {
-                    Ok(t) => built.push(t),
-                    Err(e) => return Outcome::Refused(format!("{e:#}")),
+                let running = router.tenants().iter().find(|t| t.name() == tenant.name);
+                // An unchanged tenant goes on as it runs: warm instances, circuit breakers
+                // and all, and its files are not read again (a refused build of its plugin
+                // waiting in the folder refused every edit of the other tenants, and a
+                // plugin quarantined for looping was called again).
+                let unchanged =
+                    running.filter(|r| tenant_fingerprint(&r.config) == tenant_fingerprint(tenant));
+                match unchanged {
+                    Some(running) => built.push(TenantVersion::Running(running.clone())),
+                    None => match self.tenant_version(running.map(|t| &**t), tenant) {
+                        Ok(t) => built.push(TenantVersion::New(Box::new(t))),
+                        Err(e) => return Outcome::Refused(format!("{e:#}")),
+                    },
                 }
             }
             // Only once every tenant is built: taking over touches what the running version
@@ -456,12 +466,15 @@ impl Reloader {
             // config refused by a later tenant must leave the running ones as they were.
             let tenants = built
                 .into_iter()
-                .map(|mut tenant| {
-                    let running = router.tenants().iter().find(|t| t.name() == tenant.name());
-                    if let Some(old) = running {
-                        tenant.upstream.inherit(&old.upstream);
+                .map(|built| match built {
+                    TenantVersion::New(mut tenant) => {
+                        let running = router.tenants().iter().find(|t| t.name() == tenant.name());
+                        if let Some(old) = running {
+                            tenant.upstream.inherit(&old.upstream);
+                        }
+                        Arc::new(*tenant)
                     }
-                    Arc::new(tenant)
+                    TenantVersion::Running(running) => running,
                 })
                 .collect();
             // Before the new tenants serve: a name back for another site must not find the
@@ -493,21 +506,11 @@ impl Reloader {
         Outcome::Applied
     }
 
-    /// The new version of one tenant: its running plugin is reused when the
+    /// The new version of one tenant, before it takes over what the running one (`running`,
+    /// the tenant of that name now serving) knows: its running plugin is reused when the
     /// file is unchanged, so editing a host list recompiles nothing. A promoted shadow stays
     /// live while the config names the same plugin and shadow files. (It takes over the
     /// running version's origin turns once the whole config is built: see `apply_config`.)
-    fn rebuild_tenant(
-        &self,
-        router: &TenantRouter,
-        config: &TenantConfig,
-    ) -> anyhow::Result<Tenant> {
-        let running = router.tenants().iter().find(|t| t.name() == config.name);
-        self.tenant_version(running.map(|t| &**t), config)
-    }
-
-    /// [`Self::rebuild_tenant`]'s tenant, before it takes over what the running one
-    /// (`running`, the tenant of that name now serving) knows.
     fn tenant_version(
         &self,
         running: Option<&Tenant>,
@@ -622,6 +625,14 @@ impl Reloader {
             })
             .collect()
     }
+}
+
+/// What a config reload serves a tenant with.
+enum TenantVersion {
+    /// Built for the new config.
+    New(Box<Tenant>),
+    /// The running one, whose configuration did not change.
+    Running(Arc<Tenant>),
 }
 
 /// A tenant's configuration as far as a change of it matters: every setting, compared as
