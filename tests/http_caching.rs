@@ -937,6 +937,28 @@ fn a_vary_listed_in_no_cache_is_not_dropped_into_one_shared_entry() {
     assert_eq!(origin.hits_for("/nv"), 2);
 }
 
+/// Fields `no-cache="..."` names are kept out of what is stored, not from the client whose
+/// request fetched them: a miss is served from the stored head, so no client ever got them.
+/// (Such a response is revalidated before each reuse, and a `private` one not stored.)
+#[test]
+fn fields_listed_in_no_cache_reach_the_client_that_fetched_them() {
+    let origin = Origin::start(|_| {
+        Reply::ok("page")
+            .header("Cache-Control", "max-age=60, no-cache=\"X-Token, X-User\"")
+            .header("X-Token", "t")
+            .header("X-User", "u")
+            .header("ETag", "\"a\"")
+    });
+    let proxy = proxy_for(&origin);
+    for round in 0..2 {
+        let resp = send("GET", &proxy.url("/listed"), &[]);
+        assert_status_has(&resp, "stored");
+        assert_eq!(resp.header("x-token"), Some("t"), "round {round}");
+        assert_eq!(resp.header("x-user"), Some("u"), "round {round}");
+    }
+    assert_eq!(origin.hits_for("/listed"), 2);
+}
+
 /// One variant's fetch failing (a 503 with no freshness) marked the whole URL uncacheable:
 /// Pingora keeps its marks by primary key, so the gzip variant stored a moment before was no
 /// longer looked up, and every gzip client went to the origin.

@@ -24,18 +24,26 @@ pub fn effective(resp: &ResponseHeader) -> Option<ResponseDirectives> {
 }
 
 /// Removes the fields a `private="..."` or `no-cache="..."` directive names from what is
-/// stored (a shared cache must not reuse them).
-pub fn strip_listed_fields(cc: &CacheControl, header: &mut ResponseHeader) {
+/// stored (a shared cache must not reuse them), and returns them (every value, in order) for
+/// the response to the request that fetched them.
+pub fn strip_listed_fields(
+    cc: &CacheControl,
+    header: &mut ResponseHeader,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let mut removed = Vec::new();
     for directive in ["private", "no-cache"] {
         let Some(names) = cc.value(directive) else {
             continue;
         };
         for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+                let values = header.headers.get_all(&name).iter().cloned();
+                removed.extend(values.map(|value| (name.clone(), value)));
                 header.remove_header(&name);
             }
         }
     }
+    removed
 }
 
 /// Fields a stored response cannot do without: the variance, the body's framing and coding.

@@ -577,6 +577,14 @@ impl ProxyHttp for CachetProxy {
                 let _ = upstream_response.insert_header(http::header::AGE, age);
             }
         }
+        // So are the fields `no-cache="..."` names: kept out of the head this request stored,
+        // not from the client it fetched them for (only their reuse is restricted). Not
+        // twice, should Pingora send the origin's own head.
+        let mut withheld = std::mem::take(&mut ctx.withheld_fields);
+        withheld.retain(|(name, _)| !upstream_response.headers.contains_key(name));
+        for (name, value) in withheld {
+            let _ = upstream_response.append_header(name, value);
+        }
         deliver::apply_origin_edits(session, upstream_response, ctx);
         hop_by_hop::strip_for_downstream(upstream_response);
         // Fields meant for cachet alone, on an interim response too.

@@ -223,7 +223,9 @@ fn decide(
                 return not_stored(ctx, reason);
             }
             let fresh = plugin_freshness(&directive, governing.as_ref(), resp, now);
-            RespCacheable::Cacheable(meta(resp, governing.as_ref(), &directive.tags, fresh, now))
+            let (meta, withheld) = meta(resp, governing.as_ref(), &directive.tags, fresh, now);
+            ctx.withheld_fields = withheld;
+            RespCacheable::Cacheable(meta)
         }
         Ok(ResponseDecision::NoStore(reason)) => not_stored(ctx, reason),
         Ok(ResponseDecision::PassFor(duration)) => pass_for(proxy, ctx, duration),
@@ -239,7 +241,9 @@ fn decide(
             if let Some(reason) = crate::storage::unindexable_tags(&tags(resp, &[])) {
                 return not_stored(ctx, reason);
             }
-            RespCacheable::Cacheable(meta(resp, governing.as_ref(), &[], fresh, now))
+            let (meta, withheld) = meta(resp, governing.as_ref(), &[], fresh, now);
+            ctx.withheld_fields = withheld;
+            RespCacheable::Cacheable(meta)
         }
         Err(fault) => {
             let tenant = ctx.tenant.as_ref().map_or("-", |t| t.name());
@@ -302,19 +306,20 @@ fn has_validator(resp: &ResponseHeader) -> bool {
 }
 
 /// What is stored: the response minus fields that must not be shared, with the purge tags
-/// recorded for the storage's tag index.
+/// recorded for the storage's tag index; and the listed fields it holds back
+/// ([`directives::strip_listed_fields`]).
 fn meta(
     resp: &ResponseHeader,
     governing: Option<&ResponseDirectives>,
     plugin_tags: &[String],
     fresh: Freshness,
     now: SystemTime,
-) -> CacheMeta {
+) -> (CacheMeta, Vec<(http::HeaderName, http::HeaderValue)>) {
     let mut header = resp.clone();
     super::hop_by_hop::strip(&mut header);
-    if let Some(d) = governing {
-        directives::strip_listed_fields(&d.cache_control, &mut header);
-    }
+    let withheld = governing
+        .map(|d| directives::strip_listed_fields(&d.cache_control, &mut header))
+        .unwrap_or_default();
     // pingora generates `Age` for hits from `created`, which carries the upstream age.
     header.remove_header(&http::header::AGE);
     header.remove_header(TAGS_HEADER);
@@ -330,13 +335,14 @@ fn meta(
         now + fresh.fresh_for
     };
     let created = now.checked_sub(fresh.age).unwrap_or(now);
-    CacheMeta::new(
+    let meta = CacheMeta::new(
         fresh_until,
         created,
         fresh.stale_while_revalidate,
         fresh.stale_if_error,
         header,
-    )
+    );
+    (meta, withheld)
 }
 
 /// The origin's `Surrogate-Key` tags and the plugin's, space-separated.
