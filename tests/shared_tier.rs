@@ -1168,6 +1168,72 @@ fn a_purge_dated_far_ahead_is_not_applied() {
     time_until_not_hit(&b, "/tagged");
 }
 
+/// A member of `<prefix>purges` that is not UTF-8 (anyone who can write to Redis can add one)
+/// is skipped, as a mark that does not parse is. It failed the whole read of the kept marks:
+/// no node ever listened, every PURGE answered 503 and no purge reached another node.
+#[test]
+fn a_purge_mark_that_is_not_utf8_stops_no_node_from_hearing_purges() {
+    let redis = Redis::start(free_port());
+    let _: i64 = redis::cmd("ZADD")
+        .arg("test:purges")
+        .arg(now_ns())
+        .arg(&b"\xff\xfe not a mark"[..])
+        .query(&mut redis_conn(&redis))
+        .unwrap();
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    share(&a, &b, &origin, "/obj");
+    purge(&b, "/obj", &[]);
+    time_until_not_hit(&a, "/obj");
+}
+
+/// Something other than a sorted set at `<prefix>purges` (another program wrote there) is
+/// removed when a node reads the kept marks, so nodes listen and purges are kept again. It
+/// failed every node's read of them for good (WRONGTYPE), and every purge's `ZADD`.
+#[test]
+fn a_purge_set_overwritten_with_another_type_is_replaced() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    let mut conn = redis_conn(&redis);
+    let () = redis::cmd("SET")
+        .arg("test:purges")
+        .arg("not a set")
+        .query(&mut conn)
+        .unwrap();
+    // Both nodes read the kept marks again when their channel comes back.
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut conn)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let kind: String = redis::cmd("TYPE")
+            .arg("test:purges")
+            .query(&mut conn)
+            .unwrap();
+        if kind != "string" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never replaced:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_connected(&a, true);
+    wait_connected(&b, true);
+    share(&a, &b, &origin, "/obj");
+    purge(&b, "/obj", &[]);
+    time_until_not_hit(&a, "/obj");
+    let kept: u64 = redis::cmd("ZCARD")
+        .arg("test:purges")
+        .query(&mut conn)
+        .unwrap();
+    assert!(kept >= 1, "the purge's mark is kept");
+}
+
 /// A tenant name kept for another site (none of its hosts kept) serves none of the old site's
 /// copies in Redis, though another node wrote them: with a key that does not name the host
 /// (the `path-key` fixture) they matched the new site's requests.

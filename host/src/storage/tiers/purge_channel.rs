@@ -196,14 +196,23 @@ async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Stop
             .await
             .map_err(within("subscribing"))?
             .map_err(|e| format!("subscribing: {e}"))?;
-        // Subscribed first, then read the kept marks: nothing falls between the two.
+        // Subscribed first, then read the kept marks: nothing falls between the two. As
+        // bytes: a member that is not UTF-8 (anyone who can write to Redis can add one) failed
+        // the whole reply, and every node's subscriber with it, for good.
         let mut range = redis::cmd("ZRANGE");
         range.arg(channel).arg(0).arg(-1);
-        let reading = range.query_async::<Vec<String>>(&mut conn);
-        tokio::time::timeout(PURGE_TIMEOUT, reading)
+        let reading = range.query_async::<Vec<Vec<u8>>>(&mut conn);
+        match tokio::time::timeout(PURGE_TIMEOUT, reading)
             .await
             .map_err(within("reading the kept purges"))?
-            .map_err(|e| format!("reading the kept purges: {e}"))
+        {
+            Ok(kept) => Ok(kept),
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                replace_foreign_value(&mut conn, channel).await?;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(format!("reading the kept purges: {e}")),
+        }
     };
     let kept = match subscribing.await {
         Ok(kept) => kept,
@@ -267,14 +276,53 @@ async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Stop
     lost
 }
 
+/// Removes what is kept under the purge set's name when it is no sorted set (another program
+/// wrote there), in one step so a set another node made meanwhile stays. Left there, it
+/// stopped every node's subscriber for good, and every purge's `ZADD` failed (PURGE 503 on
+/// every node). The marks were lost when it was overwritten, as in a Redis that came back
+/// empty: the node goes on with none kept. Refused (an ACL without `EVAL`), the node still
+/// listens; its purges keep failing until the key is deleted, and the log says so.
+async fn replace_foreign_value(
+    conn: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+) -> Result<(), String> {
+    let mut remove = redis::cmd("EVAL");
+    remove
+        .arg("if redis.call('TYPE', KEYS[1]).ok ~= 'zset' then return redis.call('DEL', KEYS[1]) end return 0")
+        .arg(1)
+        .arg(channel);
+    let removing = remove.query_async::<i64>(conn);
+    match tokio::time::timeout(PURGE_TIMEOUT, removing).await {
+        Ok(Ok(0)) => Err("the purge set changed while it was read".to_owned()),
+        Ok(Ok(_)) => {
+            tracing::error!(
+                "shared tier: `{channel}` held something else than the sorted set of purge \
+                 marks (written by another program): removed; the marks it replaced are lost"
+            );
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(
+                "shared tier: `{channel}` holds something else than the sorted set of purge \
+                 marks (written by another program) and removing it failed ({e}): no purge is \
+                 kept in Redis, and every PURGE answers 503, until it is deleted"
+            );
+            Ok(())
+        }
+        Err(_) => Err(format!(
+            "removing a foreign `{channel}`: no answer within {PURGE_TIMEOUT:?}"
+        )),
+    }
+}
+
 /// Applies the marks kept in Redis, read when the node (re)connects. `missed_since`: when
 /// the node stopped listening (unset the first time).
-fn apply_kept(subscriber: &Subscriber, kept: &[String], missed_since: Option<u64>) {
+fn apply_kept(subscriber: &Subscriber, kept: &[Vec<u8>], missed_since: Option<u64>) {
     let remote = &subscriber.remote;
     let now = super::record::now_ns();
     let marks: Vec<Purge> = kept
         .iter()
-        .filter_map(|m| serde_json::from_str::<Purge>(m).ok())
+        .filter_map(|m| serde_json::from_slice::<Purge>(m).ok())
         .filter(|m| plausible(m, now))
         .collect();
     // Marks shadow L2 copies. Those this node missed also touch its L1: after a lost
