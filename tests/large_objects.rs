@@ -44,19 +44,28 @@ fn node(origin: &Origin, disk: &Path, redis: Option<u16>) -> Proxy {
     )
 }
 
-/// [`node`] with the shared tier at `url` (a Redis user in it, say).
+/// [`node`] with the shared tier at `url` (a Redis user in it, say), once it listens for
+/// purges (until then it reads nothing from the shared tier).
 fn node_with_url(origin: &Origin, disk: &Path, url: Option<String>) -> Proxy {
-    let shared = url.map_or(String::new(), |url| {
+    let shared = url.as_ref().map_or(String::new(), |url| {
         format!("[cache.shared]\nurl = \"{url}\"\nmax_object_bytes = \"16MiB\"\nop_timeout = \"500ms\"\n")
     });
-    Proxy::start_with_server(
+    let proxy = Proxy::start_with_server(
         &format!("admin_token = \"{TOKEN}\""),
         &format!(
             "max_bytes = \"64MiB\"\nmax_object_bytes = \"8MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"\n{shared}[plugins]\nwatch = false",
             disk.display().to_string()
         ),
         &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
-    )
+    );
+    if url.is_some() {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while tier(&proxy, "l2-shared")["connected"] != true {
+            assert!(Instant::now() < deadline, "never listened for purges");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    proxy
 }
 
 fn tier(proxy: &Proxy, name: &str) -> serde_json::Value {

@@ -1234,6 +1234,57 @@ fn a_purge_set_overwritten_with_another_type_is_replaced() {
     assert!(kept >= 1, "the purge's mark is kept");
 }
 
+/// A node that does not listen for purges reads no copy from the shared tier: a tag purge
+/// leaves the copy in Redis with only its mark to hide it, and a node that has not read the
+/// marks served it. Here a Redis user without rights on channels keeps the node from ever
+/// subscribing, as a Redis that came back after the node started does until it subscribes.
+/// Once it may, it reads the kept marks and serves the copies they leave.
+#[test]
+fn a_node_not_listening_for_purges_reads_no_copy_from_the_shared_tier() {
+    let deaf = [
+        "--user",
+        "deaf",
+        "on",
+        ">secret",
+        "~*",
+        "resetchannels",
+        "+@all",
+    ];
+    let redis = Redis::start_with(free_port(), &deaf);
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    get(&a, "/tagged", &[]);
+    get(&a, "/later", &[]);
+    wait_writes(&a, 2);
+    purge(&a, "/", &[("Surrogate-Key", "t1")]);
+
+    let b = node_with(
+        &origin,
+        &format!("url = \"redis://deaf:secret@127.0.0.1:{}\"", redis.port),
+    );
+    let resp = get(&b, "/tagged", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=miss") && resp.text().ends_with("#2"),
+        "a tag-purged copy served by a node that never read the marks: {} {}",
+        resp.cache_status(),
+        resp.text()
+    );
+    let stats = shared_stats(&b);
+    assert_eq!(stats["connected"], false, "{stats}");
+    assert_eq!(stats["hits"], 0, "{stats}");
+
+    let _: redis::Value = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("deaf")
+        .arg("allchannels")
+        .query(&mut redis_conn(&redis))
+        .unwrap();
+    wait_connected(&b, true);
+    let resp = get(&b, "/later", &[]);
+    assert!(is_shared_hit(&resp), "{}", resp.cache_status());
+    assert_eq!(origin.hits_for("/later"), 1);
+}
+
 /// A tenant name kept for another site (none of its hosts kept) serves none of the old site's
 /// copies in Redis, though another node wrote them: with a key that does not name the host
 /// (the `path-key` fixture) they matched the new site's requests.

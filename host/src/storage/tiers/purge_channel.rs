@@ -14,7 +14,7 @@ use super::shared::PURGE_TIMEOUT;
 use super::tier::Tier;
 use redis::{PushInfo, PushKind};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -219,7 +219,8 @@ async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Stop
         Err(e) => return Stopped::Failed(e),
     };
     apply_kept(subscriber, &kept, missed_since.take());
-    subscriber.subscribed.store(true, Relaxed);
+    // Release: a lookup that sees the node listening sees the marks just applied.
+    subscriber.subscribed.store(true, Release);
     tracing::info!("shared tier: listening for purges on {channel}");
     // When the channel last showed it was alive: if it dies, purges from then on were missed.
     let mut heard = super::record::now_ns();

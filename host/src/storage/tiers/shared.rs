@@ -12,6 +12,7 @@
 //!   purges) and the chunks of a response under way by up to a second. An unreachable Redis
 //!   makes lookups misses and writes errors (counted), never a failed request. The
 //!   connection manager and the subscriber reconnect by themselves.
+//! - Nothing is read while the node is not listening for purges (`SharedTier::listening`).
 
 use super::key::TierKey;
 use super::purge_channel::{self, Message, RemotePurges, Subscriber};
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use redis::aio::ConnectionManagerConfig;
 use redis::{IntoConnectionInfo, ProtocolVersion};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::runtime::{Handle, Id as RuntimeId};
@@ -195,6 +196,19 @@ impl SharedTier {
         Ok((!value.is_empty()).then(|| Bytes::from(value)))
     }
 
+    /// Whether copies may be read: only while this node listens for purges, the kept marks
+    /// applied. Before that (Redis back after the start, a channel lost) marks it has not
+    /// read may shadow a copy, and tag-purged, soft-purged and `Vary` variant copies stay in
+    /// Redis with only their mark to hide them: they were served.
+    fn listening(&self) -> Result<(), String> {
+        // Acquire: the marks applied before `subscribed` was set are seen by the lookup.
+        if self.subscribed.load(Acquire) {
+            Ok(())
+        } else {
+            Err("not listening for purges yet: its copies may have been purged".into())
+        }
+    }
+
     fn channel(&self) -> String {
         format!("{}purges", self.prefix)
     }
@@ -271,6 +285,7 @@ impl Tier for SharedTier {
     }
 
     async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
+        self.listening()?;
         self.read(key, self.op_timeout).await
     }
 
@@ -279,10 +294,12 @@ impl Tier for SharedTier {
     }
 
     async fn get_first_chunk(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
+        self.listening()?;
         self.read(key, self.op_timeout).await
     }
 
     async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String> {
+        self.listening()?;
         let mut cmd = redis::pipe();
         let exists = cmd.cmd("EXISTS");
         for key in keys {
