@@ -260,6 +260,11 @@ pub enum UnusualFieldNames {
 /// Largest request head Pingora itself reads (its `MAX_HEADER_SIZE`).
 pub const PINGORA_MAX_HEAD: usize = 1_048_575;
 
+/// Longest tenant name. The name is the partition of the tenant's objects in every tier and
+/// in the purge marks nodes send each other: a mark naming a longer one is dropped as no
+/// node's, so a longer name would let other nodes' purges of it be dropped.
+pub const MAX_TENANT_NAME_BYTES: usize = 255;
+
 /// Why an admin token could never be presented, if so: a client sends it as `Bearer <token>`
 /// in one header line, trimmed, so it must be visible ASCII without spaces.
 pub fn unsendable_token(token: &str) -> Option<&'static str> {
@@ -981,6 +986,7 @@ impl Locator<'_> {
     ) -> Result<TenantConfig, ConfigError> {
         let name = t.name.get_ref().trim().to_owned();
         let valid_name = !name.is_empty()
+            && name.len() <= MAX_TENANT_NAME_BYTES
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
@@ -988,7 +994,7 @@ impl Locator<'_> {
             return Err(self.at(
                 t.name.span(),
                 "tenant.name",
-                "must be non-empty and use only letters, digits, '-', '_' or '.'",
+                "must be 1-255 bytes of letters, digits, '-', '_' or '.'",
             ));
         }
         if earlier.iter().any(|e| e.name == name) {

@@ -8,7 +8,7 @@
 /// Most tags kept per object; more would let one response bloat the index.
 const MAX_TAGS: usize = 64;
 /// Longest tag kept; longer ones are ignored.
-const MAX_TAG_BYTES: usize = 256;
+pub(crate) const MAX_TAG_BYTES: usize = 256;
 
 /// Why a response's tags (space-separated) cannot all be indexed, if they cannot: a tag left
 /// out of the index would let its purge miss the object, so such a response is not stored.

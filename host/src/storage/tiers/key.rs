@@ -89,6 +89,11 @@ impl TierKey {
         Self(bytes)
     }
 
+    /// The longest name of an object in a partition of `partition_bytes`.
+    pub(crate) const fn max_len(partition_bytes: usize) -> usize {
+        3 + partition_bytes + 2 * KEY_SIZE
+    }
+
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }

@@ -368,7 +368,110 @@ fn apply_message(subscriber: &Subscriber, data: Vec<redis::Value>, received: u64
 /// differ. Anyone who can write to Redis can publish, and a node whose clock jumped ahead
 /// can too: a floor dated far ahead would hide a whole tenant's copies until then. (A
 /// partition's floor comes from a node whose tenant name now serves another site; dated
-/// now it takes no more than `DEL` of every copy would.)
+/// now it takes no more than `DEL` of every copy would.) Its tag and partition no longer
+/// than a node's can be: longer ones hide nothing and were held in memory at any length.
 fn plausible(purge: &Purge, now: u64) -> bool {
-    purge.at <= now.saturating_add(MAX_CLOCK_AHEAD_NS)
+    purge.at <= now.saturating_add(MAX_CLOCK_AHEAD_NS) && purge.target.could_be_made()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::key::TierKey;
+    use super::super::purges::{Target, Verdict};
+    use super::*;
+    use pingora_cache::CacheKey;
+
+    fn subscriber() -> Subscriber {
+        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(1 << 20, 1 << 20)));
+        Subscriber {
+            client: redis::Client::open("redis://127.0.0.1:1").unwrap(),
+            channel: "test:purges".into(),
+            node: "this".into(),
+            remote: RemotePurges {
+                l1,
+                marks: Arc::default(),
+                disk: None,
+            },
+            subscribed: Arc::default(),
+            backlog: 16,
+            fell_behind: Arc::default(),
+        }
+    }
+
+    fn tag(partition: &str, tag: &str, at: u64) -> Purge {
+        Purge {
+            target: Target::Tag {
+                partition: partition.into(),
+                tag: tag.into(),
+            },
+            at,
+            soft: false,
+        }
+    }
+
+    /// Marks from other nodes with a tag longer than a stored object may carry, or a partition
+    /// longer than a tenant's name, hide nothing: they are dropped, on the channel and from the
+    /// kept ones, where they were held in memory (and in the disk tier's marks) at any length.
+    #[test]
+    fn marks_longer_than_any_node_makes_are_not_taken() {
+        let subscriber = subscriber();
+        let now = super::super::record::now_ns();
+        let (long_tag, long_name) = ("t".repeat(257), "p".repeat(256));
+        let heard = [
+            ("site", "t".repeat(256), true),
+            ("site", long_tag.clone(), false),
+            (&"p".repeat(255)[..], "t".to_owned(), true),
+            (&long_name[..], "t".to_owned(), false),
+        ];
+        for (partition, tag_name, taken) in &heard {
+            let message = Message {
+                node: "other".into(),
+                purge: tag(partition, tag_name, now),
+            };
+            let payload = serde_json::to_vec(&message).unwrap();
+            let data = vec![
+                redis::Value::BulkString(b"test:purges".to_vec()),
+                redis::Value::BulkString(payload),
+            ];
+            apply_message(&subscriber, data, now);
+            let key = TierKey::of(&CacheKey::new(b"/a".to_vec(), *partition));
+            let tags: Vec<Box<str>> = vec![tag_name.as_str().into()];
+            let verdict = subscriber.remote.marks.verdict(&key, &tags, now - 1);
+            assert_eq!(
+                verdict == Verdict::Gone,
+                *taken,
+                "{} bytes of partition, {} of tag",
+                partition.len(),
+                tag_name.len()
+            );
+        }
+
+        let floor = |partition: &str| Purge {
+            target: Target::Partition(partition.into()),
+            at: now,
+            soft: false,
+        };
+        let long_key = TierKey::of(&CacheKey::new(b"/a".to_vec(), "k".repeat(256)));
+        let key_mark = Purge {
+            target: Target::Key(long_key.to_hex()),
+            at: now,
+            soft: false,
+        };
+        let kept: Vec<Vec<u8>> = [floor(&"q".repeat(256)), floor("r"), key_mark]
+            .iter()
+            .map(|purge| serde_json::to_vec(purge).unwrap())
+            .collect();
+        apply_kept(&subscriber, &kept, None);
+        let marks = &subscriber.remote.marks;
+        let in_partition = |partition: &str| TierKey::of(&CacheKey::new(b"/b".to_vec(), partition));
+        assert_eq!(
+            marks.verdict(&in_partition(&"q".repeat(256)), &[], now - 1),
+            Verdict::Keep
+        );
+        assert_eq!(marks.verdict(&long_key, &[], now - 1), Verdict::Keep);
+        assert_eq!(
+            marks.verdict(&in_partition("r"), &[], now - 1),
+            Verdict::Gone
+        );
+    }
 }

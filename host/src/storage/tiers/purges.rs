@@ -19,6 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 /// mark, and any client can send those).
 pub(crate) const MAX_MARKS: usize = 65_536;
 
+/// Partitions with a floor of their own, at most. Marks from other nodes can name any
+/// partition, and each dropped or floored one kept its floor for good. Past the bound a new
+/// partition's floor is taken by every partition instead (`floor_all`): it hides every copy
+/// it would have hidden, and costs the other partitions' older L2 copies, never a purge.
+const MAX_FLOORS: usize = MAX_MARKS;
+
 /// What a purge names.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,6 +39,27 @@ pub(crate) enum Target {
 }
 
 impl Target {
+    /// Whether a node could have made this target: a tag no longer than a stored object's
+    /// tags may be, a partition no longer than a tenant's name (a key no longer than the
+    /// name of an object in one). Any other shadows no copy (none carries such a tag or
+    /// name), and from another node it would be held in memory at any length.
+    pub(crate) fn could_be_made(&self) -> bool {
+        use crate::config::MAX_TENANT_NAME_BYTES as MAX_PARTITION;
+        match self {
+            // The length first: the hex is decoded to read the partition.
+            Self::Key(hex) => {
+                hex.len() <= 2 * TierKey::max_len(MAX_PARTITION)
+                    && TierKey::from_hex(hex)
+                        .and_then(|key| key.partition().map(str::len))
+                        .is_some_and(|len| len <= MAX_PARTITION)
+            }
+            Self::Tag { partition, tag } => {
+                partition.len() <= MAX_PARTITION && tag.len() <= crate::storage::tags::MAX_TAG_BYTES
+            }
+            Self::Partition(partition) => partition.len() <= MAX_PARTITION,
+        }
+    }
+
     /// The partition the target is in (none for a key that does not parse).
     fn partition(&self) -> Option<String> {
         match self {
@@ -76,14 +103,11 @@ impl Mark {
         moved
     }
 
-    /// Takes in everything `other` says.
-    fn absorb(&mut self, other: Mark) {
-        if let Some(at) = other.hard {
-            self.raise(false, at);
-        }
-        if let Some(at) = other.soft {
-            self.raise(true, at);
-        }
+    /// Takes in everything `other` says; whether anything moved.
+    fn absorb(&mut self, other: Mark) -> bool {
+        let hard = other.hard.is_some_and(|at| self.raise(false, at));
+        let soft = other.soft.is_some_and(|at| self.raise(true, at));
+        hard || soft
     }
 
     /// What this mark says about a copy written at `written_at`.
@@ -107,8 +131,11 @@ struct Marks {
     len: usize,
     /// Per partition, what the marks dropped to stay within [`MAX_MARKS`] said.
     floors: HashMap<String, Mark>,
-    /// For every partition: a shared tier's kept marks were cut before this node read them.
+    /// For every partition: a shared tier's kept marks were cut before this node read them,
+    /// or a floor came for a partition past [`MAX_FLOORS`].
     floor_all: Mark,
+    /// The log said `floors` is full.
+    floors_full_said: bool,
 }
 
 impl Marks {
@@ -127,8 +154,26 @@ impl Marks {
         };
         self.len -= 1;
         if let Some(mark) = self.by_target.remove(&target) {
-            self.floors.entry(partition).or_default().absorb(mark);
+            self.raise_floor(partition, mark);
         }
+    }
+
+    /// Raises `partition`'s floor by `mark` (past [`MAX_FLOORS`] partitions, a new one's goes
+    /// to every partition); whether it moved.
+    fn raise_floor(&mut self, partition: String, mark: Mark) -> bool {
+        let floor = if self.floors.len() < MAX_FLOORS || self.floors.contains_key(&partition) {
+            self.floors.entry(partition).or_default()
+        } else {
+            if !self.floors_full_said {
+                tracing::warn!(
+                    "purge marks: {MAX_FLOORS} partitions have a floor; a floor for another \
+                     applies to every partition (older L2 copies of every tenant are fetched again)"
+                );
+                self.floors_full_said = true;
+            }
+            &mut self.floor_all
+        };
+        floor.absorb(mark)
     }
 }
 
@@ -148,11 +193,9 @@ impl PurgeLog {
         };
         let mut marks = self.marks.lock();
         if let Target::Partition(_) = purge.target {
-            return marks
-                .floors
-                .entry(partition)
-                .or_default()
-                .raise(purge.soft, purge.at);
+            let mut mark = Mark::default();
+            mark.raise(purge.soft, purge.at);
+            return marks.raise_floor(partition, mark);
         }
         let fresh = !marks.by_target.contains_key(&purge.target);
         let mark = marks.by_target.entry(purge.target.clone()).or_default();
@@ -346,6 +389,76 @@ mod tests {
         log.forget_before(100);
         assert_eq!(log.verdict(&url("/y", "other"), &[], 99), Verdict::Gone);
         assert_eq!(log.verdict(&url("/y", "third"), &[], 101), Verdict::Keep);
+    }
+
+    /// Floors can come from other nodes for any partition, and each stayed for good. Past
+    /// [`MAX_FLOORS`] a new partition's floor is every partition's: what it hides stays
+    /// hidden, and the map stops growing.
+    #[test]
+    fn floors_past_their_bound_apply_to_every_partition() {
+        let floor = |partition: &str, at: u64| Purge {
+            target: Target::Partition(partition.into()),
+            at,
+            soft: false,
+        };
+        let log = PurgeLog::default();
+        for i in 0..MAX_FLOORS {
+            log.record(&floor(&format!("p{i}"), 10));
+        }
+        assert!(log.record(&floor("late", 20)));
+        assert_eq!(log.marks.lock().floors.len(), MAX_FLOORS);
+        assert_eq!(log.verdict(&url("/a", "late"), &[], 15), Verdict::Gone);
+        assert_eq!(log.verdict(&url("/a", "late"), &[], 21), Verdict::Keep);
+        // The cost: every partition's copies written before it.
+        assert_eq!(log.verdict(&url("/a", "site"), &[], 15), Verdict::Gone);
+        assert_eq!(log.verdict(&url("/a", "site"), &[], 21), Verdict::Keep);
+        // A partition with a floor of its own still raises it alone.
+        assert!(log.record(&floor("p0", 30)));
+        assert_eq!(log.verdict(&url("/a", "p0"), &[], 25), Verdict::Gone);
+        assert_eq!(log.verdict(&url("/a", "p1"), &[], 25), Verdict::Keep);
+
+        // Marks dropped from a partition with no floor yet go the same way.
+        for i in 0..MAX_MARKS as u64 + 1 {
+            log.record(&Purge {
+                target: Target::Key(url(&format!("/f{i}"), "flood").to_hex()),
+                at: 40 + i,
+                soft: false,
+            });
+        }
+        assert_eq!(log.marks.lock().floors.len(), MAX_FLOORS);
+        assert_eq!(log.verdict(&url("/other", "flood"), &[], 40), Verdict::Gone);
+        assert_eq!(log.verdict(&url("/a", "site"), &[], 40), Verdict::Gone);
+        assert_eq!(log.verdict(&url("/a", "site"), &[], 41), Verdict::Keep);
+    }
+
+    /// No mark a node makes is dropped as too long: the longest tenant name the config takes
+    /// (one byte more is refused), the longest tag a stored object carries, a `Vary`
+    /// variant's key.
+    #[test]
+    fn every_mark_of_a_tenant_the_config_takes_could_be_made() {
+        use crate::config::MAX_TENANT_NAME_BYTES;
+        let config = |name: &str| {
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"{name}\"\nhosts = [\"*\"]\n\
+                 upstream = \"127.0.0.1:1\"\nplugin = \"builtin:standard\"\n"
+            )
+        };
+        let path = std::env::temp_dir().join("cachet.toml");
+        let longest = "n".repeat(MAX_TENANT_NAME_BYTES);
+        assert!(crate::config::parse(&path, &config(&longest)).is_ok());
+        assert!(crate::config::parse(&path, &config(&format!("{longest}n"))).is_err());
+        let mut varying = CacheKey::new(b"/a".to_vec(), longest.as_str());
+        varying.set_variance_key([3; 16]);
+        for target in [
+            Target::Key(TierKey::of(&varying).to_hex()),
+            Target::Tag {
+                partition: longest.clone(),
+                tag: "t".repeat(crate::storage::tags::MAX_TAG_BYTES),
+            },
+            Target::Partition(longest.clone()),
+        ] {
+            assert!(target.could_be_made(), "{target:?}");
+        }
     }
 
     #[test]
