@@ -1756,3 +1756,46 @@ fn node_for_site(redis: &Redis, tenants: &[(&str, &Origin, &str)]) -> Proxy {
 fn site(body: &'static str) -> Origin {
     Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
 }
+
+/// A Redis whose maxmemory-policy evicts any key (allkeys-*) may evict the purge marks, which
+/// have no expiry, and bring purged copies back: no copy is read from it, with an error in
+/// the log, until the policy spares keys without an expiry (volatile-*).
+#[test]
+fn a_redis_that_may_evict_the_purge_marks_serves_no_copy() {
+    let redis = Redis::start_with(free_port(), &["--maxmemory-policy", "allkeys-lru"]);
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    wait_connected(&a, true);
+    wait_connected(&b, true);
+    get(&a, "/evictable", &[]);
+    wait_writes(&a, 1);
+    let resp = get(&b, "/evictable", &[]);
+    assert!(!is_shared_hit(&resp), "{}", resp.cache_status());
+    assert_eq!(origin.hits_for("/evictable"), 2);
+    assert!(
+        b.log().contains("maxmemory-policy is allkeys-"),
+        "{}",
+        b.log()
+    );
+
+    let _: redis::Value = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("volatile-lru")
+        .query(&mut redis_conn(&redis))
+        .unwrap();
+    // Read again from the next sample of Redis's settings (every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for i in 2.. {
+        let path = format!("/again{i}");
+        get(&a, &path, &[]);
+        wait_writes(&a, i);
+        let resp = get(&b, &path, &[]);
+        if is_shared_hit(&resp) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", resp.cache_status());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -16,16 +16,29 @@ pub(super) struct RedisSize {
     keys: AtomicU64,
     used_bytes: AtomicU64,
     sampled: AtomicBool,
+    /// Redis's `maxmemory-policy` may evict keys without an expiry (`allkeys-*`).
+    evicts_any_key: AtomicBool,
 }
 
 impl RedisSize {
     /// Takes a sample: the key count (`DBSIZE`) and the text of `INFO memory`.
-    pub(super) fn record(&self, keys: u64, info_memory: &str) {
+    /// Returns whether Redis now evicts keys without an expiry and did not at the last
+    /// sample (`Some(true)`), or the reverse (`Some(false)`).
+    pub(super) fn record(&self, keys: u64, info_memory: &str) -> Option<bool> {
         self.keys.store(keys, Relaxed);
         if let Some(bytes) = used_memory(info_memory) {
             self.used_bytes.store(bytes, Relaxed);
         }
         self.sampled.store(true, Relaxed);
+        let evicts = info_field(info_memory, "maxmemory_policy")
+            .is_some_and(|policy| policy.starts_with("allkeys-"));
+        (self.evicts_any_key.swap(evicts, Relaxed) != evicts).then_some(evicts)
+    }
+
+    /// Whether Redis may evict keys that have no expiry, as the purge marks and the sites
+    /// record: a purge whose mark is evicted is undone for every node that reads it later.
+    pub(super) fn evicts_any_key(&self) -> bool {
+        self.evicts_any_key.load(Relaxed)
     }
 
     /// Keys in the database (every node's objects and purge marks, and any other keys kept
@@ -42,9 +55,15 @@ impl RedisSize {
 
 /// `used_memory` of an `INFO memory` answer (`used_memory:1234` on a line of its own).
 fn used_memory(info: &str) -> Option<u64> {
-    info.lines()
-        .find_map(|line| line.trim_end().strip_prefix("used_memory:"))
-        .and_then(|value| value.parse().ok())
+    info_field(info, "used_memory").and_then(|value| value.parse().ok())
+}
+
+/// The value of `name` in an `INFO` answer (`name:value` on a line of its own).
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        let (field, value) = line.trim_end().split_once(':')?;
+        (field == name).then_some(value)
+    })
 }
 
 #[cfg(test)]

@@ -200,7 +200,12 @@ impl SharedTier {
     /// applied. Before that (Redis back after the start, a channel lost) marks it has not
     /// read may shadow a copy, and tag-purged, soft-purged and `Vary` variant copies stay in
     /// Redis with only their mark to hide them: they were served.
+    /// Nor while Redis may evict the marks themselves (they have no expiry; see
+    /// [`RedisSize::evicts_any_key`]).
     fn listening(&self) -> Result<(), String> {
+        if self.size.evicts_any_key() {
+            return Err(EVICTS_MARKS.into());
+        }
         // Acquire: the marks applied before `subscribed` was set are seen by the lookup.
         if self.subscribed.load(Acquire) {
             Ok(())
@@ -451,6 +456,12 @@ impl Tier for SharedTier {
     }
 }
 
+/// Why no copy is read under an `allkeys-*` eviction policy.
+const EVICTS_MARKS: &str = "Redis's maxmemory-policy is allkeys-*: it may evict the purge marks \
+    (kept without an expiry), and copies purged by tag, soft or by URL for a Vary variant would \
+    be served again, so no copy is read from it (every object has an expiry: set a volatile-* \
+    policy or noeviction)";
+
 /// Samples what the database holds every [`SAMPLE_EVERY`], for as long as the process runs;
 /// a sample Redis does not answer in time is skipped (and counts as no error: no request
 /// waited on it).
@@ -464,7 +475,14 @@ async fn sample_size(conn: Conn, limit: Duration, size: Arc<RedisSize>) {
         query.cmd("DBSIZE").cmd("INFO").arg("memory");
         match conn.run::<(u64, String)>(limit, query).await {
             Ok((keys, info)) => {
-                size.record(keys, &info);
+                match size.record(keys, &info) {
+                    Some(true) => tracing::error!("shared tier: {EVICTS_MARKS}"),
+                    Some(false) => tracing::info!(
+                        "shared tier: Redis no longer evicts keys without an expiry; copies are \
+                         read again"
+                    ),
+                    None => {}
+                }
                 said = false;
             }
             // Once per spell: a Redis user without DBSIZE or INFO (an ACL) would otherwise
