@@ -661,6 +661,17 @@ fn a_removed_tenants_series_go_after_its_last_request() {
     assert_eq!(b_series(), 0);
 }
 
+/// Rewrites the config with tenants a and b under each other's names.
+fn swap_names_a_and_b(proxy: &Proxy) {
+    let config = proxy.dir.path().join("cachet.toml");
+    let swapped = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("name = \"a\"", "name = \"swap\"")
+        .replace("name = \"b\"", "name = \"a\"")
+        .replace("name = \"swap\"", "name = \"b\"");
+    std::fs::write(&config, swapped).unwrap();
+}
+
 /// Two tenants that swap names in one reload keep none of each other's objects: each name
 /// now serves the other's hosts, and its old objects answered for hosts it no longer serves
 /// (probe AB: all kept, counted under the wrong tenant).
@@ -688,13 +699,7 @@ fn tenants_that_swap_names_keep_none_of_the_old_objects() {
     }
     let objects = |proxy: &Proxy| proxy.status()["cache"]["objects"].as_u64();
     assert_eq!(objects(&proxy), Some(6));
-    let config = proxy.dir.path().join("cachet.toml");
-    let swapped = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("name = \"a\"", "name = \"swap\"")
-        .replace("name = \"b\"", "name = \"a\"")
-        .replace("name = \"swap\"", "name = \"b\"");
-    std::fs::write(&config, swapped).unwrap();
+    swap_names_a_and_b(&proxy);
     eventually("the swapped tenants' objects dropped", || {
         objects(&proxy) == Some(0)
     });
@@ -1130,13 +1135,7 @@ fn a_request_waiting_through_a_name_swap_stores_nothing_for_the_new_site() {
     // Waits for the only origin turn, which /hold keeps for 1.5 s.
     let waiting = send("GET", "/waiting");
     std::thread::sleep(Duration::from_millis(300));
-    let config = proxy.dir.path().join("cachet.toml");
-    let swapped = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("name = \"a\"", "name = \"swap\"")
-        .replace("name = \"b\"", "name = \"a\"")
-        .replace("name = \"swap\"", "name = \"b\"");
-    std::fs::write(&config, swapped).unwrap();
+    swap_names_a_and_b(&proxy);
     eventually("the swap applied", || {
         proxy.status()["tenants"].as_array().is_some_and(|t| {
             t.iter()

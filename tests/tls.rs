@@ -6,7 +6,7 @@
 mod support;
 
 use sha2::Digest;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::client::Resp;
@@ -810,13 +810,9 @@ fn without_file_watching_a_reload_request_picks_up_renewed_certificates() {
     );
 }
 
-/// A tenant whose certificate was missing when its config was first written (refused), then
-/// applied by a reload request once the pair is in place: its files are watched from then
-/// on, so a renewal in place is served. They were watched only after file events the watcher
-/// handled itself, and the renewal went unseen until the certificate expired (probe AI).
-#[test]
-fn a_certificate_brought_in_by_a_reload_request_is_watched_for_renewals() {
-    let sites = Sites::start();
+/// Gives tenant gamma a certificate pair not written yet; waits for the config's refusal.
+/// Returns the pair's paths (certificate, key).
+fn name_a_pair_not_written_yet(sites: &Sites) -> (PathBuf, PathBuf) {
     let config_path = sites.proxy.dir.path().join("cachet.toml");
     let original = std::fs::read_to_string(&config_path).unwrap();
     let cert = sites.certs.path().join("gamma.crt");
@@ -831,6 +827,17 @@ fn a_certificate_brought_in_by_a_reload_request_is_watched_for_renewals() {
     eventually("the config naming a missing pair is refused", || {
         !sites.proxy.status()["config"]["last_refusal"].is_null()
     });
+    (cert, key)
+}
+
+/// A tenant whose certificate was missing when its config was first written (refused), then
+/// applied by a reload request once the pair is in place: its files are watched from then
+/// on, so a renewal in place is served. They were watched only after file events the watcher
+/// handled itself, and the renewal went unseen until the certificate expired (probe AI).
+#[test]
+fn a_certificate_brought_in_by_a_reload_request_is_watched_for_renewals() {
+    let sites = Sites::start();
+    let (cert, key) = name_a_pair_not_written_yet(&sites);
     let first = sites.cas[2].leaf(&["c.test"]);
     first.write(sites.certs.path(), "gamma");
     let status: serde_json::Value = serde_json::from_str(
@@ -858,20 +865,7 @@ fn a_certificate_brought_in_by_a_reload_request_is_watched_for_renewals() {
 #[test]
 fn a_config_naming_a_certificate_not_written_yet_is_applied_once_it_is() {
     let sites = Sites::start();
-    let config_path = sites.proxy.dir.path().join("cachet.toml");
-    let original = std::fs::read_to_string(&config_path).unwrap();
-    let cert = sites.certs.path().join("gamma.crt");
-    let key = sites.certs.path().join("gamma.key");
-    replace(
-        &config_path,
-        &original.replace(
-            "name = \"gamma\"\n",
-            &format!("name = \"gamma\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"),
-        ),
-    );
-    eventually("the config naming a missing pair is refused", || {
-        !sites.proxy.status()["config"]["last_refusal"].is_null()
-    });
+    name_a_pair_not_written_yet(&sites);
     let leaf = sites.cas[2].leaf(&["c.test"]);
     leaf.write(sites.certs.path(), "gamma");
     eventually("the config is applied once the pair is written", || {

@@ -63,8 +63,8 @@ pub struct RequestCtx {
     pub(crate) found_stale: bool,
     /// The origin's `Age`, for a miss served from the stored head (which drops it).
     pub(crate) origin_age: Option<http::HeaderValue>,
-    /// Fields `private="..."` or `no-cache="..."` named, kept out of the stored head this
-    /// request's fill is served from: the client that asked still gets them.
+    /// Fields a `no-cache="..."` directive named, kept out of the head this request stored
+    /// and is served from: the client that asked still gets them.
     pub(crate) withheld_fields: Vec<(http::HeaderName, http::HeaderValue)>,
     /// When the request went to the origin (for the origin latency metric).
     pub(crate) origin_started: Option<std::time::Instant>,

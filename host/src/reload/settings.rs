@@ -2,8 +2,9 @@
 //!
 //! Every `[server]`, `[cache]` and `[plugins]` key is sorted here, field by
 //! field with exhaustive patterns: a new key does not compile until it is
-//! sorted into one group or the other. Tenants are rebuilt whole on reload
-//! (see `Reloader::apply_config`); their storage limits are applied here.
+//! sorted into one group or the other. A tenant whose settings changed is rebuilt whole on
+//! reload, the others go on as they run (see `Reloader::apply_config`); their storage limits
+//! are applied here.
 
 use crate::config::{
     CacheConfig, Config, ListenerConfig, PluginsConfig, ServerConfig, TenantConfig,
@@ -235,8 +236,6 @@ pub(super) fn live_changed(old: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
-/// Puts the live keys of `new` into the running proxy, and every tenant's
-/// storage limits (a removed tenant's limits and memory objects are dropped).
 /// The tenants whose name serves another site in `new` than in `old`: (before, after).
 pub(super) fn moved_sites<'a>(
     old: &'a Config,
@@ -248,6 +247,8 @@ pub(super) fn moved_sites<'a>(
     })
 }
 
+/// Puts the live keys of `new` into the running proxy, and every tenant's
+/// storage limits (a removed tenant's limits and memory objects are dropped).
 pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
     let server = &new.server;
     state

@@ -12,7 +12,7 @@
 //!   purges) and the chunks of a response under way by up to a second. An unreachable Redis
 //!   makes lookups misses and writes errors (counted), never a failed request. The
 //!   connection manager and the subscriber reconnect by themselves.
-//! - Nothing is read while the node is not listening for purges (`SharedTier::listening`).
+//! - Nothing is read while the node is not listening for purges (`SharedTier::may_read`).
 
 use super::key::TierKey;
 use super::purge_channel::{self, Message, RemotePurges, Subscriber};
@@ -202,7 +202,7 @@ impl SharedTier {
     /// Redis with only their mark to hide them: they were served.
     /// Nor while Redis may evict the marks themselves (they have no expiry; see
     /// [`RedisSize::evicts_any_key`]).
-    fn listening(&self) -> Result<(), String> {
+    fn may_read(&self) -> Result<(), String> {
         if self.size.evicts_any_key() {
             return Err(EVICTS_MARKS.into());
         }
@@ -290,7 +290,7 @@ impl Tier for SharedTier {
     }
 
     async fn get(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
-        self.listening()?;
+        self.may_read()?;
         self.read(key, self.op_timeout).await
     }
 
@@ -299,12 +299,12 @@ impl Tier for SharedTier {
     }
 
     async fn get_first_chunk(&self, key: &TierKey) -> Result<Option<Bytes>, String> {
-        self.listening()?;
+        self.may_read()?;
         self.read(key, self.op_timeout).await
     }
 
     async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String> {
-        self.listening()?;
+        self.may_read()?;
         let mut cmd = redis::pipe();
         let exists = cmd.cmd("EXISTS");
         for key in keys {
