@@ -1072,6 +1072,32 @@ fn a_connection_left_unanswered_is_replaced_and_sharing_resumes() {
     assert!(stats["timeouts"].as_u64().unwrap_or(0) >= 3, "{stats}");
 }
 
+/// A Redis that answers no one (paused) keeps the node's connections: a new one would not
+/// answer either. A replacement is taken only once it answers; swapped in unconnected, every
+/// lookup waited for its handshake, which under a CPU short of time made more timeouts.
+#[test]
+fn a_redis_that_answers_no_one_keeps_the_connections_it_has() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    wait_connected(&a, true);
+    get(&a, "/before", &[]);
+    redis.pause();
+    // Both workers' lookup connections leave 3 lookups in a row unanswered (200 ms each).
+    for i in 0..10 {
+        get(&a, &format!("/paused/{i}"), &[]);
+    }
+    // Longer than a replacement's wait for its `PING`.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = shared_stats(&a);
+    redis.resume();
+    assert!(stats["timeouts"].as_u64().unwrap_or(0) >= 6, "{stats}");
+    assert_eq!(stats["reconnects"], 0, "{stats}");
+    wait_connected(&a, true);
+    let b = node(&origin, redis.port);
+    share(&b, &a, &origin, "/after");
+}
+
 fn redis_conn(redis: &Redis) -> redis::Connection {
     let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
     client.get_connection().unwrap()

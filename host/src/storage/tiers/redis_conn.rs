@@ -104,8 +104,12 @@ impl Conn {
         matches!(pong.await, Ok(Ok(_)))
     }
 
-    /// Counts a call Redis did not answer; past [`UNANSWERED_LIMIT`] in a row, the calls
-    /// from now on go to a new connection (the old one ends once its calls are done).
+    /// Counts a call Redis did not answer; past [`UNANSWERED_LIMIT`] in a row, a new
+    /// connection is made in the background, and the calls from then on go to it once it
+    /// answers a `PING` (the old one ends once its calls are done). Swapped in unconnected,
+    /// every call waited for its handshake within its own few milliseconds: when the
+    /// timeouts came from this process being short of CPU, not from Redis, each
+    /// replacement made more of them, once a second.
     fn unanswered(&self) {
         let link = &self.link;
         if link.unanswered.fetch_add(1, Relaxed) + 1 < UNANSWERED_LIMIT {
@@ -119,18 +123,36 @@ impl Conn {
             *replaced_at = Some(Instant::now());
         }
         link.unanswered.store(0, Relaxed);
-        let _in_runtime = link.runtime.enter();
-        match ConnectionManager::new_lazy_with_config(link.client.clone(), link.config.clone()) {
-            Ok(fresh) => {
-                link.redis.store(Arc::new(fresh));
-                TierCounters::bump(&self.counters.reconnects);
-                tracing::warn!(
-                    "shared tier: Redis left {UNANSWERED_LIMIT} calls in a row unanswered; \
-                     using a new connection"
-                );
-            }
-            Err(e) => tracing::warn!("shared tier: cannot make a new connection: {e}"),
+        let conn = self.clone();
+        link.runtime.spawn(async move { conn.replace().await });
+    }
+
+    /// Makes a new connection and, once it answers within [`REPLACE_AT_MOST_EVERY`], sends
+    /// the calls from now on to it.
+    async fn replace(self) {
+        let link = &self.link;
+        let made =
+            ConnectionManager::new_lazy_with_config(link.client.clone(), link.config.clone());
+        let mut fresh = match made {
+            Ok(fresh) => fresh,
+            Err(e) => return tracing::warn!("shared tier: cannot make a new connection: {e}"),
+        };
+        let ping = redis::cmd("PING");
+        let pong = tokio::time::timeout(
+            REPLACE_AT_MOST_EVERY,
+            ping.query_async::<String>(&mut fresh),
+        );
+        if !matches!(pong.await, Ok(Ok(_))) {
+            // Redis answers no one (paused, or gone): the old connection stays, and the next
+            // calls it leaves unanswered try again.
+            return;
         }
+        link.redis.store(Arc::new(fresh));
+        TierCounters::bump(&self.counters.reconnects);
+        tracing::warn!(
+            "shared tier: Redis left {UNANSWERED_LIMIT} calls in a row unanswered; using a new \
+             connection"
+        );
     }
 
     /// Runs `cmd` in the background, counting a failure.
