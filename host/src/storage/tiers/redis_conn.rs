@@ -99,9 +99,7 @@ impl Conn {
     /// Makes the connection (a `PING` within `limit`), counting nothing: whether it is ready.
     pub(super) async fn connect(&self, limit: Duration) -> bool {
         let mut redis = ConnectionManager::clone(&self.link.redis.load());
-        let ping = redis::cmd("PING");
-        let pong = tokio::time::timeout(limit, ping.query_async::<String>(&mut redis));
-        matches!(pong.await, Ok(Ok(_)))
+        answers_ping(&mut redis, limit).await
     }
 
     /// Counts a call Redis did not answer; past [`UNANSWERED_LIMIT`] in a row, a new
@@ -137,12 +135,7 @@ impl Conn {
             Ok(fresh) => fresh,
             Err(e) => return tracing::warn!("shared tier: cannot make a new connection: {e}"),
         };
-        let ping = redis::cmd("PING");
-        let pong = tokio::time::timeout(
-            REPLACE_AT_MOST_EVERY,
-            ping.query_async::<String>(&mut fresh),
-        );
-        if !matches!(pong.await, Ok(Ok(_))) {
+        if !answers_ping(&mut fresh, REPLACE_AT_MOST_EVERY).await {
             // Redis answers no one (paused, or gone): the old connection stays, and the next
             // calls it leaves unanswered try again.
             return;
@@ -187,6 +180,13 @@ impl Conn {
         });
         delivery
     }
+}
+
+/// Whether `redis` answers a `PING` within `limit` (connecting first if it must).
+async fn answers_ping(redis: &mut ConnectionManager, limit: Duration) -> bool {
+    let ping = redis::cmd("PING");
+    let pong = tokio::time::timeout(limit, ping.query_async::<String>(redis));
+    matches!(pong.await, Ok(Ok(_)))
 }
 
 /// What [`Conn::run`] sends: one command (a lookup: its reply is converted as it is, not
