@@ -27,9 +27,10 @@ const FELL_BEHIND_SAID_EVERY: Duration = Duration::from_secs(60);
 /// dropping an idle flow, a Redis host gone) never ends the message stream by itself: the
 /// node went on believing it heard every purge.
 const CHANNEL_PING: Duration = Duration::from_secs(5);
-/// How far ahead of this node's clock a purge read from Redis may be dated: clocks of
-/// nodes differ a little. A mark dated further ahead would hide every copy of its target
-/// until that time (for ever, for a date far away), kept on disk across restarts.
+/// How far ahead of this node's clock a purge read from Redis may be dated as it is: clocks
+/// of nodes differ a little. A mark dated further ahead would hide every copy of its target
+/// until that time (for ever, for a date far away), kept on disk across restarts; it is
+/// dated now instead ([`as_applied`]).
 const MAX_CLOCK_AHEAD_NS: u64 = 60_000_000_000;
 
 /// What travels on the purge channel.
@@ -324,7 +325,7 @@ fn apply_kept(subscriber: &Subscriber, kept: &[Vec<u8>], missed_since: Option<u6
     let marks: Vec<Purge> = kept
         .iter()
         .filter_map(|m| serde_json::from_slice::<Purge>(m).ok())
-        .filter(|m| plausible(m, now))
+        .filter_map(|m| as_applied(m, now))
         .collect();
     // Marks shadow L2 copies. Those this node missed also touch its L1: after a lost
     // connection, the purges made since; the first time, all of them (L1 may hold copies
@@ -355,23 +356,29 @@ fn apply_message(subscriber: &Subscriber, data: Vec<redis::Value>, received: u64
     let payload = data.into_iter().nth(1)?;
     let payload = redis::from_redis_value::<String>(payload).ok()?;
     let message = serde_json::from_str::<Message>(&payload).ok()?;
-    if !plausible(&message.purge, received) {
-        return None;
-    }
+    let purge = as_applied(message.purge, received)?;
     if message.node != subscriber.node {
-        subscriber.remote.apply(&message.purge);
+        subscriber.remote.apply(&purge);
     }
-    Some(message.purge.at)
+    Some(purge.at)
 }
 
-/// Whether a purge read from Redis is one a node makes: dated no further ahead than clocks
-/// differ. Anyone who can write to Redis can publish, and a node whose clock jumped ahead
-/// can too: a floor dated far ahead would hide a whole tenant's copies until then. (A
-/// partition's floor comes from a node whose tenant name now serves another site; dated
-/// now it takes no more than `DEL` of every copy would.) Its tag and partition no longer
-/// than a node's can be: longer ones hide nothing and were held in memory at any length.
-fn plausible(purge: &Purge, now: u64) -> bool {
-    purge.at <= now.saturating_add(MAX_CLOCK_AHEAD_NS) && purge.target.could_be_made()
+/// A purge read from Redis as this node applies it, or `None` when its tag or partition is
+/// longer than a node's can be (it hides nothing, and was held in memory at any length).
+/// One dated further ahead than clocks differ is dated now: it came from a node whose clock
+/// is ahead (or from anyone who can write to Redis), and still removes every copy made before
+/// it here, while its own date would hide every copy of its target made until then; dropped,
+/// as it used to be, it left this node serving what the other one purged. (A partition's
+/// floor comes from a node whose tenant name now serves another site; dated now it takes no
+/// more than `DEL` of every copy would.)
+fn as_applied(mut purge: Purge, now: u64) -> Option<Purge> {
+    if !purge.target.could_be_made() {
+        return None;
+    }
+    if purge.at > now.saturating_add(MAX_CLOCK_AHEAD_NS) {
+        purge.at = now;
+    }
+    Some(purge)
 }
 
 #[cfg(test)]
@@ -473,5 +480,45 @@ mod tests {
             marks.verdict(&in_partition("r"), &[], now - 1),
             Verdict::Gone
         );
+    }
+
+    /// A purge from a node whose clock is minutes ahead still removes the copies made before
+    /// it here, heard on the channel or read from the kept marks; its own date would hide
+    /// every copy made until then, so it is dated now (it used to be dropped: this node served
+    /// what the other purged).
+    #[test]
+    fn a_purge_dated_far_ahead_applies_as_of_now() {
+        let subscriber = subscriber();
+        let now = super::super::record::now_ns();
+        let hour_ahead = now + 3_600_000_000_000;
+        let message = Message {
+            node: "other".into(),
+            purge: tag("site", "heard", hour_ahead),
+        };
+        let data = vec![
+            redis::Value::BulkString(b"test:purges".to_vec()),
+            redis::Value::BulkString(serde_json::to_vec(&message).unwrap()),
+        ];
+        assert_eq!(apply_message(&subscriber, data, now), Some(now));
+        let kept = vec![serde_json::to_vec(&tag("site", "kept", hour_ahead)).unwrap()];
+        apply_kept(&subscriber, &kept, None);
+        // Both were dated by this node's clock as they arrived, before this.
+        let after = super::super::record::now_ns() + 1;
+
+        let key = TierKey::of(&CacheKey::new(b"/a".to_vec(), "site"));
+        let marks = &subscriber.remote.marks;
+        for tag_name in ["heard", "kept"] {
+            let tags: Vec<Box<str>> = vec![tag_name.into()];
+            assert_eq!(
+                marks.verdict(&key, &tags, now - 1),
+                Verdict::Gone,
+                "a copy made before the {tag_name} purge"
+            );
+            assert_eq!(
+                marks.verdict(&key, &tags, after),
+                Verdict::Keep,
+                "a copy made after the {tag_name} purge arrived"
+            );
+        }
     }
 }
