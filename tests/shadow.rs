@@ -375,6 +375,53 @@ fn promote_refuses_a_shadow_file_changed_since_it_was_loaded() {
     assert!(!tenant["shadow"].is_null());
 }
 
+/// The operator judged one version of the shadow by its counts; a deploy reloaded since put
+/// another in its place. `--sha256` promotes only the version judged.
+#[test]
+fn promote_with_a_sha256_refuses_a_shadow_replaced_since_it_was_judged() {
+    let origin = origin();
+    let dir = tempfile::tempdir().unwrap();
+    let shadow = dir.path().join("candidate.wasm");
+    std::fs::copy(plugin("static-assets"), &shadow).unwrap();
+    let proxy = Proxy::start("", &[tenant_with_shadow(&origin, &shadow)]);
+    let shadow_sha = |proxy: &Proxy| {
+        proxy.status()["tenants"][0]["shadow"]["sha256"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let judged = shadow_sha(&proxy);
+
+    let staging = dir.path().join(".candidate.wasm.tmp");
+    std::fs::copy(plugin("api-gateway"), &staging).unwrap();
+    std::fs::rename(&staging, &shadow).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shadow_sha(&proxy) == judged {
+        assert!(
+            Instant::now() < deadline,
+            "shadow not reloaded\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let config = config_path(&proxy);
+    let promote =
+        |sha256: &str| run_cachet(&["promote", "--config", &config, "site", "--sha256", sha256]);
+
+    let (ok, out) = promote(&judged[..12]);
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("not {}", &judged[..12])), "{out}");
+    assert_eq!(proxy.status()["tenants"][0]["promoted"], false);
+    let (ok, out) = promote("not-a-sha");
+    assert!(!ok && out.contains("--sha256 takes"), "{out}");
+
+    let (ok, out) = promote(&shadow_sha(&proxy));
+    assert!(ok, "{out}");
+    let tenant = &proxy.status()["tenants"][0];
+    assert_eq!(tenant["promoted"], true);
+    assert_eq!(tenant["plugin"]["path"], shadow.display().to_string());
+}
+
 #[test]
 fn a_sample_of_zero_never_runs_the_shadow() {
     let origin = origin();

@@ -218,6 +218,11 @@ fn names_this_machine(host: &str) -> bool {
     })
 }
 
+/// A sha256 as `cachet status` shows it (12 hex digits) or longer, up to the whole of one.
+pub fn is_sha256_prefix(hex: &str) -> bool {
+    (12..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut builder = Response::builder()
         .status(status)
@@ -311,14 +316,27 @@ impl ServeHttp for AdminApp {
 const MAX_EXPLAIN_BODY: usize = 64 << 10;
 
 impl AdminApp {
-    /// `POST /promote?tenant=NAME`: the shadow goes live after the checks of a reload.
+    /// `POST /promote?tenant=NAME[&sha256=HEX]`: the shadow goes live after the checks of a
+    /// reload (only if it is still the version `sha256` names, when given).
     async fn promote(&self, query: Option<&str>) -> Response<Vec<u8>> {
-        let tenant = query
-            .unwrap_or("")
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("tenant="))
-            .unwrap_or("")
-            .to_owned();
+        let param = |name: &str| {
+            query
+                .unwrap_or("")
+                .split('&')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let tenant = param("tenant").unwrap_or_default();
+        let expected_sha256 = param("sha256");
+        if expected_sha256
+            .as_deref()
+            .is_some_and(|hex| !is_sha256_prefix(hex))
+        {
+            return text_reply(
+                StatusCode::BAD_REQUEST,
+                "sha256= takes the shadow's sha256 in hex, at least its first 12 digits\n",
+            );
+        }
         if tenant.is_empty() {
             return text_reply(StatusCode::BAD_REQUEST, "POST /promote?tenant=NAME\n");
         }
@@ -336,7 +354,10 @@ impl AdminApp {
         }
         let reloader = self.reloader.clone();
         // The checks run the plugin's self-tests: keep them off the async workers.
-        let done = tokio::task::spawn_blocking(move || reloader.promote(&tenant)).await;
+        let done = tokio::task::spawn_blocking(move || {
+            reloader.promote(&tenant, expected_sha256.as_deref())
+        })
+        .await;
         match done {
             Ok(Outcome::Applied) => json_reply(&self.status()),
             Ok(Outcome::Refused(reason)) => {

@@ -183,9 +183,19 @@ fn print_shadow(shadow: &serde_json::Value) {
     }
 }
 
-/// `POST /promote?tenant=NAME`: the shadow goes live; prints the status after.
-pub fn promote(config: &Config, tenant: &str) -> anyhow::Result<()> {
-    let url = url_with_tenant(&admin_url(config, "/promote")?, tenant);
+/// `POST /promote?tenant=NAME[&sha256=HEX]`: the shadow goes live (only if it is still the
+/// version `sha256` names, when given); prints the status after.
+pub fn promote(config: &Config, tenant: &str, sha256: Option<&str>) -> anyhow::Result<()> {
+    let mut url = url_with_tenant(&admin_url(config, "/promote")?, tenant);
+    if let Some(sha256) = sha256 {
+        anyhow::ensure!(
+            cachet::admin::is_sha256_prefix(sha256),
+            "--sha256 takes the shadow plugin's sha256 in hex, at least the 12 digits cachet \
+             status shows"
+        );
+        url.push_str("&sha256=");
+        url.push_str(sha256);
+    }
     let body = call(with_token(agent().post(&url), config))?;
     let status: serde_json::Value = serde_json::from_str(&body)?;
     println!("promoted the shadow plugin of tenant {tenant}");

@@ -94,6 +94,10 @@ enum Command {
         config: PathBuf,
         /// The tenant whose shadow_plugin goes live.
         tenant: String,
+        /// Promote only if the shadow is still this version (its sha256, from `cachet status`):
+        /// a reload may have replaced the one whose counts were judged.
+        #[arg(long)]
+        sha256: Option<String>,
     },
     /// Dry-run a request in a running cachet: tenant, plugin decision, key, stored entry.
     Explain {
@@ -190,8 +194,12 @@ fn main() -> ExitCode {
                 },
             )
         }),
-        Command::Promote { config, tenant } => {
-            load_config(&config).and_then(|c| admin_client::promote(&c, &tenant))
+        Command::Promote {
+            config,
+            tenant,
+            sha256,
+        } => {
+            load_config(&config).and_then(|c| admin_client::promote(&c, &tenant, sha256.as_deref()))
         }
         Command::Explain {
             config,

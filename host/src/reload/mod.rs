@@ -237,7 +237,7 @@ impl Reloader {
     /// `cachet promote`: the tenant's shadow becomes its live plugin in one swap, after the
     /// checks a reload makes (the file still holds the version that was shadowed, and it
     /// passes its self-test vectors again). The shadow is gone afterwards.
-    pub fn promote(&self, name: &str) -> Outcome {
+    pub fn promote(&self, name: &str, expected_sha256: Option<&str>) -> Outcome {
         let _serial = self.serial.lock();
         let router = self.state.router.load_full();
         let Some(tenant) = router.tenants().iter().find(|t| t.name() == name) else {
@@ -248,6 +248,21 @@ impl Reloader {
         };
         let plugin = shadow.plugin().clone();
         let path = plugin.info.path.clone();
+        // The operator judged one version by its counts: a reload since may have put another in
+        // its place, whose counts are barely begun.
+        if let Some(expected) = expected_sha256 {
+            if !plugin
+                .info
+                .sha256
+                .starts_with(&expected.to_ascii_lowercase())
+            {
+                return Outcome::Refused(format!(
+                    "promote: the shadow plugin of tenant {name:?} is now sha256 {}, not {expected}; \
+                     judge its counts (cachet status) before promoting it",
+                    plugin.info.sha256
+                ));
+            }
+        }
         let sha256 = match crate::file_read::read(&path, crate::file_read::PLUGIN_MAX) {
             Ok(bytes) => hex::encode(Sha256::digest(&bytes)),
             Err(e) => {
