@@ -26,6 +26,7 @@ mod meta;
 mod miss;
 mod plain_hit;
 mod purge_log;
+mod purge_stamps;
 mod stats;
 mod stream;
 mod tags;
@@ -35,6 +36,7 @@ pub mod tiers;
 
 pub use plain_hit::PlainHit;
 pub use purge_log::{FillWatch, KeyWatch};
+pub use purge_stamps::PurgeStamp;
 pub use stats::{PartitionStats, StorageStats};
 pub(crate) use tags::unindexable as unindexable_tags;
 pub use tiers::{FetchStarted, TierStats, TieredStorage};
@@ -62,6 +64,8 @@ pub struct MemoryStorage {
     /// Purges of the keys being fetched: a response fetched from before one may carry what
     /// was purged (`purged_since`).
     purges: purge_log::SharedPurgeLog,
+    /// The same purges, counted for L2 copies on their way into L1 (`stamp_key`).
+    stamps: purge_stamps::PurgeStamps,
     /// Body bytes held by fills in progress, and their bound (the global budget, at least
     /// [`MIN_FILL_BUDGET`]): without it, fills whose clients left (Pingora finishes them for
     /// the cache) could hold `max_object_bytes` each, as many as the origin allows at once.
@@ -88,6 +92,7 @@ impl MemoryStorage {
             partition_max_object: RwLock::default(),
             next_write_id: AtomicU64::new(0),
             purges: Default::default(),
+            stamps: Default::default(),
             fills: fill_budget::FillBudget::new(fill_budget(global_budget)),
         }
     }
@@ -150,8 +155,22 @@ impl MemoryStorage {
         self.purges.watch_key(&key.user_tag, key.primary_bin())
     }
 
+    /// The purge counters of `key` now, for an L2 copy about to be read and promoted: see
+    /// [`Self::maybe_purged_since`].
+    pub fn stamp_key(&self, key: &pingora_cache::CacheKey) -> PurgeStamp {
+        use pingora_cache::key::CacheHashKey;
+        self.stamps.stamp(&key.user_tag, &key.primary_bin())
+    }
+
+    /// Whether the key `stamp` was taken for may have been purged since (now and then a purge
+    /// of another key says so too).
+    pub fn maybe_purged_since(&self, stamp: &PurgeStamp) -> bool {
+        self.stamps.maybe_purged_since(stamp)
+    }
+
     /// Notes a purge of `key` (every variant), or with `None` of what may be any key.
     fn note_purge(&self, partition: &str, key: Option<HashBinary>) {
+        self.stamps.note(partition, key);
         self.purges.note(partition, key);
     }
 

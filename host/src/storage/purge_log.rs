@@ -139,8 +139,8 @@ impl SharedPurgeLog {
         }
     }
 
-    /// Watches `key` from now on, for a copy that is still on its way (a fill's L2 write, an
-    /// L2 hit's promotion) and must not land after a purge that came meanwhile.
+    /// Watches `key` from now on, for a fill's L2 write, which must not land after a purge
+    /// that came meanwhile (an L2 hit's promotion, much shorter, uses purge stamps).
     pub(super) fn watch_key(&self, partition: &str, key: HashBinary) -> KeyWatch {
         KeyWatch {
             watch: self.watch(partition, key),

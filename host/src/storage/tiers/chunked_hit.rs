@@ -7,7 +7,7 @@
 //! a complete one. The object is removed from the tier on the way (not when the tier merely
 //! failed to answer: that says nothing about the object).
 
-use super::super::{KeyWatch, MemoryStorage};
+use super::super::{MemoryStorage, PurgeStamp};
 use super::chunks::Plan;
 use super::key::TierKey;
 use super::tier::{Tier, TierCounters};
@@ -26,10 +26,10 @@ pub(crate) struct Promotion {
     /// pingora's serialization of the meta (`CacheMeta` is not `Clone`).
     meta: (Vec<u8>, Vec<u8>),
     parts: Vec<Bytes>,
-    /// Purges of the key since before the copy was read are remembered: one that comes while the body streams
-    /// (seconds for a large one) finds nothing in L1 to remove, so the copy must not be put
-    /// there afterwards, as a fill's response is not stored after a purge.
-    watch: KeyWatch,
+    /// The key's purge counters from before the copy was read: a purge that comes while the
+    /// body streams (seconds for a large one) finds nothing in L1 to remove, so the copy must
+    /// not be put there afterwards, as a fill's response is not stored after a purge.
+    stamp: PurgeStamp,
     /// The body's bytes, taken from L1's budget for bodies on their way in (the one fills
     /// take from) while the parts are held.
     reserved: usize,
@@ -47,7 +47,7 @@ impl Promotion {
         key: &CacheKey,
         meta: &CacheMeta,
         body_len: usize,
-        watch: KeyWatch,
+        stamp: PurgeStamp,
     ) -> Option<Self> {
         let tenant = &key.user_tag;
         if !meta.is_fresh(std::time::SystemTime::now()) {
@@ -61,7 +61,7 @@ impl Promotion {
             return None;
         }
         Some(Self {
-            watch,
+            stamp,
             l1,
             key: key.clone(),
             meta,
@@ -234,7 +234,7 @@ impl ChunkStream {
         ) {
             promotion
                 .l1
-                .promote(&promotion.key, &meta, body.freeze(), &promotion.watch);
+                .promote(&promotion.key, &meta, body.freeze(), &promotion.stamp);
         }
     }
 }
@@ -273,11 +273,11 @@ mod tests {
         l1.set_fill_budget(10 << 20);
         let (a, b) = (CacheKey::new("/a", "site"), CacheKey::new("/b", "site"));
         let first =
-            Promotion::new(l1, &a, &meta(), 6 << 20, l1.watch_key(&a)).expect("within the budget");
+            Promotion::new(l1, &a, &meta(), 6 << 20, l1.stamp_key(&a)).expect("within the budget");
         assert_eq!(l1.filling_bytes(), 6 << 20);
         // A second 6 MiB body would go past 10 MiB: that hit streams without promotion.
-        assert!(Promotion::new(l1, &b, &meta(), 6 << 20, l1.watch_key(&b)).is_none());
-        assert!(Promotion::new(l1, &b, &meta(), 4 << 20, l1.watch_key(&b)).is_some());
+        assert!(Promotion::new(l1, &b, &meta(), 6 << 20, l1.stamp_key(&b)).is_none());
+        assert!(Promotion::new(l1, &b, &meta(), 4 << 20, l1.stamp_key(&b)).is_some());
         assert_eq!(
             l1.filling_bytes(),
             6 << 20,
@@ -285,11 +285,11 @@ mod tests {
         );
         drop(first);
         assert_eq!(l1.filling_bytes(), 0);
-        assert!(Promotion::new(l1, &b, &meta(), 6 << 20, l1.watch_key(&b)).is_some());
+        assert!(Promotion::new(l1, &b, &meta(), 6 << 20, l1.stamp_key(&b)).is_some());
         // Over L1's object limit, or over the tenant's share: never promoted, nothing held.
-        assert!(Promotion::new(l1, &b, &meta(), 9 << 20, l1.watch_key(&b)).is_none());
+        assert!(Promotion::new(l1, &b, &meta(), 9 << 20, l1.stamp_key(&b)).is_none());
         l1.set_partition_budget("site", Some(5 << 20));
-        assert!(Promotion::new(l1, &b, &meta(), 6 << 20, l1.watch_key(&b)).is_none());
+        assert!(Promotion::new(l1, &b, &meta(), 6 << 20, l1.stamp_key(&b)).is_none());
         assert_eq!(l1.filling_bytes(), 0);
     }
 }

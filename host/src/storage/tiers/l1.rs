@@ -4,7 +4,7 @@
 
 use super::super::entry::{Entry, SlotKey};
 use super::super::meta::StoredMeta;
-use super::super::{KeyWatch, MemoryStorage};
+use super::super::{MemoryStorage, PurgeStamp};
 use bytes::Bytes;
 use pingora_cache::key::CompactCacheKey;
 use pingora_cache::{CacheEntryKey, CacheKey, CacheMeta};
@@ -13,18 +13,18 @@ use std::sync::Arc;
 impl MemoryStorage {
     /// Stores a copy read from an L2 tier, unless L1 meanwhile has the key (stored or being
     /// written: either is newer), the body is over the partition's object limit, or the key
-    /// was purged since `watch` was taken (before the copy was read).
+    /// may have been purged since `stamp` was taken (before the copy was read).
     pub(crate) fn promote(
         &self,
         key: &CacheKey,
         meta: &CacheMeta,
         body: Bytes,
-        watch: &KeyWatch,
+        stamp: &PurgeStamp,
     ) -> bool {
         let Ok(meta) = StoredMeta::new(meta) else {
             return false;
         };
-        self.promote_stored(key, Arc::new(meta), body, watch)
+        self.promote_stored(key, Arc::new(meta), body, stamp)
     }
 
     /// [`Self::promote`] for a meta already in L1's form.
@@ -33,7 +33,7 @@ impl MemoryStorage {
         key: &CacheKey,
         meta: Arc<StoredMeta>,
         body: Bytes,
-        watch: &KeyWatch,
+        stamp: &PurgeStamp,
     ) -> bool {
         if body.len() > self.max_object_size(&key.user_tag) {
             return false;
@@ -44,9 +44,9 @@ impl MemoryStorage {
         let mut index = self.index.write();
         // Looked at under the index lock: a purge notes itself before it takes the lock to
         // remove, so one that came after this look removes the copy inserted below. Without
-        // the watch, a purge between the copy's mark check and here found nothing in L1 to
+        // the stamp, a purge between the copy's mark check and here found nothing in L1 to
         // remove, and the copy it purged was put there afterwards.
-        if index.lookup(&key.user_tag, &slot).is_some() || watch.purged() {
+        if index.lookup(&key.user_tag, &slot).is_some() || self.maybe_purged_since(stamp) {
             return false;
         }
         index.insert(&key.user_tag, slot, entry) == super::super::index::Admission::Stored
@@ -105,14 +105,14 @@ mod tests {
         let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
         let key = CacheKey::new("/read", "site");
 
-        let watch = l1.watch_key(&key);
+        let stamp = l1.stamp_key(&key);
         assert!(!l1.purge_key(&key), "L1 held nothing yet");
-        assert!(!l1.promote(&key, &meta, Bytes::from_static(b"old"), &watch));
+        assert!(!l1.promote(&key, &meta, Bytes::from_static(b"old"), &stamp));
         assert!(l1.stored(&key).is_none());
 
         // A copy read after the purge is promoted.
-        let watch = l1.watch_key(&key);
-        assert!(l1.promote(&key, &meta, Bytes::from_static(b"new"), &watch));
+        let stamp = l1.stamp_key(&key);
+        assert!(l1.promote(&key, &meta, Bytes::from_static(b"new"), &stamp));
         assert_eq!(l1.stored(&key).unwrap().1, Bytes::from_static(b"new"));
     }
 }

@@ -7,7 +7,7 @@
 
 use super::super::meta::StoredMeta;
 use super::super::plain_hit::{L1Lookup, PlainHit};
-use super::super::KeyWatch;
+use super::super::PurgeStamp;
 use super::storage::{Found, FoundBody};
 use super::TieredStorage;
 use parking_lot::Mutex;
@@ -30,7 +30,7 @@ pub enum LeanLookup {
 pub struct TierReadAhead(Arc<Mutex<Option<ReadAhead>>>);
 
 /// The copy found (if any), and the purges of its key since before it was read.
-type ReadAhead = (Option<Found<'static>>, KeyWatch);
+type ReadAhead = (Option<Found<'static>>, PurgeStamp);
 
 impl TierReadAhead {
     /// Rides along with the key pingora-cache looks up (its extensions are never stored).
@@ -64,16 +64,16 @@ impl TieredStorage {
             L1Lookup::Absent if self.tiers.is_empty() => return LeanLookup::FullPath(None),
             L1Lookup::Absent => {}
         }
-        let watch = self.l1.watch_key(key);
+        let stamp = self.l1.stamp_key(key);
         let found = match self.find_in_tiers(key).await {
-            Some(found) => match self.promote_plain(key, found, now, &watch) {
+            Some(found) => match self.promote_plain(key, found, now, &stamp) {
                 Ok(hit) => return LeanLookup::Hit(hit),
                 Err(found) => Some(*found),
             },
             None => None,
         };
         LeanLookup::FullPath(Some(TierReadAhead(Arc::new(Mutex::new(Some((
-            found, watch,
+            found, stamp,
         )))))))
     }
 
@@ -85,7 +85,7 @@ impl TieredStorage {
         key: &CacheKey,
         mut found: Found<'a>,
         now: SystemTime,
-        watch: &KeyWatch,
+        stamp: &PurgeStamp,
     ) -> Result<PlainHit, Box<Found<'a>>> {
         let FoundBody::Whole(body) = &found.body else {
             return Err(Box::new(found));
@@ -101,7 +101,7 @@ impl TieredStorage {
             *found.meta.response_header_mut() = meta.header().clone();
             return Err(Box::new(found));
         };
-        self.l1.promote_stored(key, meta, body, watch);
+        self.l1.promote_stored(key, meta, body, stamp);
         Ok(hit)
     }
 }

@@ -217,20 +217,20 @@ impl Storage for TieredStorage {
             return Ok(hit);
         }
         // The lean hit path may have read L2 for this request already.
-        let (found, watch) = match TierReadAhead::take_for(key) {
+        let (found, stamp) = match TierReadAhead::take_for(key) {
             // Read before the lean path gave up: a purge since then must still remove it (or
             // expire it), or the copy would be promoted into an L1 already purged.
-            Some((read_ahead, watch)) => {
+            Some((read_ahead, stamp)) => {
                 let found = read_ahead.and_then(|mut found| {
                     let kept =
                         self.apply_purge_marks(&found.name, &mut found.meta, found.written_at);
                     kept.then_some(found)
                 });
-                (found, watch)
+                (found, stamp)
             }
             None => {
-                let watch = self.l1.watch_key(key);
-                (self.find_in_tiers(key).await, watch)
+                let stamp = self.l1.stamp_key(key);
+                (self.find_in_tiers(key).await, stamp)
             }
         };
         let Some(Found {
@@ -243,13 +243,13 @@ impl Storage for TieredStorage {
             FoundBody::Whole(body) => {
                 if let Ok(stored) = StoredMeta::of_decoded(&meta) {
                     self.l1
-                        .promote_stored(key, Arc::new(stored), body.clone(), &watch);
+                        .promote_stored(key, Arc::new(stored), body.clone(), &stamp);
                 }
                 TierHit::new(body, tier.name())
             }
             FoundBody::Chunked { name, plan, first } => {
                 // Promoted once served whole, if L1 would take it at all.
-                let promotion = Promotion::new(self.l1, key, &meta, plan.body_len, watch);
+                let promotion = Promotion::new(self.l1, key, &meta, plan.body_len, stamp);
                 let stream = ChunkStream::new(tier.clone(), name, plan, first, promotion);
                 TierHit::chunked(stream, tier.name())
             }

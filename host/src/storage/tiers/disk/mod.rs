@@ -503,7 +503,7 @@ mod tests {
         let filled = pingora_cache::CacheKey::new(b"/a".to_vec(), "site");
         let other = pingora_cache::CacheKey::new(b"/b".to_vec(), "site");
         for key in [&filled, &other] {
-            assert!(l1.promote(key, &meta, Bytes::from_static(b"v1"), &l1.watch_key(key)));
+            assert!(l1.promote(key, &meta, Bytes::from_static(b"v1"), &l1.stamp_key(key)));
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
         let purge = Purge {
