@@ -1572,6 +1572,49 @@ fn a_response_with_more_purge_tags_than_the_index_keeps_is_not_stored() {
     assert_eq!(origin.hits_for("/fine"), 1);
 }
 
+/// A `Surrogate-Key` line that is not visible ASCII (`product-1 catégorie`) was skipped whole:
+/// the object was stored without `product-1`, and a purge of `product-1` missed it. A tag the
+/// index cannot keep means the response is not stored, as for a tag over 256 bytes.
+#[test]
+fn a_response_with_a_purge_tag_that_is_not_ascii_is_not_stored() {
+    let origin = Origin::start(|seen| {
+        let reply = Reply::ok("x").header("Cache-Control", "max-age=60");
+        match seen.url.as_str() {
+            "/one-line" => reply.header("Surrogate-Key", "product-1 catégorie"),
+            "/two-lines" => reply
+                .header("Surrogate-Key", "product-1")
+                .header("Surrogate-Key", "catégorie"),
+            _ => reply.header("Surrogate-Key", "product-1"),
+        }
+    });
+    let proxy = token_proxy_for(&origin);
+    for path in ["/one-line", "/two-lines", "/fine"] {
+        let first = get(&proxy.url(path));
+        let first = first.header("cache-status").unwrap_or_default().to_string();
+        if path != "/fine" {
+            assert!(first.contains("purge tag"), "{path}: {first}");
+        }
+    }
+    let auth = bearer();
+    let purge = send(
+        "PURGE",
+        &proxy.url("/"),
+        &[
+            ("Authorization", auth.as_str()),
+            ("Surrogate-Key", "product-1"),
+        ],
+    );
+    assert_eq!(purge.status, 200, "{}", purge.text());
+    for path in ["/one-line", "/two-lines", "/fine"] {
+        let again = get(&proxy.url(path));
+        let again = again.header("cache-status").unwrap_or_default().to_string();
+        assert!(!again.contains("; hit"), "{path}: {again}");
+    }
+    assert_eq!(origin.hits_for("/one-line"), 2);
+    assert_eq!(origin.hits_for("/two-lines"), 2);
+    assert_eq!(origin.hits_for("/fine"), 2);
+}
+
 /// A tag purge that arrives while a response carrying the tag is still being fetched keeps
 /// that response from being stored, as a URL purge does: it was stored and served as a hit
 /// for its whole lifetime, the purge answered 404.

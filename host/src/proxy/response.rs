@@ -325,7 +325,7 @@ fn meta(
     header.remove_header(TAGS_HEADER);
     let tags = tags(resp, plugin_tags);
     if !tags.is_empty() {
-        // Tags were split on whitespace from valid values or cleaned by the policy layer.
+        // Every tag is visible ASCII (`unindexable_tags` refused the others): a valid value.
         let _ = header.insert_header(TAGS_HEADER, tags);
     }
     let fresh_until = if fresh.fresh_for.is_zero() {
@@ -345,14 +345,19 @@ fn meta(
     (meta, withheld)
 }
 
-/// The origin's `Surrogate-Key` tags and the plugin's, space-separated.
+/// The origin's `Surrogate-Key` tags and the plugin's, space-separated. A line that is not
+/// visible ASCII is read all the same, its other bytes as replacement characters: skipped, its
+/// tags would be missing from the index, whereas `unindexable_tags` refuses the response.
 fn tags(resp: &ResponseHeader, plugin_tags: &[String]) -> String {
-    let origin = resp
+    let origin_lines: Vec<_> = resp
         .headers
         .get_all(SURROGATE_KEY)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(str::split_ascii_whitespace);
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .collect();
+    let origin = origin_lines
+        .iter()
+        .flat_map(|line| line.split_ascii_whitespace());
     let plugin = plugin_tags.iter().flat_map(|t| t.split_ascii_whitespace());
     origin.chain(plugin).collect::<Vec<_>>().join(" ")
 }

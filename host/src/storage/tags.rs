@@ -6,7 +6,7 @@
 //! that header before a response goes downstream.
 
 /// Most tags kept per object; more would let one response bloat the index.
-const MAX_TAGS: usize = 64;
+pub(crate) const MAX_TAGS: usize = 64;
 /// Longest tag kept; longer ones are ignored.
 pub(crate) const MAX_TAG_BYTES: usize = 256;
 
@@ -15,6 +15,10 @@ pub(crate) const MAX_TAG_BYTES: usize = 256;
 pub(crate) fn unindexable(tags: &str) -> Option<&'static str> {
     let mut kept: Vec<&str> = Vec::new();
     for tag in tags.split_ascii_whitespace() {
+        // Nothing else travels in the stored header that `parse` reads back.
+        if !tag.bytes().all(|b| b.is_ascii_graphic()) {
+            return Some("a purge tag (Surrogate-Key) that is not visible ASCII");
+        }
         if tag.len() > MAX_TAG_BYTES {
             return Some("a purge tag (Surrogate-Key) longer than 256 bytes");
         }
@@ -63,6 +67,8 @@ mod tests {
         assert!(unindexable(&many(65)).is_some());
         assert_eq!(unindexable(&"a".repeat(256)), None);
         assert!(unindexable(&format!("x {}", "a".repeat(257))).is_some());
+        assert!(unindexable("product-1 cat\u{e9}gorie").is_some());
+        assert!(unindexable("product-1 \u{1}").is_some());
         // Whatever passes is kept whole by `parse`.
         let mut headers = http::HeaderMap::new();
         headers.insert(super::super::TAGS_HEADER, many(64).parse().unwrap());
