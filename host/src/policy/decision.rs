@@ -11,8 +11,6 @@ use std::time::Duration;
 const MAX_REASON_BYTES: usize = 200;
 /// Most headers a synthetic response may carry.
 const MAX_SYNTHETIC_HEADERS: usize = 64;
-/// Most tags a store decision may carry.
-const MAX_TAGS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestDecision {
@@ -177,17 +175,41 @@ pub(crate) fn response_decision(
             ttl: Duration::from_secs(d.ttl_seconds.into()),
             stale_while_revalidate: Duration::from_secs(d.stale_while_revalidate_seconds.into()),
             stale_if_error: Duration::from_secs(d.stale_if_error_seconds.into()),
-            tags: d
-                .tags
-                .into_iter()
-                .take(MAX_TAGS)
-                .map(|t| clean_reason(&t))
-                .collect(),
+            tags: store_tags(&d.tags),
         }),
         Raw::FollowOrigin => ResponseDecision::FollowOrigin,
         Raw::NoStore(reason) => ResponseDecision::NoStore(clean_reason(&reason)),
         Raw::PassFor(seconds) => ResponseDecision::PassFor(Duration::from_secs(seconds.into())),
     }
+}
+
+/// The plugin's tags one by one (split on whitespace, repeats once), kept as they are up to
+/// one past what the storage's tag index takes, in number and in length: the excess stays for
+/// `storage::unindexable_tags` to see, so the response is not stored. Dropped or cut, the
+/// tags would be missing from the index, and their purges would miss the stored object.
+fn store_tags(given: &[String]) -> Vec<String> {
+    use crate::storage::tags::{MAX_TAGS, MAX_TAG_BYTES};
+    let mut kept: Vec<String> = Vec::new();
+    for tag in given.iter().flat_map(|t| t.split_ascii_whitespace()) {
+        if kept.len() > MAX_TAGS {
+            break;
+        }
+        let tag = longer_than(tag, MAX_TAG_BYTES);
+        if !kept.iter().any(|k| k == tag) {
+            kept.push(tag.to_owned());
+        }
+    }
+    kept
+}
+
+/// `tag` cut after its first character boundary past `bytes`: still longer than `bytes` when
+/// it was.
+fn longer_than(tag: &str, bytes: usize) -> &str {
+    let mut end = bytes + 1;
+    while end < tag.len() && !tag.is_char_boundary(end) {
+        end += 1;
+    }
+    &tag[..end.min(tag.len())]
 }
 
 /// A 0.1.0 decision in 0.2.0 terms (0.2.0 only adds `pass-for`).
@@ -329,6 +351,46 @@ pub(crate) fn response_plan(
 mod tests {
     use super::*;
     use v2::cachet::policy::types::{Header, SyntheticResponse as Raw};
+
+    fn store(tags: Vec<String>) -> Vec<String> {
+        use v2::cachet::policy::types::{ResponseDecision as Raw, StoreDirective as Given};
+        let given = Given {
+            ttl_seconds: 60,
+            stale_while_revalidate_seconds: 0,
+            stale_if_error_seconds: 0,
+            tags,
+        };
+        match response_decision(Raw::Store(given)) {
+            ResponseDecision::Store(directive) => directive.tags,
+            other => panic!("not a store: {other:?}"),
+        }
+    }
+
+    /// A plugin's 65th tag, or a tag over 200 bytes, was dropped or cut: the object was stored
+    /// without it and its purge missed. Whatever the index cannot keep now reaches its check.
+    #[test]
+    fn tags_are_kept_whole_up_to_one_past_what_the_index_keeps() {
+        use crate::storage::unindexable_tags;
+        let many: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
+        let kept = store(many);
+        assert_eq!(kept.len(), 65);
+        assert!(unindexable_tags(&kept.join(" ")).is_some());
+        let long = "a".repeat(230);
+        assert_eq!(store(vec![long.clone()]), [long.clone()]);
+        assert_eq!(unindexable_tags(&long), None);
+        let over = format!("{}é{}", "b".repeat(256), "c".repeat(5000));
+        let cut = store(vec![over]);
+        assert_eq!(cut[0].len(), 258);
+        assert!(unindexable_tags(&cut[0]).is_some());
+        // Characters the stored header cannot carry are kept for the index check to refuse.
+        let accented = store(vec!["catégorie".into()]);
+        assert_eq!(accented, ["catégorie"]);
+        assert!(unindexable_tags(&accented[0]).is_some());
+        // Repeats count once, as in the index; a tag with spaces is several tags.
+        let mut repeated = vec!["same".to_string(); 100];
+        repeated.push("last one".into());
+        assert_eq!(store(repeated), ["same", "last", "one"]);
+    }
 
     fn answer(headers: Vec<Header>) -> Raw {
         Raw {

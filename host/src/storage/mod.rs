@@ -29,7 +29,7 @@ mod purge_log;
 mod purge_stamps;
 mod stats;
 mod stream;
-mod tags;
+pub(crate) mod tags;
 #[cfg(test)]
 mod tests;
 pub mod tiers;
