@@ -416,6 +416,26 @@ fn the_error_hook_answers_origin_failures_with_nothing_stale() {
     assert!(proxy.log().contains("plugin fault in on-error"));
 }
 
+/// A successful POST invalidates the stored GET of its URL under the key of the client's
+/// request: `on-request` ran again on the head it had already rewritten (`/nest/items` sent
+/// as `/nest/v2/items`), computed the key of `/nest/v2/v2/items`, and the GET stayed stored.
+#[test]
+fn an_unsafe_request_invalidates_the_url_the_client_sent_not_the_rewritten_one() {
+    let origin = Origin::start(|seen| {
+        if seen.method == "POST" {
+            return Reply::ok("posted");
+        }
+        Reply::ok(format!("got {}", seen.url)).header("Cache-Control", "max-age=60")
+    });
+    let proxy = v2_proxy(&origin, "");
+    assert_eq!(get(&proxy.url("/nest/items")).text(), "got /nest/v2/items");
+    assert_status_has(&get(&proxy.url("/nest/items")), "hit");
+    let post = send("POST", &proxy.url("/nest/items"), &[]);
+    assert_eq!(post.status, 200);
+    assert_status_has(&get(&proxy.url("/nest/items")), "fwd=miss");
+    assert_eq!(origin.hits_for("/nest/v2/items"), 3);
+}
+
 // ------------------------------------------------------- the example plugins use 0.2.0's decisions
 
 fn example_proxy(origin: &Origin, name: &str, extra: &str) -> Proxy {

@@ -45,6 +45,9 @@ pub struct RequestCtx {
     pub(crate) outcome: &'static str,
     /// An unsafe method: a success invalidates what is stored for its URL.
     pub(crate) invalidates: bool,
+    /// Such a request as the client sent it, when the plugin's `on-request` edited it: the
+    /// keys it invalidates are computed by running `on-request` on it again, as for a GET.
+    pub(crate) unedited_request: Option<Box<RequestHeader>>,
     /// The request carries Authorization and the stored response did not allow sharing it.
     pub(crate) unshared_hit: bool,
     /// The L2 tier that answered a hit (`None`: L1, or not a hit).

@@ -566,7 +566,10 @@ impl ProxyHttp for CachetProxy {
         if self.state.drain.draining() {
             session.set_keepalive(None);
         }
-        invalidate::after_response(&self.state, session.req_header(), upstream_response, ctx);
+        // Not the head the plugin edited: its keys come from running the plugin on it again.
+        let invalidating = ctx.unedited_request.as_deref();
+        let invalidating = invalidating.unwrap_or(session.req_header());
+        invalidate::after_response(&self.state, invalidating, upstream_response, ctx);
         if let Some(not_modified) = ctx.unstored_not_modified.take() {
             *upstream_response = revalidation::merge(upstream_response, &not_modified);
         }

@@ -297,6 +297,9 @@ async fn plan(
     let outcome = policy.plan_request(req, fields);
     drop(lane);
     let outcome = outcome?;
+    if ctx.invalidates {
+        ctx.unedited_request = outcome.unedited.as_deref().map(as_sent);
+    }
     ctx.backend = match backend_index(tenant, outcome.backend) {
         Ok(backend) => backend,
         Err(fault) => {
@@ -309,6 +312,16 @@ async fn plan(
     };
     ctx.deliver = outcome.deliver;
     Ok(outcome.verdict)
+}
+
+/// The request the plugin was shown, its pending forwarding fields written, as a request
+/// that reaches the origin carries them.
+fn as_sent(
+    (head, pending): &(pingora::http::RequestHeader, PendingFields),
+) -> Box<pingora::http::RequestHeader> {
+    let mut head = Box::new(head.clone());
+    pending.clone().apply(&mut head);
+    head
 }
 
 /// Turns the plugin's verdict into the request's route and key (host rules first).
