@@ -436,6 +436,59 @@ fn an_unsafe_request_invalidates_the_url_the_client_sent_not_the_rewritten_one()
     assert_eq!(origin.hits_for("/nest/v2/items"), 3);
 }
 
+/// An origin that answers every request with a 103 Early Hints, then, 300 ms later, a 503.
+fn origin_hinting_then_failing() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+                std::thread::sleep(Duration::from_millis(300));
+                let _ = conn.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 12\r\n\
+                      Connection: close\r\n\r\norigin broke",
+                );
+            });
+        }
+    });
+    addr
+}
+
+/// A 103 Early Hints forwarded before the origin's 5xx leaves room for the plugin's on-error
+/// page: the 103 was taken for a written response, and the client got the hint, then cachet's
+/// bare 503.
+#[test]
+fn the_error_hook_answers_after_a_forwarded_early_hint() {
+    let proxy = Proxy::start(
+        CACHE,
+        &[TenantSpec::new(
+            "site",
+            origin_hinting_then_failing(),
+            &support::plugin("vcl-port"),
+        )],
+    );
+    let answered = support::raw::get(proxy.port, "/page", &[]);
+    let interim: Vec<u16> = answered.interim.iter().map(|h| h.status).collect();
+    assert_eq!(interim, [103]);
+    assert_eq!(answered.head.status, 503);
+    assert_eq!(answered.head.header("retry-after"), Some("60"));
+    let body = String::from_utf8_lossy(&answered.body);
+    assert!(body.contains("We'll be right back"), "{body}");
+}
+
 // ------------------------------------------------------- the example plugins use 0.2.0's decisions
 
 fn example_proxy(origin: &Origin, name: &str, extra: &str) -> Proxy {

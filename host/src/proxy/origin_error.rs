@@ -43,7 +43,11 @@ pub(super) async fn answer(
     e: &Error,
     ctx: &mut RequestCtx,
 ) -> Option<u16> {
-    if session.response_written().is_some() || e.esource() != &ErrorSource::Upstream {
+    // A forwarded interim response (103 Early Hints) leaves room for the final one.
+    let final_written = session
+        .response_written()
+        .is_some_and(|written| !written.status.is_informational());
+    if final_written || e.esource() != &ErrorSource::Upstream {
         return None;
     }
     let answer = match ctx.error_answer.take() {
