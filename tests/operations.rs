@@ -410,6 +410,36 @@ fn a_daemon_that_cannot_start_fails_its_command() {
     );
 }
 
+/// A daemon started to take over from a running one (`--upgrade`) that cannot start leaves
+/// the pid file naming the running one: it was left naming the dead process, with the running
+/// one's PID moved to `cachet.pid.old`.
+#[test]
+fn a_failed_upgrade_leaves_the_pid_file_naming_the_running_daemon() {
+    let origin = Origin::start(|_| Reply::ok("from origin").header("Cache-Control", "max-age=60"));
+    let daemon = start_daemon(&origin, "", "");
+    let dir = daemon._dir.path();
+    let config = dir.join("cachet.toml");
+    let broken = dir.join("broken.wasm");
+    std::fs::write(&broken, b"not a component").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let standard = format!("{:?}", plugin("standard").display().to_string());
+    let with_broken = text.replace(&standard, &format!("{:?}", broken.display().to_string()));
+    assert_ne!(text, with_broken);
+    std::fs::write(&config, with_broken).unwrap();
+    let out = Command::new(cachet_bin())
+        .current_dir(dir)
+        .args(["serve", "--daemon", "--upgrade", "--config", "cachet.toml"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cachet serve --daemon --upgrade");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(written_pid(&dir.join("cachet.pid")), daemon.pid);
+    assert!(!dir.join("cachet.pid.old").exists());
+    let resp = get(&format!("http://127.0.0.1:{}/x", daemon.port));
+    assert_eq!(resp.text(), "from origin");
+}
+
 /// The PID a daemon writes into `pid_file`, once it is there.
 fn written_pid(pid_file: &std::path::Path) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -9,8 +9,8 @@
 //! config and the plugins: the background process tells it, over a pipe, once they loaded.
 
 use anyhow::{bail, Context};
-use std::io::{PipeWriter, Read, Write};
-use std::path::Path;
+use std::io::{PipeReader, PipeWriter, Read, Write};
+use std::path::{Path, PathBuf};
 
 /// What the background process tells the command when it is ready.
 const READY: &[u8] = b"ready";
@@ -36,16 +36,8 @@ impl Detached {
 ///
 /// Must run before any thread is started: only the calling thread survives the fork.
 pub fn detach(pid_file: &Path) -> anyhow::Result<Detached> {
-    // The file a running process locks (the one being upgraded) is kept as `<name>.old`, as
-    // Pingora does: the new process cannot lock the same file.
-    if pid_file.exists() {
-        let mut old = pid_file.as_os_str().to_owned();
-        old.push(".old");
-        if let Err(e) = std::fs::rename(pid_file, &old) {
-            tracing::warn!(pid_file = %pid_file.display(), "cannot move the old pid file aside: {e}");
-        }
-    }
-    let (mut from_daemon, to_command) = std::io::pipe().context("making the start-up pipe")?;
+    let moved_aside = move_aside(pid_file);
+    let (from_daemon, to_command) = std::io::pipe().context("making the start-up pipe")?;
     let daemonize = daemonix::Daemonize::new()
         // Like Pingora's: files made by the process are open to its group, not to others.
         .umask(0o007)
@@ -54,14 +46,15 @@ pub fn detach(pid_file: &Path) -> anyhow::Result<Detached> {
         .stderr(daemonix::Stdio::keep());
     match daemonize.execute() {
         daemonix::Outcome::Parent(forked) => {
-            forked.context("starting the background process")?;
             drop(to_command);
-            let mut told = Vec::new();
-            // Ends when the background process writes or when it exits (its end closes).
-            let _ = from_daemon.read_to_end(&mut told);
-            if told == READY {
+            if forked.is_ok() && told_ready(from_daemon) {
                 std::process::exit(0);
             }
+            // The file names a process that is gone; the one still running is in `.old`.
+            if let Some(old) = moved_aside {
+                put_back(&old, pid_file);
+            }
+            forked.context("starting the background process")?;
             bail!("the background process stopped before it was ready (its error is above)");
         }
         daemonix::Outcome::Child(detached) => {
@@ -71,5 +64,38 @@ pub fn detach(pid_file: &Path) -> anyhow::Result<Detached> {
                 to_command: Some(to_command),
             })
         }
+    }
+}
+
+/// Moves the pid file a running process locks (the one being upgraded) to `<name>.old`, as
+/// Pingora does: the new process cannot lock the same file. Returns where it went.
+fn move_aside(pid_file: &Path) -> Option<PathBuf> {
+    if !pid_file.exists() {
+        return None;
+    }
+    let mut old = pid_file.as_os_str().to_owned();
+    old.push(".old");
+    let old = PathBuf::from(old);
+    match std::fs::rename(pid_file, &old) {
+        Ok(()) => Some(old),
+        Err(e) => {
+            tracing::warn!(pid_file = %pid_file.display(), "cannot move the old pid file aside: {e}");
+            None
+        }
+    }
+}
+
+/// Whether the background process said it is ready before it closed its end of the pipe
+/// (it does when it exits).
+fn told_ready(mut from_daemon: PipeReader) -> bool {
+    let mut told = Vec::new();
+    let _ = from_daemon.read_to_end(&mut told);
+    told == READY
+}
+
+/// Gives `pid_file` back to the process it named before a start that failed.
+fn put_back(old: &Path, pid_file: &Path) {
+    if let Err(e) = std::fs::rename(old, pid_file) {
+        tracing::warn!(pid_file = %pid_file.display(), "cannot put the old pid file back: {e}");
     }
 }
