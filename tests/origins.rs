@@ -1175,6 +1175,17 @@ impl UpgradeOrigin {
         }
     }
 
+    /// An upgrade request as RFC 9110 §7.8 has it: `Upgrade: websocket`, and `upgrade`
+    /// among the `Connection` options (`head` is lower-cased).
+    fn asks_for_websocket(head: &str) -> bool {
+        let connection_upgrade = head
+            .lines()
+            .filter_map(|l| l.strip_prefix("connection:"))
+            .flat_map(|v| v.split(','))
+            .any(|option| option.trim() == "upgrade");
+        head.contains("upgrade: websocket") && connection_upgrade
+    }
+
     fn serve(mut conn: TcpStream, record: &parking_lot::Mutex<Vec<usize>>) {
         let mut buf = Vec::new();
         for served in 0.. {
@@ -1190,7 +1201,7 @@ impl UpgradeOrigin {
             };
             let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
             buf.drain(..head_end);
-            if head.contains("upgrade: websocket") {
+            if Self::asks_for_websocket(&head) {
                 record.lock().push(served);
                 // As an origin a network away answers: on loopback, within microseconds,
                 // Pingora's race (below) can end even a tunnel on a new connection.
@@ -1309,4 +1320,45 @@ fn a_websocket_upgrade_takes_a_new_origin_connection_and_its_tunnel_stays_open()
         vec![0; 30],
         "requests served before each upgrade"
     );
+}
+
+/// Opens a WebSocket tunnel through `proxy` on a new client connection: the 101's head has
+/// been read when it returns.
+fn open_websocket(proxy: &Proxy) -> TcpStream {
+    let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: site.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .expect("send");
+    let head = read_until_suffix(&mut conn, b"\r\n\r\n");
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    conn
+}
+
+/// Sends a frame's worth of bytes into an open tunnel and expects them echoed back.
+fn assert_tunnel_echoes(conn: &mut TcpStream) {
+    let frame = [b'x'; 100];
+    conn.write_all(&frame).expect("send");
+    let mut echoed = [0u8; 100];
+    conn.read_exact(&mut echoed)
+        .unwrap_or_else(|e| panic!("the tunnel ended: {e}"));
+    assert_eq!(echoed, frame);
+}
+
+/// `idle_timeout = "0s"` asks the origin to close each connection, but not an upgrade's:
+/// `Connection: close` in place of `Connection: Upgrade` is no upgrade request, and every
+/// WebSocket of such a tenant was refused.
+#[test]
+fn idle_timeout_zero_still_lets_a_websocket_upgrade_through() {
+    let origin = UpgradeOrigin::start();
+    let proxy = proxy_for(origin.addr, "idle_timeout = \"0s\"");
+    let mut conn = open_websocket(&proxy);
+    assert_tunnel_echoes(&mut conn);
 }

@@ -322,17 +322,19 @@ impl ProxyHttp for CachetProxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         // `idle_timeout = "0s"` means no keep-alive, but Pingora pools a connection whatever
         // its idle timeout (which only bounds the wait), so the origin is asked to close it.
+        // Not an upgrade: `close` would replace its `Connection: Upgrade`, and an upgraded
+        // connection is never pooled anyway.
         let no_keepalive = ctx
             .tenant
             .as_ref()
             .is_some_and(|t| t.config.origin.idle_timeout.is_zero());
-        if no_keepalive {
+        if no_keepalive && !session.is_upgrade_req() {
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
         }
         Ok(())
