@@ -157,7 +157,9 @@ impl TenantUpstream {
             return self.peer_for(config, attempts, target, addr);
         };
         let Some(selection) = pool.select(key, &attempts.failed) else {
-            return Error::e_explain(ErrorType::ConnectNoRoute, "no upstream left to try");
+            // The origin's failure, not cachet's: a 502, and a stale copy may be served.
+            let e = Error::explain(ErrorType::ConnectNoRoute, "no upstream left to try");
+            return Err(e.into_up());
         };
         let Some(&addr) = selection.backend.as_inet() else {
             return Error::e_explain(ErrorType::InternalError, "not an IP upstream");
@@ -369,8 +371,9 @@ impl BackgroundService for PoolMaintenance {
 
 #[cfg(test)]
 mod tests {
-    use super::failure_status;
+    use super::{failure_status, OriginAttempts, TenantUpstream};
     use pingora::{Error, ErrorSource, ErrorType};
+    use std::net::SocketAddr;
 
     fn status(etype: ErrorType, source: ErrorSource) -> u16 {
         failure_status(&Error::create(etype, source, None, None))
@@ -400,5 +403,23 @@ mod tests {
             status(ErrorType::HTTPStatus(503), ErrorSource::Upstream),
             503
         );
+    }
+
+    /// A pool whose every upstream failed this request has none left to try: the origin
+    /// failed, a 502 (and stale-if-error may serve), not cachet's own 500.
+    #[test]
+    fn a_pool_with_no_upstream_left_is_a_bad_gateway() {
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let config = super::pool::tests::tenant(&[a, b], "health_interval = \"1h\"");
+        let upstream = TenantUpstream::new(&config);
+        let mut attempts = OriginAttempts::default();
+        attempts.failed = vec![a, b];
+        let e = upstream
+            .peer(&config, &mut attempts, b"/page", None)
+            .expect_err("an upstream was left");
+        assert_eq!(failure_status(&e), 502, "{e}");
     }
 }

@@ -462,7 +462,7 @@ impl ServiceDiscovery for Resolver {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::TenantConfig;
     use futures::future::BoxFuture;
@@ -470,7 +470,7 @@ mod tests {
     use std::time::Duration;
 
     /// A tenant whose pool is `upstreams`, with `pool` as its `[tenant.pool]` lines.
-    fn tenant(upstreams: &[SocketAddr], pool: &str) -> TenantConfig {
+    pub(in crate::upstream) fn tenant(upstreams: &[SocketAddr], pool: &str) -> TenantConfig {
         let list: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"site\"\nhosts = [\"site.test\"]\n\
