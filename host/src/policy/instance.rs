@@ -40,6 +40,9 @@ pub enum PluginFault {
     InvalidOutput(String),
     /// Skipped: the plugin kept exceeding its deadline (circuit breaker open).
     Quarantined,
+    /// Not called: the plugin is heavy and no lane came free within its wait
+    /// ([`super::lanes::lane_wait`]).
+    NoLane,
 }
 
 impl PluginFault {
@@ -52,6 +55,7 @@ impl PluginFault {
             Self::Instantiate(_) => "instantiate",
             Self::InvalidOutput(_) => "invalid-output",
             Self::Quarantined => "quarantined",
+            Self::NoLane => "no-lane",
         }
     }
 }
@@ -65,6 +69,7 @@ impl fmt::Display for PluginFault {
             Self::Instantiate(msg) => write!(f, "plugin could not be instantiated: {msg}"),
             Self::InvalidOutput(msg) => write!(f, "plugin returned invalid output: {msg}"),
             Self::Quarantined => write!(f, "plugin skipped after repeated deadline overruns"),
+            Self::NoLane => write!(f, "plugin skipped: no lane for heavy plugins came free"),
         }
     }
 }
@@ -584,11 +589,13 @@ impl InstancePool {
     /// When tenants share the proxy, the lane a heavy plugin's `on-request` call waits for,
     /// and the measure that judges the plugin: hold it across [`Self::plan_request`].
     /// No lane while the breaker is open: the call returns at once, without the plugin.
-    pub(crate) async fn lane(&self, shared: bool) -> PluginLane<'_> {
-        match shared && !self.breaker.is_open() {
-            true => PluginLane::enter(&self.load, self.engine.lanes()).await,
-            false => PluginLane::default(),
+    /// A [`PluginFault::NoLane`] when none came free within the tenant's wait.
+    pub(crate) async fn lane(&self, shared: bool) -> Result<PluginLane<'_>, PluginFault> {
+        if !shared || self.breaker.is_open() {
+            return Ok(PluginLane::default());
         }
+        let wait = super::lanes::lane_wait(self.limits.hook_timeout);
+        PluginLane::enter(&self.load, self.engine.lanes(), wait).await
     }
 
     /// Runs `on-request` on `request` with the `pending` fields written, applies

@@ -25,6 +25,7 @@
 //! Only when tenants share the proxy: a lone tenant would lose a worker for no one, and its
 //! calls are not even measured.
 
+use super::instance::PluginFault;
 use parking_lot::Mutex;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -49,6 +50,16 @@ const SAMPLES_PER_JUDGEMENT: u32 = 8;
 
 /// How long a plugin judged heavy stays so after its last heavy window.
 pub(crate) const HEAVY_HOLD: Duration = Duration::from_secs(10);
+
+/// How many of its tenant's `hook_timeout`s a heavy plugin's call waits for a lane. Each
+/// call holding one ends within about that long, so this is a queue several calls deep
+/// per lane; a request behind a longer flood gets its tenant's `on_plugin_error`.
+const LANE_WAIT_HOOK_TIMEOUTS: u32 = 4;
+
+/// The longest a heavy plugin's call waits for a lane, for a tenant with `hook_timeout`.
+pub(crate) fn lane_wait(hook_timeout: Duration) -> Duration {
+    hook_timeout.saturating_mul(LANE_WAIT_HOOK_TIMEOUTS)
+}
 
 /// The engine's lanes, which heavy plugins' calls share (all tenants together), and what
 /// heavy means.
@@ -106,6 +117,16 @@ impl Lanes {
     fn semaphore(&self) -> &Semaphore {
         self.semaphore
             .get_or_init(|| Semaphore::new(self.workers.load(Relaxed).saturating_sub(1).max(1)))
+    }
+
+    /// Waits up to `wait` for a lane: a flood of heavy calls must not hold a request (of its
+    /// tenant, or of another heavy one) for as long as the queue before it takes.
+    async fn take(&self, wait: Duration) -> Result<SemaphorePermit<'_>, PluginFault> {
+        match tokio::time::timeout(wait, self.semaphore().acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed: `acquire` only fails on a closed one.
+            Ok(Err(_)) | Err(_) => Err(PluginFault::NoLane),
+        }
     }
 }
 
@@ -229,21 +250,25 @@ struct Measure<'a> {
 }
 
 impl<'a> PluginLane<'a> {
-    /// Waits for one of `lanes` when `load` is heavy; measures the call now and then.
-    pub(crate) async fn enter(load: &'a Load, lanes: &'a Lanes) -> PluginLane<'a> {
+    /// Waits up to `wait` for one of `lanes` when `load` is heavy, a
+    /// [`PluginFault::NoLane`] when none came; measures the call now and then.
+    pub(crate) async fn enter(
+        load: &'a Load,
+        lanes: &'a Lanes,
+        wait: Duration,
+    ) -> Result<PluginLane<'a>, PluginFault> {
         let permit = match load.heavy() {
-            // The semaphore is never closed: `acquire` only fails on a closed one.
-            true => lanes.semaphore().acquire().await.ok(),
+            true => Some(lanes.take(wait).await?),
             false => None,
         };
-        PluginLane {
+        Ok(PluginLane {
             measured: sample().then(|| Measure {
                 load,
                 heavy_call: lanes.heavy_call(),
                 started: thread_cpu_time(),
             }),
             _permit: permit,
-        }
+        })
     }
 }
 
@@ -358,20 +383,45 @@ mod tests {
         let lanes = Lanes::new(3);
         let heavy = Load::new("heavy");
         heavy.heavy_until.store(u64::MAX, Relaxed);
-        let first = PluginLane::enter(&heavy, &lanes).await;
-        let second = PluginLane::enter(&heavy, &lanes).await;
-        let third =
-            tokio::time::timeout(Duration::from_millis(50), PluginLane::enter(&heavy, &lanes))
-                .await;
+        let wait = Duration::from_secs(5);
+        let first = PluginLane::enter(&heavy, &lanes, wait).await.unwrap();
+        let second = PluginLane::enter(&heavy, &lanes, wait).await.unwrap();
+        let third = tokio::time::timeout(
+            Duration::from_millis(50),
+            PluginLane::enter(&heavy, &lanes, wait),
+        )
+        .await;
         assert!(third.is_err(), "a third heavy call of 3 workers got a lane");
         drop(first);
-        let _third = PluginLane::enter(&heavy, &lanes).await;
+        let _third = PluginLane::enter(&heavy, &lanes, wait).await.unwrap();
         // A light plugin's calls wait for nothing, whatever the heavy ones hold.
         let light = Load::new("light");
-        let lane =
-            tokio::time::timeout(Duration::from_millis(50), PluginLane::enter(&light, &lanes))
-                .await;
-        assert!(lane.is_ok());
+        let lane = tokio::time::timeout(
+            Duration::from_millis(50),
+            PluginLane::enter(&light, &lanes, wait),
+        )
+        .await;
+        assert!(matches!(lane, Ok(Ok(_))));
         drop(second);
+    }
+
+    #[tokio::test]
+    async fn a_heavy_call_that_finds_no_lane_within_its_wait_is_a_fault() {
+        let lanes = Lanes::new(2);
+        let heavy = Load::new("heavy");
+        heavy.heavy_until.store(u64::MAX, Relaxed);
+        let _held = PluginLane::enter(&heavy, &lanes, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let queued = PluginLane::enter(&heavy, &lanes, Duration::from_millis(50)).await;
+        assert!(matches!(queued, Err(PluginFault::NoLane)));
+    }
+
+    #[test]
+    fn the_wait_for_a_lane_is_a_few_hook_timeouts() {
+        assert_eq!(
+            lane_wait(Duration::from_millis(10)),
+            Duration::from_millis(40)
+        );
     }
 }

@@ -44,11 +44,12 @@ impl PolicyLayer {
     /// When other tenants share the proxy (`shared`) and this plugin is heavy, waits for one
     /// of the worker threads heavy plugins' `on-request` calls may hold (`policy::lanes`):
     /// hold the result across [`Self::plan_request`], whose CPU time it may measure for the
-    /// plugin's judgement. A native policy never waits.
-    pub async fn lane(&self, shared: bool) -> PluginLane<'_> {
+    /// plugin's judgement. A native policy never waits. A [`PluginFault::NoLane`] when the
+    /// wait ran out.
+    pub async fn lane(&self, shared: bool) -> Result<PluginLane<'_>, PluginFault> {
         match self {
             Self::Wasm(pool) => pool.lane(shared).await,
-            Self::Builtin(_) => PluginLane::default(),
+            Self::Builtin(_) => Ok(PluginLane::default()),
         }
     }
 

@@ -293,7 +293,7 @@ async fn plan(
     ctx: &mut RequestCtx,
 ) -> std::result::Result<RequestVerdict, PluginFault> {
     let policy = ctx.policy.clone().unwrap_or_else(|| tenant.policy());
-    let lane = policy.lane(shared).await;
+    let lane = policy.lane(shared).await?;
     let outcome = policy.plan_request(req, fields);
     drop(lane);
     let outcome = outcome?;
