@@ -84,9 +84,10 @@ pub(super) async fn request_filter(
     ctx.tenant = Some(tenant.clone());
     ctx.policy = Some(policy.clone());
     if let Some(refresh) = refresh {
-        if refresh.tenant != tenant.build() {
-            // Planned against the tenant before a reload: its key and backend index are not
-            // this one's. The stale copy was served; the next request refreshes it.
+        if !refresh.planned_under(tenant.build(), policy.sha256()) {
+            // Planned against the tenant or its plugin before a reload: its key, edits and
+            // backend index are not this one's, and the plugin now in place would judge the
+            // answer. The stale copy was served; the next request refreshes it.
             ctx.route =
                 Route::Answered("the site was reloaded since the refresh was planned".into());
             respond_text(
