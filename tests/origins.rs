@@ -1362,3 +1362,16 @@ fn idle_timeout_zero_still_lets_a_websocket_upgrade_through() {
     let mut conn = open_websocket(&proxy);
     assert_tunnel_echoes(&mut conn);
 }
+
+/// `total_timeout` bounds an exchange with the origin, not the WebSocket its 101 opens:
+/// Pingora runs the body filters on a tunnel's bytes, which checked the deadline, and
+/// every tunnel was cut at `total_timeout`.
+#[test]
+fn total_timeout_does_not_end_a_websocket_tunnel() {
+    let origin = UpgradeOrigin::start();
+    let proxy = proxy_for(origin.addr, "total_timeout = \"1s\"");
+    let mut conn = open_websocket(&proxy);
+    assert_tunnel_echoes(&mut conn);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_tunnel_echoes(&mut conn);
+}

@@ -298,6 +298,9 @@ impl ProxyHttp for CachetProxy {
                 None,
             ));
         }
+        if switched {
+            ctx.origin.became_tunnel();
+        }
         // Kept for response_cache_filter, which only sees pingora's partial merge.
         if ctx.route == Route::Cache && upstream_response.status == http::StatusCode::NOT_MODIFIED {
             let mut not_modified = upstream_response.clone();
@@ -392,7 +395,7 @@ impl ProxyHttp for CachetProxy {
         }
         ctx.origin_started = Some(std::time::Instant::now());
         if session.is_upgrade_req() {
-            ctx.origin.take_new_connection();
+            ctx.origin.asks_to_upgrade();
         }
         let key = if ctx.key.is_empty() {
             session.req_header().uri.path().as_bytes()

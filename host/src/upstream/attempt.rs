@@ -38,6 +38,12 @@ pub struct OriginAttempts {
     /// The current attempt's connect had less time than `connect_timeout`: what was left of
     /// `total_timeout`. Its timing out says nothing about the upstream.
     pub(super) connect_cut_short: bool,
+    /// The request asks to upgrade: its connection may become a tunnel, whose reads and
+    /// writes `total_timeout` does not cap.
+    pub(super) upgrade: bool,
+    /// The origin switched protocols (101): the exchange became a tunnel, which
+    /// `total_timeout` does not bound.
+    tunneled: bool,
 }
 
 impl OriginAttempts {
@@ -50,14 +56,25 @@ impl OriginAttempts {
             .map_or(Duration::MAX, |d| d.saturating_duration_since(now))
     }
 
-    /// The next attempt takes a new connection of its own. An HTTP/1 upgrade does: Pingora
-    /// 0.9 ends a tunnel as soon as it starts when the origin's 101 is read before the
-    /// upgrade request's own empty body went through (cloudflare/pingora#946), which a
-    /// pooled connection's quick answer made happen to a few upgrades in a hundred; a new
-    /// connection's handshake puts the body first. (An upgraded connection is never pooled
-    /// again anyway.)
-    pub(crate) fn take_new_connection(&mut self) {
+    /// An HTTP/1 upgrade request:
+    /// - its attempts take a new connection of their own: Pingora 0.9 ends a tunnel as soon
+    ///   as it starts when the origin's 101 is read before the upgrade request's own empty
+    ///   body went through (cloudflare/pingora#946), which a pooled connection's quick
+    ///   answer made happen to a few upgrades in a hundred; a new connection's handshake
+    ///   puts the body first (an upgraded connection is never pooled again anyway);
+    /// - that connection's read and write timeouts are the tenant's own, not capped at what
+    ///   is left of `total_timeout`: they stay the tunnel's for its whole life, and a
+    ///   WebSocket quiet for the rest of `total_timeout` was cut.
+    pub(crate) fn asks_to_upgrade(&mut self) {
         self.fresh = true;
+        self.upgrade = true;
+    }
+
+    /// The origin accepted an upgrade: `total_timeout` bounds an exchange, and a tunnel (a
+    /// WebSocket) lasts as long as its two ends keep it open. Pingora runs the body filters
+    /// on its bytes, which checked the deadline and cut every tunnel at it.
+    pub(crate) fn became_tunnel(&mut self) {
+        self.tunneled = true;
     }
 
     /// A fresh attempt gets a pool key of its own, so no pooled connection
@@ -116,7 +133,7 @@ pub(super) fn repeatable(session: &Session) -> bool {
 /// is bounded by `write_timeout` or `read_timeout` (Pingora fixes those per connection).
 pub fn check_deadline(attempts: &OriginAttempts, what: Direction) -> Result<()> {
     match attempts.deadline {
-        Some(deadline) if Instant::now() >= deadline => {
+        Some(deadline) if !attempts.tunneled && Instant::now() >= deadline => {
             let etype = match what {
                 Direction::Sending => ErrorType::WriteTimedout,
                 Direction::Receiving => ErrorType::ReadTimedout,

@@ -191,8 +191,13 @@ impl TenantUpstream {
         let options = &mut peer.options;
         options.connection_timeout = Some(origin.connect_timeout.min(remaining));
         options.total_connection_timeout = Some(origin.connect_timeout.min(remaining));
-        options.read_timeout = Some(origin.read_timeout.min(remaining));
-        options.write_timeout = Some(origin.write_timeout.min(remaining));
+        let io_cap = if attempts.upgrade {
+            Duration::MAX
+        } else {
+            remaining
+        };
+        options.read_timeout = Some(origin.read_timeout.min(io_cap));
+        options.write_timeout = Some(origin.write_timeout.min(io_cap));
         options.idle_timeout = Some(origin.idle_timeout);
         // The fields a client's `Connection` nominates are removed before the plugin runs
         // (`proxy::request_fields`). Pingora removing them again here, after the plugin's
