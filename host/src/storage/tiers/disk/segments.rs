@@ -382,16 +382,21 @@ impl SegmentStore {
     /// Drops whole segments, oldest first, until the others and a full `active` fit the
     /// budget: its bytes, and its values (each value written counts, even one replaced since).
     /// The files are unlinked after the index lets go of them, outside its lock: every lookup
-    /// takes that lock, and a slow disk held them all for the unlinks.
+    /// takes that lock, and a slow disk held them all for the unlinks. Every one is tried
+    /// and the first failure returned: the index has let go of them all, and a file left
+    /// behind counted for nothing against the budget and was read back at the next start.
     fn evict(&self, active: u64) -> io::Result<()> {
+        let mut first_error = None;
         for id in self.forget_oldest(active) {
             // Readers holding the file finish their read: an unlinked file stays readable.
             match std::fs::remove_file(segment_path(&self.dir, id)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    first_error.get_or_insert(e);
+                }
                 _ => {}
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// [`Self::evict`]'s segments, gone from the index: their ids, oldest first.
@@ -818,6 +823,30 @@ mod tests {
             smaller.get(&199u32.to_be_bytes()).await.unwrap().unwrap(),
             value(10, 199)
         );
+    }
+
+    /// A segment that cannot be unlinked does not keep the others evicted with it on the
+    /// disk: they were left there, beyond the budget, and read back at the next start.
+    #[test]
+    fn every_evicted_segment_is_unlinked_though_one_cannot_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = roomy(dir.path());
+        for i in 0..40u32 {
+            store.put(&i.to_be_bytes(), &value(1000, i as u8)).unwrap();
+        }
+        let active = store.writer.lock().id;
+        assert!(active >= 8, "{active} segments written");
+        // The oldest made undeletable: a directory that is not empty in its place.
+        let oldest = segment_path(dir.path(), 0);
+        std::fs::remove_file(&oldest).unwrap();
+        std::fs::create_dir(&oldest).unwrap();
+        std::fs::write(oldest.join("inside"), b"x").unwrap();
+
+        store.limits.max_bytes = 4 * SEGMENT;
+        assert!(store.evict(active).is_err(), "the failure is reported");
+        // The undeletable one, and the newest three and the active one the budget keeps.
+        let left = segment_ids(dir.path()).unwrap();
+        assert_eq!(left, [0, active - 3, active - 2, active - 1, active]);
     }
 
     #[tokio::test]
