@@ -116,8 +116,9 @@ impl std::fmt::Display for ReadError {
 
 impl SegmentStore {
     /// Opens the segments in `dir` (made if missing), reading their entries back into the
-    /// index. A damaged entry is skipped and every whole one after it kept; an unfinished tail
-    /// of a segment (a crash mid-write, a truncated file) is cut off.
+    /// index. A damaged entry is skipped, and the whole ones after it in its segment only
+    /// remove their keys ([`recover`]); an unfinished tail of a segment (a crash mid-write, a
+    /// truncated file) is cut off.
     pub(crate) fn open(dir: &Path, limits: Limits) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let hasher = RandomState::new();
@@ -508,8 +509,11 @@ fn read_cached(_file: &File, _offset: u64, _len: usize) -> Option<Vec<u8>> {
 
 /// Reads a segment's entries into `entries` (tombstones remove). Past an entry that is not
 /// whole (a damaged header, a length beyond the file) the scan resumes at the next entry that
-/// checks out ([`Resync`]): one bad byte costs that entry, not the rest of the segment. The
-/// file is cut only after the last whole entry, when nothing valid follows it (a crash
+/// checks out ([`Resync`]), but from there on every entry of the segment only removes its key:
+/// the damaged entry's end is unknown, so what follows may lie inside its body, where a client
+/// can have had a whole entry cached, checksum and all, naming any key. Tombstones still hold,
+/// and a value there is a miss, never a forged hit (it was newer than any copy it removes).
+/// The file is cut only after the last whole entry, when nothing valid follows it (a crash
 /// mid-write). Returns the keys it added and the segment's length.
 fn recover(
     file: &File,
@@ -525,6 +529,8 @@ fn recover(
     let mut offset = 0u64;
     // The last entry read: where it starts, and its key's hash when it is a value.
     let mut last: Option<(u64, Option<u64>)> = None;
+    // Damage was found: the entries after it only remove.
+    let mut past_damage = false;
     let mut end = 0u64;
     let mut header = [0u8; HEADER];
     let mut key = Vec::new();
@@ -569,6 +575,7 @@ fn recover(
             );
             offset = next;
             last = None;
+            past_damage = true;
             reader.seek(SeekFrom::Start(next))?;
             continue;
         };
@@ -577,9 +584,10 @@ fn recover(
         reader.read_exact(&mut key)?;
         reader.seek_relative(parsed.value_len as i64)?;
         let hash = hasher.hash_one(&key);
-        last = Some((offset, (parsed.kind == Kind::Value).then_some(hash)));
+        let indexed = parsed.kind == Kind::Value && !past_damage;
+        last = Some((offset, indexed.then_some(hash)));
         match parsed.kind {
-            Kind::Value => {
+            Kind::Value if indexed => {
                 let loc = Loc {
                     segment: id,
                     // Within `file_len`, so within 32 bits.
@@ -589,7 +597,7 @@ fn recover(
                 entries.insert(hash, loc);
                 keys.push(hash);
             }
-            Kind::Tombstone => {
+            Kind::Value | Kind::Tombstone => {
                 entries.remove(&hash);
             }
         }
@@ -921,8 +929,10 @@ mod tests {
         std::fs::write(path, bytes).unwrap();
     }
 
+    /// A damaged header costs its entry, and the values after it in its segment (they may lie
+    /// inside its body): misses, never another key's value.
     #[tokio::test]
-    async fn a_damaged_header_costs_its_entry_and_no_other() {
+    async fn a_damaged_header_costs_its_entry_and_those_after_it() {
         const ENTRY: usize = HEADER + 2 + 100;
         for at in 0..HEADER {
             for mask in [0x01, 0x80, 0xff] {
@@ -933,14 +943,16 @@ mod tests {
                 // A length made to run past the end reads as an entry a crash cut off: the
                 // tail goes (misses), since searching inside it could find a forged entry.
                 let bytes = std::fs::read(&path).unwrap();
-                let overruns = Header::parse(&bytes[3 * ENTRY..])
-                    .is_some_and(|h| (3 * ENTRY + h.entry_len()) as u64 > len);
+                let parsed = Header::parse(&bytes[3 * ENTRY..]);
+                let overruns = parsed.is_some_and(|h| (3 * ENTRY + h.entry_len()) as u64 > len);
+                // Only its checksum hit: the scan goes on from the entry's true end.
+                let ends_where_it_did = parsed.is_some_and(|h| h.entry_len() == ENTRY);
 
                 let again = roomy(dir.path());
                 let what = format!("byte {at} ^ {mask:#x}");
                 for (i, key) in keys.iter().enumerate() {
                     let read = again.get(key).await;
-                    if i == 3 || (overruns && i > 3) {
+                    if i == 3 || (i > 3 && !ends_where_it_did) {
                         assert!(!matches!(read, Ok(Some(_))), "{what}: {i} served");
                     } else {
                         assert_eq!(read.unwrap(), Some(value(100, i as u8).into()), "{what}");
@@ -977,8 +989,40 @@ mod tests {
         assert!(!again.contains(b"fake") && !again.contains(b"Fake"));
         assert!(!again.contains(b"long"));
         assert_eq!(again.get(b"first").await.unwrap().unwrap(), &b"v"[..]);
-        assert_eq!(again.get(b"after").await.unwrap().unwrap(), &b"kept"[..]);
-        assert_eq!(again.entries(), 2);
+        assert!(
+            !again.contains(b"after"),
+            "past the damage: it may lie inside it"
+        );
+        assert_eq!(again.entries(), 1);
+    }
+
+    /// A whole entry, checksum and all, inside a body whose entry lost its first bytes (a
+    /// power loss zeroing a page) is not indexed: a client choosing what was cached could name
+    /// any key in it (another tenant's), written at any time, and it was served after a
+    /// restart.
+    #[tokio::test]
+    async fn an_entry_forged_inside_a_damaged_body_is_not_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = roomy(dir.path());
+        let mut body = b"padding ".to_vec();
+        body.extend_from_slice(&entry::encode(Kind::Value, b"victim", b"forged"));
+        body.extend_from_slice(b" and more");
+        store.put(b"first", b"v").unwrap();
+        store.put(b"victim", b"genuine").unwrap();
+        store.put(b"carrier", &body).unwrap();
+        drop(store);
+        let path = segment_path(dir.path(), 0);
+        let carrier_at = 2 * HEADER + b"first".len() + 1 + b"victim".len() + b"genuine".len();
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[carrier_at..carrier_at + 4], MAGIC);
+        bytes[carrier_at..carrier_at + HEADER].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let again = roomy(dir.path());
+        let victim = again.get(b"victim").await.unwrap();
+        assert_ne!(victim.as_deref(), Some(&b"forged"[..]));
+        assert!(!again.contains(b"carrier"));
+        assert_eq!(again.get(b"first").await.unwrap().unwrap(), &b"v"[..]);
     }
 
     /// A search after damage never starts inside an entry known to be whole, nor inside one
@@ -1015,22 +1059,25 @@ mod tests {
         }
     }
 
+    /// After a damaged entry, a tombstone still removes its key, and so does a value (newer
+    /// than the copy before it, it is not served itself).
     #[tokio::test]
     async fn a_tombstone_after_a_damaged_entry_still_holds() {
         let dir = tempfile::tempdir().unwrap();
         let store = roomy(dir.path());
         store.put(b"gone", b"old").unwrap();
+        store.put(b"redone", b"old").unwrap();
         store.put(b"damaged", b"x").unwrap();
         assert!(store.remove(b"gone").unwrap());
-        store.put(b"last", b"y").unwrap();
+        store.put(b"redone", b"new").unwrap();
         drop(store);
-        let damaged_at = HEADER + b"gone".len() + 3;
+        let damaged_at = 2 * HEADER + b"gone".len() + b"redone".len() + 6;
         damage(&segment_path(dir.path(), 0), damaged_at, 0xff);
 
         let again = roomy(dir.path());
         assert!(!again.contains(b"gone"), "the tombstone was read");
         assert!(!again.contains(b"damaged"));
-        assert_eq!(again.get(b"last").await.unwrap().unwrap(), &b"y"[..]);
+        assert!(!again.contains(b"redone"), "its older copy is not served");
     }
 
     #[tokio::test]
