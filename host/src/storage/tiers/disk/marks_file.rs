@@ -34,7 +34,8 @@ pub(super) struct MarksFile {
 
 impl MarksJournal {
     /// Reads the marks `path` holds (after the lines set aside for a cut that did not finish)
-    /// and returns them; the file is written afresh with them and `more` after them.
+    /// and returns them; the file is written afresh with them and `more` after them, the
+    /// newest [`MAX_MARKS`] of them after the floors the others leave.
     pub(super) fn open(path: PathBuf, more: &[Purge]) -> anyhow::Result<(Self, Vec<Purge>)> {
         Self::open_cutting_past(path, more, 2 * MAX_MARKS)
     }
@@ -46,7 +47,7 @@ impl MarksJournal {
     ) -> anyhow::Result<(Self, Vec<Purge>)> {
         let aside = set_aside_path(&path);
         let read = read_marks(&[&aside, &path])?;
-        let kept = [&read[..], more].concat();
+        let kept = within_bound([&read[..], more].concat());
         let file = rewrite_marks(&path, &kept, &[])?;
         remove_if_there(&aside)?;
         let journal = Self {
@@ -186,11 +187,16 @@ pub(super) fn read_marks(paths: &[&Path]) -> anyhow::Result<Vec<Purge>> {
             );
         }
     }
-    // The oldest beyond the bound go, leaving floors behind: a purged copy never returns.
+    Ok(within_bound(marks))
+}
+
+/// The newest [`MAX_MARKS`] of `marks`, after the floors the older ones leave ([`floors_of`]):
+/// a purged copy never returns.
+fn within_bound(mut marks: Vec<Purge>) -> Vec<Purge> {
     let excess = marks.len().saturating_sub(MAX_MARKS);
     let mut kept = floors_of(marks.drain(..excess));
     kept.append(&mut marks);
-    Ok(kept)
+    kept
 }
 
 /// Writes `marks` and then the lines `after` afresh, on disk before they replace the file
@@ -322,6 +328,37 @@ mod tests {
         let kept = read_marks(&[&path]).unwrap();
         assert_eq!(kept, (0..200).map(mark).collect::<Vec<_>>());
         assert!(!set_aside_path(&path).exists());
+    }
+
+    /// The marks written when the tier opens are bounded like those read: the purges made
+    /// while another process held the folder came after the file's own, all of them.
+    #[test]
+    fn marks_written_at_open_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("purges.jsonl");
+        let old: Vec<Purge> = (0..10)
+            .map(|i| tag_mark("old", format!("t{i}"), i))
+            .collect();
+        rewrite_marks(&path, &old, &[]).unwrap();
+        let made: Vec<Purge> = (0..MAX_MARKS as u64)
+            .map(|i| tag_mark("site", format!("m{i}"), 100 + i))
+            .collect();
+        let (journal, read) = MarksJournal::open(path.clone(), &made).unwrap();
+        assert_eq!(read, old);
+        let floor = Purge {
+            target: Target::Partition("old".into()),
+            at: 9,
+            soft: false,
+        };
+        let mut expected = vec![floor];
+        expected.extend(made);
+        assert_eq!(journal.file.lock().lines, expected.len());
+        let lines = std::fs::read(&path).unwrap();
+        assert_eq!(
+            lines.iter().filter(|&&b| b == b'\n').count(),
+            expected.len()
+        );
+        assert_eq!(read_marks(&[&path]).unwrap(), expected);
     }
 
     /// Lines set aside for a cut that a crash interrupted are read when the tier opens, before

@@ -17,7 +17,7 @@ mod segments;
 mod tombstones;
 
 use super::key::TierKey;
-use super::purges::{Purge, PurgeLog, Target};
+use super::purges::{floors_of, Purge, PurgeLog, Target, MAX_MARKS};
 use super::record::KeyCheck;
 use super::sites::Sites;
 use super::tier::{Delivery, Tier, TierCounters, TierStats};
@@ -29,6 +29,7 @@ use bytes::Bytes;
 use marks_file::MarksJournal;
 use parking_lot::Mutex;
 use segments::{Limits, ReadError, SegmentStore};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -61,8 +62,57 @@ pub(crate) struct DiskTier {
     /// Set once this process owns the folder.
     store: OnceLock<Store>,
     /// Purges made before the store was open, written to its marks file when it opens.
-    pending_marks: Mutex<Vec<Purge>>,
+    pending_marks: Mutex<WaitingMarks>,
     counters: Arc<TierCounters>,
+}
+
+/// Purges made while another process holds the folder (a graceful upgrade's overlap, up to
+/// its shutdown grace). Every successful unsafe request makes one, so they are bounded as the
+/// marks file is: past [`MAX_MARKS`] the oldest are folded into their partitions' floors.
+#[derive(Default)]
+struct WaitingMarks {
+    /// What the folded ones said, per partition ([`floors_of`]).
+    floors: Vec<Purge>,
+    marks: VecDeque<Purge>,
+    /// Why the folder could not be opened: purges can no longer be recorded.
+    gave_up: Option<String>,
+}
+
+impl WaitingMarks {
+    fn push(&mut self, purge: Purge) {
+        self.marks.push_back(purge);
+        if self.marks.len() > MAX_MARKS {
+            // A quarter at a time, so a flood does not fold at every purge.
+            let oldest = self.marks.drain(..MAX_MARKS / 4);
+            self.floors = floors_of(self.floors.drain(..).chain(oldest));
+        }
+    }
+
+    /// Purges held, floors included.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.floors.len() + self.marks.len()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every purge held, oldest (the floors) first.
+    fn take(&mut self) -> Vec<Purge> {
+        let mut taken = std::mem::take(&mut self.floors);
+        taken.extend(self.marks.drain(..));
+        taken
+    }
+
+    /// Puts back `taken` (by [`Self::take`]) that could not be written, before the newer.
+    fn put_back(&mut self, taken: Vec<Purge>) {
+        let newer = self.take();
+        for purge in taken.into_iter().chain(newer) {
+            self.push(purge);
+        }
+    }
 }
 
 struct Store {
@@ -137,17 +187,36 @@ impl DiskTier {
         std::thread::Builder::new()
             .name("cachet-disk-wait".into())
             .spawn(move || {
-                if !flock(&lock, libc::LOCK_EX) {
-                    tracing::error!("disk tier: cannot lock its folder; running without it");
-                    return;
-                }
-                match waiting.open(lock, &marks, Some((l1, waiting_since))) {
+                let opened = if flock(&lock, libc::LOCK_EX) {
+                    waiting.open(lock, &marks, Some((l1, waiting_since)))
+                } else {
+                    Err(std::io::Error::last_os_error()).context("cannot lock its folder")
+                };
+                match opened {
                     Ok(()) => tracing::info!("disk tier opened"),
-                    Err(e) => tracing::error!("disk tier: {e:#}; running without it"),
+                    Err(e) => waiting.give_up(&e),
                 }
             })
             .context("starting the disk tier's waiting thread")?;
         Ok(tier)
+    }
+
+    /// The folder will not be opened: from now on a purge is reported not recorded (PURGE
+    /// answers 503), and those made while waiting are dropped and logged as lost (they were
+    /// held, and kept growing, for the life of the process, while PURGE answered 200).
+    fn give_up(&self, error: &anyhow::Error) {
+        let lost = {
+            let mut pending = self.pending_marks.lock();
+            pending.gave_up = Some(format!("{error:#}"));
+            pending.take().len()
+        };
+        tracing::error!("disk tier: {error:#}; running without it");
+        if lost > 0 {
+            tracing::error!(
+                "disk tier: {lost} purge mark(s) made while waiting for the folder are lost: \
+                 what they purged may be read from the disk again at the next start"
+            );
+        }
     }
 
     /// Opens the segments and the marks file, holding `lock`. After a wait (`late`: L1 and
@@ -168,9 +237,16 @@ impl DiskTier {
         let segments = SegmentStore::open(&dir, limits)
             .with_context(|| format!("opening the disk tier's segments in {}", dir.display()))?;
         let path = self.config.path.join("purges.jsonl");
-        // This process's own purges while it waited (applied to L1 when made).
-        let pending = std::mem::take(&mut *self.pending_marks.lock());
-        let (journal, read) = MarksJournal::open(path, &pending)?;
+        // This process's own purges while it waited (applied to L1 when made); back in the
+        // queue if they cannot be written, to be reported lost.
+        let pending = self.pending_marks.lock().take();
+        let (journal, read) = match MarksJournal::open(path, &pending) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.pending_marks.lock().put_back(pending);
+                return Err(e);
+            }
+        };
         if let Some((l1, since)) = late {
             for purge in read.iter().filter(|purge| purge.at >= since) {
                 l1.apply_purge(purge);
@@ -201,7 +277,7 @@ impl DiskTier {
     /// `publish` checks for the store while holding `pending_marks`, so once the store is set
     /// no purge can be left there.
     fn adopt_late_marks(&self, marks: &PurgeLog) {
-        let late = std::mem::take(&mut *self.pending_marks.lock());
+        let late = self.pending_marks.lock().take();
         let Some(store) = self.store.get() else {
             return;
         };
@@ -325,9 +401,15 @@ impl Tier for DiskTier {
         let store = {
             // Checked under the lock `open` takes the waiting purges with (`adopt_late_marks`).
             let mut pending = self.pending_marks.lock();
-            match self.store.get() {
-                Some(store) => store,
-                None => {
+            match (self.store.get(), &pending.gave_up) {
+                (Some(store), _) => store,
+                (None, Some(error)) => {
+                    TierCounters::bump(&self.counters.errors);
+                    return Err(format!(
+                        "cannot record the purge: the folder did not open: {error}"
+                    ));
+                }
+                (None, None) => {
                     pending.push(purge.clone());
                     return Ok(None);
                 }
@@ -548,6 +630,68 @@ mod tests {
             read.iter().any(|p| p.at == purge.at),
             "{} marks on disk",
             read.len()
+        );
+    }
+
+    /// A purge of `/{i}` in `site`, made now.
+    fn purge_of(i: usize) -> Purge {
+        let key = pingora_cache::CacheKey::new(format!("/{i}").into_bytes(), "site");
+        Purge {
+            target: Target::Key(TierKey::of(&key).to_hex()),
+            at: super::super::record::now_ns(),
+            soft: false,
+        }
+    }
+
+    /// Purges made while another process holds the folder are bounded: a flood of POSTs
+    /// during a graceful upgrade's overlap grew them without end.
+    #[test]
+    fn purges_made_while_waiting_for_the_folder_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_config(dir.path());
+        let holder = DiskTier::start(&config, Arc::default(), memory()).unwrap();
+        let waiting = DiskTier::start(&config, Arc::default(), memory()).unwrap();
+        for i in 0..200_000 {
+            assert!(waiting.publish(&purge_of(i)).is_ok());
+        }
+        let held = waiting.pending_marks.lock().len();
+        assert!(held <= MAX_MARKS + 2, "{held} purges held");
+        drop(holder);
+    }
+
+    /// When the folder cannot be opened once the other process lets go of it, a purge is
+    /// reported not recorded (PURGE answers 503): it answered 200, and the purges were held
+    /// for the life of the process.
+    #[test]
+    fn purges_are_refused_once_the_folder_failed_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_config(dir.path());
+        let holder = DiskTier::start(&config, Arc::default(), memory()).unwrap();
+        let waiting = DiskTier::start(&config, Arc::default(), memory()).unwrap();
+        assert!(
+            waiting.publish(&purge_of(0)).is_ok(),
+            "queued while it waits"
+        );
+        // The marks file cannot be read or replaced.
+        let marks = dir.path().join("purges.jsonl");
+        std::fs::remove_file(&marks).unwrap();
+        std::fs::create_dir(&marks).unwrap();
+        std::fs::write(marks.join("inside"), b"x").unwrap();
+        drop(holder);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while waiting.publish(&purge_of(1)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "purges still accepted"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(waiting.store.get().is_none());
+        let err = waiting.publish(&purge_of(2)).unwrap_err();
+        assert!(err.contains("purges.jsonl"), "{err}");
+        assert!(
+            waiting.pending_marks.lock().is_empty(),
+            "dropped, logged lost"
         );
     }
 
