@@ -597,11 +597,13 @@ fn a_truncated_object_is_a_miss_and_never_served() {
     });
 }
 
-/// One byte of one entry's header damaged while cachet was stopped costs that object and no
-/// other: the restart reads past the damaged entry to the next whole one, instead of cutting
-/// the segment there (which lost every later object of the segment).
+/// One byte of one entry's header damaged while cachet was stopped costs that object and the
+/// later ones of its segment, and no other: past a header that cannot be read, the entry's
+/// length is unknown, and what looks like an entry after it may lie inside its body, where a
+/// client could have had a whole forged entry cached (naming another tenant's key). Those
+/// entries only remove their keys; the earlier ones, and the other segments, are kept.
 #[test]
-fn a_damaged_entry_header_costs_only_its_own_object() {
+fn a_damaged_entry_header_costs_its_object_and_the_later_ones_of_its_segment() {
     const OBJECTS: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
@@ -622,20 +624,20 @@ fn a_damaged_entry_header_costs_only_its_own_object() {
         20 + word(at + 8) as usize + word(at + 12) as usize
     };
     let second = entry_len(0);
-    let second_end = second + entry_len(second);
     assert_eq!(&bytes[second..second + 4], b"CSG1");
     bytes[second + 1] ^= 0xff;
     std::fs::write(&file, &bytes).unwrap();
-    let find = |body: &String| find_in_segments(&disk, body.as_bytes()).unwrap().1;
-    let damaged: Vec<usize> = (0..OBJECTS)
-        .filter(|&i| (second..second_end).contains(&find(&bodies[i])))
+    let lost: Vec<usize> = (0..OBJECTS)
+        .filter(|&i| {
+            let (in_file, at) = find_in_segments(&disk, bodies[i].as_bytes()).unwrap();
+            in_file == file && at >= second
+        })
         .collect();
-    assert_eq!(damaged.len(), 1, "{damaged:?}");
-    let damaged = damaged[0];
+    assert!(!lost.is_empty() && lost.len() < OBJECTS, "{lost:?}");
 
     let restarted = start(&origin, &disk);
-    assert_eq!(disk_stats(&restarted)["objects"], OBJECTS - 1);
-    for (i, body) in bodies.iter().enumerate().filter(|(i, _)| *i != damaged) {
+    assert_eq!(disk_stats(&restarted)["objects"], OBJECTS - lost.len());
+    for (i, body) in bodies.iter().enumerate().filter(|(i, _)| !lost.contains(i)) {
         let resp = get(&restarted, "one.test", &format!("/obj/{i}"), &[]);
         assert!(
             resp.cache_status().ends_with(r#"; detail="l2-disk""#),
@@ -645,14 +647,16 @@ fn a_damaged_entry_header_costs_only_its_own_object() {
         assert_eq!(&resp.text(), body, "/obj/{i}");
     }
     assert_eq!(origin.hits(), OBJECTS, "only the fills reached the origin");
-    let resp = get(&restarted, "one.test", &format!("/obj/{damaged}"), &[]);
-    assert!(
-        resp.cache_status().contains("fwd=miss"),
-        "{}",
-        resp.cache_status()
-    );
-    assert!(resp.text().contains("#2"), "the origin's new copy");
-    assert_eq!(origin.hits(), OBJECTS + 1);
+    for &i in &lost {
+        let resp = get(&restarted, "one.test", &format!("/obj/{i}"), &[]);
+        assert!(
+            resp.cache_status().contains("fwd=miss"),
+            "/obj/{i}: {}",
+            resp.cache_status()
+        );
+        assert_ne!(&resp.text(), &bodies[i], "the origin's new copy");
+    }
+    assert_eq!(origin.hits(), OBJECTS + lost.len());
     assert_eq!(
         std::fs::metadata(&file).unwrap().len(),
         bytes.len() as u64,

@@ -438,7 +438,7 @@ fn an_unsafe_request_invalidates_the_url_the_client_sent_not_the_rewritten_one()
 
 /// An origin that answers every request with a 103 Early Hints, then, 300 ms later, a 503.
 fn origin_hinting_then_failing() -> std::net::SocketAddr {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -446,13 +446,8 @@ fn origin_hinting_then_failing() -> std::net::SocketAddr {
             let Ok(mut conn) = conn else { continue };
             std::thread::spawn(move || {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if conn.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if support::wire::read_request_head(&mut conn).is_none() {
+                    return;
                 }
                 let _ = conn
                     .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");

@@ -30,6 +30,26 @@ fn tenant_with_shadow(origin: &Origin, shadow: &std::path::Path) -> TenantSpec {
     ))
 }
 
+/// Replaces the shadow file atomically with `replacement` (as a deploy would) and waits
+/// until the running shadow is that version.
+fn replace_shadow(proxy: &Proxy, shadow: &std::path::Path, replacement: &std::path::Path) {
+    let shadow_sha = || proxy.status()["tenants"][0]["shadow"]["sha256"].clone();
+    let before = shadow_sha();
+    let name = shadow.file_name().unwrap().to_string_lossy();
+    let staging = shadow.with_file_name(format!(".{name}.tmp"));
+    std::fs::copy(replacement, &staging).unwrap();
+    std::fs::rename(&staging, shadow).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shadow_sha() == before {
+        assert!(
+            Instant::now() < deadline,
+            "shadow not reloaded\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn config_path(proxy: &Proxy) -> String {
     proxy.dir.path().join("cachet.toml").display().to_string()
 }
@@ -391,19 +411,7 @@ fn promote_with_a_sha256_refuses_a_shadow_replaced_since_it_was_judged() {
             .to_owned()
     };
     let judged = shadow_sha(&proxy);
-
-    let staging = dir.path().join(".candidate.wasm.tmp");
-    std::fs::copy(plugin("api-gateway"), &staging).unwrap();
-    std::fs::rename(&staging, &shadow).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while shadow_sha(&proxy) == judged {
-        assert!(
-            Instant::now() < deadline,
-            "shadow not reloaded\n{}",
-            proxy.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    replace_shadow(&proxy, &shadow, &plugin("api-gateway"));
     let config = config_path(&proxy);
     let promote =
         |sha256: &str| run_cachet(&["promote", "--config", &config, "site", "--sha256", sha256]);
@@ -510,20 +518,12 @@ fn a_changed_shadow_file_is_hot_reloaded_and_compared_afresh() {
         "{first:#}"
     );
 
-    // Replace the candidate atomically with the same plugin as the live one.
-    let staging = dir.path().join(".candidate.wasm.tmp");
-    std::fs::copy(plugin("standard"), &staging).unwrap();
-    std::fs::rename(&staging, &shadow).unwrap();
-    let live_sha = first["plugin"]["sha256"].clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while proxy.status()["tenants"][0]["shadow"]["sha256"] != live_sha {
-        assert!(
-            Instant::now() < deadline,
-            "shadow not reloaded\n{}",
-            proxy.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Replace the candidate with the same plugin as the live one.
+    replace_shadow(&proxy, &shadow, &plugin("standard"));
+    assert_eq!(
+        proxy.status()["tenants"][0]["shadow"]["sha256"],
+        first["plugin"]["sha256"]
+    );
     // A new version starts a new comparison; the live plugin did not change.
     send("GET", &proxy.url("/a.css?b=1&a=2"), &[]);
     let tenant = proxy.status()["tenants"][0].clone();

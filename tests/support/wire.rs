@@ -6,6 +6,20 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// Reads a request head byte by byte, through its blank line (a raw origin's side of the
+/// exchange); `None` when the peer closed or the read failed first.
+pub fn read_request_head(conn: &mut impl Read) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(head)
+}
+
 /// One parsed response.
 #[derive(Debug, Clone)]
 pub struct RawResp {
