@@ -10,6 +10,7 @@
 #   AB_B_BIN=/tmp/cachet-new bash tests/bench/ab.sh           # two builds, default mode
 #   AB_A_MODE=builtin AB_B_MODE=reuse bash tests/bench/ab.sh  # two modes, one build
 #   AB_B_SERVER='work_stealing = false' AB_H2=1 bash tests/bench/ab.sh
+#   AB_A_MODE=builtin AB_B_MODE=builtin AB_B_TIER=disk bash tests/bench/ab.sh  # an L2 hit's cost
 #
 # Environment: AB_A_BIN, AB_B_BIN (default target/release/cachet, which must exist),
 # AB_A_MODE, AB_B_MODE (fresh|reuse|builtin, default fresh), AB_A_SERVER, AB_B_SERVER
@@ -18,7 +19,9 @@
 # (worker threads of each cachet), AB_H2=1 (HTTPS with ALPN h2 through h2load,
 # CONNECTIONS/4 connections × 4 streams, instead of wrk over HTTP/1.1), AB_TLS=1 (wrk over
 # HTTPS, keep-alive: HTTP/1.1 with the TLS the HTTP/2 runs have), AB_SIZE=1k|64k (the
-# body size of the hits).
+# body size of the hits), AB_A_TIER, AB_B_TIER (disk|shared: a 64 KiB memory cache in front of
+# a disk tier, or of a redis-server started here on loopback, so nearly every hit is an L2
+# hit; the default is the memory cache alone, 512 MiB).
 # The access log is on, beside each config, as a user first runs it.
 # Needs wrk (or h2load and openssl with AB_H2=1), curl and python3.
 set -euo pipefail
@@ -62,10 +65,40 @@ pids+=($!)
 
 [[ "$tls" == 1 ]] && make_certificate "$work"
 
+# A redis-server for a side with the shared tier, on loopback, no persistence.
+redis_port=""
+start_redis() {
+    [[ -n "$redis_port" ]] && return 0
+    command -v redis-server >/dev/null || { echo "ab.sh: redis-server is not installed (Debian package redis-server)" >&2; exit 1; }
+    redis_port="$(free_port)"
+    redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no >"$work/redis.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "ab.sh: redis-server did not start: $(tail -n 3 "$work/redis.log")" >&2
+    exit 1
+}
+
+# The `[cache]` lines of a side: the memory cache alone, or a small one in front of a tier.
+cache_lines() {
+    local side="$1" tier="$2"
+    case "$tier" in
+        "") echo 'max_bytes = "512MiB"' ;;
+        disk) printf 'max_bytes = "64KiB"\n\n[cache.disk]\npath = "%s"\nmax_bytes = "256MiB"\n' \
+            "$work/$side/disk" ;;
+        shared) start_redis
+            printf 'max_bytes = "64KiB"\n\n[cache.shared]\nurl = "redis://127.0.0.1:%s"\nkey_prefix = "%s:"\n' \
+                "$redis_port" "$side" ;;
+        *) echo "ab.sh: a tier is disk or shared, not $tier" >&2; exit 1 ;;
+    esac
+}
+
 declare -A target pid_of
-# start SIDE BIN MODE SERVER_LINES: one cachet, filled with the 1000 objects.
+# start SIDE BIN MODE SERVER_LINES TIER: one cachet, filled with the 1000 objects.
 start() {
-    local side="$1" bin="$2" mode="$3" server_lines="$4"
+    local side="$1" bin="$2" mode="$3" server_lines="$4" tier="$5"
     local dir="$work/$side" plugin reuse port admin_port tls_server_lines=""
     [[ -x "$bin" ]] || { echo "ab.sh: $bin is not an executable (build it first)" >&2; exit 1; }
     case "$mode" in
@@ -85,7 +118,7 @@ start() {
         target[$side]="https://127.0.0.1:$tls_port/"
     fi
     write_config "$dir/cachet.toml" "$port" "$admin_port" "$threads" "$tls_server_lines
-$server_lines" 'max_bytes = "512MiB"' "$origin_port" "$plugin" "$reuse"
+$server_lines" "$(cache_lines "$side" "$tier")" "$origin_port" "$plugin" "$reuse"
     start_cachet "$bin" "$dir/cachet.toml" "$admin_port" || exit 1
     pid_of[$side]=$CACHET_PID
     fill "${target[$side]}" "" "$dir"
@@ -106,13 +139,13 @@ load() {
 }
 hz="$(getconf CLK_TCK)"
 
-start A "${AB_A_BIN:-$repo_root/target/release/cachet}" "${AB_A_MODE:-fresh}" "${AB_A_SERVER:-}"
-start B "${AB_B_BIN:-$repo_root/target/release/cachet}" "${AB_B_MODE:-fresh}" "${AB_B_SERVER:-}"
+start A "${AB_A_BIN:-$repo_root/target/release/cachet}" "${AB_A_MODE:-fresh}" "${AB_A_SERVER:-}" "${AB_A_TIER:-}"
+start B "${AB_B_BIN:-$repo_root/target/release/cachet}" "${AB_B_MODE:-fresh}" "${AB_B_SERVER:-}" "${AB_B_TIER:-}"
 load A 2 /dev/null >/dev/null
 load B 2 /dev/null >/dev/null
 
-echo "# A: ${AB_A_BIN:-target/release/cachet} ${AB_A_MODE:-fresh} ${AB_A_SERVER:-}"
-echo "# B: ${AB_B_BIN:-target/release/cachet} ${AB_B_MODE:-fresh} ${AB_B_SERVER:-}"
+echo "# A: ${AB_A_BIN:-target/release/cachet} ${AB_A_MODE:-fresh} ${AB_A_SERVER:-} ${AB_A_TIER:+tier $AB_A_TIER}"
+echo "# B: ${AB_B_BIN:-target/release/cachet} ${AB_B_MODE:-fresh} ${AB_B_SERVER:-} ${AB_B_TIER:+tier $AB_B_TIER}"
 protocol="HTTP/1.1 (wrk)"
 [[ "$tls" == 1 ]] && protocol="HTTP/1.1 over TLS (wrk)"
 [[ "$h2" == 1 ]] && protocol="HTTP/2 over TLS (h2load)"
