@@ -84,15 +84,8 @@ fn read_head(conn: &mut impl Read) -> Option<String> {
 
 /// Reads one request (head and any `Content-Length` body) and returns its whole head.
 fn read_whole_head(conn: &mut impl Read) -> Option<String> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if conn.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
+    let head = support::wire::read_request_head(conn)?;
+    let head = String::from_utf8_lossy(&head).into_owned();
     let length: usize = head
         .lines()
         .find_map(|l| {
