@@ -507,7 +507,7 @@ fn validate_refuses_a_disk_tier_path_under_a_file() {
 }
 
 #[test]
-fn a_blank_admin_token_is_refused() {
+fn a_blank_admin_token_is_refused_and_a_short_one_warned_of() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cachet.toml");
     let validate = |server: &str| {
@@ -542,6 +542,15 @@ fn a_blank_admin_token_is_refused() {
     std::fs::write(&token_file, "s3cret-Token_1\n").unwrap();
     let (ok, out) = validate("admin_token_file = \"token\"");
     assert!(ok, "{out}");
+    // Valid but short enough to find by trying: a warning names the key and the length.
+    assert!(
+        out.contains("warning") && out.contains("server.admin_token_file"),
+        "{out}"
+    );
+    assert!(out.contains("14 characters"), "{out}");
+    assert!(!out.contains("s3cret"), "the token is repeated: {out}");
+    let (ok, out) = validate("admin_token = \"0123456789abcdef\"");
+    assert!(ok && !out.contains("warning"), "{out}");
 }
 
 /// `validate` catches what `serve` could not start with: two listeners on one address

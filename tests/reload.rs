@@ -917,7 +917,7 @@ fn a_reload_cannot_drop_the_token_of_an_admin_listener_that_stays_exposed() {
     };
     write(
         format!("admin = \"0.0.0.0:{admin}\""),
-        "admin_token = \"tok\"",
+        "admin_token = \"exposed-admin-token\"",
     );
     let log_path = dir.path().join("cachet.log");
     let child = std::process::Command::new(support::proxy::cachet_bin())
@@ -962,7 +962,7 @@ fn a_reload_cannot_drop_the_token_of_an_admin_listener_that_stays_exposed() {
     eventually("the edit read", || {
         log().contains("stays on 0.0.0.0") || log().contains("server.admin_token")
     });
-    let (anonymous, with_token) = (status(None), status(Some("tok")));
+    let (anonymous, with_token) = (status(None), status(Some("exposed-admin-token")));
     drop(running);
     assert_eq!(anonymous, 401, "the admin API opened to anyone:\n{}", log());
     assert_eq!(with_token, 200, "{}", log());

@@ -282,19 +282,34 @@ pub fn unsendable_token(token: &str) -> Option<&'static str> {
 /// Settings that are valid but probably not what was meant: `validate` prints them, and
 /// `serve` and every reload log them.
 pub fn warnings(config: &Config) -> Vec<String> {
-    config
-        .tenants
-        .iter()
-        .filter_map(|t| {
-            let quota = t.cache_quota?;
-            (quota > config.cache.max_bytes).then(|| {
-                format!(
-                    "tenant {:?}: tenant.limits.cache_quota ({quota} bytes) is above cache.max_bytes ({} bytes): it never limits the tenant",
-                    t.name, config.cache.max_bytes
-                )
-            })
+    let quotas = config.tenants.iter().filter_map(|t| {
+        let quota = t.cache_quota?;
+        (quota > config.cache.max_bytes).then(|| {
+            format!(
+                "tenant {:?}: tenant.limits.cache_quota ({quota} bytes) is above cache.max_bytes ({} bytes): it never limits the tenant",
+                t.name, config.cache.max_bytes
+            )
         })
-        .collect()
+    });
+    quotas.chain(short_admin_token(&config.server)).collect()
+}
+
+/// Fewer characters than this make an admin token that trying can find: the admin API and
+/// PURGE answer every attempt, with no lockout.
+const SHORT_ADMIN_TOKEN: usize = 16;
+
+/// A warning for an admin token short enough to guess by trying.
+fn short_admin_token(server: &ServerConfig) -> Option<String> {
+    let length = server.admin_token.as_deref()?.chars().count();
+    let key = match server.admin_token_file {
+        Some(_) => "server.admin_token_file",
+        None => "server.admin_token",
+    };
+    (length < SHORT_ADMIN_TOKEN).then(|| {
+        format!(
+            "{key}: the admin token has {length} characters: one that short can be found by trying (the admin API and PURGE answer every attempt); use {SHORT_ADMIN_TOKEN} or more random ones, such as `openssl rand -hex 32` prints"
+        )
+    })
 }
 
 /// Most URLs remembered as not storable, per tenant: the record is a table each tenant fills.
