@@ -1151,6 +1151,11 @@ struct UpgradeOrigin {
 
 impl UpgradeOrigin {
     fn start() -> Self {
+        Self::start_answering_plain_requests("no-store")
+    }
+
+    /// Answers requests that ask for no upgrade with `Cache-Control: <cache_control>`.
+    fn start_answering_plain_requests(cache_control: &'static str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let upgrades_after = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -1159,7 +1164,7 @@ impl UpgradeOrigin {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
                 let record = record.clone();
-                std::thread::spawn(move || Self::serve(conn, &record));
+                std::thread::spawn(move || Self::serve(conn, &record, cache_control));
             }
         });
         Self {
@@ -1179,7 +1184,7 @@ impl UpgradeOrigin {
         head.contains("upgrade: websocket") && connection_upgrade
     }
 
-    fn serve(mut conn: TcpStream, record: &parking_lot::Mutex<Vec<usize>>) {
+    fn serve(mut conn: TcpStream, record: &parking_lot::Mutex<Vec<usize>>, cache_control: &str) {
         let mut buf = Vec::new();
         for served in 0.. {
             let head_end = loop {
@@ -1223,9 +1228,10 @@ impl UpgradeOrigin {
                 }
             }
             buf.drain(..length);
-            let answer =
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok";
-            if conn.write_all(answer).is_err() {
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: {cache_control}\r\n\r\nok"
+            );
+            if conn.write_all(answer.as_bytes()).is_err() {
                 return;
             }
         }
@@ -1312,6 +1318,37 @@ fn a_websocket_upgrade_takes_a_new_origin_connection_and_its_tunnel_stays_open()
         upgrades_after,
         vec![0; 30],
         "requests served before each upgrade"
+    );
+}
+
+/// A WebSocket upgrade goes to the origin even when a plain GET of its URL is stored: the
+/// stored 200 was served in its place (on the lean path and on pingora-cache's), so one
+/// plain GET, anyone's, broke the URL's WebSockets until the copy expired.
+#[test]
+fn a_websocket_upgrade_is_never_answered_from_the_cache() {
+    let origin = UpgradeOrigin::start_answering_plain_requests("public, max-age=600");
+    let proxy = Proxy::start(
+        "max_bytes = \"16MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+    );
+    // With the Host the upgrade sends: a key apart would prove nothing.
+    let plain_get = || {
+        let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        conn.write_all(b"GET /ws HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            .expect("send");
+        String::from_utf8_lossy(&read_until_suffix(&mut conn, b"\r\n\r\nok")).into_owned()
+    };
+    plain_get();
+    let stored = plain_get().to_ascii_lowercase();
+    assert!(stored.contains("cache-status: cachet; hit"), "{stored}");
+    let mut conn = open_websocket(&proxy);
+    assert_tunnel_echoes(&mut conn);
+    assert_eq!(
+        origin.upgrades_after.lock().len(),
+        1,
+        "upgrades at the origin"
     );
 }
 

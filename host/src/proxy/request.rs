@@ -550,6 +550,12 @@ pub(super) fn host_rules(req: &pingora::http::RequestHeader, h2_body: bool) -> O
     if let Some(field) = super::override_fields::present(req) {
         return Some(format!("{field} overrides the request"));
     }
+    // A WebSocket upgrade (the only `Upgrade` that `sanitize` leaves) asks the origin for a
+    // tunnel: a copy stored for a plain GET of the URL was served in place of the 101, and
+    // one plain GET kept the URL's WebSockets broken for everyone until it expired.
+    if req.headers.contains_key(http::header::UPGRADE) {
+        return Some("an upgrade (WebSocket) is the origin's to answer".into());
+    }
     // Preconditions on the origin's current representation (RFC 9110 §13.1.1, §13.1.4): a
     // hit does not evaluate them, and Pingora drops them from a fill, so `If-Match: "old"`
     // got a 200 where the origin answers 412.
