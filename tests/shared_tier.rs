@@ -1124,9 +1124,11 @@ fn a_reconnect_with_a_full_purge_set_keeps_the_copies_it_has_no_reason_to_doubt(
     assert!(get(&a, "/kept", &[]).cache_status().contains("fwd=miss"));
     wait_writes(&a, writes + 1);
 
-    // Another tenant's marks, made after the copy was written: the set is full.
+    // Another tenant's marks: the set is full. Dated 20 s back, so that even the 10 s
+    // margin a node allows for clocks when it reconnects places them before B lost the
+    // channel: B heard them all.
     let mut conn = redis_conn(&redis);
-    let at = now_ns();
+    let at = now_ns() - 20_000_000_000;
     let mut fill = redis::pipe();
     for i in 0..65_536u32 {
         let mark = format!(

@@ -271,14 +271,17 @@ pub(super) fn apply_live(state: &ProxyState, old: &Config, new: &Config) {
     // A name kept for another site (none of its hosts kept, as when two tenants swap names)
     // keeps none of the old site's objects, in any tier: they answer for hosts it no longer
     // serves (a key without the host, as many plugins make, matches the new site's requests).
+    // The tiers' floor first, then L1 (as every purge orders them): a lookup that missed L1
+    // after its drop, and judged its L2 copy before the floor, promoted the old site's copy
+    // back into L1.
     for (before, after) in moved_sites(old, new) {
-        let dropped = storage.drop_partition(&before.name);
         if let Err(e) = state.cache.storage.forget_partition(&before.name) {
             tracing::warn!(
                 tenant = after.name,
                 "the old site's L2 copies may still be served: {e}"
             );
         }
+        let dropped = storage.drop_partition(&before.name);
         tracing::info!(
             tenant = after.name,
             objects = dropped,

@@ -212,6 +212,15 @@ impl Index {
         Some(entry)
     }
 
+    /// [`Self::drop_partition`] for every partition.
+    pub(super) fn drop_everything(&mut self) -> Vec<Arc<Entry>> {
+        let partitions: Vec<Box<str>> = self.partitions.keys().cloned().collect();
+        partitions
+            .iter()
+            .flat_map(|partition| self.drop_partition(partition))
+            .collect()
+    }
+
     /// Removes every object the partition holds and stops its writes in flight from being
     /// stored; the partition itself goes once no write of it is left. Returns the removed
     /// entries (for the caller to free outside the lock).

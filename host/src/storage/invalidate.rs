@@ -80,6 +80,16 @@ impl MemoryStorage {
         affected
     }
 
+    /// Empties every partition: for purges that may have been missed and cannot be named any
+    /// more. Promotions and fills in flight for any partition are stopped too. Returns how
+    /// many objects were removed.
+    pub fn drop_everything(&self) -> usize {
+        self.stamps.note_every_partition();
+        self.purges.note_every_partition();
+        let removed = self.index.write().drop_everything();
+        removed.len()
+    }
+
     /// Empties a partition whose tenant is gone: nothing can reach its objects any more, and
     /// they would hold the global budget until evicted. Writes in flight for it are not
     /// stored. Returns how many objects were removed.

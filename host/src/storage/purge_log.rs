@@ -53,6 +53,13 @@ impl PurgeLog {
         }
     }
 
+    fn note_every_partition(&mut self) {
+        let now = Instant::now();
+        for tenant in self.tenants.values_mut() {
+            tenant.any = Some(now);
+        }
+    }
+
     fn watch(&mut self, partition: &str, key: HashBinary) {
         let tenant = match self.tenants.get_mut(partition) {
             Some(tenant) => tenant,
@@ -115,6 +122,11 @@ pub(super) struct SharedPurgeLog(Arc<RwLock<PurgeLog>>);
 impl SharedPurgeLog {
     pub(super) fn note(&self, partition: &str, key: Option<HashBinary>) {
         self.0.write().note(partition, key);
+    }
+
+    /// Notes a purge of what may be any key of any partition.
+    pub(super) fn note_every_partition(&self) {
+        self.0.write().note_every_partition();
     }
 
     /// Whether a purge that may concern `key` came since its oldest fill in flight began:

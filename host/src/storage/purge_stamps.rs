@@ -62,6 +62,13 @@ impl PurgeStamps {
         counter.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Counts a purge that may concern any key of any partition.
+    pub(super) fn note_every_partition(&self) {
+        for counter in self.partitions.iter() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     /// The counters of `key` (of `partition`) now.
     pub(super) fn stamp(&self, partition: &str, key: &HashBinary) -> PurgeStamp {
         let (key_stripe, partition_stripe) = (key_stripe(key), partition_stripe(partition));

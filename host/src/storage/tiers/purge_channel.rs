@@ -33,6 +33,14 @@ const CHANNEL_PING: Duration = Duration::from_secs(5);
 /// dated now instead ([`as_applied`]).
 const MAX_CLOCK_AHEAD_NS: u64 = 60_000_000_000;
 
+/// After a lost connection, the kept marks dated from this long before the node stopped
+/// listening apply to its L1 again: a purge another node made meanwhile is dated by that
+/// node's clock, which may run behind this one's. With a second's margin a skew of two left
+/// an L1 copy of any age in place (L1 hits never consult the marks) until it expired.
+/// Clocks further apart than this are beyond what nodes are asked to keep (NTP keeps them
+/// within milliseconds; docs/scale-out.md).
+const MAX_CLOCK_SKEW_NS: u64 = 10_000_000_000;
+
 /// What travels on the purge channel.
 #[derive(Serialize, Deserialize)]
 pub(super) struct Message {
@@ -270,8 +278,8 @@ async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Stop
         // dated from that purge on apply to L1 again.
         Stopped::FellBehind => heard.min(last_dated),
         // Dated by when it last heard from the channel: marks are applied to L1 only from
-        // a second before (what it heard of a set kept full by ordinary traffic is not
-        // doubted again). A node that stalled, read its backlog and then found the
+        // the clocks' margin before (what it heard of a set kept full by ordinary traffic is
+        // not doubted again). A node that stalled, read its backlog and then found the
         // connection closed may date this too late; see docs/scale-out.md.
         Stopped::Failed(_) => heard,
     });
@@ -331,7 +339,7 @@ fn apply_kept(subscriber: &Subscriber, kept: &[Vec<u8>], missed_since: Option<u6
     // connection, the purges made since; the first time, all of them (L1 may hold copies
     // that came in before any mark did: the disk tier's from an earlier run, shared ones read
     // before the subscription; a fill newer than a mark only costs a fetch again).
-    let missed_from = missed_since.map(|since| since.saturating_sub(1_000_000_000));
+    let missed_from = missed_since.map(|since| since.saturating_sub(MAX_CLOCK_SKEW_NS));
     // A full set was cut to its newest marks, oldest first: what was cut is at most as recent
     // as the first one kept. Only cut marks this node may not have heard matter: any, when it
     // starts; after a lost connection, only if the cut reaches past the moment it was lost
@@ -340,6 +348,14 @@ fn apply_kept(subscriber: &Subscriber, kept: &[Vec<u8>], missed_since: Option<u6
     if let (true, Some(oldest)) = (kept.len() >= MAX_MARKS, marks.first()) {
         if missed_from.is_none_or(|from| oldest.at > from) {
             remote.marks.forget_before(oldest.at);
+            // The floor hides L2 copies; L1's are never judged by marks, and a cut purge
+            // this node missed named nothing it can still remove: its L1 goes whole (the
+            // floor first, so nothing read before it is promoted back).
+            let dropped = remote.l1.drop_everything();
+            tracing::warn!(
+                objects = dropped,
+                "shared tier: purges made while this node was not listening may have been cut                  from the kept marks: its memory cache is emptied, and L2 copies older than                  the oldest kept mark are given up"
+            );
         }
     }
     for mark in &marks {
@@ -479,6 +495,71 @@ mod tests {
         assert_eq!(
             marks.verdict(&in_partition("r"), &[], now - 1),
             Verdict::Gone
+        );
+    }
+
+    /// `/<path>` of `site` stored in the subscriber's L1.
+    fn in_l1(subscriber: &Subscriber, path: &str) -> CacheKey {
+        use std::time::{Duration, SystemTime};
+        let l1 = subscriber.remote.l1;
+        let key = CacheKey::new(path.as_bytes().to_vec(), "site");
+        let now = SystemTime::now();
+        let header = pingora::http::ResponseHeader::build_no_case(200, None).unwrap();
+        let meta = pingora_cache::CacheMeta::new(now + Duration::from_secs(600), now, 0, 0, header);
+        let stamp = l1.stamp_key(&key);
+        assert!(l1.promote(&key, &meta, bytes::Bytes::from_static(b"old"), &stamp));
+        key
+    }
+
+    /// A node that stopped listening, and finds the kept marks cut past that moment, cannot
+    /// tell which of its L1 copies a cut purge named: L1 is emptied. (Only the L2 copies were
+    /// given up, and an L1 copy purged meanwhile was served until it expired.) A set whose
+    /// cut stays before the loss leaves L1 alone.
+    #[test]
+    fn a_cut_past_the_lost_connection_empties_l1() {
+        let now = super::super::record::now_ns();
+        let full: Vec<Vec<u8>> = (0..MAX_MARKS)
+            .map(|i| serde_json::to_vec(&tag("other", &format!("t{i}"), now)).unwrap())
+            .collect();
+        let minute = 60_000_000_000;
+
+        let lost_before_the_cut = subscriber();
+        let key = in_l1(&lost_before_the_cut, "/x");
+        apply_kept(&lost_before_the_cut, &full, Some(now - minute));
+        let l1 = lost_before_the_cut.remote.l1;
+        assert!(l1.stored(&key).is_none(), "purged copy kept");
+
+        let lost_after_the_cut = subscriber();
+        let key = in_l1(&lost_after_the_cut, "/x");
+        apply_kept(&lost_after_the_cut, &full, Some(now + minute));
+        let l1 = lost_after_the_cut.remote.l1;
+        assert!(l1.stored(&key).is_some(), "L1 emptied for nothing");
+    }
+
+    /// A purge made while this node was not listening is dated by the purging node's clock:
+    /// one running a few seconds behind dated it before this node stopped listening, and it
+    /// only hid L2 copies, leaving the L1 copy of any age until it expired.
+    #[test]
+    fn a_missed_purge_from_a_clock_a_few_seconds_behind_reaches_l1() {
+        let subscriber = subscriber();
+        let key = in_l1(&subscriber, "/x");
+        let kept_key = in_l1(&subscriber, "/heard");
+        let now = super::super::record::now_ns();
+        let mark = |key: &CacheKey, ago: u64| Purge {
+            target: Target::Key(TierKey::of(key).to_hex()),
+            at: now - ago,
+            soft: false,
+        };
+        let kept: Vec<Vec<u8>> = [mark(&kept_key, 30_000_000_000), mark(&key, 3_000_000_000)]
+            .iter()
+            .map(|purge| serde_json::to_vec(purge).unwrap())
+            .collect();
+        apply_kept(&subscriber, &kept, Some(now));
+        let l1 = subscriber.remote.l1;
+        assert!(l1.stored(&key).is_none(), "the missed purge left L1's copy");
+        assert!(
+            l1.stored(&kept_key).is_some(),
+            "a purge heard long before the loss applied again"
         );
     }
 

@@ -154,13 +154,16 @@ impl TieredStorage {
     }
 
     /// Applies the purges recorded since `found` was written: a soft purge's mark expires it
-    /// (stale from then on); false when a purge removed it.
+    /// (stale from then on, or from now when the mark is dated ahead: a node whose clock is
+    /// ahead dates its soft purges up to a minute in this node's future, and the copies read
+    /// from L2 were served fresh until then, while L1's were stale at once); false when a
+    /// purge removed it.
     fn apply_purge_marks(&self, name: &TierKey, meta: &mut CacheMeta, written_at: u64) -> bool {
         let tags = super::super::tags::parse(meta.headers());
         match self.purges.verdict(name, &tags, written_at) {
             Verdict::Keep => true,
             Verdict::Expire(at) => {
-                meta.expire_at(record::from_ns(at));
+                meta.expire_at(record::from_ns(at.min(record::now_ns())));
                 true
             }
             Verdict::Gone => false,
@@ -467,6 +470,40 @@ mod tests {
         });
         let stats = disk.stats();
         assert_eq!((stats.hits, stats.misses, stats.corrupt), (2, 0, 0));
+    }
+
+    /// A soft purge dated ahead (a node whose clock runs ahead made it) makes an L2 copy stale
+    /// at once, as it does L1's: the copy was served fresh until the purge's date.
+    #[test]
+    fn a_soft_purge_dated_ahead_makes_an_l2_copy_stale_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(1 << 20, 1 << 20)));
+        let config = super::super::disk_config(dir.path(), 1 << 20, 8 << 20);
+        let storage = TieredStorage::open(l1, &config).unwrap();
+        let disk: Arc<dyn Tier> = storage.disk.clone().unwrap();
+        let now = SystemTime::now();
+        let header = ResponseHeader::build(200, None).unwrap();
+        let meta = CacheMeta::new(now + Duration::from_secs(300), now, 0, 0, header);
+        let (internal, header) = meta.serialize().unwrap();
+        let key = CacheKey::new(b"/soft".to_vec(), "site");
+        let name = TierKey::of(&key);
+        let runtime = storage.runtime.as_ref().unwrap();
+        runtime.block_on(async {
+            let record = record::encode_unkeyed(&internal, &header, b"body", record::now_ns());
+            disk.put(&name, record, Duration::from_secs(300))
+                .await
+                .unwrap();
+            storage.purges.record(&Purge {
+                target: Target::Key(name.to_hex()),
+                at: record::now_ns() + 30_000_000_000,
+                soft: true,
+            });
+            let found = storage.find_in_tiers(&key).await.expect("the copy is kept");
+            assert!(
+                !found.meta.is_fresh(SystemTime::now()),
+                "served fresh until the purge's date"
+            );
+        });
     }
 
     /// The lean path hands what it read from L2 to the full path, which may take it a while
