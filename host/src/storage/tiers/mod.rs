@@ -87,17 +87,25 @@ impl Purged {
         self
     }
 
-    /// Waits until every tier that sends the purge on (the shared tier, within its purge
-    /// timeout) says it arrived: [`NotKept`] naming those that did not. An operator's purge
-    /// must not be reported done while Redis has not taken it (a Redis that accepts
-    /// connections but does not answer looks connected).
+    /// Waits until every tier that records the purge in the background (the shared tier,
+    /// within its purge timeout; the disk tier, once its mark is written) says it did:
+    /// [`NotKept`] naming those that did not, or did not answer within [`DELIVERY_WAIT`]. An
+    /// operator's purge must not be reported done while Redis has not taken it (a Redis that
+    /// accepts connections but does not answer looks connected).
     pub async fn confirmed(self) -> Result<usize, NotKept> {
+        self.confirmed_within(DELIVERY_WAIT).await
+    }
+
+    async fn confirmed_within(self, wait: Duration) -> Result<usize, NotKept> {
+        // One deadline for all: the deliveries are under way together.
+        let deadline = tokio::time::Instant::now() + wait;
         let mut failed = Vec::new();
         for (tier, delivery) in self.under_way {
-            match delivery.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failed.push(format!("{tier}: {e}")),
-                Err(_) => failed.push(format!("{tier}: stopped before sending it")),
+            match tokio::time::timeout_at(deadline, delivery).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => failed.push(format!("{tier}: {e}")),
+                Ok(Err(_)) => failed.push(format!("{tier}: stopped before sending it")),
+                Err(_) => failed.push(format!("{tier}: no answer within {wait:?}")),
             }
         }
         match failed.is_empty() {
@@ -106,6 +114,16 @@ impl Purged {
         }
     }
 }
+
+/// How long a purge waits for the tiers recording it in the background
+/// ([`Purged::confirmed`]). The disk tier answers once its mark is written, and a disk that
+/// hangs (a dead network file system, a failing device) never does: a PURGE, or an admin
+/// purge, would wait for it without end. Far longer than a healthy disk takes to append a
+/// line.
+const DELIVERY_WAIT: Duration = Duration::from_secs(10);
+// The shared tier answers within its own purge timeout, which stays the shorter: what it
+// reports is unchanged by this bound.
+const _: () = assert!(shared::PURGE_TIMEOUT.as_millis() < DELIVERY_WAIT.as_millis());
 
 /// A floor for every L2 copy of `partition` written until now.
 fn partition_floor(partition: &str) -> Purge {
@@ -512,5 +530,32 @@ pub(super) fn disk_config(
             max_objects: None,
         }),
         shared: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tier that never answers does not hold a purge for good (a disk that hangs holds the
+    /// marks writer, and a PURGE waiting for it would wait without end). The other tiers'
+    /// answers are reported with it.
+    #[tokio::test]
+    async fn a_tier_that_never_answers_a_purge_is_reported_after_the_wait() {
+        let (_never, hung) = tokio::sync::oneshot::channel();
+        let (failing, failed) = tokio::sync::oneshot::channel();
+        failing.send(Err("refused".to_owned())).unwrap();
+        let purged = Purged {
+            affected: 1,
+            under_way: vec![("l2-disk", hung), ("l2-shared", failed)],
+        };
+        let started = std::time::Instant::now();
+        let wait = Duration::from_millis(50);
+        let not_kept = purged.confirmed_within(wait).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            not_kept.0,
+            "l2-disk: no answer within 50ms; l2-shared: refused"
+        );
     }
 }

@@ -78,8 +78,9 @@ pub(crate) trait Tier: Send + Sync + 'static {
     fn stats(&self) -> TierStats;
 }
 
-/// How a purge sent to another process in the background fared: what it answered, or why it
-/// did not (within the tier's purge timeout). A PURGE waits for it; an invalidation does not.
+/// How a purge a tier records in the background fared (sent to Redis, or appended to the disk
+/// tier's marks file): whether it was kept, or why not. A PURGE waits for it, within a bound
+/// of its own (`Purged::confirmed`); an invalidation does not.
 pub(crate) type Delivery = tokio::sync::oneshot::Receiver<Result<(), String>>;
 
 /// A tier's figures; counters are since start.

@@ -5,7 +5,7 @@
 //! file) is a miss and is removed; records are checked again when decoded. A removal writes a
 //! tombstone so the object does not come back after a restart, from a thread of its own
 //! ([`tombstones`]). Purge marks are kept next to the segments in `purges.jsonl`
-//! ([`marks_file`]).
+//! ([`marks_file`]), appended from a thread of their own too ([`marks_writer`]).
 //!
 //! One process owns the folder at a time (an exclusive `flock` on `path/lock`). During a
 //! graceful upgrade the new process starts while the old one drains: it runs without the disk
@@ -13,6 +13,7 @@
 
 mod entry;
 mod marks_file;
+mod marks_writer;
 mod segments;
 mod tombstones;
 
@@ -27,6 +28,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use marks_file::MarksJournal;
+use marks_writer::MarksWriter;
 use parking_lot::Mutex;
 use segments::{Limits, ReadError, SegmentStore};
 use std::collections::VecDeque;
@@ -117,7 +119,7 @@ impl WaitingMarks {
 
 struct Store {
     segments: Arc<SegmentStore>,
-    marks: MarksJournal,
+    marks: Arc<MarksWriter>,
     tombstones: TombstoneWriter,
     /// Held for the life of the process: the folder's exclusive lock.
     _lock: File,
@@ -258,58 +260,39 @@ impl DiskTier {
         let segments = Arc::new(segments);
         let tombstones = TombstoneWriter::start(segments.clone(), self.counters.clone())
             .context("starting the disk tier's tombstone writer")?;
+        let marks_writer = MarksWriter::start(journal, segments.clone(), self.counters.clone())
+            .context("starting the disk tier's marks writer")?;
         let store = Store {
             segments,
-            marks: journal,
+            marks: Arc::new(marks_writer),
             tombstones,
             _lock: lock,
         };
+        // Set under the lock `publish` checks for the store with, and the late marks queued
+        // before it is let go (see `adopt_late_marks`).
+        let mut pending = self.pending_marks.lock();
         if self.store.set(store).is_err() {
             anyhow::bail!("the disk tier was opened twice");
         }
-        self.adopt_late_marks(marks);
+        self.adopt_late_marks(&mut pending, marks);
         Ok(())
     }
 
-    /// Writes the purges made while the folder was being opened: they found no store yet and
-    /// waited with the others, but after those were taken. (They were held in memory only,
-    /// and the objects they purged came back from the disk after the next restart.)
-    /// `publish` checks for the store while holding `pending_marks`, so once the store is set
-    /// no purge can be left there.
-    fn adopt_late_marks(&self, marks: &PurgeLog) {
-        let late = self.pending_marks.lock().take();
+    /// Queues the marks of the purges made while the folder was being opened: they found no
+    /// store yet and waited with the others, but after those were taken. (They were held in
+    /// memory only, and the objects they purged came back from the disk after the next
+    /// restart.) Called with `pending_marks` held since the store was set: `publish` checks
+    /// for the store under that lock, so once the store is set no purge can be left there,
+    /// and every purge that finds the store is queued after these.
+    fn adopt_late_marks(&self, pending: &mut WaitingMarks, marks: &PurgeLog) {
         let Some(store) = self.store.get() else {
             return;
         };
-        for purge in &late {
-            marks.record(purge);
-            let _ = self.append_mark(store, purge);
-        }
-    }
-
-    /// Appends `purge` to the marks file; a failure is counted and logged, and returned.
-    fn append_mark(&self, store: &Store, purge: &Purge) -> anyhow::Result<()> {
-        let appended = store.marks.append(purge);
-        if let Err(e) = &appended {
-            TierCounters::bump(&self.counters.errors);
-            tracing::warn!("disk tier: cannot record a purge: {e:#}");
-        }
-        appended
-    }
-
-    /// Counts and logs a failed write or removal.
-    fn io_error(&self, doing: &str, error: &std::io::Error) {
-        TierCounters::bump(&self.counters.errors);
-        tracing::warn!("disk tier: {doing}: {error}");
-    }
-
-    /// Removes `key` and writes its tombstone on this thread, so it does not come back after
-    /// a restart (a failure is counted and logged).
-    fn remove_now(&self, store: &Store, key: &TierKey) {
-        match store.segments.remove(key.as_bytes()) {
-            Ok(true) => TierCounters::bump(&self.counters.removed),
-            Ok(false) => {}
-            Err(e) => self.io_error("removing an object", &e),
+        for purge in pending.take() {
+            marks.record(&purge);
+            // A refusal (a full queue) or a failed append is counted and logged by the
+            // writer; nobody waits for these.
+            let _ = store.marks.append(purge);
         }
     }
 
@@ -330,7 +313,11 @@ impl DiskTier {
             return;
         };
         let (segments, tombstones) = (store.segments.clone(), store.tombstones.clone());
+        let marks = store.marks.clone();
+        // The marks first: without them, what they purged comes back after the restart.
+        // Each flush waits a bounded time and logs what it left.
         let written = move || {
+            marks.flush();
             tombstones.flush();
             segments.sync()
         };
@@ -415,25 +402,15 @@ impl Tier for DiskTier {
                 }
             }
         };
-        // A soft purge keeps the copy: its mark makes it stale, to be revalidated.
-        let removed = match (&purge.target, purge.soft) {
-            (Target::Key(hex), false) => TierKey::from_hex(hex),
-            _ => None,
-        };
-        let Err(e) = self.append_mark(store, purge) else {
-            if let Some(key) = removed {
-                self.remove_queued(store, &[key.as_bytes()]);
-            }
-            return Ok(None);
-        };
-        // The URL's own entry is removed for good (its tombstone is written here), but not
-        // its variants (stored under keys of their own, which only the mark covers): they
-        // came back after a restart while the purge was reported kept. So it is reported
-        // failed.
-        if let Some(key) = removed {
-            self.remove_now(store, &key);
+        // Lookups miss from now on, whatever becomes of the mark: the URL's own entry is
+        // dropped from the index, its tombstone queued (its variants, stored under keys of
+        // their own, only the mark covers).
+        if let Some(key) = removed_key(purge) {
+            self.remove_queued(store, &[key.as_bytes()]);
         }
-        Err(format!("cannot record the purge: {e:#}"))
+        // Appended on the marks writer's thread ([`marks_writer`]); the delivery says how it
+        // went. Refused at once, never waited for, when the disk is not keeping up.
+        store.marks.append(purge.clone()).map(Some)
     }
 
     async fn sites(&self) -> Result<Sites, String> {
@@ -510,6 +487,15 @@ impl Tier for DiskTier {
     }
 }
 
+/// The key a hard purge of one URL removes. A soft one keeps the copy: its mark makes it
+/// stale, to be revalidated.
+fn removed_key(purge: &Purge) -> Option<TierKey> {
+    match (&purge.target, purge.soft) {
+        (Target::Key(hex), false) => TierKey::from_hex(hex),
+        _ => None,
+    }
+}
+
 fn segment_size(max_bytes: usize) -> usize {
     (max_bytes / MIN_SEGMENTS).clamp(MIN_SEGMENT, MAX_SEGMENT)
 }
@@ -536,6 +522,7 @@ fn flock(file: &File, operation: libc::c_int) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::marks_writer::QUEUE;
     use super::*;
 
     #[test]
@@ -593,7 +580,11 @@ mod tests {
             at: super::super::record::now_ns(),
             soft: false,
         };
-        old.publish(&purge).unwrap();
+        let delivery = old
+            .publish(&purge)
+            .unwrap()
+            .expect("the folder is the old's");
+        assert_eq!(delivery.blocking_recv(), Ok(Ok(())), "its mark is written");
         drop(old);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while new.store.get().is_none() {
@@ -619,11 +610,15 @@ mod tests {
             at: super::super::record::now_ns(),
             soft: false,
         };
-        // As `publish` leaves it when it looked just before the store was set.
-        tier.pending_marks.lock().push(purge.clone());
         let marks = PurgeLog::default();
-        tier.adopt_late_marks(&marks);
-        assert!(tier.pending_marks.lock().is_empty());
+        {
+            // As `publish` leaves it when it looked just before the store was set.
+            let mut pending = tier.pending_marks.lock();
+            pending.push(purge.clone());
+            tier.adopt_late_marks(&mut pending, &marks);
+            assert!(pending.is_empty());
+        }
+        tier.store.get().unwrap().marks.flush();
         drop(tier);
         let read = marks_file::read_marks(&[dir.path().join("purges.jsonl").as_path()]).unwrap();
         assert!(
@@ -704,7 +699,16 @@ mod tests {
         (tier, key)
     }
 
-    /// A purge the tier cannot record is reported, unless a tombstone alone keeps it.
+    /// Publishes `purge` and waits for the tier's answer: its mark written, or why not.
+    fn publish_and_wait(tier: &DiskTier, purge: &Purge) -> Result<(), String> {
+        match tier.publish(purge)? {
+            Some(delivery) => delivery.blocking_recv().expect("the marks writer answers"),
+            None => Ok(()),
+        }
+    }
+
+    /// A purge the tier cannot record is reported, unless a tombstone alone keeps it. The
+    /// mark is written on the marks writer's thread: the failure comes through the delivery.
     #[test]
     fn a_purge_that_cannot_be_recorded_is_reported() {
         let dir = tempfile::tempdir().unwrap();
@@ -713,7 +717,7 @@ mod tests {
         let store = tier.store.get().unwrap();
         // The marks file now refuses writes (opened read-only).
         let path = dir.path().join("purges.jsonl");
-        store.marks.file.lock().file = File::open(&path).unwrap();
+        store.marks.journal.file.lock().file = File::open(&path).unwrap();
         let purge = |target, soft| Purge {
             target,
             at: 1,
@@ -724,20 +728,134 @@ mod tests {
         // restart: reported failed.
         let url = purge(Target::Key(key.to_hex()), false);
         assert!(
-            tier.publish(&url).is_err(),
+            publish_and_wait(&tier, &url).is_err(),
             "only a mark keeps its variants"
         );
         assert!(!store.segments.contains(key.as_bytes()));
         let soft_url = purge(Target::Key(key.to_hex()), true);
-        assert!(tier.publish(&soft_url).is_err(), "only a mark keeps it");
+        assert!(
+            publish_and_wait(&tier, &soft_url).is_err(),
+            "only a mark keeps it"
+        );
         let tag = Target::Tag {
             partition: "site".into(),
             tag: "t".into(),
         };
-        let err = tier.publish(&purge(tag, false)).unwrap_err();
+        let err = publish_and_wait(&tier, &purge(tag, false)).unwrap_err();
         assert!(err.contains("cannot record the purge"), "{err}");
         let stats = tier.stats();
         assert_eq!((stats.errors, stats.removed), (3, 1), "{stats:?}");
+    }
+
+    /// A purge of `tag` in `site`, made now.
+    fn tag_purge(tag: usize) -> Purge {
+        Purge {
+            target: Target::Tag {
+                partition: "site".into(),
+                tag: format!("t{tag}"),
+            },
+            at: super::super::record::now_ns(),
+            soft: false,
+        }
+    }
+
+    /// A purge does not wait for its mark to be written: a disk slow to take writes held the
+    /// request thread that made it, and every request that thread served. Once the queue is
+    /// full a purge is refused at once, not written on the caller's thread; the URL's entry
+    /// is gone all the same. The marks writer is held up here by the marks file's lock, as a
+    /// `write` the disk does not finish holds it.
+    #[test]
+    fn a_purge_does_not_wait_for_its_mark_to_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_config(dir.path());
+        let (tier, first) = holding_one_object(&config);
+        let store = tier.store.get().unwrap();
+        let second = TierKey::of(&pingora_cache::CacheKey::new(b"/b".to_vec(), "site"));
+        store.segments.put(second.as_bytes(), b"value").unwrap();
+        let url = |key: &TierKey| Purge {
+            target: Target::Key(key.to_hex()),
+            at: super::super::record::now_ns(),
+            soft: false,
+        };
+        let held = store.marks.journal.file.lock();
+
+        let (published, answer) = std::sync::mpsc::channel();
+        let purging = tier.clone();
+        let (first_url, second_url) = (url(&first), url(&second));
+        std::thread::spawn(move || {
+            let mut deliveries = vec![purging.publish(&first_url)];
+            while deliveries.last().is_some_and(Result::is_ok) && deliveries.len() <= 2 * QUEUE {
+                deliveries.push(purging.publish(&tag_purge(deliveries.len())));
+            }
+            let refused_url = purging.publish(&second_url);
+            let _ = published.send((deliveries, refused_url));
+        });
+        let (mut deliveries, refused_url) = answer
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a purge waited for its mark to be written");
+        assert!(!store.segments.contains(first.as_bytes()), "gone at once");
+
+        let refusal = deliveries.pop().unwrap().unwrap_err();
+        assert!(refusal.contains("not keeping up"), "{refusal}");
+        // The one the thread is stuck on, and a full queue (or only that, if the thread had
+        // not taken the first yet).
+        let queued = deliveries.len();
+        assert!((QUEUE..=QUEUE + 1).contains(&queued), "{queued} queued");
+        assert!(refused_url.is_err(), "refused too");
+        assert!(
+            !store.segments.contains(second.as_bytes()),
+            "removed from the index though its mark was refused"
+        );
+        assert_eq!(tier.stats().errors, 2);
+
+        drop(held);
+        for delivery in deliveries {
+            let delivery = delivery.unwrap().expect("the folder is open");
+            assert_eq!(delivery.blocking_recv(), Ok(Ok(())));
+        }
+        let path = dir.path().join("purges.jsonl");
+        assert_eq!(marks_file::read_marks(&[&path]).unwrap().len(), queued);
+    }
+
+    /// The marks still queued when the tier closes (the disk slow to take them) are written
+    /// before it lets go of the folder, so the next start reads them back: left in the queue,
+    /// they were lost with the process, and what they purged came back from the disk.
+    #[tokio::test]
+    async fn marks_queued_when_the_tier_closes_are_read_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_config(dir.path());
+        let tier = DiskTier::start(&config, Arc::default(), memory()).unwrap();
+        let journal = tier.store.get().unwrap().marks.journal.clone();
+        // The disk takes no mark until a moment after the tier begins to close.
+        let (holding, held) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _file = journal.file.lock();
+            holding.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        held.recv().unwrap();
+        let purges: Vec<Purge> = (0..100).map(purge_of).collect();
+        for purge in &purges {
+            // Not waited for, as an invalidation's.
+            assert!(tier.publish(purge).unwrap().is_some());
+        }
+        tier.close().await;
+        drop(tier);
+
+        let marks = Arc::new(PurgeLog::default());
+        let _again = DiskTier::start(&config, marks.clone(), memory()).unwrap();
+        for purge in &purges {
+            let Target::Key(hex) = &purge.target else {
+                unreachable!("purges of URLs")
+            };
+            let key = TierKey::from_hex(hex).unwrap();
+            assert_eq!(
+                marks.verdict(&key, &[], purge.at - 1),
+                super::super::purges::Verdict::Gone,
+                "a mark queued at the close was lost"
+            );
+        }
+        holder.join().unwrap();
     }
 
     /// A purge does not wait for the segment writer, which a large `put` holds for the length
