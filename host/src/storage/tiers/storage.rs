@@ -418,20 +418,31 @@ mod tests {
     use pingora::http::ResponseHeader;
     use std::time::{Duration, SystemTime};
 
+    /// Storage with a disk tier in `dir`, and that tier.
+    fn on_disk(dir: &std::path::Path) -> (TieredStorage, Arc<dyn Tier>) {
+        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(1 << 20, 1 << 20)));
+        let config = super::super::disk_config(dir, 1 << 20, 8 << 20);
+        let storage = TieredStorage::open(l1, &config).unwrap();
+        let disk: Arc<dyn Tier> = storage.disk.clone().unwrap();
+        (storage, disk)
+    }
+
+    /// A 200's meta, fresh from now for `lifetime`, serialized as tiers store it.
+    fn fresh_for(lifetime: Duration) -> (Vec<u8>, Vec<u8>) {
+        let now = SystemTime::now();
+        let header = ResponseHeader::build(200, None).unwrap();
+        let meta = CacheMeta::new(now + lifetime, now, 0, 0, header);
+        meta.serialize().unwrap()
+    }
+
     /// Objects an earlier version stored on disk, before records carried their key's digest
     /// ("CTR2" and the chunked "CTH1"), are hits after the upgrade: the disk tier vouches for
     /// the key of every value it returns.
     #[test]
     fn the_disk_tier_serves_objects_stored_before_the_key_digest() {
         let dir = tempfile::tempdir().unwrap();
-        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(1 << 20, 1 << 20)));
-        let config = super::super::disk_config(dir.path(), 1 << 20, 8 << 20);
-        let storage = TieredStorage::open(l1, &config).unwrap();
-        let disk: Arc<dyn Tier> = storage.disk.clone().unwrap();
-        let now = SystemTime::now();
-        let header = ResponseHeader::build(200, None).unwrap();
-        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
-        let (internal, header) = meta.serialize().unwrap();
+        let (storage, disk) = on_disk(dir.path());
+        let (internal, header) = fresh_for(Duration::from_secs(60));
         let written_at = record::now_ns();
         let key = |path: &str| CacheKey::new(path.as_bytes().to_vec(), "site");
         let large: Bytes = (0..chunks::CHUNK_BYTES + 5).map(|i| i as u8).collect();
@@ -477,14 +488,8 @@ mod tests {
     #[test]
     fn a_soft_purge_dated_ahead_makes_an_l2_copy_stale_now() {
         let dir = tempfile::tempdir().unwrap();
-        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(1 << 20, 1 << 20)));
-        let config = super::super::disk_config(dir.path(), 1 << 20, 8 << 20);
-        let storage = TieredStorage::open(l1, &config).unwrap();
-        let disk: Arc<dyn Tier> = storage.disk.clone().unwrap();
-        let now = SystemTime::now();
-        let header = ResponseHeader::build(200, None).unwrap();
-        let meta = CacheMeta::new(now + Duration::from_secs(300), now, 0, 0, header);
-        let (internal, header) = meta.serialize().unwrap();
+        let (storage, disk) = on_disk(dir.path());
+        let (internal, header) = fresh_for(Duration::from_secs(300));
         let key = CacheKey::new(b"/soft".to_vec(), "site");
         let name = TierKey::of(&key);
         let runtime = storage.runtime.as_ref().unwrap();
