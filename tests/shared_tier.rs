@@ -45,10 +45,14 @@ fn node(origin: &Origin, redis_port: u16) -> Proxy {
 
 /// A node whose `[cache.shared]` table holds `shared` (the url and any TLS keys).
 fn node_with(origin: &Origin, shared: &str) -> Proxy {
+    node_with_op_timeout(origin, shared, "200ms")
+}
+
+fn node_with_op_timeout(origin: &Origin, shared: &str, op_timeout: &str) -> Proxy {
     Proxy::start_with_server(
         &format!("admin_token = \"{TOKEN}\""),
         &format!(
-            "max_bytes = \"16MiB\"\n[cache.shared]\n{shared}\nkey_prefix = \"test:\"\nop_timeout = \"200ms\"\n[plugins]\nwatch = false"
+            "max_bytes = \"16MiB\"\n[cache.shared]\n{shared}\nkey_prefix = \"test:\"\nop_timeout = \"{op_timeout}\"\n[plugins]\nwatch = false"
         ),
         &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
     )
@@ -1571,6 +1575,48 @@ fn late_answers_relay(
         }
     });
     port
+}
+
+/// A stop that comes while a hit waits for Redis: the answer, given during the drain, says
+/// `Connection: close`, as every answer in a drain does. It said keep-alive, and the
+/// connection was closed at the next wait under a client about to reuse it.
+#[test]
+fn a_hit_read_from_redis_through_a_stop_ends_its_connection() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let late = std::sync::Arc::new(AtomicBool::new(false));
+    let relayed = late_answers_relay(redis.port, Duration::from_millis(700), late.clone());
+    let b = node_with_op_timeout(
+        &origin,
+        &format!("url = \"redis://127.0.0.1:{relayed}\""),
+        "1s",
+    );
+    wait_connected(&b, true);
+    get(&a, "/stopping", &[]);
+    wait_writes(&a, 1);
+    // B's lookup connection is made (its first lookup takes the tier's own meanwhile).
+    let _ = get(&b, "/warm-up", &[]);
+
+    late.store(true, SeqCst);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.write_all(b"GET /stopping HTTP/1.1\r\nHost: shared.test\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    b.terminate();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut chunk).expect("the answer");
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(head.contains(r#"detail="l2-shared""#), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
 }
 
 /// A copy is as old as the request for it: a node whose fill was under way when another node

@@ -280,6 +280,11 @@ impl Proxy {
         assert!(self.signal(libc::SIGCONT), "SIGCONT to cachet");
     }
 
+    /// Sends SIGTERM (a drain, then the exit) without waiting.
+    pub fn terminate(&self) {
+        assert!(self.signal(libc::SIGTERM), "SIGTERM to cachet");
+    }
+
     fn signal(&self, signal: libc::c_int) -> bool {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
         // SAFETY: kill(2) on the PID of a child this struct owns and has not reaped.

@@ -130,8 +130,12 @@ impl Front {
     /// Whether the front answers requests now: not while stopping (Pingora ends each
     /// connection after its request) nor with `[cache] lean_hits = false`.
     fn answering(&self, shutdown: &ShutdownWatch) -> bool {
-        let state = &self.cachet.state;
-        !*shutdown.borrow() && !state.drain.draining() && state.lean_hits.load(Ordering::Relaxed)
+        !self.stopping(shutdown) && self.cachet.state.lean_hits.load(Ordering::Relaxed)
+    }
+
+    /// Whether the process is stopping: answers given from now on end their connection.
+    fn stopping(&self, shutdown: &ShutdownWatch) -> bool {
+        *shutdown.borrow() || self.cachet.state.drain.draining()
     }
 
     /// Pingora serves requests on the connection, starting with `prefix`, until it hands the
@@ -362,6 +366,9 @@ impl ServerApp for Front {
                     let status = hit.status();
                     // Counted before the client can read the answer and look at the metrics.
                     crate::metrics::front_hit();
+                    // A stop that came while the plan waited (an L2 read, a plugin lane):
+                    // the answer says the connection ends, as every answer in a drain does.
+                    let close = close || self.stopping(shutdown);
                     let timeout = self.cachet.state.client_write_timeout;
                     let written = reply::write(&mut stream, hit, close, timeout).await;
                     let error = written.as_ref().err().map(|e| e.to_string());

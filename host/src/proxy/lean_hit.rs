@@ -232,6 +232,11 @@ pub(super) async fn try_serve(
     let Some(hit) = lookup(proxy, session.req_header(), ctx).await? else {
         return Ok(false);
     };
+    // A stop that came while the lookup waited (an L2 read): as `early_request_filter` does
+    // for a request that arrives in a drain, the answer ends its connection.
+    if proxy.state.drain.draining() {
+        session.set_keepalive(None);
+    }
     // Only for HTTP/2: over HTTP/1.1 the head keeps the stored names' cases.
     let h2_head = if session.is_http2() {
         hit.h2_head()
