@@ -88,8 +88,7 @@ cache_lines() {
         "") echo 'max_bytes = "512MiB"' ;;
         disk) printf 'max_bytes = "64KiB"\n\n[cache.disk]\npath = "%s"\nmax_bytes = "256MiB"\n' \
             "$work/$side/disk" ;;
-        shared) start_redis
-            printf 'max_bytes = "64KiB"\n\n[cache.shared]\nurl = "redis://127.0.0.1:%s"\nkey_prefix = "%s:"\n' \
+        shared) printf 'max_bytes = "64KiB"\n\n[cache.shared]\nurl = "redis://127.0.0.1:%s"\nkey_prefix = "%s:"\n' \
                 "$redis_port" "$side" ;;
         *) echo "ab.sh: a tier is disk or shared, not $tier" >&2; exit 1 ;;
     esac
@@ -100,6 +99,8 @@ declare -A target pid_of
 start() {
     local side="$1" bin="$2" mode="$3" server_lines="$4" tier="$5"
     local dir="$work/$side" plugin reuse port admin_port tls_server_lines=""
+    # Here, not in `cache_lines`: that runs in a subshell, whose PID list and port are lost.
+    [[ "$tier" == shared ]] && start_redis
     [[ -x "$bin" ]] || { echo "ab.sh: $bin is not an executable (build it first)" >&2; exit 1; }
     case "$mode" in
         fresh) plugin="$plugin_wasm"; reuse=1 ;;
