@@ -525,15 +525,7 @@ fn a_second_process_waits_for_the_folder_and_then_opens_it() {
     assert_eq!(origin.hits(), 3);
 
     stop(&mut old);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while disk_stats(&new)["connected"] != true {
-        assert!(
-            Instant::now() < deadline,
-            "the disk tier never opened:\n{}",
-            new.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_connected(&new);
     let later = get(&new, "one.test", "/later", &[]);
     assert!(
         later.cache_status().ends_with(r#"detail="l2-disk""#),
@@ -542,6 +534,19 @@ fn a_second_process_waits_for_the_folder_and_then_opens_it() {
     );
     assert_eq!(later.text(), stored);
     assert_eq!(origin.hits(), 3);
+}
+
+/// Waits until the disk tier serves lookups (a process that waited for its folder).
+fn wait_connected(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk_stats(proxy)["connected"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the disk tier never opened:\n{}",
+            proxy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Fills `/victim`, stops cachet, damages the stored copy with `damage`, starts again and
@@ -920,16 +925,7 @@ fn a_tenant_name_kept_for_another_site_serves_none_of_its_disk_copies() {
 fn a_tenant_name_back_for_another_site_after_a_restart_serves_none_of_its_disk_copies() {
     let (old_site, new_site) = (site("old site"), site("new site"));
     let disk = tempfile::tempdir().unwrap();
-    let start = |origin: &Origin, host: &str| {
-        Proxy::start_with_server(
-            &format!("admin_token = \"{TOKEN}\""),
-            &format!(
-                "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"",
-                disk.path().display().to_string()
-            ),
-            &[TenantSpec::new("site", origin.addr, &support::fixture("path-key")).hosts(&[host])],
-        )
-    };
+    let start = |origin: &Origin, host: &str| start_shop(origin, disk.path(), host);
     let mut proxy = start(&old_site, "old.test");
     assert_eq!(get(&proxy, "old.test", "/page", &[]).text(), "old site");
     wait_writes(&proxy, 1);
@@ -955,4 +951,47 @@ fn a_tenant_name_back_for_another_site_after_a_restart_serves_none_of_its_disk_c
 /// An origin for a site whose every answer is `body`, fresh for ten minutes.
 fn site(body: &'static str) -> Origin {
     Origin::start(move |_| Reply::ok(body).header("Cache-Control", "max-age=600"))
+}
+
+/// A graceful upgrade whose new config gives a tenant name other hosts: the new process opens
+/// the disk tier once the old one exits, and checks its record of which hosts each name served
+/// before any lookup reads it. It was checked only at start, while the old process still held
+/// the folder, so the old site's copies were served to the new site as soon as it opened.
+#[test]
+fn a_tenant_name_moved_by_a_graceful_upgrade_serves_none_of_its_disk_copies() {
+    let (old_site, new_site) = (site("old site"), site("new site"));
+    let disk = tempfile::tempdir().unwrap();
+    let mut old = start_shop(&old_site, disk.path(), "a.test");
+    assert_eq!(get(&old, "a.test", "/page", &[]).text(), "old site");
+    wait_writes(&old, 1);
+
+    let new = start_shop(&new_site, disk.path(), "b.test");
+    assert_eq!(
+        disk_stats(&new)["connected"],
+        false,
+        "the old process holds the folder"
+    );
+    // The old process drains for longer than the start-up check waits for a tier to
+    // connect (5 s): the folder opens after that check is over.
+    std::thread::sleep(Duration::from_secs(6));
+    stop(&mut old);
+    wait_connected(&new);
+
+    let answer = get(&new, "b.test", "/page", &[]);
+    assert_eq!(answer.text(), "new site", "{}", answer.cache_status());
+    assert_eq!(new_site.hits_for("/page"), 1);
+    assert_eq!(old_site.hits_for("/page"), 1);
+}
+
+/// cachet with a disk tier in `disk` and one tenant, `shop`, serving `host` from `origin`
+/// with a key that leaves the host out (the `path-key` fixture).
+fn start_shop(origin: &Origin, disk: &Path, host: &str) -> Proxy {
+    Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        &format!(
+            "max_bytes = \"16MiB\"\n[cache.disk]\npath = {:?}\nmax_bytes = \"64MiB\"",
+            disk.display().to_string()
+        ),
+        &[TenantSpec::new("shop", origin.addr, &support::fixture("path-key")).hosts(&[host])],
+    )
 }

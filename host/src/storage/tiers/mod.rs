@@ -142,6 +142,16 @@ const SITES_CHECK_LIMIT: Duration = Duration::from_secs(2);
 /// the node listens (reading up to 65 536 kept purges first may take a second or two).
 const SITES_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
+/// Waits up to [`SITES_CONNECT_WAIT`] for `tier` to connect before its record is checked: at
+/// start the shared tier is still subscribing (reading the kept purges first), a purge it
+/// sends meanwhile is reported as not kept, and the record would never be brought up to date.
+async fn wait_until_connected(tier: &dyn Tier) {
+    let connecting_since = std::time::Instant::now();
+    while !tier.stats().connected && connecting_since.elapsed() < SITES_CONNECT_WAIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// L1 plus the configured L2 tiers. `Box::leak` it for `&'static`.
 pub struct TieredStorage {
     l1: &'static MemoryStorage,
@@ -152,8 +162,12 @@ pub struct TieredStorage {
     /// Runs the tiers' I/O, flushing and writer tasks, apart from pingora's runtimes.
     runtime: Option<tokio::runtime::Runtime>,
     l1_hits: AtomicU64,
-    /// Held by the check of which hosts each tenant served ([`Self::check_sites`]).
-    sites_check: tokio::sync::Mutex<()>,
+    /// Held by each check of which hosts each tenant served ([`Self::check_sites`]), with the
+    /// hosts of the latest tenants it was given (at start or a reload): the check of a disk
+    /// tier that opens late uses them.
+    sites_check: tokio::sync::Mutex<sites::Sites>,
+    /// Starts the watch for the disk tier's late opening, once.
+    late_disk_check: std::sync::Once,
 }
 
 impl TieredStorage {
@@ -167,7 +181,8 @@ impl TieredStorage {
             writer: None,
             runtime: None,
             l1_hits: AtomicU64::new(0),
-            sites_check: tokio::sync::Mutex::new(()),
+            sites_check: tokio::sync::Mutex::default(),
+            late_disk_check: std::sync::Once::new(),
         }
     }
 
@@ -209,7 +224,8 @@ impl TieredStorage {
             writer: Some(writer),
             runtime: Some(runtime),
             l1_hits: AtomicU64::new(0),
-            sites_check: tokio::sync::Mutex::new(()),
+            sites_check: tokio::sync::Mutex::default(),
+            late_disk_check: std::sync::Once::new(),
         })
     }
 
@@ -326,7 +342,8 @@ impl TieredStorage {
     /// were written for other hosts (none in common with `now`'s, by the record each tier
     /// keeps: [`sites`]) gives them up, and every tier records what each name serves now.
     /// Waits for the tiers up to [`SITES_CHECK_LIMIT`]; past it the check goes on in the
-    /// background.
+    /// background. A disk tier whose folder another cachet still holds is checked against the
+    /// latest tenants when it opens, and serves no lookup until then.
     pub fn check_sites(&'static self, tenants: &[crate::config::TenantConfig]) {
         let Some(runtime) = &self.runtime else {
             return;
@@ -337,7 +354,7 @@ impl TieredStorage {
             .collect();
         let (done, finished) = std::sync::mpsc::channel();
         runtime.spawn(async move {
-            self.reconcile_sites(&now).await;
+            self.reconcile_sites(now).await;
             let _ = done.send(());
         });
         if finished.recv_timeout(SITES_CHECK_LIMIT).is_err() {
@@ -349,27 +366,85 @@ impl TieredStorage {
         }
     }
 
-    async fn reconcile_sites(&self, now: &sites::Sites) {
+    async fn reconcile_sites(&'static self, now: sites::Sites) {
         // One check at a time: one a reload left running past the limit could otherwise
         // write an older record after a newer one.
-        let _one_at_a_time = self.sites_check.lock().await;
+        let mut latest = self.sites_check.lock().await;
+        *latest = now;
+        let now = &*latest;
         // Tier by tier, in lookup order: the disk's copies are checked at once, whatever
         // Redis does.
         for tier in self.tiers.iter() {
+            if tier.sites_checked_on_open() {
+                tracing::info!(
+                    tier = tier.name(),
+                    "not serving yet (another cachet held its folder): its record of which \
+                     hosts each tenant served is checked against the latest tenants when it \
+                     opens, before it serves"
+                );
+                continue;
+            }
+            wait_until_connected(tier.as_ref()).await;
             self.reconcile_tier_sites(tier.as_ref(), now).await;
+        }
+        self.check_disk_when_it_opens();
+    }
+
+    /// Once: if the disk tier waits for its folder, checks its record when it opens. Called
+    /// holding `sites_check` after the latest tenants were put there, so the check finds them.
+    fn check_disk_when_it_opens(&'static self) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        if !disk.sites_checked_on_open() {
+            return;
+        }
+        let disk = disk.clone();
+        self.late_disk_check.call_once(move || {
+            tokio::spawn(self.check_disk_once_open(disk));
+        });
+    }
+
+    /// Waits for the disk tier's folder, then checks its record; says so if the check is held
+    /// up (by another check waiting for Redis): the tier serves no lookup meanwhile.
+    async fn check_disk_once_open(&'static self, disk: Arc<disk::DiskTier>) {
+        if !disk.folder_opened().await {
+            return;
+        }
+        let mut check = tokio::spawn(self.check_late_disk(disk));
+        if tokio::time::timeout(SITES_CHECK_LIMIT, &mut check)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the disk tier opened, but its record of which hosts each tenant served was not \
+                 checked within {SITES_CHECK_LIMIT:?}; it serves no lookup until it is"
+            );
+        }
+    }
+
+    /// Checks the record of the disk tier opened late against the latest tenants, then lets
+    /// lookups read it (after a failed check too: the warning says what may be served).
+    async fn check_late_disk(&'static self, disk: Arc<disk::DiskTier>) {
+        let now = self.sites_check.lock().await;
+        let checked = self.reconcile_tier_sites(disk.as_ref(), &now).await;
+        disk.serve_lookups();
+        match checked {
+            true => tracing::info!(
+                "the disk tier opened late: its record of which hosts each tenant served was \
+                 checked against the tenants now; it serves lookups"
+            ),
+            false => tracing::warn!(
+                "the disk tier opened late: its record of which hosts each tenant served could \
+                 not be checked (see above); it serves lookups all the same"
+            ),
         }
     }
 
     /// Checks one tier's record: a floor, kept by that tier, for each name it says served
-    /// other hosts, then the record brought up to date.
-    async fn reconcile_tier_sites(&self, tier: &dyn Tier, now: &sites::Sites) {
-        // At start the shared tier is still subscribing (reading the kept purges first): a
-        // purge it sends meanwhile is reported as not kept, and the record would never be
-        // brought up to date.
-        let connecting_since = std::time::Instant::now();
-        while !tier.stats().connected && connecting_since.elapsed() < SITES_CONNECT_WAIT {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    /// other hosts, then the record brought up to date. Whether all of it was done (a failure
+    /// is logged).
+    async fn reconcile_tier_sites(&self, tier: &dyn Tier, now: &sites::Sites) -> bool {
         // A record that cannot be read is not written either: writing it (after a Redis
         // lookup timed out) would replace what another site's name recorded there.
         let recorded = match tier.sites().await {
@@ -380,7 +455,7 @@ impl TieredStorage {
                     "cannot read which hosts each tenant name served: {e}; a name that served \
                      other hosts before may be served that site's copies from this tier"
                 );
-                return;
+                return false;
             }
         };
         let mut all_kept = true;
@@ -423,14 +498,16 @@ impl TieredStorage {
             }
         }
         if !all_kept {
-            return;
+            return false;
         }
         if let Err(e) = tier.record_sites(&recorded, now).await {
             tracing::warn!(
                 tier = tier.name(),
                 "cannot record which hosts each tenant serves: {e}"
             );
+            return false;
         }
+        true
     }
 
     /// Gives up every L2 copy of `partition` written until now: a floor kept by the disk tier
@@ -536,6 +613,7 @@ pub(super) fn disk_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     /// A tier that never answers does not hold a purge for good (a disk that hangs holds the
     /// marks writer, and a PURGE waiting for it would wait without end). The other tiers'
@@ -556,6 +634,63 @@ mod tests {
         assert_eq!(
             not_kept.0,
             "l2-disk: no answer within 50ms; l2-shared: refused"
+        );
+    }
+
+    /// The tenant `shop` serving `host`, as a config gives it.
+    fn shop_serving(host: &str) -> Vec<crate::config::TenantConfig> {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"shop\"\n\
+             hosts = [\"{host}\"]\nupstream = \"127.0.0.1:1\"\nplugin = \"builtin:standard\"\n"
+        );
+        let path = std::env::temp_dir().join("cachet.toml");
+        crate::config::parse(&path, &text)
+            .expect("a valid config")
+            .tenants
+    }
+
+    /// Holds the disk folder's lock, as another cachet running on it does.
+    fn hold_folder(path: &std::path::Path) -> std::fs::File {
+        std::fs::create_dir_all(path).unwrap();
+        let lock = std::fs::File::create(path.join("lock")).unwrap();
+        // SAFETY: flock on a descriptor `lock` owns.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        lock
+    }
+
+    /// A disk tier that opens late (another cachet held its folder) serves no lookup until its
+    /// record of sites is checked, then is checked against the latest tenants (a reload made
+    /// while it waited): the start-up check could not read it, and nothing checked it after.
+    #[test]
+    fn a_disk_tier_opened_late_is_checked_against_the_latest_tenants_before_it_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = hold_folder(dir.path());
+        // What the other cachet recorded: `shop` served `a.test`.
+        std::fs::write(dir.path().join("sites.json"), r#"{"shop":["a.test"]}"#).unwrap();
+        let l1: &'static MemoryStorage = Box::leak(Box::new(MemoryStorage::new(1 << 20, 1 << 20)));
+        let config = disk_config(dir.path(), 1 << 20, 8 << 20);
+        let storage: &'static TieredStorage =
+            Box::leak(Box::new(TieredStorage::open(l1, &config).unwrap()));
+        storage.check_sites(&shop_serving("a.test"));
+        storage.check_sites(&shop_serving("b.test"));
+        assert!(!storage.stats().tiers[0].connected, "the folder is held");
+
+        // Held for longer than a check waits for a tier to connect: the folder opens after the
+        // start's and the reload's checks are over.
+        std::thread::sleep(SITES_CONNECT_WAIT + Duration::from_millis(500));
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !storage.stats().tiers[0].connected {
+            assert!(std::time::Instant::now() < deadline, "never served lookups");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let recorded = std::fs::read_to_string(dir.path().join("sites.json")).unwrap();
+        let recorded: sites::Sites = serde_json::from_str(&recorded).unwrap();
+        assert_eq!(recorded["shop"], ["b.test"]);
+        let old_copy = TierKey::of(&CacheKey::new(b"/page".to_vec(), "shop"));
+        assert!(
+            storage.purges.verdict(&old_copy, &[], 1) == purges::Verdict::Gone,
+            "the old site's copies are given up"
         );
     }
 }

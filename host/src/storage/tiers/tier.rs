@@ -64,6 +64,14 @@ pub(crate) trait Tier: Send + Sync + 'static {
     /// ([`super::sites`]).
     async fn sites(&self) -> Result<Sites, String>;
 
+    /// Whether the tier's record is left to the check made when the tier opens, not checked at
+    /// start and reload: a disk tier whose folder another cachet held at start (a graceful
+    /// upgrade) serves no lookup until that check is done
+    /// ([`super::TieredStorage::check_sites`]).
+    fn sites_checked_on_open(&self) -> bool {
+        false
+    }
+
     /// Records the hosts of `now`'s names over `recorded` (what [`Self::sites`] just read),
     /// keeping other names' (a name removed and added again later is checked against them).
     async fn record_sites(&self, recorded: &Sites, now: &Sites) -> Result<(), String>;
@@ -120,7 +128,9 @@ pub struct TierStats {
     pub corrupt: u64,
     /// Copies a purge mark shadowed when read.
     pub purged: u64,
-    /// Whether the tier is reachable now (the shared tier; the disk tier is always).
+    /// Whether the tier is reachable now. The shared tier: subscribed to the purge channel.
+    /// The disk tier: serving lookups (its folder is this process's and, when it opened late,
+    /// the record of which hosts each tenant served was checked).
     pub connected: bool,
     /// Times more purges came on the channel than `[cache.shared] purge_backlog` before this
     /// node could apply them, so it read the kept ones again (the shared tier).

@@ -9,7 +9,9 @@
 //!
 //! One process owns the folder at a time (an exclusive `flock` on `path/lock`). During a
 //! graceful upgrade the new process starts while the old one drains: it runs without the disk
-//! tier until the old process exits and releases the lock, then opens it.
+//! tier until the old process exits and releases the lock, then opens it, and serves lookups
+//! from it once the storage has checked its record of which hosts each tenant served
+//! (`super::sites`) against the tenants now.
 
 mod entry;
 mod marks_file;
@@ -35,6 +37,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tombstones::TombstoneWriter;
@@ -63,6 +66,14 @@ pub(crate) struct DiskTier {
     max_value: usize,
     /// Set once this process owns the folder.
     store: OnceLock<Store>,
+    /// Whether lookups read the store: at once when the folder was free at start; when it
+    /// opened late, once the storage has checked the record of which hosts each tenant name
+    /// served against the tenants now ([`Self::serve_lookups`]), since the other process may
+    /// have written a name's copies for another site.
+    serving: AtomicBool,
+    /// Turns true when the wait for the folder is over, opened or given up
+    /// ([`Self::folder_opened`]).
+    waited: tokio::sync::watch::Sender<bool>,
     /// Purges made before the store was open, written to its marks file when it opens.
     pending_marks: Mutex<WaitingMarks>,
     counters: Arc<TierCounters>,
@@ -128,7 +139,7 @@ struct Store {
 impl DiskTier {
     /// The value stored under `key`, read within `limit` (a timeout is counted).
     async fn read_within(&self, key: &TierKey, limit: Duration) -> Result<Option<Bytes>, String> {
-        let Some(store) = self.store.get() else {
+        let Some(store) = self.lookup_store() else {
             return Ok(None);
         };
         let read = tokio::time::timeout(limit, store.segments.get(key.as_bytes()));
@@ -173,11 +184,16 @@ impl DiskTier {
             config: config.clone(),
             max_value: segment.saturating_sub(ENTRY_ROOM),
             store: OnceLock::new(),
+            serving: AtomicBool::new(false),
+            waited: tokio::sync::watch::Sender::new(false),
             pending_marks: Mutex::default(),
             counters: Arc::default(),
         });
         if flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
             tier.open(lock, &marks, None)?;
+            // The start-up check reads its record before the tenants serve.
+            tier.serving.store(true, Ordering::Release);
+            tier.waited.send_replace(true);
             return Ok(tier);
         }
         let waiting_since = super::record::now_ns();
@@ -195,12 +211,41 @@ impl DiskTier {
                     Err(std::io::Error::last_os_error()).context("cannot lock its folder")
                 };
                 match opened {
-                    Ok(()) => tracing::info!("disk tier opened"),
+                    Ok(()) => tracing::info!(
+                        "disk tier opened; it serves lookups once its record of which hosts \
+                         each tenant served is checked"
+                    ),
                     Err(e) => waiting.give_up(&e),
                 }
+                waiting.waited.send_replace(true);
             })
             .context("starting the disk tier's waiting thread")?;
         Ok(tier)
+    }
+
+    /// Waits until the wait for the folder is over (at once when it was free at start):
+    /// whether this process owns it.
+    pub(crate) async fn folder_opened(&self) -> bool {
+        let mut waited = self.waited.subscribe();
+        // The tier holds the sender: the wait ends only when `waited` turns true.
+        let _ = waited.wait_for(|over| *over).await;
+        self.store.get().is_some()
+    }
+
+    /// Lets lookups read the store, now that the storage has checked (or tried to check) its
+    /// record of which hosts each tenant served. Nothing to read before the folder is open.
+    pub(crate) fn serve_lookups(&self) {
+        if self.store.get().is_some() {
+            self.serving.store(true, Ordering::Release);
+        }
+    }
+
+    /// The store, for a lookup: none until the tier serves lookups (see `serving`).
+    fn lookup_store(&self) -> Option<&Store> {
+        match self.serving.load(Ordering::Acquire) {
+            true => self.store.get(),
+            false => None,
+        }
     }
 
     /// The folder will not be opened: from now on a purge is reported not recorded (PURGE
@@ -349,7 +394,7 @@ impl Tier for DiskTier {
     }
 
     async fn contains_all(&self, keys: &[TierKey]) -> Result<bool, String> {
-        let Some(store) = self.store.get() else {
+        let Some(store) = self.lookup_store() else {
             return Ok(false);
         };
         Ok(keys
@@ -442,6 +487,11 @@ impl Tier for DiskTier {
         }
     }
 
+    /// Until the storage has checked the record of a folder opened late (or still waited for).
+    fn sites_checked_on_open(&self) -> bool {
+        !self.serving.load(Ordering::Acquire)
+    }
+
     async fn record_sites(&self, recorded: &Sites, now: &Sites) -> Result<(), String> {
         let mut all = recorded.clone();
         all.extend(
@@ -476,7 +526,7 @@ impl Tier for DiskTier {
             stored_bytes: store.map_or(0, |s| s.segments.stored_bytes()),
             budget_bytes: Some(self.config.max_bytes as u64),
             max_objects: self.config.max_objects,
-            connected: store.is_some(),
+            connected: self.serving.load(Ordering::Acquire),
             ..TierStats::default()
         };
         self.counters.fill(&mut stats);
