@@ -637,6 +637,42 @@ fn a_redis_outage_fails_no_request_and_sharing_resumes() {
     );
 }
 
+/// Redis restarted from a snapshot taken before a purge has the purged copy back and its
+/// mark gone. A node that was listening writes the marks it holds back into the set when it
+/// finds another instance, so a node started afterwards does not serve the purged copy from
+/// the shared tier (it read the set without the mark, and did).
+#[test]
+fn marks_lost_by_a_redis_back_from_an_older_snapshot_are_written_back_for_later_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    let redis = Redis::start_with(free_port(), &["--dir", &data_dir]);
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let writes = shared_stats(&a)["writes"].as_u64().unwrap();
+    assert!(get(&a, "/x", &[]).cache_status().contains("fwd=miss"));
+    wait_writes(&a, writes + 1);
+    let () = redis::cmd("SAVE").query(&mut redis_conn(&redis)).unwrap();
+    purge(&a, "/x", &[]);
+
+    // Back from the snapshot: the copy is there again, the mark is not.
+    let port = redis.kill();
+    wait_connected(&a, false);
+    let redis = Redis::start_with(port, &["--dir", &data_dir]);
+    wait_connected(&a, true);
+
+    let c = node(&origin, redis.port);
+    let resp = get(&c, "/x", &[]);
+    assert!(
+        !is_shared_hit(&resp),
+        "purged on A, served by C from the restored Redis: {} {}\nA: {}",
+        resp.cache_status(),
+        resp.text(),
+        a.log()
+    );
+    assert!(resp.text().ends_with("#2"), "{}", resp.text());
+    assert_eq!(origin.hits_for("/x"), 2);
+}
+
 /// `rediss://`: two nodes trusting the test CA share an object through a TLS-only
 /// `redis-server`; a node trusting another CA never talks to it, and still answers from the
 /// origin (each failed lookup counted as an error).

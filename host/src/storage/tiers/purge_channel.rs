@@ -7,11 +7,18 @@
 //! pub/sub queue has no bound, so a burst of purges faster than this node applies them grew
 //! its memory without limit. When the queue is full the node stops listening (what it held
 //! is dropped) and reconnects, and the kept marks stand for what it dropped.
+//!
+//! Redis can come back with older data than it had: restarted from a snapshot taken before
+//! some purges, or a replica that missed the last writes taking over. The purged copies are
+//! back and their marks gone from the set; a node that was listening still holds the marks,
+//! but one started afterwards read the set without them and served the copies. So a node
+//! that reconnects to another instance than the one it last listened to (Redis's `run_id`)
+//! writes the marks it holds back into the set before it listens again.
 
 use super::super::MemoryStorage;
 use super::purges::{Purge, MAX_MARKS};
-use super::shared::PURGE_TIMEOUT;
-use super::tier::Tier;
+use super::shared::{add_mark, cut_marks, PURGE_TIMEOUT};
+use super::tier::{Tier, TierCounters};
 use redis::{PushInfo, PushKind};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
@@ -40,6 +47,9 @@ const MAX_CLOCK_AHEAD_NS: u64 = 60_000_000_000;
 /// Clocks further apart than this are beyond what nodes are asked to keep (NTP keeps them
 /// within milliseconds; docs/scale-out.md).
 const MAX_CLOCK_SKEW_NS: u64 = 10_000_000_000;
+
+/// Marks written back to a new Redis instance per round trip, each within [`PURGE_TIMEOUT`].
+const WRITE_BACK_BATCH: usize = 1000;
 
 /// What travels on the purge channel.
 #[derive(Serialize, Deserialize)]
@@ -88,6 +98,8 @@ pub(super) struct Subscriber {
     pub(super) backlog: usize,
     /// Times the channel ran more than `backlog` messages ahead of the node.
     pub(super) fell_behind: Arc<AtomicU64>,
+    /// The tier's: a failure to write the marks back to a new instance is one of its errors.
+    pub(super) counters: Arc<TierCounters>,
 }
 
 /// Keeps this node subscribed to the purge channel, reconnecting after any failure. On each
@@ -99,8 +111,11 @@ pub(super) async fn subscribe(subscriber: Subscriber) {
     // Each different failure is logged once (a down Redis would flood the log otherwise).
     let mut last_error = String::new();
     let mut fell_behind_said: Option<std::time::Instant> = None;
+    // The `run_id` of the Redis instance this node last listened to (unset until it first
+    // listened, or while Redis does not say).
+    let mut run_id: Option<String> = None;
     loop {
-        match listen(&subscriber, &mut missed_since).await {
+        match listen(&subscriber, &mut missed_since, &mut run_id).await {
             Stopped::FellBehind => {
                 // Counted in /status; under a steady flood it happens at every reconnect.
                 if fell_behind_said.is_none_or(|said| said.elapsed() >= FELL_BEHIND_SAID_EVERY) {
@@ -167,7 +182,11 @@ impl redis::aio::AsyncPushSender for BoundedSender {
     }
 }
 
-async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Stopped {
+async fn listen(
+    subscriber: &Subscriber,
+    missed_since: &mut Option<u64>,
+    run_id: &mut Option<String>,
+) -> Stopped {
     let within =
         |what: &'static str| move |_| format!("{what}: no answer within {PURGE_TIMEOUT:?}");
     // One more than the backlog: the subscription's confirmation comes this way too.
@@ -227,6 +246,8 @@ async fn listen(subscriber: &Subscriber, missed_since: &mut Option<u64>) -> Stop
         Ok(kept) => kept,
         Err(e) => return Stopped::Failed(e),
     };
+    // Before the node says it listens: a node started meanwhile may read the set already.
+    restore_marks_on_a_new_instance(subscriber, &mut conn, run_id).await;
     apply_kept(subscriber, &kept, missed_since.take());
     // Release: a lookup that sees the node listening sees the marks just applied.
     subscriber.subscribed.store(true, Release);
@@ -325,6 +346,105 @@ async fn replace_foreign_value(
     }
 }
 
+/// Writes the marks this node holds back into the purge set when Redis is another instance
+/// than the one it last listened to (see the module's comment), and remembers this one. The
+/// first connection only remembers it: a node that just started holds what it just read
+/// (and, with a disk tier, marks of its last run, which cannot be told apart from those).
+/// A failure is logged and counted, and tried again at the next connection; the node
+/// listens all the same.
+async fn restore_marks_on_a_new_instance(
+    subscriber: &Subscriber,
+    conn: &mut redis::aio::MultiplexedConnection,
+    last_run_id: &mut Option<String>,
+) {
+    let run_id = match read_run_id(conn).await {
+        Ok(run_id) => run_id,
+        Err(e) => {
+            return restoring_failed(
+                subscriber,
+                format!("cannot tell which Redis instance this is ({e})"),
+            )
+        }
+    };
+    let Some(previous) = last_run_id.as_deref().filter(|last| *last != run_id) else {
+        *last_run_id = Some(run_id);
+        return;
+    };
+    match write_back_marks(subscriber, conn).await {
+        Ok(written) => {
+            tracing::info!(
+                "shared tier: Redis is another instance than before (run_id {previous}, now \
+                 {run_id}: restarted, perhaps from an older snapshot, or failed over); wrote \
+                 back the {written} purge marks this node holds, so nodes that start later \
+                 read them"
+            );
+            *last_run_id = Some(run_id);
+        }
+        Err(e) => restoring_failed(subscriber, format!("writing the marks back: {e}")),
+    }
+}
+
+fn restoring_failed(subscriber: &Subscriber, e: String) {
+    TierCounters::bump(&subscriber.counters.errors);
+    tracing::warn!(
+        "shared tier: purge channel: {e}; if Redis came back with older data, nodes that \
+         start later may serve copies purged before"
+    );
+}
+
+/// The `run_id` of the Redis server on `conn`: new at every start of the server process.
+async fn read_run_id(conn: &mut redis::aio::MultiplexedConnection) -> Result<String, String> {
+    let mut info = redis::cmd("INFO");
+    info.arg("server");
+    let reading = info.query_async::<String>(conn);
+    let server = tokio::time::timeout(PURGE_TIMEOUT, reading)
+        .await
+        .map_err(|_| format!("INFO: no answer within {PURGE_TIMEOUT:?}"))?
+        .map_err(|e| format!("INFO: {e}"))?;
+    run_id_in(&server).ok_or_else(|| "INFO names no run_id".to_owned())
+}
+
+/// The `run_id` field of `INFO server`'s answer.
+fn run_id_in(server: &str) -> Option<String> {
+    server
+        .lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|run_id| run_id.trim().to_owned())
+        .filter(|run_id| !run_id.is_empty())
+}
+
+/// Writes the marks this node holds into the purge set, [`WRITE_BACK_BATCH`] per round
+/// trip, then cuts the set as a purge does; how many it wrote. A mark already there is
+/// written as it was (the same member, dated the same).
+async fn write_back_marks(
+    subscriber: &Subscriber,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<usize, String> {
+    let channel = subscriber.channel.as_str();
+    let held = subscriber.remote.marks.held();
+    for batch in held.chunks(WRITE_BACK_BATCH) {
+        let mut adding = redis::pipe();
+        for purge in batch {
+            add_mark(&mut adding, channel, purge).map_err(|e| e.to_string())?;
+        }
+        send_within_purge_timeout(conn, &adding).await?;
+    }
+    let mut cutting = redis::pipe();
+    cut_marks(&mut cutting, channel);
+    send_within_purge_timeout(conn, &cutting).await?;
+    Ok(held.len())
+}
+
+async fn send_within_purge_timeout(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pipe: &redis::Pipeline,
+) -> Result<(), String> {
+    tokio::time::timeout(PURGE_TIMEOUT, pipe.query_async::<()>(conn))
+        .await
+        .map_err(|_| format!("no answer within {PURGE_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())
+}
+
 /// Applies the marks kept in Redis, read when the node (re)connects. `missed_since`: when
 /// the node stopped listening (unset the first time).
 fn apply_kept(subscriber: &Subscriber, kept: &[Vec<u8>], missed_since: Option<u64>) {
@@ -418,6 +538,7 @@ mod tests {
             subscribed: Arc::default(),
             backlog: 16,
             fell_behind: Arc::default(),
+            counters: Arc::default(),
         }
     }
 
@@ -496,6 +617,19 @@ mod tests {
             marks.verdict(&in_partition("r"), &[], now - 1),
             Verdict::Gone
         );
+    }
+
+    /// Redis's instances are told apart by the `run_id` of `INFO server` (its lines end in
+    /// CRLF); an answer without one names no instance.
+    #[test]
+    fn the_run_id_is_read_from_info_server() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:92b6067b2d5a7c924613463ce47570360d16003f\r\ntcp_port:6379\r\n";
+        assert_eq!(
+            run_id_in(info).as_deref(),
+            Some("92b6067b2d5a7c924613463ce47570360d16003f")
+        );
+        assert_eq!(run_id_in("# Server\r\nrun_id:\r\n"), None);
+        assert_eq!(run_id_in("# Server\r\nredis_version:7.0.15\r\n"), None);
     }
 
     /// `/<path>` of `site` stored in the subscriber's L1.

@@ -110,6 +110,19 @@ impl Mark {
         hard || soft
     }
 
+    /// The purges that make this mark on `target`: a hard one, a soft one, or both.
+    fn as_purges(self, target: Target) -> impl Iterator<Item = Purge> {
+        [(false, self.hard), (true, self.soft)]
+            .into_iter()
+            .filter_map(move |(soft, at)| {
+                Some(Purge {
+                    target: target.clone(),
+                    at: at?,
+                    soft,
+                })
+            })
+    }
+
     /// What this mark says about a copy written at `written_at`.
     fn judge(&self, written_at: u64) -> Verdict {
         if self.hard.is_some_and(|at| at >= written_at) {
@@ -222,6 +235,32 @@ impl PurgeLog {
         self.marks.lock().floor_all.raise(false, at);
     }
 
+    /// The marks held, as the purges that make them again: each target's hard and soft
+    /// mark, and each partition's floor as a mark on the whole partition; the newest
+    /// [`MAX_MARKS`] of them, since a set cut to its newest keeps no more. The floor for every
+    /// partition (`floor_all`) is left out: no mark names every partition, and a reader
+    /// that finds a full set raises its own from the oldest mark kept.
+    pub(crate) fn held(&self) -> Vec<Purge> {
+        let marks = self.marks.lock();
+        let targets = marks
+            .by_target
+            .iter()
+            .map(|(target, mark)| (target.clone(), *mark));
+        let floors = marks
+            .floors
+            .iter()
+            .map(|(partition, floor)| (Target::Partition(partition.clone()), *floor));
+        let mut held: Vec<Purge> = targets
+            .chain(floors)
+            .flat_map(|(target, mark)| mark.as_purges(target))
+            .collect();
+        if held.len() > MAX_MARKS {
+            held.select_nth_unstable_by_key(MAX_MARKS, |purge| std::cmp::Reverse(purge.at));
+            held.truncate(MAX_MARKS);
+        }
+        held
+    }
+
     /// Judges a copy named `key`, carrying `tags`, written at `written_at`.
     pub(crate) fn verdict(&self, key: &TierKey, tags: &[Box<str>], written_at: u64) -> Verdict {
         if !self.any.load(Relaxed) {
@@ -272,19 +311,10 @@ pub(crate) fn floors_of(dropped: impl IntoIterator<Item = Purge>) -> Vec<Purge> 
                 .raise(purge.soft, purge.at);
         }
     }
-    let mut out = Vec::new();
-    for (partition, mark) in floors {
-        for (soft, at) in [(false, mark.hard), (true, mark.soft)] {
-            if let Some(at) = at {
-                out.push(Purge {
-                    target: Target::Partition(partition.clone()),
-                    at,
-                    soft,
-                });
-            }
-        }
-    }
-    out
+    floors
+        .into_iter()
+        .flat_map(|(partition, mark)| mark.as_purges(Target::Partition(partition)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -459,6 +489,66 @@ mod tests {
         ] {
             assert!(target.could_be_made(), "{target:?}");
         }
+    }
+
+    /// What a log holds, as purges, makes the same marks in another log: hard and soft marks
+    /// of one target both, and floors as marks on their partition. The floor for every
+    /// partition has no mark form and is not among them.
+    #[test]
+    fn the_marks_held_make_the_same_marks_again() {
+        let log = PurgeLog::default();
+        let on_url = Purge {
+            target: Target::Key(url("/x", "other").to_hex()),
+            at: 7,
+            soft: false,
+        };
+        let floor = Purge {
+            target: Target::Partition("floored".into()),
+            at: 9,
+            soft: false,
+        };
+        let made = [tag("t", 10, false), tag("t", 12, true), on_url, floor];
+        for purge in &made {
+            log.record(purge);
+        }
+        log.forget_before(5);
+        let mut held = log.held();
+        held.sort_by_key(|purge| purge.at);
+        let mut expected = made.to_vec();
+        expected.sort_by_key(|purge| purge.at);
+        assert_eq!(held, expected);
+
+        let again = PurgeLog::default();
+        for purge in &held {
+            again.record(purge);
+        }
+        let tags: Vec<Box<str>> = vec!["t".into()];
+        assert_eq!(again.verdict(&key(), &tags, 9), Verdict::Gone);
+        assert_eq!(again.verdict(&key(), &tags, 11), Verdict::Expire(12));
+        assert_eq!(again.verdict(&url("/x", "other"), &[], 6), Verdict::Gone);
+        assert_eq!(
+            again.verdict(&url("/any", "floored"), &[], 8),
+            Verdict::Gone
+        );
+        assert_eq!(again.verdict(&url("/any", "site"), &[], 4), Verdict::Keep);
+    }
+
+    /// A log holds up to [`MAX_MARKS`] marks and its floors besides; what it hands back is
+    /// its newest [`MAX_MARKS`] (a set cut to that keeps no more).
+    #[test]
+    fn the_marks_held_are_the_newest_max_marks() {
+        let log = PurgeLog::default();
+        for i in 0..MAX_MARKS as u64 + 10 {
+            log.record(&Purge {
+                target: Target::Key(url(&format!("/p{i}"), "flood").to_hex()),
+                at: 20 + i,
+                soft: false,
+            });
+        }
+        // The ten oldest went into the flood's floor, dated 29: the oldest of all.
+        let held = log.held();
+        assert_eq!(held.len(), MAX_MARKS);
+        assert_eq!(held.iter().map(|purge| purge.at).min(), Some(30));
     }
 
     #[test]

@@ -174,6 +174,7 @@ impl SharedTier {
             subscribed: tier.subscribed.clone(),
             backlog: config.purge_backlog,
             fell_behind: tier.purges_fell_behind.clone(),
+            counters: tier.conn.counters.clone(),
         }));
         Ok(tier)
     }
@@ -370,9 +371,6 @@ impl Tier for SharedTier {
         }) else {
             return Ok(None);
         };
-        let Ok(mark) = serde_json::to_string(purge) else {
-            return Ok(None);
-        };
         let marks = self.channel();
         let mut cmd = redis::pipe();
         // A soft purge keeps the copy: its mark makes it stale, to be revalidated.
@@ -381,20 +379,11 @@ impl Tier for SharedTier {
                 cmd.cmd("DEL").arg(self.object_key(&key)).ignore();
             }
         }
-        cmd.cmd("ZADD")
-            .arg(&marks)
-            .arg(purge.at)
-            .arg(mark)
-            .ignore()
-            .cmd("ZREMRANGEBYRANK")
-            .arg(&marks)
-            .arg(0)
-            .arg(-(MAX_MARKS as i64) - 1)
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(&marks)
-            .arg(message)
-            .ignore();
+        if add_mark(&mut cmd, &marks, purge).is_err() {
+            return Ok(None);
+        }
+        cut_marks(&mut cmd, &marks);
+        cmd.cmd("PUBLISH").arg(&marks).arg(message).ignore();
         let delivery = self
             .conn
             .spawn_reporting(&self.runtime, PURGE_TIMEOUT, cmd, "a purge");
@@ -454,6 +443,27 @@ impl Tier for SharedTier {
         stats.objects = self.size.keys();
         stats
     }
+}
+
+/// Adds `purge`'s mark to the sorted set `marks`, as every node reads it: the purge as JSON,
+/// scored by its date (the set is cut to its newest by that score).
+pub(super) fn add_mark(
+    pipe: &mut redis::Pipeline,
+    marks: &str,
+    purge: &Purge,
+) -> serde_json::Result<()> {
+    let mark = serde_json::to_string(purge)?;
+    pipe.cmd("ZADD").arg(marks).arg(purge.at).arg(mark).ignore();
+    Ok(())
+}
+
+/// Cuts the sorted set `marks` to its newest [`MAX_MARKS`].
+pub(super) fn cut_marks(pipe: &mut redis::Pipeline, marks: &str) {
+    pipe.cmd("ZREMRANGEBYRANK")
+        .arg(marks)
+        .arg(0)
+        .arg(-(MAX_MARKS as i64) - 1)
+        .ignore();
 }
 
 /// Why no copy is read under an `allkeys-*` eviction policy.
