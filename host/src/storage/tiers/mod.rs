@@ -210,7 +210,7 @@ impl TieredStorage {
             let remote = purge_channel::RemotePurges {
                 l1,
                 marks: purges.clone(),
-                disk: disk.clone().map(|tier| tier as Arc<dyn Tier>),
+                disk: disk.clone(),
             };
             tiers.push(shared::SharedTier::start(config, runtime.handle(), remote)?);
         }

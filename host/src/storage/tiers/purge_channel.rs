@@ -18,7 +18,7 @@
 use super::super::MemoryStorage;
 use super::purges::{Purge, MAX_MARKS};
 use super::shared::{add_mark, cut_marks, PURGE_TIMEOUT};
-use super::tier::{Tier, TierCounters};
+use super::tier::TierCounters;
 use redis::{PushInfo, PushKind};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::Release};
@@ -65,7 +65,7 @@ pub(crate) struct RemotePurges {
     pub(crate) marks: Arc<super::purges::PurgeLog>,
     /// Keeps other nodes' purges as it keeps this node's: marks kept only in memory were
     /// lost by a restart while Redis was empty or away, and the disk's copies came back.
-    pub(crate) disk: Option<Arc<dyn Tier>>,
+    pub(crate) disk: Option<Arc<super::disk::DiskTier>>,
 }
 
 impl RemotePurges {
@@ -79,7 +79,7 @@ impl RemotePurges {
     fn keep(&self, purge: &Purge) {
         if self.marks.record(purge) {
             if let Some(disk) = &self.disk {
-                let _ = disk.publish(purge);
+                disk.keep_remote(purge);
             }
         }
     }
@@ -474,7 +474,9 @@ fn apply_kept(subscriber: &Subscriber, kept: &[Vec<u8>], missed_since: Option<u6
             let dropped = remote.l1.drop_everything();
             tracing::warn!(
                 objects = dropped,
-                "shared tier: purges made while this node was not listening may have been cut                  from the kept marks: its memory cache is emptied, and L2 copies older than                  the oldest kept mark are given up"
+                "shared tier: purges made while this node was not listening may have been cut \
+                 from the kept marks: its memory cache is emptied, and L2 copies older than \
+                 the oldest kept mark are given up"
             );
         }
     }

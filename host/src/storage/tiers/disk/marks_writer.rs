@@ -91,6 +91,21 @@ impl MarksWriter {
         Err(format!("cannot record the purge: {refused}"))
     }
 
+    /// Queues `purge`, waiting for room: for callers on no request thread that hand over
+    /// marks in bulk (the kept marks another node's purges left in Redis, up to 65 536 at a
+    /// reconnect; the purges made while the folder opened), which the bounded queue refused
+    /// past its 4096th. They wrote each mark themselves before this thread existed.
+    pub(super) fn append_waiting(&self, purge: Purge) -> Result<Delivery, String> {
+        let (answer, delivery) = oneshot::channel();
+        match self.jobs.send(Job::Append { purge, answer }) {
+            Ok(()) => Ok(delivery),
+            Err(_) => {
+                TierCounters::bump(&self.counters.errors);
+                Err("cannot record the purge: its writer has stopped".to_owned())
+            }
+        }
+    }
+
     /// Blocks until every mark queued so far is written (shutdown), at most [`FLUSH_WAIT`],
     /// waiting for room in the queue included.
     pub(super) fn flush(&self) {

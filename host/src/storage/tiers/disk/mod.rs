@@ -335,9 +335,50 @@ impl DiskTier {
         };
         for purge in pending.take() {
             marks.record(&purge);
-            // A refusal (a full queue) or a failed append is counted and logged by the
-            // writer; nobody waits for these.
-            let _ = store.marks.append(purge);
+            // On the folder's waiting thread: it waits for room rather than lose any (those
+            // purges were reported kept). A failed append is counted and logged by the writer.
+            let _ = store.marks.append_waiting(purge);
+        }
+    }
+
+    /// Keeps a purge another node made (heard on the purge channel or read from the marks
+    /// kept in Redis). On the shared tier's subscriber, not a request thread: it waits for
+    /// room in the marks queue, since a reconnect hands over up to 65 536 marks at once.
+    pub(crate) fn keep_remote(&self, purge: &Purge) {
+        let _ = self.record_purge(purge, Queueing::Wait);
+    }
+
+    /// Records `purge`: its URL's entry dropped at once (a hard purge of one key), its mark
+    /// queued for the marks writer, or held until the folder opens.
+    fn record_purge(&self, purge: &Purge, queueing: Queueing) -> Result<Option<Delivery>, String> {
+        let store = {
+            // Checked under the lock `open` takes the waiting purges with (`adopt_late_marks`).
+            let mut pending = self.pending_marks.lock();
+            match (self.store.get(), &pending.gave_up) {
+                (Some(store), _) => store,
+                (None, Some(error)) => {
+                    TierCounters::bump(&self.counters.errors);
+                    return Err(format!(
+                        "cannot record the purge: the folder did not open: {error}"
+                    ));
+                }
+                (None, None) => {
+                    pending.push(purge.clone());
+                    return Ok(None);
+                }
+            }
+        };
+        // Lookups miss from now on, whatever becomes of the mark: the URL's own entry is
+        // dropped from the index, its tombstone queued (its variants, stored under keys of
+        // their own, only the mark covers).
+        if let Some(key) = removed_key(purge) {
+            self.remove_queued(store, &[key.as_bytes()]);
+        }
+        // Appended on the marks writer's thread ([`marks_writer`]); the delivery says how it
+        // went. From a request thread, refused at once when the disk is not keeping up.
+        match queueing {
+            Queueing::Refuse => store.marks.append(purge.clone()).map(Some),
+            Queueing::Wait => store.marks.append_waiting(purge.clone()).map(Some),
         }
     }
 
@@ -430,32 +471,7 @@ impl Tier for DiskTier {
     }
 
     fn publish(&self, purge: &Purge) -> Result<Option<Delivery>, String> {
-        let store = {
-            // Checked under the lock `open` takes the waiting purges with (`adopt_late_marks`).
-            let mut pending = self.pending_marks.lock();
-            match (self.store.get(), &pending.gave_up) {
-                (Some(store), _) => store,
-                (None, Some(error)) => {
-                    TierCounters::bump(&self.counters.errors);
-                    return Err(format!(
-                        "cannot record the purge: the folder did not open: {error}"
-                    ));
-                }
-                (None, None) => {
-                    pending.push(purge.clone());
-                    return Ok(None);
-                }
-            }
-        };
-        // Lookups miss from now on, whatever becomes of the mark: the URL's own entry is
-        // dropped from the index, its tombstone queued (its variants, stored under keys of
-        // their own, only the mark covers).
-        if let Some(key) = removed_key(purge) {
-            self.remove_queued(store, &[key.as_bytes()]);
-        }
-        // Appended on the marks writer's thread ([`marks_writer`]); the delivery says how it
-        // went. Refused at once, never waited for, when the disk is not keeping up.
-        store.marks.append(purge.clone()).map(Some)
+        self.record_purge(purge, Queueing::Refuse)
     }
 
     async fn sites(&self) -> Result<Sites, String> {
@@ -535,6 +551,15 @@ impl Tier for DiskTier {
         }
         stats
     }
+}
+
+/// What a purge does when the marks queue is full.
+#[derive(Clone, Copy)]
+enum Queueing {
+    /// Refused at once: a request thread never waits for the disk.
+    Refuse,
+    /// Waits for room: a thread of the tiers' own, handing over marks in bulk.
+    Wait,
 }
 
 /// The key a hard purge of one URL removes. A soft one keeps the copy: its mark makes it
@@ -906,6 +931,47 @@ mod tests {
             );
         }
         holder.join().unwrap();
+    }
+
+    /// Other nodes' purges come in bulk (a reconnect reads up to 65 536 kept marks): past the
+    /// marks queue's bound they wait for room, where a request thread's purge is refused, and
+    /// every one of them is on disk for the next start.
+    #[tokio::test]
+    async fn marks_kept_for_other_nodes_in_bulk_all_reach_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_config(dir.path());
+        let tier = DiskTier::start(&config, Arc::default(), memory()).unwrap();
+        let journal = tier.store.get().unwrap().marks.journal.clone();
+        // The disk takes no mark for a moment: the queue fills.
+        let (holding, held) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _file = journal.file.lock();
+            holding.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        held.recv().unwrap();
+        let purges: Vec<Purge> = (0..QUEUE + 500).map(purge_of).collect();
+        for purge in &purges {
+            tier.keep_remote(purge);
+        }
+        assert_eq!(tier.counters.errors.load(Ordering::Relaxed), 0);
+        tier.close().await;
+        drop(tier);
+        holder.join().unwrap();
+
+        let marks = Arc::new(PurgeLog::default());
+        let _again = DiskTier::start(&config, marks.clone(), memory()).unwrap();
+        let lost = purges
+            .iter()
+            .filter(|purge| {
+                let Target::Key(hex) = &purge.target else {
+                    unreachable!("purges of URLs")
+                };
+                let key = TierKey::from_hex(hex).unwrap();
+                marks.verdict(&key, &[], purge.at - 1) != super::super::purges::Verdict::Gone
+            })
+            .count();
+        assert_eq!(lost, 0, "marks of other nodes' purges lost");
     }
 
     /// A purge does not wait for the segment writer, which a large `put` holds for the length
