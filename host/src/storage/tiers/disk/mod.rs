@@ -822,6 +822,20 @@ mod tests {
         assert_eq!((stats.errors, stats.removed), (3, 1), "{stats:?}");
     }
 
+    /// Holds the marks file for `held` from when this returns, as a `write` the disk does
+    /// not finish holds the marks writer; the thread ends when it lets go.
+    fn stall_marks_writer(tier: &DiskTier, held: Duration) -> std::thread::JoinHandle<()> {
+        let journal = tier.store.get().unwrap().marks.journal.clone();
+        let (holding, holds) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _file = journal.file.lock();
+            holding.send(()).unwrap();
+            std::thread::sleep(held);
+        });
+        holds.recv().unwrap();
+        holder
+    }
+
     /// A purge of `tag` in `site`, made now.
     fn tag_purge(tag: usize) -> Purge {
         Purge {
@@ -900,15 +914,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = small_config(dir.path());
         let tier = DiskTier::start(&config, Arc::default(), memory()).unwrap();
-        let journal = tier.store.get().unwrap().marks.journal.clone();
         // The disk takes no mark until a moment after the tier begins to close.
-        let (holding, held) = std::sync::mpsc::channel();
-        let holder = std::thread::spawn(move || {
-            let _file = journal.file.lock();
-            holding.send(()).unwrap();
-            std::thread::sleep(Duration::from_millis(300));
-        });
-        held.recv().unwrap();
+        let holder = stall_marks_writer(&tier, Duration::from_millis(300));
         let purges: Vec<Purge> = (0..100).map(purge_of).collect();
         for purge in &purges {
             // Not waited for, as an invalidation's.
@@ -941,15 +948,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = small_config(dir.path());
         let tier = DiskTier::start(&config, Arc::default(), memory()).unwrap();
-        let journal = tier.store.get().unwrap().marks.journal.clone();
         // The disk takes no mark for a moment: the queue fills.
-        let (holding, held) = std::sync::mpsc::channel();
-        let holder = std::thread::spawn(move || {
-            let _file = journal.file.lock();
-            holding.send(()).unwrap();
-            std::thread::sleep(Duration::from_millis(300));
-        });
-        held.recv().unwrap();
+        let holder = stall_marks_writer(&tier, Duration::from_millis(300));
         let purges: Vec<Purge> = (0..QUEUE + 500).map(purge_of).collect();
         for purge in &purges {
             tier.keep_remote(purge);
