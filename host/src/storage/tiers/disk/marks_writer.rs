@@ -8,28 +8,33 @@
 //! [`Delivery`] once its line is written or failed: a PURGE waits for that answer, an
 //! invalidation does not.
 //!
-//! The queue is bounded. When it is full (its thread stuck behind the disk), a purge is
-//! refused, not written on the request thread: the caller reports it not recorded.
+//! The queue is bounded ([`super::background`]). When it is full (its thread stuck behind the
+//! disk), a purge made on a request thread is refused, not written there: the caller reports
+//! it not recorded. Marks handed over in bulk off the request threads wait for room instead
+//! ([`MarksWriter::append_waiting`]).
 
 use super::super::purges::Purge;
 use super::super::tier::{Delivery, Throttle, TierCounters};
+use super::background::{Background, Refused, FLUSH_WAIT};
 use super::marks_file::MarksJournal;
 use super::segments::SegmentStore;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Purges waiting for the thread. A line is a few hundred bytes, so this holds a flood of
 /// POSTs through a disk stalled for seconds in a megabyte or two.
 pub(super) const QUEUE: usize = 4096;
 
-/// How long shutdown waits for the queued marks to be written.
-const FLUSH_WAIT: Duration = Duration::from_secs(10);
+/// Why a purge could not be queued because the thread is gone.
+const STOPPED: &str = "its writer has stopped";
+
+/// A purge to append, and who hears how it went.
+type Job = (Purge, oneshot::Sender<Result<(), String>>);
 
 /// Where purges leave their marks. Dropping it ends the thread once the queue is written.
 pub(super) struct MarksWriter {
-    jobs: SyncSender<Job>,
+    jobs: Background<Job>,
     counters: Arc<TierCounters>,
     /// Purges refused because the queue was full, for their throttled warning.
     refused: Throttle,
@@ -37,15 +42,6 @@ pub(super) struct MarksWriter {
     /// it to make appends fail.
     #[cfg(test)]
     pub(super) journal: Arc<MarksJournal>,
-}
-
-enum Job {
-    Append {
-        purge: Purge,
-        answer: oneshot::Sender<Result<(), String>>,
-    },
-    /// Answered once every mark queued before it is written.
-    Flush(mpsc::Sender<()>),
 }
 
 impl MarksWriter {
@@ -57,32 +53,32 @@ impl MarksWriter {
         segments: Arc<SegmentStore>,
         counters: Arc<TierCounters>,
     ) -> std::io::Result<Self> {
-        let (jobs, queued) = mpsc::sync_channel(QUEUE);
         let journal = Arc::new(journal);
-        let writer = Self {
+        let (file, thread_counters) = (journal.clone(), counters.clone());
+        let jobs = Background::start("cachet-disk-marks", QUEUE, move |(purge, answer): Job| {
+            let appended = append(&file, &segments, &thread_counters, &purge);
+            // Nobody may be waiting (an invalidation): that is fine.
+            let _ = answer.send(appended);
+        })?;
+        Ok(Self {
             jobs,
-            counters: counters.clone(),
+            counters,
             refused: Throttle::default(),
             #[cfg(test)]
-            journal: journal.clone(),
-        };
-        // The thread holds no handle on its own queue (which would keep it running forever).
-        std::thread::Builder::new()
-            .name("cachet-disk-marks".into())
-            .spawn(move || run(&journal, &segments, &counters, queued))?;
-        Ok(writer)
+            journal,
+        })
     }
 
     /// Queues `purge`; the delivery answers once its line is written. Never waits: when the
     /// queue is full the purge is refused, counted and logged.
     pub(super) fn append(&self, purge: Purge) -> Result<Delivery, String> {
         let (answer, delivery) = oneshot::channel();
-        let refused = match self.jobs.try_send(Job::Append { purge, answer }) {
+        let refused = match self.jobs.try_queue((purge, answer)) {
             Ok(()) => return Ok(delivery),
-            Err(TrySendError::Full(_)) => {
+            Err(Refused::Full(_)) => {
                 format!("the disk is not keeping up ({QUEUE} purges waiting)")
             }
-            Err(TrySendError::Disconnected(_)) => "its writer has stopped".to_owned(),
+            Err(Refused::Stopped(_)) => STOPPED.to_owned(),
         };
         TierCounters::bump(&self.counters.errors);
         if let Some(refusals) = self.refused.due(Instant::now()) {
@@ -97,60 +93,23 @@ impl MarksWriter {
     /// past its 4096th. They wrote each mark themselves before this thread existed.
     pub(super) fn append_waiting(&self, purge: Purge) -> Result<Delivery, String> {
         let (answer, delivery) = oneshot::channel();
-        match self.jobs.send(Job::Append { purge, answer }) {
+        match self.jobs.queue_waiting((purge, answer)) {
             Ok(()) => Ok(delivery),
             Err(_) => {
                 TierCounters::bump(&self.counters.errors);
-                Err("cannot record the purge: its writer has stopped".to_owned())
+                Err(format!("cannot record the purge: {STOPPED}"))
             }
         }
     }
 
-    /// Blocks until every mark queued so far is written (shutdown), at most [`FLUSH_WAIT`],
-    /// waiting for room in the queue included.
+    /// Blocks until every mark queued so far is written (shutdown), at most
+    /// [`FLUSH_WAIT`], waiting for room in the queue included.
     pub(super) fn flush(&self) {
-        let deadline = Instant::now() + FLUSH_WAIT;
-        let (done, answered) = mpsc::channel();
-        let mut job = Job::Flush(done);
-        let written = loop {
-            match self.jobs.try_send(job) {
-                Ok(()) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    break answered.recv_timeout(left).is_ok();
-                }
-                Err(TrySendError::Disconnected(_)) => break true,
-                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
-                    job = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(TrySendError::Full(_)) => break false,
-            }
-        };
-        if !written {
+        if !self.jobs.flush() {
             tracing::warn!(
                 "disk tier: purge marks still queued after {FLUSH_WAIT:?}; what they purged may \
                  be read from the disk again after the restart"
             );
-        }
-    }
-}
-
-fn run(
-    journal: &MarksJournal,
-    segments: &SegmentStore,
-    counters: &TierCounters,
-    queued: Receiver<Job>,
-) {
-    for job in queued {
-        match job {
-            Job::Append { purge, answer } => {
-                let appended = append(journal, segments, counters, &purge);
-                // Nobody may be waiting (an invalidation): that is fine.
-                let _ = answer.send(appended);
-            }
-            Job::Flush(done) => {
-                let _ = done.send(());
-            }
         }
     }
 }

@@ -13,6 +13,7 @@
 //! from it once the storage has checked its record of which hosts each tenant served
 //! (`super::sites`) against the tenants now.
 
+mod background;
 mod entry;
 mod marks_file;
 mod marks_writer;
