@@ -183,23 +183,19 @@ pub(crate) fn response_decision(
     }
 }
 
-/// The plugin's tags one by one (split on whitespace, repeats once), kept as they are up to
-/// one past what the storage's tag index takes, in number and in length: the excess stays for
-/// `storage::unindexable_tags` to see, so the response is not stored. Dropped or cut, the
-/// tags would be missing from the index, and their purges would miss the stored object.
+/// The plugin's tags one by one (split on whitespace), as listed up to one past what a
+/// response may list, each kept whole up to one byte past what the index takes: the excess
+/// stays for `storage::indexable_tags` to see, so the response is not stored. Dropped or cut,
+/// the tags would be missing from the index, and their purges would miss the stored object.
+/// Repeats stay too, for that check to count (it keeps each tag once).
 fn store_tags(given: &[String]) -> Vec<String> {
-    use crate::storage::tags::{MAX_TAGS, MAX_TAG_BYTES};
-    let mut kept: Vec<String> = Vec::new();
-    for tag in given.iter().flat_map(|t| t.split_ascii_whitespace()) {
-        if kept.len() > MAX_TAGS {
-            break;
-        }
-        let tag = longer_than(tag, MAX_TAG_BYTES);
-        if !kept.iter().any(|k| k == tag) {
-            kept.push(tag.to_owned());
-        }
-    }
-    kept
+    use crate::storage::tags::{MAX_TAGS_LISTED, MAX_TAG_BYTES};
+    given
+        .iter()
+        .flat_map(|t| t.split_ascii_whitespace())
+        .take(MAX_TAGS_LISTED + 1)
+        .map(|tag| longer_than(tag, MAX_TAG_BYTES).to_owned())
+        .collect()
 }
 
 /// `tag` cut after its first character boundary past `bytes`: still longer than `bytes` when
@@ -370,10 +366,11 @@ mod tests {
     /// without it and its purge missed. Whatever the index cannot keep now reaches its check.
     #[test]
     fn tags_are_kept_whole_up_to_one_past_what_the_index_keeps() {
-        use crate::storage::unindexable_tags;
+        use crate::storage::tags::MAX_TAGS_LISTED;
+        let unindexable_tags = |list: &str| crate::storage::indexable_tags(list.split(' ')).err();
         let many: Vec<String> = (0..200).map(|i| format!("t{i}")).collect();
         let kept = store(many);
-        assert_eq!(kept.len(), 65);
+        assert_eq!(kept.len(), 200);
         assert!(unindexable_tags(&kept.join(" ")).is_some());
         let long = "a".repeat(230);
         assert_eq!(store(vec![long.clone()]), std::slice::from_ref(&long));
@@ -386,10 +383,14 @@ mod tests {
         let accented = store(vec!["catégorie".into()]);
         assert_eq!(accented, ["catégorie"]);
         assert!(unindexable_tags(&accented[0]).is_some());
-        // Repeats count once, as in the index; a tag with spaces is several tags.
-        let mut repeated = vec!["same".to_string(); 100];
-        repeated.push("last one".into());
-        assert_eq!(store(repeated), ["same", "last", "one"]);
+        // A tag with spaces is several tags; repeats are kept, up to one past what a response
+        // may list, for the index check to refuse a longer list.
+        assert_eq!(store(vec!["two tags".into()]), ["two", "tags"]);
+        let mut repeated = vec!["same".to_string(); 5 * MAX_TAGS_LISTED];
+        repeated.push("last".into());
+        let kept = store(repeated);
+        assert_eq!(kept.len(), MAX_TAGS_LISTED + 1);
+        assert!(unindexable_tags(&kept.join(" ")).is_some());
     }
 
     fn answer(headers: Vec<Header>) -> Raw {

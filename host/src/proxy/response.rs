@@ -219,11 +219,12 @@ fn decide(
     super::shadowing::on_response(session.req_header(), resp, &live, ctx);
     match live {
         Ok(ResponseDecision::Store(directive)) => {
-            if let Some(reason) = crate::storage::unindexable_tags(&tags(resp, &directive.tags)) {
-                return not_stored(ctx, reason);
-            }
+            let tags = match stored_tags(resp, &directive.tags) {
+                Ok(tags) => tags,
+                Err(reason) => return not_stored(ctx, reason),
+            };
             let fresh = plugin_freshness(&directive, governing.as_ref(), resp, now);
-            let (meta, withheld) = meta(resp, governing.as_ref(), &directive.tags, fresh, now);
+            let (meta, withheld) = meta(resp, governing.as_ref(), tags, fresh, now);
             ctx.withheld_fields = withheld;
             RespCacheable::Cacheable(meta)
         }
@@ -238,10 +239,11 @@ fn decide(
             if fresh.fresh_for.is_zero() && !has_validator(resp) {
                 return not_stored(ctx, "stale on arrival without validator");
             }
-            if let Some(reason) = crate::storage::unindexable_tags(&tags(resp, &[])) {
-                return not_stored(ctx, reason);
-            }
-            let (meta, withheld) = meta(resp, governing.as_ref(), &[], fresh, now);
+            let tags = match stored_tags(resp, &[]) {
+                Ok(tags) => tags,
+                Err(reason) => return not_stored(ctx, reason),
+            };
+            let (meta, withheld) = meta(resp, governing.as_ref(), tags, fresh, now);
             ctx.withheld_fields = withheld;
             RespCacheable::Cacheable(meta)
         }
@@ -311,7 +313,7 @@ fn has_validator(resp: &ResponseHeader) -> bool {
 fn meta(
     resp: &ResponseHeader,
     governing: Option<&ResponseDirectives>,
-    plugin_tags: &[String],
+    tags: String,
     fresh: Freshness,
     now: SystemTime,
 ) -> (CacheMeta, Vec<(http::HeaderName, http::HeaderValue)>) {
@@ -323,9 +325,8 @@ fn meta(
     // pingora generates `Age` for hits from `created`, which carries the upstream age.
     header.remove_header(&http::header::AGE);
     header.remove_header(TAGS_HEADER);
-    let tags = tags(resp, plugin_tags);
     if !tags.is_empty() {
-        // Every tag is visible ASCII (`unindexable_tags` refused the others): a valid value.
+        // Every tag is visible ASCII (`indexable_tags` refused the others): a valid value.
         let _ = header.insert_header(TAGS_HEADER, tags);
     }
     let fresh_until = if fresh.fresh_for.is_zero() {
@@ -345,10 +346,11 @@ fn meta(
     (meta, withheld)
 }
 
-/// The origin's `Surrogate-Key` tags and the plugin's, space-separated. A line that is not
-/// visible ASCII is read all the same, its other bytes as replacement characters: skipped, its
-/// tags would be missing from the index, whereas `unindexable_tags` refuses the response.
-fn tags(resp: &ResponseHeader, plugin_tags: &[String]) -> String {
+/// The distinct tags to store: the origin's `Surrogate-Key` tags, then the plugin's,
+/// space-separated; or why the index cannot keep them. A line that is not visible ASCII is
+/// read all the same, its other bytes as replacement characters: skipped, its tags would be
+/// missing from the index, whereas `indexable_tags` refuses the response.
+fn stored_tags(resp: &ResponseHeader, plugin_tags: &[String]) -> Result<String, &'static str> {
     let origin_lines: Vec<_> = resp
         .headers
         .get_all(SURROGATE_KEY)
@@ -359,7 +361,7 @@ fn tags(resp: &ResponseHeader, plugin_tags: &[String]) -> String {
         .iter()
         .flat_map(|line| line.split_ascii_whitespace());
     let plugin = plugin_tags.iter().flat_map(|t| t.split_ascii_whitespace());
-    origin.chain(plugin).collect::<Vec<_>>().join(" ")
+    crate::storage::indexable_tags(origin.chain(plugin)).map(|tags| tags.join(" "))
 }
 
 fn content_length(resp: &ResponseHeader) -> Option<usize> {

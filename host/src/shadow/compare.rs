@@ -1,9 +1,13 @@
 //! What counts as the shadow agreeing with the live plugin, and the outputs shown when not.
 //!
 //! Decisions are compared by their effect on traffic: two bypasses agree whatever their
-//! reasons say, two synthetic answers agree only when they are identical.
+//! reasons say, two synthetic answers agree only when they are identical, two stores agree
+//! when they keep as long with the same purge tags (as the index keeps them: order and
+//! repeats aside).
 
-use crate::policy::{PluginFault, RequestDecision, RequestVerdict, ResponseDecision};
+use crate::policy::{
+    PluginFault, RequestDecision, RequestVerdict, ResponseDecision, StoreDirective,
+};
 
 /// One compared hook.
 pub(super) struct Outcome {
@@ -96,7 +100,11 @@ pub(super) fn response(
 
 fn same_response(a: &ResponseDecision, b: &ResponseDecision) -> bool {
     match (a, b) {
-        (ResponseDecision::Store(a), ResponseDecision::Store(b)) => a == b,
+        (ResponseDecision::Store(a), ResponseDecision::Store(b)) => {
+            (a.ttl, a.stale_while_revalidate, a.stale_if_error)
+                == (b.ttl, b.stale_while_revalidate, b.stale_if_error)
+                && distinct_tags(a) == distinct_tags(b)
+        }
         (ResponseDecision::PassFor(a), ResponseDecision::PassFor(b)) => a == b,
         (ResponseDecision::FollowOrigin, ResponseDecision::FollowOrigin)
         | (ResponseDecision::NoStore(_), ResponseDecision::NoStore(_)) => true,
@@ -139,14 +147,26 @@ pub(super) fn describe_key(parts: &[String]) -> String {
     format!("{parts:?}")
 }
 
+/// The tags a store decision gives an object, sorted; or why the index cannot keep them.
+fn distinct_tags(directive: &StoreDirective) -> Result<Vec<&str>, &'static str> {
+    let listed = directive.tags.iter().map(String::as_str);
+    crate::storage::indexable_tags(listed).map(|mut tags| {
+        tags.sort_unstable();
+        tags
+    })
+}
+
 pub(super) fn describe_response(decision: &ResponseDecision) -> String {
     match decision {
         ResponseDecision::Store(d) => format!(
-            "store ttl={}s swr={}s sie={}s tags={:?}",
+            "store ttl={}s swr={}s sie={}s tags={}",
             d.ttl.as_secs(),
             d.stale_while_revalidate.as_secs(),
             d.stale_if_error.as_secs(),
-            d.tags
+            match distinct_tags(d) {
+                Ok(tags) => format!("{tags:?}"),
+                Err(refused) => format!("refused ({refused})"),
+            }
         ),
         ResponseDecision::FollowOrigin => "follow-origin".into(),
         ResponseDecision::NoStore(reason) => format!("no-store ({reason})"),

@@ -38,7 +38,7 @@ pub use plain_hit::PlainHit;
 pub use purge_log::{FillWatch, KeyWatch};
 pub use purge_stamps::PurgeStamp;
 pub use stats::{PartitionStats, StorageStats};
-pub(crate) use tags::unindexable as unindexable_tags;
+pub(crate) use tags::indexable as indexable_tags;
 pub use tiers::{FetchStarted, TierStats, TieredStorage};
 
 /// Stored-header field holding an object's purge tags, space-separated. Internal: the proxy

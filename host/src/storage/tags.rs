@@ -10,26 +10,38 @@ pub(crate) const MAX_TAGS: usize = 64;
 /// Longest tag kept; longer ones are ignored.
 pub(crate) const MAX_TAG_BYTES: usize = 256;
 
-/// Why a response's tags (space-separated) cannot all be indexed, if they cannot: a tag left
-/// out of the index would let its purge miss the object, so such a response is not stored.
-pub(crate) fn unindexable(tags: &str) -> Option<&'static str> {
+/// Most tags a response may list, repeats included; a longer list is not read to its end, and
+/// the response is not stored. Each tag listed is compared with those kept (up to 64), and a
+/// plugin may hand back megabytes of tags: millions of repeats held a worker for a third of a
+/// second.
+pub(crate) const MAX_TAGS_LISTED: usize = 1024;
+
+/// The distinct tags of a response's list, in the order listed, when the index can keep them
+/// all; otherwise why not. A tag left out of the index would let its purge miss the object,
+/// so such a response is not stored.
+pub(crate) fn indexable<'a>(
+    listed: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<&'a str>, &'static str> {
     let mut kept: Vec<&str> = Vec::new();
-    for tag in tags.split_ascii_whitespace() {
+    for (n, tag) in listed.into_iter().enumerate() {
+        if n == MAX_TAGS_LISTED {
+            return Err("more than 1024 purge tags (Surrogate-Key) listed, repeats included");
+        }
         // Nothing else travels in the stored header that `parse` reads back.
         if !tag.bytes().all(|b| b.is_ascii_graphic()) {
-            return Some("a purge tag (Surrogate-Key) that is not visible ASCII");
+            return Err("a purge tag (Surrogate-Key) that is not visible ASCII");
         }
         if tag.len() > MAX_TAG_BYTES {
-            return Some("a purge tag (Surrogate-Key) longer than 256 bytes");
+            return Err("a purge tag (Surrogate-Key) longer than 256 bytes");
         }
         if !kept.contains(&tag) {
             if kept.len() == MAX_TAGS {
-                return Some("more than 64 purge tags (Surrogate-Key)");
+                return Err("more than 64 purge tags (Surrogate-Key)");
             }
             kept.push(tag);
         }
     }
-    None
+    Ok(kept)
 }
 
 /// The tags a stored header carries.
@@ -61,14 +73,22 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
+        let unindexable = |list: &str| indexable(list.split_ascii_whitespace()).err();
         assert_eq!(unindexable(&many(64)), None);
         // Repeats count once, as the index keeps them.
-        assert_eq!(unindexable(&format!("{} t0 t1", many(64))), None);
+        let repeated = format!("{} t0 t1", many(64));
+        assert_eq!(
+            indexable(repeated.split_ascii_whitespace()).unwrap().len(),
+            64
+        );
         assert!(unindexable(&many(65)).is_some());
         assert_eq!(unindexable(&"a".repeat(256)), None);
         assert!(unindexable(&format!("x {}", "a".repeat(257))).is_some());
         assert!(unindexable("product-1 cat\u{e9}gorie").is_some());
         assert!(unindexable("product-1 \u{1}").is_some());
+        // A list is read up to its 1024th tag, repeats included.
+        assert_eq!(unindexable(&"t ".repeat(MAX_TAGS_LISTED)), None);
+        assert!(unindexable(&"t ".repeat(MAX_TAGS_LISTED + 1)).is_some());
         // Whatever passes is kept whole by `parse`.
         let mut headers = http::HeaderMap::new();
         headers.insert(super::super::TAGS_HEADER, many(64).parse().unwrap());
