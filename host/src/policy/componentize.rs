@@ -54,7 +54,17 @@ fn wrap(module: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// one) with the host's state reset written in (`reset.rs`), or why none can be made. Other
 /// components (several core modules: a WASI adapter, shims, another language's runtime) are
 /// re-created per request instead.
+///
+/// Reading a component's world back (wit-parser) and rewriting its module (wasmparser,
+/// wasm-encoder) happen on every plugin load, on bytes the plugin's author chose, in crates
+/// that assert as well as refuse: a panic there would stop the reload thread, and every later
+/// reload with it, as [`componentize`]'s once did. It is a refusal here too.
 pub fn with_reset(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let made = std::panic::catch_unwind(|| reset_component(bytes));
+    made.unwrap_or_else(|_| Err("the tools that write the reset in failed on it".into()))
+}
+
+fn reset_component(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let module = if is_core_module(bytes) {
         if !carries_world(bytes) {
             return Err("a core module without a WIT world".into());

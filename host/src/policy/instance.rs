@@ -203,10 +203,11 @@ impl PolicyInstance {
     /// Gives the instance back the state a new one would start with: memory and globals as
     /// instantiation left them (the reset the host wrote into the component), then the
     /// tenant's settings handed to `configure` again. False when that is not possible (no
-    /// reset, grown memory, a trap): the instance must be dropped.
-    fn reset_state(&mut self, limits: &PluginLimits) -> bool {
+    /// reset, grown memory): the instance must be dropped; likewise on a fault, which is
+    /// returned for the breaker to count.
+    fn reset_state(&mut self, limits: &PluginLimits) -> Result<bool, PluginFault> {
         if !self.bindings.can_reset() {
-            return false;
+            return Ok(false);
         }
         let configured = self.configured.clone();
         let restored = self.call(limits, None, None, |hooks, store| {
@@ -218,7 +219,7 @@ impl PolicyInstance {
             }
             Ok(true)
         });
-        matches!(restored, Ok(true))
+        restored
     }
 
     /// The plan, and the key when the plugin gave one with a plan that
@@ -747,10 +748,7 @@ impl InstancePool {
             self.memory_growths.inc();
         }
         let result = match outcome {
-            Ok(result) => {
-                self.breaker.record_success(hook);
-                result
-            }
+            Ok(result) => result,
             Err(fault) => {
                 if fault == PluginFault::Timeout {
                     self.breaker.record_timeout(hook);
@@ -761,11 +759,26 @@ impl InstancePool {
         // `instance_reuse = 1`: each request starts from a new instance's state, by a reset
         // where the plugin has one (right after the request: nothing of it lingers in an idle
         // instance), by a new instance otherwise.
-        let keep = if self.limits.instance_reuse == 1 {
-            instance.uses < MAX_RESETS_PER_INSTANCE && instance.reset_state(&self.limits)
+        let (keep, reset_timed_out) = if self.limits.instance_reuse == 1 {
+            if instance.uses >= MAX_RESETS_PER_INSTANCE {
+                (false, false)
+            } else {
+                match instance.reset_state(&self.limits) {
+                    Ok(reset) => (reset, false),
+                    Err(fault) => (false, fault == PluginFault::Timeout),
+                }
+            }
         } else {
-            instance.uses < self.limits.instance_reuse
+            (instance.uses < self.limits.instance_reuse, false)
         };
+        // The reset (and `configure` after it) runs under a hook's deadline, as part of the
+        // request's work: a plugin that spends that deadline after every answer is as slow
+        // as one whose hook does, and its breaker counts it the same way.
+        if reset_timed_out {
+            self.breaker.record_timeout(hook);
+        } else {
+            self.breaker.record_success(hook);
+        }
         if keep {
             let mut idle = self.idle.lock();
             if idle.len() < MAX_IDLE_INSTANCES {

@@ -169,8 +169,11 @@ impl Layout {
                         .name
                         .strip_prefix("cm32p2")
                         .map_or(export.name, |n| n.strip_prefix("||").unwrap_or(n));
-                    if name == RESET_EXPORT {
-                        return Err(format!("it already exports {RESET_EXPORT}"));
+                    // Any name built on the reset's: wit-component would take
+                    // `cabi_post_cachet-reset` (or `cm32p2||cachet-reset_post`) for the
+                    // reset's post-return, plugin code wasmtime runs right after every reset.
+                    if export.name.contains(RESET_EXPORT) {
+                        return Err(format!("it already exports {}", export.name));
                     }
                     if name == "_initialize" {
                         return Err(format!("it has an initializer ({})", export.name));
@@ -533,7 +536,16 @@ mod tests {
             let err = refused(&format!("(func (export \"{name}\"))"));
             assert!(err.contains("initializer") && err.contains(name), "{err}");
         }
-        for name in ["cachet-reset", "cm32p2||cachet-reset"] {
+        // Or a name wit-component would attach to the reset: its post-return, plugin code run
+        // after every reset.
+        let reset_names = [
+            "cachet-reset",
+            "cm32p2||cachet-reset",
+            "cabi_post_cachet-reset",
+            "cm32p2||cachet-reset_post",
+            "[async-lift]cachet-reset",
+        ];
+        for name in reset_names {
             let err = refused(&format!("(func (export \"{name}\"))"));
             assert!(err.contains("already exports"), "{err}");
         }
