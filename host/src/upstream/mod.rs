@@ -258,9 +258,10 @@ impl TenantUpstream {
     /// The origin exchange failed after the connect. A reused connection dropped before
     /// any answer is tried once more on a fresh one (`attempt::after_error`). In a pool, an
     /// upstream that accepted a fresh connection and closed or reset it before answering is
-    /// set aside like one refusing connects, and a request that may be repeated is tried
-    /// on another upstream: its health check may be a bare connect, which such an upstream
-    /// passes, so it would otherwise fail every request it is given.
+    /// set aside once it has done so a few times in a row (`Pool::dropped`), and a request
+    /// that may be repeated is tried on one other upstream: its health check may be a bare
+    /// connect, which such an upstream passes, so it would otherwise fail every request it
+    /// is given. One other, not every one: the request may be what they all close on.
     pub fn after_error(
         &self,
         config: &TenantConfig,
@@ -271,12 +272,29 @@ impl TenantUpstream {
     ) -> Box<Error> {
         let dropped = attempt::dropped_before_answer(&e);
         let mut e = attempt::after_error(&config.origin, session, attempts, e, connection_reused);
+        if connection_reused && dropped && attempts.in_pool {
+            // Its retry takes the pool's next upstream: the request has moved on once.
+            attempts.moved_after_drop = true;
+        }
         if connection_reused || !dropped {
             return e;
         }
-        let retry = self.set_aside_failed(attempts) && attempt::repeatable(session);
+        let retry = self.dropped_unanswered(attempts) && attempt::repeatable(session);
         e.set_retry(retry);
         e
+    }
+
+    /// The current attempt's upstream, in a pool, closed a fresh connection unanswered: it
+    /// is counted against it; whether the request may go on to another upstream (once).
+    fn dropped_unanswered(&self, attempts: &mut OriginAttempts) -> bool {
+        let (Some(pool), Some(addr), true) = (&self.pool, attempts.current, attempts.in_pool)
+        else {
+            return false;
+        };
+        pool.dropped(addr);
+        attempts.failed.push(addr);
+        let first = !std::mem::replace(&mut attempts.moved_after_drop, true);
+        first && !attempts.last_resort && attempts.failed.len() < pool.size()
     }
 
     /// The origin answered this request (a response head arrived): in a pool, the upstream

@@ -94,6 +94,9 @@ impl Balancer {
     }
 }
 
+/// Fresh connections an upstream closes unanswered, in a row, that set it aside.
+const DROPS_TO_SET_ASIDE: u32 = 3;
+
 /// Upstreams set aside after a failed connect, each with when.
 #[derive(Default)]
 struct SetAside(Mutex<Vec<(Backend, Instant)>>);
@@ -131,6 +134,8 @@ pub(super) struct Pool {
     schedule: Mutex<Schedule>,
     /// Set aside after a failed connect, until the next health check pass.
     set_aside: SetAside,
+    /// Fresh connections each upstream closed unanswered since it last answered ([`Self::dropped`]).
+    drops: Mutex<HashMap<SocketAddr, u32>>,
     /// Upstreams the pool this one replaces (a reload) had found failing: kept out until
     /// this pool's first health check says otherwise, instead of assumed healthy till then.
     held_out: Mutex<Vec<Backend>>,
@@ -211,6 +216,7 @@ impl Pool {
                 last_health_check: None,
             }),
             set_aside: SetAside::default(),
+            drops: Mutex::default(),
             held_out: Mutex::default(),
             checking: tokio::sync::Mutex::new(()),
             resolving: tokio::sync::Mutex::new(()),
@@ -288,9 +294,32 @@ impl Pool {
         }
     }
 
+    /// `addr` accepted a fresh connection and closed it before answering: set aside once it
+    /// has done so [`DROPS_TO_SET_ASIDE`] times with no answer in between. Not at the first:
+    /// the request itself may be what makes origins close (a query that crashes them), and
+    /// one such request, replayed on every member, set the whole pool aside.
+    pub(super) fn dropped(&self, addr: SocketAddr) {
+        let mut drops = self.drops.lock();
+        // Addresses a lookup has since dropped from the pool must not pile up.
+        if drops.len() > 4 * self.size() {
+            drops.clear();
+        }
+        let count = drops.entry(addr).or_default();
+        *count += 1;
+        if *count >= DROPS_TO_SET_ASIDE {
+            drops.remove(&addr);
+            drop(drops);
+            self.set_aside(addr);
+        }
+    }
+
     /// `addr` answered a request: whatever set it aside is over.
     pub(super) fn answered(&self, addr: SocketAddr) {
         self.set_aside.lift(&addr);
+        let mut drops = self.drops.lock();
+        if !drops.is_empty() {
+            drops.remove(&addr);
+        }
     }
 
     /// Takes over what `previous` (the pool this one replaces on a reload) knew: an address
