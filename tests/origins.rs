@@ -302,6 +302,79 @@ fn total_timeout_ends_an_upload_the_origin_reads_slowly() {
     assert!(received.load(Ordering::SeqCst) < body_len);
 }
 
+/// `total_timeout` bounds waiting on the origin, and a body going into the cache is read at
+/// the pace of the client that asked first: one slow client made a prompt origin miss the
+/// deadline, the fill was cut, and a fast client reading the same fill as it was stored got
+/// the same truncated 200. Now both get the whole body, and the origin was asked once.
+#[test]
+fn a_slow_client_does_not_cut_a_fill_at_total_timeout() {
+    const SIZE: usize = 8 << 20;
+    let body: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let served = body.clone();
+    let origin = Origin::start(move |_| {
+        Reply::ok(served.clone()).header("Cache-Control", "public, max-age=300")
+    });
+    let proxy = Proxy::start(
+        "max_bytes = \"64MiB\"\nmax_object_bytes = \"16MiB\"",
+        &[TenantSpec::new("site", origin.addr, &plugin("standard"))
+            .extra("[tenant.origin]\ntotal_timeout = \"1s\"")],
+    );
+    let request = "GET /big HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n";
+    // Reads what its 16 KiB receive buffer holds (the kernel doubles it) every 20 ms: ~5 s
+    // for the body.
+    let slow = {
+        let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        let small: libc::c_int = 16 << 10;
+        // SAFETY: setsockopt(2) on this open socket with a pointer to a live c_int.
+        let set = unsafe {
+            libc::setsockopt(
+                client.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                std::ptr::addr_of!(small).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "SO_RCVBUF");
+        client.write_all(request.as_bytes()).unwrap();
+        std::thread::spawn(move || {
+            client
+                .set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let (mut got, mut chunk) = (Vec::new(), vec![0u8; 64 << 10]);
+            while let Ok(n @ 1..) = client.read(&mut chunk) {
+                got.extend_from_slice(&chunk[..n]);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            got
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fast = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    fast.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    fast.write_all(request.as_bytes()).unwrap();
+    let mut fast_got = Vec::new();
+    let _ = fast.read_to_end(&mut fast_got);
+    let slow_got = slow.join().unwrap();
+    for (who, got) in [("fast", &fast_got), ("slow", &slow_got)] {
+        let end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        let head = String::from_utf8_lossy(&got[..end]);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{who}: {head}");
+        assert!(
+            got[end..] == body[..],
+            "{who}: {} of {SIZE} body bytes\n{}",
+            got.len() - end,
+            proxy.log()
+        );
+    }
+    assert_eq!(origin.hits(), 1);
+}
+
 /// A listener that never completes a handshake: its accept queue (backlog
 /// 0) is filled by the test and never drained, so the kernel drops further
 /// SYNs and a connect to it hangs until the connecting side gives up.
