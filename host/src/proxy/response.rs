@@ -335,7 +335,13 @@ fn meta(
     } else {
         now + fresh.fresh_for
     };
-    let created = now.checked_sub(fresh.age).unwrap_or(now);
+    // `created` tells a later 304 which object it is about (`MemoryStorage::revalidated`):
+    // each fill must have its own. Taken as `now` less the age in whole seconds, it keeps the
+    // fill's sub-second time; taken from `Date` (whole seconds), two fills of one URL in the
+    // same second shared it, and a 304 about the first gave the second's body its headers
+    // (length, coding, validators).
+    let age = Duration::from_secs(fresh.age.as_secs());
+    let created = now.checked_sub(age).unwrap_or(now);
     let meta = CacheMeta::new(
         fresh_until,
         created,
@@ -403,4 +409,36 @@ fn host_guard(resp: &ResponseHeader) -> Option<&'static str> {
 /// Final statuses a cache can reuse (no partial content, no 304, no 1xx).
 fn storable_status(status: u16) -> bool {
     (200..=599).contains(&status) && status != 206 && status != 304
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    /// Two fills of one URL whose responses carry the same `Date` (whole seconds) shared one
+    /// `created`, which is how a 304 tells the object it is about from a fill that replaced
+    /// it: a 304 about the first then gave the second's body the first's headers.
+    #[test]
+    fn two_fills_in_one_second_of_date_are_told_apart() {
+        let date = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let resp = ResponseHeader::build(200, None).unwrap();
+        let created_at = |now: SystemTime| {
+            let fresh = Freshness {
+                fresh_for: Duration::from_secs(60),
+                age: now.duration_since(date).unwrap(),
+                stale_while_revalidate: 0,
+                stale_if_error: 0,
+            };
+            meta(&resp, None, String::new(), fresh, now).0.created()
+        };
+        let first = created_at(date + Duration::from_millis(200));
+        let second = created_at(date + Duration::from_millis(700));
+        assert_ne!(first, second);
+        // Never older than its `Date` says, never younger by a second or more.
+        for (created, now) in [(first, 200), (second, 700)] {
+            assert!(created <= date + Duration::from_millis(now));
+            assert!(created > date + Duration::from_millis(now) - Duration::from_secs(1));
+        }
+    }
 }

@@ -166,14 +166,17 @@ impl MemoryStorage {
     /// revalidated: pingora keeps the looked-up meta's `created` in the new one, and every fill
     /// gets its own.
     pub(crate) fn revalidated(&self, key: &CacheKey, meta: &CacheMeta) -> Result<Revalidated> {
-        // A purge (a soft one expires the object) since the revalidation began: its 304 must
-        // not freshen what the purge meant to end.
-        if self.purged_while_filling(key) {
-            return Ok(Revalidated::Purged);
-        }
         let stored = Arc::new(StoredMeta::new(meta)?);
         let slot = SlotKey::of(key);
         let mut index = self.index.write();
+        // A purge (a soft one expires the object) since the revalidation began: its 304 must
+        // not freshen what the purge meant to end. Checked under the index lock: a purge
+        // notes itself before it takes the lock, so it is either seen here or applied after
+        // this update. Checked before the lock, a soft purge that came in between expired
+        // the object, and this update made it fresh again.
+        if self.purged_while_filling(key) {
+            return Ok(Revalidated::Purged);
+        }
         match index.complete(&key.user_tag, &slot) {
             None => return Ok(Revalidated::Vanished),
             Some(entry) if entry.meta.created() != meta.created() => {
