@@ -664,6 +664,25 @@ fn settings_that_do_nothing_or_leak_a_secret_are_named() {
     let (ok, out) = run(&["validate", "--config", config.to_str().unwrap()]);
     assert!(!ok && out.contains("server.admin_token"), "{out}");
     assert!(!out.contains("84120002"), "the token is repeated: {out}");
+    // Written as an inline table or under a quoted key, the secret was repeated: the key
+    // read from the line was `server`, `cache.shared` or `server."admin_token"`.
+    for written in [
+        "server = { listen = \"127.0.0.1:0\", admin_token = 84120003 }\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n\"admin_token\" = 84120003\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[cache]\nshared = { url = \"redis://127.0.0.1:6379\", password = 84120003 }\n",
+    ] {
+        std::fs::write(&config, written).unwrap();
+        let (ok, out) = run(&["validate", "--config", config.to_str().unwrap()]);
+        assert!(!ok && out.contains("invalid type"), "{written}: {out}");
+        assert!(!out.contains("84120003"), "the secret is repeated: {out}");
+    }
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\"admin_token\" = 84120004\n",
+    )
+    .unwrap();
+    let (_, out) = run(&["validate", "--config", config.to_str().unwrap()]);
+    assert!(out.contains("key `server.admin_token`"), "{out}");
 
     let (ok, out) = validate(
         "",

@@ -821,19 +821,28 @@ impl Locator<'_> {
     /// A TOML syntax or type error: the key is read from the offending line.
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let line = e.span().map(|s| self.line_of(s.start));
-        let key = line.and_then(|n| {
-            let text = self.text.lines().nth(n - 1)?;
+        let text = line.and_then(|n| self.text.lines().nth(n - 1));
+        let key = line.zip(text).and_then(|(n, text)| {
             let (key, _) = text.split_once('=')?;
+            // `"admin_token" = …` names the key `admin_token`.
+            let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
             // Named in full, as the other errors name keys: `cache.max_bytes`, not `max_bytes`.
             Some(match self.table_above(n) {
-                Some(table) => format!("{table}.{}", key.trim()),
-                None => key.trim().to_owned(),
+                Some(table) => format!("{table}.{key}"),
+                None => key.to_owned(),
             })
         });
         let mut message = e.message().trim().to_owned();
         // serde quotes the value it refused (`invalid type: integer `8412…``): for a secret
-        // that is the secret, on its way to the log, `/status` and `cachet status`.
-        if key.as_deref().is_some_and(holds_a_secret) {
+        // that is the secret, on its way to the log, `/status` and `cachet status`. The key
+        // read from the line is a guess: an inline table (`server = { admin_token = … }`) or
+        // a value over several lines hides which key it is, so any line that may hold a
+        // secret, or whose key is unknown, loses its quoted values too.
+        let may_hold_a_secret = match (key.as_deref(), text) {
+            (Some(key), Some(text)) => holds_a_secret(key) || mentions_a_secret(text),
+            _ => true,
+        };
+        if may_hold_a_secret {
             message = without_quoted_values(&message);
         }
         ConfigError {
@@ -1205,6 +1214,15 @@ fn holds_a_secret(key: &str) -> bool {
         key,
         "server.admin_token" | "cache.shared.password" | "cache.shared.url"
     )
+}
+
+/// Whether a config line may hold a secret under another key than the one read from it (an
+/// inline table: `server = { admin_token = … }`, `shared = { password = … }`).
+fn mentions_a_secret(line: &str) -> bool {
+    line.contains('{')
+        || ["admin_token", "password", "url"]
+            .iter()
+            .any(|name| line.contains(name))
 }
 
 /// `message` with every `quoted` value serde put in it left out.
