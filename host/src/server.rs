@@ -462,9 +462,9 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     }
 
     announce(&config, &state, options.demo_origin);
-    // Objects queued for the L2 tiers are stored before exit, within one more grace period.
-    let (storage, drain) = (state.cache.storage, state.drain.clone());
-    let before_exit: BeforeExit = Arc::new(move || storage.close_within(drain.grace()));
+    // Objects queued for the L2 tiers are stored before exit, within what the stop leaves.
+    let storage = state.cache.storage;
+    let before_exit: BeforeExit = Arc::new(move |left| storage.close_within(left));
     let signals = DrainOnSignal::new(
         state.drain.clone(),
         server.watch_execution_phase(),
@@ -477,7 +477,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
         shutdown_signal: Box::new(signals),
     });
     // Reached when Pingora shut down without a drain (its fast shutdown).
-    before_exit();
+    before_exit(state.drain.grace());
     crate::log_writer::flush();
     std::process::exit(0)
 }

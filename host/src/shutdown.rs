@@ -79,8 +79,13 @@ pub struct DrainOnSignal {
 }
 
 /// What must be finished after the last request and before the process
-/// ends (objects queued for the cache tiers). A second signal skips it.
-pub type BeforeExit = Arc<dyn Fn() + Send + Sync>;
+/// ends (objects queued for the cache tiers), within the time it is given. A second
+/// signal skips it.
+pub type BeforeExit = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// The least time the cache tiers' queued writes get at a stop, when the requests in
+/// flight took all of `shutdown_grace`.
+const LEAST_FOR_TIERS: Duration = Duration::from_secs(1);
 
 impl DrainOnSignal {
     /// `phases` comes from `Server::watch_execution_phase`.
@@ -144,7 +149,7 @@ impl ShutdownSignalWatch for DrainOnSignal {
 fn drain_then_exit(
     mut phases: broadcast::Receiver<ExecutionPhase>,
     drain: &Drain,
-    before_exit: &(dyn Fn() + Send + Sync),
+    before_exit: &(dyn Fn(Duration) + Send + Sync),
 ) {
     loop {
         match phases.blocking_recv() {
@@ -177,9 +182,17 @@ fn drain_then_exit(
         }
         std::thread::sleep(DRAIN_POLL);
     }
+    // The tiers' writes get what is left of the grace (at least a second), not another
+    // whole grace: a container runtime kills a process some seconds after its SIGTERM
+    // (Docker and Kubernetes: 10 s and 30 s by default), and a stalled tier made the exit
+    // take twice the grace.
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(LEAST_FOR_TIERS);
     // A panic here would end only this thread and leave the process running with its
     // listeners closed: exit whatever happens.
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(before_exit)).is_err() {
+    let finish = std::panic::AssertUnwindSafe(|| before_exit(left));
+    if std::panic::catch_unwind(finish).is_err() {
         tracing::error!("shutdown: finishing the cache tiers' writes failed; exiting without them");
     }
     exit();
