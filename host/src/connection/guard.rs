@@ -1,5 +1,6 @@
 //! Counting connections and wrapping their streams, in front of Pingora's HTTP app.
 
+use super::per_peer::PeerCap;
 use super::GuardedStream;
 use crate::shutdown::Drain;
 use pingora::apps::ServerApp;
@@ -83,6 +84,8 @@ pub struct ConnectionGuard<A> {
     /// Counts handshakes under way as requests in flight: a stop waits for them (a client
     /// whose connection was accepted before the stop gets its answer, not a reset).
     drain: Option<Arc<Drain>>,
+    /// On an operator listener: the connections each peer address holds.
+    peers: Option<Arc<PeerCap>>,
 }
 
 impl<A> ConnectionGuard<A> {
@@ -93,6 +96,7 @@ impl<A> ConnectionGuard<A> {
             limits,
             tls: None,
             drain: None,
+            peers: (limits.role == ListenerRole::Operators).then(Arc::default),
         }
     }
 
@@ -144,20 +148,36 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let tls = self.tls_for(&stream);
-        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            self.limits.role.refused("max_connections");
-            // Best effort: a client that does not read its answer is not waited for. (A TLS
-            // client would read it as a broken handshake: it is just closed.)
-            if tls.is_none() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|digest| Some(digest.peer_addr()?.as_inet()?.ip()));
+        let peer_slot = match (&self.peers, peer) {
+            (Some(peers), Some(peer)) => peers.take(peer).ok_or("per_peer"),
+            _ => Ok(None),
+        };
+        let slots = peer_slot.and_then(|peer_slot| {
+            let slot = self.slots.clone().try_acquire_owned();
+            Ok((slot.map_err(|_| "max_connections")?, peer_slot))
+        });
+        let (slot, peer_slot) = match slots {
+            Ok(slots) => slots,
+            Err(reason) => {
+                self.limits.role.refused(reason);
+                // Best effort: a client that does not read its answer is not waited for. (A
+                // TLS client would read it as a broken handshake: it is just closed.)
+                if tls.is_none() {
+                    let busy = stream.write_all(BUSY);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), busy).await;
+                }
+                return None;
             }
-            return None;
         };
         let stream = match tls {
             Some(acceptor) => self.handshake(&acceptor, stream).await?,
             None => stream,
         };
-        let guarded = GuardedStream::new(stream, &self.limits, slot);
+        let mut guarded = GuardedStream::new(stream, &self.limits, slot);
+        guarded.hold_peer_slot(peer_slot);
         self.inner.process_new(Box::new(guarded), shutdown).await
     }
 

@@ -20,7 +20,8 @@
 //!
 //! Both listeners, plain and TLS, share one guard and so one connection count. The admin
 //! and metrics listeners have a guard each ([`ListenerRole::Operators`]), with a deadline
-//! on every head, and their apps mark heads through [`OperatorApp`].
+//! on every head, and their apps mark heads through [`OperatorApp`]; one peer address holds
+//! a few of their connections at most (`per_peer`).
 //!
 //! The bound is therefore `max_connections × max_request_head` of head
 //! buffers, on top of the cache's byte budget.
@@ -29,6 +30,7 @@ mod coalesce;
 mod guard;
 mod h2_work;
 mod operator;
+mod per_peer;
 mod stream;
 
 pub use guard::{ConnectionGuard, ConnectionLimits, ListenerRole};

@@ -82,6 +82,8 @@ pub struct GuardedStream {
     /// Counts the connection as open for as long as the stream lives, and as long as the
     /// work of its HTTP/2 streams runs ([`connection_slot`]).
     slot: Arc<OwnedSemaphorePermit>,
+    /// On an operator listener, the slot of the peer's address ([`super::per_peer`]).
+    peer_slot: Option<super::per_peer::PeerSlot>,
     role: ListenerRole,
     /// How long a head may take (`request_head_timeout`), where this stream bounds it.
     head_timeout: Duration,
@@ -132,6 +134,7 @@ impl GuardedStream {
             phase,
             signal: AtomicUsize::new(NO_SIGNAL),
             slot: Arc::new(slot),
+            peer_slot: None,
             role: limits.role,
             head_timeout: limits.head_timeout,
             head_timer: None,
@@ -309,6 +312,13 @@ pub fn head_complete(session: &Session) {
 pub(crate) fn connection_slot(stream: &Stream) -> Option<Arc<OwnedSemaphorePermit>> {
     let stream = stream.as_any().downcast_ref::<GuardedStream>()?;
     Some(stream.slot.clone())
+}
+
+impl GuardedStream {
+    /// Keeps `peer_slot` for as long as the connection.
+    pub(super) fn hold_peer_slot(&mut self, peer_slot: Option<super::per_peer::PeerSlot>) {
+        self.peer_slot = peer_slot;
+    }
 }
 
 /// Called by an operator app ([`super::OperatorApp`]) when Pingora has read a request head.
