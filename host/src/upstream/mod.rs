@@ -287,14 +287,27 @@ impl TenantUpstream {
     /// The current attempt's upstream, in a pool, closed a fresh connection unanswered: it
     /// is counted against it; whether the request may go on to another upstream (once).
     fn dropped_unanswered(&self, attempts: &mut OriginAttempts) -> bool {
-        let (Some(pool), Some(addr), true) = (&self.pool, attempts.current, attempts.in_pool)
-        else {
+        let Some(pool) = self.failed_pool_member(attempts, pool::Pool::dropped) else {
             return false;
         };
-        pool.dropped(addr);
-        attempts.failed.push(addr);
         let first = !std::mem::replace(&mut attempts.moved_after_drop, true);
         first && !attempts.last_resort && attempts.failed.len() < pool.size()
+    }
+
+    /// When the current attempt went to a member of the tenant's pool: tells the pool of its
+    /// failure with `tell`, notes the member as tried, and gives the pool.
+    fn failed_pool_member(
+        &self,
+        attempts: &mut OriginAttempts,
+        tell: fn(&pool::Pool, SocketAddr),
+    ) -> Option<&pool::Pool> {
+        let (Some(pool), Some(addr), true) = (&self.pool, attempts.current, attempts.in_pool)
+        else {
+            return None;
+        };
+        tell(pool, addr);
+        attempts.failed.push(addr);
+        Some(pool)
     }
 
     /// The origin answered this request (a response head arrived): in a pool, the upstream
@@ -323,12 +336,9 @@ impl TenantUpstream {
     /// to try (false outside a pool, for a backend the plugin named: a retry would go to
     /// the same address, and after a last resort: nothing usable is left).
     fn set_aside_failed(&self, attempts: &mut OriginAttempts) -> bool {
-        let (Some(pool), Some(addr), true) = (&self.pool, attempts.current, attempts.in_pool)
-        else {
+        let Some(pool) = self.failed_pool_member(attempts, pool::Pool::set_aside) else {
             return false;
         };
-        pool.set_aside(addr);
-        attempts.failed.push(addr);
         !attempts.last_resort && attempts.failed.len() < pool.size()
     }
 }
