@@ -363,13 +363,14 @@ fn a_pool_that_is_all_down_is_tried_once_per_request_not_member_by_member() {
 /// A request every upstream closes the connection on (a query that crashes the origin) is
 /// the request's doing, not the upstreams': replayed on every member, it set each aside, and
 /// one such request per health interval kept the whole pool's traffic on one upstream. It
-/// goes to two upstreams at most and sets none aside.
+/// goes to two upstreams at most on fresh connections and sets none aside.
 #[test]
 fn a_request_every_upstream_drops_sets_none_of_them_aside() {
     let origins = [
         NamedOrigin::start("a"),
         NamedOrigin::start("b"),
         NamedOrigin::start("c"),
+        NamedOrigin::start("d"),
     ];
     let addrs: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
     let proxy = pool_proxy(&addrs, "health_interval = \"60s\"");
@@ -384,23 +385,25 @@ fn a_request_every_upstream_drops_sets_none_of_them_aside() {
         let before = hits();
         let crash = try_send("GET", &proxy.url(&format!("/crash/{round}")), &[]).unwrap();
         assert_eq!(crash.status, 502);
-        // (Dropped on a pooled connection, which may have been closed while idle, it is sent
-        // again on a fresh one, to the pool's next upstream: that is its one move.)
         let after = hits();
         let reached = before.iter().zip(&after).filter(|(b, a)| a > b).count();
-        assert_eq!(
-            reached, 2,
-            "round {round}: sent to two upstreams: {before:?} {after:?}"
+        // Round 1 finds pooled connections: one closed on it is first sent again on a fresh
+        // connection (a pooled one may have been closed while idle), to the pool's next
+        // upstream, and that retry is not the request's move.
+        let most = if round == 0 { 2 } else { 3 };
+        assert!(
+            (2..=most).contains(&reached),
+            "round {round}: sent to {reached} upstreams: {before:?} {after:?}"
         );
-        let (spread, failures) = traffic(&proxy, 6);
+        let (spread, failures) = traffic(&proxy, 8);
         assert!(failures.is_empty(), "{failures:?}\n{}", proxy.log());
-        assert_eq!(spread.len(), 3, "round {round}: {spread:?}");
+        assert_eq!(spread.len(), 4, "round {round}: {spread:?}");
     }
     let status = proxy.status();
     let upstreams = status["tenants"][0]["pool"]["upstreams"]
         .as_array()
         .unwrap();
-    assert_eq!(upstreams.len(), 3, "{status}");
+    assert_eq!(upstreams.len(), 4, "{status}");
     assert!(
         upstreams.iter().all(|u| u["set_aside"] == false),
         "{status}"

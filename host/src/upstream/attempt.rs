@@ -28,9 +28,10 @@ pub struct OriginAttempts {
     /// The current attempt went to an upstream that is down or set aside, because no other
     /// was left: if it fails too, the request stops trying.
     pub(super) last_resort: bool,
-    /// An upstream of the pool closed a connection on this request unanswered, and the
-    /// request went on to another (a reused connection's retry takes the pool's next
-    /// upstream too): it does not go on again.
+    /// An upstream of the pool closed a fresh connection on this request unanswered, and the
+    /// request went on to another: it does not go on again. (A reused connection closed is
+    /// not counted: the origin may have closed it while it was idle, which says nothing
+    /// about the request.)
     pub(super) moved_after_drop: bool,
     /// Outside a pool: which of the tenant's named targets the current attempt went to.
     pub(super) named: Option<usize>,

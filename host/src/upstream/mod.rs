@@ -272,10 +272,6 @@ impl TenantUpstream {
     ) -> Box<Error> {
         let dropped = attempt::dropped_before_answer(&e);
         let mut e = attempt::after_error(&config.origin, session, attempts, e, connection_reused);
-        if connection_reused && dropped && attempts.in_pool {
-            // Its retry takes the pool's next upstream: the request has moved on once.
-            attempts.moved_after_drop = true;
-        }
         if connection_reused || !dropped {
             return e;
         }

@@ -1,9 +1,9 @@
 //! A bounded queue of disk writes and the thread that does them, in the order queued.
 //!
-//! The disk tier keeps two kinds of writes off the request threads this way: tombstones
-//! ([`super::tombstones`]) and purge marks ([`super::marks_writer`]). What each does when
-//! its queue is full differs, and is theirs to decide; the queue, its thread and the flush at
-//! shutdown are the same, and live here.
+//! The disk tier keeps two kinds of writes off the request threads this way, each with a queue
+//! and a thread of its own: tombstones ([`super::tombstones`]) and purge marks
+//! ([`super::marks_writer`]). What each does when its queue is full differs, and is theirs to
+//! decide; how a queue, its thread and its flush at shutdown work is the same, and lives here.
 
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
