@@ -486,10 +486,21 @@ fn new_plugin_finds_the_sdk_from_where_the_binary_is_not_where_it_was_built() {
     std::fs::create_dir_all(moved_bin.parent().unwrap()).unwrap();
     std::fs::copy(cachet_bin(), &moved_bin).unwrap();
     let moved = dir.path().join("moved");
-    let out = Command::new(&moved_bin)
-        .args(["new-plugin", "moved", "--dir", moved.to_str().unwrap()])
-        .output()
-        .expect("run the moved binary");
+    // A process another test forks meanwhile holds the copy's write descriptor until it
+    // execs, and running the copy fails with ETXTBSY until then: try again a little later.
+    let mut tries = 0;
+    let out = loop {
+        let run = Command::new(&moved_bin)
+            .args(["new-plugin", "moved", "--dir", moved.to_str().unwrap()])
+            .output();
+        match run {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.expect("run the moved binary"),
+        }
+    };
     assert!(
         out.status.success(),
         "{}",
