@@ -176,8 +176,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
             Some(acceptor) => self.handshake(&acceptor, stream).await?,
             None => stream,
         };
-        let mut guarded = GuardedStream::new(stream, &self.limits, slot);
-        guarded.hold_peer_slot(peer_slot);
+        let guarded = GuardedStream::new(stream, &self.limits, slot, peer_slot);
         self.inner.process_new(Box::new(guarded), shutdown).await
     }
 

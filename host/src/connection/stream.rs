@@ -82,8 +82,9 @@ pub struct GuardedStream {
     /// Counts the connection as open for as long as the stream lives, and as long as the
     /// work of its HTTP/2 streams runs ([`connection_slot`]).
     slot: Arc<OwnedSemaphorePermit>,
-    /// On an operator listener, the slot of the peer's address ([`super::per_peer`]).
-    peer_slot: Option<super::per_peer::PeerSlot>,
+    /// On an operator listener, the slot of the peer's address ([`super::per_peer`]), held
+    /// for as long as the stream lives.
+    _peer_slot: Option<super::per_peer::PeerSlot>,
     role: ListenerRole,
     /// How long a head may take (`request_head_timeout`), where this stream bounds it.
     head_timeout: Duration,
@@ -115,6 +116,7 @@ impl GuardedStream {
         inner: Stream,
         limits: &ConnectionLimits,
         slot: OwnedSemaphorePermit,
+        peer_slot: Option<super::per_peer::PeerSlot>,
     ) -> Self {
         let preface_limit = limits.h2_preface_timeout;
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
@@ -134,7 +136,7 @@ impl GuardedStream {
             phase,
             signal: AtomicUsize::new(NO_SIGNAL),
             slot: Arc::new(slot),
-            peer_slot: None,
+            _peer_slot: peer_slot,
             role: limits.role,
             head_timeout: limits.head_timeout,
             head_timer: None,
@@ -312,13 +314,6 @@ pub fn head_complete(session: &Session) {
 pub(crate) fn connection_slot(stream: &Stream) -> Option<Arc<OwnedSemaphorePermit>> {
     let stream = stream.as_any().downcast_ref::<GuardedStream>()?;
     Some(stream.slot.clone())
-}
-
-impl GuardedStream {
-    /// Keeps `peer_slot` for as long as the connection.
-    pub(super) fn hold_peer_slot(&mut self, peer_slot: Option<super::per_peer::PeerSlot>) {
-        self.peer_slot = peer_slot;
-    }
 }
 
 /// Called by an operator app ([`super::OperatorApp`]) when Pingora has read a request head.

@@ -97,7 +97,8 @@ impl Balancer {
 /// Fresh connections an upstream closes unanswered, in a row, that set it aside.
 const DROPS_TO_SET_ASIDE: u32 = 3;
 
-/// Upstreams set aside after a failed connect, each with when.
+/// Upstreams set aside after a failed connect, or connections closed unanswered
+/// ([`DROPS_TO_SET_ASIDE`] in a row), each with when.
 #[derive(Default)]
 struct SetAside(Mutex<Vec<(Backend, Instant)>>);
 
@@ -132,7 +133,7 @@ pub(super) struct Pool {
     book: AddressBook,
     config: PoolConfig,
     schedule: Mutex<Schedule>,
-    /// Set aside after a failed connect, until the next health check pass.
+    /// Set aside after a failed connect or repeated drops, until the next health check pass.
     set_aside: SetAside,
     /// Fresh connections each upstream closed unanswered since it last answered ([`Self::dropped`]).
     drops: Mutex<HashMap<SocketAddr, u32>>,
