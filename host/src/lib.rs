@@ -15,6 +15,7 @@ mod demo_origin;
 pub mod descriptors;
 pub mod file_read;
 pub mod front;
+pub mod host_table;
 pub mod log_writer;
 pub mod metrics;
 pub mod one_line;

@@ -382,8 +382,7 @@ pub fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     if let Some(addr) = config.server.listener.tls_listen {
         // The same app and the same connection slots: a TLS connection holds its slot from
         // the accept, through its handshake, which the guard does itself.
-        let settings =
-            crate::tls::listener::tls_settings(runtime.certificates.clone(), state.clone())?;
+        let settings = crate::tls::listener::tls_settings(runtime.certificates.clone())?;
         guard = guard.with_tls(addr, settings.build(), state.drain.clone());
     }
     let mut proxy = pingora::services::listening::Service::new("cachet proxy".into(), guard);

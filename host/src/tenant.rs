@@ -2,6 +2,7 @@
 //! Each has its own plugin (swappable), cache namespace and limits.
 
 use crate::config::TenantConfig;
+use crate::host_table::HostTable;
 use crate::policy::{
     BuiltinPolicy, InstancePool, LoadedPlugin, PolicyEngine, PolicyLayer, TenantContext,
 };
@@ -9,7 +10,6 @@ use crate::shadow::Shadow;
 use crate::upstream::TenantUpstream;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -202,13 +202,10 @@ impl Tenant {
     }
 }
 
-/// Maps a request's host to its tenant: exact names first, then `*.suffix`
-/// wildcards (longest first), then the `*` catch-all.
+/// Maps a request's host to its tenant by the rule of [`HostTable`].
 #[derive(Default)]
 pub struct TenantRouter {
-    exact: HashMap<String, Arc<Tenant>>,
-    wildcard: Vec<(String, Arc<Tenant>)>,
-    catch_all: Option<Arc<Tenant>>,
+    hosts: HostTable<Arc<Tenant>>,
     all: Vec<Arc<Tenant>>,
 }
 
@@ -221,40 +218,20 @@ impl Drop for Tenant {
 
 impl TenantRouter {
     pub fn new(tenants: Vec<Arc<Tenant>>) -> Self {
-        let mut router = Self::default();
-        for tenant in &tenants {
-            for host in &tenant.config.hosts {
-                if host == "*" {
-                    router.catch_all = Some(tenant.clone());
-                } else if let Some(suffix) = host.strip_prefix('*') {
-                    router.wildcard.push((suffix.to_owned(), tenant.clone()));
-                } else {
-                    router.exact.insert(host.clone(), tenant.clone());
-                }
-            }
+        let hosts = HostTable::new(tenants.iter().flat_map(|tenant| {
+            let hosts = tenant.config.hosts.iter();
+            hosts.map(|host| (host.as_str(), tenant.clone()))
+        }));
+        Self {
+            hosts,
+            all: tenants,
         }
-        router
-            .wildcard
-            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
-        router.all = tenants;
-        router
     }
 
     /// The tenant for a Host value (any port, and a fully qualified name's final dot, are
     /// ignored).
     pub fn route(&self, host: &str) -> Option<&Arc<Tenant>> {
-        let name = strip_port(host);
-        let name = name.strip_suffix('.').unwrap_or(name);
-        let name = canonical_host(name);
-        let name = name.as_ref();
-        if let Some(t) = self.exact.get(name) {
-            return Some(t);
-        }
-        self.wildcard
-            .iter()
-            .find(|(suffix, _)| name.ends_with(suffix.as_str()) && name.len() > suffix.len())
-            .map(|(_, t)| t)
-            .or(self.catch_all.as_ref())
+        self.hosts.get(host)
     }
 
     pub fn tenants(&self) -> &[Arc<Tenant>] {
@@ -310,21 +287,9 @@ pub fn canonical_host(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop what follows "]".
-        return host
-            .split_once(']')
-            .map_or(host, |(h, _)| &host[..h.len() + 1]);
-    }
-    host.rsplit_once(':')
-        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-        .map_or(host, |(name, _)| name)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{canonical_host, is_host_pattern, strip_port};
+    use super::{canonical_host, is_host_pattern};
 
     #[test]
     fn host_patterns_are_names_wildcards_over_names_or_the_catch_all() {
@@ -362,12 +327,5 @@ mod tests {
         assert_eq!(canonical_host("[0:0:0:0:0:0:0:A]"), "[::a]");
         assert_eq!(canonical_host("shop.test"), "shop.test");
         assert_eq!(canonical_host("[not-an-address]"), "[not-an-address]");
-    }
-
-    #[test]
-    fn ports_are_ignored_for_routing() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
     }
 }

@@ -4,8 +4,10 @@
 //! token is checked. One peer that opened them all and sent nothing kept the admin API
 //! (reload, purge, status) from operators holding the token until each connection's head
 //! timed out, and could open them again at once. One address now holds at most
-//! [`PER_PEER`]. Loopback peers are not capped: every local user shares those addresses, so
-//! a cap would only limit the operator's own tools.
+//! [`PER_PEER`]. An IPv6 peer is counted by its /64 network: one host is usually given a
+//! whole /64 and can pick a new address in it for every connection. Loopback peers are not
+//! capped: every local user shares those addresses, so a cap would only limit the operator's
+//! own tools.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -34,6 +36,7 @@ impl PeerCap {
         if peer.is_loopback() || peer.to_canonical().is_loopback() {
             return Some(None);
         }
+        let peer = network_of(peer);
         let mut held = self.held.lock();
         let count = held.entry(peer).or_default();
         if *count >= PER_PEER {
@@ -44,6 +47,18 @@ impl PeerCap {
             cap: self.clone(),
             peer,
         }))
+    }
+}
+
+/// What one peer is counted by: an IPv4 address (an IPv4-mapped IPv6 one too), or an IPv6
+/// address's /64 network.
+fn network_of(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V6(address) => {
+            let network = u128::from(address) & !(u128::from(u64::MAX));
+            IpAddr::V6(network.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -92,5 +107,29 @@ mod tests {
             }
         }
         assert!(cap.held.lock().is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_peer_is_counted_by_its_64_network_and_a_mapped_ipv4_one_by_its_address() {
+        let cap = Arc::new(PeerCap::default());
+        let slots: Vec<_> = (0..PER_PEER)
+            .map(|i| cap.take(format!("2001:db8:1:2::{i:x}").parse().unwrap()))
+            .collect();
+        assert!(slots.iter().all(|slot| matches!(slot, Some(Some(_)))));
+        let same_network: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(
+            cap.take(same_network).is_none(),
+            "a new address in a full /64"
+        );
+        let next_network: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(cap.take(next_network).unwrap().is_some());
+
+        let ipv4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let ipv4_slots: Vec<_> = (0..PER_PEER / 2)
+            .flat_map(|_| [cap.take(ipv4), cap.take(mapped)])
+            .collect();
+        assert!(ipv4_slots.iter().all(|slot| matches!(slot, Some(Some(_)))));
+        assert!(cap.take(ipv4).is_none(), "both spellings count as one peer");
     }
 }

@@ -6,23 +6,16 @@ use super::resolver::SniResolver;
 use super::server_name::RecordServerName;
 use super::store::CertStore;
 use crate::config::ListenerConfig;
-use crate::proxy::ProxyState;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::http::v2::server::H2Options;
 use std::sync::Arc;
 
 /// Settings of the TLS listener: HTTP/2 preferred by ALPN, HTTP/1.1 allowed.
-pub fn tls_settings(
-    certificates: Arc<CertStore>,
-    state: Arc<ProxyState>,
-) -> anyhow::Result<TlsSettings> {
+pub fn tls_settings(certificates: Arc<CertStore>) -> anyhow::Result<TlsSettings> {
     let mut settings = TlsSettings::with_callbacks(Box::new(RecordServerName))
         .map_err(|e| anyhow::anyhow!("TLS listener settings: {e}"))?;
-    settings.set_cert_resolver(Arc::new(SniResolver {
-        certificates,
-        state,
-    }));
+    settings.set_cert_resolver(Arc::new(SniResolver { certificates }));
     settings.enable_h2();
     Ok(settings)
 }

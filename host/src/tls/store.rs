@@ -5,6 +5,7 @@
 
 use super::certificate::{LoadedCert, PairBytes, PairError, PairFile};
 use crate::config::{CertPaths, Config};
+use crate::host_table::HostTable;
 use crate::reload::Outcome;
 use crate::tenant::Refusal;
 use arc_swap::ArcSwap;
@@ -31,13 +32,41 @@ impl fmt::Display for CertOwner {
     }
 }
 
-/// One consistent set of loaded certificates.
+/// One consistent set of loaded certificates, with the tenants' hosts of the config it was
+/// loaded for: a handshake during a reload finds a name's owner and the owner's pair in one
+/// snapshot (looked up in the tenant router, a name just moved to another tenant could be
+/// served that tenant's old certificate, or none).
 #[derive(Debug, Default, Clone)]
 pub struct CertSet {
     certs: BTreeMap<CertOwner, Arc<LoadedCert>>,
+    owners: Arc<HostTable<CertOwner>>,
 }
 
 impl CertSet {
+    fn new(config: &Config, certs: BTreeMap<CertOwner, Arc<LoadedCert>>) -> Self {
+        let owners = config.tenants.iter().flat_map(|tenant| {
+            let owner = CertOwner::Tenant(tenant.name.clone());
+            tenant
+                .hosts
+                .iter()
+                .map(move |host| (host.as_str(), owner.clone()))
+        });
+        Self {
+            certs,
+            owners: Arc::new(HostTable::new(owners)),
+        }
+    }
+
+    /// The pair for a handshake that asked for `server_name`: the tenant the name routes to
+    /// (exactly as a Host header would) serves its own; any other name, or none, gets the
+    /// default one.
+    pub fn for_server_name(&self, server_name: Option<&str>) -> Option<&Arc<LoadedCert>> {
+        let owner = server_name.and_then(|name| self.owners.get(&name.to_ascii_lowercase()));
+        owner
+            .and_then(|owner| self.certs.get(owner))
+            .or_else(|| self.certs.get(&CertOwner::Default))
+    }
+
     pub fn get(&self, owner: &CertOwner) -> Option<&Arc<LoadedCert>> {
         self.certs.get(owner)
     }
@@ -100,7 +129,7 @@ impl CertStore {
             certs.insert(owner, Arc::new(loaded));
         }
         Ok(Self {
-            current: ArcSwap::from_pointee(CertSet { certs }),
+            current: ArcSwap::from_pointee(CertSet::new(config, certs)),
             refusals: Mutex::default(),
         })
     }
@@ -151,7 +180,7 @@ impl CertStore {
             };
             certs.insert(owner, loaded);
         }
-        Ok(CertSet { certs })
+        Ok(CertSet::new(config, certs))
     }
 
     /// Serves `set` from the next handshake on (after a config reload).
@@ -279,4 +308,71 @@ fn announce(owner: &CertOwner, cert: &LoadedCert) {
         not_after = cert.not_after,
         "certificate loaded"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed pair for `name`, written as `<name>.pem` and `<name>.key`.
+    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    /// Tenants `a` and `b` with the hosts given and a certificate each.
+    fn config(dir: &Path, a_host: &str, b_host: &str) -> Config {
+        let (a_cert, a_key) = pair(dir, "a.test");
+        let (b_cert, b_key) = pair(dir, "b.test");
+        let tenant = |name: &str, host: &str, cert: &Path, key: &Path| {
+            format!(
+                "[[tenant]]\nname = \"{name}\"\nhosts = [\"{host}\"]\nupstream = \"127.0.0.1:9\"\n\
+                 plugin = \"builtin:standard\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            )
+        };
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\ntls_listen = \"127.0.0.1:2\"\n\n{}\n{}",
+            tenant("a", a_host, &a_cert, &a_key),
+            tenant("b", b_host, &b_cert, &b_key)
+        );
+        crate::config::parse(&dir.join("cachet.toml"), &text).unwrap()
+    }
+
+    fn served(set: &CertSet, name: &str) -> Option<Vec<String>> {
+        set.for_server_name(Some(name)).map(|c| c.names.clone())
+    }
+
+    /// A set answers a name by the hosts of the config it was loaded for, not by whatever
+    /// router serves meanwhile: a reload that moves a host to another tenant changes the
+    /// certificate for it only when the new set is installed, in one step.
+    #[test]
+    fn a_certificate_set_routes_names_by_its_own_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::load(&config(dir.path(), "shop.test", "blog.test")).unwrap();
+        let swapped = store
+            .prepare(&config(dir.path(), "blog.test", "*.test"))
+            .unwrap();
+        let a = Some(vec!["a.test".to_owned()]);
+        let b = Some(vec!["b.test".to_owned()]);
+        assert_eq!(served(&store.current(), "shop.test"), a);
+        assert_eq!(served(&store.current(), "blog.test:443"), b);
+        // No default pair: a name no tenant has gets nothing.
+        assert_eq!(served(&store.current(), "other.test"), None);
+        assert_eq!(store.current().for_server_name(None).map(|_| ()), None);
+        // Prepared, the new set already answers by its config; the running one is unchanged.
+        assert_eq!(served(&swapped, "blog.test"), a);
+        assert_eq!(served(&swapped, "shop.test"), b);
+        assert_eq!(served(&store.current(), "shop.test"), a);
+        store.install(swapped);
+        assert_eq!(served(&store.current(), "SHOP.test."), b);
+        assert_eq!(served(&store.current(), "blog.test"), a);
+    }
 }
