@@ -271,6 +271,65 @@ fn a_set_cookie_removed_before_storing_is_never_stored_nor_served() {
     assert_eq!(origin.hits_for("/other.js"), 2);
 }
 
+/// The `link` lines a response carries.
+fn links(resp: &Resp) -> Vec<&str> {
+    let links = resp.headers.iter();
+    let links = links.filter(|(name, _)| name.eq_ignore_ascii_case("link"));
+    links.map(|(_, value)| value.as_str()).collect()
+}
+
+/// An entry's edits stay applied once however it is refreshed: revalidated by a 304 (whose
+/// merge hands the plugin the stored, edited head), refetched whole when stale, or
+/// revalidated by a 304 that may not be stored. Each revalidation stored the appended field
+/// once more, and the two refreshes served it twice.
+#[test]
+fn store_edits_are_applied_once_across_revalidations_and_refetches() {
+    // 0: 200 with ETag "v1", revalidated by 304s; 1: 200 with ETag "v2" whatever the
+    // request; 2: a 304 to "v2" that says no-store.
+    let mode = Arc::new(AtomicUsize::new(0));
+    let origin_mode = mode.clone();
+    let origin = Origin::start(move |seen| {
+        let mode = origin_mode.load(Ordering::SeqCst);
+        let tag = if mode == 0 { "\"v1\"" } else { "\"v2\"" };
+        let cache_control = if mode == 2 { "no-store" } else { "max-age=1" };
+        let reply = if mode != 1 && seen.header("if-none-match") == Some(tag) {
+            Reply::ok("").status(304)
+        } else {
+            Reply::ok("asset").header("Set-Cookie", "tracking=1")
+        };
+        reply
+            .header("ETag", tag)
+            .header("Cache-Control", cache_control)
+    });
+    let proxy = v2_proxy(&origin, "");
+    let url = proxy.url("/store-edit/app.js");
+    let once = ["</app.css>; rel=preload"];
+    let check = |resp: &Resp, status: &str| {
+        assert_eq!(resp.status, 200);
+        assert_status_has(resp, status);
+        assert_eq!(links(resp), once, "{:?}", resp.headers);
+        assert_eq!(resp.header("x-stored-edit"), Some("1"));
+        assert_eq!(resp.header("set-cookie"), None, "{:?}", resp.headers);
+    };
+    check(&get(&url), "fwd=miss");
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        check(&get(&url), "fwd-status=304");
+        check(&get(&url), "hit");
+    }
+    assert_eq!(origin.hits(), 4);
+    mode.store(1, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1100));
+    check(&get(&url), "fwd-status=200");
+    check(&get(&url), "hit");
+    mode.store(2, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1100));
+    let unstored = get(&url);
+    check(&unstored, "fwd-status=304");
+    assert_status_has(&unstored, "no-store");
+    assert_eq!(origin.hits(), 6);
+}
+
 #[test]
 fn an_invalid_store_edit_is_a_fault_and_the_response_stays_whole() {
     let origin = Origin::start(|_| Reply::ok("0123456789").header("Cache-Control", "max-age=60"));

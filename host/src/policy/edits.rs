@@ -112,6 +112,21 @@ pub fn apply_to_response(edits: &[HeaderEdit], resp: &mut ResponseHeader) {
     }
 }
 
+/// [`apply_to_response`] on a head that may hold these edits already: one served from what
+/// the cache stored, or a stored head with a 304 merged in. Sets and removals come out the same
+/// however often they are applied; a value to append that the field already has is not
+/// appended again (reapplied, every revalidation stored one more copy, without end).
+pub fn reapply_to_response(edits: &[HeaderEdit], resp: &mut ResponseHeader) {
+    for edit in edits {
+        if let HeaderEdit::Append(name, value) = edit {
+            if resp.headers.get_all(name).iter().any(|held| held == value) {
+                continue;
+            }
+        }
+        apply_to_response(std::slice::from_ref(edit), resp);
+    }
+}
+
 /// Checks the header edits of an `on-request`: [`header_edits`], and nothing set that the
 /// origin is never sent.
 pub fn request_header_edits(raw: Vec<raw::HeaderEdit>) -> Result<Vec<HeaderEdit>, String> {

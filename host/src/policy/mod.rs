@@ -29,7 +29,7 @@ pub use decision::{
     key_too_long, OriginFailure, RequestDecision, ResponseDecision, ResponsePlan, StoreDirective,
     SyntheticResponse,
 };
-pub use edits::{apply_to_response, HeaderEdit};
+pub use edits::{apply_to_response, reapply_to_response, HeaderEdit};
 pub use engine::{PolicyEngine, MAX_GUEST_MEMORY};
 pub use host_api::request_host;
 pub use instance::{check_starts_within_limits, InstancePool, PluginFault, PolicyInstance};

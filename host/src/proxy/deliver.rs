@@ -5,22 +5,31 @@
 
 use super::ctx::RequestCtx;
 use super::CachetProxy;
-use crate::policy::apply_to_response;
+use crate::policy::{apply_to_response, reapply_to_response};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 /// The plugin's edits to the origin response, on the head this request serves, before the
 /// host strips what clients never see (so a field the plugin set that is the cache's own,
-/// `Surrogate-Key` say, is stripped too). Not on a head served from what this request stored
-/// (its fill, or its revalidation): the edits are already in it, and applying them again
-/// would append every appended value twice.
+/// `Surrogate-Key` say, is stripped too). A head served from what the cache stored (this
+/// request's fill, a stale entry's refetch, a revalidation, stored or not) holds them
+/// already, with the 304's fields merged in after them: they are reapplied, which restores
+/// what a merged 304 undid and appends nothing twice.
 pub(super) fn apply_origin_edits(session: &Session, resp: &mut ResponseHeader, ctx: &RequestCtx) {
     use pingora_cache::CachePhase;
+    if ctx.response_edits.is_empty() {
+        return;
+    }
     let from_store = matches!(
         session.cache.phase(),
-        CachePhase::Miss | CachePhase::Revalidated
+        CachePhase::Miss
+            | CachePhase::Expired
+            | CachePhase::Revalidated
+            | CachePhase::RevalidatedNoCache(_)
     );
-    if !ctx.response_edits.is_empty() && !from_store {
+    if from_store {
+        reapply_to_response(&ctx.response_edits, resp);
+    } else {
         apply_to_response(&ctx.response_edits, resp);
     }
 }

@@ -66,7 +66,8 @@ pub(super) fn response_cache_filter(
         .as_ref()
         .map(|not_modified| revalidation::merge(resp, not_modified));
     let resp = merged.as_ref().unwrap_or(resp);
-    let mut verdict = match decide(proxy, session, resp, ctx) {
+    let revalidated = not_modified.is_some();
+    let mut verdict = match decide(proxy, session, resp, ctx, revalidated) {
         // A background revalidation (stale-while-revalidate) refreshes an entry that is still
         // being served: an answer that cannot be stored (an origin error sent with no-store) is
         // refused for this request only. Marking the URL would skip the lookup, so every request
@@ -122,11 +123,13 @@ fn not_stored_this_time(ctx: &mut RequestCtx, reason: impl Into<String>) -> Resp
     RespCacheable::Uncacheable(uncacheable::this_request_only())
 }
 
+/// `revalidated`: `resp` is the stored head (edited when it was stored) with a 304 merged in.
 fn decide(
     proxy: &CachetProxy,
     session: &Session,
     resp: &ResponseHeader,
     ctx: &mut RequestCtx,
+    revalidated: bool,
 ) -> RespCacheable {
     if !storable_status(resp.status.as_u16()) {
         // 206 and 304 answer this request's Range or validators, not the URL.
@@ -143,7 +146,11 @@ fn decide(
     let edited = match &early {
         Some(Ok(plan)) if !plan.edits.is_empty() => {
             let mut edited = resp.clone();
-            crate::policy::apply_to_response(&plan.edits, &mut edited);
+            if revalidated {
+                crate::policy::reapply_to_response(&plan.edits, &mut edited);
+            } else {
+                crate::policy::apply_to_response(&plan.edits, &mut edited);
+            }
             ctx.response_edits = plan.edits.clone();
             Some(edited)
         }
