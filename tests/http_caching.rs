@@ -885,6 +885,37 @@ fn a_failure_one_request_can_provoke_starts_no_pause_for_others() {
     }
 }
 
+/// A client error one request provokes with its own head (here a 400 for a field the origin
+/// refuses) leaves the URL as it was for the next clients: their misses still wait on one
+/// fill, the origin answering once. Marked uncacheable, the URL sent every request of theirs
+/// to the origin until one answer was stored.
+#[test]
+fn a_client_error_one_request_provokes_leaves_the_url_cacheable_for_others() {
+    let origin = Origin::start(|seen: &Seen| {
+        if seen.header("x-break").is_some() {
+            return Reply::ok("bad request").status(400);
+        }
+        Reply::ok("good")
+            .header("Cache-Control", "max-age=60")
+            .delay(Duration::from_millis(400))
+    });
+    let proxy = proxy_for(&origin);
+    let url = proxy.url("/refused-field");
+    assert_eq!(send("GET", &url, &[("X-Break", "1")]).status, 400);
+    let answers: Vec<Resp> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..2).map(|_| scope.spawn(|| get(&url))).collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for resp in &answers {
+        assert_eq!((resp.status, resp.text().as_str()), (200, "good"));
+    }
+    assert_eq!(
+        origin.hits_for("/refused-field"),
+        2,
+        "one 400, then one fill"
+    );
+}
+
 // --------------------------------------------------------------------------- 6. Vary
 
 /// `Connection: Vary` makes the origin's Vary this hop's alone; stored without it, the

@@ -82,6 +82,12 @@ pub(super) fn response_cache_filter(
         RespCacheable::Uncacheable(_) if is_variant(session) => {
             RespCacheable::Uncacheable(uncacheable::this_request_only())
         }
+        // A client error answers this request's own head (a field the application refuses, a
+        // credential missing, one client over its rate): the next client's request may well
+        // be stored. Marked, one request kept the URL off the cache lock for everyone.
+        RespCacheable::Uncacheable(_) if answers_its_request_only(resp.status.as_u16()) => {
+            RespCacheable::Uncacheable(uncacheable::this_request_only())
+        }
         verdict => verdict,
     };
     if let (RespCacheable::Cacheable(meta), Some(started)) = (&mut verdict, ctx.origin_started) {
@@ -100,6 +106,12 @@ pub(super) fn response_cache_filter(
         ctx.unstored_not_modified = not_modified;
     }
     verdict
+}
+
+/// A 4xx other than those RFC 9110 §15.1 lets a cache keep by default (404, 405, 410, 414),
+/// which say something of the URL rather than of the request.
+fn answers_its_request_only(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 404 | 405 | 410 | 414)
 }
 
 /// Whether this fill is for one variant of a stored response with `Vary`.
