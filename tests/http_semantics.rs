@@ -883,6 +883,48 @@ fn a_weak_if_range_gets_the_whole_representation() {
     assert_eq!(origin.hits(), 1);
 }
 
+/// An `If-Range` date holds only against a strong `Last-Modified`, one a second or more before
+/// the response's `Date` (RFC 9110 §13.1.5, §8.8.2.2): modified the second it was sent, the
+/// response gets the whole representation, not the range. A HEAD gets the `Accept-Ranges` its
+/// GET has (§9.3.2).
+#[test]
+fn an_if_range_date_needs_a_strong_last_modified_and_a_head_says_it_accepts_ranges() {
+    let sent = std::sync::Arc::new(parking_lot::Mutex::new(String::new()));
+    let origin = Origin::start({
+        let sent = sent.clone();
+        move |_| {
+            let now = httpdate::fmt_http_date(SystemTime::now());
+            *sent.lock() = now.clone();
+            Reply::ok("0123456789")
+                .header("Cache-Control", "max-age=60")
+                .header("Date", &now)
+                .header("Last-Modified", &now)
+        }
+    });
+    let proxy = proxy_with(origin.addr, "standard", "");
+    let stored = raw::get(proxy.port, "/d", &[]);
+    assert_eq!(stored.head.status, 200);
+    let date = sent.lock().clone();
+    let conditional = [("Range", "bytes=0-3"), ("If-Range", date.as_str())];
+    let whole = raw::get(proxy.port, "/d", &conditional);
+    assert_eq!(whole.head.status, 200, "{:?}", whole.head);
+    assert_eq!(whole.body, b"0123456789");
+    let plain_range = raw::get(proxy.port, "/d", &[("Range", "bytes=0-3")]);
+    assert_eq!(plain_range.head.status, 206);
+    let get = raw::get(proxy.port, "/d", &[]);
+    let head = support::client::send("HEAD", &proxy.url("/d"), &[]);
+    assert_eq!(head.status, 200);
+    assert_status_has(head.cache_status(), "hit");
+    assert_eq!(get.head.header("accept-ranges"), Some("bytes"));
+    assert_eq!(
+        head.header("accept-ranges"),
+        Some("bytes"),
+        "{:?}",
+        head.headers
+    );
+    assert_eq!(origin.hits(), 1);
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400 even with a URL as its target.
 #[test]
 fn an_http11_url_target_without_host_is_refused() {

@@ -534,6 +534,7 @@ impl ProxyHttp for CachetProxy {
         _ctx: &mut Self::CTX,
     ) -> pingora::proxy::RangeType {
         if !ranges::may_answer_with_parts(session.req_header(), resp) {
+            ranges::whole(resp);
             return pingora::proxy::RangeType::None;
         }
         const MAX_RANGES: Option<usize> = Some(200);

@@ -5,8 +5,10 @@
 //! number into a 416, and ranged HEAD answers (probe AN). A server may ignore `Range`
 //! (§14.2): such requests get the whole representation, a 200.
 
-use http::header::{CONTENT_LENGTH, RANGE};
+use super::http_date;
+use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, DATE, IF_RANGE, LAST_MODIFIED, RANGE};
 use pingora::http::{RequestHeader, ResponseHeader};
+use std::time::Duration;
 
 /// Whether Pingora's range filter may answer `req` with parts of `resp`: a GET (§14.2: range
 /// handling is defined for GET only), a representation that is not empty, and a `bytes` range
@@ -25,7 +27,39 @@ pub(super) fn may_answer_with_parts(req: &RequestHeader, resp: &ResponseHeader) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .is_some_and(|length| length > 0);
-    not_empty && specs_are_plain(range)
+    not_empty && specs_are_plain(range) && if_range_date_may_hold(req, resp)
+}
+
+/// The whole representation, with `Accept-Ranges` as Pingora gives a 200 it could have
+/// answered in parts: a HEAD then gets the fields its GET would (RFC 9110 §9.3.2).
+pub(super) fn whole(resp: &mut ResponseHeader) {
+    let length = resp
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
+    if resp.status == http::StatusCode::OK && length.is_some_and(|v| v.parse::<u64>().is_ok()) {
+        let _ = resp.insert_header(ACCEPT_RANGES, "bytes");
+    }
+}
+
+/// An `If-Range` date holds only against a strong `Last-Modified`, one at least a second
+/// before the response's `Date` (RFC 9110 §13.1.5, §8.8.2.2): Pingora compares the date with
+/// `Last-Modified` alone, and answered with parts of a response that may have changed twice
+/// within that second. (A weak entity tag was dropped with the range on arrival; a strong one
+/// is Pingora's to compare.)
+fn if_range_date_may_hold(req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    let Some(if_range) = req.headers.get(IF_RANGE) else {
+        return true;
+    };
+    if if_range.as_bytes().trim_ascii_start().starts_with(b"\"") {
+        return true;
+    }
+    let time = |name| resp.headers.get(name).and_then(http_date::parse);
+    let (Some(last_modified), Some(date)) = (time(LAST_MODIFIED), time(DATE)) else {
+        return false;
+    };
+    date.duration_since(last_modified)
+        .is_ok_and(|before| before >= Duration::from_secs(1))
 }
 
 /// `bytes=` followed by specs whose numbers fit in 64 bits, whose suffixes are not empty and
@@ -102,5 +136,37 @@ mod tests {
         assert!(!may_answer_with_parts(&req, &resp), "an empty body");
         let (req, resp) = exchange("HEAD", "bytes=0-1", "20");
         assert!(!may_answer_with_parts(&req, &resp), "HEAD");
+    }
+
+    #[test]
+    fn an_if_range_date_holds_only_against_a_strong_last_modified() {
+        let (mut req, mut resp) = exchange("GET", "bytes=0-3", "20");
+        let modified = "Tue, 01 Dec 2026 10:00:00 GMT";
+        req.insert_header("if-range", modified).unwrap();
+        resp.insert_header("last-modified", modified).unwrap();
+        resp.insert_header("date", modified).unwrap();
+        assert!(
+            !may_answer_with_parts(&req, &resp),
+            "modified the second it was sent"
+        );
+        resp.insert_header("date", "Tue, 01 Dec 2026 10:00:01 GMT")
+            .unwrap();
+        assert!(may_answer_with_parts(&req, &resp), "a second later: strong");
+        resp.remove_header("date");
+        assert!(!may_answer_with_parts(&req, &resp), "no Date to tell");
+        // An entity tag is Pingora's to compare.
+        req.insert_header("if-range", "\"v1\"").unwrap();
+        assert!(may_answer_with_parts(&req, &resp));
+    }
+
+    #[test]
+    fn the_whole_representation_says_it_accepts_ranges_when_it_could_have_parts() {
+        let (_, mut resp) = exchange("HEAD", "bytes=0-3", "20");
+        whole(&mut resp);
+        assert_eq!(resp.headers["accept-ranges"], "bytes");
+        let (_, mut chunked) = exchange("HEAD", "bytes=0-3", "20");
+        chunked.remove_header("content-length");
+        whole(&mut chunked);
+        assert!(chunked.headers.get("accept-ranges").is_none());
     }
 }
