@@ -134,14 +134,17 @@ pub(crate) fn synthetic_response(
                 "synthetic response header {name:?} is set by the host (framing or hop-by-hop)"
             ));
         }
+        // Without the padding a field value may not have (RFC 9110 §5.5), as header edits:
+        // HTTP/2 clients reset a stream whose response carries it.
+        let value = value.trim_matches([' ', '\t']);
         if http::HeaderName::from_bytes(name.as_bytes()).is_err()
-            || http::HeaderValue::from_str(&value).is_err()
+            || http::HeaderValue::from_str(value).is_err()
         {
             return Err(format!(
                 "synthetic response header {name:?} is not valid HTTP"
             ));
         }
-        headers.push((name, value));
+        headers.push((name, value.to_owned()));
     }
     Ok(SyntheticResponse {
         status: raw.status,
@@ -421,5 +424,17 @@ mod tests {
                 .len(),
             8
         );
+    }
+
+    /// A synthetic answer's field values lose their padding, as edited ones do: HTTP/2
+    /// clients refuse a padded value.
+    #[test]
+    fn a_synthetic_field_value_is_unpadded() {
+        let padded = vec![Header {
+            name: "x-a".into(),
+            value: " \tv w\t ".into(),
+        }];
+        let answer = synthetic_response(answer(padded), &PluginLimits::default()).unwrap();
+        assert_eq!(answer.headers, [("x-a".to_owned(), "v w".to_owned())]);
     }
 }

@@ -65,7 +65,7 @@ pub fn warnings(config: &Config, set: &CertSet) -> Vec<String> {
 }
 
 /// An IPv4 address or a bracketed IPv6 one, as `hosts` holds them.
-fn is_ip_literal(host: &str) -> bool {
+pub(super) fn is_ip_literal(host: &str) -> bool {
     bare_host(host).parse::<std::net::IpAddr>().is_ok()
 }
 
@@ -80,7 +80,7 @@ fn bare_host(host: &str) -> &str {
 /// The catch-all `*` is never reported: no certificate names every host. A `*.suffix`
 /// pattern needs the same wildcard; a name needs itself or a wildcard one label up
 /// (RFC 6125 §6.4.3: `*` stands for exactly one label).
-fn covers(names: &[String], pattern: &str) -> bool {
+pub(super) fn covers(names: &[String], pattern: &str) -> bool {
     if pattern == "*" {
         return true;
     }

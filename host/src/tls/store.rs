@@ -4,6 +4,7 @@
 //! with its reason for `/status`, and counted.
 
 use super::certificate::{LoadedCert, PairBytes, PairError, PairFile};
+use super::coverage::{covers, is_ip_literal};
 use crate::config::{CertPaths, Config};
 use crate::host_table::HostTable;
 use crate::reload::Outcome;
@@ -40,6 +41,9 @@ impl fmt::Display for CertOwner {
 pub struct CertSet {
     certs: BTreeMap<CertOwner, Arc<LoadedCert>>,
     owners: Arc<HostTable<CertOwner>>,
+    /// The hosts whose handshakes each pair serves: a tenant's names on its own pair, IP
+    /// addresses (no SNI) and the hosts of tenants without one on the default.
+    served: Arc<BTreeMap<CertOwner, Vec<String>>>,
 }
 
 impl CertSet {
@@ -51,10 +55,47 @@ impl CertSet {
                 .iter()
                 .map(move |host| (host.as_str(), owner.clone()))
         });
+        let mut served: BTreeMap<CertOwner, Vec<String>> = BTreeMap::new();
+        for tenant in &config.tenants {
+            let own = CertOwner::Tenant(tenant.name.clone());
+            for host in &tenant.hosts {
+                let owner = match certs.contains_key(&own) && !is_ip_literal(host) {
+                    true => own.clone(),
+                    false => CertOwner::Default,
+                };
+                served.entry(owner).or_default().push(host.clone());
+            }
+        }
         Self {
             certs,
             owners: Arc::new(HostTable::new(owners)),
+            served: Arc::new(served),
         }
+    }
+
+    /// Why `new` may not replace `old` as `owner`'s pair: it leaves out hosts `old` names
+    /// that the pair serves, whose handshakes every client would then refuse (a renewal for
+    /// the wrong names, two tenants' files swapped). None when it may.
+    fn names_dropped(
+        &self,
+        owner: &CertOwner,
+        old: &LoadedCert,
+        new: &LoadedCert,
+    ) -> Option<String> {
+        let hosts = self.served.get(owner)?;
+        let dropped: Vec<&str> = hosts
+            .iter()
+            .filter(|host| covers(&old.names, host) && !covers(&new.names, host))
+            .map(String::as_str)
+            .collect();
+        (!dropped.is_empty()).then(|| {
+            format!(
+                "{} does not name {} (it names {}), which the certificate serving now does: it keeps serving",
+                new.paths.cert.display(),
+                dropped.join(", "),
+                if new.names.is_empty() { "nothing".to_owned() } else { new.names.join(", ") },
+            )
+        })
     }
 
     /// The pair for a handshake that asked for `server_name`: the tenant the name routes to
@@ -157,6 +198,7 @@ impl CertStore {
     pub fn prepare(&self, config: &Config) -> Result<CertSet, String> {
         let running = self.current.load_full();
         let mut certs = BTreeMap::new();
+        let mut replaced = Vec::new();
         for (owner, paths) in configured(config) {
             let loaded = match running.get(&owner).filter(|c| c.paths == paths) {
                 Some(old) => {
@@ -168,11 +210,11 @@ impl CertStore {
                 None => {
                     let loaded =
                         LoadedCert::load(&paths).map_err(|e| refused(&owner, &paths, &e))?;
-                    if let Some(why) = running
-                        .get(&owner)
-                        .and_then(|old| expired_over(old, &loaded))
-                    {
-                        return Err(format!("{owner}: {why}"));
+                    if let Some(old) = running.get(&owner) {
+                        if let Some(why) = expired_over(old, &loaded) {
+                            return Err(format!("{owner}: {why}"));
+                        }
+                        replaced.push((owner.clone(), old.clone()));
                     }
                     // Announced by `install`: the config may still be refused.
                     Arc::new(loaded)
@@ -180,7 +222,15 @@ impl CertStore {
             };
             certs.insert(owner, loaded);
         }
-        Ok(CertSet::new(config, certs))
+        let set = CertSet::new(config, certs);
+        // Checked against the hosts the new config has each pair serve.
+        for (owner, old) in replaced {
+            let new = set.get(&owner).expect("loaded above");
+            if let Some(why) = set.names_dropped(&owner, &old, new) {
+                return Err(format!("{owner}: {why}"));
+            }
+        }
+        Ok(set)
     }
 
     /// Serves `set` from the next handshake on (after a config reload).
@@ -233,7 +283,9 @@ impl CertStore {
         }
         match LoadedCert::from_bytes(&old.paths, &bytes) {
             Ok(loaded) => {
-                if let Some(why) = expired_over(old, &loaded) {
+                let why = expired_over(old, &loaded)
+                    .or_else(|| self.current.load().names_dropped(owner, old, &loaded));
+                if let Some(why) = why {
                     return self.refuse(owner, why);
                 }
                 self.refusals.lock().remove(owner);
@@ -316,14 +368,19 @@ mod tests {
 
     /// A self-signed pair for `name`, written as `<name>.pem` and `<name>.key`.
     fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-        let made = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
         let (cert, key) = (
             dir.join(format!("{name}.pem")),
             dir.join(format!("{name}.key")),
         );
-        std::fs::write(&cert, made.cert.pem()).unwrap();
-        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        write_pair(&cert, &key, &[name]);
         (cert, key)
+    }
+
+    fn write_pair(cert: &Path, key: &Path, names: &[&str]) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let made = rcgen::generate_simple_self_signed(names).unwrap();
+        std::fs::write(cert, made.cert.pem()).unwrap();
+        std::fs::write(key, made.signing_key.serialize_pem()).unwrap();
     }
 
     /// Tenants `a` and `b` with the hosts given and a certificate each.
@@ -374,5 +431,46 @@ mod tests {
         store.install(swapped);
         assert_eq!(served(&store.current(), "SHOP.test."), b);
         assert_eq!(served(&store.current(), "blog.test"), a);
+    }
+
+    /// A pair that stops naming a host its tenant serves (a renewal for the wrong names, two
+    /// tenants' files swapped) is refused, from its files as from a config, and the pair
+    /// serving now keeps serving; one that names the same hosts and more replaces it.
+    #[test]
+    fn a_pair_that_drops_a_host_the_serving_one_names_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::load(&config(dir.path(), "a.test", "b.test")).unwrap();
+        let (cert, key) = (dir.path().join("a.test.pem"), dir.path().join("a.test.key"));
+        write_pair(&cert, &key, &["other.example"]);
+        let outcome = store.reload_files(std::slice::from_ref(&cert));
+        let [(_, Outcome::Refused(why))] = outcome.as_slice() else {
+            panic!("{outcome:?}");
+        };
+        assert!(why.contains("does not name a.test"), "{why}");
+        assert_eq!(
+            served(&store.current(), "a.test"),
+            Some(vec!["a.test".to_owned()])
+        );
+        assert!(store
+            .refusals()
+            .contains_key(&CertOwner::Tenant("a".into())));
+
+        // From a config that names other files for the tenant: refused with the reason.
+        let (swapped_cert, swapped_key) = (dir.path().join("s.pem"), dir.path().join("s.key"));
+        write_pair(&swapped_cert, &swapped_key, &["b.test"]);
+        let mut swapped = config(dir.path(), "a.test", "b.test");
+        let paths = swapped.tenants[0].tls_cert.as_mut().unwrap();
+        (paths.cert, paths.key) = (swapped_cert, swapped_key);
+        let refused = store.prepare(&swapped).unwrap_err();
+        assert!(refused.contains("does not name a.test"), "{refused}");
+
+        write_pair(&cert, &key, &["a.test", "www.a.test"]);
+        let outcome = store.reload_files(std::slice::from_ref(&cert));
+        assert!(
+            matches!(outcome.as_slice(), [(_, Outcome::Applied)]),
+            "{outcome:?}"
+        );
+        let names = Some(vec!["a.test".to_owned(), "www.a.test".to_owned()]);
+        assert_eq!(served(&store.current(), "a.test"), names);
     }
 }
