@@ -113,9 +113,7 @@ impl<A> ConnectionGuard<A> {
         let (listen, acceptor) = self.tls.as_ref()?;
         let digest = stream.get_socket_digest()?;
         let local = *digest.local_addr()?.as_inet()?;
-        let on_listener = local.port() == listen.port()
-            && (listen.ip().is_unspecified() || local.ip() == listen.ip());
-        on_listener.then(|| acceptor.clone())
+        accepted_on(*listen, local).then(|| acceptor.clone())
     }
 
     /// The TLS stream over `stream`, or `None` (counted) when the handshake fails or is
@@ -185,14 +183,39 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
     }
 }
 
+/// Whether a connection to `local` came in on a listener bound to `listen`: the same port, and
+/// the same address or, for an unspecified one, the same family (a plain listener on
+/// `[::1]:8443` beside a TLS one on `0.0.0.0:8443` is not TLS; an IPv4 client of a dual-stack
+/// `[::]` listener has an IPv4-mapped IPv6 address).
+fn accepted_on(listen: SocketAddr, local: SocketAddr) -> bool {
+    let same_address = match listen.ip().is_unspecified() {
+        true => listen.is_ipv4() == local.is_ipv4(),
+        false => local.ip() == listen.ip(),
+    };
+    local.port() == listen.port() && same_address
+}
+
 #[cfg(test)]
 mod tests {
-    use super::BUSY;
+    use super::{accepted_on, BUSY};
+    use std::net::SocketAddr;
 
     #[test]
     fn busy_answer_is_framed_correctly() {
         let text = std::str::from_utf8(BUSY).expect("ascii");
         let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+
+    #[test]
+    fn a_connection_is_on_the_listener_of_its_port_and_address_family() {
+        let at = |text: &str| text.parse::<SocketAddr>().unwrap();
+        assert!(accepted_on(at("0.0.0.0:8443"), at("127.0.0.1:8443")));
+        assert!(accepted_on(at("127.0.0.1:8443"), at("127.0.0.1:8443")));
+        assert!(!accepted_on(at("127.0.0.1:8443"), at("127.0.0.2:8443")));
+        assert!(!accepted_on(at("0.0.0.0:8443"), at("127.0.0.1:8080")));
+        assert!(!accepted_on(at("0.0.0.0:8443"), at("[::1]:8443")));
+        assert!(accepted_on(at("[::]:8443"), at("[::ffff:127.0.0.1]:8443")));
+        assert!(!accepted_on(at("[::]:8443"), at("127.0.0.1:8443")));
     }
 }
