@@ -11,8 +11,8 @@ use pingora::http::{RequestHeader, ResponseHeader};
 const MAX_EDITS: usize = 64;
 /// Most bytes a plugin may set: the header edits of one hook together, or a path and query.
 /// The largest request head cachet takes from a client (Pingora's own cap), so a plugin that
-/// keeps a client's long cookie or rewrites its long query is never refused for it, and an
-/// edited head stays within what a client could have sent.
+/// keeps a client's long cookie or rewrites its long query is never refused for it. (The
+/// edited head as a whole is held to the same cap when applied.)
 const MAX_EDIT_BYTES: usize = crate::config::PINGORA_MAX_HEAD;
 /// Longest origin-form path and query a plugin may set.
 const MAX_PATH_AND_QUERY: usize = MAX_EDIT_BYTES;
@@ -91,8 +91,30 @@ impl RequestEdits {
             }
             .map_err(|e| format!("request header edit refused: {e}"))?;
         }
+        if !self.headers.is_empty() {
+            crate::proxy::request_fields::after_edits(req)
+                .map_err(|e| format!("request header edits refused: {e}"))?;
+        }
+        // Each hook's edits are bounded, but on top of a client's head that may be as large.
+        let head_bytes = head_bytes(req);
+        if head_bytes > crate::config::PINGORA_MAX_HEAD {
+            return Err(format!(
+                "the edited request head of {head_bytes} bytes exceeds the {} bytes a client \
+                 may send",
+                crate::config::PINGORA_MAX_HEAD
+            ));
+        }
         Ok(())
     }
+}
+
+/// A request head's size on the wire, near enough: its target and each field's line.
+fn head_bytes(req: &RequestHeader) -> usize {
+    let fields = req.headers.iter();
+    let fields: usize = fields
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    req.raw_path().len() + fields
 }
 
 /// Applies response edits (checked when read) to a response head.
@@ -363,5 +385,60 @@ mod tests {
         assert_eq!(req.raw_path(), b"/items?a=1");
         assert_eq!(req.uri.path(), "/items");
         assert!(req.headers.get("cookie").is_none());
+    }
+
+    /// Fields an edit brings back get the rules a client's own got: a weak `If-Range` drops
+    /// the range (Pingora would answer it with parts), an HTTP/1.0 request keeps no `Expect`,
+    /// and an HTTP/2 request's cookies stay one field for its HTTP/1.1 origin.
+    #[test]
+    fn edited_fields_are_brought_to_what_the_origin_is_sent() {
+        let value = |v: &'static str| HeaderValue::from_static(v);
+        let name = |n: &'static str| HeaderName::from_static(n);
+        let edits = RequestEdits {
+            headers: vec![
+                HeaderEdit::Set(name("if-range"), value("W/\"x\"")),
+                HeaderEdit::Set(name("expect"), value("100-continue")),
+                HeaderEdit::Append(name("cookie"), value("b=2")),
+            ],
+            path_and_query: None,
+        };
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("range", "bytes=0-3").unwrap();
+        req.insert_header("cookie", "a=1").unwrap();
+        req.set_version(http::Version::HTTP_10);
+        edits.apply(&mut req).unwrap();
+        for gone in ["range", "if-range", "expect"] {
+            assert!(req.headers.get(gone).is_none(), "{gone}: {:?}", req.headers);
+        }
+        // Cookie lines stay as HTTP/1 sent them: one origin-bound field per line.
+        assert_eq!(req.headers.get_all("cookie").iter().count(), 2);
+
+        let mut h2 = RequestHeader::build("GET", b"/", None).unwrap();
+        h2.set_version(http::Version::HTTP_2);
+        h2.insert_header("cookie", "a=1").unwrap();
+        h2.insert_header("expect", "100-continue").unwrap();
+        edits.apply(&mut h2).unwrap();
+        assert_eq!(h2.headers["cookie"], "a=1; b=2");
+        assert_eq!(h2.headers["expect"], "100-continue");
+    }
+
+    /// An edited head stays within what a client may send: the edits of a hook are bounded
+    /// on their own, but not the client's head they are added to.
+    #[test]
+    fn an_edited_head_over_what_a_client_may_send_is_refused() {
+        let half = "v".repeat(crate::config::PINGORA_MAX_HEAD / 2 + 16);
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-client", half.as_str()).unwrap();
+        let edits = |value: &str| RequestEdits {
+            headers: vec![HeaderEdit::Set(
+                HeaderName::from_static("x-plugin"),
+                HeaderValue::from_str(value).unwrap(),
+            )],
+            path_and_query: None,
+        };
+        let refused = edits(&half).apply(&mut req.clone()).unwrap_err();
+        assert!(refused.contains("exceeds"), "{refused}");
+        edits("small").apply(&mut req).unwrap();
+        assert_eq!(req.headers["x-plugin"], "small");
     }
 }

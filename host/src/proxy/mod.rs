@@ -32,7 +32,7 @@ mod ranges;
 mod request;
 pub(crate) use lean_hit::{put_status_line, timed_pieces, HeadShape, LeanResponse, TIMED_PIECE};
 pub(crate) use request::{plan_front, plan_head, ClientConn, FrontStep, HeadPlan, Planned};
-mod request_fields;
+pub(crate) mod request_fields;
 mod respond;
 mod response;
 mod revalidation;

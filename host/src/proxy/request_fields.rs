@@ -71,12 +71,29 @@ pub fn sanitize(
     readable_as_text(req)?;
     single_content_length(req)?;
     ignore_range_under_weak_if_range(req);
+    ignore_expect_from_http10(req);
+    remove_hop_by_hop(req)
+}
+
+/// The rules of [`sanitize`] that fields a plugin's request edits can bring back, applied
+/// again to the edited request, so the key hook reads and the origin is sent what a client's
+/// own fields would have become: a weak `If-Range` drops the range, an HTTP/1.0 request has
+/// no `Expect`, and an HTTP/2 request's cookies are one field.
+pub(crate) fn after_edits(req: &mut RequestHeader) -> Result<(), &'static str> {
+    if req.version == Version::HTTP_2 {
+        join_cookies(req)?;
+    }
+    ignore_range_under_weak_if_range(req);
+    ignore_expect_from_http10(req);
+    Ok(())
+}
+
+/// An HTTP/1.0 client cannot read a 100 Continue: its expectation is ignored (RFC 9110
+/// §10.1.1), so the origin is not asked to send one either.
+fn ignore_expect_from_http10(req: &mut RequestHeader) {
     if req.version < Version::HTTP_11 {
-        // An HTTP/1.0 client cannot read a 100 Continue: its expectation is ignored
-        // (RFC 9110 §10.1.1), so the origin is not asked to send one either.
         req.remove_header(&header::EXPECT);
     }
-    remove_hop_by_hop(req)
 }
 
 /// Removes every field whose name holds anything but letters, digits and `-`: an origin that
@@ -155,6 +172,11 @@ fn as_http1_fields(req: &mut RequestHeader) -> Result<(), &'static str> {
                 .map_err(|_| "the :authority is not a valid host")?;
         }
     }
+    join_cookies(req)
+}
+
+/// The cookie fields of an HTTP/2 request joined into one with "; " (RFC 9113 §8.2.3).
+fn join_cookies(req: &mut RequestHeader) -> Result<(), &'static str> {
     let mut cookies = req.headers.get_all(header::COOKIE).iter();
     if let (Some(_), Some(_)) = (cookies.next(), cookies.next()) {
         let joined = req
