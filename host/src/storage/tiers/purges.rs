@@ -61,7 +61,7 @@ impl Target {
     }
 
     /// The partition the target is in (none for a key that does not parse).
-    fn partition(&self) -> Option<String> {
+    pub(crate) fn partition(&self) -> Option<String> {
         match self {
             Self::Key(hex) => Some(TierKey::from_hex(hex)?.partition()?.to_owned()),
             Self::Tag { partition, .. } | Self::Partition(partition) => Some(partition.clone()),

@@ -1,6 +1,6 @@
 //! The disk tier's purge marks on disk (`purges.jsonl`): one JSON line per purge, appended as
-//! purges are made, read back when the tier opens, and cut to the newest [`MAX_MARKS`] (the
-//! older ones leave floors) once the file holds twice that.
+//! purges are made, read back when the tier opens, and cut to one mark per target within
+//! [`MAX_MARKS`] (as the purge log in memory keeps them) once the file holds twice that.
 //!
 //! The cut reads, parses and rewrites megabytes. It runs on a thread of its own while purges
 //! go on being appended: purges are made on request threads (every successful POST is one),
@@ -9,9 +9,11 @@
 //! (`purges.jsonl.cutting`), read before the file itself when the tier opens, so a crash
 //! during the cut loses no mark.
 
-use super::super::purges::{floors_of, Purge, MAX_MARKS};
+use super::super::purges::{floors_of, Purge, Target, MAX_MARKS};
 use anyhow::Context;
 use parking_lot::Mutex;
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -34,8 +36,8 @@ pub(super) struct MarksFile {
 
 impl MarksJournal {
     /// Reads the marks `path` holds (after the lines set aside for a cut that did not finish)
-    /// and returns them; the file is written afresh with them and `more` after them, the
-    /// newest [`MAX_MARKS`] of them after the floors the others leave.
+    /// and returns them; the file is written afresh with them and `more` after them, within
+    /// [`MAX_MARKS`] as `within_bound` keeps them.
     pub(super) fn open(path: PathBuf, more: &[Purge]) -> anyhow::Result<(Self, Vec<Purge>)> {
         Self::open_cutting_past(path, more, 2 * MAX_MARKS)
     }
@@ -157,8 +159,8 @@ fn remove_if_there(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// The newest purge marks the files hold, read in order, after the floors the older ones
-/// left ([`floors_of`]). A missing file holds none. An unreadable line (damaged, cut off by a
+/// The purge marks the files hold, read in order and kept within [`MAX_MARKS`] as
+/// `within_bound` keeps them. A missing file holds none. An unreadable line (damaged, cut off by a
 /// crash, not UTF-8) is skipped alone: lines are split as bytes, so one bad byte cannot end
 /// the reading and lose every mark after it.
 pub(super) fn read_marks(paths: &[&Path]) -> anyhow::Result<Vec<Purge>> {
@@ -190,13 +192,70 @@ pub(super) fn read_marks(paths: &[&Path]) -> anyhow::Result<Vec<Purge>> {
     Ok(within_bound(marks))
 }
 
-/// The newest [`MAX_MARKS`] of `marks`, after the floors the older ones leave ([`floors_of`]):
-/// a purged copy never returns.
-fn within_bound(mut marks: Vec<Purge>) -> Vec<Purge> {
-    let excess = marks.len().saturating_sub(MAX_MARKS);
-    let mut kept = floors_of(marks.drain(..excess));
-    kept.append(&mut marks);
-    kept
+/// What `marks` say, within [`MAX_MARKS`], as the purge log in memory holds them: one mark per
+/// target, hard and soft apart, at the latest time any line said (a URL POSTed a million times
+/// is one mark, not a million lines pushing out every other); past the bound, the oldest marks
+/// of the partition holding the most become its floor ([`floors_of`]), so one busy tenant's
+/// purges never floor another tenant's copies. A purged copy never returns.
+fn within_bound(marks: Vec<Purge>) -> Vec<Purge> {
+    // In the order each target was first seen, each at its latest time.
+    let mut merged: Vec<Purge> = Vec::new();
+    let mut index: HashMap<(Target, bool), usize> = HashMap::new();
+    for purge in marks {
+        match index.entry((purge.target.clone(), purge.soft)) {
+            Entry::Occupied(seen) => {
+                let kept = &mut merged[*seen.get()];
+                kept.at = kept.at.max(purge.at);
+            }
+            Entry::Vacant(new) => {
+                new.insert(merged.len());
+                merged.push(purge);
+            }
+        }
+    }
+    let (floors, targets): (Vec<Purge>, Vec<Purge>) = merged
+        .into_iter()
+        .partition(|purge| matches!(purge.target, Target::Partition(_)));
+    let excess = targets.len().saturating_sub(MAX_MARKS);
+    let (mut kept, dropped) = drop_from_the_fullest(targets, excess);
+    kept.sort_by_key(|purge| purge.at);
+    let mut bounded = floors_of(floors.into_iter().chain(dropped));
+    bounded.append(&mut kept);
+    bounded
+}
+
+/// Drops `count` of `marks`, each the oldest of the partition holding the most at the time:
+/// (what is kept, what was dropped).
+fn drop_from_the_fullest(marks: Vec<Purge>, count: usize) -> (Vec<Purge>, Vec<Purge>) {
+    if count == 0 {
+        return (marks, Vec::new());
+    }
+    let mut by_partition: HashMap<String, Vec<Purge>> = HashMap::new();
+    for purge in marks {
+        let partition = purge.target.partition().unwrap_or_default();
+        by_partition.entry(partition).or_default().push(purge);
+    }
+    for marks in by_partition.values_mut() {
+        // Newest first: the oldest is popped.
+        marks.sort_by_key(|purge| std::cmp::Reverse(purge.at));
+    }
+    let mut fullest: BinaryHeap<(usize, String)> = by_partition
+        .iter()
+        .map(|(partition, marks)| (marks.len(), partition.clone()))
+        .collect();
+    let mut dropped = Vec::with_capacity(count);
+    while dropped.len() < count {
+        let Some((held, partition)) = fullest.pop() else {
+            break;
+        };
+        if let Some(oldest) = by_partition.get_mut(&partition).and_then(Vec::pop) {
+            dropped.push(oldest);
+        }
+        if held > 1 {
+            fullest.push((held - 1, partition));
+        }
+    }
+    (by_partition.into_values().flatten().collect(), dropped)
 }
 
 /// Writes `marks` and then the lines `after` afresh, on disk before they replace the file
@@ -224,7 +283,7 @@ pub(super) fn rewrite_marks(path: &Path, marks: &[Purge], after: &[u8]) -> anyho
 #[cfg(test)]
 mod tests {
     use super::super::super::key::TierKey;
-    use super::super::super::purges::{PurgeLog, Target, Verdict};
+    use super::super::super::purges::{PurgeLog, Verdict};
     use super::*;
     use std::time::{Duration, Instant};
 
@@ -274,10 +333,11 @@ mod tests {
         );
     }
 
-    /// Marks beyond the bound leave floors behind: after a restart, what the oldest purged
-    /// (a tag of one partition, here) stays purged, though their lines are gone.
+    /// Marks beyond the bound leave floors behind, in the partition holding the most: after a
+    /// restart, what its oldest purged stays purged, though their lines are gone, and the
+    /// quiet partition's copies are judged by its own marks alone.
     #[test]
-    fn marks_beyond_the_bound_leave_floors_behind() {
+    fn marks_beyond_the_bound_leave_floors_behind_in_the_fullest_partition() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("purges.jsonl");
         let mut lines = String::new();
@@ -291,22 +351,55 @@ mod tests {
         std::fs::write(&path, lines).unwrap();
         let kept = read_marks(&[&path]).unwrap();
         let floor = Purge {
-            target: Target::Partition("quiet".into()),
-            at: 10,
+            target: Target::Partition("flood".into()),
+            at: 20,
             soft: false,
         };
         assert_eq!(kept[0], floor);
+        assert_eq!(kept[1], tag_mark("quiet", "t".into(), 10));
         assert_eq!(kept.len(), MAX_MARKS + 1);
         let log = PurgeLog::default();
         for mark in &kept {
             log.record(mark);
         }
-        let copy = TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), "quiet"));
-        let tags: Vec<Box<str>> = vec!["t".into()];
-        assert_eq!(log.verdict(&copy, &tags, 9), Verdict::Gone);
+        let copy =
+            |partition: &str| TierKey::of(&pingora_cache::CacheKey::new(b"/a".to_vec(), partition));
+        let tagged = |tag: &str| -> Vec<Box<str>> { vec![tag.into()] };
+        assert_eq!(
+            log.verdict(&copy("flood"), &tagged("f0"), 19),
+            Verdict::Gone
+        );
+        assert_eq!(log.verdict(&copy("flood"), &[], 21), Verdict::Keep);
+        assert_eq!(log.verdict(&copy("quiet"), &tagged("t"), 9), Verdict::Gone);
+        assert_eq!(log.verdict(&copy("quiet"), &[], 9), Verdict::Keep);
         // Rewritten, the floor is a line like any other and is read back.
         rewrite_marks(&path, &kept, &[]).unwrap();
         assert_eq!(read_marks(&[&path]).unwrap(), kept);
+    }
+
+    /// One target purged again and again (every POST to one URL) is one mark at its latest
+    /// time: its lines never push out another tenant's marks, nor floor the tenant's copies.
+    #[test]
+    fn repeated_marks_of_one_target_are_one_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("purges.jsonl");
+        let mut lines = String::new();
+        let other = tag_mark("other", "t".into(), 1);
+        lines.push_str(&serde_json::to_string(&other).unwrap());
+        lines.push('\n');
+        let key = TierKey::of(&pingora_cache::CacheKey::new(b"/api".to_vec(), "busy"));
+        let posted = |at| Purge {
+            target: Target::Key(key.to_hex()),
+            at,
+            soft: false,
+        };
+        for at in 0..2 * MAX_MARKS as u64 {
+            lines.push_str(&serde_json::to_string(&posted(10 + at)).unwrap());
+            lines.push('\n');
+        }
+        std::fs::write(&path, lines).unwrap();
+        let latest = posted(10 + 2 * MAX_MARKS as u64 - 1);
+        assert_eq!(read_marks(&[&path]).unwrap(), vec![other, latest]);
     }
 
     /// The cut runs beside the appends: every mark appended while it ran is in the file it
@@ -345,13 +438,15 @@ mod tests {
             .collect();
         let (journal, read) = MarksJournal::open(path.clone(), &made).unwrap();
         assert_eq!(read, old);
+        // The ten over the bound come from the partition holding the most, its oldest.
         let floor = Purge {
-            target: Target::Partition("old".into()),
-            at: 9,
+            target: Target::Partition("site".into()),
+            at: 109,
             soft: false,
         };
         let mut expected = vec![floor];
-        expected.extend(made);
+        expected.extend(old);
+        expected.extend(made.into_iter().skip(10));
         assert_eq!(journal.file.lock().lines, expected.len());
         let lines = std::fs::read(&path).unwrap();
         assert_eq!(
