@@ -9,15 +9,15 @@
 
 use crate::config::Config;
 
-/// Descriptors besides connections: listeners, the log, plugin and config files, the reload
-/// watcher, disk-tier segments, Redis, the runtime's own.
+/// Descriptors besides connections and the disk tier's files: listeners, the log, plugin and
+/// config files, the reload watcher, Redis, the runtime's own.
 const BESIDES_CONNECTIONS: u64 = 256;
 
 /// Connections the admin listener, and the metrics listener, each take at most.
 pub const CONNECTIONS_PER_ADMIN_LISTENER: usize = 64;
 
 /// What a full load of this config holds open at once: every client connection, every
-/// tenant's origin connections in use, the rest.
+/// tenant's origin connections in use, the disk tier's files, the rest.
 pub fn needed(config: &Config) -> u64 {
     let origins: u64 = config
         .tenants
@@ -27,7 +27,13 @@ pub fn needed(config: &Config) -> u64 {
     config.server.max_connections as u64
         + origins
         + operator_connections(config)
+        + disk_tier(config)
         + BESIDES_CONNECTIONS
+}
+
+fn disk_tier(config: &Config) -> u64 {
+    let disk = config.cache.disk.as_ref();
+    disk.map_or(0, crate::storage::tiers::disk_tier_descriptors)
 }
 
 /// What the admin and metrics listeners may hold, each at its own cap.
@@ -78,7 +84,7 @@ pub fn raise_limit(config: &Config) -> usize {
     // The operator listeners keep their own caps, so their share is set aside first.
     let for_proxying = limit
         .rlim_cur
-        .saturating_sub(BESIDES_CONNECTIONS + operator_connections(config));
+        .saturating_sub(BESIDES_CONNECTIONS + operator_connections(config) + disk_tier(config));
     let fits = usize::try_from(for_proxying / 2)
         .unwrap_or(usize::MAX)
         .max(1);
@@ -86,10 +92,11 @@ pub fn raise_limit(config: &Config) -> usize {
     tracing::warn!(
         "open-file limit {} is under the {need} descriptors this config may hold \
          (server.max_connections {configured} + each tenant's origin max_connections + \
-         {CONNECTIONS_PER_ADMIN_LISTENER} per admin or metrics listener + \
-         {BESIDES_CONNECTIONS}): accepting at most {clients} client connections (503 beyond); \
+         {CONNECTIONS_PER_ADMIN_LISTENER} per admin or metrics listener + the disk tier's \
+         {disk} files + {BESIDES_CONNECTIONS}): accepting at most {clients} client connections (503 beyond); \
          raise the hard limit (LimitNOFILE=, ulimit -Hn) or lower max_connections",
         limit.rlim_cur,
+        disk = disk_tier(config),
     );
     clients
 }

@@ -31,6 +31,7 @@ mod storage;
 mod tier;
 mod writer;
 
+pub(crate) use disk::descriptors_held as disk_tier_descriptors;
 pub use hit::tier_of;
 pub use lean::{LeanLookup, TierReadAhead};
 pub use record::FetchStarted;

@@ -277,12 +277,7 @@ impl DiskTier {
     ) -> anyhow::Result<()> {
         remove_block_store(&self.config.path)?;
         let dir = self.config.path.join("segments");
-        let limits = Limits {
-            segment_bytes: segment_size(self.config.max_bytes) as u64,
-            max_bytes: self.config.max_bytes as u64,
-            max_values: self.config.max_objects.unwrap_or(u64::MAX),
-        };
-        let segments = SegmentStore::open(&dir, limits)
+        let segments = SegmentStore::open(&dir, limits(&self.config))
             .with_context(|| format!("opening the disk tier's segments in {}", dir.display()))?;
         let path = self.config.path.join("purges.jsonl");
         // This process's own purges while it waited (applied to L1 when made); back in the
@@ -570,6 +565,20 @@ fn removed_key(purge: &Purge) -> Option<TierKey> {
         (Target::Key(hex), false) => TierKey::from_hex(hex),
         _ => None,
     }
+}
+
+fn limits(config: &DiskTierConfig) -> Limits {
+    Limits {
+        segment_bytes: segment_size(config.max_bytes) as u64,
+        max_bytes: config.max_bytes as u64,
+        max_values: config.max_objects.unwrap_or(u64::MAX),
+    }
+}
+
+/// Descriptors a disk tier of `config` holds open at most: its segment files, the marks file
+/// and the lock.
+pub(crate) fn descriptors_held(config: &DiskTierConfig) -> u64 {
+    limits(config).most_segments() + 2
 }
 
 fn segment_size(max_bytes: usize) -> usize {

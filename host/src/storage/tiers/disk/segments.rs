@@ -33,6 +33,8 @@ pub(crate) struct SegmentStore {
     /// Values one segment holds at most: its share of `limits.max_values`, so that the
     /// segments the byte budget keeps hold no more values than that in all.
     values_per_segment: usize,
+    /// Segment files kept at most ([`Limits::most_segments`]): each holds a descriptor.
+    most_segments: usize,
     hasher: RandomState,
     index: RwLock<Index>,
     writer: Mutex<Active>,
@@ -53,6 +55,21 @@ pub(crate) struct Limits {
     pub max_bytes: u64,
     /// Values all segments may hold (each costs the index ~40 bytes of memory).
     pub max_values: u64,
+}
+
+impl Limits {
+    /// Segment files the store keeps at most, each open for as long as it is kept: the
+    /// segments the byte budget holds, as many again part-filled (every start begins a
+    /// segment of its own), and the one being written. Past it the oldest are evicted, as past
+    /// the budget: segments a run left part-filled took no more of the budget's bytes, and
+    /// many restarts left more segments open than descriptors allowed.
+    pub(crate) fn most_segments(&self) -> u64 {
+        2 * self.segments_in_budget() + 1
+    }
+
+    fn segments_in_budget(&self) -> u64 {
+        (self.max_bytes / self.segment_bytes).max(1)
+    }
 }
 
 /// Where each key's newest entry is, and which keys each segment holds.
@@ -128,6 +145,13 @@ impl SegmentStore {
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let (keys, bytes) = recover(&file, id, &hasher, &mut index.entries)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            // A run that wrote nothing left its segment empty (or only a cut-off entry):
+            // kept, every start added one more file and descriptor.
+            if file.metadata()?.len() == 0 {
+                drop(file);
+                std::fs::remove_file(&path)?;
+                continue;
+            }
             index.segments.insert(
                 id,
                 Segment {
@@ -148,12 +172,12 @@ impl SegmentStore {
                 bytes: 0,
             },
         );
-        let segments_in_budget = (limits.max_bytes / limits.segment_bytes).max(1);
-        let values_per_segment = (limits.max_values / segments_in_budget).max(1);
+        let values_per_segment = (limits.max_values / limits.segments_in_budget()).max(1);
         let store = Self {
             dir: dir.to_path_buf(),
             limits,
             values_per_segment: usize::try_from(values_per_segment).unwrap_or(usize::MAX),
+            most_segments: usize::try_from(limits.most_segments()).unwrap_or(usize::MAX),
             hasher,
             index: RwLock::new(index),
             writer: Mutex::new(active),
@@ -415,6 +439,7 @@ impl SegmentStore {
             let full_active_values = self.values_per_segment as u64;
             if sealed_bytes + self.limits.segment_bytes <= self.limits.max_bytes
                 && sealed_values.saturating_add(full_active_values) <= self.limits.max_values
+                && index.segments.len() <= self.most_segments
             {
                 return doomed;
             }
@@ -1153,5 +1178,38 @@ mod tests {
         store.put(b"k", b"v").unwrap();
         assert_eq!(store.get(b"k").await.unwrap().unwrap(), &b"v"[..]);
         assert!(dir.path().join("notes.txt").exists());
+    }
+
+    fn segment_files(dir: &Path) -> usize {
+        segment_ids(dir).unwrap().len()
+    }
+
+    /// A start that writes nothing leaves no file behind, and starts that each write a
+    /// little keep at most [`Limits::most_segments`] files: every start used to add a segment,
+    /// each holding a descriptor, until cachet could not open them all and did not start.
+    #[tokio::test]
+    async fn restarts_leave_at_most_the_segments_the_limits_allow() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            drop(roomy(dir.path()));
+        }
+        assert_eq!(
+            segment_files(dir.path()),
+            1,
+            "one empty segment, this run's"
+        );
+
+        let limits = segments(4);
+        for i in 0..20u8 {
+            let store = SegmentStore::open(dir.path(), limits).unwrap();
+            store.put(&[i], &value(10, i)).unwrap();
+            store.sync().unwrap();
+        }
+        let store = SegmentStore::open(dir.path(), limits).unwrap();
+        let most = usize::try_from(limits.most_segments()).unwrap();
+        assert_eq!(segment_files(dir.path()), most);
+        // The newest runs' values are still there; the oldest went with their segments.
+        assert_eq!(store.get(&[19]).await.unwrap().unwrap(), value(10, 19));
+        assert!(store.get(&[0]).await.unwrap().is_none());
     }
 }
