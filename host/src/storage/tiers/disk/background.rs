@@ -5,7 +5,7 @@
 //! ([`super::marks_writer`]). What each does when its queue is full differs, and is theirs to
 //! decide; how a queue, its thread and its flush at shutdown work is the same, and lives here.
 
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
 /// How long a flush at shutdown waits for the queued writes to be done.
@@ -40,27 +40,54 @@ pub(super) enum Refused<T> {
     Stopped(T),
 }
 
+/// What the thread does with the jobs.
+pub(super) trait Worker<T>: Send + 'static {
+    /// One job, in the order queued.
+    fn work(&mut self, job: T);
+    /// Called once the queue is empty, after a run of jobs (and before a flush is answered):
+    /// where a run's writes are made durable at once, rather than one job at a time.
+    fn caught_up(&mut self) {}
+}
+
+/// A closure is a worker with nothing to do when caught up.
+impl<T, F: FnMut(T) + Send + 'static> Worker<T> for F {
+    fn work(&mut self, job: T) {
+        self(job)
+    }
+}
+
 impl<T: Send + 'static> Background<T> {
-    /// Starts the thread `name`, which calls `work` on each queued job. The queue holds at
-    /// most `capacity` jobs. `work` must not hold a handle on this queue: the thread would
+    /// Starts the thread `name`, which hands each queued job to `worker`. The queue holds at
+    /// most `capacity` jobs. The worker must not hold a handle on this queue: the thread would
     /// then never end.
     pub(super) fn start(
         name: &str,
         capacity: usize,
-        mut work: impl FnMut(T) + Send + 'static,
+        mut worker: impl Worker<T>,
     ) -> std::io::Result<Self> {
         let (jobs, queued) = mpsc::sync_channel(capacity);
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                for job in queued {
+                let mut next = queued.recv().ok();
+                while let Some(job) = next {
                     match job {
-                        Job::Do(job) => work(job),
+                        Job::Do(job) => worker.work(job),
                         Job::Flush(done) => {
+                            worker.caught_up();
                             let _ = done.send(());
                         }
                     }
+                    next = match queued.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(TryRecvError::Disconnected) => None,
+                        Err(TryRecvError::Empty) => {
+                            worker.caught_up();
+                            queued.recv().ok()
+                        }
+                    };
                 }
+                worker.caught_up();
             })?;
         Ok(Self { jobs })
     }
@@ -156,5 +183,47 @@ mod tests {
         gate.wait();
         gate.wait();
         assert!(queue.flush());
+    }
+
+    /// The worker hears it has caught up once per run of jobs, not once per job, and before a
+    /// flush is answered: a run of purge marks costs one sync, and a flush finds them synced.
+    #[test]
+    fn a_worker_catches_up_once_per_run_and_before_a_flush() {
+        struct Counting {
+            gate: Arc<Barrier>,
+            since: usize,
+            runs: Arc<Mutex<Vec<usize>>>,
+        }
+        impl Worker<u32> for Counting {
+            fn work(&mut self, job: u32) {
+                if job == 0 {
+                    self.gate.wait();
+                }
+                self.since += 1;
+            }
+            fn caught_up(&mut self) {
+                if self.since > 0 {
+                    self.runs
+                        .lock()
+                        .unwrap()
+                        .push(std::mem::take(&mut self.since));
+                }
+            }
+        }
+        let gate = Arc::new(Barrier::new(2));
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let worker = Counting {
+            gate: gate.clone(),
+            since: 0,
+            runs: runs.clone(),
+        };
+        let queue = Background::start("test-background", 16, worker).unwrap();
+        // The first job holds the thread until the other nine are queued behind it.
+        for n in 0..10 {
+            assert!(queue.queue_waiting(n).is_ok());
+        }
+        gate.wait();
+        assert!(queue.flush());
+        assert_eq!(*runs.lock().unwrap(), [10]);
     }
 }

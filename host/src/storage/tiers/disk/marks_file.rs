@@ -92,6 +92,16 @@ impl MarksJournal {
         Ok(())
     }
 
+    /// Makes the lines appended so far durable (those set aside for a cut were synced when
+    /// set aside).
+    pub(super) fn sync(&self) -> anyhow::Result<()> {
+        let marks = self.file.lock();
+        marks
+            .file
+            .sync_data()
+            .with_context(|| format!("syncing {}", marks.path.display()))
+    }
+
     #[cfg(test)]
     fn cutting(&self) -> bool {
         self.file.lock().cutting
@@ -107,6 +117,10 @@ impl MarksFile {
         if aside.exists() {
             return Ok(());
         }
+        // Synced before: appends go to the new file from now on, and only it is synced.
+        self.file
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.path.display()))?;
         std::fs::rename(&self.path, &aside)
             .with_context(|| format!("moving {} aside", self.path.display()))?;
         self.file = OpenOptions::new()

@@ -4,9 +4,9 @@
 //! request threads: every successful POST, PUT or DELETE invalidates its URL. The line was
 //! written on that thread, so a disk slow to take writes (dirty-page throttling holds a
 //! `write` for seconds) held it, and every request it was serving, as long. Now a thread of
-//! its own appends the lines, in the order the purges were queued, and answers each purge's
-//! [`Delivery`] once its line is written or failed: a PURGE waits for that answer, an
-//! invalidation does not.
+//! its own appends the lines, in the order the purges were queued, syncs the file once it has
+//! caught up with the queue, and then answers each purge's [`Delivery`]: a PURGE waits for
+//! that answer, an invalidation does not.
 //!
 //! The queue is bounded ([`super::background`]). When it is full (its thread stuck behind the
 //! disk), a purge made on a request thread is refused, not written there: the caller reports
@@ -15,7 +15,7 @@
 
 use super::super::purges::Purge;
 use super::super::tier::{Delivery, Throttle, TierCounters};
-use super::background::{Background, Refused, FLUSH_WAIT};
+use super::background::{Background, Refused, Worker, FLUSH_WAIT};
 use super::marks_file::MarksJournal;
 use super::segments::SegmentStore;
 use std::sync::Arc;
@@ -54,12 +54,13 @@ impl MarksWriter {
         counters: Arc<TierCounters>,
     ) -> std::io::Result<Self> {
         let journal = Arc::new(journal);
-        let (file, thread_counters) = (journal.clone(), counters.clone());
-        let jobs = Background::start("cachet-disk-marks", QUEUE, move |(purge, answer): Job| {
-            let appended = append(&file, &segments, &thread_counters, &purge);
-            // Nobody may be waiting (an invalidation): that is fine.
-            let _ = answer.send(appended);
-        })?;
+        let appender = Appender {
+            journal: journal.clone(),
+            segments,
+            counters: counters.clone(),
+            unsynced: Vec::new(),
+        };
+        let jobs = Background::start("cachet-disk-marks", QUEUE, appender)?;
         Ok(Self {
             jobs,
             counters,
@@ -110,6 +111,39 @@ impl MarksWriter {
                 "disk tier: purge marks still queued after {FLUSH_WAIT:?}; what they purged may \
                  be read from the disk again after the restart"
             );
+        }
+    }
+}
+
+/// The thread's work: each mark appended in turn; once the queue is empty, the file synced
+/// and the purges answered. A PURGE answered kept is kept through a power loss too, and a run
+/// of purges costs one sync, not one each.
+struct Appender {
+    journal: Arc<MarksJournal>,
+    segments: Arc<SegmentStore>,
+    counters: Arc<TierCounters>,
+    /// Purges appended since the last sync, with how their append went.
+    unsynced: Vec<(oneshot::Sender<Result<(), String>>, Result<(), String>)>,
+}
+
+impl Worker<Job> for Appender {
+    fn work(&mut self, (purge, answer): Job) {
+        let appended = append(&self.journal, &self.segments, &self.counters, &purge);
+        self.unsynced.push((answer, appended));
+    }
+
+    fn caught_up(&mut self) {
+        if self.unsynced.is_empty() {
+            return;
+        }
+        let synced = self.journal.sync().map_err(|e| {
+            TierCounters::bump(&self.counters.errors);
+            tracing::warn!("disk tier: cannot sync the purge marks: {e:#}");
+            format!("cannot record the purge: {e:#}")
+        });
+        for (answer, appended) in self.unsynced.drain(..) {
+            // Nobody may be waiting (an invalidation): that is fine.
+            let _ = answer.send(appended.and(synced.clone()));
         }
     }
 }
