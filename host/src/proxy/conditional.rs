@@ -6,16 +6,37 @@ use pingora::http::{RequestHeader, ResponseHeader};
 /// `If-Modified-Since`), and `If-None-Match: *`, which matches any current representation
 /// (§13.1.2) but which Pingora matches only against a stored `ETag`: a stored 200 without
 /// one was sent whole.
+///
+/// And for `If-Modified-Since` alone, two cases Pingora does not judge (RFC 9111 §4.3.2,
+/// RFC 9110 §13.1.3): a stored response without `Last-Modified` is compared by its `Date`
+/// (Pingora sent it whole), and a request with the field more than once has it ignored
+/// (Pingora read the first).
 pub fn not_modified(req: &RequestHeader, resp: &ResponseHeader) -> bool {
-    let any_representation = resp.status == http::StatusCode::OK
-        && matches!(req.method, http::Method::GET | http::Method::HEAD)
+    use http::header::{DATE, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
+    let ok_get = resp.status == http::StatusCode::OK
+        && matches!(req.method, http::Method::GET | http::Method::HEAD);
+    let any_representation = ok_get
         && req
             .headers
-            .get_all(http::header::IF_NONE_MATCH)
+            .get_all(IF_NONE_MATCH)
             .iter()
             .any(|value| value.as_bytes().trim_ascii() == b"*");
-    any_representation
-        || pingora::protocols::http::conditional_filter::not_modified_filter(req, resp)
+    if any_representation {
+        return true;
+    }
+    if !req.headers.contains_key(IF_NONE_MATCH) {
+        let mut since = req.headers.get_all(IF_MODIFIED_SINCE).iter();
+        match (since.next(), since.next()) {
+            (Some(_), Some(_)) => return false,
+            (Some(since), None) if ok_get && !resp.headers.contains_key(LAST_MODIFIED) => {
+                let since = super::http_date::parse(since);
+                let date = resp.headers.get(DATE).and_then(super::http_date::parse);
+                return since.zip(date).is_some_and(|(since, date)| since >= date);
+            }
+            _ => {}
+        }
+    }
+    pingora::protocols::http::conditional_filter::not_modified_filter(req, resp)
 }
 
 #[cfg(test)]
@@ -62,5 +83,33 @@ mod tests {
             &request("GET", Some("W/\"a\"")),
             &stored(200, Some("\"a\""))
         ));
+    }
+
+    #[test]
+    fn if_modified_since_falls_back_to_the_date_and_is_ignored_when_repeated() {
+        let since = |dates: &[&str]| {
+            let mut req = request("GET", None);
+            for date in dates {
+                req.append_header("if-modified-since", *date)
+                    .expect("field");
+            }
+            req
+        };
+        let (earlier, sent, later) = (
+            "Tue, 01 Dec 2026 09:00:00 GMT",
+            "Tue, 01 Dec 2026 10:00:00 GMT",
+            "Tue, 01 Dec 2026 11:00:00 GMT",
+        );
+        let mut dated = stored(200, Some("W/\"v1\""));
+        dated.insert_header("date", sent).expect("field");
+        assert!(not_modified(&since(&[sent]), &dated));
+        assert!(not_modified(&since(&[later]), &dated));
+        assert!(!not_modified(&since(&[earlier]), &dated));
+        assert!(!not_modified(&since(&[later, later]), &dated), "repeated");
+        // With Last-Modified, Pingora's comparison against it.
+        dated.insert_header("last-modified", later).expect("field");
+        assert!(!not_modified(&since(&[sent]), &dated));
+        assert!(not_modified(&since(&[later]), &dated));
+        assert!(!not_modified(&since(&[later, later]), &dated), "repeated");
     }
 }
