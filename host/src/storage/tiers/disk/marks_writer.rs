@@ -29,8 +29,11 @@ pub(super) const QUEUE: usize = 4096;
 /// Why a purge could not be queued because the thread is gone.
 const STOPPED: &str = "its writer has stopped";
 
+/// How a purge's append went, told to whoever waits for it.
+type Answer = oneshot::Sender<Result<(), String>>;
+
 /// A purge to append, and who hears how it went.
-type Job = (Purge, oneshot::Sender<Result<(), String>>);
+type Job = (Purge, Answer);
 
 /// Where purges leave their marks. Dropping it ends the thread once the queue is written.
 pub(super) struct MarksWriter {
@@ -123,7 +126,7 @@ struct Appender {
     segments: Arc<SegmentStore>,
     counters: Arc<TierCounters>,
     /// Purges appended since the last sync, with how their append went.
-    unsynced: Vec<(oneshot::Sender<Result<(), String>>, Result<(), String>)>,
+    unsynced: Vec<(Answer, Result<(), String>)>,
 }
 
 impl Worker<Job> for Appender {
