@@ -253,19 +253,27 @@ fn split_list(value: &str) -> Vec<String> {
     let mut current_start = 0;
     let mut in_quotes = false;
     let mut escaped = false;
+    // The element so far ends in `=` (and spaces): where an argument, quoted or not, begins.
+    let mut argument_begins = false;
     for (at, c) in value.char_indices() {
         match c {
             _ if escaped => escaped = false,
             '\\' if in_quotes => escaped = true,
-            '"' => in_quotes = !in_quotes,
+            '"' if in_quotes => in_quotes = false,
+            // A quoted string opens only an argument (`name="..."`, RFC 9111 §5.2): a quote
+            // inside a token is one of its characters, or `x=a"b, no-store, y=c"` read as
+            // two directives and hid the `no-store` between them.
+            '"' if argument_begins => in_quotes = true,
             ',' | ';' if !in_quotes => {
                 elements.push(std::mem::take(&mut current));
                 current_start = at + 1;
+                argument_begins = false;
                 continue;
             }
             _ => {}
         }
         current.push(c);
+        argument_begins = !in_quotes && (c == '=' || (argument_begins && matches!(c, ' ' | '\t')));
     }
     if in_quotes {
         elements.extend(value[current_start..].split([',', ';']).map(str::to_owned));
@@ -352,6 +360,18 @@ mod tests {
         assert_eq!(cc.value("private"), Some("set-cookie, x-a"));
         assert_eq!(cc.value("x-ext"), Some("a\"b"));
         assert_eq!(cc.max_age(), Some(Duration::from_secs(1)));
+    }
+
+    /// A quote inside a token opens no quoted string: the directive after it is still read.
+    #[test]
+    fn a_quote_inside_a_token_hides_no_directive() {
+        let cc = CacheControl::parse(r#"max-age=3600, x=a"b, no-store, y=c""#);
+        assert!(cc.no_store());
+        assert_eq!(cc.value("x"), Some("a\"b"));
+        assert_eq!(cc.max_age(), Some(Duration::from_secs(3600)));
+        let spaced = CacheControl::parse(r#"private = "set-cookie, x", max-age=1"#);
+        assert_eq!(spaced.value("private"), Some("set-cookie, x"));
+        assert_eq!(spaced.max_age(), Some(Duration::from_secs(1)));
     }
 
     #[test]

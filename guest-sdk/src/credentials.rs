@@ -24,15 +24,19 @@ const WORDS: [&str; 15] = [
     "identity",
 ];
 
-/// Whether a request field (its name, lower-cased) carries a credential or says who the
-/// caller is, by the usual naming; `Authorization` does. Names of a user (`X-Remote-User`,
+/// Whether a request field carries a credential or says who the caller is, by the usual
+/// naming, in any letter case; `Authorization` does. Names of a user (`X-Remote-User`,
 /// `X-Forwarded-User`, `X-User-Id`, `X-Forwarded-Preferred-Username`) count; `User-Agent`
 /// does not.
 pub fn names_a_credential(name: &str) -> bool {
-    // CGI-style servers read `X_User_Id` or `X.User.Id` as `X-User-Id` (RFC 3875 §4.1.18).
+    // CGI-style servers read `X_User_Id` or `X.User.Id` as `X-User-Id` (RFC 3875 §4.1.18);
+    // field names are case-insensitive, and a name as written (`X-Api-Key`) is one too.
     let name: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .map(|c| match c.is_ascii_alphanumeric() {
+            true => c.to_ascii_lowercase(),
+            false => '-',
+        })
         .collect();
     WORDS.iter().any(|word| name.contains(word)) || names_a_user(&name)
 }
@@ -71,6 +75,10 @@ mod tests {
             "x-client-cert",
             "cookie2",
             "x-forwarded-email",
+            // As written, not lower-cased first.
+            "Authorization",
+            "X-Api-Key",
+            "X_User_Id",
         ] {
             assert!(names_a_credential(name), "{name}");
         }
@@ -81,6 +89,7 @@ mod tests {
             "cache-control",
             "accept-language",
             "x-forwarded-for",
+            "User-Agent",
         ] {
             assert!(!names_a_credential(name), "{name}");
         }

@@ -11,7 +11,7 @@
 //!
 //! impl Policy for ShortLivedApi {
 //!     fn on_request(&self, req: &Request) -> RequestDecision {
-//!         if req.cookie("session").is_some() {
+//!         if req.may_carry_cookie("session") {
 //!             return RequestDecision::bypass("logged-in user");
 //!         }
 //!         defaults::on_request(req)

@@ -10,11 +10,27 @@
 //! (`%c1%a1`), and origins behind another decoding layer see `%2561` as `a`. The path
 //! is normalised the same way before the first segment is compared.
 
-/// Whether the request path is `/admin` or below it, but not e.g. `/administrator`.
+/// Whether the request path is `/admin` or below it, but not e.g. `/administrator`: under
+/// either reading of `..`, resolved (`/x/../admin`) or not, since origins that route on the
+/// path as sent (Express, Flask behind gunicorn) take `/admin/../users` to their `/admin`.
 pub(crate) fn is_admin_path(path: &str) -> bool {
-    normalized_segments(&fully_decoded(path))
-        .first()
-        .is_some_and(|first| first.eq_ignore_ascii_case("admin"))
+    let decoded = fully_decoded(path);
+    let admin = |segments: Vec<&str>| {
+        segments
+            .first()
+            .is_some_and(|first| first.eq_ignore_ascii_case("admin"))
+    };
+    admin(normalized_segments(&decoded)) || admin(segments_as_sent(&decoded))
+}
+
+/// The first segments as an origin that leaves `..` in place reads them: each cut as
+/// [`normalized_segments`] cuts it, empty and `.` ones dropped, `..` kept as a name.
+fn segments_as_sent(path: &str) -> Vec<&str> {
+    path.split(['/', '\\'])
+        .map(name_of)
+        .filter(|name| !matches!(*name, "" | "."))
+        .take(1)
+        .collect()
 }
 
 /// The path as the origin resolves it: decoded, `\` taken for `/`, dot segments resolved,
@@ -39,28 +55,31 @@ pub(crate) fn canonical_path(path: &str) -> String {
 fn normalized_segments(path: &str) -> Vec<&str> {
     let mut segments = Vec::new();
     for segment in path.split(['/', '\\']) {
-        // `;parameters`, and NTFS streams (`name:stream`, `name::$DATA`).
-        let segment = segment.split([';', ':']).next().unwrap_or(segment);
-        // Some origins end a name at a control byte (`admin%00.json` is `admin`).
-        let segment = segment
-            .split(|c: char| c.is_ascii_control())
-            .next()
-            .unwrap_or(segment);
-        let segment = segment.trim_end_matches(' ');
-        match segment {
+        match name_of(segment) {
             "" | "." => {}
             ".." => {
                 segments.pop();
             }
-            // Windows drops any mix of trailing dots and spaces: `admin.`, `admin .` and
-            // `admin. .` name `admin`; a segment of dots and spaces alone names nothing.
-            _ => match segment.trim_end_matches(['.', ' ']) {
-                "" => {}
-                name => segments.push(name),
-            },
+            name => segments.push(name),
         }
     }
     segments
+}
+
+/// The name a segment gives, as lenient origins read it: `.` and `..` as they are; else cut
+/// at `;parameters` and NTFS streams (`name:stream`, `name::$DATA`), at a control byte
+/// (`admin%00.json` is `admin`), and without trailing dots and spaces (Windows reads
+/// `admin.`, `admin .` and `admin. .` as `admin`; dots and spaces alone name nothing: "").
+fn name_of(segment: &str) -> &str {
+    let segment = segment.split([';', ':']).next().unwrap_or(segment);
+    let segment = segment
+        .split(|c: char| c.is_ascii_control())
+        .next()
+        .unwrap_or(segment);
+    match segment.trim_end_matches(' ') {
+        dots @ ("." | "..") => dots,
+        name => name.trim_end_matches(['.', ' ']),
+    }
 }
 
 /// Decoding rounds at most: enough for any layering an origin stack plausibly has.
@@ -191,6 +210,12 @@ mod tests {
             "/admin.%20./x",
             "/admin.%20.%20",
             "/admin%00.json/x",
+            // Read as sent by an origin that leaves `..` in place (Express routes these to
+            // its `/admin`), though resolved they leave it.
+            "/admin/../users",
+            "/admin/%2e%2e/users",
+            "/admin/..;/x",
+            "/./admin/..",
         ] {
             assert!(is_admin_path(path), "{path}");
         }
@@ -206,6 +231,8 @@ mod tests {
             "/admin.php",
             "/%zzadmin",
             "/x%",
+            "/users/../x",
+            "/../users",
         ] {
             assert!(!is_admin_path(path), "{path}");
         }
