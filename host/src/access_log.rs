@@ -118,7 +118,9 @@ fn json_line(now: SystemTime, line: &AccessLine<'_>) -> String {
         "message": "request",
         "tenant": line.tenant,
         "method": line.method,
-        "path": line.path,
+        // JSON leaves line separators and bidi overrides as they are: escaped here, as the
+        // text form's `Debug` escapes them, so the line reads as what was asked.
+        "path": crate::one_line::one_line(&line.path),
         "status": line.status,
         "cache": line.cache,
         "reason": line.reason,
@@ -217,6 +219,15 @@ mod tests {
         assert_eq!(value["fields"]["path"], "/a \"b\"");
         assert_eq!(value["fields"]["status"], 200);
         assert_eq!(value["fields"]["error"], "boom");
+        let disguised = AccessLine {
+            path: "/a\u{202e}b\u{2028}c",
+            ..line(None)
+        };
+        let text = json_line(UNIX_EPOCH + AT, &disguised);
+        let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let path = value["fields"]["path"].as_str().expect("a path");
+        assert!(!path.contains(['\u{202e}', '\u{2028}']), "{path:?}");
+        assert!(path.starts_with("/a") && path.ends_with('c'), "{path:?}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Log lines leave the request path: workers hand each formatted line to a
 //! bounded queue and one background thread writes them to stderr in batches.
 //! A worker never waits on stderr; when the writer falls behind, lines are
-//! dropped and counted (`cachet_access_log_dropped_total`). Not only access-log
+//! dropped and counted (`cachet_access_log_dropped_total`), as are the lines a failed write loses. Not only access-log
 //! lines: a client or an origin can make other lines per request too (Pingora's
 //! error for each malformed head or broken origin, a plugin's own log lines), and
 //! a slow stderr must not hold any request up. A line is cut at
@@ -77,14 +77,22 @@ fn write_lines(rx: Receiver<Message>) {
     while let Ok(first) = rx.recv() {
         std::thread::sleep(GATHER_INTERVAL);
         let mut flushed = Vec::new();
+        let mut lines = 0u64;
         for message in std::iter::once(first).chain(rx.try_iter().take(QUEUE_LINES)) {
             match message {
-                Message::Line(line) => batch.extend_from_slice(&line),
+                Message::Line(line) => {
+                    batch.extend_from_slice(&line);
+                    lines += 1;
+                }
                 Message::Flush(done) => flushed.push(done),
             }
         }
-        // stderr is locked only while writing, so direct writers still get a turn.
-        let _ = std::io::stderr().lock().write_all(&batch);
+        // stderr is locked only while writing, so direct writers still get a turn. Lines a
+        // failed write loses (a full disk, a closed pipe) are counted as dropped too: there
+        // is nowhere left to say so but the metric.
+        if std::io::stderr().lock().write_all(&batch).is_err() {
+            crate::metrics::log_lines_dropped(lines);
+        }
         batch.clear();
         for done in flushed {
             let _ = done.send(());

@@ -253,15 +253,32 @@ fn check_imports(engine: &PolicyEngine, component: &Component) -> ImportCheck {
     ImportCheck { imports, refused }
 }
 
+/// Longest error chain kept, in bytes: a backtrace of many frames is cut.
+const MAX_CAUSE_BYTES: usize = 2048;
+
 /// The full chain of a wasmtime error on one line: a trap's wasm backtrace
 /// spans several, and a log line (or a status field) must stay one record.
+/// Control, line-separator and bidi characters are escapes: the backtrace
+/// carries the plugin's own module and function names, which wrote raw CRs,
+/// terminal escapes and right-to-left overrides into the log and onto the
+/// terminal of `cachet status` and `cachet explain`. Bounded in length.
 pub(crate) fn root_cause(e: &wasmtime::Error) -> String {
-    format!("{e:#}")
+    let joined = format!("{e:#}")
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join(" | ")
+        .join(" | ");
+    let mut cause = crate::one_line::one_line(&joined).into_owned();
+    if cause.len() > MAX_CAUSE_BYTES {
+        let mut end = MAX_CAUSE_BYTES;
+        while !cause.is_char_boundary(end) {
+            end -= 1;
+        }
+        cause.truncate(end);
+        cause.push_str(" …");
+    }
+    cause
 }
 
 #[cfg(test)]
@@ -278,5 +295,24 @@ mod tests {
         assert!(!import_allowed("wasi:filesystem/types@0.2.6"));
         assert!(!import_allowed("wasi:sockets/tcp@0.2.6"));
         assert!(!import_allowed("wasi:io/streamsx@0.2.6"));
+    }
+
+    /// Names a plugin chose (its module's, its functions') reach a trap's text: they come out
+    /// on one line, their control and bidi characters escaped, and the whole bounded.
+    #[test]
+    fn an_error_chain_is_one_escaped_bounded_line() {
+        let e = wasmtime::Error::msg("trap in EVIL\r\u{1b}[31mRED\u{202e}X\u{2028}Y")
+            .context("calling on-request\nbacktrace: frame 1");
+        let cause = super::root_cause(&e);
+        assert!(!cause
+            .chars()
+            .any(|c| c.is_control() || c == '\u{202e}' || c == '\u{2028}'));
+        assert!(
+            cause.contains("calling on-request | backtrace: frame 1"),
+            "{cause}"
+        );
+        let long = wasmtime::Error::msg("é".repeat(4000));
+        let cut = super::root_cause(&long);
+        assert!(cut.len() <= super::MAX_CAUSE_BYTES + " …".len() && cut.ends_with(" …"));
     }
 }

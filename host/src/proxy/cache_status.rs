@@ -336,8 +336,29 @@ fn upstream_members(line: &str) -> Vec<&str> {
         .into_iter()
         .map(str::trim)
         .filter(|m| !m.is_empty())
-        .filter(|m| m.split(';').next().map(str::trim) != Some(CACHE_NAME))
+        .filter(|m| !names_cachet(m))
         .collect()
+}
+
+/// Whether a member's cache name is cachet's, as a token or as a string (RFC 9211 §2 allows
+/// either: `"cachet"; hit` claimed a hit in cachet's name).
+fn names_cachet(member: &str) -> bool {
+    let name = member.split(';').next().unwrap_or_default().trim();
+    let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) else {
+        return name == CACHE_NAME;
+    };
+    let mut unescaped = String::with_capacity(quoted.len());
+    let mut escaped = false;
+    for c in quoted.chars() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            _ => {
+                unescaped.push(c);
+                escaped = false;
+            }
+        }
+    }
+    unescaped == CACHE_NAME
 }
 
 /// Writes the member out, parameters in a fixed order.
@@ -421,6 +442,11 @@ mod tests {
             ["origin; hit", "other; fwd=miss"]
         );
         assert_eq!(upstream_members("cachet; hit; ttl=999, evil"), ["evil"]);
+        assert_eq!(upstream_members("\"cachet\"; hit; ttl=999, evil"), ["evil"]);
+        assert_eq!(
+            upstream_members("\"cach\\et\"; hit, \"cachet2\"; hit"),
+            ["\"cachet2\"; hit"]
+        );
         assert!(upstream_members("origin; detail=\"unterminated").is_empty());
         assert_eq!(
             upstream_members("origin; detail=\"a, \\\"b\", next"),
