@@ -91,17 +91,19 @@ fn check_vector<P: Policy + ?Sized>(policy: &P, vector: &TestVector) -> Vec<Stri
             describe_request_decision(&decision)
         ));
     }
+    // Like the host: the key is read from the request as edited, and `on-response` is given
+    // the edited request, as the origin was sent it.
+    let mut edits = crate::RequestEdits::default();
+    policy.edit_request(&req, &mut edits);
+    let edited = req.edited(&edits);
     if let (ExpectedRequest::Cache, Some(expected)) = (vector.expect, &vector.expect_key) {
-        // Like the host: the key is read from the request as edited.
-        let mut edits = crate::RequestEdits::default();
-        policy.edit_request(&req, &mut edits);
-        let key = policy.cache_key(&req.edited(&edits));
+        let key = policy.cache_key(&edited);
         if key != *expected {
             problems.push(format!("cache-key: expected {expected:?}, got {key:?}"));
         }
     }
     if let Some(spec) = &vector.response {
-        let decision = policy.on_response(&req, &build_response(spec));
+        let decision = policy.on_response(&edited, &build_response(spec));
         if !response_matches(spec.expect, &decision) {
             problems.push(format!(
                 "on-response: expected {}, got {}",
@@ -308,5 +310,33 @@ mod tests {
             .expect_store(Duration::from_secs(10))]);
         assert!(self_test_failures(&sample).is_empty());
         assert_eq!(config("ttl").as_deref(), Some("60"));
+    }
+
+    /// `on-response` is given the request as edited, as it is live: a policy that rewrites
+    /// `/v1/...` to `/...` and stores only what it did not rewrite sees `/a`, not `/v1/a`.
+    #[test]
+    fn on_response_sees_the_edited_request() {
+        struct Rewriting;
+        impl Policy for Rewriting {
+            fn edit_request(&self, req: &Request, edits: &mut crate::RequestEdits) {
+                if let Some(rest) = req.path().strip_prefix("/v1") {
+                    edits.rewrite_path(rest.to_owned());
+                }
+            }
+            fn on_response(&self, req: &Request, _resp: &Response) -> ResponseDecision {
+                match req.path().starts_with("/v1") {
+                    true => ResponseDecision::no_store("not rewritten"),
+                    false => ResponseDecision::store(Duration::from_secs(5)),
+                }
+            }
+            fn self_test(&self) -> Vec<TestVector> {
+                vec![TestVector::get("http://example.com/v1/a")
+                    .expect_cache()
+                    .expect_key(["example.com", "/a"])
+                    .with_response(200, &[])
+                    .expect_store(Duration::from_secs(5))]
+            }
+        }
+        assert_eq!(self_test_failures(&Rewriting), Vec::<String>::new());
     }
 }

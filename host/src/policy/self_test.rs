@@ -81,10 +81,15 @@ pub(crate) fn run(engine: &PolicyEngine, plugin: &LoadedPlugin) -> anyhow::Resul
 }
 
 fn check_vector(pool: &InstancePool, vector: &TestVector) -> Result<(), String> {
-    let request = build_request(&vector.request)?;
+    let mut request = build_request(&vector.request)?;
+    // Planned as a live request is: the edits applied, the key read from the edited request,
+    // and `on-response` then given the edited one (it was given the unedited one, so a plugin
+    // that rewrote a path and judged responses by it passed here and decided otherwise live).
+    let mut pending = super::pending::PendingFields::default();
     let (decision, key) = pool
-        .decide_request(&request)
-        .map_err(|fault| format!("on-request: {fault}"))?;
+        .plan_request(&mut request, &mut pending)
+        .map_err(|fault| format!("on-request: {fault}"))?
+        .verdict;
     let matches = match (&vector.expect, &decision) {
         (ExpectedRequest::Cache, RequestDecision::Cache) => true,
         (ExpectedRequest::Bypass, RequestDecision::Bypass(_)) => true,
