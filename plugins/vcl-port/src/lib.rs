@@ -143,14 +143,22 @@ impl Policy for VclPort {
     }
 
     /// `vcl_deliver`: the browser's Cache-Control, apart from the cache's
-    /// TTL, and no server fingerprint.
-    fn on_deliver(&self, req: &Request, _resp: &Response, edits: &mut HeaderEdits) {
-        if is_static(&req.path()) {
+    /// TTL, and no server fingerprint. What the origin said must not be kept
+    /// or shared (`no-store`, `private`) reaches the browser as it said it (the
+    /// VCL's blanket `set` turned a user's `private` avatar into a week of
+    /// `public` and a page's `no-store` into `no-cache`), and only a 200 asset
+    /// is made public: a 404 kept for a week would outlive the fix.
+    fn on_deliver(&self, req: &Request, resp: &Response, edits: &mut HeaderEdits) {
+        edits.remove("x-powered-by");
+        let cache_control = resp.cache_control();
+        if cache_control.no_store() || cache_control.private() {
+            return;
+        }
+        if is_static(&req.path()) && resp.status() == 200 {
             edits.set("cache-control", STATIC_BROWSER_MAX_AGE);
         } else {
             edits.set("cache-control", "no-cache");
         }
-        edits.remove("x-powered-by");
     }
 
     /// `vcl_backend_error`: a branded 503 page instead of the proxy's error.
@@ -320,6 +328,28 @@ mod tests {
                 "cache-control".to_string(),
                 STATIC_BROWSER_MAX_AGE.to_string()
             )]
+        );
+    }
+
+    #[test]
+    fn delivery_keeps_what_the_origin_said_must_not_be_kept_or_shared() {
+        let asset = Request::builder()
+            .uri("http://example.com/avatar.png")
+            .build();
+        for origin in ["private, max-age=60", "no-store"] {
+            let resp = Response::builder().header("cache-control", origin).build();
+            let mut edits = HeaderEdits::new();
+            VclPort.on_deliver(&asset, &resp, &mut edits);
+            let headers = edits.applied_to(&[("Cache-Control".into(), origin.into())]);
+            assert_eq!(headers, [("Cache-Control".to_string(), origin.to_string())]);
+        }
+        let missing = Response::builder().status(404).build();
+        let mut edits = HeaderEdits::new();
+        VclPort.on_deliver(&asset, &missing, &mut edits);
+        let headers = edits.applied_to(&[]);
+        assert_eq!(
+            headers,
+            [("cache-control".to_string(), "no-cache".to_string())]
         );
     }
 
