@@ -120,7 +120,7 @@ fn json_line(now: SystemTime, line: &AccessLine<'_>) -> String {
         "method": line.method,
         // JSON leaves line separators and bidi overrides as they are: escaped here, as the
         // text form's `Debug` escapes them, so the line reads as what was asked.
-        "path": crate::one_line::one_line(&line.path),
+        "path": crate::one_line::one_line(line.path),
         "status": line.status,
         "cache": line.cache,
         "reason": line.reason,
