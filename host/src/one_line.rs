@@ -26,9 +26,30 @@ pub fn one_line(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`one_line`], cut to at most `max_bytes` at a character boundary.
+pub fn one_line_within(text: &str, max_bytes: usize) -> String {
+    let mut line = one_line(text).into_owned();
+    if line.len() > max_bytes {
+        let mut cut = max_bytes;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
-    use super::one_line;
+    use super::{one_line, one_line_within};
+
+    #[test]
+    fn a_bounded_line_is_cut_at_a_character() {
+        assert_eq!(one_line_within("ab\ncd", 4), "ab\\n");
+        assert_eq!(one_line_within("ab\ncd", 3), "ab\\");
+        assert_eq!(one_line_within("aé", 2), "a");
+        assert_eq!(one_line_within("short", 64), "short");
+    }
 
     #[test]
     fn a_plugin_log_message_stays_one_line() {

@@ -123,14 +123,7 @@ impl HostState {
 /// characters (CR, LF...) and the Unicode line and bidi controls are escaped, so a plugin (or
 /// request data it logs) cannot write a line that looks like another tenant's or the proxy's.
 fn plugin_log(tenant: &str, level: tracing::Level, message: String) {
-    let mut message = crate::one_line::one_line(&message).into_owned();
-    if message.len() > MAX_LOG_LINE {
-        let mut cut = MAX_LOG_LINE;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-    }
+    let message = crate::one_line::one_line_within(&message, MAX_LOG_LINE);
     match level {
         tracing::Level::TRACE => tracing::trace!(target: "cachet::plugin", tenant, "{message}"),
         tracing::Level::DEBUG => tracing::debug!(target: "cachet::plugin", tenant, "{message}"),

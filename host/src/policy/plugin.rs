@@ -269,16 +269,7 @@ pub(crate) fn root_cause(e: &wasmtime::Error) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" | ");
-    let mut cause = crate::one_line::one_line(&joined).into_owned();
-    if cause.len() > MAX_CAUSE_BYTES {
-        let mut end = MAX_CAUSE_BYTES;
-        while !cause.is_char_boundary(end) {
-            end -= 1;
-        }
-        cause.truncate(end);
-        cause.push_str(" …");
-    }
-    cause
+    crate::one_line::one_line_within(&joined, MAX_CAUSE_BYTES)
 }
 
 #[cfg(test)]
@@ -313,6 +304,6 @@ mod tests {
         );
         let long = wasmtime::Error::msg("é".repeat(4000));
         let cut = super::root_cause(&long);
-        assert!(cut.len() <= super::MAX_CAUSE_BYTES + " …".len() && cut.ends_with(" …"));
+        assert!(cut.len() <= super::MAX_CAUSE_BYTES && cut.len() > super::MAX_CAUSE_BYTES - 2);
     }
 }
