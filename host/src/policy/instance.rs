@@ -376,15 +376,20 @@ fn classify(err: &wasmtime::Error, store: &Store<HostState>) -> PluginFault {
     if store.data().limiter.refused {
         return PluginFault::Memory;
     }
-    let cause = root_cause(err);
-    // wasmtime's words when a call would copy more than `PluginLimits::copy_budget`.
-    if cause.contains("fuel allocated for hostcalls has been exhausted") {
+    // wasmtime's words when a call would copy more than `PluginLimits::copy_budget`, looked
+    // for in the whole chain (the text kept for the log is cut).
+    let hostcalls_exhausted = err.chain().any(|cause| {
+        cause
+            .to_string()
+            .contains("fuel allocated for hostcalls has been exhausted")
+    });
+    if hostcalls_exhausted {
         return PluginFault::InvalidOutput(format!(
             "the plugin handed back more than the {} bytes one call may copy",
             store.hostcall_fuel()
         ));
     }
-    PluginFault::Trap(cause)
+    PluginFault::Trap(root_cause(err))
 }
 
 /// Most idle instances kept per plugin version; more are simply dropped.

@@ -253,7 +253,7 @@ fn check_imports(engine: &PolicyEngine, component: &Component) -> ImportCheck {
     ImportCheck { imports, refused }
 }
 
-/// Longest error chain kept, in bytes: a backtrace of many frames is cut.
+/// Longest error chain kept, in bytes: a backtrace of many frames is cut in its middle.
 const MAX_CAUSE_BYTES: usize = 2048;
 
 /// The full chain of a wasmtime error on one line: a trap's wasm backtrace
@@ -269,7 +269,20 @@ pub(crate) fn root_cause(e: &wasmtime::Error) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" | ");
-    crate::one_line::one_line_within(&joined, MAX_CAUSE_BYTES)
+    let line = crate::one_line::one_line(&joined);
+    if line.len() <= MAX_CAUSE_BYTES {
+        return line.into_owned();
+    }
+    // The chain ends with the trap itself, after the backtrace: both ends are kept.
+    let mut head = MAX_CAUSE_BYTES / 2;
+    while !line.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = line.len() - MAX_CAUSE_BYTES / 2;
+    while !line.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} … {}", &line[..head], &line[tail..])
 }
 
 #[cfg(test)]
@@ -302,8 +315,14 @@ mod tests {
             cause.contains("calling on-request | backtrace: frame 1"),
             "{cause}"
         );
-        let long = wasmtime::Error::msg("é".repeat(4000));
+        let long = wasmtime::Error::msg("wasm trap: unreachable")
+            .context(format!("backtrace: {}", "é".repeat(4000)));
         let cut = super::root_cause(&long);
-        assert!(cut.len() <= super::MAX_CAUSE_BYTES && cut.len() > super::MAX_CAUSE_BYTES - 2);
+        assert!(
+            cut.len() <= super::MAX_CAUSE_BYTES + " … ".len(),
+            "{}",
+            cut.len()
+        );
+        assert!(cut.starts_with("backtrace: é") && cut.ends_with("wasm trap: unreachable"));
     }
 }
