@@ -3,7 +3,7 @@
 //! hear that when the certificate loads, not from users.
 
 use super::certificate::LoadedCert;
-use super::store::{CertOwner, CertSet};
+use super::store::{serving_owner, CertOwner, CertSet};
 use crate::config::Config;
 use std::sync::Arc;
 
@@ -16,18 +16,14 @@ pub fn warnings(config: &Config, set: &CertSet) -> Vec<String> {
     if config.server.listener.tls_listen.is_none() {
         return Vec::new();
     }
-    let default = set.get(&CertOwner::Default);
     let mut warnings = Vec::new();
     for tenant in &config.tenants {
-        let own = set.get(&CertOwner::Tenant(tenant.name.clone()));
+        let own = CertOwner::Tenant(tenant.name.clone());
+        let has_own = set.get(&own).is_some();
         // Hosts by the certificate their handshakes get (`None`: no certificate at all).
         let mut served: Vec<(Option<&Arc<LoadedCert>>, Vec<&str>)> = Vec::new();
         for host in &tenant.hosts {
-            let cert = if is_ip_literal(host) {
-                default
-            } else {
-                own.or(default)
-            };
+            let cert = set.get(&serving_owner(&own, has_own, host));
             if cert.is_some_and(|cert| covers(&cert.names, host)) {
                 continue;
             }

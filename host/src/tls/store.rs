@@ -55,47 +55,12 @@ impl CertSet {
                 .iter()
                 .map(move |host| (host.as_str(), owner.clone()))
         });
-        let mut served: BTreeMap<CertOwner, Vec<String>> = BTreeMap::new();
-        for tenant in &config.tenants {
-            let own = CertOwner::Tenant(tenant.name.clone());
-            for host in &tenant.hosts {
-                let owner = match certs.contains_key(&own) && !is_ip_literal(host) {
-                    true => own.clone(),
-                    false => CertOwner::Default,
-                };
-                served.entry(owner).or_default().push(host.clone());
-            }
-        }
+        let served = hosts_served(config, |owner| certs.contains_key(owner));
         Self {
             certs,
             owners: Arc::new(HostTable::new(owners)),
             served: Arc::new(served),
         }
-    }
-
-    /// Why `new` may not replace `old` as `owner`'s pair: it leaves out hosts `old` names
-    /// that the pair serves, whose handshakes every client would then refuse (a renewal for
-    /// the wrong names, two tenants' files swapped). None when it may.
-    fn names_dropped(
-        &self,
-        owner: &CertOwner,
-        old: &LoadedCert,
-        new: &LoadedCert,
-    ) -> Option<String> {
-        let hosts = self.served.get(owner)?;
-        let dropped: Vec<&str> = hosts
-            .iter()
-            .filter(|host| covers(&old.names, host) && !covers(&new.names, host))
-            .map(String::as_str)
-            .collect();
-        (!dropped.is_empty()).then(|| {
-            format!(
-                "{} does not name {} (it names {}), which the certificate serving now does: it keeps serving",
-                new.paths.cert.display(),
-                dropped.join(", "),
-                if new.names.is_empty() { "nothing".to_owned() } else { new.names.join(", ") },
-            )
-        })
     }
 
     /// The pair for a handshake that asked for `server_name`: the tenant the name routes to
@@ -115,6 +80,56 @@ impl CertSet {
     pub fn iter(&self) -> impl Iterator<Item = (&CertOwner, &Arc<LoadedCert>)> {
         self.certs.iter()
     }
+}
+
+/// Which pair serves each host of `config`'s tenants, `has_own` saying which owners have a
+/// pair of their own: a tenant's names its own, IP addresses (clients send no SNI for one,
+/// RFC 6066 §3) and the hosts of tenants without one the default.
+fn hosts_served(
+    config: &Config,
+    has_own: impl Fn(&CertOwner) -> bool,
+) -> BTreeMap<CertOwner, Vec<String>> {
+    let mut served: BTreeMap<CertOwner, Vec<String>> = BTreeMap::new();
+    for tenant in &config.tenants {
+        let own = CertOwner::Tenant(tenant.name.clone());
+        let has_own = has_own(&own);
+        for host in &tenant.hosts {
+            let owner = serving_owner(&own, has_own, host);
+            served.entry(owner).or_default().push(host.clone());
+        }
+    }
+    served
+}
+
+/// The owner whose pair a handshake for `host`, a host of tenant `own`, gets.
+pub(super) fn serving_owner(own: &CertOwner, has_own: bool, host: &str) -> CertOwner {
+    match has_own && !is_ip_literal(host) {
+        true => own.clone(),
+        false => CertOwner::Default,
+    }
+}
+
+/// Why `new` may not replace `old` as the pair serving `hosts`: it leaves out hosts `old`
+/// names, whose handshakes every client would then refuse (a renewal for the wrong names,
+/// two tenants' files swapped). None when it may.
+fn names_dropped(
+    hosts: Option<&Vec<String>>,
+    old: &LoadedCert,
+    new: &LoadedCert,
+) -> Option<String> {
+    let dropped: Vec<&str> = hosts?
+        .iter()
+        .filter(|host| covers(&old.names, host) && !covers(&new.names, host))
+        .map(String::as_str)
+        .collect();
+    (!dropped.is_empty()).then(|| {
+        format!(
+            "{} does not name {} (it names {}), which the certificate serving now does: it keeps serving",
+            new.paths.cert.display(),
+            dropped.join(", "),
+            if new.names.is_empty() { "nothing".to_owned() } else { new.names.join(", ") },
+        )
+    })
 }
 
 /// The running certificates and the last refusal of each.
@@ -197,40 +212,46 @@ impl CertStore {
     /// keeps serving, refused as a file reload would be.
     pub fn prepare(&self, config: &Config) -> Result<CertSet, String> {
         let running = self.current.load_full();
+        let configured = configured(config);
+        let has_own = |owner: &CertOwner| configured.iter().any(|(o, _)| o == owner);
+        let served = hosts_served(config, has_own);
         let mut certs = BTreeMap::new();
-        let mut replaced = Vec::new();
-        for (owner, paths) in configured(config) {
-            let loaded = match running.get(&owner).filter(|c| c.paths == paths) {
-                Some(old) => {
-                    // Whatever the outcome, the running set now holds the pair to keep.
-                    self.refresh(&owner, old);
-                    let current = self.current.load();
-                    current.get(&owner).cloned().unwrap_or_else(|| old.clone())
-                }
+        for (owner, paths) in &configured {
+            let hosts = served.get(owner);
+            let loaded = match running.get(owner).filter(|c| c.paths == *paths) {
+                // Renewed files are judged by the hosts the new config has the pair serve:
+                // a renewal that drops a host the new config drops too is taken.
+                Some(old) => match self.reread(owner, old) {
+                    Ok(None) => old.clone(),
+                    // Announced, and its refusal dropped, by `install`.
+                    Ok(Some(new)) => match names_dropped(hosts, old, &new) {
+                        None => Arc::new(new),
+                        Some(why) => {
+                            self.refuse(owner, why);
+                            old.clone()
+                        }
+                    },
+                    Err(why) => {
+                        self.refuse(owner, why);
+                        old.clone()
+                    }
+                },
                 None => {
-                    let loaded =
-                        LoadedCert::load(&paths).map_err(|e| refused(&owner, &paths, &e))?;
-                    if let Some(old) = running.get(&owner) {
-                        if let Some(why) = expired_over(old, &loaded) {
+                    let loaded = LoadedCert::load(paths).map_err(|e| refused(owner, paths, &e))?;
+                    if let Some(old) = running.get(owner) {
+                        let why = expired_over(old, &loaded)
+                            .or_else(|| names_dropped(hosts, old, &loaded));
+                        if let Some(why) = why {
                             return Err(format!("{owner}: {why}"));
                         }
-                        replaced.push((owner.clone(), old.clone()));
                     }
                     // Announced by `install`: the config may still be refused.
                     Arc::new(loaded)
                 }
             };
-            certs.insert(owner, loaded);
+            certs.insert(owner.clone(), loaded);
         }
-        let set = CertSet::new(config, certs);
-        // Checked against the hosts the new config has each pair serve.
-        for (owner, old) in replaced {
-            let new = set.get(&owner).expect("loaded above");
-            if let Some(why) = set.names_dropped(&owner, &old, new) {
-                return Err(format!("{owner}: {why}"));
-            }
-        }
-        Ok(set)
+        Ok(CertSet::new(config, certs))
     }
 
     /// Serves `set` from the next handshake on (after a config reload).
@@ -270,33 +291,46 @@ impl CertStore {
             .collect()
     }
 
-    /// Loads `old`'s files again and swaps the result in when it differs and passes.
+    /// Loads `old`'s files again and swaps the result in when it differs and passes, judged
+    /// by the hosts the running config has it serve.
     fn refresh(&self, owner: &CertOwner, old: &LoadedCert) -> Outcome {
-        let bytes = match PairBytes::read(&old.paths) {
-            Ok(bytes) => bytes,
-            Err(e) => return self.refuse(owner, e.reason),
-        };
-        if bytes.sha256() == old.files_sha256 {
-            // The files hold the pair that serves again (a refused edit undone).
-            self.refusals.lock().remove(owner);
-            return Outcome::Unchanged;
-        }
-        match LoadedCert::from_bytes(&old.paths, &bytes) {
-            Ok(loaded) => {
-                let why = expired_over(old, &loaded)
-                    .or_else(|| self.current.load().names_dropped(owner, old, &loaded));
-                if let Some(why) = why {
-                    return self.refuse(owner, why);
-                }
+        let renewed = self.reread(owner, old).and_then(|renewed| {
+            let Some(new) = renewed else {
+                return Ok(None);
+            };
+            let current = self.current.load();
+            match names_dropped(current.served.get(owner), old, &new) {
+                Some(why) => Err(why),
+                None => Ok(Some(new)),
+            }
+        });
+        match renewed {
+            Ok(None) => Outcome::Unchanged,
+            Ok(Some(new)) => {
                 self.refusals.lock().remove(owner);
-                announce(owner, &loaded);
+                announce(owner, &new);
                 crate::metrics::certificate_reload(&owner.to_string(), "applied");
                 let mut next = (**self.current.load()).clone();
-                next.certs.insert(owner.clone(), Arc::new(loaded));
+                next.certs.insert(owner.clone(), Arc::new(new));
                 self.current.store(Arc::new(next));
                 Outcome::Applied
             }
-            Err(e) => self.refuse(owner, e.reason),
+            Err(why) => self.refuse(owner, why),
+        }
+    }
+
+    /// `old`'s files read again: the pair they hold when it differs and loads, valid where
+    /// `old` is; `None` when they hold `old` again (a refused edit undone: its refusal goes).
+    fn reread(&self, owner: &CertOwner, old: &LoadedCert) -> Result<Option<LoadedCert>, String> {
+        let bytes = PairBytes::read(&old.paths).map_err(|e| e.reason)?;
+        if bytes.sha256() == old.files_sha256 {
+            self.refusals.lock().remove(owner);
+            return Ok(None);
+        }
+        let loaded = LoadedCert::from_bytes(&old.paths, &bytes).map_err(|e| e.reason)?;
+        match expired_over(old, &loaded) {
+            Some(why) => Err(why),
+            None => Ok(Some(loaded)),
         }
     }
 
@@ -472,5 +506,51 @@ mod tests {
         );
         let names = Some(vec!["a.test".to_owned(), "www.a.test".to_owned()]);
         assert_eq!(served(&store.current(), "a.test"), names);
+    }
+
+    /// A renewal that leaves out a host is refused while the config serves that host, and
+    /// taken by the reload of a config that drops the host too: refused again there, it
+    /// never served, and the old pair ran out.
+    #[test]
+    fn a_renewal_dropping_a_host_is_taken_with_the_config_that_drops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+        write_pair(&cert, &key, &["a.test", "old.test"]);
+        let config = |hosts: &str| {
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:1\"\ntls_listen = \"127.0.0.1:2\"\n\n\
+                 [[tenant]]\nname = \"a\"\nhosts = [{hosts}]\nupstream = \"127.0.0.1:9\"\n\
+                 plugin = \"builtin:standard\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                cert.display(),
+                key.display()
+            );
+            crate::config::parse(&dir.path().join("cachet.toml"), &text).unwrap()
+        };
+        let store = CertStore::load(&config("\"a.test\", \"old.test\"")).unwrap();
+        write_pair(&cert, &key, &["a.test"]);
+        let outcome = store.reload_files(std::slice::from_ref(&cert));
+        assert!(
+            matches!(outcome.as_slice(), [(_, Outcome::Refused(_))]),
+            "{outcome:?}"
+        );
+        let both = Some(vec!["a.test".to_owned(), "old.test".to_owned()]);
+        assert_eq!(served(&store.current(), "a.test"), both);
+
+        // A config that keeps old.test keeps the old pair, refused again.
+        let kept = store.prepare(&config("\"a.test\", \"old.test\"")).unwrap();
+        assert_eq!(served(&kept, "a.test"), both);
+        let new = store.prepare(&config("\"a.test\"")).unwrap();
+        assert_eq!(served(&new, "a.test"), Some(vec!["a.test".to_owned()]));
+        assert_eq!(
+            served(&store.current(), "a.test"),
+            both,
+            "not before it is installed"
+        );
+        store.install(new);
+        assert_eq!(
+            served(&store.current(), "a.test"),
+            Some(vec!["a.test".to_owned()])
+        );
+        assert!(store.refusals().is_empty(), "{:?}", store.refusals());
     }
 }
