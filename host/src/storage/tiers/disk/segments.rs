@@ -140,7 +140,15 @@ impl SegmentStore {
         std::fs::create_dir_all(dir)?;
         let hasher = RandomState::new();
         let mut index = Index::default();
-        for id in segment_ids(dir)? {
+        let mut ids = segment_ids(dir)?;
+        // Past the files kept (with room for this run's), the oldest go before any is opened:
+        // a folder holding more than the descriptors allow could not be opened to evict them.
+        let kept = usize::try_from(limits.most_segments() - 1).unwrap_or(usize::MAX);
+        let excess = ids.len().saturating_sub(kept);
+        for id in ids.drain(..excess) {
+            std::fs::remove_file(segment_path(dir, id))?;
+        }
+        for id in ids {
             let path = segment_path(dir, id);
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
             let (keys, bytes) = recover(&file, id, &hasher, &mut index.entries)
@@ -1211,5 +1219,17 @@ mod tests {
         // The newest runs' values are still there; the oldest went with their segments.
         assert_eq!(store.get(&[19]).await.unwrap().unwrap(), value(10, 19));
         assert!(store.get(&[0]).await.unwrap().is_none());
+        // A folder past it (kept under larger limits) is brought back before it is opened.
+        drop(store);
+        for i in 20..40u8 {
+            let store = SegmentStore::open(dir.path(), segments(16)).unwrap();
+            store.put(&[i], &value(10, i)).unwrap();
+            store.sync().unwrap();
+        }
+        assert!(segment_files(dir.path()) > 2 * most);
+        let store = SegmentStore::open(dir.path(), limits).unwrap();
+        assert_eq!(segment_files(dir.path()), most);
+        assert_eq!(store.get(&[39]).await.unwrap().unwrap(), value(10, 39));
+        assert!(store.get(&[20]).await.unwrap().is_none());
     }
 }
