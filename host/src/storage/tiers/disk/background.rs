@@ -44,10 +44,16 @@ pub(super) enum Refused<T> {
 pub(super) trait Worker<T>: Send + 'static {
     /// One job, in the order queued.
     fn work(&mut self, job: T);
-    /// Called once the queue is empty, after a run of jobs (and before a flush is answered):
-    /// where a run's writes are made durable at once, rather than one job at a time.
+    /// Called once the queue is empty after a run of jobs, after every [`MAX_RUN`] jobs of a
+    /// longer run, and before a flush is answered: where a run's writes are made durable at
+    /// once, rather than one job at a time.
     fn caught_up(&mut self) {}
 }
+
+/// Jobs done at most between two [`Worker::caught_up`] calls: a queue that never empties (a
+/// flood of invalidations, marks handed over in bulk) still gets its writes made durable, and
+/// their callers answered, within a bounded number of jobs.
+const MAX_RUN: usize = 256;
 
 /// A closure is a worker with nothing to do when caught up.
 impl<T, F: FnMut(T) + Send + 'static> Worker<T> for F {
@@ -70,11 +76,20 @@ impl<T: Send + 'static> Background<T> {
             .name(name.into())
             .spawn(move || {
                 let mut next = queued.recv().ok();
+                let mut run = 0;
                 while let Some(job) = next {
                     match job {
-                        Job::Do(job) => worker.work(job),
+                        Job::Do(job) => {
+                            worker.work(job);
+                            run += 1;
+                            if run == MAX_RUN {
+                                worker.caught_up();
+                                run = 0;
+                            }
+                        }
                         Job::Flush(done) => {
                             worker.caught_up();
+                            run = 0;
                             let _ = done.send(());
                         }
                     }
@@ -83,6 +98,7 @@ impl<T: Send + 'static> Background<T> {
                         Err(TryRecvError::Disconnected) => None,
                         Err(TryRecvError::Empty) => {
                             worker.caught_up();
+                            run = 0;
                             queued.recv().ok()
                         }
                     };
@@ -217,7 +233,7 @@ mod tests {
             since: 0,
             runs: runs.clone(),
         };
-        let queue = Background::start("test-background", 16, worker).unwrap();
+        let queue = Background::start("test-background", 2 * MAX_RUN, worker).unwrap();
         // The first job holds the thread until the other nine are queued behind it.
         for n in 0..10 {
             assert!(queue.queue_waiting(n).is_ok());
@@ -225,5 +241,13 @@ mod tests {
         gate.wait();
         assert!(queue.flush());
         assert_eq!(*runs.lock().unwrap(), [10]);
+        // A run longer than MAX_RUN is caught up with every MAX_RUN jobs.
+        runs.lock().unwrap().clear();
+        for n in 0..MAX_RUN as u32 + 11 {
+            assert!(queue.queue_waiting(n).is_ok());
+        }
+        gate.wait();
+        assert!(queue.flush());
+        assert_eq!(*runs.lock().unwrap(), [MAX_RUN, 11]);
     }
 }

@@ -126,13 +126,13 @@ struct Appender {
     segments: Arc<SegmentStore>,
     counters: Arc<TierCounters>,
     /// Purges appended since the last sync, with how their append went.
-    unsynced: Vec<(Answer, Result<(), String>)>,
+    unsynced: Vec<(Purge, Answer, Result<(), String>)>,
 }
 
 impl Worker<Job> for Appender {
     fn work(&mut self, (purge, answer): Job) {
         let appended = append(&self.journal, &self.segments, &self.counters, &purge);
-        self.unsynced.push((answer, appended));
+        self.unsynced.push((purge, answer, appended));
     }
 
     fn caught_up(&mut self) {
@@ -144,7 +144,10 @@ impl Worker<Job> for Appender {
             tracing::warn!("disk tier: cannot sync the purge marks: {e:#}");
             format!("cannot record the purge: {e:#}")
         });
-        for (answer, appended) in self.unsynced.drain(..) {
+        for (purge, answer, appended) in self.unsynced.drain(..) {
+            if appended.is_ok() && synced.is_err() {
+                remove_unmarked(&self.segments, &self.counters, &purge);
+            }
             // Nobody may be waiting (an invalidation): that is fine.
             let _ = answer.send(appended.and(synced.clone()));
         }
@@ -167,6 +170,13 @@ fn append(
     };
     TierCounters::bump(&counters.errors);
     tracing::warn!("disk tier: cannot record a purge: {e:#}");
+    remove_unmarked(segments, counters, purge);
+    Err(format!("cannot record the purge: {e:#}"))
+}
+
+/// A hard purge of one key whose mark may not last (not appended, or not synced) removes
+/// the key again, its tombstone written here: see [`append`].
+fn remove_unmarked(segments: &SegmentStore, counters: &TierCounters, purge: &Purge) {
     if let Some(key) = super::removed_key(purge) {
         match segments.remove(key.as_bytes()) {
             Ok(true) => TierCounters::bump(&counters.removed),
@@ -177,5 +187,4 @@ fn append(
             }
         }
     }
-    Err(format!("cannot record the purge: {e:#}"))
 }
