@@ -886,9 +886,9 @@ fn a_failure_one_request_can_provoke_starts_no_pause_for_others() {
 }
 
 /// A client error one request provokes with its own head (here a 400 for a field the origin
-/// refuses) leaves the URL as it was for the next clients: their misses still wait on one
-/// fill, the origin answering once. Marked uncacheable, the URL sent every request of theirs
-/// to the origin until one answer was stored.
+/// refuses) sends the URL's requests past the cache lock for a second at most: then the next
+/// clients' misses wait on one fill again, the origin answering once. Marked uncacheable, the
+/// URL sent every request of theirs to the origin until one answer was stored.
 #[test]
 fn a_client_error_one_request_provokes_leaves_the_url_cacheable_for_others() {
     let origin = Origin::start(|seen: &Seen| {
@@ -902,6 +902,7 @@ fn a_client_error_one_request_provokes_leaves_the_url_cacheable_for_others() {
     let proxy = proxy_for(&origin);
     let url = proxy.url("/refused-field");
     assert_eq!(send("GET", &url, &[("X-Break", "1")]).status, 400);
+    sleep(Duration::from_millis(1100));
     let answers: Vec<Resp> = std::thread::scope(|scope| {
         let clients: Vec<_> = (0..2).map(|_| scope.spawn(|| get(&url))).collect();
         clients.into_iter().map(|c| c.join().unwrap()).collect()

@@ -84,8 +84,11 @@ pub(super) fn response_cache_filter(
         }
         // A client error answers this request's own head (a field the application refuses, a
         // credential missing, one client over its rate): the next client's request may well
-        // be stored. Marked, one request kept the URL off the cache lock for everyone.
+        // be stored. Marked, one request kept the URL off the cache lock for everyone until
+        // an answer was stored; not marked at all, a URL that answers every anonymous request
+        // 401 queued each burst on the lock. A short pass bounds both.
         RespCacheable::Uncacheable(_) if answers_its_request_only(resp.status.as_u16()) => {
+            pass_key_for(proxy, ctx, CLIENT_ERROR_PASS);
             RespCacheable::Uncacheable(uncacheable::this_request_only())
         }
         verdict => verdict,
@@ -283,14 +286,23 @@ fn decide(
 
 /// Not stored, and the key skips the cache for `duration` (hit-for-pass).
 fn pass_for(proxy: &CachetProxy, ctx: &mut RequestCtx, duration: Duration) -> RespCacheable {
+    pass_key_for(proxy, ctx, duration);
+    // The timed pass is the mark: pingora's own mark would never end.
+    not_stored_this_time(ctx, format!("pass for {}s", duration.as_secs()))
+}
+
+/// How long a client error sends the URL's requests past the cache lock.
+const CLIENT_ERROR_PASS: Duration = Duration::from_secs(1);
+
+/// The request's key skips the cache lookup and lock for `duration` (or until an answer to
+/// it can be stored).
+fn pass_key_for(proxy: &CachetProxy, ctx: &RequestCtx, duration: Duration) {
     if let Some(records) = proxy.state.cache.uncacheable {
         // The key as `cache_key_callback` builds it (reading pingora's may panic).
         let tenant = ctx.tenant.as_ref().map_or("", |t| t.name());
         let key = super::cache_key::storage_key(ctx.key.clone(), tenant);
         records.of(tenant).pass_for(&key, duration);
     }
-    // The timed pass is the mark: pingora's own mark would never end.
-    not_stored_this_time(ctx, format!("pass for {}s", duration.as_secs()))
 }
 
 /// The plugin's lifetimes, except that an origin forbidding stale use is obeyed.
