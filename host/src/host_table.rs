@@ -23,7 +23,7 @@ impl<T> Default for HostTable<T> {
     }
 }
 
-impl<T: Clone> HostTable<T> {
+impl<T> HostTable<T> {
     /// A table of `(pattern, value)` pairs; a later pattern equal to an earlier one wins
     /// (config checks refuse two tenants with one host before this is built).
     pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, T)>) -> Self {
@@ -42,9 +42,7 @@ impl<T: Clone> HostTable<T> {
             .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         table
     }
-}
 
-impl<T> HostTable<T> {
     /// The value for a Host value or server name (any port, and a fully qualified name's
     /// final dot, are ignored).
     pub fn get(&self, host: &str) -> Option<&T> {

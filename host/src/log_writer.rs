@@ -1,8 +1,9 @@
 //! Log lines leave the request path: workers hand each formatted line to a
 //! bounded queue and one background thread writes them to stderr in batches.
 //! A worker never waits on stderr; when the writer falls behind, lines are
-//! dropped and counted (`cachet_access_log_dropped_total`), as are the lines a failed write loses. Not only access-log
-//! lines: a client or an origin can make other lines per request too (Pingora's
+//! dropped and counted (`cachet_access_log_dropped_total`), as are the lines a
+//! failed write loses. Not only access-log lines: a client or an origin can make
+//! other lines per request too (Pingora's
 //! error for each malformed head or broken origin, a plugin's own log lines), and
 //! a slow stderr must not hold any request up. A line is cut at
 //! [`MAX_LINE_BYTES`] (Pingora's errors may quote a whole origin buffer), so the

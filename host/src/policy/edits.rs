@@ -61,8 +61,11 @@ impl RequestEdits {
     }
 
     /// Applies the edits; after this, what the key hook reads is what the
-    /// origin is sent. All or nothing: a refused path leaves the request as
-    /// it was, so a fault never sends the origin half an edit.
+    /// origin is sent. A refused path leaves the request as it was; a refusal
+    /// after the header edits (an edited head over Pingora's cap) leaves them
+    /// applied, and the caller puts the unedited request back
+    /// (`InstancePool::plan_request`), so a fault never sends the origin half
+    /// an edit.
     pub fn apply(&self, req: &mut RequestHeader) -> Result<(), String> {
         if let Some(target) = &self.path_and_query {
             let before = req.raw_path().to_vec();

@@ -23,7 +23,7 @@ pub(crate) fn is_admin_path(path: &str) -> bool {
     admin(normalized_segments(&decoded)) || admin(segments_as_sent(&decoded))
 }
 
-/// The first segments as an origin that leaves `..` in place reads them: each cut as
+/// The first segment as an origin that leaves `..` in place reads it: each cut as
 /// [`normalized_segments`] cuts it, empty and `.` ones dropped, `..` kept as a name.
 fn segments_as_sent(path: &str) -> Vec<&str> {
     path.split(['/', '\\'])

@@ -206,8 +206,8 @@ pub(super) fn read_marks(paths: &[&Path]) -> anyhow::Result<Vec<Purge>> {
     Ok(within_bound(marks))
 }
 
-/// What `marks` say, within [`MAX_MARKS`], as the purge log in memory holds them: one mark per
-/// target, hard and soft apart, at the latest time any line said (a URL POSTed a million times
+/// What `marks` say, within [`MAX_MARKS`], much as the purge log in memory holds them: one
+/// line per target and kind (hard, soft), at the latest time any line said (a URL POSTed a million times
 /// is one mark, not a million lines pushing out every other); past the bound, the oldest marks
 /// of the partition holding the most become its floor ([`floors_of`]), so one busy tenant's
 /// purges never floor another tenant's copies. A purged copy never returns.
