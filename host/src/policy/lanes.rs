@@ -172,11 +172,20 @@ impl Load {
     /// Counts one measured call's CPU time. The plugin is heavy as soon as the calls measured
     /// in a window of [`SAMPLES_PER_JUDGEMENT`] add up to their number of `heavy_call`s,
     /// and stays so for [`HEAVY_HOLD`] after the last such window: a few fast calls do not
-    /// make it light again. Concurrent calls may blur a window's edge by a call.
-    pub(crate) fn record(&self, cpu: Duration, heavy_call: Duration) {
+    /// make it light again. Concurrent calls may blur a window's edge by a call. Returns
+    /// whether this call is the one that judged the plugin heavy (and warned).
+    pub(crate) fn record(&self, cpu: Duration, heavy_call: Duration) -> bool {
+        let mut newly_heavy = false;
         let measured = self.measured.fetch_add(nanos(cpu), Relaxed) + nanos(cpu);
         if measured >= nanos(heavy_call).saturating_mul(u64::from(SAMPLES_PER_JUDGEMENT)) {
-            if !self.heavy() {
+            // One swap both extends the hold and tells whether it had run out, so of two
+            // calls judging the plugin heavy at once only one warns.
+            let judged_at = now();
+            let held_until = self
+                .heavy_until
+                .swap(judged_at.saturating_add(nanos(HEAVY_HOLD)), Relaxed);
+            if held_until <= judged_at {
+                newly_heavy = true;
                 tracing::warn!(
                     tenant = self.tenant,
                     "the tenant's plugin is heavy (its calls use {heavy_call:?} of CPU or more \
@@ -184,12 +193,11 @@ impl Load {
                      for at least {HEAVY_HOLD:?}"
                 );
             }
-            self.heavy_until
-                .store(now().saturating_add(nanos(HEAVY_HOLD)), Relaxed);
         }
         if self.samples.fetch_add(1, Relaxed) % SAMPLES_PER_JUDGEMENT == SAMPLES_PER_JUDGEMENT - 1 {
             self.measured.store(0, Relaxed);
         }
+        newly_heavy
     }
 }
 
@@ -307,6 +315,30 @@ mod tests {
         assert!(!load.heavy());
         record_all(&load, &[5; 80]);
         assert!(!load.heavy());
+    }
+
+    #[test]
+    fn calls_judging_a_plugin_heavy_at_once_warn_once() {
+        for _ in 0..50 {
+            let load = Load::new("t");
+            let start = std::sync::Barrier::new(8);
+            let warned: usize = std::thread::scope(|s| {
+                let calls: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            load.record(Duration::from_millis(25), HEAVY_CALL)
+                        })
+                    })
+                    .collect();
+                calls
+                    .into_iter()
+                    .map(|c| usize::from(c.join().unwrap()))
+                    .sum()
+            });
+            assert_eq!(warned, 1);
+            assert!(load.heavy());
+        }
     }
 
     #[test]
