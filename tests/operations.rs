@@ -211,6 +211,12 @@ fn without_a_token_the_admin_api_refuses_what_a_browser_sends_for_a_web_page() {
     // The metrics listener, on loopback and without a token, is refused to a page as well.
     let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
     assert_eq!(send("GET", &metrics_url, &[]).status, 200);
+    // It answers a scrape and nothing else.
+    for method in ["POST", "DELETE", "PUT"] {
+        let refused = send(method, &metrics_url, &[]);
+        assert_eq!(refused.status, 405, "{method}: {}", refused.text());
+        assert!(!refused.text().contains("cachet_"), "{}", refused.text());
+    }
     for header in [("Host", "attacker.example"), ("Origin", "http://a.example")] {
         let refused = send("GET", &metrics_url, &[header]);
         assert_eq!(refused.status, 403, "{header:?}: {}", refused.text());

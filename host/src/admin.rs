@@ -463,7 +463,7 @@ fn metrics_reply(state: &ProxyState) -> Response<Vec<u8>> {
     )
 }
 
-/// The metrics listener: `GET /metrics` only, no token (bind it to loopback
+/// The metrics listener: `GET /metrics` only (other methods 405), no token (bind it to loopback
 /// or a scrape network).
 pub struct MetricsApp {
     pub state: Arc<ProxyState>,
@@ -491,8 +491,11 @@ impl ServeHttp for MetricsApp {
                 ),
             );
         }
-        match session.req_header().uri.path() {
-            "/metrics" => metrics_reply(&self.state),
+        let req = session.req_header();
+        match (req.method.as_str(), req.uri.path()) {
+            ("GET", "/metrics") => metrics_reply(&self.state),
+            // As on the admin listener: a scrape reads, and nothing else is answered as one.
+            (_, "/metrics") => text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text_reply(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
