@@ -179,7 +179,11 @@ impl RequestBuilder {
         // authority (when the test gives one) and Host name the same host.
         let host = parts
             .host
-            .or_else(|| self.headers.first("host").map(|h| h.to_ascii_lowercase()))
+            .or_else(|| {
+                // Without an absolute URI the scheme is the plain listener's.
+                let host = self.headers.first("host")?;
+                Some(uri::canonical_host(&host, "http"))
+            })
             .unwrap_or_default();
         Request {
             method: self.method,
@@ -194,6 +198,20 @@ impl RequestBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_loses_its_default_port_as_through_the_proxy() {
+        let from_header = Request::builder()
+            .uri("/x")
+            .header("Host", "Shop.Test:80")
+            .build();
+        assert_eq!(from_header.host(), "shop.test");
+        let elsewhere = Request::builder()
+            .uri("/x")
+            .header("Host", "shop.test:8080")
+            .build();
+        assert_eq!(elsewhere.host(), "shop.test:8080");
+    }
 
     #[test]
     fn defaults_to_get_root() {

@@ -19,10 +19,10 @@ pub(crate) fn split(uri: &str) -> UriParts {
         None => (uri, None),
     };
     let (host, path) = match target.split_once("://") {
-        Some((_scheme, rest)) => {
+        Some((scheme, rest)) => {
             let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
             let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            (Some(host.to_ascii_lowercase()), path)
+            (Some(canonical_host(host, scheme)), path)
         }
         None => (None, target),
     };
@@ -31,6 +31,37 @@ pub(crate) fn split(uri: &str) -> UriParts {
         host,
         path: path.to_owned(),
         query,
+    }
+}
+
+/// A host as the proxy reports it for `scheme`: lower-cased, without trailing dots, and
+/// without the scheme's default port (`site:80` and `site` are one site for http), another
+/// port written as a plain number. What the proxy cannot read so is given as sent.
+pub(crate) fn canonical_host(authority: &str, scheme: &str) -> String {
+    let (name, port) = match authority.strip_prefix('[') {
+        Some(literal) => match literal.find(']') {
+            Some(end) => {
+                let (name, rest) = authority.split_at(end + 2);
+                (name, rest.strip_prefix(':'))
+            }
+            None => (authority, None),
+        },
+        None => match authority.rsplit_once(':') {
+            Some((name, port)) => (name.trim_end_matches('.'), Some(port)),
+            None => (authority.trim_end_matches('.'), None),
+        },
+    };
+    let name = name.to_ascii_lowercase();
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    };
+    match port.filter(|p| !p.is_empty()).map(str::parse::<u16>) {
+        None => name,
+        Some(Ok(port)) if Some(port) == default_port => name,
+        Some(Ok(port)) => format!("{name}:{port}"),
+        Some(Err(_)) => authority.to_ascii_lowercase(),
     }
 }
 
@@ -74,6 +105,36 @@ mod tests {
             split("http://user:pw@example.com/x?"),
             parts(Some("example.com"), "/x", Some(""))
         );
+    }
+
+    #[test]
+    fn the_host_is_spelled_as_the_proxy_reports_it() {
+        assert_eq!(
+            split("http://Site.Test:80/").host.as_deref(),
+            Some("site.test")
+        );
+        assert_eq!(
+            split("https://site.test.:443/").host.as_deref(),
+            Some("site.test")
+        );
+        assert_eq!(
+            split("https://site.test:80/").host.as_deref(),
+            Some("site.test:80")
+        );
+        assert_eq!(
+            split("http://site.test:0080/").host.as_deref(),
+            Some("site.test")
+        );
+        assert_eq!(
+            split("http://site.test:/").host.as_deref(),
+            Some("site.test")
+        );
+        assert_eq!(split("http://[::1]:80/").host.as_deref(), Some("[::1]"));
+        assert_eq!(
+            split("http://[::1]:8080/").host.as_deref(),
+            Some("[::1]:8080")
+        );
+        assert_eq!(canonical_host("Site.Test:8080", "http"), "site.test:8080");
     }
 
     #[test]
