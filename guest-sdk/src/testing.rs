@@ -1,5 +1,6 @@
-//! Native stand-ins for the host's `config` and `log`, and a runner for a
-//! policy's own test vectors ([`check_self_tests`]), for unit tests.
+//! Native stand-ins for the host's `config` and `log`, a runner for a
+//! policy's own test vectors ([`check_self_tests`]), and the host's checks on
+//! edits ([`request_edits_refusal`]), for unit tests.
 //!
 //! State is per thread, and the test harness runs each test on its own
 //! thread, so tests do not see each other's config or logs.
@@ -17,8 +18,10 @@ use std::collections::HashMap;
 
 use crate::log::Level;
 
+mod host_rules;
 mod self_check;
 
+pub use host_rules::{request_edits_refusal, response_edits_refusal};
 pub use self_check::{check_self_tests, self_test_failures};
 
 thread_local! {

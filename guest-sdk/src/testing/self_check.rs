@@ -95,6 +95,11 @@ fn check_vector<P: Policy + ?Sized>(policy: &P, vector: &TestVector) -> Vec<Stri
     // the edited request, as the origin was sent it.
     let mut edits = crate::RequestEdits::default();
     policy.edit_request(&req, &mut edits);
+    // An edit the host refuses is a fault there: nothing after it runs.
+    if let Some(refusal) = super::request_edits_refusal(&req, &edits) {
+        problems.push(format!("edit-request: {refusal}"));
+        return problems;
+    }
     let edited = req.edited(&edits);
     if let (ExpectedRequest::Cache, Some(expected)) = (vector.expect, &vector.expect_key) {
         let key = policy.cache_key(&edited);
@@ -103,7 +108,14 @@ fn check_vector<P: Policy + ?Sized>(policy: &P, vector: &TestVector) -> Vec<Stri
         }
     }
     if let Some(spec) = &vector.response {
-        let decision = policy.on_response(&edited, &build_response(spec));
+        let response = build_response(spec);
+        let mut response_edits = crate::HeaderEdits::new();
+        policy.edit_response(&edited, &response, &mut response_edits);
+        if let Some(refusal) = super::response_edits_refusal(&response_edits) {
+            problems.push(format!("edit-response: {refusal}"));
+            return problems;
+        }
+        let decision = policy.on_response(&edited, &response);
         if !response_matches(spec.expect, &decision) {
             problems.push(format!(
                 "on-response: expected {}, got {}",
@@ -338,5 +350,45 @@ mod tests {
             }
         }
         assert_eq!(self_test_failures(&Rewriting), Vec::<String>::new());
+    }
+
+    /// An edit the host refuses makes the hook a fault there, and the version is refused
+    /// when loaded: natively the vector fails too, naming the edit.
+    #[test]
+    fn an_edit_the_host_refuses_fails_the_vector() {
+        struct SchemeSetting;
+        impl Policy for SchemeSetting {
+            fn edit_request(&self, _req: &Request, edits: &mut crate::RequestEdits) {
+                edits.set_header("X-Forwarded-Proto", "https");
+            }
+            fn self_test(&self) -> Vec<TestVector> {
+                vec![TestVector::get("http://example.com/a").expect_cache()]
+            }
+        }
+        let failures = self_test_failures(&SchemeSetting);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains("edit-request"), "{failures:?}");
+        assert!(failures[0].contains("x-forwarded-proto"), "{failures:?}");
+
+        struct FramingResponse;
+        impl Policy for FramingResponse {
+            fn edit_response(
+                &self,
+                _req: &Request,
+                _resp: &Response,
+                edits: &mut crate::HeaderEdits,
+            ) {
+                edits.set("Content-Length", "0");
+            }
+            fn self_test(&self) -> Vec<TestVector> {
+                vec![TestVector::get("http://example.com/a")
+                    .expect_cache()
+                    .with_response(200, &[])
+                    .expect_follow_origin()]
+            }
+        }
+        let failures = self_test_failures(&FramingResponse);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains("edit-response"), "{failures:?}");
     }
 }

@@ -444,4 +444,117 @@ mod tests {
         edits("small").apply(&mut req).unwrap();
         assert_eq!(req.headers["x-plugin"], "small");
     }
+
+    /// The SDK tells a policy's native tests which edits the host refuses: it must say what
+    /// the host does, edit by edit, or a policy tested green is refused when loaded.
+    #[test]
+    fn the_sdk_refuses_the_edits_the_host_refuses() {
+        use cachet_sdk::testing::{request_edits_refusal, response_edits_refusal};
+        let names = [
+            "X-Variant",
+            "cookie",
+            "Content-Length",
+            " host",
+            "Host",
+            "te",
+            "Keep-Alive",
+            "Forwarded",
+            "x-forwarded-proto",
+            "Front-End-Https",
+            "Proxy-Authorization",
+            "http2-settings",
+            "x_under",
+            "Bad Name",
+            "",
+            "x-caf\u{e9}",
+            "x.dot",
+            "a:b",
+        ];
+        let values = [
+            "b",
+            " padded\t",
+            "a\r\nInjected: yes",
+            "caf\u{e9}",
+            "",
+            "\u{7f}",
+        ];
+        let req = cachet_sdk::Request::builder()
+            .uri("http://example.com/a")
+            .build();
+        for name in names {
+            let mut cases: Vec<(raw::HeaderEdit, cachet_sdk::HeaderEdit)> = values
+                .iter()
+                .flat_map(|value| {
+                    let header = || raw::Header {
+                        name: name.into(),
+                        value: (*value).into(),
+                    };
+                    [
+                        (
+                            raw::HeaderEdit::Set(header()),
+                            cachet_sdk::HeaderEdit::Set(name.into(), (*value).into()),
+                        ),
+                        (
+                            raw::HeaderEdit::Append(header()),
+                            cachet_sdk::HeaderEdit::Append(name.into(), (*value).into()),
+                        ),
+                    ]
+                })
+                .collect();
+            cases.push((
+                raw::HeaderEdit::Remove(name.into()),
+                cachet_sdk::HeaderEdit::Remove(name.into()),
+            ));
+            for (host_edit, sdk_edit) in cases {
+                let mut sdk_edits = cachet_sdk::HeaderEdits::new();
+                match &sdk_edit {
+                    cachet_sdk::HeaderEdit::Set(n, v) => sdk_edits.set(n, v),
+                    cachet_sdk::HeaderEdit::Append(n, v) => sdk_edits.append(n, v),
+                    cachet_sdk::HeaderEdit::Remove(n) => sdk_edits.remove(n),
+                };
+                let host = request_header_edits(vec![host_edit.clone()]).err();
+                let request_edits = cachet_sdk::RequestEdits {
+                    headers: sdk_edits.clone(),
+                    ..Default::default()
+                };
+                let sdk = request_edits_refusal(&req, &request_edits);
+                assert_eq!(
+                    host.is_some(),
+                    sdk.is_some(),
+                    "request {sdk_edit:?}: {host:?} {sdk:?}"
+                );
+                let host = header_edits(vec![host_edit], "response").err();
+                let sdk = response_edits_refusal(&sdk_edits);
+                assert_eq!(
+                    host.is_some(),
+                    sdk.is_some(),
+                    "response {sdk_edit:?}: {host:?} {sdk:?}"
+                );
+            }
+        }
+        for target in [
+            "/b",
+            "/b?c=1",
+            "b",
+            "//evil.example/",
+            "/\\evil",
+            "/a b",
+            "/a#f",
+            "/caf\u{e9}",
+            "/%2e%2e/",
+            "/a?b=%zz",
+        ] {
+            let host = path_and_query(Some(target.into()), "/a").err();
+            let request_edits = cachet_sdk::RequestEdits {
+                path_and_query: Some(target.into()),
+                ..Default::default()
+            };
+            let sdk = request_edits_refusal(&req, &request_edits);
+            assert_eq!(
+                host.is_some(),
+                sdk.is_some(),
+                "path {target:?}: {host:?} {sdk:?}"
+            );
+        }
+    }
 }
