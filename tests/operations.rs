@@ -571,14 +571,13 @@ fn new_plugin_writes_a_crate_that_tests_green() {
     assert!(status.success(), "the generated plugin's tests fail");
 
     // `cachet build`: wasm32-unknown-unknown, wrapped into a component with no WASI
-    // imports, loaded and self-tested as `serve` would.
+    // imports, loaded and self-tested as `serve` would. Run as `new-plugin` says to, with
+    // folders relative to where the user is.
     let out_dir = dir.path().join("out");
     let build = || {
         Command::new(cachet_bin())
-            .arg("build")
-            .arg(&crate_dir)
-            .arg("--out-dir")
-            .arg(&out_dir)
+            .current_dir(dir.path())
+            .args(["build", "my-policy", "--out-dir", "out"])
             .env("CARGO_TARGET_DIR", dir.path().join("target"))
             .output()
             .expect("cachet build")

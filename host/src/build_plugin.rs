@@ -14,6 +14,11 @@ pub const POLICY_TARGET: &str = "wasm32-unknown-unknown";
 /// Builds the crate (or workspace) in `dir` and publishes a component per policy library,
 /// in `out_dir` or else `<target dir>/cachet/`; returns the components' paths.
 pub fn build(dir: &Path, out_dir: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
+    // Cargo runs inside the crate and reads `--manifest-path` from there: a folder given
+    // relative to where the user is must be made absolute first.
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("cannot open {}", dir.display()))?;
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!(

@@ -1,5 +1,6 @@
 //! `cachet new-plugin NAME`: a plugin crate that builds and tests as is.
 
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 /// Where the new crate gets `cachet-sdk` from.
@@ -217,17 +218,31 @@ pub fn new_plugin(name: &str, dir: &Path, sdk: &SdkSource) -> anyhow::Result<()>
             "{name:?} is not a crate name: use letters, digits, '-' or '_', starting with a letter, and no Rust keyword, built-in crate's name or cachet-sdk"
         );
     }
-    if dir.exists() {
+    // A dangling symlink is there too: writing through it would create its target.
+    if dir.symlink_metadata().is_ok() {
         anyhow::bail!("{} already exists", dir.display());
     }
     let type_name = type_name(name);
-    std::fs::create_dir_all(dir.join("src"))?;
-    std::fs::write(dir.join("Cargo.toml"), cargo_toml(name, sdk))?;
-    std::fs::write(dir.join("src/lib.rs"), lib_rs(&type_name))?;
-    std::fs::write(dir.join(".gitignore"), "target/\n")?;
-    std::fs::create_dir_all(dir.join(".cargo"))?;
-    std::fs::write(dir.join(".cargo/config.toml"), CARGO_CONFIG)?;
-    Ok(())
+    let files = [
+        ("Cargo.toml", cargo_toml(name, sdk)),
+        ("src/lib.rs", lib_rs(&type_name)),
+        (".gitignore", "target/\n".to_owned()),
+        (".cargo/config.toml", CARGO_CONFIG.to_owned()),
+    ];
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let written = files.iter().try_for_each(|(name, text)| {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    });
+    // Half a crate would make the next try say "already exists": none is left.
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    written
 }
 
 /// The example plugins' build settings, shared by every new plugin: a small
@@ -321,7 +336,7 @@ mod tests {{
 
 #[cfg(test)]
 mod tests {
-    use super::{is_crate_name, type_name, PRELUDE_TYPES};
+    use super::{is_crate_name, new_plugin, type_name, SdkSource, PRELUDE_TYPES};
 
     #[test]
     fn type_names_never_shadow_the_prelude() {
@@ -354,5 +369,28 @@ mod tests {
                 "{word} is not in PRELUDE_TYPES"
             );
         }
+    }
+
+    /// A folder that cannot be made is named in the error; a dangling link is not followed.
+    #[test]
+    fn a_folder_that_cannot_be_made_is_named_and_a_dangling_link_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sdk = SdkSource::Published("0.1.0");
+        let file = tmp.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let under_a_file = file.join("sub");
+        let err = new_plugin("p", &under_a_file, &sdk).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(&under_a_file.display().to_string()),
+            "{err:#}"
+        );
+        let dangling = tmp.path().join("dangling");
+        std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).unwrap();
+        let err = new_plugin("p", &dangling, &sdk).unwrap_err();
+        assert!(format!("{err:#}").contains("already exists"), "{err:#}");
+        assert!(!tmp.path().join("nowhere").exists());
+        let fresh = tmp.path().join("fresh");
+        new_plugin("p", &fresh, &sdk).unwrap();
+        assert!(fresh.join("src/lib.rs").is_file());
     }
 }
