@@ -1244,6 +1244,64 @@ fn a_purge_dated_far_ahead_applies_as_of_its_arrival() {
     assert_eq!(origin.hits_for("/tagged"), fetches);
 }
 
+/// A mark kept in Redis dated far ahead (a node whose clock is ahead made it, or someone wrote
+/// it by hand) is applied as of now when a node reads it, and written back dated so. Left
+/// dated ahead, every reconnection of every node dated it now again and applied it again: a
+/// tag's mark emptied the tag from memory at each one, until real time reached its date.
+#[test]
+fn a_kept_purge_mark_dated_far_ahead_is_applied_once_and_dated_now_in_redis() {
+    let redis = Redis::start(free_port());
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    assert!(get(&a, "/tagged", &[]).cache_status().contains("fwd=miss"));
+    wait_writes(&a, 1);
+    let mut conn = redis_conn(&redis);
+    let ahead = now_ns() + 86_400_000_000_000;
+    let mark = format!(
+        r#"{{"target":{{"tag":{{"partition":"site","tag":"t1"}}}},"at":{ahead},"soft":false}}"#
+    );
+    let _: i64 = redis::cmd("ZADD")
+        .arg("test:purges")
+        .arg(ahead)
+        .arg(&mark)
+        .query(&mut conn)
+        .unwrap();
+    // The node reads the kept marks when it connects again.
+    let listening = || a.log().matches("listening for purges").count();
+    let before = listening();
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut conn)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while listening() == before {
+        assert!(Instant::now() < deadline, "no reconnection:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    wait_connected(&a, true);
+    let resp = get(&a, "/tagged", &[]);
+    assert!(
+        resp.cache_status().contains("fwd=miss"),
+        "the mark removed the copy made before it: {}",
+        resp.cache_status()
+    );
+    let kept: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg("test:purges")
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(&mut conn)
+        .unwrap();
+    let now = now_ns() as f64;
+    assert!(
+        !kept.is_empty() && kept.iter().all(|(_, at)| *at <= now),
+        "marks still dated ahead: {kept:?}"
+    );
+    assert!(!kept.iter().any(|(m, _)| *m == mark), "{kept:?}");
+}
+
 /// A member of `<prefix>purges` that is not UTF-8 (anyone who can write to Redis can add one)
 /// is skipped, as a mark that does not parse is. It failed the whole read of the kept marks:
 /// no node ever listened, every PURGE answered 503 and no purge reached another node.

@@ -249,6 +249,7 @@ async fn listen(
     // Before the node says it listens: a node started meanwhile may read the set already.
     restore_marks_on_a_new_instance(subscriber, &mut conn, run_id).await;
     apply_kept(subscriber, &kept, missed_since.take());
+    rewrite_redated(&mut conn, channel, &kept).await;
     // Release: a lookup that sees the node listening sees the marks just applied.
     subscriber.subscribed.store(true, Release);
     tracing::info!("shared tier: listening for purges on {channel}");
@@ -485,6 +486,47 @@ fn apply_kept(subscriber: &Subscriber, kept: &[Vec<u8>], missed_since: Option<u6
             Some(from) if mark.at < from => remote.keep(mark),
             _ => remote.apply(mark),
         }
+    }
+}
+
+/// Writes back, dated now, the kept marks that [`as_applied`] dates now: as they were, every
+/// (re)connection of every node dated them now again and applied them again (a tag's or a
+/// partition's mark emptied its caches each time) until real time reached their date, for
+/// ever for a forged one. Rewritten, they age and are cut as any other. Best effort: a node
+/// that cannot write them applies them again on its next connection, as before.
+async fn rewrite_redated(
+    conn: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    kept: &[Vec<u8>],
+) {
+    let now = super::record::now_ns();
+    let mut rewriting = redis::pipe();
+    // Both or neither: a mark removed and not added back is a purge lost.
+    rewriting.atomic();
+    let mut redated = 0;
+    for member in kept {
+        let Ok(purge) = serde_json::from_slice::<Purge>(member) else {
+            continue;
+        };
+        let Some(applied) = as_applied(purge.clone(), now) else {
+            continue;
+        };
+        if applied.at == purge.at || add_mark(&mut rewriting, channel, &applied).is_err() {
+            continue;
+        }
+        rewriting.cmd("ZREM").arg(channel).arg(member).ignore();
+        redated += 1;
+    }
+    if redated == 0 {
+        return;
+    }
+    match send_within_purge_timeout(conn, &rewriting).await {
+        Ok(()) => tracing::warn!(
+            marks = redated,
+            "shared tier: purge marks dated further ahead than clocks differ were dated now \
+             (a node's clock is ahead, or they were written by hand)"
+        ),
+        Err(e) => tracing::warn!("shared tier: cannot date now the marks dated ahead: {e}"),
     }
 }
 
