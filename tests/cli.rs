@@ -33,6 +33,42 @@ fn check_refuses_garbage_with_the_reason() {
     assert!(out.contains("bad.wasm"), "{out}");
 }
 
+/// A module wit-component asserts on (an export under both naming styles) is refused in one
+/// line: the panic the refusal is made of used to print its `panicked at` report first.
+#[test]
+fn check_refuses_a_module_wit_component_panics_on_in_one_line() {
+    let mut module = wat::parse_str(
+        r#"(module
+            (memory (export "memory") 1)
+            (func $f)
+            (export "f" (func $f))
+            (export "cm32p2||f" (func $f)))"#,
+    )
+    .unwrap();
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve
+        .push_str(
+            "w.wit",
+            "package test:twice;\nworld w {\n  export f: func();\n}\n",
+        )
+        .unwrap();
+    let world = resolve.select_world(&[package], Some("w")).unwrap();
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let twice = dir.path().join("twice.wasm");
+    std::fs::write(&twice, module).unwrap();
+    let (ok, out) = run(&["check", twice.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("cannot turn"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
+
 #[test]
 fn check_refuses_a_truncated_plugin() {
     let bytes = std::fs::read(plugin("standard")).unwrap();

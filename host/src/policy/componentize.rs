@@ -21,11 +21,10 @@ pub fn is_core_module(bytes: &[u8]) -> bool {
 /// panic took down the start, or the reload thread and with it every later reload of every
 /// tenant. It is a refusal here.
 pub fn componentize(module: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let wrapped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wrap(module)));
-    wrapped.unwrap_or_else(|_| {
+    super::contained_panic::contain(|| wrap(module)).unwrap_or_else(|panic| {
         anyhow::bail!(
             "cannot turn the core module into a component: wit-component failed on it (an \
-             export named twice, once as `cm32p2||name`?)"
+             export named twice, once as `cm32p2||name`?): {panic}"
         )
     })
 }
@@ -60,8 +59,11 @@ fn wrap(module: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// that assert as well as refuse: a panic there would stop the reload thread, and every later
 /// reload with it, as [`componentize`]'s once did. It is a refusal here too.
 pub fn with_reset(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let made = std::panic::catch_unwind(|| reset_component(bytes));
-    made.unwrap_or_else(|_| Err("the tools that write the reset in failed on it".into()))
+    super::contained_panic::contain(|| reset_component(bytes)).unwrap_or_else(|panic| {
+        Err(format!(
+            "the tools that write the reset in failed on it: {panic}"
+        ))
+    })
 }
 
 fn reset_component(bytes: &[u8]) -> Result<Vec<u8>, String> {

@@ -7,6 +7,7 @@ mod breaker;
 mod builtin;
 mod call_scope;
 pub mod componentize;
+mod contained_panic;
 mod decision;
 mod edits;
 mod engine;
