@@ -31,6 +31,9 @@ struct NamedOrigin {
     stop: Arc<AtomicBool>,
     /// Which paths it served, for the consistent-hashing test.
     served: Arc<parking_lot::Mutex<Vec<String>>>,
+    /// When set, the one site it serves by name: its health path answers 404 to any other
+    /// `Host`, as a name-based server's default site would.
+    site: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 impl NamedOrigin {
@@ -68,6 +71,7 @@ impl NamedOrigin {
             healthy: Arc::new(AtomicBool::new(true)),
             stop: Arc::default(),
             served: Arc::default(),
+            site: Arc::default(),
         };
         let counters = Counters {
             hits: origin.hits.clone(),
@@ -75,6 +79,7 @@ impl NamedOrigin {
             healthy: origin.healthy.clone(),
             stop: origin.stop.clone(),
             served: origin.served.clone(),
+            site: origin.site.clone(),
         };
         let (connections, stop) = (origin.connections.clone(), origin.stop.clone());
         std::thread::spawn(move || {
@@ -118,6 +123,7 @@ struct Counters {
     healthy: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     served: Arc<parking_lot::Mutex<Vec<String>>>,
+    site: Arc<parking_lot::Mutex<Option<String>>>,
 }
 
 /// Serves one connection (its reads time out every 50 ms to notice `stop`).
@@ -128,6 +134,7 @@ fn serve(mut conn: impl Read + Write, name: &str, counters: &Counters) {
         healthy,
         stop,
         served,
+        site,
     } = counters;
     let mut buf = Vec::new();
     loop {
@@ -153,9 +160,22 @@ fn serve(mut conn: impl Read + Write, name: &str, counters: &Counters) {
             hits.fetch_add(1, Ordering::SeqCst);
             return;
         }
+        let host = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Host: ")
+                    .or_else(|| l.strip_prefix("host: "))
+            })
+            .map(str::to_owned);
+        let another_site = site
+            .lock()
+            .as_ref()
+            .is_some_and(|site| host.as_ref() != Some(site));
         let (status, body) = if path == "/healthz" {
             checks.fetch_add(1, Ordering::SeqCst);
-            if healthy.load(Ordering::SeqCst) {
+            if another_site {
+                ("404 Not Found", "no such site".to_owned())
+            } else if healthy.load(Ordering::SeqCst) {
                 ("200 OK", "ok".to_owned())
             } else {
                 ("503 Service Unavailable", "sick".to_owned())
@@ -469,6 +489,47 @@ fn an_http_health_check_takes_a_sick_upstream_out_and_puts_it_back() {
     std::thread::sleep(Duration::from_millis(600));
     let (spread, _) = traffic(&proxy, 10);
     assert_eq!(spread.get("b"), Some(&5), "{spread:?}");
+}
+
+/// An origin that serves sites by name answers a health check for its default site, not the
+/// tenant's: `health_host` names the site the checks ask for. Without it, each upstream's own
+/// name is sent, and such origins all fail their checks.
+#[test]
+fn health_checks_ask_for_the_site_health_host_names() {
+    let a = NamedOrigin::start("a");
+    let b = NamedOrigin::start("b");
+    for origin in [&a, &b] {
+        *origin.site.lock() = Some("shop.example".into());
+    }
+    let checked_twice = |origins: [&NamedOrigin; 2], since: [usize; 2]| {
+        origins
+            .iter()
+            .zip(since)
+            .all(|(o, before)| o.checks.load(Ordering::SeqCst) >= before + 2)
+    };
+    let named = pool_proxy(
+        &[a.addr, b.addr],
+        "health_path = \"/healthz\"\nhealth_host = \"shop.example\"\nhealth_interval = \"200ms\"",
+    );
+    let since = [
+        a.checks.load(Ordering::SeqCst),
+        b.checks.load(Ordering::SeqCst),
+    ];
+    wait_for("two checks of each", || checked_twice([&a, &b], since));
+    let upstreams = pool_upstreams(&named);
+    assert!(
+        upstreams.len() == 2 && upstreams.iter().all(|(_, healthy)| *healthy),
+        "{upstreams:?}"
+    );
+    drop(named);
+    let unnamed = pool_proxy(
+        &[a.addr, b.addr],
+        "health_path = \"/healthz\"\nhealth_interval = \"200ms\"",
+    );
+    wait_for("both judged unhealthy", || {
+        let upstreams = pool_upstreams(&unnamed);
+        upstreams.len() == 2 && upstreams.iter().all(|(_, healthy)| !*healthy)
+    });
 }
 
 #[test]

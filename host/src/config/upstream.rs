@@ -16,6 +16,7 @@ use toml::Spanned;
 pub(super) struct RawPool {
     balance: Option<Spanned<String>>,
     health_path: Option<Spanned<String>>,
+    health_host: Option<Spanned<String>>,
     health_interval: Option<Spanned<DurationValue>>,
     health_timeout: Option<Spanned<DurationValue>>,
     resolve_interval: Option<Spanned<DurationValue>>,
@@ -57,6 +58,9 @@ pub struct PoolConfig {
     pub balance: Balance,
     /// `GET` this path and expect a 2xx; `None`: a TCP (and TLS) connect is the check.
     pub health_path: Option<String>,
+    /// The `Host` of that `GET`; `None`: each upstream's own name (and port). An origin that
+    /// serves sites by name may answer its default one otherwise.
+    pub health_host: Option<String>,
     pub health_interval: Duration,
     pub health_timeout: Duration,
     pub resolve_interval: Duration,
@@ -67,6 +71,7 @@ impl Default for PoolConfig {
         Self {
             balance: Balance::RoundRobin,
             health_path: None,
+            health_host: None,
             health_interval: Duration::from_secs(2),
             health_timeout: Duration::from_secs(1),
             resolve_interval: Duration::from_secs(30),
@@ -306,6 +311,17 @@ impl Locator<'_> {
             Some(p) => Some(p.get_ref().clone()),
             None => None,
         };
+        let health_host = match &raw.health_host {
+            Some(h) if !crate::proxy::request_fields::is_authority(h.get_ref().as_bytes()) => {
+                return Err(self.at(
+                    h.span(),
+                    "tenant.pool.health_host",
+                    "is not a host name, with an optional :port",
+                ))
+            }
+            Some(h) => Some(h.get_ref().clone()),
+            None => None,
+        };
         let positive = |key: &str, value: &Option<Spanned<DurationValue>>, default| match value {
             Some(v) => match self.duration(key, v)? {
                 d if d < Duration::from_millis(10) => {
@@ -318,6 +334,7 @@ impl Locator<'_> {
         Ok(PoolConfig {
             balance,
             health_path,
+            health_host,
             health_interval: positive(
                 "tenant.pool.health_interval",
                 &raw.health_interval,

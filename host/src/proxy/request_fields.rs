@@ -357,7 +357,7 @@ pub fn canonical_authority(authority: &str, scheme: &str) -> Option<String> {
 
 /// `host [":" port]` of RFC 3986 (a bracketed IP literal or a registered name), not empty;
 /// commas are refused too: they are what two joined `Host` values look like.
-fn is_authority(value: &[u8]) -> bool {
+pub(crate) fn is_authority(value: &[u8]) -> bool {
     let (host, port) = if value.first() == Some(&b'[') {
         let Some(end) = value.iter().position(|&b| b == b']') else {
             return false;

@@ -21,6 +21,7 @@ pub(super) struct OriginCheck {
     targets: Vec<UpstreamTarget>,
     book: AddressBook,
     path: Option<String>,
+    host: Option<String>,
     timeout: Duration,
     tls: Arc<OriginTls>,
     tcp: TransportConnector,
@@ -40,6 +41,7 @@ impl OriginCheck {
             targets,
             book,
             path: config.health_path.clone(),
+            host: config.health_host.clone(),
             timeout: config.health_timeout,
             tls,
             tcp: TransportConnector::new(None),
@@ -51,8 +53,13 @@ impl OriginCheck {
         let Some(addr) = backend.as_inet() else {
             return Error::e_explain(ErrorType::InternalError, "not an IP upstream");
         };
-        let index = self.book.target_of(addr);
-        let target = &self.targets[index.min(self.targets.len() - 1)];
+        let Some(target) = self
+            .book
+            .target_of(addr)
+            .and_then(|index| self.targets.get(index))
+        else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, "no upstream resolves to it now");
+        };
         let mut peer = HttpPeer::new(*addr, target.tls, String::new());
         peer.options.connection_timeout = Some(self.timeout);
         peer.options.total_connection_timeout = Some(self.timeout);
@@ -67,7 +74,8 @@ impl OriginCheck {
     async fn get(&self, peer: &HttpPeer, target: &UpstreamTarget, path: &str) -> Result<()> {
         let (mut session, _) = self.http.get_http_session(peer).await?;
         let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
-        req.insert_header("Host", host_field(target))?;
+        let host = self.host.clone().unwrap_or_else(|| host_field(target));
+        req.insert_header("Host", host)?;
         req.insert_header("User-Agent", "cachet-health-check")?;
         session.set_write_timeout(Some(self.timeout));
         session.set_read_timeout(Some(self.timeout));

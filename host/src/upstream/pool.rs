@@ -32,14 +32,15 @@ impl AddressBook {
         )))
     }
 
-    /// The configured upstream `addr` belongs to now (the first that has it).
-    pub(super) fn target_of(&self, addr: &SocketAddr) -> usize {
-        let names = self.0.lock();
-        names
-            .iter()
-            .position(|addrs| addrs.contains(addr))
-            .unwrap_or(0)
+    /// The configured upstream `addr` belongs to now (the first that has it), or `None` when
+    /// no name resolves to it any more.
+    pub(super) fn target_of(&self, addr: &SocketAddr) -> Option<usize> {
+        target_in(&self.0.lock(), addr)
     }
+}
+
+fn target_in(names: &[Vec<SocketAddr>], addr: &SocketAddr) -> Option<usize> {
+    names.iter().position(|addrs| addrs.contains(addr))
 }
 
 /// How far a selection searches for an acceptable upstream.
@@ -236,7 +237,13 @@ impl Pool {
     /// failed connect, it may well answer again), else one failing them.
     pub(super) fn select(&self, key: &[u8], tried: &[SocketAddr]) -> Option<Selection> {
         let set_aside = self.set_aside.members();
-        let untried = |b: &Backend| !tried.iter().any(|t| b.as_inet() == Some(t));
+        // Held through the choice: a re-resolution rewrites the book before it publishes the
+        // new members, and an address no name has now must not be dialled as another
+        // upstream's (with its TLS, SNI and checked name).
+        let names = self.book.0.lock();
+        let target = |b: &Backend| b.as_inet().and_then(|addr| target_in(&names, addr));
+        let untried =
+            |b: &Backend| !tried.iter().any(|t| b.as_inet() == Some(t)) && target(b).is_some();
         let usable = self.balancer.select_with(key, |b, healthy| {
             healthy && untried(b) && !set_aside.contains(b)
         });
@@ -248,9 +255,7 @@ impl Pool {
                 .select_with(key, |b, healthy| healthy && untried(b))
                 .or_else(|| self.balancer.select_with(key, |b, _| untried(b)))?,
         };
-        let index = backend
-            .as_inet()
-            .map_or(0, |addr| self.book.target_of(addr));
+        let index = target(&backend)?;
         Some(Selection {
             backend,
             index,
@@ -267,7 +272,7 @@ impl Pool {
             .iter()
             .filter_map(|backend| {
                 let address = *backend.as_inet()?;
-                let index = self.book.target_of(&address);
+                let index = self.book.target_of(&address)?;
                 Some(UpstreamHealth {
                     upstream: targets.get(index)?.written.clone(),
                     address,
@@ -549,6 +554,26 @@ pub(super) mod tests {
         assert_eq!(chosen.backend.as_inet(), Some(&b));
     }
 
+    /// An address the book no longer gives any name (a re-resolution dropped it, and the
+    /// balancer still lists it until its new members are published) is never chosen: it was
+    /// dialled as the first upstream, with that one's TLS and SNI.
+    #[test]
+    fn an_address_no_name_resolves_to_now_is_not_chosen() {
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let config = tenant(&[a, b], "health_interval = \"1h\"");
+        let pool = pool_of(&config, system_look_up);
+        *pool.book.0.lock() = vec![vec![], vec![b]];
+        for key in 0..64 {
+            let chosen = pool.select(format!("/page/{key}").as_bytes(), &[]).unwrap();
+            assert_eq!(chosen.backend.as_inet(), Some(&b), "key {key}");
+            assert_eq!(chosen.index, 1);
+        }
+        assert!(pool.select(b"/page/0", &[b]).is_none());
+    }
+
     /// A health round lifts what was set aside before it began, not what a failed connect set
     /// aside while it ran: that upstream got traffic again until the next round.
     #[test]
@@ -656,10 +681,19 @@ pub(super) mod tests {
         let targets = [target("a.test", vec![one, two]), target("b.test", vec![])];
         let book = AddressBook::new(&targets);
         let resolver = Resolver::new(&targets, book.clone(), system_look_up);
-        assert_eq!((book.target_of(&one), book.target_of(&two)), (0, 0));
+        assert_eq!(
+            (book.target_of(&one), book.target_of(&two)),
+            (Some(0), Some(0))
+        );
         // A re-resolution moves `two` to b.test.
         *resolver.last.0.lock() = vec![vec![one], vec![two]];
-        assert_eq!((book.target_of(&one), book.target_of(&two)), (0, 1));
+        assert_eq!(
+            (book.target_of(&one), book.target_of(&two)),
+            (Some(0), Some(1))
+        );
         assert_eq!(resolver.backends().len(), 2, "the same address set");
+        // A lookup that no longer has `two`: it belongs to no upstream, not to the first.
+        *resolver.last.0.lock() = vec![vec![one], vec![]];
+        assert_eq!(book.target_of(&two), None);
     }
 }
