@@ -778,6 +778,12 @@ fn pool_and_thread_values_that_would_misbehave_are_refused() {
             "tenant.pool.health_path",
             "not a request path",
         ),
+        (
+            "",
+            "upstreams = [\"127.0.0.1:1\"]\n[tenant.pool]\nhealth_host = \"shop.example/x\"",
+            "tenant.pool.health_host",
+            "not a host name",
+        ),
     ] {
         let (ok, out) = validate(server, tenant);
         assert!(!ok, "{server} {tenant}: {out}");
