@@ -167,7 +167,7 @@ fn raw_get(proxy: &Proxy, path: &str) -> Got {
 fn a_large_object_streams_from_the_shared_tier_and_from_disk_after_a_restart() {
     let body = big_body();
     let origin = origin(body.clone());
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let dir = tempfile::tempdir().unwrap();
     let mut a = node(&origin, &dir.path().join("a"), Some(redis.port));
     let b = node(&origin, &dir.path().join("b"), Some(redis.port));
@@ -289,7 +289,7 @@ fn a_chunk_check_the_shared_tier_fails_leaves_the_object_for_other_nodes() {
 fn a_purge_while_a_large_object_streams_from_l2_keeps_it_out_of_l1() {
     let body = big_body();
     let origin = origin(body.clone());
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let dir = tempfile::tempdir().unwrap();
     let a = node(&origin, &dir.path().join("a"), Some(redis.port));
     assert!(raw_get(&a, "/big").is_complete());

@@ -236,11 +236,6 @@ fn a_stopped_upstream_costs_no_client_errors_and_gets_traffic_back_when_it_retur
     let (spread, failures) = traffic(&proxy, 20);
     assert!(failures.is_empty(), "{failures:?}\n{}", proxy.log());
     assert_eq!(spread.get("a"), Some(&20), "{spread:?}");
-    std::thread::sleep(Duration::from_millis(700));
-    let (spread, failures) = traffic(&proxy, 20);
-    assert!(failures.is_empty(), "{failures:?}");
-    assert_eq!(spread.get("a"), Some(&20), "{spread:?}");
-    assert!(proxy.log().contains("failed its health check"));
     // /status shows each upstream's verdict and when it was last checked.
     let health = |addr: SocketAddr| {
         let status = proxy.status();
@@ -254,6 +249,13 @@ fn a_stopped_upstream_costs_no_client_errors_and_gets_traffic_back_when_it_retur
             .map(|u| u["healthy"].clone())
             .unwrap_or_else(|| panic!("{addr} not in {pool}"))
     };
+    wait_for("b failing its checks", || health(b_addr) == false);
+    let (spread, failures) = traffic(&proxy, 20);
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(spread.get("a"), Some(&20), "{spread:?}");
+    wait_for("the failed check logged", || {
+        proxy.log().contains("failed its health check")
+    });
     assert_eq!(health(b_addr), false);
     assert_eq!(health(a.addr), true);
 
@@ -478,7 +480,13 @@ fn an_http_health_check_takes_a_sick_upstream_out_and_puts_it_back() {
     );
     // b still serves, but says it is unwell: no traffic after a check.
     b.healthy.store(false, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(600));
+    let b_name = b.addr.to_string();
+    let healthy = |name: &str| {
+        pool_upstreams(&proxy)
+            .into_iter()
+            .any(|(address, healthy)| address == name && healthy)
+    };
+    wait_for("b failing its checks", || !healthy(&b_name));
     let before = b.hits.load(Ordering::SeqCst);
     let (spread, failures) = traffic(&proxy, 10);
     assert!(failures.is_empty(), "{failures:?}");
@@ -486,7 +494,7 @@ fn an_http_health_check_takes_a_sick_upstream_out_and_puts_it_back() {
     assert_eq!(b.hits.load(Ordering::SeqCst), before);
 
     b.healthy.store(true, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_millis(600));
+    wait_for("b passing its checks again", || healthy(&b_name));
     let (spread, _) = traffic(&proxy, 10);
     assert_eq!(spread.get("b"), Some(&5), "{spread:?}");
 }

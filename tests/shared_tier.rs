@@ -219,7 +219,7 @@ fn share(a: &Proxy, b: &Proxy, origin: &Origin, path: &str) {
 
 #[test]
 fn two_nodes_share_objects_variants_and_purges() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
@@ -282,7 +282,7 @@ fn two_nodes_share_objects_variants_and_purges() {
 /// the other node went on serving its variants as fresh hits.
 #[test]
 fn a_purge_from_another_node_reaches_every_variant() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
@@ -358,7 +358,7 @@ fn wait_disk_writes(proxy: &Proxy, writes: u64) {
 /// lost its marks, the node served the purged copies from disk (probe U).
 #[test]
 fn purges_from_another_node_hold_on_this_nodes_disk_across_a_restart() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let dir = tempfile::tempdir().unwrap();
     let disk_node = || {
@@ -400,7 +400,7 @@ fn purges_from_another_node_hold_on_this_nodes_disk_across_a_restart() {
 /// the L1 copy was served until it expired.)
 #[test]
 fn purges_made_while_a_node_was_down_reach_what_its_l1_took_before_it_heard_them() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let dir = tempfile::tempdir().unwrap();
     let mut c = disk_and_shared_node(&origin, redis.port, dir.path());
@@ -439,7 +439,7 @@ fn purges_made_while_a_node_was_down_reach_what_its_l1_took_before_it_heard_them
 /// back empty (probe U).
 #[test]
 fn a_purge_a_hung_redis_does_not_take_is_a_503() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     get(&a, "/obj", &[]);
@@ -461,7 +461,7 @@ fn a_purge_a_hung_redis_does_not_take_is_a_503() {
 /// PURGE says 200. The connection's own response bound was `op_timeout` and cut it short: 503.
 #[test]
 fn a_purge_waits_for_a_slow_redis_longer_than_a_lookup_would() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     get(&a, "/obj", &[]);
@@ -484,7 +484,7 @@ fn a_purge_waits_for_a_slow_redis_longer_than_a_lookup_would() {
 /// fail at `op_timeout`, and the object was never shared.
 #[test]
 fn a_fill_is_shared_even_when_redis_takes_its_write_late() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
@@ -518,7 +518,7 @@ fn a_fill_is_shared_even_when_redis_takes_its_write_late() {
 #[test]
 fn a_slow_redis_does_not_hold_up_the_disk_tiers_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let node = Proxy::start_with_server(
         &format!("admin_token = \"{TOKEN}\""),
@@ -560,7 +560,7 @@ fn a_slow_redis_does_not_hold_up_the_disk_tiers_writes() {
 /// origin; the node counts it as a timeout (not only as an error) and says so in its log.
 #[test]
 fn a_lookup_a_hung_redis_does_not_answer_is_a_counted_timeout_and_a_miss() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     assert_eq!(shared_stats(&a)["timeouts"], 0);
@@ -595,7 +595,7 @@ fn a_lookup_a_hung_redis_does_not_answer_is_a_counted_timeout_and_a_miss() {
 
 #[test]
 fn a_redis_outage_fails_no_request_and_sharing_resumes() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
@@ -645,7 +645,7 @@ fn a_redis_outage_fails_no_request_and_sharing_resumes() {
 fn marks_lost_by_a_redis_back_from_an_older_snapshot_are_written_back_for_later_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().display().to_string();
-    let redis = Redis::start_with(free_port(), &["--dir", &data_dir]);
+    let redis = Redis::start_fresh_with(&["--dir", &data_dir]);
     let origin = origin();
     let a = node(&origin, redis.port);
     let writes = shared_stats(&a)["writes"].as_u64().unwrap();
@@ -787,7 +787,7 @@ fn a_redis_client_certificate_is_checked_before_serving() {
 /// promotes the damaged bytes, counts the value as corrupt and removes it.
 #[test]
 fn a_value_damaged_in_redis_is_a_miss_and_never_served() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
@@ -847,7 +847,7 @@ fn a_value_damaged_in_redis_is_a_miss_and_never_served() {
 /// counted as corrupt and answered from the origin, never with `/x`'s body.
 #[test]
 fn a_value_copied_onto_another_objects_name_is_never_served_for_it() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let x = get(&a, "/x", &[]).text();
@@ -899,7 +899,7 @@ fn a_value_copied_onto_another_objects_name_is_never_served_for_it() {
 /// fetching it whole.
 #[test]
 fn a_soft_url_purge_keeps_the_shared_copy_for_revalidation() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = Origin::validating();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
@@ -924,7 +924,7 @@ fn a_soft_url_purge_keeps_the_shared_copy_for_revalidation() {
 /// counted: operators see why a tier stays empty.
 #[test]
 fn an_object_larger_than_the_tier_takes_is_counted_not_written() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let proxy = node_with_line(&origin, &redis, "max_object_bytes = \"100B\"");
     assert_eq!(get(&proxy, "/big", &[]).status, 200);
@@ -946,7 +946,7 @@ fn an_object_larger_than_the_tier_takes_is_counted_not_written() {
 /// probe Z saw 15,192 objects and 725 MiB while Redis held 2,469 keys and 135 MiB).
 #[test]
 fn the_shared_tiers_figures_are_what_redis_holds() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let (a, b) = (node(&origin, redis.port), node(&origin, redis.port));
     for i in 0..6 {
@@ -1044,7 +1044,7 @@ impl SilentCutRelay {
 /// its status saying it was connected.
 #[test]
 fn a_purge_channel_cut_without_a_word_is_noticed_and_its_missed_purges_applied() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let relay = SilentCutRelay::start(redis.port);
     let origin = origin();
     let a = node(&origin, relay.port);
@@ -1077,7 +1077,7 @@ fn a_purge_channel_cut_without_a_word_is_noticed_and_its_missed_purges_applied()
 /// fails, so every lookup on it timed out for as long as the node ran.
 #[test]
 fn a_connection_left_unanswered_is_replaced_and_sharing_resumes() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let relay = SilentCutRelay::start(redis.port);
     let origin = origin();
     let a = node(&origin, relay.port);
@@ -1117,7 +1117,7 @@ fn a_connection_left_unanswered_is_replaced_and_sharing_resumes() {
 /// lookup waited for its handshake, which under a CPU short of time made more timeouts.
 #[test]
 fn a_redis_that_answers_no_one_keeps_the_connections_it_has() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     wait_connected(&a, true);
@@ -1156,7 +1156,7 @@ fn now_ns() -> u64 {
 /// older than the set's oldest mark, for every tenant, from Redis for all nodes.
 #[test]
 fn a_reconnect_with_a_full_purge_set_keeps_the_copies_it_has_no_reason_to_doubt() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
@@ -1208,7 +1208,7 @@ fn a_reconnect_with_a_full_purge_set_keeps_the_copies_it_has_no_reason_to_doubt(
 /// purged; dated as it says, it would hide every copy of its target until then.
 #[test]
 fn a_purge_dated_far_ahead_applies_as_of_its_arrival() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
@@ -1250,7 +1250,7 @@ fn a_purge_dated_far_ahead_applies_as_of_its_arrival() {
 /// tag's mark emptied the tag from memory at each one, until real time reached its date.
 #[test]
 fn a_kept_purge_mark_dated_far_ahead_is_applied_once_and_dated_now_in_redis() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     assert!(get(&a, "/tagged", &[]).cache_status().contains("fwd=miss"));
@@ -1307,7 +1307,7 @@ fn a_kept_purge_mark_dated_far_ahead_is_applied_once_and_dated_now_in_redis() {
 /// no node ever listened, every PURGE answered 503 and no purge reached another node.
 #[test]
 fn a_purge_mark_that_is_not_utf8_stops_no_node_from_hearing_purges() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let _: i64 = redis::cmd("ZADD")
         .arg("test:purges")
         .arg(now_ns())
@@ -1327,7 +1327,7 @@ fn a_purge_mark_that_is_not_utf8_stops_no_node_from_hearing_purges() {
 /// failed every node's read of them for good (WRONGTYPE), and every purge's `ZADD`.
 #[test]
 fn a_purge_set_overwritten_with_another_type_is_replaced() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);
@@ -1384,7 +1384,7 @@ fn a_node_not_listening_for_purges_reads_no_copy_from_the_shared_tier() {
         "resetchannels",
         "+@all",
     ];
-    let redis = Redis::start_with(free_port(), &deaf);
+    let redis = Redis::start_fresh_with(&deaf);
     let origin = origin();
     let a = node(&origin, redis.port);
     get(&a, "/tagged", &[]);
@@ -1425,7 +1425,7 @@ fn a_node_not_listening_for_purges_reads_no_copy_from_the_shared_tier() {
 #[test]
 fn a_tenant_name_kept_for_another_site_serves_none_of_its_shared_copies() {
     let (old_site, new_site) = (site("old site"), site("new site"));
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let start = || {
         let proxy = node_for_site(&redis, &[("site", &old_site, "old.test")]);
         wait_connected(&proxy, true);
@@ -1466,7 +1466,7 @@ fn a_304_for_an_older_copy_is_not_written_over_a_newer_one() {
     // Over 1 MiB: chunked in Redis. L1 takes up to 2 MiB (`max_bytes` / 8).
     const OLDER: usize = 5 << 18;
     const NEWER: usize = 7 << 18;
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let conditionals = AtomicUsize::new(0);
     let origin = Origin::start(move |seen| {
         if seen.header("if-none-match").is_none() {
@@ -1588,7 +1588,7 @@ fn relay(
 #[test]
 fn a_nodes_first_lookups_do_not_wait_for_a_new_connection() {
     use std::sync::atomic::Ordering::SeqCst;
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1678,7 +1678,7 @@ fn late_answers_relay(
 fn a_hit_read_from_redis_through_a_stop_ends_its_connection() {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node(&origin, redis.port);
     let late = std::sync::Arc::new(AtomicBool::new(false));
@@ -1721,7 +1721,7 @@ fn a_hit_read_from_redis_through_a_stop_ends_its_connection() {
 #[test]
 fn a_fill_under_way_when_another_node_purged_is_not_shared_as_newer() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let asked = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = asked.clone();
     let origin = Origin::start(move |_| {
@@ -1782,7 +1782,7 @@ fn a_fill_under_way_when_another_node_purged_is_not_shared_as_newer() {
 /// The node is stalled (SIGSTOP) while the burst is sent, so it reads it all at once after.
 #[test]
 fn a_burst_of_purges_beyond_the_backlog_is_dropped_and_read_again_from_the_kept_ones() {
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let origin = origin();
     let a = node_with_line(&origin, &redis, "purge_backlog = 16");
     let b = node(&origin, redis.port);
@@ -1840,7 +1840,7 @@ fn a_burst_of_purges_beyond_the_backlog_is_dropped_and_read_again_from_the_kept_
 #[test]
 fn a_node_started_with_a_tenant_name_for_another_site_serves_none_of_its_shared_copies() {
     let (old_site, new_site) = (site("old site"), site("new site"));
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let start = |origin: &Origin, host: &str| {
         let proxy = node_for_site(&redis, &[("site", origin, host)]);
         wait_connected(&proxy, true);
@@ -1868,7 +1868,7 @@ fn a_node_started_with_a_tenant_name_for_another_site_serves_none_of_its_shared_
 #[test]
 fn a_tenant_name_removed_and_added_back_for_another_site_serves_none_of_its_shared_copies() {
     let (old_site, new_site) = (site("old site"), site("new site"));
-    let redis = Redis::start(free_port());
+    let redis = Redis::start_fresh();
     let proxy = node_for_site(
         &redis,
         &[
@@ -1939,7 +1939,7 @@ fn site(body: &'static str) -> Origin {
 /// the log, until the policy spares keys without an expiry (volatile-*).
 #[test]
 fn a_redis_that_may_evict_the_purge_marks_serves_no_copy() {
-    let redis = Redis::start_with(free_port(), &["--maxmemory-policy", "allkeys-lru"]);
+    let redis = Redis::start_fresh_with(&["--maxmemory-policy", "allkeys-lru"]);
     let origin = origin();
     let a = node(&origin, redis.port);
     let b = node(&origin, redis.port);

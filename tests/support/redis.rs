@@ -23,6 +23,31 @@ impl Redis {
         Self::spawn(port, &["--port", &port.to_string()])
     }
 
+    /// Plain TCP on a free port. A port found free may be taken before the server binds it
+    /// (by another test's outgoing connection): then another is tried.
+    pub fn start_fresh() -> Self {
+        Self::start_fresh_with(&[])
+    }
+
+    /// [`Self::start_fresh`] with more `redis-server` arguments.
+    pub fn start_fresh_with(extra: &[&str]) -> Self {
+        let mut tries = 0;
+        loop {
+            let port = super::free_port();
+            let port_arg = port.to_string();
+            let mut args = vec!["--port", port_arg.as_str()];
+            args.extend_from_slice(extra);
+            match Self::try_spawn(port, &args) {
+                Ok(redis) => return redis,
+                Err(e) if tries < 3 => {
+                    eprintln!("redis-server on {port}: {e}; trying another port");
+                    tries += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     /// Plain TCP on `port`, with more `redis-server` arguments (an ACL user, say).
     pub fn start_with(port: u16, extra: &[&str]) -> Self {
         let port_arg = port.to_string();
@@ -54,6 +79,11 @@ impl Redis {
     }
 
     fn spawn(port: u16, args: &[&str]) -> Self {
+        Self::try_spawn(port, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The server listening on `port`, or why not (it exited: the port was taken, say).
+    fn try_spawn(port: u16, args: &[&str]) -> Result<Self, String> {
         let mut child = Command::new("redis-server")
             .args(args)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -64,15 +94,16 @@ impl Redis {
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("redis-server {args:?} exited: {status}");
+                return Err(format!("redis-server {args:?} exited: {status}"));
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("redis-server did not listen on {port}"));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, port }
+        Ok(Self { child, port })
     }
 
     /// Freezes the server (SIGSTOP by PID): its connections stay open and nothing is answered,
