@@ -185,12 +185,19 @@ impl RequestBuilder {
                 Some(uri::canonical_host(&host, "http"))
             })
             .unwrap_or_default();
+        // The proxy writes the Host field in that spelling too.
+        let mut lines = self.headers.lines();
+        for (name, value) in &mut lines {
+            if name.eq_ignore_ascii_case("host") && !host.is_empty() {
+                value.clone_from(&host);
+            }
+        }
         Request {
             method: self.method,
             host,
             path: parts.path,
             query: parts.query,
-            headers: self.headers,
+            headers: HeaderList::from_lines(lines),
         }
     }
 }
@@ -206,6 +213,7 @@ mod tests {
             .header("Host", "Shop.Test:80")
             .build();
         assert_eq!(from_header.host(), "shop.test");
+        assert_eq!(from_header.header("host").as_deref(), Some("shop.test"));
         let elsewhere = Request::builder()
             .uri("/x")
             .header("Host", "shop.test:8080")

@@ -162,6 +162,9 @@ fn build_request(t: &TestRequest) -> Result<RequestHeader, String> {
     add_headers(&t.headers, |name, value| {
         req.append_header(name, value).map(drop)
     })?;
+    // Spelled as a live request's is before any plugin sees it (and as the SDK's own run
+    // spells it): `shop.test:80` is `shop.test`.
+    crate::proxy::request_fields::canonical_host(&mut req, uri.scheme_str().unwrap_or("http"));
     Ok(req)
 }
 
@@ -203,5 +206,29 @@ mod tests {
         let req = build_request(&request("http://example.com/a@b")).unwrap();
         assert_eq!(req.headers["host"], "example.com");
         assert_eq!(req.uri.path(), "/a@b");
+    }
+
+    /// A vector's host is what a live request's would be, and what the SDK's native run shows
+    /// the policy: a key checked green by `cargo test` is the key checked at load.
+    #[test]
+    fn a_vectors_host_is_spelled_as_live_and_as_the_sdk_spells_it() {
+        for uri in [
+            "http://Shop.Test:80/a",
+            "https://shop.test.:443/a",
+            "https://shop.test:80/a",
+            "http://shop.test:0080/a",
+            "http://shop.test:8080/a",
+            "http://[::1]:80/a",
+        ] {
+            let req = build_request(&request(uri)).unwrap();
+            let sdk = cachet_sdk::Request::builder().uri(uri).build();
+            assert_eq!(
+                super::super::host_api::request_host(&req),
+                sdk.host(),
+                "{uri}"
+            );
+        }
+        let req = build_request(&request("http://Shop.Test:80/a")).unwrap();
+        assert_eq!(req.headers["host"], "shop.test");
     }
 }
