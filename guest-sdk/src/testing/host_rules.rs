@@ -10,6 +10,9 @@ const MAX_EDITS: usize = 64;
 /// query: the largest request head the host takes from a client.
 const MAX_EDIT_BYTES: usize = 1_048_575;
 
+/// Longest backend name a policy may pick.
+const MAX_BACKEND_NAME: usize = 64;
+
 /// Fields the host writes itself: framing, hop-by-hop and `Host`.
 const HOST_WRITTEN: [&str; 9] = [
     "content-length",
@@ -84,6 +87,14 @@ pub fn request_edits_refusal(req: &Request, edits: &RequestEdits) -> Option<Stri
             }
         }
     }
+    if let Some(name) = &edits.backend {
+        if name.is_empty() || name.len() > MAX_BACKEND_NAME {
+            return Some(format!(
+                "backend name of {} bytes (1-{MAX_BACKEND_NAME})",
+                name.len()
+            ));
+        }
+    }
     edits
         .path_and_query
         .as_deref()
@@ -118,27 +129,17 @@ fn header_edits_refusal(edits: &HeaderEdits, what: &str) -> Option<String> {
                  fields"
             ));
         }
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Some(format!("{what} edit: {name:?} is not a valid header name"));
         }
-        // The host takes a value as a recipient reads it, trimmed; no control byte but a tab
-        // (so no CR or LF).
+        // The host takes a value as a recipient reads it, trimmed.
         if let Some(value) = value {
-            let value = value.trim_matches([' ', '\t']);
-            if !value
-                .bytes()
-                .all(|b| b == b'\t' || (b >= b' ' && b != 0x7f))
-            {
+            if http::HeaderValue::from_str(value.trim_matches([' ', '\t'])).is_err() {
                 return Some(format!("{what} edit: value of {name} is not valid HTTP"));
             }
         }
     }
     None
-}
-
-/// `tchar` of RFC 9110 §5.6.2.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Why the host would refuse `target` as the origin's path and query for a request whose
@@ -160,7 +161,10 @@ fn path_refusal(target: &str, client_path: &str) -> Option<String> {
             "path {target:?} is not in origin-form (\"/path?query\")"
         ));
     }
-    None
+    match target.parse::<http::uri::PathAndQuery>() {
+        Ok(parsed) if parsed.as_str() == target => None,
+        _ => Some(format!("path {target:?} is not a valid request target")),
+    }
 }
 
 #[cfg(test)]
@@ -221,6 +225,24 @@ mod tests {
         ] {
             assert!(refused.is_some());
         }
+    }
+
+    #[test]
+    fn a_backend_name_is_one_to_64_bytes() {
+        assert!(request_with(|e| {
+            e.backend("");
+        })
+        .is_some());
+        assert!(request_with(|e| {
+            e.backend("b".repeat(65));
+        })
+        .is_some());
+        assert_eq!(
+            request_with(|e| {
+                e.backend("b".repeat(64));
+            }),
+            None
+        );
     }
 
     #[test]

@@ -450,8 +450,20 @@ mod tests {
     #[test]
     fn the_sdk_refuses_the_edits_the_host_refuses() {
         use cachet_sdk::testing::{request_edits_refusal, response_edits_refusal};
+        let long_name = "x".repeat(65_536);
         let names = [
             "X-Variant",
+            "transfer-encoding",
+            "connection",
+            "trailer",
+            "upgrade",
+            "proxy-connection",
+            "x-forwarded-host",
+            "x-forwarded-ssl",
+            "x-forwarded-scheme",
+            "x-url-scheme",
+            "proxy-authenticate",
+            &long_name,
             "cookie",
             "Content-Length",
             " host",
@@ -532,8 +544,20 @@ mod tests {
                 );
             }
         }
+        let long_path = format!("/{}", "a".repeat(65_534));
+        let longest_path = format!("/{}", "a".repeat(65_533));
         for target in [
             "/b",
+            "/search?q=\"shoes\"",
+            "/a<b",
+            "/a>b",
+            "/a`b",
+            "/a?b=<x>",
+            "/a?b=`x`",
+            "/a{b}|c^d",
+            "/a?b={x}",
+            &long_path,
+            &longest_path,
             "/b?c=1",
             "b",
             "//evil.example/",
@@ -554,6 +578,30 @@ mod tests {
                 host.is_some(),
                 sdk.is_some(),
                 "path {target:?}: {host:?} {sdk:?}"
+            );
+        }
+        // The bounds: the number of edits, and their bytes in all.
+        for (count, value_bytes) in [(MAX_EDITS, 1), (MAX_EDITS + 1, 1), (2, MAX_EDIT_BYTES / 2)] {
+            let values = vec!["v".repeat(value_bytes); count];
+            let host_edits: Vec<raw::HeaderEdit> = values
+                .iter()
+                .map(|v| {
+                    raw::HeaderEdit::Append(raw::Header {
+                        name: "x-a".into(),
+                        value: v.clone(),
+                    })
+                })
+                .collect();
+            let mut sdk_edits = cachet_sdk::HeaderEdits::new();
+            for v in &values {
+                sdk_edits.append("x-a", v);
+            }
+            let host = header_edits(host_edits, "response").err();
+            let sdk = response_edits_refusal(&sdk_edits);
+            assert_eq!(
+                host.is_some(),
+                sdk.is_some(),
+                "{count} × {value_bytes}: {host:?} {sdk:?}"
             );
         }
     }
