@@ -33,6 +33,20 @@ impl HeaderList {
         }
     }
 
+    /// Gives every line named `name` this value, where it stands (builders only).
+    pub(crate) fn replace_values(&mut self, name: &str, value: &str) {
+        let mut lines: Vec<(String, String)> = self
+            .iter()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        for (n, v) in &mut lines {
+            if n.eq_ignore_ascii_case(name) {
+                value.clone_into(v);
+            }
+        }
+        *self = Self::Lines(lines);
+    }
+
     #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn lines(&self) -> Vec<(String, String)> {
         self.iter()

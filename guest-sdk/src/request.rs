@@ -186,18 +186,16 @@ impl RequestBuilder {
             })
             .unwrap_or_default();
         // The proxy writes the Host field in that spelling too.
-        let mut lines = self.headers.lines();
-        for (name, value) in &mut lines {
-            if name.eq_ignore_ascii_case("host") && !host.is_empty() {
-                value.clone_from(&host);
-            }
+        let mut headers = self.headers;
+        if !host.is_empty() {
+            headers.replace_values("host", &host);
         }
         Request {
             method: self.method,
             host,
             path: parts.path,
             query: parts.query,
-            headers: HeaderList::from_lines(lines),
+            headers,
         }
     }
 }

@@ -489,20 +489,31 @@ fn apply_kept(subscriber: &Subscriber, kept: &[Vec<u8>], missed_since: Option<u6
     }
 }
 
-/// Writes back, dated now, the kept marks that [`as_applied`] dates now: as they were, every
-/// (re)connection of every node dated them now again and applied them again (a tag's or a
-/// partition's mark emptied its caches each time) until real time reached their date, for
-/// ever for a forged one. Rewritten, they age and are cut as any other. Best effort: a node
-/// that cannot write them applies them again on its next connection, as before.
+/// Writes back, dated by Redis's clock, the kept marks dated further ahead of it than clocks
+/// differ: as they were, every (re)connection of every node dated them now again and applied
+/// them again (a tag's mark emptied its caches each time) until real time reached their date,
+/// for ever for a forged one. Rewritten, they age and are cut as any other. Judged by Redis's
+/// clock, not this node's: a node whose clock is behind would otherwise date a purge made
+/// elsewhere too early for every node that reads it after. Each rewrite is one script that
+/// adds the new mark only if it removed the old one, so nodes reconnecting together (after a
+/// Redis restart, all of them) rewrite each mark once. Best effort: a node that cannot (an
+/// ACL without `EVAL` or `TIME`) applies them again on its next connection, as before.
 async fn rewrite_redated(
     conn: &mut redis::aio::MultiplexedConnection,
     channel: &str,
     kept: &[Vec<u8>],
 ) {
-    let now = super::record::now_ns();
+    const REDATE: &str = "if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then \
+                          return redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3]) end return 0";
+    let time = redis::cmd("TIME");
+    let now = match tokio::time::timeout(PURGE_TIMEOUT, time.query_async::<(u64, u64)>(conn)).await
+    {
+        Ok(Ok((seconds, micros))) => seconds
+            .saturating_mul(1_000_000_000)
+            .saturating_add(micros.saturating_mul(1_000)),
+        _ => return,
+    };
     let mut rewriting = redis::pipe();
-    // Both or neither: a mark removed and not added back is a purge lost.
-    rewriting.atomic();
     let mut redated = 0;
     for member in kept {
         let Ok(purge) = serde_json::from_slice::<Purge>(member) else {
@@ -511,10 +522,21 @@ async fn rewrite_redated(
         let Some(applied) = as_applied(purge.clone(), now) else {
             continue;
         };
-        if applied.at == purge.at || add_mark(&mut rewriting, channel, &applied).is_err() {
+        let Ok(json) = serde_json::to_string(&applied) else {
+            continue;
+        };
+        if applied.at == purge.at {
             continue;
         }
-        rewriting.cmd("ZREM").arg(channel).arg(member).ignore();
+        rewriting
+            .cmd("EVAL")
+            .arg(REDATE)
+            .arg(1)
+            .arg(channel)
+            .arg(member)
+            .arg(applied.at)
+            .arg(json)
+            .ignore();
         redated += 1;
     }
     if redated == 0 {
@@ -523,10 +545,10 @@ async fn rewrite_redated(
     match send_within_purge_timeout(conn, &rewriting).await {
         Ok(()) => tracing::warn!(
             marks = redated,
-            "shared tier: purge marks dated further ahead than clocks differ were dated now \
-             (a node's clock is ahead, or they were written by hand)"
+            "shared tier: purge marks dated further ahead of Redis's clock than clocks differ \
+             were dated by it (a node's clock is ahead, or they were written by hand)"
         ),
-        Err(e) => tracing::warn!("shared tier: cannot date now the marks dated ahead: {e}"),
+        Err(e) => tracing::warn!("shared tier: cannot redate the marks dated ahead: {e}"),
     }
 }
 
