@@ -491,6 +491,16 @@ fn ranges_the_cache_cannot_answer_with_parts_get_the_whole_body() {
         let whole = (200, "twenty bytes of text".to_owned());
         assert_eq!(seen, [whole.clone(), whole], "{range}");
     }
+    // `Range` is no list: two fields are no range set, not the first one's.
+    let twice = raw::get(
+        proxy.port,
+        "/twenty",
+        &[("Range", "bytes=0-1"), ("Range", "bytes=2-3")],
+    );
+    assert_eq!(
+        (twice.head.status, twice.body.as_slice()),
+        (200, &b"twenty bytes of text"[..])
+    );
     let empty = raw::get(proxy.port, "/empty", &[("Range", "bytes=-1")]);
     assert_eq!((empty.head.status, empty.body.len()), (200, 0));
     assert!(empty.head.header("content-range").is_none());

@@ -18,8 +18,16 @@ pub(super) fn may_answer_with_parts(req: &RequestHeader, resp: &ResponseHeader) 
     if req.method != http::Method::GET {
         return false;
     }
-    let Some(range) = req.headers.get(RANGE).and_then(|v| v.to_str().ok()) else {
+    let mut fields = req.headers.get_all(RANGE).iter();
+    let Some(range) = fields.next() else {
         return true;
+    };
+    // `Range` is no list: two fields are no range set (Pingora answered with the first).
+    if fields.next().is_some() {
+        return false;
+    }
+    let Ok(range) = range.to_str() else {
+        return false;
     };
     let not_empty = resp
         .headers
@@ -136,6 +144,9 @@ mod tests {
         assert!(!may_answer_with_parts(&req, &resp), "an empty body");
         let (req, resp) = exchange("HEAD", "bytes=0-1", "20");
         assert!(!may_answer_with_parts(&req, &resp), "HEAD");
+        let (mut req, resp) = exchange("GET", "bytes=0-1", "20");
+        req.append_header("range", "bytes=2-3").unwrap();
+        assert!(!may_answer_with_parts(&req, &resp), "two Range fields");
     }
 
     #[test]
