@@ -208,6 +208,13 @@ fn without_a_token_the_admin_api_refuses_what_a_browser_sends_for_a_web_page() {
         &[("Host", "admin.example"), ("Authorization", &auth)],
     );
     assert_eq!(named.status, 200);
+    let wrong_method = send(
+        "GET",
+        &guarded.admin_url("/reload"),
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
     // The metrics listener, on loopback and without a token, is refused to a page as well.
     let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
     assert_eq!(send("GET", &metrics_url, &[]).status, 200);
@@ -215,6 +222,7 @@ fn without_a_token_the_admin_api_refuses_what_a_browser_sends_for_a_web_page() {
     for method in ["POST", "DELETE", "PUT"] {
         let refused = send(method, &metrics_url, &[]);
         assert_eq!(refused.status, 405, "{method}: {}", refused.text());
+        assert_eq!(refused.header("allow"), Some("GET"), "{method}");
         assert!(!refused.text().contains("cachet_"), "{}", refused.text());
     }
     for header in [("Host", "attacker.example"), ("Origin", "http://a.example")] {

@@ -237,6 +237,19 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
     builder.body(body).unwrap_or_default()
 }
 
+/// 405 with the `Allow` field RFC 9110 §15.5.6 asks for: the one method `path` answers.
+fn method_not_allowed(path: &str) -> Response<Vec<u8>> {
+    let allowed = match path {
+        "/reload" | "/purge" | "/promote" | "/explain" => "POST",
+        _ => "GET",
+    };
+    let mut response = text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allowed));
+    response
+}
+
 fn json_reply(value: &serde_json::Value) -> Response<Vec<u8>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
     reply(StatusCode::OK, "application/json", body)
@@ -305,8 +318,9 @@ impl ServeHttp for AdminApp {
             ("POST", "/explain") => self.explain(session).await,
             (
                 _,
-                "/status" | "/cache" | "/metrics" | "/reload" | "/purge" | "/promote" | "/explain",
-            ) => text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+                path @ ("/status" | "/cache" | "/metrics" | "/reload" | "/purge" | "/promote"
+                | "/explain"),
+            ) => method_not_allowed(path),
             _ => text_reply(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -495,7 +509,7 @@ impl ServeHttp for MetricsApp {
         match (req.method.as_str(), req.uri.path()) {
             ("GET", "/metrics") => metrics_reply(&self.state),
             // As on the admin listener: a scrape reads, and nothing else is answered as one.
-            (_, "/metrics") => text_reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+            (_, path @ "/metrics") => method_not_allowed(path),
             _ => text_reply(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

@@ -37,7 +37,7 @@ impl Redis {
             let port_arg = port.to_string();
             let mut args = vec!["--port", port_arg.as_str()];
             args.extend_from_slice(extra);
-            match Self::try_spawn(port, &args) {
+            match Self::try_spawn(port, &args).and_then(Self::answers_itself) {
                 Ok(redis) => return redis,
                 Err(e) if tries < 3 => {
                     eprintln!("redis-server on {port}: {e}; trying another port");
@@ -104,6 +104,26 @@ impl Redis {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Self { child, port })
+    }
+
+    /// This server, if it is the one answering on its port: another one already listening
+    /// there answers the connect while ours fails to bind and exits. (A server that does not
+    /// say who it is, an ACL without `INFO`, is taken at its word.)
+    fn answers_itself(mut self) -> Result<Self, String> {
+        let ours = format!("process_id:{}", self.child.id());
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .map_err(|e| e.to_string())?;
+        let info = client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .and_then(|mut conn| redis::cmd("INFO").arg("server").query::<String>(&mut conn));
+        match info {
+            Ok(info) if !info.lines().any(|line| line.trim() == ours) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                Err(format!("another server answers on {}", self.port))
+            }
+            _ => Ok(self),
+        }
     }
 
     /// Freezes the server (SIGSTOP by PID): its connections stay open and nothing is answered,
