@@ -229,7 +229,16 @@ pub fn new_plugin(name: &str, dir: &Path, sdk: &SdkSource) -> anyhow::Result<()>
         (".gitignore", "target/\n".to_owned()),
         (".cargo/config.toml", CARGO_CONFIG.to_owned()),
     ];
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    // Claims the folder: one made meanwhile by someone else is theirs, never written into or
+    // removed below.
+    std::fs::create_dir(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => anyhow::anyhow!("{} already exists", dir.display()),
+        _ => anyhow::Error::new(e).context(format!("cannot create {}", dir.display())),
+    })?;
     let written = files.iter().try_for_each(|(name, text)| {
         let path = dir.join(name);
         if let Some(parent) = path.parent() {
@@ -381,7 +390,7 @@ mod tests {
         let under_a_file = file.join("sub");
         let err = new_plugin("p", &under_a_file, &sdk).unwrap_err();
         assert!(
-            format!("{err:#}").contains(&under_a_file.display().to_string()),
+            format!("{err:#}").contains(&file.display().to_string()),
             "{err:#}"
         );
         let dangling = tmp.path().join("dangling");
