@@ -87,6 +87,21 @@ pub fn request_host(req: &pingora::http::RequestHeader) -> String {
     String::from_utf8_lossy(raw).to_ascii_lowercase()
 }
 
+/// [`request_host`] without a copy when the name is spelled so already (UTF-8, no upper
+/// case), as a live request's is once `canonical_host` has spelled it.
+pub fn request_host_ref(req: &pingora::http::RequestHeader) -> std::borrow::Cow<'_, str> {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default();
+    match std::str::from_utf8(raw) {
+        Ok(name) if !name.bytes().any(|b| b.is_ascii_uppercase()) => name.into(),
+        _ => request_host(req).into(),
+    }
+}
+
 /// Longest plugin log line kept; a plugin must not flood the proxy's log.
 const MAX_LOG_LINE: usize = 4096;
 

@@ -617,7 +617,7 @@ impl InstancePool {
     ) -> Result<RequestOutcome, PluginFault> {
         let _timer = self.request_seconds.start_timer();
         self.with_instance(Hook::Request, |instance, limits| {
-            let (plan, given_key) = instance.on_request(limits, request, pending)?;
+            let (plan, mut given_key) = instance.on_request(limits, request, pending)?;
             let edits =
                 !matches!(plan.decision, RequestDecision::Respond(_)) && !plan.edits.is_empty();
             let unedited = edits.then(|| Box::new((request.clone(), pending.clone())));
@@ -630,7 +630,7 @@ impl InstancePool {
                 }
                 match plan.decision {
                     // Given only with a plan that edits nothing: `request` is unchanged.
-                    RequestDecision::Cache if given_key.is_some() => Ok(given_key.clone()),
+                    RequestDecision::Cache if given_key.is_some() => Ok(given_key.take()),
                     RequestDecision::Cache => {
                         Ok(Some(instance.cache_key(limits, request, pending)?))
                     }

@@ -32,7 +32,7 @@ pub use decision::{
 };
 pub use edits::{apply_to_response, reapply_to_response, HeaderEdit};
 pub use engine::{PolicyEngine, MAX_GUEST_MEMORY};
-pub use host_api::request_host;
+pub use host_api::{request_host, request_host_ref};
 pub use instance::{check_starts_within_limits, InstancePool, PluginFault, PolicyInstance};
 pub use instance::{RequestOutcome, RequestVerdict};
 pub use lanes::PluginLane;

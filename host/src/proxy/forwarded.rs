@@ -51,8 +51,10 @@ pub fn fields(mode: ForwardedHeaders, req: &RequestHeader, hop: &Hop) -> Pending
     let mut client = String::with_capacity(48);
     push_ip(&mut client, hop.client);
 
+    // Built first: it reads `client`, which `X-Forwarded-For` may then take.
+    let element = extend_forwarded.then(|| forwarded_element(hop.client, &client, proto, host));
     if extend_x {
-        let xff = list(req, &X_FORWARDED_FOR, append, &client);
+        let xff = list(req, &X_FORWARDED_FOR, append, client);
         set(&mut fields, &X_FORWARDED_FOR, xff);
         if !append || !req.headers.contains_key(&*X_FORWARDED_PROTO) {
             let proto = HeaderValue::from_static(proto);
@@ -62,13 +64,12 @@ pub fn fields(mode: ForwardedHeaders, req: &RequestHeader, hop: &Hop) -> Pending
             set(&mut fields, &X_FORWARDED_HOST, host.to_owned());
         }
     }
-    if extend_forwarded {
-        let element = forwarded_element(hop.client, &client, proto, host);
-        let forwarded = list(req, &FORWARDED, append, &element);
+    if let Some(element) = element {
+        let forwarded = list(req, &FORWARDED, append, element);
         set(&mut fields, &FORWARDED, forwarded);
     }
     if req.headers.contains_key(VIA) {
-        let via = list(req, &VIA, true, VIA_HOP);
+        let via = list(req, &VIA, true, VIA_HOP.to_owned());
         set(&mut fields, &VIA, via);
     } else {
         fields.set(VIA, HeaderValue::from_static(VIA_HOP));
@@ -270,7 +271,9 @@ fn drop_client_claims(req: &mut RequestHeader) {
 }
 
 /// `ours` after the existing values of `name` (when `append`), as one list.
-fn list(req: &RequestHeader, name: &HeaderName, append: bool, ours: &str) -> String {
+/// The field's list with `ours` last; `ours` itself when nothing comes before it (most
+/// requests: no copy).
+fn list(req: &RequestHeader, name: &HeaderName, append: bool, ours: String) -> String {
     let mut list = String::new();
     if append {
         let existing = req.headers.get_all(name).iter();
@@ -281,7 +284,10 @@ fn list(req: &RequestHeader, name: &HeaderName, append: bool, ours: &str) -> Str
             }
         }
     }
-    list.push_str(ours);
+    if list.is_empty() {
+        return ours;
+    }
+    list.push_str(&ours);
     list
 }
 

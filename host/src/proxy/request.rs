@@ -252,9 +252,11 @@ pub(crate) async fn plan_head(
     ctx.told_scheme =
         super::forwarded::settle_client_claims(proxy.state.forwarded_headers, head, conn.tls);
     super::request_fields::canonical_host(head, &ctx.told_scheme);
-    let host = crate::policy::request_host(head);
     let router = proxy.state.router.load();
-    let Some(tenant) = router.route(&host).cloned() else {
+    let Some(tenant) = router
+        .route(&crate::policy::request_host_ref(head))
+        .cloned()
+    else {
         return HeadPlan::Unplanned;
     };
     if crate::tls::misdirected_name(server_name, &router, tenant.name())
