@@ -346,6 +346,21 @@ pub fn canonical_authority(authority: &str, scheme: &str) -> Option<String> {
         "https" => Some(443),
         _ => None,
     };
+    // Nearly every request's Host is spelled so already: told without a copy.
+    let port_text = authority.get(name.len() + 1..).unwrap_or("");
+    let kept_port = port.filter(|&p| Some(p) != default);
+    let spelled_so = !name.bytes().any(|b| b.is_ascii_uppercase())
+        && match kept_port {
+            None => authority.len() == name.len(),
+            Some(p) => {
+                authority.as_bytes().get(name.len()) == Some(&b':')
+                    && (port_text == "0" || !port_text.starts_with('0'))
+                    && port_text.parse() == Ok(p)
+            }
+        };
+    if spelled_so {
+        return None;
+    }
     // Host names are case-insensitive: one spelling, as the key already holds it.
     let name = name.to_ascii_lowercase();
     let canonical = match port {
@@ -782,5 +797,88 @@ mod tests {
         );
         assert_eq!(sanitize_plain(&mut old), Ok(()));
         assert!(!old.headers.contains_key("upgrade"));
+    }
+
+    /// The check that spares the copy says "already spelled so" exactly when spelling it
+    /// would give the same text: the answers are those of spelling every time.
+    #[test]
+    fn an_authority_spelled_so_already_is_told_without_a_copy() {
+        // What `canonical_authority` answered before it could tell without a copy.
+        fn by_spelling(authority: &str, scheme: &str) -> Option<String> {
+            let (name, port) = match authority.strip_prefix('[') {
+                Some(literal) => {
+                    let end = literal.find(']')? + 2;
+                    let (name, rest) = authority.split_at(end);
+                    match rest {
+                        "" => (name, None),
+                        _ => (name, Some(rest.strip_prefix(':')?)),
+                    }
+                }
+                None => match authority.rsplit_once(':') {
+                    Some((name, port)) => (name.trim_end_matches('.'), Some(port)),
+                    None => (authority.trim_end_matches('.'), None),
+                },
+            };
+            if name.is_empty() {
+                return None;
+            }
+            let port = match port {
+                None | Some("") => None,
+                Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => {
+                    Some(digits.parse::<u16>().ok()?)
+                }
+                Some(_) => return None,
+            };
+            let default = match scheme {
+                "http" => Some(80),
+                "https" => Some(443),
+                _ => None,
+            };
+            let name = name.to_ascii_lowercase();
+            let canonical = match port {
+                Some(port) if Some(port) != default => format!("{name}:{port}"),
+                _ => name,
+            };
+            (canonical != authority).then_some(canonical)
+        }
+        for authority in [
+            "site",
+            "Site",
+            "site.",
+            "site..",
+            "site:80",
+            "site:8080",
+            "site:08080",
+            "site:0",
+            "site:00",
+            "site:",
+            "SITE:443",
+            "site:443",
+            "site.:8080",
+            "[::1]",
+            "[::1]:80",
+            "[::1]:8080",
+            "[::1]:0080",
+            "[::1]:",
+            "[::1]x",
+            "127.0.0.1:80",
+            "127.0.0.1:8443",
+            "a:b",
+            "site:99999",
+            "xn--bcher-kva.example:8080",
+            "s\u{e9}:81",
+            ":80",
+            ".",
+            "site:+80",
+            "site: 80",
+        ] {
+            for scheme in ["http", "https", "ws", ""] {
+                assert_eq!(
+                    canonical_authority(authority, scheme),
+                    by_spelling(authority, scheme),
+                    "{authority:?} {scheme}"
+                );
+            }
+        }
     }
 }
