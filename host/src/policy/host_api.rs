@@ -77,26 +77,22 @@ fn shown_on_request(name: &str) -> bool {
 
 /// The host the client asked for: the Host header, else the URI authority.
 pub fn request_host(req: &pingora::http::RequestHeader) -> String {
-    let raw = req
-        .headers
+    // Lower-cased as it is copied: one allocation per call (every hook call makes one).
+    String::from_utf8_lossy(host_as_sent(req)).to_ascii_lowercase()
+}
+
+fn host_as_sent(req: &pingora::http::RequestHeader) -> &[u8] {
+    req.headers
         .get(http::header::HOST)
         .map(|v| v.as_bytes())
         .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
-        .unwrap_or_default();
-    // Lower-cased as it is copied: one allocation per call (every hook call makes one).
-    String::from_utf8_lossy(raw).to_ascii_lowercase()
+        .unwrap_or_default()
 }
 
 /// [`request_host`] without a copy when the name is spelled so already (UTF-8, no upper
 /// case), as a live request's is once `canonical_host` has spelled it.
 pub fn request_host_ref(req: &pingora::http::RequestHeader) -> std::borrow::Cow<'_, str> {
-    let raw = req
-        .headers
-        .get(http::header::HOST)
-        .map(|v| v.as_bytes())
-        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
-        .unwrap_or_default();
-    match std::str::from_utf8(raw) {
+    match std::str::from_utf8(host_as_sent(req)) {
         Ok(name) if !name.bytes().any(|b| b.is_ascii_uppercase()) => name.into(),
         _ => request_host(req).into(),
     }

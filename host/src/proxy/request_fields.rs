@@ -317,6 +317,40 @@ fn canonical_x_forwarded_host(req: &mut RequestHeader, scheme: &str) {
 /// `authority` spelled as [`canonical_host`] says, or None when it already is (or is not a
 /// `host[:port]` this can read: left as it was).
 pub fn canonical_authority(authority: &str, scheme: &str) -> Option<String> {
+    // Nearly every request's Host is spelled so already: told without building the spelling.
+    let (name, port) = read_authority(authority)?;
+    let kept_port = port.filter(|&p| Some(p) != default_port(scheme));
+    let port_text = authority.get(name.len() + 1..).unwrap_or("");
+    let spelled_so = !name.bytes().any(|b| b.is_ascii_uppercase())
+        && match kept_port {
+            None => authority.len() == name.len(),
+            Some(p) => {
+                authority.as_bytes().get(name.len()) == Some(&b':')
+                    && (port_text == "0" || !port_text.starts_with('0'))
+                    && port_text.parse() == Ok(p)
+            }
+        };
+    if spelled_so {
+        return None;
+    }
+    spelling(authority, scheme)
+}
+
+/// [`canonical_authority`] by building the spelling and comparing it.
+fn spelling(authority: &str, scheme: &str) -> Option<String> {
+    let (name, port) = read_authority(authority)?;
+    // Host names are case-insensitive: one spelling, as the key already holds it.
+    let name = name.to_ascii_lowercase();
+    let canonical = match port.filter(|&p| Some(p) != default_port(scheme)) {
+        Some(port) => format!("{name}:{port}"),
+        None => name,
+    };
+    (canonical != authority).then_some(canonical)
+}
+
+/// The name (without trailing dots) and port of `host[:port]`, or None when it is not one
+/// this can read.
+fn read_authority(authority: &str) -> Option<(&str, Option<u16>)> {
     let (name, port) = match authority.strip_prefix('[') {
         Some(literal) => {
             let end = literal.find(']')? + 2;
@@ -341,33 +375,15 @@ pub fn canonical_authority(authority: &str, scheme: &str) -> Option<String> {
         }
         Some(_) => return None,
     };
-    let default = match scheme {
+    Some((name, port))
+}
+
+fn default_port(scheme: &str) -> Option<u16> {
+    match scheme {
         "http" => Some(80),
         "https" => Some(443),
         _ => None,
-    };
-    // Nearly every request's Host is spelled so already: told without a copy.
-    let port_text = authority.get(name.len() + 1..).unwrap_or("");
-    let kept_port = port.filter(|&p| Some(p) != default);
-    let spelled_so = !name.bytes().any(|b| b.is_ascii_uppercase())
-        && match kept_port {
-            None => authority.len() == name.len(),
-            Some(p) => {
-                authority.as_bytes().get(name.len()) == Some(&b':')
-                    && (port_text == "0" || !port_text.starts_with('0'))
-                    && port_text.parse() == Ok(p)
-            }
-        };
-    if spelled_so {
-        return None;
     }
-    // Host names are case-insensitive: one spelling, as the key already holds it.
-    let name = name.to_ascii_lowercase();
-    let canonical = match port {
-        Some(port) if Some(port) != default => format!("{name}:{port}"),
-        _ => name,
-    };
-    (canonical != authority).then_some(canonical)
 }
 
 /// `host [":" port]` of RFC 3986 (a bracketed IP literal or a registered name), not empty;
@@ -800,47 +816,9 @@ mod tests {
     }
 
     /// The check that spares the copy says "already spelled so" exactly when spelling it
-    /// would give the same text: the answers are those of spelling every time.
+    /// would give the same text: the answers are those of building the spelling every time.
     #[test]
     fn an_authority_spelled_so_already_is_told_without_a_copy() {
-        // What `canonical_authority` answered before it could tell without a copy.
-        fn by_spelling(authority: &str, scheme: &str) -> Option<String> {
-            let (name, port) = match authority.strip_prefix('[') {
-                Some(literal) => {
-                    let end = literal.find(']')? + 2;
-                    let (name, rest) = authority.split_at(end);
-                    match rest {
-                        "" => (name, None),
-                        _ => (name, Some(rest.strip_prefix(':')?)),
-                    }
-                }
-                None => match authority.rsplit_once(':') {
-                    Some((name, port)) => (name.trim_end_matches('.'), Some(port)),
-                    None => (authority.trim_end_matches('.'), None),
-                },
-            };
-            if name.is_empty() {
-                return None;
-            }
-            let port = match port {
-                None | Some("") => None,
-                Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => {
-                    Some(digits.parse::<u16>().ok()?)
-                }
-                Some(_) => return None,
-            };
-            let default = match scheme {
-                "http" => Some(80),
-                "https" => Some(443),
-                _ => None,
-            };
-            let name = name.to_ascii_lowercase();
-            let canonical = match port {
-                Some(port) if Some(port) != default => format!("{name}:{port}"),
-                _ => name,
-            };
-            (canonical != authority).then_some(canonical)
-        }
         for authority in [
             "site",
             "Site",
@@ -875,7 +853,7 @@ mod tests {
             for scheme in ["http", "https", "ws", ""] {
                 assert_eq!(
                     canonical_authority(authority, scheme),
-                    by_spelling(authority, scheme),
+                    spelling(authority, scheme),
                     "{authority:?} {scheme}"
                 );
             }
