@@ -1143,6 +1143,17 @@ fn redis_conn(redis: &Redis) -> redis::Connection {
     client.get_connection().unwrap()
 }
 
+/// Closes every node's purge channel (`CLIENT KILL TYPE pubsub`): each reconnects and reads
+/// the kept marks again.
+fn cut_purge_channels(conn: &mut redis::Connection) {
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(conn)
+        .unwrap();
+}
+
 fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1183,12 +1194,7 @@ fn a_reconnect_with_a_full_purge_set_keeps_the_copies_it_has_no_reason_to_doubt(
     // to be older than the 10 s a node allows for clocks when it reconnects: then the
     // channel drops.
     std::thread::sleep(Duration::from_secs(17));
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut conn)
-        .unwrap();
+    cut_purge_channels(&mut conn);
     std::thread::sleep(Duration::from_millis(1500));
     wait_connected(&b, true);
 
@@ -1269,12 +1275,7 @@ fn a_kept_purge_mark_dated_far_ahead_is_applied_once_and_dated_now_in_redis() {
     // The node reads the kept marks when it connects again.
     let listening = || a.log().matches("listening for purges").count();
     let before = listening();
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut conn)
-        .unwrap();
+    cut_purge_channels(&mut conn);
     let deadline = Instant::now() + Duration::from_secs(15);
     while listening() == before {
         assert!(Instant::now() < deadline, "no reconnection:\n{}", a.log());
@@ -1338,12 +1339,7 @@ fn a_purge_set_overwritten_with_another_type_is_replaced() {
         .query(&mut conn)
         .unwrap();
     // Both nodes read the kept marks again when their channel comes back.
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut conn)
-        .unwrap();
+    cut_purge_channels(&mut conn);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let kind: String = redis::cmd("TYPE")
