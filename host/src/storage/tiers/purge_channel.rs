@@ -519,15 +519,14 @@ async fn rewrite_redated(
         let Ok(purge) = serde_json::from_slice::<Purge>(member) else {
             continue;
         };
-        let Some(applied) = as_applied(purge.clone(), now) else {
+        let dated = purge.at;
+        // Only a mark that changes is written out: a full set holds 65,536.
+        let Some(applied) = as_applied(purge, now).filter(|a| a.at != dated) else {
             continue;
         };
         let Ok(json) = serde_json::to_string(&applied) else {
             continue;
         };
-        if applied.at == purge.at {
-            continue;
-        }
         rewriting
             .cmd("EVAL")
             .arg(REDATE)
