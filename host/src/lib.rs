@@ -28,5 +28,6 @@ pub mod shadow;
 pub mod shutdown;
 pub mod storage;
 pub mod tenant;
+mod thread_index;
 pub mod tls;
 pub mod upstream;

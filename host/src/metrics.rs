@@ -3,9 +3,14 @@
 use crate::storage::StorageStats;
 use once_cell::sync::Lazy;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
 use std::fmt::Write as _;
+
+mod sharded_histogram;
+pub use sharded_histogram::{
+    sharded_histogram_vec, HistogramTimer, ShardedHistogram, ShardedHistogramVec,
+};
 
 static PLUGIN_FAULTS: Lazy<IntCounterVec> = Lazy::new(|| {
     register(IntCounterVec::new(
@@ -37,7 +42,7 @@ static RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
     ))
 });
 
-static HOOK_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
+static HOOK_SECONDS: Lazy<ShardedHistogramVec> = Lazy::new(|| {
     let opts = HistogramOpts::new(
         "cachet_plugin_hook_seconds",
         "Duration of plugin hook calls (instantiation included when fresh)",
@@ -45,7 +50,7 @@ static HOOK_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
     .buckets(vec![
         1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 5e-3, 1e-2, 5e-2,
     ]);
-    register(HistogramVec::new(opts, &["tenant", "hook"]))
+    register(sharded_histogram_vec(opts, &["tenant", "hook"]))
 });
 
 static ORIGIN_SECONDS: Lazy<HistogramVec> = Lazy::new(|| {
@@ -256,7 +261,7 @@ pub fn plugin_instances_created(tenant: &str) -> IntCounter {
 }
 
 /// The histogram for one tenant's hook; resolve once, observe per call.
-pub fn hook_histogram(tenant: &str, hook: &str) -> Histogram {
+pub fn hook_histogram(tenant: &str, hook: &str) -> ShardedHistogram {
     HOOK_SECONDS.with_label_values(&[tenant, hook])
 }
 

@@ -12,12 +12,12 @@ use super::edits::{self, HeaderEdit};
 use super::engine::PolicyEngine;
 use super::heads::Setting;
 use super::host_api::HostState;
+use super::idle::Shelves;
 use super::lanes::{Load, PluginLane};
 use super::limits::PluginLimits;
 use super::pending::PendingFields;
 use super::plugin::{root_cause, LoadedPlugin};
 use super::TenantContext;
-use parking_lot::Mutex;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -414,7 +414,7 @@ pub struct InstancePool {
     plugin: Arc<LoadedPlugin>,
     tenant: Arc<TenantContext>,
     limits: PluginLimits,
-    idle: Mutex<Vec<PolicyInstance>>,
+    idle: Shelves<PolicyInstance>,
     /// When every call of a load-time check must have ended: see [`PolicyInstance::until`].
     until: Option<Instant>,
     live: Arc<AtomicUsize>,
@@ -422,8 +422,8 @@ pub struct InstancePool {
     /// How much CPU this tenant's plugin's `on-request` calls use (`lanes`), shared with the
     /// versions before and after this one.
     load: Arc<Load>,
-    request_seconds: prometheus::Histogram,
-    response_seconds: prometheus::Histogram,
+    request_seconds: crate::metrics::ShardedHistogram,
+    response_seconds: crate::metrics::ShardedHistogram,
     memory_growths: prometheus::IntCounter,
     instances_created: prometheus::IntCounter,
 }
@@ -483,7 +483,7 @@ impl InstancePool {
             plugin,
             tenant,
             limits,
-            idle: Mutex::new(Vec::new()),
+            idle: Shelves::new(MAX_IDLE_INSTANCES),
             until: None,
             live: Arc::new(AtomicUsize::new(0)),
             breaker: Breaker::default(),
@@ -729,7 +729,7 @@ impl InstancePool {
         if self.breaker.is_open() {
             return Err(PluginFault::Quarantined);
         }
-        let idle = self.idle.lock().pop();
+        let idle = self.idle.take();
         let mut instance = match idle {
             Some(instance) => instance,
             None => match self.new_instance() {
@@ -785,10 +785,7 @@ impl InstancePool {
             self.breaker.record_success(hook);
         }
         if keep {
-            let mut idle = self.idle.lock();
-            if idle.len() < MAX_IDLE_INSTANCES {
-                idle.push(instance);
-            }
+            self.idle.put_back(instance);
         }
         Ok(result)
     }

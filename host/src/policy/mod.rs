@@ -13,6 +13,7 @@ mod edits;
 mod engine;
 mod heads;
 mod host_api;
+mod idle;
 mod instance;
 pub(crate) mod lanes;
 mod layer;

@@ -57,7 +57,13 @@ impl Ticker {
             .load(SeqCst)
             .saturating_add(ticks)
             .saturating_add(1);
-        self.latest_deadline.fetch_max(deadline, SeqCst);
+        // Read first: calls armed in the same tick (nearly all of them under load) find the
+        // record already there, and a read leaves the line shared between the workers' cores
+        // where a `fetch_max` always writes it. A record already at or past this deadline
+        // was written by an arming that then checked whether the ticker slept.
+        if self.latest_deadline.load(SeqCst) < deadline {
+            self.latest_deadline.fetch_max(deadline, SeqCst);
+        }
         if !self.awake.load(SeqCst) {
             if let Some(thread) = self.thread.lock().as_ref() {
                 thread.unpark();
