@@ -392,7 +392,8 @@ fn classify(err: &wasmtime::Error, store: &Store<HostState>) -> PluginFault {
     PluginFault::Trap(root_cause(err))
 }
 
-/// Most idle instances kept per plugin version; more are simply dropped.
+/// Most idle instances kept per plugin version (but at least one per thread's shelf,
+/// `idle.rs`); more are simply dropped.
 const MAX_IDLE_INSTANCES: usize = 32;
 
 /// Requests one reset instance serves before it is replaced by a new one. The reset restores
