@@ -102,12 +102,9 @@ impl Pair {
             .unwrap_or_else(|| panic!("no fault counter for {kind}:\n{metrics}"));
         let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(count >= 1.0, "{line}");
-        let log = self.proxy.log();
-        assert!(
-            log.lines()
-                .any(|l| l.contains("plugin fault") && l.contains(kind) && l.contains("bad")),
-            "log lacks the {kind} fault:\n{log}"
-        );
+        let fault = |l: &str| l.contains("plugin fault") && l.contains(kind) && l.contains("bad");
+        let log = self.proxy.log_until(|log| log.lines().any(fault));
+        assert!(log.lines().any(fault), "log lacks the {kind} fault:\n{log}");
     }
 }
 
@@ -260,7 +257,9 @@ fn oversized_keys_and_key_part_floods_are_refused() {
     assert_bypassed(&pair.bad("/many-parts"), "invalid-output");
     pair.assert_good_tenant_unharmed();
     pair.assert_fault_recorded("invalid-output");
-    let log = pair.proxy.log();
+    let log = pair.proxy.log_until(|log| {
+        log.contains("exceeds the limit of 4096") && log.contains("parts, limit 32")
+    });
     assert!(log.contains("exceeds the limit of 4096"), "{log}");
     assert!(log.contains("parts, limit 32"), "{log}");
 }
@@ -280,7 +279,9 @@ fn parts_sharing_one_buffer_are_refused_before_the_host_copies_them() {
     }
     let grew_mib = proc_status_kib(pair.proxy.pid(), "VmHWM:").saturating_sub(peak_before) / 1024;
     assert!(grew_mib < 40, "peak memory grew {grew_mib} MiB");
-    let log = pair.proxy.log();
+    let log = pair
+        .proxy
+        .log_until(|log| log.contains("bytes one call may copy"));
     assert!(log.contains("bytes one call may copy"), "{log}");
     pair.assert_good_tenant_unharmed();
 }
@@ -319,7 +320,9 @@ fn busy_waiting_under_the_deadline_passes_and_over_it_faults() {
 fn plugin_logs_are_tagged_with_the_tenant_and_see_its_config() {
     let pair = Pair::start("logger", "bypass", "hook_timeout_ms = 250");
     assert_eq!(pair.bad("/hello").status, 200);
-    let log = pair.proxy.log();
+    let log = pair
+        .proxy
+        .log_until(|log| log.contains("hello from config"));
     let line = log
         .lines()
         .find(|l| l.contains("hello from config"))
@@ -330,7 +333,9 @@ fn plugin_logs_are_tagged_with_the_tenant_and_see_its_config() {
     // A plugin logging in a loop writes at most 32 lines per hook call, then one notice: the
     // log queue it shares with the access log and every other tenant is not its to fill.
     assert_eq!(pair.bad("/flood?lines=500").status, 200);
-    let log = logged(&pair.proxy, |log| log.contains("more than 32 log lines"));
+    let log = pair
+        .proxy
+        .log_until(|log| log.contains("more than 32 log lines"));
     let floods = log.lines().filter(|l| l.contains("flood ")).count();
     assert_eq!(floods, 32, "{log}");
     assert!(
@@ -344,20 +349,8 @@ fn plugin_logs_are_tagged_with_the_tenant_and_see_its_config() {
     // The next call has its own 32.
     assert_eq!(pair.bad("/flood-again?lines=3").status, 200);
     let floods = |log: &str| log.lines().filter(|l| l.contains("flood ")).count();
-    let log = logged(&pair.proxy, |log| floods(log) >= 35);
+    let log = pair.proxy.log_until(|log| floods(log) >= 35);
     assert_eq!(floods(&log), 35, "{log}");
-}
-
-/// The proxy's log once `done` says so, or after 5 s (a background thread writes it).
-fn logged(proxy: &Proxy, done: impl Fn(&str) -> bool) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let log = proxy.log();
-        if done(&log) || std::time::Instant::now() > deadline {
-            return log;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 fn check(path: &std::path::Path) -> (bool, String) {
@@ -581,11 +574,8 @@ fn vary_value_calls_for_one_lookup_share_one_deadline() {
                 && l.contains("tenant=\"bad\"")),
         "{metrics}"
     );
-    assert!(
-        proxy.log().contains("plugin fault in vary-value"),
-        "{}",
-        proxy.log()
-    );
+    let log = proxy.log_until(|log| log.contains("plugin fault in vary-value"));
+    assert!(log.contains("plugin fault in vary-value"), "{log}");
     assert!(took < std::time::Duration::from_secs(3), "{took:?}");
 }
 

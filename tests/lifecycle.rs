@@ -105,7 +105,8 @@ fn sighup_without_the_watcher_reloads_and_keeps_running() {
     });
     assert!(proxy.is_running(), "{}", proxy.log());
     assert_eq!(get(&proxy.url("/page")).status, 200);
-    assert!(proxy.log().contains("SIGHUP"), "{}", proxy.log());
+    let log = proxy.log_until(|log| log.contains("SIGHUP"));
+    assert!(log.contains("SIGHUP"), "{log}");
 }
 
 // ------------------------------------------------------------- faults outside on-request
@@ -156,12 +157,10 @@ fn a_plugin_fault_while_purging_is_an_error_not_a_miss() {
     assert_eq!(post.status, 200);
     assert_eq!(origin.hits_for("/panic/key"), 1);
     assert_eq!(trap_faults(&proxy), 2.0);
+    let log = proxy.log_until(|log| log.contains("plugin fault while invalidating after POST"));
     assert!(
-        proxy
-            .log()
-            .contains("plugin fault while invalidating after POST"),
-        "{}",
-        proxy.log()
+        log.contains("plugin fault while invalidating after POST"),
+        "{log}"
     );
 }
 
@@ -247,7 +246,10 @@ fn the_compiled_plugin_cache_is_private_bounded_and_trusted_only_when_private() 
     set_mode(&artifacts, 0o775);
     let mut proxy = Proxy::start(&settings, &tenants);
     assert!(!from_cache(&proxy));
-    let log = proxy.log();
+    let log = proxy.log_until(|log| {
+        log.contains("not using the compiled plugin cache")
+            && log.contains("writable by group or others")
+    });
     assert!(
         log.contains("not using the compiled plugin cache")
             && log.contains("writable by group or others"),
@@ -385,7 +387,6 @@ fn start_up_names_each_listener_and_tenant() {
                 .hosts(&["native.test"]),
         ],
     );
-    let log = proxy.log();
     let sha = sha256_hex(&std::fs::read(plugin("standard")).unwrap());
     let expected = [
         format!("listening on 127.0.0.1:{} (proxy", proxy.port),
@@ -401,6 +402,7 @@ fn start_up_names_each_listener_and_tenant() {
             origin.addr
         ),
     ];
+    let log = proxy.log_until(|log| expected.iter().all(|line| log.contains(line.as_str())));
     for line in expected {
         assert_eq!(
             log.lines().filter(|l| l.contains(&line)).count(),

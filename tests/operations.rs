@@ -764,7 +764,8 @@ fn without_work_stealing_every_connection_is_served() {
         "max_bytes = \"64MiB\"",
         &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
     );
-    assert!(proxy.log().contains("no work stealing"), "{}", proxy.log());
+    let log = proxy.log_until(|log| log.contains("no work stealing"));
+    assert!(log.contains("no work stealing"), "{log}");
     let clients: Vec<_> = (0..8)
         .map(|i| {
             let url = proxy.url(&format!("/item/{}", i % 4));
@@ -821,7 +822,10 @@ fn the_open_file_limit_is_raised_to_what_the_config_needs() {
 
     let proxy = Proxy::start_with_launcher(&launch("-n 600"), "", "", &[tenant()]);
     assert_eq!(open_file_limits(proxy.pid()).0, "600");
-    let log = proxy.log();
+    let log = proxy.log_until(|log| {
+        log.contains("open-file limit 600 is under the 5440 descriptors")
+            && log.contains("accepting at most 140 client connections")
+    });
     assert!(
         log.contains("open-file limit 600 is under the 5440 descriptors"),
         "{log}"

@@ -851,12 +851,9 @@ fn tls_verify_false_connects_anyway_and_warns_at_startup() {
         "tls_verify = false",
     );
     assert_eq!(send("GET", &proxy.url("/x"), &[]).text(), "sent over tls");
-    let log = proxy.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("WARN") && l.contains("tls_verify = false")),
-        "{log}"
-    );
+    let warns = |l: &str| l.contains("WARN") && l.contains("tls_verify = false");
+    let log = proxy.log_until(|log| log.lines().any(warns));
+    assert!(log.lines().any(warns), "{log}");
 }
 
 #[test]
@@ -890,11 +887,9 @@ fn an_upstream_ca_that_cannot_take_effect_is_named_at_startup() {
             "tls_verify = false: origin certificates are not checked",
         ),
     ] {
-        let log = proxy.log();
-        assert!(
-            log.lines().any(|l| l.contains("WARN") && l.contains(says)),
-            "{log}"
-        );
+        let warns = |l: &str| l.contains("WARN") && l.contains(says);
+        let log = proxy.log_until(|log| log.lines().any(warns));
+        assert!(log.lines().any(warns), "{log}");
     }
     let log = backend_only.log();
     assert!(!log.contains("it is not used"), "{log}");

@@ -590,7 +590,8 @@ fn a_lookup_a_hung_redis_does_not_answer_is_a_counted_timeout_and_a_miss() {
         assert!(Instant::now() < deadline, "no warning in:\n{}", a.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(a.log().contains("no answer within 200ms"), "{}", a.log());
+    let log = a.log_until(|log| log.contains("no answer within 200ms"));
+    assert!(log.contains("no answer within 200ms"), "{log}");
 }
 
 #[test]
@@ -729,10 +730,11 @@ fn nodes_share_over_tls_and_a_wrong_ca_shares_nothing() {
     assert_eq!(stats["connected"], false, "{stats}");
     assert_eq!(stats["hits"], 0, "{stats}");
     assert!(stats["errors"].as_u64().unwrap() > 0, "{stats}");
+    let names_it = |log: &str| log.contains("certificate") || log.contains("Certificate");
+    let log = c.log_until(names_it);
     assert!(
-        c.log().contains("certificate") || c.log().contains("Certificate"),
-        "the log names the certificate problem:\n{}",
-        c.log()
+        names_it(&log),
+        "the log names the certificate problem:\n{log}"
     );
 }
 
@@ -824,7 +826,8 @@ fn a_value_damaged_in_redis_is_a_miss_and_never_served() {
     assert_eq!(origin.hits_for("/damaged"), 2);
     let stats = shared_stats(&b);
     assert!(stats["corrupt"].as_u64().unwrap() >= 1, "{stats}");
-    assert!(b.log().contains("corrupt object removed"), "{}", b.log());
+    let log = b.log_until(|log| log.contains("corrupt object removed"));
+    assert!(log.contains("corrupt object removed"), "{log}");
     // What B promoted into its L1 is the origin's answer, not the damaged copy.
     let again = get(&b, "/damaged", &[]);
     assert!(is_l1_hit(&again), "{}", again.cache_status());
@@ -887,7 +890,8 @@ fn a_value_copied_onto_another_objects_name_is_never_served_for_it() {
     assert_eq!(origin.hits_for("/y"), 2);
     let stats = shared_stats(&c);
     assert_eq!(stats["corrupt"], 1, "{stats}");
-    assert!(c.log().contains("written for another key"), "{}", c.log());
+    let log = c.log_until(|log| log.contains("written for another key"));
+    assert!(log.contains("written for another key"), "{log}");
     // `/x`'s own copy is still shared.
     let resp = get(&c, "/x", &[]);
     assert!(is_shared_hit(&resp), "{}", resp.cache_status());
@@ -1809,11 +1813,8 @@ fn a_burst_of_purges_beyond_the_backlog_is_dropped_and_read_again_from_the_kept_
         assert!(Instant::now() < deadline, "{}", a.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(
-        a.log().contains("more than 16 purges arrived"),
-        "{}",
-        a.log()
-    );
+    let log = a.log_until(|log| log.contains("more than 16 purges arrived"));
+    assert!(log.contains("more than 16 purges arrived"), "{log}");
     wait_connected(&a, true);
     let resp = get(&a, "/burst", &[]);
     assert!(
@@ -1946,11 +1947,8 @@ fn a_redis_that_may_evict_the_purge_marks_serves_no_copy() {
     let resp = get(&b, "/evictable", &[]);
     assert!(!is_shared_hit(&resp), "{}", resp.cache_status());
     assert_eq!(origin.hits_for("/evictable"), 2);
-    assert!(
-        b.log().contains("maxmemory-policy is allkeys-"),
-        "{}",
-        b.log()
-    );
+    let log = b.log_until(|log| log.contains("maxmemory-policy is allkeys-"));
+    assert!(log.contains("maxmemory-policy is allkeys-"), "{log}");
 
     let _: redis::Value = redis::cmd("CONFIG")
         .arg("SET")

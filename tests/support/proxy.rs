@@ -336,6 +336,24 @@ impl Proxy {
     /// them for 10 ms: wait out a batch first, so a line logged before this call is in it.
     pub fn log(&self) -> String {
         std::thread::sleep(Duration::from_millis(40));
+        self.read_log()
+    }
+
+    /// The log once `done` holds for it, or after 10 s: lines must appear, but the background
+    /// thread that writes them can lag on a busy machine. Returns the last log read, so the
+    /// caller's assertion fails with all of it.
+    pub fn log_until(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.read_log();
+            if done(&log) || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn read_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("cachet.log")).unwrap_or_default()
     }
 }
