@@ -2,10 +2,10 @@
 //! only when scraped.
 //!
 //! Why: `prometheus::Histogram` counts every observation on one set of atomics. The plugin
-//! hook histogram is observed on every request by every worker thread, and those shared
-//! cache lines moving between cores cost more than the rest of the timing (measured with
-//! `tests/bench/ab.sh`: removing the timer from the hot path took about 3 % of the CPU per
-//! hit). Here each thread writes cache lines no other thread writes.
+//! hook histogram is observed on every call by every worker thread, and with two threads
+//! calling one pool those shared cache lines took 7 % of the samples against 0.8 % with
+//! one (`plugin_calls` bench, `docs/policy-costs.md`). Here each thread writes cache lines
+//! no other thread writes.
 //!
 //! A scrape reads the shards while calls go on, so it may miss observations made meanwhile,
 //! never counts one twice, and its count is the sum of its buckets by construction (the
@@ -19,9 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// `u64`s per shard: a multiple of 16 (128 bytes, two cache lines), so neighbouring shards
-/// never share a line even with the adjacent-line prefetcher.
-const STRIDE_ALIGN: usize = 16;
+/// Counters in one [`Block`].
+const PER_BLOCK: usize = 16;
+
+/// 128 bytes, aligned so: two cache lines, so neighbouring shards (whole blocks each) never
+/// share a line, even with the adjacent-line prefetcher.
+#[repr(align(128))]
+struct Block([AtomicU64; PER_BLOCK]);
 
 /// One labelled histogram, cheap to clone (the counts are shared).
 #[derive(Clone)]
@@ -30,32 +34,30 @@ pub struct ShardedHistogram(Arc<Counts>);
 struct Counts {
     labels: Vec<proto::LabelPair>,
     upper_bounds: Vec<f64>,
-    /// Per shard: the sum of durations in nanoseconds, then one count per bucket, then
-    /// the count above the last bound.
-    cells: Box<[AtomicU64]>,
-    stride: usize,
+    /// Per shard, `blocks_per_shard` blocks holding the sum of durations in nanoseconds,
+    /// then one count per bucket, then the count above the last bound.
+    blocks: Box<[Block]>,
+    blocks_per_shard: usize,
 }
 
 impl ShardedHistogram {
     fn new(upper_bounds: Vec<f64>, labels: Vec<proto::LabelPair>) -> Self {
-        let used = 1 + upper_bounds.len() + 1;
-        let stride = used.div_ceil(STRIDE_ALIGN) * STRIDE_ALIGN;
-        let cells = (0..stride * shard_count())
-            .map(|_| AtomicU64::new(0))
+        let blocks_per_shard = (1 + upper_bounds.len() + 1).div_ceil(PER_BLOCK);
+        let blocks = (0..blocks_per_shard * shard_count())
+            .map(|_| Block(std::array::from_fn(|_| AtomicU64::new(0))))
             .collect();
         Self(Arc::new(Counts {
             labels,
             upper_bounds,
-            cells,
-            stride,
+            blocks,
+            blocks_per_shard,
         }))
     }
 
     /// Counts one observation of `duration`.
     pub fn observe(&self, duration: Duration) {
         let counts = &self.0;
-        let shards = counts.cells.len() / counts.stride;
-        let shard = &counts.cells[(thread_index() % shards) * counts.stride..];
+        let shard = thread_index() % counts.shards();
         let seconds = duration.as_secs_f64();
         let bucket = counts
             .upper_bounds
@@ -63,8 +65,8 @@ impl ShardedHistogram {
             .position(|bound| seconds <= *bound)
             .unwrap_or(counts.upper_bounds.len());
         let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        shard[0].fetch_add(nanos, Relaxed);
-        shard[1 + bucket].fetch_add(1, Relaxed);
+        counts.cell(shard, 0).fetch_add(nanos, Relaxed);
+        counts.cell(shard, 1 + bucket).fetch_add(1, Relaxed);
     }
 
     /// Observes the time from now until the returned guard drops.
@@ -81,13 +83,24 @@ impl ShardedHistogram {
         let counts = &self.0;
         let mut sum: u64 = 0;
         let mut buckets = vec![0u64; counts.upper_bounds.len() + 1];
-        for shard in counts.cells.chunks(counts.stride) {
-            sum = sum.wrapping_add(shard[0].load(Relaxed));
-            for (total, cell) in buckets.iter_mut().zip(&shard[1..]) {
-                *total += cell.load(Relaxed);
+        for shard in 0..counts.shards() {
+            sum = sum.wrapping_add(counts.cell(shard, 0).load(Relaxed));
+            for (bucket, total) in buckets.iter_mut().enumerate() {
+                *total += counts.cell(shard, 1 + bucket).load(Relaxed);
             }
         }
         (sum, buckets)
+    }
+}
+
+impl Counts {
+    fn shards(&self) -> usize {
+        self.blocks.len() / self.blocks_per_shard
+    }
+
+    /// Counter `index` of shard `shard` (0: the sum, then the buckets).
+    fn cell(&self, shard: usize, index: usize) -> &AtomicU64 {
+        &self.blocks[shard * self.blocks_per_shard + index / PER_BLOCK].0[index % PER_BLOCK]
     }
 }
 
@@ -216,6 +229,31 @@ mod tests {
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn buckets_past_one_block_of_counters_are_kept_apart() {
+        let bounds: Vec<f64> = (1..=20).map(f64::from).collect();
+        let histograms = sharded_histogram_vec(
+            HistogramOpts::new("wide_seconds", "help").buckets(bounds),
+            &["tenant"],
+        )
+        .unwrap();
+        let wide = histograms.with_label_values(&["a"]);
+        for seconds in 1..=21 {
+            for _ in 0..seconds {
+                wide.observe(Duration::from_secs(seconds));
+            }
+        }
+        let text = text(&histograms);
+        for (bound, cumulative) in [("1", 1), ("15", 120), ("16", 136), ("20", 210)] {
+            let line = format!("wide_seconds_bucket{{tenant=\"a\",le=\"{bound}\"}} {cumulative}");
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
+        assert!(
+            text.contains("wide_seconds_count{tenant=\"a\"} 231"),
+            "{text}"
+        );
     }
 
     #[test]
