@@ -13,7 +13,10 @@
 //! model, `PLUGIN_CALLS_POOL_INSTANCES=2` a smaller instance pool (short runs
 //! under `valgrind --tool=callgrind`), `PLUGIN_CALLS_DIR=DIR` the plugins in DIR
 //! instead of plugins/ (e.g. wasm32-wasip2 builds, to compare with the default
-//! components that import no WASI).
+//! components that import no WASI). `PLUGIN_CALLS_EVICT_KIB=N` writes N KiB of
+//! other memory before each timed call (not timed), as a proxy's own work
+//! between two plugin calls does: the figures then say what a call costs when
+//! its code and data are no longer in the caches.
 
 use cachet::policy::{InstancePool, LoadedPlugin, PluginLimits, PolicyEngine, TenantContext};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -60,18 +63,38 @@ struct Stats {
     p99: Duration,
 }
 
+/// Memory written between calls, one byte per cache line, to push the call's
+/// code and data out of the caches (`PLUGIN_CALLS_EVICT_KIB`).
+struct Evictor(Vec<u8>);
+
+impl Evictor {
+    fn from_env() -> Self {
+        Self(vec![0; env_number("PLUGIN_CALLS_EVICT_KIB", 0) << 10])
+    }
+
+    fn sweep(&mut self) {
+        for line in self.0.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+        }
+        std::hint::black_box(&self.0);
+    }
+}
+
 fn measure_one_thread(iterations: usize, f: &(impl Fn() + Sync)) -> Stats {
     for _ in 0..iterations.min(1000) {
         f();
     }
+    let mut evictor = Evictor::from_env();
     let mut samples = Vec::with_capacity(iterations);
-    let started = Instant::now();
+    let mut total = Duration::ZERO;
     for _ in 0..iterations {
+        evictor.sweep();
         let t = Instant::now();
         f();
-        samples.push(t.elapsed());
+        let took = t.elapsed();
+        total += took;
+        samples.push(took);
     }
-    let total = started.elapsed();
     samples.sort();
     Stats {
         mean: total / iterations as u32,
