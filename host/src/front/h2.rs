@@ -33,6 +33,7 @@ use pingora::protocols::{Digest, Stream};
 use pingora::proxy::ProxyHttp;
 use pingora::server::ShutdownWatch;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -132,7 +133,9 @@ impl Front {
                     }
                 }
                 Ok(Some(H2Accept::Session(session))) => {
-                    let task = self.clone().serve_stream(session, connection.clone());
+                    // Boxed where it is made, so it is copied once, into the box: every
+                    // stream's future used to be copied twice (6.6 KB each time).
+                    let task = Box::pin(self.clone().serve_stream(session, connection.clone()));
                     run_here_first(task).await;
                 }
             }
@@ -158,37 +161,32 @@ impl Front {
                 let head = session.req_header_mut();
                 match plan_head(&self.cachet, head, connection.client, server_name, &mut ctx).await
                 {
-                    HeadPlan::Hit(hit) => return self.answer(session, hit, ctx).await,
+                    HeadPlan::Hit(hit) => return self.answer(&mut session, hit, &ctx).await,
                     HeadPlan::Planned(planned) => carry(head, Handover { ctx, planned }),
                     HeadPlan::Unplanned => {}
                 }
             }
         }
         let session = ServerSession::new_http2(session);
-        let _ = self
-            .proxy
-            .process_new_http(session, &connection.shutdown)
-            .await;
+        // Boxed: Pingora's future is only for the streams the front does not answer, and
+        // inline it would be copied with every stream's.
+        let _ = Box::pin(self.proxy.process_new_http(session, &connection.shutdown)).await;
     }
 
     /// Writes a lean hit on the stream and records it as the proxy's logging phase would.
-    async fn answer(&self, mut session: HttpSession, hit: LeanResponse, ctx: RequestCtx) {
+    /// Borrows what the stream owns: a future holding its session and context by value
+    /// measured 4.9 KB, copied as part of every stream's.
+    async fn answer(&self, session: &mut HttpSession, hit: LeanResponse, ctx: &RequestCtx) {
         let status = hit.status();
         crate::metrics::front_hit();
         session.set_write_timeout(Some(self.cachet.state.client_write_timeout));
-        let written = write_hit(&mut session, hit).await;
+        let written = write_hit(session, hit).await;
         let error = written.as_ref().err().map(|e| e.to_string());
         if written.is_err() {
             // Never a half-written answer that looks whole.
             session.shutdown_with_reason(h2::Reason::INTERNAL_ERROR);
         }
-        crate::proxy::record_request(
-            &self.cachet.state,
-            &ctx,
-            session.req_header(),
-            status,
-            error,
-        );
+        crate::proxy::record_request(&self.cachet.state, ctx, session.req_header(), status, error);
     }
 }
 
@@ -219,8 +217,7 @@ fn is_plain(session: &HttpSession) -> bool {
 
 /// Polls `task` once here, in the connection's accept loop, and spawns what is left of it
 /// when it has to wait. Most lean hits finish in that one poll: no task, no wake-up.
-async fn run_here_first(task: impl Future<Output = ()> + Send + 'static) {
-    let mut task = Box::pin(task);
+async fn run_here_first(mut task: Pin<Box<impl Future<Output = ()> + Send + 'static>>) {
     let finished = std::future::poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_ready())).await;
     if !finished {
         tokio::spawn(task);
