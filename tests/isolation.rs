@@ -257,11 +257,8 @@ fn oversized_keys_and_key_part_floods_are_refused() {
     assert_bypassed(&pair.bad("/many-parts"), "invalid-output");
     pair.assert_good_tenant_unharmed();
     pair.assert_fault_recorded("invalid-output");
-    let log = pair.proxy.log_until(|log| {
-        log.contains("exceeds the limit of 4096") && log.contains("parts, limit 32")
-    });
-    assert!(log.contains("exceeds the limit of 4096"), "{log}");
-    assert!(log.contains("parts, limit 32"), "{log}");
+    pair.proxy
+        .assert_logged(&["exceeds the limit of 4096", "parts, limit 32"]);
 }
 
 /// A key whose parts all point at one buffer costs the guest 1 MiB and a host that copies
@@ -279,10 +276,7 @@ fn parts_sharing_one_buffer_are_refused_before_the_host_copies_them() {
     }
     let grew_mib = proc_status_kib(pair.proxy.pid(), "VmHWM:").saturating_sub(peak_before) / 1024;
     assert!(grew_mib < 40, "peak memory grew {grew_mib} MiB");
-    let log = pair
-        .proxy
-        .log_until(|log| log.contains("bytes one call may copy"));
-    assert!(log.contains("bytes one call may copy"), "{log}");
+    pair.proxy.assert_logged(&["bytes one call may copy"]);
     pair.assert_good_tenant_unharmed();
 }
 
@@ -320,9 +314,7 @@ fn busy_waiting_under_the_deadline_passes_and_over_it_faults() {
 fn plugin_logs_are_tagged_with_the_tenant_and_see_its_config() {
     let pair = Pair::start("logger", "bypass", "hook_timeout_ms = 250");
     assert_eq!(pair.bad("/hello").status, 200);
-    let log = pair
-        .proxy
-        .log_until(|log| log.contains("hello from config"));
+    let log = pair.proxy.assert_logged(&["hello from config"]);
     let line = log
         .lines()
         .find(|l| l.contains("hello from config"))
@@ -574,8 +566,7 @@ fn vary_value_calls_for_one_lookup_share_one_deadline() {
                 && l.contains("tenant=\"bad\"")),
         "{metrics}"
     );
-    let log = proxy.log_until(|log| log.contains("plugin fault in vary-value"));
-    assert!(log.contains("plugin fault in vary-value"), "{log}");
+    proxy.assert_logged(&["plugin fault in vary-value"]);
     assert!(took < std::time::Duration::from_secs(3), "{took:?}");
 }
 

@@ -105,8 +105,7 @@ fn sighup_without_the_watcher_reloads_and_keeps_running() {
     });
     assert!(proxy.is_running(), "{}", proxy.log());
     assert_eq!(get(&proxy.url("/page")).status, 200);
-    let log = proxy.log_until(|log| log.contains("SIGHUP"));
-    assert!(log.contains("SIGHUP"), "{log}");
+    proxy.assert_logged(&["SIGHUP"]);
 }
 
 // ------------------------------------------------------------- faults outside on-request
@@ -157,11 +156,7 @@ fn a_plugin_fault_while_purging_is_an_error_not_a_miss() {
     assert_eq!(post.status, 200);
     assert_eq!(origin.hits_for("/panic/key"), 1);
     assert_eq!(trap_faults(&proxy), 2.0);
-    let log = proxy.log_until(|log| log.contains("plugin fault while invalidating after POST"));
-    assert!(
-        log.contains("plugin fault while invalidating after POST"),
-        "{log}"
-    );
+    proxy.assert_logged(&["plugin fault while invalidating after POST"]);
 }
 
 // ------------------------------------------------------------------ compiled-plugin cache
@@ -246,15 +241,10 @@ fn the_compiled_plugin_cache_is_private_bounded_and_trusted_only_when_private() 
     set_mode(&artifacts, 0o775);
     let mut proxy = Proxy::start(&settings, &tenants);
     assert!(!from_cache(&proxy));
-    let log = proxy.log_until(|log| {
-        log.contains("not using the compiled plugin cache")
-            && log.contains("writable by group or others")
-    });
-    assert!(
-        log.contains("not using the compiled plugin cache")
-            && log.contains("writable by group or others"),
-        "{log}"
-    );
+    proxy.assert_logged(&[
+        "not using the compiled plugin cache",
+        "writable by group or others",
+    ]);
     proxy.stop();
 
     // The same artifacts in a private folder are used.
@@ -402,7 +392,7 @@ fn start_up_names_each_listener_and_tenant() {
             origin.addr
         ),
     ];
-    let log = proxy.log_until(|log| expected.iter().all(|line| log.contains(line.as_str())));
+    let log = proxy.assert_logged(&expected.each_ref().map(String::as_str));
     for line in expected {
         assert_eq!(
             log.lines().filter(|l| l.contains(&line)).count(),

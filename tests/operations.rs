@@ -764,8 +764,7 @@ fn without_work_stealing_every_connection_is_served() {
         "max_bytes = \"64MiB\"",
         &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
     );
-    let log = proxy.log_until(|log| log.contains("no work stealing"));
-    assert!(log.contains("no work stealing"), "{log}");
+    proxy.assert_logged(&["no work stealing"]);
     let clients: Vec<_> = (0..8)
         .map(|i| {
             let url = proxy.url(&format!("/item/{}", i % 4));
@@ -822,20 +821,12 @@ fn the_open_file_limit_is_raised_to_what_the_config_needs() {
 
     let proxy = Proxy::start_with_launcher(&launch("-n 600"), "", "", &[tenant()]);
     assert_eq!(open_file_limits(proxy.pid()).0, "600");
-    let log = proxy.log_until(|log| {
-        log.contains("open-file limit 600 is under the 5440 descriptors")
-            && log.contains("accepting at most 140 client connections")
-    });
-    assert!(
-        log.contains("open-file limit 600 is under the 5440 descriptors"),
-        "{log}"
-    );
-    assert!(
+    proxy.assert_logged(&[
+        "open-file limit 600 is under the 5440 descriptors",
         // (600 - 256 - the admin listener's 64) / 2: the operator listeners' share is set
         // aside before clients and origins split the rest.
-        log.contains("accepting at most 140 client connections"),
-        "{log}"
-    );
+        "accepting at most 140 client connections",
+    ]);
     assert_eq!(send("GET", &proxy.url("/"), &[]).status, 200);
     // More connections than descriptors: past the cap they get the 503 and are closed, so a
     // new client is still answered (past the descriptor limit it got nothing at all).

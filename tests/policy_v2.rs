@@ -163,11 +163,7 @@ fn the_plugin_picks_a_named_backend_and_an_unknown_name_is_a_fault() {
         3,
         "nothing sent"
     );
-    let log = proxy.log_until(|log| log.contains("is not one of the tenant's [tenant.backends]"));
-    assert!(
-        log.contains("is not one of the tenant's [tenant.backends]"),
-        "{log}"
-    );
+    proxy.assert_logged(&["is not one of the tenant's [tenant.backends]"]);
 }
 
 /// A plan that fails after its edits were made (here: an unknown backend) falls back with
@@ -346,8 +342,7 @@ fn an_invalid_store_edit_is_a_fault_and_the_response_stays_whole() {
     assert_eq!(raw.header("transfer-encoding"), None);
     get(&proxy.url("/bad/store-edit"));
     assert_eq!(origin.hits(), 2, "not stored after the fault");
-    let log = proxy.log_until(|log| log.contains("plugin fault in on-response"));
-    assert!(log.contains("plugin fault in on-response"), "{log}");
+    proxy.assert_logged(&["plugin fault in on-response"]);
 }
 
 #[test]
@@ -373,8 +368,7 @@ fn delivery_edits_apply_to_misses_and_hits_but_not_to_the_stored_ttl() {
     let bad = get(&proxy.url("/bad/deliver"));
     assert_eq!(bad.status, 200);
     assert_eq!(bad.text(), "origin /bad/deliver");
-    let log = proxy.log_until(|log| log.contains("plugin fault in on-deliver"));
-    assert!(log.contains("plugin fault in on-deliver"), "{log}");
+    proxy.assert_logged(&["plugin fault in on-deliver"]);
 }
 
 #[test]
@@ -476,8 +470,7 @@ fn the_error_hook_answers_origin_failures_with_nothing_stale() {
     // An invalid answer (status 700) is a fault: the origin's response goes on unchanged.
     let bad = get(&proxy.url("/bad/error"));
     assert_eq!((bad.status, bad.text().as_str()), (500, "origin broke"));
-    let log = proxy.log_until(|log| log.contains("plugin fault in on-error"));
-    assert!(log.contains("plugin fault in on-error"), "{log}");
+    proxy.assert_logged(&["plugin fault in on-error"]);
 }
 
 /// A successful POST invalidates the stored GET of its URL under the key of the client's

@@ -873,8 +873,7 @@ fn a_reload_keeps_a_failing_upstream_out() {
         assert_eq!((resp.status, resp.text()), (200, "s".to_owned()));
         sent += 1;
     }
-    let log = proxy.log_until(|log| log.contains("config applied"));
-    assert!(log.contains("config applied"), "no reload seen:\n{log}");
+    proxy.assert_logged(&["config applied"]);
     assert!(sent > 20, "only {sent} requests");
     assert_eq!(t.hits.load(Ordering::SeqCst), hits_before);
 }

@@ -231,8 +231,7 @@ fn broken_plugins_are_refused_and_the_old_version_keeps_serving() {
     // Still the standard policy, still serving and caching.
     get(&proxy.url("/still"));
     assert!(get(&proxy.url("/still")).cache_status().contains("hit"));
-    let log = proxy.log_until(|log| log.contains("plugin refused"));
-    assert!(log.contains("plugin refused"), "{log}");
+    proxy.assert_logged(&["plugin refused"]);
 
     // A deleted file keeps the last good version.
     std::fs::remove_file(&live).unwrap();

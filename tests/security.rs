@@ -1230,8 +1230,7 @@ fn origin_failures_log_no_query() {
         &[("Host", "site.test")],
     );
     assert_eq!(resp.status, 502);
-    let log = proxy.log_until(|log| log.contains("GET /login"));
-    assert!(log.contains("GET /login"), "{log}");
+    let log = proxy.assert_logged(&["GET /login"]);
     assert!(
         !log.contains("hunter2") && !log.contains("ZZSECRET"),
         "{log}"

@@ -590,8 +590,7 @@ fn a_lookup_a_hung_redis_does_not_answer_is_a_counted_timeout_and_a_miss() {
         assert!(Instant::now() < deadline, "no warning in:\n{}", a.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let log = a.log_until(|log| log.contains("no answer within 200ms"));
-    assert!(log.contains("no answer within 200ms"), "{log}");
+    a.assert_logged(&["no answer within 200ms"]);
 }
 
 #[test]
@@ -826,8 +825,7 @@ fn a_value_damaged_in_redis_is_a_miss_and_never_served() {
     assert_eq!(origin.hits_for("/damaged"), 2);
     let stats = shared_stats(&b);
     assert!(stats["corrupt"].as_u64().unwrap() >= 1, "{stats}");
-    let log = b.log_until(|log| log.contains("corrupt object removed"));
-    assert!(log.contains("corrupt object removed"), "{log}");
+    b.assert_logged(&["corrupt object removed"]);
     // What B promoted into its L1 is the origin's answer, not the damaged copy.
     let again = get(&b, "/damaged", &[]);
     assert!(is_l1_hit(&again), "{}", again.cache_status());
@@ -890,8 +888,7 @@ fn a_value_copied_onto_another_objects_name_is_never_served_for_it() {
     assert_eq!(origin.hits_for("/y"), 2);
     let stats = shared_stats(&c);
     assert_eq!(stats["corrupt"], 1, "{stats}");
-    let log = c.log_until(|log| log.contains("written for another key"));
-    assert!(log.contains("written for another key"), "{log}");
+    c.assert_logged(&["written for another key"]);
     // `/x`'s own copy is still shared.
     let resp = get(&c, "/x", &[]);
     assert!(is_shared_hit(&resp), "{}", resp.cache_status());
@@ -1813,8 +1810,7 @@ fn a_burst_of_purges_beyond_the_backlog_is_dropped_and_read_again_from_the_kept_
         assert!(Instant::now() < deadline, "{}", a.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let log = a.log_until(|log| log.contains("more than 16 purges arrived"));
-    assert!(log.contains("more than 16 purges arrived"), "{log}");
+    a.assert_logged(&["more than 16 purges arrived"]);
     wait_connected(&a, true);
     let resp = get(&a, "/burst", &[]);
     assert!(
@@ -1947,8 +1943,7 @@ fn a_redis_that_may_evict_the_purge_marks_serves_no_copy() {
     let resp = get(&b, "/evictable", &[]);
     assert!(!is_shared_hit(&resp), "{}", resp.cache_status());
     assert_eq!(origin.hits_for("/evictable"), 2);
-    let log = b.log_until(|log| log.contains("maxmemory-policy is allkeys-"));
-    assert!(log.contains("maxmemory-policy is allkeys-"), "{log}");
+    b.assert_logged(&["maxmemory-policy is allkeys-"]);
 
     let _: redis::Value = redis::cmd("CONFIG")
         .arg("SET")

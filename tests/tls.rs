@@ -306,10 +306,7 @@ fn certificate_files_are_hot_reloaded_and_a_bad_pair_is_refused() {
             .is_some_and(|r| r.contains("does not go with"))
     });
     assert_eq!(&sites.get("a.test", "a.test", "/").served, renewed.der());
-    let log = sites
-        .proxy
-        .log_until(|log| log.contains("certificate refused"));
-    assert!(log.contains("certificate refused"), "{log}");
+    sites.proxy.assert_logged(&["certificate refused"]);
     // `cachet status` shows each certificate and its refused reload.
     let config = sites.proxy.dir.path().join("cachet.toml");
     let (ok, out) = run_cachet(&["status", "--config", config.to_str().unwrap()]);

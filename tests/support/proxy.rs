@@ -353,6 +353,17 @@ impl Proxy {
         }
     }
 
+    /// Waits (up to 10 s, as `log_until`) for the log to hold every one of `expected`, then
+    /// asserts each, naming the one missing; returns the log for further checks.
+    #[track_caller]
+    pub fn assert_logged(&self, expected: &[&str]) -> String {
+        let log = self.log_until(|log| expected.iter().all(|text| log.contains(text)));
+        for text in expected {
+            assert!(log.contains(text), "the log lacks {text:?}:\n{log}");
+        }
+        log
+    }
+
     fn read_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("cachet.log")).unwrap_or_default()
     }
