@@ -700,8 +700,7 @@ fn an_http2_get_with_a_body_bypasses_the_cache() {
         "{}",
         resp.cache_status()
     );
-    // Nothing was stored for the URL (asked without reaching the origin, whose test server
-    // does not read chunked request bodies).
+    // Nothing was stored for the URL (asked without reaching the origin).
     let stored = setup.send(
         Protocol::H2c,
         "GET",

@@ -21,6 +21,6 @@ bash plugins/static-assets-py/build.sh
 cargo test --workspace
 # The RFC 9111/9110 suites and the tier suites once more with every hit on
 # pingora-cache's full path (`[cache] lean_hits = false`): both hit paths must
-# behave alike, from memory and from the disk and shared tiers.
+# behave alike, from memory and from the disk and shared tiers, and under damaged requests.
 CACHET_TEST_LEAN_HITS=off cargo test --workspace --test http_caching --test http_semantics --test poisoning_matrix \
-    --test disk_tier --test shared_tier --test large_objects
+    --test disk_tier --test shared_tier --test large_objects --test mutated_requests

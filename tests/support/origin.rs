@@ -16,7 +16,7 @@ pub struct Seen {
     pub method: String,
     pub url: String,
     pub headers: Vec<(String, String)>,
-    /// The request body (by Content-Length).
+    /// The request body (by Content-Length, or decoded from chunks).
     pub body: Vec<u8>,
     /// Which connection it came on: 1 for the origin's first, counting up.
     pub connection: usize,
@@ -204,13 +204,28 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen, usize,
                 body: Vec::new(),
                 connection: 0,
             };
+            let close = seen
+                .header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            let chunked = seen
+                .header("transfer-encoding")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+            if chunked {
+                // Read whole, so the next request on the connection starts where it should.
+                let (body, body_len) = loop {
+                    match dechunk(&buf[head_len..]) {
+                        Some(Ok(done)) => break done,
+                        Some(Err(())) => return None,
+                        None => read_more(conn, buf)?,
+                    }
+                };
+                seen.body = body;
+                return Some((seen, head_len, body_len, close));
+            }
             let body_len: usize = seen
                 .header("content-length")
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
-            let close = seen
-                .header("connection")
-                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
             while buf.len() < head_len + body_len {
                 read_more(conn, buf)?;
             }
@@ -221,6 +236,45 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Seen, usize,
             return None;
         }
         read_more(conn, buf)?;
+    }
+}
+
+/// A chunked body at the start of `bytes`: `None` while it is incomplete, `Err` when it is
+/// malformed, else the decoded body and how many bytes it took (trailers included).
+#[allow(clippy::type_complexity)]
+fn dechunk(bytes: &[u8]) -> Option<Result<(Vec<u8>, usize), ()>> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = at + bytes[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&bytes[at..line_end]).map_err(drop);
+        let size_text = match size_text {
+            Ok(text) => text.split(';').next().unwrap_or("").trim(),
+            Err(()) => return Some(Err(())),
+        };
+        let Ok(size) = usize::from_str_radix(size_text, 16) else {
+            return Some(Err(()));
+        };
+        at = line_end + 2;
+        if size == 0 {
+            // Trailer fields, then the blank line.
+            loop {
+                let end = at + bytes[at..].windows(2).position(|w| w == b"\r\n")?;
+                let blank = end == at;
+                at = end + 2;
+                if blank {
+                    return Some(Ok((body, at)));
+                }
+            }
+        }
+        if bytes.len() < at + size + 2 {
+            return None;
+        }
+        body.extend_from_slice(&bytes[at..at + size]);
+        if &bytes[at + size..at + size + 2] != b"\r\n" {
+            return Some(Err(()));
+        }
+        at += size + 2;
     }
 }
 
