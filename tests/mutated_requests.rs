@@ -14,8 +14,13 @@
 //!   host the origin was asked for is requested cleanly, and the answer must be the one the
 //!   origin gives that URL and host.
 //!
+//! Over HTTP/2 (h2c) a real client refuses to send damaged bytes, so the second hunt mixes
+//! what a client may send: authorities, paths, methods, bodies and fields (forwarding,
+//! conditionals, ranges, cache directives, credentials, framing fields HTTP/2 forbids), with
+//! the same three checks.
+//!
 //! `CACHET_MUTATION_SEED` and `CACHET_MUTATION_CASES` run another or a longer hunt; a
-//! failure names the seed and the case's bytes.
+//! failure names the seed and the case.
 
 mod support;
 
@@ -24,6 +29,7 @@ use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::http2_client::{h2c, H2Request};
 use support::origin::{Origin, Reply};
 use support::proxy::{Proxy, TenantSpec};
 use support::{plugin, wire};
@@ -304,16 +310,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 fn damaged_requests_get_proper_answers_and_poison_nothing() {
     let seed: u64 = env_or("CACHET_MUTATION_SEED", DEFAULT_SEED);
     let cases: usize = env_or("CACHET_MUTATION_CASES", DEFAULT_CASES);
-    // The answer names exactly what reached the origin, and may be stored for 5 minutes.
-    let origin = Origin::start(|seen| {
-        let host = seen.header("host").unwrap_or("-");
-        Reply::ok(format!("{} {} host={host}", seen.method, seen.url))
-            .header("Cache-Control", "public, max-age=300")
-    });
-    let proxy = Arc::new(Proxy::start(
-        "",
-        &[TenantSpec::new("fuzz", origin.addr, &plugin("standard"))],
-    ));
+    let origin = echo_origin();
+    let proxy = Arc::new(start_proxy(&origin, ""));
 
     let started = Instant::now();
     let workers: Vec<_> = (0..CLIENTS)
@@ -367,8 +365,142 @@ fn damaged_requests_get_proper_answers_and_poison_nothing() {
     let answered_ok = statuses.get(&Some(200)).copied().unwrap_or(0);
     assert!(answered_ok * 4 > cases, "{statuses:?}");
 
-    // Every URL and host the origin was asked for, requested cleanly now, gets the answer
-    // for itself, whether stored or fetched.
+    answers_stay_with_their_requests(&origin, &proxy, seed);
+    still_whole(proxy, seed);
+}
+
+const H2_AUTHORITIES: &[&str] = &[
+    "fuzz.test",
+    "FUZZ.test",
+    "fuzz.test:80",
+    "fuzz.test.",
+    "other.test",
+    "fuzz.test:8080",
+];
+const H2_PATHS: &[&str] = &[
+    "/p/{n}",
+    "/p/{n}?a=1&b=2",
+    "/p/{n}?b=2&a=1",
+    "/p/%2e%2e/{n}",
+    "/p/../{n}",
+    "//p/{n}",
+    "/P/{n}",
+    "/p/{n}/",
+    "/p/{n}?",
+    "/p/{n}?q=%zz",
+    "/p/%70/{n}",
+];
+const H2_METHODS: &[&str] = &[
+    "GET", "GET", "GET", "HEAD", "POST", "DELETE", "PURGE", "OPTIONS",
+];
+const H2_FIELDS: &[(&str, &str)] = &[
+    ("host", "other.test"),
+    ("host", "fuzz.test"),
+    ("host", "fuzz.test, other.test"),
+    ("x-forwarded-host", "other.test"),
+    ("x-forwarded-proto", "https"),
+    ("forwarded", "proto=https;host=other.test"),
+    ("cookie", "session=1"),
+    ("authorization", "Bearer t"),
+    ("accept-encoding", "gzip"),
+    ("accept-language", "fr"),
+    ("cache-control", "no-store"),
+    ("cache-control", "max-age=0"),
+    ("cache-control", "only-if-cached"),
+    ("pragma", "no-cache"),
+    ("range", "bytes=0-1"),
+    ("range", "bytes=9-2"),
+    ("if-none-match", "*"),
+    ("if-modified-since", "Thu, 01 Jan 2099 00:00:00 GMT"),
+    ("content-length", "5"),
+    ("content-length", "0"),
+    ("te", "trailers"),
+    ("te", "gzip"),
+    ("x-http-method-override", "PURGE"),
+    ("max-forwards", "0"),
+];
+
+#[test]
+fn http2_requests_of_every_mix_get_proper_answers_and_poison_nothing() {
+    let seed: u64 = env_or("CACHET_MUTATION_SEED", DEFAULT_SEED);
+    let cases: usize = env_or("CACHET_MUTATION_CASES", DEFAULT_CASES) / 2;
+    let origin = echo_origin();
+    let proxy = Arc::new(start_proxy(&origin, "h2c = true"));
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let proxy = proxy.clone();
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed ^ (client as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
+                let mut outcomes = Vec::new();
+                for _ in (client..cases).step_by(CLIENTS) {
+                    let n = rng.below(URLS as usize) as u64;
+                    let method = rng.pick(H2_METHODS);
+                    let authority = rng.pick(H2_AUTHORITIES);
+                    let path = String::from_utf8(with_n(rng.pick(H2_PATHS), n)).unwrap();
+                    let fields: Vec<(&str, &str)> = (0..rng.below(4))
+                        .map(|_| H2_FIELDS[rng.below(H2_FIELDS.len())])
+                        .collect();
+                    let body = (rng.below(6) == 0).then_some(&b"hello"[..]);
+                    let request = H2Request {
+                        method,
+                        path: &path,
+                        headers: &fields,
+                        body,
+                    };
+                    let case = format!("{method} {authority}{path} {fields:?} body {body:?}");
+                    // A stream the server resets (a malformed request) is an answer too.
+                    let status = h2c(proxy.port, authority, &[request])
+                        .ok()
+                        .map(|outcome| outcome.responses[0].status);
+                    outcomes.push((case, status));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let outcomes: Vec<(String, Option<u16>)> = workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("client thread"))
+        .collect();
+    let mut statuses: BTreeMap<Option<u16>, usize> = BTreeMap::new();
+    for (case, status) in &outcomes {
+        *statuses.entry(*status).or_default() += 1;
+        assert_ne!(
+            *status,
+            Some(500),
+            "seed {seed:#x}: an internal error for {case}"
+        );
+    }
+    eprintln!("seed {seed:#x}: {cases} HTTP/2 requests, statuses {statuses:?}");
+    let answered_ok = statuses.get(&Some(200)).copied().unwrap_or(0);
+    assert!(answered_ok * 4 > cases, "{statuses:?}");
+    answers_stay_with_their_requests(&origin, &proxy, seed);
+    still_whole(proxy, seed);
+}
+
+/// An origin whose answer names exactly what reached it, storable for 5 minutes.
+fn echo_origin() -> Origin {
+    Origin::start(|seen| {
+        let host = seen.header("host").unwrap_or("-");
+        Reply::ok(format!("{} {} host={host}", seen.method, seen.url))
+            .header("Cache-Control", "public, max-age=300")
+    })
+}
+
+/// cachet in its default configuration (the standard plugin, a fresh instance per request)
+/// with `server` lines, one tenant for every host.
+fn start_proxy(origin: &Origin, server: &str) -> Proxy {
+    Proxy::start_with_server(
+        server,
+        "",
+        &[TenantSpec::new("fuzz", origin.addr, &plugin("standard"))],
+    )
+}
+
+/// Every URL and host the origin was asked for with a GET, requested cleanly now, gets the
+/// answer for itself, whether stored or fetched; most come from the cache, so the stored
+/// answers are what is compared.
+fn answers_stay_with_their_requests(origin: &Origin, proxy: &Proxy, seed: u64) {
     let asked: BTreeSet<(String, String)> = origin
         .seen()
         .into_iter()
@@ -405,7 +537,10 @@ fn damaged_requests_get_proper_answers_and_poison_nothing() {
         "{served_stored} of {}",
         asked.len()
     );
+}
 
+/// The process logged no panic and still runs.
+fn still_whole(proxy: Arc<Proxy>, seed: u64) {
     let log = proxy.log();
     assert!(!log.contains("panicked"), "seed {seed:#x}:\n{log}");
     let mut proxy = Arc::into_inner(proxy).expect("the clients are done");
