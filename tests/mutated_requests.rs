@@ -5,7 +5,8 @@
 //! bytes replaced, inserted or cut, a tricky field added or repeated, another method,
 //! target or version, a bare CR or LF, a cut-off end. Each goes on a connection of its own,
 //! half-closed once sent, through the default configuration (the standard plugin, a fresh
-//! instance per request) to a real origin that answers with what reached it.
+//! instance per request), then through its native twin, to a real origin that answers with
+//! what reached it.
 //!
 //! Whatever cachet makes of them:
 //! - every answer is an HTTP/1.x response, and none is a 500: no input is an internal error;
@@ -27,6 +28,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::http2_client::{h2c, H2Request};
@@ -308,10 +310,16 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[test]
 fn damaged_requests_get_proper_answers_and_poison_nothing() {
+    for policy in policies() {
+        damaged_hunt(&policy);
+    }
+}
+
+fn damaged_hunt(policy: &Path) {
     let seed: u64 = env_or("CACHET_MUTATION_SEED", DEFAULT_SEED);
     let cases: usize = env_or("CACHET_MUTATION_CASES", DEFAULT_CASES);
     let origin = echo_origin();
-    let proxy = Arc::new(start_proxy(&origin, ""));
+    let proxy = Arc::new(start_proxy(&origin, policy, ""));
 
     let started = Instant::now();
     let workers: Vec<_> = (0..CLIENTS)
@@ -345,7 +353,10 @@ fn damaged_requests_get_proper_answers_and_poison_nothing() {
     for outcome in &outcomes {
         *statuses.entry(outcome.status).or_default() += 1;
     }
-    eprintln!("seed {seed:#x}: {cases} requests in {took:?}, statuses {statuses:?}");
+    eprintln!(
+        "{}, seed {seed:#x}: {cases} requests in {took:?}, statuses {statuses:?}",
+        policy.display()
+    );
     for outcome in &outcomes {
         assert!(
             outcome.answer.is_empty() || outcome.status.is_some(),
@@ -422,10 +433,16 @@ const H2_FIELDS: &[(&str, &str)] = &[
 
 #[test]
 fn http2_requests_of_every_mix_get_proper_answers_and_poison_nothing() {
+    for policy in policies() {
+        http2_hunt(&policy);
+    }
+}
+
+fn http2_hunt(policy: &Path) {
     let seed: u64 = env_or("CACHET_MUTATION_SEED", DEFAULT_SEED);
     let cases: usize = env_or("CACHET_MUTATION_CASES", DEFAULT_CASES) / 2;
     let origin = echo_origin();
-    let proxy = Arc::new(start_proxy(&origin, "h2c = true"));
+    let proxy = Arc::new(start_proxy(&origin, policy, "h2c = true"));
     let workers: Vec<_> = (0..CLIENTS)
         .map(|client| {
             let proxy = proxy.clone();
@@ -471,7 +488,10 @@ fn http2_requests_of_every_mix_get_proper_answers_and_poison_nothing() {
             "seed {seed:#x}: an internal error for {case}"
         );
     }
-    eprintln!("seed {seed:#x}: {cases} HTTP/2 requests, statuses {statuses:?}");
+    eprintln!(
+        "{}, seed {seed:#x}: {cases} HTTP/2 requests, statuses {statuses:?}",
+        policy.display()
+    );
     let answered_ok = statuses.get(&Some(200)).copied().unwrap_or(0);
     assert!(answered_ok * 4 > cases, "{statuses:?}");
     answers_stay_with_their_requests(&origin, &proxy, seed);
@@ -487,14 +507,15 @@ fn echo_origin() -> Origin {
     })
 }
 
-/// cachet in its default configuration (the standard plugin, a fresh instance per request)
-/// with `server` lines, one tenant for every host.
-fn start_proxy(origin: &Origin, server: &str) -> Proxy {
-    Proxy::start_with_server(
-        server,
-        "",
-        &[TenantSpec::new("fuzz", origin.addr, &plugin("standard"))],
-    )
+/// The policies hunted under: the standard plugin in the default configuration (a fresh
+/// instance per request), and its native twin, whose key is built by other code.
+fn policies() -> [PathBuf; 2] {
+    [plugin("standard"), PathBuf::from("builtin:standard")]
+}
+
+/// cachet with `policy` for every host, and `server` lines.
+fn start_proxy(origin: &Origin, policy: &Path, server: &str) -> Proxy {
+    Proxy::start_with_server(server, "", &[TenantSpec::new("fuzz", origin.addr, policy)])
 }
 
 /// Every URL and host the origin was asked for with a GET, requested cleanly now, gets the
