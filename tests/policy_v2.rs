@@ -313,12 +313,12 @@ fn store_edits_are_applied_once_across_revalidations_and_refetches() {
     };
     check(&get(&url), "fwd=miss");
     let expire = || std::thread::sleep(Duration::from_millis(3100));
-    for _ in 0..2 {
+    for _ in 0..3 {
         expire();
         check(&get(&url), "fwd-status=304");
         check(&get(&url), "hit");
     }
-    assert_eq!(origin.hits(), 3);
+    assert_eq!(origin.hits(), 4);
     mode.store(1, Ordering::SeqCst);
     expire();
     check(&get(&url), "fwd-status=200");
@@ -328,7 +328,7 @@ fn store_edits_are_applied_once_across_revalidations_and_refetches() {
     let unstored = get(&url);
     check(&unstored, "fwd-status=304");
     assert_status_has(&unstored, "no-store");
-    assert_eq!(origin.hits(), 5);
+    assert_eq!(origin.hits(), 6);
 }
 
 #[test]
@@ -811,8 +811,8 @@ fn vcl_port_behaves_like_its_vcl() {
         assert_eq!(client.join().expect("client").status, 200);
     }
     assert!(
-        // One after the other they would take 1.8 s; the slack is for a loaded machine.
-        started.elapsed() < Duration::from_millis(1200),
+        // Queued on the cache lock they would take two origin delays (600 ms) or more.
+        started.elapsed() < Duration::from_millis(600),
         "{:?}",
         started.elapsed()
     );
