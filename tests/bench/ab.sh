@@ -21,7 +21,10 @@
 # HTTPS, keep-alive: HTTP/1.1 with the TLS the HTTP/2 runs have), AB_SIZE=1k|64k (the
 # body size of the hits), AB_A_TIER, AB_B_TIER (disk|shared: a 64 KiB memory cache in front of
 # a disk tier, or of a redis-server started here on loopback, so nearly every hit is an L2
-# hit; the default is the memory cache alone, 512 MiB).
+# hit; the default is the memory cache alone, 512 MiB), AB_THREAD_DETAIL=1 (after each round,
+# per side: the CPU ticks of its two busiest threads, and how often its threads slept and
+# were preempted per 1000 requests: is a slow round an uneven share, more parking, or
+# neither).
 # The access log is on, beside each config, as a user first runs it.
 # Needs wrk (or h2load and openssl with AB_H2=1), curl and python3.
 set -euo pipefail
@@ -139,6 +142,24 @@ load() {
     fi
 }
 hz="$(getconf CLK_TCK)"
+thread_detail="${AB_THREAD_DETAIL:-0}"
+declare -A detail
+
+# thread_detail BEFORE AFTER REQUESTS: one line from two `thread_counters` readings.
+thread_detail() {
+    python3 - "$1" "$2" "$3" <<'EOF'
+import sys
+def read(path):
+    return {f[0]: list(map(int, f[1:])) for f in (l.split() for l in open(path)) if len(f) == 4}
+before, after, requests = read(sys.argv[1]), read(sys.argv[2]), int(sys.argv[3])
+deltas = [[a - b for a, b in zip(after[t], before.get(t, [0, 0, 0]))] for t in after]
+busiest = sorted((d[0] for d in deltas), reverse=True)[:2] + [0, 0]
+slept = sum(d[1] for d in deltas) * 1000 / requests
+preempted = sum(d[2] for d in deltas) * 1000 / requests
+print(f"CPU ticks of the two busiest {busiest[0]}/{busiest[1]}, per 1000 requests "
+      f"{slept:.1f} sleeps and {preempted:.1f} preemptions")
+EOF
+}
 
 start A "${AB_A_BIN:-$repo_root/target/release/cachet}" "${AB_A_MODE:-fresh}" "${AB_A_SERVER:-}" "${AB_A_TIER:-}"
 start B "${AB_B_BIN:-$repo_root/target/release/cachet}" "${AB_B_MODE:-fresh}" "${AB_B_SERVER:-}" "${AB_B_TIER:-}"
@@ -158,9 +179,11 @@ for round in $(seq "$rounds"); do
     ((round % 2 == 0)) && order="B A"
     declare -A rate cpu p99
     for side in $order; do
+        [[ "$thread_detail" == 1 ]] && thread_counters "${pid_of[$side]}" >"$work/threads.before"
         before="$(process_cpu_ticks "${pid_of[$side]}")"
         requests="$(load "$side" "$seconds" "$work/load.out")"
         after="$(process_cpu_ticks "${pid_of[$side]}")"
+        [[ "$thread_detail" == 1 ]] && thread_counters "${pid_of[$side]}" >"$work/threads.after"
         [[ "$requests" =~ ^[0-9]+$ && "$requests" -gt 0 ]] || {
             echo "ab.sh: no requests measured on $side: $(tail -n 3 "$work/load.out")" >&2
             exit 1
@@ -170,11 +193,18 @@ for round in $(seq "$rounds"); do
         p99[$side]="$(awk '/^P99_US/ {print $2}' "$work/load.out")"
         p99[$side]="${p99[$side]:-0}"
         cpu[$side]="$(python3 -c "print(f'{($after - $before) / $hz * 1e6 / $requests:.2f}')")"
+        if [[ "$thread_detail" == 1 ]]; then
+            detail[$side]="$(thread_detail "$work/threads.before" "$work/threads.after" "$requests")"
+        fi
     done
     ratio="$(python3 -c "print(f'{${cpu[B]} / ${cpu[A]}:.3f}')")"
     printf '%5d  %7d  %8s  %8s  %7d  %8s  %8s  %6s\n' "$round" "${rate[A]}" "${cpu[A]}" \
         "${p99[A]}" "${rate[B]}" "${cpu[B]}" "${p99[B]}" "$ratio"
     echo "${cpu[A]} ${cpu[B]} ${rate[A]} ${rate[B]} ${p99[A]} ${p99[B]}" >>"$work/rounds"
+    if [[ "$thread_detail" == 1 ]]; then
+        echo "       threads A: ${detail[A]}"
+        echo "       threads B: ${detail[B]}"
+    fi
 done
 
 python3 - "$work/rounds" <<'EOF'

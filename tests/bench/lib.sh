@@ -107,3 +107,16 @@ EOF
 process_cpu_ticks() {
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
+
+# thread_counters PID: a line per thread of the process so far, "TID CPU VOLUNTARY
+# INVOLUNTARY": its CPU in clock ticks and its context switches (it slept; it was preempted).
+# A thread that ends while it is read is left out.
+thread_counters() {
+    local task cpu voluntary involuntary
+    for task in /proc/"$1"/task/*; do
+        cpu="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$task/stat" 2>/dev/null)" || continue
+        voluntary="$(awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)" || continue
+        involuntary="$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)" || continue
+        echo "${task##*/} $cpu $voluntary $involuntary"
+    done
+}
