@@ -29,7 +29,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::http2_client::{h2c, H2Request};
 use support::origin::{Origin, Reply};
@@ -319,34 +318,21 @@ fn damaged_hunt(policy: &Path) {
     let seed: u64 = env_or("CACHET_MUTATION_SEED", DEFAULT_SEED);
     let cases: usize = env_or("CACHET_MUTATION_CASES", DEFAULT_CASES);
     let origin = echo_origin();
-    let proxy = Arc::new(start_proxy(&origin, policy, ""));
+    let proxy = start_proxy(&origin, policy, "");
 
     let started = Instant::now();
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|client| {
-            let proxy = proxy.clone();
-            std::thread::spawn(move || {
-                let mut rng = Rng(seed ^ (client as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                let mut outcomes = Vec::new();
-                for _ in (client..cases).step_by(CLIENTS) {
-                    let n = rng.below(URLS as usize) as u64;
-                    let seeds = intact(n);
-                    let request = seeds[rng.below(seeds.len())].clone();
-                    // One in eight goes intact, so entries get stored between damaged ones.
-                    let request = match rng.below(8) {
-                        0 => request,
-                        _ => damage(&mut rng, request, n),
-                    };
-                    outcomes.push(send(proxy.port, &request));
-                }
-                outcomes
-            })
-        })
-        .collect();
-    let outcomes: Vec<Outcome> = workers
-        .into_iter()
-        .flat_map(|w| w.join().expect("client thread"))
-        .collect();
+    let port = proxy.port;
+    let outcomes = from_clients(seed, 0x9e37_79b9_7f4a_7c15, cases, move |rng| {
+        let n = rng.below(URLS as usize) as u64;
+        let seeds = intact(n);
+        let request = seeds[rng.below(seeds.len())].clone();
+        // One in eight goes intact, so entries get stored between damaged ones.
+        let request = match rng.below(8) {
+            0 => request,
+            _ => damage(rng, request, n),
+        };
+        send(port, &request)
+    });
     let took = started.elapsed();
 
     let mut statuses: BTreeMap<Option<u16>, usize> = BTreeMap::new();
@@ -442,43 +428,30 @@ fn http2_hunt(policy: &Path) {
     let seed: u64 = env_or("CACHET_MUTATION_SEED", DEFAULT_SEED);
     let cases: usize = env_or("CACHET_MUTATION_CASES", DEFAULT_CASES) / 2;
     let origin = echo_origin();
-    let proxy = Arc::new(start_proxy(&origin, policy, "h2c = true"));
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|client| {
-            let proxy = proxy.clone();
-            std::thread::spawn(move || {
-                let mut rng = Rng(seed ^ (client as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
-                let mut outcomes = Vec::new();
-                for _ in (client..cases).step_by(CLIENTS) {
-                    let n = rng.below(URLS as usize) as u64;
-                    let method = rng.pick(H2_METHODS);
-                    let authority = rng.pick(H2_AUTHORITIES);
-                    let path = String::from_utf8(with_n(rng.pick(H2_PATHS), n)).unwrap();
-                    let fields: Vec<(&str, &str)> = (0..rng.below(4))
-                        .map(|_| H2_FIELDS[rng.below(H2_FIELDS.len())])
-                        .collect();
-                    let body = (rng.below(6) == 0).then_some(&b"hello"[..]);
-                    let request = H2Request {
-                        method,
-                        path: &path,
-                        headers: &fields,
-                        body,
-                    };
-                    let case = format!("{method} {authority}{path} {fields:?} body {body:?}");
-                    // A stream the server resets (a malformed request) is an answer too.
-                    let status = h2c(proxy.port, authority, &[request])
-                        .ok()
-                        .map(|outcome| outcome.responses[0].status);
-                    outcomes.push((case, status));
-                }
-                outcomes
-            })
-        })
-        .collect();
-    let outcomes: Vec<(String, Option<u16>)> = workers
-        .into_iter()
-        .flat_map(|w| w.join().expect("client thread"))
-        .collect();
+    let proxy = start_proxy(&origin, policy, "h2c = true");
+    let port = proxy.port;
+    let outcomes = from_clients(seed, 0xd1b5_4a32_d192_ed03, cases, move |rng| {
+        let n = rng.below(URLS as usize) as u64;
+        let method = rng.pick(H2_METHODS);
+        let authority = rng.pick(H2_AUTHORITIES);
+        let path = String::from_utf8(with_n(rng.pick(H2_PATHS), n)).unwrap();
+        let fields: Vec<(&str, &str)> = (0..rng.below(4))
+            .map(|_| H2_FIELDS[rng.below(H2_FIELDS.len())])
+            .collect();
+        let body = (rng.below(6) == 0).then_some(&b"hello"[..]);
+        let request = H2Request {
+            method,
+            path: &path,
+            headers: &fields,
+            body,
+        };
+        let case = format!("{method} {authority}{path} {fields:?} body {body:?}");
+        // A stream the server resets (a malformed request) is an answer too.
+        let status = h2c(port, authority, &[request])
+            .ok()
+            .map(|outcome| outcome.responses[0].status);
+        (case, status)
+    });
     let mut statuses: BTreeMap<Option<u16>, usize> = BTreeMap::new();
     for (case, status) in &outcomes {
         *statuses.entry(*status).or_default() += 1;
@@ -496,6 +469,31 @@ fn http2_hunt(policy: &Path) {
     assert!(answered_ok * 4 > cases, "{statuses:?}");
     answers_stay_with_their_requests(&origin, &proxy, seed);
     still_whole(proxy, seed);
+}
+
+/// `cases` outcomes of `case`, made by [`CLIENTS`] threads at once, each from its own
+/// generator (the seed mixed with `salt` and the thread's number).
+fn from_clients<T: Send + 'static>(
+    seed: u64,
+    salt: u64,
+    cases: usize,
+    case: impl Fn(&mut Rng) -> T + Copy + Send + 'static,
+) -> Vec<T> {
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed ^ (client as u64 + 1).wrapping_mul(salt));
+                (client..cases)
+                    .step_by(CLIENTS)
+                    .map(|_| case(&mut rng))
+                    .collect::<Vec<T>>()
+            })
+        })
+        .collect();
+    clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client thread"))
+        .collect()
 }
 
 /// An origin whose answer names exactly what reached it, storable for 5 minutes.
@@ -561,9 +559,8 @@ fn answers_stay_with_their_requests(origin: &Origin, proxy: &Proxy, seed: u64) {
 }
 
 /// The process logged no panic and still runs.
-fn still_whole(proxy: Arc<Proxy>, seed: u64) {
+fn still_whole(mut proxy: Proxy, seed: u64) {
     let log = proxy.log();
     assert!(!log.contains("panicked"), "seed {seed:#x}:\n{log}");
-    let mut proxy = Arc::into_inner(proxy).expect("the clients are done");
     assert!(proxy.is_running(), "{}", proxy.log());
 }
