@@ -105,7 +105,12 @@ EOF
 # process_cpu_ticks PID: user + system CPU of the process so far, in clock ticks (the fields
 # after the command name, which may hold spaces).
 process_cpu_ticks() {
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+    stat_cpu_ticks "/proc/$1/stat"
+}
+
+# stat_cpu_ticks FILE: user + system CPU in clock ticks from a process's or a thread's `stat`.
+stat_cpu_ticks() {
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$1"
 }
 
 # thread_counters PID: a line per thread of the process so far, "TID CPU VOLUNTARY
@@ -114,7 +119,7 @@ process_cpu_ticks() {
 thread_counters() {
     local task cpu voluntary involuntary
     for task in /proc/"$1"/task/*; do
-        cpu="$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$task/stat" 2>/dev/null)" || continue
+        cpu="$(stat_cpu_ticks "$task/stat" 2>/dev/null)" || continue
         voluntary="$(awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)" || continue
         involuntary="$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)" || continue
         echo "${task##*/} $cpu $voluntary $involuntary"
