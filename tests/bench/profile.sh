@@ -174,7 +174,7 @@ threads_snapshot() {
     local task
     for task in "/proc/$cachet_pid/task/"*; do
         printf '%s|%s|%s|%s|%s\n' "${task##*/}" "$(cat "$task/comm" 2>/dev/null)" \
-            "$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "$task/stat" 2>/dev/null)" \
+            "$(stat_cpu_ticks "$task/stat" 2>/dev/null)" \
             "$(awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)" \
             "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)"
     done
