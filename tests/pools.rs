@@ -913,7 +913,7 @@ fn a_dead_first_address_of_a_name_costs_one_connect_timeout_not_one_per_request(
         &hosts,
         TenantSpec::new("site", a.addr, &plugin("standard"))
             .upstream_line(&format!("upstream = \"origin.cachet.test:{port}\""))
-            .extra("[tenant.origin]\nconnect_timeout = \"600ms\""),
+            .extra("[tenant.origin]\nconnect_timeout = \"1500ms\""),
     );
     let timed = |i: usize| {
         let started = Instant::now();
@@ -924,14 +924,15 @@ fn a_dead_first_address_of_a_name_costs_one_connect_timeout_not_one_per_request(
     let (answer, took) = timed(0);
     assert_eq!(answer, Ok((200, "a".to_owned())), "{}", proxy.log());
     assert!(
-        took >= Duration::from_millis(600),
+        took >= Duration::from_millis(1500),
         "the first request took {took:?}: the name's first address was not the dead one"
     );
     for i in 1..4 {
         let (answer, took) = timed(i);
         assert_eq!(answer, Ok((200, "a".to_owned())), "{}", proxy.log());
         assert!(
-            took < Duration::from_millis(400),
+            // Well below the connect timeout, so that a slow machine cannot fail it.
+            took < Duration::from_millis(1000),
             "request {i} took {took:?}: it waited on the dead address again"
         );
     }

@@ -41,6 +41,8 @@ pub struct Facts<'a> {
     pub fault: bool,
     /// A stored response existed but may not answer this authorized request.
     pub unshared_hit: bool,
+    /// A stale response served as found, its revalidation having failed moments ago.
+    pub held_stale: bool,
     pub stored: bool,
     pub not_stored: Option<&'a str>,
     /// The L2 tier a hit came from (`l2-disk`, `l2-shared`); `None` for L1.
@@ -57,6 +59,7 @@ impl<'a> Facts<'a> {
             route: &ctx.route,
             fault: ctx.fault.is_some(),
             unshared_hit: ctx.unshared_hit,
+            held_stale: ctx.held_stale,
             stored: ctx.stored,
             not_stored: ctx.not_stored.as_deref(),
             tier: ctx.tier,
@@ -108,7 +111,7 @@ pub fn outcome<'a>(facts: Facts<'a>, phase: &CachePhase) -> Outcome<'a> {
         }
         Route::Undecided | Route::Cache => match phase {
             // A hit from an L2 tier names it: `hit; detail="l2-disk"`.
-            CachePhase::Hit => Outcome {
+            CachePhase::Hit if !facts.held_stale => Outcome {
                 hit: true,
                 ttl: true,
                 detail: facts.tier,
@@ -119,7 +122,8 @@ pub fn outcome<'a>(facts: Facts<'a>, phase: &CachePhase) -> Outcome<'a> {
                 detail: Some("stale-while-revalidate"),
                 ..row("stale", Some("stale"))
             },
-            CachePhase::Stale => Outcome {
+            // A held stale response is a `Hit` to Pingora (ForceFresh: it takes no lock).
+            CachePhase::Stale | CachePhase::Hit => Outcome {
                 ttl: true,
                 detail: Some("stale-if-error"),
                 ..row("stale", Some("stale"))
@@ -462,6 +466,7 @@ mod tests {
             route,
             fault: false,
             unshared_hit: false,
+            held_stale: false,
             stored: false,
             not_stored: None,
             tier: None,
@@ -556,6 +561,16 @@ mod tests {
                 "stale",
                 r#"cachet; fwd=stale; ttl=5; detail="stale-if-error""#,
             ),
+            // Held after a failed revalidation: Pingora serves it as a hit.
+            (
+                Facts {
+                    held_stale: true,
+                    ..f
+                },
+                CachePhase::Hit,
+                "stale",
+                r#"cachet; fwd=stale; ttl=5; detail="stale-if-error""#,
+            ),
             (stored, CachePhase::Miss, "miss", miss),
             (
                 stored,
@@ -619,6 +634,7 @@ mod tests {
         let cache = Route::Cache;
         let unshared = Facts {
             unshared_hit: true,
+            held_stale: false,
             ..facts(&cache)
         };
         let stored = Facts {

@@ -64,6 +64,9 @@ pub struct RequestCtx {
     pub(crate) served_unvalidated: bool,
     /// The lookup found a stored response, stale: an origin failure then is a 504.
     pub(crate) found_stale: bool,
+    /// That stale response is served as it is, the origin having failed to revalidate it
+    /// moments ago (failing_origin.rs): `Cache-Status` reports it as served on error.
+    pub(crate) held_stale: bool,
     /// The origin's `Age`, for a miss served from the stored head (which drops it).
     pub(crate) origin_age: Option<http::HeaderValue>,
     /// Fields a `no-cache="..."` directive named, kept out of the head this request stored

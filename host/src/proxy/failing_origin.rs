@@ -2,9 +2,11 @@
 //! (`stale-if-error`). The requests queued on the cache lock behind that fill each took their
 //! turn at the failing origin and waited out its timeout; past the lock timeout Pingora turned
 //! the cache off for the rest, who got 504s while the stale copy was there to serve (probe AD:
-//! 3 of 10 clients got it). For [`HOLD`] after a failure, a request that would revalidate such
-//! a key fails at once instead, and so gets the stale copy; the next one after that asks the
-//! origin again.
+//! 3 of 10 clients got it). For [`HOLD`] after a failure, a request that finds such a key
+//! stale is served the stale copy as it is, taking no cache lock ([`RecentFailures::holds`]);
+//! one that got past that check as the failure was recorded fails at once at the origin
+//! instead, and so gets the stale copy too. The next request after the hold asks the origin
+//! again.
 //!
 //! What may start a hold, so that no client can keep others on a stale copy (probes AE,
 //! AF): the failure of the fill others queue behind (the lock writer), of one variant (the
@@ -17,8 +19,9 @@
 use parking_lot::Mutex;
 use pingora::ErrorType;
 use pingora_cache::key::CacheHashKey;
+use pingora_cache::{CacheMeta, HttpCache};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How long a failure answers for the origin: long enough for the queue behind one failed
 /// fill to drain, short enough that a recovered origin is asked again within seconds.
@@ -77,6 +80,15 @@ impl RecentFailures {
             }
         }
         failures.insert(key, Instant::now());
+    }
+
+    /// Whether the stale `meta` the request in `cache` found is served as it is: it may be
+    /// served on error, and the origin failed to revalidate it within the last [`HOLD`].
+    pub fn holds(&self, cache: &HttpCache, meta: &CacheMeta) -> bool {
+        meta.serve_stale_if_error(SystemTime::now())
+            && cache
+                .maybe_cache_key()
+                .is_some_and(|key| self.failed_recently(key_of(key)))
     }
 
     /// Whether the origin failed to revalidate `key` within the last [`HOLD`].

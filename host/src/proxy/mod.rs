@@ -206,6 +206,13 @@ impl ProxyHttp for CachetProxy {
         ctx.tier = crate::storage::tiers::tier_of(hit_handler);
         if shared::may_serve(session.req_header(), meta.response_header()) {
             ctx.found_stale = !is_fresh;
+            if !is_fresh && self.state.recent_failures.holds(&session.cache, meta) {
+                // Served as found, taking no cache lock: a queue behind a failed fill would
+                // otherwise pass the lock from one request to the next, each failing at once,
+                // and those woken more than `max_lock_retries` times got 504s.
+                ctx.held_stale = true;
+                return Ok(Some(ForcedFreshness::ForceFresh));
+            }
             return Ok(None);
         }
         // A miss, not a revalidation of the stored response: an origin failure is the
