@@ -44,11 +44,15 @@ fn edit(file: &Path, from: &str, to: &str) {
 fn each_good_build_is_served_and_a_broken_one_keeps_the_last_good_version() {
     let dir = tempfile::tempdir().expect("temp dir");
     let crate_dir = dir.path().join("my-policy");
+    // The SDK named, so that this holds wherever CARGO_TARGET_DIR put the build.
+    let sdk = support::repo_root().join("guest-sdk");
     let (ok, out) = run_cachet(&[
         "new-plugin",
         "my-policy",
         "--dir",
         crate_dir.to_str().unwrap(),
+        "--sdk",
+        sdk.to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
     let source = crate_dir.join("src/lib.rs");

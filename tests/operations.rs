@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::client::{get, send};
@@ -477,6 +478,24 @@ fn sdk_dependency(crate_dir: &std::path::Path) -> String {
         .to_owned()
 }
 
+/// Copies the cachet binary to `at` and runs the copy with `args`.
+fn run_copy_of_cachet(at: &Path, args: &[&str]) -> std::process::Output {
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    std::fs::copy(cachet_bin(), at).unwrap();
+    // A process another test forks meanwhile holds the copy's write descriptor until it
+    // execs, and running the copy fails with ETXTBSY until then: try again a little later.
+    let mut tries = 0;
+    loop {
+        match Command::new(at).args(args).output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.expect("run the copied binary"),
+        }
+    }
+}
+
 #[test]
 fn new_plugin_finds_the_sdk_from_where_the_binary_is_not_where_it_was_built() {
     let dir = tempfile::tempdir().unwrap();
@@ -485,10 +504,21 @@ fn new_plugin_finds_the_sdk_from_where_the_binary_is_not_where_it_was_built() {
         .canonicalize()
         .unwrap();
 
-    // Run from the checkout: the checkout's SDK.
+    // Run from a checkout: the checkout's SDK. A copy of the binary in a checkout of its own
+    // (the SDK linked in), so that this holds wherever CARGO_TARGET_DIR put the build.
+    let checkout = dir.path().join("checkout");
+    std::fs::create_dir_all(checkout.join("target/debug")).unwrap();
+    std::os::unix::fs::symlink(&sdk, checkout.join("guest-sdk")).unwrap();
     let here = dir.path().join("here");
-    let (ok, out) = cachet(&["new-plugin", "here", "--dir", here.to_str().unwrap()]);
-    assert!(ok, "{out}");
+    let out = run_copy_of_cachet(
+        &checkout.join("target/debug/cachet"),
+        &["new-plugin", "here", "--dir", here.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         sdk_dependency(&here).contains(sdk.to_str().unwrap()),
         "{}",
@@ -496,25 +526,11 @@ fn new_plugin_finds_the_sdk_from_where_the_binary_is_not_where_it_was_built() {
     );
 
     // A copy of the binary outside any checkout: the published crate, no stale path.
-    let moved_bin = dir.path().join("bin/cachet");
-    std::fs::create_dir_all(moved_bin.parent().unwrap()).unwrap();
-    std::fs::copy(cachet_bin(), &moved_bin).unwrap();
     let moved = dir.path().join("moved");
-    // A process another test forks meanwhile holds the copy's write descriptor until it
-    // execs, and running the copy fails with ETXTBSY until then: try again a little later.
-    let mut tries = 0;
-    let out = loop {
-        let run = Command::new(&moved_bin)
-            .args(["new-plugin", "moved", "--dir", moved.to_str().unwrap()])
-            .output();
-        match run {
-            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => break other.expect("run the moved binary"),
-        }
-    };
+    let out = run_copy_of_cachet(
+        &dir.path().join("bin/cachet"),
+        &["new-plugin", "moved", "--dir", moved.to_str().unwrap()],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -554,19 +570,19 @@ fn new_plugin_finds_the_sdk_from_where_the_binary_is_not_where_it_was_built() {
 fn new_plugin_writes_a_crate_that_tests_green() {
     let dir = tempfile::tempdir().unwrap();
     let crate_dir = dir.path().join("my-policy");
-    let (ok, out) = cachet(&[
+    // The SDK named (finding it is the test above): this holds wherever the build is.
+    let sdk = support::repo_root().join("guest-sdk");
+    let new_plugin = [
         "new-plugin",
         "my-policy",
         "--dir",
         crate_dir.to_str().unwrap(),
-    ]);
+        "--sdk",
+        sdk.to_str().unwrap(),
+    ];
+    let (ok, out) = cachet(&new_plugin);
     assert!(ok, "{out}");
-    let (ok, out) = cachet(&[
-        "new-plugin",
-        "my-policy",
-        "--dir",
-        crate_dir.to_str().unwrap(),
-    ]);
+    let (ok, out) = cachet(&new_plugin);
     assert!(!ok && out.contains("already exists"), "{out}");
     let build_config = std::fs::read_to_string(crate_dir.join(".cargo/config.toml")).unwrap();
     assert!(build_config.contains("stack-size"), "{build_config}");
