@@ -634,7 +634,6 @@ mod tests {
         let cache = Route::Cache;
         let unshared = Facts {
             unshared_hit: true,
-            held_stale: false,
             ..facts(&cache)
         };
         let stored = Facts {
