@@ -374,6 +374,11 @@ fn delivery_edits_apply_to_misses_and_hits_but_not_to_the_stored_ttl() {
     proxy.assert_logged(&["plugin fault in on-deliver"]);
 }
 
+/// The time between the first and the last of requests' arrivals at the origin.
+fn arrival_spread(arrivals: &[Instant]) -> Duration {
+    *arrivals.iter().max().expect("arrivals") - *arrivals.iter().min().expect("arrivals")
+}
+
 #[test]
 fn pass_for_sends_concurrent_requests_straight_to_the_origin() {
     const CONCURRENT: usize = 10;
@@ -415,8 +420,7 @@ fn pass_for_sends_concurrent_requests_straight_to_the_origin() {
     // Queued on the cache lock, the others would reach the origin only once the first
     // request's answer came back, a whole origin delay later. Timed at the origin, so a slow
     // machine delivering the answers late cannot fail it.
-    let arrivals = arrivals.lock();
-    let spread = *arrivals.iter().max().unwrap() - *arrivals.iter().min().unwrap();
+    let spread = arrival_spread(&arrivals.lock());
     assert!(
         spread < DELAY,
         "{CONCURRENT} requests reached the origin over {spread:?}"
@@ -828,8 +832,7 @@ fn vcl_port_behaves_like_its_vcl() {
     assert_eq!(origin.hits_for("/login"), 7);
     // Queued on the cache lock, the others would reach the origin only once the first one's
     // answer came back, a whole origin delay later (timed at the origin, not the clients).
-    let logins = logins.lock();
-    let spread = *logins.iter().max().unwrap() - *logins.iter().min().unwrap();
+    let spread = arrival_spread(&logins.lock());
     assert!(
         spread < LOGIN_DELAY,
         "6 logins reached the origin over {spread:?}"
