@@ -169,14 +169,12 @@ load() {
 }
 load 2 /dev/null
 
-# One line per cachet thread: tid|name|CPU ticks|voluntary|involuntary context switches.
+# One line per cachet thread: tid|name|CPU ticks|voluntary|involuntary context switches
+# (lib.sh's thread_counters, with each thread's name).
 threads_snapshot() {
-    local task
-    for task in "/proc/$cachet_pid/task/"*; do
-        printf '%s|%s|%s|%s|%s\n' "${task##*/}" "$(cat "$task/comm" 2>/dev/null)" \
-            "$(stat_cpu_ticks "$task/stat" 2>/dev/null)" \
-            "$(awk '/^voluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)" \
-            "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$task/status" 2>/dev/null)"
+    local tid counters
+    thread_counters "$cachet_pid" | while read -r tid counters; do
+        printf '%s|%s|%s\n' "$tid" "$(cat "/proc/$cachet_pid/task/$tid/comm" 2>/dev/null)" "${counters// /|}"
     done
 }
 # counted_load EVENTS NAME: counts the perf EVENTS of cachet over a 3 s load of their own into
