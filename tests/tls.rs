@@ -1089,13 +1089,27 @@ fn connections_that_never_finish_a_tls_handshake_count_and_are_let_go() {
         )
     };
     assert_eq!(tls_get("/before").unwrap().response.status, 200);
+    let open_connections = || {
+        let metrics = metrics_text(&proxy);
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("cachet_connections_open "));
+        line.map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    // That client has closed its connection, so none holds a slot.
+    eventually("the first connection is let go", || {
+        open_connections().as_deref() == Some("0")
+    });
 
-    // Three clients connect to the TLS port and send nothing: every slot is taken.
+    // Three clients connect to the TLS port and send nothing: once the proxy has taken them
+    // in (a loaded machine may take a while), every slot is taken.
     let began = Instant::now();
     let mut stalled: Vec<std::net::TcpStream> = (0..3)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", tls_port)).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the three handshakes hold their slots", || {
+        open_connections().as_deref() == Some("3")
+    });
     let plain = support::client::send("GET", &proxy.url("/plain"), &[]);
     assert_eq!(
         plain.status,

@@ -110,7 +110,7 @@ pub fn admin_connection_refused(reason: &str) {
 static CONNECTIONS_OPEN: Lazy<IntGauge> = Lazy::new(|| {
     register(IntGauge::new(
         "cachet_connections_open",
-        "Client connections open now (the proxy's listeners)",
+        "Client connections holding one of max_connections now (the proxy's listeners), those still in their TLS handshake included",
     ))
 });
 

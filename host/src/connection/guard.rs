@@ -1,7 +1,7 @@
 //! Counting connections and wrapping their streams, in front of Pingora's HTTP app.
 
 use super::per_peer::PeerCap;
-use super::GuardedStream;
+use super::{ConnectionSlot, GuardedStream};
 use crate::shutdown::Drain;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
@@ -155,7 +155,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGuard<A> {
         };
         let slots = peer_slot.and_then(|peer_slot| {
             let slot = self.slots.clone().try_acquire_owned();
-            Ok((slot.map_err(|_| "max_connections")?, peer_slot))
+            let slot = slot.map_err(|_| "max_connections")?;
+            Ok((ConnectionSlot::taken(slot, self.limits.role), peer_slot))
         });
         let (slot, peer_slot) = match slots {
             Ok(slots) => slots,

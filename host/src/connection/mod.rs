@@ -31,10 +31,12 @@ mod guard;
 mod h2_work;
 mod operator;
 mod per_peer;
+mod slot;
 mod stream;
 
 pub use guard::{ConnectionGuard, ConnectionLimits, ListenerRole};
 pub use h2_work::{H2Work, H2WorkTurn};
 pub use operator::OperatorApp;
+pub(crate) use slot::ConnectionSlot;
 pub(crate) use stream::{connection_slot, head_held, H2_PREFACE, HEAD_TIMED_OUT, TOO_LARGE};
 pub use stream::{head_complete, next_head, request_answered, GuardedStream};

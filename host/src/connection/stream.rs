@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
 /// What a client gets when its request head is over the limit (the body is 30 bytes).
@@ -81,7 +80,7 @@ pub struct GuardedStream {
     signal: AtomicUsize,
     /// Counts the connection as open for as long as the stream lives, and as long as the
     /// work of its HTTP/2 streams runs ([`connection_slot`]).
-    slot: Arc<OwnedSemaphorePermit>,
+    slot: Arc<super::ConnectionSlot>,
     /// On an operator listener, the slot of the peer's address ([`super::per_peer`]), held
     /// for as long as the stream lives.
     _peer_slot: Option<super::per_peer::PeerSlot>,
@@ -115,7 +114,7 @@ impl GuardedStream {
     pub(super) fn new(
         inner: Stream,
         limits: &ConnectionLimits,
-        slot: OwnedSemaphorePermit,
+        slot: super::ConnectionSlot,
         peer_slot: Option<super::per_peer::PeerSlot>,
     ) -> Self {
         let preface_limit = limits.h2_preface_timeout;
@@ -127,9 +126,6 @@ impl GuardedStream {
             Phase::Head { read: 0 }
         };
         let preface_timer = h2.then(|| Box::pin(tokio::time::sleep(preface_limit)));
-        if limits.role == ListenerRole::Clients {
-            crate::metrics::connections_open(1);
-        }
         Self {
             inner,
             max_head: limits.max_request_head,
@@ -311,7 +307,7 @@ pub fn head_complete(session: &Session) {
 /// The connection slot `stream` holds, shared: an HTTP/2 connection's streams keep it
 /// until their work ends, so a client that closes its connection while its requests still
 /// run at the origin has not freed a slot for a new connection with a fresh work bound.
-pub(crate) fn connection_slot(stream: &Stream) -> Option<Arc<OwnedSemaphorePermit>> {
+pub(crate) fn connection_slot(stream: &Stream) -> Option<Arc<super::ConnectionSlot>> {
     let stream = stream.as_any().downcast_ref::<GuardedStream>()?;
     Some(stream.slot.clone())
 }
@@ -560,14 +556,6 @@ impl Peek for GuardedStream {
                 io::ErrorKind::TimedOut,
                 "no request bytes within h2_idle_timeout",
             )),
-        }
-    }
-}
-
-impl Drop for GuardedStream {
-    fn drop(&mut self) {
-        if self.role == ListenerRole::Clients {
-            crate::metrics::connections_open(-1);
         }
     }
 }

@@ -57,7 +57,7 @@ struct Connection {
     /// The connection's slot (`max_connections`), held by every stream's task too: a
     /// client closing its connection while its requests still run at the origin frees no
     /// slot for a new connection (with a fresh `H2Work` bound) until that work ends.
-    _slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    _slot: Option<Arc<crate::connection::ConnectionSlot>>,
 }
 
 impl Front {
