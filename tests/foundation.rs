@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::client::{get, send};
 use support::origin::{Origin, Reply};
 use support::plugin;
@@ -291,14 +291,25 @@ fn concurrent_misses_for_one_key_reach_the_origin_once() {
         "{statuses:#?}\n{}",
         proxy.log()
     );
-    // The waiting is visible to operators.
-    let metrics = get(&proxy.admin_url("/metrics")).text();
-    let waits: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("cachet_cache_lock_wait_seconds_count"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(waits >= 1.0, "no lock waits recorded:\n{metrics}");
+    // The waiting is visible to operators. Recorded in a request's logging phase, after its
+    // client has the answer: wait (bounded) for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = get(&proxy.admin_url("/metrics")).text();
+        let waits: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("cachet_cache_lock_wait_seconds_count"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if waits >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lock waits recorded:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -579,7 +579,10 @@ fn a_client_that_stops_reading_is_let_go_after_client_write_timeout() {
         )],
     );
     assert_eq!(send("GET", &proxy.url("/warm"), &[]).body.len(), LEN);
+    let open = || proxy.connections_open();
     for path in ["/warm", "/cold"] {
+        // No other client connection (the warm-up's, the last round's) is counted below.
+        support::wait_until("earlier connections are closed", || open() == 0);
         let mut client = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
         // A small receive buffer, never read while the response is written.
         let size: libc::c_int = 16 * 1024;
@@ -595,7 +598,9 @@ fn a_client_that_stops_reading_is_let_go_after_client_write_timeout() {
         };
         assert_eq!(set, 0);
         write!(client, "GET {path} HTTP/1.1\r\nHost: site.test\r\n\r\n").unwrap();
-        std::thread::sleep(Duration::from_millis(2500));
+        // Taken in, then let go by the proxy: no fixed wait a busy machine can outlast.
+        support::wait_until("the connection is taken in", || open() == 1);
+        support::wait_until("the stalled client is let go", || open() == 0);
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();

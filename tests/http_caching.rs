@@ -36,6 +36,33 @@ fn with_auth(who: &str) -> [(&str, &str); 1] {
     [("Authorization", who)]
 }
 
+/// Objects the proxy has written to its cache so far (`/status` `cache.inserts`).
+fn inserts(proxy: &Proxy) -> u64 {
+    proxy.status()["cache"]["inserts"]
+        .as_u64()
+        .expect("cache.inserts")
+}
+
+/// Response heads a [`token_proxy_for`]-style proxy has had from the origin so far (each is
+/// counted as it arrives, before its body).
+fn origin_heads(proxy: &Proxy) -> u64 {
+    send("GET", &proxy.admin_url("/metrics"), &with_auth(&bearer()))
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("cachet_origin_response_seconds_count{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Holds an origin's answer until `released` is set (30 s at most): the test, not the
+/// machine's speed, decides how long a fetch stays in flight.
+fn hold(released: &AtomicBool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !released.load(Ordering::SeqCst) && Instant::now() < deadline {
+        sleep(Duration::from_millis(5));
+    }
+}
+
 // ---------------------------------------------------------------- 1. shared-cache rules
 
 #[test]
@@ -168,9 +195,11 @@ fn s_maxage_beats_max_age_beats_expires() {
 #[test]
 fn upstream_age_reduces_freshness() {
     let origin = Origin::start(|seen| {
-        let reply = Reply::ok("x").header("Cache-Control", "max-age=3");
+        // A long max-age, so `/young` stays fresh however slow the requests; `/aged` has
+        // one second of it left.
+        let reply = Reply::ok("x").header("Cache-Control", "max-age=30");
         if seen.url == "/aged" {
-            reply.header("Age", "2")
+            reply.header("Age", "29")
         } else {
             reply
         }
@@ -700,8 +729,13 @@ fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
         let version = version.clone();
         move |_| {
             let v = version.fetch_add(1, Ordering::SeqCst);
-            Reply::ok(format!("v{v}"))
-                .header("Cache-Control", "max-age=1, stale-while-revalidate=30")
+            // The refresh is fresh for a minute: still fresh when asked for below, however
+            // slow the machine.
+            let max_age = if v == 0 { 1 } else { 60 };
+            Reply::ok(format!("v{v}")).header(
+                "Cache-Control",
+                &format!("max-age={max_age}, stale-while-revalidate=30"),
+            )
         }
     });
     let proxy = proxy_for(&origin);
@@ -710,11 +744,7 @@ fn stale_while_revalidate_serves_stale_and_refreshes_in_background() {
     let stale = get(&proxy.url("/swr"));
     assert_eq!(stale.text(), "v0");
     assert_status_has(&stale, "fwd=stale");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while origin.hits() < 2 && Instant::now() < deadline {
-        sleep(Duration::from_millis(50));
-    }
-    sleep(Duration::from_millis(200));
+    support::wait_until("the background refresh is stored", || inserts(&proxy) == 2);
     let fresh = get(&proxy.url("/swr"));
     assert_eq!(fresh.text(), "v1");
     assert_status_has(&fresh, "hit");
@@ -745,11 +775,11 @@ fn a_failed_background_revalidation_leaves_the_stale_entry_serving() {
     sleep(Duration::from_millis(2100));
     let first_stale = get(&proxy.url("/swr-fail"));
     assert_eq!(first_stale.text(), "good");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while origin.hits() < 2 && Instant::now() < deadline {
-        sleep(Duration::from_millis(50));
-    }
-    sleep(Duration::from_millis(200));
+    // The background revalidation has ended (counted as a miss, as the fill was) before the
+    // entry is asked for again.
+    support::wait_until("the background revalidation ends", || {
+        proxy.counted("cachet_requests_total{cache_status=\"miss\",tenant=\"site\"}") == 2
+    });
     for _ in 0..4 {
         let again = get(&proxy.url("/swr-fail"));
         assert_eq!((again.status, again.text().as_str()), (200, "good"));
@@ -1126,17 +1156,18 @@ fn bearer() -> String {
 #[test]
 fn a_purge_during_a_fetch_keeps_its_answer_from_being_stored() {
     let version = Arc::new(AtomicUsize::new(0));
+    let released = Arc::new(AtomicBool::new(false));
     let origin = Origin::start({
-        let version = version.clone();
+        let (version, released) = (version.clone(), released.clone());
         move |seen| {
             if seen.method == "POST" {
                 return Reply::ok("posted");
             }
+            hold(&released);
             let v = version.fetch_add(1, Ordering::SeqCst) + 1;
             Reply::ok(format!("v{v}"))
                 .header("Cache-Control", "max-age=300")
                 .header("Surrogate-Key", "t")
-                .delay(Duration::from_millis(800))
         }
     });
     let proxy = token_proxy_for(&origin);
@@ -1159,12 +1190,17 @@ fn a_purge_during_a_fetch_keeps_its_answer_from_being_stored() {
     for (name, method, headers) in purges {
         let path = format!("/during-{name}");
         let url = proxy.url(&path);
+        released.store(false, Ordering::SeqCst);
         let fetch = std::thread::spawn({
             let url = url.clone();
             move || get(&url)
         });
-        sleep(Duration::from_millis(300));
+        // The origin holds the fetch until the purge is done.
+        support::wait_until("the fetch reaches the origin", || {
+            origin.hits_for(&path) == 1
+        });
         send(method, &url, &headers);
+        released.store(true, Ordering::SeqCst);
         let first = fetch.join().unwrap();
         assert_eq!(first.status, 200, "{name}");
         let next = get(&url);
@@ -1273,23 +1309,20 @@ fn the_default_port_is_the_one_of_the_scheme_the_key_holds() {
 /// PURGE answered 404 (nothing stored yet; probe U).
 #[test]
 fn a_soft_purge_while_the_body_arrives_keeps_it_from_being_stored() {
-    let version = Arc::new(AtomicUsize::new(0));
-    let origin = Origin::start({
-        let version = version.clone();
-        move |_| {
-            let v = version.fetch_add(1, Ordering::SeqCst) + 1;
-            Reply::ok(format!("v{v} {}", "x".repeat(4096)))
-                .header("Cache-Control", "max-age=300")
-                .body_pause(Duration::from_millis(800))
-        }
-    });
-    let proxy = token_proxy_for(&origin);
+    let released = Arc::new(AtomicBool::new(false));
+    let (addr, _) = half_sent_origin("", released.clone());
+    let proxy = Proxy::start_with_server(
+        &format!("admin_token = \"{TOKEN}\""),
+        CACHE,
+        &[TenantSpec::new("site", addr, &plugin("standard"))],
+    );
     let url = proxy.url("/streaming");
     let fetch = std::thread::spawn({
         let url = url.clone();
         move || get(&url)
     });
-    sleep(Duration::from_millis(300));
+    // The proxy has the origin's head; the body waits for the purge.
+    support::wait_until("the origin's head arrives", || origin_heads(&proxy) == 1);
     let auth = bearer();
     let purge = send(
         "PURGE",
@@ -1297,6 +1330,7 @@ fn a_soft_purge_while_the_body_arrives_keeps_it_from_being_stored() {
         &[("Authorization", auth.as_str()), ("Cache-Purge-Soft", "1")],
     );
     assert_eq!(purge.status, 200, "the fill in flight was purged");
+    released.store(true, Ordering::SeqCst);
     let first = fetch.join().unwrap();
     assert_eq!(first.status, 200);
     let next = get(&url);
@@ -1305,7 +1339,7 @@ fn a_soft_purge_while_the_body_arrives_keeps_it_from_being_stored() {
         "the answer fetched across the soft purge was stored: {}",
         next.cache_status()
     );
-    assert!(next.text().starts_with("v2 "), "{}", &next.text()[..8]);
+    assert_eq!(next.text(), "fetch-0002");
 }
 
 /// A purge or an invalidating request for another URL does not touch a fill in flight: with
@@ -1313,13 +1347,16 @@ fn a_soft_purge_while_the_body_arrives_keeps_it_from_being_stored() {
 /// stored (probe M), and a steady trickle of them kept the cache empty.
 #[test]
 fn a_purge_of_another_url_during_a_fetch_leaves_its_answer_stored() {
-    let origin = Origin::start(|seen| {
-        if seen.method == "POST" {
-            return Reply::ok("posted");
+    let released = Arc::new(AtomicBool::new(false));
+    let origin = Origin::start({
+        let released = released.clone();
+        move |seen| {
+            if seen.method == "POST" {
+                return Reply::ok("posted");
+            }
+            hold(&released);
+            Reply::ok(format!("for {}", seen.url)).header("Cache-Control", "max-age=300")
         }
-        Reply::ok(format!("for {}", seen.url))
-            .header("Cache-Control", "max-age=300")
-            .delay(Duration::from_millis(800))
     });
     let proxy = token_proxy_for(&origin);
     let auth = bearer();
@@ -1328,17 +1365,23 @@ fn a_purge_of_another_url_during_a_fetch_leaves_its_answer_stored() {
         ("POST", vec![]),
     ];
     for (method, headers) in headers {
-        let url = proxy.url(&format!("/slow-{method}"));
+        let path = format!("/slow-{method}");
+        let url = proxy.url(&path);
+        released.store(false, Ordering::SeqCst);
         let fetch = std::thread::spawn({
             let url = url.clone();
             move || get(&url)
         });
-        sleep(Duration::from_millis(300));
+        // The origin holds the fetch until the other request is done.
+        support::wait_until("the fetch reaches the origin", || {
+            origin.hits_for(&path) == 1
+        });
         send(
             method,
             &proxy.url(&format!("/elsewhere-{method}")),
             &headers,
         );
+        released.store(true, Ordering::SeqCst);
         let first = fetch.join().unwrap();
         assert!(
             first.cache_status().contains("stored"),
@@ -1657,30 +1700,8 @@ fn a_response_with_a_purge_tag_that_is_not_ascii_is_not_stored() {
 /// for its whole lifetime, the purge answered 404.
 #[test]
 fn a_tag_purge_stops_a_fill_in_flight_from_being_stored() {
-    use std::io::Write;
-    // An origin that sends the head and half the body, then the rest 800 ms later.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let counted = fetches.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let counted = counted.clone();
-            std::thread::spawn(move || {
-                if support::wire::read_request_head(&mut conn).is_none() {
-                    return;
-                }
-                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nCache-Control: max-age=600\r\n\
-                      Surrogate-Key: slow-tag\r\nConnection: close\r\n\r\nfetch",
-                );
-                sleep(Duration::from_millis(800));
-                let _ = conn.write_all(format!("-{n:04}").as_bytes());
-            });
-        }
-    });
+    let released = Arc::new(AtomicBool::new(false));
+    let (addr, fetches) = half_sent_origin("Surrogate-Key: slow-tag\r\n", released.clone());
     let proxy = Proxy::start_with_server(
         &format!("admin_token = \"{TOKEN}\""),
         CACHE,
@@ -1691,7 +1712,8 @@ fn a_tag_purge_stops_a_fill_in_flight_from_being_stored() {
         let url = url.clone();
         std::thread::spawn(move || get(&url))
     };
-    sleep(Duration::from_millis(300));
+    // The proxy has the origin's head, tag and all; the body waits for the purge.
+    support::wait_until("the origin's head arrives", || origin_heads(&proxy) == 1);
     let auth = bearer();
     let purge = send(
         "PURGE",
@@ -1702,10 +1724,47 @@ fn a_tag_purge_stops_a_fill_in_flight_from_being_stored() {
         ],
     );
     assert_eq!(purge.status, 200, "{}", purge.text());
+    released.store(true, Ordering::SeqCst);
     assert_eq!(filling.join().unwrap().text(), "fetch-0001");
     let after = get(&url);
     assert_eq!(after.text(), "fetch-0002", "{}", after.cache_status());
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
+}
+
+/// An origin that answers `fetch-NNNN` (its count of requests), with `fields` in the head:
+/// the head and `fetch` at once, the rest once `released` is set. A fill's body is still
+/// arriving for as long as the test needs, not for a fixed time a busy machine can outlast.
+/// Returns its address and the count.
+fn half_sent_origin(
+    fields: &'static str,
+    released: Arc<AtomicBool>,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = support::bind_unclaimed();
+    let addr = listener.local_addr().unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let (counted, released) = (counted.clone(), released.clone());
+            std::thread::spawn(move || {
+                if support::wire::read_request_head(&mut conn).is_none() {
+                    return;
+                }
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: 10\r\nCache-Control: max-age=600\r\n\
+                         {fields}Connection: close\r\n\r\nfetch"
+                    )
+                    .as_bytes(),
+                );
+                hold(&released);
+                let _ = conn.write_all(format!("-{n:04}").as_bytes());
+            });
+        }
+    });
+    (addr, fetches)
 }
 
 // -------------------------------------------------------------------------- 9. ranges

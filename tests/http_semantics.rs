@@ -612,10 +612,19 @@ fn cache_status_is_appended_to_an_upstream_caches_member() {
 
 #[test]
 fn requests_that_waited_on_another_fill_say_collapsed() {
-    let origin = Origin::start(|_| {
-        Reply::ok("slow")
-            .header("Cache-Control", "max-age=60")
-            .delay(Duration::from_millis(700))
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    // The fill is held until every waiter has come, not for a time a busy machine outlasts.
+    let released = Arc::new(AtomicBool::new(false));
+    let origin = Origin::start({
+        let released = released.clone();
+        move |_| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !released.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                sleep(Duration::from_millis(5));
+            }
+            Reply::ok("slow").header("Cache-Control", "max-age=60")
+        }
     });
     let proxy = proxy_with(origin.addr, "standard", "");
     let url = proxy.url("/slow");
@@ -623,13 +632,21 @@ fn requests_that_waited_on_another_fill_say_collapsed() {
         let url = url.clone();
         std::thread::spawn(move || get(&url))
     };
-    sleep(Duration::from_millis(200));
+    // The first request's fill holds the cache lock.
+    support::wait_until("the fill reaches the origin", || origin.hits() == 1);
     let waiters: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
             std::thread::spawn(move || get(&url))
         })
         .collect();
+    // Each waiter has been through the plugin, on its way to the lock.
+    support::wait_until("the waiters are planned", || {
+        proxy.counted("cachet_plugin_hook_seconds_count{hook=\"request\",tenant=\"site\"}") == 5
+    });
+    // From the plugin to the lock is a lookup: a moment, with room for a busy machine.
+    sleep(Duration::from_millis(200));
+    released.store(true, Ordering::SeqCst);
     let first = first.join().expect("first");
     assert_status_has(status_of(&first), "fwd=miss");
     assert!(!status_of(&first).contains("collapsed"));

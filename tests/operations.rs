@@ -866,10 +866,19 @@ fn the_admin_listener_holds_a_bounded_number_of_connections() {
         "",
         &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
     );
-    let held: Vec<std::net::TcpStream> = (0..64)
+    let mut held: Vec<std::net::TcpStream> = (0..64)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", proxy.admin_port)).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Each answered once (and kept alive): the listener has taken every one in, however
+    // long a busy machine takes to accept them.
+    for conn in &mut held {
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::Write::write_all(conn, b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+    }
+    for conn in &mut held {
+        assert_eq!(read_one_response(conn).status, 200);
+    }
     let mut extra = std::net::TcpStream::connect(("127.0.0.1", proxy.admin_port)).unwrap();
     extra
         .set_read_timeout(Some(Duration::from_secs(5)))

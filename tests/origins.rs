@@ -19,7 +19,9 @@ use support::tls::TestCa;
 /// An origin whose keep-alive connections go stale: each connection answers
 /// its first request (keeping the connection open) and closes without a
 /// word when a second request arrives on it, as an origin does when its idle
-/// timeout fires just as the proxy reuses the connection.
+/// timeout fires just as the proxy reuses the connection. A first request is
+/// answered only once `together` connections are open (or after 10 s), so that
+/// requests sent at once each hold a connection of their own on any machine.
 struct StaleKeepAliveOrigin {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
@@ -28,7 +30,7 @@ struct StaleKeepAliveOrigin {
 }
 
 impl StaleKeepAliveOrigin {
-    fn start(answer_delay: Duration) -> Self {
+    fn start(together: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -38,14 +40,17 @@ impl StaleKeepAliveOrigin {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
                 let n = conns.fetch_add(1, Ordering::SeqCst) + 1;
-                let reqs = reqs.clone();
+                let (conns, reqs) = (conns.clone(), reqs.clone());
                 std::thread::spawn(move || {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
                     let Some(first) = read_head(&mut conn) else {
                         return;
                     };
                     reqs.lock().push(first);
-                    std::thread::sleep(answer_delay);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while conns.load(Ordering::SeqCst) < together && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                     let body = format!("connection {n}");
                     let reply = format!(
                         "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{body}",
@@ -100,9 +105,24 @@ fn read_whole_head(conn: &mut impl Read) -> Option<String> {
 }
 
 /// Pingora returns an origin connection to its pool only after the client has its answer; a
-/// request sent at once may open a new connection instead. Tests about reuse pause first.
-fn let_the_connection_return_to_the_pool() {
-    std::thread::sleep(Duration::from_millis(100));
+/// request sent at once may open a new connection instead. Tests about reuse wait for it: a
+/// request gives its origin turn back (`in_flight` in /status) after its connection is pooled.
+fn let_the_connection_return_to_the_pool(proxy: &Proxy) {
+    no_origin_exchange_in_flight(proxy);
+}
+
+/// Waits (up to 10 s) until no tenant of `proxy` has an exchange with its origin in flight.
+fn no_origin_exchange_in_flight(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = proxy.status();
+        let tenants = status["tenants"].as_array().expect("tenants");
+        if tenants.iter().all(|t| t["origin"]["in_flight"] == 0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still at the origin: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn proxy_for(upstream: SocketAddr, origin_table: &str) -> Proxy {
@@ -115,7 +135,7 @@ fn proxy_for(upstream: SocketAddr, origin_table: &str) -> Proxy {
 
 #[test]
 fn a_request_failing_on_a_reused_connection_is_retried_once_on_a_fresh_one() {
-    let origin = StaleKeepAliveOrigin::start(Duration::from_millis(300));
+    let origin = StaleKeepAliveOrigin::start(2);
     let proxy = proxy_for(origin.addr, "");
     // Two requests at once leave two idle, soon stale, pooled connections.
     let warm: Vec<_> = ["/warm1", "/warm2"]
@@ -129,7 +149,7 @@ fn a_request_failing_on_a_reused_connection_is_retried_once_on_a_fresh_one() {
         assert_eq!(client.join().unwrap().unwrap().status, 200);
     }
     assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
-    let_the_connection_return_to_the_pool();
+    let_the_connection_return_to_the_pool(&proxy);
 
     // The GET lands on a stale connection and is retried once, on a new
     // connection rather than the other stale one.
@@ -192,21 +212,30 @@ fn a_body_cut_off_on_a_reused_connection_is_not_retried() {
     let (addr, requests) = start_cutting_origin(Duration::from_millis(500));
     let proxy = proxy_for(addr, "");
     assert_eq!(send("GET", &proxy.url("/warm"), &[]).text(), "ok");
-    let_the_connection_return_to_the_pool();
+    let_the_connection_return_to_the_pool(&proxy);
     // The client leaves before the head arrives; the fill goes on without it.
     let url = proxy.url("/cut");
     let target = url.trim_start_matches("http://");
     let (authority, path) = target.split_once('/').unwrap();
     let mut client = TcpStream::connect(authority).unwrap();
     write!(client, "GET /{path} HTTP/1.1\r\nHost: {authority}\r\n\r\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let cut = || {
+        requests
+            .lock()
+            .iter()
+            .filter(|l| l.starts_with("GET /cut "))
+            .count()
+    };
+    // Leaves once the request is at the origin (which answers 500 ms later), not before.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cut() == 0 {
+        assert!(Instant::now() < deadline, "/cut never reached the origin");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     drop(client);
-    std::thread::sleep(Duration::from_millis(1500));
-    let cut = requests
-        .lock()
-        .iter()
-        .filter(|l| l.starts_with("GET /cut "))
-        .count();
+    // The request has ended (the cut seen, any retry made) once its origin turn is back.
+    no_origin_exchange_in_flight(&proxy);
+    let cut = cut();
     assert_eq!(cut, 1, "{:?}", requests.lock());
     let log = proxy.log();
     assert!(!log.contains("panicked"), "{log}");
@@ -349,7 +378,15 @@ fn a_slow_client_does_not_cut_a_fill_at_total_timeout() {
             got
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The fast client comes once the slow one's fill is under way.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.hits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow client's miss never reached the origin"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut fast = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
     fast.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -599,7 +636,7 @@ fn tenants_on_one_origin_do_not_share_its_connections() {
         for host in ["a.test", "b.test"] {
             let resp = send("GET", &proxy.url(&format!("/{round}")), &[("Host", host)]);
             assert_eq!(resp.text(), "served");
-            let_the_connection_return_to_the_pool();
+            let_the_connection_return_to_the_pool(&proxy);
         }
     }
     let hosts_by_connection = origin.hosts_by_connection.lock().unwrap().clone();
@@ -624,6 +661,7 @@ fn an_idle_origin_connection_is_closed_after_idle_timeout() {
     let origin = ConnectionCountingOrigin::start();
     let proxy = proxy_for(origin.addr, "idle_timeout = \"10s\"");
     assert_eq!(send("GET", &proxy.url("/a"), &[]).text(), "served");
+    let_the_connection_return_to_the_pool(&proxy);
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(send("GET", &proxy.url("/b"), &[]).text(), "served");
     assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
@@ -637,7 +675,7 @@ fn an_idle_origin_connection_is_closed_after_idle_timeout() {
     let answered = Instant::now();
     while origin.closed.load(Ordering::SeqCst) == 0 {
         assert!(
-            answered.elapsed() < Duration::from_secs(3),
+            answered.elapsed() < Duration::from_secs(10),
             "the idle connection was not closed"
         );
         std::thread::sleep(Duration::from_millis(10));
@@ -834,6 +872,7 @@ fn an_origin_connection_verified_for_one_tenant_is_not_reused_for_a_tenant_with_
         );
         assert_eq!(trusted.status, 200, "{}", trusted.text());
         // The trusting tenant's connection now idles in the pool.
+        let_the_connection_return_to_the_pool(&proxy);
         let refused = send(
             "GET",
             &proxy.url(&format!("/s{round}")),
@@ -938,6 +977,18 @@ impl HoldingOrigin {
             requests,
             most_at_once,
         }
+    }
+}
+
+/// Waits (up to 10 s) until `origin` has received at least `n` requests.
+fn wait_for_origin_requests(origin: &HoldingOrigin, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while origin.requests.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} requests at the origin"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -1057,17 +1108,14 @@ fn a_miss_that_finds_no_turn_within_queue_timeout_is_a_503_and_other_tenants_go_
     let site = std::thread::scope(|scope| {
         let site = scope.spawn(|| concurrent_gets(&proxy, &paths, "site.test"));
         // The other tenant's origin turns are its own: it is answered while `site` queues.
-        std::thread::sleep(Duration::from_millis(100));
-        let started = Instant::now();
+        wait_for_origin_requests(&origin, 1);
         let other = send("GET", &proxy.url("/other"), &[("Host", "other.test")]);
         assert_eq!((other.status, other.text().as_str()), (200, "held"));
-        assert!(
-            started.elapsed() < Duration::from_millis(2500),
-            "{:?}",
-            started.elapsed()
-        );
         site.join().unwrap()
     });
+    // `other` was at the origin while `site` held its only turn (seen at the origin, not
+    // timed at the client: the origin holds each request 1.5 s).
+    assert_eq!(origin.most_at_once.load(Ordering::SeqCst), 2);
     let statuses: Vec<u16> = site.iter().map(|r| r.status).collect();
     assert_eq!(
         statuses.iter().filter(|s| **s == 200).count(),
@@ -1099,12 +1147,13 @@ fn a_miss_that_finds_no_turn_within_queue_timeout_is_a_503_and_other_tenants_go_
 /// `max_connections` through again each time.
 #[test]
 fn a_reload_keeps_the_origin_turns_in_use() {
-    let origin = HoldingOrigin::start(Duration::from_millis(1500));
+    // Held long enough for a reload and a second request on a slow machine.
+    let origin = HoldingOrigin::start(Duration::from_secs(5));
     let proxy = one_turn_site_and_other(&origin);
     let site = |path: &str| send("GET", &proxy.url(path), &[("Host", "site.test")]);
     std::thread::scope(|scope| {
         let held = scope.spawn(|| site("/held"));
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for_origin_requests(&origin, 1);
         let config = proxy.dir.path().join("cachet.toml");
         let text = std::fs::read_to_string(&config).unwrap();
         let edited = text.replace(
@@ -1132,13 +1181,14 @@ fn a_reload_keeps_the_origin_turns_in_use() {
 /// 9 s under a 3 s queue_timeout).
 #[test]
 fn collapsed_requests_refused_a_turn_wait_queue_timeout_at_most() {
-    let origin = HoldingOrigin::start(Duration::from_millis(3000));
-    let proxy = proxy_for(origin.addr, "max_connections = 1\nqueue_timeout = \"1s\"");
+    // Held past the longest wait allowed below, so every waiter is refused.
+    let origin = HoldingOrigin::start(Duration::from_secs(5));
+    let proxy = proxy_for(origin.addr, "max_connections = 1\nqueue_timeout = \"2s\"");
     let holder = std::thread::spawn({
         let url = proxy.url("/hold");
         move || send("GET", &url, &[]).status
     });
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_origin_requests(&origin, 1);
     let started = Instant::now();
     let waiters: Vec<_> = (0..3)
         .map(|_| {
@@ -1146,14 +1196,20 @@ fn collapsed_requests_refused_a_turn_wait_queue_timeout_at_most() {
             std::thread::spawn(move || (send("GET", &url, &[]), Instant::now()))
         })
         .collect();
+    // A refused request on a route of its own (a POST bypasses the cache) says why too. Sent
+    // with the waiters, so that it too is refused well before the holder's turn ends.
+    let post = std::thread::spawn({
+        let url = proxy.url("/form");
+        move || send("POST", &url, &[])
+    });
     for waiter in waiters {
         let (resp, done) = waiter.join().unwrap();
         assert_eq!(resp.status, 503, "{}", resp.cache_status());
         let waited = done.duration_since(started);
-        assert!(waited < Duration::from_millis(1800), "waited {waited:?}");
+        // One queue_timeout (2 s) and slack for a slow machine; a second would be 4 s.
+        assert!(waited < Duration::from_millis(3500), "waited {waited:?}");
     }
-    // A refused request on a route of its own (a POST bypasses the cache) says why too.
-    let post = send("POST", &proxy.url("/form"), &[]);
+    let post = post.join().unwrap();
     assert_eq!(post.status, 503);
     assert!(
         post.cache_status()
@@ -1196,7 +1252,12 @@ fn a_request_reset_while_queued_never_reaches_the_origin() {
         };
         let mut sender = client.ready().await.unwrap();
         let (held, _) = sender.send_request(request("/held"), true).unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // `/held` has the only turn once it is at the origin.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while origin.requests.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "/held never reached the origin");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut sender = sender.ready().await.unwrap();
         let (queued, mut queued_stream) = sender.send_request(request("/queued"), true).unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1207,8 +1268,8 @@ fn a_request_reset_while_queued_never_reaches_the_origin() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     });
     assert_eq!(origin.requests.load(Ordering::SeqCst), 1);
-    let status = proxy.status();
-    assert_eq!(status["tenants"][0]["origin"]["in_flight"], 0, "{status}");
+    // The turn is given back when `/held`'s task ends, just after its client has the answer.
+    no_origin_exchange_in_flight(&proxy);
 }
 
 /// An origin that answers a WebSocket upgrade with 101 and then echoes, and any other

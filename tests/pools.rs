@@ -27,6 +27,8 @@ struct NamedOrigin {
     checks: Arc<AtomicUsize>,
     /// Connections it accepted.
     connections: Arc<AtomicUsize>,
+    /// Its threads still running: the acceptor (holding the listener) and one per connection.
+    running: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     /// Which paths it served, for the consistent-hashing test.
@@ -68,6 +70,8 @@ impl NamedOrigin {
             hits: Arc::default(),
             checks: Arc::default(),
             connections: Arc::default(),
+            // The acceptor's.
+            running: Arc::new(AtomicUsize::new(1)),
             healthy: Arc::new(AtomicBool::new(true)),
             stop: Arc::default(),
             served: Arc::default(),
@@ -81,26 +85,35 @@ impl NamedOrigin {
             served: origin.served.clone(),
             site: origin.site.clone(),
         };
-        let (connections, stop) = (origin.connections.clone(), origin.stop.clone());
+        let (connections, stop, running) = (
+            origin.connections.clone(),
+            origin.stop.clone(),
+            origin.running.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop.load(Ordering::SeqCst) {
-                    return;
+                    break;
                 }
                 let Ok(conn) = conn else { continue };
                 connections.fetch_add(1, Ordering::SeqCst);
                 let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
-                let (counters, tls) = (counters.clone(), tls.clone());
-                std::thread::spawn(move || match tls {
-                    Some(config) => {
-                        let Ok(server) = rustls::ServerConnection::new(config) else {
-                            return;
-                        };
-                        serve(rustls::StreamOwned::new(server, conn), name, &counters)
+                let (counters, tls, running) = (counters.clone(), tls.clone(), running.clone());
+                running.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    match tls {
+                        Some(config) => {
+                            if let Ok(server) = rustls::ServerConnection::new(config) {
+                                serve(rustls::StreamOwned::new(server, conn), name, &counters)
+                            }
+                        }
+                        None => serve(conn, name, &counters),
                     }
-                    None => serve(conn, name, &counters),
+                    running.fetch_sub(1, Ordering::SeqCst);
                 });
             }
+            drop(listener);
+            running.fetch_sub(1, Ordering::SeqCst);
         });
         origin
     }
@@ -109,8 +122,17 @@ impl NamedOrigin {
     fn stop(self) -> SocketAddr {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.addr);
-        // Connection threads notice within their 50 ms read timeout.
-        std::thread::sleep(Duration::from_millis(200));
+        // Connection threads notice within their 50 ms read timeout, once scheduled: wait
+        // until every thread has closed its socket, however busy the machine.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.running.load(Ordering::SeqCst) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "origin {} never stopped",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.addr
     }
 }
@@ -361,7 +383,7 @@ fn a_pool_that_is_all_down_is_tried_once_per_request_not_member_by_member() {
     let (upstreams, requests) = dropping_upstreams(3);
     let proxy = pool_proxy(&upstreams, "health_interval = \"60s\"");
     // The first health round (bare connects, which these pass) is over before the traffic.
-    std::thread::sleep(Duration::from_millis(500));
+    first_health_round_over(&proxy);
     let sent = |path: &str| {
         let before = requests.load(Ordering::SeqCst);
         let status = try_send("GET", &proxy.url(path), &[]).unwrap().status;
@@ -396,7 +418,7 @@ fn a_request_every_upstream_drops_sets_none_of_them_aside() {
     ];
     let addrs: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
     let proxy = pool_proxy(&addrs, "health_interval = \"60s\"");
-    std::thread::sleep(Duration::from_millis(500));
+    first_health_round_over(&proxy);
     let hits = || -> Vec<usize> {
         origins
             .iter()
@@ -579,9 +601,27 @@ fn pool_upstreams(proxy: &Proxy) -> Vec<(String, bool)> {
         .collect()
 }
 
-/// Waits up to 5 s for `ready`, polling every 50 ms.
+/// Waits (up to 10 s) until the first round of health checks of the (first) tenant's pool
+/// has ended: its verdicts (which lift set-asides made before it) are in.
+fn first_health_round_over(proxy: &Proxy) {
+    wait_for("the first health round", || {
+        proxy.status()["tenants"][0]["pool"]["last_health_check"].is_u64()
+    });
+}
+
+/// Waits (up to 10 s) until no tenant of `proxy` has an exchange with its origin in flight:
+/// a request gives its origin turn back after its connection is back in the pool.
+fn no_origin_exchange_in_flight(proxy: &Proxy) {
+    wait_for("no origin exchange in flight", || {
+        let status = proxy.status();
+        let tenants = status["tenants"].as_array().expect("tenants");
+        tenants.iter().all(|t| t["origin"]["in_flight"] == 0)
+    });
+}
+
+/// Waits up to 10 s for `ready`, polling every 50 ms.
 fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
         std::thread::sleep(Duration::from_millis(50));
@@ -682,12 +722,13 @@ fn proxy_with_own_hosts_file(hosts: &std::path::Path, tenant: TenantSpec) -> Pro
     Proxy::start_with_launcher(&launcher, "", "", &[tenant])
 }
 
-/// Three GETs 100 ms apart, each origin's answer (or the error): each finds the previous
-/// one's connection back in cachet's pool, so only a new address opens a new connection.
+/// Three GETs one after another, each origin's answer (or the error): each finds the
+/// previous one's connection back in cachet's pool, so only a new address opens a new
+/// connection.
 fn paced_traffic(proxy: &Proxy) -> Vec<String> {
     (0..3)
         .map(|i| {
-            std::thread::sleep(Duration::from_millis(100));
+            no_origin_exchange_in_flight(proxy);
             try_send("GET", &proxy.url(&format!("/paced/{i}")), &[])
                 .map(|r| r.text())
                 .unwrap_or_else(|e| e)
@@ -811,14 +852,29 @@ fn a_hanging_health_check_does_not_hold_up_other_tenants_checks() {
                 .extra("[tenant.pool]\nhealth_path = \"/healthz\"\nhealth_interval = \"200ms\""),
         ],
     );
-    // Let the hanging tenant's first check start and hang.
-    std::thread::sleep(Duration::from_millis(500));
+    // The hanging tenant's first check has connected (taken here, never read) and hangs.
+    silent.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _hanging = loop {
+        match silent.accept() {
+            Ok((conn, _)) => break conn,
+            Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the hanging check never connected"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
     let before = s.checks.load(Ordering::SeqCst);
-    std::thread::sleep(Duration::from_secs(2));
+    // A window of 3 s: at a 200 ms interval that is 15 checks, and 0 if they waited on the
+    // hanging one (up to twice its 8 s health_timeout).
+    std::thread::sleep(Duration::from_secs(3));
     let checked = s.checks.load(Ordering::SeqCst) - before;
     assert!(
         checked >= 5,
-        "busy's upstream was checked {checked} times in 2 s at a 200 ms interval"
+        "busy's upstream was checked {checked} times in 3 s at a 200 ms interval"
     );
     // A sick upstream of the busy tenant is out within a few of its intervals.
     t.healthy.store(false, Ordering::SeqCst);
@@ -835,8 +891,10 @@ fn a_hanging_health_check_does_not_hold_up_other_tenants_checks() {
             .any(|u| u["address"] == t.addr.to_string() && u["healthy"] == true)
     };
     wait_for("t taken out", || !busy_t_healthy());
+    // A check or two (~300 ms), with slack for a busy machine; behind the hanging check it
+    // would be 4 s or more.
     assert!(
-        sick_since.elapsed() < Duration::from_millis(1500),
+        sick_since.elapsed() < Duration::from_millis(3000),
         "took {:?} to take a sick upstream out",
         sick_since.elapsed()
     );
@@ -864,18 +922,42 @@ fn a_reload_keeps_a_failing_upstream_out() {
     let original = std::fs::read_to_string(&config).unwrap();
     let edited = original.replace("health_interval = \"200ms\"", "health_interval = \"300ms\"");
     assert_ne!(original, edited);
+    let applied_before = configs_applied(&proxy);
     std::fs::write(&config, edited).unwrap();
-    // Traffic through the reload and the new pool's first checks.
-    let until = Instant::now() + Duration::from_millis(1500);
-    let mut sent = 0;
-    while Instant::now() < until {
+    // Traffic through the reload (seen applied, however long it takes) and, for 1 s after,
+    // the new pool's first checks.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut applied_at: Option<Instant> = None;
+    let (mut sent, mut sent_after) = (0, 0);
+    while applied_at.is_none_or(|at| at.elapsed() < Duration::from_secs(1)) {
+        assert!(Instant::now() < deadline, "no reload\n{}", proxy.log());
         let resp = try_send("GET", &proxy.url(&format!("/r/{sent}")), &[]).unwrap();
         assert_eq!((resp.status, resp.text()), (200, "s".to_owned()));
         sent += 1;
+        match applied_at {
+            Some(_) => sent_after += 1,
+            None if configs_applied(&proxy) > applied_before => applied_at = Some(Instant::now()),
+            None => {}
+        }
     }
     proxy.assert_logged(&["config applied"]);
-    assert!(sent > 20, "only {sent} requests");
+    assert!(
+        sent_after >= 5,
+        "only {sent_after} requests after the reload"
+    );
     assert_eq!(t.hits.load(Ordering::SeqCst), hits_before);
+}
+
+/// `cachet_reloads_total{result="config-applied"}`: configs applied so far.
+fn configs_applied(proxy: &Proxy) -> f64 {
+    let metrics = support::client::send("GET", &proxy.admin_url("/metrics"), &[]).text();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("cachet_reloads_total") && l.contains("result=\"config-applied\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }
 
 /// A listener whose accept queue is full: the kernel drops new SYNs, so a connect to it

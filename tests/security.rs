@@ -186,20 +186,49 @@ fn heads_over_the_limit_get_431_and_under_it_are_served() {
     // The limit applies to each head of a kept-alive connection, not to the connection.
     let mut conn = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
     let request = format!("GET /k HTTP/1.1\r\nHost: site.test\r\nX-Fits: {fits}\r\n\r\n");
+    conn.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
     let mut all = Vec::new();
     for i in 0..3 {
         conn.write_all(request.as_bytes()).expect("send");
         if i == 2 {
             conn.write_all(b"GET /k HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
                 .expect("send");
+            all.extend(read_until_closed(&mut conn, Duration::from_secs(10)));
+        } else {
+            // Answered before the next is sent, however long that takes: no head is read
+            // together with another.
+            read_answers(&mut conn, &mut all, i + 1);
         }
-        conn.set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("timeout");
-        all.extend(read_until_closed(&mut conn, Duration::from_millis(600)));
     }
     let statuses: Vec<u16> = parse_responses(&all).iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 200, 200, 200]);
     assert_eq!(origin.hits_for("/big"), 0);
+}
+
+/// Reads from `conn` into `all` until it holds `count` whole responses (10 s at most).
+fn read_answers(conn: &mut TcpStream, all: &mut Vec<u8>, count: usize) {
+    let whole = |bytes: &[u8]| {
+        let answers = parse_responses(bytes);
+        answers.len() >= count
+            && answers.last().is_some_and(|last| {
+                last.header("content-length").and_then(|v| v.parse().ok()) == Some(last.body.len())
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut chunk = [0u8; 16 * 1024];
+    while !whole(all) && std::time::Instant::now() < deadline {
+        match std::io::Read::read(conn, &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
 }
 
 /// A request with a body pipelined behind another: once the first is answered, its end and
@@ -284,7 +313,10 @@ fn a_head_pipelined_behind_a_chunked_body_is_held_to_the_limit() {
         b"POST /chunked HTTP/1.1\r\nHost: site.test\r\nTransfer-Encoding: chunked\r\n\r\n",
     )
     .expect("send");
-    std::thread::sleep(Duration::from_millis(300));
+    // The POST's head has been read alone (the plugin ran on it) before the rest is sent.
+    support::wait_until("the POST's head is read", || {
+        proxy.counted("cachet_plugin_hook_seconds_count{hook=\"request\",tenant=\"site\"}") == 1
+    });
     let rest = format!(
         "5\r\nhello\r\n0\r\n\r\nGET /long HTTP/1.1\r\nHost: site.test\r\nX-Long: {}\r\n\
          Connection: close\r\n\r\n",
@@ -418,6 +450,17 @@ fn half_sent_heads_hold_memory_bounded_by_configuration() {
         assert_eq!(get(&proxy.url("/warm")).status, 200);
         let before = rss_kib(proxy.pid());
         let held = hold_partial_heads(proxy.port, connections, head_bytes);
+        // Measured once the proxy has taken every one in (holding it, or refusing it once it
+        // read up to the limit), however long a busy machine takes; then, as before, a moment
+        // for the last heads to be read in.
+        let series = if head_bytes < MAX_HEAD {
+            "cachet_connections_open"
+        } else {
+            "cachet_connections_refused_total{reason=\"head_too_large\"}"
+        };
+        support::wait_until("the flood is taken in", || {
+            proxy.counted(series) >= connections as u64
+        });
         std::thread::sleep(Duration::from_millis(500));
         let holding = rss_kib(proxy.pid());
         let grown = holding.saturating_sub(before);
@@ -455,19 +498,20 @@ fn connections_beyond_the_limit_are_refused_with_503() {
         CACHE,
         &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
     );
+    let open = || proxy.connections_open();
     // The readiness probe's connections may linger a moment: wait for them to close.
-    std::thread::sleep(Duration::from_millis(300));
+    support::wait_until("the probe's connections close", || open() == 0);
     let idle: Vec<TcpStream> = (0..8)
         .map(|_| TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect"))
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    support::wait_until("the proxy takes the 8 in", || open() == 8);
     let refused = one(
         proxy.port,
         "GET / HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(refused.status, 503, "{refused:?}");
     drop(idle);
-    std::thread::sleep(Duration::from_millis(300));
+    support::wait_until("the 8 are let go", || open() == 0);
     let served = one(
         proxy.port,
         "GET / HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",

@@ -372,11 +372,20 @@ fn purges_from_another_node_hold_on_this_nodes_disk_across_a_restart() {
         assert!(get(&c, path, &[]).text().ends_with("#1"));
     }
     wait_disk_writes(&c, 2);
-    purge(&a, "/obj", &[]);
+    // The URL purge last: C applies purges in the order they were made, and that one
+    // removes /obj from its disk (counted), so both are kept once it shows. C is not asked
+    // meanwhile, so its disk keeps the copies filled before them.
     purge(&a, "/", &[("Surrogate-Key", "t1")]);
-    // Purges reach the other nodes within milliseconds; C is not asked meanwhile, so its
-    // disk keeps the copies filled before them.
-    std::thread::sleep(Duration::from_millis(500));
+    purge(&a, "/obj", &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.status()["cache"]["tiers"][0]["removed"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "C never applied the purges");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(c.interrupt(), "C stopped cleanly:\n{}", c.log());
     let client = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
     let mut conn = client.get_connection().unwrap();
@@ -410,9 +419,10 @@ fn purges_made_while_a_node_was_down_reach_what_its_l1_took_before_it_heard_them
     wait_disk_writes(&c, 1);
     assert!(c.interrupt(), "C stopped cleanly:\n{}", c.log());
     purge(&a, "/", &[("Surrogate-Key", "t1")]);
-    // Long enough for C to start first: it waits up to 2 s for its shared tier's record of
-    // which hosts each tenant served.
-    let c = with_redis_stopped_for(&redis, Duration::from_secs(4), || {
+    // Until C has started (it waits up to 2 s for its shared tier's record of which hosts
+    // each tenant served) and served and promoted its disk copy, however long that takes.
+    redis.pause();
+    let c = {
         let c = disk_and_shared_node(&origin, redis.port, dir.path());
         let from_disk = get(&c, "/tagged", &[]);
         assert!(
@@ -422,7 +432,8 @@ fn purges_made_while_a_node_was_down_reach_what_its_l1_took_before_it_heard_them
         );
         assert!(is_l1_hit(&get(&c, "/tagged", &[])), "promoted into L1");
         c
-    });
+    };
+    redis.resume();
     wait_both_tiers_connected(&c);
     let after = get(&c, "/tagged", &[]);
     assert!(
@@ -1195,8 +1206,15 @@ fn a_reconnect_with_a_full_purge_set_keeps_the_copies_it_has_no_reason_to_doubt(
     // to be older than the 10 s a node allows for clocks when it reconnects: then the
     // channel drops.
     std::thread::sleep(Duration::from_secs(17));
+    let listening = || b.log().matches("listening for purges").count();
+    let before = listening();
     cut_purge_channels(&mut conn);
-    std::thread::sleep(Duration::from_millis(1500));
+    // B has noticed and subscribed again (reading the kept marks).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while listening() == before {
+        assert!(Instant::now() < deadline, "no reconnection:\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(25));
+    }
     wait_connected(&b, true);
 
     let resp = get(&b, "/kept", &[]);
@@ -1237,7 +1255,7 @@ fn a_purge_dated_far_ahead_applies_as_of_its_arrival() {
     let started = Instant::now();
     let resp = loop {
         let resp = get(&a, "/tagged", &[]);
-        if !is_l1_hit(&resp) || started.elapsed() > Duration::from_secs(3) {
+        if !is_l1_hit(&resp) || started.elapsed() > Duration::from_secs(10) {
             break resp;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -1501,7 +1519,12 @@ fn a_304_for_an_older_copy_is_not_written_over_a_newer_one() {
         let a_url = a.url("/page");
         std::thread::spawn(move || send("GET", &a_url, &[HOST]))
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // A's conditional request is at the origin (answered 1.2 s later).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conditionals_seen(&origin) == 0 {
+        assert!(Instant::now() < deadline, "A never revalidated");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let writes = shared_stats(&b)["writes"].as_u64().unwrap();
     let newer = get(&b, "/page", &[]);
     assert_eq!(newer.body, vec![b'2'; NEWER]);
@@ -1613,17 +1636,19 @@ fn a_nodes_first_lookups_do_not_wait_for_a_new_connection() {
 
 /// A TCP relay to `redis` that passes what a node sends at once and, while `late` is set,
 /// delays what Redis sends back by `delay`: a node that hears of purges late (a slow link, a
-/// busy subscriber).
+/// busy subscriber). Returns its port and how many reads from Redis it has held back.
 fn late_answers_relay(
     redis: u16,
     delay: Duration,
     late: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> u16 {
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::sync::atomic::Ordering::SeqCst;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = held.clone();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { return };
@@ -1638,11 +1663,12 @@ fn late_answers_relay(
                 let _ = to_server.shutdown(std::net::Shutdown::Both);
             });
             let (queue, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
-            let late = late.clone();
+            let (late, counted) = (late.clone(), counted.clone());
             std::thread::spawn(move || {
                 let mut buf = [0u8; 16 << 10];
                 while let Ok(n) = from_server.read(&mut buf) {
                     let wait = if late.load(SeqCst) {
+                        counted.fetch_add(1, SeqCst);
                         delay
                     } else {
                         Duration::ZERO
@@ -1665,7 +1691,7 @@ fn late_answers_relay(
             });
         }
     });
-    port
+    (port, held)
 }
 
 /// A stop that comes while a hit waits for Redis: the answer, given during the drain, says
@@ -1680,7 +1706,7 @@ fn a_hit_read_from_redis_through_a_stop_ends_its_connection() {
     let a = node(&origin, redis.port);
     let late = std::sync::Arc::new(AtomicBool::new(false));
     // Well inside the largest `op_timeout` (1 s), so a busy machine does not make it a miss.
-    let relayed = late_answers_relay(redis.port, Duration::from_millis(400), late.clone());
+    let (relayed, held) = late_answers_relay(redis.port, Duration::from_millis(400), late.clone());
     let b = node_with_op_timeout(
         &origin,
         &format!("url = \"redis://127.0.0.1:{relayed}\""),
@@ -1693,11 +1719,17 @@ fn a_hit_read_from_redis_through_a_stop_ends_its_connection() {
     let _ = get(&b, "/warm-up", &[]);
 
     late.store(true, SeqCst);
+    let held_before = held.load(SeqCst);
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", b.port)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     conn.write_all(b"GET /stopping HTTP/1.1\r\nHost: shared.test\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // The stop comes once the hit waits for Redis: its answer is held back in the relay.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.load(SeqCst) == held_before {
+        assert!(Instant::now() < deadline, "B's lookup never reached Redis");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     b.terminate();
     let mut answer = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -1732,7 +1764,8 @@ fn a_fill_under_way_when_another_node_purged_is_not_shared_as_newer() {
         }
     });
     let late = std::sync::Arc::new(AtomicBool::new(false));
-    let relayed = late_answers_relay(redis.port, Duration::from_secs(3), late.clone());
+    // A hears of the purge this long after it was made: ample time for its write to land first.
+    let (relayed, _) = late_answers_relay(redis.port, Duration::from_secs(10), late.clone());
     let a = node_with(&origin, &format!("url = \"redis://127.0.0.1:{relayed}\""));
     wait_connected(&a, true);
     let b = node(&origin, redis.port);
@@ -1740,10 +1773,18 @@ fn a_fill_under_way_when_another_node_purged_is_not_shared_as_newer() {
     let (filled, purged_at) = std::thread::scope(|scope| {
         let filling = scope.spawn(|| send("GET", &a.url("/late"), &[HOST]));
         // After A's lookup (its L2 read times out at op_timeout: Redis answers it late) and
-        // the start of its fetch, before the answer.
-        std::thread::sleep(Duration::from_millis(600));
+        // the start of its fetch (at the origin, answered 1 s later), before the answer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while asked.load(SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "A's fetch never reached the origin"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         purge(&b, "/late", &[]);
-        (filling.join().unwrap(), Instant::now())
+        let purged_at = Instant::now();
+        (filling.join().unwrap(), purged_at)
     });
     assert_eq!(filled.text(), "answer #1");
     // A's write reaches Redis at once (only its acknowledgement comes late); the purge
@@ -1760,7 +1801,7 @@ fn a_fill_under_way_when_another_node_purged_is_not_shared_as_newer() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        purged_at.elapsed() < Duration::from_secs(3),
+        purged_at.elapsed() < Duration::from_secs(9),
         "A may have heard of the purge: too slow to show the race"
     );
     let from_b = get(&b, "/late", &[]);

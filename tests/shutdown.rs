@@ -6,6 +6,8 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::client::try_send;
 use support::origin::{Origin, Reply};
@@ -21,6 +23,27 @@ fn slow_origin(delay: Duration) -> Origin {
         "/cached" => Reply::ok("cached").header("Cache-Control", "max-age=600"),
         _ => Reply::ok("quick"),
     })
+}
+
+/// Like [`slow_origin`], with `/slow` answered once `released` is set (30 s at most): the
+/// test, not the machine's speed, decides when the request in flight ends.
+fn held_origin(released: Arc<AtomicBool>) -> Origin {
+    Origin::start(move |seen| match seen.url.as_str() {
+        "/slow" => {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !released.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Reply::ok("slow and complete")
+        }
+        "/cached" => Reply::ok("cached").header("Cache-Control", "max-age=600"),
+        _ => Reply::ok("quick"),
+    })
+}
+
+/// Waits (10 s at most) for the stop to have begun: draining, its listeners closing.
+fn stopping(proxy: &Proxy) {
+    proxy.assert_logged(&["shutting down: draining requests in flight"]);
 }
 
 fn proxy_with_grace(origin: &Origin, grace: &str) -> Proxy {
@@ -83,11 +106,15 @@ fn an_idle_proxy_exits_within_two_seconds_of_sigterm() {
 }
 
 fn drains_a_slow_request(signal_name: &str) {
-    let origin = slow_origin(SLOW);
+    let released = Arc::new(AtomicBool::new(false));
+    let origin = held_origin(released.clone());
     let mut proxy = proxy_with_grace(&origin, "60s");
     let client = slow_request_in_flight(&proxy, &origin);
     let sent = Instant::now();
     signal(&proxy, signal_name);
+    // The origin answers once the stop has begun, however long the signal takes to act.
+    stopping(&proxy);
+    released.store(true, Ordering::SeqCst);
 
     let response = client
         .join()
@@ -153,7 +180,8 @@ fn shutdown_grace_bounds_the_wait_for_a_request_that_never_ends() {
 /// for heads below Pingora and must watch the stop itself).
 #[test]
 fn sigterm_closes_idle_keep_alive_connections_at_once() {
-    let origin = slow_origin(SLOW);
+    let released = Arc::new(AtomicBool::new(false));
+    let origin = held_origin(released.clone());
     let mut proxy = proxy_with_grace(&origin, "60s");
     let mut idle = TcpStream::connect(("127.0.0.1", proxy.port)).expect("connect");
     idle.set_read_timeout(Some(Duration::from_secs(5)))
@@ -182,16 +210,19 @@ fn sigterm_closes_idle_keep_alive_connections_at_once() {
     let client = slow_request_in_flight(&proxy, &origin);
     let sent = Instant::now();
     signal(&proxy, "TERM");
+    // The request in flight is held until both are closed: closed while it is answered, not
+    // when the drain ends (read_to_end would time out at 5 s first).
     for (name, conn) in [("idle", &mut idle), ("after an empty line", &mut stray)] {
         let mut rest = Vec::new();
         let closed = conn.read_to_end(&mut rest);
         let waited = sent.elapsed();
         assert!(
-            matches!(closed, Ok(0)) && waited < SLOW / 2,
+            matches!(closed, Ok(0)),
             "{name} connection: {closed:?} after {waited:?}, {:?}",
             String::from_utf8_lossy(&rest)
         );
     }
+    released.store(true, Ordering::SeqCst);
     let response = client
         .join()
         .unwrap()
@@ -260,10 +291,13 @@ fn a_head_partly_read_when_the_stop_comes_is_answered() {
         conn.write_all(b"GET /partial HTTP/1.1\r\nHost: site.test\r\n")
             .expect("send the first part");
     }
-    // The front has read the first part before the stop.
-    std::thread::sleep(Duration::from_millis(200));
+    // The front has both connections, with the first part sent, before the stop.
+    support::wait_until("the connections are taken in", || {
+        proxy.connections_open() == 2
+    });
     signal(&proxy, "TERM");
-    std::thread::sleep(Duration::from_millis(300));
+    // The rest comes once the stop has begun.
+    stopping(&proxy);
     for conn in [&mut fresh, &mut kept] {
         conn.write_all(b"Accept: */*\r\n\r\n")
             .expect("send the rest");

@@ -15,6 +15,19 @@ pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Polls `done` for up to 10 s: for a state the proxy (or an origin) reaches in its own
+/// time, which a busy machine may take long to reach. A fixed sleep in its place passes on an
+/// idle machine and fails on a loaded one.
+#[track_caller]
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// The first value of header `name` (any case) in a list of (name, value) pairs.
 pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -258,6 +258,29 @@ impl Proxy {
         self.try_status().expect("GET /status")
     }
 
+    /// The value of `series` (a metric's name and labels, as `/metrics` writes them) on the
+    /// admin listener now: 0 before it is first counted.
+    pub fn counted(&self, series: &str) -> u64 {
+        let mut request = ureq::get(&self.admin_url("/metrics")).timeout(Duration::from_secs(5));
+        if let Some(token) = &self.admin_token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let text = request
+            .call()
+            .expect("GET /metrics")
+            .into_string()
+            .expect("metrics text");
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse::<f64>().expect("metric value") as u64)
+    }
+
+    /// Client connections the proxy holds now: open, or in their TLS handshake.
+    pub fn connections_open(&self) -> u64 {
+        self.counted("cachet_connections_open")
+    }
+
     /// Stored bytes as the storage reports them.
     pub fn stored_bytes(&self) -> u64 {
         self.status()["cache"]["stored_bytes"]
