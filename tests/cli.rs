@@ -95,6 +95,24 @@ fn a_malformed_config_names_file_line_and_key() {
     assert!(out.contains("max_bytes"), "{out}");
 }
 
+/// A table without a field it needs is reported at its header: the key is named there too
+/// (it was left out with the quoted values, as if the field's name were a secret).
+#[test]
+fn a_tenant_without_a_required_field_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tenant.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"site\"\nupstream = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&["validate", "--config", config.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("tenant.toml:4"), "{out}");
+    assert!(out.contains("key `tenant.hosts`"), "{out}");
+    assert!(out.contains("missing field `hosts`"), "{out}");
+}
+
 #[test]
 fn a_disk_tier_capped_below_its_minimum_of_objects_names_the_key() {
     let dir = tempfile::tempdir().unwrap();

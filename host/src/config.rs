@@ -833,6 +833,25 @@ impl Locator<'_> {
             })
         });
         let mut message = e.message().trim().to_owned();
+        // A table without a field it needs is reported at the table's header, where no key
+        // can be read: the key is the field in that table, and the name serde quotes is a
+        // key, not a value to keep out.
+        if let Some(field) = missing_field(&message) {
+            let table = line
+                .filter(|_| text.is_some_and(|t| t.trim_start().starts_with('[')))
+                .and_then(|n| self.table_above(n + 1));
+            let key = match table {
+                Some(table) => format!("{table}.{field}"),
+                None => field.to_owned(),
+            };
+            return ConfigError {
+                file: self.path.to_path_buf(),
+                line,
+                key: Some(key),
+                message,
+                missing_file: None,
+            };
+        }
         // serde quotes the value it refused (`invalid type: integer `8412…``): for a secret
         // that is the secret, on its way to the log, `/status` and `cachet status`. The key
         // read from the line is a guess: an inline table (`server = { admin_token = … }`) or
@@ -1223,6 +1242,13 @@ fn mentions_a_secret(line: &str) -> bool {
         || ["admin_token", "password", "url"]
             .iter()
             .any(|name| line.contains(name))
+}
+
+/// The field serde says a table lacks (`missing field `hosts``).
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    let (field, after) = rest.split_once('`')?;
+    after.is_empty().then_some(field)
 }
 
 /// `message` with every `quoted` value serde put in it left out.
