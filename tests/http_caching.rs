@@ -775,11 +775,24 @@ fn a_failed_background_revalidation_leaves_the_stale_entry_serving() {
     sleep(Duration::from_millis(2100));
     let first_stale = get(&proxy.url("/swr-fail"));
     assert_eq!(first_stale.text(), "good");
-    // The background revalidation has ended (counted as a miss, as the fill was) before the
-    // entry is asked for again.
+    // The background revalidation has ended before the entry is asked for again. It is
+    // counted apart from clients' requests: its 500 is no client's miss.
+    let counted = |outcome: &str| {
+        proxy.counted(&format!(
+            "cachet_requests_total{{cache_status=\"{outcome}\",tenant=\"site\"}}"
+        ))
+    };
     support::wait_until("the background revalidation ends", || {
-        proxy.counted("cachet_requests_total{cache_status=\"miss\",tenant=\"site\"}") == 2
+        counted("refresh") == 1
     });
+    assert_eq!(
+        counted("miss"),
+        1,
+        "only the first fill was a client's miss"
+    );
+    // Its access-log line says so too.
+    let log = proxy.log_until(|log| log.contains("cache=\"refresh\""));
+    assert!(log.contains("status=500 cache=\"refresh\""), "{log}");
     for _ in 0..4 {
         let again = get(&proxy.url("/swr-fail"));
         assert_eq!((again.status, again.text().as_str()), (200, "good"));

@@ -26,7 +26,7 @@ static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
     register(IntCounterVec::new(
         Opts::new(
             "cachet_requests_total",
-            "Requests by tenant and cache status",
+            "Requests by tenant and cache status; refresh counts background revalidations (stale-while-revalidate), which no client made",
         ),
         &["tenant", "cache_status"],
     ))
@@ -407,8 +407,9 @@ pub fn request(tenant: &str, cache_status: &str) {
     REQUESTS.with_label_values(&[tenant, cache_status]).inc();
 }
 
-/// Every `cache_status` a request is counted under (`proxy::cache_status`).
-const REQUEST_OUTCOMES: [&str; 7] = [
+/// Every `cache_status` a request is counted under (`proxy::cache_status`), and `refresh`
+/// for a background revalidation (no client's request).
+const REQUEST_OUTCOMES: [&str; 8] = [
     "hit",
     "miss",
     "stale",
@@ -416,6 +417,7 @@ const REQUEST_OUTCOMES: [&str; 7] = [
     "bypass",
     "answered",
     "error",
+    "refresh",
 ];
 
 /// One tenant's request counters, resolved when the tenant is built: counting a request is

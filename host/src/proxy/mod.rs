@@ -68,6 +68,9 @@ use std::time::Duration;
 
 /// Counts a finished request and writes its access log line (the proxy's `logging` phase,
 /// and the front for the hits it answers itself).
+/// The outcome a background revalidation is counted and logged under.
+const BACKGROUND_REFRESH: &str = "refresh";
+
 pub(crate) fn record_request(
     state: &ProxyState,
     ctx: &RequestCtx,
@@ -642,6 +645,11 @@ impl ProxyHttp for CachetProxy {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let error = error.map(|e| e.to_string());
+        // A background revalidation (stale-while-revalidate) is no client's request: counted
+        // and logged apart, its failures are not taken for errors clients saw.
+        if session.subrequest_ctx.is_some() {
+            ctx.outcome = BACKGROUND_REFRESH;
+        }
         record_request(&self.state, ctx, session.req_header(), status, error);
     }
 
