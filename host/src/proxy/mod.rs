@@ -66,11 +66,11 @@ use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, ForcedFreshness, 
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Counts a finished request and writes its access log line (the proxy's `logging` phase,
-/// and the front for the hits it answers itself).
 /// The outcome a background revalidation is counted and logged under.
 const BACKGROUND_REFRESH: &str = "refresh";
 
+/// Counts a finished request and writes its access log line (the proxy's `logging` phase,
+/// and the front for the hits it answers itself).
 pub(crate) fn record_request(
     state: &ProxyState,
     ctx: &RequestCtx,
@@ -647,7 +647,7 @@ impl ProxyHttp for CachetProxy {
         let error = error.map(|e| e.to_string());
         // A background revalidation (stale-while-revalidate) is no client's request: counted
         // and logged apart, its failures are not taken for errors clients saw.
-        if session.subrequest_ctx.is_some() {
+        if session.is_subrequest() {
             ctx.outcome = BACKGROUND_REFRESH;
         }
         record_request(&self.state, ctx, session.req_header(), status, error);
