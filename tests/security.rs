@@ -208,27 +208,19 @@ fn heads_over_the_limit_get_431_and_under_it_are_served() {
 
 /// Reads from `conn` into `all` until it holds `count` whole responses (10 s at most).
 fn read_answers(conn: &mut TcpStream, all: &mut Vec<u8>, count: usize) {
+    let wanted = count - parse_responses(all).len();
     let whole = |bytes: &[u8]| {
         let answers = parse_responses(bytes);
-        answers.len() >= count
+        answers.len() >= wanted
             && answers.last().is_some_and(|last| {
                 last.header("content-length").and_then(|v| v.parse().ok()) == Some(last.body.len())
             })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut chunk = [0u8; 16 * 1024];
-    while !whole(all) && std::time::Instant::now() < deadline {
-        match std::io::Read::read(conn, &mut chunk) {
-            Ok(0) => break,
-            Ok(n) => all.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break,
-        }
-    }
+    all.extend(support::wire::read_until(
+        conn,
+        Duration::from_secs(10),
+        whole,
+    ));
 }
 
 /// A request with a body pipelined behind another: once the first is answered, its end and

@@ -49,10 +49,19 @@ pub fn exchange(port: u16, request: &[u8]) -> Vec<u8> {
 
 /// Reads what arrives until end of stream or `limit`.
 pub fn read_until_closed(conn: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    read_until(conn, limit, |_| false)
+}
+
+/// Reads what arrives until `enough` says what was read is enough, end of stream or `limit`.
+pub fn read_until(
+    conn: &mut TcpStream,
+    limit: Duration,
+    enough: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
     let deadline = Instant::now() + limit;
     let mut out = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
-    while Instant::now() < deadline {
+    while !enough(&out) && Instant::now() < deadline {
         match conn.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&chunk[..n]),
