@@ -131,17 +131,6 @@ impl Setup {
     }
 }
 
-/// Holds an origin's answer until `released` is set (30 s at most): the test, not the
-/// machine's speed, decides how long the origin's work goes on.
-fn hold(released: &std::sync::atomic::AtomicBool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !released.load(std::sync::atomic::Ordering::SeqCst)
-        && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-}
-
 /// The body the origin sends for `/big...`: 200,000 bytes that name their path.
 fn big_body(path: &str) -> Vec<u8> {
     path.bytes().cycle().take(200_000).collect()
@@ -376,7 +365,7 @@ fn streams_reset_at_a_steady_pace_keep_no_more_origin_work_than_the_stream_limit
             let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
             most.fetch_max(at_once, Ordering::SeqCst);
             if seen.url.starts_with("/reset-") {
-                hold(&released);
+                support::origin::hold_until_released(&released);
             }
             now.fetch_sub(1, Ordering::SeqCst);
             Reply::ok("filled").header("Cache-Control", "max-age=60")
@@ -1046,7 +1035,7 @@ fn a_closed_http2_connection_keeps_its_slot_until_its_work_ends() {
     let origin = Origin::start({
         let released = released.clone();
         move |_| {
-            hold(&released);
+            support::origin::hold_until_released(&released);
             Reply::ok("slow").header("Cache-Control", "max-age=60")
         }
     });

@@ -54,15 +54,6 @@ fn origin_heads(proxy: &Proxy) -> u64 {
         .sum()
 }
 
-/// Holds an origin's answer until `released` is set (30 s at most): the test, not the
-/// machine's speed, decides how long a fetch stays in flight.
-fn hold(released: &AtomicBool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !released.load(Ordering::SeqCst) && Instant::now() < deadline {
-        sleep(Duration::from_millis(5));
-    }
-}
-
 // ---------------------------------------------------------------- 1. shared-cache rules
 
 #[test]
@@ -1176,7 +1167,7 @@ fn a_purge_during_a_fetch_keeps_its_answer_from_being_stored() {
             if seen.method == "POST" {
                 return Reply::ok("posted");
             }
-            hold(&released);
+            support::origin::hold_until_released(&released);
             let v = version.fetch_add(1, Ordering::SeqCst) + 1;
             Reply::ok(format!("v{v}"))
                 .header("Cache-Control", "max-age=300")
@@ -1367,7 +1358,7 @@ fn a_purge_of_another_url_during_a_fetch_leaves_its_answer_stored() {
             if seen.method == "POST" {
                 return Reply::ok("posted");
             }
-            hold(&released);
+            support::origin::hold_until_released(&released);
             Reply::ok(format!("for {}", seen.url)).header("Cache-Control", "max-age=300")
         }
     });
@@ -1772,7 +1763,7 @@ fn half_sent_origin(
                     )
                     .as_bytes(),
                 );
-                hold(&released);
+                support::origin::hold_until_released(&released);
                 let _ = conn.write_all(format!("-{n:04}").as_bytes());
             });
         }

@@ -619,10 +619,7 @@ fn requests_that_waited_on_another_fill_say_collapsed() {
     let origin = Origin::start({
         let released = released.clone();
         move |_| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !released.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
-                sleep(Duration::from_millis(5));
-            }
+            support::origin::hold_until_released(&released);
             Reply::ok("slow").header("Cache-Control", "max-age=60")
         }
     });

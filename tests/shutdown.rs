@@ -30,10 +30,7 @@ fn slow_origin(delay: Duration) -> Origin {
 fn held_origin(released: Arc<AtomicBool>) -> Origin {
     Origin::start(move |seen| match seen.url.as_str() {
         "/slow" => {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !released.load(Ordering::SeqCst) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            support::origin::hold_until_released(&released);
             Reply::ok("slow and complete")
         }
         "/cached" => Reply::ok("cached").header("Cache-Control", "max-age=600"),

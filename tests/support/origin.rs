@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the origin saw of one request.
 #[derive(Debug, Clone)]
@@ -82,6 +82,15 @@ struct Counts {
     connections: AtomicUsize,
     by_url: Mutex<HashMap<String, usize>>,
     seen: Mutex<Vec<Seen>>,
+}
+
+/// Holds an origin's answer until `released` is set (30 s at most): the test, not the
+/// machine's speed, decides how long a fetch stays in flight.
+pub fn hold_until_released(released: &AtomicBool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !released.load(Ordering::SeqCst) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 pub struct Origin {
