@@ -1032,12 +1032,8 @@ fn a_closed_http2_connection_keeps_its_slot_until_its_work_ends() {
     // The origin's work ends when the test says, not after a time a busy machine outlasts:
     // the check below comes while it still runs.
     let released = Arc::new(AtomicBool::new(false));
-    let origin = Origin::start({
-        let released = released.clone();
-        move |_| {
-            support::origin::hold_until_released(&released);
-            Reply::ok("slow").header("Cache-Control", "max-age=60")
-        }
+    let origin = Origin::start_held(released.clone(), |_| {
+        Reply::ok("slow").header("Cache-Control", "max-age=60")
     });
     let proxy = Proxy::start_with_server(
         "h2c = true\nmax_connections = 1",

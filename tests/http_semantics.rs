@@ -616,12 +616,8 @@ fn requests_that_waited_on_another_fill_say_collapsed() {
     use std::sync::Arc;
     // The fill is held until every waiter has come, not for a time a busy machine outlasts.
     let released = Arc::new(AtomicBool::new(false));
-    let origin = Origin::start({
-        let released = released.clone();
-        move |_| {
-            support::origin::hold_until_released(&released);
-            Reply::ok("slow").header("Cache-Control", "max-age=60")
-        }
+    let origin = Origin::start_held(released.clone(), |_| {
+        Reply::ok("slow").header("Cache-Control", "max-age=60")
     });
     let proxy = proxy_with(origin.addr, "standard", "");
     let url = proxy.url("/slow");

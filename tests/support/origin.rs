@@ -117,6 +117,18 @@ impl Origin {
         })
     }
 
+    /// An origin that holds every answer until `released` is set
+    /// ([`hold_until_released`]), then answers as `handler` says.
+    pub fn start_held(
+        released: Arc<AtomicBool>,
+        handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        Self::start(move |seen| {
+            hold_until_released(&released);
+            handler(seen)
+        })
+    }
+
     /// Starts an origin whose replies come from `handler`: HTTP/1.1 with
     /// keep-alive, a thread per connection (the proxy keeps a small pool).
     pub fn start(handler: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Self {
