@@ -55,6 +55,8 @@ fn every_request_sees_a_new_instances_state_from_a_reset_instance() {
     assert_eq!(instances_created(&proxy), 2);
     assert_eq!(origin.hits(), 0);
     assert!(!proxy.log().contains("plugin fault"), "{}", proxy.log());
+    // The fixture's writes are followed: its reset rewrites only the blocks it wrote.
+    assert!(!proxy.log().contains("not tracked"), "{}", proxy.log());
 }
 
 #[test]

@@ -23,6 +23,7 @@ mod plugin;
 mod reset;
 mod self_test;
 mod ticker;
+mod write_tracking;
 
 pub use artifact_cache::ArtifactCache;
 pub use builtin::BuiltinPolicy;

@@ -8,8 +8,9 @@
 //! What the injected `cachet-reset` export does, in the module's own code:
 //! - refuses (returns false) when the memory has grown: a memory cannot shrink, so the host
 //!   drops that instance and makes a new one;
-//! - writes the initial memory back: zeros everywhere, then every data segment from a passive
-//!   copy of itself;
+//! - writes the initial memory back: zeros, then the data segments from passive copies of
+//!   themselves; only over the blocks the module marked as written where its writes can be
+//!   followed (`write_tracking.rs`), over the whole memory otherwise;
 //! - sets every mutable global back to its initial constant.
 //!
 //! That is all the state a core module has when it leaves tables, segments and imports alone,
@@ -18,10 +19,12 @@
 //! is, and its instances are re-created per request as before. The host writes this function
 //! itself and trusts only a reset it wrote: a plugin cannot supply its own.
 
+use super::write_tracking::{self, WrittenBlocks};
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
-    CodeSection, DataCountSection, DataSection, ExportKind, ExportSection, Function,
-    FunctionSection, Instruction, Module, RawSection, TypeSection, ValType,
+    CodeSection, ConstExpr, DataCountSection, DataSection, ExportKind, ExportSection, Function,
+    FunctionSection, GlobalSection, GlobalType, Instruction, Module, RawSection, TypeSection,
+    ValType,
 };
 use wasmparser::{CompositeInnerType, DataKind, ExternalKind, Operator, Parser, Payload, TypeRef};
 
@@ -47,9 +50,39 @@ pub fn inject(module: &[u8]) -> Result<Vec<u8>, String> {
         .validate_all(module)
         .map_err(|e| format!("not a valid module: {e}"))?;
     let layout = Layout::read(module)?;
-    let mut rewritten = rewrite(module, &layout)?;
+    // Restoring only what was written, where every write can be tracked; otherwise the
+    // whole memory after every request.
+    let tracking = layout.tracking(module).ok();
+    let tracked = tracking
+        .as_ref()
+        .map(|tracking| rewrite(module, &layout, Some(tracking)).and_then(validated));
+    let mut rewritten = match tracked {
+        Some(Ok(rewritten)) => rewritten,
+        // A module the tracking cannot rewrite into a valid one (a case it does not know)
+        // keeps the whole reset rather than being refused.
+        Some(Err(why)) => {
+            tracing::warn!("plugin writes not tracked, the whole memory is reset: {why}");
+            rewrite(module, &layout, None)?
+        }
+        None => rewrite(module, &layout, None)?,
+    };
     declare_in_world(&mut rewritten)?;
     Ok(rewritten)
+}
+
+/// `module` if it validates.
+fn validated(module: Vec<u8>) -> Result<Vec<u8>, String> {
+    wasmparser::Validator::new()
+        .validate_all(&module)
+        .map_err(|e| format!("the rewritten module is not valid: {e}"))?;
+    Ok(module)
+}
+
+/// How a module's writes are tracked (`write_tracking.rs`): the global the blocks are marked in
+/// and the allocator exports wrapped, by export name and the function they named.
+struct Tracking {
+    blocks: WrittenBlocks,
+    reallocs: Vec<(String, u32)>,
 }
 
 /// What the reset needs to know about a module, and proof it can be reset.
@@ -68,6 +101,12 @@ struct Layout {
     exports: u32,
     /// Whether each global is mutable, by index.
     mutable: Vec<bool>,
+    /// Each type's parameter count, and whether it is `(i32 i32 i32 i32) -> i32` (realloc's).
+    types: Vec<(u32, bool)>,
+    /// Each defined function's type.
+    function_types: Vec<u32>,
+    /// Exports named like an allocator (`cabi_realloc`): the host copies into what they return.
+    reallocs: Vec<(String, u32)>,
 }
 
 #[derive(Clone, Copy)]
@@ -79,6 +118,39 @@ enum ConstValue {
 }
 
 impl Layout {
+    /// How this module's writes can be tracked, or why they cannot.
+    fn tracking(&self, module: &[u8]) -> Result<Tracking, String> {
+        write_tracking::check(module, self.imported_functions)?;
+        // The marks' global is added after the module's own (it has at least its stack
+        // pointer: a module without globals keeps the whole reset).
+        let globals = self.mutable.len() as u32;
+        if globals == 0 {
+            return Err("it has no global section".into());
+        }
+        for (name, index) in &self.reallocs {
+            let realloc_like = index
+                .checked_sub(self.imported_functions)
+                .and_then(|defined| self.function_types.get(defined as usize))
+                .and_then(|ty| self.types.get(*ty as usize))
+                .is_some_and(|(_, realloc_like)| *realloc_like);
+            if !realloc_like {
+                return Err(format!("its export {name} is not an allocator it defines"));
+            }
+        }
+        Ok(Tracking {
+            blocks: WrittenBlocks::new(globals, self.memory_pages * PAGE_BYTES),
+            reallocs: self.reallocs.clone(),
+        })
+    }
+
+    /// The parameter count of defined function `defined`.
+    fn params_of(&self, defined: usize) -> u32 {
+        self.function_types
+            .get(defined)
+            .and_then(|ty| self.types.get(*ty as usize))
+            .map_or(0, |(params, _)| *params)
+    }
+
     fn read(module: &[u8]) -> Result<Self, String> {
         let mut layout = Layout::default();
         let mut memories = 0;
@@ -105,9 +177,12 @@ impl Layout {
             Payload::TypeSection(reader) => {
                 for group in reader {
                     for ty in group.map_err(invalid)?.into_types() {
-                        if !matches!(ty.composite_type.inner, CompositeInnerType::Func(_)) {
+                        let CompositeInnerType::Func(func) = &ty.composite_type.inner else {
                             return Err("it uses garbage-collected types".into());
-                        }
+                        };
+                        let i32 = wasmparser::ValType::I32;
+                        let realloc_like = func.params() == [i32; 4] && func.results() == [i32];
+                        self.types.push((func.params().len() as u32, realloc_like));
                     }
                 }
             }
@@ -128,7 +203,12 @@ impl Layout {
                     }
                 }
             }
-            Payload::FunctionSection(reader) => self.defined_functions = reader.count(),
+            Payload::FunctionSection(reader) => {
+                self.defined_functions = reader.count();
+                for ty in reader {
+                    self.function_types.push(ty.map_err(invalid)?);
+                }
+            }
             Payload::MemorySection(reader) => {
                 for memory in reader {
                     let memory = memory.map_err(invalid)?;
@@ -177,6 +257,9 @@ impl Layout {
                     }
                     if name == "_initialize" {
                         return Err(format!("it has an initializer ({})", export.name));
+                    }
+                    if export.kind == ExternalKind::Func && name.contains("realloc") {
+                        self.reallocs.push((export.name.to_owned(), export.index));
                     }
                     // Rust exports `__data_end` and `__heap_base`: constants are harmless.
                     let constant = export.kind == ExternalKind::Global
@@ -255,12 +338,33 @@ fn const_value(expr: &wasmparser::ConstExpr<'_>) -> Option<ConstValue> {
 /// The module again, section by section, with the reset's type, function, export, body and
 /// segment copies added. Everything else is copied byte for byte; the new function comes
 /// last, so no existing index moves.
-fn rewrite(module: &[u8], layout: &Layout) -> Result<Vec<u8>, String> {
+fn rewrite(module: &[u8], layout: &Layout, tracking: Option<&Tracking>) -> Result<Vec<u8>, String> {
     let cannot = |e: wasm_encoder::reencode::Error| format!("cannot rewrite: {e}");
     let mut out = Module::new();
     let mut reset_type = None;
     let mut code = None::<CodeSection>;
+    let mut defined = 0usize;
     let reset_index = layout.imported_functions + layout.defined_functions;
+    // The allocator wrappers come after the reset, one per wrapped export.
+    let wrappers: Vec<(&str, u32, u32)> = tracking
+        .map(|t| t.reallocs.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, (name, original))| (name.as_str(), *original, reset_index + 1 + i as u32))
+        .collect();
+    let finish_code = |mut code: CodeSection| {
+        code.function(&reset_function(layout, tracking));
+        for (_, original, _) in &wrappers {
+            code.function(&write_tracking::realloc_wrapper(
+                *original,
+                tracking
+                    .map(|t| t.blocks)
+                    .expect("wrappers only when tracking"),
+            ));
+        }
+        code
+    };
     let total_segments = layout.existing_segments + layout.segments.len() as u32;
     for payload in Parser::new(0).parse_all(module) {
         let payload = payload.map_err(|e| cannot(e.into()))?;
@@ -284,13 +388,26 @@ fn rewrite(module: &[u8], layout: &Layout) -> Result<Vec<u8>, String> {
                     return Err("functions without a type section".into());
                 };
                 functions.function(reset_type);
+                for (_, original, _) in &wrappers {
+                    let defined = original - layout.imported_functions;
+                    functions.function(layout.function_types[defined as usize]);
+                }
                 out.section(&functions);
             }
             Payload::ExportSection(reader) => {
                 let mut exports = ExportSection::new();
-                RoundtripReencoder
-                    .parse_export_section(&mut exports, reader)
-                    .map_err(cannot)?;
+                for export in reader {
+                    let export = export.map_err(|e| cannot(e.into()))?;
+                    let kind = RoundtripReencoder
+                        .export_kind(export.kind)
+                        .map_err(cannot)?;
+                    // The host's copies go through the wrapper, which marks what they fill.
+                    let index = wrappers
+                        .iter()
+                        .find(|(name, ..)| *name == export.name)
+                        .map_or(export.index, |(_, _, wrapper)| *wrapper);
+                    exports.export(export.name, kind, index);
+                }
                 exports.export(RESET_EXPORT, ExportKind::Func, reset_index);
                 out.section(&exports);
             }
@@ -307,16 +424,46 @@ fn rewrite(module: &[u8], layout: &Layout) -> Result<Vec<u8>, String> {
                 }
                 code = Some(CodeSection::new());
             }
+            Payload::GlobalSection(reader) if tracking.is_some() => {
+                let mut globals = GlobalSection::new();
+                RoundtripReencoder
+                    .parse_global_section(&mut globals, reader)
+                    .map_err(cannot)?;
+                let marks = GlobalType {
+                    val_type: ValType::I64,
+                    mutable: true,
+                    shared: false,
+                };
+                globals.global(marks, &ConstExpr::i64_const(0));
+                out.section(&globals);
+            }
             Payload::CodeSectionEntry(body) => {
-                let range = body.range();
+                let params = layout.params_of(defined);
+                defined += 1;
+                let instrumented = match tracking {
+                    Some(t) => write_tracking::instrument(
+                        &body,
+                        params,
+                        layout.imported_functions,
+                        t.blocks,
+                    )?,
+                    None => None,
+                };
                 if let Some(code) = code.as_mut() {
-                    code.raw(&module[range.start as usize..range.end as usize]);
+                    match instrumented {
+                        Some(function) => {
+                            code.function(&function);
+                        }
+                        None => {
+                            let range = body.range();
+                            code.raw(&module[range.start as usize..range.end as usize]);
+                        }
+                    }
                 }
             }
             Payload::DataSection(reader) => {
-                if let Some(mut code) = code.take() {
-                    code.function(&reset_function(layout));
-                    out.section(&code);
+                if let Some(code) = code.take() {
+                    out.section(&finish_code(code));
                 }
                 let mut data = DataSection::new();
                 for segment in reader {
@@ -329,10 +476,9 @@ fn rewrite(module: &[u8], layout: &Layout) -> Result<Vec<u8>, String> {
                 out.section(&data);
             }
             other => {
-                if let Some(mut code) = code.take() {
+                if let Some(code) = code.take() {
                     // A module without a data section: the code section ends here.
-                    code.function(&reset_function(layout));
-                    out.section(&code);
+                    out.section(&finish_code(code));
                 }
                 if let Some((id, range)) = other.as_section() {
                     out.section(&RawSection {
@@ -348,8 +494,11 @@ fn rewrite(module: &[u8], layout: &Layout) -> Result<Vec<u8>, String> {
 
 /// `() -> i32`: 1 once the memory and globals are as a new instance has them, 0 (and nothing
 /// touched) when the memory has grown.
-fn reset_function(layout: &Layout) -> Function {
-    let mut f = Function::new([]);
+fn reset_function(layout: &Layout, tracking: Option<&Tracking>) -> Function {
+    let mut f = match tracking {
+        Some(_) => Function::new(write_tracking::RESTORE_LOCALS),
+        None => Function::new([]),
+    };
     let memory_bytes = layout.memory_pages * PAGE_BYTES;
     f.instruction(&Instruction::MemorySize(0))
         .instruction(&Instruction::I32Const(layout.memory_pages as i32))
@@ -358,6 +507,21 @@ fn reset_function(layout: &Layout) -> Function {
         .instruction(&Instruction::I32Const(0))
         .instruction(&Instruction::Return)
         .instruction(&Instruction::End);
+    if let Some(tracking) = tracking {
+        let segments: Vec<(u32, usize)> = layout
+            .segments
+            .iter()
+            .map(|(offset, bytes)| (*offset, bytes.len()))
+            .collect();
+        write_tracking::restore_written(
+            &mut f,
+            memory_bytes,
+            &segments,
+            layout.existing_segments,
+            tracking.blocks,
+        );
+        return finish_reset(f, layout);
+    }
     // Zeros where no segment writes, then the segments in their own order (a later one may
     // overwrite an earlier one, as at instantiation).
     for (start, len) in gaps(&layout.segments, memory_bytes) {
@@ -375,6 +539,11 @@ fn reset_function(layout: &Layout) -> Function {
                 data_index: layout.existing_segments + i as u32,
             });
     }
+    finish_reset(f, layout)
+}
+
+/// Every mutable global back to its initial constant, then 1.
+fn finish_reset(mut f: Function, layout: &Layout) -> Function {
     for (index, value) in &layout.globals {
         f.instruction(&match *value {
             ConstValue::I32(v) => Instruction::I32Const(v),
@@ -488,6 +657,190 @@ mod tests {
         assert!(memory.data(&store) == &initial[..], "memory restored");
         assert_eq!(call::<i32>(&mut store, &instance, "sp"), 4096);
         assert_eq!(call::<i64>(&mut store, &instance, "big"), -7);
+    }
+
+    /// A bump allocator as the host's copies use it, and functions writing memory in every
+    /// way the tracking covers: each kind of store, `memory.fill`, `memory.copy`, from a
+    /// callee, and on the ways out of a function (`return`, a branch to its label, a
+    /// `br_table`).
+    const WRITER: &str = r#"
+        (module
+          (memory (export "memory") 1)
+          (global $sp (mut i32) (i32.const 32768))
+          (global $bump (mut i32) (i32.const 40000))
+          (data (i32.const 32768) "data segment, restored where written")
+          (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+            (global.get $bump)
+            (global.set $bump (i32.add (global.get $bump) (local.get 3))))
+          (func (export "store") (param $kind i32) (param $at i32) (param $v i64)
+            (block $done
+              (block $b10 (block $b9 (block $b8 (block $b7 (block $b6 (block $b5
+              (block $b4 (block $b3 (block $b2 (block $b1 (block $b0
+                (br_table $b0 $b1 $b2 $b3 $b4 $b5 $b6 $b7 $b8 $b9 $b10 $done (local.get $kind)))
+                (i32.store offset=3 (local.get $at) (i32.wrap_i64 (local.get $v))) (return))
+                (i32.store8 (local.get $at) (i32.wrap_i64 (local.get $v))) (br $done))
+                (i32.store16 (local.get $at) (i32.wrap_i64 (local.get $v))) (br 9))
+                (i64.store (local.get $at) (local.get $v)) (return))
+                (i64.store8 (local.get $at) (local.get $v)) (return))
+                (i64.store16 (local.get $at) (local.get $v)) (return))
+                (i64.store32 (local.get $at) (local.get $v)) (return))
+                (f32.store (local.get $at) (f32.convert_i64_s (local.get $v))) (return))
+                (f64.store (local.get $at) (f64.convert_i64_s (local.get $v))) (return))
+                (v128.store (local.get $at) (i64x2.splat (local.get $v))) (return))
+                (v128.store8_lane 3 (local.get $at) (i64x2.splat (local.get $v))) (return))
+            (call $leaf (local.get $at)))
+          (func $leaf (param $at i32)
+            (i64.store offset=8 (local.get $at) (i64.const -1)))
+          (func (export "fill") (param $at i32) (param $n i32)
+            (memory.fill (local.get $at) (i32.const 0x5a) (local.get $n)))
+          (func (export "copy") (param $to i32) (param $from i32) (param $n i32) (result i32)
+            (memory.copy (local.get $to) (local.get $from) (local.get $n))
+            (local.get $n)))
+    "#;
+
+    /// A small deterministic generator (xorshift), so a failure repeats.
+    struct Numbers(u64);
+    impl Numbers {
+        fn next(&mut self, below: u32) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % u64::from(below)) as u32
+        }
+    }
+
+    #[test]
+    fn every_write_a_tracked_module_makes_is_undone() {
+        let wasm = inject(&wat::parse_str(WRITER).unwrap()).expect("resettable");
+        let (mut store, instance, memory) = instance(&wasm);
+        let initial = memory.data(&store).to_vec();
+        let store_fn = instance
+            .get_typed_func::<(i32, i32, i64), ()>(&mut store, "store")
+            .unwrap();
+        let fill = instance
+            .get_typed_func::<(i32, i32), ()>(&mut store, "fill")
+            .unwrap();
+        let copy = instance
+            .get_typed_func::<(i32, i32, i32), i32>(&mut store, "copy")
+            .unwrap();
+        let realloc = instance
+            .get_typed_func::<(i32, i32, i32, i32), i32>(&mut store, "cabi_realloc")
+            .unwrap();
+        let mut numbers = Numbers(0x9e37_79b9_7f4a_7c15);
+        let size = initial.len() as u32;
+        // Each kind of store at a block's last byte (blocks are 1 KiB here): it runs on into
+        // the next block, which it does not mark.
+        for kind in 0..12 {
+            store_fn
+                .call(&mut store, (kind, 1024 * (kind + 2) - 1, -1))
+                .unwrap();
+            assert_eq!(call::<i32>(&mut store, &instance, RESET_EXPORT), 1);
+            assert!(
+                memory.data(&store) == &initial[..],
+                "store kind {kind} undone"
+            );
+        }
+        for round in 0..300 {
+            for _ in 0..1 + numbers.next(4) {
+                let at = numbers.next(size - 320) as i32;
+                match numbers.next(4) {
+                    0 | 1 => {
+                        let kind = numbers.next(12) as i32;
+                        let value = i64::from(numbers.next(u32::MAX)) | 1;
+                        store_fn.call(&mut store, (kind, at, value)).unwrap();
+                    }
+                    2 => fill
+                        .call(&mut store, (at, numbers.next(300) as i32))
+                        .unwrap(),
+                    _ => {
+                        let to = numbers.next(size - 4096) as i32;
+                        copy.call(&mut store, (to, 32768, numbers.next(4096) as i32))
+                            .unwrap();
+                    }
+                }
+            }
+            // What wasmtime does with a string it hands the plugin: a block from the
+            // plugin's allocator, filled by the host.
+            let len = 1 + numbers.next(2000);
+            let block = realloc.call(&mut store, (0, 0, 1, len as i32)).unwrap();
+            memory
+                .write(&mut store, block as usize, &vec![0xee; len as usize])
+                .unwrap();
+            assert_eq!(call::<i32>(&mut store, &instance, RESET_EXPORT), 1);
+            let now = memory.data(&store);
+            if let Some(at) = (0..now.len()).find(|&i| now[i] != initial[i]) {
+                panic!(
+                    "round {round}: byte {at} is {} after the reset, not {}",
+                    now[at], initial[at]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_tracked_reset_rewrites_only_what_was_written() {
+        let wasm = inject(&wat::parse_str(MODULE).unwrap()).expect("resettable");
+        let (mut store, instance, memory) = instance(&wasm);
+        let scribble = instance
+            .get_typed_func::<i32, ()>(&mut store, "scribble")
+            .unwrap();
+        scribble.call(&mut store, 0).unwrap();
+        // Written behind the module's back (not through its allocator, nor by an import):
+        // outside the range it wrote (1024..60008), so the reset leaves it.
+        memory.write(&mut store, 61000, b"untracked").unwrap();
+        assert_eq!(call::<i32>(&mut store, &instance, RESET_EXPORT), 1);
+        assert_eq!(&memory.data(&store)[1024..1037], b"initiaSTATEte");
+        assert_eq!(memory.data(&store)[60000], 0);
+        assert_eq!(&memory.data(&store)[61000..61009], b"untracked");
+    }
+
+    /// An import may write through any pointer it is given: after a call to one the whole
+    /// memory is restored. And a module whose table holds an import (reachable through
+    /// `call_indirect`) keeps the reset that rewrites everything.
+    #[test]
+    fn imports_mark_the_whole_memory_written() {
+        let calls_import = r#"
+            (module
+              (import "cachet:policy/host@0.3.0" "log" (func $log (param i32 i32)))
+              (memory (export "memory") 1)
+              (global $sp (mut i32) (i32.const 1024))
+              (func (export "f") (call $log (i32.const 0) (i32.const 0))))
+        "#;
+        let in_table = r#"
+            (module
+              (import "cachet:policy/host@0.3.0" "log" (func $log (param i32 i32)))
+              (memory (export "memory") 1)
+              (global $sp (mut i32) (i32.const 1024))
+              (table 1 funcref)
+              (elem (i32.const 0) $log)
+              (func (export "f") (call_indirect (param i32 i32) (i32.const 0) (i32.const 0) (i32.const 0))))
+        "#;
+        for module in [calls_import, in_table] {
+            let wasm = inject(&wat::parse_str(module).unwrap()).expect("resettable");
+            let engine = Engine::default();
+            let module = wasmtime::Module::new(&engine, &wasm).unwrap();
+            let mut store = Store::new(&engine, ());
+            let mut linker = wasmtime::Linker::new(&engine);
+            linker
+                .func_wrap(
+                    "cachet:policy/host@0.3.0",
+                    "log",
+                    |mut caller: wasmtime::Caller<'_, ()>, _: i32, _: i32| {
+                        let memory = caller.get_export("memory").unwrap().into_memory().unwrap();
+                        memory
+                            .write(&mut caller, 50000, b"written by the host")
+                            .unwrap();
+                    },
+                )
+                .unwrap();
+            let instance = linker.instantiate(&mut store, &module).unwrap();
+            let memory = instance.get_memory(&mut store, "memory").unwrap();
+            let initial = memory.data(&store).to_vec();
+            call::<()>(&mut store, &instance, "f");
+            assert_ne!(memory.data(&store), &initial[..]);
+            assert_eq!(call::<i32>(&mut store, &instance, RESET_EXPORT), 1);
+            assert!(memory.data(&store) == &initial[..], "memory restored");
+        }
     }
 
     #[test]
