@@ -117,25 +117,25 @@ enum Write {
 
 fn write_of(op: &Operator<'_>) -> Option<Write> {
     use Operator as O;
-    let store = |memarg: &wasmparser::MemArg, _width: u32, value| Write::Store {
+    let store = |memarg: &wasmparser::MemArg, value| Write::Store {
         offset: memarg.offset,
         value,
     };
     Some(match op {
-        O::I32Store { memarg } => store(memarg, 4, ValType::I32),
-        O::I32Store8 { memarg } => store(memarg, 1, ValType::I32),
-        O::I32Store16 { memarg } => store(memarg, 2, ValType::I32),
-        O::I64Store { memarg } => store(memarg, 8, ValType::I64),
-        O::I64Store8 { memarg } => store(memarg, 1, ValType::I64),
-        O::I64Store16 { memarg } => store(memarg, 2, ValType::I64),
-        O::I64Store32 { memarg } => store(memarg, 4, ValType::I64),
-        O::F32Store { memarg } => store(memarg, 4, ValType::F32),
-        O::F64Store { memarg } => store(memarg, 8, ValType::F64),
-        O::V128Store { memarg } => store(memarg, 16, ValType::V128),
-        O::V128Store8Lane { memarg, .. } => store(memarg, 1, ValType::V128),
-        O::V128Store16Lane { memarg, .. } => store(memarg, 2, ValType::V128),
-        O::V128Store32Lane { memarg, .. } => store(memarg, 4, ValType::V128),
-        O::V128Store64Lane { memarg, .. } => store(memarg, 8, ValType::V128),
+        O::I32Store { memarg } => store(memarg, ValType::I32),
+        O::I32Store8 { memarg } => store(memarg, ValType::I32),
+        O::I32Store16 { memarg } => store(memarg, ValType::I32),
+        O::I64Store { memarg } => store(memarg, ValType::I64),
+        O::I64Store8 { memarg } => store(memarg, ValType::I64),
+        O::I64Store16 { memarg } => store(memarg, ValType::I64),
+        O::I64Store32 { memarg } => store(memarg, ValType::I64),
+        O::F32Store { memarg } => store(memarg, ValType::F32),
+        O::F64Store { memarg } => store(memarg, ValType::F64),
+        O::V128Store { memarg } => store(memarg, ValType::V128),
+        O::V128Store8Lane { memarg, .. } => store(memarg, ValType::V128),
+        O::V128Store16Lane { memarg, .. } => store(memarg, ValType::V128),
+        O::V128Store32Lane { memarg, .. } => store(memarg, ValType::V128),
+        O::V128Store64Lane { memarg, .. } => store(memarg, ValType::V128),
         O::MemoryFill { .. } => Write::Fill,
         O::MemoryCopy { .. } => Write::Copy,
         _ => return None,
