@@ -648,6 +648,92 @@ fn a_redis_outage_fails_no_request_and_sharing_resumes() {
     );
 }
 
+/// A purge made while Redis is down answers 503, and is not lost: once Redis is back the node
+/// sends it again, so a node that kept its copy in memory meanwhile drops it. The other node
+/// served it until its copy expired.
+#[test]
+fn a_purge_made_while_redis_was_down_reaches_the_other_node_when_it_is_back() {
+    let redis = Redis::start_fresh();
+    let origin = origin();
+    let a = node(&origin, redis.port);
+    let b = node(&origin, redis.port);
+    share(&a, &b, &origin, "/outage");
+
+    let port = redis.kill();
+    wait_connected(&a, false);
+    let refused = send_purge(&a, "/outage", &[]);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("sends it again"),
+        "{}",
+        refused.text()
+    );
+    wait_stat(&a, "purges_to_resend", 1);
+    assert!(is_l1_hit(&get(&b, "/outage", &[])), "B has not heard yet");
+
+    let _redis = Redis::start(port);
+    wait_connected(&a, true);
+    wait_connected(&b, true);
+    time_until_not_hit(&b, "/outage");
+    assert_eq!(shared_stats(&a)["purges_to_resend"], 0);
+    assert_eq!(shared_stats(&a)["purges_not_resent"], 0);
+    a.assert_logged(&["sent again the 1 purges made here"]);
+    assert_eq!(origin.hits_for("/outage"), 2, "B asked the origin again");
+}
+
+/// A node cut off from Redis while the others still reach it (a partition): its purge times
+/// out (503) and is sent again once its purge channel notices and reconnects. The copy in Redis
+/// is deleted then, and the node that kept its connection drops its memory copy.
+#[test]
+fn a_purge_a_partitioned_node_made_is_sent_again_after_it_reconnects() {
+    let redis = Redis::start_fresh();
+    let relay = SilentCutRelay::start(redis.port);
+    let origin = origin();
+    let a = node(&origin, relay.port);
+    let b = node(&origin, redis.port);
+    share(&a, &b, &origin, "/split");
+
+    relay.cut_every_connection();
+    let refused = send_purge(&a, "/split", &[]);
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("sends it again"),
+        "{}",
+        refused.text()
+    );
+    assert!(is_l1_hit(&get(&b, "/split", &[])), "B has not heard yet");
+
+    // A's channel pings every 5 s; an unanswered ping makes it connect again.
+    let cut_at = Instant::now();
+    while is_l1_hit(&get(&b, "/split", &[])) {
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(20),
+            "the purge never reached B\nA: {}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("purge reached B {:?} after the cut", cut_at.elapsed());
+    assert_eq!(shared_stats(&a)["purges_to_resend"], 0);
+    // The purged copy is gone from Redis too: a new node is not served it.
+    let c = node(&origin, redis.port);
+    let resp = get(&c, "/split", &[]);
+    assert!(!resp.text().ends_with("#1"), "{}", resp.text());
+}
+
+/// Waits until the shared tier's `field` in `/status` reads `value`.
+fn wait_stat(proxy: &Proxy, field: &str, value: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shared_stats(proxy)[field].as_u64() != Some(value) {
+        assert!(
+            Instant::now() < deadline,
+            "{field} never became {value}: {}",
+            shared_stats(proxy)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Redis restarted from a snapshot taken before a purge has the purged copy back and its
 /// mark gone. A node that was listening writes the marks it holds back into the set when it
 /// finds another instance, so a node started afterwards does not serve the purged copy from

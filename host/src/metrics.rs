@@ -477,7 +477,7 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
         );
     }
     type Field = fn(&crate::storage::TierStats) -> u64;
-    let families: [(&str, &str, &str, Field); 12] = [
+    let families: [(&str, &str, &str, Field); 14] = [
         (
             "cachet_cache_tier_misses_total",
             "counter",
@@ -539,6 +539,12 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
             |t| t.purges_fell_behind,
         ),
         (
+            "cachet_cache_tier_purges_not_resent_total",
+            "counter",
+            "This node's purges Redis did not take and that were dropped, past [cache.shared] purge_backlog waiting, before Redis came back",
+            |t| t.purges_not_resent,
+        ),
+        (
             "cachet_cache_tier_stored_bytes",
             "gauge",
             "Bytes an L2 tier holds (disk: its files; shared: the Redis server's used_memory)",
@@ -549,6 +555,12 @@ fn render_tiers(out: &mut String, cache: &StorageStats) {
             "gauge",
             "Objects in an L2 tier (disk: its index; shared: keys in the Redis database)",
             |t| t.objects,
+        ),
+        (
+            "cachet_cache_tier_purges_to_resend",
+            "gauge",
+            "This node's purges Redis did not take, waiting to be sent again",
+            |t| t.purges_to_resend,
         ),
     ];
     for (name, kind, help, field) in families {

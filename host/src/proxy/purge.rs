@@ -11,7 +11,8 @@
 //! bearer token, 405 when no admin token is configured, 502 when the tenant's plugin faulted
 //! while computing the key (nothing was purged), and 503 when the purge applies in memory but
 //! a tier could not record it: the disk tier could not write it (it may not hold after a
-//! restart) or Redis is unreachable (other nodes may keep their copies); the body says why.
+//! restart) or Redis is unreachable (other nodes may keep their copies until Redis is back and
+//! this node sends the purge again); the body says why.
 
 use super::ctx::{RequestCtx, Route};
 use super::directives::SURROGATE_KEY;

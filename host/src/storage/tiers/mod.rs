@@ -20,6 +20,7 @@ mod l1;
 mod lean;
 mod miss;
 mod purge_channel;
+mod purge_outbox;
 mod purges;
 mod record;
 mod redis_conn;

@@ -16,8 +16,9 @@
 //! writes the marks it holds back into the set before it listens again.
 
 use super::super::MemoryStorage;
+use super::purge_outbox::PurgeOutbox;
 use super::purges::{Purge, MAX_MARKS};
-use super::shared::{add_mark, cut_marks, PURGE_TIMEOUT};
+use super::shared::{add_mark, add_purge_commands, cut_marks, PURGE_TIMEOUT};
 use super::tier::TierCounters;
 use redis::{PushInfo, PushKind};
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,8 @@ const MAX_CLOCK_SKEW_NS: u64 = 10_000_000_000;
 
 /// Marks written back to a new Redis instance per round trip, each within [`PURGE_TIMEOUT`].
 const WRITE_BACK_BATCH: usize = 1000;
+/// Purges sent again per round trip, each within [`PURGE_TIMEOUT`] (four commands each).
+const RESEND_BATCH: usize = 100;
 
 /// What travels on the purge channel.
 #[derive(Serialize, Deserialize)]
@@ -100,6 +103,10 @@ pub(super) struct Subscriber {
     pub(super) fell_behind: Arc<AtomicU64>,
     /// The tier's: a failure to write the marks back to a new instance is one of its errors.
     pub(super) counters: Arc<TierCounters>,
+    /// This node's purges Redis did not take: sent again once the node listens.
+    pub(super) outbox: Arc<PurgeOutbox>,
+    /// What every object's name in Redis starts with (a URL purge deletes the plain copy).
+    pub(super) object_prefix: Box<[u8]>,
 }
 
 /// Keeps this node subscribed to the purge channel, reconnecting after any failure. On each
@@ -248,6 +255,9 @@ async fn listen(
     };
     // Before the node says it listens: a node started meanwhile may read the set already.
     restore_marks_on_a_new_instance(subscriber, &mut conn, run_id).await;
+    if let Err(e) = resend_purges(subscriber, &mut conn).await {
+        return Stopped::Failed(e);
+    }
     apply_kept(subscriber, &kept, missed_since.take());
     rewrite_redated(&mut conn, channel, &kept).await;
     // Release: a lookup that sees the node listening sees the marks just applied.
@@ -290,6 +300,11 @@ async fn listen(
                     Ok(Ok(_)) => heard = super::record::now_ns(),
                     Ok(Err(e)) => break Stopped::Failed(format!("ping: {e}")),
                     Err(elapsed) => break Stopped::Failed(within("ping")(elapsed)),
+                }
+                // A purge whose delivery failed while the node listened (Redis slow to
+                // answer it) was kept after the node last sent what was kept.
+                if let Err(e) = resend_purges(subscriber, &mut conn).await {
+                    break Stopped::Failed(e);
                 }
             }
         }
@@ -434,6 +449,43 @@ async fn write_back_marks(
     cut_marks(&mut cutting, channel);
     send_within_purge_timeout(conn, &cutting).await?;
     Ok(held.len())
+}
+
+/// Sends again, oldest first, the purges this node made that Redis did not take
+/// ([`PurgeOutbox`]), [`RESEND_BATCH`] per round trip: each deletes its plain copy, adds its
+/// mark (dated as when it was made) and is published, as when it was made. What is not sent is
+/// kept for the next try.
+async fn resend_purges(
+    subscriber: &Subscriber,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<(), String> {
+    let waiting = subscriber.outbox.take();
+    for (done, batch) in waiting.chunks(RESEND_BATCH).enumerate() {
+        let mut commands = redis::pipe();
+        for purge in batch {
+            let (channel, node) = (&subscriber.channel, &subscriber.node);
+            add_purge_commands(
+                &mut commands,
+                &subscriber.object_prefix,
+                channel,
+                node,
+                purge,
+            );
+        }
+        if let Err(e) = send_within_purge_timeout(conn, &commands).await {
+            subscriber
+                .outbox
+                .put_back(waiting[done * RESEND_BATCH..].to_vec());
+            return Err(format!("sending again the purges Redis did not take: {e}"));
+        }
+    }
+    if !waiting.is_empty() {
+        tracing::info!(
+            "shared tier: sent again the {} purges made here that Redis had not taken",
+            waiting.len()
+        );
+    }
+    Ok(())
 }
 
 async fn send_within_purge_timeout(
@@ -604,6 +656,8 @@ mod tests {
             backlog: 16,
             fell_behind: Arc::default(),
             counters: Arc::default(),
+            outbox: Arc::new(PurgeOutbox::new(16)),
+            object_prefix: b"test:o:".as_slice().into(),
         }
     }
 

@@ -16,6 +16,7 @@
 
 use super::key::TierKey;
 use super::purge_channel::{self, Message, RemotePurges, Subscriber};
+use super::purge_outbox::PurgeOutbox;
 use super::purges::{Purge, Target, MAX_MARKS};
 use super::record::KeyCheck;
 use super::redis_conn::Conn;
@@ -88,6 +89,8 @@ pub(crate) struct SharedTier {
     subscribed: Arc<AtomicBool>,
     /// Times the purge channel ran more than `purge_backlog` messages ahead of this node.
     purges_fell_behind: Arc<AtomicU64>,
+    /// This node's purges Redis did not take, sent again by the purge channel.
+    outbox: Arc<PurgeOutbox>,
     /// What the database holds, sampled.
     size: Arc<RedisSize>,
 }
@@ -159,6 +162,7 @@ impl SharedTier {
             runtime: runtime.clone(),
             subscribed: Arc::default(),
             purges_fell_behind: Arc::default(),
+            outbox: Arc::new(PurgeOutbox::new(config.purge_backlog)),
             size: Arc::default(),
         });
         runtime.spawn(sample_size(
@@ -175,6 +179,8 @@ impl SharedTier {
             backlog: config.purge_backlog,
             fell_behind: tier.purges_fell_behind.clone(),
             counters: tier.conn.counters.clone(),
+            outbox: tier.outbox.clone(),
+            object_prefix: tier.object_prefix.clone(),
         }));
         Ok(tier)
     }
@@ -363,32 +369,25 @@ impl Tier for SharedTier {
     /// delivery says how it went (a PURGE waits for it: Redis accepting the connection is not
     /// Redis answering). While this node knows Redis to be unreachable (its purge
     /// subscription is down) the purge is still sent, in case Redis is back within the purge
-    /// timeout, but reported as not kept: the other nodes may keep their copies.
+    /// timeout, but reported as not kept: the other nodes may keep their copies. A purge
+    /// Redis did not take is kept in the outbox, and sent again once the node listens.
     fn publish(&self, purge: &Purge) -> Result<Option<Delivery>, String> {
-        let Ok(message) = serde_json::to_string(&Message {
-            node: self.node.clone(),
-            purge: purge.clone(),
-        }) else {
-            return Ok(None);
-        };
-        let marks = self.channel();
         let mut cmd = redis::pipe();
-        // A soft purge keeps the copy: its mark makes it stale, to be revalidated.
-        if let (Target::Key(hex), false) = (&purge.target, purge.soft) {
-            if let Some(key) = TierKey::from_hex(hex) {
-                cmd.cmd("DEL").arg(self.object_key(&key)).ignore();
-            }
-        }
-        if add_mark(&mut cmd, &marks, purge).is_err() {
+        if !add_purge_commands(
+            &mut cmd,
+            &self.object_prefix,
+            &self.channel(),
+            &self.node,
+            purge,
+        ) {
             return Ok(None);
         }
-        cut_marks(&mut cmd, &marks);
-        cmd.cmd("PUBLISH").arg(&marks).arg(message).ignore();
-        let delivery = self
+        let sent = self
             .conn
             .spawn_reporting(&self.runtime, PURGE_TIMEOUT, cmd, "a purge");
+        let delivery = keep_if_not_taken(&self.runtime, sent, purge.clone(), &self.outbox);
         if !self.subscribed.load(Relaxed) {
-            return Err("Redis is not reachable: the other nodes may keep their copies".into());
+            return Err(format!("Redis is not reachable: {NOT_YET_ELSEWHERE}"));
         }
         Ok(Some(delivery))
     }
@@ -437,12 +436,74 @@ impl Tier for SharedTier {
             budget_bytes: None,
             connected: self.subscribed.load(Relaxed),
             purges_fell_behind: self.purges_fell_behind.load(Relaxed),
+            purges_to_resend: self.outbox.len() as u64,
+            purges_not_resent: self.outbox.dropped(),
             ..TierStats::default()
         };
         self.conn.counters.fill(&mut stats);
         stats.objects = self.size.keys();
         stats
     }
+}
+
+/// What a purge Redis has not taken (yet) leaves undone.
+const NOT_YET_ELSEWHERE: &str =
+    "the other nodes may keep their copies until Redis is back (this node sends it again then)";
+
+/// Adds to `cmd` what spreads a purge made on `node`: its mark is added to the set `marks`
+/// (cut to its newest), a hard URL purge deletes the plain shared copy (a soft one keeps it:
+/// its mark makes it stale, to be revalidated), and the purge is published on the channel of
+/// the same name. False, adding nothing, for a purge that cannot be written as JSON.
+pub(super) fn add_purge_commands(
+    cmd: &mut redis::Pipeline,
+    object_prefix: &[u8],
+    marks: &str,
+    node: &str,
+    purge: &Purge,
+) -> bool {
+    let Ok(message) = serde_json::to_string(&Message {
+        node: node.to_owned(),
+        purge: purge.clone(),
+    }) else {
+        return false;
+    };
+    if add_mark(cmd, marks, purge).is_err() {
+        return false;
+    }
+    if let (Target::Key(hex), false) = (&purge.target, purge.soft) {
+        if let Some(key) = TierKey::from_hex(hex) {
+            cmd.cmd("DEL")
+                .arg([object_prefix, key.as_bytes()].concat())
+                .ignore();
+        }
+    }
+    cut_marks(cmd, marks);
+    cmd.cmd("PUBLISH").arg(marks).arg(message).ignore();
+    true
+}
+
+/// Hands `sent`'s outcome on, keeping `purge` in `outbox` when Redis did not take it.
+fn keep_if_not_taken(
+    runtime: &tokio::runtime::Handle,
+    sent: Delivery,
+    purge: Purge,
+    outbox: &Arc<PurgeOutbox>,
+) -> Delivery {
+    let (report, delivery) = tokio::sync::oneshot::channel();
+    let outbox = outbox.clone();
+    runtime.spawn(async move {
+        let outcome = match sent.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("stopped before sending it".to_owned()),
+        };
+        let outcome = outcome.map_err(|e| {
+            outbox.keep(purge);
+            format!("{e}: {NOT_YET_ELSEWHERE}")
+        });
+        let _ = report.send(outcome);
+    });
+    delivery
 }
 
 /// Adds `purge`'s mark to the sorted set `marks`, as every node reads it: the purge as JSON,

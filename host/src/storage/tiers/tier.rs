@@ -135,6 +135,12 @@ pub struct TierStats {
     /// Times more purges came on the channel than `[cache.shared] purge_backlog` before this
     /// node could apply them, so it read the kept ones again (the shared tier).
     pub purges_fell_behind: u64,
+    /// This node's purges Redis did not take, waiting to be sent again once it answers (the
+    /// shared tier).
+    pub purges_to_resend: u64,
+    /// Of those, purges dropped because more than `[cache.shared] purge_backlog` waited: the
+    /// other nodes never heard of them (the shared tier).
+    pub purges_not_resent: u64,
 }
 
 /// The counters a tier layer keeps per tier.
