@@ -668,16 +668,17 @@ fn a_purge_made_while_redis_was_down_reaches_the_other_node_when_it_is_back() {
         "{}",
         refused.text()
     );
-    wait_stat(&a, "purges_to_resend", 1);
+    // One purge per key the URL is stored under (each scheme's), kept as its delivery fails.
+    wait_stat_at_least(&a, "purges_to_resend", 1);
     assert!(is_l1_hit(&get(&b, "/outage", &[])), "B has not heard yet");
 
     let _redis = Redis::start(port);
     wait_connected(&a, true);
     wait_connected(&b, true);
     time_until_not_hit(&b, "/outage");
-    assert_eq!(shared_stats(&a)["purges_to_resend"], 0);
+    wait_nothing_to_resend(&a);
     assert_eq!(shared_stats(&a)["purges_not_resent"], 0);
-    a.assert_logged(&["sent again the 1 purges made here"]);
+    a.assert_logged(&["purges made here that Redis had not taken"]);
     assert_eq!(origin.hits_for("/outage"), 2, "B asked the origin again");
 }
 
@@ -714,20 +715,34 @@ fn a_purge_a_partitioned_node_made_is_sent_again_after_it_reconnects() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("purge reached B {:?} after the cut", cut_at.elapsed());
-    assert_eq!(shared_stats(&a)["purges_to_resend"], 0);
+    wait_nothing_to_resend(&a);
     // The purged copy is gone from Redis too: a new node is not served it.
     let c = node(&origin, redis.port);
     let resp = get(&c, "/split", &[]);
     assert!(!resp.text().ends_with("#1"), "{}", resp.text());
 }
 
-/// Waits until the shared tier's `field` in `/status` reads `value`.
-fn wait_stat(proxy: &Proxy, field: &str, value: u64) {
+/// Waits until the node holds no purge to send again: a delivery that failed after the
+/// node sent what it held is sent at the purge channel's next ping, within 5 s.
+fn wait_nothing_to_resend(proxy: &Proxy) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while shared_stats(proxy)[field].as_u64() != Some(value) {
+    while shared_stats(proxy)["purges_to_resend"] != 0 {
         assert!(
             Instant::now() < deadline,
-            "{field} never became {value}: {}",
+            "purges still wait: {}",
+            shared_stats(proxy)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the shared tier's `field` in `/status` reads `least` or more.
+fn wait_stat_at_least(proxy: &Proxy, field: &str, least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shared_stats(proxy)[field].as_u64().unwrap_or(0) < least {
+        assert!(
+            Instant::now() < deadline,
+            "{field} never reached {least}: {}",
             shared_stats(proxy)
         );
         std::thread::sleep(Duration::from_millis(20));

@@ -186,10 +186,7 @@ impl SharedTier {
     }
 
     fn object_key(&self, key: &TierKey) -> Vec<u8> {
-        let mut name = Vec::with_capacity(self.object_prefix.len() + key.as_bytes().len());
-        name.extend_from_slice(&self.object_prefix);
-        name.extend_from_slice(key.as_bytes());
-        name
+        object_name(&self.object_prefix, key)
     }
 
     /// An object or a chunk, within `limit`, on this thread's lookup connection. At most
@@ -473,13 +470,21 @@ pub(super) fn add_purge_commands(
     if let (Target::Key(hex), false) = (&purge.target, purge.soft) {
         if let Some(key) = TierKey::from_hex(hex) {
             cmd.cmd("DEL")
-                .arg([object_prefix, key.as_bytes()].concat())
+                .arg(object_name(object_prefix, &key))
                 .ignore();
         }
     }
     cut_marks(cmd, marks);
     cmd.cmd("PUBLISH").arg(marks).arg(message).ignore();
     true
+}
+
+/// The name of `key`'s object in Redis, after `object_prefix` (`<prefix>o:`).
+fn object_name(object_prefix: &[u8], key: &TierKey) -> Vec<u8> {
+    let mut name = Vec::with_capacity(object_prefix.len() + key.as_bytes().len());
+    name.extend_from_slice(object_prefix);
+    name.extend_from_slice(key.as_bytes());
+    name
 }
 
 /// Hands `sent`'s outcome on, keeping `purge` in `outbox` when Redis did not take it.
