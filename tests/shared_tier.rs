@@ -649,8 +649,8 @@ fn a_redis_outage_fails_no_request_and_sharing_resumes() {
 }
 
 /// A purge made while Redis is down answers 503, and is not lost: once Redis is back the node
-/// sends it again, so a node that kept its copy in memory meanwhile drops it. The other node
-/// served it until its copy expired.
+/// sends it again, so a node that kept its copy in memory meanwhile drops it (before, that
+/// node served its copy until it expired).
 #[test]
 fn a_purge_made_while_redis_was_down_reaches_the_other_node_when_it_is_back() {
     let redis = Redis::start_fresh();
