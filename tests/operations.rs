@@ -999,3 +999,69 @@ fn operator_listeners_bound_each_head_in_size_and_time() {
         "{text}"
     );
 }
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+/// Bytes of anonymous executable memory the kernel backs with 2 MiB pages in a process:
+/// the code `cachet serve` moved there (wasmtime's compiled plugins are too small to get any).
+fn code_on_huge_pages(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).expect("smaps");
+    let mut in_anonymous_code = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if !first.ends_with(':') {
+            // A mapping's header: range, permissions, offset, device, inode, then a path.
+            let perms = fields.next().unwrap_or_default();
+            in_anonymous_code = perms.contains('x') && fields.nth(3).is_none();
+        } else if in_anonymous_code && first == "AnonHugePages:" {
+            kib += fields
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib << 10
+}
+
+/// `cachet serve` copies its code onto 2 MiB pages before it starts (release builds, or
+/// `CACHET_HUGE_TEXT=1`), at the same addresses: requests, a plugin's calls and the cache all
+/// run from the moved code, and the kernel backs it with huge pages where transparent huge
+/// pages are on. `CACHET_HUGE_TEXT=0` leaves the code where the file maps it.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[test]
+fn the_code_moved_onto_huge_pages_serves_as_before() {
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let huge_pages_on = !thp.is_empty() && !thp.contains("[never]");
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("body of {}", seen.url)).header("Cache-Control", "max-age=60")
+    });
+    for setting in ["1", "0"] {
+        let launcher = ["env".to_owned(), format!("CACHET_HUGE_TEXT={setting}")];
+        let proxy = Proxy::start_with_launcher(
+            &launcher,
+            "",
+            "",
+            &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+        );
+        let url = proxy.url(&format!("/moved-{setting}"));
+        let (first, second) = (get(&url), get(&url));
+        assert_eq!(first.text(), format!("body of /moved-{setting}"));
+        assert_eq!(second.text(), first.text());
+        assert!(second.cache_status().contains("hit"), "{}", proxy.log());
+        assert_eq!(origin.hits_for(&format!("/moved-{setting}")), 1);
+        let on_huge_pages = code_on_huge_pages(proxy.pid());
+        if setting == "1" && huge_pages_on {
+            proxy.assert_logged(&["code on 2 MiB pages: "]);
+            assert!(
+                on_huge_pages >= 2 << 20,
+                "{on_huge_pages} bytes\n{}",
+                proxy.log()
+            );
+        } else {
+            proxy.assert_logged(&["code on 4 KiB pages: "]);
+            assert_eq!(on_huge_pages, 0, "{}", proxy.log());
+        }
+    }
+}

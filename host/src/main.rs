@@ -4,6 +4,7 @@ mod admin_client;
 mod allocator;
 mod build_plugin;
 mod dev_loop;
+mod huge_text;
 mod scaffold;
 
 use cachet::config;
@@ -154,7 +155,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before logging starts its thread: nothing else may run while the code moves.
+    let text_pages = matches!(cli.command, Command::Serve { .. })
+        .then(huge_text::move_text_to_huge_pages)
+        .flatten();
     init_logging(cli.log_format);
+    if let Some(line) = text_pages {
+        tracing::info!("{line}");
+    }
     let result = match cli.command {
         Command::Serve {
             config,

@@ -17,7 +17,9 @@
 # PROFILE_PLUGIN=path.wasm (instead of plugins/standard.wasm),
 # PROFILE_CALL_GRAPH=fp (dwarf: callers through code built without frame pointers, for
 # `perf report -G` on the kept perf.data; heavier, so CPU per request reads higher),
-# PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_WORK_STEALING=1 (0: one
+# PROFILE_HUGE_TEXT=1 (sampled runs keep the code on the binary's 4 KiB file pages, where perf
+# can name its functions, unless this is set; runs with PROFILE_SAMPLE=0 always measure the
+# code on 2 MiB pages, as cachet runs by default), PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_WORK_STEALING=1 (0: one
 # runtime per worker thread, `[server] work_stealing = false`), PROFILE_LEAN_HITS=1 (0: every hit
 # on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
 # existing target/release/cachet and plugins), PROFILE_METRICS=1 (also print the front's,
@@ -151,6 +153,12 @@ lean_hits = $([[ "${PROFILE_LEAN_HITS:-1}" == 1 ]] && echo true || echo false)
 $tier_config"
 write_config "$work/cachet.toml" "$port" "$admin_port" "$threads" "$server_lines" \
     "$cache_lines" "$origin_port" "$plugin" "$reuse"
+# perf names functions by their file mapping: code cachet moved onto 2 MiB pages is anonymous
+# to it, so a sampled run keeps the code where the file maps it (PROFILE_HUGE_TEXT=1 keeps
+# the move, for CPU figures only). A run without perf measures the binary as it runs.
+if [[ "${PROFILE_SAMPLE:-1}" == 1 && "${PROFILE_HUGE_TEXT:-0}" != 1 ]]; then
+    export CACHET_HUGE_TEXT=0
+fi
 start_cachet "$cachet_bin" "$work/cachet.toml" "$admin_port" || exit 1
 cachet_pid=$CACHET_PID
 
