@@ -8,11 +8,11 @@
 //! are unchanged) and a few dozen entries cover the code.
 //!
 //! Only the part of the text between 2 MiB boundaries moves; the edges keep 4 KiB pages.
-//! It costs the moved bytes as private memory (the page cache no longer shares them), and
-//! ~20 ms at start. It is skipped where transparent huge pages are off. `CACHET_HUGE_TEXT=0`
-//! turns it off (e.g. for `perf`, which names functions by their file mapping and sees
-//! moved code as anonymous) and `=1` on; by default it is on in release builds only (a debug
-//! build's text is several times larger and nobody measures one).
+//! It costs the moved bytes as private memory (the page cache no longer shares them) and a
+//! copy at start (the log line says how long it took). It is skipped where transparent huge
+//! pages are off. `CACHET_HUGE_TEXT=0` turns it off (e.g. for `perf`, which names functions
+//! by their file mapping and sees moved code as anonymous) and `=1` on; by default it is on
+//! in release builds only: nobody measures a debug build, and the test suite starts hundreds.
 //! It must run before any other thread starts: nothing may execute the text while it moves.
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -25,6 +25,7 @@ mod linux {
         Moved {
             bytes: usize,
             huge: usize,
+            took: std::time::Duration,
         },
         Skipped(&'static str),
         Failed(String),
@@ -52,12 +53,14 @@ mod linux {
         if to <= from {
             return Outcome::Skipped("the text spans no whole 2 MiB page");
         }
+        let started = std::time::Instant::now();
         // SAFETY: [from, to) is this binary's own readable code, no other thread runs yet,
         // and the bytes put back at the same addresses are those very bytes.
         match unsafe { move_range(from, to - from) } {
             Ok(()) => Outcome::Moved {
                 bytes: to - from,
                 huge: huge_bytes_at(from).unwrap_or(0),
+                took: started.elapsed(),
             },
             Err(error) => Outcome::Failed(error),
         }
@@ -164,10 +167,11 @@ pub fn move_text_to_huge_pages() -> Option<String> {
     {
         use linux::Outcome;
         Some(match linux::move_text() {
-            Outcome::Moved { bytes, huge } => format!(
-                "code on 2 MiB pages: {} MiB of the {} MiB moved",
+            Outcome::Moved { bytes, huge, took } => format!(
+                "code on 2 MiB pages: {} MiB of the {} MiB moved, in {} ms",
                 huge >> 20,
-                bytes >> 20
+                bytes >> 20,
+                took.as_millis()
             ),
             Outcome::Skipped(why) => format!("code on 4 KiB pages: {why}"),
             Outcome::Failed(error) => format!("code on 4 KiB pages: moving it failed: {error}"),
