@@ -1351,14 +1351,9 @@ fn a_purge_dated_far_ahead_applies_as_of_its_arrival() {
     // Each node dates the purge as of its own arrival: one that hears it only after B's new
     // copy is written dates it after that copy and, rightly by its clock, shadows it too (a
     // clean-clone CI run saw A's delivery lag so). So A hears it first: its copy goes.
-    let started = Instant::now();
-    while a.status()["cache"]["objects"].as_u64() != Some(0) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "A never heard the purge"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    support::wait_until("A heard the purge and dropped its copy", || {
+        a.status()["cache"]["objects"].as_u64() == Some(0)
+    });
     time_until_not_hit(&b, "/tagged");
     // B fetched it again, and wrote the new copy: A is served that copy from the shared tier.
     wait_writes(&b, 1);

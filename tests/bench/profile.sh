@@ -19,7 +19,8 @@
 # `perf report -G` on the kept perf.data; heavier, so CPU per request reads higher),
 # PROFILE_HUGE_TEXT=1 (sampled runs keep the code on the binary's 4 KiB file pages, where perf
 # can name its functions, unless this is set; runs with PROFILE_SAMPLE=0 always measure the
-# code on 2 MiB pages, as cachet runs by default), PROFILE_ACCESS_LOG=1 (0 turns the access log off), PROFILE_WORK_STEALING=1 (0: one
+# code on 2 MiB pages, as cachet runs by default), PROFILE_ACCESS_LOG=1 (0 turns the access
+# log off), PROFILE_WORK_STEALING=1 (0: one
 # runtime per worker thread, `[server] work_stealing = false`), PROFILE_LEAN_HITS=1 (0: every hit
 # on pingora-cache's full path), PROFILE_NO_BUILD=1 (use the
 # existing target/release/cachet and plugins), PROFILE_METRICS=1 (also print the front's,
