@@ -43,6 +43,9 @@ std::thread_local! {
 
 pub fn configure(settings: Vec<HostSetting>) {
     SETTINGS.with(|current| *current.borrow_mut() = settings);
+    // The settings stay for the instance's life: the arena's top returns above them.
+    #[cfg(feature = "arena-allocator")]
+    crate::allocator::settle();
 }
 
 pub(crate) fn host_config(key: &str) -> Option<String> {

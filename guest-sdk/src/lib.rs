@@ -59,6 +59,12 @@
 
 #[cfg(all(target_arch = "wasm32", feature = "arena-allocator"))]
 mod allocator;
+// Compiled on every target so that its tests run natively.
+#[cfg_attr(
+    not(all(target_arch = "wasm32", feature = "arena-allocator")),
+    allow(dead_code)
+)]
+mod bump;
 mod cache_control;
 mod config;
 mod cookie;
