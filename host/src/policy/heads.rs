@@ -32,11 +32,11 @@ impl<'a> RequestHead<'a> {
             host: request_host(request),
             path: request.uri.path(),
             query: request.uri.query(),
-            headers: header_lines(|| {
+            headers: header_lines(
                 pending
                     .fields_after(&request.headers)
-                    .filter(|(name, _)| **name != http::header::CONNECTION)
-            }),
+                    .filter(|(name, _)| **name != http::header::CONNECTION),
+            ),
         }
     }
 
@@ -59,7 +59,7 @@ impl ResponseHead {
     pub(crate) fn of(response: &ResponseHeader) -> Self {
         Self {
             status: response.status.as_u16(),
-            headers: header_lines(|| response.headers.iter()),
+            headers: header_lines(response.headers.iter()),
         }
     }
 }
@@ -83,27 +83,29 @@ pub(crate) struct RequestAnswerV3 {
 
 /// "name: value\n" for every field; names are already lower-case in an
 /// `http::HeaderMap`. Values cannot hold a line break (the parser and the
-/// edit checks refuse them), so every line is one field. Built with plain
-/// appends: this runs for every hook call. `fields` is walked twice: once to size the string, once to fill it.
-fn header_lines<'h, I>(fields: impl Fn() -> I) -> String
-where
-    I: Iterator<Item = (&'h HeaderName, &'h HeaderValue)>,
-{
-    let size: usize = fields()
-        .map(|(name, value)| name.as_str().len() + value.len() + 3)
-        .sum();
-    let mut lines = String::with_capacity(size);
-    for (name, value) in fields() {
-        lines.push_str(name.as_str());
-        lines.push_str(": ");
-        match std::str::from_utf8(value.as_bytes()) {
-            Ok(text) => lines.push_str(text),
-            Err(_) => lines.push_str(&String::from_utf8_lossy(value.as_bytes())),
-        }
-        lines.push('\n');
+/// edit checks refuse them), so every line is one field. This runs for every
+/// hook call: one pass over the fields with plain appends, and one UTF-8 check
+/// of the whole text rather than one per value. A value that is not UTF-8
+/// (obs-text) is shown with U+FFFD in place of each bad sequence; the line
+/// breaks around it are ASCII, so the whole text's lossy reading is each
+/// value's.
+fn header_lines<'h>(fields: impl Iterator<Item = (&'h HeaderName, &'h HeaderValue)>) -> String {
+    // Room for a small head: most requests' lines fit without the buffer growing.
+    let mut lines = Vec::with_capacity(HEAD_LINES_CAPACITY);
+    for (name, value) in fields {
+        lines.extend_from_slice(name.as_str().as_bytes());
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(value.as_bytes());
+        lines.push(b'\n');
     }
-    lines
+    match String::from_utf8(lines) {
+        Ok(text) => text,
+        Err(not_utf8) => String::from_utf8_lossy(not_utf8.as_bytes()).into_owned(),
+    }
 }
+
+/// What [`header_lines`] reserves before it writes.
+const HEAD_LINES_CAPACITY: usize = 512;
 
 #[cfg(test)]
 mod tests {
@@ -126,6 +128,29 @@ mod tests {
             head.headers,
             "host: Example.COM\naccept: text/html\naccept: */*\nx-odd: caf\u{fffd}\n"
         );
+    }
+
+    /// The whole text is checked at once; a bad byte is replaced where it is, as if each
+    /// value had been read alone, and nothing around it changes.
+    #[test]
+    fn values_that_are_not_utf8_are_shown_value_by_value() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let values: [&[u8]; 4] = [
+            b"a\xe2\x82",
+            b"\xff\xfeb",
+            "\u{e9}t\u{e9}".as_bytes(),
+            b"c\xc3",
+        ];
+        for (i, value) in values.iter().enumerate() {
+            req.append_header(format!("x-{i}"), *value).unwrap();
+        }
+        let expected: String = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("x-{i}: {}\n", String::from_utf8_lossy(v)))
+            .collect();
+        assert_eq!(RequestHead::as_is(&req).headers, expected);
+        assert_eq!(expected.matches('\u{fffd}').count(), 4);
     }
 
     #[test]

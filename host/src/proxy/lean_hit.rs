@@ -315,9 +315,7 @@ pub(super) async fn lookup(
 /// A GET with nothing that asks for more than the stored response as it is.
 fn is_plain(req: &RequestHeader) -> bool {
     req.method == Method::GET
-        && FULL_PATH_FIELDS
-            .iter()
-            .all(|name| !req.headers.contains_key(name))
+        && !super::field_presence::any_present(&req.headers, &FULL_PATH_FIELDS)
 }
 
 /// `HTTP/1.1 <status> <reason>` and its line end, as Pingora's HTTP/1 writer puts them.

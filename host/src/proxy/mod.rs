@@ -14,6 +14,7 @@ mod deliver;
 pub mod directives;
 mod explain;
 mod failing_origin;
+mod field_presence;
 mod forwarded;
 mod framing;
 mod freshness;

@@ -8,7 +8,7 @@
 use http::HeaderName;
 use pingora::http::RequestHeader;
 
-/// As `HeaderName`s, so every request's check hashes the names without parsing them again.
+/// As `HeaderName`s, so every request's check compares the names without parsing them again.
 static OVERRIDE_FIELDS: [HeaderName; 5] = [
     HeaderName::from_static("x-http-method-override"),
     HeaderName::from_static("x-http-method"),
@@ -19,9 +19,7 @@ static OVERRIDE_FIELDS: [HeaderName; 5] = [
 
 /// The first override field `req` carries.
 pub fn present(req: &RequestHeader) -> Option<&'static HeaderName> {
-    OVERRIDE_FIELDS
-        .iter()
-        .find(|name| req.headers.contains_key(*name))
+    super::field_presence::first_present(&req.headers, &OVERRIDE_FIELDS)
 }
 
 #[cfg(test)]

@@ -538,6 +538,9 @@ fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
+/// Preconditions a hit cannot evaluate (`host_rules`).
+const PRECONDITIONS: [http::HeaderName; 2] = [IF_MATCH, IF_UNMODIFIED_SINCE];
+
 /// The host's reasons for a request the plugin would cache to go without the cache (`explain`
 /// applies them too). `h2_body`: an HTTP/2 stream still open for a body.
 pub(super) fn host_rules(req: &pingora::http::RequestHeader, h2_body: bool) -> Option<String> {
@@ -561,10 +564,8 @@ pub(super) fn host_rules(req: &pingora::http::RequestHeader, h2_body: bool) -> O
     // Preconditions on the origin's current representation (RFC 9110 §13.1.1, §13.1.4): a
     // hit does not evaluate them, and Pingora drops them from a fill, so `If-Match: "old"`
     // got a 200 where the origin answers 412.
-    for field in [IF_MATCH, IF_UNMODIFIED_SINCE] {
-        if req.headers.contains_key(&field) {
-            return Some(format!("{field} is evaluated by the origin"));
-        }
+    if let Some(field) = super::field_presence::first_present(&req.headers, &PRECONDITIONS) {
+        return Some(format!("{field} is evaluated by the origin"));
     }
     // Requests with Authorization use the cache, under the shared-cache rules
     // applied on hit (shared.rs) and when storing (response.rs).
