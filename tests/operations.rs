@@ -1065,3 +1065,66 @@ fn the_code_moved_onto_huge_pages_serves_as_before() {
         }
     }
 }
+
+/// `CACHET_INSTANCE_SLOTS` sizes the plugin pool by hand (for valgrind and `ulimit -v`,
+/// `tests/bench/instructions.sh`): the pool reserves that much address space instead of
+/// terabytes and the plugin still answers; a value that is no size is refused at start.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_pool_sized_by_hand_reserves_less_and_a_bad_size_is_refused() {
+    let origin = Origin::start(|seen| {
+        Reply::ok(format!("body of {}", seen.url)).header("Cache-Control", "max-age=60")
+    });
+    let reserved = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib << 10
+    };
+    let mut sizes = Vec::new();
+    for launcher in [
+        vec![],
+        vec!["env".to_owned(), "CACHET_INSTANCE_SLOTS=2".to_owned()],
+    ] {
+        let proxy = Proxy::start_with_launcher(
+            &launcher,
+            "",
+            "",
+            &[TenantSpec::new("site", origin.addr, &plugin("standard"))],
+        );
+        let url = proxy.url(&format!("/pool-{}", launcher.len()));
+        let (first, second) = (get(&url), get(&url));
+        assert_eq!(first.status, 200, "{}", proxy.log());
+        assert!(second.cache_status().contains("hit"), "{}", proxy.log());
+        sizes.push(reserved(proxy.pid()));
+    }
+    // Two slots of two 4 GiB memories, against the default's hundreds.
+    assert!(sizes[1] < 64 << 30, "{} bytes reserved", sizes[1]);
+    assert!(sizes[0] > 16 * sizes[1], "{sizes:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cachet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n\n[[tenant]]\nname = \"x\"\nhosts = [\"*\"]\nupstream = \"127.0.0.1:1\"\nplugin = \"builtin:standard\"\n",
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    for bad in ["0", "lots"] {
+        let out = Command::new(cachet_bin())
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("CACHET_INSTANCE_SLOTS", bad)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}: {err}");
+        assert!(
+            err.contains("CACHET_INSTANCE_SLOTS must be a whole number above 0"),
+            "{bad}: {err}"
+        );
+    }
+}

@@ -37,6 +37,20 @@ pub(crate) fn instance_slots(config: &Config) -> u32 {
         .clamp(256, 4096)
 }
 
+/// `CACHET_INSTANCE_SLOTS`: the pool's room set by hand, for tools that cannot give a process
+/// the terabytes of address space the computed room reserves (valgrind, `ulimit -v`;
+/// `tests/bench/instructions.sh`). Busy tenants may then find the pool full (plugin fault
+/// "instantiate").
+fn slots_from_environment() -> anyhow::Result<Option<u32>> {
+    let Some(value) = std::env::var_os("CACHET_INSTANCE_SLOTS") else {
+        return Ok(None);
+    };
+    match value.to_str().and_then(|v| v.parse::<u32>().ok()) {
+        Some(slots) if slots > 0 => Ok(Some(slots)),
+        _ => anyhow::bail!("CACHET_INSTANCE_SLOTS must be a whole number above 0, not {value:?}"),
+    }
+}
+
 /// The instance pools `config` runs: one per tenant with a plugin file, one per shadow plugin.
 fn plugin_pools(config: &Config) -> u32 {
     let pools = config
@@ -75,8 +89,11 @@ pub struct Runtime {
 /// Loads every tenant's plugin (checked exactly as a reload would) and builds
 /// the shared proxy state.
 pub fn build_runtime(config: &Config) -> anyhow::Result<Runtime> {
-    let engine =
-        PolicyEngine::new(instance_slots(config)).context("starting the WebAssembly engine")?;
+    let slots = match slots_from_environment()? {
+        Some(slots) => slots,
+        None => instance_slots(config),
+    };
+    let engine = PolicyEngine::new(slots).context("starting the WebAssembly engine")?;
     engine.set_worker_threads(config.server.threads);
     engine.set_heavy_call(config.plugins.heavy_call);
     let artifacts = config.plugins.artifact_cache_dir.clone().map(|dir| {

@@ -14,7 +14,8 @@
 #
 # Environment: AB_A_BIN, AB_B_BIN (default target/release/cachet, which must exist),
 # AB_A_MODE, AB_B_MODE (fresh|reuse|builtin, default fresh), AB_A_SERVER, AB_B_SERVER
-# (extra lines for the `[server]` table), AB_PLUGIN (default plugins/standard.wasm),
+# (extra lines for the `[server]` table), AB_PLUGIN (default plugins/standard.wasm), AB_A_PLUGIN,
+# AB_B_PLUGIN (a side's own plugin, default AB_PLUGIN: two builds of one policy),
 # AB_ROUNDS=10, AB_SECONDS=3 (per side per round), AB_CONNECTIONS=64, AB_THREADS=2
 # (worker threads of each cachet), AB_H2=1 (HTTPS with ALPN h2 through h2load,
 # CONNECTIONS/4 connections × 4 streams, instead of wrk over HTTP/1.1), AB_TLS=1 (wrk over
@@ -101,13 +102,13 @@ declare -A target pid_of
 # start SIDE BIN MODE SERVER_LINES TIER: one cachet, filled with the 1000 objects.
 start() {
     local side="$1" bin="$2" mode="$3" server_lines="$4" tier="$5"
-    local dir="$work/$side" plugin reuse port admin_port tls_server_lines=""
+    local dir="$work/$side" side_plugin="AB_${1}_PLUGIN" plugin reuse port admin_port tls_server_lines=""
     # Here, not in `cache_lines`: that runs in a subshell, whose PID list and port are lost.
     [[ "$tier" == shared ]] && start_redis
     [[ -x "$bin" ]] || { echo "ab.sh: $bin is not an executable (build it first)" >&2; exit 1; }
     case "$mode" in
-        fresh) plugin="$plugin_wasm"; reuse=1 ;;
-        reuse) plugin="$plugin_wasm"; reuse=1000000 ;;
+        fresh) plugin="${!side_plugin:-$plugin_wasm}"; reuse=1 ;;
+        reuse) plugin="${!side_plugin:-$plugin_wasm}"; reuse=1000000 ;;
         builtin) plugin="builtin:standard"; reuse=1 ;;
         *) echo "ab.sh: a mode is fresh, reuse or builtin, not $mode" >&2; exit 1 ;;
     esac
@@ -166,8 +167,8 @@ start B "${AB_B_BIN:-$repo_root/target/release/cachet}" "${AB_B_MODE:-fresh}" "$
 load A 2 /dev/null >/dev/null
 load B 2 /dev/null >/dev/null
 
-echo "# A: ${AB_A_BIN:-target/release/cachet} ${AB_A_MODE:-fresh} ${AB_A_SERVER:-} ${AB_A_TIER:+tier $AB_A_TIER}"
-echo "# B: ${AB_B_BIN:-target/release/cachet} ${AB_B_MODE:-fresh} ${AB_B_SERVER:-} ${AB_B_TIER:+tier $AB_B_TIER}"
+echo "# A: ${AB_A_BIN:-target/release/cachet} ${AB_A_MODE:-fresh} ${AB_A_SERVER:-} ${AB_A_TIER:+tier $AB_A_TIER} ${AB_A_PLUGIN:-}"
+echo "# B: ${AB_B_BIN:-target/release/cachet} ${AB_B_MODE:-fresh} ${AB_B_SERVER:-} ${AB_B_TIER:+tier $AB_B_TIER} ${AB_B_PLUGIN:-}"
 protocol="HTTP/1.1 (wrk)"
 [[ "$tls" == 1 ]] && protocol="HTTP/1.1 over TLS (wrk)"
 [[ "$h2" == 1 ]] && protocol="HTTP/2 over TLS (h2load)"

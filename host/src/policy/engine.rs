@@ -96,6 +96,11 @@ impl PolicyEngine {
             .concurrency_support(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .memory_init_cow(true);
+        // `CACHET_PERF_MAP=1`: name compiled plugin code in /tmp/perf-PID.map, where perf
+        // (and tests/bench/instructions.sh, for callgrind) look for JIT code's names.
+        if std::env::var_os("CACHET_PERF_MAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
 
         let mut linker = Linker::new(&engine);
