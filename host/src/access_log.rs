@@ -98,16 +98,52 @@ pub fn write(line: &AccessLine<'_>) {
 fn text_line(now: SystemTime, line: &AccessLine<'_>) -> String {
     let mut out = String::with_capacity(160 + line.path.len());
     push_timestamp(&mut out, now);
-    let _ = write!(
-        out,
-        "  INFO cachet::access: request tenant={:?} method={} path={:?} status={} cache={:?} reason={:?}",
-        line.tenant, line.method, line.path, line.status, line.cache, line.reason
-    );
+    out.push_str("  INFO cachet::access: request tenant=");
+    push_debug(&mut out, line.tenant);
+    out.push_str(" method=");
+    out.push_str(line.method);
+    out.push_str(" path=");
+    push_debug(&mut out, line.path);
+    out.push_str(" status=");
+    push_decimal(&mut out, u32::from(line.status), 1);
+    out.push_str(" cache=");
+    push_debug(&mut out, line.cache);
+    out.push_str(" reason=");
+    push_debug(&mut out, line.reason);
     if let Some(error) = &line.error {
-        let _ = write!(out, " error={error:?}");
+        out.push_str(" error=");
+        push_debug(&mut out, error);
     }
     out.push('\n');
     out
+}
+
+/// `text` as `{:?}` writes it. Printable ASCII other than quotes and backslashes (nearly
+/// every tenant, path and reason) stands for itself there, so it is copied without the
+/// formatting machinery, which cost a hit more than the rest of its line.
+fn push_debug(out: &mut String, text: &str) {
+    if text
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        let _ = write!(out, "{text:?}");
+    }
+}
+
+/// `value` in decimal, zero-padded to at least `digits` digits.
+fn push_decimal(out: &mut String, mut value: u32, digits: usize) {
+    let mut text = [b'0'; 10];
+    let mut start = text.len();
+    while value > 0 || text.len() - start < digits {
+        start -= 1;
+        text[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    out.extend(text[start..].iter().map(|&digit| char::from(digit)));
 }
 
 /// The JSON object `tracing_subscriber`'s JSON format writes for the event.
@@ -158,7 +194,9 @@ fn push_timestamp(out: &mut String, now: SystemTime) {
         }
         out.push_str(&cached.1);
     });
-    let _ = write!(out, ".{:06}Z", since_epoch.subsec_micros());
+    out.push('.');
+    push_decimal(out, since_epoch.subsec_micros(), 6);
+    out.push('Z');
 }
 
 fn push_civil_second(out: &mut String, unix_seconds: u64) {
@@ -205,6 +243,41 @@ mod tests {
         );
         assert!(text_line(at, &line(Some("upstream refused")))
             .ends_with("reason=\"\" error=\"upstream refused\"\n"));
+    }
+
+    /// Copied as they are or formatted, strings and numbers read as `{:?}` and `{:06}` give.
+    #[test]
+    fn fields_are_written_as_the_formatting_machinery_writes_them() {
+        for text in [
+            "",
+            "shop",
+            "/a b~c",
+            "/a\"b",
+            "a\\b",
+            "tab\there",
+            "caf\u{e9}",
+            "\u{7f}",
+            "\u{202e}x",
+            "new\nline",
+            "\u{0}",
+        ] {
+            let mut out = String::new();
+            push_debug(&mut out, text);
+            assert_eq!(out, format!("{text:?}"));
+        }
+        for (value, digits) in [
+            (0, 1),
+            (7, 1),
+            (200, 1),
+            (65_535, 1),
+            (0, 6),
+            (42, 6),
+            (999_999, 6),
+        ] {
+            let mut out = String::new();
+            push_decimal(&mut out, value, digits);
+            assert_eq!(out, format!("{value:0digits$}"));
+        }
     }
 
     #[test]
