@@ -135,15 +135,11 @@ fn push_debug(out: &mut String, text: &str) {
 }
 
 /// `value` in decimal, zero-padded to at least `digits` digits.
-fn push_decimal(out: &mut String, mut value: u32, digits: usize) {
-    let mut text = [b'0'; 10];
-    let mut start = text.len();
-    while value > 0 || text.len() - start < digits {
-        start -= 1;
-        text[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
-    out.extend(text[start..].iter().map(|&digit| char::from(digit)));
+fn push_decimal(out: &mut String, value: u32, digits: usize) {
+    let mut buffer = itoa::Buffer::new();
+    let text = buffer.format(value);
+    out.extend(std::iter::repeat_n('0', digits.saturating_sub(text.len())));
+    out.push_str(text);
 }
 
 /// The JSON object `tracing_subscriber`'s JSON format writes for the event.
